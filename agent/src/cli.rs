@@ -1,0 +1,79 @@
+//! Command-line interface. Names and flags here are the interface users' scripts rely on.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Parser, Debug)]
+#[command(name = "capagent", version, about = "Capture an application's network traffic")]
+pub struct Cli {
+    /// More diagnostics on stderr (-v, -vv).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Trace the socket syscalls of processes, payload bytes included (needs root).
+    Trace(TraceArgs),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Format {
+    /// strace-like lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  sudo capagent trace --pid 1234\n  sudo capagent trace -- curl -s http://127.0.0.1:8000/\n  sudo capagent trace --comm nginx --format json -o nginx.jsonl\n  sudo capagent trace --all --events connect"
+)]
+pub struct TraceArgs {
+    /// Trace this running process (all its threads); repeatable.
+    #[arg(short, long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Trace processes with this name (the process's name, as in /proc/PID/comm), including
+    /// ones started later.
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
+    /// Trace every process on the system.
+    #[arg(long)]
+    pub all: bool,
+    /// Also trace children of traced processes (default on for `-- CMD`).
+    #[arg(short = 'f', long, overrides_with = "no_follow_forks")]
+    pub follow_forks: bool,
+    /// Do not trace children of traced processes.
+    #[arg(long, overrides_with = "follow_forks")]
+    pub no_follow_forks: bool,
+    /// Report only these syscalls (comma-separated): socket, connect, bind, listen, accept,
+    /// send, recv (all send/recv-type calls), close, shutdown, or a syscall name such as
+    /// sendto or read. Default: all.
+    #[arg(short, long, value_delimiter = ',', value_name = "LIST")]
+    pub events: Vec<String>,
+    /// Payload bytes captured per call; 0 = the whole payload.
+    #[arg(short = 's', long, default_value_t = 8192, value_name = "BYTES")]
+    pub snaplen: u32,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Write records to FILE instead of stdout.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Size of the kernel ring buffer in KiB (power of two, at least 4).
+    #[arg(long, default_value_t = 32768, value_name = "KIB")]
+    pub ring_kib: u32,
+    /// Do not print the summary at exit.
+    #[arg(long)]
+    pub no_summary: bool,
+    /// Command to start and trace from its first syscall.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}

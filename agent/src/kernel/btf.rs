@@ -1,0 +1,1 @@
+//! Kernel struct field offsets resolved from BTF (helper-owned; being written).

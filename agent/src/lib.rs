@@ -1,0 +1,15 @@
+//! capagent: a Linux traffic-capture agent.
+//!
+//! One module per capability; `cli` only describes the command line and `cmd` wires
+//! capabilities together.
+//! - `trace`: per-process socket tracing with eBPF (syscall tracepoints, ring buffer).
+//! - `kernel`: loading the eBPF object, BTF offsets, capability checks.
+//! - `model`: the records every mode produces.
+//! - `output`: text, JSON lines (and pcapng) writers for those records.
+
+pub mod cli;
+pub mod cmd;
+pub mod kernel;
+pub mod model;
+pub mod output;
+pub mod trace;

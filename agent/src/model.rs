@@ -1,0 +1,133 @@
+//! The records every capagent mode produces (trace now; capture and proxies later), independent
+//! of where they came from. Decoders turn kernel records into these; outputs (text, JSON lines,
+//! pcapng) turn these into bytes.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+/// Where a record came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Task {
+    /// Process id (tgid).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    /// Process name (the thread group leader's comm, or the thread's when unknown).
+    pub comm: String,
+}
+
+/// One end of a socket.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Endpoint {
+    Inet(SocketAddr),
+    /// A Unix socket path; abstract names start with '@'; unnamed sockets are "".
+    Unix(String),
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Inet(a) => write!(f, "{a}"),
+            Endpoint::Unix(p) if p.is_empty() => write!(f, "unix:(unnamed)"),
+            Endpoint::Unix(p) => write!(f, "unix:{p}"),
+        }
+    }
+}
+
+/// Transport of a socket, as far as capagent distinguishes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Tcp,
+    Udp,
+    UnixStream,
+    UnixDgram,
+    UnixSeqpacket,
+    Other { family: u16, sock_type: u16, protocol: u16 },
+}
+
+impl Transport {
+    pub fn name(&self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+            Transport::UnixStream => "unix-stream",
+            Transport::UnixDgram => "unix-dgram",
+            Transport::UnixSeqpacket => "unix-seqpacket",
+            Transport::Other { .. } => "other",
+        }
+    }
+}
+
+/// What the kernel told about the socket the call used.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SocketMeta {
+    /// Kernel `struct sock` address: identity of the socket while it is open.
+    pub sk: u64,
+    /// Socket inode number.
+    pub ino: u64,
+    pub transport: Transport,
+    pub local: Option<Endpoint>,
+    pub remote: Option<Endpoint>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Send,
+    Recv,
+}
+
+/// The part of a record that depends on what happened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Detail {
+    /// socket, connect, bind, listen, accept, accept4, close, shutdown.
+    Sock {
+        /// Raw syscall arguments as the kernel record carried them.
+        args: [u64; 4],
+        /// The sockaddr argument (connect/bind) or the accepted peer (accept).
+        addr: Option<Endpoint>,
+    },
+    /// The payload of one send/recv-type call (or one message of sendmmsg/recvmmsg).
+    Data {
+        dir: Direction,
+        /// Bytes the call transferred (its return value; per message for mmsg).
+        total: u64,
+        /// Bytes captured (a prefix of the transferred bytes).
+        payload: Bytes,
+        /// Fewer bytes captured than transferred (snaplen, or records lost).
+        truncated: bool,
+        /// Datagram address given or received with the call (sendto/recvfrom, msg_name).
+        addr: Option<SocketAddr>,
+        msg_index: u32,
+    },
+    /// A traced process forked a child that is traced too.
+    Fork { child_pid: u32 },
+    /// A traced process called exec.
+    Exec,
+    /// A traced process exited.
+    Exit,
+    /// The kernel could not hand over records because the ring buffer was full.
+    Lost { events: u64, bytes: u64 },
+}
+
+/// One record: a syscall on a socket, a process event, or a loss report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Event {
+    /// Wall-clock time, nanoseconds since the Unix epoch.
+    pub ts_ns: u64,
+    pub task: Task,
+    /// Syscall id (`agent_common::sys`).
+    pub syscall: u16,
+    pub fd: i32,
+    /// Return value, negative errno on failure.
+    pub ret: i64,
+    pub sock: Option<SocketMeta>,
+    pub detail: Detail,
+}
+
+impl Event {
+    pub fn syscall_name(&self) -> &'static str {
+        agent_common::sys::name(self.syscall)
+    }
+}

@@ -1,0 +1,1 @@
+//! Writers for `model::Event`: text, JSON lines.
