@@ -23,7 +23,10 @@ fn main() -> anyhow::Result<()> {
     let ebpf_dir = manifest_dir.join("../agent-ebpf");
     let ebpf_dir = ebpf_dir.to_str().expect("utf-8 path");
     println!("cargo:rerun-if-changed={ebpf_dir}/src");
-    println!("cargo:rerun-if-changed={}/../agent-common/src", manifest_dir.display());
+    println!(
+        "cargo:rerun-if-changed={}/../agent-common/src",
+        manifest_dir.display()
+    );
     aya_build::build_ebpf(
         [aya_build::Package {
             name: "agent-ebpf",

@@ -1,1 +1,29 @@
+//! capagent's eBPF programs: socket syscall tracing.
+//!
+//! Every `sys_enter_*` program remembers the call's arguments per thread (the payload of a
+//! recv-type call is only known at exit) after checking, in the kernel, that the process is
+//! traced and the fd is a socket. Every `sys_exit_*` program then emits one record (or one record
+//! per payload chunk) into the `EVENTS` ring buffer. Untraced processes cost one hash lookup.
+//!
+//! There is no CO-RE relocation support for Rust eBPF here, so kernel struct offsets come from
+//! userspace (resolved from the running kernel's BTF) through the read-only `CONFIG` global.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+#![allow(static_mut_refs)]
+
+#[cfg(not(target_arch = "bpf"))]
 fn main() {}
+
+#[cfg(target_arch = "bpf")]
+mod prog;
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -5,7 +5,11 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Parser, Debug)]
-#[command(name = "capagent", version, about = "Capture an application's network traffic")]
+#[command(
+    name = "capagent",
+    version,
+    about = "Capture an application's network traffic"
+)]
 pub struct Cli {
     /// More diagnostics on stderr (-v, -vv).
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]

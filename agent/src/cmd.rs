@@ -1,8 +1,20 @@
 //! Wires the command line to the capabilities.
 
-use std::process::ExitCode;
+use std::{
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
-use crate::cli::{Cli, Command};
+use anyhow::Context as _;
+
+use crate::{
+    cli::{Cli, Command, TraceArgs},
+    output::{EventWriter as _, Writer, text::TextConfig},
+    trace::{
+        run::{self, TraceOptions},
+        summary::Summary,
+    },
+};
 
 pub fn init_logging(verbose: u8) {
     let level = match verbose {
@@ -20,6 +32,72 @@ pub fn init_logging(verbose: u8) {
 
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Trace(_args) => anyhow::bail!("not yet"),
+        Command::Trace(args) => trace(args),
+    }
+}
+
+fn trace(args: TraceArgs) -> anyhow::Result<ExitCode> {
+    let follow_forks = if args.no_follow_forks {
+        false
+    } else {
+        args.follow_forks || !args.command.is_empty()
+    };
+    if let Some(d) = args.duration
+        && !(d.is_finite() && d > 0.0)
+    {
+        anyhow::bail!("--duration must be a positive number of seconds, not {d}");
+    }
+    let opts = TraceOptions {
+        pids: args.pids.clone(),
+        comm: args.comm.clone(),
+        all: args.all,
+        command: args.command.clone(),
+        follow_forks,
+        syscalls: run::parse_events(&args.events)?,
+        snaplen: args.snaplen,
+        ring_bytes: args.ring_kib.saturating_mul(1024),
+        duration: args.duration.map(Duration::from_secs_f64),
+    };
+    let mut writer = Writer::open(args.format, args.output.as_deref(), TextConfig::default())
+        .with_context(|| match &args.output {
+            Some(p) => format!("cannot open {}", p.display()),
+            None => "cannot write to stdout".to_string(),
+        })?;
+    let mut summary = Summary::new();
+    let mut last_flush = Instant::now();
+    let outcome = run::run(&opts, &mut |ev| {
+        summary.add(ev);
+        writer.write_event(ev)?;
+        // Keep files readable while tracing (tail -f) without a syscall per event.
+        if last_flush.elapsed() >= Duration::from_millis(200) {
+            last_flush = Instant::now();
+            writer.flush()?;
+        }
+        Ok(())
+    });
+    writer.flush().context("writing output")?;
+    let outcome = outcome?;
+    if !args.no_summary {
+        eprint!("{}", summary.render());
+        if outcome.read_errors > 0 {
+            eprintln!(
+                "capagent: {} payload reads failed in the kernel (pages not resident); those calls are marked truncated",
+                outcome.read_errors
+            );
+        }
+    }
+    Ok(match outcome.exit_status {
+        Some(status) => exit_code_of(status),
+        None => ExitCode::SUCCESS,
+    })
+}
+
+/// The traced command's status as ours: its exit code, or 128 + signal number.
+fn exit_code_of(status: std::process::ExitStatus) -> ExitCode {
+    use std::os::unix::process::ExitStatusExt as _;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => ExitCode::from(code as u8),
+        (None, Some(sig)) => ExitCode::from(128u8.wrapping_add(sig as u8)),
+        _ => ExitCode::FAILURE,
     }
 }

@@ -43,7 +43,11 @@ pub enum Transport {
     UnixStream,
     UnixDgram,
     UnixSeqpacket,
-    Other { family: u16, sock_type: u16, protocol: u16 },
+    Other {
+        family: u16,
+        sock_type: u16,
+        protocol: u16,
+    },
 }
 
 impl Transport {

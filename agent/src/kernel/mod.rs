@@ -1,3 +1,126 @@
 //! Everything about the kernel side: BTF offsets, loading the eBPF object, capability checks.
 
 pub mod btf;
+
+use std::path::Path;
+
+use aya::{Ebpf, EbpfLoader, programs::TracePoint};
+use thiserror::Error;
+
+/// The eBPF object built by `agent/build.rs` (empty when built without bpf-linker).
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/capagent-ebpf"));
+
+#[derive(Debug, Error)]
+pub enum KernelError {
+    #[error("{0} needs root (CAP_BPF, CAP_PERFMON): run it with sudo")]
+    NotRoot(&'static str),
+    #[error(
+        "this capagent was built without its eBPF programs (bpf-linker was missing): run `cargo xtask setup`, then rebuild"
+    )]
+    NoObject,
+    #[error(transparent)]
+    Btf(#[from] btf::BtfError),
+    #[error("tracefs is not available at /sys/kernel/tracing and could not be mounted: {0}")]
+    Tracefs(std::io::Error),
+    #[error("loading the eBPF programs failed: {0}")]
+    Load(#[source] aya::EbpfError),
+    #[error("eBPF program {0} is missing from the object")]
+    MissingProgram(String),
+    #[error("eBPF map {0} is missing from the object")]
+    MissingMap(&'static str),
+    #[error("the kernel refused eBPF program {name}: {source}")]
+    Program {
+        name: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error(
+        "attaching to tracepoint {category}:{tp} failed (does this kernel have it? CONFIG_FTRACE_SYSCALLS): {source}"
+    )]
+    Attach {
+        category: String,
+        tp: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+}
+
+/// Fails with a one-line message unless the agent runs with root's powers.
+pub fn require_root(what: &'static str) -> Result<(), KernelError> {
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(KernelError::NotRoot(what));
+    }
+    Ok(())
+}
+
+/// Makes sure tracefs is mounted (aya reads tracepoint ids from it).
+pub fn ensure_tracefs() -> Result<(), KernelError> {
+    let events = Path::new("/sys/kernel/tracing/events");
+    if events.exists() || Path::new("/sys/kernel/debug/tracing/events").exists() {
+        return Ok(());
+    }
+    let r = unsafe {
+        libc::mount(
+            c"nodev".as_ptr(),
+            c"/sys/kernel/tracing".as_ptr(),
+            c"tracefs".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 || !events.exists() {
+        return Err(KernelError::Tracefs(std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// Loads the eBPF object with `config` written into its `CONFIG` global and the ring buffer
+/// sized to `ring_bytes`.
+pub fn load(config: &agent_common::Config, ring_bytes: u32) -> Result<Ebpf, KernelError> {
+    if EBPF_OBJECT.is_empty() {
+        return Err(KernelError::NoObject);
+    }
+    EbpfLoader::new()
+        .override_global("CONFIG", config, true)
+        .map_max_entries("EVENTS", ring_bytes)
+        .load(EBPF_OBJECT)
+        .map_err(KernelError::Load)
+}
+
+/// A tracepoint program of the object attached to `category:tp`. The link lives as long as
+/// the `Ebpf` (dropping it detaches everything).
+pub fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    prog: &str,
+    category: &str,
+    tp: &str,
+) -> Result<(), KernelError> {
+    let program: &mut TracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| KernelError::MissingProgram(prog.to_string()))?
+        .try_into()
+        .map_err(|source| KernelError::Program {
+            name: prog.to_string(),
+            source,
+        })?;
+    program.load().map_err(|source| KernelError::Program {
+        name: prog.to_string(),
+        source,
+    })?;
+    let _span = tracing::debug_span!("attach", category, tp).entered();
+    program
+        .attach(category, tp)
+        .map_err(|source| KernelError::Attach {
+            category: category.to_string(),
+            tp: tp.to_string(),
+            source,
+        })?;
+    tracing::debug!(prog, "attached");
+    Ok(())
+}

@@ -1,0 +1,798 @@
+use agent_common::{
+    CHUNK_MAX, Config, DataEvent, EventHeader, MsgAddr, ProcEvent, SOCKADDR_MAX, SockEvent,
+    SockInfo, counter, flags, kind, sys, traced,
+};
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_ktime_get_boot_ns,
+        generated::{bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user},
+    },
+    macros::{map, tracepoint},
+    maps::{HashMap, PerCpuArray, RingBuf},
+    programs::TracePointContext,
+};
+
+/// Filled by userspace at load time (kernel offsets, snaplen, filters).
+#[unsafe(no_mangle)]
+static CONFIG: Config = Config::new();
+
+/// Records for userspace. Its size is set at load time.
+#[map]
+static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
+
+/// Processes (tgid) being traced; value: `traced::ROOT` or `traced::CHILD`.
+#[map]
+static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
+
+/// Arguments of the call each traced thread is in (key: pid_tgid).
+#[map]
+static ARGS: HashMap<u64, Args> = HashMap::with_max_entries(65536, 0);
+
+/// Per-CPU room to assemble a DATA record (header + one chunk).
+#[map]
+static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU progress of the payload copy. It lives in a map rather than on the stack so the
+/// verifier sees every `bpf_loop` step alike (map memory is not tracked value by value) and
+/// checks the step once instead of once per possible value.
+#[map]
+static COPY: PerCpuArray<CopyState> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU counters (`agent_common::counter`).
+#[map]
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Args {
+    sys: u64,
+    fd: i64,
+    a: [u64; 5],
+    sock_valid: u64,
+    sock: SockInfo,
+}
+
+#[repr(C)]
+struct Scratch {
+    ev: DataEvent,
+    data: [u8; CHUNK_MAX],
+}
+
+/// Most iovecs looked at per call or message (the kernel's UIO_MAXIOV).
+const MAX_IOV: u64 = 1024;
+/// Most `bpf_loop` steps per call or message: 128 GiB in CHUNK_MAX chunks.
+const MAX_STEPS: u64 = 1 << 23;
+/// Most messages of one sendmmsg/recvmmsg looked at.
+const MAX_MMSG: u64 = 8;
+/// Wake userspace up only once this much is waiting (it also polls on a short timer).
+const WAKEUP_BYTES: u64 = 256 * 1024;
+
+const S_IFMT: u16 = 0o170000;
+const S_IFSOCK: u16 = 0o140000;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const CLONE_THREAD: u64 = 0x0001_0000;
+
+/// The configuration, read through an opaque pointer so the compiler cannot fold the
+/// link-time defaults into the code (userspace rewrites them before loading).
+#[inline(always)]
+fn conf() -> &'static Config {
+    let p: *const Config = &CONFIG;
+    unsafe { &*core::ptr::read_volatile(&p) }
+}
+
+macro_rules! cfg {
+    ($($field:tt)+) => {
+        conf().$($field)+
+    };
+}
+
+#[inline(always)]
+fn bump(idx: u32, by: u64) {
+    if let Some(p) = COUNTERS.get_ptr_mut(idx) {
+        unsafe { *p += by };
+    }
+}
+
+#[inline(always)]
+fn wakeup_flags() -> u64 {
+    if EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP.into()
+    } else {
+        BPF_RB_NO_WAKEUP.into()
+    }
+}
+
+#[inline(always)]
+fn is_traced(tgid: u32) -> bool {
+    if cfg!(trace_all) != 0 {
+        return tgid != cfg!(self_pid);
+    }
+    unsafe { TRACED.get(&tgid).is_some() }
+}
+
+#[inline(always)]
+unsafe fn kread<T: Copy + Default>(addr: u64) -> T {
+    let mut v = T::default();
+    unsafe {
+        bpf_probe_read_kernel(
+            (&mut v as *mut T).cast(),
+            core::mem::size_of::<T>() as u32,
+            addr as *const _,
+        )
+    };
+    v
+}
+
+#[inline(always)]
+unsafe fn uread<T: Copy + Default>(addr: u64) -> Option<T> {
+    let mut v = T::default();
+    let r = unsafe {
+        bpf_probe_read_user(
+            (&mut v as *mut T).cast(),
+            core::mem::size_of::<T>() as u32,
+            addr as *const _,
+        )
+    };
+    if r == 0 { Some(v) } else { None }
+}
+
+#[inline(always)]
+fn arg(ctx: &TracePointContext, n: usize) -> u64 {
+    // sys_enter_*: args are 8-byte fields from offset 16.
+    unsafe { *(ctx.as_ptr() as *const u64).add(2 + n) }
+}
+
+#[inline(always)]
+fn ret_of(ctx: &TracePointContext) -> i64 {
+    unsafe { *(ctx.as_ptr() as *const i64).add(2) }
+}
+
+/// Finds the socket behind `fd` of the current process; false when fd is not a socket.
+#[inline(always)]
+fn resolve_fd(fd: i64, info: &mut SockInfo) -> bool {
+    if fd < 0 {
+        return false;
+    }
+    unsafe {
+        let task = bpf_get_current_task();
+        let files: u64 = kread(task + cfg!(offsets.task_files) as u64);
+        if files == 0 {
+            return false;
+        }
+        let fdt: u64 = kread(files + cfg!(offsets.files_fdt) as u64);
+        let max: u32 = kread(fdt + cfg!(offsets.fdt_max_fds) as u64);
+        if fd as u64 >= max as u64 {
+            return false;
+        }
+        let fds: u64 = kread(fdt + cfg!(offsets.fdt_fd) as u64);
+        let file: u64 = kread(fds + (fd as u64) * 8);
+        if file == 0 {
+            return false;
+        }
+        let inode: u64 = kread(file + cfg!(offsets.file_inode) as u64);
+        let mode: u16 = kread(inode + cfg!(offsets.inode_mode) as u64);
+        if mode & S_IFMT != S_IFSOCK {
+            return false;
+        }
+        info.ino = kread(inode + cfg!(offsets.inode_ino) as u64);
+        let socket: u64 = kread(file + cfg!(offsets.file_private_data) as u64);
+        let sk: u64 = kread(socket + cfg!(offsets.socket_sk) as u64);
+        info.sk = sk;
+        if sk != 0 {
+            read_sock(sk, info);
+        }
+    }
+    true
+}
+
+#[inline(always)]
+unsafe fn read_sock(sk: u64, info: &mut SockInfo) {
+    unsafe {
+        let family: u16 = kread(sk + cfg!(offsets.sk_family) as u64);
+        info.family = family;
+        info.state = kread::<u8>(sk + cfg!(offsets.sk_state) as u64) as u16;
+        info.sock_type = kread(sk + cfg!(offsets.sk_type) as u64);
+        info.protocol = kread(sk + cfg!(offsets.sk_protocol) as u64);
+        info.lport = kread(sk + cfg!(offsets.sk_num) as u64);
+        info.rport = u16::from_be(kread(sk + cfg!(offsets.sk_dport) as u64));
+        if family == AF_INET {
+            let l: [u8; 4] = kread(sk + cfg!(offsets.sk_rcv_saddr) as u64);
+            let r: [u8; 4] = kread(sk + cfg!(offsets.sk_daddr) as u64);
+            info.laddr[..4].copy_from_slice(&l);
+            info.raddr[..4].copy_from_slice(&r);
+        } else if family == AF_INET6 {
+            info.laddr = kread(sk + cfg!(offsets.sk_v6_rcv_saddr) as u64);
+            info.raddr = kread(sk + cfg!(offsets.sk_v6_daddr) as u64);
+        }
+    }
+}
+
+#[inline(always)]
+fn fill_header(
+    hdr: &mut EventHeader,
+    k: u16,
+    a: &Args,
+    fd: i64,
+    ret: i64,
+    sock: &SockInfo,
+    valid: bool,
+) {
+    let id = bpf_get_current_pid_tgid();
+    hdr.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
+    hdr.kind = k;
+    hdr.syscall = a.sys as u16;
+    hdr.flags = if valid { flags::SOCK_VALID } else { 0 };
+    hdr._pad0 = 0;
+    hdr.pid = (id >> 32) as u32;
+    hdr.tid = id as u32;
+    hdr.fd = fd as i32;
+    hdr._pad1 = 0;
+    hdr.ret = ret;
+    hdr.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    hdr.sock = *sock;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entering a call: remember the arguments.
+
+#[inline(always)]
+fn enter(ctx: &TracePointContext, s: u16, nargs: usize, sock_now: bool) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    if !is_traced((id >> 32) as u32) {
+        return 0;
+    }
+    let mut a = Args {
+        sys: s as u64,
+        fd: arg(ctx, 0) as i64,
+        a: [0; 5],
+        sock_valid: 0,
+        sock: SockInfo::default(),
+    };
+    // Arguments after the fd (socket's are all in a[]).
+    let first = if s == sys::SOCKET { 0 } else { 1 };
+    for i in 0..5 {
+        if i < nargs {
+            a.a[i] = arg(ctx, first + i);
+        }
+    }
+    if sock_now {
+        if !resolve_fd(a.fd, &mut a.sock) {
+            return 0;
+        }
+        a.sock_valid = 1;
+    }
+    let _ = ARGS.insert(&id, &a, 0);
+    0
+}
+
+/// Takes the arguments remembered at enter for this thread, if this call is traced.
+#[inline(always)]
+fn take_args(s: u16) -> Option<Args> {
+    let id = bpf_get_current_pid_tgid();
+    let a = unsafe { *ARGS.get(&id)? };
+    let _ = ARGS.remove(&id);
+    if a.sys != s as u64 {
+        return None;
+    }
+    Some(a)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Socket lifecycle records.
+
+#[inline(always)]
+fn emit_sock(
+    a: &Args,
+    fd: i64,
+    ret: i64,
+    sock: &SockInfo,
+    valid: bool,
+    args: [u64; 4],
+    addr: u64,
+    addr_len: u64,
+) {
+    let Some(mut entry) = EVENTS.reserve::<SockEvent>(0) else {
+        bump(counter::LOST_EVENTS, 1);
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    unsafe {
+        fill_header(&mut (*e).hdr, kind::SOCK, a, fd, ret, sock, valid);
+        (*e).args = args;
+        (*e)._pad = 0;
+        (*e).addr = [0; SOCKADDR_MAX];
+        let mut len = addr_len;
+        if len > SOCKADDR_MAX as u64 {
+            len = SOCKADDR_MAX as u64;
+        }
+        if addr != 0
+            && len > 0
+            && bpf_probe_read_user((*e).addr.as_mut_ptr().cast(), len as u32, addr as *const _) == 0
+        {
+            (*e).addr_len = len as u32;
+        } else {
+            (*e).addr_len = 0;
+        }
+    }
+    entry.submit(wakeup_flags());
+    bump(counter::EVENTS, 1);
+}
+
+#[inline(always)]
+fn sock_exit(ctx: &TracePointContext, s: u16) -> u32 {
+    let Some(a) = take_args(s) else { return 0 };
+    let ret = ret_of(ctx);
+    let mut sock = a.sock;
+    let mut valid = a.sock_valid != 0;
+    let mut fd = a.fd;
+    let mut args = [0u64; 4];
+    let (mut addr, mut addr_len) = (0u64, 0u64);
+    match s {
+        sys::SOCKET => {
+            args = [a.a[0], a.a[1], a.a[2], 0];
+            fd = ret;
+            valid = ret >= 0 && resolve_fd(ret, &mut sock);
+        }
+        sys::CONNECT | sys::BIND => {
+            addr = a.a[0];
+            addr_len = a.a[1];
+            valid = resolve_fd(fd, &mut sock);
+        }
+        sys::LISTEN => {
+            args[0] = a.a[0];
+            valid = resolve_fd(fd, &mut sock);
+        }
+        sys::ACCEPT | sys::ACCEPT4 => {
+            args[0] = a.a[2];
+            args[1] = fd as u64;
+            if ret >= 0 {
+                fd = ret;
+                valid = resolve_fd(ret, &mut sock);
+                if a.a[0] != 0 && a.a[1] != 0 {
+                    addr = a.a[0];
+                    addr_len = unsafe { uread::<u32>(a.a[1]) }.unwrap_or(0) as u64;
+                }
+            }
+        }
+        sys::SHUTDOWN => {
+            args[0] = a.a[0];
+        }
+        _ => {}
+    }
+    emit_sock(&a, fd, ret, &sock, valid, args, addr, addr_len);
+    0
+}
+
+// ---------------------------------------------------------------------------------------------
+// Payload records.
+
+/// Reads a datagram address from the process: a sockaddr at `addr` of `len` bytes.
+#[inline(always)]
+fn msg_addr(addr: u64, len: u64) -> MsgAddr {
+    let mut m = MsgAddr::default();
+    if addr == 0 || len < 8 {
+        return m;
+    }
+    let Some(head) = (unsafe { uread::<[u8; 8]>(addr) }) else {
+        return m;
+    };
+    let family = u16::from_ne_bytes([head[0], head[1]]);
+    let port = u16::from_be_bytes([head[2], head[3]]);
+    if family == AF_INET {
+        m.family = family;
+        m.port = port;
+        m.addr[..4].copy_from_slice(&head[4..8]);
+    } else if family == AF_INET6 && len >= 24 {
+        if let Some(a6) = unsafe { uread::<[u8; 16]>(addr + 8) } {
+            m.family = family;
+            m.port = port;
+            m.addr = a6;
+        }
+    }
+    m
+}
+
+/// Progress of copying one call's payload, shared with the `bpf_loop` callback.
+#[repr(C)]
+struct CopyState {
+    /// Bytes to capture (the transferred bytes, cut to snaplen).
+    want: u64,
+    /// Bytes captured so far.
+    done: u64,
+    /// Current user buffer and bytes left in it.
+    ptr: u64,
+    rem: u64,
+    /// iovec array (0: `ptr`/`rem` is the only buffer), next index, count.
+    iov: u64,
+    idx: u64,
+    nvec: u64,
+    /// Flags for every record of the call.
+    flags: u64,
+    failed: u64,
+}
+
+/// One step of the copy: load the next iovec, or emit one chunk. 1 = stop.
+#[inline(never)]
+extern "C" fn copy_step(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
+    let Some(c) = COPY.get_ptr_mut(0) else {
+        return 1;
+    };
+    let c = unsafe { &mut *c };
+    if c.done >= c.want {
+        return 1;
+    }
+    if c.rem == 0 {
+        if c.iov == 0 || c.idx >= c.nvec {
+            return 1;
+        }
+        let Some(v) = (unsafe { uread::<[u64; 2]>(c.iov + c.idx * 16) }) else {
+            c.failed = 1;
+            return 1;
+        };
+        c.idx += 1;
+        c.ptr = v[0];
+        c.rem = v[1];
+        let left = c.want - c.done;
+        if c.rem > left {
+            c.rem = left;
+        }
+        return 0;
+    }
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return 1;
+    };
+    let mut n = c.rem;
+    if n > CHUNK_MAX as u64 {
+        n = CHUNK_MAX as u64;
+    }
+    let r =
+        unsafe { bpf_probe_read_user((*s).data.as_mut_ptr().cast(), n as u32, c.ptr as *const _) };
+    if r != 0 {
+        bump(counter::READ_ERRORS, 1);
+        c.failed = 1;
+        return 1;
+    }
+    let mut f = c.flags as u16;
+    if c.done == 0 {
+        f |= flags::FIRST;
+    }
+    if c.done + n >= c.want {
+        f |= flags::LAST;
+    }
+    unsafe {
+        (*s).ev.hdr.flags = f;
+        (*s).ev.offset = c.done;
+        (*s).ev.len = n as u32;
+    }
+    if output(s, core::mem::size_of::<DataEvent>() + n as usize).is_err() {
+        bump(counter::LOST_EVENTS, 1);
+        bump(counter::LOST_BYTES, n);
+    } else {
+        bump(counter::EVENTS, 1);
+    }
+    c.done += n;
+    c.ptr += n;
+    c.rem -= n;
+    0
+}
+
+/// Emits the payload of one call (or one mmsg message): `total` bytes that the process moved
+/// through the single buffer `buf` (when `iov` is 0) or through the iovec array `iov[iovcnt]`.
+/// The copy runs in `bpf_loop`, so a call of any size is captured whole when snaplen is 0.
+#[inline(always)]
+fn emit_payload(
+    a: &Args,
+    ret: i64,
+    buf: u64,
+    iov: u64,
+    iovcnt: u64,
+    total: u64,
+    addr: &MsgAddr,
+    msg_index: u32,
+    msg_flags: u16,
+) {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    let snap = cfg!(snaplen) as u64;
+    let want = if snap != 0 && snap < total {
+        snap
+    } else {
+        total
+    };
+    let trunc = if want < total { flags::TRUNCATED } else { 0 };
+    unsafe {
+        fill_header(
+            &mut (*s).ev.hdr,
+            kind::DATA,
+            a,
+            a.fd,
+            ret,
+            &a.sock,
+            a.sock_valid != 0,
+        );
+        (*s).ev.total = total;
+        (*s).ev.msg_index = msg_index;
+        (*s).ev.addr = *addr;
+    }
+    let base_flags = unsafe { (*s).ev.hdr.flags } | msg_flags | trunc;
+    let nvec = if iovcnt < MAX_IOV { iovcnt } else { MAX_IOV };
+    let Some(c) = COPY.get_ptr_mut(0) else { return };
+    let c = unsafe { &mut *c };
+    *c = CopyState {
+        want,
+        done: 0,
+        ptr: buf,
+        rem: if iov == 0 { want } else { 0 },
+        iov,
+        idx: 0,
+        nvec,
+        flags: base_flags as u64,
+        failed: 0,
+    };
+    if want > 0 {
+        let steps = want / CHUNK_MAX as u64 + nvec + 2;
+        let steps = if steps > MAX_STEPS { MAX_STEPS } else { steps };
+        unsafe {
+            bpf_loop(
+                steps as u32,
+                copy_step as *mut core::ffi::c_void,
+                core::ptr::null_mut(),
+                0,
+            )
+        };
+    }
+    if c.done < want || want == 0 {
+        // Nothing (more) could be captured: close the call with an empty LAST record.
+        let Some(s) = SCRATCH.get_ptr_mut(0) else {
+            return;
+        };
+        let mut f = base_flags | flags::LAST;
+        if c.done == 0 {
+            f |= flags::FIRST;
+        }
+        if c.done < want || c.failed != 0 {
+            f |= flags::TRUNCATED;
+        }
+        unsafe {
+            (*s).ev.hdr.flags = f;
+            (*s).ev.offset = c.done;
+            (*s).ev.len = 0;
+        }
+        if output(s, core::mem::size_of::<DataEvent>()).is_err() {
+            bump(counter::LOST_EVENTS, 1);
+        } else {
+            bump(counter::EVENTS, 1);
+        }
+    }
+}
+
+/// Copies the first `size` bytes of the scratch record into the ring buffer.
+#[inline(always)]
+fn output(s: *mut Scratch, size: usize) -> Result<(), i32> {
+    let bytes = unsafe { core::slice::from_raw_parts(s as *const u8, size) };
+    EVENTS.output::<[u8]>(bytes, wakeup_flags())
+}
+
+#[inline(always)]
+fn data_exit(ctx: &TracePointContext, s: u16) -> u32 {
+    let Some(a) = take_args(s) else { return 0 };
+    let ret = ret_of(ctx);
+    let total = if ret > 0 { ret as u64 } else { 0 };
+    let none = MsgAddr::default();
+    match s {
+        sys::READ | sys::WRITE => emit_payload(&a, ret, a.a[0], 0, 0, total, &none, 0, 0),
+        sys::READV | sys::WRITEV => emit_payload(&a, ret, 0, a.a[0], a.a[1], total, &none, 0, 0),
+        sys::SENDTO => {
+            let addr = msg_addr(a.a[3], a.a[4]);
+            emit_payload(&a, ret, a.a[0], 0, 0, total, &addr, 0, 0)
+        }
+        sys::RECVFROM => {
+            let mut addr = none;
+            if ret >= 0 && a.a[3] != 0 && a.a[4] != 0 {
+                let len = unsafe { uread::<u32>(a.a[4]) }.unwrap_or(0);
+                addr = msg_addr(a.a[3], len as u64);
+            }
+            emit_payload(&a, ret, a.a[0], 0, 0, total, &addr, 0, 0)
+        }
+        sys::SENDMSG | sys::RECVMSG => {
+            // struct user_msghdr: name @0, namelen @8, iov @16, iovlen @24.
+            let hdr = unsafe { uread::<[u64; 4]>(a.a[0]) }.unwrap_or([0; 4]);
+            let addr = if ret >= 0 {
+                msg_addr(hdr[0], hdr[1] & 0xffff_ffff)
+            } else {
+                none
+            };
+            emit_payload(&a, ret, 0, hdr[2], hdr[3], total, &addr, 0, 0)
+        }
+        _ => {}
+    }
+    0
+}
+
+#[inline(always)]
+fn mmsg_exit(ctx: &TracePointContext, s: u16) -> u32 {
+    let Some(a) = take_args(s) else { return 0 };
+    let ret = ret_of(ctx);
+    let none = MsgAddr::default();
+    if ret <= 0 {
+        emit_payload(&a, ret, 0, 0, 0, 0, &none, 0, flags::LAST_MSG);
+        return 0;
+    }
+    let n = ret as u64;
+    for i in 0..MAX_MMSG {
+        if i >= n {
+            break;
+        }
+        // struct mmsghdr: user_msghdr (56 bytes) then msg_len (u32), 64 bytes each.
+        let m = a.a[0] + i * 64;
+        let Some(hdr) = (unsafe { uread::<[u64; 8]>(m) }) else {
+            break;
+        };
+        let len = hdr[7] & 0xffff_ffff;
+        let addr = msg_addr(hdr[0], hdr[1] & 0xffff_ffff);
+        let last = if i + 1 >= n || i + 1 >= MAX_MMSG {
+            flags::LAST_MSG
+        } else {
+            0
+        };
+        emit_payload(&a, ret, 0, hdr[2], hdr[3], len, &addr, i as u32, last);
+    }
+    0
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tracepoint programs. One per syscall enter/exit so userspace attaches only what it reports.
+
+macro_rules! enter_prog {
+    ($name:ident, $sys:expr, $nargs:expr, $sock_now:expr) => {
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            enter(&ctx, $sys, $nargs, $sock_now)
+        }
+    };
+}
+
+macro_rules! exit_prog {
+    ($name:ident, $handler:ident, $sys:expr) => {
+        #[tracepoint]
+        pub fn $name(ctx: TracePointContext) -> u32 {
+            $handler(&ctx, $sys)
+        }
+    };
+}
+
+enter_prog!(enter_socket, sys::SOCKET, 3, false);
+exit_prog!(exit_socket, sock_exit, sys::SOCKET);
+enter_prog!(enter_connect, sys::CONNECT, 2, false);
+exit_prog!(exit_connect, sock_exit, sys::CONNECT);
+enter_prog!(enter_bind, sys::BIND, 2, false);
+exit_prog!(exit_bind, sock_exit, sys::BIND);
+enter_prog!(enter_listen, sys::LISTEN, 1, false);
+exit_prog!(exit_listen, sock_exit, sys::LISTEN);
+enter_prog!(enter_accept, sys::ACCEPT, 2, false);
+exit_prog!(exit_accept, sock_exit, sys::ACCEPT);
+enter_prog!(enter_accept4, sys::ACCEPT4, 3, false);
+exit_prog!(exit_accept4, sock_exit, sys::ACCEPT4);
+enter_prog!(enter_close, sys::CLOSE, 0, true);
+exit_prog!(exit_close, sock_exit, sys::CLOSE);
+enter_prog!(enter_shutdown, sys::SHUTDOWN, 1, true);
+exit_prog!(exit_shutdown, sock_exit, sys::SHUTDOWN);
+
+enter_prog!(enter_sendto, sys::SENDTO, 5, true);
+exit_prog!(exit_sendto, data_exit, sys::SENDTO);
+enter_prog!(enter_recvfrom, sys::RECVFROM, 5, true);
+exit_prog!(exit_recvfrom, data_exit, sys::RECVFROM);
+enter_prog!(enter_sendmsg, sys::SENDMSG, 2, true);
+exit_prog!(exit_sendmsg, data_exit, sys::SENDMSG);
+enter_prog!(enter_recvmsg, sys::RECVMSG, 2, true);
+exit_prog!(exit_recvmsg, data_exit, sys::RECVMSG);
+enter_prog!(enter_sendmmsg, sys::SENDMMSG, 2, true);
+exit_prog!(exit_sendmmsg, mmsg_exit, sys::SENDMMSG);
+enter_prog!(enter_recvmmsg, sys::RECVMMSG, 2, true);
+exit_prog!(exit_recvmmsg, mmsg_exit, sys::RECVMMSG);
+enter_prog!(enter_read, sys::READ, 2, true);
+exit_prog!(exit_read, data_exit, sys::READ);
+enter_prog!(enter_write, sys::WRITE, 2, true);
+exit_prog!(exit_write, data_exit, sys::WRITE);
+enter_prog!(enter_readv, sys::READV, 2, true);
+exit_prog!(exit_readv, data_exit, sys::READV);
+enter_prog!(enter_writev, sys::WRITEV, 2, true);
+exit_prog!(exit_writev, data_exit, sys::WRITEV);
+
+// ---------------------------------------------------------------------------------------------
+// Process lifecycle: follow forks, match names at exec, forget exited processes.
+
+#[inline(always)]
+fn emit_proc(s: u16, child: u32) {
+    let Some(mut entry) = EVENTS.reserve::<ProcEvent>(0) else {
+        bump(counter::LOST_EVENTS, 1);
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    let a = Args {
+        sys: s as u64,
+        fd: -1,
+        a: [0; 5],
+        sock_valid: 0,
+        sock: SockInfo::default(),
+    };
+    unsafe {
+        fill_header(
+            &mut (*e).hdr,
+            kind::PROC,
+            &a,
+            -1,
+            0,
+            &SockInfo::default(),
+            false,
+        );
+        (*e).child_pid = child;
+        (*e).exit_code = 0;
+    }
+    entry.submit(wakeup_flags());
+    bump(counter::EVENTS, 1);
+}
+
+/// task:task_newtask, in the parent's context: pid @8, clone_flags @32.
+#[tracepoint]
+pub fn task_newtask(ctx: TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let clone_flags = unsafe { *(ctx.as_ptr().add(32) as *const u64) };
+    if clone_flags & CLONE_THREAD != 0 || !is_traced(tgid) {
+        return 0;
+    }
+    let child = unsafe { *(ctx.as_ptr().add(8) as *const u32) };
+    if cfg!(trace_all) == 0 {
+        if cfg!(follow_forks) == 0 {
+            return 0;
+        }
+        let _ = TRACED.insert(&child, &traced::CHILD, 0);
+    }
+    emit_proc(sys::FORK, child);
+    0
+}
+
+/// sched:sched_process_exec, in the new program's context (comm already updated).
+#[tracepoint]
+pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if cfg!(comm_match) != 0 && cfg!(trace_all) == 0 {
+        let comm = bpf_get_current_comm().unwrap_or([0; 16]);
+        let want = conf().comm_filter;
+        if comm == want {
+            let _ = TRACED.insert(&tgid, &traced::ROOT, 0);
+        } else if let Some(v) = unsafe { TRACED.get(&tgid) } {
+            if *v == traced::ROOT {
+                // Matched by name before; the new program has another name.
+                let _ = TRACED.remove(&tgid);
+                return 0;
+            }
+        }
+    }
+    if is_traced(tgid) {
+        emit_proc(sys::EXEC, 0);
+    }
+    0
+}
+
+/// sched:sched_process_exit: comm @8, pid @24, group_dead @32.
+#[tracepoint]
+pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let _ = ARGS.remove(&id);
+    let group_dead = unsafe { *(ctx.as_ptr().add(32) as *const u8) };
+    if group_dead == 0 {
+        return 0;
+    }
+    let tgid = (id >> 32) as u32;
+    if is_traced(tgid) {
+        emit_proc(sys::EXIT, 0);
+    }
+    let _ = TRACED.remove(&tgid);
+    0
+}

@@ -1,0 +1,477 @@
+//! The trace session: load and attach the programs, choose the traced processes, drain the
+//! ring buffer into `model::Event`s, and stop on signal, duration or when the traced
+//! processes are gone.
+
+use std::{
+    collections::HashSet,
+    io,
+    os::fd::AsRawFd as _,
+    process::ExitStatus,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use agent_common::{Config, counter, sys, traced};
+use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use thiserror::Error;
+
+use super::{
+    assemble::{self, Assembler},
+    decode,
+    target::{self, HeldChild},
+};
+use crate::{
+    kernel::{self, KernelError},
+    model::{Detail, Event},
+};
+
+/// The syscalls `capagent trace` can report: id and name (tracepoints
+/// `syscalls:sys_{enter,exit}_NAME`, programs `enter_NAME`/`exit_NAME`).
+pub const SYSCALLS: &[(u16, &str)] = &[
+    (sys::SOCKET, "socket"),
+    (sys::CONNECT, "connect"),
+    (sys::BIND, "bind"),
+    (sys::LISTEN, "listen"),
+    (sys::ACCEPT, "accept"),
+    (sys::ACCEPT4, "accept4"),
+    (sys::SENDTO, "sendto"),
+    (sys::RECVFROM, "recvfrom"),
+    (sys::SENDMSG, "sendmsg"),
+    (sys::RECVMSG, "recvmsg"),
+    (sys::SENDMMSG, "sendmmsg"),
+    (sys::RECVMMSG, "recvmmsg"),
+    (sys::READ, "read"),
+    (sys::WRITE, "write"),
+    (sys::READV, "readv"),
+    (sys::WRITEV, "writev"),
+    (sys::CLOSE, "close"),
+    (sys::SHUTDOWN, "shutdown"),
+];
+
+#[derive(Debug, Error)]
+pub enum TraceError {
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error(transparent)]
+    Target(#[from] target::TargetError),
+    #[error(
+        "unknown event {0:?} (expected socket, connect, bind, listen, accept, send, recv, close, shutdown, or a syscall name)"
+    )]
+    UnknownEvent(String),
+    #[error("nothing to trace: give --pid PID, --comm NAME, --all, or -- CMD")]
+    NoTarget,
+    #[error("--ring-kib must be a power of two of at least 4, not {0}")]
+    RingSize(u32),
+    #[error("writing output: {0}")]
+    Output(#[source] io::Error),
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// Which syscalls a list of `--events` names selects.
+pub fn parse_events(names: &[String]) -> Result<Vec<u16>, TraceError> {
+    if names.is_empty() {
+        return Ok(SYSCALLS.iter().map(|&(id, _)| id).collect());
+    }
+    let mut out = Vec::new();
+    for name in names {
+        let name = name.trim();
+        let ids: &[u16] = match name {
+            "accept" => &[sys::ACCEPT, sys::ACCEPT4],
+            "send" => &[
+                sys::SENDTO,
+                sys::SENDMSG,
+                sys::SENDMMSG,
+                sys::WRITE,
+                sys::WRITEV,
+            ],
+            "recv" => &[
+                sys::RECVFROM,
+                sys::RECVMSG,
+                sys::RECVMMSG,
+                sys::READ,
+                sys::READV,
+            ],
+            "data" => &[
+                sys::SENDTO,
+                sys::SENDMSG,
+                sys::SENDMMSG,
+                sys::WRITE,
+                sys::WRITEV,
+                sys::RECVFROM,
+                sys::RECVMSG,
+                sys::RECVMMSG,
+                sys::READ,
+                sys::READV,
+            ],
+            _ => match SYSCALLS.iter().find(|(_, n)| *n == name) {
+                Some((id, _)) => std::slice::from_ref(id),
+                None => return Err(TraceError::UnknownEvent(name.to_string())),
+            },
+        };
+        for id in ids {
+            if !out.contains(id) {
+                out.push(*id);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What to trace and how.
+#[derive(Debug, Clone, Default)]
+pub struct TraceOptions {
+    pub pids: Vec<u32>,
+    pub comm: Option<String>,
+    pub all: bool,
+    /// `-- CMD ARGS`.
+    pub command: Vec<String>,
+    pub follow_forks: bool,
+    /// Syscall ids to report (see [`parse_events`]).
+    pub syscalls: Vec<u16>,
+    pub snaplen: u32,
+    pub ring_bytes: u32,
+    pub duration: Option<Duration>,
+}
+
+/// How the session ended.
+#[derive(Debug, Default)]
+pub struct TraceOutcome {
+    /// Exit status of `-- CMD`.
+    pub exit_status: Option<ExitStatus>,
+    pub lost_events: u64,
+    pub lost_bytes: u64,
+    pub kernel_events: u64,
+    pub read_errors: u64,
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// True while `pid` is a live (not zombie) process.
+fn alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
+    }
+}
+
+/// Runs a trace session, handing every event to `sink` as it completes.
+pub fn run(
+    opts: &TraceOptions,
+    sink: &mut dyn FnMut(&Event) -> io::Result<()>,
+) -> Result<TraceOutcome, TraceError> {
+    if opts.pids.is_empty() && opts.comm.is_none() && !opts.all && opts.command.is_empty() {
+        return Err(TraceError::NoTarget);
+    }
+    if opts.ring_bytes < 4096 || !opts.ring_bytes.is_power_of_two() {
+        return Err(TraceError::RingSize(opts.ring_bytes / 1024));
+    }
+    kernel::require_root("capagent trace")?;
+    for &pid in &opts.pids {
+        target::check_pid(pid)?;
+    }
+    let comm_filter = opts.comm.as_deref().map(target::comm_filter).transpose()?;
+    kernel::ensure_tracefs()?;
+
+    let mut config = Config::new();
+    config.offsets = kernel::btf::resolve_offsets().map_err(KernelError::from)?;
+    config.snaplen = opts.snaplen;
+    config.trace_all = opts.all as u8;
+    config.follow_forks = opts.follow_forks as u8;
+    config.self_pid = std::process::id();
+    if let Some(f) = comm_filter {
+        config.comm_match = 1;
+        config.comm_filter = f;
+    }
+    let _span = tracing::info_span!("trace").entered();
+    let mut ebpf = kernel::load(&config, opts.ring_bytes)?;
+
+    // Processes to trace, before any program is attached.
+    let mut live: HashSet<u32> = HashSet::new();
+    {
+        let map = ebpf
+            .map_mut("TRACED")
+            .ok_or(KernelError::MissingMap("TRACED"))?;
+        let mut traced_map: HashMap<&mut MapData, u32, u8> =
+            HashMap::try_from(map).map_err(|source| KernelError::Map {
+                name: "TRACED",
+                source,
+            })?;
+        let mut roots = opts.pids.clone();
+        if let Some(name) = &opts.comm {
+            roots.extend(target::pids_by_comm(name));
+        }
+        for pid in roots {
+            traced_map
+                .insert(pid, traced::ROOT, 0)
+                .map_err(|source| KernelError::Map {
+                    name: "TRACED",
+                    source,
+                })?;
+            live.insert(pid);
+        }
+    }
+
+    for (prog, tp) in [
+        ("task_newtask", ("task", "task_newtask")),
+        ("sched_process_exec", ("sched", "sched_process_exec")),
+        ("sched_process_exit", ("sched", "sched_process_exit")),
+    ] {
+        kernel::attach_tracepoint(&mut ebpf, prog, tp.0, tp.1)?;
+    }
+    for &(id, name) in SYSCALLS {
+        if opts.syscalls.contains(&id) {
+            for dir in ["enter", "exit"] {
+                kernel::attach_tracepoint(
+                    &mut ebpf,
+                    &format!("{dir}_{name}"),
+                    "syscalls",
+                    &format!("sys_{dir}_{name}"),
+                )?;
+            }
+        }
+    }
+
+    // Start the command last, so it is traced from its first syscall.
+    let mut child = None;
+    if !opts.command.is_empty() {
+        let mut held = HeldChild::spawn(&opts.command)?;
+        let pid = held.pid();
+        let map = ebpf
+            .map_mut("TRACED")
+            .ok_or(KernelError::MissingMap("TRACED"))?;
+        let mut traced_map: HashMap<&mut MapData, u32, u8> =
+            HashMap::try_from(map).map_err(|source| KernelError::Map {
+                name: "TRACED",
+                source,
+            })?;
+        traced_map
+            .insert(pid, traced::ROOT, 0)
+            .map_err(|source| KernelError::Map {
+                name: "TRACED",
+                source,
+            })?;
+        live.insert(pid);
+        held.release()?;
+        child = Some(held);
+    }
+
+    let mut ring = RingBuf::try_from(
+        ebpf.take_map("EVENTS")
+            .ok_or(KernelError::MissingMap("EVENTS"))?,
+    )
+    .map_err(|source| KernelError::Map {
+        name: "EVENTS",
+        source,
+    })?;
+    let counters: PerCpuArray<MapData, u64> = PerCpuArray::try_from(
+        ebpf.take_map("COUNTERS")
+            .ok_or(KernelError::MissingMap("COUNTERS"))?,
+    )
+    .map_err(|source| KernelError::Map {
+        name: "COUNTERS",
+        source,
+    })?;
+    let read_counter =
+        |idx: u32| -> u64 { counters.get(&idx, 0).map(|v| v.iter().sum()).unwrap_or(0) };
+
+    STOP.store(false, Ordering::SeqCst);
+    install_signal_handlers();
+    let started = Instant::now();
+    let deadline = opts.duration.map(|d| started + d);
+    let stop_when_gone = opts.comm.is_none() && !opts.all;
+    let mut assembler = Assembler::new(assemble::boot_to_wall_offset_ns(), target::process_comm);
+    let mut outcome = TraceOutcome::default();
+    let mut reported_lost = (0u64, 0u64);
+    let mut last_check = Instant::now();
+    let mut output_error = None;
+
+    // Keeps the set of live traced processes up to date, then hands the event on.
+    let mut emit = |ev: &Event, live: &mut HashSet<u32>| -> io::Result<()> {
+        match &ev.detail {
+            Detail::Fork { child_pid } if stop_when_gone => {
+                live.insert(*child_pid);
+            }
+            Detail::Exit => {
+                live.remove(&ev.task.pid);
+            }
+            _ => {}
+        }
+        sink(ev)
+    };
+    let now_wall = |assembler: &Assembler<_>| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+        assembler.wall_ns((ts.tv_sec * 1_000_000_000 + ts.tv_nsec) as u64)
+    };
+
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        unsafe { libc::poll(&mut pfd, 1, 10) };
+        while let Some(item) = ring.next() {
+            match decode::decode(&item) {
+                Ok(rec) => {
+                    let events = assembler.push(&rec);
+                    drop(item);
+                    for ev in events {
+                        if let Err(e) = emit(&ev, &mut live) {
+                            output_error.get_or_insert(e);
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!("undecodable kernel record: {e}"),
+            }
+        }
+        if output_error.is_some() {
+            break;
+        }
+        let now = Instant::now();
+        if now.duration_since(last_check) >= Duration::from_millis(100)
+            || STOP.load(Ordering::SeqCst)
+        {
+            last_check = now;
+            let lost = (
+                read_counter(counter::LOST_EVENTS),
+                read_counter(counter::LOST_BYTES),
+            );
+            if lost != reported_lost {
+                let ev = assemble::lost_event(
+                    now_wall(&assembler),
+                    lost.0 - reported_lost.0,
+                    lost.1 - reported_lost.1,
+                );
+                reported_lost = lost;
+                if let Err(e) = emit(&ev, &mut live) {
+                    output_error.get_or_insert(e);
+                }
+            }
+            if stop_when_gone {
+                live.retain(|&pid| alive(pid));
+            }
+        }
+        if STOP.load(Ordering::SeqCst) || deadline.is_some_and(|d| now >= d) {
+            break;
+        }
+        if let Some(held) = child.as_mut()
+            && outcome.exit_status.is_none()
+            && let Some(status) = held.try_wait()?
+        {
+            outcome.exit_status = Some(status);
+            live.remove(&held.pid());
+        }
+        if stop_when_gone
+            && live.is_empty()
+            && child.as_ref().is_none_or(|_| outcome.exit_status.is_some())
+        {
+            break;
+        }
+    }
+
+    // Drain what is left, then close pending calls.
+    while let Some(item) = ring.next() {
+        if let Ok(rec) = decode::decode(&item) {
+            let events = assembler.push(&rec);
+            drop(item);
+            for ev in events {
+                if let Err(e) = emit(&ev, &mut live) {
+                    output_error.get_or_insert(e);
+                }
+            }
+        }
+    }
+    for ev in assembler.flush() {
+        if let Err(e) = emit(&ev, &mut live) {
+            output_error.get_or_insert(e);
+        }
+    }
+    outcome.lost_events = read_counter(counter::LOST_EVENTS);
+    outcome.lost_bytes = read_counter(counter::LOST_BYTES);
+    if (outcome.lost_events, outcome.lost_bytes) != reported_lost {
+        let ev = assemble::lost_event(
+            now_wall(&assembler),
+            outcome.lost_events - reported_lost.0,
+            outcome.lost_bytes - reported_lost.1,
+        );
+        if let Err(e) = emit(&ev, &mut live) {
+            output_error.get_or_insert(e);
+        }
+    }
+    outcome.kernel_events = read_counter(counter::EVENTS);
+    outcome.read_errors = read_counter(counter::READ_ERRORS);
+    if let Some(mut held) = child {
+        if outcome.exit_status.is_none() {
+            // Stopped by signal or duration: the command keeps its own fate (as with strace,
+            // Ctrl-C reached it too); wait for it so its status can be passed on.
+            if STOP.load(Ordering::SeqCst) {
+                outcome.exit_status = held.wait().ok();
+            } else {
+                outcome.exit_status = held.try_wait().ok().flatten();
+            }
+        }
+    }
+    drop(ebpf); // detaches every program
+    if let Some(e) = output_error {
+        return Err(TraceError::Output(e));
+    }
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn events_expand_groups_and_names() {
+        let v = parse_events(&["connect".into(), "send".into()]).unwrap();
+        assert_eq!(
+            v,
+            vec![
+                sys::CONNECT,
+                sys::SENDTO,
+                sys::SENDMSG,
+                sys::SENDMMSG,
+                sys::WRITE,
+                sys::WRITEV
+            ]
+        );
+        assert_eq!(parse_events(&[]).unwrap().len(), SYSCALLS.len());
+        assert_eq!(
+            parse_events(&["accept".into()]).unwrap(),
+            vec![sys::ACCEPT, sys::ACCEPT4]
+        );
+        let err = parse_events(&["bogus".into()]).unwrap_err().to_string();
+        assert!(err.starts_with("unknown event \"bogus\""), "{err}");
+    }
+
+    #[test]
+    fn every_syscall_has_its_name() {
+        for &(id, name) in SYSCALLS {
+            assert_eq!(sys::name(id), name);
+        }
+    }
+}

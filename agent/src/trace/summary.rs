@@ -1,0 +1,457 @@
+//! Per-connection statistics of a trace, printed to stderr at exit.
+//!
+//! ```text
+//! capagent: 1234 events, 0 lost
+//! curl[4242] fd 5 tcp 127.0.0.1:40112 -> 127.0.0.1:8000  sent 78 B  recv 512 B
+//! ```
+//!
+//! A connection is what the data events of one process on one socket with the same endpoints
+//! have in common ([`ConnKey`]); the remote end of a datagram is the address it was sent to
+//! or received from, so an unconnected UDP socket gives one row per peer.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use crate::model::{Detail, Direction, Endpoint, Event, Transport};
+
+/// Most connections tracked; the data of further ones only counts in the totals.
+pub const MAX_CONNECTIONS: usize = 100_000;
+/// Most connection rows [`Summary::render`] prints.
+pub const RENDER_MAX_ROWS: usize = 100;
+
+/// How a socket is identified: its kernel `sk` when known, else its fd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SockId {
+    Sk(u64),
+    Fd(i32),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ConnKey {
+    pub pid: u32,
+    pub sock: SockId,
+    pub transport: Option<Transport>,
+    pub local: Option<Endpoint>,
+    pub remote: Option<Endpoint>,
+}
+
+/// One connection's numbers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Connection {
+    pub key: ConnKey,
+    /// Process name (the latest seen).
+    pub comm: String,
+    /// The fd used (the latest seen).
+    pub fd: i32,
+    /// Bytes transferred (not only captured) by successful calls.
+    pub sent_bytes: u64,
+    pub recv_bytes: u64,
+    /// Send/recv-type calls (messages for sendmmsg/recvmmsg), failed ones included.
+    pub send_calls: u64,
+    pub recv_calls: u64,
+    /// Calls that failed (negative return).
+    pub errors: u64,
+}
+
+/// Numbers over the whole trace.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Totals {
+    /// Events seen (loss reports excluded).
+    pub events: u64,
+    /// Records the kernel lost (ring buffer full), and their payload bytes.
+    pub lost_events: u64,
+    pub lost_bytes: u64,
+    /// Bytes transferred by successful send/recv-type calls.
+    pub sent_bytes: u64,
+    pub recv_bytes: u64,
+    /// Bytes captured (payload kept).
+    pub captured_bytes: u64,
+    /// Data events whose payload was not fully captured.
+    pub truncated_calls: u64,
+    /// Connections not tracked past [`MAX_CONNECTIONS`].
+    pub untracked_connections: u64,
+}
+
+/// Accumulates [`Totals`] and per-[`Connection`] numbers from events.
+#[derive(Debug, Default)]
+pub struct Summary {
+    totals: Totals,
+    conns: Vec<Connection>,
+    index: HashMap<ConnKey, usize>,
+}
+
+impl Summary {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn add(&mut self, ev: &Event) {
+        let (dir, total, captured, truncated, addr) = match &ev.detail {
+            Detail::Lost { events, bytes } => {
+                self.totals.lost_events = self.totals.lost_events.saturating_add(*events);
+                self.totals.lost_bytes = self.totals.lost_bytes.saturating_add(*bytes);
+                return;
+            }
+            Detail::Data {
+                dir,
+                total,
+                payload,
+                truncated,
+                addr,
+                ..
+            } => (*dir, *total, payload.len() as u64, *truncated, addr),
+            _ => {
+                self.totals.events += 1;
+                return;
+            }
+        };
+        let t = &mut self.totals;
+        t.events += 1;
+        t.captured_bytes = t.captured_bytes.saturating_add(captured);
+        t.truncated_calls += u64::from(truncated);
+        let ok = ev.ret >= 0;
+        let moved = if ok { total } else { 0 };
+        match dir {
+            Direction::Send => t.sent_bytes = t.sent_bytes.saturating_add(moved),
+            Direction::Recv => t.recv_bytes = t.recv_bytes.saturating_add(moved),
+        }
+
+        let sock = ev.sock.as_ref();
+        let key = ConnKey {
+            pid: ev.task.pid,
+            sock: sock.map_or(SockId::Fd(ev.fd), |s| SockId::Sk(s.sk)),
+            transport: sock.map(|s| s.transport),
+            local: sock.and_then(|s| s.local.clone()),
+            remote: addr
+                .map(Endpoint::Inet)
+                .or_else(|| sock.and_then(|s| s.remote.clone())),
+        };
+        let i = match self.index.get(&key) {
+            Some(&i) => i,
+            None if self.conns.len() >= MAX_CONNECTIONS => {
+                self.totals.untracked_connections += 1;
+                return;
+            }
+            None => {
+                self.conns.push(Connection {
+                    key: key.clone(),
+                    comm: String::new(),
+                    fd: ev.fd,
+                    sent_bytes: 0,
+                    recv_bytes: 0,
+                    send_calls: 0,
+                    recv_calls: 0,
+                    errors: 0,
+                });
+                self.index.insert(key, self.conns.len() - 1);
+                self.conns.len() - 1
+            }
+        };
+        let c = &mut self.conns[i];
+        if c.comm != ev.task.comm {
+            c.comm.clone_from(&ev.task.comm);
+        }
+        c.fd = ev.fd;
+        c.errors += u64::from(!ok);
+        match dir {
+            Direction::Send => {
+                c.send_calls += 1;
+                c.sent_bytes = c.sent_bytes.saturating_add(moved);
+            }
+            Direction::Recv => {
+                c.recv_calls += 1;
+                c.recv_bytes = c.recv_bytes.saturating_add(moved);
+            }
+        }
+    }
+
+    pub fn totals(&self) -> &Totals {
+        &self.totals
+    }
+
+    /// Connections in the order they were first seen.
+    pub fn connections(&self) -> &[Connection] {
+        &self.conns
+    }
+
+    /// The human summary for stderr (ends with a newline).
+    pub fn render(&self) -> String {
+        let t = &self.totals;
+        let mut s = format!("capagent: {} events, {} lost", t.events, t.lost_events);
+        if t.lost_events > 0 || t.lost_bytes > 0 {
+            let _ = write!(s, " ({} bytes)", t.lost_bytes);
+        }
+        s.push('\n');
+        for c in self.conns.iter().take(RENDER_MAX_ROWS) {
+            let _ = write!(s, "{}[{}] fd {}", c.comm, c.key.pid, c.fd);
+            if let Some(tr) = c.key.transport {
+                let _ = write!(s, " {}", tr.name());
+            }
+            match (&c.key.local, &c.key.remote) {
+                (None, None) => {}
+                (l, r) => {
+                    let _ = write!(s, " {} -> {}", or_unknown(l), or_unknown(r));
+                }
+            }
+            let _ = writeln!(
+                s,
+                "  sent {}  recv {}",
+                human_bytes(c.sent_bytes),
+                human_bytes(c.recv_bytes)
+            );
+        }
+        let more = (self.conns.len().saturating_sub(RENDER_MAX_ROWS) as u64)
+            .saturating_add(t.untracked_connections);
+        if more > 0 {
+            let _ = writeln!(s, "... and {more} more connections");
+        }
+        s
+    }
+}
+
+fn or_unknown(e: &Option<Endpoint>) -> String {
+    e.as_ref()
+        .map_or_else(|| "?".to_string(), Endpoint::to_string)
+}
+
+/// `78 B`, `1.5 KiB`, `12.0 MiB`, `3.2 GiB`.
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{SocketMeta, Task};
+    use crate::trace::assemble::lost_event;
+    use agent_common::sys;
+    use bytes::Bytes;
+
+    fn ep(s: &str) -> Option<Endpoint> {
+        Some(Endpoint::Inet(s.parse().unwrap()))
+    }
+
+    fn data_ev(
+        pid: u32,
+        fd: i32,
+        sk: u64,
+        dir: Direction,
+        ret: i64,
+        payload: &'static [u8],
+        addr: Option<&str>,
+    ) -> Event {
+        Event {
+            ts_ns: 0,
+            task: Task {
+                pid,
+                tid: pid,
+                comm: "curl".into(),
+            },
+            syscall: if dir == Direction::Send {
+                sys::SENDTO
+            } else {
+                sys::RECVFROM
+            },
+            fd,
+            ret,
+            sock: Some(SocketMeta {
+                sk,
+                ino: 1,
+                transport: Transport::Tcp,
+                local: ep("127.0.0.1:40112"),
+                remote: ep("127.0.0.1:8000"),
+            }),
+            detail: Detail::Data {
+                dir,
+                total: ret.max(0) as u64,
+                payload: Bytes::from_static(payload),
+                truncated: false,
+                addr: addr.map(|a| a.parse().unwrap()),
+                msg_index: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn one_connection() {
+        let mut s = Summary::new();
+        s.add(&data_ev(4242, 5, 0xa, Direction::Send, 78, b"GET", None));
+        s.add(&data_ev(4242, 5, 0xa, Direction::Recv, 500, b"HTTP", None));
+        s.add(&data_ev(4242, 5, 0xa, Direction::Recv, 12, b"", None));
+        s.add(&data_ev(4242, 5, 0xa, Direction::Recv, -11, b"", None));
+        let mut close = data_ev(4242, 5, 0xa, Direction::Send, 0, b"", None);
+        close.syscall = sys::CLOSE;
+        close.detail = Detail::Sock {
+            args: [0; 4],
+            addr: None,
+        };
+        s.add(&close);
+        s.add(&lost_event(0, 12, 34567));
+        assert_eq!(
+            *s.totals(),
+            Totals {
+                events: 5,
+                lost_events: 12,
+                lost_bytes: 34567,
+                sent_bytes: 78,
+                recv_bytes: 512,
+                captured_bytes: 7,
+                truncated_calls: 0,
+                untracked_connections: 0,
+            }
+        );
+        assert_eq!(
+            s.connections(),
+            &[Connection {
+                key: ConnKey {
+                    pid: 4242,
+                    sock: SockId::Sk(0xa),
+                    transport: Some(Transport::Tcp),
+                    local: ep("127.0.0.1:40112"),
+                    remote: ep("127.0.0.1:8000"),
+                },
+                comm: "curl".into(),
+                fd: 5,
+                sent_bytes: 78,
+                recv_bytes: 512,
+                send_calls: 1,
+                recv_calls: 3,
+                errors: 1,
+            }]
+        );
+        assert_eq!(
+            s.render(),
+            "capagent: 5 events, 12 lost (34567 bytes)\n\
+             curl[4242] fd 5 tcp 127.0.0.1:40112 -> 127.0.0.1:8000  sent 78 B  recv 512 B\n"
+        );
+    }
+
+    #[test]
+    fn separate_connections() {
+        let mut s = Summary::new();
+        s.add(&data_ev(1, 5, 0xa, Direction::Send, 10, b"", None));
+        // Other process, same socket (inherited fd): another row.
+        s.add(&data_ev(2, 5, 0xa, Direction::Send, 20, b"", None));
+        // Datagram peers: one row each.
+        s.add(&data_ev(
+            1,
+            6,
+            0xb,
+            Direction::Send,
+            30,
+            b"",
+            Some("10.0.0.1:53"),
+        ));
+        s.add(&data_ev(
+            1,
+            6,
+            0xb,
+            Direction::Send,
+            40,
+            b"",
+            Some("10.0.0.2:53"),
+        ));
+        s.add(&data_ev(
+            1,
+            6,
+            0xb,
+            Direction::Recv,
+            50,
+            b"",
+            Some("10.0.0.1:53"),
+        ));
+        // Unknown socket: by fd.
+        let mut e = data_ev(1, 7, 0, Direction::Recv, 2048, b"", None);
+        e.sock = None;
+        s.add(&e);
+        let rows: Vec<_> = s
+            .connections()
+            .iter()
+            .map(|c| {
+                (
+                    c.key.pid,
+                    c.key.sock,
+                    c.key.remote.clone(),
+                    c.sent_bytes,
+                    c.recv_bytes,
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                (1, SockId::Sk(0xa), ep("127.0.0.1:8000"), 10, 0),
+                (2, SockId::Sk(0xa), ep("127.0.0.1:8000"), 20, 0),
+                (1, SockId::Sk(0xb), ep("10.0.0.1:53"), 30, 50),
+                (1, SockId::Sk(0xb), ep("10.0.0.2:53"), 40, 0),
+                (1, SockId::Fd(7), None, 0, 2048),
+            ]
+        );
+        assert_eq!(
+            s.render(),
+            "capagent: 6 events, 0 lost\n\
+             curl[1] fd 5 tcp 127.0.0.1:40112 -> 127.0.0.1:8000  sent 10 B  recv 0 B\n\
+             curl[2] fd 5 tcp 127.0.0.1:40112 -> 127.0.0.1:8000  sent 20 B  recv 0 B\n\
+             curl[1] fd 6 tcp 127.0.0.1:40112 -> 10.0.0.1:53  sent 30 B  recv 50 B\n\
+             curl[1] fd 6 tcp 127.0.0.1:40112 -> 10.0.0.2:53  sent 40 B  recv 0 B\n\
+             curl[1] fd 7  sent 0 B  recv 2.0 KiB\n"
+        );
+    }
+
+    #[test]
+    fn unix_and_unknown_ends() {
+        let mut s = Summary::new();
+        let mut e = data_ev(9, 3, 0xc, Direction::Send, 2, b"hi", None);
+        e.task.comm = "app".into();
+        e.sock = Some(SocketMeta {
+            sk: 0xc,
+            ino: 2,
+            transport: Transport::UnixStream,
+            local: None,
+            remote: Some(Endpoint::Unix("/run/app.sock".into())),
+        });
+        s.add(&e);
+        assert_eq!(
+            s.render(),
+            "capagent: 1 events, 0 lost\n\
+             app[9] fd 3 unix-stream ? -> unix:/run/app.sock  sent 2 B  recv 0 B\n"
+        );
+    }
+
+    #[test]
+    fn empty() {
+        let s = Summary::new();
+        assert_eq!(s.render(), "capagent: 0 events, 0 lost\n");
+        assert_eq!(*s.totals(), Totals::default());
+    }
+
+    #[test]
+    fn render_is_capped() {
+        let mut s = Summary::new();
+        for sk in 0..RENDER_MAX_ROWS as u64 + 3 {
+            s.add(&data_ev(1, 5, sk + 1, Direction::Send, 1, b"", None));
+        }
+        let r = s.render();
+        assert_eq!(r.lines().count(), 1 + RENDER_MAX_ROWS + 1);
+        assert!(r.ends_with("... and 3 more connections\n"));
+    }
+
+    #[test]
+    fn human() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(12 << 20), "12.0 MiB");
+        assert_eq!(human_bytes(u64::MAX), "16777216.0 TiB");
+    }
+}

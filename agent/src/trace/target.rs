@@ -1,0 +1,242 @@
+//! Which processes a trace follows, and starting `-- CMD` so it is traced from its first
+//! syscall.
+
+use std::{
+    ffi::CString,
+    fs,
+    io::{self, Read as _},
+    os::{
+        fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+        unix::process::ExitStatusExt as _,
+    },
+    process::ExitStatus,
+};
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum TargetError {
+    #[error("no such process: {0}")]
+    NoSuchProcess(u32),
+    #[error("process name {0:?} is longer than the kernel's 15 characters")]
+    CommTooLong(String),
+    #[error("cannot start {cmd}: {source}")]
+    Spawn {
+        cmd: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0}")]
+    Io(#[from] io::Error),
+}
+
+/// A process started by `trace -- CMD`, held before `exec` until [`HeldChild::release`], so
+/// the caller can mark it traced first.
+///
+/// `std::process::Command::spawn` cannot do this: it waits for the child's `exec`.
+pub struct HeldChild {
+    pid: libc::pid_t,
+    release: Option<OwnedFd>,
+    /// Reports a failed `exec` (errno); closed by a successful one.
+    exec_status: Option<OwnedFd>,
+    argv0: String,
+    status: Option<ExitStatus>,
+}
+
+fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+impl HeldChild {
+    /// Forks `argv`; the child waits before `exec` until [`HeldChild::release`].
+    pub fn spawn(argv: &[String]) -> Result<Self, TargetError> {
+        let spawn_err = |source| TargetError::Spawn {
+            cmd: argv[0].clone(),
+            source,
+        };
+        let cargs: Vec<CString> = argv
+            .iter()
+            .map(|a| CString::new(a.as_bytes()))
+            .collect::<Result<_, _>>()
+            .map_err(|e| spawn_err(io::Error::new(io::ErrorKind::InvalidInput, e)))?;
+        let mut ptrs: Vec<*const libc::c_char> = cargs.iter().map(|c| c.as_ptr()).collect();
+        ptrs.push(std::ptr::null());
+        let (go_rd, go_wr) = pipe()?;
+        let (st_rd, st_wr) = pipe()?;
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(spawn_err(io::Error::last_os_error()));
+        }
+        if pid == 0 {
+            // Child: only async-signal-safe calls until exec.
+            unsafe {
+                libc::close(go_wr.as_raw_fd());
+                libc::close(st_rd.as_raw_fd());
+                let mut b = 0u8;
+                while libc::read(go_rd.as_raw_fd(), (&mut b as *mut u8).cast(), 1) < 0
+                    && *libc::__errno_location() == libc::EINTR
+                {}
+                libc::execvp(ptrs[0], ptrs.as_ptr());
+                let err = *libc::__errno_location();
+                libc::write(st_wr.as_raw_fd(), (&err as *const i32).cast(), 4);
+                libc::_exit(127);
+            }
+        }
+        drop(go_rd);
+        drop(st_wr);
+        Ok(HeldChild {
+            pid,
+            release: Some(go_wr),
+            exec_status: Some(st_rd),
+            argv0: argv[0].clone(),
+            status: None,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid as u32
+    }
+
+    /// Lets the child go on to `exec`, and reports whether the `exec` worked.
+    pub fn release(&mut self) -> Result<(), TargetError> {
+        if let Some(wr) = self.release.take() {
+            let mut f = fs::File::from(wr);
+            io::Write::write_all(&mut f, b"g")?;
+        }
+        if let Some(rd) = self.exec_status.take() {
+            let mut f = fs::File::from(rd);
+            let mut errno = [0u8; 4];
+            if f.read_exact(&mut errno).is_ok() {
+                let _ = self.wait();
+                return Err(TargetError::Spawn {
+                    cmd: self.argv0.clone(),
+                    source: io::Error::from_raw_os_error(i32::from_ne_bytes(errno)),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn waitpid(&mut self, flags: libc::c_int) -> io::Result<Option<ExitStatus>> {
+        if self.status.is_some() {
+            return Ok(self.status);
+        }
+        let mut status = 0;
+        loop {
+            let r = unsafe { libc::waitpid(self.pid, &mut status, flags) };
+            if r == self.pid {
+                self.status = Some(ExitStatus::from_raw(status));
+                return Ok(self.status);
+            }
+            if r == 0 {
+                return Ok(None);
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() != io::ErrorKind::Interrupted {
+                return Err(err);
+            }
+        }
+    }
+
+    /// The exit status, if the child has ended (reaps it).
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        self.waitpid(libc::WNOHANG)
+    }
+
+    /// Waits for the child to end.
+    pub fn wait(&mut self) -> io::Result<ExitStatus> {
+        Ok(self
+            .waitpid(0)?
+            .expect("waitpid without WNOHANG returns a status"))
+    }
+}
+
+/// Fails unless /proc/PID exists.
+pub fn check_pid(pid: u32) -> Result<(), TargetError> {
+    if fs::metadata(format!("/proc/{pid}")).is_ok() {
+        Ok(())
+    } else {
+        Err(TargetError::NoSuchProcess(pid))
+    }
+}
+
+/// The process name (thread group leader's comm) of `pid`.
+pub fn process_comm(pid: u32) -> Option<String> {
+    let mut s = String::new();
+    fs::File::open(format!("/proc/{pid}/comm"))
+        .ok()?
+        .read_to_string(&mut s)
+        .ok()?;
+    Some(s.trim_end_matches('\n').to_string())
+}
+
+/// The comm filter as the kernel stores it: at most 15 bytes, NUL padded.
+pub fn comm_filter(name: &str) -> Result<[u8; 16], TargetError> {
+    if name.len() > 15 {
+        return Err(TargetError::CommTooLong(name.to_string()));
+    }
+    let mut out = [0u8; 16];
+    out[..name.len()].copy_from_slice(name.as_bytes());
+    Ok(out)
+}
+
+/// Running processes whose name is `name`.
+pub fn pids_by_comm(name: &str) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| process_comm(pid).as_deref() == Some(name))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn comm_filter_pads_and_limits() {
+        assert_eq!(&comm_filter("curl").unwrap()[..5], b"curl\0");
+        assert!(comm_filter("a-very-long-process-name").is_err());
+        assert_eq!(comm_filter("123456789012345").unwrap()[15], 0);
+    }
+
+    #[test]
+    fn finds_own_process_by_name() {
+        let me = std::process::id();
+        let name = process_comm(me).unwrap();
+        assert!(pids_by_comm(&name).contains(&me));
+    }
+
+    #[test]
+    fn held_child_runs_only_after_release() {
+        let dir = std::env::temp_dir().join(format!("capagent-held-{}", std::process::id()));
+        let marker = dir.to_str().unwrap().to_string();
+        let mut held =
+            HeldChild::spawn(&["sh".into(), "-c".into(), format!("echo ran > {marker}")]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(!dir.exists(), "child ran before release");
+        held.release().unwrap();
+        assert!(held.wait().unwrap().success());
+        assert_eq!(fs::read_to_string(&dir).unwrap(), "ran\n");
+        fs::remove_file(&dir).unwrap();
+    }
+
+    #[test]
+    fn exit_code_and_exec_failure_are_reported() {
+        let mut held = HeldChild::spawn(&["sh".into(), "-c".into(), "exit 7".into()]).unwrap();
+        held.release().unwrap();
+        assert_eq!(held.wait().unwrap().code(), Some(7));
+        let mut missing = HeldChild::spawn(&["/nonexistent/capagent-test".into()]).unwrap();
+        let err = missing.release().unwrap_err().to_string();
+        assert!(
+            err.contains("cannot start /nonexistent/capagent-test"),
+            "{err}"
+        );
+        assert!(err.contains("No such file"), "{err}");
+    }
+}

@@ -1,0 +1,63 @@
+#!/usr/bin/env python3
+"""Writes seed inputs for the decode_record fuzz target into decode_record/.
+
+Each input is a sequence of frames [selector u8][len u16 LE][record bytes], the records laid
+out as agent-common's #[repr(C)] structs (little-endian x86-64/arm64 layout).
+
+    python3 fuzz/seeds/make_seeds.py
+    CAPAGENT_SKIP_EBPF=1 cargo +nightly fuzz run decode_record fuzz/corpus/decode_record \
+        fuzz/seeds/decode_record -- -max_total_time=60
+"""
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def hdr(kind, sc, flags, pid, tid, fd, ret, fam=2, typ=1, proto=6, state=1, sk=0x1000):
+    sock = struct.pack('<QQHHHHHHI16s16s', sk, 7, fam, typ, proto, state, 40112, 5555, 0,
+                       bytes([127, 0, 0, 1]), bytes([10, 0, 0, 1]))
+    return struct.pack('<QHHHHIIiIq16s', 1000, kind, sc, flags, 0, pid, tid, fd, 0, ret,
+                       b'curl') + sock
+
+
+def data(sc, flags, tid, total, off, payload, idx=0, afam=0, ret=None):
+    h = hdr(2, sc, flags | 8, 100, tid, 3, total if ret is None else ret)
+    return (h + struct.pack('<QQII', total, off, len(payload), idx)
+            + struct.pack('<HHI16s', afam, 53, 0, bytes([1, 2, 3, 4])) + payload)
+
+
+def sock(sc, ret, addr, fam=2, state=1, args=(2, 1, 6, 0)):
+    h = hdr(1, sc, 8, 100, 100, 3, ret, fam=fam, state=state)
+    return h + struct.pack('<4QII', *args, len(addr), 0) + addr.ljust(128, b'\0')
+
+
+def proc(sc, child, code):
+    return hdr(3, sc, 0, 100, 100, -1, 0) + struct.pack('<II', child, code)
+
+
+def frame(recs):
+    return b''.join(bytes([0]) + struct.pack('<H', len(r)) + r for r in recs)
+
+
+SIN = struct.pack('<H', 2) + bytes([0x15, 0xb3, 192, 168, 10, 1]) + bytes(8)
+SUN = struct.pack('<H', 1) + b'/run/a.sock\0'
+SEEDS = {
+    'calls': [sock(1, 3, b''), sock(2, 0, SIN), data(7, 3, 100, 12, 0, b'Hello World!'),
+              data(13, 1, 101, 9, 0, b'abc'), data(14, 3, 102, 2, 0, b'hi'),
+              data(13, 0, 101, 9, 3, b'def'), data(13, 2, 101, 9, 6, b'ghi'), sock(17, 0, b'')],
+    'unix': [sock(3, 0, SUN, fam=1), sock(6, 5, struct.pack('<H', 1), fam=1, state=10),
+             data(14, 3, 100, 2, 0, b'hi'), sock(2, 0, struct.pack('<H', 1) + b'\0abs', fam=1),
+             sock(17, 0, b'', fam=1)],
+    'mmsg': [data(11, 1, 7, 3, 0, b'one', 0, 2), data(11, 2 | 16, 7, 3, 0, b'two', 1, 10),
+             proc(32, 101, 0), proc(33, 0, 0), proc(34, 0, 0x100)],
+    'lost': [data(13, 1, 1, 100000, 0, b'GET /'), data(13, 1 | 2 | 4, 1, 100000, 0, b'GET /'),
+             data(8, 3, 2, 0, 0, b'', ret=-11)],
+}
+
+if __name__ == '__main__':
+    out = os.path.join(HERE, 'decode_record')
+    os.makedirs(out, exist_ok=True)
+    for name, recs in SEEDS.items():
+        with open(os.path.join(out, name), 'wb') as f:
+            f.write(frame(recs))
