@@ -222,7 +222,10 @@ pub struct KernelOffsets {
     pub sk_v6_rcv_saddr: u32,
     pub sk_type: u32,
     pub sk_protocol: u32,
-    pub _pad: u32,
+    /// `struct pt_regs` members holding the six syscall arguments, in order, and the
+    /// syscall number (x86_64: di, si, dx, r10, r8, r9; orig_ax).
+    pub regs_args: [u32; 6],
+    pub regs_nr: u32,
 }
 
 /// Load-time configuration of the eBPF programs (a read-only global).
@@ -238,15 +241,22 @@ pub struct Config {
     pub follow_forks: u8,
     /// When non-zero, a process that execs with this comm (`comm_filter`) is traced.
     pub comm_match: u8,
-    pub _pad0: u8,
-    /// Bit `1 << sys::X` set = report syscall X.
-    pub event_mask: u64,
+    /// Lossless mode: when the ring buffer is more than half full after a call, stop the
+    /// calling process (SIGSTOP) and note it in `PAUSED`; userspace continues it (SIGCONT)
+    /// once it has drained the ring.
+    pub pause: u8,
     /// Process name to match (NUL padded) when `comm_match` is set.
     pub comm_filter: [u8; TASK_COMM_LEN],
     /// The agent's own pid, never traced.
     pub self_pid: u32,
     pub _pad1: u32,
+    /// Syscall number (of this architecture) -> `sys::X` id to report, 0 = ignore. Userspace
+    /// fills it from its libc's `SYS_*` numbers and the `--events` selection.
+    pub sys_table: [u8; SYSCALL_TABLE_LEN],
 }
+
+/// Syscall numbers below this are looked up in `Config::sys_table`.
+pub const SYSCALL_TABLE_LEN: usize = 512;
 
 impl Config {
     pub const fn new() -> Self {
@@ -273,17 +283,18 @@ impl Config {
                 sk_v6_rcv_saddr: 0,
                 sk_type: 0,
                 sk_protocol: 0,
-                _pad: 0,
+                regs_args: [0; 6],
+                regs_nr: 0,
             },
             snaplen: 0,
             trace_all: 0,
             follow_forks: 0,
             comm_match: 0,
-            _pad0: 0,
-            event_mask: u64::MAX,
+            pause: 0,
             comm_filter: [0; TASK_COMM_LEN],
             self_pid: 0,
             _pad1: 0,
+            sys_table: [0; SYSCALL_TABLE_LEN],
         }
     }
 }
@@ -322,8 +333,8 @@ const _: () = assert!(core::mem::size_of::<SockEvent>() == 120 + 32 + 8 + SOCKAD
 const _: () = assert!(core::mem::size_of::<MsgAddr>() == 24);
 const _: () = assert!(core::mem::size_of::<DataEvent>() == 120 + 24 + 24);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 128);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 88);
-const _: () = assert!(core::mem::size_of::<Config>() == 88 + 8 + 8 + 16 + 8);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 28 * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == 112 + 8 + 16 + 8 + SYSCALL_TABLE_LEN);
 
 #[cfg(feature = "user")]
 mod user {

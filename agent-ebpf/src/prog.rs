@@ -1,18 +1,18 @@
 use agent_common::{
-    CHUNK_MAX, Config, DataEvent, EventHeader, MsgAddr, ProcEvent, SOCKADDR_MAX, SockEvent,
-    SockInfo, counter, flags, kind, sys, traced,
+    CHUNK_MAX, Config, DataEvent, EventHeader, MsgAddr, ProcEvent, SOCKADDR_MAX, SYSCALL_TABLE_LEN,
+    SockEvent, SockInfo, counter, flags, kind, sys, traced,
 };
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
         bpf_ktime_get_boot_ns,
-        generated::{bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user},
+        generated::{bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user, bpf_send_signal},
     },
-    macros::{map, tracepoint},
+    macros::{map, raw_tracepoint, tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
+    programs::{RawTracePointContext, TracePointContext},
 };
 
 /// Filled by userspace at load time (kernel offsets, snaplen, filters).
@@ -26,6 +26,10 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
 /// Processes (tgid) being traced; value: `traced::ROOT` or `traced::CHILD`.
 #[map]
 static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
+
+/// Processes (tgid) stopped because the ring buffer was filling up (lossless mode).
+#[map]
+static PAUSED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 
 /// Arguments of the call each traced thread is in (key: pid_tgid).
 #[map]
@@ -75,6 +79,7 @@ const S_IFSOCK: u16 = 0o140000;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const CLONE_THREAD: u64 = 0x0001_0000;
+const SIGSTOP: u32 = 19;
 
 /// The configuration, read through an opaque pointer so the compiler cannot fold the
 /// link-time defaults into the code (userspace rewrites them before loading).
@@ -140,15 +145,14 @@ unsafe fn uread<T: Copy + Default>(addr: u64) -> Option<T> {
     if r == 0 { Some(v) } else { None }
 }
 
+/// Syscall argument `n` from the `struct pt_regs` the syscall entered with.
 #[inline(always)]
-fn arg(ctx: &TracePointContext, n: usize) -> u64 {
-    // sys_enter_*: args are 8-byte fields from offset 16.
-    unsafe { *(ctx.as_ptr() as *const u64).add(2 + n) }
-}
-
-#[inline(always)]
-fn ret_of(ctx: &TracePointContext) -> i64 {
-    unsafe { *(ctx.as_ptr() as *const i64).add(2) }
+fn arg(regs: u64, n: usize) -> u64 {
+    let off = cfg!(offsets.regs_args);
+    if n >= off.len() {
+        return 0;
+    }
+    unsafe { kread(regs + off[n] as u64) }
 }
 
 /// Finds the socket behind `fd` of the current process; false when fd is not a socket.
@@ -239,24 +243,40 @@ fn fill_header(
 // ---------------------------------------------------------------------------------------------
 // Entering a call: remember the arguments.
 
+/// How many arguments after the fd a call needs, and whether the fd must be a socket (and
+/// is resolved) at entry. (socket's arguments are all in `a`.)
 #[inline(always)]
-fn enter(ctx: &TracePointContext, s: u16, nargs: usize, sock_now: bool) -> u32 {
+fn shape(s: u16) -> (usize, bool) {
+    match s {
+        sys::SOCKET => (3, false),
+        sys::CONNECT | sys::BIND | sys::ACCEPT => (2, false),
+        sys::ACCEPT4 => (3, false),
+        sys::LISTEN => (1, false),
+        sys::CLOSE => (0, true),
+        sys::SHUTDOWN => (1, true),
+        sys::SENDTO | sys::RECVFROM => (5, true),
+        _ => (2, true),
+    }
+}
+
+#[inline(always)]
+fn enter(regs: u64, s: u16) -> i32 {
     let id = bpf_get_current_pid_tgid();
     if !is_traced((id >> 32) as u32) {
         return 0;
     }
+    let (nargs, sock_now) = shape(s);
     let mut a = Args {
         sys: s as u64,
-        fd: arg(ctx, 0) as i64,
+        fd: arg(regs, 0) as i64,
         a: [0; 5],
         sock_valid: 0,
         sock: SockInfo::default(),
     };
-    // Arguments after the fd (socket's are all in a[]).
     let first = if s == sys::SOCKET { 0 } else { 1 };
     for i in 0..5 {
         if i < nargs {
-            a.a[i] = arg(ctx, first + i);
+            a.a[i] = arg(regs, first + i);
         }
     }
     if sock_now {
@@ -323,9 +343,8 @@ fn emit_sock(
 }
 
 #[inline(always)]
-fn sock_exit(ctx: &TracePointContext, s: u16) -> u32 {
-    let Some(a) = take_args(s) else { return 0 };
-    let ret = ret_of(ctx);
+fn sock_exit(s: u16, ret: i64) {
+    let Some(a) = take_args(s) else { return };
     let mut sock = a.sock;
     let mut valid = a.sock_valid != 0;
     let mut fd = a.fd;
@@ -364,7 +383,6 @@ fn sock_exit(ctx: &TracePointContext, s: u16) -> u32 {
         _ => {}
     }
     emit_sock(&a, fd, ret, &sock, valid, args, addr, addr_len);
-    0
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -546,6 +564,7 @@ fn emit_payload(
             )
         };
     }
+    pause_if_filling();
     if c.done < want || want == 0 {
         // Nothing (more) could be captured: close the call with an empty LAST record.
         let Some(s) = SCRATCH.get_ptr_mut(0) else {
@@ -571,6 +590,27 @@ fn emit_payload(
     }
 }
 
+/// Lossless mode: stops the current process once the ring buffer is half full, so that it
+/// cannot outrun the agent; the agent continues it after draining.
+#[inline(always)]
+fn pause_if_filling() {
+    if cfg!(pause) == 0 {
+        return;
+    }
+    let avail = EVENTS.query(BPF_RB_AVAIL_DATA.into());
+    let size = EVENTS.query(BPF_RB_RING_SIZE.into());
+    if avail < size / 2 {
+        return;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if unsafe { PAUSED.get(&tgid) }.is_some() {
+        return;
+    }
+    if PAUSED.insert(&tgid, &1, 0).is_ok() {
+        unsafe { bpf_send_signal(SIGSTOP) };
+    }
+}
+
 /// Copies the first `size` bytes of the scratch record into the ring buffer.
 #[inline(always)]
 fn output(s: *mut Scratch, size: usize) -> Result<(), i32> {
@@ -579,9 +619,8 @@ fn output(s: *mut Scratch, size: usize) -> Result<(), i32> {
 }
 
 #[inline(always)]
-fn data_exit(ctx: &TracePointContext, s: u16) -> u32 {
-    let Some(a) = take_args(s) else { return 0 };
-    let ret = ret_of(ctx);
+fn data_exit(s: u16, ret: i64) {
+    let Some(a) = take_args(s) else { return };
     let total = if ret > 0 { ret as u64 } else { 0 };
     let none = MsgAddr::default();
     match s {
@@ -611,17 +650,15 @@ fn data_exit(ctx: &TracePointContext, s: u16) -> u32 {
         }
         _ => {}
     }
-    0
 }
 
 #[inline(always)]
-fn mmsg_exit(ctx: &TracePointContext, s: u16) -> u32 {
-    let Some(a) = take_args(s) else { return 0 };
-    let ret = ret_of(ctx);
+fn mmsg_exit(s: u16, ret: i64) {
+    let Some(a) = take_args(s) else { return };
     let none = MsgAddr::default();
     if ret <= 0 {
         emit_payload(&a, ret, 0, 0, 0, 0, &none, 0, flags::LAST_MSG);
-        return 0;
+        return;
     }
     let n = ret as u64;
     for i in 0..MAX_MMSG {
@@ -642,67 +679,53 @@ fn mmsg_exit(ctx: &TracePointContext, s: u16) -> u32 {
         };
         emit_payload(&a, ret, 0, hdr[2], hdr[3], len, &addr, i as u32, last);
     }
-    0
 }
 
 // ---------------------------------------------------------------------------------------------
-// Tracepoint programs. One per syscall enter/exit so userspace attaches only what it reports.
+// The syscall programs: raw tracepoints on every syscall's entry and exit. They cost far less
+// per call than the perf-based `syscalls:sys_*_NAME` tracepoints; the syscall number picks
+// what to do (`CONFIG.sys_table`, filled by userspace from `--events`), and every other
+// syscall returns at once.
 
-macro_rules! enter_prog {
-    ($name:ident, $sys:expr, $nargs:expr, $sock_now:expr) => {
-        #[tracepoint]
-        pub fn $name(ctx: TracePointContext) -> u32 {
-            enter(&ctx, $sys, $nargs, $sock_now)
-        }
-    };
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
+    let nr: u64 = ctx.arg(1);
+    if nr >= SYSCALL_TABLE_LEN as u64 {
+        return 0;
+    }
+    let s = cfg!(sys_table)[nr as usize] as u16;
+    if s == 0 {
+        return 0;
+    }
+    enter(ctx.arg(0), s)
 }
 
-macro_rules! exit_prog {
-    ($name:ident, $handler:ident, $sys:expr) => {
-        #[tracepoint]
-        pub fn $name(ctx: TracePointContext) -> u32 {
-            $handler(&ctx, $sys)
-        }
-    };
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+    let regs: u64 = ctx.arg(0);
+    let nr: u64 = unsafe { kread(regs + cfg!(offsets.regs_nr) as u64) };
+    if nr >= SYSCALL_TABLE_LEN as u64 {
+        return 0;
+    }
+    let s = cfg!(sys_table)[nr as usize] as u16;
+    if s == 0 {
+        return 0;
+    }
+    let ret: i64 = ctx.arg(1);
+    match s {
+        sys::SOCKET
+        | sys::CONNECT
+        | sys::BIND
+        | sys::LISTEN
+        | sys::ACCEPT
+        | sys::ACCEPT4
+        | sys::CLOSE
+        | sys::SHUTDOWN => sock_exit(s, ret),
+        sys::SENDMMSG | sys::RECVMMSG => mmsg_exit(s, ret),
+        _ => data_exit(s, ret),
+    }
+    0
 }
-
-enter_prog!(enter_socket, sys::SOCKET, 3, false);
-exit_prog!(exit_socket, sock_exit, sys::SOCKET);
-enter_prog!(enter_connect, sys::CONNECT, 2, false);
-exit_prog!(exit_connect, sock_exit, sys::CONNECT);
-enter_prog!(enter_bind, sys::BIND, 2, false);
-exit_prog!(exit_bind, sock_exit, sys::BIND);
-enter_prog!(enter_listen, sys::LISTEN, 1, false);
-exit_prog!(exit_listen, sock_exit, sys::LISTEN);
-enter_prog!(enter_accept, sys::ACCEPT, 2, false);
-exit_prog!(exit_accept, sock_exit, sys::ACCEPT);
-enter_prog!(enter_accept4, sys::ACCEPT4, 3, false);
-exit_prog!(exit_accept4, sock_exit, sys::ACCEPT4);
-enter_prog!(enter_close, sys::CLOSE, 0, true);
-exit_prog!(exit_close, sock_exit, sys::CLOSE);
-enter_prog!(enter_shutdown, sys::SHUTDOWN, 1, true);
-exit_prog!(exit_shutdown, sock_exit, sys::SHUTDOWN);
-
-enter_prog!(enter_sendto, sys::SENDTO, 5, true);
-exit_prog!(exit_sendto, data_exit, sys::SENDTO);
-enter_prog!(enter_recvfrom, sys::RECVFROM, 5, true);
-exit_prog!(exit_recvfrom, data_exit, sys::RECVFROM);
-enter_prog!(enter_sendmsg, sys::SENDMSG, 2, true);
-exit_prog!(exit_sendmsg, data_exit, sys::SENDMSG);
-enter_prog!(enter_recvmsg, sys::RECVMSG, 2, true);
-exit_prog!(exit_recvmsg, data_exit, sys::RECVMSG);
-enter_prog!(enter_sendmmsg, sys::SENDMMSG, 2, true);
-exit_prog!(exit_sendmmsg, mmsg_exit, sys::SENDMMSG);
-enter_prog!(enter_recvmmsg, sys::RECVMMSG, 2, true);
-exit_prog!(exit_recvmmsg, mmsg_exit, sys::RECVMMSG);
-enter_prog!(enter_read, sys::READ, 2, true);
-exit_prog!(exit_read, data_exit, sys::READ);
-enter_prog!(enter_write, sys::WRITE, 2, true);
-exit_prog!(exit_write, data_exit, sys::WRITE);
-enter_prog!(enter_readv, sys::READV, 2, true);
-exit_prog!(exit_readv, data_exit, sys::READV);
-enter_prog!(enter_writev, sys::WRITEV, 2, true);
-exit_prog!(exit_writev, data_exit, sys::WRITEV);
 
 // ---------------------------------------------------------------------------------------------
 // Process lifecycle: follow forks, match names at exec, forget exited processes.

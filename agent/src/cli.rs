@@ -74,6 +74,11 @@ pub struct TraceArgs {
     /// Size of the kernel ring buffer in KiB (power of two, at least 4).
     #[arg(long, default_value_t = 32768, value_name = "KIB")]
     pub ring_kib: u32,
+    /// Never pause a traced process: when the ring buffer is full, drop records (counted and
+    /// reported). By default a traced process whose records fill half the ring buffer is
+    /// stopped until capagent has caught up, so nothing is lost (always allowed with --all).
+    #[arg(long)]
+    pub allow_loss: bool,
     /// Do not print the summary at exit.
     #[arg(long)]
     pub no_summary: bool,

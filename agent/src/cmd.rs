@@ -57,6 +57,7 @@ fn trace(args: TraceArgs) -> anyhow::Result<ExitCode> {
         snaplen: args.snaplen,
         ring_bytes: args.ring_kib.saturating_mul(1024),
         duration: args.duration.map(Duration::from_secs_f64),
+        lossless: !args.allow_loss && !args.all,
     };
     let mut writer = Writer::open(args.format, args.output.as_deref(), TextConfig::default())
         .with_context(|| match &args.output {

@@ -87,6 +87,13 @@ pub fn load_btf(path: &Path) -> Result<Btf, BtfError> {
     })
 }
 
+/// `struct pt_regs` members that carry the six syscall arguments (the syscall ABI).
+#[cfg(target_arch = "x86_64")]
+const SYSCALL_REGS: [&str; 6] = ["di", "si", "dx", "r10", "r8", "r9"];
+/// `struct pt_regs` member that keeps the syscall number.
+#[cfg(target_arch = "x86_64")]
+const SYSCALL_NR_REG: &str = "orig_ax";
+
 /// Resolves every field of [`KernelOffsets`] from parsed BTF.
 pub fn offsets_from_btf(btf: &Btf) -> Result<KernelOffsets, BtfError> {
     // The `sock_common` fields are reached through `struct sock`'s first member, so the
@@ -115,7 +122,15 @@ pub fn offsets_from_btf(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         // Plain u16 fields since Linux 5.6; bitfields before (rejected with an error).
         sk_type: member_offset(btf, "sock", &["sk_type"])?,
         sk_protocol: member_offset(btf, "sock", &["sk_protocol"])?,
-        _pad: 0,
+        regs_args: [
+            member_offset(btf, "pt_regs", &[SYSCALL_REGS[0]])?,
+            member_offset(btf, "pt_regs", &[SYSCALL_REGS[1]])?,
+            member_offset(btf, "pt_regs", &[SYSCALL_REGS[2]])?,
+            member_offset(btf, "pt_regs", &[SYSCALL_REGS[3]])?,
+            member_offset(btf, "pt_regs", &[SYSCALL_REGS[4]])?,
+            member_offset(btf, "pt_regs", &[SYSCALL_REGS[5]])?,
+        ],
+        regs_nr: member_offset(btf, "pt_regs", &[SYSCALL_NR_REG])?,
     })
 }
 

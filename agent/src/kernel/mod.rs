@@ -4,7 +4,10 @@ pub mod btf;
 
 use std::path::Path;
 
-use aya::{Ebpf, EbpfLoader, programs::TracePoint};
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{RawTracePoint, TracePoint},
+};
 use thiserror::Error;
 
 /// The eBPF object built by `agent/build.rs` (empty when built without bpf-linker).
@@ -121,6 +124,30 @@ pub fn attach_tracepoint(
             tp: tp.to_string(),
             source,
         })?;
+    tracing::debug!(prog, "attached");
+    Ok(())
+}
+
+/// A raw tracepoint program of the object attached to `tp` (e.g. `sys_enter`).
+pub fn attach_raw_tracepoint(ebpf: &mut Ebpf, prog: &str, tp: &str) -> Result<(), KernelError> {
+    let program: &mut RawTracePoint = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| KernelError::MissingProgram(prog.to_string()))?
+        .try_into()
+        .map_err(|source| KernelError::Program {
+            name: prog.to_string(),
+            source,
+        })?;
+    program.load().map_err(|source| KernelError::Program {
+        name: prog.to_string(),
+        source,
+    })?;
+    let _span = tracing::debug_span!("attach", tp).entered();
+    program.attach(tp).map_err(|source| KernelError::Attach {
+        category: "raw_tracepoint".to_string(),
+        tp: tp.to_string(),
+        source,
+    })?;
     tracing::debug!(prog, "attached");
     Ok(())
 }

@@ -25,8 +25,7 @@ use crate::{
     model::{Detail, Event},
 };
 
-/// The syscalls `capagent trace` can report: id and name (tracepoints
-/// `syscalls:sys_{enter,exit}_NAME`, programs `enter_NAME`/`exit_NAME`).
+/// The syscalls `capagent trace` can report: id and name.
 pub const SYSCALLS: &[(u16, &str)] = &[
     (sys::SOCKET, "socket"),
     (sys::CONNECT, "connect"),
@@ -66,6 +65,37 @@ pub enum TraceError {
     Output(#[source] io::Error),
     #[error("{0}")]
     Io(#[from] io::Error),
+}
+
+/// This architecture's syscall numbers for a `sys::X` id (accept is also reached through
+/// accept4 on some architectures, which simply lack the older call).
+fn syscall_numbers(id: u16) -> Vec<usize> {
+    let nrs: &[libc::c_long] = match id {
+        sys::SOCKET => &[libc::SYS_socket],
+        sys::CONNECT => &[libc::SYS_connect],
+        sys::BIND => &[libc::SYS_bind],
+        sys::LISTEN => &[libc::SYS_listen],
+        #[cfg(target_arch = "x86_64")]
+        sys::ACCEPT => &[libc::SYS_accept],
+        sys::ACCEPT4 => &[libc::SYS_accept4],
+        sys::SENDTO => &[libc::SYS_sendto],
+        sys::RECVFROM => &[libc::SYS_recvfrom],
+        sys::SENDMSG => &[libc::SYS_sendmsg],
+        sys::RECVMSG => &[libc::SYS_recvmsg],
+        sys::SENDMMSG => &[libc::SYS_sendmmsg],
+        sys::RECVMMSG => &[libc::SYS_recvmmsg],
+        sys::READ => &[libc::SYS_read],
+        sys::WRITE => &[libc::SYS_write],
+        sys::READV => &[libc::SYS_readv],
+        sys::WRITEV => &[libc::SYS_writev],
+        sys::CLOSE => &[libc::SYS_close],
+        sys::SHUTDOWN => &[libc::SYS_shutdown],
+        _ => &[],
+    };
+    nrs.iter()
+        .map(|&n| n as usize)
+        .filter(|&n| n < agent_common::SYSCALL_TABLE_LEN)
+        .collect()
 }
 
 /// Which syscalls a list of `--events` names selects.
@@ -132,6 +162,9 @@ pub struct TraceOptions {
     pub snaplen: u32,
     pub ring_bytes: u32,
     pub duration: Option<Duration>,
+    /// Stop a traced process whose records fill half the ring buffer until the agent has
+    /// drained it, instead of dropping records.
+    pub lossless: bool,
 }
 
 /// How the session ended.
@@ -159,6 +192,16 @@ fn install_signal_handlers() {
             libc::sigemptyset(&mut sa.sa_mask);
             libc::sigaction(sig, &sa, std::ptr::null_mut());
         }
+    }
+}
+
+/// Continues the processes the kernel stopped because the ring buffer was filling up (the
+/// caller has just drained it).
+fn resume_paused(paused: &mut HashMap<MapData, u32, u8>) {
+    let pids: Vec<u32> = paused.keys().filter_map(Result::ok).collect();
+    for pid in pids {
+        let _ = paused.remove(&pid);
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
     }
 }
 
@@ -196,7 +239,13 @@ pub fn run(
     config.snaplen = opts.snaplen;
     config.trace_all = opts.all as u8;
     config.follow_forks = opts.follow_forks as u8;
+    config.pause = opts.lossless as u8;
     config.self_pid = std::process::id();
+    for &id in &opts.syscalls {
+        for nr in syscall_numbers(id) {
+            config.sys_table[nr] = id as u8;
+        }
+    }
     if let Some(f) = comm_filter {
         config.comm_match = 1;
         config.comm_filter = f;
@@ -237,18 +286,8 @@ pub fn run(
     ] {
         kernel::attach_tracepoint(&mut ebpf, prog, tp.0, tp.1)?;
     }
-    for &(id, name) in SYSCALLS {
-        if opts.syscalls.contains(&id) {
-            for dir in ["enter", "exit"] {
-                kernel::attach_tracepoint(
-                    &mut ebpf,
-                    &format!("{dir}_{name}"),
-                    "syscalls",
-                    &format!("sys_{dir}_{name}"),
-                )?;
-            }
-        }
-    }
+    kernel::attach_raw_tracepoint(&mut ebpf, "sys_enter", "sys_enter")?;
+    kernel::attach_raw_tracepoint(&mut ebpf, "sys_exit", "sys_exit")?;
 
     // Start the command last, so it is traced from its first syscall.
     let mut child = None;
@@ -288,6 +327,14 @@ pub fn run(
     )
     .map_err(|source| KernelError::Map {
         name: "COUNTERS",
+        source,
+    })?;
+    let mut paused: HashMap<MapData, u32, u8> = HashMap::try_from(
+        ebpf.take_map("PAUSED")
+            .ok_or(KernelError::MissingMap("PAUSED"))?,
+    )
+    .map_err(|source| KernelError::Map {
+        name: "PAUSED",
         source,
     })?;
     let read_counter =
@@ -347,6 +394,7 @@ pub fn run(
                 Err(e) => tracing::warn!("undecodable kernel record: {e}"),
             }
         }
+        resume_paused(&mut paused);
         if output_error.is_some() {
             break;
         }
@@ -434,7 +482,9 @@ pub fn run(
             }
         }
     }
+    resume_paused(&mut paused);
     drop(ebpf); // detaches every program
+    resume_paused(&mut paused);
     if let Some(e) = output_error {
         return Err(TraceError::Output(e));
     }
@@ -469,9 +519,11 @@ mod tests {
     }
 
     #[test]
-    fn every_syscall_has_its_name() {
+    fn every_syscall_has_its_name_and_number() {
         for &(id, name) in SYSCALLS {
             assert_eq!(sys::name(id), name);
+            assert_eq!(syscall_numbers(id).len(), 1, "{name}");
         }
+        assert_eq!(syscall_numbers(sys::READ), vec![libc::SYS_read as usize]);
     }
 }
