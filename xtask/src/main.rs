@@ -1,1 +1,91 @@
-fn main() {}
+//! capagent's developer tasks: `cargo xtask <task>` (the alias is in .cargo/config.toml).
+//!
+//! * `setup`: install the nightly toolchain, rust-src, bpf-linker and the Debian packages the
+//!   tests use (idempotent);
+//! * `build [--release]`: build capagent with its eBPF programs;
+//! * `test`: setup, unit tests, then the integration tests (root);
+//! * `demo`: setup, build, and trace curl against a local HTTP server;
+//! * `bench trace`: tracing overhead next to strace and bpftrace.
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod bench;
+mod demo;
+mod setup;
+mod testcmd;
+mod util;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cargo xtask",
+    about = "capagent's build, setup, test and benchmark tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand, Debug)]
+enum Task {
+    /// Install the nightly toolchain + rust-src, bpf-linker and the Debian packages the tests
+    /// and benchmarks use. Skips whatever is already there.
+    Setup,
+    /// Build capagent, eBPF programs included (`cargo build -p capagent`).
+    Build {
+        /// Optimized build (target/release/capagent).
+        #[arg(long)]
+        release: bool,
+    },
+    /// Run setup, the unit tests and the integration tests (needs root). Prints
+    /// `N passed, N failed` last.
+    Test {
+        /// Extra arguments for the integration test harness (e.g. a test name filter).
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// First run: setup, build, then trace curl fetching a page from a local HTTP server.
+    Demo {
+        /// Show JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Benchmarks.
+    #[command(subcommand)]
+    Bench(Bench),
+}
+
+#[derive(Subcommand, Debug)]
+enum Bench {
+    /// Cost of `capagent trace` on a traced TCP ping-pong and bulk stream, next to strace
+    /// and bpftrace. Prints a table; asserts nothing.
+    Trace(bench::TraceBenchArgs),
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.task {
+        Task::Setup => setup::setup(),
+        Task::Build { release } => {
+            let mut cmd = util::cargo();
+            cmd.args(["build", "-p", "capagent"]);
+            if release {
+                cmd.arg("--release");
+            }
+            util::run(&mut cmd)
+        }
+        Task::Test { args } => testcmd::test(&args),
+        Task::Demo { json } => demo::demo(json),
+        Task::Bench(Bench::Trace(args)) => bench::trace(args),
+    }
+}

@@ -1,0 +1,164 @@
+//! `cargo xtask test`: setup, unit tests of the default members, then the root integration
+//! tests in tests/ (test targets of the capagent package behind its `root-tests` feature),
+//! one at a time. Ends with `N passed, N failed`.
+use std::{
+    io::{BufRead, BufReader, Write},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{
+    setup,
+    util::{self, display},
+};
+
+/// Root integration test targets (tests/NAME.rs, declared in agent/Cargo.toml).
+pub const INTEGRATION_TESTS: &[&str] = &["trace"];
+
+#[derive(Default, Debug, PartialEq, Eq)]
+pub struct Tally {
+    pub passed: u64,
+    pub failed: u64,
+}
+
+impl Tally {
+    fn add(&mut self, other: &Tally) {
+        self.passed += other.passed;
+        self.failed += other.failed;
+    }
+}
+
+/// Parses one libtest summary line: `test result: ok. 3 passed; 0 failed; 0 ignored; ...`.
+pub fn parse_result_line(line: &str) -> Option<Tally> {
+    let rest = line.trim().strip_prefix("test result: ")?;
+    let (_, counts) = rest.split_once(". ")?;
+    let mut tally = Tally::default();
+    for part in counts.split(';') {
+        let mut words = part.split_whitespace();
+        let (Some(n), Some(what)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let Ok(n) = n.parse::<u64>() else { continue };
+        match what {
+            "passed" => tally.passed = n,
+            "failed" => tally.failed = n,
+            _ => {}
+        }
+    }
+    Some(tally)
+}
+
+/// Runs a `cargo test` command, echoing its stdout while summing its result lines.
+/// Returns the tally and whether cargo succeeded.
+fn cargo_test(cmd: &mut Command) -> Result<(Tally, bool)> {
+    eprintln!("+ {}", display(cmd));
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run {}", display(cmd)))?;
+    let mut tally = Tally::default();
+    let stdout = std::io::stdout();
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        {
+            let mut out = stdout.lock();
+            writeln!(out, "{line}")?;
+            out.flush()?;
+        }
+        if let Some(t) = parse_result_line(&line) {
+            tally.add(&t);
+        }
+    }
+    let status = child.wait()?;
+    Ok((tally, status.success()))
+}
+
+pub fn test(integration_args: &[String]) -> Result<()> {
+    if !util::is_root() {
+        bail!("cargo xtask test must run as root (the integration tests load eBPF programs)");
+    }
+    setup::setup()?;
+
+    // Binaries the integration tests can use, whatever their target dir.
+    let capagent = util::build_bins("capagent", &["capagent"], false)?;
+    let rr = util::build_bins("xtask", &["rr"], true)?;
+
+    let mut total = Tally::default();
+    let mut problems = Vec::new();
+
+    // Unit tests: the default members (agent-ebpf only builds for the bpf target).
+    let mut unit = util::cargo();
+    unit.args([
+        "test",
+        "--workspace",
+        "--no-fail-fast",
+        "--exclude",
+        "agent-ebpf",
+    ]);
+    let (tally, ok) = cargo_test(&mut unit)?;
+    total.add(&tally);
+    if !ok {
+        problems.push(format!("unit tests: `{}` failed", display(&unit)));
+    }
+
+    let mut integ = util::cargo();
+    integ.args([
+        "test",
+        "-p",
+        "capagent",
+        "--features",
+        "root-tests",
+        "--no-fail-fast",
+    ]);
+    for t in INTEGRATION_TESTS {
+        integ.args(["--test", t]);
+    }
+    integ
+        .arg("--")
+        .arg("--test-threads=1")
+        .args(integration_args)
+        .env("CAPAGENT_BIN", &capagent["capagent"])
+        .env("CAPAGENT_RR_BIN", &rr["rr"]);
+    let (tally, ok) = cargo_test(&mut integ)?;
+    total.add(&tally);
+    if !ok {
+        problems.push(format!("integration tests: `{}` failed", display(&integ)));
+    }
+
+    for p in &problems {
+        eprintln!("error: {p}");
+    }
+    println!("{} passed, {} failed", total.passed, total.failed);
+    if total.failed > 0 || !problems.is_empty() {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_result_lines() {
+        assert_eq!(
+            parse_result_line(
+                "test result: ok. 12 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out; \
+                 finished in 0.01s"
+            ),
+            Some(Tally {
+                passed: 12,
+                failed: 0
+            })
+        );
+        assert_eq!(
+            parse_result_line("test result: FAILED. 3 passed; 2 failed; 0 ignored"),
+            Some(Tally {
+                passed: 3,
+                failed: 2
+            })
+        );
+        assert_eq!(parse_result_line("running 3 tests"), None);
+    }
+}
