@@ -69,7 +69,8 @@ struct Scratch {
 const MAX_IOV: u64 = 1024;
 /// Most `bpf_loop` steps per call or message: 128 GiB in CHUNK_MAX chunks.
 const MAX_STEPS: u64 = 1 << 23;
-/// Most messages of one sendmmsg/recvmmsg looked at.
+/// Most messages of one sendmmsg/recvmmsg whose payload is captured; a call that moved more
+/// ends with an empty TRUNCATED record for message MAX_MMSG, so the cut is never silent.
 const MAX_MMSG: u64 = 8;
 /// Wake userspace up only once this much is waiting (it also polls on a short timer).
 const WAKEUP_BYTES: u64 = 256 * 1024;
@@ -672,12 +673,12 @@ fn mmsg_exit(s: u16, ret: i64) {
         };
         let len = hdr[7] & 0xffff_ffff;
         let addr = msg_addr(hdr[0], hdr[1] & 0xffff_ffff);
-        let last = if i + 1 >= n || i + 1 >= MAX_MMSG {
-            flags::LAST_MSG
-        } else {
-            0
-        };
+        let last = if i + 1 >= n { flags::LAST_MSG } else { 0 };
         emit_payload(&a, ret, 0, hdr[2], hdr[3], len, &addr, i as u32, last);
+    }
+    if n > MAX_MMSG {
+        let f = flags::LAST_MSG | flags::TRUNCATED;
+        emit_payload(&a, ret, 0, 0, 0, 0, &none, MAX_MMSG as u32, f);
     }
 }
 

@@ -26,30 +26,25 @@ pub enum KernelError {
     #[error("tracefs is not available at /sys/kernel/tracing and could not be mounted: {0}")]
     Tracefs(std::io::Error),
     #[error("loading the eBPF programs failed: {0}")]
-    Load(#[source] aya::EbpfError),
+    Load(aya::EbpfError),
     #[error("eBPF program {0} is missing from the object")]
     MissingProgram(String),
     #[error("eBPF map {0} is missing from the object")]
     MissingMap(&'static str),
-    #[error("the kernel refused eBPF program {name}: {source}")]
+    #[error("the kernel refused eBPF program {name}")]
     Program {
         name: String,
-        #[source]
         source: aya::programs::ProgramError,
     },
-    #[error(
-        "attaching to tracepoint {category}:{tp} failed (does this kernel have it? CONFIG_FTRACE_SYSCALLS): {source}"
-    )]
+    #[error("attaching to {category}:{tp} failed (does this kernel have it?)")]
     Attach {
         category: String,
         tp: String,
-        #[source]
         source: aya::programs::ProgramError,
     },
-    #[error("eBPF map {name}: {source}")]
+    #[error("eBPF map {name}")]
     Map {
         name: &'static str,
-        #[source]
         source: aya::maps::MapError,
     },
 }

@@ -62,8 +62,8 @@ pub enum TraceError {
     #[error("--ring-kib must be a power of two of at least 4, not {0}")]
     RingSize(u32),
     #[error("writing output: {0}")]
-    Output(#[source] io::Error),
-    #[error("{0}")]
+    Output(io::Error),
+    #[error(transparent)]
     Io(#[from] io::Error),
 }
 

@@ -20,13 +20,9 @@ pub enum TargetError {
     NoSuchProcess(u32),
     #[error("process name {0:?} is longer than the kernel's 15 characters")]
     CommTooLong(String),
-    #[error("cannot start {cmd}: {source}")]
-    Spawn {
-        cmd: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{0}")]
+    #[error("cannot start {cmd}")]
+    Spawn { cmd: String, source: io::Error },
+    #[error(transparent)]
     Io(#[from] io::Error),
 }
 
@@ -232,11 +228,9 @@ mod tests {
         held.release().unwrap();
         assert_eq!(held.wait().unwrap().code(), Some(7));
         let mut missing = HeldChild::spawn(&["/nonexistent/capagent-test".into()]).unwrap();
-        let err = missing.release().unwrap_err().to_string();
-        assert!(
-            err.contains("cannot start /nonexistent/capagent-test"),
-            "{err}"
-        );
-        assert!(err.contains("No such file"), "{err}");
+        let err = missing.release().unwrap_err();
+        assert_eq!(err.to_string(), "cannot start /nonexistent/capagent-test");
+        let cause = std::error::Error::source(&err).unwrap().to_string();
+        assert!(cause.contains("No such file"), "{cause}");
     }
 }
