@@ -192,8 +192,9 @@ pub struct DataEvent {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcEvent {
     pub hdr: EventHeader,
-    /// fork: the child's pid; exit: the exit code (as `wait` status).
+    /// fork: the child's pid.
     pub child_pid: u32,
+    /// exit: the exit status as `wait` reports it (`task_struct.exit_code`).
     pub exit_code: u32,
 }
 
@@ -204,6 +205,8 @@ pub struct KernelOffsets {
     pub task_files: u32,
     pub task_group_leader: u32,
     pub task_comm: u32,
+    pub task_exit_code: u32,
+    pub _pad: u32,
     pub files_fdt: u32,
     pub fdt_max_fds: u32,
     pub fdt_fd: u32,
@@ -265,6 +268,8 @@ impl Config {
                 task_files: 0,
                 task_group_leader: 0,
                 task_comm: 0,
+                task_exit_code: 0,
+                _pad: 0,
                 files_fdt: 0,
                 fdt_max_fds: 0,
                 fdt_fd: 0,
@@ -333,8 +338,8 @@ const _: () = assert!(core::mem::size_of::<SockEvent>() == 120 + 32 + 8 + SOCKAD
 const _: () = assert!(core::mem::size_of::<MsgAddr>() == 24);
 const _: () = assert!(core::mem::size_of::<DataEvent>() == 120 + 24 + 24);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 128);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 28 * 4);
-const _: () = assert!(core::mem::size_of::<Config>() == 112 + 8 + 16 + 8 + SYSCALL_TABLE_LEN);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 30 * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == 120 + 8 + 16 + 8 + SYSCALL_TABLE_LEN);
 
 #[cfg(feature = "user")]
 mod user {

@@ -732,7 +732,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
 // Process lifecycle: follow forks, match names at exec, forget exited processes.
 
 #[inline(always)]
-fn emit_proc(s: u16, child: u32) {
+fn emit_proc(s: u16, child: u32, exit_code: u32) {
     let Some(mut entry) = EVENTS.reserve::<ProcEvent>(0) else {
         bump(counter::LOST_EVENTS, 1);
         return;
@@ -756,7 +756,7 @@ fn emit_proc(s: u16, child: u32) {
             false,
         );
         (*e).child_pid = child;
-        (*e).exit_code = 0;
+        (*e).exit_code = exit_code;
     }
     entry.submit(wakeup_flags());
     bump(counter::EVENTS, 1);
@@ -777,7 +777,7 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
         }
         let _ = TRACED.insert(&child, &traced::CHILD, 0);
     }
-    emit_proc(sys::FORK, child);
+    emit_proc(sys::FORK, child, 0);
     0
 }
 
@@ -799,7 +799,7 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
         }
     }
     if is_traced(tgid) {
-        emit_proc(sys::EXEC, 0);
+        emit_proc(sys::EXEC, 0, 0);
     }
     0
 }
@@ -815,7 +815,10 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     }
     let tgid = (id >> 32) as u32;
     if is_traced(tgid) {
-        emit_proc(sys::EXIT, 0);
+        // do_exit() has stored the wait status in task_struct.exit_code by now.
+        let task = unsafe { bpf_get_current_task() };
+        let code: u32 = unsafe { kread(task + cfg!(offsets.task_exit_code) as u64) };
+        emit_proc(sys::EXIT, 0, code);
     }
     let _ = TRACED.remove(&tgid);
     0

@@ -103,6 +103,8 @@ pub fn offsets_from_btf(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         task_files: member_offset(btf, "task_struct", &["files"])?,
         task_group_leader: member_offset(btf, "task_struct", &["group_leader"])?,
         task_comm: member_offset(btf, "task_struct", &["comm"])?,
+        task_exit_code: member_offset(btf, "task_struct", &["exit_code"])?,
+        _pad: 0,
         files_fdt: member_offset(btf, "files_struct", &["fdt"])?,
         fdt_max_fds: member_offset(btf, "fdtable", &["max_fds"])?,
         fdt_fd: member_offset(btf, "fdtable", &["fd"])?,
