@@ -26,7 +26,7 @@ pub enum KernelError {
     #[error("tracefs is not available at /sys/kernel/tracing and could not be mounted: {0}")]
     Tracefs(std::io::Error),
     #[error("loading the eBPF programs failed: {0}")]
-    Load(aya::EbpfError),
+    Load(Box<aya::EbpfError>),
     #[error("eBPF program {0} is missing from the object")]
     MissingProgram(String),
     #[error("eBPF map {0} is missing from the object")]
@@ -34,18 +34,18 @@ pub enum KernelError {
     #[error("the kernel refused eBPF program {name}")]
     Program {
         name: String,
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("attaching to {category}:{tp} failed (does this kernel have it?)")]
     Attach {
         category: String,
         tp: String,
-        source: aya::programs::ProgramError,
+        source: Box<aya::programs::ProgramError>,
     },
     #[error("eBPF map {name}")]
     Map {
         name: &'static str,
-        source: aya::maps::MapError,
+        source: Box<aya::maps::MapError>,
     },
 }
 
@@ -88,7 +88,7 @@ pub fn load(config: &agent_common::Config, ring_bytes: u32) -> Result<Ebpf, Kern
         .override_global("CONFIG", config, true)
         .map_max_entries("EVENTS", ring_bytes)
         .load(EBPF_OBJECT)
-        .map_err(KernelError::Load)
+        .map_err(|e| KernelError::Load(Box::new(e)))
 }
 
 /// A tracepoint program of the object attached to `category:tp`. The link lives as long as
@@ -105,11 +105,11 @@ pub fn attach_tracepoint(
         .try_into()
         .map_err(|source| KernelError::Program {
             name: prog.to_string(),
-            source,
+            source: Box::new(source),
         })?;
     program.load().map_err(|source| KernelError::Program {
         name: prog.to_string(),
-        source,
+        source: Box::new(source),
     })?;
     let _span = tracing::debug_span!("attach", category, tp).entered();
     program
@@ -117,7 +117,7 @@ pub fn attach_tracepoint(
         .map_err(|source| KernelError::Attach {
             category: category.to_string(),
             tp: tp.to_string(),
-            source,
+            source: Box::new(source),
         })?;
     tracing::debug!(prog, "attached");
     Ok(())
@@ -131,17 +131,17 @@ pub fn attach_raw_tracepoint(ebpf: &mut Ebpf, prog: &str, tp: &str) -> Result<()
         .try_into()
         .map_err(|source| KernelError::Program {
             name: prog.to_string(),
-            source,
+            source: Box::new(source),
         })?;
     program.load().map_err(|source| KernelError::Program {
         name: prog.to_string(),
-        source,
+        source: Box::new(source),
     })?;
     let _span = tracing::debug_span!("attach", tp).entered();
     program.attach(tp).map_err(|source| KernelError::Attach {
         category: "raw_tracepoint".to_string(),
         tp: tp.to_string(),
-        source,
+        source: Box::new(source),
     })?;
     tracing::debug!(prog, "attached");
     Ok(())

@@ -262,7 +262,7 @@ pub fn run(
         let mut traced_map: HashMap<&mut MapData, u32, u8> =
             HashMap::try_from(map).map_err(|source| KernelError::Map {
                 name: "TRACED",
-                source,
+                source: Box::new(source),
             })?;
         let mut roots = opts.pids.clone();
         if let Some(name) = &opts.comm {
@@ -273,7 +273,7 @@ pub fn run(
                 .insert(pid, traced::ROOT, 0)
                 .map_err(|source| KernelError::Map {
                     name: "TRACED",
-                    source,
+                    source: Box::new(source),
                 })?;
             live.insert(pid);
         }
@@ -300,13 +300,13 @@ pub fn run(
         let mut traced_map: HashMap<&mut MapData, u32, u8> =
             HashMap::try_from(map).map_err(|source| KernelError::Map {
                 name: "TRACED",
-                source,
+                source: Box::new(source),
             })?;
         traced_map
             .insert(pid, traced::ROOT, 0)
             .map_err(|source| KernelError::Map {
                 name: "TRACED",
-                source,
+                source: Box::new(source),
             })?;
         live.insert(pid);
         held.release()?;
@@ -319,7 +319,7 @@ pub fn run(
     )
     .map_err(|source| KernelError::Map {
         name: "EVENTS",
-        source,
+        source: Box::new(source),
     })?;
     let counters: PerCpuArray<MapData, u64> = PerCpuArray::try_from(
         ebpf.take_map("COUNTERS")
@@ -327,7 +327,7 @@ pub fn run(
     )
     .map_err(|source| KernelError::Map {
         name: "COUNTERS",
-        source,
+        source: Box::new(source),
     })?;
     let mut paused: HashMap<MapData, u32, u8> = HashMap::try_from(
         ebpf.take_map("PAUSED")
@@ -335,7 +335,7 @@ pub fn run(
     )
     .map_err(|source| KernelError::Map {
         name: "PAUSED",
-        source,
+        source: Box::new(source),
     })?;
     let read_counter =
         |idx: u32| -> u64 { counters.get(&idx, 0).map(|v| v.iter().sum()).unwrap_or(0) };
@@ -471,18 +471,19 @@ pub fn run(
     }
     outcome.kernel_events = read_counter(counter::EVENTS);
     outcome.read_errors = read_counter(counter::READ_ERRORS);
-    if let Some(mut held) = child {
-        if outcome.exit_status.is_none() {
-            // Stopped by signal or duration: the command keeps its own fate (as with strace,
-            // Ctrl-C reached it too); wait for it so its status can be passed on.
-            if STOP.load(Ordering::SeqCst) {
-                outcome.exit_status = held.wait().ok();
-            } else {
-                outcome.exit_status = held.try_wait().ok().flatten();
-            }
+    resume_paused(&mut paused);
+    if let Some(mut held) = child
+        && outcome.exit_status.is_none()
+    {
+        // Stopped by a signal or --duration. Ctrl-C reached the command too (same terminal
+        // process group): give it a moment to exit so its status can be passed on; a command
+        // that goes on keeps running on its own, as after strace detaches.
+        let grace = Instant::now() + Duration::from_millis(500);
+        while outcome.exit_status.is_none() && Instant::now() < grace {
+            outcome.exit_status = held.try_wait().ok().flatten();
+            std::thread::sleep(Duration::from_millis(10));
         }
     }
-    resume_paused(&mut paused);
     drop(ebpf); // detaches every program
     resume_paused(&mut paused);
     if let Some(e) = output_error {
