@@ -146,14 +146,26 @@ unsafe fn uread<T: Copy + Default>(addr: u64) -> Option<T> {
     if r == 0 { Some(v) } else { None }
 }
 
-/// Syscall argument `n` from the `struct pt_regs` the syscall entered with.
+/// The six syscall arguments from the `struct pt_regs` the syscall entered with, read in
+/// one go (userspace checked that the argument registers lie within 64 bytes).
 #[inline(always)]
-fn arg(regs: u64, n: usize) -> u64 {
+fn syscall_args(regs: u64) -> [u64; 6] {
     let off = cfg!(offsets.regs_args);
-    if n >= off.len() {
-        return 0;
+    let mut base = off[0];
+    for o in off {
+        if o < base {
+            base = o;
+        }
     }
-    unsafe { kread(regs + off[n] as u64) }
+    let win: [u64; 8] = unsafe { kread(regs + base as u64) };
+    let mut out = [0u64; 6];
+    for i in 0..6 {
+        let idx = ((off[i] - base) / 8) as usize;
+        if idx < 8 {
+            out[i] = win[idx];
+        }
+    }
+    out
 }
 
 /// Finds the socket behind `fd` of the current process; false when fd is not a socket.
@@ -267,9 +279,10 @@ fn enter(regs: u64, s: u16) -> i32 {
         return 0;
     }
     let (nargs, sock_now) = shape(s);
+    let args = syscall_args(regs);
     let mut a = Args {
         sys: s as u64,
-        fd: arg(regs, 0) as i64,
+        fd: args[0] as i64,
         a: [0; 5],
         sock_valid: 0,
         sock: SockInfo::default(),
@@ -277,7 +290,7 @@ fn enter(regs: u64, s: u16) -> i32 {
     let first = if s == sys::SOCKET { 0 } else { 1 };
     for i in 0..5 {
         if i < nargs {
-            a.a[i] = arg(regs, first + i);
+            a.a[i] = args[first + i];
         }
     }
     if sock_now {

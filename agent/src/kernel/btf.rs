@@ -53,6 +53,8 @@ pub enum BtfError {
     NotAggregate { strct: String, member: String },
     #[error("BTF: struct {strct} member {member} offset does not fit in 32 bits")]
     Overflow { strct: String, member: String },
+    #[error("BTF: the syscall argument registers of struct pt_regs are more than 64 bytes apart")]
+    RegsSpread,
     #[error("BTF: malformed type information in struct {strct}: {source}")]
     Malformed {
         strct: String,
@@ -133,6 +135,15 @@ pub fn offsets_from_btf(btf: &Btf) -> Result<KernelOffsets, BtfError> {
             member_offset(btf, "pt_regs", &[SYSCALL_REGS[5]])?,
         ],
         regs_nr: member_offset(btf, "pt_regs", &[SYSCALL_NR_REG])?,
+    })
+    .and_then(|o| {
+        // The programs read the argument registers as one 64-byte window.
+        let lo = o.regs_args.iter().min().copied().unwrap_or(0);
+        let hi = o.regs_args.iter().max().copied().unwrap_or(0);
+        if hi - lo > 56 {
+            return Err(BtfError::RegsSpread);
+        }
+        Ok(o)
     })
 }
 
