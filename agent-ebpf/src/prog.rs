@@ -168,36 +168,76 @@ fn syscall_args(regs: u64) -> [u64; 6] {
     out
 }
 
+/// `W` bytes of a kernel struct read in one `bpf_probe_read_kernel`, starting at the lowest
+/// of the field offsets it serves (userspace checked at start-up that those fields fit).
+struct Window<const W: usize> {
+    base: u32,
+    bytes: [u8; W],
+}
+
+impl<const W: usize> Window<W> {
+    #[inline(always)]
+    unsafe fn read(addr: u64, offs: &[u32]) -> Self {
+        let mut base = u32::MAX;
+        for &o in offs {
+            if o < base {
+                base = o;
+            }
+        }
+        let mut bytes = [0u8; W];
+        unsafe {
+            bpf_probe_read_kernel(
+                bytes.as_mut_ptr().cast(),
+                W as u32,
+                (addr + base as u64) as *const _,
+            )
+        };
+        Window { base, bytes }
+    }
+
+    /// The field at struct offset `off` (zero when outside the window).
+    #[inline(always)]
+    fn get<T: Copy + Default>(&self, off: u32) -> T {
+        let i = off.wrapping_sub(self.base) as usize;
+        if i > W || W - i < core::mem::size_of::<T>() {
+            return T::default();
+        }
+        unsafe { core::ptr::read_unaligned(self.bytes.as_ptr().add(i).cast()) }
+    }
+}
+
 /// Finds the socket behind `fd` of the current process; false when fd is not a socket.
 #[inline(always)]
 fn resolve_fd(fd: i64, info: &mut SockInfo) -> bool {
     if fd < 0 {
         return false;
     }
+    let o = &conf().offsets;
     unsafe {
         let task = bpf_get_current_task();
-        let files: u64 = kread(task + cfg!(offsets.task_files) as u64);
+        let files: u64 = kread(task + o.task_files as u64);
         if files == 0 {
             return false;
         }
-        let fdt: u64 = kread(files + cfg!(offsets.files_fdt) as u64);
-        let max: u32 = kread(fdt + cfg!(offsets.fdt_max_fds) as u64);
-        if fd as u64 >= max as u64 {
+        let fdt: u64 = kread(files + o.files_fdt as u64);
+        let fdt_w = Window::<16>::read(fdt, &[o.fdt_max_fds, o.fdt_fd]);
+        if fd as u64 >= fdt_w.get::<u32>(o.fdt_max_fds) as u64 {
             return false;
         }
-        let fds: u64 = kread(fdt + cfg!(offsets.fdt_fd) as u64);
+        let fds: u64 = fdt_w.get(o.fdt_fd);
         let file: u64 = kread(fds + (fd as u64) * 8);
         if file == 0 {
             return false;
         }
-        let inode: u64 = kread(file + cfg!(offsets.file_inode) as u64);
-        let mode: u16 = kread(inode + cfg!(offsets.inode_mode) as u64);
+        let file_w = Window::<16>::read(file, &[o.file_inode, o.file_private_data]);
+        let inode: u64 = file_w.get(o.file_inode);
+        let mode: u16 = kread(inode + o.inode_mode as u64);
         if mode & S_IFMT != S_IFSOCK {
             return false;
         }
-        info.ino = kread(inode + cfg!(offsets.inode_ino) as u64);
-        let socket: u64 = kread(file + cfg!(offsets.file_private_data) as u64);
-        let sk: u64 = kread(socket + cfg!(offsets.socket_sk) as u64);
+        info.ino = kread(inode + o.inode_ino as u64);
+        let socket: u64 = file_w.get(o.file_private_data);
+        let sk: u64 = kread(socket + o.socket_sk as u64);
         info.sk = sk;
         if sk != 0 {
             read_sock(sk, info);
@@ -208,23 +248,49 @@ fn resolve_fd(fd: i64, info: &mut SockInfo) -> bool {
 
 #[inline(always)]
 unsafe fn read_sock(sk: u64, info: &mut SockInfo) {
+    let o = &conf().offsets;
     unsafe {
-        let family: u16 = kread(sk + cfg!(offsets.sk_family) as u64);
+        let head = Window::<24>::read(
+            sk,
+            &[
+                o.sk_daddr,
+                o.sk_rcv_saddr,
+                o.sk_dport,
+                o.sk_num,
+                o.sk_family,
+                o.sk_state,
+            ],
+        );
+        let family: u16 = head.get(o.sk_family);
         info.family = family;
-        info.state = kread::<u8>(sk + cfg!(offsets.sk_state) as u64) as u16;
-        info.sock_type = kread(sk + cfg!(offsets.sk_type) as u64);
-        info.protocol = kread(sk + cfg!(offsets.sk_protocol) as u64);
-        info.lport = kread(sk + cfg!(offsets.sk_num) as u64);
-        info.rport = u16::from_be(kread(sk + cfg!(offsets.sk_dport) as u64));
+        info.state = head.get::<u8>(o.sk_state) as u16;
+        info.lport = head.get(o.sk_num);
+        info.rport = u16::from_be(head.get(o.sk_dport));
+        let tp = Window::<8>::read(sk, &[o.sk_type, o.sk_protocol]);
+        info.sock_type = tp.get(o.sk_type);
+        info.protocol = tp.get(o.sk_protocol);
         if family == AF_INET {
-            let l: [u8; 4] = kread(sk + cfg!(offsets.sk_rcv_saddr) as u64);
-            let r: [u8; 4] = kread(sk + cfg!(offsets.sk_daddr) as u64);
+            let l: [u8; 4] = head.get(o.sk_rcv_saddr);
+            let r: [u8; 4] = head.get(o.sk_daddr);
             info.laddr[..4].copy_from_slice(&l);
             info.raddr[..4].copy_from_slice(&r);
         } else if family == AF_INET6 {
-            info.laddr = kread(sk + cfg!(offsets.sk_v6_rcv_saddr) as u64);
-            info.raddr = kread(sk + cfg!(offsets.sk_v6_daddr) as u64);
+            info.laddr = kread(sk + o.sk_v6_rcv_saddr as u64);
+            info.raddr = kread(sk + o.sk_v6_daddr as u64);
         }
+    }
+}
+
+/// The process's name: the thread group leader's comm (a thread may have renamed itself).
+#[inline(always)]
+fn process_comm(pid_tgid: u64) -> [u8; 16] {
+    if pid_tgid >> 32 == pid_tgid & 0xffff_ffff {
+        return bpf_get_current_comm().unwrap_or([0; 16]);
+    }
+    unsafe {
+        let task = bpf_get_current_task();
+        let leader: u64 = kread(task + cfg!(offsets.task_group_leader) as u64);
+        kread(leader + cfg!(offsets.task_comm) as u64)
     }
 }
 
@@ -249,7 +315,7 @@ fn fill_header(
     hdr.fd = fd as i32;
     hdr._pad1 = 0;
     hdr.ret = ret;
-    hdr.comm = bpf_get_current_comm().unwrap_or([0; 16]);
+    hdr.comm = process_comm(id);
     hdr.sock = *sock;
 }
 

@@ -55,6 +55,8 @@ pub enum BtfError {
     Overflow { strct: String, member: String },
     #[error("BTF: the syscall argument registers of struct pt_regs are more than 64 bytes apart")]
     RegsSpread,
+    #[error("BTF: the fields capagent reads from struct {strct} are more than {width} bytes apart")]
+    Spread { strct: &'static str, width: u32 },
     #[error("BTF: malformed type information in struct {strct}: {source}")]
     Malformed {
         strct: String,
@@ -142,6 +144,31 @@ pub fn offsets_from_btf(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         let hi = o.regs_args.iter().max().copied().unwrap_or(0);
         if hi - lo > 56 {
             return Err(BtfError::RegsSpread);
+        }
+        // Fields the programs read together in one window of N bytes: (struct, fields and
+        // their sizes, N).
+        let windows: [(&str, &[(u32, u32)], u32); 4] = [
+            ("fdtable", &[(o.fdt_max_fds, 4), (o.fdt_fd, 8)], 16),
+            ("file", &[(o.file_inode, 8), (o.file_private_data, 8)], 16),
+            (
+                "sock_common",
+                &[
+                    (o.sk_daddr, 4),
+                    (o.sk_rcv_saddr, 4),
+                    (o.sk_dport, 2),
+                    (o.sk_num, 2),
+                    (o.sk_family, 2),
+                    (o.sk_state, 1),
+                ],
+                24,
+            ),
+            ("sock", &[(o.sk_type, 2), (o.sk_protocol, 2)], 8),
+        ];
+        for (strct, fields, width) in windows {
+            let lo = fields.iter().map(|f| f.0).min().unwrap_or(0);
+            if fields.iter().any(|&(off, size)| off + size - lo > width) {
+                return Err(BtfError::Spread { strct, width });
+            }
         }
         Ok(o)
     })

@@ -345,7 +345,9 @@ pub fn run(
     let started = Instant::now();
     let deadline = opts.duration.map(|d| started + d);
     let stop_when_gone = opts.comm.is_none() && !opts.all;
-    let mut assembler = Assembler::new(assemble::boot_to_wall_offset_ns(), target::process_comm);
+    // The kernel names every record with its process's name at the time of the call (the
+    // thread group leader's comm), so no /proc lookup is needed (it would be racy with exec).
+    let mut assembler = Assembler::new(assemble::boot_to_wall_offset_ns(), assemble::ThreadComm);
     let mut outcome = TraceOutcome::default();
     let mut reported_lost = (0u64, 0u64);
     let mut last_check = Instant::now();
