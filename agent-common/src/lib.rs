@@ -252,7 +252,8 @@ pub struct Config {
     pub comm_filter: [u8; TASK_COMM_LEN],
     /// The agent's own pid, never traced.
     pub self_pid: u32,
-    pub _pad1: u32,
+    /// Wake the agent up once this many bytes wait in the ring buffer (it also polls).
+    pub wakeup_bytes: u32,
     /// Syscall number (of this architecture) -> `sys::X` id to report, 0 = ignore. Userspace
     /// fills it from its libc's `SYS_*` numbers and the `--events` selection.
     pub sys_table: [u8; SYSCALL_TABLE_LEN],
@@ -298,7 +299,7 @@ impl Config {
             pause: 0,
             comm_filter: [0; TASK_COMM_LEN],
             self_pid: 0,
-            _pad1: 0,
+            wakeup_bytes: 256 * 1024,
             sys_table: [0; SYSCALL_TABLE_LEN],
         }
     }

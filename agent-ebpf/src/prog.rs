@@ -72,8 +72,6 @@ const MAX_STEPS: u64 = 1 << 23;
 /// Most messages of one sendmmsg/recvmmsg whose payload is captured; a call that moved more
 /// ends with an empty TRUNCATED record for message MAX_MMSG, so the cut is never silent.
 const MAX_MMSG: u64 = 8;
-/// Wake userspace up only once this much is waiting (it also polls on a short timer).
-const WAKEUP_BYTES: u64 = 256 * 1024;
 
 const S_IFMT: u16 = 0o170000;
 const S_IFSOCK: u16 = 0o140000;
@@ -105,7 +103,7 @@ fn bump(idx: u32, by: u64) {
 
 #[inline(always)]
 fn wakeup_flags() -> u64 {
-    if EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= WAKEUP_BYTES {
+    if EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= cfg!(wakeup_bytes) as u64 {
         BPF_RB_FORCE_WAKEUP.into()
     } else {
         BPF_RB_NO_WAKEUP.into()

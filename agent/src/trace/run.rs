@@ -240,6 +240,8 @@ pub fn run(
     config.trace_all = opts.all as u8;
     config.follow_forks = opts.follow_forks as u8;
     config.pause = opts.lossless as u8;
+    // Wake up well before a paused process would wait for the next poll.
+    config.wakeup_bytes = (256 * 1024).min(opts.ring_bytes / 8);
     config.self_pid = std::process::id();
     for &id in &opts.syscalls {
         for nr in syscall_numbers(id) {
