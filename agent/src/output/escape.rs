@@ -4,15 +4,147 @@
 //! `\\`; newline, carriage return and tab become `\n`, `\r`, `\t`; every other byte becomes
 //! `\xNN` (two lowercase hex digits). The result is always ASCII and unambiguous: the bytes
 //! can be recovered from it.
+//!
+//! Payloads are escaped in one pass with a 256-entry table (and whole 8-byte words of plain
+//! characters copied at once); [`escape_json_into`] produces the escaped form already escaped
+//! again as the inside of a JSON string, as the JSON output needs it.
 
-use std::fmt::Write as _;
+use std::ptr;
+
+/// One table entry: the escape sequence in the first bytes, its length in the last byte.
+/// Eight bytes so that an entry is copied with one unaligned store.
+type Entry = [u8; 8];
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// The strace escape of byte `b`: (bytes, length).
+const fn strace_seq(b: u8) -> ([u8; 4], usize) {
+    match b {
+        b'\n' => ([b'\\', b'n', 0, 0], 2),
+        b'\r' => ([b'\\', b'r', 0, 0], 2),
+        b'\t' => ([b'\\', b't', 0, 0], 2),
+        b'"' => ([b'\\', b'"', 0, 0], 2),
+        b'\\' => ([b'\\', b'\\', 0, 0], 2),
+        0x20..=0x7e => ([b, 0, 0, 0], 1),
+        _ => (
+            [b'\\', b'x', HEX[(b >> 4) as usize], HEX[(b & 0xf) as usize]],
+            4,
+        ),
+    }
+}
+
+/// `json`: the strace escape escaped again for the inside of a JSON string (`\` and `"`
+/// get a backslash; the strace escape is printable ASCII, so nothing else changes).
+const fn make_table(json: bool) -> [Entry; 256] {
+    let mut table = [[0u8; 8]; 256];
+    let mut i = 0;
+    while i < 256 {
+        let (seq, len) = strace_seq(i as u8);
+        let mut e = [0u8; 8];
+        let mut n = 0;
+        let mut k = 0;
+        while k < len {
+            let c = seq[k];
+            if json && (c == b'\\' || c == b'"') {
+                e[n] = b'\\';
+                n += 1;
+            }
+            e[n] = c;
+            n += 1;
+            k += 1;
+        }
+        e[7] = n as u8;
+        table[i] = e;
+        i += 1;
+    }
+    table
+}
+
+static STRACE: [Entry; 256] = make_table(false);
+static JSON: [Entry; 256] = make_table(true);
+/// Longest entry of [`STRACE`] and of [`JSON`].
+const STRACE_MAX: usize = 4;
+const JSON_MAX: usize = 5;
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// Whether `b` stays as it is: 0x20..=0x7e except `"` and `\`.
+fn is_plain(b: u8) -> bool {
+    (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\'
+}
+
+/// Whether all 8 bytes of `w` are "plain": 0x20..=0x7e except `"` and `\` (the bytes both
+/// tables map to themselves).
+#[inline(always)]
+fn all_plain(w: u64) -> bool {
+    // Bit-twiddling hacks: hasless(w, 0x20), hasmore(w, 0x7e), haszero(w ^ c). Each is exact
+    // as a yes/no answer.
+    let below = w.wrapping_sub(ONES * 0x20) & !w;
+    // hasmore(w, n) adds 127 - n to every byte: 1 for 0x7e.
+    let above = w.wrapping_add(ONES) | w;
+    let q = w ^ (ONES * u64::from(b'"'));
+    let quote = q.wrapping_sub(ONES) & !q;
+    let s = w ^ (ONES * u64::from(b'\\'));
+    let slash = s.wrapping_sub(ONES) & !s;
+    (below | above | quote | slash) & HIGHS == 0
+}
+
+/// Appends the escape of `bytes` by `table` (entries at most `max` long) to `out`.
+#[inline(always)]
+fn escape_table(out: &mut Vec<u8>, bytes: &[u8], table: &[Entry; 256], max: usize) {
+    // Room for the longest result plus the 8-byte store of the last entry.
+    out.reserve(bytes.len() * max + 8);
+    let start = out.len();
+    let src = bytes.as_ptr();
+    let n = bytes.len();
+    // SAFETY: `out` has room for `n * max + 8` bytes past `start`. Every byte of input adds at
+    // most `max` bytes, and each store writes 8 bytes at a position at most `(n - 1) * max`
+    // past `start` (or 8 plain bytes at most `n - 8` past it), so no write leaves the reserved
+    // room. Reads of `bytes` stay below `n`. Every byte up to the final length was written.
+    unsafe {
+        let base = out.as_mut_ptr().add(start);
+        let mut dst = base;
+        let mut i = 0;
+        while i + 8 <= n {
+            let w = ptr::read_unaligned(src.add(i).cast::<u64>());
+            if all_plain(w) {
+                ptr::write_unaligned(dst.cast::<u64>(), w);
+                dst = dst.add(8);
+            } else {
+                for k in 0..8 {
+                    let e = table.get_unchecked(usize::from(*src.add(i + k)));
+                    ptr::copy_nonoverlapping(e.as_ptr(), dst, 8);
+                    dst = dst.add(usize::from(e[7]));
+                }
+            }
+            i += 8;
+        }
+        while i < n {
+            let e = table.get_unchecked(usize::from(*src.add(i)));
+            ptr::copy_nonoverlapping(e.as_ptr(), dst, 8);
+            dst = dst.add(usize::from(e[7]));
+            i += 1;
+        }
+        out.set_len(start + dst.offset_from(base) as usize);
+    }
+}
+
+/// Appends the escaped form of `bytes` (no quotes) to `out`.
+pub fn escape_bytes_into(out: &mut Vec<u8>, bytes: &[u8]) {
+    escape_table(out, bytes, &STRACE, STRACE_MAX);
+}
+
+/// Appends the escaped form of `bytes`, escaped again as the inside of a JSON string (no
+/// quotes), to `out`: what `serde_json` makes of `escape(bytes)`, in one pass.
+pub fn escape_json_into(out: &mut Vec<u8>, bytes: &[u8]) {
+    escape_table(out, bytes, &JSON, JSON_MAX);
+}
 
 /// Appends the escaped form of `bytes` to `out` (no surrounding quotes).
 pub fn escape_into(out: &mut String, bytes: &[u8]) {
-    out.reserve(bytes.len());
-    for &b in bytes {
-        escape_byte(out, b);
-    }
+    // SAFETY: the escaped form is ASCII: `out` stays valid UTF-8.
+    escape_bytes_into(unsafe { out.as_mut_vec() }, bytes);
 }
 
 /// The escaped form of `bytes` (no surrounding quotes).
@@ -22,30 +154,39 @@ pub fn escape(bytes: &[u8]) -> String {
     out
 }
 
-/// A quoted preview of at most `max` bytes of `bytes`, as strace prints buffers:
-/// `"GET / HTTP/1.1\r\n"`; when `bytes` is longer than `max`, `...` follows the closing
-/// quote: `"GET /"...`.
-pub fn preview(bytes: &[u8], max: usize) -> String {
+/// Appends [`preview`] of `bytes` to `out`.
+pub fn preview_into(out: &mut String, bytes: &[u8], max: usize) {
     let cut = bytes.len() > max;
     let shown = &bytes[..bytes.len().min(max)];
-    let mut out = String::with_capacity(shown.len() + 5);
     out.push('"');
-    escape_into(&mut out, shown);
+    escape_into(out, shown);
     out.push('"');
     if cut {
         out.push_str("...");
     }
+}
+
+/// A quoted preview of at most `max` bytes of `bytes`, as strace prints buffers:
+/// `"GET / HTTP/1.1\r\n"`; when `bytes` is longer than `max`, `...` follows the closing
+/// quote: `"GET /"...`.
+pub fn preview(bytes: &[u8], max: usize) -> String {
+    let mut out = String::with_capacity(bytes.len().min(max) + 5);
+    preview_into(&mut out, bytes, max);
     out
 }
 
 /// Escapes a name (Unix socket path, process name) for display: like [`escape`], except that
 /// valid UTF-8 text that is not a control character is kept as it is.
 pub fn escape_name(bytes: &[u8]) -> String {
+    if bytes.iter().all(|&b| is_plain(b)) {
+        // Nothing to escape (the common case): ASCII as it is.
+        return String::from_utf8(bytes.to_vec()).expect("plain bytes are ASCII");
+    }
     let mut out = String::with_capacity(bytes.len());
     for chunk in bytes.utf8_chunks() {
         for c in chunk.valid().chars() {
             if c.is_ascii() {
-                escape_byte(&mut out, c as u8);
+                escape_into(&mut out, &[c as u8]);
             } else if c.is_control() {
                 let mut buf = [0u8; 4];
                 for &b in c.encode_utf8(&mut buf).as_bytes() {
@@ -62,21 +203,11 @@ pub fn escape_name(bytes: &[u8]) -> String {
     out
 }
 
-fn escape_byte(out: &mut String, b: u8) {
-    match b {
-        b'\n' => out.push_str("\\n"),
-        b'\r' => out.push_str("\\r"),
-        b'\t' => out.push_str("\\t"),
-        b'"' => out.push_str("\\\""),
-        b'\\' => out.push_str("\\\\"),
-        0x20..=0x7e => out.push(b as char),
-        _ => hex_byte(out, b),
-    }
-}
-
 fn hex_byte(out: &mut String, b: u8) {
-    // Writing to a String cannot fail.
-    let _ = write!(out, "\\x{b:02x}");
+    out.push('\\');
+    out.push('x');
+    out.push(char::from(HEX[usize::from(b >> 4)]));
+    out.push(char::from(HEX[usize::from(b & 0xf)]));
 }
 
 #[cfg(test)]
@@ -130,5 +261,92 @@ mod tests {
         assert_eq!(escape_name(b"a\0b\xffc\n"), "a\\x00b\\xffc\\n");
         assert_eq!(escape_name("\u{85}".as_bytes()), "\\xc2\\x85");
         assert_eq!(escape_name(b"back\\slash"), "back\\\\slash");
+    }
+
+    /// The escape of one byte as the original per-byte code wrote it.
+    fn reference_byte(out: &mut String, b: u8) {
+        use std::fmt::Write as _;
+        match b {
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(b as char),
+            _ => {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+        }
+    }
+
+    fn reference(bytes: &[u8]) -> String {
+        let mut s = String::new();
+        for &b in bytes {
+            reference_byte(&mut s, b);
+        }
+        s
+    }
+
+    /// Deterministic pseudo-random bytes (xorshift), biased towards printable ones so that
+    /// both the word and the byte paths run.
+    fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
+        let mut x = seed | 1;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if x.is_multiple_of(4) {
+                    (x >> 8) as u8
+                } else {
+                    0x20 + ((x >> 8) % 95) as u8
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_byte_like_the_reference() {
+        let all: Vec<u8> = (0..=255).collect();
+        assert_eq!(escape(&all), reference(&all));
+        for b in 0..=255u8 {
+            // Each byte in each position of a word, among plain ones.
+            for pos in 0..16 {
+                let mut v = vec![b'a'; 17];
+                v[pos] = b;
+                assert_eq!(escape(&v), reference(&v), "byte {b:#x} at {pos}");
+            }
+        }
+    }
+
+    #[test]
+    fn random_like_the_reference() {
+        for seed in 0..300u64 {
+            let v = random_bytes(seed, (seed as usize * 7) % 300);
+            let r = reference(&v);
+            assert_eq!(escape(&v), r);
+            // The JSON form is exactly what serde_json makes of the escaped string.
+            let mut j = b"x".to_vec();
+            escape_json_into(&mut j, &v);
+            let want = serde_json::to_string(&r).unwrap();
+            assert_eq!(&j[1..], &want.as_bytes()[1..want.len() - 1]);
+        }
+    }
+
+    #[test]
+    fn plain_words() {
+        let plain = |b: u8| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\';
+        for seed in 0..20_000u64 {
+            let v = random_bytes(seed, 8);
+            let w = u64::from_le_bytes(v[..8].try_into().unwrap());
+            assert_eq!(all_plain(w), v.iter().all(|&b| plain(b)), "{v:?}");
+        }
+        for b in 0..=255u8 {
+            for pos in 0..8 {
+                let mut v = [b'a'; 8];
+                v[pos] = b;
+                assert_eq!(all_plain(u64::from_le_bytes(v)), plain(b), "{b:#x}");
+            }
+        }
     }
 }

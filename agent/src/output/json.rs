@@ -62,26 +62,44 @@
 use std::io::{self, Write};
 
 use base64::Engine as _;
-use serde::Serialize;
 
-use crate::model::{Detail, Direction, Event};
-use crate::output::escape::escape;
-use crate::output::text::{errno_name, signal_name};
+use crate::model::{Detail, Direction, Endpoint, Event, SocketMeta};
+use crate::output::escape::escape_json_into;
+use crate::output::num::{AddrStr, Dec, push_hex, push_i64, push_padded, push_u64};
+use crate::output::text::{errno, signal_name};
+
+/// Most line buffer capacity kept between events (lines of payloads up to about 1 MiB).
+const KEEP_LINE_CAPACITY: usize = 8 << 20;
 
 /// Writes one JSON object per line to `out` (which the caller buffers).
+///
+/// Each line is written straight into a reused buffer: no `serde_json::Value`, no
+/// intermediate strings; the payload is escaped in one pass and base64-encoded in place.
 pub struct JsonWriter<W: Write> {
     out: W,
+    enc: Encoder,
+    line: Vec<u8>,
 }
 
 impl<W: Write> JsonWriter<W> {
     pub fn new(out: W) -> Self {
-        JsonWriter { out }
+        JsonWriter {
+            out,
+            enc: Encoder::default(),
+            line: Vec::new(),
+        }
     }
 
     pub fn write_event(&mut self, ev: &Event) -> io::Result<()> {
-        let mut line = to_json(ev);
-        line.push('\n');
-        self.out.write_all(line.as_bytes())
+        self.line.clear();
+        self.enc.encode(ev, &mut self.line);
+        self.line.push(b'\n');
+        let r = self.out.write_all(&self.line);
+        if self.line.capacity() > KEEP_LINE_CAPACITY {
+            // Do not hold on to the memory of an exceptionally large call.
+            self.line = Vec::new();
+        }
+        r
     }
 
     pub fn flush(&mut self) -> io::Result<()> {
@@ -97,192 +115,304 @@ impl<W: Write> JsonWriter<W> {
     }
 }
 
-#[derive(Serialize)]
-struct Lost {
-    #[serde(rename = "type")]
-    ty: &'static str,
-    ts: String,
-    ts_ns: u64,
-    events: u64,
-    bytes: u64,
-}
-
-#[derive(Serialize)]
-struct Line<'a> {
-    #[serde(rename = "type")]
-    ty: &'static str,
-    ts: String,
-    ts_ns: u64,
-    pid: u32,
-    tid: u32,
-    comm: &'a str,
-    syscall: &'static str,
-    fd: Option<i32>,
-    ret: i64,
-    errno: Option<String>,
-    transport: Option<&'static str>,
-    local: Option<String>,
-    remote: Option<String>,
-    sk: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    dir: Option<Direction>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    total: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    captured: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    truncated: Option<bool>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    msg_index: Option<u32>,
-    /// Outer `None`: not this type; inner `None`: `null`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    addr: Option<Option<String>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    args: Option<[u64; 4]>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    payload: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    payload_b64: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    child_pid: Option<u32>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    exit_code: Option<Option<i32>>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    signal: Option<Option<String>>,
-}
-
 /// The JSON object for `ev` (one line, no newline).
 pub fn to_json(ev: &Event) -> String {
-    let ts = rfc3339(ev.ts_ns);
-    if let Detail::Lost { events, bytes } = ev.detail {
-        let lost = Lost {
-            ty: "lost",
-            ts,
-            ts_ns: ev.ts_ns,
-            events,
-            bytes,
+    let mut out = Vec::new();
+    Encoder::default().encode(ev, &mut out);
+    String::from_utf8(out).expect("JSON lines are UTF-8")
+}
+
+/// Encodes events; remembers what the next event is likely to repeat.
+#[derive(Default)]
+struct Encoder {
+    /// (second, `YYYY-MM-DDTHH:MM:SS.` of that second, its decimal digits).
+    ts: Option<(u64, [u8; 20], Dec)>,
+    /// The last socket and its `"transport":...,"sk":...` fields.
+    sock: Option<(SocketMeta, Vec<u8>)>,
+}
+
+impl Encoder {
+    fn encode(&mut self, ev: &Event, out: &mut Vec<u8>) {
+        if let Detail::Lost { events, bytes } = ev.detail {
+            out.extend_from_slice(b"{\"type\":\"lost\",\"ts\":\"");
+            self.times(out, ev.ts_ns);
+            out.extend_from_slice(b",\"events\":");
+            push_u64(out, events);
+            out.extend_from_slice(b",\"bytes\":");
+            push_u64(out, bytes);
+            out.push(b'}');
+            return;
+        }
+        let ty: &[u8] = match ev.detail {
+            Detail::Sock { .. } => b"sock",
+            Detail::Data { .. } => b"data",
+            Detail::Fork { .. } => b"fork",
+            Detail::Exec => b"exec",
+            Detail::Exit => b"exit",
+            Detail::Lost { .. } => unreachable!("handled above"),
         };
-        return serde_json::to_string(&lost).expect("serializable");
+        out.extend_from_slice(b"{\"type\":\"");
+        out.extend_from_slice(ty);
+        out.extend_from_slice(b"\",\"ts\":\"");
+        self.times(out, ev.ts_ns);
+        out.extend_from_slice(b",\"pid\":");
+        push_u64(out, u64::from(ev.task.pid));
+        out.extend_from_slice(b",\"tid\":");
+        push_u64(out, u64::from(ev.task.tid));
+        out.extend_from_slice(b",\"comm\":");
+        push_json_str(out, &ev.task.comm);
+        out.extend_from_slice(b",\"syscall\":");
+        push_json_str(out, ev.syscall_name());
+        out.extend_from_slice(b",\"fd\":");
+        match ev.detail {
+            Detail::Fork { .. } | Detail::Exec | Detail::Exit => out.extend_from_slice(b"null"),
+            _ => push_i64(out, i64::from(ev.fd)),
+        }
+        out.extend_from_slice(b",\"ret\":");
+        push_i64(out, ev.ret);
+        out.extend_from_slice(b",\"errno\":");
+        if ev.ret >= 0 || matches!(ev.detail, Detail::Exit) {
+            out.extend_from_slice(b"null");
+        } else {
+            let e = ev.ret.unsigned_abs();
+            out.push(b'"');
+            match errno(e) {
+                Some((name, _)) => out.extend_from_slice(name.as_bytes()),
+                None => {
+                    out.extend_from_slice(b"ERRNO_");
+                    push_u64(out, e);
+                }
+            }
+            out.push(b'"');
+        }
+        out.push(b',');
+        self.socket(out, ev.sock.as_ref());
+        match &ev.detail {
+            Detail::Sock { args, addr } => {
+                out.extend_from_slice(b",\"addr\":");
+                push_endpoint(out, addr.as_ref());
+                out.extend_from_slice(b",\"args\":[");
+                for (i, a) in args.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    push_u64(out, *a);
+                }
+                out.extend_from_slice(b"]}");
+            }
+            Detail::Data {
+                dir,
+                total,
+                payload,
+                truncated,
+                addr,
+                msg_index,
+            } => {
+                out.extend_from_slice(match dir {
+                    Direction::Send => b",\"dir\":\"send\",\"total\":",
+                    Direction::Recv => b",\"dir\":\"recv\",\"total\":",
+                });
+                push_u64(out, *total);
+                out.extend_from_slice(b",\"captured\":");
+                push_u64(out, payload.len() as u64);
+                out.extend_from_slice(if *truncated {
+                    b",\"truncated\":true,\"msg_index\":"
+                } else {
+                    b",\"truncated\":false,\"msg_index\":"
+                });
+                push_u64(out, u64::from(*msg_index));
+                out.extend_from_slice(b",\"addr\":");
+                match addr {
+                    Some(a) => {
+                        out.push(b'"');
+                        out.extend_from_slice(AddrStr::new(a).as_bytes());
+                        out.push(b'"');
+                    }
+                    None => out.extend_from_slice(b"null"),
+                }
+                out.extend_from_slice(b",\"payload\":\"");
+                escape_json_into(out, payload);
+                out.extend_from_slice(b"\",\"payload_b64\":\"");
+                push_base64(out, payload);
+                out.extend_from_slice(b"\"}");
+            }
+            Detail::Fork { child_pid } => {
+                out.extend_from_slice(b",\"child_pid\":");
+                push_u64(out, u64::from(*child_pid));
+                out.push(b'}');
+            }
+            Detail::Exec => out.push(b'}'),
+            Detail::Exit => {
+                let status = ev.ret as i32;
+                let sig = status & 0x7f;
+                if sig == 0 {
+                    out.extend_from_slice(b",\"exit_code\":");
+                    push_i64(out, i64::from((status >> 8) & 0xff));
+                    out.extend_from_slice(b",\"signal\":null}");
+                } else {
+                    out.extend_from_slice(b",\"exit_code\":null,\"signal\":");
+                    push_json_str(out, &signal_name(sig));
+                    out.push(b'}');
+                }
+            }
+            Detail::Lost { .. } => unreachable!("handled above"),
+        }
     }
-    let sock = ev.sock.as_ref();
-    let mut line = Line {
-        ty: "",
-        ts,
-        ts_ns: ev.ts_ns,
-        pid: ev.task.pid,
-        tid: ev.task.tid,
-        comm: &ev.task.comm,
-        syscall: ev.syscall_name(),
-        fd: Some(ev.fd),
-        ret: ev.ret,
-        errno: errno_name(ev.ret),
-        transport: sock.map(|s| s.transport.name()),
-        local: sock.and_then(|s| s.local.as_ref()).map(ToString::to_string),
-        remote: sock
-            .and_then(|s| s.remote.as_ref())
-            .map(ToString::to_string),
-        sk: sock.map(|s| format!("{:#x}", s.sk)),
-        dir: None,
-        total: None,
-        captured: None,
-        truncated: None,
-        msg_index: None,
-        addr: None,
-        args: None,
-        payload: None,
-        payload_b64: None,
-        child_pid: None,
-        exit_code: None,
-        signal: None,
-    };
-    match &ev.detail {
-        Detail::Sock { args, addr } => {
-            line.ty = "sock";
-            line.addr = Some(addr.as_ref().map(ToString::to_string));
-            line.args = Some(*args);
+
+    /// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ","ts_ns":N`: the value of `ts` (after its opening
+    /// quote) and the `ts_ns` field, which share their digits.
+    fn times(&mut self, out: &mut Vec<u8>, ts_ns: u64) {
+        let secs = ts_ns / 1_000_000_000;
+        let (prefix, secs_digits) = match &self.ts {
+            Some((s, p, d)) if *s == secs => (p, d),
+            _ => {
+                let t = self.ts.insert((secs, second_prefix(secs), Dec::u64(secs)));
+                (&t.1, &t.2)
+            }
+        };
+        let d = Dec::u64(ts_ns % 1_000_000_000);
+        let mut nanos = [b'0'; 9];
+        nanos[9 - d.as_bytes().len()..].copy_from_slice(d.as_bytes());
+        out.extend_from_slice(prefix);
+        out.extend_from_slice(&nanos);
+        out.extend_from_slice(b"Z\",\"ts_ns\":");
+        if secs == 0 {
+            push_u64(out, ts_ns);
+        } else {
+            out.extend_from_slice(secs_digits.as_bytes());
+            out.extend_from_slice(&nanos);
         }
-        Detail::Data {
-            dir,
-            total,
-            payload,
-            truncated,
-            addr,
-            msg_index,
-        } => {
-            line.ty = "data";
-            line.dir = Some(*dir);
-            line.total = Some(*total);
-            line.captured = Some(payload.len());
-            line.truncated = Some(*truncated);
-            line.msg_index = Some(*msg_index);
-            line.addr = Some(addr.as_ref().map(ToString::to_string));
-            line.payload = Some(escape(payload));
-            line.payload_b64 = Some(base64::engine::general_purpose::STANDARD.encode(payload));
-        }
-        Detail::Fork { child_pid } => {
-            line.ty = "fork";
-            line.fd = None;
-            line.child_pid = Some(*child_pid);
-        }
-        Detail::Exec => {
-            line.ty = "exec";
-            line.fd = None;
-        }
-        Detail::Exit => {
-            line.ty = "exit";
-            line.fd = None;
-            line.errno = None;
-            let status = ev.ret as i32;
-            let sig = status & 0x7f;
-            if sig == 0 {
-                line.exit_code = Some(Some((status >> 8) & 0xff));
-                line.signal = Some(None);
-            } else {
-                line.exit_code = Some(None);
-                line.signal = Some(Some(signal_name(sig)));
+    }
+
+    /// `"transport":...,"local":...,"remote":...,"sk":...` (no leading comma).
+    fn socket(&mut self, out: &mut Vec<u8>, sock: Option<&SocketMeta>) {
+        let Some(m) = sock else {
+            out.extend_from_slice(b"\"transport\":null,\"local\":null,\"remote\":null,\"sk\":null");
+            return;
+        };
+        match &mut self.sock {
+            Some((last, bytes)) if last == m => out.extend_from_slice(bytes),
+            slot => {
+                let mut bytes = Vec::with_capacity(96);
+                bytes.extend_from_slice(b"\"transport\":\"");
+                bytes.extend_from_slice(m.transport.name().as_bytes());
+                bytes.extend_from_slice(b"\",\"local\":");
+                push_endpoint(&mut bytes, m.local.as_ref());
+                bytes.extend_from_slice(b",\"remote\":");
+                push_endpoint(&mut bytes, m.remote.as_ref());
+                bytes.extend_from_slice(b",\"sk\":\"");
+                push_hex(&mut bytes, m.sk);
+                bytes.push(b'"');
+                out.extend_from_slice(&bytes);
+                *slot = Some((m.clone(), bytes));
             }
         }
-        Detail::Lost { .. } => unreachable!("handled above"),
     }
-    serde_json::to_string(&line).expect("serializable")
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.` of second `secs` since the epoch.
+fn second_prefix(secs: u64) -> [u8; 20] {
+    let days = secs / 86_400;
+    let sod = secs % 86_400;
+    let (y, m, d) = crate::output::num::civil_from_days(days as i64);
+    let mut v = Vec::with_capacity(20);
+    push_padded(&mut v, y as u64, 4);
+    v.push(b'-');
+    push_padded(&mut v, u64::from(m), 2);
+    v.push(b'-');
+    push_padded(&mut v, u64::from(d), 2);
+    v.push(b'T');
+    crate::output::num::push_hms(&mut v, sod);
+    v.push(b'.');
+    let mut p = [0u8; 20];
+    p.copy_from_slice(&v);
+    p
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.nnnnnnnnnZ` for nanoseconds since the epoch.
 pub fn rfc3339(ts_ns: u64) -> String {
-    let secs = ts_ns / 1_000_000_000;
-    let nanos = ts_ns % 1_000_000_000;
-    let days = secs / 86_400;
-    let sod = secs % 86_400;
-    let (y, m, d) = civil_from_days(days as i64);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
-        sod / 3600,
-        sod / 60 % 60,
-        sod % 60
-    )
+    let mut out = second_prefix(ts_ns / 1_000_000_000).to_vec();
+    push_padded(&mut out, ts_ns % 1_000_000_000, 9);
+    out.push(b'Z');
+    String::from_utf8(out).expect("ASCII")
 }
 
-/// (year, month, day) of a day count since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (if m <= 2 { y + 1 } else { y }, m, d)
+/// An endpoint as a JSON string (`Display` form), or `null`.
+fn push_endpoint(out: &mut Vec<u8>, e: Option<&Endpoint>) {
+    match e {
+        None => out.extend_from_slice(b"null"),
+        Some(Endpoint::Inet(a)) => {
+            out.push(b'"');
+            out.extend_from_slice(AddrStr::new(a).as_bytes());
+            out.push(b'"');
+        }
+        Some(Endpoint::Unix(p)) if p.is_empty() => out.extend_from_slice(b"\"unix:(unnamed)\""),
+        Some(Endpoint::Unix(p)) => {
+            out.extend_from_slice(b"\"unix:");
+            push_json_inner(out, p);
+            out.push(b'"');
+        }
+    }
+}
+
+/// Standard base64 of `bytes`, encoded in place at the end of `out`.
+fn push_base64(out: &mut Vec<u8>, bytes: &[u8]) {
+    let engine = &base64::engine::general_purpose::STANDARD;
+    let n = base64::encoded_len(bytes.len(), true).expect("payload size fits base64");
+    let start = out.len();
+    out.resize(start + n, 0);
+    let written = engine
+        .encode_slice(bytes, &mut out[start..])
+        .expect("room for the encoding");
+    debug_assert_eq!(written, n);
+}
+
+/// `s` as a JSON string, escaped exactly as `serde_json` escapes it.
+fn push_json_str(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    push_json_inner(out, s);
+    out.push(b'"');
+}
+
+/// The inside of [`push_json_str`]: `"` and `\` escaped, control characters as `\b`, `\f`,
+/// `\n`, `\r`, `\t` or `\u00XX`; everything else (DEL, non-ASCII) as it is.
+fn push_json_inner(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let short: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[start..i]);
+        start = i + 1;
+        if short.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0xf)]);
+        } else {
+            out.extend_from_slice(short);
+        }
+    }
+    out.extend_from_slice(&bytes[start..]);
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::{Endpoint, SocketMeta, Transport};
     use crate::output::text::tests::{TS, data, ep, ev, sock};
     use agent_common::sys;
     use bytes::Bytes;
+    use std::net::SocketAddr;
 
     #[test]
     fn data_event() {
@@ -426,6 +556,365 @@ mod tests {
             "{\"type\":\"lost\",\"ts\":\"1970-01-01T00:00:00.000000000Z\",\"ts_ns\":0,\"events\":1,\"bytes\":2}\n\
              {\"type\":\"lost\",\"ts\":\"1970-01-01T00:00:00.000000001Z\",\"ts_ns\":1,\"events\":3,\"bytes\":4}\n"
         );
+    }
+
+    /// The serde_json implementation this writer replaced: the reference for byte identity.
+    mod reference {
+        use super::super::*;
+        use crate::output::escape::escape;
+        use crate::output::text::errno_name;
+        use serde::Serialize;
+
+        #[derive(Serialize)]
+        struct Lost {
+            #[serde(rename = "type")]
+            ty: &'static str,
+            ts: String,
+            ts_ns: u64,
+            events: u64,
+            bytes: u64,
+        }
+
+        #[derive(Serialize)]
+        struct Line<'a> {
+            #[serde(rename = "type")]
+            ty: &'static str,
+            ts: String,
+            ts_ns: u64,
+            pid: u32,
+            tid: u32,
+            comm: &'a str,
+            syscall: &'static str,
+            fd: Option<i32>,
+            ret: i64,
+            errno: Option<String>,
+            transport: Option<&'static str>,
+            local: Option<String>,
+            remote: Option<String>,
+            sk: Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            dir: Option<Direction>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            total: Option<u64>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            captured: Option<usize>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            truncated: Option<bool>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            msg_index: Option<u32>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            addr: Option<Option<String>>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            args: Option<[u64; 4]>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            payload: Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            payload_b64: Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            child_pid: Option<u32>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            exit_code: Option<Option<i32>>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            signal: Option<Option<String>>,
+        }
+
+        pub fn rfc3339(ts_ns: u64) -> String {
+            let secs = ts_ns / 1_000_000_000;
+            let nanos = ts_ns % 1_000_000_000;
+            let days = secs / 86_400;
+            let sod = secs % 86_400;
+            let (y, m, d) = crate::output::num::civil_from_days(days as i64);
+            format!(
+                "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{nanos:09}Z",
+                sod / 3600,
+                sod / 60 % 60,
+                sod % 60
+            )
+        }
+
+        pub fn to_json(ev: &Event) -> String {
+            let ts = rfc3339(ev.ts_ns);
+            if let Detail::Lost { events, bytes } = ev.detail {
+                let lost = Lost {
+                    ty: "lost",
+                    ts,
+                    ts_ns: ev.ts_ns,
+                    events,
+                    bytes,
+                };
+                return serde_json::to_string(&lost).unwrap();
+            }
+            let sock = ev.sock.as_ref();
+            let mut line = Line {
+                ty: "",
+                ts,
+                ts_ns: ev.ts_ns,
+                pid: ev.task.pid,
+                tid: ev.task.tid,
+                comm: &ev.task.comm,
+                syscall: ev.syscall_name(),
+                fd: Some(ev.fd),
+                ret: ev.ret,
+                errno: errno_name(ev.ret),
+                transport: sock.map(|s| s.transport.name()),
+                local: sock.and_then(|s| s.local.as_ref()).map(ToString::to_string),
+                remote: sock
+                    .and_then(|s| s.remote.as_ref())
+                    .map(ToString::to_string),
+                sk: sock.map(|s| format!("{:#x}", s.sk)),
+                dir: None,
+                total: None,
+                captured: None,
+                truncated: None,
+                msg_index: None,
+                addr: None,
+                args: None,
+                payload: None,
+                payload_b64: None,
+                child_pid: None,
+                exit_code: None,
+                signal: None,
+            };
+            match &ev.detail {
+                Detail::Sock { args, addr } => {
+                    line.ty = "sock";
+                    line.addr = Some(addr.as_ref().map(ToString::to_string));
+                    line.args = Some(*args);
+                }
+                Detail::Data {
+                    dir,
+                    total,
+                    payload,
+                    truncated,
+                    addr,
+                    msg_index,
+                } => {
+                    line.ty = "data";
+                    line.dir = Some(*dir);
+                    line.total = Some(*total);
+                    line.captured = Some(payload.len());
+                    line.truncated = Some(*truncated);
+                    line.msg_index = Some(*msg_index);
+                    line.addr = Some(addr.as_ref().map(ToString::to_string));
+                    line.payload = Some(escape(payload));
+                    line.payload_b64 =
+                        Some(base64::engine::general_purpose::STANDARD.encode(payload));
+                }
+                Detail::Fork { child_pid } => {
+                    line.ty = "fork";
+                    line.fd = None;
+                    line.child_pid = Some(*child_pid);
+                }
+                Detail::Exec => {
+                    line.ty = "exec";
+                    line.fd = None;
+                }
+                Detail::Exit => {
+                    line.ty = "exit";
+                    line.fd = None;
+                    line.errno = None;
+                    let status = ev.ret as i32;
+                    let sig = status & 0x7f;
+                    if sig == 0 {
+                        line.exit_code = Some(Some((status >> 8) & 0xff));
+                        line.signal = Some(None);
+                    } else {
+                        line.exit_code = Some(None);
+                        line.signal = Some(Some(signal_name(sig)));
+                    }
+                }
+                Detail::Lost { .. } => unreachable!(),
+            }
+            serde_json::to_string(&line).unwrap()
+        }
+    }
+
+    /// xorshift64.
+    pub(crate) struct Rng(pub(crate) u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        fn bytes(&mut self, max: u64) -> Vec<u8> {
+            let n = self.below(max + 1);
+            (0..n).map(|_| self.next() as u8).collect()
+        }
+        fn text(&mut self) -> String {
+            const PARTS: &[&str] = &[
+                "a", "Z", "9", " ", "\"", "\\", "\n", "\r", "\t", "\u{8}", "\u{c}", "\u{0}",
+                "\u{1f}", "\u{7f}", "é", "\u{85}", "\u{2028}", "😀", "/", "%", "@",
+            ];
+            (0..self.below(12))
+                .map(|_| PARTS[self.below(PARTS.len() as u64) as usize])
+                .collect()
+        }
+        fn endpoint(&mut self) -> Option<Endpoint> {
+            match self.below(5) {
+                0 => None,
+                1 => Some(Endpoint::Unix(self.text())),
+                2 => Some(Endpoint::Inet(SocketAddr::from((
+                    (self.next() as u32).to_be_bytes(),
+                    self.next() as u16,
+                )))),
+                _ => Some(Endpoint::Inet(self.addr())),
+            }
+        }
+        fn addr(&mut self) -> SocketAddr {
+            if self.below(2) == 0 {
+                SocketAddr::from(((self.next() as u32).to_be_bytes(), self.next() as u16))
+            } else {
+                let mut o = [0u8; 16];
+                // Mostly zeros, so that `::` compression and mapped forms show up.
+                for b in &mut o {
+                    if self.below(3) == 0 {
+                        *b = self.next() as u8;
+                    }
+                }
+                let scope = if self.below(3) == 0 {
+                    self.next() as u32
+                } else {
+                    0
+                };
+                SocketAddr::V6(std::net::SocketAddrV6::new(
+                    o.into(),
+                    self.next() as u16,
+                    0,
+                    scope,
+                ))
+            }
+        }
+        pub(crate) fn event(&mut self) -> Event {
+            let detail = match self.below(6) {
+                0 => Detail::Sock {
+                    args: [self.next(), self.below(10), 0, u64::MAX],
+                    addr: self.endpoint(),
+                },
+                1 => Detail::Fork {
+                    child_pid: self.next() as u32,
+                },
+                2 => Detail::Exec,
+                3 => Detail::Exit,
+                _ => Detail::Data {
+                    dir: if self.below(2) == 0 {
+                        Direction::Send
+                    } else {
+                        Direction::Recv
+                    },
+                    total: self.next() >> self.below(64),
+                    payload: self.bytes(300).into(),
+                    truncated: self.below(2) == 0,
+                    addr: (self.below(2) == 0).then(|| self.addr()),
+                    msg_index: self.next() as u32,
+                },
+            };
+            let sock = (self.below(4) != 0).then(|| SocketMeta {
+                sk: self.next() >> self.below(64),
+                ino: self.next(),
+                transport: [
+                    Transport::Tcp,
+                    Transport::Udp,
+                    Transport::UnixStream,
+                    Transport::UnixDgram,
+                    Transport::UnixSeqpacket,
+                    Transport::Other {
+                        family: 1,
+                        sock_type: 2,
+                        protocol: 3,
+                    },
+                ][self.below(6) as usize],
+                local: self.endpoint(),
+                remote: self.endpoint(),
+            });
+            let ret = match self.below(4) {
+                0 => -(self.below(600) as i64),
+                1 => self.next() as i64,
+                2 => i64::MIN,
+                _ => self.below(70_000) as i64,
+            };
+            Event {
+                ts_ns: self.next(),
+                task: crate::model::Task {
+                    pid: self.next() as u32,
+                    tid: self.next() as u32,
+                    comm: self.text(),
+                },
+                syscall: self.below(40) as u16,
+                fd: self.next() as i32,
+                ret,
+                sock,
+                detail,
+            }
+        }
+    }
+
+    #[test]
+    fn identical_to_serde_reference() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        // One writer across all events (its caches carry over) and fresh encodings.
+        let mut w = JsonWriter::new(Vec::new());
+        let mut want = String::new();
+        for i in 0..20_000 {
+            let mut e = rng.event();
+            if i % 3 == 0 {
+                // Repeat the socket of an earlier event (the writer's cache hits).
+                e.sock = tcp_sock();
+            }
+            if i % 7 == 0 {
+                e.detail = lost_or(&mut rng, e.detail);
+            }
+            if i % 11 == 0 {
+                // Under a second, around it; repeated seconds (the writer's cache hits).
+                e.ts_ns = [0, 7, 999_999_999, 1_000_000_000, TS, TS + 1][i / 11 % 6];
+            }
+            let r = reference::to_json(&e);
+            assert_eq!(to_json(&e), r, "{e:?}");
+            w.write_event(&e).unwrap();
+            want.push_str(&r);
+            want.push('\n');
+        }
+        assert!(String::from_utf8(w.into_inner()).unwrap() == want);
+        for ts in [0, 1, TS, u64::MAX, 951_782_400_000_000_000] {
+            assert_eq!(rfc3339(ts), reference::rfc3339(ts));
+        }
+    }
+
+    fn tcp_sock() -> Option<SocketMeta> {
+        crate::output::text::tests::tcp("127.0.0.1:40112", "192.168.10.1:5555")
+    }
+
+    fn lost_or(rng: &mut Rng, d: Detail) -> Detail {
+        if rng.below(2) == 0 {
+            Detail::Lost {
+                events: rng.next(),
+                bytes: rng.next(),
+            }
+        } else {
+            d
+        }
+    }
+
+    #[test]
+    fn json_strings_like_serde() {
+        let mut rng = Rng(7);
+        let mut all = String::new();
+        for c in (0u32..0x800).filter_map(char::from_u32) {
+            all.push(c);
+        }
+        for s in std::iter::once(all).chain((0..2000).map(|_| rng.text())) {
+            let mut v = Vec::new();
+            push_json_str(&mut v, &s);
+            assert_eq!(
+                String::from_utf8(v).unwrap(),
+                serde_json::to_string(&s).unwrap()
+            );
+        }
     }
 
     #[test]

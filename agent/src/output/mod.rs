@@ -6,6 +6,7 @@
 
 pub mod escape;
 pub mod json;
+pub mod num;
 pub mod text;
 
 use std::fs::OpenOptions;
@@ -194,5 +195,159 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
+
+/// Timing helpers: `cargo test --release -p capagent --lib -- --ignored --nocapture bench_`.
+#[cfg(test)]
+mod bench {
+    use super::*;
+    use crate::model::{Detail, Direction, Event, SocketMeta, Task, Transport};
+    use bytes::Bytes;
+    use std::time::Instant;
+
+    fn data_event(payload: Bytes) -> Event {
+        Event {
+            ts_ns: 1_700_000_000_123_456_789,
+            task: Task {
+                pid: 4242,
+                tid: 4242,
+                comm: "rr".into(),
+            },
+            syscall: agent_common::sys::WRITE,
+            fd: 3,
+            ret: payload.len() as i64,
+            sock: Some(SocketMeta {
+                sk: 0xffff_8881_0203_0400,
+                ino: 1,
+                transport: Transport::Tcp,
+                local: Some(
+                    "127.0.0.1:40112"
+                        .parse()
+                        .map(crate::model::Endpoint::Inet)
+                        .unwrap(),
+                ),
+                remote: Some(
+                    "127.0.0.1:9160"
+                        .parse()
+                        .map(crate::model::Endpoint::Inet)
+                        .unwrap(),
+                ),
+            }),
+            detail: Detail::Data {
+                dir: Direction::Send,
+                total: payload.len() as u64,
+                payload,
+                truncated: false,
+                addr: None,
+                msg_index: 0,
+            },
+        }
+    }
+
+    /// The rr bulk pattern (byte i is i as u8) and HTTP-ish text.
+    fn payloads(len: usize) -> [(&'static str, Bytes); 2] {
+        let pattern: Vec<u8> = (0..len).map(|i| i as u8).collect();
+        let text: Vec<u8> = b"GET /index.html HTTP/1.1\r\nHost: example.com\r\nAccept: */*\r\n\r\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(len)
+            .collect();
+        [("pattern", pattern.into()), ("text", text.into())]
+    }
+
+    fn time(name: &str, format: Format, ev: &Event, iters: usize) {
+        let mut w = Writer::new(format, Box::new(io::sink()), TextConfig::default());
+        for _ in 0..iters.min(100) {
+            w.write_event(ev).unwrap();
+        }
+        let payload = match &ev.detail {
+            Detail::Data { payload, .. } => payload.len(),
+            _ => 0,
+        };
+        let start = Instant::now();
+        for i in 0..iters {
+            w.write_event(ev).unwrap();
+            if i % 4096 == 0 {
+                w.flush().unwrap();
+            }
+        }
+        w.flush().unwrap();
+        let secs = start.elapsed().as_secs_f64();
+        println!(
+            "{name:>24} {format:?}: {:8.3} us/event  {:8.1} MB/s payload",
+            secs * 1e6 / iters as f64,
+            (payload * iters) as f64 / secs / 1e6
+        );
+    }
+
+    #[test]
+    #[ignore]
+    fn bench_writers() {
+        for format in [Format::Json, Format::Text] {
+            for (what, p) in payloads(64 * 1024) {
+                time(&format!("64 KiB {what}"), format, &data_event(p), 4000);
+            }
+            for (what, p) in payloads(64) {
+                time(&format!("64 B {what}"), format, &data_event(p), 500_000);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod bench_parts {
+    use base64::Engine as _;
+    use std::time::Instant;
+
+    #[test]
+    #[ignore]
+    fn bench_parts() {
+        let pattern: Vec<u8> = (0..65536).map(|i| i as u8).collect();
+        let text: Vec<u8> = b"GET /index.html HTTP/1.1\r\nHost: example.com\r\n\r\n"
+            .iter()
+            .copied()
+            .cycle()
+            .take(65536)
+            .collect();
+        for (name, p) in [("pattern", &pattern), ("text", &text)] {
+            let mut out = Vec::new();
+            let n = 5000;
+            let t = Instant::now();
+            for _ in 0..n {
+                out.clear();
+                super::escape::escape_json_into(&mut out, p);
+            }
+            let e = t.elapsed().as_secs_f64();
+            println!(
+                "escape_json {name}: {:.1} MB/s in",
+                (p.len() * n) as f64 / e / 1e6
+            );
+            let t = Instant::now();
+            for _ in 0..n {
+                out.clear();
+                out.resize(base64::encoded_len(p.len(), true).unwrap(), 0);
+                base64::engine::general_purpose::STANDARD
+                    .encode_slice(p, &mut out)
+                    .unwrap();
+            }
+            let e = t.elapsed().as_secs_f64();
+            println!(
+                "base64 {name}: {:.1} MB/s in",
+                (p.len() * n) as f64 / e / 1e6
+            );
+            let t = Instant::now();
+            for _ in 0..n {
+                base64::engine::general_purpose::STANDARD
+                    .encode_slice(p, &mut out)
+                    .unwrap();
+            }
+            let e = t.elapsed().as_secs_f64();
+            println!(
+                "base64 no memset {name}: {:.1} MB/s in",
+                (p.len() * n) as f64 / e / 1e6
+            );
+        }
     }
 }

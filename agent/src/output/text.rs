@@ -26,6 +26,7 @@ use agent_common::sys;
 
 use crate::model::{Detail, Direction, Endpoint, Event, SocketMeta};
 use crate::output::escape;
+use crate::output::num::{AddrStr, Dec};
 
 /// Text output settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,19 +107,26 @@ fn format_into(s: &mut String, ev: &Event, cfg: &TextConfig) {
         return;
     }
     // The process name may come from /proc: keep control characters off the terminal.
-    for c in ev.task.comm.chars() {
-        if c.is_control() {
-            let mut buf = [0u8; 4];
-            escape::escape_into(s, c.encode_utf8(&mut buf).as_bytes());
-        } else {
-            s.push(c);
+    let comm = &ev.task.comm;
+    if comm.bytes().all(|b| (0x20..0x7f).contains(&b)) {
+        s.push_str(comm);
+    } else {
+        for c in comm.chars() {
+            if c.is_control() {
+                let mut buf = [0u8; 4];
+                escape::escape_into(s, c.encode_utf8(&mut buf).as_bytes());
+            } else {
+                s.push(c);
+            }
         }
     }
-    if ev.task.tid == ev.task.pid {
-        let _ = write!(s, "[{}] ", ev.task.pid);
-    } else {
-        let _ = write!(s, "[{}/{}] ", ev.task.pid, ev.task.tid);
+    s.push('[');
+    s.push_str(Dec::u64(u64::from(ev.task.pid)).as_str());
+    if ev.task.tid != ev.task.pid {
+        s.push('/');
+        s.push_str(Dec::u64(u64::from(ev.task.tid)).as_str());
     }
+    s.push_str("] ");
     match &ev.detail {
         Detail::Sock { args, addr } => sock_line(s, ev, args, addr.as_ref()),
         Detail::Data {
@@ -129,35 +137,45 @@ fn format_into(s: &mut String, ev: &Event, cfg: &TextConfig) {
             addr,
             msg_index,
         } => {
-            let name = ev.syscall_name();
-            let _ = write!(s, "{name}({}", ev.fd);
+            s.push_str(ev.syscall_name());
+            s.push('(');
+            push_i64(s, i64::from(ev.fd));
             let remote = addr.map(Endpoint::Inet);
             let remote = remote
                 .as_ref()
                 .or(ev.sock.as_ref().and_then(|m| m.remote.as_ref()));
             let local = ev.sock.as_ref().and_then(|m| m.local.as_ref());
             if local.is_some() || remote.is_some() {
-                let arrow = match dir {
-                    Direction::Send => "->",
-                    Direction::Recv => "<-",
-                };
-                let _ = write!(s, ", {} {arrow} {}", or_unknown(local), or_unknown(remote));
+                s.push_str(", ");
+                push_endpoint(s, local);
+                s.push_str(match dir {
+                    Direction::Send => " -> ",
+                    Direction::Recv => " <- ",
+                });
+                push_endpoint(s, remote);
             }
             if matches!(ev.syscall, sys::SENDMMSG | sys::RECVMMSG) {
-                let _ = write!(s, ", msg {msg_index}");
+                s.push_str(", msg ");
+                s.push_str(Dec::u64(u64::from(*msg_index)).as_str());
             }
             s.push(')');
             if ev.ret < 0 {
                 ret_into(s, ev.ret);
                 return;
             }
-            let _ = write!(s, " = {total} ");
-            s.push_str(&escape::preview(payload, cfg.max_preview));
+            s.push_str(" = ");
+            s.push_str(Dec::u64(*total).as_str());
+            s.push(' ');
+            escape::preview_into(s, payload, cfg.max_preview);
             if *truncated {
                 if payload.len() <= cfg.max_preview {
                     s.push_str("...");
                 }
-                let _ = write!(s, " ({} of {total} bytes captured)", payload.len());
+                s.push_str(" (");
+                s.push_str(Dec::u64(payload.len() as u64).as_str());
+                s.push_str(" of ");
+                s.push_str(Dec::u64(*total).as_str());
+                s.push_str(" bytes captured)");
             }
         }
         Detail::Fork { child_pid } => {
@@ -180,6 +198,26 @@ fn format_into(s: &mut String, ev: &Event, cfg: &TextConfig) {
             }
         }
         Detail::Lost { .. } => unreachable!("handled above"),
+    }
+}
+
+fn push_i64(s: &mut String, n: i64) {
+    if n < 0 {
+        s.push('-');
+    }
+    s.push_str(Dec::u64(n.unsigned_abs()).as_str());
+}
+
+/// An endpoint as `Display` writes it, `?` when unknown.
+fn push_endpoint(s: &mut String, e: Option<&Endpoint>) {
+    match e {
+        None => s.push('?'),
+        Some(Endpoint::Inet(a)) => s.push_str(AddrStr::new(a).as_str()),
+        Some(Endpoint::Unix(p)) if p.is_empty() => s.push_str("unix:(unnamed)"),
+        Some(Endpoint::Unix(p)) => {
+            s.push_str("unix:");
+            s.push_str(p);
+        }
     }
 }
 
@@ -257,7 +295,8 @@ fn ret_into(s: &mut String, ret: i64) {
             }
         }
     } else {
-        let _ = write!(s, " = {ret}");
+        s.push_str(" = ");
+        s.push_str(Dec::u64(ret.unsigned_abs()).as_str());
     }
 }
 
@@ -527,14 +566,23 @@ impl Clock {
         let secs = (ts_ns / 1_000_000_000) as i64;
         let micros = (ts_ns % 1_000_000_000) / 1_000;
         let local = secs + self.offset(secs);
-        let day = local.rem_euclid(86_400);
-        let _ = write!(
-            s,
-            "{:02}:{:02}:{:02}.{micros:06}",
-            day / 3600,
-            day / 60 % 60,
-            day % 60
-        );
+        let day = local.rem_euclid(86_400) as u64;
+        let mut buf = [0u8; 15];
+        let digits = |buf: &mut [u8], mut n: u64| {
+            for b in buf.iter_mut().rev() {
+                *b = b'0' + (n % 10) as u8;
+                n /= 10;
+            }
+        };
+        digits(&mut buf[0..2], day / 3600);
+        buf[2] = b':';
+        digits(&mut buf[3..5], day / 60 % 60);
+        buf[5] = b':';
+        digits(&mut buf[6..8], day % 60);
+        buf[8] = b'.';
+        digits(&mut buf[9..15], micros);
+        // Digits, colons and a dot: ASCII.
+        s.push_str(std::str::from_utf8(&buf).unwrap_or_default());
     }
 }
 
@@ -941,6 +989,124 @@ pub(crate) mod tests {
         c.time_of_day(TS, &mut s);
         assert_eq!(s.len(), 15);
         assert!(s.ends_with(":20.123456"), "{s}");
+    }
+
+    /// The `core::fmt` code this module replaced: the reference for byte identity.
+    fn reference_line(ev: &Event, cfg: &TextConfig) -> String {
+        fn or_unknown(e: Option<&Endpoint>) -> String {
+            e.map_or_else(|| "?".to_string(), Endpoint::to_string)
+        }
+        fn ret_into(s: &mut String, ret: i64) {
+            if ret < 0 {
+                let e = ret.unsigned_abs();
+                match errno(e) {
+                    Some((name, desc)) => {
+                        let _ = write!(s, " = -1 {name} ({desc})");
+                    }
+                    None => {
+                        let _ = write!(s, " = -1 ERRNO_{e} (Unknown error {e})");
+                    }
+                }
+            } else {
+                let _ = write!(s, " = {ret}");
+            }
+        }
+        let mut s = String::new();
+        let s = &mut s;
+        let Detail::Data {
+            dir,
+            total,
+            payload,
+            truncated,
+            addr,
+            msg_index,
+        } = &ev.detail
+        else {
+            return format_event(ev, cfg);
+        };
+        for c in ev.task.comm.chars() {
+            if c.is_control() {
+                let mut buf = [0u8; 4];
+                escape::escape_into(s, c.encode_utf8(&mut buf).as_bytes());
+            } else {
+                s.push(c);
+            }
+        }
+        if ev.task.tid == ev.task.pid {
+            let _ = write!(s, "[{}] ", ev.task.pid);
+        } else {
+            let _ = write!(s, "[{}/{}] ", ev.task.pid, ev.task.tid);
+        }
+        let name = ev.syscall_name();
+        let _ = write!(s, "{name}({}", ev.fd);
+        let remote = addr.map(Endpoint::Inet);
+        let remote = remote
+            .as_ref()
+            .or(ev.sock.as_ref().and_then(|m| m.remote.as_ref()));
+        let local = ev.sock.as_ref().and_then(|m| m.local.as_ref());
+        if local.is_some() || remote.is_some() {
+            let arrow = match dir {
+                Direction::Send => "->",
+                Direction::Recv => "<-",
+            };
+            let _ = write!(s, ", {} {arrow} {}", or_unknown(local), or_unknown(remote));
+        }
+        if matches!(ev.syscall, sys::SENDMMSG | sys::RECVMMSG) {
+            let _ = write!(s, ", msg {msg_index}");
+        }
+        s.push(')');
+        if ev.ret < 0 {
+            ret_into(s, ev.ret);
+            return s.clone();
+        }
+        let _ = write!(s, " = {total} ");
+        s.push_str(&escape::preview(payload, cfg.max_preview));
+        if *truncated {
+            if payload.len() <= cfg.max_preview {
+                s.push_str("...");
+            }
+            let _ = write!(s, " ({} of {total} bytes captured)", payload.len());
+        }
+        s.clone()
+    }
+
+    #[test]
+    fn identical_to_fmt_reference() {
+        let mut rng = crate::output::json::tests::Rng(0x1234_5678_9abc_def1);
+        for i in 0..20_000 {
+            let mut e = rng.event();
+            if i % 2 == 0 {
+                e.syscall = [sys::SENDMMSG, sys::RECVMMSG, sys::READ, sys::WRITE][i % 4];
+            }
+            let cfg = TextConfig {
+                timestamps: false,
+                utc: true,
+                max_preview: [0, 3, 16, 64, 1000][i % 5],
+            };
+            assert_eq!(format_event(&e, &cfg), reference_line(&e, &cfg), "{e:?}");
+        }
+        let mut c = Clock::new(true);
+        for ts in [
+            0,
+            1,
+            TS,
+            u64::MAX,
+            86_399_999_999_999,
+            951_782_400_000_000_000,
+        ] {
+            let mut s = String::new();
+            c.time_of_day(ts, &mut s);
+            let secs = (ts / 1_000_000_000) as i64;
+            let day = secs.rem_euclid(86_400);
+            let want = format!(
+                "{:02}:{:02}:{:02}.{:06}",
+                day / 3600,
+                day / 60 % 60,
+                day % 60,
+                (ts % 1_000_000_000) / 1_000
+            );
+            assert_eq!(s, want);
+        }
     }
 
     #[test]

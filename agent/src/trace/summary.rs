@@ -73,11 +73,29 @@ pub struct Totals {
 }
 
 /// Accumulates [`Totals`] and per-[`Connection`] numbers from events.
+///
+/// Adding a data event of a known connection is O(1) and allocates nothing: connections are
+/// found by (pid, socket) first, then compared by reference to the event's endpoints.
 #[derive(Debug, Default)]
 pub struct Summary {
     totals: Totals,
     conns: Vec<Connection>,
-    index: HashMap<ConnKey, usize>,
+    by_sock: HashMap<(u32, SockId), SockConns>,
+    /// The connection of the last data event.
+    last: Option<usize>,
+}
+
+/// Most connections of one socket found by comparing them one by one; past it (a datagram
+/// socket with many peers), by their whole key.
+const SCAN_MAX: usize = 8;
+
+/// The connections of one (pid, socket).
+#[derive(Debug, Default)]
+struct SockConns {
+    /// Indexes into `Summary::conns`, while there are at most [`SCAN_MAX`].
+    list: Vec<usize>,
+    /// All of them by key once there are more (empty before).
+    by_key: HashMap<ConnKey, usize>,
 }
 
 impl Summary {
@@ -117,24 +135,58 @@ impl Summary {
         }
 
         let sock = ev.sock.as_ref();
-        let key = ConnKey {
-            pid: ev.task.pid,
-            sock: sock.map_or(SockId::Fd(ev.fd), |s| SockId::Sk(s.sk)),
-            transport: sock.map(|s| s.transport),
-            local: sock.and_then(|s| s.local.clone()),
-            remote: addr
-                .map(Endpoint::Inet)
-                .or_else(|| sock.and_then(|s| s.remote.clone())),
+        let pid = ev.task.pid;
+        let sock_id = sock.map_or(SockId::Fd(ev.fd), |s| SockId::Sk(s.sk));
+        let transport = sock.map(|s| s.transport);
+        let local = sock.and_then(|s| s.local.as_ref());
+        let datagram_peer = addr.map(Endpoint::Inet);
+        let remote = datagram_peer
+            .as_ref()
+            .or_else(|| sock.and_then(|s| s.remote.as_ref()));
+        let is = |k: &ConnKey| {
+            k.pid == pid
+                && k.sock == sock_id
+                && k.transport == transport
+                && k.local.as_ref() == local
+                && k.remote.as_ref() == remote
         };
-        let i = match self.index.get(&key) {
-            Some(&i) => i,
+        let key = || ConnKey {
+            pid,
+            sock: sock_id,
+            transport,
+            local: local.cloned(),
+            remote: remote.cloned(),
+        };
+        let found = match self.last {
+            Some(i) if is(&self.conns[i].key) => Some(i),
+            _ => match self.by_sock.get(&(pid, sock_id)) {
+                None => None,
+                Some(sc) if sc.by_key.is_empty() => {
+                    sc.list.iter().copied().find(|&i| is(&self.conns[i].key))
+                }
+                Some(sc) => sc.by_key.get(&key()).copied(),
+            },
+        };
+        let i = match found {
+            Some(i) => i,
             None if self.conns.len() >= MAX_CONNECTIONS => {
                 self.totals.untracked_connections += 1;
                 return;
             }
             None => {
+                let i = self.conns.len();
+                let key = key();
+                let sc = self.by_sock.entry((pid, sock_id)).or_default();
+                if sc.by_key.is_empty() && sc.list.len() < SCAN_MAX {
+                    sc.list.push(i);
+                } else {
+                    for j in sc.list.drain(..) {
+                        sc.by_key.insert(self.conns[j].key.clone(), j);
+                    }
+                    sc.by_key.insert(key.clone(), i);
+                }
                 self.conns.push(Connection {
-                    key: key.clone(),
+                    key,
                     comm: String::new(),
                     fd: ev.fd,
                     sent_bytes: 0,
@@ -143,10 +195,10 @@ impl Summary {
                     recv_calls: 0,
                     errors: 0,
                 });
-                self.index.insert(key, self.conns.len() - 1);
-                self.conns.len() - 1
+                i
             }
         };
+        self.last = Some(i);
         let c = &mut self.conns[i];
         if c.comm != ev.task.comm {
             c.comm.clone_from(&ev.task.comm);
@@ -193,12 +245,11 @@ impl Summary {
                     let _ = write!(s, " {} -> {}", or_unknown(l), or_unknown(r));
                 }
             }
-            let _ = writeln!(
-                s,
-                "  sent {}  recv {}",
-                human_bytes(c.sent_bytes),
-                human_bytes(c.recv_bytes)
-            );
+            s.push_str("  sent ");
+            push_bytes_exact(&mut s, c.sent_bytes);
+            s.push_str("  recv ");
+            push_bytes_exact(&mut s, c.recv_bytes);
+            s.push('\n');
         }
         let more = (self.conns.len().saturating_sub(RENDER_MAX_ROWS) as u64)
             .saturating_add(t.untracked_connections);
@@ -212,6 +263,15 @@ impl Summary {
 fn or_unknown(e: &Option<Endpoint>) -> String {
     e.as_ref()
         .map_or_else(|| "?".to_string(), Endpoint::to_string)
+}
+
+/// [`human_bytes`], followed by the exact count when the unit is not bytes:
+/// `78 B`, `1.0 GiB (1073741824 B)`.
+fn push_bytes_exact(s: &mut String, n: u64) {
+    s.push_str(&human_bytes(n));
+    if n >= 1024 {
+        let _ = write!(s, " ({n} B)");
+    }
 }
 
 /// `78 B`, `1.5 KiB`, `12.0 MiB`, `3.2 GiB`.
@@ -404,7 +464,7 @@ mod tests {
              curl[2] fd 5 tcp 127.0.0.1:40112 -> 127.0.0.1:8000  sent 20 B  recv 0 B\n\
              curl[1] fd 6 tcp 127.0.0.1:40112 -> 10.0.0.1:53  sent 30 B  recv 50 B\n\
              curl[1] fd 6 tcp 127.0.0.1:40112 -> 10.0.0.2:53  sent 40 B  recv 0 B\n\
-             curl[1] fd 7  sent 0 B  recv 2.0 KiB\n"
+             curl[1] fd 7  sent 0 B  recv 2.0 KiB (2048 B)\n"
         );
     }
 
@@ -444,6 +504,70 @@ mod tests {
         let r = s.render();
         assert_eq!(r.lines().count(), 1 + RENDER_MAX_ROWS + 1);
         assert!(r.ends_with("... and 3 more connections\n"));
+    }
+
+    #[test]
+    fn exact_bytes_after_human_units() {
+        let mut s = Summary::new();
+        let mut e = data_ev(7, 3, 0xd, Direction::Send, 1 << 30, b"", None);
+        s.add(&e);
+        e.ret = 1023;
+        e.detail = match e.detail {
+            Detail::Data { .. } => data_ev(7, 3, 0xd, Direction::Recv, 1023, b"", None).detail,
+            d => d,
+        };
+        s.add(&e);
+        assert_eq!(
+            s.render(),
+            "capagent: 2 events, 0 lost\n\
+             curl[7] fd 3 tcp 127.0.0.1:40112 -> 127.0.0.1:8000  sent 1.0 GiB (1073741824 B)  recv 1023 B\n"
+        );
+    }
+
+    #[test]
+    fn many_datagram_peers_one_socket() {
+        let mut s = Summary::new();
+        let peers = SCAN_MAX as u64 * 3;
+        // Interleaved: every peer several times, in two rounds, with another socket between.
+        for round in 0..3u64 {
+            for p in 0..peers {
+                let addr = format!("10.0.0.{}:53", p + 1);
+                let e = data_ev(
+                    1,
+                    6,
+                    0xb,
+                    Direction::Send,
+                    (round + 1) as i64,
+                    b"",
+                    Some(&addr),
+                );
+                s.add(&e);
+                s.add(&data_ev(1, 5, 0xa, Direction::Recv, 1, b"", None));
+            }
+        }
+        let rows = s.connections();
+        assert_eq!(rows.len(), peers as usize + 1);
+        assert_eq!(rows[1].key.sock, SockId::Sk(0xa));
+        assert_eq!(rows[1].recv_bytes, 3 * peers);
+        for (p, c) in rows
+            .iter()
+            .filter(|c| c.key.sock == SockId::Sk(0xb))
+            .enumerate()
+        {
+            assert_eq!(c.key.remote, ep(&format!("10.0.0.{}:53", p + 1)));
+            assert_eq!((c.sent_bytes, c.send_calls), (6, 3));
+        }
+        // Same socket, another process: its own rows.
+        s.add(&data_ev(
+            2,
+            6,
+            0xb,
+            Direction::Send,
+            1,
+            b"",
+            Some("10.0.0.1:53"),
+        ));
+        assert_eq!(s.connections().len(), peers as usize + 2);
     }
 
     #[test]
