@@ -101,9 +101,17 @@ fn bump(idx: u32, by: u64) {
     }
 }
 
+/// Wakes the agent only when this record makes the waiting data cross `wakeup_bytes` (the
+/// agent also polls every 10 ms): one wakeup per batch instead of one per record.
+/// `reserved`: the record is already reserved, so the waiting data includes it.
 #[inline(always)]
-fn wakeup_flags() -> u64 {
-    if EVENTS.query(BPF_RB_AVAIL_DATA.into()) >= cfg!(wakeup_bytes) as u64 {
+fn wakeup_flags(size: u64, reserved: bool) -> u64 {
+    let mut avail = EVENTS.query(BPF_RB_AVAIL_DATA.into());
+    if reserved {
+        avail = avail.saturating_sub(size);
+    }
+    let at = cfg!(wakeup_bytes) as u64;
+    if avail < at && avail + size >= at {
         BPF_RB_FORCE_WAKEUP.into()
     } else {
         BPF_RB_NO_WAKEUP.into()
@@ -416,7 +424,7 @@ fn emit_sock(
             (*e).addr_len = 0;
         }
     }
-    entry.submit(wakeup_flags());
+    entry.submit(wakeup_flags(core::mem::size_of::<SockEvent>() as u64, true));
     bump(counter::EVENTS, 1);
 }
 
@@ -693,7 +701,7 @@ fn pause_if_filling() {
 #[inline(always)]
 fn output(s: *mut Scratch, size: usize) -> Result<(), i32> {
     let bytes = unsafe { core::slice::from_raw_parts(s as *const u8, size) };
-    EVENTS.output::<[u8]>(bytes, wakeup_flags())
+    EVENTS.output::<[u8]>(bytes, wakeup_flags(size as u64, false))
 }
 
 #[inline(always)]
@@ -835,7 +843,7 @@ fn emit_proc(s: u16, child: u32, exit_code: u32) {
         (*e).child_pid = child;
         (*e).exit_code = exit_code;
     }
-    entry.submit(wakeup_flags());
+    entry.submit(wakeup_flags(core::mem::size_of::<ProcEvent>() as u64, true));
     bump(counter::EVENTS, 1);
 }
 

@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use agent_common::{DataEvent, EventHeader, ProcEvent, SOCKADDR_MAX, SockEvent, flags, sys};
 use bytes::Bytes;
 
-use crate::model::{Detail, Direction, Endpoint, Event, SocketMeta, Task};
+use crate::model::{Detail, Direction, Endpoint, Event, SocketMeta, Task, Transport};
 use crate::trace::decode::{self, DecodeError, Record, comm_string, msg_addr, socket_meta};
 use crate::trace::sockaddr::{AF_UNIX, parse_sockaddr};
 
@@ -109,7 +109,13 @@ pub struct Assembler<C> {
     unix: HashMap<u64, UnixEnds>,
     /// Unix sockets returned by accept whose `sk` is not known yet, by (pid, fd).
     unix_accepted: HashMap<(u32, i32), UnixEnds>,
+    /// Last complete endpoints of each TCP socket (by `sk`): once both sides have closed, the
+    /// kernel clears the local port while the process may still read and close the socket.
+    tcp: HashMap<u64, [Option<Endpoint>; 2]>,
 }
+
+/// Most TCP sockets whose endpoints are remembered (sockets never closed while traced).
+const MAX_TCP_REMEMBERED: usize = 65536;
 
 impl<C: CommLookup> Assembler<C> {
     /// `clock_offset_ns`: added to the kernel's CLOCK_BOOTTIME timestamps to get wall-clock
@@ -125,6 +131,7 @@ impl<C: CommLookup> Assembler<C> {
             seq: 0,
             unix: HashMap::new(),
             unix_accepted: HashMap::new(),
+            tcp: HashMap::new(),
         }
     }
 
@@ -365,8 +372,35 @@ impl<C: CommLookup> Assembler<C> {
                 self.unix.remove(&hdr.sock.sk);
             }
             self.unix_accepted.remove(&(hdr.pid, hdr.fd));
+            self.tcp.remove(&hdr.sock.sk);
         }
         out.push(event);
+    }
+
+    /// A TCP socket's endpoints never change once it is connected; keep showing them after
+    /// the kernel has zeroed the port (a port of 0 means "no longer known").
+    fn stick_tcp_endpoints(&mut self, meta: &mut SocketMeta) {
+        let complete = |e: &Option<Endpoint>| matches!(e, Some(Endpoint::Inet(a)) if a.port() != 0);
+        if complete(&meta.local) && complete(&meta.remote) {
+            if let Some(known) = self.tcp.get_mut(&meta.sk) {
+                if known[0] != meta.local || known[1] != meta.remote {
+                    *known = [meta.local.clone(), meta.remote.clone()];
+                }
+            } else {
+                if self.tcp.len() >= MAX_TCP_REMEMBERED {
+                    self.tcp.clear();
+                }
+                self.tcp
+                    .insert(meta.sk, [meta.local.clone(), meta.remote.clone()]);
+            }
+        } else if let Some([local, remote]) = self.tcp.get(&meta.sk) {
+            if !complete(&meta.local) {
+                meta.local = local.clone();
+            }
+            if !complete(&meta.remote) {
+                meta.remote = remote.clone();
+            }
+        }
     }
 
     fn unix_entry(&mut self, sk: u64) -> &mut UnixEnds {
@@ -426,6 +460,8 @@ impl<C: CommLookup> Assembler<C> {
                 meta.local = e.local.clone();
                 meta.remote = e.remote.clone();
             }
+        } else if meta.transport == Transport::Tcp {
+            self.stick_tcp_endpoints(&mut meta);
         }
         Some(meta)
     }
@@ -537,7 +573,7 @@ pub fn boot_to_wall_offset_ns() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Transport;
+
     use crate::trace::decode;
     use crate::trace::decode::tests::{bytes_of, data_record, header, sock_event, tcp4};
     use agent_common::{MsgAddr, ProcEvent, kind};
@@ -584,6 +620,51 @@ mod tests {
 
     const FIRST: u16 = flags::FIRST;
     const LAST: u16 = flags::LAST;
+
+    #[test]
+    fn tcp_endpoints_survive_the_kernel_zeroing_the_port() {
+        let mut a = asm();
+        let ends = |e: &Event| {
+            let s = e.sock.as_ref().unwrap();
+            (
+                s.local.as_ref().map(|e| e.to_string()),
+                s.remote.as_ref().map(|e| e.to_string()),
+            )
+        };
+        let want = (
+            Some("127.0.0.1:40112".to_string()),
+            Some("192.168.10.1:5555".to_string()),
+        );
+        let out = push(
+            &mut a,
+            &chunk(sys::SENDTO, 100, FIRST | LAST, 4, 0, b"ping"),
+        );
+        assert_eq!(ends(&out[0]), want);
+        // Both sides closed: the kernel has zeroed the local port, not the address.
+        let mut hdr = header(kind::DATA, sys::RECVFROM, 100, 100, 3);
+        hdr.flags = FIRST | LAST | flags::SOCK_VALID;
+        hdr.ret = 4;
+        hdr.sock = tcp4(0xabc, [127, 0, 0, 1], 0, [192, 168, 10, 1], 5555);
+        let ev = DataEvent {
+            hdr,
+            total: 4,
+            offset: 0,
+            len: 4,
+            msg_index: 0,
+            addr: MsgAddr::default(),
+        };
+        let rec = data_record(&ev, b"pong");
+        let out = push(&mut a, &rec);
+        assert_eq!(ends(&out[0]), want);
+        // A close forgets the socket: a new socket at the same address starts afresh.
+        let mut close = header(kind::SOCK, sys::CLOSE, 100, 100, 3);
+        close.flags = flags::SOCK_VALID;
+        close.sock = ev.hdr.sock;
+        let out = push(&mut a, &bytes_of(&sock_event(close, [0; 4], &[])));
+        assert_eq!(ends(&out[0]), want);
+        let out = push(&mut a, &rec);
+        assert_eq!(ends(&out[0]).0, Some("127.0.0.1:0".to_string()));
+    }
 
     #[test]
     fn single_chunk_call() {

@@ -195,6 +195,29 @@ fn install_signal_handlers() {
     }
 }
 
+/// Hands every record waiting in the ring buffer to the assembler and the complete events to
+/// `emit`; returns the bytes drained.
+fn drain<C: assemble::CommLookup>(
+    ring: &mut RingBuf<MapData>,
+    assembler: &mut Assembler<C>,
+    emit: &mut dyn FnMut(&Event),
+) -> u64 {
+    let mut events = Vec::new();
+    let mut bytes = 0;
+    while let Some(item) = ring.next() {
+        bytes += item.len() as u64;
+        match decode::decode(&item) {
+            Ok(rec) => assembler.push_into(&rec, &mut events),
+            Err(e) => tracing::warn!("undecodable kernel record: {e}"),
+        }
+        drop(item);
+        for ev in events.drain(..) {
+            emit(&ev);
+        }
+    }
+    bytes
+}
+
 /// Continues the processes the kernel stopped because the ring buffer was filling up (the
 /// caller has just drained it).
 fn resume_paused(paused: &mut HashMap<MapData, u32, u8>) {
@@ -353,6 +376,7 @@ pub fn run(
     let mut outcome = TraceOutcome::default();
     let mut reported_lost = (0u64, 0u64);
     let mut last_check = Instant::now();
+    let mut drained_since_check = 0u64;
     let mut output_error = None;
 
     // Keeps the set of live traced processes up to date, then hands the event on.
@@ -384,21 +408,17 @@ pub fn run(
             revents: 0,
         };
         unsafe { libc::poll(&mut pfd, 1, 10) };
-        while let Some(item) = ring.next() {
-            match decode::decode(&item) {
-                Ok(rec) => {
-                    let events = assembler.push(&rec);
-                    drop(item);
-                    for ev in events {
-                        if let Err(e) = emit(&ev, &mut live) {
-                            output_error.get_or_insert(e);
-                        }
-                    }
-                }
-                Err(e) => tracing::warn!("undecodable kernel record: {e}"),
+        drained_since_check += drain(&mut ring, &mut assembler, &mut |ev| {
+            if let Err(e) = emit(ev, &mut live) {
+                output_error.get_or_insert(e);
             }
+        });
+        // A paused process left at least half the ring buffer behind it: look for paused
+        // processes once that much has been drained (and on the periodic check below).
+        if drained_since_check >= u64::from(config.wakeup_bytes) {
+            drained_since_check = 0;
+            resume_paused(&mut paused);
         }
-        resume_paused(&mut paused);
         if output_error.is_some() {
             break;
         }
@@ -425,6 +445,7 @@ pub fn run(
             if stop_when_gone {
                 live.retain(|&pid| alive(pid));
             }
+            resume_paused(&mut paused);
         }
         if STOP.load(Ordering::SeqCst) || deadline.is_some_and(|d| now >= d) {
             break;
@@ -445,17 +466,11 @@ pub fn run(
     }
 
     // Drain what is left, then close pending calls.
-    while let Some(item) = ring.next() {
-        if let Ok(rec) = decode::decode(&item) {
-            let events = assembler.push(&rec);
-            drop(item);
-            for ev in events {
-                if let Err(e) = emit(&ev, &mut live) {
-                    output_error.get_or_insert(e);
-                }
-            }
+    drain(&mut ring, &mut assembler, &mut |ev| {
+        if let Err(e) = emit(ev, &mut live) {
+            output_error.get_or_insert(e);
         }
-    }
+    });
     for ev in assembler.flush() {
         if let Err(e) = emit(&ev, &mut live) {
             output_error.get_or_insert(e);
