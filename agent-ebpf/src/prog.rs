@@ -624,6 +624,27 @@ fn emit_payload(
         (*s).ev.addr = *addr;
     }
     let base_flags = unsafe { (*s).ev.hdr.flags } | msg_flags | trunc;
+    // The common case, one buffer that fits one record: copy it without the loop.
+    if iov == 0 && want > 0 && want <= CHUNK_MAX as u64 {
+        let r = unsafe {
+            bpf_probe_read_user((*s).data.as_mut_ptr().cast(), want as u32, buf as *const _)
+        };
+        if r == 0 {
+            unsafe {
+                (*s).ev.hdr.flags = base_flags | flags::FIRST | flags::LAST;
+                (*s).ev.offset = 0;
+                (*s).ev.len = want as u32;
+            }
+            if output(s, core::mem::size_of::<DataEvent>() + want as usize).is_err() {
+                bump(counter::LOST_EVENTS, 1);
+                bump(counter::LOST_BYTES, want);
+            } else {
+                bump(counter::EVENTS, 1);
+            }
+            pause_if_filling();
+            return;
+        }
+    }
     let nvec = if iovcnt < MAX_IOV { iovcnt } else { MAX_IOV };
     let Some(c) = COPY.get_ptr_mut(0) else { return };
     let c = unsafe { &mut *c };

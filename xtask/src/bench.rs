@@ -43,6 +43,11 @@ pub struct TraceBenchArgs {
     /// Use this capagent binary instead of building one (`cargo build --release`).
     #[arg(long)]
     pub capagent: Option<PathBuf>,
+    /// Do not pin the workload's client and server to CPU 0. Pinned, a round trip costs CPU
+    /// time only; unpinned, it mostly measures how fast an idle virtual CPU wakes up, which
+    /// any tracer that keeps the CPUs busy "improves" (bpftrace then beats untraced).
+    #[arg(long)]
+    pub no_pin: bool,
     /// bpftrace's perf ring buffer, in pages per CPU (BPFTRACE_PERF_RB_PAGES). bpftrace's
     /// default (64) drops most events of the ping-pong, which would flatter its rate.
     #[arg(long, default_value_t = 8192)]
@@ -267,6 +272,15 @@ fn loadavg() -> String {
         .unwrap_or_else(|| "?".to_string())
 }
 
+/// `rr --cpu 0` unless `--no-pin`: client and server share CPU 0, tracers run anywhere.
+fn pin_args(a: &TraceBenchArgs) -> Vec<String> {
+    if a.no_pin {
+        Vec::new()
+    } else {
+        vec!["--cpu".into(), "0".into()]
+    }
+}
+
 /// An `rr` server started for one run, with its port.
 struct Server {
     child: std::process::Child,
@@ -274,9 +288,11 @@ struct Server {
 }
 
 impl Server {
-    fn start(rr: &Path, mode: &str, extra: &[String]) -> Result<Server> {
+    /// `rr GLOBAL... MODE --port 0 EXTRA...`
+    fn start(rr: &Path, global: &[String], mode: &str, extra: &[String]) -> Result<Server> {
         let mut cmd = Command::new(rr);
-        cmd.args([mode, "--port", "0"])
+        cmd.args(global)
+            .args([mode, "--port", "0"])
             .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::piped());
@@ -400,9 +416,16 @@ fn check(out: &Captured) -> Result<()> {
 
 fn pingpong(ctx: &Ctx, tracer: Tracer) -> Result<RunResult> {
     let a = &ctx.args;
-    let server = Server::start(&ctx.rr, "server", &["--size".into(), a.size.to_string()])?;
-    let client: Vec<OsString> = vec![
-        ctx.rr.clone().into(),
+    let pin: Vec<String> = pin_args(a);
+    let server = Server::start(
+        &ctx.rr,
+        &pin,
+        "server",
+        &["--size".into(), a.size.to_string()],
+    )?;
+    let mut client: Vec<OsString> = vec![ctx.rr.clone().into()];
+    client.extend(pin.iter().map(OsString::from));
+    client.extend::<Vec<OsString>>(vec![
         "client".into(),
         "--addr".into(),
         format!("127.0.0.1:{}", server.port).into(),
@@ -410,7 +433,7 @@ fn pingpong(ctx: &Ctx, tracer: Tracer) -> Result<RunResult> {
         a.count.to_string().into(),
         "--size".into(),
         a.size.to_string().into(),
-    ];
+    ]);
     let mut cmd = match traced_command(ctx, tracer, &client, false) {
         Ok(c) => c,
         Err(e) => {
@@ -466,7 +489,8 @@ fn pingpong(ctx: &Ctx, tracer: Tracer) -> Result<RunResult> {
 
 fn bulk(ctx: &Ctx, tracer: Tracer) -> Result<RunResult> {
     let a = &ctx.args;
-    let server = Server::start(&ctx.rr, "bulk-server", &[])?;
+    // Not pinned: the bulk stream measures throughput, which needs both CPUs.
+    let server = Server::start(&ctx.rr, &[], "bulk-server", &[])?;
     let client: Vec<OsString> = vec![
         ctx.rr.clone().into(),
         "bulk-client".into(),

@@ -29,8 +29,22 @@ use clap::{Parser, Subcommand};
     about = "TCP request/response and bulk workload for capagent's benchmarks"
 )]
 struct Cli {
+    /// Run on this CPU only (sched_setaffinity), e.g. to keep client and server on one CPU.
+    #[arg(long, global = true)]
+    cpu: Option<usize>,
     #[command(subcommand)]
     mode: Mode,
+}
+
+fn pin_to(cpu: usize) -> std::io::Result<()> {
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 #[derive(Subcommand, Debug)]
@@ -84,6 +98,12 @@ enum Mode {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(cpu) = cli.cpu
+        && let Err(err) = pin_to(cpu)
+    {
+        eprintln!("rr: cannot pin to CPU {cpu}: {err}");
+        return ExitCode::from(1);
+    }
     let result = match cli.mode {
         Mode::Server { port, bind, size } => server(&bind, port, size),
         Mode::Client { addr, count, size } => client(&addr, count, size),
