@@ -11,7 +11,7 @@ use aya_ebpf::{
         generated::{bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user, bpf_send_signal},
     },
     macros::{map, raw_tracepoint, tracepoint},
-    maps::{HashMap, PerCpuArray, RingBuf},
+    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{RawTracePointContext, TracePointContext},
 };
 
@@ -34,6 +34,19 @@ static PAUSED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 /// Arguments of the call each traced thread is in (key: pid_tgid).
 #[map]
 static ARGS: HashMap<u64, Args> = HashMap::with_max_entries(65536, 0);
+
+/// Connected stream sockets already resolved, by (tgid << 32 | fd): a send/recv on them
+/// checks the fd still holds the same socket (file and inode number) instead of walking to
+/// `struct sock` again. Entries go on close and on connect/bind/accept refreshes.
+#[map]
+static FDS: LruHashMap<u64, FdCache> = LruHashMap::with_max_entries(65536, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct FdCache {
+    file: u64,
+    sock: SockInfo,
+}
 
 /// Per-CPU room to assemble a DATA record (header + one chunk).
 #[map]
@@ -77,6 +90,7 @@ const S_IFMT: u16 = 0o170000;
 const S_IFSOCK: u16 = 0o140000;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
+const SOCK_STREAM: u16 = 1;
 const CLONE_THREAD: u64 = 0x0001_0000;
 const SIGSTOP: u32 = 19;
 
@@ -213,12 +227,15 @@ impl<const W: usize> Window<W> {
 }
 
 /// Finds the socket behind `fd` of the current process; false when fd is not a socket.
+/// `cached`: a send/recv, which may use the FDS cache; other calls read the socket afresh
+/// (their endpoints may just have changed) and refresh the cache.
 #[inline(always)]
-fn resolve_fd(fd: i64, info: &mut SockInfo) -> bool {
+fn resolve_fd(fd: i64, info: &mut SockInfo, cached: bool) -> bool {
     if fd < 0 {
         return false;
     }
     let o = &conf().offsets;
+    let key = (bpf_get_current_pid_tgid() & !0xffff_ffff) | (fd as u64 & 0xffff_ffff);
     unsafe {
         let task = bpf_get_current_task();
         let files: u64 = kread(task + o.task_files as u64);
@@ -237,6 +254,13 @@ fn resolve_fd(fd: i64, info: &mut SockInfo) -> bool {
         }
         let file_w = Window::<16>::read(file, &[o.file_inode, o.file_private_data]);
         let inode: u64 = file_w.get(o.file_inode);
+        if cached && let Some(c) = FDS.get(&key) {
+            // Same file, and the same inode number (file and inode memory is reused).
+            if c.file == file && kread::<u64>(inode + o.inode_ino as u64) == c.sock.ino {
+                *info = c.sock;
+                return true;
+            }
+        }
         let mode: u16 = kread(inode + o.inode_mode as u64);
         if mode & S_IFMT != S_IFSOCK {
             return false;
@@ -248,8 +272,21 @@ fn resolve_fd(fd: i64, info: &mut SockInfo) -> bool {
         if sk != 0 {
             read_sock(sk, info);
         }
+        // Only connected stream sockets: their endpoints no longer change.
+        if info.sock_type == SOCK_STREAM && info.lport != 0 && info.rport != 0 {
+            let _ = FDS.insert(&key, &FdCache { file, sock: *info }, 0);
+        } else {
+            let _ = FDS.remove(&key);
+        }
     }
     true
+}
+
+/// Forgets the cached socket of `fd` (closed, or its endpoints may change).
+#[inline(always)]
+fn forget_fd(fd: i64) {
+    let key = (bpf_get_current_pid_tgid() & !0xffff_ffff) | (fd as u64 & 0xffff_ffff);
+    let _ = FDS.remove(&key);
 }
 
 #[inline(always)]
@@ -366,7 +403,7 @@ fn enter(regs: u64, s: u16) -> i32 {
         }
     }
     if sock_now {
-        if !resolve_fd(a.fd, &mut a.sock) {
+        if !resolve_fd(a.fd, &mut a.sock, s != sys::CLOSE && s != sys::SHUTDOWN) {
             return 0;
         }
         a.sock_valid = 1;
@@ -440,23 +477,23 @@ fn sock_exit(s: u16, ret: i64) {
         sys::SOCKET => {
             args = [a.a[0], a.a[1], a.a[2], 0];
             fd = ret;
-            valid = ret >= 0 && resolve_fd(ret, &mut sock);
+            valid = ret >= 0 && resolve_fd(ret, &mut sock, false);
         }
         sys::CONNECT | sys::BIND => {
             addr = a.a[0];
             addr_len = a.a[1];
-            valid = resolve_fd(fd, &mut sock);
+            valid = resolve_fd(fd, &mut sock, false);
         }
         sys::LISTEN => {
             args[0] = a.a[0];
-            valid = resolve_fd(fd, &mut sock);
+            valid = resolve_fd(fd, &mut sock, false);
         }
         sys::ACCEPT | sys::ACCEPT4 => {
             args[0] = a.a[2];
             args[1] = fd as u64;
             if ret >= 0 {
                 fd = ret;
-                valid = resolve_fd(ret, &mut sock);
+                valid = resolve_fd(ret, &mut sock, false);
                 if a.a[0] != 0 && a.a[1] != 0 {
                     addr = a.a[0];
                     addr_len = unsafe { uread::<u32>(a.a[1]) }.unwrap_or(0) as u64;
@@ -466,6 +503,7 @@ fn sock_exit(s: u16, ret: i64) {
         sys::SHUTDOWN => {
             args[0] = a.a[0];
         }
+        sys::CLOSE => forget_fd(fd),
         _ => {}
     }
     emit_sock(&a, fd, ret, &sock, valid, args, addr, addr_len);
@@ -626,18 +664,22 @@ fn emit_payload(
     let base_flags = unsafe { (*s).ev.hdr.flags } | msg_flags | trunc;
     // The common case, one buffer that fits one record: copy it without the loop.
     if iov == 0 && want > 0 && want <= CHUNK_MAX as u64 {
-        let r = unsafe {
-            bpf_probe_read_user((*s).data.as_mut_ptr().cast(), want as u32, buf as *const _)
-        };
+        // Masked and clamped so the verifier knows 0 <= n <= CHUNK_MAX whatever it lost
+        // track of (n == want here).
+        let mut n = core::hint::black_box(want as u32) & (2 * CHUNK_MAX as u32 - 1);
+        if n > CHUNK_MAX as u32 {
+            n = CHUNK_MAX as u32;
+        }
+        let r = unsafe { bpf_probe_read_user((*s).data.as_mut_ptr().cast(), n, buf as *const _) };
         if r == 0 {
             unsafe {
                 (*s).ev.hdr.flags = base_flags | flags::FIRST | flags::LAST;
                 (*s).ev.offset = 0;
-                (*s).ev.len = want as u32;
+                (*s).ev.len = n;
             }
-            if output(s, core::mem::size_of::<DataEvent>() + want as usize).is_err() {
+            if output(s, core::mem::size_of::<DataEvent>() + n as usize).is_err() {
                 bump(counter::LOST_EVENTS, 1);
-                bump(counter::LOST_BYTES, want);
+                bump(counter::LOST_BYTES, n as u64);
             } else {
                 bump(counter::EVENTS, 1);
             }
