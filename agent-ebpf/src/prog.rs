@@ -65,7 +65,9 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT
 #[repr(C)]
 #[derive(Clone, Copy)]
 struct Args {
-    sys: u64,
+    sys: u32,
+    /// 1 from a traced enter until its exit takes the arguments.
+    live: u32,
     fd: i64,
     a: [u64; 5],
     sock_valid: u64,
@@ -389,38 +391,59 @@ fn enter(regs: u64, s: u16) -> i32 {
     }
     let (nargs, sock_now) = shape(s);
     let args = syscall_args(regs);
-    let mut a = Args {
-        sys: s as u64,
-        fd: args[0] as i64,
-        a: [0; 5],
-        sock_valid: 0,
-        sock: SockInfo::default(),
+    // Each thread keeps its slot (freed at thread exit) and the arguments are written into
+    // it in place: no element inserted and deleted, no struct copied, per call.
+    let slot = match ARGS.get_ptr_mut(&id) {
+        Some(slot) => slot,
+        None => {
+            let empty = Args {
+                sys: 0,
+                live: 0,
+                fd: 0,
+                a: [0; 5],
+                sock_valid: 0,
+                sock: SockInfo::default(),
+            };
+            if ARGS.insert(&id, &empty, 0).is_err() {
+                return 0;
+            }
+            let Some(slot) = ARGS.get_ptr_mut(&id) else {
+                return 0;
+            };
+            slot
+        }
     };
+    let a = unsafe { &mut *slot };
+    a.live = 0;
+    a.sys = s as u32;
+    a.fd = args[0] as i64;
     let first = if s == sys::SOCKET { 0 } else { 1 };
     for i in 0..5 {
-        if i < nargs {
-            a.a[i] = args[first + i];
-        }
+        a.a[i] = if i < nargs { args[first + i] } else { 0 };
     }
+    a.sock_valid = 0;
     if sock_now {
         if !resolve_fd(a.fd, &mut a.sock, s != sys::CLOSE && s != sys::SHUTDOWN) {
             return 0;
         }
         a.sock_valid = 1;
     }
-    let _ = ARGS.insert(&id, &a, 0);
+    a.live = 1;
     0
 }
 
 /// Takes the arguments remembered at enter for this thread, if this call is traced.
 #[inline(always)]
-fn take_args(s: u16) -> Option<Args> {
+fn take_args(s: u16) -> Option<&'static Args> {
     let id = bpf_get_current_pid_tgid();
-    let a = unsafe { *ARGS.get(&id)? };
-    let _ = ARGS.remove(&id);
-    if a.sys != s as u64 {
+    let slot = ARGS.get_ptr_mut(&id)?;
+    let a = unsafe { &mut *slot };
+    if a.live == 0 || a.sys != s as u32 {
         return None;
     }
+    // Taken: a later exit without an enter (a call begun before tracing) finds nothing. The
+    // fields stay as they are until this thread's next traced enter.
+    a.live = 0;
     Some(a)
 }
 
@@ -506,7 +529,7 @@ fn sock_exit(s: u16, ret: i64) {
         sys::CLOSE => forget_fd(fd),
         _ => {}
     }
-    emit_sock(&a, fd, ret, &sock, valid, args, addr, addr_len);
+    emit_sock(a, fd, ret, &sock, valid, args, addr, addr_len);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -773,11 +796,11 @@ fn data_exit(s: u16, ret: i64) {
     let total = if ret > 0 { ret as u64 } else { 0 };
     let none = MsgAddr::default();
     match s {
-        sys::READ | sys::WRITE => emit_payload(&a, ret, a.a[0], 0, 0, total, &none, 0, 0),
-        sys::READV | sys::WRITEV => emit_payload(&a, ret, 0, a.a[0], a.a[1], total, &none, 0, 0),
+        sys::READ | sys::WRITE => emit_payload(a, ret, a.a[0], 0, 0, total, &none, 0, 0),
+        sys::READV | sys::WRITEV => emit_payload(a, ret, 0, a.a[0], a.a[1], total, &none, 0, 0),
         sys::SENDTO => {
             let addr = msg_addr(a.a[3], a.a[4]);
-            emit_payload(&a, ret, a.a[0], 0, 0, total, &addr, 0, 0)
+            emit_payload(a, ret, a.a[0], 0, 0, total, &addr, 0, 0)
         }
         sys::RECVFROM => {
             let mut addr = none;
@@ -785,7 +808,7 @@ fn data_exit(s: u16, ret: i64) {
                 let len = unsafe { uread::<u32>(a.a[4]) }.unwrap_or(0);
                 addr = msg_addr(a.a[3], len as u64);
             }
-            emit_payload(&a, ret, a.a[0], 0, 0, total, &addr, 0, 0)
+            emit_payload(a, ret, a.a[0], 0, 0, total, &addr, 0, 0)
         }
         sys::SENDMSG | sys::RECVMSG => {
             // struct user_msghdr: name @0, namelen @8, iov @16, iovlen @24.
@@ -795,7 +818,7 @@ fn data_exit(s: u16, ret: i64) {
             } else {
                 none
             };
-            emit_payload(&a, ret, 0, hdr[2], hdr[3], total, &addr, 0, 0)
+            emit_payload(a, ret, 0, hdr[2], hdr[3], total, &addr, 0, 0)
         }
         _ => {}
     }
@@ -806,7 +829,7 @@ fn mmsg_exit(s: u16, ret: i64) {
     let Some(a) = take_args(s) else { return };
     let none = MsgAddr::default();
     if ret <= 0 {
-        emit_payload(&a, ret, 0, 0, 0, 0, &none, 0, flags::LAST_MSG);
+        emit_payload(a, ret, 0, 0, 0, 0, &none, 0, flags::LAST_MSG);
         return;
     }
     let n = ret as u64;
@@ -822,11 +845,11 @@ fn mmsg_exit(s: u16, ret: i64) {
         let len = hdr[7] & 0xffff_ffff;
         let addr = msg_addr(hdr[0], hdr[1] & 0xffff_ffff);
         let last = if i + 1 >= n { flags::LAST_MSG } else { 0 };
-        emit_payload(&a, ret, 0, hdr[2], hdr[3], len, &addr, i as u32, last);
+        emit_payload(a, ret, 0, hdr[2], hdr[3], len, &addr, i as u32, last);
     }
     if n > MAX_MMSG {
         let f = flags::LAST_MSG | flags::TRUNCATED;
-        emit_payload(&a, ret, 0, 0, 0, 0, &none, MAX_MMSG as u32, f);
+        emit_payload(a, ret, 0, 0, 0, 0, &none, MAX_MMSG as u32, f);
     }
 }
 
@@ -887,7 +910,8 @@ fn emit_proc(s: u16, child: u32, exit_code: u32) {
     };
     let e = entry.as_mut_ptr();
     let a = Args {
-        sys: s as u64,
+        sys: s as u32,
+        live: 0,
         fd: -1,
         a: [0; 5],
         sock_valid: 0,
