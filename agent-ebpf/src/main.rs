@@ -1,9 +1,12 @@
 //! capagent's eBPF programs: socket syscall tracing.
 //!
-//! Every `sys_enter_*` program remembers the call's arguments per thread (the payload of a
-//! recv-type call is only known at exit) after checking, in the kernel, that the process is
-//! traced and the fd is a socket. Every `sys_exit_*` program then emits one record (or one record
-//! per payload chunk) into the `EVENTS` ring buffer. Untraced processes cost one hash lookup.
+//! The `sys_enter` raw tracepoint program picks the socket-related syscalls by number,
+//! checks in the kernel that the process is traced and the fd is a socket, and remembers the
+//! call's arguments per thread (the payload of a recv-type call is only known at exit). The
+//! `sys_exit` program then emits one record (or one record per payload chunk) into the
+//! `EVENTS` ring buffer. Other syscalls return at once; untraced processes cost one hash
+//! lookup per socket-related syscall. `task_newtask`, `sched_process_exec` and
+//! `sched_process_exit` follow forks, match names and forget exited processes.
 //!
 //! There is no CO-RE relocation support for Rust eBPF here, so kernel struct offsets come from
 //! userspace (resolved from the running kernel's BTF) through the read-only `CONFIG` global.
