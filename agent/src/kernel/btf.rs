@@ -91,6 +91,10 @@ pub fn load_btf(path: &Path) -> Result<Btf, BtfError> {
     })
 }
 
+/// Fields the programs read together in one window: (struct, (offset, size) of each field,
+/// width of the window in bytes).
+type Window<'a> = (&'static str, &'a [(u32, u32)], u32);
+
 /// `struct pt_regs` members that carry the six syscall arguments (the syscall ABI).
 #[cfg(target_arch = "x86_64")]
 const SYSCALL_REGS: [&str; 6] = ["di", "si", "dx", "r10", "r8", "r9"];
@@ -147,7 +151,7 @@ pub fn offsets_from_btf(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         }
         // Fields the programs read together in one window of N bytes: (struct, fields and
         // their sizes, N).
-        let windows: [(&str, &[(u32, u32)], u32); 4] = [
+        let windows: [Window<'_>; 4] = [
             ("fdtable", &[(o.fdt_max_fds, 4), (o.fdt_fd, 8)], 16),
             ("file", &[(o.file_inode, 8), (o.file_private_data, 8)], 16),
             (

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{RawTracePoint, TracePoint},
+    programs::{ProgramError, RawTracePoint, TracePoint},
 };
 use thiserror::Error;
 
@@ -34,13 +34,13 @@ pub enum KernelError {
     #[error("the kernel refused eBPF program {name}")]
     Program {
         name: String,
-        source: Box<aya::programs::ProgramError>,
+        source: Box<ProgramError>,
     },
     #[error("attaching to {category}:{tp} failed (does this kernel have it?)")]
     Attach {
         category: String,
         tp: String,
-        source: Box<aya::programs::ProgramError>,
+        source: Box<ProgramError>,
     },
     #[error("eBPF map {name}")]
     Map {
@@ -91,6 +91,50 @@ pub fn load(config: &agent_common::Config, ring_bytes: u32) -> Result<Ebpf, Kern
         .map_err(|e| KernelError::Load(Box::new(e)))
 }
 
+/// One of the object's maps, taken out of it in its typed form.
+pub fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(KernelError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| KernelError::Map {
+        name,
+        source: Box::new(source),
+    })
+}
+
+/// Program `prog` of the object, of type `P`, loaded into the kernel.
+fn loaded<'a, P>(
+    ebpf: &'a mut Ebpf,
+    prog: &str,
+    load: fn(&mut P) -> Result<(), ProgramError>,
+) -> Result<&'a mut P, KernelError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
+    let program: &mut P = ebpf
+        .program_mut(prog)
+        .ok_or_else(|| KernelError::MissingProgram(prog.to_string()))?
+        .try_into()
+        .map_err(|source| KernelError::Program {
+            name: prog.to_string(),
+            source: Box::new(source),
+        })?;
+    load(program).map_err(|source| KernelError::Program {
+        name: prog.to_string(),
+        source: Box::new(source),
+    })?;
+    Ok(program)
+}
+
+fn attach_error(category: &str, tp: &str) -> impl FnOnce(ProgramError) -> KernelError {
+    move |source| KernelError::Attach {
+        category: category.to_string(),
+        tp: tp.to_string(),
+        source: Box::new(source),
+    }
+}
+
 /// A tracepoint program of the object attached to `category:tp`. The link lives as long as
 /// the `Ebpf` (dropping it detaches everything).
 pub fn attach_tracepoint(
@@ -99,50 +143,22 @@ pub fn attach_tracepoint(
     category: &str,
     tp: &str,
 ) -> Result<(), KernelError> {
-    let program: &mut TracePoint = ebpf
-        .program_mut(prog)
-        .ok_or_else(|| KernelError::MissingProgram(prog.to_string()))?
-        .try_into()
-        .map_err(|source| KernelError::Program {
-            name: prog.to_string(),
-            source: Box::new(source),
-        })?;
-    program.load().map_err(|source| KernelError::Program {
-        name: prog.to_string(),
-        source: Box::new(source),
-    })?;
+    let program = loaded::<TracePoint>(ebpf, prog, TracePoint::load)?;
     let _span = tracing::debug_span!("attach", category, tp).entered();
     program
         .attach(category, tp)
-        .map_err(|source| KernelError::Attach {
-            category: category.to_string(),
-            tp: tp.to_string(),
-            source: Box::new(source),
-        })?;
+        .map_err(attach_error(category, tp))?;
     tracing::debug!(prog, "attached");
     Ok(())
 }
 
 /// A raw tracepoint program of the object attached to `tp` (e.g. `sys_enter`).
 pub fn attach_raw_tracepoint(ebpf: &mut Ebpf, prog: &str, tp: &str) -> Result<(), KernelError> {
-    let program: &mut RawTracePoint = ebpf
-        .program_mut(prog)
-        .ok_or_else(|| KernelError::MissingProgram(prog.to_string()))?
-        .try_into()
-        .map_err(|source| KernelError::Program {
-            name: prog.to_string(),
-            source: Box::new(source),
-        })?;
-    program.load().map_err(|source| KernelError::Program {
-        name: prog.to_string(),
-        source: Box::new(source),
-    })?;
+    let program = loaded::<RawTracePoint>(ebpf, prog, RawTracePoint::load)?;
     let _span = tracing::debug_span!("attach", tp).entered();
-    program.attach(tp).map_err(|source| KernelError::Attach {
-        category: "raw_tracepoint".to_string(),
-        tp: tp.to_string(),
-        source: Box::new(source),
-    })?;
+    program
+        .attach(tp)
+        .map_err(attach_error("raw_tracepoint", tp))?;
     tracing::debug!(prog, "attached");
     Ok(())
 }

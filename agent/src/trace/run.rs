@@ -278,30 +278,29 @@ pub fn run(
     let _span = tracing::info_span!("trace").entered();
     let mut ebpf = kernel::load(&config, opts.ring_bytes)?;
 
-    // Processes to trace, before any program is attached.
-    let mut live: HashSet<u32> = HashSet::new();
-    {
-        let map = ebpf
-            .map_mut("TRACED")
-            .ok_or(KernelError::MissingMap("TRACED"))?;
-        let mut traced_map: HashMap<&mut MapData, u32, u8> =
-            HashMap::try_from(map).map_err(|source| KernelError::Map {
+    // The maps userspace works with, taken out of the object (they stay alive while held).
+    let mut traced_map: HashMap<MapData, u32, u8> = kernel::take_map(&mut ebpf, "TRACED")?;
+    let mut ring: RingBuf<MapData> = kernel::take_map(&mut ebpf, "EVENTS")?;
+    let counters: PerCpuArray<MapData, u64> = kernel::take_map(&mut ebpf, "COUNTERS")?;
+    let mut paused: HashMap<MapData, u32, u8> = kernel::take_map(&mut ebpf, "PAUSED")?;
+    let mut trace_pid = |pid: u32| {
+        traced_map
+            .insert(pid, traced::ROOT, 0)
+            .map_err(|source| KernelError::Map {
                 name: "TRACED",
                 source: Box::new(source),
-            })?;
-        let mut roots = opts.pids.clone();
-        if let Some(name) = &opts.comm {
-            roots.extend(target::pids_by_comm(name));
-        }
-        for pid in roots {
-            traced_map
-                .insert(pid, traced::ROOT, 0)
-                .map_err(|source| KernelError::Map {
-                    name: "TRACED",
-                    source: Box::new(source),
-                })?;
-            live.insert(pid);
-        }
+            })
+    };
+
+    // Processes to trace, before any program is attached.
+    let mut live: HashSet<u32> = HashSet::new();
+    let mut roots = opts.pids.clone();
+    if let Some(name) = &opts.comm {
+        roots.extend(target::pids_by_comm(name));
+    }
+    for pid in roots {
+        trace_pid(pid)?;
+        live.insert(pid);
     }
 
     for (prog, tp) in [
@@ -318,50 +317,12 @@ pub fn run(
     let mut child = None;
     if !opts.command.is_empty() {
         let mut held = HeldChild::spawn(&opts.command)?;
-        let pid = held.pid();
-        let map = ebpf
-            .map_mut("TRACED")
-            .ok_or(KernelError::MissingMap("TRACED"))?;
-        let mut traced_map: HashMap<&mut MapData, u32, u8> =
-            HashMap::try_from(map).map_err(|source| KernelError::Map {
-                name: "TRACED",
-                source: Box::new(source),
-            })?;
-        traced_map
-            .insert(pid, traced::ROOT, 0)
-            .map_err(|source| KernelError::Map {
-                name: "TRACED",
-                source: Box::new(source),
-            })?;
-        live.insert(pid);
+        trace_pid(held.pid())?;
+        live.insert(held.pid());
         held.release()?;
         child = Some(held);
     }
 
-    let mut ring = RingBuf::try_from(
-        ebpf.take_map("EVENTS")
-            .ok_or(KernelError::MissingMap("EVENTS"))?,
-    )
-    .map_err(|source| KernelError::Map {
-        name: "EVENTS",
-        source: Box::new(source),
-    })?;
-    let counters: PerCpuArray<MapData, u64> = PerCpuArray::try_from(
-        ebpf.take_map("COUNTERS")
-            .ok_or(KernelError::MissingMap("COUNTERS"))?,
-    )
-    .map_err(|source| KernelError::Map {
-        name: "COUNTERS",
-        source: Box::new(source),
-    })?;
-    let mut paused: HashMap<MapData, u32, u8> = HashMap::try_from(
-        ebpf.take_map("PAUSED")
-            .ok_or(KernelError::MissingMap("PAUSED"))?,
-    )
-    .map_err(|source| KernelError::Map {
-        name: "PAUSED",
-        source: Box::new(source),
-    })?;
     let read_counter =
         |idx: u32| -> u64 { counters.get(&idx, 0).map(|v| v.iter().sum()).unwrap_or(0) };
 
