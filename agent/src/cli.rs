@@ -35,7 +35,7 @@ pub enum Format {
 
 #[derive(Args, Debug, Clone)]
 #[command(
-    after_help = "Examples:\n  sudo capagent trace --pid 1234\n  sudo capagent trace -- curl -s http://127.0.0.1:8000/\n  sudo capagent trace --comm nginx --format json -o nginx.jsonl\n  sudo capagent trace --all --events connect"
+    after_help = "Examples:\n  sudo capagent trace --pid 1234\n  sudo capagent trace -- curl -s http://127.0.0.1:8000/\n  sudo capagent trace --comm nginx --format json -o nginx.jsonl\n  sudo capagent trace -w curl.pcapng -- curl -s http://127.0.0.1:8000/\n  sudo capagent trace --all --events connect"
 )]
 pub struct TraceArgs {
     /// Trace this running process (all its threads); repeatable.
@@ -68,6 +68,11 @@ pub struct TraceArgs {
     /// Write records to FILE instead of stdout.
     #[arg(short = 'o', long, value_name = "FILE")]
     pub output: Option<PathBuf>,
+    /// Also write the conversation as a pcapng file of synthetic packets (for Wireshark or
+    /// tshark); `-` writes it to stdout, and then the text/JSON records go only to the -o
+    /// file (nowhere without -o).
+    #[arg(short = 'w', long = "write", value_name = "FILE")]
+    pub write: Option<PathBuf>,
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,

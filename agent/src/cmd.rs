@@ -9,7 +9,7 @@ use anyhow::Context as _;
 
 use crate::{
     cli::{Cli, Command, TraceArgs},
-    output::{EventWriter as _, Writer, text::TextConfig},
+    output::{EventWriter, FanOut, Writer, pcapng::PcapngWriter, text::TextConfig},
     trace::{
         run::{self, TraceOptions},
         summary::Summary,
@@ -59,11 +59,28 @@ fn trace(args: TraceArgs) -> anyhow::Result<ExitCode> {
         duration: args.duration.map(Duration::from_secs_f64),
         lossless: !args.allow_loss && !args.all,
     };
-    let mut writer = Writer::open(args.format, args.output.as_deref(), TextConfig::default())
-        .with_context(|| match &args.output {
-            Some(p) => format!("cannot open {}", p.display()),
-            None => "cannot write to stdout".to_string(),
+    let pcap_stdout = args.write.as_deref().is_some_and(|p| p.as_os_str() == "-");
+    let mut writers: Vec<Box<dyn EventWriter>> = Vec::new();
+    // With `-w -` stdout carries the pcapng: text/JSON go only to an -o file.
+    if args.output.is_some() || !pcap_stdout {
+        let w = Writer::open(args.format, args.output.as_deref(), TextConfig::default())
+            .with_context(|| match &args.output {
+                Some(p) => format!("cannot open {}", p.display()),
+                None => "cannot write to stdout".to_string(),
+            })?;
+        writers.push(Box::new(w));
+    }
+    if let Some(p) = &args.write {
+        let w = PcapngWriter::open(p).with_context(|| {
+            if pcap_stdout {
+                "cannot write pcapng to stdout".to_string()
+            } else {
+                format!("cannot create {}", p.display())
+            }
         })?;
+        writers.push(Box::new(w));
+    }
+    let mut writer = FanOut(writers);
     let mut summary = Summary::new();
     let mut last_flush = Instant::now();
     let outcome = run::run(&opts, &mut |ev| {

@@ -7,6 +7,7 @@
 pub mod escape;
 pub mod json;
 pub mod num;
+pub mod pcapng;
 pub mod text;
 
 use std::fs::OpenOptions;
@@ -121,6 +122,25 @@ impl EventWriter for Writer {
             Inner::Text(w) => w.flush(),
             Inner::Json(w) => w.flush(),
         }
+    }
+}
+
+/// Hands every event to each writer.
+pub struct FanOut(pub Vec<Box<dyn EventWriter>>);
+
+impl EventWriter for FanOut {
+    fn write_event(&mut self, ev: &Event) -> io::Result<()> {
+        for w in &mut self.0 {
+            w.write_event(ev)?;
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        for w in &mut self.0 {
+            w.flush()?;
+        }
+        Ok(())
     }
 }
 

@@ -1,0 +1,576 @@
+//! Synthetic packets from socket events: each TCP connection becomes a TCP stream with a
+//! handshake, data segments with consistent sequence numbers, and a FIN or RST; each UDP
+//! send/recv becomes one datagram. Unix sockets use loopback addresses derived from the inode
+//! (see [`unix_ends`]).
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use agent_common::sys;
+use etherparse::PacketBuilder;
+
+use crate::model::{Detail, Direction, Endpoint, Event, SocketMeta, Transport};
+
+/// Largest TCP payload per synthetic segment.
+pub const SEGMENT_MAX: usize = 65000;
+/// Largest UDP payload in a synthetic datagram (what fits in an IPv4 packet with headers).
+pub const DATAGRAM_MAX: usize = 65000;
+/// Initial sequence number of the connecting side.
+pub const CLIENT_ISN: u32 = 1_000;
+/// Initial sequence number of the accepting side.
+pub const SERVER_ISN: u32 = 1_000_000;
+const WINDOW: u16 = 65535;
+const TTL: u8 = 64;
+const EINPROGRESS: i64 = -115;
+
+/// One synthetic packet: a raw IPv4/IPv6 packet (LINKTYPE_RAW) and its metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Packet {
+    pub ts_ns: u64,
+    /// The IP packet.
+    pub data: Vec<u8>,
+    /// Send (outbound) or recv (inbound) as seen by the traced process.
+    pub dir: Direction,
+    pub comment: String,
+}
+
+/// A TCP stream being synthesised.
+#[derive(Debug)]
+struct Stream {
+    local: SocketAddr,
+    remote: SocketAddr,
+    /// Next sequence number local→remote and remote→local.
+    local_next: u32,
+    remote_next: u32,
+    local_fin: bool,
+    remote_fin: bool,
+    /// Extra comment text (placeholder endpoints, Unix path).
+    note: String,
+}
+
+type Key = (u32, u64);
+
+/// Turns events into packets; keeps the state of open TCP streams.
+#[derive(Default)]
+pub struct Synth {
+    streams: HashMap<Key, Stream>,
+    /// Sockets whose connect the trace saw (the local side is the client), with its time.
+    connected: HashMap<Key, u64>,
+    /// (pid, fd) of accepted connections (the remote side is the client).
+    accepted: HashSet<(u32, i32)>,
+    /// (pid, fd) → socket, for close events without socket metadata.
+    fds: HashMap<(u32, i32), Key>,
+}
+
+/// The comment every packet of an event carries.
+fn task_comment(ev: &Event) -> String {
+    format!(
+        "pid={} tid={} comm={} syscall={} fd={}",
+        ev.task.pid,
+        ev.task.tid,
+        ev.task.comm,
+        ev.syscall_name(),
+        ev.fd
+    )
+}
+
+/// Synthetic endpoints of a Unix socket: `127.1.X.Y:P` (this socket) and `127.2.X.Y:P` (its
+/// peer), X.Y being the low 16 bits of the socket inode and P = 1024 + (inode >> 16) % 64512.
+pub fn unix_ends(ino: u64) -> (SocketAddr, SocketAddr) {
+    let x = ((ino >> 8) & 0xff) as u8;
+    let y = (ino & 0xff) as u8;
+    let port = 1024 + ((ino >> 16) % 64512) as u16;
+    (
+        SocketAddr::new(Ipv4Addr::new(127, 1, x, y).into(), port),
+        SocketAddr::new(Ipv4Addr::new(127, 2, x, y).into(), port),
+    )
+}
+
+fn inet(e: &Option<Endpoint>) -> Option<SocketAddr> {
+    match e {
+        Some(Endpoint::Inet(a)) => Some(*a),
+        _ => None,
+    }
+}
+
+fn unspecified_like(other: Option<SocketAddr>) -> SocketAddr {
+    match other {
+        Some(SocketAddr::V6(_)) => SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), 0),
+        _ => SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
+    }
+}
+
+/// The endpoints a socket's packets use, and a note on what is synthetic.
+fn ends(meta: &SocketMeta, remote_hint: Option<SocketAddr>) -> (SocketAddr, SocketAddr, String) {
+    match meta.transport {
+        Transport::UnixStream | Transport::UnixDgram | Transport::UnixSeqpacket => {
+            let (l, r) = unix_ends(meta.ino);
+            let path = |e: &Option<Endpoint>| match e {
+                Some(Endpoint::Unix(p)) if !p.is_empty() => p.clone(),
+                Some(Endpoint::Unix(_)) => "(unnamed)".to_string(),
+                _ => "(unknown)".to_string(),
+            };
+            let note = format!(
+                " unix local={} remote={} ino={} (addresses synthetic)",
+                path(&meta.local),
+                path(&meta.remote),
+                meta.ino
+            );
+            (l, r, note)
+        }
+        _ => {
+            let l = inet(&meta.local);
+            let r = remote_hint.or_else(|| inet(&meta.remote));
+            let mut note = String::new();
+            if l.is_none() {
+                note.push_str(" local endpoint unknown (placeholder)");
+            }
+            if r.is_none() {
+                note.push_str(" remote endpoint unknown (placeholder)");
+            }
+            let lv = l.unwrap_or_else(|| unspecified_like(r));
+            let rv = r.unwrap_or_else(|| unspecified_like(l));
+            (lv, rv, note)
+        }
+    }
+}
+
+/// Both addresses in one family: IPv4 ones become IPv4-mapped IPv6 when the other is IPv6.
+fn same_family(a: SocketAddr, b: SocketAddr) -> (SocketAddr, SocketAddr) {
+    let map = |s: SocketAddr| match s.ip() {
+        IpAddr::V4(v4) => SocketAddr::new(v4.to_ipv6_mapped().into(), s.port()),
+        IpAddr::V6(_) => s,
+    };
+    match (a, b) {
+        (SocketAddr::V4(_), SocketAddr::V6(_)) | (SocketAddr::V6(_), SocketAddr::V4(_)) => {
+            (map(a), map(b))
+        }
+        _ => (a, b),
+    }
+}
+
+fn ip_builder(
+    src: SocketAddr,
+    dst: SocketAddr,
+) -> etherparse::PacketBuilderStep<etherparse::IpHeaders> {
+    let (src, dst) = same_family(src, dst);
+    match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => PacketBuilder::ipv4(s.octets(), d.octets(), TTL),
+        (IpAddr::V6(s), IpAddr::V6(d)) => PacketBuilder::ipv6(s.octets(), d.octets(), TTL),
+        _ => unreachable!("same_family"),
+    }
+}
+
+/// TCP flags of a synthetic segment.
+#[derive(Clone, Copy, Default)]
+pub struct Flags {
+    pub syn: bool,
+    pub fin: bool,
+    pub rst: bool,
+    pub psh: bool,
+}
+
+/// A TCP segment as an IP packet; `ack` None leaves the ACK flag off.
+pub fn tcp_packet(
+    src: SocketAddr,
+    dst: SocketAddr,
+    seq: u32,
+    ack: Option<u32>,
+    flags: Flags,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut b = ip_builder(src, dst).tcp(src.port(), dst.port(), seq, WINDOW);
+    if flags.syn {
+        b = b.syn();
+    }
+    if flags.fin {
+        b = b.fin();
+    }
+    if flags.rst {
+        b = b.rst();
+    }
+    if flags.psh {
+        b = b.psh();
+    }
+    if let Some(a) = ack {
+        b = b.ack(a);
+    }
+    let mut out = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut out, payload).expect("writing to a Vec");
+    out
+}
+
+/// A UDP datagram as an IP packet.
+pub fn udp_packet(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
+    let b = ip_builder(src, dst).udp(src.port(), dst.port());
+    let mut out = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut out, payload).expect("writing to a Vec");
+    out
+}
+
+fn is_stream(t: Transport) -> bool {
+    matches!(
+        t,
+        Transport::Tcp | Transport::UnixStream | Transport::UnixSeqpacket
+    )
+}
+
+fn is_dgram(t: Transport) -> bool {
+    matches!(t, Transport::Udp | Transport::UnixDgram)
+}
+
+impl Synth {
+    pub fn new() -> Synth {
+        Synth::default()
+    }
+
+    /// The packets `ev` stands for (none for most non-data events).
+    pub fn packets(&mut self, ev: &Event) -> Vec<Packet> {
+        let mut out = Vec::new();
+        if let Some(meta) = &ev.sock {
+            self.fds
+                .insert((ev.task.pid, ev.fd), (ev.task.pid, meta.sk));
+        }
+        match &ev.detail {
+            Detail::Sock { args, addr } => self.sock_event(ev, args, addr, &mut out),
+            Detail::Data {
+                dir,
+                total,
+                payload,
+                truncated,
+                addr,
+                ..
+            } => {
+                let Some(meta) = &ev.sock else {
+                    return out;
+                };
+                if is_stream(meta.transport) {
+                    self.stream_data(ev, meta, *dir, *total, payload, *truncated, &mut out);
+                } else if is_dgram(meta.transport) {
+                    datagram(ev, meta, *dir, *total, payload, *truncated, *addr, &mut out);
+                }
+            }
+            Detail::Exit => {
+                // The kernel closes whatever the process left open.
+                let pid = ev.task.pid;
+                let keys: Vec<Key> = self
+                    .streams
+                    .keys()
+                    .filter(|k| k.0 == pid)
+                    .copied()
+                    .collect();
+                for k in keys {
+                    self.close_stream(k, ev, false, &mut out);
+                }
+                self.connected.retain(|k, _| k.0 != pid);
+                self.accepted.retain(|k| k.0 != pid);
+                self.fds.retain(|k, _| k.0 != pid);
+            }
+            _ => {}
+        }
+        out
+    }
+
+    fn sock_event(
+        &mut self,
+        ev: &Event,
+        args: &[u64; 4],
+        addr: &Option<Endpoint>,
+        out: &mut Vec<Packet>,
+    ) {
+        let pid = ev.task.pid;
+        match ev.syscall {
+            sys::CONNECT if ev.ret == 0 || ev.ret == EINPROGRESS => {
+                if let Some(meta) = &ev.sock
+                    && is_stream(meta.transport)
+                {
+                    let key = (pid, meta.sk);
+                    self.connected.insert(key, ev.ts_ns);
+                    // Open the stream now when the endpoints are known (else at the first data).
+                    let hint = inet(addr);
+                    // (A non-blocking connect in progress may not have its local port yet.)
+                    let known = inet(&meta.local).is_some_and(|a| a.port() != 0)
+                        && hint.or(inet(&meta.remote)).is_some();
+                    if meta.transport != Transport::Tcp || (ev.ret == 0 && known) {
+                        self.open(key, ev, meta, hint, out);
+                    }
+                }
+            }
+            sys::ACCEPT | sys::ACCEPT4 if ev.ret >= 0 => {
+                self.accepted.insert((pid, ev.ret as i32));
+            }
+            sys::SHUTDOWN if ev.ret == 0 => {
+                // how: SHUT_RD 0, SHUT_WR 1, SHUT_RDWR 2.
+                if args[1] >= 1
+                    && let Some(key) = self.key_of(ev)
+                    && let Some(st) = self.streams.get_mut(&key)
+                    && !st.local_fin
+                {
+                    out.push(fin(st, ev, true, false));
+                }
+            }
+            sys::CLOSE => {
+                if let Some(key) = self.key_of(ev) {
+                    self.close_stream(key, ev, ev.ret < 0, out);
+                    self.connected.remove(&key);
+                }
+                self.accepted.remove(&(pid, ev.fd));
+                self.fds.remove(&(pid, ev.fd));
+            }
+            _ => {}
+        }
+    }
+
+    fn key_of(&self, ev: &Event) -> Option<Key> {
+        match &ev.sock {
+            Some(m) => Some((ev.task.pid, m.sk)),
+            None => self.fds.get(&(ev.task.pid, ev.fd)).copied(),
+        }
+    }
+
+    /// Starts the stream of `key` with a three-way handshake.
+    fn open(
+        &mut self,
+        key: Key,
+        ev: &Event,
+        meta: &SocketMeta,
+        remote_hint: Option<SocketAddr>,
+        out: &mut Vec<Packet>,
+    ) {
+        if self.streams.contains_key(&key) {
+            return;
+        }
+        let (local, remote, note) = ends(meta, remote_hint);
+        let remote_is_client =
+            !self.connected.contains_key(&key) && self.accepted.contains(&(ev.task.pid, ev.fd));
+        let ts = self.connected.get(&key).copied().unwrap_or(ev.ts_ns);
+        let (client, server) = if remote_is_client {
+            (remote, local)
+        } else {
+            (local, remote)
+        };
+        let comment = format!(
+            "synthetic handshake: {} connection first seen at {}{}",
+            if remote_is_client {
+                "accepted"
+            } else {
+                "outgoing"
+            },
+            task_comment(ev),
+            note
+        );
+        let (d_client, d_server) = if remote_is_client {
+            (Direction::Recv, Direction::Send)
+        } else {
+            (Direction::Send, Direction::Recv)
+        };
+        let syn = Flags {
+            syn: true,
+            ..Flags::default()
+        };
+        let pk = |data, dir| Packet {
+            ts_ns: ts,
+            data,
+            dir,
+            comment: comment.clone(),
+        };
+        out.push(pk(
+            tcp_packet(client, server, CLIENT_ISN, None, syn, &[]),
+            d_client,
+        ));
+        out.push(pk(
+            tcp_packet(server, client, SERVER_ISN, Some(CLIENT_ISN + 1), syn, &[]),
+            d_server,
+        ));
+        out.push(pk(
+            tcp_packet(
+                client,
+                server,
+                CLIENT_ISN + 1,
+                Some(SERVER_ISN + 1),
+                Flags::default(),
+                &[],
+            ),
+            d_client,
+        ));
+        let (local_next, remote_next) = if remote_is_client {
+            (SERVER_ISN + 1, CLIENT_ISN + 1)
+        } else {
+            (CLIENT_ISN + 1, SERVER_ISN + 1)
+        };
+        self.streams.insert(
+            key,
+            Stream {
+                local,
+                remote,
+                local_next,
+                remote_next,
+                local_fin: false,
+                remote_fin: false,
+                note,
+            },
+        );
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn stream_data(
+        &mut self,
+        ev: &Event,
+        meta: &SocketMeta,
+        dir: Direction,
+        total: u64,
+        payload: &[u8],
+        truncated: bool,
+        out: &mut Vec<Packet>,
+    ) {
+        if ev.ret < 0 {
+            return;
+        }
+        let key = (ev.task.pid, meta.sk);
+        self.open(key, ev, meta, None, out);
+        let Some(st) = self.streams.get_mut(&key) else {
+            return;
+        };
+        if total == 0 {
+            // recv returning 0: the peer closed its side.
+            if dir == Direction::Recv && !st.remote_fin {
+                out.push(fin(st, ev, false, false));
+            }
+            return;
+        }
+        let mut comment = task_comment(ev);
+        comment.push_str(&st.note);
+        if truncated || (payload.len() as u64) < total {
+            let _ = write!(
+                comment,
+                " truncated: captured {} of {} bytes (the rest is missing from this capture)",
+                payload.len(),
+                total
+            );
+        }
+        let (src, dst, seq, ack) = match dir {
+            Direction::Send => (st.local, st.remote, st.local_next, st.remote_next),
+            Direction::Recv => (st.remote, st.local, st.remote_next, st.local_next),
+        };
+        let mut off = 0usize;
+        for chunk in payload.chunks(SEGMENT_MAX) {
+            let flags = Flags {
+                psh: off + chunk.len() == payload.len(),
+                ..Flags::default()
+            };
+            out.push(Packet {
+                ts_ns: ev.ts_ns,
+                data: tcp_packet(
+                    src,
+                    dst,
+                    seq.wrapping_add(off as u32),
+                    Some(ack),
+                    flags,
+                    chunk,
+                ),
+                dir,
+                comment: comment.clone(),
+            });
+            off += chunk.len();
+        }
+        let next = seq.wrapping_add(total as u32);
+        match dir {
+            Direction::Send => st.local_next = next,
+            Direction::Recv => st.remote_next = next,
+        }
+    }
+
+    /// Ends the stream: FIN (or RST) from the local side if it has not sent one.
+    fn close_stream(&mut self, key: Key, ev: &Event, rst: bool, out: &mut Vec<Packet>) {
+        if let Some(mut st) = self.streams.remove(&key)
+            && (!st.local_fin || rst)
+        {
+            out.push(fin(&mut st, ev, true, rst));
+        }
+    }
+}
+
+/// A FIN (or RST) from the local (`local`) or remote side; advances the sequence number.
+fn fin(st: &mut Stream, ev: &Event, local: bool, rst: bool) -> Packet {
+    let (src, dst, seq, ack, dir) = if local {
+        (
+            st.local,
+            st.remote,
+            st.local_next,
+            st.remote_next,
+            Direction::Send,
+        )
+    } else {
+        (
+            st.remote,
+            st.local,
+            st.remote_next,
+            st.local_next,
+            Direction::Recv,
+        )
+    };
+    let flags = Flags {
+        fin: !rst,
+        rst,
+        ..Flags::default()
+    };
+    let what = if rst {
+        "synthetic RST: close failed"
+    } else if local {
+        "synthetic FIN: local side closed"
+    } else {
+        "synthetic FIN: peer closed (recv returned 0)"
+    };
+    if local {
+        st.local_fin = true;
+        st.local_next = st.local_next.wrapping_add(1);
+    } else {
+        st.remote_fin = true;
+        st.remote_next = st.remote_next.wrapping_add(1);
+    }
+    Packet {
+        ts_ns: ev.ts_ns,
+        data: tcp_packet(src, dst, seq, Some(ack), flags, &[]),
+        dir,
+        comment: format!("{what}; {}{}", task_comment(ev), st.note),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn datagram(
+    ev: &Event,
+    meta: &SocketMeta,
+    dir: Direction,
+    total: u64,
+    payload: &[u8],
+    truncated: bool,
+    addr: Option<SocketAddr>,
+    out: &mut Vec<Packet>,
+) {
+    if ev.ret < 0 {
+        return;
+    }
+    let (local, remote, note) = ends(meta, addr);
+    let (src, dst) = match dir {
+        Direction::Send => (local, remote),
+        Direction::Recv => (remote, local),
+    };
+    let data = &payload[..payload.len().min(DATAGRAM_MAX)];
+    let mut comment = task_comment(ev);
+    comment.push_str(&note);
+    if truncated || (data.len() as u64) < total {
+        let _ = write!(
+            comment,
+            " truncated: captured {} of {} bytes (the rest is missing from this capture)",
+            data.len(),
+            total
+        );
+    }
+    out.push(Packet {
+        ts_ns: ev.ts_ns,
+        data: udp_packet(src, dst, data),
+        dir,
+        comment,
+    });
+}

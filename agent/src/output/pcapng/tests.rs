@@ -1,0 +1,425 @@
+use std::net::SocketAddr;
+
+use agent_common::sys;
+use bytes::Bytes;
+use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+
+use super::synth::{CLIENT_ISN, SEGMENT_MAX, SERVER_ISN, unix_ends};
+use super::*;
+use crate::model::{Detail, Endpoint, SocketMeta, Task, Transport};
+
+const LOCAL: &str = "127.0.0.1:40000";
+const REMOTE: &str = "127.0.0.1:8080";
+
+fn meta(transport: Transport) -> SocketMeta {
+    SocketMeta {
+        sk: 0xabc,
+        ino: 0x12345,
+        transport,
+        local: Some(Endpoint::Inet(LOCAL.parse().unwrap())),
+        remote: Some(Endpoint::Inet(REMOTE.parse().unwrap())),
+    }
+}
+
+fn ev(syscall: u16, ret: i64, sock: Option<SocketMeta>, detail: Detail) -> Event {
+    Event {
+        ts_ns: 1_700_000_000_123_456_789,
+        task: Task {
+            pid: 42,
+            tid: 43,
+            comm: "client".into(),
+        },
+        syscall,
+        fd: 3,
+        ret,
+        sock,
+        detail,
+    }
+}
+
+fn connect(t: Transport) -> Event {
+    ev(
+        sys::CONNECT,
+        0,
+        Some(meta(t)),
+        Detail::Sock {
+            args: [3, 0, 16, 0],
+            addr: Some(Endpoint::Inet(REMOTE.parse().unwrap())),
+        },
+    )
+}
+
+fn data(t: Transport, dir: Direction, payload: &[u8], total: u64) -> Event {
+    let syscall = match dir {
+        Direction::Send => sys::SENDTO,
+        Direction::Recv => sys::RECVFROM,
+    };
+    ev(
+        syscall,
+        total as i64,
+        Some(meta(t)),
+        Detail::Data {
+            dir,
+            total,
+            payload: Bytes::copy_from_slice(payload),
+            truncated: (payload.len() as u64) < total,
+            addr: None,
+            msg_index: 0,
+        },
+    )
+}
+
+fn close(ret: i64) -> Event {
+    ev(
+        sys::CLOSE,
+        ret,
+        Some(meta(Transport::Tcp)),
+        Detail::Sock {
+            args: [3, 0, 0, 0],
+            addr: None,
+        },
+    )
+}
+
+/// A parsed TCP packet: (src, dst, seq, ack or None, syn, fin, rst, payload).
+#[derive(Debug, PartialEq)]
+struct Tcp {
+    src: SocketAddr,
+    dst: SocketAddr,
+    seq: u32,
+    ack: Option<u32>,
+    syn: bool,
+    fin: bool,
+    rst: bool,
+    payload: Vec<u8>,
+}
+
+fn addrs(p: &SlicedPacket) -> (std::net::IpAddr, std::net::IpAddr) {
+    match p.net.as_ref().unwrap() {
+        NetSlice::Ipv4(ip) => (
+            ip.header().source_addr().into(),
+            ip.header().destination_addr().into(),
+        ),
+        NetSlice::Ipv6(ip) => (
+            ip.header().source_addr().into(),
+            ip.header().destination_addr().into(),
+        ),
+        _ => panic!("not IP"),
+    }
+}
+
+/// Parses a packet and checks the IP and TCP checksums.
+fn parse_tcp(data: &[u8]) -> Tcp {
+    let p = SlicedPacket::from_ip(data).unwrap();
+    let (s, d) = addrs(&p);
+    if let Some(NetSlice::Ipv4(ip)) = &p.net {
+        let h = ip.header().to_header();
+        assert_eq!(h.header_checksum, h.calc_header_checksum(), "IPv4 checksum");
+    }
+    let Some(TransportSlice::Tcp(tcp)) = &p.transport else {
+        panic!("not TCP")
+    };
+    let sum = match (s, d) {
+        (std::net::IpAddr::V4(s), std::net::IpAddr::V4(d)) => {
+            tcp.calc_checksum_ipv4(s.octets(), d.octets()).unwrap()
+        }
+        (std::net::IpAddr::V6(s), std::net::IpAddr::V6(d)) => {
+            tcp.calc_checksum_ipv6(s.octets(), d.octets()).unwrap()
+        }
+        _ => panic!("mixed"),
+    };
+    assert_eq!(tcp.checksum(), sum, "TCP checksum");
+    Tcp {
+        src: SocketAddr::new(s, tcp.source_port()),
+        dst: SocketAddr::new(d, tcp.destination_port()),
+        seq: tcp.sequence_number(),
+        ack: tcp.ack().then(|| tcp.acknowledgment_number()),
+        syn: tcp.syn(),
+        fin: tcp.fin(),
+        rst: tcp.rst(),
+        payload: tcp.payload().to_vec(),
+    }
+}
+
+fn l() -> SocketAddr {
+    LOCAL.parse().unwrap()
+}
+fn r() -> SocketAddr {
+    REMOTE.parse().unwrap()
+}
+
+#[test]
+fn tcp_stream_seq_ack() {
+    let mut s = Synth::new();
+    let hs = s.packets(&connect(Transport::Tcp));
+    assert_eq!(hs.len(), 3, "handshake");
+    let p: Vec<Tcp> = hs.iter().map(|p| parse_tcp(&p.data)).collect();
+    assert_eq!(
+        (p[0].src, p[0].dst, p[0].seq, p[0].ack),
+        (l(), r(), CLIENT_ISN, None)
+    );
+    assert!(p[0].syn && !p[0].fin);
+    assert_eq!(
+        (p[1].src, p[1].dst, p[1].seq, p[1].ack),
+        (r(), l(), SERVER_ISN, Some(CLIENT_ISN + 1))
+    );
+    assert!(p[1].syn);
+    assert_eq!(
+        (p[2].seq, p[2].ack, p[2].syn),
+        (CLIENT_ISN + 1, Some(SERVER_ISN + 1), false)
+    );
+    assert_eq!(
+        hs.iter().map(|p| p.dir).collect::<Vec<_>>(),
+        [Direction::Send, Direction::Recv, Direction::Send]
+    );
+
+    let out = s.packets(&data(Transport::Tcp, Direction::Send, b"hello", 5));
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].dir, Direction::Send);
+    assert_eq!(
+        out[0].comment,
+        "pid=42 tid=43 comm=client syscall=sendto fd=3"
+    );
+    let t = parse_tcp(&out[0].data);
+    assert_eq!((t.src, t.dst), (l(), r()));
+    assert_eq!((t.seq, t.ack), (CLIENT_ISN + 1, Some(SERVER_ISN + 1)));
+    assert_eq!(t.payload, b"hello");
+
+    let out = s.packets(&data(Transport::Tcp, Direction::Recv, b"world!", 6));
+    assert_eq!(out[0].dir, Direction::Recv);
+    let t = parse_tcp(&out[0].data);
+    assert_eq!((t.src, t.dst), (r(), l()));
+    assert_eq!((t.seq, t.ack), (SERVER_ISN + 1, Some(CLIENT_ISN + 6)));
+    assert_eq!(t.payload, b"world!");
+
+    // Truncated: only the captured bytes, but the sequence advances by the total.
+    let out = s.packets(&data(Transport::Tcp, Direction::Send, b"abc", 10));
+    assert_eq!(out.len(), 1);
+    assert!(
+        out[0].comment.contains("truncated: captured 3 of 10 bytes"),
+        "{}",
+        out[0].comment
+    );
+    let t = parse_tcp(&out[0].data);
+    assert_eq!((t.seq, t.ack), (CLIENT_ISN + 6, Some(SERVER_ISN + 7)));
+    assert_eq!(t.payload, b"abc");
+
+    let out = s.packets(&data(Transport::Tcp, Direction::Send, b"x", 1));
+    assert_eq!(parse_tcp(&out[0].data).seq, CLIENT_ISN + 16);
+
+    // Peer EOF, then close.
+    let out = s.packets(&data(Transport::Tcp, Direction::Recv, b"", 0));
+    let t = parse_tcp(&out[0].data);
+    assert!(t.fin && !t.rst);
+    assert_eq!(
+        (t.src, t.seq, t.ack),
+        (r(), SERVER_ISN + 7, Some(CLIENT_ISN + 17))
+    );
+    let out = s.packets(&close(0));
+    assert_eq!(out.len(), 1);
+    let t = parse_tcp(&out[0].data);
+    assert!(t.fin && !t.rst);
+    assert_eq!(
+        (t.src, t.seq, t.ack),
+        (l(), CLIENT_ISN + 17, Some(SERVER_ISN + 8))
+    );
+    // The stream is gone.
+    assert!(s.packets(&close(0)).is_empty());
+}
+
+#[test]
+fn segments_split() {
+    let mut s = Synth::new();
+    s.packets(&connect(Transport::Tcp));
+    let big: Vec<u8> = (0..150_000u32).map(|i| (i % 251) as u8).collect();
+    let out = s.packets(&data(
+        Transport::Tcp,
+        Direction::Send,
+        &big,
+        big.len() as u64,
+    ));
+    assert_eq!(out.len(), 3);
+    let segs: Vec<Tcp> = out.iter().map(|p| parse_tcp(&p.data)).collect();
+    assert_eq!(segs[0].payload.len(), SEGMENT_MAX);
+    assert_eq!(segs[1].payload.len(), SEGMENT_MAX);
+    assert_eq!(segs[2].payload.len(), 150_000 - 2 * SEGMENT_MAX);
+    for (i, t) in segs.iter().enumerate() {
+        assert_eq!(t.seq, CLIENT_ISN + 1 + (i * SEGMENT_MAX) as u32);
+        assert_eq!(t.ack, Some(SERVER_ISN + 1));
+    }
+    let joined: Vec<u8> = segs.iter().flat_map(|t| t.payload.clone()).collect();
+    assert_eq!(joined, big);
+    let out = s.packets(&data(Transport::Tcp, Direction::Send, b"z", 1));
+    assert_eq!(parse_tcp(&out[0].data).seq, CLIENT_ISN + 1 + 150_000);
+}
+
+#[test]
+fn accepted_and_rst() {
+    let mut s = Synth::new();
+    let accept = ev(
+        sys::ACCEPT4,
+        3,
+        None,
+        Detail::Sock {
+            args: [4, 0, 0, 0],
+            addr: Some(Endpoint::Inet(REMOTE.parse().unwrap())),
+        },
+    );
+    assert!(s.packets(&accept).is_empty());
+    // First data on the accepted fd: the remote side opened the connection.
+    let out = s.packets(&data(Transport::Tcp, Direction::Recv, b"GET", 3));
+    assert_eq!(out.len(), 4);
+    let syn = parse_tcp(&out[0].data);
+    assert_eq!((syn.src, syn.dst, syn.seq), (r(), l(), CLIENT_ISN));
+    assert_eq!(out[0].dir, Direction::Recv);
+    let d = parse_tcp(&out[3].data);
+    assert_eq!(
+        (d.src, d.seq, d.ack),
+        (r(), CLIENT_ISN + 1, Some(SERVER_ISN + 1))
+    );
+    let out = s.packets(&close(-5));
+    let t = parse_tcp(&out[0].data);
+    assert!(t.rst && !t.fin);
+    assert_eq!((t.src, t.seq), (l(), SERVER_ISN + 1));
+}
+
+#[test]
+fn udp_and_unix() {
+    let mut s = Synth::new();
+    let mut e = data(Transport::Udp, Direction::Send, b"query", 5);
+    if let Detail::Data { addr, .. } = &mut e.detail {
+        *addr = Some("127.0.0.53:53".parse().unwrap());
+    }
+    let out = s.packets(&e);
+    assert_eq!(out.len(), 1);
+    let p = SlicedPacket::from_ip(&out[0].data).unwrap();
+    let Some(TransportSlice::Udp(u)) = &p.transport else {
+        panic!("not UDP")
+    };
+    assert_eq!((u.source_port(), u.destination_port()), (40000, 53));
+    assert_eq!(u.payload(), b"query");
+    let (src, dst) = addrs(&p);
+    let (std::net::IpAddr::V4(s4), std::net::IpAddr::V4(d4)) = (src, dst) else {
+        panic!()
+    };
+    assert_eq!(
+        u.to_header()
+            .calc_checksum_ipv4(
+                &p.net
+                    .as_ref()
+                    .map(|n| match n {
+                        NetSlice::Ipv4(ip) => ip.header().to_header(),
+                        _ => unreachable!(),
+                    })
+                    .unwrap(),
+                u.payload()
+            )
+            .unwrap(),
+        u.checksum()
+    );
+    assert_eq!(d4.octets(), [127, 0, 0, 53]);
+    assert_eq!(s4.octets(), [127, 0, 0, 1]);
+
+    // Unix stream: loopback addresses from the inode, path in the comment.
+    let mut m = meta(Transport::UnixStream);
+    m.local = Some(Endpoint::Unix(String::new()));
+    m.remote = Some(Endpoint::Unix("/run/x.sock".into()));
+    let mut e = data(Transport::UnixStream, Direction::Send, b"hi", 2);
+    e.sock = Some(m);
+    let out = s.packets(&e);
+    assert_eq!(out.len(), 4);
+    let (ul, ur) = unix_ends(0x12345);
+    assert_eq!(ul, "127.1.35.69:1025".parse::<SocketAddr>().unwrap());
+    let t = parse_tcp(&out[3].data);
+    assert_eq!((t.src, t.dst, t.payload.as_slice()), (ul, ur, &b"hi"[..]));
+    assert!(
+        out[3].comment.contains("remote=/run/x.sock"),
+        "{}",
+        out[3].comment
+    );
+}
+
+#[test]
+fn ipv6_and_placeholders() {
+    let mut s = Synth::new();
+    let mut m = meta(Transport::Tcp);
+    m.local = Some(Endpoint::Inet("[::1]:5000".parse().unwrap()));
+    m.remote = None;
+    let mut e = data(Transport::Tcp, Direction::Send, b"x", 1);
+    e.sock = Some(m);
+    let out = s.packets(&e);
+    assert_eq!(out.len(), 4);
+    let t = parse_tcp(&out[3].data);
+    assert_eq!(t.dst, "[::]:0".parse::<SocketAddr>().unwrap());
+    assert!(
+        out[3].comment.contains("remote endpoint unknown"),
+        "{}",
+        out[3].comment
+    );
+}
+
+#[test]
+fn file_layout() {
+    let mut w = PcapngWriter::new(Vec::new()).unwrap();
+    w.write_event(&connect(Transport::Tcp)).unwrap();
+    w.write_event(&data(Transport::Tcp, Direction::Send, b"hello", 5))
+        .unwrap();
+    w.flush().unwrap();
+    let bytes = w.into_inner();
+    let mut r = pcap_file::pcapng::PcapNgReader::new(&bytes[..]).unwrap();
+    let mut blocks = Vec::new();
+    while let Some(b) = r.next_block() {
+        blocks.push(b.unwrap().into_owned());
+    }
+    use pcap_file::pcapng::Block;
+    let Block::InterfaceDescription(idb) = &blocks[0] else {
+        panic!("{:?}", blocks[0])
+    };
+    assert_eq!(idb.linktype, DataLink::RAW);
+    assert!(
+        idb.options
+            .contains(&InterfaceDescriptionOption::IfTsResol(9))
+    );
+    assert_eq!(blocks.len(), 5);
+    let Block::EnhancedPacket(epb) = &blocks[4] else {
+        panic!()
+    };
+    assert_eq!(epb.timestamp.as_nanos(), 1_700_000_000_123_456_789);
+    assert!(
+        epb.options
+            .contains(&EnhancedPacketOption::Flags(FLAG_OUTBOUND))
+    );
+    assert!(epb.options.contains(&EnhancedPacketOption::Comment(
+        "pid=42 tid=43 comm=client syscall=sendto fd=3".into()
+    )));
+}
+
+#[test]
+fn connect_in_progress_then_shutdown() {
+    let mut s = Synth::new();
+    let mut c = connect(Transport::Tcp);
+    c.ret = -115;
+    c.ts_ns = 5;
+    // The local port may not be known yet: the stream starts at the first data, with the
+    // handshake at the connect's time, SYN from the local side.
+    assert!(s.packets(&c).is_empty());
+    let out = s.packets(&data(Transport::Tcp, Direction::Send, b"a", 1));
+    assert_eq!(out.len(), 4);
+    assert_eq!(out[0].ts_ns, 5);
+    assert_eq!(parse_tcp(&out[0].data).src, l());
+    let shut = ev(
+        sys::SHUTDOWN,
+        0,
+        Some(meta(Transport::Tcp)),
+        Detail::Sock {
+            args: [3, 1, 0, 0],
+            addr: None,
+        },
+    );
+    let out = s.packets(&shut);
+    let t = parse_tcp(&out[0].data);
+    assert!(t.fin);
+    assert_eq!(t.seq, CLIENT_ISN + 2);
+    // close after shutdown sends nothing more.
+    assert!(s.packets(&close(0)).is_empty());
+}

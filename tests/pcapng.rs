@@ -1,0 +1,346 @@
+//! Root integration tests of `capagent trace -w FILE.pcapng`: real clients and servers in a
+//! network namespace of each test's own, traced by the real binary; the pcapng file is read
+//! back with tshark (4.0), which must read it without complaint and dissect the synthetic
+//! streams: the bytes of a TCP conversation, an HTTP request, a DNS query.
+//!
+//! Needs root and tshark. Run one at a time:
+//! `cargo test -p capagent --features root-tests --test pcapng -- --test-threads=1`.
+
+#[allow(dead_code)] // the shared harness has helpers these tests do not use
+mod common;
+
+use std::{
+    fs,
+    io::Read as _,
+    process::{Command, Stdio},
+};
+
+use common::*;
+
+/// The one line tshark always prints on stderr when run as root; anything else on stderr is
+/// a complaint about the file.
+const ROOT_WARNING: &str = "Running as user \"root\" and group \"root\". This could be dangerous.";
+
+/// Runs tshark with `args` (stdin from `input` when given); returns its stdout after checking
+/// it exited 0 with nothing on stderr but the root warning.
+fn tshark(args: &[&str], input: Option<Stdio>) -> String {
+    let mut cmd = Command::new("tshark");
+    cmd.args(args)
+        .stdin(input.unwrap_or(Stdio::null()))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("cannot run tshark");
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let st = wait_timeout(&mut child, TIMEOUT).expect("tshark did not finish");
+    let complaints: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.is_empty() && *l != ROOT_WARNING)
+        .collect();
+    assert!(st.success(), "tshark {args:?} failed ({st}): {err}");
+    assert!(
+        complaints.is_empty(),
+        "tshark {args:?} complained: {complaints:?}"
+    );
+    out
+}
+
+/// `tshark -r FILE ARGS...`.
+fn tshark_r(file: &str, args: &[&str]) -> String {
+    let mut a = vec!["-r", file];
+    a.extend_from_slice(args);
+    tshark(&a, None)
+}
+
+/// The two directions of `follow,tcp,raw,N`: (node 0 → node 1, node 1 → node 0).
+fn follow_raw(out: &str) -> (Vec<u8>, Vec<u8>) {
+    let mut a = Vec::new();
+    let mut b = Vec::new();
+    let mut body = false;
+    for line in out.lines() {
+        if line.starts_with("Node 1:") {
+            body = true;
+            continue;
+        }
+        if !body {
+            continue;
+        }
+        if line.starts_with("====") {
+            break;
+        }
+        match line.strip_prefix('\t') {
+            Some(hex) => b.extend(unhex(hex.trim())),
+            None => a.extend(unhex(line.trim())),
+        }
+    }
+    (a, b)
+}
+
+const JSON: &[&str] = &["--format", "json"];
+
+fn args_w(file: &str) -> Vec<&str> {
+    let mut v = JSON.to_vec();
+    v.extend(["-w", file]);
+    v
+}
+
+// ---------------------------------------------------------------------------------------------
+// a. TCP, python client and server.
+
+#[test]
+fn tcp_python_conversation() {
+    let ns = Netns::new("pcap-tcp");
+    let dir = TempDir::new("pcap-tcp");
+    let mut srv = Server::start(
+        &ns,
+        &dir,
+        "inet",
+        "127.0.0.1",
+        1,
+        &["r:12", &format!("w:{}", hex(b"Boo! and more"))],
+    );
+    let client = dir.write("client.py", CLIENT_PY);
+    let cmd = ns.argv(&[
+        python(),
+        &client,
+        "inet",
+        "127.0.0.1",
+        &srv.port.to_string(),
+        &format!("w:{}", hex(b"Hello World!")),
+        "r:13",
+    ]);
+    let pcap = dir.join("out.pcapng");
+    let pcap = pcap.to_str().unwrap();
+    let run = trace(&dir, &with_cmd(&args_w(pcap), &cmd), None);
+    assert!(run.status.success(), "{}", run.describe());
+    assert_eq!(srv.recv(0), b"Hello World!");
+    srv.done();
+    assert_eq!(kv(&run.stdout, "GOT"), hex(b"Boo! and more"));
+    let pid: u32 = kv(&run.stdout, "PID").parse().unwrap();
+    // The JSON output is still written.
+    assert!(!run.events.is_empty(), "{}", run.describe());
+
+    let list = tshark_r(pcap, &[]);
+    assert!(list.contains("[SYN]"), "{list}");
+    let (sent, got) = follow_raw(&tshark_r(pcap, &["-qz", "follow,tcp,raw,0"]));
+    assert_eq!(sent, b"Hello World!", "client → server bytes");
+    assert_eq!(got, b"Boo! and more", "server → client bytes");
+
+    let comments = tshark_r(pcap, &["-T", "fields", "-e", "frame.comment"]);
+    let want_pid = format!("pid={pid} ");
+    let want_comm = format!("comm={} ", python_comm());
+    assert!(
+        comments
+            .lines()
+            .any(|l| l.starts_with(&want_pid) && l.contains(&want_comm)),
+        "comments: {comments}"
+    );
+    // Directions: the client's data is outbound (2), the server's inbound (1).
+    let dirs = tshark_r(
+        pcap,
+        &[
+            "-Y",
+            "tcp.len > 0",
+            "-T",
+            "fields",
+            "-e",
+            "frame.packet_flags_direction",
+            "-e",
+            "tcp.len",
+        ],
+    );
+    let dirs: Vec<&str> = dirs.lines().collect();
+    assert_eq!(dirs, ["0x00000002\t12", "0x00000001\t13"], "{dirs:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// b. curl against python's http.server.
+
+#[test]
+fn curl_http_request() {
+    let ns = Netns::new("pcap-curl");
+    let dir = TempDir::new("pcap-curl");
+    let www = dir.join("www");
+    fs::create_dir(&www).unwrap();
+    let content = b"capagent pcapng test\n";
+    fs::write(www.join("file.txt"), content).unwrap();
+    let port = 8080u16;
+    let mut httpd = ns.cmd(python());
+    httpd
+        .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
+        .arg(&www)
+        .arg(port.to_string());
+    let httpd = Proc::spawn("http.server", httpd);
+    wait_listen(httpd.pid(), port);
+    let url = format!("http://127.0.0.1:{port}/file.txt?x=1");
+    let cmd = ns.argv(&["curl", "-s", &url]);
+    let pcap = dir.join("curl.pcapng");
+    let pcap = pcap.to_str().unwrap();
+    let run = trace(&dir, &with_cmd(&args_w(pcap), &cmd), None);
+    assert!(run.status.success(), "{}", run.describe());
+    assert_eq!(run.stdout_bytes, content, "curl's output");
+    let uris = tshark_r(
+        pcap,
+        &[
+            "-Y",
+            "http.request",
+            "-T",
+            "fields",
+            "-e",
+            "http.request.uri",
+        ],
+    );
+    assert_eq!(uris.trim(), "/file.txt?x=1", "{uris}");
+    let codes = tshark_r(
+        pcap,
+        &[
+            "-Y",
+            "http.response",
+            "-T",
+            "fields",
+            "-e",
+            "http.response.code",
+        ],
+    );
+    assert_eq!(codes.trim(), "200");
+}
+
+// ---------------------------------------------------------------------------------------------
+// c. UDP: dig.
+
+/// Answers one DNS query with an A record 127.0.0.7 (as in tests/trace.rs).
+const DNS_PY: &str = r#"
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 0))
+print("READY", s.getsockname()[1], flush=True)
+q, peer = s.recvfrom(4096)
+i = 12
+while q[i] != 0:
+    i += 1 + q[i]
+question = q[12:i + 5]
+resp = (q[:2] + bytes.fromhex("8180" "0001" "0001" "0000" "0000") + question
+        + bytes.fromhex("c00c" "0001" "0001" "0000003c" "0004" "7f000007"))
+s.sendto(resp, peer)
+print("DONE", flush=True)
+"#;
+
+#[test]
+fn udp_dig_query() {
+    let ns = Netns::new("pcap-udp");
+    let dir = TempDir::new("pcap-udp");
+    let mut srv = Server::script(&ns, &dir, "dns.py", DNS_PY, &[]);
+    let cmd = ns.argv(&[
+        "dig",
+        "@127.0.0.1",
+        "-p",
+        &srv.port.to_string(),
+        "example.test",
+        "A",
+        "+tries=1",
+        "+time=2",
+    ]);
+    let pcap = dir.join("dig.pcapng");
+    let pcap = pcap.to_str().unwrap();
+    let run = trace(&dir, &with_cmd(&args_w(pcap), &cmd), None);
+    assert!(run.status.success(), "{}", run.describe());
+    srv.done();
+    assert!(run.stdout.contains("127.0.0.7"), "{}", run.stdout);
+    // -d: dig's server port is not 53.
+    let decode = format!("udp.port=={},dns", srv.port);
+    let names = tshark_r(
+        pcap,
+        &[
+            "-d",
+            &decode,
+            "-Y",
+            "dns",
+            "-T",
+            "fields",
+            "-e",
+            "dns.qry.name",
+            "-e",
+            "dns.flags.response",
+        ],
+    );
+    let lines: Vec<&str> = names.lines().collect();
+    assert_eq!(
+        lines,
+        ["example.test\t0", "example.test\t1"],
+        "query and answer: {names}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// d. `-w -` piped into `tshark -r -`.
+
+#[test]
+fn stdout_into_tshark() {
+    let ns = Netns::new("pcap-pipe");
+    let dir = TempDir::new("pcap-pipe");
+    let mut srv = Server::start(
+        &ns,
+        &dir,
+        "inet",
+        "127.0.0.1",
+        1,
+        &["r:5", &format!("w:{}", hex(b"pong"))],
+    );
+    let client = dir.write("client.py", CLIENT_PY);
+    let client_out = dir.join("client.out");
+    // The client's own stdout must not mix with the pcapng on capagent's stdout.
+    let script = format!(
+        "exec {} {} inet 127.0.0.1 {} w:{} r:4 > {}",
+        python(),
+        client,
+        srv.port,
+        hex(b"ping!"),
+        client_out.display()
+    );
+    let argv = ns.argv(&["sh", "-c", &script]);
+    let mut capagent = Command::new(CAPAGENT);
+    capagent
+        .args(["trace", "-w", "-", "--"])
+        .args(&argv)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut cap = capagent.spawn().expect("cannot start capagent");
+    let pipe = cap.stdout.take().unwrap();
+    let out = tshark(
+        &[
+            "-r",
+            "-",
+            "-Y",
+            "tcp.len > 0",
+            "-T",
+            "fields",
+            "-e",
+            "tcp.payload",
+        ],
+        Some(Stdio::from(pipe)),
+    );
+    let st = wait_timeout(&mut cap, TIMEOUT).expect("capagent did not finish");
+    let mut err = String::new();
+    cap.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(st.success(), "capagent {st}: {err}");
+    assert_eq!(srv.recv(0), b"ping!");
+    srv.done();
+    let payloads: Vec<Vec<u8>> = out.lines().map(|l| unhex(&l.replace(':', ""))).collect();
+    assert_eq!(payloads, [b"ping!".to_vec(), b"pong".to_vec()], "{out}");
+    // Text records went nowhere: the summary is on stderr, nothing else.
+    assert!(err.contains(" events, "), "{err}");
+    assert!(!err.contains("sendto("), "{err}");
+}
