@@ -55,13 +55,17 @@ pub struct TraceArgs {
     #[arg(long, overrides_with = "follow_forks")]
     pub no_follow_forks: bool,
     /// Report only these syscalls (comma-separated): socket, connect, bind, listen, accept,
-    /// send, recv (all send/recv-type calls), close, shutdown, or a syscall name such as
-    /// sendto or read. Default: all.
+    /// send, recv (all send/recv-type calls), data (send and recv), close, shutdown, or a
+    /// syscall name such as sendto or read. Default: all.
     #[arg(short, long, value_delimiter = ',', value_name = "LIST")]
     pub events: Vec<String>,
     /// Payload bytes captured per call; 0 = the whole payload.
     #[arg(short = 's', long, default_value_t = 8192, value_name = "BYTES")]
     pub snaplen: u32,
+    /// Payload bytes shown per call in text output (0 = all that was captured; JSON always
+    /// carries everything captured).
+    #[arg(long, default_value_t = 64, value_name = "BYTES")]
+    pub preview: usize,
     /// Output format.
     #[arg(long, value_enum, default_value_t = Format::Text)]
     pub format: Format,

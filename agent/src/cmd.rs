@@ -63,8 +63,18 @@ fn trace(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let mut writers: Vec<Box<dyn EventWriter>> = Vec::new();
     // With `-w -` stdout carries the pcapng: text/JSON go only to an -o file.
     if args.output.is_some() || !pcap_stdout {
-        let w = Writer::open(args.format, args.output.as_deref(), TextConfig::default())
-            .with_context(|| match &args.output {
+        let text = TextConfig {
+            max_preview: if args.preview == 0 {
+                usize::MAX
+            } else {
+                args.preview
+            },
+            ..TextConfig::default()
+        };
+        let w =
+            Writer::open(args.format, args.output.as_deref(), text).with_context(|| match &args
+                .output
+            {
                 Some(p) => format!("cannot open {}", p.display()),
                 None => "cannot write to stdout".to_string(),
             })?;

@@ -54,7 +54,7 @@ pub enum TraceError {
     #[error(transparent)]
     Target(#[from] target::TargetError),
     #[error(
-        "unknown event {0:?} (expected socket, connect, bind, listen, accept, send, recv, close, shutdown, or a syscall name)"
+        "unknown event {0:?} (expected socket, connect, bind, listen, accept, send, recv, data, close, shutdown, or a syscall name)"
     )]
     UnknownEvent(String),
     #[error("nothing to trace: give --pid PID, --comm NAME, --all, or -- CMD")]
