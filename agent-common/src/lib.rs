@@ -348,3 +348,80 @@ mod user {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::KernelOffsets {}
 }
+
+// ---------------------------------------------------------------------------------------------
+// Packet capture (`capagent capture`): TC classifier programs, their own ring buffer.
+
+/// Most packet bytes one [`PacketEvent`] carries (the largest `-s` snaplen).
+pub const PACKET_MAX: usize = 65535;
+
+/// `PacketEvent::dir` values.
+pub mod packet_dir {
+    pub const INGRESS: u8 = 1;
+    pub const EGRESS: u8 = 2;
+}
+
+/// One packet seen by the TC programs; `cap_len` packet bytes (from the Ethernet header on)
+/// follow it in the `PACKETS` ring buffer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct PacketEvent {
+    /// `bpf_ktime_get_boot_ns()` when the program saw the packet (CLOCK_BOOTTIME).
+    pub ts_ns: u64,
+    /// `bpf_get_socket_cookie(skb)`: the socket the packet belongs to, 0 when none.
+    pub cookie: u64,
+    pub ifindex: u32,
+    /// `skb->len`: the packet's length on the wire (before snaplen).
+    pub orig_len: u32,
+    /// Packet bytes following this header.
+    pub cap_len: u32,
+    /// [`packet_dir::INGRESS`] or [`packet_dir::EGRESS`].
+    pub dir: u8,
+    pub _pad: [u8; 3],
+}
+
+/// Load-time configuration of the capture programs (the `CAPTURE_CONFIG` read-only global).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CaptureConfig {
+    /// Packet bytes copied per packet (1..=[`PACKET_MAX`]).
+    pub snaplen: u32,
+    /// Wake the agent up once this many bytes wait in the ring buffer (it also polls).
+    pub wakeup_bytes: u32,
+}
+
+impl CaptureConfig {
+    pub const fn new() -> Self {
+        CaptureConfig {
+            snaplen: PACKET_MAX as u32,
+            wakeup_bytes: 256 * 1024,
+        }
+    }
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Per-CPU counters of one captured interface (value of `CAPTURE_STATS`, key: ifindex).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct IfCounters {
+    /// Packets written into the ring buffer.
+    pub packets: u64,
+    /// Packets that did not fit in the ring buffer.
+    pub dropped: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<PacketEvent>() == 32);
+const _: () = assert!(core::mem::size_of::<CaptureConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<IfCounters>() == 16);
+
+#[cfg(feature = "user")]
+mod user_capture {
+    // SAFETY: plain-old-data, repr(C), no padding (asserted above).
+    unsafe impl aya::Pod for super::CaptureConfig {}
+    unsafe impl aya::Pod for super::IfCounters {}
+}

@@ -1,4 +1,4 @@
-//! capagent's eBPF programs: socket syscall tracing.
+//! capagent's eBPF programs: socket syscall tracing (`prog`) and packet capture (`capture`).
 //!
 //! The `sys_enter` raw tracepoint program picks the socket-related syscalls by number,
 //! checks in the kernel that the process is traced and the fd is a socket, and remembers the
@@ -19,6 +19,9 @@ fn main() {}
 
 #[cfg(target_arch = "bpf")]
 mod prog;
+
+#[cfg(target_arch = "bpf")]
+mod capture;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -22,6 +22,8 @@ pub struct Cli {
 pub enum Command {
     /// Trace the socket syscalls of processes, payload bytes included (needs root).
     Trace(TraceArgs),
+    /// Capture the packets of network interfaces with eBPF TC programs (needs root).
+    Capture(CaptureArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -94,4 +96,32 @@ pub struct TraceArgs {
     /// Command to start and trace from its first syscall.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  sudo capagent capture -i lo\n  sudo capagent capture -i eth0 -i lo -w all.pcapng --duration 10\n  sudo capagent capture -i eth0 -s 96 -c 100"
+)]
+pub struct CaptureArgs {
+    /// Capture on this interface; repeatable.
+    #[arg(short = 'i', long = "interface", value_name = "IFACE", required = true)]
+    pub ifaces: Vec<String>,
+    /// Bytes captured per packet, from the Ethernet header on (at most 65535).
+    #[arg(short = 's', long, default_value_t = 65535, value_name = "BYTES")]
+    pub snaplen: u32,
+    /// Write the packets to a pcapng file (`-` for stdout) instead of printing one line each.
+    #[arg(short = 'w', long = "write", value_name = "FILE")]
+    pub write: Option<PathBuf>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Stop after this many packets.
+    #[arg(short = 'c', long, value_name = "COUNT")]
+    pub count: Option<u64>,
+    /// Size of the kernel ring buffer in KiB (power of two, at least 4).
+    #[arg(long, default_value_t = 32768, value_name = "KIB")]
+    pub ring_kib: u32,
+    /// Do not print the summary at exit.
+    #[arg(long)]
+    pub no_summary: bool,
 }

@@ -8,7 +8,8 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    cli::{Cli, Command, TraceArgs},
+    capture::{self, CaptureOptions, pcapng::CaptureWriter, text},
+    cli::{CaptureArgs, Cli, Command, TraceArgs},
     output::{EventWriter, FanOut, Writer, pcapng::PcapngWriter, text::TextConfig},
     trace::{
         run::{self, TraceOptions},
@@ -33,7 +34,90 @@ pub fn init_logging(verbose: u8) {
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Trace(args) => trace(args),
+        Command::Capture(args) => capture(args),
     }
+}
+
+fn capture(args: CaptureArgs) -> anyhow::Result<ExitCode> {
+    if let Some(d) = args.duration
+        && !(d.is_finite() && d > 0.0)
+    {
+        anyhow::bail!("--duration must be a positive number of seconds, not {d}");
+    }
+    let opts = CaptureOptions {
+        ifaces: args.ifaces.clone(),
+        snaplen: args.snaplen,
+        ring_bytes: args.ring_kib.saturating_mul(1024),
+        duration: args.duration.map(Duration::from_secs_f64),
+        count: args.count,
+    };
+    let ifaces = capture::resolve(&opts)?;
+    let names: Vec<(u32, String)> = ifaces.iter().map(|i| (i.ifindex, i.name.clone())).collect();
+    let name_of = |ifindex: u32| {
+        names
+            .iter()
+            .find(|(i, _)| *i == ifindex)
+            .map_or("?", |(_, n)| n.as_str())
+    };
+    let mut pcap = match &args.write {
+        Some(p) => Some(
+            CaptureWriter::open(p, &names, args.snaplen)
+                .with_context(|| format!("cannot create {}", p.display()))?,
+        ),
+        None => None,
+    };
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut last_flush = Instant::now();
+    let outcome = capture::run(&opts, &ifaces, &mut |p, ts_ns| {
+        use std::io::Write as _;
+        match pcap.as_mut() {
+            Some(w) => w.write_packet(p, ts_ns)?,
+            None => writeln!(
+                out,
+                "{} {}",
+                text::clock(ts_ns),
+                text::describe(p, name_of(p.ifindex))
+            )?,
+        }
+        if last_flush.elapsed() >= Duration::from_millis(200) {
+            last_flush = Instant::now();
+            match pcap.as_mut() {
+                Some(w) => w.flush()?,
+                None => out.flush()?,
+            }
+        }
+        Ok(())
+    });
+    {
+        use std::io::Write as _;
+        out.flush().context("writing output")?;
+    }
+    let outcome = outcome?;
+    if let Some(mut w) = pcap {
+        let now = capture_now_wall_ns();
+        for &(ifindex, submitted, dropped) in &outcome.per_iface {
+            w.write_stats(ifindex, now, submitted, dropped)
+                .context("writing pcapng")?;
+        }
+        w.flush().context("writing pcapng")?;
+    }
+    if !args.no_summary {
+        eprintln!(
+            "capagent: {} packets captured ({} bytes on the wire), {} dropped (ring buffer full)",
+            outcome.packets,
+            outcome.bytes,
+            outcome.dropped()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Wall-clock nanoseconds since the epoch, now.
+fn capture_now_wall_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 fn trace(args: TraceArgs) -> anyhow::Result<ExitCode> {

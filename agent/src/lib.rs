@@ -3,10 +3,12 @@
 //! One module per capability; `cli` only describes the command line and `cmd` wires
 //! capabilities together.
 //! - `trace`: per-process socket tracing with eBPF (syscall tracepoints, ring buffer).
+//! - `capture`: packet capture on interfaces with TC eBPF programs (pcapng or text lines).
 //! - `kernel`: loading the eBPF object, BTF offsets, capability checks.
 //! - `model`: the records every mode produces.
 //! - `output`: text, JSON lines (and pcapng) writers for those records.
 
+pub mod capture;
 pub mod cli;
 pub mod cmd;
 pub mod kernel;

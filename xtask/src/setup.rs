@@ -29,6 +29,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("strace", "strace"),
     ("netcat-openbsd", "nc"),
     ("iproute2", "ip"),
+    ("bpftool", "bpftool"),
     ("python3", "python3"),
     ("default-jre-headless", "java"),
 ];

@@ -162,3 +162,30 @@ pub fn attach_raw_tracepoint(ebpf: &mut Ebpf, prog: &str, tp: &str) -> Result<()
     tracing::debug!(prog, "attached");
     Ok(())
 }
+
+/// Loads the eBPF object for `capagent capture`: `config` written into `CAPTURE_CONFIG`, the
+/// `PACKETS` ring buffer sized to `ring_bytes` and one `PACKET_SCRATCH` slot per CPU.
+pub fn load_capture(
+    config: &agent_common::CaptureConfig,
+    ring_bytes: u32,
+) -> Result<Ebpf, KernelError> {
+    if EBPF_OBJECT.is_empty() {
+        return Err(KernelError::NoObject);
+    }
+    let cpus = aya::util::nr_cpus().map_or(1024, |n| n as u32);
+    EbpfLoader::new()
+        .override_global("CAPTURE_CONFIG", config, true)
+        .map_max_entries("PACKETS", ring_bytes)
+        .map_max_entries("PACKET_SCRATCH", cpus)
+        .load(EBPF_OBJECT)
+        .map_err(|e| KernelError::Load(Box::new(e)))
+}
+
+/// The TC classifier program `prog` of the object, loaded into the kernel (attach it with
+/// `SchedClassifier::attach_with_options`).
+pub fn loaded_classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    prog: &str,
+) -> Result<&'a mut aya::programs::SchedClassifier, KernelError> {
+    loaded::<aya::programs::SchedClassifier>(ebpf, prog, aya::programs::SchedClassifier::load)
+}

@@ -1,0 +1,335 @@
+//! Packet capture (`capagent capture`): TC classifier programs on the chosen interfaces copy
+//! the first bytes of every packet into a ring buffer of their own; this module resolves the
+//! interfaces, attaches the programs ([`attach`]), drains the ring buffer and hands every
+//! packet to a sink (pcapng [`pcapng`] or one text line [`text`]).
+
+pub mod attach;
+pub mod pcapng;
+pub mod text;
+
+use std::{
+    ffi::CString,
+    io,
+    os::fd::AsRawFd as _,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use agent_common::{CaptureConfig, IfCounters, PACKET_MAX, PacketEvent};
+use aya::maps::{MapData, PerCpuHashMap, PerCpuValues, RingBuf};
+use thiserror::Error;
+
+use crate::kernel::{self, KernelError};
+
+#[derive(Debug, Error)]
+pub enum CaptureError {
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    #[error("no such interface: {0}")]
+    NoInterface(String),
+    #[error("give at least one interface with -i IFACE")]
+    NoInterfaces,
+    #[error("--snaplen must be between 1 and {PACKET_MAX}, not {0}")]
+    Snaplen(u32),
+    #[error("--ring-kib must be a power of two of at least 4, not {0}")]
+    RingSize(u32),
+    #[error("attaching to {iface} ({dir}) failed: {reason}")]
+    Attach {
+        iface: String,
+        dir: &'static str,
+        reason: String,
+    },
+    #[error("eBPF map CAPTURE_STATS: {0}")]
+    Stats(aya::maps::MapError),
+    #[error("writing output: {0}")]
+    Output(io::Error),
+}
+
+/// A captured interface.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Iface {
+    pub name: String,
+    pub ifindex: u32,
+    pub loopback: bool,
+}
+
+impl Iface {
+    /// Looks `name` up in this process's network namespace.
+    pub fn resolve(name: &str) -> Result<Iface, CaptureError> {
+        let no = || CaptureError::NoInterface(name.to_string());
+        let c = CString::new(name).map_err(|_| no())?;
+        // SAFETY: a valid NUL-terminated string.
+        let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        if ifindex == 0 || name.len() >= libc::IFNAMSIZ {
+            return Err(no());
+        }
+        Ok(Iface {
+            name: name.to_string(),
+            ifindex,
+            loopback: is_loopback(name),
+        })
+    }
+}
+
+/// True when the interface has IFF_LOOPBACK (SIOCGIFFLAGS).
+fn is_loopback(name: &str) -> bool {
+    // SAFETY: a plain socket, closed below; `ifr` is zeroed and its name NUL-terminated.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return name == "lo";
+        }
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
+            *d = s as libc::c_char;
+        }
+        let r = libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut ifr);
+        libc::close(fd);
+        if r < 0 {
+            return name == "lo";
+        }
+        (ifr.ifr_ifru.ifru_flags as libc::c_int) & libc::IFF_LOOPBACK != 0
+    }
+}
+
+/// What to capture and how.
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    pub ifaces: Vec<String>,
+    pub snaplen: u32,
+    pub ring_bytes: u32,
+    pub duration: Option<Duration>,
+    pub count: Option<u64>,
+}
+
+/// One packet from the kernel; `data` borrows the ring buffer record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Packet<'a> {
+    /// CLOCK_BOOTTIME nanoseconds.
+    pub ts_ns: u64,
+    pub cookie: u64,
+    pub ifindex: u32,
+    pub orig_len: u32,
+    pub dir: u8,
+    pub data: &'a [u8],
+}
+
+/// Decodes one `PACKETS` record (a [`PacketEvent`] and its bytes).
+pub fn decode(rec: &[u8]) -> Option<Packet<'_>> {
+    let hdr_len = size_of::<PacketEvent>();
+    if rec.len() < hdr_len {
+        return None;
+    }
+    // SAFETY: PacketEvent is plain old data and `rec` holds at least its size.
+    let ev: PacketEvent = unsafe { std::ptr::read_unaligned(rec.as_ptr().cast()) };
+    let data = rec.get(hdr_len..hdr_len + ev.cap_len as usize)?;
+    Some(Packet {
+        ts_ns: ev.ts_ns,
+        cookie: ev.cookie,
+        ifindex: ev.ifindex,
+        orig_len: ev.orig_len,
+        dir: ev.dir,
+        data,
+    })
+}
+
+/// Totals of a capture session, per interface in the order given.
+#[derive(Debug, Default)]
+pub struct CaptureOutcome {
+    pub packets: u64,
+    pub bytes: u64,
+    /// `(ifindex, packets the kernel submitted, packets dropped because the ring was full)`.
+    pub per_iface: Vec<(u32, u64, u64)>,
+    /// How the programs were attached.
+    pub mode: Option<attach::Mode>,
+}
+
+impl CaptureOutcome {
+    pub fn dropped(&self) -> u64 {
+        self.per_iface.iter().map(|&(_, _, d)| d).sum()
+    }
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores into an atomic.
+        unsafe {
+            let mut sa: libc::sigaction = std::mem::zeroed();
+            sa.sa_sigaction = on_signal as *const () as usize;
+            libc::sigemptyset(&mut sa.sa_mask);
+            libc::sigaction(sig, &sa, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Checks the options and resolves the interfaces (before anything is loaded).
+pub fn resolve(opts: &CaptureOptions) -> Result<Vec<Iface>, CaptureError> {
+    if opts.ifaces.is_empty() {
+        return Err(CaptureError::NoInterfaces);
+    }
+    if opts.snaplen == 0 || opts.snaplen as usize > PACKET_MAX {
+        return Err(CaptureError::Snaplen(opts.snaplen));
+    }
+    if opts.ring_bytes < 4096 || !opts.ring_bytes.is_power_of_two() {
+        return Err(CaptureError::RingSize(opts.ring_bytes / 1024));
+    }
+    let mut out: Vec<Iface> = Vec::new();
+    for name in &opts.ifaces {
+        let iface = Iface::resolve(name)?;
+        if !out.iter().any(|i| i.ifindex == iface.ifindex) {
+            out.push(iface);
+        }
+    }
+    Ok(out)
+}
+
+/// Runs a capture session on `ifaces` (from [`resolve`]), handing every packet to `sink`
+/// with its wall-clock timestamp, until a signal, the duration or the packet count.
+pub fn run(
+    opts: &CaptureOptions,
+    ifaces: &[Iface],
+    sink: &mut dyn FnMut(&Packet<'_>, u64) -> io::Result<()>,
+) -> Result<CaptureOutcome, CaptureError> {
+    kernel::require_root("capagent capture")?;
+    let config = CaptureConfig {
+        snaplen: opts.snaplen,
+        wakeup_bytes: (256 * 1024).min(opts.ring_bytes / 8),
+    };
+    let _span = tracing::info_span!("capture").entered();
+    let mut attached = attach::Attached::new(kernel::load_capture(&config, opts.ring_bytes)?);
+    let mut ring: RingBuf<MapData> = kernel::take_map(attached.ebpf(), "PACKETS")?;
+    let mut stats: PerCpuHashMap<MapData, u32, IfCounters> =
+        kernel::take_map(attached.ebpf(), "CAPTURE_STATS")?;
+    let cpus = aya::util::nr_cpus().map_err(|(_, e)| CaptureError::Output(e))?;
+    for iface in ifaces {
+        let zeros = PerCpuValues::try_from(vec![IfCounters::default(); cpus])
+            .map_err(|e| CaptureError::Stats(aya::maps::MapError::from(e)))?;
+        stats
+            .insert(iface.ifindex, zeros, 0)
+            .map_err(CaptureError::Stats)?;
+    }
+    attached.attach_all(ifaces)?;
+    // Like tcpdump's "listening on": the capture is live from here on.
+    let names: Vec<&str> = ifaces.iter().map(|i| i.name.as_str()).collect();
+    eprintln!(
+        "capagent: capturing on {} ({}), snaplen {}",
+        names.join(", "),
+        match attached.mode {
+            Some(attach::Mode::Clsact) => "clsact",
+            _ => "tcx",
+        },
+        opts.snaplen
+    );
+
+    STOP.store(false, Ordering::SeqCst);
+    install_signal_handlers();
+    let offset = crate::trace::assemble::boot_to_wall_offset_ns();
+    let deadline = opts.duration.map(|d| Instant::now() + d);
+    let mut outcome = CaptureOutcome {
+        mode: attached.mode,
+        ..CaptureOutcome::default()
+    };
+    let mut output_error = None;
+    let limit = opts.count.unwrap_or(u64::MAX);
+    let mut drain = |ring: &mut RingBuf<MapData>, outcome: &mut CaptureOutcome| {
+        while let Some(item) = ring.next() {
+            if outcome.packets >= limit || output_error.is_some() {
+                continue;
+            }
+            let Some(p) = decode(&item) else {
+                tracing::warn!("undecodable packet record ({} bytes)", item.len());
+                continue;
+            };
+            outcome.packets += 1;
+            outcome.bytes += u64::from(p.orig_len);
+            if let Err(e) = sink(&p, p.ts_ns.saturating_add_signed(offset)) {
+                output_error = Some(e);
+            }
+        }
+    };
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        unsafe { libc::poll(&mut pfd, 1, 10) };
+        drain(&mut ring, &mut outcome);
+        if STOP.load(Ordering::SeqCst)
+            || deadline.is_some_and(|d| Instant::now() >= d)
+            || outcome.packets >= limit
+        {
+            break;
+        }
+    }
+    // Detach first (no new packets), then drain what is left.
+    drop(attached);
+    drain(&mut ring, &mut outcome);
+    for iface in ifaces {
+        let c = stats
+            .get(&iface.ifindex, 0)
+            .map(|v| {
+                v.iter().fold(IfCounters::default(), |a, c| IfCounters {
+                    packets: a.packets + c.packets,
+                    dropped: a.dropped + c.dropped,
+                })
+            })
+            .unwrap_or_default();
+        outcome
+            .per_iface
+            .push((iface.ifindex, c.packets, c.dropped));
+    }
+    if let Some(e) = output_error {
+        return Err(CaptureError::Output(e));
+    }
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decode_header_and_data() {
+        let ev = PacketEvent {
+            ts_ns: 5,
+            cookie: 9,
+            ifindex: 3,
+            orig_len: 100,
+            cap_len: 4,
+            dir: agent_common::packet_dir::INGRESS,
+            _pad: [0; 3],
+        };
+        let mut rec = vec![0u8; size_of::<PacketEvent>()];
+        // SAFETY: rec holds a PacketEvent's size.
+        unsafe { std::ptr::write_unaligned(rec.as_mut_ptr().cast(), ev) };
+        rec.extend_from_slice(&[1, 2, 3, 4]);
+        let p = decode(&rec).unwrap();
+        assert_eq!((p.ts_ns, p.cookie, p.ifindex, p.orig_len), (5, 9, 3, 100));
+        assert_eq!(p.data, &[1, 2, 3, 4]);
+        assert!(decode(&rec[..rec.len() - 1]).is_none());
+        assert!(decode(&rec[..10]).is_none());
+    }
+
+    #[test]
+    fn unknown_interface_is_one_line() {
+        let opts = CaptureOptions {
+            ifaces: vec!["nosuchif0".into()],
+            snaplen: 96,
+            ring_bytes: 1 << 20,
+            duration: None,
+            count: None,
+        };
+        let e = resolve(&opts).unwrap_err().to_string();
+        assert_eq!(e, "no such interface: nosuchif0");
+        let lo = Iface::resolve("lo").unwrap();
+        assert!(lo.loopback);
+    }
+}

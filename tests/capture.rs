@@ -1,0 +1,310 @@
+//! Root integration tests of `capagent capture`: the real binary, run inside a network
+//! namespace of each test's own (so `lo` is that namespace's loopback), capturing real
+//! traffic (curl against `python3 -m http.server`); the pcapng files are read back with
+//! tshark and compared with what tcpdump captured at the same time.
+//!
+//! Needs root, tshark, tcpdump, curl and bpftool. Run one at a time:
+//! `cargo test -p capagent --features root-tests --test capture -- --test-threads=1`.
+
+#[allow(dead_code)] // the shared harness has helpers these tests do not use
+mod common;
+
+use std::{
+    io::Read as _,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::*;
+
+/// The one line tshark always prints on stderr when run as root.
+const ROOT_WARNING: &str = "Running as user \"root\" and group \"root\". This could be dangerous.";
+const PORT: u16 = 8000;
+
+/// `tshark -r FILE ARGS...`: its stdout, after checking it exited 0 with nothing on stderr
+/// but the root warning.
+fn tshark_r(file: &str, args: &[&str]) -> String {
+    let mut cmd = Command::new("tshark");
+    cmd.args(["-r", file])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("cannot run tshark");
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let st = wait_timeout(&mut child, TIMEOUT).expect("tshark did not finish");
+    let complaints: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.is_empty() && *l != ROOT_WARNING)
+        .collect();
+    assert!(st.success(), "tshark {args:?} failed ({st}): {err}");
+    assert!(
+        complaints.is_empty(),
+        "tshark {args:?} complained: {complaints:?}"
+    );
+    out
+}
+
+/// Waits until `p`'s stderr contains `what`.
+fn wait_stderr(p: &Proc, what: &str) {
+    let deadline = Instant::now() + TIMEOUT;
+    while !p.stderr().contains(what) {
+        assert!(
+            Instant::now() < deadline,
+            "{}: no {what:?} on stderr: {:?}",
+            p.name,
+            p.stderr()
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `capagent capture ARGS` inside `ns`, once it says it is capturing.
+fn start_capture(ns: &Netns, args: &[&str]) -> Proc {
+    let mut cmd = ns.cmd(CAPAGENT);
+    cmd.arg("capture").args(args);
+    let p = Proc::spawn("capagent", cmd);
+    wait_stderr(&p, "capagent: capturing on");
+    p
+}
+
+/// `python3 -m http.server` on 127.0.0.1:PORT in `ns`, serving `dir` (with a 3000-byte
+/// `page.html`).
+fn http_server(ns: &Netns, dir: &TempDir) -> Proc {
+    dir.write("page.html", "x".repeat(3000));
+    let mut cmd = ns.cmd(python());
+    cmd.args([
+        "-m",
+        "http.server",
+        &PORT.to_string(),
+        "--bind",
+        "127.0.0.1",
+    ])
+    .arg("--directory")
+    .arg(dir.join(""));
+    let p = Proc::spawn("http.server", cmd);
+    wait_listen(p.pid(), PORT);
+    p
+}
+
+fn curl(ns: &Netns, path: &str) {
+    let mut cmd = ns.cmd("curl");
+    cmd.args([
+        "-sS",
+        "-o",
+        "/dev/null",
+        &format!("http://127.0.0.1:{PORT}{path}"),
+    ]);
+    run_output("curl", cmd, TIMEOUT);
+}
+
+fn finish(p: &mut Proc) {
+    let st = p.wait(TIMEOUT);
+    assert!(st.success(), "capagent failed ({st}): {}", p.stderr());
+}
+
+fn count_lines(s: &str) -> usize {
+    s.lines().filter(|l| !l.trim().is_empty()).count()
+}
+
+#[test]
+fn lo_capture_matches_tcpdump_and_tshark_reads_http() {
+    let ns = Netns::new("cap");
+    let dir = TempDir::new("cap");
+    let _server = http_server(&ns, &dir);
+    let ours = dir.join("f.pcapng");
+    let theirs = dir.join("td.pcap");
+    let mut td_cmd = ns.cmd("tcpdump");
+    td_cmd
+        .args(["-i", "lo", "-U", "-Z", "root", "-w"])
+        .arg(&theirs)
+        .args(["tcp", "port", &PORT.to_string()]);
+    let mut tcpdump = Proc::spawn("tcpdump", td_cmd);
+    wait_stderr(&tcpdump, "listening on");
+    let mut cap = start_capture(
+        &ns,
+        &["-i", "lo", "-w", ours.to_str().unwrap(), "--duration", "3"],
+    );
+    curl(&ns, "/page.html?capagent-test=1");
+    curl(&ns, "/missing-page");
+    finish(&mut cap);
+    let summary = cap.stderr();
+    assert!(
+        summary.contains("packets captured") && summary.contains("0 dropped"),
+        "{summary}"
+    );
+    unsafe { libc::kill(tcpdump.pid() as libc::pid_t, libc::SIGINT) };
+    tcpdump.wait(TIMEOUT);
+
+    let ours = ours.to_str().unwrap();
+    let theirs = theirs.to_str().unwrap();
+    tshark_r(ours, &[]);
+    let uris = tshark_r(
+        ours,
+        &[
+            "-Y",
+            "http.request",
+            "-T",
+            "fields",
+            "-e",
+            "http.request.uri",
+        ],
+    );
+    assert_eq!(
+        uris.lines().collect::<Vec<_>>(),
+        ["/page.html?capagent-test=1", "/missing-page"],
+        "{uris}"
+    );
+    let filter = format!("tcp.port=={PORT}");
+    let n_ours = count_lines(&tshark_r(ours, &["-Y", &filter]));
+    let n_theirs = count_lines(&tshark_r(theirs, &["-Y", &filter]));
+    assert!(n_ours >= 10, "only {n_ours} packets");
+    assert_eq!(n_ours, n_theirs, "capagent vs tcpdump packet counts");
+    // The interface is named, the direction and the socket cookie are there.
+    let fields = tshark_r(
+        ours,
+        &[
+            "-Y",
+            &filter,
+            "-T",
+            "fields",
+            "-e",
+            "frame.interface_name",
+            "-e",
+            "frame.comment",
+        ],
+    );
+    for line in fields.lines() {
+        assert!(line.starts_with("lo\tcookie="), "{line:?}");
+    }
+    assert!(
+        fields.lines().any(|l| l != "lo\tcookie=0"),
+        "no packet with a socket cookie: {fields}"
+    );
+}
+
+#[test]
+fn snaplen_cuts_frames() {
+    let ns = Netns::new("cap");
+    let dir = TempDir::new("cap");
+    let _server = http_server(&ns, &dir);
+    let file = dir.join("s.pcapng");
+    let mut cap = start_capture(
+        &ns,
+        &[
+            "-i",
+            "lo",
+            "-s",
+            "96",
+            "-w",
+            file.to_str().unwrap(),
+            "--duration",
+            "2",
+        ],
+    );
+    curl(&ns, "/page.html");
+    finish(&mut cap);
+    let out = tshark_r(
+        file.to_str().unwrap(),
+        &[
+            "-Y",
+            &format!("tcp.srcport=={PORT}"),
+            "-T",
+            "fields",
+            "-e",
+            "frame.cap_len",
+            "-e",
+            "frame.len",
+        ],
+    );
+    let frames: Vec<(u32, u32)> = out
+        .lines()
+        .map(|l| {
+            let (c, n) = l.split_once('\t').unwrap();
+            (c.parse().unwrap(), n.parse().unwrap())
+        })
+        .collect();
+    assert!(!frames.is_empty());
+    assert!(frames.iter().all(|&(c, n)| c <= 96 && c <= n), "{frames:?}");
+    // The response carries the 3000-byte page: its frame was cut.
+    assert!(
+        frames.iter().any(|&(c, n)| c == 96 && n > 3000),
+        "{frames:?}"
+    );
+}
+
+#[test]
+fn text_lines_without_w() {
+    let ns = Netns::new("cap");
+    let dir = TempDir::new("cap");
+    let _server = http_server(&ns, &dir);
+    let mut cap = start_capture(&ns, &["-i", "lo", "-c", "3"]);
+    curl(&ns, "/page.html");
+    finish(&mut cap);
+    let mut lines = Vec::new();
+    for _ in 0..3 {
+        lines.push(cap.expect("", Duration::from_secs(5)));
+    }
+    for l in &lines {
+        assert!(
+            l.contains(" lo Out IP 127.0.0.1.") && l.contains(": TCP len "),
+            "{lines:?}"
+        );
+    }
+    assert!(
+        cap.stderr().contains("3 packets captured"),
+        "{}",
+        cap.stderr()
+    );
+}
+
+#[test]
+fn bad_interface_is_one_line() {
+    let out = Command::new(CAPAGENT)
+        .args(["capture", "-i", "nosuchif0", "--duration", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert_eq!(err.trim_end(), "capagent: no such interface: nosuchif0");
+}
+
+#[test]
+fn nothing_left_attached_after_exit() {
+    let ns = Netns::new("cap");
+    let prog_names = || {
+        let out = Command::new("bpftool")
+            .args(["prog", "show"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    let mut cap = start_capture(&ns, &["-i", "lo", "--duration", "1"]);
+    assert!(prog_names().contains("name capture_egress"), "not loaded?");
+    finish(&mut cap);
+    assert!(!prog_names().contains("name capture_ingress"));
+    assert!(!prog_names().contains("name capture_egress"));
+    let mut tc = ns.cmd("tc");
+    tc.args(["qdisc", "show", "dev", "lo"]);
+    let qdiscs = run_output("tc", tc, TIMEOUT);
+    assert!(!qdiscs.contains("clsact"), "{qdiscs}");
+    let mut net = ns.cmd("bpftool");
+    net.args(["net", "show", "dev", "lo"]);
+    let net = run_output("bpftool", net, TIMEOUT);
+    assert!(!net.contains("capture"), "{net}");
+}
