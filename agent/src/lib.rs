@@ -14,4 +14,5 @@ pub mod cmd;
 pub mod kernel;
 pub mod model;
 pub mod output;
+pub mod signals;
 pub mod trace;

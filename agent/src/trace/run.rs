@@ -7,7 +7,6 @@ use std::{
     io,
     os::fd::AsRawFd as _,
     process::ExitStatus,
-    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -23,6 +22,7 @@ use super::{
 use crate::{
     kernel::{self, KernelError},
     model::{Detail, Event},
+    signals,
 };
 
 /// The syscalls `capagent trace` can report: id and name.
@@ -178,23 +178,6 @@ pub struct TraceOutcome {
     pub read_errors: u64,
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn install_signal_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as *const () as usize;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-    }
-}
-
 /// Hands every record waiting in the ring buffer to the assembler and the complete events to
 /// `emit`; returns the bytes drained.
 fn drain<C: assemble::CommLookup>(
@@ -326,8 +309,7 @@ pub fn run(
     let read_counter =
         |idx: u32| -> u64 { counters.get(&idx, 0).map(|v| v.iter().sum()).unwrap_or(0) };
 
-    STOP.store(false, Ordering::SeqCst);
-    install_signal_handlers();
+    signals::install();
     let started = Instant::now();
     let deadline = opts.duration.map(|d| started + d);
     let stop_when_gone = opts.comm.is_none() && !opts.all;
@@ -384,8 +366,7 @@ pub fn run(
             break;
         }
         let now = Instant::now();
-        if now.duration_since(last_check) >= Duration::from_millis(100)
-            || STOP.load(Ordering::SeqCst)
+        if now.duration_since(last_check) >= Duration::from_millis(100) || signals::stop_requested()
         {
             last_check = now;
             let lost = (
@@ -408,7 +389,7 @@ pub fn run(
             }
             resume_paused(&mut paused);
         }
-        if STOP.load(Ordering::SeqCst) || deadline.is_some_and(|d| now >= d) {
+        if signals::stop_requested() || deadline.is_some_and(|d| now >= d) {
             break;
         }
         if let Some(held) = child.as_mut()
