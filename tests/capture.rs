@@ -83,9 +83,10 @@ fn start_capture(ns: &Netns, args: &[&str]) -> Proc {
 }
 
 /// `python3 -m http.server` on 127.0.0.1:PORT in `ns`, serving `dir` (with a 3000-byte
-/// `page.html`).
+/// `page.html` and a 1 MB `big.html`).
 fn http_server(ns: &Netns, dir: &TempDir) -> Proc {
     dir.write("page.html", "x".repeat(3000));
+    dir.write("big.html", "y".repeat(1_000_000));
     let mut cmd = ns.cmd(python());
     cmd.args([
         "-m",
@@ -97,6 +98,32 @@ fn http_server(ns: &Netns, dir: &TempDir) -> Proc {
     .arg("--directory")
     .arg(dir.join(""));
     let p = Proc::spawn("http.server", cmd);
+    wait_listen(p.pid(), PORT);
+    p
+}
+
+/// Like [`http_server`], but every response waits 0.5 s: connections then live long enough
+/// for capagent, which attributes packets in userspace from the sockets and processes it
+/// finds, to see their owner while it exists (a local curl otherwise opens, fetches, closes
+/// and exits within a few milliseconds, before capagent reads the packets).
+fn slow_http_server(ns: &Netns, dir: &TempDir) -> Proc {
+    dir.write("page.html", "x".repeat(3000));
+    dir.write("big.html", "y".repeat(1_000_000));
+    let script = format!(
+        "import http.server, os, time\n\
+         os.chdir({dir:?})\n\
+         class H(http.server.SimpleHTTPRequestHandler):\n\
+         \x20   def do_GET(self):\n\
+         \x20       time.sleep(0.5)\n\
+         \x20       super().do_GET()\n\
+         \x20   def log_message(self, *a):\n\
+         \x20       pass\n\
+         http.server.ThreadingHTTPServer(('127.0.0.1', {PORT}), H).serve_forever()\n",
+        dir = dir.join("").to_str().unwrap()
+    );
+    let mut cmd = ns.cmd(python());
+    cmd.args(["-c", &script]);
+    let p = Proc::spawn("slow http server", cmd);
     wait_listen(p.pid(), PORT);
     p
 }
@@ -189,10 +216,13 @@ fn lo_capture_matches_tcpdump_and_tshark_reads_http() {
         ],
     );
     for line in fields.lines() {
-        assert!(line.starts_with("lo\tcookie="), "{line:?}");
+        assert!(
+            line.starts_with("lo\tpid=") && line.contains(" cookie="),
+            "{line:?}"
+        );
     }
     assert!(
-        fields.lines().any(|l| l != "lo\tcookie=0"),
+        fields.lines().any(|l| !l.ends_with(" cookie=0")),
         "no packet with a socket cookie: {fields}"
     );
 }
@@ -307,4 +337,202 @@ fn nothing_left_attached_after_exit() {
     net.args(["net", "show", "dev", "lo"]);
     let net = run_output("bpftool", net, TIMEOUT);
     assert!(!net.contains("capture"), "{net}");
+}
+
+/// The curl command line of [`spawn_curl`]: `path` should be `/big.html?...`. capagent
+/// attributes packets in userspace, from the sockets and processes it finds when it reads
+/// them (within about 10 ms), so these tests use [`slow_http_server`].
+fn curl_cmd(path: &str) -> String {
+    format!("exec curl -sS -o /dev/null http://127.0.0.1:{PORT}{path}")
+}
+
+/// `curl URL` in `ns` through `sh -c 'echo $$; exec curl ...'`: curl's pid.
+fn spawn_curl(ns: &Netns, path: &str) -> (Proc, u32) {
+    let mut cmd = ns.cmd("sh");
+    cmd.args(["-c", &format!("echo $$; {}", curl_cmd(path))]);
+    let mut p = Proc::spawn("curl", cmd);
+    let pid = p.expect("", TIMEOUT).trim().parse().unwrap();
+    (p, pid)
+}
+
+/// `(src port, dst port, comment)` of every TCP packet on PORT in `file`.
+fn ports_and_comments(file: &str) -> Vec<(u16, u16, String)> {
+    let out = tshark_r(
+        file,
+        &[
+            "-Y",
+            &format!("tcp.port=={PORT}"),
+            "-T",
+            "fields",
+            "-e",
+            "tcp.srcport",
+            "-e",
+            "tcp.dstport",
+            "-e",
+            "frame.comment",
+        ],
+    );
+    out.lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            assert_eq!(f.len(), 3, "{l:?}");
+            (
+                f[0].parse().unwrap(),
+                f[1].parse().unwrap(),
+                f[2].to_string(),
+            )
+        })
+        .collect()
+}
+
+fn request_uris(file: &str) -> Vec<String> {
+    tshark_r(
+        file,
+        &[
+            "-Y",
+            "http.request",
+            "-T",
+            "fields",
+            "-e",
+            "http.request.uri",
+        ],
+    )
+    .lines()
+    .map(str::to_string)
+    .collect()
+}
+
+#[test]
+fn packets_are_attributed_to_their_processes() {
+    let ns = Netns::new("cap");
+    let dir = TempDir::new("cap");
+    let server = slow_http_server(&ns, &dir);
+    let file = dir.join("owners.pcapng");
+    let mut cap = start_capture(
+        &ns,
+        &["-i", "lo", "-w", file.to_str().unwrap(), "--duration", "6"],
+    );
+    let (mut c, curl_pid) = spawn_curl(&ns, "/big.html?who=curl");
+    assert!(c.wait(TIMEOUT).success(), "curl: {}", c.stderr());
+    finish(&mut cap);
+    let packets = ports_and_comments(file.to_str().unwrap());
+    assert!(packets.len() >= 10, "{packets:?}");
+    let from_curl = format!("pid={curl_pid} comm=curl cookie=");
+    let from_server = format!("pid={} comm={} cookie=", server.pid(), python_comm());
+    for (src, dst, comment) in &packets {
+        if *dst == PORT {
+            assert!(comment.starts_with(&from_curl), "{src}->{dst}: {comment}");
+        } else {
+            assert_eq!(*src, PORT);
+            assert!(comment.starts_with(&from_server), "{src}->{dst}: {comment}");
+        }
+    }
+    assert!(packets.iter().any(|(_, d, _)| *d == PORT));
+    assert!(packets.iter().any(|(s, _, _)| *s == PORT));
+}
+
+#[test]
+fn pid_selects_one_process() {
+    let ns = Netns::new("cap");
+    let dir = TempDir::new("cap");
+    let _server = slow_http_server(&ns, &dir);
+    // The other client: Python, a few fetches spread over the time curl runs.
+    let other = dir.write(
+        "other.py",
+        format!(
+            "import time, urllib.request\n\
+             for i in range(5):\n\
+             \x20   urllib.request.urlopen('http://127.0.0.1:{PORT}/page.html?who=other').read()\n\
+             \x20   time.sleep(0.02)\n"
+        ),
+    );
+    let file = dir.join("pid.pcapng");
+    // curl's pid must be known before capagent starts: sh prints it, waits for a line on
+    // stdin, then execs curl.
+    let mut cmd = ns.cmd("sh");
+    cmd.args([
+        "-c",
+        &format!("echo $$; read go; {}", curl_cmd("/big.html?who=curl")),
+    ]);
+    cmd.stdin(Stdio::piped());
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut first = [0u8; 32];
+    let mut stdout = child.stdout.take().unwrap();
+    let mut got = 0;
+    while !first[..got].contains(&b'\n') {
+        let n = stdout.read(&mut first[got..]).unwrap();
+        assert!(n > 0, "sh said nothing");
+        got += n;
+    }
+    let curl_pid: u32 = std::str::from_utf8(&first[..got])
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let pid_arg = curl_pid.to_string();
+    let mut cap = start_capture(
+        &ns,
+        &[
+            "-i",
+            "lo",
+            "-w",
+            file.to_str().unwrap(),
+            "--duration",
+            "6",
+            "--pid",
+            &pid_arg,
+        ],
+    );
+    let mut py = ns.cmd(python());
+    py.arg(&other);
+    let mut other_client = Proc::spawn("other client", py);
+    {
+        use std::io::Write as _;
+        stdin.write_all(b"go\n").unwrap();
+    }
+    let st = wait_timeout(&mut child, TIMEOUT).expect("curl did not finish");
+    assert!(st.success(), "curl failed: {st}");
+    assert!(
+        other_client.wait(TIMEOUT).success(),
+        "{}",
+        other_client.stderr()
+    );
+    finish(&mut cap);
+    assert!(
+        cap.stderr().contains("of them selected"),
+        "{}",
+        cap.stderr()
+    );
+
+    let file = file.to_str().unwrap();
+    let packets = ports_and_comments(file);
+    assert!(!packets.is_empty(), "{}", cap.stderr());
+    assert_eq!(request_uris(file), ["/big.html?who=curl"], "{packets:?}");
+    let mine = format!("pid={curl_pid} comm=curl cookie=");
+    for (src, dst, comment) in &packets {
+        assert!(comment.starts_with(&mine), "{src}->{dst}: {comment}");
+        assert_eq!(*dst, PORT, "a packet of the server: {src}->{dst}");
+    }
+}
+
+#[test]
+fn text_lines_name_the_process() {
+    let ns = Netns::new("cap");
+    let dir = TempDir::new("cap");
+    let _server = slow_http_server(&ns, &dir);
+    let mut cap = start_capture(&ns, &["-i", "lo", "--duration", "6", "--comm", "curl"]);
+    let (mut c, curl_pid) = spawn_curl(&ns, "/big.html");
+    assert!(c.wait(TIMEOUT).success(), "curl: {}", c.stderr());
+    finish(&mut cap);
+    let line = cap.expect("", Duration::from_secs(5));
+    assert!(
+        line.contains(&format!(".{PORT}: TCP len "))
+            && line.ends_with(&format!(" [curl:{curl_pid}]")),
+        "{line}"
+    );
 }

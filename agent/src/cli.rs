@@ -100,7 +100,7 @@ pub struct TraceArgs {
 
 #[derive(Args, Debug, Clone)]
 #[command(
-    after_help = "Examples:\n  sudo capagent capture -i lo\n  sudo capagent capture -i eth0 -i lo -w all.pcapng --duration 10\n  sudo capagent capture -i eth0 -s 96 -c 100"
+    after_help = "Examples:\n  sudo capagent capture -i lo\n  sudo capagent capture -i eth0 -i lo -w all.pcapng --duration 10\n  sudo capagent capture -i eth0 -s 96 -c 100\n  sudo capagent capture -i lo --comm curl -w curl.pcapng"
 )]
 pub struct CaptureArgs {
     /// Capture on this interface; repeatable.
@@ -115,9 +115,15 @@ pub struct CaptureArgs {
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
-    /// Stop after this many packets.
+    /// Stop after this many packets (counted before the --pid/--comm selection).
     #[arg(short = 'c', long, value_name = "COUNT")]
     pub count: Option<u64>,
+    /// Keep only the packets of this process's sockets; repeatable (selected in userspace).
+    #[arg(short, long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Keep only the packets of processes with this name (as in /proc/PID/comm).
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
     /// Size of the kernel ring buffer in KiB (power of two, at least 4).
     #[arg(long, default_value_t = 32768, value_name = "KIB")]
     pub ring_kib: u32,

@@ -8,7 +8,7 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    capture::{self, CaptureOptions, pcapng::CaptureWriter, text},
+    capture::{self, CaptureOptions, session::SessionOptions},
     cli::{CaptureArgs, Cli, Command, TraceArgs},
     output::{EventWriter, FanOut, Writer, pcapng::PcapngWriter, text::TextConfig},
     trace::{
@@ -51,73 +51,14 @@ fn capture(args: CaptureArgs) -> anyhow::Result<ExitCode> {
         duration: args.duration.map(Duration::from_secs_f64),
         count: args.count,
     };
-    let ifaces = capture::resolve(&opts)?;
-    let names: Vec<(u32, String)> = ifaces.iter().map(|i| (i.ifindex, i.name.clone())).collect();
-    let name_of = |ifindex: u32| {
-        names
-            .iter()
-            .find(|(i, _)| *i == ifindex)
-            .map_or("?", |(_, n)| n.as_str())
+    let session = SessionOptions {
+        write: args.write.clone(),
+        pids: args.pids.clone(),
+        comm: args.comm.clone(),
+        no_summary: args.no_summary,
     };
-    let mut pcap = match &args.write {
-        Some(p) => Some(
-            CaptureWriter::open(p, &names, args.snaplen)
-                .with_context(|| format!("cannot create {}", p.display()))?,
-        ),
-        None => None,
-    };
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
-    let mut last_flush = Instant::now();
-    let outcome = capture::run(&opts, &ifaces, &mut |p, ts_ns| {
-        use std::io::Write as _;
-        match pcap.as_mut() {
-            Some(w) => w.write_packet(p, ts_ns)?,
-            None => writeln!(
-                out,
-                "{} {}",
-                text::clock(ts_ns),
-                text::describe(p, name_of(p.ifindex))
-            )?,
-        }
-        if last_flush.elapsed() >= Duration::from_millis(200) {
-            last_flush = Instant::now();
-            match pcap.as_mut() {
-                Some(w) => w.flush()?,
-                None => out.flush()?,
-            }
-        }
-        Ok(())
-    });
-    {
-        use std::io::Write as _;
-        out.flush().context("writing output")?;
-    }
-    let outcome = outcome?;
-    if let Some(mut w) = pcap {
-        let now = capture_now_wall_ns();
-        for &(ifindex, submitted, dropped) in &outcome.per_iface {
-            w.write_stats(ifindex, now, submitted, dropped)
-                .context("writing pcapng")?;
-        }
-        w.flush().context("writing pcapng")?;
-    }
-    if !args.no_summary {
-        eprintln!(
-            "capagent: {} packets captured ({} bytes on the wire), {} dropped (ring buffer full)",
-            outcome.packets,
-            outcome.bytes,
-            outcome.dropped()
-        );
-    }
+    capture::session::run(&opts, &session)?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Wall-clock nanoseconds since the epoch, now.
-fn capture_now_wall_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 fn trace(args: TraceArgs) -> anyhow::Result<ExitCode> {

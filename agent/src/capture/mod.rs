@@ -1,17 +1,20 @@
 //! Packet capture (`capagent capture`): TC classifier programs on the chosen interfaces copy
 //! the first bytes of every packet into a ring buffer of their own; this module resolves the
 //! interfaces, attaches the programs ([`attach`]), drains the ring buffer and hands every
-//! packet to a sink (pcapng [`pcapng`] or one text line [`text`]).
+//! packet to a [`PacketSink`]. [`session`] is the sink of `capagent capture`: it attributes
+//! packets to processes ([`owner`]), selects them (`--pid`/`--comm`) and writes them
+//! (pcapng [`pcapng`] or one text line [`text`]).
 
 pub mod attach;
+pub mod owner;
 pub mod pcapng;
+pub mod session;
 pub mod text;
 
 use std::{
     ffi::CString,
     io,
     os::fd::AsRawFd as _,
-    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -43,6 +46,11 @@ pub enum CaptureError {
     Stats(aya::maps::MapError),
     #[error("writing output: {0}")]
     Output(io::Error),
+    #[error("cannot create {}: {source}", path.display())]
+    Open {
+        path: std::path::PathBuf,
+        source: io::Error,
+    },
 }
 
 /// A captured interface.
@@ -150,24 +158,6 @@ impl CaptureOutcome {
     }
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
-
-fn install_signal_handlers() {
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores into an atomic.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as *const () as usize;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-    }
-}
-
 /// Checks the options and resolves the interfaces (before anything is loaded).
 pub fn resolve(opts: &CaptureOptions) -> Result<Vec<Iface>, CaptureError> {
     if opts.ifaces.is_empty() {
@@ -189,12 +179,28 @@ pub fn resolve(opts: &CaptureOptions) -> Result<Vec<Iface>, CaptureError> {
     Ok(out)
 }
 
+/// Where [`run`] hands the packets.
+pub trait PacketSink {
+    /// One packet with its wall-clock timestamp.
+    fn packet(&mut self, p: &Packet<'_>, ts_ns: u64) -> io::Result<()>;
+    /// Called after every drain of the ring buffer (at least every 10 ms while capturing).
+    fn idle(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<F: FnMut(&Packet<'_>, u64) -> io::Result<()>> PacketSink for F {
+    fn packet(&mut self, p: &Packet<'_>, ts_ns: u64) -> io::Result<()> {
+        self(p, ts_ns)
+    }
+}
+
 /// Runs a capture session on `ifaces` (from [`resolve`]), handing every packet to `sink`
 /// with its wall-clock timestamp, until a signal, the duration or the packet count.
 pub fn run(
     opts: &CaptureOptions,
     ifaces: &[Iface],
-    sink: &mut dyn FnMut(&Packet<'_>, u64) -> io::Result<()>,
+    sink: &mut dyn PacketSink,
 ) -> Result<CaptureOutcome, CaptureError> {
     kernel::require_root("capagent capture")?;
     let config = CaptureConfig {
@@ -227,8 +233,7 @@ pub fn run(
         opts.snaplen
     );
 
-    STOP.store(false, Ordering::SeqCst);
-    install_signal_handlers();
+    crate::signals::install();
     let offset = crate::trace::assemble::boot_to_wall_offset_ns();
     let deadline = opts.duration.map(|d| Instant::now() + d);
     let mut outcome = CaptureOutcome {
@@ -248,9 +253,14 @@ pub fn run(
             };
             outcome.packets += 1;
             outcome.bytes += u64::from(p.orig_len);
-            if let Err(e) = sink(&p, p.ts_ns.saturating_add_signed(offset)) {
+            if let Err(e) = sink.packet(&p, p.ts_ns.saturating_add_signed(offset)) {
                 output_error = Some(e);
             }
+        }
+        if output_error.is_none()
+            && let Err(e) = sink.idle()
+        {
+            output_error = Some(e);
         }
     };
     loop {
@@ -262,7 +272,7 @@ pub fn run(
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&mut pfd, 1, 10) };
         drain(&mut ring, &mut outcome);
-        if STOP.load(Ordering::SeqCst)
+        if crate::signals::stop_requested()
             || deadline.is_some_and(|d| Instant::now() >= d)
             || outcome.packets >= limit
         {

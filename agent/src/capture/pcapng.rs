@@ -1,7 +1,8 @@
 //! pcapng output of `capagent capture -w`: one Interface Description Block per captured
 //! interface (LINKTYPE_ETHERNET, its real name, nanosecond timestamps), one Enhanced Packet
-//! Block per packet with the direction in `epb_flags` and the socket cookie in a comment, and
-//! at the end one Interface Statistics Block per interface with the kernel's drops.
+//! Block per packet with the direction in `epb_flags` and the owner and socket cookie in a
+//! comment (see [`super::session`]), and at the end one Interface Statistics Block per
+//! interface with the kernel's drops.
 
 use std::borrow::Cow;
 use std::fs::OpenOptions;
@@ -89,8 +90,9 @@ impl<W: Write> CaptureWriter<W> {
         })
     }
 
-    /// Writes one packet (`ts_ns`: wall clock); packets of other interfaces are skipped.
-    pub fn write_packet(&mut self, p: &Packet<'_>, ts_ns: u64) -> io::Result<()> {
+    /// Writes one packet (`ts_ns`: wall clock) with `comment` (e.g. its owner and socket
+    /// cookie); packets of other interfaces are skipped.
+    pub fn write_packet(&mut self, p: &Packet<'_>, ts_ns: u64, comment: &str) -> io::Result<()> {
         let Some(id) = self.ifindexes.iter().position(|&i| i == p.ifindex) else {
             return Ok(());
         };
@@ -106,7 +108,7 @@ impl<W: Write> CaptureWriter<W> {
             data: Cow::Borrowed(p.data),
             options: vec![
                 EnhancedPacketOption::Flags(flags),
-                EnhancedPacketOption::Comment(Cow::Owned(format!("cookie={}", p.cookie))),
+                EnhancedPacketOption::Comment(Cow::Borrowed(comment)),
             ],
         };
         self.w.write_pcapng_block(epb).map_err(to_io)?;
@@ -166,7 +168,8 @@ mod tests {
             dir: packet_dir::EGRESS,
             data: &data,
         };
-        w.write_packet(&p, 1_700_000_000_123_456_789).unwrap();
+        w.write_packet(&p, 1_700_000_000_123_456_789, "cookie=42")
+            .unwrap();
         w.write_stats(7, 1_700_000_001_000_000_000, 1, 3).unwrap();
         let bytes = w.into_inner();
         let mut r = PcapNgReader::new(&bytes[..]).unwrap();

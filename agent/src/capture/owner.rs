@@ -1,0 +1,778 @@
+//! Attributing captured packets to local processes, in userspace.
+//!
+//! A table of the local TCP/UDP sockets (IPv4 and IPv6, every state) comes from a
+//! `NETLINK_SOCK_DIAG` dump (`inet_diag`, `INET_DIAG_REQ_V2`): 5-tuple, inode and socket
+//! cookie of each. The inodes are then mapped to processes by scanning the `/proc/*/fd`
+//! symlinks (`socket:[INODE]`) and `/proc/PID/comm`.
+//!
+//! sock_diag and `/proc/net` are per network namespace: the dump describes the sockets of
+//! capagent's own namespace, which is right because capagent runs in the namespace whose
+//! interfaces it captures (e.g. under `ip netns exec`). The `/proc` scan sees every process
+//! of capagent's pid namespace.
+//!
+//! A packet is matched by its socket cookie first (non-zero when the kernel knew the
+//! sending socket), else by its 5-tuple: exact, then the local address/port with any remote
+//! (a listening or unconnected UDP socket), the wildcard local addresses included.
+
+use std::{
+    collections::HashMap,
+    fs, io,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    time::{Duration, Instant},
+};
+
+use agent_common::packet_dir;
+use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
+
+pub const TCP: u8 = libc::IPPROTO_TCP as u8;
+pub const UDP: u8 = libc::IPPROTO_UDP as u8;
+
+/// The process owning a socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    pub comm: String,
+}
+
+/// One local socket from the sock_diag dump.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SockEntry {
+    pub proto: u8,
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub inode: u32,
+    pub cookie: u64,
+}
+
+/// The 5-tuple of a packet, as sent (`src` -> `dst`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FiveTuple {
+    pub proto: u8,
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+}
+
+/// IPv4-mapped IPv6 addresses (dual-stack sockets) as IPv4, so both sides compare.
+fn canon(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(IpAddr::V4(v4), v6.port()),
+            None => a,
+        },
+        v4 => v4,
+    }
+}
+
+/// The TCP/UDP 5-tuple of an Ethernet frame, if it has one.
+pub fn five_tuple(frame: &[u8]) -> Option<FiveTuple> {
+    let pkt = LaxSlicedPacket::from_ethernet(frame).ok()?;
+    let (src, dst) = match &pkt.net {
+        Some(LaxNetSlice::Ipv4(v4)) => (
+            IpAddr::V4(v4.header().source_addr()),
+            IpAddr::V4(v4.header().destination_addr()),
+        ),
+        Some(LaxNetSlice::Ipv6(v6)) => (
+            IpAddr::V6(v6.header().source_addr()),
+            IpAddr::V6(v6.header().destination_addr()),
+        ),
+        _ => return None,
+    };
+    let (proto, sp, dp) = match &pkt.transport {
+        Some(TransportSlice::Tcp(t)) => (TCP, t.source_port(), t.destination_port()),
+        Some(TransportSlice::Udp(u)) => (UDP, u.source_port(), u.destination_port()),
+        _ => return None,
+    };
+    Some(FiveTuple {
+        proto,
+        src: canon(SocketAddr::new(src, sp)),
+        dst: canon(SocketAddr::new(dst, dp)),
+    })
+}
+
+// ---- sock_diag over a raw netlink socket -------------------------------------------------
+
+const SOCK_DIAG_BY_FAMILY: u16 = 20;
+const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
+const NLMSG_HDR: usize = 16;
+/// `struct inet_diag_req_v2`.
+const REQ_V2_LEN: usize = 56;
+/// `struct inet_diag_msg`.
+const DIAG_MSG_LEN: usize = 72;
+
+/// A `SOCK_DIAG_BY_FAMILY` dump request for every socket of `family` x `proto`.
+pub fn diag_request(family: u8, proto: u8, seq: u32) -> Vec<u8> {
+    let len = NLMSG_HDR + REQ_V2_LEN;
+    let mut b = Vec::with_capacity(len);
+    b.extend_from_slice(&(len as u32).to_ne_bytes());
+    b.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
+    b.extend_from_slice(&flags.to_ne_bytes());
+    b.extend_from_slice(&seq.to_ne_bytes());
+    b.extend_from_slice(&0u32.to_ne_bytes());
+    // sdiag_family, sdiag_protocol, idiag_ext, pad, idiag_states (all), then a zero sockid.
+    b.extend_from_slice(&[family, proto, 0, 0]);
+    b.extend_from_slice(&u32::MAX.to_ne_bytes());
+    b.resize(len, 0);
+    b
+}
+
+/// What one `recv` of a dump held.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct DiagChunk {
+    pub entries: Vec<SockEntry>,
+    /// NLMSG_DONE seen.
+    pub done: bool,
+    /// A netlink error (positive errno).
+    pub error: Option<i32>,
+}
+
+fn ip_of(family: u8, b: &[u8]) -> Option<IpAddr> {
+    if family == libc::AF_INET as u8 {
+        Some(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3])))
+    } else if family == libc::AF_INET6 as u8 {
+        let a: [u8; 16] = b[..16].try_into().ok()?;
+        Some(IpAddr::V6(Ipv6Addr::from(a)))
+    } else {
+        None
+    }
+}
+
+/// Parses the netlink messages of one dump reply buffer (`proto`: the dumped protocol).
+pub fn parse_diag(buf: &[u8], proto: u8) -> DiagChunk {
+    let mut out = DiagChunk::default();
+    let mut off = 0;
+    while off + NLMSG_HDR <= buf.len() {
+        let h = &buf[off..];
+        let len = u32::from_ne_bytes(h[0..4].try_into().unwrap()) as usize;
+        let ty = u16::from_ne_bytes(h[4..6].try_into().unwrap());
+        if len < NLMSG_HDR || off + len > buf.len() {
+            break;
+        }
+        let body = &h[NLMSG_HDR..len];
+        match ty {
+            NLMSG_DONE => {
+                out.done = true;
+                break;
+            }
+            NLMSG_ERROR => {
+                let e = body
+                    .get(..4)
+                    .map_or(0, |b| i32::from_ne_bytes(b.try_into().unwrap()));
+                if e != 0 {
+                    out.error = Some(-e);
+                }
+                out.done = true;
+                break;
+            }
+            SOCK_DIAG_BY_FAMILY if body.len() >= DIAG_MSG_LEN => {
+                let family = body[0];
+                let sport = u16::from_be_bytes([body[4], body[5]]);
+                let dport = u16::from_be_bytes([body[6], body[7]]);
+                let c0 = u32::from_ne_bytes(body[44..48].try_into().unwrap());
+                let c1 = u32::from_ne_bytes(body[48..52].try_into().unwrap());
+                let inode = u32::from_ne_bytes(body[68..72].try_into().unwrap());
+                if let (Some(src), Some(dst)) =
+                    (ip_of(family, &body[8..24]), ip_of(family, &body[24..40]))
+                {
+                    out.entries.push(SockEntry {
+                        proto,
+                        local: canon(SocketAddr::new(src, sport)),
+                        remote: canon(SocketAddr::new(dst, dport)),
+                        inode,
+                        cookie: u64::from(c0) | (u64::from(c1) << 32),
+                    });
+                }
+            }
+            _ => {}
+        }
+        // Messages are 4-byte aligned.
+        off += (len + 3) & !3;
+    }
+    out
+}
+
+/// Dumps one family x protocol over `fd`.
+fn dump_one(fd: libc::c_int, family: u8, proto: u8, seq: u32) -> io::Result<Vec<SockEntry>> {
+    let req = diag_request(family, proto, seq);
+    // SAFETY: a zeroed sockaddr_nl addressed to the kernel (pid 0).
+    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+    // SAFETY: `req` and `sa` are valid for the given lengths.
+    let r = unsafe {
+        libc::sendto(
+            fd,
+            req.as_ptr().cast(),
+            req.len(),
+            0,
+            (&sa as *const libc::sockaddr_nl).cast(),
+            size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut entries = Vec::new();
+    loop {
+        // SAFETY: `buf` is writable for its length.
+        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            break;
+        }
+        let chunk = parse_diag(&buf[..n as usize], proto);
+        entries.extend(chunk.entries);
+        if let Some(e) = chunk.error {
+            return Err(io::Error::from_raw_os_error(e));
+        }
+        if chunk.done {
+            break;
+        }
+    }
+    Ok(entries)
+}
+
+/// Every TCP and UDP socket (IPv4 and IPv6) of this network namespace.
+pub fn dump_sockets() -> io::Result<Vec<SockEntry>> {
+    // SAFETY: plain socket creation; closed below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let mut all = Vec::new();
+    let mut result = Ok(());
+    let mut seq = 1;
+    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        for proto in [TCP, UDP] {
+            match dump_one(fd, family, proto, seq) {
+                Ok(v) => all.extend(v),
+                // udp_diag may be missing: TCP still works.
+                Err(e) if proto == UDP => tracing::debug!("sock_diag UDP dump: {e}"),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+            seq += 1;
+        }
+    }
+    // SAFETY: our own fd.
+    unsafe { libc::close(fd) };
+    result.map(|()| all)
+}
+
+/// `inode -> owner` for the socket inodes in `wanted`, from `/proc/*/fd` (the lowest pid
+/// wins when processes share a socket).
+pub fn socket_owners(wanted: &std::collections::HashSet<u32>) -> HashMap<u32, Owner> {
+    let mut out: HashMap<u32, Owner> = HashMap::new();
+    let Ok(procs) = fs::read_dir("/proc") else {
+        return out;
+    };
+    let mut pids: Vec<u32> = procs
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    pids.sort_unstable();
+    for pid in pids {
+        let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        let mut comm = None;
+        for fd in fds.flatten() {
+            let Ok(link) = fs::read_link(fd.path()) else {
+                continue;
+            };
+            let Some(inode) = link
+                .to_str()
+                .and_then(|s| s.strip_prefix("socket:["))
+                .and_then(|s| s.strip_suffix(']'))
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if !wanted.contains(&inode) || out.contains_key(&inode) {
+                continue;
+            }
+            let comm = comm
+                .get_or_insert_with(|| {
+                    fs::read_to_string(format!("/proc/{pid}/comm"))
+                        .map(|s| s.trim_end().to_string())
+                        .unwrap_or_else(|_| "?".to_string())
+                })
+                .clone();
+            out.insert(inode, Owner { pid, comm });
+        }
+    }
+    out
+}
+
+// ---- the table and its lookups -----------------------------------------------------------
+
+type LocalKey = (u8, SocketAddr);
+
+/// Owned sockets, indexed for packet lookups.
+#[derive(Debug, Default)]
+pub struct OwnerTable {
+    by_cookie: HashMap<u64, Owner>,
+    exact: HashMap<(u8, SocketAddr, SocketAddr), Owner>,
+    /// Sockets with no remote end (listening, unconnected UDP), by local address/port.
+    unconnected: HashMap<LocalKey, Owner>,
+}
+
+fn is_unspecified(a: &SocketAddr) -> bool {
+    a.ip().is_unspecified() && a.port() == 0
+}
+
+impl OwnerTable {
+    /// Builds the table from the dump and the inode owners (sockets without owner are left
+    /// out).
+    pub fn build(entries: &[SockEntry], owners: &HashMap<u32, Owner>) -> OwnerTable {
+        let mut t = OwnerTable::default();
+        for e in entries {
+            let Some(o) = owners.get(&e.inode) else {
+                continue;
+            };
+            if e.cookie != 0 {
+                t.by_cookie.insert(e.cookie, o.clone());
+            }
+            if is_unspecified(&e.remote) {
+                t.unconnected.insert((e.proto, e.local), o.clone());
+            } else {
+                t.exact.insert((e.proto, e.local, e.remote), o.clone());
+            }
+        }
+        t
+    }
+
+    pub fn len(&self) -> usize {
+        self.by_cookie.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.by_cookie.is_empty()
+    }
+
+    pub fn by_cookie(&self, cookie: u64) -> Option<&Owner> {
+        self.by_cookie.get(&cookie)
+    }
+
+    /// The socket whose local end is `local` and remote end `remote`: exactly, else an
+    /// unconnected socket on `local` (its address, then the wildcard addresses).
+    pub fn by_local(&self, proto: u8, local: SocketAddr, remote: SocketAddr) -> Option<&Owner> {
+        if let Some(o) = self.exact.get(&(proto, local, remote)) {
+            return Some(o);
+        }
+        let port = local.port();
+        [
+            local,
+            SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port),
+            SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port),
+        ]
+        .iter()
+        .find_map(|a| self.unconnected.get(&(proto, *a)))
+    }
+
+    /// The owner of a packet: by cookie when non-zero, else by 5-tuple, taking the sender as
+    /// the local end of egress packets and the receiver for ingress ones, then the other end
+    /// (exact matches only).
+    pub fn lookup(&self, cookie: u64, dir: u8, t: Option<&FiveTuple>) -> Option<&Owner> {
+        if cookie != 0
+            && let Some(o) = self.by_cookie(cookie)
+        {
+            return Some(o);
+        }
+        let t = t?;
+        let (near, far) = if dir == packet_dir::EGRESS {
+            (t.src, t.dst)
+        } else {
+            (t.dst, t.src)
+        };
+        self.by_local(t.proto, near, far)
+            .or_else(|| self.exact.get(&(t.proto, far, near)))
+    }
+}
+
+/// Resolves packets to owners, refreshing the table on a miss at most every
+/// [`Resolver::MIN_REFRESH`]. The previous table is still consulted after a refresh, so
+/// sockets that closed in between keep their owner for a while; owners found by cookie are
+/// remembered (cookies are never reused).
+pub struct Resolver {
+    current: OwnerTable,
+    previous: OwnerTable,
+    cookies: HashMap<u64, Owner>,
+    last_refresh: Option<Instant>,
+    pub refreshes: u64,
+    source: Box<dyn FnMut() -> io::Result<OwnerTable>>,
+}
+
+/// A lookup's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    Owner(Owner),
+    /// No local socket, even after a fresh dump.
+    Unknown,
+    /// Not found, and the table may not be refreshed yet: ask again after
+    /// [`Resolver::refresh_due`].
+    Later,
+}
+
+impl Resolver {
+    pub const MIN_REFRESH: Duration = Duration::from_millis(100);
+    const MAX_COOKIES: usize = 65536;
+
+    /// A resolver reading this namespace's sockets.
+    pub fn system() -> Resolver {
+        Resolver::with_source(Box::new(|| {
+            let entries = dump_sockets()?;
+            let wanted = entries
+                .iter()
+                .map(|e| e.inode)
+                .filter(|&i| i != 0)
+                .collect();
+            let owners = socket_owners(&wanted);
+            tracing::trace!(?entries, ?owners, "socket dump");
+            Ok(OwnerTable::build(&entries, &owners))
+        }))
+    }
+
+    pub fn with_source(source: Box<dyn FnMut() -> io::Result<OwnerTable>>) -> Resolver {
+        Resolver {
+            current: OwnerTable::default(),
+            previous: OwnerTable::default(),
+            cookies: HashMap::new(),
+            last_refresh: None,
+            refreshes: 0,
+            source,
+        }
+    }
+
+    /// True when a refresh is allowed now.
+    pub fn refresh_due(&self) -> bool {
+        self.last_refresh
+            .is_none_or(|t| t.elapsed() >= Self::MIN_REFRESH)
+    }
+
+    /// Re-reads the table (regardless of the rate limit).
+    pub fn refresh(&mut self) {
+        self.last_refresh = Some(Instant::now());
+        self.refreshes += 1;
+        match (self.source)() {
+            Ok(t) => {
+                tracing::debug!(sockets = t.len(), "socket table refreshed");
+                self.previous = std::mem::replace(&mut self.current, t);
+            }
+            Err(e) => tracing::warn!("reading the socket table: {e}"),
+        }
+    }
+
+    fn find(&mut self, cookie: u64, dir: u8, t: Option<&FiveTuple>) -> Option<Owner> {
+        if cookie != 0
+            && let Some(o) = self.cookies.get(&cookie)
+        {
+            return Some(o.clone());
+        }
+        let o = self
+            .current
+            .lookup(cookie, dir, t)
+            .or_else(|| self.previous.lookup(cookie, dir, t))
+            .cloned()?;
+        if cookie != 0 && self.current.by_cookie(cookie).is_some() {
+            if self.cookies.len() >= Self::MAX_COOKIES {
+                self.cookies.clear();
+            }
+            self.cookies.insert(cookie, o.clone());
+        }
+        Some(o)
+    }
+
+    /// The owner of a packet (`frame`: from the Ethernet header on).
+    pub fn resolve(&mut self, cookie: u64, dir: u8, frame: &[u8]) -> Resolution {
+        let t = five_tuple(frame);
+        if cookie == 0 && t.is_none() {
+            return Resolution::Unknown;
+        }
+        if let Some(o) = self.find(cookie, dir, t.as_ref()) {
+            return Resolution::Owner(o);
+        }
+        if !self.refresh_due() {
+            return Resolution::Later;
+        }
+        self.refresh();
+        match self.find(cookie, dir, t.as_ref()) {
+            Some(o) => Resolution::Owner(o),
+            None => Resolution::Unknown,
+        }
+    }
+
+    /// The owner of a packet from the tables as they are (no refresh).
+    pub fn cached(&mut self, cookie: u64, dir: u8, frame: &[u8]) -> Option<Owner> {
+        let t = five_tuple(frame);
+        self.find(cookie, dir, t.as_ref())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etherparse::PacketBuilder;
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn owner(pid: u32, comm: &str) -> Owner {
+        Owner {
+            pid,
+            comm: comm.into(),
+        }
+    }
+
+    fn entry(proto: u8, local: &str, remote: &str, inode: u32, cookie: u64) -> SockEntry {
+        SockEntry {
+            proto,
+            local: canon(sa(local)),
+            remote: canon(sa(remote)),
+            inode,
+            cookie,
+        }
+    }
+
+    fn table() -> OwnerTable {
+        let entries = [
+            // server: listener on 0.0.0.0:8000 and one accepted connection
+            entry(TCP, "0.0.0.0:8000", "0.0.0.0:0", 10, 100),
+            entry(TCP, "127.0.0.1:8000", "127.0.0.1:40000", 11, 101),
+            // client
+            entry(TCP, "127.0.0.1:40000", "127.0.0.1:8000", 20, 200),
+            // UDP bound to a specific address, and a dual-stack one on [::]
+            entry(UDP, "10.0.0.1:53", "0.0.0.0:0", 30, 300),
+            entry(UDP, "[::]:5353", "[::]:0", 40, 400),
+            // a socket nobody owns (TIME_WAIT)
+            entry(TCP, "127.0.0.1:40001", "127.0.0.1:8000", 0, 500),
+        ];
+        let owners = HashMap::from([
+            (10, owner(1, "server")),
+            (11, owner(1, "server")),
+            (20, owner(2, "curl")),
+            (30, owner(3, "dns")),
+            (40, owner(4, "mdns")),
+        ]);
+        OwnerTable::build(&entries, &owners)
+    }
+
+    fn tuple(proto: u8, src: &str, dst: &str) -> FiveTuple {
+        FiveTuple {
+            proto,
+            src: sa(src),
+            dst: sa(dst),
+        }
+    }
+
+    const OUT: u8 = packet_dir::EGRESS;
+    const IN: u8 = packet_dir::INGRESS;
+
+    #[test]
+    fn exact_match_by_direction() {
+        let t = table();
+        let c2s = tuple(TCP, "127.0.0.1:40000", "127.0.0.1:8000");
+        let s2c = tuple(TCP, "127.0.0.1:8000", "127.0.0.1:40000");
+        // On loopback both ends are local: the sender owns an egress packet.
+        assert_eq!(t.lookup(0, OUT, Some(&c2s)).unwrap().comm, "curl");
+        assert_eq!(t.lookup(0, OUT, Some(&s2c)).unwrap().comm, "server");
+        // Ingress: the receiver.
+        assert_eq!(t.lookup(0, IN, Some(&c2s)).unwrap().comm, "server");
+        assert_eq!(t.lookup(0, IN, Some(&s2c)).unwrap().comm, "curl");
+        // Unowned socket, other protocol, forwarded traffic: nobody.
+        let tw = tuple(TCP, "127.0.0.1:40001", "127.0.0.1:9999");
+        assert_eq!(t.lookup(0, OUT, Some(&tw)), None);
+        let udp = tuple(UDP, "127.0.0.1:40000", "127.0.0.1:8000");
+        assert_eq!(t.lookup(0, OUT, Some(&udp)), None);
+        let fwd = tuple(TCP, "192.168.1.2:1234", "192.168.1.3:80");
+        assert_eq!(t.lookup(0, IN, Some(&fwd)), None);
+        assert_eq!(t.lookup(0, OUT, None), None);
+    }
+
+    #[test]
+    fn wildcard_local_address() {
+        let t = table();
+        // A new connection to the listener (SYN): only the 0.0.0.0:8000 listener matches.
+        let syn = tuple(TCP, "192.168.1.2:5555", "192.168.1.1:8000");
+        assert_eq!(t.lookup(0, IN, Some(&syn)).unwrap().comm, "server");
+        // The SYN-ACK (egress, no full socket yet): the listener, not the client side.
+        let synack = tuple(TCP, "127.0.0.1:8000", "127.0.0.1:40002");
+        assert_eq!(t.lookup(0, OUT, Some(&synack)).unwrap().comm, "server");
+        // UDP bound to a specific address only matches that address.
+        let dns = tuple(UDP, "10.0.0.9:1000", "10.0.0.1:53");
+        assert_eq!(t.lookup(0, IN, Some(&dns)).unwrap().comm, "dns");
+        let other = tuple(UDP, "10.0.0.9:1000", "10.0.0.2:53");
+        assert_eq!(t.lookup(0, IN, Some(&other)), None);
+        // [::] matches IPv6 and (dual stack) IPv4.
+        let v6 = tuple(UDP, "[fe80::1]:5353", "[ff02::fb]:5353");
+        assert_eq!(t.lookup(0, IN, Some(&v6)).unwrap().comm, "mdns");
+        let v4 = tuple(UDP, "10.0.0.9:5353", "224.0.0.251:5353");
+        assert_eq!(t.lookup(0, IN, Some(&v4)).unwrap().comm, "mdns");
+        // The remote port of an incoming packet does not match a local listener.
+        let from_8000 = tuple(TCP, "192.168.1.2:8000", "192.168.1.1:6000");
+        assert_eq!(t.lookup(0, IN, Some(&from_8000)), None);
+    }
+
+    #[test]
+    fn cookie_preferred_over_tuple() {
+        let t = table();
+        // The tuple says curl, the cookie says the server's accepted socket.
+        let c2s = tuple(TCP, "127.0.0.1:40000", "127.0.0.1:8000");
+        assert_eq!(t.lookup(101, OUT, Some(&c2s)).unwrap().comm, "server");
+        // Unknown cookie: back to the tuple.
+        assert_eq!(t.lookup(999, OUT, Some(&c2s)).unwrap().comm, "curl");
+        assert_eq!(t.lookup(200, IN, None).unwrap().comm, "curl");
+    }
+
+    #[test]
+    fn ipv4_mapped_sockets_match_ipv4_packets() {
+        let entries = [entry(
+            TCP,
+            "[::ffff:127.0.0.1]:8000",
+            "[::ffff:127.0.0.1]:4000",
+            1,
+            0,
+        )];
+        let t = OwnerTable::build(&entries, &HashMap::from([(1, owner(9, "srv"))]));
+        let p = tuple(TCP, "127.0.0.1:8000", "127.0.0.1:4000");
+        assert_eq!(t.lookup(0, OUT, Some(&p)).unwrap().pid, 9);
+    }
+
+    #[test]
+    fn five_tuple_of_frames() {
+        let b = PacketBuilder::ethernet2([0; 6], [0; 6])
+            .ipv4([127, 0, 0, 1], [127, 0, 0, 2], 64)
+            .tcp(41234, 8000, 1, 65535);
+        let mut buf = Vec::new();
+        b.write(&mut buf, b"x").unwrap();
+        assert_eq!(
+            five_tuple(&buf),
+            Some(tuple(TCP, "127.0.0.1:41234", "127.0.0.2:8000"))
+        );
+        assert_eq!(five_tuple(&buf[..20]), None);
+    }
+
+    /// A reply the way the kernel lays it out: one inet_diag_msg, then NLMSG_DONE.
+    fn reply(family: u8) -> Vec<u8> {
+        let mut msg = vec![0u8; DIAG_MSG_LEN];
+        msg[0] = family;
+        msg[1] = 10; // TCP_LISTEN
+        msg[4..6].copy_from_slice(&8000u16.to_be_bytes());
+        msg[6..8].copy_from_slice(&0u16.to_be_bytes());
+        if family == libc::AF_INET as u8 {
+            msg[8..12].copy_from_slice(&[127, 0, 0, 1]);
+        } else {
+            msg[23] = 1; // ::1
+        }
+        msg[44..48].copy_from_slice(&0x1234u32.to_ne_bytes());
+        msg[48..52].copy_from_slice(&0x1u32.to_ne_bytes());
+        msg[68..72].copy_from_slice(&4242u32.to_ne_bytes());
+        let mut b = Vec::new();
+        b.extend_from_slice(&((NLMSG_HDR + msg.len()) as u32).to_ne_bytes());
+        b.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        b.extend_from_slice(&[0; 10]);
+        b.extend_from_slice(&msg);
+        b.extend_from_slice(&20u32.to_ne_bytes());
+        b.extend_from_slice(&NLMSG_DONE.to_ne_bytes());
+        b.extend_from_slice(&[0; 14]);
+        b
+    }
+
+    #[test]
+    fn parses_diag_replies() {
+        let c = parse_diag(&reply(libc::AF_INET as u8), TCP);
+        assert!(c.done && c.error.is_none());
+        assert_eq!(
+            c.entries,
+            [entry(
+                TCP,
+                "127.0.0.1:8000",
+                "0.0.0.0:0",
+                4242,
+                0x1_0000_1234
+            )]
+        );
+        let c = parse_diag(&reply(libc::AF_INET6 as u8), UDP);
+        assert_eq!(c.entries[0].local, sa("[::1]:8000"));
+        assert_eq!(c.entries[0].proto, UDP);
+        // Truncated: nothing, not done.
+        let c = parse_diag(&reply(libc::AF_INET as u8)[..40], TCP);
+        assert!(c.entries.is_empty() && !c.done);
+        // An error message.
+        let mut e = Vec::new();
+        e.extend_from_slice(&20u32.to_ne_bytes());
+        e.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
+        e.extend_from_slice(&[0; 10]);
+        e.extend_from_slice(&(-libc::ENOENT).to_ne_bytes());
+        let c = parse_diag(&e, UDP);
+        assert_eq!(c.error, Some(libc::ENOENT));
+        let req = diag_request(libc::AF_INET6 as u8, TCP, 7);
+        assert_eq!(req.len(), 72);
+        assert_eq!(&req[16..20], &[libc::AF_INET6 as u8, TCP, 0, 0]);
+    }
+
+    #[test]
+    fn resolver_rate_limits_refreshes() {
+        let mut r = Resolver::with_source(Box::new(|| Ok(table())));
+        let mut buf = Vec::new();
+        PacketBuilder::ethernet2([0; 6], [0; 6])
+            .ipv4([127, 0, 0, 1], [127, 0, 0, 1], 64)
+            .tcp(40000, 8000, 1, 100)
+            .write(&mut buf, b"")
+            .unwrap();
+        assert_eq!(r.resolve(0, OUT, &buf), Resolution::Owner(owner(2, "curl")));
+        assert_eq!(r.refreshes, 1);
+        // Found in the cached table: no refresh.
+        assert_eq!(
+            r.resolve(200, OUT, &buf),
+            Resolution::Owner(owner(2, "curl"))
+        );
+        assert_eq!(r.refreshes, 1);
+        // A miss right after a refresh: later, without a dump.
+        let mut other = Vec::new();
+        PacketBuilder::ethernet2([0; 6], [0; 6])
+            .ipv4([10, 0, 0, 1], [10, 0, 0, 2], 64)
+            .tcp(1, 2, 1, 100)
+            .write(&mut other, b"")
+            .unwrap();
+        assert_eq!(r.resolve(0, OUT, &other), Resolution::Later);
+        assert_eq!(r.resolve(0, OUT, &other), Resolution::Later);
+        assert_eq!(r.cached(0, OUT, &other), None);
+        assert_eq!(r.refreshes, 1);
+        r.refresh();
+        assert_eq!(r.cached(200, IN, &other), Some(owner(2, "curl")));
+        assert_eq!(r.refreshes, 2);
+    }
+
+    #[test]
+    fn dumps_this_namespace() {
+        // Unprivileged: sock_diag dumps work for any user, /proc shows our own fds.
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let entries = dump_sockets().unwrap();
+        let e = entries
+            .iter()
+            .find(|e| e.proto == TCP && e.local.port() == port)
+            .expect("our listener in the dump");
+        assert_ne!(e.inode, 0);
+        assert_ne!(e.cookie, 0);
+        let owners = socket_owners(&[e.inode].into());
+        assert_eq!(owners[&e.inode].pid, std::process::id());
+    }
+}
