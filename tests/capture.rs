@@ -18,46 +18,7 @@ use std::{
 
 use common::*;
 
-/// The one line tshark always prints on stderr when run as root.
-const ROOT_WARNING: &str = "Running as user \"root\" and group \"root\". This could be dangerous.";
 const PORT: u16 = 8000;
-
-/// `tshark -r FILE ARGS...`: its stdout, after checking it exited 0 with nothing on stderr
-/// but the root warning.
-fn tshark_r(file: &str, args: &[&str]) -> String {
-    let mut cmd = Command::new("tshark");
-    cmd.args(["-r", file])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("cannot run tshark");
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    let st = wait_timeout(&mut child, TIMEOUT).expect("tshark did not finish");
-    let complaints: Vec<&str> = err
-        .lines()
-        .filter(|l| !l.is_empty() && *l != ROOT_WARNING)
-        .collect();
-    assert!(st.success(), "tshark {args:?} failed ({st}): {err}");
-    assert!(
-        complaints.is_empty(),
-        "tshark {args:?} complained: {complaints:?}"
-    );
-    out
-}
 
 /// Waits until `p`'s stderr contains `what`.
 fn wait_stderr(p: &Proc, what: &str) {

@@ -17,53 +17,6 @@ use std::{
 
 use common::*;
 
-/// The one line tshark always prints on stderr when run as root; anything else on stderr is
-/// a complaint about the file.
-const ROOT_WARNING: &str = "Running as user \"root\" and group \"root\". This could be dangerous.";
-
-/// Runs tshark with `args` (stdin from `input` when given); returns its stdout after checking
-/// it exited 0 with nothing on stderr but the root warning.
-fn tshark(args: &[&str], input: Option<Stdio>) -> String {
-    let mut cmd = Command::new("tshark");
-    cmd.args(args)
-        .stdin(input.unwrap_or(Stdio::null()))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("cannot run tshark");
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
-    let st = wait_timeout(&mut child, TIMEOUT).expect("tshark did not finish");
-    let complaints: Vec<&str> = err
-        .lines()
-        .filter(|l| !l.is_empty() && *l != ROOT_WARNING)
-        .collect();
-    assert!(st.success(), "tshark {args:?} failed ({st}): {err}");
-    assert!(
-        complaints.is_empty(),
-        "tshark {args:?} complained: {complaints:?}"
-    );
-    out
-}
-
-/// `tshark -r FILE ARGS...`.
-fn tshark_r(file: &str, args: &[&str]) -> String {
-    let mut a = vec!["-r", file];
-    a.extend_from_slice(args);
-    tshark(&a, None)
-}
-
 /// The two directions of `follow,tcp,raw,N`: (node 0 → node 1, node 1 → node 0).
 fn follow_raw(out: &str) -> (Vec<u8>, Vec<u8>) {
     let mut a = Vec::new();

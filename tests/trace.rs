@@ -12,6 +12,7 @@
 //! up in capagent's `-o` file (see `LiveTrace::poke_until`); only then does the part under
 //! test begin.
 
+#[allow(dead_code)] // the shared harness has helpers these tests do not use (tshark)
 mod common;
 
 use std::{fs, time::Duration};
