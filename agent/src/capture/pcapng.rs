@@ -5,9 +5,7 @@
 //! interface with the kernel's drops.
 
 use std::borrow::Cow;
-use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -20,21 +18,10 @@ use pcap_file::pcapng::blocks::interface_description::{
 use pcap_file::pcapng::blocks::interface_statistics::{
     InterfaceStatisticsBlock, InterfaceStatisticsOption,
 };
-use pcap_file::pcapng::blocks::section_header::{SectionHeaderBlock, SectionHeaderOption};
 
 use super::Packet;
+use crate::output::pcapng::{FLAG_INBOUND, FLAG_OUTBOUND, open_output, section_header, to_io};
 use agent_common::packet_dir;
-
-const BUFFER: usize = 256 * 1024;
-const FLAG_INBOUND: u32 = 0b01;
-const FLAG_OUTBOUND: u32 = 0b10;
-
-fn to_io(e: pcap_file::PcapError) -> io::Error {
-    match e {
-        pcap_file::PcapError::IoError(e) => e,
-        other => io::Error::other(other.to_string()),
-    }
-}
 
 /// Writes captured packets as pcapng.
 pub struct CaptureWriter<W: Write> {
@@ -46,33 +33,14 @@ pub struct CaptureWriter<W: Write> {
 impl CaptureWriter<BufWriter<Box<dyn Write + Send>>> {
     /// Writes to `path` (created or truncated, mode 0600 when created), or stdout for `-`.
     pub fn open(path: &Path, ifaces: &[(u32, String)], snaplen: u32) -> io::Result<Self> {
-        let out: Box<dyn Write + Send> = if path.as_os_str() == "-" {
-            Box::new(io::stdout())
-        } else {
-            Box::new(
-                OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(path)?,
-            )
-        };
-        CaptureWriter::new(BufWriter::with_capacity(BUFFER, out), ifaces, snaplen)
+        CaptureWriter::new(open_output(path)?, ifaces, snaplen)
     }
 }
 
 impl<W: Write> CaptureWriter<W> {
     /// Writes the section header and one IDB per `(ifindex, name)`.
     pub fn new(out: W, ifaces: &[(u32, String)], snaplen: u32) -> io::Result<Self> {
-        let shb = SectionHeaderBlock {
-            options: vec![SectionHeaderOption::UserApplication(Cow::Owned(format!(
-                "capagent {}",
-                env!("CARGO_PKG_VERSION")
-            )))],
-            ..Default::default()
-        };
-        let mut w = PcapNgWriter::with_section_header(out, shb).map_err(to_io)?;
+        let mut w = PcapNgWriter::with_section_header(out, section_header()).map_err(to_io)?;
         for (_, name) in ifaces {
             let idb = InterfaceDescriptionBlock {
                 linktype: DataLink::ETHERNET,

@@ -32,10 +32,40 @@ pub use synth::{Packet, Synth};
 pub const IF_NAME: &str = "capagent-trace";
 const BUFFER: usize = 256 * 1024;
 /// epb_flags direction bits.
-const FLAG_INBOUND: u32 = 0b01;
-const FLAG_OUTBOUND: u32 = 0b10;
+pub(crate) const FLAG_INBOUND: u32 = 0b01;
+pub(crate) const FLAG_OUTBOUND: u32 = 0b10;
 
-fn to_io(e: pcap_file::PcapError) -> io::Error {
+/// Where a pcapng file goes: `path` (created or truncated, mode 0600 when created: payloads
+/// may hold secrets), or stdout for `-`; buffered.
+pub(crate) fn open_output(path: &Path) -> io::Result<BufWriter<Box<dyn Write + Send>>> {
+    let out: Box<dyn Write + Send> = if path.as_os_str() == "-" {
+        Box::new(io::stdout())
+    } else {
+        Box::new(
+            OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(path)?,
+        )
+    };
+    Ok(BufWriter::with_capacity(BUFFER, out))
+}
+
+/// The section header every capagent pcapng file starts with.
+pub(crate) fn section_header() -> SectionHeaderBlock<'static> {
+    SectionHeaderBlock {
+        options: vec![SectionHeaderOption::UserApplication(Cow::Owned(format!(
+            "capagent {}",
+            env!("CARGO_PKG_VERSION")
+        )))],
+        ..Default::default()
+    }
+}
+
+/// A pcapng error as an I/O error.
+pub(crate) fn to_io(e: pcap_file::PcapError) -> io::Error {
     match e {
         pcap_file::PcapError::IoError(e) => e,
         other => io::Error::other(other.to_string()),
@@ -51,33 +81,14 @@ pub struct PcapngWriter<W: Write> {
 impl PcapngWriter<BufWriter<Box<dyn Write + Send>>> {
     /// Writes to `path` (created or truncated, mode 0600 when created), or stdout for `-`.
     pub fn open(path: &Path) -> io::Result<Self> {
-        let out: Box<dyn Write + Send> = if path.as_os_str() == "-" {
-            Box::new(io::stdout())
-        } else {
-            Box::new(
-                OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(path)?,
-            )
-        };
-        PcapngWriter::new(BufWriter::with_capacity(BUFFER, out))
+        PcapngWriter::new(open_output(path)?)
     }
 }
 
 impl<W: Write> PcapngWriter<W> {
     /// Writes the section and interface headers into `out`.
     pub fn new(out: W) -> io::Result<Self> {
-        let shb = SectionHeaderBlock {
-            options: vec![SectionHeaderOption::UserApplication(Cow::Owned(format!(
-                "capagent {}",
-                env!("CARGO_PKG_VERSION")
-            )))],
-            ..Default::default()
-        };
-        let mut w = PcapNgWriter::with_section_header(out, shb).map_err(to_io)?;
+        let mut w = PcapNgWriter::with_section_header(out, section_header()).map_err(to_io)?;
         let idb = InterfaceDescriptionBlock {
             linktype: DataLink::RAW,
             snaplen: 0,
