@@ -474,11 +474,19 @@ fn pid_selects_one_process() {
     let packets = ports_and_comments(file);
     assert!(!packets.is_empty(), "{}", cap.stderr());
     assert_eq!(request_uris(file), ["/big.html?who=curl"], "{packets:?}");
+    // Both directions of curl's connection (on loopback, the server's packets to curl are
+    // curl's too), and nothing else.
     let mine = format!("pid={curl_pid} comm=curl cookie=");
     for (src, dst, comment) in &packets {
         assert!(comment.starts_with(&mine), "{src}->{dst}: {comment}");
-        assert_eq!(*dst, PORT, "a packet of the server: {src}->{dst}");
     }
+    assert!(packets.iter().any(|(_, d, _)| *d == PORT), "{packets:?}");
+    assert!(packets.iter().any(|(s, _, _)| *s == PORT), "{packets:?}");
+    let client_ports: std::collections::HashSet<u16> = packets
+        .iter()
+        .map(|&(s, d, _)| if s == PORT { d } else { s })
+        .collect();
+    assert_eq!(client_ports.len(), 1, "{packets:?}");
 }
 
 #[test]
@@ -496,4 +504,266 @@ fn text_lines_name_the_process() {
             && line.ends_with(&format!(" [curl:{curl_pid}]")),
         "{line}"
     );
+}
+
+/// A line server: answers each line `L` with `RSP L`. Prints `READY <port>`.
+const LINE_SERVER: &str = r#"
+import socket, sys, threading
+addr = sys.argv[1]
+fam = socket.AF_INET6 if ':' in addr else socket.AF_INET
+srv = socket.socket(fam, socket.SOCK_STREAM)
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind((addr, 0))
+srv.listen(16)
+print("READY", srv.getsockname()[1], flush=True)
+def serve(c):
+    f = c.makefile('rb')
+    for line in f:
+        c.sendall(b"RSP " + line)
+    c.close()
+while True:
+    c, _ = srv.accept()
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// A client that connects at once, prints `PID <pid>`, waits for a line on stdin, then
+/// sends `REQ <marker>\n`, prints `GOT <answer>` and closes.
+const LINE_CLIENT: &str = r#"
+import os, socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+print("PID", os.getpid(), flush=True)
+sys.stdin.readline()
+s.sendall(b"REQ " + sys.argv[3].encode() + b"\n")
+data = b""
+while not data.endswith(b"\n"):
+    data += s.recv(4096)
+print("GOT", data.decode().strip(), flush=True)
+s.close()
+"#;
+
+struct LineClient {
+    proc: Proc,
+    pid: u32,
+    stdin: std::process::ChildStdin,
+}
+
+fn line_client(ns: &Netns, dir: &TempDir, addr: &str, port: u16, marker: &str) -> LineClient {
+    let script = dir.write("line_client.py", LINE_CLIENT);
+    let mut cmd = ns.cmd(python());
+    cmd.arg(&script).args([addr, &port.to_string(), marker]);
+    let mut proc = Proc::spawn_piped(marker, cmd);
+    let stdin = proc.child.stdin.take().unwrap();
+    let pid = proc.expect("PID", TIMEOUT).parse().unwrap();
+    LineClient { proc, pid, stdin }
+}
+
+impl LineClient {
+    fn go(&mut self) {
+        use std::io::Write as _;
+        self.stdin.write_all(b"go\n").unwrap();
+    }
+
+    fn done(&mut self, marker: &str) {
+        assert_eq!(
+            self.proc.expect("GOT", TIMEOUT),
+            format!("RSP REQ {marker}")
+        );
+        assert!(self.proc.wait(TIMEOUT).success(), "{}", self.proc.stderr());
+    }
+}
+
+/// Stops a capture with SIGINT, as an analyst does with ^C.
+fn interrupt(p: &mut Proc) {
+    unsafe { libc::kill(p.pid() as i32, libc::SIGINT) };
+    finish(p);
+}
+
+/// Two namespaces joined by a veth pair: `client` (10.77.0.1, dev `vc`) and `server`
+/// (10.77.0.2, dev `vs`).
+fn veth_pair() -> (Netns, Netns) {
+    let client = Netns::new("capc");
+    let server = Netns::new("caps");
+    let ip = |args: &[&str]| {
+        let out = Command::new("ip").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "ip {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ip(&[
+        "-n",
+        &client.name,
+        "link",
+        "add",
+        "vc",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vs",
+        "netns",
+        &server.name,
+    ]);
+    ip(&[
+        "-n",
+        &client.name,
+        "addr",
+        "add",
+        "10.77.0.1/24",
+        "dev",
+        "vc",
+    ]);
+    ip(&[
+        "-n",
+        &server.name,
+        "addr",
+        "add",
+        "10.77.0.2/24",
+        "dev",
+        "vs",
+    ]);
+    ip(&["-n", &client.name, "link", "set", "vc", "up"]);
+    ip(&["-n", &server.name, "link", "set", "vs", "up"]);
+    (client, server)
+}
+
+/// `--pid` of a process whose connection was open before the capture began, with another
+/// process doing the same at the same time: the capture holds exactly the first one's
+/// conversation, both directions, attributed to it; on loopback (both ends local) and on a
+/// veth (ingress packets found by socket lookup, egress ones by their socket).
+fn pid_capture_of_old_connection(veth: bool) {
+    let dir = TempDir::new("cap");
+    let (cns, sns, iface, addr) = if veth {
+        let (c, s) = veth_pair();
+        (c, Some(s), "vc", "10.77.0.2")
+    } else {
+        (Netns::new("cap"), None, "lo", "127.0.0.1")
+    };
+    let server = Server::script(
+        sns.as_ref().unwrap_or(&cns),
+        &dir,
+        "line_server.py",
+        LINE_SERVER,
+        &[addr.to_string()],
+    );
+    let mut a = line_client(&cns, &dir, addr, server.port, "alpha");
+    let mut b = line_client(&cns, &dir, addr, server.port, "bravo");
+    let file = dir.join("old.pcapng");
+    let pid = a.pid.to_string();
+    let mut cap = start_capture(
+        &cns,
+        &["-i", iface, "-w", file.to_str().unwrap(), "--pid", &pid],
+    );
+    a.go();
+    b.go();
+    a.done("alpha");
+    b.done("bravo");
+    // The FIN exchange follows the answer by a moment.
+    thread::sleep(Duration::from_millis(300));
+    interrupt(&mut cap);
+    let file = file.to_str().unwrap();
+    let comments = tshark_r(file, &["-T", "fields", "-e", "frame.comment"]);
+    assert!(count_lines(&comments) >= 6, "{comments}\n{}", cap.stderr());
+    for c in comments.lines() {
+        assert!(
+            c.starts_with(&format!("pid={} comm={} ", a.pid, python_comm())),
+            "{c}"
+        );
+    }
+    let streams = tshark_r(file, &["-T", "fields", "-e", "tcp.stream"]);
+    assert!(streams.lines().all(|l| l == "0"), "{streams}");
+    let (sent, got) = follow_raw(&tshark_r(file, &["-qz", "follow,tcp,raw,0"]));
+    assert_eq!(sent, b"REQ alpha\n");
+    assert_eq!(got, b"RSP REQ alpha\n");
+}
+
+#[test]
+fn pid_capture_of_old_connection_on_lo() {
+    pid_capture_of_old_connection(false);
+}
+
+#[test]
+fn pid_capture_of_old_connection_on_veth() {
+    pid_capture_of_old_connection(true);
+}
+
+/// `capture -- CMD`: the command starts once the capture is live, its children's packets
+/// are kept (curl run by sh), other processes' are not, and capagent exits with its status.
+#[test]
+fn command_capture_follows_children() {
+    let ns = Netns::new("cap");
+    let dir = TempDir::new("cap");
+    let _server = http_server(&ns, &dir);
+    let other = dir.write(
+        "other.py",
+        format!(
+            "import time, urllib.request\n\
+             for i in range(20):\n\
+             \x20   urllib.request.urlopen('http://127.0.0.1:{PORT}/page.html?who=other').read()\n\
+             \x20   time.sleep(0.02)\n"
+        ),
+    );
+    let mut py = ns.cmd(python());
+    py.arg(&other);
+    let mut other_client = Proc::spawn("other client", py);
+    let file = dir.join("cmd.pcapng");
+    let script = format!(
+        "curl -sS -o /dev/null http://127.0.0.1:{PORT}/page.html?n=1 && \
+         curl -sS -o /dev/null http://127.0.0.1:{PORT}/page.html?n=2 && exit 3"
+    );
+    let mut cmd = ns.cmd(CAPAGENT);
+    cmd.args([
+        "capture",
+        "-i",
+        "lo",
+        "-w",
+        file.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        &script,
+    ]);
+    let mut cap = Proc::spawn("capagent", cmd);
+    let st = cap.wait(TIMEOUT);
+    assert_eq!(st.code(), Some(3), "{}", cap.stderr());
+    assert!(
+        other_client.wait(TIMEOUT).success(),
+        "{}",
+        other_client.stderr()
+    );
+    let file = file.to_str().unwrap();
+    assert_eq!(
+        request_uris(file),
+        ["/page.html?n=1", "/page.html?n=2"],
+        "{}",
+        cap.stderr()
+    );
+    let packets = ports_and_comments(file);
+    let pids: std::collections::HashSet<String> = packets
+        .iter()
+        .map(|(s, d, c)| {
+            assert!(c.contains(" comm=curl "), "{s}->{d}: {c}");
+            c.split_whitespace().next().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(pids.len(), 2, "two curl processes: {packets:?}");
+    assert!(packets.iter().any(|(s, _, _)| *s == PORT));
+}
+
+/// A command that cannot start is a one-line error, and nothing stays attached.
+#[test]
+fn command_that_cannot_start() {
+    let ns = Netns::new("cap");
+    let mut cmd = ns.cmd(CAPAGENT);
+    cmd.args(["capture", "-i", "lo", "--", "/nonexistent/cmd"]);
+    let mut cap = Proc::spawn("capagent", cmd);
+    let st = cap.wait(TIMEOUT);
+    assert!(!st.success());
+    let err = cap.stderr();
+    assert!(err.contains("/nonexistent/cmd"), "{err}");
+    let mut tc = ns.cmd("bpftool");
+    tc.args(["net", "show"]);
+    let net = run_output("bpftool", tc, TIMEOUT);
+    assert!(!net.contains("capture"), "{net}");
 }

@@ -17,30 +17,6 @@ use std::{
 
 use common::*;
 
-/// The two directions of `follow,tcp,raw,N`: (node 0 → node 1, node 1 → node 0).
-fn follow_raw(out: &str) -> (Vec<u8>, Vec<u8>) {
-    let mut a = Vec::new();
-    let mut b = Vec::new();
-    let mut body = false;
-    for line in out.lines() {
-        if line.starts_with("Node 1:") {
-            body = true;
-            continue;
-        }
-        if !body {
-            continue;
-        }
-        if line.starts_with("====") {
-            break;
-        }
-        match line.strip_prefix('\t') {
-            Some(hex) => b.extend(unhex(hex.trim())),
-            None => a.extend(unhex(line.trim())),
-        }
-    }
-    (a, b)
-}
-
 const JSON: &[&str] = &["--format", "json"];
 
 fn args_w(file: &str) -> Vec<&str> {

@@ -206,7 +206,8 @@ pub struct KernelOffsets {
     pub task_group_leader: u32,
     pub task_comm: u32,
     pub task_exit_code: u32,
-    pub _pad: u32,
+    /// `struct sock.sk_socket` (capture: from a socket to its inode).
+    pub sk_socket: u32,
     pub files_fdt: u32,
     pub fdt_max_fds: u32,
     pub fdt_fd: u32,
@@ -229,6 +230,42 @@ pub struct KernelOffsets {
     /// syscall number (x86_64: di, si, dx, r10, r8, r9; orig_ax).
     pub regs_args: [u32; 6],
     pub regs_nr: u32,
+    /// `struct socket_alloc.vfs_inode` minus `.socket`: from a `struct socket` to its inode
+    /// (`SOCK_INODE()`).
+    pub socket_inode: u32,
+    pub _pad: u32,
+}
+
+impl KernelOffsets {
+    pub const ZERO: KernelOffsets = KernelOffsets {
+        task_files: 0,
+        task_group_leader: 0,
+        task_comm: 0,
+        task_exit_code: 0,
+        sk_socket: 0,
+        files_fdt: 0,
+        fdt_max_fds: 0,
+        fdt_fd: 0,
+        file_inode: 0,
+        file_private_data: 0,
+        inode_mode: 0,
+        inode_ino: 0,
+        socket_sk: 0,
+        sk_daddr: 0,
+        sk_rcv_saddr: 0,
+        sk_dport: 0,
+        sk_num: 0,
+        sk_family: 0,
+        sk_state: 0,
+        sk_v6_daddr: 0,
+        sk_v6_rcv_saddr: 0,
+        sk_type: 0,
+        sk_protocol: 0,
+        regs_args: [0; 6],
+        regs_nr: 0,
+        socket_inode: 0,
+        _pad: 0,
+    };
 }
 
 /// Load-time configuration of the eBPF programs (a read-only global).
@@ -265,33 +302,7 @@ pub const SYSCALL_TABLE_LEN: usize = 512;
 impl Config {
     pub const fn new() -> Self {
         Config {
-            offsets: KernelOffsets {
-                task_files: 0,
-                task_group_leader: 0,
-                task_comm: 0,
-                task_exit_code: 0,
-                _pad: 0,
-                files_fdt: 0,
-                fdt_max_fds: 0,
-                fdt_fd: 0,
-                file_inode: 0,
-                file_private_data: 0,
-                inode_mode: 0,
-                inode_ino: 0,
-                socket_sk: 0,
-                sk_daddr: 0,
-                sk_rcv_saddr: 0,
-                sk_dport: 0,
-                sk_num: 0,
-                sk_family: 0,
-                sk_state: 0,
-                sk_v6_daddr: 0,
-                sk_v6_rcv_saddr: 0,
-                sk_type: 0,
-                sk_protocol: 0,
-                regs_args: [0; 6],
-                regs_nr: 0,
-            },
+            offsets: KernelOffsets::ZERO,
             snaplen: 0,
             trace_all: 0,
             follow_forks: 0,
@@ -339,8 +350,8 @@ const _: () = assert!(core::mem::size_of::<SockEvent>() == 120 + 32 + 8 + SOCKAD
 const _: () = assert!(core::mem::size_of::<MsgAddr>() == 24);
 const _: () = assert!(core::mem::size_of::<DataEvent>() == 120 + 24 + 24);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 128);
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 30 * 4);
-const _: () = assert!(core::mem::size_of::<Config>() == 120 + 8 + 16 + 8 + SYSCALL_TABLE_LEN);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32 * 4);
+const _: () = assert!(core::mem::size_of::<Config>() == 128 + 8 + 16 + 8 + SYSCALL_TABLE_LEN);
 
 #[cfg(feature = "user")]
 mod user {
@@ -377,7 +388,46 @@ pub struct PacketEvent {
     pub cap_len: u32,
     /// [`packet_dir::INGRESS`] or [`packet_dir::EGRESS`].
     pub dir: u8,
-    pub _pad: [u8; 3],
+    /// [`owner_src`]: how the kernel found the owning socket.
+    pub owner_src: u8,
+    pub _pad: [u8; 2],
+    /// Inode number of the local socket the packet belongs to (egress: the sending socket;
+    /// ingress: the socket the kernel will deliver it to), 0 when the kernel found none.
+    pub ino: u64,
+    /// The process that owns that socket (`SOCK_OWNERS`), zeros when unknown.
+    pub owner: SockOwner,
+}
+
+/// `PacketEvent::owner_src` values.
+pub mod owner_src {
+    /// No local socket found (forwarded traffic, or a socket without an inode).
+    pub const NONE: u8 = 0;
+    /// Socket found, but no owner known for it.
+    pub const SOCKET: u8 = 1;
+    /// Socket and its owner found (`PacketEvent::owner` is valid).
+    pub const OWNER: u8 = 2;
+}
+
+/// The process that owns a socket (value of `SOCK_OWNERS`, key: socket inode number):
+/// the process that created or accepted it, or held it when capture started.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockOwner {
+    /// Process id (tgid).
+    pub pid: u32,
+    /// The thread that created or accepted the socket (= pid when seeded from /proc).
+    pub tid: u32,
+    /// The process's name then.
+    pub comm: [u8; TASK_COMM_LEN],
+}
+
+/// `CaptureConfig::select` values.
+pub mod select {
+    /// Every packet.
+    pub const ALL: u8 = 0;
+    /// Packets of processes in `CAPTURE_PIDS` (or named `CaptureConfig::comm`), and packets
+    /// whose owner the kernel does not know (userspace decides for those).
+    pub const PROCESSES: u8 = 1;
 }
 
 /// Load-time configuration of the capture programs (the `CAPTURE_CONFIG` read-only global).
@@ -388,6 +438,17 @@ pub struct CaptureConfig {
     pub snaplen: u32,
     /// Wake the agent up once this many bytes wait in the ring buffer (it also polls).
     pub wakeup_bytes: u32,
+    pub offsets: KernelOffsets,
+    /// [`select`]: which packets the kernel passes on.
+    pub select: u8,
+    /// Add children of processes in `CAPTURE_PIDS` to it.
+    pub follow_forks: u8,
+    /// With `select`: also processes with this name (when `comm_match`).
+    pub comm_match: u8,
+    pub _pad: u8,
+    /// The agent's own pid.
+    pub self_pid: u32,
+    pub comm: [u8; TASK_COMM_LEN],
 }
 
 impl CaptureConfig {
@@ -395,6 +456,13 @@ impl CaptureConfig {
         CaptureConfig {
             snaplen: PACKET_MAX as u32,
             wakeup_bytes: 256 * 1024,
+            offsets: KernelOffsets::ZERO,
+            select: select::ALL,
+            follow_forks: 0,
+            comm_match: 0,
+            _pad: 0,
+            self_pid: 0,
+            comm: [0; TASK_COMM_LEN],
         }
     }
 }
@@ -415,8 +483,9 @@ pub struct IfCounters {
     pub dropped: u64,
 }
 
-const _: () = assert!(core::mem::size_of::<PacketEvent>() == 32);
-const _: () = assert!(core::mem::size_of::<CaptureConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<PacketEvent>() == 32 + 8 + 24);
+const _: () = assert!(core::mem::size_of::<SockOwner>() == 24);
+const _: () = assert!(core::mem::size_of::<CaptureConfig>() == 8 + 128 + 8 + 16);
 const _: () = assert!(core::mem::size_of::<IfCounters>() == 16);
 
 #[cfg(feature = "user")]
@@ -424,4 +493,5 @@ mod user_capture {
     // SAFETY: plain-old-data, repr(C), no padding (asserted above).
     unsafe impl aya::Pod for super::CaptureConfig {}
     unsafe impl aya::Pod for super::IfCounters {}
+    unsafe impl aya::Pod for super::SockOwner {}
 }

@@ -42,7 +42,7 @@ struct PacketScratch {
 static PACKET_SCRATCH: Array<PacketScratch> = Array::with_max_entries(1, 0);
 
 #[inline(always)]
-fn capture_conf() -> &'static CaptureConfig {
+pub(crate) fn capture_conf() -> &'static CaptureConfig {
     let p: *const CaptureConfig = &CAPTURE_CONFIG;
     unsafe { &*core::ptr::read_volatile(&p) }
 }
@@ -64,11 +64,36 @@ fn capture(ctx: &TcContext, dir: u8) {
     let skb = ctx.as_ptr() as *mut __sk_buff;
     let ifindex = unsafe { (*skb).ifindex };
     let orig_len = unsafe { (*skb).len };
+    let Some((owner_src, ino, owner)) = crate::owner::packet_owner(ctx, dir) else {
+        return;
+    };
+    let cookie = unsafe { bpf_get_socket_cookie(skb as *mut _) };
+    let head = PacketEvent {
+        ts_ns: 0,
+        cookie,
+        ifindex,
+        orig_len,
+        cap_len: 0,
+        dir,
+        owner_src,
+        _pad: [0; 2],
+        ino,
+        owner,
+    };
+    submit(head, |dst, n| unsafe {
+        bpf_skb_load_bytes(skb as *const _, 0, dst.cast(), n)
+    });
+}
+
+/// Copies the first `snaplen` bytes of a packet of `head.orig_len` bytes with `load(dst,
+/// n)` (0 on success) and hands the record to userspace, counting it per interface.
+#[inline(always)]
+pub(crate) fn submit(mut head: PacketEvent, load: impl Fn(*mut u8, u32) -> i64) {
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let Some(s) = PACKET_SCRATCH.get_ptr_mut(cpu) else {
         return;
     };
-    let mut n = orig_len;
+    let mut n = head.orig_len;
     let snaplen = capture_conf().snaplen;
     if n > snaplen {
         n = snaplen;
@@ -76,24 +101,13 @@ fn capture(ctx: &TcContext, dir: u8) {
     if n > PACKET_MAX as u32 {
         n = PACKET_MAX as u32;
     }
-    if n > 0 {
-        let r =
-            unsafe { bpf_skb_load_bytes(skb as *const _, 0, (*s).data.as_mut_ptr() as *mut _, n) };
-        if r != 0 {
-            n = 0;
-        }
+    if n > 0 && load(unsafe { (*s).data.as_mut_ptr() }, n) != 0 {
+        n = 0;
     }
-    unsafe {
-        (*s).ev = PacketEvent {
-            ts_ns: bpf_ktime_get_boot_ns(),
-            cookie: bpf_get_socket_cookie(skb as *mut _),
-            ifindex,
-            orig_len,
-            cap_len: n,
-            dir,
-            _pad: [0; 3],
-        };
-    }
+    head.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
+    head.cap_len = n;
+    let ifindex = head.ifindex;
+    unsafe { (*s).ev = head };
     let size = core::mem::size_of::<PacketEvent>() + n as usize;
     let bytes = unsafe { core::slice::from_raw_parts(s as *const u8, size) };
     let ok = PACKETS

@@ -24,6 +24,12 @@ mod prog;
 mod capture;
 
 #[cfg(target_arch = "bpf")]
+mod owner;
+
+#[cfg(target_arch = "bpf")]
+mod xdp;
+
+#[cfg(target_arch = "bpf")]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {
     loop {}

@@ -100,7 +100,7 @@ pub struct TraceArgs {
 
 #[derive(Args, Debug, Clone)]
 #[command(
-    after_help = "Examples:\n  sudo capagent capture -i lo\n  sudo capagent capture -i eth0 -i lo -w all.pcapng --duration 10\n  sudo capagent capture -i eth0 -s 96 -c 100\n  sudo capagent capture -i lo --comm curl -w curl.pcapng"
+    after_help = "Examples:\n  sudo capagent capture -i lo\n  sudo capagent capture -i eth0 -i lo -w all.pcapng --duration 10\n  sudo capagent capture -i eth0 -s 96 -c 100\n  sudo capagent capture -i lo --comm curl -w curl.pcapng\n  sudo capagent capture -i lo -w curl.pcapng -- curl -s http://127.0.0.1:8000/"
 )]
 pub struct CaptureArgs {
     /// Capture on this interface; repeatable.
@@ -118,16 +118,25 @@ pub struct CaptureArgs {
     /// Stop after this many packets (counted before the --pid/--comm selection).
     #[arg(short = 'c', long, value_name = "COUNT")]
     pub count: Option<u64>,
-    /// Keep only the packets of this process's sockets; repeatable (selected in userspace).
+    /// Keep only the packets of this process's sockets, including connections it opened
+    /// before the capture began; repeatable (selected in the kernel).
     #[arg(short, long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
     /// Keep only the packets of processes with this name (as in /proc/PID/comm).
     #[arg(long, value_name = "NAME")]
     pub comm: Option<String>,
+    /// With --pid: also the packets of the processes it forks from now on (always with
+    /// `-- CMD`).
+    #[arg(short = 'f', long)]
+    pub follow_forks: bool,
     /// Size of the kernel ring buffer in KiB (power of two, at least 4).
     #[arg(long, default_value_t = 32768, value_name = "KIB")]
     pub ring_kib: u32,
     /// Do not print the summary at exit.
     #[arg(long)]
     pub no_summary: bool,
+    /// Command to start once the capture is live; only its packets (and its children's)
+    /// are kept, and the capture ends when it exits (with its exit status).
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
 }

@@ -8,7 +8,7 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    capture::{self, CaptureOptions, session::SessionOptions},
+    capture::{self, CaptureOptions, Selection, session::SessionOptions},
     cli::{CaptureArgs, Cli, Command, TraceArgs},
     output::{EventWriter, FanOut, Writer, pcapng::PcapngWriter, text::TextConfig},
     trace::{
@@ -50,15 +50,22 @@ fn capture(args: CaptureArgs) -> anyhow::Result<ExitCode> {
         ring_bytes: args.ring_kib.saturating_mul(1024),
         duration: args.duration.map(Duration::from_secs_f64),
         count: args.count,
+        select: Selection {
+            pids: args.pids.clone(),
+            comm: args.comm.clone(),
+            follow_forks: args.follow_forks,
+        },
     };
+    for &pid in &args.pids {
+        crate::trace::target::check_pid(pid)?;
+    }
     let session = SessionOptions {
         write: args.write.clone(),
-        pids: args.pids.clone(),
-        comm: args.comm.clone(),
         no_summary: args.no_summary,
+        command: args.command.clone(),
     };
-    capture::session::run(&opts, &session)?;
-    Ok(ExitCode::SUCCESS)
+    let outcome = capture::session::run(&opts, &session)?;
+    Ok(outcome.exit_status.map_or(ExitCode::SUCCESS, exit_code_of))
 }
 
 fn trace(args: TraceArgs) -> anyhow::Result<ExitCode> {

@@ -175,7 +175,7 @@ impl Drop for Netns {
 /// A background process whose stdout lines arrive on a channel; killed on drop.
 pub struct Proc {
     pub name: String,
-    child: Child,
+    pub child: Child,
     lines: Receiver<String>,
     seen: Vec<String>,
     stderr: Arc<Mutex<String>>,
@@ -183,8 +183,17 @@ pub struct Proc {
 
 impl Proc {
     /// Spawns `cmd` with stdin from `/dev/null`.
-    pub fn spawn(name: &str, mut cmd: Command) -> Proc {
-        cmd.stdin(Stdio::null())
+    pub fn spawn(name: &str, cmd: Command) -> Proc {
+        Proc::spawn_with(name, cmd, Stdio::null())
+    }
+
+    /// Spawns `cmd` with a pipe as stdin (`child.stdin`).
+    pub fn spawn_piped(name: &str, cmd: Command) -> Proc {
+        Proc::spawn_with(name, cmd, Stdio::piped())
+    }
+
+    fn spawn_with(name: &str, mut cmd: Command, stdin: Stdio) -> Proc {
+        cmd.stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = cmd
@@ -1006,4 +1015,28 @@ pub fn tshark_r(file: &str, args: &[&str]) -> String {
     let mut a = vec!["-r", file];
     a.extend_from_slice(args);
     tshark(&a, None)
+}
+
+/// The two directions of `follow,tcp,raw,N`: (node 0 → node 1, node 1 → node 0).
+pub fn follow_raw(out: &str) -> (Vec<u8>, Vec<u8>) {
+    let mut a = Vec::new();
+    let mut b = Vec::new();
+    let mut body = false;
+    for line in out.lines() {
+        if line.starts_with("Node 1:") {
+            body = true;
+            continue;
+        }
+        if !body {
+            continue;
+        }
+        if line.starts_with("====") {
+            break;
+        }
+        match line.strip_prefix('\t') {
+            Some(hex) => b.extend(unhex(hex.trim())),
+            None => a.extend(unhex(line.trim())),
+        }
+    }
+    (a, b)
 }

@@ -18,11 +18,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use agent_common::{CaptureConfig, IfCounters, PACKET_MAX, PacketEvent};
-use aya::maps::{MapData, PerCpuHashMap, PerCpuValues, RingBuf};
+use agent_common::{
+    CaptureConfig, IfCounters, PACKET_MAX, PacketEvent, SockOwner, owner_src, select,
+};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap, PerCpuValues, RingBuf};
 use thiserror::Error;
 
-use crate::kernel::{self, KernelError};
+use crate::{
+    kernel::{self, KernelError},
+    trace::target::{self, HeldChild, TargetError},
+};
 
 #[derive(Debug, Error)]
 pub enum CaptureError {
@@ -50,6 +55,13 @@ pub enum CaptureError {
     Open {
         path: std::path::PathBuf,
         source: io::Error,
+    },
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
     },
 }
 
@@ -108,6 +120,22 @@ pub struct CaptureOptions {
     pub ring_bytes: u32,
     pub duration: Option<Duration>,
     pub count: Option<u64>,
+    pub select: Selection,
+}
+
+/// Whose packets to keep (`--pid`, `--comm`, `-- CMD`); everybody's when empty.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    pub pids: Vec<u32>,
+    pub comm: Option<String>,
+    /// Children of selected processes are selected too (always with `-- CMD`).
+    pub follow_forks: bool,
+}
+
+impl Selection {
+    pub fn is_active(&self) -> bool {
+        !self.pids.is_empty() || self.comm.is_some()
+    }
 }
 
 /// One packet from the kernel; `data` borrows the ring buffer record.
@@ -119,7 +147,18 @@ pub struct Packet<'a> {
     pub ifindex: u32,
     pub orig_len: u32,
     pub dir: u8,
+    /// Inode number of the local socket the kernel found for the packet, 0 when none.
+    pub ino: u64,
+    /// The owner of that socket as the kernel knows it. With a [`Selection`], the kernel
+    /// has already checked a packet that has one.
+    pub owner: Option<SockOwner>,
     pub data: &'a [u8],
+}
+
+/// A process name from a NUL-padded kernel `comm`.
+pub fn comm_str(comm: &[u8]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
 }
 
 /// Decodes one `PACKETS` record (a [`PacketEvent`] and its bytes).
@@ -137,6 +176,8 @@ pub fn decode(rec: &[u8]) -> Option<Packet<'_>> {
         ifindex: ev.ifindex,
         orig_len: ev.orig_len,
         dir: ev.dir,
+        ino: ev.ino,
+        owner: (ev.owner_src == owner_src::OWNER).then_some(ev.owner),
         data,
     })
 }
@@ -150,6 +191,8 @@ pub struct CaptureOutcome {
     pub per_iface: Vec<(u32, u64, u64)>,
     /// How the programs were attached.
     pub mode: Option<attach::Mode>,
+    /// The exit status of the `-- CMD` process.
+    pub exit_status: Option<std::process::ExitStatus>,
 }
 
 impl CaptureOutcome {
@@ -196,17 +239,32 @@ impl<F: FnMut(&Packet<'_>, u64) -> io::Result<()>> PacketSink for F {
 }
 
 /// Runs a capture session on `ifaces` (from [`resolve`]), handing every packet to `sink`
-/// with its wall-clock timestamp, until a signal, the duration or the packet count.
+/// with its wall-clock timestamp, until a signal, the duration, the packet count, or the end
+/// of `child` (`-- CMD`, held before exec: released once the capture is live).
 pub fn run(
     opts: &CaptureOptions,
     ifaces: &[Iface],
     sink: &mut dyn PacketSink,
+    mut child: Option<&mut HeldChild>,
 ) -> Result<CaptureOutcome, CaptureError> {
     kernel::require_root("capagent capture")?;
-    let config = CaptureConfig {
+    kernel::ensure_tracefs()?;
+    let sel = &opts.select;
+    let mut config = CaptureConfig {
         snaplen: opts.snaplen,
         wakeup_bytes: (256 * 1024).min(opts.ring_bytes / 8),
+        offsets: kernel::btf::resolve_offsets().map_err(KernelError::from)?,
+        self_pid: std::process::id(),
+        follow_forks: u8::from(sel.follow_forks),
+        ..CaptureConfig::new()
     };
+    if sel.is_active() {
+        config.select = select::PROCESSES;
+    }
+    if let Some(name) = &sel.comm {
+        config.comm_match = 1;
+        config.comm = target::comm_filter(name)?;
+    }
     let _span = tracing::info_span!("capture").entered();
     let mut attached = attach::Attached::new(kernel::load_capture(&config, opts.ring_bytes)?);
     let mut ring: RingBuf<MapData> = kernel::take_map(attached.ebpf(), "PACKETS")?;
@@ -220,6 +278,24 @@ pub fn run(
             .insert(iface.ifindex, zeros, 0)
             .map_err(CaptureError::Stats)?;
     }
+    // Socket owners: new sockets from the tracepoints (attached first), then the sockets
+    // that exist now from /proc (without overwriting what the tracepoints found).
+    for tp in ["sys_exit_socket", "sys_exit_accept", "sys_exit_accept4"] {
+        kernel::attach_tracepoint(attached.ebpf(), "capture_sock_exit", "syscalls", tp)?;
+    }
+    kernel::attach_tracepoint(attached.ebpf(), "capture_newtask", "task", "task_newtask")?;
+    let mut owners: BpfHashMap<MapData, u64, SockOwner> =
+        kernel::take_map(attached.ebpf(), "SOCK_OWNERS")?;
+    let seeded = seed_owners(&mut owners);
+    tracing::debug!(seeded, "socket owners from /proc");
+    let mut pids: BpfHashMap<MapData, u32, u8> = kernel::take_map(attached.ebpf(), "CAPTURE_PIDS")?;
+    let map_err = |source| CaptureError::Map {
+        name: "CAPTURE_PIDS",
+        source,
+    };
+    for &pid in &sel.pids {
+        pids.insert(pid, 1, 0).map_err(map_err)?;
+    }
     attached.attach_all(ifaces)?;
     // Like tcpdump's "listening on": the capture is live from here on.
     let names: Vec<&str> = ifaces.iter().map(|i| i.name.as_str()).collect();
@@ -232,6 +308,9 @@ pub fn run(
         },
         opts.snaplen
     );
+    if let Some(c) = child.as_deref_mut() {
+        c.release()?;
+    }
 
     crate::signals::install();
     let offset = crate::trace::assemble::boot_to_wall_offset_ns();
@@ -242,6 +321,7 @@ pub fn run(
     };
     let mut output_error = None;
     let limit = opts.count.unwrap_or(u64::MAX);
+    let mut child_gone: Option<Instant> = None;
     let mut drain = |ring: &mut RingBuf<MapData>, outcome: &mut CaptureOutcome| {
         while let Some(item) = ring.next() {
             if outcome.packets >= limit || output_error.is_some() {
@@ -272,9 +352,19 @@ pub fn run(
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&mut pfd, 1, 10) };
         drain(&mut ring, &mut outcome);
+        if let Some(c) = child.as_deref_mut()
+            && outcome.exit_status.is_none()
+            && let Some(status) = c.try_wait().map_err(CaptureError::Output)?
+        {
+            outcome.exit_status = Some(status);
+            // The last packets of the command (its FIN, the peer's ACK) are a few
+            // microseconds behind its exit.
+            child_gone = Some(Instant::now());
+        }
         if crate::signals::stop_requested()
             || deadline.is_some_and(|d| Instant::now() >= d)
             || outcome.packets >= limit
+            || child_gone.is_some_and(|t| t.elapsed() >= Duration::from_millis(100))
         {
             break;
         }
@@ -302,6 +392,28 @@ pub fn run(
     Ok(outcome)
 }
 
+/// Puts the owner of every socket open now (from /proc) into `SOCK_OWNERS`, leaving
+/// entries the tracepoints already made alone. Returns how many were added.
+fn seed_owners(map: &mut BpfHashMap<MapData, u64, SockOwner>) -> usize {
+    const BPF_NOEXIST: u64 = 1;
+    let mut n = 0;
+    for (ino, o) in owner::socket_owners(None) {
+        let mut comm = [0u8; agent_common::TASK_COMM_LEN];
+        for (d, s) in comm.iter_mut().zip(o.comm.bytes().take(15)) {
+            *d = s;
+        }
+        let v = SockOwner {
+            pid: o.pid,
+            tid: o.pid,
+            comm,
+        };
+        if map.insert(u64::from(ino), v, BPF_NOEXIST).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,7 +427,14 @@ mod tests {
             orig_len: 100,
             cap_len: 4,
             dir: agent_common::packet_dir::INGRESS,
-            _pad: [0; 3],
+            owner_src: owner_src::OWNER,
+            _pad: [0; 2],
+            ino: 77,
+            owner: SockOwner {
+                pid: 42,
+                tid: 43,
+                comm: *b"curl\0\0\0\0\0\0\0\0\0\0\0\0",
+            },
         };
         let mut rec = vec![0u8; size_of::<PacketEvent>()];
         // SAFETY: rec holds a PacketEvent's size.
@@ -324,6 +443,12 @@ mod tests {
         let p = decode(&rec).unwrap();
         assert_eq!((p.ts_ns, p.cookie, p.ifindex, p.orig_len), (5, 9, 3, 100));
         assert_eq!(p.data, &[1, 2, 3, 4]);
+        assert_eq!(p.ino, 77);
+        let o = p.owner.unwrap();
+        assert_eq!(
+            (o.pid, o.tid, comm_str(&o.comm)),
+            (42, 43, "curl".to_string())
+        );
         assert!(decode(&rec[..rec.len() - 1]).is_none());
         assert!(decode(&rec[..10]).is_none());
     }
@@ -336,6 +461,7 @@ mod tests {
             ring_bytes: 1 << 20,
             duration: None,
             count: None,
+            select: Selection::default(),
         };
         let e = resolve(&opts).unwrap_err().to_string();
         assert_eq!(e, "no such interface: nosuchif0");

@@ -274,9 +274,9 @@ pub fn dump_sockets() -> io::Result<Vec<SockEntry>> {
     result.map(|()| all)
 }
 
-/// `inode -> owner` for the socket inodes in `wanted`, from `/proc/*/fd` (the lowest pid
-/// wins when processes share a socket).
-pub fn socket_owners(wanted: &std::collections::HashSet<u32>) -> HashMap<u32, Owner> {
+/// `inode -> owner` for the socket inodes in `wanted` (all sockets with `None`), from
+/// `/proc/*/fd` (the lowest pid wins when processes share a socket).
+pub fn socket_owners(wanted: Option<&std::collections::HashSet<u32>>) -> HashMap<u32, Owner> {
     let mut out: HashMap<u32, Owner> = HashMap::new();
     let Ok(procs) = fs::read_dir("/proc") else {
         return out;
@@ -303,7 +303,7 @@ pub fn socket_owners(wanted: &std::collections::HashSet<u32>) -> HashMap<u32, Ow
             else {
                 continue;
             };
-            if !wanted.contains(&inode) || out.contains_key(&inode) {
+            if wanted.is_some_and(|w| !w.contains(&inode)) || out.contains_key(&inode) {
                 continue;
             }
             let comm = comm
@@ -442,7 +442,7 @@ impl Resolver {
                 .map(|e| e.inode)
                 .filter(|&i| i != 0)
                 .collect();
-            let owners = socket_owners(&wanted);
+            let owners = socket_owners(Some(&wanted));
             tracing::trace!(?entries, ?owners, "socket dump");
             Ok(OwnerTable::build(&entries, &owners))
         }))
@@ -772,7 +772,7 @@ mod tests {
             .expect("our listener in the dump");
         assert_ne!(e.inode, 0);
         assert_ne!(e.cookie, 0);
-        let owners = socket_owners(&[e.inode].into());
+        let owners = socket_owners(Some(&[e.inode].into()));
         assert_eq!(owners[&e.inode].pid, std::process::id());
     }
 }

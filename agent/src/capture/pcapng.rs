@@ -134,6 +134,8 @@ mod tests {
             ifindex: 7,
             orig_len: 1514,
             dir: packet_dir::EGRESS,
+            ino: 0,
+            owner: None,
             data: &data,
         };
         w.write_packet(&p, 1_700_000_000_123_456_789, "cookie=42")

@@ -16,36 +16,85 @@ use std::{
 };
 
 use super::{
-    CaptureError, CaptureOptions, CaptureOutcome, Iface, Packet, PacketSink,
-    owner::{Owner, Resolution, Resolver},
+    CaptureError, CaptureOptions, CaptureOutcome, Iface, Packet, PacketSink, Selection, comm_str,
+    owner::{FiveTuple, Owner, Resolution, Resolver, five_tuple},
     pcapng::CaptureWriter,
     text,
 };
+use crate::trace::target::HeldChild;
 
-/// Output and selection of a session.
+/// Output of a session.
 #[derive(Debug, Clone, Default)]
 pub struct SessionOptions {
     /// pcapng file (`-` for stdout); text lines on stdout when `None`.
     pub write: Option<PathBuf>,
-    /// Keep only the packets of these processes (with `comm`: of either).
-    pub pids: Vec<u32>,
-    /// Keep only the packets of processes with this name.
-    pub comm: Option<String>,
     pub no_summary: bool,
+    /// `-- CMD`: start it (held until the capture is live), select its packets and those of
+    /// its children, and stop when it exits.
+    pub command: Vec<String>,
 }
 
-impl SessionOptions {
-    fn selecting(&self) -> bool {
-        !self.pids.is_empty() || self.comm.is_some()
+/// The userspace side of a [`Selection`], for the packets whose owner the kernel did not
+/// know (it selects the others itself): by pid, by name, or as a descendant of a selected
+/// pid (from /proc, remembered).
+pub struct Selector {
+    sel: Selection,
+    descendants: std::collections::HashMap<u32, bool>,
+}
+
+impl Selector {
+    pub fn new(sel: Selection) -> Selector {
+        Selector {
+            sel,
+            descendants: std::collections::HashMap::new(),
+        }
     }
 
     /// Whether a packet of `owner` is kept.
-    pub fn selects(&self, owner: Option<&Owner>) -> bool {
-        if !self.selecting() {
+    pub fn selects(&mut self, owner: Option<&Owner>) -> bool {
+        if !self.sel.is_active() {
             return true;
         }
-        owner.is_some_and(|o| self.pids.contains(&o.pid) || self.comm.as_deref() == Some(&o.comm))
+        let Some(o) = owner else { return false };
+        if self.sel.pids.contains(&o.pid) || self.sel.comm.as_deref() == Some(&o.comm) {
+            return true;
+        }
+        if !self.sel.follow_forks {
+            return false;
+        }
+        if let Some(&d) = self.descendants.get(&o.pid) {
+            return d;
+        }
+        let d = descends_from(o.pid, &self.sel.pids);
+        self.descendants.insert(o.pid, d);
+        d
     }
+}
+
+/// True when one of `pid`'s ancestors (from /proc/PID/stat) is in `roots`.
+fn descends_from(pid: u32, roots: &[u32]) -> bool {
+    let mut p = pid;
+    for _ in 0..64 {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            return false;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces and parentheses.
+        let Some(ppid) = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            return false;
+        };
+        if roots.contains(&ppid) {
+            return true;
+        }
+        if ppid <= 1 {
+            return false;
+        }
+        p = ppid;
+    }
+    false
 }
 
 /// The pcapng comment of a packet.
@@ -76,13 +125,34 @@ struct Pending {
     ifindex: u32,
     orig_len: u32,
     dir: u8,
+    /// The owner the kernel gave it.
+    kernel_owner: Option<Owner>,
     data: Vec<u8>,
 }
 
 const MAX_PENDING: usize = 100_000;
 
-struct Sink<'a> {
-    opts: &'a SessionOptions,
+/// A connection: protocol and its two ends. Without a selection, packets are attributed to
+/// their sender where the kernel can tell (on loopback both ends are local), so the key
+/// keeps the direction; with one, both directions of a selected connection are kept.
+type FlowKey = (u8, std::net::SocketAddr, std::net::SocketAddr);
+
+fn flow_key(t: &FiveTuple, directed: bool) -> FlowKey {
+    if directed || t.src <= t.dst {
+        (t.proto, t.src, t.dst)
+    } else {
+        (t.proto, t.dst, t.src)
+    }
+}
+
+const MAX_FLOWS: usize = 65536;
+
+struct Sink {
+    selector: Selector,
+    /// The owner the kernel gave the last packet of each connection: packets of the same
+    /// connection the kernel finds no owner for (after close, in TIME_WAIT, a delivery to a
+    /// socket not accepted yet) get it too.
+    flows: std::collections::HashMap<FlowKey, Owner>,
     names: Vec<(u32, String)>,
     out: Out,
     resolver: Resolver,
@@ -91,10 +161,18 @@ struct Sink<'a> {
     written: u64,
 }
 
-impl Sink<'_> {
-    fn emit(&mut self, p: &Packet<'_>, ts_ns: u64, owner: Option<&Owner>) -> io::Result<()> {
-        tracing::trace!(cookie = p.cookie, ?owner, "packet");
-        if !self.opts.selects(owner) {
+impl Sink {
+    /// Writes a packet; `by_kernel`: the owner comes from the kernel, which already applied
+    /// the selection.
+    fn emit(
+        &mut self,
+        p: &Packet<'_>,
+        ts_ns: u64,
+        owner: Option<&Owner>,
+        by_kernel: bool,
+    ) -> io::Result<()> {
+        tracing::trace!(cookie = p.cookie, ?owner, by_kernel, "packet");
+        if !by_kernel && !self.selector.selects(owner) {
             return Ok(());
         }
         self.written += 1;
@@ -125,18 +203,46 @@ impl Sink<'_> {
         }
         self.resolver.refresh();
         while let Some(q) = self.pending.pop_front() {
-            let owner = self.resolver.cached(q.cookie, q.dir, &q.data);
+            let by_kernel = q.kernel_owner.is_some();
+            let owner = match q.kernel_owner {
+                Some(o) => Some(o),
+                None => self
+                    .flow_owner(&q.data)
+                    .or_else(|| self.resolver.cached(q.cookie, q.dir, &q.data)),
+            };
             let p = Packet {
                 ts_ns: q.ts_ns,
                 cookie: q.cookie,
                 ifindex: q.ifindex,
                 orig_len: q.orig_len,
                 dir: q.dir,
+                ino: 0,
+                owner: None,
                 data: &q.data,
             };
-            self.emit(&p, q.ts_ns, owner.as_ref())?;
+            self.emit(&p, q.ts_ns, owner.as_ref(), by_kernel)?;
         }
         Ok(())
+    }
+
+    fn flow_key_of(&self, data: &[u8]) -> Option<FlowKey> {
+        five_tuple(data).map(|t| flow_key(&t, !self.selector.sel.is_active()))
+    }
+
+    fn remember_flow(&mut self, data: &[u8], o: &Owner) {
+        let Some(key) = self.flow_key_of(data) else {
+            return;
+        };
+        if self.flows.get(&key) != Some(o) {
+            if self.flows.len() >= MAX_FLOWS {
+                self.flows.clear();
+            }
+            self.flows.insert(key, o.clone());
+        }
+    }
+
+    fn flow_owner(&self, data: &[u8]) -> Option<Owner> {
+        self.flows.get(&self.flow_key_of(data)?).cloned()
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -147,34 +253,54 @@ impl Sink<'_> {
     }
 }
 
-impl PacketSink for Sink<'_> {
+impl PacketSink for Sink {
     fn packet(&mut self, p: &Packet<'_>, ts_ns: u64) -> io::Result<()> {
         self.drain_pending(false)?;
-        let queue = |s: &mut Self| {
-            s.pending.push_back(Pending {
+        let kernel_owner = p.owner.map(|k| Owner {
+            pid: k.pid,
+            comm: comm_str(&k.comm),
+        });
+        if let Some(o) = &kernel_owner {
+            self.remember_flow(p.data, o);
+        }
+        if !self.pending.is_empty() && self.pending.len() < MAX_PENDING {
+            // Packets keep their order behind one that waits for its owner.
+            self.pending.push_back(Pending {
                 ts_ns,
                 cookie: p.cookie,
                 ifindex: p.ifindex,
                 orig_len: p.orig_len,
                 dir: p.dir,
+                kernel_owner,
                 data: p.data.to_vec(),
-            })
-        };
-        if self.pending.len() >= MAX_PENDING {
-            // Too many waiting: no more waiting for this one.
-            let owner = self.resolver.cached(p.cookie, p.dir, p.data);
-            return self.emit(p, ts_ns, owner.as_ref());
-        }
-        if !self.pending.is_empty() {
-            queue(self);
+            });
             return Ok(());
         }
+        if let Some(o) = kernel_owner {
+            return self.emit(p, ts_ns, Some(&o), true);
+        }
+        if let Some(o) = self.flow_owner(p.data) {
+            return self.emit(p, ts_ns, Some(&o), false);
+        }
+        if !self.pending.is_empty() {
+            // Too many waiting: no more waiting for this one.
+            let owner = self.resolver.cached(p.cookie, p.dir, p.data);
+            return self.emit(p, ts_ns, owner.as_ref(), false);
+        }
         match self.resolver.resolve(p.cookie, p.dir, p.data) {
-            Resolution::Owner(o) => self.emit(p, ts_ns, Some(&o))?,
+            Resolution::Owner(o) => self.emit(p, ts_ns, Some(&o), false)?,
             // A packet with a socket cookie comes from a local socket: one the fresh table
             // did not show yet gets a second chance at the next refresh.
-            Resolution::Unknown if p.cookie == 0 => self.emit(p, ts_ns, None)?,
-            Resolution::Unknown | Resolution::Later => queue(self),
+            Resolution::Unknown if p.cookie == 0 => self.emit(p, ts_ns, None, false)?,
+            Resolution::Unknown | Resolution::Later => self.pending.push_back(Pending {
+                ts_ns,
+                cookie: p.cookie,
+                ifindex: p.ifindex,
+                orig_len: p.orig_len,
+                dir: p.dir,
+                kernel_owner: None,
+                data: p.data.to_vec(),
+            }),
         }
         Ok(())
     }
@@ -200,6 +326,16 @@ fn now_wall_ns() -> u64 {
 /// Runs a whole session: capture, attribution, selection, output, statistics and summary.
 pub fn run(opts: &CaptureOptions, sopts: &SessionOptions) -> Result<CaptureOutcome, CaptureError> {
     let ifaces: Vec<Iface> = super::resolve(opts)?;
+    let mut opts = opts.clone();
+    let mut child = None;
+    if !sopts.command.is_empty() {
+        super::kernel::require_root("capagent capture")?;
+        let held = HeldChild::spawn(&sopts.command)?;
+        opts.select.pids.push(held.pid());
+        opts.select.follow_forks = true;
+        child = Some(held);
+    }
+    let opts = &opts;
     let names: Vec<(u32, String)> = ifaces.iter().map(|i| (i.ifindex, i.name.clone())).collect();
     let out = match &sopts.write {
         Some(p) => Out::Pcap(
@@ -211,7 +347,8 @@ pub fn run(opts: &CaptureOptions, sopts: &SessionOptions) -> Result<CaptureOutco
         None => Out::Text(BufWriter::new(io::stdout().lock())),
     };
     let mut sink = Sink {
-        opts: sopts,
+        selector: Selector::new(opts.select.clone()),
+        flows: std::collections::HashMap::new(),
         names,
         out,
         resolver: Resolver::system(),
@@ -219,7 +356,14 @@ pub fn run(opts: &CaptureOptions, sopts: &SessionOptions) -> Result<CaptureOutco
         last_flush: Instant::now(),
         written: 0,
     };
-    let outcome = super::run(opts, &ifaces, &mut sink);
+    let outcome = super::run(opts, &ifaces, &mut sink, child.as_mut());
+    if let Some(c) = child.as_mut()
+        && outcome.as_ref().is_err()
+    {
+        // Never leave the held command behind.
+        unsafe { libc::kill(c.pid() as i32, libc::SIGKILL) };
+        let _ = c.wait();
+    }
     // Whatever was captured is written, even when the capture ended with an error.
     let end = sink
         .drain_pending(true)
@@ -236,7 +380,7 @@ pub fn run(opts: &CaptureOptions, sopts: &SessionOptions) -> Result<CaptureOutco
         w.flush().map_err(CaptureError::Output)?;
     }
     if !sopts.no_summary {
-        let selected = if sopts.selecting() {
+        let selected = if opts.select.is_active() {
             format!(", {} of them selected", sink.written)
         } else {
             String::new()
@@ -269,17 +413,34 @@ mod tests {
         );
         assert_eq!(text_suffix(Some(&curl)), " [curl:42]");
         assert_eq!(text_suffix(None), " [-]");
-        let all = SessionOptions::default();
+        let mut all = Selector::new(Selection::default());
         assert!(all.selects(None) && all.selects(Some(&curl)));
-        let by_pid = SessionOptions {
+        let mut by_pid = Selector::new(Selection {
             pids: vec![1, 42],
-            ..SessionOptions::default()
-        };
+            ..Selection::default()
+        });
         assert!(by_pid.selects(Some(&curl)) && !by_pid.selects(None));
-        let by_comm = SessionOptions {
+        let mut by_comm = Selector::new(Selection {
             comm: Some("wget".into()),
-            ..SessionOptions::default()
-        };
+            ..Selection::default()
+        });
         assert!(!by_comm.selects(Some(&curl)) && !by_comm.selects(None));
+        // Descendants: this test process descends from its parent.
+        let me = Owner {
+            pid: std::process::id(),
+            comm: "test".into(),
+        };
+        let parent = std::os::unix::process::parent_id();
+        let mut kids = Selector::new(Selection {
+            pids: vec![parent],
+            follow_forks: true,
+            ..Selection::default()
+        });
+        assert!(kids.selects(Some(&me)));
+        let mut no_kids = Selector::new(Selection {
+            pids: vec![parent],
+            ..Selection::default()
+        });
+        assert!(!no_kids.selects(Some(&me)));
     }
 }

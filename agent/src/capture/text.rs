@@ -146,6 +146,8 @@ mod tests {
             ifindex: 1,
             orig_len: 16,
             dir: packet_dir::EGRESS,
+            ino: 0,
+            owner: None,
             data: &arpish,
         };
         assert_eq!(describe(&p, "eth0"), "eth0 Out ethertype 0x88cc, len 16");

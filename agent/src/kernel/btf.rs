@@ -112,7 +112,7 @@ pub fn offsets_from_btf(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         task_group_leader: member_offset(btf, "task_struct", &["group_leader"])?,
         task_comm: member_offset(btf, "task_struct", &["comm"])?,
         task_exit_code: member_offset(btf, "task_struct", &["exit_code"])?,
-        _pad: 0,
+        sk_socket: member_offset(btf, "sock", &["sk_socket"])?,
         files_fdt: member_offset(btf, "files_struct", &["fdt"])?,
         fdt_max_fds: member_offset(btf, "fdtable", &["max_fds"])?,
         fdt_fd: member_offset(btf, "fdtable", &["fd"])?,
@@ -141,6 +141,17 @@ pub fn offsets_from_btf(btf: &Btf) -> Result<KernelOffsets, BtfError> {
             member_offset(btf, "pt_regs", &[SYSCALL_REGS[5]])?,
         ],
         regs_nr: member_offset(btf, "pt_regs", &[SYSCALL_NR_REG])?,
+        socket_inode: {
+            let inode = member_offset(btf, "socket_alloc", &["vfs_inode"])?;
+            let socket = member_offset(btf, "socket_alloc", &["socket"])?;
+            inode
+                .checked_sub(socket)
+                .ok_or_else(|| BtfError::NoMember {
+                    strct: "socket_alloc".into(),
+                    member: "vfs_inode (after socket)".into(),
+                })?
+        },
+        _pad: 0,
     })
     .and_then(|o| {
         // The programs read the argument registers as one 64-byte window.
@@ -796,6 +807,11 @@ mod tests {
         assert_eq!(bytes("sock", "sk_type"), o.sk_type);
         assert_eq!(bytes("fdtable", "fd"), o.fdt_fd);
         assert_eq!(bytes("socket", "sk"), o.socket_sk);
+        assert_eq!(bytes("sock", "sk_socket"), o.sk_socket);
+        assert_eq!(
+            bytes("socket_alloc", "vfs_inode") - bytes("socket_alloc", "socket"),
+            o.socket_inode
+        );
         assert_eq!(bytes("sock", "__sk_common"), 0);
         assert_eq!(bytes("sock_common", "skc_v6_daddr"), o.sk_v6_daddr);
         assert_eq!(bytes("sock_common", "skc_family"), o.sk_family);

@@ -112,18 +112,21 @@ fn loaded<'a, P>(
 where
     &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
 {
-    let program: &mut P = ebpf
+    let program = ebpf
         .program_mut(prog)
-        .ok_or_else(|| KernelError::MissingProgram(prog.to_string()))?
-        .try_into()
-        .map_err(|source| KernelError::Program {
-            name: prog.to_string(),
-            source: Box::new(source),
-        })?;
-    load(program).map_err(|source| KernelError::Program {
+        .ok_or_else(|| KernelError::MissingProgram(prog.to_string()))?;
+    // A program attached to several hooks is loaded once.
+    let is_loaded = program.fd().is_ok();
+    let program: &mut P = program.try_into().map_err(|source| KernelError::Program {
         name: prog.to_string(),
         source: Box::new(source),
     })?;
+    if !is_loaded {
+        load(program).map_err(|source| KernelError::Program {
+            name: prog.to_string(),
+            source: Box::new(source),
+        })?;
+    }
     Ok(program)
 }
 
