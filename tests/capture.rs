@@ -632,7 +632,7 @@ fn veth_pair() -> (Netns, Netns) {
 /// process doing the same at the same time: the capture holds exactly the first one's
 /// conversation, both directions, attributed to it; on loopback (both ends local) and on a
 /// veth (ingress packets found by socket lookup, egress ones by their socket).
-fn pid_capture_of_old_connection(veth: bool) {
+fn pid_capture_of_old_connection(veth: bool, extra: &[&str]) {
     let dir = TempDir::new("cap");
     let (cns, sns, iface, addr) = if veth {
         let (c, s) = veth_pair();
@@ -676,16 +676,29 @@ fn pid_capture_of_old_connection(veth: bool) {
     let (sent, got) = follow_raw(&tshark_r(file, &["-qz", "follow,tcp,raw,0"]));
     assert_eq!(sent, b"REQ alpha\n");
     assert_eq!(got, b"RSP REQ alpha\n");
+    if veth {
+        let mut net = cns.cmd("bpftool");
+        net.args(["net", "show"]);
+        let net = run_output("bpftool", net, TIMEOUT);
+        assert!(!net.contains("capture"), "left attached: {net}");
+    }
 }
 
 #[test]
 fn pid_capture_of_old_connection_on_lo() {
-    pid_capture_of_old_connection(false);
+    pid_capture_of_old_connection(false, &[]);
 }
 
 #[test]
 fn pid_capture_of_old_connection_on_veth() {
-    pid_capture_of_old_connection(true);
+    pid_capture_of_old_connection(true, &[]);
+}
+
+/// The same with the XDP ingress program (`--xdp`): incoming packets found by the same
+/// socket lookup, before the kernel has a socket buffer for them.
+#[test]
+fn pid_capture_of_old_connection_with_xdp() {
+    pid_capture_of_old_connection(true, &["--xdp"]);
 }
 
 /// `capture -- CMD`: the command starts once the capture is live, its children's packets

@@ -125,6 +125,10 @@ pub struct CaptureArgs {
     /// Keep only the packets of processes with this name (as in /proc/PID/comm).
     #[arg(long, value_name = "NAME")]
     pub comm: Option<String>,
+    /// Capture incoming packets with an XDP program instead of the TC ingress hook (before
+    /// the kernel allocates socket buffers; outgoing packets stay on TC).
+    #[arg(long)]
+    pub xdp: bool,
     /// With --pid: also the packets of the processes it forks from now on (always with
     /// `-- CMD`).
     #[arg(short = 'f', long)]

@@ -55,6 +55,7 @@ fn capture(args: CaptureArgs) -> anyhow::Result<ExitCode> {
             comm: args.comm.clone(),
             follow_forks: args.follow_forks,
         },
+        xdp: args.xdp,
     };
     for &pid in &args.pids {
         crate::trace::target::check_pid(pid)?;

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use aya::{
     Ebpf,
     programs::{
-        LinkOrder, SchedClassifier,
+        LinkOrder, SchedClassifier, Xdp, XdpMode,
         tc::{self, NlOptions, TcAttachOptions, TcAttachType},
     },
 };
@@ -18,6 +18,7 @@ use crate::kernel::{self, KernelError};
 
 pub const PROG_INGRESS: &str = "capture_ingress";
 pub const PROG_EGRESS: &str = "capture_egress";
+pub const PROG_XDP: &str = "capture_xdp";
 
 /// How the programs were attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,16 +54,43 @@ impl Attached {
     /// packet passes egress and then ingress: like libpcap, capagent keeps one copy, but the
     /// egress one (libpcap keeps the ingress one), because only there does the packet still
     /// carry its sending socket (loopback orphans it on transmit), i.e. its socket cookie.
-    pub fn attach_all(&mut self, ifaces: &[Iface]) -> Result<(), CaptureError> {
+    ///
+    /// With `xdp`, ingress is an XDP program (a link: it goes when capagent goes) instead of
+    /// the TC classifier; egress stays on TC, XDP has no egress hook.
+    pub fn attach_all(&mut self, ifaces: &[Iface], xdp: bool) -> Result<(), CaptureError> {
         for prog in [PROG_INGRESS, PROG_EGRESS] {
             kernel::loaded_classifier(self.ebpf(), prog)?;
         }
+        if xdp {
+            kernel::loaded_xdp(self.ebpf(), PROG_XDP)?;
+        }
         for iface in ifaces {
             if !iface.loopback {
-                self.attach_one(iface, TcAttachType::Ingress)?;
+                if xdp {
+                    self.attach_xdp(iface)?;
+                } else {
+                    self.attach_one(iface, TcAttachType::Ingress)?;
+                }
             }
             self.attach_one(iface, TcAttachType::Egress)?;
         }
+        Ok(())
+    }
+
+    fn attach_xdp(&mut self, iface: &Iface) -> Result<(), CaptureError> {
+        let prog: &mut Xdp = self
+            .ebpf()
+            .program_mut(PROG_XDP)
+            .expect("loaded by attach_all")
+            .try_into()
+            .expect("an XDP program");
+        prog.attach_to_if_index(iface.ifindex, XdpMode::Default)
+            .map_err(|e| CaptureError::Attach {
+                iface: iface.name.clone(),
+                dir: "ingress (xdp)",
+                reason: e.to_string(),
+            })?;
+        tracing::debug!(iface = iface.name, "attached (xdp)");
         Ok(())
     }
 

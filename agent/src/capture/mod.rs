@@ -121,6 +121,8 @@ pub struct CaptureOptions {
     pub duration: Option<Duration>,
     pub count: Option<u64>,
     pub select: Selection,
+    /// Ingress through an XDP program instead of TC.
+    pub xdp: bool,
 }
 
 /// Whose packets to keep (`--pid`, `--comm`, `-- CMD`); everybody's when empty.
@@ -296,12 +298,13 @@ pub fn run(
     for &pid in &sel.pids {
         pids.insert(pid, 1, 0).map_err(map_err)?;
     }
-    attached.attach_all(ifaces)?;
+    attached.attach_all(ifaces, opts.xdp)?;
     // Like tcpdump's "listening on": the capture is live from here on.
     let names: Vec<&str> = ifaces.iter().map(|i| i.name.as_str()).collect();
     eprintln!(
-        "capagent: capturing on {} ({}), snaplen {}",
+        "capagent: capturing on {} ({}{}), snaplen {}",
         names.join(", "),
+        if opts.xdp { "xdp ingress, egress " } else { "" },
         match attached.mode {
             Some(attach::Mode::Clsact) => "clsact",
             _ => "tcx",
@@ -462,6 +465,7 @@ mod tests {
             duration: None,
             count: None,
             select: Selection::default(),
+            xdp: false,
         };
         let e = resolve(&opts).unwrap_err().to_string();
         assert_eq!(e, "no such interface: nosuchif0");

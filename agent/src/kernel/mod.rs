@@ -192,3 +192,11 @@ pub fn loaded_classifier<'a>(
 ) -> Result<&'a mut aya::programs::SchedClassifier, KernelError> {
     loaded::<aya::programs::SchedClassifier>(ebpf, prog, aya::programs::SchedClassifier::load)
 }
+
+/// The XDP program `prog` of the object, loaded into the kernel.
+pub fn loaded_xdp<'a>(
+    ebpf: &'a mut Ebpf,
+    prog: &str,
+) -> Result<&'a mut aya::programs::Xdp, KernelError> {
+    loaded::<aya::programs::Xdp>(ebpf, prog, aya::programs::Xdp::load)
+}
