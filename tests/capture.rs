@@ -651,10 +651,20 @@ fn pid_capture_of_old_connection(veth: bool, extra: &[&str]) {
     let mut b = line_client(&cns, &dir, addr, server.port, "bravo");
     let file = dir.join("old.pcapng");
     let pid = a.pid.to_string();
-    let mut cap = start_capture(
-        &cns,
-        &["-i", iface, "-w", file.to_str().unwrap(), "--pid", &pid],
-    );
+    let mut args = vec!["-i", iface, "-w", file.to_str().unwrap(), "--pid", &pid];
+    args.extend_from_slice(extra);
+    let mut cap = start_capture(&cns, &args);
+    if extra.contains(&"--xdp") {
+        assert!(cap.stderr().contains("(xdp ingress"), "{}", cap.stderr());
+        let mut net = cns.cmd("bpftool");
+        net.args(["net", "show", "dev", iface]);
+        let net = run_output("bpftool", net, TIMEOUT);
+        let xdp = net.split("tc:").next().unwrap();
+        assert!(
+            xdp.contains(&format!("{iface}(")) && xdp.contains(" id "),
+            "{net}"
+        );
+    }
     a.go();
     b.go();
     a.done("alpha");
