@@ -691,6 +691,11 @@ fn pid_capture_of_old_connection(veth: bool, extra: &[&str]) {
         net.args(["net", "show"]);
         let net = run_output("bpftool", net, TIMEOUT);
         assert!(!net.contains("capture"), "left attached: {net}");
+        let xdp = net.split("tc:").next().unwrap();
+        assert!(
+            !xdp.contains(&format!("{iface}(")),
+            "XDP left attached: {net}"
+        );
     }
 }
 
