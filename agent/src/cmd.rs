@@ -50,6 +50,10 @@ fn capture(args: CaptureArgs) -> anyhow::Result<ExitCode> {
         ring_bytes: args.ring_kib.saturating_mul(1024),
         duration: args.duration.map(Duration::from_secs_f64),
         count: args.count,
+        tc_mode: match std::env::var(capture::attach::TC_MODE_ENV) {
+            Ok(v) => capture::attach::Mode::parse_forced(&v)?,
+            Err(_) => None,
+        },
     };
     let session = SessionOptions {
         write: args.write.clone(),

@@ -6,9 +6,11 @@
 //! (pcapng [`pcapng`] or one text line [`text`]).
 
 pub mod attach;
+pub mod hygiene;
 pub mod owner;
 pub mod pcapng;
 pub mod session;
+pub mod tcmsg;
 pub mod text;
 
 use std::{
@@ -36,6 +38,8 @@ pub enum CaptureError {
     Snaplen(u32),
     #[error("--ring-kib must be a power of two of at least 4, not {0}")]
     RingSize(u32),
+    #[error("CAPAGENT_TC_MODE must be tcx, clsact or auto, not {0:?}")]
+    TcMode(String),
     #[error("attaching to {iface} ({dir}) failed: {reason}")]
     Attach {
         iface: String,
@@ -108,6 +112,8 @@ pub struct CaptureOptions {
     pub ring_bytes: u32,
     pub duration: Option<Duration>,
     pub count: Option<u64>,
+    /// Forced attachment mode (`CAPAGENT_TC_MODE`); `None`: tcx when possible, else clsact.
+    pub tc_mode: Option<attach::Mode>,
 }
 
 /// One packet from the kernel; `data` borrows the ring buffer record.
@@ -208,7 +214,12 @@ pub fn run(
         wakeup_bytes: (256 * 1024).min(opts.ring_bytes / 8),
     };
     let _span = tracing::info_span!("capture").entered();
-    let mut attached = attach::Attached::new(kernel::load_capture(&config, opts.ring_bytes)?);
+    // Filters a killed capagent left (clsact mode) go before anything is attached.
+    hygiene::sweep_leftovers();
+    let mut attached = attach::Attached::new(
+        kernel::load_capture(&config, opts.ring_bytes)?,
+        opts.tc_mode,
+    );
     let mut ring: RingBuf<MapData> = kernel::take_map(attached.ebpf(), "PACKETS")?;
     let mut stats: PerCpuHashMap<MapData, u32, IfCounters> =
         kernel::take_map(attached.ebpf(), "CAPTURE_STATS")?;
@@ -336,6 +347,7 @@ mod tests {
             ring_bytes: 1 << 20,
             duration: None,
             count: None,
+            tc_mode: None,
         };
         let e = resolve(&opts).unwrap_err().to_string();
         assert_eq!(e, "no such interface: nosuchif0");
