@@ -130,6 +130,10 @@ pub struct CapturerReport {
 
 struct Measured {
     gbps: f64,
+    /// Gbit/s per CPU iperf3 (client + server) used: the capturer's kernel side runs on
+    /// iperf3's CPU and in its context, so it shows here even when other work on the machine
+    /// takes CPU time away from iperf3 and lowers its throughput.
+    gbps_per_cpu: Option<f64>,
     kernel: LinkCounters,
     file: Option<FileCount>,
     file_size: u64,
@@ -520,7 +524,7 @@ fn run_case(
         None => None,
     };
     let after = ns.lo_counters()?;
-    let gbps = parse_iperf3(&out.stdout).with_context(|| {
+    let (gbps, cpu) = parse_iperf3(&out.stdout).with_context(|| {
         format!(
             "iperf3 -c: {}{}",
             out.stderr_tail(5),
@@ -542,6 +546,7 @@ fn run_case(
     };
     Ok(Measured {
         gbps,
+        gbps_per_cpu: cpu.filter(|c| *c > 0.0).map(|c| gbps / c),
         kernel: LinkCounters {
             packets: after.packets.saturating_sub(before.packets),
             bytes: after.bytes.saturating_sub(before.bytes),
@@ -556,11 +561,17 @@ fn run_case(
     })
 }
 
-/// Receiver throughput in Gbit/s from `iperf3 -J`.
-fn parse_iperf3(json: &str) -> Option<f64> {
+/// Receiver throughput in Gbit/s from `iperf3 -J`, and the CPUs client and server used
+/// together (`cpu_utilization_percent`: host_total + remote_total, over 100).
+fn parse_iperf3(json: &str) -> Option<(f64, Option<f64>)> {
     let v: serde_json::Value = serde_json::from_str(json).ok()?;
     let bps = v["end"]["sum_received"]["bits_per_second"].as_f64()?;
-    Some(bps / 1e9)
+    let cpu = &v["end"]["cpu_utilization_percent"];
+    let used = match (cpu["host_total"].as_f64(), cpu["remote_total"].as_f64()) {
+        (Some(h), Some(r)) => Some((h + r) / 100.0),
+        _ => None,
+    };
+    Some((bps / 1e9, used))
 }
 
 fn iperf3_error(json: &str) -> String {
@@ -857,6 +868,8 @@ fn print_table(
         "case",
         "Gbit/s",
         "vs bare",
+        "Gbit/s per iperf3 CPU",
+        "vs bare",
         "pkts in file",
         "kernel pkts",
         "wire bytes in file",
@@ -870,6 +883,11 @@ fn print_table(
         .find(|(c, _)| *c == Case::Bare)
         .and_then(|(_, r)| r.as_ref().ok())
         .map(|m| m.gbps);
+    let base_eff = rows
+        .iter()
+        .find(|(c, _)| *c == Case::Bare)
+        .and_then(|(_, r)| r.as_ref().ok())
+        .and_then(|m| m.gbps_per_cpu);
     let mut failures = Vec::new();
     for (case, r) in rows {
         let m = match r {
@@ -885,7 +903,18 @@ fn print_table(
         let ratio = base
             .filter(|b| *b > 0.0)
             .map_or("?".into(), |b| format!("{:.2}x", m.gbps / b));
-        let mut row = vec![case.label(), format!("{:.2}", m.gbps), ratio];
+        let (eff, eff_ratio) = match (m.gbps_per_cpu, base_eff) {
+            (Some(e), Some(b)) if b > 0.0 => (format!("{e:.2}"), format!("{:.2}x", e / b)),
+            (Some(e), _) => (format!("{e:.2}"), "?".into()),
+            _ => ("?".into(), "?".into()),
+        };
+        let mut row = vec![
+            case.label(),
+            format!("{:.2}", m.gbps),
+            ratio,
+            eff,
+            eff_ratio,
+        ];
         if *case == Case::Bare {
             row.extend([
                 "-".into(),
@@ -958,6 +987,11 @@ fn print_table(
              files on {fs_kind}; tcpdump buffer: {tcpdump_buf}; capagent ring: {ring}.",
             args.time
         ),
+        "Gbit/s per iperf3 CPU: the throughput over the CPU share iperf3's client and server \
+         used (iperf3's cpu_utilization_percent); the capturers' kernel side runs in their \
+         context, so this shows its cost even when other work on the machine takes CPU time \
+         from iperf3 (which lowers Gbit/s alike for every row)."
+            .into(),
         "kernel pkts: lo's tx_packets during the run (each packet counted once). wire bytes in \
          file: the packets' original lengths summed over the file / the bytes the kernel \
          counted, Ethernet headers included. capturer CPU: its time on a CPU / the run's time."
@@ -1090,7 +1124,14 @@ mod tests {
         );
         assert_eq!(
             parse_iperf3(r#"{"end":{"sum_received":{"bits_per_second":1.5e10}}}"#),
-            Some(15.0)
+            Some((15.0, None))
+        );
+        assert_eq!(
+            parse_iperf3(
+                r#"{"end":{"sum_received":{"bits_per_second":1e10},
+                   "cpu_utilization_percent":{"host_total":60.0,"remote_total":40.0}}}"#
+            ),
+            Some((10.0, Some(1.0)))
         );
         assert_eq!(
             iperf3_error(r#"{"error":"unable to connect"}"#),
