@@ -237,12 +237,17 @@ fn summary_line(case: Case, m: &Measured) -> String {
     if case != Case::Bare {
         if let Some(f) = m.file {
             s.push_str(&format!(
-                "; {} of {} packets the kernel counted in the file",
-                f.packets, m.kernel.packets
+                "; {} packets in the file, the kernel counted {} ({} of the wire bytes)",
+                f.packets,
+                m.kernel.packets,
+                Pct(f.wire_bytes, kernel_wire_bytes(m.kernel))
             ));
         }
         if let Some(d) = m.report.dropped {
             s.push_str(&format!("; {d} dropped (as reported)"));
+        }
+        if let Some(c) = m.cpu {
+            s.push_str(&format!("; capturer CPU {:.0}%", 100.0 * c));
         }
     }
     s
