@@ -278,26 +278,28 @@ fn bad_interface_is_one_line() {
 #[test]
 fn nothing_left_attached_after_exit() {
     let ns = Netns::new("cap");
-    let prog_names = || {
-        let out = Command::new("bpftool")
-            .args(["prog", "show"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
-    let mut cap = start_capture(&ns, &["-i", "lo", "--duration", "1"]);
-    assert!(prog_names().contains("name capture_egress"), "not loaded?");
+    let before = tc_state(&ns, &["lo"]);
+    let mut cap = start_capture(&ns, &["-i", "lo", "-w", "/dev/null", "--duration", "2"]);
+    // Its programs and links, by id (other capagents may run on the machine meanwhile).
+    let mut objects = Vec::new();
+    for info in bpf_fdinfos(cap.pid()) {
+        match fdinfo_field(&info, "link_id") {
+            Some(link) => objects.push(("link", link)),
+            None => objects.push(("prog", fdinfo_field(&info, "prog_id").unwrap())),
+        }
+    }
+    // Two classifiers and two tracepoint programs (socket owners, forks).
+    assert_eq!(
+        objects.iter().filter(|(w, _)| *w == "prog").count(),
+        4,
+        "{objects:?}"
+    );
+    assert!(objects.iter().any(|(w, _)| *w == "link"), "{objects:?}");
     finish(&mut cap);
-    assert!(!prog_names().contains("name capture_ingress"));
-    assert!(!prog_names().contains("name capture_egress"));
-    let mut tc = ns.cmd("tc");
-    tc.args(["qdisc", "show", "dev", "lo"]);
-    let qdiscs = run_output("tc", tc, TIMEOUT);
-    assert!(!qdiscs.contains("clsact"), "{qdiscs}");
-    let mut net = ns.cmd("bpftool");
-    net.args(["net", "show", "dev", "lo"]);
-    let net = run_output("bpftool", net, TIMEOUT);
-    assert!(!net.contains("capture"), "{net}");
+    for (what, id) in &objects {
+        assert!(bpf_object_gone(what, id), "{what} {id} left");
+    }
+    assert_eq!(tc_state(&ns, &["lo"]), before);
 }
 
 /// The curl command line of [`spawn_curl`]: `path` should be `/big.html?...`. capagent
@@ -794,4 +796,396 @@ fn command_that_cannot_start() {
     tc.args(["net", "show"]);
     let net = run_output("bpftool", tc, TIMEOUT);
     assert!(!net.contains("capture"), "{net}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Attachment hygiene: the clsact fallback (forced with CAPAGENT_TC_MODE), leftovers of a
+// killed capagent, tcx after SIGKILL.
+
+const TC_MODE: &str = "CAPAGENT_TC_MODE";
+
+/// `capagent capture ARGS` in `ns` with `CAPAGENT_TC_MODE=mode`, once it captures.
+fn start_capture_mode(ns: &Netns, mode: &str, args: &[&str]) -> Proc {
+    let mut cmd = ns.cmd(CAPAGENT);
+    cmd.env(TC_MODE, mode).arg("capture").args(args);
+    let p = Proc::spawn("capagent", cmd);
+    wait_stderr(&p, "capagent: capturing on");
+    p
+}
+
+fn tc(ns: &Netns, args: &[&str]) -> String {
+    let mut cmd = ns.cmd("tc");
+    cmd.args(args);
+    run_output("tc", cmd, TIMEOUT)
+}
+
+/// What `tc` shows of `ifaces`: qdiscs, and the filters of both clsact hooks.
+fn tc_state(ns: &Netns, ifaces: &[&str]) -> String {
+    let mut out = String::new();
+    for dev in ifaces {
+        out.push_str(&format!(
+            "== {dev} qdisc\n{}",
+            tc(ns, &["qdisc", "show", "dev", dev])
+        ));
+        for hook in ["ingress", "egress"] {
+            let filters = tc(ns, &["filter", "show", "dev", dev, hook]);
+            out.push_str(&format!("== {dev} {hook}\n{filters}"));
+        }
+    }
+    out
+}
+
+/// The part of a [`tc_state`] about `dev`.
+fn tc_state_of(state: &str, dev: &str) -> String {
+    let mut out = String::new();
+    let mut mine = false;
+    for l in state.lines() {
+        if let Some(h) = l.strip_prefix("== ") {
+            mine = h.split_whitespace().next() == Some(dev);
+        }
+        if mine {
+            out.push_str(l);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The program ids (`id N`) of the capagent filters (`capture_ingress`/`capture_egress`) on
+/// `hook` of `dev`.
+fn capagent_filter_ids(ns: &Netns, dev: &str, hook: &str) -> Vec<u32> {
+    tc(ns, &["filter", "show", "dev", dev, hook])
+        .lines()
+        .filter(|l| l.contains(" capture_ingress ") || l.contains(" capture_egress "))
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let i = w.iter().position(|x| *x == "id")?;
+            w.get(i + 1)?.parse().ok()
+        })
+        .collect()
+}
+
+fn ip(args: &[&str]) {
+    let mut cmd = Command::new("ip");
+    cmd.args(args);
+    run_output("ip", cmd, TIMEOUT);
+}
+
+/// A veth pair `vA` (10.77.0.1/24, in `a`) <-> `vB` (10.77.0.2/24, in `b`), both up. Deleted
+/// with the namespaces.
+fn veth(a: &Netns, b: &Netns) {
+    ip(&[
+        "-n", &a.name, "link", "add", "vA", "type", "veth", "peer", "name", "vB", "netns", &b.name,
+    ]);
+    ip(&["-n", &a.name, "addr", "add", "10.77.0.1/24", "dev", "vA"]);
+    ip(&["-n", &b.name, "addr", "add", "10.77.0.2/24", "dev", "vB"]);
+    ip(&["-n", &a.name, "link", "set", "vA", "up"]);
+    ip(&["-n", &b.name, "link", "set", "vB", "up"]);
+}
+
+/// Someone else's tc setup on `vA`: a clsact qdisc, a u32 filter on ingress and a classic BPF
+/// filter (cls_bpf, no name) on egress, which match none of the test's packets (a filter that
+/// matched would end the classification before capagent's filters, which come after).
+fn foreign_tc(ns: &Netns) {
+    tc(ns, &["qdisc", "add", "dev", "vA", "clsact"]);
+    tc(
+        ns,
+        &[
+            "filter",
+            "add",
+            "dev",
+            "vA",
+            "ingress",
+            "pref",
+            "7",
+            "protocol",
+            "ip",
+            "u32",
+            "match",
+            "ip",
+            "dst",
+            "10.0.0.1/32",
+            "flowid",
+            "1:1",
+        ],
+    );
+    tc(
+        ns,
+        &[
+            "filter",
+            "add",
+            "dev",
+            "vA",
+            "egress",
+            "pref",
+            "8",
+            "bpf",
+            "bytecode",
+            "1,6 0 0 0,",
+            "flowid",
+            "1:1",
+        ],
+    );
+}
+
+fn sigkill(p: &mut Proc) {
+    unsafe { libc::kill(p.pid() as libc::pid_t, libc::SIGKILL) };
+    let st = p.wait(TIMEOUT);
+    use std::os::unix::process::ExitStatusExt as _;
+    assert_eq!(st.signal(), Some(libc::SIGKILL), "{st}");
+}
+
+#[test]
+fn clsact_mode_captures_and_restores_tc_state() {
+    let ns = Netns::new("cls");
+    let peer = Netns::new("clsb");
+    let dir = TempDir::new("cls");
+    veth(&ns, &peer);
+    foreign_tc(&ns);
+    let _server = http_server(&ns, &dir);
+    let before = tc_state(&ns, &["lo", "vA"]);
+    assert!(
+        !before.contains("clsact ffff: parent ffff:fff1\n== lo"),
+        "{before}"
+    );
+    let file = dir.join("clsact.pcapng");
+    let mut cap = start_capture_mode(
+        &ns,
+        "clsact",
+        &[
+            "-i",
+            "lo",
+            "-i",
+            "vA",
+            "-w",
+            file.to_str().unwrap(),
+            "--duration",
+            "4",
+        ],
+    );
+    assert!(
+        cap.stderr().contains("capturing on lo, vA (clsact)"),
+        "{}",
+        cap.stderr()
+    );
+    // capagent's filters sit next to the foreign ones; lo got a clsact qdisc.
+    assert_eq!(capagent_filter_ids(&ns, "lo", "egress").len(), 1);
+    assert_eq!(capagent_filter_ids(&ns, "vA", "ingress").len(), 1);
+    assert_eq!(capagent_filter_ids(&ns, "vA", "egress").len(), 1);
+    assert!(tc(&ns, &["qdisc", "show", "dev", "lo"]).contains("clsact"));
+    let during = tc(&ns, &["filter", "show", "dev", "vA", "egress"]);
+    assert!(during.contains("bytecode '1,6 0 0 0'"), "{during}");
+
+    curl(&ns, "/page.html?mode=clsact");
+    let mut ping = ns.cmd("ping");
+    ping.args(["-c", "3", "-i", "0.2", "-W", "5", "10.77.0.2"]);
+    run_output("ping", ping, TIMEOUT);
+    finish(&mut cap);
+    assert!(cap.stderr().contains("0 dropped"), "{}", cap.stderr());
+
+    // Both interfaces were captured.
+    let file = file.to_str().unwrap();
+    assert_eq!(request_uris(file), ["/page.html?mode=clsact"]);
+    let icmp = tshark_r(
+        file,
+        &[
+            "-Y",
+            "icmp",
+            "-T",
+            "fields",
+            "-e",
+            "frame.interface_name",
+            "-e",
+            "icmp.type",
+        ],
+    );
+    let requests = icmp.lines().filter(|l| *l == "vA\t8").count();
+    let replies = icmp.lines().filter(|l| *l == "vA\t0").count();
+    assert_eq!((requests, replies), (3, 3), "{icmp}");
+    // Everything as before: lo's clsact (capagent's) gone, vA's (someone else's) and its
+    // filters still there.
+    assert_eq!(tc_state(&ns, &["lo", "vA"]), before);
+}
+
+#[test]
+fn leftover_clsact_filters_of_a_killed_capagent_are_removed_at_the_next_start() {
+    let ns = Netns::new("kill");
+    let peer = Netns::new("killb");
+    let dir = TempDir::new("kill");
+    veth(&ns, &peer);
+    foreign_tc(&ns);
+    let before = tc_state(&ns, &["lo", "vA"]);
+    // A capagent that stays alive (clsact on vA) and one that is killed (clsact on lo).
+    let live_file = dir.join("live.pcapng");
+    let mut live = start_capture_mode(
+        &ns,
+        "clsact",
+        &[
+            "-i",
+            "vA",
+            "-w",
+            live_file.to_str().unwrap(),
+            "--duration",
+            "20",
+        ],
+    );
+    let live_ids: Vec<u32> = ["ingress", "egress"]
+        .iter()
+        .flat_map(|h| capagent_filter_ids(&ns, "vA", h))
+        .collect();
+    assert_eq!(live_ids.len(), 2);
+    let mut doomed = start_capture_mode(
+        &ns,
+        "clsact",
+        &[
+            "-i",
+            "lo",
+            "-w",
+            dir.join("doomed.pcapng").to_str().unwrap(),
+        ],
+    );
+    sigkill(&mut doomed);
+    // The kernel keeps a legacy filter (and its program) after its loader died.
+    let left = capagent_filter_ids(&ns, "lo", "egress");
+    assert_eq!(left.len(), 1, "{}", tc_state(&ns, &["lo"]));
+    let with_leftover = tc_state(&ns, &["lo", "vA"]);
+
+    // The next capagent (default mode, tcx here) removes the leftover and only that.
+    let mut next = start_capture_mode(&ns, "auto", &["-i", "lo", "--duration", "1"]);
+    finish(&mut next);
+    let said = next.stderr();
+    assert!(
+        said.contains(&format!(
+            "capagent: removed a filter left by a capagent that is gone: capture_egress (prog id {}) on lo egress (pref ",
+            left[0]
+        )),
+        "{said}"
+    );
+    assert_eq!(said.matches("removed a filter").count(), 1, "{said}");
+    assert!(capagent_filter_ids(&ns, "lo", "egress").is_empty());
+    // The filter was the last holder of the killed capagent's program.
+    assert!(bpf_object_gone("prog", &left[0].to_string()));
+    // The live capagent's filters, the foreign ones and the qdiscs are untouched: the only
+    // change is the line of the removed filter (lo's clsact, which the killed capagent
+    // added, stays: nothing tells who added it).
+    let after = tc_state(&ns, &["lo", "vA"]);
+    let removed: Vec<&str> = with_leftover
+        .lines()
+        .filter(|l| !after.lines().any(|a| a == *l))
+        .collect();
+    assert!(
+        removed.len() == 1 && removed[0].contains(" capture_egress "),
+        "removed lines {removed:?}\nbefore:\n{with_leftover}\nafter:\n{after}"
+    );
+    assert!(tc(&ns, &["qdisc", "show", "dev", "lo"]).contains("clsact"));
+    // A sweep with nothing to remove says nothing.
+    let mut again = start_capture_mode(&ns, "auto", &["-i", "lo", "--duration", "1"]);
+    finish(&mut again);
+    assert!(!again.stderr().contains("removed"), "{}", again.stderr());
+
+    // The live capagent still captures and cleans up after itself.
+    let mut ping = ns.cmd("ping");
+    ping.args(["-c", "2", "-i", "0.2", "-W", "5", "10.77.0.2"]);
+    run_output("ping", ping, TIMEOUT);
+    unsafe { libc::kill(live.pid() as libc::pid_t, libc::SIGINT) };
+    finish(&mut live);
+    let icmp = tshark_r(live_file.to_str().unwrap(), &["-Y", "icmp"]);
+    assert_eq!(count_lines(&icmp), 4, "{icmp}");
+    // vA as at the beginning; on lo no filter, only the killed capagent's clsact qdisc.
+    assert_eq!(tc_state(&ns, &["vA"]), tc_state_of(&before, "vA"));
+    let lo = tc_state(&ns, &["lo"]);
+    let orphan: String = lo
+        .lines()
+        .filter(|l| l.starts_with("qdisc clsact"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(!orphan.is_empty(), "{lo}");
+    assert_eq!(lo.replace(&orphan, ""), tc_state_of(&before, "lo"));
+}
+
+/// The `/proc/PID/fdinfo` texts of the BPF program and link fds of process `pid`.
+fn bpf_fdinfos(pid: u32) -> Vec<String> {
+    let mut out = Vec::new();
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(target) = std::fs::read_link(fd.path()) else {
+            continue;
+        };
+        let t = target.to_string_lossy();
+        if t == "anon_inode:bpf-prog" || t == "anon_inode:bpf_link" {
+            let info = format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy());
+            if let Ok(text) = std::fs::read_to_string(info) {
+                out.push(text);
+            }
+        }
+    }
+    out
+}
+
+/// The value of `key:` in an fdinfo text.
+fn fdinfo_field(text: &str, key: &str) -> Option<String> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k == key).then(|| v.trim().to_string())
+    })
+}
+
+/// Whether the kernel still has BPF object `what` (`prog` or `link`) number `id`; the kernel
+/// frees them shortly after the last reference goes, so this waits up to 10 s for it to go.
+fn bpf_object_gone(what: &str, id: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let st = Command::new("bpftool")
+            .args([what, "show", "id", id])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        if !st.success() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn killed_tcx_capture_leaves_nothing_attached() {
+    let ns = Netns::new("tcx");
+    let before = tc_state(&ns, &["lo"]);
+    let mut cap = start_capture_mode(&ns, "tcx", &["-i", "lo", "-w", "/dev/null"]);
+    assert!(cap.stderr().contains("(tcx)"), "{}", cap.stderr());
+    // The capagent holds its programs and one tcx link, on lo's egress.
+    let infos = bpf_fdinfos(cap.pid());
+    let progs: Vec<String> = infos
+        .iter()
+        .filter(|i| fdinfo_field(i, "link_type").is_none())
+        .filter_map(|i| fdinfo_field(i, "prog_id"))
+        .collect();
+    let links: Vec<&String> = infos
+        .iter()
+        .filter(|i| fdinfo_field(i, "link_type").as_deref() == Some("tcx"))
+        .collect();
+    // Two classifiers and two tracepoint programs (socket owners, forks).
+    assert_eq!(progs.len(), 4, "{infos:?}");
+    assert_eq!(links.len(), 1, "{infos:?}");
+    assert_eq!(fdinfo_field(links[0], "ifindex").as_deref(), Some("1"));
+    assert_eq!(
+        fdinfo_field(links[0], "attach_type").as_deref(),
+        Some("47 (egress)")
+    );
+    let link_id = fdinfo_field(links[0], "link_id").unwrap();
+    // No legacy filter in tcx mode.
+    assert!(capagent_filter_ids(&ns, "lo", "egress").is_empty());
+    sigkill(&mut cap);
+    // Nothing holds the link or the programs anymore: the kernel freed them all.
+    assert!(bpf_object_gone("link", &link_id), "tcx link {link_id} left");
+    for id in &progs {
+        assert!(bpf_object_gone("prog", id), "program {id} left");
+    }
+    assert_eq!(tc_state(&ns, &["lo"]), before);
 }

@@ -56,6 +56,10 @@ fn capture(args: CaptureArgs) -> anyhow::Result<ExitCode> {
             follow_forks: args.follow_forks,
         },
         xdp: args.xdp,
+        tc_mode: match std::env::var(capture::attach::TC_MODE_ENV) {
+            Ok(v) => capture::attach::Mode::parse_forced(&v)?,
+            Err(_) => None,
+        },
     };
     for &pid in &args.pids {
         crate::trace::target::check_pid(pid)?;

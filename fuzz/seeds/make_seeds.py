@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Writes seed inputs for the decode_record fuzz target into decode_record/.
+"""Writes seed inputs for the decode_record fuzz target into decode_record/, and for the
+tc_netlink target into tc_netlink/.
 
 Each input is a sequence of frames [selector u8][len u16 LE][record bytes], the records laid
 out as agent-common's #[repr(C)] structs (little-endian x86-64/arm64 layout).
@@ -55,9 +56,45 @@ SEEDS = {
              data(8, 3, 2, 0, 0, b'', ret=-11)],
 }
 
+
+
+# tc_netlink: rtnetlink replies as the kernel sends them to a RTM_GETTFILTER dump
+# (nlmsghdr, tcmsg, rtattrs; native byte order, little-endian here).
+def rta(ty, data):
+    n = 4 + len(data)
+    return struct.pack('<HH', n, ty) + data + bytes((-n) % 4)
+
+
+def nlmsg(ty, body, flags=2):
+    return struct.pack('<IHHII', 16 + len(body), ty, flags, 1, 0) + body
+
+
+def tcfilter(ifindex, parent, handle, prio, kind, opts):
+    tcm = struct.pack('<BBHiIII', 0, 0, 0, ifindex, handle, parent, (prio << 16) | 0x0300)
+    return nlmsg(44, tcm + rta(1, kind + b'\0') + rta(11, struct.pack('<I', 0))
+                 + rta(2 | 0x8000, opts))
+
+
+BPF_OPTS = (rta(7, b'capture_egress\0') + rta(8, struct.pack('<I', 1))
+            + rta(11, struct.pack('<I', 4242)) + rta(10, bytes(8)))
+U32_OPTS = rta(1, struct.pack('<I', 0x10001))
+DONE = nlmsg(3, struct.pack('<i', 0))
+TC_SEEDS = {
+    'dump': tcfilter(1, 0xfffffff3, 1, 49152, b'bpf', BPF_OPTS)
+    + tcfilter(2, 0xfffffff2, 0x800, 7, b'u32', U32_OPTS) + DONE,
+    'error': nlmsg(2, struct.pack('<i', -22) + bytes(16), 0),
+    'ack': nlmsg(2, struct.pack('<i', 0) + bytes(16), 0),
+    'fdinfo': b'pos:\t0\nflags:\t02000002\nprog_type:\t3\nprog_id:\t77\n',
+}
+
 if __name__ == '__main__':
     out = os.path.join(HERE, 'decode_record')
     os.makedirs(out, exist_ok=True)
     for name, recs in SEEDS.items():
         with open(os.path.join(out, name), 'wb') as f:
             f.write(frame(recs))
+    out = os.path.join(HERE, 'tc_netlink')
+    os.makedirs(out, exist_ok=True)
+    for name, data in TC_SEEDS.items():
+        with open(os.path.join(out, name), 'wb') as f:
+            f.write(data)

@@ -3,6 +3,8 @@
 //!
 //! The workload is the compiled `rr` program (src/bin/rr.rs); the server side is never
 //! traced. The bench only prints: it asserts nothing about timings.
+//!
+//! `cargo xtask bench capture` ([`capture`]): capagent capture next to tcpdump under iperf3.
 use std::{
     ffi::OsString,
     fs,
@@ -16,6 +18,9 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use crate::util::{self, Captured, display, which};
+
+mod capture;
+pub use capture::{CaptureBenchArgs, capture};
 
 #[derive(Args, Debug, Clone)]
 pub struct TraceBenchArgs {

@@ -5,7 +5,8 @@
 //! * `build [--release]`: build capagent with its eBPF programs;
 //! * `test`: setup, unit tests, then the integration tests (root);
 //! * `demo`: setup, build, and trace curl against a local HTTP server;
-//! * `bench trace`: tracing overhead next to strace and bpftrace.
+//! * `bench trace`: tracing overhead next to strace and bpftrace;
+//! * `bench capture`: packet capture under iperf3 next to tcpdump.
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -61,6 +62,10 @@ enum Bench {
     /// Cost of `capagent trace` on a traced TCP ping-pong and bulk stream, next to strace
     /// and bpftrace. Prints a table; asserts nothing.
     Trace(bench::TraceBenchArgs),
+    /// iperf3 over the loopback of a namespace of its own: bare, under `tcpdump -w` and under
+    /// `capagent capture -w` (full snaplen and -s 96); throughput, packets in the file vs
+    /// packets the kernel counted, drops. Needs root. Prints a table; asserts nothing.
+    Capture(bench::CaptureBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -87,5 +92,6 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test { args } => testcmd::test(&args),
         Task::Demo { json } => demo::demo(json),
         Task::Bench(Bench::Trace(args)) => bench::trace(args),
+        Task::Bench(Bench::Capture(args)) => bench::capture(args),
     }
 }

@@ -29,6 +29,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("strace", "strace"),
     ("netcat-openbsd", "nc"),
     ("iproute2", "ip"),
+    ("iputils-ping", "ping"),
     ("bpftool", "bpftool"),
     ("python3", "python3"),
     ("default-jre-headless", "java"),

@@ -1,9 +1,9 @@
 //! Attaching the capture programs to interfaces: tcx links when the kernel has them, the
-//! `clsact` qdisc and netlink filters otherwise. Everything is undone when [`Attached`] is
-//! dropped: tcx links and netlink filters go with the programs (aya detaches them), and a
-//! `clsact` qdisc capagent added itself is deleted afterwards.
-
-use std::process::{Command, Stdio};
+//! `clsact` qdisc and netlink filters otherwise (or when `CAPAGENT_TC_MODE` forces a mode).
+//! Everything is undone when [`Attached`] is dropped: tcx links and netlink filters go with
+//! the programs (aya detaches them), and a `clsact` qdisc capagent added itself is deleted
+//! afterwards, unless someone else's filters are on it by then. Filters a killed capagent
+//! left are removed at the next start ([`super::hygiene`]).
 
 use aya::{
     Ebpf,
@@ -13,7 +13,7 @@ use aya::{
     },
 };
 
-use super::{CaptureError, Iface};
+use super::{CaptureError, Iface, hygiene};
 use crate::kernel::{self, KernelError};
 
 pub const PROG_INGRESS: &str = "capture_ingress";
@@ -27,20 +27,37 @@ pub enum Mode {
     Clsact,
 }
 
+/// The environment variable that forces an attachment mode: `tcx`, `clsact` or `auto` (tcx
+/// when the kernel has it, else clsact; the default).
+pub const TC_MODE_ENV: &str = "CAPAGENT_TC_MODE";
+
+impl Mode {
+    /// Parses a [`TC_MODE_ENV`] value: `None` for `auto`.
+    pub fn parse_forced(value: &str) -> Result<Option<Mode>, CaptureError> {
+        match value {
+            "tcx" => Ok(Some(Mode::Tcx)),
+            "clsact" => Ok(Some(Mode::Clsact)),
+            "auto" | "" => Ok(None),
+            other => Err(CaptureError::TcMode(other.to_string())),
+        }
+    }
+}
+
 /// The loaded object with its programs attached; dropping it detaches everything.
 pub struct Attached {
     ebpf: Option<Ebpf>,
     /// Interfaces on which capagent added the `clsact` qdisc (deleted on drop).
-    added_qdiscs: Vec<String>,
+    added_qdiscs: Vec<Iface>,
+    /// The mode in use, or forced (`None`: tcx when possible, else clsact).
     pub mode: Option<Mode>,
 }
 
 impl Attached {
-    pub fn new(ebpf: Ebpf) -> Self {
+    pub fn new(ebpf: Ebpf, forced: Option<Mode>) -> Self {
         Attached {
             ebpf: Some(ebpf),
             added_qdiscs: Vec::new(),
-            mode: None,
+            mode: forced,
         }
     }
 
@@ -134,9 +151,12 @@ impl Attached {
             }
         }
         self.mode = Some(Mode::Clsact);
-        if !self.added_qdiscs.contains(&iface.name) {
+        if !self.added_qdiscs.contains(iface) {
             match tc::qdisc_add_clsact(&iface.name) {
-                Ok(()) => self.added_qdiscs.push(iface.name.clone()),
+                Ok(()) => {
+                    tracing::debug!(iface = iface.name, "clsact qdisc added");
+                    self.added_qdiscs.push(iface.clone());
+                }
                 Err(tc::TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
                 Err(e) => return Err(fail(format!("adding the clsact qdisc: {e}"))),
             }
@@ -162,18 +182,24 @@ impl Drop for Attached {
     fn drop(&mut self) {
         // Programs first: this detaches the tcx links and removes the netlink filters.
         drop(self.ebpf.take());
-        for dev in self.added_qdiscs.drain(..) {
-            let ok = Command::new("tc")
-                .args(["qdisc", "del", "dev", &dev, "clsact"])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if !ok {
-                eprintln!(
-                    "capagent: could not remove the clsact qdisc added on {dev}: run `tc qdisc del dev {dev} clsact`"
-                );
-            }
+        for iface in self.added_qdiscs.drain(..) {
+            hygiene::remove_clsact_if_empty(&iface.name, iface.ifindex as i32);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forced_modes() {
+        assert_eq!(Mode::parse_forced("tcx").unwrap(), Some(Mode::Tcx));
+        assert_eq!(Mode::parse_forced("clsact").unwrap(), Some(Mode::Clsact));
+        assert_eq!(Mode::parse_forced("auto").unwrap(), None);
+        assert_eq!(
+            Mode::parse_forced("netlink").unwrap_err().to_string(),
+            "CAPAGENT_TC_MODE must be tcx, clsact or auto, not \"netlink\""
+        );
     }
 }

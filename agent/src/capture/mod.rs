@@ -6,9 +6,11 @@
 //! (pcapng [`pcapng`] or one text line [`text`]).
 
 pub mod attach;
+pub mod hygiene;
 pub mod owner;
 pub mod pcapng;
 pub mod session;
+pub mod tcmsg;
 pub mod text;
 
 use std::{
@@ -41,6 +43,8 @@ pub enum CaptureError {
     Snaplen(u32),
     #[error("--ring-kib must be a power of two of at least 4, not {0}")]
     RingSize(u32),
+    #[error("CAPAGENT_TC_MODE must be tcx, clsact or auto, not {0:?}")]
+    TcMode(String),
     #[error("attaching to {iface} ({dir}) failed: {reason}")]
     Attach {
         iface: String,
@@ -123,6 +127,8 @@ pub struct CaptureOptions {
     pub select: Selection,
     /// Ingress through an XDP program instead of TC.
     pub xdp: bool,
+    /// Forced attachment mode (`CAPAGENT_TC_MODE`); `None`: tcx when possible, else clsact.
+    pub tc_mode: Option<attach::Mode>,
 }
 
 /// Whose packets to keep (`--pid`, `--comm`, `-- CMD`); everybody's when empty.
@@ -268,7 +274,12 @@ pub fn run(
         config.comm = target::comm_filter(name)?;
     }
     let _span = tracing::info_span!("capture").entered();
-    let mut attached = attach::Attached::new(kernel::load_capture(&config, opts.ring_bytes)?);
+    // Filters a killed capagent left (clsact mode) go before anything is attached.
+    hygiene::sweep_leftovers();
+    let mut attached = attach::Attached::new(
+        kernel::load_capture(&config, opts.ring_bytes)?,
+        opts.tc_mode,
+    );
     let mut ring: RingBuf<MapData> = kernel::take_map(attached.ebpf(), "PACKETS")?;
     let mut stats: PerCpuHashMap<MapData, u32, IfCounters> =
         kernel::take_map(attached.ebpf(), "CAPTURE_STATS")?;
@@ -466,6 +477,7 @@ mod tests {
             count: None,
             select: Selection::default(),
             xdp: false,
+            tc_mode: None,
         };
         let e = resolve(&opts).unwrap_err().to_string();
         assert_eq!(e, "no such interface: nosuchif0");

@@ -3,15 +3,20 @@
 //! Block per packet with the direction in `epb_flags` and the owner and socket cookie in a
 //! comment (see [`super::session`]), and at the end one Interface Statistics Block per
 //! interface with the kernel's drops.
+//!
+//! Enhanced Packet Blocks are laid out here (big-endian, like the section header pcap-file
+//! writes) rather than by pcap-file, to write each packet from the ring buffer record without
+//! an intermediate copy: small blocks are appended to a buffer, written out when it fills; a
+//! packet of [`DIRECT_MIN`] bytes or more goes out in one `writev` with whatever is buffered,
+//! its block header and its options, straight from the record. Writes of whole blocks only,
+//! so a killed capagent leaves a file readable up to the last block that reached it.
 
 use std::borrow::Cow;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, IoSlice, Write};
 use std::path::Path;
-use std::time::Duration;
 
 use pcap_file::DataLink;
 use pcap_file::pcapng::PcapNgWriter;
-use pcap_file::pcapng::blocks::enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption};
 use pcap_file::pcapng::blocks::interface_description::{
     InterfaceDescriptionBlock, InterfaceDescriptionOption,
 };
@@ -23,24 +28,66 @@ use super::Packet;
 use crate::output::pcapng::{FLAG_INBOUND, FLAG_OUTBOUND, open_output, section_header, to_io};
 use agent_common::packet_dir;
 
-/// Writes captured packets as pcapng.
+/// Bytes buffered before they are written.
+const BUFFER: usize = 256 * 1024;
+/// Packets with at least this many bytes are written from the record, not copied into the
+/// buffer first (a copy of this size costs about as much as a system call).
+pub const DIRECT_MIN: usize = 16 * 1024;
+const ENHANCED_PACKET_BLOCK: u32 = 6;
+const OPT_COMMENT: u16 = 1;
+const OPT_EPB_FLAGS: u16 = 2;
+
+/// Writes captured packets as pcapng to `W` (unbuffered: the writer buffers itself).
 pub struct CaptureWriter<W: Write> {
-    w: PcapNgWriter<W>,
+    /// Serializes the other blocks into the buffer (its inner `Vec`).
+    w: PcapNgWriter<Vec<u8>>,
+    /// `None` only once [`CaptureWriter::into_inner`] took it.
+    out: Option<W>,
     /// ifindex of each interface, in IDB order (the position is the pcapng interface id).
     ifindexes: Vec<u32>,
+    /// The options and trailer of a directly written packet.
+    tail: Vec<u8>,
 }
 
-impl CaptureWriter<BufWriter<Box<dyn Write + Send>>> {
+impl CaptureWriter<Box<dyn Write + Send>> {
     /// Writes to `path` (created or truncated, mode 0600 when created), or stdout for `-`.
     pub fn open(path: &Path, ifaces: &[(u32, String)], snaplen: u32) -> io::Result<Self> {
-        CaptureWriter::new(open_output(path)?, ifaces, snaplen)
+        let (out, _) = open_output(path)?.into_parts();
+        CaptureWriter::new(out, ifaces, snaplen)
     }
 }
 
+fn be16(out: &mut Vec<u8>, v: u16) {
+    out.extend_from_slice(&v.to_be_bytes());
+}
+
+fn be32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_be_bytes());
+}
+
+fn pad4(len: usize) -> usize {
+    (4 - len % 4) % 4
+}
+
+/// Writes all of `bufs` (the standard library's `write_all_vectored` is unstable).
+fn write_all_vectored(out: &mut impl Write, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    IoSlice::advance_slices(&mut bufs, 0);
+    while !bufs.is_empty() {
+        match out.write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 impl<W: Write> CaptureWriter<W> {
-    /// Writes the section header and one IDB per `(ifindex, name)`.
+    /// Buffers the section header and one IDB per `(ifindex, name)`.
     pub fn new(out: W, ifaces: &[(u32, String)], snaplen: u32) -> io::Result<Self> {
-        let mut w = PcapNgWriter::with_section_header(out, section_header()).map_err(to_io)?;
+        let mut w = PcapNgWriter::with_section_header(Vec::with_capacity(BUFFER), section_header())
+            .map_err(to_io)?;
         for (_, name) in ifaces {
             let idb = InterfaceDescriptionBlock {
                 linktype: DataLink::ETHERNET,
@@ -54,7 +101,9 @@ impl<W: Write> CaptureWriter<W> {
         }
         Ok(CaptureWriter {
             w,
+            out: Some(out),
             ifindexes: ifaces.iter().map(|(i, _)| *i).collect(),
+            tail: Vec::new(),
         })
     }
 
@@ -69,17 +118,61 @@ impl<W: Write> CaptureWriter<W> {
         } else {
             FLAG_INBOUND
         };
-        let epb = EnhancedPacketBlock {
-            interface_id: id as u32,
-            timestamp: Duration::from_nanos(ts_ns),
-            original_len: p.orig_len.max(p.data.len() as u32),
-            data: Cow::Borrowed(p.data),
-            options: vec![
-                EnhancedPacketOption::Flags(flags),
-                EnhancedPacketOption::Comment(Cow::Borrowed(comment)),
-            ],
+        // An option's length is 16 bits (and comments here are short).
+        let comment = &comment.as_bytes()[..comment.len().min(0xfff0)];
+        let data = p.data;
+        let opts_len = 8 + 4 + comment.len() + pad4(comment.len()) + 4;
+        let block_len = (28 + data.len() + pad4(data.len()) + opts_len + 4) as u32;
+        // Header: type, length, interface, timestamp (high, low), captured and original length.
+        let mut head = [0u8; 28];
+        for (i, v) in [
+            ENHANCED_PACKET_BLOCK,
+            block_len,
+            id as u32,
+            (ts_ns >> 32) as u32,
+            ts_ns as u32,
+            data.len() as u32,
+            p.orig_len.max(data.len() as u32),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            head[4 * i..4 * i + 4].copy_from_slice(&v.to_be_bytes());
+        }
+        let direct = data.len() >= DIRECT_MIN;
+        let tail = if direct {
+            self.tail.clear();
+            &mut self.tail
+        } else {
+            let buf = self.w.get_mut();
+            buf.extend_from_slice(&head);
+            buf.extend_from_slice(data);
+            buf
         };
-        self.w.write_pcapng_block(epb).map_err(to_io)?;
+        // Data padding, epb_flags, the comment, end of options, the length again.
+        tail.extend_from_slice(&[0; 3][..pad4(data.len())]);
+        be16(tail, OPT_EPB_FLAGS);
+        be16(tail, 4);
+        be32(tail, flags);
+        be16(tail, OPT_COMMENT);
+        be16(tail, comment.len() as u16);
+        tail.extend_from_slice(comment);
+        tail.extend_from_slice(&[0; 3][..pad4(comment.len())]);
+        tail.extend_from_slice(&[0; 4]);
+        be32(tail, block_len);
+        if direct {
+            let buf = self.w.get_mut();
+            let mut bufs = [
+                IoSlice::new(buf),
+                IoSlice::new(&head),
+                IoSlice::new(data),
+                IoSlice::new(&self.tail),
+            ];
+            write_all_vectored(self.out.as_mut().expect("until into_inner"), &mut bufs)?;
+            buf.clear();
+        } else if self.w.get_ref().len() >= BUFFER {
+            self.write_buffer()?;
+        }
         Ok(())
     }
 
@@ -109,19 +202,172 @@ impl<W: Write> CaptureWriter<W> {
         Ok(())
     }
 
-    pub fn flush(&mut self) -> io::Result<()> {
-        self.w.get_mut().flush()
+    fn write_buffer(&mut self) -> io::Result<()> {
+        let buf = self.w.get_mut();
+        if let Some(out) = self.out.as_mut()
+            && !buf.is_empty()
+        {
+            out.write_all(buf)?;
+            buf.clear();
+        }
+        Ok(())
     }
 
-    pub fn into_inner(self) -> W {
-        self.w.into_inner()
+    /// Writes out what is buffered.
+    pub fn flush(&mut self) -> io::Result<()> {
+        self.write_buffer()?;
+        self.out.as_mut().map_or(Ok(()), Write::flush)
+    }
+
+    /// Flushes and returns the output.
+    pub fn into_inner(mut self) -> io::Result<W> {
+        self.flush()?;
+        Ok(self.out.take().expect("taken only here"))
+    }
+}
+
+impl<W: Write> Drop for CaptureWriter<W> {
+    /// Like `BufWriter`: what is buffered is written (errors cannot be reported here).
+    fn drop(&mut self) {
+        let _ = self.write_buffer();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use pcap_file::pcapng::blocks::enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption};
     use pcap_file::pcapng::{Block, PcapNgReader};
+    use std::time::Duration;
+
+    /// Accepts at most 7 bytes per call: short writes, as a pipe may do.
+    struct Trickle(Vec<u8>);
+
+    impl Write for Trickle {
+        fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+            let n = b.len().min(7);
+            self.0.extend_from_slice(&b[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// The same file as pcap-file writes it (section header, IDB, EPBs with flags and comment).
+    fn reference(packets: &[(Packet<'_>, u64, &str)]) -> Vec<u8> {
+        let mut w = PcapNgWriter::with_section_header(Vec::new(), section_header()).unwrap();
+        w.write_pcapng_block(InterfaceDescriptionBlock {
+            linktype: DataLink::ETHERNET,
+            snaplen: 65535,
+            options: vec![
+                InterfaceDescriptionOption::IfName(Cow::Borrowed("lo")),
+                InterfaceDescriptionOption::IfTsResol(9),
+            ],
+        })
+        .unwrap();
+        for (p, ts, comment) in packets {
+            let flags = if p.dir == packet_dir::EGRESS {
+                FLAG_OUTBOUND
+            } else {
+                FLAG_INBOUND
+            };
+            w.write_pcapng_block(EnhancedPacketBlock {
+                interface_id: 0,
+                timestamp: Duration::from_nanos(*ts),
+                original_len: p.orig_len.max(p.data.len() as u32),
+                data: Cow::Borrowed(p.data),
+                options: vec![
+                    EnhancedPacketOption::Flags(flags),
+                    EnhancedPacketOption::Comment(Cow::Borrowed(comment)),
+                ],
+            })
+            .unwrap();
+        }
+        w.into_inner()
+    }
+
+    #[test]
+    fn blocks_byte_for_byte_as_pcap_file_writes_them() {
+        // Sizes around the padding and the direct-write threshold, comments of every padding.
+        let sizes = [
+            0,
+            1,
+            2,
+            3,
+            60,
+            96,
+            DIRECT_MIN - 1,
+            DIRECT_MIN,
+            DIRECT_MIN + 3,
+            65535,
+        ];
+        let datas: Vec<Vec<u8>> = sizes
+            .iter()
+            .map(|&n| (0..n).map(|i| (i * 7 + n) as u8).collect())
+            .collect();
+        let comments = [
+            "",
+            "a",
+            "pid=1 comm=x cookie=5",
+            "abc",
+            "pid=? (no local socket)",
+        ];
+        let packets: Vec<(Packet<'_>, u64, &str)> = datas
+            .iter()
+            .enumerate()
+            .map(|(i, d)| {
+                let p = Packet {
+                    ts_ns: 0,
+                    cookie: 9,
+                    ifindex: 1,
+                    orig_len: if i % 2 == 0 { 131_032 } else { 0 },
+                    dir: if i % 3 == 0 {
+                        packet_dir::INGRESS
+                    } else {
+                        packet_dir::EGRESS
+                    },
+                    data: d,
+                };
+                (
+                    p,
+                    1_700_000_000_123_456_789 + i as u64,
+                    comments[i % comments.len()],
+                )
+            })
+            .collect();
+        let want = reference(&packets);
+        let ifaces = [(1, "lo".to_string())];
+        let mut w = CaptureWriter::new(Vec::new(), &ifaces, 65535).unwrap();
+        let mut t = CaptureWriter::new(Trickle(Vec::new()), &ifaces, 65535).unwrap();
+        for (p, ts, c) in &packets {
+            w.write_packet(p, *ts, c).unwrap();
+            t.write_packet(p, *ts, c).unwrap();
+        }
+        let got = w.into_inner().unwrap();
+        assert_eq!(got.len(), want.len());
+        assert!(
+            got == want,
+            "first difference at byte {:?}",
+            got.iter().zip(&want).position(|(a, b)| a != b)
+        );
+        assert!(t.into_inner().unwrap().0 == want);
+    }
+
+    #[test]
+    fn dropping_writes_what_is_buffered() {
+        let mut out = Vec::new();
+        {
+            let w = CaptureWriter::new(&mut out, &[(1, "lo".to_string())], 96).unwrap();
+            drop(w);
+        }
+        assert!(!out.is_empty());
+        let mut r = PcapNgReader::new(&out[..]).unwrap();
+        assert!(matches!(
+            r.next_block().unwrap().unwrap(),
+            Block::InterfaceDescription(_)
+        ));
+    }
 
     #[test]
     fn writes_idb_epb_isb_readable_back() {
@@ -141,7 +387,7 @@ mod tests {
         w.write_packet(&p, 1_700_000_000_123_456_789, "cookie=42")
             .unwrap();
         w.write_stats(7, 1_700_000_001_000_000_000, 1, 3).unwrap();
-        let bytes = w.into_inner();
+        let bytes = w.into_inner().unwrap();
         let mut r = PcapNgReader::new(&bytes[..]).unwrap();
         let mut names = Vec::new();
         let mut epbs = Vec::new();

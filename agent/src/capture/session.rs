@@ -114,7 +114,7 @@ pub fn text_suffix(owner: Option<&Owner>) -> String {
 }
 
 enum Out {
-    Pcap(CaptureWriter<BufWriter<Box<dyn Write + Send>>>),
+    Pcap(CaptureWriter<Box<dyn Write + Send>>),
     Text(BufWriter<StdoutLock<'static>>),
 }
 
