@@ -327,6 +327,8 @@ mod tests {
                     } else {
                         packet_dir::EGRESS
                     },
+                    ino: 0,
+                    owner: None,
                     data: d,
                 };
                 (
