@@ -3,6 +3,9 @@
 //! Ethernet header on) with its timestamp, interface, direction, length and socket cookie
 //! into the `PACKETS` ring buffer, and always lets the packet go on (`TC_ACT_OK`).
 //!
+//! With a filter expression (`CaptureConfig::filter`), the packet first goes through its
+//! interface's classic BPF program ([`crate::filter`]): rejected packets are only counted.
+//!
 //! The copy goes through a per-CPU slot of `PACKET_SCRATCH` (a plain array indexed by CPU:
 //! per-CPU arrays cannot hold values over 32 KiB) and the record is sized to the data.
 
@@ -64,6 +67,17 @@ fn capture(ctx: &TcContext, dir: u8) {
     let skb = ctx.as_ptr() as *mut __sk_buff;
     let ifindex = unsafe { (*skb).ifindex };
     let orig_len = unsafe { (*skb).len };
+    // The filter expression, on the whole packet, before anything is copied.
+    let mut keep = u32::MAX;
+    if capture_conf().filter != 0 {
+        keep = crate::filter::run(&crate::filter::Skb(skb), ifindex, orig_len);
+        if keep == 0 {
+            if let Some(c) = CAPTURE_STATS.get_ptr_mut(ifindex) {
+                unsafe { (*c).filtered += 1 };
+            }
+            return;
+        }
+    }
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let Some(s) = PACKET_SCRATCH.get_ptr_mut(cpu) else {
         return;
@@ -72,6 +86,9 @@ fn capture(ctx: &TcContext, dir: u8) {
     let snaplen = capture_conf().snaplen;
     if n > snaplen {
         n = snaplen;
+    }
+    if n > keep {
+        n = keep;
     }
     if n > PACKET_MAX as u32 {
         n = PACKET_MAX as u32;

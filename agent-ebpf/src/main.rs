@@ -1,4 +1,5 @@
-//! capagent's eBPF programs: socket syscall tracing (`prog`) and packet capture (`capture`).
+//! capagent's eBPF programs: socket syscall tracing (`prog`) and packet capture (`capture`,
+//! with its classic BPF interpreter for filter expressions, `filter`).
 //!
 //! The `sys_enter` raw tracepoint program picks the socket-related syscalls by number,
 //! checks in the kernel that the process is traced and the fd is a socket, and remembers the
@@ -22,6 +23,9 @@ mod prog;
 
 #[cfg(target_arch = "bpf")]
 mod capture;
+
+#[cfg(target_arch = "bpf")]
+mod filter;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -8,7 +8,7 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    capture::{self, CaptureOptions, session::SessionOptions},
+    capture::{self, CaptureOptions, filter::Filter, session::SessionOptions},
     cli::{CaptureArgs, Cli, Command, TraceArgs},
     output::{EventWriter, FanOut, Writer, pcapng::PcapngWriter, text::TextConfig},
     trace::{
@@ -50,6 +50,10 @@ fn capture(args: CaptureArgs) -> anyhow::Result<ExitCode> {
         ring_bytes: args.ring_kib.saturating_mul(1024),
         duration: args.duration.map(Duration::from_secs_f64),
         count: args.count,
+        filter: match &args.filter {
+            Some(e) => Filter::expression(std::slice::from_ref(e)),
+            None => Filter::expression(&args.filter_words),
+        },
     };
     let session = SessionOptions {
         write: args.write.clone(),

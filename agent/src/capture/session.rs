@@ -16,7 +16,7 @@ use std::{
 };
 
 use super::{
-    CaptureError, CaptureOptions, CaptureOutcome, Iface, Packet, PacketSink,
+    CaptureError, CaptureOptions, CaptureOutcome, Iface, LinkType, Packet, PacketSink,
     owner::{Owner, Resolution, Resolver},
     pcapng::CaptureWriter,
     text,
@@ -83,7 +83,7 @@ const MAX_PENDING: usize = 100_000;
 
 struct Sink<'a> {
     opts: &'a SessionOptions,
-    names: Vec<(u32, String)>,
+    ifaces: Vec<Iface>,
     out: Out,
     resolver: Resolver,
     pending: VecDeque<Pending>,
@@ -101,16 +101,16 @@ impl Sink<'_> {
         match &mut self.out {
             Out::Pcap(w) => w.write_packet(p, ts_ns, &comment(owner, p.cookie)),
             Out::Text(w) => {
-                let name = self
-                    .names
+                let (name, linktype) = self
+                    .ifaces
                     .iter()
-                    .find(|(i, _)| *i == p.ifindex)
-                    .map_or("?", |(_, n)| n.as_str());
+                    .find(|i| i.ifindex == p.ifindex)
+                    .map_or(("?", LinkType::Ethernet), |i| (i.name.as_str(), i.linktype));
                 writeln!(
                     w,
                     "{} {}{}",
                     text::clock(ts_ns),
-                    text::describe(p, name),
+                    text::describe(p, name, linktype),
                     text_suffix(owner)
                 )
             }
@@ -200,10 +200,10 @@ fn now_wall_ns() -> u64 {
 /// Runs a whole session: capture, attribution, selection, output, statistics and summary.
 pub fn run(opts: &CaptureOptions, sopts: &SessionOptions) -> Result<CaptureOutcome, CaptureError> {
     let ifaces: Vec<Iface> = super::resolve(opts)?;
-    let names: Vec<(u32, String)> = ifaces.iter().map(|i| (i.ifindex, i.name.clone())).collect();
+    let filter = super::compile_filter(opts, &ifaces)?;
     let out = match &sopts.write {
         Some(p) => Out::Pcap(
-            CaptureWriter::open(p, &names, opts.snaplen).map_err(|source| CaptureError::Open {
+            CaptureWriter::open(p, &ifaces, opts.snaplen).map_err(|source| CaptureError::Open {
                 path: p.clone(),
                 source,
             })?,
@@ -212,14 +212,14 @@ pub fn run(opts: &CaptureOptions, sopts: &SessionOptions) -> Result<CaptureOutco
     };
     let mut sink = Sink {
         opts: sopts,
-        names,
+        ifaces: ifaces.clone(),
         out,
         resolver: Resolver::system(),
         pending: VecDeque::new(),
         last_flush: Instant::now(),
         written: 0,
     };
-    let outcome = super::run(opts, &ifaces, &mut sink);
+    let outcome = super::run(opts, &ifaces, filter.as_ref(), &mut sink);
     // Whatever was captured is written, even when the capture ended with an error.
     let end = sink
         .drain_pending(true)
@@ -229,8 +229,8 @@ pub fn run(opts: &CaptureOptions, sopts: &SessionOptions) -> Result<CaptureOutco
     end?;
     if let Out::Pcap(w) = &mut sink.out {
         let now = now_wall_ns();
-        for &(ifindex, submitted, dropped) in &outcome.per_iface {
-            w.write_stats(ifindex, now, submitted, dropped)
+        for t in &outcome.per_iface {
+            w.write_stats(t, filter.is_some(), now)
                 .map_err(CaptureError::Output)?;
         }
         w.flush().map_err(CaptureError::Output)?;
@@ -241,8 +241,13 @@ pub fn run(opts: &CaptureOptions, sopts: &SessionOptions) -> Result<CaptureOutco
         } else {
             String::new()
         };
+        let filtered = if filter.is_some() {
+            format!(", {} rejected by the filter", outcome.filtered())
+        } else {
+            String::new()
+        };
         eprintln!(
-            "capagent: {} packets captured ({} bytes on the wire){selected}, {} dropped (ring buffer full)",
+            "capagent: {} packets captured ({} bytes on the wire){selected}{filtered}, {} dropped (ring buffer full)",
             outcome.packets,
             outcome.bytes,
             outcome.dropped()
