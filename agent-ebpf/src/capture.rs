@@ -1,7 +1,9 @@
 //! Packet capture (`capagent capture`): TC classifier programs on the ingress and egress of
 //! the captured interfaces. Each copies the first `snaplen` bytes of the packet (from the
 //! Ethernet header on) with its timestamp, interface, direction, length and socket cookie
-//! into the `PACKETS` ring buffer, and always lets the packet go on (`TC_ACT_OK`).
+//! into the `PACKETS` ring buffer, and always lets the packet go on to the next program of
+//! the hook (`TC_ACT_UNSPEC`, which is tcx's `TCX_NEXT`: `TC_ACT_OK` would end the chain, so
+//! programs attached after this one, another capture included, would never see packets).
 //!
 //! With a filter expression (`CaptureConfig::filter`), the packet first goes through its
 //! interface's classic BPF program ([`crate::filter`]): rejected packets are only counted.
@@ -12,7 +14,7 @@
 use agent_common::{CaptureConfig, IfCounters, PACKET_MAX, PacketEvent, packet_dir};
 use aya_ebpf::{
     EbpfContext,
-    bindings::{__sk_buff, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_OK},
+    bindings::{__sk_buff, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
     helpers::{
         bpf_ktime_get_boot_ns,
         generated::{bpf_get_smp_processor_id, bpf_get_socket_cookie, bpf_skb_load_bytes},
@@ -53,13 +55,13 @@ fn capture_conf() -> &'static CaptureConfig {
 #[classifier]
 pub fn capture_ingress(ctx: TcContext) -> i32 {
     capture(&ctx, packet_dir::INGRESS);
-    TC_ACT_OK
+    TC_ACT_UNSPEC
 }
 
 #[classifier]
 pub fn capture_egress(ctx: TcContext) -> i32 {
     capture(&ctx, packet_dir::EGRESS);
-    TC_ACT_OK
+    TC_ACT_UNSPEC
 }
 
 #[inline(always)]
