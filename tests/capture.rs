@@ -497,3 +497,273 @@ fn text_lines_name_the_process() {
         "{line}"
     );
 }
+
+// --- filter expressions ---
+
+/// Mixed traffic in a namespace whose `lo` also has 10.1.2.3 and fd00::1: TCP to ports 8001
+/// and 8002 (IPv4 over 127.0.0.1 and 10.1.2.3, IPv6 over ::1 and fd00::1), UDP to port 5353
+/// with replies (payloads of 200 `X` or `Y`), over IPv4 and IPv6.
+const TRAFFIC_PY: &str = r#"
+import socket, threading
+
+def serve_tcp(s):
+    while True:
+        c, _ = s.accept()
+        data = b''
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            data += d
+        c.sendall(b'ok ' + data)
+        c.close()
+
+def serve_udp(s):
+    while True:
+        d, peer = s.recvfrom(65536)
+        s.sendto(b're ' + d[:20], peer)
+
+for fam, addr in ((socket.AF_INET, '0.0.0.0'), (socket.AF_INET6, '::')):
+    for port in (8001, 8002):
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if fam == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.bind((addr, port))
+        s.listen(16)
+        threading.Thread(target=serve_tcp, args=(s,), daemon=True).start()
+    u = socket.socket(fam, socket.SOCK_DGRAM)
+    if fam == socket.AF_INET6:
+        u.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    u.bind((addr, 5353))
+    threading.Thread(target=serve_udp, args=(u,), daemon=True).start()
+
+for i, (host, port) in enumerate((('127.0.0.1', 8001), ('127.0.0.1', 8002), ('10.1.2.3', 8001),
+                                  ('10.1.2.3', 8002), ('::1', 8001), ('fd00::1', 8002))):
+    c = socket.create_connection((host, port))
+    c.sendall(b'hello %d ' % i + b'z' * (100 * i))
+    c.shutdown(socket.SHUT_WR)
+    while c.recv(65536):
+        pass
+    c.close()
+
+for host, fill in (('127.0.0.1', b'X'), ('10.1.2.3', b'Y'), ('::1', b'X'), ('fd00::1', b'Y')):
+    fam = socket.AF_INET6 if ':' in host else socket.AF_INET
+    u = socket.socket(fam, socket.SOCK_DGRAM)
+    u.settimeout(5)
+    u.sendto(fill * 200, (host, 5353))
+    u.recvfrom(100)
+    u.close()
+print('done', flush=True)
+"#;
+
+/// The packets (bytes) of a pcapng file, and the options of its Interface Statistics Blocks.
+fn pcapng_packets(
+    path: &std::path::Path,
+) -> (
+    Vec<Vec<u8>>,
+    Vec<pcap_file::pcapng::blocks::interface_statistics::InterfaceStatisticsOption<'static>>,
+) {
+    use pcap_file::pcapng::{Block, PcapNgReader};
+    let bytes = std::fs::read(path).unwrap();
+    let mut r = PcapNgReader::new(&bytes[..]).unwrap();
+    let (mut packets, mut stats) = (Vec::new(), Vec::new());
+    while let Some(b) = r.next_block() {
+        match b.unwrap() {
+            Block::EnhancedPacket(e) => packets.push(e.data.to_vec()),
+            Block::InterfaceStatistics(s) => stats.extend(s.into_owned().options),
+            _ => {}
+        }
+    }
+    (packets, stats)
+}
+
+/// What `tcpdump -r FILE EXPR` selects, as packet bytes.
+fn tcpdump_selects(file: &std::path::Path, expr: &str) -> Vec<Vec<u8>> {
+    let out = Command::new("tcpdump")
+        .arg("-r")
+        .arg(file)
+        .args(["-w", "-", expr])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tcpdump -r ... {expr}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut r = pcap_file::pcap::PcapReader::new(&out.stdout[..]).unwrap();
+    let mut v = Vec::new();
+    while let Some(p) = r.next_packet() {
+        v.push(p.unwrap().data.to_vec());
+    }
+    v
+}
+
+/// `N` in "N WHAT" of the summary line.
+fn summary_count(summary: &str, what: &str) -> u64 {
+    let at = summary
+        .find(what)
+        .unwrap_or_else(|| panic!("no {what:?} in {summary:?}"));
+    summary[..at]
+        .split(|c: char| !c.is_ascii_digit())
+        .rfind(|w| !w.is_empty())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// One capture without a filter and one per expression run at the same time on the same
+/// traffic; each filtered file holds exactly the packets `tcpdump -r` selects from the
+/// unfiltered one with the same expression, and the summary counts the rejected ones.
+#[test]
+fn filters_select_what_tcpdump_selects() {
+    use pcap_file::pcapng::blocks::interface_statistics::InterfaceStatisticsOption as Isb;
+    let ns = Netns::new("flt");
+    for args in [
+        "addr add 10.1.2.3/8 dev lo",
+        "-6 addr add fd00::1/128 dev lo nodad",
+    ] {
+        let mut cmd = ns.cmd("ip");
+        cmd.args(args.split(' '));
+        run_output("ip addr add", cmd, TIMEOUT);
+    }
+    let dir = TempDir::new("flt");
+    // (expression, extra options): one through -f, one with a snaplen shorter than the
+    // bytes its expression reads (the kernel evaluates the whole packet).
+    let cases: &[(&str, &[&str])] = &[
+        ("tcp port 8001", &[]),
+        ("udp and dst port 5353", &[]),
+        ("icmp or icmp6", &[]),
+        ("not tcp", &[]),
+        ("host 10.1.2.3 and (port 8001 or port 8002)", &[]),
+        ("net 10.0.0.0/8", &["-f"]),
+        ("src port 8002", &[]),
+        ("ip6", &[]),
+        ("tcp[tcpflags] & tcp-syn != 0", &[]),
+        ("udp and udp[100:4] = 0x58585858", &["-s", "64"]),
+    ];
+    let all_file = dir.join("all.pcapng");
+    let common = ["-i", "lo", "--ring-kib", "4096", "-w"];
+    let mut all = {
+        let mut a: Vec<&str> = common.to_vec();
+        a.push(all_file.to_str().unwrap());
+        start_capture(&ns, &a)
+    };
+    let files: Vec<std::path::PathBuf> = (0..cases.len())
+        .map(|i| dir.join(&format!("f{i}.pcapng")))
+        .collect();
+    let mut caps: Vec<Proc> = cases
+        .iter()
+        .zip(&files)
+        .map(|((expr, extra), file)| {
+            let mut a: Vec<&str> = common.to_vec();
+            a.push(file.to_str().unwrap());
+            a.extend_from_slice(extra);
+            // The words as separate arguments, like a shell would pass them unquoted.
+            if extra.contains(&"-f") {
+                a.push(expr);
+            } else {
+                a.extend(expr.split(' '));
+            }
+            start_capture(&ns, &a)
+        })
+        .collect();
+
+    let script = dir.write("traffic.py", TRAFFIC_PY);
+    let mut py = ns.cmd(python());
+    py.arg(&script);
+    let mut traffic = Proc::spawn("traffic", py);
+    traffic.expect("done", TIMEOUT);
+    for v6 in [false, true] {
+        let mut ping = ns.cmd("ping");
+        if v6 {
+            ping.arg("-6");
+        }
+        ping.args(["-c", "2", "-i", "0.2"])
+            .arg(if v6 { "::1" } else { "127.0.0.1" });
+        run_output("ping", ping, TIMEOUT);
+    }
+    // Let the last segments (delayed ACKs) pass, then stop everything.
+    thread::sleep(Duration::from_millis(500));
+    for p in std::iter::once(&all).chain(&caps) {
+        unsafe { libc::kill(p.pid() as libc::pid_t, libc::SIGINT) };
+    }
+    finish(&mut all);
+    for c in &mut caps {
+        finish(c);
+    }
+
+    let (everything, _) = pcapng_packets(&all_file);
+    let n_all = summary_count(&all.stderr(), "packets captured");
+    assert_eq!(n_all, everything.len() as u64, "{}", all.stderr());
+    assert!(everything.len() >= 40, "only {} packets", everything.len());
+    for (((expr, extra), file), cap) in cases.iter().zip(&files).zip(&caps) {
+        let want = tcpdump_selects(&all_file, expr);
+        let (got, stats) = pcapng_packets(file);
+        assert!(
+            !want.is_empty() && want.len() < everything.len(),
+            "{expr}: the traffic should have packets on both sides ({} of {})",
+            want.len(),
+            everything.len()
+        );
+        let snap = if extra.contains(&"-s") {
+            64
+        } else {
+            usize::MAX
+        };
+        let want: Vec<Vec<u8>> = want
+            .into_iter()
+            .map(|p| p[..p.len().min(snap)].to_vec())
+            .collect();
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "{expr}: capagent kept {} packets, tcpdump -r selects {}",
+            got.len(),
+            want.len()
+        );
+        assert!(got == want, "{expr}: not the same packets as tcpdump -r");
+        let summary = cap.stderr();
+        let kept = summary_count(&summary, "packets captured");
+        let rejected = summary_count(&summary, "rejected by the filter");
+        assert_eq!(kept, got.len() as u64, "{expr}: {summary}");
+        assert_eq!(kept + rejected, n_all, "{expr}: {summary}");
+        assert_eq!(summary_count(&summary, "dropped"), 0, "{summary}");
+        assert!(stats.contains(&Isb::IsbIfRecv(n_all)), "{expr}: {stats:?}");
+        assert!(
+            stats.contains(&Isb::IsbFilterAccept(kept)),
+            "{expr}: {stats:?}"
+        );
+    }
+}
+
+#[test]
+fn bad_filter_expression_is_one_line_before_anything_starts() {
+    let dir = TempDir::new("flt");
+    let file = dir.join("never.pcapng");
+    let out = Command::new(CAPAGENT)
+        .args(["capture", "-i", "lo", "-w", file.to_str().unwrap()])
+        .args(["tcp", "prt", "80"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim_end(),
+        "capagent: bad filter expression 'tcp prt 80': can't parse filter expression: syntax error"
+    );
+    assert!(!file.exists(), "the output file was created");
+    // libpcap's own messages come through, e.g. for an impossible port.
+    let out = Command::new(CAPAGENT)
+        .args(["capture", "-i", "lo", "-f", "udp port 70000"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("capagent: bad filter expression 'udp port 70000': ")
+            && err.contains("70000"),
+        "{err}"
+    );
+}
