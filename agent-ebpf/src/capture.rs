@@ -14,7 +14,9 @@
 use agent_common::{CaptureConfig, IfCounters, PACKET_MAX, PacketEvent, packet_dir};
 use aya_ebpf::{
     EbpfContext,
-    bindings::{__sk_buff, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC},
+    bindings::{
+        __sk_buff, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC,
+    },
     helpers::{
         bpf_ktime_get_boot_ns,
         generated::{bpf_get_smp_processor_id, bpf_get_socket_cookie, bpf_skb_load_bytes},
