@@ -95,6 +95,8 @@ pub enum InvalidProgram {
     Shift { pc: usize, k: u32 },
     #[error("instruction {pc}: ancillary load (negative offset {k:#x}) not supported")]
     Ancillary { pc: usize, k: u32 },
+    #[error("instruction {pc}: reads scratch memory word {k} before any store to it")]
+    MemUnset { pc: usize, k: u32 },
     #[error("the program does not end with a return")]
     NoReturn,
 }
@@ -145,9 +147,41 @@ pub fn validate(prog: &[FilterInsn]) -> Result<(), InvalidProgram> {
         }
     }
     match prog[n - 1].code {
-        op::RET_K | op::RET_A => Ok(()),
-        _ => Err(InvalidProgram::NoReturn),
+        op::RET_K | op::RET_A => {}
+        _ => return Err(InvalidProgram::NoReturn),
     }
+    check_loads_and_stores(prog)
+}
+
+/// Like the kernel's `check_load_and_stores`: on every path, a scratch memory word is stored
+/// before it is loaded (so no program depends on M[]'s initial value).
+fn check_loads_and_stores(prog: &[FilterInsn]) -> Result<(), InvalidProgram> {
+    use op::*;
+    // Words surely stored on every path reaching each instruction.
+    let mut masks = vec![u16::MAX; prog.len()];
+    let mut valid: u16 = 0;
+    for (pc, i) in prog.iter().enumerate() {
+        valid &= masks[pc];
+        let bit = 1u16 << (i.k & 15);
+        match i.code {
+            ST | STX => valid |= bit,
+            LD_MEM | LDX_MEM if valid & bit == 0 => {
+                return Err(InvalidProgram::MemUnset { pc, k: i.k });
+            }
+            JMP_JA => {
+                masks[pc + 1 + i.k as usize] &= valid;
+                valid = u16::MAX;
+            }
+            JMP_JEQ_K | JMP_JEQ_X | JMP_JGT_K | JMP_JGT_X | JMP_JGE_K | JMP_JGE_X | JMP_JSET_K
+            | JMP_JSET_X => {
+                masks[pc + 1 + usize::from(i.jt)] &= valid;
+                masks[pc + 1 + usize::from(i.jf)] &= valid;
+                valid = u16::MAX;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
 /// Big-endian load of `size` (1, 2 or 4) bytes at `off`, `None` past the end of `data`.
@@ -312,6 +346,30 @@ mod tests {
         assert_eq!(
             validate(&[ins(ST, 0, 0, 16), ret]),
             Err(InvalidProgram::MemIndex { pc: 0, k: 16 })
+        );
+        assert_eq!(
+            validate(&[ins(LDX_MEM, 0, 0, 3), ret]),
+            Err(InvalidProgram::MemUnset { pc: 0, k: 3 })
+        );
+        // Stored on one branch only.
+        assert_eq!(
+            validate(&[
+                ins(JMP_JEQ_K, 0, 1, 0),
+                ins(ST, 0, 0, 3),
+                ins(LD_MEM, 0, 0, 3),
+                ret
+            ]),
+            Err(InvalidProgram::MemUnset { pc: 2, k: 3 })
+        );
+        assert_eq!(
+            validate(&[
+                ins(ST, 0, 0, 3),
+                ins(JMP_JEQ_K, 0, 1, 0),
+                ins(ST, 0, 0, 4),
+                ins(LD_MEM, 0, 0, 3),
+                ret
+            ]),
+            Ok(())
         );
         assert_eq!(
             validate(&[ins(ALU_DIV_K, 0, 0, 0), ret]),

@@ -38,6 +38,7 @@ unsafe extern "C" {
     fn pcap_freecode(fp: *mut BpfProgram);
     fn pcap_close(p: *mut PcapT);
     fn pcap_offline_filter(fp: *const BpfProgram, h: *const PcapPkthdr, pkt: *const u8) -> c_int;
+    fn bpf_filter(pc: *const FilterInsn, p: *const u8, wirelen: c_uint, buflen: c_uint) -> c_uint;
 }
 
 /// `PCAP_NETMASK_UNKNOWN`: `ip broadcast` then fails to compile instead of guessing.
@@ -136,6 +137,17 @@ pub fn offline_filter(expr: &str, dlt: c_int, data: &[u8], wirelen: u32) -> Resu
     };
     // SAFETY: a compiled program, a header whose caplen is the length of `data`.
     Ok(unsafe { pcap_offline_filter(&prog.0, &h, data.as_ptr()) } != 0)
+}
+
+/// libpcap's classic BPF interpreter (`bpf_filter`) run on `prog`: the reference for
+/// [`super::cbpf::run`]. `None` when [`super::cbpf::validate`] refuses the program (libpcap
+/// trusts its input: a program with a wild jump would make it read out of bounds).
+pub fn reference_run(prog: &[FilterInsn], data: &[u8], wirelen: u32) -> Option<u32> {
+    super::cbpf::validate(prog).ok()?;
+    let buflen = u32::try_from(data.len()).ok()?;
+    // SAFETY: a validated program (jumps inside it, returns at its end, scratch indexes in
+    // range); libpcap bounds-checks every packet load against `buflen`.
+    Some(unsafe { bpf_filter(prog.as_ptr(), data.as_ptr(), wirelen, buflen) })
 }
 
 #[cfg(test)]

@@ -353,3 +353,63 @@ fn long_expressions() {
     let p = build(eth().ipv4(V4_A, V4_B, 64).udp(5353, 101), b"x");
     assert_eq!(f.eval(LinkType::Ethernet, &p, p.len() as u32), Some(0));
 }
+
+/// Random valid programs (every opcode, small offsets so loads hit and miss the packet),
+/// run by [`cbpf::run`] and by libpcap's `bpf_filter` on random packets: same results.
+#[test]
+fn interpreter_agrees_with_libpcaps_bpf_filter_on_random_programs() {
+    use cbpf::op::*;
+    const CODES: &[u16] = &[
+        LD_W_ABS, LD_H_ABS, LD_B_ABS, LD_W_IND, LD_H_IND, LD_B_IND, LD_W_LEN, LD_IMM, LD_MEM,
+        LDX_IMM, LDX_MEM, LDX_W_LEN, LDX_B_MSH, ST, STX, ALU_ADD_K, ALU_ADD_X, ALU_SUB_K,
+        ALU_SUB_X, ALU_MUL_K, ALU_MUL_X, ALU_DIV_K, ALU_DIV_X, ALU_OR_K, ALU_OR_X, ALU_AND_K,
+        ALU_AND_X, ALU_LSH_K, ALU_LSH_X, ALU_RSH_K, ALU_RSH_X, ALU_NEG, ALU_MOD_K, ALU_MOD_X,
+        ALU_XOR_K, ALU_XOR_X, JMP_JA, JMP_JEQ_K, JMP_JEQ_X, JMP_JGT_K, JMP_JGT_X, JMP_JGE_K,
+        JMP_JGE_X, JMP_JSET_K, JMP_JSET_X, RET_K, RET_A, MISC_TAX, MISC_TXA,
+    ];
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut rnd = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let (mut valid, mut accepted) = (0, 0);
+    for _ in 0..20_000 {
+        let len = 1 + rnd(24) as usize;
+        let mut prog: Vec<FilterInsn> = (0..len)
+            .map(|_| {
+                let code = CODES[rnd(CODES.len() as u64) as usize];
+                let k = match rnd(4) {
+                    0 => rnd(16) as u32,
+                    1 => rnd(80) as u32,
+                    2 => rnd(40) as u32,
+                    _ => rnd(u64::from(u32::MAX)) as u32,
+                };
+                FilterInsn {
+                    code,
+                    jt: rnd(4) as u8,
+                    jf: rnd(4) as u8,
+                    k: if code == JMP_JA { rnd(4) as u32 } else { k },
+                }
+            })
+            .collect();
+        prog.push(FilterInsn {
+            code: RET_A,
+            ..FilterInsn::default()
+        });
+        if cbpf::validate(&prog).is_err() {
+            continue;
+        }
+        valid += 1;
+        let packet: Vec<u8> = (0..rnd(72)).map(|_| rnd(256) as u8).collect();
+        for cut in [packet.len(), packet.len() / 2] {
+            let wirelen = packet.len() as u32 + rnd(3) as u32;
+            let ours = cbpf::run(&prog, &packet[..cut], wirelen);
+            let theirs = libpcap::reference_run(&prog, &packet[..cut], wirelen).unwrap();
+            assert_eq!(ours, theirs, "{prog:?} on {packet:?}[..{cut}]");
+            accepted += u32::from(ours != 0);
+        }
+    }
+    assert!(valid > 2_000 && accepted > 1_000, "{valid} {accepted}");
+}
