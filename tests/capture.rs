@@ -767,3 +767,98 @@ fn bad_filter_expression_is_one_line_before_anything_starts() {
         "{err}"
     );
 }
+
+/// A tun device (layer 3: packets start at the IP header) whose other end is a Python script
+/// that sends every IPv4 packet back with source and destination swapped (so tun0 has
+/// ingress traffic too).
+const TUN_PY: &str = r#"
+import fcntl, os, struct, sys
+fd = os.open('/dev/net/tun', os.O_RDWR)
+fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH', b'tun0', 0x0001 | 0x1000))  # TUNSETIFF, IFF_TUN|IFF_NO_PI
+print('ready', flush=True)
+while True:
+    p = bytearray(os.read(fd, 65536))
+    if len(p) >= 20 and p[0] >> 4 == 4:
+        p[12:16], p[16:20] = p[16:20], p[12:16]
+        os.write(fd, bytes(p))
+"#;
+
+/// On a layer-3 device the pcapng says LINKTYPE_RAW and the filter is compiled for raw IP
+/// packets: it still selects what `tcpdump -r` selects.
+#[test]
+fn filters_on_a_layer3_device() {
+    let ns = Netns::new("flt3");
+    let dir = TempDir::new("flt3");
+    let script = dir.write("tun.py", TUN_PY);
+    let mut py = ns.cmd(python());
+    py.arg(&script);
+    let mut tun = Proc::spawn("tun", py);
+    tun.expect("ready", TIMEOUT);
+    for cmd in [
+        "sysctl -qw net.ipv6.conf.tun0.disable_ipv6=1",
+        "ip addr add 10.9.0.1/24 dev tun0",
+        "ip link set tun0 up",
+    ] {
+        let mut words = cmd.split(' ');
+        let mut c = ns.cmd(words.next().unwrap());
+        c.args(words);
+        run_output(cmd, c, TIMEOUT);
+    }
+    let cases = ["udp port 7777", "icmp"];
+    let all_file = dir.join("all.pcapng");
+    let files: Vec<_> = (0..cases.len())
+        .map(|i| dir.join(&format!("f{i}.pcapng")))
+        .collect();
+    let common = ["-i", "tun0", "--ring-kib", "4096", "-w"];
+    let mut a: Vec<&str> = common.to_vec();
+    a.push(all_file.to_str().unwrap());
+    let mut caps = vec![start_capture(&ns, &a)];
+    for (expr, file) in cases.iter().zip(&files) {
+        let mut a: Vec<&str> = common.to_vec();
+        a.extend([file.to_str().unwrap(), "-f", expr]);
+        caps.push(start_capture(&ns, &a));
+    }
+    let mut send = ns.cmd(python());
+    send.args([
+        "-c",
+        "import socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         for port in (7777, 8888, 7777):\n\
+         \x20   s.sendto(b'x' * 50, ('10.9.0.2', port))\n",
+    ]);
+    run_output("udp sender", send, TIMEOUT);
+    let mut ping = ns.cmd("ping");
+    ping.args(["-c", "2", "-i", "0.2", "10.9.0.2"]);
+    run_output("ping", ping, TIMEOUT);
+    thread::sleep(Duration::from_millis(500));
+    for p in &caps {
+        unsafe { libc::kill(p.pid() as libc::pid_t, libc::SIGINT) };
+    }
+    for c in &mut caps {
+        finish(c);
+    }
+
+    let (everything, _) = pcapng_packets(&all_file);
+    // 3 datagrams out, 3 back, 3 port unreachable out and back; 2 pings and 2 replies
+    // (from the kernel's reply to the reflected request), at least.
+    assert!(everything.len() >= 14, "only {} packets", everything.len());
+    assert!(everything.iter().all(|p| p[0] >> 4 == 4), "not raw IPv4");
+    let linktype = tshark_r(
+        all_file.to_str().unwrap(),
+        &["-c", "1", "-T", "fields", "-e", "frame.encap_type"],
+    );
+    // Wireshark's WTAP_ENCAP_RAW_IP.
+    assert_eq!(linktype.trim(), "7", "{linktype}");
+    for (expr, file) in cases.iter().zip(&files) {
+        let want = tcpdump_selects(&all_file, expr);
+        let (got, _) = pcapng_packets(file);
+        assert!(
+            !want.is_empty() && want.len() < everything.len(),
+            "{expr}: {} of {}",
+            want.len(),
+            everything.len()
+        );
+        assert_eq!(got.len(), want.len(), "{expr}");
+        assert!(got == want, "{expr}: not the same packets as tcpdump -r");
+    }
+}
