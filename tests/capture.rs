@@ -862,3 +862,174 @@ fn filters_on_a_layer3_device() {
         assert!(got == want, "{expr}: not the same packets as tcpdump -r");
     }
 }
+
+// --- the in-kernel interpreter against the userspace one ---
+
+/// `BPF_PROG_TEST_RUN` of program `prog_fd` on `data` (a TC program sees it as a packet of
+/// the loopback device, from its Ethernet header on).
+fn bpf_test_run(prog_fd: std::os::fd::BorrowedFd<'_>, data: &[u8]) {
+    use std::os::fd::AsRawFd as _;
+    #[repr(C)]
+    #[derive(Default)]
+    struct TestRun {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+        batch_size: u32,
+        _pad: u32,
+    }
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    let mut attr = TestRun {
+        prog_fd: prog_fd.as_raw_fd() as u32,
+        data_size_in: data.len() as u32,
+        data_in: data.as_ptr() as u64,
+        repeat: 1,
+        ..TestRun::default()
+    };
+    // SAFETY: a valid attr for this command, `data` outlives the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRun,
+            size_of::<TestRun>(),
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "BPF_PROG_TEST_RUN: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Random valid classic BPF programs (every opcode; offsets that hit and miss the packet)
+/// loaded into the capture program's filter and run by the kernel on random packets with
+/// `BPF_PROG_TEST_RUN`: the kernel keeps a packet exactly when `cbpf::run` does, and as many
+/// bytes (`min(packet length, returned value)`).
+#[test]
+fn kernel_interpreter_agrees_with_userspace_on_random_programs() {
+    use agent_common::{
+        CaptureConfig, FILTER_MAX_INSNS, FilterInsn, FilterRef, IfCounters, PACKET_MAX,
+    };
+    use aya::maps::{Array, HashMap, MapData, PerCpuHashMap, PerCpuValues, RingBuf};
+    use capagent::capture::filter::cbpf::{self, op::*};
+    use capagent::kernel;
+    use std::os::fd::AsFd as _;
+
+    let config = CaptureConfig {
+        snaplen: PACKET_MAX as u32,
+        wakeup_bytes: 1 << 20,
+        filter: 1,
+    };
+    let mut ebpf = kernel::load_capture(&config, 1 << 22).unwrap();
+    let mut insns: Array<MapData, FilterInsn> =
+        kernel::take_map(&mut ebpf, "FILTER_INSNS").unwrap();
+    let mut refs: HashMap<MapData, u32, FilterRef> =
+        kernel::take_map(&mut ebpf, "FILTER_IFACES").unwrap();
+    let mut stats: PerCpuHashMap<MapData, u32, IfCounters> =
+        kernel::take_map(&mut ebpf, "CAPTURE_STATS").unwrap();
+    let mut ring: RingBuf<MapData> = kernel::take_map(&mut ebpf, "PACKETS").unwrap();
+    let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+    let cpus = aya::util::nr_cpus().unwrap();
+    stats
+        .insert(
+            lo,
+            PerCpuValues::try_from(vec![IfCounters::default(); cpus]).unwrap(),
+            0,
+        )
+        .unwrap();
+    let prog = kernel::loaded_classifier(&mut ebpf, "capture_egress").unwrap();
+    let fd = prog.fd().unwrap().as_fd();
+
+    const CODES: &[u16] = &[
+        LD_W_ABS, LD_H_ABS, LD_B_ABS, LD_W_IND, LD_H_IND, LD_B_IND, LD_W_LEN, LD_IMM, LD_MEM,
+        LDX_IMM, LDX_MEM, LDX_W_LEN, LDX_B_MSH, ST, STX, ALU_ADD_K, ALU_ADD_X, ALU_SUB_K,
+        ALU_SUB_X, ALU_MUL_K, ALU_MUL_X, ALU_DIV_K, ALU_DIV_X, ALU_OR_K, ALU_OR_X, ALU_AND_K,
+        ALU_AND_X, ALU_LSH_K, ALU_LSH_X, ALU_RSH_K, ALU_RSH_X, ALU_NEG, ALU_MOD_K, ALU_MOD_X,
+        ALU_XOR_K, ALU_XOR_X, JMP_JA, JMP_JEQ_K, JMP_JEQ_X, JMP_JGT_K, JMP_JGT_X, JMP_JGE_K,
+        JMP_JGE_X, JMP_JSET_K, JMP_JSET_X, RET_K, RET_A, MISC_TAX, MISC_TXA,
+    ];
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut rnd = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let (mut runs, mut kept, mut rejected) = (0u64, 0, 0);
+    let mut last_filtered = 0;
+    while runs < 1500 {
+        let len = 1 + rnd(24) as usize;
+        let mut prog: Vec<FilterInsn> = (0..len)
+            .map(|_| {
+                let code = CODES[rnd(CODES.len() as u64) as usize];
+                let k = match rnd(4) {
+                    0 => rnd(16) as u32,
+                    1 => rnd(80) as u32,
+                    2 => rnd(40) as u32,
+                    _ => rnd(u64::from(u32::MAX)) as u32,
+                };
+                FilterInsn {
+                    code,
+                    jt: rnd(4) as u8,
+                    jf: rnd(4) as u8,
+                    k: if code == JMP_JA { rnd(4) as u32 } else { k },
+                }
+            })
+            .collect();
+        prog.push(FilterInsn {
+            code: RET_A,
+            ..FilterInsn::default()
+        });
+        if cbpf::validate(&prog).is_err() {
+            continue;
+        }
+        // Alternate between the two slots, with the old program left behind.
+        let start = (runs % 2) as u32 * FILTER_MAX_INSNS as u32;
+        for (i, insn) in prog.iter().enumerate() {
+            insns.set(start + i as u32, insn, 0).unwrap();
+        }
+        let r = FilterRef {
+            start,
+            len: prog.len() as u32,
+        };
+        refs.insert(lo, r, 0).unwrap();
+        // At least an Ethernet header (BPF_PROG_TEST_RUN wants one).
+        let packet: Vec<u8> = (0..14 + rnd(58)).map(|_| rnd(256) as u8).collect();
+        bpf_test_run(fd, &packet);
+        runs += 1;
+        let want = cbpf::run(&prog, &packet, packet.len() as u32);
+        let filtered: u64 = stats.get(&lo, 0).unwrap().iter().map(|c| c.filtered).sum();
+        let rec = ring.next().map(|r| r.to_vec());
+        let ctx = format!("{prog:?} on {packet:?}");
+        if want == 0 {
+            assert!(rec.is_none(), "the kernel kept a packet: {ctx}");
+            assert_eq!(filtered, last_filtered + 1, "{ctx}");
+            rejected += 1;
+        } else {
+            let rec = rec.unwrap_or_else(|| panic!("the kernel rejected a packet: {ctx}"));
+            let p = capagent::capture::decode(&rec).unwrap();
+            let n = packet.len().min(want as usize);
+            assert_eq!(p.data, &packet[..n], "{ctx}");
+            assert_eq!(filtered, last_filtered, "{ctx}");
+            kept += 1;
+        }
+        last_filtered = filtered;
+    }
+    assert!(
+        kept > 300 && rejected > 300,
+        "{kept} kept, {rejected} rejected"
+    );
+}
