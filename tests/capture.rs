@@ -715,7 +715,8 @@ fn pid_capture_of_old_connection_on_veth() {
 /// socket lookup, before the kernel has a socket buffer for them.
 #[test]
 fn pid_capture_of_old_connection_with_xdp() {
-    pid_capture_of_old_connection(true, &["--xdp"]);
+    // With a filter expression too: the XDP program runs the filter interpreter as well.
+    pid_capture_of_old_connection(true, &["--xdp", "--filter", "tcp"]);
 }
 
 /// `capture -- CMD`: the command starts once the capture is live, its children's packets
@@ -1188,4 +1189,541 @@ fn killed_tcx_capture_leaves_nothing_attached() {
         assert!(bpf_object_gone("prog", id), "program {id} left");
     }
     assert_eq!(tc_state(&ns, &["lo"]), before);
+}
+
+// --- filter expressions ---
+
+/// Mixed traffic in a namespace whose `lo` also has 10.1.2.3 and fd00::1: TCP to ports 8001
+/// and 8002 (IPv4 over 127.0.0.1 and 10.1.2.3, IPv6 over ::1 and fd00::1), UDP to port 5353
+/// with replies (payloads of 200 `X` or `Y`), over IPv4 and IPv6.
+const TRAFFIC_PY: &str = r#"
+import socket, threading
+
+def serve_tcp(s):
+    while True:
+        c, _ = s.accept()
+        data = b''
+        while True:
+            d = c.recv(65536)
+            if not d:
+                break
+            data += d
+        c.sendall(b'ok ' + data)
+        c.close()
+
+def serve_udp(s):
+    while True:
+        d, peer = s.recvfrom(65536)
+        s.sendto(b're ' + d[:20], peer)
+
+for fam, addr in ((socket.AF_INET, '0.0.0.0'), (socket.AF_INET6, '::')):
+    for port in (8001, 8002):
+        s = socket.socket(fam, socket.SOCK_STREAM)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if fam == socket.AF_INET6:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        s.bind((addr, port))
+        s.listen(16)
+        threading.Thread(target=serve_tcp, args=(s,), daemon=True).start()
+    u = socket.socket(fam, socket.SOCK_DGRAM)
+    if fam == socket.AF_INET6:
+        u.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    u.bind((addr, 5353))
+    threading.Thread(target=serve_udp, args=(u,), daemon=True).start()
+
+for i, (host, port) in enumerate((('127.0.0.1', 8001), ('127.0.0.1', 8002), ('10.1.2.3', 8001),
+                                  ('10.1.2.3', 8002), ('::1', 8001), ('fd00::1', 8002))):
+    c = socket.create_connection((host, port))
+    c.sendall(b'hello %d ' % i + b'z' * (100 * i))
+    c.shutdown(socket.SHUT_WR)
+    while c.recv(65536):
+        pass
+    c.close()
+
+for host, fill in (('127.0.0.1', b'X'), ('10.1.2.3', b'Y'), ('::1', b'X'), ('fd00::1', b'Y')):
+    fam = socket.AF_INET6 if ':' in host else socket.AF_INET
+    u = socket.socket(fam, socket.SOCK_DGRAM)
+    u.settimeout(5)
+    u.sendto(fill * 200, (host, 5353))
+    u.recvfrom(100)
+    u.close()
+print('done', flush=True)
+"#;
+
+/// The packets (bytes) of a pcapng file, and the options of its Interface Statistics Blocks.
+fn pcapng_packets(
+    path: &std::path::Path,
+) -> (
+    Vec<Vec<u8>>,
+    Vec<pcap_file::pcapng::blocks::interface_statistics::InterfaceStatisticsOption<'static>>,
+) {
+    use pcap_file::pcapng::{Block, PcapNgReader};
+    let bytes = std::fs::read(path).unwrap();
+    let mut r = PcapNgReader::new(&bytes[..]).unwrap();
+    let (mut packets, mut stats) = (Vec::new(), Vec::new());
+    while let Some(b) = r.next_block() {
+        match b.unwrap() {
+            Block::EnhancedPacket(e) => packets.push(e.data.to_vec()),
+            Block::InterfaceStatistics(s) => stats.extend(s.into_owned().options),
+            _ => {}
+        }
+    }
+    (packets, stats)
+}
+
+/// What `tcpdump -r FILE EXPR` selects, as packet bytes.
+fn tcpdump_selects(file: &std::path::Path, expr: &str) -> Vec<Vec<u8>> {
+    let out = Command::new("tcpdump")
+        .arg("-r")
+        .arg(file)
+        .args(["-w", "-", expr])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "tcpdump -r ... {expr}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut r = pcap_file::pcap::PcapReader::new(&out.stdout[..]).unwrap();
+    let mut v = Vec::new();
+    while let Some(p) = r.next_packet() {
+        v.push(p.unwrap().data.to_vec());
+    }
+    v
+}
+
+/// `N` in "N WHAT" of the summary line.
+fn summary_count(summary: &str, what: &str) -> u64 {
+    let at = summary
+        .find(what)
+        .unwrap_or_else(|| panic!("no {what:?} in {summary:?}"));
+    summary[..at]
+        .split(|c: char| !c.is_ascii_digit())
+        .rfind(|w| !w.is_empty())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// One capture without a filter and one per expression run at the same time on the same
+/// traffic; each filtered file holds exactly the packets `tcpdump -r` selects from the
+/// unfiltered one with the same expression, and the summary counts the rejected ones.
+#[test]
+fn filters_select_what_tcpdump_selects() {
+    use pcap_file::pcapng::blocks::interface_statistics::InterfaceStatisticsOption as Isb;
+    let ns = Netns::new("flt");
+    for args in [
+        "addr add 10.1.2.3/8 dev lo",
+        "-6 addr add fd00::1/128 dev lo nodad",
+    ] {
+        let mut cmd = ns.cmd("ip");
+        cmd.args(args.split(' '));
+        run_output("ip addr add", cmd, TIMEOUT);
+    }
+    let dir = TempDir::new("flt");
+    // (expression, extra options): one through -f, one with a snaplen shorter than the
+    // bytes its expression reads (the kernel evaluates the whole packet).
+    let cases: &[(&str, &[&str])] = &[
+        ("tcp port 8001", &[]),
+        ("udp and dst port 5353", &[]),
+        ("icmp or icmp6", &[]),
+        ("not tcp", &[]),
+        ("host 10.1.2.3 and (port 8001 or port 8002)", &[]),
+        ("net 10.0.0.0/8", &["--filter"]),
+        ("src port 8002", &[]),
+        ("ip6", &[]),
+        ("tcp[tcpflags] & tcp-syn != 0", &[]),
+        ("udp and udp[100:4] = 0x58585858", &["-s", "64"]),
+    ];
+    let all_file = dir.join("all.pcapng");
+    let common = ["-i", "lo", "--ring-kib", "4096", "-w"];
+    let mut all = {
+        let mut a: Vec<&str> = common.to_vec();
+        a.push(all_file.to_str().unwrap());
+        start_capture(&ns, &a)
+    };
+    let files: Vec<std::path::PathBuf> = (0..cases.len())
+        .map(|i| dir.join(&format!("f{i}.pcapng")))
+        .collect();
+    let mut caps: Vec<Proc> = cases
+        .iter()
+        .zip(&files)
+        .map(|((expr, extra), file)| {
+            let mut a: Vec<&str> = common.to_vec();
+            a.push(file.to_str().unwrap());
+            a.extend_from_slice(extra);
+            // The words as separate arguments, like a shell would pass them unquoted.
+            if extra.contains(&"--filter") {
+                a.push(expr);
+            } else {
+                a.extend(expr.split(' '));
+            }
+            start_capture(&ns, &a)
+        })
+        .collect();
+
+    let script = dir.write("traffic.py", TRAFFIC_PY);
+    let mut py = ns.cmd(python());
+    py.arg(&script);
+    let mut traffic = Proc::spawn("traffic", py);
+    traffic.expect("done", TIMEOUT);
+    for v6 in [false, true] {
+        let mut ping = ns.cmd("ping");
+        if v6 {
+            ping.arg("-6");
+        }
+        ping.args(["-c", "2", "-i", "0.2"])
+            .arg(if v6 { "::1" } else { "127.0.0.1" });
+        run_output("ping", ping, TIMEOUT);
+    }
+    // Let the last segments (delayed ACKs) pass, then stop everything.
+    thread::sleep(Duration::from_millis(500));
+    for p in std::iter::once(&all).chain(&caps) {
+        unsafe { libc::kill(p.pid() as libc::pid_t, libc::SIGINT) };
+    }
+    finish(&mut all);
+    for c in &mut caps {
+        finish(c);
+    }
+
+    let (everything, _) = pcapng_packets(&all_file);
+    let n_all = summary_count(&all.stderr(), "packets captured");
+    assert_eq!(n_all, everything.len() as u64, "{}", all.stderr());
+    assert!(everything.len() >= 40, "only {} packets", everything.len());
+    for (((expr, extra), file), cap) in cases.iter().zip(&files).zip(&caps) {
+        let want = tcpdump_selects(&all_file, expr);
+        let (got, stats) = pcapng_packets(file);
+        assert!(
+            !want.is_empty() && want.len() < everything.len(),
+            "{expr}: the traffic should have packets on both sides ({} of {})",
+            want.len(),
+            everything.len()
+        );
+        let snap = if extra.contains(&"-s") {
+            64
+        } else {
+            usize::MAX
+        };
+        let want: Vec<Vec<u8>> = want
+            .into_iter()
+            .map(|p| p[..p.len().min(snap)].to_vec())
+            .collect();
+        assert_eq!(
+            got.len(),
+            want.len(),
+            "{expr}: capagent kept {} packets, tcpdump -r selects {}",
+            got.len(),
+            want.len()
+        );
+        assert!(got == want, "{expr}: not the same packets as tcpdump -r");
+        let summary = cap.stderr();
+        let kept = summary_count(&summary, "packets captured");
+        let rejected = summary_count(&summary, "rejected by the filter");
+        assert_eq!(kept, got.len() as u64, "{expr}: {summary}");
+        assert_eq!(kept + rejected, n_all, "{expr}: {summary}");
+        assert_eq!(summary_count(&summary, "dropped"), 0, "{summary}");
+        assert!(stats.contains(&Isb::IsbIfRecv(n_all)), "{expr}: {stats:?}");
+        assert!(
+            stats.contains(&Isb::IsbFilterAccept(kept)),
+            "{expr}: {stats:?}"
+        );
+    }
+}
+
+#[test]
+fn bad_filter_expression_is_one_line_before_anything_starts() {
+    let dir = TempDir::new("flt");
+    let file = dir.join("never.pcapng");
+    let out = Command::new(CAPAGENT)
+        .args(["capture", "-i", "lo", "-w", file.to_str().unwrap()])
+        .args(["tcp", "prt", "80"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.trim_end(),
+        "capagent: bad filter expression 'tcp prt 80': can't parse filter expression: syntax error"
+    );
+    assert!(!file.exists(), "the output file was created");
+    // libpcap's own messages come through, e.g. for an impossible port.
+    let out = Command::new(CAPAGENT)
+        .args(["capture", "-i", "lo", "--filter", "udp port 70000"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("capagent: bad filter expression 'udp port 70000': ")
+            && err.contains("70000"),
+        "{err}"
+    );
+}
+
+/// A tun device (layer 3: packets start at the IP header) whose other end is a Python script
+/// that sends every IPv4 packet back with source and destination swapped (so tun0 has
+/// ingress traffic too).
+const TUN_PY: &str = r#"
+import fcntl, os, struct, sys
+fd = os.open('/dev/net/tun', os.O_RDWR)
+fcntl.ioctl(fd, 0x400454ca, struct.pack('16sH', b'tun0', 0x0001 | 0x1000))  # TUNSETIFF, IFF_TUN|IFF_NO_PI
+print('ready', flush=True)
+while True:
+    p = bytearray(os.read(fd, 65536))
+    if len(p) >= 20 and p[0] >> 4 == 4:
+        p[12:16], p[16:20] = p[16:20], p[12:16]
+        os.write(fd, bytes(p))
+"#;
+
+/// On a layer-3 device the pcapng says LINKTYPE_RAW and the filter is compiled for raw IP
+/// packets: it still selects what `tcpdump -r` selects.
+#[test]
+fn filters_on_a_layer3_device() {
+    let ns = Netns::new("flt3");
+    let dir = TempDir::new("flt3");
+    let script = dir.write("tun.py", TUN_PY);
+    let mut py = ns.cmd(python());
+    py.arg(&script);
+    let mut tun = Proc::spawn("tun", py);
+    tun.expect("ready", TIMEOUT);
+    for cmd in [
+        "sysctl -qw net.ipv6.conf.tun0.disable_ipv6=1",
+        "ip addr add 10.9.0.1/24 dev tun0",
+        "ip link set tun0 up",
+    ] {
+        let mut words = cmd.split(' ');
+        let mut c = ns.cmd(words.next().unwrap());
+        c.args(words);
+        run_output(cmd, c, TIMEOUT);
+    }
+    let cases = ["udp port 7777", "icmp"];
+    let all_file = dir.join("all.pcapng");
+    let files: Vec<_> = (0..cases.len())
+        .map(|i| dir.join(&format!("f{i}.pcapng")))
+        .collect();
+    let common = ["-i", "tun0", "--ring-kib", "4096", "-w"];
+    let mut a: Vec<&str> = common.to_vec();
+    a.push(all_file.to_str().unwrap());
+    let mut caps = vec![start_capture(&ns, &a)];
+    for (expr, file) in cases.iter().zip(&files) {
+        let mut a: Vec<&str> = common.to_vec();
+        a.extend([file.to_str().unwrap(), "--filter", expr]);
+        caps.push(start_capture(&ns, &a));
+    }
+    let mut send = ns.cmd(python());
+    send.args([
+        "-c",
+        "import socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         for port in (7777, 8888, 7777):\n\
+         \x20   s.sendto(b'x' * 50, ('10.9.0.2', port))\n",
+    ]);
+    run_output("udp sender", send, TIMEOUT);
+    let mut ping = ns.cmd("ping");
+    ping.args(["-c", "2", "-i", "0.2", "10.9.0.2"]);
+    run_output("ping", ping, TIMEOUT);
+    thread::sleep(Duration::from_millis(500));
+    for p in &caps {
+        unsafe { libc::kill(p.pid() as libc::pid_t, libc::SIGINT) };
+    }
+    for c in &mut caps {
+        finish(c);
+    }
+
+    let (everything, _) = pcapng_packets(&all_file);
+    // 3 datagrams out, 3 back, 3 port unreachable out and back; 2 pings and 2 replies
+    // (from the kernel's reply to the reflected request), at least.
+    assert!(everything.len() >= 14, "only {} packets", everything.len());
+    assert!(everything.iter().all(|p| p[0] >> 4 == 4), "not raw IPv4");
+    let linktype = tshark_r(
+        all_file.to_str().unwrap(),
+        &["-c", "1", "-T", "fields", "-e", "frame.encap_type"],
+    );
+    // Wireshark's WTAP_ENCAP_RAW_IP.
+    assert_eq!(linktype.trim(), "7", "{linktype}");
+    for (expr, file) in cases.iter().zip(&files) {
+        let want = tcpdump_selects(&all_file, expr);
+        let (got, _) = pcapng_packets(file);
+        assert!(
+            !want.is_empty() && want.len() < everything.len(),
+            "{expr}: {} of {}",
+            want.len(),
+            everything.len()
+        );
+        assert_eq!(got.len(), want.len(), "{expr}");
+        assert!(got == want, "{expr}: not the same packets as tcpdump -r");
+    }
+}
+
+// --- the in-kernel interpreter against the userspace one ---
+
+/// `BPF_PROG_TEST_RUN` of program `prog_fd` on `data` (a TC program sees it as a packet of
+/// the loopback device, from its Ethernet header on).
+fn bpf_test_run(prog_fd: std::os::fd::BorrowedFd<'_>, data: &[u8]) {
+    use std::os::fd::AsRawFd as _;
+    #[repr(C)]
+    #[derive(Default)]
+    struct TestRun {
+        prog_fd: u32,
+        retval: u32,
+        data_size_in: u32,
+        data_size_out: u32,
+        data_in: u64,
+        data_out: u64,
+        repeat: u32,
+        duration: u32,
+        ctx_size_in: u32,
+        ctx_size_out: u32,
+        ctx_in: u64,
+        ctx_out: u64,
+        flags: u32,
+        cpu: u32,
+        batch_size: u32,
+        _pad: u32,
+    }
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    let mut attr = TestRun {
+        prog_fd: prog_fd.as_raw_fd() as u32,
+        data_size_in: data.len() as u32,
+        data_in: data.as_ptr() as u64,
+        repeat: 1,
+        ..TestRun::default()
+    };
+    // SAFETY: a valid attr for this command, `data` outlives the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            &mut attr as *mut TestRun,
+            size_of::<TestRun>(),
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "BPF_PROG_TEST_RUN: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Random valid classic BPF programs (every opcode; offsets that hit and miss the packet)
+/// loaded into the capture program's filter and run by the kernel on random packets with
+/// `BPF_PROG_TEST_RUN`: the kernel keeps a packet exactly when `cbpf::run` does, and as many
+/// bytes (`min(packet length, returned value)`).
+#[test]
+fn kernel_interpreter_agrees_with_userspace_on_random_programs() {
+    use agent_common::{
+        CaptureConfig, FILTER_MAX_INSNS, FilterInsn, FilterRef, IfCounters, PACKET_MAX,
+    };
+    use aya::maps::{Array, HashMap, MapData, PerCpuHashMap, PerCpuValues, RingBuf};
+    use capagent::capture::filter::cbpf::{self, op::*};
+    use capagent::kernel;
+    use std::os::fd::AsFd as _;
+
+    let config = CaptureConfig {
+        snaplen: PACKET_MAX as u32,
+        wakeup_bytes: 1 << 20,
+        filter: 1,
+        ..CaptureConfig::new()
+    };
+    let mut ebpf = kernel::load_capture(&config, 1 << 22).unwrap();
+    let mut insns: Array<MapData, FilterInsn> =
+        kernel::take_map(&mut ebpf, "FILTER_INSNS").unwrap();
+    let mut refs: HashMap<MapData, u32, FilterRef> =
+        kernel::take_map(&mut ebpf, "FILTER_IFACES").unwrap();
+    let mut stats: PerCpuHashMap<MapData, u32, IfCounters> =
+        kernel::take_map(&mut ebpf, "CAPTURE_STATS").unwrap();
+    let mut ring: RingBuf<MapData> = kernel::take_map(&mut ebpf, "PACKETS").unwrap();
+    let lo = unsafe { libc::if_nametoindex(c"lo".as_ptr()) };
+    let cpus = aya::util::nr_cpus().unwrap();
+    stats
+        .insert(
+            lo,
+            PerCpuValues::try_from(vec![IfCounters::default(); cpus]).unwrap(),
+            0,
+        )
+        .unwrap();
+    let prog = kernel::loaded_classifier(&mut ebpf, "capture_egress").unwrap();
+    let fd = prog.fd().unwrap().as_fd();
+
+    const CODES: &[u16] = &[
+        LD_W_ABS, LD_H_ABS, LD_B_ABS, LD_W_IND, LD_H_IND, LD_B_IND, LD_W_LEN, LD_IMM, LD_MEM,
+        LDX_IMM, LDX_MEM, LDX_W_LEN, LDX_B_MSH, ST, STX, ALU_ADD_K, ALU_ADD_X, ALU_SUB_K,
+        ALU_SUB_X, ALU_MUL_K, ALU_MUL_X, ALU_DIV_K, ALU_DIV_X, ALU_OR_K, ALU_OR_X, ALU_AND_K,
+        ALU_AND_X, ALU_LSH_K, ALU_LSH_X, ALU_RSH_K, ALU_RSH_X, ALU_NEG, ALU_MOD_K, ALU_MOD_X,
+        ALU_XOR_K, ALU_XOR_X, JMP_JA, JMP_JEQ_K, JMP_JEQ_X, JMP_JGT_K, JMP_JGT_X, JMP_JGE_K,
+        JMP_JGE_X, JMP_JSET_K, JMP_JSET_X, RET_K, RET_A, MISC_TAX, MISC_TXA,
+    ];
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    let mut rnd = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n
+    };
+    let (mut runs, mut kept, mut rejected) = (0u64, 0, 0);
+    let mut last_filtered = 0;
+    while runs < 1500 {
+        let len = 1 + rnd(24) as usize;
+        let mut prog: Vec<FilterInsn> = (0..len)
+            .map(|_| {
+                let code = CODES[rnd(CODES.len() as u64) as usize];
+                let k = match rnd(4) {
+                    0 => rnd(16) as u32,
+                    1 => rnd(80) as u32,
+                    2 => rnd(40) as u32,
+                    _ => rnd(u64::from(u32::MAX)) as u32,
+                };
+                FilterInsn {
+                    code,
+                    jt: rnd(4) as u8,
+                    jf: rnd(4) as u8,
+                    k: if code == JMP_JA { rnd(4) as u32 } else { k },
+                }
+            })
+            .collect();
+        prog.push(FilterInsn {
+            code: RET_A,
+            ..FilterInsn::default()
+        });
+        if cbpf::validate(&prog).is_err() {
+            continue;
+        }
+        // Alternate between the two slots, with the old program left behind.
+        let start = (runs % 2) as u32 * FILTER_MAX_INSNS as u32;
+        for (i, insn) in prog.iter().enumerate() {
+            insns.set(start + i as u32, insn, 0).unwrap();
+        }
+        let r = FilterRef {
+            start,
+            len: prog.len() as u32,
+        };
+        refs.insert(lo, r, 0).unwrap();
+        // At least an Ethernet header (BPF_PROG_TEST_RUN wants one).
+        let packet: Vec<u8> = (0..14 + rnd(58)).map(|_| rnd(256) as u8).collect();
+        bpf_test_run(fd, &packet);
+        runs += 1;
+        let want = cbpf::run(&prog, &packet, packet.len() as u32);
+        let filtered: u64 = stats.get(&lo, 0).unwrap().iter().map(|c| c.filtered).sum();
+        let rec = ring.next().map(|r| r.to_vec());
+        let ctx = format!("{prog:?} on {packet:?}");
+        if want == 0 {
+            assert!(rec.is_none(), "the kernel kept a packet: {ctx}");
+            assert_eq!(filtered, last_filtered + 1, "{ctx}");
+            rejected += 1;
+        } else {
+            let rec = rec.unwrap_or_else(|| panic!("the kernel rejected a packet: {ctx}"));
+            let p = capagent::capture::decode(&rec).unwrap();
+            let n = packet.len().min(want as usize);
+            assert_eq!(p.data, &packet[..n], "{ctx}");
+            assert_eq!(filtered, last_filtered, "{ctx}");
+            kept += 1;
+        }
+        last_filtered = filtered;
+    }
+    assert!(
+        kept > 300 && rejected > 300,
+        "{kept} kept, {rejected} rejected"
+    );
 }

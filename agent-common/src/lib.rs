@@ -449,6 +449,9 @@ pub struct CaptureConfig {
     /// The agent's own pid.
     pub self_pid: u32,
     pub comm: [u8; TASK_COMM_LEN],
+    /// 1 when a filter expression is in force: every packet is first run through the
+    /// classic BPF program of its interface (`FILTER_IFACES`, `FILTER_INSNS`).
+    pub filter: u32,
 }
 
 impl CaptureConfig {
@@ -463,6 +466,7 @@ impl CaptureConfig {
             _pad: 0,
             self_pid: 0,
             comm: [0; TASK_COMM_LEN],
+            filter: 0,
         }
     }
 }
@@ -481,12 +485,42 @@ pub struct IfCounters {
     pub packets: u64,
     /// Packets that did not fit in the ring buffer.
     pub dropped: u64,
+    /// Packets the filter expression rejected (never copied).
+    pub filtered: u64,
+}
+
+/// Most instructions of one classic BPF filter program (the kernel's `BPF_MAXINSNS`).
+pub const FILTER_MAX_INSNS: usize = 4096;
+/// Filter programs the capture programs hold at once (one per link type).
+pub const FILTER_SLOTS: usize = 2;
+
+/// One classic BPF instruction (`struct sock_filter` / libpcap's `struct bpf_insn`). The
+/// `FILTER_INSNS` array holds [`FILTER_SLOTS`] programs of [`FILTER_MAX_INSNS`] entries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FilterInsn {
+    pub code: u16,
+    /// Instructions skipped when a conditional jump is taken / not taken.
+    pub jt: u8,
+    pub jf: u8,
+    pub k: u32,
+}
+
+/// Value of `FILTER_IFACES` (key: ifindex): where the interface's program starts in
+/// `FILTER_INSNS` and its length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FilterRef {
+    pub start: u32,
+    pub len: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<PacketEvent>() == 32 + 8 + 24);
 const _: () = assert!(core::mem::size_of::<SockOwner>() == 24);
-const _: () = assert!(core::mem::size_of::<CaptureConfig>() == 8 + 128 + 8 + 16);
-const _: () = assert!(core::mem::size_of::<IfCounters>() == 16);
+const _: () = assert!(core::mem::size_of::<CaptureConfig>() == 8 + 128 + 8 + 16 + 4);
+const _: () = assert!(core::mem::size_of::<IfCounters>() == 24);
+const _: () = assert!(core::mem::size_of::<FilterInsn>() == 8);
+const _: () = assert!(core::mem::size_of::<FilterRef>() == 8);
 
 #[cfg(feature = "user")]
 mod user_capture {
@@ -494,4 +528,6 @@ mod user_capture {
     unsafe impl aya::Pod for super::CaptureConfig {}
     unsafe impl aya::Pod for super::IfCounters {}
     unsafe impl aya::Pod for super::SockOwner {}
+    unsafe impl aya::Pod for super::FilterInsn {}
+    unsafe impl aya::Pod for super::FilterRef {}
 }

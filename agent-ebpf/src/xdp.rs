@@ -12,7 +12,8 @@ use aya_ebpf::{
 };
 
 use crate::{
-    capture::{capture_conf, submit},
+    capture::{capture_conf, filter, submit},
+    filter::PacketBytes,
     owner::{NetBytes, lookup_ingress, owner_of, selected},
 };
 
@@ -44,6 +45,16 @@ impl NetBytes for XdpNet {
     }
 }
 
+/// The whole XDP packet, for the filter expression.
+struct XdpPacket(*mut xdp_md);
+
+impl PacketBytes for XdpPacket {
+    #[inline(always)]
+    fn load(&self, off: u32, to: *mut u8, len: u32) -> bool {
+        unsafe { bpf_xdp_load_bytes(self.0, off, to.cast(), len) == 0 }
+    }
+}
+
 #[xdp]
 pub fn capture_xdp(ctx: XdpContext) -> u32 {
     capture(&ctx);
@@ -53,6 +64,12 @@ pub fn capture_xdp(ctx: XdpContext) -> u32 {
 #[inline(always)]
 fn capture(ctx: &XdpContext) {
     let md = ctx.ctx;
+    let ifindex = unsafe { (*md).ingress_ifindex };
+    let orig_len = unsafe { bpf_xdp_get_buff_len(md) } as u32;
+    let keep = filter(&XdpPacket(md), ifindex, orig_len);
+    if keep == 0 {
+        return;
+    }
     let mut eth = [0u8; 18];
     let mut net = XdpNet {
         md,
@@ -75,8 +92,8 @@ fn capture(ctx: &XdpContext) {
     let head = PacketEvent {
         ts_ns: 0,
         cookie: 0,
-        ifindex: unsafe { (*md).ingress_ifindex },
-        orig_len: unsafe { bpf_xdp_get_buff_len(md) } as u32,
+        ifindex,
+        orig_len,
         cap_len: 0,
         dir: packet_dir::INGRESS,
         owner_src: src,
@@ -84,7 +101,7 @@ fn capture(ctx: &XdpContext) {
         ino,
         owner,
     };
-    submit(head, |dst, n| unsafe {
+    submit(head, keep, |dst, n| unsafe {
         bpf_xdp_load_bytes(md, 0, dst.cast(), n)
     });
 }

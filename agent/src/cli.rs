@@ -100,7 +100,7 @@ pub struct TraceArgs {
 
 #[derive(Args, Debug, Clone)]
 #[command(
-    after_help = "Examples:\n  sudo capagent capture -i lo\n  sudo capagent capture -i eth0 -i lo -w all.pcapng --duration 10\n  sudo capagent capture -i eth0 -s 96 -c 100\n  sudo capagent capture -i lo --comm curl -w curl.pcapng\n  sudo capagent capture -i lo -w curl.pcapng -- curl -s http://127.0.0.1:8000/"
+    after_help = "Examples:\n  sudo capagent capture -i lo\n  sudo capagent capture -i eth0 -i lo -w all.pcapng --duration 10\n  sudo capagent capture -i eth0 -s 96 -c 100\n  sudo capagent capture -i lo --comm curl -w curl.pcapng\n  sudo capagent capture -i lo -w curl.pcapng -- curl -s http://127.0.0.1:8000/\n  sudo capagent capture -i eth0 tcp port 443 and host 10.1.2.3\n  sudo capagent capture -i lo -w syn.pcapng 'tcp[tcpflags] & tcp-syn != 0'"
 )]
 pub struct CaptureArgs {
     /// Capture on this interface; repeatable.
@@ -139,6 +139,14 @@ pub struct CaptureArgs {
     /// Do not print the summary at exit.
     #[arg(long)]
     pub no_summary: bool,
+    /// Filter expression, in tcpdump's syntax (the same as the FILTER EXPRESSION words).
+    #[arg(long = "filter", value_name = "EXPR", conflicts_with = "filter_words")]
+    pub filter: Option<String>,
+    /// Capture only the packets this expression selects (tcpdump's syntax: host, net, port,
+    /// src/dst, tcp/udp/icmp, and/or/not, parentheses...); the words are joined by spaces,
+    /// as tcpdump does. Evaluated in the kernel, before a packet is copied.
+    #[arg(value_name = "FILTER EXPRESSION")]
+    pub filter_words: Vec<String>,
     /// Command to start once the capture is live; only its packets (and its children's)
     /// are kept, and the capture ends when it exits (with its exit status).
     #[arg(last = true, value_name = "CMD")]

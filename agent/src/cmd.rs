@@ -8,7 +8,7 @@ use std::{
 use anyhow::Context as _;
 
 use crate::{
-    capture::{self, CaptureOptions, Selection, session::SessionOptions},
+    capture::{self, CaptureOptions, Selection, filter::Filter, session::SessionOptions},
     cli::{CaptureArgs, Cli, Command, TraceArgs},
     output::{EventWriter, FanOut, Writer, pcapng::PcapngWriter, text::TextConfig},
     trace::{
@@ -59,6 +59,10 @@ fn capture(args: CaptureArgs) -> anyhow::Result<ExitCode> {
         tc_mode: match std::env::var(capture::attach::TC_MODE_ENV) {
             Ok(v) => capture::attach::Mode::parse_forced(&v)?,
             Err(_) => None,
+        },
+        filter: match &args.filter {
+            Some(e) => Filter::expression(std::slice::from_ref(e)),
+            None => Filter::expression(&args.filter_words),
         },
     };
     for &pid in &args.pids {

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Writes seed inputs for the decode_record fuzz target into decode_record/, and for the
-tc_netlink target into tc_netlink/.
+tc_netlink target into tc_netlink/, and for the
+filter_cbpf target into filter_cbpf/ (programs compiled by `tcpdump -dd`, with packets).
 
 Each input is a sequence of frames [selector u8][len u16 LE][record bytes], the records laid
 out as agent-common's #[repr(C)] structs (little-endian x86-64/arm64 layout).
@@ -8,9 +9,12 @@ out as agent-common's #[repr(C)] structs (little-endian x86-64/arm64 layout).
     python3 fuzz/seeds/make_seeds.py
     CAPAGENT_SKIP_EBPF=1 cargo +nightly fuzz run decode_record fuzz/corpus/decode_record \
         fuzz/seeds/decode_record -- -max_total_time=60
+    CAPAGENT_SKIP_EBPF=1 cargo +nightly fuzz run filter_cbpf fuzz/corpus/filter_cbpf \
+        fuzz/seeds/filter_cbpf -- -max_total_time=60
 """
 import os
 import struct
+import subprocess
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -87,6 +91,34 @@ TC_SEEDS = {
     'fdinfo': b'pos:\t0\nflags:\t02000002\nprog_type:\t3\nprog_id:\t77\n',
 }
 
+FILTERS = {
+    'tcp_port': 'tcp port 80',
+    'udp_dst': 'udp and dst port 53',
+    'icmp': 'icmp or icmp6',
+    'host_ports': 'host 10.0.0.1 and (port 80 or port 443)',
+    'syn': 'tcp[tcpflags] & tcp-syn != 0',
+    'payload': 'tcp[((tcp[12:1] & 0xf0) >> 2):4] = 0x47455420',
+    'arith': 'ip[2:2] / 4 > 10 and ip[2:2] % 7 != 3 and (ip[8] ^ 0xff) << 1 = 382',
+}
+
+
+def filter_seed(expr, packet):
+    """[n][wirelen extra][n instructions][packet], the program from `tcpdump -dd`."""
+    out = subprocess.run(['tcpdump', '-dd', '-y', 'EN10MB', expr], check=True,
+                         capture_output=True, text=True).stdout
+    insns = [tuple(int(v, 0) for v in line.strip(' {},').split(','))
+             for line in out.splitlines() if line.strip().startswith('{')]
+    code = b''.join(struct.pack('<HBBI', *i) for i in insns)
+    return bytes([len(insns), 0]) + code + packet
+
+
+def tcp_packet(sport, dport, flags, payload):
+    tcp = struct.pack('>HHIIBBHHH', sport, dport, 1, 0, 5 << 4, flags, 1024, 0, 0) + payload
+    ip = struct.pack('>BBHHHBBH4s4s', 0x45, 0, 20 + len(tcp), 1, 0x4000, 64, 6, 0,
+                     bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2]))
+    return b'\x02\0\0\0\0\x0b\x02\0\0\0\0\x0a\x08\x00' + ip + tcp
+
+
 if __name__ == '__main__':
     out = os.path.join(HERE, 'decode_record')
     os.makedirs(out, exist_ok=True)
@@ -98,3 +130,9 @@ if __name__ == '__main__':
     for name, data in TC_SEEDS.items():
         with open(os.path.join(out, name), 'wb') as f:
             f.write(data)
+    out = os.path.join(HERE, 'filter_cbpf')
+    os.makedirs(out, exist_ok=True)
+    packet = tcp_packet(40000, 80, 0x02, b'GET / HTTP/1.1\r\n\r\n')
+    for name, expr in FILTERS.items():
+        with open(os.path.join(out, name), 'wb') as f:
+            f.write(filter_seed(expr, packet))

@@ -3,7 +3,8 @@
 //! * the nightly toolchain and its rust-src (aya-build compiles the eBPF crate with
 //!   `cargo +nightly -Z build-std=core` for the bpf target);
 //! * bpf-linker (the linker for the bpf target);
-//! * the Debian packages the integration tests and benchmarks drive (curl, tshark, ...).
+//! * the Debian packages the integration tests and benchmarks drive (curl, tshark, ...), and
+//!   libpcap-dev (capagent links libpcap to compile filter expressions).
 //!
 //! Each step checks first and is skipped when already satisfied.
 use std::{
@@ -17,8 +18,10 @@ use crate::util::{self, display, run, which};
 
 pub const BPF_LINKER_VERSION: &str = "0.10.3";
 
-/// Debian package and the command whose presence means it (or an equivalent) is installed.
+/// Debian package and the command whose presence means it (or an equivalent) is installed
+/// (empty: ask dpkg).
 const APT_PACKAGES: &[(&str, &str)] = &[
+    ("libpcap-dev", ""),
     ("curl", "curl"),
     ("tshark", "tshark"),
     ("tcpdump", "tcpdump"),
@@ -33,6 +36,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("python3", "python3"),
     ("default-jre-headless", "java"),
+    ("iputils-ping", "ping"),
 ];
 
 /// debconf answers that keep the installation non-interactive.
@@ -156,7 +160,7 @@ fn apt_packages() -> Result<String> {
         .iter()
         .filter(|(pkg, command)| {
             // netcat-traditional also provides `nc`, without the flags the tests use.
-            let present = if *pkg == "netcat-openbsd" {
+            let present = if *pkg == "netcat-openbsd" || command.is_empty() {
                 dpkg_installed(pkg)
             } else {
                 which(command).is_some() || dpkg_installed(pkg)

@@ -1,11 +1,13 @@
 //! Packet capture (`capagent capture`): TC classifier programs on the chosen interfaces copy
 //! the first bytes of every packet into a ring buffer of their own; this module resolves the
 //! interfaces, attaches the programs ([`attach`]), drains the ring buffer and hands every
-//! packet to a [`PacketSink`]. [`session`] is the sink of `capagent capture`: it attributes
+//! packet to a [`PacketSink`]. A filter expression ([`filter`]) is compiled to classic BPF
+//! and evaluated in the kernel before packets are copied. [`session`] is the sink of `capagent capture`: it attributes
 //! packets to processes ([`owner`]), selects them (`--pid`/`--comm`) and writes them
 //! (pcapng [`pcapng`] or one text line [`text`]).
 
 pub mod attach;
+pub mod filter;
 pub mod hygiene;
 pub mod owner;
 pub mod pcapng;
@@ -21,15 +23,17 @@ use std::{
 };
 
 use agent_common::{
-    CaptureConfig, IfCounters, PACKET_MAX, PacketEvent, SockOwner, owner_src, select,
+    CaptureConfig, FILTER_MAX_INSNS, FilterInsn, FilterRef, IfCounters, PACKET_MAX, PacketEvent,
+    SockOwner, owner_src, select,
 };
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap, PerCpuValues, RingBuf};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuHashMap, PerCpuValues, RingBuf};
 use thiserror::Error;
 
 use crate::{
     kernel::{self, KernelError},
     trace::target::{self, HeldChild, TargetError},
 };
+use filter::{Filter, FilterError};
 
 #[derive(Debug, Error)]
 pub enum CaptureError {
@@ -37,6 +41,10 @@ pub enum CaptureError {
     Kernel(#[from] KernelError),
     #[error("no such interface: {0}")]
     NoInterface(String),
+    #[error(
+        "{iface}: cannot capture on interfaces of type ARPHRD {arphrd} (only Ethernet-like and layer-3 IP devices)"
+    )]
+    UnsupportedLink { iface: String, arphrd: u16 },
     #[error("give at least one interface with -i IFACE")]
     NoInterfaces,
     #[error("--snaplen must be between 1 and {PACKET_MAX}, not {0}")]
@@ -51,8 +59,12 @@ pub enum CaptureError {
         dir: &'static str,
         reason: String,
     },
+    #[error(transparent)]
+    Filter(#[from] FilterError),
     #[error("eBPF map CAPTURE_STATS: {0}")]
     Stats(aya::maps::MapError),
+    #[error("loading the filter into the kernel: {0}")]
+    FilterMap(aya::maps::MapError),
     #[error("writing output: {0}")]
     Output(io::Error),
     #[error("cannot create {}: {source}", path.display())]
@@ -69,12 +81,51 @@ pub enum CaptureError {
     },
 }
 
+/// What the TC programs see of an interface's packets, hence the link type written in its
+/// pcapng Interface Description Block and the one filter expressions are compiled for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LinkType {
+    /// An Ethernet header first: Ethernet-like devices (veth, bridges, taps...) and `lo`,
+    /// whose packets carry a 14-byte all-zero Ethernet header.
+    Ethernet,
+    /// The IP header first, no link-layer header: layer-3 devices (tun, wireguard, ipip,
+    /// sit, ppp...).
+    Raw,
+}
+
+impl LinkType {
+    /// The pcapng/pcap `LINKTYPE_*` value.
+    pub fn linktype(self) -> u16 {
+        match self {
+            LinkType::Ethernet => 1,
+            LinkType::Raw => 101,
+        }
+    }
+
+    /// The link type of an interface of type `arphrd` (`ARPHRD_*`, from SIOCGIFHWADDR), or
+    /// `None` for types whose TC view capagent does not know.
+    pub fn of_arphrd(arphrd: u16) -> Option<LinkType> {
+        const ARPHRD_RAWIP: u16 = 519;
+        match arphrd {
+            libc::ARPHRD_ETHER | libc::ARPHRD_LOOPBACK => Some(LinkType::Ethernet),
+            libc::ARPHRD_NONE
+            | ARPHRD_RAWIP
+            | libc::ARPHRD_PPP
+            | libc::ARPHRD_TUNNEL
+            | libc::ARPHRD_TUNNEL6
+            | libc::ARPHRD_SIT => Some(LinkType::Raw),
+            _ => None,
+        }
+    }
+}
+
 /// A captured interface.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Iface {
     pub name: String,
     pub ifindex: u32,
     pub loopback: bool,
+    pub linktype: LinkType,
 }
 
 impl Iface {
@@ -87,33 +138,57 @@ impl Iface {
         if ifindex == 0 || name.len() >= libc::IFNAMSIZ {
             return Err(no());
         }
+        let loopback = is_loopback(name);
+        let arphrd = arphrd(name).unwrap_or(if loopback {
+            libc::ARPHRD_LOOPBACK
+        } else {
+            libc::ARPHRD_ETHER
+        });
+        let linktype = LinkType::of_arphrd(arphrd).ok_or(CaptureError::UnsupportedLink {
+            iface: name.to_string(),
+            arphrd,
+        })?;
         Ok(Iface {
             name: name.to_string(),
             ifindex,
-            loopback: is_loopback(name),
+            loopback,
+            linktype,
         })
     }
 }
 
-/// True when the interface has IFF_LOOPBACK (SIOCGIFFLAGS).
-fn is_loopback(name: &str) -> bool {
-    // SAFETY: a plain socket, closed below; `ifr` is zeroed and its name NUL-terminated.
+/// Runs the interface ioctl `req` on `name` and returns the filled `ifreq`.
+fn if_ioctl(name: &str, req: libc::c_ulong) -> Option<libc::ifreq> {
+    // SAFETY: a plain socket, closed below; `ifr` is zeroed and its name NUL-terminated
+    // (names are shorter than IFNAMSIZ, checked by the caller).
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
         if fd < 0 {
-            return name == "lo";
+            return None;
         }
         let mut ifr: libc::ifreq = std::mem::zeroed();
         for (d, s) in ifr.ifr_name.iter_mut().zip(name.bytes()) {
             *d = s as libc::c_char;
         }
-        let r = libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut ifr);
+        let r = libc::ioctl(fd, req as _, &mut ifr);
         libc::close(fd);
-        if r < 0 {
-            return name == "lo";
-        }
-        (ifr.ifr_ifru.ifru_flags as libc::c_int) & libc::IFF_LOOPBACK != 0
+        (r >= 0).then_some(ifr)
     }
+}
+
+/// True when the interface has IFF_LOOPBACK (SIOCGIFFLAGS).
+fn is_loopback(name: &str) -> bool {
+    match if_ioctl(name, libc::SIOCGIFFLAGS) {
+        // SAFETY: SIOCGIFFLAGS fills the flags member.
+        Some(ifr) => unsafe { ifr.ifr_ifru.ifru_flags as libc::c_int & libc::IFF_LOOPBACK != 0 },
+        None => name == "lo",
+    }
+}
+
+/// The interface's hardware type (`ARPHRD_*`, SIOCGIFHWADDR).
+fn arphrd(name: &str) -> Option<u16> {
+    // SAFETY: SIOCGIFHWADDR fills the hwaddr member.
+    if_ioctl(name, libc::SIOCGIFHWADDR).map(|ifr| unsafe { ifr.ifr_ifru.ifru_hwaddr.sa_family })
 }
 
 /// What to capture and how.
@@ -129,6 +204,8 @@ pub struct CaptureOptions {
     pub xdp: bool,
     /// Forced attachment mode (`CAPAGENT_TC_MODE`); `None`: tcx when possible, else clsact.
     pub tc_mode: Option<attach::Mode>,
+    /// Filter expression (tcpdump's syntax); `None`: every packet.
+    pub filter: Option<String>,
 }
 
 /// Whose packets to keep (`--pid`, `--comm`, `-- CMD`); everybody's when empty.
@@ -190,13 +267,24 @@ pub fn decode(rec: &[u8]) -> Option<Packet<'_>> {
     })
 }
 
+/// The kernel's counters of one interface.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IfaceTotals {
+    pub ifindex: u32,
+    /// Packets written into the ring buffer.
+    pub submitted: u64,
+    /// Packets that passed the filter but did not fit in the ring buffer.
+    pub dropped: u64,
+    /// Packets the filter rejected.
+    pub filtered: u64,
+}
+
 /// Totals of a capture session, per interface in the order given.
 #[derive(Debug, Default)]
 pub struct CaptureOutcome {
     pub packets: u64,
     pub bytes: u64,
-    /// `(ifindex, packets the kernel submitted, packets dropped because the ring was full)`.
-    pub per_iface: Vec<(u32, u64, u64)>,
+    pub per_iface: Vec<IfaceTotals>,
     /// How the programs were attached.
     pub mode: Option<attach::Mode>,
     /// The exit status of the `-- CMD` process.
@@ -205,8 +293,68 @@ pub struct CaptureOutcome {
 
 impl CaptureOutcome {
     pub fn dropped(&self) -> u64 {
-        self.per_iface.iter().map(|&(_, _, d)| d).sum()
+        self.per_iface.iter().map(|t| t.dropped).sum()
     }
+
+    pub fn filtered(&self) -> u64 {
+        self.per_iface.iter().map(|t| t.filtered).sum()
+    }
+}
+
+/// Compiles the filter expression of `opts` for the link types of `ifaces` (before anything
+/// is loaded); `None` without an expression.
+pub fn compile_filter(
+    opts: &CaptureOptions,
+    ifaces: &[Iface],
+) -> Result<Option<Filter>, CaptureError> {
+    let Some(expr) = &opts.filter else {
+        return Ok(None);
+    };
+    Ok(Some(Filter::compile(
+        expr,
+        ifaces.iter().map(|i| i.linktype),
+    )?))
+}
+
+/// Writes the programs of `filter` into `FILTER_INSNS` (one slot per link type) and points
+/// every interface at its program in `FILTER_IFACES`. The maps stay in `ebpf` (the programs
+/// are loaded afterwards and need them).
+fn load_filter(
+    ebpf: &mut aya::Ebpf,
+    filter: &Filter,
+    ifaces: &[Iface],
+) -> Result<(), CaptureError> {
+    let mut slots: Vec<(LinkType, FilterRef)> = Vec::new();
+    {
+        let map = ebpf
+            .map_mut("FILTER_INSNS")
+            .ok_or(KernelError::MissingMap("FILTER_INSNS"))?;
+        let mut insns: Array<&mut MapData, FilterInsn> =
+            Array::try_from(map).map_err(CaptureError::FilterMap)?;
+        for (slot, lt) in filter.linktypes().enumerate() {
+            let prog = filter.program(lt).unwrap_or_default();
+            let start = (slot * FILTER_MAX_INSNS) as u32;
+            for (i, insn) in prog.iter().enumerate() {
+                insns
+                    .set(start + i as u32, insn, 0)
+                    .map_err(CaptureError::FilterMap)?;
+            }
+            let len = prog.len() as u32;
+            slots.push((lt, FilterRef { start, len }));
+        }
+    }
+    let map = ebpf
+        .map_mut("FILTER_IFACES")
+        .ok_or(KernelError::MissingMap("FILTER_IFACES"))?;
+    let mut refs: BpfHashMap<&mut MapData, u32, FilterRef> =
+        BpfHashMap::try_from(map).map_err(CaptureError::FilterMap)?;
+    for iface in ifaces {
+        if let Some((_, r)) = slots.iter().find(|(lt, _)| *lt == iface.linktype) {
+            refs.insert(iface.ifindex, r, 0)
+                .map_err(CaptureError::FilterMap)?;
+        }
+    }
+    Ok(())
 }
 
 /// Checks the options and resolves the interfaces (before anything is loaded).
@@ -246,12 +394,14 @@ impl<F: FnMut(&Packet<'_>, u64) -> io::Result<()>> PacketSink for F {
     }
 }
 
-/// Runs a capture session on `ifaces` (from [`resolve`]), handing every packet to `sink`
-/// with its wall-clock timestamp, until a signal, the duration, the packet count, or the end
-/// of `child` (`-- CMD`, held before exec: released once the capture is live).
+/// Runs a capture session on `ifaces` (from [`resolve`]) with `filter` (from
+/// [`compile_filter`]), handing every packet to `sink` with its wall-clock timestamp, until a
+/// signal, the duration, the packet count, or the end of `child` (`-- CMD`, held before exec:
+/// released once the capture is live).
 pub fn run(
     opts: &CaptureOptions,
     ifaces: &[Iface],
+    filter: Option<&Filter>,
     sink: &mut dyn PacketSink,
     mut child: Option<&mut HeldChild>,
 ) -> Result<CaptureOutcome, CaptureError> {
@@ -264,6 +414,7 @@ pub fn run(
         offsets: kernel::btf::resolve_offsets().map_err(KernelError::from)?,
         self_pid: std::process::id(),
         follow_forks: u8::from(sel.follow_forks),
+        filter: u32::from(filter.is_some()),
         ..CaptureConfig::new()
     };
     if sel.is_active() {
@@ -280,6 +431,9 @@ pub fn run(
         kernel::load_capture(&config, opts.ring_bytes)?,
         opts.tc_mode,
     );
+    if let Some(f) = filter {
+        load_filter(attached.ebpf(), f, ifaces)?;
+    }
     let mut ring: RingBuf<MapData> = kernel::take_map(attached.ebpf(), "PACKETS")?;
     let mut stats: PerCpuHashMap<MapData, u32, IfCounters> =
         kernel::take_map(attached.ebpf(), "CAPTURE_STATS")?;
@@ -393,12 +547,16 @@ pub fn run(
                 v.iter().fold(IfCounters::default(), |a, c| IfCounters {
                     packets: a.packets + c.packets,
                     dropped: a.dropped + c.dropped,
+                    filtered: a.filtered + c.filtered,
                 })
             })
             .unwrap_or_default();
-        outcome
-            .per_iface
-            .push((iface.ifindex, c.packets, c.dropped));
+        outcome.per_iface.push(IfaceTotals {
+            ifindex: iface.ifindex,
+            submitted: c.packets,
+            dropped: c.dropped,
+            filtered: c.filtered,
+        });
     }
     if let Some(e) = output_error {
         return Err(CaptureError::Output(e));
@@ -468,6 +626,17 @@ mod tests {
     }
 
     #[test]
+    fn link_types() {
+        assert_eq!(
+            LinkType::of_arphrd(libc::ARPHRD_ETHER),
+            Some(LinkType::Ethernet)
+        );
+        assert_eq!(LinkType::of_arphrd(libc::ARPHRD_NONE), Some(LinkType::Raw));
+        assert_eq!(LinkType::of_arphrd(libc::ARPHRD_CAN), None);
+        assert_eq!(LinkType::Raw.linktype(), 101);
+    }
+
+    #[test]
     fn unknown_interface_is_one_line() {
         let opts = CaptureOptions {
             ifaces: vec!["nosuchif0".into()],
@@ -478,10 +647,12 @@ mod tests {
             select: Selection::default(),
             xdp: false,
             tc_mode: None,
+            filter: None,
         };
         let e = resolve(&opts).unwrap_err().to_string();
         assert_eq!(e, "no such interface: nosuchif0");
         let lo = Iface::resolve("lo").unwrap();
         assert!(lo.loopback);
+        assert_eq!(lo.linktype, LinkType::Ethernet);
     }
 }

@@ -1,5 +1,6 @@
 //! pcapng output of `capagent capture -w`: one Interface Description Block per captured
-//! interface (LINKTYPE_ETHERNET, its real name, nanosecond timestamps), one Enhanced Packet
+//! interface (LINKTYPE_ETHERNET, or LINKTYPE_RAW for layer-3 devices, its real name,
+//! nanosecond timestamps), one Enhanced Packet
 //! Block per packet with the direction in `epb_flags` and the owner and socket cookie in a
 //! comment (see [`super::session`]), and at the end one Interface Statistics Block per
 //! interface with the kernel's drops.
@@ -24,7 +25,7 @@ use pcap_file::pcapng::blocks::interface_statistics::{
     InterfaceStatisticsBlock, InterfaceStatisticsOption,
 };
 
-use super::Packet;
+use super::{Iface, IfaceTotals, Packet};
 use crate::output::pcapng::{FLAG_INBOUND, FLAG_OUTBOUND, open_output, section_header, to_io};
 use agent_common::packet_dir;
 
@@ -51,7 +52,7 @@ pub struct CaptureWriter<W: Write> {
 
 impl CaptureWriter<Box<dyn Write + Send>> {
     /// Writes to `path` (created or truncated, mode 0600 when created), or stdout for `-`.
-    pub fn open(path: &Path, ifaces: &[(u32, String)], snaplen: u32) -> io::Result<Self> {
+    pub fn open(path: &Path, ifaces: &[Iface], snaplen: u32) -> io::Result<Self> {
         let (out, _) = open_output(path)?.into_parts();
         CaptureWriter::new(out, ifaces, snaplen)
     }
@@ -84,16 +85,16 @@ fn write_all_vectored(out: &mut impl Write, mut bufs: &mut [IoSlice<'_>]) -> io:
 }
 
 impl<W: Write> CaptureWriter<W> {
-    /// Buffers the section header and one IDB per `(ifindex, name)`.
-    pub fn new(out: W, ifaces: &[(u32, String)], snaplen: u32) -> io::Result<Self> {
+    /// Buffers the section header and one IDB per interface.
+    pub fn new(out: W, ifaces: &[Iface], snaplen: u32) -> io::Result<Self> {
         let mut w = PcapNgWriter::with_section_header(Vec::with_capacity(BUFFER), section_header())
             .map_err(to_io)?;
-        for (_, name) in ifaces {
+        for iface in ifaces {
             let idb = InterfaceDescriptionBlock {
-                linktype: DataLink::ETHERNET,
+                linktype: DataLink::from(iface.linktype.linktype() as u32),
                 snaplen,
                 options: vec![
-                    InterfaceDescriptionOption::IfName(Cow::Owned(name.clone())),
+                    InterfaceDescriptionOption::IfName(Cow::Owned(iface.name.clone())),
                     InterfaceDescriptionOption::IfTsResol(9),
                 ],
             };
@@ -102,7 +103,7 @@ impl<W: Write> CaptureWriter<W> {
         Ok(CaptureWriter {
             w,
             out: Some(out),
-            ifindexes: ifaces.iter().map(|(i, _)| *i).collect(),
+            ifindexes: ifaces.iter().map(|i| i.ifindex).collect(),
             tail: Vec::new(),
         })
     }
@@ -176,27 +177,28 @@ impl<W: Write> CaptureWriter<W> {
         Ok(())
     }
 
-    /// Writes the Interface Statistics Block of interface `ifindex`.
-    pub fn write_stats(
-        &mut self,
-        ifindex: u32,
-        ts_ns: u64,
-        received: u64,
-        dropped: u64,
-    ) -> io::Result<()> {
-        let Some(id) = self.ifindexes.iter().position(|&i| i == ifindex) else {
+    /// Writes the Interface Statistics Block of an interface: `isb_ifrecv` = every packet
+    /// the capture program saw, `isb_ifdrop` = those lost because the ring buffer was full,
+    /// and with a filter `isb_filteraccept` = those the filter accepted.
+    pub fn write_stats(&mut self, t: &IfaceTotals, filtering: bool, ts_ns: u64) -> io::Result<()> {
+        let Some(id) = self.ifindexes.iter().position(|&i| i == t.ifindex) else {
             return Ok(());
         };
+        let accepted = t.submitted + t.dropped;
+        let mut options = vec![
+            InterfaceStatisticsOption::IsbIfRecv(accepted + t.filtered),
+            InterfaceStatisticsOption::IsbIfDrop(t.dropped),
+        ];
+        if filtering {
+            options.push(InterfaceStatisticsOption::IsbFilterAccept(accepted));
+        }
         // pcap-file writes this timestamp as one u64 in the section's byte order, where
         // pcapng wants the high 32 bits first: swap the halves so readers see `ts_ns`.
         let timestamp = ts_ns.rotate_right(32);
         let isb = InterfaceStatisticsBlock {
             interface_id: id as u32,
             timestamp,
-            options: vec![
-                InterfaceStatisticsOption::IsbIfRecv(received),
-                InterfaceStatisticsOption::IsbIfDrop(dropped),
-            ],
+            options,
         };
         self.w.write_pcapng_block(isb).map_err(to_io)?;
         Ok(())
@@ -236,6 +238,7 @@ impl<W: Write> Drop for CaptureWriter<W> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capture::LinkType;
     use pcap_file::pcapng::blocks::enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption};
     use pcap_file::pcapng::{Block, PcapNgReader};
     use std::time::Duration;
@@ -339,7 +342,12 @@ mod tests {
             })
             .collect();
         let want = reference(&packets);
-        let ifaces = [(1, "lo".to_string())];
+        let ifaces = [Iface {
+            name: "lo".to_string(),
+            ifindex: 1,
+            loopback: true,
+            linktype: LinkType::Ethernet,
+        }];
         let mut w = CaptureWriter::new(Vec::new(), &ifaces, 65535).unwrap();
         let mut t = CaptureWriter::new(Trickle(Vec::new()), &ifaces, 65535).unwrap();
         for (p, ts, c) in &packets {
@@ -373,7 +381,17 @@ mod tests {
 
     #[test]
     fn writes_idb_epb_isb_readable_back() {
-        let ifaces = vec![(1, "lo".to_string()), (7, "eth0".to_string())];
+        let iface = |name: &str, ifindex, linktype| Iface {
+            name: name.to_string(),
+            ifindex,
+            loopback: false,
+            linktype,
+        };
+        let ifaces = vec![
+            iface("lo", 1, LinkType::Ethernet),
+            iface("eth0", 7, LinkType::Ethernet),
+            iface("wg0", 9, LinkType::Raw),
+        ];
         let mut w = CaptureWriter::new(Vec::new(), &ifaces, 96).unwrap();
         let data = [0u8; 60];
         let p = Packet {
@@ -388,16 +406,24 @@ mod tests {
         };
         w.write_packet(&p, 1_700_000_000_123_456_789, "cookie=42")
             .unwrap();
-        w.write_stats(7, 1_700_000_001_000_000_000, 1, 3).unwrap();
+        let totals = IfaceTotals {
+            ifindex: 7,
+            submitted: 1,
+            dropped: 3,
+            filtered: 5,
+        };
+        w.write_stats(&totals, true, 1_700_000_001_000_000_000)
+            .unwrap();
         let bytes = w.into_inner().unwrap();
         let mut r = PcapNgReader::new(&bytes[..]).unwrap();
         let mut names = Vec::new();
+        let mut linktypes = Vec::new();
         let mut epbs = Vec::new();
         let mut isbs = Vec::new();
         while let Some(b) = r.next_block() {
             match b.unwrap() {
                 Block::InterfaceDescription(idb) => {
-                    assert_eq!(idb.linktype, DataLink::ETHERNET);
+                    linktypes.push(idb.linktype);
                     assert_eq!(idb.snaplen, 96);
                     for o in idb.options {
                         if let InterfaceDescriptionOption::IfName(n) = o {
@@ -410,7 +436,11 @@ mod tests {
                 _ => {}
             }
         }
-        assert_eq!(names, ["lo", "eth0"]);
+        assert_eq!(names, ["lo", "eth0", "wg0"]);
+        assert_eq!(
+            linktypes,
+            [DataLink::ETHERNET, DataLink::ETHERNET, DataLink::RAW]
+        );
         assert_eq!(epbs.len(), 1);
         assert_eq!(epbs[0].interface_id, 1);
         assert_eq!(epbs[0].original_len, 1514);
@@ -432,6 +462,16 @@ mod tests {
             isbs[0]
                 .options
                 .contains(&InterfaceStatisticsOption::IsbIfDrop(3))
+        );
+        assert!(
+            isbs[0]
+                .options
+                .contains(&InterfaceStatisticsOption::IsbIfRecv(9))
+        );
+        assert!(
+            isbs[0]
+                .options
+                .contains(&InterfaceStatisticsOption::IsbFilterAccept(4))
         );
     }
 }

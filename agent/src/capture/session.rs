@@ -16,7 +16,8 @@ use std::{
 };
 
 use super::{
-    CaptureError, CaptureOptions, CaptureOutcome, Iface, Packet, PacketSink, Selection, comm_str,
+    CaptureError, CaptureOptions, CaptureOutcome, Iface, LinkType, Packet, PacketSink, Selection,
+    comm_str,
     owner::{FiveTuple, Owner, Resolution, Resolver, five_tuple},
     pcapng::CaptureWriter,
     text,
@@ -153,7 +154,7 @@ struct Sink {
     /// connection the kernel finds no owner for (after close, in TIME_WAIT, a delivery to a
     /// socket not accepted yet) get it too.
     flows: std::collections::HashMap<FlowKey, Owner>,
-    names: Vec<(u32, String)>,
+    ifaces: Vec<Iface>,
     out: Out,
     resolver: Resolver,
     pending: VecDeque<Pending>,
@@ -179,16 +180,16 @@ impl Sink {
         match &mut self.out {
             Out::Pcap(w) => w.write_packet(p, ts_ns, &comment(owner, p.cookie)),
             Out::Text(w) => {
-                let name = self
-                    .names
+                let (name, linktype) = self
+                    .ifaces
                     .iter()
-                    .find(|(i, _)| *i == p.ifindex)
-                    .map_or("?", |(_, n)| n.as_str());
+                    .find(|i| i.ifindex == p.ifindex)
+                    .map_or(("?", LinkType::Ethernet), |i| (i.name.as_str(), i.linktype));
                 writeln!(
                     w,
                     "{} {}{}",
                     text::clock(ts_ns),
-                    text::describe(p, name),
+                    text::describe(p, name, linktype),
                     text_suffix(owner)
                 )
             }
@@ -336,10 +337,10 @@ pub fn run(opts: &CaptureOptions, sopts: &SessionOptions) -> Result<CaptureOutco
         child = Some(held);
     }
     let opts = &opts;
-    let names: Vec<(u32, String)> = ifaces.iter().map(|i| (i.ifindex, i.name.clone())).collect();
+    let filter = super::compile_filter(opts, &ifaces)?;
     let out = match &sopts.write {
         Some(p) => Out::Pcap(
-            CaptureWriter::open(p, &names, opts.snaplen).map_err(|source| CaptureError::Open {
+            CaptureWriter::open(p, &ifaces, opts.snaplen).map_err(|source| CaptureError::Open {
                 path: p.clone(),
                 source,
             })?,
@@ -349,14 +350,14 @@ pub fn run(opts: &CaptureOptions, sopts: &SessionOptions) -> Result<CaptureOutco
     let mut sink = Sink {
         selector: Selector::new(opts.select.clone()),
         flows: std::collections::HashMap::new(),
-        names,
+        ifaces: ifaces.clone(),
         out,
         resolver: Resolver::system(),
         pending: VecDeque::new(),
         last_flush: Instant::now(),
         written: 0,
     };
-    let outcome = super::run(opts, &ifaces, &mut sink, child.as_mut());
+    let outcome = super::run(opts, &ifaces, filter.as_ref(), &mut sink, child.as_mut());
     if let Some(c) = child.as_mut()
         && outcome.as_ref().is_err()
     {
@@ -373,8 +374,8 @@ pub fn run(opts: &CaptureOptions, sopts: &SessionOptions) -> Result<CaptureOutco
     end?;
     if let Out::Pcap(w) = &mut sink.out {
         let now = now_wall_ns();
-        for &(ifindex, submitted, dropped) in &outcome.per_iface {
-            w.write_stats(ifindex, now, submitted, dropped)
+        for t in &outcome.per_iface {
+            w.write_stats(t, filter.is_some(), now)
                 .map_err(CaptureError::Output)?;
         }
         w.flush().map_err(CaptureError::Output)?;
@@ -385,8 +386,13 @@ pub fn run(opts: &CaptureOptions, sopts: &SessionOptions) -> Result<CaptureOutco
         } else {
             String::new()
         };
+        let filtered = if filter.is_some() {
+            format!(", {} rejected by the filter", outcome.filtered())
+        } else {
+            String::new()
+        };
         eprintln!(
-            "capagent: {} packets captured ({} bytes on the wire){selected}, {} dropped (ring buffer full)",
+            "capagent: {} packets captured ({} bytes on the wire){selected}{filtered}, {} dropped (ring buffer full)",
             outcome.packets,
             outcome.bytes,
             outcome.dropped()

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 use agent_common::packet_dir;
 use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
 
-use super::Packet;
+use super::{LinkType, Packet};
 
 /// `HH:MM:SS.uuuuuu` in local time of a wall-clock timestamp.
 pub fn clock(ts_ns: u64) -> String {
@@ -22,13 +22,13 @@ pub fn clock(ts_ns: u64) -> String {
 }
 
 /// The part after the timestamp: interface, direction and a summary of the packet.
-pub fn describe(p: &Packet<'_>, iface: &str) -> String {
+pub fn describe(p: &Packet<'_>, iface: &str, linktype: LinkType) -> String {
     let dir = if p.dir == packet_dir::EGRESS {
         "Out"
     } else {
         "In "
     };
-    format!("{iface} {dir} {}", summary(p.data, p.orig_len))
+    format!("{iface} {dir} {}", summary(p.data, p.orig_len, linktype))
 }
 
 fn endpoint(addr: IpAddr, port: Option<u16>) -> String {
@@ -40,8 +40,12 @@ fn endpoint(addr: IpAddr, port: Option<u16>) -> String {
 
 /// `IP src > dst: PROTO len N` for IPv4/IPv6 (N: the transport payload length the headers
 /// announce), else the ethertype and the packet length.
-pub fn summary(data: &[u8], orig_len: u32) -> String {
-    let Ok(pkt) = LaxSlicedPacket::from_ethernet(data) else {
+pub fn summary(data: &[u8], orig_len: u32, linktype: LinkType) -> String {
+    let pkt = match linktype {
+        LinkType::Ethernet => LaxSlicedPacket::from_ethernet(data).ok(),
+        LinkType::Raw => LaxSlicedPacket::from_ip(data).ok(),
+    };
+    let Some(pkt) = pkt else {
         return format!("truncated frame, len {orig_len}");
     };
     let (ip, src, dst, ip_payload) = match &pkt.net {
@@ -115,10 +119,13 @@ mod tests {
         let payload = b"GET / HTTP/1.1\r\n\r\n";
         let mut buf = Vec::new();
         b.write(&mut buf, payload).unwrap();
-        let s = summary(&buf, buf.len() as u32);
+        let s = summary(&buf, buf.len() as u32, LinkType::Ethernet);
         assert_eq!(s, "IP 127.0.0.1.41234 > 127.0.0.2.8000: TCP len 18");
         // Cut by the snaplen: the announced lengths still hold.
-        let s = summary(&buf[..60], buf.len() as u32);
+        let s = summary(&buf[..60], buf.len() as u32, LinkType::Ethernet);
+        assert_eq!(s, "IP 127.0.0.1.41234 > 127.0.0.2.8000: TCP len 18");
+        // The same packet on a layer-3 device: no Ethernet header.
+        let s = summary(&buf[14..], buf.len() as u32 - 14, LinkType::Raw);
         assert_eq!(s, "IP 127.0.0.1.41234 > 127.0.0.2.8000: TCP len 18");
     }
 
@@ -134,12 +141,15 @@ mod tests {
         let mut buf = Vec::new();
         b.write(&mut buf, &[1, 2, 3]).unwrap();
         assert_eq!(
-            summary(&buf, buf.len() as u32),
+            summary(&buf, buf.len() as u32, LinkType::Ethernet),
             "IP6 :: > ::1.53: UDP len 3".replace(":: >", "::.5353 >")
         );
         let mut arpish = vec![0u8; 12];
         arpish.extend_from_slice(&[0x88, 0xcc, 0, 0]);
-        assert_eq!(summary(&arpish, 16), "ethertype 0x88cc, len 16");
+        assert_eq!(
+            summary(&arpish, 16, LinkType::Ethernet),
+            "ethertype 0x88cc, len 16"
+        );
         let p = Packet {
             ts_ns: 0,
             cookie: 0,
@@ -150,6 +160,9 @@ mod tests {
             owner: None,
             data: &arpish,
         };
-        assert_eq!(describe(&p, "eth0"), "eth0 Out ethertype 0x88cc, len 16");
+        assert_eq!(
+            describe(&p, "eth0", LinkType::Ethernet),
+            "eth0 Out ethertype 0x88cc, len 16"
+        );
     }
 }
