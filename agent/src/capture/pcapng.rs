@@ -368,7 +368,13 @@ mod tests {
     fn dropping_writes_what_is_buffered() {
         let mut out = Vec::new();
         {
-            let w = CaptureWriter::new(&mut out, &[(1, "lo".to_string())], 96).unwrap();
+            let lo = Iface {
+                name: "lo".to_string(),
+                ifindex: 1,
+                loopback: true,
+                linktype: LinkType::Ethernet,
+            };
+            let w = CaptureWriter::new(&mut out, &[lo], 96).unwrap();
             drop(w);
         }
         assert!(!out.is_empty());
