@@ -65,7 +65,24 @@ fn canon(a: SocketAddr) -> SocketAddr {
 
 /// The TCP/UDP 5-tuple of an Ethernet frame, if it has one.
 pub fn five_tuple(frame: &[u8]) -> Option<FiveTuple> {
-    let pkt = LaxSlicedPacket::from_ethernet(frame).ok()?;
+    tuple_of(LaxSlicedPacket::from_ethernet(frame).ok()?)
+}
+
+/// The TCP/UDP 5-tuple of a packet that starts with its IP header (LINKTYPE_RAW devices).
+pub fn five_tuple_raw(packet: &[u8]) -> Option<FiveTuple> {
+    tuple_of(LaxSlicedPacket::from_ip(packet).ok()?)
+}
+
+/// The 5-tuple of a captured packet: `raw` when its interface has no link-layer header.
+pub fn five_tuple_of(data: &[u8], raw: bool) -> Option<FiveTuple> {
+    if raw {
+        five_tuple_raw(data)
+    } else {
+        five_tuple(data)
+    }
+}
+
+fn tuple_of(pkt: LaxSlicedPacket<'_>) -> Option<FiveTuple> {
     let (src, dst) = match &pkt.net {
         Some(LaxNetSlice::Ipv4(v4)) => (
             IpAddr::V4(v4.header().source_addr()),
@@ -498,9 +515,10 @@ impl Resolver {
         Some(o)
     }
 
-    /// The owner of a packet (`frame`: from the Ethernet header on).
-    pub fn resolve(&mut self, cookie: u64, dir: u8, frame: &[u8]) -> Resolution {
-        let t = five_tuple(frame);
+    /// The owner of a packet (`frame`: from the Ethernet header on, or the IP header when
+    /// `raw`).
+    pub fn resolve(&mut self, cookie: u64, dir: u8, frame: &[u8], raw: bool) -> Resolution {
+        let t = five_tuple_of(frame, raw);
         if cookie == 0 && t.is_none() {
             return Resolution::Unknown;
         }
@@ -518,8 +536,8 @@ impl Resolver {
     }
 
     /// The owner of a packet from the tables as they are (no refresh).
-    pub fn cached(&mut self, cookie: u64, dir: u8, frame: &[u8]) -> Option<Owner> {
-        let t = five_tuple(frame);
+    pub fn cached(&mut self, cookie: u64, dir: u8, frame: &[u8], raw: bool) -> Option<Owner> {
+        let t = five_tuple_of(frame, raw);
         self.find(cookie, dir, t.as_ref())
     }
 }
@@ -666,6 +684,14 @@ mod tests {
             Some(tuple(TCP, "127.0.0.1:41234", "127.0.0.2:8000"))
         );
         assert_eq!(five_tuple(&buf[..20]), None);
+        // The same packet on a raw-IP device (no Ethernet header).
+        let ip = &buf[14..];
+        assert_eq!(
+            five_tuple_of(ip, true),
+            Some(tuple(TCP, "127.0.0.1:41234", "127.0.0.2:8000"))
+        );
+        assert_eq!(five_tuple_of(&buf, true), None);
+        assert_eq!(five_tuple_of(&buf, false), five_tuple(&buf));
     }
 
     /// A reply the way the kernel lays it out: one inet_diag_msg, then NLMSG_DONE.
@@ -736,11 +762,14 @@ mod tests {
             .tcp(40000, 8000, 1, 100)
             .write(&mut buf, b"")
             .unwrap();
-        assert_eq!(r.resolve(0, OUT, &buf), Resolution::Owner(owner(2, "curl")));
+        assert_eq!(
+            r.resolve(0, OUT, &buf, false),
+            Resolution::Owner(owner(2, "curl"))
+        );
         assert_eq!(r.refreshes, 1);
         // Found in the cached table: no refresh.
         assert_eq!(
-            r.resolve(200, OUT, &buf),
+            r.resolve(200, OUT, &buf, false),
             Resolution::Owner(owner(2, "curl"))
         );
         assert_eq!(r.refreshes, 1);
@@ -751,12 +780,12 @@ mod tests {
             .tcp(1, 2, 1, 100)
             .write(&mut other, b"")
             .unwrap();
-        assert_eq!(r.resolve(0, OUT, &other), Resolution::Later);
-        assert_eq!(r.resolve(0, OUT, &other), Resolution::Later);
-        assert_eq!(r.cached(0, OUT, &other), None);
+        assert_eq!(r.resolve(0, OUT, &other, false), Resolution::Later);
+        assert_eq!(r.resolve(0, OUT, &other, false), Resolution::Later);
+        assert_eq!(r.cached(0, OUT, &other, false), None);
         assert_eq!(r.refreshes, 1);
         r.refresh();
-        assert_eq!(r.cached(200, IN, &other), Some(owner(2, "curl")));
+        assert_eq!(r.cached(200, IN, &other, false), Some(owner(2, "curl")));
         assert_eq!(r.refreshes, 2);
     }
 

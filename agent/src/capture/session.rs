@@ -18,7 +18,7 @@ use std::{
 use super::{
     CaptureError, CaptureOptions, CaptureOutcome, Iface, LinkType, Packet, PacketSink, Selection,
     comm_str,
-    owner::{FiveTuple, Owner, Resolution, Resolver, five_tuple},
+    owner::{FiveTuple, Owner, Resolution, Resolver, five_tuple_of},
     pcapng::CaptureWriter,
     text,
 };
@@ -207,9 +207,10 @@ impl Sink {
             let by_kernel = q.kernel_owner.is_some();
             let owner = match q.kernel_owner {
                 Some(o) => Some(o),
-                None => self
-                    .flow_owner(&q.data)
-                    .or_else(|| self.resolver.cached(q.cookie, q.dir, &q.data)),
+                None => self.flow_owner(q.ifindex, &q.data).or_else(|| {
+                    let raw = self.is_raw(q.ifindex);
+                    self.resolver.cached(q.cookie, q.dir, &q.data, raw)
+                }),
             };
             let p = Packet {
                 ts_ns: q.ts_ns,
@@ -226,12 +227,20 @@ impl Sink {
         Ok(())
     }
 
-    fn flow_key_of(&self, data: &[u8]) -> Option<FlowKey> {
-        five_tuple(data).map(|t| flow_key(&t, !self.selector.sel.is_active()))
+    /// True when the interface's packets start at the IP header (LINKTYPE_RAW).
+    fn is_raw(&self, ifindex: u32) -> bool {
+        self.ifaces
+            .iter()
+            .any(|i| i.ifindex == ifindex && i.linktype == LinkType::Raw)
     }
 
-    fn remember_flow(&mut self, data: &[u8], o: &Owner) {
-        let Some(key) = self.flow_key_of(data) else {
+    fn flow_key_of(&self, ifindex: u32, data: &[u8]) -> Option<FlowKey> {
+        five_tuple_of(data, self.is_raw(ifindex))
+            .map(|t| flow_key(&t, !self.selector.sel.is_active()))
+    }
+
+    fn remember_flow(&mut self, ifindex: u32, data: &[u8], o: &Owner) {
+        let Some(key) = self.flow_key_of(ifindex, data) else {
             return;
         };
         if self.flows.get(&key) != Some(o) {
@@ -242,8 +251,8 @@ impl Sink {
         }
     }
 
-    fn flow_owner(&self, data: &[u8]) -> Option<Owner> {
-        self.flows.get(&self.flow_key_of(data)?).cloned()
+    fn flow_owner(&self, ifindex: u32, data: &[u8]) -> Option<Owner> {
+        self.flows.get(&self.flow_key_of(ifindex, data)?).cloned()
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -262,7 +271,7 @@ impl PacketSink for Sink {
             comm: comm_str(&k.comm),
         });
         if let Some(o) = &kernel_owner {
-            self.remember_flow(p.data, o);
+            self.remember_flow(p.ifindex, p.data, o);
         }
         if !self.pending.is_empty() && self.pending.len() < MAX_PENDING {
             // Packets keep their order behind one that waits for its owner.
@@ -280,15 +289,17 @@ impl PacketSink for Sink {
         if let Some(o) = kernel_owner {
             return self.emit(p, ts_ns, Some(&o), true);
         }
-        if let Some(o) = self.flow_owner(p.data) {
+        if let Some(o) = self.flow_owner(p.ifindex, p.data) {
             return self.emit(p, ts_ns, Some(&o), false);
         }
         if !self.pending.is_empty() {
             // Too many waiting: no more waiting for this one.
-            let owner = self.resolver.cached(p.cookie, p.dir, p.data);
+            let raw = self.is_raw(p.ifindex);
+            let owner = self.resolver.cached(p.cookie, p.dir, p.data, raw);
             return self.emit(p, ts_ns, owner.as_ref(), false);
         }
-        match self.resolver.resolve(p.cookie, p.dir, p.data) {
+        let raw = self.is_raw(p.ifindex);
+        match self.resolver.resolve(p.cookie, p.dir, p.data, raw) {
             Resolution::Owner(o) => self.emit(p, ts_ns, Some(&o), false)?,
             // A packet with a socket cookie comes from a local socket: one the fresh table
             // did not show yet gets a second chance at the next refresh.
