@@ -301,8 +301,8 @@ impl Synth {
                 self.accepted.insert((pid, ev.ret as i32));
             }
             sys::SHUTDOWN if ev.ret == 0 => {
-                // how: SHUT_RD 0, SHUT_WR 1, SHUT_RDWR 2.
-                if args[1] >= 1
+                // how (the argument after the fd): SHUT_RD 0, SHUT_WR 1, SHUT_RDWR 2.
+                if args[0] >= 1
                     && let Some(key) = self.key_of(ev)
                     && let Some(st) = self.streams.get_mut(&key)
                     && !st.local_fin
