@@ -5,6 +5,7 @@
 //! - `trace`: per-process socket tracing with eBPF (syscall tracepoints, ring buffer).
 //! - `capture`: packet capture on interfaces with TC eBPF programs (pcapng or text lines).
 //! - `kernel`: loading the eBPF object, BTF offsets, capability checks.
+//! - `proxy`: recording proxies (forwarder, SOCKS) that relay and record client traffic.
 //! - `model`: the records every mode produces.
 //! - `output`: text, JSON lines (and pcapng) writers for those records.
 
@@ -14,5 +15,6 @@ pub mod cmd;
 pub mod kernel;
 pub mod model;
 pub mod output;
+pub mod proxy;
 pub mod signals;
 pub mod trace;
