@@ -4,6 +4,7 @@
 //! capabilities together.
 //! - `trace`: per-process socket tracing with eBPF (syscall tracepoints, ring buffer).
 //! - `capture`: packet capture on interfaces with TC eBPF programs (pcapng or text lines).
+//! - `dns`: the spoofing DNS server (answers chosen names with chosen addresses).
 //! - `kernel`: loading the eBPF object, BTF offsets, capability checks.
 //! - `proxy`: recording proxies (forwarder, SOCKS) that relay and record client traffic.
 //! - `model`: the records every mode produces.
@@ -12,6 +13,7 @@
 pub mod capture;
 pub mod cli;
 pub mod cmd;
+pub mod dns;
 pub mod kernel;
 pub mod model;
 pub mod output;
