@@ -5,7 +5,8 @@
 //! * `build [--release]`: build capagent with its eBPF programs;
 //! * `test`: setup, unit tests, then the integration tests (root);
 //! * `demo`: setup, build, and trace curl against a local HTTP server;
-//! * `bench trace`: tracing overhead next to strace and bpftrace.
+//! * `bench trace`: tracing overhead next to strace and bpftrace;
+//! * `fuzz [--secs N]`: every cargo-fuzz target for N seconds.
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -13,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod fuzz;
 mod setup;
 mod testcmd;
 mod util;
@@ -54,6 +56,8 @@ enum Task {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(Bench),
+    /// Run every cargo-fuzz target (fuzz/) for a bounded time; fails on a crash.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -86,6 +90,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Task::Test { args } => testcmd::test(&args),
         Task::Demo { json } => demo::demo(json),
+        Task::Fuzz(args) => fuzz::fuzz(args),
         Task::Bench(Bench::Trace(args)) => bench::trace(args),
     }
 }
