@@ -6,6 +6,7 @@
 //! * `test`: setup, unit tests, then the integration tests (root);
 //! * `demo`: setup, build, and trace curl against a local HTTP server;
 //! * `bench trace`: tracing overhead next to strace and bpftrace;
+//! * `bench proxy`: the recording proxies next to their peers;
 //! * `fuzz [--secs N]`: every cargo-fuzz target for N seconds.
 use std::process::ExitCode;
 
@@ -13,6 +14,7 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_http;
 mod demo;
 mod fuzz;
 mod setup;
@@ -65,6 +67,10 @@ enum Bench {
     /// Cost of `capagent trace` on a traced TCP ping-pong and bulk stream, next to strace
     /// and bpftrace. Prints a table; asserts nothing.
     Trace(bench::TraceBenchArgs),
+    /// Recording proxies next to their peers: HTTP proxy requests per second (wrk) direct,
+    /// through `capagent proxy http` (recording off and on) and through tinyproxy. Prints a
+    /// table; asserts nothing.
+    Proxy(bench_http::ProxyBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -92,5 +98,6 @@ fn run(cli: Cli) -> Result<()> {
         Task::Demo { json } => demo::demo(json),
         Task::Fuzz(args) => fuzz::fuzz(args),
         Task::Bench(Bench::Trace(args)) => bench::trace(args),
+        Task::Bench(Bench::Proxy(args)) => bench_http::proxy(args),
     }
 }

@@ -37,6 +37,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     // Peers of `cargo xtask bench proxy` (forward and SOCKS parts).
     ("microsocks", "microsocks"),
     ("haproxy", "haproxy"),
+    ("wrk", "wrk"),
+    ("tinyproxy", "tinyproxy"),
 ];
 
 /// debconf answers that keep the installation non-interactive.
