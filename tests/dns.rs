@@ -399,5 +399,8 @@ fn malformed_queries() {
         answers(&dns.dig(&["+noall", "+answer", "a.b"])),
         vec!["a.b. 60 IN A 10.0.0.1"]
     );
-    dns.stop();
+    let log = dns.stop();
+    assert!(log.contains("malformed query: FORMERR"), "{log}");
+    assert!(log.contains("NOTIMP"), "{log}");
+    assert!(log.contains("shorter than a DNS header"), "{log}");
 }

@@ -555,6 +555,9 @@ fn basic_auth() {
         "json",
         "-o",
         &jsonl,
+        "--connect-ports",
+        &o.port.to_string(),
+        "-v",
     ]);
     let url = format!("http://127.0.0.1:{}/headers", o.port);
     let proxy = agent.url();
@@ -593,13 +596,24 @@ fn basic_auth() {
     let (_, err, code) = curl(&["-v", "-p", "-x", &agent.url(), "-U", "alice:no", &url]);
     assert_ne!(code, 0);
     assert!(err.contains("< HTTP/1.1 407"), "{err}");
-    agent.stop();
-    let evs = records(&jsonl);
-    assert_eq!(
-        opens(&evs).len(),
-        1,
-        "only the authorized request reached the server"
+    let (out, err, code) = curl(&["-v", "-p", "-x", &agent.url(), "-U", "alice:s3cret", &url]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("HTTP/1.1 200 Connection Established"), "{err}");
+    assert!(out.starts_with(b"GET /headers HTTP/1.1\r\n"));
+    let log = agent.stop();
+    assert!(
+        log.contains(": 407: wrong proxy credentials for CONNECT"),
+        "{log}"
     );
+    let evs = records(&jsonl);
+    let op = opens(&evs);
+    assert_eq!(
+        op.len(),
+        2,
+        "only the authorized requests reached the server: {op:?}"
+    );
+    assert_eq!(op[0]["proxy"], "http");
+    assert_eq!(op[1]["proxy"], "http connect");
 }
 
 /// Chunked bodies both ways: an upload of unknown length (curl sends it chunked) reaches the
@@ -720,6 +734,72 @@ fn pipelining_raw() {
     agent.stop();
 }
 
+/// An HTTP/1.0 client gets a chunked response un-chunked and then the connection closed;
+/// with `Proxy-Connection: keep-alive` a Content-Length response keeps it open (and says so).
+#[test]
+fn http10_client() {
+    let dir = TempDir::new("http-10");
+    let o = origin(&dir, "origin");
+    let agent = Agent::start(&["proxy", "http", "--listen", "127.0.0.1:0", "--no-record"]);
+    let p = o.port;
+    let req = format!("GET http://127.0.0.1:{p}/chunked/5000 HTTP/1.0\r\n\r\n");
+    let out = raw(agent.addr, req.as_bytes(), None, TIMEOUT);
+    let end = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
+    let head = String::from_utf8_lossy(&out[..end]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(!head.contains("Transfer-Encoding"), "{head}");
+    assert!(head.contains("Connection: close\r\n"), "{head}");
+    assert!(out[end..] == pattern(5000));
+    let req = format!(
+        "GET http://127.0.0.1:{p}/who HTTP/1.0\r\nProxy-Connection: keep-alive\r\n\r\n\
+         GET http://127.0.0.1:{p}/file/3 HTTP/1.0\r\n\r\n"
+    );
+    let out = raw(agent.addr, req.as_bytes(), None, TIMEOUT);
+    let r = responses(&out);
+    assert_eq!(r.len(), 2, "{:?}", String::from_utf8_lossy(&out));
+    assert!(r[0].1.contains("Connection: keep-alive\r\n"), "{}", r[0].1);
+    assert_eq!(r[0].2, b"origin");
+    assert_eq!(r[1].2, pattern(3));
+    agent.stop();
+}
+
+/// Through `--upstream-proxy socks5://` (capagent's own SOCKS server): requests by name
+/// reach the server, and the http records keep the target as requested.
+#[test]
+fn chained_through_socks() {
+    let dir = TempDir::new("http-chain");
+    let o = origin(&dir, "origin");
+    let socks = Agent::start(&["proxy", "socks", "--listen", "127.0.0.1:0", "--no-record"]);
+    let up = format!("socks5://{}", socks.addr);
+    let jsonl = dir.join("ch.jsonl").display().to_string();
+    let agent = Agent::start(&[
+        "proxy",
+        "http",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream-proxy",
+        &up,
+        "--format",
+        "json",
+        "-o",
+        &jsonl,
+    ]);
+    let url = format!("http://localhost:{}/who", o.port);
+    let (out, err, code) = curl(&["-x", &agent.url(), &url]);
+    assert_eq!((code, out.as_slice()), (0, &b"origin"[..]), "{err}");
+    agent.stop();
+    socks.stop();
+    let evs = records(&jsonl);
+    let op = opens(&evs);
+    assert_eq!(op.len(), 1);
+    assert_eq!(op[0]["target"], format!("localhost:{}", o.port));
+    assert_eq!(
+        op[0]["resolved"],
+        Value::Null,
+        "the SOCKS proxy resolved the name"
+    );
+}
+
 /// Malformed and oversized requests get the right status and a closed connection; so does a
 /// client sending its head too slowly; server failures give 502 and 504.
 #[test]
@@ -821,11 +901,43 @@ fn errors_get_proper_replies() {
     let req = format!("GET http://127.0.0.1:{port}/ HTTP/1.1\r\n\r\n");
     assert_eq!(status_of(&raw(a, req.as_bytes(), None, t)), 504);
     drop(silent);
+    // A server that answers something else than HTTP: 502.
+    let bogus = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = bogus.local_addr().unwrap().port();
+    let srv = thread::spawn(move || {
+        let (mut c, _) = bogus.accept().unwrap();
+        let mut buf = [0u8; 1024];
+        let _ = c.read(&mut buf);
+        c.write_all(b"SSH-2.0-OpenSSH\r\n\r\n").unwrap();
+    });
+    let req = format!("GET http://127.0.0.1:{port}/ HTTP/1.1\r\n\r\n");
+    let out = raw(a, req.as_bytes(), None, t);
+    assert_eq!(status_of(&out), 502);
+    assert!(
+        String::from_utf8_lossy(&out).contains("bad response head"),
+        "{out:?}"
+    );
+    srv.join().unwrap();
     // Still serving after all that.
     let ok = format!("GET http://127.0.0.1:{p}/who HTTP/1.1\r\nConnection: close\r\n\r\n");
     let out = raw(a, ok.as_bytes(), None, t);
     assert_eq!(responses(&out)[0].2, b"origin");
-    agent.stop();
+    // Each error has its log line.
+    let log = agent.stop();
+    for status in [
+        "400 Bad Request",
+        "414 URI Too Long",
+        "431 Request Header Fields Too Large",
+        "408 Request Timeout",
+        "505 HTTP Version Not Supported",
+        "502 Bad Gateway",
+        "504 Gateway Timeout",
+    ] {
+        assert!(
+            log.contains(&format!(": {status}: ")),
+            "no log line for {status}: {log}"
+        );
+    }
 }
 
 /// The reverse proxy: routes by Host to one of two servers (the default --to otherwise), Host

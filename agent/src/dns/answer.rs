@@ -116,6 +116,17 @@ pub enum Decision {
     Drop { why: &'static str },
 }
 
+impl Decision {
+    /// A reply to a query capagent could not take (FORMERR, NOTIMP), or no reply at all.
+    pub fn is_error(&self) -> bool {
+        match self {
+            Decision::Reply { bytes, .. } => bytes.len() >= 4 && matches!(bytes[3] & 0x0f, 1 | 4),
+            Decision::Forward { .. } => false,
+            Decision::Drop { .. } => true,
+        }
+    }
+}
+
 /// Decides what a query gets.
 pub fn decide(query: &[u8], policy: &Policy) -> Decision {
     if query.len() < 12 {
@@ -418,8 +429,11 @@ mod tests {
         // Status opcode: NOTIMP.
         let mut st = query("a.", RecordType::A, false);
         st[2] = (st[2] & !0x78) | (2 << 3);
-        let m = reply(decide(&st, &p));
+        let d = decide(&st, &p);
+        assert!(d.is_error());
+        let m = reply(d);
         assert_eq!(m.metadata.response_code, ResponseCode::NotImp);
+        assert!(!decide(&query("a.", RecordType::A, false), &p).is_error());
     }
 
     #[test]

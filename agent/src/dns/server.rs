@@ -108,6 +108,7 @@ async fn serve_udp(sock: Arc<UdpSocket>, server: Arc<Server>, ctx: Ctx) {
 
 async fn answer_udp(sock: &UdpSocket, query: Bytes, peer: SocketAddr, ctx: &Ctx, s: &Server) {
     let decision = answer::decide(&query, &s.opts.policy);
+    let bad = decision.is_error();
     let what = match &decision {
         Decision::Reply { what, .. } | Decision::Forward { what } => what.clone(),
         Decision::Drop { why } => format!("ignored: {why}"),
@@ -128,7 +129,11 @@ async fn answer_udp(sock: &UdpSocket, query: Bytes, peer: SocketAddr, ctx: &Ctx,
         Decision::Forward { .. } => Some(forward(&query, false, ctx, s).await),
         Decision::Drop { .. } => None,
     };
-    tracing::info!(client = %peer, "udp {what}");
+    if bad {
+        tracing::warn!("dns: {peer}: udp {what}");
+    } else {
+        tracing::info!("dns: {peer}: udp {what}");
+    }
     let result = match reply {
         Some(bytes) => {
             let r = sock.send_to(&bytes, peer).await.map(|_| ());
@@ -288,7 +293,7 @@ async fn serve_tcp(mut stream: TcpStream, peer: SocketAddr, ctx: Ctx, s: &Server
                     Some(w) => match tokio::time::timeout(w, read).await {
                         Ok(r) => r?,
                         Err(_) => {
-                            tracing::info!(client = %peer, "dns tcp: timed out waiting for a query");
+                            tracing::info!("dns: {peer}: tcp: timed out waiting for a query");
                             break None;
                         }
                     },
@@ -306,17 +311,22 @@ async fn serve_tcp(mut stream: TcpStream, peer: SocketAddr, ctx: Ctx, s: &Server
             };
             first = false;
             let decision = answer::decide(&query, &s.opts.policy);
+            let bad = decision.is_error();
             let reply = match decision {
                 Decision::Reply { bytes, what } => {
-                    tracing::info!(client = %peer, "tcp {what}");
+                    if bad {
+                        tracing::warn!("dns: {peer}: tcp {what}");
+                    } else {
+                        tracing::info!("dns: {peer}: tcp {what}");
+                    }
                     bytes
                 }
                 Decision::Forward { what } => {
-                    tracing::info!(client = %peer, "tcp {what}");
+                    tracing::info!("dns: {peer}: tcp {what}");
                     forward(&query, true, &ctx, s).await
                 }
                 Decision::Drop { why } => {
-                    tracing::info!(client = %peer, "dns tcp: {why}; closing");
+                    tracing::warn!("dns: {peer}: tcp: {why}; closing");
                     return Ok(());
                 }
             };

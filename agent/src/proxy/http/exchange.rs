@@ -29,6 +29,8 @@ pub const READ_CHUNK: usize = 64 * 1024;
 
 /// A client connection with its read buffer and its pending output.
 pub struct Client {
+    /// Which proxy serves it, for log lines (`http`, `reverse`).
+    pub what: &'static str,
     pub stream: TcpStream,
     pub peer: SocketAddr,
     pub listen: SocketAddr,
@@ -48,9 +50,10 @@ pub enum HeadFail {
 }
 
 impl Client {
-    pub fn new(stream: TcpStream, peer: SocketAddr) -> Client {
+    pub fn new(what: &'static str, stream: TcpStream, peer: SocketAddr) -> Client {
         let listen = stream.local_addr().unwrap_or(peer);
         Client {
+            what,
             stream,
             peer,
             listen,
@@ -119,7 +122,12 @@ impl Client {
 
     /// Answers an error (and logs it): `status` with a one-line body saying `why`.
     pub async fn fail(&mut self, status: u16, why: &str, close: bool) {
-        tracing::info!(client = %self.peer, "{status} {}: {why}", message::reason(status));
+        tracing::warn!(
+            "{}: {}: {status} {}: {why}",
+            self.what,
+            self.peer,
+            message::reason(status)
+        );
         let _ = self
             .send(&message::error_response(status, why, &[], close))
             .await;
@@ -585,7 +593,11 @@ pub async fn forward_request(
                     continue;
                 }
                 if responded {
-                    tracing::info!(client = %client.peer, "response from {target} cut short: {why}");
+                    tracing::warn!(
+                        "{}: {}: response from {target} cut short: {why}",
+                        client.what,
+                        client.peer
+                    );
                 } else {
                     client
                         .fail(

@@ -104,7 +104,7 @@ pub async fn run(opts: ReverseOptions, ctx: Ctx) -> anyhow::Result<()> {
 
 /// Serves one client connection.
 pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Ctx, opts: &ReverseOptions) {
-    let mut client = Client::new(stream, peer);
+    let mut client = Client::new("reverse", stream, peer);
     let mut up: Option<Upstream> = None;
     let mut first = true;
     loop {

@@ -57,7 +57,7 @@ pub fn target_of(host: &str, port: u16) -> Target {
 
 /// Serves one client connection: its requests in order (pipelined ones included).
 pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Ctx, opts: &HttpOptions) {
-    let mut client = Client::new(stream, peer);
+    let mut client = Client::new("http", stream, peer);
     let mut up: Option<Upstream> = None;
     let mut first = true;
     loop {
@@ -81,8 +81,7 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Ctx, opts: &HttpOp
                 let close = !matches!(body::request_framing(&head), Ok(Framing::Empty))
                     || !message::request_keep_alive(&head);
                 tracing::info!(
-                    client = %peer,
-                    "407: {} proxy credentials for {} {}",
+                    "http: {peer}: 407: {} proxy credentials for {} {}",
                     if auth == Auth::Missing { "no" } else { "wrong" },
                     head.method,
                     head.target
@@ -219,7 +218,7 @@ async fn connect(mut client: Client, head: &RequestHead, ctx: &Ctx, opts: &HttpO
     match relay::relay(&mut client.stream, &mut server, &rec, ctx.limits.idle).await {
         Ok(_) => rec.close(Ok(())).await,
         Err(e) => {
-            tracing::info!(client = %client.peer, "tunnel to {target}: {e}");
+            tracing::info!("http: {}: tunnel to {target}: {e}", client.peer);
             rec.close(Err(&e.io())).await;
         }
     }
