@@ -22,6 +22,7 @@ use serde_json::Value;
 /// - `POST|PUT /echo`: the request body (Content-Length or chunked), re-sent with
 ///   Content-Length; `X-Body-Framing` says which framing the request had;
 /// - `GET /chunked/N`: N bytes of the pattern in chunks of 1000 (`Transfer-Encoding: chunked`);
+///   `/chunked-cl/N` the same with a wrong `Content-Length: 1` besides;
 /// - `GET /who`: the server's name (argv[2]).
 const ORIGIN_PY: &str = r#"
 import socket, sys, threading
@@ -81,9 +82,11 @@ def handle(conn):
                 extra = b"X-Body-Framing: " + framing.encode() + b"\r\n"
             elif target == "/who":
                 out = NAME.encode()
-            elif target.startswith("/chunked/"):
-                data = pattern(int(target[9:]))
-                resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Server: " + NAME.encode() + b"\r\n\r\n"
+            elif target.startswith("/chunked/") or target.startswith("/chunked-cl/"):
+                data = pattern(int(target.rsplit("/", 1)[1]))
+                # /chunked-cl/ adds a (wrong) Content-Length, which chunking overrides.
+                cl = b"Content-Length: 1\r\n" if "-cl/" in target else b""
+                resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n" + cl + b"X-Server: " + NAME.encode() + b"\r\n\r\n"
                 for i in range(0, len(data), 1000):
                     piece = data[i:i+1000]
                     resp += b"%x\r\n" % len(piece) + piece + b"\r\n"
@@ -660,11 +663,16 @@ fn chunked_upload_and_download() {
     assert_eq!(code, 0, "{err}");
     assert!(err.contains("< Transfer-Encoding: chunked"), "{err}");
     assert!(out == pattern(123_456));
+    let url = format!("http://127.0.0.1:{}/chunked-cl/3000", o.port);
+    let (out, err, code) = curl(&["-v", "-x", &agent.url(), &url]);
+    assert_eq!(code, 0, "{err}");
+    assert!(!err.contains("< Content-Length"), "{err}");
+    assert!(out == pattern(3000));
     agent.stop();
 
     let evs = records(&jsonl);
     let op = opens(&evs);
-    assert_eq!(op.len(), 2, "{op:?}");
+    assert_eq!(op.len(), 3, "{op:?}");
     let fd = op[1]["fd"].as_i64().unwrap();
     let got = payload(&evs, fd, "recv");
     let text = String::from_utf8_lossy(&got);
@@ -698,7 +706,7 @@ fn chunked_upload_and_download() {
             "http.transfer_encoding",
         ],
     );
-    assert_eq!(lens, "200\t\n200\tchunked\n");
+    assert_eq!(lens, "200\t\n200\tchunked\n200\tchunked\n");
 }
 
 /// The body of the one chunked request in `sent`.
@@ -742,12 +750,13 @@ fn http10_client() {
     let o = origin(&dir, "origin");
     let agent = Agent::start(&["proxy", "http", "--listen", "127.0.0.1:0", "--no-record"]);
     let p = o.port;
-    let req = format!("GET http://127.0.0.1:{p}/chunked/5000 HTTP/1.0\r\n\r\n");
+    let req = format!("GET http://127.0.0.1:{p}/chunked-cl/5000 HTTP/1.0\r\n\r\n");
     let out = raw(agent.addr, req.as_bytes(), None, TIMEOUT);
     let end = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4;
     let head = String::from_utf8_lossy(&out[..end]).into_owned();
     assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
     assert!(!head.contains("Transfer-Encoding"), "{head}");
+    assert!(!head.contains("Content-Length"), "{head}");
     assert!(head.contains("Connection: close\r\n"), "{head}");
     assert!(out[end..] == pattern(5000));
     let req = format!(

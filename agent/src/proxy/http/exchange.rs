@@ -422,6 +422,11 @@ pub async fn exchange(
         let rechunk = chunked_in && client_minor >= 1;
         let client_close = !client_keep || framing == Framing::Close || (chunked_in && !rechunk);
         let mut to_client = message::client_response(&head, rechunk, client_close);
+        if chunked_in && !rechunk {
+            // Un-chunked for an HTTP/1.0 client: delimited by the close, never by a length
+            // the server may have sent alongside its chunking.
+            to_client.headers.retain(|h| !h.is("content-length"));
+        }
         if client_minor == 0 && !client_close {
             // An HTTP/1.0 client that asked for keep-alive needs to hear it granted.
             to_client
