@@ -6,7 +6,8 @@
 //! - `capture`: packet capture on interfaces with TC eBPF programs (pcapng or text lines).
 //! - `dns`: the spoofing DNS server (answers chosen names with chosen addresses).
 //! - `kernel`: loading the eBPF object, BTF offsets, capability checks.
-//! - `proxy`: recording proxies (forwarder, SOCKS) that relay and record client traffic.
+//! - `proxy`: recording proxies (forwarder, SOCKS, HTTP forward and reverse) that relay and
+//!   record client traffic.
 //! - `model`: the records every mode produces.
 //! - `output`: text, JSON lines (and pcapng) writers for those records.
 
