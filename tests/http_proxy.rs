@@ -20,7 +20,8 @@ use serde_json::Value;
 /// - `GET /file/N`: N bytes of a pattern (`Content-Length`);
 /// - `GET /headers`: the request head exactly as received, as the body;
 /// - `POST|PUT /echo`: the request body (Content-Length or chunked), re-sent with
-///   Content-Length; `X-Body-Framing` says which framing the request had;
+///   Content-Length; `X-Body-Framing` says which framing the request had; a request with
+///   `Expect: 100-continue` gets `100 Continue` first;
 /// - `GET /chunked/N`: N bytes of the pattern in chunks of 1000 (`Transfer-Encoding: chunked`);
 ///   `/chunked-cl/N` the same with a wrong `Content-Length: 1` besides;
 /// - `GET /who`: the server's name (argv[2]).
@@ -55,6 +56,8 @@ def handle(conn):
                 if ":" in l:
                     k, v = l.split(":", 1)
                     hdrs[k.strip().lower()] = v.strip()
+            if hdrs.get("expect", "").lower() == "100-continue":
+                conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
             body = b""
             framing = "none"
             if hdrs.get("transfer-encoding", "").lower().endswith("chunked"):
@@ -70,8 +73,6 @@ def handle(conn):
             elif "content-length" in hdrs:
                 framing = "length"
                 body = f.read(int(hdrs["content-length"]))
-            if hdrs.get("expect", "").lower() == "100-continue":
-                pass
             extra = b""
             if target.startswith("/file/"):
                 out = pattern(int(target[6:]))
@@ -620,7 +621,8 @@ fn basic_auth() {
 }
 
 /// Chunked bodies both ways: an upload of unknown length (curl sends it chunked) reaches the
-/// server chunked and whole; a chunked download reaches curl whole; the records hold the
+/// server chunked and whole; `Expect: 100-continue` gets the server's interim 100 relayed; a
+/// chunked download reaches curl whole; the records hold the
 /// server's chunked framing as it sent it (trailer included).
 #[test]
 fn chunked_upload_and_download() {
@@ -658,6 +660,22 @@ fn chunked_upload_and_download() {
     assert_eq!(out.len(), data.len());
     assert!(out == data);
 
+    // Expect: 100-continue: the server's interim 100 reaches curl, which then sends.
+    let url = format!("http://127.0.0.1:{}/echo", o.port);
+    let (out, err, code) = curl(&[
+        "-v",
+        "-x",
+        &agent.url(),
+        "-H",
+        "Expect: 100-continue",
+        "--data-binary",
+        "expected body",
+        &url,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("< HTTP/1.1 100 Continue"), "{err}");
+    assert_eq!(out, b"expected body");
+
     let url = format!("http://127.0.0.1:{}/chunked/123456", o.port);
     let (out, err, code) = curl(&["-v", "-x", &agent.url(), &url]);
     assert_eq!(code, 0, "{err}");
@@ -672,8 +690,8 @@ fn chunked_upload_and_download() {
 
     let evs = records(&jsonl);
     let op = opens(&evs);
-    assert_eq!(op.len(), 3, "{op:?}");
-    let fd = op[1]["fd"].as_i64().unwrap();
+    assert_eq!(op.len(), 4, "{op:?}");
+    let fd = op[2]["fd"].as_i64().unwrap();
     let got = payload(&evs, fd, "recv");
     let text = String::from_utf8_lossy(&got);
     assert!(
@@ -706,7 +724,7 @@ fn chunked_upload_and_download() {
             "http.transfer_encoding",
         ],
     );
-    assert_eq!(lens, "200\t\n200\tchunked\n200\tchunked\n");
+    assert_eq!(lens, "200\t\n100\t\n200\t\n200\tchunked\n200\tchunked\n");
 }
 
 /// The body of the one chunked request in `sent`.
