@@ -13,6 +13,7 @@ use crate::{
         CaptureArgs, Cli, Command, DnsArgs, ProxyArgs, ProxyCommand, ProxyCommon, RecordArgs,
         TraceArgs, Unmatched,
     },
+    control::Control,
     output::{EventWriter, FanOut, Writer, pcapng::PcapngWriter, text::TextConfig},
     proxy,
     trace::{
@@ -32,6 +33,7 @@ pub fn init_logging(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -83,12 +85,39 @@ pub fn record_options(r: &RecordArgs) -> proxy::RecordOptions {
     }
 }
 
-fn proxy_cmd(args: ProxyArgs) -> anyhow::Result<ExitCode> {
-    match args.kind {
+/// A proxy or the DNS server, ready to serve (what `capagent proxy KIND` or `capagent dns`
+/// runs, and what a daemon job of that kind runs).
+pub enum Service {
+    Forward {
+        maps: Vec<proxy::forward::Mapping>,
+        udp: bool,
+    },
+    Socks(proxy::socks::server::SocksOptions),
+    Http(proxy::http::server::HttpOptions),
+    Reverse(proxy::http::reverse::ReverseOptions),
+    Dns(crate::dns::DnsOptions),
+}
+
+impl Service {
+    /// Binds the listeners and serves until an error (or until the caller stops waiting).
+    pub async fn serve(self, ctx: proxy::Ctx) -> anyhow::Result<()> {
+        match self {
+            Service::Forward { maps, udp } => proxy::forward::run(maps, udp, ctx).await,
+            Service::Socks(o) => proxy::socks::server::run(o, ctx).await,
+            Service::Http(o) => proxy::http::server::run(o, ctx).await,
+            Service::Reverse(o) => proxy::http::reverse::run(o, ctx).await,
+            Service::Dns(o) => crate::dns::run(o, ctx).await,
+        }
+    }
+}
+
+/// What `capagent proxy KIND ARGS` serves, with its options.
+pub fn proxy_service(args: &ProxyArgs) -> anyhow::Result<(proxy::Options, Service)> {
+    Ok(match &args.kind {
         ProxyCommand::Forward(a) => {
             let opts = proxy_options(&a.common)?;
             let maps = proxy::forward::mappings(&a.listen, &a.to, &a.map)?;
-            proxy::run(&opts, |ctx| proxy::forward::run(maps, a.udp, ctx))?;
+            (opts, Service::Forward { maps, udp: a.udp })
         }
         ProxyCommand::Socks(a) => {
             let opts = proxy_options(&a.common)?;
@@ -96,7 +125,7 @@ fn proxy_cmd(args: ProxyArgs) -> anyhow::Result<ExitCode> {
                 listen: proxy::listen_addr(&a.listen)?,
                 auth: a.auth.as_deref().map(str::parse).transpose()?,
             };
-            proxy::run(&opts, |ctx| proxy::socks::server::run(socks, ctx))?;
+            (opts, Service::Socks(socks))
         }
         ProxyCommand::Http(a) => {
             let opts = proxy_options(&a.common)?;
@@ -110,7 +139,7 @@ fn proxy_cmd(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             {
                 anyhow::bail!("--auth must be USER:PASS");
             }
-            proxy::run(&opts, |ctx| proxy::http::server::run(http, ctx))?;
+            (opts, Service::Http(http))
         }
         ProxyCommand::Reverse(a) => {
             let opts = proxy_options(&a.common)?;
@@ -127,13 +156,28 @@ fn proxy_cmd(args: ProxyArgs) -> anyhow::Result<ExitCode> {
             if reverse.to.is_none() && reverse.routes.is_empty() {
                 anyhow::bail!("give --to HOST:PORT, --route NAME=HOST:PORT, or both");
             }
-            proxy::run(&opts, |ctx| proxy::http::reverse::run(reverse, ctx))?;
+            (opts, Service::Reverse(reverse))
         }
-    }
+    })
+}
+
+fn proxy_cmd(args: ProxyArgs) -> anyhow::Result<ExitCode> {
+    let (opts, service) = proxy_service(&args)?;
+    proxy::run(&opts, |ctx| service.serve(ctx))?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn capture(args: CaptureArgs) -> anyhow::Result<ExitCode> {
+    let (opts, session) = capture_options(&args)?;
+    for &pid in &args.pids {
+        crate::trace::target::check_pid(pid)?;
+    }
+    let outcome = capture::session::run(&opts, &session)?;
+    Ok(outcome.exit_status.map_or(ExitCode::SUCCESS, exit_code_of))
+}
+
+/// What `capagent capture ARGS` captures, and its session options.
+pub fn capture_options(args: &CaptureArgs) -> anyhow::Result<(CaptureOptions, SessionOptions)> {
     if let Some(d) = args.duration
         && !(d.is_finite() && d > 0.0)
     {
@@ -160,19 +204,16 @@ fn capture(args: CaptureArgs) -> anyhow::Result<ExitCode> {
             None => Filter::expression(&args.filter_words),
         },
     };
-    for &pid in &args.pids {
-        crate::trace::target::check_pid(pid)?;
-    }
     let session = SessionOptions {
         write: args.write.clone(),
         no_summary: args.no_summary,
         command: args.command.clone(),
     };
-    let outcome = capture::session::run(&opts, &session)?;
-    Ok(outcome.exit_status.map_or(ExitCode::SUCCESS, exit_code_of))
+    Ok((opts, session))
 }
 
-fn trace(args: TraceArgs) -> anyhow::Result<ExitCode> {
+/// What `capagent trace ARGS` traces.
+pub fn trace_options(args: &TraceArgs) -> anyhow::Result<TraceOptions> {
     let follow_forks = if args.no_follow_forks {
         false
     } else {
@@ -195,6 +236,14 @@ fn trace(args: TraceArgs) -> anyhow::Result<ExitCode> {
         duration: args.duration.map(Duration::from_secs_f64),
         lossless: !args.allow_loss && !args.all,
     };
+    if opts.pids.is_empty() && opts.comm.is_none() && !opts.all && opts.command.is_empty() {
+        return Err(run::TraceError::NoTarget.into());
+    }
+    Ok(opts)
+}
+
+fn trace(args: TraceArgs) -> anyhow::Result<ExitCode> {
+    let opts = trace_options(&args)?;
     let pcap_stdout = args.write.as_deref().is_some_and(|p| p.as_os_str() == "-");
     let mut writers: Vec<Box<dyn EventWriter>> = Vec::new();
     // With `-w -` stdout carries the pcapng: text/JSON go only to an -o file.
@@ -229,7 +278,7 @@ fn trace(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let mut writer = FanOut(writers);
     let mut summary = Summary::new();
     let mut last_flush = Instant::now();
-    let outcome = run::run(&opts, &mut |ev| {
+    let outcome = run::run(&opts, &Control::on_signals(), &mut |ev| {
         summary.add(ev);
         writer.write_event(ev)?;
         // Keep files readable while tracing (tail -f) without a syscall per event.
@@ -267,6 +316,13 @@ fn exit_code_of(status: std::process::ExitStatus) -> ExitCode {
 }
 
 fn dns_cmd(a: DnsArgs) -> anyhow::Result<ExitCode> {
+    let (opts, service) = dns_service(&a)?;
+    proxy::run(&opts, |ctx| service.serve(ctx))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// What `capagent dns ARGS` serves, with its options.
+pub fn dns_service(a: &DnsArgs) -> anyhow::Result<(proxy::Options, Service)> {
     let opts = proxy_options(&a.common)?;
     if !(a.upstream_timeout.is_finite() && a.upstream_timeout > 0.0) {
         anyhow::bail!("--upstream-timeout must be a positive number of seconds");
@@ -299,6 +355,5 @@ fn dns_cmd(a: DnsArgs) -> anyhow::Result<ExitCode> {
         upstream,
         upstream_timeout: Duration::from_secs_f64(a.upstream_timeout),
     };
-    proxy::run(&opts, |ctx| crate::dns::run(dns, ctx))?;
-    Ok(ExitCode::SUCCESS)
+    Ok((opts, Service::Dns(dns)))
 }

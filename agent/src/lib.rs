@@ -4,6 +4,7 @@
 //! capabilities together.
 //! - `trace`: per-process socket tracing with eBPF (syscall tracepoints, ring buffer).
 //! - `capture`: packet capture on interfaces with TC eBPF programs (pcapng or text lines).
+//! - `control`: stopping and watching a running session (signals, or the daemon's jobs).
 //! - `daemon`: the systemd service running configured jobs.
 //! - `dns`: the spoofing DNS server (answers chosen names with chosen addresses).
 //! - `kernel`: loading the eBPF object, BTF offsets, capability checks.
@@ -15,6 +16,7 @@
 pub mod capture;
 pub mod cli;
 pub mod cmd;
+pub mod control;
 pub mod daemon;
 pub mod dns;
 pub mod kernel;

@@ -386,6 +386,16 @@ pub trait PacketSink {
     fn idle(&mut self) -> io::Result<()> {
         Ok(())
     }
+    /// Asked after [`PacketSink::idle`]: whether the session should read the kernel's
+    /// per-interface counters now and hand them to [`PacketSink::totals`] (to close a file
+    /// with its statistics, or to publish them).
+    fn wants_totals(&self) -> bool {
+        false
+    }
+    /// The kernel's counters since the start, per interface in the order given.
+    fn totals(&mut self, _totals: &[IfaceTotals]) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl<F: FnMut(&Packet<'_>, u64) -> io::Result<()>> PacketSink for F {
@@ -395,13 +405,14 @@ impl<F: FnMut(&Packet<'_>, u64) -> io::Result<()>> PacketSink for F {
 }
 
 /// Runs a capture session on `ifaces` (from [`resolve`]) with `filter` (from
-/// [`compile_filter`]), handing every packet to `sink` with its wall-clock timestamp, until a
-/// signal, the duration, the packet count, or the end of `child` (`-- CMD`, held before exec:
-/// released once the capture is live).
+/// [`compile_filter`]), handing every packet to `sink` with its wall-clock timestamp, until
+/// `ctl` is stopped, the duration, the packet count, or the end of `child` (`-- CMD`, held
+/// before exec: released once the capture is live).
 pub fn run(
     opts: &CaptureOptions,
     ifaces: &[Iface],
     filter: Option<&Filter>,
+    ctl: &crate::control::Control,
     sink: &mut dyn PacketSink,
     mut child: Option<&mut HeldChild>,
 ) -> Result<CaptureOutcome, CaptureError> {
@@ -480,7 +491,11 @@ pub fn run(
         c.release()?;
     }
 
-    crate::signals::install();
+    let fill = kernel::ring_fill::RingFill::new(&ring, u64::from(opts.ring_bytes))
+        .map_err(|e| tracing::debug!("ring buffer fill level unavailable: {e}"))
+        .ok();
+    let mut last_fill = Instant::now();
+    ctl.arm();
     let offset = crate::trace::assemble::boot_to_wall_offset_ns();
     let deadline = opts.duration.map(|d| Instant::now() + d);
     let mut outcome = CaptureOutcome {
@@ -490,6 +505,29 @@ pub fn run(
     let mut output_error = None;
     let limit = opts.count.unwrap_or(u64::MAX);
     let mut child_gone: Option<Instant> = None;
+    let read_totals = |stats: &PerCpuHashMap<MapData, u32, IfCounters>| -> Vec<IfaceTotals> {
+        ifaces
+            .iter()
+            .map(|iface| {
+                let c = stats
+                    .get(&iface.ifindex, 0)
+                    .map(|v| {
+                        v.iter().fold(IfCounters::default(), |a, c| IfCounters {
+                            packets: a.packets + c.packets,
+                            dropped: a.dropped + c.dropped,
+                            filtered: a.filtered + c.filtered,
+                        })
+                    })
+                    .unwrap_or_default();
+                IfaceTotals {
+                    ifindex: iface.ifindex,
+                    submitted: c.packets,
+                    dropped: c.dropped,
+                    filtered: c.filtered,
+                }
+            })
+            .collect()
+    };
     let mut drain = |ring: &mut RingBuf<MapData>, outcome: &mut CaptureOutcome| {
         while let Some(item) = ring.next() {
             if outcome.packets >= limit || output_error.is_some() {
@@ -510,6 +548,12 @@ pub fn run(
         {
             output_error = Some(e);
         }
+        if output_error.is_none()
+            && sink.wants_totals()
+            && let Err(e) = sink.totals(&read_totals(&stats))
+        {
+            output_error = Some(e);
+        }
     };
     loop {
         let mut pfd = libc::pollfd {
@@ -520,6 +564,12 @@ pub fn run(
         // SAFETY: one valid pollfd.
         unsafe { libc::poll(&mut pfd, 1, 10) };
         drain(&mut ring, &mut outcome);
+        if let Some(f) = &fill
+            && last_fill.elapsed() >= Duration::from_millis(100)
+        {
+            last_fill = Instant::now();
+            ctl.set_ring_fill(f.used(), f.size());
+        }
         if let Some(c) = child.as_deref_mut()
             && outcome.exit_status.is_none()
             && let Some(status) = c.try_wait().map_err(CaptureError::Output)?
@@ -529,7 +579,7 @@ pub fn run(
             // microseconds behind its exit.
             child_gone = Some(Instant::now());
         }
-        if crate::signals::stop_requested()
+        if ctl.is_stopped()
             || deadline.is_some_and(|d| Instant::now() >= d)
             || outcome.packets >= limit
             || child_gone.is_some_and(|t| t.elapsed() >= Duration::from_millis(100))
@@ -540,24 +590,7 @@ pub fn run(
     // Detach first (no new packets), then drain what is left.
     drop(attached);
     drain(&mut ring, &mut outcome);
-    for iface in ifaces {
-        let c = stats
-            .get(&iface.ifindex, 0)
-            .map(|v| {
-                v.iter().fold(IfCounters::default(), |a, c| IfCounters {
-                    packets: a.packets + c.packets,
-                    dropped: a.dropped + c.dropped,
-                    filtered: a.filtered + c.filtered,
-                })
-            })
-            .unwrap_or_default();
-        outcome.per_iface.push(IfaceTotals {
-            ifindex: iface.ifindex,
-            submitted: c.packets,
-            dropped: c.dropped,
-            filtered: c.filtered,
-        });
-    }
+    outcome.per_iface = read_totals(&stats);
     if let Some(e) = output_error {
         return Err(CaptureError::Output(e));
     }

@@ -16,13 +16,13 @@ use std::{
 };
 
 use super::{
-    CaptureError, CaptureOptions, CaptureOutcome, Iface, LinkType, Packet, PacketSink, Selection,
-    comm_str,
+    CaptureError, CaptureOptions, CaptureOutcome, Iface, IfaceTotals, LinkType, Packet, PacketSink,
+    Selection, comm_str,
     owner::{FiveTuple, Owner, Resolution, Resolver, five_tuple_of},
     pcapng::CaptureWriter,
     text,
 };
-use crate::trace::target::HeldChild;
+use crate::{control::Control, trace::target::HeldChild};
 
 /// Output of a session.
 #[derive(Debug, Clone, Default)]
@@ -114,9 +114,55 @@ pub fn text_suffix(owner: Option<&Owner>) -> String {
     }
 }
 
+/// The text line of a packet (without its newline), as `capagent capture` prints it.
+pub fn text_line(
+    p: &Packet<'_>,
+    ts_ns: u64,
+    iface: Option<&Iface>,
+    owner: Option<&Owner>,
+) -> String {
+    let (name, linktype) =
+        iface.map_or(("?", LinkType::Ethernet), |i| (i.name.as_str(), i.linktype));
+    format!(
+        "{} {}{}",
+        text::clock(ts_ns),
+        text::describe(p, name, linktype),
+        text_suffix(owner)
+    )
+}
+
+/// Where a session writes its packets instead of the command line's pcapng file or stdout
+/// (the daemon's rotating files).
+pub trait CaptureOutput: Send {
+    /// Before the first packet: the captured interfaces and the snap length.
+    fn begin(&mut self, ifaces: &[Iface], snaplen: u32) -> io::Result<()>;
+    /// One selected packet of interface `iface`, attributed to `owner`.
+    fn packet(
+        &mut self,
+        p: &Packet<'_>,
+        ts_ns: u64,
+        iface: Option<&Iface>,
+        owner: Option<&Owner>,
+    ) -> io::Result<()>;
+    /// Called at least every 200 ms while capturing (flush, rotate by age).
+    fn tick(&mut self) -> io::Result<()>;
+    /// Whether the kernel's per-interface counters are wanted now (see
+    /// [`PacketSink::wants_totals`]).
+    fn wants_totals(&self) -> bool {
+        false
+    }
+    /// The kernel's counters since the start; `filtering`: a filter expression is in use.
+    fn totals(&mut self, _totals: &[IfaceTotals], _filtering: bool) -> io::Result<()> {
+        Ok(())
+    }
+    /// At the end, with the final counters: write out and close.
+    fn finish(&mut self, totals: &[IfaceTotals], filtering: bool) -> io::Result<()>;
+}
+
 enum Out {
     Pcap(CaptureWriter<Box<dyn Write + Send>>),
     Text(BufWriter<StdoutLock<'static>>),
+    Custom(Box<dyn CaptureOutput>),
 }
 
 /// A packet copied out of the ring buffer while it waits for its owner.
@@ -160,6 +206,8 @@ struct Sink {
     pending: VecDeque<Pending>,
     last_flush: Instant,
     written: u64,
+    /// A filter expression is in use.
+    filtering: bool,
 }
 
 impl Sink {
@@ -177,22 +225,11 @@ impl Sink {
             return Ok(());
         }
         self.written += 1;
+        let iface = self.ifaces.iter().find(|i| i.ifindex == p.ifindex);
         match &mut self.out {
             Out::Pcap(w) => w.write_packet(p, ts_ns, &comment(owner, p.cookie)),
-            Out::Text(w) => {
-                let (name, linktype) = self
-                    .ifaces
-                    .iter()
-                    .find(|i| i.ifindex == p.ifindex)
-                    .map_or(("?", LinkType::Ethernet), |i| (i.name.as_str(), i.linktype));
-                writeln!(
-                    w,
-                    "{} {}{}",
-                    text::clock(ts_ns),
-                    text::describe(p, name, linktype),
-                    text_suffix(owner)
-                )
-            }
+            Out::Text(w) => writeln!(w, "{}", text_line(p, ts_ns, iface, owner)),
+            Out::Custom(o) => o.packet(p, ts_ns, iface, owner),
         }
     }
 
@@ -259,6 +296,7 @@ impl Sink {
         match &mut self.out {
             Out::Pcap(w) => w.flush(),
             Out::Text(w) => w.flush(),
+            Out::Custom(o) => o.tick(),
         }
     }
 }
@@ -326,6 +364,22 @@ impl PacketSink for Sink {
         }
         Ok(())
     }
+
+    fn wants_totals(&self) -> bool {
+        match &self.out {
+            Out::Custom(o) => o.wants_totals(),
+            _ => false,
+        }
+    }
+
+    fn totals(&mut self, totals: &[IfaceTotals]) -> io::Result<()> {
+        // Packets waiting for their owner belong before the counters' point in time.
+        self.drain_pending(true)?;
+        match &mut self.out {
+            Out::Custom(o) => o.totals(totals, self.filtering),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// Wall-clock nanoseconds since the epoch, now.
@@ -335,8 +389,20 @@ fn now_wall_ns() -> u64 {
         .map_or(0, |d| d.as_nanos() as u64)
 }
 
-/// Runs a whole session: capture, attribution, selection, output, statistics and summary.
+/// Runs a whole session: capture, attribution, selection, output, statistics and summary,
+/// until a signal (the command line).
 pub fn run(opts: &CaptureOptions, sopts: &SessionOptions) -> Result<CaptureOutcome, CaptureError> {
+    run_with(opts, sopts, &Control::on_signals(), None)
+}
+
+/// [`run`], stopped by `ctl`, writing into `output` instead of `sopts.write` or stdout when
+/// given (the daemon's jobs).
+pub fn run_with(
+    opts: &CaptureOptions,
+    sopts: &SessionOptions,
+    ctl: &Control,
+    output: Option<Box<dyn CaptureOutput>>,
+) -> Result<CaptureOutcome, CaptureError> {
     let ifaces: Vec<Iface> = super::resolve(opts)?;
     let mut opts = opts.clone();
     let mut child = None;
@@ -349,14 +415,19 @@ pub fn run(opts: &CaptureOptions, sopts: &SessionOptions) -> Result<CaptureOutco
     }
     let opts = &opts;
     let filter = super::compile_filter(opts, &ifaces)?;
-    let out = match &sopts.write {
-        Some(p) => Out::Pcap(
-            CaptureWriter::open(p, &ifaces, opts.snaplen).map_err(|source| CaptureError::Open {
+    let out = match (output, &sopts.write) {
+        (Some(mut o), _) => {
+            o.begin(&ifaces, opts.snaplen)
+                .map_err(CaptureError::Output)?;
+            Out::Custom(o)
+        }
+        (None, Some(p)) => Out::Pcap(CaptureWriter::open(p, &ifaces, opts.snaplen).map_err(
+            |source| CaptureError::Open {
                 path: p.clone(),
                 source,
-            })?,
-        ),
-        None => Out::Text(BufWriter::new(io::stdout().lock())),
+            },
+        )?),
+        (None, None) => Out::Text(BufWriter::new(io::stdout().lock())),
     };
     let mut sink = Sink {
         selector: Selector::new(opts.select.clone()),
@@ -367,8 +438,16 @@ pub fn run(opts: &CaptureOptions, sopts: &SessionOptions) -> Result<CaptureOutco
         pending: VecDeque::new(),
         last_flush: Instant::now(),
         written: 0,
+        filtering: filter.is_some(),
     };
-    let outcome = super::run(opts, &ifaces, filter.as_ref(), &mut sink, child.as_mut());
+    let outcome = super::run(
+        opts,
+        &ifaces,
+        filter.as_ref(),
+        ctl,
+        &mut sink,
+        child.as_mut(),
+    );
     if let Some(c) = child.as_mut()
         && outcome.as_ref().is_err()
     {
@@ -383,13 +462,19 @@ pub fn run(opts: &CaptureOptions, sopts: &SessionOptions) -> Result<CaptureOutco
         .map_err(CaptureError::Output);
     let outcome = outcome?;
     end?;
-    if let Out::Pcap(w) = &mut sink.out {
-        let now = now_wall_ns();
-        for t in &outcome.per_iface {
-            w.write_stats(t, filter.is_some(), now)
-                .map_err(CaptureError::Output)?;
+    match &mut sink.out {
+        Out::Pcap(w) => {
+            let now = now_wall_ns();
+            for t in &outcome.per_iface {
+                w.write_stats(t, filter.is_some(), now)
+                    .map_err(CaptureError::Output)?;
+            }
+            w.flush().map_err(CaptureError::Output)?;
         }
-        w.flush().map_err(CaptureError::Output)?;
+        Out::Custom(o) => o
+            .finish(&outcome.per_iface, filter.is_some())
+            .map_err(CaptureError::Output)?,
+        Out::Text(_) => {}
     }
     if !sopts.no_summary {
         let selected = if opts.select.is_active() {

@@ -1,6 +1,7 @@
 //! Everything about the kernel side: BTF offsets, loading the eBPF object, capability checks.
 
 pub mod btf;
+pub mod ring_fill;
 
 use std::path::Path;
 

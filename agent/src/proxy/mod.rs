@@ -9,7 +9,8 @@
 //!   a non-loopback one prints a warning);
 //! - [`serve`]: the accept loop with the connection cap;
 //! - [`relay`]: copying both directions with large buffers, half-close and idle timeout;
-//! - [`run`]: the runtime, the recorder's lifetime, and stopping on SIGINT/SIGTERM/SIGHUP.
+//! - [`run`]: the runtime, the recorder's lifetime, and stopping on SIGINT/SIGTERM/SIGHUP;
+//!   [`run_until`]: the same with a recorder and a stop of the caller's (the daemon's jobs).
 //!
 //! One module per proxy: [`forward`] (fixed targets, TCP and UDP), [`socks`] (SOCKS 4/4a/5).
 
@@ -198,11 +199,32 @@ where
     F: FnOnce(Ctx) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
 {
+    // A bad upstream is reported before any output file is created.
+    if let Some(u) = &opts.upstream_proxy {
+        u.parse::<dial::Upstream>().map_err(ProxyError::from)?;
+    }
+    let (recorder, handle) = Recorder::start(&opts.record).map_err(ProxyError::from)?;
+    run_until(opts, recorder, handle, stop_signal(), service)
+}
+
+/// [`run`] with the recorder given (`opts.record` is not used) and until `stop` resolves
+/// instead of a signal: the daemon's jobs, each with its own outputs and stop token.
+pub fn run_until<F, Fut, S>(
+    opts: &Options,
+    recorder: Recorder,
+    handle: record::RecorderHandle,
+    stop: S,
+    service: F,
+) -> anyhow::Result<()>
+where
+    F: FnOnce(Ctx) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+    S: Future<Output = io::Result<()>>,
+{
     let upstream = match &opts.upstream_proxy {
         Some(u) => Some(u.parse::<dial::Upstream>().map_err(ProxyError::from)?),
         None => None,
     };
-    let (recorder, handle) = Recorder::start(&opts.record).map_err(ProxyError::from)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("capagent-proxy")
@@ -214,7 +236,6 @@ where
     };
     let ctx = Ctx::new(recorder, dialer, opts.limits);
     let outcome = rt.block_on(async move {
-        let stop = stop_signal();
         tokio::select! {
             r = service(ctx) => r,
             r = stop => r.map_err(anyhow::Error::from),

@@ -20,9 +20,9 @@ use super::{
     target::{self, HeldChild},
 };
 use crate::{
-    kernel::{self, KernelError},
+    control::Control,
+    kernel::{self, KernelError, ring_fill::RingFill},
     model::{Detail, Event},
-    signals,
 };
 
 /// The syscalls `capagent trace` can report: id and name.
@@ -222,9 +222,11 @@ fn alive(pid: u32) -> bool {
     }
 }
 
-/// Runs a trace session, handing every event to `sink` as it completes.
+/// Runs a trace session, handing every event to `sink` as it completes, until `ctl` is
+/// stopped, the duration ends or the traced processes are gone.
 pub fn run(
     opts: &TraceOptions,
+    ctl: &Control,
     sink: &mut dyn FnMut(&Event) -> io::Result<()>,
 ) -> Result<TraceOutcome, TraceError> {
     if opts.pids.is_empty() && opts.comm.is_none() && !opts.all && opts.command.is_empty() {
@@ -309,7 +311,10 @@ pub fn run(
     let read_counter =
         |idx: u32| -> u64 { counters.get(&idx, 0).map(|v| v.iter().sum()).unwrap_or(0) };
 
-    signals::install();
+    let fill = RingFill::new(&ring, u64::from(opts.ring_bytes))
+        .map_err(|e| tracing::debug!("ring buffer fill level unavailable: {e}"))
+        .ok();
+    ctl.arm();
     let started = Instant::now();
     let deadline = opts.duration.map(|d| started + d);
     let stop_when_gone = opts.comm.is_none() && !opts.all;
@@ -366,9 +371,11 @@ pub fn run(
             break;
         }
         let now = Instant::now();
-        if now.duration_since(last_check) >= Duration::from_millis(100) || signals::stop_requested()
-        {
+        if now.duration_since(last_check) >= Duration::from_millis(100) || ctl.is_stopped() {
             last_check = now;
+            if let Some(f) = &fill {
+                ctl.set_ring_fill(f.used(), f.size());
+            }
             let lost = (
                 read_counter(counter::LOST_EVENTS),
                 read_counter(counter::LOST_BYTES),
@@ -389,7 +396,7 @@ pub fn run(
             }
             resume_paused(&mut paused);
         }
-        if signals::stop_requested() || deadline.is_some_and(|d| now >= d) {
+        if ctl.is_stopped() || deadline.is_some_and(|d| now >= d) {
             break;
         }
         if let Some(held) = child.as_mut()

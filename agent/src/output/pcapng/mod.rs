@@ -88,6 +88,18 @@ impl PcapngWriter<BufWriter<Box<dyn Write + Send>>> {
 impl<W: Write> PcapngWriter<W> {
     /// Writes the section and interface headers into `out`.
     pub fn new(out: W) -> io::Result<Self> {
+        PcapngWriter::with_synth(out, Synth::new())
+    }
+
+    /// Ends this output and goes on in `out` (a new file with its own section and interface
+    /// headers) with the same streams: their sequence numbers go on, so each file reads on
+    /// its own and the files read as one when merged. Returns the previous output.
+    pub fn continue_in<W2: Write>(self, out: W2) -> io::Result<(W, PcapngWriter<W2>)> {
+        let next = PcapngWriter::with_synth(out, self.synth)?;
+        Ok((self.w.into_inner(), next))
+    }
+
+    fn with_synth(out: W, synth: Synth) -> io::Result<Self> {
         let mut w = PcapNgWriter::with_section_header(out, section_header()).map_err(to_io)?;
         let idb = InterfaceDescriptionBlock {
             linktype: DataLink::RAW,
@@ -101,10 +113,7 @@ impl<W: Write> PcapngWriter<W> {
             ],
         };
         w.write_pcapng_block(idb).map_err(to_io)?;
-        Ok(PcapngWriter {
-            w,
-            synth: Synth::new(),
-        })
+        Ok(PcapngWriter { w, synth })
     }
 
     /// Writes one synthetic packet.

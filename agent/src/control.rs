@@ -1,0 +1,141 @@
+//! How whoever started a session stops it and watches it: the command line (one session per
+//! process, stopped by SIGINT/SIGTERM/SIGHUP) or the daemon (many sessions, its jobs, each
+//! stopped on its own).
+//!
+//! A [`Control`] is a cheap cloneable handle. Sessions check [`Control::is_stopped`] between
+//! two polls of their ring buffer (trace, capture) or await [`Control::stopped`] (the async
+//! proxies), and report the fill level of their kernel ring buffer into it.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, AtomicU32, Ordering},
+};
+
+use tokio::sync::Notify;
+
+use crate::signals;
+
+struct Inner {
+    stopped: AtomicBool,
+    notify: Notify,
+    /// Also stopped by the process-wide signal flag (the command line).
+    signals: bool,
+    /// Fill level of the session's kernel ring buffer, in parts per million.
+    ring_fill_ppm: AtomicU32,
+}
+
+/// Stop token and live gauges of one session.
+#[derive(Clone)]
+pub struct Control {
+    inner: Arc<Inner>,
+}
+
+impl Default for Control {
+    fn default() -> Self {
+        Control::new()
+    }
+}
+
+impl Control {
+    fn with_signals(signals: bool) -> Control {
+        Control {
+            inner: Arc::new(Inner {
+                stopped: AtomicBool::new(false),
+                notify: Notify::new(),
+                signals,
+                ring_fill_ppm: AtomicU32::new(0),
+            }),
+        }
+    }
+
+    /// A session stopped only by [`Control::stop`] (a daemon job).
+    pub fn new() -> Control {
+        Control::with_signals(false)
+    }
+
+    /// A session that also stops on SIGINT, SIGTERM and SIGHUP (the command line): the
+    /// handler is installed by [`Control::arm`], once the session is live.
+    pub fn on_signals() -> Control {
+        Control::with_signals(true)
+    }
+
+    /// Called by a session once it is live: installs the signal handler of a command-line
+    /// session (signals before this point keep their default action: the process ends).
+    pub fn arm(&self) {
+        if self.inner.signals {
+            signals::install();
+        }
+    }
+
+    /// Asks the session to stop.
+    pub fn stop(&self) {
+        self.inner.stopped.store(true, Ordering::SeqCst);
+        self.inner.notify.notify_waiters();
+    }
+
+    pub fn is_stopped(&self) -> bool {
+        self.inner.stopped.load(Ordering::SeqCst)
+            || (self.inner.signals && signals::stop_requested())
+    }
+
+    /// Resolves once [`Control::stop`] was called (signals do not wake it: async command-line
+    /// sessions wait for signals with tokio).
+    pub async fn stopped(&self) {
+        loop {
+            // Registered before the check, so a stop() in between is not missed.
+            let notified = self.inner.notify.notified();
+            if self.inner.stopped.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Records how full the session's ring buffer is: `used` of `size` bytes.
+    pub fn set_ring_fill(&self, used: u64, size: u64) {
+        let ppm = if size == 0 {
+            0
+        } else {
+            (used.min(size) as u128 * 1_000_000 / size as u128) as u32
+        };
+        self.inner.ring_fill_ppm.store(ppm, Ordering::Relaxed);
+    }
+
+    /// The last fill level reported, from 0.0 to 1.0.
+    pub fn ring_fill(&self) -> f64 {
+        f64::from(self.inner.ring_fill_ppm.load(Ordering::Relaxed)) / 1e6
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stop_wakes_waiters_and_fill_is_a_ratio() {
+        let c = Control::new();
+        assert!(!c.is_stopped());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let c2 = c.clone();
+        let waiter = std::thread::spawn(move || {
+            rt.block_on(async {
+                tokio::time::timeout(std::time::Duration::from_secs(10), c2.stopped())
+                    .await
+                    .is_ok()
+            })
+        });
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        c.stop();
+        assert!(waiter.join().unwrap(), "stopped() did not resolve");
+        assert!(c.is_stopped());
+        c.set_ring_fill(1 << 20, 4 << 20);
+        assert_eq!(c.ring_fill(), 0.25);
+        c.set_ring_fill(9, 0);
+        assert_eq!(c.ring_fill(), 0.0);
+        // A daemon job ignores the process-wide flag.
+        assert!(!Control::new().is_stopped());
+    }
+}
