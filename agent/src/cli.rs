@@ -29,6 +29,35 @@ pub enum Command {
     /// DNS server answering chosen names with chosen addresses (spoofing), forwarding the
     /// rest; records every query and answer (no root needed above port 1023).
     Dns(DnsArgs),
+    /// Run the jobs of a configuration file as a service (systemd Type=notify): rotating
+    /// output files, metrics, reload on SIGHUP, clean stop on SIGTERM.
+    Daemon(DaemonArgs),
+    /// Show the jobs of a running daemon (state and counters, from its metrics endpoint).
+    Status(StatusArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  sudo capagent daemon --config /etc/capagent/capagent.toml\n  capagent daemon --check --config capagent.toml\n  systemctl reload capagent     # SIGHUP: re-read the file"
+)]
+pub struct DaemonArgs {
+    /// The configuration file (TOML: [daemon] settings and [[job]] tables).
+    #[arg(long, value_name = "FILE", default_value = crate::daemon::DEFAULT_CONFIG)]
+    pub config: std::path::PathBuf,
+    /// Only check the file (FILE:LINE:COLUMN: message on errors, exit status 1).
+    #[arg(long)]
+    pub check: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StatusArgs {
+    /// The daemon's metrics endpoint (IP:PORT). Default: the `metrics` of the configuration
+    /// file, else 127.0.0.1:9464.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<String>,
+    /// The daemon's configuration file (default: /etc/capagent/capagent.toml when it exists).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<std::path::PathBuf>,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]

@@ -43,6 +43,25 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Capture(args) => capture(args),
         Command::Proxy(args) => proxy_cmd(args),
         Command::Dns(args) => dns_cmd(args),
+        Command::Daemon(args) if args.check => match crate::daemon::check(&args.config) {
+            Ok(summary) => {
+                println!("{summary}");
+                Ok(ExitCode::SUCCESS)
+            }
+            Err(located) => {
+                eprintln!("{located}");
+                Ok(ExitCode::from(1))
+            }
+        },
+        Command::Daemon(args) => {
+            crate::daemon::supervisor::run(&args.config)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status(args) => {
+            let addr = crate::daemon::status_addr(args.metrics.as_deref(), args.config.as_deref())?;
+            print!("{}", crate::daemon::status(addr)?);
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 

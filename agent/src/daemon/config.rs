@@ -72,6 +72,14 @@ impl Record {
         }
     }
 
+    pub fn name(self) -> &'static str {
+        match self {
+            Record::Text => "text",
+            Record::Json => "json",
+            Record::Pcapng => "pcapng",
+        }
+    }
+
     pub fn extension(self) -> &'static str {
         match self {
             Record::Text => "log",
@@ -109,8 +117,12 @@ impl Default for Rotation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Job {
     pub name: String,
+    /// The `kind` value: `trace`, `capture`, `proxy socks`, ...
+    pub kind: String,
     /// e.g. `["proxy", "socks", "--listen", "127.0.0.1:1080"]`.
     pub argv: Vec<String>,
+    /// What it writes; `record = []`: no files (metrics only). Default: `["pcapng"]` for
+    /// capture, `["json"]` for the others.
     pub record: Vec<Record>,
     /// JSON lines also to the daemon's stdout (journald).
     pub stdout: bool,
@@ -144,7 +156,14 @@ const KINDS: &[(&str, &[&str])] = &[
 ];
 
 /// Flags the daemon owns (outputs) and a job may not set.
-const FORBIDDEN: &[&str] = &["output", "write", "format", "no-summary", "duration"];
+const FORBIDDEN: &[&str] = &[
+    "output",
+    "write",
+    "format",
+    "no-summary",
+    "duration",
+    "no-record",
+];
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -353,7 +372,7 @@ fn parse_job(text: &str, table: RawJob) -> Result<Job, ConfigError> {
         ));
     };
     let mut argv: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
-    let mut record = Vec::new();
+    let mut record: Option<Vec<Record>> = None;
     let mut stdout = false;
     let mut trailing: Vec<String> = Vec::new();
     let mut positional: Vec<String> = Vec::new();
@@ -369,6 +388,7 @@ fn parse_job(text: &str, table: RawJob) -> Result<Job, ConfigError> {
                         "record: a list of \"text\", \"json\", \"pcapng\"".into(),
                     )
                 })?;
+                let record = record.get_or_insert_with(Vec::new);
                 for s in items {
                     let r = Record::parse(&s).ok_or_else(|| {
                         err(
@@ -398,7 +418,7 @@ fn parse_job(text: &str, table: RawJob) -> Result<Job, ConfigError> {
                 return Err(err(
                     key.span(),
                     format!(
-                        "job {name:?}: {k} is set by the daemon (use record = [...] for outputs)"
+                        "job {name:?}: {k} is set by the daemon (record = [...] chooses the outputs, [] none)"
                     ),
                 ));
             }
@@ -411,11 +431,16 @@ fn parse_job(text: &str, table: RawJob) -> Result<Job, ConfigError> {
         argv.push("--".into());
         argv.extend(trailing);
     }
-    if record.is_empty() {
-        record.push(Record::Json);
-    }
+    let record = record.unwrap_or_else(|| {
+        vec![if kind == "capture" {
+            Record::Pcapng
+        } else {
+            Record::Json
+        }]
+    });
     Ok(Job {
         name,
+        kind,
         argv,
         record,
         stdout,
@@ -558,6 +583,13 @@ stdout = true
             ]
         );
         assert_eq!(c.jobs[1].record, [Record::Json]);
+        assert_eq!(c.jobs[1].kind, "trace");
+        let d = Config::parse(
+            "[[job]]\nname = \"a\"\nkind = \"capture\"\ninterface = \"lo\"\n[[job]]\nname = \"b\"\nkind = \"dns\"\nanswer = \"127.0.0.1\"\nrecord = []\n",
+        )
+        .unwrap();
+        assert_eq!(d.jobs[0].record, [Record::Pcapng]);
+        assert!(d.jobs[1].record.is_empty());
         assert!(c.jobs[1].stdout);
         for j in &c.jobs {
             check_job(j).unwrap();

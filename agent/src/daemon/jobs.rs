@@ -1,0 +1,285 @@
+//! One job run: its command line made into the options the command would use (the same
+//! functions as `capagent KIND ARGS`), its outputs, and the mode's session with the job's own
+//! stop token ([`Control`]) and metrics.
+//!
+//! [`prepare`] is what `daemon --check` (and every start) verifies without touching the
+//! system: the flags (by the CLI parser), the options they make, the outputs the kind can
+//! write. What only running can tell (a port in use, an interface missing, a bad filter
+//! expression, a process gone) fails the run, which the supervisor retries.
+
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+
+use super::{
+    config::{ConfigError, Job, Record, Rotation},
+    metrics::JobMetrics,
+    outputs::{self, CaptureFiles},
+};
+use crate::{
+    capture::{self, CaptureOptions, session::SessionOptions},
+    cli::Command,
+    cmd::{self, Service},
+    control::Control,
+    output::{EventWriter, FanOut},
+    proxy::{self, Recorder},
+    trace::run::{self as trace_run, TraceOptions},
+};
+
+/// A job's command, checked and made into options.
+pub enum Prepared {
+    Trace {
+        opts: TraceOptions,
+        preview: usize,
+    },
+    Capture {
+        opts: CaptureOptions,
+        session: SessionOptions,
+    },
+    Service {
+        opts: proxy::Options,
+        service: Service,
+        preview: usize,
+    },
+}
+
+/// Checks `job` and makes its options (no side effects).
+pub fn prepare(job: &Job) -> Result<Prepared, ConfigError> {
+    let command = super::config::check_job(job)?;
+    let fail = |m: String| ConfigError {
+        line: job.at.0,
+        column: job.at.1,
+        message: format!("job {:?}: {m}", job.name),
+    };
+    let records_events = !matches!(command, Command::Capture(_));
+    if !records_events {
+        if let Some(r) = job.record.iter().find(|r| **r == Record::Json) {
+            return Err(fail(format!(
+                "a capture records \"pcapng\" or \"text\", not {:?} (JSON lines are for the jobs that record events)",
+                r.name()
+            )));
+        }
+        if job.stdout {
+            return Err(fail(
+                "stdout = true copies JSON lines, which a capture does not make".into(),
+            ));
+        }
+    }
+    let prepared = match command {
+        Command::Trace(a) => Prepared::Trace {
+            opts: cmd::trace_options(&a).map_err(|e| fail(format!("{e:#}")))?,
+            preview: a.preview,
+        },
+        Command::Capture(a) => {
+            let (opts, session) = cmd::capture_options(&a).map_err(|e| fail(format!("{e:#}")))?;
+            Prepared::Capture { opts, session }
+        }
+        Command::Proxy(a) => {
+            let (opts, service) = cmd::proxy_service(&a).map_err(|e| fail(format!("{e:#}")))?;
+            let preview = opts.record.preview;
+            Prepared::Service {
+                opts,
+                service,
+                preview,
+            }
+        }
+        Command::Dns(a) => {
+            let (opts, service) = cmd::dns_service(&a).map_err(|e| fail(format!("{e:#}")))?;
+            let preview = opts.record.preview;
+            Prepared::Service {
+                opts,
+                service,
+                preview,
+            }
+        }
+        _ => {
+            return Err(fail(format!(
+                "{} cannot run as a job",
+                job.argv.first().map_or("?", String::as_str)
+            )));
+        }
+    };
+    Ok(prepared)
+}
+
+/// Where a job's files go and what it counts into.
+pub struct JobEnv {
+    pub output_dir: PathBuf,
+    pub rotation: Rotation,
+    pub metrics: Arc<JobMetrics>,
+}
+
+/// Runs `job` until `ctl` is stopped (or the job ends by itself: its command exited...).
+pub fn run(job: &Job, env: &JobEnv, ctl: &Control) -> anyhow::Result<()> {
+    let _span = tracing::info_span!("job", name = %job.name).entered();
+    let prepared = prepare(job).map_err(|e| anyhow::anyhow!("{}", e.message))?;
+    match prepared {
+        Prepared::Trace { opts, preview } => run_trace(job, env, ctl, &opts, preview),
+        Prepared::Capture { opts, session } => run_capture(job, env, ctl, &opts, session),
+        Prepared::Service {
+            opts,
+            service,
+            preview,
+        } => run_service(job, env, ctl, &opts, service, preview),
+    }
+}
+
+fn writers(
+    job: &Job,
+    env: &JobEnv,
+    preview: usize,
+) -> anyhow::Result<Vec<Box<dyn EventWriter + Send>>> {
+    outputs::event_writers(
+        &env.output_dir,
+        &job.name,
+        &job.record,
+        job.stdout,
+        &env.rotation,
+        preview,
+        &env.metrics,
+    )
+    .with_context(|| {
+        format!(
+            "cannot create the output directory in {}",
+            env.output_dir.display()
+        )
+    })
+}
+
+fn run_trace(
+    job: &Job,
+    env: &JobEnv,
+    ctl: &Control,
+    opts: &TraceOptions,
+    preview: usize,
+) -> anyhow::Result<()> {
+    let mut out = FanOut(
+        writers(job, env, preview)?
+            .into_iter()
+            .map(|w| w as Box<dyn EventWriter>)
+            .collect(),
+    );
+    let mut last_flush = Instant::now();
+    let outcome = trace_run::run(opts, ctl, &mut |ev| {
+        out.write_event(ev)?;
+        // Keep files readable while tracing, as the command line does.
+        if last_flush.elapsed() >= Duration::from_millis(200) {
+            last_flush = Instant::now();
+            out.flush()?;
+        }
+        Ok(())
+    });
+    out.flush().context("writing output")?;
+    let outcome = outcome?;
+    match outcome.exit_status {
+        Some(st) => tracing::info!("traced command ended: {st}"),
+        None if !ctl.is_stopped() => tracing::info!("the traced processes are gone"),
+        None => {}
+    }
+    Ok(())
+}
+
+fn run_capture(
+    job: &Job,
+    env: &JobEnv,
+    ctl: &Control,
+    opts: &CaptureOptions,
+    mut session: SessionOptions,
+) -> anyhow::Result<()> {
+    for &pid in &opts.select.pids {
+        crate::trace::target::check_pid(pid)?;
+    }
+    session.write = None;
+    session.no_summary = true;
+    let files = CaptureFiles::new(
+        &env.output_dir,
+        &job.name,
+        &job.record,
+        &env.rotation,
+        &env.metrics,
+    )
+    .with_context(|| {
+        format!(
+            "cannot create the output directory in {}",
+            env.output_dir.display()
+        )
+    })?;
+    let outcome = capture::session::run_with(opts, &session, ctl, Some(Box::new(files)))?;
+    if let Some(st) = outcome.exit_status {
+        tracing::info!("capture command ended: {st}");
+    }
+    Ok(())
+}
+
+fn run_service(
+    job: &Job,
+    env: &JobEnv,
+    ctl: &Control,
+    opts: &proxy::Options,
+    service: Service,
+    preview: usize,
+) -> anyhow::Result<()> {
+    let (recorder, handle) = Recorder::with_writers(writers(job, env, preview)?)?;
+    let stop = ctl.clone();
+    proxy::run_until(
+        opts,
+        recorder,
+        handle,
+        async move {
+            stop.stopped().await;
+            Ok(())
+        },
+        |ctx| service.serve(ctx),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::daemon::config::Config;
+
+    fn one(toml: &str) -> Result<Prepared, ConfigError> {
+        let c = Config::parse(toml).unwrap();
+        prepare(&c.jobs[0])
+    }
+
+    #[test]
+    fn prepare_checks_options_and_outputs() {
+        assert!(matches!(
+            one("[[job]]\nname = \"t\"\nkind = \"trace\"\ncomm = \"curl\"\n"),
+            Ok(Prepared::Trace { .. })
+        ));
+        let e = one("[[job]]\nname = \"t\"\nkind = \"trace\"\n")
+            .err()
+            .unwrap();
+        assert!(e.message.contains("nothing to trace"), "{e}");
+        let e = one("\n[[job]]\nname = \"c\"\nkind = \"capture\"\ninterface = \"lo\"\nrecord = [\"json\"]\n")
+            .err()
+            .unwrap();
+        assert_eq!((e.line, e.column), (2, 1));
+        assert!(e.message.contains("not \"json\""), "{e}");
+        let e =
+            one("[[job]]\nname = \"c\"\nkind = \"capture\"\ninterface = \"lo\"\nstdout = true\n")
+                .err()
+                .unwrap();
+        assert!(e.message.contains("stdout"), "{e}");
+        let e = one("[[job]]\nname = \"r\"\nkind = \"proxy reverse\"\n")
+            .err()
+            .unwrap();
+        assert!(e.message.contains("give --to"), "{e}");
+        let e = one("[[job]]\nname = \"d\"\nkind = \"dns\"\nanswer = \"127.0.0.1\"\nupstream = \"nowhere\"\n")
+            .err()
+            .unwrap();
+        assert!(e.message.contains("--upstream"), "{e}");
+        assert!(matches!(
+            one(
+                "[[job]]\nname = \"s\"\nkind = \"proxy socks\"\nlisten = \"127.0.0.1:1080\"\nrecord = [\"pcapng\", \"text\"]\nstdout = true\n"
+            ),
+            Ok(Prepared::Service { .. })
+        ));
+    }
+}
