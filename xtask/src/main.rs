@@ -8,6 +8,8 @@
 //! * `bench trace`: tracing overhead next to strace and bpftrace;
 //! * `bench capture`: packet capture under iperf3 next to tcpdump;
 //! * `bench proxy`: the recording proxies next to their peers;
+//! * `bench daemon`: idle CPU and memory of `capagent daemon` with the example configuration;
+//! * `install`: binary, systemd unit and example configuration into place;
 //! * `fuzz [--secs N]`: every cargo-fuzz target for N seconds.
 use std::process::ExitCode;
 
@@ -15,9 +17,11 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_daemon;
 mod bench_http;
 mod demo;
 mod fuzz;
+mod install;
 mod setup;
 mod testcmd;
 mod util;
@@ -61,6 +65,10 @@ enum Task {
     Bench(Bench),
     /// Run every cargo-fuzz target (fuzz/) for a bounded time; fails on a crash.
     Fuzz(fuzz::FuzzArgs),
+    /// Install capagent (release build), its systemd unit and the example configuration
+    /// (kept when one exists): PREFIX/bin/capagent, PREFIX/lib/systemd/system/capagent.service,
+    /// SYSCONFDIR/capagent/capagent.toml.
+    Install(install::InstallArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -76,6 +84,9 @@ enum Bench {
     /// through `capagent proxy http` (recording off and on) and through tinyproxy. Prints a
     /// table; asserts nothing.
     Proxy(bench_http::ProxyBenchArgs),
+    /// `capagent daemon` with the example configuration in a namespace of its own, idle:
+    /// CPU (from /proc/PID/stat) and RSS next to their targets. Needs root. Asserts nothing.
+    Daemon(bench_daemon::DaemonBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -105,5 +116,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Bench(Bench::Trace(args)) => bench::trace(args),
         Task::Bench(Bench::Capture(args)) => bench::capture(args),
         Task::Bench(Bench::Proxy(args)) => bench_http::proxy(args),
+        Task::Bench(Bench::Daemon(args)) => bench_daemon::daemon(args),
+        Task::Install(args) => install::install(args),
     }
 }
