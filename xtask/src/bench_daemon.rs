@@ -1,0 +1,238 @@
+//! `cargo xtask bench daemon`: what `capagent daemon` costs while its jobs wait for work.
+//!
+//! The daemon runs the example configuration (`packaging/capagent.toml`: a trace, a capture,
+//! the four proxies and the DNS server) in a network namespace of its own, with dummy
+//! interfaces named like the ones the configuration captures on (so every job runs), and its
+//! files in a temporary directory. Once every job is running and a short warm-up has passed,
+//! the bench reads the daemon's CPU time (`utime + stime` of `/proc/PID/stat`, every thread)
+//! over the measurement window and its resident memory (`VmRSS`, and the peak `VmHWM`, of
+//! `/proc/PID/status`), prints them next to the targets (CPU under 1% of one core, RSS under
+//! 64 MiB), then stops the daemon with SIGTERM and reports how long that took. It asserts
+//! nothing.
+use std::{
+    fs,
+    io::Write as _,
+    path::PathBuf,
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use crate::util;
+
+#[derive(Args, Debug)]
+pub struct DaemonBenchArgs {
+    /// Seconds of measurement.
+    #[arg(long, default_value_t = 30)]
+    pub secs: u64,
+    /// Seconds between the jobs all running and the measurement.
+    #[arg(long, default_value_t = 3)]
+    pub warmup: u64,
+    /// The capagent binary (default: `cargo build --release`).
+    #[arg(long, value_name = "FILE")]
+    pub capagent: Option<PathBuf>,
+    /// The configuration (default: packaging/capagent.toml); its output_dir is replaced by a
+    /// temporary directory.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// Interfaces the example configuration names.
+const IFACES: &[&str] = &["eth0", "eth1"];
+
+struct Netns(String);
+
+impl Netns {
+    fn new() -> Result<Netns> {
+        let name = format!("capagent-bench-daemon-{}", std::process::id());
+        util::output(Command::new("ip").args(["netns", "add", &name]))?;
+        let ns = Netns(name);
+        util::output(Command::new("ip").args(["-n", &ns.0, "link", "set", "lo", "up"]))?;
+        for i in IFACES {
+            util::output(
+                Command::new("ip").args(["-n", &ns.0, "link", "add", i, "type", "dummy"]),
+            )?;
+            util::output(Command::new("ip").args(["-n", &ns.0, "link", "set", i, "up"]))?;
+        }
+        Ok(ns)
+    }
+
+    fn cmd(&self, program: &std::path::Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0]).arg(program);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// utime + stime of a process, in clock ticks.
+fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .context("odd /proc/PID/stat")?;
+    // Fields after the command: state is field 3; utime and stime are 14 and 15.
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = f.get(11).context("no utime")?.parse()?;
+    let stime: u64 = f.get(12).context("no stime")?.parse()?;
+    Ok(utime + stime)
+}
+
+/// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`) or count (`Threads`).
+fn status_field(pid: u32, key: &str) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("no {key} in /proc/{pid}/status"))
+}
+
+pub fn daemon(args: DaemonBenchArgs) -> Result<()> {
+    if !util::is_root() {
+        bail!("cargo xtask bench daemon must run as root (the daemon's trace and capture jobs)");
+    }
+    let capagent = match &args.capagent {
+        Some(p) => p.clone(),
+        None => util::build_bins("capagent", &["capagent"], true)?["capagent"].clone(),
+    };
+    let config_path = args
+        .config
+        .clone()
+        .unwrap_or_else(|| util::workspace_root().join("packaging/capagent.toml"));
+    let config = fs::read_to_string(&config_path)
+        .with_context(|| format!("reading {}", config_path.display()))?;
+    let dir = std::env::temp_dir().join(format!("capagent-bench-daemon-{}", std::process::id()));
+    fs::create_dir_all(&dir)?;
+    let out_dir = dir.join("out");
+    let config: String = config
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with("output_dir") {
+                format!("output_dir = {:?}", out_dir.display().to_string())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let cfg = dir.join("capagent.toml");
+    fs::write(&cfg, config)?;
+    let ns = Netns::new()?;
+    let log = fs::File::create(dir.join("daemon.log"))?;
+    let mut daemon = ns
+        .cmd(&capagent)
+        .arg("daemon")
+        .arg("--config")
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("starting capagent daemon")?;
+    // `ip netns exec` execs the command: same pid.
+    let pid = daemon.id();
+    let result = (|| -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let table = loop {
+            let st = ns
+                .cmd(&capagent)
+                .arg("status")
+                .arg("--config")
+                .arg(&cfg)
+                .output()?;
+            let table = String::from_utf8_lossy(&st.stdout).into_owned();
+            let jobs = table.lines().skip(1).filter(|l| !l.contains("last error"));
+            let (mut n, mut running) = (0, 0);
+            for l in jobs {
+                n += 1;
+                running += usize::from(l.split_whitespace().any(|w| w == "running"));
+            }
+            if n > 0 && n == running {
+                break table;
+            }
+            if let Some(st) = daemon.try_wait()? {
+                bail!(
+                    "the daemon exited ({st}); see {}",
+                    dir.join("daemon.log").display()
+                );
+            }
+            if Instant::now() >= deadline {
+                bail!("not every job runs after 30 s:\n{table}");
+            }
+            thread::sleep(Duration::from_millis(200));
+        };
+        eprint!("{table}");
+        thread::sleep(Duration::from_secs(args.warmup));
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let t0 = Instant::now();
+        let c0 = cpu_ticks(pid)?;
+        eprintln!("measuring for {} s...", args.secs);
+        thread::sleep(Duration::from_secs(args.secs));
+        let c1 = cpu_ticks(pid)?;
+        let elapsed = t0.elapsed().as_secs_f64();
+        let cpu = (c1 - c0) as f64 / hz / elapsed * 100.0;
+        let rss = status_field(pid, "VmRSS")? as f64 / 1024.0;
+        let hwm = status_field(pid, "VmHWM")? as f64 / 1024.0;
+        let threads = status_field(pid, "Threads")?;
+        let jobs = table
+            .lines()
+            .skip(1)
+            .filter(|l| !l.contains("last error"))
+            .count();
+        let stop = Instant::now();
+        // SAFETY: a process this bench started.
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        let (status, timed_out) = util::wait_timeout(&mut daemon, Duration::from_secs(20), false)?;
+        let stopped = stop.elapsed().as_secs_f64();
+        let mut out = std::io::stdout().lock();
+        writeln!(
+            out,
+            "capagent daemon, {} ({jobs} jobs, {threads} threads), idle for {elapsed:.0} s:",
+            config_path.display()
+        )?;
+        writeln!(
+            out,
+            "  idle CPU   {cpu:6.2}% of one core   target < 1%      {}",
+            if cpu < 1.0 { "ok" } else { "OVER" }
+        )?;
+        writeln!(
+            out,
+            "  RSS        {rss:6.1} MiB            target < 64 MiB  {}",
+            if rss < 64.0 { "ok" } else { "OVER" }
+        )?;
+        writeln!(out, "  peak RSS   {hwm:6.1} MiB (VmHWM)")?;
+        writeln!(
+            out,
+            "  SIGTERM    {}",
+            match (status, timed_out) {
+                (_, true) => "did not exit within 20 s (killed)".to_string(),
+                (Some(s), _) => format!("exited in {stopped:.2} s ({s})"),
+                (None, _) => "?".to_string(),
+            }
+        )?;
+        Ok(())
+    })();
+    if daemon.try_wait()?.is_none() {
+        util::kill(&mut daemon, false);
+        let _ = daemon.wait();
+    }
+    drop(ns);
+    if result.is_ok() {
+        let _ = fs::remove_dir_all(&dir);
+    }
+    result
+}
