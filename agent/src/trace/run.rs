@@ -315,6 +315,7 @@ pub fn run(
         .map_err(|e| tracing::debug!("ring buffer fill level unavailable: {e}"))
         .ok();
     ctl.arm();
+    tracing::info!("attached: tracing");
     let started = Instant::now();
     let deadline = opts.duration.map(|d| started + d);
     let stop_when_gone = opts.comm.is_none() && !opts.all;
