@@ -15,7 +15,9 @@
 //! filter = "tcp port 80"      # capture's FILTER EXPRESSION
 //! ```
 //!
-//! `command = ["curl", "-s", "URL"]` is `-- CMD ARGS`. Outputs are the daemon's (rotating
+//! `command = ["curl", "-s", "URL"]` is `-- CMD ARGS`. A key written with its dashes,
+//! `"--name" = "*.example.com"`, is always a flag: for the flags that share a name with the
+//! job's own keys (`name`, `kind`, `record`, `stdout`, `command`), such as `dns --name`. Outputs are the daemon's (rotating
 //! files in the job's directory), so `output`, `write` and `format` are not job keys: `record
 //! = ["json", "pcapng"]` chooses them. [`Config::parse`] turns the file into argv lists that
 //! the CLI parser checks ([`check_job`]), with the line and column of anything wrong.
@@ -379,6 +381,18 @@ fn parse_job(text: &str, table: RawJob) -> Result<Job, ConfigError> {
     for (key, value) in &map {
         let k = key.get_ref().replace('_', "-");
         let vspan = value.span();
+        // `"--name" = ...`: always a flag, for flags named like the job's own keys.
+        if let Some(flag) = k.strip_prefix("--") {
+            if FORBIDDEN.contains(&flag) || flag.is_empty() {
+                return Err(err(
+                    key.span(),
+                    format!("job {name:?}: {k} cannot be set here"),
+                ));
+            }
+            flag_args(flag, value.get_ref(), &mut argv)
+                .map_err(|m| err(vspan, format!("{k}: {m}")))?;
+            continue;
+        }
         match k.as_str() {
             "name" | "kind" => {}
             "record" => {
@@ -630,6 +644,26 @@ stdout = true
             Config::parse("[[job]]\nname = \"a\"\nkind = \"trace\"\nno_such_flag = 1\n").unwrap();
         let e = check_job(&c.jobs[0]).unwrap_err();
         assert!(e.message.contains("--no-such-flag"), "{e}");
+        let c = Config::parse(
+            "[[job]]\nname = \"d\"\nkind = \"dns\"\nanswer = \"127.0.0.1\"\n\"--name\" = [\"a.example\", \"*.b.example\"]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            c.jobs[0].argv,
+            [
+                "dns",
+                "--name",
+                "a.example",
+                "--name",
+                "*.b.example",
+                "--answer",
+                "127.0.0.1"
+            ]
+        );
+        check_job(&c.jobs[0]).unwrap();
+        let e = Config::parse("[[job]]\nname = \"d\"\nkind = \"dns\"\n\"--write\" = \"x\"\n")
+            .unwrap_err();
+        assert_eq!((e.line, e.column), (4, 1), "{e}");
     }
 
     #[test]
