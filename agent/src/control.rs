@@ -22,6 +22,8 @@ struct Inner {
     signals: bool,
     /// Fill level of the session's kernel ring buffer, in parts per million.
     ring_fill_ppm: AtomicU32,
+    /// Longest wait for the ring buffer between two looks at the stop and the clock.
+    poll_ms: i32,
 }
 
 /// Stop token and live gauges of one session.
@@ -37,26 +39,36 @@ impl Default for Control {
 }
 
 impl Control {
-    fn with_signals(signals: bool) -> Control {
+    fn with_signals(signals: bool, poll_ms: i32) -> Control {
         Control {
             inner: Arc::new(Inner {
                 stopped: AtomicBool::new(false),
                 notify: Notify::new(),
                 signals,
                 ring_fill_ppm: AtomicU32::new(0),
+                poll_ms,
             }),
         }
     }
 
-    /// A session stopped only by [`Control::stop`] (a daemon job).
+    /// A session stopped only by [`Control::stop`] (a daemon job). It looks at its ring
+    /// buffer every 50 ms when the kernel does not wake it first (an idle daemon costs little;
+    /// stopping and files lag by that much at most).
     pub fn new() -> Control {
-        Control::with_signals(false)
+        Control::with_signals(false, 50)
     }
 
     /// A session that also stops on SIGINT, SIGTERM and SIGHUP (the command line): the
-    /// handler is installed by [`Control::arm`], once the session is live.
+    /// handler is installed by [`Control::arm`], once the session is live. It looks at its
+    /// ring buffer every 10 ms.
     pub fn on_signals() -> Control {
-        Control::with_signals(true)
+        Control::with_signals(true, 10)
+    }
+
+    /// How long a session's poll of its ring buffer may wait, in milliseconds (the kernel
+    /// wakes it earlier once enough is waiting).
+    pub fn poll_ms(&self) -> i32 {
+        self.inner.poll_ms
     }
 
     /// Called by a session once it is live: installs the signal handler of a command-line

@@ -382,7 +382,8 @@ pub fn resolve(opts: &CaptureOptions) -> Result<Vec<Iface>, CaptureError> {
 pub trait PacketSink {
     /// One packet with its wall-clock timestamp.
     fn packet(&mut self, p: &Packet<'_>, ts_ns: u64) -> io::Result<()>;
-    /// Called after every drain of the ring buffer (at least every 10 ms while capturing).
+    /// Called after every drain of the ring buffer (at least every [`crate::control::Control::poll_ms`] while
+    /// capturing: 10 ms on the command line).
     fn idle(&mut self) -> io::Result<()> {
         Ok(())
     }
@@ -562,7 +563,7 @@ pub fn run(
             revents: 0,
         };
         // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, 10) };
+        unsafe { libc::poll(&mut pfd, 1, ctl.poll_ms()) };
         drain(&mut ring, &mut outcome);
         if let Some(f) = &fill
             && last_fill.elapsed() >= Duration::from_millis(100)

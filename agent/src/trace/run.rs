@@ -356,7 +356,7 @@ pub fn run(
             events: libc::POLLIN,
             revents: 0,
         };
-        unsafe { libc::poll(&mut pfd, 1, 10) };
+        unsafe { libc::poll(&mut pfd, 1, ctl.poll_ms()) };
         drained_since_check += drain(&mut ring, &mut assembler, &mut |ev| {
             if let Err(e) = emit(ev, &mut live) {
                 output_error.get_or_insert(e);
