@@ -64,9 +64,18 @@ pub enum BtfError {
     },
 }
 
-/// Resolves the offsets from the running kernel's BTF ([`VMLINUX_BTF`]).
+/// Resolves the offsets from the running kernel's BTF ([`VMLINUX_BTF`]), once per process:
+/// parsing it takes tens of megabytes for a moment, and the daemon starts many sessions.
 pub fn resolve_offsets() -> Result<KernelOffsets, BtfError> {
-    resolve_offsets_from(Path::new(VMLINUX_BTF))
+    // Held while parsing, so sessions starting together parse it once.
+    static RESOLVED: std::sync::Mutex<Option<KernelOffsets>> = std::sync::Mutex::new(None);
+    let mut cached = RESOLVED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(o) = *cached {
+        return Ok(o);
+    }
+    let o = resolve_offsets_from(Path::new(VMLINUX_BTF))?;
+    *cached = Some(o);
+    Ok(o)
 }
 
 /// Resolves the offsets from a BTF file (a `vmlinux` BTF blob, as in `/sys/kernel/btf`).
