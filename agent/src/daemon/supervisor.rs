@@ -34,6 +34,10 @@ const BACKOFF_MIN: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// How long the loop sleeps between two looks at its jobs.
 const TICK: Duration = Duration::from_millis(200);
+/// How long after a job starts the memory it freed is handed back (trace and capture parse
+/// the kernel's BTF when they start: tens of megabytes for a moment, which the allocator
+/// would otherwise keep in the job thread's arena).
+const TRIM_AFTER: Duration = Duration::from_secs(3);
 /// How long stopping jobs may take (at reload, at exit) before the loop goes on without them.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -150,6 +154,24 @@ fn job_key(job: &Job, output_dir: &str, rotation: &Rotation) -> String {
     )
 }
 
+/// A job's argv for the log, credentials hidden (`--auth USER:PASS`, the user and password
+/// of `--upstream-proxy socks5://USER:PASS@HOST:PORT`).
+fn shown_argv(argv: &[String]) -> String {
+    let mut out: Vec<String> = Vec::with_capacity(argv.len());
+    for (i, a) in argv.iter().enumerate() {
+        let prev = i.checked_sub(1).map(|p| argv[p].as_str());
+        out.push(match prev {
+            Some("--auth") => "(hidden)".to_string(),
+            Some("--upstream-proxy") => match a.split_once("://").zip(a.rsplit_once('@')) {
+                Some(((scheme, _), (_, host))) => format!("{scheme}://(hidden)@{host}"),
+                None => a.clone(),
+            },
+            _ => a.clone(),
+        });
+    }
+    out.join(" ")
+}
+
 /// The wait after `failures` failures in a row.
 fn backoff(failures: u32) -> Duration {
     BACKOFF_MIN
@@ -161,6 +183,8 @@ struct Supervisor {
     config: Config,
     slots: Vec<Slot>,
     registry: Arc<Registry>,
+    /// When to hand freed memory back to the system (a while after jobs started).
+    trim_at: std::cell::Cell<Option<Instant>>,
 }
 
 impl Supervisor {
@@ -179,7 +203,8 @@ impl Supervisor {
         let thread_ctl = ctl.clone();
         slot.metrics.started(&ctl);
         slot.retry_at = None;
-        tracing::info!("job {}: starting ({})", job.name, job.argv.join(" "));
+        self.trim_at.set(Some(Instant::now() + TRIM_AFTER));
+        tracing::info!("job {}: starting ({})", job.name, shown_argv(&job.argv));
         let spawned = std::thread::Builder::new()
             .name(format!("job:{}", job.name))
             .spawn(move || jobs::run(&job, &env, &thread_ctl));
@@ -372,6 +397,7 @@ fn bind_metrics(
 
 /// `capagent daemon --config FILE`: runs until SIGTERM or SIGINT.
 pub fn run(path: &Path) -> anyhow::Result<()> {
+    limit_arenas();
     let notifier = Notifier::from_env().context("NOTIFY_SOCKET")?;
     let config = load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     let signals = Signals::install().context("installing signal handlers")?;
@@ -393,6 +419,7 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         },
         slots: Vec::new(),
         registry: registry.clone(),
+        trim_at: std::cell::Cell::new(None),
     };
     sup.apply(config);
     let mut status = sup.status();
@@ -448,6 +475,10 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
             }
         }
         sup.tick();
+        if sup.trim_at.get().is_some_and(|t| Instant::now() >= t) {
+            sup.trim_at.set(None);
+            trim_memory();
+        }
         let now = status_line(&sup, &reload_error);
         if now != status {
             log_notify(notifier.status(&now));
@@ -469,6 +500,30 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Limits the allocator to two arenas (unless `MALLOC_ARENA_MAX` says otherwise), before
+/// any thread starts. glibc gives threads arenas of their own, up to 8 per CPU; memory a job
+/// thread freed (the BTF parsed when trace and capture start) stays spread through its arena
+/// for good. With the example configuration: about 54 MiB resident with the default, 37 MiB
+/// with two arenas (one arena: 28 MiB, but every thread then shares one lock).
+fn limit_arenas() {
+    #[cfg(target_env = "gnu")]
+    if std::env::var_os("MALLOC_ARENA_MAX").is_none() {
+        // SAFETY: called while this is the only thread.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
+}
+
+/// Hands the allocator's free memory, in every thread's arena, back to the system.
+fn trim_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory of the allocator.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 fn status_line(sup: &Supervisor, reload_error: &Option<String>) -> String {
     match reload_error {
         Some(e) => format!("{}; reload rejected: {e}", sup.status()),
@@ -479,6 +534,27 @@ fn status_line(sup: &Supervisor, reload_error: &Option<String>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_stay_out_of_the_log() {
+        let argv: Vec<String> = [
+            "proxy",
+            "socks",
+            "--auth",
+            "me:secret",
+            "--upstream-proxy",
+            "socks5://u:p@10.0.0.1:1080",
+            "--listen",
+            "127.0.0.1:1080",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert_eq!(
+            shown_argv(&argv),
+            "proxy socks --auth (hidden) --upstream-proxy socks5://(hidden)@10.0.0.1:1080 --listen 127.0.0.1:1080"
+        );
+    }
 
     #[test]
     fn backoff_doubles_up_to_a_minute() {
