@@ -2,7 +2,7 @@
 //!
 //! The daemon runs the example configuration (`packaging/capagent.toml`: a trace, a capture,
 //! the four proxies and the DNS server) in a network namespace of its own, with dummy
-//! interfaces named like the ones the configuration captures on (so every job runs), and its
+//! interfaces (veth pairs) named like the ones the configuration captures on (so every job runs), and its
 //! files in a temporary directory. Once every job is running and a short warm-up has passed,
 //! the bench reads the daemon's CPU time (`utime + stime` of `/proc/PID/stat`, every thread)
 //! over the measurement window and its resident memory (`VmRSS`, and the peak `VmHWM`, of
@@ -52,10 +52,16 @@ impl Netns {
         let ns = Netns(name);
         util::output(Command::new("ip").args(["-n", &ns.0, "link", "set", "lo", "up"]))?;
         for i in IFACES {
-            util::output(
-                Command::new("ip").args(["-n", &ns.0, "link", "add", i, "type", "dummy"]),
-            )?;
-            util::output(Command::new("ip").args(["-n", &ns.0, "link", "set", i, "up"]))?;
+            // A veth pair (the dummy driver may not be there): IFACE and IFACE-p.
+            let peer = format!("{i}-p");
+            let mut add = Command::new("ip");
+            add.args([
+                "-n", &ns.0, "link", "add", i, "type", "veth", "peer", "name", &peer,
+            ]);
+            util::output(&mut add)?;
+            for dev in [*i, peer.as_str()] {
+                util::output(Command::new("ip").args(["-n", &ns.0, "link", "set", dev, "up"]))?;
+            }
         }
         Ok(ns)
     }
