@@ -160,7 +160,10 @@ fn start_daemon(ns: &Netns, cfg: &str, notify: &NotifySocket) -> Proc {
         .env("NOTIFY_SOCKET", &notify.path)
         .env("WATCHDOG_USEC", "1000000")
         .env_remove("WATCHDOG_PID")
-        .env("CAPAGENT_LOG", "info");
+        .env("CAPAGENT_LOG", "info")
+        // Captures attach legacy clsact filters, which outlive a process unless removed: the
+        // stop must remove them (tcx links go with their fds, checked by id).
+        .env("CAPAGENT_TC_MODE", "clsact");
     Proc::spawn("capagent daemon", cmd)
 }
 
@@ -815,6 +818,12 @@ fn daemon_runs_jobs_reloads_and_stops_clean() {
     // SIGTERM: STOPPING, exit 0 within seconds, files closed, nothing left in the kernel.
     let (progs, links) = bpf_ids(pid);
     assert!(!progs.is_empty());
+    let tc_filters = |dir: &str| {
+        let mut tc = ns.cmd("tc");
+        tc.args(["filter", "show", "dev", "lo", dir]);
+        run_output("tc", tc, TIMEOUT)
+    };
+    assert!(tc_filters("egress").contains("capture_egress"));
     let stop = Instant::now();
     signal(&daemon, libc::SIGTERM);
     let st = daemon.wait(TIMEOUT);
@@ -828,10 +837,12 @@ fn daemon_runs_jobs_reloads_and_stops_clean() {
     wait_gone("prog", &progs);
     wait_gone("link", &links);
     for dir in ["ingress", "egress"] {
-        let mut tc = ns.cmd("tc");
-        tc.args(["filter", "show", "dev", "lo", dir]);
-        assert_eq!(run_output("tc", tc, TIMEOUT).trim(), "");
+        assert_eq!(tc_filters(dir).trim(), "", "{dir}");
     }
+    let mut qdisc = ns.cmd("tc");
+    qdisc.args(["qdisc", "show", "dev", "lo"]);
+    let qdisc = run_output("tc", qdisc, TIMEOUT);
+    assert!(!qdisc.contains("clsact"), "{qdisc}");
     let mut nft = ns.cmd("nft");
     nft.args(["list", "tables"]);
     assert_eq!(run_output("nft", nft, TIMEOUT).trim(), "");
