@@ -1,4 +1,5 @@
-//! capagent's eBPF programs: socket syscall tracing (`prog`) and packet capture (`capture`).
+//! capagent's eBPF programs: socket syscall tracing (`prog`), packet capture (`capture`) and
+//! per-process interception (`intercept`: cgroup connect hooks).
 //!
 //! The `sys_enter` raw tracepoint program picks the socket-related syscalls by number,
 //! checks in the kernel that the process is traced and the fd is a socket, and remembers the
@@ -28,6 +29,9 @@ mod owner;
 
 #[cfg(target_arch = "bpf")]
 mod xdp;
+
+#[cfg(target_arch = "bpf")]
+mod intercept;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 
 use crate::{
     capture::{self, CaptureOptions, Selection, session::SessionOptions},
-    cli::{CaptureArgs, Cli, Command, TraceArgs},
+    cli::{CaptureArgs, Cli, Command, InterceptArgs, InterceptAs, InterceptMode, TraceArgs},
     output::{EventWriter, FanOut, Writer, pcapng::PcapngWriter, text::TextConfig},
     trace::{
         run::{self, TraceOptions},
@@ -35,7 +35,49 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Trace(args) => trace(args),
         Command::Capture(args) => capture(args),
+        Command::Intercept(args) => intercept(args),
+        Command::Cleanup => {
+            crate::intercept::cleanup_command()?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+fn intercept(args: InterceptArgs) -> anyhow::Result<ExitCode> {
+    use crate::intercept::{self, InterceptOptions, Mode};
+    if let Some(d) = args.duration
+        && !(d.is_finite() && d > 0.0)
+    {
+        anyhow::bail!("--duration must be a positive number of seconds, not {d}");
+    }
+    let dsts = args
+        .dsts
+        .iter()
+        .map(|d| intercept::parse_cidr(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    let opts = InterceptOptions {
+        mode: match args.mode {
+            Some(InterceptMode::Redirect) => Mode::Redirect,
+            Some(InterceptMode::Tproxy) => Mode::Tproxy,
+            None => Mode::Process,
+        },
+        iface: args.iface.clone(),
+        ports: args.ports.clone(),
+        dsts,
+        udp: args.udp,
+        local: args.local,
+        pids: args.pids.clone(),
+        cgroup: args.cgroup.clone(),
+        command: args.command.clone(),
+        duration: args.duration.map(Duration::from_secs_f64),
+    };
+    opts.validate()?;
+    if args.handler == InterceptAs::Http {
+        anyhow::bail!("--as http: not available yet");
+    }
+    let sink = std::sync::Arc::new(intercept::sink::PlainRelay);
+    let outcome = intercept::run(&opts, sink)?;
+    Ok(outcome.exit_status.map_or(ExitCode::SUCCESS, exit_code_of))
 }
 
 fn capture(args: CaptureArgs) -> anyhow::Result<ExitCode> {

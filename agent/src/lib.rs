@@ -4,6 +4,8 @@
 //! capabilities together.
 //! - `trace`: per-process socket tracing with eBPF (syscall tracepoints, ring buffer).
 //! - `capture`: packet capture on interfaces with TC eBPF programs (pcapng or text lines).
+//! - `intercept`: transparent interception (nftables redirect/tproxy, per-process cgroup
+//!   hooks) into a recording relay.
 //! - `kernel`: loading the eBPF object, BTF offsets, capability checks.
 //! - `model`: the records every mode produces.
 //! - `output`: text, JSON lines (and pcapng) writers for those records.
@@ -11,6 +13,7 @@
 pub mod capture;
 pub mod cli;
 pub mod cmd;
+pub mod intercept;
 pub mod kernel;
 pub mod model;
 pub mod output;
