@@ -63,6 +63,40 @@ pub fn cgroup2_mount(mounts: &str) -> Option<PathBuf> {
     })
 }
 
+/// The cgroup v2 hierarchy's root, from this process's mounts. When the agent runs in a
+/// mount namespace of its own that lacks it while the host has it (`ip netns exec` mounts a
+/// fresh /sys for its command), the hierarchy is mounted on that namespace's
+/// `/sys/fs/cgroup`, an empty directory of the fresh sysfs: a view private to the agent's
+/// namespace, which goes away with it.
+pub fn cgroup2_root() -> Result<PathBuf, CgroupError> {
+    let mine = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    if let Some(p) = cgroup2_mount(&mine) {
+        return Ok(p);
+    }
+    let host = fs::read_to_string("/proc/1/mounts").unwrap_or_default();
+    let own_ns = fs::read_link("/proc/self/ns/mnt").ok() != fs::read_link("/proc/1/ns/mnt").ok();
+    let dir = Path::new("/sys/fs/cgroup");
+    let empty = fs::read_dir(dir).is_ok_and(|mut d| d.next().is_none());
+    if cgroup2_mount(&host).is_none() || !own_ns || !empty {
+        return Err(CgroupError::NoCgroup2);
+    }
+    // SAFETY: mount(2) with NUL-terminated strings.
+    let r = unsafe {
+        libc::mount(
+            c"cgroup2".as_ptr(),
+            c"/sys/fs/cgroup".as_ptr(),
+            c"cgroup2".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(CgroupError::NoCgroup2);
+    }
+    tracing::info!("mounted the cgroup v2 hierarchy on /sys/fs/cgroup in this mount namespace");
+    Ok(dir.to_path_buf())
+}
+
 /// `--cgroup PATH`: an absolute path inside the hierarchy, or a path relative to its root.
 pub fn resolve_cgroup(root: &Path, arg: &str) -> Result<PathBuf, CgroupError> {
     let p = if Path::new(arg).is_absolute() {
@@ -179,8 +213,7 @@ impl Hooks {
     /// Loads the programs and attaches them to the cgroup.
     pub fn start(opts: &HookOptions) -> Result<Hooks, CgroupError> {
         kernel::require_root("capagent intercept")?;
-        let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
-        let root = cgroup2_mount(&mounts).ok_or(CgroupError::NoCgroup2)?;
+        let root = cgroup2_root()?;
         let cgroup = match &opts.cgroup {
             Some(c) => resolve_cgroup(&root, c)?,
             None => root,
@@ -192,9 +225,11 @@ impl Hooks {
             path: path.clone(),
             source,
         })?;
+        // Through BPF links (kernel 5.7+), which always share the cgroup with other
+        // programs; link_create wants no attach flags.
         for prog in [CONNECT4, CONNECT6] {
             let p = kernel::loaded_sock_addr(&mut ebpf, prog)?;
-            p.attach(&dir, CgroupAttachMode::AllowMultiple)
+            p.attach(&dir, CgroupAttachMode::Single)
                 .map_err(|source| CgroupError::Attach {
                     prog,
                     path: path.clone(),
@@ -202,7 +237,7 @@ impl Hooks {
                 })?;
         }
         let p = kernel::loaded_sock_ops(&mut ebpf, SOCKOPS)?;
-        p.attach(&dir, CgroupAttachMode::AllowMultiple)
+        p.attach(&dir, CgroupAttachMode::Single)
             .map_err(|source| CgroupError::Attach {
                 prog: SOCKOPS,
                 path: path.clone(),
