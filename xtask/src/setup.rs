@@ -30,6 +30,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("netcat-openbsd", "nc"),
     ("iproute2", "ip"),
     ("bpftool", "bpftool"),
+    ("nftables", "nft"),
     ("python3", "python3"),
     ("default-jre-headless", "java"),
 ];
