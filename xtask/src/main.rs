@@ -5,13 +5,15 @@
 //! * `build [--release]`: build capagent with its eBPF programs;
 //! * `test`: setup, unit tests, then the integration tests (root);
 //! * `demo`: setup, build, and trace curl against a local HTTP server;
-//! * `bench trace`: tracing overhead next to strace and bpftrace.
+//! * `bench trace`: tracing overhead next to strace and bpftrace;
+//! * `bench intercept`: transparent interception next to plain forwarding.
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_intercept;
 mod demo;
 mod setup;
 mod testcmd;
@@ -61,6 +63,9 @@ enum Bench {
     /// Cost of `capagent trace` on a traced TCP ping-pong and bulk stream, next to strace
     /// and bpftrace. Prints a table; asserts nothing.
     Trace(bench::TraceBenchArgs),
+    /// Connection setup and throughput through `capagent intercept` (redirect, tproxy)
+    /// next to plain forwarding, in a client/gateway/server namespace topology.
+    Intercept(bench_intercept::InterceptBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -87,5 +92,6 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test { args } => testcmd::test(&args),
         Task::Demo { json } => demo::demo(json),
         Task::Bench(Bench::Trace(args)) => bench::trace(args),
+        Task::Bench(Bench::Intercept(args)) => bench_intercept::intercept(args),
     }
 }
