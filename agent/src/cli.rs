@@ -24,6 +24,8 @@ pub enum Command {
     Trace(TraceArgs),
     /// Capture the packets of network interfaces with eBPF TC programs (needs root).
     Capture(CaptureArgs),
+    /// Run a recording proxy between clients and servers (no root needed).
+    Proxy(ProxyArgs),
     /// Pull traffic that does not go through a proxy into capagent's recording relay:
     /// nftables redirect or tproxy on a gateway, or per process with eBPF (needs root).
     Intercept(InterceptArgs),
@@ -202,22 +204,12 @@ pub struct InterceptArgs {
     /// What to do with a connection: record the raw bytes, or treat it as HTTP.
     #[arg(long = "as", value_enum, default_value_t = InterceptAs::Raw, value_name = "KIND")]
     pub handler: InterceptAs,
-    /// Output format of the records.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    pub format: Format,
-    /// Write records to FILE instead of stdout.
-    #[arg(short = 'o', long, value_name = "FILE")]
-    pub output: Option<PathBuf>,
-    /// Also write the intercepted conversations as pcapng (client to original destination);
-    /// `-` writes it to stdout, and then the records go only to the -o file.
-    #[arg(short = 'w', long = "write", value_name = "FILE")]
-    pub write: Option<PathBuf>,
-    /// Payload bytes shown per record in text output (0 = all).
-    #[arg(long, default_value_t = 64, value_name = "BYTES")]
-    pub preview: usize,
-    /// Record nothing: relay only.
-    #[arg(long, conflicts_with_all = ["output", "write"])]
-    pub no_record: bool,
+    #[command(flatten)]
+    pub record: RecordArgs,
+    /// Seconds without traffic in either direction after which a relayed connection is
+    /// closed (0 = never).
+    #[arg(long, default_value_t = 300.0, value_name = "SECS")]
+    pub idle_timeout: f64,
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
@@ -225,4 +217,98 @@ pub struct InterceptArgs {
     /// children's) from the first one; capagent exits with its status when it ends.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ProxyArgs {
+    #[command(subcommand)]
+    pub kind: ProxyCommand,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum ProxyCommand {
+    /// Forward TCP (and with --udp, UDP) ports to fixed targets.
+    Forward(ForwardArgs),
+    /// SOCKS 4, 4a and 5 server (CONNECT, BIND, UDP ASSOCIATE).
+    Socks(SocksArgs),
+}
+
+/// Where the records of what a proxy or server relays go.
+#[derive(Args, Debug, Clone)]
+pub struct RecordArgs {
+    /// Output format of the records.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Write records to FILE instead of stdout.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Also write the relayed conversations as a pcapng file of synthetic packets (client to
+    /// target); `-` writes it to stdout, and then the records go only to the -o file.
+    #[arg(short = 'w', long = "write", value_name = "FILE")]
+    pub write: Option<PathBuf>,
+    /// Payload bytes shown per record in text output (0 = all; JSON always carries all).
+    #[arg(long, default_value_t = 64, value_name = "BYTES")]
+    pub preview: usize,
+    /// Record nothing (no records on stdout, no files): relay only.
+    #[arg(long, conflicts_with_all = ["output", "write"])]
+    pub no_record: bool,
+}
+
+/// Options every proxy shares: records, upstream chaining, limits.
+#[derive(Args, Debug, Clone)]
+pub struct ProxyCommon {
+    #[command(flatten)]
+    pub record: RecordArgs,
+    /// Reach every target through this SOCKS5 proxy (`socks5://HOST:PORT`; names are
+    /// resolved by that proxy).
+    #[arg(long, value_name = "URL")]
+    pub upstream_proxy: Option<String>,
+    /// Most client connections relayed at once; more are closed at once.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub max_conns: usize,
+    /// Seconds a client has to complete its request (and a target to accept a connection).
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub handshake_timeout: f64,
+    /// Seconds without traffic in either direction after which a connection is closed
+    /// (0 = never).
+    #[arg(long, default_value_t = 300.0, value_name = "SECS")]
+    pub idle_timeout: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  capagent proxy forward --listen 127.0.0.1:4444 --to example.com:80\n  capagent proxy forward --map 127.0.0.1:1099=10.0.0.5:1099 --map 127.0.0.1:50000=10.0.0.5:50000 -w rmi.pcapng\n  capagent proxy forward --udp --listen 127.0.0.1:5353 --to 192.0.2.53:53 --format json"
+)]
+pub struct ForwardArgs {
+    /// Listen on this address (loopback unless written out); pairs with the --to at the same
+    /// position; repeatable.
+    #[arg(long = "listen", value_name = "ADDR")]
+    pub listen: Vec<String>,
+    /// Target of the --listen at the same position (HOST:PORT); repeatable.
+    #[arg(long = "to", value_name = "HOST:PORT")]
+    pub to: Vec<String>,
+    /// LISTEN=HOST:PORT: one more listener and its target; repeatable.
+    #[arg(long = "map", value_name = "LISTEN=HOST:PORT")]
+    pub map: Vec<String>,
+    /// Also forward UDP datagrams on the same addresses.
+    #[arg(long)]
+    pub udp: bool,
+    #[command(flatten)]
+    pub common: ProxyCommon,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  capagent proxy socks --listen 127.0.0.1:1080 -w socks.pcapng\n  capagent proxy socks --auth user:secret --format json -o socks.jsonl\n  curl --socks5-hostname 127.0.0.1:1080 http://example.com/"
+)]
+pub struct SocksArgs {
+    /// Listen on this address (non-loopback addresses print a warning).
+    #[arg(long, default_value = "127.0.0.1:1080", value_name = "ADDR")]
+    pub listen: String,
+    /// Require SOCKS5 username/password authentication (RFC 1929) with USER:PASS; SOCKS4
+    /// requests, which cannot carry a password, are then refused.
+    #[arg(long, value_name = "USER:PASS")]
+    pub auth: Option<String>,
+    #[command(flatten)]
+    pub common: ProxyCommon,
 }

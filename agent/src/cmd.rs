@@ -9,8 +9,12 @@ use anyhow::Context as _;
 
 use crate::{
     capture::{self, CaptureOptions, Selection, session::SessionOptions},
-    cli::{CaptureArgs, Cli, Command, InterceptArgs, InterceptAs, InterceptMode, TraceArgs},
+    cli::{
+        CaptureArgs, Cli, Command, InterceptArgs, InterceptAs, InterceptMode, ProxyArgs,
+        ProxyCommand, ProxyCommon, RecordArgs, TraceArgs,
+    },
     output::{EventWriter, FanOut, Writer, pcapng::PcapngWriter, text::TextConfig},
+    proxy,
     trace::{
         run::{self, TraceOptions},
         summary::Summary,
@@ -35,6 +39,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Trace(args) => trace(args),
         Command::Capture(args) => capture(args),
+        Command::Proxy(args) => proxy_cmd(args),
         Command::Intercept(args) => intercept(args),
         Command::Cleanup => {
             crate::intercept::cleanup_command()?;
@@ -72,12 +77,77 @@ fn intercept(args: InterceptArgs) -> anyhow::Result<ExitCode> {
         duration: args.duration.map(Duration::from_secs_f64),
     };
     opts.validate()?;
-    if args.handler == InterceptAs::Http {
-        anyhow::bail!("--as http: not available yet");
+    if !(args.idle_timeout.is_finite() && args.idle_timeout >= 0.0) {
+        anyhow::bail!(
+            "--idle-timeout must be a number of seconds, not {}",
+            args.idle_timeout
+        );
     }
-    let sink = std::sync::Arc::new(intercept::sink::PlainRelay);
-    let outcome = intercept::run(&opts, sink)?;
+    let relay = intercept::RelayOptions {
+        record: record_options(&args.record),
+        idle: (args.idle_timeout > 0.0).then(|| Duration::from_secs_f64(args.idle_timeout)),
+        http: args.handler == InterceptAs::Http,
+    };
+    let outcome = intercept::run(&opts, &relay)?;
     Ok(outcome.exit_status.map_or(ExitCode::SUCCESS, exit_code_of))
+}
+
+/// The options every proxy shares, from their flags.
+fn proxy_options(c: &ProxyCommon) -> anyhow::Result<proxy::Options> {
+    let secs = |flag: &str, v: f64| -> anyhow::Result<Duration> {
+        if !(v.is_finite() && v >= 0.0) {
+            anyhow::bail!("{flag} must be a number of seconds, not {v}");
+        }
+        Ok(Duration::from_secs_f64(v))
+    };
+    let handshake = secs("--handshake-timeout", c.handshake_timeout)?;
+    let idle = secs("--idle-timeout", c.idle_timeout)?;
+    if c.max_conns == 0 {
+        anyhow::bail!("--max-conns must be at least 1");
+    }
+    Ok(proxy::Options {
+        record: record_options(&c.record),
+        upstream_proxy: c.upstream_proxy.clone(),
+        limits: proxy::Limits {
+            max_conns: c.max_conns,
+            handshake: if handshake.is_zero() {
+                Duration::from_secs(10)
+            } else {
+                handshake
+            },
+            idle: (!idle.is_zero()).then_some(idle),
+        },
+    })
+}
+
+/// Where records go, from the record flags.
+pub fn record_options(r: &RecordArgs) -> proxy::RecordOptions {
+    proxy::RecordOptions {
+        disabled: r.no_record,
+        format: r.format,
+        output: r.output.clone(),
+        write: r.write.clone(),
+        preview: r.preview,
+    }
+}
+
+fn proxy_cmd(args: ProxyArgs) -> anyhow::Result<ExitCode> {
+    match args.kind {
+        ProxyCommand::Forward(a) => {
+            let opts = proxy_options(&a.common)?;
+            let maps = proxy::forward::mappings(&a.listen, &a.to, &a.map)?;
+            proxy::run(&opts, |ctx| proxy::forward::run(maps, a.udp, ctx))?;
+        }
+        ProxyCommand::Socks(a) => {
+            let opts = proxy_options(&a.common)?;
+            let socks = proxy::socks::server::SocksOptions {
+                listen: proxy::listen_addr(&a.listen)?,
+                auth: a.auth.as_deref().map(str::parse).transpose()?,
+            };
+            proxy::run(&opts, |ctx| proxy::socks::server::run(socks, ctx))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn capture(args: CaptureArgs) -> anyhow::Result<ExitCode> {

@@ -7,6 +7,7 @@
 //! - `intercept`: transparent interception (nftables redirect/tproxy, per-process cgroup
 //!   hooks) into a recording relay.
 //! - `kernel`: loading the eBPF object, BTF offsets, capability checks.
+//! - `proxy`: recording proxies (forwarder, SOCKS) that relay and record client traffic.
 //! - `model`: the records every mode produces.
 //! - `output`: text, JSON lines (and pcapng) writers for those records.
 
@@ -17,5 +18,6 @@ pub mod intercept;
 pub mod kernel;
 pub mod model;
 pub mod output;
+pub mod proxy;
 pub mod signals;
 pub mod trace;

@@ -36,6 +36,8 @@ use anyhow::Context as _;
 
 pub use sink::{Accepted, Sink};
 
+use crate::proxy::{RecordOptions, Recorder};
+
 /// How traffic is pulled in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -146,12 +148,33 @@ pub struct Outcome {
     pub exit_status: Option<ExitStatus>,
 }
 
+/// What happens to intercepted connections.
+#[derive(Debug, Clone, Default)]
+pub struct RelayOptions {
+    /// Where records go (`disabled`: relay only).
+    pub record: RecordOptions,
+    /// A relayed connection idle this long is closed.
+    pub idle: Option<Duration>,
+    /// Hand connections to the HTTP-aware recorder (`--as http`).
+    pub http: bool,
+}
+
 /// Runs the interception until SIGINT/SIGTERM/SIGHUP, `--duration`, or the end of `-- CMD`,
-/// handing every intercepted connection to `sink`; removes everything it installed before
-/// returning (also on errors).
-pub fn run(opts: &InterceptOptions, sink: Arc<dyn Sink>) -> anyhow::Result<Outcome> {
+/// relaying and recording every intercepted connection; removes everything it installed
+/// before returning (also on errors), then writes out every record.
+pub fn run(opts: &InterceptOptions, relay: &RelayOptions) -> anyhow::Result<Outcome> {
     opts.validate()?;
     crate::kernel::require_root("capagent intercept")?;
+    if relay.http {
+        anyhow::bail!(
+            "--as http: the HTTP-aware recorder is not in this build yet; use --as raw (the default)"
+        );
+    }
+    let (recorder, handle) = Recorder::start(&relay.record)?;
+    let sink: Arc<dyn Sink> = Arc::new(sink::Recording {
+        recorder,
+        idle: relay.idle,
+    });
     // What a killed agent left behind goes first (its rules could catch our traffic).
     let report = cleanup::sweep();
     for line in report.lines() {
@@ -163,8 +186,12 @@ pub fn run(opts: &InterceptOptions, sink: Arc<dyn Sink>) -> anyhow::Result<Outco
         .build()
         .context("cannot start the async runtime")?;
     let outcome = rt.block_on(listener::serve(opts, sink));
+    // Cancels the relays (their connections close; their records get a close).
     rt.shutdown_timeout(Duration::from_secs(1));
-    outcome
+    let written = handle.finish().context("writing records");
+    let outcome = outcome?;
+    written?;
+    Ok(outcome)
 }
 
 /// `capagent cleanup`: removes what killed agents left (tables, rules, routes, cgroup

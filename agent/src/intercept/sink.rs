@@ -8,9 +8,13 @@ use std::net::SocketAddr;
 use std::os::fd::AsRawFd as _;
 use std::pin::Pin;
 
+use std::time::Duration;
+
 use tokio::net::{TcpSocket, TcpStream};
 
 use super::origdst;
+use crate::model::{Direction, Transport};
+use crate::proxy::{Conn, Recorder, relay};
 
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -77,44 +81,117 @@ pub async fn dial(to: SocketAddr, mark: u32) -> io::Result<TcpStream> {
     Ok(stream)
 }
 
-/// Relays without recording (used when nothing is recorded).
-pub struct PlainRelay;
+/// The raw relay of `capagent proxy forward` ([`relay::relay`]: large buffers, half-close
+/// relayed, splice when not recording) with its records ([`Recorder`]): an `open` record
+/// naming the client, the original destination and how it was intercepted, the bytes both
+/// ways, the close.
+pub struct Recording {
+    pub recorder: Recorder,
+    pub idle: Option<Duration>,
+}
 
-impl Sink for PlainRelay {
-    fn tcp(&self, mut conn: Accepted) -> BoxFuture {
+/// Process name of interception records.
+pub const COMM: &str = "intercept";
+
+fn label(how: &str, pid: Option<u32>) -> String {
+    match pid {
+        Some(p) => match crate::trace::target::process_comm(p) {
+            Some(comm) => format!("{how} pid={p} comm={comm}"),
+            None => format!("{how} pid={p}"),
+        },
+        None => how.to_string(),
+    }
+}
+
+impl Sink for Recording {
+    fn tcp(&self, mut a: Accepted) -> BoxFuture {
+        let conn = self.recorder.conn(COMM, Transport::Tcp, a.peer);
+        let idle = self.idle;
         Box::pin(async move {
-            let mut up = match dial(conn.orig, conn.mark).await {
+            let what = label(a.how, a.pid);
+            let target = a.orig.to_string();
+            let mut up = match dial(a.orig, a.mark).await {
                 Ok(s) => s,
                 Err(e) => {
-                    tracing::info!("{}: {} -> {}: {e}", conn.how, conn.peer, conn.orig);
+                    tracing::info!("{what}: {} -> {}: {e}", a.peer, a.orig);
+                    conn.open(
+                        what,
+                        Some(a.listen),
+                        target,
+                        a.orig.port(),
+                        Some(a.orig),
+                        Err(&e),
+                    )
+                    .await;
+                    conn.close(Err(&e)).await;
+                    // The client learns with a reset, as if the server had refused it.
+                    relay::reset_on_close(&a.client);
                     return;
                 }
             };
-            if let Err(e) = tokio::io::copy_bidirectional(&mut conn.client, &mut up).await {
-                tracing::debug!("{}: {} -> {}: {e}", conn.how, conn.peer, conn.orig);
+            conn.open(
+                what,
+                Some(a.listen),
+                target,
+                a.orig.port(),
+                Some(a.orig),
+                Ok(()),
+            )
+            .await;
+            match relay::relay(&mut a.client, &mut up, &conn, idle).await {
+                Ok(_) => conn.close(Ok(())).await,
+                Err(e) => {
+                    tracing::info!("{}: {} -> {}: {e}", a.how, a.peer, a.orig);
+                    conn.close(Err(&e.io())).await;
+                }
             }
         })
     }
 
     fn udp_flow(
         &self,
-        _client: SocketAddr,
-        _orig: SocketAddr,
-        _listen: SocketAddr,
-        _how: &'static str,
+        client: SocketAddr,
+        orig: SocketAddr,
+        listen: SocketAddr,
+        how: &'static str,
     ) -> Pin<Box<dyn Future<Output = Box<dyn UdpFlow>> + Send>> {
-        Box::pin(async { Box::new(NoRecord) as Box<dyn UdpFlow> })
+        let conn = self.recorder.conn(COMM, Transport::Udp, client);
+        Box::pin(async move {
+            conn.open(
+                format!("{how} udp"),
+                Some(listen),
+                orig.to_string(),
+                orig.port(),
+                Some(orig),
+                Ok(()),
+            )
+            .await;
+            Box::new(RecordedFlow {
+                conn: std::sync::Arc::new(conn),
+                orig,
+            }) as Box<dyn UdpFlow>
+        })
     }
 }
 
-struct NoRecord;
+struct RecordedFlow {
+    conn: std::sync::Arc<Conn>,
+    orig: SocketAddr,
+}
 
-impl UdpFlow for NoRecord {
-    fn datagram(&self, _dir: UdpDir, _payload: bytes::Bytes) -> BoxFuture {
-        Box::pin(async {})
+impl UdpFlow for RecordedFlow {
+    fn datagram(&self, dir: UdpDir, payload: bytes::Bytes) -> BoxFuture {
+        let d = match dir {
+            UdpDir::Request => Direction::Send,
+            UdpDir::Reply => Direction::Recv,
+        };
+        let conn = self.conn.clone();
+        let orig = self.orig;
+        Box::pin(async move { conn.datagram(d, orig, payload).await })
     }
 
     fn close(&self) -> BoxFuture {
-        Box::pin(async {})
+        let conn = self.conn.clone();
+        Box::pin(async move { conn.close(Ok(())).await })
     }
 }

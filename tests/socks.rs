@@ -1,0 +1,1 @@
+//! Integration tests of `capagent proxy socks` (filled in below).
