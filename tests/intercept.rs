@@ -297,7 +297,7 @@ fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
 c = socket.socket(fam)
 c.settimeout(20)
 c.connect((sys.argv[1], int(sys.argv[2])))
-c.sendall(bytes.fromhex(sys.argv[3]))
+c.sendall(open(sys.argv[3], "rb").read())
 c.shutdown(socket.SHUT_WR)
 buf = b""
 while True:
@@ -350,7 +350,8 @@ fn curl(t: &Topo, url: &str) -> String {
 fn raw_exchange(t: &Topo, dir: &TempDir, server: &mut Server, addr: &str, msg: &[u8]) {
     let script = dir.write("client.py", RAW_CLIENT);
     let mut c = t.client.cmd(python());
-    c.args([&script, addr, &server.port.to_string(), &hex(msg)]);
+    let payload = dir.write("payload.bin", msg);
+    c.args([&script, addr, &server.port.to_string(), &payload]);
     let out = output(c);
     let mut want = b"reply:".to_vec();
     want.extend(msg.iter().rev());
