@@ -123,15 +123,17 @@ pub fn parse_origdst_cmsgs(control: &[u8]) -> Option<SocketAddr> {
         let len = usize::from_ne_bytes(control[off..off + 8].try_into().ok()?);
         let level = i32::from_ne_bytes(control[off + 8..off + 12].try_into().ok()?);
         let ty = i32::from_ne_bytes(control[off + 12..off + 16].try_into().ok()?);
-        if len < CMSG_HDR || off + len > control.len() {
+        let end = off.checked_add(len)?;
+        if len < CMSG_HDR || end > control.len() {
             return None;
         }
-        let data = &control[off + CMSG_HDR..off + len];
+        let data = &control[off + CMSG_HDR..end];
         if (level == libc::SOL_IP && ty == IP_ORIGDSTADDR)
             || (level == libc::SOL_IPV6 && ty == IPV6_ORIGDSTADDR)
         {
             return sockaddr_from_bytes(data);
         }
+        // len <= control.len() here, so this cannot overflow.
         off += (len + align - 1) & !(align - 1);
     }
     None
@@ -286,6 +288,10 @@ mod tests {
         bad[0] = 200;
         assert_eq!(parse_origdst_cmsgs(&bad), None);
         assert_eq!(parse_origdst_cmsgs(&[]), None);
+        // A length that would overflow the offset (found by the fuzzer).
+        let mut huge = cmsg(libc::SOL_IP, IP_ORIGDSTADDR, raw);
+        huge[..8].copy_from_slice(&usize::MAX.to_ne_bytes());
+        assert_eq!(parse_origdst_cmsgs(&huge), None);
     }
 
     #[test]
