@@ -26,6 +26,9 @@ pub enum Command {
     Capture(CaptureArgs),
     /// Run a recording proxy between clients and servers (no root needed).
     Proxy(ProxyArgs),
+    /// DNS server answering chosen names with chosen addresses (spoofing), forwarding the
+    /// rest; records every query and answer (no root needed above port 1023).
+    Dns(DnsArgs),
     /// Pull traffic that does not go through a proxy into capagent's recording relay:
     /// nftables redirect or tproxy on a gateway, or per process with eBPF (needs root).
     Intercept(InterceptArgs),
@@ -231,6 +234,10 @@ pub enum ProxyCommand {
     Forward(ForwardArgs),
     /// SOCKS 4, 4a and 5 server (CONNECT, BIND, UDP ASSOCIATE).
     Socks(SocksArgs),
+    /// HTTP forward proxy: absolute-URI requests and CONNECT tunnels.
+    Http(HttpArgs),
+    /// Reverse HTTP proxy: requests go to --to, or to the --route their Host names.
+    Reverse(ReverseArgs),
 }
 
 /// Where the records of what a proxy or server relays go.
@@ -309,6 +316,96 @@ pub struct SocksArgs {
     /// requests, which cannot carry a password, are then refused.
     #[arg(long, value_name = "USER:PASS")]
     pub auth: Option<String>,
+    #[command(flatten)]
+    pub common: ProxyCommon,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  capagent proxy http --listen 127.0.0.1:8080 -w http.pcapng\n  capagent proxy http --connect-ports 443,8443 --auth user:secret\n  curl -x http://user:secret@127.0.0.1:8080 http://example.com/"
+)]
+pub struct HttpArgs {
+    /// Listen on this address (non-loopback addresses print a warning).
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub listen: String,
+    /// Ports CONNECT tunnels may reach (comma-separated); others get 403.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "443",
+        value_name = "PORTS"
+    )]
+    pub connect_ports: Vec<u16>,
+    /// Require Proxy-Authorization Basic with USER:PASS (407 otherwise).
+    #[arg(long, value_name = "USER:PASS")]
+    pub auth: Option<String>,
+    #[command(flatten)]
+    pub common: ProxyCommon,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  capagent proxy reverse --listen 127.0.0.1:8000 --to 10.0.0.5:80 -w app.pcapng\n  capagent proxy reverse --route api.example.com=127.0.0.1:9001 --route www.example.com=127.0.0.1:9002\n  curl -H 'Host: api.example.com' http://127.0.0.1:8000/"
+)]
+pub struct ReverseArgs {
+    /// Listen on this address (non-loopback addresses print a warning).
+    #[arg(long, default_value = "127.0.0.1:8000", value_name = "ADDR")]
+    pub listen: String,
+    /// Server of the requests no --route matches (HOST:PORT).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub to: Option<String>,
+    /// NAME=HOST:PORT: requests whose Host is NAME (port ignored unless NAME has one) go to
+    /// HOST:PORT; repeatable.
+    #[arg(long = "route", value_name = "NAME=HOST:PORT")]
+    pub routes: Vec<String>,
+    /// Send the server's HOST:PORT as Host instead of the client's Host.
+    #[arg(long)]
+    pub rewrite_host: bool,
+    #[command(flatten)]
+    pub common: ProxyCommon,
+}
+
+/// What names no --name pattern matches get when there is no --upstream.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Unmatched {
+    /// NXDOMAIN: the name does not exist.
+    #[default]
+    Nxdomain,
+    /// REFUSED: not served here (resolvers try their next server).
+    Refused,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  capagent dns --listen 127.0.0.1:5353 --answer 127.0.0.1\n  capagent dns --answer 127.0.0.1 --answer6 ::1 --name '*.example.com' --upstream 192.0.2.53:53 -w dns.pcapng\n  dig @127.0.0.1 -p 5353 www.example.com"
+)]
+pub struct DnsArgs {
+    /// Listen on this address, UDP and TCP (non-loopback addresses print a warning).
+    #[arg(long, default_value = "127.0.0.1:5353", value_name = "ADDR")]
+    pub listen: String,
+    /// Address of the A answers.
+    #[arg(long, value_name = "IPV4")]
+    pub answer: std::net::Ipv4Addr,
+    /// Address of the AAAA answers (without it, spoofed names have no AAAA record).
+    #[arg(long, value_name = "IPV6")]
+    pub answer6: Option<std::net::Ipv6Addr>,
+    /// Spoof only names matching PATTERN: NAME, *.NAME (names below NAME) or *; repeatable.
+    /// Default: every name.
+    #[arg(long = "name", value_name = "PATTERN")]
+    pub names: Vec<String>,
+    /// Forward queries for other names to this DNS server (IP:PORT), over UDP or TCP as the
+    /// client asked.
+    #[arg(long, value_name = "IP:PORT")]
+    pub upstream: Option<String>,
+    /// Answer for other names when there is no --upstream.
+    #[arg(long, value_enum, default_value_t = Unmatched::Nxdomain)]
+    pub unmatched: Unmatched,
+    /// TTL of the spoofed answers, in seconds.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub ttl: u32,
+    /// Seconds the upstream server has to answer (then SERVFAIL).
+    #[arg(long, default_value_t = 3.0, value_name = "SECS")]
+    pub upstream_timeout: f64,
     #[command(flatten)]
     pub common: ProxyCommon,
 }

@@ -10,8 +10,8 @@ use anyhow::Context as _;
 use crate::{
     capture::{self, CaptureOptions, Selection, session::SessionOptions},
     cli::{
-        CaptureArgs, Cli, Command, InterceptArgs, InterceptAs, InterceptMode, ProxyArgs,
-        ProxyCommand, ProxyCommon, RecordArgs, TraceArgs,
+        CaptureArgs, Cli, Command, DnsArgs, InterceptArgs, InterceptAs, InterceptMode, ProxyArgs,
+        ProxyCommand, ProxyCommon, RecordArgs, TraceArgs, Unmatched,
     },
     output::{EventWriter, FanOut, Writer, pcapng::PcapngWriter, text::TextConfig},
     proxy,
@@ -40,6 +40,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Trace(args) => trace(args),
         Command::Capture(args) => capture(args),
         Command::Proxy(args) => proxy_cmd(args),
+        Command::Dns(args) => dns_cmd(args),
         Command::Intercept(args) => intercept(args),
         Command::Cleanup => {
             crate::intercept::cleanup_command()?;
@@ -145,6 +146,37 @@ fn proxy_cmd(args: ProxyArgs) -> anyhow::Result<ExitCode> {
                 auth: a.auth.as_deref().map(str::parse).transpose()?,
             };
             proxy::run(&opts, |ctx| proxy::socks::server::run(socks, ctx))?;
+        }
+        ProxyCommand::Http(a) => {
+            let opts = proxy_options(&a.common)?;
+            let http = proxy::http::server::HttpOptions {
+                listen: proxy::listen_addr(&a.listen)?,
+                connect_ports: a.connect_ports.clone(),
+                auth: a.auth.clone(),
+            };
+            if let Some(auth) = &http.auth
+                && !auth.contains(':')
+            {
+                anyhow::bail!("--auth must be USER:PASS");
+            }
+            proxy::run(&opts, |ctx| proxy::http::server::run(http, ctx))?;
+        }
+        ProxyCommand::Reverse(a) => {
+            let opts = proxy_options(&a.common)?;
+            let reverse = proxy::http::reverse::ReverseOptions {
+                listen: proxy::listen_addr(&a.listen)?,
+                to: a.to.as_deref().map(str::parse).transpose()?,
+                routes: a
+                    .routes
+                    .iter()
+                    .map(|r| r.parse())
+                    .collect::<Result<_, _>>()?,
+                rewrite_host: a.rewrite_host,
+            };
+            if reverse.to.is_none() && reverse.routes.is_empty() {
+                anyhow::bail!("give --to HOST:PORT, --route NAME=HOST:PORT, or both");
+            }
+            proxy::run(&opts, |ctx| proxy::http::reverse::run(reverse, ctx))?;
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -273,4 +305,41 @@ fn exit_code_of(status: std::process::ExitStatus) -> ExitCode {
         (None, Some(sig)) => ExitCode::from(128u8.wrapping_add(sig as u8)),
         _ => ExitCode::FAILURE,
     }
+}
+
+fn dns_cmd(a: DnsArgs) -> anyhow::Result<ExitCode> {
+    let opts = proxy_options(&a.common)?;
+    if !(a.upstream_timeout.is_finite() && a.upstream_timeout > 0.0) {
+        anyhow::bail!("--upstream-timeout must be a positive number of seconds");
+    }
+    let upstream = match &a.upstream {
+        Some(u) => Some(
+            u.parse::<std::net::SocketAddr>()
+                .map_err(|_| anyhow::anyhow!("--upstream {u:?}: expected IP:PORT ([IPv6]:PORT)"))?,
+        ),
+        None => None,
+    };
+    let policy = crate::dns::Policy {
+        v4: a.answer,
+        v6: a.answer6,
+        ttl: a.ttl,
+        names: a
+            .names
+            .iter()
+            .map(|n| crate::dns::Pattern::parse(n))
+            .collect::<Result<_, _>>()?,
+        upstream: upstream.is_some(),
+        unmatched: match a.unmatched {
+            Unmatched::Nxdomain => crate::dns::Unmatched::NxDomain,
+            Unmatched::Refused => crate::dns::Unmatched::Refused,
+        },
+    };
+    let dns = crate::dns::DnsOptions {
+        listen: proxy::listen_addr(&a.listen)?,
+        policy,
+        upstream,
+        upstream_timeout: Duration::from_secs_f64(a.upstream_timeout),
+    };
+    proxy::run(&opts, |ctx| crate::dns::run(dns, ctx))?;
+    Ok(ExitCode::SUCCESS)
 }

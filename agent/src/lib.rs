@@ -4,6 +4,7 @@
 //! capabilities together.
 //! - `trace`: per-process socket tracing with eBPF (syscall tracepoints, ring buffer).
 //! - `capture`: packet capture on interfaces with TC eBPF programs (pcapng or text lines).
+//! - `dns`: the spoofing DNS server (answers chosen names with chosen addresses).
 //! - `intercept`: transparent interception (nftables redirect/tproxy, per-process cgroup
 //!   hooks) into a recording relay.
 //! - `kernel`: loading the eBPF object, BTF offsets, capability checks.
@@ -14,6 +15,7 @@
 pub mod capture;
 pub mod cli;
 pub mod cmd;
+pub mod dns;
 pub mod intercept;
 pub mod kernel;
 pub mod model;

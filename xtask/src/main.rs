@@ -6,7 +6,8 @@
 //! * `test`: setup, unit tests, then the integration tests (root);
 //! * `demo`: setup, build, and trace curl against a local HTTP server;
 //! * `bench trace`: tracing overhead next to strace and bpftrace;
-//! * `bench intercept`: transparent interception next to plain forwarding.
+//! * `bench intercept`: transparent interception next to plain forwarding;
+//! * `fuzz [--secs N]`: every cargo-fuzz target for N seconds.
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -15,6 +16,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_intercept;
 mod demo;
+mod fuzz;
 mod setup;
 mod testcmd;
 mod util;
@@ -56,6 +58,8 @@ enum Task {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(Bench),
+    /// Run every cargo-fuzz target (fuzz/) for a bounded time; fails on a crash.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -91,6 +95,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Task::Test { args } => testcmd::test(&args),
         Task::Demo { json } => demo::demo(json),
+        Task::Fuzz(args) => fuzz::fuzz(args),
         Task::Bench(Bench::Trace(args)) => bench::trace(args),
         Task::Bench(Bench::Intercept(args)) => bench_intercept::intercept(args),
     }

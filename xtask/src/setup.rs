@@ -33,6 +33,11 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("nftables", "nft"),
     ("python3", "python3"),
     ("default-jre-headless", "java"),
+    // `java Client.java` (single-file programs in the proxy tests) needs the compiler.
+    ("default-jdk-headless", "javac"),
+    // Peers of `cargo xtask bench proxy` (forward and SOCKS parts).
+    ("microsocks", "microsocks"),
+    ("haproxy", "haproxy"),
 ];
 
 /// debconf answers that keep the installation non-interactive.

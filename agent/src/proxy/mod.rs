@@ -15,6 +15,7 @@
 
 pub mod dial;
 pub mod forward;
+pub mod http;
 pub mod record;
 pub mod relay;
 pub mod socks;

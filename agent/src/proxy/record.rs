@@ -195,7 +195,7 @@ impl Recorder {
             })?;
             writers.push(Box::new(w));
         }
-        Ok(Recorder::with_writers(writers)?)
+        Recorder::with_writers(writers)
     }
 
     /// A recorder writing into `writers` (tests give in-memory ones).
