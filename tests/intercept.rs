@@ -731,3 +731,66 @@ fn per_process_command_and_sigkill() {
         thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn redirect_as_http_keeps_requests_apart() {
+    let t = Topo::new();
+    let dir = TempDir::new("intercept-http");
+    let before = net_state(&t.gw);
+    let _http = http_server(&t, &dir);
+    let jsonl = dir.join("http.jsonl");
+    let agent = Agent::start(
+        &t.gw,
+        &[
+            "--mode",
+            "redirect",
+            "--iface",
+            "g0",
+            "--port",
+            "8080",
+            "--as",
+            "http",
+            "--format",
+            "json",
+            "-o",
+            jsonl.to_str().unwrap(),
+        ],
+    );
+    // Two requests on one client connection (curl reuses it).
+    let mut c = t.client.cmd("curl");
+    c.args([
+        "-sS",
+        "-m",
+        "20",
+        "http://10.66.2.2:8080/",
+        "http://10.66.2.2:8080/index.html",
+    ]);
+    assert_eq!(output(c), "intercepted page\nintercepted page\n");
+    let err = agent.stop();
+    assert_same(&before, &net_state(&t.gw), &format!("stderr {err}"));
+    let evs = records(&jsonl);
+    // The HTTP handler recorded the exchanges with the original destination as the server:
+    // one client connection; the server (HTTP/1.0, closes after each response) needed one
+    // connection per request.
+    let opens = of_type(&evs, "open");
+    assert_eq!(opens.len(), 2, "{}", dump(&evs));
+    for o in &opens {
+        assert_eq!(o["target"], "10.66.2.2:8080", "{}", dump(&evs));
+        assert_eq!(o["local"], opens[0]["local"]);
+        assert!(o["local"].as_str().unwrap().starts_with("10.66.1.2:"));
+    }
+    let sent: Vec<u8> = evs
+        .iter()
+        .filter(|e| e["type"] == "data" && e["dir"] == "send")
+        .flat_map(|e| {
+            base64::engine::general_purpose::STANDARD
+                .decode(e["payload_b64"].as_str().unwrap())
+                .unwrap()
+        })
+        .collect();
+    let sent = String::from_utf8_lossy(&sent);
+    assert!(
+        sent.contains("GET / HTTP/1.1\r\n") && sent.contains("GET /index.html HTTP/1.1\r\n"),
+        "{sent}"
+    );
+}

@@ -165,16 +165,32 @@ pub struct RelayOptions {
 pub fn run(opts: &InterceptOptions, relay: &RelayOptions) -> anyhow::Result<Outcome> {
     opts.validate()?;
     crate::kernel::require_root("capagent intercept")?;
-    if relay.http {
-        anyhow::bail!(
-            "--as http: the HTTP-aware recorder is not in this build yet; use --as raw (the default)"
-        );
+    if relay.http && opts.local {
+        // The HTTP handler's own connections to servers carry no mark for the output
+        // chain to skip: they would be intercepted again.
+        anyhow::bail!("--as http cannot be used with --local");
     }
     let (recorder, handle) = Recorder::start(&relay.record)?;
-    let sink: Arc<dyn Sink> = Arc::new(sink::Recording {
-        recorder,
+    let raw = sink::Recording {
+        recorder: recorder.clone(),
         idle: relay.idle,
-    });
+    };
+    let sink: Arc<dyn Sink> = if relay.http {
+        let limits = crate::proxy::Limits {
+            idle: relay.idle,
+            ..crate::proxy::Limits::default()
+        };
+        let dialer = crate::proxy::Dialer::direct(limits.handshake);
+        Arc::new(sink::HttpAware {
+            ctx: crate::proxy::Ctx::new(recorder, dialer, limits),
+            raw,
+        })
+    } else {
+        drop(recorder);
+        Arc::new(raw)
+    };
+    // From here on the sink holds the only recorder handles: the writer thread ends (and
+    // `handle.finish` returns) once the relays are gone.
     // What a killed agent left behind goes first (its rules could catch our traffic).
     let report = cleanup::sweep();
     for line in report.lines() {

@@ -14,7 +14,8 @@ use tokio::net::{TcpSocket, TcpStream};
 
 use super::origdst;
 use crate::model::{Direction, Transport};
-use crate::proxy::{Conn, Recorder, relay};
+use crate::proxy::http::reverse::{self, ReverseOptions};
+use crate::proxy::{Conn, Ctx, Recorder, Target, relay};
 
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -193,5 +194,40 @@ impl UdpFlow for RecordedFlow {
     fn close(&self) -> BoxFuture {
         let conn = self.conn.clone();
         Box::pin(async move { conn.close(Ok(())).await })
+    }
+}
+
+/// `--as http`: each intercepted connection is served by the reverse HTTP proxy's handler
+/// with the original destination as its only server ([`reverse::handle`]: keep-alive,
+/// pipelining, chunked bodies, hop-by-hop fields, every request and response recorded);
+/// UDP flows are recorded raw.
+pub struct HttpAware {
+    pub ctx: Ctx,
+    pub raw: Recording,
+}
+
+impl Sink for HttpAware {
+    fn tcp(&self, a: Accepted) -> BoxFuture {
+        let ctx = self.ctx.clone();
+        Box::pin(async move {
+            let opts = ReverseOptions {
+                listen: a.listen,
+                to: Some(Target::ip(a.orig)),
+                routes: Vec::new(),
+                rewrite_host: false,
+            };
+            tracing::debug!("{}: {} -> {} as http", a.how, a.peer, a.orig);
+            reverse::handle(a.client, a.peer, ctx, &opts).await;
+        })
+    }
+
+    fn udp_flow(
+        &self,
+        client: SocketAddr,
+        orig: SocketAddr,
+        listen: SocketAddr,
+        how: &'static str,
+    ) -> Pin<Box<dyn Future<Output = Box<dyn UdpFlow>> + Send>> {
+        self.raw.udp_flow(client, orig, listen, how)
     }
 }
