@@ -13,6 +13,7 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use tokio::io::Interest;
 use tokio::net::{TcpListener, UdpSocket};
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::cgroup::{HookOptions, Hooks};
 use super::nft::{self, Nft, Plan};
@@ -316,13 +317,11 @@ async fn open_flow(
 /// Resolves when the run should stop: a signal, the duration, or the command's end (its
 /// status then).
 async fn stopped(
+    signals: (Signal, Signal, Signal),
     duration: Option<Duration>,
     child: Option<tokio::task::JoinHandle<io::Result<std::process::ExitStatus>>>,
 ) -> anyhow::Result<Option<std::process::ExitStatus>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut hup = signal(SignalKind::hangup())?;
+    let (mut int, mut term, mut hup) = signals;
     let timer = async {
         match duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -346,6 +345,13 @@ async fn stopped(
 
 /// Binds, installs, serves until stopped, removes.
 pub async fn serve(opts: &InterceptOptions, sink: Arc<dyn Sink>) -> anyhow::Result<Outcome> {
+    // Signals are caught from the start, so one that arrives while the rules are being
+    // installed still ends in a clean removal.
+    let signals = (
+        signal(SignalKind::interrupt())?,
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::hangup())?,
+    );
     let pid = std::process::id();
     let mode = opts.mode;
     let transparent = mode == Mode::Tproxy;
@@ -471,7 +477,7 @@ pub async fn serve(opts: &InterceptOptions, sink: Arc<dyn Sink>) -> anyhow::Resu
     for u in [udp4, udp6].into_iter().flatten() {
         tasks.spawn(udp_loop(u, sink.clone(), route::own_mark(pid)));
     }
-    let status = stopped(opts.duration, child).await;
+    let status = stopped(signals, opts.duration, child).await;
     // The rules go first, so nothing new is caught while the rest goes.
     drop(installed.nft.take());
     tasks.shutdown().await;
