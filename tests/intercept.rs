@@ -794,3 +794,51 @@ fn redirect_as_http_keeps_requests_apart() {
         "{sent}"
     );
 }
+
+#[test]
+fn redirect_as_socks_serves_the_socks_protocol() {
+    let t = Topo::new();
+    let dir = TempDir::new("intercept-socks");
+    let _http = http_server(&t, &dir);
+    let jsonl = dir.join("socks.jsonl");
+    let agent = Agent::start(
+        &t.gw,
+        &[
+            "--mode",
+            "redirect",
+            "--iface",
+            "g0",
+            "--port",
+            "1080",
+            "--as",
+            "socks",
+            "--format",
+            "json",
+            "-o",
+            jsonl.to_str().unwrap(),
+        ],
+    );
+    // The client's SOCKS proxy "at 10.66.2.2:1080" does not exist: capagent answers for it.
+    let mut c = t.client.cmd("curl");
+    c.args([
+        "-sS",
+        "-m",
+        "20",
+        "--socks5",
+        "10.66.2.2:1080",
+        "http://10.66.2.2:8080/",
+    ]);
+    assert_eq!(output(c), "intercepted page\n");
+    agent.stop();
+    let evs = records(&jsonl);
+    let open = one(&evs, "open", |e| e["type"] == "open");
+    assert_eq!(open["target"], "10.66.2.2:8080", "{}", dump(&evs));
+    assert!(
+        open["proxy"].as_str().unwrap().contains("socks5"),
+        "{}",
+        dump(&evs)
+    );
+    let (up, down) = recorded(&evs, "10.66.1.2", "10.66.2.2:8080");
+    assert!(String::from_utf8_lossy(&up).starts_with("GET / HTTP/1.1\r\n"));
+    assert!(String::from_utf8_lossy(&down).ends_with("intercepted page\n"));
+}

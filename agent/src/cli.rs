@@ -169,8 +169,12 @@ pub enum InterceptAs {
     /// Relay and record the bytes as they are.
     #[default]
     Raw,
-    /// Treat connections as HTTP/1.1 (requests and responses recorded as messages).
+    /// Treat connections as HTTP/1.1: the reverse HTTP proxy's handler serves them, with
+    /// the original destination as server.
     Http,
+    /// Connections are made to a SOCKS proxy: capagent's SOCKS server answers them and
+    /// records each target the application asks for.
+    Socks,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -204,7 +208,7 @@ pub struct InterceptArgs {
     /// hierarchy's root).
     #[arg(long, value_name = "PATH")]
     pub cgroup: Option<String>,
-    /// What to do with a connection: record the raw bytes, or treat it as HTTP.
+    /// What handles a connection: the raw relay, the HTTP-aware or the SOCKS-aware proxy.
     #[arg(long = "as", value_enum, default_value_t = InterceptAs::Raw, value_name = "KIND")]
     pub handler: InterceptAs,
     #[command(flatten)]

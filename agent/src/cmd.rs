@@ -87,7 +87,11 @@ fn intercept(args: InterceptArgs) -> anyhow::Result<ExitCode> {
     let relay = intercept::RelayOptions {
         record: record_options(&args.record),
         idle: (args.idle_timeout > 0.0).then(|| Duration::from_secs_f64(args.idle_timeout)),
-        http: args.handler == InterceptAs::Http,
+        handler: match args.handler {
+            InterceptAs::Raw => intercept::Handler::Raw,
+            InterceptAs::Http => intercept::Handler::Http,
+            InterceptAs::Socks => intercept::Handler::Socks,
+        },
     };
     let outcome = intercept::run(&opts, &relay)?;
     Ok(outcome.exit_status.map_or(ExitCode::SUCCESS, exit_code_of))

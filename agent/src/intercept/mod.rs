@@ -148,6 +148,18 @@ pub struct Outcome {
     pub exit_status: Option<ExitStatus>,
 }
 
+/// `--as`: what handles an intercepted connection.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Handler {
+    /// The raw relay (bytes as they are).
+    #[default]
+    Raw,
+    /// The reverse HTTP proxy's handler, the original destination as server.
+    Http,
+    /// capagent's SOCKS server (the application was talking to a SOCKS proxy).
+    Socks,
+}
+
 /// What happens to intercepted connections.
 #[derive(Debug, Clone, Default)]
 pub struct RelayOptions {
@@ -155,8 +167,8 @@ pub struct RelayOptions {
     pub record: RecordOptions,
     /// A relayed connection idle this long is closed.
     pub idle: Option<Duration>,
-    /// Hand connections to the HTTP-aware recorder (`--as http`).
-    pub http: bool,
+    /// What handles connections (`--as`).
+    pub handler: Handler,
 }
 
 /// Runs the interception until SIGINT/SIGTERM/SIGHUP, `--duration`, or the end of `-- CMD`,
@@ -165,30 +177,30 @@ pub struct RelayOptions {
 pub fn run(opts: &InterceptOptions, relay: &RelayOptions) -> anyhow::Result<Outcome> {
     opts.validate()?;
     crate::kernel::require_root("capagent intercept")?;
-    if relay.http && opts.local {
-        // The HTTP handler's own connections to servers carry no mark for the output
-        // chain to skip: they would be intercepted again.
-        anyhow::bail!("--as http cannot be used with --local");
+    if relay.handler != Handler::Raw && opts.local {
+        // The HTTP and SOCKS handlers' own connections to servers carry no mark for the
+        // output chain to skip: they would be intercepted again.
+        anyhow::bail!("--as http and --as socks cannot be used with --local");
     }
     let (recorder, handle) = Recorder::start(&relay.record)?;
     let raw = sink::Recording {
         recorder: recorder.clone(),
         idle: relay.idle,
     };
-    let sink: Arc<dyn Sink> = if relay.http {
+    let ctx = || {
         let limits = crate::proxy::Limits {
             idle: relay.idle,
             ..crate::proxy::Limits::default()
         };
         let dialer = crate::proxy::Dialer::direct(limits.handshake);
-        Arc::new(sink::HttpAware {
-            ctx: crate::proxy::Ctx::new(recorder, dialer, limits),
-            raw,
-        })
-    } else {
-        drop(recorder);
-        Arc::new(raw)
+        crate::proxy::Ctx::new(recorder.clone(), dialer, limits)
     };
+    let sink: Arc<dyn Sink> = match relay.handler {
+        Handler::Raw => Arc::new(raw),
+        Handler::Http => Arc::new(sink::HttpAware { ctx: ctx(), raw }),
+        Handler::Socks => Arc::new(sink::SocksAware { ctx: ctx(), raw }),
+    };
+    drop(recorder);
     // From here on the sink holds the only recorder handles: the writer thread ends (and
     // `handle.finish` returns) once the relays are gone.
     // What a killed agent left behind goes first (its rules could catch our traffic).

@@ -15,7 +15,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use super::origdst;
 use crate::model::{Direction, Transport};
 use crate::proxy::http::reverse::{self, ReverseOptions};
-use crate::proxy::{Conn, Ctx, Recorder, Target, relay};
+use crate::proxy::{Conn, Ctx, Recorder, Target, relay, socks};
 
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -194,6 +194,35 @@ impl UdpFlow for RecordedFlow {
     fn close(&self) -> BoxFuture {
         let conn = self.conn.clone();
         Box::pin(async move { conn.close(Ok(())).await })
+    }
+}
+
+/// `--as socks`: each intercepted connection is one an application made to its SOCKS proxy;
+/// capagent's SOCKS server ([`socks::server::handle`], SOCKS 4/4a/5, no authentication)
+/// answers it instead and reaches the targets the application asks for itself, recording
+/// each with the target as requested; UDP flows are recorded raw.
+pub struct SocksAware {
+    pub ctx: Ctx,
+    pub raw: Recording,
+}
+
+impl Sink for SocksAware {
+    fn tcp(&self, a: Accepted) -> BoxFuture {
+        let ctx = self.ctx.clone();
+        Box::pin(async move {
+            tracing::debug!("{}: {} -> {} as socks", a.how, a.peer, a.orig);
+            socks::server::handle(a.client, a.peer, ctx, None).await;
+        })
+    }
+
+    fn udp_flow(
+        &self,
+        client: SocketAddr,
+        orig: SocketAddr,
+        listen: SocketAddr,
+        how: &'static str,
+    ) -> Pin<Box<dyn Future<Output = Box<dyn UdpFlow>> + Send>> {
+        self.raw.udp_flow(client, orig, listen, how)
     }
 }
 
