@@ -842,3 +842,41 @@ fn redirect_as_socks_serves_the_socks_protocol() {
     assert!(String::from_utf8_lossy(&up).starts_with("GET / HTTP/1.1\r\n"));
     assert!(String::from_utf8_lossy(&down).ends_with("intercepted page\n"));
 }
+
+#[test]
+fn redirect_local_catches_the_gateways_own_connections() {
+    let t = Topo::new();
+    let dir = TempDir::new("intercept-local");
+    let before = net_state(&t.gw);
+    let _http = http_server(&t, &dir);
+    let jsonl = dir.join("local.jsonl");
+    let agent = Agent::start(
+        &t.gw,
+        &[
+            "--mode",
+            "redirect",
+            "--iface",
+            "g1",
+            "--local",
+            "--port",
+            "8080",
+            "--format",
+            "json",
+            "-o",
+            jsonl.to_str().unwrap(),
+        ],
+    );
+    // curl on the gateway itself; capagent's own connection to the server is not caught
+    // again (it carries capagent's mark).
+    for url in ["http://10.66.2.2:8080/", "http://[fd66:2::2]:8080/"] {
+        let mut c = t.gw.cmd("curl");
+        c.args(["-sS", "-m", "20", url]);
+        assert_eq!(output(c), "intercepted page\n");
+    }
+    let err = agent.stop();
+    assert_same(&before, &net_state(&t.gw), &format!("stderr {err}"));
+    let evs = records(&jsonl);
+    assert_eq!(of_type(&evs, "open").len(), 2, "{}", dump(&evs));
+    check_http_records(&evs, "10.66.2.1", "10.66.2.2:8080");
+    check_http_records(&evs, "fd66:2::1", "[fd66:2::2]:8080");
+}
