@@ -627,8 +627,58 @@ while True:
 print("REPLY", buf.hex(), flush=True)
 "#;
 
+/// A cgroup v2 directory of the test's own; its processes go back to the root and it is
+/// removed on drop.
+struct Cgroup {
+    root: std::path::PathBuf,
+    path: std::path::PathBuf,
+    /// As `--cgroup` takes it: relative to the hierarchy's root.
+    rel: String,
+}
+
+impl Cgroup {
+    fn new(tag: &str) -> Cgroup {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let root = mounts
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(2) == Some(&"cgroup2")).then(|| std::path::PathBuf::from(f[1]))
+            })
+            .expect("a cgroup v2 hierarchy");
+        let rel = format!("capagent-t-{tag}-{}", std::process::id());
+        let path = root.join(&rel);
+        std::fs::create_dir(&path).unwrap();
+        Cgroup { root, path, rel }
+    }
+
+    fn add(&self, pid: u32) {
+        std::fs::write(self.path.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let procs = std::fs::read_to_string(self.path.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines() {
+            let _ = std::fs::write(self.root.join("cgroup.procs"), pid);
+        }
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
 #[test]
 fn per_process_only_the_chosen_process() {
+    only_the_chosen_process(false);
+}
+
+#[test]
+fn per_cgroup_only_its_processes() {
+    only_the_chosen_process(true);
+}
+
+/// Two identical clients; only one is chosen, by `--pid` or by `--cgroup`.
+fn only_the_chosen_process(by_cgroup: bool) {
     use std::io::Write as _;
     let ns = Netns::new("ipp");
     let dir = TempDir::new("intercept-pp");
@@ -650,11 +700,21 @@ fn per_process_only_the_chosen_process() {
     let mut chosen = spawn("from-the-chosen-one");
     let mut other = spawn("from-the-other-one");
     let jsonl = dir.join("pp.jsonl");
+    let cgroup = by_cgroup.then(|| Cgroup::new("pp"));
+    let pid = chosen.pid().to_string();
+    let select = match &cgroup {
+        Some(cg) => {
+            // `ip netns exec` execs python in place: the pid is python's.
+            cg.add(chosen.pid());
+            ["--cgroup", cg.rel.as_str()]
+        }
+        None => ["--pid", pid.as_str()],
+    };
     let agent = Agent::start(
         &ns,
         &[
-            "--pid",
-            &chosen.pid().to_string(),
+            select[0],
+            select[1],
             "--format",
             "json",
             "-o",
