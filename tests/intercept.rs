@@ -940,3 +940,69 @@ fn redirect_local_catches_the_gateways_own_connections() {
     check_http_records(&evs, "10.66.2.1", "10.66.2.2:8080");
     check_http_records(&evs, "fd66:2::1", "[fd66:2::2]:8080");
 }
+
+#[test]
+fn cleanup_detaches_cgroup_links_left_pinned() {
+    let ns = Netns::new("ipin");
+    let dir = TempDir::new("intercept-pin");
+    let cg_before = cgroup_state();
+    let mut a = Agent::start(&ns, &["--no-record", "--", "sleep", "30"]);
+    // The agent's connect4 link, pinned in a bpffs of the test's own: a pinned link outlives
+    // the agent, the one case where a killed agent leaves a cgroup attachment behind.
+    let progs: Value = serde_json::from_str(&output({
+        let mut c = Command::new("bpftool");
+        c.args(["-j", "prog", "show"]);
+        c
+    }))
+    .unwrap();
+    let conn4: Vec<u64> = progs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == "capagent_conn4")
+        .map(|p| p["id"].as_u64().unwrap())
+        .collect();
+    let links: Value = serde_json::from_str(&output({
+        let mut c = Command::new("bpftool");
+        c.args(["-j", "link", "show"]);
+        c
+    }))
+    .unwrap();
+    let link = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["prog_id"].as_u64().is_some_and(|id| conn4.contains(&id)))
+        .expect("the agent's connect4 link")["id"]
+        .as_u64()
+        .unwrap();
+    let bpffs = dir.join("bpffs");
+    std::fs::create_dir(&bpffs).unwrap();
+    run_ok(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&bpffs));
+    let pin = bpffs.join("link");
+    run_ok(
+        Command::new("bpftool")
+            .args(["link", "pin", "id", &link.to_string()])
+            .arg(&pin),
+    );
+    a.signal(libc::SIGKILL);
+    thread::sleep(Duration::from_millis(300));
+    let during = cgroup_state();
+    let cleanup = {
+        let mut c = Command::new(CAPAGENT);
+        c.arg("cleanup");
+        c.output().unwrap()
+    };
+    let _ = std::fs::remove_file(&pin);
+    let _ = Command::new("umount").arg(&bpffs).status();
+    assert!(during.contains("capagent_conn4"), "{during}");
+    let said = String::from_utf8_lossy(&cleanup.stderr);
+    assert!(cleanup.status.success(), "{said}");
+    assert!(
+        said.contains(&format!(
+            "removed cgroup link {link} of program capagent_conn4"
+        )),
+        "{said}"
+    );
+    assert_same(&cg_before, &cgroup_state(), "after cleanup");
+}

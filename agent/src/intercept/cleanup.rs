@@ -159,15 +159,32 @@ fn sweep_routing(alive: &dyn Fn(u32) -> bool, report: &mut Report) {
 }
 
 /// Program ids that some process holds, as a program or through a link (fdinfo's
-/// `prog_id:` lines).
-fn held_prog_ids() -> std::collections::HashSet<u32> {
+/// `prog_id:` lines), and whether that is certain: false when the file descriptors of a
+/// process named `capagent` could not be read (only capagent holds capagent's programs).
+fn held_prog_ids() -> (std::collections::HashSet<u32>, bool) {
     let mut out = std::collections::HashSet::new();
+    let mut certain = true;
     let Ok(procs) = fs::read_dir("/proc") else {
-        return out;
+        return (out, false);
     };
     for p in procs.flatten() {
-        let Ok(fds) = fs::read_dir(p.path().join("fdinfo")) else {
+        if !p
+            .file_name()
+            .to_string_lossy()
+            .bytes()
+            .all(|b| b.is_ascii_digit())
+        {
             continue;
+        }
+        let fds = match fs::read_dir(p.path().join("fdinfo")) {
+            Ok(f) => f,
+            Err(_) => {
+                let comm = fs::read_to_string(p.path().join("comm")).unwrap_or_default();
+                if comm.trim_end() == "capagent" {
+                    certain = false;
+                }
+                continue;
+            }
         };
         for fd in fds.flatten() {
             let Ok(info) = fs::read_to_string(fd.path()) else {
@@ -182,7 +199,7 @@ fn held_prog_ids() -> std::collections::HashSet<u32> {
             }
         }
     }
-    out
+    (out, certain)
 }
 
 fn bpf_link_detach_by_id(id: u32) -> std::io::Result<()> {
@@ -220,7 +237,13 @@ fn sweep_cgroup_links(report: &mut Report) {
     if names.is_empty() {
         return;
     }
-    let held = held_prog_ids();
+    let (held, certain) = held_prog_ids();
+    if !certain {
+        report.errors.push(
+            "cannot read every capagent process's file descriptors: cgroup links left alone".into(),
+        );
+        return;
+    }
     for l in loaded_links().flatten() {
         if !matches!(l.link_type(), Ok(LinkType::Cgroup)) {
             continue;
