@@ -123,7 +123,8 @@ pub struct HookOptions {
 
 /// The loaded and attached programs; dropping it detaches them.
 pub struct Hooks {
-    ebpf: aya::Ebpf,
+    /// Owns the programs and their links (dropping it detaches them).
+    _ebpf: aya::Ebpf,
     pids: Mutex<HashMap<MapData, u32, u8>>,
     by_client: Mutex<HashMap<MapData, ClientKey, OrigDst>>,
     pub cgroup: PathBuf,
@@ -254,7 +255,7 @@ impl Hooks {
         let by_client = kernel::take_map(&mut ebpf, "ICPT_BY_CLIENT")?;
         tracing::info!(cgroup = %path, "per-process hooks attached");
         Ok(Hooks {
-            ebpf,
+            _ebpf: ebpf,
             pids: Mutex::new(pids),
             by_client: Mutex::new(by_client),
             cgroup,
@@ -289,10 +290,6 @@ impl Hooks {
             }
         }
         None
-    }
-
-    pub fn programs(&self) -> usize {
-        self.ebpf.programs().count()
     }
 }
 

@@ -192,11 +192,18 @@ async fn accept_loop(l: TcpListener, ctx: Arc<AcceptCtx>) {
             }
         };
         let _ = stream.set_nodelay(true);
+        // Where the client landed: the gateway's address for a redirect, the loopback
+        // listener per process; for tproxy that is the original destination itself, so
+        // the listener's own address says more.
+        let landed = match ctx.mode {
+            Mode::Tproxy => listen,
+            _ => stream.local_addr().unwrap_or(listen),
+        };
         tracing::info!(%peer, %orig, ?pid, "intercepted");
         let fut = ctx.sink.tcp(Accepted {
             client: stream,
             peer,
-            listen,
+            listen: landed,
             orig,
             pid,
             how: how(ctx.mode),
