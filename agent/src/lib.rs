@@ -7,6 +7,8 @@
 //! - `control`: stopping and watching a running session (signals, or the daemon's jobs).
 //! - `daemon`: the systemd service running configured jobs.
 //! - `dns`: the spoofing DNS server (answers chosen names with chosen addresses).
+//! - `intercept`: transparent interception (nftables redirect/tproxy, per-process cgroup
+//!   hooks) into a recording relay.
 //! - `kernel`: loading the eBPF object, BTF offsets, capability checks.
 //! - `proxy`: recording proxies (forwarder, SOCKS, HTTP forward and reverse) that relay and
 //!   record client traffic.
@@ -19,6 +21,7 @@ pub mod cmd;
 pub mod control;
 pub mod daemon;
 pub mod dns;
+pub mod intercept;
 pub mod kernel;
 pub mod model;
 pub mod output;

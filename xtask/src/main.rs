@@ -9,6 +9,7 @@
 //! * `bench capture`: packet capture under iperf3 next to tcpdump;
 //! * `bench proxy`: the recording proxies next to their peers;
 //! * `bench daemon`: idle CPU and memory of `capagent daemon` with the example configuration;
+//! * `bench intercept`: transparent interception next to plain forwarding;
 //! * `install`: binary, systemd unit and example configuration into place;
 //! * `fuzz [--secs N]`: every cargo-fuzz target for N seconds.
 use std::process::ExitCode;
@@ -19,6 +20,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod bench_daemon;
 mod bench_http;
+mod bench_intercept;
 mod demo;
 mod fuzz;
 mod install;
@@ -87,6 +89,9 @@ enum Bench {
     /// `capagent daemon` with the example configuration in a namespace of its own, idle:
     /// CPU (from /proc/PID/stat) and RSS next to their targets. Needs root. Asserts nothing.
     Daemon(bench_daemon::DaemonBenchArgs),
+    /// Connection setup and throughput through `capagent intercept` (redirect, tproxy)
+    /// next to plain forwarding, in a client/gateway/server namespace topology.
+    Intercept(bench_intercept::InterceptBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -118,5 +123,6 @@ fn run(cli: Cli) -> Result<()> {
         Task::Bench(Bench::Proxy(args)) => bench_http::proxy(args),
         Task::Bench(Bench::Daemon(args)) => bench_daemon::daemon(args),
         Task::Install(args) => install::install(args),
+        Task::Bench(Bench::Intercept(args)) => bench_intercept::intercept(args),
     }
 }
