@@ -71,6 +71,18 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 fn intercept(args: InterceptArgs) -> anyhow::Result<ExitCode> {
+    let (opts, relay) = intercept_options(&args)?;
+    let outcome = crate::intercept::run(&opts, &relay)?;
+    Ok(outcome.exit_status.map_or(ExitCode::SUCCESS, exit_code_of))
+}
+
+/// What `capagent intercept ARGS` intercepts, and what it does with the connections.
+pub fn intercept_options(
+    args: &InterceptArgs,
+) -> anyhow::Result<(
+    crate::intercept::InterceptOptions,
+    crate::intercept::RelayOptions,
+)> {
     use crate::intercept::{self, InterceptOptions, Mode};
     if let Some(d) = args.duration
         && !(d.is_finite() && d > 0.0)
@@ -114,8 +126,7 @@ fn intercept(args: InterceptArgs) -> anyhow::Result<ExitCode> {
             InterceptAs::Socks => intercept::Handler::Socks,
         },
     };
-    let outcome = intercept::run(&opts, &relay)?;
-    Ok(outcome.exit_status.map_or(ExitCode::SUCCESS, exit_code_of))
+    Ok((opts, relay))
 }
 
 /// The options every proxy shares, from their flags.
@@ -350,16 +361,20 @@ fn trace(args: TraceArgs) -> anyhow::Result<ExitCode> {
     let mut writer = FanOut(writers);
     let mut summary = Summary::new();
     let mut last_flush = Instant::now();
-    let outcome = run::run(&opts, &Control::on_signals(), &mut |ev| {
-        summary.add(ev);
-        writer.write_event(ev)?;
-        // Keep files readable while tracing (tail -f) without a syscall per event.
-        if last_flush.elapsed() >= Duration::from_millis(200) {
-            last_flush = Instant::now();
-            writer.flush()?;
-        }
-        Ok(())
-    });
+    let outcome = run::run(
+        &opts,
+        &Control::on_signals(),
+        &mut |ev: &crate::model::Event| {
+            summary.add(ev);
+            writer.write_event(ev)?;
+            // Keep files readable while tracing (tail -f) without a syscall per event.
+            if last_flush.elapsed() >= Duration::from_millis(200) {
+                last_flush = Instant::now();
+                writer.flush()?;
+            }
+            Ok(())
+        },
+    );
     writer.flush().context("writing output")?;
     let outcome = outcome?;
     if !args.no_summary {

@@ -324,11 +324,10 @@ async fn open_flow(
 /// Resolves when the run should stop: a signal, the duration, or the command's end (its
 /// status then).
 async fn stopped(
-    signals: (Signal, Signal, Signal),
+    stop: impl Future<Output = ()>,
     duration: Option<Duration>,
     child: Option<tokio::task::JoinHandle<io::Result<std::process::ExitStatus>>>,
 ) -> anyhow::Result<Option<std::process::ExitStatus>> {
-    let (mut int, mut term, mut hup) = signals;
     let timer = async {
         match duration {
             Some(d) => tokio::time::sleep(d).await,
@@ -342,23 +341,42 @@ async fn stopped(
         }
     };
     tokio::select! {
-        _ = int.recv() => Ok(None),
-        _ = term.recv() => Ok(None),
-        _ = hup.recv() => Ok(None),
+        _ = stop => Ok(None),
         _ = timer => Ok(None),
         r = child => Ok(Some(r.context("waiting for the command")?.context("waiting for the command")?)),
     }
 }
 
-/// Binds, installs, serves until stopped, removes.
-pub async fn serve(opts: &InterceptOptions, sink: Arc<dyn Sink>) -> anyhow::Result<Outcome> {
-    // Signals are caught from the start, so one that arrives while the rules are being
-    // installed still ends in a clean removal.
-    let signals = (
+/// Resolves at the first SIGINT, SIGTERM or SIGHUP caught from the moment it is called.
+pub fn signal_stop() -> io::Result<impl Future<Output = ()>> {
+    let (mut int, mut term, mut hup): (Signal, Signal, Signal) = (
         signal(SignalKind::interrupt())?,
         signal(SignalKind::terminate())?,
         signal(SignalKind::hangup())?,
     );
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+            _ = hup.recv() => {}
+        }
+    })
+}
+
+/// Binds, installs, serves until a signal (the command line), removes.
+pub async fn serve(opts: &InterceptOptions, sink: Arc<dyn Sink>) -> anyhow::Result<Outcome> {
+    // Signals are caught from the start, so one that arrives while the rules are being
+    // installed still ends in a clean removal.
+    let stop = signal_stop()?;
+    serve_until(opts, sink, stop).await
+}
+
+/// [`serve`] until `stop` resolves instead of a signal (a daemon job).
+pub async fn serve_until(
+    opts: &InterceptOptions,
+    sink: Arc<dyn Sink>,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<Outcome> {
     let pid = std::process::id();
     let mode = opts.mode;
     let transparent = mode == Mode::Tproxy;
@@ -484,7 +502,7 @@ pub async fn serve(opts: &InterceptOptions, sink: Arc<dyn Sink>) -> anyhow::Resu
     for u in [udp4, udp6].into_iter().flatten() {
         tasks.spawn(udp_loop(u, sink.clone(), route::own_mark(pid)));
     }
-    let status = stopped(signals, opts.duration, child).await;
+    let status = stopped(stop, opts.duration, child).await;
     // The rules go first, so nothing new is caught while the rest goes.
     drop(installed.nft.take());
     tasks.shutdown().await;

@@ -175,14 +175,40 @@ pub struct RelayOptions {
 /// relaying and recording every intercepted connection; removes everything it installed
 /// before returning (also on errors), then writes out every record.
 pub fn run(opts: &InterceptOptions, relay: &RelayOptions) -> anyhow::Result<Outcome> {
-    opts.validate()?;
+    check(opts, relay)?;
     crate::kernel::require_root("capagent intercept")?;
+    let (recorder, handle) = Recorder::start(&relay.record)?;
+    run_until(
+        opts,
+        relay,
+        recorder,
+        handle,
+        None::<std::future::Pending<()>>,
+    )
+}
+
+/// The checks of [`run`] that need nothing from the system.
+pub fn check(opts: &InterceptOptions, relay: &RelayOptions) -> anyhow::Result<()> {
+    opts.validate()?;
     if relay.handler != Handler::Raw && opts.local {
         // The HTTP and SOCKS handlers' own connections to servers carry no mark for the
         // output chain to skip: they would be intercepted again.
         anyhow::bail!("--as http and --as socks cannot be used with --local");
     }
-    let (recorder, handle) = Recorder::start(&relay.record)?;
+    Ok(())
+}
+
+/// [`run`] recording through `recorder` (`relay.record` is not used) and, given `stop`,
+/// until it resolves instead of a signal (a daemon job).
+pub fn run_until<S: std::future::Future<Output = ()>>(
+    opts: &InterceptOptions,
+    relay: &RelayOptions,
+    recorder: Recorder,
+    handle: crate::proxy::record::RecorderHandle,
+    stop: Option<S>,
+) -> anyhow::Result<Outcome> {
+    check(opts, relay)?;
+    crate::kernel::require_root("capagent intercept")?;
     let raw = sink::Recording {
         recorder: recorder.clone(),
         idle: relay.idle,
@@ -213,7 +239,12 @@ pub fn run(opts: &InterceptOptions, relay: &RelayOptions) -> anyhow::Result<Outc
         .thread_name("capagent-intercept")
         .build()
         .context("cannot start the async runtime")?;
-    let outcome = rt.block_on(listener::serve(opts, sink));
+    let outcome = rt.block_on(async {
+        match stop {
+            Some(stop) => listener::serve_until(opts, sink, stop).await,
+            None => listener::serve(opts, sink).await,
+        }
+    });
     // Cancels the relays (their connections close; their records get a close).
     rt.shutdown_timeout(Duration::from_secs(1));
     let written = handle.finish().context("writing records");
