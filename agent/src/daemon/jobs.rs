@@ -25,6 +25,7 @@ use crate::{
     cli::Command,
     cmd::{self, Service},
     control::Control,
+    intercept::{InterceptOptions, RelayOptions},
     output::{EventWriter, FanOut},
     proxy::{self, Recorder},
     trace::run::{self as trace_run, TraceOptions},
@@ -44,6 +45,10 @@ pub enum Prepared {
         opts: proxy::Options,
         service: Service,
         preview: usize,
+    },
+    Intercept {
+        opts: InterceptOptions,
+        relay: RelayOptions,
     },
 }
 
@@ -96,6 +101,11 @@ pub fn prepare(job: &Job) -> Result<Prepared, ConfigError> {
                 preview,
             }
         }
+        Command::Intercept(a) => {
+            let (opts, relay) = cmd::intercept_options(&a).map_err(|e| fail(format!("{e:#}")))?;
+            crate::intercept::check(&opts, &relay).map_err(|e| fail(format!("{e:#}")))?;
+            Prepared::Intercept { opts, relay }
+        }
         _ => {
             return Err(fail(format!(
                 "{} cannot run as a job",
@@ -125,6 +135,7 @@ pub fn run(job: &Job, env: &JobEnv, ctl: &Control) -> anyhow::Result<()> {
             service,
             preview,
         } => run_service(job, env, ctl, &opts, service, preview),
+        Prepared::Intercept { opts, relay } => run_intercept(job, env, ctl, &opts, &relay),
     }
 }
 
@@ -157,22 +168,35 @@ fn run_trace(
     opts: &TraceOptions,
     preview: usize,
 ) -> anyhow::Result<()> {
-    let mut out = FanOut(
+    let out = FanOut(
         writers(job, env, preview)?
             .into_iter()
             .map(|w| w as Box<dyn EventWriter>)
             .collect(),
     );
-    let mut last_flush = Instant::now();
-    let outcome = trace_run::run(opts, ctl, &mut |ev| {
-        out.write_event(ev)?;
-        // Keep files readable while tracing, as the command line does.
-        if last_flush.elapsed() >= Duration::from_millis(200) {
-            last_flush = Instant::now();
-            out.flush()?;
+    // Files are flushed every 200 ms, records or not.
+    struct Sink {
+        out: FanOut,
+        last_flush: Instant,
+    }
+    impl trace_run::EventSink for Sink {
+        fn event(&mut self, ev: &crate::model::Event) -> std::io::Result<()> {
+            self.out.write_event(ev)
         }
-        Ok(())
-    });
+        fn idle(&mut self) -> std::io::Result<()> {
+            if self.last_flush.elapsed() >= Duration::from_millis(200) {
+                self.last_flush = Instant::now();
+                self.out.flush()?;
+            }
+            Ok(())
+        }
+    }
+    let mut sink = Sink {
+        out,
+        last_flush: Instant::now(),
+    };
+    let outcome = trace_run::run(opts, ctl, &mut sink);
+    let mut out = sink.out;
     out.flush().context("writing output")?;
     let outcome = outcome?;
     match outcome.exit_status {
@@ -237,6 +261,28 @@ fn run_service(
     )
 }
 
+fn run_intercept(
+    job: &Job,
+    env: &JobEnv,
+    ctl: &Control,
+    opts: &InterceptOptions,
+    relay: &RelayOptions,
+) -> anyhow::Result<()> {
+    let (recorder, handle) = Recorder::with_writers(writers(job, env, relay.record.preview)?)?;
+    let stop = ctl.clone();
+    let outcome = crate::intercept::run_until(
+        opts,
+        relay,
+        recorder,
+        handle,
+        Some(async move { stop.stopped().await }),
+    )?;
+    if let Some(st) = outcome.exit_status {
+        tracing::info!("intercepted command ended: {st}");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,5 +327,15 @@ mod tests {
             ),
             Ok(Prepared::Service { .. })
         ));
+        assert!(matches!(
+            one(
+                "[[job]]\nname = \"i\"\nkind = \"intercept\"\nmode = \"tproxy\"\niface = \"eth1\"\nudp = true\n"
+            ),
+            Ok(Prepared::Intercept { .. })
+        ));
+        let e = one("[[job]]\nname = \"i\"\nkind = \"intercept\"\nmode = \"redirect\"\n")
+            .err()
+            .unwrap();
+        assert!(e.message.contains("--iface"), "{e}");
     }
 }

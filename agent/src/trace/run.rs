@@ -222,12 +222,28 @@ fn alive(pid: u32) -> bool {
     }
 }
 
+/// Where [`run`] hands the events.
+pub trait EventSink {
+    /// One event, as it completes.
+    fn event(&mut self, ev: &Event) -> io::Result<()>;
+    /// Called every 100 ms while tracing, events or not (to flush files).
+    fn idle(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<F: FnMut(&Event) -> io::Result<()>> EventSink for F {
+    fn event(&mut self, ev: &Event) -> io::Result<()> {
+        self(ev)
+    }
+}
+
 /// Runs a trace session, handing every event to `sink` as it completes, until `ctl` is
 /// stopped, the duration ends or the traced processes are gone.
 pub fn run(
     opts: &TraceOptions,
     ctl: &Control,
-    sink: &mut dyn FnMut(&Event) -> io::Result<()>,
+    sink: &mut dyn EventSink,
 ) -> Result<TraceOutcome, TraceError> {
     if opts.pids.is_empty() && opts.comm.is_none() && !opts.all && opts.command.is_empty() {
         return Err(TraceError::NoTarget);
@@ -329,7 +345,7 @@ pub fn run(
     let mut output_error = None;
 
     // Keeps the set of live traced processes up to date, then hands the event on.
-    let mut emit = |ev: &Event, live: &mut HashSet<u32>| -> io::Result<()> {
+    let emit = |ev: &Event, live: &mut HashSet<u32>, sink: &mut dyn EventSink| -> io::Result<()> {
         match &ev.detail {
             Detail::Fork { child_pid } if stop_when_gone => {
                 live.insert(*child_pid);
@@ -339,7 +355,7 @@ pub fn run(
             }
             _ => {}
         }
-        sink(ev)
+        sink.event(ev)
     };
     let now_wall = |assembler: &Assembler<_>| {
         let mut ts = libc::timespec {
@@ -358,7 +374,7 @@ pub fn run(
         };
         unsafe { libc::poll(&mut pfd, 1, ctl.poll_ms()) };
         drained_since_check += drain(&mut ring, &mut assembler, &mut |ev| {
-            if let Err(e) = emit(ev, &mut live) {
+            if let Err(e) = emit(ev, &mut live, sink) {
                 output_error.get_or_insert(e);
             }
         });
@@ -377,6 +393,9 @@ pub fn run(
             if let Some(f) = &fill {
                 ctl.set_ring_fill(f.used(), f.size());
             }
+            if let Err(e) = sink.idle() {
+                output_error.get_or_insert(e);
+            }
             let lost = (
                 read_counter(counter::LOST_EVENTS),
                 read_counter(counter::LOST_BYTES),
@@ -388,7 +407,7 @@ pub fn run(
                     lost.1 - reported_lost.1,
                 );
                 reported_lost = lost;
-                if let Err(e) = emit(&ev, &mut live) {
+                if let Err(e) = emit(&ev, &mut live, sink) {
                     output_error.get_or_insert(e);
                 }
             }
@@ -417,12 +436,12 @@ pub fn run(
 
     // Drain what is left, then close pending calls.
     drain(&mut ring, &mut assembler, &mut |ev| {
-        if let Err(e) = emit(ev, &mut live) {
+        if let Err(e) = emit(ev, &mut live, sink) {
             output_error.get_or_insert(e);
         }
     });
     for ev in assembler.flush() {
-        if let Err(e) = emit(&ev, &mut live) {
+        if let Err(e) = emit(&ev, &mut live, sink) {
             output_error.get_or_insert(e);
         }
     }
@@ -434,7 +453,7 @@ pub fn run(
             outcome.lost_events - reported_lost.0,
             outcome.lost_bytes - reported_lost.1,
         );
-        if let Err(e) = emit(&ev, &mut live) {
+        if let Err(e) = emit(&ev, &mut live, sink) {
             output_error.get_or_insert(e);
         }
     }
