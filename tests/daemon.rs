@@ -490,6 +490,15 @@ name = "socks"
 kind = "proxy socks"
 listen = "127.0.0.1:{SOCKS}"
 record = ["json", "pcapng"]
+
+[[job]]
+name = "icpt"
+kind = "intercept"
+mode = "tproxy"
+iface = "vd0"
+udp = true
+port = [9]
+record = ["json"]
 {jobs}
 # traced: {comm}
 "#,
@@ -551,6 +560,30 @@ fn daemon_runs_jobs_reloads_and_stops_clean() {
     fs::copy("/usr/bin/curl", &traced).unwrap();
     let traced = traced.to_str().unwrap().to_string();
     let metrics_addr = "127.0.0.1:19464";
+    // The interface the intercept job pulls traffic from.
+    let mut veth = ns.cmd("ip");
+    veth.args(["link", "add", "vd0", "type", "veth", "peer", "name", "vd1"]);
+    run_output("ip link", veth, TIMEOUT);
+    for dev in ["vd0", "vd1"] {
+        let mut up = ns.cmd("ip");
+        up.args(["link", "set", dev, "up"]);
+        run_output("ip link", up, TIMEOUT);
+    }
+    let rules = || {
+        let mut out = String::new();
+        for v in ["-4", "-6"] {
+            let mut cmd = ns.cmd("ip");
+            cmd.args([v, "rule", "show"]);
+            out.push_str(&run_output("ip rule", cmd, TIMEOUT));
+        }
+        out
+    };
+    let rules_before = rules();
+    let tables = || {
+        let mut nft = ns.cmd("nft");
+        nft.args(["list", "tables"]);
+        run_output("nft", nft, TIMEOUT)
+    };
 
     let cfg = dir.write(
         "capagent.toml",
@@ -579,6 +612,13 @@ fn daemon_runs_jobs_reloads_and_stops_clean() {
         1,
     );
     wait_stderr(&daemon, &format!("dns listening on 127.0.0.1:{DNS}"), 1);
+    wait_stderr(&daemon, "capagent: intercepting", 1);
+    assert!(
+        tables().contains(&format!("capagent-{pid}")),
+        "{}",
+        tables()
+    );
+    assert_ne!(rules(), rules_before, "no policy routing rule for tproxy");
 
     // A long connection through the SOCKS job, kept open across the reload below.
     let script = dir.write("socks_client.py", SOCKS_CLIENT_PY);
@@ -618,7 +658,7 @@ fn daemon_runs_jobs_reloads_and_stops_clean() {
             && has("capagent_job_connections_total", "trace", 3.0)
             && has("capagent_job_events_total", "dns", 8.0)
     });
-    for job in ["cap", "socks", "trace", "dns"] {
+    for job in ["cap", "socks", "icpt", "trace", "dns"] {
         assert_eq!(metric(&m, "capagent_job_up", job), 1.0, "{job}");
         assert_eq!(metric(&m, "capagent_job_errors_total", job), 0.0, "{job}");
     }
@@ -843,9 +883,8 @@ fn daemon_runs_jobs_reloads_and_stops_clean() {
     qdisc.args(["qdisc", "show", "dev", "lo"]);
     let qdisc = run_output("tc", qdisc, TIMEOUT);
     assert!(!qdisc.contains("clsact"), "{qdisc}");
-    let mut nft = ns.cmd("nft");
-    nft.args(["list", "tables"]);
-    assert_eq!(run_output("nft", nft, TIMEOUT).trim(), "");
+    assert_eq!(tables().trim(), "");
+    assert_eq!(rules(), rules_before);
     let caps = job_files(&out, "cap", "pcapng");
     for f in &caps {
         capture_file(f, true);
@@ -971,7 +1010,7 @@ fn check_reports_errors_with_line_and_column() {
     let example = example.to_str().unwrap();
     let (code, stdout, stderr) = check(example);
     assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(stdout, format!("{example}: OK, 7 jobs\n"));
+    assert_eq!(stdout, format!("{example}: OK, 8 jobs\n"));
     for (text, at, what) in [
         (
             "[daemon]\nkeep = 2\n\n[[job]]\nname = \"x\"\nkind = \"nope\"\n",

@@ -318,6 +318,18 @@ impl Config {
                     ),
                 });
             }
+            if job.kind == "intercept"
+                && let Some(prev) = cfg.jobs.iter().find(|j| j.kind == "intercept")
+            {
+                return Err(ConfigError {
+                    line: job.at.0,
+                    column: job.at.1,
+                    message: format!(
+                        "job {:?}: one intercept job per daemon (its nftables table and routing marks are named after the process; the other is {:?} at line {})",
+                        job.name, prev.name, prev.at.0
+                    ),
+                });
+            }
             cfg.jobs.push(job);
         }
         Ok(cfg)
@@ -626,6 +638,10 @@ stdout = true
             "[[job]]\nname = \"a\"\nkind = \"trace\"\n[[job]]\nname = \"a\"\nkind = \"trace\"\n";
         let e = Config::parse(dup).unwrap_err();
         assert!(e.message.contains("used twice (first at line 1)"), "{e}");
+        let two = "[[job]]\nname = \"a\"\nkind = \"intercept\"\n\n[[job]]\nname = \"b\"\nkind = \"intercept\"\n";
+        let e = Config::parse(two).unwrap_err();
+        assert_eq!((e.line, e.column), (5, 1));
+        assert!(e.message.contains("one intercept job per daemon"), "{e}");
         let e = Config::parse("[[job]]\nname = \"../x\"\nkind = \"trace\"\n").unwrap_err();
         assert_eq!(e.line, 2);
         let e = Config::parse("[[job]\n").unwrap_err();
