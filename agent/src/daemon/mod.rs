@@ -45,13 +45,18 @@ pub fn status_addr(metrics: Option<&str>, config: Option<&Path>) -> anyhow::Resu
             .parse()
             .map_err(|_| anyhow::anyhow!("--metrics {m:?}: expected IP:PORT"));
     }
+    let default = config::DEFAULT_METRICS.parse().expect("valid default");
     let path = match config {
         Some(p) => Some(p),
         None => Some(Path::new(DEFAULT_CONFIG)).filter(|p| p.exists()),
     };
     if let Some(p) = path {
-        let text = std::fs::read_to_string(p)
-            .map_err(|e| anyhow::anyhow!("{}: cannot read: {e}", p.display()))?;
+        let text = match std::fs::read_to_string(p) {
+            Ok(t) => t,
+            // The default file is readable by root only: others get the default address.
+            Err(_) if config.is_none() => return Ok(default),
+            Err(e) => anyhow::bail!("{}: cannot read: {e}", p.display()),
+        };
         let c = config::Config::parse(&text).map_err(|e| anyhow::anyhow!("{}:{e}", p.display()))?;
         return c.metrics.ok_or_else(|| {
             anyhow::anyhow!(
@@ -60,7 +65,7 @@ pub fn status_addr(metrics: Option<&str>, config: Option<&Path>) -> anyhow::Resu
             )
         });
     }
-    Ok(config::DEFAULT_METRICS.parse().expect("valid default"))
+    Ok(default)
 }
 
 /// `capagent status`: the jobs of the running daemon, as a table.
