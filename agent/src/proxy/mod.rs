@@ -203,6 +203,7 @@ where
         None => None,
     };
     let (recorder, handle) = Recorder::start(&opts.record).map_err(ProxyError::from)?;
+    raise_nofile();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("capagent-proxy")
@@ -226,6 +227,19 @@ where
     outcome?;
     written?;
     Ok(())
+}
+
+/// Raises the soft limit of open files to the hard limit: every relayed connection takes
+/// two sockets (and two pipes while splicing).
+fn raise_nofile() {
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
 }
 
 /// Resolves at the first SIGINT, SIGTERM or SIGHUP.
