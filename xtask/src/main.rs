@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_http;
+mod bench_proxy;
 mod demo;
 mod fuzz;
 mod setup;
