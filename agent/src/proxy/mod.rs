@@ -204,6 +204,9 @@ where
     };
     let (recorder, handle) = Recorder::start(&opts.record).map_err(ProxyError::from)?;
     raise_nofile();
+    if recorder.enabled() {
+        keep_heap();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("capagent-proxy")
@@ -239,6 +242,19 @@ fn raise_nofile() {
             r.rlim_cur = r.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &r);
         }
+    }
+}
+
+/// While recording, each chunk relayed (up to 256 KiB) is a fresh buffer that the recorder
+/// thread frees once written. With glibc's defaults such buffers are mmap'ed and unmapped,
+/// or trimmed from the heap, so every chunk costs page faults and zeroing; keep them on the
+/// heap and the heap mapped instead (memory in flight is bounded by the recorder channel).
+fn keep_heap() {
+    // SAFETY: mallopt only sets allocator parameters (M_MMAP_THRESHOLD -3, M_TRIM_THRESHOLD
+    // -1); a libc without them ignores the call.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
     }
 }
 
