@@ -24,6 +24,11 @@ pub enum Command {
     Trace(TraceArgs),
     /// Capture the packets of network interfaces with eBPF TC programs (needs root).
     Capture(CaptureArgs),
+    /// Run a recording proxy between clients and servers (no root needed).
+    Proxy(ProxyArgs),
+    /// DNS server answering chosen names with chosen addresses (spoofing), forwarding the
+    /// rest; records every query and answer (no root needed above port 1023).
+    Dns(DnsArgs),
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -151,4 +156,192 @@ pub struct CaptureArgs {
     /// are kept, and the capture ends when it exits (with its exit status).
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ProxyArgs {
+    #[command(subcommand)]
+    pub kind: ProxyCommand,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum ProxyCommand {
+    /// Forward TCP (and with --udp, UDP) ports to fixed targets.
+    Forward(ForwardArgs),
+    /// SOCKS 4, 4a and 5 server (CONNECT, BIND, UDP ASSOCIATE).
+    Socks(SocksArgs),
+    /// HTTP forward proxy: absolute-URI requests and CONNECT tunnels.
+    Http(HttpArgs),
+    /// Reverse HTTP proxy: requests go to --to, or to the --route their Host names.
+    Reverse(ReverseArgs),
+}
+
+/// Where the records of what a proxy or server relays go.
+#[derive(Args, Debug, Clone)]
+pub struct RecordArgs {
+    /// Output format of the records.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Write records to FILE instead of stdout.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Also write the relayed conversations as a pcapng file of synthetic packets (client to
+    /// target); `-` writes it to stdout, and then the records go only to the -o file.
+    #[arg(short = 'w', long = "write", value_name = "FILE")]
+    pub write: Option<PathBuf>,
+    /// Payload bytes shown per record in text output (0 = all; JSON always carries all).
+    #[arg(long, default_value_t = 64, value_name = "BYTES")]
+    pub preview: usize,
+    /// Record nothing (no records on stdout, no files): relay only.
+    #[arg(long, conflicts_with_all = ["output", "write"])]
+    pub no_record: bool,
+}
+
+/// Options every proxy shares: records, upstream chaining, limits.
+#[derive(Args, Debug, Clone)]
+pub struct ProxyCommon {
+    #[command(flatten)]
+    pub record: RecordArgs,
+    /// Reach every target through this SOCKS5 proxy (`socks5://HOST:PORT`; names are
+    /// resolved by that proxy).
+    #[arg(long, value_name = "URL")]
+    pub upstream_proxy: Option<String>,
+    /// Most client connections relayed at once; more are closed at once.
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub max_conns: usize,
+    /// Seconds a client has to complete its request (and a target to accept a connection).
+    #[arg(long, default_value_t = 10.0, value_name = "SECS")]
+    pub handshake_timeout: f64,
+    /// Seconds without traffic in either direction after which a connection is closed
+    /// (0 = never).
+    #[arg(long, default_value_t = 300.0, value_name = "SECS")]
+    pub idle_timeout: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  capagent proxy forward --listen 127.0.0.1:4444 --to example.com:80\n  capagent proxy forward --map 127.0.0.1:1099=10.0.0.5:1099 --map 127.0.0.1:50000=10.0.0.5:50000 -w rmi.pcapng\n  capagent proxy forward --udp --listen 127.0.0.1:5353 --to 192.0.2.53:53 --format json"
+)]
+pub struct ForwardArgs {
+    /// Listen on this address (loopback unless written out); pairs with the --to at the same
+    /// position; repeatable.
+    #[arg(long = "listen", value_name = "ADDR")]
+    pub listen: Vec<String>,
+    /// Target of the --listen at the same position (HOST:PORT); repeatable.
+    #[arg(long = "to", value_name = "HOST:PORT")]
+    pub to: Vec<String>,
+    /// LISTEN=HOST:PORT: one more listener and its target; repeatable.
+    #[arg(long = "map", value_name = "LISTEN=HOST:PORT")]
+    pub map: Vec<String>,
+    /// Also forward UDP datagrams on the same addresses.
+    #[arg(long)]
+    pub udp: bool,
+    #[command(flatten)]
+    pub common: ProxyCommon,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  capagent proxy socks --listen 127.0.0.1:1080 -w socks.pcapng\n  capagent proxy socks --auth user:secret --format json -o socks.jsonl\n  curl --socks5-hostname 127.0.0.1:1080 http://example.com/"
+)]
+pub struct SocksArgs {
+    /// Listen on this address (non-loopback addresses print a warning).
+    #[arg(long, default_value = "127.0.0.1:1080", value_name = "ADDR")]
+    pub listen: String,
+    /// Require SOCKS5 username/password authentication (RFC 1929) with USER:PASS; SOCKS4
+    /// requests, which cannot carry a password, are then refused.
+    #[arg(long, value_name = "USER:PASS")]
+    pub auth: Option<String>,
+    #[command(flatten)]
+    pub common: ProxyCommon,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  capagent proxy http --listen 127.0.0.1:8080 -w http.pcapng\n  capagent proxy http --connect-ports 443,8443 --auth user:secret\n  curl -x http://user:secret@127.0.0.1:8080 http://example.com/"
+)]
+pub struct HttpArgs {
+    /// Listen on this address (non-loopback addresses print a warning).
+    #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+    pub listen: String,
+    /// Ports CONNECT tunnels may reach (comma-separated); others get 403.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "443",
+        value_name = "PORTS"
+    )]
+    pub connect_ports: Vec<u16>,
+    /// Require Proxy-Authorization Basic with USER:PASS (407 otherwise).
+    #[arg(long, value_name = "USER:PASS")]
+    pub auth: Option<String>,
+    #[command(flatten)]
+    pub common: ProxyCommon,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  capagent proxy reverse --listen 127.0.0.1:8000 --to 10.0.0.5:80 -w app.pcapng\n  capagent proxy reverse --route api.example.com=127.0.0.1:9001 --route www.example.com=127.0.0.1:9002\n  curl -H 'Host: api.example.com' http://127.0.0.1:8000/"
+)]
+pub struct ReverseArgs {
+    /// Listen on this address (non-loopback addresses print a warning).
+    #[arg(long, default_value = "127.0.0.1:8000", value_name = "ADDR")]
+    pub listen: String,
+    /// Server of the requests no --route matches (HOST:PORT).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub to: Option<String>,
+    /// NAME=HOST:PORT: requests whose Host is NAME (port ignored unless NAME has one) go to
+    /// HOST:PORT; repeatable.
+    #[arg(long = "route", value_name = "NAME=HOST:PORT")]
+    pub routes: Vec<String>,
+    /// Send the server's HOST:PORT as Host instead of the client's Host.
+    #[arg(long)]
+    pub rewrite_host: bool,
+    #[command(flatten)]
+    pub common: ProxyCommon,
+}
+
+/// What names no --name pattern matches get when there is no --upstream.
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Unmatched {
+    /// NXDOMAIN: the name does not exist.
+    #[default]
+    Nxdomain,
+    /// REFUSED: not served here (resolvers try their next server).
+    Refused,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  capagent dns --listen 127.0.0.1:5353 --answer 127.0.0.1\n  capagent dns --answer 127.0.0.1 --answer6 ::1 --name '*.example.com' --upstream 192.0.2.53:53 -w dns.pcapng\n  dig @127.0.0.1 -p 5353 www.example.com"
+)]
+pub struct DnsArgs {
+    /// Listen on this address, UDP and TCP (non-loopback addresses print a warning).
+    #[arg(long, default_value = "127.0.0.1:5353", value_name = "ADDR")]
+    pub listen: String,
+    /// Address of the A answers.
+    #[arg(long, value_name = "IPV4")]
+    pub answer: std::net::Ipv4Addr,
+    /// Address of the AAAA answers (without it, spoofed names have no AAAA record).
+    #[arg(long, value_name = "IPV6")]
+    pub answer6: Option<std::net::Ipv6Addr>,
+    /// Spoof only names matching PATTERN: NAME, *.NAME (names below NAME) or *; repeatable.
+    /// Default: every name.
+    #[arg(long = "name", value_name = "PATTERN")]
+    pub names: Vec<String>,
+    /// Forward queries for other names to this DNS server (IP:PORT), over UDP or TCP as the
+    /// client asked.
+    #[arg(long, value_name = "IP:PORT")]
+    pub upstream: Option<String>,
+    /// Answer for other names when there is no --upstream.
+    #[arg(long, value_enum, default_value_t = Unmatched::Nxdomain)]
+    pub unmatched: Unmatched,
+    /// TTL of the spoofed answers, in seconds.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub ttl: u32,
+    /// Seconds the upstream server has to answer (then SERVFAIL).
+    #[arg(long, default_value_t = 3.0, value_name = "SECS")]
+    pub upstream_timeout: f64,
+    #[command(flatten)]
+    pub common: ProxyCommon,
 }

@@ -9,8 +9,12 @@ use anyhow::Context as _;
 
 use crate::{
     capture::{self, CaptureOptions, Selection, filter::Filter, session::SessionOptions},
-    cli::{CaptureArgs, Cli, Command, TraceArgs},
+    cli::{
+        CaptureArgs, Cli, Command, DnsArgs, ProxyArgs, ProxyCommand, ProxyCommon, RecordArgs,
+        TraceArgs, Unmatched,
+    },
     output::{EventWriter, FanOut, Writer, pcapng::PcapngWriter, text::TextConfig},
+    proxy,
     trace::{
         run::{self, TraceOptions},
         summary::Summary,
@@ -35,7 +39,98 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Trace(args) => trace(args),
         Command::Capture(args) => capture(args),
+        Command::Proxy(args) => proxy_cmd(args),
+        Command::Dns(args) => dns_cmd(args),
     }
+}
+
+/// The options every proxy shares, from their flags.
+fn proxy_options(c: &ProxyCommon) -> anyhow::Result<proxy::Options> {
+    let secs = |flag: &str, v: f64| -> anyhow::Result<Duration> {
+        if !(v.is_finite() && v >= 0.0) {
+            anyhow::bail!("{flag} must be a number of seconds, not {v}");
+        }
+        Ok(Duration::from_secs_f64(v))
+    };
+    let handshake = secs("--handshake-timeout", c.handshake_timeout)?;
+    let idle = secs("--idle-timeout", c.idle_timeout)?;
+    if c.max_conns == 0 {
+        anyhow::bail!("--max-conns must be at least 1");
+    }
+    Ok(proxy::Options {
+        record: record_options(&c.record),
+        upstream_proxy: c.upstream_proxy.clone(),
+        limits: proxy::Limits {
+            max_conns: c.max_conns,
+            handshake: if handshake.is_zero() {
+                Duration::from_secs(10)
+            } else {
+                handshake
+            },
+            idle: (!idle.is_zero()).then_some(idle),
+        },
+    })
+}
+
+/// Where records go, from the record flags.
+pub fn record_options(r: &RecordArgs) -> proxy::RecordOptions {
+    proxy::RecordOptions {
+        disabled: r.no_record,
+        format: r.format,
+        output: r.output.clone(),
+        write: r.write.clone(),
+        preview: r.preview,
+    }
+}
+
+fn proxy_cmd(args: ProxyArgs) -> anyhow::Result<ExitCode> {
+    match args.kind {
+        ProxyCommand::Forward(a) => {
+            let opts = proxy_options(&a.common)?;
+            let maps = proxy::forward::mappings(&a.listen, &a.to, &a.map)?;
+            proxy::run(&opts, |ctx| proxy::forward::run(maps, a.udp, ctx))?;
+        }
+        ProxyCommand::Socks(a) => {
+            let opts = proxy_options(&a.common)?;
+            let socks = proxy::socks::server::SocksOptions {
+                listen: proxy::listen_addr(&a.listen)?,
+                auth: a.auth.as_deref().map(str::parse).transpose()?,
+            };
+            proxy::run(&opts, |ctx| proxy::socks::server::run(socks, ctx))?;
+        }
+        ProxyCommand::Http(a) => {
+            let opts = proxy_options(&a.common)?;
+            let http = proxy::http::server::HttpOptions {
+                listen: proxy::listen_addr(&a.listen)?,
+                connect_ports: a.connect_ports.clone(),
+                auth: a.auth.clone(),
+            };
+            if let Some(auth) = &http.auth
+                && !auth.contains(':')
+            {
+                anyhow::bail!("--auth must be USER:PASS");
+            }
+            proxy::run(&opts, |ctx| proxy::http::server::run(http, ctx))?;
+        }
+        ProxyCommand::Reverse(a) => {
+            let opts = proxy_options(&a.common)?;
+            let reverse = proxy::http::reverse::ReverseOptions {
+                listen: proxy::listen_addr(&a.listen)?,
+                to: a.to.as_deref().map(str::parse).transpose()?,
+                routes: a
+                    .routes
+                    .iter()
+                    .map(|r| r.parse())
+                    .collect::<Result<_, _>>()?,
+                rewrite_host: a.rewrite_host,
+            };
+            if reverse.to.is_none() && reverse.routes.is_empty() {
+                anyhow::bail!("give --to HOST:PORT, --route NAME=HOST:PORT, or both");
+            }
+            proxy::run(&opts, |ctx| proxy::http::reverse::run(reverse, ctx))?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn capture(args: CaptureArgs) -> anyhow::Result<ExitCode> {
@@ -169,4 +264,41 @@ fn exit_code_of(status: std::process::ExitStatus) -> ExitCode {
         (None, Some(sig)) => ExitCode::from(128u8.wrapping_add(sig as u8)),
         _ => ExitCode::FAILURE,
     }
+}
+
+fn dns_cmd(a: DnsArgs) -> anyhow::Result<ExitCode> {
+    let opts = proxy_options(&a.common)?;
+    if !(a.upstream_timeout.is_finite() && a.upstream_timeout > 0.0) {
+        anyhow::bail!("--upstream-timeout must be a positive number of seconds");
+    }
+    let upstream = match &a.upstream {
+        Some(u) => Some(
+            u.parse::<std::net::SocketAddr>()
+                .map_err(|_| anyhow::anyhow!("--upstream {u:?}: expected IP:PORT ([IPv6]:PORT)"))?,
+        ),
+        None => None,
+    };
+    let policy = crate::dns::Policy {
+        v4: a.answer,
+        v6: a.answer6,
+        ttl: a.ttl,
+        names: a
+            .names
+            .iter()
+            .map(|n| crate::dns::Pattern::parse(n))
+            .collect::<Result<_, _>>()?,
+        upstream: upstream.is_some(),
+        unmatched: match a.unmatched {
+            Unmatched::Nxdomain => crate::dns::Unmatched::NxDomain,
+            Unmatched::Refused => crate::dns::Unmatched::Refused,
+        },
+    };
+    let dns = crate::dns::DnsOptions {
+        listen: proxy::listen_addr(&a.listen)?,
+        policy,
+        upstream,
+        upstream_timeout: Duration::from_secs_f64(a.upstream_timeout),
+    };
+    proxy::run(&opts, |ctx| crate::dns::run(dns, ctx))?;
+    Ok(ExitCode::SUCCESS)
 }

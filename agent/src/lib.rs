@@ -5,7 +5,10 @@
 //! - `trace`: per-process socket tracing with eBPF (syscall tracepoints, ring buffer).
 //! - `capture`: packet capture on interfaces with TC eBPF programs (pcapng or text lines).
 //! - `daemon`: the systemd service running configured jobs.
+//! - `dns`: the spoofing DNS server (answers chosen names with chosen addresses).
 //! - `kernel`: loading the eBPF object, BTF offsets, capability checks.
+//! - `proxy`: recording proxies (forwarder, SOCKS, HTTP forward and reverse) that relay and
+//!   record client traffic.
 //! - `model`: the records every mode produces.
 //! - `output`: text, JSON lines (and pcapng) writers for those records.
 
@@ -13,8 +16,10 @@ pub mod capture;
 pub mod cli;
 pub mod cmd;
 pub mod daemon;
+pub mod dns;
 pub mod kernel;
 pub mod model;
 pub mod output;
+pub mod proxy;
 pub mod signals;
 pub mod trace;

@@ -1,4 +1,4 @@
-//! The records every capagent mode produces (trace now; capture and proxies later), independent
+//! The records every capagent mode produces (trace, and the recording proxies), independent
 //! of where they came from. Decoders turn kernel records into these; outputs (text, JSON lines,
 //! pcapng) turn these into bytes.
 
@@ -113,6 +113,23 @@ pub enum Detail {
     Exit,
     /// The kernel could not hand over records because the ring buffer was full.
     Lost { events: u64, bytes: u64 },
+    /// A proxy began relaying a client's connection (TCP) or datagrams (UDP), or failed to
+    /// reach the target (`ret` is then the negative errno). The event's `sock` holds the client
+    /// as `local` and the target as resolved as `remote`; `fd` is the proxy's connection
+    /// number and `sock.sk` the same number, so later `Data` and `close` records of the
+    /// connection carry the same `sock`.
+    Open {
+        /// What asked for the connection: `forward`, `socks4 connect`, `socks5 bind`,
+        /// `socks5 udp-associate`, `http`, `http connect`, ...
+        proxy: String,
+        /// The proxy's listening address the client connected to.
+        listen: Option<SocketAddr>,
+        /// The target as requested: `host:port` or `ip:port` (`[v6]:port`).
+        target: String,
+        /// The address the proxy connected to (None: not resolved, or reached through an
+        /// upstream proxy that resolved it).
+        resolved: Option<SocketAddr>,
+    },
 }
 
 /// One record: a syscall on a socket, a process event, or a loss report.

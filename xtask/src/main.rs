@@ -6,14 +6,19 @@
 //! * `test`: setup, unit tests, then the integration tests (root);
 //! * `demo`: setup, build, and trace curl against a local HTTP server;
 //! * `bench trace`: tracing overhead next to strace and bpftrace;
-//! * `bench capture`: packet capture under iperf3 next to tcpdump.
+//! * `bench capture`: packet capture under iperf3 next to tcpdump;
+//! * `bench proxy`: the recording proxies next to their peers;
+//! * `fuzz [--secs N]`: every cargo-fuzz target for N seconds.
 use std::process::ExitCode;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod bench_http;
+mod bench_proxy;
 mod demo;
+mod fuzz;
 mod setup;
 mod testcmd;
 mod util;
@@ -55,6 +60,8 @@ enum Task {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(Bench),
+    /// Run every cargo-fuzz target (fuzz/) for a bounded time; fails on a crash.
+    Fuzz(fuzz::FuzzArgs),
 }
 
 #[derive(Subcommand, Debug)]
@@ -66,6 +73,10 @@ enum Bench {
     /// `capagent capture -w` (full snaplen and -s 96); throughput, packets in the file vs
     /// packets the kernel counted, drops. Needs root. Prints a table; asserts nothing.
     Capture(bench::CaptureBenchArgs),
+    /// Recording proxies next to their peers: HTTP proxy requests per second (wrk) direct,
+    /// through `capagent proxy http` (recording off and on) and through tinyproxy. Prints a
+    /// table; asserts nothing.
+    Proxy(bench_http::ProxyBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -91,7 +102,9 @@ fn run(cli: Cli) -> Result<()> {
         }
         Task::Test { args } => testcmd::test(&args),
         Task::Demo { json } => demo::demo(json),
+        Task::Fuzz(args) => fuzz::fuzz(args),
         Task::Bench(Bench::Trace(args)) => bench::trace(args),
         Task::Bench(Bench::Capture(args)) => bench::capture(args),
+        Task::Bench(Bench::Proxy(args)) => bench_http::proxy(args),
     }
 }

@@ -37,6 +37,13 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("python3", "python3"),
     ("default-jre-headless", "java"),
     ("iputils-ping", "ping"),
+    // `java Client.java` (single-file programs in the proxy tests) needs the compiler.
+    ("default-jdk-headless", "javac"),
+    // Peers of `cargo xtask bench proxy` (forward and SOCKS parts).
+    ("microsocks", "microsocks"),
+    ("haproxy", "haproxy"),
+    ("wrk", "wrk"),
+    ("tinyproxy", "tinyproxy"),
 ];
 
 /// debconf answers that keep the installation non-interactive.

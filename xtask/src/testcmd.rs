@@ -1,6 +1,6 @@
 //! `cargo xtask test`: setup, unit tests of the default members, then the root integration
 //! tests in tests/ (test targets of the capagent package behind its `root-tests` feature),
-//! one at a time. Ends with `N passed, N failed`.
+//! one at a time, then the proxy tests (behind `peer-tests`). Ends with `N passed, N failed`.
 use std::{
     io::{BufRead, BufReader, Write},
     process::{Command, Stdio},
@@ -126,6 +126,32 @@ pub fn test(integration_args: &[String]) -> Result<()> {
         problems.push(format!("integration tests: `{}` failed", display(&integ)));
     }
 
+    // Proxy tests: every test target behind the `peer-tests` feature (real clients and
+    // servers on loopback; no root needed, no eBPF).
+    let mut peers = util::cargo();
+    peers.args([
+        "test",
+        "-p",
+        "capagent",
+        "--features",
+        "peer-tests",
+        "--no-fail-fast",
+    ]);
+    let manifest = std::fs::read_to_string(util::workspace_root().join("agent/Cargo.toml"))
+        .context("reading agent/Cargo.toml")?;
+    for t in tests_requiring(&manifest, "peer-tests") {
+        peers.args(["--test", &t]);
+    }
+    peers.args(["--", "--test-threads=2"]);
+    peers
+        .args(integration_args)
+        .env("CAPAGENT_BIN", &capagent["capagent"]);
+    let (tally, ok) = cargo_test(&mut peers)?;
+    total.add(&tally);
+    if !ok {
+        problems.push(format!("proxy tests: `{}` failed", display(&peers)));
+    }
+
     for p in &problems {
         eprintln!("error: {p}");
     }
@@ -136,9 +162,65 @@ pub fn test(integration_args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Names of the `[[test]]` targets of a Cargo manifest whose `required-features` include
+/// `feature`.
+pub fn tests_requiring(manifest: &str, feature: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for block in manifest.split("[[test]]").skip(1) {
+        // The block ends at the next table header.
+        let block = block.split("\n[").next().unwrap_or("");
+        let mut name = None;
+        let mut wanted = false;
+        for line in block.lines() {
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
+            match k.trim() {
+                "name" => name = Some(v.trim().trim_matches('"').to_string()),
+                "required-features" => wanted = v.contains(&format!("\"{feature}\"")),
+                _ => {}
+            }
+        }
+        if let (Some(n), true) = (name, wanted) {
+            out.push(n);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_test_targets_by_feature() {
+        let manifest = r#"
+[features]
+root-tests = []
+
+[[test]]
+name = "trace"
+path = "../tests/trace.rs"
+required-features = ["root-tests"]
+
+[[test]]
+name = "socks"
+path = "../tests/socks.rs"
+required-features = ["peer-tests"]
+
+[dev-dependencies]
+x = "1"
+
+[[test]]
+name = "forward"
+required-features = ["peer-tests"]
+"#;
+        assert_eq!(
+            tests_requiring(manifest, "peer-tests"),
+            ["socks", "forward"]
+        );
+        assert_eq!(tests_requiring(manifest, "root-tests"), ["trace"]);
+    }
 
     #[test]
     fn parses_result_lines() {

@@ -51,6 +51,21 @@
 //! - `args`: the raw syscall arguments the kernel record carried, 4 integers (socket: domain,
 //!   type, protocol; listen: backlog; shutdown: how; accept4: flags).
 //!
+//! Type `open` (a recording proxy began relaying a connection or a client's datagrams; `ret`
+//! is 0, or the negative errno when the target could not be reached) adds (always):
+//! - `proxy`: what asked for it (`"forward"`, `"socks5 connect"`, `"socks4a connect"`,
+//!   `"socks5 bind"`, `"socks5 udp-associate"`, `"http"`, ...).
+//! - `listen`: the proxy address the client connected to, or `null`.
+//! - `target`: the target as requested, `"host:port"` or `"ip:port"`.
+//! - `resolved`: the address the proxy connected to, or `null` when unknown.
+//!
+//! In proxy records `pid`/`tid` are capagent's, `comm` names the proxy (`"forward"`,
+//! `"socks"`, ...), `fd` is the connection number and `sk` the same number, `local` is the
+//! client and `remote` the target as resolved; `data` records are `"sendto"` (`dir` `"send"`:
+//! client to target) and `"recvfrom"` (`dir` `"recv"`: target to client); a side that
+//! finished sending shows as a `shutdown` (client) or a `recv` of 0 bytes (target), and the
+//! end of the relay as a `close` whose `ret` is 0 or the negative errno of what ended it.
+//!
 //! Type `fork` adds `child_pid`. Type `exit` adds `exit_code` (integer, `null` when killed by
 //! a signal) and `signal` (`"SIGKILL"`, ..., `null` when it exited).
 //!
@@ -149,6 +164,7 @@ impl Encoder {
             Detail::Fork { .. } => b"fork",
             Detail::Exec => b"exec",
             Detail::Exit => b"exit",
+            Detail::Open { .. } => b"open",
             Detail::Lost { .. } => unreachable!("handled above"),
         };
         out.extend_from_slice(b"{\"type\":\"");
@@ -242,6 +258,22 @@ impl Encoder {
                 out.push(b'}');
             }
             Detail::Exec => out.push(b'}'),
+            Detail::Open {
+                proxy,
+                listen,
+                target,
+                resolved,
+            } => {
+                out.extend_from_slice(b",\"proxy\":");
+                push_json_str(out, proxy);
+                out.extend_from_slice(b",\"listen\":");
+                push_endpoint(out, listen.map(Endpoint::Inet).as_ref());
+                out.extend_from_slice(b",\"target\":");
+                push_json_str(out, target);
+                out.extend_from_slice(b",\"resolved\":");
+                push_endpoint(out, resolved.map(Endpoint::Inet).as_ref());
+                out.push(b'}');
+            }
             Detail::Exit => {
                 let status = ev.ret as i32;
                 let sig = status & 0x7f;
@@ -724,6 +756,7 @@ pub(crate) mod tests {
                     }
                 }
                 Detail::Lost { .. } => unreachable!(),
+                Detail::Open { .. } => unreachable!("the reference predates proxy records"),
             }
             serde_json::to_string(&line).unwrap()
         }

@@ -182,6 +182,33 @@ fn format_into(s: &mut String, ev: &Event, cfg: &TextConfig) {
             let _ = write!(s, "+++ forked child {child_pid} +++");
         }
         Detail::Exec => s.push_str("+++ exec +++"),
+        Detail::Open {
+            proxy,
+            listen,
+            target,
+            resolved,
+        } => {
+            // open(7, socks5 connect, 127.0.0.1:40112 -> example.com:80 = 93.184.216.34:80,
+            //      via 127.0.0.1:1080) = 0
+            s.push_str("open(");
+            push_i64(s, i64::from(ev.fd));
+            s.push_str(", ");
+            escape::escape_into(s, proxy.as_bytes());
+            s.push_str(", ");
+            push_endpoint(s, ev.sock.as_ref().and_then(|m| m.local.as_ref()));
+            s.push_str(" -> ");
+            escape::escape_into(s, target.as_bytes());
+            if let Some(r) = resolved {
+                s.push_str(" = ");
+                s.push_str(AddrStr::new(r).as_str());
+            }
+            if let Some(l) = listen {
+                s.push_str(", via ");
+                s.push_str(AddrStr::new(l).as_str());
+            }
+            s.push(')');
+            ret_into(s, ev.ret);
+        }
         Detail::Exit => {
             // The wait status.
             let status = ev.ret as i32;

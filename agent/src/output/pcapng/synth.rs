@@ -1,7 +1,8 @@
 //! Synthetic packets from socket events: each TCP connection becomes a TCP stream with a
 //! handshake, data segments with consistent sequence numbers, and a FIN or RST; each UDP
 //! send/recv becomes one datagram. Unix sockets use loopback addresses derived from the inode
-//! (see [`unix_ends`]).
+//! (see [`unix_ends`]). A proxy's `open` record starts the stream between its client and the
+//! target, so a relayed connection reads as if the client had talked to the target directly.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -234,6 +235,18 @@ impl Synth {
         }
         match &ev.detail {
             Detail::Sock { args, addr } => self.sock_event(ev, args, addr, &mut out),
+            Detail::Open { .. } => {
+                // A proxy's relayed connection: the client (local) connected to the target
+                // (remote); its stream starts here.
+                if ev.ret == 0
+                    && let Some(meta) = &ev.sock
+                    && is_stream(meta.transport)
+                {
+                    let key = (ev.task.pid, meta.sk);
+                    self.connected.insert(key, ev.ts_ns);
+                    self.open(key, ev, meta, None, &mut out);
+                }
+            }
             Detail::Data {
                 dir,
                 total,
@@ -301,8 +314,8 @@ impl Synth {
                 self.accepted.insert((pid, ev.ret as i32));
             }
             sys::SHUTDOWN if ev.ret == 0 => {
-                // how: SHUT_RD 0, SHUT_WR 1, SHUT_RDWR 2.
-                if args[1] >= 1
+                // how (the argument after the fd): SHUT_RD 0, SHUT_WR 1, SHUT_RDWR 2.
+                if args[0] >= 1
                     && let Some(key) = self.key_of(ev)
                     && let Some(st) = self.streams.get_mut(&key)
                     && !st.local_fin

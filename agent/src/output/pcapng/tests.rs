@@ -412,7 +412,7 @@ fn connect_in_progress_then_shutdown() {
         0,
         Some(meta(Transport::Tcp)),
         Detail::Sock {
-            args: [3, 1, 0, 0],
+            args: [1, 0, 0, 0],
             addr: None,
         },
     );

@@ -1,0 +1,235 @@
+//! The reverse HTTP proxy (`capagent proxy reverse`): clients talk to capagent as to the
+//! server itself; each request goes to the `--route NAME=HOST:PORT` whose NAME is the
+//! request's Host (without its port, unless NAME has one too), else to `--to`. The Host
+//! field goes on as the client sent it, unless `--rewrite-host` asks for the server's
+//! `HOST:PORT`. Hop-by-hop fields are handled as in the forward proxy.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+
+use super::body::{self, Framing};
+use super::exchange::{Client, Upstream, forward_request};
+use super::head::{RequestHead, values};
+use super::message::{self, Target as ReqTarget};
+use crate::proxy::dial::{Host, Target};
+use crate::proxy::{Ctx, bind_tcp, serve};
+
+/// Process name of the records.
+pub const COMM: &str = "reverse";
+
+/// One `--route NAME=HOST:PORT`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// Lowercase host name (or `name:port`) matched against the Host field.
+    pub name: String,
+    pub to: Target,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad --route {0:?}: expected NAME=HOST:PORT")]
+pub struct BadRoute(pub String);
+
+impl std::str::FromStr for Route {
+    type Err = BadRoute;
+
+    fn from_str(s: &str) -> Result<Route, BadRoute> {
+        let bad = || BadRoute(s.to_string());
+        let (name, to) = s.split_once('=').ok_or_else(bad)?;
+        let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._:[]".contains(&b))
+        {
+            return Err(bad());
+        }
+        Ok(Route {
+            name,
+            to: to.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+/// What `capagent proxy reverse` was given.
+#[derive(Debug, Clone)]
+pub struct ReverseOptions {
+    pub listen: SocketAddr,
+    /// Where requests no route matches go.
+    pub to: Option<Target>,
+    pub routes: Vec<Route>,
+    /// Send `Host: HOST:PORT` of the server instead of the client's Host.
+    pub rewrite_host: bool,
+}
+
+/// The server a request with this Host field value goes to.
+pub fn route<'a>(opts: &'a ReverseOptions, host: Option<&str>) -> Option<&'a Target> {
+    if let Some(h) = host {
+        let full = h.trim().trim_end_matches('.').to_ascii_lowercase();
+        let bare = match message::split_authority(&full, Some(0)) {
+            Ok((name, _)) => name,
+            Err(_) => full.clone(),
+        };
+        if let Some(r) = opts
+            .routes
+            .iter()
+            .find(|r| r.name == full || r.name == bare)
+        {
+            return Some(&r.to);
+        }
+    }
+    opts.to.as_ref()
+}
+
+/// `Host` value naming `t`.
+fn host_of(t: &Target) -> String {
+    match &t.host {
+        Host::Name(n) => message::authority(n, t.port, Some(80)),
+        Host::Ip(ip) => message::authority(&ip.to_string(), t.port, Some(80)),
+    }
+}
+
+/// Binds and serves until the runtime stops.
+pub async fn run(opts: ReverseOptions, ctx: Ctx) -> anyhow::Result<()> {
+    let listener = bind_tcp("reverse proxy", opts.listen).await?;
+    let opts = Arc::new(opts);
+    serve("reverse proxy", listener, ctx, move |stream, peer, ctx| {
+        let opts = opts.clone();
+        async move { handle(stream, peer, ctx, &opts).await }
+    })
+    .await;
+    Ok(())
+}
+
+/// Serves one client connection.
+pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Ctx, opts: &ReverseOptions) {
+    let mut client = Client::new("reverse", stream, peer);
+    let mut up: Option<Upstream> = None;
+    let mut first = true;
+    loop {
+        let wait = if first {
+            Some(ctx.limits.handshake)
+        } else {
+            ctx.limits.idle
+        };
+        let head = match client.read_head(wait, ctx.limits.handshake).await {
+            Ok(h) => h,
+            Err(f) => {
+                client.head_failed(f).await;
+                break;
+            }
+        };
+        first = false;
+        if !request(&mut client, &mut up, &head, &ctx, opts).await {
+            break;
+        }
+    }
+    if let Some(u) = up {
+        u.finish(Ok(())).await;
+    }
+}
+
+async fn request(
+    client: &mut Client,
+    up: &mut Option<Upstream>,
+    head: &RequestHead,
+    ctx: &Ctx,
+    opts: &ReverseOptions,
+) -> bool {
+    let host_field = values(&head.headers, "host").next().map(|h| h.text());
+    if values(&head.headers, "host").count() > 1 {
+        client.fail(400, "more than one Host field", true).await;
+        return false;
+    }
+    let (path, host) = match message::parse_target(&head.method, &head.target) {
+        Ok(ReqTarget::Origin(p)) => (p, host_field),
+        Ok(ReqTarget::Asterisk) => ("*".to_string(), host_field),
+        // An absolute-form target names the host itself (RFC 9112 3.2.2).
+        Ok(ReqTarget::Absolute { host, port, path }) => {
+            (path, Some(message::authority(&host, port, Some(80))))
+        }
+        Ok(ReqTarget::Authority { .. }) => {
+            client
+                .fail(405, "CONNECT is not served by the reverse proxy", true)
+                .await;
+            return false;
+        }
+        Err(e) => {
+            client.fail(400, &e.to_string(), true).await;
+            return false;
+        }
+    };
+    if head.minor >= 1 && host.is_none() {
+        client
+            .fail(400, "HTTP/1.1 request without Host", true)
+            .await;
+        return false;
+    }
+    let Some(target) = route(opts, host.as_deref()).cloned() else {
+        client
+            .fail(
+                421,
+                &format!(
+                    "no --route for Host {:?} and no --to",
+                    host.as_deref().unwrap_or("")
+                ),
+                true,
+            )
+            .await;
+        return false;
+    };
+    let framing = match body::request_framing(head) {
+        Ok(f) => f,
+        Err(e) => {
+            client.fail(400, &e.to_string(), true).await;
+            return false;
+        }
+    };
+    let new_host = if opts.rewrite_host {
+        Some(host_of(&target))
+    } else {
+        host
+    };
+    let up_head = message::upstream_request(
+        head,
+        &path,
+        new_host.as_deref(),
+        framing == Framing::Chunked,
+    );
+    forward_request(
+        client, up, &target, head, &up_head, framing, ctx, COMM, "reverse",
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routes() {
+        let opts = ReverseOptions {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            to: Some("127.0.0.1:9000".parse().unwrap()),
+            routes: vec![
+                "api.example.com=127.0.0.1:9001".parse().unwrap(),
+                "WWW.example.com:8080=127.0.0.1:9002".parse().unwrap(),
+            ],
+            rewrite_host: false,
+        };
+        let port = |h| route(&opts, h).map(|t| t.port);
+        assert_eq!(port(Some("api.example.com")), Some(9001));
+        assert_eq!(port(Some("API.example.com:8000")), Some(9001));
+        assert_eq!(port(Some("www.example.com:8080")), Some(9002));
+        assert_eq!(port(Some("www.example.com")), Some(9000));
+        assert_eq!(port(None), Some(9000));
+        assert!("noequals".parse::<Route>().is_err());
+        assert!("a=b".parse::<Route>().is_err());
+        assert!("a b=127.0.0.1:1".parse::<Route>().is_err());
+        assert_eq!(
+            host_of(&"[::1]:8080".parse().unwrap()),
+            "[::1]:8080".to_string()
+        );
+    }
+}

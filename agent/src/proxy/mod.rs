@@ -1,0 +1,320 @@
+//! Recording proxies: capagent sits between a client and its servers and records every byte
+//! it relays as the same records `capagent trace` makes ([`record`]).
+//!
+//! What every proxy shares lives here:
+//! - [`Options`]: records ([`record::RecordOptions`]), the upstream SOCKS5 proxy to chain
+//!   through ([`dial::Dialer`]), limits ([`Limits`]: concurrent connections, handshake and
+//!   idle timeouts);
+//! - [`listen_addr`] and [`bind_tcp`]: listeners (loopback unless an address is written out;
+//!   a non-loopback one prints a warning);
+//! - [`serve`]: the accept loop with the connection cap;
+//! - [`relay`]: copying both directions with large buffers, half-close and idle timeout;
+//! - [`run`]: the runtime, the recorder's lifetime, and stopping on SIGINT/SIGTERM/SIGHUP.
+//!
+//! One module per proxy: [`forward`] (fixed targets, TCP and UDP), [`socks`] (SOCKS 4/4a/5).
+
+pub mod dial;
+pub mod forward;
+pub mod http;
+pub mod record;
+pub mod relay;
+pub mod socks;
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+
+pub use dial::{Dialer, Target};
+pub use record::{Conn, RecordOptions, Recorder};
+
+/// Limits every proxy enforces.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Limits {
+    /// Most client connections served at once; more are closed at once (and logged).
+    pub max_conns: usize,
+    /// Longest a client may take to send its request (SOCKS handshake, HTTP head), and the
+    /// longest a connection to a target may take.
+    pub handshake: Duration,
+    /// A relay with no traffic in either direction for this long is closed (None: never).
+    pub idle: Option<Duration>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_conns: 4096,
+            handshake: Duration::from_secs(10),
+            idle: Some(Duration::from_secs(300)),
+        }
+    }
+}
+
+/// What a proxy command was given besides its own flags.
+#[derive(Clone, Debug, Default)]
+pub struct Options {
+    pub record: RecordOptions,
+    /// `socks5://[USER:PASS@]HOST:PORT`.
+    pub upstream_proxy: Option<String>,
+    pub limits: Limits,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Record(#[from] record::RecordError),
+    #[error(transparent)]
+    Upstream(#[from] dial::BadUpstream),
+    #[error("{0:?}: expected a listening address IP:PORT ([IPv6]:PORT)")]
+    BadListen(String),
+    #[error("cannot listen on {addr}")]
+    Bind {
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0}")]
+    Usage(String),
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] io::Error),
+    #[error("writing records")]
+    Write(#[source] io::Error),
+}
+
+/// What every connection handler gets: the recorder, the dialer, the limits.
+#[derive(Clone)]
+pub struct Ctx {
+    pub recorder: Recorder,
+    pub dialer: Arc<Dialer>,
+    pub limits: Limits,
+    /// Free connection slots.
+    pub slots: Arc<Semaphore>,
+}
+
+impl Ctx {
+    pub fn new(recorder: Recorder, dialer: Dialer, limits: Limits) -> Ctx {
+        Ctx {
+            recorder,
+            dialer: Arc::new(dialer),
+            slots: Arc::new(Semaphore::new(limits.max_conns.max(1))),
+            limits,
+        }
+    }
+}
+
+/// A listening address: `IP:PORT` or `[IPv6]:PORT`; a bare port means loopback.
+pub fn listen_addr(s: &str) -> Result<SocketAddr, ProxyError> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port));
+    }
+    s.parse().map_err(|_| ProxyError::BadListen(s.to_string()))
+}
+
+/// True for addresses only this host can reach.
+pub fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+    }
+}
+
+/// Warns on stderr when `addr` is reachable from other hosts.
+pub fn warn_if_exposed(what: &str, addr: SocketAddr) {
+    if !is_loopback(addr.ip()) {
+        eprintln!(
+            "capagent: warning: {what} listens on {addr}, reachable from other hosts; anyone who reaches it can use it{}",
+            if what.contains("socks") || what.contains("http") {
+                " (consider --auth)"
+            } else {
+                ""
+            }
+        );
+    }
+}
+
+/// Listens on `addr` (warning when it is not loopback) and tells on stderr where:
+/// `capagent: WHAT listening on ADDR` (the real port when `addr`'s is 0).
+pub async fn bind_tcp(what: &str, addr: SocketAddr) -> Result<TcpListener, ProxyError> {
+    warn_if_exposed(what, addr);
+    let l = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ProxyError::Bind { addr, source })?;
+    let local = l.local_addr().unwrap_or(addr);
+    eprintln!("capagent: {what} listening on {local}");
+    Ok(l)
+}
+
+/// Accepts connections on `listener` for ever, running `handler` for each in its own task
+/// while a connection slot is free; a connection over the cap is closed at once.
+pub async fn serve<F, Fut>(what: &'static str, listener: TcpListener, ctx: Ctx, handler: F)
+where
+    F: Fn(TcpStream, SocketAddr, Ctx) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let handler = Arc::new(handler);
+    let mut refused: u64 = 0;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // EMFILE and friends: wait for connections to end instead of spinning.
+                tracing::warn!("{what}: accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = ctx.slots.clone().try_acquire_owned() else {
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(
+                    "{what}: {} connections open (--max-conns); closed the one from {peer} ({refused} so far)",
+                    ctx.limits.max_conns
+                );
+            }
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let h = handler.clone();
+        let c = ctx.clone();
+        tokio::spawn(async move {
+            h(stream, peer, c).await;
+            drop(permit);
+        });
+    }
+}
+
+/// Runs `service` (which binds its listeners and serves) on a multi-threaded runtime with
+/// the recorder `opts` asks for, until it fails or a SIGINT/SIGTERM/SIGHUP arrives; then
+/// writes out every record made.
+pub fn run<F, Fut>(opts: &Options, service: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Ctx) -> Fut,
+    Fut: Future<Output = anyhow::Result<()>>,
+{
+    let upstream = match &opts.upstream_proxy {
+        Some(u) => Some(u.parse::<dial::Upstream>().map_err(ProxyError::from)?),
+        None => None,
+    };
+    let (recorder, handle) = Recorder::start(&opts.record).map_err(ProxyError::from)?;
+    raise_nofile();
+    if recorder.enabled() {
+        keep_heap();
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("capagent-proxy")
+        .build()
+        .map_err(ProxyError::Runtime)?;
+    let dialer = Dialer {
+        upstream,
+        timeout: opts.limits.handshake,
+    };
+    let ctx = Ctx::new(recorder, dialer, opts.limits);
+    let outcome = rt.block_on(async move {
+        let stop = stop_signal();
+        tokio::select! {
+            r = service(ctx) => r,
+            r = stop => r.map_err(anyhow::Error::from),
+        }
+    });
+    // Cancels the relays (their connections close; their records get a close).
+    rt.shutdown_timeout(Duration::from_secs(1));
+    let written = handle.finish().map_err(ProxyError::Write);
+    outcome?;
+    written?;
+    Ok(())
+}
+
+/// Raises the soft limit of open files to the hard limit: every relayed connection takes
+/// two sockets (and two pipes while splicing).
+fn raise_nofile() {
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+/// While recording, each chunk relayed (up to 256 KiB) is a fresh buffer that the recorder
+/// thread frees once written. With glibc's defaults such buffers are mmap'ed and unmapped,
+/// or trimmed from the heap, so every chunk costs page faults and zeroing; keep them on the
+/// heap and the heap mapped instead (memory in flight is bounded by the recorder channel).
+fn keep_heap() {
+    // SAFETY: mallopt only sets allocator parameters (M_MMAP_THRESHOLD -3, M_TRIM_THRESHOLD
+    // -1); a libc without them ignores the call.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
+    }
+}
+
+/// Resolves at the first SIGINT, SIGTERM or SIGHUP.
+async fn stop_signal() -> io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::select! {
+        _ = int.recv() => {}
+        _ = term.recv() => {}
+        _ = hup.recv() => {}
+    }
+    tracing::info!("stopping");
+    Ok(())
+}
+
+/// Reads into `buf` until `parse` completes a message (returning it and the bytes it took;
+/// `buf` then also holds whatever came after), the client closes (`Ok(None)`), or `limit`
+/// bytes are buffered without a message. The caller bounds the time.
+pub async fn read_message<T, E>(
+    stream: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    parse: impl Fn(&[u8]) -> Result<socks::Parse<T>, E>,
+) -> io::Result<Option<Result<(T, usize), E>>> {
+    use tokio::io::AsyncReadExt as _;
+    loop {
+        match parse(buf) {
+            Ok(socks::Parse::Done(t, n)) => return Ok(Some(Ok((t, n)))),
+            Ok(socks::Parse::Incomplete) => {}
+            Err(e) => return Ok(Some(Err(e))),
+        }
+        let mut chunk = [0u8; 1024];
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addresses() {
+        assert_eq!(
+            listen_addr("8080").unwrap(),
+            "127.0.0.1:8080".parse().unwrap()
+        );
+        assert_eq!(
+            listen_addr("[::1]:1080").unwrap(),
+            "[::1]:1080".parse().unwrap()
+        );
+        assert!(listen_addr("localhost:80").is_err());
+        assert!(is_loopback("127.0.0.2".parse().unwrap()));
+        assert!(is_loopback("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(!is_loopback("0.0.0.0".parse().unwrap()));
+        assert!(!is_loopback("192.0.2.1".parse().unwrap()));
+    }
+}

@@ -1,0 +1,814 @@
+//! The Recorder every proxy uses: what it relays becomes the same [`model::Event`]s the tracer
+//! makes, written by the same outputs (text, JSON lines, pcapng with synthetic streams).
+//!
+//! A [`Recorder`] is a cheap cloneable handle on a channel to one writer thread that owns the
+//! outputs. Each relayed connection (or UDP session) gets a [`Conn`] from
+//! [`Recorder::conn`]; its records are:
+//! - [`Conn::open`]: an `open` record ([`Detail::Open`]): client, target as requested and as
+//!   resolved, proxy listener, and the outcome of reaching the target;
+//! - [`Conn::data`]: one `sendto` (client → target, [`Direction::Send`]) or `recvfrom`
+//!   (target → client, [`Direction::Recv`]) per chunk relayed, in the order relayed;
+//! - [`Conn::eof`]: a side finished sending (a `shutdown` from the client, a 0-byte `recvfrom`
+//!   from the target), so half-closes show in pcapng as the right FIN;
+//! - [`Conn::datagram`]: one UDP datagram between the client and a target;
+//! - [`Conn::close`]: the relay ended (`close`, `ret` 0 or the negative errno of what ended it).
+//!
+//! Every record's socket is the client as `local` and the resolved target as `remote` (the
+//! requested port on `0.0.0.0` when the address is unknown), so the pcapng writer draws the
+//! conversation as a TCP stream between the client and the real target.
+//!
+//! The channel is bounded: when the outputs cannot keep up, relays wait (nothing is dropped).
+//! The writer thread flushes whenever the channel runs empty, so files stay current.
+//! [`RecorderHandle::finish`] waits for everything sent to be written.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use agent_common::sys;
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::model::{Detail, Direction, Endpoint, Event, SocketMeta, Task, Transport};
+use crate::output::{EventWriter, FanOut, Format, Writer, pcapng::PcapngWriter, text::TextConfig};
+
+/// Messages in flight between the relays and the writer thread (each holds at most one
+/// relayed chunk, 64 KiB or so).
+const CHANNEL: usize = 256;
+
+/// Where records go.
+#[derive(Debug, Clone, Default)]
+pub struct RecordOptions {
+    /// Record nothing: [`Recorder::start`] gives a disabled recorder.
+    pub disabled: bool,
+    pub format: Format,
+    /// Records to this file instead of stdout.
+    pub output: Option<PathBuf>,
+    /// pcapng file (`-`: stdout, and then records only go to `output`).
+    pub write: Option<PathBuf>,
+    /// Payload bytes per text line (0 = all).
+    pub preview: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("cannot open {path}")]
+    Open {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot start the recorder thread")]
+    Thread(#[source] io::Error),
+}
+
+/// Something a proxy did, sent to the writer thread.
+#[derive(Debug)]
+enum Msg {
+    Open {
+        id: u32,
+        ts_ns: u64,
+        comm: &'static str,
+        meta: SocketMeta,
+        proxy: String,
+        listen: Option<SocketAddr>,
+        target: String,
+        resolved: Option<SocketAddr>,
+        ret: i64,
+    },
+    Data {
+        id: u32,
+        ts_ns: u64,
+        dir: Direction,
+        payload: Bytes,
+        addr: Option<SocketAddr>,
+    },
+    Eof {
+        id: u32,
+        ts_ns: u64,
+        dir: Direction,
+    },
+    Close {
+        id: u32,
+        ts_ns: u64,
+        ret: i64,
+    },
+}
+
+struct Shared {
+    tx: mpsc::Sender<Msg>,
+    next_id: AtomicU32,
+}
+
+/// Handle on the recorder; clones share it. A disabled recorder does nothing (and relays
+/// may then take a zero-copy path).
+#[derive(Clone)]
+pub struct Recorder {
+    shared: Option<Arc<Shared>>,
+}
+
+/// Owns the writer thread: [`RecorderHandle::finish`] waits until every record sent by any
+/// clone of the recorder has been written and flushed.
+pub struct RecorderHandle {
+    thread: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl RecorderHandle {
+    /// Waits for the writer thread (which ends once every [`Recorder`] clone is dropped) and
+    /// reports its first write error.
+    pub fn finish(mut self) -> io::Result<()> {
+        match self.thread.take() {
+            Some(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(io::Error::other("recorder thread panicked"))),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Wall-clock time in nanoseconds since the Unix epoch.
+pub fn now_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Negative errno of an I/O error (EIO when it has none).
+pub fn neg_errno(e: &io::Error) -> i64 {
+    -i64::from(e.raw_os_error().unwrap_or_else(|| match e.kind() {
+        io::ErrorKind::TimedOut => libc::ETIMEDOUT,
+        io::ErrorKind::ConnectionRefused => libc::ECONNREFUSED,
+        io::ErrorKind::ConnectionReset => libc::ECONNRESET,
+        io::ErrorKind::ConnectionAborted => libc::ECONNABORTED,
+        io::ErrorKind::NotFound => libc::ENOENT,
+        io::ErrorKind::PermissionDenied => libc::EACCES,
+        io::ErrorKind::HostUnreachable => libc::EHOSTUNREACH,
+        io::ErrorKind::NetworkUnreachable => libc::ENETUNREACH,
+        io::ErrorKind::AddrNotAvailable => libc::EADDRNOTAVAIL,
+        io::ErrorKind::UnexpectedEof => libc::EPIPE,
+        _ => libc::EIO,
+    }))
+}
+
+impl Recorder {
+    /// A recorder that records nothing.
+    pub fn disabled() -> Recorder {
+        Recorder { shared: None }
+    }
+
+    /// Opens the outputs `opts` asks for and starts the writer thread.
+    pub fn start(opts: &RecordOptions) -> Result<(Recorder, RecorderHandle), RecordError> {
+        if opts.disabled {
+            return Ok((Recorder::disabled(), RecorderHandle { thread: None }));
+        }
+        let pcap_stdout = opts.write.as_deref().is_some_and(|p| p.as_os_str() == "-");
+        let mut writers: Vec<Box<dyn EventWriter + Send>> = Vec::new();
+        if opts.output.is_some() || !pcap_stdout {
+            let text = TextConfig {
+                max_preview: if opts.preview == 0 {
+                    usize::MAX
+                } else {
+                    opts.preview
+                },
+                ..TextConfig::default()
+            };
+            let w = Writer::open(opts.format, opts.output.as_deref(), text).map_err(|source| {
+                RecordError::Open {
+                    path: opts
+                        .output
+                        .as_ref()
+                        .map_or_else(|| "stdout".into(), |p| p.display().to_string()),
+                    source,
+                }
+            })?;
+            writers.push(Box::new(w));
+        }
+        if let Some(p) = &opts.write {
+            let w = PcapngWriter::open(p).map_err(|source| RecordError::Open {
+                path: p.display().to_string(),
+                source,
+            })?;
+            writers.push(Box::new(w));
+        }
+        Recorder::with_writers(writers)
+    }
+
+    /// A recorder writing into `writers` (tests give in-memory ones).
+    pub fn with_writers(
+        writers: Vec<Box<dyn EventWriter + Send>>,
+    ) -> Result<(Recorder, RecorderHandle), RecordError> {
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        let thread = std::thread::Builder::new()
+            .name("capagent-record".into())
+            .spawn(move || write_loop(rx, writers))
+            .map_err(RecordError::Thread)?;
+        let shared = Arc::new(Shared {
+            tx,
+            next_id: AtomicU32::new(1),
+        });
+        Ok((
+            Recorder {
+                shared: Some(shared),
+            },
+            RecorderHandle {
+                thread: Some(thread),
+            },
+        ))
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.shared.is_some()
+    }
+
+    /// A new connection (or UDP session) of `client`, recorded as process `comm` (the proxy:
+    /// `forward`, `socks`, ...). Nothing is written before [`Conn::open`].
+    pub fn conn(&self, comm: &'static str, transport: Transport, client: SocketAddr) -> Conn {
+        let id = self
+            .shared
+            .as_ref()
+            .map_or(0, |s| s.next_id.fetch_add(1, Ordering::Relaxed));
+        Conn {
+            rec: self.clone(),
+            id,
+            comm,
+            transport,
+            client,
+            opened: AtomicBool::new(false),
+        }
+    }
+
+    async fn send(&self, msg: Msg) {
+        if let Some(s) = &self.shared
+            && s.tx.send(msg).await.is_err()
+        {
+            tracing::warn!("recorder stopped; record lost");
+        }
+    }
+}
+
+/// The records of one relayed connection or UDP session.
+pub struct Conn {
+    rec: Recorder,
+    id: u32,
+    comm: &'static str,
+    transport: Transport,
+    client: SocketAddr,
+    /// Between open and close (records are only written then).
+    opened: AtomicBool,
+}
+
+impl Conn {
+    /// The connection number records carry (`fd`, `sk`); 0 when not recording.
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    pub fn client(&self) -> SocketAddr {
+        self.client
+    }
+
+    fn is_open(&self) -> bool {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    /// True when records are written (else every method returns at once).
+    pub fn recording(&self) -> bool {
+        self.rec.enabled()
+    }
+
+    /// The connection was opened: `target` as requested, `resolved` the address connected
+    /// to (None when unknown), `result` the outcome of reaching the target. `target_port`
+    /// stands in for the port of an unknown address in pcapng.
+    pub async fn open(
+        &self,
+        proxy: impl Into<String>,
+        listen: Option<SocketAddr>,
+        target: impl Into<String>,
+        target_port: u16,
+        resolved: Option<SocketAddr>,
+        result: Result<(), &io::Error>,
+    ) {
+        if !self.rec.enabled() {
+            return;
+        }
+        let remote = resolved.unwrap_or_else(|| {
+            let ip: IpAddr = match self.client {
+                SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+                SocketAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+            };
+            SocketAddr::new(ip, target_port)
+        });
+        let meta = SocketMeta {
+            sk: u64::from(self.id),
+            ino: 0,
+            transport: self.transport,
+            local: Some(Endpoint::Inet(self.client)),
+            remote: match self.transport {
+                Transport::Udp => None,
+                _ => Some(Endpoint::Inet(remote)),
+            },
+        };
+        self.opened.store(true, Ordering::Relaxed);
+        let ret = match result {
+            Ok(()) => 0,
+            Err(e) => neg_errno(e),
+        };
+        self.rec
+            .send(Msg::Open {
+                id: self.id,
+                ts_ns: now_ns(),
+                comm: self.comm,
+                meta,
+                proxy: proxy.into(),
+                listen,
+                target: target.into(),
+                resolved,
+                ret,
+            })
+            .await;
+    }
+
+    /// `payload` was relayed in direction `dir` (Send: client → target).
+    pub async fn data(&self, dir: Direction, payload: Bytes) {
+        if !self.is_open() || payload.is_empty() {
+            return;
+        }
+        self.rec
+            .send(Msg::Data {
+                id: self.id,
+                ts_ns: now_ns(),
+                dir,
+                payload,
+                addr: None,
+            })
+            .await;
+    }
+
+    /// As [`Conn::data`], copying the bytes only when recording.
+    pub async fn data_slice(&self, dir: Direction, payload: &[u8]) {
+        if self.is_open() && !payload.is_empty() {
+            self.data(dir, Bytes::copy_from_slice(payload)).await;
+        }
+    }
+
+    /// One UDP datagram between the client and `peer` (Send: client → peer).
+    pub async fn datagram(&self, dir: Direction, peer: SocketAddr, payload: Bytes) {
+        if !self.is_open() {
+            return;
+        }
+        self.rec
+            .send(Msg::Data {
+                id: self.id,
+                ts_ns: now_ns(),
+                dir,
+                payload,
+                addr: Some(peer),
+            })
+            .await;
+    }
+
+    /// The sender of direction `dir` finished (Send: the client half-closed; Recv: the target).
+    pub async fn eof(&self, dir: Direction) {
+        if !self.is_open() {
+            return;
+        }
+        self.rec
+            .send(Msg::Eof {
+                id: self.id,
+                ts_ns: now_ns(),
+                dir,
+            })
+            .await;
+    }
+
+    /// The relay ended, normally or with `result`'s error (later records are ignored).
+    pub async fn close(&self, result: Result<(), &io::Error>) {
+        if !self.opened.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        self.rec
+            .send(Msg::Close {
+                id: self.id,
+                ts_ns: now_ns(),
+                ret: match result {
+                    Ok(()) => 0,
+                    Err(e) => neg_errno(e),
+                },
+            })
+            .await;
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Dropped without close (task cancelled at shutdown, or a panic): close it if the
+        // channel has room, so the pcapng stream ends.
+        if self.opened.swap(false, Ordering::Relaxed)
+            && let Some(s) = &self.rec.shared
+        {
+            let _ = s.tx.try_send(Msg::Close {
+                id: self.id,
+                ts_ns: now_ns(),
+                ret: -i64::from(libc::ECONNABORTED),
+            });
+        }
+    }
+}
+
+/// Per-connection state of the writer thread.
+struct Open {
+    task: Task,
+    meta: SocketMeta,
+}
+
+fn write_loop(
+    mut rx: mpsc::Receiver<Msg>,
+    writers: Vec<Box<dyn EventWriter + Send>>,
+) -> io::Result<()> {
+    let mut out = FanOut(
+        writers
+            .into_iter()
+            .map(|w| w as Box<dyn EventWriter>)
+            .collect(),
+    );
+    let pid = std::process::id();
+    let mut conns: HashMap<u32, Open> = HashMap::new();
+    let mut first_err: Option<io::Error> = None;
+    let mut dirty = false;
+    loop {
+        let msg = match rx.try_recv() {
+            Ok(m) => m,
+            Err(mpsc::error::TryRecvError::Empty) => {
+                if dirty {
+                    dirty = false;
+                    if let Err(e) = out.flush() {
+                        first_err.get_or_insert(e);
+                    }
+                }
+                match rx.blocking_recv() {
+                    Some(m) => m,
+                    None => break,
+                }
+            }
+            Err(mpsc::error::TryRecvError::Disconnected) => break,
+        };
+        if let Some(ev) = event_of(msg, pid, &mut conns) {
+            dirty = true;
+            if let Err(e) = out.write_event(&ev)
+                && first_err.is_none()
+            {
+                tracing::error!("cannot write records: {e}");
+                first_err = Some(e);
+            }
+        }
+    }
+    if let Err(e) = out.flush() {
+        first_err.get_or_insert(e);
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u32, Open>) -> Option<Event> {
+    let ev = |task: &Task, meta: &SocketMeta, ts_ns, syscall, fd: u32, ret, detail| Event {
+        ts_ns,
+        task: task.clone(),
+        syscall,
+        fd: fd as i32,
+        ret,
+        sock: Some(meta.clone()),
+        detail,
+    };
+    match msg {
+        Msg::Open {
+            id,
+            ts_ns,
+            comm,
+            meta,
+            proxy,
+            listen,
+            target,
+            resolved,
+            ret,
+        } => {
+            let task = Task {
+                pid,
+                tid: pid,
+                comm: comm.to_string(),
+            };
+            let e = ev(
+                &task,
+                &meta,
+                ts_ns,
+                sys::CONNECT,
+                id,
+                ret,
+                Detail::Open {
+                    proxy,
+                    listen,
+                    target,
+                    resolved,
+                },
+            );
+            conns.insert(id, Open { task, meta });
+            Some(e)
+        }
+        Msg::Data {
+            id,
+            ts_ns,
+            dir,
+            payload,
+            addr,
+        } => {
+            let c = conns.get(&id)?;
+            let total = payload.len() as u64;
+            Some(ev(
+                &c.task,
+                &c.meta,
+                ts_ns,
+                match dir {
+                    Direction::Send => sys::SENDTO,
+                    Direction::Recv => sys::RECVFROM,
+                },
+                id,
+                total as i64,
+                Detail::Data {
+                    dir,
+                    total,
+                    payload,
+                    truncated: false,
+                    addr,
+                    msg_index: 0,
+                },
+            ))
+        }
+        Msg::Eof { id, ts_ns, dir } => {
+            let c = conns.get(&id)?;
+            Some(match dir {
+                // The client shut down its sending side.
+                Direction::Send => ev(
+                    &c.task,
+                    &c.meta,
+                    ts_ns,
+                    sys::SHUTDOWN,
+                    id,
+                    0,
+                    Detail::Sock {
+                        args: [libc::SHUT_WR as u64, 0, 0, 0],
+                        addr: None,
+                    },
+                ),
+                // The target did: a 0-byte receive.
+                Direction::Recv => ev(
+                    &c.task,
+                    &c.meta,
+                    ts_ns,
+                    sys::RECVFROM,
+                    id,
+                    0,
+                    Detail::Data {
+                        dir: Direction::Recv,
+                        total: 0,
+                        payload: Bytes::new(),
+                        truncated: false,
+                        addr: None,
+                        msg_index: 0,
+                    },
+                ),
+            })
+        }
+        Msg::Close { id, ts_ns, ret } => {
+            let c = conns.remove(&id)?;
+            Some(ev(
+                &c.task,
+                &c.meta,
+                ts_ns,
+                sys::CLOSE,
+                id,
+                ret,
+                Detail::Sock {
+                    args: [0; 4],
+                    addr: None,
+                },
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::json::JsonWriter;
+    use crate::output::pcapng::synth::{CLIENT_ISN, SERVER_ISN};
+    use std::sync::Mutex;
+
+    /// Collects events.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<Event>>>);
+
+    impl EventWriter for Sink {
+        fn write_event(&mut self, ev: &Event) -> io::Result<()> {
+            self.0.lock().unwrap().push(ev.clone());
+            Ok(())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    async fn session(rec: &Recorder) {
+        let c = rec.conn("socks", Transport::Tcp, addr("127.0.0.1:40000"));
+        c.open(
+            "socks5 connect",
+            Some(addr("127.0.0.1:1080")),
+            "example.com:80",
+            80,
+            Some(addr("192.0.2.7:80")),
+            Ok(()),
+        )
+        .await;
+        c.data_slice(Direction::Send, b"GET / HTTP/1.0\r\n\r\n")
+            .await;
+        c.eof(Direction::Send).await;
+        c.data(
+            Direction::Recv,
+            Bytes::from_static(b"HTTP/1.0 200 OK\r\n\r\nhi"),
+        )
+        .await;
+        c.eof(Direction::Recv).await;
+        c.close(Ok(())).await;
+    }
+
+    #[tokio::test]
+    async fn records_a_connection_as_events() {
+        let sink = Sink::default();
+        let (rec, handle) = Recorder::with_writers(vec![Box::new(sink.clone())]).unwrap();
+        session(&rec).await;
+        drop(rec);
+        tokio::task::spawn_blocking(move || handle.finish())
+            .await
+            .unwrap()
+            .unwrap();
+        let evs = sink.0.lock().unwrap().clone();
+        let names: Vec<_> = evs.iter().map(|e| e.syscall_name()).collect();
+        assert_eq!(
+            names,
+            [
+                "connect", "sendto", "shutdown", "recvfrom", "recvfrom", "close"
+            ]
+        );
+        let open = &evs[0];
+        assert_eq!(open.task.comm, "socks");
+        assert_eq!(open.task.pid, std::process::id());
+        assert_eq!(open.fd, 1);
+        let meta = open.sock.as_ref().unwrap();
+        assert_eq!(meta.local, Some(Endpoint::Inet(addr("127.0.0.1:40000"))));
+        assert_eq!(meta.remote, Some(Endpoint::Inet(addr("192.0.2.7:80"))));
+        assert!(
+            evs.iter()
+                .all(|e| e.sock.as_ref() == Some(meta) && e.fd == 1)
+        );
+        let Detail::Open {
+            proxy,
+            listen,
+            target,
+            resolved,
+        } = &open.detail
+        else {
+            panic!("{open:?}")
+        };
+        assert_eq!(proxy, "socks5 connect");
+        assert_eq!(*listen, Some(addr("127.0.0.1:1080")));
+        assert_eq!(target, "example.com:80");
+        assert_eq!(*resolved, Some(addr("192.0.2.7:80")));
+        let json = crate::output::json::to_json(open);
+        assert!(
+            json.contains(r#""proxy":"socks5 connect","listen":"127.0.0.1:1080","target":"example.com:80","resolved":"192.0.2.7:80"}"#),
+            "{json}"
+        );
+        assert!(json.starts_with(r#"{"type":"open","#), "{json}");
+        let text = crate::output::text::format_event(open, &TextConfig::default());
+        assert_eq!(
+            text,
+            format!(
+                "socks[{}] open(1, socks5 connect, 127.0.0.1:40000 -> example.com:80 = 192.0.2.7:80, via 127.0.0.1:1080) = 0",
+                std::process::id()
+            )
+        );
+    }
+
+    #[tokio::test]
+    async fn pcapng_stream_is_client_to_target() {
+        let sink = Sink::default();
+        let (rec, handle) = Recorder::with_writers(vec![Box::new(sink.clone())]).unwrap();
+        session(&rec).await;
+        drop(rec);
+        tokio::task::spawn_blocking(move || handle.finish())
+            .await
+            .unwrap()
+            .unwrap();
+        let mut synth = crate::output::pcapng::Synth::new();
+        let packets: Vec<_> = sink
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .flat_map(|e| synth.packets(e))
+            .collect();
+        // SYN, SYN-ACK, ACK, request, client FIN, response, target FIN.
+        assert_eq!(packets.len(), 7, "{packets:#?}");
+        let tcp = |p: &crate::output::pcapng::Packet| {
+            let s = etherparse::SlicedPacket::from_ip(&p.data).unwrap();
+            let Some(etherparse::TransportSlice::Tcp(t)) = s.transport else {
+                panic!()
+            };
+            let ip = match s.net {
+                Some(etherparse::NetSlice::Ipv4(v4)) => v4.header().source_addr(),
+                _ => panic!(),
+            };
+            (
+                ip,
+                t.source_port(),
+                t.sequence_number(),
+                t.syn(),
+                t.fin(),
+                t.payload().to_vec(),
+            )
+        };
+        let syn = tcp(&packets[0]);
+        assert_eq!(
+            (syn.0, syn.1, syn.2, syn.3),
+            ([127, 0, 0, 1].into(), 40000, CLIENT_ISN, true)
+        );
+        let req = tcp(&packets[3]);
+        assert_eq!(req.5, b"GET / HTTP/1.0\r\n\r\n");
+        assert!(tcp(&packets[4]).4, "client FIN");
+        let resp = tcp(&packets[5]);
+        assert_eq!(resp.0, std::net::Ipv4Addr::new(192, 0, 2, 7));
+        assert_eq!(resp.2, SERVER_ISN + 1);
+        assert_eq!(resp.5, b"HTTP/1.0 200 OK\r\n\r\nhi");
+        let fin = tcp(&packets[6]);
+        assert!(fin.4 && fin.0 == std::net::Ipv4Addr::new(192, 0, 2, 7));
+    }
+
+    #[tokio::test]
+    async fn disabled_records_nothing() {
+        let rec = Recorder::disabled();
+        assert!(!rec.enabled());
+        let c = rec.conn("forward", Transport::Tcp, addr("127.0.0.1:1"));
+        c.open("forward", None, "x:1", 1, None, Ok(())).await;
+        assert!(!c.recording());
+        c.data_slice(Direction::Send, b"x").await;
+        c.close(Ok(())).await;
+    }
+
+    #[tokio::test]
+    async fn failed_open_and_unknown_address() {
+        let sink = Sink::default();
+        let (rec, handle) = Recorder::with_writers(vec![Box::new(sink.clone())]).unwrap();
+        let c = rec.conn("socks", Transport::Tcp, addr("127.0.0.1:40000"));
+        let err = io::Error::from_raw_os_error(libc::ECONNREFUSED);
+        c.open(
+            "socks5 connect",
+            None,
+            "db.internal:5432",
+            5432,
+            None,
+            Err(&err),
+        )
+        .await;
+        c.close(Err(&err)).await;
+        // Every clone (connections hold one) must be gone for the writer to finish.
+        drop(c);
+        drop(rec);
+        tokio::task::spawn_blocking(move || handle.finish())
+            .await
+            .unwrap()
+            .unwrap();
+        let evs = sink.0.lock().unwrap().clone();
+        assert_eq!(evs.len(), 2);
+        assert_eq!(evs[0].ret, -i64::from(libc::ECONNREFUSED));
+        assert_eq!(
+            evs[0].sock.as_ref().unwrap().remote,
+            Some(Endpoint::Inet(addr("0.0.0.0:5432")))
+        );
+        let mut w = JsonWriter::new(Vec::new());
+        w.write_event(&evs[0]).unwrap();
+        let line = String::from_utf8(w.into_inner()).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["errno"], "ECONNREFUSED");
+        assert_eq!(v["resolved"], serde_json::Value::Null);
+        assert_eq!(v["listen"], serde_json::Value::Null);
+    }
+}

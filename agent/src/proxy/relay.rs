@@ -1,0 +1,481 @@
+//! Copying a client connection and a target connection both ways.
+//!
+//! Each direction reads up to [`BUF`] (256 KiB) at a time once data flows in bulk (tokio's
+//! `io::copy` uses 8 KiB, a known throughput trap), records the chunk, then writes it on. When one side finishes sending,
+//! the other side's write half is shut down (half-close is relayed) and the other direction
+//! goes on. A reset or error on either side ends both directions and resets the other side.
+//! With no traffic either way for the idle timeout, both are closed.
+//!
+//! When the connection is not recorded, bulk data goes through a pipe with `splice(2)`, never
+//! entering user space.
+
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, Interest};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
+
+use super::record::Conn;
+use crate::model::Direction;
+
+/// Bytes read at a time.
+pub const BUF: usize = 256 * 1024;
+
+/// How a relay ended.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Relayed {
+    /// Client to target bytes.
+    pub up: u64,
+    /// Target to client bytes.
+    pub down: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    #[error("{side}: {source}")]
+    Io {
+        side: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("idle for {0:?}")]
+    Idle(Duration),
+}
+
+impl RelayError {
+    /// As an I/O error (for records).
+    pub fn io(&self) -> io::Error {
+        match self {
+            RelayError::Io { source, .. } => io::Error::new(source.kind(), self.to_string()),
+            RelayError::Idle(_) => io::Error::from_raw_os_error(libc::ETIMEDOUT),
+        }
+    }
+
+    pub fn errno(&self) -> i32 {
+        match self {
+            RelayError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
+            RelayError::Idle(_) => libc::ETIMEDOUT,
+        }
+    }
+}
+
+/// Last activity, in milliseconds since `start`.
+struct Activity {
+    start: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity {
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    fn touch(&self) {
+        self.last_ms
+            .store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing happened for `idle`.
+    async fn idle(&self, idle: Option<Duration>) -> Duration {
+        let Some(idle) = idle else {
+            return std::future::pending().await;
+        };
+        loop {
+            let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+            let since = self.start.elapsed().saturating_sub(last);
+            if since >= idle {
+                return idle;
+            }
+            tokio::time::sleep(idle - since).await;
+        }
+    }
+}
+
+/// Sets SO_LINGER to 0 seconds, so closing `s` sends a reset (to pass a reset on). (A zero
+/// linger never blocks the close, unlike the non-zero ones tokio warns about.)
+pub fn reset_on_close(s: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on our socket with a correctly sized linger struct.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&raw const linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
+/// Relays `client` and `target` until both directions finished, one failed, or the idle
+/// timeout; records through `conn` (which the caller opened and closes).
+pub async fn relay(
+    client: &mut TcpStream,
+    target: &mut TcpStream,
+    conn: &Conn,
+    idle: Option<Duration>,
+) -> Result<Relayed, RelayError> {
+    let act = Activity::new();
+    let outcome = {
+        let (cr, cw) = client.split();
+        let (tr, tw) = target.split();
+        let both = async {
+            if conn.recording() {
+                let up = copy_recorded(cr, tw, conn, Direction::Send, &act);
+                let down = copy_recorded(tr, cw, conn, Direction::Recv, &act);
+                tokio::try_join!(up, down)
+            } else {
+                let up = copy_plain(cr, tw, &act, "client");
+                let down = copy_plain(tr, cw, &act, "target");
+                tokio::try_join!(up, down)
+            }
+        };
+        tokio::select! {
+            r = both => r.map(|(up, down)| Relayed { up, down }),
+            d = act.idle(idle) => Err(RelayError::Idle(d)),
+        }
+    };
+    if let Err(RelayError::Io { side, .. }) = &outcome {
+        // Pass the failure on: the other side gets a reset rather than a clean end.
+        match *side {
+            "client" => reset_on_close(target),
+            _ => reset_on_close(client),
+        }
+    }
+    outcome
+}
+
+fn side_of(dir: Direction, reading: bool) -> &'static str {
+    match (dir, reading) {
+        (Direction::Send, true) | (Direction::Recv, false) => "client",
+        _ => "target",
+    }
+}
+
+/// First read size of a direction; reads grow (4x at a time, up to [`BUF`]) while they
+/// fill the buffer, so short exchanges stay small and bulk transfers get large reads.
+const FIRST_READ: usize = 16 * 1024;
+
+/// One direction, recorded: each chunk read is recorded, then written.
+async fn copy_recorded(
+    mut from: ReadHalf<'_>,
+    mut to: WriteHalf<'_>,
+    conn: &Conn,
+    dir: Direction,
+    act: &Activity,
+) -> Result<u64, RelayError> {
+    let mut total = 0u64;
+    let mut buf = BytesMut::new();
+    let mut want = FIRST_READ;
+    loop {
+        buf.reserve(want);
+        let n = from
+            .read_buf(&mut buf)
+            .await
+            .map_err(|source| RelayError::Io {
+                side: side_of(dir, true),
+                source,
+            })?;
+        act.touch();
+        if n == 0 {
+            conn.eof(dir).await;
+            // Half-close: the other side learns this side is done sending.
+            let _ = to.shutdown().await;
+            return Ok(total);
+        }
+        if n >= want && want < BUF {
+            want = (want * 4).min(BUF);
+        }
+        total += n as u64;
+        // The chunk goes to the recorder as is (no copy) and is written from the same bytes.
+        let chunk = buf.split().freeze();
+        conn.data(dir, chunk.clone()).await;
+        to.write_all(&chunk)
+            .await
+            .map_err(|source| RelayError::Io {
+                side: side_of(dir, false),
+                source,
+            })?;
+        act.touch();
+    }
+}
+
+/// One direction, not recorded: read/write through a small buffer until a read fills it
+/// (bulk data), then splice through a pipe, the bytes never entering user space. Short
+/// exchanges (most connections) never pay for a pipe.
+async fn copy_plain(
+    mut from: ReadHalf<'_>,
+    mut to: WriteHalf<'_>,
+    act: &Activity,
+    from_side: &'static str,
+) -> Result<u64, RelayError> {
+    let to_side = if from_side == "client" {
+        "target"
+    } else {
+        "client"
+    };
+    let mut total = 0u64;
+    let mut buf = vec![0u8; FIRST_READ];
+    loop {
+        let n = from.read(&mut buf).await.map_err(|source| RelayError::Io {
+            side: from_side,
+            source,
+        })?;
+        act.touch();
+        if n == 0 {
+            let _ = to.shutdown().await;
+            return Ok(total);
+        }
+        total += n as u64;
+        to.write_all(&buf[..n])
+            .await
+            .map_err(|source| RelayError::Io {
+                side: to_side,
+                source,
+            })?;
+        act.touch();
+        if n == buf.len() {
+            break;
+        }
+    }
+    drop(buf);
+    match Pipe::new() {
+        Ok(pipe) => {
+            let more = splice_loop(from, to, act, &pipe, from_side, to_side).await?;
+            Ok(total + more)
+        }
+        Err(_) => {
+            let more = copy_buffered(from, to, act, from_side, to_side).await?;
+            Ok(total + more)
+        }
+    }
+}
+
+/// Read/write with a [`BUF`] buffer (when no pipe can be had).
+async fn copy_buffered(
+    mut from: ReadHalf<'_>,
+    mut to: WriteHalf<'_>,
+    act: &Activity,
+    from_side: &'static str,
+    to_side: &'static str,
+) -> Result<u64, RelayError> {
+    let mut total = 0u64;
+    let mut buf = vec![0u8; BUF];
+    loop {
+        let n = from.read(&mut buf).await.map_err(|source| RelayError::Io {
+            side: from_side,
+            source,
+        })?;
+        act.touch();
+        if n == 0 {
+            let _ = to.shutdown().await;
+            return Ok(total);
+        }
+        total += n as u64;
+        to.write_all(&buf[..n])
+            .await
+            .map_err(|source| RelayError::Io {
+                side: to_side,
+                source,
+            })?;
+        act.touch();
+    }
+}
+
+/// A pipe for splice, sized to [`BUF`] when the system allows.
+struct Pipe {
+    r: OwnedFd,
+    w: OwnedFd,
+}
+
+impl Pipe {
+    fn new() -> io::Result<Pipe> {
+        let mut fds = [0; 2];
+        // SAFETY: pipe2 writes two fds into the array.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: both fds are fresh and ours.
+        let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // SAFETY: plain fcntl on our fd; failure only leaves the default size.
+        unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETPIPE_SZ, BUF as libc::c_int) };
+        Ok(Pipe { r, w })
+    }
+}
+
+/// splice(2) from `fd_in` to `fd_out`: Ok(bytes) or the error (EAGAIN as WouldBlock).
+fn splice(fd_in: i32, fd_out: i32, len: usize) -> io::Result<usize> {
+    // SAFETY: splice with valid fds and null offsets (sockets and pipes).
+    let n = unsafe {
+        libc::splice(
+            fd_in,
+            std::ptr::null_mut(),
+            fd_out,
+            std::ptr::null_mut(),
+            len,
+            libc::SPLICE_F_MOVE | libc::SPLICE_F_NONBLOCK,
+        )
+    };
+    if n < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
+async fn splice_loop(
+    from: ReadHalf<'_>,
+    mut to: WriteHalf<'_>,
+    act: &Activity,
+    pipe: &Pipe,
+    from_side: &'static str,
+    to_side: &'static str,
+) -> Result<u64, RelayError> {
+    let src: &TcpStream = from.as_ref();
+    let dst: &TcpStream = to.as_ref();
+    let (src_fd, dst_fd) = (src.as_raw_fd(), dst.as_raw_fd());
+    let (pr, pw) = (pipe.r.as_raw_fd(), pipe.w.as_raw_fd());
+    let mut total = 0u64;
+    loop {
+        // Socket → pipe.
+        let n = loop {
+            src.readable().await.map_err(|source| RelayError::Io {
+                side: from_side,
+                source,
+            })?;
+            match src.try_io(Interest::READABLE, || splice(src_fd, pw, BUF)) {
+                Ok(n) => break n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(source) => {
+                    return Err(RelayError::Io {
+                        side: from_side,
+                        source,
+                    });
+                }
+            }
+        };
+        act.touch();
+        if n == 0 {
+            let _ = to.shutdown().await;
+            return Ok(total);
+        }
+        total += n as u64;
+        // Pipe → socket, until the pipe is empty.
+        let mut left = n;
+        while left > 0 {
+            dst.writable().await.map_err(|source| RelayError::Io {
+                side: to_side,
+                source,
+            })?;
+            match dst.try_io(Interest::WRITABLE, || splice(pr, dst_fd, left)) {
+                Ok(m) => left -= m,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(source) => {
+                    return Err(RelayError::Io {
+                        side: to_side,
+                        source,
+                    });
+                }
+            }
+        }
+        act.touch();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Transport;
+    use crate::proxy::record::Recorder;
+    use tokio::net::TcpListener;
+
+    /// A connected pair of loopback sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap());
+        let (a, b) = tokio::join!(a, l.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    async fn relay_both_ways(rec: Recorder) {
+        // client_app <-> (client, target) <-> server_app
+        let (mut client_app, mut client) = pair().await;
+        let (mut target, mut server_app) = pair().await;
+        let conn = rec.conn("forward", Transport::Tcp, client_app.local_addr().unwrap());
+        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let big2 = big.clone();
+        let relay = tokio::spawn(async move {
+            let r = relay(
+                &mut client,
+                &mut target,
+                &conn,
+                Some(Duration::from_secs(10)),
+            )
+            .await;
+            (r.unwrap(), conn)
+        });
+        let server = tokio::spawn(async move {
+            let mut got = Vec::new();
+            server_app.read_to_end(&mut got).await.unwrap();
+            // Half-close relayed: the client's end arrived, and we can still answer.
+            server_app.write_all(b"done").await.unwrap();
+            server_app.shutdown().await.unwrap();
+            got
+        });
+        client_app.write_all(&big2).await.unwrap();
+        client_app.shutdown().await.unwrap();
+        let mut answer = Vec::new();
+        client_app.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"done");
+        assert_eq!(server.await.unwrap(), big);
+        let (r, _conn) = relay.await.unwrap();
+        assert_eq!(
+            r,
+            Relayed {
+                up: 3_000_000,
+                down: 4
+            }
+        );
+    }
+
+    #[tokio::test]
+    async fn relays_with_half_close_not_recorded() {
+        relay_both_ways(Recorder::disabled()).await;
+    }
+
+    #[tokio::test]
+    async fn relays_with_half_close_recorded() {
+        let (rec, handle) = Recorder::with_writers(vec![]).unwrap();
+        relay_both_ways(rec).await;
+        tokio::task::spawn_blocking(move || handle.finish())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn idle_timeout() {
+        let (_client_app, mut client) = pair().await;
+        let (mut target, _server_app) = pair().await;
+        let rec = Recorder::disabled();
+        let conn = rec.conn("forward", Transport::Tcp, client.peer_addr().unwrap());
+        let r = relay(
+            &mut client,
+            &mut target,
+            &conn,
+            Some(Duration::from_millis(50)),
+        )
+        .await;
+        assert!(matches!(r, Err(RelayError::Idle(_))), "{r:?}");
+    }
+}
