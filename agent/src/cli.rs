@@ -29,6 +29,12 @@ pub enum Command {
     /// DNS server answering chosen names with chosen addresses (spoofing), forwarding the
     /// rest; records every query and answer (no root needed above port 1023).
     Dns(DnsArgs),
+    /// Pull traffic that does not go through a proxy into capagent's recording relay:
+    /// nftables redirect or tproxy on a gateway, or per process with eBPF (needs root).
+    Intercept(InterceptArgs),
+    /// Remove what a killed `capagent intercept` left (nftables tables, policy routing
+    /// rules and routes, cgroup programs of capagent); nothing else is touched (needs root).
+    Cleanup,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -154,6 +160,76 @@ pub struct CaptureArgs {
     pub filter_words: Vec<String>,
     /// Command to start once the capture is live; only its packets (and its children's)
     /// are kept, and the capture ends when it exits (with its exit status).
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterceptMode {
+    /// nftables NAT redirect to a local listener; original destination from conntrack.
+    Redirect,
+    /// nftables tproxy with policy routing and transparent listeners (TCP, and UDP with --udp).
+    Tproxy,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum InterceptAs {
+    /// Relay and record the bytes as they are.
+    #[default]
+    Raw,
+    /// Treat connections as HTTP/1.1: the reverse HTTP proxy's handler serves them, with
+    /// the original destination as server.
+    Http,
+    /// Connections are made to a SOCKS proxy: capagent's SOCKS server answers them and
+    /// records each target the application asks for.
+    Socks,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  sudo capagent intercept --mode redirect --iface eth1 --port 80 -w gw.pcapng\n  sudo capagent intercept --mode tproxy --iface eth1 --udp --port 53 --format json\n  sudo capagent intercept --pid 1234 --port 443 -w app.pcapng\n  sudo capagent intercept -w curl.pcapng -- curl -s http://192.0.2.10/"
+)]
+pub struct InterceptArgs {
+    /// Gateway mode: how forwarded traffic arriving on --iface is pulled in.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub mode: Option<InterceptMode>,
+    /// The interface whose incoming traffic is intercepted (--mode).
+    #[arg(long, value_name = "IFACE")]
+    pub iface: Option<String>,
+    /// Only connections to this destination port; repeatable (default: all ports).
+    #[arg(long = "port", value_name = "PORT")]
+    pub ports: Vec<u16>,
+    /// Only connections to this destination network (ADDRESS[/PREFIX]); repeatable.
+    #[arg(long = "dst", value_name = "CIDR")]
+    pub dsts: Vec<String>,
+    /// Also UDP (--mode tproxy).
+    #[arg(long)]
+    pub udp: bool,
+    /// --mode redirect: also this host's own connections leaving through --iface.
+    #[arg(long)]
+    pub local: bool,
+    /// Per-process mode: this process's TCP connections (all its threads, and the children
+    /// it forks from now on); repeatable.
+    #[arg(short, long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Per-process mode: every process of this cgroup (v2 path, absolute or relative to the
+    /// hierarchy's root).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<String>,
+    /// What handles a connection: the raw relay, the HTTP-aware or the SOCKS-aware proxy.
+    #[arg(long = "as", value_enum, default_value_t = InterceptAs::Raw, value_name = "KIND")]
+    pub handler: InterceptAs,
+    #[command(flatten)]
+    pub record: RecordArgs,
+    /// Seconds without traffic in either direction after which a relayed connection is
+    /// closed (0 = never).
+    #[arg(long, default_value_t = 300.0, value_name = "SECS")]
+    pub idle_timeout: f64,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Per-process mode: start this command and intercept its connections (and its
+    /// children's) from the first one; capagent exits with its status when it ends.
     #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }

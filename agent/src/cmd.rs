@@ -10,8 +10,8 @@ use anyhow::Context as _;
 use crate::{
     capture::{self, CaptureOptions, Selection, filter::Filter, session::SessionOptions},
     cli::{
-        CaptureArgs, Cli, Command, DnsArgs, ProxyArgs, ProxyCommand, ProxyCommon, RecordArgs,
-        TraceArgs, Unmatched,
+        CaptureArgs, Cli, Command, DnsArgs, InterceptArgs, InterceptAs, InterceptMode, ProxyArgs,
+        ProxyCommand, ProxyCommon, RecordArgs, TraceArgs, Unmatched,
     },
     output::{EventWriter, FanOut, Writer, pcapng::PcapngWriter, text::TextConfig},
     proxy,
@@ -41,7 +41,60 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Capture(args) => capture(args),
         Command::Proxy(args) => proxy_cmd(args),
         Command::Dns(args) => dns_cmd(args),
+        Command::Intercept(args) => intercept(args),
+        Command::Cleanup => {
+            crate::intercept::cleanup_command()?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+fn intercept(args: InterceptArgs) -> anyhow::Result<ExitCode> {
+    use crate::intercept::{self, InterceptOptions, Mode};
+    if let Some(d) = args.duration
+        && !(d.is_finite() && d > 0.0)
+    {
+        anyhow::bail!("--duration must be a positive number of seconds, not {d}");
+    }
+    let dsts = args
+        .dsts
+        .iter()
+        .map(|d| intercept::parse_cidr(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    let opts = InterceptOptions {
+        mode: match args.mode {
+            Some(InterceptMode::Redirect) => Mode::Redirect,
+            Some(InterceptMode::Tproxy) => Mode::Tproxy,
+            None => Mode::Process,
+        },
+        iface: args.iface.clone(),
+        ports: args.ports.clone(),
+        dsts,
+        udp: args.udp,
+        local: args.local,
+        pids: args.pids.clone(),
+        cgroup: args.cgroup.clone(),
+        command: args.command.clone(),
+        duration: args.duration.map(Duration::from_secs_f64),
+    };
+    opts.validate()?;
+    if !(args.idle_timeout.is_finite() && args.idle_timeout >= 0.0) {
+        anyhow::bail!(
+            "--idle-timeout must be a number of seconds, not {}",
+            args.idle_timeout
+        );
+    }
+    let relay = intercept::RelayOptions {
+        record: record_options(&args.record),
+        idle: (args.idle_timeout > 0.0).then(|| Duration::from_secs_f64(args.idle_timeout)),
+        handler: match args.handler {
+            InterceptAs::Raw => intercept::Handler::Raw,
+            InterceptAs::Http => intercept::Handler::Http,
+            InterceptAs::Socks => intercept::Handler::Socks,
+        },
+    };
+    let outcome = intercept::run(&opts, &relay)?;
+    Ok(outcome.exit_status.map_or(ExitCode::SUCCESS, exit_code_of))
 }
 
 /// The options every proxy shares, from their flags.

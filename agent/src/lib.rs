@@ -6,6 +6,8 @@
 //! - `capture`: packet capture on interfaces with TC eBPF programs (pcapng or text lines).
 //! - `daemon`: the systemd service running configured jobs.
 //! - `dns`: the spoofing DNS server (answers chosen names with chosen addresses).
+//! - `intercept`: transparent interception (nftables redirect/tproxy, per-process cgroup
+//!   hooks) into a recording relay.
 //! - `kernel`: loading the eBPF object, BTF offsets, capability checks.
 //! - `proxy`: recording proxies (forwarder, SOCKS, HTTP forward and reverse) that relay and
 //!   record client traffic.
@@ -17,6 +19,7 @@ pub mod cli;
 pub mod cmd;
 pub mod daemon;
 pub mod dns;
+pub mod intercept;
 pub mod kernel;
 pub mod model;
 pub mod output;

@@ -8,6 +8,7 @@
 //! * `bench trace`: tracing overhead next to strace and bpftrace;
 //! * `bench capture`: packet capture under iperf3 next to tcpdump;
 //! * `bench proxy`: the recording proxies next to their peers;
+//! * `bench intercept`: transparent interception next to plain forwarding;
 //! * `fuzz [--secs N]`: every cargo-fuzz target for N seconds.
 use std::process::ExitCode;
 
@@ -16,6 +17,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod bench_http;
+mod bench_intercept;
 mod bench_proxy;
 mod demo;
 mod fuzz;
@@ -77,6 +79,9 @@ enum Bench {
     /// through `capagent proxy http` (recording off and on) and through tinyproxy. Prints a
     /// table; asserts nothing.
     Proxy(bench_http::ProxyBenchArgs),
+    /// Connection setup and throughput through `capagent intercept` (redirect, tproxy)
+    /// next to plain forwarding, in a client/gateway/server namespace topology.
+    Intercept(bench_intercept::InterceptBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -106,5 +111,6 @@ fn run(cli: Cli) -> Result<()> {
         Task::Bench(Bench::Trace(args)) => bench::trace(args),
         Task::Bench(Bench::Capture(args)) => bench::capture(args),
         Task::Bench(Bench::Proxy(args)) => bench_http::proxy(args),
+        Task::Bench(Bench::Intercept(args)) => bench_intercept::intercept(args),
     }
 }

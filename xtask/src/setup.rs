@@ -34,6 +34,7 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("iproute2", "ip"),
     ("iputils-ping", "ping"),
     ("bpftool", "bpftool"),
+    ("nftables", "nft"),
     ("python3", "python3"),
     ("default-jre-headless", "java"),
     ("iputils-ping", "ping"),

@@ -14,7 +14,7 @@ use crate::{
 };
 
 /// Root integration test targets (tests/NAME.rs, declared in agent/Cargo.toml).
-pub const INTEGRATION_TESTS: &[&str] = &["trace", "pcapng", "capture"];
+pub const INTEGRATION_TESTS: &[&str] = &["trace", "pcapng", "capture", "intercept"];
 
 #[derive(Default, Debug, PartialEq, Eq)]
 pub struct Tally {

@@ -200,3 +200,34 @@ pub fn loaded_xdp<'a>(
 ) -> Result<&'a mut aya::programs::Xdp, KernelError> {
     loaded::<aya::programs::Xdp>(ebpf, prog, aya::programs::Xdp::load)
 }
+
+/// Loads the eBPF object for `capagent intercept --pid/--cgroup/-- CMD`: `config` written
+/// into `INTERCEPT_CONFIG`; the other modes' ring buffers are made as small as they can be.
+pub fn load_intercept(config: &agent_common::InterceptConfig) -> Result<Ebpf, KernelError> {
+    if EBPF_OBJECT.is_empty() {
+        return Err(KernelError::NoObject);
+    }
+    let page = 4096;
+    EbpfLoader::new()
+        .override_global("INTERCEPT_CONFIG", config, true)
+        .map_max_entries("EVENTS", page)
+        .map_max_entries("PACKETS", page)
+        .load(EBPF_OBJECT)
+        .map_err(|e| KernelError::Load(Box::new(e)))
+}
+
+/// The cgroup sock_addr program `prog` of the object, loaded into the kernel.
+pub fn loaded_sock_addr<'a>(
+    ebpf: &'a mut Ebpf,
+    prog: &str,
+) -> Result<&'a mut aya::programs::CgroupSockAddr, KernelError> {
+    loaded::<aya::programs::CgroupSockAddr>(ebpf, prog, aya::programs::CgroupSockAddr::load)
+}
+
+/// The sock_ops program `prog` of the object, loaded into the kernel.
+pub fn loaded_sock_ops<'a>(
+    ebpf: &'a mut Ebpf,
+    prog: &str,
+) -> Result<&'a mut aya::programs::SockOps, KernelError> {
+    loaded::<aya::programs::SockOps>(ebpf, prog, aya::programs::SockOps::load)
+}

@@ -130,7 +130,8 @@ enum Refused {
     BadCredentials(String),
 }
 
-async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: Ctx, auth: Option<&Auth>) {
+/// Serves one client connection (also the entry point of `capagent intercept --as socks`).
+pub async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: Ctx, auth: Option<&Auth>) {
     let negotiated = tokio::time::timeout(ctx.limits.handshake, negotiate(&mut stream, auth)).await;
     let request = match negotiated {
         Ok(Ok(r)) => r,

@@ -1,0 +1,528 @@
+//! Netlink messages, built and parsed as plain bytes, and a blocking netlink socket.
+//!
+//! Building and parsing are pure functions over byte buffers (no I/O), so the nftables and
+//! routing messages made from them can be unit-tested byte for byte and fuzzed; [`Socket`]
+//! is the only part that talks to the kernel.
+//!
+//! Layout reminders: every message starts with a 16-byte `nlmsghdr` (length, type, flags,
+//! sequence number, port id, host byte order); attributes are `nlattr` (u16 length, u16
+//! type) followed by their payload, each padded to 4 bytes. Nested attributes carry
+//! `NLA_F_NESTED` in their type.
+
+use std::io;
+use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+use std::time::Duration;
+
+pub const NLMSG_HDRLEN: usize = 16;
+pub const NLA_HDRLEN: usize = 4;
+pub const NLA_F_NESTED: u16 = 0x8000;
+pub const NLA_TYPE_MASK: u16 = 0x3fff;
+
+pub const NLMSG_NOOP: u16 = 1;
+pub const NLMSG_ERROR: u16 = 2;
+pub const NLMSG_DONE: u16 = 3;
+
+pub const NLM_F_REQUEST: u16 = 0x1;
+pub const NLM_F_ACK: u16 = 0x4;
+pub const NLM_F_ROOT: u16 = 0x100;
+pub const NLM_F_MATCH: u16 = 0x200;
+pub const NLM_F_DUMP: u16 = NLM_F_ROOT | NLM_F_MATCH;
+pub const NLM_F_EXCL: u16 = 0x200;
+pub const NLM_F_CREATE: u16 = 0x400;
+
+/// Rounds up to the 4-byte netlink alignment.
+pub const fn align(n: usize) -> usize {
+    (n + 3) & !3
+}
+
+/// A buffer of netlink messages being built. Each message is begun with
+/// [`Builder::begin`] and ended with [`Builder::end`], which writes its length.
+#[derive(Debug, Default, Clone)]
+pub struct Builder {
+    buf: Vec<u8>,
+    /// Start of the message being built.
+    msg: Option<usize>,
+}
+
+impl Builder {
+    pub fn new() -> Builder {
+        Builder::default()
+    }
+
+    /// Starts a message with its header (length filled in by [`Builder::end`]).
+    pub fn begin(&mut self, ty: u16, flags: u16, seq: u32) -> &mut Self {
+        assert!(self.msg.is_none(), "netlink message not ended");
+        self.msg = Some(self.buf.len());
+        self.buf.extend_from_slice(&0u32.to_ne_bytes());
+        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        self.buf.extend_from_slice(&flags.to_ne_bytes());
+        self.buf.extend_from_slice(&seq.to_ne_bytes());
+        self.buf.extend_from_slice(&0u32.to_ne_bytes());
+        self
+    }
+
+    /// Raw bytes right after the header (a family header such as `nfgenmsg` or `rtmsg`),
+    /// padded to 4 bytes.
+    pub fn raw(&mut self, bytes: &[u8]) -> &mut Self {
+        self.buf.extend_from_slice(bytes);
+        self.pad();
+        self
+    }
+
+    fn pad(&mut self) {
+        while !self.buf.len().is_multiple_of(4) {
+            self.buf.push(0);
+        }
+    }
+
+    /// One attribute.
+    pub fn attr(&mut self, ty: u16, payload: &[u8]) -> &mut Self {
+        let len = NLA_HDRLEN + payload.len();
+        self.buf.extend_from_slice(&(len as u16).to_ne_bytes());
+        self.buf.extend_from_slice(&ty.to_ne_bytes());
+        self.buf.extend_from_slice(payload);
+        self.pad();
+        self
+    }
+
+    /// A NUL-terminated string attribute.
+    pub fn attr_str(&mut self, ty: u16, s: &str) -> &mut Self {
+        let mut v = Vec::with_capacity(s.len() + 1);
+        v.extend_from_slice(s.as_bytes());
+        v.push(0);
+        self.attr(ty, &v)
+    }
+
+    /// A big-endian u32 (nftables' integers).
+    pub fn attr_be32(&mut self, ty: u16, v: u32) -> &mut Self {
+        self.attr(ty, &v.to_be_bytes())
+    }
+
+    /// A host-endian u32 (rtnetlink's integers).
+    pub fn attr_u32(&mut self, ty: u16, v: u32) -> &mut Self {
+        self.attr(ty, &v.to_ne_bytes())
+    }
+
+    pub fn attr_u8(&mut self, ty: u16, v: u8) -> &mut Self {
+        self.attr(ty, &[v])
+    }
+
+    /// A nested attribute whose content `f` writes.
+    pub fn nest(&mut self, ty: u16, f: impl FnOnce(&mut Builder)) -> &mut Self {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&0u16.to_ne_bytes());
+        self.buf
+            .extend_from_slice(&(ty | NLA_F_NESTED).to_ne_bytes());
+        f(self);
+        let len = (self.buf.len() - start) as u16;
+        self.buf[start..start + 2].copy_from_slice(&len.to_ne_bytes());
+        self
+    }
+
+    /// Ends the current message: writes its length.
+    pub fn end(&mut self) -> &mut Self {
+        let start = self.msg.take().expect("netlink message begun");
+        let len = (self.buf.len() - start) as u32;
+        self.buf[start..start + 4].copy_from_slice(&len.to_ne_bytes());
+        self
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        assert!(self.msg.is_none(), "netlink message not ended");
+        &self.buf
+    }
+
+    pub fn into_bytes(self) -> Vec<u8> {
+        assert!(self.msg.is_none(), "netlink message not ended");
+        self.buf
+    }
+}
+
+/// One message of a buffer received from the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Msg<'a> {
+    pub ty: u16,
+    pub flags: u16,
+    pub seq: u32,
+    pub pid: u32,
+    /// Everything after the 16-byte header.
+    pub payload: &'a [u8],
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("malformed netlink data: {0}")]
+pub struct Malformed(pub &'static str);
+
+/// The messages of `buf`, in order; an error for a message whose length does not fit.
+pub fn messages(buf: &[u8]) -> impl Iterator<Item = Result<Msg<'_>, Malformed>> {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        if rest.len() < NLMSG_HDRLEN {
+            rest = &[];
+            return Some(Err(Malformed("truncated message header")));
+        }
+        let len = u32::from_ne_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+        if len < NLMSG_HDRLEN || len > rest.len() {
+            rest = &[];
+            return Some(Err(Malformed("message length out of bounds")));
+        }
+        let msg = Msg {
+            ty: u16::from_ne_bytes([rest[4], rest[5]]),
+            flags: u16::from_ne_bytes([rest[6], rest[7]]),
+            seq: u32::from_ne_bytes(rest[8..12].try_into().expect("4 bytes")),
+            pid: u32::from_ne_bytes(rest[12..16].try_into().expect("4 bytes")),
+            payload: &rest[NLMSG_HDRLEN..len],
+        };
+        rest = rest.get(align(len)..).unwrap_or(&[]);
+        Some(Ok(msg))
+    })
+}
+
+/// The attributes in `buf` as (type without flags, payload); an error for one whose length
+/// does not fit.
+pub fn attrs(buf: &[u8]) -> impl Iterator<Item = Result<(u16, &[u8]), Malformed>> {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        if rest.len() < NLA_HDRLEN {
+            // Trailing padding shorter than a header is allowed.
+            return None;
+        }
+        let len = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
+        let ty = u16::from_ne_bytes([rest[2], rest[3]]) & NLA_TYPE_MASK;
+        if len < NLA_HDRLEN || len > rest.len() {
+            rest = &[];
+            return Some(Err(Malformed("attribute length out of bounds")));
+        }
+        let payload = &rest[NLA_HDRLEN..len];
+        rest = rest.get(align(len)..).unwrap_or(&[]);
+        Some(Ok((ty, payload)))
+    })
+}
+
+/// The payload of the first attribute of type `ty` in `buf`.
+pub fn find_attr(buf: &[u8], ty: u16) -> Result<Option<&[u8]>, Malformed> {
+    for a in attrs(buf) {
+        let (t, p) = a?;
+        if t == ty {
+            return Ok(Some(p));
+        }
+    }
+    Ok(None)
+}
+
+/// A NUL-terminated (or unterminated) string attribute's text.
+pub fn attr_string(p: &[u8]) -> String {
+    let end = p.iter().position(|&b| b == 0).unwrap_or(p.len());
+    String::from_utf8_lossy(&p[..end]).into_owned()
+}
+
+pub fn attr_be32(p: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(p.get(..4)?.try_into().ok()?))
+}
+
+pub fn attr_u32(p: &[u8]) -> Option<u32> {
+    Some(u32::from_ne_bytes(p.get(..4)?.try_into().ok()?))
+}
+
+/// The error code of an `NLMSG_ERROR` payload (0 = acknowledgement) and the sequence
+/// number of the request it answers.
+pub fn error_of(payload: &[u8]) -> Result<(i32, u32), Malformed> {
+    if payload.len() < 4 + NLMSG_HDRLEN {
+        return Err(Malformed("short error message"));
+    }
+    let code = i32::from_ne_bytes(payload[0..4].try_into().expect("4 bytes"));
+    let seq = u32::from_ne_bytes(payload[12..16].try_into().expect("4 bytes"));
+    Ok((code, seq))
+}
+
+/// A netlink socket bound to a kernel-assigned port id, close-on-exec.
+#[derive(Debug)]
+pub struct Socket {
+    fd: OwnedFd,
+    port_id: u32,
+    seq: u32,
+}
+
+impl Socket {
+    /// Opens a `NETLINK_<protocol>` socket (e.g. `libc::NETLINK_NETFILTER`).
+    pub fn open(protocol: libc::c_int) -> io::Result<Socket> {
+        // SAFETY: plain socket(2); the fd is owned right after.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_NETLINK,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                protocol,
+            )
+        };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: fd is a fresh descriptor we own.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: zeroed sockaddr_nl is valid (pid 0: the kernel assigns one).
+        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        let sl = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
+        // SAFETY: sa is a valid sockaddr_nl of size sl.
+        if unsafe { libc::bind(fd.as_raw_fd(), (&raw const sa).cast(), sl) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut len = sl;
+        // SAFETY: getsockname writes at most len bytes into sa.
+        if unsafe { libc::getsockname(fd.as_raw_fd(), (&raw mut sa).cast(), &mut len) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // Replies never take long; a kernel that does not answer must not hang the agent.
+        let tv = libc::timeval {
+            tv_sec: 5,
+            tv_usec: 0,
+        };
+        // SAFETY: setsockopt with a correctly sized timeval.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const tv).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            );
+            // Error messages carry the request; extended acks tell what was wrong.
+            let one: libc::c_int = 1;
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_NETLINK,
+                libc::NETLINK_EXT_ACK,
+                (&raw const one).cast(),
+                4,
+            );
+        }
+        let seq = (std::process::id() << 8) ^ 0x1000;
+        Ok(Socket {
+            fd,
+            port_id: sa.nl_pid,
+            seq,
+        })
+    }
+
+    /// The port id the kernel gave this socket.
+    pub fn port_id(&self) -> u32 {
+        self.port_id
+    }
+
+    /// A fresh sequence number.
+    pub fn next_seq(&mut self) -> u32 {
+        self.seq = self.seq.wrapping_add(1);
+        self.seq
+    }
+
+    /// Marks `n` more sequence numbers as used (by a multi-message request).
+    pub fn skip(&mut self, n: u32) {
+        self.seq = self.seq.wrapping_add(n);
+    }
+
+    pub fn send(&self, buf: &[u8]) -> io::Result<()> {
+        // SAFETY: zeroed sockaddr_nl: the kernel (pid 0).
+        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
+        // SAFETY: buf and sa are valid for the given lengths.
+        let n = unsafe {
+            libc::sendto(
+                self.fd.as_raw_fd(),
+                buf.as_ptr().cast(),
+                buf.len(),
+                0,
+                (&raw const sa).cast(),
+                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n as usize != buf.len() {
+            return Err(io::Error::other("short netlink send"));
+        }
+        Ok(())
+    }
+
+    /// One datagram from the kernel (several messages).
+    pub fn recv(&self, buf: &mut Vec<u8>) -> io::Result<()> {
+        buf.resize(256 * 1024, 0);
+        loop {
+            // SAFETY: buf is valid for its length.
+            let n =
+                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                if e.kind() == io::ErrorKind::WouldBlock {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the kernel did not answer a netlink request",
+                    ));
+                }
+                return Err(e);
+            }
+            buf.truncate(n as usize);
+            return Ok(());
+        }
+    }
+
+    /// Sends `msgs` and waits for one acknowledgement per sequence number in `acks`; the
+    /// first error code the kernel returned fails the call (after every answer came).
+    pub fn transact(&self, msgs: &[u8], acks: &[u32]) -> io::Result<()> {
+        self.send(msgs)?;
+        let mut pending: Vec<u32> = acks.to_vec();
+        let mut first_err: Option<i32> = None;
+        let mut buf = Vec::new();
+        while !pending.is_empty() {
+            self.recv(&mut buf)?;
+            for m in messages(&buf) {
+                let m = m.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                if m.ty != NLMSG_ERROR {
+                    continue;
+                }
+                let (code, seq) = error_of(m.payload)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                if code != 0 && first_err.is_none() {
+                    first_err = Some(-code);
+                }
+                if let Some(i) = pending.iter().position(|&s| s == seq) {
+                    pending.swap_remove(i);
+                } else if code != 0 {
+                    // An error for a message we did not ask an ack for (a batch header):
+                    // no further answers will come.
+                    pending.clear();
+                }
+            }
+        }
+        match first_err {
+            Some(errno) => Err(io::Error::from_raw_os_error(errno)),
+            None => Ok(()),
+        }
+    }
+
+    /// Sends a dump request (sequence `seq`) and returns every message of the answer, each
+    /// as its own byte vector (header included).
+    pub fn dump(&self, req: &[u8], seq: u32) -> io::Result<Vec<Vec<u8>>> {
+        self.send(req)?;
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        loop {
+            self.recv(&mut buf)?;
+            let mut done = false;
+            let mut off = 0;
+            for m in messages(&buf) {
+                let m = m.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                let len = NLMSG_HDRLEN + m.payload.len();
+                let whole = buf[off..off + len].to_vec();
+                off += align(len);
+                if m.seq != seq {
+                    continue;
+                }
+                match m.ty {
+                    NLMSG_DONE => done = true,
+                    NLMSG_ERROR => {
+                        let (code, _) = error_of(m.payload)
+                            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                        if code != 0 {
+                            return Err(io::Error::from_raw_os_error(-code));
+                        }
+                        done = true;
+                    }
+                    NLMSG_NOOP => {}
+                    _ => out.push(whole),
+                }
+            }
+            if done {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Sets how long [`Socket::recv`] waits.
+    pub fn set_timeout(&self, d: Duration) {
+        let tv = libc::timeval {
+            tv_sec: d.as_secs() as libc::time_t,
+            tv_usec: d.subsec_micros() as libc::suseconds_t,
+        };
+        // SAFETY: setsockopt with a correctly sized timeval.
+        unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const tv).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn builds_and_parses_messages_and_nested_attributes() {
+        let mut b = Builder::new();
+        b.begin(0x0a00, NLM_F_REQUEST, 7)
+            .raw(&[2, 0, 0, 10])
+            .attr_str(1, "t")
+            .nest(4, |b| {
+                b.attr_be32(1, 3).attr_be32(2, (-100i32) as u32);
+            })
+            .end();
+        b.begin(NLMSG_DONE, 0, 8).end();
+        let bytes = b.into_bytes();
+        #[rustfmt::skip]
+        let want: Vec<u8> = [
+            &48u32.to_ne_bytes()[..], &0x0a00u16.to_ne_bytes(), &1u16.to_ne_bytes(),
+            &7u32.to_ne_bytes(), &0u32.to_ne_bytes(),
+            &[2, 0, 0, 10],
+            &6u16.to_ne_bytes(), &1u16.to_ne_bytes(), b"t\0", &[0, 0],
+            &20u16.to_ne_bytes(), &(4u16 | NLA_F_NESTED).to_ne_bytes(),
+            &8u16.to_ne_bytes(), &1u16.to_ne_bytes(), &[0, 0, 0, 3],
+            &8u16.to_ne_bytes(), &2u16.to_ne_bytes(), &[0xff, 0xff, 0xff, 0x9c],
+            &16u32.to_ne_bytes(), &NLMSG_DONE.to_ne_bytes(), &0u16.to_ne_bytes(),
+            &8u32.to_ne_bytes(), &0u32.to_ne_bytes(),
+        ].concat();
+        assert_eq!(bytes, want);
+        let msgs: Vec<_> = messages(&bytes).collect::<Result<_, _>>().unwrap();
+        assert_eq!(msgs.len(), 2);
+        assert_eq!((msgs[0].ty, msgs[0].seq), (0x0a00, 7));
+        let a: Vec<_> = attrs(&msgs[0].payload[4..])
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(a[0], (1, &b"t\0"[..]));
+        assert_eq!(a[1].0, 4);
+        let inner = find_attr(a[1].1, 2).unwrap().unwrap();
+        assert_eq!(attr_be32(inner), Some((-100i32) as u32));
+        assert_eq!(attr_string(a[0].1), "t");
+        assert_eq!(msgs[1].ty, NLMSG_DONE);
+    }
+
+    #[test]
+    fn malformed_lengths_are_errors_not_panics() {
+        assert!(messages(&[1, 2, 3]).next().unwrap().is_err());
+        let mut bad = 100u32.to_ne_bytes().to_vec();
+        bad.extend_from_slice(&[0; 12]);
+        assert!(messages(&bad).next().unwrap().is_err());
+        assert!(attrs(&[50, 0, 1, 0, 0]).next().unwrap().is_err());
+        assert!(attrs(&[2, 0, 1, 0]).next().unwrap().is_err());
+        assert!(error_of(&[0; 8]).is_err());
+    }
+
+    #[test]
+    fn error_messages() {
+        let mut p = (-1i32).to_ne_bytes().to_vec();
+        let mut hdr = [0u8; 16];
+        hdr[8..12].copy_from_slice(&42u32.to_ne_bytes());
+        p.extend_from_slice(&hdr);
+        assert_eq!(error_of(&p).unwrap(), (-1, 42));
+    }
+}

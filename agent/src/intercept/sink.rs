@@ -1,0 +1,262 @@
+//! What happens to an intercepted connection once its original destination is known: a
+//! [`Sink`] relays it (and records it). The interception mechanisms only produce
+//! [`Accepted`] connections and [`UdpFlow`] datagrams.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd as _;
+use std::pin::Pin;
+
+use std::time::Duration;
+
+use tokio::net::{TcpSocket, TcpStream};
+
+use super::origdst;
+use crate::model::{Direction, Transport};
+use crate::proxy::http::reverse::{self, ReverseOptions};
+use crate::proxy::{Conn, Ctx, Recorder, Target, relay, socks};
+
+pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// A connection the transparent listener accepted.
+pub struct Accepted {
+    pub client: TcpStream,
+    /// The client's address as the listener sees it.
+    pub peer: SocketAddr,
+    /// The listener's address.
+    pub listen: SocketAddr,
+    /// Where the client was connecting to.
+    pub orig: SocketAddr,
+    /// The process that connected (per-process mode).
+    pub pid: Option<u32>,
+    /// `redirect`, `tproxy` or `process`.
+    pub how: &'static str,
+    /// Mark for the upstream socket (capagent's rules never catch it).
+    pub mark: u32,
+}
+
+/// One direction of an intercepted UDP flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UdpDir {
+    /// Client → original destination.
+    Request,
+    /// Original destination → client.
+    Reply,
+}
+
+/// Relays intercepted traffic.
+pub trait Sink: Send + Sync + 'static {
+    /// Relays one TCP connection to its original destination until it ends.
+    fn tcp(&self, conn: Accepted) -> BoxFuture;
+    /// A UDP flow (client → orig) starts; its datagrams are reported to what this returns.
+    fn udp_flow(
+        &self,
+        client: SocketAddr,
+        orig: SocketAddr,
+        listen: SocketAddr,
+        how: &'static str,
+    ) -> Pin<Box<dyn Future<Output = Box<dyn UdpFlow>> + Send>>;
+}
+
+/// The records of one intercepted UDP flow.
+pub trait UdpFlow: Send + Sync {
+    /// One datagram relayed in direction `dir`.
+    fn datagram(&self, dir: UdpDir, payload: bytes::Bytes) -> BoxFuture;
+    /// The flow ended (idle).
+    fn close(&self) -> BoxFuture;
+}
+
+/// Connects to `to` from a socket carrying `mark`.
+pub async fn dial(to: SocketAddr, mark: u32) -> io::Result<TcpStream> {
+    let s = if to.is_ipv6() {
+        TcpSocket::new_v6()?
+    } else {
+        TcpSocket::new_v4()?
+    };
+    if mark != 0 {
+        origdst::set_mark(s.as_raw_fd(), mark)?;
+    }
+    let stream = s.connect(to).await?;
+    let _ = stream.set_nodelay(true);
+    Ok(stream)
+}
+
+/// The raw relay of `capagent proxy forward` ([`relay::relay`]: large buffers, half-close
+/// relayed, splice when not recording) with its records ([`Recorder`]): an `open` record
+/// naming the client, the original destination and how it was intercepted, the bytes both
+/// ways, the close.
+pub struct Recording {
+    pub recorder: Recorder,
+    pub idle: Option<Duration>,
+}
+
+/// Process name of interception records.
+pub const COMM: &str = "intercept";
+
+fn label(how: &str, pid: Option<u32>) -> String {
+    match pid {
+        Some(p) => match crate::trace::target::process_comm(p) {
+            Some(comm) => format!("{how} pid={p} comm={comm}"),
+            None => format!("{how} pid={p}"),
+        },
+        None => how.to_string(),
+    }
+}
+
+impl Sink for Recording {
+    fn tcp(&self, mut a: Accepted) -> BoxFuture {
+        let conn = self.recorder.conn(COMM, Transport::Tcp, a.peer);
+        let idle = self.idle;
+        Box::pin(async move {
+            let what = label(a.how, a.pid);
+            let target = a.orig.to_string();
+            let mut up = match dial(a.orig, a.mark).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::info!("{what}: {} -> {}: {e}", a.peer, a.orig);
+                    conn.open(
+                        what,
+                        Some(a.listen),
+                        target,
+                        a.orig.port(),
+                        Some(a.orig),
+                        Err(&e),
+                    )
+                    .await;
+                    conn.close(Err(&e)).await;
+                    // The client learns with a reset, as if the server had refused it.
+                    relay::reset_on_close(&a.client);
+                    return;
+                }
+            };
+            conn.open(
+                what,
+                Some(a.listen),
+                target,
+                a.orig.port(),
+                Some(a.orig),
+                Ok(()),
+            )
+            .await;
+            match relay::relay(&mut a.client, &mut up, &conn, idle).await {
+                Ok(_) => conn.close(Ok(())).await,
+                Err(e) => {
+                    tracing::info!("{}: {} -> {}: {e}", a.how, a.peer, a.orig);
+                    conn.close(Err(&e.io())).await;
+                }
+            }
+        })
+    }
+
+    fn udp_flow(
+        &self,
+        client: SocketAddr,
+        orig: SocketAddr,
+        listen: SocketAddr,
+        how: &'static str,
+    ) -> Pin<Box<dyn Future<Output = Box<dyn UdpFlow>> + Send>> {
+        let conn = self.recorder.conn(COMM, Transport::Udp, client);
+        Box::pin(async move {
+            conn.open(
+                format!("{how} udp"),
+                Some(listen),
+                orig.to_string(),
+                orig.port(),
+                Some(orig),
+                Ok(()),
+            )
+            .await;
+            Box::new(RecordedFlow {
+                conn: std::sync::Arc::new(conn),
+                orig,
+            }) as Box<dyn UdpFlow>
+        })
+    }
+}
+
+struct RecordedFlow {
+    conn: std::sync::Arc<Conn>,
+    orig: SocketAddr,
+}
+
+impl UdpFlow for RecordedFlow {
+    fn datagram(&self, dir: UdpDir, payload: bytes::Bytes) -> BoxFuture {
+        let d = match dir {
+            UdpDir::Request => Direction::Send,
+            UdpDir::Reply => Direction::Recv,
+        };
+        let conn = self.conn.clone();
+        let orig = self.orig;
+        Box::pin(async move { conn.datagram(d, orig, payload).await })
+    }
+
+    fn close(&self) -> BoxFuture {
+        let conn = self.conn.clone();
+        Box::pin(async move { conn.close(Ok(())).await })
+    }
+}
+
+/// `--as socks`: each intercepted connection is one an application made to its SOCKS proxy;
+/// capagent's SOCKS server ([`socks::server::handle`], SOCKS 4/4a/5, no authentication)
+/// answers it instead and reaches the targets the application asks for itself, recording
+/// each with the target as requested; UDP flows are recorded raw.
+pub struct SocksAware {
+    pub ctx: Ctx,
+    pub raw: Recording,
+}
+
+impl Sink for SocksAware {
+    fn tcp(&self, a: Accepted) -> BoxFuture {
+        let ctx = self.ctx.clone();
+        Box::pin(async move {
+            tracing::debug!("{}: {} -> {} as socks", a.how, a.peer, a.orig);
+            socks::server::handle(a.client, a.peer, ctx, None).await;
+        })
+    }
+
+    fn udp_flow(
+        &self,
+        client: SocketAddr,
+        orig: SocketAddr,
+        listen: SocketAddr,
+        how: &'static str,
+    ) -> Pin<Box<dyn Future<Output = Box<dyn UdpFlow>> + Send>> {
+        self.raw.udp_flow(client, orig, listen, how)
+    }
+}
+
+/// `--as http`: each intercepted connection is served by the reverse HTTP proxy's handler
+/// with the original destination as its only server ([`reverse::handle`]: keep-alive,
+/// pipelining, chunked bodies, hop-by-hop fields, every request and response recorded);
+/// UDP flows are recorded raw.
+pub struct HttpAware {
+    pub ctx: Ctx,
+    pub raw: Recording,
+}
+
+impl Sink for HttpAware {
+    fn tcp(&self, a: Accepted) -> BoxFuture {
+        let ctx = self.ctx.clone();
+        Box::pin(async move {
+            let opts = ReverseOptions {
+                listen: a.listen,
+                to: Some(Target::ip(a.orig)),
+                routes: Vec::new(),
+                rewrite_host: false,
+            };
+            tracing::debug!("{}: {} -> {} as http", a.how, a.peer, a.orig);
+            reverse::handle(a.client, a.peer, ctx, &opts).await;
+        })
+    }
+
+    fn udp_flow(
+        &self,
+        client: SocketAddr,
+        orig: SocketAddr,
+        listen: SocketAddr,
+        how: &'static str,
+    ) -> Pin<Box<dyn Future<Output = Box<dyn UdpFlow>> + Send>> {
+        self.raw.udp_flow(client, orig, listen, how)
+    }
+}

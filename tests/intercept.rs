@@ -1,0 +1,1008 @@
+//! Root integration tests of `capagent intercept` and `capagent cleanup`.
+//!
+//! Gateway modes run in a topology the test builds: three network namespaces,
+//! client (10.66.1.2, fd66:1::2) → gateway (forwarding; capagent runs here) → server
+//! (10.66.2.2, fd66:2::2), joined by veth pairs. Real clients (curl, dig, a Python TCP
+//! client) talk to real servers (python3 -m http.server, a Python TCP server, a Python DNS
+//! responder) in the server namespace through the gateway; each test checks the bytes that
+//! arrived AND capagent's records (JSON lines and, with tshark, the pcapng file), then that
+//! the gateway's `nft list ruleset`, `ip rule` and `ip route show table all` are exactly as
+//! before (after SIGTERM, and after SIGKILL + `capagent cleanup` or the next start).
+//!
+//! Per-process mode runs in one namespace: the chosen process's connections are recorded,
+//! an identical second process's are not, and the cgroup attachments (`bpftool cgroup
+//! tree`) are as before afterwards.
+
+#[allow(dead_code)] // the shared harness has helpers these tests do not use
+mod common;
+
+use std::process::Command;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::*;
+use serde_json::Value;
+
+/// The three namespaces of the gateway tests.
+struct Topo {
+    client: Netns,
+    gw: Netns,
+    server: Netns,
+}
+
+fn ip(ns: &Netns, args: &[&str]) {
+    let out = Command::new("ip")
+        .arg("-n")
+        .arg(&ns.name)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ip -n {} {args:?}: {}",
+        ns.name,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl Topo {
+    fn new() -> Topo {
+        let t = Topo {
+            client: Netns::new("ic"),
+            gw: Netns::new("ig"),
+            server: Netns::new("is"),
+        };
+        // Forwarding first (turning it on later reconfigures the links' IPv6 routes).
+        let mut c = t.gw.cmd("sysctl");
+        c.args([
+            "-qw",
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+        ]);
+        run_ok(&mut c);
+        // Forwarding first (turning it on later reconfigures the links' IPv6 routes), and
+        // no duplicate address detection (addresses usable at once).
+        for ns in [&t.client, &t.gw, &t.server] {
+            let mut c = ns.cmd("sysctl");
+            c.args([
+                "-qw",
+                "net.ipv6.conf.default.accept_dad=0",
+                "net.ipv6.conf.all.accept_dad=0",
+            ]);
+            run_ok(&mut c);
+        }
+        let mut c = t.gw.cmd("sysctl");
+        c.args([
+            "-qw",
+            "net.ipv4.ip_forward=1",
+            "net.ipv6.conf.all.forwarding=1",
+        ]);
+        run_ok(&mut c);
+        run_ok(Command::new("ip").args([
+            "link",
+            "add",
+            "c0",
+            "netns",
+            &t.client.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "g0",
+            "netns",
+            &t.gw.name,
+        ]));
+        run_ok(Command::new("ip").args([
+            "link",
+            "add",
+            "s0",
+            "netns",
+            &t.server.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "g1",
+            "netns",
+            &t.gw.name,
+        ]));
+        for (ns, dev, v4, v6) in [
+            (&t.client, "c0", "10.66.1.2/24", "fd66:1::2/64"),
+            (&t.gw, "g0", "10.66.1.1/24", "fd66:1::1/64"),
+            (&t.gw, "g1", "10.66.2.1/24", "fd66:2::1/64"),
+            (&t.server, "s0", "10.66.2.2/24", "fd66:2::2/64"),
+        ] {
+            ip(ns, &["addr", "add", v4, "dev", dev]);
+            ip(ns, &["addr", "add", v6, "dev", dev, "nodad"]);
+            ip(ns, &["link", "set", dev, "up"]);
+        }
+        ip(&t.client, &["route", "add", "default", "via", "10.66.1.1"]);
+        ip(
+            &t.client,
+            &["-6", "route", "add", "default", "via", "fd66:1::1"],
+        );
+        ip(&t.server, &["route", "add", "default", "via", "10.66.2.1"]);
+        ip(
+            &t.server,
+            &["-6", "route", "add", "default", "via", "fd66:2::1"],
+        );
+        t
+    }
+}
+
+fn run_ok(cmd: &mut Command) {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn output(mut cmd: Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The gateway's netfilter and routing state, as the tools print it.
+fn net_state(ns: &Netns) -> String {
+    let mut s = String::new();
+    for args in [
+        &["nft", "list", "ruleset"][..],
+        &["ip", "rule"],
+        &["ip", "-6", "rule"],
+        &["ip", "route", "show", "table", "all"],
+        &["ip", "-6", "route", "show", "table", "all"],
+    ] {
+        let mut c = ns.cmd(args[0]);
+        c.args(&args[1..]);
+        // Sorted: the kernel lists routes in the order they were (re)added. Routes the
+        // kernel makes for the links' own addresses (`proto kernel`) are left out: IPv6
+        // link-local ones come and go on their own while links settle, and capagent never
+        // makes one (its routes are `proto 202`).
+        let mut lines: Vec<String> = output(c)
+            .lines()
+            .filter(|l| !l.contains(" proto kernel "))
+            .map(str::to_string)
+            .collect();
+        lines.sort();
+        s.push_str(&format!("$ {}\n{}\n", args.join(" "), lines.join("\n")));
+    }
+    s
+}
+
+/// Fails with the lines that differ when `after` is not `before`.
+fn assert_same(before: &str, after: &str, what: &str) {
+    if before == after {
+        return;
+    }
+    let b: Vec<&str> = before.lines().collect();
+    let a: Vec<&str> = after.lines().collect();
+    let gone: Vec<&&str> = b.iter().filter(|l| !a.contains(l)).collect();
+    let new: Vec<&&str> = a.iter().filter(|l| !b.contains(l)).collect();
+    panic!(
+        "{what}: state changed; gone {gone:#?}, new {new:#?}\nbefore:\n{before}\nafter:\n{after}"
+    );
+}
+
+/// The programs attached to the cgroup hierarchy.
+fn cgroup_state() -> String {
+    let mut c = Command::new("bpftool");
+    c.args(["cgroup", "tree"]);
+    output(c)
+}
+
+/// A running `capagent intercept`.
+struct Agent {
+    proc: Proc,
+}
+
+impl Agent {
+    fn start(ns: &Netns, args: &[&str]) -> Agent {
+        let mut cmd = ns.cmd(CAPAGENT);
+        cmd.arg("intercept").args(args);
+        let proc = Proc::spawn("capagent", cmd);
+        let a = Agent { proc };
+        a.wait_stderr("capagent: intercepting");
+        a
+    }
+
+    fn wait_stderr(&self, what: &str) {
+        let deadline = Instant::now() + TIMEOUT;
+        while !self.proc.stderr().contains(what) {
+            assert!(
+                Instant::now() < deadline,
+                "capagent did not say {what:?}: {}",
+                self.proc.stderr()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&mut self, sig: libc::c_int) -> std::process::ExitStatus {
+        unsafe { libc::kill(self.proc.pid() as libc::pid_t, sig) };
+        self.proc.wait(TIMEOUT)
+    }
+
+    /// SIGTERM; capagent must exit 0.
+    fn stop(mut self) -> String {
+        let st = self.signal(libc::SIGTERM);
+        let err = self.proc.stderr();
+        assert!(st.success(), "capagent exited with {st}: {err}");
+        err
+    }
+}
+
+fn records(path: &std::path::Path) -> Vec<Value> {
+    parse_json_lines(&std::fs::read_to_string(path).unwrap())
+}
+
+/// The `open` record of the connection to `target`, and the payload it relayed each way
+/// (from the JSON lines), checking client and original destination.
+fn recorded(evs: &[Value], client_ip: &str, target: &str) -> (Vec<u8>, Vec<u8>) {
+    let open = one(evs, &format!("open of {target}"), |e| {
+        e["type"] == "open" && e["target"] == target
+    });
+    let local = open["local"].as_str().unwrap();
+    assert!(
+        local.starts_with(client_ip) || local.starts_with(&format!("[{client_ip}]")),
+        "client {local} is not {client_ip}: {}",
+        dump(evs)
+    );
+    assert_eq!(open["remote"], target, "{}", dump(evs));
+    assert_eq!(open["ret"], 0);
+    let sk = open["sk"].clone();
+    let dir = |d: &str| -> Vec<u8> {
+        evs.iter()
+            .filter(|e| e["type"] == "data" && e["sk"] == sk && e["dir"] == d)
+            .flat_map(|e| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(e["payload_b64"].as_str().unwrap())
+                    .unwrap()
+            })
+            .collect()
+    };
+    (dir("send"), dir("recv"))
+}
+
+const RAW_SERVER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET6)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("::", 0)); s.listen(8)
+print("READY", s.getsockname()[1], flush=True)
+for _ in range(int(sys.argv[1])):
+    c, peer = s.accept()
+    buf = b""
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        buf += d
+    print("GOT", buf.hex(), flush=True)
+    c.sendall(b"reply:" + buf[::-1])
+    c.close()
+"#;
+
+const RAW_CLIENT: &str = r#"
+import socket, sys
+fam = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+c = socket.socket(fam)
+c.settimeout(20)
+c.connect((sys.argv[1], int(sys.argv[2])))
+c.sendall(open(sys.argv[3], "rb").read())
+c.shutdown(socket.SHUT_WR)
+buf = b""
+while True:
+    d = c.recv(65536)
+    if not d:
+        break
+    buf += d
+print("REPLY", buf.hex(), flush=True)
+"#;
+
+/// A DNS responder: A and AAAA queries get 192.0.2.7 / 2001:db8::7.
+const DNS_SERVER: &str = r#"
+import socket, struct
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+s.bind(("::", 53))
+print("READY 53", flush=True)
+while True:
+    q, peer = s.recvfrom(4096)
+    qid = q[:2]
+    i = 12
+    while q[i] != 0:
+        i += 1 + q[i]
+    qname = q[12:i + 1]
+    qtype, = struct.unpack(">H", q[i + 1:i + 3])
+    question = q[12:i + 5]
+    rdata = socket.inet_pton(socket.AF_INET, "192.0.2.7") if qtype == 1 else socket.inet_pton(socket.AF_INET6, "2001:db8::7")
+    ans = b"\xc0\x0c" + struct.pack(">HHIH", qtype, 1, 60, len(rdata)) + rdata
+    s.sendto(qid + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00" + question + ans, peer)
+    print("QUERY", peer[0], flush=True)
+"#;
+
+/// An HTTP server in the server namespace (both families), its log on stderr.
+fn http_server(t: &Topo, dir: &TempDir) -> Proc {
+    std::fs::write(dir.join("index.html"), "intercepted page\n").unwrap();
+    let mut cmd = t.server.cmd(python());
+    cmd.args(["-m", "http.server", "8080", "--bind", "::", "--directory"])
+        .arg(dir.join(""));
+    let p = Proc::spawn("http.server", cmd);
+    wait_listen(p.pid(), 8080);
+    p
+}
+
+fn curl(t: &Topo, url: &str) -> String {
+    let mut c = t.client.cmd("curl");
+    c.args(["-sS", "-m", "20", url]);
+    output(c)
+}
+
+fn raw_exchange(t: &Topo, dir: &TempDir, server: &mut Server, addr: &str, msg: &[u8]) {
+    let script = dir.write("client.py", RAW_CLIENT);
+    let mut c = t.client.cmd(python());
+    let payload = dir.write("payload.bin", msg);
+    c.args([&script, addr, &server.port.to_string(), &payload]);
+    let out = output(c);
+    let mut want = b"reply:".to_vec();
+    want.extend(msg.iter().rev());
+    assert_eq!(out.trim(), format!("REPLY {}", hex(&want)));
+    assert_eq!(server.proc.expect("GOT", TIMEOUT), hex(msg));
+}
+
+fn check_http_records(evs: &[Value], client: &str, target: &str) {
+    let (up, down) = recorded(evs, client, target);
+    let up = String::from_utf8_lossy(&up);
+    assert!(up.starts_with("GET / HTTP/1.1\r\n"), "{up}");
+    let down = String::from_utf8_lossy(&down);
+    assert!(down.starts_with("HTTP/1.0 200 OK\r\n"), "{down}");
+    assert!(down.ends_with("intercepted page\n"), "{down}");
+}
+
+fn check_raw_records(evs: &[Value], client: &str, target: &str, msg: &[u8]) {
+    let (up, down) = recorded(evs, client, target);
+    assert_eq!(up, msg);
+    let mut want = b"reply:".to_vec();
+    want.extend(msg.iter().rev());
+    assert_eq!(down, want);
+}
+
+/// The TCP stream between `a` and `b` in the pcapng file, both directions.
+fn pcap_stream(file: &str, a: &str, b: &str) -> (Vec<u8>, Vec<u8>) {
+    let filter = if a.contains(':') {
+        format!("ipv6.addr=={a} && ipv6.addr=={b}")
+    } else {
+        format!("ip.addr=={a} && ip.addr=={b}")
+    };
+    let streams = tshark_r(file, &["-Y", &filter, "-T", "fields", "-e", "tcp.stream"]);
+    let n = streams
+        .lines()
+        .next()
+        .expect("a stream in the pcapng")
+        .trim()
+        .to_string();
+    follow_raw(&tshark_r(file, &["-qz", &format!("follow,tcp,raw,{n}")]))
+}
+
+fn gateway_mode(mode: &str) {
+    let t = Topo::new();
+    let dir = TempDir::new("intercept");
+    let before = net_state(&t.gw);
+    let _http = http_server(&t, &dir);
+    let raw_script = dir.write("server.py", RAW_SERVER);
+    let mut raw = {
+        let mut cmd = t.server.cmd(python());
+        cmd.args([&raw_script, "2"]);
+        let mut proc = Proc::spawn("raw server", cmd);
+        let port = proc.expect("READY", TIMEOUT).parse().unwrap();
+        Server { proc, port }
+    };
+    let jsonl = dir.join("records.jsonl");
+    let pcap = dir.join("records.pcapng");
+    let agent = Agent::start(
+        &t.gw,
+        &[
+            "--mode",
+            mode,
+            "--iface",
+            "g0",
+            "--format",
+            "json",
+            "-o",
+            jsonl.to_str().unwrap(),
+            "-w",
+            pcap.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        ns_output(&t.gw, &["nft", "list", "ruleset"]).contains("flags owner"),
+        "the table is not owned"
+    );
+    // HTTP and a raw exchange, IPv4 and IPv6, through the gateway.
+    assert_eq!(curl(&t, "http://10.66.2.2:8080/"), "intercepted page\n");
+    assert_eq!(curl(&t, "http://[fd66:2::2]:8080/"), "intercepted page\n");
+    let msg4 = pattern(3000, 4);
+    let msg6 = pattern(70000, 6);
+    raw_exchange(&t, &dir, &mut raw, "10.66.2.2", &msg4);
+    raw_exchange(&t, &dir, &mut raw, "fd66:2::2", &msg6);
+    let err = agent.stop();
+    assert_eq!(
+        net_state(&t.gw),
+        before,
+        "capagent left state behind; stderr {err}"
+    );
+
+    let evs = records(&jsonl);
+    check_http_records(&evs, "10.66.1.2", "10.66.2.2:8080");
+    check_http_records(&evs, "fd66:1::2", "[fd66:2::2]:8080");
+    let port = raw.port;
+    check_raw_records(&evs, "10.66.1.2", &format!("10.66.2.2:{port}"), &msg4);
+    check_raw_records(&evs, "fd66:1::2", &format!("[fd66:2::2]:{port}"), &msg6);
+    // The pcapng holds client <-> original destination streams Wireshark follows.
+    let pcap = pcap.to_str().unwrap();
+    let (up, down) = pcap_stream(pcap, "10.66.1.2", "10.66.2.2");
+    assert!(String::from_utf8_lossy(&up).starts_with("GET / HTTP/1.1"));
+    assert!(String::from_utf8_lossy(&down).ends_with("intercepted page\n"));
+    let http = tshark_r(
+        pcap,
+        &[
+            "-Y",
+            "http.request",
+            "-T",
+            "fields",
+            "-e",
+            "ip.dst",
+            "-e",
+            "ipv6.dst",
+        ],
+    );
+    assert!(
+        http.contains("10.66.2.2") && http.contains("fd66:2::2"),
+        "{http}"
+    );
+}
+
+/// `ip netns exec NS ARGS...`'s stdout.
+fn ns_output(ns: &Netns, args: &[&str]) -> String {
+    let mut c = ns.cmd(args[0]);
+    c.args(&args[1..]);
+    output(c)
+}
+
+#[test]
+fn redirect_tcp_ipv4_and_ipv6() {
+    gateway_mode("redirect");
+}
+
+#[test]
+fn tproxy_tcp_ipv4_and_ipv6() {
+    gateway_mode("tproxy");
+}
+
+#[test]
+fn tproxy_udp_dns() {
+    let t = Topo::new();
+    let dir = TempDir::new("intercept-dns");
+    let before = net_state(&t.gw);
+    let script = dir.write("dns.py", DNS_SERVER);
+    let mut dns = Proc::spawn("dns", {
+        let mut c = t.server.cmd(python());
+        c.arg(&script);
+        c
+    });
+    dns.expect("READY", TIMEOUT);
+    let jsonl = dir.join("dns.jsonl");
+    let agent = Agent::start(
+        &t.gw,
+        &[
+            "--mode",
+            "tproxy",
+            "--iface",
+            "g0",
+            "--udp",
+            "--port",
+            "53",
+            "--format",
+            "json",
+            "-o",
+            jsonl.to_str().unwrap(),
+        ],
+    );
+    for (server, qtype, want) in [
+        ("10.66.2.2", "A", "192.0.2.7"),
+        ("fd66:2::2", "AAAA", "2001:db8::7"),
+    ] {
+        let mut c = t.client.cmd("dig");
+        c.args([
+            &format!("@{server}"),
+            "+short",
+            "+tries=1",
+            "+time=5",
+            "app.example",
+            qtype,
+        ]);
+        assert_eq!(output(c).trim(), want);
+        // The server saw the query coming from the gateway (the relay), not the client.
+        let from = dns.expect("QUERY", TIMEOUT);
+        assert!(from.ends_with("10.66.2.1") || from == "fd66:2::1", "{from}");
+    }
+    let err = agent.stop();
+    assert_same(&before, &net_state(&t.gw), &format!("stderr {err}"));
+    let evs = records(&jsonl);
+    for (client, target) in [
+        ("10.66.1.2", "10.66.2.2:53"),
+        ("fd66:1::2", "[fd66:2::2]:53"),
+    ] {
+        let open = one(&evs, &format!("udp open {target}"), |e| {
+            e["type"] == "open" && e["target"] == target
+        });
+        assert!(open["local"].as_str().unwrap().contains(client));
+        let sk = open["sk"].clone();
+        let data: Vec<&Value> = evs
+            .iter()
+            .filter(|e| e["type"] == "data" && e["sk"] == sk)
+            .collect();
+        assert_eq!(data.len(), 2, "{}", dump(&evs));
+        assert_eq!(data[0]["dir"], "send");
+        assert_eq!(data[1]["dir"], "recv");
+        let q = base64::engine::general_purpose::STANDARD
+            .decode(data[0]["payload_b64"].as_str().unwrap())
+            .unwrap();
+        assert!(
+            q.windows(12).any(|w| w == b"\x03app\x07example"),
+            "query {q:?}"
+        );
+    }
+}
+
+#[test]
+fn cleanup_after_sigkill_by_command_and_by_next_start() {
+    let t = Topo::new();
+    let before = net_state(&t.gw);
+    let args = ["--mode", "tproxy", "--iface", "g0", "--udp", "--no-record"];
+    // SIGKILL: the kernel drops the owned table, the routing rule and route stay...
+    let mut a = Agent::start(&t.gw, &args);
+    let during = net_state(&t.gw);
+    assert!(
+        during.contains("capagent-") && during.contains("proto 202"),
+        "{during}"
+    );
+    a.signal(libc::SIGKILL);
+    let after = net_state(&t.gw);
+    assert!(!after.contains("table inet capagent-"), "{after}");
+    assert!(after.contains("proto 202"), "{after}");
+    // ... until `capagent cleanup`.
+    let mut c = t.gw.cmd(CAPAGENT);
+    c.arg("cleanup");
+    let out = c.output().unwrap();
+    assert!(out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("removed rule"), "{said}");
+    assert_same(&before, &net_state(&t.gw), "after cleanup");
+    // The same with the next start doing the cleanup.
+    let mut a = Agent::start(&t.gw, &args);
+    a.signal(libc::SIGKILL);
+    let b = Agent::start(
+        &t.gw,
+        &["--mode", "redirect", "--iface", "g0", "--no-record"],
+    );
+    assert!(
+        b.proc.stderr().contains("cleanup: removed rule"),
+        "{}",
+        b.proc.stderr()
+    );
+    b.stop();
+    assert_same(&before, &net_state(&t.gw), "after cleanup");
+    // Others' tables are not touched.
+    let mut add = t.gw.cmd("nft");
+    add.args(["add", "table", "inet", "someone-else"]);
+    run_ok(&mut add);
+    let mut c = t.gw.cmd(CAPAGENT);
+    c.arg("cleanup");
+    assert!(c.output().unwrap().status.success());
+    assert!(ns_output(&t.gw, &["nft", "list", "tables"]).contains("someone-else"));
+}
+
+const WAITING_CLIENT: &str = r#"
+import socket, sys
+sys.stdin.readline()
+c = socket.create_connection(("127.0.0.1", int(sys.argv[1])))
+c.sendall(sys.argv[2].encode())
+c.shutdown(socket.SHUT_WR)
+buf = b""
+while True:
+    d = c.recv(65536)
+    if not d:
+        break
+    buf += d
+print("REPLY", buf.hex(), flush=True)
+"#;
+
+/// A cgroup v2 directory of the test's own; its processes go back to the root and it is
+/// removed on drop.
+struct Cgroup {
+    root: std::path::PathBuf,
+    path: std::path::PathBuf,
+    /// As `--cgroup` takes it: relative to the hierarchy's root.
+    rel: String,
+}
+
+impl Cgroup {
+    fn new(tag: &str) -> Cgroup {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let root = mounts
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                (f.get(2) == Some(&"cgroup2")).then(|| std::path::PathBuf::from(f[1]))
+            })
+            .expect("a cgroup v2 hierarchy");
+        let rel = format!("capagent-t-{tag}-{}", std::process::id());
+        let path = root.join(&rel);
+        std::fs::create_dir(&path).unwrap();
+        Cgroup { root, path, rel }
+    }
+
+    fn add(&self, pid: u32) {
+        std::fs::write(self.path.join("cgroup.procs"), pid.to_string()).unwrap();
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let procs = std::fs::read_to_string(self.path.join("cgroup.procs")).unwrap_or_default();
+        for pid in procs.lines() {
+            let _ = std::fs::write(self.root.join("cgroup.procs"), pid);
+        }
+        let _ = std::fs::remove_dir(&self.path);
+    }
+}
+
+#[test]
+fn per_process_only_the_chosen_process() {
+    only_the_chosen_process(false);
+}
+
+#[test]
+fn per_cgroup_only_its_processes() {
+    only_the_chosen_process(true);
+}
+
+/// Two identical clients; only one is chosen, by `--pid` or by `--cgroup`.
+fn only_the_chosen_process(by_cgroup: bool) {
+    use std::io::Write as _;
+    let ns = Netns::new("ipp");
+    let dir = TempDir::new("intercept-pp");
+    let cg_before = cgroup_state();
+    let script = dir.write("server.py", RAW_SERVER);
+    let mut server = {
+        let mut cmd = ns.cmd(python());
+        cmd.args([&script, "2"]);
+        let mut proc = Proc::spawn("raw server", cmd);
+        let port: u16 = proc.expect("READY", TIMEOUT).parse().unwrap();
+        Server { proc, port }
+    };
+    let client = dir.write("client.py", WAITING_CLIENT);
+    let spawn = |msg: &str| {
+        let mut c = ns.cmd(python());
+        c.args([&client, &server.port.to_string(), msg]);
+        Proc::spawn_piped("client", c)
+    };
+    let mut chosen = spawn("from-the-chosen-one");
+    let mut other = spawn("from-the-other-one");
+    let jsonl = dir.join("pp.jsonl");
+    let cgroup = by_cgroup.then(|| Cgroup::new("pp"));
+    let pid = chosen.pid().to_string();
+    let select = match &cgroup {
+        Some(cg) => {
+            // `ip netns exec` execs python in place: the pid is python's.
+            cg.add(chosen.pid());
+            ["--cgroup", cg.rel.as_str()]
+        }
+        None => ["--pid", pid.as_str()],
+    };
+    let agent = Agent::start(
+        &ns,
+        &[
+            select[0],
+            select[1],
+            "--format",
+            "json",
+            "-o",
+            jsonl.to_str().unwrap(),
+        ],
+    );
+    for (p, msg) in [
+        (&mut chosen, "from-the-chosen-one"),
+        (&mut other, "from-the-other-one"),
+    ] {
+        p.child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+        let mut want = b"reply:".to_vec();
+        want.extend(msg.bytes().rev());
+        assert_eq!(p.expect("REPLY", TIMEOUT), hex(&want));
+        assert_eq!(server.proc.expect("GOT", TIMEOUT), hex(msg.as_bytes()));
+    }
+    let err = agent.stop();
+    assert_same(&cg_before, &cgroup_state(), &format!("stderr {err}"));
+    let evs = records(&jsonl);
+    let target = format!("127.0.0.1:{}", server.port);
+    let (up, _) = recorded(&evs, "127.0.0.1", &target);
+    assert_eq!(up, b"from-the-chosen-one");
+    assert_eq!(
+        of_type(&evs, "open").len(),
+        1,
+        "the other process was recorded: {}",
+        dump(&evs)
+    );
+}
+
+#[test]
+fn per_process_command_and_sigkill() {
+    let ns = Netns::new("ipc");
+    let dir = TempDir::new("intercept-cmd");
+    let cg_before = cgroup_state();
+    std::fs::write(dir.join("index.html"), "per process\n").unwrap();
+    let mut cmd = ns.cmd(python());
+    cmd.args([
+        "-m",
+        "http.server",
+        "8090",
+        "--bind",
+        "127.0.0.1",
+        "--directory",
+    ])
+    .arg(dir.join(""));
+    let http = Proc::spawn("http.server", cmd);
+    wait_listen(http.pid(), 8090);
+    let jsonl = dir.join("cmd.jsonl");
+    let mut c = ns.cmd(CAPAGENT);
+    c.args([
+        "intercept",
+        "--format",
+        "json",
+        "-o",
+        jsonl.to_str().unwrap(),
+        "--",
+    ])
+    .args(["curl", "-sS", "-m", "20", "http://127.0.0.1:8090/"]);
+    let out = run_output("capagent -- curl", c, TIMEOUT);
+    assert_eq!(out, "per process\n");
+    let evs = records(&jsonl);
+    let (up, down) = recorded(&evs, "127.0.0.1", "127.0.0.1:8090");
+    assert!(String::from_utf8_lossy(&up).starts_with("GET / HTTP/1.1\r\n"));
+    assert!(String::from_utf8_lossy(&down).ends_with("per process\n"));
+    assert_same(&cg_before, &cgroup_state(), "cgroup programs");
+    // SIGKILL: the links go with the agent.
+    let mut a = Agent::start(&ns, &["--no-record", "--", "sleep", "30"]);
+    assert_ne!(cgroup_state(), cg_before, "nothing attached?");
+    a.signal(libc::SIGKILL);
+    let deadline = Instant::now() + TIMEOUT;
+    while cgroup_state() != cg_before {
+        assert!(Instant::now() < deadline, "programs left attached");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn redirect_as_http_keeps_requests_apart() {
+    let t = Topo::new();
+    let dir = TempDir::new("intercept-http");
+    let before = net_state(&t.gw);
+    let _http = http_server(&t, &dir);
+    let jsonl = dir.join("http.jsonl");
+    let agent = Agent::start(
+        &t.gw,
+        &[
+            "--mode",
+            "redirect",
+            "--iface",
+            "g0",
+            "--port",
+            "8080",
+            "--as",
+            "http",
+            "--format",
+            "json",
+            "-o",
+            jsonl.to_str().unwrap(),
+        ],
+    );
+    // Two requests on one client connection (curl reuses it).
+    let mut c = t.client.cmd("curl");
+    c.args([
+        "-sS",
+        "-m",
+        "20",
+        "http://10.66.2.2:8080/",
+        "http://10.66.2.2:8080/index.html",
+    ]);
+    assert_eq!(output(c), "intercepted page\nintercepted page\n");
+    let err = agent.stop();
+    assert_same(&before, &net_state(&t.gw), &format!("stderr {err}"));
+    let evs = records(&jsonl);
+    // The HTTP handler recorded the exchanges with the original destination as the server:
+    // one client connection; the server (HTTP/1.0, closes after each response) needed one
+    // connection per request.
+    let opens = of_type(&evs, "open");
+    assert_eq!(opens.len(), 2, "{}", dump(&evs));
+    for o in &opens {
+        assert_eq!(o["target"], "10.66.2.2:8080", "{}", dump(&evs));
+        assert_eq!(o["local"], opens[0]["local"]);
+        assert!(o["local"].as_str().unwrap().starts_with("10.66.1.2:"));
+    }
+    let sent: Vec<u8> = evs
+        .iter()
+        .filter(|e| e["type"] == "data" && e["dir"] == "send")
+        .flat_map(|e| {
+            base64::engine::general_purpose::STANDARD
+                .decode(e["payload_b64"].as_str().unwrap())
+                .unwrap()
+        })
+        .collect();
+    let sent = String::from_utf8_lossy(&sent);
+    assert!(
+        sent.contains("GET / HTTP/1.1\r\n") && sent.contains("GET /index.html HTTP/1.1\r\n"),
+        "{sent}"
+    );
+}
+
+#[test]
+fn redirect_as_socks_serves_the_socks_protocol() {
+    let t = Topo::new();
+    let dir = TempDir::new("intercept-socks");
+    let _http = http_server(&t, &dir);
+    let jsonl = dir.join("socks.jsonl");
+    let agent = Agent::start(
+        &t.gw,
+        &[
+            "--mode",
+            "redirect",
+            "--iface",
+            "g0",
+            "--port",
+            "1080",
+            "--as",
+            "socks",
+            "--format",
+            "json",
+            "-o",
+            jsonl.to_str().unwrap(),
+        ],
+    );
+    // The client's SOCKS proxy "at 10.66.2.2:1080" does not exist: capagent answers for it.
+    let mut c = t.client.cmd("curl");
+    c.args([
+        "-sS",
+        "-m",
+        "20",
+        "--socks5",
+        "10.66.2.2:1080",
+        "http://10.66.2.2:8080/",
+    ]);
+    assert_eq!(output(c), "intercepted page\n");
+    agent.stop();
+    let evs = records(&jsonl);
+    let open = one(&evs, "open", |e| e["type"] == "open");
+    assert_eq!(open["target"], "10.66.2.2:8080", "{}", dump(&evs));
+    assert!(
+        open["proxy"].as_str().unwrap().contains("socks5"),
+        "{}",
+        dump(&evs)
+    );
+    let (up, down) = recorded(&evs, "10.66.1.2", "10.66.2.2:8080");
+    assert!(String::from_utf8_lossy(&up).starts_with("GET / HTTP/1.1\r\n"));
+    assert!(String::from_utf8_lossy(&down).ends_with("intercepted page\n"));
+}
+
+#[test]
+fn redirect_local_catches_the_gateways_own_connections() {
+    let t = Topo::new();
+    let dir = TempDir::new("intercept-local");
+    let before = net_state(&t.gw);
+    let _http = http_server(&t, &dir);
+    let jsonl = dir.join("local.jsonl");
+    let agent = Agent::start(
+        &t.gw,
+        &[
+            "--mode",
+            "redirect",
+            "--iface",
+            "g1",
+            "--local",
+            "--port",
+            "8080",
+            "--format",
+            "json",
+            "-o",
+            jsonl.to_str().unwrap(),
+        ],
+    );
+    // curl on the gateway itself; capagent's own connection to the server is not caught
+    // again (it carries capagent's mark).
+    for url in ["http://10.66.2.2:8080/", "http://[fd66:2::2]:8080/"] {
+        let mut c = t.gw.cmd("curl");
+        c.args(["-sS", "-m", "20", url]);
+        assert_eq!(output(c), "intercepted page\n");
+    }
+    let err = agent.stop();
+    assert_same(&before, &net_state(&t.gw), &format!("stderr {err}"));
+    let evs = records(&jsonl);
+    assert_eq!(of_type(&evs, "open").len(), 2, "{}", dump(&evs));
+    check_http_records(&evs, "10.66.2.1", "10.66.2.2:8080");
+    check_http_records(&evs, "fd66:2::1", "[fd66:2::2]:8080");
+}
+
+#[test]
+fn cleanup_detaches_cgroup_links_left_pinned() {
+    let ns = Netns::new("ipin");
+    let dir = TempDir::new("intercept-pin");
+    let cg_before = cgroup_state();
+    let mut a = Agent::start(&ns, &["--no-record", "--", "sleep", "30"]);
+    // The agent's connect4 link, pinned in a bpffs of the test's own: a pinned link outlives
+    // the agent, the one case where a killed agent leaves a cgroup attachment behind.
+    let progs: Value = serde_json::from_str(&output({
+        let mut c = Command::new("bpftool");
+        c.args(["-j", "prog", "show"]);
+        c
+    }))
+    .unwrap();
+    let conn4: Vec<u64> = progs
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["name"] == "capagent_conn4")
+        .map(|p| p["id"].as_u64().unwrap())
+        .collect();
+    let links: Value = serde_json::from_str(&output({
+        let mut c = Command::new("bpftool");
+        c.args(["-j", "link", "show"]);
+        c
+    }))
+    .unwrap();
+    let link = links
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["prog_id"].as_u64().is_some_and(|id| conn4.contains(&id)))
+        .expect("the agent's connect4 link")["id"]
+        .as_u64()
+        .unwrap();
+    let bpffs = dir.join("bpffs");
+    std::fs::create_dir(&bpffs).unwrap();
+    run_ok(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&bpffs));
+    let pin = bpffs.join("link");
+    run_ok(
+        Command::new("bpftool")
+            .args(["link", "pin", "id", &link.to_string()])
+            .arg(&pin),
+    );
+    a.signal(libc::SIGKILL);
+    thread::sleep(Duration::from_millis(300));
+    let during = cgroup_state();
+    let cleanup = {
+        let mut c = Command::new(CAPAGENT);
+        c.arg("cleanup");
+        c.output().unwrap()
+    };
+    let _ = std::fs::remove_file(&pin);
+    let _ = Command::new("umount").arg(&bpffs).status();
+    assert!(during.contains("capagent_conn4"), "{during}");
+    let said = String::from_utf8_lossy(&cleanup.stderr);
+    assert!(cleanup.status.success(), "{said}");
+    assert!(
+        said.contains(&format!(
+            "removed cgroup link {link} of program capagent_conn4"
+        )),
+        "{said}"
+    );
+    assert_same(&cg_before, &cgroup_state(), "after cleanup");
+}

@@ -1,0 +1,381 @@
+//! `cargo xtask bench intercept`: what transparent interception costs, in one run, in the
+//! topology of the integration tests: client namespace → gateway namespace (forwarding;
+//! capagent runs here) → server namespace, joined by veth pairs.
+//!
+//! For each path (direct: plain forwarding; capagent `--mode redirect` and `--mode tproxy`,
+//! each relaying only and recording to pcapng) it measures
+//! - connection setup: `connrate client` opens COUNT connections one after the other
+//!   (connect, one byte each way, close) → connections per second and mean time per
+//!   connection;
+//! - throughput: `rr bulk-client` sends BYTES through the path → Mbit/s;
+//!
+//! and prints each next to direct as a ratio. It asserts nothing about timings.
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use crate::util::{self, run_captured};
+
+#[derive(Args, Debug, Clone)]
+pub struct InterceptBenchArgs {
+    /// Connections opened by the connection setup workload, per path.
+    #[arg(long, default_value_t = 2000)]
+    pub count: u64,
+    /// Bytes of the bulk stream, per path.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub bytes: u64,
+    /// Use this capagent binary instead of building one (`cargo build --release`).
+    #[arg(long)]
+    pub capagent: Option<PathBuf>,
+}
+
+/// The benchmark topology; deleted on drop.
+struct Topo {
+    names: [String; 3],
+}
+
+impl Topo {
+    fn ns(&self, i: usize) -> &str {
+        &self.names[i]
+    }
+
+    fn cmd(&self, i: usize, prog: &Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", self.ns(i)]).arg(prog);
+        c
+    }
+
+    fn new() -> Result<Topo> {
+        let pid = std::process::id();
+        let t = Topo {
+            names: [
+                format!("cabench-c-{pid}"),
+                format!("cabench-g-{pid}"),
+                format!("cabench-s-{pid}"),
+            ],
+        };
+        for n in &t.names {
+            util::run(Command::new("ip").args(["netns", "add", n]))?;
+            util::run(Command::new("ip").args(["-n", n, "link", "set", "lo", "up"]))?;
+        }
+        let ip =
+            |ns: &str, args: &[&str]| util::run(Command::new("ip").arg("-n").arg(ns).args(args));
+        ip(
+            t.ns(1),
+            &[
+                "link",
+                "add",
+                "g0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "c0",
+                "netns",
+                t.ns(0),
+            ],
+        )?;
+        ip(
+            t.ns(1),
+            &[
+                "link",
+                "add",
+                "g1",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "s0",
+                "netns",
+                t.ns(2),
+            ],
+        )?;
+        for (ns, dev, v4, v6) in [
+            (t.ns(0), "c0", "10.66.1.2/24", "fd66:1::2/64"),
+            (t.ns(1), "g0", "10.66.1.1/24", "fd66:1::1/64"),
+            (t.ns(1), "g1", "10.66.2.1/24", "fd66:2::1/64"),
+            (t.ns(2), "s0", "10.66.2.2/24", "fd66:2::2/64"),
+        ] {
+            ip(ns, &["addr", "add", v4, "dev", dev])?;
+            ip(ns, &["addr", "add", v6, "dev", dev, "nodad"])?;
+            ip(ns, &["link", "set", dev, "up"])?;
+        }
+        ip(t.ns(0), &["route", "add", "default", "via", "10.66.1.1"])?;
+        ip(t.ns(2), &["route", "add", "default", "via", "10.66.2.1"])?;
+        util::run(Command::new("ip").args([
+            "netns",
+            "exec",
+            t.ns(1),
+            "sysctl",
+            "-qw",
+            "net.ipv4.ip_forward=1",
+        ]))?;
+        Ok(t)
+    }
+}
+
+impl Drop for Topo {
+    fn drop(&mut self) {
+        for n in &self.names {
+            // Every process still in the namespace was started by this bench.
+            if let Ok(out) = Command::new("ip").args(["netns", "pids", n]).output() {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    if let Ok(pid) = pid.parse::<libc::pid_t>() {
+                        // SAFETY: plain kill(2) of a process this bench started.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+            }
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+/// A background server that prints `{"listening":PORT}` first; killed on drop.
+struct Bg {
+    child: Child,
+    port: u16,
+}
+
+impl Bg {
+    fn start(mut cmd: Command) -> Result<Bg> {
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start a server")?;
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().expect("piped")).read_line(&mut line)?;
+        let v: serde_json::Value =
+            serde_json::from_str(line.trim()).with_context(|| format!("server said {line:?}"))?;
+        let port = v["listening"].as_u64().context("no port")? as u16;
+        Ok(Bg { child, port })
+    }
+}
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A running `capagent intercept` in the gateway; stopped (SIGTERM) on drop.
+struct Agent {
+    child: Child,
+}
+
+impl Agent {
+    fn start(t: &Topo, capagent: &Path, args: &[&str]) -> Result<Agent> {
+        let mut cmd = t.cmd(1, capagent);
+        cmd.arg("intercept").args(args);
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("cannot start capagent")?;
+        let mut err = BufReader::new(child.stderr.take().expect("piped"));
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if err.read_line(&mut line)? == 0 {
+                bail!("capagent exited before intercepting");
+            }
+            if line.starts_with("capagent: intercepting") {
+                break;
+            }
+        }
+        // Keep draining its stderr so it never blocks on a full pipe.
+        std::thread::spawn(move || {
+            let mut sink = String::new();
+            while err.read_line(&mut sink).is_ok_and(|n| n > 0) {
+                sink.clear();
+            }
+        });
+        Ok(Agent { child })
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) of the capagent this bench started.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let _ = util::wait_timeout(&mut self.child, Duration::from_secs(30), false);
+    }
+}
+
+fn json_of(stdout: &str) -> Result<serde_json::Value> {
+    let line = stdout
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .context("no JSON line")?;
+    Ok(serde_json::from_str(line)?)
+}
+
+struct Measure {
+    per_sec: f64,
+    avg_us: f64,
+    mbps: f64,
+}
+
+fn measure(t: &Topo, a: &InterceptBenchArgs, bins: &Bins) -> Result<Measure> {
+    let server = Bg::start({
+        let mut c = t.cmd(2, &bins.connrate);
+        c.args(["server", "--bind", "0.0.0.0"]);
+        c
+    })?;
+    let mut c = t.cmd(0, &bins.connrate);
+    c.args([
+        "client",
+        "--addr",
+        &format!("10.66.2.2:{}", server.port),
+        "--count",
+        &a.count.to_string(),
+    ]);
+    let out = run_captured(&mut c, Duration::from_secs(600))?;
+    if !out.success() {
+        bail!("connrate client: {}", out.stderr_tail(5));
+    }
+    let conn = json_of(&out.stdout)?;
+    drop(server);
+    let bulk = Bg::start({
+        let mut c = t.cmd(2, &bins.rr);
+        c.args(["bulk-server", "--bind", "0.0.0.0", "--port", "0"]);
+        c
+    })?;
+    let mut c = t.cmd(0, &bins.rr);
+    c.args([
+        "bulk-client",
+        "--addr",
+        &format!("10.66.2.2:{}", bulk.port),
+        "--bytes",
+        &a.bytes.to_string(),
+        "--chunk",
+        "65536",
+    ]);
+    let out = run_captured(&mut c, Duration::from_secs(600))?;
+    if !out.success() {
+        bail!("rr bulk-client: {}", out.stderr_tail(5));
+    }
+    let bulk_out = json_of(&out.stdout)?;
+    Ok(Measure {
+        per_sec: conn["per_sec"].as_f64().unwrap_or(0.0),
+        avg_us: conn["avg_us"].as_f64().unwrap_or(0.0),
+        mbps: bulk_out["mbps"].as_f64().unwrap_or(0.0),
+    })
+}
+
+struct Bins {
+    capagent: PathBuf,
+    rr: PathBuf,
+    connrate: PathBuf,
+}
+
+pub fn intercept(args: InterceptBenchArgs) -> Result<()> {
+    if !util::is_root() {
+        bail!("cargo xtask bench intercept must run as root (network namespaces, nftables)");
+    }
+    let capagent = match &args.capagent {
+        Some(p) => p.clone(),
+        None => util::build_bins("capagent", &["capagent"], true)?["capagent"].clone(),
+    };
+    let x = util::build_bins("xtask", &["rr", "connrate"], true)?;
+    let bins = Bins {
+        capagent,
+        rr: x["rr"].clone(),
+        connrate: x["connrate"].clone(),
+    };
+    let t = Topo::new()?;
+    let tmp = std::env::temp_dir().join(format!("capagent-bench-intercept-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp)?;
+    let pcap = tmp.join("bench.pcapng");
+    let pcap = pcap.to_str().context("temp path")?.to_string();
+    let paths: Vec<(&str, Vec<&str>)> = vec![
+        ("direct (forwarded)", vec![]),
+        (
+            "redirect, relay only",
+            vec!["--mode", "redirect", "--iface", "g0", "--no-record"],
+        ),
+        (
+            "redirect, pcapng",
+            vec![
+                "--mode",
+                "redirect",
+                "--iface",
+                "g0",
+                "-o",
+                "/dev/null",
+                "-w",
+                &pcap,
+            ],
+        ),
+        (
+            "tproxy, relay only",
+            vec!["--mode", "tproxy", "--iface", "g0", "--no-record"],
+        ),
+        (
+            "tproxy, pcapng",
+            vec![
+                "--mode",
+                "tproxy",
+                "--iface",
+                "g0",
+                "-o",
+                "/dev/null",
+                "-w",
+                &pcap,
+            ],
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (name, agent_args) in &paths {
+        eprintln!("bench intercept: {name}");
+        let agent = if agent_args.is_empty() {
+            None
+        } else {
+            Some(Agent::start(&t, &bins.capagent, agent_args)?)
+        };
+        let m = measure(&t, &args, &bins);
+        drop(agent);
+        let _ = std::fs::remove_file(&pcap);
+        rows.push((*name, m));
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+    let base = match &rows[0].1 {
+        Ok(m) => (m.per_sec, m.mbps),
+        Err(e) => bail!("direct path failed: {e:#}"),
+    };
+    println!(
+        "\nconnection setup: {} connections one after the other (connect, 1 byte each way, close); throughput: {} MiB stream",
+        args.count,
+        args.bytes >> 20
+    );
+    println!(
+        "{:<22} {:>12} {:>10} {:>8} {:>14} {:>8}",
+        "path", "conn/s", "µs/conn", "ratio", "Mbit/s", "ratio"
+    );
+    for (name, m) in &rows {
+        match m {
+            Ok(m) => println!(
+                "{:<22} {:>12.0} {:>10.1} {:>7.2}x {:>14.0} {:>7.2}x",
+                name,
+                m.per_sec,
+                m.avg_us,
+                m.per_sec / base.0,
+                m.mbps,
+                m.mbps / base.1
+            ),
+            Err(e) => println!("{name:<22} failed: {e:#}"),
+        }
+    }
+    Ok(())
+}
