@@ -706,8 +706,8 @@ fn print_tables(args: &CoreBenchArgs, tput: &[ThroughputRow], rates: &[RateRow],
     if !rates.is_empty() {
         println!();
         println!(
-            "## SOCKS5 connections per second ({} client threads, {} s; CONNECT + 2-byte answer + close)",
-            args.socks_clients, args.socks_secs
+            "## SOCKS5 connections per second ({} client threads, {} s, median of {}; CONNECT + 2-byte answer + close)",
+            args.socks_clients, args.socks_secs, args.socks_runs
         );
         let micro = rates
             .iter()
