@@ -737,6 +737,8 @@ async fn udp_associate(
     if let Some(c) = conn {
         match &result {
             Ok(()) => c.close(Ok(())).await,
+            Err(SessionError::Io { source, .. }) => c.close(Err(source)).await,
+            // The idle timeout.
             Err(_) => {
                 c.close(Err(&io::Error::from_raw_os_error(libc::ETIMEDOUT)))
                     .await
