@@ -41,6 +41,9 @@ pub struct CoreBenchArgs {
     /// Seconds each SOCKS5 connection-rate run lasts.
     #[arg(long, default_value_t = 5)]
     pub socks_secs: u64,
+    /// SOCKS5 connection-rate runs per proxy (the median is shown).
+    #[arg(long, default_value_t = 3)]
+    pub socks_runs: usize,
     /// Client threads of the SOCKS5 connection-rate runs.
     #[arg(long, default_value_t = 8)]
     pub socks_clients: usize,
@@ -399,20 +402,44 @@ struct RateRow {
 }
 
 fn socks_rates(args: &CoreBenchArgs, env: &Env) -> Vec<RateRow> {
-    [
+    let kinds = [
         Socks::CapagentNoRecord,
         Socks::CapagentRecord,
         Socks::Microsocks,
-    ]
-    .into_iter()
-    .map(|kind| {
-        eprintln!("bench: SOCKS5 connections per second, {}", kind.name());
-        RateRow {
-            name: kind.name(),
-            rate: socks_rate(args, env, kind).map_err(|e| format!("{e:#}")),
+    ];
+    // Rounds of one run per proxy, so that load changes hit every row alike.
+    let mut samples: Vec<std::result::Result<Vec<(f64, u64)>, String>> =
+        kinds.iter().map(|_| Ok(Vec::new())).collect();
+    for round in 0..args.socks_runs {
+        for (i, &kind) in kinds.iter().enumerate() {
+            let Ok(v) = &mut samples[i] else { continue };
+            eprintln!(
+                "bench: SOCKS5 connections per second, {} (run {}/{})",
+                kind.name(),
+                round + 1,
+                args.socks_runs
+            );
+            match socks_rate(args, env, kind) {
+                Ok(x) => v.push(x),
+                Err(e) => samples[i] = Err(format!("{e:#}")),
+            }
         }
-    })
-    .collect()
+    }
+    kinds
+        .iter()
+        .zip(samples)
+        .map(|(kind, s)| RateRow {
+            name: kind.name(),
+            rate: s.and_then(|v| {
+                if v.is_empty() {
+                    return Err("no run".into());
+                }
+                let failed = v.iter().map(|x| x.1).sum();
+                let mut rates: Vec<f64> = v.iter().map(|x| x.0).collect();
+                Ok((median(&mut rates), failed))
+            }),
+        })
+        .collect()
 }
 
 fn socks_rate(args: &CoreBenchArgs, env: &Env, kind: Socks) -> Result<(f64, u64)> {
@@ -679,8 +706,8 @@ fn print_tables(args: &CoreBenchArgs, tput: &[ThroughputRow], rates: &[RateRow],
     if !rates.is_empty() {
         println!();
         println!(
-            "## SOCKS5 connections per second ({} client threads, {} s; CONNECT + 2-byte answer + close)",
-            args.socks_clients, args.socks_secs
+            "## SOCKS5 connections per second ({} client threads, {} s, median of {}; CONNECT + 2-byte answer + close)",
+            args.socks_clients, args.socks_secs, args.socks_runs
         );
         let micro = rates
             .iter()

@@ -11,7 +11,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -50,7 +50,10 @@ impl RelayError {
     /// As an I/O error (for records).
     pub fn io(&self) -> io::Error {
         match self {
-            RelayError::Io { source, .. } => io::Error::new(source.kind(), self.to_string()),
+            RelayError::Io { source, .. } => match source.raw_os_error() {
+                Some(e) => io::Error::from_raw_os_error(e),
+                None => io::Error::new(source.kind(), self.to_string()),
+            },
             RelayError::Idle(_) => io::Error::from_raw_os_error(libc::ETIMEDOUT),
         }
     }
@@ -67,6 +70,8 @@ impl RelayError {
 struct Activity {
     start: Instant,
     last_ms: AtomicU64,
+    /// Directions that reached their end.
+    ended: AtomicU8,
 }
 
 impl Activity {
@@ -74,7 +79,15 @@ impl Activity {
         Activity {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
+            ended: AtomicU8::new(0),
         }
+    }
+
+    /// A direction reached its end; true for the first one, whose destination must then be
+    /// shut down for writing (half-close). After the second, both sockets are closed anyway,
+    /// which ends the last direction without a shutdown call.
+    fn first_to_end(&self) -> bool {
+        self.ended.fetch_add(1, Ordering::Relaxed) == 0
     }
 
     fn touch(&self) {
@@ -190,7 +203,9 @@ async fn copy_recorded(
         if n == 0 {
             conn.eof(dir).await;
             // Half-close: the other side learns this side is done sending.
-            let _ = to.shutdown().await;
+            if act.first_to_end() {
+                let _ = to.shutdown().await;
+            }
             return Ok(total);
         }
         if n >= want && want < BUF {
@@ -225,26 +240,31 @@ async fn copy_plain(
         "client"
     };
     let mut total = 0u64;
-    let mut buf = vec![0u8; FIRST_READ];
+    // Not zeroed: only the bytes read are ever touched (and resident).
+    let mut buf: Vec<u8> = Vec::with_capacity(FIRST_READ);
     loop {
-        let n = from.read(&mut buf).await.map_err(|source| RelayError::Io {
-            side: from_side,
-            source,
-        })?;
-        act.touch();
-        if n == 0 {
-            let _ = to.shutdown().await;
-            return Ok(total);
-        }
-        total += n as u64;
-        to.write_all(&buf[..n])
+        buf.clear();
+        let n = from
+            .read_buf(&mut buf)
             .await
             .map_err(|source| RelayError::Io {
-                side: to_side,
+                side: from_side,
                 source,
             })?;
         act.touch();
-        if n == buf.len() {
+        if n == 0 {
+            if act.first_to_end() {
+                let _ = to.shutdown().await;
+            }
+            return Ok(total);
+        }
+        total += n as u64;
+        to.write_all(&buf).await.map_err(|source| RelayError::Io {
+            side: to_side,
+            source,
+        })?;
+        act.touch();
+        if n == FIRST_READ {
             break;
         }
     }
@@ -278,7 +298,9 @@ async fn copy_buffered(
         })?;
         act.touch();
         if n == 0 {
-            let _ = to.shutdown().await;
+            if act.first_to_end() {
+                let _ = to.shutdown().await;
+            }
             return Ok(total);
         }
         total += n as u64;
@@ -366,7 +388,9 @@ async fn splice_loop(
         };
         act.touch();
         if n == 0 {
-            let _ = to.shutdown().await;
+            if act.first_to_end() {
+                let _ = to.shutdown().await;
+            }
             return Ok(total);
         }
         total += n as u64;
