@@ -334,6 +334,8 @@ fn refused_target_and_connection_cap() {
     // Refused target: the client's connection is reset (or closed) without data.
     let mut s = TcpStream::connect(agent.addrs[0]).unwrap();
     assert_eq!(read_all(&mut s), b"");
+    // (Its slot is released just after its socket closes.)
+    thread::sleep(Duration::from_millis(200));
     // The cap: one connection held open; the next is closed at once.
     let mut held = TcpStream::connect(agent.addrs[1]).unwrap();
     held.write_all(b"first").unwrap();

@@ -756,10 +756,38 @@ fn ipv6_target_and_early_data() {
     agent.stop();
     let evs = rec.events();
     let open = open_of(&evs, "socks5 connect", &target.to_string());
-    // The client is IPv4 and the target IPv6: pcapng maps the client into IPv6.
     assert_eq!(open.ret(), 0);
+    assert_eq!(open["resolved"], target.to_string());
     assert_eq!(recorded(&evs, open.fd(), "send"), b"early ping");
     assert_eq!(recorded(&evs, open.fd(), "recv"), b"pong");
+    // The client is IPv4 and the target IPv6: pcapng carries the client as an IPv4-mapped
+    // IPv6 address, in one stream to [::1].
+    let client: SocketAddr = open["local"].as_str().unwrap().parse().unwrap();
+    let streams = rec.streams();
+    assert_eq!(streams.len(), 1, "{streams:?}");
+    let (idx, c, server) = streams[0];
+    assert_eq!(server, target);
+    assert_eq!(c.port(), client.port());
+    assert_eq!(c.ip().to_string(), "::ffff:127.0.0.1");
+    assert_eq!(rec.follow(idx), (b"early ping".to_vec(), b"pong".to_vec()));
+}
+
+#[test]
+fn non_loopback_listen_warns() {
+    let dir = TempDir::new("socks-warn");
+    let rec = Rec::new(&dir, "warn");
+    let mut a = args(&["proxy", "socks", "--listen", "0.0.0.0:0", "--auth", "u:p"]);
+    a.extend(rec.args());
+    let agent = Agent::start(&a, 1);
+    let err = agent.stop();
+    assert!(
+        err.contains("warning: socks proxy listens on 0.0.0.0:0, reachable from other hosts"),
+        "{err}"
+    );
+    // Loopback: no warning.
+    let agent = socks(&rec, &[]);
+    let err = agent.stop();
+    assert!(!err.contains("warning"), "{err}");
 }
 
 #[test]

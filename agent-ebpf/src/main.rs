@@ -1,6 +1,6 @@
 //! capagent's eBPF programs: socket syscall tracing (`prog`), packet capture (`capture`,
-//! with its classic BPF interpreter for filter expressions, `filter`) and per-process
-//! interception (`intercept`: cgroup connect hooks).
+//! `owner`, `xdp`, with its classic BPF interpreter for filter expressions, `filter`) and
+//! per-process interception (`intercept`: cgroup connect hooks).
 //!
 //! The `sys_enter` raw tracepoint program picks the socket-related syscalls by number,
 //! checks in the kernel that the process is traced and the fd is a socket, and remembers the

@@ -326,6 +326,8 @@ pub struct ProxyBenchArgs {
     #[arg(long)]
     pub capagent: Option<std::path::PathBuf>,
     #[command(flatten)]
+    pub core: crate::bench_proxy::CoreBenchArgs,
+    #[command(flatten)]
     pub http: HttpBenchArgs,
 }
 
@@ -339,6 +341,12 @@ pub fn proxy(args: ProxyBenchArgs) -> Result<()> {
     };
     let tmp = std::env::temp_dir().join(format!("capagent-bench-proxy-{}", std::process::id()));
     fs::create_dir_all(&tmp)?;
+    // The forwarder and SOCKS parts (bench_proxy), then HTTP.
+    crate::bench_proxy::core(
+        &args.core,
+        capagent.as_deref().map_err(String::as_str),
+        &tmp,
+    )?;
     let rows = http(
         &args.http,
         capagent.as_deref().map_err(String::as_str),

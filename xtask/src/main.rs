@@ -21,6 +21,7 @@ mod bench;
 mod bench_daemon;
 mod bench_http;
 mod bench_intercept;
+mod bench_proxy;
 mod demo;
 mod fuzz;
 mod install;

@@ -37,7 +37,6 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("nftables", "nft"),
     ("python3", "python3"),
     ("default-jre-headless", "java"),
-    ("iputils-ping", "ping"),
     // `java Client.java` (single-file programs in the proxy tests) needs the compiler.
     ("default-jdk-headless", "javac"),
     // Peers of `cargo xtask bench proxy` (forward and SOCKS parts).

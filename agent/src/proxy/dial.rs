@@ -164,9 +164,10 @@ impl DialError {
     /// The error as an I/O error for records (its errno).
     pub fn io(&self) -> io::Error {
         let errno = match self {
-            DialError::Connect { source, .. } => {
-                return io::Error::new(source.kind(), self.to_string());
-            }
+            DialError::Connect { source, .. } => match source.raw_os_error() {
+                Some(e) => e,
+                None => return io::Error::new(source.kind(), self.to_string()),
+            },
             _ => match self.kind() {
                 FailKind::NotFound => libc::EHOSTUNREACH,
                 FailKind::Refused => libc::ECONNREFUSED,

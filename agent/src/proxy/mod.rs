@@ -225,6 +225,10 @@ where
         Some(u) => Some(u.parse::<dial::Upstream>().map_err(ProxyError::from)?),
         None => None,
     };
+    raise_nofile();
+    if recorder.enabled() {
+        keep_heap();
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("capagent-proxy")
@@ -247,6 +251,32 @@ where
     outcome?;
     written?;
     Ok(())
+}
+
+/// Raises the soft limit of open files to the hard limit: every relayed connection takes
+/// two sockets (and two pipes while splicing).
+fn raise_nofile() {
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+/// While recording, each chunk relayed (up to 256 KiB) is a fresh buffer that the recorder
+/// thread frees once written. With glibc's defaults such buffers are mmap'ed and unmapped,
+/// or trimmed from the heap, so every chunk costs page faults and zeroing; keep them on the
+/// heap and the heap mapped instead (memory in flight is bounded by the recorder channel).
+fn keep_heap() {
+    // SAFETY: mallopt only sets allocator parameters (M_MMAP_THRESHOLD -3, M_TRIM_THRESHOLD
+    // -1); a libc without them ignores the call.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
+    }
 }
 
 /// Resolves at the first SIGINT, SIGTERM or SIGHUP.

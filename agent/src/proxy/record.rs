@@ -18,7 +18,8 @@
 //! conversation as a TCP stream between the client and the real target.
 //!
 //! The channel is bounded: when the outputs cannot keep up, relays wait (nothing is dropped).
-//! The writer thread flushes whenever the channel runs empty, so files stay current.
+//! The writer thread flushes when the channel runs empty, at most every 100 ms (a ticker
+//! wakes it), so files stay current without a write per record.
 //! [`RecorderHandle::finish`] waits for everything sent to be written.
 
 use std::collections::HashMap;
@@ -28,7 +29,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use agent_common::sys;
 use bytes::Bytes;
@@ -98,7 +99,12 @@ enum Msg {
         ts_ns: u64,
         ret: i64,
     },
+    /// Wakes the writer so that it flushes what it holds (sent every [`FLUSH_EVERY`]).
+    Tick,
 }
+
+/// Longest time records stay in the writer's buffers while the proxies are quiet.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 struct Shared {
     tx: mpsc::Sender<Msg>,
@@ -206,6 +212,19 @@ impl Recorder {
         let thread = std::thread::Builder::new()
             .name("capagent-record".into())
             .spawn(move || write_loop(rx, writers))
+            .map_err(RecordError::Thread)?;
+        // The ticker holds a weak sender: the channel still closes when every recorder
+        // clone is gone, and the ticker then ends.
+        let weak = tx.downgrade();
+        std::thread::Builder::new()
+            .name("capagent-tick".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(FLUSH_EVERY);
+                    let Some(tx) = weak.upgrade() else { return };
+                    let _ = tx.try_send(Msg::Tick);
+                }
+            })
             .map_err(RecordError::Thread)?;
         let shared = Arc::new(Shared {
             tx,
@@ -440,12 +459,16 @@ fn write_loop(
     let mut conns: HashMap<u32, Open> = HashMap::new();
     let mut first_err: Option<io::Error> = None;
     let mut dirty = false;
+    let mut last_flush = Instant::now();
     loop {
         let msg = match rx.try_recv() {
             Ok(m) => m,
             Err(mpsc::error::TryRecvError::Empty) => {
-                if dirty {
+                // Nothing waiting: flush now if the last flush is old enough (else at the
+                // next tick), so files stay current without a write per record.
+                if dirty && last_flush.elapsed() >= FLUSH_EVERY {
                     dirty = false;
+                    last_flush = Instant::now();
                     if let Err(e) = out.flush() {
                         first_err.get_or_insert(e);
                     }
@@ -457,6 +480,9 @@ fn write_loop(
             }
             Err(mpsc::error::TryRecvError::Disconnected) => break,
         };
+        if let Msg::Tick = msg {
+            continue;
+        }
         if let Some(ev) = event_of(msg, pid, &mut conns) {
             dirty = true;
             if let Err(e) = out.write_event(&ev)
@@ -584,6 +610,7 @@ fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u32, Open>) -> Option<Event>
                 ),
             })
         }
+        Msg::Tick => None,
         Msg::Close { id, ts_ns, ret } => {
             let c = conns.remove(&id)?;
             Some(ev(

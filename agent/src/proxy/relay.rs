@@ -1,17 +1,17 @@
 //! Copying a client connection and a target connection both ways.
 //!
-//! Each direction reads up to [`BUF`] bytes at a time (tokio's `io::copy` uses 8 KiB, a known
-//! throughput trap), records the chunk, then writes it on. When one side finishes sending,
+//! Each direction reads up to [`BUF`] (256 KiB) at a time once data flows in bulk (tokio's
+//! `io::copy` uses 8 KiB, a known throughput trap), records the chunk, then writes it on. When one side finishes sending,
 //! the other side's write half is shut down (half-close is relayed) and the other direction
 //! goes on. A reset or error on either side ends both directions and resets the other side.
 //! With no traffic either way for the idle timeout, both are closed.
 //!
-//! When the connection is not recorded the bytes go through a pipe with `splice(2)`, never
+//! When the connection is not recorded, bulk data goes through a pipe with `splice(2)`, never
 //! entering user space.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -50,7 +50,10 @@ impl RelayError {
     /// As an I/O error (for records).
     pub fn io(&self) -> io::Error {
         match self {
-            RelayError::Io { source, .. } => io::Error::new(source.kind(), self.to_string()),
+            RelayError::Io { source, .. } => match source.raw_os_error() {
+                Some(e) => io::Error::from_raw_os_error(e),
+                None => io::Error::new(source.kind(), self.to_string()),
+            },
             RelayError::Idle(_) => io::Error::from_raw_os_error(libc::ETIMEDOUT),
         }
     }
@@ -67,6 +70,8 @@ impl RelayError {
 struct Activity {
     start: Instant,
     last_ms: AtomicU64,
+    /// Directions that reached their end.
+    ended: AtomicU8,
 }
 
 impl Activity {
@@ -74,7 +79,15 @@ impl Activity {
         Activity {
             start: Instant::now(),
             last_ms: AtomicU64::new(0),
+            ended: AtomicU8::new(0),
         }
+    }
+
+    /// A direction reached its end; true for the first one, whose destination must then be
+    /// shut down for writing (half-close). After the second, both sockets are closed anyway,
+    /// which ends the last direction without a shutdown call.
+    fn first_to_end(&self) -> bool {
+        self.ended.fetch_add(1, Ordering::Relaxed) == 0
     }
 
     fn touch(&self) {
@@ -162,6 +175,10 @@ fn side_of(dir: Direction, reading: bool) -> &'static str {
     }
 }
 
+/// First read size of a direction; reads grow (4x at a time, up to [`BUF`]) while they
+/// fill the buffer, so short exchanges stay small and bulk transfers get large reads.
+const FIRST_READ: usize = 16 * 1024;
+
 /// One direction, recorded: each chunk read is recorded, then written.
 async fn copy_recorded(
     mut from: ReadHalf<'_>,
@@ -172,8 +189,9 @@ async fn copy_recorded(
 ) -> Result<u64, RelayError> {
     let mut total = 0u64;
     let mut buf = BytesMut::new();
+    let mut want = FIRST_READ;
     loop {
-        buf.reserve(BUF);
+        buf.reserve(want);
         let n = from
             .read_buf(&mut buf)
             .await
@@ -185,10 +203,16 @@ async fn copy_recorded(
         if n == 0 {
             conn.eof(dir).await;
             // Half-close: the other side learns this side is done sending.
-            let _ = to.shutdown().await;
+            if act.first_to_end() {
+                let _ = to.shutdown().await;
+            }
             return Ok(total);
         }
+        if n >= want && want < BUF {
+            want = (want * 4).min(BUF);
+        }
         total += n as u64;
+        // The chunk goes to the recorder as is (no copy) and is written from the same bytes.
         let chunk = buf.split().freeze();
         conn.data(dir, chunk.clone()).await;
         to.write_all(&chunk)
@@ -201,10 +225,12 @@ async fn copy_recorded(
     }
 }
 
-/// One direction, not recorded: splice through a pipe (or read/write if no pipe).
+/// One direction, not recorded: read/write through a small buffer until a read fills it
+/// (bulk data), then splice through a pipe, the bytes never entering user space. Short
+/// exchanges (most connections) never pay for a pipe.
 async fn copy_plain(
-    from: ReadHalf<'_>,
-    to: WriteHalf<'_>,
+    mut from: ReadHalf<'_>,
+    mut to: WriteHalf<'_>,
     act: &Activity,
     from_side: &'static str,
 ) -> Result<u64, RelayError> {
@@ -213,12 +239,49 @@ async fn copy_plain(
     } else {
         "client"
     };
+    let mut total = 0u64;
+    // Not zeroed: only the bytes read are ever touched (and resident).
+    let mut buf: Vec<u8> = Vec::with_capacity(FIRST_READ);
+    loop {
+        buf.clear();
+        let n = from
+            .read_buf(&mut buf)
+            .await
+            .map_err(|source| RelayError::Io {
+                side: from_side,
+                source,
+            })?;
+        act.touch();
+        if n == 0 {
+            if act.first_to_end() {
+                let _ = to.shutdown().await;
+            }
+            return Ok(total);
+        }
+        total += n as u64;
+        to.write_all(&buf).await.map_err(|source| RelayError::Io {
+            side: to_side,
+            source,
+        })?;
+        act.touch();
+        if n == FIRST_READ {
+            break;
+        }
+    }
+    drop(buf);
     match Pipe::new() {
-        Ok(pipe) => splice_loop(from, to, act, &pipe, from_side, to_side).await,
-        Err(_) => copy_buffered(from, to, act, from_side, to_side).await,
+        Ok(pipe) => {
+            let more = splice_loop(from, to, act, &pipe, from_side, to_side).await?;
+            Ok(total + more)
+        }
+        Err(_) => {
+            let more = copy_buffered(from, to, act, from_side, to_side).await?;
+            Ok(total + more)
+        }
     }
 }
 
+/// Read/write with a [`BUF`] buffer (when no pipe can be had).
 async fn copy_buffered(
     mut from: ReadHalf<'_>,
     mut to: WriteHalf<'_>,
@@ -235,7 +298,9 @@ async fn copy_buffered(
         })?;
         act.touch();
         if n == 0 {
-            let _ = to.shutdown().await;
+            if act.first_to_end() {
+                let _ = to.shutdown().await;
+            }
             return Ok(total);
         }
         total += n as u64;
@@ -323,7 +388,9 @@ async fn splice_loop(
         };
         act.touch();
         if n == 0 {
-            let _ = to.shutdown().await;
+            if act.first_to_end() {
+                let _ = to.shutdown().await;
+            }
             return Ok(total);
         }
         total += n as u64;

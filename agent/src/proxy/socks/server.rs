@@ -475,11 +475,24 @@ async fn bind(
         ));
     }
     let fallback = listen.map_or(Ipv4Addr::LOCALHOST.into(), |l| l.ip());
-    let mut ip = bind_ip(target, fallback).await;
-    if version == Version::V4 && ip.is_ipv6() {
-        // A SOCKS4 reply carries only IPv4.
-        ip = Ipv4Addr::UNSPECIFIED.into();
-    }
+    let ip = match tokio::time::timeout(ctx.limits.handshake, bind_ip(target, fallback)).await {
+        Ok(ip) => ip,
+        Err(_) => fallback,
+    };
+    let ip = match (version, ip) {
+        (Version::V4, IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                // A SOCKS4 reply carries only IPv4 (and listening on every address instead
+                // would expose the port).
+                let _ = stream.write_all(&version.refusal(0)).await;
+                return Err(SessionError::Refused(format!(
+                    "SOCKS4 BIND: the address to announce, {v6}, is IPv6"
+                )));
+            }
+        },
+        (_, ip) => ip,
+    };
     let listener = match TcpListener::bind(SocketAddr::new(ip, 0)).await {
         Ok(l) => l,
         Err(e) => {
@@ -529,10 +542,12 @@ async fn bind(
     let allowed = match &target.host {
         Host::Ip(ip) if ip.is_unspecified() => true,
         Host::Ip(ip) => same_ip(*ip, from.ip()),
-        Host::Name(_) => match dial::resolve(target).await {
-            Ok(addrs) => addrs.iter().any(|a| same_ip(a.ip(), from.ip())),
-            Err(_) => false,
-        },
+        Host::Name(_) => {
+            match tokio::time::timeout(ctx.limits.handshake, dial::resolve(target)).await {
+                Ok(Ok(addrs)) => addrs.iter().any(|a| same_ip(a.ip(), from.ip())),
+                _ => false,
+            }
+        }
     };
     let requested = target.to_string();
     if !allowed {
@@ -660,7 +675,10 @@ async fn udp_associate(
                         let key = format!("{name}:{}", h.target.port);
                         match names.get(&key) {
                             Some(a) => *a,
-                            None => match dial::resolve(&h.target).await {
+                            None => match tokio::time::timeout(ctx.limits.handshake, dial::resolve(&h.target))
+                                .await
+                                .unwrap_or_else(|_| Err(dial::DialError::Timeout { target: h.target.to_string() }))
+                            {
                                 Ok(a) => {
                                     if names.len() >= UDP_NAMES_MAX {
                                         names.clear();
@@ -720,6 +738,8 @@ async fn udp_associate(
     if let Some(c) = conn {
         match &result {
             Ok(()) => c.close(Ok(())).await,
+            Err(SessionError::Io { source, .. }) => c.close(Err(source)).await,
+            // The idle timeout.
             Err(_) => {
                 c.close(Err(&io::Error::from_raw_os_error(libc::ETIMEDOUT)))
                     .await

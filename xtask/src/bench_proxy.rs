@@ -1,0 +1,767 @@
+//! The forwarder and SOCKS parts of `cargo xtask bench proxy`, on loopback:
+//!
+//! - **Throughput** (iperf3, one TCP stream, client to server): direct; through
+//!   `capagent proxy forward` recording to pcapng (`-w -` into a file: every byte relayed is
+//!   written) and with `--no-record`; through socat and haproxy (mode tcp, default settings).
+//!   Each row runs `--iperf-runs` times, rows interleaved, and shows the median.
+//! - **SOCKS5 connections per second**: client threads in this process each loop on
+//!   connect, greeting, CONNECT to a local server that answers 2 bytes, read them, close;
+//!   through `capagent proxy socks` (recording off and to pcapng) and microsocks.
+//! - **Memory**: RSS of the proxy holding `--rss-conns` relayed connections (each with a
+//!   round trip done), next to haproxy's and socat's (all its processes).
+//!
+//! The bench only prints: it asserts nothing about timings.
+use std::{
+    fs,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::Path,
+    process::{Child, Command, Stdio},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+
+use crate::util::{self, which};
+
+#[derive(Args, Debug, Clone)]
+pub struct CoreBenchArgs {
+    /// Seconds each iperf3 run lasts.
+    #[arg(long, default_value_t = 5)]
+    pub iperf_secs: u64,
+    /// iperf3 runs per row (the median is shown).
+    #[arg(long, default_value_t = 3)]
+    pub iperf_runs: usize,
+    /// Seconds each SOCKS5 connection-rate run lasts.
+    #[arg(long, default_value_t = 5)]
+    pub socks_secs: u64,
+    /// SOCKS5 connection-rate runs per proxy (the median is shown).
+    #[arg(long, default_value_t = 3)]
+    pub socks_runs: usize,
+    /// Client threads of the SOCKS5 connection-rate runs.
+    #[arg(long, default_value_t = 8)]
+    pub socks_clients: usize,
+    /// Relayed connections held open for the memory measurement.
+    #[arg(long, default_value_t = 1000)]
+    pub rss_conns: usize,
+    /// Parts to run, of throughput, socks, memory (comma-separated; HTTP always runs).
+    #[arg(long, value_delimiter = ',', default_value = "throughput,socks,memory")]
+    pub parts: Vec<String>,
+}
+
+/// A process killed (with its process group) on drop.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        util::kill(&mut self.0, true);
+        let _ = self.0.wait();
+    }
+}
+
+impl Guard {
+    fn spawn(cmd: &mut Command) -> Result<Guard> {
+        use std::os::unix::process::CommandExt as _;
+        let child = cmd
+            .stdin(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot run {}", util::display(cmd)))?;
+        Ok(Guard(child))
+    }
+
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// SIGTERM, then waits (capagent writes out its records).
+    fn stop(mut self) -> Result<()> {
+        // SAFETY: kill(2) on our child.
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        let (st, timed_out) = util::wait_timeout(&mut self.0, Duration::from_secs(30), true)?;
+        if timed_out {
+            bail!("did not stop within 30 s of SIGTERM");
+        }
+        if !st.is_some_and(|s| s.success()) {
+            bail!("exited with {st:?}");
+        }
+        Ok(())
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Waits until a socket listens on 127.0.0.1:`port` (from /proc/net/tcp: probing with a
+/// connection would reach the server behind a proxy).
+fn wait_listening(port: u16, child: &mut Guard) -> Result<()> {
+    let want = format!("0100007F:{port:04X}");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        let table = fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+        if table.lines().skip(1).any(|l| {
+            let c: Vec<&str> = l.split_whitespace().collect();
+            c.len() > 3 && c[1] == want && c[3] == "0A"
+        }) {
+            return Ok(());
+        }
+        if let Some(st) = child.0.try_wait()? {
+            bail!("exited ({st}) before listening on port {port}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    bail!("nothing listens on port {port} after 15 s")
+}
+
+/// Runs one iperf3 client for `secs`; returns received bits per second.
+fn iperf(port: u16, secs: u64) -> Result<f64> {
+    let out = Command::new("iperf3")
+        .args([
+            "-c",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "-t",
+            &secs.to_string(),
+            "-J",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .context("cannot run iperf3")?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!(
+            "iperf3 output is not JSON: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })?;
+    if let Some(e) = v["error"].as_str() {
+        bail!("iperf3: {e}");
+    }
+    v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("no sum_received in iperf3's report")
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// A way to relay to `target` listening on `port`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Relay {
+    Direct,
+    ForwardRecord,
+    ForwardNoRecord,
+    Socat,
+    Haproxy,
+}
+
+impl Relay {
+    fn name(self) -> &'static str {
+        match self {
+            Relay::Direct => "direct",
+            Relay::ForwardRecord => "capagent forward -w (pcapng)",
+            Relay::ForwardNoRecord => "capagent forward --no-record",
+            Relay::Socat => "socat",
+            Relay::Haproxy => "haproxy (mode tcp)",
+        }
+    }
+}
+
+/// What a relay process needs: capagent, and a scratch directory.
+struct Env<'a> {
+    capagent: std::result::Result<&'a Path, &'a str>,
+    tmp: &'a Path,
+}
+
+/// Starts `relay` on `port` towards `target`; None for direct. The pcapng of a recording
+/// run goes to `tmp/forward.pcapng`.
+fn start_relay(env: &Env, relay: Relay, port: u16, target: SocketAddr) -> Result<Option<Guard>> {
+    let listen = format!("127.0.0.1:{port}");
+    let mut g = match relay {
+        Relay::Direct => return Ok(None),
+        Relay::ForwardRecord | Relay::ForwardNoRecord => {
+            let bin = env.capagent.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut cmd = Command::new(bin);
+            cmd.args([
+                "proxy",
+                "forward",
+                "--listen",
+                &listen,
+                "--to",
+                &target.to_string(),
+            ])
+            .stderr(Stdio::null());
+            if relay == Relay::ForwardRecord {
+                // pcapng only, on stdout, into a file.
+                let f = fs::File::create(env.tmp.join("forward.pcapng"))?;
+                cmd.args(["-w", "-"]).stdout(f);
+            } else {
+                cmd.arg("--no-record").stdout(Stdio::null());
+            }
+            Guard::spawn(&mut cmd)?
+        }
+        Relay::Socat => {
+            which("socat").context("socat is not installed (cargo xtask setup)")?;
+            Guard::spawn(
+                Command::new("socat")
+                    .args([
+                        &format!("TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork"),
+                        &format!("TCP:{target}"),
+                    ])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+            )?
+        }
+        Relay::Haproxy => {
+            which("haproxy").context("haproxy is not installed (cargo xtask setup)")?;
+            let cfg = env.tmp.join(format!("haproxy-{port}.cfg"));
+            fs::write(
+                &cfg,
+                format!(
+                    "global\n    maxconn 4096\ndefaults\n    mode tcp\n    timeout connect 5s\n    timeout client 120s\n    timeout server 120s\nfrontend f\n    bind {listen}\n    default_backend b\nbackend b\n    server s1 {target}\n"
+                ),
+            )?;
+            Guard::spawn(
+                Command::new("haproxy")
+                    .arg("-f")
+                    .arg(&cfg)
+                    .arg("-db")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+            )?
+        }
+    };
+    wait_listening(port, &mut g)?;
+    Ok(Some(g))
+}
+
+struct ThroughputRow {
+    relay: Relay,
+    gbps: std::result::Result<f64, String>,
+    /// Bytes recorded per run (recording row).
+    recorded: Option<u64>,
+}
+
+fn throughput(args: &CoreBenchArgs, env: &Env) -> Result<Vec<ThroughputRow>> {
+    which("iperf3").context("iperf3 is not installed (cargo xtask setup)")?;
+    let iperf_port = free_port()?;
+    let mut server = Guard::spawn(
+        Command::new("iperf3")
+            .args(["-s", "-B", "127.0.0.1", "-p", &iperf_port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null()),
+    )?;
+    wait_listening(iperf_port, &mut server)?;
+    let target: SocketAddr = format!("127.0.0.1:{iperf_port}").parse()?;
+    let relays = [
+        Relay::Direct,
+        Relay::ForwardRecord,
+        Relay::ForwardNoRecord,
+        Relay::Socat,
+        Relay::Haproxy,
+    ];
+    let mut samples: Vec<std::result::Result<Vec<f64>, String>> =
+        relays.iter().map(|_| Ok(Vec::new())).collect();
+    let mut recorded: Option<u64> = None;
+    for run in 0..args.iperf_runs {
+        for (i, &relay) in relays.iter().enumerate() {
+            let Ok(vals) = &mut samples[i] else { continue };
+            eprintln!(
+                "bench: iperf3 {} (run {}/{})",
+                relay.name(),
+                run + 1,
+                args.iperf_runs
+            );
+            let port = if relay == Relay::Direct {
+                iperf_port
+            } else {
+                free_port()?
+            };
+            let outcome = (|| -> Result<f64> {
+                let guard = start_relay(env, relay, port, target)?;
+                let bps = iperf(port, args.iperf_secs)?;
+                match (guard, relay) {
+                    // capagent must stop cleanly (its records written out).
+                    (Some(g), Relay::ForwardRecord | Relay::ForwardNoRecord) => g.stop()?,
+                    (g, _) => drop(g),
+                }
+                Ok(bps)
+            })();
+            match outcome {
+                Ok(bps) => vals.push(bps / 1e9),
+                Err(e) => samples[i] = Err(format!("{e:#}")),
+            }
+            let pcap = env.tmp.join("forward.pcapng");
+            if let Ok(m) = fs::metadata(&pcap) {
+                recorded = Some(m.len());
+                let _ = fs::remove_file(&pcap);
+            }
+        }
+    }
+    drop(server);
+    Ok(relays
+        .iter()
+        .zip(samples)
+        .map(|(&relay, s)| ThroughputRow {
+            relay,
+            gbps: s.and_then(|mut v| {
+                if v.is_empty() {
+                    Err("no run".into())
+                } else {
+                    Ok(median(&mut v))
+                }
+            }),
+            recorded: if relay == Relay::ForwardRecord {
+                recorded
+            } else {
+                None
+            },
+        })
+        .collect())
+}
+
+/// A server answering every connection with 2 bytes, then closing.
+fn ok_server() -> Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?;
+    thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            let _ = c.write_all(b"ok");
+        }
+    });
+    Ok(addr)
+}
+
+/// One SOCKS5 CONNECT through `proxy` to `target`, answered with "ok".
+fn socks5_once(proxy: SocketAddr, target: SocketAddr) -> std::io::Result<()> {
+    let mut s = TcpStream::connect(proxy)?;
+    s.set_nodelay(true)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(&[5, 1, 0])?;
+    let mut m = [0u8; 2];
+    s.read_exact(&mut m)?;
+    if m != [5, 0] {
+        return Err(std::io::Error::other("method refused"));
+    }
+    let SocketAddr::V4(t) = target else {
+        return Err(std::io::Error::other("IPv4 target expected"));
+    };
+    let mut req = vec![5, 1, 0, 1];
+    req.extend_from_slice(&t.ip().octets());
+    req.extend_from_slice(&t.port().to_be_bytes());
+    s.write_all(&req)?;
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply)?;
+    if reply[1] != 0 {
+        return Err(std::io::Error::other(format!("SOCKS reply {}", reply[1])));
+    }
+    let mut ok = [0u8; 2];
+    s.read_exact(&mut ok)?;
+    if &ok != b"ok" {
+        return Err(std::io::Error::other("bad answer"));
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Socks {
+    CapagentNoRecord,
+    CapagentRecord,
+    Microsocks,
+}
+
+impl Socks {
+    fn name(self) -> &'static str {
+        match self {
+            Socks::CapagentNoRecord => "capagent socks --no-record",
+            Socks::CapagentRecord => "capagent socks -w (pcapng)",
+            Socks::Microsocks => "microsocks",
+        }
+    }
+}
+
+struct RateRow {
+    name: &'static str,
+    /// Connections per second and failed attempts.
+    rate: std::result::Result<(f64, u64), String>,
+}
+
+fn socks_rates(args: &CoreBenchArgs, env: &Env) -> Vec<RateRow> {
+    let kinds = [
+        Socks::CapagentNoRecord,
+        Socks::CapagentRecord,
+        Socks::Microsocks,
+    ];
+    // Rounds of one run per proxy, so that load changes hit every row alike.
+    let mut samples: Vec<std::result::Result<Vec<(f64, u64)>, String>> =
+        kinds.iter().map(|_| Ok(Vec::new())).collect();
+    for round in 0..args.socks_runs {
+        for (i, &kind) in kinds.iter().enumerate() {
+            let Ok(v) = &mut samples[i] else { continue };
+            eprintln!(
+                "bench: SOCKS5 connections per second, {} (run {}/{})",
+                kind.name(),
+                round + 1,
+                args.socks_runs
+            );
+            match socks_rate(args, env, kind) {
+                Ok(x) => v.push(x),
+                Err(e) => samples[i] = Err(format!("{e:#}")),
+            }
+        }
+    }
+    kinds
+        .iter()
+        .zip(samples)
+        .map(|(kind, s)| RateRow {
+            name: kind.name(),
+            rate: s.and_then(|v| {
+                if v.is_empty() {
+                    return Err("no run".into());
+                }
+                let failed = v.iter().map(|x| x.1).sum();
+                let mut rates: Vec<f64> = v.iter().map(|x| x.0).collect();
+                Ok((median(&mut rates), failed))
+            }),
+        })
+        .collect()
+}
+
+fn socks_rate(args: &CoreBenchArgs, env: &Env, kind: Socks) -> Result<(f64, u64)> {
+    let target = ok_server()?;
+    let port = free_port()?;
+    let listen = format!("127.0.0.1:{port}");
+    let mut guard = match kind {
+        Socks::CapagentNoRecord | Socks::CapagentRecord => {
+            let bin = env.capagent.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut cmd = Command::new(bin);
+            cmd.args(["proxy", "socks", "--listen", &listen])
+                .stderr(Stdio::null());
+            if kind == Socks::CapagentRecord {
+                let f = fs::File::create(env.tmp.join("socks.pcapng"))?;
+                cmd.args(["-w", "-"]).stdout(f);
+            } else {
+                cmd.arg("--no-record").stdout(Stdio::null());
+            }
+            Guard::spawn(&mut cmd)?
+        }
+        Socks::Microsocks => {
+            which("microsocks").context("microsocks is not installed (cargo xtask setup)")?;
+            Guard::spawn(
+                Command::new("microsocks")
+                    .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null()),
+            )?
+        }
+    };
+    wait_listening(port, &mut guard)?;
+    let proxy: SocketAddr = listen.parse()?;
+    socks5_once(proxy, target).context("a first SOCKS5 CONNECT failed")?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let threads: Vec<_> = (0..args.socks_clients)
+        .map(|_| {
+            let (stop, done, failed) = (stop.clone(), done.clone(), failed.clone());
+            thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match socks5_once(proxy, target) {
+                        Ok(()) => done.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                }
+            })
+        })
+        .collect();
+    thread::sleep(Duration::from_secs(args.socks_secs));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    let secs = start.elapsed().as_secs_f64();
+    match kind {
+        Socks::Microsocks => drop(guard),
+        _ => guard.stop()?,
+    }
+    let _ = fs::remove_file(env.tmp.join("socks.pcapng"));
+    Ok((
+        done.load(Ordering::Relaxed) as f64 / secs,
+        failed.load(Ordering::Relaxed),
+    ))
+}
+
+/// Resident memory of `pid` and its descendants, in KiB.
+fn rss_tree_kib(pid: u32) -> u64 {
+    let mut total = 0;
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let status = fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default();
+        total += status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .unwrap_or(0);
+        for task in fs::read_dir(format!("/proc/{p}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let children = fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            todo.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
+        }
+    }
+    total
+}
+
+/// Raises this process's open-file limit to its hard limit (the memory run holds thousands
+/// of sockets; children inherit it).
+fn raise_nofile() {
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+struct MemRow {
+    name: &'static str,
+    /// (KiB idle, KiB with the connections).
+    kib: std::result::Result<(u64, u64), String>,
+}
+
+/// An echo server: one thread per connection.
+fn echo_server() -> Result<SocketAddr> {
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?;
+    thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            thread::Builder::new()
+                .stack_size(64 * 1024)
+                .spawn(move || {
+                    let mut buf = [0u8; 512];
+                    while let Ok(n) = c.read(&mut buf) {
+                        if n == 0 || c.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                })
+                .ok();
+        }
+    });
+    Ok(addr)
+}
+
+fn memory(args: &CoreBenchArgs, env: &Env) -> Vec<MemRow> {
+    raise_nofile();
+    [
+        Relay::ForwardRecord,
+        Relay::ForwardNoRecord,
+        Relay::Haproxy,
+        Relay::Socat,
+    ]
+    .into_iter()
+    .map(|relay| {
+        eprintln!(
+            "bench: memory at {} connections, {}",
+            args.rss_conns,
+            relay.name()
+        );
+        MemRow {
+            name: relay.name(),
+            kib: memory_of(args, env, relay).map_err(|e| format!("{e:#}")),
+        }
+    })
+    .collect()
+}
+
+fn memory_of(args: &CoreBenchArgs, env: &Env, relay: Relay) -> Result<(u64, u64)> {
+    let target = echo_server()?;
+    let port = free_port()?;
+    let guard = start_relay(env, relay, port, target)?.expect("a relay");
+    thread::sleep(Duration::from_millis(200));
+    let idle = rss_tree_kib(guard.pid());
+    let mut conns = Vec::with_capacity(args.rss_conns);
+    for i in 0..args.rss_conns {
+        let mut s =
+            TcpStream::connect(("127.0.0.1", port)).with_context(|| format!("connection {i}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let msg = format!("hello {i:05}");
+        s.write_all(msg.as_bytes())?;
+        let mut back = vec![0u8; msg.len()];
+        s.read_exact(&mut back)
+            .with_context(|| format!("echo on connection {i}"))?;
+        conns.push(s);
+    }
+    thread::sleep(Duration::from_millis(300));
+    let busy = rss_tree_kib(guard.pid());
+    drop(conns);
+    match relay {
+        Relay::ForwardRecord | Relay::ForwardNoRecord => guard.stop()?,
+        _ => drop(guard),
+    }
+    let _ = fs::remove_file(env.tmp.join("forward.pcapng"));
+    Ok((idle, busy))
+}
+
+/// Runs the forwarder and SOCKS parts and prints their tables.
+pub fn core(
+    args: &CoreBenchArgs,
+    capagent: std::result::Result<&Path, &str>,
+    tmp: &Path,
+) -> Result<()> {
+    let env = Env { capagent, tmp };
+    for p in &args.parts {
+        if !["throughput", "socks", "memory"].contains(&p.as_str()) {
+            bail!("--parts: unknown part {p:?} (throughput, socks, memory)");
+        }
+    }
+    let on = |p: &str| args.parts.iter().any(|x| x == p);
+    let tput = if on("throughput") {
+        throughput(args, &env)?
+    } else {
+        Vec::new()
+    };
+    let rates = if on("socks") {
+        socks_rates(args, &env)
+    } else {
+        Vec::new()
+    };
+    let mem = if on("memory") {
+        memory(args, &env)
+    } else {
+        Vec::new()
+    };
+    print_tables(args, &tput, &rates, &mem);
+    Ok(())
+}
+
+fn print_tables(args: &CoreBenchArgs, tput: &[ThroughputRow], rates: &[RateRow], mem: &[MemRow]) {
+    let gbps = |r: Relay| {
+        tput.iter()
+            .find(|t| t.relay == r)
+            .and_then(|t| t.gbps.as_ref().ok().copied())
+    };
+    let direct = gbps(Relay::Direct);
+    if !tput.is_empty() {
+        println!();
+        println!(
+            "## TCP throughput: iperf3, 1 stream, {} s, median of {} (loadavg {})",
+            args.iperf_secs,
+            args.iperf_runs,
+            fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        );
+        println!("{:<32} {:>10} {:>9}  note", "relay", "Gbit/s", "x direct");
+        for t in tput {
+            match &t.gbps {
+                Ok(g) => {
+                    let ratio = direct.map_or("-".to_string(), |d| format!("{:.2}x", g / d));
+                    let note = t.recorded.map_or(String::new(), |b| {
+                        format!("pcapng of the last run: {:.2} GB", b as f64 / 1e9)
+                    });
+                    println!("{:<32} {:>10.2} {:>9}  {note}", t.relay.name(), g, ratio);
+                }
+                Err(e) => println!("{:<32} {:>10} {:>9}  {e}", t.relay.name(), "-", "-"),
+            }
+        }
+        let pair = |a: Relay, b: Relay| match (gbps(a), gbps(b)) {
+            (Some(x), Some(y)) => format!("{:.2}x", x / y),
+            _ => "-".into(),
+        };
+        println!(
+            "forward recording / socat = {} (target >= 1.00); forward --no-record / haproxy = {} (target >= 1.00)",
+            pair(Relay::ForwardRecord, Relay::Socat),
+            pair(Relay::ForwardNoRecord, Relay::Haproxy)
+        );
+    }
+    if !rates.is_empty() {
+        println!();
+        println!(
+            "## SOCKS5 connections per second ({} client threads, {} s, median of {}; CONNECT + 2-byte answer + close)",
+            args.socks_clients, args.socks_secs, args.socks_runs
+        );
+        let micro = rates
+            .iter()
+            .find(|r| r.name == Socks::Microsocks.name())
+            .and_then(|r| r.rate.as_ref().ok().map(|x| x.0));
+        println!(
+            "{:<32} {:>10} {:>12} {:>8}",
+            "proxy", "conn/s", "x microsocks", "failed"
+        );
+        for r in rates {
+            match &r.rate {
+                Ok((rate, failed)) => println!(
+                    "{:<32} {:>10.0} {:>12} {:>8}",
+                    r.name,
+                    rate,
+                    micro.map_or("-".into(), |m| format!("{:.2}x", rate / m)),
+                    failed
+                ),
+                Err(e) => println!("{:<32} {:>10} {:>12} {:>8}  {e}", r.name, "-", "-", "-"),
+            }
+        }
+        println!("target: capagent socks >= 1.00x microsocks");
+    }
+    if !mem.is_empty() {
+        println!();
+        println!(
+            "## Memory: RSS with {} relayed connections open (each after one round trip)",
+            args.rss_conns
+        );
+        println!(
+            "{:<32} {:>10} {:>12} {:>12}",
+            "relay", "idle MiB", "busy MiB", "KiB/conn"
+        );
+        for m in mem {
+            match &m.kib {
+                Ok((idle, busy)) => println!(
+                    "{:<32} {:>10.1} {:>12.1} {:>12.1}",
+                    m.name,
+                    *idle as f64 / 1024.0,
+                    *busy as f64 / 1024.0,
+                    busy.saturating_sub(*idle) as f64 / args.rss_conns.max(1) as f64
+                ),
+                Err(e) => println!("{:<32} {:>10} {:>12} {:>12}  {e}", m.name, "-", "-", "-"),
+            }
+        }
+        println!("(socat: all its processes, one per connection)");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn medians() {
+        assert_eq!(super::median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(super::median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+    }
+}
