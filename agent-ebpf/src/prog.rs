@@ -95,6 +95,7 @@ const AF_INET6: u16 = 10;
 const SOCK_STREAM: u16 = 1;
 const CLONE_THREAD: u64 = 0x0001_0000;
 const SIGSTOP: u32 = 19;
+const SIGCONT: u32 = 18;
 
 /// The configuration, read through an opaque pointer so the compiler cannot fold the
 /// link-time defaults into the code (userspace rewrites them before loading).
@@ -778,8 +779,13 @@ fn pause_if_filling() {
     if unsafe { PAUSED.get(&tgid) }.is_some() {
         return;
     }
-    if PAUSED.insert(&tgid, &1, 0).is_ok() {
-        unsafe { bpf_send_signal(SIGSTOP) };
+    // The stop first, then the entry the agent continues paused processes from: the other
+    // way round, the agent could see the entry and send SIGCONT before the SIGSTOP, which
+    // would then stop the process for good.
+    unsafe { bpf_send_signal(SIGSTOP) };
+    if PAUSED.insert(&tgid, &1, 0).is_err() {
+        // The agent would never know: do not leave the process stopped.
+        unsafe { bpf_send_signal(SIGCONT) };
     }
 }
 
