@@ -660,6 +660,37 @@ fn parse_bpftrace_lost(line: &str) -> Option<u64> {
     number(words.get(i + 1)?)
 }
 
+/// Prints `table` (first row: the header) in left-aligned columns, a rule under the header,
+/// after an empty line.
+fn print_aligned<R: AsRef<[String]>>(table: &[R]) {
+    let columns = table.first().map_or(0, |r| r.as_ref().len());
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            table
+                .iter()
+                .map(|r| r.as_ref()[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    println!();
+    for (i, row) in table.iter().enumerate() {
+        let cells: Vec<String> = row
+            .as_ref()
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+        if i == 0 {
+            println!(
+                "{}",
+                "-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1))
+            );
+        }
+    }
+}
+
 fn print_table(args: &TraceBenchArgs, rows: &[Row]) {
     let mut table: Vec<[String; 5]> = vec![[
         "workload".into(),
@@ -712,30 +743,7 @@ fn print_table(args: &TraceBenchArgs, rows: &[Row]) {
             }
         }
     }
-    let widths: Vec<usize> = (0..5)
-        .map(|c| {
-            table
-                .iter()
-                .map(|r| r[c].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    println!();
-    for (i, row) in table.iter().enumerate() {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", cells.join("  ").trim_end());
-        if i == 0 {
-            println!(
-                "{}",
-                "-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1))
-            );
-        }
-    }
+    print_aligned(&table);
     if !notes.is_empty() {
         println!();
         for n in notes {
