@@ -827,3 +827,122 @@ fn chained_through_upstream_socks5() {
     let uo = open_of(&ue, "socks5 connect", &target);
     check_recorded(&up_rec, &ue, uo, server, &request, &response);
 }
+
+fn reversed(b: &[u8]) -> Vec<u8> {
+    b.iter().rev().copied().collect()
+}
+
+#[test]
+fn many_concurrent_connections_all_relayed_and_recorded() {
+    // Connections arrive at once from many clients; capagent accepts them on one listener per
+    // worker thread (SO_REUSEPORT). Every one must be relayed and recorded, each with its own
+    // bytes, whichever worker took it.
+    const CLIENTS: usize = 16;
+    const EACH: usize = 25;
+    let dir = TempDir::new("socks-many");
+    let rec = Rec::new(&dir, "many");
+    let (target, got) = half_close_server(CLIENTS * EACH, reversed);
+    let agent = socks(&rec, &[]);
+    let proxy = agent.addr();
+    let SocketAddr::V4(t) = target else {
+        unreachable!()
+    };
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            thread::spawn(move || {
+                let mut sent = Vec::new();
+                for i in 0..EACH {
+                    let payload = pattern(100 + 37 * i + c, (c * EACH + i) as u64);
+                    let mut s = TcpStream::connect(proxy).unwrap();
+                    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+                    let mut req = b"\x05\x01\x00\x05\x01\x00\x01".to_vec();
+                    req.extend_from_slice(&t.ip().octets());
+                    req.extend_from_slice(&t.port().to_be_bytes());
+                    s.write_all(&req).unwrap();
+                    let mut head = [0u8; 12];
+                    s.read_exact(&mut head).unwrap();
+                    assert_eq!(&head[..5], b"\x05\x00\x05\x00\x00", "{head:?}");
+                    s.write_all(&payload).unwrap();
+                    s.shutdown(Shutdown::Write).unwrap();
+                    assert_eq!(read_all(&mut s), reversed(&payload));
+                    let client = s.local_addr().unwrap();
+                    sent.push((client, payload));
+                }
+                sent
+            })
+        })
+        .collect();
+    let sent: Vec<(SocketAddr, Vec<u8>)> = clients
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    let mut at_target: Vec<Vec<u8>> = (0..sent.len()).map(|_| got.recv().unwrap()).collect();
+    let mut want: Vec<Vec<u8>> = sent.iter().map(|s| s.1.clone()).collect();
+    at_target.sort();
+    want.sort();
+    assert!(at_target == want, "the target got other bytes than sent");
+    agent.stop();
+    let evs = rec.events();
+    assert_eq!(opens(&evs).len(), CLIENTS * EACH);
+    let streams = rec.streams();
+    assert_eq!(streams.len(), CLIENTS * EACH, "pcapng streams");
+    for (client, payload) in &sent {
+        let open = opens(&evs)
+            .into_iter()
+            .find(|o| o["local"] == client.to_string())
+            .unwrap_or_else(|| panic!("no open record for {client}"));
+        assert_eq!(open.ret(), 0, "{open}");
+        assert_eq!(recorded(&evs, open.fd(), "send"), *payload, "{client}");
+        assert_eq!(recorded(&evs, open.fd(), "recv"), reversed(payload));
+        let kinds: Vec<&str> = conn_events(&evs, open.fd())
+            .iter()
+            .map(|e| e.syscall())
+            .collect();
+        assert_eq!(kinds.last(), Some(&"close"), "{client}: {kinds:?}");
+    }
+    // A sample of the streams, byte for byte in tshark.
+    for (client, payload) in sent.iter().step_by(50) {
+        let (idx, server) = stream_of(&rec, *client);
+        assert_eq!(server, target);
+        assert_eq!(rec.follow(idx), (payload.clone(), reversed(payload)));
+    }
+}
+
+#[test]
+fn a_port_in_use_is_refused() {
+    // The listeners share their port among capagent's own worker threads only: a second
+    // proxy on the same address fails as a plain bind would, with a one-line error.
+    let dir = TempDir::new("socks-inuse");
+    let rec = Rec::new(&dir, "first");
+    let agent = socks(&rec, &[]);
+    let addr = agent.addr().to_string();
+    for kind in ["socks", "http"] {
+        let mut cmd = Command::new(common::CAPAGENT);
+        cmd.args(["proxy", kind, "--listen", &addr, "--no-record"]);
+        let out = cmd.output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{kind}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            err.trim(),
+            format!("capagent: cannot listen on {addr}: Address already in use (os error 98)"),
+            "{kind}"
+        );
+    }
+    // The first one still serves.
+    let (target, _got) = half_close_server(1, reversed);
+    let mut s = TcpStream::connect(agent.addr()).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let SocketAddr::V4(t) = target else {
+        unreachable!()
+    };
+    let mut req = b"\x05\x01\x00\x05\x01\x00\x01".to_vec();
+    req.extend_from_slice(&t.ip().octets());
+    req.extend_from_slice(&t.port().to_be_bytes());
+    s.write_all(&req).unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    s.write_all(b"abc").unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_all(&mut s), b"cba");
+    agent.stop();
+}

@@ -7,7 +7,8 @@
 //!   idle timeouts);
 //! - [`listen_addr`] and [`bind_tcp`]: listeners (loopback unless an address is written out;
 //!   a non-loopback one prints a warning);
-//! - [`serve`]: the accept loop with the connection cap;
+//! - [`serve`]: the accept loops with the connection cap, one per worker thread
+//!   ([`workers`]: a single-threaded runtime per CPU, each with its own listener);
 //! - [`relay`]: copying both directions with large buffers, half-close and idle timeout;
 //! - [`run`]: the runtime, the recorder's lifetime, and stopping on SIGINT/SIGTERM/SIGHUP;
 //!   [`run_until`]: the same with a recorder and a stop of the caller's (the daemon's jobs).
@@ -20,6 +21,7 @@ pub mod http;
 pub mod record;
 pub mod relay;
 pub mod socks;
+pub mod workers;
 
 use std::future::Future;
 use std::io;
@@ -94,6 +96,9 @@ pub struct Ctx {
     pub limits: Limits,
     /// Free connection slots.
     pub slots: Arc<Semaphore>,
+    /// The runtimes [`serve`] accepts and serves connections on ([`workers::Workers`]);
+    /// none: on the caller's runtime.
+    pub workers: Arc<[tokio::runtime::Handle]>,
 }
 
 impl Ctx {
@@ -103,6 +108,7 @@ impl Ctx {
             dialer: Arc::new(dialer),
             slots: Arc::new(Semaphore::new(limits.max_conns.max(1))),
             limits,
+            workers: Arc::new([]),
         }
     }
 }
@@ -141,10 +147,12 @@ pub fn warn_if_exposed(what: &str, addr: SocketAddr) {
 
 /// Listens on `addr` (warning when it is not loopback) and tells on stderr where:
 /// `capagent: WHAT listening on ADDR` (the real port when `addr`'s is 0).
+/// The listener is one [`serve`] can add a listener per worker thread to
+/// ([`workers::bind_exclusive`]).
 pub async fn bind_tcp(what: &str, addr: SocketAddr) -> Result<TcpListener, ProxyError> {
     warn_if_exposed(what, addr);
-    let l = TcpListener::bind(addr)
-        .await
+    let l = workers::bind_exclusive(addr)
+        .and_then(TcpListener::from_std)
         .map_err(|source| ProxyError::Bind { addr, source })?;
     let local = l.local_addr().unwrap_or(addr);
     eprintln!("capagent: {what} listening on {local}");
@@ -153,12 +161,70 @@ pub async fn bind_tcp(what: &str, addr: SocketAddr) -> Result<TcpListener, Proxy
 
 /// Accepts connections on `listener` for ever, running `handler` for each in its own task
 /// while a connection slot is free; a connection over the cap is closed at once.
+///
+/// With worker runtimes in `ctx` and a listener from [`bind_tcp`], each worker accepts on
+/// its own listener (the same address, SO_REUSEPORT) and serves what it accepted; else
+/// connections are accepted and served on the caller's runtime.
 pub async fn serve<F, Fut>(what: &'static str, listener: TcpListener, ctx: Ctx, handler: F)
 where
     F: Fn(TcpStream, SocketAddr, Ctx) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let handler = Arc::new(handler);
+    let workers = ctx.workers.clone();
+    let listener = match listener.into_std() {
+        Ok(l) if !workers.is_empty() && workers::is_shared(&l) => l,
+        Ok(l) => match TcpListener::from_std(l) {
+            Ok(l) => return accept_loop(what, l, ctx, handler).await,
+            Err(e) => return tracing::error!("{what}: listener: {e}"),
+        },
+        Err(e) => return tracing::error!("{what}: listener: {e}"),
+    };
+    let addr = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => return tracing::error!("{what}: listener: {e}"),
+    };
+    let mut listeners = vec![listener];
+    for _ in 1..workers.len() {
+        match workers::bind_shared(addr) {
+            Ok(l) => listeners.push(l),
+            Err(e) => {
+                tracing::warn!("{what}: a listener per worker on {addr}: {e}; fewer used");
+                break;
+            }
+        }
+    }
+    // Aborted when this future is dropped (the accepted connections go on until their
+    // runtime stops).
+    struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.iter().for_each(|t| t.abort());
+        }
+    }
+    let mut loops = AbortOnDrop(Vec::with_capacity(listeners.len()));
+    for (l, rt) in listeners.into_iter().zip(workers.iter()) {
+        let (h, c) = (handler.clone(), ctx.clone());
+        loops.0.push(rt.spawn(async move {
+            // Registered with the runtime of the worker that polls it.
+            match TcpListener::from_std(l) {
+                Ok(l) => accept_loop(what, l, c, h).await,
+                Err(e) => tracing::error!("{what}: listener: {e}"),
+            }
+        }));
+    }
+    for t in &mut loops.0 {
+        let _ = t.await;
+    }
+}
+
+/// Accepts on `listener` and runs `handler` for each connection in a task of the current
+/// runtime.
+async fn accept_loop<F, Fut>(what: &'static str, listener: TcpListener, ctx: Ctx, handler: Arc<F>)
+where
+    F: Fn(TcpStream, SocketAddr, Ctx) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
     let mut refused: u64 = 0;
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -238,7 +304,9 @@ where
         upstream,
         timeout: opts.limits.handshake,
     };
-    let ctx = Ctx::new(recorder, dialer, opts.limits);
+    let workers = workers::Workers::start(None).map_err(ProxyError::Runtime)?;
+    let mut ctx = Ctx::new(recorder, dialer, opts.limits);
+    ctx.workers = workers.handles();
     let outcome = rt.block_on(async move {
         tokio::select! {
             r = service(ctx) => r,
@@ -246,6 +314,7 @@ where
         }
     });
     // Cancels the relays (their connections close; their records get a close).
+    workers.shutdown();
     rt.shutdown_timeout(Duration::from_secs(1));
     let written = handle.finish().map_err(ProxyError::Write);
     outcome?;
