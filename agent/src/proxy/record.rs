@@ -19,7 +19,8 @@
 //!
 //! The channel is bounded: when the outputs cannot keep up, relays wait (nothing is dropped).
 //! The writer thread flushes when the channel runs empty, at most every 100 ms (a ticker
-//! wakes it), so files stay current without a write per record.
+//! wakes it), so files stay current without a write per record. While small records come
+//! in bursts it polls the channel every millisecond rather than being woken by each.
 //! [`RecorderHandle::finish`] waits for everything sent to be written.
 
 use std::collections::HashMap;
@@ -105,6 +106,14 @@ enum Msg {
 
 /// Longest time records stay in the writer's buffers while the proxies are quiet.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// While small records flow, the writer looks for them this often instead of being woken
+/// by each.
+const POLL_EVERY: Duration = Duration::from_millis(1);
+/// ... until this long after the last burst of small records; then it sleeps until woken by
+/// a record again (an idle proxy costs nothing).
+const POLL_WHILE_BUSY: Duration = Duration::from_millis(50);
+/// Records of at most this many payload bytes on average make a burst of small records.
+const SMALL_RECORD: usize = 4096;
 
 struct Shared {
     tx: mpsc::Sender<Msg>,
@@ -460,6 +469,15 @@ fn write_loop(
     let mut first_err: Option<io::Error> = None;
     let mut dirty = false;
     let mut last_flush = Instant::now();
+    // How the writer waits for records: while small records come in bursts (many short
+    // connections, chatty ones), it polls the channel every POLL_EVERY instead of sleeping
+    // until woken, so that relays send without waking it (a futex and a context switch per
+    // record otherwise, more than relaying costs at thousands of connections a second).
+    // Bulk data (large records) is written as it comes: there a wake-up per record is
+    // cheap, and the bytes are still in the cache.
+    let mut poll_until: Option<Instant> = None;
+    // Records, and their payload bytes, since the channel last ran empty.
+    let (mut burst, mut burst_bytes) = (0usize, 0usize);
     loop {
         let msg = match rx.try_recv() {
             Ok(m) => m,
@@ -473,6 +491,16 @@ fn write_loop(
                         first_err.get_or_insert(e);
                     }
                 }
+                if burst > 0 {
+                    poll_until = (burst >= 2 && burst_bytes < burst * SMALL_RECORD)
+                        .then(|| Instant::now() + POLL_WHILE_BUSY);
+                    (burst, burst_bytes) = (0, 0);
+                }
+                if poll_until.is_some_and(|t| Instant::now() < t) {
+                    std::thread::sleep(POLL_EVERY);
+                    continue;
+                }
+                poll_until = None;
                 match rx.blocking_recv() {
                     Some(m) => m,
                     None => break,
@@ -482,6 +510,10 @@ fn write_loop(
         };
         if let Msg::Tick = msg {
             continue;
+        }
+        burst += 1;
+        if let Msg::Data { payload, .. } = &msg {
+            burst_bytes += payload.len();
         }
         if let Some(ev) = event_of(msg, pid, &mut conns) {
             dirty = true;
