@@ -397,8 +397,8 @@ impl Socks {
 
 struct RateRow {
     name: &'static str,
-    /// Connections per second and failed attempts.
-    rate: std::result::Result<(f64, u64), String>,
+    /// Connections per second (median), failed attempts, and each round's rate.
+    rate: std::result::Result<(f64, u64, Vec<f64>), String>,
 }
 
 fn socks_rates(args: &CoreBenchArgs, env: &Env) -> Vec<RateRow> {
@@ -435,8 +435,8 @@ fn socks_rates(args: &CoreBenchArgs, env: &Env) -> Vec<RateRow> {
                     return Err("no run".into());
                 }
                 let failed = v.iter().map(|x| x.1).sum();
-                let mut rates: Vec<f64> = v.iter().map(|x| x.0).collect();
-                Ok((median(&mut rates), failed))
+                let rounds: Vec<f64> = v.iter().map(|x| x.0).collect();
+                Ok((median(&mut rounds.clone()), failed, rounds))
             }),
         })
         .collect()
@@ -712,20 +712,31 @@ fn print_tables(args: &CoreBenchArgs, tput: &[ThroughputRow], rates: &[RateRow],
         let micro = rates
             .iter()
             .find(|r| r.name == Socks::Microsocks.name())
-            .and_then(|r| r.rate.as_ref().ok().map(|x| x.0));
+            .and_then(|r| r.rate.as_ref().ok());
         println!(
-            "{:<32} {:>10} {:>12} {:>8}",
+            "{:<32} {:>10} {:>12} {:>8}  x microsocks by round (min-max)",
             "proxy", "conn/s", "x microsocks", "failed"
         );
         for r in rates {
             match &r.rate {
-                Ok((rate, failed)) => println!(
-                    "{:<32} {:>10.0} {:>12} {:>8}",
-                    r.name,
-                    rate,
-                    micro.map_or("-".into(), |m| format!("{:.2}x", rate / m)),
-                    failed
-                ),
+                Ok((rate, failed, rounds)) => {
+                    // Rounds run the proxies one after the other, so a round's ratio compares
+                    // them under the same load.
+                    let by_round = micro.map(|m| {
+                        let x: Vec<f64> = rounds.iter().zip(&m.2).map(|(a, b)| a / b).collect();
+                        let lo = x.iter().copied().fold(f64::INFINITY, f64::min);
+                        let hi = x.iter().copied().fold(0.0, f64::max);
+                        format!("{lo:.2}-{hi:.2}")
+                    });
+                    println!(
+                        "{:<32} {:>10.0} {:>12} {:>8}  {}",
+                        r.name,
+                        rate,
+                        micro.map_or("-".into(), |m| format!("{:.2}x", rate / m.0)),
+                        failed,
+                        by_round.unwrap_or_default()
+                    )
+                }
                 Err(e) => println!("{:<32} {:>10} {:>12} {:>8}  {e}", r.name, "-", "-", "-"),
             }
         }
