@@ -397,8 +397,9 @@ impl Socks {
 
 struct RateRow {
     name: &'static str,
-    /// Connections per second (median), failed attempts, and each round's rate.
-    rate: std::result::Result<(f64, u64, Vec<f64>), String>,
+    /// Connections per second (median), failed attempts, each round's rate, and the
+    /// proxy's CPU time per connection (µs, median).
+    rate: std::result::Result<(f64, u64, Vec<f64>, f64), String>,
 }
 
 fn socks_rates(args: &CoreBenchArgs, env: &Env) -> Vec<RateRow> {
@@ -408,7 +409,7 @@ fn socks_rates(args: &CoreBenchArgs, env: &Env) -> Vec<RateRow> {
         Socks::Microsocks,
     ];
     // Rounds of one run per proxy, so that load changes hit every row alike.
-    let mut samples: Vec<std::result::Result<Vec<(f64, u64)>, String>> =
+    let mut samples: Vec<std::result::Result<Vec<RateSample>, String>> =
         kinds.iter().map(|_| Ok(Vec::new())).collect();
     for round in 0..args.socks_runs {
         for (i, &kind) in kinds.iter().enumerate() {
@@ -436,13 +437,42 @@ fn socks_rates(args: &CoreBenchArgs, env: &Env) -> Vec<RateRow> {
                 }
                 let failed = v.iter().map(|x| x.1).sum();
                 let rounds: Vec<f64> = v.iter().map(|x| x.0).collect();
-                Ok((median(&mut rounds.clone()), failed, rounds))
+                let mut cpu: Vec<f64> = v.iter().map(|x| x.2).collect();
+                Ok((
+                    median(&mut rounds.clone()),
+                    failed,
+                    rounds,
+                    median(&mut cpu),
+                ))
             }),
         })
         .collect()
 }
 
-fn socks_rate(args: &CoreBenchArgs, env: &Env, kind: Socks) -> Result<(f64, u64)> {
+/// One SOCKS run: connections per second, failed attempts, proxy CPU µs per connection.
+type RateSample = (f64, u64, f64);
+
+/// CPU time (user + system) `pid` used so far, in seconds.
+fn cpu_secs(pid: u32) -> Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |x| x.1)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| -> Result<f64> {
+        Ok(fields
+            .get(i)
+            .context("short /proc/PID/stat")?
+            .parse::<f64>()?)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok((ticks(11)? + ticks(12)?) / hz)
+}
+
+/// Connections per second, failed attempts, and the proxy's CPU time per connection (µs).
+fn socks_rate(args: &CoreBenchArgs, env: &Env, kind: Socks) -> Result<RateSample> {
     let target = ok_server()?;
     let port = free_port()?;
     let listen = format!("127.0.0.1:{port}");
@@ -476,6 +506,7 @@ fn socks_rate(args: &CoreBenchArgs, env: &Env, kind: Socks) -> Result<(f64, u64)
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
+    let cpu0 = cpu_secs(guard.pid())?;
     let start = Instant::now();
     let threads: Vec<_> = (0..args.socks_clients)
         .map(|_| {
@@ -496,14 +527,17 @@ fn socks_rate(args: &CoreBenchArgs, env: &Env, kind: Socks) -> Result<(f64, u64)
         let _ = t.join();
     }
     let secs = start.elapsed().as_secs_f64();
+    let cpu = cpu_secs(guard.pid())? - cpu0;
     match kind {
         Socks::Microsocks => drop(guard),
         _ => guard.stop()?,
     }
     let _ = fs::remove_file(env.tmp.join("socks.pcapng"));
+    let done = done.load(Ordering::Relaxed);
     Ok((
-        done.load(Ordering::Relaxed) as f64 / secs,
+        done as f64 / secs,
         failed.load(Ordering::Relaxed),
+        cpu * 1e6 / done.max(1) as f64,
     ))
 }
 
@@ -714,12 +748,12 @@ fn print_tables(args: &CoreBenchArgs, tput: &[ThroughputRow], rates: &[RateRow],
             .find(|r| r.name == Socks::Microsocks.name())
             .and_then(|r| r.rate.as_ref().ok());
         println!(
-            "{:<32} {:>10} {:>12} {:>8}  x microsocks by round (min-max)",
-            "proxy", "conn/s", "x microsocks", "failed"
+            "{:<32} {:>10} {:>12} {:>8} {:>12}  x microsocks by round (min-max)",
+            "proxy", "conn/s", "x microsocks", "failed", "CPU us/conn"
         );
         for r in rates {
             match &r.rate {
-                Ok((rate, failed, rounds)) => {
+                Ok((rate, failed, rounds, cpu)) => {
                     // Rounds run the proxies one after the other, so a round's ratio compares
                     // them under the same load.
                     let by_round = micro.map(|m| {
@@ -729,18 +763,24 @@ fn print_tables(args: &CoreBenchArgs, tput: &[ThroughputRow], rates: &[RateRow],
                         format!("{lo:.2}-{hi:.2}")
                     });
                     println!(
-                        "{:<32} {:>10.0} {:>12} {:>8}  {}",
+                        "{:<32} {:>10.0} {:>12} {:>8} {:>12.1}  {}",
                         r.name,
                         rate,
                         micro.map_or("-".into(), |m| format!("{:.2}x", rate / m.0)),
                         failed,
+                        cpu,
                         by_round.unwrap_or_default()
                     )
                 }
-                Err(e) => println!("{:<32} {:>10} {:>12} {:>8}  {e}", r.name, "-", "-", "-"),
+                Err(e) => println!(
+                    "{:<32} {:>10} {:>12} {:>8} {:>12}  {e}",
+                    r.name, "-", "-", "-", "-"
+                ),
             }
         }
-        println!("target: capagent socks >= 1.00x microsocks");
+        println!(
+            "target: capagent socks >= 1.00x microsocks (CPU us/conn: the proxy's user + system time per connection, kernel TCP work included)"
+        );
     }
     if !mem.is_empty() {
         println!();
