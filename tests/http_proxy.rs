@@ -1070,3 +1070,287 @@ fn reverse_routes_by_host() {
     assert!(err.contains("< HTTP/1.1 421 Misdirected Request"), "{err}");
     agent.stop();
 }
+
+// ---------------------------------------------------------------------------------------------
+// WebSocket (HTTP/1.1 Upgrade) through both proxies.
+
+/// A WebSocket echo server (the `websockets` library of Debian's Python): answers each
+/// message with `echo:` + the message (text: + ` path=PATH`); prints `READY <port>`.
+const WS_SERVER_PY: &str = r#"
+import asyncio, websockets
+async def handler(ws, path=None):
+    async for msg in ws:
+        if isinstance(msg, bytes):
+            await ws.send(b"echo:" + msg)
+        else:
+            await ws.send("echo:" + msg + " path=" + ws.path)
+async def main():
+    async with websockets.serve(handler, "127.0.0.1", 0, max_size=1 << 22, compression=None) as server:
+        print("READY", server.sockets[0].getsockname()[1], flush=True)
+        await asyncio.Future()
+asyncio.run(main())
+"#;
+
+/// The JDK's WebSocket client (java.net.http): connects to argv[0], sends a text, a
+/// 100,000-character text, a binary message and a close, and prints what came back.
+const WS_CLIENT_JAVA: &str = r#"
+import java.net.URI;
+import java.net.http.HttpClient;
+import java.net.http.WebSocket;
+import java.nio.ByteBuffer;
+import java.util.concurrent.*;
+
+public class WsClient {
+    public static void main(String[] args) throws Exception {
+        BlockingQueue<String> got = new LinkedBlockingQueue<>();
+        StringBuilder text = new StringBuilder();
+        java.io.ByteArrayOutputStream bin = new java.io.ByteArrayOutputStream();
+        WebSocket.Listener listener = new WebSocket.Listener() {
+            public CompletionStage<?> onText(WebSocket ws, CharSequence data, boolean last) {
+                text.append(data);
+                if (last) { got.add("T " + text); text.setLength(0); }
+                ws.request(1);
+                return null;
+            }
+            public CompletionStage<?> onBinary(WebSocket ws, ByteBuffer data, boolean last) {
+                byte[] b = new byte[data.remaining()];
+                data.get(b);
+                bin.write(b, 0, b.length);
+                if (last) {
+                    StringBuilder hex = new StringBuilder();
+                    for (byte x : bin.toByteArray()) hex.append(String.format("%02x", x));
+                    got.add("B " + hex);
+                    bin.reset();
+                }
+                ws.request(1);
+                return null;
+            }
+            public CompletionStage<?> onClose(WebSocket ws, int code, String reason) {
+                got.add("CLOSED " + code);
+                return null;
+            }
+            public void onError(WebSocket ws, Throwable e) { got.add("ERROR " + e); }
+        };
+        WebSocket ws = HttpClient.newHttpClient().newWebSocketBuilder()
+            .buildAsync(URI.create(args[0]), listener).get(20, TimeUnit.SECONDS);
+        ws.sendText("hello", true).get(20, TimeUnit.SECONDS);
+        System.out.println(got.poll(20, TimeUnit.SECONDS));
+        String big = "x".repeat(100000);
+        ws.sendText(big, true).get(20, TimeUnit.SECONDS);
+        String r = got.poll(20, TimeUnit.SECONDS);
+        System.out.println("BIG " + (r != null && r.equals("T echo:" + big + " path=/chat")));
+        ws.sendBinary(ByteBuffer.wrap(new byte[] {0, 1, 2, (byte) 255}), true).get(20, TimeUnit.SECONDS);
+        System.out.println(got.poll(20, TimeUnit.SECONDS));
+        ws.sendClose(WebSocket.NORMAL_CLOSURE, "bye").get(20, TimeUnit.SECONDS);
+        System.out.println(got.poll(20, TimeUnit.SECONDS));
+    }
+}
+"#;
+
+/// A raw WebSocket client through an HTTP proxy (argv: proxy port, server port): an
+/// absolute-URI upgrade request with a first frame right behind it in the same write, the
+/// accept key checked, a 70,000-byte binary message, a close.
+const WS_RAW_CLIENT_PY: &str = r#"
+import base64, hashlib, os, socket, struct, sys
+proxy, server = int(sys.argv[1]), int(sys.argv[2])
+def frame(op, payload):
+    mask = os.urandom(4)
+    n = len(payload)
+    head = bytes([0x80 | op])
+    if n < 126: head += bytes([0x80 | n])
+    elif n < 65536: head += bytes([0x80 | 126]) + struct.pack(">H", n)
+    else: head += bytes([0x80 | 127]) + struct.pack(">Q", n)
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+def exact(s, n):
+    b = b""
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        if not c: raise SystemExit("closed after %r" % b[:200])
+        b += c
+    return b
+def read_frame(s):
+    h = exact(s, 2)
+    n = h[1] & 0x7f
+    if n == 126: n = struct.unpack(">H", exact(s, 2))[0]
+    elif n == 127: n = struct.unpack(">Q", exact(s, 8))[0]
+    return h[0] & 0x0f, exact(s, n)
+s = socket.create_connection(("127.0.0.1", proxy))
+key = base64.b64encode(os.urandom(16)).decode()
+req = ("GET http://127.0.0.1:%d/fwd HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nUpgrade: websocket\r\n"
+       "Connection: Upgrade\r\nProxy-Connection: keep-alive\r\nSec-WebSocket-Key: %s\r\n"
+       "Sec-WebSocket-Version: 13\r\n\r\n") % (server, server, key)
+s.sendall(req.encode() + frame(1, b"early"))
+head = b""
+while not head.endswith(b"\r\n\r\n"):
+    head += exact(s, 1)
+lines = head.decode().split("\r\n")
+print(lines[0])
+fields = {l.split(":", 1)[0].lower(): l.split(":", 1)[1].strip() for l in lines[1:] if ":" in l}
+want = base64.b64encode(hashlib.sha1((key + "258EAFA5-E914-47DA-95CA-C5AB0DC85B11").encode()).digest()).decode()
+print("accept", fields.get("sec-websocket-accept") == want, fields.get("upgrade"), fields.get("connection"))
+print(read_frame(s))
+big = bytes((i * 7 + 3) % 251 for i in range(70000))
+s.sendall(frame(2, big))
+op, data = read_frame(s)
+print(op, data == b"echo:" + big)
+s.sendall(frame(8, struct.pack(">H", 1000)))
+op, data = read_frame(s)
+print(op, struct.unpack(">H", data[:2])[0])
+"#;
+
+/// Debian's Python, which has the `websockets` package (`cargo xtask setup` installs
+/// python3-websockets), whatever `python3` is first in PATH.
+const DEBIAN_PYTHON: &str = "/usr/bin/python3";
+
+fn ws_server(dir: &TempDir) -> (Proc, u16) {
+    let script = dir.write("ws_server.py", WS_SERVER_PY);
+    let mut cmd = Command::new(DEBIAN_PYTHON);
+    cmd.arg(&script);
+    let mut p = Proc::spawn("ws_server", cmd);
+    let port = p.expect("READY", TIMEOUT).trim().parse().unwrap();
+    (p, port)
+}
+
+/// The request and response bytes recorded on the one server connection in `evs`.
+fn only_upstream(evs: &[Value]) -> (Vec<u8>, Vec<u8>) {
+    let o = opens(evs);
+    assert_eq!(o.len(), 1, "{}", common::dump(evs));
+    let fd = o[0]["fd"].as_i64().unwrap();
+    (payload(evs, fd, "send"), payload(evs, fd, "recv"))
+}
+
+#[test]
+fn websocket_through_reverse_proxy_with_java() {
+    let dir = TempDir::new("http-ws-reverse");
+    let (_server, port) = ws_server(&dir);
+    let pcap = dir.join("ws.pcapng").display().to_string();
+    let jsonl = dir.join("ws.jsonl").display().to_string();
+    let to = format!("127.0.0.1:{port}");
+    let agent = Agent::start(&[
+        "proxy",
+        "reverse",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &to,
+        "-w",
+        &pcap,
+        "--format",
+        "json",
+        "-o",
+        &jsonl,
+    ]);
+    let src = dir.write("WsClient.java", WS_CLIENT_JAVA);
+    let mut cmd = Command::new("java");
+    cmd.arg(&src).arg(format!("ws://{}/chat", agent.addr));
+    let out = common::run_output("java WsClient", cmd, Duration::from_secs(60));
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "T echo:hello path=/chat",
+            "BIG true",
+            "B 6563686f3a000102ff",
+            "CLOSED 1000"
+        ],
+        "{out}"
+    );
+    agent.stop();
+    // The server connection's records: the upgrade request as the server got it (Upgrade
+    // and Connection passed on), the 101, then the frames.
+    let evs = records(&jsonl);
+    let (sent, received) = only_upstream(&evs);
+    let req = String::from_utf8_lossy(&sent);
+    let head = &req[..req.find("\r\n\r\n").unwrap()];
+    assert!(head.starts_with("GET /chat HTTP/1.1\r\n"), "{head}");
+    assert!(head.contains("\r\nUpgrade: websocket"), "{head}");
+    assert!(head.contains("\r\nConnection: upgrade"), "{head}");
+    assert!(
+        received.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&received[..received.len().min(200)])
+    );
+    // Wireshark follows the upgrade and dissects the frames (unmasked) both ways.
+    let frames = tshark_r(
+        &pcap,
+        &[
+            "-d",
+            &format!("tcp.port=={port},http"),
+            "-Y",
+            "websocket",
+            "-T",
+            "fields",
+            "-e",
+            "websocket.opcode",
+            "-e",
+            "websocket.payload_length",
+            "-e",
+            "websocket.payload.text",
+        ],
+    );
+    let frames: Vec<&str> = frames.lines().collect();
+    assert!(frames.contains(&"1\t5\thello"), "{frames:?}");
+    assert!(
+        frames.contains(&"1\t21\techo:hello path=/chat"),
+        "{frames:?}"
+    );
+    let opcodes: Vec<&str> = frames
+        .iter()
+        .map(|f| f.split('\t').next().unwrap())
+        .collect();
+    assert_eq!(
+        opcodes.iter().filter(|o| **o == "1").count(),
+        4,
+        "two texts each way: {frames:?}"
+    );
+    assert_eq!(opcodes.iter().filter(|o| **o == "2").count(), 2);
+    assert_eq!(opcodes.iter().filter(|o| **o == "8").count(), 2);
+}
+
+#[test]
+fn websocket_through_forward_proxy_raw() {
+    let dir = TempDir::new("http-ws-forward");
+    let (_server, port) = ws_server(&dir);
+    let jsonl = dir.join("ws.jsonl").display().to_string();
+    let agent = Agent::start(&[
+        "proxy",
+        "http",
+        "--listen",
+        "127.0.0.1:0",
+        "--format",
+        "json",
+        "-o",
+        &jsonl,
+    ]);
+    let script = dir.write("ws_raw.py", WS_RAW_CLIENT_PY);
+    let mut cmd = Command::new(python());
+    cmd.arg(&script)
+        .arg(agent.addr.port().to_string())
+        .arg(port.to_string());
+    let out = common::run_output("ws_raw.py", cmd, Duration::from_secs(60));
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "HTTP/1.1 101 Switching Protocols",
+            "accept True websocket upgrade",
+            "(1, b'echo:early path=/fwd')",
+            "2 True",
+            "8 1000"
+        ],
+        "{out}"
+    );
+    agent.stop();
+    let evs = records(&jsonl);
+    let (sent, received) = only_upstream(&evs);
+    let req = String::from_utf8_lossy(&sent);
+    let end = req.find("\r\n\r\n").unwrap();
+    let head = &req[..end];
+    assert!(head.starts_with("GET /fwd HTTP/1.1\r\n"), "{head}");
+    assert!(head.contains("\r\nUpgrade: websocket"), "{head}");
+    assert!(!head.contains("Proxy-Connection"), "{head}");
+    // The early frame follows the head on the server connection (5-byte masked text).
+    assert_eq!(sent[end + 4..][..2], [0x81, 0x85]);
+    // Everything relayed is recorded: 5 + 70,000 + 2 payload bytes from the client, in
+    // frames of 2+4+5, 2+8+4+70000 and 2+4+2 bytes.
+    assert_eq!(sent.len() - (end + 4), 11 + 70014 + 8);
+    assert!(received.starts_with(b"HTTP/1.1 101 Switching Protocols\r\n"));
+}

@@ -1,7 +1,7 @@
 //! Arbitrary bytes (after a first byte choosing a split point) as an HTTP request head and
 //! as a response head, fed whole and in two pieces: parsing never panics, the limits hold
 //! whatever the split, a complete head parses the same however it arrived, and everything a
-//! proxy then does with a parsed head (target, framing, hop-by-hop fields, auth,
+//! proxy then does with a parsed head (target, framing, hop-by-hop fields, upgrades, auth,
 //! serializing) never panics and re-parses.
 #![no_main]
 
@@ -32,8 +32,12 @@ fuzz_target!(|data: &[u8]| {
                 Some("example.com"),
                 framing == body::Framing::Chunked,
             );
+            if let Some(protocols) = message::upgrade_of(h) {
+                // An upgrade goes on with its protocols.
+                assert!(up.headers.iter().any(|f| f.is("upgrade") && f.value == protocols));
+            }
             let bytes = head::write_request(&up);
-            // Two fields more than received may pass a limit the original was just under.
+            // Fields added to what was received may pass a limit the original was just under.
             if up.headers.len() < head::MAX_HEADER_COUNT && bytes.len() < head::MAX_HEADERS {
                 let (again, m) = head::parse_request(&bytes)
                     .expect("a forwarded head parses")
@@ -51,6 +55,11 @@ fuzz_target!(|data: &[u8]| {
         let out = head::write_response(&c);
         if c.headers.len() < head::MAX_HEADER_COUNT && out.len() < head::MAX_HEADERS {
             assert!(matches!(head::parse_response(&out), Ok(Some(_))));
+        }
+        let s = message::switching_response(&h);
+        let out = head::write_response(&s);
+        if s.headers.len() < head::MAX_HEADER_COUNT && out.len() < head::MAX_HEADERS {
+            assert!(matches!(head::parse_response(&out), Ok(Some((r, _))) if r.status == 101));
         }
     }
     if let Err(e) = &whole {

@@ -36,6 +36,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("nftables", "nft"),
     ("python3", "python3"),
+    // The WebSocket server of the HTTP proxy tests (run by Debian's /usr/bin/python3).
+    ("python3-websockets", ""),
     ("default-jre-headless", "java"),
     // `java Client.java` (single-file programs in the proxy tests) needs the compiler.
     ("default-jdk-headless", "javac"),

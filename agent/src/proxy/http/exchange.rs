@@ -287,233 +287,260 @@ pub async fn exchange(
     let reused = up.served > 0;
     let client_minor = req.minor;
     let client_keep = message::request_keep_alive(req);
-    let (mut crd, mut cwr) = client.stream.split();
-    let (mut urd, mut uwr) = up.stream.split();
-    let cbuf = &mut client.buf;
-    let ubuf = &mut up.buf;
-    let rec = &up.rec;
+    let upgrade = message::upgrade_of(req).is_some();
+    let (received, sent) = {
+        let (mut crd, mut cwr) = client.stream.split();
+        let (mut urd, mut uwr) = up.stream.split();
+        let cbuf = &mut client.buf;
+        let ubuf = &mut up.buf;
+        let rec = &up.rec;
 
-    let send = async {
-        let mut head_bytes = head::write_request(up_head);
-        // The head and whatever body is already here go in one write.
-        let mut dec = Decoder::new(framing);
-        let rechunk = dec.is_chunked();
-        loop {
-            while !dec.is_done() && !cbuf.is_empty() {
-                let step = dec.decode(cbuf).map_err(SendFail::Body)?;
-                if rechunk {
-                    head_bytes.extend_from_slice(&body::chunk(step.data));
-                } else {
-                    head_bytes.extend_from_slice(step.data);
+        let send = async {
+            let mut head_bytes = head::write_request(up_head);
+            // The head and whatever body is already here go in one write.
+            let mut dec = Decoder::new(framing);
+            let rechunk = dec.is_chunked();
+            loop {
+                while !dec.is_done() && !cbuf.is_empty() {
+                    let step = dec.decode(cbuf).map_err(SendFail::Body)?;
+                    if rechunk {
+                        head_bytes.extend_from_slice(&body::chunk(step.data));
+                    } else {
+                        head_bytes.extend_from_slice(step.data);
+                    }
+                    let n = step.consumed;
+                    cbuf.advance(n);
+                    if n == 0 {
+                        break;
+                    }
                 }
-                let n = step.consumed;
-                cbuf.advance(n);
+                if dec.is_done() && rechunk {
+                    head_bytes.extend_from_slice(&body::last_chunk(dec.trailers()));
+                }
+                if !head_bytes.is_empty() {
+                    rec.data_slice(Direction::Send, &head_bytes).await;
+                    uwr.write_all(&head_bytes).await.map_err(SendFail::Server)?;
+                    head_bytes.clear();
+                }
+                if dec.is_done() {
+                    return Ok::<(), SendFail>(());
+                }
+                if cbuf.capacity() - cbuf.len() < READ_CHUNK / 4 {
+                    cbuf.reserve(READ_CHUNK);
+                }
+                let n = with_idle(idle, crd.read_buf(cbuf))
+                    .await
+                    .map_err(SendFail::Client)?;
                 if n == 0 {
-                    break;
+                    return Err(SendFail::Client(io::Error::from(
+                        io::ErrorKind::UnexpectedEof,
+                    )));
                 }
             }
-            if dec.is_done() && rechunk {
-                head_bytes.extend_from_slice(&body::last_chunk(dec.trailers()));
-            }
-            if !head_bytes.is_empty() {
-                rec.data_slice(Direction::Send, &head_bytes).await;
-                uwr.write_all(&head_bytes).await.map_err(SendFail::Server)?;
-                head_bytes.clear();
-            }
-            if dec.is_done() {
-                return Ok::<(), SendFail>(());
-            }
-            if cbuf.capacity() - cbuf.len() < READ_CHUNK / 4 {
-                cbuf.reserve(READ_CHUNK);
-            }
-            let n = with_idle(idle, crd.read_buf(cbuf))
-                .await
-                .map_err(SendFail::Client)?;
-            if n == 0 {
-                return Err(SendFail::Client(io::Error::from(
-                    io::ErrorKind::UnexpectedEof,
-                )));
-            }
-        }
-    };
-
-    let recv = async {
-        let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
-        let mut got_any = false;
-        // Part of the final response reached the client.
-        let mut wrote = false;
-        let read_up = async |ubuf: &mut BytesMut, urd: &mut tokio::net::tcp::ReadHalf<'_>| {
-            if ubuf.capacity() - ubuf.len() < READ_CHUNK / 4 {
-                ubuf.reserve(READ_CHUNK);
-            }
-            let before = ubuf.len();
-            let n = with_idle(idle, urd.read_buf(ubuf)).await?;
-            rec.data_slice(Direction::Recv, &ubuf[before..]).await;
-            Ok::<usize, io::Error>(n)
         };
-        let server_fail =
-            |why: String, timeout: bool, responded: bool, got_any: bool| Fail::Server {
-                why,
-                timeout,
-                responded,
-                retry: reused && !got_any,
+
+        let recv = async {
+            let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+            let mut got_any = false;
+            // Part of the final response reached the client.
+            let mut wrote = false;
+            let read_up = async |ubuf: &mut BytesMut, urd: &mut tokio::net::tcp::ReadHalf<'_>| {
+                if ubuf.capacity() - ubuf.len() < READ_CHUNK / 4 {
+                    ubuf.reserve(READ_CHUNK);
+                }
+                let before = ubuf.len();
+                let n = with_idle(idle, urd.read_buf(ubuf)).await?;
+                rec.data_slice(Direction::Recv, &ubuf[before..]).await;
+                Ok::<usize, io::Error>(n)
             };
-        // Interim (1xx) responses, then the final one.
-        let head: ResponseHead = loop {
-            let parsed = loop {
-                match head::parse_response(ubuf) {
-                    Ok(Some(x)) => break x,
-                    Ok(None) => {}
-                    Err(e) => {
+            let server_fail =
+                |why: String, timeout: bool, responded: bool, got_any: bool| Fail::Server {
+                    why,
+                    timeout,
+                    responded,
+                    retry: reused && !got_any,
+                };
+            // Interim (1xx) responses, then the final one.
+            let head: ResponseHead = loop {
+                let parsed = loop {
+                    match head::parse_response(ubuf) {
+                        Ok(Some(x)) => break x,
+                        Ok(None) => {}
+                        Err(e) => {
+                            return Err(server_fail(
+                                format!("bad response head: {e}"),
+                                false,
+                                false,
+                                true,
+                            ));
+                        }
+                    }
+                    match read_up(ubuf, &mut urd).await {
+                        Ok(0) => {
+                            let why = "server closed the connection without a response".to_string();
+                            return Err(server_fail(why, false, false, got_any));
+                        }
+                        Ok(_) => got_any = true,
+                        Err(e) => {
+                            let timeout = e.raw_os_error() == Some(libc::ETIMEDOUT);
+                            return Err(server_fail(
+                                format!("reading the response: {e}"),
+                                timeout,
+                                false,
+                                got_any,
+                            ));
+                        }
+                    }
+                };
+                let (h, n) = parsed;
+                ubuf.advance(n);
+                if (100..200).contains(&h.status) {
+                    if h.status == 101 && upgrade {
+                        return Ok(Received::Switched(h));
+                    }
+                    if h.status == 101 {
                         return Err(server_fail(
-                            format!("bad response head: {e}"),
+                            "unexpected 101 Switching Protocols".into(),
                             false,
                             false,
                             true,
                         ));
                     }
+                    if client_minor >= 1 {
+                        let interim = ResponseHead {
+                            minor: 1,
+                            status: h.status,
+                            reason: h.reason.clone(),
+                            headers: message::end_to_end(&h.headers),
+                        };
+                        cwr.write_all(&head::write_response(&interim))
+                            .await
+                            .map_err(Fail::Client)?;
+                    }
+                    continue;
+                }
+                break h;
+            };
+            let framing = body::response_framing(&req.method, &head).map_err(|e| {
+                server_fail(format!("bad response framing: {e}"), false, false, true)
+            })?;
+            let chunked_in = framing == Framing::Chunked;
+            let rechunk = chunked_in && client_minor >= 1;
+            let client_close =
+                !client_keep || framing == Framing::Close || (chunked_in && !rechunk);
+            let mut to_client = message::client_response(&head, rechunk, client_close);
+            if chunked_in && !rechunk {
+                // Un-chunked for an HTTP/1.0 client: delimited by the close, never by a length
+                // the server may have sent alongside its chunking.
+                to_client.headers.retain(|h| !h.is("content-length"));
+            }
+            if client_minor == 0 && !client_close {
+                // An HTTP/1.0 client that asked for keep-alive needs to hear it granted.
+                to_client
+                    .headers
+                    .push(head::Header::new("Connection", "keep-alive"));
+            }
+            out.extend_from_slice(&head::write_response(&to_client));
+            let mut dec = Decoder::new(framing);
+            loop {
+                while !dec.is_done() && !ubuf.is_empty() {
+                    let step = dec.decode(ubuf).map_err(|e| {
+                        server_fail(format!("bad response body: {e}"), false, wrote, true)
+                    })?;
+                    if rechunk {
+                        out.extend_from_slice(&body::chunk(step.data));
+                    } else {
+                        out.extend_from_slice(step.data);
+                    }
+                    let n = step.consumed;
+                    ubuf.advance(n);
+                    if n == 0 {
+                        break;
+                    }
+                }
+                if dec.is_done() && rechunk {
+                    out.extend_from_slice(&body::last_chunk(dec.trailers()));
+                }
+                if !out.is_empty() {
+                    cwr.write_all(&out).await.map_err(Fail::Client)?;
+                    out.clear();
+                    wrote = true;
+                }
+                if dec.is_done() {
+                    break;
                 }
                 match read_up(ubuf, &mut urd).await {
                     Ok(0) => {
-                        let why = "server closed the connection without a response".to_string();
-                        return Err(server_fail(why, false, false, got_any));
+                        if dec.eof() {
+                            break;
+                        }
+                        return Err(server_fail(
+                            "server closed the connection inside the body".into(),
+                            false,
+                            wrote,
+                            true,
+                        ));
                     }
-                    Ok(_) => got_any = true,
+                    Ok(_) => {}
                     Err(e) => {
                         let timeout = e.raw_os_error() == Some(libc::ETIMEDOUT);
                         return Err(server_fail(
-                            format!("reading the response: {e}"),
+                            format!("reading the body: {e}"),
                             timeout,
-                            false,
-                            got_any,
+                            wrote,
+                            true,
                         ));
                     }
                 }
-            };
-            let (h, n) = parsed;
-            ubuf.advance(n);
-            if (100..200).contains(&h.status) {
-                if h.status == 101 {
-                    return Err(server_fail(
-                        "unexpected 101 Switching Protocols".into(),
-                        false,
-                        false,
-                        true,
-                    ));
-                }
-                if client_minor >= 1 {
-                    let interim = ResponseHead {
-                        minor: 1,
-                        status: h.status,
-                        reason: h.reason.clone(),
-                        headers: message::end_to_end(&h.headers),
-                    };
-                    cwr.write_all(&head::write_response(&interim))
-                        .await
-                        .map_err(Fail::Client)?;
-                }
-                continue;
             }
-            break h;
+            let server_keep = framing != Framing::Close && message::response_keep_alive(&head);
+            Ok::<Received, Fail>(Received::Response {
+                client_close,
+                server_keep,
+            })
         };
-        let framing = body::response_framing(&req.method, &head)
-            .map_err(|e| server_fail(format!("bad response framing: {e}"), false, false, true))?;
-        let chunked_in = framing == Framing::Chunked;
-        let rechunk = chunked_in && client_minor >= 1;
-        let client_close = !client_keep || framing == Framing::Close || (chunked_in && !rechunk);
-        let mut to_client = message::client_response(&head, rechunk, client_close);
-        if chunked_in && !rechunk {
-            // Un-chunked for an HTTP/1.0 client: delimited by the close, never by a length
-            // the server may have sent alongside its chunking.
-            to_client.headers.retain(|h| !h.is("content-length"));
-        }
-        if client_minor == 0 && !client_close {
-            // An HTTP/1.0 client that asked for keep-alive needs to hear it granted.
-            to_client
-                .headers
-                .push(head::Header::new("Connection", "keep-alive"));
-        }
-        out.extend_from_slice(&head::write_response(&to_client));
-        let mut dec = Decoder::new(framing);
-        loop {
-            while !dec.is_done() && !ubuf.is_empty() {
-                let step = dec.decode(ubuf).map_err(|e| {
-                    server_fail(format!("bad response body: {e}"), false, wrote, true)
-                })?;
-                if rechunk {
-                    out.extend_from_slice(&body::chunk(step.data));
-                } else {
-                    out.extend_from_slice(step.data);
-                }
-                let n = step.consumed;
-                ubuf.advance(n);
-                if n == 0 {
-                    break;
-                }
-            }
-            if dec.is_done() && rechunk {
-                out.extend_from_slice(&body::last_chunk(dec.trailers()));
-            }
-            if !out.is_empty() {
-                cwr.write_all(&out).await.map_err(Fail::Client)?;
-                out.clear();
-                wrote = true;
-            }
-            if dec.is_done() {
-                break;
-            }
-            match read_up(ubuf, &mut urd).await {
-                Ok(0) => {
-                    if dec.eof() {
-                        break;
-                    }
-                    return Err(server_fail(
-                        "server closed the connection inside the body".into(),
-                        false,
-                        wrote,
-                        true,
-                    ));
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    let timeout = e.raw_os_error() == Some(libc::ETIMEDOUT);
-                    return Err(server_fail(
-                        format!("reading the body: {e}"),
-                        timeout,
-                        wrote,
-                        true,
-                    ));
-                }
-            }
-        }
-        let server_keep = framing != Framing::Close && message::response_keep_alive(&head);
-        Ok::<(bool, bool), Fail>((client_close, server_keep))
-    };
 
-    tokio::pin!(send);
-    tokio::pin!(recv);
-    let mut sent: Option<Result<(), ()>> = None;
-    let received = loop {
-        tokio::select! {
-            r = &mut send, if sent.is_none() => {
-                match r {
-                    // The client failed or sent a bad body: the exchange is over.
-                    Err(SendFail::Client(e)) => return Err(Fail::Client(e)),
-                    Err(SendFail::Body(err)) => return Err(Fail::Body { err, responded: false }),
-                    Err(SendFail::Server(e)) => {
-                        // Wait for the response all the same: the server may have answered
-                        // before it stopped reading (e.g. 413).
-                        tracing::debug!("sending the request to the server: {e}");
-                        sent = Some(Err(()));
+        tokio::pin!(send);
+        tokio::pin!(recv);
+        let mut sent: Option<Result<(), ()>> = None;
+        let received = loop {
+            tokio::select! {
+                r = &mut send, if sent.is_none() => {
+                    match r {
+                        // The client failed or sent a bad body: the exchange is over.
+                        Err(SendFail::Client(e)) => return Err(Fail::Client(e)),
+                        Err(SendFail::Body(err)) => return Err(Fail::Body { err, responded: false }),
+                        Err(SendFail::Server(e)) => {
+                            // Wait for the response all the same: the server may have answered
+                            // before it stopped reading (e.g. 413).
+                            tracing::debug!("sending the request to the server: {e}");
+                            sent = Some(Err(()));
+                        }
+                        Ok(()) => sent = Some(Ok(())),
                     }
-                    Ok(()) => sent = Some(Ok(())),
                 }
+                r = &mut recv => break r,
             }
-            r = &mut recv => break r,
-        }
+        };
+        (received, sent)
     };
     match received {
-        Ok((client_close, server_keep)) => {
+        Ok(Received::Switched(head)) => {
+            if !matches!(sent, Some(Ok(()))) {
+                return Err(Fail::Server {
+                    why: "101 Switching Protocols before the request was sent".into(),
+                    timeout: false,
+                    responded: false,
+                    retry: false,
+                });
+            }
+            up.served += 1;
+            switch_protocols(client, up, &head, idle).await
+        }
+        Ok(Received::Response {
+            client_close,
+            server_keep,
+        }) => {
             // A response that came before the whole request was sent leaves the client's
             // stream in the middle of a body: neither side can go on.
             let complete = matches!(sent, Some(Ok(())));
@@ -524,6 +551,57 @@ pub async fn exchange(
             })
         }
         Err(f) => Err(f),
+    }
+}
+
+/// How the response side of an exchange ended.
+enum Received {
+    /// A final response relayed.
+    Response {
+        client_close: bool,
+        server_keep: bool,
+    },
+    /// The server agreed to the client's Upgrade (its 101 not yet relayed).
+    Switched(ResponseHead),
+}
+
+/// After a `101 Switching Protocols` to an Upgrade request (WebSocket...): relays the 101,
+/// then the bytes both ways (what either side sent early included) until both sides end;
+/// recorded on the server connection's stream like any relay. Neither connection carries
+/// HTTP afterwards.
+async fn switch_protocols(
+    client: &mut Client,
+    up: &mut Upstream,
+    head: &ResponseHead,
+    idle: Option<Duration>,
+) -> Result<Done, Fail> {
+    let mut out = head::write_response(&message::switching_response(head));
+    // What the server sent after its 101 (recorded when it was read).
+    out.extend_from_slice(&up.buf);
+    up.buf.clear();
+    client.stream.write_all(&out).await.map_err(Fail::Client)?;
+    if !client.buf.is_empty() {
+        // What the client sent after its request, before the answer.
+        up.rec.data_slice(Direction::Send, &client.buf).await;
+        let early = std::mem::take(&mut client.buf);
+        if let Err(e) = up.stream.write_all(&early).await {
+            return Err(Fail::Server {
+                why: format!("writing to the server after the 101: {e}"),
+                timeout: false,
+                responded: true,
+                retry: false,
+            });
+        }
+    }
+    match crate::proxy::relay::relay(&mut client.stream, &mut up.stream, &up.rec, idle).await {
+        Ok(_) => Ok(Done {
+            client_keep: false,
+            server_keep: false,
+        }),
+        Err(e) => {
+            tracing::debug!("{}: {}: after the upgrade: {e}", client.what, client.peer);
+            Err(Fail::Client(e.io()))
+        }
     }
 }
 

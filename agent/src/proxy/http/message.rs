@@ -160,6 +160,45 @@ pub fn end_to_end(headers: &[Header]) -> Vec<Header> {
         .collect()
 }
 
+/// The protocols an HTTP/1.1 request without a body asks to switch to (RFC 9110 7.8: its
+/// `Upgrade` field, with `upgrade` listed in `Connection`), e.g. `websocket`. The proxies
+/// pass such a request on with both fields, and after a `101 Switching Protocols` relay
+/// the bytes both ways. None for anything else (an HTTP/1.0 request's Upgrade is ignored,
+/// as RFC 9110 wants).
+pub fn upgrade_of(head: &RequestHead) -> Option<&[u8]> {
+    if head.minor == 0
+        || !tokens(&head.headers, "connection")
+            .iter()
+            .any(|t| t == "upgrade")
+        || !matches!(
+            super::body::request_framing(head),
+            Ok(super::body::Framing::Empty)
+        )
+    {
+        return None;
+    }
+    let mut upgrades = head.headers.iter().filter(|h| h.is("upgrade"));
+    let value = upgrades.next()?.value.as_slice();
+    // One non-empty field; several would have to be merged, which no client does.
+    (upgrades.next().is_none() && value.iter().any(|b| !b.is_ascii_whitespace())).then_some(value)
+}
+
+/// The head of a `101 Switching Protocols` from a server, as relayed to the client:
+/// end-to-end fields plus the server's `Upgrade` and `Connection: upgrade`.
+pub fn switching_response(resp: &ResponseHead) -> ResponseHead {
+    let mut headers = end_to_end(&resp.headers);
+    if let Some(u) = resp.headers.iter().find(|h| h.is("upgrade")) {
+        headers.push(Header::new("Upgrade", u.value.clone()));
+    }
+    headers.push(Header::new("Connection", "upgrade"));
+    ResponseHead {
+        minor: 1,
+        status: 101,
+        reason: resp.reason.clone(),
+        headers,
+    }
+}
+
 /// Whether the client wants the connection kept open after this request.
 pub fn request_keep_alive(head: &RequestHead) -> bool {
     connection_keep_alive(head.minor, &head.headers, true)
@@ -213,6 +252,11 @@ pub fn upstream_request(
     if chunked {
         headers.retain(|h| !h.is("content-length"));
         headers.push(Header::new("Transfer-Encoding", "chunked"));
+    }
+    if let Some(protocols) = upgrade_of(head) {
+        // Hop-by-hop, so removed above; passed on for the server to switch (WebSocket).
+        headers.push(Header::new("Upgrade", protocols.to_vec()));
+        headers.push(Header::new("Connection", "upgrade"));
     }
     if !request_keep_alive(head) {
         // The server connection ends with the client's: let the server close first (its
@@ -488,6 +532,53 @@ mod tests {
             String::from_utf8(e)
                 .unwrap()
                 .contains("Connection: close\r\n")
+        );
+    }
+
+    #[test]
+    fn upgrade_requests() {
+        let req = |text: &str| parse_request(text.as_bytes()).unwrap().unwrap().0;
+        let ws = req(
+            "GET http://a/chat HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: k\r\n\r\n",
+        );
+        assert_eq!(upgrade_of(&ws), Some(&b"websocket"[..]));
+        let up = upstream_request(&ws, "/chat", Some("a"), false);
+        let text = String::from_utf8(crate::proxy::http::head::write_request(&up)).unwrap();
+        assert_eq!(
+            text,
+            "GET /chat HTTP/1.1\r\nHost: a\r\nSec-WebSocket-Key: k\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
+        );
+        // Not an upgrade: HTTP/1.0 (RFC 9110 says to ignore it), Upgrade not listed in
+        // Connection, no Upgrade field, a body, two Upgrade fields.
+        for text in [
+            "GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+            "GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
+            "GET / HTTP/1.1\r\nConnection: upgrade\r\n\r\n",
+            "POST / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: h2c\r\nContent-Length: 3\r\n\r\n",
+            "GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: a\r\nUpgrade: b\r\n\r\n",
+        ] {
+            let r = req(text);
+            assert_eq!(upgrade_of(&r), None, "{text}");
+            let up = upstream_request(&r, "/", Some("a"), false);
+            assert!(
+                !up.headers.iter().any(|h| h.is("upgrade")),
+                "{text}: {:?}",
+                up.headers
+            );
+        }
+        let resp = parse_response(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: x\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap()
+        .0;
+        let text = String::from_utf8(crate::proxy::http::head::write_response(
+            &switching_response(&resp),
+        ))
+        .unwrap();
+        assert_eq!(
+            text,
+            "HTTP/1.1 101 Switching Protocols\r\nSec-WebSocket-Accept: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
         );
     }
 }
