@@ -35,6 +35,8 @@ pub struct Client {
     pub peer: SocketAddr,
     pub listen: SocketAddr,
     pub buf: BytesMut,
+    /// Request heads read so far.
+    pub requests: u32,
 }
 
 /// How reading a request head ended without a head.
@@ -58,6 +60,28 @@ impl Client {
             peer,
             listen,
             buf: BytesMut::with_capacity(8 * 1024),
+            requests: 0,
+        }
+    }
+
+    /// The next request head: the first must come within the handshake timeout, later ones
+    /// within the idle timeout (keep-alive); each head whole within the handshake timeout.
+    /// None when the connection is over (a failure is answered first, as HTTP wants).
+    pub async fn next_request(&mut self, limits: &crate::proxy::Limits) -> Option<RequestHead> {
+        let wait = if self.requests == 0 {
+            Some(limits.handshake)
+        } else {
+            limits.idle
+        };
+        match self.read_head(wait, limits.handshake).await {
+            Ok(h) => {
+                self.requests += 1;
+                Some(h)
+            }
+            Err(f) => {
+                self.head_failed(f).await;
+                None
+            }
         }
     }
 

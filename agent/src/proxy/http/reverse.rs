@@ -106,21 +106,7 @@ pub async fn run(opts: ReverseOptions, ctx: Ctx) -> anyhow::Result<()> {
 pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Ctx, opts: &ReverseOptions) {
     let mut client = Client::new("reverse", stream, peer);
     let mut up: Option<Upstream> = None;
-    let mut first = true;
-    loop {
-        let wait = if first {
-            Some(ctx.limits.handshake)
-        } else {
-            ctx.limits.idle
-        };
-        let head = match client.read_head(wait, ctx.limits.handshake).await {
-            Ok(h) => h,
-            Err(f) => {
-                client.head_failed(f).await;
-                break;
-            }
-        };
-        first = false;
+    while let Some(head) = client.next_request(&ctx.limits).await {
         if !request(&mut client, &mut up, &head, &ctx, opts).await {
             break;
         }

@@ -59,21 +59,7 @@ pub fn target_of(host: &str, port: u16) -> Target {
 pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Ctx, opts: &HttpOptions) {
     let mut client = Client::new("http", stream, peer);
     let mut up: Option<Upstream> = None;
-    let mut first = true;
-    loop {
-        let wait = if first {
-            Some(ctx.limits.handshake)
-        } else {
-            ctx.limits.idle
-        };
-        let head = match client.read_head(wait, ctx.limits.handshake).await {
-            Ok(h) => h,
-            Err(f) => {
-                client.head_failed(f).await;
-                break;
-            }
-        };
-        first = false;
+    while let Some(head) = client.next_request(&ctx.limits).await {
         if let Some(cred) = &opts.auth {
             let auth = message::check_basic(&head.headers, cred);
             if auth != Auth::Ok {
