@@ -308,246 +308,7 @@ pub async fn exchange(
     framing: Framing,
     idle: Option<Duration>,
 ) -> Result<Done, Fail> {
-    let reused = up.served > 0;
-    let client_minor = req.minor;
-    let client_keep = message::request_keep_alive(req);
-    let upgrade = message::upgrade_of(req).is_some();
-    let (received, sent) = {
-        let (mut crd, mut cwr) = client.stream.split();
-        let (mut urd, mut uwr) = up.stream.split();
-        let cbuf = &mut client.buf;
-        let ubuf = &mut up.buf;
-        let rec = &up.rec;
-
-        let send = async {
-            let mut head_bytes = head::write_request(up_head);
-            // The head and whatever body is already here go in one write.
-            let mut dec = Decoder::new(framing);
-            let rechunk = dec.is_chunked();
-            loop {
-                while !dec.is_done() && !cbuf.is_empty() {
-                    let step = dec.decode(cbuf).map_err(SendFail::Body)?;
-                    if rechunk {
-                        head_bytes.extend_from_slice(&body::chunk(step.data));
-                    } else {
-                        head_bytes.extend_from_slice(step.data);
-                    }
-                    let n = step.consumed;
-                    cbuf.advance(n);
-                    if n == 0 {
-                        break;
-                    }
-                }
-                if dec.is_done() && rechunk {
-                    head_bytes.extend_from_slice(&body::last_chunk(dec.trailers()));
-                }
-                if !head_bytes.is_empty() {
-                    rec.data_slice(Direction::Send, &head_bytes).await;
-                    uwr.write_all(&head_bytes).await.map_err(SendFail::Server)?;
-                    head_bytes.clear();
-                }
-                if dec.is_done() {
-                    return Ok::<(), SendFail>(());
-                }
-                if cbuf.capacity() - cbuf.len() < READ_CHUNK / 4 {
-                    cbuf.reserve(READ_CHUNK);
-                }
-                let n = with_idle(idle, crd.read_buf(cbuf))
-                    .await
-                    .map_err(SendFail::Client)?;
-                if n == 0 {
-                    return Err(SendFail::Client(io::Error::from(
-                        io::ErrorKind::UnexpectedEof,
-                    )));
-                }
-            }
-        };
-
-        let recv = async {
-            let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
-            let mut got_any = false;
-            // Part of the final response reached the client.
-            let mut wrote = false;
-            let read_up = async |ubuf: &mut BytesMut, urd: &mut tokio::net::tcp::ReadHalf<'_>| {
-                if ubuf.capacity() - ubuf.len() < READ_CHUNK / 4 {
-                    ubuf.reserve(READ_CHUNK);
-                }
-                let before = ubuf.len();
-                let n = with_idle(idle, urd.read_buf(ubuf)).await?;
-                rec.data_slice(Direction::Recv, &ubuf[before..]).await;
-                Ok::<usize, io::Error>(n)
-            };
-            let server_fail =
-                |why: String, timeout: bool, responded: bool, got_any: bool| Fail::Server {
-                    why,
-                    timeout,
-                    responded,
-                    retry: reused && !got_any,
-                };
-            // Interim (1xx) responses, then the final one.
-            let head: ResponseHead = loop {
-                let parsed = loop {
-                    match head::parse_response(ubuf) {
-                        Ok(Some(x)) => break x,
-                        Ok(None) => {}
-                        Err(e) => {
-                            return Err(server_fail(
-                                format!("bad response head: {e}"),
-                                false,
-                                false,
-                                true,
-                            ));
-                        }
-                    }
-                    match read_up(ubuf, &mut urd).await {
-                        Ok(0) => {
-                            let why = "server closed the connection without a response".to_string();
-                            return Err(server_fail(why, false, false, got_any));
-                        }
-                        Ok(_) => got_any = true,
-                        Err(e) => {
-                            let timeout = e.raw_os_error() == Some(libc::ETIMEDOUT);
-                            return Err(server_fail(
-                                format!("reading the response: {e}"),
-                                timeout,
-                                false,
-                                got_any,
-                            ));
-                        }
-                    }
-                };
-                let (h, n) = parsed;
-                ubuf.advance(n);
-                if (100..200).contains(&h.status) {
-                    if h.status == 101 && upgrade {
-                        return Ok(Received::Switched(h));
-                    }
-                    if h.status == 101 {
-                        return Err(server_fail(
-                            "unexpected 101 Switching Protocols".into(),
-                            false,
-                            false,
-                            true,
-                        ));
-                    }
-                    if client_minor >= 1 {
-                        let interim = ResponseHead {
-                            minor: 1,
-                            status: h.status,
-                            reason: h.reason.clone(),
-                            headers: message::end_to_end(&h.headers),
-                        };
-                        cwr.write_all(&head::write_response(&interim))
-                            .await
-                            .map_err(Fail::Client)?;
-                    }
-                    continue;
-                }
-                break h;
-            };
-            let framing = body::response_framing(&req.method, &head).map_err(|e| {
-                server_fail(format!("bad response framing: {e}"), false, false, true)
-            })?;
-            let chunked_in = framing == Framing::Chunked;
-            let rechunk = chunked_in && client_minor >= 1;
-            let client_close =
-                !client_keep || framing == Framing::Close || (chunked_in && !rechunk);
-            let mut to_client = message::client_response(&head, rechunk, client_close);
-            if chunked_in && !rechunk {
-                // Un-chunked for an HTTP/1.0 client: delimited by the close, never by a length
-                // the server may have sent alongside its chunking.
-                to_client.headers.retain(|h| !h.is("content-length"));
-            }
-            if client_minor == 0 && !client_close {
-                // An HTTP/1.0 client that asked for keep-alive needs to hear it granted.
-                to_client
-                    .headers
-                    .push(head::Header::new("Connection", "keep-alive"));
-            }
-            out.extend_from_slice(&head::write_response(&to_client));
-            let mut dec = Decoder::new(framing);
-            loop {
-                while !dec.is_done() && !ubuf.is_empty() {
-                    let step = dec.decode(ubuf).map_err(|e| {
-                        server_fail(format!("bad response body: {e}"), false, wrote, true)
-                    })?;
-                    if rechunk {
-                        out.extend_from_slice(&body::chunk(step.data));
-                    } else {
-                        out.extend_from_slice(step.data);
-                    }
-                    let n = step.consumed;
-                    ubuf.advance(n);
-                    if n == 0 {
-                        break;
-                    }
-                }
-                if dec.is_done() && rechunk {
-                    out.extend_from_slice(&body::last_chunk(dec.trailers()));
-                }
-                if !out.is_empty() {
-                    cwr.write_all(&out).await.map_err(Fail::Client)?;
-                    out.clear();
-                    wrote = true;
-                }
-                if dec.is_done() {
-                    break;
-                }
-                match read_up(ubuf, &mut urd).await {
-                    Ok(0) => {
-                        if dec.eof() {
-                            break;
-                        }
-                        return Err(server_fail(
-                            "server closed the connection inside the body".into(),
-                            false,
-                            wrote,
-                            true,
-                        ));
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        let timeout = e.raw_os_error() == Some(libc::ETIMEDOUT);
-                        return Err(server_fail(
-                            format!("reading the body: {e}"),
-                            timeout,
-                            wrote,
-                            true,
-                        ));
-                    }
-                }
-            }
-            let server_keep = framing != Framing::Close && message::response_keep_alive(&head);
-            Ok::<Received, Fail>(Received::Response {
-                client_close,
-                server_keep,
-            })
-        };
-
-        tokio::pin!(send);
-        tokio::pin!(recv);
-        let mut sent: Option<Result<(), ()>> = None;
-        let received = loop {
-            tokio::select! {
-                r = &mut send, if sent.is_none() => {
-                    match r {
-                        // The client failed or sent a bad body: the exchange is over.
-                        Err(SendFail::Client(e)) => return Err(Fail::Client(e)),
-                        Err(SendFail::Body(err)) => return Err(Fail::Body { err, responded: false }),
-                        Err(SendFail::Server(e)) => {
-                            // Wait for the response all the same: the server may have answered
-                            // before it stopped reading (e.g. 413).
-                            tracing::debug!("sending the request to the server: {e}");
-                            sent = Some(Err(()));
-                        }
-                        Ok(()) => sent = Some(Ok(())),
-                    }
-                }
-                r = &mut recv => break r,
-            }
-        };
-        (received, sent)
-    };
+    let (received, sent) = send_and_receive(client, up, req, up_head, framing, idle).await;
     match received {
         Ok(Received::Switched(head)) => {
             if !matches!(sent, Some(Ok(()))) {
@@ -576,6 +337,256 @@ pub async fn exchange(
         }
         Err(f) => Err(f),
     }
+}
+
+/// The request (head and body) sent and the response relayed at the same time; returns how
+/// the response side ended and, if it got that far, how sending ended.
+async fn send_and_receive(
+    client: &mut Client,
+    up: &mut Upstream,
+    req: &RequestHead,
+    up_head: &RequestHead,
+    framing: Framing,
+    idle: Option<Duration>,
+) -> (Result<Received, Fail>, Option<Result<(), ()>>) {
+    let reused = up.served > 0;
+    let client_minor = req.minor;
+    let client_keep = message::request_keep_alive(req);
+    let upgrade = message::upgrade_of(req).is_some();
+    let (mut crd, mut cwr) = client.stream.split();
+    let (mut urd, mut uwr) = up.stream.split();
+    let cbuf = &mut client.buf;
+    let ubuf = &mut up.buf;
+    let rec = &up.rec;
+
+    let send = async {
+        let mut head_bytes = head::write_request(up_head);
+        // The head and whatever body is already here go in one write.
+        let mut dec = Decoder::new(framing);
+        let rechunk = dec.is_chunked();
+        loop {
+            while !dec.is_done() && !cbuf.is_empty() {
+                let step = dec.decode(cbuf).map_err(SendFail::Body)?;
+                if rechunk {
+                    head_bytes.extend_from_slice(&body::chunk(step.data));
+                } else {
+                    head_bytes.extend_from_slice(step.data);
+                }
+                let n = step.consumed;
+                cbuf.advance(n);
+                if n == 0 {
+                    break;
+                }
+            }
+            if dec.is_done() && rechunk {
+                head_bytes.extend_from_slice(&body::last_chunk(dec.trailers()));
+            }
+            if !head_bytes.is_empty() {
+                rec.data_slice(Direction::Send, &head_bytes).await;
+                uwr.write_all(&head_bytes).await.map_err(SendFail::Server)?;
+                head_bytes.clear();
+            }
+            if dec.is_done() {
+                return Ok::<(), SendFail>(());
+            }
+            if cbuf.capacity() - cbuf.len() < READ_CHUNK / 4 {
+                cbuf.reserve(READ_CHUNK);
+            }
+            let n = with_idle(idle, crd.read_buf(cbuf))
+                .await
+                .map_err(SendFail::Client)?;
+            if n == 0 {
+                return Err(SendFail::Client(io::Error::from(
+                    io::ErrorKind::UnexpectedEof,
+                )));
+            }
+        }
+    };
+
+    let recv = async {
+        let mut out: Vec<u8> = Vec::with_capacity(READ_CHUNK);
+        let mut got_any = false;
+        // Part of the final response reached the client.
+        let mut wrote = false;
+        let read_up = async |ubuf: &mut BytesMut, urd: &mut tokio::net::tcp::ReadHalf<'_>| {
+            if ubuf.capacity() - ubuf.len() < READ_CHUNK / 4 {
+                ubuf.reserve(READ_CHUNK);
+            }
+            let before = ubuf.len();
+            let n = with_idle(idle, urd.read_buf(ubuf)).await?;
+            rec.data_slice(Direction::Recv, &ubuf[before..]).await;
+            Ok::<usize, io::Error>(n)
+        };
+        let server_fail =
+            |why: String, timeout: bool, responded: bool, got_any: bool| Fail::Server {
+                why,
+                timeout,
+                responded,
+                retry: reused && !got_any,
+            };
+        // Interim (1xx) responses, then the final one.
+        let head: ResponseHead = loop {
+            let parsed = loop {
+                match head::parse_response(ubuf) {
+                    Ok(Some(x)) => break x,
+                    Ok(None) => {}
+                    Err(e) => {
+                        return Err(server_fail(
+                            format!("bad response head: {e}"),
+                            false,
+                            false,
+                            true,
+                        ));
+                    }
+                }
+                match read_up(ubuf, &mut urd).await {
+                    Ok(0) => {
+                        let why = "server closed the connection without a response".to_string();
+                        return Err(server_fail(why, false, false, got_any));
+                    }
+                    Ok(_) => got_any = true,
+                    Err(e) => {
+                        let timeout = e.raw_os_error() == Some(libc::ETIMEDOUT);
+                        return Err(server_fail(
+                            format!("reading the response: {e}"),
+                            timeout,
+                            false,
+                            got_any,
+                        ));
+                    }
+                }
+            };
+            let (h, n) = parsed;
+            ubuf.advance(n);
+            if (100..200).contains(&h.status) {
+                if h.status == 101 && upgrade {
+                    return Ok(Received::Switched(h));
+                }
+                if h.status == 101 {
+                    return Err(server_fail(
+                        "unexpected 101 Switching Protocols".into(),
+                        false,
+                        false,
+                        true,
+                    ));
+                }
+                if client_minor >= 1 {
+                    let interim = ResponseHead {
+                        minor: 1,
+                        status: h.status,
+                        reason: h.reason.clone(),
+                        headers: message::end_to_end(&h.headers),
+                    };
+                    cwr.write_all(&head::write_response(&interim))
+                        .await
+                        .map_err(Fail::Client)?;
+                }
+                continue;
+            }
+            break h;
+        };
+        let framing = body::response_framing(&req.method, &head)
+            .map_err(|e| server_fail(format!("bad response framing: {e}"), false, false, true))?;
+        let chunked_in = framing == Framing::Chunked;
+        let rechunk = chunked_in && client_minor >= 1;
+        let client_close = !client_keep || framing == Framing::Close || (chunked_in && !rechunk);
+        let mut to_client = message::client_response(&head, rechunk, client_close);
+        if chunked_in && !rechunk {
+            // Un-chunked for an HTTP/1.0 client: delimited by the close, never by a length
+            // the server may have sent alongside its chunking.
+            to_client.headers.retain(|h| !h.is("content-length"));
+        }
+        if client_minor == 0 && !client_close {
+            // An HTTP/1.0 client that asked for keep-alive needs to hear it granted.
+            to_client
+                .headers
+                .push(head::Header::new("Connection", "keep-alive"));
+        }
+        out.extend_from_slice(&head::write_response(&to_client));
+        let mut dec = Decoder::new(framing);
+        loop {
+            while !dec.is_done() && !ubuf.is_empty() {
+                let step = dec.decode(ubuf).map_err(|e| {
+                    server_fail(format!("bad response body: {e}"), false, wrote, true)
+                })?;
+                if rechunk {
+                    out.extend_from_slice(&body::chunk(step.data));
+                } else {
+                    out.extend_from_slice(step.data);
+                }
+                let n = step.consumed;
+                ubuf.advance(n);
+                if n == 0 {
+                    break;
+                }
+            }
+            if dec.is_done() && rechunk {
+                out.extend_from_slice(&body::last_chunk(dec.trailers()));
+            }
+            if !out.is_empty() {
+                cwr.write_all(&out).await.map_err(Fail::Client)?;
+                out.clear();
+                wrote = true;
+            }
+            if dec.is_done() {
+                break;
+            }
+            match read_up(ubuf, &mut urd).await {
+                Ok(0) => {
+                    if dec.eof() {
+                        break;
+                    }
+                    return Err(server_fail(
+                        "server closed the connection inside the body".into(),
+                        false,
+                        wrote,
+                        true,
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    let timeout = e.raw_os_error() == Some(libc::ETIMEDOUT);
+                    return Err(server_fail(
+                        format!("reading the body: {e}"),
+                        timeout,
+                        wrote,
+                        true,
+                    ));
+                }
+            }
+        }
+        let server_keep = framing != Framing::Close && message::response_keep_alive(&head);
+        Ok::<Received, Fail>(Received::Response {
+            client_close,
+            server_keep,
+        })
+    };
+
+    tokio::pin!(send);
+    tokio::pin!(recv);
+    let mut sent: Option<Result<(), ()>> = None;
+    let received = loop {
+        tokio::select! {
+            r = &mut send, if sent.is_none() => {
+                match r {
+                    // The client failed or sent a bad body: the exchange is over.
+                    Err(SendFail::Client(e)) => return (Err(Fail::Client(e)), None),
+                    Err(SendFail::Body(err)) => {
+                        return (Err(Fail::Body { err, responded: false }), None);
+                    }
+                    Err(SendFail::Server(e)) => {
+                        // Wait for the response all the same: the server may have answered
+                        // before it stopped reading (e.g. 413).
+                        tracing::debug!("sending the request to the server: {e}");
+                        sent = Some(Err(()));
+                    }
+                    Ok(()) => sent = Some(Ok(())),
+                }
+            }
+            r = &mut recv => break r,
+        }
+    };
+    (received, sent)
 }
 
 /// How the response side of an exchange ended.
