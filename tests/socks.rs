@@ -832,6 +832,24 @@ fn reversed(b: &[u8]) -> Vec<u8> {
     b.iter().rev().copied().collect()
 }
 
+/// A SOCKS5 CONNECT (no authentication, greeting and request in one write) through `proxy`
+/// to the IPv4 `target`; checks the success reply (whose bound address is IPv4, 10 bytes).
+fn socks5_connect(proxy: SocketAddr, target: SocketAddr) -> TcpStream {
+    let SocketAddr::V4(t) = target else {
+        panic!("IPv4 target expected: {target}")
+    };
+    let mut s = TcpStream::connect(proxy).unwrap();
+    s.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut req = b"\x05\x01\x00\x05\x01\x00\x01".to_vec();
+    req.extend_from_slice(&t.ip().octets());
+    req.extend_from_slice(&t.port().to_be_bytes());
+    s.write_all(&req).unwrap();
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).unwrap();
+    assert_eq!(&head[..5], b"\x05\x00\x05\x00\x00", "{head:?}");
+    s
+}
+
 #[test]
 fn many_concurrent_connections_all_relayed_and_recorded() {
     // Connections arrive at once from many clients; capagent accepts them on one listener per
@@ -844,24 +862,13 @@ fn many_concurrent_connections_all_relayed_and_recorded() {
     let (target, got) = half_close_server(CLIENTS * EACH, reversed);
     let agent = socks(&rec, &[]);
     let proxy = agent.addr();
-    let SocketAddr::V4(t) = target else {
-        unreachable!()
-    };
     let clients: Vec<_> = (0..CLIENTS)
         .map(|c| {
             thread::spawn(move || {
                 let mut sent = Vec::new();
                 for i in 0..EACH {
                     let payload = pattern(100 + 37 * i + c, (c * EACH + i) as u64);
-                    let mut s = TcpStream::connect(proxy).unwrap();
-                    s.set_read_timeout(Some(TIMEOUT)).unwrap();
-                    let mut req = b"\x05\x01\x00\x05\x01\x00\x01".to_vec();
-                    req.extend_from_slice(&t.ip().octets());
-                    req.extend_from_slice(&t.port().to_be_bytes());
-                    s.write_all(&req).unwrap();
-                    let mut head = [0u8; 12];
-                    s.read_exact(&mut head).unwrap();
-                    assert_eq!(&head[..5], b"\x05\x00\x05\x00\x00", "{head:?}");
+                    let mut s = socks5_connect(proxy, target);
                     s.write_all(&payload).unwrap();
                     s.shutdown(Shutdown::Write).unwrap();
                     assert_eq!(read_all(&mut s), reversed(&payload));
@@ -930,17 +937,7 @@ fn a_port_in_use_is_refused() {
     }
     // The first one still serves.
     let (target, _got) = half_close_server(1, reversed);
-    let mut s = TcpStream::connect(agent.addr()).unwrap();
-    s.set_read_timeout(Some(TIMEOUT)).unwrap();
-    let SocketAddr::V4(t) = target else {
-        unreachable!()
-    };
-    let mut req = b"\x05\x01\x00\x05\x01\x00\x01".to_vec();
-    req.extend_from_slice(&t.ip().octets());
-    req.extend_from_slice(&t.port().to_be_bytes());
-    s.write_all(&req).unwrap();
-    let mut head = [0u8; 12];
-    s.read_exact(&mut head).unwrap();
+    let mut s = socks5_connect(agent.addr(), target);
     s.write_all(b"abc").unwrap();
     s.shutdown(Shutdown::Write).unwrap();
     assert_eq!(read_all(&mut s), b"cba");
