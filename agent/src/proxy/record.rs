@@ -686,6 +686,20 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// The events a recorder wrote while `run` used it (and its connections, gone when `run`
+    /// returns: the writer finishes once every clone is).
+    async fn recorded(run: impl AsyncFnOnce(&Recorder)) -> Vec<Event> {
+        let sink = Sink::default();
+        let (rec, handle) = Recorder::with_writers(vec![Box::new(sink.clone())]).unwrap();
+        run(&rec).await;
+        drop(rec);
+        tokio::task::spawn_blocking(move || handle.finish())
+            .await
+            .unwrap()
+            .unwrap();
+        sink.0.lock().unwrap().clone()
+    }
+
     async fn session(rec: &Recorder) {
         let c = rec.conn("socks", Transport::Tcp, addr("127.0.0.1:40000"));
         c.open(
@@ -711,15 +725,7 @@ mod tests {
 
     #[tokio::test]
     async fn records_a_connection_as_events() {
-        let sink = Sink::default();
-        let (rec, handle) = Recorder::with_writers(vec![Box::new(sink.clone())]).unwrap();
-        session(&rec).await;
-        drop(rec);
-        tokio::task::spawn_blocking(move || handle.finish())
-            .await
-            .unwrap()
-            .unwrap();
-        let evs = sink.0.lock().unwrap().clone();
+        let evs = recorded(session).await;
         let names: Vec<_> = evs.iter().map(|e| e.syscall_name()).collect();
         assert_eq!(
             names,
@@ -769,19 +775,9 @@ mod tests {
 
     #[tokio::test]
     async fn pcapng_stream_is_client_to_target() {
-        let sink = Sink::default();
-        let (rec, handle) = Recorder::with_writers(vec![Box::new(sink.clone())]).unwrap();
-        session(&rec).await;
-        drop(rec);
-        tokio::task::spawn_blocking(move || handle.finish())
-            .await
-            .unwrap()
-            .unwrap();
         let mut synth = crate::output::pcapng::Synth::new();
-        let packets: Vec<_> = sink
-            .0
-            .lock()
-            .unwrap()
+        let packets: Vec<_> = recorded(session)
+            .await
             .iter()
             .flat_map(|e| synth.packets(e))
             .collect();
@@ -834,28 +830,21 @@ mod tests {
 
     #[tokio::test]
     async fn failed_open_and_unknown_address() {
-        let sink = Sink::default();
-        let (rec, handle) = Recorder::with_writers(vec![Box::new(sink.clone())]).unwrap();
-        let c = rec.conn("socks", Transport::Tcp, addr("127.0.0.1:40000"));
-        let err = io::Error::from_raw_os_error(libc::ECONNREFUSED);
-        c.open(
-            "socks5 connect",
-            None,
-            "db.internal:5432",
-            5432,
-            None,
-            Err(&err),
-        )
+        let evs = recorded(async |rec: &Recorder| {
+            let c = rec.conn("socks", Transport::Tcp, addr("127.0.0.1:40000"));
+            let err = io::Error::from_raw_os_error(libc::ECONNREFUSED);
+            c.open(
+                "socks5 connect",
+                None,
+                "db.internal:5432",
+                5432,
+                None,
+                Err(&err),
+            )
+            .await;
+            c.close(Err(&err)).await;
+        })
         .await;
-        c.close(Err(&err)).await;
-        // Every clone (connections hold one) must be gone for the writer to finish.
-        drop(c);
-        drop(rec);
-        tokio::task::spawn_blocking(move || handle.finish())
-            .await
-            .unwrap()
-            .unwrap();
-        let evs = sink.0.lock().unwrap().clone();
         assert_eq!(evs.len(), 2);
         assert_eq!(evs[0].ret, -i64::from(libc::ECONNREFUSED));
         assert_eq!(
