@@ -146,6 +146,161 @@ fn curl_http_request() {
     assert_eq!(codes.trim(), "200");
 }
 
+/// A download traced with a small snap length: every recv is cut, and the pcapng says so as
+/// tcpdump would (headers with the real lengths, EPB original length > captured length), so
+/// Wireshark's TCP analysis sees no lost segment, and the bytes kept sit at their real offsets.
+#[test]
+fn snaplen_cut_download_is_not_lost() {
+    let ns = Netns::new("pcap-cut");
+    let dir = TempDir::new("pcap-cut");
+    let www = dir.join("www");
+    fs::create_dir(&www).unwrap();
+    // 3 MB that differ at every offset (a byte pattern a shifted copy would not match).
+    let body: Vec<u8> = (0..3_000_000u32)
+        .flat_map(|i| (i.wrapping_mul(2_654_435_761)).to_le_bytes())
+        .take(3_000_000)
+        .collect();
+    fs::write(www.join("big.bin"), &body).unwrap();
+    let port = 8080u16;
+    let mut httpd = ns.cmd(python());
+    httpd
+        .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
+        .arg(&www)
+        .arg(port.to_string());
+    let httpd = Proc::spawn("http.server", httpd);
+    wait_listen(httpd.pid(), port);
+    let got = dir.join("got.bin");
+    let url = format!("http://127.0.0.1:{port}/big.bin");
+    let cmd = ns.argv(&["curl", "-s", "-o", got.to_str().unwrap(), &url]);
+    let pcap = dir.join("cut.pcapng");
+    let pcap = pcap.to_str().unwrap();
+    let mut args = args_w(pcap);
+    args.extend(["--snaplen", "1024"]);
+    let run = trace(&dir, &with_cmd(&args, &cmd), None);
+    assert!(run.status.success(), "{}", run.describe());
+    assert!(fs::read(&got).unwrap() == body, "curl's download differs");
+
+    // The JSON records keep their meaning: total = what the call moved, captured = kept.
+    let recvs: Vec<&serde_json::Value> = run
+        .events
+        .iter()
+        .filter(|e| e.ty() == "data" && e["dir"] == "recv" && e.ret() > 0)
+        .collect();
+    let moved: i64 = recvs.iter().map(|e| e.int("total")).sum();
+    assert!(moved > body.len() as i64, "{moved}");
+    assert!(
+        recvs
+            .iter()
+            .any(|e| e.int("captured") == 1024 && e.int("total") > 1024 && e["truncated"] == true),
+        "no cut recv in the JSON records"
+    );
+
+    // No loss in Wireshark's eyes.
+    let expert = tshark_r(pcap, &["-q", "-z", "expert"]);
+    assert!(
+        !expert.contains("not captured"),
+        "tshark sees lost segments: {expert}"
+    );
+    let lost = tshark_r(
+        pcap,
+        &[
+            "-Y",
+            "tcp.analysis.lost_segment || tcp.analysis.ack_lost_segment",
+        ],
+    );
+    assert_eq!(lost.trim(), "", "lost segments: {lost}");
+    // Cut frames are flagged: captured length < length on the wire, "Packet size limited
+    // during capture" where a dissector ran into the end of what was kept.
+    let cut = tshark_r(pcap, &["-Y", "frame.cap_len < frame.len"]);
+    assert!(cut.lines().count() >= 20, "cut frames: {cut}");
+    // (chargen's dissector reads its segment to its real end, whatever the bytes.)
+    let chargen = format!("tcp.port=={port},chargen");
+    let short = tshark_r(
+        pcap,
+        &[
+            "--disable-protocol",
+            "http",
+            "-d",
+            &chargen,
+            "-Y",
+            "_ws.short",
+            "-V",
+        ],
+    );
+    assert!(
+        short.matches("[Packet size limited during capture").count() >= 20,
+        "{short}"
+    );
+    // Checksums: right where the packet is whole, not computable where it is cut; never bad.
+    let sums = tshark_r(
+        pcap,
+        &[
+            "-o",
+            "tcp.check_checksum:TRUE",
+            "-o",
+            "ip.check_checksum:TRUE",
+            "-Y",
+            "tcp.checksum.status == 0 || ip.checksum.status == 0",
+        ],
+    );
+    assert_eq!(sums.trim(), "", "bad checksums: {sums}");
+
+    // The server's stream: the real lengths add up to the response, and every byte kept is
+    // the response's byte at its offset (relative sequence number - 1).
+    let port_filter = format!("tcp.srcport == {port} && tcp.len > 0");
+    let segs = tshark_r(
+        pcap,
+        &[
+            "--disable-protocol",
+            "http",
+            "-Y",
+            &port_filter,
+            "-T",
+            "fields",
+            "-e",
+            "tcp.seq",
+            "-e",
+            "tcp.len",
+            "-e",
+            "tcp.payload",
+        ],
+    );
+    let segs: Vec<(usize, usize, Vec<u8>)> = segs
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            (
+                f[0].parse().unwrap(),
+                f[1].parse().unwrap(),
+                unhex(&f.get(2).unwrap_or(&"").replace(':', "")),
+            )
+        })
+        .collect();
+    let first = &segs[0].2;
+    let head_len = first
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("the response head in the first segment")
+        + 4;
+    let mut response = first[..head_len].to_vec();
+    response.extend_from_slice(&body);
+    let real: usize = segs.iter().map(|s| s.1).sum();
+    assert_eq!(real, response.len(), "real lengths");
+    let mut next = 1;
+    let mut kept = 0;
+    for (seq, len, bytes) in &segs {
+        assert_eq!(*seq, next, "contiguous sequence numbers");
+        assert!(bytes.len() <= *len);
+        assert!(
+            bytes[..] == response[seq - 1..seq - 1 + bytes.len()],
+            "kept bytes of the segment at {seq} differ"
+        );
+        next += len;
+        kept += bytes.len();
+    }
+    assert!(kept >= 20 * 1024 && kept < real / 10, "kept {kept} of {real}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // c. UDP: dig.
 

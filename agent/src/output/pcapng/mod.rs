@@ -125,7 +125,7 @@ impl<W: Write> PcapngWriter<W> {
         let epb = EnhancedPacketBlock {
             interface_id: 0,
             timestamp: Duration::from_nanos(p.ts_ns),
-            original_len: p.data.len() as u32,
+            original_len: p.orig_len,
             data: Cow::Borrowed(&p.data),
             options: vec![
                 EnhancedPacketOption::Flags(flags),

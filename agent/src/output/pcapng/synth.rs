@@ -3,6 +3,12 @@
 //! send/recv becomes one datagram. Unix sockets use loopback addresses derived from the inode
 //! (see [`unix_ends`]). A proxy's `open` record starts the stream between its client and the
 //! target, so a relayed connection reads as if the client had talked to the target directly.
+//!
+//! A call whose payload was cut (snap length, lost records) becomes packets cut as tcpdump
+//! cuts them: their IP/TCP/UDP headers carry the real lengths and the sequence numbers advance
+//! by the real length, while only the bytes kept are in the capture ([`Packet::orig_len`] is
+//! the whole packet's length), so Wireshark flags them "Packet size limited during capture"
+//! and its TCP analysis sees no lost segment.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -29,8 +35,10 @@ const EINPROGRESS: i64 = -115;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Packet {
     pub ts_ns: u64,
-    /// The IP packet.
+    /// The IP packet as captured: all of it, or its first bytes when its payload was cut.
     pub data: Vec<u8>,
+    /// Length of the whole packet (more than `data.len()` when its payload was cut).
+    pub orig_len: u32,
     /// Send (outbound) or recv (inbound) as seen by the traced process.
     pub dir: Direction,
     pub comment: String,
@@ -210,6 +218,55 @@ pub fn udp_packet(src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Vec<u8> {
     out
 }
 
+/// One's complement sum of `data` (RFC 1071), folded and complemented.
+fn inet_checksum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for pair in data.chunks(2) {
+        let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+        sum += u32::from(word);
+    }
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Makes `pkt`, an IP packet (TCP or UDP, no options or extension headers, as
+/// [`tcp_packet`]/[`udp_packet`] build them) holding the first bytes of a payload `missing`
+/// bytes longer, a packet cut by the snap length: its IP (and UDP) length fields count the
+/// missing bytes, its IPv4 header checksum is recomputed and its TCP/UDP checksum, which
+/// cannot be computed without the missing bytes, is zero. Returns the whole packet's length.
+fn cut(pkt: &mut [u8], missing: usize) -> u32 {
+    let whole = pkt.len() + missing;
+    if missing == 0 {
+        return whole as u32;
+    }
+    let (proto, transport) = match pkt[0] >> 4 {
+        4 => {
+            let ihl = usize::from(pkt[0] & 0x0f) * 4;
+            pkt[2..4].copy_from_slice(&(whole as u16).to_be_bytes());
+            pkt[10..12].fill(0);
+            let sum = inet_checksum(&pkt[..ihl]);
+            pkt[10..12].copy_from_slice(&sum.to_be_bytes());
+            (pkt[9], ihl)
+        }
+        _ => {
+            pkt[4..6].copy_from_slice(&((whole - 40) as u16).to_be_bytes());
+            (pkt[6], 40)
+        }
+    };
+    let t = &mut pkt[transport..];
+    match proto {
+        6 => t[16..18].fill(0),
+        17 => {
+            t[4..6].copy_from_slice(&((whole - transport) as u16).to_be_bytes());
+            t[6..8].fill(0);
+        }
+        _ => {}
+    }
+    whole as u32
+}
+
 fn is_stream(t: Transport) -> bool {
     matches!(
         t,
@@ -382,8 +439,9 @@ impl Synth {
             syn: true,
             ..Flags::default()
         };
-        let pk = |data, dir| Packet {
+        let pk = |data: Vec<u8>, dir| Packet {
             ts_ns: ts,
+            orig_len: data.len() as u32,
             data,
             dir,
             comment: comment.clone(),
@@ -466,26 +524,35 @@ impl Synth {
             Direction::Send => (st.local, st.remote, st.local_next, st.remote_next),
             Direction::Recv => (st.remote, st.local, st.remote_next, st.local_next),
         };
+        // Segments of the real length, each holding the part of the payload kept in it.
+        let real = usize::try_from(total)
+            .unwrap_or(usize::MAX)
+            .max(payload.len());
         let mut off = 0usize;
-        for chunk in payload.chunks(SEGMENT_MAX) {
+        while off < real {
+            let len = SEGMENT_MAX.min(real - off);
+            let kept = &payload[off.min(payload.len())..(off + len).min(payload.len())];
             let flags = Flags {
-                psh: off + chunk.len() == payload.len(),
+                psh: off + len == real,
                 ..Flags::default()
             };
+            let mut data = tcp_packet(
+                src,
+                dst,
+                seq.wrapping_add(off as u32),
+                Some(ack),
+                flags,
+                kept,
+            );
+            let orig_len = cut(&mut data, len - kept.len());
             out.push(Packet {
                 ts_ns: ev.ts_ns,
-                data: tcp_packet(
-                    src,
-                    dst,
-                    seq.wrapping_add(off as u32),
-                    Some(ack),
-                    flags,
-                    chunk,
-                ),
+                data,
+                orig_len,
                 dir,
                 comment: comment.clone(),
             });
-            off += chunk.len();
+            off += len;
         }
         let next = seq.wrapping_add(total as u32);
         match dir {
@@ -542,9 +609,11 @@ fn fin(st: &mut Stream, ev: &Event, local: bool, rst: bool) -> Packet {
         st.remote_fin = true;
         st.remote_next = st.remote_next.wrapping_add(1);
     }
+    let data = tcp_packet(src, dst, seq, Some(ack), flags, &[]);
     Packet {
         ts_ns: ev.ts_ns,
-        data: tcp_packet(src, dst, seq, Some(ack), flags, &[]),
+        orig_len: data.len() as u32,
+        data,
         dir,
         comment: format!("{what}; {}{}", task_comment(ev), st.note),
     }
@@ -570,6 +639,10 @@ fn datagram(
         Direction::Recv => (remote, local),
     };
     let data = &payload[..payload.len().min(DATAGRAM_MAX)];
+    // The datagram's real length (as much of it as an IP packet holds).
+    let real = usize::try_from(total)
+        .unwrap_or(usize::MAX)
+        .clamp(data.len(), DATAGRAM_MAX);
     let mut comment = task_comment(ev);
     comment.push_str(&note);
     if truncated || (data.len() as u64) < total {
@@ -580,9 +653,12 @@ fn datagram(
             total
         );
     }
+    let mut packet = udp_packet(src, dst, data);
+    let orig_len = cut(&mut packet, real - data.len());
     out.push(Packet {
         ts_ns: ev.ts_ns,
-        data: udp_packet(src, dst, data),
+        data: packet,
+        orig_len,
         dir,
         comment,
     });

@@ -141,6 +141,33 @@ fn parse_tcp(data: &[u8]) -> Tcp {
     }
 }
 
+/// A TCP packet cut by the snap length (its IP header counts bytes it does not hold): the
+/// segment as far as kept, and the IP header's packet length (which must be `orig_len`).
+fn parse_cut_tcp(p: &Packet) -> (Tcp, usize) {
+    let ip = etherparse::Ipv4HeaderSlice::from_slice(&p.data).unwrap();
+    let h = ip.to_header();
+    assert_eq!(h.header_checksum, h.calc_header_checksum(), "IPv4 checksum");
+    let ip_len = usize::from(ip.total_len());
+    assert_eq!(ip_len, p.orig_len as usize, "IP length = EPB original length");
+    assert!(p.data.len() < ip_len, "the packet is cut");
+    let tcp = etherparse::TcpHeaderSlice::from_slice(&p.data[ip.slice().len()..]).unwrap();
+    assert_eq!(tcp.checksum(), 0, "no checksum over bytes not kept");
+    let off = ip.slice().len() + tcp.slice().len();
+    (
+        Tcp {
+            src: SocketAddr::new(ip.source_addr().into(), tcp.source_port()),
+            dst: SocketAddr::new(ip.destination_addr().into(), tcp.destination_port()),
+            seq: tcp.sequence_number(),
+            ack: tcp.ack().then(|| tcp.acknowledgment_number()),
+            syn: tcp.syn(),
+            fin: tcp.fin(),
+            rst: tcp.rst(),
+            payload: p.data[off..].to_vec(),
+        },
+        ip_len,
+    )
+}
+
 fn l() -> SocketAddr {
     LOCAL.parse().unwrap()
 }
@@ -192,7 +219,7 @@ fn tcp_stream_seq_ack() {
     assert_eq!((t.seq, t.ack), (SERVER_ISN + 1, Some(CLIENT_ISN + 6)));
     assert_eq!(t.payload, b"world!");
 
-    // Truncated: only the captured bytes, but the sequence advances by the total.
+    // Truncated: only the captured bytes, but the headers and the sequence count the total.
     let out = s.packets(&data(Transport::Tcp, Direction::Send, b"abc", 10));
     assert_eq!(out.len(), 1);
     assert!(
@@ -200,10 +227,11 @@ fn tcp_stream_seq_ack() {
         "{}",
         out[0].comment
     );
-    let t = parse_tcp(&out[0].data);
+    let (t, ip_len) = parse_cut_tcp(&out[0]);
     assert_eq!((t.seq, t.ack), (CLIENT_ISN + 6, Some(SERVER_ISN + 7)));
     assert_eq!(t.payload, b"abc");
-
+    assert_eq!((ip_len, out[0].orig_len), (50, 50));
+    assert_eq!(out[0].data.len(), 43);
     let out = s.packets(&data(Transport::Tcp, Direction::Send, b"x", 1));
     assert_eq!(parse_tcp(&out[0].data).seq, CLIENT_ISN + 16);
 
@@ -251,6 +279,49 @@ fn segments_split() {
     assert_eq!(joined, big);
     let out = s.packets(&data(Transport::Tcp, Direction::Send, b"z", 1));
     assert_eq!(parse_tcp(&out[0].data).seq, CLIENT_ISN + 1 + 150_000);
+}
+
+/// A call cut by the snap length: segments of the real length (the first holding the bytes
+/// kept, the others only headers), contiguous sequence numbers, and the next call's sequence
+/// right after the real length.
+#[test]
+fn cut_call_keeps_real_lengths() {
+    let mut s = Synth::new();
+    s.packets(&connect(Transport::Tcp));
+    let kept: Vec<u8> = (0..8192u32).map(|i| (i % 251) as u8).collect();
+    let total = 2 * SEGMENT_MAX + 1000;
+    let out = s.packets(&data(Transport::Tcp, Direction::Recv, &kept, total as u64));
+    assert_eq!(out.len(), 3);
+    let segs: Vec<(Tcp, usize)> = out.iter().map(parse_cut_tcp).collect();
+    assert_eq!(segs[0].0.payload, kept);
+    assert!(segs[1].0.payload.is_empty() && segs[2].0.payload.is_empty());
+    for (i, (t, ip_len)) in segs.iter().enumerate() {
+        assert_eq!(t.seq, SERVER_ISN + 1 + (i * SEGMENT_MAX) as u32);
+        assert_eq!((t.src, t.dst, t.ack), (r(), l(), Some(CLIENT_ISN + 1)));
+        let len = if i < 2 { SEGMENT_MAX } else { 1000 };
+        assert_eq!(*ip_len, 40 + len);
+    }
+    let out = s.packets(&data(Transport::Tcp, Direction::Recv, b"z", 1));
+    let t = parse_tcp(&out[0].data);
+    assert_eq!(t.seq, SERVER_ISN + 1 + total as u32);
+    assert_eq!(out[0].orig_len as usize, out[0].data.len());
+
+    // IPv6 and UDP: the lengths count the real payload too.
+    let mut m = meta(Transport::Udp);
+    m.local = Some(Endpoint::Inet("[::1]:5000".parse().unwrap()));
+    m.remote = Some(Endpoint::Inet("[::1]:53".parse().unwrap()));
+    let mut e = data(Transport::Udp, Direction::Send, b"abcd", 1200);
+    e.sock = Some(m);
+    let out = s.packets(&e);
+    assert_eq!(out.len(), 1);
+    let p = &out[0];
+    assert_eq!(p.data.len(), 40 + 8 + 4);
+    assert_eq!(p.orig_len, 40 + 8 + 1200);
+    let ip = etherparse::Ipv6HeaderSlice::from_slice(&p.data).unwrap();
+    assert_eq!(ip.payload_length(), 8 + 1200);
+    let udp = etherparse::UdpHeaderSlice::from_slice(&p.data[40..]).unwrap();
+    assert_eq!((udp.length(), udp.checksum()), (8 + 1200, 0));
+    assert_eq!(&p.data[48..], b"abcd");
 }
 
 #[test]
@@ -385,6 +456,7 @@ fn file_layout() {
         panic!()
     };
     assert_eq!(epb.timestamp.as_nanos(), 1_700_000_000_123_456_789);
+    assert_eq!(epb.original_len as usize, epb.data.len());
     assert!(
         epb.options
             .contains(&EnhancedPacketOption::Flags(FLAG_OUTBOUND))
