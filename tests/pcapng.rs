@@ -298,7 +298,10 @@ fn snaplen_cut_download_is_not_lost() {
         next += len;
         kept += bytes.len();
     }
-    assert!(kept >= 20 * 1024 && kept < real / 10, "kept {kept} of {real}");
+    assert!(
+        kept >= 20 * 1024 && kept < real / 10,
+        "kept {kept} of {real}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

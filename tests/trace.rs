@@ -1486,3 +1486,187 @@ fn tcp_endpoints_after_close_by_both_sides() {
         run.stderr
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// socketpair: the call that makes the two fds, as strace shows it, and the data on them.
+
+const SOCKETPAIR_PY: &str = r#"
+import os, socket
+a, b = socket.socketpair()
+print("PID", os.getpid(), flush=True)
+print("FDS", a.fileno(), b.fileno(), flush=True)
+a.sendall(b"ping\x00\xff")
+got = b.recv(100)
+b.sendall(b"pong!")
+got2 = a.recv(100)
+print("GOT", got.hex(), got2.hex(), flush=True)
+c, d = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+print("DFDS", c.fileno(), d.fileno(), flush=True)
+c.send(b"dgram")
+d.recv(100)
+for s in (a, b, c, d):
+    s.close()
+try:
+    socket.socketpair(socket.AF_INET, socket.SOCK_STREAM)
+except OSError as e:
+    print("ERR", e.errno, flush=True)
+"#;
+
+#[test]
+fn socketpair_python_and_curl() {
+    let ns = Netns::new("sockpair");
+    let dir = TempDir::new("sockpair");
+    let script = dir.write("pair.py", SOCKETPAIR_PY);
+    let cmd = ns.argv(&[python(), &script]);
+
+    // JSON: one record with both fds; the data on each fd is its socket's.
+    let run = trace(&dir, &with_cmd(JSON, &cmd), None);
+    assert_ok(&run);
+    check_summary(&run);
+    let pid: u32 = kv(&run.stdout, "PID").parse().unwrap();
+    let fds: Vec<i64> = kv(&run.stdout, "FDS")
+        .split(' ')
+        .map(|f| f.parse().unwrap())
+        .collect();
+    let dfds: Vec<i64> = kv(&run.stdout, "DFDS")
+        .split(' ')
+        .map(|f| f.parse().unwrap())
+        .collect();
+    assert_eq!(kv(&run.stdout, "ERR"), "95", "EOPNOTSUPP");
+    let evs = &run.events;
+    let pairs: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e.ty() == "sock" && e.pid() == pid && e.syscall() == "socketpair")
+        .collect();
+    assert_eq!(pairs.len(), 3, "{}", dump(evs));
+    let cloexec = 0o2000000;
+    let (p, dp, failed) = (pairs[0], pairs[1], pairs[2]);
+    assert_eq!(p["fds"], serde_json::json!(fds), "{p}");
+    assert_eq!((p.fd(), p.ret()), (fds[0], 0), "{p}");
+    assert_eq!(p["args"], serde_json::json!([1, 1 | cloexec, 0, 0]), "{p}");
+    assert_eq!(p.str_of("transport"), Some("unix-stream"), "{p}");
+    assert_eq!(dp["fds"], serde_json::json!(dfds), "{dp}");
+    assert_eq!(
+        dp["args"],
+        serde_json::json!([1, 2 | cloexec, 0, 0]),
+        "{dp}"
+    );
+    assert_eq!(dp.str_of("transport"), Some("unix-dgram"), "{dp}");
+    assert_eq!(failed["fds"], Value::Null, "{failed}");
+    assert_eq!((failed.fd(), failed.ret()), (-1, -95), "{failed}");
+    assert_eq!(failed.str_of("errno"), Some("EOPNOTSUPP"), "{failed}");
+
+    let sk_a = p.str_of("sk").expect("the first fd's socket");
+    let (sent_a, recv_b) = (
+        data_on(evs, pid, fds[0], "send"),
+        data_on(evs, pid, fds[1], "recv"),
+    );
+    let (sent_b, recv_a) = (
+        data_on(evs, pid, fds[1], "send"),
+        data_on(evs, pid, fds[0], "recv"),
+    );
+    assert_eq!(concat(&sent_a), b"ping\x00\xff");
+    assert_eq!(concat(&recv_b), b"ping\x00\xff");
+    assert_eq!(concat(&sent_b), b"pong!");
+    assert_eq!(concat(&recv_a), b"pong!");
+    for e in sent_a.iter().chain(&recv_a) {
+        assert_eq!(e.str_of("sk"), Some(sk_a), "the pair's first socket: {e}");
+    }
+    let sk_b = sent_b[0].str_of("sk").unwrap();
+    assert_ne!(sk_a, sk_b);
+    for e in sent_b.iter().chain(&recv_b) {
+        assert_eq!(e.str_of("sk"), Some(sk_b), "{e}");
+        assert_eq!(e.str_of("transport"), Some("unix-stream"), "{e}");
+    }
+    assert_eq!(
+        sock_event(evs, pid, "close", fds[0]).str_of("sk"),
+        Some(sk_a)
+    );
+    assert_eq!(
+        sock_event(evs, pid, "close", fds[1]).str_of("sk"),
+        Some(sk_b)
+    );
+
+    // Text, as strace writes it; `-e socket` has socketpair too, `-e socketpair` only it.
+    let comm = python_comm();
+    for (events, closes) in [("socket,close", true), ("socketpair", false)] {
+        let run = trace(&dir, &with_cmd(&["-e", events], &cmd), None);
+        assert_ok(&run);
+        let pid: u32 = kv(&run.stdout, "PID").parse().unwrap();
+        let fds = kv(&run.stdout, "FDS").replace(' ', ", ");
+        let dfds = kv(&run.stdout, "DFDS").replace(' ', ", ");
+        let lines: Vec<&str> = run
+            .output
+            .lines()
+            .filter_map(|l| l.split_once(&format!(" {comm}[{pid}] ")).map(|x| x.1))
+            .filter(|l| {
+                !l.starts_with("+++") && !l.starts_with("read(") && !l.starts_with("write(")
+            })
+            .collect();
+        let mut want = vec![
+            format!("socketpair(AF_UNIX, SOCK_STREAM|SOCK_CLOEXEC, 0, [{fds}]) = 0"),
+            format!("socketpair(AF_UNIX, SOCK_DGRAM|SOCK_CLOEXEC, 0, [{dfds}]) = 0"),
+        ];
+        if closes {
+            for fd in kv(&run.stdout, "FDS")
+                .split(' ')
+                .chain(kv(&run.stdout, "DFDS").split(' '))
+            {
+                want.push(format!("close({fd}) = 0"));
+            }
+        }
+        want.push(
+            "socketpair(AF_INET, SOCK_STREAM|SOCK_CLOEXEC, IPPROTO_IP, ?) = -1 EOPNOTSUPP \
+             (Operation not supported)"
+                .into(),
+        );
+        // (python's own socket calls at start-up, if any, come before.)
+        let from = lines
+            .iter()
+            .position(|l| l.starts_with("socketpair("))
+            .unwrap_or_else(|| panic!("no socketpair in {}", run.output));
+        assert_eq!(lines[from..], want, "-e {events}:\n{}", run.output);
+    }
+
+    // curl's wake-up pair: made, then closed, with the fds it returned.
+    let www = dir.join("www");
+    fs::create_dir(&www).unwrap();
+    fs::write(www.join("f"), b"x").unwrap();
+    let mut httpd = ns.cmd(python());
+    httpd
+        .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
+        .arg(&www)
+        .arg("8080");
+    let httpd = Proc::spawn("http.server", httpd);
+    wait_listen(httpd.pid(), 8080);
+    let curl = ns.argv(&["curl", "-s", "http://127.0.0.1:8080/f"]);
+    let run = trace(&dir, &with_cmd(JSON, &curl), None);
+    assert_ok(&run);
+    assert_eq!(run.stdout_bytes, b"x");
+    let pair = one(&run.events, "socketpair of curl", |e| {
+        e.ty() == "sock" && e.syscall() == "socketpair"
+    });
+    assert_eq!(pair.ret(), 0, "{pair}");
+    let fds: Vec<i64> = pair["fds"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_i64().unwrap())
+        .collect();
+    // (curl's earlier sockets may have had the same fd numbers.)
+    let at = run
+        .events
+        .iter()
+        .position(|e| std::ptr::eq(e, pair))
+        .unwrap();
+    for (i, fd) in fds.into_iter().enumerate() {
+        let close = run.events[at..]
+            .iter()
+            .find(|e| e.ty() == "sock" && e.syscall() == "close" && e.fd() == fd)
+            .unwrap_or_else(|| panic!("no close({fd}) after {pair}"));
+        assert_eq!(close.str_of("transport"), Some("unix-stream"), "{close}");
+        if i == 0 {
+            assert_eq!(close.str_of("sk"), pair.str_of("sk"), "{close}");
+        }
+    }
+}

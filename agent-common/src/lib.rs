@@ -45,6 +45,7 @@ pub mod sys {
     pub const WRITEV: u16 = 16;
     pub const CLOSE: u16 = 17;
     pub const SHUTDOWN: u16 = 18;
+    pub const SOCKETPAIR: u16 = 19;
     /// Process lifecycle records (kind PROC).
     pub const FORK: u16 = 32;
     pub const EXEC: u16 = 33;
@@ -71,6 +72,7 @@ pub mod sys {
             WRITEV => "writev",
             CLOSE => "close",
             SHUTDOWN => "shutdown",
+            SOCKETPAIR => "socketpair",
             FORK => "fork",
             EXEC => "exec",
             EXIT => "exit",
@@ -150,7 +152,9 @@ pub struct EventHeader {
 pub struct SockEvent {
     pub hdr: EventHeader,
     /// Raw syscall arguments (socket: domain, type, protocol; listen: backlog;
-    /// shutdown: how; accept4: flags).
+    /// shutdown: how; accept4: flags; socketpair: domain, type, protocol, and the two fds
+    /// it made, sv[0] in the low 32 bits and sv[1] in the high ones, or `u64::MAX` when the
+    /// call failed or the array could not be read).
     pub args: [u64; 4],
     /// Length of the sockaddr in `addr` (0 if none was given or read).
     pub addr_len: u32,

@@ -374,6 +374,7 @@ fn fill_header(
 fn shape(s: u16) -> (usize, bool) {
     match s {
         sys::SOCKET => (3, false),
+        sys::SOCKETPAIR => (4, false),
         sys::CONNECT | sys::BIND | sys::ACCEPT => (2, false),
         sys::ACCEPT4 => (3, false),
         sys::LISTEN => (1, false),
@@ -418,7 +419,11 @@ fn enter(regs: u64, s: u16) -> i32 {
     a.live = 0;
     a.sys = s as u32;
     a.fd = args[0] as i64;
-    let first = if s == sys::SOCKET { 0 } else { 1 };
+    let first = if s == sys::SOCKET || s == sys::SOCKETPAIR {
+        0
+    } else {
+        1
+    };
     for i in 0..5 {
         a.a[i] = if i < nargs { args[first + i] } else { 0 };
     }
@@ -502,6 +507,22 @@ fn sock_exit(s: u16, ret: i64) {
             args = [a.a[0], a.a[1], a.a[2], 0];
             fd = ret;
             valid = ret >= 0 && resolve_fd(ret, &mut sock, false);
+        }
+        sys::SOCKETPAIR => {
+            // The fds are in the process's `int sv[2]` (its address saved at entry) once the
+            // call has succeeded; the record describes the socket of sv[0].
+            args = [a.a[0], a.a[1], a.a[2], u64::MAX];
+            fd = -1;
+            valid = false;
+            if ret == 0
+                && let Some(sv) = unsafe { uread::<[i32; 2]>(a.a[3]) }
+            {
+                args[3] = (sv[0] as u32 as u64) | ((sv[1] as u32 as u64) << 32);
+                fd = sv[0] as i64;
+                valid = resolve_fd(fd, &mut sock, false);
+                // Whatever was cached for an earlier socket of the second fd is stale now.
+                forget_fd(sv[1] as i64);
+            }
         }
         sys::CONNECT | sys::BIND => {
             addr = a.a[0];
@@ -892,6 +913,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let ret: i64 = ctx.arg(1);
     match s {
         sys::SOCKET
+        | sys::SOCKETPAIR
         | sys::CONNECT
         | sys::BIND
         | sys::LISTEN

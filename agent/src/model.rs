@@ -87,7 +87,8 @@ pub enum Direction {
 pub enum Detail {
     /// socket, connect, bind, listen, accept, accept4, close, shutdown.
     Sock {
-        /// Raw syscall arguments as the kernel record carried them.
+        /// Raw syscall arguments as the kernel record carried them (socketpair: domain, type,
+        /// protocol, and the fds it made in the fourth: see [`Event::socketpair_fds`]).
         args: [u64; 4],
         /// The sockaddr argument (connect/bind) or the accepted peer (accept).
         addr: Option<Endpoint>,
@@ -150,5 +151,20 @@ pub struct Event {
 impl Event {
     pub fn syscall_name(&self) -> &'static str {
         agent_common::sys::name(self.syscall)
+    }
+
+    /// The two fds a successful socketpair made (`sv[0]`, `sv[1]`); None for any other
+    /// record, a failed call, or an array the kernel could not read.
+    pub fn socketpair_fds(&self) -> Option<[i32; 2]> {
+        match &self.detail {
+            Detail::Sock { args, .. }
+                if self.syscall == agent_common::sys::SOCKETPAIR
+                    && self.ret == 0
+                    && args[3] != u64::MAX =>
+            {
+                Some([args[3] as u32 as i32, (args[3] >> 32) as u32 as i32])
+            }
+            _ => None,
+        }
     }
 }

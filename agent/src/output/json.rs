@@ -48,8 +48,11 @@
 //! Type `sock` adds (always):
 //! - `addr`: the call's address as for `local`/`remote` (connect, bind: the argument;
 //!   accept: the peer), or `null`.
-//! - `args`: the raw syscall arguments the kernel record carried, 4 integers (socket: domain,
-//!   type, protocol; listen: backlog; shutdown: how; accept4: flags).
+//! - `args`: the raw syscall arguments the kernel record carried, 4 integers (socket,
+//!   socketpair: domain, type, protocol; listen: backlog; shutdown: how; accept4: flags).
+//!
+//! A `socketpair` record (type `sock`) also has `fds`: the two fds it made, `[3,4]`, or `null`
+//! when it failed; its `fd` is the first of them (-1 when it failed).
 //!
 //! Type `open` (a recording proxy began relaying a connection or a client's datagrams; `ret`
 //! is 0, or the negative errno when the target could not be reached) adds (always):
@@ -76,6 +79,7 @@
 
 use std::io::{self, Write};
 
+use agent_common::sys;
 use base64::Engine as _;
 
 use crate::model::{Detail, Direction, Endpoint, Event, SocketMeta};
@@ -208,13 +212,27 @@ impl Encoder {
                 out.extend_from_slice(b",\"addr\":");
                 push_endpoint(out, addr.as_ref());
                 out.extend_from_slice(b",\"args\":[");
-                for (i, a) in args.iter().enumerate() {
+                for (i, a) in shown_args(ev, args).iter().enumerate() {
                     if i > 0 {
                         out.push(b',');
                     }
                     push_u64(out, *a);
                 }
-                out.extend_from_slice(b"]}");
+                out.push(b']');
+                if ev.syscall == sys::SOCKETPAIR {
+                    out.extend_from_slice(b",\"fds\":");
+                    match ev.socketpair_fds() {
+                        Some([a, b]) => {
+                            out.push(b'[');
+                            push_i64(out, i64::from(a));
+                            out.push(b',');
+                            push_i64(out, i64::from(b));
+                            out.push(b']');
+                        }
+                        None => out.extend_from_slice(b"null"),
+                    }
+                }
+                out.push(b'}');
             }
             Detail::Data {
                 dir,
@@ -370,6 +388,16 @@ pub fn rfc3339(ts_ns: u64) -> String {
 }
 
 /// An endpoint as a JSON string (`Display` form), or `null`.
+/// A sock record's `args`: as the record carried them, but for socketpair, whose fourth
+/// carries the fds made (shown as `fds`), 0 there (the array's address is not recorded).
+fn shown_args(ev: &Event, args: &[u64; 4]) -> [u64; 4] {
+    if ev.syscall == sys::SOCKETPAIR {
+        [args[0], args[1], args[2], 0]
+    } else {
+        *args
+    }
+}
+
 fn push_endpoint(out: &mut Vec<u8>, e: Option<&Endpoint>) {
     match e {
         None => out.extend_from_slice(b"null"),
@@ -442,7 +470,6 @@ pub(crate) mod tests {
     use super::*;
     use crate::model::{Endpoint, SocketMeta, Transport};
     use crate::output::text::tests::{TS, data, ep, ev, sock};
-    use agent_common::sys;
     use bytes::Bytes;
     use std::net::SocketAddr;
 
@@ -536,6 +563,35 @@ pub(crate) mod tests {
         assert_eq!(v["remote"], "unix:@bus");
         assert_eq!(v["addr"], serde_json::Value::Null);
         assert_eq!(v["args"], serde_json::json!([1, 524289, 0, 0]));
+    }
+
+    #[test]
+    fn socketpair_event() {
+        let mut e = ev(
+            sys::SOCKETPAIR,
+            3,
+            0,
+            sock([1, 524289, 0, 3 | (4 << 32)], None),
+        );
+        e.sock = Some(SocketMeta {
+            sk: 0x10,
+            ino: 1,
+            transport: Transport::UnixStream,
+            local: None,
+            remote: None,
+        });
+        assert_eq!(
+            to_json(&e),
+            r#"{"type":"sock","ts":"2023-11-14T22:13:20.123456789Z","ts_ns":1700000000123456789,"pid":4242,"tid":4242,"comm":"python3","syscall":"socketpair","fd":3,"ret":0,"errno":null,"transport":"unix-stream","local":null,"remote":null,"sk":"0x10","addr":null,"args":[1,524289,0,0],"fds":[3,4]}"#
+        );
+        e.ret = -24;
+        e.fd = -1;
+        e.sock = None;
+        e.detail = sock([1, 1, 0, u64::MAX], None);
+        let v: serde_json::Value = serde_json::from_str(&to_json(&e)).unwrap();
+        assert_eq!(v["fds"], serde_json::Value::Null);
+        assert_eq!(v["fd"], -1);
+        assert_eq!(v["errno"], "EMFILE");
     }
 
     #[test]
@@ -639,6 +695,8 @@ pub(crate) mod tests {
             #[serde(skip_serializing_if = "Option::is_none")]
             args: Option<[u64; 4]>,
             #[serde(skip_serializing_if = "Option::is_none")]
+            fds: Option<Option<[i32; 2]>>,
+            #[serde(skip_serializing_if = "Option::is_none")]
             payload: Option<String>,
             #[serde(skip_serializing_if = "Option::is_none")]
             payload_b64: Option<String>,
@@ -701,6 +759,7 @@ pub(crate) mod tests {
                 msg_index: None,
                 addr: None,
                 args: None,
+                fds: None,
                 payload: None,
                 payload_b64: None,
                 child_pid: None,
@@ -711,7 +770,10 @@ pub(crate) mod tests {
                 Detail::Sock { args, addr } => {
                     line.ty = "sock";
                     line.addr = Some(addr.as_ref().map(ToString::to_string));
-                    line.args = Some(*args);
+                    line.args = Some(crate::output::json::shown_args(ev, args));
+                    if ev.syscall == sys::SOCKETPAIR {
+                        line.fds = Some(ev.socketpair_fds());
+                    }
                 }
                 Detail::Data {
                     dir,

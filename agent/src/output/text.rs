@@ -266,6 +266,22 @@ fn sock_line(s: &mut String, ev: &Event, args: &[u64; 4], addr: Option<&Endpoint
                 protocol_name(domain, args[2] as u32)
             );
         }
+        sys::SOCKETPAIR => {
+            let domain = args[0] as u32;
+            let _ = write!(
+                s,
+                "socketpair({}, {}, {}, ",
+                domain_name(domain),
+                sock_type_name(args[1] as u32),
+                protocol_name(domain, args[2] as u32)
+            );
+            match ev.socketpair_fds() {
+                Some([a, b]) => {
+                    let _ = write!(s, "[{a}, {b}])");
+                }
+                None => s.push_str("?)"),
+            }
+        }
         sys::CONNECT | sys::BIND | sys::ACCEPT => {
             let _ = write!(s, "{name}({fd}, {})", or_unknown(addr));
         }
@@ -776,6 +792,30 @@ pub(crate) mod tests {
             line(&e),
             "python3[4242] socket(99, 7|0x40000000, 300) = -1 EAFNOSUPPORT (Address family not \
              supported by protocol)"
+        );
+    }
+
+    #[test]
+    fn socketpair_fds() {
+        let fds = 3 | (4 << 32);
+        let mut e = ev(sys::SOCKETPAIR, 3, 0, sock([1, 1, 0, fds], None));
+        e.sock = None;
+        assert_eq!(
+            line(&e),
+            "python3[4242] socketpair(AF_UNIX, SOCK_STREAM, 0, [3, 4]) = 0"
+        );
+        e.detail = sock([1, 2 | 0o2000000, 0, 7 | (12 << 32)], None);
+        assert_eq!(
+            line(&e),
+            "python3[4242] socketpair(AF_UNIX, SOCK_DGRAM|SOCK_CLOEXEC, 0, [7, 12]) = 0"
+        );
+        e.detail = sock([2, 1, 0, u64::MAX], None);
+        e.fd = -1;
+        e.ret = -95;
+        assert_eq!(
+            line(&e),
+            "python3[4242] socketpair(AF_INET, SOCK_STREAM, IPPROTO_IP, ?) = -1 EOPNOTSUPP \
+             (Operation not supported)"
         );
     }
 

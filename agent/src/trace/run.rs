@@ -45,6 +45,7 @@ pub const SYSCALLS: &[(u16, &str)] = &[
     (sys::WRITEV, "writev"),
     (sys::CLOSE, "close"),
     (sys::SHUTDOWN, "shutdown"),
+    (sys::SOCKETPAIR, "socketpair"),
 ];
 
 #[derive(Debug, Error)]
@@ -90,6 +91,7 @@ fn syscall_numbers(id: u16) -> Vec<usize> {
         sys::WRITEV => &[libc::SYS_writev],
         sys::CLOSE => &[libc::SYS_close],
         sys::SHUTDOWN => &[libc::SYS_shutdown],
+        sys::SOCKETPAIR => &[libc::SYS_socketpair],
         _ => &[],
     };
     nrs.iter()
@@ -108,6 +110,8 @@ pub fn parse_events(names: &[String]) -> Result<Vec<u16>, TraceError> {
         let name = name.trim();
         let ids: &[u16] = match name {
             "accept" => &[sys::ACCEPT, sys::ACCEPT4],
+            // The calls that make sockets (as strace's %network has both).
+            "socket" => &[sys::SOCKET, sys::SOCKETPAIR],
             "send" => &[
                 sys::SENDTO,
                 sys::SENDMSG,
@@ -502,6 +506,15 @@ mod tests {
         assert_eq!(
             parse_events(&["accept".into()]).unwrap(),
             vec![sys::ACCEPT, sys::ACCEPT4]
+        );
+        // `socket`: the calls that make sockets; `socketpair` alone is that call only.
+        assert_eq!(
+            parse_events(&["socket".into()]).unwrap(),
+            vec![sys::SOCKET, sys::SOCKETPAIR]
+        );
+        assert_eq!(
+            parse_events(&["socketpair".into(), "close".into()]).unwrap(),
+            vec![sys::SOCKETPAIR, sys::CLOSE]
         );
         let err = parse_events(&["bogus".into()]).unwrap_err().to_string();
         assert!(err.starts_with("unknown event \"bogus\""), "{err}");

@@ -148,7 +148,10 @@ fn parse_cut_tcp(p: &Packet) -> (Tcp, usize) {
     let h = ip.to_header();
     assert_eq!(h.header_checksum, h.calc_header_checksum(), "IPv4 checksum");
     let ip_len = usize::from(ip.total_len());
-    assert_eq!(ip_len, p.orig_len as usize, "IP length = EPB original length");
+    assert_eq!(
+        ip_len, p.orig_len as usize,
+        "IP length = EPB original length"
+    );
     assert!(p.data.len() < ip_len, "the packet is cut");
     let tcp = etherparse::TcpHeaderSlice::from_slice(&p.data[ip.slice().len()..]).unwrap();
     assert_eq!(tcp.checksum(), 0, "no checksum over bytes not kept");
