@@ -853,11 +853,21 @@ fn errors_get_proper_replies() {
         400
     );
     assert_eq!(
-        status_of(&raw(a, b"GET https://x/ HTTP/1.1\r\n\r\n", None, t)),
+        status_of(&raw(
+            a,
+            b"GET https://x/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            None,
+            t
+        )),
         400
     );
     assert_eq!(
-        status_of(&raw(a, b"GET http://x:99999/ HTTP/1.1\r\n\r\n", None, t)),
+        status_of(&raw(
+            a,
+            b"GET http://x:99999/ HTTP/1.1\r\nHost: x\r\n\r\n",
+            None,
+            t
+        )),
         400
     );
     assert_eq!(
@@ -877,12 +887,12 @@ fn errors_get_proper_replies() {
     assert_eq!(status_of(&out), 431);
     // Smuggling-prone framing: 400.
     let both = format!(
-        "POST http://127.0.0.1:{p}/echo HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        "POST http://127.0.0.1:{p}/echo HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
     );
     assert_eq!(status_of(&raw(a, both.as_bytes(), None, t)), 400);
     // A bad chunk size: 400 (the server got the head, but never a bad body).
     let bad_chunk = format!(
-        "POST http://127.0.0.1:{p}/echo HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"
+        "POST http://127.0.0.1:{p}/echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n"
     );
     assert_eq!(status_of(&raw(a, bad_chunk.as_bytes(), None, t)), 400);
     // Slowloris: a head trickling in gets 408 once the handshake time is up.
@@ -892,7 +902,7 @@ fn errors_get_proper_replies() {
     let start = Instant::now();
     let mut got = Vec::new();
     for b in format!(
-        "GET http://127.0.0.1:{p}/who HTTP/1.1\r\nX-Slow: {}",
+        "GET http://127.0.0.1:{p}/who HTTP/1.1\r\nHost: x\r\nX-Slow: {}",
         "z".repeat(100)
     )
     .bytes()
@@ -917,15 +927,15 @@ fn errors_get_proper_replies() {
     let closed = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
-    let req = format!("GET http://127.0.0.1:{port}/ HTTP/1.1\r\n\r\n");
+    let req = format!("GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(status_of(&raw(a, req.as_bytes(), None, t)), 502);
     // A name that does not resolve: 502.
-    let req = b"GET http://no-such-host.invalid/ HTTP/1.1\r\n\r\n";
+    let req = b"GET http://no-such-host.invalid/ HTTP/1.1\r\nHost: x\r\n\r\n";
     assert_eq!(status_of(&raw(a, req, None, t)), 502);
     // A server that accepts and never answers: 504 after the idle timeout.
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
-    let req = format!("GET http://127.0.0.1:{port}/ HTTP/1.1\r\n\r\n");
+    let req = format!("GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_eq!(status_of(&raw(a, req.as_bytes(), None, t)), 504);
     drop(silent);
     // A server that answers something else than HTTP: 502.
@@ -937,7 +947,7 @@ fn errors_get_proper_replies() {
         let _ = c.read(&mut buf);
         c.write_all(b"SSH-2.0-OpenSSH\r\n\r\n").unwrap();
     });
-    let req = format!("GET http://127.0.0.1:{port}/ HTTP/1.1\r\n\r\n");
+    let req = format!("GET http://127.0.0.1:{port}/ HTTP/1.1\r\nHost: x\r\n\r\n");
     let out = raw(a, req.as_bytes(), None, t);
     assert_eq!(status_of(&out), 502);
     assert!(
@@ -946,7 +956,8 @@ fn errors_get_proper_replies() {
     );
     srv.join().unwrap();
     // Still serving after all that.
-    let ok = format!("GET http://127.0.0.1:{p}/who HTTP/1.1\r\nConnection: close\r\n\r\n");
+    let ok =
+        format!("GET http://127.0.0.1:{p}/who HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     let out = raw(a, ok.as_bytes(), None, t);
     assert_eq!(responses(&out)[0].2, b"origin");
     // Each error has its log line.
@@ -965,6 +976,154 @@ fn errors_get_proper_replies() {
             "no log line for {status}: {log}"
         );
     }
+}
+
+/// A server that must never be reached: a listener nobody accepts on. A connection made to
+/// it waits in its backlog, so a non-blocking accept afterwards tells whether any came.
+struct Untouched(TcpListener);
+
+impl Untouched {
+    fn new() -> Untouched {
+        Untouched(TcpListener::bind("127.0.0.1:0").unwrap())
+    }
+
+    fn port(&self) -> u16 {
+        self.0.local_addr().unwrap().port()
+    }
+
+    fn assert_untouched(&self) {
+        self.0.set_nonblocking(true).unwrap();
+        match self.0.accept() {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Ok((mut c, peer)) => {
+                let mut got = Vec::new();
+                c.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
+                let _ = c.read_to_end(&mut got);
+                panic!(
+                    "the server was reached from {peer}: {:?}",
+                    String::from_utf8_lossy(&got)
+                );
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+/// Exactly one response, a 400 saying why, and the connection closed after it.
+fn assert_400(out: &[u8], why: &str, req: &str) {
+    let r = responses(out);
+    assert_eq!(r.len(), 1, "{req:?} -> {:?}", String::from_utf8_lossy(out));
+    assert_eq!(r[0].0, 400, "{req:?} -> {:?}", String::from_utf8_lossy(out));
+    assert!(
+        String::from_utf8_lossy(&r[0].2).contains(why),
+        "{req:?} -> {:?}",
+        String::from_utf8_lossy(out)
+    );
+}
+
+/// RFC 9112 3.2: an HTTP/1.1 request without Host, or any request with two, gets 400 from
+/// both proxies, whatever the target's form (CONNECT included), and the server is never
+/// reached; an HTTP/1.0 request without Host still goes through (through the reverse proxy
+/// as an HTTP/1.1 request with the server's Host).
+#[test]
+fn host_missing_or_repeated_is_400() {
+    let dir = TempDir::new("http-host");
+    let o = origin(&dir, "origin");
+    let never = Untouched::new();
+    let n = never.port();
+    let t = TIMEOUT;
+    let two = "Host: 127.0.0.1\r\nHost: evil.example\r\n";
+    let forward = Agent::start(&[
+        "proxy",
+        "http",
+        "--listen",
+        "127.0.0.1:0",
+        "--connect-ports",
+        &n.to_string(),
+        "--no-record",
+    ]);
+    let reverse = Agent::start(&[
+        "proxy",
+        "reverse",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &format!("127.0.0.1:{n}"),
+        "--no-record",
+    ]);
+    let cases = [
+        (
+            format!("GET http://127.0.0.1:{n}/ HTTP/1.1\r\n{two}\r\n"),
+            "more than one Host",
+        ),
+        (
+            format!("GET http://127.0.0.1:{n}/ HTTP/1.1\r\n\r\n"),
+            "without Host",
+        ),
+        (format!("GET / HTTP/1.1\r\n{two}\r\n"), "more than one Host"),
+        (
+            format!("GET / HTTP/1.1\r\nX-Host: a\r\n\r\n"),
+            "without Host",
+        ),
+        (format!("GET / HTTP/1.0\r\n{two}\r\n"), "more than one Host"),
+        (
+            format!("POST http://127.0.0.1:{n}/echo HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi"),
+            "without Host",
+        ),
+        (
+            format!("CONNECT 127.0.0.1:{n} HTTP/1.1\r\n\r\n"),
+            "without Host",
+        ),
+        (
+            format!("CONNECT 127.0.0.1:{n} HTTP/1.1\r\n{two}\r\n"),
+            "more than one Host",
+        ),
+    ];
+    for agent in [&forward, &reverse] {
+        for (req, why) in &cases {
+            assert_400(&raw(agent.addr, req.as_bytes(), None, t), why, req);
+        }
+    }
+    never.assert_untouched();
+
+    // HTTP/1.0 without Host: served.
+    let req = format!("GET http://127.0.0.1:{}/who HTTP/1.0\r\n\r\n", o.port);
+    let r = responses(&raw(forward.addr, req.as_bytes(), None, t));
+    assert_eq!(
+        (r.len(), r[0].0, r[0].2.as_slice()),
+        (1, 200, &b"origin"[..])
+    );
+    let log = forward.stop();
+    assert!(
+        log.contains(": 400 Bad Request: malformed message head: more than one Host field"),
+        "{log}"
+    );
+    reverse.stop();
+    let reverse = Agent::start(&[
+        "proxy",
+        "reverse",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &format!("127.0.0.1:{}", o.port),
+        "--no-record",
+    ]);
+    let r = responses(&raw(
+        reverse.addr,
+        b"GET /headers HTTP/1.0\r\n\r\n",
+        None,
+        t,
+    ));
+    assert_eq!(r[0].0, 200);
+    let seen = String::from_utf8_lossy(&r[0].2).into_owned();
+    assert!(
+        seen.starts_with(&format!(
+            "GET /headers HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n",
+            o.port
+        )),
+        "{seen:?}"
+    );
+    reverse.stop();
 }
 
 /// The reverse proxy: routes by Host to one of two servers (the default --to otherwise), Host

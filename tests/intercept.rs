@@ -792,6 +792,23 @@ fn per_process_command_and_sigkill() {
     }
 }
 
+/// Sends a request with two Host fields, then one in absolute form without Host, each on a
+/// connection of its own to 10.66.2.2:8080; prints the status line of each answer.
+const BAD_HOST_PY: &str = r#"
+import socket
+for req in (b"GET / HTTP/1.1\r\nHost: 10.66.2.2\r\nHost: evil\r\n\r\n",
+            b"GET http://10.66.2.2:8080/ HTTP/1.1\r\n\r\n"):
+    s = socket.create_connection(("10.66.2.2", 8080), timeout=20)
+    s.sendall(req)
+    got = b""
+    while True:
+        d = s.recv(4096)
+        if not d:
+            break
+        got += d
+    print(got.split(b"\r\n")[0].decode())
+"#;
+
 #[test]
 fn redirect_as_http_keeps_requests_apart() {
     let t = Topo::new();
@@ -826,6 +843,15 @@ fn redirect_as_http_keeps_requests_apart() {
         "http://10.66.2.2:8080/index.html",
     ]);
     assert_eq!(output(c), "intercepted page\nintercepted page\n");
+    // Two Host fields, or none (RFC 9112 3.2): 400 from capagent, the server never reached
+    // (no third `open` below).
+    let script = dir.write("bad_host.py", BAD_HOST_PY);
+    let mut c = t.client.cmd(python());
+    c.arg(&script);
+    assert_eq!(
+        output(c),
+        "HTTP/1.1 400 Bad Request\nHTTP/1.1 400 Bad Request\n"
+    );
     let err = agent.stop();
     assert_same(&before, &net_state(&t.gw), &format!("stderr {err}"));
     let evs = records(&jsonl);

@@ -2,7 +2,8 @@
 //! as a response head, fed whole and in two pieces: parsing never panics, the limits hold
 //! whatever the split, a complete head parses the same however it arrived, and everything a
 //! proxy then does with a parsed head (target, framing, hop-by-hop fields, upgrades, auth,
-//! serializing) never panics and re-parses.
+//! serializing) never panics and re-parses. A request head that parses has one Host field
+//! (at most one in HTTP/1.0: RFC 9112 3.2), and so has what a proxy sends on.
 #![no_main]
 
 use capagent::proxy::http::{body, head, message};
@@ -19,6 +20,8 @@ fuzz_target!(|data: &[u8]| {
     // an error when the whole is complete (limits are monotonic).
     if let Ok(Some((h, n))) = &whole {
         assert!(*n <= data.len());
+        let hosts = head::values(&h.headers, "host").count();
+        assert!(hosts == 1 || (hosts == 0 && h.minor == 0), "{hosts} Host fields");
         if split < *n {
             assert!(matches!(head::parse_request(&data[..split]), Ok(None)));
         }
@@ -36,6 +39,7 @@ fuzz_target!(|data: &[u8]| {
                 // An upgrade goes on with its protocols.
                 assert!(up.headers.iter().any(|f| f.is("upgrade") && f.value == protocols));
             }
+            assert_eq!(head::values(&up.headers, "host").count(), 1);
             let bytes = head::write_request(&up);
             // Fields added to what was received may pass a limit the original was just under.
             if up.headers.len() < head::MAX_HEADER_COUNT && bytes.len() < head::MAX_HEADERS {

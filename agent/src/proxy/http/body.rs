@@ -458,43 +458,49 @@ mod tests {
     fn framing_rules() {
         let req = |s: &str| parse_request(s.as_bytes()).unwrap().unwrap().0;
         assert_eq!(
-            request_framing(&req("POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n")),
-            Ok(Framing::Length(5))
-        );
-        assert_eq!(
-            request_framing(&req("POST / HTTP/1.1\r\nContent-Length: 5, 5\r\n\r\n")),
+            request_framing(&req(
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n"
+            )),
             Ok(Framing::Length(5))
         );
         assert_eq!(
             request_framing(&req(
-                "POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n"
+            )),
+            Ok(Framing::Length(5))
+        );
+        assert_eq!(
+            request_framing(&req(
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"
             )),
             Err(BodyError::BadLength)
         );
         assert_eq!(
-            request_framing(&req("POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n")),
+            request_framing(&req(
+                "POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n"
+            )),
             Err(BodyError::BadLength)
         );
         assert_eq!(
             request_framing(&req(
-                "POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"
             )),
             Ok(Framing::Chunked)
         );
         assert_eq!(
             request_framing(&req(
-                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
             )),
             Err(BodyError::Ambiguous)
         );
         assert_eq!(
             request_framing(&req(
-                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"
+                "POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"
             )),
             Err(BodyError::NotChunked)
         );
         assert_eq!(
-            request_framing(&req("GET / HTTP/1.1\r\n\r\n")),
+            request_framing(&req("GET / HTTP/1.1\r\nHost: a\r\n\r\n")),
             Ok(Framing::Empty)
         );
         let resp = |s: &str| {

@@ -195,8 +195,23 @@ fn own_headers(hs: &[httparse::Header<'_>]) -> Result<Vec<Header>, HeadError> {
         .collect()
 }
 
+/// RFC 9112 3.2: a server answers 400 to an HTTP/1.1 request without a Host field and to any
+/// request with more than one, whatever the form of its target (an absolute-form target's
+/// authority then stands for the Host, but the field must be there all the same) and
+/// whatever its method (CONNECT included: RFC 9110 7.2 wants Host in every HTTP/1.1
+/// request). Two Host fields are the classic way to make a proxy and a server (or a cache)
+/// disagree on the host.
+fn check_host(head: &RequestHead) -> Result<(), HeadError> {
+    match values(&head.headers, "host").count() {
+        0 if head.minor >= 1 => Err(HeadError::Malformed("HTTP/1.1 request without Host")),
+        0 | 1 => Ok(()),
+        _ => Err(HeadError::Malformed("more than one Host field")),
+    }
+}
+
 /// Parses a request head from the start of `buf`. `Ok(None)`: not complete yet (read more);
 /// `Ok(Some((head, n)))`: the head took `n` bytes (the body or the next request follows).
+/// A complete head that breaks the Host rule ([`check_host`]) is an error (400).
 pub fn parse_request(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HeadError> {
     check_limits(buf, MAX_REQUEST_LINE)?;
     let mut hs = [httparse::EMPTY_HEADER; MAX_HEADER_COUNT];
@@ -214,6 +229,7 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(RequestHead, usize)>, HeadErr
             if head.target.is_empty() {
                 return Err(HeadError::Malformed("empty request target"));
             }
+            check_host(&head)?;
             Ok(Some((head, n)))
         }
     }
@@ -306,9 +322,47 @@ mod tests {
         assert_eq!((h.minor, n), (0, buf.len() - 3));
     }
 
+    /// RFC 9112 3.2: Host once in every HTTP/1.1 request, at most once in HTTP/1.0 ones,
+    /// whatever the target's form and the method; 400 otherwise, and only once the head is
+    /// complete (a prefix is still "read more").
+    #[test]
+    fn host_rule() {
+        for bad in [
+            &b"GET http://a/ HTTP/1.1\r\nHost: a\r\nhost: b\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a\r\nX: y\r\nHOST: a\r\n\r\n",
+            b"GET http://a/ HTTP/1.0\r\nHost: a\r\nHost: a\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\nHost: a:443\r\nHost: b:443\r\n\r\n",
+        ] {
+            let err = parse_request(bad).unwrap_err();
+            assert_eq!(err, HeadError::Malformed("more than one Host field"));
+            assert_eq!(err.status(), 400);
+            assert_eq!(parse_request(&bad[..bad.len() - 2]), Ok(None));
+        }
+        for bad in [
+            &b"GET http://a/ HTTP/1.1\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nX-Host: a\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.1\r\n\r\n",
+        ] {
+            let err = parse_request(bad).unwrap_err();
+            assert_eq!(err, HeadError::Malformed("HTTP/1.1 request without Host"));
+            assert_eq!(err.status(), 400);
+        }
+        for good in [
+            &b"GET http://a/ HTTP/1.0\r\n\r\n"[..],
+            b"GET / HTTP/1.0\r\n\r\n",
+            b"CONNECT a:443 HTTP/1.0\r\n\r\n",
+            b"GET / HTTP/1.0\r\nHost: a\r\n\r\n",
+            b"GET http://a/ HTTP/1.1\r\nhost: a\r\n\r\n",
+            // An empty Host is what a target without an authority sends (RFC 9110 7.2).
+            b"OPTIONS * HTTP/1.1\r\nHost:\r\n\r\n",
+        ] {
+            assert!(matches!(parse_request(good), Ok(Some(_))), "{good:?}");
+        }
+    }
+
     #[test]
     fn leading_empty_lines_skipped() {
-        let (h, _) = parse_request(b"\r\nGET / HTTP/1.1\r\n\r\n")
+        let (h, _) = parse_request(b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n")
             .unwrap()
             .unwrap();
         assert_eq!(h.target, "/");
@@ -327,7 +381,7 @@ mod tests {
 
     #[test]
     fn large_headers_431_even_when_incomplete() {
-        let mut buf = b"GET / HTTP/1.1\r\n".to_vec();
+        let mut buf = b"GET / HTTP/1.1\r\nHost: a\r\n".to_vec();
         while buf.len() < MAX_HEADERS + 100 {
             buf.extend_from_slice(
                 b"X-Filler: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n",
@@ -335,7 +389,7 @@ mod tests {
         }
         // Fields past MAX_HEADER_COUNT or bytes past MAX_HEADERS: both 431.
         assert_eq!(parse_request(&buf), Err(HeadError::HeadersTooLarge));
-        let mut one = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
+        let mut one = b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: ".to_vec();
         one.extend(std::iter::repeat_n(b'b', MAX_HEADERS + 1));
         assert_eq!(parse_request(&one), Err(HeadError::HeadersTooLarge));
         assert_eq!(HeadError::HeadersTooLarge.status(), 431);
@@ -344,7 +398,7 @@ mod tests {
     #[test]
     fn malformed() {
         assert!(matches!(
-            parse_request(b"GET / HTTP/1.1\r\nBad Name: x\r\n\r\n"),
+            parse_request(b"GET / HTTP/1.1\r\nHost: a\r\nBad Name: x\r\n\r\n"),
             Err(HeadError::Malformed(_))
         ));
         assert!(matches!(

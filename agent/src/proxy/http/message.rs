@@ -442,14 +442,17 @@ mod tests {
     #[test]
     fn hop_by_hop_removed() {
         let r = req(
-            "GET http://a/ HTTP/1.1\r\nHost: wrong\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nProxy-Connection: keep-alive\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nTrailer: X\r\nUpgrade: h2c\r\nProxy-Authorization: Basic eDp5\r\nX-Keep: yes\r\nHost: again\r\n\r\n",
+            "GET http://a/ HTTP/1.1\r\nHost: wrong\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nProxy-Connection: keep-alive\r\nKeep-Alive: timeout=5\r\nTE: trailers\r\nTrailer: X\r\nUpgrade: h2c\r\nProxy-Authorization: Basic eDp5\r\nX-Keep: yes\r\n\r\n",
         );
+        // (The parser refuses a second Host; a head made otherwise still gets only one.)
+        let mut r = r;
+        r.headers.push(Header::new("Host", "again"));
         let up = upstream_request(&r, "/", Some("a"), false);
         assert_eq!(
             String::from_utf8(crate::proxy::http::head::write_request(&up)).unwrap(),
             "GET / HTTP/1.1\r\nHost: a\r\nX-Keep: yes\r\n\r\n"
         );
-        let r = req("POST http://a/ HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n");
+        let r = req("POST http://a/ HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n");
         let up = upstream_request(&r, "/", Some("a:8080"), true);
         assert_eq!(
             String::from_utf8(crate::proxy::http::head::write_request(&up)).unwrap(),
@@ -473,12 +476,14 @@ mod tests {
 
     #[test]
     fn keep_alive_rules() {
-        assert!(request_keep_alive(&req("GET / HTTP/1.1\r\n\r\n")));
-        assert!(!request_keep_alive(&req(
-            "GET / HTTP/1.1\r\nConnection: close\r\n\r\n"
+        assert!(request_keep_alive(&req(
+            "GET / HTTP/1.1\r\nHost: a\r\n\r\n"
         )));
         assert!(!request_keep_alive(&req(
-            "GET / HTTP/1.1\r\nProxy-Connection: close\r\n\r\n"
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n"
+        )));
+        assert!(!request_keep_alive(&req(
+            "GET / HTTP/1.1\r\nHost: a\r\nProxy-Connection: close\r\n\r\n"
         )));
         assert!(!request_keep_alive(&req("GET / HTTP/1.0\r\n\r\n")));
         let close = req("GET http://a/ HTTP/1.0\r\nProxy-Connection: close\r\n\r\n");
@@ -494,15 +499,17 @@ mod tests {
 
     #[test]
     fn basic_auth() {
-        let ok = req("GET / HTTP/1.1\r\nProxy-Authorization: Basic dXNlcjpwYXNz\r\n\r\n");
+        let ok =
+            req("GET / HTTP/1.1\r\nHost: a\r\nProxy-Authorization: Basic dXNlcjpwYXNz\r\n\r\n");
         assert_eq!(check_basic(&ok.headers, "user:pass"), Auth::Ok);
         assert_eq!(check_basic(&ok.headers, "user:other"), Auth::Wrong);
-        let bad = req("GET / HTTP/1.1\r\nProxy-Authorization: Basic !!!\r\n\r\n");
+        let bad = req("GET / HTTP/1.1\r\nHost: a\r\nProxy-Authorization: Basic !!!\r\n\r\n");
         assert_eq!(check_basic(&bad.headers, "user:pass"), Auth::Wrong);
-        let bearer = req("GET / HTTP/1.1\r\nProxy-Authorization: Bearer dXNlcjpwYXNz\r\n\r\n");
+        let bearer =
+            req("GET / HTTP/1.1\r\nHost: a\r\nProxy-Authorization: Bearer dXNlcjpwYXNz\r\n\r\n");
         assert_eq!(check_basic(&bearer.headers, "user:pass"), Auth::Wrong);
         assert_eq!(
-            check_basic(&req("GET / HTTP/1.1\r\n\r\n").headers, "u:p"),
+            check_basic(&req("GET / HTTP/1.1\r\nHost: a\r\n\r\n").headers, "u:p"),
             Auth::Missing
         );
     }
@@ -552,10 +559,10 @@ mod tests {
         // Connection, no Upgrade field, a body, two Upgrade fields.
         for text in [
             "GET / HTTP/1.0\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
-            "GET / HTTP/1.1\r\nUpgrade: websocket\r\n\r\n",
-            "GET / HTTP/1.1\r\nConnection: upgrade\r\n\r\n",
-            "POST / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: h2c\r\nContent-Length: 3\r\n\r\n",
-            "GET / HTTP/1.1\r\nConnection: upgrade\r\nUpgrade: a\r\nUpgrade: b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: h2c\r\nContent-Length: 3\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: a\r\nUpgrade: b\r\n\r\n",
         ] {
             let r = req(text);
             assert_eq!(upgrade_of(&r), None, "{text}");

@@ -123,11 +123,8 @@ async fn request(
     ctx: &Ctx,
     opts: &ReverseOptions,
 ) -> bool {
+    // (The request parser has answered 400 to a missing or repeated Host already.)
     let host_field = values(&head.headers, "host").next().map(|h| h.text());
-    if values(&head.headers, "host").count() > 1 {
-        client.fail(400, "more than one Host field", true).await;
-        return false;
-    }
     let (path, host) = match message::parse_target(&head.method, &head.target) {
         Ok(ReqTarget::Origin(p)) => (p, host_field),
         Ok(ReqTarget::Asterisk) => ("*".to_string(), host_field),
@@ -146,12 +143,6 @@ async fn request(
             return false;
         }
     };
-    if head.minor >= 1 && host.is_none() {
-        client
-            .fail(400, "HTTP/1.1 request without Host", true)
-            .await;
-        return false;
-    }
     let Some(target) = route(opts, host.as_deref()).cloned() else {
         client
             .fail(
@@ -172,17 +163,14 @@ async fn request(
             return false;
         }
     };
-    let new_host = if opts.rewrite_host {
-        Some(host_of(&target))
-    } else {
-        host
+    // The request goes on as HTTP/1.1, which needs a Host: the server's when an HTTP/1.0
+    // client sent none.
+    let new_host = match host {
+        Some(h) if !opts.rewrite_host => h,
+        _ => host_of(&target),
     };
-    let up_head = message::upstream_request(
-        head,
-        &path,
-        new_host.as_deref(),
-        framing == Framing::Chunked,
-    );
+    let up_head =
+        message::upstream_request(head, &path, Some(&new_host), framing == Framing::Chunked);
     forward_request(
         client, up, &target, head, &up_head, framing, ctx, COMM, "reverse",
     )
