@@ -1745,3 +1745,40 @@ fn kernel_interpreter_agrees_with_userspace_on_random_programs() {
         "{kept} kept, {rejected} rejected"
     );
 }
+
+/// A capture pins only its own maps: the kernel memory of capagent's BPF maps is the
+/// `PACKETS` ring plus a small margin (the socket owners table mostly), not trace's 16 MiB
+/// `EVENTS` ring and its tables too (the whole object is loaded; the other modes' maps are
+/// shrunk to their minimum).
+#[test]
+fn capture_pins_only_its_own_maps() {
+    let ns = Netns::new("capmem");
+    let cap = start_capture(&ns, &["-i", "lo", "--ring-kib", "32768", "-w", "/dev/null"]);
+    let maps = bpf_maps_of(cap.pid());
+    let total: u64 = maps.iter().map(|m| m.2).sum();
+    let ring = maps
+        .iter()
+        .find(|m| m.0 == "PACKETS")
+        .unwrap_or_else(|| panic!("no PACKETS map: {maps:?}"));
+    assert_eq!(ring.1, 32 << 20, "{maps:?}");
+    for other in [
+        "EVENTS",
+        "TRACED",
+        "ARGS",
+        "FDS",
+        "ICPT_PIDS",
+        "ICPT_BY_COOKIE",
+    ] {
+        let m = maps.iter().find(|m| m.0 == other);
+        assert!(
+            m.is_none_or(|m| m.2 <= 64 << 10),
+            "trace/intercept map {other} is not at its minimum: {m:?}"
+        );
+    }
+    let margin = 10 << 20;
+    assert!(
+        total <= ring.2 + margin,
+        "capagent's maps pin {total} bytes, more than the ring ({}) + {margin}: {maps:?}",
+        ring.2
+    );
+}

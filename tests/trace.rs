@@ -15,7 +15,12 @@
 #[allow(dead_code)] // the shared harness has helpers these tests do not use (tshark)
 mod common;
 
-use std::{fs, time::Duration};
+use std::{
+    fs,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
 
 use common::*;
 use serde_json::Value;
@@ -1484,5 +1489,66 @@ fn tcp_endpoints_after_close_by_both_sides() {
         vec![format!("{comm}[{pid}] fd {fd} tcp {local} -> {dest}  sent 4 B  recv 4 B").as_str()],
         "summary rows:\n{}",
         run.stderr
+    );
+}
+
+/// A trace pins only its own maps: the capture and intercept maps of the object (socket
+/// owners, capture pids, interception tables) are at their minimum, and the whole is the
+/// `EVENTS` ring plus trace's own tables.
+#[test]
+fn trace_pins_only_its_own_maps() {
+    let dir = TempDir::new("tracemem");
+    let ready = dir.join("ready");
+    let fifo = dir.join("go");
+    let st = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(st.success());
+    let script = format!(
+        "echo > {}; read x < {}",
+        ready.to_str().unwrap(),
+        fifo.to_str().unwrap()
+    );
+    let live = LiveTrace::spawn(
+        &dir,
+        &strings(&["--ring-kib", "16384", "--", "sh", "-c", &script]),
+    );
+    let deadline = Instant::now() + TIMEOUT;
+    while !ready.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the traced command did not start"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let maps = bpf_maps_of(live.pid());
+    fs::write(&fifo, "go\n").unwrap();
+    let run = live.finish(TIMEOUT);
+    assert_ok(&run);
+    let ring = maps
+        .iter()
+        .find(|m| m.0 == "EVENTS")
+        .unwrap_or_else(|| panic!("no EVENTS map: {maps:?}"));
+    assert_eq!(ring.1, 16 << 20, "{maps:?}");
+    for other in [
+        "PACKETS",
+        "SOCK_OWNERS",
+        "CAPTURE_PIDS",
+        "FILTER_INSNS",
+        "ICPT_PIDS",
+        "ICPT_BY_COOKIE",
+        "ICPT_BY_CLIENT",
+    ] {
+        let m = maps.iter().find(|m| m.0 == other);
+        assert!(
+            m.is_none_or(|m| m.2 <= 64 << 10),
+            "capture/intercept map {other} is not at its minimum: {m:?}"
+        );
+    }
+    // Trace's own tables (pending calls, fd cache, traced pids) take about 28 MiB.
+    let total: u64 = maps.iter().map(|m| m.2).sum();
+    let margin = 30 << 20;
+    assert!(
+        total <= ring.2 + margin,
+        "capagent's maps pin {total} bytes, more than the ring ({}) + {margin}: {maps:?}",
+        ring.2
     );
 }
