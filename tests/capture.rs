@@ -1782,3 +1782,62 @@ fn capture_pins_only_its_own_maps() {
         ring.2
     );
 }
+
+/// `capture -w - -- CMD` with a command that prints (curl writes the page): the pcapng on
+/// capagent's stdout stays whole (tshark reads it from the pipe and finds the exchange),
+/// and the page is on capagent's stderr.
+#[test]
+fn pcapng_on_stdout_with_a_printing_command() {
+    let ns = Netns::new("cappipe");
+    let dir = TempDir::new("cappipe");
+    let _server = http_server(&ns, &dir);
+    let mut c = ns.cmd(CAPAGENT);
+    c.args(["capture", "-i", "lo", "-w", "-", "--"]).args([
+        "curl",
+        "-sS",
+        &format!("http://127.0.0.1:{PORT}/page.html"),
+    ]);
+    let (out, err) = capagent_into_tshark(
+        c,
+        &[
+            "-Y",
+            "http",
+            "-T",
+            "fields",
+            "-e",
+            "http.request.uri",
+            "-e",
+            "http.response.code",
+        ],
+    );
+    assert_eq!(out, "/page.html\t\n\t200\n", "{err}");
+    assert!(err.contains(&"x".repeat(3000)), "{err}");
+    assert_eq!(err.matches(&stdout_note("curl")).count(), 1, "{err}");
+}
+
+/// Text lines on stdout (no `-w`) while the command prints: every stdout line is a packet
+/// line, the command's output is on stderr.
+#[test]
+fn text_on_stdout_with_a_printing_command() {
+    let ns = Netns::new("captext");
+    let dir = TempDir::new("captext");
+    let _server = http_server(&ns, &dir);
+    let mut c = ns.cmd(CAPAGENT);
+    c.args(["capture", "-i", "lo", "--"]).args([
+        "curl",
+        "-sS",
+        &format!("http://127.0.0.1:{PORT}/page.html"),
+    ]);
+    let out = c.stdin(Stdio::null()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(count_lines(&stdout) >= 6, "{stdout}");
+    for line in stdout.lines() {
+        assert!(
+            line.contains(" lo ") && line.ends_with(']'),
+            "not a packet line: {line:?}"
+        );
+    }
+    assert!(err.contains(&"x".repeat(3000)), "{err}");
+}

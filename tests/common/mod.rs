@@ -1081,3 +1081,32 @@ pub fn bpf_maps_of(pid: u32) -> Vec<(String, u64, u64)> {
     }
     out
 }
+
+/// Runs capagent (`cmd`, writing pcapng to its stdout) with its stdout piped straight into
+/// `tshark -r - TSHARK_ARGS` (which must read it without complaint); returns tshark's output
+/// and capagent's stderr once capagent has exited 0.
+pub fn capagent_into_tshark(mut cmd: Command, tshark_args: &[&str]) -> (String, String) {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut cap = cmd.spawn().expect("cannot start capagent");
+    let pipe = cap.stdout.take().unwrap();
+    let mut err_pipe = cap.stderr.take().unwrap();
+    let err_reader = thread::spawn(move || {
+        let mut err = String::new();
+        let _ = err_pipe.read_to_string(&mut err);
+        err
+    });
+    let mut args = vec!["-r", "-"];
+    args.extend_from_slice(tshark_args);
+    let out = tshark(&args, Some(Stdio::from(pipe)));
+    let st = wait_timeout(&mut cap, TIMEOUT).expect("capagent did not finish");
+    let err = err_reader.join().unwrap();
+    assert!(st.success(), "capagent {st}: {err}");
+    (out, err)
+}
+
+/// The note capagent prints once when a `-- CMD`'s stdout goes to its stderr.
+pub fn stdout_note(cmd: &str) -> String {
+    format!("capagent: {cmd}'s stdout goes to stderr (capagent's stdout carries the records)")
+}

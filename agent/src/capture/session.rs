@@ -22,7 +22,10 @@ use super::{
     pcapng::CaptureWriter,
     text,
 };
-use crate::{control::Control, trace::target::HeldChild};
+use crate::{
+    control::Control,
+    trace::target::{ChildStdout, HeldChild},
+};
 
 /// Output of a session.
 #[derive(Debug, Clone, Default)]
@@ -408,7 +411,15 @@ pub fn run_with(
     let mut child = None;
     if !sopts.command.is_empty() {
         super::kernel::require_root("capagent capture")?;
-        let held = HeldChild::spawn(&sopts.command)?;
+        // Text lines or `-w -` on stdout: the command's stdout goes to stderr.
+        let on_stdout =
+            output.is_none() && sopts.write.as_deref().is_none_or(|p| p.as_os_str() == "-");
+        let stdout = if on_stdout {
+            ChildStdout::Stderr
+        } else {
+            ChildStdout::Inherit
+        };
+        let held = HeldChild::spawn(&sopts.command, stdout)?;
         opts.select.pids.push(held.pid());
         opts.select.follow_forks = true;
         child = Some(held);

@@ -57,6 +57,14 @@ pub struct RecordOptions {
     pub preview: usize,
 }
 
+impl RecordOptions {
+    /// Whether records go to capagent's stdout.
+    pub fn on_stdout(&self) -> bool {
+        !self.disabled
+            && crate::output::records_on_stdout(self.output.as_deref(), self.write.as_deref())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     #[error("cannot open {path}")]
