@@ -478,8 +478,16 @@ pub fn run(
     attached.attach_all(ifaces, opts.xdp)?;
     // Like tcpdump's "listening on": the capture is live from here on.
     let names: Vec<&str> = ifaces.iter().map(|i| i.name.as_str()).collect();
+    // XDP the driver refused in native mode runs in generic mode: said, since it costs a
+    // socket buffer per packet like TC does.
+    let xdp_ifaces = ifaces.iter().filter(|i| !i.loopback).count();
+    let generic = match attached.xdp_generic.len() {
+        0 => String::new(),
+        n if n == xdp_ifaces => ", xdp: generic".to_string(),
+        _ => format!(", xdp: generic on {}", attached.xdp_generic.join(", ")),
+    };
     eprintln!(
-        "capagent: capturing on {} ({}{}), snaplen {}",
+        "capagent: capturing on {} ({}{}), snaplen {}{generic}",
         names.join(", "),
         if opts.xdp { "xdp ingress, egress " } else { "" },
         match attached.mode {
