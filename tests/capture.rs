@@ -1909,3 +1909,60 @@ fn xdp_falls_back_to_generic_mode() {
     assert_eq!(count("0x00000001\t8"), 3, "{seen}");
     assert_eq!(count("0x00000002\t0"), 3, "{seen}");
 }
+
+/// Packets written to a file with stderr on a terminal: a status line redrawn in place
+/// (packets, bytes, drops), erased before the summary; none when stderr is a pipe, nor when
+/// the packets go to stdout.
+#[test]
+fn status_line_on_a_terminal_only() {
+    let ns = Netns::new("capstatus");
+    let dir = TempDir::new("capstatus");
+    let _server = http_server(&ns, &dir);
+    let file = dir.join("status.pcapng");
+    let fetch = format!(
+        "curl -sS -o /dev/null http://127.0.0.1:{PORT}/page.html; exec sleep 30 2>/dev/null"
+    );
+    let argv = ns.argv(&[
+        CAPAGENT,
+        "capture",
+        "-i",
+        "lo",
+        "-w",
+        file.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        &fetch,
+    ]);
+    let (term, _) = stderr_on_a_terminal(&argv, 3);
+    let lines = status_lines(&term);
+    assert!(lines.len() >= 3, "{term:?}");
+    for l in &lines {
+        let rest = l.strip_prefix("capagent: 0:00:0").unwrap();
+        assert!(
+            rest.contains(" packets, ") && rest.ends_with(" 0 dropped"),
+            "{l:?}"
+        );
+    }
+    // Every second a new line (the clock moves), the curl's packets counted.
+    assert!(lines.windows(2).all(|w| w[0] != w[1]), "{lines:?}");
+    assert!(!lines.last().unwrap().contains(" 0 packets, "), "{lines:?}");
+    // Erased, then the summary on a line of its own.
+    let end = term.rfind("\r\x1b[K").unwrap();
+    assert!(term[end..].starts_with("\r\x1b[Kcapagent: "), "{term:?}");
+    assert!(term[end..].contains(" packets captured ("), "{term:?}");
+
+    // stderr a pipe: no status line.
+    let mut cmd = ns.cmd(CAPAGENT);
+    cmd.args(["capture", "-i", "lo", "--duration", "2.5", "-w"])
+        .arg(&file);
+    let mut cap = Proc::spawn("capagent", cmd);
+    finish(&mut cap);
+    let err = cap.stderr();
+    assert!(!err.contains('\r') && !err.contains("\x1b[K"), "{err:?}");
+    // Packets on stdout: no status line either.
+    let argv = ns.argv(&[CAPAGENT, "capture", "-i", "lo", "--duration", "2.5"]);
+    let (term, code) = stderr_on_a_terminal(&argv, 1);
+    assert_eq!(code, 0, "{term:?}");
+    assert!(status_lines(&term).is_empty(), "{term:?}");
+}

@@ -1052,3 +1052,45 @@ fn pcapng_on_stdout_with_a_printing_command() {
     assert!(err.contains("\nPRINTED-PAGE\n"), "{err}");
     assert_eq!(err.matches(&stdout_note("curl")).count(), 1, "{err}");
 }
+
+/// Records written to a file with stderr on a terminal: a status line redrawn in place
+/// (records, bytes, connections), erased at the end.
+#[test]
+fn status_line_on_a_terminal() {
+    let ns = Netns::new("istatus");
+    let dir = TempDir::new("intercept-status");
+    std::fs::write(dir.join("index.html"), "status page\n").unwrap();
+    let mut cmd = ns.cmd(python());
+    cmd.args([
+        "-m",
+        "http.server",
+        "8092",
+        "--bind",
+        "127.0.0.1",
+        "--directory",
+    ])
+    .arg(dir.join(""));
+    let http = Proc::spawn("http.server", cmd);
+    wait_listen(http.pid(), 8092);
+    let out = dir.join("status.jsonl");
+    let argv = ns.argv(&[
+        CAPAGENT,
+        "intercept",
+        "-o",
+        out.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "curl -sS -o /dev/null http://127.0.0.1:8092/; exec sleep 30 2>/dev/null",
+    ]);
+    let (term, _) = stderr_on_a_terminal(&argv, 3);
+    let lines = status_lines(&term);
+    assert!(lines.len() >= 3, "{term:?}");
+    assert!(lines.windows(2).all(|w| w[0] != w[1]), "{lines:?}");
+    let last = lines.last().unwrap();
+    assert!(
+        last.starts_with("capagent: 0:00:0") && last.ends_with(" 1 connections"),
+        "{lines:?}"
+    );
+    assert!(term.ends_with("\r\x1b[K"), "{term:?}");
+}

@@ -1552,3 +1552,43 @@ fn trace_pins_only_its_own_maps() {
         ring.2
     );
 }
+
+/// Records written to a file with stderr on a terminal: a status line redrawn in place
+/// (events, bytes, connections, lost), erased before the summary.
+#[test]
+fn status_line_on_a_terminal() {
+    let ns = Netns::new("tstatus");
+    let dir = TempDir::new("tstatus");
+    let mut srv = Server::start(
+        &ns,
+        &dir,
+        "inet",
+        "127.0.0.1",
+        1,
+        &["r:5", &format!("w:{}", hex(b"pong"))],
+    );
+    let client = dir.write("client.py", CLIENT_PY);
+    let script = format!(
+        "{} {client} inet 127.0.0.1 {} w:{} r:4 >/dev/null; exec sleep 30 2>/dev/null",
+        python(),
+        srv.port,
+        hex(b"ping!")
+    );
+    let out = dir.join("status.jsonl");
+    let mut argv = strings(&[CAPAGENT, "trace", "-o", out.to_str().unwrap(), "--"]);
+    argv.extend(ns.argv(&["sh", "-c", &script]));
+    let (term, _) = stderr_on_a_terminal(&argv, 3);
+    assert_eq!(srv.recv(0), b"ping!");
+    srv.done();
+    let lines = status_lines(&term);
+    assert!(lines.len() >= 3, "{term:?}");
+    assert!(lines.windows(2).all(|w| w[0] != w[1]), "{lines:?}");
+    let last = lines.last().unwrap();
+    assert!(
+        last.starts_with("capagent: 0:00:0") && last.ends_with(", 9 B, 1 connections, 0 lost"),
+        "{lines:?}"
+    );
+    let end = term.rfind("\r\x1b[K").unwrap();
+    assert!(term[end..].starts_with("\r\x1b[Kcapagent: "), "{term:?}");
+    assert!(term[end..].contains(" events, 0 lost"), "{term:?}");
+}

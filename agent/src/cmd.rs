@@ -364,6 +364,14 @@ fn trace(args: TraceArgs) -> anyhow::Result<ExitCode> {
         })?;
         writers.push(Box::new(w));
     }
+    // Records to files: a status line on a terminal.
+    let status = crate::output::status::StatusLine::start(
+        !crate::output::records_on_stdout(args.output.as_deref(), args.write.as_deref()),
+        crate::output::status::Unit::Events,
+    );
+    if let Some(s) = &status {
+        writers.push(Box::new(s.counter()));
+    }
     let mut writer = FanOut(writers);
     let mut summary = Summary::new();
     let mut last_flush = Instant::now();
@@ -381,6 +389,7 @@ fn trace(args: TraceArgs) -> anyhow::Result<ExitCode> {
             Ok(())
         },
     );
+    drop(status);
     writer.flush().context("writing output")?;
     let outcome = outcome?;
     if !args.no_summary {

@@ -8,6 +8,7 @@ pub mod escape;
 pub mod json;
 pub mod num;
 pub mod pcapng;
+pub mod status;
 pub mod text;
 
 use std::fs::OpenOptions;
