@@ -440,7 +440,7 @@ pub fn run(
     // Filters a killed capagent left (clsact mode) go before anything is attached.
     hygiene::sweep_leftovers();
     let mut attached = attach::Attached::new(
-        kernel::load_capture(&config, opts.ring_bytes)?,
+        kernel::load_capture(&config, opts.ring_bytes, !sel.pids.is_empty())?,
         opts.tc_mode,
     );
     if let Some(f) = filter {

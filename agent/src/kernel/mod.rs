@@ -222,19 +222,23 @@ pub fn attach_raw_tracepoint(ebpf: &mut Ebpf, prog: &str, tp: &str) -> Result<()
 }
 
 /// Loads the eBPF object for `capagent capture`: `config` written into `CAPTURE_CONFIG`, the
-/// `PACKETS` ring buffer sized to `ring_bytes` and one `PACKET_SCRATCH` slot per CPU.
+/// `PACKETS` ring buffer sized to `ring_bytes` and one `PACKET_SCRATCH` slot per CPU;
+/// without `pids` (no process is selected by pid) `CAPTURE_PIDS` stays empty and is made as
+/// small as it can be.
 pub fn load_capture(
     config: &agent_common::CaptureConfig,
     ring_bytes: u32,
+    pids: bool,
 ) -> Result<Ebpf, KernelError> {
     if EBPF_OBJECT.is_empty() {
         return Err(KernelError::NoObject);
     }
     let cpus = aya::util::nr_cpus().map_or(1024, |n| n as u32);
-    let sizes = map_sizes(
-        CAPTURE_MAPS,
-        &[("PACKETS", ring_bytes), ("PACKET_SCRATCH", cpus)],
-    );
+    let mut sized = vec![("PACKETS", ring_bytes), ("PACKET_SCRATCH", cpus)];
+    if !pids {
+        sized.push(("CAPTURE_PIDS", 1));
+    }
+    let sizes = map_sizes(CAPTURE_MAPS, &sized);
     let mut loader = EbpfLoader::new();
     loader.override_global("CAPTURE_CONFIG", config, true);
     for (name, n) in &sizes {
