@@ -1645,7 +1645,7 @@ fn kernel_interpreter_agrees_with_userspace_on_random_programs() {
         filter: 1,
         ..CaptureConfig::new()
     };
-    let mut ebpf = kernel::load_capture(&config, 1 << 22).unwrap();
+    let mut ebpf = kernel::load_capture(&config, 1 << 22, false).unwrap();
     let mut insns: Array<MapData, FilterInsn> =
         kernel::take_map(&mut ebpf, "FILTER_INSNS").unwrap();
     let mut refs: HashMap<MapData, u32, FilterRef> =
@@ -1744,4 +1744,225 @@ fn kernel_interpreter_agrees_with_userspace_on_random_programs() {
         kept > 300 && rejected > 300,
         "{kept} kept, {rejected} rejected"
     );
+}
+
+/// A capture pins only its own maps: the kernel memory of capagent's BPF maps is the
+/// `PACKETS` ring plus a small margin (the socket owners table, 6 MiB), not trace's 16 MiB
+/// `EVENTS` ring and its tables too (the whole object is loaded; the other modes' maps are
+/// shrunk to their minimum).
+#[test]
+fn capture_pins_only_its_own_maps() {
+    let ns = Netns::new("capmem");
+    let cap = start_capture(&ns, &["-i", "lo", "--ring-kib", "32768", "-w", "/dev/null"]);
+    let maps = bpf_maps_of(cap.pid());
+    let total: u64 = maps.iter().map(|m| m.2).sum();
+    let ring = maps
+        .iter()
+        .find(|m| m.0 == "PACKETS")
+        .unwrap_or_else(|| panic!("no PACKETS map: {maps:?}"));
+    assert_eq!(ring.1, 32 << 20, "{maps:?}");
+    for other in [
+        "EVENTS",
+        "TRACED",
+        "ARGS",
+        "FDS",
+        "ICPT_PIDS",
+        "ICPT_BY_COOKIE",
+    ] {
+        let m = maps.iter().find(|m| m.0 == other);
+        assert!(
+            m.is_none_or(|m| m.2 <= 64 << 10),
+            "trace/intercept map {other} is not at its minimum: {m:?}"
+        );
+    }
+    let margin = 8 << 20;
+    assert!(
+        total <= ring.2 + margin,
+        "capagent's maps pin {total} bytes, more than the ring ({}) + {margin}: {maps:?}",
+        ring.2
+    );
+}
+
+/// `capture -w - -- CMD` with a command that prints (curl writes the page): the pcapng on
+/// capagent's stdout stays whole (tshark reads it from the pipe and finds the exchange),
+/// and the page is on capagent's stderr.
+#[test]
+fn pcapng_on_stdout_with_a_printing_command() {
+    let ns = Netns::new("cappipe");
+    let dir = TempDir::new("cappipe");
+    let _server = http_server(&ns, &dir);
+    let mut c = ns.cmd(CAPAGENT);
+    c.args(["capture", "-i", "lo", "-w", "-", "--"]).args([
+        "curl",
+        "-sS",
+        &format!("http://127.0.0.1:{PORT}/page.html"),
+    ]);
+    let (out, err) = capagent_into_tshark(
+        c,
+        &[
+            "-Y",
+            "http",
+            "-T",
+            "fields",
+            "-e",
+            "http.request.uri",
+            "-e",
+            "http.response.code",
+        ],
+    );
+    assert_eq!(out, "/page.html\t\n\t200\n", "{err}");
+    assert!(err.contains(&"x".repeat(3000)), "{err}");
+    assert_eq!(err.matches(&stdout_note("curl")).count(), 1, "{err}");
+}
+
+/// Text lines on stdout (no `-w`) while the command prints: every stdout line is a packet
+/// line, the command's output is on stderr.
+#[test]
+fn text_on_stdout_with_a_printing_command() {
+    let ns = Netns::new("captext");
+    let dir = TempDir::new("captext");
+    let _server = http_server(&ns, &dir);
+    let mut c = ns.cmd(CAPAGENT);
+    c.args(["capture", "-i", "lo", "--"]).args([
+        "curl",
+        "-sS",
+        &format!("http://127.0.0.1:{PORT}/page.html"),
+    ]);
+    let out = c.stdin(Stdio::null()).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(count_lines(&stdout) >= 6, "{stdout}");
+    for line in stdout.lines() {
+        assert!(
+            line.contains(" lo ") && line.ends_with(']'),
+            "not a packet line: {line:?}"
+        );
+    }
+    assert!(err.contains(&"x".repeat(3000)), "{err}");
+}
+
+/// `--xdp` on a device whose driver has no native XDP (a bridge here: no `dummy` module on
+/// the test machine, and tun/veth have native XDP; virtio_net refuses it too): capagent
+/// falls back to generic XDP, says `xdp: generic` in its start line, and captures the
+/// incoming packets through it. A second `--xdp` capture of the same device fails in one
+/// line naming both errnos (native refused, generic busy) and what to do.
+#[test]
+fn xdp_falls_back_to_generic_mode() {
+    let a = Netns::new("xdpa");
+    let b = Netns::new("xdpb");
+    ip(&["-n", &a.name, "link", "add", "br0", "type", "bridge"]);
+    veth(&a, &b);
+    ip(&["-n", &a.name, "addr", "del", "10.77.0.1/24", "dev", "vA"]);
+    ip(&["-n", &a.name, "link", "set", "vA", "master", "br0"]);
+    ip(&["-n", &a.name, "addr", "add", "10.77.0.1/24", "dev", "br0"]);
+    ip(&["-n", &a.name, "link", "set", "br0", "up"]);
+    let dir = TempDir::new("xdp");
+    let file = dir.join("br0.pcapng");
+    let mut cap = start_capture(
+        &a,
+        &[
+            "-i",
+            "br0",
+            "--xdp",
+            "--filter",
+            "icmp",
+            "-w",
+            file.to_str().unwrap(),
+        ],
+    );
+    let start = cap.stderr();
+    assert!(
+        start.contains(
+            "capagent: capturing on br0 (xdp ingress, egress tcx), snaplen 65535, xdp: generic\n"
+        ),
+        "{start}"
+    );
+
+    let mut second = a.cmd(CAPAGENT);
+    second.args(["capture", "-i", "br0", "--xdp", "-w", "/dev/null"]);
+    let out = second.stdin(Stdio::null()).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err,
+        "capagent: attaching to br0 (ingress (xdp)) failed: native XDP: EOPNOTSUPP (Operation not supported); generic XDP: EBUSY (Device or resource busy); capture without --xdp (TC ingress sees the same packets)\n"
+    );
+
+    let mut ping = b.cmd("ping");
+    ping.args(["-c", "3", "-i", "0.2", "-W", "5", "10.77.0.1"]);
+    run_output("ping", ping, TIMEOUT);
+    interrupt(&mut cap);
+    // Echo requests came in (through the XDP program), echo replies went out (TC).
+    let seen = tshark_r(
+        file.to_str().unwrap(),
+        &[
+            "-T",
+            "fields",
+            "-e",
+            "frame.packet_flags_direction",
+            "-e",
+            "icmp.type",
+        ],
+    );
+    let count = |want: &str| seen.lines().filter(|l| *l == want).count();
+    assert_eq!(count("0x00000001\t8"), 3, "{seen}");
+    assert_eq!(count("0x00000002\t0"), 3, "{seen}");
+}
+
+/// Packets written to a file with stderr on a terminal: a status line redrawn in place
+/// (packets, bytes, drops), erased before the summary; none when stderr is a pipe, nor when
+/// the packets go to stdout.
+#[test]
+fn status_line_on_a_terminal_only() {
+    let ns = Netns::new("capstatus");
+    let dir = TempDir::new("capstatus");
+    let _server = http_server(&ns, &dir);
+    let file = dir.join("status.pcapng");
+    let fetch = format!(
+        "curl -sS -o /dev/null http://127.0.0.1:{PORT}/page.html; exec sleep 30 2>/dev/null"
+    );
+    let argv = ns.argv(&[
+        CAPAGENT,
+        "capture",
+        "-i",
+        "lo",
+        "-w",
+        file.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        &fetch,
+    ]);
+    let (term, _) = stderr_on_a_terminal(&argv, 3);
+    let lines = status_lines(&term);
+    assert!(lines.len() >= 3, "{term:?}");
+    for l in &lines {
+        let rest = l.strip_prefix("capagent: 0:00:0").unwrap();
+        assert!(
+            rest.contains(" packets, ") && rest.ends_with(" 0 dropped"),
+            "{l:?}"
+        );
+    }
+    // Every second a new line (the clock moves), the curl's packets counted.
+    assert!(lines.windows(2).all(|w| w[0] != w[1]), "{lines:?}");
+    assert!(!lines.last().unwrap().contains(" 0 packets, "), "{lines:?}");
+    // Erased, then the summary on a line of its own.
+    let end = term.rfind("\r\x1b[K").unwrap();
+    assert!(term[end..].starts_with("\r\x1b[Kcapagent: "), "{term:?}");
+    assert!(term[end..].contains(" packets captured ("), "{term:?}");
+
+    // stderr a pipe: no status line.
+    let mut cmd = ns.cmd(CAPAGENT);
+    cmd.args(["capture", "-i", "lo", "--duration", "2.5", "-w"])
+        .arg(&file);
+    let mut cap = Proc::spawn("capagent", cmd);
+    finish(&mut cap);
+    let err = cap.stderr();
+    assert!(!err.contains('\r') && !err.contains("\x1b[K"), "{err:?}");
+    // Packets on stdout: no status line either.
+    let argv = ns.argv(&[CAPAGENT, "capture", "-i", "lo", "--duration", "2.5"]);
+    let (term, code) = stderr_on_a_terminal(&argv, 1);
+    assert_eq!(code, 0, "{term:?}");
+    assert!(status_lines(&term).is_empty(), "{term:?}");
 }

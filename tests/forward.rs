@@ -362,3 +362,33 @@ fn refused_target_and_connection_cap() {
         "the refused-by-cap connection is not recorded"
     );
 }
+
+/// Records written to a file with stderr on a terminal: a status line redrawn in place
+/// about once a second (the clock moves), erased at the end.
+#[test]
+fn status_line_on_a_terminal() {
+    let dir = TempDir::new("fwd-status");
+    let out = dir.join("status.jsonl");
+    let argv = args(&[
+        common::CAPAGENT,
+        "proxy",
+        "forward",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        "127.0.0.1:9",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    let (term, _) = common::stderr_on_a_terminal(&argv, 2);
+    let lines = common::status_lines(&term);
+    assert!(lines.len() >= 2 && lines[0] != lines[1], "{term:?}");
+    for l in &lines {
+        let rest = l.strip_prefix("capagent: 0:00:0").unwrap_or_default();
+        assert!(
+            rest.ends_with("  0 records, 0 B, 0 connections"),
+            "{term:?}"
+        );
+    }
+    assert!(term.ends_with("\r\x1b[K"), "{term:?}");
+}

@@ -1032,3 +1032,91 @@ fn cleanup_detaches_cgroup_links_left_pinned() {
     );
     assert_same(&cg_before, &cgroup_state(), "after cleanup");
 }
+
+/// `intercept -w - -- CMD` with a command that prints (curl writes the page): the pcapng on
+/// capagent's stdout stays whole (tshark reads it from the pipe and finds the exchange),
+/// and the page is on capagent's stderr.
+#[test]
+fn pcapng_on_stdout_with_a_printing_command() {
+    let ns = Netns::new("ipipe");
+    let dir = TempDir::new("intercept-pipe");
+    std::fs::write(dir.join("index.html"), "PRINTED-PAGE\n").unwrap();
+    let mut cmd = ns.cmd(python());
+    cmd.args([
+        "-m",
+        "http.server",
+        "8091",
+        "--bind",
+        "127.0.0.1",
+        "--directory",
+    ])
+    .arg(dir.join(""));
+    let http = Proc::spawn("http.server", cmd);
+    wait_listen(http.pid(), 8091);
+    let mut c = ns.cmd(CAPAGENT);
+    c.args(["intercept", "-w", "-", "--"]).args([
+        "curl",
+        "-sS",
+        "-m",
+        "20",
+        "http://127.0.0.1:8091/",
+    ]);
+    let (out, err) = capagent_into_tshark(
+        c,
+        &[
+            "-Y",
+            "http",
+            "-T",
+            "fields",
+            "-e",
+            "http.request.uri",
+            "-e",
+            "http.response.code",
+        ],
+    );
+    assert_eq!(out, "/\t\n\t200\n", "{err}");
+    assert!(err.contains("\nPRINTED-PAGE\n"), "{err}");
+    assert_eq!(err.matches(&stdout_note("curl")).count(), 1, "{err}");
+}
+
+/// Records written to a file with stderr on a terminal: a status line redrawn in place
+/// (records, bytes, connections), erased at the end.
+#[test]
+fn status_line_on_a_terminal() {
+    let ns = Netns::new("istatus");
+    let dir = TempDir::new("intercept-status");
+    std::fs::write(dir.join("index.html"), "status page\n").unwrap();
+    let mut cmd = ns.cmd(python());
+    cmd.args([
+        "-m",
+        "http.server",
+        "8092",
+        "--bind",
+        "127.0.0.1",
+        "--directory",
+    ])
+    .arg(dir.join(""));
+    let http = Proc::spawn("http.server", cmd);
+    wait_listen(http.pid(), 8092);
+    let out = dir.join("status.jsonl");
+    let argv = ns.argv(&[
+        CAPAGENT,
+        "intercept",
+        "-o",
+        out.to_str().unwrap(),
+        "--",
+        "sh",
+        "-c",
+        "curl -sS -o /dev/null http://127.0.0.1:8092/; exec sleep 30 2>/dev/null",
+    ]);
+    let (term, _) = stderr_on_a_terminal(&argv, 3);
+    let lines = status_lines(&term);
+    assert!(lines.len() >= 3, "{term:?}");
+    assert!(lines.windows(2).all(|w| w[0] != w[1]), "{lines:?}");
+    let last = lines.last().unwrap();
+    assert!(
+        last.starts_with("capagent: 0:00:0") && last.ends_with(" 1 connections"),
+        "{lines:?}"
+    );
+    assert!(term.ends_with("\r\x1b[K"), "{term:?}");
+}

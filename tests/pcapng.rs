@@ -11,7 +11,6 @@ mod common;
 
 use std::{
     fs,
-    io::Read as _,
     process::{Command, Stdio},
 };
 
@@ -386,48 +385,81 @@ fn stdout_into_tshark() {
         &["r:5", &format!("w:{}", hex(b"pong"))],
     );
     let client = dir.write("client.py", CLIENT_PY);
-    let client_out = dir.join("client.out");
-    // The client's own stdout must not mix with the pcapng on capagent's stdout.
-    let script = format!(
-        "exec {} {} inet 127.0.0.1 {} w:{} r:4 > {}",
+    // The client prints (PID, FD, GOT, DONE lines): its stdout must not mix with the pcapng
+    // on capagent's stdout, and goes to capagent's stderr instead.
+    let argv = ns.argv(&[
         python(),
-        client,
-        srv.port,
-        hex(b"ping!"),
-        client_out.display()
-    );
-    let argv = ns.argv(&["sh", "-c", &script]);
+        &client,
+        "inet",
+        "127.0.0.1",
+        &srv.port.to_string(),
+        &format!("w:{}", hex(b"ping!")),
+        "r:4",
+    ]);
     let mut capagent = Command::new(CAPAGENT);
-    capagent
-        .args(["trace", "-w", "-", "--"])
-        .args(&argv)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut cap = capagent.spawn().expect("cannot start capagent");
-    let pipe = cap.stdout.take().unwrap();
-    let out = tshark(
-        &[
-            "-r",
-            "-",
-            "-Y",
-            "tcp.len > 0",
-            "-T",
-            "fields",
-            "-e",
-            "tcp.payload",
-        ],
-        Some(Stdio::from(pipe)),
+    capagent.args(["trace", "-w", "-", "--"]).args(&argv);
+    let (out, err) = capagent_into_tshark(
+        capagent,
+        &["-Y", "tcp.len > 0", "-T", "fields", "-e", "tcp.payload"],
     );
-    let st = wait_timeout(&mut cap, TIMEOUT).expect("capagent did not finish");
-    let mut err = String::new();
-    cap.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    assert!(st.success(), "capagent {st}: {err}");
     assert_eq!(srv.recv(0), b"ping!");
     srv.done();
     let payloads: Vec<Vec<u8>> = out.lines().map(|l| unhex(&l.replace(':', ""))).collect();
     assert_eq!(payloads, [b"ping!".to_vec(), b"pong".to_vec()], "{out}");
+    // The client's output is on stderr, after the note that says where it goes.
+    assert_eq!(kv(&err, "GOT"), hex(b"pong"), "{err}");
+    assert!(err.contains("\nDONE\n"), "{err}");
+    assert_eq!(err.matches(&stdout_note("ip")).count(), 1, "{err}");
     // Text records went nowhere: the summary is on stderr, nothing else.
     assert!(err.contains(" events, "), "{err}");
     assert!(!err.contains("sendto("), "{err}");
+}
+
+/// JSON records on stdout (no `-o`) while the traced command prints: every stdout line is
+/// a JSON record, the command's lines are on stderr.
+#[test]
+fn json_on_stdout_with_a_printing_command() {
+    let ns = Netns::new("json-pipe");
+    let dir = TempDir::new("json-pipe");
+    let mut srv = Server::start(
+        &ns,
+        &dir,
+        "inet",
+        "127.0.0.1",
+        1,
+        &["r:5", &format!("w:{}", hex(b"pong"))],
+    );
+    let client = dir.write("client.py", CLIENT_PY);
+    let argv = ns.argv(&[
+        python(),
+        &client,
+        "inet",
+        "127.0.0.1",
+        &srv.port.to_string(),
+        &format!("w:{}", hex(b"ping!")),
+        "r:4",
+    ]);
+    let mut capagent = Command::new(CAPAGENT);
+    capagent
+        .args(["trace", "--format", "json", "--"])
+        .args(&argv)
+        .stdin(Stdio::null());
+    let out = capagent.output().expect("cannot run capagent");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "capagent {}: {err}", out.status);
+    assert_eq!(srv.recv(0), b"ping!");
+    srv.done();
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let evs = parse_json_lines(&stdout);
+    assert_eq!(evs.len(), stdout.lines().count(), "{stdout}");
+    let pid: u32 = kv(&err, "PID").parse().unwrap();
+    let fd: i64 = kv(&err, "FD").parse().unwrap();
+    assert_eq!(
+        concat(&data_on(&evs, pid, fd, "send")),
+        b"ping!",
+        "{stdout}"
+    );
+    assert_eq!(concat(&data_on(&evs, pid, fd, "recv")), b"pong", "{stdout}");
+    assert_eq!(kv(&err, "GOT"), hex(b"pong"), "{err}");
+    assert_eq!(err.matches(&stdout_note("ip")).count(), 1, "{err}");
 }

@@ -15,7 +15,12 @@
 #[allow(dead_code)] // the shared harness has helpers these tests do not use (tshark)
 mod common;
 
-use std::{fs, time::Duration};
+use std::{
+    fs,
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
 
 use common::*;
 use serde_json::Value;
@@ -1669,4 +1674,105 @@ fn socketpair_python_and_curl() {
             assert_eq!(close.str_of("sk"), pair.str_of("sk"), "{close}");
         }
     }
+}
+
+/// A trace pins only its own maps: the capture and intercept maps of the object (socket
+/// owners, capture pids, interception tables) are at their minimum, and the whole is the
+/// `EVENTS` ring plus trace's own tables.
+#[test]
+fn trace_pins_only_its_own_maps() {
+    let dir = TempDir::new("tracemem");
+    let ready = dir.join("ready");
+    let fifo = dir.join("go");
+    let st = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(st.success());
+    let script = format!(
+        "echo > {}; read x < {}",
+        ready.to_str().unwrap(),
+        fifo.to_str().unwrap()
+    );
+    let live = LiveTrace::spawn(
+        &dir,
+        &strings(&["--ring-kib", "16384", "--", "sh", "-c", &script]),
+    );
+    let deadline = Instant::now() + TIMEOUT;
+    while !ready.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the traced command did not start"
+        );
+        thread::sleep(Duration::from_millis(20));
+    }
+    let maps = bpf_maps_of(live.pid());
+    fs::write(&fifo, "go\n").unwrap();
+    let run = live.finish(TIMEOUT);
+    assert_ok(&run);
+    let ring = maps
+        .iter()
+        .find(|m| m.0 == "EVENTS")
+        .unwrap_or_else(|| panic!("no EVENTS map: {maps:?}"));
+    assert_eq!(ring.1, 16 << 20, "{maps:?}");
+    for other in [
+        "PACKETS",
+        "SOCK_OWNERS",
+        "CAPTURE_PIDS",
+        "FILTER_INSNS",
+        "ICPT_PIDS",
+        "ICPT_BY_COOKIE",
+        "ICPT_BY_CLIENT",
+    ] {
+        let m = maps.iter().find(|m| m.0 == other);
+        assert!(
+            m.is_none_or(|m| m.2 <= 64 << 10),
+            "capture/intercept map {other} is not at its minimum: {m:?}"
+        );
+    }
+    // Trace's own tables (pending calls, fd cache, traced pids) take about 28 MiB.
+    let total: u64 = maps.iter().map(|m| m.2).sum();
+    let margin = 30 << 20;
+    assert!(
+        total <= ring.2 + margin,
+        "capagent's maps pin {total} bytes, more than the ring ({}) + {margin}: {maps:?}",
+        ring.2
+    );
+}
+
+/// Records written to a file with stderr on a terminal: a status line redrawn in place
+/// (events, bytes, connections, lost), erased before the summary.
+#[test]
+fn status_line_on_a_terminal() {
+    let ns = Netns::new("tstatus");
+    let dir = TempDir::new("tstatus");
+    let mut srv = Server::start(
+        &ns,
+        &dir,
+        "inet",
+        "127.0.0.1",
+        1,
+        &["r:5", &format!("w:{}", hex(b"pong"))],
+    );
+    let client = dir.write("client.py", CLIENT_PY);
+    let script = format!(
+        "{} {client} inet 127.0.0.1 {} w:{} r:4 >/dev/null; exec sleep 30 2>/dev/null",
+        python(),
+        srv.port,
+        hex(b"ping!")
+    );
+    let out = dir.join("status.jsonl");
+    let mut argv = strings(&[CAPAGENT, "trace", "-o", out.to_str().unwrap(), "--"]);
+    argv.extend(ns.argv(&["sh", "-c", &script]));
+    let (term, _) = stderr_on_a_terminal(&argv, 3);
+    assert_eq!(srv.recv(0), b"ping!");
+    srv.done();
+    let lines = status_lines(&term);
+    assert!(lines.len() >= 3, "{term:?}");
+    assert!(lines.windows(2).all(|w| w[0] != w[1]), "{lines:?}");
+    let last = lines.last().unwrap();
+    assert!(
+        last.starts_with("capagent: 0:00:0") && last.ends_with(", 9 B, 1 connections, 0 lost"),
+        "{lines:?}"
+    );
+    let end = term.rfind("\r\x1b[K").unwrap();
+    assert!(term[end..].starts_with("\r\x1b[Kcapagent: "), "{term:?}");
+    assert!(term[end..].contains(" events, 0 lost"), "{term:?}");
 }

@@ -89,6 +89,7 @@ pub fn intercept_options(
     {
         anyhow::bail!("--duration must be a positive number of seconds, not {d}");
     }
+    let record = record_options(&args.record);
     let dsts = args
         .dsts
         .iter()
@@ -108,6 +109,7 @@ pub fn intercept_options(
         pids: args.pids.clone(),
         cgroup: args.cgroup.clone(),
         command: args.command.clone(),
+        command_stdout: child_stdout(record.on_stdout()),
         duration: args.duration.map(Duration::from_secs_f64),
     };
     opts.validate()?;
@@ -118,7 +120,7 @@ pub fn intercept_options(
         );
     }
     let relay = intercept::RelayOptions {
-        record: record_options(&args.record),
+        record,
         idle: (args.idle_timeout > 0.0).then(|| Duration::from_secs_f64(args.idle_timeout)),
         handler: match args.handler {
             InterceptAs::Raw => intercept::Handler::Raw,
@@ -312,6 +314,10 @@ pub fn trace_options(args: &TraceArgs) -> anyhow::Result<TraceOptions> {
         comm: args.comm.clone(),
         all: args.all,
         command: args.command.clone(),
+        command_stdout: child_stdout(crate::output::records_on_stdout(
+            args.output.as_deref(),
+            args.write.as_deref(),
+        )),
         follow_forks,
         syscalls: run::parse_events(&args.events)?,
         snaplen: args.snaplen,
@@ -358,6 +364,14 @@ fn trace(args: TraceArgs) -> anyhow::Result<ExitCode> {
         })?;
         writers.push(Box::new(w));
     }
+    // Records to files: a status line on a terminal.
+    let status = crate::output::status::StatusLine::start(
+        !crate::output::records_on_stdout(args.output.as_deref(), args.write.as_deref()),
+        crate::output::status::Unit::Events,
+    );
+    if let Some(s) = &status {
+        writers.push(Box::new(s.counter()));
+    }
     let mut writer = FanOut(writers);
     let mut summary = Summary::new();
     let mut last_flush = Instant::now();
@@ -375,6 +389,7 @@ fn trace(args: TraceArgs) -> anyhow::Result<ExitCode> {
             Ok(())
         },
     );
+    drop(status);
     writer.flush().context("writing output")?;
     let outcome = outcome?;
     if !args.no_summary {
@@ -390,6 +405,15 @@ fn trace(args: TraceArgs) -> anyhow::Result<ExitCode> {
         Some(status) => exit_code_of(status),
         None => ExitCode::SUCCESS,
     })
+}
+
+/// Where a `-- CMD`'s stdout goes: to stderr when capagent's stdout carries the records.
+fn child_stdout(records_on_stdout: bool) -> crate::trace::target::ChildStdout {
+    if records_on_stdout {
+        crate::trace::target::ChildStdout::Stderr
+    } else {
+        crate::trace::target::ChildStdout::Inherit
+    }
 }
 
 /// The traced command's status as ours: its exit code, or 128 + signal number.

@@ -645,6 +645,11 @@ fn trace_command(dir: &TempDir, args: &[String]) -> (Command, PathBuf, PathBuf, 
 }
 
 impl LiveTrace {
+    /// capagent's pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn spawn(dir: &TempDir, args: &[String]) -> LiveTrace {
         let (mut cmd, out, stdout, stderr) = trace_command(dir, args);
         cmd.stdin(Stdio::null());
@@ -1039,4 +1044,130 @@ pub fn follow_raw(out: &str) -> (Vec<u8>, Vec<u8>) {
         }
     }
     (a, b)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Kernel memory of a process's BPF maps.
+
+/// The BPF maps process `pid` holds: `(name, max_entries, memlock bytes)`, from its fds'
+/// fdinfo (memlock, map id) and `bpftool map show id N` (the name).
+pub fn bpf_maps_of(pid: u32) -> Vec<(String, u64, u64)> {
+    let mut out = Vec::new();
+    for fd in fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(info) = fs::read_to_string(fd.path()) else {
+            continue;
+        };
+        let field = |key: &str| {
+            info.lines().find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                (k == key).then(|| v.trim().parse::<u64>().ok())?
+            })
+        };
+        let (Some(id), Some(max), Some(memlock)) =
+            (field("map_id"), field("max_entries"), field("memlock"))
+        else {
+            continue;
+        };
+        let show = Command::new("bpftool")
+            .args(["map", "show", "id", &id.to_string(), "-j"])
+            .output()
+            .expect("cannot run bpftool");
+        let v: Value = serde_json::from_slice(&show.stdout).unwrap_or(Value::Null);
+        let name = v["name"].as_str().unwrap_or("?").to_string();
+        out.push((name, max, memlock));
+    }
+    out
+}
+
+/// Runs capagent (`cmd`, writing pcapng to its stdout) with its stdout piped straight into
+/// `tshark -r - TSHARK_ARGS` (which must read it without complaint); returns tshark's output
+/// and capagent's stderr once capagent has exited 0.
+pub fn capagent_into_tshark(mut cmd: Command, tshark_args: &[&str]) -> (String, String) {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut cap = cmd.spawn().expect("cannot start capagent");
+    let pipe = cap.stdout.take().unwrap();
+    let mut err_pipe = cap.stderr.take().unwrap();
+    let err_reader = thread::spawn(move || {
+        let mut err = String::new();
+        let _ = err_pipe.read_to_string(&mut err);
+        err
+    });
+    let mut args = vec!["-r", "-"];
+    args.extend_from_slice(tshark_args);
+    let out = tshark(&args, Some(Stdio::from(pipe)));
+    let st = wait_timeout(&mut cap, TIMEOUT).expect("capagent did not finish");
+    let err = err_reader.join().unwrap();
+    assert!(st.success(), "capagent {st}: {err}");
+    (out, err)
+}
+
+/// The note capagent prints once when a `-- CMD`'s stdout goes to its stderr.
+pub fn stdout_note(cmd: &str) -> String {
+    format!("capagent: {cmd}'s stdout goes to stderr (capagent's stdout carries the records)")
+}
+
+// ---------------------------------------------------------------------------------------------
+// A terminal for capagent's stderr.
+
+/// Runs `argv[1:]` with its stderr on a pseudo-terminal (stdin from /dev/null, stdout to
+/// /dev/null) and reads the terminal until `argv[0]` status lines (`\rcapagent: `) were
+/// drawn, or the program ended; then interrupts it (SIGINT) and reads the rest. Prints the
+/// terminal's bytes in hex, then `EXIT <returncode>`.
+const PTY_STDERR_PY: &str = r#"
+import os, pty, signal, subprocess, sys, time
+want, argv = int(sys.argv[1]), sys.argv[2:]
+m, s = pty.openpty()
+p = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=s)
+os.close(s)
+out = b""
+deadline = time.time() + 30
+def read():
+    global out
+    try:
+        d = os.read(m, 65536)
+    except OSError:
+        return False
+    out += d
+    return bool(d)
+while out.count(b"\rcapagent: ") < want and time.time() < deadline and read():
+    pass
+p.send_signal(signal.SIGINT)
+while read():
+    pass
+print(out.hex())
+print("EXIT", p.wait())
+"#;
+
+/// What capagent (`argv`, run as is) wrote on its stderr when that was a terminal, after
+/// `draws` status lines were drawn (or it ended), and its exit code.
+pub fn stderr_on_a_terminal(argv: &[String], draws: usize) -> (String, i32) {
+    let mut cmd = Command::new(python());
+    cmd.arg("-c")
+        .arg(PTY_STDERR_PY)
+        .arg(draws.to_string())
+        .args(argv);
+    let out = run_output("pty driver", cmd, TIMEOUT * 2);
+    let mut lines = out.lines();
+    let text = String::from_utf8_lossy(&unhex(lines.next().unwrap_or(""))).into_owned();
+    let code = lines
+        .next()
+        .and_then(|l| l.strip_prefix("EXIT "))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(-1);
+    (text, code)
+}
+
+/// The status lines drawn on a terminal (`\rcapagent: ...\x1b[K`), in order.
+pub fn status_lines(terminal: &str) -> Vec<String> {
+    terminal
+        .split('\r')
+        .filter_map(|part| part.strip_suffix("\x1b[K"))
+        .filter(|l| l.starts_with("capagent: "))
+        .map(str::to_string)
+        .collect()
 }

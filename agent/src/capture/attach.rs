@@ -50,6 +50,9 @@ pub struct Attached {
     added_qdiscs: Vec<Iface>,
     /// The mode in use, or forced (`None`: tcx when possible, else clsact).
     pub mode: Option<Mode>,
+    /// Interfaces whose driver refused native XDP, where the XDP program runs in generic
+    /// (SKB) mode.
+    pub xdp_generic: Vec<String>,
 }
 
 impl Attached {
@@ -58,6 +61,7 @@ impl Attached {
             ebpf: Some(ebpf),
             added_qdiscs: Vec::new(),
             mode: forced,
+            xdp_generic: Vec::new(),
         }
     }
 
@@ -94,6 +98,9 @@ impl Attached {
         Ok(())
     }
 
+    /// Attaches the XDP program in native (driver) mode, or in generic (SKB) mode when the
+    /// driver refuses native mode (virtio_net without the offloads turned off, bridges,
+    /// devices without XDP support); remembered in [`Attached::xdp_generic`].
     fn attach_xdp(&mut self, iface: &Iface) -> Result<(), CaptureError> {
         let prog: &mut Xdp = self
             .ebpf()
@@ -101,13 +108,27 @@ impl Attached {
             .expect("loaded by attach_all")
             .try_into()
             .expect("an XDP program");
-        prog.attach_to_if_index(iface.ifindex, XdpMode::Default)
-            .map_err(|e| CaptureError::Attach {
+        let native = match prog.attach_to_if_index(iface.ifindex, XdpMode::Driver) {
+            Ok(_) => {
+                tracing::debug!(iface = iface.name, "attached (xdp, native)");
+                return Ok(());
+            }
+            Err(e) => e,
+        };
+        tracing::debug!(iface = iface.name, "native XDP refused: {native}");
+        if let Err(generic) = prog.attach_to_if_index(iface.ifindex, XdpMode::Skb) {
+            return Err(CaptureError::Attach {
                 iface: iface.name.clone(),
                 dir: "ingress (xdp)",
-                reason: e.to_string(),
-            })?;
-        tracing::debug!(iface = iface.name, "attached (xdp)");
+                reason: format!(
+                    "native XDP: {}; generic XDP: {}; capture without --xdp (TC ingress sees the same packets)",
+                    errno_of(&native),
+                    errno_of(&generic)
+                ),
+            });
+        }
+        tracing::debug!(iface = iface.name, "attached (xdp, generic)");
+        self.xdp_generic.push(iface.name.clone());
         Ok(())
     }
 
@@ -186,6 +207,25 @@ impl Drop for Attached {
             hygiene::remove_clsact_if_empty(&iface.name, iface.ifindex as i32);
         }
     }
+}
+
+/// The errno of a failed attachment as `EOPNOTSUPP (Operation not supported)`, or the error
+/// itself when it carries none.
+fn errno_of(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if let Some(code) = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+        {
+            return match crate::output::text::errno(code.unsigned_abs().into()) {
+                Some((name, desc)) => format!("{name} ({desc})"),
+                None => format!("errno {code}"),
+            };
+        }
+        cur = err.source();
+    }
+    e.to_string()
 }
 
 #[cfg(test)]

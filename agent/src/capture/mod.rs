@@ -440,7 +440,7 @@ pub fn run(
     // Filters a killed capagent left (clsact mode) go before anything is attached.
     hygiene::sweep_leftovers();
     let mut attached = attach::Attached::new(
-        kernel::load_capture(&config, opts.ring_bytes)?,
+        kernel::load_capture(&config, opts.ring_bytes, !sel.pids.is_empty())?,
         opts.tc_mode,
     );
     if let Some(f) = filter {
@@ -478,8 +478,16 @@ pub fn run(
     attached.attach_all(ifaces, opts.xdp)?;
     // Like tcpdump's "listening on": the capture is live from here on.
     let names: Vec<&str> = ifaces.iter().map(|i| i.name.as_str()).collect();
+    // XDP the driver refused in native mode runs in generic mode: said, since it costs a
+    // socket buffer per packet like TC does.
+    let xdp_ifaces = ifaces.iter().filter(|i| !i.loopback).count();
+    let generic = match attached.xdp_generic.len() {
+        0 => String::new(),
+        n if n == xdp_ifaces => ", xdp: generic".to_string(),
+        _ => format!(", xdp: generic on {}", attached.xdp_generic.join(", ")),
+    };
     eprintln!(
-        "capagent: capturing on {} ({}{}), snaplen {}",
+        "capagent: capturing on {} ({}{}), snaplen {}{generic}",
         names.join(", "),
         if opts.xdp { "xdp ingress, egress " } else { "" },
         match attached.mode {

@@ -12,6 +12,7 @@ use std::{
     collections::VecDeque,
     io::{self, BufWriter, StdoutLock, Write},
     path::PathBuf,
+    sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
@@ -22,7 +23,10 @@ use super::{
     pcapng::CaptureWriter,
     text,
 };
-use crate::{control::Control, trace::target::HeldChild};
+use crate::{
+    control::Control,
+    trace::target::{ChildStdout, HeldChild},
+};
 
 /// Output of a session.
 #[derive(Debug, Clone, Default)]
@@ -208,6 +212,11 @@ struct Sink {
     written: u64,
     /// A filter expression is in use.
     filtering: bool,
+    /// The counters of the status line, when one is shown, and when the kernel's drop
+    /// counters were last read into them.
+    status: Option<(std::sync::Arc<crate::daemon::metrics::JobMetrics>, Instant)>,
+    /// The status line, drawn from the first [`PacketSink::idle`] on (after the start line).
+    status_line: Option<crate::output::status::StatusLine>,
 }
 
 impl Sink {
@@ -225,6 +234,10 @@ impl Sink {
             return Ok(());
         }
         self.written += 1;
+        if let Some((m, _)) = &self.status {
+            m.packets.fetch_add(1, Ordering::Relaxed);
+            m.bytes.fetch_add(u64::from(p.orig_len), Ordering::Relaxed);
+        }
         let iface = self.ifaces.iter().find(|i| i.ifindex == p.ifindex);
         match &mut self.out {
             Out::Pcap(w) => w.write_packet(p, ts_ns, &comment(owner, p.cookie)),
@@ -356,6 +369,14 @@ impl PacketSink for Sink {
     }
 
     fn idle(&mut self) -> io::Result<()> {
+        if self.status_line.is_none()
+            && let Some((m, _)) = &self.status
+        {
+            self.status_line = crate::output::status::StatusLine::drawing(
+                m.clone(),
+                crate::output::status::Unit::Packets,
+            );
+        }
         self.drain_pending(false)?;
         // Keep files readable while capturing without a syscall per packet.
         if self.last_flush.elapsed() >= Duration::from_millis(200) {
@@ -368,13 +389,21 @@ impl PacketSink for Sink {
     fn wants_totals(&self) -> bool {
         match &self.out {
             Out::Custom(o) => o.wants_totals(),
-            _ => false,
+            _ => self
+                .status
+                .as_ref()
+                .is_some_and(|(_, last)| last.elapsed() >= crate::output::status::EVERY),
         }
     }
 
     fn totals(&mut self, totals: &[IfaceTotals]) -> io::Result<()> {
         // Packets waiting for their owner belong before the counters' point in time.
         self.drain_pending(true)?;
+        if let Some((m, last)) = &mut self.status {
+            let dropped = totals.iter().map(|t| t.dropped).sum();
+            m.lost_events.store(dropped, Ordering::Relaxed);
+            *last = Instant::now();
+        }
         match &mut self.out {
             Out::Custom(o) => o.totals(totals, self.filtering),
             _ => Ok(()),
@@ -408,13 +437,31 @@ pub fn run_with(
     let mut child = None;
     if !sopts.command.is_empty() {
         super::kernel::require_root("capagent capture")?;
-        let held = HeldChild::spawn(&sopts.command)?;
+        // Text lines or `-w -` on stdout: the command's stdout goes to stderr.
+        let on_stdout =
+            output.is_none() && sopts.write.as_deref().is_none_or(|p| p.as_os_str() == "-");
+        let stdout = if on_stdout {
+            ChildStdout::Stderr
+        } else {
+            ChildStdout::Inherit
+        };
+        let held = HeldChild::spawn(&sopts.command, stdout)?;
         opts.select.pids.push(held.pid());
         opts.select.follow_forks = true;
         child = Some(held);
     }
     let opts = &opts;
     let filter = super::compile_filter(opts, &ifaces)?;
+    // Packets to a file: a status line on a terminal.
+    let status = crate::output::status::shown(
+        output.is_none() && sopts.write.as_deref().is_some_and(|p| p.as_os_str() != "-"),
+    )
+    .then(|| {
+        (
+            crate::daemon::metrics::JobMetrics::new("", ""),
+            Instant::now(),
+        )
+    });
     let out = match (output, &sopts.write) {
         (Some(mut o), _) => {
             o.begin(&ifaces, opts.snaplen)
@@ -439,6 +486,8 @@ pub fn run_with(
         last_flush: Instant::now(),
         written: 0,
         filtering: filter.is_some(),
+        status,
+        status_line: None,
     };
     let outcome = super::run(
         opts,
@@ -460,6 +509,7 @@ pub fn run_with(
         .drain_pending(true)
         .and_then(|()| sink.flush())
         .map_err(CaptureError::Output);
+    drop(sink.status_line.take());
     let outcome = outcome?;
     end?;
     match &mut sink.out {

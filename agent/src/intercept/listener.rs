@@ -451,7 +451,7 @@ pub async fn serve_until(
                 hooks.add_pid(p)?;
             }
             if !opts.command.is_empty() {
-                let mut held = HeldChild::spawn(&opts.command)?;
+                let mut held = HeldChild::spawn(&opts.command, opts.command_stdout)?;
                 hooks.add_pid(held.pid())?;
                 held.release()?;
                 child = Some(tokio::task::spawn_blocking(move || held.wait()));

@@ -66,6 +66,8 @@ pub struct InterceptOptions {
     pub cgroup: Option<String>,
     /// Process mode: start this command, its connections from the first one on.
     pub command: Vec<String>,
+    /// Where the command's stdout goes.
+    pub command_stdout: crate::trace::target::ChildStdout,
     /// Stop after this long.
     pub duration: Option<Duration>,
 }
@@ -296,6 +298,7 @@ mod tests {
             pids: vec![],
             cgroup: None,
             command: vec![],
+            command_stdout: Default::default(),
             duration: None,
         }
     }

@@ -85,11 +85,65 @@ pub fn load(config: &agent_common::Config, ring_bytes: u32) -> Result<Ebpf, Kern
     if EBPF_OBJECT.is_empty() {
         return Err(KernelError::NoObject);
     }
-    EbpfLoader::new()
-        .override_global("CONFIG", config, true)
-        .map_max_entries("EVENTS", ring_bytes)
+    let sizes = map_sizes(TRACE_MAPS, &[("EVENTS", ring_bytes)]);
+    let mut loader = EbpfLoader::new();
+    loader.override_global("CONFIG", config, true);
+    for (name, n) in &sizes {
+        loader.map_max_entries(name, *n);
+    }
+    loader
         .load(EBPF_OBJECT)
         .map_err(|e| KernelError::Load(Box::new(e)))
+}
+
+/// The maps `capagent trace`'s programs use.
+pub const TRACE_MAPS: &[&str] = &[
+    "EVENTS", "TRACED", "PAUSED", "ARGS", "FDS", "SCRATCH", "COPY", "COUNTERS",
+];
+/// The maps `capagent capture`'s programs use (packets, filter, owners).
+pub const CAPTURE_MAPS: &[&str] = &[
+    "PACKETS",
+    "CAPTURE_STATS",
+    "PACKET_SCRATCH",
+    "FILTER_INSNS",
+    "FILTER_IFACES",
+    "FILTER_STATE",
+    "SOCK_OWNERS",
+    "CAPTURE_PIDS",
+];
+/// The maps `capagent intercept`'s cgroup programs use.
+pub const INTERCEPT_MAPS: &[&str] = &["ICPT_PIDS", "ICPT_BY_COOKIE", "ICPT_BY_CLIENT"];
+
+/// `max_entries` for the maps of the object when one mode loads it: `sized` as given, every
+/// other map `used` as the object declares it, and every map the mode does not use as small
+/// as the kernel allows (a page for a ring buffer, one entry otherwise), so that a mode does
+/// not pin the other modes' memory (the whole object is loaded, and aya creates every map of
+/// it). The global data sections (`.rodata`, `.bss`...) are left alone.
+pub fn map_sizes(used: &[&str], sized: &[(&'static str, u32)]) -> Vec<(String, u32)> {
+    let Ok(obj) = aya_obj::Object::parse(EBPF_OBJECT) else {
+        // aya reports the unparsable object when loading it.
+        return sized.iter().map(|(n, v)| (n.to_string(), *v)).collect();
+    };
+    let mut out: Vec<(String, u32)> = sized.iter().map(|(n, v)| (n.to_string(), *v)).collect();
+    for (name, map) in &obj.maps {
+        if name.starts_with('.') || used.contains(&name.as_str()) {
+            continue;
+        }
+        let min = if map.map_type() == aya_obj::generated::bpf_map_type::BPF_MAP_TYPE_RINGBUF as u32
+        {
+            page_size()
+        } else {
+            1
+        };
+        out.push((name.clone(), min));
+    }
+    out
+}
+
+fn page_size() -> u32 {
+    // SAFETY: sysconf has no memory effects.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if n > 0 { n as u32 } else { 4096 }
 }
 
 /// One of the object's maps, taken out of it in its typed form.
@@ -168,19 +222,29 @@ pub fn attach_raw_tracepoint(ebpf: &mut Ebpf, prog: &str, tp: &str) -> Result<()
 }
 
 /// Loads the eBPF object for `capagent capture`: `config` written into `CAPTURE_CONFIG`, the
-/// `PACKETS` ring buffer sized to `ring_bytes` and one `PACKET_SCRATCH` slot per CPU.
+/// `PACKETS` ring buffer sized to `ring_bytes` and one `PACKET_SCRATCH` slot per CPU;
+/// without `pids` (no process is selected by pid) `CAPTURE_PIDS` stays empty and is made as
+/// small as it can be.
 pub fn load_capture(
     config: &agent_common::CaptureConfig,
     ring_bytes: u32,
+    pids: bool,
 ) -> Result<Ebpf, KernelError> {
     if EBPF_OBJECT.is_empty() {
         return Err(KernelError::NoObject);
     }
     let cpus = aya::util::nr_cpus().map_or(1024, |n| n as u32);
-    EbpfLoader::new()
-        .override_global("CAPTURE_CONFIG", config, true)
-        .map_max_entries("PACKETS", ring_bytes)
-        .map_max_entries("PACKET_SCRATCH", cpus)
+    let mut sized = vec![("PACKETS", ring_bytes), ("PACKET_SCRATCH", cpus)];
+    if !pids {
+        sized.push(("CAPTURE_PIDS", 1));
+    }
+    let sizes = map_sizes(CAPTURE_MAPS, &sized);
+    let mut loader = EbpfLoader::new();
+    loader.override_global("CAPTURE_CONFIG", config, true);
+    for (name, n) in &sizes {
+        loader.map_max_entries(name, *n);
+    }
+    loader
         .load(EBPF_OBJECT)
         .map_err(|e| KernelError::Load(Box::new(e)))
 }
@@ -203,16 +267,18 @@ pub fn loaded_xdp<'a>(
 }
 
 /// Loads the eBPF object for `capagent intercept --pid/--cgroup/-- CMD`: `config` written
-/// into `INTERCEPT_CONFIG`; the other modes' ring buffers are made as small as they can be.
+/// into `INTERCEPT_CONFIG`; the other modes' maps are made as small as they can be.
 pub fn load_intercept(config: &agent_common::InterceptConfig) -> Result<Ebpf, KernelError> {
     if EBPF_OBJECT.is_empty() {
         return Err(KernelError::NoObject);
     }
-    let page = 4096;
-    EbpfLoader::new()
-        .override_global("INTERCEPT_CONFIG", config, true)
-        .map_max_entries("EVENTS", page)
-        .map_max_entries("PACKETS", page)
+    let sizes = map_sizes(INTERCEPT_MAPS, &[]);
+    let mut loader = EbpfLoader::new();
+    loader.override_global("INTERCEPT_CONFIG", config, true);
+    for (name, n) in &sizes {
+        loader.map_max_entries(name, *n);
+    }
+    loader
         .load(EBPF_OBJECT)
         .map_err(|e| KernelError::Load(Box::new(e)))
 }
@@ -231,4 +297,29 @@ pub fn loaded_sock_ops<'a>(
     prog: &str,
 ) -> Result<&'a mut aya::programs::SockOps, KernelError> {
     loaded::<aya::programs::SockOps>(ebpf, prog, aya::programs::SockOps::load)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_map_belongs_to_a_mode_and_the_others_shrink() {
+        if EBPF_OBJECT.is_empty() {
+            return; // built without bpf-linker: no object to look at
+        }
+        let obj = aya_obj::Object::parse(EBPF_OBJECT).unwrap();
+        let modes = [TRACE_MAPS, CAPTURE_MAPS, INTERCEPT_MAPS];
+        for name in obj.maps.keys().filter(|n| !n.starts_with('.')) {
+            let owners = modes.iter().filter(|m| m.contains(&name.as_str())).count();
+            assert_eq!(owners, 1, "map {name} must be used by exactly one mode");
+        }
+        let sizes = map_sizes(CAPTURE_MAPS, &[("PACKETS", 1 << 25)]);
+        let size = |n: &str| sizes.iter().find(|(m, _)| m == n).map(|(_, v)| *v);
+        assert_eq!(size("PACKETS"), Some(1 << 25));
+        assert_eq!(size("EVENTS"), Some(page_size()));
+        assert_eq!(size("ARGS"), Some(1));
+        assert_eq!(size("ICPT_PIDS"), Some(1));
+        assert_eq!(size("SOCK_OWNERS"), None, "a used map keeps its size");
+    }
 }

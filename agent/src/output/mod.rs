@@ -8,6 +8,7 @@ pub mod escape;
 pub mod json;
 pub mod num;
 pub mod pcapng;
+pub mod status;
 pub mod text;
 
 use std::fs::OpenOptions;
@@ -19,6 +20,13 @@ pub use crate::cli::Format;
 use crate::model::Event;
 pub use json::JsonWriter;
 pub use text::{TextConfig, TextWriter};
+
+/// Whether records go to stdout: text/JSON without `-o FILE`, or pcapng with `-w -`. A
+/// `-- CMD` then writes its own stdout to stderr (see [`crate::trace::target::ChildStdout`]),
+/// so that the records stay parseable.
+pub fn records_on_stdout(output: Option<&Path>, write: Option<&Path>) -> bool {
+    output.is_none() || write.is_some_and(|p| p.as_os_str() == "-")
+}
 
 /// Something events can be written to.
 pub trait EventWriter {

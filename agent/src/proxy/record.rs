@@ -57,6 +57,14 @@ pub struct RecordOptions {
     pub preview: usize,
 }
 
+impl RecordOptions {
+    /// Whether records go to capagent's stdout.
+    pub fn on_stdout(&self) -> bool {
+        !self.disabled
+            && crate::output::records_on_stdout(self.output.as_deref(), self.write.as_deref())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
     #[error("cannot open {path}")]
@@ -131,12 +139,15 @@ pub struct Recorder {
 /// clone of the recorder has been written and flushed.
 pub struct RecorderHandle {
     thread: Option<JoinHandle<io::Result<()>>>,
+    /// The status line while records go to files on a terminal (erased by `finish`).
+    status: Option<crate::output::status::StatusLine>,
 }
 
 impl RecorderHandle {
     /// Waits for the writer thread (which ends once every [`Recorder`] clone is dropped) and
     /// reports its first write error.
     pub fn finish(mut self) -> io::Result<()> {
+        drop(self.status.take());
         match self.thread.take() {
             Some(t) => t
                 .join()
@@ -179,7 +190,13 @@ impl Recorder {
     /// Opens the outputs `opts` asks for and starts the writer thread.
     pub fn start(opts: &RecordOptions) -> Result<(Recorder, RecorderHandle), RecordError> {
         if opts.disabled {
-            return Ok((Recorder::disabled(), RecorderHandle { thread: None }));
+            return Ok((
+                Recorder::disabled(),
+                RecorderHandle {
+                    thread: None,
+                    status: None,
+                },
+            ));
         }
         let pcap_stdout = opts.write.as_deref().is_some_and(|p| p.as_os_str() == "-");
         let mut writers: Vec<Box<dyn EventWriter + Send>> = Vec::new();
@@ -210,7 +227,17 @@ impl Recorder {
             })?;
             writers.push(Box::new(w));
         }
-        Recorder::with_writers(writers)
+        // Records to files: a status line on a terminal.
+        let status = crate::output::status::StatusLine::start(
+            !opts.on_stdout(),
+            crate::output::status::Unit::Records,
+        );
+        if let Some(s) = &status {
+            writers.push(Box::new(s.counter()));
+        }
+        let (recorder, mut handle) = Recorder::with_writers(writers)?;
+        handle.status = status;
+        Ok((recorder, handle))
     }
 
     /// A recorder writing into `writers` (tests give in-memory ones).
@@ -245,6 +272,7 @@ impl Recorder {
             },
             RecorderHandle {
                 thread: Some(thread),
+                status: None,
             },
         ))
     }

@@ -160,6 +160,8 @@ pub struct TraceOptions {
     pub all: bool,
     /// `-- CMD ARGS`.
     pub command: Vec<String>,
+    /// Where CMD's stdout goes.
+    pub command_stdout: target::ChildStdout,
     pub follow_forks: bool,
     /// Syscall ids to report (see [`parse_events`]).
     pub syscalls: Vec<u16>,
@@ -321,7 +323,7 @@ pub fn run(
     // Start the command last, so it is traced from its first syscall.
     let mut child = None;
     if !opts.command.is_empty() {
-        let mut held = HeldChild::spawn(&opts.command)?;
+        let mut held = HeldChild::spawn(&opts.command, opts.command_stdout)?;
         trace_pid(held.pid())?;
         live.insert(held.pid());
         held.release()?;

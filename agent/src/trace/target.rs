@@ -26,6 +26,17 @@ pub enum TargetError {
     Io(#[from] io::Error),
 }
 
+/// Where a started command's stdout goes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ChildStdout {
+    /// capagent's stdout, as the command would have it without capagent.
+    #[default]
+    Inherit,
+    /// capagent's stderr: capagent's stdout carries records or a capture, which the
+    /// command's output would corrupt. Said once on stderr once the command has started.
+    Stderr,
+}
+
 /// A process started by `trace -- CMD`, held before `exec` until [`HeldChild::release`], so
 /// the caller can mark it traced first.
 ///
@@ -36,6 +47,7 @@ pub struct HeldChild {
     /// Reports a failed `exec` (errno); closed by a successful one.
     exec_status: Option<OwnedFd>,
     argv0: String,
+    stdout: ChildStdout,
     status: Option<ExitStatus>,
 }
 
@@ -48,8 +60,9 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 }
 
 impl HeldChild {
-    /// Forks `argv`; the child waits before `exec` until [`HeldChild::release`].
-    pub fn spawn(argv: &[String]) -> Result<Self, TargetError> {
+    /// Forks `argv`; the child waits before `exec` until [`HeldChild::release`]. Its
+    /// stdout is capagent's, or capagent's stderr (see [`ChildStdout`]).
+    pub fn spawn(argv: &[String], stdout: ChildStdout) -> Result<Self, TargetError> {
         let spawn_err = |source| TargetError::Spawn {
             cmd: argv[0].clone(),
             source,
@@ -72,6 +85,13 @@ impl HeldChild {
             unsafe {
                 libc::close(go_wr.as_raw_fd());
                 libc::close(st_rd.as_raw_fd());
+                if stdout == ChildStdout::Stderr
+                    && libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO) < 0
+                {
+                    let err = *libc::__errno_location();
+                    libc::write(st_wr.as_raw_fd(), (&err as *const i32).cast(), 4);
+                    libc::_exit(127);
+                }
                 let mut b = 0u8;
                 while libc::read(go_rd.as_raw_fd(), (&mut b as *mut u8).cast(), 1) < 0
                     && *libc::__errno_location() == libc::EINTR
@@ -89,6 +109,7 @@ impl HeldChild {
             release: Some(go_wr),
             exec_status: Some(st_rd),
             argv0: argv[0].clone(),
+            stdout,
             status: None,
         })
     }
@@ -112,6 +133,12 @@ impl HeldChild {
                     cmd: self.argv0.clone(),
                     source: io::Error::from_raw_os_error(i32::from_ne_bytes(errno)),
                 });
+            }
+            if self.stdout == ChildStdout::Stderr {
+                eprintln!(
+                    "capagent: {}'s stdout goes to stderr (capagent's stdout carries the records)",
+                    self.argv0
+                );
             }
         }
         Ok(())
@@ -212,8 +239,11 @@ mod tests {
     fn held_child_runs_only_after_release() {
         let dir = std::env::temp_dir().join(format!("capagent-held-{}", std::process::id()));
         let marker = dir.to_str().unwrap().to_string();
-        let mut held =
-            HeldChild::spawn(&["sh".into(), "-c".into(), format!("echo ran > {marker}")]).unwrap();
+        let mut held = HeldChild::spawn(
+            &["sh".into(), "-c".into(), format!("echo ran > {marker}")],
+            ChildStdout::Inherit,
+        )
+        .unwrap();
         std::thread::sleep(std::time::Duration::from_millis(200));
         assert!(!dir.exists(), "child ran before release");
         held.release().unwrap();
@@ -224,10 +254,15 @@ mod tests {
 
     #[test]
     fn exit_code_and_exec_failure_are_reported() {
-        let mut held = HeldChild::spawn(&["sh".into(), "-c".into(), "exit 7".into()]).unwrap();
+        let mut held = HeldChild::spawn(
+            &["sh".into(), "-c".into(), "exit 7".into()],
+            ChildStdout::Inherit,
+        )
+        .unwrap();
         held.release().unwrap();
         assert_eq!(held.wait().unwrap().code(), Some(7));
-        let mut missing = HeldChild::spawn(&["/nonexistent/capagent-test".into()]).unwrap();
+        let mut missing =
+            HeldChild::spawn(&["/nonexistent/capagent-test".into()], ChildStdout::Inherit).unwrap();
         let err = missing.release().unwrap_err();
         assert_eq!(err.to_string(), "cannot start /nonexistent/capagent-test");
         let cause = std::error::Error::source(&err).unwrap().to_string();
