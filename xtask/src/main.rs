@@ -54,7 +54,8 @@ enum Task {
     /// `N passed, N failed` last.
     Test {
         /// After the tests, run every fuzz target for this many seconds (seeds and corpus
-        /// replayed first); each target counts as one test in the tally. 0: no fuzzing.
+        /// replayed first; unoptimized builds); each target counts as one test in the
+        /// tally. 0: no fuzzing.
         #[arg(long, default_value_t = 0)]
         fuzz_secs: u64,
         /// Extra arguments for the integration test harness (e.g. a test name filter).
