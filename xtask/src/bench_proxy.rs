@@ -748,7 +748,7 @@ fn print_tables(args: &CoreBenchArgs, tput: &[ThroughputRow], rates: &[RateRow],
             .find(|r| r.name == Socks::Microsocks.name())
             .and_then(|r| r.rate.as_ref().ok());
         println!(
-            "{:<32} {:>10} {:>12} {:>8} {:>12}  x microsocks by round (min-max)",
+            "{:<32} {:>10} {:>12} {:>8} {:>12}  x microsocks by round: min-max (each round)",
             "proxy", "conn/s", "x microsocks", "failed", "CPU us/conn"
         );
         for r in rates {
@@ -760,7 +760,8 @@ fn print_tables(args: &CoreBenchArgs, tput: &[ThroughputRow], rates: &[RateRow],
                         let x: Vec<f64> = rounds.iter().zip(&m.2).map(|(a, b)| a / b).collect();
                         let lo = x.iter().copied().fold(f64::INFINITY, f64::min);
                         let hi = x.iter().copied().fold(0.0, f64::max);
-                        format!("{lo:.2}-{hi:.2}")
+                        let each: Vec<String> = x.iter().map(|v| format!("{v:.2}")).collect();
+                        format!("{lo:.2}-{hi:.2} ({})", each.join(" "))
                     });
                     println!(
                         "{:<32} {:>10.0} {:>12} {:>8} {:>12.1}  {}",

@@ -53,6 +53,11 @@ enum Task {
     /// Run setup, the unit tests and the integration tests (needs root). Prints
     /// `N passed, N failed` last.
     Test {
+        /// After the tests, run every fuzz target for this many seconds (seeds and corpus
+        /// replayed first; unoptimized builds); each target counts as one test in the
+        /// tally. 0: no fuzzing.
+        #[arg(long, default_value_t = 0)]
+        fuzz_secs: u64,
         /// Extra arguments for the integration test harness (e.g. a test name filter).
         #[arg(last = true)]
         args: Vec<String>,
@@ -116,7 +121,7 @@ fn run(cli: Cli) -> Result<()> {
             }
             util::run(&mut cmd)
         }
-        Task::Test { args } => testcmd::test(&args),
+        Task::Test { args, fuzz_secs } => testcmd::test(&args, fuzz_secs),
         Task::Demo { json } => demo::demo(json),
         Task::Fuzz(args) => fuzz::fuzz(args),
         Task::Bench(Bench::Trace(args)) => bench::trace(args),

@@ -1,6 +1,7 @@
 //! `cargo xtask test`: setup, unit tests of the default members, then the root integration
 //! tests in tests/ (test targets of the capagent package behind its `root-tests` feature),
-//! one at a time, then the proxy tests (behind `peer-tests`). Ends with `N passed, N failed`.
+//! one at a time, then the proxy tests (behind `peer-tests`), then (`--fuzz-secs`) every fuzz
+//! target, each counted as a test. Ends with `N passed, N failed`.
 use std::{
     io::{BufRead, BufReader, Write},
     process::{Command, Stdio},
@@ -74,7 +75,7 @@ fn cargo_test(cmd: &mut Command) -> Result<(Tally, bool)> {
     Ok((tally, status.success()))
 }
 
-pub fn test(integration_args: &[String]) -> Result<()> {
+pub fn test(integration_args: &[String], fuzz_secs: u64) -> Result<()> {
     if !util::is_root() {
         bail!("cargo xtask test must run as root (the integration tests load eBPF programs)");
     }
@@ -150,6 +151,34 @@ pub fn test(integration_args: &[String]) -> Result<()> {
     total.add(&tally);
     if !ok {
         problems.push(format!("proxy tests: `{}` failed", display(&peers)));
+    }
+
+    // Fuzzing last (`.ci/run`): each target is one test, passed when it ran its time
+    // without a crash. Unoptimized builds: on a clean clone the optimized ones take longer
+    // to build than all the fuzzing.
+    if fuzz_secs > 0 {
+        match crate::fuzz::run(fuzz_secs, &[], true) {
+            Ok(results) => {
+                for (t, ok) in results {
+                    println!(
+                        "fuzz {t} ({fuzz_secs} s) ... {}",
+                        if ok { "ok" } else { "FAILED" }
+                    );
+                    if ok {
+                        total.passed += 1;
+                    } else {
+                        total.failed += 1;
+                        problems.push(format!(
+                            "fuzz target {t} failed (its input is in fuzz/artifacts/{t}/)"
+                        ));
+                    }
+                }
+            }
+            Err(e) => {
+                total.failed += 1;
+                problems.push(format!("fuzzing could not run: {e:#}"));
+            }
+        }
     }
 
     for p in &problems {

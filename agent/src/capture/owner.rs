@@ -177,7 +177,7 @@ pub fn parse_diag(buf: &[u8], proto: u8) -> DiagChunk {
                     .get(..4)
                     .map_or(0, |b| i32::from_ne_bytes(b.try_into().unwrap()));
                 if e != 0 {
-                    out.error = Some(-e);
+                    out.error = Some(super::tcmsg::errno_of(e));
                 }
                 out.done = true;
                 break;
@@ -748,6 +748,9 @@ mod tests {
         e.extend_from_slice(&(-libc::ENOENT).to_ne_bytes());
         let c = parse_diag(&e, UDP);
         assert_eq!(c.error, Some(libc::ENOENT));
+        // A code no kernel sends (its negation overflows): a protocol error, no panic.
+        e[16..20].copy_from_slice(&i32::MIN.to_ne_bytes());
+        assert_eq!(parse_diag(&e, UDP).error, Some(libc::EPROTO));
         let req = diag_request(libc::AF_INET6 as u8, TCP, 7);
         assert_eq!(req.len(), 72);
         assert_eq!(&req[16..20], &[libc::AF_INET6 as u8, TCP, 0, 0]);

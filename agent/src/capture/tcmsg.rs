@@ -219,6 +219,19 @@ fn parse_filter(body: &[u8]) -> Option<TcFilter> {
     Some(f)
 }
 
+/// Largest errno the kernel returns (`MAX_ERRNO`).
+const MAX_ERRNO: i32 = 4095;
+
+/// The positive errno of a non-zero `nlmsgerr.error`, which the kernel sends as a negative
+/// errno. Any other value (positive, or below `-MAX_ERRNO`, such as `i32::MIN`, whose
+/// absolute value is no `i32`) is a malformed reply: `EPROTO`.
+pub fn errno_of(code: i32) -> i32 {
+    match code.checked_neg() {
+        Some(e) if (1..=MAX_ERRNO).contains(&e) => e,
+        _ => libc::EPROTO,
+    }
+}
+
 /// Parses the netlink messages of one reply buffer (filter dump parts, `NLMSG_DONE`,
 /// `NLMSG_ERROR`). Malformed trailing bytes are ignored.
 pub fn parse_reply(buf: &[u8]) -> Reply {
@@ -243,7 +256,7 @@ pub fn parse_reply(buf: &[u8]) -> Reply {
                     .get(..4)
                     .map_or(0, |b| i32::from_ne_bytes(b.try_into().expect("4 bytes")));
                 if e != 0 {
-                    out.error = Some(e.unsigned_abs() as i32);
+                    out.error = Some(errno_of(e));
                 }
                 out.done = true;
                 break;
@@ -388,6 +401,24 @@ mod tests {
         assert_eq!((r.done, r.error), (true, Some(libc::EINVAL)));
         let ack = parse_reply(&error(0));
         assert_eq!((ack.done, ack.error), (true, None));
+        // Codes no kernel sends are a protocol error, never a negative or zero errno
+        // (i32::MIN came from the fuzzer: its absolute value is no i32).
+        for bad in [i32::MIN, -4096, 1, libc::EINVAL, i32::MAX] {
+            let r = parse_reply(&error(bad));
+            assert_eq!((r.done, r.error), (true, Some(libc::EPROTO)), "{bad}");
+        }
+        assert_eq!(errno_of(-4095), 4095);
+
+        // The fuzzer's input (issue 11): a filter, then an NLMSG_ERROR with code i32::MIN.
+        #[cfg(target_endian = "little")]
+        {
+            let r = parse_reply(include_bytes!(
+                "../../../fuzz/seeds/tc_netlink/nlmsgerr_i32_min"
+            ));
+            assert_eq!((r.done, r.error), (true, Some(libc::EPROTO)));
+            assert_eq!(r.filters.len(), 1);
+            assert_eq!(r.filters[0].bpf_name.as_deref(), Some("capture_egress"));
+        }
 
         // Cut anywhere: no panic, whole messages only.
         let mut two = filter_msg(&f);

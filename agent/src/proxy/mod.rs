@@ -226,6 +226,11 @@ where
     Fut: Future<Output = ()> + Send + 'static,
 {
     let mut refused: u64 = 0;
+    // Listeners from [`workers`] pass TCP_NODELAY on to what they accept; others need a
+    // setsockopt per connection.
+    let inherits_nodelay = socket2::SockRef::from(&listener)
+        .tcp_nodelay()
+        .unwrap_or(false);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -247,7 +252,9 @@ where
             drop(stream);
             continue;
         };
-        let _ = stream.set_nodelay(true);
+        if !inherits_nodelay {
+            let _ = stream.set_nodelay(true);
+        }
         let h = handler.clone();
         let c = ctx.clone();
         tokio::spawn(async move {

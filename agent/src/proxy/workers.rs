@@ -127,6 +127,9 @@ fn new_socket(addr: SocketAddr) -> io::Result<Socket> {
     let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     // As std and tokio do: a restarted proxy binds while old connections are in TIME_WAIT.
     s.set_reuse_address(true)?;
+    // Accepted connections inherit TCP_NODELAY from the listener (Linux): no setsockopt
+    // per connection (see [`super::accept_loop`]).
+    s.set_tcp_nodelay(true)?;
     s.set_cloexec(true)?;
     Ok(s)
 }
@@ -152,6 +155,18 @@ mod tests {
         assert!(!is_shared(&plain));
         let e = bind_exclusive(plain.local_addr().unwrap()).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::AddrInUse);
+        // Connections accepted on our listeners have TCP_NODELAY without a setsockopt.
+        let _c = std::net::TcpStream::connect(addr).unwrap();
+        // (Either listener may get it; they are non-blocking.)
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let accepted = loop {
+            if let Some(s) = [&a, &b].iter().find_map(|l| l.accept().ok()) {
+                break s.0;
+            }
+            assert!(std::time::Instant::now() < deadline, "not accepted");
+            std::thread::yield_now();
+        };
+        assert!(accepted.nodelay().unwrap());
     }
 
     #[test]

@@ -153,7 +153,9 @@ pub async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: Ctx, auth: Opt
             return;
         }
     };
-    let listen = stream.local_addr().ok();
+    // The address the client reached us on, for records and BIND: a CONNECT that is not
+    // recorded does without (one getsockname less per connection).
+    let listen = || stream.local_addr().ok();
     let result = match request {
         Request::V4 { req, rest } => match req.command {
             v4::Command::Connect => {
@@ -162,6 +164,7 @@ pub async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: Ctx, auth: Opt
                 } else {
                     "socks4 connect"
                 };
+                let listen = ctx.recorder.enabled().then(listen).flatten();
                 connect(
                     stream,
                     peer,
@@ -180,11 +183,13 @@ pub async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: Ctx, auth: Opt
                 } else {
                     "socks4 bind"
                 };
+                let listen = listen();
                 bind(stream, peer, listen, &ctx, proxy, &req.target, Version::V4).await
             }
         },
         Request::V5 { req, rest } => match req.command {
             v5::Command::Connect => {
+                let listen = ctx.recorder.enabled().then(listen).flatten();
                 connect(
                     stream,
                     peer,
@@ -198,6 +203,7 @@ pub async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: Ctx, auth: Opt
                 .await
             }
             v5::Command::Bind => {
+                let listen = listen();
                 bind(
                     stream,
                     peer,
