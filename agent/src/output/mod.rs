@@ -4,6 +4,7 @@
 //! output is buffered and reaches the file or terminal at [`EventWriter::flush`] (and when the
 //! buffer fills). On a terminal every event is flushed at once so tracing is live.
 
+pub mod b64;
 pub mod escape;
 pub mod json;
 pub mod num;
@@ -366,6 +367,16 @@ mod bench_parts {
             let e = t.elapsed().as_secs_f64();
             println!(
                 "base64 no memset {name}: {:.1} MB/s in",
+                (p.len() * n) as f64 / e / 1e6
+            );
+            let t = Instant::now();
+            for _ in 0..n {
+                out.clear();
+                super::b64::push_base64(&mut out, p);
+            }
+            let e = t.elapsed().as_secs_f64();
+            println!(
+                "push_base64 {name}: {:.1} MB/s in",
                 (p.len() * n) as f64 / e / 1e6
             );
         }
