@@ -168,7 +168,7 @@ pub fn attach_raw_tracepoint(ebpf: &mut Ebpf, prog: &str, tp: &str) -> Result<()
 }
 
 /// Loads the eBPF object for `capagent capture`: `config` written into `CAPTURE_CONFIG`, the
-/// `PACKETS` ring buffer sized to `ring_bytes` and one `PACKET_SCRATCH` slot per CPU.
+/// `PACKETS` ring buffer sized to `ring_bytes`.
 pub fn load_capture(
     config: &agent_common::CaptureConfig,
     ring_bytes: u32,
@@ -176,11 +176,9 @@ pub fn load_capture(
     if EBPF_OBJECT.is_empty() {
         return Err(KernelError::NoObject);
     }
-    let cpus = aya::util::nr_cpus().map_or(1024, |n| n as u32);
     EbpfLoader::new()
         .override_global("CAPTURE_CONFIG", config, true)
         .map_max_entries("PACKETS", ring_bytes)
-        .map_max_entries("PACKET_SCRATCH", cpus)
         .load(EBPF_OBJECT)
         .map_err(|e| KernelError::Load(Box::new(e)))
 }
