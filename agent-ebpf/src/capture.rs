@@ -8,22 +8,23 @@
 //! With a filter expression (`CaptureConfig::filter`), the packet first goes through its
 //! interface's classic BPF program ([`crate::filter`]): rejected packets are only counted.
 //!
-//! The copy goes through a per-CPU slot of `PACKET_SCRATCH` (a plain array indexed by CPU:
-//! per-CPU arrays cannot hold values over 32 KiB) and the record is sized to the data.
+//! The bytes are copied once, straight into a ring buffer reservation. A reservation's size
+//! must be known to the verifier, so records come in size classes (the header and room for
+//! 64, 128, ... 65536 bytes, the smallest that holds the packet): `cap_len` says how much
+//! of the room the packet fills, and userspace reads only that.
 
 use agent_common::{CaptureConfig, IfCounters, PACKET_MAX, PacketEvent, packet_dir};
 use aya_ebpf::{
     EbpfContext,
     bindings::{
-        __sk_buff, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
-        TC_ACT_UNSPEC,
+        __sk_buff, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC,
     },
     helpers::{
         bpf_ktime_get_boot_ns,
-        generated::{bpf_get_smp_processor_id, bpf_get_socket_cookie, bpf_skb_load_bytes},
+        generated::{bpf_get_socket_cookie, bpf_skb_load_bytes},
     },
     macros::{classifier, map},
-    maps::{Array, PerCpuHashMap, RingBuf},
+    maps::{PerCpuHashMap, RingBuf},
     programs::TcContext,
 };
 
@@ -39,15 +40,12 @@ static PACKETS: RingBuf = RingBuf::with_byte_size(4096, 0);
 #[map]
 static CAPTURE_STATS: PerCpuHashMap<u32, IfCounters> = PerCpuHashMap::with_max_entries(256, 0);
 
+/// A record of size class `N`: the header and room for `N` packet bytes.
 #[repr(C)]
-struct PacketScratch {
+struct Record<const N: usize> {
     ev: PacketEvent,
-    data: [u8; PACKET_MAX + 1],
+    data: [u8; N],
 }
-
-/// One slot per CPU (userspace sets the number of entries to the number of CPUs).
-#[map]
-static PACKET_SCRATCH: Array<PacketScratch> = Array::with_max_entries(1, 0);
 
 #[inline(always)]
 pub(crate) fn capture_conf() -> &'static CaptureConfig {
@@ -115,14 +113,11 @@ pub(crate) fn filter<P: crate::filter::PacketBytes>(pkt: &P, ifindex: u32, orig_
 }
 
 /// Copies the first `min(snaplen, keep)` bytes of a packet of `head.orig_len` bytes with
-/// `load(dst, n)` (0 on success) and hands the record to userspace, counting it per
-/// interface.
+/// `load(dst, n)` (0 on success) into a ring buffer record and hands it to userspace,
+/// counting it per interface (as dropped when the ring buffer has no room: then nothing is
+/// copied).
 #[inline(always)]
-pub(crate) fn submit(mut head: PacketEvent, keep: u32, load: impl Fn(*mut u8, u32) -> i64) {
-    let cpu = unsafe { bpf_get_smp_processor_id() };
-    let Some(s) = PACKET_SCRATCH.get_ptr_mut(cpu) else {
-        return;
-    };
+pub(crate) fn submit(head: PacketEvent, keep: u32, load: impl Fn(*mut u8, u32) -> i64) {
     let mut n = head.orig_len;
     let snaplen = capture_conf().snaplen;
     if n > snaplen {
@@ -134,33 +129,30 @@ pub(crate) fn submit(mut head: PacketEvent, keep: u32, load: impl Fn(*mut u8, u3
     if n > PACKET_MAX as u32 {
         n = PACKET_MAX as u32;
     }
-    // No copy for a record that cannot fit: when userspace falls behind, dropping costs
-    // little. (A record takes an 8-byte header and is 8-byte aligned in the ring.)
-    let need = (core::mem::size_of::<PacketEvent>() as u64 + n as u64 + 8 + 7) & !7;
-    let ring = PACKETS.query(BPF_RB_RING_SIZE.into());
-    if PACKETS.query(BPF_RB_AVAIL_DATA.into()) + need > ring {
-        if let Some(c) = CAPTURE_STATS.get_ptr_mut(head.ifindex) {
-            unsafe { (*c).dropped += 1 };
-        }
-        return;
-    }
-    if n > 0 {
-        // `len == n`, written so that the verifier sees 1..=65536 on the register it checks
-        // (the compiler may test `n > 0` on a copy).
-        let len = ((n - 1) & 0xffff) + 1;
-        if load(unsafe { (*s).data.as_mut_ptr() }, len) != 0 {
-            n = 0;
-        }
-    }
-    head.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
-    head.cap_len = n;
     let ifindex = head.ifindex;
-    unsafe { (*s).ev = head };
-    let size = core::mem::size_of::<PacketEvent>() + n as usize;
-    let bytes = unsafe { core::slice::from_raw_parts(s as *const u8, size) };
-    let ok = PACKETS
-        .output::<[u8]>(bytes, wakeup_flags(size as u64))
-        .is_ok();
+    let ok = if n <= 64 {
+        submit_in::<64>(head, n, &load)
+    } else if n <= 128 {
+        submit_in::<128>(head, n, &load)
+    } else if n <= 256 {
+        submit_in::<256>(head, n, &load)
+    } else if n <= 512 {
+        submit_in::<512>(head, n, &load)
+    } else if n <= 1024 {
+        submit_in::<1024>(head, n, &load)
+    } else if n <= 2048 {
+        submit_in::<2048>(head, n, &load)
+    } else if n <= 4096 {
+        submit_in::<4096>(head, n, &load)
+    } else if n <= 8192 {
+        submit_in::<8192>(head, n, &load)
+    } else if n <= 16384 {
+        submit_in::<16384>(head, n, &load)
+    } else if n <= 32768 {
+        submit_in::<32768>(head, n, &load)
+    } else {
+        submit_in::<65536>(head, n, &load)
+    };
     if let Some(c) = CAPTURE_STATS.get_ptr_mut(ifindex) {
         unsafe {
             if ok {
@@ -170,6 +162,35 @@ pub(crate) fn submit(mut head: PacketEvent, keep: u32, load: impl Fn(*mut u8, u3
             }
         }
     }
+}
+
+/// [`submit`] into a record of size class `N` (a power of two, `n <= N`); false when the
+/// ring buffer has no room for it.
+#[inline(always)]
+fn submit_in<const N: usize>(
+    mut head: PacketEvent,
+    n: u32,
+    load: &impl Fn(*mut u8, u32) -> i64,
+) -> bool {
+    let Some(mut rec) = PACKETS.reserve::<Record<N>>(0) else {
+        return false;
+    };
+    let r = rec.as_mut_ptr();
+    head.cap_len = 0;
+    if n > 0 {
+        // `len == n`, written so that the verifier sees 1..=N on the register it checks: the
+        // volatile read hides the class test from the compiler, which would otherwise drop
+        // the mask and pass `n`, bounded only on another register.
+        let n = unsafe { core::ptr::read_volatile(&n) };
+        let len = ((n - 1) & (N as u32 - 1)) + 1;
+        if load(unsafe { (*r).data.as_mut_ptr() }, len) == 0 {
+            head.cap_len = len;
+        }
+    }
+    head.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
+    unsafe { (*r).ev = head };
+    rec.submit(wakeup_flags(core::mem::size_of::<Record<N>>() as u64));
+    true
 }
 
 /// Wakes the agent only when this record makes the waiting data cross `wakeup_bytes` (the

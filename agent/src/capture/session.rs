@@ -110,6 +110,26 @@ pub fn comment(owner: Option<&Owner>, cookie: u64) -> String {
     }
 }
 
+/// The comment of the last packet written, kept while the packets that follow have the
+/// same owner and socket (a bulk transfer: every packet), so it is formatted once.
+#[derive(Default)]
+struct CommentCache {
+    key: Option<(Option<Owner>, u64)>,
+    text: String,
+}
+
+impl CommentCache {
+    /// [`comment`]`(owner, cookie)`.
+    fn get(&mut self, owner: Option<&Owner>, cookie: u64) -> &str {
+        let hit = matches!(&self.key, Some((o, c)) if *c == cookie && o.as_ref() == owner);
+        if !hit {
+            self.text = comment(owner, cookie);
+            self.key = Some((owner.cloned(), cookie));
+        }
+        &self.text
+    }
+}
+
 /// The end of a text line.
 pub fn text_suffix(owner: Option<&Owner>) -> String {
     match owner {
@@ -208,6 +228,13 @@ struct Sink {
     out: Out,
     resolver: Resolver,
     pending: VecDeque<Pending>,
+    comments: CommentCache,
+    /// The owner the kernel gave the last packet, as it gave it and made into an [`Owner`]
+    /// (reused while the next packets have the same: no allocation per packet).
+    kernel_owner: Option<(u32, [u8; agent_common::TASK_COMM_LEN], Owner)>,
+    /// The connection of the last packet whose owner [`Sink::remember_flow`] stored, and
+    /// that owner: the packets that follow with the same skip the map.
+    remembered: Option<(FlowKey, Owner)>,
     last_flush: Instant,
     written: u64,
     /// A filter expression is in use.
@@ -240,7 +267,7 @@ impl Sink {
         }
         let iface = self.ifaces.iter().find(|i| i.ifindex == p.ifindex);
         match &mut self.out {
-            Out::Pcap(w) => w.write_packet(p, ts_ns, &comment(owner, p.cookie)),
+            Out::Pcap(w) => w.write_packet(p, ts_ns, self.comments.get(owner, p.cookie)),
             Out::Text(w) => writeln!(w, "{}", text_line(p, ts_ns, iface, owner)),
             Out::Custom(o) => o.packet(p, ts_ns, iface, owner),
         }
@@ -293,12 +320,32 @@ impl Sink {
         let Some(key) = self.flow_key_of(ifindex, data) else {
             return;
         };
+        if matches!(&self.remembered, Some((k, r)) if *k == key && r == o) {
+            return;
+        }
         if self.flows.get(&key) != Some(o) {
             if self.flows.len() >= MAX_FLOWS {
                 self.flows.clear();
             }
             self.flows.insert(key, o.clone());
         }
+        self.remembered = Some((key, o.clone()));
+    }
+
+    /// The owner the kernel gave a packet, as an [`Owner`]: the last one's when it is the
+    /// same (take it back with [`Sink::keep_kernel_owner`]).
+    fn take_kernel_owner(&mut self, k: &agent_common::SockOwner) -> Owner {
+        match self.kernel_owner.take() {
+            Some((pid, comm, o)) if pid == k.pid && comm == k.comm => o,
+            _ => Owner {
+                pid: k.pid,
+                comm: comm_str(&k.comm),
+            },
+        }
+    }
+
+    fn keep_kernel_owner(&mut self, k: &agent_common::SockOwner, o: Owner) {
+        self.kernel_owner = Some((k.pid, k.comm, o));
     }
 
     fn flow_owner(&self, ifindex: u32, data: &[u8]) -> Option<Owner> {
@@ -317,12 +364,26 @@ impl Sink {
 impl PacketSink for Sink {
     fn packet(&mut self, p: &Packet<'_>, ts_ns: u64) -> io::Result<()> {
         self.drain_pending(false)?;
-        let kernel_owner = p.owner.map(|k| Owner {
-            pid: k.pid,
-            comm: comm_str(&k.comm),
-        });
-        if let Some(o) = &kernel_owner {
-            self.remember_flow(p.ifindex, p.data, o);
+        if let Some(k) = &p.owner {
+            let o = self.take_kernel_owner(k);
+            self.remember_flow(p.ifindex, p.data, &o);
+            let r = if !self.pending.is_empty() && self.pending.len() < MAX_PENDING {
+                // Packets keep their order behind one that waits for its owner.
+                self.pending.push_back(Pending {
+                    ts_ns,
+                    cookie: p.cookie,
+                    ifindex: p.ifindex,
+                    orig_len: p.orig_len,
+                    dir: p.dir,
+                    kernel_owner: Some(o.clone()),
+                    data: p.data.to_vec(),
+                });
+                Ok(())
+            } else {
+                self.emit(p, ts_ns, Some(&o), true)
+            };
+            self.keep_kernel_owner(k, o);
+            return r;
         }
         if !self.pending.is_empty() && self.pending.len() < MAX_PENDING {
             // Packets keep their order behind one that waits for its owner.
@@ -332,13 +393,10 @@ impl PacketSink for Sink {
                 ifindex: p.ifindex,
                 orig_len: p.orig_len,
                 dir: p.dir,
-                kernel_owner,
+                kernel_owner: None,
                 data: p.data.to_vec(),
             });
             return Ok(());
-        }
-        if let Some(o) = kernel_owner {
-            return self.emit(p, ts_ns, Some(&o), true);
         }
         if let Some(o) = self.flow_owner(p.ifindex, p.data) {
             return self.emit(p, ts_ns, Some(&o), false);
@@ -483,6 +541,9 @@ pub fn run_with(
         out,
         resolver: Resolver::system(),
         pending: VecDeque::new(),
+        comments: CommentCache::default(),
+        kernel_owner: None,
+        remembered: None,
         last_flush: Instant::now(),
         written: 0,
         filtering: filter.is_some(),
@@ -563,6 +624,16 @@ mod tests {
             comment(None, 0),
             "pid=? (no local socket: forwarded or not yet resolved) cookie=0"
         );
+        let mut cache = CommentCache::default();
+        for (o, c) in [(Some(&curl), 7), (Some(&curl), 7), (None, 7), (None, 8)] {
+            assert_eq!(cache.get(o, c), comment(o, c));
+        }
+        let wget = Owner {
+            pid: 42,
+            comm: "wget".into(),
+        };
+        assert_eq!(cache.get(Some(&wget), 8), "pid=42 comm=wget cookie=8");
+        assert_eq!(cache.get(Some(&curl), 8), "pid=42 comm=curl cookie=8");
         assert_eq!(text_suffix(Some(&curl)), " [curl:42]");
         assert_eq!(text_suffix(None), " [-]");
         let mut all = Selector::new(Selection::default());

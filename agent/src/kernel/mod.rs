@@ -104,7 +104,6 @@ pub const TRACE_MAPS: &[&str] = &[
 pub const CAPTURE_MAPS: &[&str] = &[
     "PACKETS",
     "CAPTURE_STATS",
-    "PACKET_SCRATCH",
     "FILTER_INSNS",
     "FILTER_IFACES",
     "FILTER_STATE",
@@ -222,8 +221,7 @@ pub fn attach_raw_tracepoint(ebpf: &mut Ebpf, prog: &str, tp: &str) -> Result<()
 }
 
 /// Loads the eBPF object for `capagent capture`: `config` written into `CAPTURE_CONFIG`, the
-/// `PACKETS` ring buffer sized to `ring_bytes` and one `PACKET_SCRATCH` slot per CPU;
-/// without `pids` (no process is selected by pid) `CAPTURE_PIDS` stays empty and is made as
+/// `PACKETS` ring buffer sized to `ring_bytes`; without `pids` (no process is selected by pid) `CAPTURE_PIDS` stays empty and is made as
 /// small as it can be.
 pub fn load_capture(
     config: &agent_common::CaptureConfig,
@@ -233,8 +231,7 @@ pub fn load_capture(
     if EBPF_OBJECT.is_empty() {
         return Err(KernelError::NoObject);
     }
-    let cpus = aya::util::nr_cpus().map_or(1024, |n| n as u32);
-    let mut sized = vec![("PACKETS", ring_bytes), ("PACKET_SCRATCH", cpus)];
+    let mut sized = vec![("PACKETS", ring_bytes)];
     if !pids {
         sized.push(("CAPTURE_PIDS", 1));
     }

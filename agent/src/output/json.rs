@@ -80,9 +80,9 @@
 use std::io::{self, Write};
 
 use agent_common::sys;
-use base64::Engine as _;
 
 use crate::model::{Detail, Direction, Endpoint, Event, SocketMeta};
+use crate::output::b64::push_base64;
 use crate::output::escape::escape_json_into;
 use crate::output::num::{AddrStr, Dec, push_hex, push_i64, push_padded, push_u64};
 use crate::output::text::{errno, signal_name};
@@ -413,18 +413,6 @@ fn push_endpoint(out: &mut Vec<u8>, e: Option<&Endpoint>) {
             out.push(b'"');
         }
     }
-}
-
-/// Standard base64 of `bytes`, encoded in place at the end of `out`.
-fn push_base64(out: &mut Vec<u8>, bytes: &[u8]) {
-    let engine = &base64::engine::general_purpose::STANDARD;
-    let n = base64::encoded_len(bytes.len(), true).expect("payload size fits base64");
-    let start = out.len();
-    out.resize(start + n, 0);
-    let written = engine
-        .encode_slice(bytes, &mut out[start..])
-        .expect("room for the encoding");
-    debug_assert_eq!(written, n);
 }
 
 /// `s` as a JSON string, escaped exactly as `serde_json` escapes it.
@@ -791,8 +779,10 @@ pub(crate) mod tests {
                     line.msg_index = Some(*msg_index);
                     line.addr = Some(addr.as_ref().map(ToString::to_string));
                     line.payload = Some(escape(payload));
-                    line.payload_b64 =
-                        Some(base64::engine::general_purpose::STANDARD.encode(payload));
+                    line.payload_b64 = Some(base64::Engine::encode(
+                        &base64::engine::general_purpose::STANDARD,
+                        payload,
+                    ));
                 }
                 Detail::Fork { child_pid } => {
                     line.ty = "fork";

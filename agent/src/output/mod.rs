@@ -4,6 +4,7 @@
 //! output is buffered and reaches the file or terminal at [`EventWriter::flush`] (and when the
 //! buffer fills). On a terminal every event is flushed at once so tracing is live.
 
+pub mod b64;
 pub mod escape;
 pub mod json;
 pub mod num;
@@ -339,7 +340,16 @@ mod bench_parts {
             .cycle()
             .take(65536)
             .collect();
-        for (name, p) in [("pattern", &pattern), ("text", &text)] {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let random: Vec<u8> = (0..65536)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        for (name, p) in [("pattern", &pattern), ("text", &text), ("random", &random)] {
             let mut out = Vec::new();
             let n = 5000;
             let t = Instant::now();
@@ -350,6 +360,16 @@ mod bench_parts {
             let e = t.elapsed().as_secs_f64();
             println!(
                 "escape_json {name}: {:.1} MB/s in",
+                (p.len() * n) as f64 / e / 1e6
+            );
+            let t = Instant::now();
+            for _ in 0..n {
+                out.clear();
+                super::escape::escape_json_bytewise(&mut out, p);
+            }
+            let e = t.elapsed().as_secs_f64();
+            println!(
+                "escape_json bytewise {name}: {:.1} MB/s in",
                 (p.len() * n) as f64 / e / 1e6
             );
             let t = Instant::now();
@@ -374,6 +394,16 @@ mod bench_parts {
             let e = t.elapsed().as_secs_f64();
             println!(
                 "base64 no memset {name}: {:.1} MB/s in",
+                (p.len() * n) as f64 / e / 1e6
+            );
+            let t = Instant::now();
+            for _ in 0..n {
+                out.clear();
+                super::b64::push_base64(&mut out, p);
+            }
+            let e = t.elapsed().as_secs_f64();
+            println!(
+                "push_base64 {name}: {:.1} MB/s in",
                 (p.len() * n) as f64 / e / 1e6
             );
         }

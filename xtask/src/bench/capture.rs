@@ -4,7 +4,8 @@
 //! iperf3 runs over the loopback of a network namespace the bench creates (nothing else talks
 //! there, so the interface counters count iperf3's packets only), bare, under
 //! `tcpdump -i lo -w FILE` and under `capagent capture -i lo -w FILE`, with the full snaplen
-//! and with `-s 96`. Each run reports iperf3's throughput, the packets and wire bytes in the
+//! and with `-s 96`, and paced at 10 Gbit/s (`iperf3 -b 10G`, full snaplen, filter
+//! `tcp port PORT`). Each run reports iperf3's throughput, the packets and wire bytes in the
 //! file next to what the kernel counted on the interface, the drops each capturer reports,
 //! the file size and the capturer's CPU time. It prints; it asserts nothing about timings.
 use std::{
@@ -37,7 +38,8 @@ pub struct CaptureBenchArgs {
     /// Do not pin iperf3.
     #[arg(long)]
     pub no_pin: bool,
-    /// Rows to skip (comma-separated): tcpdump, tcpdump-96, capagent, capagent-96.
+    /// Rows to skip (comma-separated): tcpdump, tcpdump-96, capagent, capagent-96,
+    /// tcpdump-10g, capagent-10g.
     #[arg(long, value_delimiter = ',')]
     pub skip: Vec<String>,
     /// Directory for the capture files (deleted after each run). Default: /dev/shm (tmpfs,
@@ -62,18 +64,35 @@ pub struct CaptureBenchArgs {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Case {
     Bare,
+    /// At loopback speed, with this snap length (`None`: the full one).
     Tcpdump(Option<u32>),
     Capagent(Option<u32>),
+    /// iperf3 paced at [`PACED`] (`-b`), full snap length, filter `tcp port PORT`: the rate
+    /// of a 10 Gbit/s link.
+    Tcpdump10G,
+    Capagent10G,
+}
+
+/// The rate of the paced rows, as iperf3 -b takes it, and in Gbit/s.
+const PACED: &str = "10G";
+const PACED_GBPS: f64 = 10.0;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tool {
+    Tcpdump,
+    Capagent,
 }
 
 impl Case {
-    fn all() -> [Case; 5] {
+    fn all() -> [Case; 7] {
         [
             Case::Bare,
             Case::Tcpdump(Some(96)),
             Case::Capagent(Some(96)),
             Case::Tcpdump(None),
             Case::Capagent(None),
+            Case::Tcpdump10G,
+            Case::Capagent10G,
         ]
     }
 
@@ -85,6 +104,8 @@ impl Case {
             Case::Tcpdump(None) => "tcpdump",
             Case::Capagent(Some(_)) => "capagent-96",
             Case::Capagent(None) => "capagent",
+            Case::Tcpdump10G => "tcpdump-10g",
+            Case::Capagent10G => "capagent-10g",
         }
     }
 
@@ -95,7 +116,28 @@ impl Case {
             Case::Tcpdump(None) => "tcpdump (full)".into(),
             Case::Capagent(Some(s)) => format!("capagent -s {s}"),
             Case::Capagent(None) => "capagent (full)".into(),
+            Case::Tcpdump10G => format!("tcpdump (full) at {PACED}"),
+            Case::Capagent10G => format!("capagent (full) at {PACED}"),
         }
+    }
+
+    fn tool(self) -> Option<Tool> {
+        match self {
+            Case::Bare => None,
+            Case::Tcpdump(_) | Case::Tcpdump10G => Some(Tool::Tcpdump),
+            Case::Capagent(_) | Case::Capagent10G => Some(Tool::Capagent),
+        }
+    }
+
+    fn snaplen(self) -> Option<u32> {
+        match self {
+            Case::Tcpdump(s) | Case::Capagent(s) => s,
+            _ => None,
+        }
+    }
+
+    fn paced(self) -> bool {
+        matches!(self, Case::Tcpdump10G | Case::Capagent10G)
     }
 }
 
@@ -153,7 +195,7 @@ pub fn capture(args: CaptureBenchArgs) -> Result<()> {
     }
     let skip = |c: Case| args.skip.iter().any(|s| s == c.key());
     let plan: Vec<Case> = Case::all().into_iter().filter(|c| !skip(*c)).collect();
-    let capagent = if !plan.iter().any(|c| matches!(c, Case::Capagent(_))) {
+    let capagent = if !plan.iter().any(|c| c.tool() == Some(Tool::Capagent)) {
         None
     } else if let Some(path) = &args.capagent {
         Some(path.clone())
@@ -221,7 +263,7 @@ pub fn capture(args: CaptureBenchArgs) -> Result<()> {
     let rows: Vec<(Case, std::result::Result<Measured, String>)> = plan
         .iter()
         .zip(results)
-        .map(|(&c, runs)| (c, median(runs)))
+        .map(|(&c, runs)| (c, median(runs, c.paced())))
         .collect();
     print_table(&args, &rows, &fs_kind);
     println!(
@@ -253,9 +295,11 @@ fn summary_line(case: Case, m: &Measured) -> String {
     s
 }
 
-/// The run with the median throughput, or the first error.
+/// The run with the median throughput (`paced`: with the median share of the wire bytes in
+/// its file, the throughput being the pace), or the first error.
 fn median(
     runs: Vec<std::result::Result<Measured, String>>,
+    paced: bool,
 ) -> std::result::Result<Measured, String> {
     let mut ok = Vec::new();
     for r in runs {
@@ -264,7 +308,15 @@ fn median(
     if ok.is_empty() {
         return Err("no run".into());
     }
-    ok.sort_by(|a, b| a.gbps.total_cmp(&b.gbps));
+    let key = |m: &Measured| {
+        if paced {
+            let kept = m.file.map_or(0, |f| f.wire_bytes) as f64;
+            kept / kernel_wire_bytes(m.kernel).max(1) as f64
+        } else {
+            m.gbps
+        }
+    };
+    ok.sort_by(|a, b| key(a).total_cmp(&key(b)));
     let mid = ok.len() / 2;
     Ok(ok.swap_remove(mid))
 }
@@ -473,36 +525,40 @@ fn run_case(
     capagent: Option<&Path>,
     case: Case,
 ) -> Result<Measured> {
-    let file = dir.join(match case {
-        Case::Bare => "none",
-        Case::Tcpdump(_) => "tcpdump.pcap",
-        Case::Capagent(_) => "capagent.pcapng",
+    let file = dir.join(match case.tool() {
+        None => "none",
+        Some(Tool::Tcpdump) => "tcpdump.pcap",
+        Some(Tool::Capagent) => "capagent.pcapng",
     });
     let _ = fs::remove_file(&file);
     let before = ns.lo_counters()?;
-    let capturer = match case {
-        Case::Bare => None,
-        Case::Tcpdump(snap) => {
+    let port_filter = ["tcp", "port", &args.port.to_string()].map(str::to_string);
+    let filter: &[String] = if case.paced() { &port_filter } else { &[] };
+    let capturer = match case.tool() {
+        None => None,
+        Some(Tool::Tcpdump) => {
             let mut c = ns.cmd(Path::new("tcpdump"));
             // -Z root: write the file as root (tcpdump drops to its own user by default).
             c.args(["-i", "lo", "-Z", "root", "-w"]).arg(&file);
-            if let Some(s) = snap {
+            if let Some(s) = case.snaplen() {
                 c.args(["-s", &s.to_string()]);
             }
             if let Some(b) = args.tcpdump_buffer_kib {
                 c.args(["-B", &b.to_string()]);
             }
+            c.args(filter);
             Some(Capturer::start(c, "listening on")?)
         }
-        Case::Capagent(snap) => {
+        Some(Tool::Capagent) => {
             let mut c = ns.cmd(capagent.expect("built when planned"));
             c.args(["capture", "-i", "lo", "-w"]).arg(&file);
-            if let Some(s) = snap {
+            if let Some(s) = case.snaplen() {
                 c.args(["-s", &s.to_string()]);
             }
             if let Some(k) = args.ring_kib {
                 c.args(["--ring-kib", &k.to_string()]);
             }
+            c.args(filter);
             Some(Capturer::start(c, "capagent: capturing on")?)
         }
     };
@@ -519,6 +575,9 @@ fn run_case(
     ]);
     if !args.no_pin {
         client.args(["-A", &format!("{0},{0}", args.cpu)]);
+    }
+    if case.paced() {
+        client.args(["-b", PACED]);
     }
     let started = Instant::now();
     let out = util::run_captured(&mut client, Duration::from_secs(u64::from(args.time) + 60))?;
@@ -544,9 +603,9 @@ fn run_case(
         let _ = fs::remove_file(&file);
         (Some(count), size)
     };
-    let report = match (case, &stderr) {
-        (Case::Tcpdump(_), Some(e)) => parse_tcpdump_stats(e),
-        (Case::Capagent(_), Some(e)) => parse_capagent_summary(e),
+    let report = match (case.tool(), &stderr) {
+        (Some(Tool::Tcpdump), Some(e)) => parse_tcpdump_stats(e),
+        (Some(Tool::Capagent), Some(e)) => parse_capagent_summary(e),
         _ => CapturerReport::default(),
     };
     Ok(Measured {
@@ -905,9 +964,12 @@ fn print_table(
                 continue;
             }
         };
-        let ratio = base
-            .filter(|b| *b > 0.0)
-            .map_or("?".into(), |b| format!("{:.2}x", m.gbps / b));
+        let ratio = if case.paced() {
+            format!("{:.2}x of {PACED}", m.gbps / PACED_GBPS)
+        } else {
+            base.filter(|b| *b > 0.0)
+                .map_or("?".into(), |b| format!("{:.2}x", m.gbps / b))
+        };
         let (eff, eff_ratio) = match (m.gbps_per_cpu, base_eff) {
             (Some(e), Some(b)) if b > 0.0 => (format!("{e:.2}"), format!("{:.2}x", e / b)),
             (Some(e), _) => (format!("{e:.2}"), "?".into()),
@@ -932,7 +994,9 @@ fn print_table(
         } else {
             let f = m.file.unwrap_or_default();
             let dropped = match (case, m.report.dropped, m.report.received) {
-                (Case::Tcpdump(_), Some(d), Some(rcv)) => format!("{d} of {rcv}"),
+                (Case::Tcpdump(_) | Case::Tcpdump10G, Some(d), Some(rcv)) => {
+                    format!("{d} of {rcv}")
+                }
                 (_, Some(d), _) => d.to_string(),
                 _ => "?".into(),
             };
@@ -989,9 +1053,14 @@ fn print_table(
         println!("{note}");
     }
     println!(
-        "target: capagent's throughput ratio at least tcpdump's at the same snaplen, and less \
-         missing from its file than from tcpdump's at full snaplen. Timings are printed, never \
-         asserted."
+        "The {PACED} rows: iperf3 -b {PACED} (a 10 Gbit/s link's rate), full snaplen, filter \
+         `tcp port {}` for both tools; vs bare is the throughput over {PACED}.",
+        args.port
+    );
+    println!(
+        "targets: capagent's throughput ratio at least tcpdump's at the same snaplen; at full \
+         snaplen at loopback speed, at least 2x tcpdump's wire bytes in the file; at {PACED}, \
+         0 dropped and every wire byte in the file. Timings are printed, never asserted."
     );
 }
 
