@@ -3,11 +3,9 @@
 //! traffic (curl against `python3 -m http.server`); the pcapng files are read back with
 //! tshark and compared with what tcpdump captured at the same time.
 //!
-//! Needs root, tshark, tcpdump, curl and bpftool. Run one at a time:
-//! `cargo test -p capagent --features root-tests --test capture -- --test-threads=1`.
-
-#[allow(dead_code)] // the shared harness has helpers these tests do not use
-mod common;
+//! Needs root, tshark, tcpdump, curl and bpftool. Run one at a time, with the capagent binary in
+//! `CAPAGENT_BIN` (`cargo xtask test` sets it):
+//! `cargo test -p capagent-tests --features root-tests --test capture -- --test-threads=1`.
 
 use std::{
     io::Read as _,
@@ -16,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use capagent_testkit::*;
 
 const PORT: u16 = 8000;
 
@@ -36,7 +34,7 @@ fn wait_stderr(p: &Proc, what: &str) {
 
 /// `capagent capture ARGS` inside `ns`, once it says it is capturing.
 fn start_capture(ns: &Netns, args: &[&str]) -> Proc {
-    let mut cmd = ns.cmd(CAPAGENT);
+    let mut cmd = ns.cmd(capagent());
     cmd.arg("capture").args(args);
     let p = Proc::spawn("capagent", cmd);
     wait_stderr(&p, "capagent: capturing on");
@@ -265,7 +263,7 @@ fn text_lines_without_w() {
 
 #[test]
 fn bad_interface_is_one_line() {
-    let out = Command::new(CAPAGENT)
+    let out = Command::new(capagent())
         .args(["capture", "-i", "nosuchif0", "--duration", "1"])
         .output()
         .unwrap();
@@ -743,7 +741,7 @@ fn command_capture_follows_children() {
         "curl -sS -o /dev/null http://127.0.0.1:{PORT}/page.html?n=1 && \
          curl -sS -o /dev/null http://127.0.0.1:{PORT}/page.html?n=2 && exit 3"
     );
-    let mut cmd = ns.cmd(CAPAGENT);
+    let mut cmd = ns.cmd(capagent());
     cmd.args([
         "capture",
         "-i",
@@ -786,7 +784,7 @@ fn command_capture_follows_children() {
 #[test]
 fn command_that_cannot_start() {
     let ns = Netns::new("cap");
-    let mut cmd = ns.cmd(CAPAGENT);
+    let mut cmd = ns.cmd(capagent());
     cmd.args(["capture", "-i", "lo", "--", "/nonexistent/cmd"]);
     let mut cap = Proc::spawn("capagent", cmd);
     let st = cap.wait(TIMEOUT);
@@ -807,7 +805,7 @@ const TC_MODE: &str = "CAPAGENT_TC_MODE";
 
 /// `capagent capture ARGS` in `ns` with `CAPAGENT_TC_MODE=mode`, once it captures.
 fn start_capture_mode(ns: &Netns, mode: &str, args: &[&str]) -> Proc {
-    let mut cmd = ns.cmd(CAPAGENT);
+    let mut cmd = ns.cmd(capagent());
     cmd.env(TC_MODE, mode).arg("capture").args(args);
     let p = Proc::spawn("capagent", cmd);
     wait_stderr(&p, "capagent: capturing on");
@@ -1443,7 +1441,7 @@ fn filters_select_what_tcpdump_selects() {
 fn bad_filter_expression_is_one_line_before_anything_starts() {
     let dir = TempDir::new("flt");
     let file = dir.join("never.pcapng");
-    let out = Command::new(CAPAGENT)
+    let out = Command::new(capagent())
         .args(["capture", "-i", "lo", "-w", file.to_str().unwrap()])
         .args(["tcp", "prt", "80"])
         .output()
@@ -1456,7 +1454,7 @@ fn bad_filter_expression_is_one_line_before_anything_starts() {
     );
     assert!(!file.exists(), "the output file was created");
     // libpcap's own messages come through, e.g. for an impossible port.
-    let out = Command::new(CAPAGENT)
+    let out = Command::new(capagent())
         .args(["capture", "-i", "lo", "--filter", "udp port 70000"])
         .output()
         .unwrap();
@@ -1791,7 +1789,7 @@ fn pcapng_on_stdout_with_a_printing_command() {
     let ns = Netns::new("cappipe");
     let dir = TempDir::new("cappipe");
     let _server = http_server(&ns, &dir);
-    let mut c = ns.cmd(CAPAGENT);
+    let mut c = ns.cmd(capagent());
     c.args(["capture", "-i", "lo", "-w", "-", "--"]).args([
         "curl",
         "-sS",
@@ -1822,7 +1820,7 @@ fn text_on_stdout_with_a_printing_command() {
     let ns = Netns::new("captext");
     let dir = TempDir::new("captext");
     let _server = http_server(&ns, &dir);
-    let mut c = ns.cmd(CAPAGENT);
+    let mut c = ns.cmd(capagent());
     c.args(["capture", "-i", "lo", "--"]).args([
         "curl",
         "-sS",
@@ -1879,7 +1877,7 @@ fn xdp_falls_back_to_generic_mode() {
         "{start}"
     );
 
-    let mut second = a.cmd(CAPAGENT);
+    let mut second = a.cmd(capagent());
     second.args(["capture", "-i", "br0", "--xdp", "-w", "/dev/null"]);
     let out = second.stdin(Stdio::null()).output().unwrap();
     assert!(!out.status.success());
@@ -1923,7 +1921,7 @@ fn status_line_on_a_terminal_only() {
         "curl -sS -o /dev/null http://127.0.0.1:{PORT}/page.html; exec sleep 30 2>/dev/null"
     );
     let argv = ns.argv(&[
-        CAPAGENT,
+        capagent(),
         "capture",
         "-i",
         "lo",
@@ -1953,7 +1951,7 @@ fn status_line_on_a_terminal_only() {
     assert!(term[end..].contains(" packets captured ("), "{term:?}");
 
     // stderr a pipe: no status line.
-    let mut cmd = ns.cmd(CAPAGENT);
+    let mut cmd = ns.cmd(capagent());
     cmd.args(["capture", "-i", "lo", "--duration", "2.5", "-w"])
         .arg(&file);
     let mut cap = Proc::spawn("capagent", cmd);
@@ -1961,7 +1959,7 @@ fn status_line_on_a_terminal_only() {
     let err = cap.stderr();
     assert!(!err.contains('\r') && !err.contains("\x1b[K"), "{err:?}");
     // Packets on stdout: no status line either.
-    let argv = ns.argv(&[CAPAGENT, "capture", "-i", "lo", "--duration", "2.5"]);
+    let argv = ns.argv(&[capagent(), "capture", "-i", "lo", "--duration", "2.5"]);
     let (term, code) = stderr_on_a_terminal(&argv, 1);
     assert_eq!(code, 0, "{term:?}");
     assert!(status_lines(&term).is_empty(), "{term:?}");

@@ -7,10 +7,8 @@
 //! what they must leave behind.
 //!
 //! Needs root, tshark, curl, dig, socat, setpriv, bpftool and systemd-analyze. Run one at a
-//! time: `cargo test -p capagent --features root-tests --test daemon -- --test-threads=1`.
-
-#[allow(dead_code)] // the shared harness has helpers these tests do not use
-mod common;
+//! time, with the capagent binary in `CAPAGENT_BIN` (`cargo xtask test` sets it):
+//! `cargo test -p capagent-tests --features root-tests --test daemon -- --test-threads=1`.
 
 use std::{
     collections::BTreeSet,
@@ -24,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use capagent_testkit::*;
 use serde_json::Value;
 
 const HTTP: u16 = 8000;
@@ -155,7 +153,7 @@ fn start_daemon(ns: &Netns, cfg: &str, notify: &NotifySocket) -> Proc {
         .arg("setpriv")
         .arg("--inh-caps=-all")
         .arg(format!("--bounding-set={caps}"))
-        .arg(CAPAGENT)
+        .arg(capagent())
         .args(["daemon", "--config", cfg])
         .env("NOTIFY_SOCKET", &notify.path)
         .env("WATCHDOG_USEC", "1000000")
@@ -676,7 +674,7 @@ fn daemon_runs_jobs_reloads_and_stops_clean() {
     // what it sent and received over HTTP.
     assert_eq!(metric(&m, "capagent_job_connections_total", "trace"), 3.0);
     let status = {
-        let mut cmd = ns.cmd(CAPAGENT);
+        let mut cmd = ns.cmd(capagent());
         cmd.args(["status", "--config", &cfg]);
         run_output("capagent status", cmd, TIMEOUT)
     };
@@ -956,7 +954,7 @@ answer = "127.0.0.2"
         answer(&dig(&ns, 15401, "x.example")).as_deref(),
         Some("127.0.0.2")
     );
-    let mut status = ns.cmd(CAPAGENT);
+    let mut status = ns.cmd(capagent());
     status.args(["status", "--metrics", metrics_addr]);
     let status = run_output("capagent status", status, TIMEOUT);
     assert!(
@@ -995,7 +993,7 @@ answer = "127.0.0.2"
 fn check_reports_errors_with_line_and_column() {
     let dir = TempDir::new("dcheck");
     let check = |path: &str| {
-        let out = Command::new(CAPAGENT)
+        let out = Command::new(capagent())
             .args(["daemon", "--check", "--config", path])
             .output()
             .unwrap();
@@ -1082,7 +1080,7 @@ fn unit_file_passes_systemd_analyze_verify() {
     // installed one.
     let cfg = dir.write("capagent.toml", "");
     let unit = unit
-        .replace("/usr/local/bin/capagent", CAPAGENT)
+        .replace("/usr/local/bin/capagent", capagent())
         .replace("/etc/capagent/capagent.toml", &cfg);
     let path = dir.write("capagent.service", unit);
     let out = Command::new("systemd-analyze")
@@ -1096,7 +1094,7 @@ fn unit_file_passes_systemd_analyze_verify() {
 
 #[test]
 fn status_of_no_daemon_is_one_line() {
-    let out = Command::new(CAPAGENT)
+    let out = Command::new(capagent())
         .args(["status", "--metrics", "127.0.0.1:1"])
         .output()
         .unwrap();

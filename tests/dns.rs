@@ -3,16 +3,13 @@
 //! unmatched names, malformed queries; each checking the answers dig got and the recorded
 //! bytes (tshark dissecting the pcapng as DNS, and the JSON records).
 
-#[allow(dead_code)] // the shared harness has helpers these tests do not use
-mod common;
-
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::{CAPAGENT, Proc, TIMEOUT, TempDir, parse_json_lines, tshark_r};
+use capagent_testkit::{Proc, TIMEOUT, TempDir, capagent, parse_json_lines, tshark_r};
 use serde_json::Value;
 
 struct Dns {
@@ -22,7 +19,7 @@ struct Dns {
 
 impl Dns {
     fn start(args: &[&str]) -> Dns {
-        let mut cmd = Command::new(CAPAGENT);
+        let mut cmd = Command::new(capagent());
         cmd.arg("dns").args(["--listen", "127.0.0.1:0"]).args(args);
         let proc = Proc::spawn("capagent dns", cmd);
         let deadline = Instant::now() + TIMEOUT;

@@ -3,22 +3,18 @@
 //! zero-copy path without recording, refused targets and the connection cap. Each test
 //! checks the bytes relayed and the bytes recorded (JSON records, tshark on the pcapng).
 
-#[allow(dead_code)] // the shared harness has helpers these tests do not use
-mod common;
 #[allow(dead_code)]
-mod proxy_peers;
-
 use std::io::{Read as _, Write as _};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
 use std::thread;
 use std::time::Duration;
 
-use common::{Ev as _, TIMEOUT, TempDir, pattern};
-use proxy_peers::{
+use capagent_testkit::proxy::{
     Agent, Rec, closed_tcp_port, conn_events, curl, half_close_server, http_response, http_server,
     open_of, opens, read_all, recorded, udp_echo,
 };
+use capagent_testkit::{Ev as _, TIMEOUT, TempDir, pattern};
 use serde_json::Value;
 
 fn args(v: &[&str]) -> Vec<String> {
@@ -73,7 +69,7 @@ fn several_ports_in_one_process() {
     assert_eq!(received.recv_timeout(TIMEOUT).unwrap(), b"call method 42\n");
     agent.stop();
     let evs = rec.events();
-    assert_eq!(opens(&evs).len(), 2, "{}", common::dump(&evs));
+    assert_eq!(opens(&evs).len(), 2, "{}", capagent_testkit::dump(&evs));
     let w = open_of(&evs, "forward", &web.to_string());
     assert_eq!(w["listen"], web_l.to_string());
     assert_eq!(w["resolved"], web.to_string());
@@ -136,7 +132,7 @@ fn half_close_is_relayed_and_recorded() {
     let reply = kinds.iter().position(|k| *k == "recvfrom").unwrap();
     assert!(shut < reply, "{kinds:?}");
     // In pcapng the client's FIN comes before the server's data.
-    let out = common::tshark_r(
+    let out = capagent_testkit::tshark_r(
         &rec.pcap,
         &[
             "-T",
@@ -235,7 +231,7 @@ fn udp_datagrams_both_ways() {
         .iter()
         .filter(|e| e.ty() == "data" && e.fd() == o.fd())
         .collect();
-    assert_eq!(data.len(), 6, "{}", common::dump(&evs));
+    assert_eq!(data.len(), 6, "{}", capagent_testkit::dump(&evs));
     for (i, d) in data.iter().enumerate() {
         assert_eq!(d["dir"], if i % 2 == 0 { "send" } else { "recv" });
         assert_eq!(d.payload(), format!("udp message {}", i / 2).as_bytes());
@@ -370,7 +366,7 @@ fn status_line_on_a_terminal() {
     let dir = TempDir::new("fwd-status");
     let out = dir.join("status.jsonl");
     let argv = args(&[
-        common::CAPAGENT,
+        capagent_testkit::capagent(),
         "proxy",
         "forward",
         "--listen",
@@ -380,8 +376,8 @@ fn status_line_on_a_terminal() {
         "-o",
         out.to_str().unwrap(),
     ]);
-    let (term, _) = common::stderr_on_a_terminal(&argv, 2);
-    let lines = common::status_lines(&term);
+    let (term, _) = capagent_testkit::stderr_on_a_terminal(&argv, 2);
+    let lines = capagent_testkit::status_lines(&term);
     assert!(lines.len() >= 2 && lines[0] != lines[1], "{term:?}");
     for l in &lines {
         let rest = l.strip_prefix("capagent: 0:00:0").unwrap_or_default();

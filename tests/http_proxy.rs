@@ -3,9 +3,6 @@
 //! Each test checks the bytes relayed and the bytes recorded (tshark on the pcapng, and the
 //! JSON records).
 
-#[allow(dead_code)] // the shared harness has helpers these tests do not use
-mod common;
-
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
@@ -13,7 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::{CAPAGENT, Proc, TIMEOUT, TempDir, parse_json_lines, python, tshark_r};
+use capagent_testkit::{Proc, TIMEOUT, TempDir, capagent, parse_json_lines, python, tshark_r};
 use serde_json::Value;
 
 /// An HTTP/1.1 origin server (keep-alive) with a few endpoints; prints `READY <port>`.
@@ -143,7 +140,7 @@ struct Agent {
 
 impl Agent {
     fn start(args: &[&str]) -> Agent {
-        let mut cmd = Command::new(CAPAGENT);
+        let mut cmd = Command::new(capagent());
         cmd.args(args);
         let proc = Proc::spawn("capagent", cmd);
         let deadline = Instant::now() + TIMEOUT;
@@ -1062,7 +1059,7 @@ fn host_missing_or_repeated_is_400() {
         ),
         (format!("GET / HTTP/1.1\r\n{two}\r\n"), "more than one Host"),
         (
-            format!("GET / HTTP/1.1\r\nX-Host: a\r\n\r\n"),
+            "GET / HTTP/1.1\r\nX-Host: a\r\n\r\n".to_string(),
             "without Host",
         ),
         (format!("GET / HTTP/1.0\r\n{two}\r\n"), "more than one Host"),
@@ -1373,7 +1370,7 @@ fn ws_server(dir: &TempDir) -> (Proc, u16) {
 /// The request and response bytes recorded on the one server connection in `evs`.
 fn only_upstream(evs: &[Value]) -> (Vec<u8>, Vec<u8>) {
     let o = opens(evs);
-    assert_eq!(o.len(), 1, "{}", common::dump(evs));
+    assert_eq!(o.len(), 1, "{}", capagent_testkit::dump(evs));
     let fd = o[0]["fd"].as_i64().unwrap();
     (payload(evs, fd, "send"), payload(evs, fd, "recv"))
 }
@@ -1402,7 +1399,7 @@ fn websocket_through_reverse_proxy_with_java() {
     let src = dir.write("WsClient.java", WS_CLIENT_JAVA);
     let mut cmd = Command::new("java");
     cmd.arg(&src).arg(format!("ws://{}/chat", agent.addr));
-    let out = common::run_output("java WsClient", cmd, Duration::from_secs(60));
+    let out = capagent_testkit::run_output("java WsClient", cmd, Duration::from_secs(60));
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
         [
@@ -1497,7 +1494,7 @@ fn websocket_through_forward_proxy_raw() {
     cmd.arg(&script)
         .arg(agent.addr.port().to_string())
         .arg(port.to_string());
-    let out = common::run_output("ws_raw.py", cmd, Duration::from_secs(60));
+    let out = capagent_testkit::run_output("ws_raw.py", cmd, Duration::from_secs(60));
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
         [

@@ -13,15 +13,12 @@
 //! an identical second process's are not, and the cgroup attachments (`bpftool cgroup
 //! tree`) are as before afterwards.
 
-#[allow(dead_code)] // the shared harness has helpers these tests do not use
-mod common;
-
 use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::*;
+use capagent_testkit::*;
 use serde_json::Value;
 
 /// The three namespaces of the gateway tests.
@@ -205,7 +202,7 @@ struct Agent {
 
 impl Agent {
     fn start(ns: &Netns, args: &[&str]) -> Agent {
-        let mut cmd = ns.cmd(CAPAGENT);
+        let mut cmd = ns.cmd(capagent());
         cmd.arg("intercept").args(args);
         let proc = Proc::spawn("capagent", cmd);
         let a = Agent { proc };
@@ -581,7 +578,7 @@ fn cleanup_after_sigkill_by_command_and_by_next_start() {
     assert!(!after.contains("table inet capagent-"), "{after}");
     assert!(after.contains("proto 202"), "{after}");
     // ... until `capagent cleanup`.
-    let mut c = t.gw.cmd(CAPAGENT);
+    let mut c = t.gw.cmd(capagent());
     c.arg("cleanup");
     let out = c.output().unwrap();
     assert!(out.status.success());
@@ -606,7 +603,7 @@ fn cleanup_after_sigkill_by_command_and_by_next_start() {
     let mut add = t.gw.cmd("nft");
     add.args(["add", "table", "inet", "someone-else"]);
     run_ok(&mut add);
-    let mut c = t.gw.cmd(CAPAGENT);
+    let mut c = t.gw.cmd(capagent());
     c.arg("cleanup");
     assert!(c.output().unwrap().status.success());
     assert!(ns_output(&t.gw, &["nft", "list", "tables"]).contains("someone-else"));
@@ -764,7 +761,7 @@ fn per_process_command_and_sigkill() {
     let http = Proc::spawn("http.server", cmd);
     wait_listen(http.pid(), 8090);
     let jsonl = dir.join("cmd.jsonl");
-    let mut c = ns.cmd(CAPAGENT);
+    let mut c = ns.cmd(capagent());
     c.args([
         "intercept",
         "--format",
@@ -1015,7 +1012,7 @@ fn cleanup_detaches_cgroup_links_left_pinned() {
     thread::sleep(Duration::from_millis(300));
     let during = cgroup_state();
     let cleanup = {
-        let mut c = Command::new(CAPAGENT);
+        let mut c = Command::new(capagent());
         c.arg("cleanup");
         c.output().unwrap()
     };
@@ -1053,7 +1050,7 @@ fn pcapng_on_stdout_with_a_printing_command() {
     .arg(dir.join(""));
     let http = Proc::spawn("http.server", cmd);
     wait_listen(http.pid(), 8091);
-    let mut c = ns.cmd(CAPAGENT);
+    let mut c = ns.cmd(capagent());
     c.args(["intercept", "-w", "-", "--"]).args([
         "curl",
         "-sS",
@@ -1100,7 +1097,7 @@ fn status_line_on_a_terminal() {
     wait_listen(http.pid(), 8092);
     let out = dir.join("status.jsonl");
     let argv = ns.argv(&[
-        CAPAGENT,
+        capagent(),
         "intercept",
         "-o",
         out.to_str().unwrap(),

@@ -3,18 +3,16 @@
 //! back with tshark (4.0), which must read it without complaint and dissect the synthetic
 //! streams: the bytes of a TCP conversation, an HTTP request, a DNS query.
 //!
-//! Needs root and tshark. Run one at a time:
-//! `cargo test -p capagent --features root-tests --test pcapng -- --test-threads=1`.
-
-#[allow(dead_code)] // the shared harness has helpers these tests do not use
-mod common;
+//! Needs root and tshark. Run one at a time, with the capagent binary in
+//! `CAPAGENT_BIN` (`cargo xtask test` sets it):
+//! `cargo test -p capagent-tests --features root-tests --test pcapng -- --test-threads=1`.
 
 use std::{
     fs,
     process::{Command, Stdio},
 };
 
-use common::*;
+use capagent_testkit::*;
 
 const JSON: &[&str] = &["--format", "json"];
 
@@ -396,7 +394,7 @@ fn stdout_into_tshark() {
         &format!("w:{}", hex(b"ping!")),
         "r:4",
     ]);
-    let mut capagent = Command::new(CAPAGENT);
+    let mut capagent = Command::new(capagent());
     capagent.args(["trace", "-w", "-", "--"]).args(&argv);
     let (out, err) = capagent_into_tshark(
         capagent,
@@ -439,7 +437,7 @@ fn json_on_stdout_with_a_printing_command() {
         &format!("w:{}", hex(b"ping!")),
         "r:4",
     ]);
-    let mut capagent = Command::new(CAPAGENT);
+    let mut capagent = Command::new(capagent());
     capagent
         .args(["trace", "--format", "json", "--"])
         .args(&argv)

@@ -3,22 +3,18 @@
 //! malformed input), on loopback, no root. Each test checks the bytes relayed and the bytes
 //! recorded (the JSON records, and tshark on the pcapng).
 
-#[allow(dead_code)] // the shared harness has helpers these tests do not use
-mod common;
 #[allow(dead_code)]
-mod proxy_peers;
-
 use std::io::{Read as _, Write as _};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::process::Command;
 use std::thread;
 use std::time::Duration;
 
-use common::{Ev as _, Proc, TIMEOUT, TempDir, pattern, python, run_output};
-use proxy_peers::{
+use capagent_testkit::proxy::{
     Agent, Rec, closed_tcp_port, conn_events, curl, curl_status, half_close_server, http_response,
     http_server, open_of, opens, read_all, recorded, udp_echo,
 };
+use capagent_testkit::{Ev as _, Proc, TIMEOUT, TempDir, pattern, python, run_output};
 use serde_json::Value;
 
 fn args(v: &[&str]) -> Vec<String> {
@@ -113,7 +109,7 @@ fn curl_all_socks_versions() {
     }
     agent.stop();
     let evs = rec.events();
-    assert_eq!(opens(&evs).len(), 4, "{}", common::dump(&evs));
+    assert_eq!(opens(&evs).len(), 4, "{}", capagent_testkit::dump(&evs));
     for ((flag, _, proxy_name, target), request) in modes.iter().zip(&sent) {
         let open = open_of(&evs, proxy_name, target);
         assert_eq!(open["comm"], "socks");
@@ -186,7 +182,7 @@ fn curl_socks5_auth() {
     assert!(err.contains("SOCKS4 refused"), "{err}");
     let evs = rec.events();
     // Only the two authenticated requests reached the target.
-    assert_eq!(opens(&evs).len(), 2, "{}", common::dump(&evs));
+    assert_eq!(opens(&evs).len(), 2, "{}", capagent_testkit::dump(&evs));
     assert!(
         requests.try_recv().is_err(),
         "a refused client reached the target"
@@ -281,7 +277,7 @@ fn java_socks4_and_socks5() {
     }
     agent.stop();
     let evs = rec.events();
-    assert_eq!(opens(&evs).len(), 3, "{}", common::dump(&evs));
+    assert_eq!(opens(&evs).len(), 3, "{}", capagent_testkit::dump(&evs));
     for (_, _, _, msg, proxy, target) in &cases {
         let candidates: Vec<&Value> = opens(&evs)
             .into_iter()
@@ -414,12 +410,12 @@ fn socks5_udp_associate_with_socat_echo() {
         &echo.port().to_string(),
     ]);
     let out = run_output("socks.py udp5", cmd, TIMEOUT);
-    let bound = common::kv(&out, "BOUND");
+    let bound = capagent_testkit::kv(&out, "BOUND");
     let b: Vec<&str> = bound.split(' ').collect();
     // The reply carries the real address of the UDP relay, and its type.
     assert_eq!(&b[..3], ["0", "1", "127.0.0.1"], "{out}");
     assert_ne!(b[3], "0", "{out}");
-    let client: SocketAddr = common::kv(&out, "CLIENT")
+    let client: SocketAddr = capagent_testkit::kv(&out, "CLIENT")
         .replace(' ', ":")
         .parse()
         .unwrap();
@@ -432,7 +428,7 @@ fn socks5_udp_associate_with_socat_echo() {
             format!(
                 "ECHO 127.0.0.1 {} {}",
                 echo.port(),
-                common::hex(msg.as_bytes())
+                capagent_testkit::hex(msg.as_bytes())
             )
         );
     }
@@ -450,7 +446,7 @@ fn socks5_udp_associate_with_socat_echo() {
         .iter()
         .filter(|e| e.ty() == "data" && e.fd() == fd)
         .collect();
-    assert_eq!(data.len(), 4, "{}", common::dump(&evs));
+    assert_eq!(data.len(), 4, "{}", capagent_testkit::dump(&evs));
     for (i, pair) in data.chunks(2).enumerate() {
         let msg = format!("datagram {i} via socks5 udp");
         assert_eq!(pair[0]["dir"], "send");
@@ -519,7 +515,10 @@ fn bind_case(version: &str) {
     assert_eq!(got, b"LIST from the client");
     server.shutdown(Shutdown::Write).unwrap();
     let answer = client.expect("GOT", TIMEOUT);
-    assert_eq!(answer, common::hex(b"220 data from the server\r\n"));
+    assert_eq!(
+        answer,
+        capagent_testkit::hex(b"220 data from the server\r\n")
+    );
     assert!(client.wait(TIMEOUT).success());
     agent.stop();
     let evs = rec.events();
@@ -710,7 +709,7 @@ fn unreachable_targets_get_refused_and_unreachable() {
         .into_iter()
         .filter(|o| o["target"] == target)
         .collect();
-    assert_eq!(refused.len(), 3, "{}", common::dump(&evs));
+    assert_eq!(refused.len(), 3, "{}", capagent_testkit::dump(&evs));
     for o in refused {
         assert_eq!(o["errno"], "ECONNREFUSED", "{o}");
     }
@@ -924,7 +923,7 @@ fn a_port_in_use_is_refused() {
     let agent = socks(&rec, &[]);
     let addr = agent.addr().to_string();
     for kind in ["socks", "http"] {
-        let mut cmd = Command::new(common::CAPAGENT);
+        let mut cmd = Command::new(capagent_testkit::capagent());
         cmd.args(["proxy", kind, "--listen", &addr, "--no-record"]);
         let out = cmd.output().unwrap();
         assert_eq!(out.status.code(), Some(1), "{kind}: {out:?}");

@@ -3,17 +3,15 @@
 //! binary through the real kernel. Every payload assertion compares the bytes capagent
 //! reports (`payload_b64`) with the bytes the peer actually sent or received.
 //!
-//! Needs root. Run one at a time:
-//! `cargo test -p capagent --features root-tests --test trace -- --test-threads=1`.
+//! Needs root. Run one at a time, with the capagent binary in
+//! `CAPAGENT_BIN` (`cargo xtask test` sets it):
+//! `cargo test -p capagent-tests --features root-tests --test trace -- --test-threads=1`.
 //!
 //! How a test knows capagent has attached when capagent and the traced process start
 //! separately (`--pid`, `--comm`, `--all`): capagent prints nothing when it is ready, so the
 //! test makes a traced process do a harmless socket call over and over until that call shows
 //! up in capagent's `-o` file (see `LiveTrace::poke_until`); only then does the part under
 //! test begin.
-
-#[allow(dead_code)] // the shared harness has helpers these tests do not use (tshark)
-mod common;
 
 use std::{
     fs,
@@ -22,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use capagent_testkit::*;
 use serde_json::Value;
 
 /// The summary on stderr counts every record written (lost ones apart) and the lost ones.
@@ -1759,7 +1757,7 @@ fn status_line_on_a_terminal() {
         hex(b"ping!")
     );
     let out = dir.join("status.jsonl");
-    let mut argv = strings(&[CAPAGENT, "trace", "-o", out.to_str().unwrap(), "--"]);
+    let mut argv = strings(&[capagent(), "trace", "-o", out.to_str().unwrap(), "--"]);
     argv.extend(ns.argv(&["sh", "-c", &script]));
     let (term, _) = stderr_on_a_terminal(&argv, 3);
     assert_eq!(srv.recv(0), b"ping!");

@@ -1,7 +1,7 @@
 //! `cargo xtask test`: setup, unit tests of the default members, then the root integration
-//! tests in tests/ (test targets of the capagent package behind its `root-tests` feature),
-//! one at a time, then the proxy tests (behind `peer-tests`), then (`--fuzz-secs`) every fuzz
-//! target, each counted as a test. Ends with `N passed, N failed`.
+//! tests in tests/ (test targets of the capagent-tests crate behind its `root-tests`
+//! feature), one at a time, then the proxy tests (behind `peer-tests`), then (`--fuzz-secs`)
+//! every fuzz target, each counted as a test. Ends with `N passed, N failed`.
 use std::{
     io::{BufRead, BufReader, Write},
     process::{Command, Stdio},
@@ -14,8 +14,9 @@ use crate::{
     util::{self, display},
 };
 
-/// Root integration test targets (tests/NAME.rs, declared in agent/Cargo.toml).
-pub const INTEGRATION_TESTS: &[&str] = &["trace", "pcapng", "capture", "intercept", "daemon"];
+/// The crate of the integration tests (tests/Cargo.toml declares its test targets and the
+/// features that gate them).
+const TESTS_CRATE: &str = "capagent-tests";
 
 #[derive(Default, Debug, PartialEq, Eq)]
 pub struct Tally {
@@ -84,6 +85,8 @@ pub fn test(integration_args: &[String], fuzz_secs: u64) -> Result<()> {
     // Binaries the integration tests can use, whatever their target dir.
     let capagent = util::build_bins("capagent", &["capagent"], false)?;
     let rr = util::build_bins("xtask", &["rr"], true)?;
+    let manifest = std::fs::read_to_string(util::workspace_root().join("tests/Cargo.toml"))
+        .context("reading tests/Cargo.toml")?;
 
     let mut total = Tally::default();
     let mut problems = Vec::new();
@@ -107,13 +110,13 @@ pub fn test(integration_args: &[String], fuzz_secs: u64) -> Result<()> {
     integ.args([
         "test",
         "-p",
-        "capagent",
+        TESTS_CRATE,
         "--features",
         "root-tests",
         "--no-fail-fast",
     ]);
-    for t in INTEGRATION_TESTS {
-        integ.args(["--test", t]);
+    for t in tests_requiring(&manifest, "root-tests") {
+        integ.args(["--test", &t]);
     }
     integ
         .arg("--")
@@ -133,13 +136,11 @@ pub fn test(integration_args: &[String], fuzz_secs: u64) -> Result<()> {
     peers.args([
         "test",
         "-p",
-        "capagent",
+        TESTS_CRATE,
         "--features",
         "peer-tests",
         "--no-fail-fast",
     ]);
-    let manifest = std::fs::read_to_string(util::workspace_root().join("agent/Cargo.toml"))
-        .context("reading agent/Cargo.toml")?;
     for t in tests_requiring(&manifest, "peer-tests") {
         peers.args(["--test", &t]);
     }
@@ -229,12 +230,12 @@ root-tests = []
 
 [[test]]
 name = "trace"
-path = "../tests/trace.rs"
+path = "trace.rs"
 required-features = ["root-tests"]
 
 [[test]]
 name = "socks"
-path = "../tests/socks.rs"
+path = "socks.rs"
 required-features = ["peer-tests"]
 
 [dev-dependencies]

@@ -1,6 +1,5 @@
-//! Harness of the proxy integration tests (`--features peer-tests`, no root): a capagent
-//! proxy process, servers the tests control, and what capagent recorded (JSON lines, and
-//! tshark on the pcapng).
+//! The proxy tests' side (no root): a `capagent proxy ...` process, servers the tests
+//! control, and what capagent recorded (JSON lines, and tshark on the pcapng).
 
 use std::io::{Read as _, Write as _};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
@@ -11,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::common::{CAPAGENT, Ev as _, Proc, TIMEOUT, TempDir, parse_json_lines, tshark_r, unhex};
+use crate::{Ev as _, Proc, TIMEOUT, TempDir, capagent, parse_json_lines, tshark_r, unhex};
 
 /// A running `capagent proxy ...`.
 pub struct Agent {
@@ -23,7 +22,7 @@ pub struct Agent {
 impl Agent {
     /// Starts `capagent ARGS` and waits until it printed `listening on` `listeners` times.
     pub fn start(args: &[String], listeners: usize) -> Agent {
-        let mut cmd = Command::new(CAPAGENT);
+        let mut cmd = Command::new(capagent());
         cmd.args(args);
         let proc = Proc::spawn("capagent", cmd);
         let deadline = Instant::now() + TIMEOUT;
@@ -229,7 +228,7 @@ pub fn open_of<'a>(evs: &'a [Value], proxy: &str, target: &str) -> &'a Value {
         found.len(),
         1,
         "want one open {proxy} {target}; records:\n{}",
-        crate::common::dump(evs)
+        crate::dump(evs)
     );
     found[0]
 }
