@@ -18,26 +18,12 @@ use capagent_testkit::*;
 
 const PORT: u16 = 8000;
 
-/// Waits until `p`'s stderr contains `what`.
-fn wait_stderr(p: &Proc, what: &str) {
-    let deadline = Instant::now() + TIMEOUT;
-    while !p.stderr().contains(what) {
-        assert!(
-            Instant::now() < deadline,
-            "{}: no {what:?} on stderr: {:?}",
-            p.name,
-            p.stderr()
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// `capagent capture ARGS` inside `ns`, once it says it is capturing.
 fn start_capture(ns: &Netns, args: &[&str]) -> Proc {
     let mut cmd = ns.cmd(capagent());
     cmd.arg("capture").args(args);
     let p = Proc::spawn("capagent", cmd);
-    wait_stderr(&p, "capagent: capturing on");
+    p.wait_stderr("capagent: capturing on", 1, TIMEOUT);
     p
 }
 
@@ -120,7 +106,7 @@ fn lo_capture_matches_tcpdump_and_tshark_reads_http() {
         .arg(&theirs)
         .args(["tcp", "port", &PORT.to_string()]);
     let mut tcpdump = Proc::spawn("tcpdump", td_cmd);
-    wait_stderr(&tcpdump, "listening on");
+    tcpdump.wait_stderr("listening on", 1, TIMEOUT);
     let mut cap = start_capture(
         &ns,
         &["-i", "lo", "-w", ours.to_str().unwrap(), "--duration", "3"],
@@ -669,8 +655,9 @@ fn pid_capture_of_old_connection(veth: bool, extra: &[&str]) {
     b.go();
     a.done("alpha");
     b.done("bravo");
-    // The FIN exchange follows the answer by a moment.
-    thread::sleep(Duration::from_millis(300));
+    // The FIN exchange follows the answer by a moment: wait until the clients' connections
+    // have ended (the clients close first, so their sockets in TIME_WAIT have seen it all).
+    wait_tcp_settled(cap.pid());
     interrupt(&mut cap);
     let file = file.to_str().unwrap();
     let comments = tshark_r(file, &["-T", "fields", "-e", "frame.comment"]);
@@ -808,7 +795,7 @@ fn start_capture_mode(ns: &Netns, mode: &str, args: &[&str]) -> Proc {
     let mut cmd = ns.cmd(capagent());
     cmd.env(TC_MODE, mode).arg("capture").args(args);
     let p = Proc::spawn("capagent", cmd);
-    wait_stderr(&p, "capagent: capturing on");
+    p.wait_stderr("capagent: capturing on", 1, TIMEOUT);
     p
 }
 
@@ -1374,8 +1361,9 @@ fn filters_select_what_tcpdump_selects() {
             .arg(if v6 { "::1" } else { "127.0.0.1" });
         run_output("ping", ping, TIMEOUT);
     }
-    // Let the last segments (delayed ACKs) pass, then stop everything.
-    thread::sleep(Duration::from_millis(500));
+    // Let the last segments (FINs, the last ACKs) pass: every connection has ended. Then
+    // stop everything.
+    wait_tcp_settled(all.pid());
     for p in std::iter::once(&all).chain(&caps) {
         unsafe { libc::kill(p.pid() as libc::pid_t, libc::SIGINT) };
     }
@@ -1530,7 +1518,26 @@ fn filters_on_a_layer3_device() {
     let mut ping = ns.cmd("ping");
     ping.args(["-c", "2", "-i", "0.2", "10.9.0.2"]);
     run_output("ping", ping, TIMEOUT);
-    thread::sleep(Duration::from_millis(500));
+    // Nothing left in flight: the reflector has sent back every packet the kernel gave it.
+    let tun_packets = || {
+        let mut cmd = ns.cmd("ip");
+        cmd.args(["-s", "-j", "link", "show", "tun0"]);
+        let v: serde_json::Value =
+            serde_json::from_str(&run_output("ip -s link", cmd, TIMEOUT)).unwrap();
+        let stats = &v[0]["stats64"];
+        (
+            stats["tx"]["packets"].as_u64(),
+            stats["rx"]["packets"].as_u64(),
+        )
+    };
+    assert!(
+        wait_until(TIMEOUT, || {
+            let (tx, rx) = tun_packets();
+            tx.is_some() && tx == rx
+        }),
+        "tun0 packets out and back in: {:?}",
+        tun_packets()
+    );
     for p in &caps {
         unsafe { libc::kill(p.pid() as libc::pid_t, libc::SIGINT) };
     }

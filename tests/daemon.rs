@@ -165,19 +165,6 @@ fn start_daemon(ns: &Netns, cfg: &str, notify: &NotifySocket) -> Proc {
     Proc::spawn("capagent daemon", cmd)
 }
 
-fn wait_stderr(p: &Proc, what: &str, count: usize) {
-    let deadline = Instant::now() + TIMEOUT;
-    while p.stderr().matches(what).count() < count {
-        assert!(
-            Instant::now() < deadline,
-            "{}: no {count}x {what:?} on stderr: {}",
-            p.name,
-            p.stderr()
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
-}
-
 fn signal(p: &Proc, sig: libc::c_int) {
     unsafe { libc::kill(p.pid() as libc::pid_t, sig) };
 }
@@ -251,6 +238,63 @@ fn job_files(out: &Path, job: &str, ext: &str) -> Vec<PathBuf> {
         .unwrap_or_default();
     v.sort();
     v
+}
+
+/// Waits until job `job` has rotated its `ext` file since its newest was `before`.
+fn wait_rotated(out: &Path, job: &str, ext: &str, before: Option<&PathBuf>) {
+    assert!(
+        wait_until(TIMEOUT, || job_files(out, job, ext).last() != before),
+        "{job} did not rotate its {ext} file: {:?}",
+        job_files(out, job, ext)
+    );
+}
+
+/// The packets the capture job `job` has written out so far: the complete packet blocks of
+/// its files (the open file may end in a block being written).
+fn packets_written(out: &Path, job: &str) -> u64 {
+    let mut n = 0;
+    for f in job_files(out, job, "pcapng") {
+        let data = fs::read(f).unwrap_or_default();
+        if data.len() < 12 {
+            continue;
+        }
+        let be = data[8..12] == [0x1a, 0x2b, 0x3c, 0x4d];
+        let u32_at = |i: usize| {
+            let a = [data[i], data[i + 1], data[i + 2], data[i + 3]];
+            if be {
+                u32::from_be_bytes(a)
+            } else {
+                u32::from_le_bytes(a)
+            }
+        };
+        let mut i = 0;
+        while i + 8 <= data.len() {
+            let (ty, len) = (u32_at(i), u32_at(i + 4) as usize);
+            if len < 12 || i + len > data.len() {
+                break;
+            }
+            n += u64::from(ty == EPB);
+            i += len;
+        }
+    }
+    n
+}
+
+/// The bytes of the data records job `job` has written out so far (complete lines).
+fn bytes_written(out: &Path, job: &str) -> u64 {
+    job_files(out, job, "jsonl")
+        .iter()
+        .flat_map(|f| {
+            let text = fs::read_to_string(f).unwrap_or_default();
+            let complete = text.rfind('\n').map_or("", |i| &text[..i]).to_string();
+            complete
+                .lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .filter(|e| e["type"] == "data")
+                .map(|e| e["total"].as_u64().unwrap())
+                .collect::<Vec<_>>()
+        })
+        .sum()
 }
 
 /// The blocks of a pcapng file: (type, body).
@@ -602,15 +646,15 @@ fn daemon_runs_jobs_reloads_and_stops_clean() {
     let (_, mask) = unit_caps();
     assert_eq!(cap_field(pid, "CapEff:"), mask);
     assert_eq!(cap_field(pid, "CapBnd:"), mask);
-    wait_stderr(&daemon, "capagent: capturing on lo", 1);
-    wait_stderr(&daemon, "trace::run: attached: tracing", 1);
-    wait_stderr(
-        &daemon,
+    daemon.wait_stderr("capagent: capturing on lo", 1, TIMEOUT);
+    daemon.wait_stderr("trace::run: attached: tracing", 1, TIMEOUT);
+    daemon.wait_stderr(
         &format!("socks proxy listening on 127.0.0.1:{SOCKS}"),
         1,
+        TIMEOUT,
     );
-    wait_stderr(&daemon, &format!("dns listening on 127.0.0.1:{DNS}"), 1);
-    wait_stderr(&daemon, "capagent: intercepting", 1);
+    daemon.wait_stderr(&format!("dns listening on 127.0.0.1:{DNS}"), 1, TIMEOUT);
+    daemon.wait_stderr("capagent: intercepting", 1, TIMEOUT);
     assert!(
         tables().contains(&format!("capagent-{pid}")),
         "{}",
@@ -628,20 +672,21 @@ fn daemon_runs_jobs_reloads_and_stops_clean() {
     long.expect("CONNECTED", TIMEOUT);
     say(&mut long, "hello-1");
 
-    // Downloads through the SOCKS job, and by the traced curl; pauses between them, so the
-    // capture's files are written out (and rotated) in between.
+    // Downloads through the SOCKS job, and by the traced curl; the capture's files are
+    // written out (and rotated) in between.
     let url = format!("http://127.0.0.1:{HTTP}/big");
     let socks_arg = format!("127.0.0.1:{SOCKS}");
     let mut socks_bytes = 2 * "hello-1\n".len() as u64;
     let mut traced_bytes = 0;
     for _ in 0..3 {
+        let newest = job_files(&out, "cap", "pcapng").pop();
         let (body, n) = curl(&ns, "curl", &["--socks5", &socks_arg, &url], &dir);
         assert!(body == big, "the download through the SOCKS job differs");
         socks_bytes += n;
         let (body, n) = curl(&ns, &traced, &[&url], &dir);
         assert!(body == big);
         traced_bytes += n;
-        thread::sleep(Duration::from_millis(400));
+        wait_rotated(&out, "cap", "pcapng", newest.as_ref());
     }
     assert_eq!(
         answer(&dig(&ns, DNS, "www.capagent.test")).as_deref(),
@@ -687,8 +732,18 @@ fn daemon_runs_jobs_reloads_and_stops_clean() {
         );
     }
 
-    // Give the writers a flush (every 200 ms), then read the files.
-    thread::sleep(Duration::from_millis(500));
+    // The writers flush every 200 ms: wait until the files hold what the metrics counted
+    // (the trace job's bytes, the capture's packets), then read them. (If they never do,
+    // the assertions below say what differs.)
+    wait_until(TIMEOUT, || {
+        bytes_written(&out, "trace") == metric(&m, "capagent_job_bytes_total", "trace") as u64
+            && packets_written(&out, "cap")
+                == metric(
+                    &metrics(&ns, metrics_addr),
+                    "capagent_job_packets_total",
+                    "cap",
+                ) as u64
+    });
     let trace = json_records(&out, "trace");
     let recorded: u64 = trace
         .iter()
@@ -757,10 +812,10 @@ fn daemon_runs_jobs_reloads_and_stops_clean() {
     signal(&daemon, libc::SIGHUP);
     notify.wait("RELOADING=1", 0);
     notify.wait("READY=1", 1);
-    wait_stderr(
-        &daemon,
+    daemon.wait_stderr(
         &format!("forward 127.0.0.1:{FORWARD} -> 127.0.0.1:{ECHO} listening"),
         1,
+        TIMEOUT,
     );
     say(&mut long, "hello-2");
     socks_bytes += 2 * "hello-2\n".len() as u64;
@@ -829,10 +884,11 @@ fn daemon_runs_jobs_reloads_and_stops_clean() {
     .unwrap();
     signal(&daemon, libc::SIGHUP);
     notify.wait("READY=1", 3);
-    wait_stderr(&daemon, "capagent: capturing on lo", 2);
+    daemon.wait_stderr("capagent: capturing on lo", 2, TIMEOUT);
     for _ in 0..4 {
+        let newest = job_files(&out, "cap", "pcapng").pop();
         curl(&ns, "curl", &[&url], &dir);
-        thread::sleep(Duration::from_millis(400));
+        wait_rotated(&out, "cap", "pcapng", newest.as_ref());
     }
     let deadline = Instant::now() + TIMEOUT;
     while job_files(&out, "cap", "pcapng").len() > 3 {

@@ -5,7 +5,6 @@
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::process::Command;
-use std::thread;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -22,27 +21,17 @@ impl Dns {
         let mut cmd = Command::new(capagent());
         cmd.arg("dns").args(["--listen", "127.0.0.1:0"]).args(args);
         let proc = Proc::spawn("capagent dns", cmd);
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let err = proc.stderr();
-            if let Some(line) = err.lines().find(|l| l.contains("dns listening on ")) {
-                let addr = line
-                    .rsplit("listening on ")
-                    .next()
-                    .unwrap()
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .parse()
-                    .unwrap();
-                return Dns { proc, addr };
-            }
-            assert!(
-                Instant::now() < deadline,
-                "capagent dns did not start: {err}"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+        let line = proc.wait_stderr_line("dns listening on ", TIMEOUT);
+        let addr = line
+            .rsplit("listening on ")
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        Dns { proc, addr }
     }
 
     /// `dig @ADDR -p PORT ARGS... +tries=1 +time=5`: stdout.

@@ -8,13 +8,14 @@ use std::io::{Read as _, Write as _};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
 use std::thread;
-use std::time::Duration;
 
 use capagent_testkit::proxy::{
     Agent, Rec, closed_tcp_port, conn_events, curl, half_close_server, http_response, http_server,
     open_of, opens, read_all, recorded, udp_echo,
 };
-use capagent_testkit::{Ev as _, TIMEOUT, TempDir, pattern};
+use capagent_testkit::{
+    Ev as _, TCP_ESTABLISHED, TIMEOUT, TempDir, pattern, tcp_sockets, wait_for,
+};
 use serde_json::Value;
 
 fn args(v: &[&str]) -> Vec<String> {
@@ -305,6 +306,35 @@ fn not_recording_relays_exact_bytes() {
     assert!(!err.contains("open("), "--no-record wrote records: {err}");
 }
 
+/// A connection to the forwarder at `addr` that holds a slot: it sent `first`, and capagent
+/// connected to the target (on `target_port`) for it. The slot of a connection that just
+/// ended is released a moment after its socket closes; a connection made before that is
+/// closed at once, and another one is tried.
+fn hold(addr: SocketAddr, target_port: u16) -> TcpStream {
+    let upstream = || {
+        tcp_sockets(0)
+            .iter()
+            .any(|t| t.remote_port == target_port && t.state == TCP_ESTABLISHED)
+    };
+    wait_for(TIMEOUT, || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let _ = s.write_all(b"first");
+        s.set_nonblocking(true).unwrap();
+        let held = wait_for(TIMEOUT, || {
+            if upstream() {
+                return Some(true);
+            }
+            match s.peek(&mut [0u8; 1]) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => None,
+                _ => Some(false),
+            }
+        });
+        s.set_nonblocking(false).unwrap();
+        (held == Some(true)).then_some(s)
+    })
+    .expect("no connection got a slot")
+}
+
 #[test]
 fn refused_target_and_connection_cap() {
     let dir = TempDir::new("fwd-limits");
@@ -330,12 +360,8 @@ fn refused_target_and_connection_cap() {
     // Refused target: the client's connection is reset (or closed) without data.
     let mut s = TcpStream::connect(agent.addrs[0]).unwrap();
     assert_eq!(read_all(&mut s), b"");
-    // (Its slot is released just after its socket closes.)
-    thread::sleep(Duration::from_millis(200));
     // The cap: one connection held open; the next is closed at once.
-    let mut held = TcpStream::connect(agent.addrs[1]).unwrap();
-    held.write_all(b"first").unwrap();
-    thread::sleep(Duration::from_millis(200));
+    let mut held = hold(agent.addrs[1], server.port());
     let mut over = TcpStream::connect(agent.addrs[1]).unwrap();
     let _ = over.write_all(b"second");
     assert_eq!(

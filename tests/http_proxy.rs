@@ -143,20 +143,10 @@ impl Agent {
         let mut cmd = Command::new(capagent());
         cmd.args(args);
         let proc = Proc::spawn("capagent", cmd);
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let err = proc.stderr();
-            if let Some(line) = err.lines().find(|l| l.contains(" listening on ")) {
-                let addr = line.rsplit(" listening on ").next().unwrap();
-                let addr = addr.split_whitespace().next().unwrap().parse().unwrap();
-                return Agent { proc, addr };
-            }
-            assert!(
-                Instant::now() < deadline,
-                "capagent did not start listening: {err}"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+        let line = proc.wait_stderr_line(" listening on ", TIMEOUT);
+        let addr = line.rsplit(" listening on ").next().unwrap();
+        let addr = addr.split_whitespace().next().unwrap().parse().unwrap();
+        Agent { proc, addr }
     }
 
     fn url(&self) -> String {
@@ -165,16 +155,7 @@ impl Agent {
 
     /// Stops it (SIGTERM) so that it writes out its records; returns its stderr.
     fn stop(mut self) -> String {
-        unsafe {
-            libc::kill(self.proc.pid() as i32, libc::SIGTERM);
-        }
-        let st = self.proc.wait(TIMEOUT);
-        assert!(
-            st.success(),
-            "capagent exited with {st}: {}",
-            self.proc.stderr()
-        );
-        self.proc.stderr()
+        self.proc.terminate(TIMEOUT)
     }
 }
 

@@ -450,3 +450,17 @@ pub struct DnsArgs {
     #[command(flatten)]
     pub common: ProxyCommon,
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory as _;
+
+    use super::Cli;
+
+    /// clap's own checks of the whole command tree (conflicting flags, bad defaults, ids
+    /// used twice...), which it otherwise makes only when a command line reaches them.
+    #[test]
+    fn command_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+}

@@ -108,6 +108,62 @@ impl Proc {
         }
     }
 
+    /// Waits until the process's stderr holds `what` at least `count` times; returns the
+    /// stderr. Panics after `timeout`.
+    pub fn wait_stderr(&self, what: &str, count: usize, timeout: Duration) -> String {
+        crate::wait_for(timeout, || {
+            let err = self.stderr();
+            (err.matches(what).count() >= count).then_some(err)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: no {count}x {what:?} on stderr within {timeout:?}: {}",
+                self.name,
+                self.stderr()
+            )
+        })
+    }
+
+    /// The complete lines (ended by a newline) of the process's stderr so far: the last one
+    /// may still be arriving.
+    pub fn stderr_lines(&self) -> Vec<String> {
+        let err = self.stderr();
+        let complete = err.rfind('\n').map_or("", |i| &err[..i]);
+        complete.lines().map(str::to_string).collect()
+    }
+
+    /// Waits for a complete stderr line containing `what`; returns it. Panics after
+    /// `timeout`.
+    pub fn wait_stderr_line(&self, what: &str, timeout: Duration) -> String {
+        crate::wait_for(timeout, || {
+            self.stderr_lines().into_iter().find(|l| l.contains(what))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: no line {what:?} on stderr within {timeout:?}: {}",
+                self.name,
+                self.stderr()
+            )
+        })
+    }
+
+    /// Sends the signal `sig` to the process.
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) of our child's pid (not reaped before drop, so not reused).
+        let r = unsafe { libc::kill(self.pid() as libc::pid_t, sig) };
+        assert_eq!(r, 0, "{}: cannot signal it", self.name);
+    }
+
+    /// Stops the process as its service manager would: SIGTERM, then it must exit 0 within
+    /// `timeout`. Returns its stderr.
+    pub fn terminate(&mut self, timeout: Duration) -> String {
+        self.signal(libc::SIGTERM);
+        let st = self.wait(timeout);
+        let err = self.stderr();
+        assert!(st.success(), "{} exited with {st}: {err}", self.name);
+        err
+    }
+
     /// Waits for the process to exit; kills it and panics after `timeout`.
     pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
         match wait_timeout(&mut self.child, timeout) {

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::{Ev as _, Proc, TIMEOUT, TempDir, capagent, parse_json_lines, tshark_r, unhex};
+use crate::{
+    Ev as _, Proc, TIMEOUT, TempDir, capagent, parse_json_lines, tshark_r, unhex, wait_for,
+};
 
 /// A running `capagent proxy ...`.
 pub struct Agent {
@@ -25,23 +27,22 @@ impl Agent {
         let mut cmd = Command::new(capagent());
         cmd.args(args);
         let proc = Proc::spawn("capagent", cmd);
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            let err = proc.stderr();
-            let addrs: Vec<SocketAddr> = err
-                .lines()
+        let addrs = wait_for(TIMEOUT, || {
+            let addrs: Vec<SocketAddr> = proc
+                .stderr_lines()
+                .iter()
                 .filter_map(|l| l.rsplit_once(" listening on ").map(|(_, a)| a))
                 .map(|a| a.trim().parse().unwrap())
                 .collect();
-            if addrs.len() >= listeners {
-                return Agent { proc, addrs };
-            }
-            assert!(
-                Instant::now() < deadline,
-                "capagent {args:?} did not start listening: {err}"
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+            (addrs.len() >= listeners).then_some(addrs)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "capagent {args:?} did not start listening: {}",
+                proc.stderr()
+            )
+        });
+        Agent { proc, addrs }
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -50,12 +51,7 @@ impl Agent {
 
     /// SIGTERM, so that it writes out every record; checks it exits 0; returns its stderr.
     pub fn stop(mut self) -> String {
-        // SAFETY: kill(2) on our child's pid.
-        unsafe { libc::kill(self.proc.pid() as i32, libc::SIGTERM) };
-        let st = self.proc.wait(TIMEOUT);
-        let err = self.proc.stderr();
-        assert!(st.success(), "capagent exited with {st}: {err}");
-        err
+        self.proc.terminate(TIMEOUT)
     }
 }
 

@@ -30,18 +30,78 @@ pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
     wait_for(timeout, || cond().then_some(())).is_some()
 }
 
-/// Whether the process `pid` (or any process in its network namespace) has a TCP socket
-/// listening on `port`, from the namespace's `/proc/PID/net/tcp{,6}`.
-pub fn listening(pid: u32, port: u16) -> bool {
-    let want = format!(":{port:04X} ");
-    ["tcp", "tcp6"].iter().any(|f| {
-        let table = fs::read_to_string(format!("/proc/{pid}/net/{f}")).unwrap_or_default();
-        // sl local_address rem_address st ...; st 0A = LISTEN
-        table.lines().skip(1).any(|l| {
+/// TCP states in `/proc/net/tcp`.
+pub const TCP_ESTABLISHED: u8 = 0x01;
+pub const TCP_TIME_WAIT: u8 = 0x06;
+pub const TCP_CLOSE: u8 = 0x07;
+pub const TCP_LISTEN: u8 = 0x0a;
+
+/// A TCP socket of `/proc/PID/net/tcp{,6}`: local port, remote port, state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpSocket {
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub state: u8,
+}
+
+/// The TCP sockets (IPv4 and IPv6) of the network namespace of process `pid` (`"self"`'s
+/// with 0).
+pub fn tcp_sockets(pid: u32) -> Vec<TcpSocket> {
+    let proc = if pid == 0 {
+        "self".to_string()
+    } else {
+        pid.to_string()
+    };
+    let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+    let mut out = Vec::new();
+    for f in ["tcp", "tcp6"] {
+        let table = fs::read_to_string(format!("/proc/{proc}/net/{f}")).unwrap_or_default();
+        // sl local_address rem_address st ...
+        for l in table.lines().skip(1) {
             let cols: Vec<&str> = l.split_whitespace().collect();
-            cols.len() > 3 && format!("{} ", cols[1]).ends_with(&want) && cols[3] == "0A"
-        })
-    })
+            if cols.len() < 4 {
+                continue;
+            }
+            if let (Some(local_port), Some(remote_port), Ok(state)) = (
+                port(cols[1]),
+                port(cols[2]),
+                u8::from_str_radix(cols[3], 16),
+            ) {
+                out.push(TcpSocket {
+                    local_port,
+                    remote_port,
+                    state,
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Whether the process `pid` (or any process in its network namespace) has a TCP socket
+/// listening on `port`.
+pub fn listening(pid: u32, port: u16) -> bool {
+    tcp_sockets(pid)
+        .iter()
+        .any(|s| s.local_port == port && s.state == TCP_LISTEN)
+}
+
+/// Whether every TCP connection in the network namespace of `pid` has ended: each socket
+/// listens, or is closed or in TIME_WAIT (so its FIN exchange and last ACK have been sent).
+pub fn tcp_settled(pid: u32) -> bool {
+    tcp_sockets(pid)
+        .iter()
+        .all(|s| matches!(s.state, TCP_LISTEN | TCP_TIME_WAIT | TCP_CLOSE))
+}
+
+/// Waits until every TCP connection in the network namespace of `pid` has ended (see
+/// [`tcp_settled`]); panics after [`TIMEOUT`].
+pub fn wait_tcp_settled(pid: u32) {
+    assert!(
+        wait_until(TIMEOUT, || tcp_settled(pid)),
+        "TCP connections still open: {:?}",
+        tcp_sockets(pid)
+    );
 }
 
 /// Waits until the process `pid` (or any process in its network namespace) has a TCP socket
