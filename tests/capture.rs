@@ -10,8 +10,7 @@
 use std::{
     io::Read as _,
     process::{Command, Stdio},
-    thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use capagent_testkit::*;
@@ -1121,22 +1120,15 @@ fn fdinfo_field(text: &str, key: &str) -> Option<String> {
 /// Whether the kernel still has BPF object `what` (`prog` or `link`) number `id`; the kernel
 /// frees them shortly after the last reference goes, so this waits up to 10 s for it to go.
 fn bpf_object_gone(what: &str, id: &str) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let st = Command::new("bpftool")
+    wait_until(Duration::from_secs(10), || {
+        !Command::new("bpftool")
             .args([what, "show", "id", id])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status()
-            .unwrap();
-        if !st.success() {
-            return true;
-        }
-        if Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(50));
-    }
+            .unwrap()
+            .success()
+    })
 }
 
 #[test]

@@ -121,18 +121,15 @@ impl NotifySocket {
 
     /// Waits for the `nth` (0-based) message containing `what`; returns it.
     fn wait(&self, what: &str, nth: usize) -> String {
-        let deadline = Instant::now() + TIMEOUT;
-        loop {
-            if let Some(m) = self.all().into_iter().filter(|m| m.contains(what)).nth(nth) {
-                return m;
-            }
-            assert!(
-                Instant::now() < deadline,
+        wait_for(TIMEOUT, || {
+            self.all().into_iter().filter(|m| m.contains(what)).nth(nth)
+        })
+        .unwrap_or_else(|| {
+            panic!(
                 "no message {what:?} (#{nth}) on NOTIFY_SOCKET; got {:?}",
                 self.all()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
+            )
+        })
     }
 }
 
@@ -210,18 +207,10 @@ fn wait_metrics(
     what: &str,
     f: impl Fn(&[(String, String, f64)]) -> bool,
 ) -> Vec<(String, String, f64)> {
-    let deadline = Instant::now() + Duration::from_secs(45);
-    loop {
-        let m = metrics(ns, addr);
-        if f(&m) {
-            return m;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "metrics never showed {what}: {m:?}"
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+    wait_for(Duration::from_secs(45), || {
+        Some(metrics(ns, addr)).filter(|m| f(m))
+    })
+    .unwrap_or_else(|| panic!("metrics never showed {what}: {:?}", metrics(ns, addr)))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -492,19 +481,17 @@ fn bpftool_has(what: &str, id: u32) -> bool {
 /// Waits until no program (`what` = "prog") or link ("link") of `ids` exists: the kernel
 /// frees them once their last reference is gone, which can take an RCU grace period.
 fn wait_gone(what: &str, ids: &BTreeSet<u32>) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let left: Vec<u32> = ids
-            .iter()
+    let left = || -> Vec<u32> {
+        ids.iter()
             .copied()
             .filter(|id| bpftool_has(what, *id))
-            .collect();
-        if left.is_empty() {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{what} {left:?} still there");
-        thread::sleep(Duration::from_millis(50));
-    }
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || left().is_empty()),
+        "{what} {:?} still there",
+        left()
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -825,14 +812,12 @@ fn daemon_runs_jobs_reloads_and_stops_clean() {
     writeln!(fwd.child.stdin.as_mut().unwrap(), "through the new job").unwrap();
     assert_eq!(fwd.expect("through", TIMEOUT), "the new job");
     drop(fwd);
-    let deadline = Instant::now() + TIMEOUT;
-    while answer(&dig(&ns, DNS, "www.capagent.test")).as_deref() != Some("127.0.0.8") {
-        assert!(
-            Instant::now() < deadline,
-            "the changed DNS job never answered"
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+    assert!(
+        wait_until(TIMEOUT, || {
+            answer(&dig(&ns, DNS, "www.capagent.test")).as_deref() == Some("127.0.0.8")
+        }),
+        "the changed DNS job never answered"
+    );
     let m = metrics(&ns, metrics_addr);
     assert!(
         !m.iter().any(|(_, j, _)| j == "trace"),
@@ -890,15 +875,11 @@ fn daemon_runs_jobs_reloads_and_stops_clean() {
         curl(&ns, "curl", &[&url], &dir);
         wait_rotated(&out, "cap", "pcapng", newest.as_ref());
     }
-    let deadline = Instant::now() + TIMEOUT;
-    while job_files(&out, "cap", "pcapng").len() > 3 {
-        assert!(
-            Instant::now() < deadline,
-            "retention kept {:?}",
-            job_files(&out, "cap", "pcapng")
-        );
-        thread::sleep(Duration::from_millis(100));
-    }
+    assert!(
+        wait_until(TIMEOUT, || job_files(&out, "cap", "pcapng").len() <= 3),
+        "retention kept {:?}",
+        job_files(&out, "cap", "pcapng")
+    );
     assert!(daemon.stderr().contains(&format!(
         "retention: deleted {}",
         out.join("cap").join("cap-").display()
@@ -959,14 +940,14 @@ fn failing_jobs_are_retried_alone() {
     let mut holder_cmd = ns.cmd("socat");
     holder_cmd.args(["-u", "UDP-RECV:15400,bind=127.0.0.1", "-"]);
     let mut holder = Proc::spawn("port holder", holder_cmd);
-    let deadline = Instant::now() + TIMEOUT;
-    while !fs::read_to_string(format!("/proc/{}/net/udp", holder.pid()))
-        .unwrap_or_default()
-        .contains(":3C28 ")
-    {
-        assert!(Instant::now() < deadline, "socat does not listen");
-        thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_until(TIMEOUT, || {
+            fs::read_to_string(format!("/proc/{}/net/udp", holder.pid()))
+                .unwrap_or_default()
+                .contains(":3C28 ")
+        }),
+        "socat does not listen"
+    );
     let cfg = dir.write(
         "capagent.toml",
         format!(
@@ -1036,11 +1017,12 @@ answer = "127.0.0.2"
         m.iter()
             .any(|(n, j, v)| n == "capagent_job_up" && j == "busy" && *v == 1.0)
     });
-    let deadline = Instant::now() + TIMEOUT;
-    while answer(&dig(&ns, 15400, "x.example")).as_deref() != Some("127.0.0.1") {
-        assert!(Instant::now() < deadline, "busy never answered");
-        thread::sleep(Duration::from_millis(100));
-    }
+    assert!(
+        wait_until(TIMEOUT, || {
+            answer(&dig(&ns, 15400, "x.example")).as_deref() == Some("127.0.0.1")
+        }),
+        "busy never answered"
+    );
     signal(&daemon, libc::SIGTERM);
     assert!(daemon.wait(TIMEOUT).success());
 }

@@ -14,8 +14,6 @@
 //! tree`) are as before afterwards.
 
 use std::process::Command;
-use std::thread;
-use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use capagent_testkit::*;
@@ -767,11 +765,10 @@ fn per_process_command_and_sigkill() {
     let mut a = Agent::start(&ns, &["--no-record", "--", "sleep", "30"]);
     assert_ne!(cgroup_state(), cg_before, "nothing attached?");
     a.signal(libc::SIGKILL);
-    let deadline = Instant::now() + TIMEOUT;
-    while cgroup_state() != cg_before {
-        assert!(Instant::now() < deadline, "programs left attached");
-        thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        wait_until(TIMEOUT, || cgroup_state() == cg_before),
+        "programs left attached"
+    );
 }
 
 /// Sends a request with two Host fields, then one in absolute form without Host, each on a

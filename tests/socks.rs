@@ -578,6 +578,7 @@ fn trickle(s: &mut TcpStream, bytes: &[u8]) {
         if s.write_all(&[*b]).is_err() {
             return;
         }
+        // Pacing a slow sender, not waiting for anything: each byte goes out on its own.
         thread::sleep(Duration::from_millis(1));
     }
 }

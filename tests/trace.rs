@@ -13,12 +13,7 @@
 //! up in capagent's `-o` file (see `LiveTrace::poke_until`); only then does the part under
 //! test begin.
 
-use std::{
-    fs,
-    process::Command,
-    thread,
-    time::{Duration, Instant},
-};
+use std::{fs, process::Command, time::Duration};
 
 use capagent_testkit::*;
 use serde_json::Value;
@@ -1693,14 +1688,10 @@ fn trace_pins_only_its_own_maps() {
         &dir,
         &strings(&["--ring-kib", "16384", "--", "sh", "-c", &script]),
     );
-    let deadline = Instant::now() + TIMEOUT;
-    while !ready.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the traced command did not start"
-        );
-        thread::sleep(Duration::from_millis(20));
-    }
+    assert!(
+        wait_until(TIMEOUT, || ready.exists()),
+        "the traced command did not start"
+    );
     let maps = bpf_maps_of(live.pid());
     fs::write(&fifo, "go\n").unwrap();
     let run = live.finish(TIMEOUT);

@@ -1,6 +1,10 @@
 //! Network namespaces, deleted (with every process left in them) on drop.
 
-use std::process::{Command, Stdio};
+use std::{
+    ffi::OsStr,
+    io,
+    process::{Command, Stdio},
+};
 
 use crate::unique;
 
@@ -9,30 +13,43 @@ pub struct Netns {
     pub name: String,
 }
 
-fn run_ok(cmd: &mut Command) {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// Runs `cmd` to completion; an error says what failed (with its stderr).
+fn run(cmd: &mut Command) -> io::Result<()> {
+    let out = cmd.output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )))
+    }
 }
 
 impl Netns {
+    /// A new namespace named `capagent-t-TAG-PID-N`; panics when `ip` fails.
     pub fn new(tag: &str) -> Netns {
+        Netns::try_new(tag).unwrap_or_else(|e| panic!("cannot create a netns: {e}"))
+    }
+
+    /// [`Netns::new`] for callers that report errors (the benchmarks).
+    pub fn try_new(tag: &str) -> io::Result<Netns> {
         let name = unique(tag);
-        run_ok(Command::new("ip").args(["netns", "add", &name]));
+        run(Command::new("ip").args(["netns", "add", &name]))?;
         let ns = Netns { name };
-        run_ok(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]));
-        ns
+        ns.ip(&["link", "set", "lo", "up"])?;
+        Ok(ns)
+    }
+
+    /// `ip -n NS ARGS...`, to completion.
+    pub fn ip(&self, args: &[&str]) -> io::Result<()> {
+        run(Command::new("ip").args(["-n", &self.name]).args(args))
     }
 
     /// `ip netns exec NS prog`, to add arguments to.
-    pub fn cmd(&self, prog: &str) -> Command {
+    pub fn cmd(&self, prog: impl AsRef<OsStr>) -> Command {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, prog]);
+        c.args(["netns", "exec", &self.name]).arg(prog);
         c
     }
 
@@ -59,6 +76,8 @@ impl Drop for Netns {
         {
             for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                 if let Ok(pid) = pid.parse::<libc::pid_t>() {
+                    // SAFETY: kill(2) has no memory-safety preconditions; the pid is a
+                    // process in this test's own namespace.
                     unsafe { libc::kill(pid, libc::SIGKILL) };
                 }
             }

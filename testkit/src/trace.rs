@@ -156,6 +156,7 @@ impl LiveTrace {
 
     /// Sends SIGINT (as Ctrl-C does) and waits for capagent to finish.
     pub fn stop(self) -> TraceRun {
+        // SAFETY: kill(2) of our child's pid (not yet reaped, so not reused).
         let r = unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGINT) };
         assert_eq!(r, 0, "cannot signal capagent");
         self.finish(TIMEOUT)

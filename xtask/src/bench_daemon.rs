@@ -13,13 +13,15 @@ use std::{
     fs,
     io::Write as _,
     path::PathBuf,
-    process::{Command, Stdio},
+    process::Stdio,
     thread,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
+
+use capagent_testkit::{Netns, wait_for};
 
 use crate::util;
 
@@ -43,43 +45,19 @@ pub struct DaemonBenchArgs {
 /// Interfaces the example configuration names.
 const IFACES: &[&str] = &["eth0", "eth1"];
 
-struct Netns(String);
-
-impl Netns {
-    fn new() -> Result<Netns> {
-        let name = format!("capagent-bench-daemon-{}", std::process::id());
-        util::output(Command::new("ip").args(["netns", "add", &name]))?;
-        let ns = Netns(name);
-        util::output(Command::new("ip").args(["-n", &ns.0, "link", "set", "lo", "up"]))?;
-        for i in IFACES {
-            // A veth pair (the dummy driver may not be there): IFACE and IFACE-p.
-            let peer = format!("{i}-p");
-            let mut add = Command::new("ip");
-            add.args([
-                "-n", &ns.0, "link", "add", i, "type", "veth", "peer", "name", &peer,
-            ]);
-            util::output(&mut add)?;
-            for dev in [*i, peer.as_str()] {
-                util::output(Command::new("ip").args(["-n", &ns.0, "link", "set", dev, "up"]))?;
-            }
+/// A network namespace of its own (testkit's, deleted on drop) with the interfaces the
+/// configuration names.
+fn netns() -> Result<Netns> {
+    let ns = Netns::try_new("bench-daemon")?;
+    for i in IFACES {
+        // A veth pair (the dummy driver may not be there): IFACE and IFACE-p.
+        let peer = format!("{i}-p");
+        ns.ip(&["link", "add", i, "type", "veth", "peer", "name", &peer])?;
+        for dev in [*i, peer.as_str()] {
+            ns.ip(&["link", "set", dev, "up"])?;
         }
-        Ok(ns)
     }
-
-    fn cmd(&self, program: &std::path::Path) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.0]).arg(program);
-        c
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.0])
-            .stderr(Stdio::null())
-            .status();
-    }
+    Ok(ns)
 }
 
 /// utime + stime of a process, in clock ticks.
@@ -136,7 +114,7 @@ pub fn daemon(args: DaemonBenchArgs) -> Result<()> {
         .join("\n");
     let cfg = dir.join("capagent.toml");
     fs::write(&cfg, config)?;
-    let ns = Netns::new()?;
+    let ns = netns()?;
     let log = fs::File::create(dir.join("daemon.log"))?;
     let mut daemon = ns
         .cmd(&capagent)
@@ -151,15 +129,19 @@ pub fn daemon(args: DaemonBenchArgs) -> Result<()> {
     // `ip netns exec` execs the command: same pid.
     let pid = daemon.id();
     let result = (|| -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let table = loop {
-            let st = ns
+        let mut table = String::new();
+        let ready = wait_for(Duration::from_secs(30), || {
+            let st = match ns
                 .cmd(&capagent)
                 .arg("status")
                 .arg("--config")
                 .arg(&cfg)
-                .output()?;
-            let table = String::from_utf8_lossy(&st.stdout).into_owned();
+                .output()
+            {
+                Ok(st) => st,
+                Err(e) => return Some(Err(anyhow::Error::from(e))),
+            };
+            table = String::from_utf8_lossy(&st.stdout).into_owned();
             let jobs = table.lines().skip(1).filter(|l| !l.contains("last error"));
             let (mut n, mut running) = (0, 0);
             for l in jobs {
@@ -167,19 +149,21 @@ pub fn daemon(args: DaemonBenchArgs) -> Result<()> {
                 running += usize::from(l.split_whitespace().any(|w| w == "running"));
             }
             if n > 0 && n == running {
-                break table;
+                return Some(Ok(()));
             }
-            if let Some(st) = daemon.try_wait()? {
-                bail!(
+            match daemon.try_wait() {
+                Ok(Some(st)) => Some(Err(anyhow::anyhow!(
                     "the daemon exited ({st}); see {}",
                     dir.join("daemon.log").display()
-                );
+                ))),
+                Ok(None) => None,
+                Err(e) => Some(Err(e.into())),
             }
-            if Instant::now() >= deadline {
-                bail!("not every job runs after 30 s:\n{table}");
-            }
-            thread::sleep(Duration::from_millis(200));
-        };
+        });
+        match ready {
+            Some(r) => r?,
+            None => bail!("not every job runs after 30 s:\n{table}"),
+        }
         eprint!("{table}");
         thread::sleep(Duration::from_secs(args.warmup));
         // SAFETY: sysconf has no preconditions.

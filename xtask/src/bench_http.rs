@@ -13,10 +13,11 @@ use std::{
     path::Path,
     process::{Child, Command, Stdio},
     thread,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
+use capagent_testkit::wait_for;
 use clap::Args;
 
 use crate::util::{self, which};
@@ -102,17 +103,17 @@ impl Drop for Guard {
 
 /// Waits until something accepts connections on `addr`.
 fn wait_port(addr: SocketAddr, child: &mut Child) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
+    wait_for(Duration::from_secs(10), || {
         if TcpStream::connect(addr).is_ok() {
-            return Ok(());
+            return Some(Ok(()));
         }
-        if let Some(st) = child.try_wait()? {
-            bail!("exited ({st}) before listening on {addr}");
+        match child.try_wait() {
+            Ok(Some(st)) => Some(Err(anyhow!("exited ({st}) before listening on {addr}"))),
+            Ok(None) => None,
+            Err(e) => Some(Err(e.into())),
         }
-        thread::sleep(Duration::from_millis(20));
-    }
-    bail!("nothing listens on {addr} after 10 s")
+    })
+    .unwrap_or_else(|| bail!("nothing listens on {addr} after 10 s"))
 }
 
 fn free_port() -> Result<u16> {

@@ -20,6 +20,8 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
+use capagent_testkit::Netns;
+
 use crate::util::{self, run_captured};
 
 #[derive(Args, Debug, Clone)]
@@ -35,39 +37,32 @@ pub struct InterceptBenchArgs {
     pub capagent: Option<PathBuf>,
 }
 
-/// The benchmark topology; deleted on drop.
+/// The benchmark topology: client, gateway and server namespaces (testkit's, deleted with
+/// every process left in them on drop).
 struct Topo {
-    names: [String; 3],
+    ns: [Netns; 3],
 }
 
 impl Topo {
     fn ns(&self, i: usize) -> &str {
-        &self.names[i]
+        &self.ns[i].name
     }
 
     fn cmd(&self, i: usize, prog: &Path) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", self.ns(i)]).arg(prog);
-        c
+        self.ns[i].cmd(prog)
     }
 
     fn new() -> Result<Topo> {
-        let pid = std::process::id();
         let t = Topo {
-            names: [
-                format!("cabench-c-{pid}"),
-                format!("cabench-g-{pid}"),
-                format!("cabench-s-{pid}"),
+            ns: [
+                Netns::try_new("cabench-c")?,
+                Netns::try_new("cabench-g")?,
+                Netns::try_new("cabench-s")?,
             ],
         };
-        for n in &t.names {
-            util::run(Command::new("ip").args(["netns", "add", n]))?;
-            util::run(Command::new("ip").args(["-n", n, "link", "set", "lo", "up"]))?;
-        }
-        let ip =
-            |ns: &str, args: &[&str]| util::run(Command::new("ip").arg("-n").arg(ns).args(args));
+        let ip = |i: usize, args: &[&str]| t.ns[i].ip(args);
         ip(
-            t.ns(1),
+            1,
             &[
                 "link",
                 "add",
@@ -82,7 +77,7 @@ impl Topo {
             ],
         )?;
         ip(
-            t.ns(1),
+            1,
             &[
                 "link",
                 "add",
@@ -96,44 +91,20 @@ impl Topo {
                 t.ns(2),
             ],
         )?;
-        for (ns, dev, v4, v6) in [
-            (t.ns(0), "c0", "10.66.1.2/24", "fd66:1::2/64"),
-            (t.ns(1), "g0", "10.66.1.1/24", "fd66:1::1/64"),
-            (t.ns(1), "g1", "10.66.2.1/24", "fd66:2::1/64"),
-            (t.ns(2), "s0", "10.66.2.2/24", "fd66:2::2/64"),
+        for (i, dev, v4, v6) in [
+            (0, "c0", "10.66.1.2/24", "fd66:1::2/64"),
+            (1, "g0", "10.66.1.1/24", "fd66:1::1/64"),
+            (1, "g1", "10.66.2.1/24", "fd66:2::1/64"),
+            (2, "s0", "10.66.2.2/24", "fd66:2::2/64"),
         ] {
-            ip(ns, &["addr", "add", v4, "dev", dev])?;
-            ip(ns, &["addr", "add", v6, "dev", dev, "nodad"])?;
-            ip(ns, &["link", "set", dev, "up"])?;
+            ip(i, &["addr", "add", v4, "dev", dev])?;
+            ip(i, &["addr", "add", v6, "dev", dev, "nodad"])?;
+            ip(i, &["link", "set", dev, "up"])?;
         }
-        ip(t.ns(0), &["route", "add", "default", "via", "10.66.1.1"])?;
-        ip(t.ns(2), &["route", "add", "default", "via", "10.66.2.1"])?;
-        util::run(Command::new("ip").args([
-            "netns",
-            "exec",
-            t.ns(1),
-            "sysctl",
-            "-qw",
-            "net.ipv4.ip_forward=1",
-        ]))?;
+        ip(0, &["route", "add", "default", "via", "10.66.1.1"])?;
+        ip(2, &["route", "add", "default", "via", "10.66.2.1"])?;
+        util::run(t.ns[1].cmd("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]))?;
         Ok(t)
-    }
-}
-
-impl Drop for Topo {
-    fn drop(&mut self) {
-        for n in &self.names {
-            // Every process still in the namespace was started by this bench.
-            if let Ok(out) = Command::new("ip").args(["netns", "pids", n]).output() {
-                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                    if let Ok(pid) = pid.parse::<libc::pid_t>() {
-                        // SAFETY: plain kill(2) of a process this bench started.
-                        unsafe { libc::kill(pid, libc::SIGKILL) };
-                    }
-                }
-            }
-            let _ = Command::new("ip").args(["netns", "del", n]).status();
-        }
     }
 }
 
