@@ -18,10 +18,6 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 mod bench;
-mod bench_daemon;
-mod bench_http;
-mod bench_intercept;
-mod bench_proxy;
 mod demo;
 mod fuzz;
 mod install;
@@ -83,21 +79,21 @@ enum Task {
 enum Bench {
     /// Cost of `capagent trace` on a traced TCP ping-pong and bulk stream, next to strace
     /// and bpftrace. Prints a table; asserts nothing.
-    Trace(bench::TraceBenchArgs),
+    Trace(bench::trace::TraceBenchArgs),
     /// iperf3 over the loopback of a namespace of its own: bare, under `tcpdump -w` and under
     /// `capagent capture -w` (full snaplen and -s 96); throughput, packets in the file vs
     /// packets the kernel counted, drops. Needs root. Prints a table; asserts nothing.
-    Capture(bench::CaptureBenchArgs),
+    Capture(bench::capture::CaptureBenchArgs),
     /// Recording proxies next to their peers: HTTP proxy requests per second (wrk) direct,
     /// through `capagent proxy http` (recording off and on) and through tinyproxy. Prints a
     /// table; asserts nothing.
-    Proxy(bench_http::ProxyBenchArgs),
+    Proxy(bench::proxy::ProxyBenchArgs),
     /// `capagent daemon` with the example configuration in a namespace of its own, idle:
     /// CPU (from /proc/PID/stat) and RSS next to their targets. Needs root. Asserts nothing.
-    Daemon(bench_daemon::DaemonBenchArgs),
+    Daemon(bench::daemon::DaemonBenchArgs),
     /// Connection setup and throughput through `capagent intercept` (redirect, tproxy)
     /// next to plain forwarding, in a client/gateway/server namespace topology.
-    Intercept(bench_intercept::InterceptBenchArgs),
+    Intercept(bench::intercept::InterceptBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -124,11 +120,11 @@ fn run(cli: Cli) -> Result<()> {
         Task::Test { args, fuzz_secs } => testcmd::test(&args, fuzz_secs),
         Task::Demo { json } => demo::demo(json),
         Task::Fuzz(args) => fuzz::fuzz(args),
-        Task::Bench(Bench::Trace(args)) => bench::trace(args),
-        Task::Bench(Bench::Capture(args)) => bench::capture(args),
-        Task::Bench(Bench::Proxy(args)) => bench_http::proxy(args),
-        Task::Bench(Bench::Daemon(args)) => bench_daemon::daemon(args),
+        Task::Bench(Bench::Trace(args)) => bench::trace::trace(args),
+        Task::Bench(Bench::Capture(args)) => bench::capture::capture(args),
+        Task::Bench(Bench::Proxy(args)) => bench::proxy::proxy(args),
+        Task::Bench(Bench::Daemon(args)) => bench::daemon::daemon(args),
         Task::Install(args) => install::install(args),
-        Task::Bench(Bench::Intercept(args)) => bench_intercept::intercept(args),
+        Task::Bench(Bench::Intercept(args)) => bench::intercept::intercept(args),
     }
 }

@@ -263,7 +263,7 @@ pub fn capture(args: CaptureBenchArgs) -> Result<()> {
     let rows: Vec<(Case, std::result::Result<Measured, String>)> = plan
         .iter()
         .zip(results)
-        .map(|(&c, runs)| (c, median(runs, c.paced())))
+        .map(|(&c, runs)| (c, median_of(runs, c.paced())))
         .collect();
     print_table(&args, &rows, &fs_kind);
     println!(
@@ -297,28 +297,18 @@ fn summary_line(case: Case, m: &Measured) -> String {
 
 /// The run with the median throughput (`paced`: with the median share of the wire bytes in
 /// its file, the throughput being the pace), or the first error.
-fn median(
+fn median_of(
     runs: Vec<std::result::Result<Measured, String>>,
     paced: bool,
 ) -> std::result::Result<Measured, String> {
-    let mut ok = Vec::new();
-    for r in runs {
-        ok.push(r?);
-    }
-    if ok.is_empty() {
-        return Err("no run".into());
-    }
-    let key = |m: &Measured| {
+    super::median_run(runs, |m: &Measured| {
         if paced {
             let kept = m.file.map_or(0, |f| f.wire_bytes) as f64;
             kept / kernel_wire_bytes(m.kernel).max(1) as f64
         } else {
             m.gbps
         }
-    };
-    ok.sort_by(|a, b| key(a).total_cmp(&key(b)));
-    let mid = ok.len() / 2;
-    Ok(ok.swap_remove(mid))
+    })
 }
 
 struct RemoveDir(PathBuf);

@@ -3,8 +3,6 @@
 //!
 //! The workload is the compiled `rr` program (src/bin/rr.rs); the server side is never
 //! traced. The bench only prints: it asserts nothing about timings.
-//!
-//! `cargo xtask bench capture` ([`capture`]): capagent capture next to tcpdump under iperf3.
 use std::{
     ffi::OsString,
     fs,
@@ -18,9 +16,6 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 
 use crate::util::{self, Captured, display, which};
-
-mod capture;
-pub use capture::{CaptureBenchArgs, capture};
 
 #[derive(Args, Debug, Clone)]
 pub struct TraceBenchArgs {
@@ -221,7 +216,7 @@ pub fn trace(args: TraceBenchArgs) -> Result<()> {
                     "== {} / {} (run {round}/{runs}, load {})",
                     workload_name(&ctx.args, workload),
                     tracer.name(),
-                    loadavg()
+                    super::loadavg()
                 );
                 let r = match workload {
                     Workload::PingPong => pingpong(&ctx, tracer),
@@ -244,7 +239,7 @@ pub fn trace(args: TraceBenchArgs) -> Result<()> {
         .map(|(&(workload, tracer), runs)| Row {
             workload,
             tracer,
-            result: median(runs),
+            result: super::median_run(runs, |r| r.rate),
         })
         .collect();
     let _ = fs::remove_dir_all(&tmp);
@@ -252,7 +247,7 @@ pub fn trace(args: TraceBenchArgs) -> Result<()> {
     println!(
         "{runs} run(s) per row, median shown; 1-minute load average now {} (other work on the \
          machine makes the ratios noisy).",
-        loadavg()
+        super::loadavg()
     );
     Ok(())
 }
@@ -279,30 +274,6 @@ fn fmt_rate(w: Workload, rate: f64) -> String {
         Workload::PingPong => format!("{rate:.0} rt/s"),
         Workload::Bulk => format!("{rate:.0} Mbit/s"),
     }
-}
-
-/// The run with the median rate, or the first error.
-fn median(
-    runs: Vec<std::result::Result<RunResult, String>>,
-) -> std::result::Result<RunResult, String> {
-    let mut ok = Vec::new();
-    for r in runs {
-        ok.push(r?);
-    }
-    ok.sort_by(|a, b| a.rate.total_cmp(&b.rate));
-    let mid = ok.len() / 2;
-    if ok.is_empty() {
-        return Err("no run".to_string());
-    }
-    Ok(ok.swap_remove(mid))
-}
-
-/// The 1-minute load average, as a hint of how noisy the numbers are.
-fn loadavg() -> String {
-    fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().map(str::to_string))
-        .unwrap_or_else(|| "?".to_string())
 }
 
 /// `rr --cpu 0` unless `--no-pin`: client and server share CPU 0, tracers run anywhere.
@@ -709,37 +680,6 @@ fn parse_bpftrace_lost(line: &str) -> Option<u64> {
     number(words.get(i + 1)?)
 }
 
-/// Prints `table` (first row: the header) in left-aligned columns, a rule under the header,
-/// after an empty line.
-fn print_aligned<R: AsRef<[String]>>(table: &[R]) {
-    let columns = table.first().map_or(0, |r| r.as_ref().len());
-    let widths: Vec<usize> = (0..columns)
-        .map(|c| {
-            table
-                .iter()
-                .map(|r| r.as_ref()[c].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    println!();
-    for (i, row) in table.iter().enumerate() {
-        let cells: Vec<String> = row
-            .as_ref()
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect();
-        println!("{}", cells.join("  ").trim_end());
-        if i == 0 {
-            println!(
-                "{}",
-                "-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1))
-            );
-        }
-    }
-}
-
 fn print_table(args: &TraceBenchArgs, rows: &[Row]) {
     let mut table: Vec<[String; 5]> = vec![[
         "workload".into(),
@@ -793,7 +733,7 @@ fn print_table(args: &TraceBenchArgs, rows: &[Row]) {
             }
         }
     }
-    print_aligned(&table);
+    super::print_aligned(&table);
     if !notes.is_empty() {
         println!();
         for n in notes {

@@ -28,6 +28,7 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
+use crate::bench::median;
 use crate::util::{self, which};
 
 #[derive(Args, Debug, Clone)]
@@ -147,16 +148,6 @@ fn iperf(port: u16, secs: u64) -> Result<f64> {
     v["end"]["sum_received"]["bits_per_second"]
         .as_f64()
         .context("no sum_received in iperf3's report")
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 /// A way to relay to `target` listening on `port`.
@@ -806,14 +797,5 @@ fn print_tables(args: &CoreBenchArgs, tput: &[ThroughputRow], rates: &[RateRow],
             }
         }
         println!("(socat: all its processes, one per connection)");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn medians() {
-        assert_eq!(super::median(&mut [3.0, 1.0, 2.0]), 2.0);
-        assert_eq!(super::median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
     }
 }

@@ -20,6 +20,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use capagent_testkit::wait_for;
 use clap::Args;
 
+mod relays;
+
 use crate::util::{self, which};
 
 #[derive(Args, Debug, Clone)]
@@ -327,7 +329,7 @@ pub struct ProxyBenchArgs {
     #[arg(long)]
     pub capagent: Option<std::path::PathBuf>,
     #[command(flatten)]
-    pub core: crate::bench_proxy::CoreBenchArgs,
+    pub core: relays::CoreBenchArgs,
     #[command(flatten)]
     pub http: HttpBenchArgs,
 }
@@ -343,7 +345,7 @@ pub fn proxy(args: ProxyBenchArgs) -> Result<()> {
     let tmp = std::env::temp_dir().join(format!("capagent-bench-proxy-{}", std::process::id()));
     fs::create_dir_all(&tmp)?;
     // The forwarder and SOCKS parts (bench_proxy), then HTTP.
-    crate::bench_proxy::core(
+    relays::core(
         &args.core,
         capagent.as_deref().map_err(String::as_str),
         &tmp,

@@ -1,0 +1,97 @@
+//! `cargo xtask bench ...`: one module per benchmark, and what they share (the table
+//! printer, the median, the load average).
+
+pub mod capture;
+pub mod daemon;
+pub mod intercept;
+pub mod proxy;
+pub mod trace;
+
+use std::fs;
+
+/// Prints `table` (first row: the header) in left-aligned columns, a rule under the header,
+/// after an empty line.
+pub fn print_aligned<R: AsRef<[String]>>(table: &[R]) {
+    let columns = table.first().map_or(0, |r| r.as_ref().len());
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| {
+            table
+                .iter()
+                .map(|r| r.as_ref()[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    println!();
+    for (i, row) in table.iter().enumerate() {
+        let cells: Vec<String> = row
+            .as_ref()
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+        if i == 0 {
+            println!(
+                "{}",
+                "-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1))
+            );
+        }
+    }
+}
+
+/// The run with the median `key` (of an even count, the upper of the two middle ones), or
+/// the first error.
+pub fn median_run<T>(
+    runs: Vec<std::result::Result<T, String>>,
+    key: impl Fn(&T) -> f64,
+) -> std::result::Result<T, String> {
+    let mut ok = Vec::new();
+    for r in runs {
+        ok.push(r?);
+    }
+    if ok.is_empty() {
+        return Err("no run".to_string());
+    }
+    ok.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    let mid = ok.len() / 2;
+    Ok(ok.swap_remove(mid))
+}
+
+/// The median of `v` (of an even count, the mean of the two middle values).
+pub fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The 1-minute load average, as a hint of how noisy the numbers are.
+pub fn loadavg() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().map(str::to_string))
+        .unwrap_or_else(|| "?".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn medians() {
+        assert_eq!(super::median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(super::median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+        let runs = |v: &[f64]| v.iter().map(|x| Ok(*x)).collect::<Vec<_>>();
+        assert_eq!(super::median_run(runs(&[3.0, 1.0, 2.0]), |x| *x), Ok(2.0));
+        assert_eq!(
+            super::median_run(runs(&[4.0, 1.0, 2.0, 3.0]), |x| *x),
+            Ok(3.0)
+        );
+        assert_eq!(
+            super::median_run(vec![Ok(1.0), Err("x".to_string())], |x| *x),
+            Err("x".to_string())
+        );
+    }
+}
