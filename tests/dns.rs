@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use capagent_testkit::{Proc, TIMEOUT, TempDir, capagent, parse_json_lines, tshark_r};
+use capagent_testkit::{Proc, TIMEOUT, TempDir, parse_json_lines, tshark_r};
 use serde_json::Value;
 
 struct Dns {
@@ -18,20 +18,14 @@ struct Dns {
 
 impl Dns {
     fn start(args: &[&str]) -> Dns {
-        let mut cmd = Command::new(capagent());
-        cmd.arg("dns").args(["--listen", "127.0.0.1:0"]).args(args);
-        let proc = Proc::spawn("capagent dns", cmd);
-        let line = proc.wait_stderr_line("dns listening on ", TIMEOUT);
-        let addr = line
-            .rsplit("listening on ")
-            .next()
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        Dns { proc, addr }
+        let argv: Vec<String> = ["dns", "--listen", "127.0.0.1:0"]
+            .iter()
+            .chain(args)
+            .map(|a| a.to_string())
+            .collect();
+        let a = capagent_testkit::proxy::Agent::start(&argv, 1);
+        let addr = a.addr();
+        Dns { proc: a.proc, addr }
     }
 
     /// `dig @ADDR -p PORT ARGS... +tries=1 +time=5`: stdout.

@@ -10,7 +10,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use capagent_testkit::{Proc, TIMEOUT, TempDir, capagent, parse_json_lines, python, tshark_r};
+use capagent_testkit::{Proc, TIMEOUT, TempDir, parse_json_lines, python, tshark_r};
 use serde_json::Value;
 
 /// An HTTP/1.1 origin server (keep-alive) with a few endpoints; prints `READY <port>`.
@@ -140,13 +140,10 @@ struct Agent {
 
 impl Agent {
     fn start(args: &[&str]) -> Agent {
-        let mut cmd = Command::new(capagent());
-        cmd.args(args);
-        let proc = Proc::spawn("capagent", cmd);
-        let line = proc.wait_stderr_line(" listening on ", TIMEOUT);
-        let addr = line.rsplit(" listening on ").next().unwrap();
-        let addr = addr.split_whitespace().next().unwrap().parse().unwrap();
-        Agent { proc, addr }
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let a = capagent_testkit::proxy::Agent::start(&args, 1);
+        let addr = a.addr();
+        Agent { proc: a.proc, addr }
     }
 
     fn url(&self) -> String {

@@ -32,7 +32,7 @@ impl Agent {
                 .stderr_lines()
                 .iter()
                 .filter_map(|l| l.rsplit_once(" listening on ").map(|(_, a)| a))
-                .map(|a| a.trim().parse().unwrap())
+                .map(|a| a.split_whitespace().next().unwrap_or(a).parse().unwrap())
                 .collect();
             (addrs.len() >= listeners).then_some(addrs)
         })
