@@ -712,6 +712,9 @@ fn only_the_chosen_process(by_cgroup: bool) {
         assert_eq!(server.proc.expect("GOT", TIMEOUT), hex(msg.as_bytes()));
     }
     let err = agent.stop();
+    // The kernel may release the links a moment after the agent is gone. (If it never does,
+    // the assertion says what is left.)
+    wait_until(TIMEOUT, || cgroup_state() == cg_before);
     assert_same(&cg_before, &cgroup_state(), &format!("stderr {err}"));
     let evs = records(&jsonl);
     let target = format!("127.0.0.1:{}", server.port);
@@ -760,6 +763,8 @@ fn per_process_command_and_sigkill() {
     let (up, down) = recorded(&evs, "127.0.0.1", "127.0.0.1:8090");
     assert!(String::from_utf8_lossy(&up).starts_with("GET / HTTP/1.1\r\n"));
     assert!(String::from_utf8_lossy(&down).ends_with("per process\n"));
+    // The kernel may release the links a moment after the agent is gone.
+    wait_until(TIMEOUT, || cgroup_state() == cg_before);
     assert_same(&cg_before, &cgroup_state(), "cgroup programs");
     // SIGKILL: the links go with the agent.
     let mut a = Agent::start(&ns, &["--no-record", "--", "sleep", "30"]);
