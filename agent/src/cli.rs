@@ -4,6 +4,11 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub use crate::output::Format;
+
+/// The daemon's configuration file when none is given.
+pub const DEFAULT_CONFIG: &str = "/etc/capagent/capagent.toml";
+
 #[derive(Parser, Debug)]
 #[command(
     name = "capagent",
@@ -48,7 +53,7 @@ pub enum Command {
 )]
 pub struct DaemonArgs {
     /// The configuration file (TOML: [daemon] settings and [[job]] tables).
-    #[arg(long, value_name = "FILE", default_value = crate::daemon::DEFAULT_CONFIG)]
+    #[arg(long, value_name = "FILE", default_value = DEFAULT_CONFIG)]
     pub config: std::path::PathBuf,
     /// Only check the file (FILE:LINE:COLUMN: message on errors, exit status 1).
     #[arg(long)]
@@ -64,15 +69,6 @@ pub struct StatusArgs {
     /// The daemon's configuration file (default: /etc/capagent/capagent.toml when it exists).
     #[arg(long, value_name = "FILE")]
     pub config: Option<std::path::PathBuf>,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Format {
-    /// strace-like lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -5,6 +5,8 @@
 //! - [`Options`]: records ([`record::RecordOptions`]), the upstream SOCKS5 proxy to chain
 //!   through ([`dial::Dialer`]), limits ([`Limits`]: concurrent connections, handshake and
 //!   idle timeouts);
+//! - [`target`]: what a client asks to reach ([`Target`]), resolving it, and why reaching
+//!   it failed ([`target::DialError`]);
 //! - [`listen_addr`] and [`bind_tcp`]: listeners (loopback unless an address is written out;
 //!   a non-loopback one prints a warning);
 //! - [`serve`]: the accept loops with the connection cap, one per worker thread
@@ -21,6 +23,7 @@ pub mod http;
 pub mod record;
 pub mod relay;
 pub mod socks;
+pub mod target;
 pub mod workers;
 
 use std::future::Future;
@@ -32,8 +35,9 @@ use std::time::Duration;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-pub use dial::{Dialer, Target};
+pub use dial::Dialer;
 pub use record::{Conn, RecordOptions, Recorder};
+pub use target::Target;
 
 /// Limits every proxy enforces.
 #[derive(Clone, Copy, Debug, PartialEq)]
