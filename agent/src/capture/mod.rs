@@ -7,6 +7,7 @@
 //! (pcapng [`pcapng`] or one text line [`text`]).
 
 pub mod attach;
+pub mod command;
 pub mod filter;
 pub mod hygiene;
 pub mod owner;

@@ -23,11 +23,10 @@ use super::{
 use crate::{
     capture::{self, CaptureOptions, session::SessionOptions},
     cli::Command,
-    cmd::{self, Service},
     control::Control,
     intercept::{InterceptOptions, RelayOptions},
     output::{EventWriter, FanOut},
-    proxy::{self, Recorder},
+    proxy::{self, Recorder, command::Service},
     trace::run::{self as trace_run, TraceOptions},
 };
 
@@ -76,15 +75,15 @@ pub fn prepare(job: &Job) -> Result<Prepared, ConfigError> {
     }
     let prepared = match command {
         Command::Trace(a) => Prepared::Trace {
-            opts: cmd::trace_options(&a).map_err(|e| fail(format!("{e:#}")))?,
+            opts: a.options().map_err(|e| fail(format!("{e:#}")))?,
             preview: a.preview,
         },
         Command::Capture(a) => {
-            let (opts, session) = cmd::capture_options(&a).map_err(|e| fail(format!("{e:#}")))?;
+            let (opts, session) = a.options().map_err(|e| fail(format!("{e:#}")))?;
             Prepared::Capture { opts, session }
         }
         Command::Proxy(a) => {
-            let (opts, service) = cmd::proxy_service(&a).map_err(|e| fail(format!("{e:#}")))?;
+            let (opts, service) = a.service().map_err(|e| fail(format!("{e:#}")))?;
             let preview = opts.record.preview;
             Prepared::Service {
                 opts,
@@ -93,7 +92,7 @@ pub fn prepare(job: &Job) -> Result<Prepared, ConfigError> {
             }
         }
         Command::Dns(a) => {
-            let (opts, service) = cmd::dns_service(&a).map_err(|e| fail(format!("{e:#}")))?;
+            let (opts, service) = a.service().map_err(|e| fail(format!("{e:#}")))?;
             let preview = opts.record.preview;
             Prepared::Service {
                 opts,
@@ -102,7 +101,7 @@ pub fn prepare(job: &Job) -> Result<Prepared, ConfigError> {
             }
         }
         Command::Intercept(a) => {
-            let (opts, relay) = cmd::intercept_options(&a).map_err(|e| fail(format!("{e:#}")))?;
+            let (opts, relay) = a.options().map_err(|e| fail(format!("{e:#}")))?;
             crate::intercept::check(&opts, &relay).map_err(|e| fail(format!("{e:#}")))?;
             Prepared::Intercept { opts, relay }
         }

@@ -20,6 +20,7 @@
 
 pub mod cgroup;
 pub mod cleanup;
+pub mod command;
 pub mod listener;
 pub mod netlink;
 pub mod nft;

@@ -17,6 +17,7 @@
 //!
 //! One module per proxy: [`forward`] (fixed targets, TCP and UDP), [`socks`] (SOCKS 4/4a/5).
 
+pub mod command;
 pub mod dial;
 pub mod forward;
 pub mod http;

@@ -7,6 +7,7 @@
 //! - `summary`: per-connection totals printed at exit.
 
 pub mod assemble;
+pub mod command;
 pub mod decode;
 pub mod run;
 pub mod sockaddr;

@@ -37,6 +37,17 @@ pub enum ChildStdout {
     Stderr,
 }
 
+impl ChildStdout {
+    /// Where a `-- CMD`'s stdout goes: to stderr when capagent's stdout carries the records.
+    pub fn for_records(records_on_stdout: bool) -> ChildStdout {
+        if records_on_stdout {
+            ChildStdout::Stderr
+        } else {
+            ChildStdout::Inherit
+        }
+    }
+}
+
 /// A process started by `trace -- CMD`, held before `exec` until [`HeldChild::release`], so
 /// the caller can mark it traced first.
 ///
