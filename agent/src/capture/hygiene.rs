@@ -22,10 +22,9 @@ use std::{
     os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
-use super::{
-    attach::{PROG_EGRESS, PROG_INGRESS},
-    tcmsg::{self, Hook, TcFilter},
-};
+use agent_common::capture::progs;
+
+use super::tcmsg::{self, Hook, TcFilter};
 
 /// A filter [`sweep_leftovers`] removed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,7 +223,7 @@ fn program_names() -> HashMap<u32, String> {
 }
 
 fn is_capagent_prog(name: &str) -> bool {
-    name == PROG_INGRESS || name == PROG_EGRESS
+    name == progs::INGRESS || name == progs::EGRESS
 }
 
 /// Removes the capagent filters whose capagent is gone from every interface of this network

@@ -85,9 +85,12 @@ pub fn load(config: &agent_common::Config, ring_bytes: u32) -> Result<Ebpf, Kern
     if EBPF_OBJECT.is_empty() {
         return Err(KernelError::NoObject);
     }
-    let sizes = map_sizes(TRACE_MAPS, &[("EVENTS", ring_bytes)]);
+    let sizes = map_sizes(
+        TRACE_MAPS,
+        &[(agent_common::trace::maps::EVENTS, ring_bytes)],
+    );
     let mut loader = EbpfLoader::new();
-    loader.override_global("CONFIG", config, true);
+    loader.override_global(agent_common::trace::CONFIG_GLOBAL, config, true);
     for (name, n) in &sizes {
         loader.map_max_entries(name, *n);
     }
@@ -97,21 +100,11 @@ pub fn load(config: &agent_common::Config, ring_bytes: u32) -> Result<Ebpf, Kern
 }
 
 /// The maps `capagent trace`'s programs use.
-pub const TRACE_MAPS: &[&str] = &[
-    "EVENTS", "TRACED", "PAUSED", "ARGS", "FDS", "SCRATCH", "COPY", "COUNTERS",
-];
+pub const TRACE_MAPS: &[&str] = agent_common::trace::maps::ALL;
 /// The maps `capagent capture`'s programs use (packets, filter, owners).
-pub const CAPTURE_MAPS: &[&str] = &[
-    "PACKETS",
-    "CAPTURE_STATS",
-    "FILTER_INSNS",
-    "FILTER_IFACES",
-    "FILTER_STATE",
-    "SOCK_OWNERS",
-    "CAPTURE_PIDS",
-];
+pub const CAPTURE_MAPS: &[&str] = agent_common::capture::maps::ALL;
 /// The maps `capagent intercept`'s cgroup programs use.
-pub const INTERCEPT_MAPS: &[&str] = &["ICPT_PIDS", "ICPT_BY_COOKIE", "ICPT_BY_CLIENT"];
+pub const INTERCEPT_MAPS: &[&str] = agent_common::intercept::maps::ALL;
 
 /// `max_entries` for the maps of the object when one mode loads it: `sized` as given, every
 /// other map `used` as the object declares it, and every map the mode does not use as small
@@ -231,13 +224,14 @@ pub fn load_capture(
     if EBPF_OBJECT.is_empty() {
         return Err(KernelError::NoObject);
     }
-    let mut sized = vec![("PACKETS", ring_bytes)];
+    use agent_common::capture::{CONFIG_GLOBAL, maps};
+    let mut sized = vec![(maps::PACKETS, ring_bytes)];
     if !pids {
-        sized.push(("CAPTURE_PIDS", 1));
+        sized.push((maps::CAPTURE_PIDS, 1));
     }
     let sizes = map_sizes(CAPTURE_MAPS, &sized);
     let mut loader = EbpfLoader::new();
-    loader.override_global("CAPTURE_CONFIG", config, true);
+    loader.override_global(CONFIG_GLOBAL, config, true);
     for (name, n) in &sizes {
         loader.map_max_entries(name, *n);
     }
@@ -271,7 +265,7 @@ pub fn load_intercept(config: &agent_common::InterceptConfig) -> Result<Ebpf, Ke
     }
     let sizes = map_sizes(INTERCEPT_MAPS, &[]);
     let mut loader = EbpfLoader::new();
-    loader.override_global("INTERCEPT_CONFIG", config, true);
+    loader.override_global(agent_common::intercept::CONFIG_GLOBAL, config, true);
     for (name, n) in &sizes {
         loader.map_max_entries(name, *n);
     }
@@ -301,7 +295,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_map_belongs_to_a_mode_and_the_others_shrink() {
+    fn every_map_and_program_belongs_to_a_mode_and_the_others_shrink() {
         if EBPF_OBJECT.is_empty() {
             return; // built without bpf-linker: no object to look at
         }
@@ -310,6 +304,27 @@ mod tests {
         for name in obj.maps.keys().filter(|n| !n.starts_with('.')) {
             let owners = modes.iter().filter(|m| m.contains(&name.as_str())).count();
             assert_eq!(owners, 1, "map {name} must be used by exactly one mode");
+        }
+        let progs = [
+            agent_common::trace::progs::ALL,
+            agent_common::capture::progs::ALL,
+            agent_common::intercept::progs::ALL,
+        ];
+        for name in obj.programs.keys() {
+            let owners = progs.iter().filter(|m| m.contains(&name.as_str())).count();
+            assert_eq!(
+                owners, 1,
+                "program {name} must be named in exactly one mode's progs"
+            );
+        }
+        for name in progs.iter().flat_map(|p| p.iter()) {
+            assert!(
+                obj.programs.contains_key(*name),
+                "no program {name} in the object"
+            );
+        }
+        for name in modes.iter().flat_map(|m| m.iter()) {
+            assert!(obj.maps.contains_key(*name), "no map {name} in the object");
         }
         let sizes = map_sizes(CAPTURE_MAPS, &[("PACKETS", 1 << 25)]);
         let size = |n: &str| sizes.iter().find(|(m, _)| m == n).map(|(_, v)| *v);
