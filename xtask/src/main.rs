@@ -11,7 +11,8 @@
 //! * `bench daemon`: idle CPU and memory of `capagent daemon` with the example configuration;
 //! * `bench intercept`: transparent interception next to plain forwarding;
 //! * `install`: binary, systemd unit and example configuration into place;
-//! * `fuzz [--secs N]`: every cargo-fuzz target for N seconds.
+//! * `fuzz [--secs N]`: every cargo-fuzz target for N seconds;
+//! * `layers [--all]`: the edges between capagent's modules, checked against its layers.
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -25,6 +26,7 @@ mod bench_proxy;
 mod demo;
 mod fuzz;
 mod install;
+mod layers;
 mod setup;
 mod testcmd;
 mod util;
@@ -77,6 +79,14 @@ enum Task {
     /// (kept when one exists): PREFIX/bin/capagent, PREFIX/lib/systemd/system/capagent.service,
     /// SYSCONFDIR/capagent/capagent.toml.
     Install(install::InstallArgs),
+    /// The dependencies between capagent's top-level modules (`use crate::` and other
+    /// paths), checked against the declared layers (xtask/src/layers.rs): fails on an
+    /// upward edge or a cycle between sibling modules.
+    Layers {
+        /// Also print every edge, module by module (e.g. proxy::dial -> proxy::relay).
+        #[arg(long)]
+        all: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -129,6 +139,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Bench(Bench::Proxy(args)) => bench_http::proxy(args),
         Task::Bench(Bench::Daemon(args)) => bench_daemon::daemon(args),
         Task::Install(args) => install::install(args),
+        Task::Layers { all } => layers::layers(all),
         Task::Bench(Bench::Intercept(args)) => bench_intercept::intercept(args),
     }
 }

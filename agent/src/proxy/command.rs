@@ -15,7 +15,10 @@ use crate::output::Format;
 
 /// A proxy or the DNS server, ready to serve (what `capagent proxy KIND` or `capagent dns`
 /// runs, and what a daemon job of that kind runs).
-pub struct Service(Box<dyn FnOnce(Ctx) -> Pin<Box<dyn Future<Output = anyhow::Result<()>>>>>);
+pub struct Service(Box<dyn FnOnce(Ctx) -> Serving>);
+
+/// A service at work: its future.
+type Serving = Pin<Box<dyn Future<Output = anyhow::Result<()>>>>;
 
 impl Service {
     /// The service `serve` makes of its context.
