@@ -2,8 +2,8 @@
 //!
 //! One module per capability; each declares its command-line arguments and turns them into
 //! its options (`trace::command`, `capture::command`...), `cli` composes them and `cmd`
-//! dispatches. Modules depend one way, lowest first: `model`, `signals`; `control`,
-//! `kernel`; `output`; `proxy`, `trace`; `capture`, `dns`, `intercept`; `cli`; `daemon`;
+//! dispatches. Modules depend one way, lowest first: `model`, `signals`; `control`;
+//! `output`; `kernel`; `proxy`, `trace`; `capture`, `dns`, `intercept`; `cli`; `daemon`;
 //! `cmd` (`cargo xtask layers` lists the edges and checks them).
 //! - `trace`: per-process socket tracing with eBPF (syscall tracepoints, ring buffer).
 //! - `capture`: packet capture on interfaces with TC eBPF programs (pcapng or text lines).

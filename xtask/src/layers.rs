@@ -27,11 +27,9 @@ use proc_macro2::{Delimiter, TokenStream, TokenTree};
 /// modules of the layers below its own, and no other. A new module must be placed here.
 pub const LAYERS: &[(&str, &[&str])] = &[
     ("the records; signal flags", &["model", "signals"]),
-    (
-        "stopping a session; the eBPF loader",
-        &["control", "kernel"],
-    ),
+    ("stopping a session", &["control"]),
     ("writers of records", &["output"]),
+    ("the eBPF object: loading, BTF, sessions", &["kernel"]),
     ("capabilities others build on", &["proxy", "trace"]),
     ("capabilities", &["capture", "dns", "intercept"]),
     (
