@@ -385,8 +385,8 @@ pub fn violations(g: &Graph) -> Vec<String> {
 
 /// `cargo xtask layers`: prints the top-level edges (and with `--all`, every edge) and
 /// fails on a violation.
-pub fn layers(all: bool) -> Result<()> {
-    let src = crate::util::workspace_root().join("agent/src");
+pub fn layers(all: bool, src: Option<PathBuf>) -> Result<()> {
+    let src = src.unwrap_or_else(|| crate::util::workspace_root().join("agent/src"));
     let g = scan(&src)?;
     println!("layers (lowest first; a module uses only lower layers):");
     for (i, (what, mods)) in LAYERS.iter().enumerate() {

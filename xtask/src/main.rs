@@ -86,6 +86,9 @@ enum Task {
         /// Also print every edge, module by module (e.g. proxy::dial -> proxy::relay).
         #[arg(long)]
         all: bool,
+        /// The source to read instead of agent/src (e.g. another checkout's, to compare).
+        #[arg(long, value_name = "DIR")]
+        src: Option<std::path::PathBuf>,
     },
 }
 
@@ -139,7 +142,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Bench(Bench::Proxy(args)) => bench_http::proxy(args),
         Task::Bench(Bench::Daemon(args)) => bench_daemon::daemon(args),
         Task::Install(args) => install::install(args),
-        Task::Layers { all } => layers::layers(all),
+        Task::Layers { all, src } => layers::layers(all, src),
         Task::Bench(Bench::Intercept(args)) => bench_intercept::intercept(args),
     }
 }
