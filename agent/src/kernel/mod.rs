@@ -85,12 +85,9 @@ pub fn load(config: &agent_common::Config, ring_bytes: u32) -> Result<Ebpf, Kern
     if EBPF_OBJECT.is_empty() {
         return Err(KernelError::NoObject);
     }
-    let sizes = map_sizes(
-        TRACE_MAPS,
-        &[(agent_common::trace::maps::EVENTS, ring_bytes)],
-    );
+    let sizes = map_sizes(TRACE_MAPS, &[("EVENTS", ring_bytes)]);
     let mut loader = EbpfLoader::new();
-    loader.override_global(agent_common::trace::CONFIG_GLOBAL, config, true);
+    loader.override_global("CONFIG", config, true);
     for (name, n) in &sizes {
         loader.map_max_entries(name, *n);
     }
@@ -224,14 +221,13 @@ pub fn load_capture(
     if EBPF_OBJECT.is_empty() {
         return Err(KernelError::NoObject);
     }
-    use agent_common::capture::{CONFIG_GLOBAL, maps};
-    let mut sized = vec![(maps::PACKETS, ring_bytes)];
+    let mut sized = vec![("PACKETS", ring_bytes)];
     if !pids {
-        sized.push((maps::CAPTURE_PIDS, 1));
+        sized.push(("CAPTURE_PIDS", 1));
     }
     let sizes = map_sizes(CAPTURE_MAPS, &sized);
     let mut loader = EbpfLoader::new();
-    loader.override_global(CONFIG_GLOBAL, config, true);
+    loader.override_global("CAPTURE_CONFIG", config, true);
     for (name, n) in &sizes {
         loader.map_max_entries(name, *n);
     }
@@ -265,7 +261,7 @@ pub fn load_intercept(config: &agent_common::InterceptConfig) -> Result<Ebpf, Ke
     }
     let sizes = map_sizes(INTERCEPT_MAPS, &[]);
     let mut loader = EbpfLoader::new();
-    loader.override_global(agent_common::intercept::CONFIG_GLOBAL, config, true);
+    loader.override_global("INTERCEPT_CONFIG", config, true);
     for (name, n) in &sizes {
         loader.map_max_entries(name, *n);
     }
