@@ -37,17 +37,6 @@ pub enum ChildStdout {
     Stderr,
 }
 
-impl ChildStdout {
-    /// Where a `-- CMD`'s stdout goes: to stderr when capagent's stdout carries the records.
-    pub fn for_records(records_on_stdout: bool) -> ChildStdout {
-        if records_on_stdout {
-            ChildStdout::Stderr
-        } else {
-            ChildStdout::Inherit
-        }
-    }
-}
-
 /// A process started by `trace -- CMD`, held before `exec` until [`HeldChild::release`], so
 /// the caller can mark it traced first.
 ///
@@ -226,6 +215,17 @@ pub fn pids_by_comm(name: &str) -> Vec<u32> {
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| process_comm(pid).as_deref() == Some(name))
         .collect()
+}
+
+impl ChildStdout {
+    /// Where a `-- CMD`'s stdout goes: to stderr when capagent's stdout carries the records.
+    pub fn for_records(records_on_stdout: bool) -> ChildStdout {
+        if records_on_stdout {
+            ChildStdout::Stderr
+        } else {
+            ChildStdout::Inherit
+        }
+    }
 }
 
 #[cfg(test)]
