@@ -126,6 +126,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.task {
         Task::Setup => setup::setup(),
+        Task::Layers { all, src } => layers::layers(all, src),
         Task::Build { release } => {
             let mut cmd = util::cargo();
             cmd.args(["build", "-p", "capagent"]);
@@ -142,7 +143,6 @@ fn run(cli: Cli) -> Result<()> {
         Task::Bench(Bench::Proxy(args)) => bench_http::proxy(args),
         Task::Bench(Bench::Daemon(args)) => bench_daemon::daemon(args),
         Task::Install(args) => install::install(args),
-        Task::Layers { all, src } => layers::layers(all, src),
         Task::Bench(Bench::Intercept(args)) => bench_intercept::intercept(args),
     }
 }
