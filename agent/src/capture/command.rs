@@ -66,37 +66,36 @@ impl CaptureArgs {
     /// What `capagent capture ARGS` captures, and its session options (a daemon job of kind
     /// `capture` uses them too).
     pub fn options(&self) -> anyhow::Result<(CaptureOptions, SessionOptions)> {
-        let args = self;
-        if let Some(d) = args.duration
+        if let Some(d) = self.duration
             && !(d.is_finite() && d > 0.0)
         {
             anyhow::bail!("--duration must be a positive number of seconds, not {d}");
         }
         let opts = CaptureOptions {
-            ifaces: args.ifaces.clone(),
-            snaplen: args.snaplen,
-            ring_bytes: args.ring_kib.saturating_mul(1024),
-            duration: args.duration.map(Duration::from_secs_f64),
-            count: args.count,
+            ifaces: self.ifaces.clone(),
+            snaplen: self.snaplen,
+            ring_bytes: self.ring_kib.saturating_mul(1024),
+            duration: self.duration.map(Duration::from_secs_f64),
+            count: self.count,
             select: Selection {
-                pids: args.pids.clone(),
-                comm: args.comm.clone(),
-                follow_forks: args.follow_forks,
+                pids: self.pids.clone(),
+                comm: self.comm.clone(),
+                follow_forks: self.follow_forks,
             },
-            xdp: args.xdp,
+            xdp: self.xdp,
             tc_mode: match std::env::var(super::attach::TC_MODE_ENV) {
                 Ok(v) => super::attach::Mode::parse_forced(&v)?,
                 Err(_) => None,
             },
-            filter: match &args.filter {
+            filter: match &self.filter {
                 Some(e) => Filter::expression(std::slice::from_ref(e)),
-                None => Filter::expression(&args.filter_words),
+                None => Filter::expression(&self.filter_words),
             },
         };
         let session = SessionOptions {
-            write: args.write.clone(),
-            no_summary: args.no_summary,
-            command: args.command.clone(),
+            write: self.write.clone(),
+            no_summary: self.no_summary,
+            command: self.command.clone(),
         };
         Ok((opts, session))
     }

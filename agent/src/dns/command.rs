@@ -59,37 +59,36 @@ impl DnsArgs {
     /// What `capagent dns ARGS` serves, with its options (a daemon job of kind `dns` uses them
     /// too).
     pub fn service(&self) -> anyhow::Result<(proxy::Options, Service)> {
-        let a = self;
-        let opts = a.common.options()?;
-        if !(a.upstream_timeout.is_finite() && a.upstream_timeout > 0.0) {
+        let opts = self.common.options()?;
+        if !(self.upstream_timeout.is_finite() && self.upstream_timeout > 0.0) {
             anyhow::bail!("--upstream-timeout must be a positive number of seconds");
         }
-        let upstream = match &a.upstream {
+        let upstream = match &self.upstream {
             Some(u) => Some(u.parse::<std::net::SocketAddr>().map_err(|_| {
                 anyhow::anyhow!("--upstream {u:?}: expected IP:PORT ([IPv6]:PORT)")
             })?),
             None => None,
         };
         let policy = super::Policy {
-            v4: a.answer,
-            v6: a.answer6,
-            ttl: a.ttl,
-            names: a
+            v4: self.answer,
+            v6: self.answer6,
+            ttl: self.ttl,
+            names: self
                 .names
                 .iter()
                 .map(|n| super::Pattern::parse(n))
                 .collect::<Result<_, _>>()?,
             upstream: upstream.is_some(),
-            unmatched: match a.unmatched {
+            unmatched: match self.unmatched {
                 UnmatchedArg::Nxdomain => super::Unmatched::NxDomain,
                 UnmatchedArg::Refused => super::Unmatched::Refused,
             },
         };
         let dns = super::DnsOptions {
-            listen: proxy::listen_addr(&a.listen)?,
+            listen: proxy::listen_addr(&self.listen)?,
             policy,
             upstream,
-            upstream_timeout: Duration::from_secs_f64(a.upstream_timeout),
+            upstream_timeout: Duration::from_secs_f64(self.upstream_timeout),
         };
         Ok((opts, Service::new(|ctx| super::run(dns, ctx))))
     }

@@ -82,46 +82,45 @@ impl InterceptArgs {
     /// What `capagent intercept ARGS` intercepts, and what it does with the connections (a
     /// daemon job of kind `intercept` uses them too).
     pub fn options(&self) -> anyhow::Result<(InterceptOptions, RelayOptions)> {
-        let args = self;
-        if let Some(d) = args.duration
+        if let Some(d) = self.duration
             && !(d.is_finite() && d > 0.0)
         {
             anyhow::bail!("--duration must be a positive number of seconds, not {d}");
         }
-        let record = args.record.options();
-        let dsts = args
+        let record = self.record.options();
+        let dsts = self
             .dsts
             .iter()
             .map(|d| super::parse_cidr(d))
             .collect::<Result<Vec<_>, _>>()?;
         let opts = InterceptOptions {
-            mode: match args.mode {
+            mode: match self.mode {
                 Some(InterceptMode::Redirect) => Mode::Redirect,
                 Some(InterceptMode::Tproxy) => Mode::Tproxy,
                 None => Mode::Process,
             },
-            iface: args.iface.clone(),
-            ports: args.ports.clone(),
+            iface: self.iface.clone(),
+            ports: self.ports.clone(),
             dsts,
-            udp: args.udp,
-            local: args.local,
-            pids: args.pids.clone(),
-            cgroup: args.cgroup.clone(),
-            command: args.command.clone(),
+            udp: self.udp,
+            local: self.local,
+            pids: self.pids.clone(),
+            cgroup: self.cgroup.clone(),
+            command: self.command.clone(),
             command_stdout: ChildStdout::for_records(record.on_stdout()),
-            duration: args.duration.map(Duration::from_secs_f64),
+            duration: self.duration.map(Duration::from_secs_f64),
         };
         opts.validate()?;
-        if !(args.idle_timeout.is_finite() && args.idle_timeout >= 0.0) {
+        if !(self.idle_timeout.is_finite() && self.idle_timeout >= 0.0) {
             anyhow::bail!(
                 "--idle-timeout must be a number of seconds, not {}",
-                args.idle_timeout
+                self.idle_timeout
             );
         }
         let relay = RelayOptions {
             record,
-            idle: (args.idle_timeout > 0.0).then(|| Duration::from_secs_f64(args.idle_timeout)),
-            handler: match args.handler {
+            idle: (self.idle_timeout > 0.0).then(|| Duration::from_secs_f64(self.idle_timeout)),
+            handler: match self.handler {
                 InterceptAs::Raw => Handler::Raw,
                 InterceptAs::Http => Handler::Http,
                 InterceptAs::Socks => Handler::Socks,

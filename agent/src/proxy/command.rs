@@ -182,13 +182,12 @@ pub struct ReverseArgs {
 impl RecordArgs {
     /// Where records go, from the record flags.
     pub fn options(&self) -> RecordOptions {
-        let r = self;
         RecordOptions {
-            disabled: r.no_record,
-            format: r.format,
-            output: r.output.clone(),
-            write: r.write.clone(),
-            preview: r.preview,
+            disabled: self.no_record,
+            format: self.format,
+            output: self.output.clone(),
+            write: self.write.clone(),
+            preview: self.preview,
         }
     }
 }
@@ -196,23 +195,22 @@ impl RecordArgs {
 impl ProxyCommon {
     /// The options every proxy shares, from their flags.
     pub fn options(&self) -> anyhow::Result<Options> {
-        let c = self;
         let secs = |flag: &str, v: f64| -> anyhow::Result<Duration> {
             if !(v.is_finite() && v >= 0.0) {
                 anyhow::bail!("{flag} must be a number of seconds, not {v}");
             }
             Ok(Duration::from_secs_f64(v))
         };
-        let handshake = secs("--handshake-timeout", c.handshake_timeout)?;
-        let idle = secs("--idle-timeout", c.idle_timeout)?;
-        if c.max_conns == 0 {
+        let handshake = secs("--handshake-timeout", self.handshake_timeout)?;
+        let idle = secs("--idle-timeout", self.idle_timeout)?;
+        if self.max_conns == 0 {
             anyhow::bail!("--max-conns must be at least 1");
         }
         Ok(Options {
-            record: c.record.options(),
-            upstream_proxy: c.upstream_proxy.clone(),
+            record: self.record.options(),
+            upstream_proxy: self.upstream_proxy.clone(),
             limits: Limits {
-                max_conns: c.max_conns,
+                max_conns: self.max_conns,
                 handshake: if handshake.is_zero() {
                     Duration::from_secs(10)
                 } else {

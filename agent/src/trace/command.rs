@@ -82,32 +82,31 @@ pub struct TraceArgs {
 impl TraceArgs {
     /// What `capagent trace ARGS` traces (and a daemon job of kind `trace`).
     pub fn options(&self) -> anyhow::Result<TraceOptions> {
-        let args = self;
-        let follow_forks = if args.no_follow_forks {
+        let follow_forks = if self.no_follow_forks {
             false
         } else {
-            args.follow_forks || !args.command.is_empty()
+            self.follow_forks || !self.command.is_empty()
         };
-        if let Some(d) = args.duration
+        if let Some(d) = self.duration
             && !(d.is_finite() && d > 0.0)
         {
             anyhow::bail!("--duration must be a positive number of seconds, not {d}");
         }
         let opts = TraceOptions {
-            pids: args.pids.clone(),
-            comm: args.comm.clone(),
-            all: args.all,
-            command: args.command.clone(),
+            pids: self.pids.clone(),
+            comm: self.comm.clone(),
+            all: self.all,
+            command: self.command.clone(),
             command_stdout: ChildStdout::for_records(crate::output::records_on_stdout(
-                args.output.as_deref(),
-                args.write.as_deref(),
+                self.output.as_deref(),
+                self.write.as_deref(),
             )),
             follow_forks,
-            syscalls: super::run::parse_events(&args.events)?,
-            snaplen: args.snaplen,
-            ring_bytes: args.ring_kib.saturating_mul(1024),
-            duration: args.duration.map(Duration::from_secs_f64),
-            lossless: !args.allow_loss && !args.all,
+            syscalls: super::run::parse_events(&self.events)?,
+            snaplen: self.snaplen,
+            ring_bytes: self.ring_kib.saturating_mul(1024),
+            duration: self.duration.map(Duration::from_secs_f64),
+            lossless: !self.allow_loss && !self.all,
         };
         if opts.pids.is_empty() && opts.comm.is_none() && !opts.all && opts.command.is_empty() {
             return Err(super::run::TraceError::NoTarget.into());
