@@ -31,7 +31,7 @@ use thiserror::Error;
 
 use crate::{
     kernel::{self, KernelError},
-    trace::target::{self, HeldChild, TargetError},
+    process::{self, HeldChild, TargetError},
 };
 use filter::{Filter, FilterError};
 
@@ -434,7 +434,7 @@ pub fn run(
     }
     if let Some(name) = &sel.comm {
         config.comm_match = 1;
-        config.comm = target::comm_filter(name)?;
+        config.comm = process::comm_filter(name)?;
     }
     let _span = tracing::info_span!("capture").entered();
     // Filters a killed capagent left (clsact mode) go before anything is attached.
@@ -505,7 +505,7 @@ pub fn run(
         .ok();
     let mut last_fill = Instant::now();
     ctl.arm();
-    let offset = crate::trace::assemble::boot_to_wall_offset_ns();
+    let offset = crate::clock::boot_to_wall_offset_ns();
     let deadline = opts.duration.map(|d| Instant::now() + d);
     let mut outcome = CaptureOutcome {
         mode: attached.mode,

@@ -215,7 +215,7 @@ fn run_capture(
     mut session: SessionOptions,
 ) -> anyhow::Result<()> {
     for &pid in &opts.select.pids {
-        crate::trace::target::check_pid(pid)?;
+        crate::process::check_pid(pid)?;
     }
     session.write = None;
     session.no_summary = true;

@@ -21,7 +21,7 @@ use super::origdst;
 use super::route::{self, Routing};
 use super::sink::{Accepted, Sink, UdpDir, UdpFlow};
 use super::{InterceptOptions, Mode, Outcome, listen_addr};
-use crate::trace::target::HeldChild;
+use crate::process::HeldChild;
 
 /// A UDP flow with no datagram either way for this long ends.
 const UDP_IDLE: Duration = Duration::from_secs(30);
@@ -447,7 +447,7 @@ pub async fn serve_until(
                 follow_forks: true,
             })?);
             for &p in &opts.pids {
-                crate::trace::target::check_pid(p)?;
+                crate::process::check_pid(p)?;
                 hooks.add_pid(p)?;
             }
             if !opts.command.is_empty() {

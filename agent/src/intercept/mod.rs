@@ -67,7 +67,7 @@ pub struct InterceptOptions {
     /// Process mode: start this command, its connections from the first one on.
     pub command: Vec<String>,
     /// Where the command's stdout goes.
-    pub command_stdout: crate::trace::target::ChildStdout,
+    pub command_stdout: crate::process::ChildStdout,
     /// Stop after this long.
     pub duration: Option<Duration>,
 }

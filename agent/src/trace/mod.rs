@@ -1,7 +1,6 @@
 //! `capagent trace`: per-process socket tracing.
 //!
 //! - `run`: the session (load, attach, choose processes, drain the ring buffer).
-//! - `target`: which processes, and starting `-- CMD` held until it is traced.
 //! - `decode`: pure decoder of kernel records; `sockaddr`: pure sockaddr parser.
 //! - `assemble`: payload chunks to whole calls (`model::Event`).
 //! - `summary`: per-connection totals printed at exit.
@@ -11,4 +10,3 @@ pub mod decode;
 pub mod run;
 pub mod sockaddr;
 pub mod summary;
-pub mod target;

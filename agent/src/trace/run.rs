@@ -17,12 +17,12 @@ use thiserror::Error;
 use super::{
     assemble::{self, Assembler},
     decode,
-    target::{self, HeldChild},
 };
 use crate::{
     control::Control,
     kernel::{self, KernelError, ring_fill::RingFill},
     model::{Detail, Event},
+    process::{self, HeldChild},
 };
 
 /// The syscalls `capagent trace` can report: id and name.
@@ -53,7 +53,7 @@ pub enum TraceError {
     #[error(transparent)]
     Kernel(#[from] KernelError),
     #[error(transparent)]
-    Target(#[from] target::TargetError),
+    Target(#[from] process::TargetError),
     #[error(
         "unknown event {0:?} (expected socket, connect, bind, listen, accept, send, recv, data, close, shutdown, or a syscall name)"
     )]
@@ -161,7 +161,7 @@ pub struct TraceOptions {
     /// `-- CMD ARGS`.
     pub command: Vec<String>,
     /// Where CMD's stdout goes.
-    pub command_stdout: target::ChildStdout,
+    pub command_stdout: process::ChildStdout,
     pub follow_forks: bool,
     /// Syscall ids to report (see [`parse_events`]).
     pub syscalls: Vec<u16>,
@@ -217,17 +217,6 @@ fn resume_paused(paused: &mut HashMap<MapData, u32, u8>) {
     }
 }
 
-/// True while `pid` is a live (not zombie) process.
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.trim_start().chars().next())
-            .is_some_and(|state| state != 'Z' && state != 'X'),
-        Err(_) => false,
-    }
-}
-
 /// Where [`run`] hands the events.
 pub trait EventSink {
     /// One event, as it completes.
@@ -259,9 +248,9 @@ pub fn run(
     }
     kernel::require_root("capagent trace")?;
     for &pid in &opts.pids {
-        target::check_pid(pid)?;
+        process::check_pid(pid)?;
     }
-    let comm_filter = opts.comm.as_deref().map(target::comm_filter).transpose()?;
+    let comm_filter = opts.comm.as_deref().map(process::comm_filter).transpose()?;
     kernel::ensure_tracefs()?;
 
     let mut config = Config::new();
@@ -303,7 +292,7 @@ pub fn run(
     let mut live: HashSet<u32> = HashSet::new();
     let mut roots = opts.pids.clone();
     if let Some(name) = &opts.comm {
-        roots.extend(target::pids_by_comm(name));
+        roots.extend(process::pids_by_comm(name));
     }
     for pid in roots {
         trace_pid(pid)?;
@@ -343,7 +332,8 @@ pub fn run(
     let stop_when_gone = opts.comm.is_none() && !opts.all;
     // The kernel names every record with its process's name at the time of the call (the
     // thread group leader's comm), so no /proc lookup is needed (it would be racy with exec).
-    let mut assembler = Assembler::new(assemble::boot_to_wall_offset_ns(), assemble::ThreadComm);
+    let mut assembler =
+        Assembler::new(crate::clock::boot_to_wall_offset_ns(), assemble::ThreadComm);
     let mut outcome = TraceOutcome::default();
     let mut reported_lost = (0u64, 0u64);
     let mut last_check = Instant::now();
@@ -418,7 +408,7 @@ pub fn run(
                 }
             }
             if stop_when_gone {
-                live.retain(|&pid| alive(pid));
+                live.retain(|&pid| process::alive(pid));
             }
             resume_paused(&mut paused);
         }

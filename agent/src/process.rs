@@ -1,5 +1,6 @@
-//! Which processes a trace follows, and starting `-- CMD` so it is traced from its first
-//! syscall.
+//! Processes a session works with (trace, capture, intercept): pid and name checks, and
+//! starting `-- CMD` held before `exec` until the session is live, so it is seen from its
+//! first syscall or packet.
 
 use std::{
     ffi::CString,
@@ -37,7 +38,7 @@ pub enum ChildStdout {
     Stderr,
 }
 
-/// A process started by `trace -- CMD`, held before `exec` until [`HeldChild::release`], so
+/// A process started by `-- CMD`, held before `exec` until [`HeldChild::release`], so
 /// the caller can mark it traced first.
 ///
 /// `std::process::Command::spawn` cannot do this: it waits for the child's `exec`.
@@ -184,6 +185,17 @@ pub fn check_pid(pid: u32) -> Result<(), TargetError> {
         Ok(())
     } else {
         Err(TargetError::NoSuchProcess(pid))
+    }
+}
+
+/// True while `pid` is a live (not zombie) process.
+pub fn alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
     }
 }
 
