@@ -2,6 +2,7 @@
 
 pub mod btf;
 pub mod ring_fill;
+pub mod session;
 
 use std::path::Path;
 
