@@ -10,7 +10,8 @@
 //! - `dns`: the spoofing DNS server (answers chosen names with chosen addresses).
 //! - `intercept`: transparent interception (nftables redirect/tproxy, per-process cgroup
 //!   hooks) into a recording relay.
-//! - `kernel`: loading the eBPF object, BTF offsets, capability checks.
+//! - `kernel`: loading the eBPF object, BTF offsets, capability checks, the session runtime
+//!   of trace and capture (`kernel::session`).
 //! - `proxy`: recording proxies (forwarder, SOCKS, HTTP forward and reverse) that relay and
 //!   record client traffic.
 //! - `process`: pid and name checks, `-- CMD` held until the session is live.
