@@ -1,24 +1,33 @@
 //! How whoever started a session stops it and watches it: the command line (one session per
 //! process, stopped by SIGINT/SIGTERM/SIGHUP) or the daemon (many sessions, its jobs, each
-//! stopped on its own).
+//! stopped on its own; the daemon itself stopped and reloaded by signals).
 //!
-//! A [`Control`] is a cheap cloneable handle. Sessions check [`Control::is_stopped`] between
-//! two polls of their ring buffer (trace, capture) or await [`Control::stopped`] (the async
-//! proxies), and report the fill level of their kernel ring buffer into it.
+//! Every stop goes through a [`Control`], a cheap cloneable handle; signals reach one through
+//! [`crate::signals`]. Sessions check [`Control::is_stopped`] between two polls of their ring
+//! buffer (trace, capture), await [`Control::stopped`] (the async proxies and interception)
+//! or block in [`Control::wait`] (the daemon's loop), and report the fill level of their
+//! kernel ring buffer into it.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, AtomicU32, Ordering},
+use std::{
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    time::Duration,
 };
 
 use tokio::sync::Notify;
 
-use crate::signals;
+use crate::signals::{self, Hangup};
 
 struct Inner {
     stopped: AtomicBool,
+    /// A reload was asked for (SIGHUP to the daemon) and not taken yet.
+    reload: AtomicBool,
     notify: Notify,
-    /// Also stopped by the process-wide signal flag (the command line).
+    /// Wakes [`Control::wait`]: the flag is only set with the lock held.
+    woken: (Mutex<()>, Condvar),
+    /// Stopped by SIGINT, SIGTERM and SIGHUP once armed (the command line).
     signals: bool,
     /// Fill level of the session's kernel ring buffer, in parts per million.
     ring_fill_ppm: AtomicU32,
@@ -43,7 +52,9 @@ impl Control {
         Control {
             inner: Arc::new(Inner {
                 stopped: AtomicBool::new(false),
+                reload: AtomicBool::new(false),
                 notify: Notify::new(),
+                woken: (Mutex::new(()), Condvar::new()),
                 signals,
                 ring_fill_ppm: AtomicU32::new(0),
                 poll_ms,
@@ -58,9 +69,8 @@ impl Control {
         Control::with_signals(false, 50)
     }
 
-    /// A session that also stops on SIGINT, SIGTERM and SIGHUP (the command line): the
-    /// handler is installed by [`Control::arm`], once the session is live. It looks at its
-    /// ring buffer every 10 ms.
+    /// A session that also stops on SIGINT, SIGTERM and SIGHUP (the command line), once
+    /// [`Control::arm`]ed. It looks at its ring buffer every 10 ms.
     pub fn on_signals() -> Control {
         Control::with_signals(true, 10)
     }
@@ -71,27 +81,56 @@ impl Control {
         self.inner.poll_ms
     }
 
-    /// Called by a session once it is live: installs the signal handler of a command-line
-    /// session (signals before this point keep their default action: the process ends).
+    /// Called by a session once it is live: from then on the signals stop a command-line
+    /// session (before this point they keep their default action: the process ends).
     pub fn arm(&self) {
-        if self.inner.signals {
-            signals::install();
+        if self.inner.signals
+            && let Err(e) = signals::deliver_to(self, Hangup::Stop)
+        {
+            tracing::warn!("cannot catch signals: {e}");
         }
     }
 
     /// Asks the session to stop.
     pub fn stop(&self) {
-        self.inner.stopped.store(true, Ordering::SeqCst);
+        self.set(&self.inner.stopped);
         self.inner.notify.notify_waiters();
+    }
+
+    /// Asks for a reload (the daemon's SIGHUP); see [`Control::take_reload`].
+    pub fn request_reload(&self) {
+        self.set(&self.inner.reload);
+    }
+
+    /// True once per [`Control::request_reload`].
+    pub fn take_reload(&self) -> bool {
+        self.inner.reload.swap(false, Ordering::SeqCst)
+    }
+
+    fn set(&self, flag: &AtomicBool) {
+        let (lock, cv) = &self.inner.woken;
+        let _held = lock.lock().expect("control lock");
+        flag.store(true, Ordering::SeqCst);
+        cv.notify_all();
     }
 
     pub fn is_stopped(&self) -> bool {
         self.inner.stopped.load(Ordering::SeqCst)
-            || (self.inner.signals && signals::stop_requested())
     }
 
-    /// Resolves once [`Control::stop`] was called (signals do not wake it: async command-line
-    /// sessions wait for signals with tokio).
+    /// Blocks until the session is stopped, a reload is asked for, or `timeout` has passed.
+    pub fn wait(&self, timeout: Duration) {
+        let (lock, cv) = &self.inner.woken;
+        let held = lock.lock().expect("control lock");
+        let _ = cv
+            .wait_timeout_while(held, timeout, |_| {
+                !self.inner.stopped.load(Ordering::SeqCst)
+                    && !self.inner.reload.load(Ordering::SeqCst)
+            })
+            .expect("control lock");
+    }
+
+    /// Resolves once the session is stopped.
     pub async fn stopped(&self) {
         loop {
             // Registered before the check, so a stop() in between is not missed.
@@ -147,7 +186,8 @@ mod tests {
         assert_eq!(c.ring_fill(), 0.25);
         c.set_ring_fill(9, 0);
         assert_eq!(c.ring_fill(), 0.0);
-        // A daemon job ignores the process-wide flag.
+        // A stopped control does not block its waiters.
+        c.wait(std::time::Duration::from_secs(10));
         assert!(!Control::new().is_stopped());
     }
 }
