@@ -179,6 +179,18 @@ impl HeldChild {
     }
 }
 
+impl Drop for HeldChild {
+    /// A child never released is killed (and reaped): without this, closing the pipe it
+    /// waits on would let it go on to `exec`, unwatched, after the session failed to start.
+    fn drop(&mut self) {
+        if self.release.is_some() && self.status.is_none() {
+            // SAFETY: kill(2) on our own child, which has not exec'ed yet.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            let _ = self.wait();
+        }
+    }
+}
+
 /// Fails unless /proc/PID exists.
 pub fn check_pid(pid: u32) -> Result<(), TargetError> {
     if fs::metadata(format!("/proc/{pid}")).is_ok() {
@@ -262,6 +274,25 @@ mod tests {
         assert!(held.wait().unwrap().success());
         assert_eq!(fs::read_to_string(&dir).unwrap(), "ran\n");
         fs::remove_file(&dir).unwrap();
+    }
+
+    #[test]
+    fn held_child_dropped_unreleased_never_runs() {
+        let dir = std::env::temp_dir().join(format!("capagent-dropped-{}", std::process::id()));
+        let held = HeldChild::spawn(
+            &[
+                "sh".into(),
+                "-c".into(),
+                format!("echo ran > {}", dir.display()),
+            ],
+            ChildStdout::Inherit,
+        )
+        .unwrap();
+        let pid = held.pid();
+        drop(held);
+        // Reaped by the drop: the pid is gone, and the command never ran.
+        assert!(!fs::exists(format!("/proc/{pid}")).unwrap());
+        assert!(!dir.exists(), "the dropped child ran");
     }
 
     #[test]
