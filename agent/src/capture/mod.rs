@@ -1,7 +1,8 @@
 //! Packet capture (`capagent capture`): TC classifier programs on the chosen interfaces copy
 //! the first bytes of every packet into a ring buffer of their own; this module resolves the
-//! interfaces, attaches the programs ([`attach`]), drains the ring buffer and hands every
-//! packet to a [`PacketSink`]. A filter expression ([`filter`]) is compiled to classic BPF
+//! interfaces, attaches the programs ([`attach`]) and, as the capture mode of a kernel
+//! session ([`crate::kernel::session`]), hands every packet of the ring buffer to a
+//! [`PacketSink`]. A filter expression ([`filter`]) is compiled to classic BPF
 //! and evaluated in the kernel before packets are copied. [`session`] is the sink of `capagent capture`: it attributes
 //! packets to processes ([`owner`]), selects them (`--pid`/`--comm`) and writes them
 //! (pcapng [`pcapng`] or one text line [`text`]).

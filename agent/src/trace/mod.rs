@@ -1,6 +1,7 @@
 //! `capagent trace`: per-process socket tracing.
 //!
-//! - `run`: the session (load, attach, choose processes, drain the ring buffer).
+//! - `run`: the trace mode of a kernel session (config, programs, traced processes, records
+//!   to events).
 //! - `decode`: pure decoder of kernel records; `sockaddr`: pure sockaddr parser.
 //! - `assemble`: payload chunks to whole calls (`model::Event`).
 //! - `summary`: per-connection totals printed at exit.

@@ -1,6 +1,7 @@
-//! The trace session: load and attach the programs, choose the traced processes, drain the
-//! ring buffer into `model::Event`s, and stop on signal, duration or when the traced
-//! processes are gone.
+//! The trace mode of a kernel session ([`crate::kernel::session`]): its programs' config,
+//! the traced processes, and the `Tracer` that turns the ring buffer's records into
+//! `model::Event`s, keeps the set of live traced processes (the session stops when they are
+//! gone), reports lost records and resumes the processes the kernel paused.
 
 use std::{collections::HashSet, io, process::ExitStatus, time::Duration};
 
