@@ -14,6 +14,7 @@
 //!   of trace and capture (`kernel::session`).
 //! - `proxy`: recording proxies (forwarder, SOCKS, HTTP forward and reverse) that relay and
 //!   record client traffic.
+//! - `signals`: SIGINT, SIGTERM and SIGHUP delivered to a `Control` (the one way to stop).
 //! - `process`: pid and name checks, `-- CMD` held until the session is live.
 //! - `model`: the records every mode produces.
 //! - `output`: text, JSON lines (and pcapng) writers for those records.
