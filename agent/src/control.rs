@@ -18,17 +18,28 @@ use std::{
 
 use tokio::sync::Notify;
 
-use crate::signals::{self, Hangup};
+use crate::signals;
+
+/// What signals do to a control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnSignal {
+    /// Nothing (a daemon job: the daemon stops it).
+    Ignore,
+    /// SIGINT, SIGTERM and SIGHUP stop it (a command-line session).
+    Stop,
+    /// SIGINT and SIGTERM stop it, SIGHUP asks for a reload (the daemon).
+    StopOrReload,
+}
 
 struct Inner {
     stopped: AtomicBool,
     /// A reload was asked for (SIGHUP to the daemon) and not taken yet.
     reload: AtomicBool,
     notify: Notify,
-    /// Wakes [`Control::wait`]: the flag is only set with the lock held.
+    /// Wakes [`Control::wait`]: the flags are only set with its lock held.
     woken: (Mutex<()>, Condvar),
-    /// Stopped by SIGINT, SIGTERM and SIGHUP once armed (the command line).
-    signals: bool,
+    /// What signals do once armed.
+    signals: OnSignal,
     /// Fill level of the session's kernel ring buffer, in parts per million.
     ring_fill_ppm: AtomicU32,
     /// Longest wait for the ring buffer between two looks at the stop and the clock.
@@ -48,7 +59,7 @@ impl Default for Control {
 }
 
 impl Control {
-    fn with_signals(signals: bool, poll_ms: i32) -> Control {
+    fn with_signals(signals: OnSignal, poll_ms: i32) -> Control {
         Control {
             inner: Arc::new(Inner {
                 stopped: AtomicBool::new(false),
@@ -66,13 +77,19 @@ impl Control {
     /// buffer every 50 ms when the kernel does not wake it first (an idle daemon costs little;
     /// stopping and files lag by that much at most).
     pub fn new() -> Control {
-        Control::with_signals(false, 50)
+        Control::with_signals(OnSignal::Ignore, 50)
     }
 
     /// A session that also stops on SIGINT, SIGTERM and SIGHUP (the command line), once
     /// [`Control::arm`]ed. It looks at its ring buffer every 10 ms.
     pub fn on_signals() -> Control {
-        Control::with_signals(true, 10)
+        Control::with_signals(OnSignal::Stop, 10)
+    }
+
+    /// The daemon's own control, once [`Control::arm`]ed: stopped by SIGINT and SIGTERM,
+    /// asked to reload by SIGHUP ([`Control::take_reload`]).
+    pub fn daemon() -> Control {
+        Control::with_signals(OnSignal::StopOrReload, 50)
     }
 
     /// How long a session's poll of its ring buffer may wait, in milliseconds (the kernel
@@ -81,13 +98,22 @@ impl Control {
         self.inner.poll_ms
     }
 
-    /// Called by a session once it is live: from then on the signals stop a command-line
-    /// session (before this point they keep their default action: the process ends).
-    pub fn arm(&self) {
-        if self.inner.signals
-            && let Err(e) = signals::deliver_to(self, Hangup::Stop)
-        {
-            tracing::warn!("cannot catch signals: {e}");
+    /// Called once the session is live: from then on the signals go to this control (before
+    /// this point they keep their default action: the process ends). Nothing for a daemon
+    /// job.
+    pub fn arm(&self) -> std::io::Result<()> {
+        if self.inner.signals == OnSignal::Ignore {
+            return Ok(());
+        }
+        let ctl = self.clone();
+        signals::deliver_to(move |sig| ctl.on_signal(sig))
+    }
+
+    fn on_signal(&self, sig: i32) {
+        match self.inner.signals {
+            OnSignal::Ignore => {}
+            OnSignal::StopOrReload if sig == signals::SIGHUP => self.request_reload(),
+            OnSignal::Stop | OnSignal::StopOrReload => self.stop(),
         }
     }
 
@@ -189,5 +215,26 @@ mod tests {
         // A stopped control does not block its waiters.
         c.wait(std::time::Duration::from_secs(10));
         assert!(!Control::new().is_stopped());
+    }
+
+    #[test]
+    fn signals_stop_or_reload() {
+        let session = Control::on_signals();
+        session.on_signal(signals::SIGHUP);
+        assert!(session.is_stopped() && !session.take_reload());
+
+        let daemon = Control::daemon();
+        daemon.on_signal(signals::SIGHUP);
+        daemon.wait(std::time::Duration::from_secs(10));
+        assert!(!daemon.is_stopped());
+        assert!(daemon.take_reload());
+        assert!(!daemon.take_reload(), "one reload per SIGHUP taken");
+        daemon.on_signal(signals::SIGTERM);
+        daemon.wait(std::time::Duration::from_secs(10));
+        assert!(daemon.is_stopped());
+
+        let job = Control::new();
+        job.on_signal(signals::SIGTERM);
+        assert!(!job.is_stopped(), "the daemon stops its jobs itself");
     }
 }

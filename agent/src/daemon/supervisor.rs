@@ -22,10 +22,7 @@ use super::{
     metrics::{JobMetrics, JobState, Registry},
     notify::{self, Notifier},
 };
-use crate::{
-    control::Control,
-    signals::{self, Hangup},
-};
+use crate::control::Control;
 
 /// First wait before a failed job is started again; doubled at each failure in a row.
 const BACKOFF_MIN: Duration = Duration::from_secs(1);
@@ -328,8 +325,8 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     let notifier = Notifier::from_env().context("NOTIFY_SOCKET")?;
     let config = load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     // SIGTERM and SIGINT stop the daemon, SIGHUP reloads it.
-    let ctl = Control::new();
-    signals::deliver_to(&ctl, Hangup::Reload).context("installing signal handlers")?;
+    let ctl = Control::daemon();
+    ctl.arm().context("installing signal handlers")?;
     let registry = Arc::new(Registry::default());
     registry.daemon.start_time.store(
         SystemTime::now()

@@ -184,7 +184,7 @@ pub fn run(opts: &InterceptOptions, relay: &RelayOptions) -> anyhow::Result<Outc
     // Signals are caught from the start, so one that arrives while the rules are being
     // installed still ends in a clean removal.
     let ctl = Control::on_signals();
-    ctl.arm();
+    ctl.arm().context("installing signal handlers")?;
     run_until(opts, relay, recorder, handle, &ctl)
 }
 

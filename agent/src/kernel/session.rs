@@ -111,7 +111,9 @@ impl<'c, P> Session<'c, P> {
         let fill = RingFill::new(&ring, u64::from(ring_bytes))
             .map_err(|e| tracing::debug!("ring buffer fill level unavailable: {e}"))
             .ok();
-        ctl.arm();
+        if let Err(e) = ctl.arm() {
+            tracing::warn!("cannot catch signals: {e}");
+        }
         let now = Instant::now();
         Ok(Session {
             programs: Some(programs),

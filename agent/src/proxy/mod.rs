@@ -29,6 +29,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
@@ -280,7 +281,7 @@ where
     }
     let (recorder, handle) = Recorder::start(&opts.record).map_err(ProxyError::from)?;
     let ctl = Control::on_signals();
-    ctl.arm();
+    ctl.arm().context("installing signal handlers")?;
     run_until(opts, recorder, handle, &ctl, service)
 }
 
