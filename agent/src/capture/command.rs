@@ -105,7 +105,7 @@ impl CaptureArgs {
 pub fn run(args: &CaptureArgs) -> anyhow::Result<Option<ExitStatus>> {
     let (opts, session) = args.options()?;
     for &pid in &args.pids {
-        crate::trace::target::check_pid(pid)?;
+        crate::process::check_pid(pid)?;
     }
     let outcome = super::session::run(&opts, &session)?;
     Ok(outcome.exit_status)

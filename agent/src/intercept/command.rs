@@ -6,7 +6,7 @@ use std::{process::ExitStatus, time::Duration};
 use clap::{Args, ValueEnum};
 
 use super::{Handler, InterceptOptions, Mode, RelayOptions};
-use crate::{proxy::command::RecordArgs, trace::target::ChildStdout};
+use crate::{process::ChildStdout, proxy::command::RecordArgs};
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InterceptMode {

@@ -10,10 +10,11 @@ use std::{
 use anyhow::Context as _;
 use clap::Args;
 
-use super::{run::TraceOptions, summary::Summary, target::ChildStdout};
+use super::{run::TraceOptions, summary::Summary};
 use crate::{
     control::Control,
     output::{EventWriter, FanOut, Format, Writer, pcapng::PcapngWriter, text::TextConfig},
+    process::ChildStdout,
 };
 
 #[derive(Args, Debug, Clone)]
