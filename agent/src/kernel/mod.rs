@@ -84,7 +84,13 @@ pub fn ensure_tracefs() -> Result<(), KernelError> {
 /// Loads the eBPF object for `capagent trace`: `config` written into its `CONFIG` global and
 /// the `EVENTS` ring buffer sized to `ring_bytes`.
 pub fn load(config: &agent_common::Config, ring_bytes: u32) -> Result<Ebpf, KernelError> {
-    load_mode("CONFIG", config, TRACE_MAPS, &[("EVENTS", ring_bytes)])
+    use agent_common::trace::{CONFIG_GLOBAL, maps};
+    load_mode(
+        CONFIG_GLOBAL,
+        config,
+        TRACE_MAPS,
+        &[(maps::EVENTS, ring_bytes)],
+    )
 }
 
 /// Loads the eBPF object for one mode: `config` written into the global `global`, the maps
@@ -231,11 +237,12 @@ pub fn load_capture(
     ring_bytes: u32,
     pids: bool,
 ) -> Result<Ebpf, KernelError> {
-    let mut sized = vec![("PACKETS", ring_bytes)];
+    use agent_common::capture::{CONFIG_GLOBAL, maps};
+    let mut sized = vec![(maps::PACKETS, ring_bytes)];
     if !pids {
-        sized.push(("CAPTURE_PIDS", 1));
+        sized.push((maps::CAPTURE_PIDS, 1));
     }
-    load_mode("CAPTURE_CONFIG", config, CAPTURE_MAPS, &sized)
+    load_mode(CONFIG_GLOBAL, config, CAPTURE_MAPS, &sized)
 }
 
 /// The TC classifier program `prog` of the object, loaded into the kernel (attach it with
@@ -258,7 +265,12 @@ pub fn loaded_xdp<'a>(
 /// Loads the eBPF object for `capagent intercept --pid/--cgroup/-- CMD`: `config` written
 /// into `INTERCEPT_CONFIG`; the other modes' maps are made as small as they can be.
 pub fn load_intercept(config: &agent_common::InterceptConfig) -> Result<Ebpf, KernelError> {
-    load_mode("INTERCEPT_CONFIG", config, INTERCEPT_MAPS, &[])
+    load_mode(
+        agent_common::intercept::CONFIG_GLOBAL,
+        config,
+        INTERCEPT_MAPS,
+        &[],
+    )
 }
 
 /// The cgroup sock_addr program `prog` of the object, loaded into the kernel.
