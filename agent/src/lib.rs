@@ -13,6 +13,7 @@
 //! - `proxy`: recording proxies (forwarder, SOCKS, HTTP forward and reverse) that relay and
 //!   record client traffic.
 //! - `model`: the records every mode produces.
+//! - `netlink`: netlink messages and sockets (nftables, routing, tc, sock_diag).
 //! - `output`: text, JSON lines (and pcapng) writers for those records.
 
 pub mod capture;
@@ -24,6 +25,7 @@ pub mod dns;
 pub mod intercept;
 pub mod kernel;
 pub mod model;
+pub mod netlink;
 pub mod output;
 pub mod proxy;
 pub mod signals;

@@ -4,7 +4,8 @@
 //! made from the input: none may panic, and every batch must parse back as netlink messages.
 #![no_main]
 
-use capagent::intercept::{netlink, nft, origdst, route};
+use capagent::intercept::{nft, origdst, route};
+use capagent::netlink;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

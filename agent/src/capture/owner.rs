@@ -177,7 +177,7 @@ pub fn parse_diag(buf: &[u8], proto: u8) -> DiagChunk {
                     .get(..4)
                     .map_or(0, |b| i32::from_ne_bytes(b.try_into().unwrap()));
                 if e != 0 {
-                    out.error = Some(super::tcmsg::errno_of(e));
+                    out.error = Some(crate::netlink::errno_of(e));
                 }
                 out.done = true;
                 break;

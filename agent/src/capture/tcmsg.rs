@@ -219,19 +219,6 @@ fn parse_filter(body: &[u8]) -> Option<TcFilter> {
     Some(f)
 }
 
-/// Largest errno the kernel returns (`MAX_ERRNO`).
-const MAX_ERRNO: i32 = 4095;
-
-/// The positive errno of a non-zero `nlmsgerr.error`, which the kernel sends as a negative
-/// errno. Any other value (positive, or below `-MAX_ERRNO`, such as `i32::MIN`, whose
-/// absolute value is no `i32`) is a malformed reply: `EPROTO`.
-pub fn errno_of(code: i32) -> i32 {
-    match code.checked_neg() {
-        Some(e) if (1..=MAX_ERRNO).contains(&e) => e,
-        _ => libc::EPROTO,
-    }
-}
-
 /// Parses the netlink messages of one reply buffer (filter dump parts, `NLMSG_DONE`,
 /// `NLMSG_ERROR`). Malformed trailing bytes are ignored.
 pub fn parse_reply(buf: &[u8]) -> Reply {
@@ -256,7 +243,7 @@ pub fn parse_reply(buf: &[u8]) -> Reply {
                     .get(..4)
                     .map_or(0, |b| i32::from_ne_bytes(b.try_into().expect("4 bytes")));
                 if e != 0 {
-                    out.error = Some(errno_of(e));
+                    out.error = Some(crate::netlink::errno_of(e));
                 }
                 out.done = true;
                 break;
@@ -407,7 +394,6 @@ mod tests {
             let r = parse_reply(&error(bad));
             assert_eq!((r.done, r.error), (true, Some(libc::EPROTO)), "{bad}");
         }
-        assert_eq!(errno_of(-4095), 4095);
 
         // The fuzzer's input (issue 11): a filter, then an NLMSG_ERROR with code i32::MIN.
         #[cfg(target_endian = "little")]

@@ -13,7 +13,7 @@
 
 use std::fs;
 
-use super::netlink;
+use crate::netlink;
 use super::nft::{self, Nft};
 use super::route;
 

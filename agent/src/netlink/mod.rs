@@ -1,8 +1,9 @@
-//! Netlink messages, built and parsed as plain bytes, and a blocking netlink socket.
+//! Netlink for every capability: messages built and parsed as plain bytes, and a blocking
+//! netlink socket (request, acknowledgement, dump).
 //!
-//! Building and parsing are pure functions over byte buffers (no I/O), so the nftables and
-//! routing messages made from them can be unit-tested byte for byte and fuzzed; [`Socket`]
-//! is the only part that talks to the kernel.
+//! Building and parsing are pure functions over byte buffers (no I/O), so the messages made
+//! from them can be unit-tested byte for byte and fuzzed; [`Socket`] is the only part that
+//! talks to the kernel. An `NLMSG_ERROR` code becomes an errno through [`errno_of`] only.
 //!
 //! Layout reminders: every message starts with a 16-byte `nlmsghdr` (length, type, flags,
 //! sequence number, port id, host byte order); attributes are `nlattr` (u16 length, u16
@@ -238,6 +239,19 @@ pub fn error_of(payload: &[u8]) -> Result<(i32, u32), Malformed> {
     Ok((code, seq))
 }
 
+/// Largest errno the kernel returns (`MAX_ERRNO`).
+pub const MAX_ERRNO: i32 = 4095;
+
+/// The positive errno of a non-zero `nlmsgerr.error`, which the kernel sends as a negative
+/// errno. Any other value (positive, or below `-MAX_ERRNO`, such as `i32::MIN`, whose
+/// absolute value is no `i32`) is a malformed reply: `EPROTO`.
+pub fn errno_of(code: i32) -> i32 {
+    match code.checked_neg() {
+        Some(e) if (1..=MAX_ERRNO).contains(&e) => e,
+        _ => libc::EPROTO,
+    }
+}
+
 /// A netlink socket bound to a kernel-assigned port id, close-on-exec.
 #[derive(Debug)]
 pub struct Socket {
@@ -389,7 +403,7 @@ impl Socket {
                 let (code, seq) = error_of(m.payload)
                     .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
                 if code != 0 && first_err.is_none() {
-                    first_err = Some(-code);
+                    first_err = Some(errno_of(code));
                 }
                 if let Some(i) = pending.iter().position(|&s| s == seq) {
                     pending.swap_remove(i);
@@ -430,7 +444,7 @@ impl Socket {
                         let (code, _) = error_of(m.payload)
                             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
                         if code != 0 {
-                            return Err(io::Error::from_raw_os_error(-code));
+                            return Err(io::Error::from_raw_os_error(errno_of(code)));
                         }
                         done = true;
                     }
@@ -524,5 +538,16 @@ mod tests {
         hdr[8..12].copy_from_slice(&42u32.to_ne_bytes());
         p.extend_from_slice(&hdr);
         assert_eq!(error_of(&p).unwrap(), (-1, 42));
+    }
+
+    #[test]
+    fn error_codes_become_errnos() {
+        assert_eq!(errno_of(-libc::EINVAL), libc::EINVAL);
+        assert_eq!(errno_of(-MAX_ERRNO), MAX_ERRNO);
+        // Codes no kernel sends are a protocol error, never a negative or zero errno
+        // (i32::MIN came from the fuzzer: its absolute value is no i32).
+        for bad in [i32::MIN, -MAX_ERRNO - 1, 0, 1, libc::EINVAL, i32::MAX] {
+            assert_eq!(errno_of(bad), libc::EPROTO, "{bad}");
+        }
     }
 }
