@@ -12,7 +12,6 @@ pub mod hygiene;
 pub mod owner;
 pub mod pcapng;
 pub mod session;
-pub mod tcmsg;
 pub mod text;
 
 use std::{

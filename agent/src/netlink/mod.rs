@@ -11,8 +11,12 @@
 //! `NLA_F_NESTED` in their type.
 
 use std::io;
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
-use std::time::Duration;
+
+pub mod sock_diag;
+mod socket;
+pub mod tc;
+
+pub use socket::Socket;
 
 pub const NLMSG_HDRLEN: usize = 16;
 pub const NLA_HDRLEN: usize = 4;
@@ -252,229 +256,97 @@ pub fn errno_of(code: i32) -> i32 {
     }
 }
 
-/// A netlink socket bound to a kernel-assigned port id, close-on-exec.
-#[derive(Debug)]
-pub struct Socket {
-    fd: OwnedFd,
-    port_id: u32,
+/// The bytes of one message built with the `netlink-packet-*` crates.
+pub fn serialize<I: netlink_packet_core::NetlinkSerializable>(
+    msg: I,
+    flags: u16,
     seq: u32,
+) -> Vec<u8> {
+    use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload};
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
+    header.sequence_number = seq;
+    let mut m = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+    m.finalize();
+    let mut buf = vec![0; m.buffer_len()];
+    m.serialize(&mut buf);
+    buf
 }
 
-impl Socket {
-    /// Opens a `NETLINK_<protocol>` socket (e.g. `libc::NETLINK_NETFILTER`).
-    pub fn open(protocol: libc::c_int) -> io::Result<Socket> {
-        // SAFETY: plain socket(2); the fd is owned right after.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                protocol,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
+/// The outcome of the acknowledgements in one datagram: `pending` loses the sequence
+/// numbers acknowledged (or failed), `first_err` keeps the first error's errno. An error for
+/// a message no acknowledgement was asked for (a batch header) ends the exchange: no further
+/// answers will come.
+pub fn take_acks(
+    buf: &[u8],
+    pending: &mut Vec<u32>,
+    first_err: &mut Option<i32>,
+) -> Result<(), Malformed> {
+    for m in messages(buf) {
+        let m = m?;
+        if m.ty != NLMSG_ERROR {
+            continue;
         }
-        // SAFETY: fd is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: zeroed sockaddr_nl is valid (pid 0: the kernel assigns one).
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        let sl = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
-        // SAFETY: sa is a valid sockaddr_nl of size sl.
-        if unsafe { libc::bind(fd.as_raw_fd(), (&raw const sa).cast(), sl) } != 0 {
-            return Err(io::Error::last_os_error());
+        let (code, seq) = error_of(m.payload)?;
+        if code != 0 && first_err.is_none() {
+            *first_err = Some(errno_of(code));
         }
-        let mut len = sl;
-        // SAFETY: getsockname writes at most len bytes into sa.
-        if unsafe { libc::getsockname(fd.as_raw_fd(), (&raw mut sa).cast(), &mut len) } != 0 {
-            return Err(io::Error::last_os_error());
+        if let Some(i) = pending.iter().position(|&s| s == seq) {
+            pending.swap_remove(i);
+        } else if code != 0 {
+            pending.clear();
         }
-        // Replies never take long; a kernel that does not answer must not hang the agent.
-        let tv = libc::timeval {
-            tv_sec: 5,
-            tv_usec: 0,
-        };
-        // SAFETY: setsockopt with a correctly sized timeval.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const tv).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            );
-            // Error messages carry the request; extended acks tell what was wrong.
-            let one: libc::c_int = 1;
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_NETLINK,
-                libc::NETLINK_EXT_ACK,
-                (&raw const one).cast(),
-                4,
-            );
-        }
-        let seq = (std::process::id() << 8) ^ 0x1000;
-        Ok(Socket {
-            fd,
-            port_id: sa.nl_pid,
-            seq,
-        })
     }
+    Ok(())
+}
 
-    /// The port id the kernel gave this socket.
-    pub fn port_id(&self) -> u32 {
-        self.port_id
-    }
+/// Why a dump failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DumpError {
+    #[error(transparent)]
+    Malformed(#[from] Malformed),
+    /// The kernel's `NLMSG_ERROR` (its errno).
+    #[error("errno {0}")]
+    Kernel(i32),
+}
 
-    /// A fresh sequence number.
-    pub fn next_seq(&mut self) -> u32 {
-        self.seq = self.seq.wrapping_add(1);
-        self.seq
-    }
-
-    /// Marks `n` more sequence numbers as used (by a multi-message request).
-    pub fn skip(&mut self, n: u32) {
-        self.seq = self.seq.wrapping_add(n);
-    }
-
-    pub fn send(&self, buf: &[u8]) -> io::Result<()> {
-        // SAFETY: zeroed sockaddr_nl: the kernel (pid 0).
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: buf and sa are valid for the given lengths.
-        let n = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                0,
-                (&raw const sa).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
+impl From<DumpError> for io::Error {
+    fn from(e: DumpError) -> io::Error {
+        match e {
+            DumpError::Malformed(m) => io::Error::new(io::ErrorKind::InvalidData, m),
+            DumpError::Kernel(errno) => io::Error::from_raw_os_error(errno),
         }
-        if n as usize != buf.len() {
-            return Err(io::Error::other("short netlink send"));
-        }
-        Ok(())
     }
+}
 
-    /// One datagram from the kernel (several messages).
-    pub fn recv(&self, buf: &mut Vec<u8>) -> io::Result<()> {
-        buf.resize(256 * 1024, 0);
-        loop {
-            // SAFETY: buf is valid for its length.
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
+/// One datagram of the answer to dump request `seq`: appends its messages (whole, header
+/// included) to `out`, leaving out other requests' messages and `NLMSG_NOOP`; `Ok(true)`
+/// once `NLMSG_DONE` (or the acknowledgement) ended the answer.
+pub fn dump_part(buf: &[u8], seq: u32, out: &mut Vec<Vec<u8>>) -> Result<bool, DumpError> {
+    let mut done = false;
+    let mut off = 0;
+    for m in messages(buf) {
+        let m = m?;
+        let len = NLMSG_HDRLEN + m.payload.len();
+        let whole = &buf[off..off + len];
+        off += align(len);
+        if m.seq != seq {
+            continue;
+        }
+        match m.ty {
+            NLMSG_DONE => done = true,
+            NLMSG_ERROR => {
+                let (code, _) = error_of(m.payload)?;
+                if code != 0 {
+                    return Err(DumpError::Kernel(errno_of(code)));
                 }
-                if e.kind() == io::ErrorKind::WouldBlock {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "the kernel did not answer a netlink request",
-                    ));
-                }
-                return Err(e);
+                done = true;
             }
-            buf.truncate(n as usize);
-            return Ok(());
+            NLMSG_NOOP => {}
+            _ => out.push(whole.to_vec()),
         }
     }
-
-    /// Sends `msgs` and waits for one acknowledgement per sequence number in `acks`; the
-    /// first error code the kernel returned fails the call (after every answer came).
-    pub fn transact(&self, msgs: &[u8], acks: &[u32]) -> io::Result<()> {
-        self.send(msgs)?;
-        let mut pending: Vec<u32> = acks.to_vec();
-        let mut first_err: Option<i32> = None;
-        let mut buf = Vec::new();
-        while !pending.is_empty() {
-            self.recv(&mut buf)?;
-            for m in messages(&buf) {
-                let m = m.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                if m.ty != NLMSG_ERROR {
-                    continue;
-                }
-                let (code, seq) = error_of(m.payload)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                if code != 0 && first_err.is_none() {
-                    first_err = Some(errno_of(code));
-                }
-                if let Some(i) = pending.iter().position(|&s| s == seq) {
-                    pending.swap_remove(i);
-                } else if code != 0 {
-                    // An error for a message we did not ask an ack for (a batch header):
-                    // no further answers will come.
-                    pending.clear();
-                }
-            }
-        }
-        match first_err {
-            Some(errno) => Err(io::Error::from_raw_os_error(errno)),
-            None => Ok(()),
-        }
-    }
-
-    /// Sends a dump request (sequence `seq`) and returns every message of the answer, each
-    /// as its own byte vector (header included).
-    pub fn dump(&self, req: &[u8], seq: u32) -> io::Result<Vec<Vec<u8>>> {
-        self.send(req)?;
-        let mut out = Vec::new();
-        let mut buf = Vec::new();
-        loop {
-            self.recv(&mut buf)?;
-            let mut done = false;
-            let mut off = 0;
-            for m in messages(&buf) {
-                let m = m.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                let len = NLMSG_HDRLEN + m.payload.len();
-                let whole = buf[off..off + len].to_vec();
-                off += align(len);
-                if m.seq != seq {
-                    continue;
-                }
-                match m.ty {
-                    NLMSG_DONE => done = true,
-                    NLMSG_ERROR => {
-                        let (code, _) = error_of(m.payload)
-                            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                        if code != 0 {
-                            return Err(io::Error::from_raw_os_error(errno_of(code)));
-                        }
-                        done = true;
-                    }
-                    NLMSG_NOOP => {}
-                    _ => out.push(whole),
-                }
-            }
-            if done {
-                return Ok(out);
-            }
-        }
-    }
-
-    /// Sets how long [`Socket::recv`] waits.
-    pub fn set_timeout(&self, d: Duration) {
-        let tv = libc::timeval {
-            tv_sec: d.as_secs() as libc::time_t,
-            tv_usec: d.subsec_micros() as libc::suseconds_t,
-        };
-        // SAFETY: setsockopt with a correctly sized timeval.
-        unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const tv).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            );
-        }
-    }
+    Ok(done)
 }
 
 #[cfg(test)]
