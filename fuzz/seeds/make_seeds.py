@@ -92,6 +92,14 @@ TC_SEEDS = {
     'fdinfo': b'pos:\t0\nflags:\t02000002\nprog_type:\t3\nprog_id:\t77\n',
     # inet_diag_msg: family, state, timer, retrans, sport, dport (big-endian), src, dst,
     # ifindex, cookie (two u32), expires, rqueue, wqueue, uid, inode.
+    # A routing rule and a local route of capagent's (fib_rule_hdr / rtmsg, then rtattrs).
+    'rule': nlmsg(32, struct.pack('<BBBBBBBBI', 2, 0, 0, 0, 0, 0, 0, 1, 0)
+                  + rta(6, struct.pack('<I', 9000)) + rta(10, struct.pack('<I', 0xca000001))
+                  + rta(16, struct.pack('<I', 0xffffffff)) + rta(15, struct.pack('<I', 0xca000001))
+                  + rta(21, bytes([202]))) + DONE,
+    'route': nlmsg(24, struct.pack('<BBBBBBBBI', 10, 0, 0, 0, 0, 202, 254, 2, 0)
+                   + rta(15, struct.pack('<I', 0xca000001)) + rta(1, bytes(15) + b'\x01')
+                   + rta(4, struct.pack('<I', 1))) + DONE,
     'sock_diag': nlmsg(20, struct.pack('<BBBB', 2, 10, 0, 0) + struct.pack('>HH', 8000, 0)
                        + bytes([127, 0, 0, 1]) + bytes(12) + bytes(16)
                        + struct.pack('<IIIIIIII', 0, 0x1234, 1, 0, 0, 0, 0, 4242)) + DONE,
