@@ -13,7 +13,6 @@
 use std::io;
 use std::net::IpAddr;
 
-use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
 use netlink_packet_route::{
     AddressFamily, RouteNetlinkMessage,
     route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType},
@@ -194,31 +193,9 @@ pub fn dump_request(ty: u16, family: u8, seq: u32) -> Vec<u8> {
     }
 }
 
-/// The rtnetlink message of `msg` (one message, header included) when it is of type `ty`.
-fn decode(msg: &[u8], ty: u16) -> Result<Option<RouteNetlinkMessage>, netlink::Malformed> {
-    let Some(m) = netlink::messages(msg).next().transpose()? else {
-        return Ok(None);
-    };
-    if m.ty != ty {
-        return Ok(None);
-    }
-    let whole = &msg[..netlink::NLMSG_HDRLEN + m.payload.len()];
-    match NetlinkMessage::<RouteNetlinkMessage>::deserialize(whole) {
-        Ok(NetlinkMessage {
-            payload: NetlinkPayload::InnerMessage(r),
-            ..
-        }) => Ok(Some(r)),
-        Ok(_) => Ok(None),
-        Err(e) => {
-            tracing::debug!("undecodable rtnetlink message: {e}");
-            Err(netlink::Malformed("undecodable rtnetlink message"))
-        }
-    }
-}
-
 /// One message of a rule dump; `Ok(None)` for other messages.
 pub fn parse_rule(msg: &[u8]) -> Result<Option<RuleInfo>, netlink::Malformed> {
-    let Some(RouteNetlinkMessage::NewRule(m)) = decode(msg, RTM_NEWRULE)? else {
+    let Some(RouteNetlinkMessage::NewRule(m)) = netlink::decode(msg, RTM_NEWRULE)? else {
         return Ok(None);
     };
     let mut r = RuleInfo {
@@ -244,7 +221,7 @@ pub fn parse_rule(msg: &[u8]) -> Result<Option<RuleInfo>, netlink::Malformed> {
 
 /// One message of a route dump; `Ok(None)` for other messages.
 pub fn parse_route(msg: &[u8]) -> Result<Option<RouteInfo>, netlink::Malformed> {
-    let Some(RouteNetlinkMessage::NewRoute(m)) = decode(msg, RTM_NEWROUTE)? else {
+    let Some(RouteNetlinkMessage::NewRoute(m)) = netlink::decode(msg, RTM_NEWROUTE)? else {
         return Ok(None);
     };
     let h = &m.header;

@@ -273,6 +273,33 @@ pub fn serialize<I: netlink_packet_core::NetlinkSerializable>(
     buf
 }
 
+/// The first message of `msg` (header included) decoded by a `netlink-packet-*` crate when
+/// it is of type `ty`; `Ok(None)` for another type.
+pub fn decode<I>(msg: &[u8], ty: u16) -> Result<Option<I>, Malformed>
+where
+    I: netlink_packet_core::NetlinkDeserializable,
+{
+    use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+    let Some(m) = messages(msg).next().transpose()? else {
+        return Ok(None);
+    };
+    if m.ty != ty {
+        return Ok(None);
+    }
+    let whole = &msg[..NLMSG_HDRLEN + m.payload.len()];
+    match NetlinkMessage::<I>::deserialize(whole) {
+        Ok(NetlinkMessage {
+            payload: NetlinkPayload::InnerMessage(inner),
+            ..
+        }) => Ok(Some(inner)),
+        Ok(_) => Ok(None),
+        Err(e) => {
+            tracing::debug!("undecodable netlink message of type {ty}: {e}");
+            Err(Malformed("undecodable message"))
+        }
+    }
+}
+
 /// The outcome of the acknowledgements in one datagram: `pending` loses the sequence
 /// numbers acknowledged (or failed), `first_err` keeps the first error's errno. An error for
 /// a message no acknowledgement was asked for (a batch header) ends the exchange: no further

@@ -5,13 +5,13 @@
 use std::io;
 use std::net::SocketAddr;
 
-use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_sock_diag::{
     SOCK_DIAG_BY_FAMILY, SockDiagMessage,
     inet::{ExtensionFlags, InetRequest, SocketId, StateFlags},
 };
 
-use super::{Malformed, Socket, serialize};
+use super::{Malformed, Socket, decode, serialize};
 
 /// One socket of a dump.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,18 +46,7 @@ pub fn request(family: u8, proto: u8, seq: u32) -> Vec<u8> {
 /// One message of a dump (header included): the socket of an `inet_diag_msg`, `Ok(None)`
 /// for other messages.
 pub fn parse_socket(msg: &[u8]) -> Result<Option<InetSocket>, Malformed> {
-    let Some(m) = super::messages(msg).next().transpose()? else {
-        return Ok(None);
-    };
-    if m.ty != SOCK_DIAG_BY_FAMILY {
-        return Ok(None);
-    }
-    let whole = &msg[..super::NLMSG_HDRLEN + m.payload.len()];
-    let parsed = NetlinkMessage::<SockDiagMessage>::deserialize(whole).map_err(|e| {
-        tracing::debug!("undecodable sock_diag message: {e}");
-        Malformed("undecodable sock_diag message")
-    })?;
-    let NetlinkPayload::InnerMessage(SockDiagMessage::InetResponse(r)) = parsed.payload else {
+    let Some(SockDiagMessage::InetResponse(r)) = decode(msg, SOCK_DIAG_BY_FAMILY)? else {
         return Ok(None);
     };
     let id = &r.header.socket_id;

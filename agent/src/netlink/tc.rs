@@ -5,13 +5,13 @@
 
 use std::io;
 
-use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkMessage, NetlinkPayload};
+use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_route::{
     RouteNetlinkMessage,
     tc::{TcAttribute, TcFilterBpfOption, TcHeader, TcMessage, TcOption},
 };
 
-use super::{Malformed, Socket, serialize};
+use super::{Malformed, Socket, decode, serialize};
 
 /// `TC_H_CLSACT`: the clsact qdisc's parent id (same as `TC_H_INGRESS`).
 pub const TC_H_CLSACT: u32 = 0xffff_fff1;
@@ -125,19 +125,7 @@ pub fn del_clsact_request(ifindex: i32, seq: u32) -> Vec<u8> {
 /// One message of a filter dump (header included): the filter of an `RTM_NEWTFILTER`,
 /// `Ok(None)` for other messages.
 pub fn parse_filter(msg: &[u8]) -> Result<Option<TcFilter>, Malformed> {
-    let Some(m) = super::messages(msg).next().transpose()? else {
-        return Ok(None);
-    };
-    if m.ty != RTM_NEWTFILTER {
-        return Ok(None);
-    }
-    let whole = &msg[..super::NLMSG_HDRLEN + m.payload.len()];
-    let parsed = NetlinkMessage::<RouteNetlinkMessage>::deserialize(whole).map_err(|e| {
-        tracing::debug!("undecodable tc filter message: {e}");
-        Malformed("undecodable tc filter message")
-    })?;
-    let NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewTrafficFilter(tc)) = parsed.payload
-    else {
+    let Some(RouteNetlinkMessage::NewTrafficFilter(tc)) = decode(msg, RTM_NEWTFILTER)? else {
         return Ok(None);
     };
     let mut f = TcFilter {
