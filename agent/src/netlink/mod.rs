@@ -439,6 +439,55 @@ mod tests {
         assert_eq!(error_of(&p).unwrap(), (-1, 42));
     }
 
+    fn ack(code: i32, seq: u32) -> Vec<u8> {
+        let mut req = [0u8; 16];
+        req[8..12].copy_from_slice(&seq.to_ne_bytes());
+        let mut b = Builder::new();
+        b.begin(NLMSG_ERROR, 0, seq)
+            .raw(&code.to_ne_bytes())
+            .raw(&req)
+            .end();
+        b.into_bytes()
+    }
+
+    #[test]
+    fn acks_and_dumps() {
+        // Two acknowledgements, one failed: both answered, the failure kept as an errno.
+        let mut pending = vec![5, 6];
+        let mut first = None;
+        let buf = [ack(0, 5), ack(-libc::EEXIST, 6)].concat();
+        take_acks(&buf, &mut pending, &mut first).unwrap();
+        assert_eq!((pending.len(), first), (0, Some(libc::EEXIST)));
+        // An error for a message no ack was asked for (a batch header) ends the exchange;
+        // a code no kernel sends is EPROTO, not its negation.
+        let mut pending = vec![7, 8];
+        let mut first = None;
+        take_acks(&ack(i32::MIN, 1), &mut pending, &mut first).unwrap();
+        assert_eq!((pending.len(), first), (0, Some(libc::EPROTO)));
+
+        // A dump: messages of this request kept whole, others and NOOP left out, DONE ends.
+        let mut b = Builder::new();
+        b.begin(0x10, 2, 3).raw(&[1, 2, 3, 4]).end();
+        b.begin(0x10, 2, 4).raw(&[9; 4]).end();
+        b.begin(NLMSG_NOOP, 0, 3).end();
+        let part = b.into_bytes();
+        let mut out = Vec::new();
+        assert_eq!(dump_part(&part, 3, &mut out), Ok(false));
+        assert_eq!(out, [part[..20].to_vec()]);
+        let mut b = Builder::new();
+        b.begin(NLMSG_DONE, 2, 3).raw(&0i32.to_ne_bytes()).end();
+        assert_eq!(dump_part(b.bytes(), 3, &mut out), Ok(true));
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            dump_part(&ack(-libc::EPERM, 3), 3, &mut out),
+            Err(DumpError::Kernel(libc::EPERM))
+        );
+        assert_eq!(
+            dump_part(&ack(-MAX_ERRNO - 1, 3), 3, &mut out),
+            Err(DumpError::Kernel(libc::EPROTO))
+        );
+    }
+
     #[test]
     fn error_codes_become_errnos() {
         assert_eq!(errno_of(-libc::EINVAL), libc::EINVAL);
