@@ -1,9 +1,17 @@
 //! Netlink for every capability: messages built and parsed as plain bytes, and a blocking
 //! netlink socket (request, acknowledgement, dump).
 //!
-//! Building and parsing are pure functions over byte buffers (no I/O), so the messages made
-//! from them can be unit-tested byte for byte and fuzzed; [`Socket`] is the only part that
-//! talks to the kernel. An `NLMSG_ERROR` code becomes an errno through [`errno_of`] only.
+//! - [`Socket`] (over `netlink-sys`) is the only part that talks to the kernel: one request
+//!   and its acknowledgements ([`Socket::transact`]), or a dump ([`Socket::dump`]).
+//! - Replies are read by pure functions over bytes, fuzzed together by the `netlink` fuzz
+//!   target: the framing ([`messages`], [`attrs`]), acknowledgements ([`take_acks`]), dump
+//!   answers ([`dump_part`]), and one function per message kind. An `NLMSG_ERROR` code
+//!   becomes an errno through [`errno_of`] only.
+//! - rtnetlink and sock_diag messages are the `netlink-packet-route` and
+//!   `netlink-packet-sock-diag` crates' ([`serialize`], [`decode`]): tc filters and the
+//!   clsact qdisc ([`tc`]), sockets ([`sock_diag`]), and `intercept::route`'s rules and
+//!   routes. nftables messages are written with [`Builder`] (`intercept::nft`): no crate
+//!   creates a table with `NFT_TABLE_F_OWNER` on a socket the agent keeps open.
 //!
 //! Layout reminders: every message starts with a 16-byte `nlmsghdr` (length, type, flags,
 //! sequence number, port id, host byte order); attributes are `nlattr` (u16 length, u16
