@@ -447,7 +447,8 @@ mod tests {
         assert_eq!(error_of(&p).unwrap(), (-1, 42));
     }
 
-    fn ack(code: i32, seq: u32) -> Vec<u8> {
+    /// An `NLMSG_ERROR` message answering request `seq` with `code` (0: an acknowledgement).
+    pub(crate) fn ack(code: i32, seq: u32) -> Vec<u8> {
         let mut req = [0u8; 16];
         req[8..12].copy_from_slice(&seq.to_ne_bytes());
         let mut b = Builder::new();

@@ -73,7 +73,7 @@ pub fn dump(sock: &mut Socket, family: u8, proto: u8) -> io::Result<Vec<InetSock
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Builder, DumpError, NLMSG_DONE, NLMSG_ERROR, dump_part};
+    use super::super::{Builder, DumpError, NLMSG_DONE, dump_part, tests::ack};
     use super::*;
 
     const TCP: u8 = libc::IPPROTO_TCP as u8;
@@ -136,12 +136,7 @@ mod tests {
         short[0..4].copy_from_slice(&40u32.to_ne_bytes());
         assert!(parse_socket(&short).is_err());
         // An error message.
-        let mut b = Builder::new();
-        b.begin(NLMSG_ERROR, 0, 1)
-            .raw(&(-libc::ENOENT).to_ne_bytes())
-            .raw(&[0; 16])
-            .end();
-        let mut e = b.into_bytes();
+        let mut e = ack(-libc::ENOENT, 1);
         assert_eq!(sockets(&e), Err(DumpError::Kernel(libc::ENOENT)));
         // A code no kernel sends (its negation overflows): a protocol error, no panic.
         e[16..20].copy_from_slice(&i32::MIN.to_ne_bytes());

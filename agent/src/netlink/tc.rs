@@ -195,7 +195,7 @@ pub fn delete_clsact(sock: &mut Socket, ifindex: i32) -> io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Builder, DumpError, NLMSG_DONE, NLMSG_ERROR, dump_part};
+    use super::super::{Builder, DumpError, NLMSG_DONE, dump_part, tests::ack as error};
     use super::*;
 
     const TCA_KIND: u16 = 1;
@@ -243,17 +243,6 @@ mod tests {
     fn done(seq: u32) -> Vec<u8> {
         let mut b = Builder::new();
         b.begin(NLMSG_DONE, 2, seq).raw(&0i32.to_ne_bytes()).end();
-        b.into_bytes()
-    }
-
-    fn error(code: i32, seq: u32) -> Vec<u8> {
-        let mut hdr = [0u8; 16];
-        hdr[8..12].copy_from_slice(&seq.to_ne_bytes());
-        let mut b = Builder::new();
-        b.begin(NLMSG_ERROR, 0, seq)
-            .raw(&code.to_ne_bytes())
-            .raw(&hdr)
-            .end();
         b.into_bytes()
     }
 
