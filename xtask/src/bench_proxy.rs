@@ -399,9 +399,9 @@ impl Socks {
 
 struct RateRow {
     name: &'static str,
-    /// Connections per second (median), failed attempts, each round's rate, and the
-    /// proxy's CPU time per connection (µs, median).
-    rate: std::result::Result<(f64, u64, Vec<f64>, f64), String>,
+    /// Connections per second (median), failed attempts, each round's rate, the proxy's
+    /// CPU time per connection (µs, median) and its CPU time over the turns' time (median).
+    rate: std::result::Result<(f64, u64, Vec<f64>, f64, f64), String>,
 }
 
 fn socks_rates(args: &CoreBenchArgs, env: &Env) -> Vec<RateRow> {
@@ -471,11 +471,13 @@ fn socks_rates(args: &CoreBenchArgs, env: &Env) -> Vec<RateRow> {
                 let failed = v.iter().map(|x| x.1).sum();
                 let rounds: Vec<f64> = v.iter().map(|x| x.0).collect();
                 let mut cpu: Vec<f64> = v.iter().map(|x| x.2).collect();
+                let mut share: Vec<f64> = v.iter().map(|x| x.3).collect();
                 Ok((
                     median(&mut rounds.clone()),
                     failed,
                     rounds,
                     median(&mut cpu),
+                    median(&mut share),
                 ))
             }),
         })
@@ -483,8 +485,8 @@ fn socks_rates(args: &CoreBenchArgs, env: &Env) -> Vec<RateRow> {
 }
 
 /// One SOCKS round of a proxy: connections per second, failed attempts, proxy CPU µs per
-/// connection.
-type RateSample = (f64, u64, f64);
+/// connection, proxy CPU time over the turns' time.
+type RateSample = (f64, u64, f64, f64);
 
 /// CPU time (user + system) `pid` used so far, in seconds.
 fn cpu_secs(pid: u32) -> Result<f64> {
@@ -599,7 +601,8 @@ impl SocksRun {
         Ok(())
     }
 
-    /// Stops the proxy; connections per second, failed attempts, CPU µs per connection.
+    /// Stops the proxy; connections per second, failed attempts, CPU µs per connection, CPU
+    /// share.
     fn finish(self) -> Result<RateSample> {
         match self.kind {
             Socks::Microsocks => drop(self.guard),
@@ -612,6 +615,7 @@ impl SocksRun {
             self.done as f64 / self.secs.max(1e-9),
             self.failed,
             self.cpu * 1e6 / self.done.max(1) as f64,
+            self.cpu / self.secs.max(1e-9),
         ))
     }
 }
@@ -831,12 +835,12 @@ fn print_tables(args: &CoreBenchArgs, tput: &[ThroughputRow], rates: &[RateRow],
             .find(|r| r.name == Socks::Microsocks.name())
             .and_then(|r| r.rate.as_ref().ok());
         println!(
-            "{:<32} {:>10} {:>12} {:>8} {:>12}  x microsocks by round: min-max (each round)",
-            "proxy", "conn/s", "x microsocks", "failed", "CPU us/conn"
+            "{:<32} {:>10} {:>12} {:>8} {:>12} {:>9}  x microsocks by round: min-max (each round)",
+            "proxy", "conn/s", "x microsocks", "failed", "CPU us/conn", "CPU used"
         );
         for r in rates {
             match &r.rate {
-                Ok((rate, failed, rounds, cpu)) => {
+                Ok((rate, failed, rounds, cpu, share)) => {
                     // A round interleaves the proxies' turns, so its ratio compares them
                     // under the same load.
                     let by_round = micro.map(|m| {
@@ -847,23 +851,24 @@ fn print_tables(args: &CoreBenchArgs, tput: &[ThroughputRow], rates: &[RateRow],
                         format!("{lo:.2}-{hi:.2} ({})", each.join(" "))
                     });
                     println!(
-                        "{:<32} {:>10.0} {:>12} {:>8} {:>12.1}  {}",
+                        "{:<32} {:>10.0} {:>12} {:>8} {:>12.1} {:>9}  {}",
                         r.name,
                         rate,
                         micro.map_or("-".into(), |m| format!("{:.2}x", rate / m.0)),
                         failed,
                         cpu,
+                        format!("{:.0}%", share * 100.0),
                         by_round.unwrap_or_default()
                     )
                 }
                 Err(e) => println!(
-                    "{:<32} {:>10} {:>12} {:>8} {:>12}  {e}",
-                    r.name, "-", "-", "-", "-"
+                    "{:<32} {:>10} {:>12} {:>8} {:>12} {:>9}  {e}",
+                    r.name, "-", "-", "-", "-", "-"
                 ),
             }
         }
         println!(
-            "target: capagent socks >= 1.00x microsocks (CPU us/conn: the proxy's user + system time per connection, kernel TCP work included)"
+            "target: capagent socks >= 1.00x microsocks (CPU us/conn: the proxy's user + system time per connection, kernel TCP work included; CPU used: that time over the time it served, in % of one CPU: on a busy machine the scheduler shares CPUs by thread, and microsocks runs a thread per connection, capagent one per CPU)"
         );
     }
     if !mem.is_empty() {
