@@ -262,13 +262,18 @@ async fn copy_plain(
             // The source's FIN is in and this read took what was queued: one more read
             // (no waiting) finds the end, and the chunk and the half-close leave as one
             // segment instead of a data segment and a FIN (the peer wakes up once).
-            let m = from
-                .read_buf(&mut buf)
-                .await
-                .map_err(|source| RelayError::Io {
-                    side: from_side,
-                    source,
-                })?;
+            let m = match from.read_buf(&mut buf).await {
+                Ok(m) => m,
+                Err(source) => {
+                    // A reset after the data: the data still goes on first, as it would
+                    // have without this read.
+                    let _ = to.write_all(&buf).await;
+                    return Err(RelayError::Io {
+                        side: from_side,
+                        source,
+                    });
+                }
+            };
             if m == 0 && act.first_to_end() {
                 total += buf.len() as u64;
                 send_then_fin(to.as_ref(), &buf)
@@ -599,6 +604,42 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    /// A target that answered and reset the connection before the relay started: the
+    /// answer still reaches the client before the reset is passed on.
+    #[tokio::test]
+    async fn target_data_then_reset() {
+        let (mut client_app, mut client) = pair().await;
+        let (mut target, mut server_app) = pair().await;
+        server_app.write_all(b"ok").await.unwrap();
+        reset_on_close(&server_app);
+        drop(server_app);
+        // The reset has arrived once the target's socket reports it (no read consumed).
+        target.ready(Interest::READABLE).await.unwrap();
+        let rec = Recorder::disabled();
+        let conn = rec.conn("forward", Transport::Tcp, client_app.local_addr().unwrap());
+        let relay = tokio::spawn(async move {
+            relay(
+                &mut client,
+                &mut target,
+                &conn,
+                Some(Duration::from_secs(10)),
+            )
+            .await
+        });
+        let mut answer = [0u8; 2];
+        client_app.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"ok");
+        let r = relay.await.unwrap();
+        assert!(
+            matches!(&r, Err(RelayError::Io { side: "target", source }) if source.kind() == io::ErrorKind::ConnectionReset),
+            "{r:?}"
+        );
+        // And the client gets the reset.
+        let mut rest = Vec::new();
+        let e = client_app.read_to_end(&mut rest).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
     }
 
     #[tokio::test]
