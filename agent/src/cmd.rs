@@ -255,7 +255,7 @@ fn proxy_cmd(args: ProxyArgs) -> anyhow::Result<ExitCode> {
 fn capture(args: CaptureArgs) -> anyhow::Result<ExitCode> {
     let (opts, session) = capture_options(&args)?;
     for &pid in &args.pids {
-        crate::trace::target::check_pid(pid)?;
+        crate::process::check_pid(pid)?;
     }
     let outcome = capture::session::run(&opts, &session)?;
     Ok(outcome.exit_status.map_or(ExitCode::SUCCESS, exit_code_of))
@@ -408,11 +408,11 @@ fn trace(args: TraceArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Where a `-- CMD`'s stdout goes: to stderr when capagent's stdout carries the records.
-fn child_stdout(records_on_stdout: bool) -> crate::trace::target::ChildStdout {
+fn child_stdout(records_on_stdout: bool) -> crate::process::ChildStdout {
     if records_on_stdout {
-        crate::trace::target::ChildStdout::Stderr
+        crate::process::ChildStdout::Stderr
     } else {
-        crate::trace::target::ChildStdout::Inherit
+        crate::process::ChildStdout::Inherit
     }
 }
 

@@ -4,19 +4,24 @@
 //! capabilities together.
 //! - `trace`: per-process socket tracing with eBPF (syscall tracepoints, ring buffer).
 //! - `capture`: packet capture on interfaces with TC eBPF programs (pcapng or text lines).
+//! - `clock`: kernel (CLOCK_BOOTTIME) timestamps to wall-clock time.
 //! - `control`: stopping and watching a running session (signals, or the daemon's jobs).
 //! - `daemon`: the systemd service running configured jobs.
 //! - `dns`: the spoofing DNS server (answers chosen names with chosen addresses).
 //! - `intercept`: transparent interception (nftables redirect/tproxy, per-process cgroup
 //!   hooks) into a recording relay.
-//! - `kernel`: loading the eBPF object, BTF offsets, capability checks.
+//! - `kernel`: loading the eBPF object, BTF offsets, capability checks, the session runtime
+//!   of trace and capture (`kernel::session`).
 //! - `proxy`: recording proxies (forwarder, SOCKS, HTTP forward and reverse) that relay and
 //!   record client traffic.
+//! - `signals`: SIGINT, SIGTERM and SIGHUP delivered to a `Control` (the one way to stop).
+//! - `process`: pid and name checks, `-- CMD` held until the session is live.
 //! - `model`: the records every mode produces.
 //! - `output`: text, JSON lines (and pcapng) writers for those records.
 
 pub mod capture;
 pub mod cli;
+pub mod clock;
 pub mod cmd;
 pub mod control;
 pub mod daemon;
@@ -25,6 +30,7 @@ pub mod intercept;
 pub mod kernel;
 pub mod model;
 pub mod output;
+pub mod process;
 pub mod proxy;
 pub mod signals;
 pub mod trace;

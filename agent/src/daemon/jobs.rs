@@ -215,7 +215,7 @@ fn run_capture(
     mut session: SessionOptions,
 ) -> anyhow::Result<()> {
     for &pid in &opts.select.pids {
-        crate::trace::target::check_pid(pid)?;
+        crate::process::check_pid(pid)?;
     }
     session.write = None;
     session.no_summary = true;
@@ -248,17 +248,7 @@ fn run_service(
     preview: usize,
 ) -> anyhow::Result<()> {
     let (recorder, handle) = Recorder::with_writers(writers(job, env, preview)?)?;
-    let stop = ctl.clone();
-    proxy::run_until(
-        opts,
-        recorder,
-        handle,
-        async move {
-            stop.stopped().await;
-            Ok(())
-        },
-        |ctx| service.serve(ctx),
-    )
+    proxy::run_until(opts, recorder, handle, ctl, |ctx| service.serve(ctx))
 }
 
 fn run_intercept(
@@ -269,14 +259,7 @@ fn run_intercept(
     relay: &RelayOptions,
 ) -> anyhow::Result<()> {
     let (recorder, handle) = Recorder::with_writers(writers(job, env, relay.record.preview)?)?;
-    let stop = ctl.clone();
-    let outcome = crate::intercept::run_until(
-        opts,
-        relay,
-        recorder,
-        handle,
-        Some(async move { stop.stopped().await }),
-    )?;
+    let outcome = crate::intercept::run_until(opts, relay, recorder, handle, ctl)?;
     if let Some(st) = outcome.exit_status {
         tracing::info!("intercepted command ended: {st}");
     }

@@ -1,7 +1,9 @@
-//! Everything about the kernel side: BTF offsets, loading the eBPF object, capability checks.
+//! Everything about the kernel side: BTF offsets, loading the eBPF object, capability checks,
+//! and the runtime of the sessions that read a ring buffer ([`session`]).
 
 pub mod btf;
 pub mod ring_fill;
+pub mod session;
 
 use std::path::Path;
 
@@ -79,15 +81,26 @@ pub fn ensure_tracefs() -> Result<(), KernelError> {
     Ok(())
 }
 
-/// Loads the eBPF object with `config` written into its `CONFIG` global and the ring buffer
-/// sized to `ring_bytes`.
+/// Loads the eBPF object for `capagent trace`: `config` written into its `CONFIG` global and
+/// the `EVENTS` ring buffer sized to `ring_bytes`.
 pub fn load(config: &agent_common::Config, ring_bytes: u32) -> Result<Ebpf, KernelError> {
+    load_mode("CONFIG", config, TRACE_MAPS, &[("EVENTS", ring_bytes)])
+}
+
+/// Loads the eBPF object for one mode: `config` written into the global `global`, the maps
+/// sized as [`map_sizes`] says for `used` and `sized`.
+fn load_mode<T: aya::Pod>(
+    global: &str,
+    config: &T,
+    used: &[&str],
+    sized: &[(&'static str, u32)],
+) -> Result<Ebpf, KernelError> {
     if EBPF_OBJECT.is_empty() {
         return Err(KernelError::NoObject);
     }
-    let sizes = map_sizes(TRACE_MAPS, &[("EVENTS", ring_bytes)]);
+    let sizes = map_sizes(used, sized);
     let mut loader = EbpfLoader::new();
-    loader.override_global("CONFIG", config, true);
+    loader.override_global(global, config, true);
     for (name, n) in &sizes {
         loader.map_max_entries(name, *n);
     }
@@ -228,22 +241,11 @@ pub fn load_capture(
     ring_bytes: u32,
     pids: bool,
 ) -> Result<Ebpf, KernelError> {
-    if EBPF_OBJECT.is_empty() {
-        return Err(KernelError::NoObject);
-    }
     let mut sized = vec![("PACKETS", ring_bytes)];
     if !pids {
         sized.push(("CAPTURE_PIDS", 1));
     }
-    let sizes = map_sizes(CAPTURE_MAPS, &sized);
-    let mut loader = EbpfLoader::new();
-    loader.override_global("CAPTURE_CONFIG", config, true);
-    for (name, n) in &sizes {
-        loader.map_max_entries(name, *n);
-    }
-    loader
-        .load(EBPF_OBJECT)
-        .map_err(|e| KernelError::Load(Box::new(e)))
+    load_mode("CAPTURE_CONFIG", config, CAPTURE_MAPS, &sized)
 }
 
 /// The TC classifier program `prog` of the object, loaded into the kernel (attach it with
@@ -266,18 +268,7 @@ pub fn loaded_xdp<'a>(
 /// Loads the eBPF object for `capagent intercept --pid/--cgroup/-- CMD`: `config` written
 /// into `INTERCEPT_CONFIG`; the other modes' maps are made as small as they can be.
 pub fn load_intercept(config: &agent_common::InterceptConfig) -> Result<Ebpf, KernelError> {
-    if EBPF_OBJECT.is_empty() {
-        return Err(KernelError::NoObject);
-    }
-    let sizes = map_sizes(INTERCEPT_MAPS, &[]);
-    let mut loader = EbpfLoader::new();
-    loader.override_global("INTERCEPT_CONFIG", config, true);
-    for (name, n) in &sizes {
-        loader.map_max_entries(name, *n);
-    }
-    loader
-        .load(EBPF_OBJECT)
-        .map_err(|e| KernelError::Load(Box::new(e)))
+    load_mode("INTERCEPT_CONFIG", config, INTERCEPT_MAPS, &[])
 }
 
 /// The cgroup sock_addr program `prog` of the object, loaded into the kernel.

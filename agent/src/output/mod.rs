@@ -23,7 +23,7 @@ pub use json::JsonWriter;
 pub use text::{TextConfig, TextWriter};
 
 /// Whether records go to stdout: text/JSON without `-o FILE`, or pcapng with `-w -`. A
-/// `-- CMD` then writes its own stdout to stderr (see [`crate::trace::target::ChildStdout`]),
+/// `-- CMD` then writes its own stdout to stderr (see [`crate::process::ChildStdout`]),
 /// so that the records stay parseable.
 pub fn records_on_stdout(output: Option<&Path>, write: Option<&Path>) -> bool {
     output.is_none() || write.is_some_and(|p| p.as_os_str() == "-")
