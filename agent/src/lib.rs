@@ -20,6 +20,7 @@
 //! - `signals`: SIGINT, SIGTERM and SIGHUP delivered to a `Control` (the one way to stop).
 //! - `process`: pid and name checks, `-- CMD` held until the session is live.
 //! - `model`: the records every mode produces.
+//! - `netlink`: netlink messages and sockets (nftables, routing, tc, sock_diag).
 //! - `output`: text, JSON lines (and pcapng) writers for those records.
 
 pub mod capture;
@@ -32,6 +33,7 @@ pub mod dns;
 pub mod intercept;
 pub mod kernel;
 pub mod model;
+pub mod netlink;
 pub mod output;
 pub mod process;
 pub mod proxy;

@@ -14,7 +14,6 @@ pub mod hygiene;
 pub mod owner;
 pub mod pcapng;
 pub mod session;
-pub mod tcmsg;
 pub mod text;
 
 use std::{ffi::CString, io, time::Duration};

@@ -22,7 +22,6 @@ pub mod cgroup;
 pub mod cleanup;
 pub mod command;
 pub mod listener;
-pub mod netlink;
 pub mod nft;
 pub mod origdst;
 pub mod route;
