@@ -16,9 +16,7 @@
 use agent_common::{CaptureConfig, IfCounters, PACKET_MAX, PacketEvent, packet_dir};
 use aya_ebpf::{
     EbpfContext,
-    bindings::{
-        __sk_buff, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_UNSPEC,
-    },
+    bindings::{__sk_buff, TC_ACT_UNSPEC},
     helpers::{
         bpf_ktime_get_boot_ns,
         generated::{bpf_get_socket_cookie, bpf_skb_load_bytes},
@@ -27,6 +25,8 @@ use aya_ebpf::{
     maps::{PerCpuHashMap, RingBuf},
     programs::TcContext,
 };
+
+use crate::helpers::{global, wakeup_flags};
 
 /// Filled by userspace at load time.
 #[unsafe(no_mangle)]
@@ -47,10 +47,10 @@ struct Record<const N: usize> {
     data: [u8; N],
 }
 
+/// The configuration (snaplen, selection, filter, kernel offsets).
 #[inline(always)]
 pub(crate) fn capture_conf() -> &'static CaptureConfig {
-    let p: *const CaptureConfig = &CAPTURE_CONFIG;
-    unsafe { &*core::ptr::read_volatile(&p) }
+    global(&CAPTURE_CONFIG)
 }
 
 #[classifier]
@@ -189,19 +189,11 @@ fn submit_in<const N: usize>(
     }
     head.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
     unsafe { (*r).ev = head };
-    rec.submit(wakeup_flags(core::mem::size_of::<Record<N>>() as u64));
+    rec.submit(wakeup_flags(
+        &PACKETS,
+        core::mem::size_of::<Record<N>>() as u64,
+        false,
+        capture_conf().wakeup_bytes,
+    ));
     true
-}
-
-/// Wakes the agent only when this record makes the waiting data cross `wakeup_bytes` (the
-/// agent also polls every 10 ms).
-#[inline(always)]
-fn wakeup_flags(size: u64) -> u64 {
-    let avail = PACKETS.query(BPF_RB_AVAIL_DATA.into());
-    let at = capture_conf().wakeup_bytes as u64;
-    if avail < at && avail + size >= at {
-        BPF_RB_FORCE_WAKEUP.into()
-    } else {
-        BPF_RB_NO_WAKEUP.into()
-    }
 }

@@ -27,6 +27,8 @@ use aya_ebpf::{
     programs::{SockAddrContext, SockOpsContext, TracePointContext},
 };
 
+use crate::helpers::{CLONE_THREAD, global};
+
 /// Filled by userspace at load time.
 #[unsafe(no_mangle)]
 static INTERCEPT_CONFIG: InterceptConfig = InterceptConfig::new();
@@ -49,12 +51,12 @@ const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const IPPROTO_TCP: u32 = 6;
 const DNS_PORT: u16 = 53;
-const CLONE_THREAD: u64 = 0x0001_0000;
 const BPF_SOCK_OPS_TCP_CONNECT_CB: u32 = 3;
 
+/// The configuration (ports, selection, the proxy's addresses).
+#[inline(always)]
 fn conf() -> &'static InterceptConfig {
-    let p: *const InterceptConfig = &INTERCEPT_CONFIG;
-    unsafe { &*core::ptr::read_volatile(&p) }
+    global(&INTERCEPT_CONFIG)
 }
 
 /// Is the current process's connection to `port` (host order) one to redirect?

@@ -1,6 +1,7 @@
-//! capagent's eBPF programs: socket syscall tracing (`prog`), packet capture (`capture`,
+//! capagent's eBPF programs: socket syscall tracing (`trace`), packet capture (`capture`,
 //! `owner`, `xdp`, with its classic BPF interpreter for filter expressions, `filter`) and
-//! per-process interception (`intercept`: cgroup connect hooks).
+//! per-process interception (`intercept`: cgroup connect hooks); what they share is in
+//! `helpers` (memory reads, configuration globals, ring buffer wakeups).
 //!
 //! The `sys_enter` raw tracepoint program picks the socket-related syscalls by number,
 //! checks in the kernel that the process is traced and the fd is a socket, and remembers the
@@ -20,7 +21,10 @@
 fn main() {}
 
 #[cfg(target_arch = "bpf")]
-mod prog;
+mod helpers;
+
+#[cfg(target_arch = "bpf")]
+mod trace;
 
 #[cfg(target_arch = "bpf")]
 mod capture;

@@ -13,12 +13,12 @@
 //! out with `bpf_probe_read_kernel` from the stack slot that holds it ([`address_of`]) and the
 //! struct fields are then read with offsets from BTF, like the trace programs do.
 
-use agent_common::{SockOwner, TASK_COMM_LEN, owner_src, packet_dir, select};
+use agent_common::{SockOwner, owner_src, packet_dir, select};
 use aya_ebpf::{
     EbpfContext,
     bindings::{__sk_buff, BPF_F_CURRENT_NETNS, bpf_sock, bpf_sock_tuple},
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
+        bpf_get_current_pid_tgid, bpf_get_current_task,
         generated::{
             bpf_get_listener_sock, bpf_probe_read_kernel, bpf_sk_fullsock, bpf_sk_lookup_tcp,
             bpf_sk_lookup_udp, bpf_sk_release, bpf_skb_load_bytes_relative,
@@ -29,7 +29,10 @@ use aya_ebpf::{
     programs::{TcContext, TracePointContext},
 };
 
-use crate::capture::capture_conf;
+use crate::{
+    capture::capture_conf,
+    helpers::{CLONE_THREAD, kread, process_comm},
+};
 
 /// Socket inode number -> owner. Userspace seeds it and sizes it at load time.
 #[map]
@@ -39,7 +42,6 @@ static SOCK_OWNERS: LruHashMap<u64, SockOwner> = LruHashMap::with_max_entries(65
 #[map]
 static CAPTURE_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 
-const CLONE_THREAD: u64 = 0x0001_0000;
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86dd;
 const IPPROTO_TCP: u8 = 6;
@@ -47,19 +49,6 @@ const IPPROTO_UDP: u8 = 17;
 const BPF_HDR_START_NET: u32 = 1;
 /// The loopback device's ifindex in every network namespace.
 const LOOPBACK_IFINDEX: u32 = 1;
-
-#[inline(always)]
-unsafe fn kread<T: Copy + Default>(addr: u64) -> T {
-    let mut v = T::default();
-    unsafe {
-        bpf_probe_read_kernel(
-            (&mut v as *mut T).cast(),
-            core::mem::size_of::<T>() as u32,
-            addr as *const _,
-        )
-    };
-    v
-}
 
 /// The kernel address a socket pointer holds, as a plain number.
 #[inline(always)]
@@ -290,20 +279,6 @@ pub(crate) fn selected(owner: &SockOwner) -> bool {
     c.comm_match != 0 && owner.comm == c.comm
 }
 
-/// The process's name: the thread group leader's comm (a thread may have renamed itself).
-#[inline(always)]
-fn process_comm(pid_tgid: u64) -> [u8; TASK_COMM_LEN] {
-    if pid_tgid >> 32 == pid_tgid & 0xffff_ffff {
-        return bpf_get_current_comm().unwrap_or([0; TASK_COMM_LEN]);
-    }
-    let o = &capture_conf().offsets;
-    unsafe {
-        let task = bpf_get_current_task();
-        let leader: u64 = kread(task + o.task_group_leader as u64);
-        kread(leader + o.task_comm as u64)
-    }
-}
-
 /// syscalls:sys_exit_socket, sys_exit_accept, sys_exit_accept4 (`long ret` @16): records
 /// the new socket's owner.
 #[tracepoint]
@@ -339,7 +314,7 @@ pub fn capture_sock_exit(ctx: TracePointContext) -> u32 {
     let owner = SockOwner {
         pid: (id >> 32) as u32,
         tid: id as u32,
-        comm: process_comm(id),
+        comm: process_comm(id, &capture_conf().offsets),
     };
     let _ = SOCK_OWNERS.insert(&ino, &owner, 0);
     0

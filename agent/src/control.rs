@@ -1,25 +1,45 @@
 //! How whoever started a session stops it and watches it: the command line (one session per
 //! process, stopped by SIGINT/SIGTERM/SIGHUP) or the daemon (many sessions, its jobs, each
-//! stopped on its own).
+//! stopped on its own; the daemon itself stopped and reloaded by signals).
 //!
-//! A [`Control`] is a cheap cloneable handle. Sessions check [`Control::is_stopped`] between
-//! two polls of their ring buffer (trace, capture) or await [`Control::stopped`] (the async
-//! proxies), and report the fill level of their kernel ring buffer into it.
+//! Every stop goes through a [`Control`], a cheap cloneable handle; signals reach one through
+//! [`crate::signals`]. Sessions check [`Control::is_stopped`] between two polls of their ring
+//! buffer (trace, capture), await [`Control::stopped`] (the async proxies and interception)
+//! or block in [`Control::wait`] (the daemon's loop), and report the fill level of their
+//! kernel ring buffer into it.
 
-use std::sync::{
-    Arc,
-    atomic::{AtomicBool, AtomicU32, Ordering},
+use std::{
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
+    time::Duration,
 };
 
 use tokio::sync::Notify;
 
 use crate::signals;
 
+/// What signals do to a control.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OnSignal {
+    /// Nothing (a daemon job: the daemon stops it).
+    Ignore,
+    /// SIGINT, SIGTERM and SIGHUP stop it (a command-line session).
+    Stop,
+    /// SIGINT and SIGTERM stop it, SIGHUP asks for a reload (the daemon).
+    StopOrReload,
+}
+
 struct Inner {
     stopped: AtomicBool,
+    /// A reload was asked for (SIGHUP to the daemon) and not taken yet.
+    reload: AtomicBool,
     notify: Notify,
-    /// Also stopped by the process-wide signal flag (the command line).
-    signals: bool,
+    /// Wakes [`Control::wait`]: the flags are only set with its lock held.
+    woken: (Mutex<()>, Condvar),
+    /// What signals do once armed.
+    signals: OnSignal,
     /// Fill level of the session's kernel ring buffer, in parts per million.
     ring_fill_ppm: AtomicU32,
     /// Longest wait for the ring buffer between two looks at the stop and the clock.
@@ -39,11 +59,13 @@ impl Default for Control {
 }
 
 impl Control {
-    fn with_signals(signals: bool, poll_ms: i32) -> Control {
+    fn with_signals(signals: OnSignal, poll_ms: i32) -> Control {
         Control {
             inner: Arc::new(Inner {
                 stopped: AtomicBool::new(false),
+                reload: AtomicBool::new(false),
                 notify: Notify::new(),
+                woken: (Mutex::new(()), Condvar::new()),
                 signals,
                 ring_fill_ppm: AtomicU32::new(0),
                 poll_ms,
@@ -55,14 +77,19 @@ impl Control {
     /// buffer every 50 ms when the kernel does not wake it first (an idle daemon costs little;
     /// stopping and files lag by that much at most).
     pub fn new() -> Control {
-        Control::with_signals(false, 50)
+        Control::with_signals(OnSignal::Ignore, 50)
     }
 
-    /// A session that also stops on SIGINT, SIGTERM and SIGHUP (the command line): the
-    /// handler is installed by [`Control::arm`], once the session is live. It looks at its
-    /// ring buffer every 10 ms.
+    /// A session that also stops on SIGINT, SIGTERM and SIGHUP (the command line), once
+    /// [`Control::arm`]ed. It looks at its ring buffer every 10 ms.
     pub fn on_signals() -> Control {
-        Control::with_signals(true, 10)
+        Control::with_signals(OnSignal::Stop, 10)
+    }
+
+    /// The daemon's own control, once [`Control::arm`]ed: stopped by SIGINT and SIGTERM,
+    /// asked to reload by SIGHUP ([`Control::take_reload`]).
+    pub fn daemon() -> Control {
+        Control::with_signals(OnSignal::StopOrReload, 50)
     }
 
     /// How long a session's poll of its ring buffer may wait, in milliseconds (the kernel
@@ -71,27 +98,65 @@ impl Control {
         self.inner.poll_ms
     }
 
-    /// Called by a session once it is live: installs the signal handler of a command-line
-    /// session (signals before this point keep their default action: the process ends).
-    pub fn arm(&self) {
-        if self.inner.signals {
-            signals::install();
+    /// Called once the session is live: from then on the signals go to this control (before
+    /// this point they keep their default action: the process ends). Nothing for a daemon
+    /// job.
+    pub fn arm(&self) -> std::io::Result<()> {
+        if self.inner.signals == OnSignal::Ignore {
+            return Ok(());
+        }
+        let ctl = self.clone();
+        signals::deliver_to(move |sig| ctl.on_signal(sig))
+    }
+
+    fn on_signal(&self, sig: i32) {
+        match self.inner.signals {
+            OnSignal::Ignore => {}
+            OnSignal::StopOrReload if sig == signals::SIGHUP => self.request_reload(),
+            OnSignal::Stop | OnSignal::StopOrReload => self.stop(),
         }
     }
 
     /// Asks the session to stop.
     pub fn stop(&self) {
-        self.inner.stopped.store(true, Ordering::SeqCst);
+        self.set(&self.inner.stopped);
         self.inner.notify.notify_waiters();
+    }
+
+    /// Asks for a reload (the daemon's SIGHUP); see [`Control::take_reload`].
+    pub fn request_reload(&self) {
+        self.set(&self.inner.reload);
+    }
+
+    /// True once per [`Control::request_reload`].
+    pub fn take_reload(&self) -> bool {
+        self.inner.reload.swap(false, Ordering::SeqCst)
+    }
+
+    fn set(&self, flag: &AtomicBool) {
+        let (lock, cv) = &self.inner.woken;
+        let _held = lock.lock().expect("control lock");
+        flag.store(true, Ordering::SeqCst);
+        cv.notify_all();
     }
 
     pub fn is_stopped(&self) -> bool {
         self.inner.stopped.load(Ordering::SeqCst)
-            || (self.inner.signals && signals::stop_requested())
     }
 
-    /// Resolves once [`Control::stop`] was called (signals do not wake it: async command-line
-    /// sessions wait for signals with tokio).
+    /// Blocks until the session is stopped, a reload is asked for, or `timeout` has passed.
+    pub fn wait(&self, timeout: Duration) {
+        let (lock, cv) = &self.inner.woken;
+        let held = lock.lock().expect("control lock");
+        let _ = cv
+            .wait_timeout_while(held, timeout, |_| {
+                !self.inner.stopped.load(Ordering::SeqCst)
+                    && !self.inner.reload.load(Ordering::SeqCst)
+            })
+            .expect("control lock");
+    }
+
+    /// Resolves once the session is stopped.
     pub async fn stopped(&self) {
         loop {
             // Registered before the check, so a stop() in between is not missed.
@@ -147,7 +212,29 @@ mod tests {
         assert_eq!(c.ring_fill(), 0.25);
         c.set_ring_fill(9, 0);
         assert_eq!(c.ring_fill(), 0.0);
-        // A daemon job ignores the process-wide flag.
+        // A stopped control does not block its waiters.
+        c.wait(std::time::Duration::from_secs(10));
         assert!(!Control::new().is_stopped());
+    }
+
+    #[test]
+    fn signals_stop_or_reload() {
+        let session = Control::on_signals();
+        session.on_signal(signals::SIGHUP);
+        assert!(session.is_stopped() && !session.take_reload());
+
+        let daemon = Control::daemon();
+        daemon.on_signal(signals::SIGHUP);
+        daemon.wait(std::time::Duration::from_secs(10));
+        assert!(!daemon.is_stopped());
+        assert!(daemon.take_reload());
+        assert!(!daemon.take_reload(), "one reload per SIGHUP taken");
+        daemon.on_signal(signals::SIGTERM);
+        daemon.wait(std::time::Duration::from_secs(10));
+        assert!(daemon.is_stopped());
+
+        let job = Control::new();
+        job.on_signal(signals::SIGTERM);
+        assert!(!job.is_stopped(), "the daemon stops its jobs itself");
     }
 }

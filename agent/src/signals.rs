@@ -1,44 +1,64 @@
-//! Stopping on SIGINT, SIGTERM and SIGHUP: the handler only raises a flag that the session
-//! loops (trace, capture) check between two polls of their ring buffer.
+//! SIGINT, SIGTERM and SIGHUP, delivered to one handler: signal-hook's handler only writes to
+//! a pipe; a thread reads it and calls the handler given last. `Control::arm` makes a control
+//! that handler, so every stop goes through a control (this module knows nothing of them).
+//!
+//! Until [`deliver_to`] is first called, the signals keep their default action (the process
+//! ends); from then on they are caught for the life of the process.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::{
+    io,
+    sync::{Mutex, OnceLock},
+};
 
-static STOP: AtomicBool = AtomicBool::new(false);
+pub use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
 
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::SeqCst);
-}
+type Handler = Box<dyn Fn(i32) + Send>;
 
-/// Clears the flag and installs the handler.
-pub fn install() {
-    STOP.store(false, Ordering::SeqCst);
-    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        // SAFETY: the handler only stores into an atomic.
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as *const () as usize;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
+/// Where the signals go.
+static HANDLER: Mutex<Option<Handler>> = Mutex::new(None);
+/// The thread's start, once per process.
+static STARTED: OnceLock<io::Result<()>> = OnceLock::new();
+
+/// Catches SIGINT, SIGTERM and SIGHUP from now on and hands each to `handler` (instead of
+/// the handler given before, if any).
+pub fn deliver_to(handler: impl Fn(i32) + Send + 'static) -> io::Result<()> {
+    *HANDLER.lock().expect("signal handler lock") = Some(Box::new(handler));
+    let started = STARTED.get_or_init(|| {
+        let mut signals = Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+        std::thread::Builder::new()
+            .name("capagent-signals".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    if let Some(h) = HANDLER.lock().expect("signal handler lock").as_ref() {
+                        h(sig);
+                    }
+                }
+            })
+            .map(drop)
+    });
+    match started {
+        Ok(()) => Ok(()),
+        Err(e) => Err(io::Error::new(e.kind(), e.to_string())),
     }
-}
-
-/// True once one of the signals has arrived.
-pub fn stop_requested() -> bool {
-    STOP.load(Ordering::SeqCst)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::{sync::mpsc, time::Duration};
+
     use super::*;
 
     #[test]
-    fn a_signal_raises_the_flag() {
-        install();
-        assert!(!stop_requested());
-        unsafe { libc::raise(libc::SIGHUP) };
-        assert!(stop_requested());
-        install();
-        assert!(!stop_requested());
+    fn signals_reach_the_last_handler() {
+        let (first, _) = mpsc::channel();
+        deliver_to(move |sig| first.send(sig).unwrap()).unwrap();
+        let (tx, rx) = mpsc::channel();
+        deliver_to(move |sig| tx.send(sig).unwrap()).unwrap();
+        for sig in [SIGHUP, SIGTERM, SIGINT] {
+            // SAFETY: raise(3) has no memory effects; the signal is caught.
+            unsafe { libc::raise(sig) };
+            assert_eq!(rx.recv_timeout(Duration::from_secs(10)), Ok(sig));
+        }
     }
 }

@@ -6,7 +6,7 @@
 //! more however it splits its writes; and replies capagent encodes parse back.
 #![no_main]
 
-use capagent::proxy::dial::Target;
+use capagent::proxy::target::Target;
 use capagent::proxy::socks::{Parse, SocksError, v4, v5};
 use libfuzzer_sys::fuzz_target;
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes seed inputs for the decode_record fuzz target into decode_record/, and for the
-tc_netlink target into tc_netlink/, and for the
+netlink target into netlink/ (tc filter and sock_diag dumps, acks and errors), and for the
 filter_cbpf target into filter_cbpf/ (programs compiled by `tcpdump -dd`, with packets).
 
 Each input is a sequence of frames [selector u8][len u16 LE][record bytes], the records laid
@@ -62,7 +62,8 @@ SEEDS = {
 
 
 
-# tc_netlink: rtnetlink replies as the kernel sends them to a RTM_GETTFILTER dump
+# netlink: rtnetlink replies as the kernel sends them to a RTM_GETTFILTER dump, and sock_diag
+# replies to an inet_diag dump
 # (nlmsghdr, tcmsg, rtattrs; native byte order, little-endian here).
 def rta(ty, data):
     n = 4 + len(data)
@@ -89,6 +90,19 @@ TC_SEEDS = {
     'error': nlmsg(2, struct.pack('<i', -22) + bytes(16), 0),
     'ack': nlmsg(2, struct.pack('<i', 0) + bytes(16), 0),
     'fdinfo': b'pos:\t0\nflags:\t02000002\nprog_type:\t3\nprog_id:\t77\n',
+    # inet_diag_msg: family, state, timer, retrans, sport, dport (big-endian), src, dst,
+    # ifindex, cookie (two u32), expires, rqueue, wqueue, uid, inode.
+    # A routing rule and a local route of capagent's (fib_rule_hdr / rtmsg, then rtattrs).
+    'rule': nlmsg(32, struct.pack('<BBBBBBBBI', 2, 0, 0, 0, 0, 0, 0, 1, 0)
+                  + rta(6, struct.pack('<I', 9000)) + rta(10, struct.pack('<I', 0xca000001))
+                  + rta(16, struct.pack('<I', 0xffffffff)) + rta(15, struct.pack('<I', 0xca000001))
+                  + rta(21, bytes([202]))) + DONE,
+    'route': nlmsg(24, struct.pack('<BBBBBBBBI', 10, 0, 0, 0, 0, 202, 254, 2, 0)
+                   + rta(15, struct.pack('<I', 0xca000001)) + rta(1, bytes(15) + b'\x01')
+                   + rta(4, struct.pack('<I', 1))) + DONE,
+    'sock_diag': nlmsg(20, struct.pack('<BBBB', 2, 10, 0, 0) + struct.pack('>HH', 8000, 0)
+                       + bytes([127, 0, 0, 1]) + bytes(12) + bytes(16)
+                       + struct.pack('<IIIIIIII', 0, 0x1234, 1, 0, 0, 0, 0, 4242)) + DONE,
 }
 
 FILTERS = {
@@ -125,7 +139,7 @@ if __name__ == '__main__':
     for name, recs in SEEDS.items():
         with open(os.path.join(out, name), 'wb') as f:
             f.write(frame(recs))
-    out = os.path.join(HERE, 'tc_netlink')
+    out = os.path.join(HERE, 'netlink')
     os.makedirs(out, exist_ok=True)
     for name, data in TC_SEEDS.items():
         with open(os.path.join(out, name), 'wb') as f:

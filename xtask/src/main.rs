@@ -11,7 +11,8 @@
 //! * `bench daemon`: idle CPU and memory of `capagent daemon` with the example configuration;
 //! * `bench intercept`: transparent interception next to plain forwarding;
 //! * `install`: binary, systemd unit and example configuration into place;
-//! * `fuzz [--secs N]`: every cargo-fuzz target for N seconds.
+//! * `fuzz [--secs N]`: every cargo-fuzz target for N seconds;
+//! * `layers [--all]`: the edges between capagent's modules, checked against its layers.
 use std::process::ExitCode;
 
 use anyhow::Result;
@@ -21,6 +22,7 @@ mod bench;
 mod demo;
 mod fuzz;
 mod install;
+mod layers;
 mod setup;
 mod testcmd;
 mod util;
@@ -73,6 +75,17 @@ enum Task {
     /// (kept when one exists): PREFIX/bin/capagent, PREFIX/lib/systemd/system/capagent.service,
     /// SYSCONFDIR/capagent/capagent.toml.
     Install(install::InstallArgs),
+    /// The dependencies between capagent's top-level modules (`use crate::` and other
+    /// paths), checked against the declared layers (xtask/src/layers.rs): fails on an
+    /// upward edge or a cycle between sibling modules.
+    Layers {
+        /// Also print every edge, module by module (e.g. proxy::dial -> proxy::relay).
+        #[arg(long)]
+        all: bool,
+        /// The source to read instead of agent/src (e.g. another checkout's, to compare).
+        #[arg(long, value_name = "DIR")]
+        src: Option<std::path::PathBuf>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -109,6 +122,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.task {
         Task::Setup => setup::setup(),
+        Task::Layers { all, src } => layers::layers(all, src),
         Task::Build { release } => {
             let mut cmd = util::cargo();
             cmd.args(["build", "-p", "capagent"]);

@@ -16,9 +16,9 @@ use aya::{
 use super::{CaptureError, Iface, hygiene};
 use crate::kernel::{self, KernelError};
 
-pub const PROG_INGRESS: &str = "capture_ingress";
-pub const PROG_EGRESS: &str = "capture_egress";
-pub const PROG_XDP: &str = "capture_xdp";
+pub use agent_common::capture::progs::{
+    EGRESS as PROG_EGRESS, INGRESS as PROG_INGRESS, XDP as PROG_XDP,
+};
 
 /// How the programs were attached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

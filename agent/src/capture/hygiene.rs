@@ -19,12 +19,13 @@
 use std::{
     collections::{HashMap, HashSet},
     fs, io,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
-use super::{
-    attach::{PROG_EGRESS, PROG_INGRESS},
-    tcmsg::{self, Hook, TcFilter},
+use agent_common::capture::progs;
+
+use crate::netlink::{
+    Socket,
+    tc::{self, Hook},
 };
 
 /// A filter [`sweep_leftovers`] removed.
@@ -35,117 +36,6 @@ pub struct Removed {
     pub prog: String,
     pub prog_id: u32,
     pub prio: u16,
-}
-
-/// A `NETLINK_ROUTE` socket for tc requests.
-struct Rtnl {
-    fd: OwnedFd,
-    seq: u32,
-}
-
-impl Rtnl {
-    fn open() -> io::Result<Rtnl> {
-        // SAFETY: plain socket creation; the fd is owned below.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::NETLINK_ROUTE,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: a fresh fd we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        Ok(Rtnl { fd, seq: 0 })
-    }
-
-    fn next_seq(&mut self) -> u32 {
-        self.seq += 1;
-        self.seq
-    }
-
-    fn send(&self, req: &[u8]) -> io::Result<()> {
-        // SAFETY: a zeroed sockaddr_nl addressed to the kernel (pid 0).
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: `req` and `sa` are valid for the given lengths.
-        let r = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                req.as_ptr().cast(),
-                req.len(),
-                0,
-                (&sa as *const libc::sockaddr_nl).cast(),
-                size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if r < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
-    }
-
-    /// Receives replies until `NLMSG_DONE` or an `NLMSG_ERROR` (the acknowledgement).
-    fn replies(&self) -> io::Result<Vec<TcFilter>> {
-        let mut buf = vec![0u8; 64 * 1024];
-        let mut filters = Vec::new();
-        loop {
-            // SAFETY: `buf` is writable for its length.
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            if n == 0 {
-                return Ok(filters);
-            }
-            let r = tcmsg::parse_reply(&buf[..n as usize]);
-            filters.extend(r.filters);
-            if let Some(e) = r.error {
-                return Err(io::Error::from_raw_os_error(e));
-            }
-            if r.done {
-                return Ok(filters);
-            }
-        }
-    }
-
-    /// The filters on `hook` of `ifindex`; none when the interface has no clsact qdisc.
-    fn filters(&mut self, ifindex: i32, hook: Hook) -> io::Result<Vec<TcFilter>> {
-        let seq = self.next_seq();
-        self.send(&tcmsg::dump_filters_request(ifindex, hook, seq))?;
-        match self.replies() {
-            // No clsact qdisc (EINVAL), or the interface went away (ENODEV).
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENODEV)) => {
-                Ok(Vec::new())
-            }
-            r => r,
-        }
-    }
-
-    fn delete_filter(&mut self, f: &TcFilter) -> io::Result<()> {
-        let seq = self.next_seq();
-        let req = tcmsg::del_filter_request(f, seq).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "filter without a priority or handle",
-            )
-        })?;
-        self.send(&req)?;
-        self.replies().map(drop)
-    }
-
-    fn delete_clsact(&mut self, ifindex: i32) -> io::Result<()> {
-        let seq = self.next_seq();
-        self.send(&tcmsg::del_clsact_request(ifindex, seq))?;
-        self.replies().map(drop)
-    }
 }
 
 /// The interfaces of this network namespace: `(ifindex, name)` (`if_nameindex`, which asks
@@ -224,7 +114,7 @@ fn program_names() -> HashMap<u32, String> {
 }
 
 fn is_capagent_prog(name: &str) -> bool {
-    name == PROG_INGRESS || name == PROG_EGRESS
+    name == progs::INGRESS || name == progs::EGRESS
 }
 
 /// Removes the capagent filters whose capagent is gone from every interface of this network
@@ -242,11 +132,11 @@ pub fn sweep_leftovers() -> Vec<Removed> {
 }
 
 fn sweep() -> io::Result<Vec<Removed>> {
-    let mut nl = Rtnl::open()?;
+    let mut nl = Socket::open(libc::NETLINK_ROUTE)?;
     let mut candidates = Vec::new();
     for (ifindex, name) in interfaces()? {
         for hook in [Hook::Ingress, Hook::Egress] {
-            for f in nl.filters(ifindex, hook)? {
+            for f in tc::filters(&mut nl, ifindex, hook)? {
                 // The filter's own name first (cheap), the program's real name below.
                 if let (Some(fname), Some(id)) = (&f.bpf_name, f.bpf_id)
                     && is_capagent_prog(fname)
@@ -275,7 +165,7 @@ fn sweep() -> io::Result<Vec<Removed>> {
             );
             continue;
         }
-        match nl.delete_filter(&f) {
+        match tc::delete_filter(&mut nl, &f) {
             Ok(()) => {
                 eprintln!(
                     "capagent: removed a filter left by a capagent that is gone: {prog} (prog id {id}) on {iface} {} (pref {})",
@@ -303,13 +193,13 @@ fn sweep() -> io::Result<Vec<Removed>> {
 /// on stderr what it could not do.
 pub fn remove_clsact_if_empty(iface: &str, ifindex: i32) {
     let result = (|| -> io::Result<bool> {
-        let mut nl = Rtnl::open()?;
-        let mut left = nl.filters(ifindex, Hook::Ingress)?;
-        left.extend(nl.filters(ifindex, Hook::Egress)?);
+        let mut nl = Socket::open(libc::NETLINK_ROUTE)?;
+        let mut left = tc::filters(&mut nl, ifindex, Hook::Ingress)?;
+        left.extend(tc::filters(&mut nl, ifindex, Hook::Egress)?);
         if !left.is_empty() {
             return Ok(false);
         }
-        match nl.delete_clsact(ifindex) {
+        match tc::delete_clsact(&mut nl, ifindex) {
             // Already gone (someone deleted it, or the interface): fine.
             Err(e)
                 if matches!(

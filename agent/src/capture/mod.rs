@@ -1,26 +1,22 @@
 //! Packet capture (`capagent capture`): TC classifier programs on the chosen interfaces copy
 //! the first bytes of every packet into a ring buffer of their own; this module resolves the
-//! interfaces, attaches the programs ([`attach`]), drains the ring buffer and hands every
-//! packet to a [`PacketSink`]. A filter expression ([`filter`]) is compiled to classic BPF
+//! interfaces, attaches the programs ([`attach`]) and, as the capture mode of a kernel
+//! session ([`crate::kernel::session`]), hands every packet of the ring buffer to a
+//! [`PacketSink`]. A filter expression ([`filter`]) is compiled to classic BPF
 //! and evaluated in the kernel before packets are copied. [`session`] is the sink of `capagent capture`: it attributes
 //! packets to processes ([`owner`]), selects them (`--pid`/`--comm`) and writes them
 //! (pcapng [`pcapng`] or one text line [`text`]).
 
 pub mod attach;
+pub mod command;
 pub mod filter;
 pub mod hygiene;
 pub mod owner;
 pub mod pcapng;
 pub mod session;
-pub mod tcmsg;
 pub mod text;
 
-use std::{
-    ffi::CString,
-    io,
-    os::fd::AsRawFd as _,
-    time::{Duration, Instant},
-};
+use std::{ffi::CString, io, time::Duration};
 
 use agent_common::{
     CaptureConfig, FILTER_MAX_INSNS, FilterInsn, FilterRef, IfCounters, PACKET_MAX, PacketEvent,
@@ -30,8 +26,11 @@ use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuHashMap, PerCpuValu
 use thiserror::Error;
 
 use crate::{
-    kernel::{self, KernelError},
-    trace::target::{self, HeldChild, TargetError},
+    kernel::{
+        self, KernelError,
+        session::{Mode, Session, Setup},
+    },
+    process::{self, HeldChild, TargetError},
 };
 use filter::{Filter, FilterError};
 
@@ -415,18 +414,78 @@ pub fn run(
     filter: Option<&Filter>,
     ctl: &crate::control::Control,
     sink: &mut dyn PacketSink,
-    mut child: Option<&mut HeldChild>,
+    child: Option<&mut HeldChild>,
 ) -> Result<CaptureOutcome, CaptureError> {
-    kernel::require_root("capagent capture")?;
-    kernel::ensure_tracefs()?;
+    let offsets = kernel::session::prepare("capagent capture")?;
+    let config = config(opts, offsets, filter.is_some())?;
+    let _span = tracing::info_span!("capture").entered();
+    // Filters a killed capagent left (clsact mode) go before anything is attached.
+    hygiene::sweep_leftovers();
+    let mut attached = attach::Attached::new(
+        kernel::load_capture(&config, opts.ring_bytes, !opts.select.pids.is_empty())?,
+        opts.tc_mode,
+    );
+    if let Some(f) = filter {
+        load_filter(attached.ebpf(), f, ifaces)?;
+    }
+    let ring: RingBuf<MapData> = kernel::take_map(attached.ebpf(), "PACKETS")?;
+    let stats = interface_stats(attached.ebpf(), ifaces)?;
+    let _owners = track_owners(attached.ebpf(), &opts.select)?;
+    attached.attach_all(ifaces, opts.xdp)?;
+    announce(opts, ifaces, &attached);
+    let mode = attached.mode;
+    let setup = Setup {
+        programs: attached,
+        ring,
+        ring_bytes: opts.ring_bytes,
+        duration: opts.duration,
+        child,
+        // The last packets of the command (its FIN, the peer's ACK) are a few microseconds
+        // behind its exit.
+        after_child: Some(Duration::from_millis(100)),
+    };
+    let mut session = Session::start(setup, ctl)?;
+    let mut capturer = Capturer {
+        sink,
+        stats,
+        ifaces,
+        offset: crate::clock::boot_to_wall_offset_ns(),
+        limit: opts.count.unwrap_or(u64::MAX),
+        packets: 0,
+        bytes: 0,
+        output_error: None,
+    };
+    while session.poll(&mut capturer).map_err(CaptureError::Output)? {}
+    // Detach first (no new packets), then drain what is left.
+    session.detach();
+    session.drain(&mut capturer);
+    let outcome = CaptureOutcome {
+        packets: capturer.packets,
+        bytes: capturer.bytes,
+        per_iface: capturer.totals(),
+        mode,
+        exit_status: session.exit_status(),
+    };
+    match capturer.output_error {
+        Some(e) => Err(CaptureError::Output(e)),
+        None => Ok(outcome),
+    }
+}
+
+/// The programs' configuration for `opts`.
+fn config(
+    opts: &CaptureOptions,
+    offsets: agent_common::KernelOffsets,
+    filtering: bool,
+) -> Result<CaptureConfig, CaptureError> {
     let sel = &opts.select;
     let mut config = CaptureConfig {
         snaplen: opts.snaplen,
         wakeup_bytes: (256 * 1024).min(opts.ring_bytes / 8),
-        offsets: kernel::btf::resolve_offsets().map_err(KernelError::from)?,
+        offsets,
         self_pid: std::process::id(),
         follow_forks: u8::from(sel.follow_forks),
-        filter: u32::from(filter.is_some()),
+        filter: u32::from(filtering),
         ..CaptureConfig::new()
     };
     if sel.is_active() {
@@ -434,21 +493,18 @@ pub fn run(
     }
     if let Some(name) = &sel.comm {
         config.comm_match = 1;
-        config.comm = target::comm_filter(name)?;
+        config.comm = process::comm_filter(name)?;
     }
-    let _span = tracing::info_span!("capture").entered();
-    // Filters a killed capagent left (clsact mode) go before anything is attached.
-    hygiene::sweep_leftovers();
-    let mut attached = attach::Attached::new(
-        kernel::load_capture(&config, opts.ring_bytes, !sel.pids.is_empty())?,
-        opts.tc_mode,
-    );
-    if let Some(f) = filter {
-        load_filter(attached.ebpf(), f, ifaces)?;
-    }
-    let mut ring: RingBuf<MapData> = kernel::take_map(attached.ebpf(), "PACKETS")?;
+    Ok(config)
+}
+
+/// `CAPTURE_STATS`, taken out of the object with a zeroed entry per interface.
+fn interface_stats(
+    ebpf: &mut aya::Ebpf,
+    ifaces: &[Iface],
+) -> Result<PerCpuHashMap<MapData, u32, IfCounters>, CaptureError> {
     let mut stats: PerCpuHashMap<MapData, u32, IfCounters> =
-        kernel::take_map(attached.ebpf(), "CAPTURE_STATS")?;
+        kernel::take_map(ebpf, "CAPTURE_STATS")?;
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| CaptureError::Output(e))?;
     for iface in ifaces {
         let zeros = PerCpuValues::try_from(vec![IfCounters::default(); cpus])
@@ -457,26 +513,38 @@ pub fn run(
             .insert(iface.ifindex, zeros, 0)
             .map_err(CaptureError::Stats)?;
     }
-    // Socket owners: new sockets from the tracepoints (attached first), then the sockets
-    // that exist now from /proc (without overwriting what the tracepoints found).
+    Ok(stats)
+}
+
+/// The maps of socket owners and selected pids, held while the capture runs.
+type OwnerMaps = (
+    BpfHashMap<MapData, u64, SockOwner>,
+    BpfHashMap<MapData, u32, u8>,
+);
+
+/// Socket owners: new sockets from the tracepoints (attached first), then the sockets that
+/// exist now from /proc (without overwriting what the tracepoints found); and the pids
+/// selected.
+fn track_owners(ebpf: &mut aya::Ebpf, sel: &Selection) -> Result<OwnerMaps, CaptureError> {
     for tp in ["sys_exit_socket", "sys_exit_accept", "sys_exit_accept4"] {
-        kernel::attach_tracepoint(attached.ebpf(), "capture_sock_exit", "syscalls", tp)?;
+        kernel::attach_tracepoint(ebpf, "capture_sock_exit", "syscalls", tp)?;
     }
-    kernel::attach_tracepoint(attached.ebpf(), "capture_newtask", "task", "task_newtask")?;
-    let mut owners: BpfHashMap<MapData, u64, SockOwner> =
-        kernel::take_map(attached.ebpf(), "SOCK_OWNERS")?;
+    kernel::attach_tracepoint(ebpf, "capture_newtask", "task", "task_newtask")?;
+    let mut owners: BpfHashMap<MapData, u64, SockOwner> = kernel::take_map(ebpf, "SOCK_OWNERS")?;
     let seeded = seed_owners(&mut owners);
     tracing::debug!(seeded, "socket owners from /proc");
-    let mut pids: BpfHashMap<MapData, u32, u8> = kernel::take_map(attached.ebpf(), "CAPTURE_PIDS")?;
-    let map_err = |source| CaptureError::Map {
-        name: "CAPTURE_PIDS",
-        source,
-    };
+    let mut pids: BpfHashMap<MapData, u32, u8> = kernel::take_map(ebpf, "CAPTURE_PIDS")?;
     for &pid in &sel.pids {
-        pids.insert(pid, 1, 0).map_err(map_err)?;
+        pids.insert(pid, 1, 0).map_err(|source| CaptureError::Map {
+            name: "CAPTURE_PIDS",
+            source,
+        })?;
     }
-    attached.attach_all(ifaces, opts.xdp)?;
-    // Like tcpdump's "listening on": the capture is live from here on.
+    Ok((owners, pids))
+}
+
+/// Says, like tcpdump's "listening on", that the capture is live.
+fn announce(opts: &CaptureOptions, ifaces: &[Iface], attached: &attach::Attached) {
     let names: Vec<&str> = ifaces.iter().map(|i| i.name.as_str()).collect();
     // XDP the driver refused in native mode runs in generic mode: said, since it costs a
     // socket buffer per packet like TC does.
@@ -496,29 +564,29 @@ pub fn run(
         },
         opts.snaplen
     );
-    if let Some(c) = child.as_deref_mut() {
-        c.release()?;
-    }
+}
 
-    let fill = kernel::ring_fill::RingFill::new(&ring, u64::from(opts.ring_bytes))
-        .map_err(|e| tracing::debug!("ring buffer fill level unavailable: {e}"))
-        .ok();
-    let mut last_fill = Instant::now();
-    ctl.arm();
-    let offset = crate::trace::assemble::boot_to_wall_offset_ns();
-    let deadline = opts.duration.map(|d| Instant::now() + d);
-    let mut outcome = CaptureOutcome {
-        mode: attached.mode,
-        ..CaptureOutcome::default()
-    };
-    let mut output_error = None;
-    let limit = opts.count.unwrap_or(u64::MAX);
-    let mut child_gone: Option<Instant> = None;
-    let read_totals = |stats: &PerCpuHashMap<MapData, u32, IfCounters>| -> Vec<IfaceTotals> {
-        ifaces
+/// The capture mode of a session: packet records to the sink, counted, up to `--count`.
+struct Capturer<'a> {
+    sink: &'a mut dyn PacketSink,
+    stats: PerCpuHashMap<MapData, u32, IfCounters>,
+    ifaces: &'a [Iface],
+    /// CLOCK_BOOTTIME to wall clock.
+    offset: i64,
+    limit: u64,
+    packets: u64,
+    bytes: u64,
+    output_error: Option<io::Error>,
+}
+
+impl Capturer<'_> {
+    /// The kernel's counters since the start, per interface in the order given.
+    fn totals(&self) -> Vec<IfaceTotals> {
+        self.ifaces
             .iter()
             .map(|iface| {
-                let c = stats
+                let c = self
+                    .stats
                     .get(&iface.ifindex, 0)
                     .map(|v| {
                         v.iter().fold(IfCounters::default(), |a, c| IfCounters {
@@ -536,74 +604,45 @@ pub fn run(
                 }
             })
             .collect()
-    };
-    let mut drain = |ring: &mut RingBuf<MapData>, outcome: &mut CaptureOutcome| {
-        while let Some(item) = ring.next() {
-            if outcome.packets >= limit || output_error.is_some() {
-                continue;
-            }
-            let Some(p) = decode(&item) else {
-                tracing::warn!("undecodable packet record ({} bytes)", item.len());
-                continue;
-            };
-            outcome.packets += 1;
-            outcome.bytes += u64::from(p.orig_len);
-            if let Err(e) = sink.packet(&p, p.ts_ns.saturating_add_signed(offset)) {
-                output_error = Some(e);
-            }
+    }
+}
+
+impl Mode for Capturer<'_> {
+    fn record(&mut self, rec: &[u8]) {
+        if self.packets >= self.limit || self.output_error.is_some() {
+            return;
         }
-        if output_error.is_none()
-            && let Err(e) = sink.idle()
-        {
-            output_error = Some(e);
-        }
-        if output_error.is_none()
-            && sink.wants_totals()
-            && let Err(e) = sink.totals(&read_totals(&stats))
-        {
-            output_error = Some(e);
-        }
-    };
-    loop {
-        let mut pfd = libc::pollfd {
-            fd: ring.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
+        let Some(p) = decode(rec) else {
+            tracing::warn!("undecodable packet record ({} bytes)", rec.len());
+            return;
         };
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, ctl.poll_ms()) };
-        drain(&mut ring, &mut outcome);
-        if let Some(f) = &fill
-            && last_fill.elapsed() >= Duration::from_millis(100)
+        self.packets += 1;
+        self.bytes += u64::from(p.orig_len);
+        if let Err(e) = self
+            .sink
+            .packet(&p, p.ts_ns.saturating_add_signed(self.offset))
         {
-            last_fill = Instant::now();
-            ctl.set_ring_fill(f.used(), f.size());
-        }
-        if let Some(c) = child.as_deref_mut()
-            && outcome.exit_status.is_none()
-            && let Some(status) = c.try_wait().map_err(CaptureError::Output)?
-        {
-            outcome.exit_status = Some(status);
-            // The last packets of the command (its FIN, the peer's ACK) are a few
-            // microseconds behind its exit.
-            child_gone = Some(Instant::now());
-        }
-        if ctl.is_stopped()
-            || deadline.is_some_and(|d| Instant::now() >= d)
-            || outcome.packets >= limit
-            || child_gone.is_some_and(|t| t.elapsed() >= Duration::from_millis(100))
-        {
-            break;
+            self.output_error = Some(e);
         }
     }
-    // Detach first (no new packets), then drain what is left.
-    drop(attached);
-    drain(&mut ring, &mut outcome);
-    outcome.per_iface = read_totals(&stats);
-    if let Some(e) = output_error {
-        return Err(CaptureError::Output(e));
+
+    fn drained(&mut self, _bytes: u64) {
+        if self.output_error.is_none()
+            && let Err(e) = self.sink.idle()
+        {
+            self.output_error = Some(e);
+        }
+        if self.output_error.is_none()
+            && self.sink.wants_totals()
+            && let Err(e) = self.sink.totals(&self.totals())
+        {
+            self.output_error = Some(e);
+        }
     }
-    Ok(outcome)
+
+    fn done(&self) -> bool {
+        self.packets >= self.limit
+    }
 }
 
 /// Puts the owner of every socket open now (from /proc) into `SOCK_OWNERS`, leaving

@@ -1,7 +1,7 @@
 //! Attributing captured packets to local processes, in userspace.
 //!
 //! A table of the local TCP/UDP sockets (IPv4 and IPv6, every state) comes from a
-//! `NETLINK_SOCK_DIAG` dump (`inet_diag`, `INET_DIAG_REQ_V2`): 5-tuple, inode and socket
+//! `NETLINK_SOCK_DIAG` dump ([`crate::netlink::sock_diag`]): 5-tuple, inode and socket
 //! cookie of each. The inodes are then mapped to processes by scanning the `/proc/*/fd`
 //! symlinks (`socket:[INODE]`) and `/proc/PID/comm`.
 //!
@@ -23,6 +23,8 @@ use std::{
 
 use agent_common::packet_dir;
 use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
+
+use crate::netlink::{self, sock_diag};
 
 pub const TCP: u8 = libc::IPPROTO_TCP as u8;
 pub const UDP: u8 = libc::IPPROTO_UDP as u8;
@@ -106,189 +108,29 @@ fn tuple_of(pkt: LaxSlicedPacket<'_>) -> Option<FiveTuple> {
     })
 }
 
-// ---- sock_diag over a raw netlink socket -------------------------------------------------
-
-const SOCK_DIAG_BY_FAMILY: u16 = 20;
-const NLMSG_ERROR: u16 = 2;
-const NLMSG_DONE: u16 = 3;
-const NLMSG_HDR: usize = 16;
-/// `struct inet_diag_req_v2`.
-const REQ_V2_LEN: usize = 56;
-/// `struct inet_diag_msg`.
-const DIAG_MSG_LEN: usize = 72;
-
-/// A `SOCK_DIAG_BY_FAMILY` dump request for every socket of `family` x `proto`.
-pub fn diag_request(family: u8, proto: u8, seq: u32) -> Vec<u8> {
-    let len = NLMSG_HDR + REQ_V2_LEN;
-    let mut b = Vec::with_capacity(len);
-    b.extend_from_slice(&(len as u32).to_ne_bytes());
-    b.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-    let flags = (libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16;
-    b.extend_from_slice(&flags.to_ne_bytes());
-    b.extend_from_slice(&seq.to_ne_bytes());
-    b.extend_from_slice(&0u32.to_ne_bytes());
-    // sdiag_family, sdiag_protocol, idiag_ext, pad, idiag_states (all), then a zero sockid.
-    b.extend_from_slice(&[family, proto, 0, 0]);
-    b.extend_from_slice(&u32::MAX.to_ne_bytes());
-    b.resize(len, 0);
-    b
-}
-
-/// What one `recv` of a dump held.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct DiagChunk {
-    pub entries: Vec<SockEntry>,
-    /// NLMSG_DONE seen.
-    pub done: bool,
-    /// A netlink error (positive errno).
-    pub error: Option<i32>,
-}
-
-fn ip_of(family: u8, b: &[u8]) -> Option<IpAddr> {
-    if family == libc::AF_INET as u8 {
-        Some(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3])))
-    } else if family == libc::AF_INET6 as u8 {
-        let a: [u8; 16] = b[..16].try_into().ok()?;
-        Some(IpAddr::V6(Ipv6Addr::from(a)))
-    } else {
-        None
-    }
-}
-
-/// Parses the netlink messages of one dump reply buffer (`proto`: the dumped protocol).
-pub fn parse_diag(buf: &[u8], proto: u8) -> DiagChunk {
-    let mut out = DiagChunk::default();
-    let mut off = 0;
-    while off + NLMSG_HDR <= buf.len() {
-        let h = &buf[off..];
-        let len = u32::from_ne_bytes(h[0..4].try_into().unwrap()) as usize;
-        let ty = u16::from_ne_bytes(h[4..6].try_into().unwrap());
-        if len < NLMSG_HDR || off + len > buf.len() {
-            break;
-        }
-        let body = &h[NLMSG_HDR..len];
-        match ty {
-            NLMSG_DONE => {
-                out.done = true;
-                break;
-            }
-            NLMSG_ERROR => {
-                let e = body
-                    .get(..4)
-                    .map_or(0, |b| i32::from_ne_bytes(b.try_into().unwrap()));
-                if e != 0 {
-                    out.error = Some(super::tcmsg::errno_of(e));
-                }
-                out.done = true;
-                break;
-            }
-            SOCK_DIAG_BY_FAMILY if body.len() >= DIAG_MSG_LEN => {
-                let family = body[0];
-                let sport = u16::from_be_bytes([body[4], body[5]]);
-                let dport = u16::from_be_bytes([body[6], body[7]]);
-                let c0 = u32::from_ne_bytes(body[44..48].try_into().unwrap());
-                let c1 = u32::from_ne_bytes(body[48..52].try_into().unwrap());
-                let inode = u32::from_ne_bytes(body[68..72].try_into().unwrap());
-                if let (Some(src), Some(dst)) =
-                    (ip_of(family, &body[8..24]), ip_of(family, &body[24..40]))
-                {
-                    out.entries.push(SockEntry {
-                        proto,
-                        local: canon(SocketAddr::new(src, sport)),
-                        remote: canon(SocketAddr::new(dst, dport)),
-                        inode,
-                        cookie: u64::from(c0) | (u64::from(c1) << 32),
-                    });
-                }
-            }
-            _ => {}
-        }
-        // Messages are 4-byte aligned.
-        off += (len + 3) & !3;
-    }
-    out
-}
-
-/// Dumps one family x protocol over `fd`.
-fn dump_one(fd: libc::c_int, family: u8, proto: u8, seq: u32) -> io::Result<Vec<SockEntry>> {
-    let req = diag_request(family, proto, seq);
-    // SAFETY: a zeroed sockaddr_nl addressed to the kernel (pid 0).
-    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-    sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-    // SAFETY: `req` and `sa` are valid for the given lengths.
-    let r = unsafe {
-        libc::sendto(
-            fd,
-            req.as_ptr().cast(),
-            req.len(),
-            0,
-            (&sa as *const libc::sockaddr_nl).cast(),
-            size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut entries = Vec::new();
-    loop {
-        // SAFETY: `buf` is writable for its length.
-        let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            break;
-        }
-        let chunk = parse_diag(&buf[..n as usize], proto);
-        entries.extend(chunk.entries);
-        if let Some(e) = chunk.error {
-            return Err(io::Error::from_raw_os_error(e));
-        }
-        if chunk.done {
-            break;
-        }
-    }
-    Ok(entries)
-}
+// ---- sock_diag -------------------------------------------------------------------------
 
 /// Every TCP and UDP socket (IPv4 and IPv6) of this network namespace.
 pub fn dump_sockets() -> io::Result<Vec<SockEntry>> {
-    // SAFETY: plain socket creation; closed below.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-            libc::NETLINK_SOCK_DIAG,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let mut sock = netlink::Socket::open(libc::NETLINK_SOCK_DIAG)?;
     let mut all = Vec::new();
-    let mut result = Ok(());
-    let mut seq = 1;
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
         for proto in [TCP, UDP] {
-            match dump_one(fd, family, proto, seq) {
-                Ok(v) => all.extend(v),
+            match sock_diag::dump(&mut sock, family, proto) {
+                Ok(v) => all.extend(v.into_iter().map(|s| SockEntry {
+                    proto,
+                    local: canon(s.local),
+                    remote: canon(s.remote),
+                    inode: s.inode,
+                    cookie: s.cookie,
+                })),
                 // udp_diag may be missing: TCP still works.
                 Err(e) if proto == UDP => tracing::debug!("sock_diag UDP dump: {e}"),
-                Err(e) => {
-                    result = Err(e);
-                    break;
-                }
+                Err(e) => return Err(e),
             }
-            seq += 1;
         }
     }
-    // SAFETY: our own fd.
-    unsafe { libc::close(fd) };
-    result.map(|()| all)
+    Ok(all)
 }
 
 /// `inode -> owner` for the socket inodes in `wanted` (all sockets with `None`), from
@@ -692,68 +534,6 @@ mod tests {
         );
         assert_eq!(five_tuple_of(&buf, true), None);
         assert_eq!(five_tuple_of(&buf, false), five_tuple(&buf));
-    }
-
-    /// A reply the way the kernel lays it out: one inet_diag_msg, then NLMSG_DONE.
-    fn reply(family: u8) -> Vec<u8> {
-        let mut msg = vec![0u8; DIAG_MSG_LEN];
-        msg[0] = family;
-        msg[1] = 10; // TCP_LISTEN
-        msg[4..6].copy_from_slice(&8000u16.to_be_bytes());
-        msg[6..8].copy_from_slice(&0u16.to_be_bytes());
-        if family == libc::AF_INET as u8 {
-            msg[8..12].copy_from_slice(&[127, 0, 0, 1]);
-        } else {
-            msg[23] = 1; // ::1
-        }
-        msg[44..48].copy_from_slice(&0x1234u32.to_ne_bytes());
-        msg[48..52].copy_from_slice(&0x1u32.to_ne_bytes());
-        msg[68..72].copy_from_slice(&4242u32.to_ne_bytes());
-        let mut b = Vec::new();
-        b.extend_from_slice(&((NLMSG_HDR + msg.len()) as u32).to_ne_bytes());
-        b.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-        b.extend_from_slice(&[0; 10]);
-        b.extend_from_slice(&msg);
-        b.extend_from_slice(&20u32.to_ne_bytes());
-        b.extend_from_slice(&NLMSG_DONE.to_ne_bytes());
-        b.extend_from_slice(&[0; 14]);
-        b
-    }
-
-    #[test]
-    fn parses_diag_replies() {
-        let c = parse_diag(&reply(libc::AF_INET as u8), TCP);
-        assert!(c.done && c.error.is_none());
-        assert_eq!(
-            c.entries,
-            [entry(
-                TCP,
-                "127.0.0.1:8000",
-                "0.0.0.0:0",
-                4242,
-                0x1_0000_1234
-            )]
-        );
-        let c = parse_diag(&reply(libc::AF_INET6 as u8), UDP);
-        assert_eq!(c.entries[0].local, sa("[::1]:8000"));
-        assert_eq!(c.entries[0].proto, UDP);
-        // Truncated: nothing, not done.
-        let c = parse_diag(&reply(libc::AF_INET as u8)[..40], TCP);
-        assert!(c.entries.is_empty() && !c.done);
-        // An error message.
-        let mut e = Vec::new();
-        e.extend_from_slice(&20u32.to_ne_bytes());
-        e.extend_from_slice(&NLMSG_ERROR.to_ne_bytes());
-        e.extend_from_slice(&[0; 10]);
-        e.extend_from_slice(&(-libc::ENOENT).to_ne_bytes());
-        let c = parse_diag(&e, UDP);
-        assert_eq!(c.error, Some(libc::ENOENT));
-        // A code no kernel sends (its negation overflows): a protocol error, no panic.
-        e[16..20].copy_from_slice(&i32::MIN.to_ne_bytes());
-        assert_eq!(parse_diag(&e, UDP).error, Some(libc::EPROTO));
-        let req = diag_request(libc::AF_INET6 as u8, TCP, 7);
-        assert_eq!(req.len(), 72);
-        assert_eq!(&req[16..20], &[libc::AF_INET6 as u8, TCP, 0, 0]);
     }
 
     #[test]

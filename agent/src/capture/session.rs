@@ -25,7 +25,7 @@ use super::{
 };
 use crate::{
     control::Control,
-    trace::target::{ChildStdout, HeldChild},
+    process::{ChildStdout, HeldChild},
 };
 
 /// Output of a session.

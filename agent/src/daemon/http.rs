@@ -19,21 +19,29 @@ use super::metrics::Registry;
 const MAX_HEAD: usize = 8192;
 const TIMEOUT: Duration = Duration::from_secs(2);
 
+/// The media type of what [`Registry::render`] writes.
+pub const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// The response to one request head (`None`: not a complete head yet).
 pub fn respond(head: &[u8], registry: &Registry) -> Option<Vec<u8>> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut req = httparse::Request::new(&mut headers);
-    let (status, body) = match req.parse(head) {
+    const TEXT: &str = "text/plain; charset=utf-8";
+    let (status, body, content_type) = match req.parse(head) {
         Ok(httparse::Status::Partial) if head.len() < MAX_HEAD => return None,
         Ok(httparse::Status::Complete(_)) => match (req.method, req.path) {
-            (Some("GET" | "HEAD"), Some("/metrics" | "/")) => ("200 OK", registry.render()),
-            (Some("GET" | "HEAD"), _) => ("404 Not Found", "not found: try /metrics\n".into()),
-            _ => ("405 Method Not Allowed", "GET /metrics only\n".into()),
+            (Some("GET" | "HEAD"), Some("/metrics" | "/")) => {
+                ("200 OK", registry.render(), OPENMETRICS)
+            }
+            (Some("GET" | "HEAD"), _) => {
+                ("404 Not Found", "not found: try /metrics\n".into(), TEXT)
+            }
+            _ => ("405 Method Not Allowed", "GET /metrics only\n".into(), TEXT),
         },
-        _ => ("400 Bad Request", "bad request\n".into()),
+        _ => ("400 Bad Request", "bad request\n".into(), TEXT),
     };
     let mut out = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     )
     .into_bytes();

@@ -23,11 +23,10 @@ use super::{
 use crate::{
     capture::{self, CaptureOptions, session::SessionOptions},
     cli::Command,
-    cmd::{self, Service},
     control::Control,
     intercept::{InterceptOptions, RelayOptions},
     output::{EventWriter, FanOut},
-    proxy::{self, Recorder},
+    proxy::{self, Recorder, command::Service},
     trace::run::{self as trace_run, TraceOptions},
 };
 
@@ -76,15 +75,15 @@ pub fn prepare(job: &Job) -> Result<Prepared, ConfigError> {
     }
     let prepared = match command {
         Command::Trace(a) => Prepared::Trace {
-            opts: cmd::trace_options(&a).map_err(|e| fail(format!("{e:#}")))?,
+            opts: a.options().map_err(|e| fail(format!("{e:#}")))?,
             preview: a.preview,
         },
         Command::Capture(a) => {
-            let (opts, session) = cmd::capture_options(&a).map_err(|e| fail(format!("{e:#}")))?;
+            let (opts, session) = a.options().map_err(|e| fail(format!("{e:#}")))?;
             Prepared::Capture { opts, session }
         }
         Command::Proxy(a) => {
-            let (opts, service) = cmd::proxy_service(&a).map_err(|e| fail(format!("{e:#}")))?;
+            let (opts, service) = a.service().map_err(|e| fail(format!("{e:#}")))?;
             let preview = opts.record.preview;
             Prepared::Service {
                 opts,
@@ -93,7 +92,7 @@ pub fn prepare(job: &Job) -> Result<Prepared, ConfigError> {
             }
         }
         Command::Dns(a) => {
-            let (opts, service) = cmd::dns_service(&a).map_err(|e| fail(format!("{e:#}")))?;
+            let (opts, service) = a.service().map_err(|e| fail(format!("{e:#}")))?;
             let preview = opts.record.preview;
             Prepared::Service {
                 opts,
@@ -102,7 +101,7 @@ pub fn prepare(job: &Job) -> Result<Prepared, ConfigError> {
             }
         }
         Command::Intercept(a) => {
-            let (opts, relay) = cmd::intercept_options(&a).map_err(|e| fail(format!("{e:#}")))?;
+            let (opts, relay) = a.options().map_err(|e| fail(format!("{e:#}")))?;
             crate::intercept::check(&opts, &relay).map_err(|e| fail(format!("{e:#}")))?;
             Prepared::Intercept { opts, relay }
         }
@@ -215,7 +214,7 @@ fn run_capture(
     mut session: SessionOptions,
 ) -> anyhow::Result<()> {
     for &pid in &opts.select.pids {
-        crate::trace::target::check_pid(pid)?;
+        crate::process::check_pid(pid)?;
     }
     session.write = None;
     session.no_summary = true;
@@ -248,17 +247,7 @@ fn run_service(
     preview: usize,
 ) -> anyhow::Result<()> {
     let (recorder, handle) = Recorder::with_writers(writers(job, env, preview)?)?;
-    let stop = ctl.clone();
-    proxy::run_until(
-        opts,
-        recorder,
-        handle,
-        async move {
-            stop.stopped().await;
-            Ok(())
-        },
-        |ctx| service.serve(ctx),
-    )
+    proxy::run_until(opts, recorder, handle, ctl, |ctx| service.serve(ctx))
 }
 
 fn run_intercept(
@@ -269,14 +258,7 @@ fn run_intercept(
     relay: &RelayOptions,
 ) -> anyhow::Result<()> {
     let (recorder, handle) = Recorder::with_writers(writers(job, env, relay.record.preview)?)?;
-    let stop = ctl.clone();
-    let outcome = crate::intercept::run_until(
-        opts,
-        relay,
-        recorder,
-        handle,
-        Some(async move { stop.stopped().await }),
-    )?;
+    let outcome = crate::intercept::run_until(opts, relay, recorder, handle, ctl)?;
     if let Some(st) = outcome.exit_status {
         tracing::info!("intercepted command ended: {st}");
     }

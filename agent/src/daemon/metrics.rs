@@ -1,6 +1,6 @@
 //! The daemon's metrics: per-job counters and gauges, counted from what each job records,
-//! and their Prometheus text exposition (served by [`super::http`], read back by
-//! `capagent status` through [`super::promtext`]).
+//! and their exposition in the OpenMetrics text format, written by `prometheus-client`
+//! (served by [`super::http`], read back by `capagent status` through [`super::promtext`]).
 //!
 //! What each kind counts:
 //! - every kind: `errors` (failed runs), `restarts` (runs started again after a failure), `up`;
@@ -15,7 +15,6 @@
 
 use std::{
     collections::HashSet,
-    fmt::Write as _,
     io,
     sync::{
         Arc, Mutex,
@@ -24,6 +23,11 @@ use std::{
 };
 
 use agent_common::sys;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric as _, MetricEncoder},
+    metrics::{MetricType, counter::ConstCounter, gauge::ConstGauge},
+};
 
 use crate::{
     control::Control,
@@ -178,160 +182,185 @@ impl Registry {
         self.jobs.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// The Prometheus text exposition (version 0.0.4) of every metric.
+    /// The exposition (OpenMetrics text, by `prometheus-client`) of every metric.
     pub fn render(&self) -> String {
-        let jobs = self.jobs();
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(self.snapshot()));
         let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &registry)
+            .expect("writing to a String does not fail");
+        out
+    }
+
+    /// Every metric's value now, in exposition order.
+    fn snapshot(&self) -> Snapshot {
+        let jobs = self.jobs();
         let d = &self.daemon;
-        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-        };
-        family(
-            &mut out,
-            "capagent_daemon_start_time_seconds",
-            "gauge",
-            "Unix time the daemon started.",
-        );
-        let _ = writeln!(
-            out,
-            "capagent_daemon_start_time_seconds {}",
-            d.start_time.load(Ordering::Relaxed)
-        );
-        family(
-            &mut out,
-            "capagent_daemon_reloads_total",
-            "counter",
-            "Configuration reloads (SIGHUP) applied.",
-        );
-        let _ = writeln!(
-            out,
-            "capagent_daemon_reloads_total {}",
-            d.reloads.load(Ordering::Relaxed)
-        );
-        family(
-            &mut out,
-            "capagent_daemon_reload_failures_total",
-            "counter",
-            "Configuration reloads rejected (the running configuration was kept).",
-        );
-        let _ = writeln!(
-            out,
-            "capagent_daemon_reload_failures_total {}",
-            d.reload_failures.load(Ordering::Relaxed)
-        );
-        type Get = fn(&JobMetrics) -> String;
-        let series: [(&str, &str, &str, Get); 10] = [
+        let mut families = vec![
+            SnapFamily {
+                name: "capagent_daemon_start_time_seconds",
+                help: "Unix time the daemon started.",
+                ty: MetricType::Gauge,
+                samples: vec![(
+                    vec![],
+                    Value::Gauge(d.start_time.load(Ordering::Relaxed) as i64),
+                )],
+            },
+            SnapFamily {
+                name: "capagent_daemon_reloads",
+                help: "Configuration reloads (SIGHUP) applied.",
+                ty: MetricType::Counter,
+                samples: vec![(vec![], Value::Counter(d.reloads.load(Ordering::Relaxed)))],
+            },
+            SnapFamily {
+                name: "capagent_daemon_reload_failures",
+                help: "Configuration reloads rejected (the running configuration was kept).",
+                ty: MetricType::Counter,
+                samples: vec![(
+                    vec![],
+                    Value::Counter(d.reload_failures.load(Ordering::Relaxed)),
+                )],
+            },
+        ];
+        type Get = fn(&JobMetrics) -> Value;
+        // Counters are named without `_total`: the exposition adds it to their samples.
+        let series: [(&'static str, MetricType, &'static str, Get); 10] = [
             (
                 "capagent_job_up",
-                "gauge",
+                MetricType::Gauge,
                 "1 while the job runs, 0 while it waits to be retried or has finished.",
-                |m| u8::from(m.is_up()).to_string(),
+                |m| Value::Gauge(i64::from(m.is_up())),
             ),
             (
-                "capagent_job_events_total",
-                "counter",
+                "capagent_job_events",
+                MetricType::Counter,
                 "Records the job wrote (trace events, proxy records), loss reports aside.",
-                |m| m.events.load(Ordering::Relaxed).to_string(),
+                |m| Value::Counter(m.events.load(Ordering::Relaxed)),
             ),
             (
-                "capagent_job_packets_total",
-                "counter",
+                "capagent_job_packets",
+                MetricType::Counter,
                 "Packets the job wrote (capture).",
-                |m| m.packets.load(Ordering::Relaxed).to_string(),
+                |m| Value::Counter(m.packets.load(Ordering::Relaxed)),
             ),
             (
-                "capagent_job_bytes_total",
-                "counter",
+                "capagent_job_bytes",
+                MetricType::Counter,
                 "Payload bytes moved (trace, proxies) or bytes on the wire of the packets written (capture).",
-                |m| m.bytes.load(Ordering::Relaxed).to_string(),
+                |m| Value::Counter(m.bytes.load(Ordering::Relaxed)),
             ),
             (
-                "capagent_job_connections_total",
-                "counter",
+                "capagent_job_connections",
+                MetricType::Counter,
                 "Connections opened (proxies: also UDP sessions; trace: TCP connects and accepts).",
-                |m| m.connections.load(Ordering::Relaxed).to_string(),
+                |m| Value::Counter(m.connections.load(Ordering::Relaxed)),
             ),
             (
-                "capagent_job_lost_events_total",
-                "counter",
+                "capagent_job_lost_events",
+                MetricType::Counter,
                 "Records (trace) or packets (capture) lost because the ring buffer was full.",
-                |m| m.lost_events.load(Ordering::Relaxed).to_string(),
+                |m| Value::Counter(m.lost_events.load(Ordering::Relaxed)),
             ),
             (
-                "capagent_job_errors_total",
-                "counter",
+                "capagent_job_errors",
+                MetricType::Counter,
                 "Runs of the job that ended with an error.",
-                |m| m.errors.load(Ordering::Relaxed).to_string(),
+                |m| Value::Counter(m.errors.load(Ordering::Relaxed)),
             ),
             (
-                "capagent_job_restarts_total",
-                "counter",
+                "capagent_job_restarts",
+                MetricType::Counter,
                 "Runs started again after an error.",
-                |m| m.restarts.load(Ordering::Relaxed).to_string(),
+                |m| Value::Counter(m.restarts.load(Ordering::Relaxed)),
             ),
             (
                 "capagent_job_active_connections",
-                "gauge",
+                MetricType::Gauge,
                 "Connections opened and not closed yet.",
-                |m| {
-                    m.active_connections
-                        .load(Ordering::Relaxed)
-                        .max(0)
-                        .to_string()
-                },
+                |m| Value::Gauge(m.active_connections.load(Ordering::Relaxed).max(0)),
             ),
             (
                 "capagent_job_ring_buffer_fill_ratio",
-                "gauge",
+                MetricType::Gauge,
                 "Share of the kernel ring buffer waiting to be read (trace, capture).",
-                |m| format!("{:.6}", m.ring_fill()),
+                |m| Value::Ratio(m.ring_fill()),
             ),
         ];
-        for (name, kind, help, get) in series {
-            family(&mut out, name, kind, help);
-            for m in &jobs {
-                let _ = writeln!(
-                    out,
-                    "{name}{{job=\"{}\",kind=\"{}\"}} {}",
-                    escape_label(&m.name),
-                    escape_label(&m.kind),
-                    get(m)
-                );
-            }
+        let job_labels = |m: &JobMetrics| vec![("job", m.name.clone()), ("kind", m.kind.clone())];
+        for (name, ty, help, get) in series {
+            families.push(SnapFamily {
+                name,
+                help,
+                ty,
+                samples: jobs.iter().map(|m| (job_labels(m), get(m))).collect(),
+            });
         }
-        family(
-            &mut out,
-            "capagent_job_state",
-            "gauge",
-            "1 for the job's current state (running, retrying, finished), with its last error.",
-        );
-        for m in &jobs {
-            let (state, error) = m.state();
-            let _ = writeln!(
-                out,
-                "capagent_job_state{{job=\"{}\",kind=\"{}\",state=\"{}\",error=\"{}\"}} 1",
-                escape_label(&m.name),
-                escape_label(&m.kind),
-                state.name(),
-                escape_label(&error)
-            );
-        }
-        out
+        families.push(SnapFamily {
+            name: "capagent_job_state",
+            help: "1 for the job's current state (running, retrying, finished), with its last error.",
+            ty: MetricType::Gauge,
+            samples: jobs
+                .iter()
+                .map(|m| {
+                    let (state, error) = m.state();
+                    let mut labels = job_labels(m);
+                    labels.push(("state", state.name().to_string()));
+                    labels.push(("error", error));
+                    (labels, Value::Gauge(1))
+                })
+                .collect(),
+        });
+        Snapshot { families }
     }
 }
 
-/// A label value as the exposition format writes it (`\\`, `\"`, `\n` escaped).
-pub fn escape_label(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
+/// One sample's value, and so its family's type.
+#[derive(Debug, Clone, Copy)]
+enum Value {
+    Counter(u64),
+    Gauge(i64),
+    Ratio(f64),
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+#[derive(Debug)]
+struct SnapFamily {
+    name: &'static str,
+    help: &'static str,
+    ty: MetricType,
+    samples: Vec<(Labels, Value)>,
+}
+
+/// The metrics at one scrape, handed to `prometheus-client` as a collector.
+#[derive(Debug)]
+struct Snapshot {
+    families: Vec<SnapFamily>,
+}
+
+impl Collector for Snapshot {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        for f in &self.families {
+            let mut metric = encoder.encode_descriptor(f.name, f.help, None, f.ty)?;
+            match f.samples.as_slice() {
+                [(labels, value)] if labels.is_empty() => encode_value(*value, metric)?,
+                samples => {
+                    for (labels, value) in samples {
+                        encode_value(*value, metric.encode_family(labels)?)?;
+                    }
+                }
+            }
         }
+        Ok(())
     }
-    out
+}
+
+fn encode_value(v: Value, enc: MetricEncoder) -> std::fmt::Result {
+    match v {
+        Value::Counter(n) => ConstCounter::new(n).encode(enc),
+        Value::Gauge(n) => ConstGauge::new(n).encode(enc),
+        Value::Ratio(x) => ConstGauge::new(x).encode(enc),
+    }
 }
 
 /// Most connections followed at once for the active-connections gauge.
@@ -493,6 +522,20 @@ mod tests {
         ms[0].started(&Control::new());
         ms[1].ended(Some("cannot listen on 127.0.0.1:53\nx".into()));
         let text = r.render();
+        // OpenMetrics: a counter family is named without `_total`, its samples with it; the
+        // exposition ends with `# EOF`.
+        assert!(text.contains(
+            "# HELP capagent_job_packets Packets the job wrote (capture).\n\
+             # TYPE capagent_job_packets counter\n\
+             capagent_job_packets_total{job=\"a\",kind=\"capture\"} 12\n"
+        ));
+        assert!(text.contains("# TYPE capagent_job_up gauge\n"));
+        assert!(text.contains("capagent_daemon_reloads_total 0\n"));
+        assert!(text.contains("capagent_daemon_start_time_seconds 0\n"));
+        assert!(
+            text.contains("capagent_job_ring_buffer_fill_ratio{job=\"b\\\"q\",kind=\"dns\"} 0.0\n")
+        );
+        assert!(text.ends_with("\n# EOF\n"));
         assert!(text.contains("capagent_job_packets_total{job=\"a\",kind=\"capture\"} 12\n"));
         assert!(text.contains("capagent_job_up{job=\"a\",kind=\"capture\"} 1\n"));
         assert!(text.contains("capagent_job_errors_total{job=\"b\\\"q\",kind=\"dns\"} 1\n"));

@@ -33,8 +33,7 @@ pub fn check(path: &Path) -> Result<String, String> {
     ))
 }
 
-/// The default configuration file.
-pub const DEFAULT_CONFIG: &str = "/etc/capagent/capagent.toml";
+pub use crate::cli::DEFAULT_CONFIG;
 
 /// Where `capagent status` finds the metrics: `--metrics`, else the `[daemon] metrics` of
 /// the configuration file (`--config`, else the default one when it exists), else the

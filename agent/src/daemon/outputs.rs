@@ -28,9 +28,8 @@ use crate::{
         pcapng::CaptureWriter,
         session::{self, CaptureOutput},
     },
-    cli::Format,
     model::Event,
-    output::{EventWriter, Writer, pcapng::PcapngWriter, text::TextConfig},
+    output::{EventWriter, Format, Writer, pcapng::PcapngWriter, text::TextConfig},
 };
 
 const BUFFER: usize = 256 * 1024;

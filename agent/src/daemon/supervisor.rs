@@ -7,12 +7,8 @@
 use std::{
     io,
     net::SocketAddr,
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
     path::{Path, PathBuf},
-    sync::{
-        Arc,
-        atomic::{AtomicI32, Ordering},
-    },
+    sync::{Arc, atomic::Ordering},
     thread::JoinHandle,
     time::{Duration, Instant, SystemTime},
 };
@@ -52,78 +48,6 @@ pub fn load(path: &Path) -> Result<Config, String> {
         jobs::prepare(job).map_err(located)?;
     }
     Ok(config)
-}
-
-// ---------------------------------------------------------------------------------------------
-// Signals: the handler writes the signal number into a pipe the loop polls.
-
-static SIGNAL_PIPE: AtomicI32 = AtomicI32::new(-1);
-
-extern "C" fn on_signal(sig: libc::c_int) {
-    let fd = SIGNAL_PIPE.load(Ordering::Relaxed);
-    if fd >= 0 {
-        // SAFETY: write(2) and errno access are async-signal-safe.
-        unsafe {
-            let saved = *libc::__errno_location();
-            let b = sig as u8;
-            libc::write(fd, (&b as *const u8).cast(), 1);
-            *libc::__errno_location() = saved;
-        }
-    }
-}
-
-struct Signals {
-    read: OwnedFd,
-    _write: OwnedFd,
-}
-
-impl Signals {
-    /// Catches SIGTERM, SIGINT and SIGHUP from now on.
-    fn install() -> io::Result<Signals> {
-        let mut fds = [0; 2];
-        // SAFETY: a valid array of two fds.
-        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fresh fds owned from here on.
-        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-        SIGNAL_PIPE.store(write.as_raw_fd(), Ordering::SeqCst);
-        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
-            // SAFETY: the handler only writes to a pipe; SA_RESTART keeps the jobs' blocking
-            // calls from failing with EINTR.
-            unsafe {
-                let mut sa: libc::sigaction = std::mem::zeroed();
-                sa.sa_sigaction = on_signal as *const () as usize;
-                sa.sa_flags = libc::SA_RESTART;
-                libc::sigemptyset(&mut sa.sa_mask);
-                if libc::sigaction(sig, &sa, std::ptr::null_mut()) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
-            }
-        }
-        Ok(Signals {
-            read,
-            _write: write,
-        })
-    }
-
-    /// The signals that arrived, waiting up to `timeout` for one.
-    fn wait(&self, timeout: Duration) -> Vec<i32> {
-        let mut pfd = libc::pollfd {
-            fd: self.read.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
-        let mut buf = [0u8; 64];
-        // SAFETY: reads into a local buffer (non-blocking fd).
-        let n = unsafe { libc::read(self.read.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        buf[..n.max(0) as usize]
-            .iter()
-            .map(|&b| i32::from(b))
-            .collect()
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -400,7 +324,9 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
     limit_arenas();
     let notifier = Notifier::from_env().context("NOTIFY_SOCKET")?;
     let config = load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let signals = Signals::install().context("installing signal handlers")?;
+    // SIGTERM and SIGINT stop the daemon, SIGHUP reloads it.
+    let ctl = Control::daemon();
+    ctl.arm().context("installing signal handlers")?;
     let registry = Arc::new(Registry::default());
     registry.daemon.start_time.store(
         SystemTime::now()
@@ -431,48 +357,42 @@ pub fn run(path: &Path) -> anyhow::Result<()> {
         log_notify(notifier.watchdog());
     }
     let mut reload_error: Option<String> = None;
-    'main: loop {
-        for sig in signals.wait(TICK) {
-            match sig {
-                libc::SIGTERM | libc::SIGINT => break 'main,
-                libc::SIGHUP => {
-                    log_notify(notifier.reloading());
-                    match load(path) {
-                        Ok(next) => {
-                            if next.metrics
-                                != server.as_ref().map(|s| s.addr).or(sup.config.metrics)
-                            {
-                                match bind_metrics(next.metrics, &registry) {
-                                    Ok(s) => {
-                                        drop(server.take());
-                                        server = s;
-                                    }
-                                    Err(e) => tracing::error!(
-                                        "reload: {e:#}; metrics stay where they were"
-                                    ),
-                                }
+    loop {
+        ctl.wait(TICK);
+        if ctl.is_stopped() {
+            break;
+        }
+        if ctl.take_reload() {
+            log_notify(notifier.reloading());
+            match load(path) {
+                Ok(next) => {
+                    if next.metrics != server.as_ref().map(|s| s.addr).or(sup.config.metrics) {
+                        match bind_metrics(next.metrics, &registry) {
+                            Ok(s) => {
+                                drop(server.take());
+                                server = s;
                             }
-                            sup.apply(next);
-                            reload_error = None;
-                            registry.daemon.reloads.fetch_add(1, Ordering::Relaxed);
-                            tracing::info!("reloaded {}", path.display());
-                        }
-                        Err(e) => {
-                            tracing::error!(
-                                "reload rejected, the running configuration stays: {e}"
-                            );
-                            registry
-                                .daemon
-                                .reload_failures
-                                .fetch_add(1, Ordering::Relaxed);
-                            reload_error = Some(e);
+                            Err(e) => {
+                                tracing::error!("reload: {e:#}; metrics stay where they were")
+                            }
                         }
                     }
-                    status = String::new();
-                    log_notify(notifier.ready(&status_line(&sup, &reload_error)));
+                    sup.apply(next);
+                    reload_error = None;
+                    registry.daemon.reloads.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!("reloaded {}", path.display());
                 }
-                _ => {}
+                Err(e) => {
+                    tracing::error!("reload rejected, the running configuration stays: {e}");
+                    registry
+                        .daemon
+                        .reload_failures
+                        .fetch_add(1, Ordering::Relaxed);
+                    reload_error = Some(e);
+                }
             }
+            status = String::new();
+            log_notify(notifier.ready(&status_line(&sup, &reload_error)));
         }
         sup.tick();
         if sup.trim_at.get().is_some_and(|t| Instant::now() >= t) {

@@ -7,6 +7,7 @@
 //! - [`server`]: the UDP and TCP listeners, forwarding, records.
 
 pub mod answer;
+pub mod command;
 pub mod server;
 
 pub use answer::{Decision, Pattern, Policy, Unmatched, decide};

@@ -220,7 +220,7 @@ async fn ask_udp(query: &[u8], up: SocketAddr, ctx: &Ctx) -> io::Result<Vec<u8>>
 async fn ask_tcp(query: &[u8], up: SocketAddr, ctx: &Ctx) -> io::Result<Vec<u8>> {
     let mut stream = ctx
         .dialer
-        .connect(&crate::proxy::dial::Target::ip(up))
+        .connect(&crate::proxy::Target::ip(up))
         .await
         .map_err(|e| e.io())?
         .stream;

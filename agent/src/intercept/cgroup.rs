@@ -13,19 +13,15 @@ use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
+use agent_common::intercept::progs::{CONNECT4, CONNECT6, EXIT, FORK, SOCKOPS};
 use agent_common::{ClientKey, INTERCEPT_PORTS_MAX, InterceptConfig, OrigDst};
 use aya::maps::{HashMap, MapData};
 use aya::programs::CgroupAttachMode;
 
 use crate::kernel::{self, KernelError};
 
-/// Names of the programs (also what `capagent cleanup` looks for, by prefix).
+/// What every program name starts with (what `capagent cleanup` looks for).
 pub const PROG_PREFIX: &str = "capagent_";
-const CONNECT4: &str = "capagent_conn4";
-const CONNECT6: &str = "capagent_conn6";
-const SOCKOPS: &str = "capagent_sockop";
-const FORK: &str = "capagent_fork";
-const EXIT: &str = "capagent_exit";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {

@@ -13,9 +13,9 @@
 
 use std::fs;
 
-use super::netlink;
 use super::nft::{self, Nft};
 use super::route;
+use crate::netlink;
 
 /// What a sweep did.
 #[derive(Debug, Default)]

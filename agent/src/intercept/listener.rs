@@ -13,7 +13,6 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use tokio::io::Interest;
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::signal::unix::{Signal, SignalKind, signal};
 
 use super::cgroup::{HookOptions, Hooks};
 use super::nft::{self, Nft, Plan};
@@ -21,7 +20,7 @@ use super::origdst;
 use super::route::{self, Routing};
 use super::sink::{Accepted, Sink, UdpDir, UdpFlow};
 use super::{InterceptOptions, Mode, Outcome, listen_addr};
-use crate::trace::target::HeldChild;
+use crate::process::HeldChild;
 
 /// A UDP flow with no datagram either way for this long ends.
 const UDP_IDLE: Duration = Duration::from_secs(30);
@@ -321,7 +320,7 @@ async fn open_flow(
     Ok(flow)
 }
 
-/// Resolves when the run should stop: a signal, the duration, or the command's end (its
+/// Resolves when the run should stop: `stop` (a signal, the daemon), the duration, or the command's end (its
 /// status then).
 async fn stopped(
     stop: impl Future<Output = ()>,
@@ -347,32 +346,9 @@ async fn stopped(
     }
 }
 
-/// Resolves at the first SIGINT, SIGTERM or SIGHUP caught from the moment it is called.
-pub fn signal_stop() -> io::Result<impl Future<Output = ()>> {
-    let (mut int, mut term, mut hup): (Signal, Signal, Signal) = (
-        signal(SignalKind::interrupt())?,
-        signal(SignalKind::terminate())?,
-        signal(SignalKind::hangup())?,
-    );
-    Ok(async move {
-        tokio::select! {
-            _ = int.recv() => {}
-            _ = term.recv() => {}
-            _ = hup.recv() => {}
-        }
-    })
-}
-
-/// Binds, installs, serves until a signal (the command line), removes.
-pub async fn serve(opts: &InterceptOptions, sink: Arc<dyn Sink>) -> anyhow::Result<Outcome> {
-    // Signals are caught from the start, so one that arrives while the rules are being
-    // installed still ends in a clean removal.
-    let stop = signal_stop()?;
-    serve_until(opts, sink, stop).await
-}
-
-/// [`serve`] until `stop` resolves instead of a signal (a daemon job).
-pub async fn serve_until(
+/// Binds, installs, serves until `stop` resolves (a stopped [`crate::control::Control`]),
+/// `--duration` or the end of `-- CMD`, removes.
+pub async fn serve(
     opts: &InterceptOptions,
     sink: Arc<dyn Sink>,
     stop: impl Future<Output = ()>,
@@ -447,7 +423,7 @@ pub async fn serve_until(
                 follow_forks: true,
             })?);
             for &p in &opts.pids {
-                crate::trace::target::check_pid(p)?;
+                crate::process::check_pid(p)?;
                 hooks.add_pid(p)?;
             }
             if !opts.command.is_empty() {

@@ -20,8 +20,8 @@
 
 pub mod cgroup;
 pub mod cleanup;
+pub mod command;
 pub mod listener;
-pub mod netlink;
 pub mod nft;
 pub mod origdst;
 pub mod route;
@@ -36,6 +36,7 @@ use anyhow::Context as _;
 
 pub use sink::{Accepted, Sink};
 
+use crate::control::Control;
 use crate::proxy::{RecordOptions, Recorder};
 
 /// How traffic is pulled in.
@@ -67,7 +68,7 @@ pub struct InterceptOptions {
     /// Process mode: start this command, its connections from the first one on.
     pub command: Vec<String>,
     /// Where the command's stdout goes.
-    pub command_stdout: crate::trace::target::ChildStdout,
+    pub command_stdout: crate::process::ChildStdout,
     /// Stop after this long.
     pub duration: Option<Duration>,
 }
@@ -180,13 +181,11 @@ pub fn run(opts: &InterceptOptions, relay: &RelayOptions) -> anyhow::Result<Outc
     check(opts, relay)?;
     crate::kernel::require_root("capagent intercept")?;
     let (recorder, handle) = Recorder::start(&relay.record)?;
-    run_until(
-        opts,
-        relay,
-        recorder,
-        handle,
-        None::<std::future::Pending<()>>,
-    )
+    // Signals are caught from the start, so one that arrives while the rules are being
+    // installed still ends in a clean removal.
+    let ctl = Control::on_signals();
+    ctl.arm().context("installing signal handlers")?;
+    run_until(opts, relay, recorder, handle, &ctl)
 }
 
 /// The checks of [`run`] that need nothing from the system.
@@ -200,14 +199,14 @@ pub fn check(opts: &InterceptOptions, relay: &RelayOptions) -> anyhow::Result<()
     Ok(())
 }
 
-/// [`run`] recording through `recorder` (`relay.record` is not used) and, given `stop`,
-/// until it resolves instead of a signal (a daemon job).
-pub fn run_until<S: std::future::Future<Output = ()>>(
+/// [`run`] recording through `recorder` (`relay.record` is not used), until `ctl` is stopped
+/// (a daemon job: its own stop token).
+pub fn run_until(
     opts: &InterceptOptions,
     relay: &RelayOptions,
     recorder: Recorder,
     handle: crate::proxy::record::RecorderHandle,
-    stop: Option<S>,
+    ctl: &Control,
 ) -> anyhow::Result<Outcome> {
     check(opts, relay)?;
     crate::kernel::require_root("capagent intercept")?;
@@ -241,12 +240,7 @@ pub fn run_until<S: std::future::Future<Output = ()>>(
         .thread_name("capagent-intercept")
         .build()
         .context("cannot start the async runtime")?;
-    let outcome = rt.block_on(async {
-        match stop {
-            Some(stop) => listener::serve_until(opts, sink, stop).await,
-            None => listener::serve(opts, sink).await,
-        }
-    });
+    let outcome = rt.block_on(listener::serve(opts, sink, ctl.stopped()));
     // Cancels the relays (their connections close; their records get a close).
     rt.shutdown_timeout(Duration::from_secs(1));
     let written = handle.finish().context("writing records");

@@ -14,7 +14,7 @@
 use std::io;
 use std::net::IpAddr;
 
-use super::netlink::{
+use crate::netlink::{
     self, Builder, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
 };
 

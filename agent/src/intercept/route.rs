@@ -7,14 +7,19 @@
 //! the table are [`MARK_TAG`] plus the agent's pid, and the rule and routes carry the
 //! routing protocol [`RTPROT_CAPAGENT`]. Nothing else is ever deleted.
 //!
-//! Messages are built and parsed by pure functions; [`Routing`] talks to the kernel.
+//! Messages are built and parsed by pure functions (with `netlink-packet-route`); [`Routing`]
+//! talks to the kernel.
 
 use std::io;
 use std::net::IpAddr;
 
-use super::netlink::{
-    self, Builder, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST,
+use netlink_packet_route::{
+    AddressFamily, RouteNetlinkMessage,
+    route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol, RouteScope, RouteType},
+    rule::{RuleAction, RuleAttribute, RuleMessage},
 };
+
+use crate::netlink::{self, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL, NLM_F_REQUEST};
 
 pub const RTM_NEWROUTE: u16 = 24;
 pub const RTM_DELROUTE: u16 = 25;
@@ -23,17 +28,6 @@ pub const RTM_NEWRULE: u16 = 32;
 pub const RTM_DELRULE: u16 = 33;
 pub const RTM_GETRULE: u16 = 34;
 
-const FRA_DST: u16 = 1;
-const FRA_PRIORITY: u16 = 6;
-const FRA_FWMARK: u16 = 10;
-const FRA_TABLE: u16 = 15;
-const FRA_FWMASK: u16 = 16;
-const FRA_PROTOCOL: u16 = 21;
-const FR_ACT_TO_TBL: u8 = 1;
-
-const RTA_DST: u16 = 1;
-const RTA_OIF: u16 = 4;
-const RTA_TABLE: u16 = 15;
 const RT_SCOPE_HOST: u8 = 254;
 const RTN_LOCAL: u8 = 2;
 
@@ -87,135 +81,138 @@ pub struct RouteInfo {
     pub oif: Option<u32>,
 }
 
-fn rule_hdr(family: u8, table: u32) -> [u8; 12] {
-    // struct fib_rule_hdr: family, dst_len, src_len, tos, table, res1, res2, action, flags.
-    let t = if table < 256 { table as u8 } else { 0 };
-    [family, 0, 0, 0, t, 0, 0, FR_ACT_TO_TBL, 0, 0, 0, 0]
+fn rule(family: u8, table: u32) -> RuleMessage {
+    let mut m = RuleMessage::default();
+    m.header.family = AddressFamily::from(family);
+    // A table above 255 is given by FRA_TABLE only.
+    m.header.table = u8::try_from(table).unwrap_or(0);
+    m.header.action = RuleAction::ToTable;
+    m
 }
 
 /// `ip rule add fwmark MARK/0xffffffff lookup TABLE pref RULE_PRIORITY proto 202`.
 pub fn rule_message(ty: u16, family: u8, mark: u32, table: u32, seq: u32) -> Vec<u8> {
-    let flags = if ty == RTM_NEWRULE {
-        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+    let mut m = rule(family, table);
+    m.attributes = vec![
+        RuleAttribute::Priority(RULE_PRIORITY),
+        RuleAttribute::FwMark(mark),
+        RuleAttribute::FwMask(u32::MAX),
+        RuleAttribute::Table(table),
+        RuleAttribute::Protocol(RouteProtocol::from(RTPROT_CAPAGENT)),
+    ];
+    if ty == RTM_NEWRULE {
+        netlink::serialize(
+            RouteNetlinkMessage::NewRule(m),
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            seq,
+        )
     } else {
-        NLM_F_REQUEST | NLM_F_ACK
-    };
-    let mut b = Builder::new();
-    b.begin(ty, flags, seq)
-        .raw(&rule_hdr(family, table))
-        .attr_u32(FRA_PRIORITY, RULE_PRIORITY)
-        .attr_u32(FRA_FWMARK, mark)
-        .attr_u32(FRA_FWMASK, u32::MAX)
-        .attr_u32(FRA_TABLE, table)
-        .attr_u8(FRA_PROTOCOL, RTPROT_CAPAGENT)
-        .end();
-    b.into_bytes()
+        netlink::serialize(
+            RouteNetlinkMessage::DelRule(m),
+            NLM_F_REQUEST | NLM_F_ACK,
+            seq,
+        )
+    }
 }
 
 /// Deletes exactly rule `r` (as dumped).
 pub fn delete_rule_message(r: &RuleInfo, seq: u32) -> Vec<u8> {
-    let mut b = Builder::new();
-    b.begin(RTM_DELRULE, NLM_F_REQUEST | NLM_F_ACK, seq)
-        .raw(&rule_hdr(r.family, r.table));
-    b.attr_u32(FRA_TABLE, r.table);
+    let mut m = rule(r.family, r.table);
+    m.attributes.push(RuleAttribute::Table(r.table));
     if let Some(p) = r.priority {
-        b.attr_u32(FRA_PRIORITY, p);
+        m.attributes.push(RuleAttribute::Priority(p));
     }
-    if let Some(m) = r.fwmark {
-        b.attr_u32(FRA_FWMARK, m);
+    if let Some(mark) = r.fwmark {
+        m.attributes.push(RuleAttribute::FwMark(mark));
     }
-    if let Some(m) = r.fwmask {
-        b.attr_u32(FRA_FWMASK, m);
+    if let Some(mask) = r.fwmask {
+        m.attributes.push(RuleAttribute::FwMask(mask));
     }
-    b.end();
-    b.into_bytes()
+    netlink::serialize(
+        RouteNetlinkMessage::DelRule(m),
+        NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+    )
 }
 
-fn rtmsg(family: u8, protocol: u8, scope: u8, kind: u8, dst_len: u8) -> [u8; 12] {
-    // struct rtmsg: family, dst_len, src_len, tos, table, protocol, scope, type, flags.
-    [family, dst_len, 0, 0, 0, protocol, scope, kind, 0, 0, 0, 0]
+fn route(family: u8, protocol: u8, scope: u8, kind: u8, dst_len: u8) -> RouteMessage {
+    let mut m = RouteMessage::default();
+    m.header.address_family = AddressFamily::from(family);
+    m.header.destination_prefix_length = dst_len;
+    m.header.protocol = RouteProtocol::from(protocol);
+    m.header.scope = RouteScope::from(scope);
+    m.header.kind = RouteType::from(kind);
+    m
 }
 
 /// `ip route add local default dev IFINDEX table TABLE proto 202` (or del).
 pub fn local_route_message(ty: u16, family: u8, table: u32, lo: u32, seq: u32) -> Vec<u8> {
-    let flags = if ty == RTM_NEWROUTE {
-        NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+    let mut m = route(family, RTPROT_CAPAGENT, RT_SCOPE_HOST, RTN_LOCAL, 0);
+    m.attributes = vec![RouteAttribute::Table(table), RouteAttribute::Oif(lo)];
+    if ty == RTM_NEWROUTE {
+        netlink::serialize(
+            RouteNetlinkMessage::NewRoute(m),
+            NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL,
+            seq,
+        )
     } else {
-        NLM_F_REQUEST | NLM_F_ACK
-    };
-    let mut b = Builder::new();
-    b.begin(ty, flags, seq)
-        .raw(&rtmsg(family, RTPROT_CAPAGENT, RT_SCOPE_HOST, RTN_LOCAL, 0))
-        .attr_u32(RTA_TABLE, table)
-        .attr_u32(RTA_OIF, lo)
-        .end();
-    b.into_bytes()
+        netlink::serialize(
+            RouteNetlinkMessage::DelRoute(m),
+            NLM_F_REQUEST | NLM_F_ACK,
+            seq,
+        )
+    }
 }
 
 /// Deletes exactly route `r` (as dumped).
 pub fn delete_route_message(r: &RouteInfo, seq: u32) -> Vec<u8> {
-    let mut b = Builder::new();
-    b.begin(RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK, seq)
-        .raw(&rtmsg(r.family, r.protocol, r.scope, r.kind, r.dst_len))
-        .attr_u32(RTA_TABLE, r.table);
+    let mut m = route(r.family, r.protocol, r.scope, r.kind, r.dst_len);
+    m.attributes.push(RouteAttribute::Table(r.table));
     if let Some(dst) = r.dst {
-        match dst {
-            IpAddr::V4(a) => b.attr(RTA_DST, &a.octets()),
-            IpAddr::V6(a) => b.attr(RTA_DST, &a.octets()),
-        };
+        m.attributes
+            .push(RouteAttribute::Destination(RouteAddress::from(dst)));
     }
     if let Some(oif) = r.oif {
-        b.attr_u32(RTA_OIF, oif);
+        m.attributes.push(RouteAttribute::Oif(oif));
     }
-    b.end();
-    b.into_bytes()
+    netlink::serialize(
+        RouteNetlinkMessage::DelRoute(m),
+        NLM_F_REQUEST | NLM_F_ACK,
+        seq,
+    )
 }
 
 /// A dump request for rules or routes (`ty` = RTM_GETRULE / RTM_GETROUTE) of `family`.
 pub fn dump_request(ty: u16, family: u8, seq: u32) -> Vec<u8> {
-    let mut b = Builder::new();
-    b.begin(ty, NLM_F_REQUEST | NLM_F_DUMP, seq)
-        .raw(&[family, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0])
-        .end();
-    b.into_bytes()
-}
-
-fn ip_of(family: u8, p: &[u8]) -> Option<IpAddr> {
-    match (family as i32, p.len()) {
-        (libc::AF_INET, 4) => Some(IpAddr::from(<[u8; 4]>::try_from(p).ok()?)),
-        (libc::AF_INET6, 16) => Some(IpAddr::from(<[u8; 16]>::try_from(p).ok()?)),
-        _ => None,
+    let flags = NLM_F_REQUEST | NLM_F_DUMP;
+    if ty == RTM_GETRULE {
+        netlink::serialize(RouteNetlinkMessage::GetRule(rule(family, 0)), flags, seq)
+    } else {
+        let m = route(family, 0, 0, 0, 0);
+        netlink::serialize(RouteNetlinkMessage::GetRoute(m), flags, seq)
     }
 }
 
 /// One message of a rule dump; `Ok(None)` for other messages.
 pub fn parse_rule(msg: &[u8]) -> Result<Option<RuleInfo>, netlink::Malformed> {
-    let Some(m) = netlink::messages(msg).next().transpose()? else {
+    let Some(RouteNetlinkMessage::NewRule(m)) = netlink::decode(msg, RTM_NEWRULE)? else {
         return Ok(None);
     };
-    if m.ty != RTM_NEWRULE {
-        return Ok(None);
-    }
-    if m.payload.len() < 12 {
-        return Err(netlink::Malformed("short fib_rule_hdr"));
-    }
     let mut r = RuleInfo {
-        family: m.payload[0],
-        table: u32::from(m.payload[4]),
+        family: u8::from(m.header.family),
+        table: u32::from(m.header.table),
         priority: None,
         fwmark: None,
         fwmask: None,
         protocol: None,
     };
-    for a in netlink::attrs(&m.payload[12..]) {
-        let (ty, p) = a?;
-        match ty {
-            FRA_TABLE => r.table = netlink::attr_u32(p).unwrap_or(r.table),
-            FRA_PRIORITY => r.priority = netlink::attr_u32(p),
-            FRA_FWMARK => r.fwmark = netlink::attr_u32(p),
-            FRA_FWMASK => r.fwmask = netlink::attr_u32(p),
-            FRA_PROTOCOL => r.protocol = p.first().copied(),
-            FRA_DST => {}
+    for a in m.attributes {
+        match a {
+            RuleAttribute::Table(t) => r.table = t,
+            RuleAttribute::Priority(p) => r.priority = Some(p),
+            RuleAttribute::FwMark(v) => r.fwmark = Some(v),
+            RuleAttribute::FwMask(v) => r.fwmask = Some(v),
+            RuleAttribute::Protocol(p) => r.protocol = Some(u8::from(p)),
             _ => {}
         }
     }
@@ -224,32 +221,26 @@ pub fn parse_rule(msg: &[u8]) -> Result<Option<RuleInfo>, netlink::Malformed> {
 
 /// One message of a route dump; `Ok(None)` for other messages.
 pub fn parse_route(msg: &[u8]) -> Result<Option<RouteInfo>, netlink::Malformed> {
-    let Some(m) = netlink::messages(msg).next().transpose()? else {
+    let Some(RouteNetlinkMessage::NewRoute(m)) = netlink::decode(msg, RTM_NEWROUTE)? else {
         return Ok(None);
     };
-    if m.ty != RTM_NEWROUTE {
-        return Ok(None);
-    }
-    if m.payload.len() < 12 {
-        return Err(netlink::Malformed("short rtmsg"));
-    }
-    let p = m.payload;
+    let h = &m.header;
     let mut r = RouteInfo {
-        family: p[0],
-        dst_len: p[1],
-        table: u32::from(p[4]),
-        protocol: p[5],
-        scope: p[6],
-        kind: p[7],
+        family: u8::from(h.address_family),
+        dst_len: h.destination_prefix_length,
+        table: u32::from(h.table),
+        protocol: u8::from(h.protocol),
+        scope: u8::from(h.scope),
+        kind: u8::from(h.kind),
         dst: None,
         oif: None,
     };
-    for a in netlink::attrs(&p[12..]) {
-        let (ty, v) = a?;
-        match ty {
-            RTA_TABLE => r.table = netlink::attr_u32(v).unwrap_or(r.table),
-            RTA_DST => r.dst = ip_of(r.family, v),
-            RTA_OIF => r.oif = netlink::attr_u32(v),
+    for a in m.attributes {
+        match a {
+            RouteAttribute::Table(t) => r.table = t,
+            RouteAttribute::Destination(RouteAddress::Inet(a)) => r.dst = Some(a.into()),
+            RouteAttribute::Destination(RouteAddress::Inet6(a)) => r.dst = Some(a.into()),
+            RouteAttribute::Oif(i) => r.oif = Some(i),
             _ => {}
         }
     }
@@ -473,6 +464,29 @@ mod tests {
             ..r.clone()
         };
         assert!(!is_capagent_route(&main));
+    }
+
+    /// The fuzz seeds, written by fuzz/seeds/make_seeds.py the way the kernel lays them out.
+    #[cfg(target_endian = "little")]
+    #[test]
+    fn parses_kernel_layouts() {
+        let r = parse_rule(include_bytes!("../../../fuzz/seeds/netlink/rule"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.table, 0xca00_0001);
+        assert_eq!(r.priority, Some(RULE_PRIORITY));
+        assert_eq!(r.fwmark, Some(0xca00_0001));
+        assert_eq!(r.protocol, Some(RTPROT_CAPAGENT));
+        assert!(is_capagent_rule(&r));
+        let r = parse_route(include_bytes!("../../../fuzz/seeds/netlink/route"))
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.dst, Some("::1".parse().unwrap()));
+        assert_eq!(
+            (r.table, r.oif, r.scope, r.kind),
+            (0xca00_0001, Some(1), 254, 2)
+        );
+        assert!(is_capagent_route(&r));
     }
 
     #[test]

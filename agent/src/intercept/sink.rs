@@ -96,7 +96,7 @@ pub const COMM: &str = "intercept";
 
 fn label(how: &str, pid: Option<u32>) -> String {
     match pid {
-        Some(p) => match crate::trace::target::process_comm(p) {
+        Some(p) => match crate::process::process_comm(p) {
             Some(comm) => format!("{how} pid={p} comm={comm}"),
             None => format!("{how} pid={p}"),
         },

@@ -1,7 +1,9 @@
-//! Everything about the kernel side: BTF offsets, loading the eBPF object, capability checks.
+//! Everything about the kernel side: BTF offsets, loading the eBPF object, capability checks,
+//! and the runtime of the sessions that read a ring buffer ([`session`]).
 
 pub mod btf;
 pub mod ring_fill;
+pub mod session;
 
 use std::path::Path;
 
@@ -79,15 +81,32 @@ pub fn ensure_tracefs() -> Result<(), KernelError> {
     Ok(())
 }
 
-/// Loads the eBPF object with `config` written into its `CONFIG` global and the ring buffer
-/// sized to `ring_bytes`.
+/// Loads the eBPF object for `capagent trace`: `config` written into its `CONFIG` global and
+/// the `EVENTS` ring buffer sized to `ring_bytes`.
 pub fn load(config: &agent_common::Config, ring_bytes: u32) -> Result<Ebpf, KernelError> {
+    use agent_common::trace::{CONFIG_GLOBAL, maps};
+    load_mode(
+        CONFIG_GLOBAL,
+        config,
+        TRACE_MAPS,
+        &[(maps::EVENTS, ring_bytes)],
+    )
+}
+
+/// Loads the eBPF object for one mode: `config` written into the global `global`, the maps
+/// sized as [`map_sizes`] says for `used` and `sized`.
+fn load_mode<T: aya::Pod>(
+    global: &str,
+    config: &T,
+    used: &[&str],
+    sized: &[(&'static str, u32)],
+) -> Result<Ebpf, KernelError> {
     if EBPF_OBJECT.is_empty() {
         return Err(KernelError::NoObject);
     }
-    let sizes = map_sizes(TRACE_MAPS, &[("EVENTS", ring_bytes)]);
+    let sizes = map_sizes(used, sized);
     let mut loader = EbpfLoader::new();
-    loader.override_global("CONFIG", config, true);
+    loader.override_global(global, config, true);
     for (name, n) in &sizes {
         loader.map_max_entries(name, *n);
     }
@@ -97,21 +116,11 @@ pub fn load(config: &agent_common::Config, ring_bytes: u32) -> Result<Ebpf, Kern
 }
 
 /// The maps `capagent trace`'s programs use.
-pub const TRACE_MAPS: &[&str] = &[
-    "EVENTS", "TRACED", "PAUSED", "ARGS", "FDS", "SCRATCH", "COPY", "COUNTERS",
-];
+pub const TRACE_MAPS: &[&str] = agent_common::trace::maps::ALL;
 /// The maps `capagent capture`'s programs use (packets, filter, owners).
-pub const CAPTURE_MAPS: &[&str] = &[
-    "PACKETS",
-    "CAPTURE_STATS",
-    "FILTER_INSNS",
-    "FILTER_IFACES",
-    "FILTER_STATE",
-    "SOCK_OWNERS",
-    "CAPTURE_PIDS",
-];
+pub const CAPTURE_MAPS: &[&str] = agent_common::capture::maps::ALL;
 /// The maps `capagent intercept`'s cgroup programs use.
-pub const INTERCEPT_MAPS: &[&str] = &["ICPT_PIDS", "ICPT_BY_COOKIE", "ICPT_BY_CLIENT"];
+pub const INTERCEPT_MAPS: &[&str] = agent_common::intercept::maps::ALL;
 
 /// `max_entries` for the maps of the object when one mode loads it: `sized` as given, every
 /// other map `used` as the object declares it, and every map the mode does not use as small
@@ -228,22 +237,12 @@ pub fn load_capture(
     ring_bytes: u32,
     pids: bool,
 ) -> Result<Ebpf, KernelError> {
-    if EBPF_OBJECT.is_empty() {
-        return Err(KernelError::NoObject);
-    }
-    let mut sized = vec![("PACKETS", ring_bytes)];
+    use agent_common::capture::{CONFIG_GLOBAL, maps};
+    let mut sized = vec![(maps::PACKETS, ring_bytes)];
     if !pids {
-        sized.push(("CAPTURE_PIDS", 1));
+        sized.push((maps::CAPTURE_PIDS, 1));
     }
-    let sizes = map_sizes(CAPTURE_MAPS, &sized);
-    let mut loader = EbpfLoader::new();
-    loader.override_global("CAPTURE_CONFIG", config, true);
-    for (name, n) in &sizes {
-        loader.map_max_entries(name, *n);
-    }
-    loader
-        .load(EBPF_OBJECT)
-        .map_err(|e| KernelError::Load(Box::new(e)))
+    load_mode(CONFIG_GLOBAL, config, CAPTURE_MAPS, &sized)
 }
 
 /// The TC classifier program `prog` of the object, loaded into the kernel (attach it with
@@ -266,18 +265,12 @@ pub fn loaded_xdp<'a>(
 /// Loads the eBPF object for `capagent intercept --pid/--cgroup/-- CMD`: `config` written
 /// into `INTERCEPT_CONFIG`; the other modes' maps are made as small as they can be.
 pub fn load_intercept(config: &agent_common::InterceptConfig) -> Result<Ebpf, KernelError> {
-    if EBPF_OBJECT.is_empty() {
-        return Err(KernelError::NoObject);
-    }
-    let sizes = map_sizes(INTERCEPT_MAPS, &[]);
-    let mut loader = EbpfLoader::new();
-    loader.override_global("INTERCEPT_CONFIG", config, true);
-    for (name, n) in &sizes {
-        loader.map_max_entries(name, *n);
-    }
-    loader
-        .load(EBPF_OBJECT)
-        .map_err(|e| KernelError::Load(Box::new(e)))
+    load_mode(
+        agent_common::intercept::CONFIG_GLOBAL,
+        config,
+        INTERCEPT_MAPS,
+        &[],
+    )
 }
 
 /// The cgroup sock_addr program `prog` of the object, loaded into the kernel.
@@ -301,7 +294,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_map_belongs_to_a_mode_and_the_others_shrink() {
+    fn every_map_and_program_belongs_to_a_mode_and_the_others_shrink() {
         if EBPF_OBJECT.is_empty() {
             return; // built without bpf-linker: no object to look at
         }
@@ -310,6 +303,27 @@ mod tests {
         for name in obj.maps.keys().filter(|n| !n.starts_with('.')) {
             let owners = modes.iter().filter(|m| m.contains(&name.as_str())).count();
             assert_eq!(owners, 1, "map {name} must be used by exactly one mode");
+        }
+        let progs = [
+            agent_common::trace::progs::ALL,
+            agent_common::capture::progs::ALL,
+            agent_common::intercept::progs::ALL,
+        ];
+        for name in obj.programs.keys() {
+            let owners = progs.iter().filter(|m| m.contains(&name.as_str())).count();
+            assert_eq!(
+                owners, 1,
+                "program {name} must be named in exactly one mode's progs"
+            );
+        }
+        for name in progs.iter().flat_map(|p| p.iter()) {
+            assert!(
+                obj.programs.contains_key(*name),
+                "no program {name} in the object"
+            );
+        }
+        for name in modes.iter().flat_map(|m| m.iter()) {
+            assert!(obj.maps.contains_key(*name), "no map {name} in the object");
         }
         let sizes = map_sizes(CAPTURE_MAPS, &[("PACKETS", 1 << 25)]);
         let size = |n: &str| sizes.iter().find(|(m, _)| m == n).map(|(_, v)| *v);

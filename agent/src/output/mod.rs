@@ -17,13 +17,22 @@ use std::io::{self, BufWriter, IsTerminal, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-pub use crate::cli::Format;
 use crate::model::Event;
 pub use json::JsonWriter;
 pub use text::{TextConfig, TextWriter};
 
+/// The format of the records (`--format`).
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Format {
+    /// strace-like lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
 /// Whether records go to stdout: text/JSON without `-o FILE`, or pcapng with `-w -`. A
-/// `-- CMD` then writes its own stdout to stderr (see [`crate::trace::target::ChildStdout`]),
+/// `-- CMD` then writes its own stdout to stderr (see [`crate::process::ChildStdout`]),
 /// so that the records stay parseable.
 pub fn records_on_stdout(output: Option<&Path>, write: Option<&Path>) -> bool {
     output.is_none() || write.is_some_and(|p| p.as_os_str() == "-")

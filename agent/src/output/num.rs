@@ -168,6 +168,22 @@ pub fn push_hms(out: &mut Vec<u8>, sod: u64) {
     push_padded(out, sod % 60, 2);
 }
 
+/// `78 B`, `1.5 KiB`, `12.0 MiB`, `3.2 GiB` (for summaries and the status line: this one
+/// allocates).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -225,5 +241,14 @@ mod tests {
             let sa: SocketAddr = a.parse().unwrap();
             assert_eq!(AddrStr::new(&sa).as_str(), sa.to_string(), "{a}");
         }
+    }
+
+    #[test]
+    fn human() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(12 << 20), "12.0 MiB");
+        assert_eq!(human_bytes(u64::MAX), "16777216.0 TiB");
     }
 }

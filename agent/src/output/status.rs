@@ -16,8 +16,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::num::human_bytes;
 use crate::daemon::metrics::{EventCounter, JobMetrics};
-use crate::trace::summary::human_bytes;
 
 /// How often the line is redrawn.
 pub const EVERY: Duration = Duration::from_secs(1);

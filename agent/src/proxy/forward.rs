@@ -14,7 +14,7 @@ use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::model::{Direction, Transport};
-use crate::proxy::dial::{self, Target};
+use crate::proxy::target::{Target, resolve};
 use crate::proxy::{self, Ctx, ProxyError, relay};
 
 /// Process name of forwarder records.
@@ -231,7 +231,7 @@ async fn forward_udp(sock: Arc<UdpSocket>, to: Target, ctx: Ctx) {
 
 /// A socket connected to `to`'s first address.
 async fn open_session(to: &Target) -> Result<(UdpSocket, SocketAddr), anyhow::Error> {
-    let addr = dial::resolve(to).await?[0];
+    let addr = resolve(to).await?[0];
     let any: SocketAddr = if addr.is_ipv6() {
         "[::]:0".parse().expect("literal")
     } else {

@@ -5,22 +5,26 @@
 //! - [`Options`]: records ([`record::RecordOptions`]), the upstream SOCKS5 proxy to chain
 //!   through ([`dial::Dialer`]), limits ([`Limits`]: concurrent connections, handshake and
 //!   idle timeouts);
+//! - [`target`]: what a client asks to reach ([`Target`]), resolving it, and why reaching
+//!   it failed ([`target::DialError`]);
 //! - [`listen_addr`] and [`bind_tcp`]: listeners (loopback unless an address is written out;
 //!   a non-loopback one prints a warning);
 //! - [`serve`]: the accept loops with the connection cap, one per worker thread
 //!   ([`workers`]: a single-threaded runtime per CPU, each with its own listener);
 //! - [`relay`]: copying both directions with large buffers, half-close and idle timeout;
-//! - [`run`]: the runtime, the recorder's lifetime, and stopping on SIGINT/SIGTERM/SIGHUP;
+//! - [`run`]: the runtime, the recorder's lifetime, and stopping through a [`Control`] (SIGINT/SIGTERM/SIGHUP);
 //!   [`run_until`]: the same with a recorder and a stop of the caller's (the daemon's jobs).
 //!
 //! One module per proxy: [`forward`] (fixed targets, TCP and UDP), [`socks`] (SOCKS 4/4a/5).
 
+pub mod command;
 pub mod dial;
 pub mod forward;
 pub mod http;
 pub mod record;
 pub mod relay;
 pub mod socks;
+pub mod target;
 pub mod workers;
 
 use std::future::Future;
@@ -29,11 +33,15 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context as _;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-pub use dial::{Dialer, Target};
+use crate::control::Control;
+
+pub use dial::Dialer;
 pub use record::{Conn, RecordOptions, Recorder};
+pub use target::Target;
 
 /// Limits every proxy enforces.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -277,22 +285,23 @@ where
         u.parse::<dial::Upstream>().map_err(ProxyError::from)?;
     }
     let (recorder, handle) = Recorder::start(&opts.record).map_err(ProxyError::from)?;
-    run_until(opts, recorder, handle, stop_signal(), service)
+    let ctl = Control::on_signals();
+    ctl.arm().context("installing signal handlers")?;
+    run_until(opts, recorder, handle, &ctl, service)
 }
 
-/// [`run`] with the recorder given (`opts.record` is not used) and until `stop` resolves
-/// instead of a signal: the daemon's jobs, each with its own outputs and stop token.
-pub fn run_until<F, Fut, S>(
+/// [`run`] with the recorder given (`opts.record` is not used) and until `ctl` is stopped:
+/// the daemon's jobs, each with its own outputs and stop token.
+pub fn run_until<F, Fut>(
     opts: &Options,
     recorder: Recorder,
     handle: record::RecorderHandle,
-    stop: S,
+    ctl: &Control,
     service: F,
 ) -> anyhow::Result<()>
 where
     F: FnOnce(Ctx) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,
-    S: Future<Output = io::Result<()>>,
 {
     let upstream = match &opts.upstream_proxy {
         Some(u) => Some(u.parse::<dial::Upstream>().map_err(ProxyError::from)?),
@@ -317,7 +326,10 @@ where
     let outcome = rt.block_on(async move {
         tokio::select! {
             r = service(ctx) => r,
-            r = stop => r.map_err(anyhow::Error::from),
+            () = ctl.stopped() => {
+                tracing::info!("stopping");
+                Ok(())
+            }
         }
     });
     // Cancels the relays (their connections close; their records get a close).
@@ -353,21 +365,6 @@ fn keep_heap() {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 128 << 20);
     }
-}
-
-/// Resolves at the first SIGINT, SIGTERM or SIGHUP.
-async fn stop_signal() -> io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
-        _ = hup.recv() => {}
-    }
-    tracing::info!("stopping");
-    Ok(())
 }
 
 /// Reads into `buf` until `parse` completes a message (returning it and the bytes it took;

@@ -258,13 +258,45 @@ async fn copy_plain(
             }
             return Ok(total);
         }
+        if n < FIRST_READ && read_closed(from.as_ref()) {
+            // The source's FIN is in and this read took what was queued: one more read
+            // (no waiting) finds the end, and the chunk and the half-close leave as one
+            // segment instead of a data segment and a FIN (the peer wakes up once).
+            let m = match from.read_buf(&mut buf).await {
+                Ok(m) => m,
+                Err(source) => {
+                    // A reset after the data: the data still goes on first, as it would
+                    // have without this read.
+                    let _ = to.write_all(&buf).await;
+                    return Err(RelayError::Io {
+                        side: from_side,
+                        source,
+                    });
+                }
+            };
+            if m == 0 && act.first_to_end() {
+                total += buf.len() as u64;
+                send_then_fin(to.as_ref(), &buf)
+                    .await
+                    .map_err(|source| RelayError::Io {
+                        side: to_side,
+                        source,
+                    })?;
+                let _ = to.shutdown().await;
+                act.touch();
+                return Ok(total);
+            }
+            // (More data, or the other direction ended first: as usual; a read after the
+            // FIN keeps returning 0.)
+        }
+        let n = buf.len();
         total += n as u64;
         to.write_all(&buf).await.map_err(|source| RelayError::Io {
             side: to_side,
             source,
         })?;
         act.touch();
-        if n == FIRST_READ {
+        if n >= FIRST_READ {
             break;
         }
     }
@@ -279,6 +311,48 @@ async fn copy_plain(
             Ok(total + more)
         }
     }
+}
+
+/// True when `s` is known (from the readiness the runtime has, without a syscall) to have
+/// received its peer's FIN.
+fn read_closed(s: &TcpStream) -> bool {
+    let ready = std::pin::pin!(s.ready(Interest::READABLE));
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    matches!(
+        std::future::Future::poll(ready, &mut cx),
+        std::task::Poll::Ready(Ok(r)) if r.is_read_closed()
+    )
+}
+
+/// Writes all of `data` to `s` with MSG_MORE, so that the kernel holds the last segment
+/// for the shutdown that follows: the FIN goes out with it.
+async fn send_then_fin(s: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    let fd = s.as_raw_fd();
+    while !data.is_empty() {
+        s.writable().await?;
+        let sent = s.try_io(Interest::WRITABLE, || {
+            // SAFETY: send on our socket from a live buffer of the given length.
+            let n = unsafe {
+                libc::send(
+                    fd,
+                    data.as_ptr().cast(),
+                    data.len(),
+                    libc::MSG_MORE | libc::MSG_NOSIGNAL,
+                )
+            };
+            if n < 0 {
+                Err(io::Error::last_os_error())
+            } else {
+                Ok(n as usize)
+            }
+        });
+        match sent {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// Read/write with a [`BUF`] buffer (when no pipe can be had).
@@ -485,6 +559,87 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    /// A target that answered and closed before the relay started (its data and FIN wait
+    /// together): the client gets the answer and then the end, and can still send after it.
+    async fn target_done_first(rec: Recorder) {
+        let (mut client_app, mut client) = pair().await;
+        let (mut target, mut server_app) = pair().await;
+        server_app.write_all(b"ok").await.unwrap();
+        server_app.shutdown().await.unwrap();
+        let conn = rec.conn("forward", Transport::Tcp, client_app.local_addr().unwrap());
+        let relay = tokio::spawn(async move {
+            let r = relay(
+                &mut client,
+                &mut target,
+                &conn,
+                Some(Duration::from_secs(10)),
+            )
+            .await;
+            (r.unwrap(), conn)
+        });
+        let mut answer = Vec::new();
+        client_app.read_to_end(&mut answer).await.unwrap();
+        assert_eq!(answer, b"ok");
+        client_app.write_all(b"bye").await.unwrap();
+        client_app.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        server_app.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"bye");
+        let (r, _conn) = relay.await.unwrap();
+        assert_eq!(r, Relayed { up: 3, down: 2 });
+    }
+
+    #[tokio::test]
+    async fn target_done_first_not_recorded() {
+        target_done_first(Recorder::disabled()).await;
+    }
+
+    #[tokio::test]
+    async fn target_done_first_recorded() {
+        let (rec, handle) = Recorder::with_writers(vec![]).unwrap();
+        target_done_first(rec).await;
+        tokio::task::spawn_blocking(move || handle.finish())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// A target that answered and reset the connection before the relay started: the
+    /// answer still reaches the client before the reset is passed on.
+    #[tokio::test]
+    async fn target_data_then_reset() {
+        let (mut client_app, mut client) = pair().await;
+        let (mut target, mut server_app) = pair().await;
+        server_app.write_all(b"ok").await.unwrap();
+        reset_on_close(&server_app);
+        drop(server_app);
+        // The reset has arrived once the target's socket reports it (no read consumed).
+        target.ready(Interest::READABLE).await.unwrap();
+        let rec = Recorder::disabled();
+        let conn = rec.conn("forward", Transport::Tcp, client_app.local_addr().unwrap());
+        let relay = tokio::spawn(async move {
+            relay(
+                &mut client,
+                &mut target,
+                &conn,
+                Some(Duration::from_secs(10)),
+            )
+            .await
+        });
+        let mut answer = [0u8; 2];
+        client_app.read_exact(&mut answer).await.unwrap();
+        assert_eq!(&answer, b"ok");
+        let r = relay.await.unwrap();
+        assert!(
+            matches!(&r, Err(RelayError::Io { side: "target", source }) if source.kind() == io::ErrorKind::ConnectionReset),
+            "{r:?}"
+        );
+        // And the client gets the reset.
+        let mut rest = Vec::new();
+        let e = client_app.read_to_end(&mut rest).await.unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
     }
 
     #[tokio::test]

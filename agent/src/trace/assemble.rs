@@ -119,7 +119,7 @@ const MAX_TCP_REMEMBERED: usize = 65536;
 
 impl<C: CommLookup> Assembler<C> {
     /// `clock_offset_ns`: added to the kernel's CLOCK_BOOTTIME timestamps to get wall-clock
-    /// nanoseconds since the Unix epoch (see [`boot_to_wall_offset_ns`]). `comm`: process
+    /// nanoseconds since the Unix epoch (see [`crate::clock::boot_to_wall_offset_ns`]). `comm`: process
     /// names (see [`CommLookup`]).
     pub fn new(clock_offset_ns: i64, comm: C) -> Self {
         Assembler {
@@ -549,25 +549,6 @@ pub fn lost_event(ts_ns: u64, events: u64, bytes: u64) -> Event {
         sock: None,
         detail: Detail::Lost { events, bytes },
     }
-}
-
-/// Wall-clock time minus CLOCK_BOOTTIME, in nanoseconds: the offset [`Assembler::new`] takes.
-/// Read it once at start (it changes only when the wall clock is set).
-pub fn boot_to_wall_offset_ns() -> i64 {
-    fn now(clock: libc::clockid_t) -> i128 {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `ts` is a valid timespec to write into; both clocks exist on Linux.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
-    }
-    let b1 = now(libc::CLOCK_BOOTTIME);
-    let real = now(libc::CLOCK_REALTIME);
-    let b2 = now(libc::CLOCK_BOOTTIME);
-    let off = real - (b1 + b2) / 2;
-    off.clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
 #[cfg(test)]
@@ -1210,9 +1191,6 @@ mod tests {
         assert_eq!(a.wall_ns(15), 5);
         let a = Assembler::new(i64::MAX, ThreadComm);
         assert_eq!(a.wall_ns(u64::MAX), u64::MAX);
-        let off = boot_to_wall_offset_ns();
-        // Booted after 2001 and before 2100.
-        assert!(off > 1_000_000_000_000_000_000 && off < 4_102_444_800_000_000_000);
     }
 
     #[test]

@@ -1,14 +1,15 @@
 //! `capagent trace`: per-process socket tracing.
 //!
-//! - `run`: the session (load, attach, choose processes, drain the ring buffer).
-//! - `target`: which processes, and starting `-- CMD` held until it is traced.
+//! - `command`: `capagent trace ARGS`, its arguments and the options they make.
+//! - `run`: the trace mode of a kernel session (config, programs, traced processes, records
+//!   to events).
 //! - `decode`: pure decoder of kernel records; `sockaddr`: pure sockaddr parser.
 //! - `assemble`: payload chunks to whole calls (`model::Event`).
 //! - `summary`: per-connection totals printed at exit.
 
 pub mod assemble;
+pub mod command;
 pub mod decode;
 pub mod run;
 pub mod sockaddr;
 pub mod summary;
-pub mod target;

@@ -1,28 +1,29 @@
-//! The trace session: load and attach the programs, choose the traced processes, drain the
-//! ring buffer into `model::Event`s, and stop on signal, duration or when the traced
-//! processes are gone.
+//! The trace mode of a kernel session ([`crate::kernel::session`]): its programs' config,
+//! the traced processes, and the `Tracer` that turns the ring buffer's records into
+//! `model::Event`s, keeps the set of live traced processes (the session stops when they are
+//! gone), reports lost records and resumes the processes the kernel paused.
 
-use std::{
-    collections::HashSet,
-    io,
-    os::fd::AsRawFd as _,
-    process::ExitStatus,
-    time::{Duration, Instant},
+use std::{collections::HashSet, io, process::ExitStatus, time::Duration};
+
+use agent_common::{Config, KernelOffsets, counter, sys, traced};
+use aya::{
+    Ebpf,
+    maps::{HashMap, MapData, PerCpuArray, RingBuf},
 };
-
-use agent_common::{Config, counter, sys, traced};
-use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
 use thiserror::Error;
 
 use super::{
     assemble::{self, Assembler},
     decode,
-    target::{self, HeldChild},
 };
 use crate::{
     control::Control,
-    kernel::{self, KernelError, ring_fill::RingFill},
+    kernel::{
+        self, KernelError,
+        session::{self, Mode, Session, Setup},
+    },
     model::{Detail, Event},
+    process::{self, HeldChild},
 };
 
 /// The syscalls `capagent trace` can report: id and name.
@@ -53,7 +54,7 @@ pub enum TraceError {
     #[error(transparent)]
     Kernel(#[from] KernelError),
     #[error(transparent)]
-    Target(#[from] target::TargetError),
+    Target(#[from] process::TargetError),
     #[error(
         "unknown event {0:?} (expected socket, connect, bind, listen, accept, send, recv, data, close, shutdown, or a syscall name)"
     )]
@@ -161,7 +162,7 @@ pub struct TraceOptions {
     /// `-- CMD ARGS`.
     pub command: Vec<String>,
     /// Where CMD's stdout goes.
-    pub command_stdout: target::ChildStdout,
+    pub command_stdout: process::ChildStdout,
     pub follow_forks: bool,
     /// Syscall ids to report (see [`parse_events`]).
     pub syscalls: Vec<u16>,
@@ -182,50 +183,6 @@ pub struct TraceOutcome {
     pub lost_bytes: u64,
     pub kernel_events: u64,
     pub read_errors: u64,
-}
-
-/// Hands every record waiting in the ring buffer to the assembler and the complete events to
-/// `emit`; returns the bytes drained.
-fn drain<C: assemble::CommLookup>(
-    ring: &mut RingBuf<MapData>,
-    assembler: &mut Assembler<C>,
-    emit: &mut dyn FnMut(&Event),
-) -> u64 {
-    let mut events = Vec::new();
-    let mut bytes = 0;
-    while let Some(item) = ring.next() {
-        bytes += item.len() as u64;
-        match decode::decode(&item) {
-            Ok(rec) => assembler.push_into(&rec, &mut events),
-            Err(e) => tracing::warn!("undecodable kernel record: {e}"),
-        }
-        drop(item);
-        for ev in events.drain(..) {
-            emit(&ev);
-        }
-    }
-    bytes
-}
-
-/// Continues the processes the kernel stopped because the ring buffer was filling up (the
-/// caller has just drained it).
-fn resume_paused(paused: &mut HashMap<MapData, u32, u8>) {
-    let pids: Vec<u32> = paused.keys().filter_map(Result::ok).collect();
-    for pid in pids {
-        let _ = paused.remove(&pid);
-        unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
-    }
-}
-
-/// True while `pid` is a live (not zombie) process.
-fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.trim_start().chars().next())
-            .is_some_and(|state| state != 'Z' && state != 'X'),
-        Err(_) => false,
-    }
 }
 
 /// Where [`run`] hands the events.
@@ -259,13 +216,80 @@ pub fn run(
     }
     kernel::require_root("capagent trace")?;
     for &pid in &opts.pids {
-        target::check_pid(pid)?;
+        process::check_pid(pid)?;
     }
-    let comm_filter = opts.comm.as_deref().map(target::comm_filter).transpose()?;
-    kernel::ensure_tracefs()?;
+    let comm_filter = opts.comm.as_deref().map(process::comm_filter).transpose()?;
+    let config = config(opts, session::prepare("capagent trace")?, comm_filter);
+    let _span = tracing::info_span!("trace").entered();
+    let mut ebpf = kernel::load(&config, opts.ring_bytes)?;
 
+    // The maps userspace works with, taken out of the object (they stay alive while held).
+    let mut traced: HashMap<MapData, u32, u8> = kernel::take_map(&mut ebpf, "TRACED")?;
+    let ring: RingBuf<MapData> = kernel::take_map(&mut ebpf, "EVENTS")?;
+    let mut tracer = Tracer {
+        // The kernel names every record with its process's name at the time of the call
+        // (the thread group leader's comm): no /proc lookup (it would be racy with exec).
+        assembler: Assembler::new(crate::clock::boot_to_wall_offset_ns(), assemble::ThreadComm),
+        sink,
+        events: Vec::new(),
+        live: HashSet::new(),
+        stop_when_gone: opts.comm.is_none() && !opts.all,
+        child_running: !opts.command.is_empty(),
+        counters: kernel::take_map(&mut ebpf, "COUNTERS")?,
+        paused: kernel::take_map(&mut ebpf, "PAUSED")?,
+        reported_lost: (0, 0),
+        wakeup_bytes: u64::from(config.wakeup_bytes),
+        drained_since_check: 0,
+        output_error: None,
+    };
+    let mut trace_pid = |pid: u32, live: &mut HashSet<u32>| {
+        live.insert(pid);
+        traced
+            .insert(pid, traced::ROOT, 0)
+            .map_err(|source| KernelError::Map {
+                name: "TRACED",
+                source: Box::new(source),
+            })
+    };
+    // Processes to trace, before any program is attached.
+    let by_comm = opts.comm.as_deref().map(process::pids_by_comm);
+    for &pid in opts.pids.iter().chain(by_comm.iter().flatten()) {
+        trace_pid(pid, &mut tracer.live)?;
+    }
+    attach(&mut ebpf)?;
+    // Start the command last, so it is traced from its first syscall.
+    let mut child = None;
+    if !opts.command.is_empty() {
+        let held = HeldChild::spawn(&opts.command, opts.command_stdout)?;
+        trace_pid(held.pid(), &mut tracer.live)?;
+        child = Some(held);
+    }
+    let setup = Setup {
+        programs: ebpf,
+        ring,
+        ring_bytes: opts.ring_bytes,
+        duration: opts.duration,
+        child: child.as_mut(),
+        after_child: None,
+    };
+    let mut session = Session::start(setup, ctl)?;
+    tracing::info!("attached: tracing");
+    while session.poll(&mut tracer)? {}
+
+    // Drain what is left, then close pending calls.
+    session.drain(&mut tracer);
+    tracer.close();
+    session.wait_child(Duration::from_millis(500));
+    let exit_status = session.exit_status();
+    drop(session); // detaches every program
+    tracer.resume_paused();
+    tracer.outcome(exit_status)
+}
+
+/// The programs' configuration for `opts`.
+fn config(opts: &TraceOptions, offsets: KernelOffsets, comm_filter: Option<[u8; 16]>) -> Config {
     let mut config = Config::new();
-    config.offsets = kernel::btf::resolve_offsets().map_err(KernelError::from)?;
+    config.offsets = offsets;
     config.snaplen = opts.snaplen;
     config.trace_all = opts.all as u8;
     config.follow_forks = opts.follow_forks as u8;
@@ -282,208 +306,162 @@ pub fn run(
         config.comm_match = 1;
         config.comm_filter = f;
     }
-    let _span = tracing::info_span!("trace").entered();
-    let mut ebpf = kernel::load(&config, opts.ring_bytes)?;
+    config
+}
 
-    // The maps userspace works with, taken out of the object (they stay alive while held).
-    let mut traced_map: HashMap<MapData, u32, u8> = kernel::take_map(&mut ebpf, "TRACED")?;
-    let mut ring: RingBuf<MapData> = kernel::take_map(&mut ebpf, "EVENTS")?;
-    let counters: PerCpuArray<MapData, u64> = kernel::take_map(&mut ebpf, "COUNTERS")?;
-    let mut paused: HashMap<MapData, u32, u8> = kernel::take_map(&mut ebpf, "PAUSED")?;
-    let mut trace_pid = |pid: u32| {
-        traced_map
-            .insert(pid, traced::ROOT, 0)
-            .map_err(|source| KernelError::Map {
-                name: "TRACED",
-                source: Box::new(source),
-            })
-    };
-
-    // Processes to trace, before any program is attached.
-    let mut live: HashSet<u32> = HashSet::new();
-    let mut roots = opts.pids.clone();
-    if let Some(name) = &opts.comm {
-        roots.extend(target::pids_by_comm(name));
-    }
-    for pid in roots {
-        trace_pid(pid)?;
-        live.insert(pid);
-    }
-
+/// Attaches the programs: process life (fork, exec, exit), then the syscalls.
+fn attach(ebpf: &mut Ebpf) -> Result<(), KernelError> {
     for (prog, tp) in [
         ("task_newtask", ("task", "task_newtask")),
         ("sched_process_exec", ("sched", "sched_process_exec")),
         ("sched_process_exit", ("sched", "sched_process_exit")),
     ] {
-        kernel::attach_tracepoint(&mut ebpf, prog, tp.0, tp.1)?;
+        kernel::attach_tracepoint(ebpf, prog, tp.0, tp.1)?;
     }
-    kernel::attach_raw_tracepoint(&mut ebpf, "sys_enter", "sys_enter")?;
-    kernel::attach_raw_tracepoint(&mut ebpf, "sys_exit", "sys_exit")?;
+    kernel::attach_raw_tracepoint(ebpf, "sys_enter", "sys_enter")?;
+    kernel::attach_raw_tracepoint(ebpf, "sys_exit", "sys_exit")
+}
 
-    // Start the command last, so it is traced from its first syscall.
-    let mut child = None;
-    if !opts.command.is_empty() {
-        let mut held = HeldChild::spawn(&opts.command, opts.command_stdout)?;
-        trace_pid(held.pid())?;
-        live.insert(held.pid());
-        held.release()?;
-        child = Some(held);
-    }
+/// The trace mode of a session: kernel records to events for the sink, the set of live
+/// traced processes, the lost-records reports, and the processes the kernel paused.
+struct Tracer<'s> {
+    assembler: Assembler<assemble::ThreadComm>,
+    sink: &'s mut dyn EventSink,
+    /// The events of the record being handled (reused).
+    events: Vec<Event>,
+    /// The traced processes still alive (when the session ends with them).
+    live: HashSet<u32>,
+    stop_when_gone: bool,
+    /// `-- CMD` has not ended yet.
+    child_running: bool,
+    counters: PerCpuArray<MapData, u64>,
+    paused: HashMap<MapData, u32, u8>,
+    /// The lost events and bytes reported so far.
+    reported_lost: (u64, u64),
+    wakeup_bytes: u64,
+    drained_since_check: u64,
+    output_error: Option<io::Error>,
+}
 
-    let read_counter =
-        |idx: u32| -> u64 { counters.get(&idx, 0).map(|v| v.iter().sum()).unwrap_or(0) };
-
-    let fill = RingFill::new(&ring, u64::from(opts.ring_bytes))
-        .map_err(|e| tracing::debug!("ring buffer fill level unavailable: {e}"))
-        .ok();
-    ctl.arm();
-    tracing::info!("attached: tracing");
-    let started = Instant::now();
-    let deadline = opts.duration.map(|d| started + d);
-    let stop_when_gone = opts.comm.is_none() && !opts.all;
-    // The kernel names every record with its process's name at the time of the call (the
-    // thread group leader's comm), so no /proc lookup is needed (it would be racy with exec).
-    let mut assembler = Assembler::new(assemble::boot_to_wall_offset_ns(), assemble::ThreadComm);
-    let mut outcome = TraceOutcome::default();
-    let mut reported_lost = (0u64, 0u64);
-    let mut last_check = Instant::now();
-    let mut drained_since_check = 0u64;
-    let mut output_error = None;
-
-    // Keeps the set of live traced processes up to date, then hands the event on.
-    let emit = |ev: &Event, live: &mut HashSet<u32>, sink: &mut dyn EventSink| -> io::Result<()> {
+impl Tracer<'_> {
+    /// Keeps the set of live traced processes up to date, then hands the event on.
+    fn emit(&mut self, ev: &Event) {
         match &ev.detail {
-            Detail::Fork { child_pid } if stop_when_gone => {
-                live.insert(*child_pid);
+            Detail::Fork { child_pid } if self.stop_when_gone => {
+                self.live.insert(*child_pid);
             }
             Detail::Exit => {
-                live.remove(&ev.task.pid);
+                self.live.remove(&ev.task.pid);
             }
             _ => {}
         }
-        sink.event(ev)
-    };
-    let now_wall = |assembler: &Assembler<_>| {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
-        assembler.wall_ns((ts.tv_sec * 1_000_000_000 + ts.tv_nsec) as u64)
-    };
-
-    loop {
-        let mut pfd = libc::pollfd {
-            fd: ring.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        unsafe { libc::poll(&mut pfd, 1, ctl.poll_ms()) };
-        drained_since_check += drain(&mut ring, &mut assembler, &mut |ev| {
-            if let Err(e) = emit(ev, &mut live, sink) {
-                output_error.get_or_insert(e);
-            }
-        });
-        // A paused process left at least half the ring buffer behind it: look for paused
-        // processes once that much has been drained (and on the periodic check below).
-        if drained_since_check >= u64::from(config.wakeup_bytes) {
-            drained_since_check = 0;
-            resume_paused(&mut paused);
-        }
-        if output_error.is_some() {
-            break;
-        }
-        let now = Instant::now();
-        if now.duration_since(last_check) >= Duration::from_millis(100) || ctl.is_stopped() {
-            last_check = now;
-            if let Some(f) = &fill {
-                ctl.set_ring_fill(f.used(), f.size());
-            }
-            if let Err(e) = sink.idle() {
-                output_error.get_or_insert(e);
-            }
-            let lost = (
-                read_counter(counter::LOST_EVENTS),
-                read_counter(counter::LOST_BYTES),
-            );
-            if lost != reported_lost {
-                let ev = assemble::lost_event(
-                    now_wall(&assembler),
-                    lost.0 - reported_lost.0,
-                    lost.1 - reported_lost.1,
-                );
-                reported_lost = lost;
-                if let Err(e) = emit(&ev, &mut live, sink) {
-                    output_error.get_or_insert(e);
-                }
-            }
-            if stop_when_gone {
-                live.retain(|&pid| alive(pid));
-            }
-            resume_paused(&mut paused);
-        }
-        if ctl.is_stopped() || deadline.is_some_and(|d| now >= d) {
-            break;
-        }
-        if let Some(held) = child.as_mut()
-            && outcome.exit_status.is_none()
-            && let Some(status) = held.try_wait()?
-        {
-            outcome.exit_status = Some(status);
-            live.remove(&held.pid());
-        }
-        if stop_when_gone
-            && live.is_empty()
-            && child.as_ref().is_none_or(|_| outcome.exit_status.is_some())
-        {
-            break;
+        if let Err(e) = self.sink.event(ev) {
+            self.output_error.get_or_insert(e);
         }
     }
 
-    // Drain what is left, then close pending calls.
-    drain(&mut ring, &mut assembler, &mut |ev| {
-        if let Err(e) = emit(ev, &mut live, sink) {
-            output_error.get_or_insert(e);
-        }
-    });
-    for ev in assembler.flush() {
-        if let Err(e) = emit(&ev, &mut live, sink) {
-            output_error.get_or_insert(e);
-        }
+    fn counter(&self, idx: u32) -> u64 {
+        self.counters
+            .get(&idx, 0)
+            .map(|v| v.iter().sum())
+            .unwrap_or(0)
     }
-    outcome.lost_events = read_counter(counter::LOST_EVENTS);
-    outcome.lost_bytes = read_counter(counter::LOST_BYTES);
-    if (outcome.lost_events, outcome.lost_bytes) != reported_lost {
-        let ev = assemble::lost_event(
-            now_wall(&assembler),
-            outcome.lost_events - reported_lost.0,
-            outcome.lost_bytes - reported_lost.1,
+
+    /// Reports the records the kernel lost since the last report, if any.
+    fn report_lost(&mut self) {
+        let lost = (
+            self.counter(counter::LOST_EVENTS),
+            self.counter(counter::LOST_BYTES),
         );
-        if let Err(e) = emit(&ev, &mut live, sink) {
-            output_error.get_or_insert(e);
+        if lost != self.reported_lost {
+            let now = self.assembler.wall_ns(crate::clock::boot_ns());
+            let ev = assemble::lost_event(
+                now,
+                lost.0 - self.reported_lost.0,
+                lost.1 - self.reported_lost.1,
+            );
+            self.reported_lost = lost;
+            self.emit(&ev);
         }
     }
-    outcome.kernel_events = read_counter(counter::EVENTS);
-    outcome.read_errors = read_counter(counter::READ_ERRORS);
-    resume_paused(&mut paused);
-    if let Some(mut held) = child
-        && outcome.exit_status.is_none()
-    {
-        // Stopped by a signal or --duration. Ctrl-C reached the command too (same terminal
-        // process group): give it a moment to exit so its status can be passed on; a command
-        // that goes on keeps running on its own, as after strace detaches.
-        let grace = Instant::now() + Duration::from_millis(500);
-        while outcome.exit_status.is_none() && Instant::now() < grace {
-            outcome.exit_status = held.try_wait().ok().flatten();
-            std::thread::sleep(Duration::from_millis(10));
+
+    /// Continues the processes the kernel stopped because the ring buffer was filling up
+    /// (the caller has just drained it).
+    fn resume_paused(&mut self) {
+        let pids: Vec<u32> = self.paused.keys().filter_map(Result::ok).collect();
+        for pid in pids {
+            let _ = self.paused.remove(&pid);
+            // SAFETY: kill(2) has no memory effects.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
         }
     }
-    drop(ebpf); // detaches every program
-    resume_paused(&mut paused);
-    if let Some(e) = output_error {
-        return Err(TraceError::Output(e));
+
+    /// At the end: closes the pending calls and reports the last losses.
+    fn close(&mut self) {
+        for ev in self.assembler.flush() {
+            self.emit(&ev);
+        }
+        self.report_lost();
+        self.resume_paused();
     }
-    Ok(outcome)
+
+    fn outcome(self, exit_status: Option<ExitStatus>) -> Result<TraceOutcome, TraceError> {
+        if let Some(e) = self.output_error {
+            return Err(TraceError::Output(e));
+        }
+        Ok(TraceOutcome {
+            exit_status,
+            lost_events: self.reported_lost.0,
+            lost_bytes: self.reported_lost.1,
+            kernel_events: self.counter(counter::EVENTS),
+            read_errors: self.counter(counter::READ_ERRORS),
+        })
+    }
+}
+
+impl Mode for Tracer<'_> {
+    fn record(&mut self, rec: &[u8]) {
+        match decode::decode(rec) {
+            Ok(rec) => self.assembler.push_into(&rec, &mut self.events),
+            Err(e) => tracing::warn!("undecodable kernel record: {e}"),
+        }
+        let mut events = std::mem::take(&mut self.events);
+        for ev in events.drain(..) {
+            self.emit(&ev);
+        }
+        self.events = events;
+    }
+
+    fn drained(&mut self, bytes: u64) {
+        // A paused process left at least half the ring buffer behind it: look for paused
+        // processes once that much has been drained (and on every tick).
+        self.drained_since_check += bytes;
+        if self.drained_since_check >= self.wakeup_bytes {
+            self.drained_since_check = 0;
+            self.resume_paused();
+        }
+    }
+
+    fn tick(&mut self) {
+        if let Err(e) = self.sink.idle() {
+            self.output_error.get_or_insert(e);
+        }
+        self.report_lost();
+        if self.stop_when_gone {
+            self.live.retain(|&pid| process::alive(pid));
+        }
+        self.resume_paused();
+    }
+
+    fn child_exited(&mut self, pid: u32) {
+        self.child_running = false;
+        self.live.remove(&pid);
+    }
+
+    fn done(&self) -> bool {
+        self.output_error.is_some()
+            || (self.stop_when_gone && self.live.is_empty() && !self.child_running)
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use crate::model::{Detail, Direction, Endpoint, Event, Transport};
+use crate::output::num::human_bytes;
 
 /// Most connections tracked; the data of further ones only counts in the totals.
 pub const MAX_CONNECTIONS: usize = 100_000;
@@ -272,21 +273,6 @@ fn push_bytes_exact(s: &mut String, n: u64) {
     if n >= 1024 {
         let _ = write!(s, " ({n} B)");
     }
-}
-
-/// `78 B`, `1.5 KiB`, `12.0 MiB`, `3.2 GiB`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
 }
 
 #[cfg(test)]
@@ -568,14 +554,5 @@ mod tests {
             Some("10.0.0.1:53"),
         ));
         assert_eq!(s.connections().len(), peers as usize + 2);
-    }
-
-    #[test]
-    fn human() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(1023), "1023 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(12 << 20), "12.0 MiB");
-        assert_eq!(human_bytes(u64::MAX), "16777216.0 TiB");
     }
 }

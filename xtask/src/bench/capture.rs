@@ -182,6 +182,9 @@ struct Measured {
     report: CapturerReport,
     /// Capturer CPU seconds (user + system) per second of iperf3.
     cpu: Option<f64>,
+    /// Seconds the capturer's threads waited for a CPU while runnable, per second of iperf3
+    /// (what starves it on a busy machine).
+    waited: Option<f64>,
 }
 
 pub fn capture(args: CaptureBenchArgs) -> Result<()> {
@@ -290,6 +293,9 @@ fn summary_line(case: Case, m: &Measured) -> String {
         }
         if let Some(c) = m.cpu {
             s.push_str(&format!("; capturer CPU {:.0}%", 100.0 * c));
+        }
+        if let Some(w) = m.waited {
+            s.push_str(&format!(", waited for a CPU {:.0}%", 100.0 * w));
         }
     }
     s
@@ -464,16 +470,18 @@ impl Capturer {
         }
     }
 
-    /// Seconds its threads have run on a CPU so far (`/proc/PID/task/*/schedstat`: the
-    /// scheduler's own clock; utime and stime are tick samples, which miss most of it on a
-    /// busy virtual machine).
-    fn cpu_seconds(&self) -> Option<f64> {
-        let mut ns = 0u64;
+    /// Seconds its threads have run on a CPU so far, and waited for one while runnable
+    /// (`/proc/PID/task/*/schedstat`: the scheduler's own clock; utime and stime are tick
+    /// samples, which miss most of it on a busy virtual machine).
+    fn sched_seconds(&self) -> Option<(f64, f64)> {
+        let (mut run, mut wait) = (0u64, 0u64);
         for t in fs::read_dir(format!("/proc/{}/task", self.child.id())).ok()? {
             let stat = fs::read_to_string(t.ok()?.path().join("schedstat")).ok()?;
-            ns += run_ns_of_schedstat(&stat)?;
+            let (r, w) = sched_ns_of_schedstat(&stat)?;
+            run += r;
+            wait += w;
         }
-        Some(ns as f64 / 1e9)
+        Some((run as f64 / 1e9, wait as f64 / 1e9))
     }
 
     /// SIGINT (both tools then write their statistics and exit), and its stderr.
@@ -503,9 +511,11 @@ impl Drop for Capturer {
     }
 }
 
-/// The first field of a `schedstat` line: nanoseconds on a CPU.
-fn run_ns_of_schedstat(stat: &str) -> Option<u64> {
-    stat.split_whitespace().next()?.parse().ok()
+/// The first two fields of a `schedstat` line: nanoseconds on a CPU, and waiting on a run
+/// queue.
+fn sched_ns_of_schedstat(stat: &str) -> Option<(u64, u64)> {
+    let mut f = stat.split_whitespace();
+    Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
 }
 
 fn run_case(
@@ -552,7 +562,7 @@ fn run_case(
             Some(Capturer::start(c, "capagent: capturing on")?)
         }
     };
-    let cpu0 = capturer.as_ref().and_then(Capturer::cpu_seconds);
+    let sched0 = capturer.as_ref().and_then(Capturer::sched_seconds);
     let mut client = ns.cmd(Path::new("iperf3"));
     client.args([
         "-c",
@@ -572,7 +582,7 @@ fn run_case(
     let started = Instant::now();
     let out = util::run_captured(&mut client, Duration::from_secs(u64::from(args.time) + 60))?;
     let elapsed = started.elapsed().as_secs_f64();
-    let cpu1 = capturer.as_ref().and_then(Capturer::cpu_seconds);
+    let sched1 = capturer.as_ref().and_then(Capturer::sched_seconds);
     let stderr = match capturer {
         Some(c) => Some(c.stop().with_context(|| case.label())?),
         None => None,
@@ -608,8 +618,12 @@ fn run_case(
         file: file_count,
         file_size,
         report,
-        cpu: match (cpu0, cpu1) {
-            (Some(a), Some(b)) if elapsed > 0.0 => Some((b - a) / elapsed),
+        cpu: match (sched0, sched1) {
+            (Some(a), Some(b)) if elapsed > 0.0 => Some((b.0 - a.0) / elapsed),
+            _ => None,
+        },
+        waited: match (sched0, sched1) {
+            (Some(a), Some(b)) if elapsed > 0.0 => Some((b.1 - a.1) / elapsed),
             _ => None,
         },
     })
@@ -930,6 +944,7 @@ fn print_table(
         "dropped (reported)",
         "file size",
         "capturer CPU",
+        "capturer waited",
     ];
     let mut table: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     let base = rows
@@ -980,6 +995,7 @@ fn print_table(
                 "-".into(),
                 "-".into(),
                 "-".into(),
+                "-".into(),
             ]);
         } else {
             let f = m.file.unwrap_or_default();
@@ -997,6 +1013,8 @@ fn print_table(
                 dropped,
                 fmt_size(m.file_size),
                 m.cpu.map_or("?".into(), |c| format!("{:.0}%", 100.0 * c)),
+                m.waited
+                    .map_or("?".into(), |w| format!("{:.0}%", 100.0 * w)),
             ]);
         }
         table.push(row);
@@ -1030,7 +1048,9 @@ fn print_table(
             .into(),
         "kernel pkts: lo's tx_packets during the run (each packet counted once). wire bytes in \
          file: the packets' original lengths summed over the file / the bytes the kernel \
-         counted, Ethernet headers included. capturer CPU: its time on a CPU / the run's time."
+         counted, Ethernet headers included. capturer CPU: its time on a CPU / the run's time; \
+         capturer waited: its time runnable but waiting for a CPU / the run's time (other work \
+         on the machine taking the CPUs: the drops of a capturer that waits come from there)."
             .into(),
         "On lo, tcpdump keeps the ingress copy of each packet, after GSO segmentation; capagent \
          the egress copy, before it: fewer, larger packets (up to 128 KiB, cut at 65535 bytes) \
@@ -1187,8 +1207,8 @@ mod tests {
             })
         );
         assert_eq!(
-            run_ns_of_schedstat("866523174 2479034750 531\n"),
-            Some(866_523_174)
+            sched_ns_of_schedstat("866523174 2479034750 531\n"),
+            Some((866_523_174, 2_479_034_750))
         );
     }
 }

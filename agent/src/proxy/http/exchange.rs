@@ -21,8 +21,8 @@ use super::head::{self, HeadError, RequestHead, ResponseHead};
 use super::message;
 use crate::model::{Direction, Transport};
 use crate::proxy::Ctx;
-use crate::proxy::dial::{DialError, FailKind, Target};
 use crate::proxy::record::Conn;
+use crate::proxy::target::{DialError, FailKind, Target};
 
 /// Bytes read at a time, and the client output buffered before a write.
 pub const READ_CHUNK: usize = 64 * 1024;
@@ -266,8 +266,8 @@ impl Upstream {
 /// The key a server connection is reused under.
 pub fn host_key(t: &Target) -> String {
     match &t.host {
-        crate::proxy::dial::Host::Name(n) => n.to_ascii_lowercase(),
-        crate::proxy::dial::Host::Ip(ip) => ip.to_string(),
+        crate::proxy::target::Host::Name(n) => n.to_ascii_lowercase(),
+        crate::proxy::target::Host::Ip(ip) => ip.to_string(),
     }
 }
 

@@ -13,7 +13,7 @@ use super::body::{self, Framing};
 use super::exchange::{Client, Upstream, forward_request};
 use super::head::{RequestHead, values};
 use super::message::{self, Target as ReqTarget};
-use crate::proxy::dial::{Host, Target};
+use crate::proxy::target::{Host, Target};
 use crate::proxy::{Ctx, bind_tcp, serve};
 
 /// Process name of the records.

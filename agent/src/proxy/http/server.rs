@@ -19,7 +19,7 @@ use super::exchange::{Client, Upstream, dial_status, forward_request};
 use super::head::RequestHead;
 use super::message::{self, Auth, Target as ReqTarget};
 use crate::model::{Direction, Transport};
-use crate::proxy::dial::Target;
+use crate::proxy::target::Target;
 use crate::proxy::{Ctx, bind_tcp, relay, serve};
 
 /// Process name of the records.

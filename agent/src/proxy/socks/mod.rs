@@ -10,7 +10,7 @@ pub mod server;
 pub mod v4;
 pub mod v5;
 
-use crate::proxy::dial::Target;
+use crate::proxy::target::Target;
 
 /// What a parser made of the bytes so far.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 
 use super::{Parse, SocksError, v4, v5};
 use crate::model::{Direction, Transport};
-use crate::proxy::dial::{self, DialError, FailKind, Host, Target};
+use crate::proxy::target::{DialError, FailKind, Host, Target, resolve};
 use crate::proxy::{self, Ctx, read_message, relay};
 
 /// Process name of SOCKS records.
@@ -438,7 +438,7 @@ async fn connect(
 /// The local address to offer for connections from `target` (the address this host uses to
 /// reach it), else the address the client reached us on.
 async fn bind_ip(target: &Target, fallback: IpAddr) -> IpAddr {
-    let addr = match dial::resolve(target).await {
+    let addr = match resolve(target).await {
         Ok(a) => a.into_iter().next(),
         Err(_) => None,
     };
@@ -548,12 +548,10 @@ async fn bind(
     let allowed = match &target.host {
         Host::Ip(ip) if ip.is_unspecified() => true,
         Host::Ip(ip) => same_ip(*ip, from.ip()),
-        Host::Name(_) => {
-            match tokio::time::timeout(ctx.limits.handshake, dial::resolve(target)).await {
-                Ok(Ok(addrs)) => addrs.iter().any(|a| same_ip(a.ip(), from.ip())),
-                _ => false,
-            }
-        }
+        Host::Name(_) => match tokio::time::timeout(ctx.limits.handshake, resolve(target)).await {
+            Ok(Ok(addrs)) => addrs.iter().any(|a| same_ip(a.ip(), from.ip())),
+            _ => false,
+        },
     };
     let requested = target.to_string();
     if !allowed {
@@ -681,9 +679,9 @@ async fn udp_associate(
                         let key = format!("{name}:{}", h.target.port);
                         match names.get(&key) {
                             Some(a) => *a,
-                            None => match tokio::time::timeout(ctx.limits.handshake, dial::resolve(&h.target))
+                            None => match tokio::time::timeout(ctx.limits.handshake, resolve(&h.target))
                                 .await
-                                .unwrap_or_else(|_| Err(dial::DialError::Timeout { target: h.target.to_string() }))
+                                .unwrap_or_else(|_| Err(DialError::Timeout { target: h.target.to_string() }))
                             {
                                 Ok(a) => {
                                     if names.len() >= UDP_NAMES_MAX {

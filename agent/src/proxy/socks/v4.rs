@@ -10,7 +10,7 @@
 use std::net::{Ipv4Addr, SocketAddr};
 
 use super::{Parse, SocksError};
-use crate::proxy::dial::Target;
+use crate::proxy::target::Target;
 
 pub const VERSION: u8 = 4;
 pub const REPLY_VERSION: u8 = 0;

@@ -13,7 +13,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use super::{Parse, SocksError};
-use crate::proxy::dial::{Host, Target};
+use crate::proxy::target::{Host, Target};
 
 pub const VERSION: u8 = 5;
 /// RFC 1929 sub-negotiation version.

@@ -6,7 +6,8 @@
 //!   Each row runs `--iperf-runs` times, rows interleaved, and shows the median.
 //! - **SOCKS5 connections per second**: client threads in this process each loop on
 //!   connect, greeting, CONNECT to a local server that answers 2 bytes, read them, close;
-//!   through `capagent proxy socks` (recording off and to pcapng) and microsocks.
+//!   through `capagent proxy socks` (recording off and to pcapng) and microsocks, all
+//!   running during a round and taking 1-second turns in rotating order.
 //! - **Memory**: RSS of the proxy holding `--rss-conns` relayed connections (each with a
 //!   round trip done), next to haproxy's and socat's (all its processes).
 //!
@@ -39,10 +40,11 @@ pub struct CoreBenchArgs {
     /// iperf3 runs per row (the median is shown).
     #[arg(long, default_value_t = 3)]
     pub iperf_runs: usize,
-    /// Seconds each SOCKS5 connection-rate run lasts.
+    /// One-second turns each proxy gets per SOCKS5 connection-rate round (turns of the
+    /// proxies interleaved).
     #[arg(long, default_value_t = 5)]
     pub socks_secs: u64,
-    /// SOCKS5 connection-rate runs per proxy (the median is shown).
+    /// SOCKS5 connection-rate rounds (the median is shown).
     #[arg(long, default_value_t = 3)]
     pub socks_runs: usize,
     /// Client threads of the SOCKS5 connection-rate runs.
@@ -388,9 +390,9 @@ impl Socks {
 
 struct RateRow {
     name: &'static str,
-    /// Connections per second (median), failed attempts, each round's rate, and the
-    /// proxy's CPU time per connection (µs, median).
-    rate: std::result::Result<(f64, u64, Vec<f64>, f64), String>,
+    /// Connections per second (median), failed attempts, each round's rate, the proxy's
+    /// CPU time per connection (µs, median) and its CPU time over the turns' time (median).
+    rate: std::result::Result<(f64, u64, Vec<f64>, f64, f64), String>,
 }
 
 fn socks_rates(args: &CoreBenchArgs, env: &Env) -> Vec<RateRow> {
@@ -399,20 +401,51 @@ fn socks_rates(args: &CoreBenchArgs, env: &Env) -> Vec<RateRow> {
         Socks::CapagentRecord,
         Socks::Microsocks,
     ];
-    // Rounds of one run per proxy, so that load changes hit every row alike.
+    // Each round starts every proxy, then runs the clients against them in turns of one
+    // second, the order rotating from turn to turn, for `--socks-secs` turns each: a change
+    // of the machine's load during a round hits every proxy alike (rounds of one 5 s run per
+    // proxy, one after the other, let a load change decide a round's ratio).
     let mut samples: Vec<std::result::Result<Vec<RateSample>, String>> =
         kinds.iter().map(|_| Ok(Vec::new())).collect();
     for round in 0..args.socks_runs {
-        for (i, &kind) in kinds.iter().enumerate() {
-            let Ok(v) = &mut samples[i] else { continue };
-            eprintln!(
-                "bench: SOCKS5 connections per second, {} (run {}/{})",
-                kind.name(),
-                round + 1,
-                args.socks_runs
-            );
-            match socks_rate(args, env, kind) {
-                Ok(x) => v.push(x),
+        eprintln!(
+            "bench: SOCKS5 connections per second, round {}/{} ({} turns of 1 s per proxy)",
+            round + 1,
+            args.socks_runs,
+            args.socks_secs
+        );
+        let mut running: Vec<Option<SocksRun>> = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, &kind)| {
+                samples[i].as_ref().ok()?;
+                match SocksRun::start(env, kind) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        samples[i] = Err(format!("{e:#}"));
+                        None
+                    }
+                }
+            })
+            .collect();
+        for turn in 0..args.socks_secs.max(1) as usize {
+            for k in 0..kinds.len() {
+                let i = (round + turn + k) % kinds.len();
+                let Some(r) = &mut running[i] else { continue };
+                if let Err(e) = r.turn(args.socks_clients, Duration::from_secs(1)) {
+                    samples[i] = Err(format!("{e:#}"));
+                    running[i] = None;
+                }
+            }
+        }
+        for (i, r) in running.into_iter().enumerate() {
+            let Some(r) = r else { continue };
+            match r.finish() {
+                Ok(x) => {
+                    if let Ok(v) = &mut samples[i] {
+                        v.push(x)
+                    }
+                }
                 Err(e) => samples[i] = Err(format!("{e:#}")),
             }
         }
@@ -429,19 +462,22 @@ fn socks_rates(args: &CoreBenchArgs, env: &Env) -> Vec<RateRow> {
                 let failed = v.iter().map(|x| x.1).sum();
                 let rounds: Vec<f64> = v.iter().map(|x| x.0).collect();
                 let mut cpu: Vec<f64> = v.iter().map(|x| x.2).collect();
+                let mut share: Vec<f64> = v.iter().map(|x| x.3).collect();
                 Ok((
                     median(&mut rounds.clone()),
                     failed,
                     rounds,
                     median(&mut cpu),
+                    median(&mut share),
                 ))
             }),
         })
         .collect()
 }
 
-/// One SOCKS run: connections per second, failed attempts, proxy CPU µs per connection.
-type RateSample = (f64, u64, f64);
+/// One SOCKS round of a proxy: connections per second, failed attempts, proxy CPU µs per
+/// connection, proxy CPU time over the turns' time.
+type RateSample = (f64, u64, f64, f64);
 
 /// CPU time (user + system) `pid` used so far, in seconds.
 fn cpu_secs(pid: u32) -> Result<f64> {
@@ -462,74 +498,117 @@ fn cpu_secs(pid: u32) -> Result<f64> {
     Ok((ticks(11)? + ticks(12)?) / hz)
 }
 
-/// Connections per second, failed attempts, and the proxy's CPU time per connection (µs).
-fn socks_rate(args: &CoreBenchArgs, env: &Env, kind: Socks) -> Result<RateSample> {
-    let target = ok_server()?;
-    let port = free_port()?;
-    let listen = format!("127.0.0.1:{port}");
-    let mut guard = match kind {
-        Socks::CapagentNoRecord | Socks::CapagentRecord => {
-            let bin = env.capagent.map_err(|e| anyhow::anyhow!("{e}"))?;
-            let mut cmd = Command::new(bin);
-            cmd.args(["proxy", "socks", "--listen", &listen])
-                .stderr(Stdio::null());
-            if kind == Socks::CapagentRecord {
-                let f = fs::File::create(env.tmp.join("socks.pcapng"))?;
-                cmd.args(["-w", "-"]).stdout(f);
-            } else {
-                cmd.arg("--no-record").stdout(Stdio::null());
-            }
-            Guard::spawn(&mut cmd)?
-        }
-        Socks::Microsocks => {
-            which("microsocks").context("microsocks is not installed (cargo xtask setup)")?;
-            Guard::spawn(
-                Command::new("microsocks")
-                    .args(["-i", "127.0.0.1", "-p", &port.to_string()])
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null()),
-            )?
-        }
-    };
-    wait_listening(port, &mut guard)?;
-    let proxy: SocketAddr = listen.parse()?;
-    socks5_once(proxy, target).context("a first SOCKS5 CONNECT failed")?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let done = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let cpu0 = cpu_secs(guard.pid())?;
-    let start = Instant::now();
-    let threads: Vec<_> = (0..args.socks_clients)
-        .map(|_| {
-            let (stop, done, failed) = (stop.clone(), done.clone(), failed.clone());
-            thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    match socks5_once(proxy, target) {
-                        Ok(()) => done.fetch_add(1, Ordering::Relaxed),
-                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
-                    };
+/// A SOCKS proxy of one round, with its target server, and what its turns measured.
+struct SocksRun {
+    kind: Socks,
+    guard: Guard,
+    proxy: SocketAddr,
+    target: SocketAddr,
+    done: u64,
+    failed: u64,
+    secs: f64,
+    cpu: f64,
+    /// The recording's file, deleted at the end.
+    file: Option<std::path::PathBuf>,
+}
+
+impl SocksRun {
+    fn start(env: &Env, kind: Socks) -> Result<SocksRun> {
+        let target = ok_server()?;
+        let port = free_port()?;
+        let listen = format!("127.0.0.1:{port}");
+        let mut file = None;
+        let mut guard = match kind {
+            Socks::CapagentNoRecord | Socks::CapagentRecord => {
+                let bin = env.capagent.map_err(|e| anyhow::anyhow!("{e}"))?;
+                let mut cmd = Command::new(bin);
+                cmd.args(["proxy", "socks", "--listen", &listen])
+                    .stderr(Stdio::null());
+                if kind == Socks::CapagentRecord {
+                    file = Some(env.tmp.join("socks.pcapng"));
+                    let f = fs::File::create(env.tmp.join("socks.pcapng"))?;
+                    cmd.args(["-w", "-"]).stdout(f);
+                } else {
+                    cmd.arg("--no-record").stdout(Stdio::null());
                 }
-            })
+                Guard::spawn(&mut cmd)?
+            }
+            Socks::Microsocks => {
+                which("microsocks").context("microsocks is not installed (cargo xtask setup)")?;
+                Guard::spawn(
+                    Command::new("microsocks")
+                        .args(["-i", "127.0.0.1", "-p", &port.to_string()])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null()),
+                )?
+            }
+        };
+        wait_listening(port, &mut guard)?;
+        let proxy: SocketAddr = listen.parse()?;
+        socks5_once(proxy, target).context("a first SOCKS5 CONNECT failed")?;
+        Ok(SocksRun {
+            kind,
+            guard,
+            proxy,
+            target,
+            done: 0,
+            failed: 0,
+            secs: 0.0,
+            cpu: 0.0,
+            file,
         })
-        .collect();
-    thread::sleep(Duration::from_secs(args.socks_secs));
-    stop.store(true, Ordering::Relaxed);
-    for t in threads {
-        let _ = t.join();
     }
-    let secs = start.elapsed().as_secs_f64();
-    let cpu = cpu_secs(guard.pid())? - cpu0;
-    match kind {
-        Socks::Microsocks => drop(guard),
-        _ => guard.stop()?,
+
+    /// `clients` threads loop on SOCKS5 connections through the proxy for `dur`.
+    fn turn(&mut self, clients: usize, dur: Duration) -> Result<()> {
+        let (proxy, target) = (self.proxy, self.target);
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let cpu0 = cpu_secs(self.guard.pid())?;
+        let start = Instant::now();
+        let threads: Vec<_> = (0..clients)
+            .map(|_| {
+                let (stop, done, failed) = (stop.clone(), done.clone(), failed.clone());
+                thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        match socks5_once(proxy, target) {
+                            Ok(()) => done.fetch_add(1, Ordering::Relaxed),
+                            Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                        };
+                    }
+                })
+            })
+            .collect();
+        thread::sleep(dur);
+        stop.store(true, Ordering::Relaxed);
+        for t in threads {
+            let _ = t.join();
+        }
+        self.secs += start.elapsed().as_secs_f64();
+        self.cpu += cpu_secs(self.guard.pid())? - cpu0;
+        self.done += done.load(Ordering::Relaxed);
+        self.failed += failed.load(Ordering::Relaxed);
+        Ok(())
     }
-    let _ = fs::remove_file(env.tmp.join("socks.pcapng"));
-    let done = done.load(Ordering::Relaxed);
-    Ok((
-        done as f64 / secs,
-        failed.load(Ordering::Relaxed),
-        cpu * 1e6 / done.max(1) as f64,
-    ))
+
+    /// Stops the proxy; connections per second, failed attempts, CPU µs per connection, CPU
+    /// share.
+    fn finish(self) -> Result<RateSample> {
+        match self.kind {
+            Socks::Microsocks => drop(self.guard),
+            _ => self.guard.stop()?,
+        }
+        if let Some(f) = &self.file {
+            let _ = fs::remove_file(f);
+        }
+        Ok((
+            self.done as f64 / self.secs.max(1e-9),
+            self.failed,
+            self.cpu * 1e6 / self.done.max(1) as f64,
+            self.cpu / self.secs.max(1e-9),
+        ))
+    }
 }
 
 /// Resident memory of `pid` and its descendants, in KiB.
@@ -731,22 +810,30 @@ fn print_tables(args: &CoreBenchArgs, tput: &[ThroughputRow], rates: &[RateRow],
     if !rates.is_empty() {
         println!();
         println!(
-            "## SOCKS5 connections per second ({} client threads, {} s, median of {}; CONNECT + 2-byte answer + close)",
-            args.socks_clients, args.socks_secs, args.socks_runs
+            "## SOCKS5 connections per second ({} client threads; rounds of {} interleaved 1 s turns per proxy, median of {}; CONNECT + 2-byte answer + close; loadavg {})",
+            args.socks_clients,
+            args.socks_secs,
+            args.socks_runs,
+            fs::read_to_string("/proc/loadavg")
+                .unwrap_or_default()
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
         );
         let micro = rates
             .iter()
             .find(|r| r.name == Socks::Microsocks.name())
             .and_then(|r| r.rate.as_ref().ok());
         println!(
-            "{:<32} {:>10} {:>12} {:>8} {:>12}  x microsocks by round: min-max (each round)",
-            "proxy", "conn/s", "x microsocks", "failed", "CPU us/conn"
+            "{:<32} {:>10} {:>12} {:>8} {:>12} {:>9}  x microsocks by round: min-max (each round)",
+            "proxy", "conn/s", "x microsocks", "failed", "CPU us/conn", "CPU used"
         );
         for r in rates {
             match &r.rate {
-                Ok((rate, failed, rounds, cpu)) => {
-                    // Rounds run the proxies one after the other, so a round's ratio compares
-                    // them under the same load.
+                Ok((rate, failed, rounds, cpu, share)) => {
+                    // A round interleaves the proxies' turns, so its ratio compares them
+                    // under the same load.
                     let by_round = micro.map(|m| {
                         let x: Vec<f64> = rounds.iter().zip(&m.2).map(|(a, b)| a / b).collect();
                         let lo = x.iter().copied().fold(f64::INFINITY, f64::min);
@@ -755,23 +842,24 @@ fn print_tables(args: &CoreBenchArgs, tput: &[ThroughputRow], rates: &[RateRow],
                         format!("{lo:.2}-{hi:.2} ({})", each.join(" "))
                     });
                     println!(
-                        "{:<32} {:>10.0} {:>12} {:>8} {:>12.1}  {}",
+                        "{:<32} {:>10.0} {:>12} {:>8} {:>12.1} {:>9}  {}",
                         r.name,
                         rate,
                         micro.map_or("-".into(), |m| format!("{:.2}x", rate / m.0)),
                         failed,
                         cpu,
+                        format!("{:.0}%", share * 100.0),
                         by_round.unwrap_or_default()
                     )
                 }
                 Err(e) => println!(
-                    "{:<32} {:>10} {:>12} {:>8} {:>12}  {e}",
-                    r.name, "-", "-", "-", "-"
+                    "{:<32} {:>10} {:>12} {:>8} {:>12} {:>9}  {e}",
+                    r.name, "-", "-", "-", "-", "-"
                 ),
             }
         }
         println!(
-            "target: capagent socks >= 1.00x microsocks (CPU us/conn: the proxy's user + system time per connection, kernel TCP work included)"
+            "target: capagent socks >= 1.00x microsocks (CPU us/conn: the proxy's user + system time per connection, kernel TCP work included; CPU used: that time over the time it served, in % of one CPU: on a busy machine the scheduler shares CPUs by thread, and microsocks runs a thread per connection, capagent one per CPU)"
         );
     }
     if !mem.is_empty() {

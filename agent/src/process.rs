@@ -1,5 +1,6 @@
-//! Which processes a trace follows, and starting `-- CMD` so it is traced from its first
-//! syscall.
+//! Processes a session works with (trace, capture, intercept): pid and name checks, and
+//! starting `-- CMD` held before `exec` until the session is live, so it is seen from its
+//! first syscall or packet.
 
 use std::{
     ffi::CString,
@@ -37,7 +38,7 @@ pub enum ChildStdout {
     Stderr,
 }
 
-/// A process started by `trace -- CMD`, held before `exec` until [`HeldChild::release`], so
+/// A process started by `-- CMD`, held before `exec` until [`HeldChild::release`], so
 /// the caller can mark it traced first.
 ///
 /// `std::process::Command::spawn` cannot do this: it waits for the child's `exec`.
@@ -178,12 +179,35 @@ impl HeldChild {
     }
 }
 
+impl Drop for HeldChild {
+    /// A child never released is killed (and reaped): without this, closing the pipe it
+    /// waits on would let it go on to `exec`, unwatched, after the session failed to start.
+    fn drop(&mut self) {
+        if self.release.is_some() && self.status.is_none() {
+            // SAFETY: kill(2) on our own child, which has not exec'ed yet.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            let _ = self.wait();
+        }
+    }
+}
+
 /// Fails unless /proc/PID exists.
 pub fn check_pid(pid: u32) -> Result<(), TargetError> {
     if fs::metadata(format!("/proc/{pid}")).is_ok() {
         Ok(())
     } else {
         Err(TargetError::NoSuchProcess(pid))
+    }
+}
+
+/// True while `pid` is a live (not zombie) process.
+pub fn alive(pid: u32) -> bool {
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.trim_start().chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
     }
 }
 
@@ -215,6 +239,17 @@ pub fn pids_by_comm(name: &str) -> Vec<u32> {
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|&pid| process_comm(pid).as_deref() == Some(name))
         .collect()
+}
+
+impl ChildStdout {
+    /// Where a `-- CMD`'s stdout goes: to stderr when capagent's stdout carries the records.
+    pub fn for_records(records_on_stdout: bool) -> ChildStdout {
+        if records_on_stdout {
+            ChildStdout::Stderr
+        } else {
+            ChildStdout::Inherit
+        }
+    }
 }
 
 #[cfg(test)]
@@ -250,6 +285,25 @@ mod tests {
         assert!(held.wait().unwrap().success());
         assert_eq!(fs::read_to_string(&dir).unwrap(), "ran\n");
         fs::remove_file(&dir).unwrap();
+    }
+
+    #[test]
+    fn held_child_dropped_unreleased_never_runs() {
+        let dir = std::env::temp_dir().join(format!("capagent-dropped-{}", std::process::id()));
+        let held = HeldChild::spawn(
+            &[
+                "sh".into(),
+                "-c".into(),
+                format!("echo ran > {}", dir.display()),
+            ],
+            ChildStdout::Inherit,
+        )
+        .unwrap();
+        let pid = held.pid();
+        drop(held);
+        // Reaped by the drop: the pid is gone, and the command never ran.
+        assert!(!fs::exists(format!("/proc/{pid}")).unwrap());
+        assert!(!dir.exists(), "the dropped child ran");
     }
 
     #[test]

@@ -1,8 +1,17 @@
-//! Netlink messages, built and parsed as plain bytes, and a blocking netlink socket.
+//! Netlink for every capability: messages built and parsed as plain bytes, and a blocking
+//! netlink socket (request, acknowledgement, dump).
 //!
-//! Building and parsing are pure functions over byte buffers (no I/O), so the nftables and
-//! routing messages made from them can be unit-tested byte for byte and fuzzed; [`Socket`]
-//! is the only part that talks to the kernel.
+//! - [`Socket`] (over `netlink-sys`) is the only part that talks to the kernel: one request
+//!   and its acknowledgements ([`Socket::transact`]), or a dump ([`Socket::dump`]).
+//! - Replies are read by pure functions over bytes, fuzzed together by the `netlink` fuzz
+//!   target: the framing ([`messages`], [`attrs`]), acknowledgements ([`take_acks`]), dump
+//!   answers ([`dump_part`]), and one function per message kind. An `NLMSG_ERROR` code
+//!   becomes an errno through [`errno_of`] only.
+//! - rtnetlink and sock_diag messages are the `netlink-packet-route` and
+//!   `netlink-packet-sock-diag` crates' ([`serialize`], [`decode`]): tc filters and the
+//!   clsact qdisc ([`tc`]), sockets ([`sock_diag`]), and `intercept::route`'s rules and
+//!   routes. nftables messages are written with [`Builder`] (`intercept::nft`): no crate
+//!   creates a table with `NFT_TABLE_F_OWNER` on a socket the agent keeps open.
 //!
 //! Layout reminders: every message starts with a 16-byte `nlmsghdr` (length, type, flags,
 //! sequence number, port id, host byte order); attributes are `nlattr` (u16 length, u16
@@ -10,8 +19,12 @@
 //! `NLA_F_NESTED` in their type.
 
 use std::io;
-use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
-use std::time::Duration;
+
+pub mod sock_diag;
+mod socket;
+pub mod tc;
+
+pub use socket::Socket;
 
 pub const NLMSG_HDRLEN: usize = 16;
 pub const NLA_HDRLEN: usize = 4;
@@ -238,229 +251,137 @@ pub fn error_of(payload: &[u8]) -> Result<(i32, u32), Malformed> {
     Ok((code, seq))
 }
 
-/// A netlink socket bound to a kernel-assigned port id, close-on-exec.
-#[derive(Debug)]
-pub struct Socket {
-    fd: OwnedFd,
-    port_id: u32,
-    seq: u32,
+/// Largest errno the kernel returns (`MAX_ERRNO`).
+pub const MAX_ERRNO: i32 = 4095;
+
+/// The positive errno of a non-zero `nlmsgerr.error`, which the kernel sends as a negative
+/// errno. Any other value (positive, or below `-MAX_ERRNO`, such as `i32::MIN`, whose
+/// absolute value is no `i32`) is a malformed reply: `EPROTO`.
+pub fn errno_of(code: i32) -> i32 {
+    match code.checked_neg() {
+        Some(e) if (1..=MAX_ERRNO).contains(&e) => e,
+        _ => libc::EPROTO,
+    }
 }
 
-impl Socket {
-    /// Opens a `NETLINK_<protocol>` socket (e.g. `libc::NETLINK_NETFILTER`).
-    pub fn open(protocol: libc::c_int) -> io::Result<Socket> {
-        // SAFETY: plain socket(2); the fd is owned right after.
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_NETLINK,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                protocol,
-            )
-        };
-        if fd < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // SAFETY: fd is a fresh descriptor we own.
-        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        // SAFETY: zeroed sockaddr_nl is valid (pid 0: the kernel assigns one).
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        let sl = std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t;
-        // SAFETY: sa is a valid sockaddr_nl of size sl.
-        if unsafe { libc::bind(fd.as_raw_fd(), (&raw const sa).cast(), sl) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let mut len = sl;
-        // SAFETY: getsockname writes at most len bytes into sa.
-        if unsafe { libc::getsockname(fd.as_raw_fd(), (&raw mut sa).cast(), &mut len) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        // Replies never take long; a kernel that does not answer must not hang the agent.
-        let tv = libc::timeval {
-            tv_sec: 5,
-            tv_usec: 0,
-        };
-        // SAFETY: setsockopt with a correctly sized timeval.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const tv).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            );
-            // Error messages carry the request; extended acks tell what was wrong.
-            let one: libc::c_int = 1;
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_NETLINK,
-                libc::NETLINK_EXT_ACK,
-                (&raw const one).cast(),
-                4,
-            );
-        }
-        let seq = (std::process::id() << 8) ^ 0x1000;
-        Ok(Socket {
-            fd,
-            port_id: sa.nl_pid,
-            seq,
-        })
-    }
+/// The bytes of one message built with the `netlink-packet-*` crates.
+pub fn serialize<I: netlink_packet_core::NetlinkSerializable>(
+    msg: I,
+    flags: u16,
+    seq: u32,
+) -> Vec<u8> {
+    use netlink_packet_core::{NetlinkHeader, NetlinkMessage, NetlinkPayload};
+    let mut header = NetlinkHeader::default();
+    header.flags = flags;
+    header.sequence_number = seq;
+    let mut m = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(msg));
+    m.finalize();
+    let mut buf = vec![0; m.buffer_len()];
+    m.serialize(&mut buf);
+    buf
+}
 
-    /// The port id the kernel gave this socket.
-    pub fn port_id(&self) -> u32 {
-        self.port_id
+/// The first message of `msg` (header included) decoded by a `netlink-packet-*` crate when
+/// it is of type `ty`; `Ok(None)` for another type.
+pub fn decode<I>(msg: &[u8], ty: u16) -> Result<Option<I>, Malformed>
+where
+    I: netlink_packet_core::NetlinkDeserializable,
+{
+    use netlink_packet_core::{NetlinkMessage, NetlinkPayload};
+    let Some(m) = messages(msg).next().transpose()? else {
+        return Ok(None);
+    };
+    if m.ty != ty {
+        return Ok(None);
     }
-
-    /// A fresh sequence number.
-    pub fn next_seq(&mut self) -> u32 {
-        self.seq = self.seq.wrapping_add(1);
-        self.seq
-    }
-
-    /// Marks `n` more sequence numbers as used (by a multi-message request).
-    pub fn skip(&mut self, n: u32) {
-        self.seq = self.seq.wrapping_add(n);
-    }
-
-    pub fn send(&self, buf: &[u8]) -> io::Result<()> {
-        // SAFETY: zeroed sockaddr_nl: the kernel (pid 0).
-        let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
-        sa.nl_family = libc::AF_NETLINK as libc::sa_family_t;
-        // SAFETY: buf and sa are valid for the given lengths.
-        let n = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                buf.as_ptr().cast(),
-                buf.len(),
-                0,
-                (&raw const sa).cast(),
-                std::mem::size_of::<libc::sockaddr_nl>() as libc::socklen_t,
-            )
-        };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
+    let whole = &msg[..NLMSG_HDRLEN + m.payload.len()];
+    match NetlinkMessage::<I>::deserialize(whole) {
+        Ok(NetlinkMessage {
+            payload: NetlinkPayload::InnerMessage(inner),
+            ..
+        }) => Ok(Some(inner)),
+        Ok(_) => Ok(None),
+        Err(e) => {
+            tracing::debug!("undecodable netlink message of type {ty}: {e}");
+            Err(Malformed("undecodable message"))
         }
-        if n as usize != buf.len() {
-            return Err(io::Error::other("short netlink send"));
-        }
-        Ok(())
     }
+}
 
-    /// One datagram from the kernel (several messages).
-    pub fn recv(&self, buf: &mut Vec<u8>) -> io::Result<()> {
-        buf.resize(256 * 1024, 0);
-        loop {
-            // SAFETY: buf is valid for its length.
-            let n =
-                unsafe { libc::recv(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
+/// The outcome of the acknowledgements in one datagram: `pending` loses the sequence
+/// numbers acknowledged (or failed), `first_err` keeps the first error's errno. An error for
+/// a message no acknowledgement was asked for (a batch header) ends the exchange: no further
+/// answers will come.
+pub fn take_acks(
+    buf: &[u8],
+    pending: &mut Vec<u32>,
+    first_err: &mut Option<i32>,
+) -> Result<(), Malformed> {
+    for m in messages(buf) {
+        let m = m?;
+        if m.ty != NLMSG_ERROR {
+            continue;
+        }
+        let (code, seq) = error_of(m.payload)?;
+        if code != 0 && first_err.is_none() {
+            *first_err = Some(errno_of(code));
+        }
+        if let Some(i) = pending.iter().position(|&s| s == seq) {
+            pending.swap_remove(i);
+        } else if code != 0 {
+            pending.clear();
+        }
+    }
+    Ok(())
+}
+
+/// Why a dump failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DumpError {
+    #[error(transparent)]
+    Malformed(#[from] Malformed),
+    /// The kernel's `NLMSG_ERROR` (its errno).
+    #[error("errno {0}")]
+    Kernel(i32),
+}
+
+impl From<DumpError> for io::Error {
+    fn from(e: DumpError) -> io::Error {
+        match e {
+            DumpError::Malformed(m) => io::Error::new(io::ErrorKind::InvalidData, m),
+            DumpError::Kernel(errno) => io::Error::from_raw_os_error(errno),
+        }
+    }
+}
+
+/// One datagram of the answer to dump request `seq`: appends its messages (whole, header
+/// included) to `out`, leaving out other requests' messages and `NLMSG_NOOP`; `Ok(true)`
+/// once `NLMSG_DONE` (or the acknowledgement) ended the answer.
+pub fn dump_part(buf: &[u8], seq: u32, out: &mut Vec<Vec<u8>>) -> Result<bool, DumpError> {
+    let mut done = false;
+    let mut off = 0;
+    for m in messages(buf) {
+        let m = m?;
+        let len = NLMSG_HDRLEN + m.payload.len();
+        let whole = &buf[off..off + len];
+        off += align(len);
+        if m.seq != seq {
+            continue;
+        }
+        match m.ty {
+            NLMSG_DONE => done = true,
+            NLMSG_ERROR => {
+                let (code, _) = error_of(m.payload)?;
+                if code != 0 {
+                    return Err(DumpError::Kernel(errno_of(code)));
                 }
-                if e.kind() == io::ErrorKind::WouldBlock {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "the kernel did not answer a netlink request",
-                    ));
-                }
-                return Err(e);
+                done = true;
             }
-            buf.truncate(n as usize);
-            return Ok(());
+            NLMSG_NOOP => {}
+            _ => out.push(whole.to_vec()),
         }
     }
-
-    /// Sends `msgs` and waits for one acknowledgement per sequence number in `acks`; the
-    /// first error code the kernel returned fails the call (after every answer came).
-    pub fn transact(&self, msgs: &[u8], acks: &[u32]) -> io::Result<()> {
-        self.send(msgs)?;
-        let mut pending: Vec<u32> = acks.to_vec();
-        let mut first_err: Option<i32> = None;
-        let mut buf = Vec::new();
-        while !pending.is_empty() {
-            self.recv(&mut buf)?;
-            for m in messages(&buf) {
-                let m = m.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                if m.ty != NLMSG_ERROR {
-                    continue;
-                }
-                let (code, seq) = error_of(m.payload)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                if code != 0 && first_err.is_none() {
-                    first_err = Some(-code);
-                }
-                if let Some(i) = pending.iter().position(|&s| s == seq) {
-                    pending.swap_remove(i);
-                } else if code != 0 {
-                    // An error for a message we did not ask an ack for (a batch header):
-                    // no further answers will come.
-                    pending.clear();
-                }
-            }
-        }
-        match first_err {
-            Some(errno) => Err(io::Error::from_raw_os_error(errno)),
-            None => Ok(()),
-        }
-    }
-
-    /// Sends a dump request (sequence `seq`) and returns every message of the answer, each
-    /// as its own byte vector (header included).
-    pub fn dump(&self, req: &[u8], seq: u32) -> io::Result<Vec<Vec<u8>>> {
-        self.send(req)?;
-        let mut out = Vec::new();
-        let mut buf = Vec::new();
-        loop {
-            self.recv(&mut buf)?;
-            let mut done = false;
-            let mut off = 0;
-            for m in messages(&buf) {
-                let m = m.map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                let len = NLMSG_HDRLEN + m.payload.len();
-                let whole = buf[off..off + len].to_vec();
-                off += align(len);
-                if m.seq != seq {
-                    continue;
-                }
-                match m.ty {
-                    NLMSG_DONE => done = true,
-                    NLMSG_ERROR => {
-                        let (code, _) = error_of(m.payload)
-                            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-                        if code != 0 {
-                            return Err(io::Error::from_raw_os_error(-code));
-                        }
-                        done = true;
-                    }
-                    NLMSG_NOOP => {}
-                    _ => out.push(whole),
-                }
-            }
-            if done {
-                return Ok(out);
-            }
-        }
-    }
-
-    /// Sets how long [`Socket::recv`] waits.
-    pub fn set_timeout(&self, d: Duration) {
-        let tv = libc::timeval {
-            tv_sec: d.as_secs() as libc::time_t,
-            tv_usec: d.subsec_micros() as libc::suseconds_t,
-        };
-        // SAFETY: setsockopt with a correctly sized timeval.
-        unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&raw const tv).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            );
-        }
-    }
+    Ok(done)
 }
 
 #[cfg(test)]
@@ -524,5 +445,66 @@ mod tests {
         hdr[8..12].copy_from_slice(&42u32.to_ne_bytes());
         p.extend_from_slice(&hdr);
         assert_eq!(error_of(&p).unwrap(), (-1, 42));
+    }
+
+    /// An `NLMSG_ERROR` message answering request `seq` with `code` (0: an acknowledgement).
+    pub(crate) fn ack(code: i32, seq: u32) -> Vec<u8> {
+        let mut req = [0u8; 16];
+        req[8..12].copy_from_slice(&seq.to_ne_bytes());
+        let mut b = Builder::new();
+        b.begin(NLMSG_ERROR, 0, seq)
+            .raw(&code.to_ne_bytes())
+            .raw(&req)
+            .end();
+        b.into_bytes()
+    }
+
+    #[test]
+    fn acks_and_dumps() {
+        // Two acknowledgements, one failed: both answered, the failure kept as an errno.
+        let mut pending = vec![5, 6];
+        let mut first = None;
+        let buf = [ack(0, 5), ack(-libc::EEXIST, 6)].concat();
+        take_acks(&buf, &mut pending, &mut first).unwrap();
+        assert_eq!((pending.len(), first), (0, Some(libc::EEXIST)));
+        // An error for a message no ack was asked for (a batch header) ends the exchange;
+        // a code no kernel sends is EPROTO, not its negation.
+        let mut pending = vec![7, 8];
+        let mut first = None;
+        take_acks(&ack(i32::MIN, 1), &mut pending, &mut first).unwrap();
+        assert_eq!((pending.len(), first), (0, Some(libc::EPROTO)));
+
+        // A dump: messages of this request kept whole, others and NOOP left out, DONE ends.
+        let mut b = Builder::new();
+        b.begin(0x10, 2, 3).raw(&[1, 2, 3, 4]).end();
+        b.begin(0x10, 2, 4).raw(&[9; 4]).end();
+        b.begin(NLMSG_NOOP, 0, 3).end();
+        let part = b.into_bytes();
+        let mut out = Vec::new();
+        assert_eq!(dump_part(&part, 3, &mut out), Ok(false));
+        assert_eq!(out, [part[..20].to_vec()]);
+        let mut b = Builder::new();
+        b.begin(NLMSG_DONE, 2, 3).raw(&0i32.to_ne_bytes()).end();
+        assert_eq!(dump_part(b.bytes(), 3, &mut out), Ok(true));
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            dump_part(&ack(-libc::EPERM, 3), 3, &mut out),
+            Err(DumpError::Kernel(libc::EPERM))
+        );
+        assert_eq!(
+            dump_part(&ack(-MAX_ERRNO - 1, 3), 3, &mut out),
+            Err(DumpError::Kernel(libc::EPROTO))
+        );
+    }
+
+    #[test]
+    fn error_codes_become_errnos() {
+        assert_eq!(errno_of(-libc::EINVAL), libc::EINVAL);
+        assert_eq!(errno_of(-MAX_ERRNO), MAX_ERRNO);
+        // Codes no kernel sends are a protocol error, never a negative or zero errno
+        // (i32::MIN came from the fuzzer: its absolute value is no i32).
+        for bad in [i32::MIN, -MAX_ERRNO - 1, 0, 1, libc::EINVAL, i32::MAX] {
+            assert_eq!(errno_of(bad), libc::EPROTO, "{bad}");
+        }
     }
 }

@@ -1,10 +1,13 @@
+//! Socket syscall tracing (`capagent trace`): the `sys_enter`/`sys_exit` raw tracepoints
+//! and the process tracepoints (see the crate's documentation).
+
 use agent_common::{
     CHUNK_MAX, Config, DataEvent, EventHeader, MsgAddr, ProcEvent, SOCKADDR_MAX, SYSCALL_TABLE_LEN,
     SockEvent, SockInfo, counter, flags, kind, sys, traced,
 };
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE},
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_RING_SIZE},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
         bpf_ktime_get_boot_ns,
@@ -14,6 +17,8 @@ use aya_ebpf::{
     maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{RawTracePointContext, TracePointContext},
 };
+
+use crate::helpers::{CLONE_THREAD, global, kread, process_comm, uread, wakeup_flags};
 
 /// Filled by userspace at load time (kernel offsets, snaplen, filters).
 #[unsafe(no_mangle)]
@@ -93,16 +98,13 @@ const S_IFSOCK: u16 = 0o140000;
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
 const SOCK_STREAM: u16 = 1;
-const CLONE_THREAD: u64 = 0x0001_0000;
 const SIGSTOP: u32 = 19;
 const SIGCONT: u32 = 18;
 
-/// The configuration, read through an opaque pointer so the compiler cannot fold the
-/// link-time defaults into the code (userspace rewrites them before loading).
+/// The configuration (kernel offsets, snaplen, filters).
 #[inline(always)]
 fn conf() -> &'static Config {
-    let p: *const Config = &CONFIG;
-    unsafe { &*core::ptr::read_volatile(&p) }
+    global(&CONFIG)
 }
 
 macro_rules! cfg {
@@ -118,21 +120,10 @@ fn bump(idx: u32, by: u64) {
     }
 }
 
-/// Wakes the agent only when this record makes the waiting data cross `wakeup_bytes` (the
-/// agent also polls every 10 ms): one wakeup per batch instead of one per record.
-/// `reserved`: the record is already reserved, so the waiting data includes it.
+/// [`wakeup_flags`] for `EVENTS`.
 #[inline(always)]
-fn wakeup_flags(size: u64, reserved: bool) -> u64 {
-    let mut avail = EVENTS.query(BPF_RB_AVAIL_DATA.into());
-    if reserved {
-        avail = avail.saturating_sub(size);
-    }
-    let at = cfg!(wakeup_bytes) as u64;
-    if avail < at && avail + size >= at {
-        BPF_RB_FORCE_WAKEUP.into()
-    } else {
-        BPF_RB_NO_WAKEUP.into()
-    }
+fn wakeup(size: u64, reserved: bool) -> u64 {
+    wakeup_flags(&EVENTS, size, reserved, cfg!(wakeup_bytes))
 }
 
 #[inline(always)]
@@ -141,32 +132,6 @@ fn is_traced(tgid: u32) -> bool {
         return tgid != cfg!(self_pid);
     }
     unsafe { TRACED.get(&tgid).is_some() }
-}
-
-#[inline(always)]
-unsafe fn kread<T: Copy + Default>(addr: u64) -> T {
-    let mut v = T::default();
-    unsafe {
-        bpf_probe_read_kernel(
-            (&mut v as *mut T).cast(),
-            core::mem::size_of::<T>() as u32,
-            addr as *const _,
-        )
-    };
-    v
-}
-
-#[inline(always)]
-unsafe fn uread<T: Copy + Default>(addr: u64) -> Option<T> {
-    let mut v = T::default();
-    let r = unsafe {
-        bpf_probe_read_user(
-            (&mut v as *mut T).cast(),
-            core::mem::size_of::<T>() as u32,
-            addr as *const _,
-        )
-    };
-    if r == 0 { Some(v) } else { None }
 }
 
 /// The six syscall arguments from the `struct pt_regs` the syscall entered with, read in
@@ -327,19 +292,6 @@ unsafe fn read_sock(sk: u64, info: &mut SockInfo) {
     }
 }
 
-/// The process's name: the thread group leader's comm (a thread may have renamed itself).
-#[inline(always)]
-fn process_comm(pid_tgid: u64) -> [u8; 16] {
-    if pid_tgid >> 32 == pid_tgid & 0xffff_ffff {
-        return bpf_get_current_comm().unwrap_or([0; 16]);
-    }
-    unsafe {
-        let task = bpf_get_current_task();
-        let leader: u64 = kread(task + cfg!(offsets.task_group_leader) as u64);
-        kread(leader + cfg!(offsets.task_comm) as u64)
-    }
-}
-
 #[inline(always)]
 fn fill_header(
     hdr: &mut EventHeader,
@@ -361,7 +313,7 @@ fn fill_header(
     hdr.fd = fd as i32;
     hdr._pad1 = 0;
     hdr.ret = ret;
-    hdr.comm = process_comm(id);
+    hdr.comm = process_comm(id, &conf().offsets);
     hdr.sock = *sock;
 }
 
@@ -490,7 +442,7 @@ fn emit_sock(
             (*e).addr_len = 0;
         }
     }
-    entry.submit(wakeup_flags(core::mem::size_of::<SockEvent>() as u64, true));
+    entry.submit(wakeup(core::mem::size_of::<SockEvent>() as u64, true));
     bump(counter::EVENTS, 1);
 }
 
@@ -814,7 +766,7 @@ fn pause_if_filling() {
 #[inline(always)]
 fn output(s: *mut Scratch, size: usize) -> Result<(), i32> {
     let bytes = unsafe { core::slice::from_raw_parts(s as *const u8, size) };
-    EVENTS.output::<[u8]>(bytes, wakeup_flags(size as u64, false))
+    EVENTS.output::<[u8]>(bytes, wakeup(size as u64, false))
 }
 
 #[inline(always)]
@@ -958,7 +910,7 @@ fn emit_proc(s: u16, child: u32, exit_code: u32) {
         (*e).child_pid = child;
         (*e).exit_code = exit_code;
     }
-    entry.submit(wakeup_flags(core::mem::size_of::<ProcEvent>() as u64, true));
+    entry.submit(wakeup(core::mem::size_of::<ProcEvent>() as u64, true));
     bump(counter::EVENTS, 1);
 }
 

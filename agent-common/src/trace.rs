@@ -1,0 +1,321 @@
+//! Socket syscall tracing (`capagent trace`): the records of the `EVENTS` ring buffer, the
+//! configuration of the programs, their maps and program names.
+//!
+//! The ring buffer carries records that all start with an [`EventHeader`]; `kind` says
+//! which record follows:
+//! - [`kind::SOCK`]: a [`SockEvent`] (socket, connect, bind, listen, accept, close, shutdown)
+//! - [`kind::DATA`]: a [`DataEvent`] followed by `len` payload bytes (one chunk of a
+//!   send/recv-type call; a call larger than [`CHUNK_MAX`] is split into several chunks)
+//! - [`kind::PROC`]: a [`ProcEvent`] (fork, exec, exit of a traced process)
+
+use crate::shared::{KernelOffsets, TASK_COMM_LEN};
+/// Most payload bytes carried by one DATA record.
+pub const CHUNK_MAX: usize = 16384;
+/// Room for a raw `struct sockaddr_storage` copied from the process.
+pub const SOCKADDR_MAX: usize = 128;
+
+/// Record kinds (`EventHeader::kind`).
+pub mod kind {
+    pub const SOCK: u16 = 1;
+    pub const DATA: u16 = 2;
+    pub const PROC: u16 = 3;
+}
+
+/// The syscall that produced a record (`EventHeader::syscall`).
+pub mod sys {
+    pub const SOCKET: u16 = 1;
+    pub const CONNECT: u16 = 2;
+    pub const BIND: u16 = 3;
+    pub const LISTEN: u16 = 4;
+    pub const ACCEPT: u16 = 5;
+    pub const ACCEPT4: u16 = 6;
+    pub const SENDTO: u16 = 7;
+    pub const RECVFROM: u16 = 8;
+    pub const SENDMSG: u16 = 9;
+    pub const RECVMSG: u16 = 10;
+    pub const SENDMMSG: u16 = 11;
+    pub const RECVMMSG: u16 = 12;
+    pub const READ: u16 = 13;
+    pub const WRITE: u16 = 14;
+    pub const READV: u16 = 15;
+    pub const WRITEV: u16 = 16;
+    pub const CLOSE: u16 = 17;
+    pub const SHUTDOWN: u16 = 18;
+    pub const SOCKETPAIR: u16 = 19;
+    /// Process lifecycle records (kind PROC).
+    pub const FORK: u16 = 32;
+    pub const EXEC: u16 = 33;
+    pub const EXIT: u16 = 34;
+
+    /// Name of a syscall id, as strace prints it.
+    pub const fn name(id: u16) -> &'static str {
+        match id {
+            SOCKET => "socket",
+            CONNECT => "connect",
+            BIND => "bind",
+            LISTEN => "listen",
+            ACCEPT => "accept",
+            ACCEPT4 => "accept4",
+            SENDTO => "sendto",
+            RECVFROM => "recvfrom",
+            SENDMSG => "sendmsg",
+            RECVMSG => "recvmsg",
+            SENDMMSG => "sendmmsg",
+            RECVMMSG => "recvmmsg",
+            READ => "read",
+            WRITE => "write",
+            READV => "readv",
+            WRITEV => "writev",
+            CLOSE => "close",
+            SHUTDOWN => "shutdown",
+            SOCKETPAIR => "socketpair",
+            FORK => "fork",
+            EXEC => "exec",
+            EXIT => "exit",
+            _ => "?",
+        }
+    }
+
+    /// True for calls that move payload out of the process.
+    pub const fn is_send(id: u16) -> bool {
+        matches!(id, SENDTO | SENDMSG | SENDMMSG | WRITE | WRITEV)
+    }
+}
+
+/// `EventHeader::flags` bits.
+pub mod flags {
+    /// DATA: this is the first chunk of the call's payload.
+    pub const FIRST: u16 = 1;
+    /// DATA: this is the last chunk of the call (or of one message of sendmmsg/recvmmsg).
+    pub const LAST: u16 = 2;
+    /// DATA: fewer bytes were captured than the call transferred (snaplen, or the per-call
+    /// hard limit); `DataEvent::total` still says how many were transferred.
+    pub const TRUNCATED: u16 = 4;
+    /// The socket was found through the fd table (always set when `sock` is valid).
+    pub const SOCK_VALID: u16 = 8;
+    /// DATA: the last message of a sendmmsg/recvmmsg call.
+    pub const LAST_MSG: u16 = 16;
+}
+
+/// Endpoints of a kernel socket, read from `struct sock` at the time of the call.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockInfo {
+    /// Kernel address of `struct sock`: identifies the socket while it is open.
+    pub sk: u64,
+    /// Inode number of the socket (as in `/proc/PID/fd` `socket:[INO]`).
+    pub ino: u64,
+    pub family: u16,
+    pub sock_type: u16,
+    pub protocol: u16,
+    pub state: u16,
+    /// Local port, host byte order.
+    pub lport: u16,
+    /// Remote port, host byte order.
+    pub rport: u16,
+    pub _pad: u32,
+    /// Local address: IPv4 in the first 4 bytes, or IPv6 (network byte order).
+    pub laddr: [u8; 16],
+    pub raddr: [u8; 16],
+}
+
+/// Start of every ring buffer record.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct EventHeader {
+    /// `bpf_ktime_get_boot_ns()` at the syscall's exit (CLOCK_BOOTTIME).
+    pub ts_ns: u64,
+    pub kind: u16,
+    pub syscall: u16,
+    pub flags: u16,
+    pub _pad0: u16,
+    /// Process id (tgid).
+    pub pid: u32,
+    /// Thread id.
+    pub tid: u32,
+    pub fd: i32,
+    pub _pad1: u32,
+    /// Syscall return value (negative errno on failure).
+    pub ret: i64,
+    /// The calling thread's comm.
+    pub comm: [u8; TASK_COMM_LEN],
+    pub sock: SockInfo,
+}
+
+/// socket/connect/bind/listen/accept/close/shutdown.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockEvent {
+    pub hdr: EventHeader,
+    /// Raw syscall arguments (socket: domain, type, protocol; listen: backlog;
+    /// shutdown: how; accept4: flags; socketpair: domain, type, protocol, and the two fds
+    /// it made, sv[0] in the low 32 bits and sv[1] in the high ones, or `u64::MAX` when the
+    /// call failed or the array could not be read).
+    pub args: [u64; 4],
+    /// Length of the sockaddr in `addr` (0 if none was given or read).
+    pub addr_len: u32,
+    pub _pad: u32,
+    /// Raw sockaddr copied from the process (connect/bind: the argument; accept: the peer).
+    pub addr: [u8; SOCKADDR_MAX],
+}
+
+/// A socket address carried by a DATA record: sendto/recvfrom's address or msg_name.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct MsgAddr {
+    /// AF_INET, AF_INET6, or 0 when the call had no address.
+    pub family: u16,
+    /// Port, host byte order.
+    pub port: u16,
+    pub _pad: u32,
+    pub addr: [u8; 16],
+}
+
+/// One chunk of the payload of a send/recv-type call; `len` payload bytes follow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataEvent {
+    pub hdr: EventHeader,
+    /// Bytes the call (or this message of an mmsg call) transferred.
+    pub total: u64,
+    /// Offset of this chunk in the call's payload.
+    pub offset: u64,
+    /// Payload bytes following this struct.
+    pub len: u32,
+    /// Message index within sendmmsg/recvmmsg (0 otherwise).
+    pub msg_index: u32,
+    pub addr: MsgAddr,
+}
+
+/// fork/exec/exit of a traced process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcEvent {
+    pub hdr: EventHeader,
+    /// fork: the child's pid.
+    pub child_pid: u32,
+    /// exit: the exit status as `wait` reports it (`task_struct.exit_code`).
+    pub exit_code: u32,
+}
+
+/// Load-time configuration of the eBPF programs (a read-only global).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub offsets: KernelOffsets,
+    /// Bytes of payload captured per call; 0 = everything (chunked).
+    pub snaplen: u32,
+    /// Trace every process (system-wide), not only those in the TRACED map.
+    pub trace_all: u8,
+    /// Add children of traced processes to the TRACED map.
+    pub follow_forks: u8,
+    /// When non-zero, a process that execs with this comm (`comm_filter`) is traced.
+    pub comm_match: u8,
+    /// Lossless mode: when the ring buffer is more than half full after a call, stop the
+    /// calling process (SIGSTOP) and note it in `PAUSED`; userspace continues it (SIGCONT)
+    /// once it has drained the ring.
+    pub pause: u8,
+    /// Process name to match (NUL padded) when `comm_match` is set.
+    pub comm_filter: [u8; TASK_COMM_LEN],
+    /// The agent's own pid, never traced.
+    pub self_pid: u32,
+    /// Wake the agent up once this many bytes wait in the ring buffer (it also polls).
+    pub wakeup_bytes: u32,
+    /// Syscall number (of this architecture) -> `sys::X` id to report, 0 = ignore. Userspace
+    /// fills it from its libc's `SYS_*` numbers and the `--events` selection.
+    pub sys_table: [u8; SYSCALL_TABLE_LEN],
+}
+
+/// Syscall numbers below this are looked up in `Config::sys_table`.
+pub const SYSCALL_TABLE_LEN: usize = 512;
+
+impl Config {
+    pub const fn new() -> Self {
+        Config {
+            offsets: KernelOffsets::ZERO,
+            snaplen: 0,
+            trace_all: 0,
+            follow_forks: 0,
+            comm_match: 0,
+            pause: 0,
+            comm_filter: [0; TASK_COMM_LEN],
+            self_pid: 0,
+            wakeup_bytes: 256 * 1024,
+            sys_table: [0; SYSCALL_TABLE_LEN],
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Index of the counters in the per-CPU `COUNTERS` array.
+pub mod counter {
+    /// Records that did not fit in the ring buffer.
+    pub const LOST_EVENTS: u32 = 0;
+    /// Payload bytes of those records.
+    pub const LOST_BYTES: u32 = 1;
+    /// Records submitted.
+    pub const EVENTS: u32 = 2;
+    /// Payload reads from the process that failed (page not present...).
+    pub const READ_ERRORS: u32 = 3;
+    pub const COUNT: u32 = 4;
+}
+
+/// Value of the TRACED map (key: tgid).
+pub mod traced {
+    /// Traced because the user named it (--pid, -- CMD, --comm match).
+    pub const ROOT: u8 = 1;
+    /// Traced because it descends from a traced process.
+    pub const CHILD: u8 = 2;
+}
+
+/// Names in the eBPF object (agent-ebpf/src/trace.rs): its programs...
+pub mod progs {
+    pub const SYS_ENTER: &str = "sys_enter";
+    pub const SYS_EXIT: &str = "sys_exit";
+    pub const TASK_NEWTASK: &str = "task_newtask";
+    pub const SCHED_PROCESS_EXEC: &str = "sched_process_exec";
+    pub const SCHED_PROCESS_EXIT: &str = "sched_process_exit";
+    pub const ALL: &[&str] = &[
+        SYS_ENTER,
+        SYS_EXIT,
+        TASK_NEWTASK,
+        SCHED_PROCESS_EXEC,
+        SCHED_PROCESS_EXIT,
+    ];
+}
+
+/// ...its maps...
+pub mod maps {
+    pub const EVENTS: &str = "EVENTS";
+    pub const TRACED: &str = "TRACED";
+    pub const PAUSED: &str = "PAUSED";
+    pub const ARGS: &str = "ARGS";
+    pub const FDS: &str = "FDS";
+    pub const SCRATCH: &str = "SCRATCH";
+    pub const COPY: &str = "COPY";
+    pub const COUNTERS: &str = "COUNTERS";
+    pub const ALL: &[&str] = &[EVENTS, TRACED, PAUSED, ARGS, FDS, SCRATCH, COPY, COUNTERS];
+}
+
+/// ...and the global userspace writes the [`Config`] into.
+pub const CONFIG_GLOBAL: &str = "CONFIG";
+
+// Sizes are part of the kernel/userspace contract: no implicit padding anywhere.
+const _: () = assert!(core::mem::size_of::<SockInfo>() == 64);
+const _: () = assert!(core::mem::size_of::<EventHeader>() == 120);
+const _: () = assert!(core::mem::size_of::<SockEvent>() == 120 + 32 + 8 + SOCKADDR_MAX);
+const _: () = assert!(core::mem::size_of::<MsgAddr>() == 24);
+const _: () = assert!(core::mem::size_of::<DataEvent>() == 120 + 24 + 24);
+const _: () = assert!(core::mem::size_of::<ProcEvent>() == 128);
+const _: () = assert!(core::mem::size_of::<Config>() == 128 + 8 + 16 + 8 + SYSCALL_TABLE_LEN);
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain-old-data, repr(C), no padding (asserted above).
+    unsafe impl aya::Pod for super::Config {}
+}

@@ -1,0 +1,138 @@
+//! `capagent intercept ARGS`: the arguments, the options they make (which a daemon job of
+//! kind `intercept` uses too), and running the interception from them.
+
+use std::{process::ExitStatus, time::Duration};
+
+use clap::{Args, ValueEnum};
+
+use super::{Handler, InterceptOptions, Mode, RelayOptions};
+use crate::{process::ChildStdout, proxy::command::RecordArgs};
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InterceptMode {
+    /// nftables NAT redirect to a local listener; original destination from conntrack.
+    Redirect,
+    /// nftables tproxy with policy routing and transparent listeners (TCP, and UDP with --udp).
+    Tproxy,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum InterceptAs {
+    /// Relay and record the bytes as they are.
+    #[default]
+    Raw,
+    /// Treat connections as HTTP/1.1: the reverse HTTP proxy's handler serves them, with
+    /// the original destination as server.
+    Http,
+    /// Connections are made to a SOCKS proxy: capagent's SOCKS server answers them and
+    /// records each target the application asks for.
+    Socks,
+}
+
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  sudo capagent intercept --mode redirect --iface eth1 --port 80 -w gw.pcapng\n  sudo capagent intercept --mode tproxy --iface eth1 --udp --port 53 --format json\n  sudo capagent intercept --pid 1234 --port 443 -w app.pcapng\n  sudo capagent intercept -w curl.pcapng -- curl -s http://192.0.2.10/"
+)]
+pub struct InterceptArgs {
+    /// Gateway mode: how forwarded traffic arriving on --iface is pulled in.
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub mode: Option<InterceptMode>,
+    /// The interface whose incoming traffic is intercepted (--mode).
+    #[arg(long, value_name = "IFACE")]
+    pub iface: Option<String>,
+    /// Only connections to this destination port; repeatable (default: all ports).
+    #[arg(long = "port", value_name = "PORT")]
+    pub ports: Vec<u16>,
+    /// Only connections to this destination network (ADDRESS[/PREFIX]); repeatable.
+    #[arg(long = "dst", value_name = "CIDR")]
+    pub dsts: Vec<String>,
+    /// Also UDP (--mode tproxy).
+    #[arg(long)]
+    pub udp: bool,
+    /// --mode redirect: also this host's own connections leaving through --iface.
+    #[arg(long)]
+    pub local: bool,
+    /// Per-process mode: this process's TCP connections (all its threads, and the children
+    /// it forks from now on); repeatable.
+    #[arg(short, long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Per-process mode: every process of this cgroup (v2 path, absolute or relative to the
+    /// hierarchy's root).
+    #[arg(long, value_name = "PATH")]
+    pub cgroup: Option<String>,
+    /// What handles a connection: the raw relay, the HTTP-aware or the SOCKS-aware proxy.
+    #[arg(long = "as", value_enum, default_value_t = InterceptAs::Raw, value_name = "KIND")]
+    pub handler: InterceptAs,
+    #[command(flatten)]
+    pub record: RecordArgs,
+    /// Seconds without traffic in either direction after which a relayed connection is
+    /// closed (0 = never).
+    #[arg(long, default_value_t = 300.0, value_name = "SECS")]
+    pub idle_timeout: f64,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Per-process mode: start this command and intercept its connections (and its
+    /// children's) from the first one; capagent exits with its status when it ends.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+impl InterceptArgs {
+    /// What `capagent intercept ARGS` intercepts, and what it does with the connections (a
+    /// daemon job of kind `intercept` uses them too).
+    pub fn options(&self) -> anyhow::Result<(InterceptOptions, RelayOptions)> {
+        if let Some(d) = self.duration
+            && !(d.is_finite() && d > 0.0)
+        {
+            anyhow::bail!("--duration must be a positive number of seconds, not {d}");
+        }
+        let record = self.record.options();
+        let dsts = self
+            .dsts
+            .iter()
+            .map(|d| super::parse_cidr(d))
+            .collect::<Result<Vec<_>, _>>()?;
+        let opts = InterceptOptions {
+            mode: match self.mode {
+                Some(InterceptMode::Redirect) => Mode::Redirect,
+                Some(InterceptMode::Tproxy) => Mode::Tproxy,
+                None => Mode::Process,
+            },
+            iface: self.iface.clone(),
+            ports: self.ports.clone(),
+            dsts,
+            udp: self.udp,
+            local: self.local,
+            pids: self.pids.clone(),
+            cgroup: self.cgroup.clone(),
+            command: self.command.clone(),
+            command_stdout: ChildStdout::for_records(record.on_stdout()),
+            duration: self.duration.map(Duration::from_secs_f64),
+        };
+        opts.validate()?;
+        if !(self.idle_timeout.is_finite() && self.idle_timeout >= 0.0) {
+            anyhow::bail!(
+                "--idle-timeout must be a number of seconds, not {}",
+                self.idle_timeout
+            );
+        }
+        let relay = RelayOptions {
+            record,
+            idle: (self.idle_timeout > 0.0).then(|| Duration::from_secs_f64(self.idle_timeout)),
+            handler: match self.handler {
+                InterceptAs::Raw => Handler::Raw,
+                InterceptAs::Http => Handler::Http,
+                InterceptAs::Socks => Handler::Socks,
+            },
+        };
+        Ok((opts, relay))
+    }
+}
+
+/// Runs `capagent intercept ARGS`. Returns the exit status of the `-- CMD`, when there is one.
+pub fn run(args: &InterceptArgs) -> anyhow::Result<Option<ExitStatus>> {
+    let (opts, relay) = args.options()?;
+    let outcome = super::run(&opts, &relay)?;
+    Ok(outcome.exit_status)
+}

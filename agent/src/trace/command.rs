@@ -1,0 +1,192 @@
+//! `capagent trace ARGS`: the arguments, the options they make (which a daemon job of kind
+//! `trace` uses too), and running the trace from them.
+
+use std::{
+    path::PathBuf,
+    process::ExitStatus,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context as _;
+use clap::Args;
+
+use super::{run::TraceOptions, summary::Summary};
+use crate::{
+    control::Control,
+    output::{EventWriter, FanOut, Format, Writer, pcapng::PcapngWriter, text::TextConfig},
+    process::ChildStdout,
+};
+
+#[derive(Args, Debug, Clone)]
+#[command(
+    after_help = "Examples:\n  sudo capagent trace --pid 1234\n  sudo capagent trace -- curl -s http://127.0.0.1:8000/\n  sudo capagent trace --comm nginx --format json -o nginx.jsonl\n  sudo capagent trace -w curl.pcapng -- curl -s http://127.0.0.1:8000/\n  sudo capagent trace --all --events connect"
+)]
+pub struct TraceArgs {
+    /// Trace this running process (all its threads); repeatable.
+    #[arg(short, long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+    /// Trace processes with this name (the process's name, as in /proc/PID/comm), including
+    /// ones started later.
+    #[arg(long, value_name = "NAME")]
+    pub comm: Option<String>,
+    /// Trace every process on the system.
+    #[arg(long)]
+    pub all: bool,
+    /// Also trace children of traced processes (default on for `-- CMD`).
+    #[arg(short = 'f', long, overrides_with = "no_follow_forks")]
+    pub follow_forks: bool,
+    /// Do not trace children of traced processes.
+    #[arg(long, overrides_with = "follow_forks")]
+    pub no_follow_forks: bool,
+    /// Report only these syscalls (comma-separated): socket, connect, bind, listen, accept,
+    /// send, recv (all send/recv-type calls), data (send and recv), close, shutdown, or a
+    /// syscall name such as sendto or read. Default: all.
+    #[arg(short, long, value_delimiter = ',', value_name = "LIST")]
+    pub events: Vec<String>,
+    /// Payload bytes captured per call; 0 = the whole payload.
+    #[arg(short = 's', long, default_value_t = 8192, value_name = "BYTES")]
+    pub snaplen: u32,
+    /// Payload bytes shown per call in text output (0 = all that was captured; JSON always
+    /// carries everything captured).
+    #[arg(long, default_value_t = 64, value_name = "BYTES")]
+    pub preview: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Text)]
+    pub format: Format,
+    /// Write records to FILE instead of stdout.
+    #[arg(short = 'o', long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Also write the conversation as a pcapng file of synthetic packets (for Wireshark or
+    /// tshark); `-` writes it to stdout, and then the text/JSON records go only to the -o
+    /// file (nowhere without -o).
+    #[arg(short = 'w', long = "write", value_name = "FILE")]
+    pub write: Option<PathBuf>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub duration: Option<f64>,
+    /// Size of the kernel ring buffer in KiB (power of two, at least 4).
+    #[arg(long, default_value_t = 32768, value_name = "KIB")]
+    pub ring_kib: u32,
+    /// Never pause a traced process: when the ring buffer is full, drop records (counted and
+    /// reported). By default a traced process whose records fill half the ring buffer is
+    /// stopped until capagent has caught up, so nothing is lost (always allowed with --all).
+    #[arg(long)]
+    pub allow_loss: bool,
+    /// Do not print the summary at exit.
+    #[arg(long)]
+    pub no_summary: bool,
+    /// Command to start and trace from its first syscall.
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+impl TraceArgs {
+    /// What `capagent trace ARGS` traces (and a daemon job of kind `trace`).
+    pub fn options(&self) -> anyhow::Result<TraceOptions> {
+        let follow_forks = if self.no_follow_forks {
+            false
+        } else {
+            self.follow_forks || !self.command.is_empty()
+        };
+        if let Some(d) = self.duration
+            && !(d.is_finite() && d > 0.0)
+        {
+            anyhow::bail!("--duration must be a positive number of seconds, not {d}");
+        }
+        let opts = TraceOptions {
+            pids: self.pids.clone(),
+            comm: self.comm.clone(),
+            all: self.all,
+            command: self.command.clone(),
+            command_stdout: ChildStdout::for_records(crate::output::records_on_stdout(
+                self.output.as_deref(),
+                self.write.as_deref(),
+            )),
+            follow_forks,
+            syscalls: super::run::parse_events(&self.events)?,
+            snaplen: self.snaplen,
+            ring_bytes: self.ring_kib.saturating_mul(1024),
+            duration: self.duration.map(Duration::from_secs_f64),
+            lossless: !self.allow_loss && !self.all,
+        };
+        if opts.pids.is_empty() && opts.comm.is_none() && !opts.all && opts.command.is_empty() {
+            return Err(super::run::TraceError::NoTarget.into());
+        }
+        Ok(opts)
+    }
+}
+
+/// Runs `capagent trace ARGS`: the trace with its writers, status line and summary. Returns
+/// the exit status of the `-- CMD`, when there is one.
+pub fn run(args: &TraceArgs) -> anyhow::Result<Option<ExitStatus>> {
+    let opts = args.options()?;
+    let pcap_stdout = args.write.as_deref().is_some_and(|p| p.as_os_str() == "-");
+    let mut writers: Vec<Box<dyn EventWriter>> = Vec::new();
+    // With `-w -` stdout carries the pcapng: text/JSON go only to an -o file.
+    if args.output.is_some() || !pcap_stdout {
+        let text = TextConfig {
+            max_preview: if args.preview == 0 {
+                usize::MAX
+            } else {
+                args.preview
+            },
+            ..TextConfig::default()
+        };
+        let w =
+            Writer::open(args.format, args.output.as_deref(), text).with_context(|| match &args
+                .output
+            {
+                Some(p) => format!("cannot open {}", p.display()),
+                None => "cannot write to stdout".to_string(),
+            })?;
+        writers.push(Box::new(w));
+    }
+    if let Some(p) = &args.write {
+        let w = PcapngWriter::open(p).with_context(|| {
+            if pcap_stdout {
+                "cannot write pcapng to stdout".to_string()
+            } else {
+                format!("cannot create {}", p.display())
+            }
+        })?;
+        writers.push(Box::new(w));
+    }
+    // Records to files: a status line on a terminal.
+    let status = crate::output::status::StatusLine::start(
+        !crate::output::records_on_stdout(args.output.as_deref(), args.write.as_deref()),
+        crate::output::status::Unit::Events,
+    );
+    if let Some(s) = &status {
+        writers.push(Box::new(s.counter()));
+    }
+    let mut writer = FanOut(writers);
+    let mut summary = Summary::new();
+    let mut last_flush = Instant::now();
+    let outcome = super::run::run(
+        &opts,
+        &Control::on_signals(),
+        &mut |ev: &crate::model::Event| {
+            summary.add(ev);
+            writer.write_event(ev)?;
+            // Keep files readable while tracing (tail -f) without a syscall per event.
+            if last_flush.elapsed() >= Duration::from_millis(200) {
+                last_flush = Instant::now();
+                writer.flush()?;
+            }
+            Ok(())
+        },
+    );
+    drop(status);
+    writer.flush().context("writing output")?;
+    let outcome = outcome?;
+    if !args.no_summary {
+        eprint!("{}", summary.render());
+        if outcome.read_errors > 0 {
+            eprintln!(
+                "capagent: {} payload reads failed in the kernel (pages not resident); those calls are marked truncated",
+                outcome.read_errors
+            );
+        }
+    }
+    Ok(outcome.exit_status)
+}
