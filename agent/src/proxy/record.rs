@@ -689,11 +689,10 @@ fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u32, Open>) -> Option<Event>
     }
 }
 
+/// What the tests of the proxy's modules use to see what a recorder wrote.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
-    use crate::output::json::JsonWriter;
-    use crate::output::pcapng::synth::{CLIENT_ISN, SERVER_ISN};
     use std::sync::Mutex;
 
     /// Collects events.
@@ -710,13 +709,9 @@ mod tests {
         }
     }
 
-    fn addr(s: &str) -> SocketAddr {
-        s.parse().unwrap()
-    }
-
     /// The events a recorder wrote while `run` used it (and its connections, gone when `run`
     /// returns: the writer finishes once every clone is).
-    async fn recorded(run: impl AsyncFnOnce(&Recorder)) -> Vec<Event> {
+    pub(crate) async fn recorded(run: impl AsyncFnOnce(&Recorder)) -> Vec<Event> {
         let sink = Sink::default();
         let (rec, handle) = Recorder::with_writers(vec![Box::new(sink.clone())]).unwrap();
         run(&rec).await;
@@ -726,6 +721,18 @@ mod tests {
             .unwrap()
             .unwrap();
         sink.0.lock().unwrap().clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::recorded;
+    use super::*;
+    use crate::output::json::JsonWriter;
+    use crate::output::pcapng::synth::{CLIENT_ISN, SERVER_ISN};
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
     }
 
     async fn session(rec: &Recorder) {

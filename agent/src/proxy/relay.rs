@@ -493,8 +493,9 @@ async fn splice_loop(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Transport;
+    use crate::model::{Detail, Direction, Event, Transport};
     use crate::proxy::record::Recorder;
+    use crate::proxy::record::testing::recorded;
     use tokio::net::TcpListener;
 
     /// A connected pair of loopback sockets.
@@ -505,12 +506,40 @@ mod tests {
         (a.unwrap(), b.unwrap().0)
     }
 
-    async fn relay_both_ways(rec: Recorder) {
+    /// The bytes recorded in direction `want`, in order.
+    fn payload(evs: &[Event], want: Direction) -> Vec<u8> {
+        evs.iter()
+            .filter_map(|e| match &e.detail {
+                Detail::Data { dir, payload, .. } if *dir == want => Some(&payload[..]),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .concat()
+    }
+
+    /// The 3 MB the client sends in [`relay_both_ways`].
+    fn big() -> Vec<u8> {
+        (0..3_000_000u32).map(|i| (i % 251) as u8).collect()
+    }
+
+    /// A relay of 3 MB up, the client's half-close, 4 bytes down and the server's close,
+    /// opened and closed on `rec` as the forward proxy does.
+    async fn relay_both_ways(rec: &Recorder) {
         // client_app <-> (client, target) <-> server_app
         let (mut client_app, mut client) = pair().await;
         let (mut target, mut server_app) = pair().await;
         let conn = rec.conn("forward", Transport::Tcp, client_app.local_addr().unwrap());
-        let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+        let to = target.peer_addr().unwrap();
+        conn.open(
+            "forward",
+            None,
+            to.ip().to_string(),
+            to.port(),
+            Some(to),
+            Ok(()),
+        )
+        .await;
+        let big = big();
         let big2 = big.clone();
         let relay = tokio::spawn(async move {
             let r = relay(
@@ -520,6 +549,7 @@ mod tests {
                 Some(Duration::from_secs(10)),
             )
             .await;
+            conn.close(Ok(())).await;
             (r.unwrap(), conn)
         });
         let server = tokio::spawn(async move {
@@ -548,27 +578,79 @@ mod tests {
 
     #[tokio::test]
     async fn relays_with_half_close_not_recorded() {
-        relay_both_ways(Recorder::disabled()).await;
+        relay_both_ways(&Recorder::disabled()).await;
     }
 
+    /// The records of a relay: every byte each way, each side's end once after its data,
+    /// between the open and the close.
     #[tokio::test]
     async fn relays_with_half_close_recorded() {
-        let (rec, handle) = Recorder::with_writers(vec![]).unwrap();
-        relay_both_ways(rec).await;
-        tokio::task::spawn_blocking(move || handle.finish())
-            .await
-            .unwrap()
+        let evs = recorded(relay_both_ways).await;
+        assert!(
+            payload(&evs, Direction::Send) == big(),
+            "the 3 MB sent, byte for byte"
+        );
+        assert_eq!(payload(&evs, Direction::Recv), b"done");
+        let names: Vec<_> = evs.iter().map(|e| e.syscall_name()).collect();
+        assert_eq!(names.first(), Some(&"connect"), "{names:?}");
+        assert_eq!(names.last(), Some(&"close"), "{names:?}");
+        assert_eq!(names.iter().filter(|n| **n == "close").count(), 1);
+        // The client's half-close: one shutdown, after the last byte it sent.
+        let ends: Vec<usize> = (0..evs.len()).filter(|&i| names[i] == "shutdown").collect();
+        let last_sent = evs
+            .iter()
+            .rposition(|e| {
+                matches!(
+                    e.detail,
+                    Detail::Data {
+                        dir: Direction::Send,
+                        ..
+                    }
+                )
+            })
             .unwrap();
+        assert_eq!(ends.len(), 1, "{names:?}");
+        assert!(ends[0] > last_sent, "{names:?}");
+        // The server's end: an empty read after "done".
+        let (i, eof) = evs
+            .iter()
+            .enumerate()
+            .rev()
+            .find(|(_, e)| {
+                matches!(
+                    e.detail,
+                    Detail::Data {
+                        dir: Direction::Recv,
+                        ..
+                    }
+                )
+            })
+            .unwrap();
+        assert_eq!(
+            (eof.ret, i + 2),
+            (0, evs.len()),
+            "{eof:?} then close: {names:?}"
+        );
     }
 
     /// A target that answered and closed before the relay started (its data and FIN wait
     /// together): the client gets the answer and then the end, and can still send after it.
-    async fn target_done_first(rec: Recorder) {
+    async fn target_done_first(rec: &Recorder) {
         let (mut client_app, mut client) = pair().await;
         let (mut target, mut server_app) = pair().await;
         server_app.write_all(b"ok").await.unwrap();
         server_app.shutdown().await.unwrap();
         let conn = rec.conn("forward", Transport::Tcp, client_app.local_addr().unwrap());
+        let to = target.peer_addr().unwrap();
+        conn.open(
+            "forward",
+            None,
+            to.ip().to_string(),
+            to.port(),
+            Some(to),
+            Ok(()),
+        )
+        .await;
         let relay = tokio::spawn(async move {
             let r = relay(
                 &mut client,
@@ -593,17 +675,14 @@ mod tests {
 
     #[tokio::test]
     async fn target_done_first_not_recorded() {
-        target_done_first(Recorder::disabled()).await;
+        target_done_first(&Recorder::disabled()).await;
     }
 
     #[tokio::test]
     async fn target_done_first_recorded() {
-        let (rec, handle) = Recorder::with_writers(vec![]).unwrap();
-        target_done_first(rec).await;
-        tokio::task::spawn_blocking(move || handle.finish())
-            .await
-            .unwrap()
-            .unwrap();
+        let evs = recorded(target_done_first).await;
+        assert_eq!(payload(&evs, Direction::Recv), b"ok");
+        assert_eq!(payload(&evs, Direction::Send), b"bye");
     }
 
     /// A target that answered and reset the connection before the relay started: the
