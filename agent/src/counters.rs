@@ -142,8 +142,9 @@ impl JobMetrics {
 /// Most connections followed at once for the active-connections gauge.
 const MAX_TRACKED: usize = 65536;
 
-/// Counts the records of a job (trace, proxies) into its metrics: an [`EventWriter`] next to
-/// the job's outputs.
+/// Counts the records of a job (trace, proxies) into its metrics: an
+/// [`EventWriter`](crate::output::EventWriter) next to the job's outputs (the impl is in
+/// `output::status`, where the trait's layer is).
 pub struct EventCounter {
     m: Arc<JobMetrics>,
     /// Open connections: (pid, socket).
