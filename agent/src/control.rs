@@ -16,6 +16,7 @@ use std::{
     time::Duration,
 };
 
+use thiserror::Error;
 use tokio::sync::Notify;
 
 use crate::signals;
@@ -184,9 +185,41 @@ impl Control {
     }
 }
 
+/// A `--duration SECS` (trace, capture, intercept) that is not a positive number of seconds.
+#[derive(Debug, Error, PartialEq)]
+#[error("--duration must be a positive number of seconds, not {0}")]
+pub struct BadDuration(pub f64);
+
+/// How long a session runs before it stops by itself, from its `--duration SECS` (`None`
+/// when not given: until stopped).
+pub fn duration_limit(secs: Option<f64>) -> Result<Option<Duration>, BadDuration> {
+    match secs {
+        Some(d) if !(d.is_finite() && d > 0.0) => Err(BadDuration(d)),
+        Some(d) => Ok(Some(Duration::from_secs_f64(d))),
+        None => Ok(None),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn duration_limits_are_positive_seconds() {
+        assert_eq!(duration_limit(None), Ok(None));
+        assert_eq!(
+            duration_limit(Some(0.25)),
+            Ok(Some(Duration::from_millis(250)))
+        );
+        for bad in [0.0, -1.0, f64::INFINITY] {
+            assert_eq!(duration_limit(Some(bad)), Err(BadDuration(bad)));
+        }
+        assert!(duration_limit(Some(f64::NAN)).is_err());
+        assert_eq!(
+            BadDuration(-1.0).to_string(),
+            "--duration must be a positive number of seconds, not -1"
+        );
+    }
 
     #[test]
     fn stop_wakes_waiters_and_fill_is_a_ratio() {

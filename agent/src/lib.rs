@@ -3,12 +3,13 @@
 //! One module per capability; each declares its command-line arguments and turns them into
 //! its options (`trace::command`, `capture::command`...), `cli` composes them and `cmd`
 //! dispatches. Modules depend one way, lowest first: `model`, `signals`; `control`;
-//! `output`; `kernel`; `proxy`, `trace`; `capture`, `dns`, `intercept`; `cli`; `daemon`;
+//! `counters`; `output`; `kernel`; `proxy`, `trace`; `capture`, `dns`, `intercept`; `cli`; `daemon`;
 //! `cmd` (`cargo xtask layers` lists the edges and checks them).
 //! - `trace`: per-process socket tracing with eBPF (syscall tracepoints, ring buffer).
 //! - `capture`: packet capture on interfaces with TC eBPF programs (pcapng or text lines).
 //! - `clock`: kernel (CLOCK_BOOTTIME) timestamps to wall-clock time.
 //! - `control`: stopping and watching a running session (signals, or the daemon's jobs).
+//! - `counters`: a session's counters and state (the status line, the daemon's metrics).
 //! - `daemon`: the systemd service running configured jobs.
 //! - `dns`: the spoofing DNS server (answers chosen names with chosen addresses).
 //! - `intercept`: transparent interception (nftables redirect/tproxy, per-process cgroup
@@ -28,6 +29,7 @@ pub mod cli;
 pub mod clock;
 pub mod cmd;
 pub mod control;
+pub mod counters;
 pub mod daemon;
 pub mod dns;
 pub mod intercept;

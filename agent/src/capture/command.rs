@@ -1,7 +1,7 @@
 //! `capagent capture ARGS`: the arguments, the options they make (which a daemon job of kind
 //! `capture` uses too), and running the capture from them.
 
-use std::{path::PathBuf, process::ExitStatus, time::Duration};
+use std::{path::PathBuf, process::ExitStatus};
 
 use clap::Args;
 
@@ -66,16 +66,12 @@ impl CaptureArgs {
     /// What `capagent capture ARGS` captures, and its session options (a daemon job of kind
     /// `capture` uses them too).
     pub fn options(&self) -> anyhow::Result<(CaptureOptions, SessionOptions)> {
-        if let Some(d) = self.duration
-            && !(d.is_finite() && d > 0.0)
-        {
-            anyhow::bail!("--duration must be a positive number of seconds, not {d}");
-        }
+        let duration = crate::control::duration_limit(self.duration)?;
         let opts = CaptureOptions {
             ifaces: self.ifaces.clone(),
             snaplen: self.snaplen,
             ring_bytes: self.ring_kib.saturating_mul(1024),
-            duration: self.duration.map(Duration::from_secs_f64),
+            duration,
             count: self.count,
             select: Selection {
                 pids: self.pids.clone(),

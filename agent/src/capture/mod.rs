@@ -20,7 +20,9 @@ use std::{ffi::CString, io, time::Duration};
 
 use agent_common::{
     CaptureConfig, FILTER_MAX_INSNS, FilterInsn, FilterRef, IfCounters, PACKET_MAX, PacketEvent,
-    SockOwner, owner_src, select,
+    SockOwner,
+    capture::{maps, progs},
+    owner_src, select,
 };
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuHashMap, PerCpuValues, RingBuf};
 use thiserror::Error;
@@ -326,8 +328,8 @@ fn load_filter(
     let mut slots: Vec<(LinkType, FilterRef)> = Vec::new();
     {
         let map = ebpf
-            .map_mut("FILTER_INSNS")
-            .ok_or(KernelError::MissingMap("FILTER_INSNS"))?;
+            .map_mut(maps::FILTER_INSNS)
+            .ok_or(KernelError::MissingMap(maps::FILTER_INSNS))?;
         let mut insns: Array<&mut MapData, FilterInsn> =
             Array::try_from(map).map_err(CaptureError::FilterMap)?;
         for (slot, lt) in filter.linktypes().enumerate() {
@@ -343,8 +345,8 @@ fn load_filter(
         }
     }
     let map = ebpf
-        .map_mut("FILTER_IFACES")
-        .ok_or(KernelError::MissingMap("FILTER_IFACES"))?;
+        .map_mut(maps::FILTER_IFACES)
+        .ok_or(KernelError::MissingMap(maps::FILTER_IFACES))?;
     let mut refs: BpfHashMap<&mut MapData, u32, FilterRef> =
         BpfHashMap::try_from(map).map_err(CaptureError::FilterMap)?;
     for iface in ifaces {
@@ -428,7 +430,7 @@ pub fn run(
     if let Some(f) = filter {
         load_filter(attached.ebpf(), f, ifaces)?;
     }
-    let ring: RingBuf<MapData> = kernel::take_map(attached.ebpf(), "PACKETS")?;
+    let ring: RingBuf<MapData> = kernel::take_map(attached.ebpf(), maps::PACKETS)?;
     let stats = interface_stats(attached.ebpf(), ifaces)?;
     let _owners = track_owners(attached.ebpf(), &opts.select)?;
     attached.attach_all(ifaces, opts.xdp)?;
@@ -504,7 +506,7 @@ fn interface_stats(
     ifaces: &[Iface],
 ) -> Result<PerCpuHashMap<MapData, u32, IfCounters>, CaptureError> {
     let mut stats: PerCpuHashMap<MapData, u32, IfCounters> =
-        kernel::take_map(ebpf, "CAPTURE_STATS")?;
+        kernel::take_map(ebpf, maps::CAPTURE_STATS)?;
     let cpus = aya::util::nr_cpus().map_err(|(_, e)| CaptureError::Output(e))?;
     for iface in ifaces {
         let zeros = PerCpuValues::try_from(vec![IfCounters::default(); cpus])
@@ -527,16 +529,17 @@ type OwnerMaps = (
 /// selected.
 fn track_owners(ebpf: &mut aya::Ebpf, sel: &Selection) -> Result<OwnerMaps, CaptureError> {
     for tp in ["sys_exit_socket", "sys_exit_accept", "sys_exit_accept4"] {
-        kernel::attach_tracepoint(ebpf, "capture_sock_exit", "syscalls", tp)?;
+        kernel::attach_tracepoint(ebpf, progs::SOCK_EXIT, "syscalls", tp)?;
     }
-    kernel::attach_tracepoint(ebpf, "capture_newtask", "task", "task_newtask")?;
-    let mut owners: BpfHashMap<MapData, u64, SockOwner> = kernel::take_map(ebpf, "SOCK_OWNERS")?;
+    kernel::attach_tracepoint(ebpf, progs::NEWTASK, "task", "task_newtask")?;
+    let mut owners: BpfHashMap<MapData, u64, SockOwner> =
+        kernel::take_map(ebpf, maps::SOCK_OWNERS)?;
     let seeded = seed_owners(&mut owners);
     tracing::debug!(seeded, "socket owners from /proc");
-    let mut pids: BpfHashMap<MapData, u32, u8> = kernel::take_map(ebpf, "CAPTURE_PIDS")?;
+    let mut pids: BpfHashMap<MapData, u32, u8> = kernel::take_map(ebpf, maps::CAPTURE_PIDS)?;
     for &pid in &sel.pids {
         pids.insert(pid, 1, 0).map_err(|source| CaptureError::Map {
-            name: "CAPTURE_PIDS",
+            name: maps::CAPTURE_PIDS,
             source,
         })?;
     }

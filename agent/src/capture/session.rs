@@ -241,7 +241,7 @@ struct Sink {
     filtering: bool,
     /// The counters of the status line, when one is shown, and when the kernel's drop
     /// counters were last read into them.
-    status: Option<(std::sync::Arc<crate::daemon::metrics::JobMetrics>, Instant)>,
+    status: Option<(std::sync::Arc<crate::counters::JobMetrics>, Instant)>,
     /// The status line, drawn from the first [`PacketSink::idle`] on (after the start line).
     status_line: Option<crate::output::status::StatusLine>,
 }
@@ -514,12 +514,7 @@ pub fn run_with(
     let status = crate::output::status::shown(
         output.is_none() && sopts.write.as_deref().is_some_and(|p| p.as_os_str() != "-"),
     )
-    .then(|| {
-        (
-            crate::daemon::metrics::JobMetrics::new("", ""),
-            Instant::now(),
-        )
-    });
+    .then(|| (crate::counters::JobMetrics::new("", ""), Instant::now()));
     let out = match (output, &sopts.write) {
         (Some(mut o), _) => {
             o.begin(&ifaces, opts.snaplen)

@@ -17,13 +17,13 @@ use anyhow::Context as _;
 
 use super::{
     config::{ConfigError, Job, Record, Rotation},
-    metrics::JobMetrics,
     outputs::{self, CaptureFiles},
 };
 use crate::{
     capture::{self, CaptureOptions, session::SessionOptions},
     cli::Command,
     control::Control,
+    counters::JobMetrics,
     intercept::{InterceptOptions, RelayOptions},
     output::{EventWriter, FanOut},
     proxy::{self, Recorder, command::Service},

@@ -18,7 +18,6 @@ use std::{
 
 use super::{
     config::{Record, Rotation},
-    metrics::{EventCounter, JobMetrics},
     rotate::{CountingFile, Rotator},
 };
 use crate::{
@@ -28,6 +27,7 @@ use crate::{
         pcapng::CaptureWriter,
         session::{self, CaptureOutput},
     },
+    counters::{EventCounter, JobMetrics},
     model::Event,
     output::{EventWriter, Format, Writer, pcapng::PcapngWriter, text::TextConfig},
 };

@@ -19,10 +19,13 @@ use super::{
     config::{Config, Job, Rotation},
     http::MetricsServer,
     jobs::{self, JobEnv},
-    metrics::{JobMetrics, JobState, Registry},
+    metrics::Registry,
     notify::{self, Notifier},
 };
-use crate::control::Control;
+use crate::{
+    control::Control,
+    counters::{JobMetrics, JobState},
+};
 
 /// First wait before a failed job is started again; doubled at each failure in a row.
 const BACKOFF_MIN: Duration = Duration::from_secs(1);

@@ -13,7 +13,10 @@ use std::os::fd::AsRawFd as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use agent_common::intercept::progs::{CONNECT4, CONNECT6, EXIT, FORK, SOCKOPS};
+use agent_common::intercept::{
+    maps,
+    progs::{CONNECT4, CONNECT6, EXIT, FORK, SOCKOPS},
+};
 use agent_common::{ClientKey, INTERCEPT_PORTS_MAX, InterceptConfig, OrigDst};
 use aya::maps::{HashMap, MapData};
 use aya::programs::CgroupAttachMode;
@@ -247,8 +250,8 @@ impl Hooks {
                 kernel::attach_tracepoint(&mut ebpf, FORK, "task", "task_newtask")?;
             }
         }
-        let pids = kernel::take_map(&mut ebpf, "ICPT_PIDS")?;
-        let by_client = kernel::take_map(&mut ebpf, "ICPT_BY_CLIENT")?;
+        let pids = kernel::take_map(&mut ebpf, maps::ICPT_PIDS)?;
+        let by_client = kernel::take_map(&mut ebpf, maps::ICPT_BY_CLIENT)?;
         tracing::info!(cgroup = %path, "per-process hooks attached");
         Ok(Hooks {
             _ebpf: ebpf,

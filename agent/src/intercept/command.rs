@@ -82,11 +82,7 @@ impl InterceptArgs {
     /// What `capagent intercept ARGS` intercepts, and what it does with the connections (a
     /// daemon job of kind `intercept` uses them too).
     pub fn options(&self) -> anyhow::Result<(InterceptOptions, RelayOptions)> {
-        if let Some(d) = self.duration
-            && !(d.is_finite() && d > 0.0)
-        {
-            anyhow::bail!("--duration must be a positive number of seconds, not {d}");
-        }
+        let duration = crate::control::duration_limit(self.duration)?;
         let record = self.record.options();
         let dsts = self
             .dsts
@@ -108,7 +104,7 @@ impl InterceptArgs {
             cgroup: self.cgroup.clone(),
             command: self.command.clone(),
             command_stdout: ChildStdout::for_records(record.on_stdout()),
-            duration: self.duration.map(Duration::from_secs_f64),
+            duration,
         };
         opts.validate()?;
         if !(self.idle_timeout.is_finite() && self.idle_timeout >= 0.0) {

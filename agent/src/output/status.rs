@@ -3,7 +3,7 @@
 //! second, as tshark does while it writes a file, so a long capture shows it is alive.
 //! Only when stderr is a terminal: never in logs, under the daemon or in CI.
 //!
-//! It reads the counters the daemon's metrics keep ([`JobMetrics`]): the event-based modes
+//! It reads the session's counters ([`JobMetrics`], the ones the daemon's metrics expose): the event-based modes
 //! feed them with an [`EventCounter`] next to their writers, the capture with its packets
 //! and the kernel's drop counters. The line is drawn by a thread of its own, so a quiet
 //! session still shows its time going by; dropping the [`StatusLine`] erases it (before the
@@ -16,8 +16,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::EventWriter;
 use super::num::human_bytes;
-use crate::daemon::metrics::{EventCounter, JobMetrics};
+use crate::{
+    counters::{EventCounter, JobMetrics},
+    model::Event,
+};
 
 /// How often the line is redrawn.
 pub const EVERY: Duration = Duration::from_secs(1);
@@ -172,6 +176,18 @@ impl Drop for StatusLine {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// The counter is a writer too: next to a session's other writers, it counts what they write.
+impl EventWriter for EventCounter {
+    fn write_event(&mut self, ev: &Event) -> std::io::Result<()> {
+        self.observe(ev);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 

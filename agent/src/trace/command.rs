@@ -88,11 +88,7 @@ impl TraceArgs {
         } else {
             self.follow_forks || !self.command.is_empty()
         };
-        if let Some(d) = self.duration
-            && !(d.is_finite() && d > 0.0)
-        {
-            anyhow::bail!("--duration must be a positive number of seconds, not {d}");
-        }
+        let duration = crate::control::duration_limit(self.duration)?;
         let opts = TraceOptions {
             pids: self.pids.clone(),
             comm: self.comm.clone(),
@@ -106,7 +102,7 @@ impl TraceArgs {
             syscalls: super::run::parse_events(&self.events)?,
             snaplen: self.snaplen,
             ring_bytes: self.ring_kib.saturating_mul(1024),
-            duration: self.duration.map(Duration::from_secs_f64),
+            duration,
             lossless: !self.allow_loss && !self.all,
         };
         if opts.pids.is_empty() && opts.comm.is_none() && !opts.all && opts.command.is_empty() {

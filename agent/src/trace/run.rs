@@ -5,7 +5,11 @@
 
 use std::{collections::HashSet, io, process::ExitStatus, time::Duration};
 
-use agent_common::{Config, KernelOffsets, counter, sys, traced};
+use agent_common::{
+    Config, KernelOffsets, counter, sys,
+    trace::{maps, progs},
+    traced,
+};
 use aya::{
     Ebpf,
     maps::{HashMap, MapData, PerCpuArray, RingBuf},
@@ -224,8 +228,8 @@ pub fn run(
     let mut ebpf = kernel::load(&config, opts.ring_bytes)?;
 
     // The maps userspace works with, taken out of the object (they stay alive while held).
-    let mut traced: HashMap<MapData, u32, u8> = kernel::take_map(&mut ebpf, "TRACED")?;
-    let ring: RingBuf<MapData> = kernel::take_map(&mut ebpf, "EVENTS")?;
+    let mut traced: HashMap<MapData, u32, u8> = kernel::take_map(&mut ebpf, maps::TRACED)?;
+    let ring: RingBuf<MapData> = kernel::take_map(&mut ebpf, maps::EVENTS)?;
     let mut tracer = Tracer {
         // The kernel names every record with its process's name at the time of the call
         // (the thread group leader's comm): no /proc lookup (it would be racy with exec).
@@ -235,8 +239,8 @@ pub fn run(
         live: HashSet::new(),
         stop_when_gone: opts.comm.is_none() && !opts.all,
         child_running: !opts.command.is_empty(),
-        counters: kernel::take_map(&mut ebpf, "COUNTERS")?,
-        paused: kernel::take_map(&mut ebpf, "PAUSED")?,
+        counters: kernel::take_map(&mut ebpf, maps::COUNTERS)?,
+        paused: kernel::take_map(&mut ebpf, maps::PAUSED)?,
         reported_lost: (0, 0),
         wakeup_bytes: u64::from(config.wakeup_bytes),
         drained_since_check: 0,
@@ -247,7 +251,7 @@ pub fn run(
         traced
             .insert(pid, traced::ROOT, 0)
             .map_err(|source| KernelError::Map {
-                name: "TRACED",
+                name: maps::TRACED,
                 source: Box::new(source),
             })
     };
@@ -312,14 +316,14 @@ fn config(opts: &TraceOptions, offsets: KernelOffsets, comm_filter: Option<[u8; 
 /// Attaches the programs: process life (fork, exec, exit), then the syscalls.
 fn attach(ebpf: &mut Ebpf) -> Result<(), KernelError> {
     for (prog, tp) in [
-        ("task_newtask", ("task", "task_newtask")),
-        ("sched_process_exec", ("sched", "sched_process_exec")),
-        ("sched_process_exit", ("sched", "sched_process_exit")),
+        (progs::TASK_NEWTASK, ("task", "task_newtask")),
+        (progs::SCHED_PROCESS_EXEC, ("sched", "sched_process_exec")),
+        (progs::SCHED_PROCESS_EXIT, ("sched", "sched_process_exit")),
     ] {
         kernel::attach_tracepoint(ebpf, prog, tp.0, tp.1)?;
     }
-    kernel::attach_raw_tracepoint(ebpf, "sys_enter", "sys_enter")?;
-    kernel::attach_raw_tracepoint(ebpf, "sys_exit", "sys_exit")
+    kernel::attach_raw_tracepoint(ebpf, progs::SYS_ENTER, "sys_enter")?;
+    kernel::attach_raw_tracepoint(ebpf, progs::SYS_EXIT, "sys_exit")
 }
 
 /// The trace mode of a session: kernel records to events for the sink, the set of live
