@@ -11,7 +11,6 @@
 //! nothing.
 use std::{
     fs,
-    io::Write as _,
     path::PathBuf,
     process::Stdio,
     thread,
@@ -188,32 +187,42 @@ pub fn daemon(args: DaemonBenchArgs) -> Result<()> {
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
         let (status, timed_out) = util::wait_timeout(&mut daemon, Duration::from_secs(20), false)?;
         let stopped = stop.elapsed().as_secs_f64();
-        let mut out = std::io::stdout().lock();
-        writeln!(
-            out,
-            "capagent daemon, {} ({jobs} jobs, {threads} threads), idle for {elapsed:.0} s:",
-            config_path.display()
-        )?;
-        writeln!(
-            out,
-            "  idle CPU   {cpu:6.2}% of one core   target < 1%      {}",
-            if cpu < 1.0 { "ok" } else { "OVER" }
-        )?;
-        writeln!(
-            out,
-            "  RSS        {rss:6.1} MiB            target < 64 MiB  {}",
-            if rss < 64.0 { "ok" } else { "OVER" }
-        )?;
-        writeln!(out, "  peak RSS   {hwm:6.1} MiB (VmHWM)")?;
-        writeln!(
-            out,
-            "  SIGTERM    {}",
-            match (status, timed_out) {
-                (_, true) => "did not exit within 20 s (killed)".to_string(),
-                (Some(s), _) => format!("exited in {stopped:.2} s ({s})"),
-                (None, _) => "?".to_string(),
-            }
-        )?;
+        let verdict = |ok: bool| if ok { "ok" } else { "OVER" };
+        let (stop_value, stop_unit) = match (status, timed_out) {
+            (_, true) => (
+                "-".to_string(),
+                "did not exit within 20 s (killed)".to_string(),
+            ),
+            (Some(s), _) => (format!("{stopped:.2}"), format!("s to exit ({s})")),
+            (None, _) => ("?".to_string(), String::new()),
+        };
+        super::print_table(
+            &format!(
+                "capagent daemon, {} ({jobs} jobs, {threads} threads), idle for {elapsed:.0} s:",
+                config_path.display()
+            ),
+            &[
+                crate::row!["measure", "value", "unit", "target", ""],
+                crate::row![
+                    "idle CPU",
+                    format!("{cpu:.2}"),
+                    "% of one core",
+                    "< 1%",
+                    verdict(cpu < 1.0)
+                ],
+                crate::row![
+                    "RSS",
+                    format!("{rss:.1}"),
+                    "MiB",
+                    "< 64 MiB",
+                    verdict(rss < 64.0)
+                ],
+                crate::row!["peak RSS", format!("{hwm:.1}"), "MiB (VmHWM)"],
+                crate::row!["SIGTERM", stop_value, stop_unit],
+            ],
+            &[1],
+            &[],
+        );
         Ok(())
     })();
     if daemon.try_wait()?.is_none() {

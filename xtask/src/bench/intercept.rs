@@ -325,28 +325,39 @@ pub fn intercept(args: InterceptBenchArgs) -> Result<()> {
         Ok(m) => (m.per_sec, m.mbps),
         Err(e) => bail!("direct path failed: {e:#}"),
     };
-    println!(
-        "\nconnection setup: {} connections one after the other (connect, 1 byte each way, close); throughput: {} MiB stream",
-        args.count,
-        args.bytes >> 20
-    );
-    println!(
-        "{:<22} {:>12} {:>10} {:>8} {:>14} {:>8}",
+    let mut table = vec![crate::row![
         "path", "conn/s", "µs/conn", "ratio", "Mbit/s", "ratio"
-    );
+    ]];
     for (name, m) in &rows {
         match m {
-            Ok(m) => println!(
-                "{:<22} {:>12.0} {:>10.1} {:>7.2}x {:>14.0} {:>7.2}x",
+            Ok(m) => table.push(crate::row![
                 name,
-                m.per_sec,
-                m.avg_us,
-                m.per_sec / base.0,
-                m.mbps,
-                m.mbps / base.1
-            ),
-            Err(e) => println!("{name:<22} failed: {e:#}"),
+                format!("{:.0}", m.per_sec),
+                format!("{:.1}", m.avg_us),
+                format!("{:.2}x", m.per_sec / base.0),
+                format!("{:.0}", m.mbps),
+                format!("{:.2}x", m.mbps / base.1)
+            ]),
+            Err(e) => table.push(crate::row![
+                name,
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                format!("failed: {e:#}")
+            ]),
         }
     }
+    super::print_table(
+        &format!(
+            "connection setup: {} connections one after the other (connect, 1 byte each way, close); throughput: {} MiB stream",
+            args.count,
+            args.bytes >> 20
+        ),
+        &table,
+        &[1, 2, 3, 4, 5],
+        &[],
+    );
     Ok(())
 }

@@ -12,32 +12,79 @@ use std::fs;
 /// Prints `table` (first row: the header) in left-aligned columns, a rule under the header,
 /// after an empty line.
 pub fn print_aligned<R: AsRef<[String]>>(table: &[R]) {
+    print_table("", table, &[], &[]);
+}
+
+/// The one table printer of the benches: after an empty line, `title` (when not empty), then
+/// `table` (first row: the header) in columns two spaces apart, left-aligned but for the
+/// columns listed in `right` (numbers), a rule under the header, then each of `notes` on a
+/// line of its own. A row shorter than the header leaves the rest empty; a row's last cell
+/// (such as an error) may run past the rule.
+pub fn print_table<R: AsRef<[String]>>(
+    title: &str,
+    table: &[R],
+    right: &[usize],
+    notes: &[String],
+) {
+    print!("{}", format_table(title, table, right, notes));
+}
+
+/// What [`print_table`] prints.
+pub fn format_table<R: AsRef<[String]>>(
+    title: &str,
+    table: &[R],
+    right: &[usize],
+    notes: &[String],
+) -> String {
     let columns = table.first().map_or(0, |r| r.as_ref().len());
     let widths: Vec<usize> = (0..columns)
         .map(|c| {
             table
                 .iter()
-                .map(|r| r.as_ref()[c].chars().count())
+                .filter_map(|r| r.as_ref().get(c))
+                .map(|cell| cell.chars().count())
                 .max()
                 .unwrap_or(0)
         })
         .collect();
-    println!();
+    let mut out = String::from("\n");
+    if !title.is_empty() {
+        out.push_str(title);
+        out.push('\n');
+    }
     for (i, row) in table.iter().enumerate() {
-        let cells: Vec<String> = row
-            .as_ref()
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
+        let row = row.as_ref();
+        let cells: Vec<String> = (0..columns.max(row.len()))
+            .map(|c| {
+                let cell = row.get(c).map_or("", String::as_str);
+                let w = widths.get(c).copied().unwrap_or(0);
+                if right.contains(&c) {
+                    format!("{cell:>w$}")
+                } else {
+                    format!("{cell:<w$}")
+                }
+            })
             .collect();
-        println!("{}", cells.join("  ").trim_end());
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
         if i == 0 {
-            println!(
-                "{}",
-                "-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1))
-            );
+            out.push_str(&"-".repeat(widths.iter().sum::<usize>() + 2 * columns.saturating_sub(1)));
+            out.push('\n');
         }
     }
+    for n in notes {
+        out.push_str(n);
+        out.push('\n');
+    }
+    out
+}
+
+/// A table row of strings.
+#[macro_export]
+macro_rules! row {
+    ($($cell:expr),* $(,)?) => {
+        vec![$($cell.to_string()),*]
+    };
 }
 
 /// The run with the median `key` (of an even count, the upper of the two middle ones), or
@@ -92,6 +139,26 @@ mod tests {
         assert_eq!(
             super::median_run(vec![Ok(1.0), Err("x".to_string())], |x| *x),
             Err("x".to_string())
+        );
+    }
+
+    #[test]
+    fn tables() {
+        let t = vec![
+            row!["path", "req/s", "notes"],
+            row!["direct", 12345, ""],
+            row!["proxy", 7, "slow"],
+            row!["broken", "-"],
+        ];
+        assert_eq!(
+            super::format_table("title", &t, &[1], &["a note".to_string()]),
+            "\ntitle\n\
+             path    req/s  notes\n\
+             --------------------\n\
+             direct  12345\n\
+             proxy       7  slow\n\
+             broken      -\n\
+             a note\n"
         );
     }
 }

@@ -282,15 +282,13 @@ pub fn print_http(args: &HttpBenchArgs, rows: &[HttpRow]) {
     let direct = rate("direct");
     let tiny = rate("tinyproxy");
     let tiny_close = rate("tinyproxy (conn. per request)");
-    println!();
-    println!(
-        "HTTP proxy: wrk -t{} -c{} -d{}s, keep-alive, 13-byte responses, loopback",
-        args.http_threads, args.http_connections, args.http_duration
-    );
-    println!(
-        "{:<34} {:>12} {:>10} {:>13}  notes",
-        "path", "req/s", "x direct", "x tinyproxy"
-    );
+    let mut table = vec![crate::row![
+        "path",
+        "req/s",
+        "x direct",
+        "x tinyproxy",
+        "notes"
+    ]];
     for r in rows {
         match &r.rate {
             Ok(v) => {
@@ -298,10 +296,9 @@ pub fn print_http(args: &HttpBenchArgs, rows: &[HttpRow]) {
                     base.filter(|b| *b > 0.0)
                         .map_or("-".to_string(), |b| format!("{:.2}", v / b))
                 };
-                println!(
-                    "{:<34} {:>12.0} {:>10} {:>13}  {}",
+                table.push(crate::row![
                     r.name,
-                    v,
+                    format!("{v:.0}"),
                     ratio(direct),
                     ratio(if r.name.contains("conn. per request") {
                         tiny_close
@@ -309,17 +306,26 @@ pub fn print_http(args: &HttpBenchArgs, rows: &[HttpRow]) {
                         tiny
                     }),
                     r.note
-                );
+                ]);
             }
-            Err(e) => println!("{:<34} {:>12}  {e}", r.name, "-"),
+            Err(e) => table.push(crate::row![r.name, "-", "-", "-", e]),
         }
     }
-    println!(
-        "x tinyproxy: keep-alive rows against tinyproxy, connection-per-request rows against \
-         tinyproxy with a connection per request (tinyproxy closes every client connection \
-         after one response: wrk counts those closes as read errors)"
+    super::print_table(
+        &format!(
+            "HTTP proxy: wrk -t{} -c{} -d{}s, keep-alive, 13-byte responses, loopback",
+            args.http_threads, args.http_connections, args.http_duration
+        ),
+        &table,
+        &[1, 2, 3],
+        &[
+            "x tinyproxy: keep-alive rows against tinyproxy, connection-per-request rows against \
+             tinyproxy with a connection per request (tinyproxy closes every client connection \
+             after one response: wrk counts those closes as read errors)"
+                .to_string(),
+            "target: capagent http >= 1.00x tinyproxy".to_string(),
+        ],
     );
-    println!("target: capagent http >= 1.00x tinyproxy");
 }
 
 /// `cargo xtask bench proxy` options.

@@ -29,8 +29,11 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use crate::bench::median;
 use crate::util::{self, which};
+use crate::{
+    bench::{loadavg, median, print_table},
+    row,
+};
 
 #[derive(Args, Debug, Clone)]
 pub struct CoreBenchArgs {
@@ -772,19 +775,7 @@ fn print_tables(args: &CoreBenchArgs, tput: &[ThroughputRow], rates: &[RateRow],
     };
     let direct = gbps(Relay::Direct);
     if !tput.is_empty() {
-        println!();
-        println!(
-            "## TCP throughput: iperf3, 1 stream, {} s, median of {} (loadavg {})",
-            args.iperf_secs,
-            args.iperf_runs,
-            fs::read_to_string("/proc/loadavg")
-                .unwrap_or_default()
-                .split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
-        println!("{:<32} {:>10} {:>9}  note", "relay", "Gbit/s", "x direct");
+        let mut table = vec![row!["relay", "Gbit/s", "x direct", "note"]];
         for t in tput {
             match &t.gbps {
                 Ok(g) => {
@@ -792,43 +783,45 @@ fn print_tables(args: &CoreBenchArgs, tput: &[ThroughputRow], rates: &[RateRow],
                     let note = t.recorded.map_or(String::new(), |b| {
                         format!("pcapng of the last run: {:.2} GB", b as f64 / 1e9)
                     });
-                    println!("{:<32} {:>10.2} {:>9}  {note}", t.relay.name(), g, ratio);
+                    table.push(row![t.relay.name(), format!("{g:.2}"), ratio, note]);
                 }
-                Err(e) => println!("{:<32} {:>10} {:>9}  {e}", t.relay.name(), "-", "-"),
+                Err(e) => table.push(row![t.relay.name(), "-", "-", e]),
             }
         }
         let pair = |a: Relay, b: Relay| match (gbps(a), gbps(b)) {
             (Some(x), Some(y)) => format!("{:.2}x", x / y),
             _ => "-".into(),
         };
-        println!(
-            "forward recording / socat = {} (target >= 1.00); forward --no-record / haproxy = {} (target >= 1.00)",
-            pair(Relay::ForwardRecord, Relay::Socat),
-            pair(Relay::ForwardNoRecord, Relay::Haproxy)
+        print_table(
+            &format!(
+                "## TCP throughput: iperf3, 1 stream, {} s, median of {} (loadavg {})",
+                args.iperf_secs,
+                args.iperf_runs,
+                loadavg()
+            ),
+            &table,
+            &[1, 2],
+            &[format!(
+                "forward recording / socat = {} (target >= 1.00); forward --no-record / haproxy = {} (target >= 1.00)",
+                pair(Relay::ForwardRecord, Relay::Socat),
+                pair(Relay::ForwardNoRecord, Relay::Haproxy)
+            )],
         );
     }
     if !rates.is_empty() {
-        println!();
-        println!(
-            "## SOCKS5 connections per second ({} client threads; rounds of {} interleaved 1 s turns per proxy, median of {}; CONNECT + 2-byte answer + close; loadavg {})",
-            args.socks_clients,
-            args.socks_secs,
-            args.socks_runs,
-            fs::read_to_string("/proc/loadavg")
-                .unwrap_or_default()
-                .split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
         let micro = rates
             .iter()
             .find(|r| r.name == Socks::Microsocks.name())
             .and_then(|r| r.rate.as_ref().ok());
-        println!(
-            "{:<32} {:>10} {:>12} {:>8} {:>12} {:>9}  x microsocks by round: min-max (each round)",
-            "proxy", "conn/s", "x microsocks", "failed", "CPU us/conn", "CPU used"
-        );
+        let mut table = vec![row![
+            "proxy",
+            "conn/s",
+            "x microsocks",
+            "failed",
+            "CPU us/conn",
+            "CPU used",
+            "x microsocks by round: min-max (each round)"
+        ]];
         for r in rates {
             match &r.rate {
                 Ok((rate, failed, rounds, cpu, share)) => {
@@ -841,49 +834,56 @@ fn print_tables(args: &CoreBenchArgs, tput: &[ThroughputRow], rates: &[RateRow],
                         let each: Vec<String> = x.iter().map(|v| format!("{v:.2}")).collect();
                         format!("{lo:.2}-{hi:.2} ({})", each.join(" "))
                     });
-                    println!(
-                        "{:<32} {:>10.0} {:>12} {:>8} {:>12.1} {:>9}  {}",
+                    table.push(row![
                         r.name,
-                        rate,
+                        format!("{rate:.0}"),
                         micro.map_or("-".into(), |m| format!("{:.2}x", rate / m.0)),
                         failed,
-                        cpu,
+                        format!("{cpu:.1}"),
                         format!("{:.0}%", share * 100.0),
                         by_round.unwrap_or_default()
-                    )
+                    ]);
                 }
-                Err(e) => println!(
-                    "{:<32} {:>10} {:>12} {:>8} {:>12} {:>9}  {e}",
-                    r.name, "-", "-", "-", "-", "-"
-                ),
+                Err(e) => table.push(row![r.name, "-", "-", "-", "-", "-", e]),
             }
         }
-        println!(
-            "target: capagent socks >= 1.00x microsocks (CPU us/conn: the proxy's user + system time per connection, kernel TCP work included; CPU used: that time over the time it served, in % of one CPU: on a busy machine the scheduler shares CPUs by thread, and microsocks runs a thread per connection, capagent one per CPU)"
+        print_table(
+            &format!(
+                "## SOCKS5 connections per second ({} client threads; rounds of {} interleaved 1 s turns per proxy, median of {}; CONNECT + 2-byte answer + close; loadavg {})",
+                args.socks_clients,
+                args.socks_secs,
+                args.socks_runs,
+                loadavg()
+            ),
+            &table,
+            &[1, 2, 3, 4, 5],
+            &["target: capagent socks >= 1.00x microsocks (CPU us/conn: the proxy's user + system time per connection, kernel TCP work included; CPU used: that time over the time it served, in % of one CPU: on a busy machine the scheduler shares CPUs by thread, and microsocks runs a thread per connection, capagent one per CPU)".to_string()],
         );
     }
     if !mem.is_empty() {
-        println!();
-        println!(
-            "## Memory: RSS with {} relayed connections open (each after one round trip)",
-            args.rss_conns
-        );
-        println!(
-            "{:<32} {:>10} {:>12} {:>12}",
-            "relay", "idle MiB", "busy MiB", "KiB/conn"
-        );
+        let mut table = vec![row!["relay", "idle MiB", "busy MiB", "KiB/conn"]];
         for m in mem {
             match &m.kib {
-                Ok((idle, busy)) => println!(
-                    "{:<32} {:>10.1} {:>12.1} {:>12.1}",
+                Ok((idle, busy)) => table.push(row![
                     m.name,
-                    *idle as f64 / 1024.0,
-                    *busy as f64 / 1024.0,
-                    busy.saturating_sub(*idle) as f64 / args.rss_conns.max(1) as f64
-                ),
-                Err(e) => println!("{:<32} {:>10} {:>12} {:>12}  {e}", m.name, "-", "-", "-"),
+                    format!("{:.1}", *idle as f64 / 1024.0),
+                    format!("{:.1}", *busy as f64 / 1024.0),
+                    format!(
+                        "{:.1}",
+                        busy.saturating_sub(*idle) as f64 / args.rss_conns.max(1) as f64
+                    )
+                ]),
+                Err(e) => table.push(row![m.name, "-", "-", "-", e]),
             }
         }
-        println!("(socat: all its processes, one per connection)");
+        print_table(
+            &format!(
+                "## Memory: RSS with {} relayed connections open (each after one round trip)",
+                args.rss_conns
+            ),
+            &table,
+            &[1, 2, 3],
+            &["(socat: all its processes, one per connection)".to_string()],
+        );
     }
 }
