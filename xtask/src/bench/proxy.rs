@@ -17,7 +17,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow, bail};
-use capagent_testkit::wait_for;
+use capagent_testkit::{listening, proxy::closed_tcp_port, wait_for};
 use clap::Args;
 
 mod relays;
@@ -103,23 +103,28 @@ impl Drop for Guard {
     }
 }
 
-/// Waits until something accepts connections on `addr`.
-fn wait_port(addr: SocketAddr, child: &mut Child) -> Result<()> {
-    wait_for(Duration::from_secs(10), || {
-        if TcpStream::connect(addr).is_ok() {
+/// Waits up to `timeout` until a TCP socket of this network namespace listens on `port`
+/// (from /proc/net/tcp: probing with a connection would reach the server behind a proxy),
+/// unless `child` exits first.
+pub(crate) fn wait_listening(port: u16, child: &mut Child, timeout: Duration) -> Result<()> {
+    wait_for(timeout, || {
+        if listening(0, port) {
             return Some(Ok(()));
         }
         match child.try_wait() {
-            Ok(Some(st)) => Some(Err(anyhow!("exited ({st}) before listening on {addr}"))),
+            Ok(Some(st)) => Some(Err(anyhow!(
+                "exited ({st}) before listening on port {port}"
+            ))),
             Ok(None) => None,
             Err(e) => Some(Err(e.into())),
         }
     })
-    .unwrap_or_else(|| bail!("nothing listens on {addr} after 10 s"))
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    .unwrap_or_else(|| {
+        bail!(
+            "nothing listens on port {port} after {} s",
+            timeout.as_secs()
+        )
+    })
 }
 
 /// Runs wrk against `url` (through a proxy when `absolute` gives the URI to request);
@@ -213,7 +218,7 @@ pub fn http(
         eprintln!("== http: through {name}");
         let r = (|| {
             let bin = capagent.map_err(|e| anyhow::anyhow!("{e}"))?;
-            let port = free_port()?;
+            let port = closed_tcp_port();
             let listen = format!("127.0.0.1:{port}");
             let mut cmd = Command::new(bin);
             cmd.args(["proxy", "http", "--listen", &listen]);
@@ -225,7 +230,11 @@ pub fn http(
             }
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
             let mut g = Guard(cmd.spawn().context("cannot start capagent")?);
-            wait_port(listen.parse()?, &mut g.0)?;
+            wait_listening(
+                listen.parse::<SocketAddr>()?.port(),
+                &mut g.0,
+                Duration::from_secs(10),
+            )?;
             let (rate, mut note) = wrk(args, tmp, &format!("http://{listen}/"), Some(&uri), close)?;
             drop(g);
             if record && let Ok(m) = fs::metadata(&pcap) {
@@ -245,7 +254,7 @@ pub fn http(
             if which("tinyproxy").is_none() {
                 bail!("tinyproxy is not installed (cargo xtask setup installs it)");
             }
-            let port = free_port()?;
+            let port = closed_tcp_port();
             let conf = tmp.join("tinyproxy.conf");
             fs::write(
                 &conf,
@@ -258,7 +267,7 @@ pub fn http(
             cmd.arg("-d").arg("-c").arg(&conf);
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
             let mut g = Guard(cmd.spawn().context("cannot start tinyproxy")?);
-            wait_port(format!("127.0.0.1:{port}").parse()?, &mut g.0)?;
+            wait_listening(port, &mut g.0, Duration::from_secs(10))?;
             wrk(
                 args,
                 tmp,

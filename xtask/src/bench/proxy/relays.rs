@@ -27,6 +27,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use capagent_testkit::proxy::closed_tcp_port;
 use clap::Args;
 
 use crate::util::{self, which};
@@ -101,29 +102,9 @@ impl Guard {
     }
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Waits until a socket listens on 127.0.0.1:`port` (from /proc/net/tcp: probing with a
-/// connection would reach the server behind a proxy).
+/// Waits until a socket listens on `port` (see [`super::wait_listening`]), up to 15 s.
 fn wait_listening(port: u16, child: &mut Guard) -> Result<()> {
-    let want = format!("0100007F:{port:04X}");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        let table = fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-        if table.lines().skip(1).any(|l| {
-            let c: Vec<&str> = l.split_whitespace().collect();
-            c.len() > 3 && c[1] == want && c[3] == "0A"
-        }) {
-            return Ok(());
-        }
-        if let Some(st) = child.0.try_wait()? {
-            bail!("exited ({st}) before listening on port {port}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    bail!("nothing listens on port {port} after 15 s")
+    super::wait_listening(port, &mut child.0, Duration::from_secs(15))
 }
 
 /// Runs one iperf3 client for `secs`; returns received bits per second.
@@ -254,7 +235,7 @@ struct ThroughputRow {
 
 fn throughput(args: &CoreBenchArgs, env: &Env) -> Result<Vec<ThroughputRow>> {
     which("iperf3").context("iperf3 is not installed (cargo xtask setup)")?;
-    let iperf_port = free_port()?;
+    let iperf_port = closed_tcp_port();
     let mut server = Guard::spawn(
         Command::new("iperf3")
             .args(["-s", "-B", "127.0.0.1", "-p", &iperf_port.to_string()])
@@ -285,7 +266,7 @@ fn throughput(args: &CoreBenchArgs, env: &Env) -> Result<Vec<ThroughputRow>> {
             let port = if relay == Relay::Direct {
                 iperf_port
             } else {
-                free_port()?
+                closed_tcp_port()
             };
             let outcome = (|| -> Result<f64> {
                 let guard = start_relay(env, relay, port, target)?;
@@ -518,7 +499,7 @@ struct SocksRun {
 impl SocksRun {
     fn start(env: &Env, kind: Socks) -> Result<SocksRun> {
         let target = ok_server()?;
-        let port = free_port()?;
+        let port = closed_tcp_port();
         let listen = format!("127.0.0.1:{port}");
         let mut file = None;
         let mut guard = match kind {
@@ -708,7 +689,7 @@ fn memory(args: &CoreBenchArgs, env: &Env) -> Vec<MemRow> {
 
 fn memory_of(args: &CoreBenchArgs, env: &Env, relay: Relay) -> Result<(u64, u64)> {
     let target = echo_server()?;
-    let port = free_port()?;
+    let port = closed_tcp_port();
     let guard = start_relay(env, relay, port, target)?.expect("a relay");
     thread::sleep(Duration::from_millis(200));
     let idle = rss_tree_kib(guard.pid());
