@@ -10,16 +10,16 @@ pub mod trace;
 use std::fs;
 
 /// Prints `table` (first row: the header) in left-aligned columns, a rule under the header,
-/// after an empty line.
+/// after an empty line ([`print_table`] without title, right-aligned columns or notes).
 pub fn print_aligned<R: AsRef<[String]>>(table: &[R]) {
     print_table("", table, &[], &[]);
 }
 
 /// The one table printer of the benches: after an empty line, `title` (when not empty), then
 /// `table` (first row: the header) in columns two spaces apart, left-aligned but for the
-/// columns listed in `right` (numbers), a rule under the header, then each of `notes` on a
-/// line of its own. A row shorter than the header leaves the rest empty; a row's last cell
-/// (such as an error) may run past the rule.
+/// columns listed in `right` (numbers), a rule as long as the header under it, then each of
+/// `notes` on a line of its own. A row shorter than the header leaves the rest empty; a row
+/// longer (such as one with an error after its cells) runs past the header.
 pub fn print_table<R: AsRef<[String]>>(
     title: &str,
     table: &[R],
@@ -65,10 +65,12 @@ pub fn format_table<R: AsRef<[String]>>(
                 }
             })
             .collect();
-        out.push_str(cells.join("  ").trim_end());
+        let line = cells.join("  ");
+        let line = line.trim_end();
+        out.push_str(line);
         out.push('\n');
         if i == 0 {
-            out.push_str(&"-".repeat(widths.iter().sum::<usize>() + 2 * columns.saturating_sub(1)));
+            out.push_str(&"-".repeat(line.chars().count()));
             out.push('\n');
         }
     }
@@ -147,8 +149,8 @@ mod tests {
         let t = vec![
             row!["path", "req/s", "notes"],
             row!["direct", 12345, ""],
-            row!["proxy", 7, "slow"],
-            row!["broken", "-"],
+            row!["proxy", 7, "slower than all"],
+            row!["broken", "-", "-", "an error"],
         ];
         assert_eq!(
             super::format_table("title", &t, &[1], &["a note".to_string()]),
@@ -156,8 +158,8 @@ mod tests {
              path    req/s  notes\n\
              --------------------\n\
              direct  12345\n\
-             proxy       7  slow\n\
-             broken      -\n\
+             proxy       7  slower than all\n\
+             broken      -  -                an error\n\
              a note\n"
         );
     }
