@@ -19,11 +19,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use clap::Args;
 
-use capagent_testkit::{Netns, listening, wait_for};
+use capagent_testkit::{Netns, wait_for};
 
+use super::Guard;
 use crate::util::{self, display, which};
 
 #[derive(Args, Debug, Clone)]
@@ -328,7 +329,7 @@ impl Drop for RemoveDir {
 }
 
 /// `iperf3 -s` in the bench's namespace, once it listens.
-fn iperf3_server(ns: &Netns, args: &CaptureBenchArgs) -> Result<KillOnDrop> {
+fn iperf3_server(ns: &Netns, args: &CaptureBenchArgs) -> Result<Guard> {
     let mut cmd = ns.cmd("iperf3");
     cmd.args(["-s", "-p", &args.port.to_string()]);
     if !args.no_pin {
@@ -340,23 +341,12 @@ fn iperf3_server(ns: &Netns, args: &CaptureBenchArgs) -> Result<KillOnDrop> {
         .stderr(Stdio::null())
         .spawn()
         .with_context(|| format!("cannot run {}", display(&cmd)))?;
-    let mut server = KillOnDrop(child);
+    let mut server = Guard::of(child);
     // `ip netns exec` execs iperf3: the child's pid is iperf3's, in the namespace.
-    let pid = server.0.id();
-    let ready = wait_for(Duration::from_secs(10), || {
-        if listening(pid, args.port) {
-            return Some(Ok(()));
-        }
-        match server.0.try_wait() {
-            Ok(Some(st)) => Some(Err(anyhow!("iperf3 -s exited ({st})"))),
-            Ok(None) => None,
-            Err(e) => Some(Err(e.into())),
-        }
-    });
-    match ready {
-        Some(r) => r.map(|()| server),
-        None => bail!("iperf3 -s does not listen on port {}", args.port),
-    }
+    server
+        .wait_listening(args.port, Duration::from_secs(10))
+        .context("iperf3 -s")?;
+    Ok(server)
 }
 
 /// The tx counters of `lo` in the bench's namespace.
@@ -365,15 +355,6 @@ fn lo_counters(ns: &Netns) -> Result<LinkCounters> {
         Command::new("ip").args(["-n", &ns.name, "-s", "-j", "link", "show", "dev", "lo"]),
     )?;
     parse_link_counters(&out).context("cannot read the counters of lo (ip -s -j link)")
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        util::kill(&mut self.0, false);
-        let _ = self.0.wait();
-    }
 }
 
 /// `stats64.tx` of the first link in `ip -s -j link show` output.

@@ -7,7 +7,17 @@ pub mod intercept;
 pub mod proxy;
 pub mod trace;
 
-use std::fs;
+use std::{
+    fs,
+    os::unix::process::CommandExt as _,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use capagent_testkit::{listening, wait_for};
+
+use crate::util;
 
 /// Prints `table` (first row: the header) in left-aligned columns, a rule under the header,
 /// after an empty line ([`print_table`] without title, right-aligned columns or notes).
@@ -87,6 +97,85 @@ macro_rules! row {
     ($($cell:expr),* $(,)?) => {
         vec![$($cell.to_string()),*]
     };
+}
+
+/// A process of a bench's, killed (with its process group when [`Guard::spawn`] made one)
+/// and reaped on drop.
+pub struct Guard {
+    pub child: Child,
+    group: bool,
+}
+
+impl Guard {
+    /// Spawns `cmd` (stdin from /dev/null) in a process group of its own, so that dropping
+    /// the guard also kills what it forks (socat's per-connection processes).
+    pub fn spawn(cmd: &mut Command) -> Result<Guard> {
+        let child = cmd
+            .stdin(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot run {}", util::display(cmd)))?;
+        Ok(Guard { child, group: true })
+    }
+
+    /// Guards a child spawned by the caller (in the bench's process group).
+    pub fn of(child: Child) -> Guard {
+        Guard {
+            child,
+            group: false,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `timeout` until the process (or any process in its network namespace)
+    /// has a TCP socket listening on `port` (from /proc/PID/net/tcp: probing with a
+    /// connection would reach the server behind a proxy); fails when it exits first.
+    pub fn wait_listening(&mut self, port: u16, timeout: Duration) -> Result<()> {
+        let pid = self.pid();
+        wait_for(timeout, || {
+            if listening(pid, port) {
+                return Some(Ok(()));
+            }
+            match self.child.try_wait() {
+                Ok(Some(st)) => Some(Err(anyhow!(
+                    "exited ({st}) before listening on port {port}"
+                ))),
+                Ok(None) => None,
+                Err(e) => Some(Err(e.into())),
+            }
+        })
+        .unwrap_or_else(|| {
+            bail!(
+                "nothing listens on port {port} after {} s",
+                timeout.as_secs()
+            )
+        })
+    }
+
+    /// SIGTERM, then waits up to 30 s for a clean exit (capagent writes out its records).
+    pub fn stop(mut self) -> Result<()> {
+        // SAFETY: kill(2) on our child, not reaped yet (so its pid is not reused).
+        unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGTERM) };
+        let (st, timed_out) =
+            util::wait_timeout(&mut self.child, Duration::from_secs(30), self.group)?;
+        if timed_out {
+            bail!("did not stop within 30 s of SIGTERM");
+        }
+        if !st.is_some_and(|s| s.success()) {
+            bail!("exited with {st:?}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        util::kill(&mut self.child, self.group);
+        let _ = self.child.wait();
+    }
 }
 
 /// The run with the median `key` (of an even count, the upper of the two middle ones), or

@@ -11,17 +11,18 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread,
     time::Duration,
 };
 
-use anyhow::{Context, Result, anyhow, bail};
-use capagent_testkit::{listening, proxy::closed_tcp_port, wait_for};
+use anyhow::{Context, Result, bail};
+use capagent_testkit::proxy::closed_tcp_port;
 use clap::Args;
 
 mod relays;
 
+use super::Guard;
 use crate::util::{self, which};
 
 #[derive(Args, Debug, Clone)]
@@ -92,39 +93,6 @@ fn serve(mut c: TcpStream) {
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
-}
-
-/// A process killed on drop.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        util::kill(&mut self.0, false);
-    }
-}
-
-/// Waits up to `timeout` until a TCP socket of this network namespace listens on `port`
-/// (from /proc/net/tcp: probing with a connection would reach the server behind a proxy),
-/// unless `child` exits first.
-pub(crate) fn wait_listening(port: u16, child: &mut Child, timeout: Duration) -> Result<()> {
-    wait_for(timeout, || {
-        if listening(0, port) {
-            return Some(Ok(()));
-        }
-        match child.try_wait() {
-            Ok(Some(st)) => Some(Err(anyhow!(
-                "exited ({st}) before listening on port {port}"
-            ))),
-            Ok(None) => None,
-            Err(e) => Some(Err(e.into())),
-        }
-    })
-    .unwrap_or_else(|| {
-        bail!(
-            "nothing listens on port {port} after {} s",
-            timeout.as_secs()
-        )
-    })
 }
 
 /// Runs wrk against `url` (through a proxy when `absolute` gives the URI to request);
@@ -229,12 +197,8 @@ pub fn http(
                 cmd.arg("--no-record");
             }
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
-            let mut g = Guard(cmd.spawn().context("cannot start capagent")?);
-            wait_listening(
-                listen.parse::<SocketAddr>()?.port(),
-                &mut g.0,
-                Duration::from_secs(10),
-            )?;
+            let mut g = Guard::of(cmd.spawn().context("cannot start capagent")?);
+            g.wait_listening(port, Duration::from_secs(10))?;
             let (rate, mut note) = wrk(args, tmp, &format!("http://{listen}/"), Some(&uri), close)?;
             drop(g);
             if record && let Ok(m) = fs::metadata(&pcap) {
@@ -266,8 +230,8 @@ pub fn http(
             let mut cmd = Command::new("tinyproxy");
             cmd.arg("-d").arg("-c").arg(&conf);
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
-            let mut g = Guard(cmd.spawn().context("cannot start tinyproxy")?);
-            wait_listening(port, &mut g.0, Duration::from_secs(10))?;
+            let mut g = Guard::of(cmd.spawn().context("cannot start tinyproxy")?);
+            g.wait_listening(port, Duration::from_secs(10))?;
             wrk(
                 args,
                 tmp,

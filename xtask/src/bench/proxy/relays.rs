@@ -17,7 +17,7 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -30,9 +30,9 @@ use anyhow::{Context, Result, bail};
 use capagent_testkit::proxy::closed_tcp_port;
 use clap::Args;
 
-use crate::util::{self, which};
+use crate::util::which;
 use crate::{
-    bench::{loadavg, median, print_table},
+    bench::{Guard, loadavg, median, print_table},
     row,
 };
 
@@ -60,51 +60,6 @@ pub struct CoreBenchArgs {
     /// Parts to run, of throughput, socks, memory (comma-separated; HTTP always runs).
     #[arg(long, value_delimiter = ',', default_value = "throughput,socks,memory")]
     pub parts: Vec<String>,
-}
-
-/// A process killed (with its process group) on drop.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        util::kill(&mut self.0, true);
-        let _ = self.0.wait();
-    }
-}
-
-impl Guard {
-    fn spawn(cmd: &mut Command) -> Result<Guard> {
-        use std::os::unix::process::CommandExt as _;
-        let child = cmd
-            .stdin(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("cannot run {}", util::display(cmd)))?;
-        Ok(Guard(child))
-    }
-
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-
-    /// SIGTERM, then waits (capagent writes out its records).
-    fn stop(mut self) -> Result<()> {
-        // SAFETY: kill(2) on our child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let (st, timed_out) = util::wait_timeout(&mut self.0, Duration::from_secs(30), true)?;
-        if timed_out {
-            bail!("did not stop within 30 s of SIGTERM");
-        }
-        if !st.is_some_and(|s| s.success()) {
-            bail!("exited with {st:?}");
-        }
-        Ok(())
-    }
-}
-
-/// Waits until a socket listens on `port` (see [`super::wait_listening`]), up to 15 s.
-fn wait_listening(port: u16, child: &mut Guard) -> Result<()> {
-    super::wait_listening(port, &mut child.0, Duration::from_secs(15))
 }
 
 /// Runs one iperf3 client for `secs`; returns received bits per second.
@@ -222,7 +177,7 @@ fn start_relay(env: &Env, relay: Relay, port: u16, target: SocketAddr) -> Result
             )?
         }
     };
-    wait_listening(port, &mut g)?;
+    g.wait_listening(port, Duration::from_secs(15))?;
     Ok(Some(g))
 }
 
@@ -242,7 +197,7 @@ fn throughput(args: &CoreBenchArgs, env: &Env) -> Result<Vec<ThroughputRow>> {
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     )?;
-    wait_listening(iperf_port, &mut server)?;
+    server.wait_listening(iperf_port, Duration::from_secs(15))?;
     let target: SocketAddr = format!("127.0.0.1:{iperf_port}").parse()?;
     let relays = [
         Relay::Direct,
@@ -527,7 +482,7 @@ impl SocksRun {
                 )?
             }
         };
-        wait_listening(port, &mut guard)?;
+        guard.wait_listening(port, Duration::from_secs(15))?;
         let proxy: SocketAddr = listen.parse()?;
         socks5_once(proxy, target).context("a first SOCKS5 CONNECT failed")?;
         Ok(SocksRun {
