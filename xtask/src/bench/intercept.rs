@@ -22,6 +22,7 @@ use clap::Args;
 
 use capagent_testkit::Netns;
 
+use super::Guard;
 use crate::util::{self, run_captured};
 
 #[derive(Args, Debug, Clone)]
@@ -110,31 +111,25 @@ impl Topo {
 
 /// A background server that prints `{"listening":PORT}` first; killed on drop.
 struct Bg {
-    child: Child,
+    _proc: Guard,
     port: u16,
 }
 
 impl Bg {
     fn start(mut cmd: Command) -> Result<Bg> {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start a server")?;
+        let mut proc = Guard::of(
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("cannot start a server")?,
+        );
         let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().expect("piped")).read_line(&mut line)?;
+        BufReader::new(proc.child.stdout.as_mut().expect("piped")).read_line(&mut line)?;
         let v: serde_json::Value =
             serde_json::from_str(line.trim()).with_context(|| format!("server said {line:?}"))?;
         let port = v["listening"].as_u64().context("no port")? as u16;
-        Ok(Bg { child, port })
-    }
-}
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Ok(Bg { _proc: proc, port })
     }
 }
 
