@@ -193,50 +193,61 @@ struct Measure {
     mbps: f64,
 }
 
+/// Starts `server` (a program and its arguments, printing `{"listening":PORT}` first) in the
+/// server namespace and runs `client` in the client namespace with the arguments `args`
+/// gives for the server's address; returns the JSON the client printed.
+fn server_client(
+    t: &Topo,
+    server: (&Path, &[&str]),
+    client: &Path,
+    args: impl FnOnce(&str) -> Vec<String>,
+) -> Result<serde_json::Value> {
+    let running = Bg::start({
+        let mut c = t.cmd(2, server.0);
+        c.args(server.1);
+        c
+    })?;
+    let argv = args(&format!("10.66.2.2:{}", running.port));
+    let mut c = t.cmd(0, client);
+    c.args(&argv);
+    let out = run_captured(&mut c, Duration::from_secs(600))?;
+    if !out.success() {
+        let name = client.file_name().unwrap_or_default().to_string_lossy();
+        bail!("{name} {}: {}", argv[0], out.stderr_tail(5));
+    }
+    json_of(&out.stdout)
+}
+
 fn measure(t: &Topo, a: &InterceptBenchArgs, bins: &Bins) -> Result<Measure> {
-    let server = Bg::start({
-        let mut c = t.cmd(2, &bins.connrate);
-        c.args(["server", "--bind", "0.0.0.0"]);
-        c
-    })?;
-    let mut c = t.cmd(0, &bins.connrate);
-    c.args([
-        "client",
-        "--addr",
-        &format!("10.66.2.2:{}", server.port),
-        "--count",
-        &a.count.to_string(),
-    ]);
-    let out = run_captured(&mut c, Duration::from_secs(600))?;
-    if !out.success() {
-        bail!("connrate client: {}", out.stderr_tail(5));
-    }
-    let conn = json_of(&out.stdout)?;
-    drop(server);
-    let bulk = Bg::start({
-        let mut c = t.cmd(2, &bins.rr);
-        c.args(["bulk-server", "--bind", "0.0.0.0", "--port", "0"]);
-        c
-    })?;
-    let mut c = t.cmd(0, &bins.rr);
-    c.args([
-        "bulk-client",
-        "--addr",
-        &format!("10.66.2.2:{}", bulk.port),
-        "--bytes",
-        &a.bytes.to_string(),
-        "--chunk",
-        "65536",
-    ]);
-    let out = run_captured(&mut c, Duration::from_secs(600))?;
-    if !out.success() {
-        bail!("rr bulk-client: {}", out.stderr_tail(5));
-    }
-    let bulk_out = json_of(&out.stdout)?;
+    let conn = server_client(
+        t,
+        (&bins.connrate, &["server", "--bind", "0.0.0.0"]),
+        &bins.connrate,
+        |addr| crate::row!["client", "--addr", addr, "--count", a.count],
+    )?;
+    let bulk = server_client(
+        t,
+        (
+            &bins.rr,
+            &["bulk-server", "--bind", "0.0.0.0", "--port", "0"],
+        ),
+        &bins.rr,
+        |addr| {
+            crate::row![
+                "bulk-client",
+                "--addr",
+                addr,
+                "--bytes",
+                a.bytes,
+                "--chunk",
+                "65536"
+            ]
+        },
+    )?;
     Ok(Measure {
         per_sec: conn["per_sec"].as_f64().unwrap_or(0.0),
         avg_us: conn["avg_us"].as_f64().unwrap_or(0.0),
-        mbps: bulk_out["mbps"].as_f64().unwrap_or(0.0),
+        mbps: bulk["mbps"].as_f64().unwrap_or(0.0),
     })
 }
 
