@@ -203,11 +203,8 @@ pub fn capture(args: CaptureBenchArgs) -> Result<()> {
     let plan: Vec<Case> = Case::all().into_iter().filter(|c| !skip(*c)).collect();
     let capagent = if !plan.iter().any(|c| c.tool() == Some(Tool::Capagent)) {
         None
-    } else if let Some(path) = &args.capagent {
-        Some(path.clone())
     } else {
-        let mut bins = util::build_bins("capagent", &["capagent"], true)?;
-        Some(bins.remove("capagent").expect("built"))
+        Some(super::capagent_bin(args.capagent.as_ref())?)
     };
     let dir = match &args.dir {
         Some(d) => d.clone(),

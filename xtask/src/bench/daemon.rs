@@ -87,10 +87,7 @@ pub fn daemon(args: DaemonBenchArgs) -> Result<()> {
     if !util::is_root() {
         bail!("cargo xtask bench daemon must run as root (the daemon's trace and capture jobs)");
     }
-    let capagent = match &args.capagent {
-        Some(p) => p.clone(),
-        None => util::build_bins("capagent", &["capagent"], true)?["capagent"].clone(),
-    };
+    let capagent = super::capagent_bin(args.capagent.as_ref())?;
     let config_path = args
         .config
         .clone()

@@ -261,10 +261,7 @@ pub fn intercept(args: InterceptBenchArgs) -> Result<()> {
     if !util::is_root() {
         bail!("cargo xtask bench intercept must run as root (network namespaces, nftables)");
     }
-    let capagent = match &args.capagent {
-        Some(p) => p.clone(),
-        None => util::build_bins("capagent", &["capagent"], true)?["capagent"].clone(),
-    };
+    let capagent = super::capagent_bin(args.capagent.as_ref())?;
     let x = util::build_bins("xtask", &["rr", "connrate"], true)?;
     let bins = Bins {
         capagent,

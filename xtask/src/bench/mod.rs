@@ -10,6 +10,7 @@ pub mod trace;
 use std::{
     fs,
     os::unix::process::CommandExt as _,
+    path::PathBuf,
     process::{Child, Command, Stdio},
     time::Duration,
 };
@@ -97,6 +98,16 @@ macro_rules! row {
     ($($cell:expr),* $(,)?) => {
         vec![$($cell.to_string()),*]
     };
+}
+
+/// The capagent binary a bench runs: `given` (its `--capagent`), or a release build.
+pub fn capagent_bin(given: Option<&PathBuf>) -> Result<PathBuf> {
+    match given {
+        Some(p) => Ok(p.clone()),
+        None => Ok(util::build_bins("capagent", &["capagent"], true)?
+            .remove("capagent")
+            .expect("built")),
+    }
 }
 
 /// A process of a bench's, killed (with its process group when [`Guard::spawn`] made one)

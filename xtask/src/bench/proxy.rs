@@ -315,12 +315,8 @@ pub struct ProxyBenchArgs {
 
 /// `cargo xtask bench proxy`: builds capagent (release) and runs the parts.
 pub fn proxy(args: ProxyBenchArgs) -> Result<()> {
-    let capagent = match &args.capagent {
-        Some(p) => Ok(p.clone()),
-        None => util::build_bins("capagent", &["capagent"], true)
-            .map(|mut m| m.remove("capagent").expect("built"))
-            .map_err(|e| format!("build failed: {e:#}")),
-    };
+    let capagent =
+        super::capagent_bin(args.capagent.as_ref()).map_err(|e| format!("build failed: {e:#}"));
     let tmp = std::env::temp_dir().join(format!("capagent-bench-proxy-{}", std::process::id()));
     fs::create_dir_all(&tmp)?;
     // The forwarder and SOCKS parts (bench_proxy), then HTTP.

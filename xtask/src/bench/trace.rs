@@ -152,12 +152,8 @@ pub fn trace(args: TraceBenchArgs) -> Result<()> {
         .expect("built");
     let capagent = if skip("capagent") {
         Err("skipped".to_string())
-    } else if let Some(path) = &args.capagent {
-        Ok(path.clone())
     } else {
-        util::build_bins("capagent", &["capagent"], true)
-            .map(|mut m| m.remove("capagent").expect("built"))
-            .map_err(|e| format!("build failed: {e:#}"))
+        super::capagent_bin(args.capagent.as_ref()).map_err(|e| format!("build failed: {e:#}"))
     };
     let tmp = std::env::temp_dir().join(format!("capagent-bench-{}", std::process::id()));
     fs::create_dir_all(&tmp)?;
