@@ -59,20 +59,6 @@ fn netns() -> Result<Netns> {
     Ok(ns)
 }
 
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("odd /proc/PID/stat")?;
-    // Fields after the command: state is field 3; utime and stime are 14 and 15.
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = f.get(11).context("no utime")?.parse()?;
-    let stime: u64 = f.get(12).context("no stime")?.parse()?;
-    Ok(utime + stime)
-}
-
 /// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`) or count (`Threads`).
 fn status_field(pid: u32, key: &str) -> Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -162,15 +148,13 @@ pub fn daemon(args: DaemonBenchArgs) -> Result<()> {
         }
         eprint!("{table}");
         thread::sleep(Duration::from_secs(args.warmup));
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         let t0 = Instant::now();
-        let c0 = cpu_ticks(pid)?;
+        let c0 = super::cpu_secs(pid)?;
         eprintln!("measuring for {} s...", args.secs);
         thread::sleep(Duration::from_secs(args.secs));
-        let c1 = cpu_ticks(pid)?;
+        let c1 = super::cpu_secs(pid)?;
         let elapsed = t0.elapsed().as_secs_f64();
-        let cpu = (c1 - c0) as f64 / hz / elapsed * 100.0;
+        let cpu = (c1 - c0) / elapsed * 100.0;
         let rss = status_field(pid, "VmRSS")? as f64 / 1024.0;
         let hwm = status_field(pid, "VmHWM")? as f64 / 1024.0;
         let threads = status_field(pid, "Threads")?;

@@ -218,6 +218,27 @@ pub fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// The CPU time (user + system, every thread) of process `pid` so far, in seconds, from
+/// `/proc/PID/stat`.
+pub fn cpu_secs(pid: u32) -> Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command: state is field 3; utime and stime are 14 and 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |x| x.1)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| -> Result<f64> {
+        Ok(fields
+            .get(i)
+            .context("short /proc/PID/stat")?
+            .parse::<f64>()?)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok((ticks(11)? + ticks(12)?) / hz)
+}
+
 /// The 1-minute load average, as a hint of how noisy the numbers are.
 pub fn loadavg() -> String {
     fs::read_to_string("/proc/loadavg")

@@ -32,7 +32,7 @@ use clap::Args;
 
 use crate::util::which;
 use crate::{
-    bench::{Guard, loadavg, median, print_table},
+    bench::{Guard, cpu_secs, loadavg, median, print_table},
     row,
 };
 
@@ -417,25 +417,6 @@ fn socks_rates(args: &CoreBenchArgs, env: &Env) -> Vec<RateRow> {
 /// One SOCKS round of a proxy: connections per second, failed attempts, proxy CPU µs per
 /// connection, proxy CPU time over the turns' time.
 type RateSample = (f64, u64, f64, f64);
-
-/// CPU time (user + system) `pid` used so far, in seconds.
-fn cpu_secs(pid: u32) -> Result<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |x| x.1)
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| -> Result<f64> {
-        Ok(fields
-            .get(i)
-            .context("short /proc/PID/stat")?
-            .parse::<f64>()?)
-    };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok((ticks(11)? + ticks(12)?) / hz)
-}
 
 /// A SOCKS proxy of one round, with its target server, and what its turns measured.
 struct SocksRun {
