@@ -1,5 +1,7 @@
-//! `cargo xtask bench ...`: one module per benchmark, and what they share (the table
-//! printer, the median, the load average).
+//! `cargo xtask bench ...`: one module per benchmark, and what they share: the table printer
+//! ([`print_table`], with the [`row!`](crate::row) macro), the median, the load average, the
+//! capagent binary, a process's CPU time and the guard of the processes a bench starts.
+//! Network namespaces, free ports and waiting for a condition come from capagent-testkit.
 
 pub mod capture;
 pub mod daemon;
