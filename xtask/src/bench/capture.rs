@@ -22,6 +22,9 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
+use capagent_testkit::{Netns, wait_for};
+
+use super::Guard;
 use crate::util::{self, display, which};
 
 #[derive(Args, Debug, Clone)]
@@ -200,11 +203,8 @@ pub fn capture(args: CaptureBenchArgs) -> Result<()> {
     let plan: Vec<Case> = Case::all().into_iter().filter(|c| !skip(*c)).collect();
     let capagent = if !plan.iter().any(|c| c.tool() == Some(Tool::Capagent)) {
         None
-    } else if let Some(path) = &args.capagent {
-        Some(path.clone())
     } else {
-        let mut bins = util::build_bins("capagent", &["capagent"], true)?;
-        Some(bins.remove("capagent").expect("built"))
+        Some(super::capagent_bin(args.capagent.as_ref())?)
     };
     let dir = match &args.dir {
         Some(d) => d.clone(),
@@ -228,8 +228,8 @@ pub fn capture(args: CaptureBenchArgs) -> Result<()> {
         );
     }
 
-    let ns = Netns::create()?;
-    let _server = ns.iperf3_server(&args)?;
+    let ns = Netns::try_new("bench-capture")?;
+    let _server = iperf3_server(&ns, &args)?;
     eprintln!(
         "iperf3 over the loopback of network namespace {} for {} s per run{}",
         ns.name,
@@ -325,83 +325,33 @@ impl Drop for RemoveDir {
     }
 }
 
-/// A network namespace of the bench's own with only `lo`, up; deleted on drop.
-struct Netns {
-    name: String,
+/// `iperf3 -s` in the bench's namespace, once it listens.
+fn iperf3_server(ns: &Netns, args: &CaptureBenchArgs) -> Result<Guard> {
+    let mut cmd = ns.cmd("iperf3");
+    cmd.args(["-s", "-p", &args.port.to_string()]);
+    if !args.no_pin {
+        cmd.args(["-A", &args.cpu.to_string()]);
+    }
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .with_context(|| format!("cannot run {}", display(&cmd)))?;
+    let mut server = Guard::of(child);
+    // `ip netns exec` execs iperf3: the child's pid is iperf3's, in the namespace.
+    server
+        .wait_listening(args.port, Duration::from_secs(10))
+        .context("iperf3 -s")?;
+    Ok(server)
 }
 
-impl Netns {
-    fn create() -> Result<Netns> {
-        let name = format!("capagent-bench-{}", std::process::id());
-        util::output(Command::new("ip").args(["netns", "add", &name]))?;
-        let ns = Netns { name };
-        util::output(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]))?;
-        Ok(ns)
-    }
-
-    fn cmd(&self, program: &Path) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name]).arg(program);
-        c
-    }
-
-    /// `iperf3 -s` in the namespace, once it listens.
-    fn iperf3_server(&self, args: &CaptureBenchArgs) -> Result<KillOnDrop> {
-        let mut cmd = self.cmd(Path::new("iperf3"));
-        cmd.args(["-s", "-p", &args.port.to_string()]);
-        if !args.no_pin {
-            cmd.args(["-A", &args.cpu.to_string()]);
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .with_context(|| format!("cannot run {}", display(&cmd)))?;
-        let mut server = KillOnDrop(child);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = Command::new("ss")
-                .args(["-N", &self.name, "-Hltn"])
-                .arg(format!("sport = :{}", args.port))
-                .output()?;
-            if !out.stdout.is_empty() {
-                return Ok(server);
-            }
-            if let Some(st) = server.0.try_wait()? {
-                bail!("iperf3 -s exited ({st})");
-            }
-            if Instant::now() >= deadline {
-                bail!("iperf3 -s does not listen on port {}", args.port);
-            }
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn lo_counters(&self) -> Result<LinkCounters> {
-        let out = util::output(
-            Command::new("ip").args(["-n", &self.name, "-s", "-j", "link", "show", "dev", "lo"]),
-        )?;
-        parse_link_counters(&out).context("cannot read the counters of lo (ip -s -j link)")
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        util::kill(&mut self.0, false);
-        let _ = self.0.wait();
-    }
+/// The tx counters of `lo` in the bench's namespace.
+fn lo_counters(ns: &Netns) -> Result<LinkCounters> {
+    let out = util::output(
+        Command::new("ip").args(["-n", &ns.name, "-s", "-j", "link", "show", "dev", "lo"]),
+    )?;
+    parse_link_counters(&out).context("cannot read the counters of lo (ip -s -j link)")
 }
 
 /// `stats64.tx` of the first link in `ip -s -j link show` output.
@@ -446,18 +396,22 @@ impl Capturer {
             stderr,
             reader: Some(reader),
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !cap.stderr().contains(ready) {
-            if let Some(st) = cap.child.try_wait()? {
+        // Some(Ok(None)): ready; Some(Ok(Some(status))): exited first.
+        let seen = wait_for(Duration::from_secs(30), || {
+            if cap.stderr().contains(ready) {
+                return Some(Ok(None));
+            }
+            cap.child.try_wait().transpose().map(|r| r.map(Some))
+        });
+        match seen {
+            Some(Ok(None)) => Ok(cap),
+            Some(Ok(Some(st))) => {
                 cap.join();
                 bail!("{desc} exited ({st}): {}", cap.stderr().trim());
             }
-            if Instant::now() >= deadline {
-                bail!("{desc} did not say {ready:?} within 30 s");
-            }
-            thread::sleep(Duration::from_millis(20));
+            Some(Err(e)) => Err(e.into()),
+            None => bail!("{desc} did not say {ready:?} within 30 s"),
         }
-        Ok(cap)
     }
 
     fn stderr(&self) -> String {
@@ -531,13 +485,13 @@ fn run_case(
         Some(Tool::Capagent) => "capagent.pcapng",
     });
     let _ = fs::remove_file(&file);
-    let before = ns.lo_counters()?;
+    let before = lo_counters(ns)?;
     let port_filter = ["tcp", "port", &args.port.to_string()].map(str::to_string);
     let filter: &[String] = if case.paced() { &port_filter } else { &[] };
     let capturer = match case.tool() {
         None => None,
         Some(Tool::Tcpdump) => {
-            let mut c = ns.cmd(Path::new("tcpdump"));
+            let mut c = ns.cmd("tcpdump");
             // -Z root: write the file as root (tcpdump drops to its own user by default).
             c.args(["-i", "lo", "-Z", "root", "-w"]).arg(&file);
             if let Some(s) = case.snaplen() {
@@ -563,7 +517,7 @@ fn run_case(
         }
     };
     let sched0 = capturer.as_ref().and_then(Capturer::sched_seconds);
-    let mut client = ns.cmd(Path::new("iperf3"));
+    let mut client = ns.cmd("iperf3");
     client.args([
         "-c",
         "127.0.0.1",
@@ -587,7 +541,7 @@ fn run_case(
         Some(c) => Some(c.stop().with_context(|| case.label())?),
         None => None,
     };
-    let after = ns.lo_counters()?;
+    let after = lo_counters(ns)?;
     let (gbps, cpu) = parse_iperf3(&out.stdout).with_context(|| {
         format!(
             "iperf3 -c: {}{}",

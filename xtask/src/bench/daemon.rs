@@ -11,7 +11,6 @@
 //! nothing.
 use std::{
     fs,
-    io::Write as _,
     path::PathBuf,
     process::Stdio,
     thread,
@@ -60,20 +59,6 @@ fn netns() -> Result<Netns> {
     Ok(ns)
 }
 
-/// utime + stime of a process, in clock ticks.
-fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .context("odd /proc/PID/stat")?;
-    // Fields after the command: state is field 3; utime and stime are 14 and 15.
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = f.get(11).context("no utime")?.parse()?;
-    let stime: u64 = f.get(12).context("no stime")?.parse()?;
-    Ok(utime + stime)
-}
-
 /// A `/proc/PID/status` field in KiB (`VmRSS`, `VmHWM`) or count (`Threads`).
 fn status_field(pid: u32, key: &str) -> Result<u64> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -88,10 +73,7 @@ pub fn daemon(args: DaemonBenchArgs) -> Result<()> {
     if !util::is_root() {
         bail!("cargo xtask bench daemon must run as root (the daemon's trace and capture jobs)");
     }
-    let capagent = match &args.capagent {
-        Some(p) => p.clone(),
-        None => util::build_bins("capagent", &["capagent"], true)?["capagent"].clone(),
-    };
+    let capagent = super::capagent_bin(args.capagent.as_ref())?;
     let config_path = args
         .config
         .clone()
@@ -166,15 +148,13 @@ pub fn daemon(args: DaemonBenchArgs) -> Result<()> {
         }
         eprint!("{table}");
         thread::sleep(Duration::from_secs(args.warmup));
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         let t0 = Instant::now();
-        let c0 = cpu_ticks(pid)?;
+        let c0 = super::cpu_secs(pid)?;
         eprintln!("measuring for {} s...", args.secs);
         thread::sleep(Duration::from_secs(args.secs));
-        let c1 = cpu_ticks(pid)?;
+        let c1 = super::cpu_secs(pid)?;
         let elapsed = t0.elapsed().as_secs_f64();
-        let cpu = (c1 - c0) as f64 / hz / elapsed * 100.0;
+        let cpu = (c1 - c0) / elapsed * 100.0;
         let rss = status_field(pid, "VmRSS")? as f64 / 1024.0;
         let hwm = status_field(pid, "VmHWM")? as f64 / 1024.0;
         let threads = status_field(pid, "Threads")?;
@@ -188,32 +168,42 @@ pub fn daemon(args: DaemonBenchArgs) -> Result<()> {
         unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
         let (status, timed_out) = util::wait_timeout(&mut daemon, Duration::from_secs(20), false)?;
         let stopped = stop.elapsed().as_secs_f64();
-        let mut out = std::io::stdout().lock();
-        writeln!(
-            out,
-            "capagent daemon, {} ({jobs} jobs, {threads} threads), idle for {elapsed:.0} s:",
-            config_path.display()
-        )?;
-        writeln!(
-            out,
-            "  idle CPU   {cpu:6.2}% of one core   target < 1%      {}",
-            if cpu < 1.0 { "ok" } else { "OVER" }
-        )?;
-        writeln!(
-            out,
-            "  RSS        {rss:6.1} MiB            target < 64 MiB  {}",
-            if rss < 64.0 { "ok" } else { "OVER" }
-        )?;
-        writeln!(out, "  peak RSS   {hwm:6.1} MiB (VmHWM)")?;
-        writeln!(
-            out,
-            "  SIGTERM    {}",
-            match (status, timed_out) {
-                (_, true) => "did not exit within 20 s (killed)".to_string(),
-                (Some(s), _) => format!("exited in {stopped:.2} s ({s})"),
-                (None, _) => "?".to_string(),
-            }
-        )?;
+        let verdict = |ok: bool| if ok { "ok" } else { "OVER" };
+        let (stop_value, stop_unit) = match (status, timed_out) {
+            (_, true) => (
+                "-".to_string(),
+                "did not exit within 20 s (killed)".to_string(),
+            ),
+            (Some(s), _) => (format!("{stopped:.2}"), format!("s to exit ({s})")),
+            (None, _) => ("?".to_string(), String::new()),
+        };
+        super::print_table(
+            &format!(
+                "capagent daemon, {} ({jobs} jobs, {threads} threads), idle for {elapsed:.0} s:",
+                config_path.display()
+            ),
+            &[
+                crate::row!["measure", "value", "unit", "target", ""],
+                crate::row![
+                    "idle CPU",
+                    format!("{cpu:.2}"),
+                    "% of one core",
+                    "< 1%",
+                    verdict(cpu < 1.0)
+                ],
+                crate::row![
+                    "RSS",
+                    format!("{rss:.1}"),
+                    "MiB",
+                    "< 64 MiB",
+                    verdict(rss < 64.0)
+                ],
+                crate::row!["peak RSS", format!("{hwm:.1}"), "MiB (VmHWM)"],
+                crate::row!["SIGTERM", stop_value, stop_unit],
+            ],
+            &[1],
+            &[],
+        );
         Ok(())
     })();
     if daemon.try_wait()?.is_none() {

@@ -22,6 +22,7 @@ use clap::Args;
 
 use capagent_testkit::Netns;
 
+use super::Guard;
 use crate::util::{self, run_captured};
 
 #[derive(Args, Debug, Clone)]
@@ -110,31 +111,25 @@ impl Topo {
 
 /// A background server that prints `{"listening":PORT}` first; killed on drop.
 struct Bg {
-    child: Child,
+    _proc: Guard,
     port: u16,
 }
 
 impl Bg {
     fn start(mut cmd: Command) -> Result<Bg> {
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("cannot start a server")?;
+        let mut proc = Guard::of(
+            cmd.stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("cannot start a server")?,
+        );
         let mut line = String::new();
-        BufReader::new(child.stdout.as_mut().expect("piped")).read_line(&mut line)?;
+        BufReader::new(proc.child.stdout.as_mut().expect("piped")).read_line(&mut line)?;
         let v: serde_json::Value =
             serde_json::from_str(line.trim()).with_context(|| format!("server said {line:?}"))?;
         let port = v["listening"].as_u64().context("no port")? as u16;
-        Ok(Bg { child, port })
-    }
-}
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        Ok(Bg { _proc: proc, port })
     }
 }
 
@@ -198,50 +193,61 @@ struct Measure {
     mbps: f64,
 }
 
+/// Starts `server` (a program and its arguments, printing `{"listening":PORT}` first) in the
+/// server namespace and runs `client` in the client namespace with the arguments `args`
+/// gives for the server's address; returns the JSON the client printed.
+fn server_client(
+    t: &Topo,
+    server: (&Path, &[&str]),
+    client: &Path,
+    args: impl FnOnce(&str) -> Vec<String>,
+) -> Result<serde_json::Value> {
+    let running = Bg::start({
+        let mut c = t.cmd(2, server.0);
+        c.args(server.1);
+        c
+    })?;
+    let argv = args(&format!("10.66.2.2:{}", running.port));
+    let mut c = t.cmd(0, client);
+    c.args(&argv);
+    let out = run_captured(&mut c, Duration::from_secs(600))?;
+    if !out.success() {
+        let name = client.file_name().unwrap_or_default().to_string_lossy();
+        bail!("{name} {}: {}", argv[0], out.stderr_tail(5));
+    }
+    json_of(&out.stdout)
+}
+
 fn measure(t: &Topo, a: &InterceptBenchArgs, bins: &Bins) -> Result<Measure> {
-    let server = Bg::start({
-        let mut c = t.cmd(2, &bins.connrate);
-        c.args(["server", "--bind", "0.0.0.0"]);
-        c
-    })?;
-    let mut c = t.cmd(0, &bins.connrate);
-    c.args([
-        "client",
-        "--addr",
-        &format!("10.66.2.2:{}", server.port),
-        "--count",
-        &a.count.to_string(),
-    ]);
-    let out = run_captured(&mut c, Duration::from_secs(600))?;
-    if !out.success() {
-        bail!("connrate client: {}", out.stderr_tail(5));
-    }
-    let conn = json_of(&out.stdout)?;
-    drop(server);
-    let bulk = Bg::start({
-        let mut c = t.cmd(2, &bins.rr);
-        c.args(["bulk-server", "--bind", "0.0.0.0", "--port", "0"]);
-        c
-    })?;
-    let mut c = t.cmd(0, &bins.rr);
-    c.args([
-        "bulk-client",
-        "--addr",
-        &format!("10.66.2.2:{}", bulk.port),
-        "--bytes",
-        &a.bytes.to_string(),
-        "--chunk",
-        "65536",
-    ]);
-    let out = run_captured(&mut c, Duration::from_secs(600))?;
-    if !out.success() {
-        bail!("rr bulk-client: {}", out.stderr_tail(5));
-    }
-    let bulk_out = json_of(&out.stdout)?;
+    let conn = server_client(
+        t,
+        (&bins.connrate, &["server", "--bind", "0.0.0.0"]),
+        &bins.connrate,
+        |addr| crate::row!["client", "--addr", addr, "--count", a.count],
+    )?;
+    let bulk = server_client(
+        t,
+        (
+            &bins.rr,
+            &["bulk-server", "--bind", "0.0.0.0", "--port", "0"],
+        ),
+        &bins.rr,
+        |addr| {
+            crate::row![
+                "bulk-client",
+                "--addr",
+                addr,
+                "--bytes",
+                a.bytes,
+                "--chunk",
+                "65536"
+            ]
+        },
+    )?;
     Ok(Measure {
         per_sec: conn["per_sec"].as_f64().unwrap_or(0.0),
         avg_us: conn["avg_us"].as_f64().unwrap_or(0.0),
-        mbps: bulk_out["mbps"].as_f64().unwrap_or(0.0),
+        mbps: bulk["mbps"].as_f64().unwrap_or(0.0),
     })
 }
 
@@ -255,10 +261,7 @@ pub fn intercept(args: InterceptBenchArgs) -> Result<()> {
     if !util::is_root() {
         bail!("cargo xtask bench intercept must run as root (network namespaces, nftables)");
     }
-    let capagent = match &args.capagent {
-        Some(p) => p.clone(),
-        None => util::build_bins("capagent", &["capagent"], true)?["capagent"].clone(),
-    };
+    let capagent = super::capagent_bin(args.capagent.as_ref())?;
     let x = util::build_bins("xtask", &["rr", "connrate"], true)?;
     let bins = Bins {
         capagent,
@@ -325,28 +328,39 @@ pub fn intercept(args: InterceptBenchArgs) -> Result<()> {
         Ok(m) => (m.per_sec, m.mbps),
         Err(e) => bail!("direct path failed: {e:#}"),
     };
-    println!(
-        "\nconnection setup: {} connections one after the other (connect, 1 byte each way, close); throughput: {} MiB stream",
-        args.count,
-        args.bytes >> 20
-    );
-    println!(
-        "{:<22} {:>12} {:>10} {:>8} {:>14} {:>8}",
+    let mut table = vec![crate::row![
         "path", "conn/s", "µs/conn", "ratio", "Mbit/s", "ratio"
-    );
+    ]];
     for (name, m) in &rows {
         match m {
-            Ok(m) => println!(
-                "{:<22} {:>12.0} {:>10.1} {:>7.2}x {:>14.0} {:>7.2}x",
+            Ok(m) => table.push(crate::row![
                 name,
-                m.per_sec,
-                m.avg_us,
-                m.per_sec / base.0,
-                m.mbps,
-                m.mbps / base.1
-            ),
-            Err(e) => println!("{name:<22} failed: {e:#}"),
+                format!("{:.0}", m.per_sec),
+                format!("{:.1}", m.avg_us),
+                format!("{:.2}x", m.per_sec / base.0),
+                format!("{:.0}", m.mbps),
+                format!("{:.2}x", m.mbps / base.1)
+            ]),
+            Err(e) => table.push(crate::row![
+                name,
+                "-",
+                "-",
+                "-",
+                "-",
+                "-",
+                format!("failed: {e:#}")
+            ]),
         }
     }
+    super::print_table(
+        &format!(
+            "connection setup: {} connections one after the other (connect, 1 byte each way, close); throughput: {} MiB stream",
+            args.count,
+            args.bytes >> 20
+        ),
+        &table,
+        &[1, 2, 3, 4, 5],
+        &[],
+    );
     Ok(())
 }

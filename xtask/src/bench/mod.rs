@@ -1,5 +1,7 @@
-//! `cargo xtask bench ...`: one module per benchmark, and what they share (the table
-//! printer, the median, the load average).
+//! `cargo xtask bench ...`: one module per benchmark, and what they share: the table printer
+//! ([`print_table`], with the [`row!`](crate::row) macro), the median, the load average, the
+//! capagent binary, a process's CPU time and the guard of the processes a bench starts.
+//! Network namespaces, free ports and waiting for a condition come from capagent-testkit.
 
 pub mod capture;
 pub mod daemon;
@@ -7,36 +9,185 @@ pub mod intercept;
 pub mod proxy;
 pub mod trace;
 
-use std::fs;
+use std::{
+    fs,
+    os::unix::process::CommandExt as _,
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use capagent_testkit::{listening, wait_for};
+
+use crate::util;
 
 /// Prints `table` (first row: the header) in left-aligned columns, a rule under the header,
-/// after an empty line.
+/// after an empty line ([`print_table`] without title, right-aligned columns or notes).
 pub fn print_aligned<R: AsRef<[String]>>(table: &[R]) {
+    print_table("", table, &[], &[]);
+}
+
+/// The one table printer of the benches: after an empty line, `title` (when not empty), then
+/// `table` (first row: the header) in columns two spaces apart, left-aligned but for the
+/// columns listed in `right` (numbers), a rule as long as the header under it, then each of
+/// `notes` on a line of its own. A row shorter than the header leaves the rest empty; a row
+/// longer (such as one with an error after its cells) runs past the header.
+pub fn print_table<R: AsRef<[String]>>(
+    title: &str,
+    table: &[R],
+    right: &[usize],
+    notes: &[String],
+) {
+    print!("{}", format_table(title, table, right, notes));
+}
+
+/// What [`print_table`] prints.
+pub fn format_table<R: AsRef<[String]>>(
+    title: &str,
+    table: &[R],
+    right: &[usize],
+    notes: &[String],
+) -> String {
     let columns = table.first().map_or(0, |r| r.as_ref().len());
     let widths: Vec<usize> = (0..columns)
         .map(|c| {
             table
                 .iter()
-                .map(|r| r.as_ref()[c].chars().count())
+                .filter_map(|r| r.as_ref().get(c))
+                .map(|cell| cell.chars().count())
                 .max()
                 .unwrap_or(0)
         })
         .collect();
-    println!();
+    let mut out = String::from("\n");
+    if !title.is_empty() {
+        out.push_str(title);
+        out.push('\n');
+    }
     for (i, row) in table.iter().enumerate() {
-        let cells: Vec<String> = row
-            .as_ref()
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
+        let row = row.as_ref();
+        let cells: Vec<String> = (0..columns.max(row.len()))
+            .map(|c| {
+                let cell = row.get(c).map_or("", String::as_str);
+                let w = widths.get(c).copied().unwrap_or(0);
+                if right.contains(&c) {
+                    format!("{cell:>w$}")
+                } else {
+                    format!("{cell:<w$}")
+                }
+            })
             .collect();
-        println!("{}", cells.join("  ").trim_end());
+        let line = cells.join("  ");
+        let line = line.trim_end();
+        out.push_str(line);
+        out.push('\n');
         if i == 0 {
-            println!(
-                "{}",
-                "-".repeat(widths.iter().sum::<usize>() + 2 * (widths.len() - 1))
-            );
+            out.push_str(&"-".repeat(line.chars().count()));
+            out.push('\n');
         }
+    }
+    for n in notes {
+        out.push_str(n);
+        out.push('\n');
+    }
+    out
+}
+
+/// A table row of strings.
+#[macro_export]
+macro_rules! row {
+    ($($cell:expr),* $(,)?) => {
+        vec![$($cell.to_string()),*]
+    };
+}
+
+/// The capagent binary a bench runs: `given` (its `--capagent`), or a release build.
+pub fn capagent_bin(given: Option<&PathBuf>) -> Result<PathBuf> {
+    match given {
+        Some(p) => Ok(p.clone()),
+        None => Ok(util::build_bins("capagent", &["capagent"], true)?
+            .remove("capagent")
+            .expect("built")),
+    }
+}
+
+/// A process of a bench's, killed (with its process group when [`Guard::spawn`] made one)
+/// and reaped on drop.
+pub struct Guard {
+    pub child: Child,
+    group: bool,
+}
+
+impl Guard {
+    /// Spawns `cmd` (stdin from /dev/null) in a process group of its own, so that dropping
+    /// the guard also kills what it forks (socat's per-connection processes).
+    pub fn spawn(cmd: &mut Command) -> Result<Guard> {
+        let child = cmd
+            .stdin(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("cannot run {}", util::display(cmd)))?;
+        Ok(Guard { child, group: true })
+    }
+
+    /// Guards a child spawned by the caller (in the bench's process group).
+    pub fn of(child: Child) -> Guard {
+        Guard {
+            child,
+            group: false,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits up to `timeout` until the process (or any process in its network namespace)
+    /// has a TCP socket listening on `port` (from /proc/PID/net/tcp: probing with a
+    /// connection would reach the server behind a proxy); fails when it exits first.
+    pub fn wait_listening(&mut self, port: u16, timeout: Duration) -> Result<()> {
+        let pid = self.pid();
+        wait_for(timeout, || {
+            if listening(pid, port) {
+                return Some(Ok(()));
+            }
+            match self.child.try_wait() {
+                Ok(Some(st)) => Some(Err(anyhow!(
+                    "exited ({st}) before listening on port {port}"
+                ))),
+                Ok(None) => None,
+                Err(e) => Some(Err(e.into())),
+            }
+        })
+        .unwrap_or_else(|| {
+            bail!(
+                "nothing listens on port {port} after {} s",
+                timeout.as_secs()
+            )
+        })
+    }
+
+    /// SIGTERM, then waits up to 30 s for a clean exit (capagent writes out its records).
+    pub fn stop(mut self) -> Result<()> {
+        // SAFETY: kill(2) on our child, not reaped yet (so its pid is not reused).
+        unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGTERM) };
+        let (st, timed_out) =
+            util::wait_timeout(&mut self.child, Duration::from_secs(30), self.group)?;
+        if timed_out {
+            bail!("did not stop within 30 s of SIGTERM");
+        }
+        if !st.is_some_and(|s| s.success()) {
+            bail!("exited with {st:?}");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        util::kill(&mut self.child, self.group);
+        let _ = self.child.wait();
     }
 }
 
@@ -69,6 +220,27 @@ pub fn median(v: &mut [f64]) -> f64 {
     }
 }
 
+/// The CPU time (user + system, every thread) of process `pid` so far, in seconds, from
+/// `/proc/PID/stat`.
+pub fn cpu_secs(pid: u32) -> Result<f64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command: state is field 3; utime and stime are 14 and 15.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |x| x.1)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| -> Result<f64> {
+        Ok(fields
+            .get(i)
+            .context("short /proc/PID/stat")?
+            .parse::<f64>()?)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok((ticks(11)? + ticks(12)?) / hz)
+}
+
 /// The 1-minute load average, as a hint of how noisy the numbers are.
 pub fn loadavg() -> String {
     fs::read_to_string("/proc/loadavg")
@@ -92,6 +264,26 @@ mod tests {
         assert_eq!(
             super::median_run(vec![Ok(1.0), Err("x".to_string())], |x| *x),
             Err("x".to_string())
+        );
+    }
+
+    #[test]
+    fn tables() {
+        let t = vec![
+            row!["path", "req/s", "notes"],
+            row!["direct", 12345, ""],
+            row!["proxy", 7, "slower than all"],
+            row!["broken", "-", "-", "an error"],
+        ];
+        assert_eq!(
+            super::format_table("title", &t, &[1], &["a note".to_string()]),
+            "\ntitle\n\
+             path    req/s  notes\n\
+             --------------------\n\
+             direct  12345\n\
+             proxy       7  slower than all\n\
+             broken      -  -                an error\n\
+             a note\n"
         );
     }
 }

@@ -11,17 +11,18 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     thread,
     time::Duration,
 };
 
-use anyhow::{Context, Result, anyhow, bail};
-use capagent_testkit::wait_for;
+use anyhow::{Context, Result, bail};
+use capagent_testkit::proxy::closed_tcp_port;
 use clap::Args;
 
 mod relays;
 
+use super::Guard;
 use crate::util::{self, which};
 
 #[derive(Args, Debug, Clone)]
@@ -92,34 +93,6 @@ fn serve(mut c: TcpStream) {
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
-}
-
-/// A process killed on drop.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        util::kill(&mut self.0, false);
-    }
-}
-
-/// Waits until something accepts connections on `addr`.
-fn wait_port(addr: SocketAddr, child: &mut Child) -> Result<()> {
-    wait_for(Duration::from_secs(10), || {
-        if TcpStream::connect(addr).is_ok() {
-            return Some(Ok(()));
-        }
-        match child.try_wait() {
-            Ok(Some(st)) => Some(Err(anyhow!("exited ({st}) before listening on {addr}"))),
-            Ok(None) => None,
-            Err(e) => Some(Err(e.into())),
-        }
-    })
-    .unwrap_or_else(|| bail!("nothing listens on {addr} after 10 s"))
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Runs wrk against `url` (through a proxy when `absolute` gives the URI to request);
@@ -213,7 +186,7 @@ pub fn http(
         eprintln!("== http: through {name}");
         let r = (|| {
             let bin = capagent.map_err(|e| anyhow::anyhow!("{e}"))?;
-            let port = free_port()?;
+            let port = closed_tcp_port();
             let listen = format!("127.0.0.1:{port}");
             let mut cmd = Command::new(bin);
             cmd.args(["proxy", "http", "--listen", &listen]);
@@ -224,8 +197,8 @@ pub fn http(
                 cmd.arg("--no-record");
             }
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
-            let mut g = Guard(cmd.spawn().context("cannot start capagent")?);
-            wait_port(listen.parse()?, &mut g.0)?;
+            let mut g = Guard::of(cmd.spawn().context("cannot start capagent")?);
+            g.wait_listening(port, Duration::from_secs(10))?;
             let (rate, mut note) = wrk(args, tmp, &format!("http://{listen}/"), Some(&uri), close)?;
             drop(g);
             if record && let Ok(m) = fs::metadata(&pcap) {
@@ -245,7 +218,7 @@ pub fn http(
             if which("tinyproxy").is_none() {
                 bail!("tinyproxy is not installed (cargo xtask setup installs it)");
             }
-            let port = free_port()?;
+            let port = closed_tcp_port();
             let conf = tmp.join("tinyproxy.conf");
             fs::write(
                 &conf,
@@ -257,8 +230,8 @@ pub fn http(
             let mut cmd = Command::new("tinyproxy");
             cmd.arg("-d").arg("-c").arg(&conf);
             cmd.stdout(Stdio::null()).stderr(Stdio::null());
-            let mut g = Guard(cmd.spawn().context("cannot start tinyproxy")?);
-            wait_port(format!("127.0.0.1:{port}").parse()?, &mut g.0)?;
+            let mut g = Guard::of(cmd.spawn().context("cannot start tinyproxy")?);
+            g.wait_listening(port, Duration::from_secs(10))?;
             wrk(
                 args,
                 tmp,
@@ -282,15 +255,13 @@ pub fn print_http(args: &HttpBenchArgs, rows: &[HttpRow]) {
     let direct = rate("direct");
     let tiny = rate("tinyproxy");
     let tiny_close = rate("tinyproxy (conn. per request)");
-    println!();
-    println!(
-        "HTTP proxy: wrk -t{} -c{} -d{}s, keep-alive, 13-byte responses, loopback",
-        args.http_threads, args.http_connections, args.http_duration
-    );
-    println!(
-        "{:<34} {:>12} {:>10} {:>13}  notes",
-        "path", "req/s", "x direct", "x tinyproxy"
-    );
+    let mut table = vec![crate::row![
+        "path",
+        "req/s",
+        "x direct",
+        "x tinyproxy",
+        "notes"
+    ]];
     for r in rows {
         match &r.rate {
             Ok(v) => {
@@ -298,10 +269,9 @@ pub fn print_http(args: &HttpBenchArgs, rows: &[HttpRow]) {
                     base.filter(|b| *b > 0.0)
                         .map_or("-".to_string(), |b| format!("{:.2}", v / b))
                 };
-                println!(
-                    "{:<34} {:>12.0} {:>10} {:>13}  {}",
+                table.push(crate::row![
                     r.name,
-                    v,
+                    format!("{v:.0}"),
                     ratio(direct),
                     ratio(if r.name.contains("conn. per request") {
                         tiny_close
@@ -309,17 +279,26 @@ pub fn print_http(args: &HttpBenchArgs, rows: &[HttpRow]) {
                         tiny
                     }),
                     r.note
-                );
+                ]);
             }
-            Err(e) => println!("{:<34} {:>12}  {e}", r.name, "-"),
+            Err(e) => table.push(crate::row![r.name, "-", "-", "-", e]),
         }
     }
-    println!(
-        "x tinyproxy: keep-alive rows against tinyproxy, connection-per-request rows against \
-         tinyproxy with a connection per request (tinyproxy closes every client connection \
-         after one response: wrk counts those closes as read errors)"
+    super::print_table(
+        &format!(
+            "HTTP proxy: wrk -t{} -c{} -d{}s, keep-alive, 13-byte responses, loopback",
+            args.http_threads, args.http_connections, args.http_duration
+        ),
+        &table,
+        &[1, 2, 3],
+        &[
+            "x tinyproxy: keep-alive rows against tinyproxy, connection-per-request rows against \
+             tinyproxy with a connection per request (tinyproxy closes every client connection \
+             after one response: wrk counts those closes as read errors)"
+                .to_string(),
+            "target: capagent http >= 1.00x tinyproxy".to_string(),
+        ],
     );
-    println!("target: capagent http >= 1.00x tinyproxy");
 }
 
 /// `cargo xtask bench proxy` options.
@@ -336,12 +315,8 @@ pub struct ProxyBenchArgs {
 
 /// `cargo xtask bench proxy`: builds capagent (release) and runs the parts.
 pub fn proxy(args: ProxyBenchArgs) -> Result<()> {
-    let capagent = match &args.capagent {
-        Some(p) => Ok(p.clone()),
-        None => util::build_bins("capagent", &["capagent"], true)
-            .map(|mut m| m.remove("capagent").expect("built"))
-            .map_err(|e| format!("build failed: {e:#}")),
-    };
+    let capagent =
+        super::capagent_bin(args.capagent.as_ref()).map_err(|e| format!("build failed: {e:#}"));
     let tmp = std::env::temp_dir().join(format!("capagent-bench-proxy-{}", std::process::id()));
     fs::create_dir_all(&tmp)?;
     // The forwarder and SOCKS parts (bench_proxy), then HTTP.

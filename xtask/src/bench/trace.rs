@@ -152,12 +152,8 @@ pub fn trace(args: TraceBenchArgs) -> Result<()> {
         .expect("built");
     let capagent = if skip("capagent") {
         Err("skipped".to_string())
-    } else if let Some(path) = &args.capagent {
-        Ok(path.clone())
     } else {
-        util::build_bins("capagent", &["capagent"], true)
-            .map(|mut m| m.remove("capagent").expect("built"))
-            .map_err(|e| format!("build failed: {e:#}"))
+        super::capagent_bin(args.capagent.as_ref()).map_err(|e| format!("build failed: {e:#}"))
     };
     let tmp = std::env::temp_dir().join(format!("capagent-bench-{}", std::process::id()));
     fs::create_dir_all(&tmp)?;
@@ -433,6 +429,34 @@ fn check(out: &Captured) -> Result<()> {
     Ok(())
 }
 
+/// Runs the rr `client` command line (mode `mode`) under `tracer`, then finishes `server`
+/// (see [`Server::finish`]); checks the run and returns its output with rr's JSON report
+/// (the line holding `key`).
+fn run_client(
+    ctx: &Ctx,
+    tracer: Tracer,
+    server: Server,
+    client: &[OsString],
+    snaplen0: bool,
+    mode: &str,
+    key: &str,
+) -> Result<(Captured, serde_json::Value)> {
+    let mut cmd = match traced_command(ctx, tracer, client, snaplen0) {
+        Ok(c) => c,
+        Err(e) => {
+            server.finish(false);
+            return Err(e);
+        }
+    };
+    let out = util::run_captured(&mut cmd, ctx.timeout);
+    server.finish(out.as_ref().is_ok_and(Captured::success));
+    let out = out?;
+    check(&out)?;
+    let report = json_with(&out.stdout, key)
+        .with_context(|| format!("no rr {mode} result on stdout: {}", out.stderr_tail(5)))?;
+    Ok((out, report))
+}
+
 fn pingpong(ctx: &Ctx, tracer: Tracer) -> Result<RunResult> {
     let a = &ctx.args;
     let pin: Vec<String> = pin_args(a);
@@ -453,19 +477,7 @@ fn pingpong(ctx: &Ctx, tracer: Tracer) -> Result<RunResult> {
         "--size".into(),
         a.size.to_string().into(),
     ]);
-    let mut cmd = match traced_command(ctx, tracer, &client, false) {
-        Ok(c) => c,
-        Err(e) => {
-            server.finish(false);
-            return Err(e);
-        }
-    };
-    let out = util::run_captured(&mut cmd, ctx.timeout);
-    server.finish(out.as_ref().is_ok_and(Captured::success));
-    let out = out?;
-    check(&out)?;
-    let report = json_with(&out.stdout, "rps")
-        .with_context(|| format!("no rr client result on stdout: {}", out.stderr_tail(5)))?;
+    let (out, report) = run_client(ctx, tracer, server, &client, false, "client", "rps")?;
     let rate = report["rps"].as_f64().unwrap_or(0.0);
     let mut notes = Vec::new();
     // Per round trip one send and one recv; plus socket, connect and close.
@@ -520,19 +532,7 @@ fn bulk(ctx: &Ctx, tracer: Tracer) -> Result<RunResult> {
         "--chunk".into(),
         a.chunk.to_string().into(),
     ];
-    let mut cmd = match traced_command(ctx, tracer, &client, true) {
-        Ok(c) => c,
-        Err(e) => {
-            server.finish(false);
-            return Err(e);
-        }
-    };
-    let out = util::run_captured(&mut cmd, ctx.timeout);
-    server.finish(out.as_ref().is_ok_and(Captured::success));
-    let out = out?;
-    check(&out)?;
-    let report = json_with(&out.stdout, "mbps")
-        .with_context(|| format!("no rr bulk-client result on stdout: {}", out.stderr_tail(5)))?;
+    let (out, report) = run_client(ctx, tracer, server, &client, true, "bulk-client", "mbps")?;
     let rate = report["mbps"].as_f64().unwrap_or(0.0);
     let mut notes = Vec::new();
     if tracer == Tracer::CapagentPcapng {

@@ -17,7 +17,7 @@ use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     path::Path,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
@@ -27,10 +27,14 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+use capagent_testkit::proxy::closed_tcp_port;
 use clap::Args;
 
-use crate::bench::median;
-use crate::util::{self, which};
+use crate::util::which;
+use crate::{
+    bench::{Guard, cpu_secs, loadavg, median, print_table},
+    row,
+};
 
 #[derive(Args, Debug, Clone)]
 pub struct CoreBenchArgs {
@@ -56,71 +60,6 @@ pub struct CoreBenchArgs {
     /// Parts to run, of throughput, socks, memory (comma-separated; HTTP always runs).
     #[arg(long, value_delimiter = ',', default_value = "throughput,socks,memory")]
     pub parts: Vec<String>,
-}
-
-/// A process killed (with its process group) on drop.
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        util::kill(&mut self.0, true);
-        let _ = self.0.wait();
-    }
-}
-
-impl Guard {
-    fn spawn(cmd: &mut Command) -> Result<Guard> {
-        use std::os::unix::process::CommandExt as _;
-        let child = cmd
-            .stdin(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .with_context(|| format!("cannot run {}", util::display(cmd)))?;
-        Ok(Guard(child))
-    }
-
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-
-    /// SIGTERM, then waits (capagent writes out its records).
-    fn stop(mut self) -> Result<()> {
-        // SAFETY: kill(2) on our child.
-        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
-        let (st, timed_out) = util::wait_timeout(&mut self.0, Duration::from_secs(30), true)?;
-        if timed_out {
-            bail!("did not stop within 30 s of SIGTERM");
-        }
-        if !st.is_some_and(|s| s.success()) {
-            bail!("exited with {st:?}");
-        }
-        Ok(())
-    }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// Waits until a socket listens on 127.0.0.1:`port` (from /proc/net/tcp: probing with a
-/// connection would reach the server behind a proxy).
-fn wait_listening(port: u16, child: &mut Guard) -> Result<()> {
-    let want = format!("0100007F:{port:04X}");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        let table = fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-        if table.lines().skip(1).any(|l| {
-            let c: Vec<&str> = l.split_whitespace().collect();
-            c.len() > 3 && c[1] == want && c[3] == "0A"
-        }) {
-            return Ok(());
-        }
-        if let Some(st) = child.0.try_wait()? {
-            bail!("exited ({st}) before listening on port {port}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    }
-    bail!("nothing listens on port {port} after 15 s")
 }
 
 /// Runs one iperf3 client for `secs`; returns received bits per second.
@@ -238,7 +177,7 @@ fn start_relay(env: &Env, relay: Relay, port: u16, target: SocketAddr) -> Result
             )?
         }
     };
-    wait_listening(port, &mut g)?;
+    g.wait_listening(port, Duration::from_secs(15))?;
     Ok(Some(g))
 }
 
@@ -251,14 +190,14 @@ struct ThroughputRow {
 
 fn throughput(args: &CoreBenchArgs, env: &Env) -> Result<Vec<ThroughputRow>> {
     which("iperf3").context("iperf3 is not installed (cargo xtask setup)")?;
-    let iperf_port = free_port()?;
+    let iperf_port = closed_tcp_port();
     let mut server = Guard::spawn(
         Command::new("iperf3")
             .args(["-s", "-B", "127.0.0.1", "-p", &iperf_port.to_string()])
             .stdout(Stdio::null())
             .stderr(Stdio::null()),
     )?;
-    wait_listening(iperf_port, &mut server)?;
+    server.wait_listening(iperf_port, Duration::from_secs(15))?;
     let target: SocketAddr = format!("127.0.0.1:{iperf_port}").parse()?;
     let relays = [
         Relay::Direct,
@@ -282,7 +221,7 @@ fn throughput(args: &CoreBenchArgs, env: &Env) -> Result<Vec<ThroughputRow>> {
             let port = if relay == Relay::Direct {
                 iperf_port
             } else {
-                free_port()?
+                closed_tcp_port()
             };
             let outcome = (|| -> Result<f64> {
                 let guard = start_relay(env, relay, port, target)?;
@@ -479,25 +418,6 @@ fn socks_rates(args: &CoreBenchArgs, env: &Env) -> Vec<RateRow> {
 /// connection, proxy CPU time over the turns' time.
 type RateSample = (f64, u64, f64, f64);
 
-/// CPU time (user + system) `pid` used so far, in seconds.
-fn cpu_secs(pid: u32) -> Result<f64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |x| x.1)
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| -> Result<f64> {
-        Ok(fields
-            .get(i)
-            .context("short /proc/PID/stat")?
-            .parse::<f64>()?)
-    };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok((ticks(11)? + ticks(12)?) / hz)
-}
-
 /// A SOCKS proxy of one round, with its target server, and what its turns measured.
 struct SocksRun {
     kind: Socks,
@@ -515,7 +435,7 @@ struct SocksRun {
 impl SocksRun {
     fn start(env: &Env, kind: Socks) -> Result<SocksRun> {
         let target = ok_server()?;
-        let port = free_port()?;
+        let port = closed_tcp_port();
         let listen = format!("127.0.0.1:{port}");
         let mut file = None;
         let mut guard = match kind {
@@ -543,7 +463,7 @@ impl SocksRun {
                 )?
             }
         };
-        wait_listening(port, &mut guard)?;
+        guard.wait_listening(port, Duration::from_secs(15))?;
         let proxy: SocketAddr = listen.parse()?;
         socks5_once(proxy, target).context("a first SOCKS5 CONNECT failed")?;
         Ok(SocksRun {
@@ -705,7 +625,7 @@ fn memory(args: &CoreBenchArgs, env: &Env) -> Vec<MemRow> {
 
 fn memory_of(args: &CoreBenchArgs, env: &Env, relay: Relay) -> Result<(u64, u64)> {
     let target = echo_server()?;
-    let port = free_port()?;
+    let port = closed_tcp_port();
     let guard = start_relay(env, relay, port, target)?.expect("a relay");
     thread::sleep(Duration::from_millis(200));
     let idle = rss_tree_kib(guard.pid());
@@ -772,19 +692,7 @@ fn print_tables(args: &CoreBenchArgs, tput: &[ThroughputRow], rates: &[RateRow],
     };
     let direct = gbps(Relay::Direct);
     if !tput.is_empty() {
-        println!();
-        println!(
-            "## TCP throughput: iperf3, 1 stream, {} s, median of {} (loadavg {})",
-            args.iperf_secs,
-            args.iperf_runs,
-            fs::read_to_string("/proc/loadavg")
-                .unwrap_or_default()
-                .split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
-        println!("{:<32} {:>10} {:>9}  note", "relay", "Gbit/s", "x direct");
+        let mut table = vec![row!["relay", "Gbit/s", "x direct", "note"]];
         for t in tput {
             match &t.gbps {
                 Ok(g) => {
@@ -792,43 +700,45 @@ fn print_tables(args: &CoreBenchArgs, tput: &[ThroughputRow], rates: &[RateRow],
                     let note = t.recorded.map_or(String::new(), |b| {
                         format!("pcapng of the last run: {:.2} GB", b as f64 / 1e9)
                     });
-                    println!("{:<32} {:>10.2} {:>9}  {note}", t.relay.name(), g, ratio);
+                    table.push(row![t.relay.name(), format!("{g:.2}"), ratio, note]);
                 }
-                Err(e) => println!("{:<32} {:>10} {:>9}  {e}", t.relay.name(), "-", "-"),
+                Err(e) => table.push(row![t.relay.name(), "-", "-", e]),
             }
         }
         let pair = |a: Relay, b: Relay| match (gbps(a), gbps(b)) {
             (Some(x), Some(y)) => format!("{:.2}x", x / y),
             _ => "-".into(),
         };
-        println!(
-            "forward recording / socat = {} (target >= 1.00); forward --no-record / haproxy = {} (target >= 1.00)",
-            pair(Relay::ForwardRecord, Relay::Socat),
-            pair(Relay::ForwardNoRecord, Relay::Haproxy)
+        print_table(
+            &format!(
+                "## TCP throughput: iperf3, 1 stream, {} s, median of {} (loadavg {})",
+                args.iperf_secs,
+                args.iperf_runs,
+                loadavg()
+            ),
+            &table,
+            &[1, 2],
+            &[format!(
+                "forward recording / socat = {} (target >= 1.00); forward --no-record / haproxy = {} (target >= 1.00)",
+                pair(Relay::ForwardRecord, Relay::Socat),
+                pair(Relay::ForwardNoRecord, Relay::Haproxy)
+            )],
         );
     }
     if !rates.is_empty() {
-        println!();
-        println!(
-            "## SOCKS5 connections per second ({} client threads; rounds of {} interleaved 1 s turns per proxy, median of {}; CONNECT + 2-byte answer + close; loadavg {})",
-            args.socks_clients,
-            args.socks_secs,
-            args.socks_runs,
-            fs::read_to_string("/proc/loadavg")
-                .unwrap_or_default()
-                .split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" ")
-        );
         let micro = rates
             .iter()
             .find(|r| r.name == Socks::Microsocks.name())
             .and_then(|r| r.rate.as_ref().ok());
-        println!(
-            "{:<32} {:>10} {:>12} {:>8} {:>12} {:>9}  x microsocks by round: min-max (each round)",
-            "proxy", "conn/s", "x microsocks", "failed", "CPU us/conn", "CPU used"
-        );
+        let mut table = vec![row![
+            "proxy",
+            "conn/s",
+            "x microsocks",
+            "failed",
+            "CPU us/conn",
+            "CPU used",
+            "x microsocks by round: min-max (each round)"
+        ]];
         for r in rates {
             match &r.rate {
                 Ok((rate, failed, rounds, cpu, share)) => {
@@ -841,49 +751,56 @@ fn print_tables(args: &CoreBenchArgs, tput: &[ThroughputRow], rates: &[RateRow],
                         let each: Vec<String> = x.iter().map(|v| format!("{v:.2}")).collect();
                         format!("{lo:.2}-{hi:.2} ({})", each.join(" "))
                     });
-                    println!(
-                        "{:<32} {:>10.0} {:>12} {:>8} {:>12.1} {:>9}  {}",
+                    table.push(row![
                         r.name,
-                        rate,
+                        format!("{rate:.0}"),
                         micro.map_or("-".into(), |m| format!("{:.2}x", rate / m.0)),
                         failed,
-                        cpu,
+                        format!("{cpu:.1}"),
                         format!("{:.0}%", share * 100.0),
                         by_round.unwrap_or_default()
-                    )
+                    ]);
                 }
-                Err(e) => println!(
-                    "{:<32} {:>10} {:>12} {:>8} {:>12} {:>9}  {e}",
-                    r.name, "-", "-", "-", "-", "-"
-                ),
+                Err(e) => table.push(row![r.name, "-", "-", "-", "-", "-", e]),
             }
         }
-        println!(
-            "target: capagent socks >= 1.00x microsocks (CPU us/conn: the proxy's user + system time per connection, kernel TCP work included; CPU used: that time over the time it served, in % of one CPU: on a busy machine the scheduler shares CPUs by thread, and microsocks runs a thread per connection, capagent one per CPU)"
+        print_table(
+            &format!(
+                "## SOCKS5 connections per second ({} client threads; rounds of {} interleaved 1 s turns per proxy, median of {}; CONNECT + 2-byte answer + close; loadavg {})",
+                args.socks_clients,
+                args.socks_secs,
+                args.socks_runs,
+                loadavg()
+            ),
+            &table,
+            &[1, 2, 3, 4, 5],
+            &["target: capagent socks >= 1.00x microsocks (CPU us/conn: the proxy's user + system time per connection, kernel TCP work included; CPU used: that time over the time it served, in % of one CPU: on a busy machine the scheduler shares CPUs by thread, and microsocks runs a thread per connection, capagent one per CPU)".to_string()],
         );
     }
     if !mem.is_empty() {
-        println!();
-        println!(
-            "## Memory: RSS with {} relayed connections open (each after one round trip)",
-            args.rss_conns
-        );
-        println!(
-            "{:<32} {:>10} {:>12} {:>12}",
-            "relay", "idle MiB", "busy MiB", "KiB/conn"
-        );
+        let mut table = vec![row!["relay", "idle MiB", "busy MiB", "KiB/conn"]];
         for m in mem {
             match &m.kib {
-                Ok((idle, busy)) => println!(
-                    "{:<32} {:>10.1} {:>12.1} {:>12.1}",
+                Ok((idle, busy)) => table.push(row![
                     m.name,
-                    *idle as f64 / 1024.0,
-                    *busy as f64 / 1024.0,
-                    busy.saturating_sub(*idle) as f64 / args.rss_conns.max(1) as f64
-                ),
-                Err(e) => println!("{:<32} {:>10} {:>12} {:>12}  {e}", m.name, "-", "-", "-"),
+                    format!("{:.1}", *idle as f64 / 1024.0),
+                    format!("{:.1}", *busy as f64 / 1024.0),
+                    format!(
+                        "{:.1}",
+                        busy.saturating_sub(*idle) as f64 / args.rss_conns.max(1) as f64
+                    )
+                ]),
+                Err(e) => table.push(row![m.name, "-", "-", "-", e]),
             }
         }
-        println!("(socat: all its processes, one per connection)");
+        print_table(
+            &format!(
+                "## Memory: RSS with {} relayed connections open (each after one round trip)",
+                args.rss_conns
+            ),
+            &table,
+            &[1, 2, 3],
+            &["(socat: all its processes, one per connection)".to_string()],
+        );
     }
 }
