@@ -517,6 +517,17 @@ mod tests {
             .concat()
     }
 
+    /// A connection of `rec` from `client_app` to `target`'s peer, opened as the forward
+    /// proxy opens it.
+    async fn opened(rec: &Recorder, client_app: &TcpStream, target: &TcpStream) -> Conn {
+        let conn = rec.conn("forward", Transport::Tcp, client_app.local_addr().unwrap());
+        let to = target.peer_addr().unwrap();
+        let host = to.ip().to_string();
+        conn.open("forward", None, host, to.port(), Some(to), Ok(()))
+            .await;
+        conn
+    }
+
     /// The 3 MB the client sends in [`relay_both_ways`].
     fn big() -> Vec<u8> {
         (0..3_000_000u32).map(|i| (i % 251) as u8).collect()
@@ -528,17 +539,7 @@ mod tests {
         // client_app <-> (client, target) <-> server_app
         let (mut client_app, mut client) = pair().await;
         let (mut target, mut server_app) = pair().await;
-        let conn = rec.conn("forward", Transport::Tcp, client_app.local_addr().unwrap());
-        let to = target.peer_addr().unwrap();
-        conn.open(
-            "forward",
-            None,
-            to.ip().to_string(),
-            to.port(),
-            Some(to),
-            Ok(()),
-        )
-        .await;
+        let conn = opened(rec, &client_app, &target).await;
         let big = big();
         let big2 = big.clone();
         let relay = tokio::spawn(async move {
@@ -640,17 +641,7 @@ mod tests {
         let (mut target, mut server_app) = pair().await;
         server_app.write_all(b"ok").await.unwrap();
         server_app.shutdown().await.unwrap();
-        let conn = rec.conn("forward", Transport::Tcp, client_app.local_addr().unwrap());
-        let to = target.peer_addr().unwrap();
-        conn.open(
-            "forward",
-            None,
-            to.ip().to_string(),
-            to.port(),
-            Some(to),
-            Ok(()),
-        )
-        .await;
+        let conn = opened(rec, &client_app, &target).await;
         let relay = tokio::spawn(async move {
             let r = relay(
                 &mut client,
