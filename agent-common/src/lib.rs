@@ -24,5 +24,5 @@ pub use intercept::{ClientKey, INTERCEPT_PORTS_MAX, InterceptConfig, OrigDst};
 pub use shared::{KernelOffsets, TASK_COMM_LEN};
 pub use trace::{
     CHUNK_MAX, Config, DataEvent, EventHeader, MsgAddr, ProcEvent, SOCKADDR_MAX, SYSCALL_TABLE_LEN,
-    SockEvent, SockInfo, counter, flags, kind, sys, traced,
+    SockEvent, SockInfo, TlsEvent, counter, flags, kind, sys, tls_fn, traced,
 };

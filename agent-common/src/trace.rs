@@ -7,6 +7,9 @@
 //! - [`kind::DATA`]: a [`DataEvent`] followed by `len` payload bytes (one chunk of a
 //!   send/recv-type call; a call larger than [`CHUNK_MAX`] is split into several chunks)
 //! - [`kind::PROC`]: a [`ProcEvent`] (fork, exec, exit of a traced process)
+//! - [`kind::TLS`]: a [`TlsEvent`] followed by `len` plaintext bytes: one chunk of what a
+//!   TLS library call (`SSL_write`, `gnutls_record_recv`, Go's `(*Conn).Read`...) handed
+//!   over or returned (`capagent trace --tls`); `hdr.syscall` is one of the [`tls_fn`] ids
 
 use crate::shared::{KernelOffsets, TASK_COMM_LEN};
 /// Most payload bytes carried by one DATA record.
@@ -19,6 +22,7 @@ pub mod kind {
     pub const SOCK: u16 = 1;
     pub const DATA: u16 = 2;
     pub const PROC: u16 = 3;
+    pub const TLS: u16 = 4;
 }
 
 /// The syscall that produced a record (`EventHeader::syscall`).
@@ -72,13 +76,62 @@ pub mod sys {
             FORK => "fork",
             EXEC => "exec",
             EXIT => "exit",
-            _ => "?",
+            _ => super::tls_fn::name(id),
         }
     }
 
     /// True for calls that move payload out of the process.
     pub const fn is_send(id: u16) -> bool {
-        matches!(id, SENDTO | SENDMSG | SENDMMSG | WRITE | WRITEV)
+        matches!(id, SENDTO | SENDMSG | SENDMMSG | WRITE | WRITEV) || super::tls_fn::is_write(id)
+    }
+}
+
+/// The TLS library functions `trace --tls` hooks: the `EventHeader::syscall` of a
+/// [`kind::TLS`] record (ids from 64 up, apart from the syscalls').
+pub mod tls_fn {
+    pub const SSL_WRITE: u16 = 64;
+    pub const SSL_READ: u16 = 65;
+    pub const SSL_WRITE_EX: u16 = 66;
+    pub const SSL_READ_EX: u16 = 67;
+    pub const SSL_WRITE_EX2: u16 = 68;
+    pub const GNUTLS_RECORD_SEND: u16 = 72;
+    pub const GNUTLS_RECORD_RECV: u16 = 73;
+    /// Go `crypto/tls.(*Conn).Write` / `.Read`.
+    pub const GO_WRITE: u16 = 80;
+    pub const GO_READ: u16 = 81;
+
+    /// The function's name, as the library spells it (`?` for an unknown id).
+    pub const fn name(id: u16) -> &'static str {
+        match id {
+            SSL_WRITE => "SSL_write",
+            SSL_READ => "SSL_read",
+            SSL_WRITE_EX => "SSL_write_ex",
+            SSL_READ_EX => "SSL_read_ex",
+            SSL_WRITE_EX2 => "SSL_write_ex2",
+            GNUTLS_RECORD_SEND => "gnutls_record_send",
+            GNUTLS_RECORD_RECV => "gnutls_record_recv",
+            GO_WRITE => "crypto/tls.(*Conn).Write",
+            GO_READ => "crypto/tls.(*Conn).Read",
+            _ => "?",
+        }
+    }
+
+    /// The library family (`"openssl"`, `"gnutls"`, `"go"`), None for an unknown id.
+    pub const fn lib(id: u16) -> Option<&'static str> {
+        match id {
+            SSL_WRITE | SSL_READ | SSL_WRITE_EX | SSL_READ_EX | SSL_WRITE_EX2 => Some("openssl"),
+            GNUTLS_RECORD_SEND | GNUTLS_RECORD_RECV => Some("gnutls"),
+            GO_WRITE | GO_READ => Some("go"),
+            _ => None,
+        }
+    }
+
+    /// True for the functions that take plaintext from the application (writes).
+    pub const fn is_write(id: u16) -> bool {
+        matches!(
+            id,
+            SSL_WRITE | SSL_WRITE_EX | SSL_WRITE_EX2 | GNUTLS_RECORD_SEND | GO_WRITE
+        )
     }
 }
 
@@ -185,6 +238,30 @@ pub struct DataEvent {
     /// Message index within sendmmsg/recvmmsg (0 otherwise).
     pub msg_index: u32,
     pub addr: MsgAddr,
+}
+
+/// One chunk of the plaintext of a TLS library call; `len` bytes follow.
+///
+/// `hdr.syscall` is the [`tls_fn`] id; `hdr.ret` the bytes the call moved (for the `_ex`
+/// functions, `*written`/`*readbytes` when they returned 1, else their return value);
+/// `hdr.fd` and `hdr.sock` the socket the call used, learned from the socket syscalls the
+/// thread made inside the call or from the per-process cache of the TLS object's fd
+/// (`hdr.fd` is -1 and `SOCK_VALID` clear when it is not known: never a guess).
+/// `FIRST`/`LAST`/`TRUNCATED` in `hdr.flags` as for [`DataEvent`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsEvent {
+    pub hdr: EventHeader,
+    /// Plaintext bytes the call moved.
+    pub total: u64,
+    /// Offset of this chunk in the call's plaintext.
+    pub offset: u64,
+    /// Plaintext bytes following this struct.
+    pub len: u32,
+    pub _pad: u32,
+    /// The library's connection object (`SSL *`, `gnutls_session_t`, Go `*tls.Conn`):
+    /// identifies the TLS connection while it lives, also when the fd is unknown.
+    pub conn: u64,
 }
 
 /// fork/exec/exit of a traced process.
@@ -312,6 +389,7 @@ const _: () = assert!(core::mem::size_of::<SockEvent>() == 120 + 32 + 8 + SOCKAD
 const _: () = assert!(core::mem::size_of::<MsgAddr>() == 24);
 const _: () = assert!(core::mem::size_of::<DataEvent>() == 120 + 24 + 24);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 128);
+const _: () = assert!(core::mem::size_of::<TlsEvent>() == 120 + 32);
 const _: () = assert!(core::mem::size_of::<Config>() == 128 + 8 + 16 + 8 + SYSCALL_TABLE_LEN);
 
 #[cfg(feature = "user")]
