@@ -72,6 +72,14 @@ pub struct TraceArgs {
     /// stopped until capagent has caught up, so nothing is lost (always allowed with --all).
     #[arg(long)]
     pub allow_loss: bool,
+    /// Also record the plaintext of TLS connections: uprobes on the TLS libraries the traced
+    /// processes use (OpenSSL, GnuTLS, Go crypto/tls), one record per TLS read or write.
+    #[arg(long)]
+    pub tls: bool,
+    /// With --tls (implied): hide the ciphertext records of connections that carry TLS
+    /// plaintext.
+    #[arg(long)]
+    pub tls_only: bool,
     /// Do not print the summary at exit.
     #[arg(long)]
     pub no_summary: bool,
@@ -104,6 +112,8 @@ impl TraceArgs {
             ring_bytes: self.ring_kib.saturating_mul(1024),
             duration,
             lossless: !self.allow_loss && !self.all,
+            tls: self.tls || self.tls_only,
+            tls_only: self.tls_only,
         };
         if opts.pids.is_empty() && opts.comm.is_none() && !opts.all && opts.command.is_empty() {
             return Err(super::run::TraceError::NoTarget.into());

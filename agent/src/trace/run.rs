@@ -176,6 +176,10 @@ pub struct TraceOptions {
     /// Stop a traced process whose records fill half the ring buffer until the agent has
     /// drained it, instead of dropping records.
     pub lossless: bool,
+    /// `--tls`: hook the TLS libraries of the traced processes and record their plaintext.
+    pub tls: bool,
+    /// `--tls-only`: hide the ciphertext records of connections that carry TLS plaintext.
+    pub tls_only: bool,
 }
 
 /// How the session ended.
