@@ -6,6 +6,7 @@
 //! - `decode`: pure decoder of kernel records; `sockaddr`: pure sockaddr parser.
 //! - `assemble`: payload chunks to whole calls (`model::Event`).
 //! - `summary`: per-connection totals printed at exit.
+//! - `tls`: `--tls`, the plaintext inside TLS libraries (uprobes).
 
 pub mod assemble;
 pub mod command;
@@ -13,3 +14,4 @@ pub mod decode;
 pub mod run;
 pub mod sockaddr;
 pub mod summary;
+pub mod tls;
