@@ -42,13 +42,15 @@ enum Rec {
     Data,
 }
 
-/// The programs' configuration: every socket syscall that matters here reported, `--tls`.
-fn config() -> Config {
+/// The programs' configuration: every socket syscall that matters here reported, `--tls`,
+/// lossless (`pause`) or not.
+fn config(pause: bool) -> Config {
     let mut c = Config::new();
     c.offsets = kernel::btf::resolve_offsets().unwrap();
     c.self_pid = std::process::id();
     c.wakeup_bytes = 4096;
     c.tls = 1;
+    c.pause = pause as u8;
     for (nr, id) in [
         (libc::SYS_connect, sys::CONNECT),
         (libc::SYS_accept, sys::ACCEPT),
@@ -123,8 +125,8 @@ fn attach_openssl(ebpf: &mut Ebpf) {
 }
 
 /// The trace object, loaded with [`config`], its syscall and process programs attached.
-fn load() -> Ebpf {
-    let mut ebpf = kernel::load(&config(), 1 << 22).unwrap();
+fn load(pause: bool) -> Ebpf {
+    let mut ebpf = kernel::load(&config(pause), 1 << 22).unwrap();
     for (prog, cat, tp) in [
         (progs::TASK_NEWTASK, "task", "task_newtask"),
         (progs::SCHED_PROCESS_EXEC, "sched", "sched_process_exec"),
@@ -154,6 +156,10 @@ struct Run {
     recs: Vec<Rec>,
     /// (pid, key, state at the record) of every MMAP_EXEC record.
     mmaps: Vec<(u32, FileKey, char)>,
+    /// (pid, state at the record) of every EXEC record.
+    execs: Vec<(u32, char)>,
+    /// Processes found in PAUSED.
+    paused_seen: usize,
 }
 
 impl Run {
@@ -165,6 +171,8 @@ impl Run {
             seen: kernel::take_map(ebpf, maps::TLS_SEEN).unwrap(),
             recs: Vec::new(),
             mmaps: Vec::new(),
+            execs: Vec::new(),
+            paused_seen: 0,
         }
     }
 
@@ -187,6 +195,8 @@ impl Run {
                         };
                         self.mmaps.push((e.hdr.pid, key, state(e.hdr.pid)));
                         self.seen.insert(key, 1, 0).unwrap();
+                    } else if e.hdr.syscall == sys::EXEC {
+                        self.execs.push((e.hdr.pid, state(e.hdr.pid)));
                     }
                     Rec::Proc
                 }
@@ -195,6 +205,7 @@ impl Run {
             self.recs.push(rec);
         }
         let pids: Vec<u32> = self.paused.keys().filter_map(Result::ok).collect();
+        self.paused_seen += pids.len();
         for pid in pids {
             let _ = self.paused.remove(&pid);
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
@@ -373,12 +384,13 @@ fn assert_on_socket(run: &Run, pid: u32, calls: &[u16], evs: &[TlsEvent]) {
 /// traced: what curl's SSL_write handed over is exactly the request, byte for byte what the
 /// server's SSL_read_ex returned; what the server's SSL_write_ex handed over is what curl's
 /// SSL_read returned; every record is on the socket of its side's connect/accept. The
-/// server's mapping of libssl was reported with libssl's file key while it was stopped.
+/// server's mapping of libssl was reported with libssl's file key while it was stopped;
+/// curl was stopped at its exec.
 #[test]
 fn curl_and_python_plaintext_on_their_sockets() {
     let ns = Netns::new("tlsk");
     let dir = TempDir::new("tlsk");
-    let mut ebpf = load();
+    let mut ebpf = load(true);
     attach_openssl(&mut ebpf);
     let mut run = Run::new(&mut ebpf);
     let server = https_server(&ns, &dir, &mut run);
@@ -455,18 +467,21 @@ fn curl_and_python_plaintext_on_their_sockets() {
         run.mmaps.iter().any(|m| m.0 == curl),
         "curl's own libraries"
     );
+    // Stopped at exec too (before its first instruction), until continued.
+    assert!(run.execs.contains(&(curl, 'T')), "{:?}", run.execs);
     let data = run.recs.iter().filter(|r| matches!(r, Rec::Data)).count();
     assert!(data > 0, "the ciphertext syscalls are reported too");
 }
 
 /// wget (GnuTLS: `gnutls_record_send`, a tail jump into `gnutls_record_send2`, both hooked)
 /// against the Python server: each write is recorded once (what wget wrote is exactly what
-/// the server read), each on wget's socket; what the server wrote is what wget read.
+/// the server read), each on wget's socket; what the server wrote is what wget read. Not
+/// lossless (as with `--all`, `--allow-loss`): the mappings are reported, nobody stopped.
 #[test]
 fn wget_gnutls_writes_count_once() {
     let ns = Netns::new("tlsg");
     let dir = TempDir::new("tlsg");
-    let mut ebpf = load();
+    let mut ebpf = load(false);
     attach_openssl(&mut ebpf);
     attach_lib(
         &mut ebpf,
@@ -528,4 +543,10 @@ fn wget_gnutls_writes_count_once() {
     let mut evs = sent_evs;
     evs.extend(got_evs.into_iter().filter(|e| e.hdr.ret > 0));
     assert_on_socket(&run, wget, &[sys::CONNECT], &evs);
+    let libgnutls = file_key(LIBGNUTLS);
+    assert!(run.mmaps.iter().any(|m| m.0 == wget && m.1 == libgnutls));
+    assert!(run.mmaps.iter().all(|m| m.2 != 'T'), "{:?}", run.mmaps);
+    assert!(run.execs.iter().any(|e| e.0 == wget));
+    assert!(run.execs.iter().all(|e| e.1 != 'T'), "{:?}", run.execs);
+    assert_eq!(run.paused_seen, 0);
 }

@@ -52,8 +52,8 @@ pub mod sys {
     pub const EXIT: u16 = 34;
     /// `trace --tls` only, never shown to users (nor selectable with `--events`): a traced
     /// process mapped a file executable (`mmap` with `PROT_EXEC`) that is not in `TLS_SEEN`
-    /// (kind PROC; see [`ProcEvent`]); the kernel has paused the process so that userspace
-    /// can hook the file's TLS functions before it runs on.
+    /// (kind PROC; see [`ProcEvent`]); in lossless mode the kernel has paused the process
+    /// so that userspace can hook the file's TLS functions before it runs on.
     pub const MMAP_EXEC: u16 = 35;
 
     /// Name of a syscall id, as strace prints it.
@@ -289,7 +289,8 @@ pub struct TlsEvent {
 /// For [`sys::MMAP_EXEC`]: `hdr.fd` is the fd `mmap` mapped, `hdr.ret` the address it
 /// returned, `child_pid` the file's device (the kernel's `dev_t`, as [`FileKey::dev`]) and
 /// `hdr.sock.ino` its inode number (`SOCK_VALID` clear): the [`FileKey`] the kernel looked up
-/// in `TLS_SEEN`. The process is stopped (SIGSTOP, and its tgid in `PAUSED`).
+/// in `TLS_SEEN`. In lossless mode (`Config::pause`) the process is stopped (SIGSTOP, and
+/// its tgid in `PAUSED`), as it is after the EXEC record with `Config::tls`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcEvent {
@@ -318,8 +319,9 @@ pub struct Config {
     /// once it has drained the ring.
     pub pause: u8,
     /// `--tls`: the TLS uprobes record, the socket syscalls made inside a TLS call name its
-    /// fd, and a traced process is paused at exec and at an executable mapping of a file not
-    /// in `TLS_SEEN` (`sys_table` then maps `mmap` to [`sys::MMAP_EXEC`]).
+    /// fd, and an executable mapping of a file not in `TLS_SEEN` is reported (`sys_table`
+    /// then maps `mmap` to [`sys::MMAP_EXEC`]); with `pause` too, a traced process is
+    /// paused at such a mapping and at exec until userspace has hooked what it maps.
     pub tls: u8,
     pub _pad: [u8; 3],
     /// Process name to match (NUL padded) when `comm_match` is set.

@@ -1039,8 +1039,10 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
 // trace --tls: executable mappings of files not examined yet.
 
 /// `mmap` (in `sys_table` with `--tls` only): a file mapped executable that userspace has
-/// not examined (`TLS_SEEN`) is reported and the process paused, so that the TLS functions
-/// of a library (dlopen included) are hooked before the process runs any of its code.
+/// not examined (`TLS_SEEN`) is reported and, in lossless mode, the process paused, so that
+/// the TLS functions of a library (dlopen included) are hooked before the process runs any
+/// of its code. (Without lossless mode, `--all` or `--allow-loss`, no process is stopped:
+/// the first calls into the library may then go unseen.)
 #[inline(always)]
 fn mmap_exit(ret: i64) {
     let Some(a) = take_args(sys::MMAP_EXEC) else {
@@ -1070,7 +1072,9 @@ fn mmap_exit(ret: i64) {
     let mut sock = SockInfo::default();
     sock.ino = key.ino;
     emit_proc(sys::MMAP_EXEC, key.dev as u32, 0, fd, ret, &sock, true);
-    pause_current();
+    if cfg!(pause) != 0 {
+        pause_current();
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1138,9 +1142,9 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     if is_traced(tgid) {
         let tls = cfg!(tls) != 0;
         emit_proc(sys::EXEC, 0, 0, -1, 0, &SockInfo::default(), tls);
-        if tls {
+        if tls && cfg!(pause) != 0 {
             // The new program's TLS functions (static OpenSSL, Go) are hooked before it
-            // runs: userspace continues it once it has.
+            // runs: userspace continues it once it has (lossless mode, as for mmap).
             pause_current();
         }
     }
