@@ -32,6 +32,8 @@ use capagent_testkit::*;
 const LIBSSL: &str = "/usr/lib/x86_64-linux-gnu/libssl.so.3";
 const LIBGNUTLS: &str = "/usr/lib/x86_64-linux-gnu/libgnutls.so.30";
 const PORT: u16 = 4433;
+/// The body of the server's `/big` (`i % 251` for each byte i).
+const BIG: usize = 100_000;
 
 /// What the kernel sent, in order, decoded (owned).
 #[derive(Debug, Clone)]
@@ -43,7 +45,7 @@ enum Rec {
 }
 
 /// The programs' configuration: every socket syscall that matters here reported, `--tls`,
-/// lossless (`pause`) or not.
+/// lossless (`pause`) or not, the whole payload of each call.
 fn config(pause: bool) -> Config {
     let mut c = Config::new();
     c.offsets = kernel::btf::resolve_offsets().unwrap();
@@ -124,9 +126,9 @@ fn attach_openssl(ebpf: &mut Ebpf) {
     );
 }
 
-/// The trace object, loaded with [`config`], its syscall and process programs attached.
-fn load(pause: bool) -> Ebpf {
-    let mut ebpf = kernel::load(&config(pause), 1 << 22).unwrap();
+/// The trace object, loaded with `config`, its syscall and process programs attached.
+fn load(config: Config) -> Ebpf {
+    let mut ebpf = kernel::load(&config, 1 << 22).unwrap();
     for (prog, cat, tp) in [
         (progs::TASK_NEWTASK, "task", "task_newtask"),
         (progs::SCHED_PROCESS_EXEC, "sched", "sched_process_exec"),
@@ -275,32 +277,44 @@ impl Run {
     }
 }
 
-/// The plaintext of `pid`'s reads or writes, in order, each call whole and on one socket.
+/// The plaintext of the reads or writes in `recs`, in order, and the first record of each
+/// call. A call's chunks come in order (FIRST at offset 0, contiguous offsets, LAST), agree
+/// on its total and return value, and (unless TRUNCATED) carry all of it.
 fn stream(recs: &[(TlsEvent, Vec<u8>)], writes: bool) -> (Vec<u8>, Vec<TlsEvent>) {
     let mut out = Vec::new();
-    let mut evs = Vec::new();
+    let mut calls = Vec::new();
+    // The first record of the call in progress, and the offset its next chunk must have.
+    let mut open: Option<(TlsEvent, u64)> = None;
     for (e, p) in recs
         .iter()
         .filter(|(e, _)| tls_fn::is_write(e.hdr.syscall) == writes)
     {
-        // Every call fits one record here: FIRST and LAST, all of it captured.
-        assert_eq!(
-            e.hdr.flags & (flags::FIRST | flags::LAST | flags::TRUNCATED),
-            flags::FIRST | flags::LAST,
-            "{e:?}"
-        );
-        assert_eq!(e.offset, 0);
-        assert_eq!(e.len as usize, p.len());
-        if e.hdr.ret > 0 {
-            assert_eq!(e.total, e.hdr.ret as u64, "{e:?}");
-            assert_eq!(p.len() as u64, e.total);
-        } else {
-            assert!(p.is_empty());
+        assert_eq!(e.len as usize, p.len(), "{e:?}");
+        assert!(p.len() <= agent_common::CHUNK_MAX);
+        let first = e.hdr.flags & flags::FIRST != 0;
+        assert_eq!(first, open.is_none(), "a call's chunks in order: {e:?}");
+        if first {
+            open = Some((*e, 0));
+            calls.push(*e);
         }
+        let (start, next) = open.as_mut().unwrap();
+        assert_eq!(e.offset, *next, "{e:?}");
+        assert_eq!(
+            (e.total, e.hdr.ret, e.conn, e.hdr.tid),
+            (start.total, start.hdr.ret, start.conn, start.hdr.tid)
+        );
+        assert_eq!(e.total, e.hdr.ret.max(0) as u64, "{e:?}");
+        *next += p.len() as u64;
         out.extend_from_slice(p);
-        evs.push(*e);
+        if e.hdr.flags & flags::LAST != 0 {
+            if e.hdr.flags & flags::TRUNCATED == 0 {
+                assert_eq!(*next, e.total, "{e:?}");
+            }
+            open = None;
+        }
     }
-    (out, evs)
+    assert!(open.is_none(), "a call without its LAST chunk");
+    (out, calls)
 }
 
 /// A Python HTTPS server (its `_ssl` on the system's libssl: `SSL_read_ex`/`SSL_write_ex`)
@@ -329,6 +343,8 @@ class H(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     def do_GET(self):
         body = b"hello over TLS\n"
+        if self.path == "/big":
+            body = bytes(i % 251 for i in range({BIG}))
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -342,7 +358,8 @@ srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
 srv.serve_forever()
 "#,
             cert = cert.display(),
-            key = key.display()
+            key = key.display(),
+            BIG = BIG,
         ),
     );
     let server = run.start_traced(&ns.argv(&[python(), &script]));
@@ -390,7 +407,7 @@ fn assert_on_socket(run: &Run, pid: u32, calls: &[u16], evs: &[TlsEvent]) {
 fn curl_and_python_plaintext_on_their_sockets() {
     let ns = Netns::new("tlsk");
     let dir = TempDir::new("tlsk");
-    let mut ebpf = load(true);
+    let mut ebpf = load(config(true));
     attach_openssl(&mut ebpf);
     let mut run = Run::new(&mut ebpf);
     let server = https_server(&ns, &dir, &mut run);
@@ -481,7 +498,7 @@ fn curl_and_python_plaintext_on_their_sockets() {
 fn wget_gnutls_writes_count_once() {
     let ns = Netns::new("tlsg");
     let dir = TempDir::new("tlsg");
-    let mut ebpf = load(false);
+    let mut ebpf = load(config(false));
     attach_openssl(&mut ebpf);
     attach_lib(
         &mut ebpf,
@@ -549,4 +566,103 @@ fn wget_gnutls_writes_count_once() {
     assert!(run.execs.iter().any(|e| e.0 == wget));
     assert!(run.execs.iter().all(|e| e.1 != 'T'), "{:?}", run.execs);
     assert_eq!(run.paused_seen, 0);
+}
+
+/// A 100000-byte `SSL_write_ex` (the server's `/big` body, to curl): in chunks of at most 16
+/// KiB in order, the whole body exactly; with a snaplen of 1000, one TRUNCATED record of its
+/// first 1000 bytes that still says 100000 were written (as for a syscall's payload).
+#[test]
+fn large_call_chunked_and_cut_to_snaplen() {
+    let body: Vec<u8> = (0..BIG).map(|i| (i % 251) as u8).collect();
+    for snaplen in [0u32, 1000] {
+        let ns = Netns::new("tlsb");
+        let dir = TempDir::new("tlsb");
+        let mut c = config(true);
+        c.snaplen = snaplen;
+        let mut ebpf = load(c);
+        attach_openssl(&mut ebpf);
+        let mut run = Run::new(&mut ebpf);
+        let server = https_server(&ns, &dir, &mut run);
+        let url = format!("https://127.0.0.1:{PORT}/big");
+        let curl = run.run_traced(&ns.argv(&["curl", "-sk", "-o", "/dev/null", &url]));
+        let is_body = |e: &TlsEvent| e.total == BIG as u64;
+        run.drain_until("the body's write", |recs| {
+            recs.iter()
+                .any(|r| matches!(r, Rec::Tls(e, _) if e.hdr.pid == server.pid() && is_body(e)))
+        });
+        let srv = run.tls(server.pid());
+        let body_recs: Vec<_> = srv.iter().filter(|(e, _)| is_body(e)).cloned().collect();
+        let (sent, calls) = stream(&body_recs, true);
+        assert_eq!(calls.len(), 1);
+        assert_eq!(calls[0].hdr.syscall, tls_fn::SSL_WRITE_EX);
+        let (srv_sent, _) = stream(&srv, true);
+        let (got, _) = stream(&run.tls(curl), false);
+        if snaplen == 0 {
+            assert_eq!(body_recs.len(), BIG.div_ceil(agent_common::CHUNK_MAX));
+            assert!(
+                body_recs
+                    .iter()
+                    .all(|(e, _)| e.hdr.flags & flags::TRUNCATED == 0)
+            );
+            assert!(sent == body, "the body, exactly");
+            assert!(got == srv_sent, "curl read what the server wrote");
+            assert!(got.ends_with(&body));
+        } else {
+            assert_eq!(body_recs.len(), 1);
+            let e = &body_recs[0].0;
+            assert_eq!(
+                e.hdr.flags & (flags::FIRST | flags::LAST | flags::TRUNCATED),
+                flags::FIRST | flags::LAST | flags::TRUNCATED
+            );
+            assert_eq!((e.len, e.hdr.ret), (1000, BIG as i64));
+            assert!(sent == body[..1000], "the body's first 1000 bytes");
+            let reads = run.tls(curl);
+            assert!(reads.iter().all(|(e, p)| p.len() <= 1000 && e.len <= 1000));
+        }
+    }
+}
+
+/// A Python client reading 5 bytes at a time: the first read receives the record (a syscall
+/// inside the call names the fd), the second is served from OpenSSL's buffer with no syscall
+/// (the connection's cached fd, its socket unchanged), and once another socket has been
+/// dup2'ed onto that fd, the third, also from the buffer, says fd -1: never a wrong fd.
+#[test]
+fn reads_from_the_buffer_use_the_cached_fd_only_while_it_holds_the_socket() {
+    let ns = Netns::new("tlsc");
+    let dir = TempDir::new("tlsc");
+    let mut ebpf = load(config(true));
+    attach_openssl(&mut ebpf);
+    let mut run = Run::new(&mut ebpf);
+    let _server = https_server(&ns, &dir, &mut run);
+    let client = dir.write(
+        "client.py",
+        format!(
+            r#"
+import os, socket, ssl
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+t = ctx.wrap_socket(socket.create_connection(("127.0.0.1", {PORT})))
+t.sendall(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+a = t.recv(5)
+b = t.recv(5)
+other = socket.socket()
+os.dup2(other.fileno(), t.fileno())
+c = t.recv(5)
+assert a + b + c == b"HTTP/1.1 200 OK", a + b + c
+"#
+        ),
+    );
+    let py = run.run_traced(&ns.argv(&[python(), &client]));
+    run.drain();
+    let (got, reads) = stream(&run.tls(py), false);
+    assert_eq!(got, b"HTTP/1.1 200 OK");
+    assert_eq!(reads.len(), 3, "{reads:#?}");
+    assert!(reads.iter().all(|e| e.hdr.syscall == tls_fn::SSL_READ_EX));
+    assert!(reads.iter().all(|e| e.conn == reads[0].conn));
+    assert_on_socket(&run, py, &[sys::CONNECT], &reads[..2]);
+    let third = &reads[2];
+    assert_eq!(third.hdr.fd, -1, "{third:?}");
+    assert_eq!(third.hdr.flags & flags::SOCK_VALID, 0);
+    assert_eq!(third.hdr.sock, agent_common::SockInfo::default());
 }
