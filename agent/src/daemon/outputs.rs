@@ -1,9 +1,9 @@
 //! The outputs of the daemon's jobs: the same writers as the command line's `-o`/`-w`, into
 //! rotating files ([`super::rotate`]), plus JSON lines on stdout and the job's metrics.
 //!
-//! - [`RotatingLines`]: text (`.log`) or JSON lines (`.jsonl`) of trace and proxy records;
-//! - [`RotatingSynth`]: trace and proxy records as pcapng (`.pcapng`, synthetic packets); a new
-//!   file starts with its own section and interface headers and the streams go on;
+//! - [`rotating_lines`]: text (`.log`) or JSON lines (`.jsonl`) of trace and proxy records;
+//! - [`rotating_synth`]: trace and proxy records as pcapng (`.pcapng`, synthetic packets); a
+//!   new file starts with its own section and interface headers and the streams go on;
 //! - [`CaptureFiles`]: captured packets as pcapng (each file closed with its interface
 //!   statistics blocks) and/or text lines;
 //! - [`StdoutLines`]: JSON lines on stdout (journald), one whole line at a time, tagged with
@@ -18,7 +18,7 @@ use std::{
 
 use super::{
     config::{Record, Rotation},
-    rotate::{CountingFile, Rotator},
+    rotate::{CountingFile, Rotating, Rotator},
 };
 use crate::{
     capture::{
@@ -28,95 +28,41 @@ use crate::{
         session::{self, CaptureOutput},
     },
     counters::{EventCounter, JobMetrics},
-    model::Event,
     output::{EventWriter, Format, Writer, pcapng::PcapngWriter, text::TextConfig},
 };
 
 const BUFFER: usize = 256 * 1024;
 
 /// Text or JSON lines in rotating files.
-pub struct RotatingLines {
-    rot: Rotator,
-    format: Format,
-    text: TextConfig,
-    w: Option<Writer>,
-}
-
-impl RotatingLines {
-    pub fn new(rot: Rotator, format: Format, text: TextConfig) -> RotatingLines {
-        RotatingLines {
-            rot,
-            format,
-            text,
-            w: None,
-        }
-    }
-}
-
-impl EventWriter for RotatingLines {
-    fn write_event(&mut self, ev: &Event) -> io::Result<()> {
-        if self.rot.due()
-            && let Some(mut w) = self.w.take()
-        {
-            w.flush()?;
-            self.rot.closed();
-        }
-        let w = match &mut self.w {
-            Some(w) => w,
-            None => {
-                let f = self.rot.open_next()?;
-                self.rot.retain();
-                self.w
-                    .insert(Writer::new(self.format, Box::new(f), self.text.clone()))
+pub fn rotating_lines(rot: Rotator, format: Format, text: TextConfig) -> Rotating<Writer> {
+    Rotating::new(
+        rot,
+        Box::new(move |prev: Option<Writer>, f| {
+            if let Some(mut w) = prev {
+                w.flush()?;
             }
-        };
-        w.write_event(ev)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.w.as_mut().map_or(Ok(()), Writer::flush)
-    }
+            Ok(Writer::new(format, Box::new(f), text.clone()))
+        }),
+    )
 }
 
-type SynthFile = PcapngWriter<BufWriter<CountingFile>>;
-
-/// Records as pcapng of synthetic packets, in rotating files.
-pub struct RotatingSynth {
-    rot: Rotator,
-    w: Option<SynthFile>,
-}
-
-impl RotatingSynth {
-    pub fn new(rot: Rotator) -> RotatingSynth {
-        RotatingSynth { rot, w: None }
-    }
-}
-
-impl EventWriter for RotatingSynth {
-    fn write_event(&mut self, ev: &Event) -> io::Result<()> {
-        let due = self.rot.due();
-        let w = match self.w.take() {
-            Some(w) if due => {
-                let f = self.rot.open_next()?;
-                let (mut old, next) = w.continue_in(BufWriter::with_capacity(BUFFER, f))?;
-                old.flush()?;
-                drop(old);
-                self.rot.retain();
-                next
+/// Records as pcapng of synthetic packets, in rotating files: a new file starts with its own
+/// section and interface headers and the streams go on.
+pub fn rotating_synth(rot: Rotator) -> Rotating<PcapngWriter<BufWriter<CountingFile>>> {
+    Rotating::new(
+        rot,
+        Box::new(|prev: Option<PcapngWriter<_>>, f| {
+            let f = BufWriter::with_capacity(BUFFER, f);
+            match prev {
+                Some(w) => {
+                    let (mut old, next) = w.continue_in(f)?;
+                    old.flush()?;
+                    Ok(next)
+                }
+                None => PcapngWriter::new(f),
             }
-            Some(w) => w,
-            None => {
-                let f = self.rot.open_next()?;
-                self.rot.retain();
-                PcapngWriter::new(BufWriter::with_capacity(BUFFER, f))?
-            }
-        };
-        self.w.insert(w).write_event(ev)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.w.as_mut().map_or(Ok(()), EventWriter::flush)
-    }
+        }),
+    )
 }
 
 /// Writes JSON lines to stdout, each whole line at once (jobs write from their own threads)
@@ -186,7 +132,7 @@ pub fn event_writers(
     for r in record {
         let rot = Rotator::new(output_dir, job, r.extension(), rotation.clone())?;
         out.push(match r {
-            Record::Text => Box::new(RotatingLines::new(
+            Record::Text => Box::new(rotating_lines(
                 rot,
                 Format::Text,
                 TextConfig {
@@ -194,8 +140,8 @@ pub fn event_writers(
                     ..TextConfig::default()
                 },
             )),
-            Record::Json => Box::new(RotatingLines::new(rot, Format::Json, TextConfig::default())),
-            Record::Pcapng => Box::new(RotatingSynth::new(rot)),
+            Record::Json => Box::new(rotating_lines(rot, Format::Json, TextConfig::default())),
+            Record::Pcapng => Box::new(rotating_synth(rot)),
         });
     }
     if stdout {
@@ -392,7 +338,7 @@ mod tests {
             keep_age: None,
         };
         let rot = Rotator::new(&dir, "j", "jsonl", rotation).unwrap();
-        let mut w = RotatingLines::new(rot, Format::Json, TextConfig::default());
+        let mut w = rotating_lines(rot, Format::Json, TextConfig::default());
         for i in 0..10 {
             w.write_event(&lost_event(i, 1, 1)).unwrap();
             // Files are measured as they are written out.
