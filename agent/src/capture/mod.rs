@@ -27,6 +27,7 @@ use agent_common::{
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuHashMap, PerCpuValues, RingBuf};
 use thiserror::Error;
 
+pub use crate::model::packet::{IfaceTotals, Owner, Packet};
 use crate::{
     kernel::{
         self, KernelError,
@@ -224,23 +225,6 @@ impl Selection {
     }
 }
 
-/// One packet from the kernel; `data` borrows the ring buffer record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<'a> {
-    /// CLOCK_BOOTTIME nanoseconds.
-    pub ts_ns: u64,
-    pub cookie: u64,
-    pub ifindex: u32,
-    pub orig_len: u32,
-    pub dir: u8,
-    /// Inode number of the local socket the kernel found for the packet, 0 when none.
-    pub ino: u64,
-    /// The owner of that socket as the kernel knows it. With a [`Selection`], the kernel
-    /// has already checked a packet that has one.
-    pub owner: Option<SockOwner>,
-    pub data: &'a [u8],
-}
-
 /// A process name from a NUL-padded kernel `comm`.
 pub fn comm_str(comm: &[u8]) -> String {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
@@ -266,18 +250,6 @@ pub fn decode(rec: &[u8]) -> Option<Packet<'_>> {
         owner: (ev.owner_src == owner_src::OWNER).then_some(ev.owner),
         data,
     })
-}
-
-/// The kernel's counters of one interface.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct IfaceTotals {
-    pub ifindex: u32,
-    /// Packets written into the ring buffer.
-    pub submitted: u64,
-    /// Packets that passed the filter but did not fit in the ring buffer.
-    pub dropped: u64,
-    /// Packets the filter rejected.
-    pub filtered: u64,
 }
 
 /// Totals of a capture session, per interface in the order given.
