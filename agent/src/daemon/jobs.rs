@@ -13,7 +13,7 @@ use anyhow::Context as _;
 
 use super::{
     config::{ConfigError, Job, Record, Rotation},
-    outputs::{self, CaptureFiles},
+    outputs,
 };
 use crate::{
     capture::{self, CaptureOptions, session::SessionOptions},
@@ -187,7 +187,7 @@ fn run_capture(
     }
     session.write = None;
     session.no_summary = true;
-    let files = CaptureFiles::new(
+    let files = outputs::capture_files(
         &env.output_dir,
         &job.name,
         &job.record,
@@ -200,7 +200,7 @@ fn run_capture(
             env.output_dir.display()
         )
     })?;
-    let outcome = capture::session::run_with(opts, &session, ctl, Some(Box::new(files)))?;
+    let outcome = capture::session::run_with(opts, &session, ctl, Some(files))?;
     if let Some(st) = outcome.exit_status {
         tracing::info!("capture command ended: {st}");
     }

@@ -23,8 +23,11 @@ use std::{
 
 use super::config::Rotation;
 use crate::{
-    model::Event,
-    output::{EventWriter, num::civil_from_days},
+    model::{
+        Event,
+        packet::{IfaceTotals, Owner, Packet},
+    },
+    output::{EventWriter, PacketWriter, num::civil_from_days},
 };
 
 /// `20231114T221320.123456Z` for `ts_ns` (nanoseconds since the epoch): sortable, and safe
@@ -274,6 +277,55 @@ impl<W: EventWriter> EventWriter for Rotating<W> {
 
     fn tick(&mut self) -> io::Result<()> {
         self.w.as_mut().map_or(Ok(()), EventWriter::tick)
+    }
+}
+
+impl<W: PacketWriter> Rotating<W> {
+    /// Ends the current file, if one is open, with the kernel's counters.
+    fn close(&mut self, totals: &[IfaceTotals], filtering: bool) -> io::Result<()> {
+        if let Some(mut w) = self.w.take() {
+            w.finish(totals, filtering)?;
+            self.rot.closed();
+        }
+        Ok(())
+    }
+}
+
+impl<W: PacketWriter> PacketWriter for Rotating<W> {
+    fn write_packet(
+        &mut self,
+        p: &Packet<'_>,
+        ts_ns: u64,
+        owner: Option<&Owner>,
+    ) -> io::Result<()> {
+        self.current(false)?.write_packet(p, ts_ns, owner)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.w.as_mut().map_or(Ok(()), PacketWriter::flush)
+    }
+
+    fn tick(&mut self) -> io::Result<()> {
+        self.w.as_mut().map_or(Ok(()), PacketWriter::tick)
+    }
+
+    /// The current file is due: it is closed at the next counters.
+    fn wants_totals(&self) -> bool {
+        self.w
+            .as_ref()
+            .is_some_and(|w| self.rot.due() || w.wants_totals())
+    }
+
+    fn totals(&mut self, totals: &[IfaceTotals], filtering: bool) -> io::Result<()> {
+        match &mut self.w {
+            Some(_) if self.rot.due() => self.close(totals, filtering),
+            Some(w) => w.totals(totals, filtering),
+            None => Ok(()),
+        }
+    }
+
+    fn finish(&mut self, totals: &[IfaceTotals], filtering: bool) -> io::Result<()> {
+        self.close(totals, filtering)
     }
 }
 

@@ -16,8 +16,10 @@
 //!   big or old enough.
 //!
 //! ```text
-//! trace:   FlushEvery(FanOut[Writer(text|json), PcapngWriter, EventCounter])
-//! daemon:  FlushEvery(FanOut[Rotating(Writer), Rotating(PcapngWriter), EventCounter])
+//! trace:          FlushEvery(FanOut[Writer (text|json), PcapngWriter, EventCounter])
+//! trace job:      FlushEvery(FanOut[Rotating(Writer), Rotating(PcapngWriter), EventCounter])
+//! capture:        FlushEvery(FanOut[PacketCounter, CaptureWriter]) or FlushEvery(TextLines)
+//! capture job:    FlushEvery(FanOut[PacketCounter, Rotating(CaptureWriter), Rotating(TextLines)])
 //! ```
 
 use std::{
@@ -25,7 +27,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::model::Event;
+use crate::model::{
+    Event,
+    packet::{IfaceTotals, Owner, Packet},
+};
 
 /// How often files are flushed while a session runs (trace, capture, the daemon's jobs).
 pub const FLUSH_EVERY: Duration = Duration::from_millis(200);
@@ -140,9 +145,141 @@ impl<W: EventWriter> EventWriter for FlushEvery<W> {
     fn tick(&mut self) -> io::Result<()> {
         self.inner.tick()?;
         if self.due() {
-            self.flush()?;
+            EventWriter::flush(self)?;
         }
         Ok(())
+    }
+}
+
+/// Something captured packets are written to.
+pub trait PacketWriter {
+    /// One packet, `ts_ns` its wall-clock time, attributed to `owner` when a stage before
+    /// knew it (the capture's attribution, `capture::session`; a capture session itself
+    /// hands `None` over, the kernel's owner being in the packet).
+    fn write_packet(&mut self, p: &Packet<'_>, ts_ns: u64, owner: Option<&Owner>)
+    -> io::Result<()>;
+    /// Pushes buffered output to the file or stdout.
+    fn flush(&mut self) -> io::Result<()>;
+    /// Called periodically while capturing (after every drain of the ring buffer), packets
+    /// or not: timed work such as [`FlushEvery`]'s.
+    fn tick(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+    /// Asked after [`PacketWriter::tick`]: whether the session should read the kernel's
+    /// per-interface counters now and hand them to [`PacketWriter::totals`] (to close a file
+    /// with its statistics, or to publish them).
+    fn wants_totals(&self) -> bool {
+        false
+    }
+    /// The kernel's counters since the start, per interface; `filtering`: a filter
+    /// expression is in use.
+    fn totals(&mut self, _totals: &[IfaceTotals], _filtering: bool) -> io::Result<()> {
+        Ok(())
+    }
+    /// At the end, with the final counters: writes what ends the output (pcapng's
+    /// statistics) and flushes.
+    fn finish(&mut self, _totals: &[IfaceTotals], _filtering: bool) -> io::Result<()> {
+        self.flush()
+    }
+}
+
+impl<W: PacketWriter + ?Sized> PacketWriter for Box<W> {
+    fn write_packet(
+        &mut self,
+        p: &Packet<'_>,
+        ts_ns: u64,
+        owner: Option<&Owner>,
+    ) -> io::Result<()> {
+        (**self).write_packet(p, ts_ns, owner)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        (**self).flush()
+    }
+    fn tick(&mut self) -> io::Result<()> {
+        (**self).tick()
+    }
+    fn wants_totals(&self) -> bool {
+        (**self).wants_totals()
+    }
+    fn totals(&mut self, totals: &[IfaceTotals], filtering: bool) -> io::Result<()> {
+        (**self).totals(totals, filtering)
+    }
+    fn finish(&mut self, totals: &[IfaceTotals], filtering: bool) -> io::Result<()> {
+        (**self).finish(totals, filtering)
+    }
+}
+
+impl<W: PacketWriter> PacketWriter for FanOut<W> {
+    fn write_packet(
+        &mut self,
+        p: &Packet<'_>,
+        ts_ns: u64,
+        owner: Option<&Owner>,
+    ) -> io::Result<()> {
+        for w in &mut self.0 {
+            w.write_packet(p, ts_ns, owner)?;
+        }
+        Ok(())
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        for w in &mut self.0 {
+            w.flush()?;
+        }
+        Ok(())
+    }
+    fn tick(&mut self) -> io::Result<()> {
+        for w in &mut self.0 {
+            w.tick()?;
+        }
+        Ok(())
+    }
+    fn wants_totals(&self) -> bool {
+        self.0.iter().any(PacketWriter::wants_totals)
+    }
+    fn totals(&mut self, totals: &[IfaceTotals], filtering: bool) -> io::Result<()> {
+        for w in &mut self.0 {
+            w.totals(totals, filtering)?;
+        }
+        Ok(())
+    }
+    fn finish(&mut self, totals: &[IfaceTotals], filtering: bool) -> io::Result<()> {
+        for w in &mut self.0 {
+            w.finish(totals, filtering)?;
+        }
+        Ok(())
+    }
+}
+
+impl<W: PacketWriter> PacketWriter for FlushEvery<W> {
+    fn write_packet(
+        &mut self,
+        p: &Packet<'_>,
+        ts_ns: u64,
+        owner: Option<&Owner>,
+    ) -> io::Result<()> {
+        self.dirty = true;
+        self.inner.write_packet(p, ts_ns, owner)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.flushed();
+        self.inner.flush()
+    }
+    fn tick(&mut self) -> io::Result<()> {
+        self.inner.tick()?;
+        if self.due() {
+            PacketWriter::flush(self)?;
+        }
+        Ok(())
+    }
+    fn wants_totals(&self) -> bool {
+        self.inner.wants_totals()
+    }
+    fn totals(&mut self, totals: &[IfaceTotals], filtering: bool) -> io::Result<()> {
+        self.inner.totals(totals, filtering)
+    }
+    fn finish(&mut self, totals: &[IfaceTotals], filtering: bool) -> io::Result<()> {
+        self.flushed();
+        self.inner.finish(totals, filtering)
     }
 }
 
