@@ -4,8 +4,8 @@
 //! Only when stderr is a terminal: never in logs, under the daemon or in CI.
 //!
 //! It reads the session's counters ([`JobMetrics`], the ones the daemon's metrics expose): the event-based modes
-//! feed them with an [`EventCounter`] next to their writers, the capture with its packets
-//! and the kernel's drop counters. The line is drawn by a thread of its own, so a quiet
+//! feed them with an [`EventCounter`] next to their writers, the capture with a
+//! [`PacketCounter`] (its packets and the kernel's drop counters). The line is drawn by a thread of its own, so a quiet
 //! session still shows its time going by; dropping the [`StatusLine`] erases it (before the
 //! summary is printed).
 
