@@ -535,13 +535,12 @@ fn write_loop(
         if let Msg::Data { payload, .. } = &msg {
             burst_bytes += payload.len();
         }
-        if let Some(ev) = event_of(msg, pid, &mut conns) {
-            if let Err(e) = out.write_event(&ev)
-                && first_err.is_none()
-            {
-                tracing::error!("cannot write records: {e}");
-                first_err = Some(e);
-            }
+        if let Some(ev) = event_of(msg, pid, &mut conns)
+            && let Err(e) = out.write_event(&ev)
+            && first_err.is_none()
+        {
+            tracing::error!("cannot write records: {e}");
+            first_err = Some(e);
         }
     }
     if let Err(e) = out.flush() {
