@@ -2,6 +2,8 @@
 //! of where they came from. Decoders turn kernel records into these; outputs (text, JSON lines,
 //! pcapng) turn these into bytes.
 
+pub mod packet;
+
 use std::net::SocketAddr;
 
 use bytes::Bytes;

@@ -2,7 +2,7 @@
 //! the first bytes of every packet into a ring buffer of their own; this module resolves the
 //! interfaces, attaches the programs ([`attach`]) and, as the capture mode of a kernel
 //! session ([`crate::kernel::session`]), hands every packet of the ring buffer to a
-//! [`PacketSink`]. A filter expression ([`filter`]) is compiled to classic BPF
+//! [`PacketWriter`]. A filter expression ([`filter`]) is compiled to classic BPF
 //! and evaluated in the kernel before packets are copied. [`session`] is the sink of `capagent capture`: it attributes
 //! packets to processes ([`owner`]), selects them (`--pid`/`--comm`) and writes them
 //! (pcapng [`pcapng`] or one text line [`text`]).
@@ -27,11 +27,13 @@ use agent_common::{
 use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuHashMap, PerCpuValues, RingBuf};
 use thiserror::Error;
 
+pub use crate::model::packet::{IfaceTotals, Owner, Packet};
 use crate::{
     kernel::{
         self, KernelError,
         session::{Mode, Session, Setup},
     },
+    output::PacketWriter,
     process::{self, HeldChild, TargetError},
 };
 use filter::{Filter, FilterError};
@@ -224,23 +226,6 @@ impl Selection {
     }
 }
 
-/// One packet from the kernel; `data` borrows the ring buffer record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Packet<'a> {
-    /// CLOCK_BOOTTIME nanoseconds.
-    pub ts_ns: u64,
-    pub cookie: u64,
-    pub ifindex: u32,
-    pub orig_len: u32,
-    pub dir: u8,
-    /// Inode number of the local socket the kernel found for the packet, 0 when none.
-    pub ino: u64,
-    /// The owner of that socket as the kernel knows it. With a [`Selection`], the kernel
-    /// has already checked a packet that has one.
-    pub owner: Option<SockOwner>,
-    pub data: &'a [u8],
-}
-
 /// A process name from a NUL-padded kernel `comm`.
 pub fn comm_str(comm: &[u8]) -> String {
     let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
@@ -266,18 +251,6 @@ pub fn decode(rec: &[u8]) -> Option<Packet<'_>> {
         owner: (ev.owner_src == owner_src::OWNER).then_some(ev.owner),
         data,
     })
-}
-
-/// The kernel's counters of one interface.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct IfaceTotals {
-    pub ifindex: u32,
-    /// Packets written into the ring buffer.
-    pub submitted: u64,
-    /// Packets that passed the filter but did not fit in the ring buffer.
-    pub dropped: u64,
-    /// Packets the filter rejected.
-    pub filtered: u64,
 }
 
 /// Totals of a capture session, per interface in the order given.
@@ -379,33 +352,6 @@ pub fn resolve(opts: &CaptureOptions) -> Result<Vec<Iface>, CaptureError> {
     Ok(out)
 }
 
-/// Where [`run`] hands the packets.
-pub trait PacketSink {
-    /// One packet with its wall-clock timestamp.
-    fn packet(&mut self, p: &Packet<'_>, ts_ns: u64) -> io::Result<()>;
-    /// Called after every drain of the ring buffer (at least every [`crate::control::Control::poll_ms`] while
-    /// capturing: 10 ms on the command line).
-    fn idle(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-    /// Asked after [`PacketSink::idle`]: whether the session should read the kernel's
-    /// per-interface counters now and hand them to [`PacketSink::totals`] (to close a file
-    /// with its statistics, or to publish them).
-    fn wants_totals(&self) -> bool {
-        false
-    }
-    /// The kernel's counters since the start, per interface in the order given.
-    fn totals(&mut self, _totals: &[IfaceTotals]) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<F: FnMut(&Packet<'_>, u64) -> io::Result<()>> PacketSink for F {
-    fn packet(&mut self, p: &Packet<'_>, ts_ns: u64) -> io::Result<()> {
-        self(p, ts_ns)
-    }
-}
-
 /// Runs a capture session on `ifaces` (from [`resolve`]) with `filter` (from
 /// [`compile_filter`]), handing every packet to `sink` with its wall-clock timestamp, until
 /// `ctl` is stopped, the duration, the packet count, or the end of `child` (`-- CMD`, held
@@ -415,7 +361,7 @@ pub fn run(
     ifaces: &[Iface],
     filter: Option<&Filter>,
     ctl: &crate::control::Control,
-    sink: &mut dyn PacketSink,
+    sink: &mut dyn PacketWriter,
     child: Option<&mut HeldChild>,
 ) -> Result<CaptureOutcome, CaptureError> {
     let offsets = kernel::session::prepare("capagent capture")?;
@@ -449,6 +395,7 @@ pub fn run(
     let mut session = Session::start(setup, ctl)?;
     let mut capturer = Capturer {
         sink,
+        filtering: filter.is_some(),
         stats,
         ifaces,
         offset: crate::clock::boot_to_wall_offset_ns(),
@@ -571,7 +518,9 @@ fn announce(opts: &CaptureOptions, ifaces: &[Iface], attached: &attach::Attached
 
 /// The capture mode of a session: packet records to the sink, counted, up to `--count`.
 struct Capturer<'a> {
-    sink: &'a mut dyn PacketSink,
+    sink: &'a mut dyn PacketWriter,
+    /// A filter expression is in use.
+    filtering: bool,
     stats: PerCpuHashMap<MapData, u32, IfCounters>,
     ifaces: &'a [Iface],
     /// CLOCK_BOOTTIME to wall clock.
@@ -623,7 +572,7 @@ impl Mode for Capturer<'_> {
         self.bytes += u64::from(p.orig_len);
         if let Err(e) = self
             .sink
-            .packet(&p, p.ts_ns.saturating_add_signed(self.offset))
+            .write_packet(&p, p.ts_ns.saturating_add_signed(self.offset), None)
         {
             self.output_error = Some(e);
         }
@@ -631,13 +580,13 @@ impl Mode for Capturer<'_> {
 
     fn drained(&mut self, _bytes: u64) {
         if self.output_error.is_none()
-            && let Err(e) = self.sink.idle()
+            && let Err(e) = self.sink.tick()
         {
             self.output_error = Some(e);
         }
         if self.output_error.is_none()
             && self.sink.wants_totals()
-            && let Err(e) = self.sink.totals(&self.totals())
+            && let Err(e) = self.sink.totals(&self.totals(), self.filtering)
         {
             self.output_error = Some(e);
         }

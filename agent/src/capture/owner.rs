@@ -24,17 +24,11 @@ use std::{
 use agent_common::packet_dir;
 use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
 
+pub use crate::model::packet::Owner;
 use crate::netlink::{self, sock_diag};
 
 pub const TCP: u8 = libc::IPPROTO_TCP as u8;
 pub const UDP: u8 = libc::IPPROTO_UDP as u8;
-
-/// The process owning a socket.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Owner {
-    pub pid: u32,
-    pub comm: String,
-}
 
 /// One local socket from the sock_diag dump.
 #[derive(Debug, Clone, PartialEq, Eq)]

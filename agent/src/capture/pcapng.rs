@@ -25,8 +25,11 @@ use pcap_file::pcapng::blocks::interface_statistics::{
     InterfaceStatisticsBlock, InterfaceStatisticsOption,
 };
 
-use super::{Iface, IfaceTotals, Packet};
-use crate::output::pcapng::{FLAG_INBOUND, FLAG_OUTBOUND, open_output, section_header, to_io};
+use super::{Iface, IfaceTotals, Owner, Packet};
+use crate::output::{
+    PacketWriter,
+    pcapng::{FLAG_INBOUND, FLAG_OUTBOUND, open_output, section_header, to_io},
+};
 use agent_common::packet_dir;
 
 /// Bytes buffered before they are written.
@@ -48,6 +51,43 @@ pub struct CaptureWriter<W: Write> {
     ifindexes: Vec<u32>,
     /// The options and trailer of a directly written packet.
     tail: Vec<u8>,
+    /// The comment of the last packet written as a [`PacketWriter`].
+    comments: CommentCache,
+}
+
+/// The pcapng comment of a packet.
+pub fn comment(owner: Option<&Owner>, cookie: u64) -> String {
+    match owner {
+        Some(o) => format!("pid={} comm={} cookie={cookie}", o.pid, o.comm),
+        None => format!("pid=? (no local socket: forwarded or not yet resolved) cookie={cookie}"),
+    }
+}
+
+/// The comment of the last packet written, kept while the packets that follow have the
+/// same owner and socket (a bulk transfer: every packet), so it is formatted once.
+#[derive(Default)]
+pub(crate) struct CommentCache {
+    key: Option<(Option<Owner>, u64)>,
+    text: String,
+}
+
+impl CommentCache {
+    /// [`comment`]`(owner, cookie)`.
+    pub(crate) fn get(&mut self, owner: Option<&Owner>, cookie: u64) -> &str {
+        let hit = matches!(&self.key, Some((o, c)) if *c == cookie && o.as_ref() == owner);
+        if !hit {
+            self.text = comment(owner, cookie);
+            self.key = Some((owner.cloned(), cookie));
+        }
+        &self.text
+    }
+}
+
+/// Wall-clock nanoseconds since the epoch, now.
+fn now_wall_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 impl CaptureWriter<Box<dyn Write + Send>> {
@@ -105,6 +145,7 @@ impl<W: Write> CaptureWriter<W> {
             out: Some(out),
             ifindexes: ifaces.iter().map(|i| i.ifindex).collect(),
             tail: Vec::new(),
+            comments: CommentCache::default(),
         })
     }
 
@@ -225,6 +266,34 @@ impl<W: Write> CaptureWriter<W> {
     pub fn into_inner(mut self) -> io::Result<W> {
         self.flush()?;
         Ok(self.out.take().expect("taken only here"))
+    }
+}
+
+/// Packets with their owner and socket cookie in the comment; at the end one statistics
+/// block per interface.
+impl<W: Write> PacketWriter for CaptureWriter<W> {
+    fn write_packet(
+        &mut self,
+        p: &Packet<'_>,
+        ts_ns: u64,
+        owner: Option<&Owner>,
+    ) -> io::Result<()> {
+        let mut comments = std::mem::take(&mut self.comments);
+        let r = CaptureWriter::write_packet(self, p, ts_ns, comments.get(owner, p.cookie));
+        self.comments = comments;
+        r
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        CaptureWriter::flush(self)
+    }
+
+    fn finish(&mut self, totals: &[IfaceTotals], filtering: bool) -> io::Result<()> {
+        let now = now_wall_ns();
+        for t in totals {
+            self.write_stats(t, filtering, now)?;
+        }
+        CaptureWriter::flush(self)
     }
 }
 

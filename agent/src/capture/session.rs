@@ -1,7 +1,7 @@
 //! One `capagent capture` session: runs the capture, attributes every packet to its owning
-//! process ([`owner`]), keeps the packets selected by `--pid`/`--comm` and writes them as
-//! pcapng or text lines, flushing periodically; at the end the pcapng statistics blocks and
-//! the summary line.
+//! process ([`owner`]), keeps the packets selected by `--pid`/`--comm` and writes them to a
+//! [`PacketWriter`] (pcapng or text lines, or the daemon's files) wrapped in a
+//! [`FlushEvery`]; at the end the pcapng statistics blocks and the summary line.
 //!
 //! A packet whose owner is not in the socket table while a refresh is not allowed yet (rate
 //! limit), or that has a socket cookie the fresh table does not know yet, waits in a queue,
@@ -10,21 +10,25 @@
 
 use std::{
     collections::VecDeque,
-    io::{self, BufWriter, StdoutLock, Write},
+    io::{self, BufWriter},
     path::PathBuf,
-    sync::atomic::Ordering,
-    time::{Duration, Instant},
+    sync::Arc,
 };
 
 use super::{
-    CaptureError, CaptureOptions, CaptureOutcome, Iface, IfaceTotals, LinkType, Packet, PacketSink,
-    Selection, comm_str,
+    CaptureError, CaptureOptions, CaptureOutcome, Iface, IfaceTotals, LinkType, Packet, Selection,
+    comm_str,
     owner::{FiveTuple, Owner, Resolution, Resolver, five_tuple_of},
     pcapng::CaptureWriter,
-    text,
+    text::TextLines,
 };
 use crate::{
     control::Control,
+    counters::JobMetrics,
+    output::{
+        FLUSH_EVERY, FanOut, FlushEvery, PacketWriter,
+        status::{self, PacketCounter, StatusLine},
+    },
     process::{ChildStdout, HeldChild},
 };
 
@@ -102,92 +106,9 @@ fn descends_from(pid: u32, roots: &[u32]) -> bool {
     false
 }
 
-/// The pcapng comment of a packet.
-pub fn comment(owner: Option<&Owner>, cookie: u64) -> String {
-    match owner {
-        Some(o) => format!("pid={} comm={} cookie={cookie}", o.pid, o.comm),
-        None => format!("pid=? (no local socket: forwarded or not yet resolved) cookie={cookie}"),
-    }
-}
-
-/// The comment of the last packet written, kept while the packets that follow have the
-/// same owner and socket (a bulk transfer: every packet), so it is formatted once.
-#[derive(Default)]
-struct CommentCache {
-    key: Option<(Option<Owner>, u64)>,
-    text: String,
-}
-
-impl CommentCache {
-    /// [`comment`]`(owner, cookie)`.
-    fn get(&mut self, owner: Option<&Owner>, cookie: u64) -> &str {
-        let hit = matches!(&self.key, Some((o, c)) if *c == cookie && o.as_ref() == owner);
-        if !hit {
-            self.text = comment(owner, cookie);
-            self.key = Some((owner.cloned(), cookie));
-        }
-        &self.text
-    }
-}
-
-/// The end of a text line.
-pub fn text_suffix(owner: Option<&Owner>) -> String {
-    match owner {
-        Some(o) => format!(" [{}:{}]", o.comm, o.pid),
-        None => " [-]".to_string(),
-    }
-}
-
-/// The text line of a packet (without its newline), as `capagent capture` prints it.
-pub fn text_line(
-    p: &Packet<'_>,
-    ts_ns: u64,
-    iface: Option<&Iface>,
-    owner: Option<&Owner>,
-) -> String {
-    let (name, linktype) =
-        iface.map_or(("?", LinkType::Ethernet), |i| (i.name.as_str(), i.linktype));
-    format!(
-        "{} {}{}",
-        text::clock(ts_ns),
-        text::describe(p, name, linktype),
-        text_suffix(owner)
-    )
-}
-
-/// Where a session writes its packets instead of the command line's pcapng file or stdout
-/// (the daemon's rotating files).
-pub trait CaptureOutput: Send {
-    /// Before the first packet: the captured interfaces and the snap length.
-    fn begin(&mut self, ifaces: &[Iface], snaplen: u32) -> io::Result<()>;
-    /// One selected packet of interface `iface`, attributed to `owner`.
-    fn packet(
-        &mut self,
-        p: &Packet<'_>,
-        ts_ns: u64,
-        iface: Option<&Iface>,
-        owner: Option<&Owner>,
-    ) -> io::Result<()>;
-    /// Called at least every 200 ms while capturing (flush, rotate by age).
-    fn tick(&mut self) -> io::Result<()>;
-    /// Whether the kernel's per-interface counters are wanted now (see
-    /// [`PacketSink::wants_totals`]).
-    fn wants_totals(&self) -> bool {
-        false
-    }
-    /// The kernel's counters since the start; `filtering`: a filter expression is in use.
-    fn totals(&mut self, _totals: &[IfaceTotals], _filtering: bool) -> io::Result<()> {
-        Ok(())
-    }
-    /// At the end, with the final counters: write out and close.
-    fn finish(&mut self, totals: &[IfaceTotals], filtering: bool) -> io::Result<()>;
-}
-
-enum Out {
-    Pcap(CaptureWriter<Box<dyn Write + Send>>),
-    Text(BufWriter<StdoutLock<'static>>),
-    Custom(Box<dyn CaptureOutput>),
-}
+/// Makes the output of a session instead of the command line's pcapng file or stdout (the
+/// daemon's rotating files), once the captured interfaces and the snap length are known.
+pub type OpenOutput = Box<dyn FnOnce(&[Iface], u32) -> io::Result<Box<dyn PacketWriter>>>;
 
 /// A packet copied out of the ring buffer while it waits for its owner.
 struct Pending {
@@ -225,25 +146,22 @@ struct Sink {
     /// socket not accepted yet) get it too.
     flows: std::collections::HashMap<FlowKey, Owner>,
     ifaces: Vec<Iface>,
-    out: Out,
+    out: FlushEvery<Box<dyn PacketWriter>>,
     resolver: Resolver,
     pending: VecDeque<Pending>,
-    comments: CommentCache,
     /// The owner the kernel gave the last packet, as it gave it and made into an [`Owner`]
     /// (reused while the next packets have the same: no allocation per packet).
     kernel_owner: Option<(u32, [u8; agent_common::TASK_COMM_LEN], Owner)>,
     /// The connection of the last packet whose owner [`Sink::remember_flow`] stored, and
     /// that owner: the packets that follow with the same skip the map.
     remembered: Option<(FlowKey, Owner)>,
-    last_flush: Instant,
     written: u64,
-    /// A filter expression is in use.
-    filtering: bool,
-    /// The counters of the status line, when one is shown, and when the kernel's drop
-    /// counters were last read into them.
-    status: Option<(std::sync::Arc<crate::counters::JobMetrics>, Instant)>,
-    /// The status line, drawn from the first [`PacketSink::idle`] on (after the start line).
-    status_line: Option<crate::output::status::StatusLine>,
+    /// The counters of the status line, when one is shown (a [`PacketCounter`] in `out`
+    /// counts into them).
+    status: Option<Arc<JobMetrics>>,
+    /// The status line, drawn from the first [`PacketWriter::tick`] on (after the start
+    /// line).
+    status_line: Option<StatusLine>,
 }
 
 impl Sink {
@@ -261,16 +179,7 @@ impl Sink {
             return Ok(());
         }
         self.written += 1;
-        if let Some((m, _)) = &self.status {
-            m.packets.fetch_add(1, Ordering::Relaxed);
-            m.bytes.fetch_add(u64::from(p.orig_len), Ordering::Relaxed);
-        }
-        let iface = self.ifaces.iter().find(|i| i.ifindex == p.ifindex);
-        match &mut self.out {
-            Out::Pcap(w) => w.write_packet(p, ts_ns, self.comments.get(owner, p.cookie)),
-            Out::Text(w) => writeln!(w, "{}", text_line(p, ts_ns, iface, owner)),
-            Out::Custom(o) => o.packet(p, ts_ns, iface, owner),
-        }
+        self.out.write_packet(p, ts_ns, owner)
     }
 
     /// Writes the queued packets after one refresh of the socket table, when the rate limit
@@ -351,18 +260,17 @@ impl Sink {
     fn flow_owner(&self, ifindex: u32, data: &[u8]) -> Option<Owner> {
         self.flows.get(&self.flow_key_of(ifindex, data)?).cloned()
     }
-
-    fn flush(&mut self) -> io::Result<()> {
-        match &mut self.out {
-            Out::Pcap(w) => w.flush(),
-            Out::Text(w) => w.flush(),
-            Out::Custom(o) => o.tick(),
-        }
-    }
 }
 
-impl PacketSink for Sink {
-    fn packet(&mut self, p: &Packet<'_>, ts_ns: u64) -> io::Result<()> {
+/// The attribution stage: the packets of a capture session in, attributed and selected
+/// packets out to the session's output.
+impl PacketWriter for Sink {
+    fn write_packet(
+        &mut self,
+        p: &Packet<'_>,
+        ts_ns: u64,
+        _owner: Option<&Owner>,
+    ) -> io::Result<()> {
         self.drain_pending(false)?;
         if let Some(k) = &p.owner {
             let o = self.take_kernel_owner(k);
@@ -426,54 +334,30 @@ impl PacketSink for Sink {
         Ok(())
     }
 
-    fn idle(&mut self) -> io::Result<()> {
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+
+    fn tick(&mut self) -> io::Result<()> {
         if self.status_line.is_none()
-            && let Some((m, _)) = &self.status
+            && let Some(m) = &self.status
         {
-            self.status_line = crate::output::status::StatusLine::drawing(
-                m.clone(),
-                crate::output::status::Unit::Packets,
-            );
+            self.status_line = StatusLine::drawing(m.clone(), status::Unit::Packets);
         }
         self.drain_pending(false)?;
         // Keep files readable while capturing without a syscall per packet.
-        if self.last_flush.elapsed() >= Duration::from_millis(200) {
-            self.last_flush = Instant::now();
-            self.flush()?;
-        }
-        Ok(())
+        self.out.tick()
     }
 
     fn wants_totals(&self) -> bool {
-        match &self.out {
-            Out::Custom(o) => o.wants_totals(),
-            _ => self
-                .status
-                .as_ref()
-                .is_some_and(|(_, last)| last.elapsed() >= crate::output::status::EVERY),
-        }
+        self.out.wants_totals()
     }
 
-    fn totals(&mut self, totals: &[IfaceTotals]) -> io::Result<()> {
+    fn totals(&mut self, totals: &[IfaceTotals], filtering: bool) -> io::Result<()> {
         // Packets waiting for their owner belong before the counters' point in time.
         self.drain_pending(true)?;
-        if let Some((m, last)) = &mut self.status {
-            let dropped = totals.iter().map(|t| t.dropped).sum();
-            m.lost_events.store(dropped, Ordering::Relaxed);
-            *last = Instant::now();
-        }
-        match &mut self.out {
-            Out::Custom(o) => o.totals(totals, self.filtering),
-            _ => Ok(()),
-        }
+        self.out.totals(totals, filtering)
     }
-}
-
-/// Wall-clock nanoseconds since the epoch, now.
-fn now_wall_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Runs a whole session: capture, attribution, selection, output, statistics and summary,
@@ -488,7 +372,7 @@ pub fn run_with(
     opts: &CaptureOptions,
     sopts: &SessionOptions,
     ctl: &Control,
-    output: Option<Box<dyn CaptureOutput>>,
+    output: Option<OpenOutput>,
 ) -> Result<CaptureOutcome, CaptureError> {
     let ifaces: Vec<Iface> = super::resolve(opts)?;
     let mut opts = opts.clone();
@@ -511,37 +395,34 @@ pub fn run_with(
     let opts = &opts;
     let filter = super::compile_filter(opts, &ifaces)?;
     // Packets to a file: a status line on a terminal.
-    let status = crate::output::status::shown(
+    let status = status::shown(
         output.is_none() && sopts.write.as_deref().is_some_and(|p| p.as_os_str() != "-"),
     )
-    .then(|| (crate::counters::JobMetrics::new("", ""), Instant::now()));
-    let out = match (output, &sopts.write) {
-        (Some(mut o), _) => {
-            o.begin(&ifaces, opts.snaplen)
-                .map_err(CaptureError::Output)?;
-            Out::Custom(o)
-        }
-        (None, Some(p)) => Out::Pcap(CaptureWriter::open(p, &ifaces, opts.snaplen).map_err(
+    .then(|| JobMetrics::new("", ""));
+    let mut out: Box<dyn PacketWriter> = match (output, &sopts.write) {
+        (Some(open), _) => open(&ifaces, opts.snaplen).map_err(CaptureError::Output)?,
+        (None, Some(p)) => Box::new(CaptureWriter::open(p, &ifaces, opts.snaplen).map_err(
             |source| CaptureError::Open {
                 path: p.clone(),
                 source,
             },
         )?),
-        (None, None) => Out::Text(BufWriter::new(io::stdout().lock())),
+        (None, None) => Box::new(TextLines::new(BufWriter::new(io::stdout().lock()), &ifaces)),
     };
+    if let Some(m) = &status {
+        let counter = PacketCounter::new(m.clone(), status::EVERY);
+        out = Box::new(FanOut(vec![Box::new(counter), out]));
+    }
     let mut sink = Sink {
         selector: Selector::new(opts.select.clone()),
         flows: std::collections::HashMap::new(),
         ifaces: ifaces.clone(),
-        out,
+        out: FlushEvery::new(out, FLUSH_EVERY),
         resolver: Resolver::system(),
         pending: VecDeque::new(),
-        comments: CommentCache::default(),
         kernel_owner: None,
         remembered: None,
-        last_flush: Instant::now(),
         written: 0,
-        filtering: filter.is_some(),
         status,
         status_line: None,
     };
@@ -563,25 +444,14 @@ pub fn run_with(
     // Whatever was captured is written, even when the capture ended with an error.
     let end = sink
         .drain_pending(true)
-        .and_then(|()| sink.flush())
+        .and_then(|()| sink.out.flush())
         .map_err(CaptureError::Output);
     drop(sink.status_line.take());
     let outcome = outcome?;
     end?;
-    match &mut sink.out {
-        Out::Pcap(w) => {
-            let now = now_wall_ns();
-            for t in &outcome.per_iface {
-                w.write_stats(t, filter.is_some(), now)
-                    .map_err(CaptureError::Output)?;
-            }
-            w.flush().map_err(CaptureError::Output)?;
-        }
-        Out::Custom(o) => o
-            .finish(&outcome.per_iface, filter.is_some())
-            .map_err(CaptureError::Output)?,
-        Out::Text(_) => {}
-    }
+    sink.out
+        .finish(&outcome.per_iface, filter.is_some())
+        .map_err(CaptureError::Output)?;
     if !sopts.no_summary {
         let selected = if opts.select.is_active() {
             format!(", {} of them selected", sink.written)
@@ -606,6 +476,10 @@ pub fn run_with(
 
 #[cfg(test)]
 mod tests {
+    use super::super::{
+        pcapng::{CommentCache, comment},
+        text::text_suffix,
+    };
     use super::*;
 
     #[test]

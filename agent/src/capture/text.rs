@@ -1,12 +1,72 @@
 //! One line per packet, in the spirit of `tcpdump -n`:
 //! `12:34:56.789012 lo In  IP 127.0.0.1.41234 > 127.0.0.1.8000: TCP len 78`.
 
-use std::net::IpAddr;
+use std::{
+    io::{self, Write},
+    net::IpAddr,
+};
 
 use agent_common::packet_dir;
 use etherparse::{LaxNetSlice, LaxSlicedPacket, TransportSlice};
 
-use super::{LinkType, Packet};
+use super::{Iface, LinkType, Owner, Packet};
+use crate::output::PacketWriter;
+
+/// The end of a text line.
+pub fn text_suffix(owner: Option<&Owner>) -> String {
+    match owner {
+        Some(o) => format!(" [{}:{}]", o.comm, o.pid),
+        None => " [-]".to_string(),
+    }
+}
+
+/// The text line of a packet (without its newline), as `capagent capture` prints it.
+pub fn text_line(
+    p: &Packet<'_>,
+    ts_ns: u64,
+    iface: Option<&Iface>,
+    owner: Option<&Owner>,
+) -> String {
+    let (name, linktype) =
+        iface.map_or(("?", LinkType::Ethernet), |i| (i.name.as_str(), i.linktype));
+    format!(
+        "{} {}{}",
+        clock(ts_ns),
+        describe(p, name, linktype),
+        text_suffix(owner)
+    )
+}
+
+/// Writes one [`text_line`] per packet of the captured interfaces into `W`.
+pub struct TextLines<W: Write> {
+    out: W,
+    ifaces: Vec<Iface>,
+}
+
+impl<W: Write> TextLines<W> {
+    pub fn new(out: W, ifaces: &[Iface]) -> TextLines<W> {
+        TextLines {
+            out,
+            ifaces: ifaces.to_vec(),
+        }
+    }
+}
+
+impl<W: Write> PacketWriter for TextLines<W> {
+    fn write_packet(
+        &mut self,
+        p: &Packet<'_>,
+        ts_ns: u64,
+        owner: Option<&Owner>,
+    ) -> io::Result<()> {
+        let iface = self.ifaces.iter().find(|i| i.ifindex == p.ifindex);
+        writeln!(self.out, "{}", text_line(p, ts_ns, iface, owner))
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
 
 /// `HH:MM:SS.uuuuuu` in local time of a wall-clock timestamp.
 pub fn clock(ts_ns: u64) -> String {

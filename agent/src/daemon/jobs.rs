@@ -7,17 +7,13 @@
 //! write. What only running can tell (a port in use, an interface missing, a bad filter
 //! expression, a process gone) fails the run, which the supervisor retries.
 
-use std::{
-    path::PathBuf,
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{path::PathBuf, sync::Arc};
 
 use anyhow::Context as _;
 
 use super::{
     config::{ConfigError, Job, Record, Rotation},
-    outputs::{self, CaptureFiles},
+    outputs,
 };
 use crate::{
     capture::{self, CaptureOptions, session::SessionOptions},
@@ -25,7 +21,7 @@ use crate::{
     control::Control,
     counters::JobMetrics,
     intercept::{InterceptOptions, RelayOptions},
-    output::{EventWriter, FanOut},
+    output::{EventWriter, FLUSH_EVERY, FanOut, FlushEvery},
     proxy::{self, Recorder, command::Service},
     trace::run::{self as trace_run, TraceOptions},
 };
@@ -167,35 +163,8 @@ fn run_trace(
     opts: &TraceOptions,
     preview: usize,
 ) -> anyhow::Result<()> {
-    let out = FanOut(
-        writers(job, env, preview)?
-            .into_iter()
-            .map(|w| w as Box<dyn EventWriter>)
-            .collect(),
-    );
-    // Files are flushed every 200 ms, records or not.
-    struct Sink {
-        out: FanOut,
-        last_flush: Instant,
-    }
-    impl trace_run::EventSink for Sink {
-        fn event(&mut self, ev: &crate::model::Event) -> std::io::Result<()> {
-            self.out.write_event(ev)
-        }
-        fn idle(&mut self) -> std::io::Result<()> {
-            if self.last_flush.elapsed() >= Duration::from_millis(200) {
-                self.last_flush = Instant::now();
-                self.out.flush()?;
-            }
-            Ok(())
-        }
-    }
-    let mut sink = Sink {
-        out,
-        last_flush: Instant::now(),
-    };
-    let outcome = trace_run::run(opts, ctl, &mut sink);
-    let mut out = sink.out;
+    let mut out = FlushEvery::new(FanOut(writers(job, env, preview)?), FLUSH_EVERY);
+    let outcome = trace_run::run(opts, ctl, &mut out);
     out.flush().context("writing output")?;
     let outcome = outcome?;
     match outcome.exit_status {
@@ -218,7 +187,7 @@ fn run_capture(
     }
     session.write = None;
     session.no_summary = true;
-    let files = CaptureFiles::new(
+    let files = outputs::capture_files(
         &env.output_dir,
         &job.name,
         &job.record,
@@ -231,7 +200,7 @@ fn run_capture(
             env.output_dir.display()
         )
     })?;
-    let outcome = capture::session::run_with(opts, &session, ctl, Some(Box::new(files)))?;
+    let outcome = capture::session::run_with(opts, &session, ctl, Some(files))?;
     if let Some(st) = outcome.exit_status {
         tracing::info!("capture command ended: {st}");
     }

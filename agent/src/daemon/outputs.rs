@@ -1,10 +1,10 @@
 //! The outputs of the daemon's jobs: the same writers as the command line's `-o`/`-w`, into
 //! rotating files ([`super::rotate`]), plus JSON lines on stdout and the job's metrics.
 //!
-//! - [`RotatingLines`]: text (`.log`) or JSON lines (`.jsonl`) of trace and proxy records;
-//! - [`RotatingSynth`]: trace and proxy records as pcapng (`.pcapng`, synthetic packets); a new
-//!   file starts with its own section and interface headers and the streams go on;
-//! - [`CaptureFiles`]: captured packets as pcapng (each file closed with its interface
+//! - [`rotating_lines`]: text (`.log`) or JSON lines (`.jsonl`) of trace and proxy records;
+//! - [`rotating_synth`]: trace and proxy records as pcapng (`.pcapng`, synthetic packets); a
+//!   new file starts with its own section and interface headers and the streams go on;
+//! - [`capture_files`]: captured packets as pcapng (each file closed with its interface
 //!   statistics blocks) and/or text lines;
 //! - [`StdoutLines`]: JSON lines on stdout (journald), one whole line at a time, tagged with
 //!   the job (`"job":"NAME"` first).
@@ -12,111 +12,55 @@
 use std::{
     io::{self, BufWriter, Write},
     path::Path,
-    sync::{Arc, atomic::Ordering},
-    time::{Duration, Instant},
+    sync::Arc,
+    time::Duration,
 };
 
 use super::{
     config::{Record, Rotation},
-    rotate::{CountingFile, Rotator},
+    rotate::{CountingFile, Rotating, Rotator},
 };
 use crate::{
-    capture::{
-        Iface, IfaceTotals, Packet,
-        owner::Owner,
-        pcapng::CaptureWriter,
-        session::{self, CaptureOutput},
-    },
+    capture::{Iface, pcapng::CaptureWriter, session::OpenOutput, text::TextLines},
     counters::{EventCounter, JobMetrics},
-    model::Event,
-    output::{EventWriter, Format, Writer, pcapng::PcapngWriter, text::TextConfig},
+    output::{
+        EventWriter, FanOut, Format, PacketWriter, Writer, pcapng::PcapngWriter,
+        status::PacketCounter, text::TextConfig,
+    },
 };
 
 const BUFFER: usize = 256 * 1024;
 
 /// Text or JSON lines in rotating files.
-pub struct RotatingLines {
-    rot: Rotator,
-    format: Format,
-    text: TextConfig,
-    w: Option<Writer>,
-}
-
-impl RotatingLines {
-    pub fn new(rot: Rotator, format: Format, text: TextConfig) -> RotatingLines {
-        RotatingLines {
-            rot,
-            format,
-            text,
-            w: None,
-        }
-    }
-}
-
-impl EventWriter for RotatingLines {
-    fn write_event(&mut self, ev: &Event) -> io::Result<()> {
-        if self.rot.due()
-            && let Some(mut w) = self.w.take()
-        {
-            w.flush()?;
-            self.rot.closed();
-        }
-        let w = match &mut self.w {
-            Some(w) => w,
-            None => {
-                let f = self.rot.open_next()?;
-                self.rot.retain();
-                self.w
-                    .insert(Writer::new(self.format, Box::new(f), self.text.clone()))
+pub fn rotating_lines(rot: Rotator, format: Format, text: TextConfig) -> Rotating<Writer> {
+    Rotating::new(
+        rot,
+        Box::new(move |prev: Option<Writer>, f| {
+            if let Some(mut w) = prev {
+                w.flush()?;
             }
-        };
-        w.write_event(ev)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.w.as_mut().map_or(Ok(()), Writer::flush)
-    }
+            Ok(Writer::new(format, Box::new(f), text.clone()))
+        }),
+    )
 }
 
-type SynthFile = PcapngWriter<BufWriter<CountingFile>>;
-
-/// Records as pcapng of synthetic packets, in rotating files.
-pub struct RotatingSynth {
-    rot: Rotator,
-    w: Option<SynthFile>,
-}
-
-impl RotatingSynth {
-    pub fn new(rot: Rotator) -> RotatingSynth {
-        RotatingSynth { rot, w: None }
-    }
-}
-
-impl EventWriter for RotatingSynth {
-    fn write_event(&mut self, ev: &Event) -> io::Result<()> {
-        let due = self.rot.due();
-        let w = match self.w.take() {
-            Some(w) if due => {
-                let f = self.rot.open_next()?;
-                let (mut old, next) = w.continue_in(BufWriter::with_capacity(BUFFER, f))?;
-                old.flush()?;
-                drop(old);
-                self.rot.retain();
-                next
+/// Records as pcapng of synthetic packets, in rotating files: a new file starts with its own
+/// section and interface headers and the streams go on.
+pub fn rotating_synth(rot: Rotator) -> Rotating<PcapngWriter<BufWriter<CountingFile>>> {
+    Rotating::new(
+        rot,
+        Box::new(|prev: Option<PcapngWriter<_>>, f| {
+            let f = BufWriter::with_capacity(BUFFER, f);
+            match prev {
+                Some(w) => {
+                    let (mut old, next) = w.continue_in(f)?;
+                    old.flush()?;
+                    Ok(next)
+                }
+                None => PcapngWriter::new(f),
             }
-            Some(w) => w,
-            None => {
-                let f = self.rot.open_next()?;
-                self.rot.retain();
-                PcapngWriter::new(BufWriter::with_capacity(BUFFER, f))?
-            }
-        };
-        self.w.insert(w).write_event(ev)
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        self.w.as_mut().map_or(Ok(()), EventWriter::flush)
-    }
+        }),
+    )
 }
 
 /// Writes JSON lines to stdout, each whole line at once (jobs write from their own threads)
@@ -186,7 +130,7 @@ pub fn event_writers(
     for r in record {
         let rot = Rotator::new(output_dir, job, r.extension(), rotation.clone())?;
         out.push(match r {
-            Record::Text => Box::new(RotatingLines::new(
+            Record::Text => Box::new(rotating_lines(
                 rot,
                 Format::Text,
                 TextConfig {
@@ -194,8 +138,8 @@ pub fn event_writers(
                     ..TextConfig::default()
                 },
             )),
-            Record::Json => Box::new(RotatingLines::new(rot, Format::Json, TextConfig::default())),
-            Record::Pcapng => Box::new(RotatingSynth::new(rot)),
+            Record::Json => Box::new(rotating_lines(rot, Format::Json, TextConfig::default())),
+            Record::Pcapng => Box::new(rotating_synth(rot)),
         });
     }
     if stdout {
@@ -211,159 +155,47 @@ pub fn event_writers(
     Ok(out)
 }
 
-/// Wall-clock nanoseconds now.
-fn now_ns() -> u64 {
-    crate::proxy::record::now_ns()
-}
-
 /// How often the kernel's counters are read for the metrics.
 const TOTALS_EVERY: Duration = Duration::from_secs(1);
 
-/// A capture job's files: pcapng and/or text lines, rotated; and its metrics.
-pub struct CaptureFiles {
-    pcap: Option<(Rotator, Option<CaptureWriter<CountingFile>>)>,
-    text: Option<(Rotator, Option<BufWriter<CountingFile>>)>,
-    ifaces: Vec<Iface>,
-    snaplen: u32,
-    metrics: Arc<JobMetrics>,
-    last_totals: Instant,
-}
-
-impl CaptureFiles {
-    pub fn new(
-        output_dir: &Path,
-        job: &str,
-        record: &[Record],
-        rotation: &Rotation,
-        metrics: &Arc<JobMetrics>,
-    ) -> io::Result<CaptureFiles> {
-        let rot = |r: Record| Rotator::new(output_dir, job, r.extension(), rotation.clone());
-        Ok(CaptureFiles {
-            pcap: if record.contains(&Record::Pcapng) {
-                Some((rot(Record::Pcapng)?, None))
-            } else {
-                None
-            },
-            text: if record.contains(&Record::Text) {
-                Some((rot(Record::Text)?, None))
-            } else {
-                None
-            },
-            ifaces: Vec::new(),
-            snaplen: 0,
-            metrics: metrics.clone(),
-            last_totals: Instant::now(),
-        })
-    }
-
-    /// Closes the current pcapng file with its statistics blocks.
-    fn close_pcap(&mut self, totals: &[IfaceTotals], filtering: bool) -> io::Result<()> {
-        if let Some((rot, w)) = &mut self.pcap
-            && let Some(mut w) = w.take()
-        {
-            let now = now_ns();
-            for t in totals {
-                w.write_stats(t, filtering, now)?;
-            }
-            w.into_inner()?;
-            rot.closed();
+/// A capture job's output: its metrics, and its pcapng and/or text lines in rotating files
+/// (a closed pcapng file ends with its interface statistics blocks).
+pub fn capture_files(
+    output_dir: &Path,
+    job: &str,
+    record: &[Record],
+    rotation: &Rotation,
+    metrics: &Arc<JobMetrics>,
+) -> io::Result<OpenOutput> {
+    let rot = |r: Record| -> io::Result<Option<Rotator>> {
+        record
+            .contains(&r)
+            .then(|| Rotator::new(output_dir, job, r.extension(), rotation.clone()))
+            .transpose()
+    };
+    let (pcap, text) = (rot(Record::Pcapng)?, rot(Record::Text)?);
+    let metrics = metrics.clone();
+    Ok(Box::new(move |ifaces: &[Iface], snaplen: u32| {
+        let mut out: Vec<Box<dyn PacketWriter>> =
+            vec![Box::new(PacketCounter::new(metrics, TOTALS_EVERY))];
+        if let Some(rot) = pcap {
+            let ifaces = ifaces.to_vec();
+            out.push(Box::new(Rotating::new(
+                rot,
+                Box::new(move |_, f| CaptureWriter::new(f, &ifaces, snaplen)),
+            )));
         }
-        Ok(())
-    }
-
-    fn publish(&mut self, totals: &[IfaceTotals]) {
-        self.last_totals = Instant::now();
-        let dropped: u64 = totals.iter().map(|t| t.dropped).sum();
-        self.metrics.lost_events.store(dropped, Ordering::Relaxed);
-    }
-}
-
-impl CaptureOutput for CaptureFiles {
-    fn begin(&mut self, ifaces: &[Iface], snaplen: u32) -> io::Result<()> {
-        self.ifaces = ifaces.to_vec();
-        self.snaplen = snaplen;
-        Ok(())
-    }
-
-    fn packet(
-        &mut self,
-        p: &Packet<'_>,
-        ts_ns: u64,
-        iface: Option<&Iface>,
-        owner: Option<&Owner>,
-    ) -> io::Result<()> {
-        self.metrics.packets.fetch_add(1, Ordering::Relaxed);
-        self.metrics
-            .bytes
-            .fetch_add(u64::from(p.orig_len), Ordering::Relaxed);
-        if let Some((rot, w)) = &mut self.pcap {
-            let w = match w {
-                Some(w) => w,
-                None => {
-                    let f = rot.open_next()?;
-                    rot.retain();
-                    w.insert(CaptureWriter::new(f, &self.ifaces, self.snaplen)?)
-                }
-            };
-            w.write_packet(p, ts_ns, &session::comment(owner, p.cookie))?;
+        if let Some(rot) = text {
+            let ifaces = ifaces.to_vec();
+            out.push(Box::new(Rotating::new(
+                rot,
+                Box::new(move |_, f| {
+                    Ok(TextLines::new(BufWriter::with_capacity(BUFFER, f), &ifaces))
+                }),
+            )));
         }
-        if let Some((rot, w)) = &mut self.text {
-            let w = match w {
-                Some(w) => w,
-                None => {
-                    let f = rot.open_next()?;
-                    rot.retain();
-                    w.insert(BufWriter::with_capacity(BUFFER, f))
-                }
-            };
-            writeln!(w, "{}", session::text_line(p, ts_ns, iface, owner))?;
-        }
-        Ok(())
-    }
-
-    fn tick(&mut self) -> io::Result<()> {
-        if let Some((_, Some(w))) = &mut self.pcap {
-            w.flush()?;
-        }
-        if let Some((rot, w)) = &mut self.text
-            && let Some(f) = w
-        {
-            f.flush()?;
-            if rot.due() {
-                *w = None;
-                rot.closed();
-            }
-        }
-        Ok(())
-    }
-
-    fn wants_totals(&self) -> bool {
-        self.last_totals.elapsed() >= TOTALS_EVERY
-            || self
-                .pcap
-                .as_ref()
-                .is_some_and(|(rot, w)| w.is_some() && rot.due())
-    }
-
-    fn totals(&mut self, totals: &[IfaceTotals], filtering: bool) -> io::Result<()> {
-        self.publish(totals);
-        if self.pcap.as_ref().is_some_and(|(rot, _)| rot.due()) {
-            self.close_pcap(totals, filtering)?;
-        }
-        Ok(())
-    }
-
-    fn finish(&mut self, totals: &[IfaceTotals], filtering: bool) -> io::Result<()> {
-        self.publish(totals);
-        self.close_pcap(totals, filtering)?;
-        if let Some((rot, w)) = &mut self.text
-            && let Some(mut f) = w.take()
-        {
-            f.flush()?;
-            rot.closed();
-        }
-        Ok(())
-    }
+        Ok(Box::new(FanOut(out)) as Box<dyn PacketWriter>)
+    }))
 }
 
 #[cfg(test)]
@@ -392,7 +224,7 @@ mod tests {
             keep_age: None,
         };
         let rot = Rotator::new(&dir, "j", "jsonl", rotation).unwrap();
-        let mut w = RotatingLines::new(rot, Format::Json, TextConfig::default());
+        let mut w = rotating_lines(rot, Format::Json, TextConfig::default());
         for i in 0..10 {
             w.write_event(&lost_event(i, 1, 1)).unwrap();
             // Files are measured as they are written out.

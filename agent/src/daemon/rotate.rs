@@ -2,9 +2,10 @@
 //! once the current one is `rotate_size` bytes or `rotate_age` old, and the closed ones
 //! deleted beyond `keep` files or past `keep_age` (per job and kind of file).
 //!
-//! A [`Rotator`] names, creates and counts the files of one job and extension; the writers of
-//! [`super::outputs`] ask it when to close the current file (at a record boundary, so each
-//! file is complete on its own). Files are created on the first record, so a job that records
+//! A [`Rotator`] names, creates and counts the files of one job and extension; [`Rotating`],
+//! the wrapper of a sink that the jobs' outputs ([`super::outputs`]) put around each file's
+//! sink, asks it when to close the current file (at a record boundary, so each file is
+//! complete on its own). Files are created on the first record, so a job that records
 //! nothing (or fails at once and is retried) leaves no empty files. The names sort in time
 //! order; [`expired`] chooses the files retention deletes.
 
@@ -21,7 +22,13 @@ use std::{
 };
 
 use super::config::Rotation;
-use crate::output::num::civil_from_days;
+use crate::{
+    model::{
+        Event,
+        packet::{IfaceTotals, Owner, Packet},
+    },
+    output::{EventWriter, PacketWriter, num::civil_from_days},
+};
 
 /// `20231114T221320.123456Z` for `ts_ns` (nanoseconds since the epoch): sortable, and safe
 /// in file names.
@@ -219,6 +226,106 @@ impl Rotator {
                 Err(e) => tracing::warn!("retention: cannot delete {}: {e}", path.display()),
             }
         }
+    }
+}
+
+/// Makes the sink of a new file: from the previous file's sink when there is one, which it
+/// finishes (flushes it, or goes on with its streams in the new file).
+pub type OpenSink<W> = Box<dyn FnMut(Option<W>, CountingFile) -> io::Result<W> + Send>;
+
+/// A sink whose records go to rotating files: the rotation as a wrapper around the sink of
+/// one file. The first file is created at the first record; a file is closed at a record
+/// boundary once its [`Rotator`] says so: events before the next record, packets at the
+/// next kernel counters (the file then ends with its statistics).
+pub struct Rotating<W> {
+    rot: Rotator,
+    w: Option<W>,
+    open: OpenSink<W>,
+}
+
+impl<W> Rotating<W> {
+    pub fn new(rot: Rotator, open: OpenSink<W>) -> Rotating<W> {
+        Rotating { rot, w: None, open }
+    }
+
+    /// The sink of the current file, the next file opened first when `rotate` (or none is
+    /// open).
+    fn current(&mut self, rotate: bool) -> io::Result<&mut W> {
+        let w = match self.w.take() {
+            Some(w) if !rotate => w,
+            prev => {
+                let f = self.rot.open_next()?;
+                let w = (self.open)(prev, f)?;
+                // The previous file is complete: retention may delete it now.
+                self.rot.retain();
+                w
+            }
+        };
+        Ok(self.w.insert(w))
+    }
+}
+
+impl<W: EventWriter> EventWriter for Rotating<W> {
+    fn write_event(&mut self, ev: &Event) -> io::Result<()> {
+        let due = self.rot.due();
+        self.current(due)?.write_event(ev)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.w.as_mut().map_or(Ok(()), EventWriter::flush)
+    }
+
+    fn tick(&mut self) -> io::Result<()> {
+        self.w.as_mut().map_or(Ok(()), EventWriter::tick)
+    }
+}
+
+impl<W: PacketWriter> Rotating<W> {
+    /// Ends the current file, if one is open, with the kernel's counters.
+    fn close(&mut self, totals: &[IfaceTotals], filtering: bool) -> io::Result<()> {
+        if let Some(mut w) = self.w.take() {
+            w.finish(totals, filtering)?;
+            self.rot.closed();
+        }
+        Ok(())
+    }
+}
+
+impl<W: PacketWriter> PacketWriter for Rotating<W> {
+    fn write_packet(
+        &mut self,
+        p: &Packet<'_>,
+        ts_ns: u64,
+        owner: Option<&Owner>,
+    ) -> io::Result<()> {
+        self.current(false)?.write_packet(p, ts_ns, owner)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.w.as_mut().map_or(Ok(()), PacketWriter::flush)
+    }
+
+    fn tick(&mut self) -> io::Result<()> {
+        self.w.as_mut().map_or(Ok(()), PacketWriter::tick)
+    }
+
+    /// The current file is due: it is closed at the next counters.
+    fn wants_totals(&self) -> bool {
+        self.w
+            .as_ref()
+            .is_some_and(|w| self.rot.due() || w.wants_totals())
+    }
+
+    fn totals(&mut self, totals: &[IfaceTotals], filtering: bool) -> io::Result<()> {
+        match &mut self.w {
+            Some(_) if self.rot.due() => self.close(totals, filtering),
+            Some(w) => w.totals(totals, filtering),
+            None => Ok(()),
+        }
+    }
+
+    fn finish(&mut self, totals: &[IfaceTotals], filtering: bool) -> io::Result<()> {
+        self.close(totals, filtering)
     }
 }
 

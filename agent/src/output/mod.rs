@@ -1,4 +1,5 @@
-//! Writers for `model::Event`: text, JSON lines.
+//! Writers for `model::Event`: text, JSON lines; the sink traits and their wrappers
+//! ([`sink`]).
 //!
 //! [`Writer::open`] builds the writer the command line asks for (format, file or stdout);
 //! output is buffered and reaches the file or terminal at [`EventWriter::flush`] (and when the
@@ -9,6 +10,7 @@ pub mod escape;
 pub mod json;
 pub mod num;
 pub mod pcapng;
+pub mod sink;
 pub mod status;
 pub mod text;
 
@@ -19,6 +21,7 @@ use std::path::Path;
 
 use crate::model::Event;
 pub use json::JsonWriter;
+pub use sink::{EventWriter, FLUSH_EVERY, FanOut, FlushEvery, PacketWriter};
 pub use text::{TextConfig, TextWriter};
 
 /// The format of the records (`--format`).
@@ -36,13 +39,6 @@ pub enum Format {
 /// so that the records stay parseable.
 pub fn records_on_stdout(output: Option<&Path>, write: Option<&Path>) -> bool {
     output.is_none() || write.is_some_and(|p| p.as_os_str() == "-")
-}
-
-/// Something events can be written to.
-pub trait EventWriter {
-    fn write_event(&mut self, ev: &Event) -> io::Result<()>;
-    /// Pushes buffered output to the file or stdout.
-    fn flush(&mut self) -> io::Result<()>;
 }
 
 impl<W: Write> EventWriter for TextWriter<W> {
@@ -140,25 +136,6 @@ impl EventWriter for Writer {
             Inner::Text(w) => w.flush(),
             Inner::Json(w) => w.flush(),
         }
-    }
-}
-
-/// Hands every event to each writer.
-pub struct FanOut(pub Vec<Box<dyn EventWriter>>);
-
-impl EventWriter for FanOut {
-    fn write_event(&mut self, ev: &Event) -> io::Result<()> {
-        for w in &mut self.0 {
-            w.write_event(ev)?;
-        }
-        Ok(())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        for w in &mut self.0 {
-            w.flush()?;
-        }
-        Ok(())
     }
 }
 

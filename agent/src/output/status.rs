@@ -4,8 +4,8 @@
 //! Only when stderr is a terminal: never in logs, under the daemon or in CI.
 //!
 //! It reads the session's counters ([`JobMetrics`], the ones the daemon's metrics expose): the event-based modes
-//! feed them with an [`EventCounter`] next to their writers, the capture with its packets
-//! and the kernel's drop counters. The line is drawn by a thread of its own, so a quiet
+//! feed them with an [`EventCounter`] next to their writers, the capture with a
+//! [`PacketCounter`] (its packets and the kernel's drop counters). The line is drawn by a thread of its own, so a quiet
 //! session still shows its time going by; dropping the [`StatusLine`] erases it (before the
 //! summary is printed).
 
@@ -16,11 +16,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::EventWriter;
 use super::num::human_bytes;
+use super::{EventWriter, PacketWriter};
 use crate::{
     counters::{EventCounter, JobMetrics},
-    model::Event,
+    model::{
+        Event,
+        packet::{IfaceTotals, Owner, Packet},
+    },
 };
 
 /// How often the line is redrawn.
@@ -188,6 +191,54 @@ impl EventWriter for EventCounter {
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+/// Counts a capture's packets, and the kernel's drops, into a session's counters (the status
+/// line's, a daemon job's metrics): a packet writer next to the session's others. It asks for
+/// the kernel's counters every `every`.
+pub struct PacketCounter {
+    metrics: Arc<JobMetrics>,
+    every: Duration,
+    last: Instant,
+}
+
+impl PacketCounter {
+    pub fn new(metrics: Arc<JobMetrics>, every: Duration) -> PacketCounter {
+        PacketCounter {
+            metrics,
+            every,
+            last: Instant::now(),
+        }
+    }
+}
+
+impl PacketWriter for PacketCounter {
+    fn write_packet(&mut self, p: &Packet<'_>, _: u64, _: Option<&Owner>) -> std::io::Result<()> {
+        self.metrics.packets.fetch_add(1, Ordering::Relaxed);
+        self.metrics
+            .bytes
+            .fetch_add(u64::from(p.orig_len), Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn wants_totals(&self) -> bool {
+        self.last.elapsed() >= self.every
+    }
+
+    fn totals(&mut self, totals: &[IfaceTotals], _filtering: bool) -> std::io::Result<()> {
+        self.last = Instant::now();
+        let dropped = totals.iter().map(|t| t.dropped).sum();
+        self.metrics.lost_events.store(dropped, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn finish(&mut self, totals: &[IfaceTotals], filtering: bool) -> std::io::Result<()> {
+        self.totals(totals, filtering)
     }
 }
 

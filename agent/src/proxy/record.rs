@@ -37,7 +37,9 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use crate::model::{Detail, Direction, Endpoint, Event, SocketMeta, Task, Transport};
-use crate::output::{EventWriter, FanOut, Format, Writer, pcapng::PcapngWriter, text::TextConfig};
+use crate::output::{
+    EventWriter, FanOut, FlushEvery, Format, Writer, pcapng::PcapngWriter, text::TextConfig,
+};
 
 /// Messages in flight between the relays and the writer thread (each holds at most one
 /// relayed chunk, 64 KiB or so).
@@ -486,17 +488,11 @@ fn write_loop(
     mut rx: mpsc::Receiver<Msg>,
     writers: Vec<Box<dyn EventWriter + Send>>,
 ) -> io::Result<()> {
-    let mut out = FanOut(
-        writers
-            .into_iter()
-            .map(|w| w as Box<dyn EventWriter>)
-            .collect(),
-    );
+    // Flushed when the channel runs empty, at most every FLUSH_EVERY.
+    let mut out = FlushEvery::new(FanOut(writers), FLUSH_EVERY);
     let pid = std::process::id();
     let mut conns: HashMap<u32, Open> = HashMap::new();
     let mut first_err: Option<io::Error> = None;
-    let mut dirty = false;
-    let mut last_flush = Instant::now();
     // How the writer waits for records: while small records come in bursts (many short
     // connections, chatty ones), it polls the channel every POLL_EVERY instead of sleeping
     // until woken, so that relays send without waking it (a futex and a context switch per
@@ -512,12 +508,8 @@ fn write_loop(
             Err(mpsc::error::TryRecvError::Empty) => {
                 // Nothing waiting: flush now if the last flush is old enough (else at the
                 // next tick), so files stay current without a write per record.
-                if dirty && last_flush.elapsed() >= FLUSH_EVERY {
-                    dirty = false;
-                    last_flush = Instant::now();
-                    if let Err(e) = out.flush() {
-                        first_err.get_or_insert(e);
-                    }
+                if let Err(e) = out.tick() {
+                    first_err.get_or_insert(e);
                 }
                 if burst > 0 {
                     poll_until = (burst >= 2 && burst_bytes < burst * SMALL_RECORD)
@@ -543,14 +535,12 @@ fn write_loop(
         if let Msg::Data { payload, .. } = &msg {
             burst_bytes += payload.len();
         }
-        if let Some(ev) = event_of(msg, pid, &mut conns) {
-            dirty = true;
-            if let Err(e) = out.write_event(&ev)
-                && first_err.is_none()
-            {
-                tracing::error!("cannot write records: {e}");
-                first_err = Some(e);
-            }
+        if let Some(ev) = event_of(msg, pid, &mut conns)
+            && let Err(e) = out.write_event(&ev)
+            && first_err.is_none()
+        {
+            tracing::error!("cannot write records: {e}");
+            first_err = Some(e);
         }
     }
     if let Err(e) = out.flush() {

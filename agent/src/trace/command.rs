@@ -1,11 +1,7 @@
 //! `capagent trace ARGS`: the arguments, the options they make (which a daemon job of kind
 //! `trace` uses too), and running the trace from them.
 
-use std::{
-    path::PathBuf,
-    process::ExitStatus,
-    time::{Duration, Instant},
-};
+use std::{io, path::PathBuf, process::ExitStatus};
 
 use anyhow::Context as _;
 use clap::Args;
@@ -13,9 +9,25 @@ use clap::Args;
 use super::{run::TraceOptions, summary::Summary};
 use crate::{
     control::Control,
-    output::{EventWriter, FanOut, Format, Writer, pcapng::PcapngWriter, text::TextConfig},
+    model::Event,
+    output::{
+        EventWriter, FLUSH_EVERY, FanOut, FlushEvery, Format, Writer, pcapng::PcapngWriter,
+        text::TextConfig,
+    },
     process::ChildStdout,
 };
+
+/// The summary is a writer too: next to the session's writers, it adds up what they write.
+impl EventWriter for Summary {
+    fn write_event(&mut self, ev: &Event) -> io::Result<()> {
+        self.add(ev);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
 
 #[derive(Args, Debug, Clone)]
 #[command(
@@ -165,25 +177,16 @@ pub fn run(args: &TraceArgs) -> anyhow::Result<Option<ExitStatus>> {
     if let Some(s) = &status {
         writers.push(Box::new(s.counter()));
     }
-    let mut writer = FanOut(writers);
+    // Files are kept readable while tracing (tail -f) without a syscall per event.
+    let mut files = FlushEvery::new(FanOut(writers), FLUSH_EVERY);
     let mut summary = Summary::new();
-    let mut last_flush = Instant::now();
     let outcome = super::run::run(
         &opts,
         &Control::on_signals(),
-        &mut |ev: &crate::model::Event| {
-            summary.add(ev);
-            writer.write_event(ev)?;
-            // Keep files readable while tracing (tail -f) without a syscall per event.
-            if last_flush.elapsed() >= Duration::from_millis(200) {
-                last_flush = Instant::now();
-                writer.flush()?;
-            }
-            Ok(())
-        },
+        &mut FanOut(vec![&mut summary as &mut dyn EventWriter, &mut files]),
     );
     drop(status);
-    writer.flush().context("writing output")?;
+    files.flush().context("writing output")?;
     let outcome = outcome?;
     if !args.no_summary {
         eprint!("{}", summary.render());

@@ -27,6 +27,7 @@ use crate::{
         session::{self, Mode, Session, Setup},
     },
     model::{Detail, Event},
+    output::EventWriter,
     process::{self, HeldChild},
 };
 
@@ -195,28 +196,13 @@ pub struct TraceOutcome {
     pub read_errors: u64,
 }
 
-/// Where [`run`] hands the events.
-pub trait EventSink {
-    /// One event, as it completes.
-    fn event(&mut self, ev: &Event) -> io::Result<()>;
-    /// Called every 100 ms while tracing, events or not (to flush files).
-    fn idle(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<F: FnMut(&Event) -> io::Result<()>> EventSink for F {
-    fn event(&mut self, ev: &Event) -> io::Result<()> {
-        self(ev)
-    }
-}
-
-/// Runs a trace session, handing every event to `sink` as it completes, until `ctl` is
-/// stopped, the duration ends or the traced processes are gone.
+/// Runs a trace session, handing every event to `sink` as it completes (and ticking it every
+/// 100 ms, events or not), until `ctl` is stopped, the duration ends or the traced processes
+/// are gone.
 pub fn run(
     opts: &TraceOptions,
     ctl: &Control,
-    sink: &mut dyn EventSink,
+    sink: &mut dyn EventWriter,
 ) -> Result<TraceOutcome, TraceError> {
     if opts.pids.is_empty() && opts.comm.is_none() && !opts.all && opts.command.is_empty() {
         return Err(TraceError::NoTarget);
@@ -356,7 +342,7 @@ fn attach(ebpf: &mut Ebpf) -> Result<(), KernelError> {
 /// traced processes, the lost-records reports, and the processes the kernel paused.
 struct Tracer<'s> {
     assembler: Assembler<assemble::ThreadComm>,
-    sink: &'s mut dyn EventSink,
+    sink: &'s mut dyn EventWriter,
     /// The events of the record being handled (reused).
     events: Vec<Event>,
     /// The traced processes still alive (when the session ends with them).
@@ -385,7 +371,7 @@ impl Tracer<'_> {
             }
             _ => {}
         }
-        if let Err(e) = self.sink.event(ev) {
+        if let Err(e) = self.sink.write_event(ev) {
             self.output_error.get_or_insert(e);
         }
     }
@@ -473,7 +459,7 @@ impl Mode for Tracer<'_> {
     }
 
     fn tick(&mut self) {
-        if let Err(e) = self.sink.idle() {
+        if let Err(e) = self.sink.tick() {
             self.output_error.get_or_insert(e);
         }
         self.report_lost();
