@@ -176,7 +176,7 @@ impl EventCounter {
                 m.bytes.fetch_add(*total, Ordering::Relaxed);
             }
             Detail::Open { .. } => opened = ev.ret >= 0,
-            Detail::Sock { .. } => match ev.syscall {
+            Detail::Sock { .. } => match ev.shown_as() {
                 sys::CONNECT => opened = tcp && (ev.ret == 0 || ev.ret == -115),
                 sys::ACCEPT | sys::ACCEPT4 => opened = tcp && ev.ret >= 0,
                 sys::CLOSE => {
@@ -206,7 +206,7 @@ impl EventCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Direction, Endpoint, SocketMeta, Task};
+    use crate::model::{Call, Direction, Endpoint, SocketMeta, Task};
     use crate::trace::assemble::lost_event;
 
     fn ev(syscall: u16, ret: i64, sk: u64, detail: Detail) -> Event {
@@ -217,7 +217,7 @@ mod tests {
                 tid: 7,
                 comm: "x".into(),
             },
-            syscall,
+            call: Call::Syscall(syscall),
             fd: 3,
             ret,
             sock: Some(SocketMeta {

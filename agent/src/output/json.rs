@@ -219,7 +219,7 @@ impl Encoder {
                     push_u64(out, *a);
                 }
                 out.push(b']');
-                if ev.syscall == sys::SOCKETPAIR {
+                if ev.shown_as() == sys::SOCKETPAIR {
                     out.extend_from_slice(b",\"fds\":");
                     match ev.socketpair_fds() {
                         Some([a, b]) => {
@@ -391,7 +391,7 @@ pub fn rfc3339(ts_ns: u64) -> String {
 /// A sock record's `args`: as the record carried them, but for socketpair, whose fourth
 /// carries the fds made (shown as `fds`), 0 there (the array's address is not recorded).
 fn shown_args(ev: &Event, args: &[u64; 4]) -> [u64; 4] {
-    if ev.syscall == sys::SOCKETPAIR {
+    if ev.shown_as() == sys::SOCKETPAIR {
         [args[0], args[1], args[2], 0]
     } else {
         *args
@@ -456,7 +456,7 @@ fn push_json_inner(out: &mut Vec<u8>, s: &str) {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::model::{Endpoint, SocketMeta, Transport};
+    use crate::model::{Call, Endpoint, SocketMeta, Transport};
     use crate::output::text::tests::{TS, data, ep, ev, sock};
     use bytes::Bytes;
     use std::net::SocketAddr;
@@ -590,14 +590,14 @@ pub(crate) mod tests {
             to_json(&e),
             r#"{"type":"fork","ts":"2023-11-14T22:13:20.123456789Z","ts_ns":1700000000123456789,"pid":4242,"tid":4242,"comm":"python3","syscall":"fork","fd":null,"ret":4243,"errno":null,"transport":null,"local":null,"remote":null,"sk":null,"child_pid":4243}"#
         );
-        e.syscall = sys::EXEC;
+        e.call = Call::Syscall(sys::EXEC);
         e.detail = Detail::Exec;
         e.ret = 0;
         assert_eq!(
             to_json(&e),
             r#"{"type":"exec","ts":"2023-11-14T22:13:20.123456789Z","ts_ns":1700000000123456789,"pid":4242,"tid":4242,"comm":"python3","syscall":"exec","fd":null,"ret":0,"errno":null,"transport":null,"local":null,"remote":null,"sk":null}"#
         );
-        e.syscall = sys::EXIT;
+        e.call = Call::Syscall(sys::EXIT);
         e.detail = Detail::Exit;
         e.ret = 3 << 8;
         assert_eq!(
@@ -759,7 +759,7 @@ pub(crate) mod tests {
                     line.ty = "sock";
                     line.addr = Some(addr.as_ref().map(ToString::to_string));
                     line.args = Some(crate::output::json::shown_args(ev, args));
-                    if ev.syscall == sys::SOCKETPAIR {
+                    if ev.shown_as() == sys::SOCKETPAIR {
                         line.fds = Some(ev.socketpair_fds());
                     }
                 }
@@ -930,7 +930,7 @@ pub(crate) mod tests {
                     tid: self.next() as u32,
                     comm: self.text(),
                 },
-                syscall: self.below(40) as u16,
+                call: crate::model::Call::Syscall(self.below(40) as u16),
                 fd: self.next() as i32,
                 ret,
                 sock,

@@ -252,7 +252,7 @@ mod bench {
                 tid: 4242,
                 comm: "rr".into(),
             },
-            syscall: agent_common::sys::WRITE,
+            call: crate::model::Call::Syscall(agent_common::sys::WRITE),
             fd: 3,
             ret: payload.len() as i64,
             sock: Some(SocketMeta {

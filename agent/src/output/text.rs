@@ -154,7 +154,7 @@ fn format_into(s: &mut String, ev: &Event, cfg: &TextConfig) {
                 });
                 push_endpoint(s, remote);
             }
-            if matches!(ev.syscall, sys::SENDMMSG | sys::RECVMMSG) {
+            if matches!(ev.shown_as(), sys::SENDMMSG | sys::RECVMMSG) {
                 s.push_str(", msg ");
                 s.push_str(Dec::u64(u64::from(*msg_index)).as_str());
             }
@@ -255,7 +255,7 @@ fn or_unknown(e: Option<&Endpoint>) -> String {
 fn sock_line(s: &mut String, ev: &Event, args: &[u64; 4], addr: Option<&Endpoint>) {
     let name = ev.syscall_name();
     let fd = ev.fd;
-    match ev.syscall {
+    match ev.shown_as() {
         sys::SOCKET => {
             let domain = args[0] as u32;
             let _ = write!(
@@ -310,7 +310,7 @@ fn sock_line(s: &mut String, ev: &Event, args: &[u64; 4], addr: Option<&Endpoint
         }
     }
     ret_into(s, ev.ret);
-    if matches!(ev.syscall, sys::CLOSE | sys::SHUTDOWN | sys::LISTEN)
+    if matches!(ev.shown_as(), sys::CLOSE | sys::SHUTDOWN | sys::LISTEN)
         && let Some(ends) = ev.sock.as_ref().and_then(ends)
     {
         let _ = write!(s, " [{ends}]");
@@ -645,7 +645,7 @@ fn local_utc_offset(secs: i64) -> i64 {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::model::{SocketMeta, Task, Transport};
+    use crate::model::{Call, SocketMeta, Task, Transport};
     use bytes::Bytes;
 
     pub(crate) fn ep(s: &str) -> Option<Endpoint> {
@@ -673,7 +673,7 @@ pub(crate) mod tests {
                 tid: 4242,
                 comm: "python3".into(),
             },
-            syscall,
+            call: Call::Syscall(syscall),
             fd,
             ret,
             sock: tcp("127.0.0.1:40112", "192.168.10.1:5555"),
@@ -965,10 +965,10 @@ pub(crate) mod tests {
         e.sock = None;
         assert_eq!(line(&e), "python3[4242] +++ forked child 4243 +++");
         e.detail = Detail::Exec;
-        e.syscall = sys::EXEC;
+        e.call = Call::Syscall(sys::EXEC);
         assert_eq!(line(&e), "python3[4242] +++ exec +++");
         e.detail = Detail::Exit;
-        e.syscall = sys::EXIT;
+        e.call = Call::Syscall(sys::EXIT);
         e.ret = 0;
         assert_eq!(line(&e), "python3[4242] +++ exited with 0 +++");
         e.ret = 7 << 8;
@@ -1118,7 +1118,7 @@ pub(crate) mod tests {
             };
             let _ = write!(s, ", {} {arrow} {}", or_unknown(local), or_unknown(remote));
         }
-        if matches!(ev.syscall, sys::SENDMMSG | sys::RECVMMSG) {
+        if matches!(ev.shown_as(), sys::SENDMMSG | sys::RECVMMSG) {
             let _ = write!(s, ", msg {msg_index}");
         }
         s.push(')');
@@ -1143,7 +1143,8 @@ pub(crate) mod tests {
         for i in 0..20_000 {
             let mut e = rng.event();
             if i % 2 == 0 {
-                e.syscall = [sys::SENDMMSG, sys::RECVMMSG, sys::READ, sys::WRITE][i % 4];
+                e.call =
+                    Call::Syscall([sys::SENDMMSG, sys::RECVMMSG, sys::READ, sys::WRITE][i % 4]);
             }
             let cfg = TextConfig {
                 timestamps: false,

@@ -32,11 +32,12 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use agent_common::sys;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::model::{Detail, Direction, Endpoint, Event, SocketMeta, Task, Transport};
+use crate::model::{
+    Call, Detail, Direction, Endpoint, Event, RelayStep, SocketMeta, Task, Transport,
+};
 use crate::output::{EventWriter, FanOut, Format, Writer, pcapng::PcapngWriter, text::TextConfig};
 
 /// Messages in flight between the relays and the writer thread (each holds at most one
@@ -563,10 +564,10 @@ fn write_loop(
 }
 
 fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u32, Open>) -> Option<Event> {
-    let ev = |task: &Task, meta: &SocketMeta, ts_ns, syscall, fd: u32, ret, detail| Event {
+    let ev = |task: &Task, meta: &SocketMeta, ts_ns, step, fd: u32, ret, detail| Event {
         ts_ns,
         task: task.clone(),
-        syscall,
+        call: Call::Relay(step),
         fd: fd as i32,
         ret,
         sock: Some(meta.clone()),
@@ -593,7 +594,7 @@ fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u32, Open>) -> Option<Event>
                 &task,
                 &meta,
                 ts_ns,
-                sys::CONNECT,
+                RelayStep::Open,
                 id,
                 ret,
                 Detail::Open {
@@ -619,10 +620,7 @@ fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u32, Open>) -> Option<Event>
                 &c.task,
                 &c.meta,
                 ts_ns,
-                match dir {
-                    Direction::Send => sys::SENDTO,
-                    Direction::Recv => sys::RECVFROM,
-                },
+                RelayStep::Data(dir),
                 id,
                 total as i64,
                 Detail::Data {
@@ -643,7 +641,7 @@ fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u32, Open>) -> Option<Event>
                     &c.task,
                     &c.meta,
                     ts_ns,
-                    sys::SHUTDOWN,
+                    RelayStep::Eof(Direction::Send),
                     id,
                     0,
                     Detail::Sock {
@@ -656,7 +654,7 @@ fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u32, Open>) -> Option<Event>
                     &c.task,
                     &c.meta,
                     ts_ns,
-                    sys::RECVFROM,
+                    RelayStep::Eof(Direction::Recv),
                     id,
                     0,
                     Detail::Data {
@@ -677,7 +675,7 @@ fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u32, Open>) -> Option<Event>
                 &c.task,
                 &c.meta,
                 ts_ns,
-                sys::CLOSE,
+                RelayStep::Close,
                 id,
                 ret,
                 Detail::Sock {

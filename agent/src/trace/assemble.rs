@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use agent_common::{DataEvent, EventHeader, ProcEvent, SOCKADDR_MAX, SockEvent, flags, sys};
 use bytes::Bytes;
 
-use crate::model::{Detail, Direction, Endpoint, Event, SocketMeta, Task, Transport};
+use crate::model::{Call, Detail, Direction, Endpoint, Event, SocketMeta, Task, Transport};
 use crate::trace::decode::{self, DecodeError, Record, comm_string, msg_addr, socket_meta};
 use crate::trace::sockaddr::{AF_UNIX, parse_sockaddr};
 
@@ -524,7 +524,7 @@ impl<C: CommLookup> Assembler<C> {
                 tid: hdr.tid,
                 comm: self.process_name(hdr),
             },
-            syscall: hdr.syscall,
+            call: Call::Syscall(hdr.syscall),
             fd: hdr.fd,
             ret: hdr.ret,
             sock: self.socket(hdr),
@@ -543,7 +543,7 @@ pub fn lost_event(ts_ns: u64, events: u64, bytes: u64) -> Event {
             tid: 0,
             comm: String::new(),
         },
-        syscall: 0,
+        call: Call::Syscall(0),
         fd: -1,
         ret: 0,
         sock: None,
@@ -665,7 +665,7 @@ mod tests {
                 comm: "python3".into()
             }
         );
-        assert_eq!((e.syscall, e.fd, e.ret), (sys::SENDTO, 3, 12));
+        assert_eq!((e.call, e.fd, e.ret), (Call::Syscall(sys::SENDTO), 3, 12));
         let sock = e.sock.as_ref().unwrap();
         assert_eq!(sock.sk, 0xabc);
         assert_eq!(sock.transport, Transport::Tcp);

@@ -278,7 +278,7 @@ fn push_bytes_exact(s: &mut String, n: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{SocketMeta, Task};
+    use crate::model::{Call, SocketMeta, Task};
     use crate::trace::assemble::lost_event;
     use agent_common::sys;
     use bytes::Bytes;
@@ -303,11 +303,11 @@ mod tests {
                 tid: pid,
                 comm: "curl".into(),
             },
-            syscall: if dir == Direction::Send {
+            call: Call::Syscall(if dir == Direction::Send {
                 sys::SENDTO
             } else {
                 sys::RECVFROM
-            },
+            }),
             fd,
             ret,
             sock: Some(SocketMeta {
@@ -336,7 +336,7 @@ mod tests {
         s.add(&data_ev(4242, 5, 0xa, Direction::Recv, 12, b"", None));
         s.add(&data_ev(4242, 5, 0xa, Direction::Recv, -11, b"", None));
         let mut close = data_ev(4242, 5, 0xa, Direction::Send, 0, b"", None);
-        close.syscall = sys::CLOSE;
+        close.call = Call::Syscall(sys::CLOSE);
         close.detail = Detail::Sock {
             args: [0; 4],
             addr: None,

@@ -350,7 +350,7 @@ impl Synth {
         out: &mut Vec<Packet>,
     ) {
         let pid = ev.task.pid;
-        match ev.syscall {
+        match ev.shown_as() {
             sys::CONNECT if ev.ret == 0 || ev.ret == EINPROGRESS => {
                 if let Some(meta) = &ev.sock
                     && is_stream(meta.transport)

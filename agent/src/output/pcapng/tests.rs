@@ -6,7 +6,7 @@ use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 
 use super::synth::{CLIENT_ISN, SEGMENT_MAX, SERVER_ISN, unix_ends};
 use super::*;
-use crate::model::{Detail, Endpoint, SocketMeta, Task, Transport};
+use crate::model::{Call, Detail, Endpoint, SocketMeta, Task, Transport};
 
 const LOCAL: &str = "127.0.0.1:40000";
 const REMOTE: &str = "127.0.0.1:8080";
@@ -29,7 +29,7 @@ fn ev(syscall: u16, ret: i64, sock: Option<SocketMeta>, detail: Detail) -> Event
             tid: 43,
             comm: "client".into(),
         },
-        syscall,
+        call: Call::Syscall(syscall),
         fd: 3,
         ret,
         sock,
