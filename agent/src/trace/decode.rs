@@ -1,7 +1,7 @@
 //! Ring buffer record bytes to typed records.
 //!
 //! [`decode`] validates a record's size (at least the struct its kind names, and for DATA
-//! records `len <= CHUNK_MAX` payload bytes present after the struct) and copies the struct
+//! and TLS records `len <= CHUNK_MAX` payload bytes present after the struct) and copies the struct
 //! out with an unaligned read. It never panics: bad input gives a [`DecodeError`]. Bytes after
 //! the record (ring buffer padding, a fixed-size reservation) are ignored.
 //!
@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 
 use agent_common::{
     CHUNK_MAX, DataEvent, EventHeader, MsgAddr, ProcEvent, SockEvent, SockInfo, TASK_COMM_LEN,
-    flags, kind, sys,
+    TlsEvent, flags, kind, sys,
 };
 
 use crate::model::{Endpoint, SocketMeta, Transport};
@@ -38,8 +38,10 @@ pub enum DecodeError {
     },
     #[error("unknown record kind {0}")]
     UnknownKind(u16),
+    /// A DATA or TLS record's chunk is longer than a chunk may be.
     #[error("DATA record carries {len} payload bytes, more than the {max} a chunk may hold")]
     ChunkTooLong { len: u32, max: usize },
+    /// A DATA or TLS record's chunk is cut short.
     #[error("DATA record says {len} payload bytes follow but only {present} do")]
     PayloadMissing { len: u32, present: usize },
     #[error("PROC record with syscall id {0} (not fork, exec or exit)")]
@@ -56,6 +58,11 @@ pub enum Record<'a> {
         payload: &'a [u8],
     },
     Proc(ProcEvent),
+    /// A TLS record (plaintext of a TLS library call) and its chunk (exactly `ev.len` bytes).
+    Tls {
+        ev: TlsEvent,
+        payload: &'a [u8],
+    },
 }
 
 impl Record<'_> {
@@ -64,6 +71,7 @@ impl Record<'_> {
             Record::Sock(e) => &e.hdr,
             Record::Data { ev, .. } => &ev.hdr,
             Record::Proc(e) => &e.hdr,
+            Record::Tls { ev, .. } => &ev.hdr,
         }
     }
 }
@@ -79,6 +87,7 @@ unsafe impl Pod for EventHeader {}
 unsafe impl Pod for SockEvent {}
 unsafe impl Pod for DataEvent {}
 unsafe impl Pod for ProcEvent {}
+unsafe impl Pod for TlsEvent {}
 
 fn read<T: Pod>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
     let need = size_of::<T>();
@@ -101,20 +110,13 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
         kind::SOCK => Ok(Record::Sock(read(bytes, "SockEvent")?)),
         kind::DATA => {
             let ev: DataEvent = read(bytes, "DataEvent")?;
-            if ev.len as usize > CHUNK_MAX {
-                return Err(DecodeError::ChunkTooLong {
-                    len: ev.len,
-                    max: CHUNK_MAX,
-                });
-            }
-            let rest = &bytes[size_of::<DataEvent>()..];
-            let payload = rest
-                .get(..ev.len as usize)
-                .ok_or(DecodeError::PayloadMissing {
-                    len: ev.len,
-                    present: rest.len(),
-                })?;
+            let payload = chunk::<DataEvent>(bytes, ev.len)?;
             Ok(Record::Data { ev, payload })
+        }
+        kind::TLS => {
+            let ev: TlsEvent = read(bytes, "TlsEvent")?;
+            let payload = chunk::<TlsEvent>(bytes, ev.len)?;
+            Ok(Record::Tls { ev, payload })
         }
         kind::PROC => {
             let ev: ProcEvent = read(bytes, "ProcEvent")?;
@@ -125,6 +127,22 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
         }
         other => Err(DecodeError::UnknownKind(other)),
     }
+}
+
+/// The `len` payload bytes following the struct `T` at the start of `bytes`, which holds at
+/// least one `T`.
+fn chunk<T: Pod>(bytes: &[u8], len: u32) -> Result<&[u8], DecodeError> {
+    if len as usize > CHUNK_MAX {
+        return Err(DecodeError::ChunkTooLong {
+            len,
+            max: CHUNK_MAX,
+        });
+    }
+    let rest = &bytes[size_of::<T>()..];
+    rest.get(..len as usize).ok_or(DecodeError::PayloadMissing {
+        len,
+        present: rest.len(),
+    })
 }
 
 /// The comm bytes up to the first NUL, non-printable bytes escaped.
@@ -242,7 +260,8 @@ pub(crate) mod tests {
         }
     }
 
-    pub(crate) fn data_record(ev: &DataEvent, payload: &[u8]) -> Vec<u8> {
+    /// A DATA or TLS record: the struct, then its payload.
+    pub(crate) fn data_record<T: Pod>(ev: &T, payload: &[u8]) -> Vec<u8> {
         let mut b = bytes_of(ev);
         b.extend_from_slice(payload);
         b
@@ -364,6 +383,57 @@ pub(crate) mod tests {
         let ev = data_ev(0);
         let b = bytes_of(&ev);
         assert_eq!(decode(&b).unwrap(), Record::Data { ev, payload: &[] });
+    }
+
+    pub(crate) fn tls_ev(func: u16, len: u32, conn: u64) -> TlsEvent {
+        TlsEvent {
+            hdr: header(kind::TLS, func, 10, 11, 5),
+            total: u64::from(len),
+            offset: 0,
+            len,
+            _pad: 0,
+            conn,
+        }
+    }
+
+    #[test]
+    fn tls_record() {
+        let ev = tls_ev(agent_common::tls_fn::SSL_WRITE, 16, 0x55d0_c0a1_b2c0);
+        let bytes = data_record(&ev, b"GET / HTTP/1.1\r\n");
+        assert_eq!(bytes.len(), 152 + 16);
+        assert_eq!(&bytes[8..10], &kind::TLS.to_ne_bytes());
+        let rec = decode(&bytes).unwrap();
+        assert_eq!(
+            rec,
+            Record::Tls {
+                ev,
+                payload: b"GET / HTTP/1.1\r\n"
+            }
+        );
+        assert_eq!(rec.header().syscall, agent_common::tls_fn::SSL_WRITE);
+        assert_eq!(
+            decode(&bytes[..bytes.len() - 1]),
+            Err(DecodeError::PayloadMissing {
+                len: 16,
+                present: 15
+            })
+        );
+        assert!(matches!(
+            decode(&bytes[..151]),
+            Err(DecodeError::Short {
+                what: "TlsEvent",
+                got: 151,
+                need: 152
+            })
+        ));
+        let ev = tls_ev(agent_common::tls_fn::SSL_READ, CHUNK_MAX as u32 + 1, 1);
+        assert_eq!(
+            decode(&bytes_of(&ev)),
+            Err(DecodeError::ChunkTooLong {
+                len: CHUNK_MAX as u32 + 1,
+                max: CHUNK_MAX
+            })
+        );
     }
 
     #[test]
