@@ -228,6 +228,7 @@ mod tests {
                 remote: None,
             }),
             detail,
+            tls_ciphertext: false,
         }
     }
 

@@ -213,6 +213,9 @@ pub struct Event {
     pub ret: i64,
     pub sock: Option<SocketMeta>,
     pub detail: Detail,
+    /// The payload of this syscall record is TLS ciphertext: its connection is known to carry
+    /// TLS (it began with a ClientHello, or a TLS library's plaintext was seen on it).
+    pub tls_ciphertext: bool,
 }
 
 impl Event {

@@ -280,6 +280,7 @@ mod bench {
                 addr: None,
                 msg_index: 0,
             },
+            tls_ciphertext: false,
         }
     }
 

@@ -24,7 +24,7 @@ use std::io::{self, Write};
 
 use agent_common::sys;
 
-use crate::model::{Detail, Direction, Endpoint, Event, SocketMeta};
+use crate::model::{Call, Detail, Direction, Endpoint, Event, SocketMeta};
 use crate::output::escape;
 use crate::output::num::{AddrStr, Dec};
 
@@ -140,6 +140,15 @@ fn format_into(s: &mut String, ev: &Event, cfg: &TextConfig) {
             s.push_str(ev.syscall_name());
             s.push('(');
             push_i64(s, i64::from(ev.fd));
+            if let Call::Tls { func, conn } = ev.call
+                && ev.sock.is_none()
+            {
+                // The socket is not known: the library's connection object tells the
+                // records of one TLS connection apart.
+                s.push_str(", ");
+                s.push_str(tls_object_name(func));
+                let _ = write!(s, "={conn:#x}");
+            }
             let remote = addr.map(Endpoint::Inet);
             let remote = remote
                 .as_ref()
@@ -161,13 +170,13 @@ fn format_into(s: &mut String, ev: &Event, cfg: &TextConfig) {
             s.push(')');
             if ev.ret < 0 {
                 ret_into(s, ev.ret);
-                return;
+            } else {
+                s.push_str(" = ");
+                s.push_str(Dec::u64(*total).as_str());
+                s.push(' ');
+                escape::preview_into(s, payload, cfg.max_preview);
             }
-            s.push_str(" = ");
-            s.push_str(Dec::u64(*total).as_str());
-            s.push(' ');
-            escape::preview_into(s, payload, cfg.max_preview);
-            if *truncated {
+            if *truncated && ev.ret >= 0 {
                 if payload.len() <= cfg.max_preview {
                     s.push_str("...");
                 }
@@ -176,6 +185,9 @@ fn format_into(s: &mut String, ev: &Event, cfg: &TextConfig) {
                 s.push_str(" of ");
                 s.push_str(Dec::u64(*total).as_str());
                 s.push_str(" bytes captured)");
+            }
+            if ev.tls_ciphertext {
+                s.push_str(" [tls]");
             }
         }
         Detail::Fork { child_pid } => {
@@ -225,6 +237,16 @@ fn format_into(s: &mut String, ev: &Event, cfg: &TextConfig) {
             }
         }
         Detail::Lost { .. } => unreachable!("handled above"),
+    }
+}
+
+/// What a TLS library calls its connection object, for `ssl=0x...` in a record whose socket
+/// is not known.
+fn tls_object_name(func: u16) -> &'static str {
+    match agent_common::tls_fn::lib(func) {
+        Some("gnutls") => "session",
+        Some("go") => "conn",
+        _ => "ssl",
     }
 }
 
@@ -645,7 +667,7 @@ fn local_utc_offset(secs: i64) -> i64 {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::model::{Call, SocketMeta, Task, Transport};
+    use crate::model::{SocketMeta, Task, Transport};
     use bytes::Bytes;
 
     pub(crate) fn ep(s: &str) -> Option<Endpoint> {
@@ -678,6 +700,7 @@ pub(crate) mod tests {
             ret,
             sock: tcp("127.0.0.1:40112", "192.168.10.1:5555"),
             detail,
+            tls_ciphertext: false,
         }
     }
 
@@ -732,6 +755,66 @@ pub(crate) mod tests {
         assert_eq!(
             line(&e),
             "python3[4242] recvfrom(3, 127.0.0.1:40112 <- 192.168.10.1:5555) = 4 \"Boo!\""
+        );
+    }
+
+    #[test]
+    fn tls_records() {
+        use agent_common::tls_fn;
+        let req = b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n";
+        let mut e = ev(
+            tls_fn::SSL_WRITE,
+            5,
+            req.len() as i64,
+            data(Direction::Send, req.len() as u64, req, false),
+        );
+        e.call = Call::Tls {
+            func: tls_fn::SSL_WRITE,
+            conn: 0x55d0_c0a1_b2c0,
+        };
+        e.task.comm = "curl".into();
+        e.sock = tcp("127.0.0.1:40112", "93.184.216.34:443");
+        assert_eq!(
+            line(&e),
+            r#"curl[4242] SSL_write(5, 127.0.0.1:40112 -> 93.184.216.34:443) = 37 "GET / HTTP/1.1\r\nHost: example.com\r\n\r\n""#
+        );
+        // The socket not known: the library's object instead.
+        e.fd = -1;
+        e.sock = None;
+        e.call = Call::Tls {
+            func: tls_fn::SSL_READ_EX,
+            conn: 0x55d0_c0a1_b2c0,
+        };
+        e.detail = data(Direction::Recv, 4, b"HTTP", false);
+        e.ret = 4;
+        assert_eq!(
+            line(&e),
+            r#"curl[4242] SSL_read_ex(-1, ssl=0x55d0c0a1b2c0) = 4 "HTTP""#
+        );
+        e.call = Call::Tls {
+            func: tls_fn::GNUTLS_RECORD_RECV,
+            conn: 0x10,
+        };
+        assert_eq!(
+            line(&e),
+            r#"curl[4242] gnutls_record_recv(-1, session=0x10) = 4 "HTTP""#
+        );
+        // Ciphertext of a connection known to carry TLS, also when the call failed.
+        let mut e = ev(
+            sys::WRITE,
+            5,
+            3,
+            data(Direction::Send, 3, b"\x16\x03\x01", false),
+        );
+        e.tls_ciphertext = true;
+        assert_eq!(
+            line(&e),
+            r#"python3[4242] write(5, 127.0.0.1:40112 -> 192.168.10.1:5555) = 3 "\x16\x03\x01" [tls]"#
+        );
+        e.ret = -11;
+        assert_eq!(
+            line(&e),
+            "python3[4242] write(5, 127.0.0.1:40112 -> 192.168.10.1:5555) = -1 EAGAIN (Resource temporarily unavailable) [tls]"
         );
     }
 
@@ -1106,6 +1189,16 @@ pub(crate) mod tests {
         }
         let name = ev.syscall_name();
         let _ = write!(s, "{name}({}", ev.fd);
+        if let Call::Tls { func, conn } = ev.call
+            && ev.sock.is_none()
+        {
+            let obj = match agent_common::tls_fn::lib(func) {
+                Some("gnutls") => "session",
+                Some("go") => "conn",
+                _ => "ssl",
+            };
+            let _ = write!(s, ", {obj}={conn:#x}");
+        }
         let remote = addr.map(Endpoint::Inet);
         let remote = remote
             .as_ref()
@@ -1122,9 +1215,10 @@ pub(crate) mod tests {
             let _ = write!(s, ", msg {msg_index}");
         }
         s.push(')');
+        let tls = if ev.tls_ciphertext { " [tls]" } else { "" };
         if ev.ret < 0 {
             ret_into(s, ev.ret);
-            return s.clone();
+            return format!("{s}{tls}");
         }
         let _ = write!(s, " = {total} ");
         s.push_str(&escape::preview(payload, cfg.max_preview));
@@ -1134,7 +1228,7 @@ pub(crate) mod tests {
             }
             let _ = write!(s, " ({} of {total} bytes captured)", payload.len());
         }
-        s.clone()
+        format!("{s}{tls}")
     }
 
     #[test]

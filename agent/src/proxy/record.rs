@@ -572,6 +572,7 @@ fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u32, Open>) -> Option<Event>
         ret,
         sock: Some(meta.clone()),
         detail,
+        tls_ciphertext: false,
     };
     match msg {
         Msg::Open {

@@ -600,6 +600,7 @@ impl<C: CommLookup> Assembler<C> {
             ret: hdr.ret,
             sock: self.socket(hdr),
             detail,
+            tls_ciphertext: false,
         }
     }
 }
@@ -619,6 +620,7 @@ pub fn lost_event(ts_ns: u64, events: u64, bytes: u64) -> Event {
         ret: 0,
         sock: None,
         detail: Detail::Lost { events, bytes },
+        tls_ciphertext: false,
     }
 }
 

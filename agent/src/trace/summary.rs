@@ -325,6 +325,7 @@ mod tests {
                 addr: addr.map(|a| a.parse().unwrap()),
                 msg_index: 0,
             },
+            tls_ciphertext: false,
         }
     }
 

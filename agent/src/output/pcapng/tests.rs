@@ -34,6 +34,7 @@ fn ev(syscall: u16, ret: i64, sock: Option<SocketMeta>, detail: Detail) -> Event
         ret,
         sock,
         detail,
+        tls_ciphertext: false,
     }
 }
 
