@@ -166,7 +166,7 @@ pub fn run(args: &TraceArgs) -> anyhow::Result<Option<ExitStatus>> {
         writers.push(Box::new(s.counter()));
     }
     let mut writer = FanOut(writers);
-    let mut summary = Summary::new();
+    let mut summary = Summary::new().with_tls(opts.tls);
     let mut last_flush = Instant::now();
     let outcome = super::run::run(
         &opts,

@@ -197,7 +197,7 @@ impl TlsConns {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::model::{Direction, SocketMeta, Task};
     use agent_common::tls_fn;
