@@ -767,6 +767,20 @@ mod tests {
                 "connect", "sendto", "shutdown", "recvfrom", "recvfrom", "close"
             ]
         );
+        // What happened, in the model: relay steps, not syscalls.
+        let calls: Vec<_> = evs.iter().map(|e| e.call).collect();
+        assert_eq!(
+            calls,
+            [
+                RelayStep::Open,
+                RelayStep::Data(Direction::Send),
+                RelayStep::Eof(Direction::Send),
+                RelayStep::Data(Direction::Recv),
+                RelayStep::Eof(Direction::Recv),
+                RelayStep::Close,
+            ]
+            .map(Call::Relay)
+        );
         let open = &evs[0];
         assert_eq!(open.task.comm, "socks");
         assert_eq!(open.task.pid, std::process::id());
