@@ -27,7 +27,7 @@ use agent_common::sys;
 
 use crate::{
     control::Control,
-    model::{Detail, Event, Transport},
+    model::{Call, Detail, Event, Transport},
 };
 
 /// Where a job stands.
@@ -172,7 +172,8 @@ impl EventCounter {
                 m.lost_events.fetch_add(*events, Ordering::Relaxed);
                 return;
             }
-            Detail::Data { total, .. } => {
+            // TLS plaintext (`trace --tls`) is not more bytes moved: its socket's are.
+            Detail::Data { total, .. } if !matches!(ev.call, Call::Tls { .. }) => {
                 m.bytes.fetch_add(*total, Ordering::Relaxed);
             }
             Detail::Open { .. } => opened = ev.ret >= 0,
@@ -206,7 +207,7 @@ impl EventCounter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{Call, Direction, Endpoint, SocketMeta, Task};
+    use crate::model::{Direction, Endpoint, SocketMeta, Task};
     use crate::trace::assemble::lost_event;
 
     fn ev(syscall: u16, ret: i64, sk: u64, detail: Detail) -> Event {
@@ -276,5 +277,31 @@ mod tests {
         c.observe(&lost_event(1, 4, 400));
         assert_eq!(m.lost_events.load(Ordering::Relaxed), 4);
         assert_eq!(m.events.load(Ordering::Relaxed), 8);
+    }
+
+    #[test]
+    fn tls_plaintext_is_a_record_not_more_bytes() {
+        let m = JobMetrics::new("j", "trace");
+        let mut c = EventCounter::new(m.clone());
+        let mut plain = ev(
+            agent_common::tls_fn::SSL_WRITE,
+            4,
+            1,
+            Detail::Data {
+                dir: Direction::Send,
+                total: 4,
+                payload: bytes::Bytes::from_static(b"GET "),
+                truncated: false,
+                addr: None,
+                msg_index: 0,
+            },
+        );
+        plain.call = Call::Tls {
+            func: agent_common::tls_fn::SSL_WRITE,
+            conn: 7,
+        };
+        c.observe(&plain);
+        assert_eq!(m.bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(m.events.load(Ordering::Relaxed), 1);
     }
 }
