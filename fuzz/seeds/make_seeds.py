@@ -41,13 +41,6 @@ def proc(sc, child, code):
     return hdr(3, sc, 0, 100, 100, -1, 0) + struct.pack('<II', child, code)
 
 
-def tls(func, flags, tid, fd, total, off, payload, conn=0x55d0c0a1b2c0):
-    """A TLS record (kind 4): a TlsEvent (total, offset, len, pad, conn) and its plaintext;
-    fd -1: the socket is not known (no SOCK_VALID)."""
-    h = hdr(4, func, flags | (8 if fd >= 0 else 0), 100, tid, fd, total)
-    return h + struct.pack('<QQIIQ', total, off, len(payload), 0, conn) + payload
-
-
 def frame(recs):
     return b''.join(bytes([0]) + struct.pack('<H', len(r)) + r for r in recs)
 
@@ -63,10 +56,6 @@ SEEDS = {
              sock(17, 0, b'', fam=1)],
     'mmsg': [data(11, 1, 7, 3, 0, b'one', 0, 2), data(11, 2 | 16, 7, 3, 0, b'two', 1, 10),
              proc(32, 101, 0), proc(33, 0, 0), proc(34, 0, 0x100)],
-    'tls': [sock(2, 0, SIN), data(7, 3, 100, 6, 0, b'\x16\x03\x01\x00\x05\x01'),
-            tls(64, 3, 100, 3, 18, 0, b'GET / HTTP/1.1\r\n\r\n'),
-            tls(65, 1, 100, 3, 9, 0, b'HTTP/'), tls(65, 2, 100, 3, 9, 5, b'1.1 '),
-            tls(67, 3, 101, -1, 2, 0, b'ok', conn=0x10), sock(17, 0, b'')],
     'lost': [data(13, 1, 1, 100000, 0, b'GET /'), data(13, 1 | 2 | 4, 1, 100000, 0, b'GET /'),
              data(8, 3, 2, 0, 0, b'', ret=-11)],
 }

@@ -683,7 +683,9 @@ mod tests {
             _pad: 0,
             conn,
         };
-        data_record(&ev, payload)
+        let mut rec = bytes_of(&ev);
+        rec.extend_from_slice(payload);
+        rec
     }
 
     fn push(a: &mut Assembler<impl CommLookup>, rec: &[u8]) -> Vec<Event> {

@@ -260,8 +260,7 @@ pub(crate) mod tests {
         }
     }
 
-    /// A DATA or TLS record: the struct, then its payload.
-    pub(crate) fn data_record<T: Pod>(ev: &T, payload: &[u8]) -> Vec<u8> {
+    pub(crate) fn data_record(ev: &DataEvent, payload: &[u8]) -> Vec<u8> {
         let mut b = bytes_of(ev);
         b.extend_from_slice(payload);
         b
@@ -399,7 +398,8 @@ pub(crate) mod tests {
     #[test]
     fn tls_record() {
         let ev = tls_ev(agent_common::tls_fn::SSL_WRITE, 16, 0x55d0_c0a1_b2c0);
-        let bytes = data_record(&ev, b"GET / HTTP/1.1\r\n");
+        let mut bytes = bytes_of(&ev);
+        bytes.extend_from_slice(b"GET / HTTP/1.1\r\n");
         assert_eq!(bytes.len(), 152 + 16);
         assert_eq!(&bytes[8..10], &kind::TLS.to_ne_bytes());
         let rec = decode(&bytes).unwrap();
