@@ -35,9 +35,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::model::{
-    Call, Detail, Direction, Endpoint, Event, RelayStep, SocketMeta, Task, Transport,
-};
+use crate::model::{Call, RelayStep};
+use crate::model::{Detail, Direction, Endpoint, Event, SocketMeta, Task, Transport};
 use crate::output::{EventWriter, FanOut, Format, Writer, pcapng::PcapngWriter, text::TextConfig};
 
 /// Messages in flight between the relays and the writer thread (each holds at most one

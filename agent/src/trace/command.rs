@@ -166,7 +166,7 @@ pub fn run(args: &TraceArgs) -> anyhow::Result<Option<ExitStatus>> {
         writers.push(Box::new(s.counter()));
     }
     let mut writer = FanOut(writers);
-    let mut summary = Summary::new().with_tls(opts.tls);
+    let mut summary = Summary::new();
     let mut last_flush = Instant::now();
     let outcome = super::run::run(
         &opts,
@@ -186,6 +186,7 @@ pub fn run(args: &TraceArgs) -> anyhow::Result<Option<ExitStatus>> {
     writer.flush().context("writing output")?;
     let outcome = outcome?;
     if !args.no_summary {
+        summary.set_tls(opts.tls);
         eprint!("{}", summary.render());
         if outcome.read_errors > 0 {
             eprintln!(

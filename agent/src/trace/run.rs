@@ -360,6 +360,11 @@ impl Tracer<'_> {
     /// Keeps the set of live traced processes up to date, then hands the event on (marked
     /// when it is TLS ciphertext; not at all when `--tls-only` hides it).
     fn emit(&mut self, ev: &mut Event) {
+        if let Some(t) = &mut self.tls_conns
+            && !t.pass(ev)
+        {
+            return;
+        }
         match &ev.detail {
             Detail::Fork { child_pid } if self.stop_when_gone => {
                 self.live.insert(*child_pid);
@@ -368,11 +373,6 @@ impl Tracer<'_> {
                 self.live.remove(&ev.task.pid);
             }
             _ => {}
-        }
-        if let Some(t) = &mut self.tls_conns
-            && !t.pass(ev)
-        {
-            return;
         }
         if let Err(e) = self.sink.event(ev) {
             self.output_error.get_or_insert(e);

@@ -135,10 +135,10 @@ impl Summary {
         Self::default()
     }
 
-    /// The summary of a `trace --tls` (`tls`: true) or of a trace without it.
-    pub fn with_tls(mut self, tls: bool) -> Self {
+    /// The summary of a `trace --tls` (`tls`: true) or of a trace without it (the default):
+    /// what its TLS line says.
+    pub fn set_tls(&mut self, tls: bool) {
         self.tls = tls;
-        self
     }
 
     pub fn add(&mut self, ev: &Event) {
@@ -770,7 +770,8 @@ mod tests {
         );
         // With --tls: the plaintext on the connection's row, not in its socket bytes; the
         // plaintext of an unknown socket on a row of its own.
-        let mut s = Summary::new().with_tls(true);
+        let mut s = Summary::new();
+        s.set_tls(true);
         hello(&mut s, 1, 0xa, CURL_HELLO);
         s.add(&plain(1, Some(0xa), Direction::Send, 78));
         s.add(&plain(1, Some(0xa), Direction::Recv, 2000));
