@@ -234,8 +234,8 @@ impl<C: CommLookup> Assembler<C> {
         match rec {
             Record::Sock(ev) => self.sock(ev, out),
             Record::Data { ev, payload } => self.data(Chunk::data(ev, payload), out),
-            Record::Tls { ev, payload } => self.data(Chunk::tls(ev, payload), out),
             Record::Proc(ev) => self.proc(ev, out),
+            Record::Tls { ev, payload } => self.data(Chunk::tls(ev, payload), out),
         }
     }
 
