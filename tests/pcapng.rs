@@ -461,3 +461,143 @@ fn json_on_stdout_with_a_printing_command() {
     assert_eq!(kv(&err, "GOT"), hex(b"pong"), "{err}");
     assert_eq!(err.matches(&stdout_note("ip")).count(), 1, "{err}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// TLS plaintext (`trace --tls`): a connection whose TLS library handed over its plaintext is
+// written as the plaintext stream, on the ports as used; tshark dissects HTTP from it.
+
+/// The events of a curl-like HTTPS request as the trace makes them with `--tls` (connect, the
+/// handshake's ciphertext marked, the plaintext of SSL_write/SSL_read, more ciphertext, the
+/// peer's EOF, close), written by the pcapng writer.
+#[test]
+fn tls_plaintext_stream_dissected_as_http() {
+    use agent_common::{sys, tls_fn};
+    use capagent::model::{Call, Detail, Direction, Endpoint, Event, SocketMeta, Task, Transport};
+    use capagent::output::{EventWriter, pcapng::PcapngWriter};
+
+    let sock = SocketMeta {
+        sk: 0xffff_8881_0203_0400,
+        ino: 4242,
+        transport: Transport::Tcp,
+        local: Some(Endpoint::Inet("127.0.0.1:40112".parse().unwrap())),
+        remote: Some(Endpoint::Inet("127.0.0.1:443".parse().unwrap())),
+    };
+    let mut ts = 1_700_000_000_000_000_000u64;
+    let mut ev = |call: Call, detail: Detail, ret: i64, ciphertext: bool| {
+        ts += 1_000_000;
+        Event {
+            ts_ns: ts,
+            task: Task {
+                pid: 4242,
+                tid: 4242,
+                comm: "curl".into(),
+            },
+            call,
+            fd: 5,
+            ret,
+            sock: Some(sock.clone()),
+            detail,
+            tls_ciphertext: ciphertext,
+        }
+    };
+    let data = |dir, bytes: &'static [u8]| Detail::Data {
+        dir,
+        total: bytes.len() as u64,
+        payload: bytes.into(),
+        truncated: false,
+        addr: None,
+        msg_index: 0,
+    };
+    let ssl = |func| Call::Tls {
+        func,
+        conn: 0x55d0_c0a1_b2c0,
+    };
+    let request: &[u8] = b"GET /secret/index.html HTTP/1.1\r\nHost: localhost\r\n\r\n";
+    let response: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi";
+    let sys_close = Detail::Sock {
+        args: [0; 4],
+        addr: None,
+    };
+    let events = [
+        ev(
+            Call::Syscall(sys::CONNECT),
+            Detail::Sock {
+                args: [0; 4],
+                addr: sock.remote.clone(),
+            },
+            0,
+            false,
+        ),
+        ev(
+            Call::Syscall(sys::WRITE),
+            data(Direction::Send, b"\x16\x03\x01\x00\x05\x01\x00\x00\x01\x00"),
+            10,
+            true,
+        ),
+        ev(
+            Call::Syscall(sys::READ),
+            data(Direction::Recv, b"\x16\x03\x03\x00\x04\x02\x00\x00\x00"),
+            9,
+            true,
+        ),
+        ev(
+            Call::Syscall(sys::WRITE),
+            data(Direction::Send, b"\x17\x03\x03\x00\x03abc"),
+            8,
+            true,
+        ),
+        ev(
+            ssl(tls_fn::SSL_WRITE),
+            data(Direction::Send, request),
+            request.len() as i64,
+            false,
+        ),
+        ev(
+            Call::Syscall(sys::READ),
+            data(Direction::Recv, b"\x17\x03\x03\x00\x03def"),
+            8,
+            true,
+        ),
+        ev(
+            ssl(tls_fn::SSL_READ),
+            data(Direction::Recv, response),
+            response.len() as i64,
+            false,
+        ),
+        ev(
+            Call::Syscall(sys::READ),
+            data(Direction::Recv, b""),
+            0,
+            true,
+        ),
+        ev(Call::Syscall(sys::CLOSE), sys_close, 0, false),
+    ];
+    let dir = TempDir::new("pcap-tls");
+    let pcap = dir.join("tls.pcapng");
+    let mut w = PcapngWriter::open(&pcap).unwrap();
+    for e in &events {
+        w.write_event(e).unwrap();
+    }
+    w.flush().unwrap();
+    drop(w);
+    let pcap = pcap.to_str().unwrap();
+    let fields = |filter: &str, field: &str| {
+        tshark_r(pcap, &["-Y", filter, "-T", "fields", "-e", field])
+            .trim()
+            .to_string()
+    };
+    assert_eq!(
+        fields("http.request", "http.request.uri"),
+        "/secret/index.html"
+    );
+    assert_eq!(fields("http.response", "http.response.code"), "200");
+    assert_eq!(
+        fields("http.request", "frame.comment"),
+        "pid=4242 tid=4242 comm=curl syscall=SSL_write fd=5 decrypted by openssl (SSL_write)"
+    );
+    // The stream holds the plaintext only, on the ports as used, and ends with both FINs.
+    let (sent, received) = follow_raw(&tshark_r(pcap, &["-q", "-z", "follow,tcp,raw,0"]));
+    assert_eq!((&sent[..], &received[..]), (request, response));
+    assert_eq!(fields("tcp.flags.fin == 1", "tcp.srcport"), "443\n40112");
+    assert_eq!(fields("tls", "frame.number"), "");
+}

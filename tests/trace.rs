@@ -1765,3 +1765,120 @@ fn status_line_on_a_terminal() {
     assert!(term[end..].starts_with("\r\x1b[Kcapagent: "), "{term:?}");
     assert!(term[end..].contains(" events, 0 lost"), "{term:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// TLS connections (issue 13): curl over TLS to `openssl s_server`, the ClientHello detected
+// without hooking any library: the summary counts the connection without `--tls`, `--tls`
+// marks its ciphertext records, `--tls-only` hides them (not its connect and close).
+
+#[test]
+fn tls_connection_counted_marked_and_hidden() {
+    let ns = Netns::new("trace-tls");
+    let dir = TempDir::new("trace-tls");
+    let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
+    let made = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=localhost", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let port = 8443u16;
+    let mut srv = ns.cmd("openssl");
+    srv.args(["s_server", "-quiet", "-www", "-accept", &port.to_string()])
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key);
+    let srv = Proc::spawn("openssl s_server", srv);
+    wait_listen(srv.pid(), port);
+    let url = format!("https://localhost:{port}/");
+    let resolve = format!("localhost:{port}:127.0.0.1");
+    let curl = ns.argv(&["curl", "-sk", "--resolve", &resolve, &url]);
+    let dest = format!("127.0.0.1:{port}");
+    // The socket of curl's connection to the server, and its syscall records (not those of
+    // TLS library calls, which `--tls` adds once the libraries are hooked).
+    let conn_sk = |evs: &[Value]| -> String {
+        let c: Vec<&Value> = evs
+            .iter()
+            .filter(|e| {
+                e.ty() == "sock" && e.syscall() == "connect" && e.str_of("addr") == Some(&dest)
+            })
+            .collect();
+        assert_eq!(c.len(), 1, "one connect to {dest}:\n{}", dump(evs));
+        c[0].str_of("sk").unwrap().to_string()
+    };
+    let syscall_data = |evs: &'_ [Value], sk: &str| -> Vec<Value> {
+        evs.iter()
+            .filter(|e| e.ty() == "data" && e.str_of("sk") == Some(sk))
+            .filter(|e| e["tls"]["lib"].is_null())
+            .cloned()
+            .collect()
+    };
+
+    // Without --tls: records as ever (no `tls` key), the summary counts the connection.
+    let run = trace(&dir, &with_cmd(JSON, &curl), None);
+    assert_ok(&run);
+    assert!(
+        run.stdout.contains("s_server"),
+        "the -www page: {}",
+        run.stdout
+    );
+    assert!(
+        run.events.iter().all(|e| e.get("tls").is_none()),
+        "{}",
+        dump(&run.events)
+    );
+    let sk = conn_sk(&run.events);
+    let data = syscall_data(&run.events, &sk);
+    assert!(data[0].payload().starts_with(&[0x16, 3]), "{}", data[0]);
+    assert!(
+        run.stderr.contains(
+            "capagent: 1 connection carried TLS (SNI: localhost); --tls shows their plaintext\n"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l.contains(&format!("-> {dest}")) && l.ends_with("  tls localhost")),
+        "{}",
+        run.stderr
+    );
+
+    // --tls: every syscall data record of the connection is marked ciphertext, from the
+    // ClientHello on (failed calls too); the connect and close are not.
+    let args = with_cmd(&[JSON, &["--tls"][..]].concat(), &curl);
+    let run = trace(&dir, &args, None);
+    assert_ok(&run);
+    let sk = conn_sk(&run.events);
+    let data = syscall_data(&run.events, &sk);
+    assert!(data.len() >= 2, "{}", dump(&run.events));
+    assert!(data[0].payload().starts_with(&[0x16, 3]), "{}", data[0]);
+    for e in &data {
+        assert_eq!(e["tls"], serde_json::json!({"ciphertext": true}), "{e}");
+    }
+    for e in run.events.iter().filter(|e| e.ty() == "sock") {
+        assert!(e.get("tls").is_none(), "{e}");
+    }
+
+    // --tls-only: none of them; the connect and the close remain.
+    let args = with_cmd(&[JSON, &["--tls-only"][..]].concat(), &curl);
+    let run = trace(&dir, &args, None);
+    assert_ok(&run);
+    assert!(run.stdout.contains("s_server"));
+    let sk = conn_sk(&run.events);
+    assert_eq!(syscall_data(&run.events, &sk), Vec::<Value>::new());
+    assert!(
+        run.events
+            .iter()
+            .any(|e| e.ty() == "sock" && e.syscall() == "close" && e.str_of("sk") == Some(&sk)),
+        "{}",
+        dump(&run.events)
+    );
+    check_summary(&run);
+}

@@ -27,7 +27,7 @@ use agent_common::sys;
 
 use crate::{
     control::Control,
-    model::{Detail, Event, Transport},
+    model::{Call, Detail, Event, Transport},
 };
 
 /// Where a job stands.
@@ -172,11 +172,12 @@ impl EventCounter {
                 m.lost_events.fetch_add(*events, Ordering::Relaxed);
                 return;
             }
-            Detail::Data { total, .. } => {
+            // TLS plaintext (`trace --tls`) is not more bytes moved: its socket's are.
+            Detail::Data { total, .. } if !matches!(ev.call, Call::Tls { .. }) => {
                 m.bytes.fetch_add(*total, Ordering::Relaxed);
             }
             Detail::Open { .. } => opened = ev.ret >= 0,
-            Detail::Sock { .. } => match ev.syscall {
+            Detail::Sock { .. } => match ev.shown_as() {
                 sys::CONNECT => opened = tcp && (ev.ret == 0 || ev.ret == -115),
                 sys::ACCEPT | sys::ACCEPT4 => opened = tcp && ev.ret >= 0,
                 sys::CLOSE => {
@@ -217,7 +218,7 @@ mod tests {
                 tid: 7,
                 comm: "x".into(),
             },
-            syscall,
+            call: Call::Syscall(syscall),
             fd: 3,
             ret,
             sock: Some(SocketMeta {
@@ -228,6 +229,7 @@ mod tests {
                 remote: None,
             }),
             detail,
+            tls_ciphertext: false,
         }
     }
 
@@ -275,5 +277,31 @@ mod tests {
         c.observe(&lost_event(1, 4, 400));
         assert_eq!(m.lost_events.load(Ordering::Relaxed), 4);
         assert_eq!(m.events.load(Ordering::Relaxed), 8);
+    }
+
+    #[test]
+    fn tls_plaintext_is_a_record_not_more_bytes() {
+        let m = JobMetrics::new("j", "trace");
+        let mut c = EventCounter::new(m.clone());
+        let mut plain = ev(
+            agent_common::tls_fn::SSL_WRITE,
+            4,
+            1,
+            Detail::Data {
+                dir: Direction::Send,
+                total: 4,
+                payload: bytes::Bytes::from_static(b"GET "),
+                truncated: false,
+                addr: None,
+                msg_index: 0,
+            },
+        );
+        plain.call = Call::Tls {
+            func: agent_common::tls_fn::SSL_WRITE,
+            conn: 7,
+        };
+        c.observe(&plain);
+        assert_eq!(m.bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(m.events.load(Ordering::Relaxed), 1);
     }
 }

@@ -77,7 +77,7 @@ pub struct SocketMeta {
     pub remote: Option<Endpoint>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Direction {
     Send,
@@ -135,24 +135,100 @@ pub enum Detail {
     },
 }
 
-/// One record: a syscall on a socket, a process event, or a loss report.
+/// What made a record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Call {
+    /// A socket syscall or process event traced in the kernel (`agent_common::sys` id).
+    Syscall(u16),
+    /// A recording proxy's step on one of its connections (the event's `fd` is the
+    /// connection number).
+    Relay(RelayStep),
+    /// A TLS library call (`agent_common::tls_fn` id) and the library's connection object
+    /// (`SSL *`, `gnutls_session_t`, Go `*tls.Conn`).
+    Tls { func: u16, conn: u64 },
+}
+
+/// One step of a recording proxy (or of interception) on a connection it relays.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RelayStep {
+    /// The proxy began relaying the connection, or failed to reach the target
+    /// ([`Detail::Open`]).
+    Open,
+    /// Bytes relayed ([`Detail::Data`]): `Send` from the client to the target, `Recv` back.
+    Data(Direction),
+    /// One side finished sending: `Send` the client (shown as `shutdown(SHUT_WR)`), `Recv`
+    /// the target (shown as a 0-byte receive).
+    Eof(Direction),
+    /// The proxy closed the connection.
+    Close,
+}
+
+impl RelayStep {
+    /// The syscall whose record shape shows this step in text, JSON and pcapng (the formats
+    /// proxies have always written: a relay looks like the socket calls of a client).
+    pub const fn shown_as(self) -> u16 {
+        use agent_common::sys;
+        match self {
+            RelayStep::Open => sys::CONNECT,
+            RelayStep::Data(Direction::Send) => sys::SENDTO,
+            RelayStep::Data(Direction::Recv) | RelayStep::Eof(Direction::Recv) => sys::RECVFROM,
+            RelayStep::Eof(Direction::Send) => sys::SHUTDOWN,
+            RelayStep::Close => sys::CLOSE,
+        }
+    }
+}
+
+impl Call {
+    /// The id outputs show the call as: the syscall's, the one a relay step is shown as
+    /// ([`RelayStep::shown_as`]), or the TLS function's (`agent_common::sys::name` and
+    /// `is_send` know those too).
+    pub const fn shown_as(self) -> u16 {
+        match self {
+            Call::Syscall(id) => id,
+            Call::Relay(step) => step.shown_as(),
+            Call::Tls { func, .. } => func,
+        }
+    }
+
+    /// The name outputs show: `connect`, `sendto`, `SSL_write`...
+    pub const fn name(self) -> &'static str {
+        agent_common::sys::name(self.shown_as())
+    }
+
+    /// Whether this is syscall `id` traced in the kernel.
+    pub fn is_syscall(self, id: u16) -> bool {
+        self == Call::Syscall(id)
+    }
+}
+
+/// One record: a syscall on a socket, a process event, a proxy's relay step, a TLS library
+/// call, or a loss report.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
     /// Wall-clock time, nanoseconds since the Unix epoch.
     pub ts_ns: u64,
     pub task: Task,
-    /// Syscall id (`agent_common::sys`).
-    pub syscall: u16,
+    /// What made the record.
+    pub call: Call,
     pub fd: i32,
     /// Return value, negative errno on failure.
     pub ret: i64,
     pub sock: Option<SocketMeta>,
     pub detail: Detail,
+    /// The payload of this syscall record is TLS ciphertext: its connection is known to carry
+    /// TLS (it began with a ClientHello, or a TLS library's plaintext was seen on it).
+    pub tls_ciphertext: bool,
 }
 
 impl Event {
+    /// The name the outputs show for the call (see [`Call::name`]).
     pub fn syscall_name(&self) -> &'static str {
-        agent_common::sys::name(self.syscall)
+        self.call.name()
+    }
+
+    /// The id the outputs show the call as (see [`Call::shown_as`]).
+    pub fn shown_as(&self) -> u16 {
+        self.call.shown_as()
     }
 
     /// The two fds a successful socketpair made (`sv[0]`, `sv[1]`); None for any other
@@ -160,7 +236,7 @@ impl Event {
     pub fn socketpair_fds(&self) -> Option<[i32; 2]> {
         match &self.detail {
             Detail::Sock { args, .. }
-                if self.syscall == agent_common::sys::SOCKETPAIR
+                if self.call.is_syscall(agent_common::sys::SOCKETPAIR)
                     && self.ret == 0
                     && args[3] != u64::MAX =>
             {

@@ -18,7 +18,8 @@
 //! All other objects (always):
 //! - `pid`, `tid`: process id (tgid) and thread id.
 //! - `comm`: process name.
-//! - `syscall`: syscall name (`"sendto"`, `"connect"`, ...; `"fork"`, `"exec"`, `"exit"`).
+//! - `syscall`: syscall name (`"sendto"`, `"connect"`, ...; `"fork"`, `"exec"`, `"exit"`), or
+//!   the TLS library function (`"SSL_write"`, ...) of a `trace --tls` record.
 //! - `fd`: the file descriptor the call used (integer; `null` for fork/exec/exit).
 //! - `ret`: the syscall's return value (negative errno on failure); for `fork` the child's
 //!   pid, for `exit` the wait status.
@@ -44,6 +45,10 @@
 //! - `payload`: the captured bytes, escaped as strace does (printable ASCII as is; `\n`,
 //!   `\r`, `\t`, `\"`, `\\`; other bytes `\xNN`), for reading.
 //! - `payload_b64`: the captured bytes in standard base64, lossless.
+//! - `tls` (TLS only): a TLS library call (`trace --tls`, `syscall` is the function):
+//!   `{"lib":"openssl","fn":"SSL_write","conn":"0x55d0c0a1b2c0"}` (library family, function,
+//!   the library's connection object as a hex string); a syscall record of a connection known
+//!   to carry TLS: `{"ciphertext":true}`. Absent otherwise.
 //!
 //! Type `sock` adds (always):
 //! - `addr`: the call's address as for `local`/`remote` (connect, bind: the argument;
@@ -81,7 +86,7 @@ use std::io::{self, Write};
 
 use agent_common::sys;
 
-use crate::model::{Detail, Direction, Endpoint, Event, SocketMeta};
+use crate::model::{Call, Detail, Direction, Endpoint, Event, SocketMeta};
 use crate::output::b64::push_base64;
 use crate::output::escape::escape_json_into;
 use crate::output::num::{AddrStr, Dec, push_hex, push_i64, push_padded, push_u64};
@@ -219,7 +224,7 @@ impl Encoder {
                     push_u64(out, *a);
                 }
                 out.push(b']');
-                if ev.syscall == sys::SOCKETPAIR {
+                if ev.shown_as() == sys::SOCKETPAIR {
                     out.extend_from_slice(b",\"fds\":");
                     match ev.socketpair_fds() {
                         Some([a, b]) => {
@@ -268,7 +273,9 @@ impl Encoder {
                 escape_json_into(out, payload);
                 out.extend_from_slice(b"\",\"payload_b64\":\"");
                 push_base64(out, payload);
-                out.extend_from_slice(b"\"}");
+                out.push(b'"');
+                push_tls(out, ev);
+                out.push(b'}');
             }
             Detail::Fork { child_pid } => {
                 out.extend_from_slice(b",\"child_pid\":");
@@ -360,6 +367,25 @@ impl Encoder {
     }
 }
 
+/// `,"tls":{...}` of a TLS library call (`lib`, `fn`, `conn`) or of a syscall record carrying
+/// TLS ciphertext (`ciphertext`); nothing for other records.
+fn push_tls(out: &mut Vec<u8>, ev: &Event) {
+    if let Call::Tls { func, conn } = ev.call {
+        out.extend_from_slice(b",\"tls\":{\"lib\":");
+        match agent_common::tls_fn::lib(func) {
+            Some(lib) => push_json_str(out, lib),
+            None => out.extend_from_slice(b"null"),
+        }
+        out.extend_from_slice(b",\"fn\":");
+        push_json_str(out, ev.syscall_name());
+        out.extend_from_slice(b",\"conn\":\"");
+        push_hex(out, conn);
+        out.extend_from_slice(b"\"}");
+    } else if ev.tls_ciphertext {
+        out.extend_from_slice(b",\"tls\":{\"ciphertext\":true}");
+    }
+}
+
 /// `YYYY-MM-DDTHH:MM:SS.` of second `secs` since the epoch.
 fn second_prefix(secs: u64) -> [u8; 20] {
     let days = secs / 86_400;
@@ -391,7 +417,7 @@ pub fn rfc3339(ts_ns: u64) -> String {
 /// A sock record's `args`: as the record carried them, but for socketpair, whose fourth
 /// carries the fds made (shown as `fds`), 0 there (the array's address is not recorded).
 fn shown_args(ev: &Event, args: &[u64; 4]) -> [u64; 4] {
-    if ev.syscall == sys::SOCKETPAIR {
+    if ev.shown_as() == sys::SOCKETPAIR {
         [args[0], args[1], args[2], 0]
     } else {
         *args
@@ -472,6 +498,50 @@ pub(crate) mod tests {
         assert_eq!(
             to_json(&e),
             r#"{"type":"data","ts":"2023-11-14T22:13:20.123456789Z","ts_ns":1700000000123456789,"pid":4242,"tid":4242,"comm":"python3","syscall":"sendto","fd":3,"ret":12,"errno":null,"transport":"tcp","local":"127.0.0.1:40112","remote":"192.168.10.1:5555","sk":"0xffff888102030400","dir":"send","total":12,"captured":12,"truncated":false,"msg_index":0,"addr":null,"payload":"Hello World!","payload_b64":"SGVsbG8gV29ybGQh"}"#
+        );
+    }
+
+    #[test]
+    fn tls_records() {
+        use agent_common::tls_fn;
+        let mut e = ev(
+            tls_fn::SSL_WRITE,
+            5,
+            5,
+            data(Direction::Send, 5, b"GET /", false),
+        );
+        e.call = Call::Tls {
+            func: tls_fn::SSL_WRITE,
+            conn: 0x55d0_c0a1_b2c0,
+        };
+        assert_eq!(
+            to_json(&e),
+            r#"{"type":"data","ts":"2023-11-14T22:13:20.123456789Z","ts_ns":1700000000123456789,"pid":4242,"tid":4242,"comm":"python3","syscall":"SSL_write","fd":5,"ret":5,"errno":null,"transport":"tcp","local":"127.0.0.1:40112","remote":"192.168.10.1:5555","sk":"0xffff888102030400","dir":"send","total":5,"captured":5,"truncated":false,"msg_index":0,"addr":null,"payload":"GET /","payload_b64":"R0VUIC8=","tls":{"lib":"openssl","fn":"SSL_write","conn":"0x55d0c0a1b2c0"}}"#
+        );
+        // The socket not known; GnuTLS.
+        e.call = Call::Tls {
+            func: tls_fn::GNUTLS_RECORD_RECV,
+            conn: 0x10,
+        };
+        e.fd = -1;
+        e.sock = None;
+        e.detail = data(Direction::Recv, 2, b"OK", false);
+        e.ret = 2;
+        assert_eq!(
+            to_json(&e),
+            r#"{"type":"data","ts":"2023-11-14T22:13:20.123456789Z","ts_ns":1700000000123456789,"pid":4242,"tid":4242,"comm":"python3","syscall":"gnutls_record_recv","fd":-1,"ret":2,"errno":null,"transport":null,"local":null,"remote":null,"sk":null,"dir":"recv","total":2,"captured":2,"truncated":false,"msg_index":0,"addr":null,"payload":"OK","payload_b64":"T0s=","tls":{"lib":"gnutls","fn":"gnutls_record_recv","conn":"0x10"}}"#
+        );
+        // Ciphertext of a connection that carries TLS.
+        let mut e = ev(
+            sys::WRITE,
+            5,
+            3,
+            data(Direction::Send, 3, b"\x16\x03\x01", false),
+        );
+        e.tls_ciphertext = true;
+        assert_eq!(
+            to_json(&e),
+            r#"{"type":"data","ts":"2023-11-14T22:13:20.123456789Z","ts_ns":1700000000123456789,"pid":4242,"tid":4242,"comm":"python3","syscall":"write","fd":5,"ret":3,"errno":null,"transport":"tcp","local":"127.0.0.1:40112","remote":"192.168.10.1:5555","sk":"0xffff888102030400","dir":"send","total":3,"captured":3,"truncated":false,"msg_index":0,"addr":null,"payload":"\\x16\\x03\\x01","payload_b64":"FgMB","tls":{"ciphertext":true}}"#
         );
     }
 
@@ -590,14 +660,14 @@ pub(crate) mod tests {
             to_json(&e),
             r#"{"type":"fork","ts":"2023-11-14T22:13:20.123456789Z","ts_ns":1700000000123456789,"pid":4242,"tid":4242,"comm":"python3","syscall":"fork","fd":null,"ret":4243,"errno":null,"transport":null,"local":null,"remote":null,"sk":null,"child_pid":4243}"#
         );
-        e.syscall = sys::EXEC;
+        e.call = Call::Syscall(sys::EXEC);
         e.detail = Detail::Exec;
         e.ret = 0;
         assert_eq!(
             to_json(&e),
             r#"{"type":"exec","ts":"2023-11-14T22:13:20.123456789Z","ts_ns":1700000000123456789,"pid":4242,"tid":4242,"comm":"python3","syscall":"exec","fd":null,"ret":0,"errno":null,"transport":null,"local":null,"remote":null,"sk":null}"#
         );
-        e.syscall = sys::EXIT;
+        e.call = Call::Syscall(sys::EXIT);
         e.detail = Detail::Exit;
         e.ret = 3 << 8;
         assert_eq!(
@@ -652,6 +722,20 @@ pub(crate) mod tests {
         }
 
         #[derive(Serialize)]
+        #[serde(untagged)]
+        enum Tls {
+            Call {
+                lib: Option<&'static str>,
+                #[serde(rename = "fn")]
+                func: &'static str,
+                conn: String,
+            },
+            Ciphertext {
+                ciphertext: bool,
+            },
+        }
+
+        #[derive(Serialize)]
         struct Line<'a> {
             #[serde(rename = "type")]
             ty: &'static str,
@@ -688,6 +772,8 @@ pub(crate) mod tests {
             payload: Option<String>,
             #[serde(skip_serializing_if = "Option::is_none")]
             payload_b64: Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            tls: Option<Tls>,
             #[serde(skip_serializing_if = "Option::is_none")]
             child_pid: Option<u32>,
             #[serde(skip_serializing_if = "Option::is_none")]
@@ -750,6 +836,7 @@ pub(crate) mod tests {
                 fds: None,
                 payload: None,
                 payload_b64: None,
+                tls: None,
                 child_pid: None,
                 exit_code: None,
                 signal: None,
@@ -759,7 +846,7 @@ pub(crate) mod tests {
                     line.ty = "sock";
                     line.addr = Some(addr.as_ref().map(ToString::to_string));
                     line.args = Some(crate::output::json::shown_args(ev, args));
-                    if ev.syscall == sys::SOCKETPAIR {
+                    if ev.shown_as() == sys::SOCKETPAIR {
                         line.fds = Some(ev.socketpair_fds());
                     }
                 }
@@ -783,6 +870,15 @@ pub(crate) mod tests {
                         &base64::engine::general_purpose::STANDARD,
                         payload,
                     ));
+                    line.tls = match ev.call {
+                        Call::Tls { func, conn } => Some(Tls::Call {
+                            lib: agent_common::tls_fn::lib(func),
+                            func: ev.syscall_name(),
+                            conn: format!("{conn:#x}"),
+                        }),
+                        _ if ev.tls_ciphertext => Some(Tls::Ciphertext { ciphertext: true }),
+                        _ => None,
+                    };
                 }
                 Detail::Fork { child_pid } => {
                     line.ty = "fork";
@@ -930,11 +1026,18 @@ pub(crate) mod tests {
                     tid: self.next() as u32,
                     comm: self.text(),
                 },
-                syscall: self.below(40) as u16,
+                call: match self.below(8) {
+                    0 => Call::Tls {
+                        func: 60 + self.below(30) as u16,
+                        conn: self.next() >> self.below(64),
+                    },
+                    _ => Call::Syscall(self.below(40) as u16),
+                },
                 fd: self.next() as i32,
                 ret,
                 sock,
                 detail,
+                tls_ciphertext: self.below(4) == 0,
             }
         }
     }

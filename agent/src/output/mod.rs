@@ -229,7 +229,7 @@ mod bench {
                 tid: 4242,
                 comm: "rr".into(),
             },
-            syscall: agent_common::sys::WRITE,
+            call: crate::model::Call::Syscall(agent_common::sys::WRITE),
             fd: 3,
             ret: payload.len() as i64,
             sock: Some(SocketMeta {
@@ -257,6 +257,7 @@ mod bench {
                 addr: None,
                 msg_index: 0,
             },
+            tls_ciphertext: false,
         }
     }
 

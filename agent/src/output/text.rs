@@ -24,7 +24,7 @@ use std::io::{self, Write};
 
 use agent_common::sys;
 
-use crate::model::{Detail, Direction, Endpoint, Event, SocketMeta};
+use crate::model::{Call, Detail, Direction, Endpoint, Event, SocketMeta};
 use crate::output::escape;
 use crate::output::num::{AddrStr, Dec};
 
@@ -140,6 +140,15 @@ fn format_into(s: &mut String, ev: &Event, cfg: &TextConfig) {
             s.push_str(ev.syscall_name());
             s.push('(');
             push_i64(s, i64::from(ev.fd));
+            if let Call::Tls { func, conn } = ev.call
+                && ev.sock.is_none()
+            {
+                // The socket is not known: the library's connection object tells the
+                // records of one TLS connection apart.
+                s.push_str(", ");
+                s.push_str(tls_object_name(func));
+                let _ = write!(s, "={conn:#x}");
+            }
             let remote = addr.map(Endpoint::Inet);
             let remote = remote
                 .as_ref()
@@ -154,20 +163,20 @@ fn format_into(s: &mut String, ev: &Event, cfg: &TextConfig) {
                 });
                 push_endpoint(s, remote);
             }
-            if matches!(ev.syscall, sys::SENDMMSG | sys::RECVMMSG) {
+            if matches!(ev.shown_as(), sys::SENDMMSG | sys::RECVMMSG) {
                 s.push_str(", msg ");
                 s.push_str(Dec::u64(u64::from(*msg_index)).as_str());
             }
             s.push(')');
             if ev.ret < 0 {
                 ret_into(s, ev.ret);
-                return;
+            } else {
+                s.push_str(" = ");
+                s.push_str(Dec::u64(*total).as_str());
+                s.push(' ');
+                escape::preview_into(s, payload, cfg.max_preview);
             }
-            s.push_str(" = ");
-            s.push_str(Dec::u64(*total).as_str());
-            s.push(' ');
-            escape::preview_into(s, payload, cfg.max_preview);
-            if *truncated {
+            if *truncated && ev.ret >= 0 {
                 if payload.len() <= cfg.max_preview {
                     s.push_str("...");
                 }
@@ -176,6 +185,9 @@ fn format_into(s: &mut String, ev: &Event, cfg: &TextConfig) {
                 s.push_str(" of ");
                 s.push_str(Dec::u64(*total).as_str());
                 s.push_str(" bytes captured)");
+            }
+            if ev.tls_ciphertext {
+                s.push_str(" [tls]");
             }
         }
         Detail::Fork { child_pid } => {
@@ -228,6 +240,16 @@ fn format_into(s: &mut String, ev: &Event, cfg: &TextConfig) {
     }
 }
 
+/// What a TLS library calls its connection object, for `ssl=0x...` in a record whose socket
+/// is not known.
+fn tls_object_name(func: u16) -> &'static str {
+    match agent_common::tls_fn::lib(func) {
+        Some("gnutls") => "session",
+        Some("go") => "conn",
+        _ => "ssl",
+    }
+}
+
 fn push_i64(s: &mut String, n: i64) {
     if n < 0 {
         s.push('-');
@@ -255,7 +277,7 @@ fn or_unknown(e: Option<&Endpoint>) -> String {
 fn sock_line(s: &mut String, ev: &Event, args: &[u64; 4], addr: Option<&Endpoint>) {
     let name = ev.syscall_name();
     let fd = ev.fd;
-    match ev.syscall {
+    match ev.shown_as() {
         sys::SOCKET => {
             let domain = args[0] as u32;
             let _ = write!(
@@ -310,7 +332,7 @@ fn sock_line(s: &mut String, ev: &Event, args: &[u64; 4], addr: Option<&Endpoint
         }
     }
     ret_into(s, ev.ret);
-    if matches!(ev.syscall, sys::CLOSE | sys::SHUTDOWN | sys::LISTEN)
+    if matches!(ev.shown_as(), sys::CLOSE | sys::SHUTDOWN | sys::LISTEN)
         && let Some(ends) = ev.sock.as_ref().and_then(ends)
     {
         let _ = write!(s, " [{ends}]");
@@ -673,11 +695,12 @@ pub(crate) mod tests {
                 tid: 4242,
                 comm: "python3".into(),
             },
-            syscall,
+            call: Call::Syscall(syscall),
             fd,
             ret,
             sock: tcp("127.0.0.1:40112", "192.168.10.1:5555"),
             detail,
+            tls_ciphertext: false,
         }
     }
 
@@ -732,6 +755,66 @@ pub(crate) mod tests {
         assert_eq!(
             line(&e),
             "python3[4242] recvfrom(3, 127.0.0.1:40112 <- 192.168.10.1:5555) = 4 \"Boo!\""
+        );
+    }
+
+    #[test]
+    fn tls_records() {
+        use agent_common::tls_fn;
+        let req = b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n";
+        let mut e = ev(
+            tls_fn::SSL_WRITE,
+            5,
+            req.len() as i64,
+            data(Direction::Send, req.len() as u64, req, false),
+        );
+        e.call = Call::Tls {
+            func: tls_fn::SSL_WRITE,
+            conn: 0x55d0_c0a1_b2c0,
+        };
+        e.task.comm = "curl".into();
+        e.sock = tcp("127.0.0.1:40112", "93.184.216.34:443");
+        assert_eq!(
+            line(&e),
+            r#"curl[4242] SSL_write(5, 127.0.0.1:40112 -> 93.184.216.34:443) = 37 "GET / HTTP/1.1\r\nHost: example.com\r\n\r\n""#
+        );
+        // The socket not known: the library's object instead.
+        e.fd = -1;
+        e.sock = None;
+        e.call = Call::Tls {
+            func: tls_fn::SSL_READ_EX,
+            conn: 0x55d0_c0a1_b2c0,
+        };
+        e.detail = data(Direction::Recv, 4, b"HTTP", false);
+        e.ret = 4;
+        assert_eq!(
+            line(&e),
+            r#"curl[4242] SSL_read_ex(-1, ssl=0x55d0c0a1b2c0) = 4 "HTTP""#
+        );
+        e.call = Call::Tls {
+            func: tls_fn::GNUTLS_RECORD_RECV,
+            conn: 0x10,
+        };
+        assert_eq!(
+            line(&e),
+            r#"curl[4242] gnutls_record_recv(-1, session=0x10) = 4 "HTTP""#
+        );
+        // Ciphertext of a connection known to carry TLS, also when the call failed.
+        let mut e = ev(
+            sys::WRITE,
+            5,
+            3,
+            data(Direction::Send, 3, b"\x16\x03\x01", false),
+        );
+        e.tls_ciphertext = true;
+        assert_eq!(
+            line(&e),
+            r#"python3[4242] write(5, 127.0.0.1:40112 -> 192.168.10.1:5555) = 3 "\x16\x03\x01" [tls]"#
+        );
+        e.ret = -11;
+        assert_eq!(
+            line(&e),
+            "python3[4242] write(5, 127.0.0.1:40112 -> 192.168.10.1:5555) = -1 EAGAIN (Resource temporarily unavailable) [tls]"
         );
     }
 
@@ -965,10 +1048,10 @@ pub(crate) mod tests {
         e.sock = None;
         assert_eq!(line(&e), "python3[4242] +++ forked child 4243 +++");
         e.detail = Detail::Exec;
-        e.syscall = sys::EXEC;
+        e.call = Call::Syscall(sys::EXEC);
         assert_eq!(line(&e), "python3[4242] +++ exec +++");
         e.detail = Detail::Exit;
-        e.syscall = sys::EXIT;
+        e.call = Call::Syscall(sys::EXIT);
         e.ret = 0;
         assert_eq!(line(&e), "python3[4242] +++ exited with 0 +++");
         e.ret = 7 << 8;
@@ -1106,6 +1189,16 @@ pub(crate) mod tests {
         }
         let name = ev.syscall_name();
         let _ = write!(s, "{name}({}", ev.fd);
+        if let Call::Tls { func, conn } = ev.call
+            && ev.sock.is_none()
+        {
+            let obj = match agent_common::tls_fn::lib(func) {
+                Some("gnutls") => "session",
+                Some("go") => "conn",
+                _ => "ssl",
+            };
+            let _ = write!(s, ", {obj}={conn:#x}");
+        }
         let remote = addr.map(Endpoint::Inet);
         let remote = remote
             .as_ref()
@@ -1118,13 +1211,14 @@ pub(crate) mod tests {
             };
             let _ = write!(s, ", {} {arrow} {}", or_unknown(local), or_unknown(remote));
         }
-        if matches!(ev.syscall, sys::SENDMMSG | sys::RECVMMSG) {
+        if matches!(ev.shown_as(), sys::SENDMMSG | sys::RECVMMSG) {
             let _ = write!(s, ", msg {msg_index}");
         }
         s.push(')');
+        let tls = if ev.tls_ciphertext { " [tls]" } else { "" };
         if ev.ret < 0 {
             ret_into(s, ev.ret);
-            return s.clone();
+            return format!("{s}{tls}");
         }
         let _ = write!(s, " = {total} ");
         s.push_str(&escape::preview(payload, cfg.max_preview));
@@ -1134,7 +1228,7 @@ pub(crate) mod tests {
             }
             let _ = write!(s, " ({} of {total} bytes captured)", payload.len());
         }
-        s.clone()
+        format!("{s}{tls}")
     }
 
     #[test]
@@ -1143,7 +1237,8 @@ pub(crate) mod tests {
         for i in 0..20_000 {
             let mut e = rng.event();
             if i % 2 == 0 {
-                e.syscall = [sys::SENDMMSG, sys::RECVMMSG, sys::READ, sys::WRITE][i % 4];
+                e.call =
+                    Call::Syscall([sys::SENDMMSG, sys::RECVMMSG, sys::READ, sys::WRITE][i % 4]);
             }
             let cfg = TextConfig {
                 timestamps: false,

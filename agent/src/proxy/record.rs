@@ -32,10 +32,10 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use agent_common::sys;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use crate::model::{Call, RelayStep};
 use crate::model::{Detail, Direction, Endpoint, Event, SocketMeta, Task, Transport};
 use crate::output::{
     EventWriter, FanOut, FlushEvery, Format, Writer, pcapng::PcapngWriter, text::TextConfig,
@@ -553,14 +553,15 @@ fn write_loop(
 }
 
 fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u32, Open>) -> Option<Event> {
-    let ev = |task: &Task, meta: &SocketMeta, ts_ns, syscall, fd: u32, ret, detail| Event {
+    let ev = |task: &Task, meta: &SocketMeta, ts_ns, step, fd: u32, ret, detail| Event {
         ts_ns,
         task: task.clone(),
-        syscall,
+        call: Call::Relay(step),
         fd: fd as i32,
         ret,
         sock: Some(meta.clone()),
         detail,
+        tls_ciphertext: false,
     };
     match msg {
         Msg::Open {
@@ -583,7 +584,7 @@ fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u32, Open>) -> Option<Event>
                 &task,
                 &meta,
                 ts_ns,
-                sys::CONNECT,
+                RelayStep::Open,
                 id,
                 ret,
                 Detail::Open {
@@ -609,10 +610,7 @@ fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u32, Open>) -> Option<Event>
                 &c.task,
                 &c.meta,
                 ts_ns,
-                match dir {
-                    Direction::Send => sys::SENDTO,
-                    Direction::Recv => sys::RECVFROM,
-                },
+                RelayStep::Data(dir),
                 id,
                 total as i64,
                 Detail::Data {
@@ -633,7 +631,7 @@ fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u32, Open>) -> Option<Event>
                     &c.task,
                     &c.meta,
                     ts_ns,
-                    sys::SHUTDOWN,
+                    RelayStep::Eof(Direction::Send),
                     id,
                     0,
                     Detail::Sock {
@@ -646,7 +644,7 @@ fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u32, Open>) -> Option<Event>
                     &c.task,
                     &c.meta,
                     ts_ns,
-                    sys::RECVFROM,
+                    RelayStep::Eof(Direction::Recv),
                     id,
                     0,
                     Detail::Data {
@@ -667,7 +665,7 @@ fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u32, Open>) -> Option<Event>
                 &c.task,
                 &c.meta,
                 ts_ns,
-                sys::CLOSE,
+                RelayStep::Close,
                 id,
                 ret,
                 Detail::Sock {
@@ -757,6 +755,20 @@ mod tests {
             [
                 "connect", "sendto", "shutdown", "recvfrom", "recvfrom", "close"
             ]
+        );
+        // What happened, in the model: relay steps, not syscalls.
+        let calls: Vec<_> = evs.iter().map(|e| e.call).collect();
+        assert_eq!(
+            calls,
+            [
+                RelayStep::Open,
+                RelayStep::Data(Direction::Send),
+                RelayStep::Eof(Direction::Send),
+                RelayStep::Data(Direction::Recv),
+                RelayStep::Eof(Direction::Recv),
+                RelayStep::Close,
+            ]
+            .map(Call::Relay)
         );
         let open = &evs[0];
         assert_eq!(open.task.comm, "socks");

@@ -9,6 +9,9 @@
 //!   (`truncated: true`): the payload is always a prefix of what was transferred. Memory is
 //!   capped: at most `max_call_bytes` bytes are kept per call (the rest is counted, not kept)
 //!   and at most [`MAX_PENDING_CALLS`] calls are buffered at once (the oldest is emitted).
+//! - TLS records (the plaintext of a TLS library call, `trace --tls`) are chunked the same way
+//!   and become one [`Detail::Data`] event per call whose `call` is [`Call::Tls`] (same
+//!   truncation rules).
 //! - SOCK records become [`Detail::Sock`], PROC records [`Detail::Fork`], [`Detail::Exec`],
 //!   [`Detail::Exit`].
 //!
@@ -20,10 +23,12 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use agent_common::{DataEvent, EventHeader, ProcEvent, SOCKADDR_MAX, SockEvent, flags, sys};
+use agent_common::{
+    DataEvent, EventHeader, ProcEvent, SOCKADDR_MAX, SockEvent, TlsEvent, flags, sys,
+};
 use bytes::Bytes;
 
-use crate::model::{Detail, Direction, Endpoint, Event, SocketMeta, Task, Transport};
+use crate::model::{Call, Detail, Direction, Endpoint, Event, SocketMeta, Task, Transport};
 use crate::trace::decode::{self, DecodeError, Record, comm_string, msg_addr, socket_meta};
 use crate::trace::sockaddr::{AF_UNIX, parse_sockaddr};
 
@@ -76,6 +81,7 @@ struct Pending {
     seq: u64,
     /// Header of the call's first chunk seen.
     hdr: EventHeader,
+    call: Call,
     total: u64,
     msg_index: u32,
     addr: Option<SocketAddr>,
@@ -88,13 +94,54 @@ struct Pending {
 }
 
 impl Pending {
-    /// Whether chunk `ev` can belong to this call.
-    fn same_call(&self, ev: &DataEvent) -> bool {
-        self.hdr.pid == ev.hdr.pid
-            && self.hdr.syscall == ev.hdr.syscall
-            && self.hdr.fd == ev.hdr.fd
-            && self.msg_index == ev.msg_index
-            && self.total == ev.total
+    /// Whether chunk `c` can belong to this call.
+    fn same_call(&self, c: &Chunk<'_>) -> bool {
+        self.hdr.pid == c.hdr.pid
+            && self.call == c.call
+            && self.hdr.fd == c.hdr.fd
+            && self.msg_index == c.msg_index
+            && self.total == c.total
+    }
+}
+
+/// One chunk of a call's payload: of a DATA record (a syscall) or of a TLS record (a TLS
+/// library call).
+struct Chunk<'a> {
+    hdr: &'a EventHeader,
+    call: Call,
+    total: u64,
+    offset: u64,
+    msg_index: u32,
+    addr: Option<SocketAddr>,
+    bytes: &'a [u8],
+}
+
+impl<'a> Chunk<'a> {
+    fn data(ev: &'a DataEvent, bytes: &'a [u8]) -> Self {
+        Chunk {
+            hdr: &ev.hdr,
+            call: Call::Syscall(ev.hdr.syscall),
+            total: ev.total,
+            offset: ev.offset,
+            msg_index: ev.msg_index,
+            addr: msg_addr(&ev.addr),
+            bytes,
+        }
+    }
+
+    fn tls(ev: &'a TlsEvent, bytes: &'a [u8]) -> Self {
+        Chunk {
+            hdr: &ev.hdr,
+            call: Call::Tls {
+                func: ev.hdr.syscall,
+                conn: ev.conn,
+            },
+            total: ev.total,
+            offset: ev.offset,
+            msg_index: 0,
+            addr: None,
+            bytes,
+        }
     }
 }
 
@@ -186,10 +233,9 @@ impl<C: CommLookup> Assembler<C> {
     pub fn push_into(&mut self, rec: &Record<'_>, out: &mut Vec<Event>) {
         match rec {
             Record::Sock(ev) => self.sock(ev, out),
-            Record::Data { ev, payload } => self.data(ev, payload, out),
+            Record::Data { ev, payload } => self.data(Chunk::data(ev, payload), out),
             Record::Proc(ev) => self.proc(ev, out),
-            // `trace --tls`: not turned into events yet.
-            Record::Tls { .. } => {}
+            Record::Tls { ev, payload } => self.data(Chunk::tls(ev, payload), out),
         }
     }
 
@@ -205,12 +251,13 @@ impl<C: CommLookup> Assembler<C> {
         out
     }
 
-    fn data(&mut self, ev: &DataEvent, chunk: &[u8], out: &mut Vec<Event>) {
+    fn data(&mut self, ev: Chunk<'_>, out: &mut Vec<Event>) {
+        let chunk = ev.bytes;
         let tid = ev.hdr.tid;
         let f = ev.hdr.flags;
         let starts = f & flags::FIRST != 0 || ev.offset == 0;
         if let Some(p) = self.pending.get(&tid)
-            && (starts || !p.same_call(ev))
+            && (starts || !p.same_call(&ev))
         {
             // The buffered call's LAST chunk was lost.
             if let Some(p) = self.pending.remove(&tid) {
@@ -226,8 +273,15 @@ impl<C: CommLookup> Assembler<C> {
             let take = max.min(chunk.len());
             let truncated = f & flags::TRUNCATED != 0 || take < chunk.len();
             let payload = Bytes::copy_from_slice(&chunk[..take]);
-            let addr = msg_addr(&ev.addr);
-            let event = self.data_event(&ev.hdr, ev.total, ev.msg_index, addr, payload, truncated);
+            let event = self.data_event(
+                ev.hdr,
+                ev.call,
+                ev.total,
+                ev.msg_index,
+                ev.addr,
+                payload,
+                truncated,
+            );
             out.push(event);
             return;
         }
@@ -247,10 +301,11 @@ impl<C: CommLookup> Assembler<C> {
                 tid,
                 Pending {
                     seq: self.seq,
-                    hdr: ev.hdr,
+                    hdr: *ev.hdr,
+                    call: ev.call,
                     total: ev.total,
                     msg_index: ev.msg_index,
-                    addr: msg_addr(&ev.addr),
+                    addr: ev.addr,
                     payload: Vec::with_capacity(room),
                     // A call seen from its middle (its first chunks were lost): its bytes are
                     // not a prefix of the payload, keep none.
@@ -306,14 +361,24 @@ impl<C: CommLookup> Assembler<C> {
         // `Vec` to `Bytes` takes the buffer over, without a copy.
         let payload = Bytes::from(p.payload);
         let truncated = p.truncated || lost_tail;
-        let ev = self.data_event(&p.hdr, p.total, p.msg_index, p.addr, payload, truncated);
+        let ev = self.data_event(
+            &p.hdr,
+            p.call,
+            p.total,
+            p.msg_index,
+            p.addr,
+            payload,
+            truncated,
+        );
         out.push(ev);
     }
 
     /// The Data event of a call.
+    #[allow(clippy::too_many_arguments)]
     fn data_event(
         &mut self,
         hdr: &EventHeader,
+        call: Call,
         total: u64,
         msg_index: u32,
         addr: Option<SocketAddr>,
@@ -333,7 +398,7 @@ impl<C: CommLookup> Assembler<C> {
             addr,
             msg_index,
         };
-        self.event(hdr, detail)
+        self.event_of(hdr, call, detail)
     }
 
     /// Emits the buffered calls of process `pid` (of thread `tid` only, when given).
@@ -519,6 +584,10 @@ impl<C: CommLookup> Assembler<C> {
     }
 
     fn event(&mut self, hdr: &EventHeader, detail: Detail) -> Event {
+        self.event_of(hdr, Call::Syscall(hdr.syscall), detail)
+    }
+
+    fn event_of(&mut self, hdr: &EventHeader, call: Call, detail: Detail) -> Event {
         Event {
             ts_ns: self.wall_ns(hdr.ts_ns),
             task: Task {
@@ -526,11 +595,12 @@ impl<C: CommLookup> Assembler<C> {
                 tid: hdr.tid,
                 comm: self.process_name(hdr),
             },
-            syscall: hdr.syscall,
+            call,
             fd: hdr.fd,
             ret: hdr.ret,
             sock: self.socket(hdr),
             detail,
+            tls_ciphertext: false,
         }
     }
 }
@@ -545,11 +615,12 @@ pub fn lost_event(ts_ns: u64, events: u64, bytes: u64) -> Event {
             tid: 0,
             comm: String::new(),
         },
-        syscall: 0,
+        call: Call::Syscall(0),
         fd: -1,
         ret: 0,
         sock: None,
         detail: Detail::Lost { events, bytes },
+        tls_ciphertext: false,
     }
 }
 
@@ -582,6 +653,39 @@ mod tests {
             addr: MsgAddr::default(),
         };
         data_record(&ev, payload)
+    }
+
+    /// A TLS record chunk of `func` on connection object `conn`; `fd` -1: the socket is not
+    /// known (no `SOCK_VALID`).
+    #[allow(clippy::too_many_arguments)]
+    fn tls_chunk(
+        func: u16,
+        conn: u64,
+        tid: u32,
+        fd: i32,
+        fl: u16,
+        total: u64,
+        offset: u64,
+        payload: &[u8],
+    ) -> Vec<u8> {
+        let mut hdr = header(kind::TLS, func, 100, tid, fd);
+        hdr.flags = fl;
+        if fd >= 0 {
+            hdr.flags |= flags::SOCK_VALID;
+            hdr.sock = tcp4(0xabc, [127, 0, 0, 1], 40112, [192, 168, 10, 1], 443);
+        }
+        hdr.ret = total as i64;
+        let ev = TlsEvent {
+            hdr,
+            total,
+            offset,
+            len: payload.len() as u32,
+            _pad: 0,
+            conn,
+        };
+        let mut rec = bytes_of(&ev);
+        rec.extend_from_slice(payload);
+        rec
     }
 
     fn push(a: &mut Assembler<impl CommLookup>, rec: &[u8]) -> Vec<Event> {
@@ -650,6 +754,124 @@ mod tests {
     }
 
     #[test]
+    fn tls_call_in_one_chunk() {
+        use agent_common::tls_fn;
+        let mut a = asm();
+        let req = b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n";
+        let n = req.len() as u64;
+        let out = push(
+            &mut a,
+            &tls_chunk(tls_fn::SSL_WRITE, 0x55d0, 100, 5, FIRST | LAST, n, 0, req),
+        );
+        assert_eq!(out.len(), 1);
+        let e = &out[0];
+        assert_eq!(
+            (e.call, e.fd, e.ret),
+            (
+                Call::Tls {
+                    func: tls_fn::SSL_WRITE,
+                    conn: 0x55d0
+                },
+                5,
+                n as i64
+            )
+        );
+        assert_eq!(e.syscall_name(), "SSL_write");
+        assert_eq!(e.sock.as_ref().unwrap().sk, 0xabc);
+        assert_eq!(
+            e.detail,
+            Detail::Data {
+                dir: Direction::Send,
+                total: n,
+                payload: Bytes::from_static(req),
+                truncated: false,
+                addr: None,
+                msg_index: 0
+            }
+        );
+        // A read whose socket is not known: fd -1, no socket.
+        let out = push(
+            &mut a,
+            &tls_chunk(
+                tls_fn::SSL_READ_EX,
+                0x55d0,
+                100,
+                -1,
+                FIRST | LAST,
+                4,
+                0,
+                b"HTTP",
+            ),
+        );
+        let e = &out[0];
+        assert_eq!((e.fd, e.sock.as_ref()), (-1, None));
+        assert_eq!(e.syscall_name(), "SSL_read_ex");
+        assert!(matches!(
+            e.detail,
+            Detail::Data {
+                dir: Direction::Recv,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn tls_call_in_chunks_and_truncation() {
+        use agent_common::tls_fn;
+        let w = tls_fn::SSL_WRITE;
+        // Three chunks: one event with the concatenated plaintext.
+        let mut a = asm();
+        assert!(push(&mut a, &tls_chunk(w, 7, 100, 5, FIRST, 9, 0, b"abc")).is_empty());
+        assert!(push(&mut a, &tls_chunk(w, 7, 100, 5, 0, 9, 3, b"def")).is_empty());
+        let out = push(&mut a, &tls_chunk(w, 7, 100, 5, LAST, 9, 6, b"ghi"));
+        assert_eq!(data_of(&out[0]), (100, &b"abcdefghi"[..], false, 9));
+        assert_eq!(a.pending_calls(), 0);
+        // Cut by snaplen: TRUNCATED on the last chunk.
+        let out = push(
+            &mut a,
+            &tls_chunk(
+                w,
+                7,
+                100,
+                5,
+                FIRST | LAST | flags::TRUNCATED,
+                100,
+                0,
+                b"abc",
+            ),
+        );
+        assert_eq!(data_of(&out[0]), (100, &b"abc"[..], true, 100));
+        // A gap (a chunk lost): a truncated prefix.
+        assert!(push(&mut a, &tls_chunk(w, 7, 100, 5, FIRST, 9, 0, b"abc")).is_empty());
+        let out = push(&mut a, &tls_chunk(w, 7, 100, 5, LAST, 9, 6, b"ghi"));
+        assert_eq!(data_of(&out[0]), (100, &b"abc"[..], true, 9));
+        // The per-call cap applies.
+        let mut a = asm().with_max_call_bytes(4);
+        let out = push(
+            &mut a,
+            &tls_chunk(w, 7, 100, 5, FIRST | LAST, 6, 0, b"abcdef"),
+        );
+        assert_eq!(data_of(&out[0]), (100, &b"abcd"[..], true, 6));
+        // The LAST chunk of a TLS call lost, then a syscall on the same thread: the TLS call
+        // is emitted truncated, then the syscall.
+        let mut a = asm();
+        assert!(push(&mut a, &tls_chunk(w, 7, 100, 5, FIRST, 9, 0, b"abc")).is_empty());
+        let out = push(&mut a, &chunk(sys::WRITE, 100, FIRST | LAST, 2, 0, b"xy"));
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].call, Call::Tls { func: w, conn: 7 });
+        assert_eq!(data_of(&out[0]), (100, &b"abc"[..], true, 9));
+        assert_eq!(out[1].call, Call::Syscall(sys::WRITE));
+        // A chunk of another connection object with the same total is not the same call.
+        assert!(push(&mut a, &tls_chunk(w, 7, 100, 5, FIRST, 6, 0, b"abc")).is_empty());
+        let out = push(&mut a, &tls_chunk(w, 8, 100, 5, LAST, 6, 3, b"def"));
+        assert_eq!(out.len(), 2);
+        assert_eq!(data_of(&out[0]), (100, &b"abc"[..], true, 6));
+        assert_eq!(out[1].call, Call::Tls { func: w, conn: 8 });
+        // Seen from its middle: none of its bytes kept.
+        assert_eq!(data_of(&out[1]), (100, &b""[..], true, 6));
+    }
+
+    #[test]
     fn single_chunk_call() {
         let mut a = asm();
         let out = push(
@@ -667,7 +889,7 @@ mod tests {
                 comm: "python3".into()
             }
         );
-        assert_eq!((e.syscall, e.fd, e.ret), (sys::SENDTO, 3, 12));
+        assert_eq!((e.call, e.fd, e.ret), (Call::Syscall(sys::SENDTO), 3, 12));
         let sock = e.sock.as_ref().unwrap();
         assert_eq!(sock.sk, 0xabc);
         assert_eq!(sock.transport, Transport::Tcp);

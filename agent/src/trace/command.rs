@@ -189,6 +189,7 @@ pub fn run(args: &TraceArgs) -> anyhow::Result<Option<ExitStatus>> {
     files.flush().context("writing output")?;
     let outcome = outcome?;
     if !args.no_summary {
+        summary.set_tls(opts.tls);
         eprint!("{}", summary.render());
         if outcome.read_errors > 0 {
             eprintln!(

@@ -19,6 +19,7 @@ use thiserror::Error;
 use super::{
     assemble::{self, Assembler},
     decode,
+    tls::conns::TlsConns,
 };
 use crate::{
     control::Control,
@@ -237,6 +238,7 @@ pub fn run(
         wakeup_bytes: u64::from(config.wakeup_bytes),
         drained_since_check: 0,
         output_error: None,
+        tls_conns: opts.tls.then(|| TlsConns::new(opts.tls_only)),
     };
     let mut trace_pid = |pid: u32, live: &mut HashSet<u32>| {
         live.insert(pid);
@@ -357,11 +359,20 @@ struct Tracer<'s> {
     wakeup_bytes: u64,
     drained_since_check: u64,
     output_error: Option<io::Error>,
+    /// `--tls`: the connections that carry TLS, to mark (and with `--tls-only` hide) their
+    /// ciphertext records.
+    tls_conns: Option<TlsConns>,
 }
 
 impl Tracer<'_> {
-    /// Keeps the set of live traced processes up to date, then hands the event on.
-    fn emit(&mut self, ev: &Event) {
+    /// Keeps the set of live traced processes up to date, then hands the event on (marked
+    /// when it is TLS ciphertext; not at all when `--tls-only` hides it).
+    fn emit(&mut self, ev: &mut Event) {
+        if let Some(t) = &mut self.tls_conns
+            && !t.pass(ev)
+        {
+            return;
+        }
         match &ev.detail {
             Detail::Fork { child_pid } if self.stop_when_gone => {
                 self.live.insert(*child_pid);
@@ -391,13 +402,13 @@ impl Tracer<'_> {
         );
         if lost != self.reported_lost {
             let now = self.assembler.wall_ns(crate::clock::boot_ns());
-            let ev = assemble::lost_event(
+            let mut ev = assemble::lost_event(
                 now,
                 lost.0 - self.reported_lost.0,
                 lost.1 - self.reported_lost.1,
             );
             self.reported_lost = lost;
-            self.emit(&ev);
+            self.emit(&mut ev);
         }
     }
 
@@ -414,8 +425,8 @@ impl Tracer<'_> {
 
     /// At the end: closes the pending calls and reports the last losses.
     fn close(&mut self) {
-        for ev in self.assembler.flush() {
-            self.emit(&ev);
+        for mut ev in self.assembler.flush() {
+            self.emit(&mut ev);
         }
         self.report_lost();
         self.resume_paused();
@@ -442,8 +453,8 @@ impl Mode for Tracer<'_> {
             Err(e) => tracing::warn!("undecodable kernel record: {e}"),
         }
         let mut events = std::mem::take(&mut self.events);
-        for ev in events.drain(..) {
-            self.emit(&ev);
+        for mut ev in events.drain(..) {
+            self.emit(&mut ev);
         }
         self.events = events;
     }

@@ -8,23 +8,32 @@
 //! A connection is what the data events of one process on one socket with the same endpoints
 //! have in common ([`ConnKey`]); the remote end of a datagram is the address it was sent to
 //! or received from, so an unconnected UDP socket gives one row per peer.
+//!
+//! TLS: a TCP connection whose first bytes are a ClientHello carried TLS (its row names the
+//! server, SNI); a last line counts them, and without `--tls` says that `--tls` shows their
+//! plaintext. The plaintext records of `--tls` count on their connection's row (plaintext
+//! sent and received), not in its socket bytes; those whose socket is not known have a row
+//! of their own, by the library's connection object.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
-use crate::model::{Detail, Direction, Endpoint, Event, Transport};
+use crate::model::{Call, Detail, Direction, Endpoint, Event, Transport};
 use crate::output::num::human_bytes;
+use crate::trace::tls::conns::{ClientHello, client_hello};
 
 /// Most connections tracked; the data of further ones only counts in the totals.
 pub const MAX_CONNECTIONS: usize = 100_000;
 /// Most connection rows [`Summary::render`] prints.
 pub const RENDER_MAX_ROWS: usize = 100;
 
-/// How a socket is identified: its kernel `sk` when known, else its fd.
+/// How a socket is identified: its kernel `sk` when known, else its fd (or for a TLS record,
+/// the TLS library's connection object).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SockId {
     Sk(u64),
     Fd(i32),
+    TlsObject(u64),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -73,6 +82,23 @@ pub struct Totals {
     pub untracked_connections: u64,
 }
 
+/// What a connection's TLS was, as far as seen.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnTls {
+    /// Its first bytes were a ClientHello (sent or received).
+    pub hello: Option<ClientHello>,
+    /// TLS plaintext records (`--tls`) and the plaintext bytes they moved.
+    pub records: u64,
+    pub sent_bytes: u64,
+    pub recv_bytes: u64,
+}
+
+impl ConnTls {
+    fn carried_tls(&self) -> bool {
+        self.hello.is_some() || self.records > 0
+    }
+}
+
 /// Accumulates [`Totals`] and per-[`Connection`] numbers from events.
 ///
 /// Adding a data event of a known connection is O(1) and allocates nothing: connections are
@@ -81,6 +107,11 @@ pub struct Totals {
 pub struct Summary {
     totals: Totals,
     conns: Vec<Connection>,
+    /// Per connection (same index as `conns`): whether its first bytes were seen yet, and
+    /// its TLS.
+    conn_tls: Vec<(bool, ConnTls)>,
+    /// `trace --tls`: the plaintext was asked for.
+    tls: bool,
     by_sock: HashMap<(u32, SockId), SockConns>,
     /// The connection of the last data event.
     last: Option<usize>,
@@ -102,6 +133,12 @@ struct SockConns {
 impl Summary {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The summary of a `trace --tls` (`tls`: true) or of a trace without it (the default):
+    /// what its TLS line says.
+    pub fn set_tls(&mut self, tls: bool) {
+        self.tls = tls;
     }
 
     pub fn add(&mut self, ev: &Event) {
@@ -130,14 +167,25 @@ impl Summary {
         t.truncated_calls += u64::from(truncated);
         let ok = ev.ret >= 0;
         let moved = if ok { total } else { 0 };
-        match dir {
-            Direction::Send => t.sent_bytes = t.sent_bytes.saturating_add(moved),
-            Direction::Recv => t.recv_bytes = t.recv_bytes.saturating_add(moved),
+        // TLS plaintext: not bytes of the socket.
+        let tls_object = match ev.call {
+            Call::Tls { conn, .. } => Some(conn),
+            _ => None,
+        };
+        if tls_object.is_none() {
+            match dir {
+                Direction::Send => t.sent_bytes = t.sent_bytes.saturating_add(moved),
+                Direction::Recv => t.recv_bytes = t.recv_bytes.saturating_add(moved),
+            }
         }
 
         let sock = ev.sock.as_ref();
         let pid = ev.task.pid;
-        let sock_id = sock.map_or(SockId::Fd(ev.fd), |s| SockId::Sk(s.sk));
+        let sock_id = match (sock, tls_object) {
+            (Some(s), _) => SockId::Sk(s.sk),
+            (None, Some(conn)) => SockId::TlsObject(conn),
+            (None, None) => SockId::Fd(ev.fd),
+        };
         let transport = sock.map(|s| s.transport);
         let local = sock.and_then(|s| s.local.as_ref());
         let datagram_peer = addr.map(Endpoint::Inet);
@@ -196,6 +244,7 @@ impl Summary {
                     recv_calls: 0,
                     errors: 0,
                 });
+                self.conn_tls.push((false, ConnTls::default()));
                 i
             }
         };
@@ -203,6 +252,25 @@ impl Summary {
         let c = &mut self.conns[i];
         if c.comm != ev.task.comm {
             c.comm.clone_from(&ev.task.comm);
+        }
+        let (bytes_seen, tls) = &mut self.conn_tls[i];
+        if tls_object.is_some() {
+            tls.records += 1;
+            match dir {
+                Direction::Send => tls.sent_bytes = tls.sent_bytes.saturating_add(moved),
+                Direction::Recv => tls.recv_bytes = tls.recv_bytes.saturating_add(moved),
+            }
+            return;
+        }
+        if !*bytes_seen
+            && ev.ret > 0
+            && let Detail::Data { payload, .. } = &ev.detail
+            && !payload.is_empty()
+        {
+            *bytes_seen = true;
+            if transport == Some(Transport::Tcp) {
+                tls.hello = client_hello(payload);
+            }
         }
         c.fd = ev.fd;
         c.errors += u64::from(!ok);
@@ -227,6 +295,11 @@ impl Summary {
         &self.conns
     }
 
+    /// The TLS of connection `i` (an index into [`Summary::connections`]).
+    pub fn connection_tls(&self, i: usize) -> Option<&ConnTls> {
+        self.conn_tls.get(i).map(|(_, t)| t)
+    }
+
     /// The human summary for stderr (ends with a newline).
     pub fn render(&self) -> String {
         let t = &self.totals;
@@ -235,8 +308,11 @@ impl Summary {
             let _ = write!(s, " ({} bytes)", t.lost_bytes);
         }
         s.push('\n');
-        for c in self.conns.iter().take(RENDER_MAX_ROWS) {
+        for (c, (_, tls)) in self.conns.iter().zip(&self.conn_tls).take(RENDER_MAX_ROWS) {
             let _ = write!(s, "{}[{}] fd {}", c.comm, c.key.pid, c.fd);
+            if let SockId::TlsObject(obj) = c.key.sock {
+                let _ = write!(s, " tls object {obj:#x}");
+            }
             if let Some(tr) = c.key.transport {
                 let _ = write!(s, " {}", tr.name());
             }
@@ -246,10 +322,26 @@ impl Summary {
                     let _ = write!(s, " {} -> {}", or_unknown(l), or_unknown(r));
                 }
             }
-            s.push_str("  sent ");
-            push_bytes_exact(&mut s, c.sent_bytes);
-            s.push_str("  recv ");
-            push_bytes_exact(&mut s, c.recv_bytes);
+            if c.key.sock_is_socket() {
+                s.push_str("  sent ");
+                push_bytes_exact(&mut s, c.sent_bytes);
+                s.push_str("  recv ");
+                push_bytes_exact(&mut s, c.recv_bytes);
+            }
+            if tls.carried_tls() {
+                s.push_str("  tls");
+                if let Some(sni) = tls.hello.as_ref().and_then(|h| h.sni.as_deref()) {
+                    let _ = write!(s, " {}", crate::output::escape::escape(sni.as_bytes()));
+                }
+            }
+            if tls.records > 0 {
+                s.push_str(": plaintext sent ");
+                push_bytes_exact(&mut s, tls.sent_bytes);
+                s.push_str("  recv ");
+                push_bytes_exact(&mut s, tls.recv_bytes);
+                let plural = if tls.records == 1 { "" } else { "s" };
+                let _ = write!(s, " ({} record{plural})", tls.records);
+            }
             s.push('\n');
         }
         let more = (self.conns.len().saturating_sub(RENDER_MAX_ROWS) as u64)
@@ -257,7 +349,68 @@ impl Summary {
         if more > 0 {
             let _ = writeln!(s, "... and {more} more connections");
         }
+        self.render_tls(&mut s);
         s
+    }
+
+    /// The TLS line: how many connections carried TLS, and what `--tls` did or would do.
+    fn render_tls(&self, s: &mut String) {
+        let carried: Vec<&ConnTls> = self
+            .conn_tls
+            .iter()
+            .map(|(_, t)| t)
+            .filter(|t| t.carried_tls())
+            .collect();
+        if carried.is_empty() {
+            return;
+        }
+        let mut snis: Vec<&str> = Vec::new();
+        for t in &carried {
+            if let Some(sni) = t.hello.as_ref().and_then(|h| h.sni.as_deref())
+                && !snis.contains(&sni)
+            {
+                snis.push(sni);
+            }
+        }
+        let n = carried.len();
+        let _ = write!(
+            s,
+            "capagent: {n} connection{} carried TLS",
+            if n == 1 { "" } else { "s" }
+        );
+        if !snis.is_empty() {
+            const SHOWN: usize = 5;
+            let shown: Vec<String> = snis
+                .iter()
+                .take(SHOWN)
+                .map(|n| crate::output::escape::escape(n.as_bytes()))
+                .collect();
+            let _ = write!(s, " (SNI: {}", shown.join(", "));
+            if snis.len() > SHOWN {
+                let _ = write!(s, " and {} more", snis.len() - SHOWN);
+            }
+            s.push(')');
+        }
+        if !self.tls {
+            s.push_str("; --tls shows their plaintext\n");
+            return;
+        }
+        let with: Vec<&&ConnTls> = carried.iter().filter(|t| t.records > 0).collect();
+        let records: u64 = with.iter().map(|t| t.records).sum();
+        let bytes = with.iter().fold(0u64, |a, t| {
+            a.saturating_add(t.sent_bytes).saturating_add(t.recv_bytes)
+        });
+        let _ = write!(s, "; {} with plaintext: {records} records, ", with.len());
+        push_bytes_exact(s, bytes);
+        s.push('\n');
+    }
+}
+
+impl ConnKey {
+    /// Whether the row is a socket's (not the plaintext of a TLS object whose socket is not
+    /// known).
+    fn sock_is_socket(&self) -> bool {
+        !matches!(self.sock, SockId::TlsObject(_))
     }
 }
 
@@ -278,7 +431,7 @@ fn push_bytes_exact(s: &mut String, n: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{SocketMeta, Task};
+    use crate::model::{Call, SocketMeta, Task};
     use crate::trace::assemble::lost_event;
     use agent_common::sys;
     use bytes::Bytes;
@@ -303,11 +456,11 @@ mod tests {
                 tid: pid,
                 comm: "curl".into(),
             },
-            syscall: if dir == Direction::Send {
+            call: Call::Syscall(if dir == Direction::Send {
                 sys::SENDTO
             } else {
                 sys::RECVFROM
-            },
+            }),
             fd,
             ret,
             sock: Some(SocketMeta {
@@ -325,6 +478,7 @@ mod tests {
                 addr: addr.map(|a| a.parse().unwrap()),
                 msg_index: 0,
             },
+            tls_ciphertext: false,
         }
     }
 
@@ -336,7 +490,7 @@ mod tests {
         s.add(&data_ev(4242, 5, 0xa, Direction::Recv, 12, b"", None));
         s.add(&data_ev(4242, 5, 0xa, Direction::Recv, -11, b"", None));
         let mut close = data_ev(4242, 5, 0xa, Direction::Send, 0, b"", None);
-        close.syscall = sys::CLOSE;
+        close.call = Call::Syscall(sys::CLOSE);
         close.detail = Detail::Sock {
             args: [0; 4],
             addr: None,
@@ -554,5 +708,84 @@ mod tests {
             Some("10.0.0.1:53"),
         ));
         assert_eq!(s.connections().len(), peers as usize + 2);
+    }
+
+    #[test]
+    fn tls_connections() {
+        use crate::trace::tls::conns::tests::{CURL_HELLO, PYTHON_HELLO};
+        let hello = |s: &mut Summary, pid, sk, payload: &'static [u8]| {
+            s.add(&data_ev(
+                pid,
+                5,
+                sk,
+                Direction::Send,
+                payload.len() as i64,
+                payload,
+                None,
+            ));
+        };
+        let plain = |pid, sk: Option<u64>, dir, n: i64| {
+            let mut e = data_ev(pid, 5, sk.unwrap_or(0), dir, n, b"GET", None);
+            e.call = Call::Tls {
+                func: agent_common::tls_fn::SSL_WRITE,
+                conn: 0x55d0,
+            };
+            if sk.is_none() {
+                e.sock = None;
+                e.fd = -1;
+            }
+            e
+        };
+        // Without --tls: the connections that began with a ClientHello, their SNI once.
+        let mut s = Summary::new();
+        hello(&mut s, 1, 0xa, CURL_HELLO);
+        s.add(&data_ev(
+            1,
+            5,
+            0xa,
+            Direction::Recv,
+            100,
+            b"\x16\x03\x03",
+            None,
+        ));
+        hello(&mut s, 2, 0xb, PYTHON_HELLO);
+        // A failed call first, then the ClientHello: still its first bytes.
+        s.add(&data_ev(3, 5, 0xc, Direction::Recv, -11, b"", None));
+        hello(&mut s, 3, 0xc, CURL_HELLO);
+        // Plain HTTP; a ClientHello later in a stream is not its first bytes.
+        s.add(&data_ev(4, 5, 0xd, Direction::Send, 3, b"GET", None));
+        hello(&mut s, 4, 0xd, CURL_HELLO);
+        assert_eq!(
+            s.render(),
+            "capagent: 7 events, 0 lost\n\
+             curl[1] fd 5 tcp 127.0.0.1:40112 -> 127.0.0.1:8000  sent 517 B  recv 100 B  tls localhost\n\
+             curl[2] fd 5 tcp 127.0.0.1:40112 -> 127.0.0.1:8000  sent 517 B  recv 0 B  tls localhost\n\
+             curl[3] fd 5 tcp 127.0.0.1:40112 -> 127.0.0.1:8000  sent 517 B  recv 0 B  tls localhost\n\
+             curl[4] fd 5 tcp 127.0.0.1:40112 -> 127.0.0.1:8000  sent 520 B  recv 0 B\n\
+             capagent: 3 connections carried TLS (SNI: localhost); --tls shows their plaintext\n"
+        );
+        assert_eq!(
+            s.connection_tls(0).unwrap().hello.as_ref().unwrap().alpn,
+            ["h2", "http/1.1"]
+        );
+        // With --tls: the plaintext on the connection's row, not in its socket bytes; the
+        // plaintext of an unknown socket on a row of its own.
+        let mut s = Summary::new();
+        s.set_tls(true);
+        hello(&mut s, 1, 0xa, CURL_HELLO);
+        s.add(&plain(1, Some(0xa), Direction::Send, 78));
+        s.add(&plain(1, Some(0xa), Direction::Recv, 2000));
+        s.add(&plain(1, None, Direction::Recv, 10));
+        hello(&mut s, 2, 0xb, PYTHON_HELLO);
+        assert_eq!(s.totals().sent_bytes, 2 * 517);
+        assert_eq!(s.totals().recv_bytes, 0);
+        assert_eq!(
+            s.render(),
+            "capagent: 5 events, 0 lost\n\
+             curl[1] fd 5 tcp 127.0.0.1:40112 -> 127.0.0.1:8000  sent 517 B  recv 0 B  tls localhost: plaintext sent 78 B  recv 2.0 KiB (2000 B) (2 records)\n\
+             curl[1] fd -1 tls object 0x55d0  tls: plaintext sent 0 B  recv 10 B (1 record)\n\
+             curl[2] fd 5 tcp 127.0.0.1:40112 -> 127.0.0.1:8000  sent 517 B  recv 0 B  tls localhost\n\
+             capagent: 3 connections carried TLS (SNI: localhost); 2 with plaintext: 3 records, 2.0 KiB (2088 B)\n"
+        );
     }
 }

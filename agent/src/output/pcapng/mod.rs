@@ -73,8 +73,13 @@ pub(crate) fn to_io(e: pcap_file::PcapError) -> io::Error {
 }
 
 /// Writes events as pcapng into `W`.
+///
+/// Dropping it writes the TLS ciphertext the synthesiser still holds back (`trace --tls`:
+/// connections whose plaintext did not come before the end; see [`synth`]).
 pub struct PcapngWriter<W: Write> {
-    w: PcapNgWriter<W>,
+    /// Always `Some` but in [`PcapngWriter::into_inner`] and [`PcapngWriter::continue_in`]
+    /// (which hand the output on, and the `Drop` impl then has nothing to do).
+    w: Option<PcapNgWriter<W>>,
     synth: Synth,
 }
 
@@ -94,9 +99,9 @@ impl<W: Write> PcapngWriter<W> {
     /// Ends this output and goes on in `out` (a new file with its own section and interface
     /// headers) with the same streams: their sequence numbers go on, so each file reads on
     /// its own and the files read as one when merged. Returns the previous output.
-    pub fn continue_in<W2: Write>(self, out: W2) -> io::Result<(W, PcapngWriter<W2>)> {
-        let next = PcapngWriter::with_synth(out, self.synth)?;
-        Ok((self.w.into_inner(), next))
+    pub fn continue_in<W2: Write>(mut self, out: W2) -> io::Result<(W, PcapngWriter<W2>)> {
+        let next = PcapngWriter::with_synth(out, std::mem::take(&mut self.synth))?;
+        Ok((self.take_inner(), next))
     }
 
     fn with_synth(out: W, synth: Synth) -> io::Result<Self> {
@@ -113,7 +118,20 @@ impl<W: Write> PcapngWriter<W> {
             ],
         };
         w.write_pcapng_block(idb).map_err(to_io)?;
-        Ok(PcapngWriter { w, synth })
+        Ok(PcapngWriter { w: Some(w), synth })
+    }
+
+    fn writer(&mut self) -> &mut PcapNgWriter<W> {
+        self.w
+            .as_mut()
+            .expect("the output is there until handed on")
+    }
+
+    fn take_inner(&mut self) -> W {
+        self.w
+            .take()
+            .expect("the output is there until handed on")
+            .into_inner()
     }
 
     /// Writes one synthetic packet.
@@ -132,12 +150,26 @@ impl<W: Write> PcapngWriter<W> {
                 EnhancedPacketOption::Comment(Cow::Borrowed(&p.comment)),
             ],
         };
-        self.w.write_pcapng_block(epb).map_err(to_io)?;
+        self.writer().write_pcapng_block(epb).map_err(to_io)?;
         Ok(())
     }
 
-    pub fn into_inner(self) -> W {
-        self.w.into_inner()
+    pub fn into_inner(mut self) -> W {
+        self.take_inner()
+    }
+}
+
+impl<W: Write> Drop for PcapngWriter<W> {
+    fn drop(&mut self) {
+        if self.w.is_none() {
+            return;
+        }
+        for p in self.synth.release_all() {
+            if self.write_packet(&p).is_err() {
+                return;
+            }
+        }
+        let _ = self.writer().get_mut().flush();
     }
 }
 
@@ -150,7 +182,7 @@ impl<W: Write> EventWriter for PcapngWriter<W> {
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.w.get_mut().flush()
+        self.writer().get_mut().flush()
     }
 }
 

@@ -4,6 +4,18 @@
 //! (see [`unix_ends`]). A proxy's `open` record starts the stream between its client and the
 //! target, so a relayed connection reads as if the client had talked to the target directly.
 //!
+//! With `trace --tls`, a TCP connection whose plaintext a TLS library handed over is written
+//! as its plaintext stream: the TLS records ([`Call::Tls`]) are its data segments, with
+//! `decrypted by LIB (FUNCTION)` in their comment, and its ciphertext records are left out.
+//! Which connections those are is known only once their first plaintext record comes, after
+//! the TLS handshake: the ciphertext records of a connection known to carry TLS
+//! ([`Event::tls_ciphertext`]) are held back until then, and written after all when the
+//! connection ends first, when more than [`HOLD_MAX_BYTES`] are held, or when the oldest
+//! held is [`HOLD_MAX_NS`] older than the event at hand (a TLS connection whose library is
+//! not hooked); such a stream stays ciphertext (its later plaintext records are left out:
+//! the two do not mix in one TCP stream). TLS records whose socket is not known are not
+//! written (no stream to put them in).
+//!
 //! A call whose payload was cut (snap length, lost records) becomes packets cut as tcpdump
 //! cuts them: their IP/TCP/UDP headers carry the real lengths and the sequence numbers advance
 //! by the real length, while only the bytes kept are in the capture ([`Packet::orig_len`] is
@@ -17,7 +29,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use agent_common::sys;
 use etherparse::PacketBuilder;
 
-use crate::model::{Detail, Direction, Endpoint, Event, SocketMeta, Transport};
+use crate::model::{Call, Detail, Direction, Endpoint, Event, SocketMeta, Transport};
 
 /// Largest TCP payload per synthetic segment.
 pub const SEGMENT_MAX: usize = 65000;
@@ -30,6 +42,11 @@ pub const SERVER_ISN: u32 = 1_000_000;
 const WINDOW: u16 = 65535;
 const TTL: u8 = 64;
 const EINPROGRESS: i64 = -115;
+/// Most ciphertext bytes held back per TLS connection while its plaintext may still come.
+pub const HOLD_MAX_BYTES: usize = 256 * 1024;
+/// Longest a TLS connection's ciphertext is held back (event time): its plaintext comes
+/// right after the handshake when its library is hooked.
+pub const HOLD_MAX_NS: u64 = 2_000_000_000;
 
 /// One synthetic packet: a raw IPv4/IPv6 packet (LINKTYPE_RAW) and its metadata.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,6 +87,20 @@ pub struct Synth {
     accepted: HashSet<(u32, i32)>,
     /// (pid, fd) → socket, for close events without socket metadata.
     fds: HashMap<(u32, i32), Key>,
+    /// Ciphertext records of TLS connections held back (see the module documentation).
+    held: HashMap<Key, Held>,
+    /// TLS connections written as their plaintext: their ciphertext is left out.
+    plaintext: HashSet<Key>,
+    /// TLS connections whose ciphertext was written: their plaintext is left out.
+    ciphertext: HashSet<Key>,
+}
+
+/// The ciphertext records held back of one TLS connection.
+#[derive(Debug)]
+struct Held {
+    since_ns: u64,
+    bytes: usize,
+    events: Vec<Event>,
 }
 
 /// The comment every packet of an event carries.
@@ -283,15 +314,30 @@ impl Synth {
         Synth::default()
     }
 
-    /// The packets `ev` stands for (none for most non-data events).
+    /// The packets `ev` stands for (none for most non-data events; with `trace --tls`, also
+    /// ciphertext held back before, see the module documentation).
     pub fn packets(&mut self, ev: &Event) -> Vec<Packet> {
         let mut out = Vec::new();
+        if !self.held.is_empty() {
+            self.release_old(ev.ts_ns, &mut out);
+        }
         if let Some(meta) = &ev.sock {
             self.fds
                 .insert((ev.task.pid, ev.fd), (ev.task.pid, meta.sk));
         }
         match &ev.detail {
-            Detail::Sock { args, addr } => self.sock_event(ev, args, addr, &mut out),
+            Detail::Sock { args, addr } => {
+                if let Some(key) = self.key_of(ev) {
+                    if matches!(ev.shown_as(), sys::CLOSE | sys::SHUTDOWN) {
+                        self.release(key, &mut out);
+                    }
+                    if ev.shown_as() == sys::CLOSE {
+                        self.plaintext.remove(&key);
+                        self.ciphertext.remove(&key);
+                    }
+                }
+                self.sock_event(ev, args, addr, &mut out)
+            }
             Detail::Open { .. } => {
                 // A proxy's relayed connection: the client (local) connected to the target
                 // (remote); its stream starts here.
@@ -304,26 +350,39 @@ impl Synth {
                     self.open(key, ev, meta, None, &mut out);
                 }
             }
-            Detail::Data {
-                dir,
-                total,
-                payload,
-                truncated,
-                addr,
-                ..
-            } => {
+            Detail::Data { .. } => {
                 let Some(meta) = &ev.sock else {
                     return out;
                 };
-                if is_stream(meta.transport) {
-                    self.stream_data(ev, meta, *dir, *total, payload, *truncated, &mut out);
-                } else if is_dgram(meta.transport) {
-                    datagram(ev, meta, *dir, *total, payload, *truncated, *addr, &mut out);
+                let key = (ev.task.pid, meta.sk);
+                if let Call::Tls { .. } = ev.call {
+                    if self.ciphertext.contains(&key) {
+                        return out;
+                    }
+                    self.plaintext.insert(key);
+                    self.held.remove(&key);
+                } else if ev.tls_ciphertext && !self.ciphertext.contains(&key) {
+                    if self.plaintext.contains(&key) {
+                        // Left out, but for the peer's end of the stream (a 0-byte recv).
+                        if ev.ret == 0 {
+                            self.data(ev, &mut out);
+                        }
+                        return out;
+                    }
+                    self.hold(key, ev, &mut out);
+                    return out;
                 }
+                self.data(ev, &mut out);
             }
             Detail::Exit => {
                 // The kernel closes whatever the process left open.
                 let pid = ev.task.pid;
+                let held: Vec<Key> = self.held.keys().filter(|k| k.0 == pid).copied().collect();
+                for k in held {
+                    self.release(k, &mut out);
+                }
+                self.plaintext.retain(|k| k.0 != pid);
+                self.ciphertext.retain(|k| k.0 != pid);
                 let keys: Vec<Key> = self
                     .streams
                     .keys()
@@ -342,6 +401,81 @@ impl Synth {
         out
     }
 
+    /// The packets of a data event.
+    fn data(&mut self, ev: &Event, out: &mut Vec<Packet>) {
+        let (
+            Some(meta),
+            Detail::Data {
+                dir,
+                total,
+                payload,
+                truncated,
+                addr,
+                ..
+            },
+        ) = (&ev.sock, &ev.detail)
+        else {
+            return;
+        };
+        if is_stream(meta.transport) {
+            self.stream_data(ev, meta, *dir, *total, payload, *truncated, out);
+        } else if is_dgram(meta.transport) {
+            datagram(ev, meta, *dir, *total, payload, *truncated, *addr, out);
+        }
+    }
+
+    /// Holds back a ciphertext record of TLS connection `key`; writes what is held when it
+    /// is too much.
+    fn hold(&mut self, key: Key, ev: &Event, out: &mut Vec<Packet>) {
+        let h = self.held.entry(key).or_insert_with(|| Held {
+            since_ns: ev.ts_ns,
+            bytes: 0,
+            events: Vec::new(),
+        });
+        if let Detail::Data { payload, .. } = &ev.detail {
+            h.bytes += payload.len();
+        }
+        h.events.push(ev.clone());
+        if h.bytes > HOLD_MAX_BYTES {
+            self.release(key, out);
+        }
+    }
+
+    /// Writes the ciphertext held back of `key`: its stream stays ciphertext.
+    fn release(&mut self, key: Key, out: &mut Vec<Packet>) {
+        if let Some(h) = self.held.remove(&key) {
+            self.ciphertext.insert(key);
+            for ev in &h.events {
+                self.data(ev, out);
+            }
+        }
+    }
+
+    /// Writes the ciphertext held back longer than [`HOLD_MAX_NS`] before `now_ns`.
+    fn release_old(&mut self, now_ns: u64, out: &mut Vec<Packet>) {
+        let mut old: Vec<(u64, Key)> = self
+            .held
+            .iter()
+            .filter(|(_, h)| now_ns.saturating_sub(h.since_ns) > HOLD_MAX_NS)
+            .map(|(k, h)| (h.since_ns, *k))
+            .collect();
+        old.sort_unstable();
+        for (_, k) in old {
+            self.release(k, out);
+        }
+    }
+
+    /// Writes every ciphertext record still held back (at the end of the output).
+    pub fn release_all(&mut self) -> Vec<Packet> {
+        let mut out = Vec::new();
+        self.release_old(u64::MAX, &mut out);
+        let rest: Vec<Key> = self.held.keys().copied().collect();
+        for k in rest {
+            self.release(k, &mut out);
+        }
+        out
+    }
+
     fn sock_event(
         &mut self,
         ev: &Event,
@@ -350,7 +484,7 @@ impl Synth {
         out: &mut Vec<Packet>,
     ) {
         let pid = ev.task.pid;
-        match ev.syscall {
+        match ev.shown_as() {
             sys::CONNECT if ev.ret == 0 || ev.ret == EINPROGRESS => {
                 if let Some(meta) = &ev.sock
                     && is_stream(meta.transport)
@@ -512,6 +646,10 @@ impl Synth {
         }
         let mut comment = task_comment(ev);
         comment.push_str(&st.note);
+        if let Call::Tls { func, .. } = ev.call {
+            let lib = agent_common::tls_fn::lib(func).unwrap_or("a TLS library");
+            let _ = write!(comment, " decrypted by {lib} ({})", ev.syscall_name());
+        }
         if truncated || (payload.len() as u64) < total {
             let _ = write!(
                 comment,

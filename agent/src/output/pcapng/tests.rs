@@ -6,7 +6,7 @@ use etherparse::{NetSlice, SlicedPacket, TransportSlice};
 
 use super::synth::{CLIENT_ISN, SEGMENT_MAX, SERVER_ISN, unix_ends};
 use super::*;
-use crate::model::{Detail, Endpoint, SocketMeta, Task, Transport};
+use crate::model::{Call, Detail, Endpoint, SocketMeta, Task, Transport};
 
 const LOCAL: &str = "127.0.0.1:40000";
 const REMOTE: &str = "127.0.0.1:8080";
@@ -29,11 +29,12 @@ fn ev(syscall: u16, ret: i64, sock: Option<SocketMeta>, detail: Detail) -> Event
             tid: 43,
             comm: "client".into(),
         },
-        syscall,
+        call: Call::Syscall(syscall),
         fd: 3,
         ret,
         sock,
         detail,
+        tls_ciphertext: false,
     }
 }
 
@@ -497,4 +498,154 @@ fn connect_in_progress_then_shutdown() {
     assert_eq!(t.seq, CLIENT_ISN + 2);
     // close after shutdown sends nothing more.
     assert!(s.packets(&close(0)).is_empty());
+}
+
+/// A TLS library's plaintext record on the test socket.
+fn tls_data(dir: Direction, payload: &[u8]) -> Event {
+    let mut e = data(Transport::Tcp, dir, payload, payload.len() as u64);
+    e.call = Call::Tls {
+        func: match dir {
+            Direction::Send => agent_common::tls_fn::SSL_WRITE,
+            Direction::Recv => agent_common::tls_fn::SSL_READ,
+        },
+        conn: 0x55d0,
+    };
+    e
+}
+
+/// A ciphertext record of the test socket (a connection known to carry TLS).
+fn cipher(dir: Direction, payload: &[u8]) -> Event {
+    let mut e = data(Transport::Tcp, dir, payload, payload.len() as u64);
+    e.tls_ciphertext = true;
+    e
+}
+
+/// The TCP payloads of `packets`, in order, with their comments.
+fn payloads(packets: &[Packet]) -> Vec<(Vec<u8>, String)> {
+    packets
+        .iter()
+        .map(|p| (parse_tcp(&p.data).payload, p.comment.clone()))
+        .filter(|(b, _)| !b.is_empty())
+        .collect()
+}
+
+#[test]
+fn tls_connection_written_as_its_plaintext() {
+    let mut s = Synth::new();
+    assert_eq!(s.packets(&connect(Transport::Tcp)).len(), 3);
+    // The handshake's ciphertext is held back...
+    assert!(
+        s.packets(&cipher(Direction::Send, b"\x16\x03\x01hello"))
+            .is_empty()
+    );
+    assert!(
+        s.packets(&cipher(Direction::Recv, b"\x16\x03\x03server"))
+            .is_empty()
+    );
+    // ...and dropped when the plaintext comes, which takes the stream's first sequence
+    // numbers.
+    let out = s.packets(&tls_data(Direction::Send, b"GET / HTTP/1.1\r\n\r\n"));
+    assert_eq!(out.len(), 1);
+    let t = parse_tcp(&out[0].data);
+    assert_eq!((t.seq, t.ack), (CLIENT_ISN + 1, Some(SERVER_ISN + 1)));
+    assert_eq!(t.payload, b"GET / HTTP/1.1\r\n\r\n");
+    assert_eq!(
+        out[0].comment,
+        "pid=42 tid=43 comm=client syscall=SSL_write fd=3 decrypted by openssl (SSL_write)"
+    );
+    // Later ciphertext is left out, but for the peer's EOF.
+    assert!(
+        s.packets(&cipher(Direction::Send, b"\x17\x03\x03...."))
+            .is_empty()
+    );
+    let out = s.packets(&tls_data(Direction::Recv, b"HTTP/1.1 200 OK\r\n\r\n"));
+    let t = parse_tcp(&out[0].data);
+    assert_eq!((t.seq, t.ack), (SERVER_ISN + 1, Some(CLIENT_ISN + 19)));
+    assert!(out[0].comment.ends_with("decrypted by openssl (SSL_read)"));
+    let out = s.packets(&cipher(Direction::Recv, b""));
+    assert!(parse_tcp(&out[0].data).fin);
+    let out = s.packets(&close(0));
+    assert!(parse_tcp(&out[0].data).fin);
+}
+
+#[test]
+fn tls_ciphertext_written_when_no_plaintext_comes() {
+    // The connection closes first: what was held is written, in order, before the FIN.
+    let mut s = Synth::new();
+    s.packets(&connect(Transport::Tcp));
+    assert!(
+        s.packets(&cipher(Direction::Send, b"\x16\x03\x01hello"))
+            .is_empty()
+    );
+    assert!(
+        s.packets(&cipher(Direction::Recv, b"\x16\x03\x03server"))
+            .is_empty()
+    );
+    let out = s.packets(&close(0));
+    assert_eq!(out.len(), 3);
+    assert_eq!(
+        payloads(&out)
+            .into_iter()
+            .map(|(b, _)| b)
+            .collect::<Vec<_>>(),
+        [&b"\x16\x03\x01hello"[..], b"\x16\x03\x03server"]
+    );
+    assert!(parse_tcp(&out[2].data).fin);
+
+    // Held too long (event time): written, and the stream stays ciphertext.
+    let mut s = Synth::new();
+    s.packets(&connect(Transport::Tcp));
+    let first = cipher(Direction::Send, b"\x16\x03\x01hello");
+    assert!(s.packets(&first).is_empty());
+    let mut later = cipher(Direction::Recv, b"\x16\x03\x03server");
+    later.ts_ns = first.ts_ns + synth::HOLD_MAX_NS + 1;
+    let out = s.packets(&later);
+    assert_eq!(payloads(&out).len(), 2);
+    let mut plain = tls_data(Direction::Send, b"GET /");
+    plain.ts_ns = later.ts_ns;
+    assert!(s.packets(&plain).is_empty(), "plaintext left out");
+    assert_eq!(
+        payloads(&s.packets(&cipher(Direction::Send, b"\x17\x03\x03")))[0].0,
+        b"\x17\x03\x03"
+    );
+
+    // Too many bytes held: written.
+    let mut s = Synth::new();
+    s.packets(&connect(Transport::Tcp));
+    let big = vec![0x17; synth::HOLD_MAX_BYTES];
+    assert!(s.packets(&cipher(Direction::Recv, &big)).is_empty());
+    let out = s.packets(&cipher(Direction::Recv, b"x"));
+    assert_eq!(
+        payloads(&out).iter().map(|(b, _)| b.len()).sum::<usize>(),
+        synth::HOLD_MAX_BYTES + 1
+    );
+
+    // Still held at the end: the writer's drop writes it.
+    let mut buf = Vec::new();
+    {
+        let mut w = PcapngWriter::new(&mut buf).unwrap();
+        w.write_event(&connect(Transport::Tcp)).unwrap();
+        w.write_event(&cipher(Direction::Send, b"\x16\x03\x01hello"))
+            .unwrap();
+    }
+    let mut r = pcap_file::pcapng::PcapNgReader::new(&buf[..]).unwrap();
+    let mut n = 0;
+    let mut last = Vec::new();
+    while let Some(b) = r.next_block() {
+        if let pcap_file::pcapng::Block::EnhancedPacket(p) = b.unwrap() {
+            n += 1;
+            last = p.data.to_vec();
+        }
+    }
+    assert_eq!(n, 4);
+    assert_eq!(parse_tcp(&last).payload, b"\x16\x03\x01hello");
+}
+
+#[test]
+fn tls_records_without_a_socket_are_not_written() {
+    let mut s = Synth::new();
+    let mut e = tls_data(Direction::Send, b"GET /");
+    e.sock = None;
+    e.fd = -1;
+    assert!(s.packets(&e).is_empty());
 }
