@@ -1,0 +1,427 @@
+//! The attach manager of `--tls`: finds the TLS libraries of the traced processes
+//! (`/proc/PID/maps`, files opened through `/proc/PID/root` for containers), attaches the
+//! TLS programs ONCE per library file (device, inode) for every process (the kernel keeps
+//! to the traced ones with `TRACED`), records every file it examined in the kernel's
+//! `TLS_SEEN` (the kernel pauses a traced process that maps an unseen executable file, so
+//! that a `dlopen`ed library is hooked before it runs) and keeps one [`LibReport`] per
+//! process and TLS library for the summary, hooked or not (and why).
+//!
+//! The links are owned here: dropping the manager detaches every uprobe. They are perf
+//! links (`perf_event_open` of the `uprobe` PMU, not `uprobe_events` entries), so they also
+//! die with capagent if it is killed.
+
+use std::{
+    collections::{HashMap, HashSet},
+    fmt::Write as _,
+    fs::File,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Ebpf,
+    maps::{HashMap as BpfHashMap, MapData},
+    programs::{
+        UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
+    },
+};
+
+use super::libs::{self, Hook, Mapping, Prog, Verdict};
+use crate::{kernel::KernelError, process};
+
+/// The contract with the eBPF side (agent-common; replaced by its constants once they land).
+mod contract {
+    pub const TLS_ENTER: &str = "tls_enter";
+    pub const TLS_EXIT: &str = "tls_exit";
+    pub const TLS_SET_FD: &str = "tls_set_fd";
+    pub const TLS_FREE: &str = "tls_free";
+    pub const TLS_SEEN: &str = "TLS_SEEN";
+    /// `FileKey { dev, ino }` of the kernel: the device as the kernel encodes it.
+    pub type FileKey = [u64; 2];
+    pub fn file_key(dev: u64, ino: u64) -> FileKey {
+        [dev, ino]
+    }
+}
+
+/// One TLS library of one traced process, for the summary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LibReport {
+    pub pid: u32,
+    pub comm: String,
+    /// The path as the process sees it.
+    pub path: PathBuf,
+    /// `"openssl"`, `"gnutls"`, `"go"` (or, not hooked: `"nss"`, `"java"`, `"rustls"`).
+    pub lib: &'static str,
+    pub version: Option<String>,
+    /// The number of plaintext functions hooked, or why the library is not hooked.
+    pub outcome: Result<usize, String>,
+}
+
+/// What came of a library file (once per file).
+#[derive(Debug, Clone)]
+enum FileOutcome {
+    /// Not a TLS library.
+    NotTls,
+    /// A TLS library: hooked (N functions) or not (why).
+    Tls {
+        lib: &'static str,
+        version: Option<String>,
+        outcome: Result<usize, String>,
+    },
+}
+
+/// The attach manager (see the module's documentation).
+pub struct TlsAttach {
+    /// Every uprobe attached (dropped first: detached before the programs go).
+    links: Vec<UProbeLink>,
+    /// The loaded object: the TLS programs are attached from it.
+    ebpf: Ebpf,
+    /// `TLS_SEEN`: the files examined, so that the kernel does not pause for them again.
+    seen: BpfHashMap<MapData, contract::FileKey, u8>,
+    /// What came of every file examined, by (device, inode).
+    files: HashMap<(u64, u64), FileOutcome>,
+    /// (pid, file) pairs already reported.
+    reported: HashSet<(u32, (u64, u64))>,
+    reports: Vec<LibReport>,
+}
+
+impl TlsAttach {
+    /// A manager for the object `ebpf` (loaded, with the TLS programs and `TLS_SEEN`): the
+    /// TLS programs loaded into the kernel, nothing attached yet.
+    pub fn new(mut ebpf: Ebpf) -> Result<Self, KernelError> {
+        for prog in [
+            contract::TLS_ENTER,
+            contract::TLS_EXIT,
+            contract::TLS_SET_FD,
+            contract::TLS_FREE,
+        ] {
+            uprobe(&mut ebpf, prog)?;
+        }
+        let seen = crate::kernel::take_map(&mut ebpf, contract::TLS_SEEN)?;
+        Ok(TlsAttach {
+            links: Vec::new(),
+            ebpf,
+            seen,
+            files: HashMap::new(),
+            reported: HashSet::new(),
+            reports: Vec::new(),
+        })
+    }
+
+    /// Examines the executable mappings of process `pid` and attaches the TLS libraries
+    /// not attached yet. A process gone meanwhile is not an error (nothing to hook).
+    pub fn scan(&mut self, pid: u32) {
+        let Ok(maps) = std::fs::read(format!("/proc/{pid}/maps")) else {
+            tracing::debug!(pid, "tls: no maps (process gone)");
+            return;
+        };
+        let mappings = libs::exec_mappings(&maps);
+        let mut comm = None;
+        let mut done = HashSet::new();
+        for m in &mappings {
+            let key = m.file_key();
+            if !done.insert(key) {
+                continue;
+            }
+            if !self.files.contains_key(&key) {
+                let outcome = self.examine(pid, m, &mappings);
+                self.files.insert(key, outcome);
+                let k = contract::file_key(key.0, key.1);
+                if let Err(e) = self.seen.insert(k, 1, 0) {
+                    tracing::warn!("tls: TLS_SEEN: {e}");
+                }
+            }
+            if let Some(FileOutcome::Tls {
+                lib,
+                version,
+                outcome,
+            }) = self.files.get(&key)
+                && self.reported.insert((pid, key))
+            {
+                let comm = comm
+                    .get_or_insert_with(|| process::process_comm(pid).unwrap_or_default())
+                    .clone();
+                tracing::info!(pid, comm, path = %m.path.display(), lib, ?version, ?outcome, "tls library");
+                self.reports.push(LibReport {
+                    pid,
+                    comm,
+                    path: m.path.clone(),
+                    lib,
+                    version: version.clone(),
+                    outcome: outcome.clone(),
+                });
+            }
+        }
+    }
+
+    /// What a file mapped by `pid` is, its uprobes attached when it is a TLS library.
+    fn examine(&mut self, pid: u32, m: &Mapping, all: &[Mapping]) -> FileOutcome {
+        let (path, file) = match open_mapped(pid, m) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::debug!(pid, path = %m.path.display(), "tls: cannot open: {e}");
+                // Only a file that names itself a TLS library is worth a report.
+                return match libs::examine(&m.path, b"") {
+                    Verdict::Unhookable { lib, .. } => FileOutcome::Tls {
+                        lib,
+                        version: None,
+                        outcome: Err(format!("cannot open: {e}")),
+                    },
+                    _ => FileOutcome::NotTls,
+                };
+            }
+        };
+        // SAFETY: a read-only private mapping of a file; libraries and executables are
+        // replaced (renamed over), not written in place, while processes run them, and a
+        // concurrent write could only make the ELF parser see other bytes (no memory of
+        // ours is involved).
+        let data = match unsafe { memmap2::Mmap::map(&file) } {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::debug!(path = %path.display(), "tls: cannot map: {e}");
+                return FileOutcome::NotTls;
+            }
+        };
+        match libs::examine(&m.path, &data) {
+            Verdict::NotTls => FileOutcome::NotTls,
+            Verdict::Unhookable { lib, why } => FileOutcome::Tls {
+                lib,
+                version: None,
+                outcome: Err(why),
+            },
+            Verdict::Go => FileOutcome::Tls {
+                lib: "go",
+                version: None,
+                outcome: Err("Go crypto/tls: not hooked by this build".into()),
+            },
+            Verdict::Hook(lib) => {
+                let version = lib.version.clone().or_else(|| libcrypto_version(pid, all));
+                let outcome = self.attach(&path, &lib.hooks).map(|()| lib.functions());
+                if let Err(e) = &outcome {
+                    tracing::warn!(path = %m.path.display(), "tls: {e}");
+                }
+                FileOutcome::Tls {
+                    lib: lib.lib,
+                    version,
+                    outcome,
+                }
+            }
+        }
+    }
+
+    /// Attaches every hook of one file, for all processes; all or nothing.
+    fn attach(&mut self, target: &Path, hooks: &[Hook]) -> Result<(), String> {
+        let mut links = Vec::with_capacity(hooks.len());
+        for h in hooks {
+            let name = match h.prog {
+                Prog::Enter => contract::TLS_ENTER,
+                Prog::Exit => contract::TLS_EXIT,
+                Prog::SetFd => contract::TLS_SET_FD,
+                Prog::Free => contract::TLS_FREE,
+            };
+            let prog = uprobe(&mut self.ebpf, name).map_err(|e| e.to_string())?;
+            let point = UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(h.offset),
+                cookie: Some(h.cookie),
+            };
+            let id = prog
+                .attach(point, target, UProbeScope::AllProcesses)
+                .map_err(|e| format!("attaching {name} to {} failed: {e}", h.func))?;
+            links.push(prog.take_link(id).map_err(|e| e.to_string())?);
+            tracing::debug!(
+                func = h.func,
+                offset = h.offset,
+                prog = name,
+                "tls: attached"
+            );
+        }
+        self.links.extend(links);
+        Ok(())
+    }
+
+    /// The reports so far, in the order the libraries were found.
+    pub fn reports(&self) -> &[LibReport] {
+        &self.reports
+    }
+
+    /// The number of uprobes attached.
+    pub fn attached(&self) -> usize {
+        self.links.len()
+    }
+
+    /// Detaches every uprobe and unloads the programs; returns the reports.
+    pub fn finish(self) -> Vec<LibReport> {
+        let TlsAttach {
+            links,
+            ebpf,
+            reports,
+            ..
+        } = self;
+        drop(links);
+        drop(ebpf);
+        reports
+    }
+}
+
+/// Program `name` of the object, a uprobe loaded into the kernel.
+fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, KernelError> {
+    let program = ebpf
+        .program_mut(name)
+        .ok_or_else(|| KernelError::MissingProgram(name.to_string()))?;
+    let loaded = program.fd().is_ok();
+    let p: &mut UProbe = program.try_into().map_err(|source| KernelError::Program {
+        name: name.to_string(),
+        source: Box::new(source),
+    })?;
+    if !loaded {
+        p.load().map_err(|source| KernelError::Program {
+            name: name.to_string(),
+            source: Box::new(source),
+        })?;
+    }
+    Ok(p)
+}
+
+/// Opens the file of mapping `m` of process `pid` as that process sees it: through
+/// `/proc/PID/root` (its mount namespace: containers), or, when the path now names another
+/// file or none (deleted, replaced), through `/proc/PID/map_files/`. Returns the path
+/// opened (what the uprobe is attached to) and the file.
+fn open_mapped(pid: u32, m: &Mapping) -> std::io::Result<(PathBuf, File)> {
+    let same = |f: &File| {
+        f.metadata().is_ok_and(|st| {
+            st.ino() == m.inode
+                && (libc::major(st.dev()), libc::minor(st.dev())) == (m.dev.0, m.dev.1)
+        })
+    };
+    if !m.deleted {
+        let rel = m.path.strip_prefix("/").unwrap_or(&m.path);
+        let path = Path::new("/proc")
+            .join(pid.to_string())
+            .join("root")
+            .join(rel);
+        if let Ok(f) = File::open(&path)
+            && same(&f)
+        {
+            return Ok((path, f));
+        }
+    }
+    let path = PathBuf::from(format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end));
+    let f = File::open(&path)?;
+    if !same(&f) {
+        return Err(std::io::Error::other("the mapped file changed"));
+    }
+    Ok((path, f))
+}
+
+/// The OpenSSL version of the libcrypto mapped by the same process (OpenSSL 3's libssl has
+/// no version string; its libcrypto has).
+fn libcrypto_version(pid: u32, all: &[Mapping]) -> Option<String> {
+    let m = all.iter().find(|m| {
+        m.path
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("libcrypto"))
+    })?;
+    let (_, file) = open_mapped(pid, m).ok()?;
+    // SAFETY: as in `TlsAttach::examine`.
+    let data = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+    libs::openssl_version(&data)
+}
+
+/// The summary's lines about the TLS libraries: one per process and library (hooked, with
+/// how many functions, or why not), or one saying none was found.
+pub fn render_reports(reports: &[LibReport]) -> String {
+    let mut s = String::new();
+    if reports.is_empty() {
+        s.push_str("capagent: --tls: no TLS library found in the traced processes\n");
+        return s;
+    }
+    for r in reports {
+        let _ = write!(
+            s,
+            "tls: {}[{}] {} {}",
+            r.comm,
+            r.pid,
+            r.path.display(),
+            r.lib
+        );
+        if let Some(v) = &r.version {
+            let _ = write!(s, " {v}");
+        }
+        match &r.outcome {
+            Ok(1) => s.push_str(": hooked 1 function\n"),
+            Ok(n) => {
+                let _ = writeln!(s, ": hooked {n} functions");
+            }
+            Err(why) => {
+                let _ = writeln!(s, ": not hooked: {why}");
+            }
+        }
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn report_lines() {
+        let r = |lib, version: Option<&str>, outcome| LibReport {
+            pid: 42,
+            comm: "curl".into(),
+            path: "/usr/lib/x86_64-linux-gnu/libssl.so.3".into(),
+            lib,
+            version: version.map(String::from),
+            outcome,
+        };
+        assert_eq!(
+            render_reports(&[
+                r("openssl", Some("3.0.19"), Ok(4)),
+                r(
+                    "openssl",
+                    None,
+                    Err("no SSL_read/SSL_write symbols (stripped)".into())
+                ),
+            ]),
+            "tls: curl[42] /usr/lib/x86_64-linux-gnu/libssl.so.3 openssl 3.0.19: hooked 4 functions\n\
+             tls: curl[42] /usr/lib/x86_64-linux-gnu/libssl.so.3 openssl: not hooked: no SSL_read/SSL_write symbols (stripped)\n"
+        );
+        assert_eq!(
+            render_reports(&[]),
+            "capagent: --tls: no TLS library found in the traced processes\n"
+        );
+    }
+
+    #[test]
+    fn mapped_files_open_through_proc() {
+        let maps = std::fs::read("/proc/self/maps").unwrap();
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let all = libs::exec_mappings(&maps);
+        let me = all.iter().find(|m| m.path == exe).unwrap();
+        let pid = std::process::id();
+        let (path, _) = open_mapped(pid, me).unwrap();
+        assert_eq!(
+            path,
+            Path::new(&format!("/proc/{pid}/root")).join(exe.strip_prefix("/").unwrap())
+        );
+        // Deleted: through map_files (root only).
+        let gone = Mapping {
+            deleted: true,
+            ..me.clone()
+        };
+        if unsafe { libc::geteuid() } == 0 {
+            let (path, _) = open_mapped(pid, &gone).unwrap();
+            assert!(
+                path.starts_with(format!("/proc/{pid}/map_files/")),
+                "{path:?}"
+            );
+        }
+        // Another file at that path: refused.
+        let other = Mapping {
+            inode: me.inode + 1,
+            ..me.clone()
+        };
+        assert!(open_mapped(pid, &other).is_err());
+    }
+}
