@@ -119,7 +119,9 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
         kind::PROC => {
             let ev: ProcEvent = read(bytes, "ProcEvent")?;
             match hdr.syscall {
-                sys::FORK | sys::EXEC | sys::EXIT => Ok(Record::Proc(ev)),
+                sys::FORK | sys::EXEC | sys::EXIT | super::tls::attach::MMAP_EXEC => {
+                    Ok(Record::Proc(ev))
+                }
                 other => Err(DecodeError::BadProcSyscall(other)),
             }
         }

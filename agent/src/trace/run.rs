@@ -19,6 +19,7 @@ use thiserror::Error;
 use super::{
     assemble::{self, Assembler},
     decode,
+    tls::attach::{LibReport, MMAP_EXEC, TlsAttach},
 };
 use crate::{
     control::Control,
@@ -191,6 +192,8 @@ pub struct TraceOutcome {
     pub lost_bytes: u64,
     pub kernel_events: u64,
     pub read_errors: u64,
+    /// `--tls`: the TLS libraries of the traced processes, hooked or not.
+    pub tls_libs: Vec<LibReport>,
 }
 
 /// Where [`run`] hands the events.
@@ -249,6 +252,8 @@ pub fn run(
         wakeup_bytes: u64::from(config.wakeup_bytes),
         drained_since_check: 0,
         output_error: None,
+        tls: None,
+        tls_libs: Vec::new(),
     };
     let mut trace_pid = |pid: u32, live: &mut HashSet<u32>| {
         live.insert(pid);
@@ -265,6 +270,24 @@ pub fn run(
         trace_pid(pid, &mut tracer.live)?;
     }
     attach(&mut ebpf)?;
+    // --tls: the TLS programs and their uprobes go with the attach manager, which hooks the
+    // libraries of the processes traced now (later ones: on their exec and mmap records).
+    let programs = if opts.tls {
+        let mut tls = TlsAttach::new(ebpf)?;
+        if opts.all {
+            for pid in process::all_pids() {
+                tls.scan(pid);
+            }
+        } else {
+            for &pid in &tracer.live {
+                tls.scan(pid);
+            }
+        }
+        tracer.tls = Some(tls);
+        None
+    } else {
+        Some(ebpf)
+    };
     // Start the command last, so it is traced from its first syscall.
     let mut child = None;
     if !opts.command.is_empty() {
@@ -273,7 +296,7 @@ pub fn run(
         child = Some(held);
     }
     let setup = Setup {
-        programs: ebpf,
+        programs,
         ring,
         ring_bytes: opts.ring_bytes,
         duration: opts.duration,
@@ -289,7 +312,8 @@ pub fn run(
     tracer.close();
     session.wait_child(Duration::from_millis(500));
     let exit_status = session.exit_status();
-    drop(session); // detaches every program
+    drop(session); // detaches every program (but the TLS ones)
+    tracer.finish_tls(); // detaches the TLS uprobes
     tracer.resume_paused();
     tracer.outcome(exit_status)
 }
@@ -349,6 +373,10 @@ struct Tracer<'s> {
     wakeup_bytes: u64,
     drained_since_check: u64,
     output_error: Option<io::Error>,
+    /// `--tls`: the attach manager (it owns the programs then), until the end.
+    tls: Option<TlsAttach>,
+    /// `--tls`: its reports, once it is finished.
+    tls_libs: Vec<LibReport>,
 }
 
 impl Tracer<'_> {
@@ -413,6 +441,29 @@ impl Tracer<'_> {
         self.resume_paused();
     }
 
+    /// Detaches the TLS uprobes and keeps the manager's reports.
+    fn finish_tls(&mut self) {
+        if let Some(tls) = self.tls.take() {
+            self.tls_libs = tls.finish();
+        }
+    }
+
+    /// A traced process exec'd or mapped an executable file it had not mapped before
+    /// (`--tls`; the kernel paused it): hooks its new TLS libraries before it goes on.
+    /// Returns true for a record that is only that (not an event).
+    fn rescan(&mut self, rec: &decode::Record) -> bool {
+        let decode::Record::Proc(p) = rec else {
+            return false;
+        };
+        let mmap = p.hdr.syscall == MMAP_EXEC;
+        if let Some(tls) = &mut self.tls
+            && (mmap || p.hdr.syscall == sys::EXEC)
+        {
+            tls.scan(p.hdr.pid);
+        }
+        mmap
+    }
+
     fn outcome(self, exit_status: Option<ExitStatus>) -> Result<TraceOutcome, TraceError> {
         if let Some(e) = self.output_error {
             return Err(TraceError::Output(e));
@@ -423,6 +474,7 @@ impl Tracer<'_> {
             lost_bytes: self.reported_lost.1,
             kernel_events: self.counter(counter::EVENTS),
             read_errors: self.counter(counter::READ_ERRORS),
+            tls_libs: self.tls_libs,
         })
     }
 }
@@ -430,7 +482,11 @@ impl Tracer<'_> {
 impl Mode for Tracer<'_> {
     fn record(&mut self, rec: &[u8]) {
         match decode::decode(rec) {
-            Ok(rec) => self.assembler.push_into(&rec, &mut self.events),
+            Ok(rec) => {
+                if !self.rescan(&rec) {
+                    self.assembler.push_into(&rec, &mut self.events);
+                }
+            }
             Err(e) => tracing::warn!("undecodable kernel record: {e}"),
         }
         let mut events = std::mem::take(&mut self.events);

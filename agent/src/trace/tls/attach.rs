@@ -44,6 +44,10 @@ mod contract {
     }
 }
 
+/// `sys::MMAP_EXEC` (agent-common; replaced by it once it lands): the PROC record of an
+/// executable mapping of a file not in `TLS_SEEN` (never shown to users).
+pub const MMAP_EXEC: u16 = 35;
+
 /// One TLS library of one traced process, for the summary.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LibReport {
