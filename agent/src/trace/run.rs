@@ -254,6 +254,7 @@ pub fn run(
         output_error: None,
         tls: None,
         tls_libs: Vec::new(),
+        rescanned: false,
     };
     let mut trace_pid = |pid: u32, live: &mut HashSet<u32>| {
         live.insert(pid);
@@ -377,6 +378,8 @@ struct Tracer<'s> {
     tls: Option<TlsAttach>,
     /// `--tls`: its reports, once it is finished.
     tls_libs: Vec<LibReport>,
+    /// `--tls`: a process paused for a rescan waits for the end of this drain.
+    rescanned: bool,
 }
 
 impl Tracer<'_> {
@@ -460,6 +463,7 @@ impl Tracer<'_> {
             && (mmap || p.hdr.syscall == sys::EXEC)
         {
             tls.scan(p.hdr.pid);
+            self.rescanned = true;
         }
         mmap
     }
@@ -500,7 +504,9 @@ impl Mode for Tracer<'_> {
         // A paused process left at least half the ring buffer behind it: look for paused
         // processes once that much has been drained (and on every tick).
         self.drained_since_check += bytes;
-        if self.drained_since_check >= self.wakeup_bytes {
+        // A process the kernel paused for a rescan (`--tls`: exec, executable mmap) goes on
+        // as soon as its records are handled, not at the next tick.
+        if std::mem::take(&mut self.rescanned) || self.drained_since_check >= self.wakeup_bytes {
             self.drained_since_check = 0;
             self.resume_paused();
         }
