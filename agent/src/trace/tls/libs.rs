@@ -350,10 +350,8 @@ impl NamedAs {
             NamedAs::OpenSsl
         } else if so("libgnutls") {
             NamedAs::GnuTls
-        } else if (so("libjava") || so("libnet") || so("libnio"))
-            && path.to_string_lossy().contains("jvm")
-            || so("libjvm")
-        {
+        } else if so("libnet.") && path.to_string_lossy().contains("jvm") {
+            // The JDK's network library (one per Java process that uses sockets).
             NamedAs::Java
         } else {
             NamedAs::Other
@@ -916,6 +914,11 @@ garbage line
                 examine_file(java),
                 Verdict::Unhookable { lib: "java", .. }
             ));
+            // One line per Java process: the JDK's other libraries say nothing.
+            assert_eq!(
+                examine_file("/usr/lib/jvm/java-17-openjdk-amd64/lib/libjava.so"),
+                Verdict::NotTls
+            );
         }
     }
 }
