@@ -129,7 +129,7 @@ impl TlsAttach {
                 continue;
             }
             if !self.files.contains_key(&key) {
-                let outcome = self.examine(pid, m, &mappings);
+                let outcome = self.examine(pid, m);
                 self.files.insert(key, outcome);
                 let k = contract::file_key(key.0, key.1);
                 if let Err(e) = self.seen.insert(k, 1, 0) {
@@ -157,10 +157,26 @@ impl TlsAttach {
                 });
             }
         }
+        self.fill_openssl_versions(pid, &mappings);
+    }
+
+    /// OpenSSL 3's libssl has no version string, its libcrypto has; the dynamic loader maps
+    /// libssl before the libcrypto it needs, so the version is filled in by a later scan.
+    fn fill_openssl_versions(&mut self, pid: u32, mappings: &[Mapping]) {
+        let missing = |r: &LibReport| r.pid == pid && r.lib == "openssl" && r.version.is_none();
+        if !self.reports.iter().any(missing) {
+            return;
+        }
+        let Some(version) = libcrypto_version(pid, mappings) else {
+            return;
+        };
+        for r in self.reports.iter_mut().filter(|r| missing(r)) {
+            r.version = Some(version.clone());
+        }
     }
 
     /// What a file mapped by `pid` is, its uprobes attached when it is a TLS library.
-    fn examine(&mut self, pid: u32, m: &Mapping, all: &[Mapping]) -> FileOutcome {
+    fn examine(&mut self, pid: u32, m: &Mapping) -> FileOutcome {
         let (path, file) = match open_mapped(pid, m) {
             Ok(f) => f,
             Err(e) => {
@@ -200,7 +216,7 @@ impl TlsAttach {
                 outcome: Err("Go crypto/tls: not hooked by this build".into()),
             },
             Verdict::Hook(lib) => {
-                let version = lib.version.clone().or_else(|| libcrypto_version(pid, all));
+                let version = lib.version.clone();
                 let outcome = self.attach(&path, &lib.hooks).map(|()| lib.functions());
                 if let Err(e) = &outcome {
                     tracing::warn!(path = %m.path.display(), "tls: {e}");
