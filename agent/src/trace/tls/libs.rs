@@ -536,9 +536,12 @@ pub fn gnutls_symbol_version(strings: &[u8]) -> Option<String> {
         })
 }
 
-/// The first `PREFIX<digit>[.<alnum>]*` in `data`: the version after the prefix.
+/// The version after `prefix` in `data` (`PREFIX<digit>[.<alnum>-]*`): the first with a
+/// patch level (`3.0.19`, two dots) when there is one (`OpenSSL 3.0 ...` also appears in
+/// texts), else the first with a dot.
 fn version_after(data: &[u8], prefix: &[u8]) -> Option<String> {
-    for at in memchr::memmem::find_iter(data, prefix) {
+    let mut first = None;
+    for at in memchr::memmem::find_iter(data, prefix).take(1000) {
         let tail = &data[at + prefix.len()..];
         if !tail.first().is_some_and(u8::is_ascii_digit) {
             continue;
@@ -549,11 +552,15 @@ fn version_after(data: &[u8], prefix: &[u8]) -> Option<String> {
             .position(|&b| !(b.is_ascii_alphanumeric() || b == b'.' || b == b'-'))
             .unwrap_or(tail.len().min(32));
         let v = &tail[..len];
-        if v.contains(&b'.') {
-            return Some(String::from_utf8_lossy(v).into_owned());
+        match v.iter().filter(|&&b| b == b'.').count() {
+            0 => {}
+            1 => {
+                first.get_or_insert(v);
+            }
+            _ => return Some(String::from_utf8_lossy(v).into_owned()),
         }
     }
-    None
+    first.map(|v| String::from_utf8_lossy(v).into_owned())
 }
 
 #[cfg(test)]
@@ -643,6 +650,12 @@ garbage line
             Some("BoringSSL")
         );
         assert_eq!(openssl_version(b"OpenSSL 3"), None);
+        // A patch level wins over an earlier major.minor.
+        assert_eq!(
+            openssl_version(b"OpenSSL 3.0 provider\0OpenSSL 3.0.19 27 Jan 2026").as_deref(),
+            Some("3.0.19")
+        );
+        assert_eq!(openssl_version(b"OpenSSL 3.0 x").as_deref(), Some("3.0"));
         assert_eq!(
             gnutls_symbol_version(
                 b"\0GNUTLS_3_4\0GNUTLS_3_7_7\0GNUTLS_3_6_13\0GNUTLS_FIPS140_3_4\0"
