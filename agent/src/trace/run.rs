@@ -19,7 +19,7 @@ use thiserror::Error;
 use super::{
     assemble::{self, Assembler},
     decode,
-    tls::attach::{LibReport, MMAP_EXEC, TlsAttach},
+    tls::attach::{LibReport, TlsAttach},
 };
 use crate::{
     control::Control,
@@ -480,7 +480,7 @@ impl Tracer<'_> {
         let decode::Record::Proc(p) = rec else {
             return false;
         };
-        let mmap = p.hdr.syscall == MMAP_EXEC;
+        let mmap = p.hdr.syscall == sys::MMAP_EXEC;
         if let Some(tls) = &mut self.tls
             && (mmap || p.hdr.syscall == sys::EXEC)
         {

@@ -21,32 +21,16 @@ use std::{
 use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, MapData},
-    programs::{
-        UProbe,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
-    },
+    programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
 };
 
+use agent_common::{FileKey, trace::maps};
+
 use super::libs::{self, Hook, Mapping, Prog, Verdict};
-use crate::{kernel::KernelError, process};
-
-/// The contract with the eBPF side (agent-common; replaced by its constants once they land).
-mod contract {
-    pub const TLS_ENTER: &str = "tls_enter";
-    pub const TLS_EXIT: &str = "tls_exit";
-    pub const TLS_SET_FD: &str = "tls_set_fd";
-    pub const TLS_FREE: &str = "tls_free";
-    pub const TLS_SEEN: &str = "TLS_SEEN";
-    /// `FileKey { dev, ino }` of the kernel: the device as the kernel encodes it.
-    pub type FileKey = [u64; 2];
-    pub fn file_key(dev: u64, ino: u64) -> FileKey {
-        [dev, ino]
-    }
-}
-
-/// `sys::MMAP_EXEC` (agent-common; replaced by it once it lands): the PROC record of an
-/// executable mapping of a file not in `TLS_SEEN` (never shown to users).
-pub const MMAP_EXEC: u16 = 35;
+use crate::{
+    kernel::{self, KernelError},
+    process,
+};
 
 /// One TLS library of one traced process, for the summary.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,7 +66,7 @@ pub struct TlsAttach {
     /// The loaded object: the TLS programs are attached from it.
     ebpf: Ebpf,
     /// `TLS_SEEN`: the files examined, so that the kernel does not pause for them again.
-    seen: BpfHashMap<MapData, contract::FileKey, u8>,
+    seen: BpfHashMap<MapData, FileKey, u8>,
     /// What came of every file examined, by (device, inode).
     files: HashMap<(u64, u64), FileOutcome>,
     /// (pid, file) pairs already reported.
@@ -94,15 +78,8 @@ impl TlsAttach {
     /// A manager for the object `ebpf` (loaded, with the TLS programs and `TLS_SEEN`): the
     /// TLS programs loaded into the kernel, nothing attached yet.
     pub fn new(mut ebpf: Ebpf) -> Result<Self, KernelError> {
-        for prog in [
-            contract::TLS_ENTER,
-            contract::TLS_EXIT,
-            contract::TLS_SET_FD,
-            contract::TLS_FREE,
-        ] {
-            uprobe(&mut ebpf, prog)?;
-        }
-        let seen = crate::kernel::take_map(&mut ebpf, contract::TLS_SEEN)?;
+        kernel::tls_programs(&mut ebpf)?;
+        let seen = kernel::take_map(&mut ebpf, maps::TLS_SEEN)?;
         Ok(TlsAttach {
             links: Vec::new(),
             ebpf,
@@ -131,7 +108,7 @@ impl TlsAttach {
             if !self.files.contains_key(&key) {
                 let outcome = self.examine(pid, m);
                 self.files.insert(key, outcome);
-                let k = contract::file_key(key.0, key.1);
+                let k = FileKey::new(m.dev.0, m.dev.1, m.inode);
                 if let Err(e) = self.seen.insert(k, 1, 0) {
                     tracing::warn!("tls: TLS_SEEN: {e}");
                 }
@@ -233,14 +210,14 @@ impl TlsAttach {
     /// Attaches every hook of one file, for all processes; all or nothing.
     fn attach(&mut self, target: &Path, hooks: &[Hook]) -> Result<(), String> {
         let mut links = Vec::with_capacity(hooks.len());
+        let progs = kernel::tls_programs(&mut self.ebpf).map_err(|e| e.to_string())?;
         for h in hooks {
-            let name = match h.prog {
-                Prog::Enter => contract::TLS_ENTER,
-                Prog::Exit => contract::TLS_EXIT,
-                Prog::SetFd => contract::TLS_SET_FD,
-                Prog::Free => contract::TLS_FREE,
+            let (name, prog) = match h.prog {
+                Prog::Enter => ("tls_enter", &mut *progs.enter),
+                Prog::Exit => ("tls_exit", &mut *progs.exit),
+                Prog::SetFd => ("tls_set_fd", &mut *progs.set_fd),
+                Prog::Free => ("tls_free", &mut *progs.free),
             };
-            let prog = uprobe(&mut self.ebpf, name).map_err(|e| e.to_string())?;
             let point = UProbeAttachPoint {
                 location: UProbeAttachLocation::AbsoluteOffset(h.offset),
                 cookie: Some(h.cookie),
@@ -282,25 +259,6 @@ impl TlsAttach {
         drop(ebpf);
         reports
     }
-}
-
-/// Program `name` of the object, a uprobe loaded into the kernel.
-fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut UProbe, KernelError> {
-    let program = ebpf
-        .program_mut(name)
-        .ok_or_else(|| KernelError::MissingProgram(name.to_string()))?;
-    let loaded = program.fd().is_ok();
-    let p: &mut UProbe = program.try_into().map_err(|source| KernelError::Program {
-        name: name.to_string(),
-        source: Box::new(source),
-    })?;
-    if !loaded {
-        p.load().map_err(|source| KernelError::Program {
-            name: name.to_string(),
-            source: Box::new(source),
-        })?;
-    }
-    Ok(p)
 }
 
 /// Opens the file of mapping `m` of process `pid` as that process sees it: through
