@@ -24,7 +24,10 @@ use aya::{
     programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
 };
 
-use agent_common::{FileKey, trace::maps};
+use agent_common::{
+    FileKey,
+    trace::{maps, progs},
+};
 
 use super::libs::{self, Hook, Mapping, Prog, Verdict};
 use crate::{
@@ -210,13 +213,13 @@ impl TlsAttach {
     /// Attaches every hook of one file, for all processes; all or nothing.
     fn attach(&mut self, target: &Path, hooks: &[Hook]) -> Result<(), String> {
         let mut links = Vec::with_capacity(hooks.len());
-        let progs = kernel::tls_programs(&mut self.ebpf).map_err(|e| e.to_string())?;
+        let tls = kernel::tls_programs(&mut self.ebpf).map_err(|e| e.to_string())?;
         for h in hooks {
             let (name, prog) = match h.prog {
-                Prog::Enter => ("tls_enter", &mut *progs.enter),
-                Prog::Exit => ("tls_exit", &mut *progs.exit),
-                Prog::SetFd => ("tls_set_fd", &mut *progs.set_fd),
-                Prog::Free => ("tls_free", &mut *progs.free),
+                Prog::Enter => (progs::TLS_ENTER, &mut *tls.enter),
+                Prog::Exit => (progs::TLS_EXIT, &mut *tls.exit),
+                Prog::SetFd => (progs::TLS_SET_FD, &mut *tls.set_fd),
+                Prog::Free => (progs::TLS_FREE, &mut *tls.free),
             };
             let point = UProbeAttachPoint {
                 location: UProbeAttachLocation::AbsoluteOffset(h.offset),

@@ -14,7 +14,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use agent_common::tls_fn;
+use agent_common::{tls_cookie, tls_fn};
 use object::{
     Endianness, Object as _, ObjectSection as _, ObjectSymbol as _, SymbolKind,
     read::elf::{ElfFile64, ProgramHeader as _},
@@ -144,11 +144,6 @@ pub enum Prog {
     /// `tls_free`: the library frees a connection object.
     Free,
 }
-
-/// `tls_set_fd` cookie: `SSL_set_fd(ssl, fd)`, `SSL_set_rfd`, `SSL_set_wfd` (fd is arg 1).
-pub const SET_FD_OPENSSL: u64 = 1;
-/// `tls_set_fd` cookie: `gnutls_transport_set_int2(session, recv_fd, send_fd)`.
-pub const SET_FD_GNUTLS: u64 = 2;
 
 /// One uprobe to attach: program `prog` at file offset `offset` (the function `func`),
 /// with bpf cookie `cookie`.
@@ -451,15 +446,15 @@ fn hookable(
         return None;
     }
     let fd_cookie = if lib == "gnutls" {
-        SET_FD_GNUTLS
+        tls_cookie::GNUTLS_SET_INT2
     } else {
-        SET_FD_OPENSSL
+        tls_cookie::OPENSSL_SET_FD
     };
     for &func in set_fd {
         at(&mut hooks, func, &[(Prog::SetFd, fd_cookie)]);
     }
     for &func in free {
-        at(&mut hooks, func, &[(Prog::Free, 0)]);
+        at(&mut hooks, func, &[(Prog::Free, tls_cookie::FREE)]);
     }
     Some(TlsLib {
         lib,
@@ -745,9 +740,9 @@ garbage line
                 ("SSL_write_ex", Prog::Exit, id(tls_fn::SSL_WRITE_EX)),
                 ("SSL_read_ex", Prog::Enter, id(tls_fn::SSL_READ_EX)),
                 ("SSL_read_ex", Prog::Exit, id(tls_fn::SSL_READ_EX)),
-                ("SSL_set_fd", Prog::SetFd, SET_FD_OPENSSL),
-                ("SSL_set_rfd", Prog::SetFd, SET_FD_OPENSSL),
-                ("SSL_set_wfd", Prog::SetFd, SET_FD_OPENSSL),
+                ("SSL_set_fd", Prog::SetFd, tls_cookie::OPENSSL_SET_FD),
+                ("SSL_set_rfd", Prog::SetFd, tls_cookie::OPENSSL_SET_FD),
+                ("SSL_set_wfd", Prog::SetFd, tls_cookie::OPENSSL_SET_FD),
                 ("SSL_free", Prog::Free, 0),
             ]
         );
@@ -785,7 +780,7 @@ garbage line
                 ("gnutls_deinit", Prog::Free),
             ]
         );
-        assert_eq!(lib.hooks[4].cookie, SET_FD_GNUTLS);
+        assert_eq!(lib.hooks[4].cookie, tls_cookie::GNUTLS_SET_INT2);
         check_offsets(&path, &lib);
     }
 
