@@ -277,15 +277,21 @@ pub fn run(
     // libraries of the processes traced now (later ones: on their exec and mmap records).
     let programs = if opts.tls {
         let mut tls = TlsAttach::new(ebpf)?;
-        if opts.all {
-            for pid in process::all_pids() {
-                tls.scan(pid);
-            }
+        let started = std::time::Instant::now();
+        let pids: Vec<u32> = if opts.all {
+            process::all_pids()
         } else {
-            for &pid in &tracer.live {
-                tls.scan(pid);
-            }
+            tracer.live.iter().copied().collect()
+        };
+        for &pid in &pids {
+            tls.scan(pid);
         }
+        tracing::info!(
+            processes = pids.len(),
+            uprobes = tls.attached(),
+            ms = started.elapsed().as_millis() as u64,
+            "tls: scanned the traced processes"
+        );
         tracer.tls = Some(tls);
         None
     } else {

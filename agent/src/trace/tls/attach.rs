@@ -109,7 +109,14 @@ impl TlsAttach {
                 continue;
             }
             if !self.files.contains_key(&key) {
+                let started = std::time::Instant::now();
                 let outcome = self.examine(pid, m);
+                tracing::debug!(
+                    path = %m.path.display(),
+                    us = started.elapsed().as_micros() as u64,
+                    ?outcome,
+                    "tls: examined"
+                );
                 self.files.insert(key, outcome);
                 let k = FileKey::new(m.dev.0, m.dev.1, m.inode);
                 if let Err(e) = self.seen.insert(k, 1, 0) {

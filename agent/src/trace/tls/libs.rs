@@ -264,12 +264,10 @@ pub fn examine(path: &Path, data: &[u8]) -> Verdict {
             lib: "nss",
             why: "Mozilla NSS: not supported (no OpenSSL API)".into(),
         },
-        NamedAs::OpenSsl if symbols.has("PR_Read") || symbols.has("SSL_ImportFD") => {
-            Verdict::Unhookable {
-                lib: "nss",
-                why: "Mozilla NSS: not supported (no OpenSSL API)".into(),
-            }
-        }
+        NamedAs::OpenSsl if NSS_MARKERS.iter().any(|m| symbols.has(m)) => Verdict::Unhookable {
+            lib: "nss",
+            why: "Mozilla NSS: not supported (no OpenSSL API)".into(),
+        },
         NamedAs::OpenSsl => Verdict::Unhookable {
             lib: "openssl",
             why: "no SSL_read/SSL_write symbols (stripped)".into(),
@@ -379,35 +377,63 @@ fn is_go(elf: &ElfFile64<Endianness>, data: &[u8]) -> bool {
     elf.sections().next().is_none() && memchr::memmem::find(data, GO_BUILDINFO_MAGIC).is_some()
 }
 
-/// The defined function symbols of a file (dynamic and `.symtab`): name without version →
-/// virtual address.
-struct Symbols<'d>(std::collections::HashMap<&'d str, u64>);
+/// The names [`examine`] looks up (everything else in a symbol table is skipped: a large
+/// binary such as librustc_driver has a million symbols).
+fn wanted(name: &str) -> bool {
+    let data = |t: &[(&str, u16)]| t.iter().any(|(n, _)| *n == name);
+    let named = |t: &[&str]| t.contains(&name);
+    match name.as_bytes().first() {
+        Some(b'S') => {
+            data(OPENSSL_DATA)
+                || named(OPENSSL_SET_FD)
+                || named(OPENSSL_FREE)
+                || name == NSS_MARKERS[1]
+        }
+        Some(b'g') => data(GNUTLS_DATA) || named(GNUTLS_SET_FD) || named(GNUTLS_FREE),
+        Some(b'P') => name == NSS_MARKERS[0],
+        _ => false,
+    }
+}
+
+/// Functions only Mozilla NSS defines (its libssl3.so looks like OpenSSL's by name).
+const NSS_MARKERS: [&str; 2] = ["PR_Read", "SSL_ImportFD"];
+
+/// The defined function symbols of a file (dynamic and `.symtab`) that [`examine`] looks
+/// for: name without version → virtual address; and whether it defines any function.
+struct Symbols<'d> {
+    found: Vec<(&'d str, u64)>,
+    any: bool,
+}
 
 impl<'d> Symbols<'d> {
     fn of(elf: &ElfFile64<'d, Endianness>) -> Symbols<'d> {
-        let mut map = std::collections::HashMap::new();
+        let mut found: Vec<(&'d str, u64)> = Vec::new();
+        let mut any = false;
         for sym in elf.dynamic_symbols().chain(elf.symbols()) {
             if !sym.is_definition() || sym.kind() != SymbolKind::Text || sym.address() == 0 {
                 continue;
             }
+            any = true;
             let Ok(name) = sym.name() else { continue };
             // `SSL_write@@OPENSSL_3.0.0` in the .symtab of some builds.
             let name = name.split('@').next().unwrap_or(name);
-            map.entry(name).or_insert(sym.address());
+            if wanted(name) && !found.iter().any(|(n, _)| *n == name) {
+                found.push((name, sym.address()));
+            }
         }
-        Symbols(map)
+        Symbols { found, any }
     }
 
     fn get(&self, name: &str) -> Option<u64> {
-        self.0.get(name).copied()
+        self.found.iter().find(|(n, _)| *n == name).map(|(_, a)| *a)
     }
 
     fn has(&self, name: &str) -> bool {
-        self.0.contains_key(name)
+        self.get(name).is_some()
     }
 
     fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        !self.any
     }
 }
 
