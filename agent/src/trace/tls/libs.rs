@@ -490,7 +490,8 @@ fn hookable(
 }
 
 /// The file offset of virtual address `addr`: through the `PT_LOAD` segment that holds it
-/// in the file (what uprobes are placed by). None when no segment maps it from the file.
+/// in the file (what uprobes are placed by). None when no segment maps it from the file, or
+/// the segment claims bytes past the file's end.
 pub fn file_offset(elf: &ElfFile64<Endianness>, addr: u64) -> Option<u64> {
     let e = elf.endian();
     elf.elf_program_headers()
@@ -500,7 +501,8 @@ pub fn file_offset(elf: &ElfFile64<Endianness>, addr: u64) -> Option<u64> {
             let vaddr = ph.p_vaddr(e);
             addr >= vaddr && addr - vaddr < ph.p_filesz(e)
         })
-        .map(|ph| addr - ph.p_vaddr(e) + ph.p_offset(e))
+        .and_then(|ph| (addr - ph.p_vaddr(e)).checked_add(ph.p_offset(e)))
+        .filter(|&off| off < elf.data().len() as u64)
 }
 
 /// The bytes of `.rodata`, where version strings live.
@@ -926,6 +928,21 @@ garbage line
                 why: "OpenSSL linked statically in a stripped executable: no symbols".into()
             }
         );
+    }
+
+    #[test]
+    fn a_segment_past_the_end_of_the_file_gives_no_hook() {
+        // Found by the fuzzer (fuzz/seeds/tls_libs/segment_past_eof): a PT_LOAD whose file
+        // offset lies beyond the file's end.
+        let data = include_bytes!("../../../../fuzz/seeds/tls_libs/segment_past_eof");
+        for name in ["/usr/lib/libssl.so.3", "/usr/bin/app"] {
+            if let Verdict::Hook(lib) = examine(Path::new(name), data) {
+                for h in &lib.hooks {
+                    assert!(h.offset < data.len() as u64, "{h:?}");
+                }
+            }
+        }
+        assert_eq!(examine(Path::new("/usr/bin/app"), data), Verdict::NotTls);
     }
 
     #[test]
