@@ -30,6 +30,7 @@ use agent_common::{
 };
 
 use super::libs::{self, Hook, Mapping, Prog, Verdict};
+use crate::trace::summary::RENDER_MAX_ROWS;
 use crate::{
     kernel::{self, KernelError},
     process,
@@ -324,7 +325,7 @@ pub fn render_reports(reports: &[LibReport]) -> String {
         s.push_str("capagent: --tls: no TLS library found in the traced processes\n");
         return s;
     }
-    for r in reports {
+    for r in reports.iter().take(RENDER_MAX_ROWS) {
         let _ = write!(
             s,
             "tls: {}[{}] {} {}",
@@ -345,6 +346,10 @@ pub fn render_reports(reports: &[LibReport]) -> String {
                 let _ = writeln!(s, ": not hooked: {why}");
             }
         }
+    }
+    if reports.len() > RENDER_MAX_ROWS {
+        let more = reports.len() - RENDER_MAX_ROWS;
+        let _ = writeln!(s, "tls: ... and {more} more libraries");
     }
     s
 }
@@ -375,6 +380,10 @@ mod tests {
             "tls: curl[42] /usr/lib/x86_64-linux-gnu/libssl.so.3 openssl 3.0.19: hooked 4 functions\n\
              tls: curl[42] /usr/lib/x86_64-linux-gnu/libssl.so.3 openssl: not hooked: no SSL_read/SSL_write symbols (stripped)\n"
         );
+        let many = vec![r("openssl", None, Ok(4)); RENDER_MAX_ROWS + 2];
+        let text = render_reports(&many);
+        assert_eq!(text.lines().count(), RENDER_MAX_ROWS + 1);
+        assert!(text.ends_with("tls: ... and 2 more libraries\n"), "{text}");
         assert_eq!(
             render_reports(&[]),
             "capagent: --tls: no TLS library found in the traced processes\n"
