@@ -161,6 +161,17 @@ impl TlsAttach {
         for r in self.reports.iter_mut().filter(|r| missing(r)) {
             r.version = Some(version.clone());
         }
+        // The next processes of the same libssl get it at once.
+        for m in mappings {
+            if let Some(FileOutcome::Tls {
+                lib: "openssl",
+                version: v @ None,
+                ..
+            }) = self.files.get_mut(&m.file_key())
+            {
+                *v = Some(version.clone());
+            }
+        }
     }
 
     /// What a file mapped by `pid` is, its uprobes attached when it is a TLS library.
@@ -204,7 +215,10 @@ impl TlsAttach {
                 outcome: Err("Go crypto/tls: not hooked by this build".into()),
             },
             Verdict::Hook(lib) => {
-                let version = lib.version.clone();
+                let version = lib
+                    .version
+                    .clone()
+                    .or_else(|| sibling_libcrypto_version(&path));
                 let outcome = self.attach(&path, &lib.hooks).map(|()| lib.functions());
                 if let Err(e) = &outcome {
                     tracing::warn!(path = %m.path.display(), "tls: {e}");
@@ -303,8 +317,21 @@ fn open_mapped(pid: u32, m: &Mapping) -> std::io::Result<(PathBuf, File)> {
     Ok((path, f))
 }
 
-/// The OpenSSL version of the libcrypto mapped by the same process (OpenSSL 3's libssl has
-/// no version string; its libcrypto has).
+/// The OpenSSL version of the libcrypto next to a libssl opened at `libssl`
+/// (`/proc/PID/root/usr/lib/x86_64-linux-gnu/libssl.so.3` → `.../libcrypto.so.3`): OpenSSL
+/// 3's libssl has no version string, its libcrypto has.
+fn sibling_libcrypto_version(libssl: &Path) -> Option<String> {
+    let name = libssl.file_name()?.to_str()?;
+    let crypto = libssl.with_file_name(name.strip_prefix("libssl")?.to_string());
+    let crypto = crypto.with_file_name(format!("libcrypto{}", crypto.file_name()?.to_str()?));
+    let file = File::open(crypto).ok()?;
+    // SAFETY: as in `TlsAttach::examine`.
+    let data = unsafe { memmap2::Mmap::map(&file) }.ok()?;
+    libs::openssl_version(&data)
+}
+
+/// The OpenSSL version of the libcrypto mapped by the same process (when libssl has no
+/// libcrypto next to it).
 fn libcrypto_version(pid: u32, all: &[Mapping]) -> Option<String> {
     let m = all.iter().find(|m| {
         m.path
@@ -388,6 +415,13 @@ mod tests {
             render_reports(&[]),
             "capagent: --tls: no TLS library found in the traced processes\n"
         );
+    }
+
+    #[test]
+    fn openssl_version_from_the_libcrypto_next_to_libssl() {
+        let libssl = Path::new("/usr/lib/x86_64-linux-gnu/libssl.so.3");
+        assert_eq!(sibling_libcrypto_version(libssl).as_deref(), Some("3.0.19"));
+        assert_eq!(sibling_libcrypto_version(Path::new("/usr/bin/node")), None);
     }
 
     #[test]
