@@ -475,25 +475,36 @@ impl Tracer<'_> {
     /// Detaches the TLS uprobes and keeps the manager's reports.
     fn finish_tls(&mut self) {
         if let Some(tls) = self.tls.take() {
-            self.tls_libs = tls.finish();
+            self.tls_libs = tls.finish(self.live.iter().copied());
         }
     }
 
     /// A traced process exec'd or mapped an executable file it had not mapped before
     /// (`--tls`; the kernel paused it): hooks its new TLS libraries before it goes on.
     /// Returns true for a record that is only that (not an event).
+    /// A TLS record names the libraries of its process in the summary: a process whose
+    /// libraries had all been examined for others was not paused for them.
     fn rescan(&mut self, rec: &decode::Record) -> bool {
-        let decode::Record::Proc(p) = rec else {
+        let Some(tls) = &mut self.tls else {
             return false;
         };
-        let mmap = p.hdr.syscall == sys::MMAP_EXEC;
-        if let Some(tls) = &mut self.tls
-            && (mmap || p.hdr.syscall == sys::EXEC)
-        {
-            tls.scan(p.hdr.pid);
-            self.rescanned = true;
+        match rec {
+            decode::Record::Proc(p) if p.hdr.syscall == sys::MMAP_EXEC => {
+                tls.scan(p.hdr.pid);
+                self.rescanned = true;
+                true
+            }
+            decode::Record::Proc(p) if p.hdr.syscall == sys::EXEC => {
+                tls.exec(p.hdr.pid);
+                self.rescanned = true;
+                false
+            }
+            decode::Record::Tls { ev, .. } => {
+                tls.tls_call(ev.hdr.pid);
+                false
+            }
+            _ => false,
         }
-        mmap
     }
 
     fn outcome(self, exit_status: Option<ExitStatus>) -> Result<TraceOutcome, TraceError> {

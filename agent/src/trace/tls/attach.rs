@@ -75,6 +75,9 @@ pub struct TlsAttach {
     files: HashMap<(u64, u64), FileOutcome>,
     /// (pid, file) pairs already reported.
     reported: HashSet<(u32, (u64, u64))>,
+    /// Processes scanned since their last exec once their libraries were loaded (at their
+    /// first TLS call).
+    loaded: HashSet<u32>,
     reports: Vec<LibReport>,
 }
 
@@ -90,6 +93,7 @@ impl TlsAttach {
             seen,
             files: HashMap::new(),
             reported: HashSet::new(),
+            loaded: HashSet::new(),
             reports: Vec::new(),
         })
     }
@@ -171,6 +175,23 @@ impl TlsAttach {
             {
                 *v = Some(version.clone());
             }
+        }
+    }
+
+    /// Process `pid` exec'd: its new executable (and loader) are examined now, the libraries
+    /// the loader maps next as they come (their mmap records) or at its first TLS call.
+    pub fn exec(&mut self, pid: u32) {
+        self.loaded.remove(&pid);
+        self.scan(pid);
+    }
+
+    /// Process `pid` made a TLS call: the first one after its exec rescans it, so that the
+    /// summary names its libraries also when they were all examined for other processes
+    /// already (then the kernel did not stop it for them).
+    pub fn tls_call(&mut self, pid: u32) {
+        if self.loaded.insert(pid) {
+            tracing::debug!(pid, "tls: first TLS call since exec: rescan");
+            self.scan(pid);
         }
     }
 
@@ -272,8 +293,15 @@ impl TlsAttach {
         self.links.len()
     }
 
-    /// Detaches every uprobe and unloads the programs; returns the reports.
-    pub fn finish(self) -> Vec<LibReport> {
+    /// Scans the processes `live` (still running: their libraries are in the summary even
+    /// without a TLS call), then detaches every uprobe and unloads the programs; returns
+    /// the reports.
+    pub fn finish(mut self, live: impl Iterator<Item = u32>) -> Vec<LibReport> {
+        for pid in live {
+            if !self.loaded.contains(&pid) {
+                self.scan(pid);
+            }
+        }
         let TlsAttach {
             links,
             ebpf,
