@@ -350,8 +350,7 @@ fn open_mapped(pid: u32, m: &Mapping) -> std::io::Result<(PathBuf, File)> {
 /// 3's libssl has no version string, its libcrypto has.
 fn sibling_libcrypto_version(libssl: &Path) -> Option<String> {
     let name = libssl.file_name()?.to_str()?;
-    let crypto = libssl.with_file_name(name.strip_prefix("libssl")?.to_string());
-    let crypto = crypto.with_file_name(format!("libcrypto{}", crypto.file_name()?.to_str()?));
+    let crypto = libssl.with_file_name(format!("libcrypto{}", name.strip_prefix("libssl")?));
     let file = File::open(crypto).ok()?;
     // SAFETY: as in `TlsAttach::examine`.
     let data = unsafe { memmap2::Mmap::map(&file) }.ok()?;
