@@ -233,12 +233,22 @@ pub fn comm_filter(name: &str) -> Result<[u8; 16], TargetError> {
 
 /// Running processes whose name is `name`.
 pub fn pids_by_comm(name: &str) -> Vec<u32> {
-    let Ok(dir) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+    proc_pids()
         .filter(|&pid| process_comm(pid).as_deref() == Some(name))
         .collect()
+}
+
+/// Every running process but this one.
+pub fn all_pids() -> Vec<u32> {
+    let me = std::process::id();
+    proc_pids().filter(|&pid| pid != me).collect()
+}
+
+fn proc_pids() -> impl Iterator<Item = u32> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
 }
 
 impl ChildStdout {

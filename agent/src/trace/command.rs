@@ -191,6 +191,9 @@ pub fn run(args: &TraceArgs) -> anyhow::Result<Option<ExitStatus>> {
     if !args.no_summary {
         summary.set_tls(opts.tls);
         eprint!("{}", summary.render());
+        if opts.tls {
+            eprint!("{}", super::tls::attach::render_reports(&outcome.tls_libs));
+        }
         if outcome.read_errors > 0 {
             eprintln!(
                 "capagent: {} payload reads failed in the kernel (pages not resident); those calls are marked truncated",

@@ -20,6 +20,7 @@ use super::{
     assemble::{self, Assembler},
     decode,
     tls::conns::TlsConns,
+    tls::attach::{LibReport, TlsAttach},
 };
 use crate::{
     control::Control,
@@ -195,6 +196,8 @@ pub struct TraceOutcome {
     pub lost_bytes: u64,
     pub kernel_events: u64,
     pub read_errors: u64,
+    /// `--tls`: the TLS libraries of the traced processes, hooked or not.
+    pub tls_libs: Vec<LibReport>,
 }
 
 /// Runs a trace session, handing every event to `sink` as it completes (and ticking it every
@@ -239,6 +242,9 @@ pub fn run(
         drained_since_check: 0,
         output_error: None,
         tls_conns: opts.tls.then(|| TlsConns::new(opts.tls_only)),
+        tls: None,
+        tls_libs: Vec::new(),
+        rescanned: false,
     };
     let mut trace_pid = |pid: u32, live: &mut HashSet<u32>| {
         live.insert(pid);
@@ -255,6 +261,30 @@ pub fn run(
         trace_pid(pid, &mut tracer.live)?;
     }
     attach(&mut ebpf)?;
+    // --tls: the TLS programs and their uprobes go with the attach manager, which hooks the
+    // libraries of the processes traced now (later ones: on their exec and mmap records).
+    let programs = if opts.tls {
+        let mut tls = TlsAttach::new(ebpf)?;
+        let started = std::time::Instant::now();
+        let pids: Vec<u32> = if opts.all {
+            process::all_pids()
+        } else {
+            tracer.live.iter().copied().collect()
+        };
+        for &pid in &pids {
+            tls.scan(pid);
+        }
+        tracing::info!(
+            processes = pids.len(),
+            uprobes = tls.attached(),
+            ms = started.elapsed().as_millis() as u64,
+            "tls: scanned the traced processes"
+        );
+        tracer.tls = Some(tls);
+        None
+    } else {
+        Some(ebpf)
+    };
     // Start the command last, so it is traced from its first syscall.
     let mut child = None;
     if !opts.command.is_empty() {
@@ -263,7 +293,7 @@ pub fn run(
         child = Some(held);
     }
     let setup = Setup {
-        programs: ebpf,
+        programs,
         ring,
         ring_bytes: opts.ring_bytes,
         duration: opts.duration,
@@ -279,7 +309,8 @@ pub fn run(
     tracer.close();
     session.wait_child(Duration::from_millis(500));
     let exit_status = session.exit_status();
-    drop(session); // detaches every program
+    drop(session); // detaches every program (but the TLS ones)
+    tracer.finish_tls(); // detaches the TLS uprobes
     tracer.resume_paused();
     tracer.outcome(exit_status)
 }
@@ -362,6 +393,12 @@ struct Tracer<'s> {
     /// `--tls`: the connections that carry TLS, to mark (and with `--tls-only` hide) their
     /// ciphertext records.
     tls_conns: Option<TlsConns>,
+    /// `--tls`: the attach manager (it owns the programs then), until the end.
+    tls: Option<TlsAttach>,
+    /// `--tls`: its reports, once it is finished.
+    tls_libs: Vec<LibReport>,
+    /// `--tls`: a process paused for a rescan waits for the end of this drain.
+    rescanned: bool,
 }
 
 impl Tracer<'_> {
@@ -432,6 +469,41 @@ impl Tracer<'_> {
         self.resume_paused();
     }
 
+    /// Detaches the TLS uprobes and keeps the manager's reports.
+    fn finish_tls(&mut self) {
+        if let Some(tls) = self.tls.take() {
+            self.tls_libs = tls.finish(self.live.iter().copied());
+        }
+    }
+
+    /// A traced process exec'd or mapped an executable file it had not mapped before
+    /// (`--tls`; the kernel paused it): hooks its new TLS libraries before it goes on.
+    /// Returns true for a record that is only that (not an event).
+    /// A TLS record names the libraries of its process in the summary: a process whose
+    /// libraries had all been examined for others was not paused for them.
+    fn rescan(&mut self, rec: &decode::Record) -> bool {
+        let Some(tls) = &mut self.tls else {
+            return false;
+        };
+        match rec {
+            decode::Record::Proc(p) if p.hdr.syscall == sys::MMAP_EXEC => {
+                tls.scan(p.hdr.pid);
+                self.rescanned = true;
+                true
+            }
+            decode::Record::Proc(p) if p.hdr.syscall == sys::EXEC => {
+                tls.exec(p.hdr.pid);
+                self.rescanned = true;
+                false
+            }
+            decode::Record::Tls { ev, .. } => {
+                tls.tls_call(ev.hdr.pid);
+                false
+            }
+            _ => false,
+        }
+    }
+
     fn outcome(self, exit_status: Option<ExitStatus>) -> Result<TraceOutcome, TraceError> {
         if let Some(e) = self.output_error {
             return Err(TraceError::Output(e));
@@ -442,6 +514,7 @@ impl Tracer<'_> {
             lost_bytes: self.reported_lost.1,
             kernel_events: self.counter(counter::EVENTS),
             read_errors: self.counter(counter::READ_ERRORS),
+            tls_libs: self.tls_libs,
         })
     }
 }
@@ -449,7 +522,11 @@ impl Tracer<'_> {
 impl Mode for Tracer<'_> {
     fn record(&mut self, rec: &[u8]) {
         match decode::decode(rec) {
-            Ok(rec) => self.assembler.push_into(&rec, &mut self.events),
+            Ok(rec) => {
+                if !self.rescan(&rec) {
+                    self.assembler.push_into(&rec, &mut self.events);
+                }
+            }
             Err(e) => tracing::warn!("undecodable kernel record: {e}"),
         }
         let mut events = std::mem::take(&mut self.events);
@@ -463,7 +540,9 @@ impl Mode for Tracer<'_> {
         // A paused process left at least half the ring buffer behind it: look for paused
         // processes once that much has been drained (and on every tick).
         self.drained_since_check += bytes;
-        if self.drained_since_check >= self.wakeup_bytes {
+        // A process the kernel paused for a rescan (`--tls`: exec, executable mmap) goes on
+        // as soon as its records are handled, not at the next tick.
+        if std::mem::take(&mut self.rescanned) || self.drained_since_check >= self.wakeup_bytes {
             self.drained_since_check = 0;
             self.resume_paused();
         }

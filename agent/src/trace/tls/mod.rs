@@ -11,4 +11,6 @@
 //! - `conns`: which connections carry TLS (a ClientHello, or plaintext seen on them), for
 //!   the marker on their ciphertext records, `--tls-only` and the summary.
 
+pub mod attach;
 pub mod conns;
+pub mod libs;
