@@ -291,7 +291,7 @@ fn curl_against_openssl_s_server() {
     let local = format!("127.0.0.1:{}", local_port(&run.stdout));
     let sent = curl.sent();
     let want = format!(
-        "({local} -> {dest}) = {} \"{}",
+        ", {local} -> {dest}) = {} \"{}",
         sent.len(),
         escape(&sent[..16])
     );
