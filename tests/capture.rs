@@ -31,19 +31,7 @@ fn start_capture(ns: &Netns, args: &[&str]) -> Proc {
 fn http_server(ns: &Netns, dir: &TempDir) -> Proc {
     dir.write("page.html", "x".repeat(3000));
     dir.write("big.html", "y".repeat(1_000_000));
-    let mut cmd = ns.cmd(python());
-    cmd.args([
-        "-m",
-        "http.server",
-        &PORT.to_string(),
-        "--bind",
-        "127.0.0.1",
-    ])
-    .arg("--directory")
-    .arg(dir.join(""));
-    let p = Proc::spawn("http.server", cmd);
-    wait_listen(p.pid(), PORT);
-    p
+    python_http_server(ns, &dir.join(""), "127.0.0.1", PORT)
 }
 
 /// Like [`http_server`], but every response waits 0.5 s: connections then live long enough

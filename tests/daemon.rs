@@ -562,19 +562,7 @@ fn daemon_runs_jobs_reloads_and_stops_clean() {
     fs::create_dir(&www).unwrap();
     let big = pattern(100_000, 7);
     fs::write(www.join("big"), &big).unwrap();
-    let mut http_cmd = ns.cmd(python());
-    http_cmd
-        .args([
-            "-m",
-            "http.server",
-            &HTTP.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--directory",
-        ])
-        .arg(&www);
-    let http = Proc::spawn("http.server", http_cmd);
-    wait_listen(http.pid(), HTTP);
+    let http = python_http_server(&ns, &www, "127.0.0.1", HTTP);
     let mut echo_cmd = ns.cmd("socat");
     echo_cmd.args([
         &format!("TCP-LISTEN:{ECHO},bind=127.0.0.1,reuseaddr,fork"),

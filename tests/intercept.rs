@@ -313,12 +313,7 @@ while True:
 /// An HTTP server in the server namespace (both families), its log on stderr.
 fn http_server(t: &Topo, dir: &TempDir) -> Proc {
     std::fs::write(dir.join("index.html"), "intercepted page\n").unwrap();
-    let mut cmd = t.server.cmd(python());
-    cmd.args(["-m", "http.server", "8080", "--bind", "::", "--directory"])
-        .arg(dir.join(""));
-    let p = Proc::spawn("http.server", cmd);
-    wait_listen(p.pid(), 8080);
-    p
+    python_http_server(&t.server, &dir.join(""), "::", 8080)
 }
 
 fn curl(t: &Topo, url: &str) -> String {
@@ -734,18 +729,7 @@ fn per_process_command_and_sigkill() {
     let dir = TempDir::new("intercept-cmd");
     let cg_before = cgroup_state();
     std::fs::write(dir.join("index.html"), "per process\n").unwrap();
-    let mut cmd = ns.cmd(python());
-    cmd.args([
-        "-m",
-        "http.server",
-        "8090",
-        "--bind",
-        "127.0.0.1",
-        "--directory",
-    ])
-    .arg(dir.join(""));
-    let http = Proc::spawn("http.server", cmd);
-    wait_listen(http.pid(), 8090);
+    let _http = python_http_server(&ns, &dir.join(""), "127.0.0.1", 8090);
     let jsonl = dir.join("cmd.jsonl");
     let mut c = ns.cmd(capagent());
     c.args([
@@ -1032,18 +1016,7 @@ fn pcapng_on_stdout_with_a_printing_command() {
     let ns = Netns::new("ipipe");
     let dir = TempDir::new("intercept-pipe");
     std::fs::write(dir.join("index.html"), "PRINTED-PAGE\n").unwrap();
-    let mut cmd = ns.cmd(python());
-    cmd.args([
-        "-m",
-        "http.server",
-        "8091",
-        "--bind",
-        "127.0.0.1",
-        "--directory",
-    ])
-    .arg(dir.join(""));
-    let http = Proc::spawn("http.server", cmd);
-    wait_listen(http.pid(), 8091);
+    let _http = python_http_server(&ns, &dir.join(""), "127.0.0.1", 8091);
     let mut c = ns.cmd(capagent());
     c.args(["intercept", "-w", "-", "--"]).args([
         "curl",
@@ -1077,18 +1050,7 @@ fn status_line_on_a_terminal() {
     let ns = Netns::new("istatus");
     let dir = TempDir::new("intercept-status");
     std::fs::write(dir.join("index.html"), "status page\n").unwrap();
-    let mut cmd = ns.cmd(python());
-    cmd.args([
-        "-m",
-        "http.server",
-        "8092",
-        "--bind",
-        "127.0.0.1",
-        "--directory",
-    ])
-    .arg(dir.join(""));
-    let http = Proc::spawn("http.server", cmd);
-    wait_listen(http.pid(), 8092);
+    let _http = python_http_server(&ns, &dir.join(""), "127.0.0.1", 8092);
     let out = dir.join("status.jsonl");
     let argv = ns.argv(&[
         capagent(),

@@ -29,24 +29,15 @@ fn args_w(file: &str) -> Vec<&str> {
 fn tcp_python_conversation() {
     let ns = Netns::new("pcap-tcp");
     let dir = TempDir::new("pcap-tcp");
-    let mut srv = Server::start(
+    let mut srv = Server::reply(&ns, &dir, 1, "r:12", b"Boo! and more");
+    let cmd = client_argv(
         &ns,
         &dir,
         "inet",
         "127.0.0.1",
-        1,
-        &["r:12", &format!("w:{}", hex(b"Boo! and more"))],
+        srv.port,
+        &[&format!("w:{}", hex(b"Hello World!")), "r:13"],
     );
-    let client = dir.write("client.py", CLIENT_PY);
-    let cmd = ns.argv(&[
-        python(),
-        &client,
-        "inet",
-        "127.0.0.1",
-        &srv.port.to_string(),
-        &format!("w:{}", hex(b"Hello World!")),
-        "r:13",
-    ]);
     let pcap = dir.join("out.pcapng");
     let pcap = pcap.to_str().unwrap();
     let run = trace(&dir, &with_cmd(&args_w(pcap), &cmd), None);
@@ -103,13 +94,7 @@ fn curl_http_request() {
     let content = b"capagent pcapng test\n";
     fs::write(www.join("file.txt"), content).unwrap();
     let port = 8080u16;
-    let mut httpd = ns.cmd(python());
-    httpd
-        .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
-        .arg(&www)
-        .arg(port.to_string());
-    let httpd = Proc::spawn("http.server", httpd);
-    wait_listen(httpd.pid(), port);
+    let _httpd = python_http_server(&ns, &www, "127.0.0.1", port);
     let url = format!("http://127.0.0.1:{port}/file.txt?x=1");
     let cmd = ns.argv(&["curl", "-s", &url]);
     let pcap = dir.join("curl.pcapng");
@@ -159,13 +144,7 @@ fn snaplen_cut_download_is_not_lost() {
         .collect();
     fs::write(www.join("big.bin"), &body).unwrap();
     let port = 8080u16;
-    let mut httpd = ns.cmd(python());
-    httpd
-        .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
-        .arg(&www)
-        .arg(port.to_string());
-    let httpd = Proc::spawn("http.server", httpd);
-    wait_listen(httpd.pid(), port);
+    let _httpd = python_http_server(&ns, &www, "127.0.0.1", port);
     let got = dir.join("got.bin");
     let url = format!("http://127.0.0.1:{port}/big.bin");
     let cmd = ns.argv(&["curl", "-s", "-o", got.to_str().unwrap(), &url]);
@@ -374,26 +353,17 @@ fn udp_dig_query() {
 fn stdout_into_tshark() {
     let ns = Netns::new("pcap-pipe");
     let dir = TempDir::new("pcap-pipe");
-    let mut srv = Server::start(
+    let mut srv = Server::reply(&ns, &dir, 1, "r:5", b"pong");
+    // The client prints (PID, FD, GOT, DONE lines): its stdout must not mix with the pcapng
+    // on capagent's stdout, and goes to capagent's stderr instead.
+    let argv = client_argv(
         &ns,
         &dir,
         "inet",
         "127.0.0.1",
-        1,
-        &["r:5", &format!("w:{}", hex(b"pong"))],
+        srv.port,
+        &[&format!("w:{}", hex(b"ping!")), "r:4"],
     );
-    let client = dir.write("client.py", CLIENT_PY);
-    // The client prints (PID, FD, GOT, DONE lines): its stdout must not mix with the pcapng
-    // on capagent's stdout, and goes to capagent's stderr instead.
-    let argv = ns.argv(&[
-        python(),
-        &client,
-        "inet",
-        "127.0.0.1",
-        &srv.port.to_string(),
-        &format!("w:{}", hex(b"ping!")),
-        "r:4",
-    ]);
     let mut capagent = Command::new(capagent());
     capagent.args(["trace", "-w", "-", "--"]).args(&argv);
     let (out, err) = capagent_into_tshark(
@@ -419,24 +389,15 @@ fn stdout_into_tshark() {
 fn json_on_stdout_with_a_printing_command() {
     let ns = Netns::new("json-pipe");
     let dir = TempDir::new("json-pipe");
-    let mut srv = Server::start(
+    let mut srv = Server::reply(&ns, &dir, 1, "r:5", b"pong");
+    let argv = client_argv(
         &ns,
         &dir,
         "inet",
         "127.0.0.1",
-        1,
-        &["r:5", &format!("w:{}", hex(b"pong"))],
+        srv.port,
+        &[&format!("w:{}", hex(b"ping!")), "r:4"],
     );
-    let client = dir.write("client.py", CLIENT_PY);
-    let argv = ns.argv(&[
-        python(),
-        &client,
-        "inet",
-        "127.0.0.1",
-        &srv.port.to_string(),
-        &format!("w:{}", hex(b"ping!")),
-        "r:4",
-    ]);
     let mut capagent = Command::new(capagent());
     capagent
         .args(["trace", "--format", "json", "--"])

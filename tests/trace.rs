@@ -77,25 +77,16 @@ fn check_whole(evs: &[&Value]) {
 fn tcp_python_client_server() {
     let ns = Netns::new("tcp");
     let dir = TempDir::new("tcp");
-    let mut srv = Server::start(
+    let mut srv = Server::reply(&ns, &dir, 2, "r:12", b"Boo!");
+    let port = srv.port;
+    let cmd = client_argv(
         &ns,
         &dir,
         "inet",
         "127.0.0.1",
-        2,
-        &["r:12", &format!("w:{}", hex(b"Boo!"))],
+        port,
+        &[&format!("w:{}", hex(b"Hello World!")), "r:4"],
     );
-    let port = srv.port;
-    let client = dir.write("client.py", CLIENT_PY);
-    let cmd = ns.argv(&[
-        python(),
-        &client,
-        "inet",
-        "127.0.0.1",
-        &port.to_string(),
-        &format!("w:{}", hex(b"Hello World!")),
-        "r:4",
-    ]);
     let dest = format!("127.0.0.1:{port}");
     let comm = python_comm();
 
@@ -199,13 +190,7 @@ fn curl_http_server() {
     let content = b"capagent test file\nline two \x01\x02\xfe\xff end\n";
     fs::write(www.join("file.txt"), content).unwrap();
     let port = 8080u16;
-    let mut httpd = ns.cmd(python());
-    httpd
-        .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
-        .arg(&www)
-        .arg(port.to_string());
-    let httpd = Proc::spawn("http.server", httpd);
-    wait_listen(httpd.pid(), port);
+    let httpd = python_http_server(&ns, &www, "127.0.0.1", port);
 
     let version = run_output(
         "curl --version",
@@ -674,14 +659,7 @@ sys.exit(0 if st == 0 else 1)
 fn forks_followed_and_not() {
     let ns = Netns::new("fork");
     let dir = TempDir::new("fork");
-    let mut srv = Server::start(
-        &ns,
-        &dir,
-        "inet",
-        "127.0.0.1",
-        4,
-        &["r:11", &format!("w:{}", hex(b"ok"))],
-    );
+    let mut srv = Server::reply(&ns, &dir, 4, "r:11", b"ok");
     let script = dir.write("fork.py", FORK_CLIENT_PY);
     let cmd = ns.argv(&[python(), &script, &srv.port.to_string()]);
     let dest = format!("127.0.0.1:{}", srv.port);
@@ -797,14 +775,7 @@ print("GOT", got.hex())
 fn files_and_pipes_not_reported() {
     let ns = Netns::new("files");
     let dir = TempDir::new("files");
-    let mut srv = Server::start(
-        &ns,
-        &dir,
-        "inet",
-        "127.0.0.1",
-        1,
-        &["r:15", &format!("w:{}", hex(b"SOCK-MARKER-in"))],
-    );
+    let mut srv = Server::reply(&ns, &dir, 1, "r:15", b"SOCK-MARKER-in");
     let script = dir.write("files.py", FILES_PY);
     let file = dir.join("data.bin");
     let cmd = ns.argv(&[
@@ -974,26 +945,17 @@ fn snaplen() {
     let big_reply = pattern((1 << 20) + 13, 4);
     let big_path = dir.write("big.bin", &big);
     let reply_path = dir.write("reply.bin", &big_reply);
-    let client = dir.write("client.py", CLIENT_PY);
 
     // -s 10: a prefix of each call.
-    let mut srv = Server::start(
+    let mut srv = Server::reply(&ns, &dir, 1, "r:100", &small_reply);
+    let cmd = client_argv(
         &ns,
         &dir,
         "inet",
         "127.0.0.1",
-        1,
-        &["r:100", &format!("w:{}", hex(&small_reply))],
+        srv.port,
+        &[&format!("w:{}", hex(&small)), "r:eof"],
     );
-    let cmd = ns.argv(&[
-        python(),
-        &client,
-        "inet",
-        "127.0.0.1",
-        &srv.port.to_string(),
-        &format!("w:{}", hex(&small)),
-        "r:eof",
-    ]);
     let run = trace(
         &dir,
         &with_cmd(&["--format", "json", "-s", "10"], &cmd),
@@ -1039,16 +1001,14 @@ fn snaplen() {
         1,
         &["r:eof", &format!("wf:{reply_path}")],
     );
-    let cmd = ns.argv(&[
-        python(),
-        &client,
+    let cmd = client_argv(
+        &ns,
+        &dir,
         "inet",
         "127.0.0.1",
-        &srv.port.to_string(),
-        &format!("wf:{big_path}"),
-        "shut",
-        "r:eof",
-    ]);
+        srv.port,
+        &[&format!("wf:{big_path}"), "shut", "r:eof"],
+    );
     let run = trace(
         &dir,
         &with_cmd(&["--format", "json", "-s", "0"], &cmd),
@@ -1092,14 +1052,7 @@ fn comm_picks_up_new_process() {
     let named = dir.join(name);
     std::os::unix::fs::symlink(python(), &named).unwrap();
     let named = named.to_str().unwrap().to_string();
-    let mut srv = Server::start(
-        &ns,
-        &dir,
-        "inet",
-        "127.0.0.1",
-        2,
-        &["r:10", &format!("w:{}", hex(b"comm-reply"))],
-    );
+    let mut srv = Server::reply(&ns, &dir, 2, "r:10", b"comm-reply");
     let client = dir.write("client.py", CLIENT_PY);
     let dest = format!("127.0.0.1:{}", srv.port);
     let client_cmd = |interp: &str, msg: &[u8]| {
@@ -1191,13 +1144,7 @@ fn all_processes_connect_only() {
     fs::create_dir(&www).unwrap();
     fs::write(www.join("index.html"), b"hello all\n").unwrap();
     let port = 8080u16;
-    let mut httpd = ns.cmd(python());
-    httpd
-        .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
-        .arg(&www)
-        .arg(port.to_string());
-    let httpd = Proc::spawn("http.server", httpd);
-    wait_listen(httpd.pid(), port);
+    let httpd = python_http_server(&ns, &www, "127.0.0.1", port);
 
     let mut live = LiveTrace::spawn(
         &dir,
@@ -1328,16 +1275,14 @@ fn tcp_ipv6() {
         1,
         &[&format!("r:{}", msg.len()), &format!("w:{}", hex(reply))],
     );
-    let client = dir.write("client.py", CLIENT_PY);
-    let cmd = ns.argv(&[
-        python(),
-        &client,
+    let cmd = client_argv(
+        &ns,
+        &dir,
         "inet6",
         "::1",
-        &srv.port.to_string(),
-        &format!("w:{}", hex(msg)),
-        "r:eof",
-    ]);
+        srv.port,
+        &[&format!("w:{}", hex(msg)), "r:eof"],
+    );
     let run = trace(&dir, &with_cmd(JSON, &cmd), None);
     assert_ok(&run);
     check_summary(&run);
@@ -1436,14 +1381,7 @@ s.close()
 fn tcp_endpoints_after_close_by_both_sides() {
     let ns = Netns::new("fin");
     let dir = TempDir::new("fin");
-    let mut srv = Server::start(
-        &ns,
-        &dir,
-        "inet",
-        "127.0.0.1",
-        1,
-        &["r:eof", &format!("w:{}", hex(b"pong"))],
-    );
+    let mut srv = Server::reply(&ns, &dir, 1, "r:eof", b"pong");
     let script = dir.write("halfclose.py", HALF_CLOSE_PY);
     let cmd = ns.argv(&[python(), &script, &srv.port.to_string()]);
     let run = trace(&dir, &with_cmd(JSON, &cmd), None);
@@ -1630,13 +1568,7 @@ fn socketpair_python_and_curl() {
     let www = dir.join("www");
     fs::create_dir(&www).unwrap();
     fs::write(www.join("f"), b"x").unwrap();
-    let mut httpd = ns.cmd(python());
-    httpd
-        .args(["-m", "http.server", "--bind", "127.0.0.1", "--directory"])
-        .arg(&www)
-        .arg("8080");
-    let httpd = Proc::spawn("http.server", httpd);
-    wait_listen(httpd.pid(), 8080);
+    let _httpd = python_http_server(&ns, &www, "127.0.0.1", 8080);
     let curl = ns.argv(&["curl", "-s", "http://127.0.0.1:8080/f"]);
     let run = trace(&dir, &with_cmd(JSON, &curl), None);
     assert_ok(&run);
@@ -1732,14 +1664,7 @@ fn trace_pins_only_its_own_maps() {
 fn status_line_on_a_terminal() {
     let ns = Netns::new("tstatus");
     let dir = TempDir::new("tstatus");
-    let mut srv = Server::start(
-        &ns,
-        &dir,
-        "inet",
-        "127.0.0.1",
-        1,
-        &["r:5", &format!("w:{}", hex(b"pong"))],
-    );
+    let mut srv = Server::reply(&ns, &dir, 1, "r:5", b"pong");
     let client = dir.write("client.py", CLIENT_PY);
     let script = format!(
         "{} {client} inet 127.0.0.1 {} w:{} r:4 >/dev/null; exec sleep 30 2>/dev/null",

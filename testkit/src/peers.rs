@@ -1,6 +1,8 @@
 //! Scripted Python peers: a stream server and client driven by steps.
 
-use crate::{Netns, Proc, TIMEOUT, TempDir, python, unhex};
+use std::path::Path;
+
+use crate::{Netns, Proc, TIMEOUT, TempDir, hex, python, unhex, wait_listen};
 
 /// A TCP or Unix stream server: `server.py FAMILY ADDR CONNS STEP...`.
 ///
@@ -143,6 +145,19 @@ impl Server {
         Server::script(ns, dir, "server.py", SERVER_PY, &args)
     }
 
+    /// A [`SERVER_PY`] on 127.0.0.1 that, on each of `conns` connections, runs the step
+    /// `read` (`r:N`, `r:eof`) and then sends `reply`.
+    pub fn reply(ns: &Netns, dir: &TempDir, conns: u32, read: &str, reply: &[u8]) -> Server {
+        Server::start(
+            ns,
+            dir,
+            "inet",
+            "127.0.0.1",
+            conns,
+            &[read, &format!("w:{}", hex(reply))],
+        )
+    }
+
     /// Starts the Python `code` (saved as `file`) with `args` in `ns` and waits for its
     /// `READY <port>` line.
     pub fn script(ns: &Netns, dir: &TempDir, file: &str, code: &str, args: &[String]) -> Server {
@@ -174,6 +189,34 @@ impl Server {
         let st = self.proc.wait(TIMEOUT);
         assert!(st.success(), "server failed: {st}; {}", self.proc.stderr());
     }
+}
+
+/// The argv of `ip netns exec NS python3 client.py FAMILY ADDR PORT STEP...` ([`CLIENT_PY`],
+/// saved in `dir`), for `capagent trace -- ...`.
+pub fn client_argv(
+    ns: &Netns,
+    dir: &TempDir,
+    fam: &str,
+    addr: &str,
+    port: u16,
+    steps: &[&str],
+) -> Vec<String> {
+    let client = dir.write("client.py", CLIENT_PY);
+    let port = port.to_string();
+    let mut argv = vec![python(), client.as_str(), fam, addr, port.as_str()];
+    argv.extend_from_slice(steps);
+    ns.argv(&argv)
+}
+
+/// `python3 -m http.server PORT --bind ADDR --directory DIR` in `ns`, once it listens.
+pub fn python_http_server(ns: &Netns, dir: &Path, addr: &str, port: u16) -> Proc {
+    let mut cmd = ns.cmd(python());
+    cmd.args(["-m", "http.server", &port.to_string(), "--bind", addr])
+        .arg("--directory")
+        .arg(dir);
+    let p = Proc::spawn("http.server", cmd);
+    wait_listen(p.pid(), port);
+    p
 }
 
 /// Splits `KEY value` lines of a client's stdout into a lookup.

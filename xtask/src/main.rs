@@ -10,6 +10,7 @@
 //! * `bench proxy`: the recording proxies next to their peers;
 //! * `bench daemon`: idle CPU and memory of `capagent daemon` with the example configuration;
 //! * `bench intercept`: transparent interception next to plain forwarding;
+//! * `bench tls`: `trace --tls` on a TLS request/response workload next to bpftrace;
 //! * `install`: binary, systemd unit and example configuration into place;
 //! * `fuzz [--secs N]`: every cargo-fuzz target for N seconds;
 //! * `layers [--all]`: the edges between capagent's modules, checked against its layers.
@@ -107,6 +108,11 @@ enum Bench {
     /// Connection setup and throughput through `capagent intercept` (redirect, tproxy)
     /// next to plain forwarding, in a client/gateway/server namespace topology.
     Intercept(bench::intercept::InterceptBenchArgs),
+    /// `capagent trace --tls` on a TLS request/response workload (64-byte messages over one
+    /// connection, Python/OpenSSL both ends) next to a bpftrace script printing SSL_write/
+    /// SSL_read buffers: round trips per second, events captured vs expected. Needs root for
+    /// the traced rows. Prints a table; asserts nothing.
+    Tls(bench::tls::TlsBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -140,5 +146,6 @@ fn run(cli: Cli) -> Result<()> {
         Task::Bench(Bench::Daemon(args)) => bench::daemon::daemon(args),
         Task::Install(args) => install::install(args),
         Task::Bench(Bench::Intercept(args)) => bench::intercept::intercept(args),
+        Task::Bench(Bench::Tls(args)) => bench::tls::tls(args),
     }
 }

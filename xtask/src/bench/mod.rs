@@ -7,6 +7,7 @@ pub mod capture;
 pub mod daemon;
 pub mod intercept;
 pub mod proxy;
+pub mod tls;
 pub mod trace;
 
 use std::{

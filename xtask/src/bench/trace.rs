@@ -674,7 +674,7 @@ pub fn parse_sent_bytes(stderr: &str) -> Option<SummaryBytes> {
 }
 
 /// bpftrace's `Lost N events` notice.
-fn parse_bpftrace_lost(line: &str) -> Option<u64> {
+pub fn parse_bpftrace_lost(line: &str) -> Option<u64> {
     let words: Vec<&str> = line.split_whitespace().collect();
     let i = words.iter().position(|w| *w == "Lost")?;
     number(words.get(i + 1)?)
