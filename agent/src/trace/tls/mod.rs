@@ -10,3 +10,5 @@
 //!   kernel; rescans on exec and executable mmaps; the per-process report for the summary.
 //! - `conns`: which connections carry TLS (a ClientHello, or plaintext seen on them), for
 //!   the marker on their ciphertext records, `--tls-only` and the summary.
+
+pub mod go;
