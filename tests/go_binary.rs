@@ -118,8 +118,18 @@ fn check_hooks(bin: &str, data: &[u8], hooks: &TlsHooks) {
 
 #[test]
 fn normal_build_symtab_and_pclntab_agree_with_go_nm() {
-    let dir = TempDir::new("go-normal");
-    let bin = go_tls_client(&dir, GoBuild::Normal);
+    check_symbols(GoBuild::Normal);
+}
+
+#[test]
+fn pie_build_symtab_and_pclntab_agree_with_go_nm() {
+    check_symbols(GoBuild::Pie);
+}
+
+/// A build with symbols: `.symtab` and `.gopclntab` against `go tool nm`.
+fn check_symbols(build: GoBuild) {
+    let dir = TempDir::new("go-symbols");
+    let bin = go_tls_client(&dir, build);
     let data = std::fs::read(&bin).unwrap();
     let go = GoElf::parse(&data).unwrap().expect("a Go binary");
     assert_eq!(go.info.version, go_version());
@@ -153,11 +163,11 @@ fn normal_build_symtab_and_pclntab_agree_with_go_nm() {
     assert_eq!(hooks.read.source, FuncSource::Symtab);
 }
 
-#[test]
-fn stripped_build_found_through_pclntab() {
+/// A stripped build (`-ldflags=-s -w`) against the same program built with symbols.
+fn check_stripped(normal: GoBuild, stripped: GoBuild) {
     let dir = TempDir::new("go-stripped");
-    let normal = go_tls_client(&dir, GoBuild::Normal);
-    let stripped = go_tls_client(&dir, GoBuild::Stripped);
+    let normal = go_tls_client(&dir, normal);
+    let stripped = go_tls_client(&dir, stripped);
     let data = std::fs::read(&stripped).unwrap();
     let go = GoElf::parse(&data).unwrap().expect("a Go binary");
     assert_eq!(go.symtab_function(CONN_READ).unwrap(), None, "no .symtab");
@@ -165,20 +175,30 @@ fn stripped_build_found_through_pclntab() {
     assert_eq!(hooks.read.source, FuncSource::Pclntab);
     assert_eq!(hooks.write.source, FuncSource::Pclntab);
     check_hooks(&stripped, &data, &hooks);
-    // Stripping moves no code: the functions and their RETs are where the normal build
-    // has them (go tool nm reads the normal build's symbols).
+    // Stripping moves no code: the functions and their RETs are where the build with
+    // symbols has them (go tool nm reads its symbols).
     let nm = go_nm(&normal);
+    let normal_data = std::fs::read(&normal).unwrap();
+    let normal_go = GoElf::parse(&normal_data).unwrap().unwrap();
     for (f, rets) in [
         (&hooks.read, &hooks.read_rets),
         (&hooks.write, &hooks.write_rets),
     ] {
         assert_eq!(f.address, nm[f.name].0, "{}", f.name);
-        let normal_data = std::fs::read(&normal).unwrap();
-        let normal_go = GoElf::parse(&normal_data).unwrap().unwrap();
         let sym = normal_go.symtab_function(f.name).unwrap().unwrap();
         assert_eq!(
             ret_addresses(f, rets),
             ret_addresses(&sym, &normal_go.ret_offsets(&sym).unwrap())
         );
     }
+}
+
+#[test]
+fn stripped_build_found_through_pclntab() {
+    check_stripped(GoBuild::Normal, GoBuild::Stripped);
+}
+
+#[test]
+fn stripped_pie_build_found_through_pclntab() {
+    check_stripped(GoBuild::Pie, GoBuild::StrippedPie);
 }

@@ -22,6 +22,11 @@ pub enum GoBuild {
     Normal,
     /// `go build -ldflags='-s -w'`: no symbol table, no DWARF.
     Stripped,
+    /// `go build -buildmode=pie` (as distributions build Go programs: the function table
+    /// lands in `.data.rel.ro.gopclntab`).
+    Pie,
+    /// `go build -buildmode=pie -ldflags='-s -w'`.
+    StrippedPie,
 }
 
 /// The source directory of the Go test client (`tlsclient -ca CA.pem [-data BODY] URL`:
@@ -38,12 +43,15 @@ fn go_home() -> PathBuf {
     target.join("go")
 }
 
-/// Builds the Go test client into `dir` (file `tlsclient` or `tlsclient-stripped`) and
-/// returns its path; panics with go's output when the build fails.
+/// Builds the Go test client into `dir` (file `tlsclient`, `tlsclient-stripped`,
+/// `tlsclient-pie` or `tlsclient-stripped-pie`) and returns its path; panics with go's
+/// output when the build fails.
 pub fn go_tls_client(dir: &TempDir, build: GoBuild) -> String {
     let out = dir.join(match build {
         GoBuild::Normal => "tlsclient",
         GoBuild::Stripped => "tlsclient-stripped",
+        GoBuild::Pie => "tlsclient-pie",
+        GoBuild::StrippedPie => "tlsclient-stripped-pie",
     });
     let home = go_home();
     let mut cmd = Command::new("go");
@@ -52,6 +60,8 @@ pub fn go_tls_client(dir: &TempDir, build: GoBuild) -> String {
         .args(match build {
             GoBuild::Normal => &[][..],
             GoBuild::Stripped => &["-ldflags=-s -w"][..],
+            GoBuild::Pie => &["-buildmode=pie"][..],
+            GoBuild::StrippedPie => &["-buildmode=pie", "-ldflags=-s -w"][..],
         })
         .arg("-o")
         .arg(&out)
