@@ -246,10 +246,11 @@ impl<'a> GoElf<'a> {
     pub fn file_offset(&self, address: u64, size: u64) -> Option<u64> {
         let end = address.checked_add(size)?;
         self.elf.segments().find_map(|seg| {
-            let SegmentFlags::Elf { p_type, p_flags } = seg.flags() else {
+            // (object lists the PT_LOAD segments only.)
+            let SegmentFlags::Elf { p_flags } = seg.flags() else {
                 return None;
             };
-            if p_type != elf::PT_LOAD || !p_flags.contains(elf::PF_X) {
+            if p_flags & elf::PF_X == 0 {
                 return None;
             }
             let (offset, file_size) = seg.file_range();
@@ -470,7 +471,10 @@ mod tests {
     #[test]
     fn cut_or_moved_code_is_refused() {
         // The file cut inside Read: its section headers are gone.
-        assert!(matches!(tls_hooks(&GO_MIN[..0x100]), Err(GoError::NotElf(_))));
+        assert!(matches!(
+            tls_hooks(&GO_MIN[..0x100]),
+            Err(GoError::NotElf(_))
+        ));
         // Read's symbol moved out of every segment (its address is also the ELF entry, at
         // offset 24, and .text's address, in the section headers after the symbols).
         let mut moved = GO_MIN.to_vec();
