@@ -18,6 +18,7 @@
 //!   is an error, never a guess: a uprobe in the middle of an instruction corrupts it.
 use std::ops::Range;
 
+use agent_common::tls_fn;
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 use object::{Object, ObjectSection, ObjectSegment, ObjectSymbol, SegmentFlags, elf};
 
@@ -119,6 +120,49 @@ pub struct TlsHooks {
     pub read_rets: Vec<u64>,
     /// File offsets of every RET of `(*Conn).Write`.
     pub write_rets: Vec<u64>,
+}
+
+/// Where a Go uprobe goes: the entry of a function, or one of its RET instructions (never a
+/// uretprobe).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeAt {
+    /// Entry: receiver RAX (`*tls.Conn`), `b.ptr` RBX, `b.len` RCX, goroutine R14.
+    Entry,
+    /// A RET: the result `n` in RAX, the goroutine still in R14.
+    Ret,
+}
+
+/// One uprobe of a Go binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GoProbe {
+    /// `tls_fn::GO_READ` or `tls_fn::GO_WRITE`: the bpf cookie.
+    pub func: u16,
+    pub at: ProbeAt,
+    /// File offset in the binary.
+    pub offset: u64,
+}
+
+impl TlsHooks {
+    /// Every uprobe to attach: the entry and each RET of `Write`, then of `Read`.
+    pub fn probes(&self) -> Vec<GoProbe> {
+        let mut probes = Vec::new();
+        for (func, f, rets) in [
+            (tls_fn::GO_WRITE, &self.write, &self.write_rets),
+            (tls_fn::GO_READ, &self.read, &self.read_rets),
+        ] {
+            probes.push(GoProbe {
+                func,
+                at: ProbeAt::Entry,
+                offset: f.file_offset,
+            });
+            probes.extend(rets.iter().map(|&offset| GoProbe {
+                func,
+                at: ProbeAt::Ret,
+                offset,
+            }));
+        }
+        probes
+    }
 }
 
 /// A parsed Go ELF file.
@@ -452,6 +496,33 @@ mod tests {
         );
         let hooks = go.tls_hooks().unwrap();
         assert_eq!(hooks.read, read);
+        let probes = hooks.probes();
+        assert_eq!(
+            probes.len(),
+            2 + hooks.write_rets.len() + hooks.read_rets.len()
+        );
+        assert_eq!(
+            probes[0],
+            GoProbe {
+                func: tls_fn::GO_WRITE,
+                at: ProbeAt::Entry,
+                offset: 0x478
+            }
+        );
+        let read_probes: Vec<_> = probes
+            .iter()
+            .filter(|p| p.func == tls_fn::GO_READ)
+            .map(|p| (p.at, p.offset))
+            .collect();
+        assert_eq!(read_probes[0], (ProbeAt::Entry, 0x78));
+        assert_eq!(
+            read_probes[1..],
+            hooks
+                .read_rets
+                .iter()
+                .map(|&o| (ProbeAt::Ret, o))
+                .collect::<Vec<_>>()
+        );
         assert_eq!(hooks.write.file_offset, 0x478);
         assert_eq!(hooks.write.size, 1957);
         assert!(!hooks.write_rets.is_empty());
@@ -513,6 +584,12 @@ mod tests {
 
     fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
         hay.windows(needle.len()).position(|w| w == needle)
+    }
+
+    #[test]
+    fn names_match_the_record_ids() {
+        assert_eq!(tls_fn::name(tls_fn::GO_READ), CONN_READ);
+        assert_eq!(tls_fn::name(tls_fn::GO_WRITE), CONN_WRITE);
     }
 
     #[test]
