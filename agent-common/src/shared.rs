@@ -37,7 +37,10 @@ pub struct KernelOffsets {
     /// `struct socket_alloc.vfs_inode` minus `.socket`: from a `struct socket` to its inode
     /// (`SOCK_INODE()`).
     pub socket_inode: u32,
-    pub _pad: u32,
+    /// `struct inode.i_sb` and `struct super_block.s_dev` (trace --tls: the device of a
+    /// mapped file, as `/proc/PID/maps` shows it).
+    pub inode_sb: u32,
+    pub sb_dev: u32,
 }
 
 impl KernelOffsets {
@@ -68,11 +71,12 @@ impl KernelOffsets {
         regs_args: [0; 6],
         regs_nr: 0,
         socket_inode: 0,
-        _pad: 0,
+        inode_sb: 0,
+        sb_dev: 0,
     };
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 32 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 33 * 4);
 
 #[cfg(feature = "user")]
 mod user {

@@ -50,6 +50,11 @@ pub mod sys {
     pub const FORK: u16 = 32;
     pub const EXEC: u16 = 33;
     pub const EXIT: u16 = 34;
+    /// `trace --tls` only, never shown to users (nor selectable with `--events`): a traced
+    /// process mapped a file executable (`mmap` with `PROT_EXEC`) that is not in `TLS_SEEN`
+    /// (kind PROC; see [`ProcEvent`]); in lossless mode the kernel has paused the process
+    /// so that userspace can hook the file's TLS functions before it runs on.
+    pub const MMAP_EXEC: u16 = 35;
 
     /// Name of a syscall id, as strace prints it.
     pub const fn name(id: u16) -> &'static str {
@@ -76,6 +81,7 @@ pub mod sys {
             FORK => "fork",
             EXEC => "exec",
             EXIT => "exit",
+            MMAP_EXEC => "mmap",
             _ => super::tls_fn::name(id),
         }
     }
@@ -133,6 +139,19 @@ pub mod tls_fn {
             SSL_WRITE | SSL_WRITE_EX | SSL_WRITE_EX2 | GNUTLS_RECORD_SEND | GO_WRITE
         )
     }
+}
+
+/// bpf cookies of the `tls_set_fd` and `tls_free` attachments (`tls_enter` and `tls_exit`
+/// take a [`tls_fn`] id as theirs).
+pub mod tls_cookie {
+    /// `tls_set_fd` on `SSL_set_fd(ssl, fd)`, `SSL_set_rfd`, `SSL_set_wfd`: the fd is the
+    /// second argument.
+    pub const OPENSSL_SET_FD: u64 = 1;
+    /// `tls_set_fd` on `gnutls_transport_set_int2(session, recv_fd, send_fd)`: `recv_fd` (the
+    /// second argument) is learned.
+    pub const GNUTLS_SET_INT2: u64 = 2;
+    /// `tls_free` on `SSL_free(ssl)`, `gnutls_deinit(session)`: no cookie needed (0).
+    pub const FREE: u64 = 0;
 }
 
 /// `EventHeader::flags` bits.
@@ -264,12 +283,19 @@ pub struct TlsEvent {
     pub conn: u64,
 }
 
-/// fork/exec/exit of a traced process.
+/// fork/exec/exit of a traced process, and (`trace --tls`) its executable mappings of files
+/// not seen yet.
+///
+/// For [`sys::MMAP_EXEC`]: `hdr.fd` is the fd `mmap` mapped, `hdr.ret` the address it
+/// returned, `child_pid` the file's device (the kernel's `dev_t`, as [`FileKey::dev`]) and
+/// `hdr.sock.ino` its inode number (`SOCK_VALID` clear): the [`FileKey`] the kernel looked up
+/// in `TLS_SEEN`. In lossless mode (`Config::pause`) the process is stopped (SIGSTOP, and
+/// its tgid in `PAUSED`), as it is after the EXEC record with `Config::tls`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcEvent {
     pub hdr: EventHeader,
-    /// fork: the child's pid.
+    /// fork: the child's pid. mmap: the file's device.
     pub child_pid: u32,
     /// exit: the exit status as `wait` reports it (`task_struct.exit_code`).
     pub exit_code: u32,
@@ -292,6 +318,12 @@ pub struct Config {
     /// calling process (SIGSTOP) and note it in `PAUSED`; userspace continues it (SIGCONT)
     /// once it has drained the ring.
     pub pause: u8,
+    /// `--tls`: the TLS uprobes record, the socket syscalls made inside a TLS call name its
+    /// fd, and an executable mapping of a file not in `TLS_SEEN` is reported (`sys_table`
+    /// then maps `mmap` to [`sys::MMAP_EXEC`]); with `pause` too, a traced process is
+    /// paused at such a mapping and at exec until userspace has hooked what it maps.
+    pub tls: u8,
+    pub _pad: [u8; 3],
     /// Process name to match (NUL padded) when `comm_match` is set.
     pub comm_filter: [u8; TASK_COMM_LEN],
     /// The agent's own pid, never traced.
@@ -299,12 +331,39 @@ pub struct Config {
     /// Wake the agent up once this many bytes wait in the ring buffer (it also polls).
     pub wakeup_bytes: u32,
     /// Syscall number (of this architecture) -> `sys::X` id to report, 0 = ignore. Userspace
-    /// fills it from its libc's `SYS_*` numbers and the `--events` selection.
+    /// fills it from its libc's `SYS_*` numbers and the `--events` selection; with `tls`, a
+    /// send/recv-type syscall that is not selected is entered as `id | SYS_TLS_ONLY`.
     pub sys_table: [u8; SYSCALL_TABLE_LEN],
 }
 
 /// Syscall numbers below this are looked up in `Config::sys_table`.
 pub const SYSCALL_TABLE_LEN: usize = 512;
+
+/// `Config::sys_table` bit: the syscall is not reported, only looked at for the fd of the
+/// TLS call it is made in (`--tls` with an `--events` selection that leaves it out).
+pub const SYS_TLS_ONLY: u8 = 0x80;
+
+/// Key of the `TLS_SEEN` map: a file the agent has examined for TLS functions (whether it had
+/// them or not), as `/proc/PID/maps` names it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FileKey {
+    /// The kernel's `dev_t` of the file's filesystem (`super_block.s_dev`): major << 20 |
+    /// minor (not the userspace `st_dev` encoding: see [`FileKey::new`]).
+    pub dev: u64,
+    pub ino: u64,
+}
+
+impl FileKey {
+    /// The key of a file on device `major:minor` (as `/proc/PID/maps` prints it, or
+    /// `libc::major`/`minor` of `st_dev`) with inode number `ino`.
+    pub const fn new(major: u32, minor: u32, ino: u64) -> Self {
+        FileKey {
+            dev: ((major as u64) << 20) | (minor as u64 & 0xf_ffff),
+            ino,
+        }
+    }
+}
 
 impl Config {
     pub const fn new() -> Self {
@@ -315,6 +374,8 @@ impl Config {
             follow_forks: 0,
             comm_match: 0,
             pause: 0,
+            tls: 0,
+            _pad: [0; 3],
             comm_filter: [0; TASK_COMM_LEN],
             self_pid: 0,
             wakeup_bytes: 256 * 1024,
@@ -364,6 +425,18 @@ pub mod progs {
         SCHED_PROCESS_EXEC,
         SCHED_PROCESS_EXIT,
     ];
+    /// `trace --tls`: uprobe at the entry of a TLS read/write function; bpf cookie = its
+    /// [`tls_fn`](super::tls_fn) id.
+    pub const TLS_ENTER: &str = "tls_enter";
+    /// uretprobe on the same functions, same cookie: emits the [`TlsEvent`](super::TlsEvent)s.
+    pub const TLS_EXIT: &str = "tls_exit";
+    /// uprobe on `SSL_set_fd`/`SSL_set_rfd`/`SSL_set_wfd`/`gnutls_transport_set_int2`
+    /// (cookie: [`tls_cookie`](super::tls_cookie)).
+    pub const TLS_SET_FD: &str = "tls_set_fd";
+    /// uprobe on `SSL_free`/`gnutls_deinit`.
+    pub const TLS_FREE: &str = "tls_free";
+    /// The uprobe programs of `trace --tls` (attached per library file, not in [`ALL`]).
+    pub const TLS: &[&str] = &[TLS_ENTER, TLS_EXIT, TLS_SET_FD, TLS_FREE];
 }
 
 /// ...its maps...
@@ -376,7 +449,17 @@ pub mod maps {
     pub const SCRATCH: &str = "SCRATCH";
     pub const COPY: &str = "COPY";
     pub const COUNTERS: &str = "COUNTERS";
-    pub const ALL: &[&str] = &[EVENTS, TRACED, PAUSED, ARGS, FDS, SCRATCH, COPY, COUNTERS];
+    /// `trace --tls`: the TLS call each thread is in (key: pid_tgid).
+    pub const TLS_CALLS: &str = "TLS_CALLS";
+    /// `trace --tls`: (tgid, connection object) -> (fd, `struct sock`) last seen for it.
+    pub const TLS_CONNS: &str = "TLS_CONNS";
+    /// `trace --tls`: the files userspace has examined ([`FileKey`](super::FileKey) -> 1).
+    pub const TLS_SEEN: &str = "TLS_SEEN";
+    /// The maps only `trace --tls` uses (made as small as can be without it).
+    pub const TLS: &[&str] = &[TLS_CALLS, TLS_CONNS, TLS_SEEN];
+    pub const ALL: &[&str] = &[
+        EVENTS, TRACED, PAUSED, ARGS, FDS, SCRATCH, COPY, COUNTERS, TLS_CALLS, TLS_CONNS, TLS_SEEN,
+    ];
 }
 
 /// ...and the global userspace writes the [`Config`] into.
@@ -390,10 +473,13 @@ const _: () = assert!(core::mem::size_of::<MsgAddr>() == 24);
 const _: () = assert!(core::mem::size_of::<DataEvent>() == 120 + 24 + 24);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 128);
 const _: () = assert!(core::mem::size_of::<TlsEvent>() == 120 + 32);
-const _: () = assert!(core::mem::size_of::<Config>() == 128 + 8 + 16 + 8 + SYSCALL_TABLE_LEN);
+const _: () = assert!(core::mem::size_of::<FileKey>() == 16);
+const _: () = assert!(core::mem::size_of::<Config>() == 132 + 8 + 4 + 16 + 8 + SYSCALL_TABLE_LEN);
 
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain-old-data, repr(C), no padding (asserted above).
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: as above (two u64).
+    unsafe impl aya::Pod for super::FileKey {}
 }

@@ -9,7 +9,8 @@
 //! `sys_exit` program then emits one record (or one record per payload chunk) into the
 //! `EVENTS` ring buffer. Other syscalls return at once; untraced processes cost one hash
 //! lookup per socket-related syscall. `task_newtask`, `sched_process_exec` and
-//! `sched_process_exit` follow forks, match names and forget exited processes.
+//! `sched_process_exit` follow forks, match names and forget exited processes. With
+//! `trace --tls`, uprobes on the TLS libraries (`tls`) add the plaintext of their calls.
 //!
 //! There is no CO-RE relocation support for Rust eBPF here, so kernel struct offsets come from
 //! userspace (resolved from the running kernel's BTF) through the read-only `CONFIG` global.
@@ -25,6 +26,9 @@ mod helpers;
 
 #[cfg(target_arch = "bpf")]
 mod trace;
+
+#[cfg(target_arch = "bpf")]
+mod tls;
 
 #[cfg(target_arch = "bpf")]
 mod capture;

@@ -2,12 +2,13 @@
 //! and the process tracepoints (see the crate's documentation).
 
 use agent_common::{
-    CHUNK_MAX, Config, DataEvent, EventHeader, MsgAddr, ProcEvent, SOCKADDR_MAX, SYSCALL_TABLE_LEN,
-    SockEvent, SockInfo, counter, flags, kind, sys, traced,
+    CHUNK_MAX, Config, DataEvent, EventHeader, FileKey, MsgAddr, ProcEvent, SOCKADDR_MAX,
+    SYS_TLS_ONLY, SYSCALL_TABLE_LEN, SockEvent, SockInfo, TlsEvent, counter, flags, kind, sys,
+    traced,
 };
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_RING_SIZE},
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_RING_SIZE},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
         bpf_ktime_get_boot_ns,
@@ -18,7 +19,10 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 
-use crate::helpers::{CLONE_THREAD, global, kread, process_comm, uread, wakeup_flags};
+use crate::{
+    helpers::{CLONE_THREAD, global, kread, process_comm, uread, wakeup_flags},
+    tls,
+};
 
 /// Filled by userspace at load time (kernel offsets, snaplen, filters).
 #[unsafe(no_mangle)]
@@ -26,7 +30,7 @@ static CONFIG: Config = Config::new();
 
 /// Records for userspace. Its size is set at load time.
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
 
 /// Processes (tgid) being traced; value: `traced::ROOT` or `traced::CHILD`.
 #[map]
@@ -53,7 +57,7 @@ struct FdCache {
     sock: SockInfo,
 }
 
-/// Per-CPU room to assemble a DATA record (header + one chunk).
+/// Per-CPU room to assemble a DATA or TLS record (header + one chunk).
 #[map]
 static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 
@@ -79,10 +83,37 @@ struct Args {
     sock: SockInfo,
 }
 
+/// A payload record being assembled: its struct, then one chunk. The chunk always sits at
+/// the same place; the TLS record's struct, shorter than the DATA one, ends where the DATA
+/// one does, so that either is followed by the chunk.
 #[repr(C)]
 struct Scratch {
-    ev: DataEvent,
+    head: Head,
     data: [u8; CHUNK_MAX],
+}
+
+#[repr(C)]
+union Head {
+    data: DataEvent,
+    tls: TlsHead,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TlsHead {
+    _lead: [u8; TLS_LEAD],
+    ev: TlsEvent,
+}
+
+/// Where a TLS record starts in [`Scratch`].
+const TLS_LEAD: usize = core::mem::size_of::<DataEvent>() - core::mem::size_of::<TlsEvent>();
+
+/// Which record a payload is emitted as: [`DataEvent`] (a syscall's) or [`TlsEvent`] (a TLS
+/// library call's). Both start alike (header, total, offset, len), so the chunking is shared.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Payload {
+    Data,
+    Tls,
 }
 
 /// Most iovecs looked at per call or message (the kernel's UIO_MAXIOV).
@@ -100,10 +131,12 @@ const AF_INET6: u16 = 10;
 const SOCK_STREAM: u16 = 1;
 const SIGSTOP: u32 = 19;
 const SIGCONT: u32 = 18;
+const PROT_EXEC: u64 = 4;
+const MAP_ANONYMOUS: u64 = 0x20;
 
 /// The configuration (kernel offsets, snaplen, filters).
 #[inline(always)]
-fn conf() -> &'static Config {
+pub(crate) fn conf() -> &'static Config {
     global(&CONFIG)
 }
 
@@ -114,7 +147,7 @@ macro_rules! cfg {
 }
 
 #[inline(always)]
-fn bump(idx: u32, by: u64) {
+pub(crate) fn bump(idx: u32, by: u64) {
     if let Some(p) = COUNTERS.get_ptr_mut(idx) {
         unsafe { *p += by };
     }
@@ -127,7 +160,7 @@ fn wakeup(size: u64, reserved: bool) -> u64 {
 }
 
 #[inline(always)]
-fn is_traced(tgid: u32) -> bool {
+pub(crate) fn is_traced(tgid: u32) -> bool {
     if cfg!(trace_all) != 0 {
         return tgid != cfg!(self_pid);
     }
@@ -194,32 +227,41 @@ impl<const W: usize> Window<W> {
     }
 }
 
+/// The `struct file` behind `fd` of the current process (0 when there is none).
+#[inline(always)]
+fn fd_file(fd: i64) -> u64 {
+    if fd < 0 {
+        return 0;
+    }
+    let o = &conf().offsets;
+    unsafe {
+        let task = bpf_get_current_task();
+        let files: u64 = kread(task + o.task_files as u64);
+        if files == 0 {
+            return 0;
+        }
+        let fdt: u64 = kread(files + o.files_fdt as u64);
+        let fdt_w = Window::<16>::read(fdt, &[o.fdt_max_fds, o.fdt_fd]);
+        if fd as u64 >= fdt_w.get::<u32>(o.fdt_max_fds) as u64 {
+            return 0;
+        }
+        let fds: u64 = fdt_w.get(o.fdt_fd);
+        kread(fds + (fd as u64) * 8)
+    }
+}
+
 /// Finds the socket behind `fd` of the current process; false when fd is not a socket.
 /// `cached`: a send/recv, which may use the FDS cache; other calls read the socket afresh
 /// (their endpoints may just have changed) and refresh the cache.
 #[inline(always)]
-fn resolve_fd(fd: i64, info: &mut SockInfo, cached: bool) -> bool {
-    if fd < 0 {
+pub(crate) fn resolve_fd(fd: i64, info: &mut SockInfo, cached: bool) -> bool {
+    let file = fd_file(fd);
+    if file == 0 {
         return false;
     }
     let o = &conf().offsets;
     let key = (bpf_get_current_pid_tgid() & !0xffff_ffff) | (fd as u64 & 0xffff_ffff);
     unsafe {
-        let task = bpf_get_current_task();
-        let files: u64 = kread(task + o.task_files as u64);
-        if files == 0 {
-            return false;
-        }
-        let fdt: u64 = kread(files + o.files_fdt as u64);
-        let fdt_w = Window::<16>::read(fdt, &[o.fdt_max_fds, o.fdt_fd]);
-        if fd as u64 >= fdt_w.get::<u32>(o.fdt_max_fds) as u64 {
-            return false;
-        }
-        let fds: u64 = fdt_w.get(o.fdt_fd);
-        let file: u64 = kread(fds + (fd as u64) * 8);
-        if file == 0 {
-            return false;
-        }
         let file_w = Window::<16>::read(file, &[o.file_inode, o.file_private_data]);
         let inode: u64 = file_w.get(o.file_inode);
         if cached && let Some(c) = FDS.get(&key) {
@@ -296,7 +338,7 @@ unsafe fn read_sock(sk: u64, info: &mut SockInfo) {
 fn fill_header(
     hdr: &mut EventHeader,
     k: u16,
-    a: &Args,
+    call: u16,
     fd: i64,
     ret: i64,
     sock: &SockInfo,
@@ -305,7 +347,7 @@ fn fill_header(
     let id = bpf_get_current_pid_tgid();
     hdr.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
     hdr.kind = k;
-    hdr.syscall = a.sys as u16;
+    hdr.syscall = call;
     hdr.flags = if valid { flags::SOCK_VALID } else { 0 };
     hdr._pad0 = 0;
     hdr.pid = (id >> 32) as u32;
@@ -333,17 +375,38 @@ fn shape(s: u16) -> (usize, bool) {
         sys::CLOSE => (0, true),
         sys::SHUTDOWN => (1, true),
         sys::SENDTO | sys::RECVFROM => (5, true),
+        // len, prot, flags, fd
+        sys::MMAP_EXEC => (4, false),
         _ => (2, true),
     }
 }
 
+/// The syscalls whose fd names the socket of the TLS call they are made in.
 #[inline(always)]
-fn enter(regs: u64, s: u16) -> i32 {
+fn moves_data(s: u16) -> bool {
+    matches!(
+        s,
+        sys::READ
+            | sys::WRITE
+            | sys::READV
+            | sys::WRITEV
+            | sys::SENDTO
+            | sys::RECVFROM
+            | sys::SENDMSG
+            | sys::RECVMSG
+            | sys::SENDMMSG
+            | sys::RECVMMSG
+    )
+}
+
+#[inline(always)]
+fn enter(regs: u64, s: u16, tls_only: bool) -> i32 {
     let id = bpf_get_current_pid_tgid();
     if !is_traced((id >> 32) as u32) {
         return 0;
     }
-    let (nargs, sock_now) = shape(s);
+    // tls_only: not reported, only looked at for the fd of the TLS call it is made in.
+    let (nargs, sock_now) = if tls_only { (0, true) } else { shape(s) };
     let args = syscall_args(regs);
     // Each thread keeps its slot (freed at thread exit) and the arguments are written into
     // it in place: no element inserted and deleted, no struct copied, per call.
@@ -385,8 +448,11 @@ fn enter(regs: u64, s: u16) -> i32 {
             return 0;
         }
         a.sock_valid = 1;
+        if cfg!(tls) != 0 && moves_data(s) {
+            tls::note_fd(id, a.fd, a.sock.sk);
+        }
     }
-    a.live = 1;
+    a.live = !tls_only as u32;
     0
 }
 
@@ -425,7 +491,15 @@ fn emit_sock(
     };
     let e = entry.as_mut_ptr();
     unsafe {
-        fill_header(&mut (*e).hdr, kind::SOCK, a, fd, ret, sock, valid);
+        fill_header(
+            &mut (*e).hdr,
+            kind::SOCK,
+            a.sys as u16,
+            fd,
+            ret,
+            sock,
+            valid,
+        );
         (*e).args = args;
         (*e)._pad = 0;
         (*e).addr = [0; SOCKADDR_MAX];
@@ -552,6 +626,60 @@ struct CopyState {
     /// Flags for every record of the call.
     flags: u64,
     failed: u64,
+    /// 1: TLS records ([`Payload::Tls`]), 0: DATA records.
+    tls: u64,
+}
+
+/// Sets the chunk fields of the record in `s`.
+#[inline(always)]
+unsafe fn set_chunk(s: *mut Scratch, rec: Payload, f: u16, offset: u64, len: u32) {
+    unsafe {
+        match rec {
+            Payload::Data => {
+                (*s).head.data.hdr.flags = f;
+                (*s).head.data.offset = offset;
+                (*s).head.data.len = len;
+            }
+            Payload::Tls => {
+                (*s).head.tls.ev.hdr.flags = f;
+                (*s).head.tls.ev.offset = offset;
+                (*s).head.tls.ev.len = len;
+            }
+        }
+    }
+}
+
+/// The flags of the record in `s` (as its header was filled).
+#[inline(always)]
+unsafe fn head_flags(s: *mut Scratch, rec: Payload) -> u16 {
+    unsafe {
+        match rec {
+            Payload::Data => (*s).head.data.hdr.flags,
+            Payload::Tls => (*s).head.tls.ev.hdr.flags,
+        }
+    }
+}
+
+/// Copies the record in `s` with its chunk of `n` bytes into the ring buffer, and counts it
+/// (or its loss).
+#[inline(always)]
+fn submit_chunk(s: *mut Scratch, rec: Payload, n: u64) {
+    let (start, head) = match rec {
+        Payload::Data => (0, core::mem::size_of::<DataEvent>()),
+        Payload::Tls => (TLS_LEAD, core::mem::size_of::<TlsEvent>()),
+    };
+    let size = head + n as usize;
+    // SAFETY: the record and its chunk lie within the scratch map value (n <= CHUNK_MAX).
+    let bytes = unsafe { core::slice::from_raw_parts((s as *const u8).add(start), size) };
+    if EVENTS
+        .output::<[u8]>(bytes, wakeup(size as u64, false))
+        .is_err()
+    {
+        bump(counter::LOST_EVENTS, 1);
+        bump(counter::LOST_BYTES, n);
+    } else {
+        bump(counter::EVENTS, 1);
+    }
 }
 
 /// One step of the copy: load the next iovec, or emit one chunk. 1 = stop.
@@ -602,26 +730,22 @@ extern "C" fn copy_step(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
     if c.done + n >= c.want {
         f |= flags::LAST;
     }
-    unsafe {
-        (*s).ev.hdr.flags = f;
-        (*s).ev.offset = c.done;
-        (*s).ev.len = n as u32;
-    }
-    if output(s, core::mem::size_of::<DataEvent>() + n as usize).is_err() {
-        bump(counter::LOST_EVENTS, 1);
-        bump(counter::LOST_BYTES, n);
+    let rec = if c.tls != 0 {
+        Payload::Tls
     } else {
-        bump(counter::EVENTS, 1);
-    }
+        Payload::Data
+    };
+    unsafe { set_chunk(s, rec, f, c.done, n as u32) };
+    submit_chunk(s, rec, n);
     c.done += n;
     c.ptr += n;
     c.rem -= n;
     0
 }
 
-/// Emits the payload of one call (or one mmsg message): `total` bytes that the process moved
-/// through the single buffer `buf` (when `iov` is 0) or through the iovec array `iov[iovcnt]`.
-/// The copy runs in `bpf_loop`, so a call of any size is captured whole when snaplen is 0.
+/// Emits the payload of one call (or one mmsg message) as DATA records: `total` bytes that
+/// the process moved through the single buffer `buf` (when `iov` is 0) or through the iovec
+/// array `iov[iovcnt]`.
 #[inline(always)]
 fn emit_payload(
     a: &Args,
@@ -637,6 +761,61 @@ fn emit_payload(
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return;
     };
+    unsafe {
+        let ev = &mut (*s).head.data;
+        fill_header(
+            &mut ev.hdr,
+            kind::DATA,
+            a.sys as u16,
+            a.fd,
+            ret,
+            &a.sock,
+            a.sock_valid != 0,
+        );
+        ev.total = total;
+        ev.msg_index = msg_index;
+        ev.addr = *addr;
+    }
+    emit_chunks(Payload::Data, buf, iov, iovcnt, total, msg_flags);
+}
+
+/// Emits the plaintext of one TLS library call as TLS records: `total` bytes at `buf` in
+/// the process, moved by TLS function `func` (a `tls_fn` id) on connection object `conn`;
+/// `ret` is what the header reports, `fd`/`sock` the socket (`valid` false: unknown).
+#[inline(always)]
+pub(crate) fn emit_tls(
+    func: u16,
+    conn: u64,
+    ret: i64,
+    fd: i64,
+    sock: &SockInfo,
+    valid: bool,
+    buf: u64,
+    total: u64,
+) {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
+    unsafe {
+        let ev = &mut (*s).head.tls.ev;
+        fill_header(&mut ev.hdr, kind::TLS, func, fd, ret, sock, valid);
+        ev.total = total;
+        ev._pad = 0;
+        ev.conn = conn;
+    }
+    emit_chunks(Payload::Tls, buf, 0, 0, total, 0);
+}
+
+/// Emits the chunks of the payload record whose header is in the scratch map: `total`
+/// bytes that the process moved through the single buffer `buf` (when `iov` is 0) or
+/// through the iovec array `iov[iovcnt]`, cut to snaplen, each chunk a record of its own
+/// with `extra_flags` added. The copy runs in `bpf_loop`, so a call of any size is captured
+/// whole when snaplen is 0. Pauses the process when the ring fills up (lossless mode).
+#[inline(always)]
+fn emit_chunks(rec: Payload, buf: u64, iov: u64, iovcnt: u64, total: u64, extra_flags: u16) {
+    let Some(s) = SCRATCH.get_ptr_mut(0) else {
+        return;
+    };
     let snap = cfg!(snaplen) as u64;
     let want = if snap != 0 && snap < total {
         snap
@@ -644,21 +823,7 @@ fn emit_payload(
         total
     };
     let trunc = if want < total { flags::TRUNCATED } else { 0 };
-    unsafe {
-        fill_header(
-            &mut (*s).ev.hdr,
-            kind::DATA,
-            a,
-            a.fd,
-            ret,
-            &a.sock,
-            a.sock_valid != 0,
-        );
-        (*s).ev.total = total;
-        (*s).ev.msg_index = msg_index;
-        (*s).ev.addr = *addr;
-    }
-    let base_flags = unsafe { (*s).ev.hdr.flags } | msg_flags | trunc;
+    let base_flags = unsafe { head_flags(s, rec) } | extra_flags | trunc;
     // The common case, one buffer that fits one record: copy it without the loop.
     if iov == 0 && want > 0 && want <= CHUNK_MAX as u64 {
         // Masked and clamped so the verifier knows 0 <= n <= CHUNK_MAX whatever it lost
@@ -669,17 +834,8 @@ fn emit_payload(
         }
         let r = unsafe { bpf_probe_read_user((*s).data.as_mut_ptr().cast(), n, buf as *const _) };
         if r == 0 {
-            unsafe {
-                (*s).ev.hdr.flags = base_flags | flags::FIRST | flags::LAST;
-                (*s).ev.offset = 0;
-                (*s).ev.len = n;
-            }
-            if output(s, core::mem::size_of::<DataEvent>() + n as usize).is_err() {
-                bump(counter::LOST_EVENTS, 1);
-                bump(counter::LOST_BYTES, n as u64);
-            } else {
-                bump(counter::EVENTS, 1);
-            }
+            unsafe { set_chunk(s, rec, base_flags | flags::FIRST | flags::LAST, 0, n) };
+            submit_chunk(s, rec, n as u64);
             pause_if_filling();
             return;
         }
@@ -697,6 +853,7 @@ fn emit_payload(
         nvec,
         flags: base_flags as u64,
         failed: 0,
+        tls: (rec == Payload::Tls) as u64,
     };
     if want > 0 {
         let steps = want / CHUNK_MAX as u64 + nvec + 2;
@@ -723,16 +880,8 @@ fn emit_payload(
         if c.done < want || c.failed != 0 {
             f |= flags::TRUNCATED;
         }
-        unsafe {
-            (*s).ev.hdr.flags = f;
-            (*s).ev.offset = c.done;
-            (*s).ev.len = 0;
-        }
-        if output(s, core::mem::size_of::<DataEvent>()).is_err() {
-            bump(counter::LOST_EVENTS, 1);
-        } else {
-            bump(counter::EVENTS, 1);
-        }
+        unsafe { set_chunk(s, rec, f, c.done, 0) };
+        submit_chunk(s, rec, 0);
     }
 }
 
@@ -748,6 +897,14 @@ fn pause_if_filling() {
     if avail < size / 2 {
         return;
     }
+    pause_current();
+}
+
+/// Stops the current process (SIGSTOP) and notes it in `PAUSED`, where the agent finds the
+/// processes to continue once it has drained the ring buffer (or, `trace --tls`, hooked
+/// what the process just mapped).
+#[inline(always)]
+fn pause_current() {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if unsafe { PAUSED.get(&tgid) }.is_some() {
         return;
@@ -760,13 +917,6 @@ fn pause_if_filling() {
         // The agent would never know: do not leave the process stopped.
         unsafe { bpf_send_signal(SIGCONT) };
     }
-}
-
-/// Copies the first `size` bytes of the scratch record into the ring buffer.
-#[inline(always)]
-fn output(s: *mut Scratch, size: usize) -> Result<(), i32> {
-    let bytes = unsafe { core::slice::from_raw_parts(s as *const u8, size) };
-    EVENTS.output::<[u8]>(bytes, wakeup(size as u64, false))
 }
 
 #[inline(always)]
@@ -844,11 +994,15 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     if nr >= SYSCALL_TABLE_LEN as u64 {
         return 0;
     }
-    let s = cfg!(sys_table)[nr as usize] as u16;
-    if s == 0 {
+    let v = cfg!(sys_table)[nr as usize];
+    if v == 0 {
         return 0;
     }
-    enter(ctx.arg(0), s)
+    enter(
+        ctx.arg(0),
+        (v & !SYS_TLS_ONLY) as u16,
+        v & SYS_TLS_ONLY != 0,
+    )
 }
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
@@ -858,10 +1012,11 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     if nr >= SYSCALL_TABLE_LEN as u64 {
         return 0;
     }
-    let s = cfg!(sys_table)[nr as usize] as u16;
-    if s == 0 {
+    let v = cfg!(sys_table)[nr as usize];
+    if v == 0 || v & SYS_TLS_ONLY != 0 {
         return 0;
     }
+    let s = v as u16;
     let ret: i64 = ctx.arg(1);
     match s {
         sys::SOCKET
@@ -874,43 +1029,77 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         | sys::CLOSE
         | sys::SHUTDOWN => sock_exit(s, ret),
         sys::SENDMMSG | sys::RECVMMSG => mmsg_exit(s, ret),
+        sys::MMAP_EXEC => mmap_exit(ret),
         _ => data_exit(s, ret),
     }
     0
 }
 
 // ---------------------------------------------------------------------------------------------
+// trace --tls: executable mappings of files not examined yet.
+
+/// `mmap` (in `sys_table` with `--tls` only): a file mapped executable that userspace has
+/// not examined (`TLS_SEEN`) is reported and, in lossless mode, the process paused, so that
+/// the TLS functions of a library (dlopen included) are hooked before the process runs any
+/// of its code. (Without lossless mode, `--all` or `--allow-loss`, no process is stopped:
+/// the first calls into the library may then go unseen.)
+#[inline(always)]
+fn mmap_exit(ret: i64) {
+    let Some(a) = take_args(sys::MMAP_EXEC) else {
+        return;
+    };
+    let (prot, map_flags, fd) = (a.a[1], a.a[2], a.a[3] as i32 as i64);
+    // Failures are -4095..-1; user addresses are positive.
+    if ret < 0 || prot & PROT_EXEC == 0 || map_flags & MAP_ANONYMOUS != 0 || fd < 0 {
+        return;
+    }
+    let file = fd_file(fd);
+    if file == 0 {
+        return;
+    }
+    let o = &conf().offsets;
+    let key = unsafe {
+        let inode: u64 = kread(file + o.file_inode as u64);
+        let sb: u64 = kread(inode + o.inode_sb as u64);
+        FileKey {
+            dev: kread::<u32>(sb + o.sb_dev as u64) as u64,
+            ino: kread(inode + o.inode_ino as u64),
+        }
+    };
+    if unsafe { tls::TLS_SEEN.get(&key) }.is_some() {
+        return;
+    }
+    let mut sock = SockInfo::default();
+    sock.ino = key.ino;
+    emit_proc(sys::MMAP_EXEC, key.dev as u32, 0, fd, ret, &sock, true);
+    if cfg!(pause) != 0 {
+        pause_current();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Process lifecycle: follow forks, match names at exec, forget exited processes.
 
+/// A PROC record. `now`: wake the agent up at once (it has to act before the process goes
+/// on, which is paused meanwhile).
 #[inline(always)]
-fn emit_proc(s: u16, child: u32, exit_code: u32) {
+fn emit_proc(s: u16, child: u32, exit_code: u32, fd: i64, ret: i64, sock: &SockInfo, now: bool) {
     let Some(mut entry) = EVENTS.reserve::<ProcEvent>(0) else {
         bump(counter::LOST_EVENTS, 1);
         return;
     };
     let e = entry.as_mut_ptr();
-    let a = Args {
-        sys: s as u32,
-        live: 0,
-        fd: -1,
-        a: [0; 5],
-        sock_valid: 0,
-        sock: SockInfo::default(),
-    };
     unsafe {
-        fill_header(
-            &mut (*e).hdr,
-            kind::PROC,
-            &a,
-            -1,
-            0,
-            &SockInfo::default(),
-            false,
-        );
+        fill_header(&mut (*e).hdr, kind::PROC, s, fd, ret, sock, false);
         (*e).child_pid = child;
         (*e).exit_code = exit_code;
     }
-    entry.submit(wakeup(core::mem::size_of::<ProcEvent>() as u64, true));
+    let flags = if now {
+        BPF_RB_FORCE_WAKEUP.into()
+    } else {
+        wakeup(core::mem::size_of::<ProcEvent>() as u64, true)
+    };
+    entry.submit(flags);
     bump(counter::EVENTS, 1);
 }
 
@@ -929,7 +1118,7 @@ pub fn task_newtask(ctx: TracePointContext) -> u32 {
         }
         let _ = TRACED.insert(&child, &traced::CHILD, 0);
     }
-    emit_proc(sys::FORK, child, 0);
+    emit_proc(sys::FORK, child, 0, -1, 0, &SockInfo::default(), false);
     0
 }
 
@@ -951,7 +1140,13 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
         }
     }
     if is_traced(tgid) {
-        emit_proc(sys::EXEC, 0, 0);
+        let tls = cfg!(tls) != 0;
+        emit_proc(sys::EXEC, 0, 0, -1, 0, &SockInfo::default(), tls);
+        if tls && cfg!(pause) != 0 {
+            // The new program's TLS functions (static OpenSSL, Go) are hooked before it
+            // runs: userspace continues it once it has (lossless mode, as for mmap).
+            pause_current();
+        }
     }
     0
 }
@@ -961,6 +1156,9 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
 pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     let _ = ARGS.remove(&id);
+    if cfg!(tls) != 0 {
+        tls::forget_thread(id);
+    }
     let group_dead = unsafe { *(ctx.as_ptr().add(32) as *const u8) };
     if group_dead == 0 {
         return 0;
@@ -970,7 +1168,7 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         // do_exit() has stored the wait status in task_struct.exit_code by now.
         let task = unsafe { bpf_get_current_task() };
         let code: u32 = unsafe { kread(task + cfg!(offsets.task_exit_code) as u64) };
-        emit_proc(sys::EXIT, 0, code);
+        emit_proc(sys::EXIT, 0, code, -1, 0, &SockInfo::default(), false);
     }
     let _ = TRACED.remove(&tgid);
     0

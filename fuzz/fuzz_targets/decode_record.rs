@@ -2,9 +2,10 @@
 //!
 //! The input is a sequence of records, each `[selector: u8][len: u16 LE][len bytes]` (the last
 //! one may be cut short). When the selector's high bit is set, the record's `kind` field is
-//! overwritten with `selector & 3` so that most records get past the kind check; its bit 6
-//! sets FIRST|LAST|SOCK_VALID in `flags` so that complete calls are common. Every event must
-//! render as one text line and one valid JSON object whose base64 payload round-trips.
+//! overwritten with `selector & 7` so that many records get past the kind check (1 to 4:
+//! SOCK, DATA, PROC, TLS); its bit 6 sets FIRST|LAST|SOCK_VALID in `flags` so that complete
+//! calls are common. Every event must render as one text line and one valid JSON object
+//! whose base64 payload round-trips.
 #![no_main]
 
 use std::io;
@@ -83,7 +84,7 @@ fuzz_target!(|data: &[u8]| {
         let mut rec = rest[..n].to_vec();
         rest = &rest[n..];
         if sel & 0x80 != 0 && rec.len() >= 10 {
-            rec[8..10].copy_from_slice(&u16::from(sel & 3).to_ne_bytes());
+            rec[8..10].copy_from_slice(&u16::from(sel & 7).to_ne_bytes());
         }
         if sel & 0x40 != 0 && rec.len() >= 14 {
             let f = u16::from_ne_bytes([rec[12], rec[13]]) | 1 | 2 | 8;

@@ -41,6 +41,18 @@ def proc(sc, child, code):
     return hdr(3, sc, 0, 100, 100, -1, 0) + struct.pack('<II', child, code)
 
 
+def tls(fn, flags, tid, total, off, payload, conn=0x55d0c0a1b2c0, fd=3, ret=None):
+    h = hdr(4, fn, flags | (8 if fd >= 0 else 0), 100, tid, fd, total if ret is None else ret)
+    return h + struct.pack('<QQIIQ', total, off, len(payload), 0, conn) + payload
+
+
+def mmap_exec(dev, ino, fd, addr):
+    h = hdr(3, 35, 0, 100, 100, fd, addr)
+    # the file's inode number rides in hdr.sock.ino (offset 56 + 8)
+    h = h[:64] + struct.pack('<Q', ino) + h[72:]
+    return h + struct.pack('<II', dev, 0)
+
+
 def frame(recs):
     return b''.join(bytes([0]) + struct.pack('<H', len(r)) + r for r in recs)
 
@@ -58,6 +70,12 @@ SEEDS = {
              proc(32, 101, 0), proc(33, 0, 0), proc(34, 0, 0x100)],
     'lost': [data(13, 1, 1, 100000, 0, b'GET /'), data(13, 1 | 2 | 4, 1, 100000, 0, b'GET /'),
              data(8, 3, 2, 0, 0, b'', ret=-11)],
+    # trace --tls: SSL_write (64) and a chunked SSL_read_ex (67) on fd 3, its ciphertext
+    # write, a gnutls_record_recv (73) on an unknown fd, an executable mapping (35).
+    'tls': [mmap_exec(254 << 20, 326798, 3, 0x7f0012345000), sock(2, 0, SIN),
+            tls(64, 3, 100, 18, 0, b'GET / HTTP/1.1\r\n\r\n'), data(14, 3, 100, 5, 0, b'\x17\x03\x03\x00\x20'),
+            tls(67, 1, 100, 15, 0, b'HTTP/1.0 '), tls(67, 2, 100, 15, 9, b'200 ok'),
+            tls(73, 3, 101, 0, 0, b'', fd=-1, ret=-1), tls(65, 1 | 2 | 4, 100, 70000, 0, b'<html>')],
 }
 
 

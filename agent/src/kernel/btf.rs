@@ -160,7 +160,8 @@ pub fn offsets_from_btf(btf: &Btf) -> Result<KernelOffsets, BtfError> {
                     member: "vfs_inode (after socket)".into(),
                 })?
         },
-        _pad: 0,
+        inode_sb: member_offset(btf, "inode", &["i_sb"])?,
+        sb_dev: member_offset(btf, "super_block", &["s_dev"])?,
     })
     .and_then(|o| {
         // The programs read the argument registers as one 64-byte window.
@@ -455,6 +456,8 @@ mod tests {
             ("file", o.file_private_data, ptr),
             ("inode", o.inode_mode, 2),
             ("inode", o.inode_ino, ptr),
+            ("inode", o.inode_sb, ptr),
+            ("super_block", o.sb_dev, 4),
             ("socket", o.socket_sk, ptr),
             ("sock", o.sk_v6_rcv_saddr, 16),
             ("sock", o.sk_type, 2),
@@ -824,5 +827,7 @@ mod tests {
         assert_eq!(bytes("sock", "__sk_common"), 0);
         assert_eq!(bytes("sock_common", "skc_v6_daddr"), o.sk_v6_daddr);
         assert_eq!(bytes("sock_common", "skc_family"), o.sk_family);
+        assert_eq!(bytes("inode", "i_sb"), o.inode_sb);
+        assert_eq!(bytes("super_block", "s_dev"), o.sb_dev);
     }
 }

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use aya::{
     Ebpf, EbpfLoader,
-    programs::{ProgramError, RawTracePoint, TracePoint},
+    programs::{ProgramError, RawTracePoint, TracePoint, UProbe},
 };
 use thiserror::Error;
 
@@ -82,15 +82,59 @@ pub fn ensure_tracefs() -> Result<(), KernelError> {
 }
 
 /// Loads the eBPF object for `capagent trace`: `config` written into its `CONFIG` global and
-/// the `EVENTS` ring buffer sized to `ring_bytes`.
+/// the `EVENTS` ring buffer sized to `ring_bytes` (the maps of `--tls` as small as can be
+/// when `config.tls` is 0).
 pub fn load(config: &agent_common::Config, ring_bytes: u32) -> Result<Ebpf, KernelError> {
     use agent_common::trace::{CONFIG_GLOBAL, maps};
-    load_mode(
-        CONFIG_GLOBAL,
-        config,
-        TRACE_MAPS,
-        &[(maps::EVENTS, ring_bytes)],
-    )
+    let mut sized = vec![(maps::EVENTS, ring_bytes)];
+    if config.tls == 0 {
+        sized.extend(maps::TLS.iter().map(|&m| (m, 1)));
+    }
+    load_mode(CONFIG_GLOBAL, config, TRACE_MAPS, &sized)
+}
+
+/// The `trace --tls` uprobe programs of a loaded trace object ([`load`]), loaded into the
+/// kernel and ready to attach with `UProbe::attach` (per library file, all processes; the
+/// programs keep to the traced ones). The bpf cookie of each attachment:
+/// - `enter` (uprobe) and `exit` (uretprobe) on the same read/write function: its
+///   `agent_common::tls_fn` id (`SSL_write` → `tls_fn::SSL_WRITE`...);
+/// - `set_fd` on `SSL_set_fd`/`SSL_set_rfd`/`SSL_set_wfd`: `tls_cookie::OPENSSL_SET_FD`,
+///   on `gnutls_transport_set_int2`: `tls_cookie::GNUTLS_SET_INT2`;
+/// - `free` on `SSL_free`/`gnutls_deinit`: `tls_cookie::FREE`.
+pub struct TlsPrograms<'a> {
+    pub enter: &'a mut UProbe,
+    pub exit: &'a mut UProbe,
+    pub set_fd: &'a mut UProbe,
+    pub free: &'a mut UProbe,
+}
+
+/// [`TlsPrograms`] of `ebpf`, loaded (once: a later call finds them loaded).
+pub fn tls_programs(ebpf: &mut Ebpf) -> Result<TlsPrograms<'_>, KernelError> {
+    use agent_common::trace::progs;
+    let mut found: [Option<&mut UProbe>; 4] = [None, None, None, None];
+    for (name, program) in ebpf.programs_mut() {
+        let Some(i) = progs::TLS.iter().position(|p| *p == name) else {
+            continue;
+        };
+        let is_loaded = program.fd().is_ok();
+        let refused = |source| KernelError::Program {
+            name: name.to_string(),
+            source: Box::new(source),
+        };
+        let uprobe: &mut UProbe = program.try_into().map_err(refused)?;
+        if !is_loaded {
+            uprobe.load().map_err(refused)?;
+        }
+        found[i] = Some(uprobe);
+    }
+    let [enter, exit, set_fd, free] = found;
+    let missing = |i: usize| KernelError::MissingProgram(progs::TLS[i].to_string());
+    Ok(TlsPrograms {
+        enter: enter.ok_or_else(|| missing(0))?,
+        exit: exit.ok_or_else(|| missing(1))?,
+        set_fd: set_fd.ok_or_else(|| missing(2))?,
+        free: free.ok_or_else(|| missing(3))?,
+    })
 }
 
 /// Loads the eBPF object for one mode: `config` written into the global `global`, the maps
@@ -304,8 +348,13 @@ mod tests {
             let owners = modes.iter().filter(|m| m.contains(&name.as_str())).count();
             assert_eq!(owners, 1, "map {name} must be used by exactly one mode");
         }
+        let trace_progs: Vec<&str> = agent_common::trace::progs::ALL
+            .iter()
+            .chain(agent_common::trace::progs::TLS)
+            .copied()
+            .collect();
         let progs = [
-            agent_common::trace::progs::ALL,
+            &trace_progs[..],
             agent_common::capture::progs::ALL,
             agent_common::intercept::progs::ALL,
         ];
@@ -332,5 +381,6 @@ mod tests {
         assert_eq!(size("ARGS"), Some(1));
         assert_eq!(size("ICPT_PIDS"), Some(1));
         assert_eq!(size("SOCK_OWNERS"), None, "a used map keeps its size");
+        assert_eq!(size("TLS_CALLS"), Some(1));
     }
 }

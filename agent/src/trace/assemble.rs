@@ -188,6 +188,8 @@ impl<C: CommLookup> Assembler<C> {
             Record::Sock(ev) => self.sock(ev, out),
             Record::Data { ev, payload } => self.data(ev, payload, out),
             Record::Proc(ev) => self.proc(ev, out),
+            // `trace --tls`: not turned into events yet.
+            Record::Tls { .. } => {}
         }
     }
 

@@ -1,7 +1,7 @@
 //! Ring buffer record bytes to typed records.
 //!
 //! [`decode`] validates a record's size (at least the struct its kind names, and for DATA
-//! records `len <= CHUNK_MAX` payload bytes present after the struct) and copies the struct
+//! and TLS records `len <= CHUNK_MAX` payload bytes present after the struct) and copies the struct
 //! out with an unaligned read. It never panics: bad input gives a [`DecodeError`]. Bytes after
 //! the record (ring buffer padding, a fixed-size reservation) are ignored.
 //!
@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 
 use agent_common::{
     CHUNK_MAX, DataEvent, EventHeader, MsgAddr, ProcEvent, SockEvent, SockInfo, TASK_COMM_LEN,
-    flags, kind, sys,
+    TlsEvent, flags, kind, sys,
 };
 
 use crate::model::{Endpoint, SocketMeta, Transport};
@@ -38,11 +38,19 @@ pub enum DecodeError {
     },
     #[error("unknown record kind {0}")]
     UnknownKind(u16),
-    #[error("DATA record carries {len} payload bytes, more than the {max} a chunk may hold")]
-    ChunkTooLong { len: u32, max: usize },
-    #[error("DATA record says {len} payload bytes follow but only {present} do")]
-    PayloadMissing { len: u32, present: usize },
-    #[error("PROC record with syscall id {0} (not fork, exec or exit)")]
+    #[error("{what} record carries {len} payload bytes, more than the {max} a chunk may hold")]
+    ChunkTooLong {
+        what: &'static str,
+        len: u32,
+        max: usize,
+    },
+    #[error("{what} record says {len} payload bytes follow but only {present} do")]
+    PayloadMissing {
+        what: &'static str,
+        len: u32,
+        present: usize,
+    },
+    #[error("PROC record with syscall id {0} (not fork, exec, exit or mmap)")]
     BadProcSyscall(u16),
 }
 
@@ -55,7 +63,13 @@ pub enum Record<'a> {
         ev: DataEvent,
         payload: &'a [u8],
     },
+    /// fork, exec, exit; and `sys::MMAP_EXEC` (`trace --tls`: a file mapped executable).
     Proc(ProcEvent),
+    /// A TLS record and its plaintext chunk (exactly `ev.len` bytes).
+    Tls {
+        ev: TlsEvent,
+        payload: &'a [u8],
+    },
 }
 
 impl Record<'_> {
@@ -64,6 +78,7 @@ impl Record<'_> {
             Record::Sock(e) => &e.hdr,
             Record::Data { ev, .. } => &ev.hdr,
             Record::Proc(e) => &e.hdr,
+            Record::Tls { ev, .. } => &ev.hdr,
         }
     }
 }
@@ -79,6 +94,7 @@ unsafe impl Pod for EventHeader {}
 unsafe impl Pod for SockEvent {}
 unsafe impl Pod for DataEvent {}
 unsafe impl Pod for ProcEvent {}
+unsafe impl Pod for TlsEvent {}
 
 fn read<T: Pod>(bytes: &[u8], what: &'static str) -> Result<T, DecodeError> {
     let need = size_of::<T>();
@@ -101,30 +117,45 @@ pub fn decode(bytes: &[u8]) -> Result<Record<'_>, DecodeError> {
         kind::SOCK => Ok(Record::Sock(read(bytes, "SockEvent")?)),
         kind::DATA => {
             let ev: DataEvent = read(bytes, "DataEvent")?;
-            if ev.len as usize > CHUNK_MAX {
-                return Err(DecodeError::ChunkTooLong {
-                    len: ev.len,
-                    max: CHUNK_MAX,
-                });
-            }
-            let rest = &bytes[size_of::<DataEvent>()..];
-            let payload = rest
-                .get(..ev.len as usize)
-                .ok_or(DecodeError::PayloadMissing {
-                    len: ev.len,
-                    present: rest.len(),
-                })?;
+            let payload = chunk("DATA", bytes, size_of::<DataEvent>(), ev.len)?;
             Ok(Record::Data { ev, payload })
+        }
+        kind::TLS => {
+            let ev: TlsEvent = read(bytes, "TlsEvent")?;
+            let payload = chunk("TLS", bytes, size_of::<TlsEvent>(), ev.len)?;
+            Ok(Record::Tls { ev, payload })
         }
         kind::PROC => {
             let ev: ProcEvent = read(bytes, "ProcEvent")?;
             match hdr.syscall {
-                sys::FORK | sys::EXEC | sys::EXIT => Ok(Record::Proc(ev)),
+                sys::FORK | sys::EXEC | sys::EXIT | sys::MMAP_EXEC => Ok(Record::Proc(ev)),
                 other => Err(DecodeError::BadProcSyscall(other)),
             }
         }
         other => Err(DecodeError::UnknownKind(other)),
     }
+}
+
+/// The `len` payload bytes after the `head` bytes of a `what` record's struct.
+fn chunk<'a>(
+    what: &'static str,
+    bytes: &'a [u8],
+    head: usize,
+    len: u32,
+) -> Result<&'a [u8], DecodeError> {
+    if len as usize > CHUNK_MAX {
+        return Err(DecodeError::ChunkTooLong {
+            what,
+            len,
+            max: CHUNK_MAX,
+        });
+    }
+    let rest = &bytes[head..];
+    rest.get(..len as usize).ok_or(DecodeError::PayloadMissing {
+        what,
+        len,
+        present: rest.len(),
+    })
 }
 
 /// The comm bytes up to the first NUL, non-printable bytes escaped.
@@ -336,6 +367,7 @@ pub(crate) mod tests {
         assert_eq!(
             decode(&bytes),
             Err(DecodeError::PayloadMissing {
+                what: "DATA",
                 len: 12,
                 present: 11
             })
@@ -344,6 +376,7 @@ pub(crate) mod tests {
         assert_eq!(
             decode(&bytes_of(&ev)),
             Err(DecodeError::ChunkTooLong {
+                what: "DATA",
                 len: CHUNK_MAX as u32 + 1,
                 max: CHUNK_MAX
             })
@@ -364,6 +397,116 @@ pub(crate) mod tests {
         let ev = data_ev(0);
         let b = bytes_of(&ev);
         assert_eq!(decode(&b).unwrap(), Record::Data { ev, payload: &[] });
+    }
+
+    pub(crate) fn tls_ev(func: u16, len: u32) -> TlsEvent {
+        let mut hdr = header(kind::TLS, func, 10, 11, 5);
+        hdr.flags = flags::FIRST | flags::LAST | flags::SOCK_VALID;
+        hdr.ret = 18;
+        hdr.sock = tcp4(0x1234, [127, 0, 0, 1], 40112, [127, 0, 0, 1], 4433);
+        TlsEvent {
+            hdr,
+            total: 18,
+            offset: 0,
+            len,
+            _pad: 0,
+            conn: 0x55d0_c0a1_b2c0,
+        }
+    }
+
+    pub(crate) fn tls_record(ev: &TlsEvent, payload: &[u8]) -> Vec<u8> {
+        let mut b = bytes_of(ev);
+        b.extend_from_slice(payload);
+        b
+    }
+
+    #[test]
+    fn tls_record_with_payload() {
+        let ev = tls_ev(agent_common::tls_fn::SSL_WRITE, 18);
+        let bytes = tls_record(&ev, b"GET / HTTP/1.1\r\n\r\n");
+        assert_eq!(bytes.len(), 152 + 18);
+        // The layout the kernel writes: kind 4 at 8, the tls_fn id at 10, the connection
+        // object at 144, the plaintext from 152.
+        assert_eq!(&bytes[8..10], &4u16.to_ne_bytes());
+        assert_eq!(&bytes[10..12], &64u16.to_ne_bytes());
+        assert_eq!(&bytes[144..152], &0x55d0_c0a1_b2c0u64.to_ne_bytes());
+        assert_eq!(&bytes[152..], b"GET / HTTP/1.1\r\n\r\n");
+        let rec = decode(&bytes).unwrap();
+        assert_eq!(
+            rec,
+            Record::Tls {
+                ev,
+                payload: b"GET / HTTP/1.1\r\n\r\n"
+            }
+        );
+        assert_eq!(rec.header().fd, 5);
+        assert_eq!(rec.header().syscall, agent_common::tls_fn::SSL_WRITE);
+        // Ring buffer padding after the plaintext is not plaintext.
+        let mut padded = bytes.clone();
+        padded.extend_from_slice(&[0; 6]);
+        let Record::Tls { payload, .. } = decode(&padded).unwrap() else {
+            panic!()
+        };
+        assert_eq!(payload, b"GET / HTTP/1.1\r\n\r\n");
+        // A failed call: no plaintext, fd unknown.
+        let mut ev = tls_ev(agent_common::tls_fn::SSL_READ_EX, 0);
+        ev.hdr.ret = -1;
+        ev.hdr.fd = -1;
+        ev.hdr.flags = flags::FIRST | flags::LAST;
+        ev.total = 0;
+        let b = bytes_of(&ev);
+        assert_eq!(decode(&b).unwrap(), Record::Tls { ev, payload: &[] });
+    }
+
+    #[test]
+    fn tls_record_len_checks() {
+        let ev = tls_ev(agent_common::tls_fn::GNUTLS_RECORD_RECV, 18);
+        let bytes = tls_record(&ev, b"HTTP/1.0 200 ok\r\n");
+        assert_eq!(
+            decode(&bytes),
+            Err(DecodeError::PayloadMissing {
+                what: "TLS",
+                len: 18,
+                present: 17
+            })
+        );
+        let ev = tls_ev(agent_common::tls_fn::SSL_READ, CHUNK_MAX as u32 + 1);
+        let mut b = bytes_of(&ev);
+        b.resize(b.len() + CHUNK_MAX + 1, b'x');
+        assert_eq!(
+            decode(&b),
+            Err(DecodeError::ChunkTooLong {
+                what: "TLS",
+                len: CHUNK_MAX as u32 + 1,
+                max: CHUNK_MAX
+            })
+        );
+        // A DATA-sized struct is not enough to be a TLS one, nor the header alone.
+        let hdr = bytes_of(&header(kind::TLS, agent_common::tls_fn::SSL_READ, 1, 1, 3));
+        assert_eq!(
+            decode(&hdr),
+            Err(DecodeError::Short {
+                what: "TlsEvent",
+                got: 120,
+                need: 152
+            })
+        );
+    }
+
+    #[test]
+    fn mmap_exec_record() {
+        let mut hdr = header(kind::PROC, sys::MMAP_EXEC, 7, 7, 3);
+        hdr.ret = 0x7f00_1234_5000;
+        hdr.sock.ino = 1_234_567;
+        let key = agent_common::FileKey::new(254, 1, 1_234_567);
+        let ev = ProcEvent {
+            hdr,
+            child_pid: key.dev as u32,
+            exit_code: 0,
+        };
+        assert_eq!(decode(&bytes_of(&ev)).unwrap(), Record::Proc(ev));
+        assert_eq!(key.dev, 254 << 20 | 1);
+        assert_eq!(sys::name(sys::MMAP_EXEC), "mmap");
     }
 
     #[test]
@@ -403,6 +546,7 @@ pub(crate) mod tests {
     fn error_messages() {
         assert_eq!(
             DecodeError::PayloadMissing {
+                what: "DATA",
                 len: 12,
                 present: 11
             }

@@ -97,6 +97,8 @@ fn syscall_numbers(id: u16) -> Vec<usize> {
         sys::CLOSE => &[libc::SYS_close],
         sys::SHUTDOWN => &[libc::SYS_shutdown],
         sys::SOCKETPAIR => &[libc::SYS_socketpair],
+        // `--tls` only (not an `--events` name).
+        sys::MMAP_EXEC => &[libc::SYS_mmap],
         _ => &[],
     };
     nrs.iter()
@@ -310,11 +312,31 @@ fn config(opts: &TraceOptions, offsets: KernelOffsets, comm_filter: Option<[u8; 
             config.sys_table[nr] = id as u8;
         }
     }
+    if opts.tls {
+        tls_config(&mut config, &opts.syscalls);
+    }
     if let Some(f) = comm_filter {
         config.comm_match = 1;
         config.comm_filter = f;
     }
     config
+}
+
+/// `--tls` in the programs' configuration: the TLS uprobes record; every send/recv-type
+/// syscall names the socket of the TLS call it is made in, also when `--events` leaves it
+/// out (then it is looked at for that only); `mmap` reports the executable mappings of
+/// files not examined yet.
+fn tls_config(config: &mut Config, selected: &[u16]) {
+    config.tls = 1;
+    let data = parse_events(&["data".to_string()]).unwrap_or_default();
+    for id in data.into_iter().filter(|id| !selected.contains(id)) {
+        for nr in syscall_numbers(id) {
+            config.sys_table[nr] = id as u8 | agent_common::SYS_TLS_ONLY;
+        }
+    }
+    for nr in syscall_numbers(sys::MMAP_EXEC) {
+        config.sys_table[nr] = sys::MMAP_EXEC as u8;
+    }
 }
 
 /// Attaches the programs: process life (fork, exec, exit), then the syscalls.
@@ -515,5 +537,41 @@ mod tests {
             assert_eq!(syscall_numbers(id).len(), 1, "{name}");
         }
         assert_eq!(syscall_numbers(sys::READ), vec![libc::SYS_read as usize]);
+    }
+
+    #[test]
+    fn tls_config_adds_mmap_and_the_data_syscalls_unreported() {
+        let table = |events: &[&str], tls: bool| {
+            let names: Vec<String> = events.iter().map(|s| s.to_string()).collect();
+            let opts = TraceOptions {
+                syscalls: parse_events(&names).unwrap(),
+                tls,
+                ..Default::default()
+            };
+            config(&opts, KernelOffsets::ZERO, None)
+        };
+        let nr = |n: libc::c_long| n as usize;
+        let plain = table(&["connect", "read"], false);
+        assert_eq!(plain.tls, 0);
+        assert_eq!(plain.sys_table[nr(libc::SYS_mmap)], 0);
+        assert_eq!(plain.sys_table[nr(libc::SYS_write)], 0);
+        assert_eq!(plain.sys_table[nr(libc::SYS_read)], sys::READ as u8);
+
+        let tls = table(&["connect", "read"], true);
+        assert_eq!(tls.tls, 1);
+        assert_eq!(tls.sys_table[nr(libc::SYS_mmap)], sys::MMAP_EXEC as u8);
+        assert_eq!(tls.sys_table[nr(libc::SYS_connect)], sys::CONNECT as u8);
+        assert_eq!(tls.sys_table[nr(libc::SYS_read)], sys::READ as u8);
+        let only = agent_common::SYS_TLS_ONLY;
+        assert_eq!(tls.sys_table[nr(libc::SYS_write)], sys::WRITE as u8 | only);
+        assert_eq!(
+            tls.sys_table[nr(libc::SYS_recvfrom)],
+            sys::RECVFROM as u8 | only
+        );
+        assert_eq!(tls.sys_table[nr(libc::SYS_close)], 0);
+        // Every syscall selected: nothing is entered for TLS only.
+        let all = table(&[], true);
+        assert!(all.sys_table.iter().all(|&v| v & only == 0));
+        assert_eq!(all.sys_table[nr(libc::SYS_sendmsg)], sys::SENDMSG as u8);
     }
 }

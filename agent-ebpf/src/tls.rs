@@ -1,0 +1,310 @@
+//! TLS plaintext (`capagent trace --tls`): uprobes on the read/write functions of the TLS
+//! libraries, attached by userspace once per library file for every process; the programs
+//! keep to the traced processes (`TRACED`, or every process with `trace_all`).
+//!
+//! - `tls_enter` (uprobe, bpf cookie = the `tls_fn` id): remembers the connection object,
+//!   the buffer, its length and (`_ex` functions) the pointer the byte count is written to,
+//!   per thread. Debian's libssl clears the argument registers before returning, so the
+//!   buffer can only be read here.
+//! - `tls_exit` (uretprobe, same cookie): the bytes the call moved, copied from the buffer
+//!   into `TlsEvent` chunks exactly like a syscall's payload (snaplen, chunks, lossless
+//!   pause, loss counters).
+//! - `tls_set_fd` / `tls_free`: learn and forget the fd of a connection object.
+//!
+//! Which socket a call used: the socket syscalls the thread makes inside the call (seen by
+//! `sys_enter`, [`note_fd`]), else the connection's last known fd, kept only while that fd
+//! still holds the same `struct sock`. Otherwise the record says fd -1: never a guess.
+//!
+//! Nested calls (`SSL_write_ex` calling `SSL_write_ex2` in OpenSSL 3.3+, `gnutls_record_send`
+//! jumping to `gnutls_record_send2`) are recorded once, as the outermost call. The stack
+//! pointer tells them apart: a call entered below the outermost call's frame is nested in it;
+//! one entered at or above it starts afresh (a tail call into another hooked function, or a
+//! thread whose return probe was missed); a return at the outermost frame ends the call.
+
+use agent_common::{FileKey, SockInfo, counter, tls_cookie, tls_fn};
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_attach_cookie},
+    macros::{map, uprobe, uretprobe},
+    maps::{HashMap, LruHashMap},
+    programs::{ProbeContext, RetProbeContext},
+};
+
+use crate::{
+    helpers::uread,
+    trace::{bump, emit_tls, is_traced, resolve_fd},
+};
+
+/// The TLS call each thread of a traced process is in (key: pid_tgid; freed at thread exit).
+#[map]
+static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(65536, 0);
+
+/// (tgid, connection object) -> the fd it was last seen on and that fd's `struct sock`.
+#[map]
+static TLS_CONNS: LruHashMap<ConnKey, ConnFd> = LruHashMap::with_max_entries(65536, 0);
+
+/// The files userspace has examined for TLS functions (whether it found any or not): an
+/// executable mapping of one of them is not reported (see `mmap_exit` in `trace`).
+#[map]
+pub(crate) static TLS_SEEN: LruHashMap<FileKey, u8> = LruHashMap::with_max_entries(16384, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct TlsCall {
+    /// The library's connection object (`SSL *`, `gnutls_session_t`).
+    conn: u64,
+    buf: u64,
+    len: u64,
+    /// `_ex` functions: where the library writes the byte count (`size_t *`).
+    out: u64,
+    /// The stack pointer at the outermost call's entry.
+    sp: u64,
+    /// The socket a syscall inside the call used (fd -1: none yet).
+    fd: i64,
+    sk: u64,
+    /// The `tls_fn` id of the outermost call.
+    func: u32,
+    /// Calls in progress (the outermost and those nested in it); 0: none.
+    depth: u32,
+    /// Room for the socket's endpoints at exit (kept off the stack).
+    sock: SockInfo,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ConnKey {
+    tgid: u32,
+    _pad: u32,
+    conn: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ConnFd {
+    fd: i64,
+    sk: u64,
+}
+
+#[inline(always)]
+fn conn_key(id: u64, conn: u64) -> ConnKey {
+    ConnKey {
+        tgid: (id >> 32) as u32,
+        _pad: 0,
+        conn,
+    }
+}
+
+/// Where the `_ex` functions write the byte count: their 4th argument, `SSL_write_ex2`'s 5th.
+#[inline(always)]
+fn out_arg(ctx: &ProbeContext, func: u16) -> u64 {
+    // Both read at their fixed offsets (volatile): the verifier refuses a context access at
+    // an offset picked at run time.
+    // SAFETY: the context of a uprobe is the task's `struct pt_regs`.
+    let (a3, a4) = unsafe {
+        (
+            core::ptr::read_volatile(&(*ctx.regs).rcx),
+            core::ptr::read_volatile(&(*ctx.regs).r8),
+        )
+    };
+    match func {
+        tls_fn::SSL_WRITE_EX | tls_fn::SSL_READ_EX => a3,
+        tls_fn::SSL_WRITE_EX2 => a4,
+        _ => 0,
+    }
+}
+
+#[uprobe]
+pub fn tls_enter(ctx: ProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    if !is_traced((id >> 32) as u32) {
+        return 0;
+    }
+    // SAFETY: the context of a uprobe is the task's `struct pt_regs`.
+    let sp = unsafe { (*ctx.regs).rsp };
+    let slot = match TLS_CALLS.get_ptr_mut(&id) {
+        Some(slot) => slot,
+        None => {
+            let empty = TlsCall {
+                conn: 0,
+                buf: 0,
+                len: 0,
+                out: 0,
+                sp: 0,
+                fd: -1,
+                sk: 0,
+                func: 0,
+                depth: 0,
+                sock: SockInfo::default(),
+            };
+            if TLS_CALLS.insert(&id, &empty, 0).is_err() {
+                return 0;
+            }
+            let Some(slot) = TLS_CALLS.get_ptr_mut(&id) else {
+                return 0;
+            };
+            slot
+        }
+    };
+    // SAFETY: a map value of this thread's (only this thread writes it).
+    let c = unsafe { &mut *slot };
+    if c.depth > 0 && sp < c.sp {
+        // Nested in the call in progress (the stack grows down): counted, not recorded.
+        c.depth += 1;
+        return 0;
+    }
+    // SAFETY: the helper only reads the attachment's cookie from the context.
+    let func = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u16;
+    c.conn = ctx.arg(0).unwrap_or(0);
+    c.buf = ctx.arg(1).unwrap_or(0);
+    c.len = ctx.arg(2).unwrap_or(0);
+    c.out = out_arg(&ctx, func);
+    c.sp = sp;
+    c.fd = -1;
+    c.sk = 0;
+    c.func = func as u32;
+    c.depth = 1;
+    0
+}
+
+#[uretprobe]
+pub fn tls_exit(ctx: RetProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let Some(slot) = TLS_CALLS.get_ptr_mut(&id) else {
+        return 0;
+    };
+    // SAFETY: as in `tls_enter`.
+    let c = unsafe { &mut *slot };
+    if c.depth == 0 {
+        return 0;
+    }
+    // SAFETY: the context of a uretprobe is the task's `struct pt_regs`, after the return
+    // (the return address popped: the entry's stack pointer + 8).
+    let (sp, rax) = unsafe { ((*ctx.regs).rsp.wrapping_sub(8), (*ctx.regs).rax) };
+    if sp < c.sp {
+        // A nested call returns.
+        if c.depth > 1 {
+            c.depth -= 1;
+        }
+        return 0;
+    }
+    c.depth = 0;
+    if sp > c.sp {
+        // Returned past the outermost call's frame: its own return was missed.
+        return 0;
+    }
+    let func = c.func as u16;
+    let ret: i64 = match func {
+        tls_fn::SSL_WRITE_EX | tls_fn::SSL_READ_EX | tls_fn::SSL_WRITE_EX2 => {
+            let r = rax as i32;
+            if r == 1 {
+                match unsafe { uread::<u64>(c.out) } {
+                    Some(n) => n as i64,
+                    None => {
+                        bump(counter::READ_ERRORS, 1);
+                        0
+                    }
+                }
+            } else {
+                r as i64
+            }
+        }
+        // int
+        tls_fn::SSL_WRITE | tls_fn::SSL_READ => rax as i32 as i64,
+        // ssize_t
+        _ => rax as i64,
+    };
+    let mut total = if ret > 0 { ret as u64 } else { 0 };
+    if total > c.len {
+        total = c.len;
+    }
+    // The socket: the one used inside the call, else the connection's last known one,
+    // each only while its fd still holds the same socket.
+    let (mut fd, mut sk) = (c.fd, c.sk);
+    if fd < 0
+        && let Some(known) = unsafe { TLS_CONNS.get(&conn_key(id, c.conn)) }
+    {
+        fd = known.fd;
+        sk = known.sk;
+    }
+    let valid = fd >= 0 && resolve_fd(fd, &mut c.sock, true) && c.sock.sk == sk;
+    if !valid {
+        fd = -1;
+        c.sock = SockInfo::default();
+    }
+    emit_tls(func, c.conn, ret, fd, &c.sock, valid, c.buf, total);
+    0
+}
+
+/// From `sys_enter`: the current thread makes a send/recv-type syscall on socket `fd`
+/// (`struct sock` `sk`); inside a TLS call, that is the call's socket.
+#[inline(always)]
+pub(crate) fn note_fd(id: u64, fd: i64, sk: u64) {
+    let Some(slot) = TLS_CALLS.get_ptr_mut(&id) else {
+        return;
+    };
+    // SAFETY: as in `tls_enter`.
+    let c = unsafe { &mut *slot };
+    if c.depth == 0 {
+        return;
+    }
+    c.fd = fd;
+    c.sk = sk;
+    remember(id, c.conn, fd, sk);
+}
+
+/// Notes that connection object `conn` of the current process uses socket `fd`.
+#[inline(always)]
+fn remember(id: u64, conn: u64, fd: i64, sk: u64) {
+    let key = conn_key(id, conn);
+    if let Some(known) = TLS_CONNS.get_ptr_mut(&key) {
+        // SAFETY: a map value; a concurrent writer can only write the same kind of value.
+        unsafe {
+            if (*known).fd != fd || (*known).sk != sk {
+                *known = ConnFd { fd, sk };
+            }
+        }
+        return;
+    }
+    let _ = TLS_CONNS.insert(&key, &ConnFd { fd, sk }, 0);
+}
+
+/// From `sched_process_exit`: the thread is gone.
+#[inline(always)]
+pub(crate) fn forget_thread(id: u64) {
+    let _ = TLS_CALLS.remove(&id);
+}
+
+/// `SSL_set_fd(ssl, fd)` and the like (cookie: `tls_cookie`): the connection's socket.
+#[uprobe]
+pub fn tls_set_fd(ctx: ProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    if !is_traced((id >> 32) as u32) {
+        return 0;
+    }
+    let conn: u64 = ctx.arg(0).unwrap_or(0);
+    let mut fd = ctx.arg::<u64>(1).unwrap_or(u64::MAX) as i32 as i64;
+    // SAFETY: as in `tls_enter`.
+    if fd < 0 && unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } == tls_cookie::GNUTLS_SET_INT2 {
+        // gnutls_transport_set_int2(session, recv_fd, send_fd) with recv_fd -1.
+        fd = ctx.arg::<u64>(2).unwrap_or(u64::MAX) as i32 as i64;
+    }
+    let mut sock = SockInfo::default();
+    if resolve_fd(fd, &mut sock, false) {
+        remember(id, conn, fd, sock.sk);
+    } else {
+        let _ = TLS_CONNS.remove(&conn_key(id, conn));
+    }
+    0
+}
+
+/// `SSL_free(ssl)`, `gnutls_deinit(session)`: the connection object is gone.
+#[uprobe]
+pub fn tls_free(ctx: ProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    if !is_traced((id >> 32) as u32) {
+        return 0;
+    }
+    let conn: u64 = ctx.arg(0).unwrap_or(0);
+    let _ = TLS_CONNS.remove(&conn_key(id, conn));
+    0
+}
