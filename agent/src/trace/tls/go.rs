@@ -333,18 +333,19 @@ impl<'a> GoElf<'a> {
 
     /// Everything the Go uprobes attach to, or why this binary cannot be hooked.
     pub fn tls_hooks(&self) -> Result<TlsHooks, GoError> {
-        if !self.info.register_abi {
-            return Err(GoError::Unsupported {
-                version: self.info.version.clone(),
-                arch: format!("{:?}", self.info.arch),
-            });
-        }
+        // A program without crypto/tls first (Missing: not a TLS user, whatever its Go).
         let read = self
             .function(CONN_READ)?
             .ok_or(GoError::Missing(CONN_READ))?;
         let write = self
             .function(CONN_WRITE)?
             .ok_or(GoError::Missing(CONN_WRITE))?;
+        if !self.info.register_abi {
+            return Err(GoError::Unsupported {
+                version: self.info.version.clone(),
+                arch: format!("{:?}", self.info.arch),
+            });
+        }
         Ok(TlsHooks {
             info: self.info.clone(),
             read_rets: self.ret_offsets(&read)?,
@@ -356,7 +357,9 @@ impl<'a> GoElf<'a> {
 }
 
 /// The Go uprobe targets of an ELF file: `Ok(None)` when it is not a Go binary, an error
-/// saying why when it is one that cannot be hooked (too old, not x86-64, no `crypto/tls`).
+/// saying why when it is one that cannot be hooked (too old, not x86-64...).
+/// `Err(GoError::Missing(_))` is a Go program that does not use `crypto/tls` at all: no TLS
+/// library to report.
 pub fn tls_hooks(elf: &[u8]) -> Result<Option<TlsHooks>, GoError> {
     match GoElf::parse(elf)? {
         Some(go) => go.tls_hooks().map(Some),
