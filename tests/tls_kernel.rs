@@ -677,11 +677,13 @@ assert a + b + c == b"HTTP/1.1 200 OK", a + b + c
 }
 
 /// The Go HTTPS client (tests/go/tlsclient, built now: `build`) against the Python server,
-/// its `crypto/tls` hooked by file offset where `trace::tls::go` found them (entry and every
-/// RET, never a uretprobe): what its `(*Conn).Write` handed over is exactly Go's request, byte
-/// for byte what the server read; what its `(*Conn).Read` returned is what the server wrote;
-/// every record is on the socket of the client's connect (a read/write syscall of the same
-/// goroutine inside the call), whichever thread the goroutine ran on.
+/// 20 requests on one connection, its `crypto/tls` hooked by file offset where
+/// `trace::tls::go` found them (entry and every RET, never a uretprobe): what its
+/// `(*Conn).Write` handed over is exactly Go's 20 requests, byte for byte what the server
+/// read; what its `(*Conn).Read` returned is what the server wrote; every record is on the
+/// socket of the client's one connect (a read/write syscall of the same goroutine inside the
+/// call), whichever thread the goroutine ran on (Go's transport reads and writes in two
+/// goroutines of their own).
 fn go_client_plaintext_on_its_socket(build: GoBuild) {
     let ns = Netns::new("tlsgo");
     let dir = TempDir::new("tlsgo");
@@ -708,18 +710,25 @@ fn go_client_plaintext_on_its_socket(build: GoBuild) {
     let server = https_server(&ns, &dir, &mut run);
     let ca = dir.join("cert.pem");
     let url = format!("https://127.0.0.1:{PORT}/");
-    let client = run.run_traced(&ns.argv(&[&bin, "-ca", ca.to_str().unwrap(), &url]));
+    let n = 20;
+    let client = run.run_traced(&ns.argv(&[
+        &bin,
+        "-ca",
+        ca.to_str().unwrap(),
+        "-n",
+        &n.to_string(),
+        &url,
+    ]));
     run.drain();
 
     let recs = run.tls(client);
     let (sent, sent_evs) = stream(&recs, true);
-    assert_eq!(
-        String::from_utf8_lossy(&sent),
-        format!(
-            "GET / HTTP/1.1\r\nHost: 127.0.0.1:{PORT}\r\nUser-Agent: Go-http-client/1.1\r\n\
-             Accept-Encoding: gzip\r\n\r\n"
-        )
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: 127.0.0.1:{PORT}\r\nUser-Agent: Go-http-client/1.1\r\n\
+         Accept-Encoding: gzip\r\n\r\n"
     );
+    assert_eq!(String::from_utf8_lossy(&sent), request.repeat(n));
+    assert_eq!(sent_evs.len(), n, "one Write per request");
     let (got, got_evs) = stream(&recs, false);
     let srv = run.tls(server.pid());
     let (srv_got, _) = stream(&srv, false);
@@ -730,7 +739,9 @@ fn go_client_plaintext_on_its_socket(build: GoBuild) {
         String::from_utf8_lossy(&srv_sent),
         "Go read what the server wrote"
     );
-    assert!(got.ends_with(b"\r\nContent-Length: 15\r\n\r\nhello over TLS\n"));
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), n, "{text:?}");
+    assert!(text.ends_with("\r\nContent-Length: 15\r\n\r\nhello over TLS\n"));
     assert!(sent_evs.iter().all(|e| e.hdr.syscall == tls_fn::GO_WRITE));
     assert!(got_evs.iter().all(|e| e.hdr.syscall == tls_fn::GO_READ));
     let mut evs = sent_evs;

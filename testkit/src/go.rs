@@ -29,8 +29,8 @@ pub enum GoBuild {
     StrippedPie,
 }
 
-/// The source directory of the Go test client (`tlsclient -ca CA.pem [-data BODY] URL`:
-/// GETs URL, or POSTs BODY, over HTTP/1.1 and prints the response body).
+/// The source directory of the Go test client (`tlsclient -ca CA.pem [-data BODY] [-n N]
+/// URL`: GETs URL, or POSTs BODY, N times over HTTP/1.1 and prints the response bodies).
 pub fn go_tls_client_source() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/go/tlsclient")
 }
