@@ -437,6 +437,14 @@ pub mod progs {
     pub const TLS_FREE: &str = "tls_free";
     /// The uprobe programs of `trace --tls` (attached per library file, not in [`ALL`]).
     pub const TLS: &[&str] = &[TLS_ENTER, TLS_EXIT, TLS_SET_FD, TLS_FREE];
+    /// `trace --tls`, Go binaries: uprobe at the entry of `crypto/tls.(*Conn).Write`/`Read`;
+    /// bpf cookie = [`tls_fn::GO_WRITE`](super::tls_fn::GO_WRITE)/`GO_READ`.
+    pub const GO_TLS_ENTER: &str = "go_tls_enter";
+    /// uprobe on every RET instruction of the same functions (never a uretprobe: Go moves
+    /// stacks), same cookie: emits the [`TlsEvent`](super::TlsEvent)s.
+    pub const GO_TLS_RET: &str = "go_tls_ret";
+    /// The uprobe programs of `trace --tls` for Go binaries (not in [`ALL`] nor [`TLS`]).
+    pub const GO_TLS: &[&str] = &[GO_TLS_ENTER, GO_TLS_RET];
 }
 
 /// ...its maps...
@@ -455,10 +463,14 @@ pub mod maps {
     pub const TLS_CONNS: &str = "TLS_CONNS";
     /// `trace --tls`: the files userspace has examined ([`FileKey`](super::FileKey) -> 1).
     pub const TLS_SEEN: &str = "TLS_SEEN";
+    /// `trace --tls`: the Go `(*Conn).Read`/`Write` call each goroutine is in (key: tgid and
+    /// goroutine).
+    pub const GO_CALLS: &str = "GO_CALLS";
     /// The maps only `trace --tls` uses (made as small as can be without it).
-    pub const TLS: &[&str] = &[TLS_CALLS, TLS_CONNS, TLS_SEEN];
+    pub const TLS: &[&str] = &[TLS_CALLS, TLS_CONNS, TLS_SEEN, GO_CALLS];
     pub const ALL: &[&str] = &[
         EVENTS, TRACED, PAUSED, ARGS, FDS, SCRATCH, COPY, COUNTERS, TLS_CALLS, TLS_CONNS, TLS_SEEN,
+        GO_CALLS,
     ];
 }
 

@@ -31,6 +31,9 @@ mod trace;
 mod tls;
 
 #[cfg(target_arch = "bpf")]
+mod tls_go;
+
+#[cfg(target_arch = "bpf")]
 mod capture;
 
 #[cfg(target_arch = "bpf")]

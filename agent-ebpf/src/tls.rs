@@ -254,7 +254,7 @@ pub(crate) fn note_fd(id: u64, fd: i64, sk: u64) {
 
 /// Notes that connection object `conn` of the current process uses socket `fd`.
 #[inline(always)]
-fn remember(id: u64, conn: u64, fd: i64, sk: u64) {
+pub(crate) fn remember(id: u64, conn: u64, fd: i64, sk: u64) {
     let key = conn_key(id, conn);
     if let Some(known) = TLS_CONNS.get_ptr_mut(&key) {
         // SAFETY: a map value; a concurrent writer can only write the same kind of value.
@@ -266,6 +266,14 @@ fn remember(id: u64, conn: u64, fd: i64, sk: u64) {
         return;
     }
     let _ = TLS_CONNS.insert(&key, &ConnFd { fd, sk }, 0);
+}
+
+/// The fd and `struct sock` connection object `conn` of the current process was last seen
+/// on (Go's calls, `tls_go`, share the cache).
+#[inline(always)]
+pub(crate) fn known_fd(id: u64, conn: u64) -> Option<(i64, u64)> {
+    // SAFETY: a map value read by copy.
+    unsafe { TLS_CONNS.get(&conn_key(id, conn)) }.map(|k| (k.fd, k.sk))
 }
 
 /// From `sched_process_exit`: the thread is gone.

@@ -21,7 +21,7 @@ use aya_ebpf::{
 
 use crate::{
     helpers::{CLONE_THREAD, global, kread, process_comm, uread, wakeup_flags},
-    tls,
+    tls, tls_go,
 };
 
 /// Filled by userspace at load time (kernel offsets, snaplen, filters).
@@ -450,6 +450,7 @@ fn enter(regs: u64, s: u16, tls_only: bool) -> i32 {
         a.sock_valid = 1;
         if cfg!(tls) != 0 && moves_data(s) {
             tls::note_fd(id, a.fd, a.sock.sk);
+            tls_go::note_fd(id, regs, a.fd, a.sock.sk);
         }
     }
     a.live = !tls_only as u32;

@@ -1,7 +1,8 @@
 //! capagent's test harness: what the integration tests in `tests/` (the `capagent-tests`
 //! crate) and xtask's benchmarks share. Network namespaces, temporary directories, peer
 //! processes with timeouts and their output, waiting for a condition, `capagent trace` runs
-//! and their JSON events, the proxy tests' capagent process and servers, tshark, a terminal.
+//! and their JSON events, the proxy tests' capagent process and servers, tshark, a terminal,
+//! the Go test client built at test time.
 //!
 //! Every guard here cleans up in `Drop`, so a failing (panicking) test still kills its
 //! processes and deletes its namespace and files.
@@ -21,6 +22,7 @@ use std::{
 pub mod bpf;
 pub mod bytes;
 pub mod events;
+pub mod go;
 pub mod netns;
 pub mod peers;
 pub mod process;
@@ -36,6 +38,7 @@ pub mod wait;
 pub use bpf::*;
 pub use bytes::*;
 pub use events::*;
+pub use go::*;
 pub use netns::*;
 pub use peers::*;
 pub use process::*;

@@ -3,7 +3,7 @@
 //! * the nightly toolchain and its rust-src (aya-build compiles the eBPF crate with
 //!   `cargo +nightly -Z build-std=core` for the bpf target);
 //! * bpf-linker (the linker for the bpf target);
-//! * the Debian packages the integration tests and benchmarks drive (curl, tshark, ...), and
+//! * the Debian packages the integration tests and benchmarks drive (curl, tshark, go, ...), and
 //!   libpcap-dev (capagent links libpcap to compile filter expressions).
 //!
 //! Each step checks first and is skipped when already satisfied.
@@ -46,6 +46,11 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("haproxy", "haproxy"),
     ("wrk", "wrk"),
     ("tinyproxy", "tinyproxy"),
+    // TLS peers of `trace --tls`: the Go test client is built at test time (Debian 12:
+    // Go 1.19), gnutls-cli is the GnuTLS client; objdump checks the RETs capagent finds in Go.
+    ("golang-go", "go"),
+    ("gnutls-bin", "gnutls-cli"),
+    ("binutils", "objdump"),
 ];
 
 /// debconf answers that keep the installation non-interactive.

@@ -110,10 +110,39 @@ pub struct TlsPrograms<'a> {
 
 /// [`TlsPrograms`] of `ebpf`, loaded (once: a later call finds them loaded).
 pub fn tls_programs(ebpf: &mut Ebpf) -> Result<TlsPrograms<'_>, KernelError> {
-    use agent_common::trace::progs;
-    let mut found: [Option<&mut UProbe>; 4] = [None, None, None, None];
+    let [enter, exit, set_fd, free] = uprobes(ebpf, agent_common::trace::progs::TLS)?;
+    Ok(TlsPrograms {
+        enter,
+        exit,
+        set_fd,
+        free,
+    })
+}
+
+/// The `trace --tls` uprobe programs for Go binaries (`crypto/tls.(*Conn).Write` and
+/// `Read`, Go 1.17+ on x86-64), loaded: `enter` at each function's entry and `ret` at every
+/// RET instruction of it (`trace::tls::go::TlsHooks::probes`), both with the function's
+/// `agent_common::tls_fn` id (`GO_WRITE`, `GO_READ`) as bpf cookie. Never a uretprobe.
+pub struct GoTlsPrograms<'a> {
+    pub enter: &'a mut UProbe,
+    pub ret: &'a mut UProbe,
+}
+
+/// [`GoTlsPrograms`] of `ebpf`, loaded (once).
+pub fn go_tls_programs(ebpf: &mut Ebpf) -> Result<GoTlsPrograms<'_>, KernelError> {
+    let [enter, ret] = uprobes(ebpf, agent_common::trace::progs::GO_TLS)?;
+    Ok(GoTlsPrograms { enter, ret })
+}
+
+/// The uprobe programs `names` of `ebpf`, in that order, loaded (once: a later call finds
+/// them loaded).
+fn uprobes<'a, const N: usize>(
+    ebpf: &'a mut Ebpf,
+    names: &[&str],
+) -> Result<[&'a mut UProbe; N], KernelError> {
+    let mut found: [Option<&mut UProbe>; N] = [const { None }; N];
     for (name, program) in ebpf.programs_mut() {
-        let Some(i) = progs::TLS.iter().position(|p| *p == name) else {
+        let Some(i) = names.iter().position(|p| *p == name) else {
             continue;
         };
         let is_loaded = program.fd().is_ok();
@@ -127,14 +156,14 @@ pub fn tls_programs(ebpf: &mut Ebpf) -> Result<TlsPrograms<'_>, KernelError> {
         }
         found[i] = Some(uprobe);
     }
-    let [enter, exit, set_fd, free] = found;
-    let missing = |i: usize| KernelError::MissingProgram(progs::TLS[i].to_string());
-    Ok(TlsPrograms {
-        enter: enter.ok_or_else(|| missing(0))?,
-        exit: exit.ok_or_else(|| missing(1))?,
-        set_fd: set_fd.ok_or_else(|| missing(2))?,
-        free: free.ok_or_else(|| missing(3))?,
-    })
+    let mut out = Vec::with_capacity(N);
+    for (i, p) in found.into_iter().enumerate() {
+        out.push(p.ok_or_else(|| KernelError::MissingProgram(names[i].to_string()))?);
+    }
+    // N programs in, N out.
+    Ok(out
+        .try_into()
+        .unwrap_or_else(|_| unreachable!("{N} programs")))
 }
 
 /// Loads the eBPF object for one mode: `config` written into the global `global`, the maps
@@ -351,6 +380,7 @@ mod tests {
         let trace_progs: Vec<&str> = agent_common::trace::progs::ALL
             .iter()
             .chain(agent_common::trace::progs::TLS)
+            .chain(agent_common::trace::progs::GO_TLS)
             .copied()
             .collect();
         let progs = [
@@ -382,5 +412,6 @@ mod tests {
         assert_eq!(size("ICPT_PIDS"), Some(1));
         assert_eq!(size("SOCK_OWNERS"), None, "a used map keeps its size");
         assert_eq!(size("TLS_CALLS"), Some(1));
+        assert_eq!(size("GO_CALLS"), Some(1));
     }
 }

@@ -13,4 +13,5 @@
 
 pub mod attach;
 pub mod conns;
+pub mod go;
 pub mod libs;

@@ -1,0 +1,174 @@
+//! Go `crypto/tls` (`capagent trace --tls`): `(*Conn).Write` and `(*Conn).Read` of Go 1.17+
+//! binaries on x86-64 (the register ABI), attached by file offset (userspace finds them in
+//! `.symtab` or `.gopclntab`, `agent/src/trace/tls/go.rs`).
+//!
+//! Go moves goroutine stacks and switches goroutines between threads, so:
+//! - no uretprobe (it rewrites the return address on a stack Go may move: Go crashes);
+//!   `go_tls_ret` is a plain uprobe on every RET instruction of the function instead;
+//! - a call is keyed by its goroutine (`g`, always in R14 under the register ABI), not by
+//!   its thread: a `Read` that blocks resumes on whichever thread the scheduler picks.
+//!
+//! - `go_tls_enter` (entry; bpf cookie = `tls_fn::GO_WRITE`/`GO_READ`): the receiver
+//!   (`*tls.Conn`, RAX) and the buffer (`b.ptr` RBX, `b.len` RCX) of the goroutine's call.
+//! - `go_tls_ret` (each RET; same cookie): the result `n` (RAX); `n` bytes of the buffer as
+//!   `TlsEvent` chunks, exactly like the C libraries' (`emit_tls`).
+//!
+//! The socket: the read/write syscalls the goroutine makes inside the call (`sys_enter`
+//! reads R14 of the syscall's registers: [`note_fd`]), else the connection's last known fd
+//! (the same per-process cache as the C libraries', keyed by the `*tls.Conn`, which Go's
+//! garbage collector does not move), kept only while the fd holds the same socket; else
+//! fd -1.
+
+use agent_common::{SockInfo, tls_fn};
+use aya_ebpf::{
+    EbpfContext,
+    bindings::pt_regs,
+    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_attach_cookie},
+    macros::{map, uprobe},
+    maps::LruHashMap,
+    programs::ProbeContext,
+};
+
+use crate::{
+    helpers::kread,
+    tls::{known_fd, remember},
+    trace::{emit_tls, is_traced, resolve_fd},
+};
+
+/// The `(*Conn).Read`/`Write` call each goroutine of a traced process is in. LRU: a call
+/// whose RET is never reached (the process exits, the goroutine blocks forever) ages out.
+#[map]
+static GO_CALLS: LruHashMap<GoKey, GoCall> = LruHashMap::with_max_entries(65536, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct GoKey {
+    tgid: u32,
+    _pad: u32,
+    /// The goroutine (`runtime.g` pointer).
+    g: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct GoCall {
+    /// The `*tls.Conn`.
+    conn: u64,
+    buf: u64,
+    len: u64,
+    /// The socket a syscall inside the call used (fd -1: none yet).
+    fd: i64,
+    sk: u64,
+    /// `tls_fn::GO_WRITE` or `GO_READ`.
+    func: u32,
+    _pad: u32,
+    /// Room for the socket's endpoints at the RET (kept off the stack).
+    sock: SockInfo,
+}
+
+#[inline(always)]
+fn key(id: u64, g: u64) -> GoKey {
+    GoKey {
+        tgid: (id >> 32) as u32,
+        _pad: 0,
+        g,
+    }
+}
+
+#[uprobe]
+pub fn go_tls_enter(ctx: ProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    if !is_traced((id >> 32) as u32) {
+        return 0;
+    }
+    // SAFETY: the context of a uprobe is the task's `struct pt_regs`; the helper only
+    // reads the attachment's cookie from it.
+    let (g, conn, buf, len, func) = unsafe {
+        let r = &*ctx.regs;
+        (
+            r.r14,
+            r.rax,
+            r.rbx,
+            r.rcx,
+            bpf_get_attach_cookie(ctx.as_ptr()) as u32,
+        )
+    };
+    let call = GoCall {
+        conn,
+        buf,
+        len,
+        fd: -1,
+        sk: 0,
+        func,
+        _pad: 0,
+        sock: SockInfo::default(),
+    };
+    // A call of the same goroutine whose RET was missed is replaced.
+    let _ = GO_CALLS.insert(&key(id, g), &call, 0);
+    0
+}
+
+#[uprobe]
+pub fn go_tls_ret(ctx: ProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: as in `go_tls_enter`.
+    let (g, n, func) = unsafe {
+        let r = &*ctx.regs;
+        (
+            r.r14,
+            r.rax as i64,
+            bpf_get_attach_cookie(ctx.as_ptr()) as u32,
+        )
+    };
+    let k = key(id, g);
+    let Some(slot) = GO_CALLS.get_ptr_mut(&k) else {
+        return 0;
+    };
+    // SAFETY: a map value of this goroutine's (only the thread running it writes it).
+    let c = unsafe { &mut *slot };
+    if c.func != func {
+        // The entry of the other function: its RET was missed. Nothing to pair.
+        let _ = GO_CALLS.remove(&k);
+        return 0;
+    }
+    let mut total = if n > 0 { n as u64 } else { 0 };
+    if total > c.len {
+        total = c.len;
+    }
+    let (mut fd, mut sk) = (c.fd, c.sk);
+    if fd < 0
+        && let Some((known, known_sk)) = known_fd(id, c.conn)
+    {
+        fd = known;
+        sk = known_sk;
+    }
+    let valid = fd >= 0 && resolve_fd(fd, &mut c.sock, true) && c.sock.sk == sk;
+    if !valid {
+        fd = -1;
+        c.sock = SockInfo::default();
+    }
+    emit_tls(func as u16, c.conn, n, fd, &c.sock, valid, c.buf, total);
+    let _ = GO_CALLS.remove(&k);
+    0
+}
+
+/// From `sys_enter` (`regs`: the syscall's user registers): a Go goroutine inside
+/// `(*Conn).Read`/`Write` makes a read/write-type syscall on socket `fd`; that is its
+/// connection's socket. The goroutine is R14 of the syscall (Go's syscall path keeps it
+/// there); a thread of the process that is not running Go code has no call under its R14.
+#[inline(always)]
+pub(crate) fn note_fd(id: u64, regs: u64, fd: i64, sk: u64) {
+    // SAFETY: `regs` is the kernel's `struct pt_regs` of the syscall (raw tracepoint
+    // argument); the helper checks the address.
+    let g: u64 = unsafe { kread(regs + core::mem::offset_of!(pt_regs, r14) as u64) };
+    let Some(slot) = GO_CALLS.get_ptr_mut(&key(id, g)) else {
+        return;
+    };
+    // SAFETY: as in `go_tls_ret`.
+    let c = unsafe { &mut *slot };
+    c.fd = fd;
+    c.sk = sk;
+    if c.func == tls_fn::GO_READ as u32 || c.func == tls_fn::GO_WRITE as u32 {
+        remember(id, c.conn, fd, sk);
+    }
+}

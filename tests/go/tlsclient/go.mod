@@ -1,0 +1,3 @@
+module capagent.test/tlsclient
+
+go 1.19
