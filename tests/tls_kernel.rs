@@ -206,9 +206,11 @@ impl Run {
             };
             self.recs.push(rec);
         }
-        let pids: Vec<u32> = self.paused.keys().filter_map(Result::ok).collect();
+        let pids: Vec<(u32, u8)> = self.paused.iter().filter_map(Result::ok).collect();
         self.paused_seen += pids.len();
-        for pid in pids {
+        for (pid, why) in pids {
+            // Every stop here is --tls's (the ring never fills up).
+            assert_eq!(why, agent_common::paused::TLS, "pid {pid}");
             let _ = self.paused.remove(&pid);
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
         }

@@ -403,6 +403,16 @@ pub mod counter {
     pub const COUNT: u32 = 4;
 }
 
+/// Value of the PAUSED map (key: tgid): why the kernel stopped the process.
+pub mod paused {
+    /// The ring buffer was more than half full (lossless mode): continue it once drained.
+    pub const RING: u8 = 1;
+    /// `--tls`: it exec'ed or mapped a file executable not in `TLS_SEEN` (its EXEC or
+    /// MMAP_EXEC record precedes the entry in the ring): continue it once that record has
+    /// been handled (the files hooked). Outranks `RING` for a process stopped for both.
+    pub const TLS: u8 = 2;
+}
+
 /// Value of the TRACED map (key: tgid).
 pub mod traced {
     /// Traced because the user named it (--pid, -- CMD, --comm match).

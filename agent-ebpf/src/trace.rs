@@ -3,8 +3,8 @@
 
 use agent_common::{
     CHUNK_MAX, Config, DataEvent, EventHeader, FileKey, MsgAddr, ProcEvent, SOCKADDR_MAX,
-    SYS_TLS_ONLY, SYSCALL_TABLE_LEN, SockEvent, SockInfo, TlsEvent, counter, flags, kind, sys,
-    traced,
+    SYS_TLS_ONLY, SYSCALL_TABLE_LEN, SockEvent, SockInfo, TlsEvent, counter, flags, kind, paused,
+    sys, traced,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -36,7 +36,8 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
 #[map]
 static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
 
-/// Processes (tgid) stopped because the ring buffer was filling up (lossless mode).
+/// Processes (tgid) stopped because the ring buffer was filling up (lossless mode), or
+/// (`--tls`) until the agent has hooked what they mapped; value: `paused::RING`/`TLS`.
 #[map]
 static PAUSED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 
@@ -897,23 +898,28 @@ fn pause_if_filling() {
     if avail < size / 2 {
         return;
     }
-    pause_current();
+    pause_current(paused::RING);
 }
 
 /// Stops the current process (SIGSTOP) and notes it in `PAUSED`, where the agent finds the
 /// processes to continue once it has drained the ring buffer (or, `trace --tls`, hooked
 /// what the process just mapped).
 #[inline(always)]
-fn pause_current() {
+fn pause_current(why: u8) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if unsafe { PAUSED.get(&tgid) }.is_some() {
+    if let Some(v) = PAUSED.get_ptr_mut(&tgid) {
+        // Already stopping (the stop takes effect on the way back to user mode); a TLS
+        // reason outranks the ring's: the agent must hook before continuing it.
+        if why == paused::TLS {
+            unsafe { *v = why };
+        }
         return;
     }
     // The stop first, then the entry the agent continues paused processes from: the other
     // way round, the agent could see the entry and send SIGCONT before the SIGSTOP, which
     // would then stop the process for good.
     unsafe { bpf_send_signal(SIGSTOP) };
-    if PAUSED.insert(&tgid, &1, 0).is_err() {
+    if PAUSED.insert(&tgid, &why, 0).is_err() {
         // The agent would never know: do not leave the process stopped.
         unsafe { bpf_send_signal(SIGCONT) };
     }
@@ -1073,7 +1079,7 @@ fn mmap_exit(ret: i64) {
     sock.ino = key.ino;
     emit_proc(sys::MMAP_EXEC, key.dev as u32, 0, fd, ret, &sock, true);
     if cfg!(pause) != 0 {
-        pause_current();
+        pause_current(paused::TLS);
     }
 }
 
@@ -1145,7 +1151,7 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
         if tls && cfg!(pause) != 0 {
             // The new program's TLS functions (static OpenSSL, Go) are hooked before it
             // runs: userspace continues it once it has (lossless mode, as for mmap).
-            pause_current();
+            pause_current(paused::TLS);
         }
     }
     0
