@@ -213,26 +213,61 @@ pub fn tls_exit(ctx: RetProbeContext) -> u32 {
         // ssize_t
         _ => rax as i64,
     };
-    let mut total = if ret > 0 { ret as u64 } else { 0 };
-    if total > c.len {
-        total = c.len;
+    let call = Finished {
+        func,
+        conn: c.conn,
+        ret,
+        buf: c.buf,
+        len: c.len,
+        fd: c.fd,
+        sk: c.sk,
+    };
+    finish(id, &call, &mut c.sock);
+    0
+}
+
+/// A TLS call that returned: what its records say.
+pub(crate) struct Finished {
+    /// `tls_fn` id.
+    pub func: u16,
+    /// The connection object.
+    pub conn: u64,
+    /// Bytes moved (or the call's failure).
+    pub ret: i64,
+    /// The plaintext buffer and its size.
+    pub buf: u64,
+    pub len: u64,
+    /// The socket a syscall inside the call used (fd -1: none).
+    pub fd: i64,
+    pub sk: u64,
+}
+
+/// Emits the records of a finished call of the current process (`id`: pid_tgid): its
+/// plaintext (at most `len` bytes), on the socket used inside the call, else on the
+/// connection's last known one, each only while its fd still holds the same `struct sock`;
+/// else on fd -1. `sock`: room for the socket's endpoints, off the stack (the programs' stack
+/// is small).
+#[inline(always)]
+pub(crate) fn finish(id: u64, call: &Finished, sock: &mut SockInfo) {
+    let mut total = if call.ret > 0 { call.ret as u64 } else { 0 };
+    if total > call.len {
+        total = call.len;
     }
-    // The socket: the one used inside the call, else the connection's last known one,
-    // each only while its fd still holds the same socket.
-    let (mut fd, mut sk) = (c.fd, c.sk);
+    let (mut fd, mut sk) = (call.fd, call.sk);
     if fd < 0
-        && let Some(known) = unsafe { TLS_CONNS.get(&conn_key(id, c.conn)) }
+        && let Some(known) = unsafe { TLS_CONNS.get(&conn_key(id, call.conn)) }
     {
         fd = known.fd;
         sk = known.sk;
     }
-    let valid = fd >= 0 && resolve_fd(fd, &mut c.sock, true) && c.sock.sk == sk;
+    let valid = fd >= 0 && resolve_fd(fd, sock, true) && sock.sk == sk;
     if !valid {
         fd = -1;
-        c.sock = SockInfo::default();
+        *sock = SockInfo::default();
     }
-    emit_tls(func, c.conn, ret, fd, &c.sock, valid, c.buf, total);
-    0
+    emit_tls(
+        call.func, call.conn, call.ret, fd, sock, valid, call.buf, total,
+    );
 }
 
 /// From `sys_enter`: the current thread makes a send/recv-type syscall on socket `fd`
