@@ -26,7 +26,7 @@ use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_current_pid_tgid, generated::bpf_get_attach_cookie},
     macros::{map, uprobe, uretprobe},
-    maps::{HashMap, LruHashMap},
+    maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
 };
 
@@ -35,9 +35,12 @@ use crate::{
     trace::{bump, emit_tls, is_traced, resolve_fd},
 };
 
-/// The TLS call each thread of a traced process is in (key: pid_tgid; freed at thread exit).
+/// The TLS call each thread of a traced process is in (key: pid_tgid; freed at thread
+/// exit). LRU: when more threads than it holds make TLS calls, the least recently active
+/// lose their entry (a call in progress then goes unrecorded) instead of new threads never
+/// getting one.
 #[map]
-static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(65536, 0);
+static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(16384, 0);
 
 /// (tgid, connection object) -> the fd it was last seen on and that fd's `struct sock`.
 #[map]
