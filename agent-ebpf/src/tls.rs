@@ -31,7 +31,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    helpers::uread,
+    helpers::{get_or_insert, uread},
     trace::{bump, emit_tls, is_traced, resolve_fd},
 };
 
@@ -124,29 +124,20 @@ pub fn tls_enter(ctx: ProbeContext) -> u32 {
     }
     // SAFETY: the context of a uprobe is the task's `struct pt_regs`.
     let sp = unsafe { (*ctx.regs).rsp };
-    let slot = match TLS_CALLS.get_ptr_mut(&id) {
-        Some(slot) => slot,
-        None => {
-            let empty = TlsCall {
-                conn: 0,
-                buf: 0,
-                len: 0,
-                out: 0,
-                sp: 0,
-                fd: -1,
-                sk: 0,
-                func: 0,
-                depth: 0,
-                sock: SockInfo::default(),
-            };
-            if TLS_CALLS.insert(&id, &empty, 0).is_err() {
-                return 0;
-            }
-            let Some(slot) = TLS_CALLS.get_ptr_mut(&id) else {
-                return 0;
-            };
-            slot
-        }
+    let empty = TlsCall {
+        conn: 0,
+        buf: 0,
+        len: 0,
+        out: 0,
+        sp: 0,
+        fd: -1,
+        sk: 0,
+        func: 0,
+        depth: 0,
+        sock: SockInfo::default(),
+    };
+    let Some(slot) = get_or_insert!(TLS_CALLS, &id, empty) else {
+        return 0;
     };
     // SAFETY: a map value of this thread's (only this thread writes it).
     let c = unsafe { &mut *slot };

@@ -20,7 +20,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    helpers::{CLONE_THREAD, global, kread, process_comm, uread, wakeup_flags},
+    helpers::{CLONE_THREAD, get_or_insert, global, kread, process_comm, uread, wakeup_flags},
     tls,
 };
 
@@ -410,26 +410,17 @@ fn enter(regs: u64, s: u16, tls_only: bool) -> i32 {
     let (nargs, sock_now) = if tls_only { (0, true) } else { shape(s) };
     let args = syscall_args(regs);
     // Each thread keeps its slot (freed at thread exit) and the arguments are written into
-    // it in place: no element inserted and deleted, no struct copied, per call.
-    let slot = match ARGS.get_ptr_mut(&id) {
-        Some(slot) => slot,
-        None => {
-            let empty = Args {
-                sys: 0,
-                live: 0,
-                fd: 0,
-                a: [0; 5],
-                sock_valid: 0,
-                sock: SockInfo::default(),
-            };
-            if ARGS.insert(&id, &empty, 0).is_err() {
-                return 0;
-            }
-            let Some(slot) = ARGS.get_ptr_mut(&id) else {
-                return 0;
-            };
-            slot
-        }
+    // it in place.
+    let empty = Args {
+        sys: 0,
+        live: 0,
+        fd: 0,
+        a: [0; 5],
+        sock_valid: 0,
+        sock: SockInfo::default(),
+    };
+    let Some(slot) = get_or_insert!(ARGS, &id, empty) else {
+        return 0;
     };
     let a = unsafe { &mut *slot };
     a.live = 0;
