@@ -1,7 +1,7 @@
 //! The kernel half of `trace --tls`, without the attach manager: the trace object loaded in
 //! this process, its TLS uprobes attached by hand (by symbol, with the contract's cookies)
-//! to the system's libssl and libgnutls, and real clients (curl, gnutls-cli) against
-//! `openssl s_server -www` in a network namespace. The TLS records carry the exact
+//! to the system's libssl and libgnutls, and real clients (curl, wget, Python) against a
+//! Python HTTPS server in a network namespace. The TLS records carry the exact
 //! plaintext both ways, on the fd and socket of the syscall records of the same connection;
 //! an executable mapping of a library not yet examined is reported with its file key and
 //! stops the process until the agent continues it.
@@ -199,6 +199,12 @@ impl Run {
                         self.seen.insert(key, 1, 0).unwrap();
                     } else if e.hdr.syscall == sys::EXEC {
                         self.execs.push((e.hdr.pid, state(e.hdr.pid)));
+                        let key = FileKey {
+                            dev: u64::from(e.child_pid),
+                            ino: e.hdr.sock.ino,
+                        };
+                        assert_ne!(key.ino, 0, "{e:?}");
+                        self.seen.insert(key, 1, 0).unwrap();
                     }
                     Rec::Proc
                 }
@@ -518,6 +524,18 @@ fn curl_and_python_plaintext_on_their_sockets() {
     );
     // Stopped at exec too (before its first instruction), until continued.
     assert!(f.run.execs.contains(&(curl, 'T')), "{:?}", f.run.execs);
+    // Once every file it maps has been seen, curl runs again without a stop.
+    let (mmaps, execs) = (f.run.mmaps.len(), f.run.execs.len());
+    let again =
+        f.run.run_traced(
+            &f.ns
+                .argv(&["curl", "-sk", "--http1.1", "-o", "/dev/null", &url]),
+        );
+    assert_eq!(f.run.mmaps.len(), mmaps, "{:?}", &f.run.mmaps[mmaps..]);
+    let later = &f.run.execs[execs..];
+    assert!(later.iter().any(|e| e.0 == again), "{later:?}");
+    assert!(later.iter().all(|e| e.1 != 'T'), "{later:?}");
+    assert_eq!(stream(&f.run.tls(again), true).0, request.as_bytes());
     let data = f.run.recs.iter().filter(|r| matches!(r, Rec::Data)).count();
     assert!(data > 0, "the ciphertext syscalls are reported too");
 }

@@ -1054,15 +1054,7 @@ fn mmap_exit(ret: i64) {
     if file == 0 {
         return;
     }
-    let o = &conf().offsets;
-    let key = unsafe {
-        let inode: u64 = kread(file + o.file_inode as u64);
-        let sb: u64 = kread(inode + o.inode_sb as u64);
-        FileKey {
-            dev: kread::<u32>(sb + o.sb_dev as u64) as u64,
-            ino: kread(inode + o.inode_ino as u64),
-        }
-    };
+    let key = file_key(file);
     if unsafe { tls::TLS_SEEN.get(&key) }.is_some() {
         return;
     }
@@ -1071,6 +1063,20 @@ fn mmap_exit(ret: i64) {
     emit_proc(sys::MMAP_EXEC, key.dev as u32, 0, fd, ret, &sock, true);
     if cfg!(pause) != 0 {
         pause_current(paused::TLS);
+    }
+}
+
+/// The [`FileKey`] of `struct file` `file` (its inode's device and number).
+#[inline(always)]
+fn file_key(file: u64) -> FileKey {
+    let o = &conf().offsets;
+    unsafe {
+        let inode: u64 = kread(file + o.file_inode as u64);
+        let sb: u64 = kread(inode + o.inode_sb as u64);
+        FileKey {
+            dev: kread::<u32>(sb + o.sb_dev as u64) as u64,
+            ino: kread(inode + o.inode_ino as u64),
+        }
     }
 }
 
@@ -1136,14 +1142,32 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
             }
         }
     }
-    if is_traced(tgid) {
-        let tls = cfg!(tls) != 0;
-        emit_proc(sys::EXEC, 0, 0, -1, 0, &SockInfo::default(), tls);
-        if tls && cfg!(pause) != 0 {
-            // The new program's TLS functions (static OpenSSL, Go) are hooked before it
-            // runs: userspace continues it once it has (lossless mode, as for mmap).
-            pause_current(paused::TLS);
-        }
+    if !is_traced(tgid) {
+        return 0;
+    }
+    if cfg!(tls) == 0 {
+        emit_proc(sys::EXEC, 0, 0, -1, 0, &SockInfo::default(), false);
+        return 0;
+    }
+    // --tls: a program not examined yet (static OpenSSL, Go) is hooked before it runs, in
+    // lossless mode: the process stops until userspace continues it (as for mmap).
+    let o = &conf().offsets;
+    let exe: u64 = unsafe {
+        let mm: u64 = kread(bpf_get_current_task() + o.task_mm as u64);
+        kread(mm + o.mm_exe_file as u64)
+    };
+    let mut sock = SockInfo::default();
+    let mut stop = cfg!(pause) != 0;
+    if exe != 0 {
+        let key = file_key(exe);
+        sock.ino = key.ino;
+        stop = stop && unsafe { tls::TLS_SEEN.get(&key) }.is_none();
+        emit_proc(sys::EXEC, key.dev as u32, 0, -1, 0, &sock, stop);
+    } else {
+        emit_proc(sys::EXEC, 0, 0, -1, 0, &sock, stop);
+    }
+    if stop {
+        pause_current(paused::TLS);
     }
     0
 }
