@@ -618,8 +618,6 @@ struct CopyState {
     /// Flags for every record of the call.
     flags: u64,
     failed: u64,
-    /// 1: TLS records ([`Payload::Tls`]), 0: DATA records.
-    tls: u64,
 }
 
 /// Sets the chunk fields of the record in `s`.
@@ -676,7 +674,9 @@ fn submit_chunk(s: *mut Scratch, rec: Payload, n: u64) {
 
 /// One step of the copy: load the next iovec, or emit one chunk. 1 = stop.
 #[inline(never)]
-extern "C" fn copy_step(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
+/// `TLS`: the records are TLS ones (else DATA): one callback each, so that the verifier
+/// checks each without the other's path.
+extern "C" fn copy_step<const TLS: bool>(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
     let Some(c) = COPY.get_ptr_mut(0) else {
         return 1;
     };
@@ -722,11 +722,7 @@ extern "C" fn copy_step(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
     if c.done + n >= c.want {
         f |= flags::LAST;
     }
-    let rec = if c.tls != 0 {
-        Payload::Tls
-    } else {
-        Payload::Data
-    };
+    let rec = if TLS { Payload::Tls } else { Payload::Data };
     unsafe { set_chunk(s, rec, f, c.done, n as u32) };
     submit_chunk(s, rec, n);
     c.done += n;
@@ -845,7 +841,6 @@ fn emit_chunks(rec: Payload, buf: u64, iov: u64, iovcnt: u64, total: u64, extra_
         nvec,
         flags: base_flags as u64,
         failed: 0,
-        tls: (rec == Payload::Tls) as u64,
     };
     if want > 0 {
         let steps = want / CHUNK_MAX as u64 + nvec + 2;
@@ -853,7 +848,10 @@ fn emit_chunks(rec: Payload, buf: u64, iov: u64, iovcnt: u64, total: u64, extra_
         unsafe {
             bpf_loop(
                 steps as u32,
-                copy_step as *mut core::ffi::c_void,
+                match rec {
+                    Payload::Data => copy_step::<false> as *mut core::ffi::c_void,
+                    Payload::Tls => copy_step::<true> as *mut core::ffi::c_void,
+                },
                 core::ptr::null_mut(),
                 0,
             )
@@ -995,11 +993,11 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     if v == 0 {
         return 0;
     }
-    enter(
-        ctx.arg(0),
-        (v & !SYS_TLS_ONLY) as u16,
-        v & SYS_TLS_ONLY != 0,
-    )
+    let tls_only = v & SYS_TLS_ONLY != 0;
+    if tls_only && cfg!(tls) == 0 {
+        return 0;
+    }
+    enter(ctx.arg(0), (v & !SYS_TLS_ONLY) as u16, tls_only)
 }
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
@@ -1026,7 +1024,13 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         | sys::CLOSE
         | sys::SHUTDOWN => sock_exit(s, ret),
         sys::SENDMMSG | sys::RECVMMSG => mmsg_exit(s, ret),
-        sys::MMAP_EXEC => mmap_exit(ret),
+        // (Checked again so that the verifier drops the path without --tls: the
+        // configuration is read-only, its values known when the program is loaded.)
+        sys::MMAP_EXEC => {
+            if cfg!(tls) != 0 {
+                mmap_exit(ret)
+            }
+        }
         _ => data_exit(s, ret),
     }
     0
