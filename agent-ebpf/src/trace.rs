@@ -764,7 +764,7 @@ fn emit_payload(
         ev.msg_index = msg_index;
         ev.addr = *addr;
     }
-    emit_chunks(Payload::Data, buf, iov, iovcnt, total, msg_flags);
+    emit_chunks(s, Payload::Data, buf, iov, iovcnt, total, msg_flags);
 }
 
 /// Emits the plaintext of one TLS library call as TLS records: `total` bytes at `buf` in
@@ -791,19 +791,24 @@ pub(crate) fn emit_tls(
         ev._pad = 0;
         ev.conn = conn;
     }
-    emit_chunks(Payload::Tls, buf, 0, 0, total, 0);
+    emit_chunks(s, Payload::Tls, buf, 0, 0, total, 0);
 }
 
-/// Emits the chunks of the payload record whose header is in the scratch map: `total`
+/// Emits the chunks of the payload record whose header is in `s` (the scratch map): `total`
 /// bytes that the process moved through the single buffer `buf` (when `iov` is 0) or
 /// through the iovec array `iov[iovcnt]`, cut to snaplen, each chunk a record of its own
 /// with `extra_flags` added. The copy runs in `bpf_loop`, so a call of any size is captured
 /// whole when snaplen is 0. Pauses the process when the ring fills up (lossless mode).
 #[inline(always)]
-fn emit_chunks(rec: Payload, buf: u64, iov: u64, iovcnt: u64, total: u64, extra_flags: u16) {
-    let Some(s) = SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
+fn emit_chunks(
+    s: *mut Scratch,
+    rec: Payload,
+    buf: u64,
+    iov: u64,
+    iovcnt: u64,
+    total: u64,
+    extra_flags: u16,
+) {
     let snap = cfg!(snaplen) as u64;
     let want = if snap != 0 && snap < total {
         snap
