@@ -380,8 +380,8 @@ srv.serve_forever()
     server
 }
 
-/// A test's world: a netns, the trace object loaded with a config and attached to libssl
-/// (and whatever `attach` adds), its maps, and the Python HTTPS server running traced.
+/// A test's world: a netns, the trace object loaded with a config and attached by `attach`,
+/// its maps, and the Python HTTPS server running traced.
 struct Fixture {
     run: Run,
     /// The server's pid.
@@ -397,7 +397,6 @@ impl Fixture {
         let ns = Netns::new(tag);
         let dir = TempDir::new(tag);
         let mut ebpf = load(config);
-        attach_openssl(&mut ebpf);
         attach(&mut ebpf);
         let mut run = Run::new(&mut ebpf);
         let server = https_server(&ns, &dir, &mut run);
@@ -445,7 +444,7 @@ fn assert_on_socket(run: &Run, pid: u32, calls: &[u16], evs: &[TlsEvent]) {
 /// curl was stopped at its exec.
 #[test]
 fn curl_and_python_plaintext_on_their_sockets() {
-    let mut f = Fixture::new("tlsk", config(true), |_| {});
+    let mut f = Fixture::new("tlsk", config(true), attach_openssl);
 
     let mut cmd = std::process::Command::new("curl");
     cmd.arg("--version");
@@ -547,6 +546,7 @@ fn curl_and_python_plaintext_on_their_sockets() {
 #[test]
 fn wget_gnutls_writes_count_once() {
     let mut f = Fixture::new("tlsg", config(false), |ebpf| {
+        attach_openssl(ebpf);
         attach_lib(
             ebpf,
             LIBGNUTLS,
@@ -623,7 +623,7 @@ fn large_call_chunked_and_cut_to_snaplen() {
     for snaplen in [0u32, 1000] {
         let mut c = config(true);
         c.snaplen = snaplen;
-        let mut f = Fixture::new("tlsb", c, |_| {});
+        let mut f = Fixture::new("tlsb", c, attach_openssl);
         let url = format!("https://127.0.0.1:{PORT}/big");
         let curl = f
             .run
@@ -671,7 +671,7 @@ fn large_call_chunked_and_cut_to_snaplen() {
 /// dup2'ed onto that fd, the third, also from the buffer, says fd -1: never a wrong fd.
 #[test]
 fn reads_from_the_buffer_use_the_cached_fd_only_while_it_holds_the_socket() {
-    let mut f = Fixture::new("tlsc", config(true), |_| {});
+    let mut f = Fixture::new("tlsc", config(true), attach_openssl);
     let client = f.dir.write(
         "client.py",
         format!(
@@ -703,4 +703,66 @@ assert a + b + c == b"HTTP/1.1 200 OK", a + b + c
     assert_eq!(third.hdr.fd, -1, "{third:?}");
     assert_eq!(third.hdr.flags & flags::SOCK_VALID, 0);
     assert_eq!(third.hdr.sock, agent_common::SockInfo::default());
+}
+
+/// Without `SSL_set_fd` hooked, the fd comes from the syscalls made inside the calls only:
+/// with the send/recv syscalls entered for that alone (`SYS_TLS_ONLY`, as `--events connect
+/// --tls` has them) every record of curl names its socket and no DATA record is made; with
+/// those syscalls not looked at, the records say fd -1 rather than guess.
+#[test]
+fn fd_from_unreported_syscalls_else_unknown() {
+    let data = [
+        (libc::SYS_read, sys::READ),
+        (libc::SYS_write, sys::WRITE),
+        (libc::SYS_sendto, sys::SENDTO),
+        (libc::SYS_recvfrom, sys::RECVFROM),
+    ];
+    for looked_at in [true, false] {
+        let mut c = config(true);
+        for (nr, id) in data {
+            c.sys_table[nr as usize] = if looked_at {
+                id as u8 | agent_common::SYS_TLS_ONLY
+            } else {
+                0
+            };
+        }
+        let mut f = Fixture::new("tlso", c, |ebpf| {
+            attach_lib(
+                ebpf,
+                LIBSSL,
+                &[
+                    ("SSL_write", tls_fn::SSL_WRITE),
+                    ("SSL_read", tls_fn::SSL_READ),
+                    ("SSL_write_ex", tls_fn::SSL_WRITE_EX),
+                    ("SSL_read_ex", tls_fn::SSL_READ_EX),
+                ],
+                &[],
+                &[],
+            )
+        });
+        let url = format!("https://127.0.0.1:{PORT}/");
+        let curl =
+            f.run.run_traced(
+                &f.ns
+                    .argv(&["curl", "-sk", "--http1.1", "-o", "/dev/null", &url]),
+            );
+        f.run.drain();
+        assert!(!f.run.recs.iter().any(|r| matches!(r, Rec::Data)));
+        let (sent, writes) = stream(&f.run.tls(curl), true);
+        assert!(sent.starts_with(b"GET / HTTP/1.1\r\n"));
+        let (_, reads) = stream(&f.run.tls(curl), false);
+        let mut evs = writes;
+        evs.extend(reads.into_iter().filter(|e| e.hdr.ret > 0));
+        if looked_at {
+            assert_on_socket(&f.run, curl, &[sys::CONNECT], &evs);
+        } else {
+            for e in &evs {
+                assert_eq!(
+                    (e.hdr.fd, e.hdr.flags & flags::SOCK_VALID),
+                    (-1, 0),
+                    "{e:?}"
+                );
+            }
+        }
+    }
 }
