@@ -157,7 +157,7 @@ pub struct FilterRef {
 
 const _: () = assert!(core::mem::size_of::<PacketEvent>() == 32 + 8 + 24);
 const _: () = assert!(core::mem::size_of::<SockOwner>() == 24);
-const _: () = assert!(core::mem::size_of::<CaptureConfig>() == 8 + 132 + 8 + 16 + 4);
+const _: () = assert!(core::mem::size_of::<CaptureConfig>() == 8 + 140 + 8 + 16 + 4);
 const _: () = assert!(core::mem::size_of::<IfCounters>() == 24);
 const _: () = assert!(core::mem::size_of::<FilterInsn>() == 8);
 const _: () = assert!(core::mem::size_of::<FilterRef>() == 8);

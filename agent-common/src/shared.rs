@@ -41,6 +41,10 @@ pub struct KernelOffsets {
     /// mapped file, as `/proc/PID/maps` shows it).
     pub inode_sb: u32,
     pub sb_dev: u32,
+    /// `struct task_struct.mm` and `struct mm_struct.exe_file` (trace --tls: the program a
+    /// process runs).
+    pub task_mm: u32,
+    pub mm_exe_file: u32,
 }
 
 impl KernelOffsets {
@@ -73,10 +77,12 @@ impl KernelOffsets {
         socket_inode: 0,
         inode_sb: 0,
         sb_dev: 0,
+        task_mm: 0,
+        mm_exe_file: 0,
     };
 }
 
-const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 33 * 4);
+const _: () = assert!(core::mem::size_of::<KernelOffsets>() == 35 * 4);
 
 #[cfg(feature = "user")]
 mod user {

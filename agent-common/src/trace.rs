@@ -290,12 +290,14 @@ pub struct TlsEvent {
 /// returned, `child_pid` the file's device (the kernel's `dev_t`, as [`FileKey::dev`]) and
 /// `hdr.sock.ino` its inode number (`SOCK_VALID` clear): the [`FileKey`] the kernel looked up
 /// in `TLS_SEEN`. In lossless mode (`Config::pause`) the process is stopped (SIGSTOP, and
-/// its tgid in `PAUSED`), as it is after the EXEC record with `Config::tls`.
+/// its tgid in `PAUSED`). With `Config::tls`, an EXEC record carries the program's file key
+/// the same way (`child_pid`, `hdr.sock.ino`; 0 when unknown), and in lossless mode the
+/// process is stopped after it when the program is not in `TLS_SEEN`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ProcEvent {
     pub hdr: EventHeader,
-    /// fork: the child's pid. mmap: the file's device.
+    /// fork: the child's pid. mmap, and exec with `--tls`: the file's device.
     pub child_pid: u32,
     /// exit: the exit status as `wait` reports it (`task_struct.exit_code`).
     pub exit_code: u32,
@@ -321,7 +323,8 @@ pub struct Config {
     /// `--tls`: the TLS uprobes record, the socket syscalls made inside a TLS call name its
     /// fd, and an executable mapping of a file not in `TLS_SEEN` is reported (`sys_table`
     /// then maps `mmap` to [`sys::MMAP_EXEC`]); with `pause` too, a traced process is
-    /// paused at such a mapping and at exec until userspace has hooked what it maps.
+    /// paused at such a mapping, and at the exec of a program not in `TLS_SEEN`, until
+    /// userspace has hooked what it maps.
     pub tls: u8,
     pub _pad: [u8; 3],
     /// Process name to match (NUL padded) when `comm_match` is set.
@@ -401,6 +404,16 @@ pub mod counter {
     /// Payload reads from the process that failed (page not present...).
     pub const READ_ERRORS: u32 = 3;
     pub const COUNT: u32 = 4;
+}
+
+/// Value of the PAUSED map (key: tgid): why the kernel stopped the process.
+pub mod paused {
+    /// The ring buffer was more than half full (lossless mode): continue it once drained.
+    pub const RING: u8 = 1;
+    /// `--tls`: it exec'ed or mapped a file executable not in `TLS_SEEN` (its EXEC or
+    /// MMAP_EXEC record precedes the entry in the ring): continue it once that record has
+    /// been handled (the files hooked). Outranks `RING` for a process stopped for both.
+    pub const TLS: u8 = 2;
 }
 
 /// Value of the TRACED map (key: tgid).
@@ -486,7 +499,7 @@ const _: () = assert!(core::mem::size_of::<DataEvent>() == 120 + 24 + 24);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 128);
 const _: () = assert!(core::mem::size_of::<TlsEvent>() == 120 + 32);
 const _: () = assert!(core::mem::size_of::<FileKey>() == 16);
-const _: () = assert!(core::mem::size_of::<Config>() == 132 + 8 + 4 + 16 + 8 + SYSCALL_TABLE_LEN);
+const _: () = assert!(core::mem::size_of::<Config>() == 140 + 8 + 4 + 16 + 8 + SYSCALL_TABLE_LEN);
 
 #[cfg(feature = "user")]
 mod user {

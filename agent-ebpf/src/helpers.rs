@@ -92,3 +92,23 @@ pub fn process_comm(pid_tgid: u64, o: &KernelOffsets) -> [u8; TASK_COMM_LEN] {
         kread(leader + o.task_comm as u64)
     }
 }
+
+/// `Some(pointer)` to the value of `key` in a hash map (`HashMap` or `LruHashMap`), inserted
+/// as `empty` first when absent (evaluated only then); `None` when it cannot be inserted. For
+/// per-thread slots written in place: no element inserted and deleted, no struct copied, per
+/// call.
+macro_rules! get_or_insert {
+    ($map:expr, $key:expr, $empty:expr) => {
+        match $map.get_ptr_mut($key) {
+            Some(slot) => Some(slot),
+            None => {
+                if $map.insert($key, &$empty, 0).is_err() {
+                    None
+                } else {
+                    $map.get_ptr_mut($key)
+                }
+            }
+        }
+    };
+}
+pub(crate) use get_or_insert;

@@ -26,18 +26,21 @@ use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_current_pid_tgid, generated::bpf_get_attach_cookie},
     macros::{map, uprobe, uretprobe},
-    maps::{HashMap, LruHashMap},
+    maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
 };
 
 use crate::{
-    helpers::uread,
+    helpers::{get_or_insert, uread},
     trace::{bump, emit_tls, is_traced, resolve_fd},
 };
 
-/// The TLS call each thread of a traced process is in (key: pid_tgid; freed at thread exit).
+/// The TLS call each thread of a traced process is in (key: pid_tgid; freed at thread
+/// exit). LRU: when more threads than it holds make TLS calls, the least recently active
+/// lose their entry (a call in progress then goes unrecorded) instead of new threads never
+/// getting one.
 #[map]
-static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(65536, 0);
+static TLS_CALLS: LruHashMap<u64, TlsCall> = LruHashMap::with_max_entries(16384, 0);
 
 /// (tgid, connection object) -> the fd it was last seen on and that fd's `struct sock`.
 #[map]
@@ -121,29 +124,20 @@ pub fn tls_enter(ctx: ProbeContext) -> u32 {
     }
     // SAFETY: the context of a uprobe is the task's `struct pt_regs`.
     let sp = unsafe { (*ctx.regs).rsp };
-    let slot = match TLS_CALLS.get_ptr_mut(&id) {
-        Some(slot) => slot,
-        None => {
-            let empty = TlsCall {
-                conn: 0,
-                buf: 0,
-                len: 0,
-                out: 0,
-                sp: 0,
-                fd: -1,
-                sk: 0,
-                func: 0,
-                depth: 0,
-                sock: SockInfo::default(),
-            };
-            if TLS_CALLS.insert(&id, &empty, 0).is_err() {
-                return 0;
-            }
-            let Some(slot) = TLS_CALLS.get_ptr_mut(&id) else {
-                return 0;
-            };
-            slot
-        }
+    let empty = TlsCall {
+        conn: 0,
+        buf: 0,
+        len: 0,
+        out: 0,
+        sp: 0,
+        fd: -1,
+        sk: 0,
+        func: 0,
+        depth: 0,
+        sock: SockInfo::default(),
+    };
+    let Some(slot) = get_or_insert!(TLS_CALLS, &id, empty) else {
+        return 0;
     };
     // SAFETY: a map value of this thread's (only this thread writes it).
     let c = unsafe { &mut *slot };
@@ -213,26 +207,61 @@ pub fn tls_exit(ctx: RetProbeContext) -> u32 {
         // ssize_t
         _ => rax as i64,
     };
-    let mut total = if ret > 0 { ret as u64 } else { 0 };
-    if total > c.len {
-        total = c.len;
+    let call = Finished {
+        func,
+        conn: c.conn,
+        ret,
+        buf: c.buf,
+        len: c.len,
+        fd: c.fd,
+        sk: c.sk,
+    };
+    finish(id, &call, &mut c.sock);
+    0
+}
+
+/// A TLS call that returned: what its records say.
+pub(crate) struct Finished {
+    /// `tls_fn` id.
+    pub func: u16,
+    /// The connection object.
+    pub conn: u64,
+    /// Bytes moved (or the call's failure).
+    pub ret: i64,
+    /// The plaintext buffer and its size.
+    pub buf: u64,
+    pub len: u64,
+    /// The socket a syscall inside the call used (fd -1: none).
+    pub fd: i64,
+    pub sk: u64,
+}
+
+/// Emits the records of a finished call of the current process (`id`: pid_tgid): its
+/// plaintext (at most `len` bytes), on the socket used inside the call, else on the
+/// connection's last known one, each only while its fd still holds the same `struct sock`;
+/// else on fd -1. `sock`: room for the socket's endpoints, off the stack (the programs' stack
+/// is small).
+#[inline(always)]
+pub(crate) fn finish(id: u64, call: &Finished, sock: &mut SockInfo) {
+    let mut total = if call.ret > 0 { call.ret as u64 } else { 0 };
+    if total > call.len {
+        total = call.len;
     }
-    // The socket: the one used inside the call, else the connection's last known one,
-    // each only while its fd still holds the same socket.
-    let (mut fd, mut sk) = (c.fd, c.sk);
+    let (mut fd, mut sk) = (call.fd, call.sk);
     if fd < 0
-        && let Some(known) = unsafe { TLS_CONNS.get(&conn_key(id, c.conn)) }
+        && let Some(known) = unsafe { TLS_CONNS.get(&conn_key(id, call.conn)) }
     {
         fd = known.fd;
         sk = known.sk;
     }
-    let valid = fd >= 0 && resolve_fd(fd, &mut c.sock, true) && c.sock.sk == sk;
+    let valid = fd >= 0 && resolve_fd(fd, sock, true) && sock.sk == sk;
     if !valid {
         fd = -1;
-        c.sock = SockInfo::default();
+        *sock = SockInfo::default();
     }
-    emit_tls(func, c.conn, ret, fd, &c.sock, valid, c.buf, total);
-    0
+    emit_tls(
+        call.func, call.conn, call.ret, fd, sock, valid, call.buf, total,
+    );
 }
 
 /// From `sys_enter`: the current thread makes a send/recv-type syscall on socket `fd`

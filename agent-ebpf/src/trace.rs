@@ -3,8 +3,8 @@
 
 use agent_common::{
     CHUNK_MAX, Config, DataEvent, EventHeader, FileKey, MsgAddr, ProcEvent, SOCKADDR_MAX,
-    SYS_TLS_ONLY, SYSCALL_TABLE_LEN, SockEvent, SockInfo, TlsEvent, counter, flags, kind, sys,
-    traced,
+    SYS_TLS_ONLY, SYSCALL_TABLE_LEN, SockEvent, SockInfo, TlsEvent, counter, flags, kind, paused,
+    sys, traced,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -20,7 +20,7 @@ use aya_ebpf::{
 };
 
 use crate::{
-    helpers::{CLONE_THREAD, global, kread, process_comm, uread, wakeup_flags},
+    helpers::{CLONE_THREAD, get_or_insert, global, kread, process_comm, uread, wakeup_flags},
     tls, tls_go,
 };
 
@@ -36,7 +36,8 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
 #[map]
 static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
 
-/// Processes (tgid) stopped because the ring buffer was filling up (lossless mode).
+/// Processes (tgid) stopped because the ring buffer was filling up (lossless mode), or
+/// (`--tls`) until the agent has hooked what they mapped; value: `paused::RING`/`TLS`.
 #[map]
 static PAUSED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 
@@ -409,26 +410,17 @@ fn enter(regs: u64, s: u16, tls_only: bool) -> i32 {
     let (nargs, sock_now) = if tls_only { (0, true) } else { shape(s) };
     let args = syscall_args(regs);
     // Each thread keeps its slot (freed at thread exit) and the arguments are written into
-    // it in place: no element inserted and deleted, no struct copied, per call.
-    let slot = match ARGS.get_ptr_mut(&id) {
-        Some(slot) => slot,
-        None => {
-            let empty = Args {
-                sys: 0,
-                live: 0,
-                fd: 0,
-                a: [0; 5],
-                sock_valid: 0,
-                sock: SockInfo::default(),
-            };
-            if ARGS.insert(&id, &empty, 0).is_err() {
-                return 0;
-            }
-            let Some(slot) = ARGS.get_ptr_mut(&id) else {
-                return 0;
-            };
-            slot
-        }
+    // it in place.
+    let empty = Args {
+        sys: 0,
+        live: 0,
+        fd: 0,
+        a: [0; 5],
+        sock_valid: 0,
+        sock: SockInfo::default(),
+    };
+    let Some(slot) = get_or_insert!(ARGS, &id, empty) else {
+        return 0;
     };
     let a = unsafe { &mut *slot };
     a.live = 0;
@@ -627,8 +619,6 @@ struct CopyState {
     /// Flags for every record of the call.
     flags: u64,
     failed: u64,
-    /// 1: TLS records ([`Payload::Tls`]), 0: DATA records.
-    tls: u64,
 }
 
 /// Sets the chunk fields of the record in `s`.
@@ -685,7 +675,9 @@ fn submit_chunk(s: *mut Scratch, rec: Payload, n: u64) {
 
 /// One step of the copy: load the next iovec, or emit one chunk. 1 = stop.
 #[inline(never)]
-extern "C" fn copy_step(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
+/// `TLS`: the records are TLS ones (else DATA): one callback each, so that the verifier
+/// checks each without the other's path.
+extern "C" fn copy_step<const TLS: bool>(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
     let Some(c) = COPY.get_ptr_mut(0) else {
         return 1;
     };
@@ -731,11 +723,7 @@ extern "C" fn copy_step(_index: u64, _ctx: *mut core::ffi::c_void) -> i64 {
     if c.done + n >= c.want {
         f |= flags::LAST;
     }
-    let rec = if c.tls != 0 {
-        Payload::Tls
-    } else {
-        Payload::Data
-    };
+    let rec = if TLS { Payload::Tls } else { Payload::Data };
     unsafe { set_chunk(s, rec, f, c.done, n as u32) };
     submit_chunk(s, rec, n);
     c.done += n;
@@ -777,7 +765,7 @@ fn emit_payload(
         ev.msg_index = msg_index;
         ev.addr = *addr;
     }
-    emit_chunks(Payload::Data, buf, iov, iovcnt, total, msg_flags);
+    emit_chunks(s, Payload::Data, buf, iov, iovcnt, total, msg_flags);
 }
 
 /// Emits the plaintext of one TLS library call as TLS records: `total` bytes at `buf` in
@@ -804,19 +792,24 @@ pub(crate) fn emit_tls(
         ev._pad = 0;
         ev.conn = conn;
     }
-    emit_chunks(Payload::Tls, buf, 0, 0, total, 0);
+    emit_chunks(s, Payload::Tls, buf, 0, 0, total, 0);
 }
 
-/// Emits the chunks of the payload record whose header is in the scratch map: `total`
+/// Emits the chunks of the payload record whose header is in `s` (the scratch map): `total`
 /// bytes that the process moved through the single buffer `buf` (when `iov` is 0) or
 /// through the iovec array `iov[iovcnt]`, cut to snaplen, each chunk a record of its own
 /// with `extra_flags` added. The copy runs in `bpf_loop`, so a call of any size is captured
 /// whole when snaplen is 0. Pauses the process when the ring fills up (lossless mode).
 #[inline(always)]
-fn emit_chunks(rec: Payload, buf: u64, iov: u64, iovcnt: u64, total: u64, extra_flags: u16) {
-    let Some(s) = SCRATCH.get_ptr_mut(0) else {
-        return;
-    };
+fn emit_chunks(
+    s: *mut Scratch,
+    rec: Payload,
+    buf: u64,
+    iov: u64,
+    iovcnt: u64,
+    total: u64,
+    extra_flags: u16,
+) {
     let snap = cfg!(snaplen) as u64;
     let want = if snap != 0 && snap < total {
         snap
@@ -854,7 +847,6 @@ fn emit_chunks(rec: Payload, buf: u64, iov: u64, iovcnt: u64, total: u64, extra_
         nvec,
         flags: base_flags as u64,
         failed: 0,
-        tls: (rec == Payload::Tls) as u64,
     };
     if want > 0 {
         let steps = want / CHUNK_MAX as u64 + nvec + 2;
@@ -862,7 +854,10 @@ fn emit_chunks(rec: Payload, buf: u64, iov: u64, iovcnt: u64, total: u64, extra_
         unsafe {
             bpf_loop(
                 steps as u32,
-                copy_step as *mut core::ffi::c_void,
+                match rec {
+                    Payload::Data => copy_step::<false> as *mut core::ffi::c_void,
+                    Payload::Tls => copy_step::<true> as *mut core::ffi::c_void,
+                },
                 core::ptr::null_mut(),
                 0,
             )
@@ -898,23 +893,28 @@ fn pause_if_filling() {
     if avail < size / 2 {
         return;
     }
-    pause_current();
+    pause_current(paused::RING);
 }
 
 /// Stops the current process (SIGSTOP) and notes it in `PAUSED`, where the agent finds the
 /// processes to continue once it has drained the ring buffer (or, `trace --tls`, hooked
 /// what the process just mapped).
 #[inline(always)]
-fn pause_current() {
+fn pause_current(why: u8) {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if unsafe { PAUSED.get(&tgid) }.is_some() {
+    if let Some(v) = PAUSED.get_ptr_mut(&tgid) {
+        // Already stopping (the stop takes effect on the way back to user mode); a TLS
+        // reason outranks the ring's: the agent must hook before continuing it.
+        if why == paused::TLS {
+            unsafe { *v = why };
+        }
         return;
     }
     // The stop first, then the entry the agent continues paused processes from: the other
     // way round, the agent could see the entry and send SIGCONT before the SIGSTOP, which
     // would then stop the process for good.
     unsafe { bpf_send_signal(SIGSTOP) };
-    if PAUSED.insert(&tgid, &1, 0).is_err() {
+    if PAUSED.insert(&tgid, &why, 0).is_err() {
         // The agent would never know: do not leave the process stopped.
         unsafe { bpf_send_signal(SIGCONT) };
     }
@@ -999,11 +999,11 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     if v == 0 {
         return 0;
     }
-    enter(
-        ctx.arg(0),
-        (v & !SYS_TLS_ONLY) as u16,
-        v & SYS_TLS_ONLY != 0,
-    )
+    let tls_only = v & SYS_TLS_ONLY != 0;
+    if tls_only && cfg!(tls) == 0 {
+        return 0;
+    }
+    enter(ctx.arg(0), (v & !SYS_TLS_ONLY) as u16, tls_only)
 }
 
 #[raw_tracepoint(tracepoint = "sys_exit")]
@@ -1030,7 +1030,13 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         | sys::CLOSE
         | sys::SHUTDOWN => sock_exit(s, ret),
         sys::SENDMMSG | sys::RECVMMSG => mmsg_exit(s, ret),
-        sys::MMAP_EXEC => mmap_exit(ret),
+        // (Checked again so that the verifier drops the path without --tls: the
+        // configuration is read-only, its values known when the program is loaded.)
+        sys::MMAP_EXEC => {
+            if cfg!(tls) != 0 {
+                mmap_exit(ret)
+            }
+        }
         _ => data_exit(s, ret),
     }
     0
@@ -1058,15 +1064,7 @@ fn mmap_exit(ret: i64) {
     if file == 0 {
         return;
     }
-    let o = &conf().offsets;
-    let key = unsafe {
-        let inode: u64 = kread(file + o.file_inode as u64);
-        let sb: u64 = kread(inode + o.inode_sb as u64);
-        FileKey {
-            dev: kread::<u32>(sb + o.sb_dev as u64) as u64,
-            ino: kread(inode + o.inode_ino as u64),
-        }
-    };
+    let key = file_key(file);
     if unsafe { tls::TLS_SEEN.get(&key) }.is_some() {
         return;
     }
@@ -1074,7 +1072,21 @@ fn mmap_exit(ret: i64) {
     sock.ino = key.ino;
     emit_proc(sys::MMAP_EXEC, key.dev as u32, 0, fd, ret, &sock, true);
     if cfg!(pause) != 0 {
-        pause_current();
+        pause_current(paused::TLS);
+    }
+}
+
+/// The [`FileKey`] of `struct file` `file` (its inode's device and number).
+#[inline(always)]
+fn file_key(file: u64) -> FileKey {
+    let o = &conf().offsets;
+    unsafe {
+        let inode: u64 = kread(file + o.file_inode as u64);
+        let sb: u64 = kread(inode + o.inode_sb as u64);
+        FileKey {
+            dev: kread::<u32>(sb + o.sb_dev as u64) as u64,
+            ino: kread(inode + o.inode_ino as u64),
+        }
     }
 }
 
@@ -1140,14 +1152,32 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
             }
         }
     }
-    if is_traced(tgid) {
-        let tls = cfg!(tls) != 0;
-        emit_proc(sys::EXEC, 0, 0, -1, 0, &SockInfo::default(), tls);
-        if tls && cfg!(pause) != 0 {
-            // The new program's TLS functions (static OpenSSL, Go) are hooked before it
-            // runs: userspace continues it once it has (lossless mode, as for mmap).
-            pause_current();
-        }
+    if !is_traced(tgid) {
+        return 0;
+    }
+    if cfg!(tls) == 0 {
+        emit_proc(sys::EXEC, 0, 0, -1, 0, &SockInfo::default(), false);
+        return 0;
+    }
+    // --tls: a program not examined yet (static OpenSSL, Go) is hooked before it runs, in
+    // lossless mode: the process stops until userspace continues it (as for mmap).
+    let o = &conf().offsets;
+    let exe: u64 = unsafe {
+        let mm: u64 = kread(bpf_get_current_task() + o.task_mm as u64);
+        kread(mm + o.mm_exe_file as u64)
+    };
+    let mut sock = SockInfo::default();
+    let mut stop = cfg!(pause) != 0;
+    if exe != 0 {
+        let key = file_key(exe);
+        sock.ino = key.ino;
+        stop = stop && unsafe { tls::TLS_SEEN.get(&key) }.is_none();
+        emit_proc(sys::EXEC, key.dev as u32, 0, -1, 0, &sock, stop);
+    } else {
+        emit_proc(sys::EXEC, 0, 0, -1, 0, &sock, stop);
+    }
+    if stop {
+        pause_current(paused::TLS);
     }
     0
 }

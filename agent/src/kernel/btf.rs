@@ -162,6 +162,8 @@ pub fn offsets_from_btf(btf: &Btf) -> Result<KernelOffsets, BtfError> {
         },
         inode_sb: member_offset(btf, "inode", &["i_sb"])?,
         sb_dev: member_offset(btf, "super_block", &["s_dev"])?,
+        task_mm: member_offset(btf, "task_struct", &["mm"])?,
+        mm_exe_file: member_offset(btf, "mm_struct", &["exe_file"])?,
     })
     .and_then(|o| {
         // The programs read the argument registers as one 64-byte window.
@@ -458,6 +460,8 @@ mod tests {
             ("inode", o.inode_ino, ptr),
             ("inode", o.inode_sb, ptr),
             ("super_block", o.sb_dev, 4),
+            ("task_struct", o.task_mm, ptr),
+            ("mm_struct", o.mm_exe_file, ptr),
             ("socket", o.socket_sk, ptr),
             ("sock", o.sk_v6_rcv_saddr, 16),
             ("sock", o.sk_type, 2),
@@ -829,5 +833,8 @@ mod tests {
         assert_eq!(bytes("sock_common", "skc_family"), o.sk_family);
         assert_eq!(bytes("inode", "i_sb"), o.inode_sb);
         assert_eq!(bytes("super_block", "s_dev"), o.sb_dev);
+        assert_eq!(bytes("task_struct", "mm"), o.task_mm);
+        // (mm_struct.exe_file sits in an anonymous struct, which this reading of bpftool's
+        // output does not descend into.)
     }
 }
