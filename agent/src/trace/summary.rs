@@ -428,6 +428,43 @@ fn push_bytes_exact(s: &mut String, n: u64) {
     }
 }
 
+/// The summary's lines about the TLS libraries: one per process and library (hooked, with
+/// how many functions, or why not), or one saying none was found.
+pub fn render_tls_libs(reports: &[crate::trace::tls::attach::LibReport]) -> String {
+    let mut s = String::new();
+    if reports.is_empty() {
+        s.push_str("capagent: --tls: no TLS library found in the traced processes\n");
+        return s;
+    }
+    for r in reports.iter().take(RENDER_MAX_ROWS) {
+        let _ = write!(
+            s,
+            "tls: {}[{}] {} {}",
+            r.comm,
+            r.pid,
+            r.path.display(),
+            r.lib
+        );
+        if let Some(v) = &r.version {
+            let _ = write!(s, " {v}");
+        }
+        match &r.outcome {
+            Ok(1) => s.push_str(": hooked 1 function\n"),
+            Ok(n) => {
+                let _ = writeln!(s, ": hooked {n} functions");
+            }
+            Err(why) => {
+                let _ = writeln!(s, ": not hooked: {why}");
+            }
+        }
+    }
+    if reports.len() > RENDER_MAX_ROWS {
+        let more = reports.len() - RENDER_MAX_ROWS;
+        let _ = writeln!(s, "tls: ... and {more} more libraries");
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -480,6 +517,38 @@ mod tests {
             },
             tls_ciphertext: false,
         }
+    }
+
+    #[test]
+    fn report_lines() {
+        let r = |lib, version: Option<&str>, outcome| crate::trace::tls::attach::LibReport {
+            pid: 42,
+            comm: "curl".into(),
+            path: "/usr/lib/x86_64-linux-gnu/libssl.so.3".into(),
+            lib,
+            version: version.map(String::from),
+            outcome,
+        };
+        assert_eq!(
+            render_tls_libs(&[
+                r("openssl", Some("3.0.19"), Ok(4)),
+                r(
+                    "openssl",
+                    None,
+                    Err("no SSL_read/SSL_write symbols (stripped)".into())
+                ),
+            ]),
+            "tls: curl[42] /usr/lib/x86_64-linux-gnu/libssl.so.3 openssl 3.0.19: hooked 4 functions\n\
+             tls: curl[42] /usr/lib/x86_64-linux-gnu/libssl.so.3 openssl: not hooked: no SSL_read/SSL_write symbols (stripped)\n"
+        );
+        let many = vec![r("openssl", None, Ok(4)); RENDER_MAX_ROWS + 2];
+        let text = render_tls_libs(&many);
+        assert_eq!(text.lines().count(), RENDER_MAX_ROWS + 1);
+        assert!(text.ends_with("tls: ... and 2 more libraries\n"), "{text}");
+        assert_eq!(
+            render_tls_libs(&[]),
+            "capagent: --tls: no TLS library found in the traced processes\n"
+        );
     }
 
     #[test]

@@ -12,7 +12,6 @@
 
 use std::{
     collections::{HashMap, HashSet},
-    fmt::Write as _,
     fs::File,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
@@ -30,7 +29,6 @@ use agent_common::{
 };
 
 use super::libs::{self, Hook, Mapping, Prog, Verdict};
-use crate::trace::summary::RENDER_MAX_ROWS;
 use crate::{
     kernel::{self, KernelError},
     process,
@@ -398,78 +396,9 @@ fn libcrypto_version(pid: u32, all: &[Mapping]) -> Option<String> {
     libs::openssl_version(&data)
 }
 
-/// The summary's lines about the TLS libraries: one per process and library (hooked, with
-/// how many functions, or why not), or one saying none was found.
-pub fn render_reports(reports: &[LibReport]) -> String {
-    let mut s = String::new();
-    if reports.is_empty() {
-        s.push_str("capagent: --tls: no TLS library found in the traced processes\n");
-        return s;
-    }
-    for r in reports.iter().take(RENDER_MAX_ROWS) {
-        let _ = write!(
-            s,
-            "tls: {}[{}] {} {}",
-            r.comm,
-            r.pid,
-            r.path.display(),
-            r.lib
-        );
-        if let Some(v) = &r.version {
-            let _ = write!(s, " {v}");
-        }
-        match &r.outcome {
-            Ok(1) => s.push_str(": hooked 1 function\n"),
-            Ok(n) => {
-                let _ = writeln!(s, ": hooked {n} functions");
-            }
-            Err(why) => {
-                let _ = writeln!(s, ": not hooked: {why}");
-            }
-        }
-    }
-    if reports.len() > RENDER_MAX_ROWS {
-        let more = reports.len() - RENDER_MAX_ROWS;
-        let _ = writeln!(s, "tls: ... and {more} more libraries");
-    }
-    s
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn report_lines() {
-        let r = |lib, version: Option<&str>, outcome| LibReport {
-            pid: 42,
-            comm: "curl".into(),
-            path: "/usr/lib/x86_64-linux-gnu/libssl.so.3".into(),
-            lib,
-            version: version.map(String::from),
-            outcome,
-        };
-        assert_eq!(
-            render_reports(&[
-                r("openssl", Some("3.0.19"), Ok(4)),
-                r(
-                    "openssl",
-                    None,
-                    Err("no SSL_read/SSL_write symbols (stripped)".into())
-                ),
-            ]),
-            "tls: curl[42] /usr/lib/x86_64-linux-gnu/libssl.so.3 openssl 3.0.19: hooked 4 functions\n\
-             tls: curl[42] /usr/lib/x86_64-linux-gnu/libssl.so.3 openssl: not hooked: no SSL_read/SSL_write symbols (stripped)\n"
-        );
-        let many = vec![r("openssl", None, Ok(4)); RENDER_MAX_ROWS + 2];
-        let text = render_reports(&many);
-        assert_eq!(text.lines().count(), RENDER_MAX_ROWS + 1);
-        assert!(text.ends_with("tls: ... and 2 more libraries\n"), "{text}");
-        assert_eq!(
-            render_reports(&[]),
-            "capagent: --tls: no TLS library found in the traced processes\n"
-        );
-    }
 
     #[test]
     fn openssl_version_from_the_libcrypto_next_to_libssl() {
