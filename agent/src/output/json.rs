@@ -90,7 +90,7 @@ use crate::model::{Call, Detail, Direction, Endpoint, Event, SocketMeta};
 use crate::output::b64::push_base64;
 use crate::output::escape::escape_json_into;
 use crate::output::num::{AddrStr, Dec, push_hex, push_i64, push_padded, push_u64};
-use crate::output::text::{errno, signal_name};
+use crate::output::text::{errno, signal_name, tls_error_name};
 
 /// Most line buffer capacity kept between events (lines of payloads up to about 1 MiB).
 const KEEP_LINE_CAPACITY: usize = 8 << 20;
@@ -198,6 +198,16 @@ impl Encoder {
         out.extend_from_slice(b",\"errno\":");
         if ev.ret >= 0 || matches!(ev.detail, Detail::Exit) {
             out.extend_from_slice(b"null");
+        } else if let Call::Tls { func, .. } = ev.call {
+            // A TLS library's result is not an errno: its own name, when it has one.
+            match tls_error_name(func, ev.ret) {
+                Some(name) => {
+                    out.push(b'"');
+                    out.extend_from_slice(name.as_bytes());
+                    out.push(b'"');
+                }
+                None => out.extend_from_slice(b"null"),
+            }
         } else {
             let e = ev.ret.unsigned_abs();
             out.push(b'"');
@@ -819,7 +829,12 @@ pub(crate) mod tests {
                 syscall: ev.syscall_name(),
                 fd: Some(ev.fd),
                 ret: ev.ret,
-                errno: errno_name(ev.ret),
+                errno: match ev.call {
+                    Call::Tls { func, .. } if ev.ret < 0 => {
+                        tls_error_name(func, ev.ret).map(String::from)
+                    }
+                    _ => errno_name(ev.ret),
+                },
                 transport: sock.map(|s| s.transport.name()),
                 local: sock.and_then(|s| s.local.as_ref()).map(ToString::to_string),
                 remote: sock
