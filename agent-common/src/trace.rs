@@ -139,6 +139,16 @@ pub mod tls_fn {
             SSL_WRITE | SSL_WRITE_EX | SSL_WRITE_EX2 | GNUTLS_RECORD_SEND | GO_WRITE
         )
     }
+
+    /// True for the reads whose return value 0 means the peer ended the stream:
+    /// `gnutls_record_recv` (0: close_notify or the transport's EOF) and `SSL_read` (0: a
+    /// close_notify or the transport's EOF; a read that must be retried, `WANT_READ` on a
+    /// non-blocking socket, returns -1). Not `SSL_read_ex`, which returns 0 for every failure
+    /// (`WANT_READ` included), nor Go's `Read`, whose EOF is in the error it returns: their
+    /// end of stream is the socket's own (a 0-byte `recv`).
+    pub const fn zero_is_eof(id: u16) -> bool {
+        matches!(id, SSL_READ | GNUTLS_RECORD_RECV)
+    }
 }
 
 /// bpf cookies of the `tls_set_fd` and `tls_free` attachments (`tls_enter` and `tls_exit`

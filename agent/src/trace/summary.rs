@@ -20,7 +20,7 @@ use std::fmt::Write as _;
 
 use crate::model::{Call, Detail, Direction, Endpoint, Event, Transport};
 use crate::output::num::human_bytes;
-use crate::trace::tls::conns::{ClientHello, client_hello};
+use crate::trace::tls::conns::{ClientHello, FirstBytes, Start};
 
 /// Most connections tracked; the data of further ones only counts in the totals.
 pub const MAX_CONNECTIONS: usize = 100_000;
@@ -107,9 +107,9 @@ impl ConnTls {
 pub struct Summary {
     totals: Totals,
     conns: Vec<Connection>,
-    /// Per connection (same index as `conns`): whether its first bytes were seen yet, and
-    /// its TLS.
-    conn_tls: Vec<(bool, ConnTls)>,
+    /// Per connection (same index as `conns`): its first bytes while they do not tell yet
+    /// whether it starts with a ClientHello (None once they did), and its TLS.
+    conn_tls: Vec<(Option<FirstBytes>, ConnTls)>,
     /// `trace --tls`: the plaintext was asked for.
     tls: bool,
     by_sock: HashMap<(u32, SockId), SockConns>,
@@ -244,7 +244,8 @@ impl Summary {
                     recv_calls: 0,
                     errors: 0,
                 });
-                self.conn_tls.push((false, ConnTls::default()));
+                self.conn_tls
+                    .push((Some(FirstBytes::new(true)), ConnTls::default()));
                 i
             }
         };
@@ -253,7 +254,7 @@ impl Summary {
         if c.comm != ev.task.comm {
             c.comm.clone_from(&ev.task.comm);
         }
-        let (bytes_seen, tls) = &mut self.conn_tls[i];
+        let (first, tls) = &mut self.conn_tls[i];
         if tls_object.is_some() {
             tls.records += 1;
             match dir {
@@ -262,14 +263,20 @@ impl Summary {
             }
             return;
         }
-        if !*bytes_seen
+        if let Some(f) = first
             && ev.ret > 0
-            && let Detail::Data { payload, .. } = &ev.detail
+            && let Detail::Data { payload, total, .. } = &ev.detail
             && !payload.is_empty()
         {
-            *bytes_seen = true;
-            if transport == Some(Transport::Tcp) {
-                tls.hello = client_hello(payload);
+            // Read in pieces, a ClientHello is one once its record is in.
+            match f.push(dir, payload, *total) {
+                _ if transport != Some(Transport::Tcp) => *first = None,
+                Start::Maybe => {}
+                Start::Hello => {
+                    tls.hello = f.hello();
+                    *first = None;
+                }
+                Start::Other => *first = None,
             }
         }
         c.fd = ev.fd;

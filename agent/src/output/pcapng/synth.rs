@@ -638,8 +638,8 @@ impl Synth {
             return;
         };
         if total == 0 {
-            // recv returning 0: the peer closed its side.
-            if dir == Direction::Recv && !st.remote_fin {
+            // recv returning 0: the peer closed its side (not a TLS read that found no data).
+            if dir == Direction::Recv && !st.remote_fin && ev.call.zero_read_is_eof() {
                 out.push(fin(st, ev, false, false));
             }
             return;

@@ -569,6 +569,31 @@ fn tls_connection_written_as_its_plaintext() {
 }
 
 #[test]
+fn tls_read_of_no_data_is_not_the_end_of_the_stream() {
+    // SSL_read_ex on a non-blocking socket with nothing ready returns 0: no FIN, and the
+    // next plaintext follows on (no gap). gnutls_record_recv returning 0 is the peer's EOF.
+    let mut s = Synth::new();
+    s.packets(&connect(Transport::Tcp));
+    s.packets(&tls_data(Direction::Send, b"GET /"));
+    let mut nothing = tls_data(Direction::Recv, b"");
+    nothing.call = Call::Tls {
+        func: agent_common::tls_fn::SSL_READ_EX,
+        conn: 0x55d0,
+    };
+    assert!(s.packets(&nothing).is_empty());
+    let out = s.packets(&tls_data(Direction::Recv, b"HTTP/1.1 200 OK\r\n\r\n"));
+    let t = parse_tcp(&out[0].data);
+    assert_eq!((t.seq, t.fin), (SERVER_ISN + 1, false));
+    nothing.call = Call::Tls {
+        func: agent_common::tls_fn::GNUTLS_RECORD_RECV,
+        conn: 0x55d0,
+    };
+    let out = s.packets(&nothing);
+    let t = parse_tcp(&out[0].data);
+    assert_eq!((t.seq, t.fin), (SERVER_ISN + 20, true));
+}
+
+#[test]
 fn tls_ciphertext_written_when_no_plaintext_comes() {
     // The connection closes first: what was held is written, in order, before the FIN.
     let mut s = Synth::new();
