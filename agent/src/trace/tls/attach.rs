@@ -178,6 +178,18 @@ impl TlsAttach {
         }
     }
 
+    /// Notes in `TLS_SEEN` the file of an exec or mmap record (`key`, as the kernel saw the
+    /// fd's inode), examined by the scan that handled the record: on overlayfs that key may
+    /// differ from the one of `/proc/PID/maps` (the lower file's), and the kernel would
+    /// pause at each mapping of the file.
+    pub fn seen(&mut self, key: FileKey) {
+        if key != FileKey::default()
+            && let Err(e) = self.seen.insert(key, 1, 0)
+        {
+            tracing::warn!("tls: TLS_SEEN: {e}");
+        }
+    }
+
     /// Process `pid` exec'd: its new executable (and loader) are examined now, the libraries
     /// the loader maps next as they come (their mmap records) or at its first TLS call.
     pub fn exec(&mut self, pid: u32) {
