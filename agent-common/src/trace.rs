@@ -144,8 +144,8 @@ pub mod tls_fn {
     /// `gnutls_record_recv` (0: close_notify or the transport's EOF) and `SSL_read` (0: a
     /// close_notify or the transport's EOF; a read that must be retried, `WANT_READ` on a
     /// non-blocking socket, returns -1). Not `SSL_read_ex`, which returns 0 for every failure
-    /// (`WANT_READ` included), nor Go's `Read`, whose EOF is in the error it returns: their
-    /// end of stream is the socket's own (a 0-byte `recv`).
+    /// (`WANT_READ` included; the socket read under it tells which), nor Go's `Read`, whose
+    /// EOF is in the error it returns.
     pub const fn zero_is_eof(id: u16) -> bool {
         matches!(id, SSL_READ | GNUTLS_RECORD_RECV)
     }

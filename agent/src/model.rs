@@ -201,7 +201,7 @@ impl Call {
     }
 
     /// Whether a receive of 0 bytes by this call is the peer's end of the stream: always for
-    /// a syscall or a relay step, only for some TLS reads ([`agent_common::tls_fn::zero_is_eof`]:
+    /// a syscall or a relay step, for some TLS reads only ([`agent_common::tls_fn::zero_is_eof`]:
     /// `SSL_read_ex` returning 0 may just mean no data was ready).
     pub const fn zero_read_is_eof(self) -> bool {
         match self {

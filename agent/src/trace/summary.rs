@@ -329,7 +329,10 @@ impl Summary {
                     let _ = write!(s, " {} -> {}", or_unknown(l), or_unknown(r));
                 }
             }
-            if c.key.sock_is_socket() {
+            // The socket's own bytes; not when only its plaintext was shown (--tls-only
+            // hides the ciphertext: "sent 0 B" would be wrong).
+            let ciphertext_hidden = tls.records > 0 && c.send_calls == 0 && c.recv_calls == 0;
+            if c.key.sock_is_socket() && !ciphertext_hidden {
                 s.push_str("  sent ");
                 push_bytes_exact(&mut s, c.sent_bytes);
                 s.push_str("  recv ");
@@ -407,7 +410,12 @@ impl Summary {
         let bytes = with.iter().fold(0u64, |a, t| {
             a.saturating_add(t.sent_bytes).saturating_add(t.recv_bytes)
         });
-        let _ = write!(s, "; {} with plaintext: {records} records, ", with.len());
+        let plural = if records == 1 { "" } else { "s" };
+        let _ = write!(
+            s,
+            "; {} with plaintext: {records} record{plural}, ",
+            with.len()
+        );
         push_bytes_exact(s, bytes);
         s.push('\n');
     }
@@ -793,6 +801,16 @@ mod tests {
              curl[1] fd -1 tls object 0x55d0  tls: plaintext sent 0 B  recv 10 B (1 record)\n\
              curl[2] fd 5 tcp 127.0.0.1:40112 -> 127.0.0.1:8000  sent 517 B  recv 0 B  tls localhost\n\
              capagent: 3 connections carried TLS (SNI: localhost); 2 with plaintext: 3 records, 2.0 KiB (2088 B)\n"
+        );
+        // --tls-only: the ciphertext hidden, no socket bytes said (they were not 0).
+        let mut s = Summary::new();
+        s.set_tls(true);
+        s.add(&plain(1, Some(0xa), Direction::Send, 78));
+        assert_eq!(
+            s.render(),
+            "capagent: 1 events, 0 lost\n\
+             curl[1] fd 5 tcp 127.0.0.1:40112 -> 127.0.0.1:8000  tls: plaintext sent 78 B  recv 0 B (1 record)\n\
+             capagent: 1 connection carried TLS; 1 with plaintext: 1 record, 78 B\n"
         );
     }
 }
