@@ -196,7 +196,8 @@ impl Encoder {
         out.extend_from_slice(b",\"ret\":");
         push_i64(out, ev.ret);
         out.extend_from_slice(b",\"errno\":");
-        if ev.ret >= 0 || matches!(ev.detail, Detail::Exit) {
+        // A TLS call's failure is the library's value, not an errno.
+        if ev.ret >= 0 || matches!(ev.detail, Detail::Exit) || matches!(ev.call, Call::Tls { .. }) {
             out.extend_from_slice(b"null");
         } else {
             let e = ev.ret.unsigned_abs();
@@ -531,6 +532,14 @@ pub(crate) mod tests {
             to_json(&e),
             r#"{"type":"data","ts":"2023-11-14T22:13:20.123456789Z","ts_ns":1700000000123456789,"pid":4242,"tid":4242,"comm":"python3","syscall":"gnutls_record_recv","fd":-1,"ret":2,"errno":null,"transport":null,"local":null,"remote":null,"sk":null,"dir":"recv","total":2,"captured":2,"truncated":false,"msg_index":0,"addr":null,"payload":"OK","payload_b64":"T0s=","tls":{"lib":"gnutls","fn":"gnutls_record_recv","conn":"0x10"}}"#
         );
+        // A failure: the library's value, not an errno (-28 is GNUTLS_E_AGAIN, not ENOSPC).
+        e.ret = -28;
+        e.detail = data(Direction::Recv, 0, b"", false);
+        let v: serde_json::Value = serde_json::from_str(&to_json(&e)).unwrap();
+        assert_eq!(
+            (&v["ret"], &v["errno"]),
+            (&(-28).into(), &serde_json::Value::Null)
+        );
         // Ciphertext of a connection that carries TLS.
         let mut e = ev(
             sys::WRITE,
@@ -819,7 +828,10 @@ pub(crate) mod tests {
                 syscall: ev.syscall_name(),
                 fd: Some(ev.fd),
                 ret: ev.ret,
-                errno: errno_name(ev.ret),
+                errno: match ev.call {
+                    Call::Tls { .. } => None,
+                    _ => errno_name(ev.ret),
+                },
                 transport: sock.map(|s| s.transport.name()),
                 local: sock.and_then(|s| s.local.as_ref()).map(ToString::to_string),
                 remote: sock

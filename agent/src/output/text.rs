@@ -168,7 +168,17 @@ fn format_into(s: &mut String, ev: &Event, cfg: &TextConfig) {
                 s.push_str(Dec::u64(u64::from(*msg_index)).as_str());
             }
             s.push(')');
-            if ev.ret < 0 {
+            if let Call::Tls { func, .. } = ev.call
+                && ev.ret < 0
+            {
+                // The library's own failure value, not an errno.
+                s.push_str(" = ");
+                push_i64(s, ev.ret);
+                if let Some(name) = agent_common::tls_fn::error_name(func, ev.ret) {
+                    s.push(' ');
+                    s.push_str(name);
+                }
+            } else if ev.ret < 0 {
                 ret_into(s, ev.ret);
             } else {
                 s.push_str(" = ");
@@ -799,6 +809,19 @@ pub(crate) mod tests {
             line(&e),
             r#"curl[4242] gnutls_record_recv(-1, session=0x10) = 4 "HTTP""#
         );
+        // A failure is the library's value, not an errno (GnuTLS's -28 is not ENOSPC).
+        e.detail = data(Direction::Recv, 0, b"", false);
+        e.ret = -28;
+        assert_eq!(
+            line(&e),
+            "curl[4242] gnutls_record_recv(-1, session=0x10) = -28 GNUTLS_E_AGAIN"
+        );
+        e.call = Call::Tls {
+            func: tls_fn::SSL_READ,
+            conn: 0x10,
+        };
+        e.ret = -1;
+        assert_eq!(line(&e), "curl[4242] SSL_read(-1, ssl=0x10) = -1");
         // Ciphertext of a connection known to carry TLS, also when the call failed.
         let mut e = ev(
             sys::WRITE,
@@ -1216,6 +1239,16 @@ pub(crate) mod tests {
         }
         s.push(')');
         let tls = if ev.tls_ciphertext { " [tls]" } else { "" };
+        if let Call::Tls { func, .. } = ev.call
+            && ev.ret < 0
+        {
+            let name = agent_common::tls_fn::error_name(func, ev.ret);
+            let _ = write!(s, " = {}", ev.ret);
+            if let Some(name) = name {
+                let _ = write!(s, " {name}");
+            }
+            return format!("{s}{tls}");
+        }
         if ev.ret < 0 {
             ret_into(s, ev.ret);
             return format!("{s}{tls}");
