@@ -286,7 +286,12 @@ fn or_unknown(e: Option<&Endpoint>) -> String {
 
 fn sock_line(s: &mut String, ev: &Event, args: &[u64; 4], addr: Option<&Endpoint>) {
     let name = ev.syscall_name();
-    let fd = ev.fd;
+    let fd = match ev.call {
+        // The record's fd is the new socket's (the connection's records go by it); the call
+        // used the listening one, in args[1].
+        Call::Syscall(sys::ACCEPT | sys::ACCEPT4) if ev.ret >= 0 => args[1] as i32,
+        _ => ev.fd,
+    };
     match ev.shown_as() {
         sys::SOCKET => {
             let domain = args[0] as u32;
@@ -927,13 +932,14 @@ pub(crate) mod tests {
 
     #[test]
     fn accept_bind_listen() {
-        let e = ev(sys::ACCEPT, 3, 5, sock([0; 4], ep("10.0.0.5:51234")));
+        // The record's fd is the new socket; the listening one is in args[1].
+        let e = ev(sys::ACCEPT, 5, 5, sock([0, 3, 0, 0], ep("10.0.0.5:51234")));
         assert_eq!(line(&e), "python3[4242] accept(3, 10.0.0.5:51234) = 5");
         let e = ev(
             sys::ACCEPT4,
-            3,
             5,
-            sock([0o2000000, 0, 0, 0], ep("10.0.0.5:51234")),
+            5,
+            sock([0o2000000, 3, 0, 0], ep("10.0.0.5:51234")),
         );
         assert_eq!(
             line(&e),
