@@ -6,7 +6,7 @@
 use std::{collections::HashSet, io, process::ExitStatus, time::Duration};
 
 use agent_common::{
-    Config, KernelOffsets, counter, sys,
+    Config, KernelOffsets, counter, paused, sys,
     trace::{FileKey, ProcEvent, maps, progs},
     traced,
 };
@@ -242,7 +242,8 @@ pub fn run(
         tls_conns: opts.tls.then(|| TlsConns::new(opts.tls_only)),
         tls: None,
         tls_libs: Vec::new(),
-        paused_before_drain: Vec::new(),
+        tls_paused_before: Vec::new(),
+        tls_handled: Vec::new(),
     };
     let mut trace_pid = |pid: u32, live: &mut HashSet<u32>| {
         live.insert(pid);
@@ -401,8 +402,11 @@ struct Tracer<'s> {
     tls: Option<TlsAttach>,
     /// `--tls`: its reports, once it is finished.
     tls_libs: Vec<LibReport>,
-    /// The processes the kernel had paused (`PAUSED`) when the current drain began.
-    paused_before_drain: Vec<u32>,
+    /// `--tls`: the processes the kernel had paused for a rescan (`paused::TLS`) when the
+    /// current drain began.
+    tls_paused_before: Vec<u32>,
+    /// `--tls`: the processes whose exec or mmap record the current drain handled.
+    tls_handled: Vec<u32>,
 }
 
 impl Tracer<'_> {
@@ -498,11 +502,13 @@ impl Tracer<'_> {
             decode::Record::Proc(p) if p.hdr.syscall == sys::MMAP_EXEC => {
                 tls.scan(p.hdr.pid);
                 tls.seen(proc_file(p));
+                self.tls_handled.push(p.hdr.pid);
                 true
             }
             decode::Record::Proc(p) if p.hdr.syscall == sys::EXEC => {
                 tls.exec(p.hdr.pid);
                 tls.seen(proc_file(p));
+                self.tls_handled.push(p.hdr.pid);
                 false
             }
             decode::Record::Tls { ev, .. } => {
@@ -546,13 +552,27 @@ impl Mode for Tracer<'_> {
     }
 
     fn drained(&mut self, _bytes: u64) {
-        // The kernel writes a process's records before its `PAUSED` entry: a process paused
-        // when this drain began had its records handled by it (the ring buffer drained; with
-        // --tls, what it just exec'd or mapped hooked), so it goes on. One paused since may
-        // have records this drain missed: it waits for the next drain (within a poll).
-        let due = std::mem::take(&mut self.paused_before_drain);
-        self.resume(&due);
-        self.paused_before_drain = self.paused.keys().filter_map(Result::ok).collect();
+        // Paused because the ring buffer was filling up: it was just drained, go on.
+        // Paused for a rescan (--tls): the kernel writes the exec or mmap record before the
+        // `PAUSED` entry, so the process goes on once that record is handled (the files it
+        // mapped hooked): when this drain handled it, or when the entry was there before
+        // this drain began. Else the record may still be in the ring: wait for the next drain
+        // (within a poll).
+        let mut go = Vec::new();
+        let mut wait = Vec::new();
+        for (pid, why) in self.paused.iter().filter_map(Result::ok) {
+            if why != paused::TLS
+                || self.tls_paused_before.contains(&pid)
+                || self.tls_handled.contains(&pid)
+            {
+                go.push(pid);
+            } else {
+                wait.push(pid);
+            }
+        }
+        self.resume(&go);
+        self.tls_paused_before = wait;
+        self.tls_handled.clear();
     }
 
     fn tick(&mut self) {
