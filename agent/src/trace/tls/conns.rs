@@ -1,8 +1,10 @@
 //! Which traced connections carry TLS.
 //!
 //! A TCP connection carries TLS when the first bytes sent or received on it are a TLS
-//! ClientHello ([`client_hello`]), or when a TLS library's plaintext record (`trace --tls`)
-//! names its socket. [`TlsConns`] follows the events of a trace in order, remembers those
+//! ClientHello ([`client_hello`]; gathered over the calls that moved them, [`FirstBytes`]:
+//! a server reads the record header, then the rest; its records are marked while the bytes
+//! so far may start one), or when a TLS library's plaintext record (`trace --tls`) names its
+//! socket. [`TlsConns`] follows the events of a trace in order, remembers those
 //! connections by their kernel socket (`sk`, as the assembler and the summary identify
 //! sockets) until they are closed, and marks the syscall records of their ciphertext
 //! ([`Event::tls_ciphertext`]): the ` [tls]` of the text output, `"tls":{"ciphertext":true}`
