@@ -30,7 +30,6 @@ use agent_common::{
 };
 
 use super::libs::{self, Hook, Mapping, Prog, Verdict};
-use crate::trace::summary::RENDER_MAX_ROWS;
 use crate::{
     kernel::{self, KernelError},
     process,
@@ -411,14 +410,15 @@ fn libcrypto_version(pid: u32, all: &[Mapping]) -> Option<String> {
 }
 
 /// The summary's lines about the TLS libraries: one per process and library (hooked, with
-/// how many functions, or why not), or one saying none was found.
-pub fn render_reports(reports: &[LibReport]) -> String {
+/// how many functions, or why not), at most `max_rows` (the summary's limit, passed in: the
+/// summary module uses this one), or one saying none was found.
+pub fn render_reports(reports: &[LibReport], max_rows: usize) -> String {
     let mut s = String::new();
     if reports.is_empty() {
         s.push_str("capagent: --tls: no TLS library found in the traced processes\n");
         return s;
     }
-    for r in reports.iter().take(RENDER_MAX_ROWS) {
+    for r in reports.iter().take(max_rows) {
         let _ = write!(
             s,
             "tls: {}[{}] {} {}",
@@ -440,8 +440,8 @@ pub fn render_reports(reports: &[LibReport]) -> String {
             }
         }
     }
-    if reports.len() > RENDER_MAX_ROWS {
-        let more = reports.len() - RENDER_MAX_ROWS;
+    if reports.len() > max_rows {
+        let more = reports.len() - max_rows;
         let _ = writeln!(s, "tls: ... and {more} more libraries");
     }
     s
@@ -453,6 +453,7 @@ mod tests {
 
     #[test]
     fn report_lines() {
+        const ROWS: usize = 100;
         let r = |lib, version: Option<&str>, outcome| LibReport {
             pid: 42,
             comm: "curl".into(),
@@ -462,23 +463,26 @@ mod tests {
             outcome,
         };
         assert_eq!(
-            render_reports(&[
-                r("openssl", Some("3.0.19"), Ok(4)),
-                r(
-                    "openssl",
-                    None,
-                    Err("no SSL_read/SSL_write symbols (stripped)".into())
-                ),
-            ]),
+            render_reports(
+                &[
+                    r("openssl", Some("3.0.19"), Ok(4)),
+                    r(
+                        "openssl",
+                        None,
+                        Err("no SSL_read/SSL_write symbols (stripped)".into())
+                    ),
+                ],
+                ROWS
+            ),
             "tls: curl[42] /usr/lib/x86_64-linux-gnu/libssl.so.3 openssl 3.0.19: hooked 4 functions\n\
              tls: curl[42] /usr/lib/x86_64-linux-gnu/libssl.so.3 openssl: not hooked: no SSL_read/SSL_write symbols (stripped)\n"
         );
-        let many = vec![r("openssl", None, Ok(4)); RENDER_MAX_ROWS + 2];
-        let text = render_reports(&many);
-        assert_eq!(text.lines().count(), RENDER_MAX_ROWS + 1);
+        let many = vec![r("openssl", None, Ok(4)); ROWS + 2];
+        let text = render_reports(&many, ROWS);
+        assert_eq!(text.lines().count(), ROWS + 1);
         assert!(text.ends_with("tls: ... and 2 more libraries\n"), "{text}");
         assert_eq!(
-            render_reports(&[]),
+            render_reports(&[], ROWS),
             "capagent: --tls: no TLS library found in the traced processes\n"
         );
     }
