@@ -12,8 +12,7 @@
 //!
 //! Needs root. Run one at a time with the capagent binary in `CAPAGENT_BIN` (`cargo xtask
 //! test` sets it): `cargo test -p capagent-tests --features root-tests --test tls --
-//! --test-threads=1` (the tests are `#[ignore]`d until `trace --tls` lands: add
-//! `--include-ignored`).
+//! --test-threads=1`.
 
 use std::{fs, path::Path, process::Stdio};
 
@@ -253,7 +252,6 @@ fn with_cmd_owned(args: &[String], cmd: &[String]) -> Vec<String> {
 // 1. curl (OpenSSL) against `openssl s_server -www`.
 
 #[test]
-#[ignore = "trace --tls lands in issue 13"]
 fn curl_against_openssl_s_server() {
     let ns = Netns::new("tls-ss");
     let dir = TempDir::new("tls-ss");
@@ -318,7 +316,6 @@ fn curl_against_openssl_s_server() {
 // 2. curl (OpenSSL) against the Python HTTPS server: a POST whose body comes back.
 
 #[test]
-#[ignore = "trace --tls lands in issue 13"]
 fn curl_against_python_https_server() {
     let ns = Netns::new("tls-py");
     let dir = TempDir::new("tls-py");
@@ -376,7 +373,6 @@ fn curl_against_python_https_server() {
 // calls SSL_write_ex and SSL_read_ex.
 
 #[test]
-#[ignore = "trace --tls lands in issue 13"]
 fn python_urllib_loads_ssl_after_tracing_started() {
     let ns = Netns::new("tls-url");
     let dir = TempDir::new("tls-url");
@@ -434,7 +430,6 @@ fn python_urllib_loads_ssl_after_tracing_started() {
 // 4. GnuTLS: wget and gnutls-cli against the Python HTTPS server.
 
 #[test]
-#[ignore = "trace --tls lands in issue 13"]
 fn wget_gnutls() {
     let ns = Netns::new("tls-wget");
     let dir = TempDir::new("tls-wget");
@@ -473,7 +468,6 @@ fn wget_gnutls() {
 }
 
 #[test]
-#[ignore = "trace --tls lands in issue 13"]
 fn gnutls_cli_request_on_stdin() {
     let ns = Netns::new("tls-gcli");
     let dir = TempDir::new("tls-gcli");
@@ -510,7 +504,6 @@ fn gnutls_cli_request_on_stdin() {
 // 5. The server side: a traced Python HTTPS server reading requests (SSL_read_ex).
 
 #[test]
-#[ignore = "trace --tls lands in issue 13"]
 fn traced_python_https_server() {
     let ns = Netns::new("tls-srv");
     let dir = TempDir::new("tls-srv");
@@ -595,7 +588,6 @@ fn traced_python_https_server() {
 // 6. `--comm` catches a TLS client started after capagent.
 
 #[test]
-#[ignore = "trace --tls lands in issue 13"]
 fn comm_catches_a_tls_client_started_later() {
     let ns = Netns::new("tls-comm");
     let dir = TempDir::new("tls-comm");
@@ -638,7 +630,6 @@ fn comm_catches_a_tls_client_started_later() {
 // 7. A process without TLS libraries gets no uprobes; loading libssl then hooks it.
 
 #[test]
-#[ignore = "trace --tls lands in issue 13"]
 fn no_uprobes_until_a_tls_library_is_loaded() {
     let ns = Netns::new("tls-none");
     let dir = TempDir::new("tls-none");
@@ -728,7 +719,6 @@ fn assert_links_gone(ids: &[u32], how: &str) {
 }
 
 #[test]
-#[ignore = "trace --tls lands in issue 13"]
 fn no_uprobes_left_at_exit_or_after_sigkill() {
     let ns = Netns::new("tls-exit");
     let dir = TempDir::new("tls-exit");

@@ -139,6 +139,41 @@ pub mod tls_fn {
             SSL_WRITE | SSL_WRITE_EX | SSL_WRITE_EX2 | GNUTLS_RECORD_SEND | GO_WRITE
         )
     }
+
+    /// True for the reads whose return value 0 means the peer ended the stream:
+    /// `gnutls_record_recv` (0: close_notify or the transport's EOF) and `SSL_read` (0: a
+    /// close_notify or the transport's EOF; a read that must be retried, `WANT_READ` on a
+    /// non-blocking socket, returns -1). Not `SSL_read_ex`, which returns 0 for every failure
+    /// (`WANT_READ` included; the socket read under it tells which), nor Go's `Read`, whose
+    /// EOF is in the error it returns.
+    pub const fn zero_is_eof(id: u16) -> bool {
+        matches!(id, SSL_READ | GNUTLS_RECORD_RECV)
+    }
+
+    /// The name of a failure `ret` of function `id`, when the library names it: GnuTLS
+    /// returns its own negative codes (not errnos: -28 is `GNUTLS_E_AGAIN`, not `ENOSPC`);
+    /// OpenSSL returns -1 (or 0) and says why only through `SSL_get_error`.
+    pub const fn error_name(id: u16, ret: i64) -> Option<&'static str> {
+        if !matches!(id, GNUTLS_RECORD_SEND | GNUTLS_RECORD_RECV) {
+            return None;
+        }
+        Some(match ret {
+            -9 => "GNUTLS_E_UNEXPECTED_PACKET_LENGTH",
+            -10 => "GNUTLS_E_INVALID_SESSION",
+            -12 => "GNUTLS_E_FATAL_ALERT_RECEIVED",
+            -15 => "GNUTLS_E_UNEXPECTED_PACKET",
+            -16 => "GNUTLS_E_WARNING_ALERT_RECEIVED",
+            -24 => "GNUTLS_E_DECRYPTION_FAILED",
+            -28 => "GNUTLS_E_AGAIN",
+            -37 => "GNUTLS_E_REHANDSHAKE",
+            -50 => "GNUTLS_E_INVALID_REQUEST",
+            -52 => "GNUTLS_E_INTERRUPTED",
+            -53 => "GNUTLS_E_PUSH_ERROR",
+            -54 => "GNUTLS_E_PULL_ERROR",
+            -110 => "GNUTLS_E_PREMATURE_TERMINATION",
+            _ => return None,
+        })
+    }
 }
 
 /// bpf cookies of the `tls_set_fd` and `tls_free` attachments (`tls_enter` and `tls_exit`

@@ -199,6 +199,16 @@ impl Call {
     pub fn is_syscall(self, id: u16) -> bool {
         self == Call::Syscall(id)
     }
+
+    /// Whether a receive of 0 bytes by this call is the peer's end of the stream: always for
+    /// a syscall or a relay step, for some TLS reads only ([`agent_common::tls_fn::zero_is_eof`]:
+    /// `SSL_read_ex` returning 0 may just mean no data was ready).
+    pub const fn zero_read_is_eof(self) -> bool {
+        match self {
+            Call::Tls { func, .. } => agent_common::tls_fn::zero_is_eof(func),
+            Call::Syscall(_) | Call::Relay(_) => true,
+        }
+    }
 }
 
 /// One record: a syscall on a socket, a process event, a proxy's relay step, a TLS library

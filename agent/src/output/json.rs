@@ -90,7 +90,7 @@ use crate::model::{Call, Detail, Direction, Endpoint, Event, SocketMeta};
 use crate::output::b64::push_base64;
 use crate::output::escape::escape_json_into;
 use crate::output::num::{AddrStr, Dec, push_hex, push_i64, push_padded, push_u64};
-use crate::output::text::{errno, signal_name, tls_error_name};
+use crate::output::text::{errno, signal_name};
 
 /// Most line buffer capacity kept between events (lines of payloads up to about 1 MiB).
 const KEEP_LINE_CAPACITY: usize = 8 << 20;
@@ -196,18 +196,9 @@ impl Encoder {
         out.extend_from_slice(b",\"ret\":");
         push_i64(out, ev.ret);
         out.extend_from_slice(b",\"errno\":");
-        if ev.ret >= 0 || matches!(ev.detail, Detail::Exit) {
+        // A TLS call's failure is the library's value, not an errno.
+        if ev.ret >= 0 || matches!(ev.detail, Detail::Exit) || matches!(ev.call, Call::Tls { .. }) {
             out.extend_from_slice(b"null");
-        } else if let Call::Tls { func, .. } = ev.call {
-            // A TLS library's result is not an errno: its own name, when it has one.
-            match tls_error_name(func, ev.ret) {
-                Some(name) => {
-                    out.push(b'"');
-                    out.extend_from_slice(name.as_bytes());
-                    out.push(b'"');
-                }
-                None => out.extend_from_slice(b"null"),
-            }
         } else {
             let e = ev.ret.unsigned_abs();
             out.push(b'"');
@@ -541,6 +532,14 @@ pub(crate) mod tests {
             to_json(&e),
             r#"{"type":"data","ts":"2023-11-14T22:13:20.123456789Z","ts_ns":1700000000123456789,"pid":4242,"tid":4242,"comm":"python3","syscall":"gnutls_record_recv","fd":-1,"ret":2,"errno":null,"transport":null,"local":null,"remote":null,"sk":null,"dir":"recv","total":2,"captured":2,"truncated":false,"msg_index":0,"addr":null,"payload":"OK","payload_b64":"T0s=","tls":{"lib":"gnutls","fn":"gnutls_record_recv","conn":"0x10"}}"#
         );
+        // A failure: the library's value, not an errno (-28 is GNUTLS_E_AGAIN, not ENOSPC).
+        e.ret = -28;
+        e.detail = data(Direction::Recv, 0, b"", false);
+        let v: serde_json::Value = serde_json::from_str(&to_json(&e)).unwrap();
+        assert_eq!(
+            (&v["ret"], &v["errno"]),
+            (&(-28).into(), &serde_json::Value::Null)
+        );
         // Ciphertext of a connection that carries TLS.
         let mut e = ev(
             sys::WRITE,
@@ -830,9 +829,7 @@ pub(crate) mod tests {
                 fd: Some(ev.fd),
                 ret: ev.ret,
                 errno: match ev.call {
-                    Call::Tls { func, .. } if ev.ret < 0 => {
-                        tls_error_name(func, ev.ret).map(String::from)
-                    }
+                    Call::Tls { .. } => None,
                     _ => errno_name(ev.ret),
                 },
                 transport: sock.map(|s| s.transport.name()),

@@ -168,11 +168,18 @@ fn format_into(s: &mut String, ev: &Event, cfg: &TextConfig) {
                 s.push_str(Dec::u64(u64::from(*msg_index)).as_str());
             }
             s.push(')');
-            if ev.ret < 0 {
-                match ev.call {
-                    Call::Tls { func, .. } => tls_ret_into(s, func, ev.ret),
-                    _ => ret_into(s, ev.ret),
+            if let Call::Tls { func, .. } = ev.call
+                && ev.ret < 0
+            {
+                // The library's own failure value, not an errno.
+                s.push_str(" = ");
+                push_i64(s, ev.ret);
+                if let Some(name) = agent_common::tls_fn::error_name(func, ev.ret) {
+                    s.push(' ');
+                    s.push_str(name);
                 }
+            } else if ev.ret < 0 {
+                ret_into(s, ev.ret);
             } else {
                 s.push_str(" = ");
                 s.push_str(Dec::u64(*total).as_str());
@@ -279,7 +286,12 @@ fn or_unknown(e: Option<&Endpoint>) -> String {
 
 fn sock_line(s: &mut String, ev: &Event, args: &[u64; 4], addr: Option<&Endpoint>) {
     let name = ev.syscall_name();
-    let fd = ev.fd;
+    let fd = match ev.call {
+        // The record's fd is the new socket's (the connection's records go by it); the call
+        // used the listening one, in args[1].
+        Call::Syscall(sys::ACCEPT | sys::ACCEPT4) if ev.ret >= 0 => args[1] as i32,
+        _ => ev.fd,
+    };
     match ev.shown_as() {
         sys::SOCKET => {
             let domain = args[0] as u32;
@@ -366,52 +378,6 @@ fn ret_into(s: &mut String, ret: i64) {
         s.push_str(" = ");
         s.push_str(Dec::u64(ret.unsigned_abs()).as_str());
     }
-}
-
-/// A failed TLS call's result: not an errno. OpenSSL's -1 says only that the call failed or
-/// would block (`SSL_get_error` has the reason, which the uprobes do not see); GnuTLS returns
-/// its `GNUTLS_E_*` code.
-fn tls_ret_into(s: &mut String, func: u16, ret: i64) {
-    s.push_str(" = ");
-    push_i64(s, ret);
-    match tls_error_name(func, ret) {
-        Some(name) => {
-            s.push(' ');
-            s.push_str(name);
-        }
-        None if agent_common::tls_fn::lib(func) == Some("openssl") => {
-            s.push_str(" (failed or would block)");
-        }
-        None => {}
-    }
-}
-
-/// The library's name for a TLS call's negative return value (`GNUTLS_E_AGAIN`), when it has
-/// one capagent knows.
-pub fn tls_error_name(func: u16, ret: i64) -> Option<&'static str> {
-    if agent_common::tls_fn::lib(func) != Some("gnutls") {
-        return None;
-    }
-    Some(match ret {
-        -9 => "GNUTLS_E_UNEXPECTED_PACKET_LENGTH",
-        -10 => "GNUTLS_E_INVALID_SESSION",
-        -12 => "GNUTLS_E_FATAL_ALERT_RECEIVED",
-        -15 => "GNUTLS_E_UNEXPECTED_PACKET",
-        -16 => "GNUTLS_E_WARNING_ALERT_RECEIVED",
-        -24 => "GNUTLS_E_DECRYPTION_FAILED",
-        -25 => "GNUTLS_E_MEMORY_ERROR",
-        -28 => "GNUTLS_E_AGAIN",
-        -37 => "GNUTLS_E_REHANDSHAKE",
-        -38 => "GNUTLS_E_GOT_APPLICATION_DATA",
-        -39 => "GNUTLS_E_RECORD_LIMIT_REACHED",
-        -50 => "GNUTLS_E_INVALID_REQUEST",
-        -52 => "GNUTLS_E_INTERRUPTED",
-        -53 => "GNUTLS_E_PUSH_ERROR",
-        -54 => "GNUTLS_E_PULL_ERROR",
-        -110 => "GNUTLS_E_PREMATURE_TERMINATION",
-        -429 => "GNUTLS_E_EARLY_DATA_REJECTED",
-        _ => return None,
-    })
 }
 
 /// The errno name of a negative return value (`-111` → `ECONNREFUSED`; `ERRNO_N` when
@@ -848,24 +814,19 @@ pub(crate) mod tests {
             line(&e),
             r#"curl[4242] gnutls_record_recv(-1, session=0x10) = 4 "HTTP""#
         );
-        // A failed call's result is the library's, not an errno.
-        e.ret = -28;
+        // A failure is the library's value, not an errno (GnuTLS's -28 is not ENOSPC).
         e.detail = data(Direction::Recv, 0, b"", false);
+        e.ret = -28;
         assert_eq!(
             line(&e),
             "curl[4242] gnutls_record_recv(-1, session=0x10) = -28 GNUTLS_E_AGAIN"
         );
-        e.ret = -1;
         e.call = Call::Tls {
             func: tls_fn::SSL_READ,
             conn: 0x10,
         };
-        assert_eq!(
-            line(&e),
-            "curl[4242] SSL_read(-1, ssl=0x10) = -1 (failed or would block)"
-        );
-        let json = crate::output::json::to_json(&e);
-        assert!(json.contains(r#""ret":-1,"errno":null,"#), "{json}");
+        e.ret = -1;
+        assert_eq!(line(&e), "curl[4242] SSL_read(-1, ssl=0x10) = -1");
         // Ciphertext of a connection known to carry TLS, also when the call failed.
         let mut e = ev(
             sys::WRITE,
@@ -971,13 +932,14 @@ pub(crate) mod tests {
 
     #[test]
     fn accept_bind_listen() {
-        let e = ev(sys::ACCEPT, 3, 5, sock([0; 4], ep("10.0.0.5:51234")));
+        // The record's fd is the new socket; the listening one is in args[1].
+        let e = ev(sys::ACCEPT, 5, 5, sock([0, 3, 0, 0], ep("10.0.0.5:51234")));
         assert_eq!(line(&e), "python3[4242] accept(3, 10.0.0.5:51234) = 5");
         let e = ev(
             sys::ACCEPT4,
-            3,
             5,
-            sock([0o2000000, 0, 0, 0], ep("10.0.0.5:51234")),
+            5,
+            sock([0o2000000, 3, 0, 0], ep("10.0.0.5:51234")),
         );
         assert_eq!(
             line(&e),
@@ -1283,18 +1245,18 @@ pub(crate) mod tests {
         }
         s.push(')');
         let tls = if ev.tls_ciphertext { " [tls]" } else { "" };
-        if ev.ret < 0 {
-            match ev.call {
-                Call::Tls { func, .. } => {
-                    let _ = write!(s, " = {}", ev.ret);
-                    if let Some(n) = tls_error_name(func, ev.ret) {
-                        let _ = write!(s, " {n}");
-                    } else if agent_common::tls_fn::lib(func) == Some("openssl") {
-                        s.push_str(" (failed or would block)");
-                    }
-                }
-                _ => ret_into(s, ev.ret),
+        if let Call::Tls { func, .. } = ev.call
+            && ev.ret < 0
+        {
+            let name = agent_common::tls_fn::error_name(func, ev.ret);
+            let _ = write!(s, " = {}", ev.ret);
+            if let Some(name) = name {
+                let _ = write!(s, " {name}");
             }
+            return format!("{s}{tls}");
+        }
+        if ev.ret < 0 {
+            ret_into(s, ev.ret);
             return format!("{s}{tls}");
         }
         let _ = write!(s, " = {total} ");

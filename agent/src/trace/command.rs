@@ -192,7 +192,13 @@ pub fn run(args: &TraceArgs) -> anyhow::Result<Option<ExitStatus>> {
         summary.set_tls(opts.tls);
         eprint!("{}", summary.render());
         if opts.tls {
-            eprint!("{}", super::summary::render_tls_libs(&outcome.tls_libs));
+            eprint!(
+                "{}",
+                super::tls::attach::render_reports(
+                    &outcome.tls_libs,
+                    super::summary::RENDER_MAX_ROWS
+                )
+            );
         }
         if outcome.read_errors > 0 {
             eprintln!(

@@ -6,8 +6,8 @@
 use std::{collections::HashSet, io, process::ExitStatus, time::Duration};
 
 use agent_common::{
-    Config, KernelOffsets, counter, sys,
-    trace::{maps, progs},
+    Config, KernelOffsets, counter, paused, sys,
+    trace::{FileKey, ProcEvent, maps, progs},
     traced,
 };
 use aya::{
@@ -238,13 +238,12 @@ pub fn run(
         counters: kernel::take_map(&mut ebpf, maps::COUNTERS)?,
         paused: kernel::take_map(&mut ebpf, maps::PAUSED)?,
         reported_lost: (0, 0),
-        wakeup_bytes: u64::from(config.wakeup_bytes),
-        drained_since_check: 0,
         output_error: None,
         tls_conns: opts.tls.then(|| TlsConns::new(opts.tls_only)),
         tls: None,
         tls_libs: Vec::new(),
-        rescanned: false,
+        tls_paused_before: Vec::new(),
+        tls_handled: Vec::new(),
     };
     let mut trace_pid = |pid: u32, live: &mut HashSet<u32>| {
         live.insert(pid);
@@ -313,6 +312,14 @@ pub fn run(
     tracer.finish_tls(); // detaches the TLS uprobes
     tracer.resume_paused();
     tracer.outcome(exit_status)
+}
+
+/// The file of an mmap or exec record (`--tls`): the kernel's device and inode number.
+fn proc_file(p: &ProcEvent) -> FileKey {
+    FileKey {
+        dev: u64::from(p.child_pid),
+        ino: p.hdr.sock.ino,
+    }
 }
 
 /// The programs' configuration for `opts`.
@@ -387,8 +394,6 @@ struct Tracer<'s> {
     paused: HashMap<MapData, u32, u8>,
     /// The lost events and bytes reported so far.
     reported_lost: (u64, u64),
-    wakeup_bytes: u64,
-    drained_since_check: u64,
     output_error: Option<io::Error>,
     /// `--tls`: the connections that carry TLS, to mark (and with `--tls-only` hide) their
     /// ciphertext records.
@@ -397,8 +402,11 @@ struct Tracer<'s> {
     tls: Option<TlsAttach>,
     /// `--tls`: its reports, once it is finished.
     tls_libs: Vec<LibReport>,
-    /// `--tls`: a process paused for a rescan waits for the end of this drain.
-    rescanned: bool,
+    /// `--tls`: the processes the kernel had paused for a rescan (`paused::TLS`) when the
+    /// current drain began.
+    tls_paused_before: Vec<u32>,
+    /// `--tls`: the processes whose exec or mmap record the current drain handled.
+    tls_handled: Vec<u32>,
 }
 
 impl Tracer<'_> {
@@ -449,11 +457,16 @@ impl Tracer<'_> {
         }
     }
 
-    /// Continues the processes the kernel stopped because the ring buffer was filling up
-    /// (the caller has just drained it).
+    /// Continues every process the kernel paused (at the end: nothing more is handled).
     fn resume_paused(&mut self) {
         let pids: Vec<u32> = self.paused.keys().filter_map(Result::ok).collect();
-        for pid in pids {
+        self.resume(&pids);
+    }
+
+    /// Continues processes `pids` the kernel paused (the ring buffer was filling up; `--tls`:
+    /// it exec'd or mapped an executable file).
+    fn resume(&mut self, pids: &[u32]) {
+        for &pid in pids {
             let _ = self.paused.remove(&pid);
             // SAFETY: kill(2) has no memory effects.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
@@ -488,12 +501,14 @@ impl Tracer<'_> {
         match rec {
             decode::Record::Proc(p) if p.hdr.syscall == sys::MMAP_EXEC => {
                 tls.scan(p.hdr.pid);
-                self.rescanned = true;
+                tls.seen(proc_file(p));
+                self.tls_handled.push(p.hdr.pid);
                 true
             }
             decode::Record::Proc(p) if p.hdr.syscall == sys::EXEC => {
                 tls.exec(p.hdr.pid);
-                self.rescanned = true;
+                tls.seen(proc_file(p));
+                self.tls_handled.push(p.hdr.pid);
                 false
             }
             decode::Record::Tls { ev, .. } => {
@@ -536,16 +551,28 @@ impl Mode for Tracer<'_> {
         self.events = events;
     }
 
-    fn drained(&mut self, bytes: u64) {
-        // A paused process left at least half the ring buffer behind it: look for paused
-        // processes once that much has been drained (and on every tick).
-        self.drained_since_check += bytes;
-        // A process the kernel paused for a rescan (`--tls`: exec, executable mmap) goes on
-        // as soon as its records are handled, not at the next tick.
-        if std::mem::take(&mut self.rescanned) || self.drained_since_check >= self.wakeup_bytes {
-            self.drained_since_check = 0;
-            self.resume_paused();
+    fn drained(&mut self, _bytes: u64) {
+        // Paused because the ring buffer was filling up: it was just drained, go on.
+        // Paused for a rescan (--tls): the kernel writes the exec or mmap record before the
+        // `PAUSED` entry, so the process goes on once that record is handled (the files it
+        // mapped hooked): when this drain handled it, or when the entry was there before
+        // this drain began. Else the record may still be in the ring: wait for the next drain
+        // (within a poll).
+        let mut go = Vec::new();
+        let mut wait = Vec::new();
+        for (pid, why) in self.paused.iter().filter_map(Result::ok) {
+            if why != paused::TLS
+                || self.tls_paused_before.contains(&pid)
+                || self.tls_handled.contains(&pid)
+            {
+                go.push(pid);
+            } else {
+                wait.push(pid);
+            }
         }
+        self.resume(&go);
+        self.tls_paused_before = wait;
+        self.tls_handled.clear();
     }
 
     fn tick(&mut self) {
@@ -556,7 +583,6 @@ impl Mode for Tracer<'_> {
         if self.stop_when_gone {
             self.live.retain(|&pid| process::alive(pid));
         }
-        self.resume_paused();
     }
 
     fn child_exited(&mut self, pid: u32) {

@@ -20,7 +20,7 @@ use std::fmt::Write as _;
 
 use crate::model::{Call, Detail, Direction, Endpoint, Event, Transport};
 use crate::output::num::human_bytes;
-use crate::trace::tls::conns::{ClientHello, client_hello};
+use crate::trace::tls::conns::{ClientHello, FirstBytes, Start};
 
 /// Most connections tracked; the data of further ones only counts in the totals.
 pub const MAX_CONNECTIONS: usize = 100_000;
@@ -107,9 +107,9 @@ impl ConnTls {
 pub struct Summary {
     totals: Totals,
     conns: Vec<Connection>,
-    /// Per connection (same index as `conns`): whether its first bytes were seen yet, and
-    /// its TLS.
-    conn_tls: Vec<(bool, ConnTls)>,
+    /// Per connection (same index as `conns`): its first bytes while they do not tell yet
+    /// whether it starts with a ClientHello (None once they did), and its TLS.
+    conn_tls: Vec<(Option<FirstBytes>, ConnTls)>,
     /// `trace --tls`: the plaintext was asked for.
     tls: bool,
     by_sock: HashMap<(u32, SockId), SockConns>,
@@ -244,7 +244,8 @@ impl Summary {
                     recv_calls: 0,
                     errors: 0,
                 });
-                self.conn_tls.push((false, ConnTls::default()));
+                self.conn_tls
+                    .push((Some(FirstBytes::new(true)), ConnTls::default()));
                 i
             }
         };
@@ -253,7 +254,7 @@ impl Summary {
         if c.comm != ev.task.comm {
             c.comm.clone_from(&ev.task.comm);
         }
-        let (bytes_seen, tls) = &mut self.conn_tls[i];
+        let (first, tls) = &mut self.conn_tls[i];
         if tls_object.is_some() {
             tls.records += 1;
             match dir {
@@ -262,14 +263,20 @@ impl Summary {
             }
             return;
         }
-        if !*bytes_seen
+        if let Some(f) = first
             && ev.ret > 0
-            && let Detail::Data { payload, .. } = &ev.detail
+            && let Detail::Data { payload, total, .. } = &ev.detail
             && !payload.is_empty()
         {
-            *bytes_seen = true;
-            if transport == Some(Transport::Tcp) {
-                tls.hello = client_hello(payload);
+            // Read in pieces, a ClientHello is one once its record is in.
+            match f.push(dir, payload, *total) {
+                _ if transport != Some(Transport::Tcp) => *first = None,
+                Start::Maybe => {}
+                Start::Hello => {
+                    tls.hello = f.hello();
+                    *first = None;
+                }
+                Start::Other => *first = None,
             }
         }
         c.fd = ev.fd;
@@ -322,7 +329,10 @@ impl Summary {
                     let _ = write!(s, " {} -> {}", or_unknown(l), or_unknown(r));
                 }
             }
-            if c.key.sock_is_socket() {
+            // The socket's own bytes; not when only its plaintext was shown (--tls-only
+            // hides the ciphertext: "sent 0 B" would be wrong).
+            let ciphertext_hidden = tls.records > 0 && c.send_calls == 0 && c.recv_calls == 0;
+            if c.key.sock_is_socket() && !ciphertext_hidden {
                 s.push_str("  sent ");
                 push_bytes_exact(&mut s, c.sent_bytes);
                 s.push_str("  recv ");
@@ -400,7 +410,12 @@ impl Summary {
         let bytes = with.iter().fold(0u64, |a, t| {
             a.saturating_add(t.sent_bytes).saturating_add(t.recv_bytes)
         });
-        let _ = write!(s, "; {} with plaintext: {records} records, ", with.len());
+        let plural = if records == 1 { "" } else { "s" };
+        let _ = write!(
+            s,
+            "; {} with plaintext: {records} record{plural}, ",
+            with.len()
+        );
         push_bytes_exact(s, bytes);
         s.push('\n');
     }
@@ -426,43 +441,6 @@ fn push_bytes_exact(s: &mut String, n: u64) {
     if n >= 1024 {
         let _ = write!(s, " ({n} B)");
     }
-}
-
-/// The summary's lines about the TLS libraries: one per process and library (hooked, with
-/// how many functions, or why not), or one saying none was found.
-pub fn render_tls_libs(reports: &[crate::trace::tls::attach::LibReport]) -> String {
-    let mut s = String::new();
-    if reports.is_empty() {
-        s.push_str("capagent: --tls: no TLS library found in the traced processes\n");
-        return s;
-    }
-    for r in reports.iter().take(RENDER_MAX_ROWS) {
-        let _ = write!(
-            s,
-            "tls: {}[{}] {} {}",
-            r.comm,
-            r.pid,
-            r.path.display(),
-            r.lib
-        );
-        if let Some(v) = &r.version {
-            let _ = write!(s, " {v}");
-        }
-        match &r.outcome {
-            Ok(1) => s.push_str(": hooked 1 function\n"),
-            Ok(n) => {
-                let _ = writeln!(s, ": hooked {n} functions");
-            }
-            Err(why) => {
-                let _ = writeln!(s, ": not hooked: {why}");
-            }
-        }
-    }
-    if reports.len() > RENDER_MAX_ROWS {
-        let more = reports.len() - RENDER_MAX_ROWS;
-        let _ = writeln!(s, "tls: ... and {more} more libraries");
-    }
-    s
 }
 
 #[cfg(test)]
@@ -517,38 +495,6 @@ mod tests {
             },
             tls_ciphertext: false,
         }
-    }
-
-    #[test]
-    fn report_lines() {
-        let r = |lib, version: Option<&str>, outcome| crate::trace::tls::attach::LibReport {
-            pid: 42,
-            comm: "curl".into(),
-            path: "/usr/lib/x86_64-linux-gnu/libssl.so.3".into(),
-            lib,
-            version: version.map(String::from),
-            outcome,
-        };
-        assert_eq!(
-            render_tls_libs(&[
-                r("openssl", Some("3.0.19"), Ok(4)),
-                r(
-                    "openssl",
-                    None,
-                    Err("no SSL_read/SSL_write symbols (stripped)".into())
-                ),
-            ]),
-            "tls: curl[42] /usr/lib/x86_64-linux-gnu/libssl.so.3 openssl 3.0.19: hooked 4 functions\n\
-             tls: curl[42] /usr/lib/x86_64-linux-gnu/libssl.so.3 openssl: not hooked: no SSL_read/SSL_write symbols (stripped)\n"
-        );
-        let many = vec![r("openssl", None, Ok(4)); RENDER_MAX_ROWS + 2];
-        let text = render_tls_libs(&many);
-        assert_eq!(text.lines().count(), RENDER_MAX_ROWS + 1);
-        assert!(text.ends_with("tls: ... and 2 more libraries\n"), "{text}");
-        assert_eq!(
-            render_tls_libs(&[]),
-            "capagent: --tls: no TLS library found in the traced processes\n"
-        );
     }
 
     #[test]
@@ -855,6 +801,16 @@ mod tests {
              curl[1] fd -1 tls object 0x55d0  tls: plaintext sent 0 B  recv 10 B (1 record)\n\
              curl[2] fd 5 tcp 127.0.0.1:40112 -> 127.0.0.1:8000  sent 517 B  recv 0 B  tls localhost\n\
              capagent: 3 connections carried TLS (SNI: localhost); 2 with plaintext: 3 records, 2.0 KiB (2088 B)\n"
+        );
+        // --tls-only: the ciphertext hidden, no socket bytes said (they were not 0).
+        let mut s = Summary::new();
+        s.set_tls(true);
+        s.add(&plain(1, Some(0xa), Direction::Send, 78));
+        assert_eq!(
+            s.render(),
+            "capagent: 1 events, 0 lost\n\
+             curl[1] fd 5 tcp 127.0.0.1:40112 -> 127.0.0.1:8000  tls: plaintext sent 78 B  recv 0 B (1 record)\n\
+             capagent: 1 connection carried TLS; 1 with plaintext: 1 record, 78 B\n"
         );
     }
 }

@@ -93,6 +93,9 @@ pub struct Synth {
     plaintext: HashSet<Key>,
     /// TLS connections whose ciphertext was written: their plaintext is left out.
     ciphertext: HashSet<Key>,
+    /// TLS connections whose last ciphertext read (a syscall) would have blocked (true) or
+    /// not: what a TLS read of 0 bytes after it means (see [`Synth::tls_read_eof`]).
+    recv_blocked: HashMap<Key, bool>,
 }
 
 /// The ciphertext records held back of one TLS connection.
@@ -334,6 +337,7 @@ impl Synth {
                     if ev.shown_as() == sys::CLOSE {
                         self.plaintext.remove(&key);
                         self.ciphertext.remove(&key);
+                        self.recv_blocked.remove(&key);
                     }
                 }
                 self.sock_event(ev, args, addr, &mut out)
@@ -356,12 +360,20 @@ impl Synth {
                 };
                 let key = (ev.task.pid, meta.sk);
                 if let Call::Tls { .. } = ev.call {
-                    if self.ciphertext.contains(&key) {
+                    if self.ciphertext.contains(&key) || self.tls_read_of_nothing(ev, key) {
                         return out;
                     }
                     self.plaintext.insert(key);
                     self.held.remove(&key);
                 } else if ev.tls_ciphertext && !self.ciphertext.contains(&key) {
+                    if let Detail::Data {
+                        dir: Direction::Recv,
+                        ..
+                    } = ev.detail
+                    {
+                        self.recv_blocked
+                            .insert(key, ev.ret == -libc::EAGAIN as i64);
+                    }
                     if self.plaintext.contains(&key) {
                         // Left out, but for the peer's end of the stream (a 0-byte recv).
                         if ev.ret == 0 {
@@ -383,6 +395,7 @@ impl Synth {
                 }
                 self.plaintext.retain(|k| k.0 != pid);
                 self.ciphertext.retain(|k| k.0 != pid);
+                self.recv_blocked.retain(|k, _| k.0 != pid);
                 let keys: Vec<Key> = self
                     .streams
                     .keys()
@@ -399,6 +412,25 @@ impl Synth {
             _ => {}
         }
         out
+    }
+
+    /// Whether `ev`, a TLS record of connection `key`, is a read that returned no data and
+    /// does not end the stream: `SSL_read_ex` returns 0 both when a non-blocking socket had
+    /// nothing (`WANT_READ`) and at the peer's close_notify. The socket read it made tells
+    /// which: one that would have blocked, or none seen (`--tls-only` hides them), is no
+    /// end. (`SSL_read` and `gnutls_record_recv` returning 0 always end it.)
+    fn tls_read_of_nothing(&self, ev: &Event, key: Key) -> bool {
+        let Detail::Data {
+            dir: Direction::Recv,
+            total: 0,
+            ..
+        } = ev.detail
+        else {
+            return false;
+        };
+        ev.ret == 0
+            && !ev.call.zero_read_is_eof()
+            && self.recv_blocked.get(&key).copied().unwrap_or(true)
     }
 
     /// The packets of a data event.
@@ -638,7 +670,8 @@ impl Synth {
             return;
         };
         if total == 0 {
-            // recv returning 0: the peer closed its side.
+            // recv returning 0: the peer closed its side (a TLS read of no data that does not
+            // mean it is left out before).
             if dir == Direction::Recv && !st.remote_fin {
                 out.push(fin(st, ev, false, false));
             }

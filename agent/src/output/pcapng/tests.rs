@@ -569,6 +569,48 @@ fn tls_connection_written_as_its_plaintext() {
 }
 
 #[test]
+fn tls_read_of_no_data_is_not_the_end_of_the_stream() {
+    // SSL_read_ex returns 0 when a non-blocking socket had nothing (its read: EAGAIN) and
+    // at the peer's close_notify (its read: the alert's bytes). Only the latter is a FIN;
+    // without the socket's reads (--tls-only), neither.
+    let read_ex = |payload: &[u8]| {
+        let mut e = tls_data(Direction::Recv, payload);
+        e.call = Call::Tls {
+            func: agent_common::tls_fn::SSL_READ_EX,
+            conn: 0x55d0,
+        };
+        e
+    };
+    let mut s = Synth::new();
+    s.packets(&connect(Transport::Tcp));
+    s.packets(&tls_data(Direction::Send, b"GET /"));
+    assert!(s.packets(&read_ex(b"")).is_empty());
+    let mut again = cipher(Direction::Recv, b"");
+    again.ret = -11;
+    assert!(s.packets(&again).is_empty());
+    assert!(s.packets(&read_ex(b"")).is_empty());
+    let out = s.packets(&read_ex(b"HTTP/1.1 200 OK\r\n\r\n"));
+    let t = parse_tcp(&out[0].data);
+    assert_eq!((t.seq, t.fin), (SERVER_ISN + 1, false));
+    assert!(
+        s.packets(&cipher(Direction::Recv, b"\x17\x03\x03\x00\x13"))
+            .is_empty()
+    );
+    let out = s.packets(&read_ex(b""));
+    let t = parse_tcp(&out[0].data);
+    assert_eq!((t.seq, t.fin), (SERVER_ISN + 20, true));
+    // gnutls_record_recv returning 0 is the end, socket reads seen or not.
+    let mut s = Synth::new();
+    s.packets(&connect(Transport::Tcp));
+    let mut eof = tls_data(Direction::Recv, b"");
+    eof.call = Call::Tls {
+        func: agent_common::tls_fn::GNUTLS_RECORD_RECV,
+        conn: 0x55d0,
+    };
+    assert!(parse_tcp(&s.packets(&eof)[0].data).fin);
+}
+
+#[test]
 fn tls_ciphertext_written_when_no_plaintext_comes() {
     // The connection closes first: what was held is written, in order, before the FIN.
     let mut s = Synth::new();

@@ -12,6 +12,7 @@
 
 use std::{
     collections::{HashMap, HashSet},
+    fmt::Write as _,
     fs::File,
     os::unix::fs::MetadataExt as _,
     path::{Path, PathBuf},
@@ -173,6 +174,18 @@ impl TlsAttach {
             {
                 *v = Some(version.clone());
             }
+        }
+    }
+
+    /// Notes in `TLS_SEEN` the file of an exec or mmap record (`key`, as the kernel saw the
+    /// fd's inode), examined by the scan that handled the record: on overlayfs that key may
+    /// differ from the one of `/proc/PID/maps` (the lower file's), and the kernel would
+    /// pause at each mapping of the file.
+    pub fn seen(&mut self, key: FileKey) {
+        if key != FileKey::default()
+            && let Err(e) = self.seen.insert(key, 1, 0)
+        {
+            tracing::warn!("tls: TLS_SEEN: {e}");
         }
     }
 
@@ -396,9 +409,83 @@ fn libcrypto_version(pid: u32, all: &[Mapping]) -> Option<String> {
     libs::openssl_version(&data)
 }
 
+/// The summary's lines about the TLS libraries: one per process and library (hooked, with
+/// how many functions, or why not), at most `max_rows` (the summary's limit, passed in: the
+/// summary module uses this one), or one saying none was found.
+pub fn render_reports(reports: &[LibReport], max_rows: usize) -> String {
+    let mut s = String::new();
+    if reports.is_empty() {
+        s.push_str("capagent: --tls: no TLS library found in the traced processes\n");
+        return s;
+    }
+    for r in reports.iter().take(max_rows) {
+        let _ = write!(
+            s,
+            "tls: {}[{}] {} {}",
+            r.comm,
+            r.pid,
+            r.path.display(),
+            r.lib
+        );
+        if let Some(v) = &r.version {
+            let _ = write!(s, " {v}");
+        }
+        match &r.outcome {
+            Ok(1) => s.push_str(": hooked 1 function\n"),
+            Ok(n) => {
+                let _ = writeln!(s, ": hooked {n} functions");
+            }
+            Err(why) => {
+                let _ = writeln!(s, ": not hooked: {why}");
+            }
+        }
+    }
+    if reports.len() > max_rows {
+        let more = reports.len() - max_rows;
+        let _ = writeln!(s, "tls: ... and {more} more libraries");
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn report_lines() {
+        const ROWS: usize = 100;
+        let r = |lib, version: Option<&str>, outcome| LibReport {
+            pid: 42,
+            comm: "curl".into(),
+            path: "/usr/lib/x86_64-linux-gnu/libssl.so.3".into(),
+            lib,
+            version: version.map(String::from),
+            outcome,
+        };
+        assert_eq!(
+            render_reports(
+                &[
+                    r("openssl", Some("3.0.19"), Ok(4)),
+                    r(
+                        "openssl",
+                        None,
+                        Err("no SSL_read/SSL_write symbols (stripped)".into())
+                    ),
+                ],
+                ROWS
+            ),
+            "tls: curl[42] /usr/lib/x86_64-linux-gnu/libssl.so.3 openssl 3.0.19: hooked 4 functions\n\
+             tls: curl[42] /usr/lib/x86_64-linux-gnu/libssl.so.3 openssl: not hooked: no SSL_read/SSL_write symbols (stripped)\n"
+        );
+        let many = vec![r("openssl", None, Ok(4)); ROWS + 2];
+        let text = render_reports(&many, ROWS);
+        assert_eq!(text.lines().count(), ROWS + 1);
+        assert!(text.ends_with("tls: ... and 2 more libraries\n"), "{text}");
+        assert_eq!(
+            render_reports(&[], ROWS),
+            "capagent: --tls: no TLS library found in the traced processes\n"
+        );
+    }
 
     #[test]
     fn openssl_version_from_the_libcrypto_next_to_libssl() {

@@ -1,8 +1,10 @@
 //! Which traced connections carry TLS.
 //!
 //! A TCP connection carries TLS when the first bytes sent or received on it are a TLS
-//! ClientHello ([`client_hello`]), or when a TLS library's plaintext record (`trace --tls`)
-//! names its socket. [`TlsConns`] follows the events of a trace in order, remembers those
+//! ClientHello ([`client_hello`]; gathered over the calls that moved them, [`FirstBytes`]:
+//! a server reads the record header, then the rest; its records are marked while the bytes
+//! so far may start one), or when a TLS library's plaintext record (`trace --tls`) names its
+//! socket. [`TlsConns`] follows the events of a trace in order, remembers those
 //! connections by their kernel socket (`sk`, as the assembler and the summary identify
 //! sockets) until they are closed, and marks the syscall records of their ciphertext
 //! ([`Event::tls_ciphertext`]): the ` [tls]` of the text output, `"tls":{"ciphertext":true}`
@@ -21,7 +23,7 @@ use tls_parser::{
     parse_tls_extension_sni_content, parse_tls_plaintext,
 };
 
-use crate::model::{Call, Detail, Event, Transport};
+use crate::model::{Call, Detail, Direction, Event, Transport};
 
 /// Most sockets remembered; past it the memory is cleared (sockets never closed while
 /// traced).
@@ -117,9 +119,102 @@ pub fn client_hello(bytes: &[u8]) -> Option<ClientHello> {
     Some(hello)
 }
 
-/// What is known of one TCP socket.
+/// Whether `bytes`, the first bytes of a TCP stream gathered so far, may still be the start
+/// of a ClientHello: [`is_client_hello`] once six bytes are in, else the bytes there are
+/// those a ClientHello has there.
+fn hello_prefix(bytes: &[u8]) -> bool {
+    if bytes.len() >= 6 {
+        return is_client_hello(bytes);
+    }
+    let at = |i: usize, ok: &dyn Fn(u8) -> bool| bytes.get(i).is_none_or(|b| ok(*b));
+    at(0, &|b| b == CONTENT_HANDSHAKE)
+        && at(1, &|b| b == 3)
+        && at(2, &|b| b <= 4)
+        && (bytes.len() < 5
+            || (4..=MAX_RECORD_LEN).contains(&u16::from_be_bytes([bytes[3], bytes[4]])))
+}
+
+/// What the first bytes of a TCP stream tell so far ([`FirstBytes::push`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Not enough bytes yet; those in may start a ClientHello.
+    Maybe,
+    /// A ClientHello.
+    Hello,
+    /// Not a ClientHello.
+    Other,
+}
+
+/// The first bytes one side of a TCP stream sent, gathered over the reads or writes that
+/// moved them (a server may read a ClientHello 5 bytes, then the rest), until they tell
+/// whether the stream starts with a ClientHello: six bytes, or with `whole_record` the
+/// ClientHello's whole record (for its SNI and ALPN, [`FirstBytes::hello`]).
+#[derive(Debug, Clone, Default)]
+pub struct FirstBytes {
+    dir: Option<Direction>,
+    buf: Vec<u8>,
+    whole_record: bool,
+}
+
+impl FirstBytes {
+    pub fn new(whole_record: bool) -> Self {
+        FirstBytes {
+            whole_record,
+            ..FirstBytes::default()
+        }
+    }
+
+    /// Adds the captured `payload` of a data record that moved `total` bytes `dir`
+    /// (`payload` shorter than `total`: cut by the snaplen, nothing more can be learned).
+    /// Bytes the other way before a decision: the stream did not start with a ClientHello
+    /// (its client waits for the server's answer).
+    pub fn push(&mut self, dir: Direction, payload: &[u8], total: u64) -> Start {
+        if self.dir.is_some_and(|d| d != dir) {
+            return Start::Other;
+        }
+        self.dir = Some(dir);
+        let mut rest = payload;
+        loop {
+            // Once the record header is in, its length may want more.
+            let want = self.want();
+            let take = want.saturating_sub(self.buf.len()).min(rest.len());
+            self.buf.extend_from_slice(&rest[..take]);
+            rest = &rest[take..];
+            if take == 0 || self.want() == want {
+                break;
+            }
+        }
+        let cut = (payload.len() as u64) < total;
+        if !hello_prefix(&self.buf) {
+            Start::Other
+        } else if self.buf.len() >= self.want() || (cut && self.buf.len() >= 6) {
+            Start::Hello
+        } else if cut {
+            Start::Other
+        } else {
+            Start::Maybe
+        }
+    }
+
+    /// How many bytes tell: six, or the whole first record once its header is in.
+    fn want(&self) -> usize {
+        match self.buf.get(3..5) {
+            Some(len) if self.whole_record => 5 + usize::from(u16::from_be_bytes([len[0], len[1]])),
+            _ => 6,
+        }
+    }
+
+    /// The ClientHello the bytes gathered start with (see [`client_hello`]).
+    pub fn hello(&self) -> Option<ClientHello> {
+        client_hello(&self.buf)
+    }
+}
+
+/// What is known of one TCP socket.
+#[derive(Debug, Clone)]
 enum Seen {
+    /// Its first bytes do not tell yet (they may start a ClientHello).
+    Pending(FirstBytes),
     /// Bytes went over it, and they did not start with a ClientHello.
     Plain,
     /// It carries TLS.
@@ -157,27 +252,43 @@ impl TlsConns {
         let Some(sock) = &ev.sock else { return };
         let sk = sock.sk;
         match (&ev.call, &ev.detail) {
-            (Call::Tls { .. }, _) => self.learn(sk, Seen::Tls),
+            (Call::Tls { .. }, _) => {
+                self.learn(sk, Seen::Tls);
+            }
             (Call::Syscall(sys::CLOSE), Detail::Sock { .. }) => {
                 self.socks.remove(&sk);
             }
-            (Call::Syscall(_), Detail::Data { payload, .. })
-                if sock.transport == Transport::Tcp =>
-            {
-                let seen = match self.socks.get(&sk) {
-                    Some(s) => *s,
-                    None if ev.ret > 0 && !payload.is_empty() => {
-                        let s = if is_client_hello(payload) {
-                            Seen::Tls
-                        } else {
-                            Seen::Plain
-                        };
-                        self.learn(sk, s);
-                        s
+            (
+                Call::Syscall(_),
+                Detail::Data {
+                    payload,
+                    dir,
+                    total,
+                    ..
+                },
+            ) if sock.transport == Transport::Tcp => {
+                let moved = ev.ret > 0 && !payload.is_empty();
+                ev.tls_ciphertext = match self.socks.get_mut(&sk) {
+                    Some(Seen::Tls) => true,
+                    Some(Seen::Plain) => false,
+                    // Marked while the bytes so far may start a ClientHello.
+                    Some(Seen::Pending(_)) | None if !moved => {
+                        matches!(self.socks.get(&sk), Some(Seen::Pending(_)))
                     }
-                    None => return,
+                    Some(Seen::Pending(first)) => match first.push(*dir, payload, *total) {
+                        Start::Maybe => true,
+                        Start::Hello => self.learn(sk, Seen::Tls),
+                        Start::Other => self.learn(sk, Seen::Plain),
+                    },
+                    None => {
+                        let mut first = FirstBytes::new(false);
+                        match first.push(*dir, payload, *total) {
+                            Start::Maybe => self.learn(sk, Seen::Pending(first)),
+                            Start::Hello => self.learn(sk, Seen::Tls),
+                            Start::Other => self.learn(sk, Seen::Plain),
+                        }
+                    }
                 };
-                ev.tls_ciphertext = seen == Seen::Tls;
             }
             _ => {}
         }
@@ -185,21 +296,24 @@ impl TlsConns {
 
     /// Whether socket `sk` is known to carry TLS.
     pub fn carries_tls(&self, sk: u64) -> bool {
-        self.socks.get(&sk) == Some(&Seen::Tls)
+        matches!(self.socks.get(&sk), Some(Seen::Tls))
     }
 
-    fn learn(&mut self, sk: u64, seen: Seen) {
+    /// Remembers what socket `sk` is; returns whether its records are to be marked.
+    fn learn(&mut self, sk: u64, seen: Seen) -> bool {
         if self.socks.len() >= MAX_SOCKETS && !self.socks.contains_key(&sk) {
             self.socks.clear();
         }
+        let marked = !matches!(seen, Seen::Plain);
         self.socks.insert(sk, seen);
+        marked
     }
 }
 
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use crate::model::{Direction, SocketMeta, Task};
+    use crate::model::{SocketMeta, Task};
     use agent_common::tls_fn;
     use bytes::Bytes;
 
@@ -382,6 +496,56 @@ pub(crate) mod tests {
         let mut udp = data(4, write, Direction::Send, CURL_HELLO);
         udp.sock.as_mut().unwrap().transport = Transport::Udp;
         assert!(!marked(&mut c, udp));
+    }
+
+    #[test]
+    fn client_hello_read_in_pieces() {
+        // A server reads the record header, then the rest (Python's ssl does).
+        let mut c = TlsConns::new(false);
+        let read = Call::Syscall(sys::READ);
+        let ev = |c: &mut TlsConns, sk, b: &'static [u8]| {
+            let mut e = data(sk, read, Direction::Recv, b);
+            c.mark(&mut e);
+            e.tls_ciphertext
+        };
+        assert!(ev(&mut c, 1, &CURL_HELLO[..1]));
+        assert!(ev(&mut c, 1, &CURL_HELLO[1..5]));
+        assert!(!c.carries_tls(1));
+        assert!(ev(&mut c, 1, &CURL_HELLO[5..]));
+        assert!(c.carries_tls(1));
+        // A plain stream whose first byte happens to be 22.
+        assert!(ev(&mut c, 2, b"\x16"));
+        assert!(!ev(&mut c, 2, b"\x03\x03\x00\x05\x02"));
+        assert!(!c.carries_tls(2));
+        assert!(!ev(&mut c, 2, CURL_HELLO));
+
+        // The summary's: the whole record, for its SNI and ALPN.
+        let mut f = FirstBytes::new(true);
+        assert_eq!(f.push(Direction::Recv, &CURL_HELLO[..5], 5), Start::Maybe);
+        assert_eq!(
+            f.push(Direction::Recv, &CURL_HELLO[5..300], 295),
+            Start::Maybe
+        );
+        assert_eq!(
+            f.push(
+                Direction::Recv,
+                &CURL_HELLO[300..],
+                (CURL_HELLO.len() - 300) as u64
+            ),
+            Start::Hello
+        );
+        assert_eq!(f.hello().unwrap().sni.as_deref(), Some("localhost"));
+        // Cut by the snaplen: a ClientHello, nothing more known.
+        let mut f = FirstBytes::new(true);
+        assert_eq!(
+            f.push(Direction::Send, &CURL_HELLO[..64], 517),
+            Start::Hello
+        );
+        assert_eq!(f.hello(), Some(ClientHello::default()));
+        // The other side speaks first: not a ClientHello.
+        let mut f = FirstBytes::new(true);
+        assert_eq!(f.push(Direction::Recv, &CURL_HELLO[..3], 3), Start::Maybe);
+        assert_eq!(f.push(Direction::Send, b"220 ", 4), Start::Other);
     }
 
     #[test]

@@ -341,7 +341,9 @@ impl NamedAs {
             NamedAs::Nss
         } else if so("libssl") || so("libboringssl") {
             NamedAs::OpenSsl
-        } else if so("libgnutls") {
+        } else if name.starts_with("libgnutls.so") {
+            // Not its companions (libgnutls-dane, libgnutlsxx, libgnutls-openssl): they
+            // call it.
             NamedAs::GnuTls
         } else if so("libnet.") && path.to_string_lossy().contains("jvm") {
             // The JDK's network library (one per Java process that uses sockets).
@@ -863,6 +865,11 @@ garbage line
             Verdict::Unhookable { lib: "gnutls", .. }
         ));
         assert_eq!(examine(Path::new("/bin/x"), b"not elf"), Verdict::NotTls);
+        // GnuTLS's companion libraries call it: not TLS libraries of their own (gnutls-cli
+        // maps libgnutls-dane).
+        let dane = format!("{LIBDIR}/libgnutls-dane.so.0");
+        let data = std::fs::read(&dane).unwrap();
+        assert_eq!(examine(Path::new(&dane), &data), Verdict::NotTls);
     }
 
     #[test]
