@@ -450,10 +450,19 @@ impl Tracer<'_> {
     }
 
     /// Continues the processes the kernel stopped because the ring buffer was filling up
-    /// (the caller has just drained it).
+    /// (the caller has just drained it), or (`--tls`) because they exec'd or mapped an
+    /// executable file not examined yet: those are scanned first. Their record was usually
+    /// handled in the drain (the scan then finds nothing new), but the kernel may have
+    /// stopped one after the drain ended, its record still in the ring: continued unscanned,
+    /// it would run (a Go program's first TLS calls, say) before its uprobes exist.
     fn resume_paused(&mut self) {
-        let pids: Vec<u32> = self.paused.keys().filter_map(Result::ok).collect();
-        for pid in pids {
+        let pids: Vec<(u32, u8)> = self.paused.iter().filter_map(Result::ok).collect();
+        for (pid, why) in pids {
+            if why == agent_common::paused::TLS
+                && let Some(tls) = &mut self.tls
+            {
+                tls.scan(pid);
+            }
             let _ = self.paused.remove(&pid);
             // SAFETY: kill(2) has no memory effects.
             unsafe { libc::kill(pid as libc::pid_t, libc::SIGCONT) };
