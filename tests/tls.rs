@@ -743,3 +743,201 @@ fn no_uprobes_left_at_exit_or_after_sigkill() {
     assert_eq!(srv.exchange().request, curl.sent());
     assert!(Path::new(&format!("/proc/{spid}")).exists());
 }
+
+// ---------------------------------------------------------------------------------------------
+// 9. Go `crypto/tls` (a static Go binary built at test time, normally and stripped of its
+// symbol table: `.gopclntab` then names the functions): `(*Conn).Write` and `Read`, hooked
+// at their entry and on every RET (never a uretprobe), paired by goroutine.
+
+const GO_WRITE: &str = "crypto/tls.(*Conn).Write";
+const GO_READ: &str = "crypto/tls.(*Conn).Read";
+
+/// The Go toolchain's version (`go1.19.8`): what the summary names.
+fn go_version() -> String {
+    let mut go = std::process::Command::new("go");
+    go.arg("version");
+    let out = run_output("go version", go, TIMEOUT);
+    // `go version go1.19.8 linux/amd64`
+    out.split_whitespace()
+        .nth(2)
+        .unwrap_or_else(|| panic!("odd `go version`: {out:?}"))
+        .to_string()
+}
+
+/// `capagent trace --tls -- tlsclient -ca CA -data BODY -n 5 URL` against the Python HTTPS
+/// server (which closes each connection after its response: five connections, one request
+/// each): on each connection, the Write records are exactly what the server read and the
+/// Read records exactly what it wrote, on the fd, kernel socket and endpoints of that
+/// connection's syscall records; JSON names the library and function; the summary names the
+/// binary, Go and its version.
+fn go_client(build: GoBuild) {
+    const N: usize = 5;
+    let ns = Netns::new("tls-go");
+    let dir = TempDir::new("tls-go");
+    let certs = Certs::localhost();
+    let bin = go_tls_client(&dir, build);
+    let mut srv = HttpsServer::start(&ns, &dir, &certs);
+    let dest = format!("127.0.0.1:{}", srv.port());
+    let body = "go body \u{e9}\u{1f600} ".repeat(150);
+    let cmd = ns.argv(&[
+        &bin,
+        "-ca",
+        certs.ca_str(),
+        "-data",
+        &body,
+        "-n",
+        &N.to_string(),
+        &srv.url("/go"),
+    ]);
+    let args = strings(&["--tls", "--format", "json"]);
+    let run = trace(&dir, &with_cmd_owned(&args, &cmd), None);
+    assert_ok(&run);
+    assert_eq!(
+        run.stdout_bytes,
+        body.repeat(N).as_bytes(),
+        "tlsclient's stdout"
+    );
+    let exchanges: Vec<Exchange> = (0..N).map(|_| srv.exchange()).collect();
+    for ex in &exchanges {
+        assert!(ex.request.starts_with(b"POST /go HTTP/1.1\r\n"), "{ex:?}");
+        assert_eq!(ex.response, https_server_response(body.as_bytes()));
+    }
+
+    let evs = &run.events;
+    let file = Path::new(&bin).file_name().unwrap().to_str().unwrap();
+    // The kernel's comm: the first 15 bytes of the file name.
+    let pid = exec_pid(evs, &file[..file.len().min(15)]);
+    let recs = tls_of(evs, pid);
+    assert!(!recs.is_empty(), "no TLS records:\n{}", dump(evs));
+    for e in &recs {
+        let f = e["tls"]["fn"].as_str().unwrap_or_else(|| panic!("{e}"));
+        assert_eq!(e["tls"]["lib"], "go", "{e}");
+        assert!(f == GO_WRITE || f == GO_READ, "{e}");
+        assert_eq!(e.syscall(), f, "{e}");
+        let conn = e["tls"]["conn"].as_str().unwrap_or_else(|| panic!("{e}"));
+        assert!(conn.starts_with("0x") && conn.len() > 2, "{e}");
+        let dir = if f == GO_WRITE { "send" } else { "recv" };
+        assert_eq!(e["dir"].as_str(), Some(dir), "{e}");
+        assert_eq!(e["truncated"], false, "{e}");
+        assert!(e.fd() >= 0, "a TLS record without its socket: {e}");
+        if e.ret() > 0 {
+            assert_eq!(e.ret(), e.int("total"), "{e}");
+            assert_eq!(e.int("captured"), e.int("total"), "{e}");
+        }
+    }
+
+    // The connections in the order Go made them, which is the order the server served them.
+    let connects: Vec<&Value> = evs
+        .iter()
+        .filter(|e| {
+            e.ty() == "sock"
+                && e.pid() == pid
+                && e.syscall() == "connect"
+                && e.str_of("addr") == Some(dest.as_str())
+        })
+        .collect();
+    assert_eq!(
+        connects.len(),
+        N,
+        "one connection per request:\n{}",
+        dump(evs)
+    );
+    let mut on_connections = 0;
+    for (c, ex) in connects.iter().zip(&exchanges) {
+        let local = c.str_of("local").expect("connect without local");
+        let mine: Vec<&Value> = recs
+            .iter()
+            .copied()
+            .filter(|e| e.str_of("local") == Some(local))
+            .collect();
+        on_connections += mine.len();
+        assert_eq!(plain(&mine, "send"), ex.request, "Go wrote on {local}");
+        assert_eq!(plain(&mine, "recv"), ex.response, "Go read on {local}");
+        let fd = check_same_socket(evs, pid, &mine, local, &dest, b"POST /go");
+        assert_eq!(fd, c.fd(), "the connect's fd ({local})");
+        let objects: std::collections::HashSet<&str> = mine
+            .iter()
+            .filter_map(|e| e["tls"]["conn"].as_str())
+            .collect();
+        assert_eq!(
+            objects.len(),
+            1,
+            "one *tls.Conn per connection: {objects:?}"
+        );
+    }
+    assert_eq!(
+        on_connections,
+        recs.len(),
+        "TLS records outside the connections"
+    );
+
+    let version = go_version();
+    let want = format!(
+        "tls: {}[{pid}] {bin} go {version}: hooked 2 functions",
+        &file[..file.len().min(15)]
+    );
+    assert!(
+        run.stderr.lines().any(|l| l == want),
+        "no summary line {want:?}:\n{}",
+        run.stderr
+    );
+    // No pcapng check here: Go may run the goroutine of a `Write` to its RET only after
+    // its connection's response was read and the connection closed (it waits for a P after
+    // the syscall), and the pcapng writer then puts that late request after the FIN (or
+    // leaves it out): reported, to be fixed in the synthetic streams.
+}
+
+/// Text output: a Go TLS record as the issue shows a TLS record, on the connection's fd.
+#[test]
+fn go_client_text_records() {
+    let ns = Netns::new("tls-got");
+    let dir = TempDir::new("tls-got");
+    let certs = Certs::localhost();
+    let bin = go_tls_client(&dir, GoBuild::Normal);
+    let mut srv = HttpsServer::start(&ns, &dir, &certs);
+    let dest = format!("127.0.0.1:{}", srv.port());
+    let cmd = ns.argv(&[&bin, "-ca", certs.ca_str(), &srv.url("/t")]);
+    let run = trace(&dir, &with_cmd(&["--tls"], &cmd), None);
+    assert_ok(&run);
+    assert_eq!(run.stdout, "path /t\n");
+    let ex = srv.exchange();
+    // `tlsclient[PID] crypto/tls.(*Conn).Write(FD, LOCAL -> DEST) = N "POST ..."`: the fd
+    // and local address those of the `write` lines of the same connection.
+    let record = |func: &str, arrow: &str, bytes: &[u8]| {
+        let want = format!(
+            " {arrow} {dest}) = {} \"{}",
+            bytes.len(),
+            escape(&bytes[..16])
+        );
+        let line = run
+            .output
+            .lines()
+            .find(|l| l.contains(&format!("] {func}(")) && l.contains(&want))
+            .unwrap_or_else(|| panic!("no {func} line with {want:?}:\n{}", run.output));
+        assert!(line.contains(" tlsclient["), "{line}");
+        let (_, args) = line.split_once(&format!("{func}(")).unwrap();
+        let (fd_local, _) = args.split_once(&format!(" {arrow} ")).unwrap();
+        fd_local.to_string()
+    };
+    let w = record(GO_WRITE, "->", &ex.request);
+    let r = record(GO_READ, "<-", &ex.response);
+    assert_eq!(w, r, "Write and Read on one socket");
+    assert!(!w.starts_with("-1"), "{w}");
+    assert!(
+        run.output
+            .lines()
+            .any(|l| l.contains(&format!("] write({w} -> {dest}) = ")) && l.ends_with(" [tls]")),
+        "no ciphertext write on {w} marked [tls]:\n{}",
+        run.output
+    );
+}
+
+#[test]
+fn go_client_normal_build() {
+    go_client(GoBuild::Normal);
+}
+
+#[test]
+fn go_client_stripped_build() {
+    go_client(GoBuild::Stripped);
+}

@@ -20,12 +20,15 @@ use agent_common::{
 use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, MapData, RingBuf},
-    programs::uprobe::{UProbeAttachPoint, UProbeScope},
+    programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
 };
 use capagent::{
     kernel,
     process::{ChildStdout, HeldChild},
-    trace::decode::{self, Record},
+    trace::{
+        decode::{self, Record},
+        tls::go::{self, ProbeAt},
+    },
 };
 use capagent_testkit::*;
 
@@ -335,7 +338,13 @@ fn https_server(ns: &Netns, dir: &TempDir, run: &mut Run) -> HeldChild {
         .args([
             "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
         ])
-        .args(["-subj", "/CN=localhost", "-keyout"])
+        .args(["-subj", "/CN=localhost"])
+        // Go checks the alternative names (never the CN): the Go client's 127.0.0.1.
+        .args([
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+        ])
         .arg(&key)
         .arg("-out")
         .arg(&cert)
@@ -765,4 +774,82 @@ fn fd_from_unreported_syscalls_else_unknown() {
             }
         }
     }
+}
+
+/// A Go client (`crypto/tls`, its `(*Conn).Write` and `Read` hooked at their entry and on
+/// every RET, found through `.symtab` or, stripped, `.gopclntab`) making 20 requests on one
+/// connection to the traced Python server: what Go wrote is exactly what the server read
+/// (its requests), what Go read exactly what the server wrote; every Go record with bytes is
+/// on the socket of its connect.
+fn go_client_plaintext_on_its_socket(build: GoBuild) {
+    let bin_dir = TempDir::new("tlsgo-bin");
+    let bin = go_tls_client(&bin_dir, build);
+    let hooks = go::tls_hooks(&std::fs::read(&bin).unwrap())
+        .unwrap()
+        .expect("a Go binary");
+    let mut f = Fixture::new("tlsgo", config(false), |ebpf| {
+        attach_openssl(ebpf);
+        let p = kernel::go_tls_programs(ebpf).unwrap();
+        for probe in hooks.probes() {
+            let prog = match probe.at {
+                ProbeAt::Entry => &mut *p.enter,
+                ProbeAt::Ret => &mut *p.ret,
+            };
+            let point = UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(probe.offset),
+                cookie: Some(u64::from(probe.func)),
+            };
+            prog.attach(point, &bin, UProbeScope::AllProcesses)
+                .unwrap_or_else(|e| panic!("uprobe {bin}:{probe:?}: {e}"));
+        }
+    });
+    let ca = f.dir.join("cert.pem");
+    let url = format!("https://127.0.0.1:{PORT}/");
+    let n = 20;
+    let client = f.run.run_traced(&f.ns.argv(&[
+        &bin,
+        "-ca",
+        ca.to_str().unwrap(),
+        "-n",
+        &n.to_string(),
+        &url,
+    ]));
+    f.run.drain();
+
+    let recs = f.run.tls(client);
+    let (sent, sent_evs) = stream(&recs, true);
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: 127.0.0.1:{PORT}\r\nUser-Agent: Go-http-client/1.1\r\n\
+         Accept-Encoding: gzip\r\n\r\n"
+    );
+    assert_eq!(String::from_utf8_lossy(&sent), request.repeat(n));
+    assert_eq!(sent_evs.len(), n, "one Write per request");
+    let (got, got_evs) = stream(&recs, false);
+    let srv = f.run.tls(f.server);
+    let (srv_got, _) = stream(&srv, false);
+    let (srv_sent, _) = stream(&srv, true);
+    assert_eq!(sent, srv_got, "the server read what Go wrote");
+    assert_eq!(
+        String::from_utf8_lossy(&got),
+        String::from_utf8_lossy(&srv_sent),
+        "Go read what the server wrote"
+    );
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), n, "{text:?}");
+    assert!(text.ends_with("\r\nContent-Length: 15\r\n\r\nhello over TLS\n"));
+    assert!(sent_evs.iter().all(|e| e.hdr.syscall == tls_fn::GO_WRITE));
+    assert!(got_evs.iter().all(|e| e.hdr.syscall == tls_fn::GO_READ));
+    let mut evs = sent_evs;
+    evs.extend(got_evs.into_iter().filter(|e| e.hdr.ret > 0));
+    assert_on_socket(&f.run, client, &[sys::CONNECT], &evs);
+}
+
+#[test]
+fn go_client_plaintext_on_its_socket_normal_build() {
+    go_client_plaintext_on_its_socket(GoBuild::Normal);
+}
+
+#[test]
+fn go_client_plaintext_on_its_socket_stripped_build() {
+    go_client_plaintext_on_its_socket(GoBuild::Stripped);
 }

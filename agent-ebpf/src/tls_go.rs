@@ -14,10 +14,11 @@
 //!   `TlsEvent` chunks, exactly like the C libraries' (`emit_tls`).
 //!
 //! The socket: the read/write syscalls the goroutine makes inside the call (`sys_enter`
-//! reads R14 of the syscall's registers: [`note_fd`]), else the connection's last known fd
-//! (the same per-process cache as the C libraries', keyed by the `*tls.Conn`, which Go's
-//! garbage collector does not move), kept only while the fd holds the same socket; else
-//! fd -1.
+//! reads R14 of the syscall's registers: [`note_fd`]; the socket as that syscall saw it,
+//! since the goroutine may reach its RET only after the connection was closed), else the
+//! connection's last known fd (the same per-process cache as the C libraries', keyed by
+//! the `*tls.Conn`, which Go's garbage collector does not move), kept only while the fd
+//! holds the same socket; else fd -1.
 
 use agent_common::{SockInfo, tls_fn};
 use aya_ebpf::{
@@ -135,14 +136,20 @@ pub fn go_tls_ret(ctx: ProbeContext) -> u32 {
     if total > c.len {
         total = c.len;
     }
-    let (mut fd, mut sk) = (c.fd, c.sk);
-    if fd < 0
-        && let Some((known, known_sk)) = known_fd(id, c.conn)
-    {
-        fd = known;
-        sk = known_sk;
-    }
-    let valid = fd >= 0 && resolve_fd(fd, &mut c.sock, true) && c.sock.sk == sk;
+    let mut fd = c.fd;
+    let valid = if fd >= 0 {
+        // A syscall inside this call used the socket: `c.sock` holds it as it was then.
+        // Not looked up again: Go may run the goroutine again only long after the syscall
+        // (it waits for a P), when the connection may be closed and its fd reused.
+        true
+    } else {
+        let mut sk = 0;
+        if let Some((known, known_sk)) = known_fd(id, c.conn) {
+            fd = known;
+            sk = known_sk;
+        }
+        fd >= 0 && resolve_fd(fd, &mut c.sock, true) && c.sock.sk == sk
+    };
     if !valid {
         fd = -1;
         c.sock = SockInfo::default();
@@ -156,8 +163,10 @@ pub fn go_tls_ret(ctx: ProbeContext) -> u32 {
 /// `(*Conn).Read`/`Write` makes a read/write-type syscall on socket `fd`; that is its
 /// connection's socket. The goroutine is R14 of the syscall (Go's syscall path keeps it
 /// there); a thread of the process that is not running Go code has no call under its R14.
+/// `sock`: the socket as the syscall's record has it (kept for the call's record).
 #[inline(always)]
-pub(crate) fn note_fd(id: u64, regs: u64, fd: i64, sk: u64) {
+pub(crate) fn note_fd(id: u64, regs: u64, fd: i64, sock: &SockInfo) {
+    let sk = sock.sk;
     // SAFETY: `regs` is the kernel's `struct pt_regs` of the syscall (raw tracepoint
     // argument); the helper checks the address.
     let g: u64 = unsafe { kread(regs + core::mem::offset_of!(pt_regs, r14) as u64) };
@@ -168,6 +177,7 @@ pub(crate) fn note_fd(id: u64, regs: u64, fd: i64, sk: u64) {
     let c = unsafe { &mut *slot };
     c.fd = fd;
     c.sk = sk;
+    c.sock = *sock;
     if c.func == tls_fn::GO_READ as u32 || c.func == tls_fn::GO_WRITE as u32 {
         remember(id, c.conn, fd, sk);
     }

@@ -442,7 +442,7 @@ fn enter(regs: u64, s: u16, tls_only: bool) -> i32 {
         a.sock_valid = 1;
         if cfg!(tls) != 0 && moves_data(s) {
             tls::note_fd(id, a.fd, a.sock.sk);
-            tls_go::note_fd(id, regs, a.fd, a.sock.sk);
+            tls_go::note_fd(id, regs, a.fd, &a.sock);
         }
     }
     a.live = !tls_only as u32;

@@ -21,7 +21,7 @@ use std::{
 use aya::{
     Ebpf,
     maps::{HashMap as BpfHashMap, MapData},
-    programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
+    programs::uprobe::{UProbe, UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeScope},
 };
 
 use agent_common::{
@@ -29,6 +29,7 @@ use agent_common::{
     trace::{maps, progs},
 };
 
+use super::go::{self, GoError, GoProbe, ProbeAt};
 use super::libs::{self, Hook, Mapping, Prog, Verdict};
 use crate::{
     kernel::{self, KernelError},
@@ -241,11 +242,7 @@ impl TlsAttach {
                 version: None,
                 outcome: Err(why),
             },
-            Verdict::Go => FileOutcome::Tls {
-                lib: "go",
-                version: None,
-                outcome: Err("Go crypto/tls: not hooked by this build".into()),
-            },
+            Verdict::Go => self.examine_go(&m.path, &path, &data),
             Verdict::Hook(lib) => {
                 let version = lib
                     .version
@@ -264,6 +261,35 @@ impl TlsAttach {
         }
     }
 
+    /// A Go binary (`path` as the process names it, `target` as opened): its
+    /// `crypto/tls.(*Conn).Write`/`Read` hooked (entry and every RET), or why not. A Go
+    /// program without `crypto/tls` is no TLS user (no report).
+    fn examine_go(&mut self, path: &Path, target: &Path, data: &[u8]) -> FileOutcome {
+        let hooks = match go::tls_hooks(data) {
+            Ok(Some(h)) => h,
+            Ok(None) | Err(GoError::Missing(_)) => return FileOutcome::NotTls,
+            Err(e) => {
+                tracing::debug!(path = %path.display(), "tls: Go binary not hooked: {e}");
+                return FileOutcome::Tls {
+                    lib: "go",
+                    version: None,
+                    outcome: Err(e.to_string()),
+                };
+            }
+        };
+        let probes = hooks.probes();
+        let functions = probes.iter().filter(|p| p.at == ProbeAt::Entry).count();
+        let outcome = self.attach_go(target, &probes).map(|()| functions);
+        if let Err(e) = &outcome {
+            tracing::warn!(path = %path.display(), "tls: {e}");
+        }
+        FileOutcome::Tls {
+            lib: "go",
+            version: Some(hooks.info.version),
+            outcome,
+        }
+    }
+
     /// Attaches every hook of one file, for all processes; all or nothing.
     fn attach(&mut self, target: &Path, hooks: &[Hook]) -> Result<(), String> {
         let mut links = Vec::with_capacity(hooks.len());
@@ -275,20 +301,26 @@ impl TlsAttach {
                 Prog::SetFd => (progs::TLS_SET_FD, &mut *tls.set_fd),
                 Prog::Free => (progs::TLS_FREE, &mut *tls.free),
             };
-            let point = UProbeAttachPoint {
-                location: UProbeAttachLocation::AbsoluteOffset(h.offset),
-                cookie: Some(h.cookie),
+            links.push(attach_at(prog, name, target, h.func, h.offset, h.cookie)?);
+        }
+        self.links.extend(links);
+        Ok(())
+    }
+
+    /// Attaches the Go uprobes of one binary (`go_tls_enter` at each function's entry,
+    /// `go_tls_ret` at each of its RETs; never a uretprobe), for all processes; all or
+    /// nothing.
+    fn attach_go(&mut self, target: &Path, probes: &[GoProbe]) -> Result<(), String> {
+        let mut links = Vec::with_capacity(probes.len());
+        let p = kernel::go_tls_programs(&mut self.ebpf).map_err(|e| e.to_string())?;
+        for probe in probes {
+            let (name, prog) = match probe.at {
+                ProbeAt::Entry => (progs::GO_TLS_ENTER, &mut *p.enter),
+                ProbeAt::Ret => (progs::GO_TLS_RET, &mut *p.ret),
             };
-            let id = prog
-                .attach(point, target, UProbeScope::AllProcesses)
-                .map_err(|e| format!("attaching {name} to {} failed: {e}", h.func))?;
-            links.push(prog.take_link(id).map_err(|e| e.to_string())?);
-            tracing::debug!(
-                func = h.func,
-                offset = h.offset,
-                prog = name,
-                "tls: attached"
-            );
+            let func = agent_common::tls_fn::name(probe.func);
+            let cookie = u64::from(probe.func);
+            links.push(attach_at(prog, name, target, func, probe.offset, cookie)?);
         }
         self.links.extend(links);
         Ok(())
@@ -332,6 +364,28 @@ impl TlsAttach {
         );
         reports
     }
+}
+
+/// Attaches `prog` (named `name`) at file offset `offset` of `target` (function `func`)
+/// with bpf cookie `cookie`, for all processes; returns the link.
+fn attach_at(
+    prog: &mut UProbe,
+    name: &str,
+    target: &Path,
+    func: &str,
+    offset: u64,
+    cookie: u64,
+) -> Result<UProbeLink, String> {
+    let point = UProbeAttachPoint {
+        location: UProbeAttachLocation::AbsoluteOffset(offset),
+        cookie: Some(cookie),
+    };
+    let id = prog
+        .attach(point, target, UProbeScope::AllProcesses)
+        .map_err(|e| format!("attaching {name} to {func} failed: {e}"))?;
+    let link = prog.take_link(id).map_err(|e| e.to_string())?;
+    tracing::debug!(func, offset, prog = name, "tls: attached");
+    Ok(link)
 }
 
 /// Detaches uprobe links from up to 32 threads: the kernel takes a grace period for each

@@ -6,7 +6,9 @@
 //! so far may start one), or when a TLS library's plaintext record (`trace --tls`) names its
 //! socket. [`TlsConns`] follows the events of a trace in order, remembers those
 //! connections by their kernel socket (`sk`, as the assembler and the summary identify
-//! sockets) until they are closed, and marks the syscall records of their ciphertext
+//! sockets, with the socket's inode: a `close` record comes at the syscall's exit, after
+//! the kernel may have freed the socket and handed its `sk` to a socket another thread
+//! opened meanwhile) until they are closed, and marks the syscall records of their ciphertext
 //! ([`Event::tls_ciphertext`]): the ` [tls]` of the text output, `"tls":{"ciphertext":true}`
 //! in JSON, what `--tls-only` hides.
 //!
@@ -225,7 +227,8 @@ enum Seen {
 /// ciphertext records of those sockets. See the module documentation.
 #[derive(Debug, Default)]
 pub struct TlsConns {
-    socks: HashMap<u64, Seen>,
+    /// By (`sk`, socket inode).
+    socks: HashMap<(u64, u64), Seen>,
     /// `--tls-only`: [`TlsConns::pass`] holds the marked records back.
     hide_ciphertext: bool,
 }
@@ -250,7 +253,7 @@ impl TlsConns {
     /// socket that carries TLS (failed calls included: they are that connection's too).
     pub fn mark(&mut self, ev: &mut Event) {
         let Some(sock) = &ev.sock else { return };
-        let sk = sock.sk;
+        let sk = (sock.sk, sock.ino);
         match (&ev.call, &ev.detail) {
             (Call::Tls { .. }, _) => {
                 self.learn(sk, Seen::Tls);
@@ -296,11 +299,13 @@ impl TlsConns {
 
     /// Whether socket `sk` is known to carry TLS.
     pub fn carries_tls(&self, sk: u64) -> bool {
-        matches!(self.socks.get(&sk), Some(Seen::Tls))
+        self.socks
+            .iter()
+            .any(|(&(s, _), seen)| s == sk && matches!(seen, Seen::Tls))
     }
 
     /// Remembers what socket `sk` is; returns whether its records are to be marked.
-    fn learn(&mut self, sk: u64, seen: Seen) -> bool {
+    fn learn(&mut self, sk: (u64, u64), seen: Seen) -> bool {
         if self.socks.len() >= MAX_SOCKETS && !self.socks.contains_key(&sk) {
             self.socks.clear();
         }
@@ -489,9 +494,19 @@ pub(crate) mod tests {
             args: [0; 4],
             addr: None,
         };
-        assert!(!marked(&mut c, close));
+        assert!(!marked(&mut c, close.clone()));
         assert!(!c.carries_tls(1));
         assert!(!marked(&mut c, data(1, write, Direction::Send, b"GET / ")));
+        // The close of a socket whose sk was reused (freed inside `close`, before the record
+        // at its exit) by a TLS connection already under way forgets only the old socket.
+        let mut new = data(5, write, Direction::Send, CURL_HELLO);
+        new.sock.as_mut().unwrap().ino = 2;
+        assert!(marked(&mut c, new.clone()));
+        let mut old_close = close.clone();
+        old_close.sock.as_mut().unwrap().sk = 5;
+        assert!(!marked(&mut c, old_close));
+        new.detail = data(5, read, Direction::Recv, b"\x17\x03\x03").detail;
+        assert!(marked(&mut c, new));
         // Not TCP: never.
         let mut udp = data(4, write, Direction::Send, CURL_HELLO);
         udp.sock.as_mut().unwrap().transport = Transport::Udp;
