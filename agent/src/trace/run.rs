@@ -19,8 +19,8 @@ use thiserror::Error;
 use super::{
     assemble::{self, Assembler},
     decode,
-    tls::conns::TlsConns,
     tls::attach::{LibReport, TlsAttach},
+    tls::conns::TlsConns,
 };
 use crate::{
     control::Control,
