@@ -511,10 +511,7 @@ fn wrapper_target(code: &[u8]) -> Option<i64> {
 
 /// `push %reg` (`0x50`-`0x57`, with a REX.B prefix `0x41` for r8-r15).
 fn starts_with_push(code: &[u8]) -> bool {
-    match code {
-        [0x50..=0x57, ..] | [0x41, 0x50..=0x57, ..] => true,
-        _ => false,
-    }
+    matches!(code, [0x50..=0x57, ..] | [0x41, 0x50..=0x57, ..])
 }
 
 /// The hooks of one API family, when the file defines at least one of its plaintext
