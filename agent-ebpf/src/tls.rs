@@ -147,6 +147,7 @@ pub fn tls_enter(ctx: ProbeContext) -> u32 {
         return 0;
     }
     // SAFETY: the helper only reads the attachment's cookie from the context.
+    // (`as u16`: the `tls_fn` id, without `tls_cookie::WRAPPED`.)
     let func = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u16;
     c.conn = ctx.arg(0).unwrap_or(0);
     c.buf = ctx.arg(1).unwrap_or(0);
@@ -173,7 +174,17 @@ pub fn tls_exit(ctx: RetProbeContext) -> u32 {
     }
     // SAFETY: the context of a uretprobe is the task's `struct pt_regs`, after the return
     // (the return address popped: the entry's stack pointer + 8).
-    let (sp, rax) = unsafe { ((*ctx.regs).rsp.wrapping_sub(8), (*ctx.regs).rax) };
+    let (mut sp, mut rax) = unsafe { ((*ctx.regs).rsp.wrapping_sub(8), (*ctx.regs).rax) };
+    // SAFETY: the helper only reads the attachment's cookie from the context.
+    if unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } & tls_cookie::WRAPPED != 0 {
+        // The return of a thin wrapper's inner function (see `tls_cookie::WRAPPED`): the
+        // stack as at the wrapper's `call`, where `tls_enter` ran; the wrapper returns
+        // max(INNER's int, 0).
+        sp = sp.wrapping_add(8);
+        if (rax as i32) < 0 {
+            rax = 0;
+        }
+    }
     if sp < c.sp {
         // A nested call returns.
         if c.depth > 1 {

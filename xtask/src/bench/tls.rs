@@ -3,10 +3,11 @@
 //! workload over loopback: 64-byte messages over ONE TLS connection, client and server in
 //! Python (its `ssl` module is OpenSSL: `_ssl` calls `SSL_write_ex`/`SSL_read_ex`).
 //!
-//! Only the client is traced. The client times its round trips itself (after the handshake,
-//! so interpreter start-up and attaching do not count) and prints `{"rps": ...}`. The
-//! certificates are made for the run (capagent-testkit's `Certs`). The bench only prints:
-//! it asserts nothing about timings.
+//! Only the client is traced (the uprobes, attached to the library file, trap in the server
+//! too; the programs return at once there). The client times its round trips itself (after
+//! the handshake, so interpreter start-up and attaching do not count) and prints
+//! `{"rps": ...}`. The certificates are made for the run (capagent-testkit's `Certs`). The
+//! bench only prints: it asserts nothing about timings.
 use std::{
     ffi::OsString,
     fs,
@@ -189,6 +190,11 @@ struct RunResult {
     /// other work the wall-clock rate mostly measures the share of CPU 0 the workload got;
     /// this measures what a round trip costs.
     cpu_rate: f64,
+    /// CPU time per round trip of the client and of the server, in microseconds: the uprobes
+    /// are attached to the library file for every process (the programs keep to the traced
+    /// ones), so the untraced server pays their trap too.
+    client_us: f64,
+    server_us: f64,
     /// Plaintext events the tracer reported (TLS records, printed lines) and lost; `None`
     /// for the untraced run.
     events: Option<Events>,
@@ -260,7 +266,10 @@ pub fn tls(args: TlsBenchArgs) -> Result<()> {
                 run(&ctx, tracer).map_err(|e| format!("{e:#}"))
             };
             match &result {
-                Ok(r) => eprintln!("   {:.0} rt/s, {:.0} rt per CPU-second", r.rate, r.cpu_rate),
+                Ok(r) => eprintln!(
+                    "   {:.0} rt/s, {:.0} rt per CPU-second (client {:.1} us, server {:.1} us)",
+                    r.rate, r.cpu_rate, r.client_us, r.server_us
+                ),
                 Err(e) => eprintln!("   {e}"),
             }
             results[i].push(result);
@@ -416,7 +425,8 @@ fn run(ctx: &Ctx, tracer: Tracer) -> Result<RunResult> {
         bail!("{}", out.stderr_tail(8));
     }
     let (rate, client_cpu) = report(&out)?;
-    let cpu = client_cpu + server_cpu?;
+    let server_cpu = server_cpu?;
+    let cpu = client_cpu + server_cpu;
     let cpu_rate = if cpu > 0.0 { a.count as f64 / cpu } else { 0.0 };
     let expected = 2 * a.count;
     let events = match tracer {
@@ -447,6 +457,8 @@ fn run(ctx: &Ctx, tracer: Tracer) -> Result<RunResult> {
     Ok(RunResult {
         rate,
         cpu_rate,
+        client_us: client_cpu * 1e6 / a.count as f64,
+        server_us: server_cpu * 1e6 / a.count as f64,
         events,
     })
 }
@@ -549,6 +561,10 @@ fn print_table(args: &TlsBenchArgs, rows: &[(Tracer, std::result::Result<RunResu
                     lost,
                     target
                 ]);
+                notes.push(format!(
+                    "{label}: CPU per round trip: client {:.1} us, server {:.1} us",
+                    r.client_us, r.server_us
+                ));
                 if let Some(e) = &r.events {
                     for n in &e.notes {
                         notes.push(format!("{label}: {n}"));
@@ -586,7 +602,8 @@ fn print_table(args: &TlsBenchArgs, rows: &[(Tracer, std::result::Result<RunResu
     println!(
         "target: capagent --tls {TLS_TARGET} (TLS records = 2 per round trip). Client and \
          server are Python (OpenSSL, SSL_write_ex/SSL_read_ex), both pinned to CPU 0; only \
-         the client is traced. rt per CPU-s: round trips per CPU second of client and server \
+         the client is traced, but the uprobes (capagent's and bpftrace's) trap in the \
+         server too. rt per CPU-s: round trips per CPU second of client and server \
          together (what the ratio compares; the wall-clock rt/s depends on how much of CPU 0 \
          the run got). Timings are printed, never asserted."
     );

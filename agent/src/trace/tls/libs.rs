@@ -439,6 +439,83 @@ impl<'d> Symbols<'d> {
     }
 }
 
+/// `SSL_write_ex`/`SSL_read_ex` as Debian's OpenSSL 3 builds them (call-used registers
+/// zeroed on return): `sub $8,%rsp; call INNER; xor %edx,%edx; test %eax,%eax;
+/// cmovs %edx,%eax; add $8,%rsp;` zeroing `xor`s; `ret`: the function returns max(INNER's
+/// int, 0).
+const WRAPPER_HEAD: [u8; 5] = [0x48, 0x83, 0xec, 0x08, 0xe8];
+const WRAPPER_TAIL: [u8; 11] = [
+    0x31, 0xd2, 0x85, 0xc0, 0x0f, 0x48, 0xc2, 0x48, 0x83, 0xc4, 0x08,
+];
+
+/// The entry and return hooks of a plaintext function that is such a thin wrapper around an
+/// inner function beginning with a `push`: entry at the wrapper's `call`, return from a
+/// uretprobe on the inner function, both `tls_cookie::WRAPPED`. x86 uprobes emulate `call`
+/// and `push` but single-step the wrapper's first instruction (`sub`), which in a virtual
+/// machine costs a VM exit per call: about 13 µs on our build VM against about 1.5
+/// (docs/benchmarks.md, `bench tls`). Any other shape: `None` (hooked at the entry).
+fn wrapped_hooks(
+    elf: &ElfFile64<Endianness>,
+    symbols: &Symbols,
+    func: &'static str,
+    id: u16,
+) -> Option<(Hook, Hook)> {
+    if !matches!(id, tls_fn::SSL_WRITE_EX | tls_fn::SSL_READ_EX) {
+        return None;
+    }
+    let data = elf.data();
+    let addr = symbols.get(func)?;
+    let offset = file_offset(elf, addr)?;
+    let code = data.get(usize::try_from(offset).ok()?..)?;
+    let inner_addr = addr.checked_add_signed(wrapper_target(code)?)?;
+    let inner_offset = file_offset(elf, inner_addr)?;
+    let inner = data.get(usize::try_from(inner_offset).ok()?..)?;
+    if !starts_with_push(inner) {
+        return None;
+    }
+    let cookie = u64::from(id) | tls_cookie::WRAPPED;
+    Some((
+        Hook {
+            func,
+            offset: offset + 4,
+            prog: Prog::Enter,
+            cookie,
+        },
+        Hook {
+            func,
+            offset: inner_offset,
+            prog: Prog::Exit,
+            cookie,
+        },
+    ))
+}
+
+/// The code of a thin wrapper (see [`WRAPPER_HEAD`]): where its `call` goes, relative to
+/// the wrapper's first byte.
+fn wrapper_target(code: &[u8]) -> Option<i64> {
+    if code.get(..5)? != WRAPPER_HEAD || code.get(9..20)? != WRAPPER_TAIL {
+        return None;
+    }
+    // Zeroing `xor`s of edx, ecx, esi, edi, then `ret`.
+    let mut at = 20;
+    while let [0x31, 0xd2 | 0xc9 | 0xf6 | 0xff, ..] = code.get(at..)? {
+        at += 2;
+        if at > 28 {
+            return None;
+        }
+    }
+    if *code.get(at)? != 0xc3 {
+        return None;
+    }
+    let rel = i32::from_le_bytes(code[5..9].try_into().ok()?);
+    Some(9 + i64::from(rel))
+}
+
+/// `push %reg` (`0x50`-`0x57`, with a REX.B prefix `0x41` for r8-r15).
+fn starts_with_push(code: &[u8]) -> bool {
+    matches!(code, [0x50..=0x57, ..] | [0x41, 0x50..=0x57, ..])
+}
+
 /// The hooks of one API family, when the file defines at least one of its plaintext
 /// functions.
 fn hookable(
@@ -464,6 +541,10 @@ fn hookable(
     };
     let mut hooks = Vec::new();
     for &(func, id) in data_fns {
+        if let Some((enter, exit)) = wrapped_hooks(elf, symbols, func, id) {
+            hooks.extend([enter, exit]);
+            continue;
+        }
         at(
             &mut hooks,
             func,
@@ -740,8 +821,49 @@ garbage line
                 .iter()
                 .find(|(_, v, sz)| va >= *v && va < v + sz)
                 .unwrap();
-            assert_eq!(h.offset, va - vaddr + off, "{}", h.func);
+            let at = va - vaddr + off;
+            if h.cookie & tls_cookie::WRAPPED == 0 {
+                assert_eq!(h.offset, at, "{}", h.func);
+                continue;
+            }
+            // A thin wrapper: entry at its `call` (+4), return on the call's target.
+            let code = std::fs::read(path).unwrap();
+            let rel = i32::from_le_bytes(code[at as usize + 5..][..4].try_into().unwrap());
+            let want = match h.prog {
+                Prog::Enter => at + 4,
+                _ => at.checked_add_signed(9 + i64::from(rel)).unwrap(),
+            };
+            assert_eq!(h.offset, want, "{} {:?}", h.func, h.prog);
         }
+    }
+
+    #[test]
+    fn thin_wrappers_by_their_exact_code() {
+        // Debian's OpenSSL 3.0.19 SSL_write_ex: call -0x479.
+        let mut code = vec![
+            0x48, 0x83, 0xec, 0x08, 0xe8, 0x87, 0xfb, 0xff, 0xff, 0x31, 0xd2, 0x85, 0xc0, 0x0f,
+            0x48, 0xc2, 0x48, 0x83, 0xc4, 0x08, 0x31, 0xd2, 0x31, 0xc9, 0x31, 0xf6, 0x31, 0xff,
+            0xc3, 0x0f, 0x1f, 0x00,
+        ];
+        assert_eq!(wrapper_target(&code), Some(9 - 0x479));
+        // Without the zeroing: still max(eax, 0).
+        let short: Vec<u8> = code[..20].iter().chain(&[0xc3]).copied().collect();
+        assert_eq!(wrapper_target(&short), Some(9 - 0x479));
+        // Anything else is hooked at the entry: another frame size, no `ret` where expected,
+        // another instruction after the call, cut short.
+        code[3] = 0x18;
+        assert_eq!(wrapper_target(&code), None);
+        code[3] = 0x08;
+        code[28] = 0x90;
+        assert_eq!(wrapper_target(&code), None);
+        code[28] = 0xc3;
+        code[10] = 0xc0;
+        assert_eq!(wrapper_target(&code), None);
+        code[10] = 0xd2;
+        assert_eq!(wrapper_target(&code[..24]), None);
+        assert_eq!(wrapper_target(&code), Some(9 - 0x479));
+        assert!(starts_with_push(&[0x41, 0x56]) && starts_with_push(&[0x53]));
+        assert!(!starts_with_push(&[0x48, 0x83, 0xec, 0x08]) && !starts_with_push(&[0x41]));
     }
 
     #[test]
@@ -759,6 +881,7 @@ garbage line
             .map(|h| (h.func, h.prog, h.cookie))
             .collect();
         let id = |i: u16| u64::from(i);
+        let wrapped = |i: u16| u64::from(i) | tls_cookie::WRAPPED;
         assert_eq!(
             funcs,
             vec![
@@ -766,10 +889,12 @@ garbage line
                 ("SSL_write", Prog::Exit, id(tls_fn::SSL_WRITE)),
                 ("SSL_read", Prog::Enter, id(tls_fn::SSL_READ)),
                 ("SSL_read", Prog::Exit, id(tls_fn::SSL_READ)),
-                ("SSL_write_ex", Prog::Enter, id(tls_fn::SSL_WRITE_EX)),
-                ("SSL_write_ex", Prog::Exit, id(tls_fn::SSL_WRITE_EX)),
-                ("SSL_read_ex", Prog::Enter, id(tls_fn::SSL_READ_EX)),
-                ("SSL_read_ex", Prog::Exit, id(tls_fn::SSL_READ_EX)),
+                // Thin wrappers in Debian's build: hooked at their `call` and the call's
+                // target (see `wrapped_hooks`).
+                ("SSL_write_ex", Prog::Enter, wrapped(tls_fn::SSL_WRITE_EX)),
+                ("SSL_write_ex", Prog::Exit, wrapped(tls_fn::SSL_WRITE_EX)),
+                ("SSL_read_ex", Prog::Enter, wrapped(tls_fn::SSL_READ_EX)),
+                ("SSL_read_ex", Prog::Exit, wrapped(tls_fn::SSL_READ_EX)),
                 ("SSL_set_fd", Prog::SetFd, tls_cookie::OPENSSL_SET_FD),
                 ("SSL_set_rfd", Prog::SetFd, tls_cookie::OPENSSL_SET_FD),
                 ("SSL_set_wfd", Prog::SetFd, tls_cookie::OPENSSL_SET_FD),
