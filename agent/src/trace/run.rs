@@ -226,25 +226,12 @@ pub fn run(
     // The maps userspace works with, taken out of the object (they stay alive while held).
     let mut traced: HashMap<MapData, u32, u8> = kernel::take_map(&mut ebpf, maps::TRACED)?;
     let ring: RingBuf<MapData> = kernel::take_map(&mut ebpf, maps::EVENTS)?;
-    let mut tracer = Tracer {
-        // The kernel names every record with its process's name at the time of the call
-        // (the thread group leader's comm): no /proc lookup (it would be racy with exec).
-        assembler: Assembler::new(crate::clock::boot_to_wall_offset_ns(), assemble::ThreadComm),
+    let mut tracer = Tracer::new(
+        opts,
         sink,
-        events: Vec::new(),
-        live: HashSet::new(),
-        stop_when_gone: opts.comm.is_none() && !opts.all,
-        child_running: !opts.command.is_empty(),
-        counters: kernel::take_map(&mut ebpf, maps::COUNTERS)?,
-        paused: kernel::take_map(&mut ebpf, maps::PAUSED)?,
-        reported_lost: (0, 0),
-        output_error: None,
-        tls_conns: opts.tls.then(|| TlsConns::new(opts.tls_only)),
-        tls: None,
-        tls_libs: Vec::new(),
-        tls_paused_before: Vec::new(),
-        tls_handled: Vec::new(),
-    };
+        kernel::take_map(&mut ebpf, maps::COUNTERS)?,
+        kernel::take_map(&mut ebpf, maps::PAUSED)?,
+    );
     let mut trace_pid = |pid: u32, live: &mut HashSet<u32>| {
         live.insert(pid);
         traced
@@ -263,23 +250,7 @@ pub fn run(
     // --tls: the TLS programs and their uprobes go with the attach manager, which hooks the
     // libraries of the processes traced now (later ones: on their exec and mmap records).
     let programs = if opts.tls {
-        let mut tls = TlsAttach::new(ebpf)?;
-        let started = std::time::Instant::now();
-        let pids: Vec<u32> = if opts.all {
-            process::all_pids()
-        } else {
-            tracer.live.iter().copied().collect()
-        };
-        for &pid in &pids {
-            tls.scan(pid);
-        }
-        tracing::info!(
-            processes = pids.len(),
-            uprobes = tls.attached(),
-            ms = started.elapsed().as_millis() as u64,
-            "tls: scanned the traced processes"
-        );
-        tracer.tls = Some(tls);
+        tracer.tls = Some(start_tls(ebpf, opts.all, &tracer.live)?);
         None
     } else {
         Some(ebpf)
@@ -407,6 +378,57 @@ struct Tracer<'s> {
     tls_paused_before: Vec<u32>,
     /// `--tls`: the processes whose exec or mmap record the current drain handled.
     tls_handled: Vec<u32>,
+}
+
+impl<'s> Tracer<'s> {
+    fn new(
+        opts: &TraceOptions,
+        sink: &'s mut dyn EventWriter,
+        counters: PerCpuArray<MapData, u64>,
+        paused: HashMap<MapData, u32, u8>,
+    ) -> Self {
+        Tracer {
+            // The kernel names every record with its process's name at the time of the call
+            // (the thread group leader's comm): no /proc lookup (it would be racy with exec).
+            assembler: Assembler::new(crate::clock::boot_to_wall_offset_ns(), assemble::ThreadComm),
+            sink,
+            events: Vec::new(),
+            live: HashSet::new(),
+            stop_when_gone: opts.comm.is_none() && !opts.all,
+            child_running: !opts.command.is_empty(),
+            counters,
+            paused,
+            reported_lost: (0, 0),
+            output_error: None,
+            tls_conns: opts.tls.then(|| TlsConns::new(opts.tls_only)),
+            tls: None,
+            tls_libs: Vec::new(),
+            tls_paused_before: Vec::new(),
+            tls_handled: Vec::new(),
+        }
+    }
+}
+
+/// `--tls`: the attach manager, owning the loaded object, with the libraries of the processes
+/// traced now hooked (every process's with `--all`).
+fn start_tls(ebpf: Ebpf, all: bool, live: &HashSet<u32>) -> Result<TlsAttach, TraceError> {
+    let mut tls = TlsAttach::new(ebpf)?;
+    let started = std::time::Instant::now();
+    let pids: Vec<u32> = if all {
+        process::all_pids()
+    } else {
+        live.iter().copied().collect()
+    };
+    for &pid in &pids {
+        tls.scan(pid);
+    }
+    tracing::info!(
+        processes = pids.len(),
+        uprobes = tls.attached(),
+        ms = started.elapsed().as_millis() as u64,
+        "tls: scanned the traced processes"
+    );
+    Ok(tls)
 }
 
 impl Tracer<'_> {
