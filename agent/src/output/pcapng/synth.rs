@@ -16,6 +16,14 @@
 //! the two do not mix in one TCP stream). TLS records whose socket is not known are not
 //! written (no stream to put them in).
 //!
+//! Go's `crypto/tls` records may come late: Go may run the goroutine to the RET of
+//! `(*Conn).Write` only after the connection's later reads and even its close were recorded
+//! (the record is right, its place in the order is not). So the close of a stream whose
+//! plaintext came from Go is held back ([`Synth::closing`]) until an event [`CLOSE_HOLD_NS`]
+//! later (event time), another record of the same socket that is not a Go plaintext record,
+//! the process's exit or the end of the output: a late `Write` record coming meanwhile is
+//! written before the FIN, in the stream it belongs to (not a second stream with a new SYN).
+//!
 //! A call whose payload was cut (snap length, lost records) becomes packets cut as tcpdump
 //! cuts them: their IP/TCP/UDP headers carry the real lengths and the sequence numbers advance
 //! by the real length, while only the bytes kept are in the capture ([`Packet::orig_len`] is
@@ -47,6 +55,9 @@ pub const HOLD_MAX_BYTES: usize = 256 * 1024;
 /// Longest a TLS connection's ciphertext is held back (event time): its plaintext comes
 /// right after the handshake when its library is hooked.
 pub const HOLD_MAX_NS: u64 = 2_000_000_000;
+/// Longest the close of a stream of Go plaintext is held back for a late `Write` record
+/// (event time; Go runs a goroutine to its RET within a few scheduler ticks).
+pub const CLOSE_HOLD_NS: u64 = 1_000_000_000;
 
 /// One synthetic packet: a raw IPv4/IPv6 packet (LINKTYPE_RAW) and its metadata.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -96,6 +107,10 @@ pub struct Synth {
     /// TLS connections whose last ciphertext read (a syscall) would have blocked (true) or
     /// not: what a TLS read of 0 bytes after it means (see [`Synth::tls_read_eof`]).
     recv_blocked: HashMap<Key, bool>,
+    /// Streams whose plaintext came from Go's `crypto/tls`: their close is held back.
+    go: HashSet<Key>,
+    /// The close records held back of Go plaintext streams (see the module documentation).
+    closing: HashMap<Key, Event>,
 }
 
 /// The ciphertext records held back of one TLS connection.
@@ -321,6 +336,9 @@ impl Synth {
     /// ciphertext held back before, see the module documentation).
     pub fn packets(&mut self, ev: &Event) -> Vec<Packet> {
         let mut out = Vec::new();
+        if !self.closing.is_empty() {
+            self.close_held(ev, &mut out);
+        }
         if !self.held.is_empty() {
             self.release_old(ev.ts_ns, &mut out);
         }
@@ -331,6 +349,13 @@ impl Synth {
         match &ev.detail {
             Detail::Sock { args, addr } => {
                 if let Some(key) = self.key_of(ev) {
+                    if ev.shown_as() == sys::CLOSE && self.go.contains(&key) {
+                        // Written when a late Go `Write` record can no longer come.
+                        self.closing.insert(key, ev.clone());
+                        self.accepted.remove(&(ev.task.pid, ev.fd));
+                        self.fds.remove(&(ev.task.pid, ev.fd));
+                        return out;
+                    }
                     if matches!(ev.shown_as(), sys::CLOSE | sys::SHUTDOWN) {
                         self.release(key, &mut out);
                     }
@@ -359,9 +384,12 @@ impl Synth {
                     return out;
                 };
                 let key = (ev.task.pid, meta.sk);
-                if let Call::Tls { .. } = ev.call {
+                if let Call::Tls { func, .. } = ev.call {
                     if self.ciphertext.contains(&key) || self.tls_read_of_nothing(ev, key) {
                         return out;
+                    }
+                    if agent_common::tls_fn::lib(func) == Some("go") {
+                        self.go.insert(key);
                     }
                     self.plaintext.insert(key);
                     self.held.remove(&key);
@@ -389,6 +417,13 @@ impl Synth {
             Detail::Exit => {
                 // The kernel closes whatever the process left open.
                 let pid = ev.task.pid;
+                let closing: Vec<Key> = self
+                    .closing
+                    .keys()
+                    .filter(|k| k.0 == pid)
+                    .copied()
+                    .collect();
+                self.close_now(closing, &mut out);
                 let held: Vec<Key> = self.held.keys().filter(|k| k.0 == pid).copied().collect();
                 for k in held {
                     self.release(k, &mut out);
@@ -396,6 +431,7 @@ impl Synth {
                 self.plaintext.retain(|k| k.0 != pid);
                 self.ciphertext.retain(|k| k.0 != pid);
                 self.recv_blocked.retain(|k, _| k.0 != pid);
+                self.go.retain(|k| k.0 != pid);
                 let keys: Vec<Key> = self
                     .streams
                     .keys()
@@ -497,9 +533,45 @@ impl Synth {
         }
     }
 
-    /// Writes every ciphertext record still held back (at the end of the output).
+    /// Writes the closes held back that `ev` ends: those [`CLOSE_HOLD_NS`] older than it,
+    /// and that of its own socket unless it is a Go plaintext record (a late one).
+    fn close_held(&mut self, ev: &Event, out: &mut Vec<Packet>) {
+        let late_go = matches!(ev.call, Call::Tls { func, .. }
+            if agent_common::tls_fn::lib(func) == Some("go"));
+        let own = if late_go { None } else { self.key_of(ev) };
+        let mut done: Vec<(u64, Key)> = self
+            .closing
+            .iter()
+            .filter(|(k, c)| Some(**k) == own || ev.ts_ns.saturating_sub(c.ts_ns) > CLOSE_HOLD_NS)
+            .map(|(k, c)| (c.ts_ns, *k))
+            .collect();
+        done.sort_unstable();
+        self.close_now(done.into_iter().map(|(_, k)| k).collect(), out);
+    }
+
+    /// Writes the closes held back of `keys`, in that order.
+    fn close_now(&mut self, keys: Vec<Key>, out: &mut Vec<Packet>) {
+        for key in keys {
+            let Some(close) = self.closing.remove(&key) else {
+                continue;
+            };
+            self.go.remove(&key);
+            self.release(key, out);
+            self.plaintext.remove(&key);
+            self.ciphertext.remove(&key);
+            self.recv_blocked.remove(&key);
+            self.close_stream(key, &close, close.ret < 0, out);
+            self.connected.remove(&key);
+        }
+    }
+
+    /// Writes every ciphertext record and close still held back (at the end of the output).
     pub fn release_all(&mut self) -> Vec<Packet> {
         let mut out = Vec::new();
+        let mut closing: Vec<(u64, Key)> =
+            self.closing.iter().map(|(k, c)| (c.ts_ns, *k)).collect();
+        closing.sort_unstable();
+        self.close_now(closing.into_iter().map(|(_, k)| k).collect(), &mut out);
         self.release_old(u64::MAX, &mut out);
         let rest: Vec<Key> = self.held.keys().copied().collect();
         for k in rest {

@@ -691,3 +691,113 @@ fn tls_records_without_a_socket_are_not_written() {
     e.fd = -1;
     assert!(s.packets(&e).is_empty());
 }
+
+/// A Go `crypto/tls` plaintext record on the test socket.
+fn go_data(dir: Direction, payload: &[u8]) -> Event {
+    let mut e = tls_data(dir, payload);
+    e.call = Call::Tls {
+        func: match dir {
+            Direction::Send => agent_common::tls_fn::GO_WRITE,
+            Direction::Recv => agent_common::tls_fn::GO_READ,
+        },
+        conn: 0xc000,
+    };
+    e
+}
+
+/// The TCP segments of a pcapng file, in order.
+fn pcapng_tcp(buf: &[u8]) -> Vec<Tcp> {
+    let mut r = pcap_file::pcapng::PcapNgReader::new(buf).unwrap();
+    let mut out = Vec::new();
+    while let Some(b) = r.next_block() {
+        if let pcap_file::pcapng::Block::EnhancedPacket(p) = b.unwrap() {
+            out.push(parse_tcp(&p.data));
+        }
+    }
+    out
+}
+
+#[test]
+fn go_write_recorded_after_the_close_goes_before_the_fin() {
+    // Go ran the goroutine of `(*Conn).Write` to its RET only after the response was read
+    // and the connection closed: the request still goes in the one stream, before its FIN.
+    const REQ: &[u8] = b"POST /go HTTP/1.1\r\n\r\n";
+    const RESP: &[u8] = b"HTTP/1.1 200 OK\r\n\r\n";
+    let late = |e: Event, ms: u64| Event {
+        ts_ns: e.ts_ns + ms * 1_000_000,
+        ..e
+    };
+    let events = [
+        connect(Transport::Tcp),
+        cipher(Direction::Send, b"\x16\x03\x01hello"),
+        cipher(Direction::Recv, b"\x16\x03\x03server"),
+        cipher(Direction::Send, b"\x17\x03\x03request"),
+        late(go_data(Direction::Recv, RESP), 1),
+        late(cipher(Direction::Recv, b""), 2),
+        late(close(0), 3),
+        late(go_data(Direction::Send, REQ), 4),
+    ];
+    let mut buf = Vec::new();
+    {
+        let mut w = PcapngWriter::new(&mut buf).unwrap();
+        for e in &events {
+            w.write_event(e).unwrap();
+        }
+    }
+    let got = pcapng_tcp(&buf);
+    let (c, s) = (CLIENT_ISN + 1, SERVER_ISN + 1);
+    let rlen = RESP.len() as u32;
+    let qlen = REQ.len() as u32;
+    let want = |src: SocketAddr, seq, ack, syn, fin, payload: &[u8]| Tcp {
+        src,
+        dst: if src == l() { r() } else { l() },
+        seq,
+        ack,
+        syn,
+        fin,
+        rst: false,
+        payload: payload.to_vec(),
+    };
+    assert_eq!(
+        got,
+        [
+            want(l(), CLIENT_ISN, None, true, false, b""),
+            want(r(), SERVER_ISN, Some(c), true, false, b""),
+            want(l(), c, Some(s), false, false, b""),
+            want(r(), s, Some(c), false, false, RESP),
+            want(r(), s + rlen, Some(c), false, true, b""),
+            want(l(), c, Some(s + rlen + 1), false, false, REQ),
+            want(l(), c + qlen, Some(s + rlen + 1), false, true, b""),
+        ]
+    );
+
+    // The close held back is written once an event comes [`CLOSE_HOLD_NS`] later, or a
+    // record of the same socket that is not Go's plaintext (the socket reused).
+    let mut s = Synth::new();
+    for e in &events[..6] {
+        s.packets(e);
+    }
+    assert!(s.packets(&events[6]).is_empty(), "close held back");
+    let mut other = late(close(0), 3 + synth::CLOSE_HOLD_NS / 1_000_000 + 1);
+    other.fd = 9;
+    other.sock = Some(SocketMeta {
+        sk: 0xdef,
+        ..meta(Transport::Tcp)
+    });
+    let out = s.packets(&other);
+    assert_eq!(out.len(), 1);
+    let t = parse_tcp(&out[0].data);
+    assert_eq!((t.src, t.seq, t.fin), (l(), c, true));
+    let mut s = Synth::new();
+    for e in &events[..7] {
+        s.packets(e);
+    }
+    let out = s.packets(&connect(Transport::Tcp));
+    assert!(parse_tcp(&out[0].data).fin, "the FIN, then the new stream");
+    assert!(parse_tcp(&out[1].data).syn);
+    // A C library's stream is closed at once.
+    let mut s = Synth::new();
+    s.packets(&connect(Transport::Tcp));
+    s.packets(&tls_data(Direction::Send, REQ));
+    assert!(parse_tcp(&s.packets(&close(0))[0].data).fin);
+}
