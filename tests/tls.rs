@@ -872,6 +872,17 @@ fn go_client(build: GoBuild) {
         assert_eq!(plain(&mine, "recv"), ex.response, "Go read on {local}");
         let fd = check_same_socket(evs, pid, &mine, local, &dest, b"POST /go");
         assert_eq!(fd, c.fd(), "the connect's fd ({local})");
+        // Each record has the time of the socket syscall inside its call: before the
+        // connection's end (its close, else the process's exit), even when Go ran the
+        // goroutine to the RET after it.
+        let end = evs
+            .iter()
+            .find(|e| e.pid() == pid && e.syscall() == "close" && e.str_of("local") == Some(local))
+            .or_else(|| evs.iter().find(|e| e.pid() == pid && e.ty() == "exit"))
+            .unwrap_or_else(|| panic!("no end of {local}:\n{}", dump(evs)));
+        for e in &mine {
+            assert!(e.int("ts_ns") < end.int("ts_ns"), "{e}\n{end}");
+        }
         let objects: std::collections::HashSet<&str> = mine
             .iter()
             .filter_map(|e| e["tls"]["conn"].as_str())

@@ -24,7 +24,7 @@ use agent_common::{SockInfo, tls_fn};
 use aya_ebpf::{
     EbpfContext,
     bindings::pt_regs,
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_get_attach_cookie},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_boot_ns, generated::bpf_get_attach_cookie},
     macros::{map, uprobe},
     maps::LruHashMap,
     programs::ProbeContext,
@@ -60,6 +60,10 @@ struct GoCall {
     /// The socket a syscall inside the call used (fd -1: none yet).
     fd: i64,
     sk: u64,
+    /// When that syscall was entered (0: none yet): the record's time, since Go may run
+    /// the goroutine to its RET long after (the record then still says when the bytes
+    /// went, before the connection's later records).
+    ts_ns: u64,
     /// `tls_fn::GO_WRITE` or `GO_READ`.
     func: u32,
     _pad: u32,
@@ -100,6 +104,7 @@ pub fn go_tls_enter(ctx: ProbeContext) -> u32 {
         len,
         fd: -1,
         sk: 0,
+        ts_ns: 0,
         func,
         _pad: 0,
         sock: SockInfo::default(),
@@ -154,7 +159,9 @@ pub fn go_tls_ret(ctx: ProbeContext) -> u32 {
         fd = -1;
         c.sock = SockInfo::default();
     }
-    emit_tls(func as u16, c.conn, n, fd, &c.sock, valid, c.buf, total);
+    // The time of the syscall inside the call (only with its socket: `c.fd >= 0`).
+    let ts = if c.fd >= 0 { c.ts_ns } else { 0 };
+    emit_tls(func as u16, c.conn, n, fd, &c.sock, valid, c.buf, total, ts);
     let _ = GO_CALLS.remove(&k);
     0
 }
@@ -178,6 +185,8 @@ pub(crate) fn note_fd(id: u64, regs: u64, fd: i64, sock: &SockInfo) {
     c.fd = fd;
     c.sk = sk;
     c.sock = *sock;
+    // SAFETY: a helper without arguments.
+    c.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
     if c.func == tls_fn::GO_READ as u32 || c.func == tls_fn::GO_WRITE as u32 {
         remember(id, c.conn, fd, sk);
     }

@@ -770,8 +770,10 @@ fn emit_payload(
 
 /// Emits the plaintext of one TLS library call as TLS records: `total` bytes at `buf` in
 /// the process, moved by TLS function `func` (a `tls_fn` id) on connection object `conn`;
-/// `ret` is what the header reports, `fd`/`sock` the socket (`valid` false: unknown).
+/// `ret` is what the header reports, `fd`/`sock` the socket (`valid` false: unknown);
+/// `ts_ns` the record's time when not now (0: now).
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn emit_tls(
     func: u16,
     conn: u64,
@@ -781,6 +783,7 @@ pub(crate) fn emit_tls(
     valid: bool,
     buf: u64,
     total: u64,
+    ts_ns: u64,
 ) {
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return;
@@ -788,6 +791,9 @@ pub(crate) fn emit_tls(
     unsafe {
         let ev = &mut (*s).head.tls.ev;
         fill_header(&mut ev.hdr, kind::TLS, func, fd, ret, sock, valid);
+        if ts_ns != 0 {
+            ev.hdr.ts_ns = ts_ns;
+        }
         ev.total = total;
         ev._pad = 0;
         ev.conn = conn;
