@@ -189,10 +189,10 @@ pub mod tls_cookie {
     pub const FREE: u64 = 0;
     /// Added to a `tls_fn` id on `tls_enter`/`tls_exit`: the function is a thin wrapper
     /// (`sub $8,%rsp; call INNER; return max(INNER's int, 0)`, see `trace::tls::libs`), hooked
-    /// at its `call` (entry: the stack 8 bytes below the function's entry) and returning from
-    /// a uretprobe on INNER (`tls_exit` there: the stack as at that `call`; the wrapper's
-    /// return value is INNER's, negative ones made 0). Both probes sit on instructions x86
-    /// uprobes emulate (`call`, `push`), the function's first one (`sub`) they single-step.
+    /// at INNER's entry (`tls_enter`: the stack as at that `call` is 8 bytes up) and return
+    /// (`tls_exit`: the stack as at that `call`; the wrapper's return value is INNER's,
+    /// negative ones made 0). Both share one breakpoint, on an instruction x86 uprobes
+    /// emulate (`push`); the function's first one (`sub`) they single-step.
     pub const WRAPPED: u64 = 1 << 16;
 }
 

@@ -122,8 +122,15 @@ pub fn tls_enter(ctx: ProbeContext) -> u32 {
     if !is_traced((id >> 32) as u32) {
         return 0;
     }
+    // SAFETY: the helper only reads the attachment's cookie from the context.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     // SAFETY: the context of a uprobe is the task's `struct pt_regs`.
-    let sp = unsafe { (*ctx.regs).rsp };
+    let mut sp = unsafe { (*ctx.regs).rsp };
+    if cookie & tls_cookie::WRAPPED != 0 {
+        // At the entry of a thin wrapper's inner function: the stack as at the wrapper's
+        // `call` (see `tls_cookie::WRAPPED`) is 8 bytes up (the return address).
+        sp = sp.wrapping_add(8);
+    }
     let empty = TlsCall {
         conn: 0,
         buf: 0,
@@ -146,9 +153,8 @@ pub fn tls_enter(ctx: ProbeContext) -> u32 {
         c.depth += 1;
         return 0;
     }
-    // SAFETY: the helper only reads the attachment's cookie from the context.
     // (`as u16`: the `tls_fn` id, without `tls_cookie::WRAPPED`.)
-    let func = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u16;
+    let func = cookie as u16;
     c.conn = ctx.arg(0).unwrap_or(0);
     c.buf = ctx.arg(1).unwrap_or(0);
     c.len = ctx.arg(2).unwrap_or(0);
@@ -178,7 +184,7 @@ pub fn tls_exit(ctx: RetProbeContext) -> u32 {
     // SAFETY: the helper only reads the attachment's cookie from the context.
     if unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } & tls_cookie::WRAPPED != 0 {
         // The return of a thin wrapper's inner function (see `tls_cookie::WRAPPED`): the
-        // stack as at the wrapper's `call`, where `tls_enter` ran; the wrapper returns
+        // stack as at the wrapper's `call`, as `tls_enter` stored it; the wrapper returns
         // max(INNER's int, 0).
         sp = sp.wrapping_add(8);
         if (rax as i32) < 0 {

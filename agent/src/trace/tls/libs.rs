@@ -449,11 +449,14 @@ const WRAPPER_TAIL: [u8; 11] = [
 ];
 
 /// The entry and return hooks of a plaintext function that is such a thin wrapper around an
-/// inner function beginning with a `push`: entry at the wrapper's `call`, return from a
-/// uretprobe on the inner function, both `tls_cookie::WRAPPED`. x86 uprobes emulate `call`
-/// and `push` but single-step the wrapper's first instruction (`sub`), which in a virtual
-/// machine costs a VM exit per call: about 13 µs on our build VM against about 1.5
-/// (docs/benchmarks.md, `bench tls`). Any other shape: `None` (hooked at the entry).
+/// inner function beginning with a `push`: entry and return both on the inner function
+/// (`tls_cookie::WRAPPED`), so that they share one breakpoint: one trap per call. x86
+/// uprobes emulate `push` but single-step the wrapper's first instruction (`sub`), which in
+/// a virtual machine costs a VM exit per call: about 13 µs on our build VM against about 1.5
+/// (docs/benchmarks.md, `bench tls`). The inner function is also called by `SSL_write`/
+/// `SSL_read` (hooked at their entry: nested there, counted once) and by OpenSSL's SSL BIO
+/// (`BIO_read`/`BIO_write` on `BIO_f_ssl`: recorded as the `_ex` function). Any other
+/// shape: `None` (hooked at the entry).
 fn wrapped_hooks(
     elf: &ElfFile64<Endianness>,
     symbols: &Symbols,
@@ -477,7 +480,7 @@ fn wrapped_hooks(
     Some((
         Hook {
             func,
-            offset: offset + 4,
+            offset: inner_offset,
             prog: Prog::Enter,
             cookie,
         },
@@ -826,13 +829,10 @@ garbage line
                 assert_eq!(h.offset, at, "{}", h.func);
                 continue;
             }
-            // A thin wrapper: entry at its `call` (+4), return on the call's target.
+            // A thin wrapper: entry and return on its `call`'s target.
             let code = std::fs::read(path).unwrap();
             let rel = i32::from_le_bytes(code[at as usize + 5..][..4].try_into().unwrap());
-            let want = match h.prog {
-                Prog::Enter => at + 4,
-                _ => at.checked_add_signed(9 + i64::from(rel)).unwrap(),
-            };
+            let want = at.checked_add_signed(9 + i64::from(rel)).unwrap();
             assert_eq!(h.offset, want, "{} {:?}", h.func, h.prog);
         }
     }
@@ -889,8 +889,8 @@ garbage line
                 ("SSL_write", Prog::Exit, id(tls_fn::SSL_WRITE)),
                 ("SSL_read", Prog::Enter, id(tls_fn::SSL_READ)),
                 ("SSL_read", Prog::Exit, id(tls_fn::SSL_READ)),
-                // Thin wrappers in Debian's build: hooked at their `call` and the call's
-                // target (see `wrapped_hooks`).
+                // Thin wrappers in Debian's build: hooked at their `call`'s target (see
+                // `wrapped_hooks`).
                 ("SSL_write_ex", Prog::Enter, wrapped(tls_fn::SSL_WRITE_EX)),
                 ("SSL_write_ex", Prog::Exit, wrapped(tls_fn::SSL_WRITE_EX)),
                 ("SSL_read_ex", Prog::Enter, wrapped(tls_fn::SSL_READ_EX)),
