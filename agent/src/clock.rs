@@ -1,5 +1,6 @@
 //! The kernel stamps its records with CLOCK_BOOTTIME; records are written with the wall
-//! clock. Shared by every kernel session (trace, capture).
+//! clock. Shared by every kernel session (trace, capture), and the wall clock of every record
+//! made in userspace (proxies, capture's pcapng, the daemon's file names).
 
 fn now(clock: libc::clockid_t) -> i128 {
     let mut ts = libc::timespec {
@@ -9,6 +10,11 @@ fn now(clock: libc::clockid_t) -> i128 {
     // SAFETY: `ts` is a valid timespec to write into; both clocks exist on Linux.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+}
+
+/// Wall-clock time now, in nanoseconds since the Unix epoch (the records' time).
+pub fn wall_ns() -> u64 {
+    now(libc::CLOCK_REALTIME).max(0) as u64
 }
 
 /// CLOCK_BOOTTIME now, in nanoseconds (the kernel's timestamps).

@@ -83,13 +83,6 @@ impl CommentCache {
     }
 }
 
-/// Wall-clock nanoseconds since the epoch, now.
-fn now_wall_ns() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
 impl CaptureWriter<Box<dyn Write + Send>> {
     /// Writes to `path` (created or truncated, mode 0600 when created), or stdout for `-`.
     pub fn open(path: &Path, ifaces: &[Iface], snaplen: u32) -> io::Result<Self> {
@@ -289,7 +282,7 @@ impl<W: Write> PacketWriter for CaptureWriter<W> {
     }
 
     fn finish(&mut self, totals: &[IfaceTotals], filtering: bool) -> io::Result<()> {
-        let now = now_wall_ns();
+        let now = crate::clock::wall_ns();
         for t in totals {
             self.write_stats(t, filtering, now)?;
         }

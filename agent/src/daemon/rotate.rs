@@ -83,12 +83,6 @@ pub fn expired(
         .collect()
 }
 
-fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
-
 /// A file that counts the bytes written into it.
 pub struct CountingFile {
     file: File,
@@ -166,7 +160,7 @@ impl Rotator {
     /// Creates the next file (mode 0600) and makes it the current one. The caller applies
     /// retention ([`Rotator::retain`]) once the previous file is closed.
     pub fn open_next(&mut self) -> io::Result<CountingFile> {
-        let mut ts = now_ns();
+        let mut ts = crate::clock::wall_ns();
         let (path, file) = loop {
             let path = self.dir.join(file_name(&self.job, ts, self.ext));
             match OpenOptions::new()

@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -157,13 +157,6 @@ impl RecorderHandle {
             None => Ok(()),
         }
     }
-}
-
-/// Wall-clock time in nanoseconds since the Unix epoch.
-pub fn now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Negative errno of an I/O error (EIO when it has none).
@@ -379,7 +372,7 @@ impl Conn {
         self.rec
             .send(Msg::Open {
                 id: self.id,
-                ts_ns: now_ns(),
+                ts_ns: crate::clock::wall_ns(),
                 comm: self.comm,
                 meta,
                 proxy: proxy.into(),
@@ -399,7 +392,7 @@ impl Conn {
         self.rec
             .send(Msg::Data {
                 id: self.id,
-                ts_ns: now_ns(),
+                ts_ns: crate::clock::wall_ns(),
                 dir,
                 payload,
                 addr: None,
@@ -422,7 +415,7 @@ impl Conn {
         self.rec
             .send(Msg::Data {
                 id: self.id,
-                ts_ns: now_ns(),
+                ts_ns: crate::clock::wall_ns(),
                 dir,
                 payload,
                 addr: Some(peer),
@@ -438,7 +431,7 @@ impl Conn {
         self.rec
             .send(Msg::Eof {
                 id: self.id,
-                ts_ns: now_ns(),
+                ts_ns: crate::clock::wall_ns(),
                 dir,
             })
             .await;
@@ -452,7 +445,7 @@ impl Conn {
         self.rec
             .send(Msg::Close {
                 id: self.id,
-                ts_ns: now_ns(),
+                ts_ns: crate::clock::wall_ns(),
                 ret: match result {
                     Ok(()) => 0,
                     Err(e) => neg_errno(e),
@@ -471,7 +464,7 @@ impl Drop for Conn {
         {
             let _ = s.tx.try_send(Msg::Close {
                 id: self.id,
-                ts_ns: now_ns(),
+                ts_ns: crate::clock::wall_ns(),
                 ret: -i64::from(libc::ECONNABORTED),
             });
         }
