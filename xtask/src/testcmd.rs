@@ -1,7 +1,8 @@
 //! `cargo xtask test`: setup, unit tests of the default members, then the root integration
 //! tests in tests/ (test targets of the capagent-tests crate behind its `root-tests`
 //! feature), one at a time, then the proxy tests (behind `peer-tests`), then (`--fuzz-secs`)
-//! every fuzz target, each counted as a test. Ends with `N passed, N failed`.
+//! every fuzz target, each counted as a test. Ends with the failed tests' reports again (CI
+//! often shows only the tail of its log) and `N passed, N failed`.
 use std::{
     io::{BufRead, BufReader, Write},
     process::{Command, Stdio},
@@ -51,9 +52,44 @@ pub fn parse_result_line(line: &str) -> Option<Tally> {
     Some(tally)
 }
 
+/// Collects libtest's reports of failed tests (`---- NAME stdout ----` up to the next report
+/// or the `failures:` list), each cut to its last [`Failures::KEEP`] lines.
+#[derive(Default)]
+pub struct Failures {
+    reports: Vec<Vec<String>>,
+    open: bool,
+}
+
+impl Failures {
+    const KEEP: usize = 40;
+
+    pub fn feed(&mut self, line: &str) {
+        if line.starts_with("---- ") && line.ends_with(" ----") {
+            self.reports.push(vec![line.to_string()]);
+            self.open = true;
+        } else if line == "failures:" || line.starts_with("test result: ") {
+            self.open = false;
+        } else if self.open {
+            let report = self.reports.last_mut().expect("open report");
+            report.push(line.to_string());
+            if report.len() > Self::KEEP + 1 {
+                report.remove(1);
+            }
+        }
+    }
+
+    pub fn print(&self) {
+        for report in &self.reports {
+            for line in report {
+                println!("{line}");
+            }
+        }
+    }
+}
+
 /// Runs a `cargo test` command, echoing its stdout while summing its result lines.
 /// Returns the tally and whether cargo succeeded.
-fn cargo_test(cmd: &mut Command) -> Result<(Tally, bool)> {
+fn cargo_test(cmd: &mut Command, failures: &mut Failures) -> Result<(Tally, bool)> {
     eprintln!("+ {}", display(cmd));
     let mut child = cmd
         .stdout(Stdio::piped())
@@ -71,6 +107,7 @@ fn cargo_test(cmd: &mut Command) -> Result<(Tally, bool)> {
         if let Some(t) = parse_result_line(&line) {
             tally.add(&t);
         }
+        failures.feed(&line);
     }
     let status = child.wait()?;
     Ok((tally, status.success()))
@@ -90,6 +127,7 @@ pub fn test(integration_args: &[String], fuzz_secs: u64) -> Result<()> {
 
     let mut total = Tally::default();
     let mut problems = Vec::new();
+    let mut failures = Failures::default();
 
     // Unit tests: the default members (agent-ebpf only builds for the bpf target).
     let mut unit = util::cargo();
@@ -100,7 +138,7 @@ pub fn test(integration_args: &[String], fuzz_secs: u64) -> Result<()> {
         "--exclude",
         "agent-ebpf",
     ]);
-    let (tally, ok) = cargo_test(&mut unit)?;
+    let (tally, ok) = cargo_test(&mut unit, &mut failures)?;
     total.add(&tally);
     if !ok {
         problems.push(format!("unit tests: `{}` failed", display(&unit)));
@@ -124,7 +162,7 @@ pub fn test(integration_args: &[String], fuzz_secs: u64) -> Result<()> {
         .args(integration_args)
         .env("CAPAGENT_BIN", &capagent["capagent"])
         .env("CAPAGENT_RR_BIN", &rr["rr"]);
-    let (tally, ok) = cargo_test(&mut integ)?;
+    let (tally, ok) = cargo_test(&mut integ, &mut failures)?;
     total.add(&tally);
     if !ok {
         problems.push(format!("integration tests: `{}` failed", display(&integ)));
@@ -148,7 +186,7 @@ pub fn test(integration_args: &[String], fuzz_secs: u64) -> Result<()> {
     peers
         .args(integration_args)
         .env("CAPAGENT_BIN", &capagent["capagent"]);
-    let (tally, ok) = cargo_test(&mut peers)?;
+    let (tally, ok) = cargo_test(&mut peers, &mut failures)?;
     total.add(&tally);
     if !ok {
         problems.push(format!("proxy tests: `{}` failed", display(&peers)));
@@ -182,6 +220,10 @@ pub fn test(integration_args: &[String], fuzz_secs: u64) -> Result<()> {
         }
     }
 
+    if !failures.reports.is_empty() {
+        println!("\nreports of the failed tests, again:");
+        failures.print();
+    }
     for p in &problems {
         eprintln!("error: {p}");
     }
@@ -272,5 +314,36 @@ required-features = ["peer-tests"]
             })
         );
         assert_eq!(parse_result_line("running 3 tests"), None);
+    }
+
+    #[test]
+    fn collects_failure_reports() {
+        let mut f = Failures::default();
+        for line in [
+            "test a ... ok",
+            "test b ... FAILED",
+            "",
+            "failures:",
+            "",
+            "---- b stdout ----",
+            "thread 'b' panicked at tests/x.rs:3:5:",
+            "boom",
+            "",
+            "failures:",
+            "    b",
+            "",
+            "test result: FAILED. 1 passed; 1 failed; 0 ignored",
+        ] {
+            f.feed(line);
+        }
+        assert_eq!(
+            f.reports,
+            [vec![
+                "---- b stdout ----",
+                "thread 'b' panicked at tests/x.rs:3:5:",
+                "boom",
+                ""
+            ]]
+        );
     }
 }
