@@ -1,0 +1,3 @@
+//! TLS interception: capagent's CA and the leaf certificates it issues ([`ca`]).
+
+pub mod ca;
