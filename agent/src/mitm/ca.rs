@@ -356,6 +356,14 @@ impl Ca {
         ))
     }
 
+    /// [`Ca::leaf`] as PEM text, for servers that are not rustls (`openssl s_server`, tests):
+    /// the chain (leaf, then CA) and the process's leaf key (PKCS#8).
+    pub fn leaf_pem(&self, spec: &LeafSpec) -> Result<(String, String), CaError> {
+        let leaf = self.leaf(spec)?;
+        let chain: String = leaf.cert.iter().map(|c| pem("CERTIFICATE", c)).collect();
+        Ok((chain, leaf_key(self.rsa)?.key.serialize_pem()))
+    }
+
     /// The number of leaves cached (tests).
     #[cfg(test)]
     fn cached(&self) -> usize {
@@ -389,6 +397,19 @@ fn write_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), CaError> {
     f.write_all(contents)
         .and_then(|()| f.sync_all())
         .map_err(|e| io_err(path, e))
+}
+
+/// A PEM block (RFC 7468: base64 in lines of 64).
+pub fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
 }
 
 /// The DER of the first CERTIFICATE block of a PEM text.

@@ -3,10 +3,10 @@ use std::net::{Ipv4Addr, Ipv6Addr, TcpListener};
 use std::os::unix::fs::PermissionsExt as _;
 use std::process::Command;
 
-use base64::Engine as _;
 use capagent_testkit::TempDir;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::ServerCertVerifier as _;
+use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{ServerName, UnixTime};
 
 use super::*;
@@ -44,20 +44,9 @@ fn verify(ca: &Ca, leaf: &CertifiedKey, name: &str) -> Result<(), rustls::Error>
         .map(|_| ())
 }
 
-fn pem(der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = String::from("-----BEGIN CERTIFICATE-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(std::str::from_utf8(line).unwrap());
-        out.push('\n');
-    }
-    out.push_str("-----END CERTIFICATE-----\n");
-    out
-}
-
 /// `openssl verify` of the leaf against ca.crt, for a host name (or an IP).
 fn openssl_verify(dir: &TempDir, ca: &Ca, leaf: &CertifiedKey, check: &[&str]) -> String {
-    let leaf_pem = dir.write("leaf.pem", pem(&leaf.cert[0]));
+    let leaf_pem = dir.write("leaf.pem", pem("CERTIFICATE", &leaf.cert[0]));
     let out = Command::new("openssl")
         .arg("verify")
         .arg("-CAfile")
@@ -134,6 +123,17 @@ fn init_writes_the_ca_and_its_leaves_verify() {
     let ok = openssl_verify(&tmp, &ca, &leaf, &["-verify_ip", "127.0.0.1"]);
     assert!(ok.ends_with("leaf.pem: OK\n"), "{ok}");
     let bad = openssl_verify(&tmp, &ca, &leaf, &["-verify_hostname", "other.test"]);
+    // leaf_pem: the same (cached) chain as PEM, and the key that matches it.
+    let (chain, key) = ca.leaf_pem(&example()).unwrap();
+    let ders: Vec<_> = CertificateDer::pem_slice_iter(chain.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(ders, leaf.cert);
+    let key = PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap();
+    let signer = rustls::crypto::ring::sign::any_supported_type(&key).unwrap();
+    CertifiedKey::new(leaf.cert.clone(), signer)
+        .keys_match()
+        .unwrap();
     assert!(bad.contains("hostname mismatch"), "{bad}");
 
     // The leaf: serverAuth, digitalSignature only (ECDSA), not a CA, within the CA's life.
