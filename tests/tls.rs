@@ -237,15 +237,121 @@ fn check_pcap(
     );
 }
 
-/// `--tls --format json -w DIR/NAME.pcapng`, and the pcapng's path.
-fn tls_args(dir: &TempDir, name: &str) -> (Vec<String>, String) {
-    let pcap = dir.join(&format!("{name}.pcapng")).display().to_string();
-    (strings(&["--tls", "--format", "json", "-w", &pcap]), pcap)
+/// `127.0.0.1:PORT`.
+fn loopback(port: u16) -> String {
+    format!("127.0.0.1:{port}")
 }
 
-fn with_cmd_owned(args: &[String], cmd: &[String]) -> Vec<String> {
-    let a: Vec<&str> = args.iter().map(String::as_str).collect();
-    with_cmd(&a, cmd)
+/// A test's world: a network namespace and a temporary directory of its own (both named
+/// after the test's `tag`), and a CA and a leaf certificate for 127.0.0.1 made now; the
+/// servers, clients and capagent runs the tests make in them.
+struct Fixture {
+    certs: Certs,
+    dir: TempDir,
+    ns: Netns,
+}
+
+impl Fixture {
+    fn new(tag: &str) -> Fixture {
+        Fixture {
+            ns: Netns::new(tag),
+            dir: TempDir::new(tag),
+            certs: Certs::localhost(),
+        }
+    }
+
+    /// The Python HTTPS server in the namespace.
+    fn https_server(&self) -> HttpsServer {
+        HttpsServer::start(&self.ns, &self.dir, &self.certs)
+    }
+
+    /// `openssl s_server -www` in the namespace.
+    fn openssl_server(&self) -> OpensslServer {
+        OpensslServer::start(&self.ns, &self.certs)
+    }
+
+    /// curl trusting the CA, fetching `url` (see [`Curl::new`]).
+    fn curl(&self, url: &str, extra: &[&str]) -> Curl {
+        Curl::new(&self.dir, &self.certs, url, extra)
+    }
+
+    /// curl POSTing `body` (from a file) to `url`.
+    fn curl_post(&self, url: &str, body: &[u8]) -> Curl {
+        let file = self.dir.write("body.bin", body);
+        self.curl(url, &["--data-binary", &format!("@{file}")])
+    }
+
+    /// The path of the pcapng `NAME.pcapng` in the test's directory.
+    fn pcap(&self, name: &str) -> String {
+        self.dir
+            .join(&format!("{name}.pcapng"))
+            .display()
+            .to_string()
+    }
+
+    /// `capagent trace --tls --format json -w DIR/NAME.pcapng -- CMD`, `stdin` fed to it,
+    /// which must succeed; the run and the pcapng's path.
+    fn trace_json(&self, name: &str, cmd: &[String], stdin: Option<&[u8]>) -> (TraceRun, String) {
+        let pcap = self.pcap(name);
+        let args = with_cmd(&["--tls", "--format", "json", "-w", &pcap], cmd);
+        let run = trace(&self.dir, &args, stdin);
+        assert_ok(&run);
+        (run, pcap)
+    }
+
+    /// `capagent trace --tls -- CMD` (text), which must succeed.
+    fn trace_text(&self, cmd: &[String]) -> TraceRun {
+        let run = trace(&self.dir, &with_cmd(&["--tls"], cmd), None);
+        assert_ok(&run);
+        run
+    }
+
+    /// `capagent trace --tls --format json ARGS...` in the background.
+    fn live(&self, args: &[&str]) -> LiveTrace {
+        let mut all = strings(&["--tls", "--format", "json"]);
+        all.extend(strings(args));
+        LiveTrace::spawn(&self.dir, &all)
+    }
+
+    /// `capagent trace --tls --format json -w DIR/NAME.pcapng --pid PID` in the background,
+    /// and the pcapng's path.
+    fn live_pcap(&self, name: &str, pid: u32) -> (LiveTrace, String) {
+        let pcap = self.pcap(name);
+        let live = self.live(&["-w", &pcap, "--pid", &pid.to_string()]);
+        (live, pcap)
+    }
+
+    /// A plain TCP connection (no handshake) to 127.0.0.1:`port` in the namespace, closed
+    /// at once: it makes a server accept.
+    fn tcp_poke(&self, port: u16) {
+        let mut c = self.ns.cmd(python());
+        c.args([
+            "-c",
+            &format!("import socket; socket.create_connection(('127.0.0.1', {port})).close()"),
+        ]);
+        run_output("poke", c, TIMEOUT);
+    }
+}
+
+/// Waits until `live` reports the `socket` call of `pid` (the urllib client makes one every
+/// 20 ms until it may go on): capagent has attached.
+fn wait_for_socket_call(live: &mut LiveTrace, pid: u32) {
+    live.poke_until(
+        TIMEOUT,
+        || {},
+        |e| e.ty() == "sock" && e.pid() == pid && e.syscall() == "socket",
+    );
+}
+
+/// Makes the server `spid` accept plain TCP connections on `port` until `live` reports one:
+/// capagent has attached.
+fn wait_for_accept(f: &Fixture, live: &mut LiveTrace, spid: u32, port: u16) {
+    let addr = loopback(port);
+    live.poke_until(
+        TIMEOUT,
+        || f.tcp_poke(port),
+        |e| e.ty() != "lost" && e.pid() == spid && e.str_of("local") == Some(addr.as_str()),
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -253,15 +359,11 @@ fn with_cmd_owned(args: &[String], cmd: &[String]) -> Vec<String> {
 
 #[test]
 fn curl_against_openssl_s_server() {
-    let ns = Netns::new("tls-ss");
-    let dir = TempDir::new("tls-ss");
-    let certs = Certs::localhost();
-    let srv = OpensslServer::start(&ns, &certs);
-    let dest = format!("127.0.0.1:{}", srv.port);
-    let curl = Curl::new(&dir, &certs, &srv.url(), &[]);
-    let (args, pcap) = tls_args(&dir, "ss");
-    let run = trace(&dir, &with_cmd_owned(&args, &curl.argv(&ns)), None);
-    assert_ok(&run);
+    let f = Fixture::new("tls-ss");
+    let srv = f.openssl_server();
+    let dest = loopback(srv.port);
+    let curl = f.curl(&srv.url(), &[]);
+    let (run, pcap) = f.trace_json("ss", &curl.argv(&f.ns), None);
     let evs = &run.events;
     let pid = exec_pid(evs, "curl");
     let sent = curl.sent();
@@ -283,10 +385,9 @@ fn curl_against_openssl_s_server() {
     );
 
     // Text: the record as the issue shows it, and the ciphertext lines marked.
-    let curl = Curl::new(&dir, &certs, &srv.url(), &[]);
-    let run = trace(&dir, &with_cmd(&["--tls"], &curl.argv(&ns)), None);
-    assert_ok(&run);
-    let local = format!("127.0.0.1:{}", local_port(&run.stdout));
+    let curl = f.curl(&srv.url(), &[]);
+    let run = f.trace_text(&curl.argv(&f.ns));
+    let local = loopback(local_port(&run.stdout));
     let sent = curl.sent();
     let want = format!(
         ", {local} -> {dest}) = {} \"{}",
@@ -317,22 +418,12 @@ fn curl_against_openssl_s_server() {
 
 #[test]
 fn curl_against_python_https_server() {
-    let ns = Netns::new("tls-py");
-    let dir = TempDir::new("tls-py");
-    let certs = Certs::localhost();
-    let mut srv = HttpsServer::start(&ns, &dir, &certs);
-    let dest = format!("127.0.0.1:{}", srv.port());
+    let f = Fixture::new("tls-py");
+    let mut srv = f.https_server();
+    let dest = loopback(srv.port());
     let body = pattern(3000, 13);
-    let body_file = dir.write("body.bin", &body);
-    let curl = Curl::new(
-        &dir,
-        &certs,
-        &srv.url("/echo"),
-        &["--data-binary", &format!("@{body_file}")],
-    );
-    let (args, pcap) = tls_args(&dir, "py");
-    let run = trace(&dir, &with_cmd_owned(&args, &curl.argv(&ns)), None);
-    assert_ok(&run);
+    let curl = f.curl_post(&srv.url("/echo"), &body);
+    let (run, pcap) = f.trace_json("py", &curl.argv(&f.ns), None);
     let ex = srv.exchange();
     assert_eq!(
         ex.request,
@@ -374,22 +465,14 @@ fn curl_against_python_https_server() {
 
 #[test]
 fn python_urllib_loads_ssl_after_tracing_started() {
-    let ns = Netns::new("tls-url");
-    let dir = TempDir::new("tls-url");
-    let certs = Certs::localhost();
-    let mut srv = HttpsServer::start(&ns, &dir, &certs);
-    let dest = format!("127.0.0.1:{}", srv.port());
+    let f = Fixture::new("tls-url");
+    let mut srv = f.https_server();
+    let dest = loopback(srv.port());
     let body = b"urllib body \x00\x01\xfe\xff".to_vec();
-    let mut client = UrllibClient::start(&ns, &dir, &certs, &srv.url("/u"), Some(&body));
+    let mut client = UrllibClient::start(&f.ns, &f.dir, &f.certs, &srv.url("/u"), Some(&body));
     let pid = client.pid;
-    let (mut args, pcap) = tls_args(&dir, "url");
-    args.extend(strings(&["--pid", &pid.to_string()]));
-    let mut live = LiveTrace::spawn(&dir, &args);
-    live.poke_until(
-        TIMEOUT,
-        || {},
-        |e| e.ty() == "sock" && e.pid() == pid && e.syscall() == "socket",
-    );
+    let (mut live, pcap) = f.live_pcap("url", pid);
+    wait_for_socket_call(&mut live, pid);
     let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
     assert!(
         !maps.contains("libssl"),
@@ -431,17 +514,13 @@ fn python_urllib_loads_ssl_after_tracing_started() {
 
 #[test]
 fn wget_gnutls() {
-    let ns = Netns::new("tls-wget");
-    let dir = TempDir::new("tls-wget");
-    let certs = Certs::localhost();
-    let mut srv = HttpsServer::start(&ns, &dir, &certs);
-    let dest = format!("127.0.0.1:{}", srv.port());
-    let out = dir.join("wget.out");
-    let mut cmd = ns.argv(&["wget"]);
-    cmd.extend(wget_args(&certs, &srv.url("/w?x=1"), &out));
-    let (args, pcap) = tls_args(&dir, "wget");
-    let run = trace(&dir, &with_cmd_owned(&args, &cmd), None);
-    assert_ok(&run);
+    let f = Fixture::new("tls-wget");
+    let mut srv = f.https_server();
+    let dest = loopback(srv.port());
+    let out = f.dir.join("wget.out");
+    let mut cmd = f.ns.argv(&["wget"]);
+    cmd.extend(wget_args(&f.certs, &srv.url("/w?x=1"), &out));
+    let (run, pcap) = f.trace_json("wget", &cmd, None);
     let ex = srv.exchange();
     assert_eq!(fs::read(&out).unwrap(), b"path /w?x=1\n");
 
@@ -469,18 +548,14 @@ fn wget_gnutls() {
 
 #[test]
 fn gnutls_cli_request_on_stdin() {
-    let ns = Netns::new("tls-gcli");
-    let dir = TempDir::new("tls-gcli");
-    let certs = Certs::localhost();
-    let mut srv = HttpsServer::start(&ns, &dir, &certs);
-    let dest = format!("127.0.0.1:{}", srv.port());
+    let f = Fixture::new("tls-gcli");
+    let mut srv = f.https_server();
+    let dest = loopback(srv.port());
     let request = b"GET /g HTTP/1.1\r\nHost: localhost\r\nX-Bytes: \x01\x7f\r\n\r\n";
-    let log = dir.join("gnutls-cli.log");
-    let mut cmd = ns.argv(&["gnutls-cli"]);
-    cmd.extend(gnutls_cli_args(&certs, srv.port(), &log));
-    let (args, _) = tls_args(&dir, "gcli");
-    let run = trace(&dir, &with_cmd_owned(&args, &cmd), Some(request));
-    assert_ok(&run);
+    let log = f.dir.join("gnutls-cli.log");
+    let mut cmd = f.ns.argv(&["gnutls-cli"]);
+    cmd.extend(gnutls_cli_args(&f.certs, srv.port(), &log));
+    let (run, _) = f.trace_json("gcli", &cmd, Some(request));
     let ex = srv.exchange();
     assert_eq!(ex.request, request);
     assert_eq!(run.stdout_bytes, ex.response, "gnutls-cli's stdout");
@@ -505,51 +580,35 @@ fn gnutls_cli_request_on_stdin() {
 
 #[test]
 fn traced_python_https_server() {
-    let ns = Netns::new("tls-srv");
-    let dir = TempDir::new("tls-srv");
-    let certs = Certs::localhost();
-    let mut srv = HttpsServer::start(&ns, &dir, &certs);
+    let f = Fixture::new("tls-srv");
+    let mut srv = f.https_server();
     let spid = srv.pid();
     let port = srv.port();
-    let addr = format!("127.0.0.1:{port}");
-    let (mut args, pcap) = tls_args(&dir, "srv");
-    args.extend(strings(&["--pid", &spid.to_string()]));
-    let mut live = LiveTrace::spawn(&dir, &args);
+    let addr = loopback(port);
+    let (mut live, pcap) = f.live_pcap("srv", spid);
     // A plain TCP connection (no handshake) makes the server accept: that shows capagent
     // has attached.
-    let poke = || {
-        let mut c = ns.cmd(python());
-        c.args([
-            "-c",
-            &format!("import socket; socket.create_connection(('127.0.0.1', {port})).close()"),
-        ]);
-        run_output("poke", c, TIMEOUT);
-    };
-    live.poke_until(TIMEOUT, poke, |e| {
-        e.ty() != "lost" && e.pid() == spid && e.str_of("local") == Some(addr.as_str())
-    });
+    wait_for_accept(&f, &mut live, spid, port);
     let body = pattern(2000, 21);
-    let body_file = dir.write("body.bin", &body);
-    let curl = Curl::new(
-        &dir,
-        &certs,
-        &srv.url("/srv"),
-        &["--data-binary", &format!("@{body_file}")],
-    );
-    let cport = curl.run(&ns);
+    let curl = f.curl_post(&srv.url("/srv"), &body);
+    let cport = curl.run(&f.ns);
     let ex = srv.exchange();
     assert_eq!(ex.request, curl.sent());
     assert_eq!(ex.response, https_server_response(&body));
-    let client = format!("127.0.0.1:{cport}");
+    let client = loopback(cport);
     // Until the server's records of this connection are out (the pokes make more events,
     // which flush the output).
-    live.poke_until(TIMEOUT, poke, |e| {
-        e.ty() == "data"
-            && e.pid() == spid
-            && e["tls"]["lib"].is_string()
-            && e["dir"] == "send"
-            && e.str_of("remote") == Some(client.as_str())
-    });
+    live.poke_until(
+        TIMEOUT,
+        || f.tcp_poke(port),
+        |e| {
+            e.ty() == "data"
+                && e.pid() == spid
+                && e["tls"]["lib"].is_string()
+                && e["dir"] == "send"
+                && e.str_of("remote") == Some(client.as_str())
+        },
+    );
     let run = live.stop();
     assert_ok(&run);
 
@@ -589,18 +648,13 @@ fn traced_python_https_server() {
 
 #[test]
 fn comm_catches_a_tls_client_started_later() {
-    let ns = Netns::new("tls-comm");
-    let dir = TempDir::new("tls-comm");
-    let certs = Certs::localhost();
-    let srv = OpensslServer::start(&ns, &certs);
-    let dest = format!("127.0.0.1:{}", srv.port);
-    let mut live = LiveTrace::spawn(
-        &dir,
-        &strings(&["--tls", "--format", "json", "--comm", "curl"]),
-    );
+    let f = Fixture::new("tls-comm");
+    let srv = f.openssl_server();
+    let dest = loopback(srv.port);
+    let mut live = f.live(&["--comm", "curl"]);
     // A curl to a closed port until capagent reports its connect.
     let mut canary = || {
-        let mut c = ns.cmd("curl");
+        let mut c = f.ns.cmd("curl");
         c.args(["-s", "http://127.0.0.1:9/"])
             .stdout(Stdio::null())
             .stderr(Stdio::null());
@@ -609,8 +663,8 @@ fn comm_catches_a_tls_client_started_later() {
     live.poke_until(TIMEOUT, &mut canary, |e| {
         e.ty() == "sock" && e.str_of("addr") == Some("127.0.0.1:9")
     });
-    let curl = Curl::new(&dir, &certs, &srv.url(), &[]);
-    let mut p = Proc::spawn("curl", curl.cmd(&ns));
+    let curl = f.curl(&srv.url(), &[]);
+    let mut p = Proc::spawn("curl", curl.cmd(&f.ns));
     let pid = p.pid();
     let local = format!("127.0.0.1:{}", p.expect("LOCAL", TIMEOUT));
     assert!(p.wait(TIMEOUT).success(), "curl: {}", p.stderr());
@@ -631,21 +685,12 @@ fn comm_catches_a_tls_client_started_later() {
 
 #[test]
 fn no_uprobes_until_a_tls_library_is_loaded() {
-    let ns = Netns::new("tls-none");
-    let dir = TempDir::new("tls-none");
-    let certs = Certs::localhost();
-    let mut srv = HttpsServer::start(&ns, &dir, &certs);
-    let mut client = UrllibClient::start(&ns, &dir, &certs, &srv.url("/late"), None);
+    let f = Fixture::new("tls-none");
+    let mut srv = f.https_server();
+    let mut client = UrllibClient::start(&f.ns, &f.dir, &f.certs, &srv.url("/late"), None);
     let pid = client.pid;
-    let mut live = LiveTrace::spawn(
-        &dir,
-        &strings(&["--tls", "--format", "json", "--pid", &pid.to_string()]),
-    );
-    live.poke_until(
-        TIMEOUT,
-        || {},
-        |e| e.ty() == "sock" && e.pid() == pid && e.syscall() == "socket",
-    );
+    let mut live = f.live(&["--pid", &pid.to_string()]);
+    wait_for_socket_call(&mut live, pid);
     let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
     assert!(
         !maps.contains("libssl") && !maps.contains("libgnutls"),
@@ -679,24 +724,9 @@ fn no_uprobes_until_a_tls_library_is_loaded() {
 
 /// Starts `capagent trace --tls --pid SPID`, waits until it has attached and holds uprobes
 /// on libssl; returns it and the ids of its uprobe links.
-fn traced_with_uprobes(dir: &TempDir, ns: &Netns, spid: u32, port: u16) -> (LiveTrace, Vec<u32>) {
-    let mut live = LiveTrace::spawn(
-        dir,
-        &strings(&["--tls", "--format", "json", "--pid", &spid.to_string()]),
-    );
-    let addr = format!("127.0.0.1:{port}");
-    live.poke_until(
-        TIMEOUT,
-        || {
-            let mut c = ns.cmd(python());
-            c.args([
-                "-c",
-                &format!("import socket; socket.create_connection(('127.0.0.1', {port})).close()"),
-            ]);
-            run_output("poke", c, TIMEOUT);
-        },
-        |e| e.ty() != "lost" && e.pid() == spid && e.str_of("local") == Some(addr.as_str()),
-    );
+fn traced_with_uprobes(f: &Fixture, spid: u32, port: u16) -> (LiveTrace, Vec<u32>) {
+    let mut live = f.live(&["--pid", &spid.to_string()]);
+    wait_for_accept(f, &mut live, spid, port);
     let cpid = live.pid();
     let ups = wait_for(TIMEOUT, || {
         let u = uprobes_of(cpid);
@@ -720,25 +750,23 @@ fn assert_links_gone(ids: &[u32], how: &str) {
 
 #[test]
 fn no_uprobes_left_at_exit_or_after_sigkill() {
-    let ns = Netns::new("tls-exit");
-    let dir = TempDir::new("tls-exit");
-    let certs = Certs::localhost();
-    let mut srv = HttpsServer::start(&ns, &dir, &certs);
+    let f = Fixture::new("tls-exit");
+    let mut srv = f.https_server();
     let (spid, port) = (srv.pid(), srv.port());
 
-    let (live, ids) = traced_with_uprobes(&dir, &ns, spid, port);
+    let (live, ids) = traced_with_uprobes(&f, spid, port);
     let run = live.stop();
     assert_ok(&run);
     assert_links_gone(&ids, "SIGINT");
 
-    let (live, ids) = traced_with_uprobes(&dir, &ns, spid, port);
+    let (live, ids) = traced_with_uprobes(&f, spid, port);
     // Dropping a LiveTrace kills capagent with SIGKILL.
     drop(live);
     assert_links_gone(&ids, "SIGKILL");
 
     // The server was neither left stopped nor broken: it still serves.
-    let curl = Curl::new(&dir, &certs, &srv.url("/after"), &[]);
-    curl.run(&ns);
+    let curl = f.curl(&srv.url("/after"), &[]);
+    curl.run(&f.ns);
     assert_eq!(curl.body(), b"path /after\n");
     assert_eq!(srv.exchange().request, curl.sent());
     assert!(Path::new(&format!("/proc/{spid}")).exists());
@@ -772,26 +800,22 @@ fn go_version() -> String {
 /// binary, Go and its version.
 fn go_client(build: GoBuild) {
     const N: usize = 5;
-    let ns = Netns::new("tls-go");
-    let dir = TempDir::new("tls-go");
-    let certs = Certs::localhost();
-    let bin = go_tls_client(&dir, build);
-    let mut srv = HttpsServer::start(&ns, &dir, &certs);
-    let dest = format!("127.0.0.1:{}", srv.port());
+    let f = Fixture::new("tls-go");
+    let bin = go_tls_client(&f.dir, build);
+    let mut srv = f.https_server();
+    let dest = loopback(srv.port());
     let body = "go body \u{e9}\u{1f600} ".repeat(150);
-    let cmd = ns.argv(&[
+    let cmd = f.ns.argv(&[
         &bin,
         "-ca",
-        certs.ca_str(),
+        f.certs.ca_str(),
         "-data",
         &body,
         "-n",
         &N.to_string(),
         &srv.url("/go"),
     ]);
-    let (args, pcap) = tls_args(&dir, "go");
-    let run = trace(&dir, &with_cmd_owned(&args, &cmd), None);
-    assert_ok(&run);
+    let (run, pcap) = f.trace_json("go", &cmd, None);
     assert_eq!(
         run.stdout_bytes,
         body.repeat(N).as_bytes(),
@@ -927,15 +951,12 @@ fn go_client(build: GoBuild) {
 /// Text output: a Go TLS record as the issue shows a TLS record, on the connection's fd.
 #[test]
 fn go_client_text_records() {
-    let ns = Netns::new("tls-got");
-    let dir = TempDir::new("tls-got");
-    let certs = Certs::localhost();
-    let bin = go_tls_client(&dir, GoBuild::Normal);
-    let mut srv = HttpsServer::start(&ns, &dir, &certs);
-    let dest = format!("127.0.0.1:{}", srv.port());
-    let cmd = ns.argv(&[&bin, "-ca", certs.ca_str(), &srv.url("/t")]);
-    let run = trace(&dir, &with_cmd(&["--tls"], &cmd), None);
-    assert_ok(&run);
+    let f = Fixture::new("tls-got");
+    let bin = go_tls_client(&f.dir, GoBuild::Normal);
+    let mut srv = f.https_server();
+    let dest = loopback(srv.port());
+    let cmd = f.ns.argv(&[&bin, "-ca", f.certs.ca_str(), &srv.url("/t")]);
+    let run = f.trace_text(&cmd);
     assert_eq!(run.stdout, "path /t\n");
     let ex = srv.exchange();
     // `tlsclient[PID] crypto/tls.(*Conn).Write(FD, LOCAL -> DEST) = N "POST ..."`: the fd

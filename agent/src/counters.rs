@@ -147,8 +147,10 @@ const MAX_TRACKED: usize = 65536;
 /// `output::status`, where the trait's layer is).
 pub struct EventCounter {
     m: Arc<JobMetrics>,
-    /// Open connections: (pid, socket).
-    open: HashSet<(u32, u64)>,
+    /// Open connections: (pid, socket `sk`, socket inode). The inode tells a socket from
+    /// one the kernel handed the `sk` of a freed one (its close record comes at the
+    /// syscall's exit, maybe after the new one's connect); 0 when unknown (proxies).
+    open: HashSet<(u32, u64, u64)>,
 }
 
 impl EventCounter {
@@ -161,7 +163,7 @@ impl EventCounter {
 
     pub fn observe(&mut self, ev: &Event) {
         let m = &self.m;
-        let key = ev.sock.as_ref().map(|s| (ev.task.pid, s.sk));
+        let key = ev.sock.as_ref().map(|s| (ev.task.pid, s.sk, s.ino));
         let tcp = ev
             .sock
             .as_ref()
@@ -277,6 +279,26 @@ mod tests {
         c.observe(&lost_event(1, 4, 400));
         assert_eq!(m.lost_events.load(Ordering::Relaxed), 4);
         assert_eq!(m.events.load(Ordering::Relaxed), 8);
+    }
+
+    /// A connection on the `sk` of one whose close record has not come yet (another inode):
+    /// two open, then one closed.
+    #[test]
+    fn reused_sk_is_another_connection() {
+        let m = JobMetrics::new("j", "trace");
+        let mut c = EventCounter::new(m.clone());
+        let on = |mut e: Event, ino| {
+            e.sock.as_mut().unwrap().ino = ino;
+            e
+        };
+        c.observe(&on(ev(sys::CONNECT, 0, 1, sock()), 7));
+        c.observe(&on(ev(sys::CONNECT, 0, 1, sock()), 8));
+        assert_eq!(m.active_connections.load(Ordering::Relaxed), 2);
+        c.observe(&on(ev(sys::CLOSE, 0, 1, sock()), 7));
+        assert_eq!(m.active_connections.load(Ordering::Relaxed), 1);
+        c.observe(&on(ev(sys::CLOSE, 0, 1, sock()), 8));
+        assert_eq!(m.active_connections.load(Ordering::Relaxed), 0);
+        assert_eq!(m.connections.load(Ordering::Relaxed), 2);
     }
 
     #[test]

@@ -149,3 +149,51 @@ fn run(cli: Cli) -> Result<()> {
         Task::Bench(Bench::Tls(args)) => bench::tls::tls(args),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory as _, Parser as _};
+
+    use super::{Bench, Cli, Task};
+
+    /// The benches' flags hold together (clap's own checks), and the shared bench flags keep
+    /// each bench's defaults: `bench tls` sets its `--timeout` with `mut_arg` on a flattened
+    /// struct, which clap checks only when the command is built.
+    #[test]
+    fn bench_args() {
+        Cli::command().debug_assert();
+        let parse = |args: &[&str]| Cli::try_parse_from(args).unwrap().task;
+        let Task::Bench(Bench::Trace(t)) = parse(&["xtask", "bench", "trace"]) else {
+            panic!("not bench trace");
+        };
+        let Task::Bench(Bench::Tls(l)) = parse(&["xtask", "bench", "tls"]) else {
+            panic!("not bench tls");
+        };
+        for (c, timeout) in [(&t.common, 600), (&l.common, 300)] {
+            assert_eq!(c.timeout, timeout);
+            assert_eq!((c.runs, c.bpftrace_rb_pages), (1, 8192));
+            assert!(c.skip.is_empty() && c.capagent.is_none() && !c.no_pin);
+        }
+        let Task::Bench(Bench::Tls(l)) = parse(&[
+            "xtask",
+            "bench",
+            "tls",
+            "--skip",
+            "capagent,bpftrace",
+            "--timeout",
+            "7",
+            "--runs",
+            "3",
+            "--no-pin",
+            "--capagent",
+            "/x",
+        ]) else {
+            panic!("not bench tls");
+        };
+        assert!(l.common.skips("capagent") && l.common.skips("bpftrace"));
+        assert!(!l.common.skips("untraced"));
+        assert_eq!((l.common.timeout, l.common.runs), (7, 3));
+        assert!(l.common.no_pin);
+        assert_eq!(l.common.capagent_bin(), Err("skipped".to_string()));
+    }
+}

@@ -17,8 +17,10 @@
 //!
 //! It also keeps what the kernel's `SockInfo` cannot tell: the paths of Unix sockets, learned
 //! from bind (local), connect (remote) and accept (the listener's path as local, the peer as
-//! remote), kept per socket (`sk`) until its close, and filled into [`SocketMeta`] of every
-//! event on that socket.
+//! remote), kept per socket until its close, and filled into [`SocketMeta`] of every event on
+//! that socket. A socket is known by its `sk` and inode ([`SockKey`]): the kernel may free a
+//! socket and hand its `sk` to one another thread opens before the first one's close record
+//! comes (it comes at the syscall's exit).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -145,6 +147,13 @@ impl<'a> Chunk<'a> {
     }
 }
 
+/// A socket: its kernel `sk` and its inode (0 when unknown: then the `sk` alone).
+pub type SockKey = (u64, u64);
+
+fn sock_key(s: &agent_common::SockInfo) -> SockKey {
+    (s.sk, s.ino)
+}
+
 /// Turns decoded records into events; see the module documentation.
 pub struct Assembler<C> {
     clock_offset_ns: i64,
@@ -153,12 +162,12 @@ pub struct Assembler<C> {
     comms: HashMap<u32, String>,
     pending: HashMap<u32, Pending>,
     seq: u64,
-    unix: HashMap<u64, UnixEnds>,
+    unix: HashMap<SockKey, UnixEnds>,
     /// Unix sockets returned by accept whose `sk` is not known yet, by (pid, fd).
     unix_accepted: HashMap<(u32, i32), UnixEnds>,
-    /// Last complete endpoints of each TCP socket (by `sk`): once both sides have closed, the
-    /// kernel clears the local port while the process may still read and close the socket.
-    tcp: HashMap<u64, [Option<Endpoint>; 2]>,
+    /// Last complete endpoints of each TCP socket: once both sides have closed, the kernel
+    /// clears the local port while the process may still read and close the socket.
+    tcp: HashMap<SockKey, [Option<Endpoint>; 2]>,
 }
 
 /// Most TCP sockets whose endpoints are remembered (sockets never closed while traced).
@@ -200,13 +209,18 @@ impl<C: CommLookup> Assembler<C> {
     }
 
     /// What is known of the Unix socket `sk`.
-    pub fn unix_endpoints(&self, sk: u64) -> Option<&UnixEnds> {
+    pub fn unix_endpoints(&self, sk: SockKey) -> Option<&UnixEnds> {
         self.unix.get(&sk)
     }
 
     /// Tells the endpoints of a Unix socket learned elsewhere (sockets opened before tracing
     /// started); `None` leaves a known endpoint as it is.
-    pub fn remember_unix(&mut self, sk: u64, local: Option<Endpoint>, remote: Option<Endpoint>) {
+    pub fn remember_unix(
+        &mut self,
+        sk: SockKey,
+        local: Option<Endpoint>,
+        remote: Option<Endpoint>,
+    ) {
         let e = self.unix_entry(sk);
         if local.is_some() {
             e.local = local;
@@ -436,10 +450,10 @@ impl<C: CommLookup> Assembler<C> {
         let event = self.event(hdr, detail);
         if hdr.syscall == sys::CLOSE {
             if unix {
-                self.unix.remove(&hdr.sock.sk);
+                self.unix.remove(&sock_key(&hdr.sock));
             }
             self.unix_accepted.remove(&(hdr.pid, hdr.fd));
-            self.tcp.remove(&hdr.sock.sk);
+            self.tcp.remove(&sock_key(&hdr.sock));
         }
         out.push(event);
     }
@@ -448,8 +462,9 @@ impl<C: CommLookup> Assembler<C> {
     /// the kernel has zeroed the port (a port of 0 means "no longer known").
     fn stick_tcp_endpoints(&mut self, meta: &mut SocketMeta) {
         let complete = |e: &Option<Endpoint>| matches!(e, Some(Endpoint::Inet(a)) if a.port() != 0);
+        let sk = (meta.sk, meta.ino);
         if complete(&meta.local) && complete(&meta.remote) {
-            if let Some(known) = self.tcp.get_mut(&meta.sk) {
+            if let Some(known) = self.tcp.get_mut(&sk) {
                 if known[0] != meta.local || known[1] != meta.remote {
                     *known = [meta.local.clone(), meta.remote.clone()];
                 }
@@ -458,9 +473,9 @@ impl<C: CommLookup> Assembler<C> {
                     self.tcp.clear();
                 }
                 self.tcp
-                    .insert(meta.sk, [meta.local.clone(), meta.remote.clone()]);
+                    .insert(sk, [meta.local.clone(), meta.remote.clone()]);
             }
-        } else if let Some([local, remote]) = self.tcp.get(&meta.sk) {
+        } else if let Some([local, remote]) = self.tcp.get(&sk) {
             if !complete(&meta.local) {
                 meta.local = local.clone();
             }
@@ -470,7 +485,7 @@ impl<C: CommLookup> Assembler<C> {
         }
     }
 
-    fn unix_entry(&mut self, sk: u64) -> &mut UnixEnds {
+    fn unix_entry(&mut self, sk: SockKey) -> &mut UnixEnds {
         if self.unix.len() >= MAX_UNIX_SOCKETS && !self.unix.contains_key(&sk) {
             self.unix.clear();
         }
@@ -478,7 +493,7 @@ impl<C: CommLookup> Assembler<C> {
     }
 
     fn learn_unix(&mut self, hdr: &EventHeader, addr: Option<&Endpoint>) {
-        let sk = hdr.sock.sk;
+        let sk = sock_key(&hdr.sock);
         match hdr.syscall {
             sys::BIND if hdr.ret == 0 => {
                 if let Some(a) = addr {
@@ -518,12 +533,13 @@ impl<C: CommLookup> Assembler<C> {
     fn socket(&mut self, hdr: &EventHeader) -> Option<SocketMeta> {
         let mut meta = socket_meta(hdr)?;
         if hdr.sock.family == AF_UNIX {
-            if !self.unix.contains_key(&meta.sk)
+            let sk = sock_key(&hdr.sock);
+            if !self.unix.contains_key(&sk)
                 && let Some(e) = self.unix_accepted.remove(&(hdr.pid, hdr.fd))
             {
-                *self.unix_entry(meta.sk) = e;
+                *self.unix_entry(sk) = e;
             }
-            if let Some(e) = self.unix.get(&meta.sk) {
+            if let Some(e) = self.unix.get(&sk) {
                 meta.local = e.local.clone();
                 meta.remote = e.remote.clone();
             }
@@ -751,6 +767,58 @@ mod tests {
         assert_eq!(ends(&out[0]), want);
         let out = push(&mut a, &rec);
         assert_eq!(ends(&out[0]).0, Some("127.0.0.1:0".to_string()));
+    }
+
+    /// The kernel freed a socket and handed its `sk` to a new one before the first one's
+    /// close record came: the new socket (another inode) gets neither the first one's
+    /// endpoints nor its Unix path, and that close forgets only the first one's.
+    #[test]
+    fn reused_sk_is_another_socket() {
+        let mut a = asm();
+        let local = |e: &Event| {
+            e.sock
+                .as_ref()
+                .unwrap()
+                .local
+                .as_ref()
+                .map(|e| e.to_string())
+        };
+        let tcp = |ino, lport, syscall| {
+            let mut hdr = header(kind::SOCK, syscall, 100, 100, 3);
+            hdr.flags = flags::SOCK_VALID;
+            hdr.sock = tcp4(0xabc, [127, 0, 0, 1], lport, [192, 168, 10, 1], 5555);
+            hdr.sock.ino = ino;
+            bytes_of(&sock_event(hdr, [0; 4], &[]))
+        };
+        // The first socket, connected; the second, its local port not bound yet.
+        let out = push(&mut a, &tcp(7, 40112, sys::CONNECT));
+        assert_eq!(local(&out[0]).as_deref(), Some("127.0.0.1:40112"));
+        let out = push(&mut a, &tcp(8, 0, sys::CONNECT));
+        assert_eq!(local(&out[0]).as_deref(), Some("127.0.0.1:0"));
+        // The first one's close; the first one's zeroed port is still shown until it.
+        let out = push(&mut a, &tcp(7, 0, sys::CLOSE));
+        assert_eq!(local(&out[0]).as_deref(), Some("127.0.0.1:40112"));
+
+        // Unix: the second socket connects elsewhere before the first one's close.
+        let unix_rec = |syscall, ino, path: &[u8]| {
+            let mut hdr = unix_hdr(syscall, 3, 0, 0x51);
+            hdr.sock.ino = ino;
+            bytes_of(&sock_event(hdr, [0; 4], &sun(path)))
+        };
+        let remote = |e: &Event| e.sock.as_ref().unwrap().remote.clone();
+        push(&mut a, &unix_rec(sys::CONNECT, 7, b"/run/a.sock\0"));
+        let out = push(&mut a, &unix_rec(sys::CONNECT, 8, b"/run/b.sock\0"));
+        assert_eq!(remote(&out[0]), unix("/run/b.sock"));
+        let out = push(&mut a, &unix_rec(sys::CLOSE, 7, b""));
+        assert_eq!(remote(&out[0]), unix("/run/a.sock"));
+        assert_eq!(a.unix_endpoints((0x51, 7)), None);
+        assert_eq!(
+            a.unix_endpoints((0x51, 8)),
+            Some(&UnixEnds {
+                local: None,
+                remote: unix("/run/b.sock")
+            })
+        );
     }
 
     #[test]
@@ -1315,7 +1383,7 @@ mod tests {
         let ev = sock_event(unix_hdr(sys::CLOSE, 3, 0, 0x51), [0; 4], &[]);
         let e = push(&mut a, &bytes_of(&ev));
         assert_eq!(e[0].sock.as_ref().unwrap().remote, unix("/run/app.sock"));
-        assert_eq!(a.unix_endpoints(0x51), None);
+        assert_eq!(a.unix_endpoints((0x51, 0)), None);
         let e = push(&mut a, &unix_data(3, 0x51));
         assert_eq!(e[0].sock.as_ref().unwrap().remote, None);
     }
@@ -1326,7 +1394,7 @@ mod tests {
         let ev = sock_event(unix_hdr(sys::CONNECT, 3, -111, 0x51), [0; 4], &sun(b"/x\0"));
         let e = push(&mut a, &bytes_of(&ev));
         assert_eq!(e[0].sock.as_ref().unwrap().remote, None);
-        assert_eq!(a.unix_endpoints(0x51), None);
+        assert_eq!(a.unix_endpoints((0x51, 0)), None);
     }
 
     #[test]
@@ -1359,7 +1427,7 @@ mod tests {
             (unix("/run/srv.sock"), unix(""))
         );
         assert_eq!(
-            a.unix_endpoints(0x61),
+            a.unix_endpoints((0x61, 0)),
             Some(&UnixEnds {
                 local: unix("/run/srv.sock"),
                 remote: unix("")
@@ -1379,8 +1447,8 @@ mod tests {
     #[test]
     fn remember_unix_seeds() {
         let mut a = asm();
-        a.remember_unix(0x51, None, unix("/seeded"));
-        a.remember_unix(0x51, unix("/l"), None);
+        a.remember_unix((0x51, 0), None, unix("/seeded"));
+        a.remember_unix((0x51, 0), unix("/l"), None);
         let e = push(&mut a, &unix_data(9, 0x51));
         let s = e[0].sock.as_ref().unwrap();
         assert_eq!(

@@ -27,11 +27,13 @@ pub const MAX_CONNECTIONS: usize = 100_000;
 /// Most connection rows [`Summary::render`] prints.
 pub const RENDER_MAX_ROWS: usize = 100;
 
-/// How a socket is identified: its kernel `sk` when known, else its fd (or for a TLS record,
-/// the TLS library's connection object).
+/// How a socket is identified: its kernel `sk` with its inode when known (the kernel may
+/// free a socket and hand its `sk` to a new one within one trace; the inode tells them
+/// apart, 0 when unknown), else its fd (or for a TLS record, the TLS library's connection
+/// object).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SockId {
-    Sk(u64),
+    Sk { sk: u64, ino: u64 },
     Fd(i32),
     TlsObject(u64),
 }
@@ -182,7 +184,10 @@ impl Summary {
         let sock = ev.sock.as_ref();
         let pid = ev.task.pid;
         let sock_id = match (sock, tls_object) {
-            (Some(s), _) => SockId::Sk(s.sk),
+            (Some(s), _) => SockId::Sk {
+                sk: s.sk,
+                ino: s.ino,
+            },
             (None, Some(conn)) => SockId::TlsObject(conn),
             (None, None) => SockId::Fd(ev.fd),
         };
@@ -530,7 +535,7 @@ mod tests {
             &[Connection {
                 key: ConnKey {
                     pid: 4242,
-                    sock: SockId::Sk(0xa),
+                    sock: SockId::Sk { sk: 0xa, ino: 1 },
                     transport: Some(Transport::Tcp),
                     local: ep("127.0.0.1:40112"),
                     remote: ep("127.0.0.1:8000"),
@@ -605,10 +610,22 @@ mod tests {
         assert_eq!(
             rows,
             vec![
-                (1, SockId::Sk(0xa), ep("127.0.0.1:8000"), 10, 0),
-                (2, SockId::Sk(0xa), ep("127.0.0.1:8000"), 20, 0),
-                (1, SockId::Sk(0xb), ep("10.0.0.1:53"), 30, 50),
-                (1, SockId::Sk(0xb), ep("10.0.0.2:53"), 40, 0),
+                (
+                    1,
+                    SockId::Sk { sk: 0xa, ino: 1 },
+                    ep("127.0.0.1:8000"),
+                    10,
+                    0
+                ),
+                (
+                    2,
+                    SockId::Sk { sk: 0xa, ino: 1 },
+                    ep("127.0.0.1:8000"),
+                    20,
+                    0
+                ),
+                (1, SockId::Sk { sk: 0xb, ino: 1 }, ep("10.0.0.1:53"), 30, 50),
+                (1, SockId::Sk { sk: 0xb, ino: 1 }, ep("10.0.0.2:53"), 40, 0),
                 (1, SockId::Fd(7), None, 0, 2048),
             ]
         );
@@ -641,6 +658,53 @@ mod tests {
             "capagent: 1 events, 0 lost\n\
              app[9] fd 3 unix-stream ? -> unix:/run/app.sock  sent 2 B  recv 0 B\n"
         );
+    }
+
+    /// A socket freed and its `sk` handed to the next one the process opens, with the same
+    /// endpoints (a client connecting twice to one Unix socket path): two sockets, two rows.
+    /// The inode tells them apart; unknown (0), the `sk` alone does, as before.
+    #[test]
+    fn reused_sk_is_another_connection() {
+        let unix = |ino, dir, n| {
+            let mut e = data_ev(9, 3, 0xc, dir, n, b"", None);
+            e.task.comm = "app".into();
+            e.sock = Some(SocketMeta {
+                sk: 0xc,
+                ino,
+                transport: Transport::UnixStream,
+                local: None,
+                remote: Some(Endpoint::Unix("/run/app.sock".into())),
+            });
+            e
+        };
+        let mut s = Summary::new();
+        s.add(&unix(100, Direction::Send, 2));
+        s.add(&unix(100, Direction::Recv, 3));
+        s.add(&unix(101, Direction::Send, 5));
+        s.add(&unix(100, Direction::Recv, 7));
+        let rows: Vec<_> = s
+            .connections()
+            .iter()
+            .map(|c| (c.key.sock, c.sent_bytes, c.recv_bytes))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (SockId::Sk { sk: 0xc, ino: 100 }, 2, 10),
+                (SockId::Sk { sk: 0xc, ino: 101 }, 5, 0),
+            ]
+        );
+        assert_eq!(
+            s.render(),
+            "capagent: 4 events, 0 lost\n\
+             app[9] fd 3 unix-stream ? -> unix:/run/app.sock  sent 2 B  recv 10 B\n\
+             app[9] fd 3 unix-stream ? -> unix:/run/app.sock  sent 5 B  recv 0 B\n"
+        );
+        let mut s = Summary::new();
+        s.add(&unix(0, Direction::Send, 2));
+        s.add(&unix(0, Direction::Send, 5));
+        assert_eq!(s.connections().len(), 1);
+        assert_eq!(s.connections()[0].sent_bytes, 7);
     }
 
     #[test]
@@ -702,11 +766,11 @@ mod tests {
         }
         let rows = s.connections();
         assert_eq!(rows.len(), peers as usize + 1);
-        assert_eq!(rows[1].key.sock, SockId::Sk(0xa));
+        assert_eq!(rows[1].key.sock, SockId::Sk { sk: 0xa, ino: 1 });
         assert_eq!(rows[1].recv_bytes, 3 * peers);
         for (p, c) in rows
             .iter()
-            .filter(|c| c.key.sock == SockId::Sk(0xb))
+            .filter(|c| c.key.sock == SockId::Sk { sk: 0xb, ino: 1 })
             .enumerate()
         {
             assert_eq!(c.key.remote, ep(&format!("10.0.0.{}:53", p + 1)));

@@ -1,6 +1,7 @@
-//! `cargo xtask bench ...`: one module per benchmark, and what they share: the table printer
-//! ([`print_table`], with the [`row!`](crate::row) macro), the median, the load average, the
-//! capagent binary, a process's CPU time and the guard of the processes a bench starts.
+//! `cargo xtask bench ...`: one module per benchmark, and what they share: the flags of the
+//! benches that compare tracers ([`TracerBenchArgs`]), the table printer ([`print_table`],
+//! with the [`row!`](crate::row) macro), the median, the load average, the capagent binary,
+//! a process's CPU time and the guard of the processes a bench starts.
 //! Network namespaces, free ports and waiting for a condition come from capagent-testkit.
 
 pub mod capture;
@@ -20,8 +21,61 @@ use std::{
 
 use anyhow::{Context, Result, anyhow, bail};
 use capagent_testkit::{listening, wait_for};
+use clap::Args;
 
 use crate::util;
+
+/// The flags of the benches that time a workload untraced, under capagent and under other
+/// tracers (`bench trace`, `bench tls`), flattened (`#[command(flatten)]`) into each one's
+/// arguments after its workload's own. A bench names its rows in the help of `--skip`, and
+/// may say more of `--runs` or set another `--timeout` default, with
+/// `#[command(mut_arg(...))]` on its struct (the `bench_args` test checks the defaults).
+/// (`bench capture` pins iperf3 to `--cpu` and has no timeout: its flags are its own.)
+#[derive(Args, Debug, Clone)]
+pub struct TracerBenchArgs {
+    /// Runs per row; the row shows the run with the median rate.
+    #[arg(long, default_value_t = 1)]
+    pub runs: usize,
+    /// Rows to skip (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub skip: Vec<String>,
+    /// Give up on one run after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    /// Use this capagent binary instead of building one (`cargo build --release`).
+    #[arg(long)]
+    pub capagent: Option<PathBuf>,
+    /// Do not pin the workload's client and server to CPU 0. Pinned, a round trip costs CPU
+    /// time only; unpinned, it mostly measures how fast an idle virtual CPU wakes up, which
+    /// any tracer that keeps the CPUs busy "improves" (bpftrace then beats untraced).
+    #[arg(long)]
+    pub no_pin: bool,
+    /// bpftrace's perf ring buffer, in pages per CPU (BPFTRACE_PERF_RB_PAGES). bpftrace's
+    /// default (64) drops events, which would flatter its rate.
+    #[arg(long, default_value_t = 8192)]
+    pub bpftrace_rb_pages: u32,
+}
+
+impl TracerBenchArgs {
+    /// Whether `--skip` names `row`.
+    pub fn skips(&self, row: &str) -> bool {
+        self.skip.iter().any(|s| s == row)
+    }
+
+    /// The capagent binary (see [`capagent_bin`]), or why there is none: `skipped` when
+    /// `--skip` names capagent, else the build's error.
+    pub fn capagent_bin(&self) -> std::result::Result<PathBuf, String> {
+        if self.skips("capagent") {
+            return Err("skipped".to_string());
+        }
+        capagent_bin(self.capagent.as_ref()).map_err(|e| format!("build failed: {e:#}"))
+    }
+
+    /// `--timeout`.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout)
+    }
+}
 
 /// Prints `table` (first row: the header) in left-aligned columns, a rule under the header,
 /// after an empty line ([`print_table`] without title, right-aligned columns or notes).

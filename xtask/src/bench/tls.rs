@@ -21,10 +21,20 @@ use anyhow::{Context, Result, bail};
 use capagent_testkit::{Certs, python};
 use clap::Args;
 
-use super::trace::{parse_bpftrace_lost, parse_events_lost};
+use super::{
+    TracerBenchArgs,
+    trace::{parse_bpftrace_lost, parse_events_lost},
+};
 use crate::util::{self, Captured, which};
 
 #[derive(Args, Debug, Clone)]
+#[command(
+    mut_arg("runs", |a| a.help(
+        "Runs per row; the row shows the run with the median rate per CPU-second"
+    )),
+    mut_arg("skip", |a| a.help("Rows to skip (comma-separated): capagent, bpftrace")),
+    mut_arg("timeout", |a| a.default_value("300")),
+)]
 pub struct TlsBenchArgs {
     /// Round trips over the one connection.
     #[arg(long, default_value_t = 50_000)]
@@ -32,26 +42,8 @@ pub struct TlsBenchArgs {
     /// Message size, in bytes (both ways).
     #[arg(long, default_value_t = 64)]
     pub size: usize,
-    /// Runs per row; the row shows the run with the median rate per CPU-second.
-    #[arg(long, default_value_t = 1)]
-    pub runs: usize,
-    /// Rows to skip (comma-separated): capagent, bpftrace.
-    #[arg(long, value_delimiter = ',')]
-    pub skip: Vec<String>,
-    /// Give up on one run after this many seconds.
-    #[arg(long, default_value_t = 300)]
-    pub timeout: u64,
-    /// Use this capagent binary instead of building one (`cargo build --release`).
-    #[arg(long)]
-    pub capagent: Option<PathBuf>,
-    /// Do not pin the client and server to CPU 0 (see `bench trace --help`: pinned, a round
-    /// trip costs CPU time; unpinned it mostly measures how fast an idle vCPU wakes up).
-    #[arg(long)]
-    pub no_pin: bool,
-    /// bpftrace's perf ring buffer, in pages per CPU (BPFTRACE_PERF_RB_PAGES); its default
-    /// (64) drops events, which would flatter its rate.
-    #[arg(long, default_value_t = 8192)]
-    pub bpftrace_rb_pages: u32,
+    #[command(flatten)]
+    pub common: TracerBenchArgs,
 }
 
 const TLS_TARGET: &str = ">= 0.6x, ahead of bpftrace, 0 lost";
@@ -209,17 +201,13 @@ struct Events {
 }
 
 pub fn tls(args: TlsBenchArgs) -> Result<()> {
-    let skip = |what: &str| args.skip.iter().any(|s| s == what);
+    let skip = |what: &str| args.common.skips(what);
     let root = util::is_root();
-    let capagent = if skip("capagent") {
-        Err("skipped".to_string())
-    } else {
-        super::capagent_bin(args.capagent.as_ref()).map_err(|e| format!("build failed: {e:#}"))
-    };
+    let capagent = args.common.capagent_bin();
     let tmp = std::env::temp_dir().join(format!("capagent-bench-tls-{}", std::process::id()));
     fs::create_dir_all(&tmp)?;
     let ctx = Ctx {
-        timeout: Duration::from_secs(args.timeout),
+        timeout: args.common.timeout(),
         args: args.clone(),
         capagent,
         certs: Certs::localhost(),
@@ -245,7 +233,7 @@ pub fn tls(args: TlsBenchArgs) -> Result<()> {
         }
     }
     // Rounds: every row runs once per round (see `bench trace`).
-    let runs = ctx.args.runs.max(1);
+    let runs = ctx.args.common.runs.max(1);
     let mut results: Vec<Vec<std::result::Result<RunResult, String>>> =
         plan.iter().map(|_| Vec::new()).collect();
     for round in 1..=runs {
@@ -340,7 +328,7 @@ impl Server {
 
 /// `0` (pinned to CPU 0) or `-`.
 fn cpu(a: &TlsBenchArgs) -> &'static str {
-    if a.no_pin { "-" } else { "0" }
+    if a.common.no_pin { "-" } else { "0" }
 }
 
 /// The path of the libssl Python's `ssl` module loads (from its own `/proc/self/maps`).
@@ -412,7 +400,10 @@ fn run(ctx: &Ctx, tracer: Tracer) -> Result<RunResult> {
                 .arg("-c")
                 .arg(line.join(" "))
                 .arg(&script)
-                .env("BPFTRACE_PERF_RB_PAGES", a.bpftrace_rb_pages.to_string());
+                .env(
+                    "BPFTRACE_PERF_RB_PAGES",
+                    a.common.bpftrace_rb_pages.to_string(),
+                );
             c
         }
     };

@@ -15,9 +15,14 @@ use std::{
 use anyhow::{Context, Result, bail};
 use clap::Args;
 
+use super::TracerBenchArgs;
 use crate::util::{self, Captured, display, which};
 
 #[derive(Args, Debug, Clone)]
+#[command(mut_arg("skip", |a| a.help(
+    "Rows to skip (comma-separated): capagent (both capagent rows), capagent-pcapng, \
+     strace, bpftrace, pingpong, bulk"
+)))]
 pub struct TraceBenchArgs {
     /// Round trips of the ping-pong.
     #[arg(long, default_value_t = 100_000)]
@@ -31,28 +36,8 @@ pub struct TraceBenchArgs {
     /// Bytes per write of the bulk stream.
     #[arg(long, default_value_t = 65536)]
     pub chunk: usize,
-    /// Runs per row; the row shows the run with the median rate.
-    #[arg(long, default_value_t = 1)]
-    pub runs: usize,
-    /// Rows to skip (comma-separated): capagent (both capagent rows), capagent-pcapng,
-    /// strace, bpftrace, pingpong, bulk.
-    #[arg(long, value_delimiter = ',')]
-    pub skip: Vec<String>,
-    /// Give up on one run after this many seconds.
-    #[arg(long, default_value_t = 600)]
-    pub timeout: u64,
-    /// Use this capagent binary instead of building one (`cargo build --release`).
-    #[arg(long)]
-    pub capagent: Option<PathBuf>,
-    /// Do not pin the workload's client and server to CPU 0. Pinned, a round trip costs CPU
-    /// time only; unpinned, it mostly measures how fast an idle virtual CPU wakes up, which
-    /// any tracer that keeps the CPUs busy "improves" (bpftrace then beats untraced).
-    #[arg(long)]
-    pub no_pin: bool,
-    /// bpftrace's perf ring buffer, in pages per CPU (BPFTRACE_PERF_RB_PAGES). bpftrace's
-    /// default (64) drops most events of the ping-pong, which would flatter its rate.
-    #[arg(long, default_value_t = 8192)]
-    pub bpftrace_rb_pages: u32,
+    #[command(flatten)]
+    pub common: TracerBenchArgs,
 }
 
 const TRACE_TARGET: &str = ">= 0.8x, 0 lost";
@@ -144,21 +129,17 @@ struct Row {
 }
 
 pub fn trace(args: TraceBenchArgs) -> Result<()> {
-    let skip = |what: &str| args.skip.iter().any(|s| s == what);
+    let skip = |what: &str| args.common.skips(what);
     let root = util::is_root();
 
     let rr = util::build_bins("xtask", &["rr"], true)?
         .remove("rr")
         .expect("built");
-    let capagent = if skip("capagent") {
-        Err("skipped".to_string())
-    } else {
-        super::capagent_bin(args.capagent.as_ref()).map_err(|e| format!("build failed: {e:#}"))
-    };
+    let capagent = args.common.capagent_bin();
     let tmp = std::env::temp_dir().join(format!("capagent-bench-{}", std::process::id()));
     fs::create_dir_all(&tmp)?;
     let ctx = Ctx {
-        timeout: Duration::from_secs(args.timeout),
+        timeout: args.common.timeout(),
         args: args.clone(),
         rr,
         capagent,
@@ -192,7 +173,7 @@ pub fn trace(args: TraceBenchArgs) -> Result<()> {
     });
     // Rounds: every row runs once per round, so a machine that gets busier or quieter during
     // the bench shifts all rows alike instead of skewing the ratios.
-    let runs = ctx.args.runs.max(1);
+    let runs = ctx.args.common.runs.max(1);
     let mut results: Vec<Vec<std::result::Result<RunResult, String>>> =
         plan.iter().map(|_| Vec::new()).collect();
     for round in 1..=runs {
@@ -274,7 +255,7 @@ fn fmt_rate(w: Workload, rate: f64) -> String {
 
 /// `rr --cpu 0` unless `--no-pin`: client and server share CPU 0, tracers run anywhere.
 fn pin_args(a: &TraceBenchArgs) -> Vec<String> {
-    if a.no_pin {
+    if a.common.no_pin {
         Vec::new()
     } else {
         vec!["--cpu".into(), "0".into()]
@@ -402,7 +383,7 @@ fn traced_command(
                 .arg(&script)
                 .env(
                     "BPFTRACE_PERF_RB_PAGES",
-                    ctx.args.bpftrace_rb_pages.to_string(),
+                    ctx.args.common.bpftrace_rb_pages.to_string(),
                 );
             c
         }

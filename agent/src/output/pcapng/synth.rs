@@ -86,7 +86,14 @@ struct Stream {
     note: String,
 }
 
-type Key = (u32, u64);
+/// A stream's socket: (pid, `sk`, socket inode). The kernel may free a socket and hand its
+/// `sk` to one opened meanwhile (a close record comes at the syscall's exit): the inode
+/// tells the two apart (0 when unknown: then the `sk` alone does).
+type Key = (u32, u64, u64);
+
+fn stream_key(pid: u32, meta: &SocketMeta) -> Key {
+    (pid, meta.sk, meta.ino)
+}
 
 /// Turns events into packets; keeps the state of open TCP streams.
 #[derive(Default)]
@@ -344,7 +351,7 @@ impl Synth {
         }
         if let Some(meta) = &ev.sock {
             self.fds
-                .insert((ev.task.pid, ev.fd), (ev.task.pid, meta.sk));
+                .insert((ev.task.pid, ev.fd), stream_key(ev.task.pid, meta));
         }
         match &ev.detail {
             Detail::Sock { args, addr } => {
@@ -374,7 +381,7 @@ impl Synth {
                     && let Some(meta) = &ev.sock
                     && is_stream(meta.transport)
                 {
-                    let key = (ev.task.pid, meta.sk);
+                    let key = stream_key(ev.task.pid, meta);
                     self.connected.insert(key, ev.ts_ns);
                     self.open(key, ev, meta, None, &mut out);
                 }
@@ -383,7 +390,7 @@ impl Synth {
                 let Some(meta) = &ev.sock else {
                     return out;
                 };
-                let key = (ev.task.pid, meta.sk);
+                let key = stream_key(ev.task.pid, meta);
                 if let Call::Tls { func, .. } = ev.call {
                     if self.ciphertext.contains(&key) || self.tls_read_of_nothing(ev, key) {
                         return out;
@@ -593,7 +600,7 @@ impl Synth {
                 if let Some(meta) = &ev.sock
                     && is_stream(meta.transport)
                 {
-                    let key = (pid, meta.sk);
+                    let key = stream_key(pid, meta);
                     self.connected.insert(key, ev.ts_ns);
                     // Open the stream now when the endpoints are known (else at the first data).
                     let hint = inet(addr);
@@ -632,7 +639,7 @@ impl Synth {
 
     fn key_of(&self, ev: &Event) -> Option<Key> {
         match &ev.sock {
-            Some(m) => Some((ev.task.pid, m.sk)),
+            Some(m) => Some(stream_key(ev.task.pid, m)),
             None => self.fds.get(&(ev.task.pid, ev.fd)).copied(),
         }
     }
@@ -736,7 +743,7 @@ impl Synth {
         if ev.ret < 0 {
             return;
         }
-        let key = (ev.task.pid, meta.sk);
+        let key = stream_key(ev.task.pid, meta);
         self.open(key, ev, meta, None, out);
         let Some(st) = self.streams.get_mut(&key) else {
             return;

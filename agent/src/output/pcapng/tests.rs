@@ -358,6 +358,54 @@ fn accepted_and_rst() {
     assert_eq!((t.src, t.seq), (l(), SERVER_ISN + 1));
 }
 
+/// The kernel freed a socket and handed its `sk` to one another thread opened meanwhile,
+/// whose connect is recorded before the first one's close (a close record comes at the
+/// syscall's exit): two sockets (told apart by their inode), two streams, each with its own
+/// handshake, data and FIN.
+#[test]
+fn reused_sk_is_another_stream() {
+    let mut s = Synth::new();
+    let second_local: SocketAddr = "127.0.0.1:40001".parse().unwrap();
+    let second = |mut e: Event| {
+        let m = e.sock.as_mut().unwrap();
+        m.ino += 1;
+        m.local = Some(Endpoint::Inet(second_local));
+        e.fd = 4;
+        e
+    };
+    let mut all = s.packets(&connect(Transport::Tcp));
+    all.extend(s.packets(&data(Transport::Tcp, Direction::Send, b"one", 3)));
+    all.extend(s.packets(&second(connect(Transport::Tcp))));
+    all.extend(s.packets(&second(data(Transport::Tcp, Direction::Send, b"two", 3))));
+    all.extend(s.packets(&close(0)));
+    all.extend(s.packets(&second(data(Transport::Tcp, Direction::Send, b"three", 5))));
+    all.extend(s.packets(&second(close(0))));
+    let got: Vec<(SocketAddr, u32, bool, bool, Vec<u8>)> = all
+        .iter()
+        .map(|p| parse_tcp(&p.data))
+        .filter(|t| t.src != r())
+        .map(|t| (t.src, t.seq, t.syn, t.fin, t.payload))
+        .collect();
+    let c = CLIENT_ISN;
+    assert_eq!(
+        got,
+        [
+            (l(), c, true, false, vec![]),
+            (l(), c + 1, false, false, vec![]),
+            (l(), c + 1, false, false, b"one".to_vec()),
+            (second_local, c, true, false, vec![]),
+            (second_local, c + 1, false, false, vec![]),
+            (second_local, c + 1, false, false, b"two".to_vec()),
+            (l(), c + 4, false, true, vec![]),
+            (second_local, c + 4, false, false, b"three".to_vec()),
+            (second_local, c + 9, false, true, vec![]),
+        ]
+    );
+    // Both closed: nothing left to close.
+    assert!(s.packets(&close(0)).is_empty());
+    assert!(s.packets(&second(close(0))).is_empty());
+}
+
 #[test]
 fn udp_and_unix() {
     let mut s = Synth::new();
