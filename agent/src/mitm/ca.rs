@@ -53,6 +53,8 @@ pub enum CaError {
     Invalid { path: PathBuf, reason: String },
     #[error("{0}: the key does not belong to the certificate")]
     KeyMismatch(PathBuf),
+    #[error("the CA in {0} has expired (make a new one: `capagent ca init` in another directory)")]
+    Expired(PathBuf),
     #[error("a leaf certificate needs at least one DNS name or IP address")]
     NoNames,
     #[error("bad certificate name {name:?}: {reason}")]
@@ -136,11 +138,15 @@ impl Ca {
         if cert_path.exists() {
             return Err(CaError::AlreadyExists(cert_path));
         }
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|source| io_err(dir, source))?;
+        // The parents as any directory; the CA's own private (0700) when made here.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(|source| io_err(parent, source))?;
+        }
+        match fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+            Err(source) => return Err(io_err(dir, source)),
+        }
 
         let key = if rsa {
             rsa_key_pair()?
@@ -318,6 +324,10 @@ impl Ca {
         if spec.dns.is_empty() && spec.ips.is_empty() {
             return Err(CaError::NoNames);
         }
+        let now = SystemTime::now();
+        if now >= self.not_after {
+            return Err(CaError::Expired(self.dir.clone()));
+        }
         let leaf_key = leaf_key(self.rsa)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -346,7 +356,6 @@ impl Ca {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial()?);
-        let now = SystemTime::now();
         params.not_before = (now - BACKDATE).max(self.not_before).into();
         params.not_after = (now + LEAF_VALIDITY).min(self.not_after).into();
         let cert = params.signed_by(&leaf_key.key, &self.issuer)?;

@@ -211,6 +211,9 @@ fn load_or_init_creates_once_and_load_reports_problems() {
     }
     let (ca, created) = Ca::load_or_init(&dir).unwrap();
     assert!(created);
+    // Only the CA's own directory is private; its parents are made as usual.
+    assert_eq!(mode(&dir), 0o700);
+    assert_ne!(mode(&tmp.join("sub")), 0o700);
     let loaded = Ca::load(&dir).unwrap();
     assert_eq!(loaded.fingerprint(), ca.fingerprint());
     assert_eq!(loaded.not_after(), ca.not_after());
@@ -410,4 +413,25 @@ fn an_rsa_ca_issues_rsa_leaves_clients_accept() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello", "{out:?}");
     server.join().unwrap();
+}
+
+#[test]
+fn an_expired_ca_issues_nothing() {
+    let tmp = TempDir::new("ca-expired");
+    let dir = tmp.join("ca");
+    fs::create_dir(&dir).unwrap();
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+    let cert = params.self_signed(&key).unwrap();
+    fs::write(dir.join("ca.crt"), cert.pem()).unwrap();
+    fs::write(dir.join("ca.key"), key.serialize_pem()).unwrap();
+    let ca = Ca::load(&dir).unwrap();
+    match ca.leaf(&spec(None, &["late.test"], &[])) {
+        Err(CaError::Expired(p)) => assert_eq!(p, dir),
+        other => panic!("{other:?}"),
+    }
 }
