@@ -435,3 +435,11 @@ fn an_expired_ca_issues_nothing() {
         other => panic!("{other:?}"),
     }
 }
+
+/// The interceptor shares one `Arc<Ca>` between its connections.
+#[test]
+fn ca_is_send_and_sync() {
+    fn shared<T: Send + Sync>() {}
+    shared::<Ca>();
+    shared::<LeafSpec>();
+}
