@@ -443,3 +443,57 @@ fn ca_is_send_and_sync() {
     shared::<Ca>();
     shared::<LeafSpec>();
 }
+
+#[test]
+fn load_or_init_racing_threads_make_one_ca() {
+    let tmp = TempDir::new("ca-race");
+    let dir = tmp.join("ca");
+    let made: Vec<(String, bool)> = std::thread::scope(|s| {
+        let racers: Vec<_> = (0..6)
+            .map(|_| {
+                s.spawn(|| {
+                    let (ca, created) = Ca::load_or_init(&dir).unwrap();
+                    (ca.fingerprint(), created)
+                })
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(
+        made.iter().filter(|(_, created)| *created).count(),
+        1,
+        "{made:?}"
+    );
+    assert!(made.iter().all(|(fp, _)| *fp == made[0].0), "{made:?}");
+    // Only the two files remain (no temporary ones).
+    let mut names: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["ca.crt", "ca.key"]);
+}
+
+#[test]
+fn a_key_without_its_certificate_is_reported() {
+    let tmp = TempDir::new("ca-half");
+    let dir = tmp.join("ca");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("ca.key"), "left over\n").unwrap();
+    let e = Ca::init(&dir, false).unwrap_err();
+    assert!(matches!(&e, CaError::Incomplete(p) if *p == dir), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}: ca.key exists without ca.crt (another capagent is creating the CA, or a \
+             creation was interrupted: remove ca.key)",
+            dir.display()
+        )
+    );
+    // Nothing of the attempt stays: the old key, and no certificate.
+    assert_eq!(
+        fs::read_to_string(dir.join("ca.key")).unwrap(),
+        "left over\n"
+    );
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
+}
