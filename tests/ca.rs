@@ -1,7 +1,8 @@
 //! Root integration tests of `capagent ca`: the real binary makes a CA and describes it
 //! (checked against `openssl x509`), refuses to make it twice, installs it into and removes
 //! it from a temporary copy of the system's trust store (update-ca-certificates told every
-//! directory; the JDK's cacerts with keytool) leaving the copy as found, and a leaf of the CA
+//! directory; the JDK's cacerts with keytool; NSS databases with certutil) leaving the copy
+//! as found, and a leaf of the CA
 //! served by `openssl s_server` is accepted by curl trusting ca.crt (or the installed bundle).
 //!
 //! Needs root (the system store's tools; a network namespace for the server). Run with the
@@ -30,6 +31,18 @@ fn ca_cmd(args: &[&str]) -> Output {
 
 fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
+}
+
+/// `ca_ok` with HOME=/home/tester (the NSS databases' user, under a test's --root).
+fn ca_home(args: &[&str]) -> String {
+    let out = Command::new(capagent())
+        .arg("ca")
+        .args(args)
+        .env("HOME", "/home/tester")
+        .output()
+        .expect("capagent");
+    assert!(out.status.success(), "capagent ca {args:?}: {out:?}");
+    text(&out.stdout)
 }
 
 /// Runs `capagent ca ARGS`, which must succeed; its stdout.
@@ -224,9 +237,12 @@ fn snapshot(root: &Path) -> BTreeMap<PathBuf, String> {
             } else if meta.is_dir() {
                 out.insert(rel, format!("dir {mode:o}"));
                 walk(root, &p, out);
-            } else if p.file_name().unwrap() == "cacerts" {
-                // A keystore is rewritten by keytool: compared by its entries (keytool_list).
-                out.insert(rel, format!("keystore {mode:o}"));
+            } else if p.file_name().unwrap() == "cacerts"
+                || p.parent().unwrap().join("cert9.db").exists()
+            {
+                // A keystore or an NSS database is rewritten by its tool: compared by its
+                // entries (keytool_list, certutil_list).
+                out.insert(rel, format!("database {mode:o}"));
             } else {
                 out.insert(rel, format!("{mode:o} {}", text(&fs::read(&p).unwrap())));
             }
@@ -245,6 +261,15 @@ fn keytool_list(keystore: &Path, alias: Option<&str>) -> Output {
         cmd.args(["-alias", a]);
     }
     cmd.output().unwrap()
+}
+
+fn certutil(db: &Path, args: &[&str]) -> Output {
+    Command::new("certutil")
+        .arg("-d")
+        .arg(format!("sql:{}", db.display()))
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 #[test]
@@ -300,6 +325,22 @@ fn install_and_uninstall_leave_a_store_as_found() {
     let bundle = under("/etc/ssl/certs/ca-certificates.crt");
     assert!(fs::metadata(&bundle).unwrap().len() > 10_000);
 
+    // A user's NSS databases: Chrome's and a Firefox profile's (HOME=/home/tester, under
+    // the root like the rest).
+    let nss = [
+        under("/home/tester/.pki/nssdb"),
+        under("/home/tester/.mozilla/firefox/abcd1234.default-release"),
+    ];
+    for db in &nss {
+        fs::create_dir_all(db).unwrap();
+        let made = certutil(db, &["-N", "--empty-password"]);
+        assert!(made.status.success(), "{made:?}");
+    }
+    let found_nss: Vec<String> = nss
+        .iter()
+        .map(|db| text(&certutil(db, &["-L"]).stdout))
+        .collect();
+
     let found = snapshot(&root);
     let found_java = text(&keytool_list(&keystore, None).stdout);
     assert!(
@@ -309,7 +350,7 @@ fn install_and_uninstall_leave_a_store_as_found() {
     assert!(!keytool_list(&keystore, Some("capagent")).status.success());
 
     let r = root.to_str().unwrap();
-    let out = ca_ok(&["install", "--java", "--ca-dir", d, "--root", r]);
+    let out = ca_home(&["install", "--java", "--nss", "--ca-dir", d, "--root", r]);
     let installed = under("/usr/local/share/ca-certificates/capagent.crt");
     assert_eq!(
         out.lines().next().unwrap(),
@@ -332,12 +373,32 @@ fn install_and_uninstall_leave_a_store_as_found() {
         Path::new("capagent.pem")
     );
     assert_eq!(
-        out.lines().nth(1).unwrap(),
+        out.lines().nth(2).unwrap(),
         format!(
             "Java: imported as alias capagent into {}",
             keystore.display()
         )
     );
+    assert_eq!(
+        out.lines().nth(1).unwrap(),
+        format!(
+            "NSS: added capagent to {}, {} (restart the browser)",
+            nss[0].display(),
+            nss[1].display()
+        )
+    );
+    for db in &nss {
+        // The CA itself, trusted to issue server certificates ("C,,").
+        let listed = text(&certutil(db, &["-L"]).stdout);
+        assert!(
+            listed
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["capagent", "C,,"]),
+            "{listed}"
+        );
+        let pem = text(&certutil(db, &["-L", "-n", "capagent", "-a"]).stdout);
+        assert_eq!(pem.replace("\r\n", "\n").trim(), ca_pem.trim());
+    }
     let listed = keytool_list(&keystore, Some("capagent"));
     assert!(listed.status.success(), "{listed:?}");
     let fp = openssl_x509(&dir.join("ca.crt"), &["-fingerprint", "-sha256"]);
@@ -355,12 +416,16 @@ fn install_and_uninstall_leave_a_store_as_found() {
         "{again}"
     );
 
-    let out = ca_ok(&["uninstall", "--java", "--root", r]);
+    let out = ca_home(&["uninstall", "--java", "--nss", "--root", r]);
     assert_eq!(
         out,
         format!(
-            "system store: removed {} (update-ca-certificates --fresh)\nJava: removed alias capagent from {}\n",
+            "system store: removed {} (update-ca-certificates --fresh)\n\
+             NSS: removed capagent from {}, {}\n\
+             Java: removed alias capagent from {}\n",
             installed.display(),
+            nss[0].display(),
+            nss[1].display(),
             keystore.display()
         )
     );
@@ -375,6 +440,11 @@ fn install_and_uninstall_leave_a_store_as_found() {
         panic!("the store changed: gone {gone:?}, new or changed {new:?}");
     }
     assert_eq!(text(&keytool_list(&keystore, None).stdout), found_java);
+    let left_nss: Vec<String> = nss
+        .iter()
+        .map(|db| text(&certutil(db, &["-L"]).stdout))
+        .collect();
+    assert_eq!(left_nss, found_nss);
 
     // Once more: nothing to remove, nothing changed.
     let out = ca_ok(&["uninstall", "--root", r]);

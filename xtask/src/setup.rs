@@ -51,6 +51,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("golang-go", "go"),
     ("gnutls-bin", "gnutls-cli"),
     ("binutils", "objdump"),
+    // certutil: `capagent ca install --nss` (NSS databases of Chrome and Firefox).
+    ("libnss3-tools", "certutil"),
 ];
 
 /// debconf answers that keep the installation non-interactive.

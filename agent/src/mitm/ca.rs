@@ -47,12 +47,19 @@ pub enum CaError {
     AlreadyExists(PathBuf),
     #[error("no CA in {0} (`capagent ca init` creates it)")]
     Missing(PathBuf),
+    #[error(
+        "{0}: ca.key exists without ca.crt (another capagent is creating the CA, or a creation \
+         was interrupted: remove ca.key)"
+    )]
+    Incomplete(PathBuf),
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
     #[error("{0}: the key does not belong to the certificate")]
     KeyMismatch(PathBuf),
+    #[error("the CA in {0} has expired (make a new one: `capagent ca init` in another directory)")]
+    Expired(PathBuf),
     #[error("a leaf certificate needs at least one DNS name or IP address")]
     NoNames,
     #[error("bad certificate name {name:?}: {reason}")]
@@ -83,6 +90,9 @@ struct LeafKey {
     key: KeyPair,
     signer: Arc<dyn rustls::sign::SigningKey>,
 }
+
+/// Held while `load_or_init` creates a CA (threads of one process, e.g. daemon jobs).
+static INIT: Mutex<()> = Mutex::new(());
 
 static LEAF_KEY_EC: OnceLock<Result<LeafKey, String>> = OnceLock::new();
 static LEAF_KEY_RSA: OnceLock<Result<LeafKey, String>> = OnceLock::new();
@@ -136,11 +146,15 @@ impl Ca {
         if cert_path.exists() {
             return Err(CaError::AlreadyExists(cert_path));
         }
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|source| io_err(dir, source))?;
+        // The parents as any directory; the CA's own private (0700) when made here.
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            fs::create_dir_all(parent).map_err(|source| io_err(parent, source))?;
+        }
+        match fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
+            Err(source) => return Err(io_err(dir, source)),
+        }
 
         let key = if rsa {
             rsa_key_pair()?
@@ -165,18 +179,34 @@ impl Ca {
         params.not_after = (now + CA_VALIDITY).into();
         let cert = params.self_signed(&key)?;
 
-        // The key first, never over an existing one; the certificate last (its presence
-        // says the CA exists).
-        write_new(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
-        if let Err(e) = write_new(&cert_path, cert.pem().as_bytes(), 0o644) {
-            let _ = fs::remove_file(&key_path);
-            return Err(match e {
-                CaError::Io { source, .. } if source.kind() == io::ErrorKind::AlreadyExists => {
-                    CaError::AlreadyExists(cert_path)
+        // Both written beside under names of their own, then linked into place (a link
+        // never replaces a file): the key first, the certificate last, as its presence
+        // says the CA exists. A reader never sees half a file or a certificate without
+        // its key, and of two processes creating the CA at once, one wins.
+        let tag = format!(".tmp-{}-{}", std::process::id(), random_u32()?);
+        let key_tmp = dir.join(format!("{KEY_FILE}{tag}"));
+        let cert_tmp = dir.join(format!("{CERT_FILE}{tag}"));
+        let placed = write_new(&key_tmp, key.serialize_pem().as_bytes(), 0o600)
+            .and_then(|()| write_new(&cert_tmp, cert.pem().as_bytes(), 0o644))
+            .and_then(|()| match fs::hard_link(&key_tmp, &key_path) {
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                    Err(CaError::Incomplete(dir.to_path_buf()))
                 }
-                e => e,
+                other => other.map_err(|e| io_err(&key_path, e)),
+            })
+            .and_then(|()| {
+                fs::hard_link(&cert_tmp, &cert_path).map_err(|e| {
+                    let _ = fs::remove_file(&key_path);
+                    if e.kind() == io::ErrorKind::AlreadyExists {
+                        CaError::AlreadyExists(cert_path.clone())
+                    } else {
+                        io_err(&cert_path, e)
+                    }
+                })
             });
-        }
+        let _ = fs::remove_file(&key_tmp);
+        let _ = fs::remove_file(&cert_tmp);
+        placed?;
         Ca::load(dir)
     }
 
@@ -241,12 +271,32 @@ impl Ca {
     pub fn load_or_init(dir: &Path) -> Result<(Ca, bool), CaError> {
         match Ca::load(dir) {
             Ok(ca) => Ok((ca, false)),
-            Err(CaError::Missing(_)) => match Ca::init(dir, false) {
-                Ok(ca) => Ok((ca, true)),
-                // Another process made it meanwhile.
-                Err(CaError::AlreadyExists(_)) => Ok((Ca::load(dir)?, false)),
-                Err(e) => Err(e),
-            },
+            Err(CaError::Missing(_)) => {
+                // One thread of this process creates it; the others then load it.
+                let _one = INIT.lock().unwrap_or_else(|e| e.into_inner());
+                if dir.join(CERT_FILE).exists() {
+                    return Ok((Ca::load(dir)?, false));
+                }
+                match Ca::init(dir, false) {
+                    Ok(ca) => Ok((ca, true)),
+                    // Another process made it meanwhile.
+                    Err(CaError::AlreadyExists(_)) => Ok((Ca::load(dir)?, false)),
+                    // Another process is making it: its certificate follows its key at once.
+                    Err(CaError::Incomplete(_)) => {
+                        let cert = dir.join(CERT_FILE);
+                        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+                        while !cert.exists() && std::time::Instant::now() < deadline {
+                            std::thread::sleep(Duration::from_millis(10));
+                        }
+                        if cert.exists() {
+                            Ok((Ca::load(dir)?, false))
+                        } else {
+                            Err(CaError::Incomplete(dir.to_path_buf()))
+                        }
+                    }
+                    Err(e) => Err(e),
+                }
+            }
             Err(e) => Err(e),
         }
     }
@@ -318,6 +368,10 @@ impl Ca {
         if spec.dns.is_empty() && spec.ips.is_empty() {
             return Err(CaError::NoNames);
         }
+        let now = SystemTime::now();
+        if now >= self.not_after {
+            return Err(CaError::Expired(self.dir.clone()));
+        }
         let leaf_key = leaf_key(self.rsa)?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
@@ -346,7 +400,6 @@ impl Ca {
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.use_authority_key_identifier_extension = true;
         params.serial_number = Some(random_serial()?);
-        let now = SystemTime::now();
         params.not_before = (now - BACKDATE).max(self.not_before).into();
         params.not_after = (now + LEAF_VALIDITY).min(self.not_after).into();
         let cert = params.signed_by(&leaf_key.key, &self.issuer)?;
@@ -418,6 +471,15 @@ fn rustls_pem_cert(pem: &str) -> Result<Vec<u8>, String> {
     CertificateDer::from_pem_slice(pem.as_bytes())
         .map(|c| c.to_vec())
         .map_err(|e| format!("no PEM certificate: {e:?}"))
+}
+
+fn random_u32() -> Result<u32, CaError> {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0u8; 4];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| CaError::KeyGen("the system's random source failed".to_string()))?;
+    Ok(u32::from_ne_bytes(bytes))
 }
 
 /// 16 random bytes, positive (top bit clear) and never all zero.

@@ -211,6 +211,9 @@ fn load_or_init_creates_once_and_load_reports_problems() {
     }
     let (ca, created) = Ca::load_or_init(&dir).unwrap();
     assert!(created);
+    // Only the CA's own directory is private; its parents are made as usual.
+    assert_eq!(mode(&dir), 0o700);
+    assert_ne!(mode(&tmp.join("sub")), 0o700);
     let loaded = Ca::load(&dir).unwrap();
     assert_eq!(loaded.fingerprint(), ca.fingerprint());
     assert_eq!(loaded.not_after(), ca.not_after());
@@ -410,4 +413,87 @@ fn an_rsa_ca_issues_rsa_leaves_clients_accept() {
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello", "{out:?}");
     server.join().unwrap();
+}
+
+#[test]
+fn an_expired_ca_issues_nothing() {
+    let tmp = TempDir::new("ca-expired");
+    let dir = tmp.join("ca");
+    fs::create_dir(&dir).unwrap();
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    params.not_before = rcgen::date_time_ymd(2000, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2001, 1, 1);
+    let cert = params.self_signed(&key).unwrap();
+    fs::write(dir.join("ca.crt"), cert.pem()).unwrap();
+    fs::write(dir.join("ca.key"), key.serialize_pem()).unwrap();
+    let ca = Ca::load(&dir).unwrap();
+    match ca.leaf(&spec(None, &["late.test"], &[])) {
+        Err(CaError::Expired(p)) => assert_eq!(p, dir),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// The interceptor shares one `Arc<Ca>` between its connections.
+#[test]
+fn ca_is_send_and_sync() {
+    fn shared<T: Send + Sync>() {}
+    shared::<Ca>();
+    shared::<LeafSpec>();
+}
+
+#[test]
+fn load_or_init_racing_threads_make_one_ca() {
+    let tmp = TempDir::new("ca-race");
+    let dir = tmp.join("ca");
+    let made: Vec<(String, bool)> = std::thread::scope(|s| {
+        let racers: Vec<_> = (0..6)
+            .map(|_| {
+                s.spawn(|| {
+                    let (ca, created) = Ca::load_or_init(&dir).unwrap();
+                    (ca.fingerprint(), created)
+                })
+            })
+            .collect();
+        racers.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(
+        made.iter().filter(|(_, created)| *created).count(),
+        1,
+        "{made:?}"
+    );
+    assert!(made.iter().all(|(fp, _)| *fp == made[0].0), "{made:?}");
+    // Only the two files remain (no temporary ones).
+    let mut names: Vec<_> = fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["ca.crt", "ca.key"]);
+}
+
+#[test]
+fn a_key_without_its_certificate_is_reported() {
+    let tmp = TempDir::new("ca-half");
+    let dir = tmp.join("ca");
+    fs::create_dir(&dir).unwrap();
+    fs::write(dir.join("ca.key"), "left over\n").unwrap();
+    let e = Ca::init(&dir, false).unwrap_err();
+    assert!(matches!(&e, CaError::Incomplete(p) if *p == dir), "{e:?}");
+    assert_eq!(
+        e.to_string(),
+        format!(
+            "{}: ca.key exists without ca.crt (another capagent is creating the CA, or a \
+             creation was interrupted: remove ca.key)",
+            dir.display()
+        )
+    );
+    // Nothing of the attempt stays: the old key, and no certificate.
+    assert_eq!(
+        fs::read_to_string(dir.join("ca.key")).unwrap(),
+        "left over\n"
+    );
+    assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
 }
