@@ -3,7 +3,7 @@
 //! One module per capability; each declares its command-line arguments and turns them into
 //! its options (`trace::command`, `capture::command`...), `cli` composes them and `cmd`
 //! dispatches. Modules depend one way, lowest first: `model`, `signals`; `control`;
-//! `counters`; `output`; `kernel`; `proxy`, `trace`; `capture`, `dns`, `intercept`; `cli`; `daemon`;
+//! `counters`; `output`; `kernel`; `mitm`; `proxy`, `trace`; `capture`, `dns`, `intercept`; `cli`; `daemon`;
 //! `cmd` (`cargo xtask layers` lists the edges and checks them).
 //! - `trace`: per-process socket tracing with eBPF (syscall tracepoints, ring buffer).
 //! - `capture`: packet capture on interfaces with TC eBPF programs (pcapng or text lines).
@@ -16,6 +16,7 @@
 //!   hooks) into a recording relay.
 //! - `kernel`: loading the eBPF object, BTF offsets, capability checks, the session runtime
 //!   of trace and capture (`kernel::session`).
+//! - `mitm`: TLS interception (the CA, the interceptor, the sessions' key log).
 //! - `proxy`: recording proxies (forwarder, SOCKS, HTTP forward and reverse) that relay and
 //!   record client traffic.
 //! - `signals`: SIGINT, SIGTERM and SIGHUP delivered to a `Control` (the one way to stop).
@@ -34,6 +35,7 @@ pub mod daemon;
 pub mod dns;
 pub mod intercept;
 pub mod kernel;
+pub mod mitm;
 pub mod model;
 pub mod netlink;
 pub mod output;
