@@ -45,6 +45,11 @@ pub trait EventWriter {
     fn tick(&mut self) -> io::Result<()> {
         Ok(())
     }
+    /// NSS key log lines of TLS sessions whose packets follow: pcapng writes them in a
+    /// Decryption Secrets Block; the sinks without a place for them ignore them.
+    fn write_tls_secrets(&mut self, _key_log: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl<W: EventWriter + ?Sized> EventWriter for Box<W> {
@@ -57,6 +62,9 @@ impl<W: EventWriter + ?Sized> EventWriter for Box<W> {
     fn tick(&mut self) -> io::Result<()> {
         (**self).tick()
     }
+    fn write_tls_secrets(&mut self, key_log: &[u8]) -> io::Result<()> {
+        (**self).write_tls_secrets(key_log)
+    }
 }
 
 impl<W: EventWriter + ?Sized> EventWriter for &mut W {
@@ -68,6 +76,9 @@ impl<W: EventWriter + ?Sized> EventWriter for &mut W {
     }
     fn tick(&mut self) -> io::Result<()> {
         (**self).tick()
+    }
+    fn write_tls_secrets(&mut self, key_log: &[u8]) -> io::Result<()> {
+        (**self).write_tls_secrets(key_log)
     }
 }
 
@@ -92,6 +103,13 @@ impl<W: EventWriter> EventWriter for FanOut<W> {
     fn tick(&mut self) -> io::Result<()> {
         for w in &mut self.0 {
             w.tick()?;
+        }
+        Ok(())
+    }
+
+    fn write_tls_secrets(&mut self, key_log: &[u8]) -> io::Result<()> {
+        for w in &mut self.0 {
+            w.write_tls_secrets(key_log)?;
         }
         Ok(())
     }
@@ -149,6 +167,10 @@ impl<W: EventWriter> EventWriter for FlushEvery<W> {
         }
         Ok(())
     }
+    fn write_tls_secrets(&mut self, key_log: &[u8]) -> io::Result<()> {
+        self.dirty = true;
+        self.inner.write_tls_secrets(key_log)
+    }
 }
 
 /// Something captured packets are written to.
@@ -181,6 +203,11 @@ pub trait PacketWriter {
     fn finish(&mut self, _totals: &[IfaceTotals], _filtering: bool) -> io::Result<()> {
         self.flush()
     }
+    /// NSS key log lines of TLS sessions whose packets follow: pcapng writes them in a
+    /// Decryption Secrets Block; the sinks without a place for them ignore them.
+    fn write_tls_secrets(&mut self, _key_log: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl<W: PacketWriter + ?Sized> PacketWriter for Box<W> {
@@ -206,6 +233,9 @@ impl<W: PacketWriter + ?Sized> PacketWriter for Box<W> {
     }
     fn finish(&mut self, totals: &[IfaceTotals], filtering: bool) -> io::Result<()> {
         (**self).finish(totals, filtering)
+    }
+    fn write_tls_secrets(&mut self, key_log: &[u8]) -> io::Result<()> {
+        (**self).write_tls_secrets(key_log)
     }
 }
 
@@ -248,6 +278,12 @@ impl<W: PacketWriter> PacketWriter for FanOut<W> {
         }
         Ok(())
     }
+    fn write_tls_secrets(&mut self, key_log: &[u8]) -> io::Result<()> {
+        for w in &mut self.0 {
+            w.write_tls_secrets(key_log)?;
+        }
+        Ok(())
+    }
 }
 
 impl<W: PacketWriter> PacketWriter for FlushEvery<W> {
@@ -280,6 +316,10 @@ impl<W: PacketWriter> PacketWriter for FlushEvery<W> {
     fn finish(&mut self, totals: &[IfaceTotals], filtering: bool) -> io::Result<()> {
         self.flushed();
         self.inner.finish(totals, filtering)
+    }
+    fn write_tls_secrets(&mut self, key_log: &[u8]) -> io::Result<()> {
+        self.dirty = true;
+        self.inner.write_tls_secrets(key_log)
     }
 }
 
