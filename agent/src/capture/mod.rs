@@ -75,6 +75,11 @@ pub enum CaptureError {
         path: std::path::PathBuf,
         source: io::Error,
     },
+    #[error("--tls-keylog {}: {reason}", path.display())]
+    TlsKeylog {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error(transparent)]
     Target(#[from] TargetError),
     #[error("eBPF map {name}: {source}")]

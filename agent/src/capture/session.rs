@@ -11,7 +11,7 @@
 use std::{
     collections::VecDeque,
     io::{self, BufWriter},
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::Arc,
 };
 
@@ -41,6 +41,8 @@ pub struct SessionOptions {
     /// `-- CMD`: start it (held until the capture is live), select its packets and those of
     /// its children, and stop when it exits.
     pub command: Vec<String>,
+    /// `--tls-keylog FILE`: its key log lines go into the pcapng file at the end.
+    pub tls_keylog: Option<PathBuf>,
 }
 
 /// The userspace side of a [`Selection`], for the packets whose owner the kernel did not
@@ -374,6 +376,17 @@ pub fn run_with(
     ctl: &Control,
     output: Option<OpenOutput>,
 ) -> Result<CaptureOutcome, CaptureError> {
+    // The secrets are put into the file written, once it is complete.
+    let inject_into = match (&sopts.tls_keylog, &output, &sopts.write) {
+        (None, ..) => None,
+        (Some(_), None, Some(w)) if w.as_os_str() != "-" => Some(w.clone()),
+        (Some(k), ..) => {
+            return Err(CaptureError::TlsKeylog {
+                path: k.clone(),
+                reason: "only with capture -w FILE".into(),
+            });
+        }
+    };
     let ifaces: Vec<Iface> = super::resolve(opts)?;
     let mut opts = opts.clone();
     let mut child = None;
@@ -452,6 +465,16 @@ pub fn run_with(
     sink.out
         .finish(&outcome.per_iface, filter.is_some())
         .map_err(CaptureError::Output)?;
+    if let (Some(keylog), Some(out)) = (&sopts.tls_keylog, &inject_into) {
+        let lines = inject_tls_keylog(keylog, out)?;
+        if !sopts.no_summary {
+            eprintln!(
+                "capagent: {lines} TLS key log lines from {} put into {}",
+                keylog.display(),
+                out.display()
+            );
+        }
+    }
     if !sopts.no_summary {
         let selected = if opts.select.is_active() {
             format!(", {} of them selected", sink.written)
@@ -472,6 +495,26 @@ pub fn run_with(
     }
     tracing::debug!(refreshes = sink.resolver.refreshes, "socket table");
     Ok(outcome)
+}
+
+/// `--tls-keylog KEYLOG`: its key log lines into a Decryption Secrets Block of the finished
+/// pcapng file `out`, before its packets; returns how many lines.
+fn inject_tls_keylog(keylog: &Path, out: &Path) -> Result<usize, CaptureError> {
+    let fail = |reason: String| CaptureError::TlsKeylog {
+        path: keylog.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read(keylog).map_err(|e| fail(e.to_string()))?;
+    let lines = crate::mitm::keylog::lines_of(&String::from_utf8_lossy(&text));
+    if lines.is_empty() {
+        return Err(fail(format!(
+            "no key log lines in it ({} is written without secrets)",
+            out.display()
+        )));
+    }
+    crate::output::pcapng::secrets::inject_file(out, lines.as_bytes())
+        .map_err(|e| fail(format!("putting the secrets into {}: {e}", out.display())))?;
+    Ok(lines.lines().count())
 }
 
 #[cfg(test)]
