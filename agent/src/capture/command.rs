@@ -9,7 +9,7 @@ use super::{CaptureOptions, Selection, filter::Filter, session::SessionOptions};
 
 #[derive(Args, Debug, Clone)]
 #[command(
-    after_help = "Examples:\n  sudo capagent capture -i lo\n  sudo capagent capture -i eth0 -i lo -w all.pcapng --duration 10\n  sudo capagent capture -i eth0 -s 96 -c 100\n  sudo capagent capture -i lo --comm curl -w curl.pcapng\n  sudo capagent capture -i lo -w curl.pcapng -- curl -s http://127.0.0.1:8000/\n  sudo capagent capture -i eth0 tcp port 443 and host 10.1.2.3\n  sudo capagent capture -i lo -w syn.pcapng 'tcp[tcpflags] & tcp-syn != 0'\n  SSLKEYLOGFILE=keys.log sudo -E capagent capture -i lo -w tls.pcapng --tls-keylog keys.log -- curl -s https://127.0.0.1:8443/"
+    after_help = "Examples:\n  sudo capagent capture -i lo\n  sudo capagent capture -i eth0 -i lo -w all.pcapng --duration 10\n  sudo capagent capture -i eth0 -s 96 -c 100\n  sudo capagent capture -i lo --comm curl -w curl.pcapng\n  sudo capagent capture -i lo -w curl.pcapng -- curl -s http://127.0.0.1:8000/\n  sudo capagent capture -i eth0 tcp port 443 and host 10.1.2.3\n  sudo capagent capture -i lo -w syn.pcapng 'tcp[tcpflags] & tcp-syn != 0'\n  sudo SSLKEYLOGFILE=keys.log capagent capture -i lo -w tls.pcapng --tls-keylog keys.log -- curl -s https://127.0.0.1:8443/"
 )]
 pub struct CaptureArgs {
     /// Capture on this interface; repeatable.
