@@ -1,6 +1,7 @@
-//! Root integration tests of `capagent capture --tls-keylog FILE`: real TLS 1.3 and TLS 1.2
-//! sessions (curl, OpenSSL, against `openssl s_server -www`) on the loopback of a network
-//! namespace of the test's own, captured by the real capagent; curl writes its key log
+//! Root integration tests of `capagent capture --tls-keylog FILE` and `capagent trace
+//! --tls-keylog FILE`: real TLS 1.3 and TLS 1.2 sessions (curl, OpenSSL, against `openssl
+//! s_server -www`) on the loopback of a network namespace of the test's own, captured (or
+//! traced) by the real capagent; curl writes its key log
 //! (SSLKEYLOGFILE) during the capture, capagent puts those lines into a Decryption Secrets
 //! Block of the pcapng, and tshark, given nothing else, decrypts the HTTP inside. The same
 //! file with the secrets discarded (`editcap --discard-all-secrets`) shows no HTTP.
@@ -73,14 +74,9 @@ fn secrets_blocks(file: &str) -> (Vec<(u32, String)>, usize) {
     (dsbs, packets_before.unwrap_or(packets))
 }
 
-#[test]
-fn capture_tls_keylog_lets_tshark_decrypt_tls13_and_tls12() {
-    let ns = Netns::new("tlsk");
-    let certs = Certs::localhost();
-    let server = OpensslServer::start(&ns, &certs);
-    let dir = TempDir::new("tlsk");
-    let out = dir.join("tls.pcapng");
-    let keys = dir.join("keys.log");
+/// A shell script making one TLS 1.3 request (`GET /over-tls13`) and one TLS 1.2 request
+/// (`GET /over-tls12`) with curl to `server`, its key log going to `keys`.
+fn tls_sessions(certs: &Certs, server: &OpensslServer, keys: &str) -> String {
     let curl = |version: &str, path: &str| {
         format!(
             "curl -sS -o /dev/null --cacert {ca} {version} https://127.0.0.1:{port}{path}",
@@ -88,27 +84,34 @@ fn capture_tls_keylog_lets_tshark_decrypt_tls13_and_tls12() {
             port = server.port,
         )
     };
-    let script = format!(
+    format!(
         "export SSLKEYLOGFILE={keys} && {} && {}",
         curl("--tlsv1.3", "/over-tls13"),
         curl("--tlsv1.2 --tls-max 1.2", "/over-tls12"),
-        keys = keys.to_str().unwrap(),
-    );
+    )
+}
+
+/// Runs `capagent MODE -w OUT --tls-keylog KEYS -- sh -c SCRIPT` (the two sessions of
+/// [`tls_sessions`]) in a namespace of its own; checks curl's key log and what capagent says,
+/// and returns OUT and the key log.
+fn run_sessions(mode: &[&str]) -> (TempDir, String, String) {
+    let ns = Netns::new("tlsk");
+    let certs = Certs::localhost();
+    let server = OpensslServer::start(&ns, &certs);
+    let dir = TempDir::new("tlsk");
+    let out = dir.join("tls.pcapng");
+    let keys = dir.join("keys.log");
+    let script = tls_sessions(&certs, &server, keys.to_str().unwrap());
     let mut cmd = ns.cmd(capagent());
-    cmd.args([
-        "capture",
-        "-i",
-        "lo",
-        "-w",
-        out.to_str().unwrap(),
-        "--tls-keylog",
-    ])
-    .arg(&keys)
-    .args(["--", "sh", "-c", &script]);
+    cmd.args(mode)
+        .args(["-w", out.to_str().unwrap(), "--tls-keylog"])
+        .arg(&keys)
+        .args(["--", "sh", "-c", &script]);
     let mut cap = Proc::spawn("capagent", cmd);
     let st = cap.wait(TIMEOUT);
     let stderr = cap.stderr();
     assert!(st.success(), "capagent failed ({st}): {stderr}");
+    drop(server);
 
     // curl's key log: the five TLS 1.3 secrets of one session, the master secret of the other.
     let key_log = fs::read_to_string(&keys).unwrap();
@@ -137,15 +140,18 @@ fn capture_tls_keylog_lets_tshark_decrypt_tls13_and_tls12() {
         )),
         "{stderr}"
     );
+    let out = out.to_str().unwrap().to_string();
+    (dir, out, key_log)
+}
 
-    // One Decryption Secrets Block, an NSS key log ("TLSK") of exactly those lines, before
-    // every packet.
-    let file = out.to_str().unwrap();
+/// `file` holds one Decryption Secrets Block, an NSS key log ("TLSK") of exactly `key_log`,
+/// before every packet; tshark decrypts the two sessions of [`tls_sessions`] from the file
+/// alone, and sees nothing of their HTTP once the secrets are discarded.
+fn assert_decrypted(dir: &TempDir, file: &str, key_log: &str) {
     let (dsbs, packets_before) = secrets_blocks(file);
-    assert_eq!(dsbs, [(0x544c_534b, key_log.clone())]);
+    assert_eq!(dsbs, [(0x544c_534b, key_log.to_string())]);
     assert_eq!(packets_before, 0);
 
-    // tshark decrypts both sessions from the file alone.
     assert_eq!(
         http_messages(file),
         [
@@ -184,53 +190,65 @@ fn capture_tls_keylog_lets_tshark_decrypt_tls13_and_tls12() {
     assert_eq!(http_messages(bare), Vec::<String>::new());
     let count = |f: &str| tshark_r(f, &["-Y", "tcp"]).lines().count();
     assert_eq!(count(bare), count(file), "the same packets");
-    drop(server);
 }
 
-/// The key log file must hold key log lines by the end, and needs a pcapng file to go into.
+/// `capture -w --tls-keylog`: the real packets on `lo`.
 #[test]
-fn capture_tls_keylog_errors() {
+fn capture_tls_keylog_lets_tshark_decrypt_tls13_and_tls12() {
+    let (dir, file, key_log) = run_sessions(&["capture", "-i", "lo"]);
+    assert_decrypted(&dir, &file, &key_log);
+}
+
+/// `trace -w --tls-keylog`: curl's socket calls (the ciphertext it sent and received) as
+/// synthetic packets.
+#[test]
+fn trace_tls_keylog_lets_tshark_decrypt_tls13_and_tls12() {
+    let (dir, file, key_log) = run_sessions(&["trace"]);
+    assert_decrypted(&dir, &file, &key_log);
+}
+
+/// The key log file must hold key log lines by the end, and needs a pcapng file to go into
+/// (capture and trace alike).
+#[test]
+fn tls_keylog_errors() {
     let ns = Netns::new("tlsk");
     let dir = TempDir::new("tlsk");
     let keys = dir.write("keys.log", "# nothing but a comment\n");
-    for write in [None, Some("-")] {
-        let mut cmd = ns.cmd(capagent());
-        cmd.args(["capture", "-i", "lo", "--tls-keylog", &keys]);
-        if let Some(w) = write {
-            cmd.args(["-w", w]);
+    for mode in [&["capture", "-i", "lo"][..], &["trace"]] {
+        for write in [None, Some("-")] {
+            let mut cmd = ns.cmd(capagent());
+            cmd.args(mode).args(["--tls-keylog", &keys]);
+            if let Some(w) = write {
+                cmd.args(["-w", w]);
+            }
+            cmd.args(["--", "true"]);
+            let mut cap = Proc::spawn("capagent", cmd);
+            assert!(!cap.wait(TIMEOUT).success());
+            assert_eq!(
+                cap.stderr().trim_end(),
+                "capagent: --tls-keylog needs -w FILE (the secrets go into the file when the capture ends)",
+                "{mode:?} -w {write:?}"
+            );
         }
-        cmd.args(["--", "true"]);
+        let out = dir.join("out.pcapng");
+        let mut cmd = ns.cmd(capagent());
+        cmd.args(mode)
+            .args(["-w", out.to_str().unwrap(), "--tls-keylog", &keys])
+            .args(["--", "true"]);
         let mut cap = Proc::spawn("capagent", cmd);
         assert!(!cap.wait(TIMEOUT).success());
-        assert_eq!(
-            cap.stderr().trim_end(),
-            "capagent: --tls-keylog needs -w FILE (the secrets go into the file when the capture ends)"
+        let err = cap.stderr();
+        assert!(
+            err.lines().any(|l| l
+                == format!(
+                    "capagent: --tls-keylog {keys}: no key log lines in it ({} is written without secrets)",
+                    out.display()
+                )),
+            "{mode:?}: {err}"
         );
+        // What was captured is there, readable.
+        tshark_r(out.to_str().unwrap(), &[]);
+        assert_eq!(secrets_blocks(out.to_str().unwrap()).0, []);
+        fs::remove_file(&out).unwrap();
     }
-    let out = dir.join("out.pcapng");
-    let mut cmd = ns.cmd(capagent());
-    cmd.args([
-        "capture",
-        "-i",
-        "lo",
-        "-w",
-        out.to_str().unwrap(),
-        "--tls-keylog",
-        &keys,
-    ])
-    .args(["--", "true"]);
-    let mut cap = Proc::spawn("capagent", cmd);
-    assert!(!cap.wait(TIMEOUT).success());
-    let err = cap.stderr();
-    assert!(
-        err.lines().any(|l| l
-            == format!(
-                "capagent: --tls-keylog {keys}: no key log lines in it ({} is written without secrets)",
-                out.display()
-            )),
-        "{err}"
-    );
-    // The capture itself is there, readable.
-    tshark_r(out.to_str().unwrap(), &[]);
-    assert_eq!(secrets_blocks(out.to_str().unwrap()).0, []);
 }

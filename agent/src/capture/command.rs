@@ -94,11 +94,7 @@ impl CaptureArgs {
                 None => Filter::expression(&self.filter_words),
             },
         };
-        if self.tls_keylog.is_some() && self.write.as_deref().is_none_or(|p| p.as_os_str() == "-") {
-            anyhow::bail!(
-                "--tls-keylog needs -w FILE (the secrets go into the file when the capture ends)"
-            );
-        }
+        crate::mitm::keylog::check_tls_keylog(self.tls_keylog.as_deref(), self.write.as_deref())?;
         let session = SessionOptions {
             write: self.write.clone(),
             no_summary: self.no_summary,

@@ -75,11 +75,8 @@ pub enum CaptureError {
         path: std::path::PathBuf,
         source: io::Error,
     },
-    #[error("--tls-keylog {}: {reason}", path.display())]
-    TlsKeylog {
-        path: std::path::PathBuf,
-        reason: String,
-    },
+    #[error(transparent)]
+    TlsKeylog(#[from] crate::mitm::keylog::TlsKeylogError),
     #[error(transparent)]
     Target(#[from] TargetError),
     #[error("eBPF map {name}: {source}")]

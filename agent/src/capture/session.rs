@@ -11,7 +11,7 @@
 use std::{
     collections::VecDeque,
     io::{self, BufWriter},
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::Arc,
 };
 
@@ -25,6 +25,7 @@ use super::{
 use crate::{
     control::Control,
     counters::JobMetrics,
+    mitm::keylog::TlsKeylogError,
     output::{
         FLUSH_EVERY, FanOut, FlushEvery, PacketWriter,
         status::{self, PacketCounter, StatusLine},
@@ -380,12 +381,7 @@ pub fn run_with(
     let inject_into = match (&sopts.tls_keylog, &output, &sopts.write) {
         (None, ..) => None,
         (Some(_), None, Some(w)) if w.as_os_str() != "-" => Some(w.clone()),
-        (Some(k), ..) => {
-            return Err(CaptureError::TlsKeylog {
-                path: k.clone(),
-                reason: "only with capture -w FILE".into(),
-            });
-        }
+        (Some(_), ..) => return Err(TlsKeylogError::NeedsFile.into()),
     };
     let ifaces: Vec<Iface> = super::resolve(opts)?;
     let mut opts = opts.clone();
@@ -465,16 +461,6 @@ pub fn run_with(
     sink.out
         .finish(&outcome.per_iface, filter.is_some())
         .map_err(CaptureError::Output)?;
-    if let (Some(keylog), Some(out)) = (&sopts.tls_keylog, &inject_into) {
-        let lines = inject_tls_keylog(keylog, out)?;
-        if !sopts.no_summary {
-            eprintln!(
-                "capagent: {lines} TLS key log lines from {} put into {}",
-                keylog.display(),
-                out.display()
-            );
-        }
-    }
     if !sopts.no_summary {
         let selected = if opts.select.is_active() {
             format!(", {} of them selected", sink.written)
@@ -493,28 +479,19 @@ pub fn run_with(
             outcome.dropped()
         );
     }
+    // The file is complete (finished and flushed: the writer holds nothing more).
+    if let (Some(keylog), Some(out)) = (&sopts.tls_keylog, &inject_into) {
+        let lines = crate::mitm::keylog::embed_in_pcapng(keylog, out)?;
+        if !sopts.no_summary {
+            eprintln!(
+                "capagent: {lines} TLS key log lines from {} put into {}",
+                keylog.display(),
+                out.display()
+            );
+        }
+    }
     tracing::debug!(refreshes = sink.resolver.refreshes, "socket table");
     Ok(outcome)
-}
-
-/// `--tls-keylog KEYLOG`: its key log lines into a Decryption Secrets Block of the finished
-/// pcapng file `out`, before its packets; returns how many lines.
-fn inject_tls_keylog(keylog: &Path, out: &Path) -> Result<usize, CaptureError> {
-    let fail = |reason: String| CaptureError::TlsKeylog {
-        path: keylog.to_path_buf(),
-        reason,
-    };
-    let text = std::fs::read(keylog).map_err(|e| fail(e.to_string()))?;
-    let lines = crate::mitm::keylog::lines_of(&String::from_utf8_lossy(&text));
-    if lines.is_empty() {
-        return Err(fail(format!(
-            "no key log lines in it ({} is written without secrets)",
-            out.display()
-        )));
-    }
-    crate::output::pcapng::secrets::inject_file(out, lines.as_bytes())
-        .map_err(|e| fail(format!("putting the secrets into {}: {e}", out.display())))?;
-    Ok(lines.lines().count())
 }
 
 #[cfg(test)]

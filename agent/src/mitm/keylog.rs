@@ -151,6 +151,69 @@ pub fn lines_of(text: &str) -> String {
     out
 }
 
+/// Why `--tls-keylog FILE` could not put FILE's lines into a pcapng file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsKeylogError {
+    #[error("--tls-keylog needs -w FILE (the secrets go into the file when the capture ends)")]
+    NeedsFile,
+    #[error("--tls-keylog {}: {source}", path.display())]
+    Read { path: PathBuf, source: io::Error },
+    #[error(
+        "--tls-keylog {}: no key log lines in it ({} is written without secrets)",
+        path.display(),
+        pcapng.display()
+    )]
+    Empty { path: PathBuf, pcapng: PathBuf },
+    #[error(
+        "--tls-keylog {}: putting the secrets into {}: {source}",
+        path.display(),
+        pcapng.display()
+    )]
+    Inject {
+        path: PathBuf,
+        pcapng: PathBuf,
+        source: io::Error,
+    },
+}
+
+/// `--tls-keylog KEYLOG` of a finished pcapng file: the key log lines of KEYLOG go into a
+/// Decryption Secrets Block before its packets ([`crate::output::pcapng::secrets`]).
+/// Returns how many lines.
+pub fn embed_in_pcapng(key_log: &Path, pcapng: &Path) -> Result<usize, TlsKeylogError> {
+    let text = std::fs::read(key_log).map_err(|source| TlsKeylogError::Read {
+        path: key_log.to_path_buf(),
+        source,
+    })?;
+    let lines = lines_of(&String::from_utf8_lossy(&text));
+    if lines.is_empty() {
+        return Err(TlsKeylogError::Empty {
+            path: key_log.to_path_buf(),
+            pcapng: pcapng.to_path_buf(),
+        });
+    }
+    crate::output::pcapng::secrets::inject_file(pcapng, lines.as_bytes()).map_err(|source| {
+        TlsKeylogError::Inject {
+            path: key_log.to_path_buf(),
+            pcapng: pcapng.to_path_buf(),
+            source,
+        }
+    })?;
+    Ok(lines.lines().count())
+}
+
+/// Checks `--tls-keylog` against `-w`: a file to put the secrets into when the session ends
+/// (not stdout).
+pub fn check_tls_keylog(
+    key_log: Option<&Path>,
+    write: Option<&Path>,
+) -> Result<(), TlsKeylogError> {
+    match (key_log, write) {
+        (Some(_), None) => Err(TlsKeylogError::NeedsFile),
+        (Some(_), Some(w)) if w.as_os_str() == "-" => Err(TlsKeylogError::NeedsFile),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
