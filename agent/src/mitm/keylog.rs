@@ -129,8 +129,9 @@ pub fn line(label: &str, client_random: &[u8], secret: &[u8]) -> String {
 /// anything else), each ending with `\n`: `LABEL HEX HEX`, the label in capitals, digits and
 /// `_`, the client random 32 bytes.
 pub fn lines_of(text: &str) -> String {
-    let hex =
-        |s: &str| !s.is_empty() && s.len() % 2 == 0 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let hex = |s: &str| {
+        !s.is_empty() && s.len().is_multiple_of(2) && s.bytes().all(|b| b.is_ascii_hexdigit())
+    };
     let mut out = String::new();
     for l in text.lines() {
         let mut words = l.split_ascii_whitespace();
