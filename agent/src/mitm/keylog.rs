@@ -27,11 +27,17 @@ use std::{
 
 /// The key log of a process's TLS sessions: a file, taps, or both.
 pub struct KeyLogFile {
-    /// The file and its path; `None` for a key log that only feeds taps.
-    file: Option<(PathBuf, Mutex<File>)>,
-    taps: Mutex<Vec<mpsc::Sender<String>>>,
+    /// The file's path; `None` for a key log that only feeds taps.
+    path: Option<PathBuf>,
+    /// One lock for the file and the taps: they see the lines in the same order.
+    out: Mutex<Outputs>,
     /// A write to the file failed (reported once).
     failed: AtomicBool,
+}
+
+struct Outputs {
+    file: Option<File>,
+    taps: Vec<mpsc::Sender<String>>,
 }
 
 impl KeyLogFile {
@@ -43,56 +49,57 @@ impl KeyLogFile {
             .create(true)
             .mode(0o600)
             .open(path)?;
-        Ok(Arc::new(KeyLogFile {
-            file: Some((path.to_path_buf(), Mutex::new(file))),
-            taps: Mutex::default(),
-            failed: AtomicBool::new(false),
-        }))
+        Ok(KeyLogFile::new(Some(path.to_path_buf()), Some(file)))
     }
 
     /// A key log without a file: the lines only go to the taps (`--pcap-tls raw` without
     /// `--keylog`).
     pub fn in_memory() -> Arc<KeyLogFile> {
+        KeyLogFile::new(None, None)
+    }
+
+    fn new(path: Option<PathBuf>, file: Option<File>) -> Arc<KeyLogFile> {
         Arc::new(KeyLogFile {
-            file: None,
-            taps: Mutex::default(),
+            path,
+            out: Mutex::new(Outputs {
+                file,
+                taps: Vec::new(),
+            }),
             failed: AtomicBool::new(false),
         })
     }
 
     /// The file, if any.
     pub fn path(&self) -> Option<&Path> {
-        self.file.as_ref().map(|(p, _)| p.as_path())
+        self.path.as_deref()
     }
 
-    /// Every line logged from now on (each with its `\n`), in the order they were logged.
-    /// A tap whose receiver is dropped is forgotten at the next line.
+    fn outputs(&self) -> std::sync::MutexGuard<'_, Outputs> {
+        self.out.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Every line logged from now on (each with its `\n`), in the order they were logged (the
+    /// file's order). A tap whose receiver is dropped is forgotten at the next line.
     pub fn tap(&self) -> mpsc::Receiver<String> {
         let (tx, rx) = mpsc::channel();
-        self.taps.lock().unwrap_or_else(|e| e.into_inner()).push(tx);
+        self.outputs().taps.push(tx);
         rx
     }
 
     /// Logs one line: into the file (one `write`), then to every tap.
     pub fn log_line(&self, line: &str) {
-        if let Some((path, file)) = &self.file {
-            let r = file
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .write_all(line.as_bytes());
-            if let Err(e) = r
-                && !self.failed.swap(true, Ordering::Relaxed)
-            {
-                tracing::warn!(
-                    "key log {}: {e}; secrets are missing from it",
-                    path.display()
-                );
-            }
+        let mut out = self.outputs();
+        if let Some(file) = &mut out.file
+            && let Err(e) = file.write_all(line.as_bytes())
+            && !self.failed.swap(true, Ordering::Relaxed)
+        {
+            let path = self.path.as_deref().unwrap_or(Path::new("?"));
+            tracing::warn!(
+                "key log {}: {e}; secrets are missing from it",
+                path.display()
+            );
         }
-        self.taps
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|tx| tx.send(line.to_string()).is_ok());
+        out.taps.retain(|tx| tx.send(line.to_string()).is_ok());
     }
 }
 
@@ -305,8 +312,67 @@ mod tests {
         assert_eq!(got.iter().cloned().collect::<BTreeSet<_>>(), want);
         let tapped: Vec<String> = tap.try_iter().collect();
         assert_eq!(tapped, got, "the tap sees the file's lines in its order");
-        assert_eq!(log.taps.lock().unwrap().len(), 1, "the dropped tap is gone");
+        assert_eq!(log.outputs().taps.len(), 1, "the dropped tap is gone");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A key log's tap feeding a pcapng writer through `SecretsFirst`: the lines logged
+    /// before a record go into a Decryption Secrets Block before it, for trace's synthetic
+    /// packets and for capture's packets alike.
+    #[test]
+    fn tapped_lines_precede_the_next_record_in_pcapng() {
+        use crate::output::{
+            EventWriter as _, PacketWriter as _, SecretsFirst,
+            pcapng::{PcapngWriter, secrets::decryption_secrets_block},
+        };
+        let log = KeyLogFile::in_memory();
+        let random = [0x11; 32];
+        let first = line("CLIENT_RANDOM", &random, &[0x22; 48]);
+        let dsb = decryption_secrets_block(pcap_file::Endianness::Big, first.as_bytes()).unwrap();
+
+        let headers = PcapngWriter::new(Vec::new()).unwrap().into_inner();
+        let mut w = SecretsFirst::new(PcapngWriter::new(Vec::new()).unwrap(), log.tap());
+        rustls::KeyLog::log(&*log, "CLIENT_RANDOM", &random, &[0x22; 48]);
+        w.write_event(&crate::trace::assemble::lost_event(0, 1, 1))
+            .unwrap();
+        let out = w.into_inner().into_inner();
+        assert_eq!(out[..headers.len()], headers[..]);
+        assert_eq!(out[headers.len()..headers.len() + dsb.len()], dsb[..]);
+
+        let lo = crate::capture::Iface {
+            name: "lo".to_string(),
+            ifindex: 1,
+            loopback: true,
+            linktype: crate::capture::LinkType::Ethernet,
+        };
+        let new = || {
+            crate::capture::pcapng::CaptureWriter::new(Vec::new(), std::slice::from_ref(&lo), 96)
+                .unwrap()
+        };
+        let headers = new().into_inner().unwrap();
+        let data = [0u8; 60];
+        let p = crate::model::packet::Packet {
+            ts_ns: 0,
+            cookie: 1,
+            ifindex: 1,
+            orig_len: 60,
+            dir: agent_common::packet_dir::EGRESS,
+            ino: 0,
+            owner: None,
+            data: &data,
+        };
+        let mut w = SecretsFirst::new(new(), log.tap());
+        w.write_packet(&p, 1, None).unwrap();
+        let after_one = {
+            let mut one = new();
+            crate::output::PacketWriter::write_packet(&mut one, &p, 1, None).unwrap();
+            one.into_inner().unwrap()
+        };
+        rustls::KeyLog::log(&*log, "CLIENT_RANDOM", &random, &[0x22; 48]);
+        w.write_packet(&p, 1, None).unwrap();
+        let out = w.into_inner().into_inner().unwrap();
+        let packet = &after_one[headers.len()..];
+        assert!(out == [&headers[..], packet, &dsb, packet].concat());
     }
 
     /// A CA and a leaf for `localhost` (DER), made with rcgen.
