@@ -226,7 +226,7 @@ fn tls_keylog_errors() {
             assert!(!cap.wait(TIMEOUT).success());
             assert_eq!(
                 cap.stderr().trim_end(),
-                "capagent: --tls-keylog needs -w FILE (the secrets go into the file when the capture ends)",
+                "capagent: --tls-keylog needs -w FILE (the secrets go into the file at the end)",
                 "{mode:?} -w {write:?}"
             );
         }

@@ -162,7 +162,7 @@ pub fn lines_of(text: &str) -> String {
 /// Why `--tls-keylog FILE` could not put FILE's lines into a pcapng file.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsKeylogError {
-    #[error("--tls-keylog needs -w FILE (the secrets go into the file when the capture ends)")]
+    #[error("--tls-keylog needs -w FILE (the secrets go into the file at the end)")]
     NeedsFile,
     #[error("--tls-keylog {}: {source}", path.display())]
     Read { path: PathBuf, source: io::Error },
