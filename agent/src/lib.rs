@@ -16,11 +16,11 @@
 //!   hooks) into a recording relay.
 //! - `kernel`: loading the eBPF object, BTF offsets, capability checks, the session runtime
 //!   of trace and capture (`kernel::session`).
+//! - `mitm`: TLS interception (the CA, the interceptor, the sessions' key log).
 //! - `proxy`: recording proxies (forwarder, SOCKS, HTTP forward and reverse) that relay and
 //!   record client traffic.
 //! - `signals`: SIGINT, SIGTERM and SIGHUP delivered to a `Control` (the one way to stop).
 //! - `process`: pid and name checks, `-- CMD` held until the session is live.
-//! - `mitm`: TLS interception: capagent's CA and the certificates it issues (`capagent ca`).
 //! - `model`: the records every mode produces.
 //! - `netlink`: netlink messages and sockets (nftables, routing, tc, sock_diag).
 //! - `output`: text, JSON lines (and pcapng) writers for those records.

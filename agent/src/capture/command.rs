@@ -9,7 +9,7 @@ use super::{CaptureOptions, Selection, filter::Filter, session::SessionOptions};
 
 #[derive(Args, Debug, Clone)]
 #[command(
-    after_help = "Examples:\n  sudo capagent capture -i lo\n  sudo capagent capture -i eth0 -i lo -w all.pcapng --duration 10\n  sudo capagent capture -i eth0 -s 96 -c 100\n  sudo capagent capture -i lo --comm curl -w curl.pcapng\n  sudo capagent capture -i lo -w curl.pcapng -- curl -s http://127.0.0.1:8000/\n  sudo capagent capture -i eth0 tcp port 443 and host 10.1.2.3\n  sudo capagent capture -i lo -w syn.pcapng 'tcp[tcpflags] & tcp-syn != 0'"
+    after_help = "Examples:\n  sudo capagent capture -i lo\n  sudo capagent capture -i eth0 -i lo -w all.pcapng --duration 10\n  sudo capagent capture -i eth0 -s 96 -c 100\n  sudo capagent capture -i lo --comm curl -w curl.pcapng\n  sudo capagent capture -i lo -w curl.pcapng -- curl -s http://127.0.0.1:8000/\n  sudo capagent capture -i eth0 tcp port 443 and host 10.1.2.3\n  sudo capagent capture -i lo -w syn.pcapng 'tcp[tcpflags] & tcp-syn != 0'\n  sudo SSLKEYLOGFILE=keys.log capagent capture -i lo -w tls.pcapng --tls-keylog keys.log -- curl -s https://127.0.0.1:8443/"
 )]
 pub struct CaptureArgs {
     /// Capture on this interface; repeatable.
@@ -45,6 +45,12 @@ pub struct CaptureArgs {
     /// Size of the kernel ring buffer in KiB (power of two, at least 4).
     #[arg(long, default_value_t = 32768, value_name = "KIB")]
     pub ring_kib: u32,
+    /// When the capture ends, put the TLS key log lines of FILE (SSLKEYLOGFILE format, as
+    /// curl, Firefox or `openssl s_client -keylogfile` write it during the capture) into the
+    /// -w file, in a Decryption Secrets Block before the packets, so that Wireshark and tshark
+    /// decrypt those sessions by themselves (like `editcap --inject-secrets`).
+    #[arg(long, value_name = "FILE")]
+    pub tls_keylog: Option<PathBuf>,
     /// Do not print the summary at exit.
     #[arg(long)]
     pub no_summary: bool,
@@ -88,10 +94,12 @@ impl CaptureArgs {
                 None => Filter::expression(&self.filter_words),
             },
         };
+        crate::mitm::keylog::check_tls_keylog(self.tls_keylog.as_deref(), self.write.as_deref())?;
         let session = SessionOptions {
             write: self.write.clone(),
             no_summary: self.no_summary,
             command: self.command.clone(),
+            tls_keylog: self.tls_keylog.clone(),
         };
         Ok((opts, session))
     }

@@ -76,6 +76,8 @@ pub enum CaptureError {
         source: io::Error,
     },
     #[error(transparent)]
+    TlsKeylog(#[from] crate::mitm::keylog::TlsKeylogError),
+    #[error(transparent)]
     Target(#[from] TargetError),
     #[error("eBPF map {name}: {source}")]
     Map {

@@ -28,7 +28,10 @@ use pcap_file::pcapng::blocks::interface_statistics::{
 use super::{Iface, IfaceTotals, Owner, Packet};
 use crate::output::{
     PacketWriter,
-    pcapng::{FLAG_INBOUND, FLAG_OUTBOUND, open_output, section_header, to_io},
+    pcapng::{
+        FLAG_INBOUND, FLAG_OUTBOUND, open_output, secrets::decryption_secrets_block,
+        section_header, to_io,
+    },
 };
 use agent_common::packet_dir;
 
@@ -238,6 +241,20 @@ impl<W: Write> CaptureWriter<W> {
         Ok(())
     }
 
+    /// Writes a Decryption Secrets Block of `key_log` (NSS key log lines), before the packets
+    /// it decrypts; nothing for an empty key log.
+    pub fn write_tls_secrets(&mut self, key_log: &[u8]) -> io::Result<()> {
+        if key_log.is_empty() {
+            return Ok(());
+        }
+        let dsb = decryption_secrets_block(self.w.section().endianness, key_log)?;
+        self.w.get_mut().extend_from_slice(&dsb);
+        if self.w.get_ref().len() >= BUFFER {
+            self.write_buffer()?;
+        }
+        Ok(())
+    }
+
     fn write_buffer(&mut self) -> io::Result<()> {
         let buf = self.w.get_mut();
         if let Some(out) = self.out.as_mut()
@@ -287,6 +304,10 @@ impl<W: Write> PacketWriter for CaptureWriter<W> {
             self.write_stats(t, filtering, now)?;
         }
         CaptureWriter::flush(self)
+    }
+
+    fn write_tls_secrets(&mut self, key_log: &[u8]) -> io::Result<()> {
+        CaptureWriter::write_tls_secrets(self, key_log)
     }
 }
 
@@ -424,6 +445,43 @@ mod tests {
             got.iter().zip(&want).position(|(a, b)| a != b)
         );
         assert!(t.into_inner().unwrap().0 == want);
+    }
+
+    #[test]
+    fn tls_secrets_between_the_packets_as_written() {
+        let lo = Iface {
+            name: "lo".to_string(),
+            ifindex: 1,
+            loopback: true,
+            linktype: LinkType::Ethernet,
+        };
+        let headers = CaptureWriter::new(Vec::new(), std::slice::from_ref(&lo), 96)
+            .unwrap()
+            .into_inner()
+            .unwrap();
+        let data = [7u8; 60];
+        let p = Packet {
+            ts_ns: 0,
+            cookie: 1,
+            ifindex: 1,
+            orig_len: 60,
+            dir: packet_dir::EGRESS,
+            ino: 0,
+            owner: None,
+            data: &data,
+        };
+        let mut one = CaptureWriter::new(Vec::new(), std::slice::from_ref(&lo), 96).unwrap();
+        one.write_packet(&p, 5, "c").unwrap();
+        let packet = one.into_inner().unwrap()[headers.len()..].to_vec();
+        let key_log = b"CLIENT_RANDOM 0a0b 0c0d0e\n";
+        let mut w = CaptureWriter::new(Vec::new(), &[lo], 96).unwrap();
+        w.write_packet(&p, 5, "c").unwrap();
+        PacketWriter::write_tls_secrets(&mut w, key_log).unwrap();
+        w.write_tls_secrets(b"").unwrap();
+        w.write_packet(&p, 5, "c").unwrap();
+        let dsb = decryption_secrets_block(pcap_file::Endianness::Big, key_log).unwrap();
+        let want = [&headers[..], &packet, &dsb, &packet].concat();
+        assert!(w.into_inner().unwrap() == want);
     }
 
     #[test]

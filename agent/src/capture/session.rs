@@ -25,6 +25,7 @@ use super::{
 use crate::{
     control::Control,
     counters::JobMetrics,
+    mitm::keylog::TlsKeylogError,
     output::{
         FLUSH_EVERY, FanOut, FlushEvery, PacketWriter,
         status::{self, PacketCounter, StatusLine},
@@ -41,6 +42,8 @@ pub struct SessionOptions {
     /// `-- CMD`: start it (held until the capture is live), select its packets and those of
     /// its children, and stop when it exits.
     pub command: Vec<String>,
+    /// `--tls-keylog FILE`: its key log lines go into the pcapng file at the end.
+    pub tls_keylog: Option<PathBuf>,
 }
 
 /// The userspace side of a [`Selection`], for the packets whose owner the kernel did not
@@ -374,6 +377,12 @@ pub fn run_with(
     ctl: &Control,
     output: Option<OpenOutput>,
 ) -> Result<CaptureOutcome, CaptureError> {
+    // The secrets are put into the file written, once it is complete.
+    let inject_into = match (&sopts.tls_keylog, &output, &sopts.write) {
+        (None, ..) => None,
+        (Some(_), None, Some(w)) if w.as_os_str() != "-" => Some(w.clone()),
+        (Some(_), ..) => return Err(TlsKeylogError::NeedsFile.into()),
+    };
     let ifaces: Vec<Iface> = super::resolve(opts)?;
     let mut opts = opts.clone();
     let mut child = None;
@@ -469,6 +478,17 @@ pub fn run_with(
             outcome.bytes,
             outcome.dropped()
         );
+    }
+    // The file is complete (finished and flushed: the writer holds nothing more).
+    if let (Some(keylog), Some(out)) = (&sopts.tls_keylog, &inject_into) {
+        let lines = crate::mitm::keylog::embed_in_pcapng(keylog, out)?;
+        if !sopts.no_summary {
+            eprintln!(
+                "capagent: {lines} TLS key log lines from {} put into {}",
+                keylog.display(),
+                out.display()
+            );
+        }
     }
     tracing::debug!(refreshes = sink.resolver.refreshes, "socket table");
     Ok(outcome)

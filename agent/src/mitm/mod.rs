@@ -1,7 +1,13 @@
-//! TLS interception: capagent's CA and the leaf certificates it issues ([`ca`]), and the
-//! `capagent ca init|show|install|uninstall` commands ([`command`]) with the trust stores
-//! they write ([`store`]: the system store, NSS databases, the JDK's cacerts).
+//! TLS interception: capagent's CA and the certificates it signs, the interceptor the proxies
+//! and `intercept` terminate TLS with, and the keys of the sessions it makes.
+//!
+//! - `ca`: capagent's CA and the leaf certificates it issues;
+//! - `command`: `capagent ca init|show|install|uninstall`, with the trust stores they write
+//!   (`store`: the system store, NSS databases, the JDK's cacerts);
+//! - `keylog`: the NSS key log (SSLKEYLOGFILE format) of those sessions, into a file and to
+//!   whoever taps it (a pcapng writer's Decryption Secrets Blocks).
 
 pub mod ca;
 pub mod command;
+pub mod keylog;
 pub mod store;

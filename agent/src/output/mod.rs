@@ -21,7 +21,7 @@ use std::path::Path;
 
 use crate::model::Event;
 pub use json::JsonWriter;
-pub use sink::{EventWriter, FLUSH_EVERY, FanOut, FlushEvery, PacketWriter};
+pub use sink::{EventWriter, FLUSH_EVERY, FanOut, FlushEvery, PacketWriter, SecretsFirst};
 pub use text::{TextConfig, TextWriter};
 
 /// The format of the records (`--format`).

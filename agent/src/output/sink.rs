@@ -14,6 +14,8 @@
 //!   for `tail -f` without a write per record);
 //! - the daemon's rotation (`daemon::rotate::Rotating`): a new file when the current one is
 //!   big or old enough.
+//! - [`SecretsFirst`]: the TLS key log lines that arrived since the last record (a key log's
+//!   tap, `mitm::keylog`), handed to its sink as secrets before the next record.
 //!
 //! ```text
 //! trace:          FlushEvery(FanOut[Writer (text|json), PcapngWriter, EventCounter])
@@ -24,6 +26,7 @@
 
 use std::{
     io,
+    sync::mpsc,
     time::{Duration, Instant},
 };
 
@@ -45,6 +48,11 @@ pub trait EventWriter {
     fn tick(&mut self) -> io::Result<()> {
         Ok(())
     }
+    /// NSS key log lines of TLS sessions whose packets follow: pcapng writes them in a
+    /// Decryption Secrets Block; the sinks without a place for them ignore them.
+    fn write_tls_secrets(&mut self, _key_log: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl<W: EventWriter + ?Sized> EventWriter for Box<W> {
@@ -57,6 +65,9 @@ impl<W: EventWriter + ?Sized> EventWriter for Box<W> {
     fn tick(&mut self) -> io::Result<()> {
         (**self).tick()
     }
+    fn write_tls_secrets(&mut self, key_log: &[u8]) -> io::Result<()> {
+        (**self).write_tls_secrets(key_log)
+    }
 }
 
 impl<W: EventWriter + ?Sized> EventWriter for &mut W {
@@ -68,6 +79,9 @@ impl<W: EventWriter + ?Sized> EventWriter for &mut W {
     }
     fn tick(&mut self) -> io::Result<()> {
         (**self).tick()
+    }
+    fn write_tls_secrets(&mut self, key_log: &[u8]) -> io::Result<()> {
+        (**self).write_tls_secrets(key_log)
     }
 }
 
@@ -92,6 +106,13 @@ impl<W: EventWriter> EventWriter for FanOut<W> {
     fn tick(&mut self) -> io::Result<()> {
         for w in &mut self.0 {
             w.tick()?;
+        }
+        Ok(())
+    }
+
+    fn write_tls_secrets(&mut self, key_log: &[u8]) -> io::Result<()> {
+        for w in &mut self.0 {
+            w.write_tls_secrets(key_log)?;
         }
         Ok(())
     }
@@ -149,6 +170,103 @@ impl<W: EventWriter> EventWriter for FlushEvery<W> {
         }
         Ok(())
     }
+    fn write_tls_secrets(&mut self, key_log: &[u8]) -> io::Result<()> {
+        self.dirty = true;
+        self.inner.write_tls_secrets(key_log)
+    }
+}
+
+/// Hands its sink the TLS key log lines that arrived on `keys` (e.g. a
+/// `mitm::keylog::KeyLogFile::tap`) as secrets ([`EventWriter::write_tls_secrets`]: a pcapng
+/// Decryption Secrets Block) before the next record, and at flushes and ticks: keys logged
+/// before a record was made come before it in the file.
+///
+/// Wireshark needs a session's keys before its packets. A TLS endpoint logs its handshake
+/// keys before it sends its first encrypted flight, but a client only once it has *read*
+/// the server's: a recorder of the client side must record those raw bytes after the TLS
+/// library has processed them, or they come before their keys.
+pub struct SecretsFirst<W> {
+    inner: W,
+    keys: mpsc::Receiver<String>,
+    lines: String,
+}
+
+impl<W> SecretsFirst<W> {
+    pub fn new(inner: W, keys: mpsc::Receiver<String>) -> SecretsFirst<W> {
+        SecretsFirst {
+            inner,
+            keys,
+            lines: String::new(),
+        }
+    }
+
+    pub fn into_inner(self) -> W {
+        self.inner
+    }
+
+    /// Hands the lines that arrived since the last call, if any, to `write` (the sink's
+    /// `write_tls_secrets`).
+    fn pass_keys(&mut self, write: impl FnOnce(&mut W, &[u8]) -> io::Result<()>) -> io::Result<()> {
+        self.lines.clear();
+        for l in self.keys.try_iter() {
+            self.lines.push_str(&l);
+        }
+        if self.lines.is_empty() {
+            return Ok(());
+        }
+        write(&mut self.inner, self.lines.as_bytes())
+    }
+}
+
+impl<W: EventWriter> EventWriter for SecretsFirst<W> {
+    fn write_event(&mut self, ev: &Event) -> io::Result<()> {
+        self.pass_keys(EventWriter::write_tls_secrets)?;
+        self.inner.write_event(ev)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.pass_keys(EventWriter::write_tls_secrets)?;
+        self.inner.flush()
+    }
+    fn tick(&mut self) -> io::Result<()> {
+        self.pass_keys(EventWriter::write_tls_secrets)?;
+        self.inner.tick()
+    }
+    fn write_tls_secrets(&mut self, key_log: &[u8]) -> io::Result<()> {
+        self.inner.write_tls_secrets(key_log)
+    }
+}
+
+impl<W: PacketWriter> PacketWriter for SecretsFirst<W> {
+    fn write_packet(
+        &mut self,
+        p: &Packet<'_>,
+        ts_ns: u64,
+        owner: Option<&Owner>,
+    ) -> io::Result<()> {
+        self.pass_keys(PacketWriter::write_tls_secrets)?;
+        self.inner.write_packet(p, ts_ns, owner)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.pass_keys(PacketWriter::write_tls_secrets)?;
+        self.inner.flush()
+    }
+    fn tick(&mut self) -> io::Result<()> {
+        self.pass_keys(PacketWriter::write_tls_secrets)?;
+        self.inner.tick()
+    }
+    fn wants_totals(&self) -> bool {
+        self.inner.wants_totals()
+    }
+    fn totals(&mut self, totals: &[IfaceTotals], filtering: bool) -> io::Result<()> {
+        self.inner.totals(totals, filtering)
+    }
+    fn finish(&mut self, totals: &[IfaceTotals], filtering: bool) -> io::Result<()> {
+        self.pass_keys(PacketWriter::write_tls_secrets)?;
+        self.inner.finish(totals, filtering)
+    }
+    fn write_tls_secrets(&mut self, key_log: &[u8]) -> io::Result<()> {
+        self.inner.write_tls_secrets(key_log)
+    }
 }
 
 /// Something captured packets are written to.
@@ -181,6 +299,11 @@ pub trait PacketWriter {
     fn finish(&mut self, _totals: &[IfaceTotals], _filtering: bool) -> io::Result<()> {
         self.flush()
     }
+    /// NSS key log lines of TLS sessions whose packets follow: pcapng writes them in a
+    /// Decryption Secrets Block; the sinks without a place for them ignore them.
+    fn write_tls_secrets(&mut self, _key_log: &[u8]) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl<W: PacketWriter + ?Sized> PacketWriter for Box<W> {
@@ -206,6 +329,9 @@ impl<W: PacketWriter + ?Sized> PacketWriter for Box<W> {
     }
     fn finish(&mut self, totals: &[IfaceTotals], filtering: bool) -> io::Result<()> {
         (**self).finish(totals, filtering)
+    }
+    fn write_tls_secrets(&mut self, key_log: &[u8]) -> io::Result<()> {
+        (**self).write_tls_secrets(key_log)
     }
 }
 
@@ -248,6 +374,12 @@ impl<W: PacketWriter> PacketWriter for FanOut<W> {
         }
         Ok(())
     }
+    fn write_tls_secrets(&mut self, key_log: &[u8]) -> io::Result<()> {
+        for w in &mut self.0 {
+            w.write_tls_secrets(key_log)?;
+        }
+        Ok(())
+    }
 }
 
 impl<W: PacketWriter> PacketWriter for FlushEvery<W> {
@@ -280,6 +412,10 @@ impl<W: PacketWriter> PacketWriter for FlushEvery<W> {
     fn finish(&mut self, totals: &[IfaceTotals], filtering: bool) -> io::Result<()> {
         self.flushed();
         self.inner.finish(totals, filtering)
+    }
+    fn write_tls_secrets(&mut self, key_log: &[u8]) -> io::Result<()> {
+        self.dirty = true;
+        self.inner.write_tls_secrets(key_log)
     }
 }
 
@@ -328,6 +464,53 @@ mod tests {
         assert_eq!(w.inner.flushes, 0);
         w.flush().unwrap();
         assert_eq!(w.into_inner().flushes, 1);
+    }
+
+    /// What reaches it, in order.
+    #[derive(Default)]
+    struct Log(Vec<String>);
+
+    impl EventWriter for Log {
+        fn write_event(&mut self, ev: &Event) -> io::Result<()> {
+            self.0.push(format!("event {}", ev.ts_ns));
+            Ok(())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.0.push("flush".into());
+            Ok(())
+        }
+        fn write_tls_secrets(&mut self, key_log: &[u8]) -> io::Result<()> {
+            self.0
+                .push(format!("secrets {}", String::from_utf8_lossy(key_log)));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn secrets_first_puts_the_keys_that_arrived_before_the_next_record() {
+        let (tx, rx) = mpsc::channel();
+        let mut w = SecretsFirst::new(Log::default(), rx);
+        w.write_event(&lost_event(1, 1, 1)).unwrap();
+        tx.send("A 01 02\n".to_string()).unwrap();
+        tx.send("B 01 03\n".to_string()).unwrap();
+        w.write_event(&lost_event(2, 1, 1)).unwrap();
+        w.write_event(&lost_event(3, 1, 1)).unwrap();
+        tx.send("C 04 05\n".to_string()).unwrap();
+        w.flush().unwrap();
+        drop(tx);
+        w.write_event(&lost_event(4, 1, 1)).unwrap();
+        assert_eq!(
+            w.into_inner().0,
+            [
+                "event 1",
+                "secrets A 01 02\nB 01 03\n",
+                "event 2",
+                "event 3",
+                "secrets C 04 05\n",
+                "flush",
+                "event 4",
+            ]
+        );
     }
 
     #[test]

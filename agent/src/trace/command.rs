@@ -31,7 +31,7 @@ impl EventWriter for Summary {
 
 #[derive(Args, Debug, Clone)]
 #[command(
-    after_help = "Examples:\n  sudo capagent trace --pid 1234\n  sudo capagent trace -- curl -s http://127.0.0.1:8000/\n  sudo capagent trace --comm nginx --format json -o nginx.jsonl\n  sudo capagent trace -w curl.pcapng -- curl -s http://127.0.0.1:8000/\n  sudo capagent trace --all --events connect"
+    after_help = "Examples:\n  sudo capagent trace --pid 1234\n  sudo capagent trace -- curl -s http://127.0.0.1:8000/\n  sudo capagent trace --comm nginx --format json -o nginx.jsonl\n  sudo capagent trace -w curl.pcapng -- curl -s http://127.0.0.1:8000/\n  sudo capagent trace --all --events connect\n  sudo SSLKEYLOGFILE=keys.log capagent trace -w tls.pcapng --tls-keylog keys.log -- curl -s https://127.0.0.1:8443/"
 )]
 pub struct TraceArgs {
     /// Trace this running process (all its threads); repeatable.
@@ -92,6 +92,12 @@ pub struct TraceArgs {
     /// plaintext.
     #[arg(long)]
     pub tls_only: bool,
+    /// When the trace ends, put the TLS key log lines of FILE (SSLKEYLOGFILE format, as curl,
+    /// Firefox or `openssl s_client -keylogfile` write it during the trace) into the -w file,
+    /// in a Decryption Secrets Block before the packets, so that Wireshark and tshark decrypt
+    /// the traced TLS connections (their ciphertext) by themselves.
+    #[arg(long, value_name = "FILE")]
+    pub tls_keylog: Option<PathBuf>,
     /// Do not print the summary at exit.
     #[arg(long)]
     pub no_summary: bool,
@@ -109,6 +115,7 @@ impl TraceArgs {
             self.follow_forks || !self.command.is_empty()
         };
         let duration = crate::control::duration_limit(self.duration)?;
+        crate::mitm::keylog::check_tls_keylog(self.tls_keylog.as_deref(), self.write.as_deref())?;
         let opts = TraceOptions {
             pids: self.pids.clone(),
             comm: self.comm.clone(),
@@ -187,6 +194,8 @@ pub fn run(args: &TraceArgs) -> anyhow::Result<Option<ExitStatus>> {
     );
     drop(status);
     files.flush().context("writing output")?;
+    // The pcapng writer writes what it still holds when dropped: the file is complete now.
+    drop(files);
     let outcome = outcome?;
     if !args.no_summary {
         summary.set_tls(opts.tls);
@@ -204,6 +213,16 @@ pub fn run(args: &TraceArgs) -> anyhow::Result<Option<ExitStatus>> {
             eprintln!(
                 "capagent: {} payload reads failed in the kernel (pages not resident); those calls are marked truncated",
                 outcome.read_errors
+            );
+        }
+    }
+    if let (Some(keylog), Some(out)) = (&args.tls_keylog, &args.write) {
+        let n = crate::mitm::keylog::embed_in_pcapng(keylog, out)?;
+        if !args.no_summary {
+            eprintln!(
+                "capagent: {n} TLS key log lines from {} put into {}",
+                keylog.display(),
+                out.display()
             );
         }
     }

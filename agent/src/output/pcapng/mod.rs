@@ -3,10 +3,12 @@
 //! Section Header Block, one Interface Description Block ("capagent-trace", nanosecond
 //! timestamps) and one Enhanced Packet Block per packet, each with the direction in
 //! `epb_flags` and the process in a comment (pcapng has no process option Wireshark 4.0 reads).
+//! TLS key logs go into Decryption Secrets Blocks ([`secrets`]).
 //!
 //! Blocks are written whole into a buffer, so a killed agent leaves a file readable up to the
 //! last block that reached it.
 
+pub mod secrets;
 pub mod synth;
 
 use std::borrow::Cow;
@@ -154,6 +156,17 @@ impl<W: Write> PcapngWriter<W> {
         Ok(())
     }
 
+    /// Writes a Decryption Secrets Block of `key_log` (NSS key log lines), before the packets
+    /// it decrypts; nothing for an empty key log.
+    pub fn write_tls_secrets(&mut self, key_log: &[u8]) -> io::Result<()> {
+        if key_log.is_empty() {
+            return Ok(());
+        }
+        let w = self.writer();
+        let dsb = secrets::decryption_secrets_block(w.section().endianness, key_log)?;
+        w.get_mut().write_all(&dsb)
+    }
+
     pub fn into_inner(mut self) -> W {
         self.take_inner()
     }
@@ -183,6 +196,10 @@ impl<W: Write> EventWriter for PcapngWriter<W> {
 
     fn flush(&mut self) -> io::Result<()> {
         self.writer().get_mut().flush()
+    }
+
+    fn write_tls_secrets(&mut self, key_log: &[u8]) -> io::Result<()> {
+        PcapngWriter::write_tls_secrets(self, key_log)
     }
 }
 

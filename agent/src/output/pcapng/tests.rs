@@ -849,3 +849,34 @@ fn go_write_recorded_after_the_close_goes_before_the_fin() {
     s.packets(&tls_data(Direction::Send, REQ));
     assert!(parse_tcp(&s.packets(&close(0))[0].data).fin);
 }
+
+/// A Decryption Secrets Block goes out where it is written: after the headers, before the
+/// packets that follow (through the `EventWriter` trait and a `FanOut`, as trace composes
+/// its sinks); an empty key log writes nothing.
+#[test]
+fn tls_secrets_before_the_packets() {
+    let key_log = b"CLIENT_RANDOM 0a0b 0c0d0e\n";
+    let headers = PcapngWriter::new(Vec::new()).unwrap().into_inner();
+    let mut w = PcapngWriter::new(Vec::new()).unwrap();
+    {
+        let mut fan = crate::output::FanOut(vec![&mut w as &mut dyn EventWriter]);
+        fan.write_tls_secrets(b"").unwrap();
+        fan.write_tls_secrets(key_log).unwrap();
+        fan.write_event(&connect(Transport::Tcp)).unwrap();
+    }
+    let out = w.into_inner();
+    let dsb = secrets::decryption_secrets_block(pcap_file::Endianness::Big, key_log).unwrap();
+    assert_eq!(out[..headers.len()], headers[..]);
+    assert_eq!(out[headers.len()..headers.len() + dsb.len()], dsb[..]);
+    let mut r = pcap_file::pcapng::PcapNgReader::new(&out[..]).unwrap();
+    let mut kinds = Vec::new();
+    while let Some(b) = r.next_block() {
+        kinds.push(match b.unwrap() {
+            pcap_file::pcapng::Block::InterfaceDescription(_) => "idb",
+            pcap_file::pcapng::Block::Unknown(u) if u.type_ == 0xA => "dsb",
+            pcap_file::pcapng::Block::EnhancedPacket(_) => "epb",
+            _ => "other",
+        });
+    }
+    assert_eq!(kinds[..3], ["idb", "dsb", "epb"], "{kinds:?}");
+}
