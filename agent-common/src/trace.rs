@@ -269,6 +269,11 @@ pub mod flags {
     pub const SOCK_VALID: u16 = 8;
     /// DATA: the last message of a sendmmsg/recvmmsg call.
     pub const LAST_MSG: u16 = 16;
+    /// TLS: a read that moved nothing because the peer ended the stream (its close_notify,
+    /// or the transport's end), as the library itself said: set where the return value tells
+    /// it apart, at the inner function of `SSL_read`/`SSL_read_ex` (its 0 is that end, -1 any
+    /// other failure: `SSL_read_ex` makes both 0).
+    pub const TLS_EOF: u16 = 32;
 }
 
 /// Endpoints of a kernel socket, read from `struct sock` at the time of the call.

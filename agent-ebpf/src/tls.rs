@@ -21,7 +21,7 @@
 //! one entered at or above it starts afresh (a tail call into another hooked function, or a
 //! thread whose return probe was missed); a return at the outermost frame ends the call.
 
-use agent_common::{FileKey, SockInfo, counter, tls_cookie, tls_fn};
+use agent_common::{FileKey, SockInfo, counter, flags, tls_cookie, tls_fn};
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_current_pid_tgid, generated::bpf_get_attach_cookie},
@@ -213,6 +213,8 @@ pub fn tls_exit(ctx: RetProbeContext) -> u32 {
         return 0;
     }
     let func = c.func as u16;
+    // The peer's end of the stream: INNER's own 0 for a read (see `flags::TLS_EOF`).
+    let eof = inner && !tls_fn::is_write(func) && rax as i32 == 0;
     if inner && matches!(func, tls_fn::SSL_WRITE_EX | tls_fn::SSL_READ_EX) && (rax as i32) < 0 {
         // The `_ex` wrappers return max(INNER's int, 0).
         rax = 0;
@@ -241,6 +243,7 @@ pub fn tls_exit(ctx: RetProbeContext) -> u32 {
         len: c.len,
         fd: c.fd,
         sk: c.sk,
+        flags: if eof { flags::TLS_EOF } else { 0 },
     };
     finish(id, &call, &mut c.sock);
     0
@@ -274,6 +277,8 @@ pub(crate) struct Finished {
     /// The socket a syscall inside the call used (fd -1: none).
     pub fd: i64,
     pub sk: u64,
+    /// Added to the records' flags (`flags::TLS_EOF`).
+    pub flags: u16,
 }
 
 /// Emits the records of a finished call of the current process (`id`: pid_tgid): its
@@ -300,7 +305,7 @@ pub(crate) fn finish(id: u64, call: &Finished, sock: &mut SockInfo) {
         *sock = SockInfo::default();
     }
     emit_tls(
-        call.func, call.conn, call.ret, fd, sock, valid, call.buf, total, 0,
+        call.func, call.conn, call.ret, fd, sock, valid, call.buf, total, 0, call.flags,
     );
 }
 

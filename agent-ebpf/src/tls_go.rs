@@ -161,7 +161,18 @@ pub fn go_tls_ret(ctx: ProbeContext) -> u32 {
     }
     // The time of the syscall inside the call (only with its socket: `c.fd >= 0`).
     let ts = if c.fd >= 0 { c.ts_ns } else { 0 };
-    emit_tls(func as u16, c.conn, n, fd, &c.sock, valid, c.buf, total, ts);
+    emit_tls(
+        func as u16,
+        c.conn,
+        n,
+        fd,
+        &c.sock,
+        valid,
+        c.buf,
+        total,
+        ts,
+        0,
+    );
     let _ = GO_CALLS.remove(&k);
     0
 }

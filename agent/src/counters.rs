@@ -230,6 +230,7 @@ mod tests {
             }),
             detail,
             tls_ciphertext: false,
+            tls_eof: false,
         }
     }
 

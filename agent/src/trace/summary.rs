@@ -494,6 +494,7 @@ mod tests {
                 msg_index: 0,
             },
             tls_ciphertext: false,
+            tls_eof: false,
         }
     }
 
