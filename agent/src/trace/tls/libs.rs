@@ -1038,6 +1038,24 @@ garbage line
         );
         assert_eq!(lib.functions(), 4);
         check_offsets(&path, &lib);
+        // Each inner function has exactly one caller besides the two: in OpenSSL's SSL BIO
+        // (bio_ssl.c's `ssl_read`/`ssl_write`, near `BIO_f_ssl`), which is what `BIO_read`/
+        // `BIO_write` name.
+        let out = std::process::Command::new("objdump")
+            .args(["-d", "--no-show-raw-insn", &path])
+            .output()
+            .expect("objdump (binutils)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for inner in ["35290", "355a0"] {
+            let calls: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    l.contains(&format!("\tcall   {inner} "))
+                        || l.contains(&format!("\tjmp    {inner} "))
+                })
+                .collect();
+            assert_eq!(calls.len(), 3, "{inner}: {calls:#?}");
+        }
         let crypto = std::fs::read(format!("{LIBDIR}/libcrypto.so.3")).unwrap();
         assert_eq!(openssl_version(&crypto).as_deref(), Some("3.0.19"));
         // libcrypto alone: no SSL_* (it is found with libssl, not hooked).
