@@ -999,3 +999,67 @@ fn go_client_normal_build() {
 fn go_client_stripped_build() {
     go_client(GoBuild::Stripped);
 }
+
+// ---------------------------------------------------------------------------------------------
+// --tls-only: the peer's close_notify, seen by SSL_read_ex, is the peer's FIN in the pcapng.
+
+/// Python urllib (`SSL_read_ex`) reads `openssl s_server -www`'s HTTP/1.0 page to its end,
+/// which the server marks with a close_notify: the last `SSL_read_ex` returns 0. With
+/// `--tls-only` the socket's reads (the one that told that 0 apart from a read to retry) are
+/// left out, yet the pcapng has the server's FIN right after exactly the page (the library's
+/// own return value said it: `SSL_read_ex` hooked at its inner function).
+#[test]
+fn tls_only_close_notify_is_the_peers_fin() {
+    let ns = Netns::new("tls-fin");
+    let dir = TempDir::new("tls-fin");
+    let certs = Certs::localhost();
+    let srv = OpensslServer::start(&ns, &certs);
+    let dest = format!("127.0.0.1:{}", srv.port);
+    let pcap = dir.join("fin.pcapng").display().to_string();
+    let mut client = vec![python()];
+    let script = urllib_client_args(&dir, &certs, &srv.url(), "-", None);
+    client.extend(script.iter().map(String::as_str));
+    let args = ["--tls-only", "--format", "json", "-w", &pcap];
+    let run = trace(&dir, &with_cmd(&args, &ns.argv(&client)), None);
+    assert_ok(&run);
+    let evs = &run.events;
+    let pid = exec_pid(evs, &python_comm());
+    let body = run
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("BODY "))
+        .map(unhex)
+        .unwrap_or_else(|| panic!("no BODY: {}", run.stdout));
+    let recs = tls_of(evs, pid);
+    check_records(&recs, "openssl", &["SSL_write_ex", "SSL_read_ex"], evs);
+    let received = plain(&recs, "recv");
+    assert!(received.starts_with(b"HTTP/1.0 200 ok\r\n"), "{received:?}");
+    assert!(received.ends_with(&body), "the page urllib returned");
+    let last = recs.last().unwrap();
+    assert_eq!((last.syscall(), last.ret()), ("SSL_read_ex", 0), "{last}");
+
+    let (_, local) = connect_of(evs, pid, &dest);
+    check_pcap(
+        &pcap,
+        &local,
+        &dest,
+        &plain(&recs, "send"),
+        &received,
+        "GET /",
+        "200",
+        "openssl",
+    );
+    // The server's FIN, at the end of exactly what it sent (relative sequence numbers).
+    let fins = tshark_r(
+        &pcap,
+        &[
+            "-Y",
+            &format!("tcp.flags.fin == 1 && tcp.srcport == {}", srv.port),
+            "-T",
+            "fields",
+            "-e",
+            "tcp.seq",
+        ],
+    );
+    assert_eq!(fins.trim(), (1 + received.len()).to_string(), "{fins:?}");
+}

@@ -27,7 +27,10 @@ use capagent::{
     process::{ChildStdout, HeldChild},
     trace::{
         decode::{self, Record},
-        tls::go::{self, ProbeAt},
+        tls::{
+            go::{self, ProbeAt},
+            libs::{self, Prog, Verdict},
+        },
     },
 };
 use capagent_testkit::*;
@@ -127,6 +130,32 @@ fn attach_openssl(ebpf: &mut Ebpf) {
         &[("SSL_set_fd", tls_cookie::OPENSSL_SET_FD)],
         &["SSL_free"],
     );
+}
+
+/// Attaches the hooks capagent plans for the system's libssl (`libs::examine`), by file
+/// offset with their cookies: in Debian's build, `SSL_read`, `SSL_read_ex` and the SSL BIO
+/// share one breakpoint on their inner function (`SSL_write` and co. theirs). Returns the
+/// plan.
+fn attach_openssl_as_planned(ebpf: &mut Ebpf) -> libs::TlsLib {
+    let Verdict::Hook(lib) = libs::examine(LIBSSL.as_ref(), &std::fs::read(LIBSSL).unwrap()) else {
+        panic!("{LIBSSL} not hookable")
+    };
+    let p = kernel::tls_programs(ebpf).unwrap();
+    for h in &lib.hooks {
+        let prog = match h.prog {
+            Prog::Enter => &mut *p.enter,
+            Prog::Exit => &mut *p.exit,
+            Prog::SetFd => &mut *p.set_fd,
+            Prog::Free => &mut *p.free,
+        };
+        let point = UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(h.offset),
+            cookie: Some(h.cookie),
+        };
+        prog.attach(point, LIBSSL, UProbeScope::AllProcesses)
+            .unwrap_or_else(|e| panic!("uprobe {LIBSSL}:{h:?}: {e}"));
+    }
+    lib
 }
 
 /// The trace object, loaded with `config`, its syscall and process programs attached.
@@ -866,4 +895,190 @@ fn go_client_plaintext_on_its_socket_normal_build() {
 #[test]
 fn go_client_plaintext_on_its_socket_stripped_build() {
     go_client_plaintext_on_its_socket(GoBuild::Stripped);
+}
+
+/// The `tls_fn` ids of `evs`, in order.
+fn fns(evs: &[TlsEvent]) -> Vec<u16> {
+    evs.iter().map(|e| e.hdr.syscall).collect()
+}
+
+/// With the hooks as capagent plans them (one breakpoint on the inner function for
+/// `SSL_write` and `SSL_write_ex`, one for the reads): curl's calls are named `SSL_write` and
+/// `SSL_read`, the Python server's and a Python urllib client's `SSL_write_ex` and
+/// `SSL_read_ex` (each by its caller's return address), each call recorded once: what each
+/// side wrote is exactly what the other read, byte for byte, and curl's one request is one
+/// `SSL_write` of exactly its bytes.
+#[test]
+fn shared_inner_hook_names_each_caller() {
+    let mut f = Fixture::new("tlsi", config(true), |ebpf| {
+        let lib = attach_openssl_as_planned(ebpf);
+        // The shared hooks are what is attached (else this test tests nothing new).
+        assert!(
+            lib.hooks
+                .iter()
+                .any(|h| h.func == "SSL_read" && h.also == ["SSL_read_ex"]),
+            "{lib:?}"
+        );
+    });
+    let mut cmd = std::process::Command::new("curl");
+    cmd.arg("--version");
+    let version = run_output("curl", cmd, TIMEOUT);
+    let version = version.split_whitespace().nth(1).unwrap().to_string();
+    let url = format!("https://127.0.0.1:{PORT}/");
+    let curl = f.run.run_traced(
+        &f.ns
+            .argv(&["curl", "-sk", "--http1.1", "-o", "/dev/null", &url]),
+    );
+    let srv_wrote = |recs: &[Rec], n: usize| {
+        recs.iter()
+            .filter(|r| matches!(r, Rec::Tls(e, _) if e.hdr.pid == f.server && tls_fn::is_write(e.hdr.syscall)))
+            .count()
+            >= n
+    };
+    f.run.drain_until("server reply", |recs| srv_wrote(recs, 1));
+
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: 127.0.0.1:{PORT}\r\nUser-Agent: curl/{version}\r\nAccept: */*\r\n\r\n"
+    );
+    let client = f.run.tls(curl);
+    let (sent, sent_evs) = stream(&client, true);
+    assert_eq!(String::from_utf8_lossy(&sent), request);
+    assert_eq!(fns(&sent_evs), [tls_fn::SSL_WRITE], "one SSL_write");
+    assert_eq!(sent_evs[0].hdr.ret, request.len() as i64);
+    let (got, got_evs) = stream(&client, false);
+    assert!(got_evs.iter().all(|e| e.hdr.syscall == tls_fn::SSL_READ));
+    assert!(
+        String::from_utf8_lossy(&got).ends_with("\r\nContent-Length: 15\r\n\r\nhello over TLS\n")
+    );
+    // SSL_read's return values: bytes read, else SSL_read's own (0 or -1), never SSL_read_ex's.
+    assert!(got_evs.iter().all(|e| e.hdr.ret >= -1));
+
+    let srv = f.run.tls(f.server);
+    let (srv_got, srv_got_evs) = stream(&srv, false);
+    let (srv_sent, srv_sent_evs) = stream(&srv, true);
+    assert_eq!(srv_got, sent, "the server read what curl wrote, once");
+    assert_eq!(srv_sent, got, "curl read what the server wrote, once");
+    assert!(fns(&srv_got_evs).iter().all(|&f| f == tls_fn::SSL_READ_EX));
+    assert!(
+        fns(&srv_sent_evs)
+            .iter()
+            .all(|&f| f == tls_fn::SSL_WRITE_EX)
+    );
+    // SSL_read_ex's return values: bytes read or 0.
+    assert!(srv_got_evs.iter().all(|e| e.hdr.ret >= 0));
+    let mut curl_evs = sent_evs;
+    curl_evs.extend(got_evs.iter().filter(|e| e.hdr.ret > 0));
+    assert_on_socket(&f.run, curl, &[sys::CONNECT], &curl_evs);
+
+    // Python urllib: SSL_write_ex and SSL_read_ex, at the same breakpoints.
+    let script = f.dir.write(
+        "urllib_client.py",
+        format!(
+            r#"
+import ssl, urllib.request
+ctx = ssl.create_default_context()
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+body = urllib.request.urlopen("https://127.0.0.1:{PORT}/", context=ctx).read()
+assert body == b"hello over TLS\n", body
+"#
+        ),
+    );
+    let before = srv_sent_evs.len();
+    let py = f.run.run_traced(&f.ns.argv(&[python(), &script]));
+    f.run
+        .drain_until("server reply", |recs| srv_wrote(recs, before + 1));
+    let client = f.run.tls(py);
+    let (py_sent, py_sent_evs) = stream(&client, true);
+    let (py_got, py_got_evs) = stream(&client, false);
+    assert!(fns(&py_sent_evs).iter().all(|&f| f == tls_fn::SSL_WRITE_EX));
+    assert!(fns(&py_got_evs).iter().all(|&f| f == tls_fn::SSL_READ_EX));
+    let text = String::from_utf8_lossy(&py_sent);
+    assert!(text.starts_with("GET / HTTP/1.1\r\n"), "{text:?}");
+    let srv = f.run.tls(f.server);
+    let (srv_got, _) = stream(&srv, false);
+    let (srv_sent, _) = stream(&srv, true);
+    assert_eq!(srv_got, [sent.clone(), py_sent].concat());
+    assert_eq!(srv_sent, [got.clone(), py_got.clone()].concat());
+    assert!(py_got.ends_with(b"\r\n\r\nhello over TLS\n"));
+    let mut py_evs = py_sent_evs;
+    py_evs.extend(py_got_evs.into_iter().filter(|e| e.hdr.ret > 0));
+    assert_on_socket(&f.run, py, &[sys::CONNECT], &py_evs);
+}
+
+/// `openssl s_server -www`, traced, reads and writes through an SSL BIO (`BIO_f_ssl`),
+/// which calls the inner functions of `SSL_read`/`SSL_write` itself: with the hooks as
+/// capagent plans them its calls are named `BIO_read` and `BIO_write`: what it read is
+/// exactly curl's request, what it wrote exactly what curl read (curl's calls still
+/// `SSL_write`/`SSL_read`), each on its side's socket.
+#[test]
+fn ssl_bio_calls_are_named_bio_read_and_write() {
+    let ns = Netns::new("tlsbio");
+    let certs = Certs::new(&["localhost", "127.0.0.1"]);
+    let mut ebpf = load(config(true));
+    attach_openssl_as_planned(&mut ebpf);
+    let mut run = Run::new(&mut ebpf);
+    let port = PORT.to_string();
+    let (cert, key) = (certs.cert.to_str().unwrap(), certs.key.to_str().unwrap());
+    let server = run.start_traced(&ns.argv(&[
+        "openssl", "s_server", "-www", "-quiet", "-accept", &port, "-cert", cert, "-key", key,
+    ]));
+    let spid = server.pid();
+    let up = wait_until(TIMEOUT, || {
+        run.drain();
+        listening(spid, PORT)
+    });
+    assert!(up, "s_server does not listen");
+    let mut cmd = std::process::Command::new("curl");
+    cmd.arg("--version");
+    let version = run_output("curl", cmd, TIMEOUT);
+    let version = version.split_whitespace().nth(1).unwrap().to_string();
+    let url = format!("https://127.0.0.1:{PORT}/");
+    let curl = run.run_traced(&ns.argv(&["curl", "-sk", "--http1.1", "-o", "/dev/null", &url]));
+    run.drain_until("s_server's reply", |recs| {
+        recs.iter().any(
+            |r| matches!(r, Rec::Tls(e, _) if e.hdr.pid == spid && tls_fn::is_write(e.hdr.syscall)),
+        )
+    });
+
+    let request = format!(
+        "GET / HTTP/1.1\r\nHost: 127.0.0.1:{PORT}\r\nUser-Agent: curl/{version}\r\nAccept: */*\r\n\r\n"
+    );
+    let srv = run.tls(spid);
+    let (srv_got, srv_got_evs) = stream(&srv, false);
+    let (srv_sent, srv_sent_evs) = stream(&srv, true);
+    assert_eq!(String::from_utf8_lossy(&srv_got), request);
+    assert!(!srv_got_evs.is_empty() && !srv_sent_evs.is_empty());
+    assert!(
+        fns(&srv_got_evs).iter().all(|&f| f == tls_fn::BIO_READ),
+        "{srv_got_evs:#?}"
+    );
+    assert!(
+        fns(&srv_sent_evs).iter().all(|&f| f == tls_fn::BIO_WRITE),
+        "{srv_sent_evs:#?}"
+    );
+    assert_eq!(
+        (
+            tls_fn::name(tls_fn::BIO_READ),
+            tls_fn::lib(tls_fn::BIO_READ)
+        ),
+        ("BIO_read", Some("openssl"))
+    );
+    assert!(
+        String::from_utf8_lossy(&srv_sent).starts_with("HTTP/1.0 200 ok\r\n"),
+        "{:?}",
+        String::from_utf8_lossy(&srv_sent)
+    );
+    let client = run.tls(curl);
+    let (sent, sent_evs) = stream(&client, true);
+    let (got, got_evs) = stream(&client, false);
+    assert_eq!(sent, srv_got, "s_server read what curl wrote, once");
+    assert_eq!(got, srv_sent, "curl read what s_server wrote, once");
+    assert_eq!(fns(&sent_evs), [tls_fn::SSL_WRITE]);
+    assert!(got_evs.iter().all(|e| e.hdr.syscall == tls_fn::SSL_READ));
+    let mut evs = srv_got_evs;
+    evs.extend(srv_sent_evs);
+    evs.retain(|e| e.hdr.ret > 0);
+    assert_on_socket(&run, spid, &[sys::ACCEPT, sys::ACCEPT4], &evs);
+    drop(server);
 }

@@ -100,6 +100,12 @@ pub mod tls_fn {
     pub const SSL_WRITE_EX: u16 = 66;
     pub const SSL_READ_EX: u16 = 67;
     pub const SSL_WRITE_EX2: u16 = 68;
+    /// A write through OpenSSL's SSL BIO (`BIO_f_ssl`: `BIO_write` and the like on it), seen
+    /// as a call of the internal function `SSL_write` and `SSL_write_ex` share from another
+    /// caller than those two (see [`tls_cookie::CALLERS`](super::tls_cookie::CALLERS)).
+    pub const BIO_WRITE: u16 = 69;
+    /// A read through OpenSSL's SSL BIO (as [`BIO_WRITE`]).
+    pub const BIO_READ: u16 = 70;
     pub const GNUTLS_RECORD_SEND: u16 = 72;
     pub const GNUTLS_RECORD_RECV: u16 = 73;
     /// Go `crypto/tls.(*Conn).Write` / `.Read`.
@@ -114,6 +120,8 @@ pub mod tls_fn {
             SSL_WRITE_EX => "SSL_write_ex",
             SSL_READ_EX => "SSL_read_ex",
             SSL_WRITE_EX2 => "SSL_write_ex2",
+            BIO_WRITE => "BIO_write",
+            BIO_READ => "BIO_read",
             GNUTLS_RECORD_SEND => "gnutls_record_send",
             GNUTLS_RECORD_RECV => "gnutls_record_recv",
             GO_WRITE => "crypto/tls.(*Conn).Write",
@@ -125,7 +133,8 @@ pub mod tls_fn {
     /// The library family (`"openssl"`, `"gnutls"`, `"go"`), None for an unknown id.
     pub const fn lib(id: u16) -> Option<&'static str> {
         match id {
-            SSL_WRITE | SSL_READ | SSL_WRITE_EX | SSL_READ_EX | SSL_WRITE_EX2 => Some("openssl"),
+            SSL_WRITE | SSL_READ | SSL_WRITE_EX | SSL_READ_EX | SSL_WRITE_EX2 | BIO_WRITE
+            | BIO_READ => Some("openssl"),
             GNUTLS_RECORD_SEND | GNUTLS_RECORD_RECV => Some("gnutls"),
             GO_WRITE | GO_READ => Some("go"),
             _ => None,
@@ -136,18 +145,19 @@ pub mod tls_fn {
     pub const fn is_write(id: u16) -> bool {
         matches!(
             id,
-            SSL_WRITE | SSL_WRITE_EX | SSL_WRITE_EX2 | GNUTLS_RECORD_SEND | GO_WRITE
+            SSL_WRITE | SSL_WRITE_EX | SSL_WRITE_EX2 | BIO_WRITE | GNUTLS_RECORD_SEND | GO_WRITE
         )
     }
 
     /// True for the reads whose return value 0 means the peer ended the stream:
     /// `gnutls_record_recv` (0: close_notify or the transport's EOF) and `SSL_read` (0: a
     /// close_notify or the transport's EOF; a read that must be retried, `WANT_READ` on a
-    /// non-blocking socket, returns -1). Not `SSL_read_ex`, which returns 0 for every failure
-    /// (`WANT_READ` included; the socket read under it tells which), nor Go's `Read`, whose
-    /// EOF is in the error it returns.
+    /// non-blocking socket, returns -1), and `BIO_read` (its record carries the return value
+    /// of the internal read function, which `SSL_read` returns as is). Not `SSL_read_ex`,
+    /// which returns 0 for every failure (`WANT_READ` included; the socket read under it
+    /// tells which), nor Go's `Read`, whose EOF is in the error it returns.
     pub const fn zero_is_eof(id: u16) -> bool {
-        matches!(id, SSL_READ | GNUTLS_RECORD_RECV)
+        matches!(id, SSL_READ | BIO_READ | GNUTLS_RECORD_RECV)
     }
 
     /// The name of a failure `ret` of function `id`, when the library names it: GnuTLS
@@ -187,13 +197,63 @@ pub mod tls_cookie {
     pub const GNUTLS_SET_INT2: u64 = 2;
     /// `tls_free` on `SSL_free(ssl)`, `gnutls_deinit(session)`: no cookie needed (0).
     pub const FREE: u64 = 0;
-    /// Added to a `tls_fn` id on `tls_enter`/`tls_exit`: the function is a thin wrapper
-    /// (`sub $8,%rsp; call INNER; return max(INNER's int, 0)`, see `trace::tls::libs`), hooked
-    /// at INNER's entry (`tls_enter`: the stack as at that `call` is 8 bytes up) and return
-    /// (`tls_exit`: the stack as at that `call`; the wrapper's return value is INNER's,
-    /// negative ones made 0). Both share one breakpoint, on an instruction x86 uprobes
-    /// emulate (`push`); the function's first one (`sub`) they single-step.
+    /// Added to a `tls_fn` id on `tls_enter`/`tls_exit`: the function calls an inner function
+    /// that does the work (`SSL_read_ex`: `sub $8,%rsp; call INNER; return max(INNER's int,
+    /// 0)`, see `trace::tls::libs`) and is hooked at INNER's entry (`tls_enter`: the stack as
+    /// at that `call` is 8 bytes up; the byte count pointer is INNER's 4th argument) and
+    /// return (`tls_exit`: the stack as at that `call`; an `_ex` wrapper's return value is
+    /// INNER's, negative ones made 0). Both share one breakpoint, on an instruction x86
+    /// uprobes emulate (`push`); the function's first one (`sub`) they single-step. Always
+    /// with [`CALLERS`] since INNER has several callers.
     pub const WRAPPED: u64 = 1 << 16;
+    /// With [`WRAPPED`], on the inner function that `SSL_read` and `SSL_read_ex` both call
+    /// (or `SSL_write` and `SSL_write_ex`; OpenSSL's SSL BIO calls it too): one breakpoint
+    /// for all its callers, each record named by its caller, told apart by the return
+    /// address at the inner function's entry. The cookie's layout:
+    ///
+    /// | bits   | what                                                                   |
+    /// |--------|------------------------------------------------------------------------|
+    /// | 0..16  | the `tls_fn` id of any other caller: `BIO_READ` or `BIO_WRITE`          |
+    /// | 16     | [`WRAPPED`]                                                            |
+    /// | 17     | `CALLERS`                                                              |
+    /// | 32..48 | return address − inner entry of `SSL_read`'s (`SSL_write`'s) call; 0: none |
+    /// | 48..64 | the same for `SSL_read_ex`'s (`SSL_write_ex`'s) call; 0: none           |
+    ///
+    /// The differences are the same in every process (one library file, one layout): the
+    /// program subtracts the probed address from the return address and finds the caller
+    /// with [`caller`]. The return value recorded follows the caller: the `_ex` wrappers
+    /// return max(INNER's int, 0) (see [`WRAPPED`]); `SSL_read`/`SSL_write` and the BIO the
+    /// byte count (INNER's 4th argument) when INNER returned > 0, else INNER's value.
+    pub const CALLERS: u64 = 1 << 17;
+
+    /// The cookie of a shared inner function (see [`CALLERS`]): `other` = the id of any
+    /// other caller (`BIO_READ`/`BIO_WRITE`), `plain`/`ex`: the return-address differences
+    /// of the `SSL_read`/`SSL_read_ex` calls (or the writes'), 0 for a caller not there.
+    pub const fn shared(other: u16, plain: u16, ex: u16) -> u64 {
+        other as u64 | WRAPPED | CALLERS | (plain as u64) << 32 | (ex as u64) << 48
+    }
+
+    /// The `tls_fn` id of the call of a hook with `cookie` whose return address lies
+    /// `delta` bytes after the hooked address: its own id without [`CALLERS`], else the
+    /// caller's (see [`CALLERS`]).
+    pub const fn caller(cookie: u64, delta: u64) -> u16 {
+        let other = cookie as u16;
+        if cookie & CALLERS == 0 || delta == 0 {
+            return other;
+        }
+        let (plain, ex) = match other {
+            super::tls_fn::BIO_READ => (super::tls_fn::SSL_READ, super::tls_fn::SSL_READ_EX),
+            super::tls_fn::BIO_WRITE => (super::tls_fn::SSL_WRITE, super::tls_fn::SSL_WRITE_EX),
+            _ => return other,
+        };
+        if delta == (cookie >> 32) & 0xffff {
+            plain
+        } else if delta == cookie >> 48 {
+            ex
+        } else {
+            other
+        }
+    }
 }
 
 /// `EventHeader::flags` bits.
@@ -209,6 +269,11 @@ pub mod flags {
     pub const SOCK_VALID: u16 = 8;
     /// DATA: the last message of a sendmmsg/recvmmsg call.
     pub const LAST_MSG: u16 = 16;
+    /// TLS: a read that moved nothing because the peer ended the stream (its close_notify,
+    /// or the transport's end), as the library itself said: set where the return value tells
+    /// it apart, at the inner function of `SSL_read`/`SSL_read_ex` (its 0 is that end, -1 any
+    /// other failure: `SSL_read_ex` makes both 0).
+    pub const TLS_EOF: u16 = 32;
 }
 
 /// Endpoints of a kernel socket, read from `struct sock` at the time of the call.

@@ -21,7 +21,7 @@
 //! one entered at or above it starts afresh (a tail call into another hooked function, or a
 //! thread whose return probe was missed); a return at the outermost frame ends the call.
 
-use agent_common::{FileKey, SockInfo, counter, tls_cookie, tls_fn};
+use agent_common::{FileKey, SockInfo, counter, flags, tls_cookie, tls_fn};
 use aya_ebpf::{
     EbpfContext,
     helpers::{bpf_get_current_pid_tgid, generated::bpf_get_attach_cookie},
@@ -97,9 +97,10 @@ fn conn_key(id: u64, conn: u64) -> ConnKey {
     }
 }
 
-/// Where the `_ex` functions write the byte count: their 4th argument, `SSL_write_ex2`'s 5th.
+/// Where the `_ex` functions write the byte count: their 4th argument, `SSL_write_ex2`'s 5th;
+/// a wrapper's inner function (`inner`, see `tls_cookie::WRAPPED`) its 4th, whoever calls it.
 #[inline(always)]
-fn out_arg(ctx: &ProbeContext, func: u16) -> u64 {
+fn out_arg(ctx: &ProbeContext, func: u16, inner: bool) -> u64 {
     // Both read at their fixed offsets (volatile): the verifier refuses a context access at
     // an offset picked at run time.
     // SAFETY: the context of a uprobe is the task's `struct pt_regs`.
@@ -109,6 +110,9 @@ fn out_arg(ctx: &ProbeContext, func: u16) -> u64 {
             core::ptr::read_volatile(&(*ctx.regs).r8),
         )
     };
+    if inner {
+        return a3;
+    }
     match func {
         tls_fn::SSL_WRITE_EX | tls_fn::SSL_READ_EX => a3,
         tls_fn::SSL_WRITE_EX2 => a4,
@@ -125,8 +129,18 @@ pub fn tls_enter(ctx: ProbeContext) -> u32 {
     // SAFETY: the helper only reads the attachment's cookie from the context.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     // SAFETY: the context of a uprobe is the task's `struct pt_regs`.
-    let mut sp = unsafe { (*ctx.regs).rsp };
+    let (mut sp, ip) = unsafe { ((*ctx.regs).rsp, (*ctx.regs).rip) };
+    // (`as u16`: the `tls_fn` id, without the flags.)
+    let mut func = cookie as u16;
     if cookie & tls_cookie::WRAPPED != 0 {
+        if cookie & tls_cookie::CALLERS != 0 {
+            // An inner function shared by several callers: which one, by where it returns
+            // to (the return address, relative to the probed address: the uprobe handler
+            // runs with the instruction pointer set back to the breakpoint's address).
+            // SAFETY: reads the calling thread's own stack (a fault gives None).
+            let ret = unsafe { uread::<u64>(sp) }.unwrap_or(0);
+            func = tls_cookie::caller(cookie, ret.wrapping_sub(ip));
+        }
         // At the entry of a thin wrapper's inner function: the stack as at the wrapper's
         // `call` (see `tls_cookie::WRAPPED`) is 8 bytes up (the return address).
         sp = sp.wrapping_add(8);
@@ -153,12 +167,10 @@ pub fn tls_enter(ctx: ProbeContext) -> u32 {
         c.depth += 1;
         return 0;
     }
-    // (`as u16`: the `tls_fn` id, without `tls_cookie::WRAPPED`.)
-    let func = cookie as u16;
     c.conn = ctx.arg(0).unwrap_or(0);
     c.buf = ctx.arg(1).unwrap_or(0);
     c.len = ctx.arg(2).unwrap_or(0);
-    c.out = out_arg(&ctx, func);
+    c.out = out_arg(&ctx, func, cookie & tls_cookie::WRAPPED != 0);
     c.sp = sp;
     c.fd = -1;
     c.sk = 0;
@@ -182,14 +194,11 @@ pub fn tls_exit(ctx: RetProbeContext) -> u32 {
     // (the return address popped: the entry's stack pointer + 8).
     let (mut sp, mut rax) = unsafe { ((*ctx.regs).rsp.wrapping_sub(8), (*ctx.regs).rax) };
     // SAFETY: the helper only reads the attachment's cookie from the context.
-    if unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } & tls_cookie::WRAPPED != 0 {
+    let inner = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } & tls_cookie::WRAPPED != 0;
+    if inner {
         // The return of a thin wrapper's inner function (see `tls_cookie::WRAPPED`): the
-        // stack as at the wrapper's `call`, as `tls_enter` stored it; the wrapper returns
-        // max(INNER's int, 0).
+        // stack as at the wrapper's `call`, as `tls_enter` stored it.
         sp = sp.wrapping_add(8);
-        if (rax as i32) < 0 {
-            rax = 0;
-        }
     }
     if sp < c.sp {
         // A nested call returns.
@@ -204,20 +213,22 @@ pub fn tls_exit(ctx: RetProbeContext) -> u32 {
         return 0;
     }
     let func = c.func as u16;
+    // The peer's end of the stream: INNER's own 0 for a read (see `flags::TLS_EOF`).
+    let eof = inner && !tls_fn::is_write(func) && rax as i32 == 0;
+    if inner && matches!(func, tls_fn::SSL_WRITE_EX | tls_fn::SSL_READ_EX) && (rax as i32) < 0 {
+        // The `_ex` wrappers return max(INNER's int, 0).
+        rax = 0;
+    }
     let ret: i64 = match func {
+        // The inner function's callers that return the byte count (the BIO: the byte count
+        // or INNER's failure, see `tls_cookie::CALLERS`).
+        tls_fn::SSL_WRITE | tls_fn::SSL_READ | tls_fn::BIO_WRITE | tls_fn::BIO_READ if inner => {
+            let r = rax as i32;
+            if r > 0 { count_at(c.out) } else { r as i64 }
+        }
         tls_fn::SSL_WRITE_EX | tls_fn::SSL_READ_EX | tls_fn::SSL_WRITE_EX2 => {
             let r = rax as i32;
-            if r == 1 {
-                match unsafe { uread::<u64>(c.out) } {
-                    Some(n) => n as i64,
-                    None => {
-                        bump(counter::READ_ERRORS, 1);
-                        0
-                    }
-                }
-            } else {
-                r as i64
-            }
+            if r == 1 { count_at(c.out) } else { r as i64 }
         }
         // int
         tls_fn::SSL_WRITE | tls_fn::SSL_READ => rax as i32 as i64,
@@ -232,9 +243,24 @@ pub fn tls_exit(ctx: RetProbeContext) -> u32 {
         len: c.len,
         fd: c.fd,
         sk: c.sk,
+        flags: if eof { flags::TLS_EOF } else { 0 },
     };
     finish(id, &call, &mut c.sock);
     0
+}
+
+/// The byte count a library wrote at `out` (the `_ex` functions' out-pointer); 0, counted as
+/// a read error, when it cannot be read.
+#[inline(always)]
+fn count_at(out: u64) -> i64 {
+    // SAFETY: reads the calling thread's memory (a fault gives None).
+    match unsafe { uread::<u64>(out) } {
+        Some(n) => n as i64,
+        None => {
+            bump(counter::READ_ERRORS, 1);
+            0
+        }
+    }
 }
 
 /// A TLS call that returned: what its records say.
@@ -251,6 +277,8 @@ pub(crate) struct Finished {
     /// The socket a syscall inside the call used (fd -1: none).
     pub fd: i64,
     pub sk: u64,
+    /// Added to the records' flags (`flags::TLS_EOF`).
+    pub flags: u16,
 }
 
 /// Emits the records of a finished call of the current process (`id`: pid_tgid): its
@@ -277,7 +305,7 @@ pub(crate) fn finish(id: u64, call: &Finished, sock: &mut SockInfo) {
         *sock = SockInfo::default();
     }
     emit_tls(
-        call.func, call.conn, call.ret, fd, sock, valid, call.buf, total, 0,
+        call.func, call.conn, call.ret, fd, sock, valid, call.buf, total, 0, call.flags,
     );
 }
 

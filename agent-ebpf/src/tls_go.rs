@@ -163,7 +163,18 @@ pub fn go_tls_ret(ctx: ProbeContext) -> u32 {
         c.sock = SockInfo::default();
     }
     // The time of the syscall inside the call, else of the call's entry.
-    emit_tls(func as u16, c.conn, n, fd, &c.sock, valid, c.buf, total, c.ts_ns);
+    emit_tls(
+        func as u16,
+        c.conn,
+        n,
+        fd,
+        &c.sock,
+        valid,
+        c.buf,
+        total,
+        c.ts_ns,
+        0,
+    );
     let _ = GO_CALLS.remove(&k);
     0
 }

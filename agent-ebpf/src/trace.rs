@@ -771,7 +771,8 @@ fn emit_payload(
 /// Emits the plaintext of one TLS library call as TLS records: `total` bytes at `buf` in
 /// the process, moved by TLS function `func` (a `tls_fn` id) on connection object `conn`;
 /// `ret` is what the header reports, `fd`/`sock` the socket (`valid` false: unknown);
-/// `ts_ns` the record's time when not now (0: now).
+/// `ts_ns` the record's time when not now (0: now); `extra_flags` added to every record's
+/// flags (`flags::TLS_EOF`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn emit_tls(
@@ -784,6 +785,7 @@ pub(crate) fn emit_tls(
     buf: u64,
     total: u64,
     ts_ns: u64,
+    extra_flags: u16,
 ) {
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return;
@@ -798,7 +800,7 @@ pub(crate) fn emit_tls(
         ev._pad = 0;
         ev.conn = conn;
     }
-    emit_chunks(s, Payload::Tls, buf, 0, 0, total, 0);
+    emit_chunks(s, Payload::Tls, buf, 0, 0, total, extra_flags);
 }
 
 /// Emits the chunks of the payload record whose header is in `s` (the scratch map): `total`

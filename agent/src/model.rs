@@ -228,6 +228,11 @@ pub struct Event {
     /// The payload of this syscall record is TLS ciphertext: its connection is known to carry
     /// TLS (it began with a ClientHello, or a TLS library's plaintext was seen on it).
     pub tls_ciphertext: bool,
+    /// A TLS read that moved nothing because the peer ended the stream, as the library said
+    /// (`flags::TLS_EOF`): where its return value alone does not tell (`SSL_read_ex`'s 0),
+    /// the pcapng still writes the peer's FIN when the ciphertext records, whose 0-byte read
+    /// would tell, are left out (`--tls-only`).
+    pub tls_eof: bool,
 }
 
 impl Event {

@@ -1050,6 +1050,7 @@ pub(crate) mod tests {
                 sock,
                 detail,
                 tls_ciphertext: self.below(4) == 0,
+                tls_eof: false,
             }
         }
     }

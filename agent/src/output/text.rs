@@ -716,6 +716,7 @@ pub(crate) mod tests {
             sock: tcp("127.0.0.1:40112", "192.168.10.1:5555"),
             detail,
             tls_ciphertext: false,
+            tls_eof: false,
         }
     }
 

@@ -412,7 +412,9 @@ impl<C: CommLookup> Assembler<C> {
             addr,
             msg_index,
         };
-        self.event_of(hdr, call, detail)
+        let mut ev = self.event_of(hdr, call, detail);
+        ev.tls_eof = matches!(call, Call::Tls { .. }) && hdr.flags & flags::TLS_EOF != 0;
+        ev
     }
 
     /// Emits the buffered calls of process `pid` (of thread `tid` only, when given).
@@ -617,6 +619,7 @@ impl<C: CommLookup> Assembler<C> {
             sock: self.socket(hdr),
             detail,
             tls_ciphertext: false,
+            tls_eof: false,
         }
     }
 }
@@ -637,6 +640,7 @@ pub fn lost_event(ts_ns: u64, events: u64, bytes: u64) -> Event {
         sock: None,
         detail: Detail::Lost { events, bytes },
         tls_ciphertext: false,
+        tls_eof: false,
     }
 }
 

@@ -461,7 +461,8 @@ impl Synth {
     /// does not end the stream: `SSL_read_ex` returns 0 both when a non-blocking socket had
     /// nothing (`WANT_READ`) and at the peer's close_notify. The socket read it made tells
     /// which: one that would have blocked, or none seen (`--tls-only` hides them), is no
-    /// end. (`SSL_read` and `gnutls_record_recv` returning 0 always end it.)
+    /// end, unless the library said it was ([`Event::tls_eof`]). (`SSL_read` and
+    /// `gnutls_record_recv` returning 0 always end it.)
     fn tls_read_of_nothing(&self, ev: &Event, key: Key) -> bool {
         let Detail::Data {
             dir: Direction::Recv,
@@ -472,6 +473,7 @@ impl Synth {
             return false;
         };
         ev.ret == 0
+            && !ev.tls_eof
             && !ev.call.zero_read_is_eof()
             && self.recv_blocked.get(&key).copied().unwrap_or(true)
     }

@@ -35,6 +35,7 @@ fn ev(syscall: u16, ret: i64, sock: Option<SocketMeta>, detail: Detail) -> Event
         sock,
         detail,
         tls_ciphertext: false,
+        tls_eof: false,
     }
 }
 
@@ -646,6 +647,17 @@ fn tls_read_of_no_data_is_not_the_end_of_the_stream() {
     );
     let out = s.packets(&read_ex(b""));
     let t = parse_tcp(&out[0].data);
+    assert_eq!((t.seq, t.fin), (SERVER_ISN + 20, true));
+    // Without the socket's reads (--tls-only): the end only when the library said so
+    // (`tls_eof`: SSL_read_ex hooked at its inner function, which returned its 0 for the
+    // close_notify, not the -1 of a read that must be retried).
+    let mut s = Synth::new();
+    s.packets(&connect(Transport::Tcp));
+    s.packets(&read_ex(b"HTTP/1.1 200 OK\r\n\r\n"));
+    assert!(s.packets(&read_ex(b"")).is_empty());
+    let mut end = read_ex(b"");
+    end.tls_eof = true;
+    let t = parse_tcp(&s.packets(&end)[0].data);
     assert_eq!((t.seq, t.fin), (SERVER_ISN + 20, true));
     // gnutls_record_recv returning 0 is the end, socket reads seen or not.
     let mut s = Synth::new();

@@ -153,6 +153,9 @@ pub struct Hook {
     pub offset: u64,
     pub prog: Prog,
     pub cookie: u64,
+    /// The other functions whose calls the hook records under their own names (an inner
+    /// function shared by `func` and these, see [`shared_hooks`]); usually none.
+    pub also: Vec<&'static str>,
 }
 
 /// A TLS library that can be hooked: its family, version and hooks.
@@ -171,8 +174,9 @@ impl TlsLib {
             .hooks
             .iter()
             .filter(|h| h.prog == Prog::Enter)
-            .map(|h| h.func)
+            .flat_map(|h| std::iter::once(h.func).chain(h.also.iter().copied()))
             .collect();
+        f.sort_unstable();
         f.dedup();
         f.len()
     }
@@ -448,49 +452,98 @@ const WRAPPER_TAIL: [u8; 11] = [
     0x31, 0xd2, 0x85, 0xc0, 0x0f, 0x48, 0xc2, 0x48, 0x83, 0xc4, 0x08,
 ];
 
-/// The entry and return hooks of a plaintext function that is such a thin wrapper around an
-/// inner function beginning with a `push`: entry and return both on the inner function
-/// (`tls_cookie::WRAPPED`), so that they share one breakpoint: one trap per call. x86
-/// uprobes emulate `push` but single-step the wrapper's first instruction (`sub`), which in
+/// The plaintext functions of the OpenSSL API that share an inner function in Debian's
+/// OpenSSL 3 build: (`SSL_*`, its `_ex` variant, the `tls_fn` id of the inner function's
+/// other callers: OpenSSL's SSL BIO).
+const SHARED_INNER: &[(&str, &str, u16)] = &[
+    ("SSL_write", "SSL_write_ex", tls_fn::BIO_WRITE),
+    ("SSL_read", "SSL_read_ex", tls_fn::BIO_READ),
+];
+
+/// The entry and return hooks of the inner function that `plain` (`SSL_read`: see
+/// [`plain_call`]) and `ex` (`SSL_read_ex`: a thin wrapper, see [`WRAPPER_HEAD`]) both call,
+/// when their code is exactly that and the inner function begins with a `push`; and the
+/// functions it covers (hooked nowhere else). Entry and return both on the inner function
+/// (`tls_cookie::WRAPPED`) share one breakpoint: one trap per call, for every caller. x86
+/// uprobes emulate `push` but single-step the callers' first instruction (`sub`), which in
 /// a virtual machine costs a VM exit per call: about 13 µs on our build VM against about 1.5
-/// (docs/benchmarks.md, `bench tls`). The inner function is also called by `SSL_write`/
-/// `SSL_read` (hooked at their entry: nested there, counted once) and by OpenSSL's SSL BIO
-/// (`BIO_read`/`BIO_write` on `BIO_f_ssl`: recorded as the `_ex` function). Any other
-/// shape: `None` (hooked at the entry).
-fn wrapped_hooks(
+/// (docs/benchmarks.md, `bench tls`). Each call is named by its caller, found from its
+/// return address (`tls_cookie::CALLERS`); the inner function's other caller, OpenSSL's SSL
+/// BIO (`BIO_read`/`BIO_write` on `BIO_f_ssl`), is named `other` (`BIO_READ`/`BIO_WRITE`).
+/// None when neither caller has its expected code (both are then hooked at their entry).
+fn shared_hooks(
     elf: &ElfFile64<Endianness>,
     symbols: &Symbols,
-    func: &'static str,
-    id: u16,
-) -> Option<(Hook, Hook)> {
-    if !matches!(id, tls_fn::SSL_WRITE_EX | tls_fn::SSL_READ_EX) {
-        return None;
-    }
+    (plain, ex, other): (&'static str, &'static str, u16),
+) -> Option<([Hook; 2], Vec<&'static str>)> {
     let data = elf.data();
-    let addr = symbols.get(func)?;
-    let offset = file_offset(elf, addr)?;
-    let code = data.get(usize::try_from(offset).ok()?..)?;
-    let inner_addr = addr.checked_add_signed(wrapper_target(code)?)?;
-    let inner_offset = file_offset(elf, inner_addr)?;
-    let inner = data.get(usize::try_from(inner_offset).ok()?..)?;
-    if !starts_with_push(inner) {
+    // (function, the inner function's address, return address − inner function's address)
+    let call = |func: &'static str, shape: fn(&[u8]) -> Option<(i64, i64)>| {
+        let addr = symbols.get(func)?;
+        let code = data.get(usize::try_from(file_offset(elf, addr)?).ok()?..)?;
+        let (ret, target) = shape(code)?;
+        let delta = u16::try_from(ret - target).ok().filter(|&d| d != 0)?;
+        Some((func, addr.checked_add_signed(target)?, delta))
+    };
+    let plain = call(plain, plain_call);
+    let ex = call(ex, |code| wrapper_target(code).map(|t| (9, t)));
+    let inner = match (plain, ex) {
+        (Some(p), Some(e)) if p.1 != e.1 => e.1,
+        (Some((_, a, _)), _) | (None, Some((_, a, _))) => a,
+        (None, None) => return None,
+    };
+    // A caller whose call goes elsewhere is hooked at its entry.
+    let plain = plain.filter(|p| p.1 == inner);
+    let inner_offset = file_offset(elf, inner)?;
+    if !starts_with_push(data.get(usize::try_from(inner_offset).ok()?..)?) {
         return None;
     }
-    let cookie = u64::from(id) | tls_cookie::WRAPPED;
-    Some((
-        Hook {
-            func,
-            offset: inner_offset,
-            prog: Prog::Enter,
-            cookie,
-        },
-        Hook {
-            func,
-            offset: inner_offset,
-            prog: Prog::Exit,
-            cookie,
-        },
-    ))
+    let delta = |c: Option<(&str, u64, u16)>| c.map_or(0, |c| c.2);
+    let cookie = tls_cookie::shared(other, delta(plain), delta(ex));
+    let covers: Vec<&'static str> = plain.iter().chain(&ex).map(|c| c.0).collect();
+    let hook = |prog| Hook {
+        func: covers[0],
+        offset: inner_offset,
+        prog,
+        cookie,
+        also: covers[1..].to_vec(),
+    };
+    Some(([hook(Prog::Enter), hook(Prog::Exit)], covers))
+}
+
+/// `SSL_read`/`SSL_write` as Debian's OpenSSL 3 builds them: `if (num < 0) fail; size_t n;
+/// ret = INNER(s, buf, (size_t)num, &n); if (ret > 0) ret = (int)n; return ret;` with a
+/// stack protector. The exact bytes up to `mov (%rsp),%eax`, except the `call`'s target and
+/// the `js`'s (which must jump past this code).
+const PLAIN_CALLER: [u8; 42] = [
+    0x48, 0x83, 0xec, 0x18, // sub $0x18,%rsp
+    0x64, 0x48, 0x8b, 0x04, 0x25, 0x28, 0x00, 0x00, 0x00, // mov %fs:0x28,%rax
+    0x48, 0x89, 0x44, 0x24, 0x08, // mov %rax,0x8(%rsp)
+    0x31, 0xc0, // xor %eax,%eax
+    0x85, 0xd2, // test %edx,%edx
+    0x78, 0x00, // js (the failure)
+    0x48, 0x89, 0xe1, // mov %rsp,%rcx
+    0x48, 0x63, 0xd2, // movslq %edx,%rdx
+    0xe8, 0x00, 0x00, 0x00, 0x00, // call INNER
+    0x85, 0xc0, // test %eax,%eax
+    0x7e, 0x03, // jle +3
+    0x8b, 0x04, 0x24, // mov (%rsp),%eax
+];
+
+/// The code of an `SSL_read`-like caller (see [`PLAIN_CALLER`]): its return address and
+/// where its `call` goes, relative to its first byte.
+fn plain_call(code: &[u8]) -> Option<(i64, i64)> {
+    let code = code.get(..PLAIN_CALLER.len())?;
+    let same = |r: std::ops::Range<usize>| code[r.clone()] == PLAIN_CALLER[r];
+    if !(same(0..23) && same(24..31) && same(35..42)) {
+        return None;
+    }
+    // The `js` leaves this code.
+    if 24 + usize::from(code[23]) < PLAIN_CALLER.len() || code[23] >= 0x80 {
+        return None;
+    }
+    let rel = i32::from_le_bytes(code[31..35].try_into().ok()?);
+    Some((35, 35 + i64::from(rel)))
 }
 
 /// The code of a thin wrapper (see [`WRAPPER_HEAD`]): where its `call` goes, relative to
@@ -538,15 +591,27 @@ fn hookable(
                     offset,
                     prog,
                     cookie,
+                    also: Vec::new(),
                 });
             }
         }
     };
     let mut hooks = Vec::new();
+    let mut covered = Vec::new();
     for &(func, id) in data_fns {
-        if let Some((enter, exit)) = wrapped_hooks(elf, symbols, func, id) {
-            hooks.extend([enter, exit]);
+        if covered.contains(&func) {
             continue;
+        }
+        if let Some(&pair) = SHARED_INNER
+            .iter()
+            .find(|(plain, ex, _)| *plain == func || *ex == func)
+            && let Some((shared, covers)) = shared_hooks(elf, symbols, pair)
+        {
+            hooks.extend(shared);
+            covered.extend(covers);
+            if covered.contains(&func) {
+                continue;
+            }
         }
         at(
             &mut hooks,
@@ -829,12 +894,49 @@ garbage line
                 assert_eq!(h.offset, at, "{}", h.func);
                 continue;
             }
-            // A thin wrapper: entry and return on its `call`'s target.
-            let code = std::fs::read(path).unwrap();
-            let rel = i32::from_le_bytes(code[at as usize + 5..][..4].try_into().unwrap());
-            let want = at.checked_add_signed(9 + i64::from(rel)).unwrap();
-            assert_eq!(h.offset, want, "{} {:?}", h.func, h.prog);
+            // An inner function shared by its callers: entry and return on their `call`s'
+            // target, each caller's return address − that target in the cookie, as objdump
+            // disassembles them.
+            for f in std::iter::once(h.func).chain(h.also.iter().copied()) {
+                let (ret, target) = objdump_call(path, nm[f]);
+                assert_eq!(target - vaddr + off, h.offset, "{f} {:?}", h.prog);
+                let id = OPENSSL_DATA.iter().find(|(n, _)| *n == f).unwrap().1;
+                assert_eq!(tls_cookie::caller(h.cookie, ret - target), id, "{f}");
+            }
+            assert!(matches!(
+                h.cookie as u16,
+                tls_fn::BIO_READ | tls_fn::BIO_WRITE
+            ));
+            assert_eq!(tls_cookie::caller(h.cookie, 1), h.cookie as u16);
         }
+    }
+
+    /// The first `call` of the function at `va`, as objdump disassembles it: (its return
+    /// address, its target).
+    fn objdump_call(path: &str, va: u64) -> (u64, u64) {
+        let out = std::process::Command::new("objdump")
+            .args(["-d", "--no-show-raw-insn"])
+            .arg(format!("--start-address={va:#x}"))
+            .arg(format!("--stop-address={:#x}", va + 64))
+            .arg(path)
+            .output()
+            .expect("objdump (binutils)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut lines = text.lines().filter(|l| l.contains(":\t"));
+        let hex = |s: &str| u64::from_str_radix(s.trim().trim_end_matches(':'), 16).unwrap();
+        let call = lines
+            .by_ref()
+            .find(|l| l.contains("\tcall "))
+            .unwrap_or_else(|| panic!("no call at {va:#x}:\n{text}"));
+        let target = call
+            .split("call")
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap();
+        let next = lines.next().unwrap().split('\t').next().unwrap();
+        (hex(next), hex(target))
     }
 
     #[test]
@@ -863,6 +965,33 @@ garbage line
         assert_eq!(wrapper_target(&code[..24]), None);
         assert_eq!(wrapper_target(&code), Some(9 - 0x479));
         assert!(starts_with_push(&[0x41, 0x56]) && starts_with_push(&[0x53]));
+
+        // Debian's OpenSSL 3.0.19 SSL_read: `call 35290` from 3544e.
+        let mut read = PLAIN_CALLER.to_vec();
+        read[23] = 0x2f;
+        read[31..35].copy_from_slice(&(0x35290i32 - 0x35453).to_le_bytes());
+        assert_eq!(plain_call(&read), Some((35, 35 + 0x35290 - 0x35453)));
+        // Another register for the byte count's pointer (OpenSSL 3.3's 5-argument inner
+        // function), a `js` into this code, another frame, cut short: hooked at the entry.
+        for (at, byte) in [(26, 0xe0), (23, 0x10), (3, 0x28)] {
+            let mut other = read.clone();
+            other[at] = byte;
+            assert_eq!(plain_call(&other), None, "{at}");
+        }
+        assert_eq!(plain_call(&read[..41]), None);
+        // The callers of a shared inner function by their return addresses.
+        let c = tls_cookie::shared(tls_fn::BIO_READ, 0x1c3, 0x239);
+        assert_eq!(tls_cookie::caller(c, 0x1c3), tls_fn::SSL_READ);
+        assert_eq!(tls_cookie::caller(c, 0x239), tls_fn::SSL_READ_EX);
+        assert_eq!(tls_cookie::caller(c, 0x1c4), tls_fn::BIO_READ);
+        assert_eq!(tls_cookie::caller(c, 0x1c3 << 16), tls_fn::BIO_READ);
+        let c = tls_cookie::shared(tls_fn::BIO_WRITE, 0, 0x479);
+        assert_eq!(tls_cookie::caller(c, 0x479), tls_fn::SSL_WRITE_EX);
+        assert_eq!(tls_cookie::caller(c, 0), tls_fn::BIO_WRITE);
+        assert_eq!(
+            tls_cookie::caller(u64::from(tls_fn::SSL_READ), 0x1c3),
+            tls_fn::SSL_READ
+        );
         assert!(!starts_with_push(&[0x48, 0x83, 0xec, 0x08]) && !starts_with_push(&[0x41]));
     }
 
@@ -880,29 +1009,53 @@ garbage line
             .iter()
             .map(|h| (h.func, h.prog, h.cookie))
             .collect();
-        let id = |i: u16| u64::from(i);
-        let wrapped = |i: u16| u64::from(i) | tls_cookie::WRAPPED;
+        // SSL_write and SSL_write_ex (SSL_read and SSL_read_ex) call one inner function in
+        // Debian's build: hooked there, once for both (see `shared_hooks`), with their return
+        // addresses' distances to it (objdump: `call 355a0` returning to 359a3 and 35a19;
+        // `call 35290` returning to 35453 and 354c9).
+        let d = |ret: u32, inner: u32| (ret - inner) as u16;
+        let writes =
+            tls_cookie::shared(tls_fn::BIO_WRITE, d(0x359a3, 0x355a0), d(0x35a19, 0x355a0));
+        let reads = tls_cookie::shared(tls_fn::BIO_READ, d(0x35453, 0x35290), d(0x354c9, 0x35290));
         assert_eq!(
             funcs,
             vec![
-                ("SSL_write", Prog::Enter, id(tls_fn::SSL_WRITE)),
-                ("SSL_write", Prog::Exit, id(tls_fn::SSL_WRITE)),
-                ("SSL_read", Prog::Enter, id(tls_fn::SSL_READ)),
-                ("SSL_read", Prog::Exit, id(tls_fn::SSL_READ)),
-                // Thin wrappers in Debian's build: hooked at their `call`'s target (see
-                // `wrapped_hooks`).
-                ("SSL_write_ex", Prog::Enter, wrapped(tls_fn::SSL_WRITE_EX)),
-                ("SSL_write_ex", Prog::Exit, wrapped(tls_fn::SSL_WRITE_EX)),
-                ("SSL_read_ex", Prog::Enter, wrapped(tls_fn::SSL_READ_EX)),
-                ("SSL_read_ex", Prog::Exit, wrapped(tls_fn::SSL_READ_EX)),
+                ("SSL_write", Prog::Enter, writes),
+                ("SSL_write", Prog::Exit, writes),
+                ("SSL_read", Prog::Enter, reads),
+                ("SSL_read", Prog::Exit, reads),
                 ("SSL_set_fd", Prog::SetFd, tls_cookie::OPENSSL_SET_FD),
                 ("SSL_set_rfd", Prog::SetFd, tls_cookie::OPENSSL_SET_FD),
                 ("SSL_set_wfd", Prog::SetFd, tls_cookie::OPENSSL_SET_FD),
                 ("SSL_free", Prog::Free, 0),
             ]
         );
+        assert_eq!(lib.hooks[0].also, ["SSL_write_ex"]);
+        assert_eq!(lib.hooks[3].also, ["SSL_read_ex"]);
+        assert_eq!(
+            (lib.hooks[0].offset, lib.hooks[2].offset),
+            (0x355a0, 0x35290)
+        );
         assert_eq!(lib.functions(), 4);
         check_offsets(&path, &lib);
+        // Each inner function has exactly one caller besides the two: in OpenSSL's SSL BIO
+        // (bio_ssl.c's `ssl_read`/`ssl_write`, near `BIO_f_ssl`), which is what `BIO_read`/
+        // `BIO_write` name.
+        let out = std::process::Command::new("objdump")
+            .args(["-d", "--no-show-raw-insn", &path])
+            .output()
+            .expect("objdump (binutils)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        for inner in ["35290", "355a0"] {
+            let calls: Vec<&str> = text
+                .lines()
+                .filter(|l| {
+                    l.contains(&format!("\tcall   {inner} "))
+                        || l.contains(&format!("\tjmp    {inner} "))
+                })
+                .collect();
+            assert_eq!(calls.len(), 3, "{inner}: {calls:#?}");
+        }
         let crypto = std::fs::read(format!("{LIBDIR}/libcrypto.so.3")).unwrap();
         assert_eq!(openssl_version(&crypto).as_deref(), Some("3.0.19"));
         // libcrypto alone: no SSL_* (it is found with libssl, not hooked).
@@ -1042,7 +1195,12 @@ garbage line
         };
         // OpenSSL_version() is not linked in: no version string.
         assert_eq!(lib.version, None);
-        let funcs: Vec<&str> = lib.hooks.iter().map(|h| h.func).collect();
+        // (SSL_read_ex shares SSL_read's inner function, as in the shared library.)
+        let funcs: Vec<&str> = lib
+            .hooks
+            .iter()
+            .flat_map(|h| std::iter::once(h.func).chain(h.also.iter().copied()))
+            .collect();
         for f in ["SSL_write", "SSL_read_ex", "SSL_set_fd", "SSL_free"] {
             assert!(funcs.contains(&f), "{f} in {funcs:?}");
         }
