@@ -108,12 +108,14 @@ impl Proc {
         }
     }
 
-    /// Waits until the process's stderr holds `what` at least `count` times; returns the
-    /// stderr. Panics after `timeout`.
+    /// Waits until the process's stderr holds `what` at least `count` times, the line of the
+    /// `count`-th complete; returns the stderr. Panics after `timeout`.
     pub fn wait_stderr(&self, what: &str, count: usize, timeout: Duration) -> String {
         crate::wait_for(timeout, || {
             let err = self.stderr();
-            (err.matches(what).count() >= count).then_some(err)
+            // The count-th match and the rest of its line: a line may arrive in pieces.
+            let (at, _) = err.match_indices(what).nth(count.checked_sub(1)?)?;
+            err[at..].contains('\n').then_some(err)
         })
         .unwrap_or_else(|| {
             panic!(
