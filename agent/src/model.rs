@@ -261,3 +261,20 @@ impl Event {
         }
     }
 }
+
+/// One frame of a user-space call stack (`trace --stack`), innermost first: where the
+/// thread was, symbolized as far as the binaries allow.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Frame {
+    /// The instruction address in the process (for a caller frame: its return address).
+    pub addr: u64,
+    /// The mapped file the address is in (its path as the process saw it), if any.
+    pub module: Option<std::sync::Arc<str>>,
+    /// The function (demangled), if a symbol covers the address.
+    pub function: Option<std::sync::Arc<str>>,
+    /// `addr` minus the function's start (0 when there is no function).
+    pub offset: u64,
+    /// Source file and line, when debug info covers the address.
+    pub file: Option<std::sync::Arc<str>>,
+    pub line: Option<u32>,
+}
