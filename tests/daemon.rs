@@ -229,10 +229,46 @@ fn job_files(out: &Path, job: &str, ext: &str) -> Vec<PathBuf> {
     v
 }
 
-/// Waits until job `job` has rotated its `ext` file since its newest was `before`.
+/// True when the pcapng file at `path` is complete and ends with its statistics: the
+/// daemon closed it (a file being written may end anywhere).
+fn closed_pcapng(path: &Path) -> bool {
+    let Ok(data) = fs::read(path) else {
+        return false;
+    };
+    if data.len() < 12 || data[..4] != [0x0a, 0x0d, 0x0d, 0x0a] {
+        return false;
+    }
+    let be = data[8..12] == [0x1a, 0x2b, 0x3c, 0x4d];
+    let u32_at = |i: usize| {
+        let a = [data[i], data[i + 1], data[i + 2], data[i + 3]];
+        if be {
+            u32::from_be_bytes(a)
+        } else {
+            u32::from_le_bytes(a)
+        }
+    };
+    let (mut i, mut last) = (0, 0);
+    while i + 12 <= data.len() {
+        let len = u32_at(i + 4) as usize;
+        if len < 12 || i + len > data.len() {
+            return false;
+        }
+        last = u32_at(i);
+        i += len;
+    }
+    i == data.len() && last == ISB
+}
+
+/// Waits until job `job` has rotated its `ext` file since its newest was `before`: a newer
+/// file, or (pcapng) `before` closed. A packet file is closed at the end of the ring drain
+/// in which it reached its size, and the next one made by the next packet: when one drain
+/// took a whole download, that download's packets end the file and no newer one exists yet.
 fn wait_rotated(out: &Path, job: &str, ext: &str, before: Option<&PathBuf>) {
     assert!(
-        wait_until(TIMEOUT, || job_files(out, job, ext).last() != before),
+        wait_until(TIMEOUT, || {
+            job_files(out, job, ext).last() != before
+                || (ext == "pcapng" && before.is_some_and(|b| closed_pcapng(b)))
+        }),
         "{job} did not rotate its {ext} file: {:?}",
         job_files(out, job, ext)
     );
