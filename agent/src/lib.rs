@@ -3,7 +3,7 @@
 //! One module per capability; each declares its command-line arguments and turns them into
 //! its options (`trace::command`, `capture::command`...), `cli` composes them and `cmd`
 //! dispatches. Modules depend one way, lowest first: `model`, `signals`; `control`;
-//! `counters`; `output`; `kernel`; `proxy`, `trace`; `capture`, `dns`, `intercept`; `cli`; `daemon`;
+//! `counters`; `output`; `kernel`; `mitm`; `proxy`, `trace`; `capture`, `dns`, `intercept`; `cli`; `daemon`;
 //! `cmd` (`cargo xtask layers` lists the edges and checks them).
 //! - `trace`: per-process socket tracing with eBPF (syscall tracepoints, ring buffer).
 //! - `capture`: packet capture on interfaces with TC eBPF programs (pcapng or text lines).
@@ -20,6 +20,7 @@
 //!   record client traffic.
 //! - `signals`: SIGINT, SIGTERM and SIGHUP delivered to a `Control` (the one way to stop).
 //! - `process`: pid and name checks, `-- CMD` held until the session is live.
+//! - `mitm`: TLS interception: capagent's CA and the certificates it issues (`capagent ca`).
 //! - `model`: the records every mode produces.
 //! - `tls_hello`: the TLS ClientHello parser (SNI, ALPN) trace and the proxies share.
 //! - `netlink`: netlink messages and sockets (nftables, routing, tc, sock_diag).
@@ -35,6 +36,7 @@ pub mod daemon;
 pub mod dns;
 pub mod intercept;
 pub mod kernel;
+pub mod mitm;
 pub mod model;
 pub mod netlink;
 pub mod output;

@@ -44,6 +44,10 @@ pub const LAYERS: &[(&str, &[&str])] = &[
     ),
     ("writers of records", &["output"]),
     ("the eBPF object: loading, BTF, sessions", &["kernel"]),
+    (
+        "TLS interception: CA, certificates, the interceptor",
+        &["mitm"],
+    ),
     ("capabilities others build on", &["proxy", "trace"]),
     ("capabilities", &["capture", "dns", "intercept"]),
     (

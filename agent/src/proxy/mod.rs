@@ -38,6 +38,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::control::Control;
+use crate::mitm::options::TlsOptions;
 
 pub use dial::Dialer;
 pub use record::{Conn, RecordOptions, Recorder};
@@ -72,6 +73,8 @@ pub struct Options {
     /// `socks5://[USER:PASS@]HOST:PORT`.
     pub upstream_proxy: Option<String>,
     pub limits: Limits,
+    /// `--tls`: intercept TLS (None: relay it as opaque bytes).
+    pub tls: Option<TlsOptions>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -307,6 +310,9 @@ where
         Some(u) => Some(u.parse::<dial::Upstream>().map_err(ProxyError::from)?),
         None => None,
     };
+    if opts.tls.is_some() {
+        return Err(ProxyError::Usage("--tls: not implemented yet".into()).into());
+    }
     raise_nofile();
     if recorder.enabled() {
         keep_heap();
