@@ -495,6 +495,7 @@ mod tests {
                 msg_index: 0,
             },
             tls_ciphertext: false,
+            tls_plaintext: false,
         }
     }
 

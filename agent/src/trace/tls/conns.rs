@@ -241,6 +241,7 @@ pub(crate) mod tests {
                 msg_index: 0,
             },
             tls_ciphertext: false,
+            tls_plaintext: false,
         }
     }
 
