@@ -3,3 +3,4 @@
 //! certificate of capagent's CA ([`intercept`]).
 
 pub mod options;
+pub mod upstream;
