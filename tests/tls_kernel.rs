@@ -151,6 +151,20 @@ fn state(pid: u32) -> char {
     after.trim_start().chars().next().unwrap_or('?')
 }
 
+/// The process's state once it settled: a process the kernel stops at a record is still
+/// running (`R`, on its way back to user mode, where the SIGSTOP takes it) for a moment
+/// after the record can be read; so wait until it is no longer running or in the kernel
+/// (`R`, `D`), at most 2 s (a busy process that is not stopped stays `R`).
+fn settled_state(pid: u32) -> char {
+    let mut s = state(pid);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while matches!(s, 'R' | 'D') && Instant::now() < deadline {
+        std::thread::yield_now();
+        s = state(pid);
+    }
+    s
+}
+
 /// A traced run: the session's maps, the records, the processes stopped at an executable
 /// mapping (with their state when the record came).
 struct Run {
@@ -198,10 +212,10 @@ impl Run {
                             dev: u64::from(e.child_pid),
                             ino: e.hdr.sock.ino,
                         };
-                        self.mmaps.push((e.hdr.pid, key, state(e.hdr.pid)));
+                        self.mmaps.push((e.hdr.pid, key, settled_state(e.hdr.pid)));
                         self.seen.insert(key, 1, 0).unwrap();
                     } else if e.hdr.syscall == sys::EXEC {
-                        self.execs.push((e.hdr.pid, state(e.hdr.pid)));
+                        self.execs.push((e.hdr.pid, settled_state(e.hdr.pid)));
                         let key = FileKey {
                             dev: u64::from(e.child_pid),
                             ino: e.hdr.sock.ino,

@@ -60,9 +60,11 @@ struct GoCall {
     /// The socket a syscall inside the call used (fd -1: none yet).
     fd: i64,
     sk: u64,
-    /// When that syscall was entered (0: none yet): the record's time, since Go may run
-    /// the goroutine to its RET long after (the record then still says when the bytes
-    /// went, before the connection's later records).
+    /// When that syscall was entered, else when the call was: the record's time, since Go
+    /// may run the goroutine to its RET long after (the record then still says when the
+    /// bytes went, before the connection's later records). The entry time stands in when no
+    /// syscall of the call was seen (a `Read` from the connection's buffer, or a syscall
+    /// made where the goroutine could not be told): still within the call.
     ts_ns: u64,
     /// `tls_fn::GO_WRITE` or `GO_READ`.
     func: u32,
@@ -104,7 +106,8 @@ pub fn go_tls_enter(ctx: ProbeContext) -> u32 {
         len,
         fd: -1,
         sk: 0,
-        ts_ns: 0,
+        // SAFETY: a helper without arguments.
+        ts_ns: unsafe { bpf_ktime_get_boot_ns() },
         func,
         _pad: 0,
         sock: SockInfo::default(),
@@ -159,9 +162,18 @@ pub fn go_tls_ret(ctx: ProbeContext) -> u32 {
         fd = -1;
         c.sock = SockInfo::default();
     }
-    // The time of the syscall inside the call (only with its socket: `c.fd >= 0`).
-    let ts = if c.fd >= 0 { c.ts_ns } else { 0 };
-    emit_tls(func as u16, c.conn, n, fd, &c.sock, valid, c.buf, total, ts);
+    // The time of the syscall inside the call, else of the call's entry.
+    emit_tls(
+        func as u16,
+        c.conn,
+        n,
+        fd,
+        &c.sock,
+        valid,
+        c.buf,
+        total,
+        c.ts_ns,
+    );
     let _ = GO_CALLS.remove(&k);
     0
 }

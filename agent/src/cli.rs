@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand};
 
 pub use crate::{
     capture::command::CaptureArgs, dns::command::DnsArgs, intercept::command::InterceptArgs,
-    proxy::command::ProxyArgs, trace::command::TraceArgs,
+    mitm::command::CaArgs, proxy::command::ProxyArgs, trace::command::TraceArgs,
 };
 
 /// The daemon's configuration file when none is given.
@@ -42,6 +42,8 @@ pub enum Command {
     /// Pull traffic that does not go through a proxy into capagent's recording relay:
     /// nftables redirect or tproxy on a gateway, or per process with eBPF (needs root).
     Intercept(InterceptArgs),
+    /// capagent's CA for TLS interception (--tls): create it, show it, trust it.
+    Ca(CaArgs),
     /// Remove what a killed `capagent intercept` left (nftables tables, policy routing
     /// rules and routes, cgroup programs of capagent); nothing else is touched (needs root).
     Cleanup,

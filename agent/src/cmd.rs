@@ -34,6 +34,10 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Intercept(args) => Ok(exit_code_of(crate::intercept::command::run(&args)?)),
+        Command::Ca(args) => {
+            crate::mitm::command::run(&args)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Cleanup => {
             crate::intercept::cleanup_command()?;
             Ok(ExitCode::SUCCESS)

@@ -106,11 +106,16 @@ impl OpensslServer {
     /// Starts it and waits until it listens (its `ACCEPT 127.0.0.1:PORT` line, then the
     /// socket in the namespace's `/proc/net/tcp`).
     pub fn start(ns: &Netns, certs: &Certs) -> OpensslServer {
+        OpensslServer::start_with(ns, &certs.cert, &certs.key)
+    }
+
+    /// The same with a certificate (chain) and key of the caller's (PEM files).
+    pub fn start_with(ns: &Netns, cert: &Path, key: &Path) -> OpensslServer {
         let mut cmd = ns.cmd("openssl");
         cmd.args(["s_server", "-www", "-accept", "127.0.0.1:0", "-cert"])
-            .arg(&certs.cert)
+            .arg(cert)
             .arg("-key")
-            .arg(&certs.key);
+            .arg(key);
         let mut proc = Proc::spawn("openssl s_server", cmd);
         let addr = proc.expect("ACCEPT", TIMEOUT);
         let port: u16 = addr
