@@ -29,9 +29,12 @@ pub struct Opening {
 const PEEK_AGAIN: Duration = Duration::from_millis(5);
 
 /// Whether `client` starts with a ClientHello: false as soon as its first bytes cannot start
-/// one, it closes, or `server` speaks first (a protocol whose server greets, such as SMTP).
-pub async fn client_starts_tls(client: &TcpStream, server: &TcpStream) -> bool {
+/// one, it closes, or `server` speaks first (a protocol whose server greets, such as SMTP);
+/// false too when the first bytes stop short of six for `patience` (then relayed as they
+/// are).
+pub async fn client_starts_tls(client: &TcpStream, server: &TcpStream, patience: Duration) -> bool {
     let mut buf = [0u8; 6];
+    let mut stalled = Duration::ZERO;
     loop {
         tokio::select! {
             biased;
@@ -40,7 +43,11 @@ pub async fn client_starts_tls(client: &TcpStream, server: &TcpStream) -> bool {
                 Ok(0) | Err(_) => return false,
                 Ok(n) if !may_start_client_hello(&buf[..n]) => return false,
                 // A ClientHello cut before its sixth byte: wait for the rest.
-                Ok(_) => tokio::time::sleep(PEEK_AGAIN).await,
+                Ok(_) if stalled >= patience => return false,
+                Ok(_) => {
+                    tokio::time::sleep(PEEK_AGAIN).await;
+                    stalled += PEEK_AGAIN;
+                }
             },
             _ = server.readable() => return false,
         }
@@ -65,7 +72,7 @@ pub async fn open_and_relay(
             .await;
         return relay::relay(client, server, conn, ctx.limits.idle).await;
     };
-    if !client_starts_tls(client, server).await {
+    if !client_starts_tls(client, server, ctx.limits.handshake).await {
         conn.open(o.proxy, o.listen, o.target, o.port, o.resolved, Ok(()))
             .await;
         return relay::relay(client, server, conn, ctx.limits.idle).await;
@@ -125,4 +132,51 @@ pub async fn open_and_relay(
         side,
         source: io::Error::from_raw_os_error(libc::EPROTO),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls_hello::tests::CURL_HELLO;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+
+    /// A connected pair of loopback sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap());
+        let (a, b) = tokio::join!(a, l.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn what_the_first_bytes_tell() {
+        let long = Duration::from_secs(10);
+        // A ClientHello: yes, and nothing of it consumed.
+        let (mut app, mut client) = pair().await;
+        let (_target, server) = pair().await;
+        app.write_all(CURL_HELLO).await.unwrap();
+        assert!(client_starts_tls(&client, &server, long).await);
+        let mut first = vec![0u8; CURL_HELLO.len()];
+        client.read_exact(&mut first).await.unwrap();
+        assert_eq!(first, CURL_HELLO);
+        // Plain bytes: no.
+        let (mut app, client) = pair().await;
+        app.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        assert!(!client_starts_tls(&client, &server, long).await);
+        // The server speaks first: no, without waiting for the client.
+        let (_app, client) = pair().await;
+        let (mut target, server) = pair().await;
+        target.write_all(b"220 ready\r\n").await.unwrap();
+        assert!(!client_starts_tls(&client, &server, long).await);
+        // Three bytes that may start one, then nothing: no, after the patience.
+        let (mut app, client) = pair().await;
+        let (_target, server) = pair().await;
+        app.write_all(&CURL_HELLO[..3]).await.unwrap();
+        assert!(!client_starts_tls(&client, &server, Duration::from_millis(20)).await);
+        // The client closes: no.
+        let (app, client) = pair().await;
+        drop(app);
+        assert!(!client_starts_tls(&client, &server, long).await);
+    }
 }
