@@ -447,3 +447,55 @@ fn server_speaks_first() {
     );
     assert!(open.get("tls").is_none(), "{open}");
 }
+
+/// A client that sends no SNI (`openssl s_client -noservername` to an address): the leaf is
+/// issued for the address the client reached (the forwarded target's), which the client
+/// verifies (`-verify_ip`); no SNI recorded either way.
+#[test]
+fn sni_less_client() {
+    let dir = TempDir::new("mitm-nosni");
+    let certs = Certs::localhost();
+    let (_server, port) = openssl_server(&certs, &[]);
+    let rec = Rec::new(&dir, "nosni");
+    let target = format!("127.0.0.1:{port}");
+    let mut a = args(&[
+        "proxy",
+        "forward",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &target,
+    ]);
+    a.extend(tls_args(&dir, &["--upstream-ca", certs.ca_str()]));
+    a.extend(rec.args());
+    let agent = Agent::start(&a, 1);
+    let out = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &agent.addr().to_string(),
+            "-noservername",
+            "-verify_ip",
+            "127.0.0.1",
+            "-CAfile",
+            &ca_cert(&dir),
+            "-verify_return_error",
+        ])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("Verify return code: 0 (ok)"), "{stdout}");
+    agent.stop();
+    let evs = rec.events();
+    let tls = &open_of(&evs, "forward", &target)["tls"];
+    assert_eq!(tls["error"], Value::Null, "{tls}");
+    assert_eq!(tls["client"]["sni"], Value::Null, "{tls}");
+    assert_eq!(tls["server"]["sni"], Value::Null, "{tls}");
+    assert_eq!(tls["server_cert"], "CN=localhost", "{tls}");
+}

@@ -131,11 +131,15 @@ impl Interceptor {
             .map(|protos| protos.map(<[u8]>::to_vec).collect())
             .unwrap_or_default();
         info.client.sni = sni.clone();
-        info.server.sni = sni.clone();
         // 2. The real server, with that name and those protocols.
         let Some(name) = upstream::server_name(sni.as_deref(), host) else {
             let _ = client.write_all(&HANDSHAKE_FAILURE_ALERT).await;
             return Err(fail(MitmError::NoName(host.to_string()), info));
+        };
+        // The SNI sent: a name (an address is asked for without one).
+        info.server.sni = match &name {
+            rustls::pki_types::ServerName::DnsName(d) => Some(d.as_ref().to_string()),
+            _ => None,
         };
         let config = match self.upstream.config(&alpn) {
             Ok(c) => c,
