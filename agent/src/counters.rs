@@ -233,6 +233,7 @@ mod tests {
             detail,
             tls_ciphertext: false,
             tls_eof: false,
+            tls_plaintext: false,
         }
     }
 
@@ -252,6 +253,7 @@ mod tests {
             listen: None,
             target: "a:1".into(),
             resolved: None,
+            tls: None,
         };
         c.observe(&ev(sys::CONNECT, 0, 1, open.clone()));
         c.observe(&ev(sys::CONNECT, -111, 2, open));

@@ -22,6 +22,7 @@
 //! - `signals`: SIGINT, SIGTERM and SIGHUP delivered to a `Control` (the one way to stop).
 //! - `process`: pid and name checks, `-- CMD` held until the session is live.
 //! - `model`: the records every mode produces.
+//! - `tls_hello`: the TLS ClientHello parser (SNI, ALPN) trace and the proxies share.
 //! - `netlink`: netlink messages and sockets (nftables, routing, tc, sock_diag).
 //! - `output`: text, JSON lines (and pcapng) writers for those records.
 
@@ -42,4 +43,5 @@ pub mod output;
 pub mod process;
 pub mod proxy;
 pub mod signals;
+pub mod tls_hello;
 pub mod trace;

@@ -132,7 +132,37 @@ pub enum Detail {
         /// The address the proxy connected to (None: not resolved, or reached through an
         /// upstream proxy that resolved it).
         resolved: Option<SocketAddr>,
+        /// The proxy intercepted the connection's TLS (`--tls`): what each side negotiated,
+        /// or why interception failed. None: not intercepted.
+        tls: Option<Box<TlsIntercepted>>,
     },
+}
+
+/// What a proxy's TLS interception (`--tls`) learnt of a connection: the client's side
+/// (capagent's certificate), the real server's side, and the outcome.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsIntercepted {
+    pub client: TlsLeg,
+    pub server: TlsLeg,
+    /// The real server's certificate subject (`CN=example.org, O=...`), when it sent one;
+    /// recorded with `--insecure` too.
+    pub server_cert: Option<String>,
+    /// Why interception failed (the server's certificate did not verify, a handshake
+    /// failed); None when both handshakes succeeded.
+    pub error: Option<String>,
+}
+
+/// One TLS leg of an intercepted connection, as far as its handshake went.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TlsLeg {
+    /// The server name asked for (the client's SNI, sent on to the server).
+    pub sni: Option<String>,
+    /// The application protocol negotiated (`h2`, `http/1.1`).
+    pub alpn: Option<String>,
+    /// `TLSv1.3`, `TLSv1.2`.
+    pub version: Option<String>,
+    /// The cipher suite (`TLS13_AES_128_GCM_SHA256`).
+    pub cipher: Option<String>,
 }
 
 /// What made a record.
@@ -233,6 +263,9 @@ pub struct Event {
     /// the pcapng still writes the peer's FIN when the ciphertext records, whose 0-byte read
     /// would tell, are left out (`--tls-only`).
     pub tls_eof: bool,
+    /// The payload of this relay record is TLS plaintext capagent decrypted itself (a proxy's
+    /// `--tls` interception: the connection's `open` record says how).
+    pub tls_plaintext: bool,
 }
 
 impl Event {

@@ -4,7 +4,7 @@
 //! is made of bytes of the input.
 #![no_main]
 
-use capagent::trace::tls::conns::{client_hello, is_client_hello};
+use capagent::tls_hello::{client_hello, is_client_hello};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

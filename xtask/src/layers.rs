@@ -27,8 +27,15 @@ use proc_macro2::{Delimiter, TokenStream, TokenTree};
 /// modules of the layers below its own, and no other. A new module must be placed here.
 pub const LAYERS: &[(&str, &[&str])] = &[
     (
-        "the records; signal flags; clock, process and netlink helpers",
-        &["model", "signals", "clock", "process", "netlink"],
+        "the records; signal flags; clock, process and netlink helpers; the TLS ClientHello",
+        &[
+            "model",
+            "signals",
+            "clock",
+            "process",
+            "netlink",
+            "tls_hello",
+        ],
     ),
     ("stopping a session", &["control"]),
     (

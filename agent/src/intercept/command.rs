@@ -65,6 +65,8 @@ pub struct InterceptArgs {
     pub handler: InterceptAs,
     #[command(flatten)]
     pub record: RecordArgs,
+    #[command(flatten)]
+    pub tls: crate::mitm::options::TlsArgs,
     /// Seconds without traffic in either direction after which a relayed connection is
     /// closed (0 = never).
     #[arg(long, default_value_t = 300.0, value_name = "SECS")]
@@ -82,6 +84,7 @@ impl InterceptArgs {
     /// What `capagent intercept ARGS` intercepts, and what it does with the connections (a
     /// daemon job of kind `intercept` uses them too).
     pub fn options(&self) -> anyhow::Result<(InterceptOptions, RelayOptions)> {
+        self.tls.refuse("intercept --tls")?;
         let duration = crate::control::duration_limit(self.duration)?;
         let record = self.record.options();
         let dsts = self

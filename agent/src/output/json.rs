@@ -48,7 +48,8 @@
 //! - `tls` (TLS only): a TLS library call (`trace --tls`, `syscall` is the function):
 //!   `{"lib":"openssl","fn":"SSL_write","conn":"0x55d0c0a1b2c0"}` (library family, function,
 //!   the library's connection object as a hex string); a syscall record of a connection known
-//!   to carry TLS: `{"ciphertext":true}`. Absent otherwise.
+//!   to carry TLS: `{"ciphertext":true}`; a proxy record of a connection whose TLS the proxy
+//!   intercepted (`--tls`), its payload the plaintext: `{"plaintext":true}`. Absent otherwise.
 //!
 //! Type `sock` adds (always):
 //! - `addr`: the call's address as for `local`/`remote` (connect, bind: the argument;
@@ -66,6 +67,11 @@
 //! - `listen`: the proxy address the client connected to, or `null`.
 //! - `target`: the target as requested, `"host:port"` or `"ip:port"`.
 //! - `resolved`: the address the proxy connected to, or `null` when unknown.
+//!
+//! and, only when the proxy intercepted the connection's TLS (`--tls`), `tls`:
+//! `{"client":LEG,"server":LEG,"server_cert":"CN=...","error":null}`, each LEG
+//! `{"sni","alpn","version","cipher"}` (strings or `null`: what that side negotiated),
+//! `server_cert` the real server's certificate subject, `error` why interception failed.
 //!
 //! In proxy records `pid`/`tid` are capagent's, `comm` names the proxy (`"forward"`,
 //! `"socks"`, ...), `fd` is the connection number and `sk` the same number, `local` is the
@@ -86,7 +92,7 @@ use std::io::{self, Write};
 
 use agent_common::sys;
 
-use crate::model::{Call, Detail, Direction, Endpoint, Event, SocketMeta};
+use crate::model::{Call, Detail, Direction, Endpoint, Event, SocketMeta, TlsIntercepted, TlsLeg};
 use crate::output::b64::push_base64;
 use crate::output::escape::escape_json_into;
 use crate::output::num::{AddrStr, Dec, push_hex, push_i64, push_padded, push_u64};
@@ -289,6 +295,7 @@ impl Encoder {
                 listen,
                 target,
                 resolved,
+                tls,
             } => {
                 out.extend_from_slice(b",\"proxy\":");
                 push_json_str(out, proxy);
@@ -298,6 +305,9 @@ impl Encoder {
                 push_json_str(out, target);
                 out.extend_from_slice(b",\"resolved\":");
                 push_endpoint(out, resolved.map(Endpoint::Inet).as_ref());
+                if let Some(t) = tls {
+                    push_intercepted(out, t);
+                }
                 out.push(b'}');
             }
             Detail::Exit => {
@@ -384,7 +394,34 @@ fn push_tls(out: &mut Vec<u8>, ev: &Event) {
         out.extend_from_slice(b"\"}");
     } else if ev.tls_ciphertext {
         out.extend_from_slice(b",\"tls\":{\"ciphertext\":true}");
+    } else if ev.tls_plaintext {
+        out.extend_from_slice(b",\"tls\":{\"plaintext\":true}");
     }
+}
+
+/// `,"tls":{"client":{...},"server":{...},"server_cert":...,"error":...}` of an intercepted
+/// connection's `open` record.
+fn push_intercepted(out: &mut Vec<u8>, t: &TlsIntercepted) {
+    let opt = |out: &mut Vec<u8>, key: &[u8], v: &Option<String>| {
+        out.extend_from_slice(key);
+        match v {
+            Some(v) => push_json_str(out, v),
+            None => out.extend_from_slice(b"null"),
+        }
+    };
+    let leg = |out: &mut Vec<u8>, key: &[u8], l: &TlsLeg| {
+        out.extend_from_slice(key);
+        opt(out, b"{\"sni\":", &l.sni);
+        opt(out, b",\"alpn\":", &l.alpn);
+        opt(out, b",\"version\":", &l.version);
+        opt(out, b",\"cipher\":", &l.cipher);
+        out.push(b'}');
+    };
+    leg(out, b",\"tls\":{\"client\":", &t.client);
+    leg(out, b",\"server\":", &t.server);
+    opt(out, b",\"server_cert\":", &t.server_cert);
+    opt(out, b",\"error\":", &t.error);
+    out.push(b'}');
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.` of second `secs` since the epoch.
@@ -1051,6 +1088,7 @@ pub(crate) mod tests {
                 detail,
                 tls_ciphertext: self.below(4) == 0,
                 tls_eof: false,
+                tls_plaintext: false,
             }
         }
     }

@@ -198,6 +198,8 @@ fn format_into(s: &mut String, ev: &Event, cfg: &TextConfig) {
             }
             if ev.tls_ciphertext {
                 s.push_str(" [tls]");
+            } else if ev.tls_plaintext {
+                s.push_str(" [tls plaintext]");
             }
         }
         Detail::Fork { child_pid } => {
@@ -209,6 +211,7 @@ fn format_into(s: &mut String, ev: &Event, cfg: &TextConfig) {
             listen,
             target,
             resolved,
+            tls,
         } => {
             // open(7, socks5 connect, 127.0.0.1:40112 -> example.com:80 = 93.184.216.34:80,
             //      via 127.0.0.1:1080) = 0
@@ -230,6 +233,9 @@ fn format_into(s: &mut String, ev: &Event, cfg: &TextConfig) {
             }
             s.push(')');
             ret_into(s, ev.ret);
+            if let Some(t) = tls {
+                push_intercepted(s, t);
+            }
         }
         Detail::Exit => {
             // The wait status.
@@ -252,6 +258,31 @@ fn format_into(s: &mut String, ev: &Event, cfg: &TextConfig) {
 
 /// What a TLS library calls its connection object, for `ssl=0x...` in a record whose socket
 /// is not known.
+/// ` [tls client TLSv1.3 TLS13_AES_128_GCM_SHA256 h2, server ..., sni NAME, cert SUBJECT]`
+/// (what is known) of an intercepted connection's `open` record, and `, failed: REASON`.
+fn push_intercepted(s: &mut String, t: &crate::model::TlsIntercepted) {
+    let leg = |s: &mut String, name: &str, l: &crate::model::TlsLeg| {
+        s.push_str(name);
+        for v in [&l.version, &l.cipher, &l.alpn].into_iter().flatten() {
+            s.push(' ');
+            escape::escape_into(s, v.as_bytes());
+        }
+    };
+    leg(s, " [tls client", &t.client);
+    leg(s, ", server", &t.server);
+    for (name, v) in [
+        (", sni ", &t.client.sni),
+        (", cert ", &t.server_cert),
+        (", failed: ", &t.error),
+    ] {
+        if let Some(v) = v {
+            s.push_str(name);
+            escape::escape_into(s, v.as_bytes());
+        }
+    }
+    s.push(']');
+}
+
 fn tls_object_name(func: u16) -> &'static str {
     match agent_common::tls_fn::lib(func) {
         Some("gnutls") => "session",
@@ -717,6 +748,7 @@ pub(crate) mod tests {
             detail,
             tls_ciphertext: false,
             tls_eof: false,
+            tls_plaintext: false,
         }
     }
 

@@ -11,6 +11,7 @@ use super::{
     http::{reverse::ReverseOptions, server::HttpOptions},
     socks::server::SocksOptions,
 };
+use crate::mitm::options::TlsArgs;
 use crate::output::Format;
 
 /// A proxy or the DNS server, ready to serve (what `capagent proxy KIND` or `capagent dns`
@@ -116,6 +117,8 @@ pub struct ForwardArgs {
     pub udp: bool,
     #[command(flatten)]
     pub common: ProxyCommon,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -132,6 +135,8 @@ pub struct SocksArgs {
     pub auth: Option<String>,
     #[command(flatten)]
     pub common: ProxyCommon,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -155,6 +160,8 @@ pub struct HttpArgs {
     pub auth: Option<String>,
     #[command(flatten)]
     pub common: ProxyCommon,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -177,6 +184,8 @@ pub struct ReverseArgs {
     pub rewrite_host: bool,
     #[command(flatten)]
     pub common: ProxyCommon,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 impl RecordArgs {
@@ -207,6 +216,7 @@ impl ProxyCommon {
             anyhow::bail!("--max-conns must be at least 1");
         }
         Ok(Options {
+            tls: None,
             record: self.record.options(),
             upstream_proxy: self.upstream_proxy.clone(),
             limits: Limits {
@@ -228,7 +238,8 @@ impl ProxyArgs {
     pub fn service(&self) -> anyhow::Result<(Options, Service)> {
         Ok(match &self.kind {
             ProxyCommand::Forward(a) => {
-                let opts = a.common.options()?;
+                let mut opts = a.common.options()?;
+                opts.tls = a.tls.options()?;
                 let maps = super::forward::mappings(&a.listen, &a.to, &a.map)?;
                 let udp = a.udp;
                 (
@@ -237,7 +248,8 @@ impl ProxyArgs {
                 )
             }
             ProxyCommand::Socks(a) => {
-                let opts = a.common.options()?;
+                let mut opts = a.common.options()?;
+                opts.tls = a.tls.options()?;
                 let socks = SocksOptions {
                     listen: super::listen_addr(&a.listen)?,
                     auth: a.auth.as_deref().map(str::parse).transpose()?,
@@ -248,7 +260,8 @@ impl ProxyArgs {
                 )
             }
             ProxyCommand::Http(a) => {
-                let opts = a.common.options()?;
+                let mut opts = a.common.options()?;
+                opts.tls = a.tls.options()?;
                 let http = HttpOptions {
                     listen: super::listen_addr(&a.listen)?,
                     connect_ports: a.connect_ports.clone(),
@@ -265,6 +278,7 @@ impl ProxyArgs {
                 )
             }
             ProxyCommand::Reverse(a) => {
+                a.tls.refuse("proxy reverse --tls")?;
                 let opts = a.common.options()?;
                 let reverse = ReverseOptions {
                     listen: super::listen_addr(&a.listen)?,

@@ -15,7 +15,7 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use crate::model::{Direction, Transport};
 use crate::proxy::target::{Target, resolve};
-use crate::proxy::{self, Ctx, ProxyError, relay};
+use crate::proxy::{self, Ctx, ProxyError, relay, tls};
 
 /// Process name of forwarder records.
 pub const COMM: &str = "forward";
@@ -133,9 +133,15 @@ async fn forward_tcp(mut client: TcpStream, peer: SocketAddr, ctx: Ctx, to: &Tar
             return;
         }
     };
-    conn.open(COMM, listen, &requested, to.port, up.resolved, Ok(()))
-        .await;
-    match relay::relay(&mut client, &mut up.stream, &conn, ctx.limits.idle).await {
+    let opening = tls::Opening {
+        proxy: COMM,
+        listen,
+        target: requested,
+        port: to.port,
+        resolved: up.resolved,
+    };
+    let host = to.host.name();
+    match tls::open_and_relay(&ctx, &conn, opening, &host, &mut client, &mut up.stream).await {
         Ok(_) => conn.close(Ok(())).await,
         Err(e) => {
             tracing::info!("forward: {peer}: {e}");

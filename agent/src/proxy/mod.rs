@@ -15,6 +15,8 @@
 //! - [`run`]: the runtime, the recorder's lifetime, and stopping through a [`Control`] (SIGINT/SIGTERM/SIGHUP);
 //!   [`run_until`]: the same with a recorder and a stop of the caller's (the daemon's jobs).
 //!
+//! - [`tls`]: `--tls`, TLS interception of the connections that start with a ClientHello.
+//!
 //! One module per proxy: [`forward`] (fixed targets, TCP and UDP), [`socks`] (SOCKS 4/4a/5).
 
 pub mod command;
@@ -25,6 +27,7 @@ pub mod record;
 pub mod relay;
 pub mod socks;
 pub mod target;
+pub mod tls;
 pub mod workers;
 
 use std::future::Future;
@@ -38,6 +41,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
 use crate::control::Control;
+use crate::mitm::intercept::Interceptor;
+use crate::mitm::options::TlsOptions;
 
 pub use dial::Dialer;
 pub use record::{Conn, RecordOptions, Recorder};
@@ -72,6 +77,8 @@ pub struct Options {
     /// `socks5://[USER:PASS@]HOST:PORT`.
     pub upstream_proxy: Option<String>,
     pub limits: Limits,
+    /// `--tls`: intercept TLS (None: relay it as opaque bytes).
+    pub tls: Option<TlsOptions>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +114,8 @@ pub struct Ctx {
     /// The runtimes [`serve`] accepts and serves connections on ([`workers::Workers`]);
     /// none: on the caller's runtime.
     pub workers: Arc<[tokio::runtime::Handle]>,
+    /// `--tls`: the interceptor ([`tls`]).
+    pub tls: Option<Arc<Interceptor>>,
 }
 
 impl Ctx {
@@ -117,6 +126,7 @@ impl Ctx {
             slots: Arc::new(Semaphore::new(limits.max_conns.max(1))),
             limits,
             workers: Arc::new([]),
+            tls: None,
         }
     }
 }
@@ -307,6 +317,11 @@ where
         Some(u) => Some(u.parse::<dial::Upstream>().map_err(ProxyError::from)?),
         None => None,
     };
+    // The CA is loaded (or made) before anything is served.
+    let tls = match &opts.tls {
+        Some(t) => Some(Arc::new(Interceptor::new(t).context("--tls")?)),
+        None => None,
+    };
     raise_nofile();
     if recorder.enabled() {
         keep_heap();
@@ -323,6 +338,7 @@ where
     let workers = workers::Workers::start(None).map_err(ProxyError::Runtime)?;
     let mut ctx = Ctx::new(recorder, dialer, opts.limits);
     ctx.workers = workers.handles();
+    ctx.tls = tls;
     let outcome = rt.block_on(async move {
         tokio::select! {
             r = service(ctx) => r,

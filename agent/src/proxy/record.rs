@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
-use crate::model::{Call, RelayStep};
+use crate::model::{Call, RelayStep, TlsIntercepted};
 use crate::model::{Detail, Direction, Endpoint, Event, SocketMeta, Task, Transport};
 use crate::output::{
     EventWriter, FanOut, FlushEvery, Format, Writer, pcapng::PcapngWriter, text::TextConfig,
@@ -92,6 +92,7 @@ enum Msg {
         target: String,
         resolved: Option<SocketAddr>,
         ret: i64,
+        tls: Option<Box<TlsIntercepted>>,
     },
     Data {
         id: u32,
@@ -344,6 +345,24 @@ impl Conn {
         resolved: Option<SocketAddr>,
         result: Result<(), &io::Error>,
     ) {
+        self.open_tls(proxy, listen, target, target_port, resolved, result, None)
+            .await;
+    }
+
+    /// [`Conn::open`] of a connection whose TLS the proxy intercepted (`tls`: what each side
+    /// negotiated, or why it failed). When both handshakes succeeded, the data records that
+    /// follow are the plaintext, marked as such ([`Event::tls_plaintext`]).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn open_tls(
+        &self,
+        proxy: impl Into<String>,
+        listen: Option<SocketAddr>,
+        target: impl Into<String>,
+        target_port: u16,
+        resolved: Option<SocketAddr>,
+        result: Result<(), &io::Error>,
+        tls: Option<TlsIntercepted>,
+    ) {
         if !self.rec.enabled() {
             return;
         }
@@ -380,6 +399,7 @@ impl Conn {
                 target: target.into(),
                 resolved,
                 ret,
+                tls: tls.map(Box::new),
             })
             .await;
     }
@@ -475,6 +495,8 @@ impl Drop for Conn {
 struct Open {
     task: Task,
     meta: SocketMeta,
+    /// Its data records are TLS plaintext (an intercepted connection).
+    plaintext: bool,
 }
 
 fn write_loop(
@@ -556,6 +578,7 @@ fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u32, Open>) -> Option<Event>
         detail,
         tls_ciphertext: false,
         tls_eof: false,
+        tls_plaintext: false,
     };
     match msg {
         Msg::Open {
@@ -568,7 +591,9 @@ fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u32, Open>) -> Option<Event>
             target,
             resolved,
             ret,
+            tls,
         } => {
+            let plaintext = tls.as_ref().is_some_and(|t| t.error.is_none());
             let task = Task {
                 pid,
                 tid: pid,
@@ -586,9 +611,17 @@ fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u32, Open>) -> Option<Event>
                     listen,
                     target,
                     resolved,
+                    tls,
                 },
             );
-            conns.insert(id, Open { task, meta });
+            conns.insert(
+                id,
+                Open {
+                    task,
+                    meta,
+                    plaintext,
+                },
+            );
             Some(e)
         }
         Msg::Data {
@@ -600,7 +633,8 @@ fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u32, Open>) -> Option<Event>
         } => {
             let c = conns.get(&id)?;
             let total = payload.len() as u64;
-            Some(ev(
+            let plaintext = c.plaintext;
+            let mut e = ev(
                 &c.task,
                 &c.meta,
                 ts_ns,
@@ -615,7 +649,9 @@ fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u32, Open>) -> Option<Event>
                     addr,
                     msg_index: 0,
                 },
-            ))
+            );
+            e.tls_plaintext = plaintext;
+            Some(e)
         }
         Msg::Eof { id, ts_ns, dir } => {
             let c = conns.get(&id)?;
@@ -780,6 +816,7 @@ mod tests {
             listen,
             target,
             resolved,
+            tls: None,
         } = &open.detail
         else {
             panic!("{open:?}")
@@ -846,6 +883,79 @@ mod tests {
         assert_eq!(resp.5, b"HTTP/1.0 200 OK\r\n\r\nhi");
         let fin = tcp(&packets[6]);
         assert!(fin.4 && fin.0 == std::net::Ipv4Addr::new(192, 0, 2, 7));
+    }
+
+    /// An intercepted connection: its open record says what each TLS side negotiated, its
+    /// data records are marked as plaintext; a failed interception marks nothing.
+    #[tokio::test]
+    async fn intercepted_tls_is_recorded() {
+        let leg = |alpn: &str| crate::model::TlsLeg {
+            sni: Some("example.com".into()),
+            alpn: Some(alpn.into()),
+            version: Some("TLSv1.3".into()),
+            cipher: Some("TLS13_AES_128_GCM_SHA256".into()),
+        };
+        let tls = TlsIntercepted {
+            client: leg("h2"),
+            server: leg("h2"),
+            server_cert: Some("CN=example.com".into()),
+            error: None,
+        };
+        let failed = TlsIntercepted {
+            error: Some("invalid peer certificate: UnknownIssuer".into()),
+            ..TlsIntercepted::default()
+        };
+        let evs = recorded(async |rec: &Recorder| {
+            for t in [tls.clone(), failed.clone()] {
+                let c = rec.conn("forward", Transport::Tcp, addr("127.0.0.1:40000"));
+                let to = addr("192.0.2.7:443");
+                c.open_tls(
+                    "forward",
+                    None,
+                    "example.com:443",
+                    443,
+                    Some(to),
+                    Ok(()),
+                    Some(t),
+                )
+                .await;
+                c.data(Direction::Send, Bytes::from_static(b"GET /")).await;
+                c.close(Ok(())).await;
+            }
+        })
+        .await;
+        let json: Vec<String> = evs.iter().map(crate::output::json::to_json).collect();
+        assert!(
+            json[0].ends_with(r#","resolved":"192.0.2.7:443","tls":{"client":{"sni":"example.com","alpn":"h2","version":"TLSv1.3","cipher":"TLS13_AES_128_GCM_SHA256"},"server":{"sni":"example.com","alpn":"h2","version":"TLSv1.3","cipher":"TLS13_AES_128_GCM_SHA256"},"server_cert":"CN=example.com","error":null}}"#),
+            "{}",
+            json[0]
+        );
+        assert!(json[1].ends_with(r#""payload_b64":"R0VUIC8=","tls":{"plaintext":true}}"#));
+        assert!(!json[2].contains("tls"));
+        assert!(json[3].ends_with(r#""tls":{"client":{"sni":null,"alpn":null,"version":null,"cipher":null},"server":{"sni":null,"alpn":null,"version":null,"cipher":null},"server_cert":null,"error":"invalid peer certificate: UnknownIssuer"}}"#), "{}", json[3]);
+        assert!(!json[4].contains("tls"));
+        let text = |e: &Event| {
+            let mut w = crate::output::text::TextWriter::new(Vec::new(), Default::default());
+            crate::output::EventWriter::write_event(&mut w, e).unwrap();
+            String::from_utf8(w.into_inner()).unwrap()
+        };
+        assert!(
+            text(&evs[0]).ends_with(" = 0 [tls client TLSv1.3 TLS13_AES_128_GCM_SHA256 h2, server TLSv1.3 TLS13_AES_128_GCM_SHA256 h2, sni example.com, cert CN=example.com]\n"),
+            "{}",
+            text(&evs[0])
+        );
+        assert!(
+            text(&evs[1]).ends_with("\"GET /\" [tls plaintext]\n"),
+            "{}",
+            text(&evs[1])
+        );
+        assert!(
+            text(&evs[3]).ends_with(
+                " = 0 [tls client, server, failed: invalid peer certificate: UnknownIssuer]\n"
+            ),
+            "{}",
+            text(&evs[3])
+        );
     }
 
     #[tokio::test]

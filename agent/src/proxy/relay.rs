@@ -8,6 +8,9 @@
 //!
 //! When the connection is not recorded, bulk data goes through a pipe with `splice(2)`, never
 //! entering user space.
+//!
+//! [`relay`] is for two TCP sockets; [`relay_streams`] relays any two byte streams (the
+//! plaintext sides of an intercepted TLS connection) the same way, through user space.
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -15,7 +18,7 @@ use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _, Interest};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Interest};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 
@@ -168,6 +171,48 @@ pub async fn relay(
     outcome
 }
 
+/// Relays `client` and `target`, any two byte streams (the plaintext of TLS streams), as
+/// [`relay`] does two TCP sockets: recorded through `conn` when it records, with half-close
+/// (a TLS stream's shutdown sends its close_notify) and the idle timeout. A TLS peer that
+/// closes its TCP connection without a close_notify ends its direction as a clean end would
+/// (what browsers accept too; the HTTP inside says whether the message was whole). On an
+/// error the caller decides how the other side learns it.
+pub async fn relay_streams<A, B>(
+    client: &mut A,
+    target: &mut B,
+    conn: &Conn,
+    idle: Option<Duration>,
+) -> Result<Relayed, RelayError>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let act = Activity::new();
+    let outcome = {
+        let (cr, cw) = tokio::io::split(&mut *client);
+        let (tr, tw) = tokio::io::split(&mut *target);
+        let both = async {
+            let up = copy_recorded(cr, tw, conn, Direction::Send, &act);
+            let down = copy_recorded(tr, cw, conn, Direction::Recv, &act);
+            tokio::try_join!(up, down)
+        };
+        tokio::select! {
+            r = both => r.map(|(up, down)| Relayed { up, down }),
+            d = act.idle(idle) => Err(RelayError::Idle(d)),
+        }
+    };
+    if outcome.is_ok() {
+        // The direction that ended last left its destination open (a TCP socket's close
+        // ends it; a TLS stream's close_notify must be sent): end both, briefly.
+        let end = async {
+            let _ = client.shutdown().await;
+            let _ = target.shutdown().await;
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), end).await;
+    }
+    outcome
+}
+
 fn side_of(dir: Direction, reading: bool) -> &'static str {
     match (dir, reading) {
         (Direction::Send, true) | (Direction::Recv, false) => "client",
@@ -181,8 +226,8 @@ const FIRST_READ: usize = 16 * 1024;
 
 /// One direction, recorded: each chunk read is recorded, then written.
 async fn copy_recorded(
-    mut from: ReadHalf<'_>,
-    mut to: WriteHalf<'_>,
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
     conn: &Conn,
     dir: Direction,
     act: &Activity,
@@ -192,13 +237,18 @@ async fn copy_recorded(
     let mut want = FIRST_READ;
     loop {
         buf.reserve(want);
-        let n = from
-            .read_buf(&mut buf)
-            .await
-            .map_err(|source| RelayError::Io {
-                side: side_of(dir, true),
-                source,
-            })?;
+        let n = match from.read_buf(&mut buf).await {
+            Ok(n) => n,
+            // A TLS stream's peer closed without a close_notify (a TCP read never says
+            // this): the end of its data all the same.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
+            Err(source) => {
+                return Err(RelayError::Io {
+                    side: side_of(dir, true),
+                    source,
+                });
+            }
+        };
         act.touch();
         if n == 0 {
             conn.eof(dir).await;
@@ -575,6 +625,53 @@ mod tests {
                 down: 4
             }
         );
+    }
+
+    /// [`relay_streams`] over in-memory streams (as over TLS streams): every byte both ways,
+    /// the half-close passed on, recorded as the TCP relay records.
+    #[tokio::test]
+    async fn relays_streams_recorded() {
+        let evs = recorded(async |rec: &Recorder| {
+            let (mut client_app, mut client) = tokio::io::duplex(64 * 1024);
+            let (mut target, mut server_app) = tokio::io::duplex(64 * 1024);
+            let conn = rec.conn("forward", Transport::Tcp, "127.0.0.1:1".parse().unwrap());
+            conn.open("forward", None, "t:1", 1, None, Ok(())).await;
+            let relay = async {
+                let r = relay_streams(&mut client, &mut target, &conn, None).await;
+                conn.close(Ok(())).await;
+                r.unwrap()
+            };
+            let server = async {
+                let mut got = Vec::new();
+                server_app.read_to_end(&mut got).await.unwrap();
+                server_app.write_all(b"done").await.unwrap();
+                server_app.shutdown().await.unwrap();
+                got
+            };
+            let client = async {
+                client_app.write_all(&big()).await.unwrap();
+                client_app.shutdown().await.unwrap();
+                let mut answer = Vec::new();
+                client_app.read_to_end(&mut answer).await.unwrap();
+                answer
+            };
+            let (r, got, answer) = tokio::join!(relay, server, client);
+            assert_eq!(
+                r,
+                Relayed {
+                    up: 3_000_000,
+                    down: 4
+                }
+            );
+            assert!(got == big());
+            assert_eq!(answer, b"done");
+        })
+        .await;
+        assert!(payload(&evs, Direction::Send) == big());
+        assert_eq!(payload(&evs, Direction::Recv), b"done");
+        let names: Vec<_> = evs.iter().map(|e| e.syscall_name()).collect();
+        assert_eq!(names.iter().filter(|n| **n == "shutdown").count(), 1);
+        assert_eq!(names.last(), Some(&"close"));
     }
 
     #[tokio::test]

@@ -18,6 +18,16 @@ pub enum Host {
     Name(String),
 }
 
+impl Host {
+    /// The name, or the address (IPv6 without brackets): what TLS asks the server for.
+    pub fn name(&self) -> String {
+        match self {
+            Host::Ip(ip) => ip.to_string(),
+            Host::Name(n) => n.clone(),
+        }
+    }
+}
+
 /// A target as requested: host and port.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Target {

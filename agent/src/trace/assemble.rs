@@ -620,6 +620,7 @@ impl<C: CommLookup> Assembler<C> {
             detail,
             tls_ciphertext: false,
             tls_eof: false,
+            tls_plaintext: false,
         }
     }
 }
@@ -641,6 +642,7 @@ pub fn lost_event(ts_ns: u64, events: u64, bytes: u64) -> Event {
         detail: Detail::Lost { events, bytes },
         tls_ciphertext: false,
         tls_eof: false,
+        tls_plaintext: false,
     }
 }
 

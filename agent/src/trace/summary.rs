@@ -20,7 +20,8 @@ use std::fmt::Write as _;
 
 use crate::model::{Call, Detail, Direction, Endpoint, Event, Transport};
 use crate::output::num::human_bytes;
-use crate::trace::tls::conns::{ClientHello, FirstBytes, Start};
+use crate::tls_hello::ClientHello;
+use crate::trace::tls::conns::{FirstBytes, Start};
 
 /// Most connections tracked; the data of further ones only counts in the totals.
 pub const MAX_CONNECTIONS: usize = 100_000;
@@ -500,6 +501,7 @@ mod tests {
             },
             tls_ciphertext: false,
             tls_eof: false,
+            tls_plaintext: false,
         }
     }
 
@@ -792,7 +794,7 @@ mod tests {
 
     #[test]
     fn tls_connections() {
-        use crate::trace::tls::conns::tests::{CURL_HELLO, PYTHON_HELLO};
+        use crate::tls_hello::tests::{CURL_HELLO, PYTHON_HELLO};
         let hello = |s: &mut Summary, pid, sk, payload: &'static [u8]| {
             s.add(&data_ev(
                 pid,

@@ -763,6 +763,8 @@ impl Synth {
         if let Call::Tls { func, .. } = ev.call {
             let lib = agent_common::tls_fn::lib(func).unwrap_or("a TLS library");
             let _ = write!(comment, " decrypted by {lib} ({})", ev.syscall_name());
+        } else if ev.tls_plaintext {
+            comment.push_str(" decrypted by capagent (mitm)");
         }
         if truncated || (payload.len() as u64) < total {
             let _ = write!(

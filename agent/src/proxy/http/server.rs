@@ -20,7 +20,7 @@ use super::head::RequestHead;
 use super::message::{self, Auth, Target as ReqTarget};
 use crate::model::{Direction, Transport};
 use crate::proxy::target::Target;
-use crate::proxy::{Ctx, bind_tcp, relay, serve};
+use crate::proxy::{Ctx, bind_tcp, relay, serve, tls};
 
 /// Process name of the records.
 pub const COMM: &str = "http";
@@ -177,15 +177,20 @@ async fn connect(mut client: Client, head: &RequestHead, ctx: &Ctx, opts: &HttpO
             return;
         }
     };
-    rec.open(
-        "http connect",
-        Some(client.listen),
-        target.to_string(),
-        port,
-        dialed.resolved,
-        Ok(()),
-    )
-    .await;
+    // With --tls the open record waits for the client's first bytes (proxy::tls), unless
+    // the client already sent some behind its CONNECT (they are relayed as they are).
+    let defer_open = ctx.tls.is_some() && client.buf.is_empty();
+    if !defer_open {
+        rec.open(
+            "http connect",
+            Some(client.listen),
+            target.to_string(),
+            port,
+            dialed.resolved,
+            Ok(()),
+        )
+        .await;
+    }
     let mut server = dialed.stream;
     let established = b"HTTP/1.1 200 Connection Established\r\n\r\n";
     if let Err(e) = client.send(established).await {
@@ -201,7 +206,20 @@ async fn connect(mut client: Client, head: &RequestHead, ctx: &Ctx, opts: &HttpO
         }
         client.buf.clear();
     }
-    match relay::relay(&mut client.stream, &mut server, &rec, ctx.limits.idle).await {
+    let relayed = if defer_open {
+        let opening = tls::Opening {
+            proxy: "http connect",
+            listen: Some(client.listen),
+            target: target.to_string(),
+            port,
+            resolved: dialed.resolved,
+        };
+        let host = target.host.name();
+        tls::open_and_relay(ctx, &rec, opening, &host, &mut client.stream, &mut server).await
+    } else {
+        relay::relay(&mut client.stream, &mut server, &rec, ctx.limits.idle).await
+    };
+    match relayed {
         Ok(_) => rec.close(Ok(())).await,
         Err(e) => {
             tracing::info!("http: {}: tunnel to {target}: {e}", client.peer);

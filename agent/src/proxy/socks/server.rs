@@ -23,7 +23,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use super::{Parse, SocksError, v4, v5};
 use crate::model::{Direction, Transport};
 use crate::proxy::target::{DialError, FailKind, Host, Target, resolve};
-use crate::proxy::{self, Ctx, read_message, relay};
+use crate::proxy::{self, Ctx, read_message, relay, tls};
 
 /// Process name of SOCKS records.
 pub const COMM: &str = "socks";
@@ -404,12 +404,38 @@ async fn connect(
             });
         }
     };
-    conn.open(proxy, listen, &requested, target.port, up.resolved, Ok(()))
-        .await;
+    // With --tls the open record waits for the client's first bytes (proxy::tls), unless
+    // the client already sent some (they are relayed as they are).
+    let defer_open = ctx.tls.is_some() && rest.is_empty();
+    if !defer_open {
+        conn.open(proxy, listen, &requested, target.port, up.resolved, Ok(()))
+            .await;
+    }
     let bound = up.stream.local_addr().ok();
     if let Err(e) = stream.write_all(&version.success(bound)).await {
         conn.close(Err(&e)).await;
         return Err(SessionError::Reply(e));
+    }
+    if defer_open {
+        let opening = tls::Opening {
+            proxy,
+            listen,
+            target: requested,
+            port: target.port,
+            resolved: up.resolved,
+        };
+        let host = target.host.name();
+        let r = tls::open_and_relay(ctx, &conn, opening, &host, &mut stream, &mut up.stream).await;
+        return match r {
+            Ok(_) => {
+                conn.close(Ok(())).await;
+                Ok(())
+            }
+            Err(e) => {
+                conn.close(Err(&e.io())).await;
+                Err(e.into())
+            }
+        };
     }
     if !rest.is_empty() {
         // Bytes the client sent right after its request.

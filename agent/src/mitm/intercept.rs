@@ -1,0 +1,341 @@
+//! The interceptor: a client's TLS connection is terminated with a leaf certificate of
+//! capagent's CA and re-encrypted to the real server.
+//!
+//! Upstream first: the client's ClientHello is read (rustls' [`Acceptor`]: its SNI and ALPN
+//! list), the real server is asked for the same name and protocols and verified (unless
+//! `--insecure`); then the client is answered with a leaf carrying the names of the server's
+//! certificate (plus the SNI) and offered only the protocol the server chose, so h2 stays
+//! h2 and http/1.1 stays http/1.1. When the server cannot be reached over TLS (its
+//! certificate does not verify, its handshake fails), the client gets a fatal
+//! `handshake_failure` alert instead of a certificate, and the reason is returned for the
+//! records.
+
+use std::io;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use rustls::server::{Acceptor, ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{ProtocolVersion, ServerConfig};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio_rustls::{StartHandshake, TlsConnector, client, server};
+
+use super::ca::{Ca, CaError, LeafSpec};
+use super::options::TlsOptions;
+use super::upstream::{self, Upstream, UpstreamError};
+use crate::model::{TlsIntercepted, TlsLeg};
+
+/// A fatal `handshake_failure` alert record (TLS 1.2 record version, as TLS 1.3 sends it
+/// too before the handshake): what the client gets when the real server cannot be reached
+/// over TLS. rustls sends alerts only from a connection, which there is none of then.
+const HANDSHAKE_FAILURE_ALERT: [u8; 7] = [21, 3, 3, 0, 2, 2, 40];
+/// Largest ClientHello read (several records of one; rustls' own limit is about this).
+const MAX_HELLO: usize = 64 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MitmError {
+    #[error("the CA: {0}")]
+    Ca(#[from] CaError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error("reading the client's ClientHello: {0}")]
+    ClientIo(#[source] io::Error),
+    #[error("the client's ClientHello: {0}")]
+    Hello(#[source] rustls::Error),
+    #[error("no name to ask the server for (no SNI, and {0:?} is no name or address)")]
+    NoName(String),
+    #[error("server: {0}")]
+    Server(#[source] io::Error),
+    #[error("a certificate for {names:?}: {source}")]
+    Leaf {
+        names: Vec<String>,
+        #[source]
+        source: CaError,
+    },
+    /// The client's handshake with capagent's certificate failed: it does not trust the CA
+    /// (an unknown-CA or bad-certificate alert), pins the real certificate, or went away.
+    #[error("the client rejected capagent's certificate or handshake: {0}")]
+    ClientRejected(#[source] io::Error),
+}
+
+/// Both sides of an intercepted connection, in plaintext, and what each negotiated.
+pub struct Intercepted<C, S> {
+    pub client: server::TlsStream<C>,
+    pub server: client::TlsStream<S>,
+    pub info: TlsIntercepted,
+}
+
+/// A failed interception: why, and what was learnt up to then (`info.error` says why too).
+#[derive(Debug)]
+pub struct Failed {
+    pub error: MitmError,
+    pub info: TlsIntercepted,
+}
+
+/// The interceptor every connection of a proxy shares.
+pub struct Interceptor {
+    ca: Arc<Ca>,
+    upstream: Upstream,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl Interceptor {
+    /// Loads the CA from `--ca-dir` (or its default directory), creating it when missing
+    /// (and saying so on stderr), and the roots for the real servers.
+    pub fn new(opts: &TlsOptions) -> Result<Interceptor, MitmError> {
+        let dir: PathBuf = opts.ca_dir.clone().unwrap_or_else(Ca::default_dir);
+        let (ca, created) = Ca::load_or_init(&dir)?;
+        if created {
+            eprintln!(
+                "capagent: created a CA in {} (clients must trust {} to accept intercepted connections; `capagent ca show` tells how)",
+                dir.display(),
+                ca.cert_path().display()
+            );
+        }
+        let upstream = Upstream::new(opts.upstream_ca.as_deref(), opts.insecure)?;
+        Ok(Interceptor {
+            ca: Arc::new(ca),
+            upstream,
+            provider: upstream::provider(),
+        })
+    }
+
+    /// Intercepts the TLS connection `client` opens (its ClientHello not read yet) towards
+    /// `server`, a connected stream to the real server; `host` is the CONNECT/SOCKS host or
+    /// the target address, asked for when the client sent no SNI.
+    pub async fn intercept<C, S>(
+        &self,
+        mut client: C,
+        server: S,
+        host: &str,
+    ) -> Result<Intercepted<C, S>, Box<Failed>>
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut info = TlsIntercepted::default();
+        let fail = |error: MitmError, mut info: TlsIntercepted| {
+            info.error = Some(error.to_string());
+            Box::new(Failed { error, info })
+        };
+        // 1. The ClientHello.
+        let accepted = match read_hello(&mut client).await {
+            Ok(a) => a,
+            Err(e) => return Err(fail(e, info)),
+        };
+        let hello = accepted.client_hello();
+        let sni = hello.server_name().map(str::to_string);
+        let alpn: Vec<Vec<u8>> = hello
+            .alpn()
+            .map(|protos| protos.map(<[u8]>::to_vec).collect())
+            .unwrap_or_default();
+        info.client.sni = sni.clone();
+        // 2. The real server, with that name and those protocols.
+        let Some(name) = upstream::server_name(sni.as_deref(), host) else {
+            let _ = client.write_all(&HANDSHAKE_FAILURE_ALERT).await;
+            return Err(fail(MitmError::NoName(host.to_string()), info));
+        };
+        // The SNI sent: a name (an address is asked for without one).
+        info.server.sni = match &name {
+            rustls::pki_types::ServerName::DnsName(d) => Some(d.as_ref().to_string()),
+            _ => None,
+        };
+        let config = match self.upstream.config(&alpn) {
+            Ok(c) => c,
+            Err(e) => return Err(fail(e.into(), info)),
+        };
+        let server = match TlsConnector::from(config).connect(name, server).await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = client.write_all(&HANDSHAKE_FAILURE_ALERT).await;
+                let _ = client.shutdown().await;
+                return Err(fail(MitmError::Server(e), info));
+            }
+        };
+        let up = server.get_ref().1;
+        leg(
+            &mut info.server,
+            up.protocol_version(),
+            up.negotiated_cipher_suite(),
+            up.alpn_protocol(),
+        );
+        let cert = up
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| upstream::cert_names(c));
+        info.server_cert = cert.as_ref().map(|c| c.subject.clone());
+        let chosen = up.alpn_protocol().map(<[u8]>::to_vec);
+        // 3. A leaf with the server's names (and the name the client asked for).
+        let spec = leaf_spec(sni.as_deref(), host, cert.as_ref());
+        let leaf = match self.ca.leaf(&spec) {
+            Ok(l) => l,
+            Err(source) => {
+                let _ = client.write_all(&HANDSHAKE_FAILURE_ALERT).await;
+                let mut names = spec.dns.clone();
+                names.extend(spec.ips.iter().map(IpAddr::to_string));
+                return Err(fail(MitmError::Leaf { names, source }, info));
+            }
+        };
+        // 4. The client, offered only the protocol the server chose.
+        let config = match self.server_config(leaf, chosen) {
+            Ok(c) => c,
+            Err(e) => return Err(fail(MitmError::Upstream(e.into()), info)),
+        };
+        let client = match StartHandshake::from_parts(accepted, client)
+            .into_stream(config)
+            .await
+        {
+            Ok(c) => c,
+            Err(e) => return Err(fail(MitmError::ClientRejected(e), info)),
+        };
+        let down = client.get_ref().1;
+        leg(
+            &mut info.client,
+            down.protocol_version(),
+            down.negotiated_cipher_suite(),
+            down.alpn_protocol(),
+        );
+        Ok(Intercepted {
+            client,
+            server,
+            info,
+        })
+    }
+
+    fn server_config(
+        &self,
+        leaf: Arc<CertifiedKey>,
+        alpn: Option<Vec<u8>>,
+    ) -> Result<Arc<ServerConfig>, rustls::Error> {
+        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(Leaf(leaf)));
+        config.alpn_protocols = alpn.into_iter().collect();
+        Ok(Arc::new(config))
+    }
+}
+
+/// The one leaf of a connection.
+#[derive(Debug)]
+struct Leaf(Arc<CertifiedKey>);
+
+impl ResolvesServerCert for Leaf {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// Reads the client's ClientHello into rustls' [`Acceptor`] (the stream is not read past
+/// it: the client waits for the server's answer).
+async fn read_hello<C: AsyncRead + Unpin>(
+    client: &mut C,
+) -> Result<rustls::server::Accepted, MitmError> {
+    let mut acceptor = Acceptor::default();
+    let mut buf = vec![0u8; 16 * 1024];
+    let mut read = 0usize;
+    loop {
+        let n = client.read(&mut buf).await.map_err(MitmError::ClientIo)?;
+        if n == 0 {
+            return Err(MitmError::ClientIo(io::ErrorKind::UnexpectedEof.into()));
+        }
+        read += n;
+        let mut chunk = &buf[..n];
+        while !chunk.is_empty() {
+            acceptor.read_tls(&mut chunk).map_err(MitmError::ClientIo)?;
+        }
+        match acceptor.accept() {
+            Ok(Some(accepted)) => return Ok(accepted),
+            Ok(None) if read < MAX_HELLO => {}
+            Ok(None) => {
+                return Err(MitmError::Hello(rustls::Error::General(
+                    "ClientHello too large".into(),
+                )));
+            }
+            Err((e, _alert)) => return Err(MitmError::Hello(e)),
+        }
+    }
+}
+
+/// Sets what one side negotiated.
+fn leg(
+    leg: &mut TlsLeg,
+    version: Option<ProtocolVersion>,
+    suite: Option<rustls::SupportedCipherSuite>,
+    alpn: Option<&[u8]>,
+) {
+    leg.version = version.map(version_name);
+    leg.cipher = suite.and_then(|s| s.suite().as_str().map(str::to_string));
+    leg.alpn = alpn.map(|a| String::from_utf8_lossy(a).into_owned());
+}
+
+/// `TLSv1.3`, `TLSv1.2` (as OpenSSL and Wireshark write them).
+fn version_name(v: ProtocolVersion) -> String {
+    match v {
+        ProtocolVersion::TLSv1_3 => "TLSv1.3".into(),
+        ProtocolVersion::TLSv1_2 => "TLSv1.2".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The names of the leaf: the server certificate's SAN names (DNS and IP), plus the name
+/// the client asked for (its SNI, else `host`) when the certificate does not list it as is;
+/// CN the SNI, else the certificate's CN or first name.
+pub fn leaf_spec(sni: Option<&str>, host: &str, cert: Option<&upstream::CertNames>) -> LeafSpec {
+    let mut spec = LeafSpec {
+        common_name: None,
+        dns: cert.map(|c| c.dns.clone()).unwrap_or_default(),
+        ips: cert.map(|c| c.ips.clone()).unwrap_or_default(),
+    };
+    let asked = sni.unwrap_or(host);
+    let asked = asked
+        .strip_prefix('[')
+        .and_then(|a| a.strip_suffix(']'))
+        .unwrap_or(asked);
+    match asked.parse::<IpAddr>() {
+        Ok(ip) => {
+            if !spec.ips.contains(&ip) {
+                spec.ips.push(ip);
+            }
+        }
+        Err(_) => {
+            if !asked.is_empty() && !spec.dns.iter().any(|d| d.eq_ignore_ascii_case(asked)) {
+                spec.dns.push(asked.to_string());
+            }
+        }
+    }
+    spec.common_name = sni
+        .map(str::to_string)
+        .or_else(|| cert.and_then(|c| c.common_name.clone()))
+        .or_else(|| spec.dns.first().cloned());
+    spec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leaf_names() {
+        let cert = upstream::CertNames {
+            subject: "CN=example.org".into(),
+            common_name: Some("example.org".into()),
+            dns: vec!["example.org".into(), "*.example.org".into()],
+            ips: vec![],
+        };
+        let s = leaf_spec(Some("www.example.org"), "10.0.0.1", Some(&cert));
+        assert_eq!(s.common_name.as_deref(), Some("www.example.org"));
+        assert_eq!(s.dns, ["example.org", "*.example.org", "www.example.org"]);
+        assert!(s.ips.is_empty());
+        let s = leaf_spec(Some("EXAMPLE.org"), "10.0.0.1", Some(&cert));
+        assert_eq!(s.dns, ["example.org", "*.example.org"]);
+        // No SNI: the address the client reached, the server's names as they are.
+        let s = leaf_spec(None, "10.0.0.1", Some(&cert));
+        assert_eq!(s.common_name.as_deref(), Some("example.org"));
+        assert_eq!(s.ips, ["10.0.0.1".parse::<IpAddr>().unwrap()]);
+        let s = leaf_spec(None, "[::1]", None);
+        assert_eq!(s.ips, ["::1".parse::<IpAddr>().unwrap()]);
+        assert_eq!(s.common_name, None);
+    }
+}

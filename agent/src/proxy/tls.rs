@@ -1,0 +1,182 @@
+//! `--tls` on a relayed connection: when the client's first bytes are a TLS ClientHello
+//! (peeked, nothing consumed), the connection goes through the interceptor
+//! ([`crate::mitm::intercept`]) and its plaintext is relayed and recorded; anything else is
+//! relayed as without `--tls`. The connection's `open` record waits for the outcome, so
+//! that it says what each TLS side negotiated (or why interception failed).
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpStream;
+
+use super::relay::{self, RelayError, Relayed};
+use super::{Conn, Ctx};
+use crate::tls_hello::{is_client_hello, may_start_client_hello};
+
+/// What the `open` record of a relayed connection says (see [`Conn::open`]).
+pub struct Opening {
+    pub proxy: &'static str,
+    pub listen: Option<SocketAddr>,
+    /// The target as requested.
+    pub target: String,
+    pub port: u16,
+    pub resolved: Option<SocketAddr>,
+}
+
+/// How long to wait for the rest of the first six bytes once some that may start a
+/// ClientHello are in (a client writes its ClientHello at once; this only bounds a stall).
+const PEEK_AGAIN: Duration = Duration::from_millis(5);
+
+/// Whether `client` starts with a ClientHello: false as soon as its first bytes cannot start
+/// one, it closes, or `server` speaks first (a protocol whose server greets, such as SMTP);
+/// false too when the first bytes stop short of six for `patience` (then relayed as they
+/// are).
+pub async fn client_starts_tls(client: &TcpStream, server: &TcpStream, patience: Duration) -> bool {
+    let mut buf = [0u8; 6];
+    let mut stalled = Duration::ZERO;
+    loop {
+        tokio::select! {
+            biased;
+            r = client.peek(&mut buf) => match r {
+                Ok(n) if n == buf.len() => return is_client_hello(&buf),
+                Ok(0) | Err(_) => return false,
+                Ok(n) if !may_start_client_hello(&buf[..n]) => return false,
+                // A ClientHello cut before its sixth byte: wait for the rest.
+                Ok(_) if stalled >= patience => return false,
+                Ok(_) => {
+                    tokio::time::sleep(PEEK_AGAIN).await;
+                    stalled += PEEK_AGAIN;
+                }
+            },
+            _ = server.readable() => return false,
+        }
+    }
+}
+
+/// Opens `conn` ([`Conn::open`], or [`Conn::open_tls`]) and relays `client` and `server`:
+/// intercepting TLS when the proxy has `--tls` and the client starts with a ClientHello
+/// (`host`: the name or address the client asked for, for when it sends no SNI). A failed
+/// interception is logged and recorded (its reason in the `open` record) and ends as an
+/// `EPROTO` error of the side that failed.
+pub async fn open_and_relay(
+    ctx: &Ctx,
+    conn: &Conn,
+    o: Opening,
+    host: &str,
+    client: &mut TcpStream,
+    server: &mut TcpStream,
+) -> Result<Relayed, RelayError> {
+    let Some(mitm) = &ctx.tls else {
+        conn.open(o.proxy, o.listen, o.target, o.port, o.resolved, Ok(()))
+            .await;
+        return relay::relay(client, server, conn, ctx.limits.idle).await;
+    };
+    if !client_starts_tls(client, server, ctx.limits.handshake).await {
+        conn.open(o.proxy, o.listen, o.target, o.port, o.resolved, Ok(()))
+            .await;
+        return relay::relay(client, server, conn, ctx.limits.idle).await;
+    }
+    let intercepted = tokio::time::timeout(
+        ctx.limits.handshake,
+        mitm.intercept(&mut *client, &mut *server, host),
+    )
+    .await;
+    let (side, reason, info) = match intercepted {
+        Ok(Ok(mut i)) => {
+            conn.open_tls(
+                o.proxy,
+                o.listen,
+                o.target,
+                o.port,
+                o.resolved,
+                Ok(()),
+                Some(i.info),
+            )
+            .await;
+            return relay::relay_streams(&mut i.client, &mut i.server, conn, ctx.limits.idle).await;
+        }
+        Ok(Err(failed)) => {
+            let side = match failed.error {
+                crate::mitm::intercept::MitmError::ClientRejected(_)
+                | crate::mitm::intercept::MitmError::ClientIo(_)
+                | crate::mitm::intercept::MitmError::Hello(_) => "client",
+                _ => "target",
+            };
+            (side, failed.error.to_string(), failed.info)
+        }
+        Err(_) => {
+            let reason = format!(
+                "the TLS handshakes took longer than {:?} (--handshake-timeout)",
+                ctx.limits.handshake
+            );
+            let info = crate::model::TlsIntercepted {
+                error: Some(reason.clone()),
+                ..Default::default()
+            };
+            ("target", reason, info)
+        }
+    };
+    tracing::warn!("tls: {} -> {}: {reason}", conn.client(), o.target);
+    conn.open_tls(
+        o.proxy,
+        o.listen,
+        o.target,
+        o.port,
+        o.resolved,
+        Ok(()),
+        Some(info),
+    )
+    .await;
+    Err(RelayError::Io {
+        side,
+        source: io::Error::from_raw_os_error(libc::EPROTO),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls_hello::tests::CURL_HELLO;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+
+    /// A connected pair of loopback sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = TcpStream::connect(l.local_addr().unwrap());
+        let (a, b) = tokio::join!(a, l.accept());
+        (a.unwrap(), b.unwrap().0)
+    }
+
+    #[tokio::test]
+    async fn what_the_first_bytes_tell() {
+        let long = Duration::from_secs(10);
+        // A ClientHello: yes, and nothing of it consumed.
+        let (mut app, mut client) = pair().await;
+        let (_target, server) = pair().await;
+        app.write_all(CURL_HELLO).await.unwrap();
+        assert!(client_starts_tls(&client, &server, long).await);
+        let mut first = vec![0u8; CURL_HELLO.len()];
+        client.read_exact(&mut first).await.unwrap();
+        assert_eq!(first, CURL_HELLO);
+        // Plain bytes: no.
+        let (mut app, client) = pair().await;
+        app.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        assert!(!client_starts_tls(&client, &server, long).await);
+        // The server speaks first: no, without waiting for the client.
+        let (_app, client) = pair().await;
+        let (mut target, server) = pair().await;
+        target.write_all(b"220 ready\r\n").await.unwrap();
+        assert!(!client_starts_tls(&client, &server, long).await);
+        // Three bytes that may start one, then nothing: no, after the patience.
+        let (mut app, client) = pair().await;
+        let (_target, server) = pair().await;
+        app.write_all(&CURL_HELLO[..3]).await.unwrap();
+        assert!(!client_starts_tls(&client, &server, Duration::from_millis(20)).await);
+        // The client closes: no.
+        let (app, client) = pair().await;
+        drop(app);
+        assert!(!client_starts_tls(&client, &server, long).await);
+    }
+}
