@@ -18,6 +18,8 @@ pub struct Proc {
     lines: Receiver<String>,
     seen: Vec<String>,
     stderr: Arc<Mutex<String>>,
+    /// Closed by the stderr reader at end of file (every writer gone).
+    stderr_eof: Receiver<()>,
 }
 
 impl Proc {
@@ -51,7 +53,9 @@ impl Proc {
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut err = child.stderr.take().unwrap();
         let sink = stderr.clone();
+        let (eof_tx, stderr_eof) = mpsc::channel::<()>();
         thread::spawn(move || {
+            let _eof = eof_tx;
             let mut buf = [0u8; 4096];
             while let Ok(n) = err.read(&mut buf) {
                 if n == 0 {
@@ -68,6 +72,7 @@ impl Proc {
             lines: rx,
             seen: Vec::new(),
             stderr,
+            stderr_eof,
         }
     }
 
@@ -166,10 +171,15 @@ impl Proc {
         err
     }
 
-    /// Waits for the process to exit; kills it and panics after `timeout`.
+    /// Waits for the process to exit, and for the last of its stderr (the reader may still
+    /// be copying it); kills it and panics after `timeout`.
     pub fn wait(&mut self, timeout: Duration) -> ExitStatus {
         match wait_timeout(&mut self.child, timeout) {
-            Some(st) => st,
+            Some(st) => {
+                // End of file once no process holds the pipe (a child of it might: bounded).
+                let _ = self.stderr_eof.recv_timeout(Duration::from_secs(5));
+                st
+            }
             None => panic!(
                 "{} did not exit within {timeout:?}; stdout {:?}; stderr {:?}",
                 self.name,
