@@ -459,6 +459,7 @@ fn tls_plaintext_stream_dissected_as_http() {
             sock: Some(sock.clone()),
             detail,
             tls_ciphertext: ciphertext,
+            unfinished: false,
         }
     };
     let data = |dir, bytes: &'static [u8]| Detail::Data {

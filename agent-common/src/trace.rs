@@ -209,6 +209,10 @@ pub mod flags {
     pub const SOCK_VALID: u16 = 8;
     /// DATA: the last message of a sendmmsg/recvmmsg call.
     pub const LAST_MSG: u16 = 16;
+    /// TLS: the call had not returned when its process exited (a Go `Write` whose write
+    /// syscall was made): the record holds the whole buffer the call was given, `ret` its
+    /// length, and the time of that syscall; whether it sent all of it is not known.
+    pub const UNFINISHED: u16 = 32;
 }
 
 /// Endpoints of a kernel socket, read from `struct sock` at the time of the call.

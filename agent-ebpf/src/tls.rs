@@ -277,7 +277,7 @@ pub(crate) fn finish(id: u64, call: &Finished, sock: &mut SockInfo) {
         *sock = SockInfo::default();
     }
     emit_tls(
-        call.func, call.conn, call.ret, fd, sock, valid, call.buf, total, 0,
+        call.func, call.conn, call.ret, fd, sock, valid, call.buf, total, 0, 0,
     );
 }
 

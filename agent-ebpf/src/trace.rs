@@ -771,7 +771,8 @@ fn emit_payload(
 /// Emits the plaintext of one TLS library call as TLS records: `total` bytes at `buf` in
 /// the process, moved by TLS function `func` (a `tls_fn` id) on connection object `conn`;
 /// `ret` is what the header reports, `fd`/`sock` the socket (`valid` false: unknown);
-/// `ts_ns` the record's time when not now (0: now).
+/// `ts_ns` the record's time when not now (0: now); `extra_flags` added to each chunk's
+/// (`flags::UNFINISHED`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn emit_tls(
@@ -784,6 +785,7 @@ pub(crate) fn emit_tls(
     buf: u64,
     total: u64,
     ts_ns: u64,
+    extra_flags: u16,
 ) {
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return;
@@ -798,7 +800,7 @@ pub(crate) fn emit_tls(
         ev._pad = 0;
         ev.conn = conn;
     }
-    emit_chunks(s, Payload::Tls, buf, 0, 0, total, 0);
+    emit_chunks(s, Payload::Tls, buf, 0, 0, total, extra_flags);
 }
 
 /// Emits the chunks of the payload record whose header is in `s` (the scratch map): `total`
@@ -1201,6 +1203,11 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let tgid = (id >> 32) as u32;
+    if cfg!(tls) != 0 {
+        // Before the EXIT record (the process's memory is still there: on 6.16+ this
+        // tracepoint comes before exit_mm()).
+        tls_go::flush_pending(id);
+    }
     if is_traced(tgid) {
         // do_exit() has stored the wait status in task_struct.exit_code by now.
         let task = unsafe { bpf_get_current_task() };

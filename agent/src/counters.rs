@@ -232,6 +232,7 @@ mod tests {
             }),
             detail,
             tls_ciphertext: false,
+            unfinished: false,
         }
     }
 

@@ -228,6 +228,10 @@ pub struct Event {
     /// The payload of this syscall record is TLS ciphertext: its connection is known to carry
     /// TLS (it began with a ClientHello, or a TLS library's plaintext was seen on it).
     pub tls_ciphertext: bool,
+    /// The call had not returned when its process exited (a Go TLS `Write` whose write
+    /// syscall was made, `agent_common::flags::UNFINISHED`): the payload is the whole buffer
+    /// the call was given, `ret` its length, not a returned value.
+    pub unfinished: bool,
 }
 
 impl Event {

@@ -47,7 +47,9 @@
 //! - `payload_b64`: the captured bytes in standard base64, lossless.
 //! - `tls` (TLS only): a TLS library call (`trace --tls`, `syscall` is the function):
 //!   `{"lib":"openssl","fn":"SSL_write","conn":"0x55d0c0a1b2c0"}` (library family, function,
-//!   the library's connection object as a hex string); a syscall record of a connection known
+//!   the library's connection object as a hex string), plus `"unfinished":true` when the call
+//!   had not returned when its process exited (`ret` is then the length of the buffer the
+//!   call was given, the payload that buffer); a syscall record of a connection known
 //!   to carry TLS: `{"ciphertext":true}`. Absent otherwise.
 //!
 //! Type `sock` adds (always):
@@ -381,7 +383,11 @@ fn push_tls(out: &mut Vec<u8>, ev: &Event) {
         push_json_str(out, ev.syscall_name());
         out.extend_from_slice(b",\"conn\":\"");
         push_hex(out, conn);
-        out.extend_from_slice(b"\"}");
+        out.push(b'"');
+        if ev.unfinished {
+            out.extend_from_slice(b",\"unfinished\":true");
+        }
+        out.push(b'}');
     } else if ev.tls_ciphertext {
         out.extend_from_slice(b",\"tls\":{\"ciphertext\":true}");
     }
@@ -738,6 +744,8 @@ pub(crate) mod tests {
                 #[serde(rename = "fn")]
                 func: &'static str,
                 conn: String,
+                #[serde(skip_serializing_if = "std::ops::Not::not")]
+                unfinished: bool,
             },
             Ciphertext {
                 ciphertext: bool,
@@ -887,6 +895,7 @@ pub(crate) mod tests {
                             lib: agent_common::tls_fn::lib(func),
                             func: ev.syscall_name(),
                             conn: format!("{conn:#x}"),
+                            unfinished: ev.unfinished,
                         }),
                         _ if ev.tls_ciphertext => Some(Tls::Ciphertext { ciphertext: true }),
                         _ => None,
@@ -1050,6 +1059,7 @@ pub(crate) mod tests {
                 sock,
                 detail,
                 tls_ciphertext: self.below(4) == 0,
+                unfinished: self.below(8) == 0,
             }
         }
     }

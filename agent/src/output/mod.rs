@@ -258,6 +258,7 @@ mod bench {
                 msg_index: 0,
             },
             tls_ciphertext: false,
+            unfinished: false,
         }
     }
 

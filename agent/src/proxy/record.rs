@@ -555,6 +555,7 @@ fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u32, Open>) -> Option<Event>
         sock: Some(meta.clone()),
         detail,
         tls_ciphertext: false,
+        unfinished: false,
     };
     match msg {
         Msg::Open {

@@ -617,6 +617,7 @@ impl<C: CommLookup> Assembler<C> {
             sock: self.socket(hdr),
             detail,
             tls_ciphertext: false,
+            unfinished: hdr.flags & flags::UNFINISHED != 0,
         }
     }
 }
@@ -637,6 +638,7 @@ pub fn lost_event(ts_ns: u64, events: u64, bytes: u64) -> Event {
         sock: None,
         detail: Detail::Lost { events, bytes },
         tls_ciphertext: false,
+        unfinished: false,
     }
 }
 

@@ -499,6 +499,7 @@ mod tests {
                 msg_index: 0,
             },
             tls_ciphertext: false,
+            unfinished: false,
         }
     }
 

@@ -35,6 +35,7 @@ fn ev(syscall: u16, ret: i64, sock: Option<SocketMeta>, detail: Detail) -> Event
         sock,
         detail,
         tls_ciphertext: false,
+        unfinished: false,
     }
 }
 

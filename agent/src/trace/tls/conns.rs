@@ -447,6 +447,7 @@ pub(crate) mod tests {
                 msg_index: 0,
             },
             tls_ciphertext: false,
+            unfinished: false,
         }
     }
 
