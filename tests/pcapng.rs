@@ -461,6 +461,7 @@ fn tls_plaintext_stream_dissected_as_http() {
             tls_ciphertext: ciphertext,
             tls_eof: false,
             tls_plaintext: false,
+            unfinished: false,
         }
     };
     let data = |dir, bytes: &'static [u8]| Detail::Data {

@@ -274,6 +274,10 @@ pub mod flags {
     /// it apart, at the inner function of `SSL_read`/`SSL_read_ex` (its 0 is that end, -1 any
     /// other failure: `SSL_read_ex` makes both 0).
     pub const TLS_EOF: u16 = 32;
+    /// TLS: the call had not returned when its process exited (a Go `Write` whose write
+    /// syscall was made): the record holds the whole buffer the call was given, `ret` its
+    /// length, and the time of that syscall; whether it sent all of it is not known.
+    pub const UNFINISHED: u16 = 64;
 }
 
 /// Endpoints of a kernel socket, read from `struct sock` at the time of the call.

@@ -20,7 +20,7 @@
 //! the `*tls.Conn`, which Go's garbage collector does not move), kept only while the fd
 //! holds the same socket; else fd -1.
 
-use agent_common::{SockInfo, tls_fn};
+use agent_common::{SockInfo, flags, tls_fn};
 use aya_ebpf::{
     EbpfContext,
     bindings::pt_regs,
@@ -175,6 +175,9 @@ pub fn go_tls_ret(ctx: ProbeContext) -> u32 {
         c.ts_ns,
         0,
     );
+    if func == tls_fn::GO_WRITE as u32 {
+        pending_done(k);
+    }
     let _ = GO_CALLS.remove(&k);
     0
 }
@@ -202,5 +205,121 @@ pub(crate) fn note_fd(id: u64, regs: u64, fd: i64, sock: &SockInfo) {
     c.ts_ns = unsafe { bpf_ktime_get_boot_ns() };
     if c.func == tls_fn::GO_READ as u32 || c.func == tls_fn::GO_WRITE as u32 {
         remember(id, c.conn, fd, sk);
+    }
+    if c.func == tls_fn::GO_WRITE as u32 {
+        pending_add(id, g);
+    }
+}
+
+/// How many `Write` calls per process [`GO_PENDING`] holds.
+const PENDING_MAX: usize = 4;
+
+/// Per process: the goroutines in a `(*Conn).Write` whose write syscall was made (0: a free
+/// slot), so that the process's exit can still report them ([`flush_pending`]) without
+/// walking `GO_CALLS`. Go's HTTP client writes a request in its own goroutine: when the
+/// program exits right after reading the response, that goroutine may never have run to
+/// the RET of its `Write`, whose bytes were sent all the same.
+#[map]
+static GO_PENDING: LruHashMap<u32, Pending> = LruHashMap::with_max_entries(16384, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Pending {
+    g: [u64; PENDING_MAX],
+}
+
+/// Notes goroutine `g` of the current process as in a `Write` whose syscall was made.
+/// Beyond [`PENDING_MAX`] such goroutines at once, the others are not noted (their
+/// `Write` is then reported at its RET only).
+#[inline(always)]
+fn pending_add(id: u64, g: u64) {
+    let tgid = (id >> 32) as u32;
+    let slot = match GO_PENDING.get_ptr_mut(&tgid) {
+        Some(slot) => slot,
+        None => {
+            // BPF_NOEXIST: another thread's concurrent insert is not overwritten.
+            let _ = GO_PENDING.insert(
+                &tgid,
+                &Pending {
+                    g: [0; PENDING_MAX],
+                },
+                1,
+            );
+            let Some(slot) = GO_PENDING.get_ptr_mut(&tgid) else {
+                return;
+            };
+            slot
+        }
+    };
+    // SAFETY: a map value. (The BPF target has no compare-and-swap: two goroutines of one
+    // process noted at the same instant may take the same free slot, and one of them is
+    // then reported at its RET only.)
+    let p = unsafe { &mut *slot };
+    let mut free = PENDING_MAX;
+    for i in 0..PENDING_MAX {
+        if p.g[i] == g {
+            return;
+        }
+        if p.g[i] == 0 && free == PENDING_MAX {
+            free = i;
+        }
+    }
+    if free < PENDING_MAX {
+        p.g[free] = g;
+    }
+}
+
+/// The `Write` of goroutine `k.g` returned: it is no longer pending.
+#[inline(always)]
+fn pending_done(k: GoKey) {
+    let Some(slot) = GO_PENDING.get_ptr_mut(&k.tgid) else {
+        return;
+    };
+    // SAFETY: a map value; only this goroutine's thread clears its own slot.
+    let p = unsafe { &mut *slot };
+    for i in 0..PENDING_MAX {
+        if p.g[i] == k.g {
+            p.g[i] = 0;
+        }
+    }
+}
+
+/// From `sched_process_exit` of the process's last thread (its memory still mapped): each
+/// pending `Write` ([`GO_PENDING`]) is reported with its whole buffer, flagged
+/// `UNFINISHED`, on the socket and at the time of its syscall.
+#[inline(always)]
+pub(crate) fn flush_pending(id: u64) {
+    let tgid = (id >> 32) as u32;
+    // SAFETY: a map value read by copy.
+    let Some(p) = (unsafe { GO_PENDING.get(&tgid) }).copied() else {
+        return;
+    };
+    let _ = GO_PENDING.remove(&tgid);
+    for i in 0..PENDING_MAX {
+        let g = p.g[i];
+        if g == 0 {
+            continue;
+        }
+        let k = key(id, g);
+        let Some(slot) = GO_CALLS.get_ptr_mut(&k) else {
+            continue;
+        };
+        // SAFETY: a map value; the process's threads are all gone.
+        let c = unsafe { &mut *slot };
+        if c.func == tls_fn::GO_WRITE as u32 && c.fd >= 0 {
+            emit_tls(
+                tls_fn::GO_WRITE,
+                c.conn,
+                c.len as i64,
+                c.fd,
+                &c.sock,
+                true,
+                c.buf,
+                c.len,
+                c.ts_ns,
+                flags::UNFINISHED,
+            );
+        }
+        let _ = GO_CALLS.remove(&k);
     }
 }

@@ -772,7 +772,7 @@ fn emit_payload(
 /// the process, moved by TLS function `func` (a `tls_fn` id) on connection object `conn`;
 /// `ret` is what the header reports, `fd`/`sock` the socket (`valid` false: unknown);
 /// `ts_ns` the record's time when not now (0: now); `extra_flags` added to every record's
-/// flags (`flags::TLS_EOF`).
+/// flags (`flags::TLS_EOF`, `flags::UNFINISHED`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn emit_tls(
@@ -1203,6 +1203,11 @@ pub fn sched_process_exit(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let tgid = (id >> 32) as u32;
+    if cfg!(tls) != 0 {
+        // Before the EXIT record (the process's memory is still there: on 6.16+ this
+        // tracepoint comes before exit_mm()).
+        tls_go::flush_pending(id);
+    }
     if is_traced(tgid) {
         // do_exit() has stored the wait status in task_struct.exit_code by now.
         let task = unsafe { bpf_get_current_task() };

@@ -234,6 +234,7 @@ mod tests {
             tls_ciphertext: false,
             tls_eof: false,
             tls_plaintext: false,
+            unfinished: false,
         }
     }
 

@@ -266,6 +266,10 @@ pub struct Event {
     /// The payload of this relay record is TLS plaintext capagent decrypted itself (a proxy's
     /// `--tls` interception: the connection's `open` record says how).
     pub tls_plaintext: bool,
+    /// The call had not returned when its process exited (a Go TLS `Write` whose write
+    /// syscall was made, `agent_common::flags::UNFINISHED`): the payload is the whole buffer
+    /// the call was given, `ret` its length, not a returned value.
+    pub unfinished: bool,
 }
 
 impl Event {

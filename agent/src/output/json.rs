@@ -47,8 +47,10 @@
 //! - `payload_b64`: the captured bytes in standard base64, lossless.
 //! - `tls` (TLS only): a TLS library call (`trace --tls`, `syscall` is the function):
 //!   `{"lib":"openssl","fn":"SSL_write","conn":"0x55d0c0a1b2c0"}` (library family, function,
-//!   the library's connection object as a hex string); a syscall record of a connection known
-//!   to carry TLS: `{"ciphertext":true}`; a proxy record of a connection whose TLS the proxy
+//!   the library's connection object as a hex string), plus `"unfinished":true` when the call
+//!   had not returned when its process exited (`ret` is then the length of the buffer the
+//!   call was given, the payload that buffer); a syscall record of a connection known to
+//!   carry TLS: `{"ciphertext":true}`; a proxy record of a connection whose TLS the proxy
 //!   intercepted (`--tls`), its payload the plaintext: `{"plaintext":true}`. Absent otherwise.
 //!
 //! Type `sock` adds (always):
@@ -391,7 +393,11 @@ fn push_tls(out: &mut Vec<u8>, ev: &Event) {
         push_json_str(out, ev.syscall_name());
         out.extend_from_slice(b",\"conn\":\"");
         push_hex(out, conn);
-        out.extend_from_slice(b"\"}");
+        out.push(b'"');
+        if ev.unfinished {
+            out.extend_from_slice(b",\"unfinished\":true");
+        }
+        out.push(b'}');
     } else if ev.tls_ciphertext {
         out.extend_from_slice(b",\"tls\":{\"ciphertext\":true}");
     } else if ev.tls_plaintext {
@@ -775,6 +781,8 @@ pub(crate) mod tests {
                 #[serde(rename = "fn")]
                 func: &'static str,
                 conn: String,
+                #[serde(skip_serializing_if = "std::ops::Not::not")]
+                unfinished: bool,
             },
             Ciphertext {
                 ciphertext: bool,
@@ -924,6 +932,7 @@ pub(crate) mod tests {
                             lib: agent_common::tls_fn::lib(func),
                             func: ev.syscall_name(),
                             conn: format!("{conn:#x}"),
+                            unfinished: ev.unfinished,
                         }),
                         _ if ev.tls_ciphertext => Some(Tls::Ciphertext { ciphertext: true }),
                         _ => None,
@@ -1089,6 +1098,7 @@ pub(crate) mod tests {
                 tls_ciphertext: self.below(4) == 0,
                 tls_eof: false,
                 tls_plaintext: false,
+                unfinished: self.below(8) == 0,
             }
         }
     }

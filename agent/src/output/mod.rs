@@ -260,6 +260,7 @@ mod bench {
             tls_ciphertext: false,
             tls_eof: false,
             tls_plaintext: false,
+            unfinished: false,
         }
     }
 

@@ -180,6 +180,10 @@ fn format_into(s: &mut String, ev: &Event, cfg: &TextConfig) {
                 }
             } else if ev.ret < 0 {
                 ret_into(s, ev.ret);
+            } else if ev.unfinished {
+                // Like strace's `= ?`: the call never returned (its process exited).
+                s.push_str(" = ? ");
+                escape::preview_into(s, payload, cfg.max_preview);
             } else {
                 s.push_str(" = ");
                 s.push_str(Dec::u64(*total).as_str());
@@ -195,6 +199,9 @@ fn format_into(s: &mut String, ev: &Event, cfg: &TextConfig) {
                 s.push_str(" of ");
                 s.push_str(Dec::u64(*total).as_str());
                 s.push_str(" bytes captured)");
+            }
+            if ev.unfinished && ev.ret >= 0 {
+                s.push_str(" [unfinished]");
             }
             if ev.tls_ciphertext {
                 s.push_str(" [tls]");
@@ -749,6 +756,7 @@ pub(crate) mod tests {
             tls_ciphertext: false,
             tls_eof: false,
             tls_plaintext: false,
+            unfinished: false,
         }
     }
 
@@ -1292,7 +1300,11 @@ pub(crate) mod tests {
             ret_into(s, ev.ret);
             return format!("{s}{tls}");
         }
-        let _ = write!(s, " = {total} ");
+        if ev.unfinished {
+            s.push_str(" = ? ");
+        } else {
+            let _ = write!(s, " = {total} ");
+        }
         s.push_str(&escape::preview(payload, cfg.max_preview));
         if *truncated {
             if payload.len() <= cfg.max_preview {
@@ -1300,7 +1312,8 @@ pub(crate) mod tests {
             }
             let _ = write!(s, " ({} of {total} bytes captured)", payload.len());
         }
-        format!("{s}{tls}")
+        let unfinished = if ev.unfinished { " [unfinished]" } else { "" };
+        format!("{s}{unfinished}{tls}")
     }
 
     #[test]

@@ -579,6 +579,7 @@ fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u32, Open>) -> Option<Event>
         tls_ciphertext: false,
         tls_eof: false,
         tls_plaintext: false,
+        unfinished: false,
     };
     match msg {
         Msg::Open {

@@ -621,6 +621,7 @@ impl<C: CommLookup> Assembler<C> {
             tls_ciphertext: false,
             tls_eof: false,
             tls_plaintext: false,
+            unfinished: hdr.flags & flags::UNFINISHED != 0,
         }
     }
 }
@@ -643,6 +644,7 @@ pub fn lost_event(ts_ns: u64, events: u64, bytes: u64) -> Event {
         tls_ciphertext: false,
         tls_eof: false,
         tls_plaintext: false,
+        unfinished: false,
     }
 }
 

@@ -502,6 +502,7 @@ mod tests {
             tls_ciphertext: false,
             tls_eof: false,
             tls_plaintext: false,
+            unfinished: false,
         }
     }
 

@@ -37,6 +37,7 @@ fn ev(syscall: u16, ret: i64, sock: Option<SocketMeta>, detail: Detail) -> Event
         tls_ciphertext: false,
         tls_eof: false,
         tls_plaintext: false,
+        unfinished: false,
     }
 }
 

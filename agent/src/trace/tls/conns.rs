@@ -243,6 +243,7 @@ pub(crate) mod tests {
             tls_ciphertext: false,
             tls_eof: false,
             tls_plaintext: false,
+            unfinished: false,
         }
     }
 
