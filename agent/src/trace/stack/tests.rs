@@ -380,3 +380,127 @@ fn curl_waiting_for_an_answer() {
     // gdb's whole bt, frame by frame (same return addresses; same names where gdb has one).
     compare_with_gdb(&frames, &gdb, None);
 }
+
+/// A stack of frame-pointer frames at `sp`, one per return address of `returns`, each
+/// frame 0x20 bytes: `[bp] = next bp, [bp + 8] = return address`. Returns (bp, bytes).
+fn fp_stack(sp: u64, returns: &[u64]) -> (u64, Vec<u8>) {
+    let mut bytes = vec![0u8; 0x10 + 0x20 * returns.len() + 0x10];
+    for (i, r) in returns.iter().enumerate() {
+        let at = 0x10 + 0x20 * i;
+        let next = if i + 1 < returns.len() {
+            sp + at as u64 + 0x20
+        } else {
+            0
+        };
+        bytes[at..at + 8].copy_from_slice(&next.to_le_bytes());
+        bytes[at + 8..at + 16].copy_from_slice(&r.to_le_bytes());
+    }
+    (sp + 0x10, bytes)
+}
+
+/// Code in no file (JIT): unwound through frame pointers, named by /tmp/perf-PID.map;
+/// an address nothing names is counted unresolved.
+#[test]
+fn jit_frames_by_frame_pointer_and_perf_map() {
+    let pid = std::process::id();
+    let perf_map = PathBuf::from(format!("/tmp/perf-{pid}.map"));
+    std::fs::write(&perf_map, "1000 100 jit::f\n2000 100 jit::g\n").unwrap();
+    let mut stacks = Stacks::new();
+    stacks.note_process(pid);
+    std::fs::remove_file(&perf_map).unwrap();
+    let sp = 0x7000_0000_0000;
+    let (bp, stack) = fp_stack(sp, &[0x2010, 0x5555]);
+    let s = Sample {
+        pid,
+        tid: pid,
+        ip: 0x1010,
+        sp,
+        bp,
+        stack: &stack,
+    };
+    let frames = stacks.unwind(&s);
+    let got: Vec<(u64, Option<&str>, u64)> = frames
+        .iter()
+        .map(|f| (f.addr, f.function.as_deref(), f.offset))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (0x1010, Some("jit::f"), 0x10),
+            (0x2010, Some("jit::g"), 0x10),
+            (0x5555, None, 0)
+        ]
+    );
+    assert!(
+        frames
+            .iter()
+            .all(|f| f.module.is_none() && f.file.is_none())
+    );
+    assert_eq!(stacks.unresolved(), 1);
+}
+
+/// At most MAX_FRAMES frames, and garbage (a frame-pointer loop, random bytes) ends the
+/// stack without error.
+#[test]
+fn bounded_and_stops_on_garbage() {
+    let pid = std::process::id();
+    let mut stacks = Stacks::new();
+    stacks.note_process(pid);
+    let sp = 0x7000_0000_0000;
+    let returns: Vec<u64> = (0..300).map(|i| 0x10000 + i * 0x10).collect();
+    let (bp, stack) = fp_stack(sp, &returns);
+    let s = Sample {
+        pid,
+        tid: pid,
+        ip: 0x1000,
+        sp,
+        bp,
+        stack: &stack,
+    };
+    let frames = stacks.unwind(&s);
+    assert_eq!(frames.len(), MAX_FRAMES);
+    assert_eq!(frames[1].addr, 0x10000);
+    assert_eq!(frames[127].addr, 0x10000 + 126 * 0x10);
+
+    // bp pointing at itself: the stack pointer would not grow.
+    let mut looped = vec![0u8; 64];
+    looped[0..8].copy_from_slice(&sp.to_le_bytes());
+    looped[8..16].copy_from_slice(&0x4000u64.to_le_bytes());
+    let s = Sample {
+        bp: sp,
+        stack: &looped,
+        ..s
+    };
+    assert!(stacks.unwind(&s).len() < 4);
+
+    // Random words (xorshift), random registers.
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for _ in 0..50 {
+        let stack: Vec<u8> = (0..512).flat_map(|_| next().to_le_bytes()).collect();
+        let s = Sample {
+            pid,
+            tid: pid,
+            ip: next(),
+            sp,
+            bp: sp + (next() % 4096),
+            stack: &stack,
+        };
+        assert!(stacks.unwind(&s).len() <= MAX_FRAMES);
+    }
+    // An empty stack: the ip alone.
+    let s = Sample {
+        pid,
+        tid: pid,
+        ip: 0x1000,
+        sp,
+        bp: sp,
+        stack: &[],
+    };
+    assert_eq!(stacks.unwind(&s).len(), 1);
+}
