@@ -17,7 +17,7 @@
 //!   process that has exited is still unwound and symbolized.
 
 mod module;
-mod perfmap;
+pub mod perfmap;
 
 use std::{collections::HashMap, sync::Arc};
 

@@ -17,7 +17,7 @@ impl PerfMap {
     }
 
     /// Parses a perf map text; unparsable lines are left out. A later line for the same
-    /// start wins (a JIT may rewrite code in place).
+    /// start wins; overlapping symbols are cut where the next one starts.
     pub fn parse(text: &[u8]) -> PerfMap {
         let mut symbols = Vec::new();
         for line in text.split(|&b| b == b'\n') {
@@ -33,25 +33,39 @@ impl PerfMap {
             let (Some(start), Some(size)) = (hex(start), hex(size)) else {
                 continue;
             };
-            if size == 0 || name.is_empty() {
+            let end = start.saturating_add(size);
+            if end <= start || name.is_empty() {
                 continue;
             }
-            symbols.push((start, start.saturating_add(size), Arc::from(name)));
+            symbols.push((start, end, Arc::from(name)));
         }
-        // Stable: equal starts keep their file order; the last one is found first below.
+        // Stable: equal starts keep their file order, and the last one stays (a JIT may
+        // rewrite code in place); a symbol overlapping the next one ends where it starts.
         symbols.sort_by_key(|s| s.0);
-        PerfMap { symbols }
+        let mut kept: Vec<(u64, u64, Arc<str>)> = Vec::with_capacity(symbols.len());
+        for s in symbols {
+            match kept.last_mut() {
+                Some(last) if last.0 == s.0 => *last = s,
+                _ => kept.push(s),
+            }
+        }
+        for i in 1..kept.len() {
+            let next = kept[i].0;
+            kept[i - 1].1 = kept[i - 1].1.min(next);
+        }
+        PerfMap { symbols: kept }
+    }
+
+    /// The symbols: (start, end, name), sorted by start.
+    pub fn symbols(&self) -> &[(u64, u64, Arc<str>)] {
+        &self.symbols
     }
 
     /// The name and start of the symbol holding `addr`.
     pub fn lookup(&self, addr: u64) -> Option<(Arc<str>, u64)> {
         let i = self.symbols.partition_point(|s| s.0 <= addr);
-        self.symbols[..i]
-            .iter()
-            .rev()
-            .take(16)
-            .find(|s| addr < s.1)
-            .map(|s| (s.2.clone(), s.0))
+        let s = self.symbols.get(i.checked_sub(1)?)?;
+        (addr < s.1).then(|| (s.2.clone(), s.0))
     }
 }
 
@@ -63,21 +77,24 @@ mod tests {
     fn parses_and_looks_up() {
         let m = PerfMap::parse(
             b"7f0000001000 40 py::main:/tmp/x.py\n0x7f0000002000 0x10 LazyCompile:*f a.js:3\n\
-              junk\n7f0000001000 20 py::newer:/tmp/x.py\n",
+              junk\n7f0000001000 20 py::newer:/tmp/x.py\n7f0000001f00 200 big\n",
         );
         assert_eq!(
             m.lookup(0x7f0000001010).unwrap().0.as_ref(),
             "py::newer:/tmp/x.py"
         );
-        assert_eq!(
-            m.lookup(0x7f0000001030),
-            Some((Arc::from("py::main:/tmp/x.py"), 0x7f0000001000))
-        );
+        assert_eq!(m.lookup(0x7f0000001030), None, "replaced by the later line");
         assert_eq!(
             m.lookup(0x7f000000200f).unwrap().0.as_ref(),
             "LazyCompile:*f a.js:3"
         );
         assert_eq!(m.lookup(0x7f0000002010), None);
+        // "big" overlaps the next symbol: cut at its start.
+        assert_eq!(m.lookup(0x7f0000001fff).unwrap().0.as_ref(), "big");
+        assert_eq!(
+            m.lookup(0x7f0000002000).unwrap().0.as_ref(),
+            "LazyCompile:*f a.js:3"
+        );
         assert_eq!(m.lookup(0x10), None);
     }
 }
