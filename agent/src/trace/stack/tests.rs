@@ -352,7 +352,12 @@ fn curl_waiting_for_an_answer() {
     wait_in_syscall(pid, &waits.map(|n| n as u64));
     let mut stacks = Stacks::new();
     let cap = capture(pid);
+    let cold = Instant::now();
     let frames = stacks.unwind(&cap.sample(pid));
+    let cold = cold.elapsed();
+    let warm = Instant::now();
+    assert_eq!(stacks.unwind(&cap.sample(pid)), frames);
+    eprintln!("curl: unwind {:?} cold, {:?} cached", cold, warm.elapsed());
     let gdb = gdb_bt(pid);
     conn.flush().unwrap();
     kill(child);
