@@ -7,11 +7,13 @@
 //! - `assemble`: payload chunks to whole calls (`model::Event`).
 //! - `summary`: per-connection totals printed at exit.
 //! - `tls`: `--tls`, the plaintext inside TLS libraries (uprobes).
+//! - `stack`: `--stack`, user stacks unwound (DWARF CFI, frame pointers) and symbolized.
 
 pub mod assemble;
 pub mod command;
 pub mod decode;
 pub mod run;
 pub mod sockaddr;
+pub mod stack;
 pub mod summary;
 pub mod tls;

@@ -410,7 +410,7 @@ fn detach_all(mut links: Vec<UProbeLink>) {
 /// `/proc/PID/root` (its mount namespace: containers), or, when the path now names another
 /// file or none (deleted, replaced), through `/proc/PID/map_files/`. Returns the path
 /// opened (what the uprobe is attached to) and the file.
-fn open_mapped(pid: u32, m: &Mapping) -> std::io::Result<(PathBuf, File)> {
+pub(crate) fn open_mapped(pid: u32, m: &Mapping) -> std::io::Result<(PathBuf, File)> {
     let same = |f: &File| {
         f.metadata().is_ok_and(|st| {
             st.ino() == m.inode
