@@ -590,11 +590,14 @@ pub mod maps {
     /// `trace --tls`: the Go `(*Conn).Read`/`Write` call each goroutine is in (key: tgid and
     /// goroutine).
     pub const GO_CALLS: &str = "GO_CALLS";
+    /// `trace --tls`: per process, the goroutines of the Go `Write`s whose syscall was made
+    /// and whose RET is not reached yet (reported at the process's exit).
+    pub const GO_PENDING: &str = "GO_PENDING";
     /// The maps only `trace --tls` uses (made as small as can be without it).
-    pub const TLS: &[&str] = &[TLS_CALLS, TLS_CONNS, TLS_SEEN, GO_CALLS];
+    pub const TLS: &[&str] = &[TLS_CALLS, TLS_CONNS, TLS_SEEN, GO_CALLS, GO_PENDING];
     pub const ALL: &[&str] = &[
         EVENTS, TRACED, PAUSED, ARGS, FDS, SCRATCH, COPY, COUNTERS, TLS_CALLS, TLS_CONNS, TLS_SEEN,
-        GO_CALLS,
+        GO_CALLS, GO_PENDING,
     ];
 }
 
