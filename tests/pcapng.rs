@@ -460,6 +460,7 @@ fn tls_plaintext_stream_dissected_as_http() {
             detail,
             tls_ciphertext: ciphertext,
             tls_eof: false,
+            stack: None,
         }
     };
     let data = |dir, bytes: &'static [u8]| Detail::Data {

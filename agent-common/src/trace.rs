@@ -639,7 +639,8 @@ pub mod maps {
     /// `trace --stack`: the [`StackEvent`](super::StackEvent)s (its own ring: when full, the
     /// stack is dropped, never a payload record).
     pub const STACKS: &str = "STACKS";
-    /// `trace --stack`: per-CPU room to assemble a stack record.
+    /// `trace --stack`: room to assemble a stack record, one per CPU (an array indexed by
+    /// CPU number: too large for a per-CPU array).
     pub const STACK_BUF: &str = "STACK_BUF";
     /// The maps only `trace --tls` uses (made as small as can be without it).
     pub const TLS: &[&str] = &[TLS_CALLS, TLS_CONNS, TLS_SEEN, GO_CALLS];

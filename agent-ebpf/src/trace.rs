@@ -3,8 +3,8 @@
 
 use agent_common::{
     CHUNK_MAX, Config, DataEvent, EventHeader, FileKey, MsgAddr, ProcEvent, SOCKADDR_MAX,
-    STACK_MAX, SYS_TLS_ONLY, SYSCALL_TABLE_LEN, SockEvent, SockInfo, StackEvent, TlsEvent,
-    counter, flags, kind, paused, stack_flags, sys, traced,
+    STACK_MAX, SYS_TLS_ONLY, SYSCALL_TABLE_LEN, SockEvent, SockInfo, StackEvent, TlsEvent, counter,
+    flags, kind, paused, stack_flags, sys, traced,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -12,10 +12,13 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
         bpf_ktime_get_boot_ns,
-        generated::{bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user, bpf_send_signal},
+        generated::{
+            bpf_get_smp_processor_id, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user,
+            bpf_send_signal,
+        },
     },
     macros::{map, raw_tracepoint, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{RawTracePointContext, TracePointContext},
 };
 
@@ -73,9 +76,10 @@ static COPY: PerCpuArray<CopyState> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static STACKS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
-/// `--stack`: per-CPU room to assemble a stack record.
+/// `--stack`: room to assemble a stack record, one per CPU (index: the CPU's number; a
+/// per-CPU array cannot hold values this large). Its size is set at load time.
 #[map]
-static STACK_BUF: PerCpuArray<StackBuf> = PerCpuArray::with_max_entries(1, 0);
+static STACK_BUF: Array<StackBuf> = Array::with_max_entries(1, 0);
 
 #[repr(C)]
 struct StackBuf {
@@ -490,7 +494,8 @@ fn enter(regs: u64, s: u16, tls_only: bool) -> i32 {
 /// dropped (the ring full: counted) or not made.
 #[inline(never)]
 fn emit_stack(regs: u64, id: u64, stack_id: u32) -> bool {
-    let Some(b) = STACK_BUF.get_ptr_mut(0) else {
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(b) = STACK_BUF.get_ptr_mut(cpu) else {
         return false;
     };
     let r = cfg!(stack_regs);
@@ -1165,7 +1170,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         // (Checked again so that the verifier drops the path without --tls: the
         // configuration is read-only, its values known when the program is loaded.)
         sys::MMAP_EXEC => {
-            if cfg!(tls) != 0 {
+            if cfg!(tls) != 0 || cfg!(stack) != 0 {
                 mmap_exit(ret)
             }
         }

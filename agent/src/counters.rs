@@ -233,6 +233,7 @@ mod tests {
             detail,
             tls_ciphertext: false,
             tls_eof: false,
+            stack: None,
         }
     }
 

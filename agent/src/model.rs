@@ -233,6 +233,9 @@ pub struct Event {
     /// the pcapng still writes the peer's FIN when the ciphertext records, whose 0-byte read
     /// would tell, are left out (`--tls-only`).
     pub tls_eof: bool,
+    /// `trace --stack`: the user-space call stack of the calling thread at the call's entry,
+    /// innermost frame first (None without `--stack`, or when its stack was dropped).
+    pub stack: Option<Vec<Frame>>,
 }
 
 impl Event {

@@ -139,6 +139,14 @@ impl<W: Write> JsonWriter<W> {
     }
 }
 
+/// A JSON string, or null.
+fn push_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => push_json_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
 /// The JSON object for `ev` (one line, no newline).
 pub fn to_json(ev: &Event) -> String {
     let mut out = Vec::new();
@@ -157,6 +165,41 @@ struct Encoder {
 
 impl Encoder {
     fn encode(&mut self, ev: &Event, out: &mut Vec<u8>) {
+        self.encode_fields(ev, out);
+        // `trace --stack`: the frames, last member of the object.
+        if let Some(frames) = &ev.stack
+            && out.last() == Some(&b'}')
+        {
+            out.pop();
+            out.extend_from_slice(b",\"stack\":[");
+            for (i, f) in frames.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"{\"frame\":");
+                push_u64(out, i as u64);
+                out.extend_from_slice(
+                    format!(",\"addr\":\"{:#x}\",\"module\":", f.addr).as_bytes(),
+                );
+                push_opt_str(out, f.module.as_deref());
+                out.extend_from_slice(b",\"function\":");
+                push_opt_str(out, f.function.as_deref());
+                out.extend_from_slice(b",\"offset\":");
+                push_u64(out, f.offset);
+                out.extend_from_slice(b",\"file\":");
+                push_opt_str(out, f.file.as_deref());
+                out.extend_from_slice(b",\"line\":");
+                match f.line {
+                    Some(l) => push_u64(out, u64::from(l)),
+                    None => out.extend_from_slice(b"null"),
+                }
+                out.push(b'}');
+            }
+            out.extend_from_slice(b"]}");
+        }
+    }
+
+    fn encode_fields(&mut self, ev: &Event, out: &mut Vec<u8>) {
         if let Detail::Lost { events, bytes } = ev.detail {
             out.extend_from_slice(b"{\"type\":\"lost\",\"ts\":\"");
             self.times(out, ev.ts_ns);
@@ -1051,6 +1094,7 @@ pub(crate) mod tests {
                 detail,
                 tls_ciphertext: self.below(4) == 0,
                 tls_eof: false,
+                stack: None,
             }
         }
     }

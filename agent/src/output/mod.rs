@@ -259,6 +259,7 @@ mod bench {
             },
             tls_ciphertext: false,
             tls_eof: false,
+            stack: None,
         }
     }
 

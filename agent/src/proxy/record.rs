@@ -556,6 +556,7 @@ fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u32, Open>) -> Option<Event>
         detail,
         tls_ciphertext: false,
         tls_eof: false,
+        stack: None,
     };
     match msg {
         Msg::Open {

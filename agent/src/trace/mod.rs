@@ -6,6 +6,7 @@
 //! - `decode`: pure decoder of kernel records; `sockaddr`: pure sockaddr parser.
 //! - `assemble`: payload chunks to whole calls (`model::Event`).
 //! - `summary`: per-connection totals printed at exit.
+//! - `stacks`: `--stack`, the stack records paired with their calls and unwound.
 //! - `tls`: `--tls`, the plaintext inside TLS libraries (uprobes).
 
 pub mod assemble;
@@ -13,5 +14,6 @@ pub mod command;
 pub mod decode;
 pub mod run;
 pub mod sockaddr;
+pub mod stacks;
 pub mod summary;
 pub mod tls;

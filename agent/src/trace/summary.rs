@@ -500,6 +500,7 @@ mod tests {
             },
             tls_ciphertext: false,
             tls_eof: false,
+            stack: None,
         }
     }
 

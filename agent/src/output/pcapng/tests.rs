@@ -36,6 +36,7 @@ fn ev(syscall: u16, ret: i64, sock: Option<SocketMeta>, detail: Detail) -> Event
         detail,
         tls_ciphertext: false,
         tls_eof: false,
+        stack: None,
     }
 }
 

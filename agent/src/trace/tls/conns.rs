@@ -448,6 +448,7 @@ pub(crate) mod tests {
             },
             tls_ciphertext: false,
             tls_eof: false,
+            stack: None,
         }
     }
 
