@@ -106,6 +106,10 @@ pub struct TraceArgs {
     /// With --stack: bytes of the user stack copied per call, in KiB (at most 64).
     #[arg(long, value_name = "KIB", default_value_t = 16, requires = "stack")]
     pub stack_size: u32,
+    /// With --stack: size of the stack ring buffer in KiB, a power of two (hidden: tests fill
+    /// it to check stacks are dropped, never payload records).
+    #[arg(long, value_name = "KIB", default_value_t = 8192, hide = true)]
+    pub stack_ring_kib: u32,
     /// Do not print the summary at exit.
     #[arg(long)]
     pub no_summary: bool,
@@ -143,7 +147,11 @@ impl TraceArgs {
             tls_only: self.tls_only,
             stack: self.stack,
             stack_size: self.stack_size.saturating_mul(1024),
+            stack_ring_bytes: self.stack_ring_kib.saturating_mul(1024),
         };
+        if !self.stack_ring_kib.is_power_of_two() || self.stack_ring_kib < 4 {
+            anyhow::bail!("--stack-ring-kib must be a power of two of at least 4");
+        }
         if self.stack && self.stack_size > 64 {
             anyhow::bail!("--stack-size is at most 64 (KiB), not {}", self.stack_size);
         }

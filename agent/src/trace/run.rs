@@ -189,16 +189,8 @@ pub struct TraceOptions {
     pub stack: bool,
     /// `--stack-size`: stack bytes copied per call.
     pub stack_size: u32,
-}
-
-/// Size of the `STACKS` ring with `--stack`: 8 MiB, or `CAPAGENT_STACK_RING_KIB` KiB (a
-/// power of two; undocumented, for tests that fill it).
-fn stack_ring_bytes() -> u32 {
-    std::env::var("CAPAGENT_STACK_RING_KIB")
-        .ok()
-        .and_then(|v| v.parse::<u32>().ok())
-        .filter(|k| k.is_power_of_two() && *k >= 4)
-        .map_or(8 << 20, |k| k * 1024)
+    /// Size of the `STACKS` ring (`--stack-ring-kib`, hidden: for tests that fill it).
+    pub stack_ring_bytes: u32,
 }
 
 /// `struct pt_regs` offsets of the user instruction, stack and frame pointers.
@@ -245,7 +237,7 @@ pub fn run(
     let comm_filter = opts.comm.as_deref().map(process::comm_filter).transpose()?;
     let config = config(opts, session::prepare("capagent trace")?, comm_filter);
     let _span = tracing::info_span!("trace").entered();
-    let mut ebpf = kernel::load(&config, opts.ring_bytes, stack_ring_bytes())?;
+    let mut ebpf = kernel::load(&config, opts.ring_bytes, opts.stack_ring_bytes)?;
 
     // The maps userspace works with, taken out of the object (they stay alive while held).
     let mut traced: HashMap<MapData, u32, u8> = kernel::take_map(&mut ebpf, maps::TRACED)?;
