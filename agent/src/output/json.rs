@@ -546,6 +546,45 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn stack_frames_last_member() {
+        use crate::model::Frame;
+        use std::sync::Arc;
+        let mut e = ev(sys::SENDTO, 3, 2, data(Direction::Send, 2, b"hi", false));
+        e.stack = Some(vec![
+            Frame {
+                addr: 0x7f00_0000_1019,
+                module: Some(Arc::from("/lib/libc.so.6")),
+                function: Some(Arc::from("send")),
+                offset: 0x19,
+                file: None,
+                line: None,
+            },
+            Frame {
+                addr: 0x5555_0000_11a1,
+                module: None,
+                function: None,
+                offset: 0,
+                file: Some(Arc::from("hello.c")),
+                line: Some(7),
+            },
+        ]);
+        let j = to_json(&e);
+        let stack = r#","stack":[{"frame":0,"addr":"0x7f0000001019","module":"/lib/libc.so.6","function":"send","offset":25,"file":null,"line":null},{"frame":1,"addr":"0x5555000011a1","module":null,"function":null,"offset":0,"file":"hello.c","line":7}]}"#;
+        assert!(j.ends_with(stack), "{j}");
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(v["payload"], "hi");
+        let mut text = String::new();
+        crate::output::text::frame_line(&mut text, 0, &e.stack.as_ref().unwrap()[0]);
+        assert_eq!(
+            text,
+            "#0  libc.so.6!send+0x19 (/lib/libc.so.6) 0x7f0000001019"
+        );
+        text.clear();
+        crate::output::text::frame_line(&mut text, 1, &e.stack.as_ref().unwrap()[1]);
+        assert_eq!(text, "#1  ?!? 0x5555000011a1 at hello.c:7");
+    }
+
+    #[test]
     fn tls_records() {
         use agent_common::tls_fn;
         let mut e = ev(
