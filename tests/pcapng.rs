@@ -462,6 +462,7 @@ fn tls_plaintext_stream_dissected_as_http() {
             tls_eof: false,
             tls_plaintext: false,
             unfinished: false,
+            stack: None,
         }
     };
     let data = |dir, bytes: &'static [u8]| Detail::Data {

@@ -24,6 +24,6 @@ pub use intercept::{ClientKey, INTERCEPT_PORTS_MAX, InterceptConfig, OrigDst};
 pub use shared::{KernelOffsets, TASK_COMM_LEN};
 pub use trace::{
     CHUNK_MAX, Config, DataEvent, EventHeader, FileKey, MsgAddr, ProcEvent, SOCKADDR_MAX,
-    SYS_TLS_ONLY, SYSCALL_TABLE_LEN, SockEvent, SockInfo, TlsEvent, counter, flags, kind, paused,
-    sys, tls_cookie, tls_fn, traced,
+    STACK_MAX, SYS_TLS_ONLY, SYSCALL_TABLE_LEN, SockEvent, SockInfo, StackEvent, TlsEvent, counter,
+    flags, kind, paused, stack_flags, sys, tls_cookie, tls_fn, traced,
 };

@@ -23,6 +23,8 @@ pub mod kind {
     pub const DATA: u16 = 2;
     pub const PROC: u16 = 3;
     pub const TLS: u16 = 4;
+    /// A [`StackEvent`](super::StackEvent) (ring `STACKS`, `trace --stack`).
+    pub const STACK: u16 = 5;
 }
 
 /// The syscall that produced a record (`EventHeader::syscall`).
@@ -317,7 +319,9 @@ pub struct EventHeader {
     /// Thread id.
     pub tid: u32,
     pub fd: i32,
-    pub _pad1: u32,
+    /// `trace --stack`: the id of the [`StackEvent`] of this call's thread taken at its
+    /// entry (pair by `tid` and this id); 0: no stack.
+    pub stack_id: u32,
     /// Syscall return value (negative errno on failure).
     pub ret: i64,
     /// The calling thread's comm.
@@ -394,6 +398,37 @@ pub struct TlsEvent {
     pub conn: u64,
 }
 
+/// `trace --stack`: the user registers and the top of the user stack of a thread at the entry
+/// of a reported call, in the `STACKS` ring; `len` bytes follow: the stack from `sp` upwards.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct StackEvent {
+    pub pid: u32,
+    pub tid: u32,
+    /// As the call's [`EventHeader::stack_id`] (never 0).
+    pub stack_id: u32,
+    /// [`stack_flags`] bits.
+    pub flags: u32,
+    pub ts_ns: u64,
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// Stack bytes following this struct.
+    pub len: u32,
+    pub _pad: u32,
+}
+
+/// `StackEvent::flags` bits.
+pub mod stack_flags {
+    /// Fewer bytes than asked for (the end of the stack mapping).
+    pub const TRUNCATED: u32 = 1;
+    /// Nothing could be read at `sp`.
+    pub const READ_FAILED: u32 = 2;
+}
+
+/// Most stack bytes a [`StackEvent`] carries (`Config::stack_size` is capped to it).
+pub const STACK_MAX: usize = 65536;
+
 /// fork/exec/exit of a traced process, and (`trace --tls`) its executable mappings of files
 /// not seen yet.
 ///
@@ -437,13 +472,20 @@ pub struct Config {
     /// paused at such a mapping, and at the exec of a program not in `TLS_SEEN`, until
     /// userspace has hooked what it maps.
     pub tls: u8,
-    pub _pad: [u8; 3],
+    /// `--stack`: copy the user registers and stack at the entry of reported calls.
+    pub stack: u8,
+    pub _pad: [u8; 2],
     /// Process name to match (NUL padded) when `comm_match` is set.
     pub comm_filter: [u8; TASK_COMM_LEN],
     /// The agent's own pid, never traced.
     pub self_pid: u32,
     /// Wake the agent up once this many bytes wait in the ring buffer (it also polls).
     pub wakeup_bytes: u32,
+    /// `--stack`: stack bytes copied per call (at most [`STACK_MAX`], a multiple of 8).
+    pub stack_size: u32,
+    /// `--stack`: offsets of the instruction pointer, stack pointer and frame pointer in
+    /// `struct pt_regs`.
+    pub stack_regs: [u32; 3],
     /// Syscall number (of this architecture) -> `sys::X` id to report, 0 = ignore. Userspace
     /// fills it from its libc's `SYS_*` numbers and the `--events` selection; with `tls`, a
     /// send/recv-type syscall that is not selected is entered as `id | SYS_TLS_ONLY`.
@@ -489,10 +531,13 @@ impl Config {
             comm_match: 0,
             pause: 0,
             tls: 0,
-            _pad: [0; 3],
+            stack: 0,
+            _pad: [0; 2],
             comm_filter: [0; TASK_COMM_LEN],
             self_pid: 0,
             wakeup_bytes: 256 * 1024,
+            stack_size: 0,
+            stack_regs: [0; 3],
             sys_table: [0; SYSCALL_TABLE_LEN],
         }
     }
@@ -514,7 +559,12 @@ pub mod counter {
     pub const EVENTS: u32 = 2;
     /// Payload reads from the process that failed (page not present...).
     pub const READ_ERRORS: u32 = 3;
-    pub const COUNT: u32 = 4;
+    /// `--stack`: stacks that did not fit in the `STACKS` ring (dropped; the call's records
+    /// are not).
+    pub const STACK_LOST: u32 = 4;
+    /// `--stack`: stacks submitted.
+    pub const STACKS: u32 = 5;
+    pub const COUNT: u32 = 6;
 }
 
 /// Value of the PAUSED map (key: tgid): why the kernel stopped the process.
@@ -593,11 +643,17 @@ pub mod maps {
     /// `trace --tls`: per process, the goroutines of the Go `Write`s whose syscall was made
     /// and whose RET is not reached yet (reported at the process's exit).
     pub const GO_PENDING: &str = "GO_PENDING";
+    /// `trace --stack`: the [`StackEvent`](super::StackEvent)s (its own ring: when full, the
+    /// stack is dropped, never a payload record).
+    pub const STACKS: &str = "STACKS";
+    /// `trace --stack`: room to assemble a stack record, one per CPU (an array indexed by
+    /// CPU number: too large for a per-CPU array).
+    pub const STACK_BUF: &str = "STACK_BUF";
     /// The maps only `trace --tls` uses (made as small as can be without it).
     pub const TLS: &[&str] = &[TLS_CALLS, TLS_CONNS, TLS_SEEN, GO_CALLS, GO_PENDING];
     pub const ALL: &[&str] = &[
         EVENTS, TRACED, PAUSED, ARGS, FDS, SCRATCH, COPY, COUNTERS, TLS_CALLS, TLS_CONNS, TLS_SEEN,
-        GO_CALLS, GO_PENDING,
+        GO_CALLS, GO_PENDING, STACKS, STACK_BUF,
     ];
 }
 
@@ -613,7 +669,9 @@ const _: () = assert!(core::mem::size_of::<DataEvent>() == 120 + 24 + 24);
 const _: () = assert!(core::mem::size_of::<ProcEvent>() == 128);
 const _: () = assert!(core::mem::size_of::<TlsEvent>() == 120 + 32);
 const _: () = assert!(core::mem::size_of::<FileKey>() == 16);
-const _: () = assert!(core::mem::size_of::<Config>() == 140 + 8 + 4 + 16 + 8 + SYSCALL_TABLE_LEN);
+const _: () = assert!(core::mem::size_of::<StackEvent>() == 56);
+const _: () =
+    assert!(core::mem::size_of::<Config>() == 140 + 8 + 4 + 16 + 8 + 16 + SYSCALL_TABLE_LEN);
 
 #[cfg(feature = "user")]
 mod user {

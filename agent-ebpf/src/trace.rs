@@ -3,8 +3,8 @@
 
 use agent_common::{
     CHUNK_MAX, Config, DataEvent, EventHeader, FileKey, MsgAddr, ProcEvent, SOCKADDR_MAX,
-    SYS_TLS_ONLY, SYSCALL_TABLE_LEN, SockEvent, SockInfo, TlsEvent, counter, flags, kind, paused,
-    sys, traced,
+    STACK_MAX, SYS_TLS_ONLY, SYSCALL_TABLE_LEN, SockEvent, SockInfo, StackEvent, TlsEvent, counter,
+    flags, kind, paused, stack_flags, sys, traced,
 };
 use aya_ebpf::{
     EbpfContext,
@@ -12,10 +12,13 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
         bpf_ktime_get_boot_ns,
-        generated::{bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user, bpf_send_signal},
+        generated::{
+            bpf_get_smp_processor_id, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user,
+            bpf_send_signal,
+        },
     },
     macros::{map, raw_tracepoint, tracepoint},
-    maps::{HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{RawTracePointContext, TracePointContext},
 };
 
@@ -68,6 +71,26 @@ static SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static COPY: PerCpuArray<CopyState> = PerCpuArray::with_max_entries(1, 0);
 
+/// `--stack`: user registers and stacks at the entry of reported calls (size set at load
+/// time; when full, the stack is dropped and counted, never a payload record).
+#[map]
+static STACKS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// `--stack`: room to assemble a stack record, one per CPU (index: the CPU's number; a
+/// per-CPU array cannot hold values this large). Its size is set at load time.
+#[map]
+static STACK_BUF: Array<StackBuf> = Array::with_max_entries(1, 0);
+
+#[repr(C)]
+struct StackBuf {
+    ev: StackEvent,
+    /// One page more than [`STACK_MAX`]: a chunk read at an offset below `STACK_MAX` always
+    /// fits.
+    data: [u8; STACK_MAX + PAGE],
+}
+
+const PAGE: usize = 4096;
+
 /// Per-CPU counters (`agent_common::counter`).
 #[map]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
@@ -82,6 +105,10 @@ struct Args {
     a: [u64; 5],
     sock_valid: u64,
     sock: SockInfo,
+    /// `--stack`: the thread's last stack id (ids count up from 1 per thread).
+    stack_seq: u32,
+    /// `--stack`: the id of the stack taken at this call's entry, 0 if none.
+    stack_id: u32,
 }
 
 /// A payload record being assembled: its struct, then one chunk. The chunk always sits at
@@ -354,7 +381,7 @@ fn fill_header(
     hdr.pid = (id >> 32) as u32;
     hdr.tid = id as u32;
     hdr.fd = fd as i32;
-    hdr._pad1 = 0;
+    hdr.stack_id = 0;
     hdr.ret = ret;
     hdr.comm = process_comm(id, &conf().offsets);
     hdr.sock = *sock;
@@ -418,12 +445,15 @@ fn enter(regs: u64, s: u16, tls_only: bool) -> i32 {
         a: [0; 5],
         sock_valid: 0,
         sock: SockInfo::default(),
+        stack_seq: 0,
+        stack_id: 0,
     };
     let Some(slot) = get_or_insert!(ARGS, &id, empty) else {
         return 0;
     };
     let a = unsafe { &mut *slot };
     a.live = 0;
+    a.stack_id = 0;
     a.sys = s as u32;
     a.fd = args[0] as i64;
     let first = if s == sys::SOCKET || s == sys::SOCKETPAIR {
@@ -445,8 +475,105 @@ fn enter(regs: u64, s: u16, tls_only: bool) -> i32 {
             tls_go::note_fd(id, regs, a.fd, &a.sock);
         }
     }
+    // (Checked in this order so that the verifier drops the path without --stack.)
+    if cfg!(stack) != 0 && !tls_only && s != sys::MMAP_EXEC {
+        a.stack_seq = a.stack_seq.wrapping_add(1);
+        if a.stack_seq == 0 {
+            a.stack_seq = 1;
+        }
+        if emit_stack(regs, id, a.stack_seq) {
+            a.stack_id = a.stack_seq;
+        }
+    }
     a.live = !tls_only as u32;
     0
+}
+
+/// `--stack`: the user registers (`regs`: the syscall's `struct pt_regs`) and the top of
+/// the user stack into `STACKS` as stack `stack_id` of thread `id`. False when it was
+/// dropped (the ring full: counted) or not made.
+#[inline(never)]
+fn emit_stack(regs: u64, id: u64, stack_id: u32) -> bool {
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(b) = STACK_BUF.get_ptr_mut(cpu) else {
+        return false;
+    };
+    let r = cfg!(stack_regs);
+    let (ip, sp, bp): (u64, u64, u64) = unsafe {
+        (
+            kread(regs + r[0] as u64),
+            kread(regs + r[1] as u64),
+            kread(regs + r[2] as u64),
+        )
+    };
+    let want = cfg!(stack_size) as u64;
+    let mut len: u64 = 0;
+    let mut fl = 0u32;
+    // Page by page from sp (the first chunk up to sp's page end): the stack mapping ends at
+    // a page boundary, so a failed read there means the end of the stack.
+    let mut chunk = PAGE as u64 - (sp & (PAGE as u64 - 1));
+    for _ in 0..(STACK_MAX / PAGE + 1) {
+        if len >= want || len >= STACK_MAX as u64 {
+            break;
+        }
+        let mut n = chunk;
+        if n > want - len {
+            n = want - len;
+        }
+        let n = n & (PAGE as u64 * 2 - 1);
+        let off = len & (STACK_MAX as u64 - 1);
+        if n == 0 || n > PAGE as u64 {
+            break;
+        }
+        // SAFETY: off < STACK_MAX and n <= PAGE: within `data`.
+        let rc = unsafe {
+            bpf_probe_read_user(
+                (*b).data.as_mut_ptr().add(off as usize).cast(),
+                n as u32,
+                (sp + len) as *const _,
+            )
+        };
+        if rc != 0 {
+            fl |= if len == 0 {
+                stack_flags::READ_FAILED
+            } else {
+                stack_flags::TRUNCATED
+            };
+            break;
+        }
+        len += n;
+        chunk = PAGE as u64;
+    }
+    if len < want && fl == 0 {
+        fl = stack_flags::TRUNCATED;
+    }
+    unsafe {
+        (*b).ev = StackEvent {
+            pid: (id >> 32) as u32,
+            tid: id as u32,
+            stack_id,
+            flags: fl,
+            ts_ns: bpf_ktime_get_boot_ns(),
+            ip,
+            sp,
+            bp,
+            len: len as u32,
+            _pad: 0,
+        };
+    }
+    let head = core::mem::size_of::<StackEvent>() as u64;
+    let size = (head + len) & (2 * STACK_MAX as u64 - 1);
+    if size > head + STACK_MAX as u64 {
+        return false;
+    }
+    // SAFETY: size <= the buffer's size.
+    let bytes = unsafe { core::slice::from_raw_parts(b as *const u8, size as usize) };
+    if STACKS.output::<[u8]>(bytes, 0).is_err() {
+        bump(counter::STACK_LOST, 1);
+        return false;
+    }
+    bump(counter::STACKS, 1);
+    true
 }
 
 /// Takes the arguments remembered at enter for this thread, if this call is traced.
@@ -493,6 +620,7 @@ fn emit_sock(
             sock,
             valid,
         );
+        (*e).hdr.stack_id = a.stack_id;
         (*e).args = args;
         (*e)._pad = 0;
         (*e).addr = [0; SOCKADDR_MAX];
@@ -761,6 +889,7 @@ fn emit_payload(
             &a.sock,
             a.sock_valid != 0,
         );
+        ev.hdr.stack_id = a.stack_id;
         ev.total = total;
         ev.msg_index = msg_index;
         ev.addr = *addr;
@@ -1041,7 +1170,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
         // (Checked again so that the verifier drops the path without --tls: the
         // configuration is read-only, its values known when the program is loaded.)
         sys::MMAP_EXEC => {
-            if cfg!(tls) != 0 {
+            if cfg!(tls) != 0 || cfg!(stack) != 0 {
                 mmap_exit(ret)
             }
         }

@@ -235,6 +235,7 @@ mod tests {
             tls_eof: false,
             tls_plaintext: false,
             unfinished: false,
+            stack: None,
         }
     }
 

@@ -270,6 +270,9 @@ pub struct Event {
     /// syscall was made, `agent_common::flags::UNFINISHED`): the payload is the whole buffer
     /// the call was given, `ret` its length, not a returned value.
     pub unfinished: bool,
+    /// `trace --stack`: the user-space call stack of the calling thread at the call's entry,
+    /// innermost frame first (None without `--stack`, or when its stack was dropped).
+    pub stack: Option<Vec<Frame>>,
 }
 
 impl Event {

@@ -84,9 +84,29 @@ pub fn ensure_tracefs() -> Result<(), KernelError> {
 /// Loads the eBPF object for `capagent trace`: `config` written into its `CONFIG` global and
 /// the `EVENTS` ring buffer sized to `ring_bytes` (the maps of `--tls` as small as can be
 /// when `config.tls` is 0).
-pub fn load(config: &agent_common::Config, ring_bytes: u32) -> Result<Ebpf, KernelError> {
+/// `stack_ring_bytes`: the size of the `STACKS` ring (`--stack`; the least there is without).
+pub fn load(
+    config: &agent_common::Config,
+    ring_bytes: u32,
+    stack_ring_bytes: u32,
+) -> Result<Ebpf, KernelError> {
     use agent_common::trace::{CONFIG_GLOBAL, maps};
-    let mut sized = vec![(maps::EVENTS, ring_bytes)];
+    let stack_ring = if config.stack == 0 {
+        page_size()
+    } else {
+        stack_ring_bytes.max(page_size())
+    };
+    // One stack buffer per possible CPU (indexed by CPU number).
+    let cpus = if config.stack == 0 {
+        1
+    } else {
+        aya::util::nr_cpus().map_or(256, |n| n as u32)
+    };
+    let mut sized = vec![
+        (maps::EVENTS, ring_bytes),
+        (maps::STACKS, stack_ring),
+        (maps::STACK_BUF, cpus),
+    ];
     if config.tls == 0 {
         sized.extend(maps::TLS.iter().map(|&m| (m, 1)));
     }

@@ -147,6 +147,14 @@ impl<W: Write> JsonWriter<W> {
     }
 }
 
+/// A JSON string, or null.
+fn push_opt_str(out: &mut Vec<u8>, s: Option<&str>) {
+    match s {
+        Some(s) => push_json_str(out, s),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
 /// The JSON object for `ev` (one line, no newline).
 pub fn to_json(ev: &Event) -> String {
     let mut out = Vec::new();
@@ -165,6 +173,41 @@ struct Encoder {
 
 impl Encoder {
     fn encode(&mut self, ev: &Event, out: &mut Vec<u8>) {
+        self.encode_fields(ev, out);
+        // `trace --stack`: the frames, last member of the object.
+        if let Some(frames) = &ev.stack
+            && out.last() == Some(&b'}')
+        {
+            out.pop();
+            out.extend_from_slice(b",\"stack\":[");
+            for (i, f) in frames.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                out.extend_from_slice(b"{\"frame\":");
+                push_u64(out, i as u64);
+                out.extend_from_slice(
+                    format!(",\"addr\":\"{:#x}\",\"module\":", f.addr).as_bytes(),
+                );
+                push_opt_str(out, f.module.as_deref());
+                out.extend_from_slice(b",\"function\":");
+                push_opt_str(out, f.function.as_deref());
+                out.extend_from_slice(b",\"offset\":");
+                push_u64(out, f.offset);
+                out.extend_from_slice(b",\"file\":");
+                push_opt_str(out, f.file.as_deref());
+                out.extend_from_slice(b",\"line\":");
+                match f.line {
+                    Some(l) => push_u64(out, u64::from(l)),
+                    None => out.extend_from_slice(b"null"),
+                }
+                out.push(b'}');
+            }
+            out.extend_from_slice(b"]}");
+        }
+    }
+
+    fn encode_fields(&mut self, ev: &Event, out: &mut Vec<u8>) {
         if let Detail::Lost { events, bytes } = ev.detail {
             out.extend_from_slice(b"{\"type\":\"lost\",\"ts\":\"");
             self.times(out, ev.ts_ns);
@@ -543,6 +586,45 @@ pub(crate) mod tests {
             to_json(&e),
             r#"{"type":"data","ts":"2023-11-14T22:13:20.123456789Z","ts_ns":1700000000123456789,"pid":4242,"tid":4242,"comm":"python3","syscall":"sendto","fd":3,"ret":12,"errno":null,"transport":"tcp","local":"127.0.0.1:40112","remote":"192.168.10.1:5555","sk":"0xffff888102030400","dir":"send","total":12,"captured":12,"truncated":false,"msg_index":0,"addr":null,"payload":"Hello World!","payload_b64":"SGVsbG8gV29ybGQh"}"#
         );
+    }
+
+    #[test]
+    fn stack_frames_last_member() {
+        use crate::model::Frame;
+        use std::sync::Arc;
+        let mut e = ev(sys::SENDTO, 3, 2, data(Direction::Send, 2, b"hi", false));
+        e.stack = Some(vec![
+            Frame {
+                addr: 0x7f00_0000_1019,
+                module: Some(Arc::from("/lib/libc.so.6")),
+                function: Some(Arc::from("send")),
+                offset: 0x19,
+                file: None,
+                line: None,
+            },
+            Frame {
+                addr: 0x5555_0000_11a1,
+                module: None,
+                function: None,
+                offset: 0,
+                file: Some(Arc::from("hello.c")),
+                line: Some(7),
+            },
+        ]);
+        let j = to_json(&e);
+        let stack = r#","stack":[{"frame":0,"addr":"0x7f0000001019","module":"/lib/libc.so.6","function":"send","offset":25,"file":null,"line":null},{"frame":1,"addr":"0x5555000011a1","module":null,"function":null,"offset":0,"file":"hello.c","line":7}]}"#;
+        assert!(j.ends_with(stack), "{j}");
+        let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+        assert_eq!(v["payload"], "hi");
+        let mut text = String::new();
+        crate::output::text::frame_line(&mut text, 0, &e.stack.as_ref().unwrap()[0]);
+        assert_eq!(
+            text,
+            "#0  libc.so.6!send+0x19 (/lib/libc.so.6) 0x7f0000001019"
+        );
+        text.clear();
+        crate::output::text::frame_line(&mut text, 1, &e.stack.as_ref().unwrap()[1]);
+        assert_eq!(text, "#1  ?!? 0x5555000011a1 at hello.c:7");
     }
 
     #[test]
@@ -1099,6 +1181,7 @@ pub(crate) mod tests {
                 tls_eof: false,
                 tls_plaintext: false,
                 unfinished: self.below(8) == 0,
+                stack: None,
             }
         }
     }

@@ -261,6 +261,7 @@ mod bench {
             tls_eof: false,
             tls_plaintext: false,
             unfinished: false,
+            stack: None,
         }
     }
 

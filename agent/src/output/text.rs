@@ -75,6 +75,13 @@ impl<W: Write> TextWriter<W> {
         }
         format_into(&mut self.line, ev, &self.cfg);
         self.line.push('\n');
+        if let Some(frames) = &ev.stack {
+            for (i, f) in frames.iter().enumerate() {
+                self.line.push_str("    ");
+                frame_line(&mut self.line, i, f);
+                self.line.push('\n');
+            }
+        }
         self.out.write_all(self.line.as_bytes())
     }
 
@@ -88,6 +95,34 @@ impl<W: Write> TextWriter<W> {
 
     pub fn into_inner(self) -> W {
         self.out
+    }
+}
+
+/// One frame of a call stack (`trace --stack`), without indent and newline:
+/// `#0  libc.so.6!__send+0x17 (/usr/lib/x86_64-linux-gnu/libc.so.6) 0x7f.. at file:line`
+/// (`?` for an unknown module or function).
+pub fn frame_line(s: &mut String, i: usize, f: &crate::model::Frame) {
+    let base = f
+        .module
+        .as_deref()
+        .map(|m| m.rsplit('/').next().unwrap_or(m))
+        .unwrap_or("?");
+    let _ = write!(s, "#{i:<2} {base}!");
+    match &f.function {
+        Some(func) => {
+            let _ = write!(s, "{func}+{:#x}", f.offset);
+        }
+        None => s.push('?'),
+    }
+    if let Some(m) = &f.module {
+        let _ = write!(s, " ({m})");
+    }
+    let _ = write!(s, " {:#x}", f.addr);
+    if let Some(file) = &f.file {
+        let _ = write!(s, " at {file}");
+        if let Some(line) = f.line {
+            let _ = write!(s, ":{line}");
+        }
     }
 }
 
@@ -757,6 +792,7 @@ pub(crate) mod tests {
             tls_eof: false,
             tls_plaintext: false,
             unfinished: false,
+            stack: None,
         }
     }
 

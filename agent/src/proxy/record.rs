@@ -580,6 +580,7 @@ fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u32, Open>) -> Option<Event>
         tls_eof: false,
         tls_plaintext: false,
         unfinished: false,
+        stack: None,
     };
     match msg {
         Msg::Open {

@@ -168,6 +168,9 @@ pub struct Assembler<C> {
     /// Last complete endpoints of each TCP socket: once both sides have closed, the kernel
     /// clears the local port while the process may still read and close the socket.
     tcp: HashMap<SockKey, [Option<Endpoint>; 2]>,
+    /// `--stack`: the stacks paired with calls (the events of a call with a stack id get
+    /// its frames).
+    pub stacks: Option<super::stacks::Pairing>,
 }
 
 /// Most TCP sockets whose endpoints are remembered (sockets never closed while traced).
@@ -188,6 +191,7 @@ impl<C: CommLookup> Assembler<C> {
             unix: HashMap::new(),
             unix_accepted: HashMap::new(),
             tcp: HashMap::new(),
+            stacks: None,
         }
     }
 
@@ -622,6 +626,10 @@ impl<C: CommLookup> Assembler<C> {
             tls_eof: false,
             tls_plaintext: false,
             unfinished: hdr.flags & flags::UNFINISHED != 0,
+            stack: match &self.stacks {
+                Some(p) if hdr.stack_id != 0 => p.frames(hdr.tid, hdr.stack_id),
+                _ => None,
+            },
         }
     }
 }
@@ -645,6 +653,7 @@ pub fn lost_event(ts_ns: u64, events: u64, bytes: u64) -> Event {
         tls_eof: false,
         tls_plaintext: false,
         unfinished: false,
+        stack: None,
     }
 }
 

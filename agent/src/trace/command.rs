@@ -98,6 +98,18 @@ pub struct TraceArgs {
     /// the traced TLS connections (their ciphertext) by themselves.
     #[arg(long, value_name = "FILE")]
     pub tls_keylog: Option<PathBuf>,
+    /// Record the user-space call stack of the calling thread at each reported call (with
+    /// --events, only those): frames under the event (text), a `stack` array (JSON), the
+    /// packet comment (pcapng).
+    #[arg(long)]
+    pub stack: bool,
+    /// With --stack: bytes of the user stack copied per call, in KiB (at most 64).
+    #[arg(long, value_name = "KIB", default_value_t = 16, requires = "stack")]
+    pub stack_size: u32,
+    /// With --stack: size of the stack ring buffer in KiB, a power of two (hidden: tests fill
+    /// it to check stacks are dropped, never payload records).
+    #[arg(long, value_name = "KIB", default_value_t = 8192, hide = true)]
+    pub stack_ring_kib: u32,
     /// Do not print the summary at exit.
     #[arg(long)]
     pub no_summary: bool,
@@ -133,7 +145,16 @@ impl TraceArgs {
             lossless: !self.allow_loss && !self.all,
             tls: self.tls || self.tls_only,
             tls_only: self.tls_only,
+            stack: self.stack,
+            stack_size: self.stack_size.saturating_mul(1024),
+            stack_ring_bytes: self.stack_ring_kib.saturating_mul(1024),
         };
+        if !self.stack_ring_kib.is_power_of_two() || self.stack_ring_kib < 4 {
+            anyhow::bail!("--stack-ring-kib must be a power of two of at least 4");
+        }
+        if self.stack && self.stack_size > 64 {
+            anyhow::bail!("--stack-size is at most 64 (KiB), not {}", self.stack_size);
+        }
         if opts.pids.is_empty() && opts.comm.is_none() && !opts.all && opts.command.is_empty() {
             return Err(super::run::TraceError::NoTarget.into());
         }
@@ -145,6 +166,11 @@ impl TraceArgs {
 /// the exit status of the `-- CMD`, when there is one.
 pub fn run(args: &TraceArgs) -> anyhow::Result<Option<ExitStatus>> {
     let opts = args.options()?;
+    if opts.stack && opts.all {
+        eprintln!(
+            "capagent: warning: --stack with --all copies the user stack of every reported call of every process: costly (CPU, ring space)"
+        );
+    }
     let pcap_stdout = args.write.as_deref().is_some_and(|p| p.as_os_str() == "-");
     let mut writers: Vec<Box<dyn EventWriter>> = Vec::new();
     // With `-w -` stdout carries the pcapng: text/JSON go only to an -o file.
@@ -207,6 +233,12 @@ pub fn run(args: &TraceArgs) -> anyhow::Result<Option<ExitStatus>> {
                     &outcome.tls_libs,
                     super::summary::RENDER_MAX_ROWS
                 )
+            );
+        }
+        if let Some(c) = &outcome.stacks {
+            eprintln!(
+                "capagent: stacks: {} captured, {} dropped (stack ring full), {} unpaired, {} frames unresolved",
+                c.captured, c.dropped, c.orphans, c.unresolved
             );
         }
         if outcome.read_errors > 0 {

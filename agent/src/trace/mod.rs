@@ -6,6 +6,7 @@
 //! - `decode`: pure decoder of kernel records; `sockaddr`: pure sockaddr parser.
 //! - `assemble`: payload chunks to whole calls (`model::Event`).
 //! - `summary`: per-connection totals printed at exit.
+//! - `stacks`: `--stack`, the stack records paired with their calls and unwound.
 //! - `tls`: `--tls`, the plaintext inside TLS libraries (uprobes).
 //! - `stack`: `--stack`, user stacks unwound (DWARF CFI, frame pointers) and symbolized.
 
@@ -15,5 +16,6 @@ pub mod decode;
 pub mod run;
 pub mod sockaddr;
 pub mod stack;
+pub mod stacks;
 pub mod summary;
 pub mod tls;

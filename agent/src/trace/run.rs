@@ -185,7 +185,21 @@ pub struct TraceOptions {
     pub tls: bool,
     /// `--tls-only`: hide the ciphertext records of connections that carry TLS plaintext.
     pub tls_only: bool,
+    /// `--stack`: the user stack of each reported call.
+    pub stack: bool,
+    /// `--stack-size`: stack bytes copied per call.
+    pub stack_size: u32,
+    /// Size of the `STACKS` ring (`--stack-ring-kib`, hidden: for tests that fill it).
+    pub stack_ring_bytes: u32,
 }
+
+/// `struct pt_regs` offsets of the user instruction, stack and frame pointers.
+#[cfg(target_arch = "x86_64")]
+const STACK_REGS: [u32; 3] = [16 * 8, 19 * 8, 4 * 8];
+#[cfg(target_arch = "aarch64")]
+const STACK_REGS: [u32; 3] = [32 * 8, 31 * 8, 29 * 8];
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const STACK_REGS: [u32; 3] = [0; 3];
 
 /// How the session ended.
 #[derive(Debug, Default)]
@@ -198,6 +212,8 @@ pub struct TraceOutcome {
     pub read_errors: u64,
     /// `--tls`: the TLS libraries of the traced processes, hooked or not.
     pub tls_libs: Vec<LibReport>,
+    /// `--stack`: stacks captured, dropped, unresolved frames.
+    pub stacks: Option<super::stacks::StackCounts>,
 }
 
 /// Runs a trace session, handing every event to `sink` as it completes (and ticking it every
@@ -221,7 +237,7 @@ pub fn run(
     let comm_filter = opts.comm.as_deref().map(process::comm_filter).transpose()?;
     let config = config(opts, session::prepare("capagent trace")?, comm_filter);
     let _span = tracing::info_span!("trace").entered();
-    let mut ebpf = kernel::load(&config, opts.ring_bytes)?;
+    let mut ebpf = kernel::load(&config, opts.ring_bytes, opts.stack_ring_bytes)?;
 
     // The maps userspace works with, taken out of the object (they stay alive while held).
     let mut traced: HashMap<MapData, u32, u8> = kernel::take_map(&mut ebpf, maps::TRACED)?;
@@ -232,6 +248,14 @@ pub fn run(
         kernel::take_map(&mut ebpf, maps::COUNTERS)?,
         kernel::take_map(&mut ebpf, maps::PAUSED)?,
     );
+    if opts.stack {
+        tracer.stack_ring = Some(kernel::take_map(&mut ebpf, maps::STACKS)?);
+        let mut pairing = super::stacks::Pairing::default();
+        for &pid in opts.pids.iter() {
+            pairing.unwinder.note_process(pid);
+        }
+        tracer.assembler.stacks = Some(pairing);
+    }
     let mut trace_pid = |pid: u32, live: &mut HashSet<u32>| {
         live.insert(pid);
         traced
@@ -312,6 +336,17 @@ fn config(opts: &TraceOptions, offsets: KernelOffsets, comm_filter: Option<[u8; 
     if opts.tls {
         tls_config(&mut config, &opts.syscalls);
     }
+    if opts.stack {
+        config.stack = 1;
+        config.stack_size = (opts.stack_size.min(agent_common::STACK_MAX as u32)) & !7;
+        config.stack_regs = STACK_REGS;
+        // Executable mappings are reported (and, lossless, the process paused until the
+        // agent has read its mappings): a process gone before its stacks are unwound is
+        // still symbolized.
+        for nr in syscall_numbers(sys::MMAP_EXEC) {
+            config.sys_table[nr] = sys::MMAP_EXEC as u8;
+        }
+    }
     if let Some(f) = comm_filter {
         config.comm_match = 1;
         config.comm_filter = f;
@@ -378,6 +413,8 @@ struct Tracer<'s> {
     tls_paused_before: Vec<u32>,
     /// `--tls`: the processes whose exec or mmap record the current drain handled.
     tls_handled: Vec<u32>,
+    /// `--stack`: the `STACKS` ring.
+    stack_ring: Option<RingBuf<MapData>>,
 }
 
 impl<'s> Tracer<'s> {
@@ -405,6 +442,7 @@ impl<'s> Tracer<'s> {
             tls_libs: Vec::new(),
             tls_paused_before: Vec::new(),
             tls_handled: Vec::new(),
+            stack_ring: None,
         }
     }
 }
@@ -479,6 +517,56 @@ impl Tracer<'_> {
         }
     }
 
+    /// `--stack`: the stack of a call record with a stack id, unwound before the record is
+    /// assembled (its events then carry the frames). The kernel wrote the stack at the
+    /// call's entry, before the call's records: if it is not held yet, it is in the ring.
+    /// Exec records note the new program's mappings.
+    fn pair_stack(&mut self, rec: &decode::Record) {
+        let Some(pairing) = &mut self.assembler.stacks else {
+            return;
+        };
+        let hdr = match rec {
+            decode::Record::Sock(ev) => &ev.hdr,
+            decode::Record::Data { ev, .. } => &ev.hdr,
+            decode::Record::Proc(p) if p.hdr.syscall == sys::EXEC => {
+                pairing.unwinder.note_process(p.hdr.pid);
+                return;
+            }
+            decode::Record::Proc(p) if p.hdr.syscall == sys::MMAP_EXEC => {
+                pairing.unwinder.note_process(p.hdr.pid);
+                if self.tls.is_none() {
+                    // Resumed once this drain ends (see `drained`).
+                    self.tls_handled.push(p.hdr.pid);
+                }
+                return;
+            }
+            _ => return,
+        };
+        if hdr.stack_id == 0 {
+            return;
+        }
+        let (tid, id) = (hdr.tid, hdr.stack_id);
+        if !pairing.has(tid, id)
+            && let Some(ring) = &mut self.stack_ring
+        {
+            while let Some(item) = ring.next() {
+                match super::stacks::decode(&item) {
+                    Some(s) => {
+                        // A process's first stack: its mappings, while it is alive.
+                        if !pairing.unwinder.knows(s.pid) {
+                            pairing.unwinder.note_process(s.pid);
+                        }
+                        pairing.hold(s)
+                    }
+                    None => tracing::warn!("undecodable stack record"),
+                }
+            }
+        }
+        if !pairing.resolve(tid, id) {
+            pairing.missing();
+        }
+    }
+
     /// Continues every process the kernel paused (at the end: nothing more is handled).
     fn resume_paused(&mut self) {
         let pids: Vec<u32> = self.paused.keys().filter_map(Result::ok).collect();
@@ -518,7 +606,8 @@ impl Tracer<'_> {
     /// libraries had all been examined for others was not paused for them.
     fn rescan(&mut self, rec: &decode::Record) -> bool {
         let Some(tls) = &mut self.tls else {
-            return false;
+            // `--stack` without `--tls`: an mmap record is only that (see `pair_stack`).
+            return matches!(rec, decode::Record::Proc(p) if p.hdr.syscall == sys::MMAP_EXEC);
         };
         match rec {
             decode::Record::Proc(p) if p.hdr.syscall == sys::MMAP_EXEC => {
@@ -541,7 +630,9 @@ impl Tracer<'_> {
         }
     }
 
-    fn outcome(self, exit_status: Option<ExitStatus>) -> Result<TraceOutcome, TraceError> {
+    fn outcome(mut self, exit_status: Option<ExitStatus>) -> Result<TraceOutcome, TraceError> {
+        let dropped = self.counter(counter::STACK_LOST);
+        let stacks = self.assembler.stacks.take();
         if let Some(e) = self.output_error {
             return Err(TraceError::Output(e));
         }
@@ -552,6 +643,11 @@ impl Tracer<'_> {
             kernel_events: self.counter(counter::EVENTS),
             read_errors: self.counter(counter::READ_ERRORS),
             tls_libs: self.tls_libs,
+            stacks: stacks.map(|mut p| {
+                let mut c = p.finish();
+                c.dropped = dropped;
+                c
+            }),
         })
     }
 }
@@ -560,6 +656,7 @@ impl Mode for Tracer<'_> {
     fn record(&mut self, rec: &[u8]) {
         match decode::decode(rec) {
             Ok(rec) => {
+                self.pair_stack(&rec);
                 if !self.rescan(&rec) {
                     self.assembler.push_into(&rec, &mut self.events);
                 }

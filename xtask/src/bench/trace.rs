@@ -20,8 +20,8 @@ use crate::util::{self, Captured, display, which};
 
 #[derive(Args, Debug, Clone)]
 #[command(mut_arg("skip", |a| a.help(
-    "Rows to skip (comma-separated): capagent (both capagent rows), capagent-pcapng, \
-     strace, bpftrace, pingpong, bulk"
+    "Rows to skip (comma-separated): capagent (every capagent row), capagent-pcapng, \
+     capagent-stack, strace, bpftrace, pingpong, bulk"
 )))]
 pub struct TraceBenchArgs {
     /// Round trips of the ping-pong.
@@ -41,6 +41,7 @@ pub struct TraceBenchArgs {
 }
 
 const TRACE_TARGET: &str = ">= 0.8x, 0 lost";
+const STACK_TARGET: &str = ">= 0.5x, 0 lost";
 const BULK_TARGET: &str = ">= 0.5x, captured = sent, 0 lost";
 
 /// The bpftrace comparison: print up to 64 payload bytes of each send/recv-type call of the
@@ -74,6 +75,8 @@ enum Tracer {
     Capagent,
     /// capagent with a pcapng file as its output (bulk stream only).
     CapagentPcapng,
+    /// capagent with `--stack` (ping-pong only).
+    CapagentStack,
     Strace,
     Bpftrace,
 }
@@ -84,6 +87,7 @@ impl Tracer {
             Tracer::Untraced => "untraced",
             Tracer::Capagent => "capagent",
             Tracer::CapagentPcapng => "capagent-pcapng",
+            Tracer::CapagentStack => "capagent-stack",
             Tracer::Strace => "strace",
             Tracer::Bpftrace => "bpftrace",
         }
@@ -156,6 +160,7 @@ pub fn trace(args: TraceBenchArgs) -> Result<()> {
         for t in [
             Tracer::Untraced,
             Tracer::Capagent,
+            Tracer::CapagentStack,
             Tracer::Strace,
             Tracer::Bpftrace,
         ] {
@@ -169,7 +174,9 @@ pub fn trace(args: TraceBenchArgs) -> Result<()> {
     }
     plan.retain(|(_, t)| {
         *t == Tracer::Untraced
-            || !(skip(t.name()) || (*t == Tracer::CapagentPcapng && skip("capagent")))
+            || !(skip(t.name())
+                || (matches!(t, Tracer::CapagentPcapng | Tracer::CapagentStack)
+                    && skip("capagent")))
     });
     // Rounds: every row runs once per round, so a machine that gets busier or quieter during
     // the bench shifts all rows alike instead of skewing the ratios.
@@ -185,7 +192,10 @@ pub fn trace(args: TraceBenchArgs) -> Result<()> {
             let result = if !root
                 && matches!(
                     tracer,
-                    Tracer::Capagent | Tracer::CapagentPcapng | Tracer::Bpftrace
+                    Tracer::Capagent
+                        | Tracer::CapagentPcapng
+                        | Tracer::CapagentStack
+                        | Tracer::Bpftrace
                 ) {
                 Err("skipped: needs root".to_string())
             } else {
@@ -330,6 +340,21 @@ fn traced_command(
                 .args(client);
             c
         }
+        Tracer::CapagentStack => {
+            let path = ctx.capagent.as_ref().map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut c = Command::new(path);
+            c.args([
+                "trace",
+                "--stack",
+                "--format",
+                "json",
+                "-o",
+                "/dev/null",
+                "--",
+            ])
+            .args(client);
+            c
+        }
         Tracer::CapagentPcapng => {
             // The records (text, 64-byte previews) go nowhere; the pcapng file holds the
             // payloads. (`-w -` would mix the traced command's stdout into the file.)
@@ -470,6 +495,20 @@ fn pingpong(ctx: &Ctx, tracer: Tracer) -> Result<RunResult> {
             }
             None => format!("events: could not parse the summary ({expected} expected)"),
         }),
+        Tracer::CapagentStack => {
+            notes.push(match parse_events_lost(&out.stderr) {
+                Some((events, lost)) => format!("events {events}/{expected} expected, {lost} lost"),
+                None => format!("events: could not parse the summary ({expected} expected)"),
+            });
+            notes.push(
+                out.stderr
+                    .lines()
+                    .find_map(|l| l.strip_prefix("capagent: stacks: "))
+                    .map_or("stacks: no summary line".to_string(), |l| {
+                        format!("stacks {l}")
+                    }),
+            );
+        }
         Tracer::Bpftrace => {
             let text = fs::read_to_string(ctx.tmp.join("bpftrace.out")).unwrap_or_default();
             let socket_lines = text
@@ -680,6 +719,8 @@ fn print_table(args: &TraceBenchArgs, rows: &[Row]) {
             let target = match (w, row.tracer) {
                 (_, Tracer::Untraced) => "-",
                 (Workload::PingPong, Tracer::Capagent) => TRACE_TARGET,
+                (Workload::PingPong, Tracer::CapagentStack) => STACK_TARGET,
+                (Workload::Bulk, Tracer::CapagentStack) => "-",
                 // The whole payload through JSON: the bytes must all arrive; the rate is
                 // printed for information (the traced process is paused while capagent writes).
                 (Workload::Bulk, Tracer::Capagent | Tracer::CapagentPcapng) => BULK_TARGET,
@@ -723,7 +764,8 @@ fn print_table(args: &TraceBenchArgs, rows: &[Row]) {
     }
     println!();
     println!(
-        "targets: capagent ping-pong {TRACE_TARGET} (events captured = expected), bulk (JSON or \
+        "targets: capagent ping-pong {TRACE_TARGET} (events captured = expected), with --stack \
+         {STACK_TARGET} (stacks captured vs events in the notes), bulk (JSON or \
          pcapng) {BULK_TARGET}; strace ~0.15x; bpftrace ~0.28x. capagent-pcapng: -w FILE on \
          tmpfs, text records to /dev/null. Timings are printed, never asserted."
     );

@@ -128,6 +128,16 @@ struct Held {
     events: Vec<Event>,
 }
 
+/// `comment`, then the frames of the event's call stack (`trace --stack`), one a line.
+fn with_stack(comment: &str, ev: &Event) -> String {
+    let mut c = comment.to_string();
+    for (i, f) in ev.stack.iter().flatten().enumerate() {
+        c.push_str("\n    ");
+        crate::output::text::frame_line(&mut c, i, f);
+    }
+    c
+}
+
 /// The comment every packet of an event carries.
 fn task_comment(ev: &Event) -> String {
     format!(
@@ -804,7 +814,12 @@ impl Synth {
                 data,
                 orig_len,
                 dir,
-                comment: comment.clone(),
+                // `trace --stack`: the call's frames in its first packet's comment.
+                comment: if off == 0 {
+                    with_stack(&comment, ev)
+                } else {
+                    comment.clone()
+                },
             });
             off += len;
         }

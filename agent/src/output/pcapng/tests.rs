@@ -38,6 +38,7 @@ fn ev(syscall: u16, ret: i64, sock: Option<SocketMeta>, detail: Detail) -> Event
         tls_eof: false,
         tls_plaintext: false,
         unfinished: false,
+        stack: None,
     }
 }
 

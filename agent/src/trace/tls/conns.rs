@@ -244,6 +244,7 @@ pub(crate) mod tests {
             tls_eof: false,
             tls_plaintext: false,
             unfinished: false,
+            stack: None,
         }
     }
 

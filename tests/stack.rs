@@ -1,0 +1,170 @@
+//! Root integration tests of `capagent trace --stack`: a small C program built at test time
+//! (`cc`), traced by the real `capagent` binary through the real kernel, in a network
+//! namespace of each test's own.
+//!
+//! Needs root and `cc`:
+//! `cargo test -p capagent-tests --features root-tests --test stack -- --test-threads=1`.
+
+use std::process::Command;
+
+use capagent_testkit::*;
+use serde_json::Value;
+
+/// main → send_hello() → send() on a Unix socket pair, `argv[1]` times (default 1); the
+/// peer reads every byte back and the exit status says whether it got them.
+const HELLO_C: &str = r#"
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+__attribute__((noinline)) int send_hello(int fd) {
+    const char *m = "hello";
+    int r = send(fd, m, strlen(m), 0);
+    __asm__ volatile("" ::: "memory");
+    return r;
+}
+
+int main(int argc, char **argv) {
+    int n = argc > 1 ? atoi(argv[1]) : 1;
+    int sv[2];
+    char buf[8];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv)) return 1;
+    for (int i = 0; i < n; i++) {
+        if (send_hello(sv[0]) != 5) return 2;
+        if (recv(sv[1], buf, 5, MSG_WAITALL) != 5 || memcmp(buf, "hello", 5)) return 3;
+    }
+    return 0;
+}
+"#;
+
+/// Builds [`HELLO_C`] with `flags` into `dir`; returns the program's path.
+fn build(dir: &TempDir, name: &str, flags: &[&str]) -> String {
+    let src = dir.write("hello.c", HELLO_C);
+    let out = dir.join(name).to_string_lossy().into_owned();
+    let st = Command::new("cc")
+        .args(flags)
+        .args(["-o", &out, &src])
+        .status()
+        .expect("cc");
+    assert!(st.success(), "cc {flags:?} failed");
+    out
+}
+
+/// The `stack: N captured, M dropped ...` summary line's numbers.
+fn stack_summary(run: &TraceRun) -> (u64, u64) {
+    let line = run
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("capagent: stacks: "))
+        .unwrap_or_else(|| panic!("no stacks summary line\n{}", run.stderr));
+    let nums: Vec<u64> = line
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (nums[0], nums[1])
+}
+
+/// The send events of the program (sendto on the socket pair).
+fn sends(run: &TraceRun) -> Vec<&Value> {
+    run.events
+        .iter()
+        .filter(|e| e.ty() == "data" && e.syscall() == "sendto")
+        .collect()
+}
+
+#[test]
+fn fp_build_send_stack_names_its_callers() {
+    let ns = Netns::new("stkfp");
+    let dir = TempDir::new("stkfp");
+    let prog = build(&dir, "hello_fp", &["-g", "-O0", "-fno-omit-frame-pointer"]);
+    let args = ["--format", "json", "--stack", "--events", "send"];
+    let run = trace(&dir, &with_cmd(&args, &ns.argv(&[&prog])), None);
+    assert!(run.status.success(), "{}", run.describe());
+    let s = sends(&run);
+    assert_eq!(s.len(), 1, "{}", run.describe());
+    let ev = s[0];
+    assert_eq!(ev.payload(), b"hello");
+    let stack = ev["stack"].as_array().expect("a stack array");
+    // Shape: every frame an object with exactly these members, numbered from 0.
+    for (i, f) in stack.iter().enumerate() {
+        let keys: Vec<&str> = f.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        let mut sorted = keys.clone();
+        sorted.sort();
+        assert_eq!(
+            sorted,
+            [
+                "addr", "file", "frame", "function", "line", "module", "offset"
+            ],
+            "{f}"
+        );
+        assert_eq!(f["frame"], i as u64, "{f}");
+        let addr = f["addr"].as_str().unwrap();
+        assert!(addr.starts_with("0x") && u64::from_str_radix(&addr[2..], 16).is_ok());
+        assert!(f["offset"].is_u64(), "{f}");
+    }
+    // send_hello then main, both in the program itself.
+    let funcs: Vec<&str> = stack
+        .iter()
+        .map(|f| f["function"].as_str().unwrap_or("?"))
+        .collect();
+    let at = |name: &str| {
+        funcs
+            .iter()
+            .position(|f| *f == name)
+            .unwrap_or_else(|| panic!("no {name} in {funcs:?}"))
+    };
+    let (hello, main) = (at("send_hello"), at("main"));
+    assert!(0 < hello && hello < main, "{funcs:?}");
+    for i in [hello, main] {
+        assert_eq!(stack[i]["module"], prog.as_str(), "{}", stack[i]);
+    }
+    assert_eq!(stack_summary(&run), (1, 0), "{}", run.stderr);
+}
+
+#[test]
+fn no_stack_member_without_the_flag() {
+    let ns = Netns::new("stkno");
+    let dir = TempDir::new("stkno");
+    let prog = build(&dir, "hello", &["-O0"]);
+    let args = ["--format", "json", "--events", "send"];
+    let run = trace(&dir, &with_cmd(&args, &ns.argv(&[&prog])), None);
+    assert!(run.status.success(), "{}", run.describe());
+    assert_eq!(sends(&run).len(), 1, "{}", run.describe());
+    assert!(run.events.iter().all(|e| e.get("stack").is_none()));
+    assert!(!run.stderr.contains("capagent: stacks: "), "{}", run.stderr);
+}
+
+#[test]
+fn full_stack_ring_drops_stacks_never_records() {
+    // A 4 KiB stack ring cannot hold one 16 KiB stack: every stack is dropped and counted,
+    // while every send is reported with its payload and nothing is lost.
+    const N: usize = 50;
+    let ns = Netns::new("stkfull");
+    let dir = TempDir::new("stkfull");
+    let prog = build(&dir, "hello", &["-O0", "-fno-omit-frame-pointer"]);
+    let args = [
+        "--format",
+        "json",
+        "--stack",
+        "--stack-ring-kib",
+        "4",
+        "--events",
+        "send",
+    ];
+    let run = trace(
+        &dir,
+        &with_cmd(&args, &ns.argv(&[&prog, &N.to_string()])),
+        None,
+    );
+    assert!(run.status.success(), "{}", run.describe());
+    let s = sends(&run);
+    assert_eq!(s.len(), N, "{}", run.describe());
+    for e in &s {
+        assert_eq!(e.payload(), b"hello");
+        assert!(e.get("stack").is_none(), "{e}");
+    }
+    let (_, lost, _) = run.summary();
+    assert_eq!(lost, 0, "{}", run.stderr);
+    assert_eq!(stack_summary(&run), (0, N as u64), "{}", run.stderr);
+}
