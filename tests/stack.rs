@@ -75,9 +75,28 @@ fn sends(run: &TraceRun) -> Vec<&Value> {
 
 #[test]
 fn fp_build_send_stack_names_its_callers() {
+    send_stack_names_its_callers("hello_fp", &["-g", "-O0", "-fno-omit-frame-pointer"]);
+}
+
+/// Without frame pointers (as Debian builds): unwound through DWARF CFI all the same.
+#[test]
+fn no_fp_build_send_stack_names_its_callers() {
+    send_stack_names_its_callers("hello_nofp", &["-g", "-O1", "-fomit-frame-pointer"]);
+}
+
+/// The 1-based line of [`HELLO_C`] containing `what`.
+fn line_of(what: &str) -> u64 {
+    HELLO_C
+        .lines()
+        .position(|l| l.contains(what))
+        .expect("in HELLO_C") as u64
+        + 1
+}
+
+fn send_stack_names_its_callers(name: &str, flags: &[&str]) {
     let ns = Netns::new("stkfp");
     let dir = TempDir::new("stkfp");
-    let prog = build(&dir, "hello_fp", &["-g", "-O0", "-fno-omit-frame-pointer"]);
+    let prog = build(&dir, name, flags);
     let args = ["--format", "json", "--stack", "--events", "send"];
     let run = trace(&dir, &with_cmd(&args, &ns.argv(&[&prog])), None);
     assert!(run.status.success(), "{}", run.describe());
@@ -118,7 +137,22 @@ fn fp_build_send_stack_names_its_callers() {
     assert!(0 < hello && hello < main, "{funcs:?}");
     for i in [hello, main] {
         assert_eq!(stack[i]["module"], prog.as_str(), "{}", stack[i]);
+        let file = stack[i]["file"].as_str().unwrap_or_default();
+        assert!(file.ends_with("hello.c"), "{}", stack[i]);
     }
+    // The lines of the calls (debug info of the -g build).
+    assert_eq!(
+        stack[hello]["line"],
+        line_of("int r = send("),
+        "{}",
+        stack[hello]
+    );
+    assert_eq!(
+        stack[main]["line"],
+        line_of("if (send_hello("),
+        "{}",
+        stack[main]
+    );
     assert_eq!(stack_summary(&run), (1, 0), "{}", run.stderr);
 }
 

@@ -1,10 +1,8 @@
 //! `trace --stack`, the pipeline side: the `STACKS` ring's records, paired with the calls
 //! they were taken at by (thread, stack id), unwound into [`Frame`]s.
 //!
-//! The unwinder and symbolizer (DWARF CFI, debug info) is `trace::stack::Stacks` (issue 15,
-//! owner U). Until it is on main, [`Unwinder`] is a FALLBACK: a frame-pointer walk over the
-//! copied stack, symbolized from the ELF symbol tables of the mappings read at
-//! [`Unwinder::note_process`]. Switch [`Unwinder`] to `Stacks` once it lands (same calls).
+//! The unwinding and symbolization (DWARF CFI, frame pointers, debug info) is
+//! [`Stacks`](super::stack::Stacks).
 
 use std::{
     collections::{HashMap, VecDeque},
@@ -18,8 +16,6 @@ use crate::model::Frame;
 /// Most stacks held waiting for their call's record, and most unwound stacks kept for the
 /// records of a call still to be assembled.
 const HELD_MAX: usize = 4096;
-/// Most frames of one stack.
-const FRAMES_MAX: usize = 128;
 
 /// A stack record from the ring.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,7 +72,7 @@ pub struct Pairing {
     held_order: VecDeque<(u32, u32)>,
     done: HashMap<(u32, u32), Arc<Vec<Frame>>>,
     done_order: VecDeque<(u32, u32)>,
-    pub unwinder: Unwinder,
+    pub unwinder: super::stack::Stacks,
     pub counts: StackCounts,
 }
 
@@ -111,7 +107,19 @@ impl Pairing {
         let Some(raw) = self.held.remove(&key) else {
             return false;
         };
-        let frames = self.unwinder.unwind(&raw);
+        let stack: &[u8] = if raw.flags & stack_flags::READ_FAILED == 0 {
+            &raw.stack
+        } else {
+            &[]
+        };
+        let frames = self.unwinder.unwind(&super::stack::Sample {
+            pid: raw.pid,
+            tid: raw.tid,
+            ip: raw.ip,
+            sp: raw.sp,
+            bp: raw.bp,
+            stack,
+        });
         self.counts.captured += 1;
         self.counts.unresolved += frames.iter().filter(|f| f.function.is_none()).count() as u64;
         self.done.insert(key, Arc::new(frames));
@@ -143,234 +151,9 @@ impl Pairing {
     }
 }
 
-/// An executable file mapping of a process.
-#[derive(Debug, Clone)]
-struct Mapping {
-    start: u64,
-    end: u64,
-    offset: u64,
-    path: Arc<str>,
-}
-
-/// A module's function symbols: (start, size, name), sorted by start; and its loadable
-/// segments (file offset, vaddr, file size) to turn file offsets into addresses.
-#[derive(Debug, Default)]
-struct Symbols {
-    funcs: Vec<(u64, u64, Arc<str>)>,
-    segments: Vec<(u64, u64, u64)>,
-}
-
-/// FALLBACK unwinder (see the module's documentation): frame pointers only, symbols from
-/// the ELF symbol tables (no DWARF, no file:line).
-#[derive(Default)]
-pub struct Unwinder {
-    maps: HashMap<u32, Vec<Mapping>>,
-    modules: HashMap<Arc<str>, Option<Symbols>>,
-}
-
-impl Unwinder {
-    /// True when `addr` lies in an executable file mapping of `pid`.
-    fn in_module(&self, pid: u32, addr: u64) -> bool {
-        self.maps
-            .get(&pid)
-            .is_some_and(|m| m.iter().any(|m| addr >= m.start && addr < m.end))
-    }
-
-    /// True when the mappings of `pid` were read.
-    pub fn knows(&self, pid: u32) -> bool {
-        self.maps.contains_key(&pid)
-    }
-
-    /// Reads the executable mappings of `pid` now and keeps them (also after it exits).
-    pub fn note_process(&mut self, pid: u32) {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
-            return;
-        };
-        let mut maps = Vec::new();
-        for line in text.lines() {
-            let mut it = line.split_whitespace();
-            let (Some(range), Some(perms), Some(off), _, _, Some(path)) = (
-                it.next(),
-                it.next(),
-                it.next(),
-                it.next(),
-                it.next(),
-                it.next(),
-            ) else {
-                continue;
-            };
-            if !perms.contains('x') || !path.starts_with('/') {
-                continue;
-            }
-            let Some((a, b)) = range.split_once('-') else {
-                continue;
-            };
-            let (Ok(start), Ok(end), Ok(offset)) = (
-                u64::from_str_radix(a, 16),
-                u64::from_str_radix(b, 16),
-                u64::from_str_radix(off, 16),
-            ) else {
-                continue;
-            };
-            maps.push(Mapping {
-                start,
-                end,
-                offset,
-                path: path.into(),
-            });
-        }
-        if !maps.is_empty() {
-            self.maps.insert(pid, maps);
-        }
-    }
-
-    /// The frames of a stack: the innermost at `ip`, then the return addresses a
-    /// frame-pointer walk finds within the copied bytes.
-    pub fn unwind(&mut self, s: &RawStack) -> Vec<Frame> {
-        // Mapped since last read (the libraries after an exec): read again while alive.
-        let mapped = |m: &Vec<Mapping>| m.iter().any(|m| s.ip >= m.start && s.ip < m.end);
-        if !self.maps.get(&s.pid).is_some_and(mapped) {
-            self.note_process(s.pid);
-        }
-        let mut addrs = vec![s.ip];
-        if s.flags & stack_flags::READ_FAILED == 0 {
-            let word = |at: u64| -> Option<u64> {
-                let off = at.checked_sub(s.sp)? as usize;
-                let b = s.stack.get(off..off + 8)?;
-                Some(u64::from_ne_bytes(b.try_into().ok()?))
-            };
-            // The innermost function may keep no frame pointer (libc's syscall wrappers):
-            // its caller's return address is the first word between sp and bp that points
-            // into an executable mapping (a scan: heuristic, part of the fallback).
-            let top = s.bp.clamp(s.sp, s.sp + 512);
-            let mut at = s.sp;
-            while at + 8 <= top {
-                if let Some(w) = word(at)
-                    && self.in_module(s.pid, w)
-                {
-                    addrs.push(w);
-                    break;
-                }
-                at += 8;
-            }
-            let mut bp = s.bp;
-            while addrs.len() < FRAMES_MAX {
-                let (Some(next), Some(ret)) = (word(bp), word(bp.wrapping_add(8))) else {
-                    break;
-                };
-                if ret == 0 {
-                    break;
-                }
-                addrs.push(ret);
-                if next <= bp {
-                    break;
-                }
-                bp = next;
-            }
-        }
-        addrs
-            .into_iter()
-            .enumerate()
-            .map(|(i, addr)| self.symbolize(s.pid, addr, i > 0))
-            .collect()
-    }
-
-    fn symbolize(&mut self, pid: u32, addr: u64, caller: bool) -> Frame {
-        let mut frame = Frame {
-            addr,
-            module: None,
-            function: None,
-            offset: 0,
-            file: None,
-            line: None,
-        };
-        let Some(m) = self
-            .maps
-            .get(&pid)
-            .and_then(|maps| maps.iter().find(|m| addr >= m.start && addr < m.end))
-            .cloned()
-        else {
-            return frame;
-        };
-        frame.module = Some(m.path.clone());
-        let syms = self
-            .modules
-            .entry(m.path.clone())
-            .or_insert_with(|| read_symbols(&m.path));
-        let Some(syms) = syms else { return frame };
-        // A return address points after the call: look up the call itself.
-        let look = if caller { addr - 1 } else { addr };
-        let file_off = look - m.start + m.offset;
-        let Some(vaddr) = syms
-            .segments
-            .iter()
-            .find(|(o, _, sz)| file_off >= *o && file_off < o + sz)
-            .map(|(o, v, _)| file_off - o + v)
-        else {
-            return frame;
-        };
-        let i = syms.funcs.partition_point(|(a, _, _)| *a <= vaddr);
-        if i > 0 {
-            let (start, size, name) = &syms.funcs[i - 1];
-            if vaddr < start + (*size).max(1) {
-                frame.function = Some(name.clone());
-                frame.offset = vaddr - start + u64::from(look != addr);
-            }
-        }
-        frame
-    }
-}
-
-/// The function symbols and loadable segments of an ELF file (None if unreadable).
-fn read_symbols(path: &str) -> Option<Symbols> {
-    use object::{Object, ObjectSegment, ObjectSymbol, SymbolKind};
-    let data = std::fs::read(path).ok()?;
-    let file = object::File::parse(&*data).ok()?;
-    let mut funcs: Vec<(u64, u64, Arc<str>)> = file
-        .symbols()
-        .chain(file.dynamic_symbols())
-        .filter(|s| s.kind() == SymbolKind::Text && s.address() != 0)
-        .filter_map(|s| Some((s.address(), s.size(), Arc::from(s.name().ok()?))))
-        .collect();
-    funcs.sort_by_key(|f| f.0);
-    funcs.dedup_by_key(|f| f.0);
-    let segments = file
-        .segments()
-        .map(|s| {
-            let (o, sz) = s.file_range();
-            (o, s.address(), sz)
-        })
-        .collect();
-    Some(Symbols { funcs, segments })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn frame_pointer_walk_reads_the_chain_in_the_copied_stack() {
-        let sp = 0x1000u64;
-        let mut stack = vec![0u8; 64];
-        // bp = sp+16: [saved bp = sp+40][ret 0xaaaa]; sp+40: [saved bp 0][ret 0xbbbb].
-        stack[16..24].copy_from_slice(&(sp + 40).to_ne_bytes());
-        stack[24..32].copy_from_slice(&0xaaaau64.to_ne_bytes());
-        stack[40..48].copy_from_slice(&0u64.to_ne_bytes());
-        stack[48..56].copy_from_slice(&0xbbbbu64.to_ne_bytes());
-        let raw = RawStack {
-            pid: 0,
-            tid: 1,
-            stack_id: 1,
-            flags: 0,
-            ip: 0x5555,
-            sp,
-            bp: sp + 16,
-            stack,
-        };
-        let frames = Unwinder::default().unwind(&raw);
-        let addrs: Vec<u64> = frames.iter().map(|f| f.addr).collect();
-        assert_eq!(addrs, vec![0x5555, 0xaaaa, 0xbbbb]);
-    }
 
     #[test]
     fn pairing_holds_then_resolves_and_bounds_what_it_holds() {

@@ -114,6 +114,11 @@ impl Stacks {
         }
     }
 
+    /// True when the mappings of `pid` were read ([`Stacks::note_process`]).
+    pub fn knows(&self, pid: u32) -> bool {
+        self.processes.contains_key(&pid)
+    }
+
     /// Reads /proc/PID/maps now (executable mappings: path, start, end, file offset,
     /// build-id) and keeps them (also after the process exits). A process already gone
     /// keeps what was noted before.
