@@ -160,7 +160,7 @@ fn attach_openssl_as_planned(ebpf: &mut Ebpf) -> libs::TlsLib {
 
 /// The trace object, loaded with `config`, its syscall and process programs attached.
 fn load(config: Config) -> Ebpf {
-    let mut ebpf = kernel::load(&config, 1 << 22).unwrap();
+    let mut ebpf = kernel::load(&config, 1 << 22, 0).unwrap();
     for (prog, cat, tp) in [
         (progs::TASK_NEWTASK, "task", "task_newtask"),
         (progs::SCHED_PROCESS_EXEC, "sched", "sched_process_exec"),
