@@ -232,31 +232,10 @@ fn job_files(out: &Path, job: &str, ext: &str) -> Vec<PathBuf> {
 /// True when the pcapng file at `path` is complete and ends with its statistics: the
 /// daemon closed it (a file being written may end anywhere).
 fn closed_pcapng(path: &Path) -> bool {
-    let Ok(data) = fs::read(path) else {
-        return false;
-    };
-    if data.len() < 12 || data[..4] != [0x0a, 0x0d, 0x0d, 0x0a] {
-        return false;
-    }
-    let be = data[8..12] == [0x1a, 0x2b, 0x3c, 0x4d];
-    let u32_at = |i: usize| {
-        let a = [data[i], data[i + 1], data[i + 2], data[i + 3]];
-        if be {
-            u32::from_be_bytes(a)
-        } else {
-            u32::from_le_bytes(a)
-        }
-    };
-    let (mut i, mut last) = (0, 0);
-    while i + 12 <= data.len() {
-        let len = u32_at(i + 4) as usize;
-        if len < 12 || i + len > data.len() {
-            return false;
-        }
-        last = u32_at(i);
-        i += len;
-    }
-    i == data.len() && last == ISB
+    fs::read(path)
+        .ok()
+        .and_then(|data| blocks_of(&data).ok())
+        .is_some_and(|b| b.last().is_some_and(|b| b.0 == ISB))
 }
 
 /// Waits until job `job` has rotated its `ext` file since its newest was `before`: a newer
@@ -324,17 +303,21 @@ fn bytes_written(out: &Path, job: &str) -> u64 {
 
 /// The blocks of a pcapng file: (type, body).
 fn pcapng_blocks(path: &Path) -> Vec<(u32, Vec<u8>)> {
-    let data = fs::read(path).unwrap();
-    assert!(data.len() >= 28, "{}: too short", path.display());
-    assert_eq!(
-        &data[..4],
-        &[0x0a, 0x0d, 0x0d, 0x0a],
-        "{}: no SHB",
-        path.display()
-    );
+    blocks_of(&fs::read(path).unwrap()).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// The blocks of pcapng bytes, or what is wrong with them (too short, no SHB, a block
+/// cut or with mismatched lengths).
+fn blocks_of(data: &[u8]) -> Result<Vec<(u32, Vec<u8>)>, String> {
+    if data.len() < 28 {
+        return Err("too short".into());
+    }
+    if data[..4] != [0x0a, 0x0d, 0x0d, 0x0a] {
+        return Err("no SHB".into());
+    }
     let be = data[8..12] == [0x1a, 0x2b, 0x3c, 0x4d];
-    let u32_at = |b: &[u8], i: usize| {
-        let a = [b[i], b[i + 1], b[i + 2], b[i + 3]];
+    let u32_at = |i: usize| {
+        let a = [data[i], data[i + 1], data[i + 2], data[i + 3]];
         if be {
             u32::from_be_bytes(a)
         } else {
@@ -344,19 +327,18 @@ fn pcapng_blocks(path: &Path) -> Vec<(u32, Vec<u8>)> {
     let mut blocks = Vec::new();
     let mut i = 0;
     while i < data.len() {
-        let ty = u32_at(&data, i);
-        let len = u32_at(&data, i + 4) as usize;
-        assert!(
-            len >= 12 && i + len <= data.len(),
-            "{}: bad block at {i}",
-            path.display()
-        );
-        assert_eq!(u32_at(&data, i + len - 4) as usize, len);
-        let body = data[i + 8..i + len - 4].to_vec();
-        blocks.push((ty, body));
+        if i + 12 > data.len() {
+            return Err(format!("bad block at {i}"));
+        }
+        let ty = u32_at(i);
+        let len = u32_at(i + 4) as usize;
+        if len < 12 || i + len > data.len() || u32_at(i + len - 4) as usize != len {
+            return Err(format!("bad block at {i}"));
+        }
+        blocks.push((ty, data[i + 8..i + len - 4].to_vec()));
         i += len;
     }
-    blocks
+    Ok(blocks)
 }
 
 const IDB: u32 = 1;
