@@ -9,6 +9,7 @@
 //! tshark reads the HTTP from the pcapng. Certificates and the CA directory are made at
 //! test time in temporary directories.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -165,6 +166,127 @@ fn forward_tls_curl() {
     // The Python server offers no ALPN: none either side.
     assert_eq!(check_intercepted(open), (Value::Null, Value::Null));
     check_plaintext(&rec, &evs, open.fd(), &ex, "/forwarded");
+}
+
+/// The TLS 1.3 secrets of one session, as curl (OpenSSL) and rustls both log them.
+const TLS13_LABELS: [&str; 5] = [
+    "CLIENT_HANDSHAKE_TRAFFIC_SECRET",
+    "CLIENT_TRAFFIC_SECRET_0",
+    "EXPORTER_SECRET",
+    "SERVER_HANDSHAKE_TRAFFIC_SECRET",
+    "SERVER_TRAFFIC_SECRET_0",
+];
+
+/// The lines of an NSS key log grouped by client random: random -> {(label, secret)}.
+/// Every line is checked to be exactly `LABEL <64 lowercase hex> <secret hex>\n`, the
+/// label one of TLS 1.3's.
+fn key_log(text: &str) -> BTreeMap<String, BTreeSet<(String, String)>> {
+    assert!(text.ends_with('\n'), "{text:?}");
+    let lower_hex = |s: &str| {
+        s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let mut by_random: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
+    for line in text.lines() {
+        let w: Vec<&str> = line.split(' ').collect();
+        assert_eq!(w.len(), 3, "{line:?}");
+        assert!(TLS13_LABELS.contains(&w[0]), "{line:?}");
+        assert!(w[1].len() == 64 && lower_hex(w[1]), "{line:?}");
+        assert!(lower_hex(w[2]), "{line:?}");
+        let new = by_random
+            .entry(w[1].to_string())
+            .or_default()
+            .insert((w[0].to_string(), w[2].to_string()));
+        assert!(new, "{line:?} twice");
+    }
+    by_random
+}
+
+/// `proxy forward --tls --keylog B` with curl logging its own secrets to A
+/// (SSLKEYLOGFILE): B holds both legs' secrets, curl's session (its client random in A,
+/// with the same secrets) and capagent's session with the server (another client random),
+/// every TLS 1.3 secret of each, of the length of its cipher's hash.
+#[test]
+fn forward_tls_keylog() {
+    let dir = TempDir::new("mitm-keylog");
+    let certs = Certs::localhost();
+    let mut server = Https::start(&dir, &certs);
+    let rec = Rec::new(&dir, "keylog");
+    let (curl_keys, agent_keys) = (dir.join("curl.keys"), dir.join("capagent.keys"));
+    let mut a = args(&[
+        "proxy",
+        "forward",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &format!("127.0.0.1:{}", server.port),
+    ]);
+    a.extend(tls_args(
+        &dir,
+        &[
+            "--upstream-ca",
+            certs.ca_str(),
+            "--keylog",
+            &agent_keys.display().to_string(),
+        ],
+    ));
+    a.extend(rec.args());
+    let agent = Agent::start(&a, 1);
+    let port = agent.addr().port();
+    let out = Command::new("curl")
+        .env("SSLKEYLOGFILE", &curl_keys)
+        .args(["-sS", "--max-time", "20", "--cacert", &ca_cert(&dir)])
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .arg(format!("https://localhost:{port}/keys"))
+        .output()
+        .expect("cannot run curl");
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"path /keys\n");
+    let ex = server.exchange();
+    agent.stop();
+    let evs = rec.events();
+    let open = open_of(&evs, "forward", &format!("127.0.0.1:{}", server.port));
+    check_intercepted(open);
+    check_plaintext(&rec, &evs, open.fd(), &ex, "/keys");
+    // The secrets' length is the cipher suite's hash's.
+    let secret_len = |side: &str| {
+        let cipher = open["tls"][side]["cipher"].as_str().unwrap();
+        if cipher.ends_with("SHA384") { 96 } else { 64 }
+    };
+
+    let curl_log = key_log(&std::fs::read_to_string(&curl_keys).unwrap());
+    let agent_log = key_log(&std::fs::read_to_string(&agent_keys).unwrap());
+    assert_eq!(curl_log.len(), 1, "one session of curl: {curl_log:?}");
+    assert_eq!(
+        agent_log.len(),
+        2,
+        "two sessions in capagent's: {agent_log:?}"
+    );
+    let (client_random, client_secrets) = curl_log.iter().next().unwrap();
+    assert_eq!(
+        agent_log.get(client_random),
+        Some(client_secrets),
+        "curl's session, with curl's secrets"
+    );
+    let (upstream_random, upstream_secrets) =
+        agent_log.iter().find(|(r, _)| *r != client_random).unwrap();
+    for (secrets, side) in [(client_secrets, "client"), (upstream_secrets, "server")] {
+        let labels: Vec<&str> = secrets.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(labels, TLS13_LABELS, "{side} leg");
+        for (label, secret) in secrets {
+            assert_eq!(
+                secret.len(),
+                secret_len(side),
+                "{side} leg: {label} {secret}"
+            );
+        }
+    }
+    assert_ne!(client_secrets, upstream_secrets);
+    assert_ne!(client_random, upstream_random);
 }
 
 /// curl through `proxy socks --tls` (`--socks5-hostname`): intercepted after the SOCKS

@@ -22,6 +22,7 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio_rustls::{StartHandshake, TlsConnector, client, server};
 
 use super::ca::{Ca, CaError, LeafSpec};
+use super::keylog::KeyLogFile;
 use super::options::TlsOptions;
 use super::upstream::{self, Upstream, UpstreamError};
 use crate::model::{TlsIntercepted, TlsLeg};
@@ -39,6 +40,12 @@ pub enum MitmError {
     Ca(#[from] CaError),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    #[error("--keylog {}: {source}", path.display())]
+    KeyLog {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("reading the client's ClientHello: {0}")]
     ClientIo(#[source] io::Error),
     #[error("the client's ClientHello: {0}")]
@@ -78,6 +85,9 @@ pub struct Interceptor {
     ca: Arc<Ca>,
     upstream: Upstream,
     provider: Arc<rustls::crypto::CryptoProvider>,
+    /// `--keylog`: the secrets of both legs (the client's session with capagent and
+    /// capagent's with the server) go into one file.
+    key_log: Option<Arc<KeyLogFile>>,
 }
 
 impl Interceptor {
@@ -93,11 +103,23 @@ impl Interceptor {
                 ca.cert_path().display()
             );
         }
-        let upstream = Upstream::new(opts.upstream_ca.as_deref(), opts.insecure)?;
+        let mut upstream = Upstream::new(opts.upstream_ca.as_deref(), opts.insecure)?;
+        let key_log = match &opts.keylog {
+            Some(path) => {
+                let log = KeyLogFile::create(path).map_err(|source| MitmError::KeyLog {
+                    path: path.clone(),
+                    source,
+                })?;
+                upstream = upstream.with_key_log(log.clone());
+                Some(log)
+            }
+            None => None,
+        };
         Ok(Interceptor {
             ca: Arc::new(ca),
             upstream,
             provider: upstream::provider(),
+            key_log,
         })
     }
 
@@ -213,6 +235,9 @@ impl Interceptor {
             .with_no_client_auth()
             .with_cert_resolver(Arc::new(Leaf(leaf)));
         config.alpn_protocols = alpn.into_iter().collect();
+        if let Some(log) = &self.key_log {
+            config.key_log = log.clone();
+        }
         Ok(Arc::new(config))
     }
 }

@@ -3,8 +3,8 @@
 //! they make ([`TlsOptions`]).
 //!
 //! Flags whose behaviour is not built yet are refused with a one-line "not implemented yet"
-//! error rather than ignored: a user who asks for passthrough or a key log must not get
-//! interception without it.
+//! error rather than ignored: a user who asks for passthrough or raw TLS in pcapng must not
+//! get interception without it.
 
 use std::path::PathBuf;
 
@@ -62,6 +62,8 @@ pub struct TlsOptions {
     pub insecure: bool,
     /// `--upstream-ca`.
     pub upstream_ca: Option<PathBuf>,
+    /// `--keylog`.
+    pub keylog: Option<PathBuf>,
     /// `--pcap-tls` (only `plain` so far).
     pub pcap_tls: PcapTls,
 }
@@ -81,9 +83,6 @@ impl TlsArgs {
         if !self.tls_passthrough.is_empty() {
             return Err(OptionsError::NotImplemented("--tls-passthrough"));
         }
-        if self.keylog.is_some() {
-            return Err(OptionsError::NotImplemented("--keylog"));
-        }
         if self.pcap_tls == Some(PcapTls::Raw) {
             return Err(OptionsError::NotImplemented("--pcap-tls raw"));
         }
@@ -91,6 +90,7 @@ impl TlsArgs {
             ca_dir: self.ca_dir.clone(),
             insecure: self.insecure,
             upstream_ca: self.upstream_ca.clone(),
+            keylog: self.keylog.clone(),
             pcap_tls: self.pcap_tls.unwrap_or_default(),
         }))
     }
@@ -130,6 +130,8 @@ mod tests {
             "--insecure",
             "--upstream-ca",
             "/tmp/up.pem",
+            "--keylog",
+            "/tmp/keys.log",
             "--pcap-tls",
             "plain",
         ])
@@ -140,12 +142,14 @@ mod tests {
                 ca_dir: Some("/tmp/ca".into()),
                 insecure: true,
                 upstream_ca: Some("/tmp/up.pem".into()),
+                keylog: Some("/tmp/keys.log".into()),
                 pcap_tls: PcapTls::Plain,
             }))
         );
         // The other flags need --tls.
         assert!(parse(&["--insecure"]).is_err());
         assert!(parse(&["--ca-dir", "/tmp/ca"]).is_err());
+        assert!(parse(&["--keylog", "/tmp/k"]).is_err());
     }
 
     #[test]
@@ -160,10 +164,6 @@ mod tests {
                 "10.0.0.0/8"
             ]),
             "--tls-passthrough: not implemented yet"
-        );
-        assert_eq!(
-            err(&["--tls", "--keylog", "/tmp/k"]),
-            "--keylog: not implemented yet"
         );
         assert_eq!(
             err(&["--tls", "--pcap-tls", "raw"]),

@@ -37,6 +37,8 @@ pub struct Upstream {
     provider: Arc<CryptoProvider>,
     roots: Arc<RootCertStore>,
     insecure: bool,
+    /// Where the sessions' secrets go (`--keylog`); rustls' default logs nothing.
+    key_log: Option<Arc<dyn rustls::KeyLog>>,
     configs: Mutex<HashMap<Vec<Vec<u8>>, Arc<ClientConfig>>>,
 }
 
@@ -75,8 +77,15 @@ impl Upstream {
             provider: provider(),
             roots: Arc::new(roots),
             insecure,
+            key_log: None,
             configs: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Every session's secrets go to `key_log` (`--keylog`).
+    pub fn with_key_log(mut self, key_log: Arc<dyn rustls::KeyLog>) -> Upstream {
+        self.key_log = Some(key_log);
+        self
     }
 
     /// The client configuration offering `alpn` (the client's list, in its order).
@@ -98,6 +107,9 @@ impl Upstream {
                 .with_no_client_auth()
         };
         config.alpn_protocols = alpn.to_vec();
+        if let Some(log) = &self.key_log {
+            config.key_log = log.clone();
+        }
         let config = Arc::new(config);
         if configs.len() >= MAX_CONFIGS {
             configs.clear();
