@@ -4,10 +4,11 @@
 //! HTTPS server whose certificate a test CA signed (`--upstream-ca`); `openssl s_client`
 //! offering h2 and http/1.1 to `openssl s_server` choosing h2 (the protocol is mirrored);
 //! an upstream the proxy does not trust (the client gets an alert, the record says why)
-//! and `--insecure`; plain traffic through a `--tls` proxy. Each checks the exact plaintext
-//! both ways in the JSON records (the server reports what it read and wrote) and that
-//! tshark reads the HTTP from the pcapng. Certificates and the CA directory are made at
-//! test time in temporary directories.
+//! and `--insecure`; plain traffic through a `--tls` proxy; `--keylog` next to curl's own
+//! SSLKEYLOGFILE (both legs' secrets, the client leg's the same as curl's). Each checks
+//! the exact plaintext both ways in the JSON records (the server reports what it read and
+//! wrote) and that tshark reads the HTTP from the pcapng. Certificates and the CA
+//! directory are made at test time in temporary directories.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
