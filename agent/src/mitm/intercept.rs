@@ -40,12 +40,10 @@ pub enum MitmError {
     Ca(#[from] CaError),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
-    #[error("--keylog {}: {source}", path.display())]
-    KeyLog {
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    /// The key log file could not be opened (the cause is in the message, not a source:
+    /// shown once under `{:#}`).
+    #[error("--keylog {}: {error}", path.display())]
+    KeyLog { path: PathBuf, error: io::Error },
     #[error("reading the client's ClientHello: {0}")]
     ClientIo(#[source] io::Error),
     #[error("the client's ClientHello: {0}")]
@@ -106,9 +104,9 @@ impl Interceptor {
         let mut upstream = Upstream::new(opts.upstream_ca.as_deref(), opts.insecure)?;
         let key_log = match &opts.keylog {
             Some(path) => {
-                let log = KeyLogFile::create(path).map_err(|source| MitmError::KeyLog {
+                let log = KeyLogFile::create(path).map_err(|error| MitmError::KeyLog {
                     path: path.clone(),
-                    source,
+                    error,
                 })?;
                 upstream = upstream.with_key_log(log.clone());
                 Some(log)
