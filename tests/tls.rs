@@ -1072,3 +1072,79 @@ fn tls_only_close_notify_is_the_peers_fin() {
     );
     assert_eq!(fins.trim(), (1 + received.len()).to_string(), "{fins:?}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// OpenSSL builds other than Debian's 3.0: 1.1.1 and 3.3 (with `SSL_write_ex2`), from the
+// manylinux wheels `cargo xtask setup` fetches, driven through Python's ctypes.
+
+/// A ctypes client on the wheel's OpenSSL `version` writes an HTTP/1.0 request in one call
+/// of `write` to `openssl s_server -www` and `SSL_read`s the page to its end. Its records
+/// carry exactly the request and the page, on the fd the client connected (the connect's,
+/// the one the client names), the write counted once under its own name, and the summary
+/// names the wheel's libssl as OpenSSL `version`.
+fn wheel_openssl_client(version: &str, write: &str) {
+    let Some(openssl) = wheel_openssl(version) else {
+        return;
+    };
+    let f = Fixture::new(&format!("tls-w{}", version.replace('.', "")));
+    let srv = f.openssl_server();
+    let dest = loopback(srv.port);
+    let request = b"GET / HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+    let script = ctypes_client_args(&f.dir, &openssl, srv.port, request, write);
+    let mut client = vec![python()];
+    client.extend(script.iter().map(String::as_str));
+    let (run, pcap) = f.trace_json("wheel", &f.ns.argv(&client), None);
+    let evs = &run.events;
+    let pid = exec_pid(evs, &python_comm());
+    let (client_fd, received) = ctypes_client_result(&run.stdout);
+    assert!(received.starts_with(b"HTTP/1.0 200 ok\r\n"), "{received:?}");
+
+    let recs = tls_of(evs, pid);
+    check_records(&recs, "openssl", &[write, "SSL_read"], evs);
+    assert_eq!(plain(&recs, "send"), request, "plaintext the client wrote");
+    assert_eq!(plain(&recs, "recv"), received, "plaintext the client read");
+    let writes: Vec<&&Value> = recs.iter().filter(|e| e["dir"] == "send").collect();
+    assert_eq!(writes.len(), 1, "one write, counted once: {writes:?}");
+    assert_eq!(writes[0].syscall(), write, "{}", writes[0]);
+    assert_eq!(writes[0].ret(), request.len() as i64, "{}", writes[0]);
+    let (fd, local) = connect_of(evs, pid, &dest);
+    assert_eq!(fd, client_fd, "the fd the client connected");
+    let fd2 = check_same_socket(evs, pid, &recs, &local, &dest, b"GET / HTTP");
+    assert_eq!(fd, fd2, "the connect's fd");
+    let libssl = openssl.libssl_name();
+    let want = format!("{libssl} openssl {version}: hooked ");
+    assert!(
+        run.stderr.lines().any(|l| l.contains(&want)),
+        "no summary line with {want:?}:\n{}",
+        run.stderr
+    );
+    check_pcap(
+        &pcap, &local, &dest, request, &received, "GET /", "200", "openssl",
+    );
+}
+
+#[test]
+fn openssl_1_1_ctypes_client() {
+    wheel_openssl_client("1.1.1g", "SSL_write");
+}
+
+#[test]
+fn openssl_3_3_ctypes_client() {
+    wheel_openssl_client("3.3.1", "SSL_write");
+}
+
+#[test]
+fn openssl_1_1_ctypes_client_write_ex() {
+    wheel_openssl_client("1.1.1g", "SSL_write_ex");
+}
+
+/// OpenSSL 3.3's `SSL_write_ex` calls `SSL_write_ex2`: one record, named `SSL_write_ex`.
+#[test]
+fn openssl_3_3_ctypes_client_write_ex() {
+    wheel_openssl_client("3.3.1", "SSL_write_ex");
+}
+
+#[test]
+fn openssl_3_3_ctypes_client_write_ex2() {
+    wheel_openssl_client("3.3.1", "SSL_write_ex2");
+}

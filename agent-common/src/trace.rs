@@ -227,6 +227,12 @@ pub mod tls_cookie {
     /// return max(INNER's int, 0) (see [`WRAPPED`]); `SSL_read`/`SSL_write` and the BIO the
     /// byte count (INNER's 4th argument) when INNER returned > 0, else INNER's value.
     pub const CALLERS: u64 = 1 << 17;
+    /// Added to a `tls_fn` id on `tls_enter`: another hooked function jumps to this one's
+    /// first instruction (a tail call: `SSL_write_ex` → `SSL_write_ex2` in OpenSSL 3.3+ built
+    /// with `gcc -O2`, see `trace::tls::libs`), so an entry at the stack pointer of the call
+    /// in progress is that call going on: counted as nested, not recorded (the outer call
+    /// names the record; the first return at that stack pointer ends it).
+    pub const TAIL_CALLED: u64 = 1 << 18;
 
     /// The cookie of a shared inner function (see [`CALLERS`]): `other` = the id of any
     /// other caller (`BIO_READ`/`BIO_WRITE`), `plain`/`ex`: the return-address differences

@@ -162,8 +162,10 @@ pub fn tls_enter(ctx: ProbeContext) -> u32 {
     };
     // SAFETY: a map value of this thread's (only this thread writes it).
     let c = unsafe { &mut *slot };
-    if c.depth > 0 && sp < c.sp {
-        // Nested in the call in progress (the stack grows down): counted, not recorded.
+    let tail = cookie & tls_cookie::TAIL_CALLED != 0;
+    if c.depth > 0 && (sp < c.sp || (tail && sp == c.sp)) {
+        // Nested in the call in progress (the stack grows down; or jumped to by it, see
+        // `tls_cookie::TAIL_CALLED`): counted, not recorded.
         c.depth += 1;
         return 0;
     }

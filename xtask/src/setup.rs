@@ -4,7 +4,9 @@
 //!   `cargo +nightly -Z build-std=core` for the bpf target);
 //! * bpf-linker (the linker for the bpf target);
 //! * the Debian packages the integration tests and benchmarks drive (curl, tshark, go, ...), and
-//!   libpcap-dev (capagent links libpcap to compile filter expressions).
+//!   libpcap-dev (capagent links libpcap to compile filter expressions);
+//! * other OpenSSL versions than Debian's for the `trace --tls` tests: the libssl and
+//!   libcrypto that manylinux wheels from PyPI bundle (see [`OPENSSL_WHEELS`]).
 //!
 //! Each step checks first and is skipped when already satisfied.
 use std::{
@@ -65,7 +67,13 @@ const DEBCONF_PRESEED: &[(&str, &str)] = &[
 ];
 
 pub fn setup() -> Result<()> {
-    let report = [nightly()?, rust_src()?, bpf_linker()?, apt_packages()?];
+    let report = [
+        nightly()?,
+        rust_src()?,
+        bpf_linker()?,
+        apt_packages()?,
+        openssl_wheels()?,
+    ];
     eprintln!("setup:");
     for line in &report {
         eprintln!("  {line}");
@@ -217,4 +225,149 @@ fn apt_packages() -> Result<String> {
     run(as_root(&install)?.env("DEBIAN_FRONTEND", "noninteractive"))
         .context("installing Debian packages")?;
     Ok(format!("apt packages: installed {}", missing.join(" ")))
+}
+
+/// OpenSSL builds that are not Debian's, for the `trace --tls` tests (testkit's
+/// `wheel_openssl`): the shared libraries bundled in manylinux wheels on PyPI (real OpenSSL
+/// builds, of other versions and another compiler setup than Debian's). (OpenSSL version,
+/// pinned wheel with its sha256, pip's `--platform` and `--python-version` that select it.)
+pub const OPENSSL_WHEELS: &[(&str, &str, &str, &str)] = &[
+    // OpenSSL 1.1.1g (the 1.1 API: no SSL_write_ex2).
+    (
+        "1.1.1g",
+        "psycopg2-binary==2.8.6 \
+         --hash=sha256:7312e931b90fe14f925729cde58022f5d034241918a5c4f9797cac62f6b3a9dd",
+        "manylinux1_x86_64",
+        "3.9",
+    ),
+    // OpenSSL 3.3.1 (SSL_write_ex2, which SSL_write_ex calls since 3.3).
+    (
+        "3.3.1",
+        "psycopg-binary==3.2.3 \
+         --hash=sha256:64a607e630d9f4b2797f641884e52b9f8e239d35943f51bef817a384ec1678fe",
+        "manylinux_2_17_x86_64",
+        "3.12",
+    ),
+];
+
+/// Where [`openssl_wheels`] puts the libraries: `openssl-wheels/VERSION/` in the cargo
+/// target directory (testkit looks there).
+fn openssl_wheels_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| util::workspace_root().join("target"))
+        .join("openssl-wheels")
+}
+
+/// Unpacks the `libssl*`/`libcrypto*` files of the wheel (argv[1]) into argv[2] (flat), and
+/// the `libz*` libcrypto 1.1 needs (the wheel's own, renamed by auditwheel).
+const UNPACK_PY: &str = r#"
+import os, sys, zipfile
+with zipfile.ZipFile(sys.argv[1]) as z:
+    for n in z.namelist():
+        base = os.path.basename(n)
+        if base.startswith(("libssl", "libcrypto", "libz")) and ".so" in base:
+            with open(os.path.join(sys.argv[2], base), "wb") as f:
+                f.write(z.read(n))
+"#;
+
+/// Downloads each of [`OPENSSL_WHEELS`] with pip (hash-checked) and unpacks its libssl and
+/// libcrypto into `openssl-wheels/VERSION/`; skipped for a version already there. When
+/// that is impossible (no pip, no registry), writes the reason to
+/// `openssl-wheels/UNAVAILABLE` (the tests then skip saying so) and goes on.
+fn openssl_wheels() -> Result<String> {
+    let root = openssl_wheels_dir();
+    let have = |v: &str| {
+        std::fs::read_dir(root.join(v)).is_ok_and(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with("libssl"))
+        })
+    };
+    let missing: Vec<&str> = OPENSSL_WHEELS
+        .iter()
+        .map(|w| w.0)
+        .filter(|v| !have(v))
+        .collect();
+    if missing.is_empty() {
+        let _ = std::fs::remove_file(root.join("UNAVAILABLE"));
+        return Ok(format!(
+            "OpenSSL from wheels: already in {} ({})",
+            root.display(),
+            OPENSSL_WHEELS
+                .iter()
+                .map(|w| w.0)
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+    }
+    match fetch_openssl_wheels(&root, &missing) {
+        Ok(()) => {
+            let _ = std::fs::remove_file(root.join("UNAVAILABLE"));
+            Ok(format!(
+                "OpenSSL from wheels: fetched {} into {}",
+                missing.join(" "),
+                root.display()
+            ))
+        }
+        Err(e) => {
+            let why = format!("{e:#}");
+            std::fs::create_dir_all(&root)?;
+            std::fs::write(root.join("UNAVAILABLE"), &why)?;
+            eprintln!("warning: OpenSSL wheels not fetched, their tests will skip: {why}");
+            Ok(format!("OpenSSL from wheels: NOT fetched ({why})"))
+        }
+    }
+}
+
+fn fetch_openssl_wheels(root: &std::path::Path, versions: &[&str]) -> Result<()> {
+    let python = which("python3").context("python3 not found (pip downloads the wheels)")?;
+    if !Command::new(&python)
+        .args(["-m", "pip", "--version"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        bail!("`python3 -m pip` does not run (pip downloads the wheels)");
+    }
+    for &(version, req, platform, pyver) in OPENSSL_WHEELS {
+        if !versions.contains(&version) {
+            continue;
+        }
+        let tmp = root.join(format!(".{version}.tmp"));
+        let _ = std::fs::remove_dir_all(&tmp);
+        let dl = tmp.join("download");
+        let libs = tmp.join("libs");
+        std::fs::create_dir_all(&dl)?;
+        std::fs::create_dir_all(&libs)?;
+        let reqs = tmp.join("requirements.txt");
+        std::fs::write(&reqs, format!("{req}\n"))?;
+        run(Command::new(&python)
+            .args(["-m", "pip", "download", "--no-deps", "--only-binary=:all:"])
+            .args(["--platform", platform, "--python-version", pyver, "-r"])
+            .arg(&reqs)
+            .arg("-d")
+            .arg(&dl))
+        .with_context(|| format!("pip download of the wheel with OpenSSL {version}"))?;
+        for wheel in std::fs::read_dir(&dl)?.flatten() {
+            run(Command::new(&python)
+                .args(["-c", UNPACK_PY])
+                .arg(wheel.path())
+                .arg(&libs))?;
+        }
+        let names: Vec<String> = std::fs::read_dir(&libs)?
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        if !names.iter().any(|n| n.starts_with("libssl"))
+            || !names.iter().any(|n| n.starts_with("libcrypto"))
+        {
+            bail!("the wheel with OpenSSL {version} holds no libssl/libcrypto: {names:?}");
+        }
+        let dest = root.join(version);
+        let _ = std::fs::remove_dir_all(&dest);
+        std::fs::rename(&libs, &dest)?;
+        std::fs::remove_dir_all(&tmp)?;
+    }
+    Ok(())
 }

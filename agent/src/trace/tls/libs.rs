@@ -567,6 +567,67 @@ fn wrapper_target(code: &[u8]) -> Option<i64> {
     Some(9 + i64::from(rel))
 }
 
+/// The code of a function that only moves arguments between registers and jumps to
+/// another (a tail call; OpenSSL 3.3+'s `SSL_write_ex` as `gcc -O2` builds it: `mov
+/// %rcx,%r8; xor %ecx,%ecx; jmp SSL_write_ex2`, maybe after an `endbr64`): where the `jmp`
+/// goes, relative to the function's first byte.
+fn tail_jump_target(code: &[u8]) -> Option<i64> {
+    /// Register-only moves and zeroings of argument registers (rdx, rcx, r8, r9).
+    const SETUP: &[&[u8]] = &[
+        &[0x49, 0x89, 0xc8], // mov %rcx,%r8
+        &[0x49, 0x89, 0xc9], // mov %rcx,%r9
+        &[0x4d, 0x89, 0xc1], // mov %r8,%r9
+        &[0x31, 0xc9],       // xor %ecx,%ecx
+        &[0x31, 0xd2],       // xor %edx,%edx
+        &[0x45, 0x31, 0xc0], // xor %r8d,%r8d
+        &[0x45, 0x31, 0xc9], // xor %r9d,%r9d
+    ];
+    let mut at = if code.starts_with(&[0xf3, 0x0f, 0x1e, 0xfa]) {
+        4
+    } else {
+        0
+    };
+    for _ in 0..4 {
+        match SETUP
+            .iter()
+            .find(|i| code.get(at..).is_some_and(|c| c.starts_with(i)))
+        {
+            Some(i) => at += i.len(),
+            None => break,
+        }
+    }
+    match code.get(at..)? {
+        [0xe9, rel @ ..] => {
+            let rel = i32::from_le_bytes(rel.get(..4)?.try_into().ok()?);
+            Some(at as i64 + 5 + i64::from(rel))
+        }
+        [0xeb, rel, ..] => Some(at as i64 + 2 + i64::from(*rel as i8)),
+        _ => None,
+    }
+}
+
+/// The plaintext functions of `data_fns` that another of them enters by a tail jump (see
+/// [`tail_jump_target`]): hooked with `tls_cookie::TAIL_CALLED`, so that such a call is
+/// recorded once, under the name the application called.
+fn tail_called(
+    elf: &ElfFile64<Endianness>,
+    symbols: &Symbols,
+    data_fns: &[(&'static str, u16)],
+) -> Vec<&'static str> {
+    let data = elf.data();
+    let target = |func: &str| {
+        let addr = symbols.get(func)?;
+        let code = data.get(usize::try_from(file_offset(elf, addr)?).ok()?..)?;
+        addr.checked_add_signed(tail_jump_target(code)?)
+    };
+    let jumped: Vec<u64> = data_fns.iter().filter_map(|(f, _)| target(f)).collect();
+    data_fns
+        .iter()
+        .map(|(f, _)| *f)
+        .filter(|f| symbols.get(f).is_some_and(|a| jumped.contains(&a)))
+        .collect()
+}
+
 /// `push %reg` (`0x50`-`0x57`, with a REX.B prefix `0x41` for r8-r15).
 fn starts_with_push(code: &[u8]) -> bool {
     matches!(code, [0x50..=0x57, ..] | [0x41, 0x50..=0x57, ..])
@@ -598,6 +659,7 @@ fn hookable(
     };
     let mut hooks = Vec::new();
     let mut covered = Vec::new();
+    let tail = tail_called(elf, symbols, data_fns);
     for &(func, id) in data_fns {
         if covered.contains(&func) {
             continue;
@@ -613,10 +675,15 @@ fn hookable(
                 continue;
             }
         }
+        let enter = if tail.contains(&func) {
+            u64::from(id) | tls_cookie::TAIL_CALLED
+        } else {
+            id.into()
+        };
         at(
             &mut hooks,
             func,
-            &[(Prog::Enter, id.into()), (Prog::Exit, id.into())],
+            &[(Prog::Enter, enter), (Prog::Exit, id.into())],
         );
     }
     if hooks.is_empty() {
@@ -937,6 +1004,28 @@ garbage line
             .unwrap();
         let next = lines.next().unwrap().split('\t').next().unwrap();
         (hex(next), hex(target))
+    }
+
+    /// OpenSSL 3.3.1's `SSL_write_ex` (the psycopg-binary 3.2.3 wheel's libssl) at 0x3bf90,
+    /// a tail jump to `SSL_write_ex2` at 0x3bf70; with an `endbr64`; a short `jmp`; and what
+    /// is not one.
+    #[test]
+    fn tail_jumps_by_their_code() {
+        let ex = [0x49, 0x89, 0xc8, 0x31, 0xc9, 0xe9, 0xd6, 0xff, 0xff, 0xff];
+        assert_eq!(tail_jump_target(&ex), Some(0x3bf70 - 0x3bf90));
+        let endbr = [&[0xf3, 0x0f, 0x1e, 0xfa][..], &ex].concat();
+        // (The function 4 bytes longer, starting 4 bytes earlier.)
+        assert_eq!(tail_jump_target(&endbr), Some(0x3bf70 - (0x3bf90 - 4)));
+        assert_eq!(tail_jump_target(&[0x31, 0xc9, 0xeb, 0x10]), Some(4 + 0x10));
+        assert_eq!(tail_jump_target(&[0xe9, 0, 0, 0, 0]), Some(5));
+        // A call, a push, a stack adjustment: not a tail jump.
+        assert_eq!(tail_jump_target(&[0xe8, 0, 0, 0, 0]), None);
+        assert_eq!(tail_jump_target(&[0x55, 0xe9, 0, 0, 0, 0]), None);
+        assert_eq!(
+            tail_jump_target(&[0x48, 0x83, 0xec, 0x08, 0xe9, 0, 0, 0, 0]),
+            None
+        );
+        assert_eq!(tail_jump_target(&[0x49, 0x89, 0xc8, 0xe9, 0, 0]), None);
     }
 
     #[test]
