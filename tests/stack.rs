@@ -11,7 +11,8 @@ use capagent_testkit::*;
 use serde_json::Value;
 
 /// main → send_hello() → send() on a Unix socket pair, `argv[1]` times (default 1); the
-/// peer reads every byte back and the exit status says whether it got them.
+/// peer reads every byte back and the exit status says whether it got them. With `-DPAD=N`
+/// main's frame has N more bytes, written.
 const HELLO_C: &str = r#"
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +30,10 @@ int main(int argc, char **argv) {
     int n = argc > 1 ? atoi(argv[1]) : 1;
     int sv[2];
     char buf[8];
+#ifdef PAD
+    volatile char pad[PAD];
+    memset((char *)pad, 1, sizeof pad);
+#endif
     if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv)) return 1;
     for (int i = 0; i < n; i++) {
         if (send_hello(sv[0]) != 5) return 2;
@@ -172,11 +177,18 @@ fn no_stack_member_without_the_flag() {
 #[test]
 fn full_stack_ring_drops_stacks_never_records() {
     // A 4 KiB stack ring cannot hold one 16 KiB stack: every stack is dropped and counted,
-    // while every send is reported with its payload and nothing is lost.
+    // while every send is reported with its payload and nothing is lost. (The copy ends at
+    // the first page never touched: the kernel leaves a random gap of up to 8 KiB under the
+    // arguments and environment at exec. A main frame of 8 KiB, written, keeps the copy
+    // longer than the ring whatever that gap.)
     const N: usize = 50;
     let ns = Netns::new("stkfull");
     let dir = TempDir::new("stkfull");
-    let prog = build(&dir, "hello", &["-O0", "-fno-omit-frame-pointer"]);
+    let prog = build(
+        &dir,
+        "hello",
+        &["-O0", "-fno-omit-frame-pointer", "-DPAD=8192"],
+    );
     let args = [
         "--format",
         "json",
