@@ -553,7 +553,7 @@ impl Tracer<'_> {
         }
         let (tid, id) = (hdr.tid, hdr.stack_id);
         if !pairing.has(tid, id) {
-            self.drain_stacks();
+            self.drain_stacks(Some((tid, id)));
         }
         let Some(pairing) = &mut self.assembler.stacks else {
             return;
@@ -563,10 +563,12 @@ impl Tracer<'_> {
         }
     }
 
-    /// `--stack`: unwinds every stack waiting in the `STACKS` ring, held for its call's
-    /// records. Done at every poll (see `drained`) and whenever a call's stack is not held
-    /// yet, so that the ring does not fill up while the main ring is read.
-    fn drain_stacks(&mut self) {
+    /// `--stack`: unwinds the stacks waiting in the `STACKS` ring, held for their calls'
+    /// records: every one at every poll (see `drained`: the main ring was just read, so
+    /// these are mostly of calls still in progress), and up to the stack of call `until`
+    /// when a record needs it (not further: the stacks of the many calls whose records are
+    /// still in the main ring would outnumber what is held).
+    fn drain_stacks(&mut self, until: Option<(u32, u32)>) {
         let (Some(pairing), Some(ring)) = (&mut self.assembler.stacks, &mut self.stack_ring) else {
             return;
         };
@@ -580,7 +582,11 @@ impl Tracer<'_> {
                     if !pairing.unwinder.knows(s.pid) {
                         pairing.unwinder.note_process(s.pid);
                     }
-                    pairing.hold(s)
+                    let key = (s.tid, s.stack_id);
+                    pairing.hold(s);
+                    if until == Some(key) {
+                        return;
+                    }
                 }
                 None => tracing::warn!("undecodable stack record"),
             }
@@ -692,7 +698,7 @@ impl Mode for Tracer<'_> {
 
     fn drained(&mut self, _bytes: u64) {
         // `--stack`: the stack ring too (a process paused for it goes on below).
-        self.drain_stacks();
+        self.drain_stacks(None);
         // Paused because a ring buffer was filling up: it was just drained, go on.
         // Paused for a rescan (--tls): the kernel writes the exec or mmap record before the
         // `PAUSED` entry, so the process goes on once that record is handled (the files it
