@@ -39,8 +39,9 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
 #[map]
 static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
 
-/// Processes (tgid) stopped because the ring buffer was filling up (lossless mode), or
-/// (`--tls`) until the agent has hooked what they mapped; value: `paused::RING`/`TLS`.
+/// Processes (tgid) stopped because the ring buffer (or, `--stack`, the stack ring) was
+/// filling up (lossless mode), or (`--tls`) until the agent has hooked what they mapped;
+/// value: `paused::RING`/`STACKS`/`TLS`.
 #[map]
 static PAUSED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 

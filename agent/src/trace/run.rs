@@ -699,7 +699,8 @@ impl Mode for Tracer<'_> {
     fn drained(&mut self, _bytes: u64) {
         // `--stack`: the stack ring too (a process paused for it goes on below).
         self.drain_stacks(None);
-        // Paused because a ring buffer was filling up: it was just drained, go on.
+        // Paused because a ring buffer was filling up (the main one or the stack ring): both
+        // were just drained, go on.
         // Paused for a rescan (--tls): the kernel writes the exec or mmap record before the
         // `PAUSED` entry, so the process goes on once that record is handled (the files it
         // mapped hooked): when this drain handled it, or when the entry was there before
