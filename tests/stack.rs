@@ -214,3 +214,40 @@ fn full_stack_ring_drops_stacks_never_records() {
     assert_eq!(lost, 0, "{}", run.stderr);
     assert_eq!(stack_summary(&run), (0, N as u64), "{}", run.stderr);
 }
+
+#[test]
+fn every_send_of_a_busy_thread_has_its_stack() {
+    // Default sizes (16 KiB stacks, 8 MiB stack ring), lossless: 20 000 sends as fast as the
+    // program can make them. The agent reads the stack ring at every poll, and the kernel
+    // pauses the process while that ring is more than half full (as for the main ring), so
+    // a single thread never finds it full: every send has its stack, none is dropped.
+    // (With many threads in calls at once, each may add one stack past the half before it
+    // stops: stacks are then dropped only if they outnumber half the ring; counted.)
+    const N: usize = 20_000;
+    let ns = Netns::new("stkbusy");
+    let dir = TempDir::new("stkbusy");
+    let prog = build(&dir, "hello", &["-O1", "-fomit-frame-pointer"]);
+    let args = ["--format", "json", "--stack", "--events", "send"];
+    let run = trace(
+        &dir,
+        &with_cmd(&args, &ns.argv(&[&prog, &N.to_string()])),
+        None,
+    );
+    assert!(run.status.success(), "{}", run.describe());
+    let s = sends(&run);
+    assert_eq!(s.len(), N, "{}", run.stderr);
+    for e in &s {
+        assert_eq!(e.payload(), b"hello");
+        let funcs: Vec<&str> = e["stack"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no stack: {e}"))
+            .iter()
+            .filter_map(|f| f["function"].as_str())
+            .collect();
+        assert!(funcs.contains(&"send_hello"), "{funcs:?}");
+        assert!(funcs.contains(&"main"), "{funcs:?}");
+    }
+    let (_, lost, _) = run.summary();
+    assert_eq!(lost, 0, "{}", run.stderr);
+    assert_eq!(stack_summary(&run), (N as u64, 0), "{}", run.stderr);
+}

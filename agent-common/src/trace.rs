@@ -581,6 +581,9 @@ pub mod paused {
     /// MMAP_EXEC record precedes the entry in the ring): continue it once that record has
     /// been handled (the files hooked). Outranks `RING` for a process stopped for both.
     pub const TLS: u8 = 2;
+    /// `--stack`: the `STACKS` ring was more than half full (lossless mode): continue it once
+    /// that ring is drained.
+    pub const STACKS: u8 = 3;
 }
 
 /// Value of the TRACED map (key: tgid).

@@ -39,8 +39,9 @@ pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(1 << 24, 0);
 #[map]
 static TRACED: HashMap<u32, u8> = HashMap::with_max_entries(65536, 0);
 
-/// Processes (tgid) stopped because the ring buffer was filling up (lossless mode), or
-/// (`--tls`) until the agent has hooked what they mapped; value: `paused::RING`/`TLS`.
+/// Processes (tgid) stopped because the ring buffer (or, `--stack`, the stack ring) was
+/// filling up (lossless mode), or (`--tls`) until the agent has hooked what they mapped;
+/// value: `paused::RING`/`STACKS`/`TLS`.
 #[map]
 static PAUSED: HashMap<u32, u8> = HashMap::with_max_entries(16384, 0);
 
@@ -568,12 +569,32 @@ fn emit_stack(regs: u64, id: u64, stack_id: u32) -> bool {
     }
     // SAFETY: size <= the buffer's size.
     let bytes = unsafe { core::slice::from_raw_parts(b as *const u8, size as usize) };
-    if STACKS.output::<[u8]>(bytes, 0).is_err() {
+    // Wake the agent once a quarter of the ring is waiting (it also polls every 10 ms), not
+    // for every stack.
+    let ring = STACKS.query(BPF_RB_RING_SIZE.into());
+    let wake = wakeup_flags(&STACKS, size, false, (ring / 4) as u32);
+    if STACKS.output::<[u8]>(bytes, wake).is_err() {
         bump(counter::STACK_LOST, 1);
         return false;
     }
     bump(counter::STACKS, 1);
     true
+}
+
+/// Lossless mode, `--stack`: stops the current process once the stack ring is half full
+/// (like [`pause_if_filling`] for the main ring: a stack is far bigger than the records of
+/// a small call, so this ring fills first). Called at the exit of a call with a stack: a
+/// stop sent at its enter would interrupt a blocking call.
+#[inline(always)]
+fn pause_if_stacks_filling() {
+    if cfg!(pause) == 0 {
+        return;
+    }
+    let avail = STACKS.query(BPF_RB_AVAIL_DATA.into());
+    let size = STACKS.query(BPF_RB_RING_SIZE.into());
+    if avail >= size / 2 {
+        pause_current(paused::STACKS);
+    }
 }
 
 /// Takes the arguments remembered at enter for this thread, if this call is traced.
@@ -588,6 +609,9 @@ fn take_args(s: u16) -> Option<&'static Args> {
     // Taken: a later exit without an enter (a call begun before tracing) finds nothing. The
     // fields stay as they are until this thread's next traced enter.
     a.live = 0;
+    if cfg!(stack) != 0 && a.stack_id != 0 {
+        pause_if_stacks_filling();
+    }
     Some(a)
 }
 

@@ -18,7 +18,7 @@
 
 use std::{
     io,
-    os::fd::AsRawFd as _,
+    os::fd::{AsRawFd as _, BorrowedFd, RawFd},
     process::ExitStatus,
     time::{Duration, Instant},
 };
@@ -51,6 +51,11 @@ pub trait Mode {
     /// After every drain of the ring buffer (at least every [`Control::poll_ms`]), with the
     /// bytes drained.
     fn drained(&mut self, _bytes: u64) {}
+    /// A second ring buffer whose wakeups end the wait too (`trace --stack`: the stack
+    /// ring); the mode reads it itself (in [`Mode::drained`]).
+    fn other_ring(&self) -> Option<BorrowedFd<'_>> {
+        None
+    }
     /// Every 100 ms, and once more when the session is stopped.
     fn tick(&mut self) {}
     /// `-- CMD` (process `pid`) ended.
@@ -132,13 +137,21 @@ impl<'c, P> Session<'c, P> {
     /// periodic work; false once the session should end: stopped, `--duration` over, `--
     /// CMD` gone (see [`Setup::after_child`]) or `mode` done.
     pub fn poll(&mut self, mode: &mut impl Mode) -> io::Result<bool> {
-        let mut pfd = libc::pollfd {
-            fd: self.ring.as_raw_fd(),
+        let pfd = |fd: RawFd| libc::pollfd {
+            fd,
             events: libc::POLLIN,
             revents: 0,
         };
-        // SAFETY: one valid pollfd.
-        unsafe { libc::poll(&mut pfd, 1, self.ctl.poll_ms()) };
+        let mut pfds = [pfd(self.ring.as_raw_fd()), pfd(-1)];
+        let n = match mode.other_ring() {
+            Some(other) => {
+                pfds[1] = pfd(other.as_raw_fd());
+                2
+            }
+            None => 1,
+        };
+        // SAFETY: `n` valid pollfds.
+        unsafe { libc::poll(pfds.as_mut_ptr(), n, self.ctl.poll_ms()) };
         self.drain(mode);
         let now = Instant::now();
         let stopped = self.ctl.is_stopped();

@@ -3,7 +3,13 @@
 //! `model::Event`s, keeps the set of live traced processes (the session stops when they are
 //! gone), reports lost records and resumes the processes the kernel paused.
 
-use std::{collections::HashSet, io, process::ExitStatus, time::Duration};
+use std::{
+    collections::HashSet,
+    io,
+    os::fd::{AsFd as _, BorrowedFd},
+    process::ExitStatus,
+    time::Duration,
+};
 
 use agent_common::{
     Config, KernelOffsets, counter, paused, sys,
@@ -517,7 +523,7 @@ impl Tracer<'_> {
         }
     }
 
-    /// `--stack`: the stack of a call record with a stack id, unwound before the record is
+    /// `--stack`: the stack of a call record with a stack id, paired before the record is
     /// assembled (its events then carry the frames). The kernel wrote the stack at the
     /// call's entry, before the call's records: if it is not held yet, it is in the ring.
     /// Exec records note the new program's mappings.
@@ -546,24 +552,44 @@ impl Tracer<'_> {
             return;
         }
         let (tid, id) = (hdr.tid, hdr.stack_id);
-        if !pairing.has(tid, id)
-            && let Some(ring) = &mut self.stack_ring
-        {
-            while let Some(item) = ring.next() {
-                match super::stacks::decode(&item) {
-                    Some(s) => {
-                        // A process's first stack: its mappings, while it is alive.
-                        if !pairing.unwinder.knows(s.pid) {
-                            pairing.unwinder.note_process(s.pid);
-                        }
-                        pairing.hold(s)
-                    }
-                    None => tracing::warn!("undecodable stack record"),
-                }
-            }
+        if !pairing.has(tid, id) {
+            self.drain_stacks(Some((tid, id)));
         }
+        let Some(pairing) = &mut self.assembler.stacks else {
+            return;
+        };
         if !pairing.resolve(tid, id) {
             pairing.missing();
+        }
+    }
+
+    /// `--stack`: unwinds the stacks waiting in the `STACKS` ring, held for their calls'
+    /// records: every one at every poll (see `drained`: the main ring was just read, so
+    /// these are mostly of calls still in progress), and up to the stack of call `until`
+    /// when a record needs it (not further: the stacks of the many calls whose records are
+    /// still in the main ring would outnumber what is held).
+    fn drain_stacks(&mut self, until: Option<(u32, u32)>) {
+        let (Some(pairing), Some(ring)) = (&mut self.assembler.stacks, &mut self.stack_ring) else {
+            return;
+        };
+        while let Some(item) = ring.next() {
+            // Copied out: the kernel has the room back before the unwinding.
+            let raw = super::stacks::decode(&item);
+            drop(item);
+            match raw {
+                Some(s) => {
+                    // A process's first stack: its mappings, while it is alive.
+                    if !pairing.unwinder.knows(s.pid) {
+                        pairing.unwinder.note_process(s.pid);
+                    }
+                    let key = (s.tid, s.stack_id);
+                    pairing.hold(s);
+                    if until == Some(key) {
+                        return;
+                    }
+                }
+                None => tracing::warn!("undecodable stack record"),
+            }
         }
     }
 
@@ -671,7 +697,10 @@ impl Mode for Tracer<'_> {
     }
 
     fn drained(&mut self, _bytes: u64) {
-        // Paused because the ring buffer was filling up: it was just drained, go on.
+        // `--stack`: the stack ring too (a process paused for it goes on below).
+        self.drain_stacks(None);
+        // Paused because a ring buffer was filling up (the main one or the stack ring): both
+        // were just drained, go on.
         // Paused for a rescan (--tls): the kernel writes the exec or mmap record before the
         // `PAUSED` entry, so the process goes on once that record is handled (the files it
         // mapped hooked): when this drain handled it, or when the entry was there before
@@ -692,6 +721,10 @@ impl Mode for Tracer<'_> {
         self.resume(&go);
         self.tls_paused_before = wait;
         self.tls_handled.clear();
+    }
+
+    fn other_ring(&self) -> Option<BorrowedFd<'_>> {
+        self.stack_ring.as_ref().map(|r| r.as_fd())
     }
 
     fn tick(&mut self) {

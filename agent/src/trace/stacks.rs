@@ -13,8 +13,9 @@ use agent_common::{StackEvent, stack_flags};
 
 use crate::model::Frame;
 
-/// Most stacks held waiting for their call's record, and most unwound stacks kept for the
-/// records of a call still to be assembled.
+/// Most unwound stacks kept for calls whose records are still to come or to be assembled
+/// (a stack is unwound when it is read from its ring, which the agent drains at every poll:
+/// the ring's copy is 16 KiB, the frames a few hundred bytes).
 const HELD_MAX: usize = 4096;
 
 /// A stack record from the ring.
@@ -65,48 +66,26 @@ pub struct StackCounts {
     pub unresolved: u64,
 }
 
+/// An unwound stack, and whether its call's record came.
+struct Unwound {
+    frames: Arc<Vec<Frame>>,
+    paired: bool,
+}
+
 /// Pairs stacks with calls by (tid, stack id), both ways bounded.
 #[derive(Default)]
 pub struct Pairing {
-    held: HashMap<(u32, u32), RawStack>,
-    held_order: VecDeque<(u32, u32)>,
-    done: HashMap<(u32, u32), Arc<Vec<Frame>>>,
+    done: HashMap<(u32, u32), Unwound>,
     done_order: VecDeque<(u32, u32)>,
     pub unwinder: super::stack::Stacks,
     pub counts: StackCounts,
 }
 
 impl Pairing {
-    /// Holds a stack until its call's record comes.
-    pub fn hold(&mut self, s: RawStack) {
-        let key = (s.tid, s.stack_id);
-        if self.held.insert(key, s).is_none() {
-            self.held_order.push_back(key);
-        }
-        while self.held.len() > HELD_MAX {
-            let Some(old) = self.held_order.pop_front() else {
-                break;
-            };
-            if self.held.remove(&old).is_some() {
-                self.counts.orphans += 1;
-            }
-        }
-    }
-
-    /// True when the stack of call (tid, id) is unwound already or held.
-    pub fn has(&self, tid: u32, id: u32) -> bool {
-        self.done.contains_key(&(tid, id)) || self.held.contains_key(&(tid, id))
-    }
-
-    /// Unwinds the held stack of call (tid, id), if held; false when it is not.
-    pub fn resolve(&mut self, tid: u32, id: u32) -> bool {
-        let key = (tid, id);
-        if self.done.contains_key(&key) {
-            return true;
-        }
-        let Some(raw) = self.held.remove(&key) else {
-            return false;
-        };
+    /// Unwinds a stack read from the ring and keeps its frames until its call's records
+    /// come (the oldest beyond [`HELD_MAX`] are forgotten, counted when never paired).
+    pub fn hold(&mut self, raw: RawStack) {
+        let key = (raw.tid, raw.stack_id);
         let stack: &[u8] = if raw.flags & stack_flags::READ_FAILED == 0 {
             &raw.stack
         } else {
@@ -120,15 +99,43 @@ impl Pairing {
             bp: raw.bp,
             stack,
         });
-        self.counts.captured += 1;
         self.counts.unresolved += frames.iter().filter(|f| f.function.is_none()).count() as u64;
-        self.done.insert(key, Arc::new(frames));
-        self.done_order.push_back(key);
+        let unwound = Unwound {
+            frames: Arc::new(frames),
+            paired: false,
+        };
+        if let Some(old) = self.done.insert(key, unwound) {
+            // The thread's counter wrapped around onto a stack never paired.
+            if !old.paired {
+                self.counts.orphans += 1;
+            }
+        } else {
+            self.done_order.push_back(key);
+        }
         while self.done.len() > HELD_MAX {
             let Some(old) = self.done_order.pop_front() else {
                 break;
             };
-            self.done.remove(&old);
+            if self.done.remove(&old).is_some_and(|u| !u.paired) {
+                self.counts.orphans += 1;
+            }
+        }
+    }
+
+    /// True when the stack of call (tid, id) is held.
+    pub fn has(&self, tid: u32, id: u32) -> bool {
+        self.done.contains_key(&(tid, id))
+    }
+
+    /// Pairs call (tid, id) with its stack (counted once per call); false when the stack
+    /// is not held.
+    pub fn resolve(&mut self, tid: u32, id: u32) -> bool {
+        let Some(u) = self.done.get_mut(&(tid, id)) else {
+            return false;
+        };
+        if !u.paired {
+            u.paired = true;
+            self.counts.captured += 1;
         }
         true
     }
@@ -140,13 +147,17 @@ impl Pairing {
 
     /// The frames of call (tid, id), once resolved.
     pub fn frames(&self, tid: u32, id: u32) -> Option<Vec<Frame>> {
-        self.done.get(&(tid, id)).map(|f| f.as_ref().clone())
+        self.done
+            .get(&(tid, id))
+            .filter(|u| u.paired)
+            .map(|u| u.frames.as_ref().clone())
     }
 
     /// At the end: the stacks still held found no call.
     pub fn finish(&mut self) -> StackCounts {
-        self.counts.orphans += self.held.len() as u64;
-        self.held.clear();
+        self.counts.orphans += self.done.values().filter(|u| !u.paired).count() as u64;
+        self.done.clear();
+        self.done_order.clear();
         self.counts
     }
 }
