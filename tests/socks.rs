@@ -828,6 +828,73 @@ fn chained_through_upstream_socks5() {
     check_recorded(&up_rec, &ue, uo, server, &request, &response);
 }
 
+/// tinyproxy (a real HTTP proxy) on loopback: CONNECT to any port, `BasicAuth USER PASS`.
+fn tinyproxy(dir: &TempDir, user: &str, pass: &str) -> (Proc, SocketAddr) {
+    let port = closed_tcp_port();
+    let conf = dir.join("tinyproxy.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "Port {port}\nListen 127.0.0.1\nTimeout 60\nLogLevel Info\nAllow 127.0.0.1\n\
+             BasicAuth {user} {pass}\n"
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new("tinyproxy");
+    cmd.arg("-d").arg("-c").arg(&conf);
+    let p = Proc::spawn("tinyproxy", cmd);
+    capagent_testkit::wait::wait_listen(p.pid(), port);
+    (p, SocketAddr::from(([127, 0, 0, 1], port)))
+}
+
+#[test]
+fn chained_through_upstream_http_connect() {
+    // curl → capagent (SOCKS5) → tinyproxy (CONNECT, Basic auth) → server; the name goes to
+    // tinyproxy, which resolves it.
+    let dir = TempDir::new("socks-http-chain");
+    let rec = Rec::new(&dir, "front");
+    let response = http_response(b"through an HTTP proxy\n");
+    let (server, requests) = http_server(response.clone(), 1);
+    let (tiny, tiny_addr) = tinyproxy(&dir, "u", "p4ss");
+    let front = socks(
+        &rec,
+        &["--upstream-proxy", &format!("http://u:p4ss@{tiny_addr}")],
+    );
+    let got = curl(&[
+        "--socks5-hostname",
+        &front.addr().to_string(),
+        &format!("http://localhost:{}/", server.port()),
+    ]);
+    assert_eq!(got, b"through an HTTP proxy\n");
+    let request = requests.recv_timeout(TIMEOUT).unwrap();
+    front.stop();
+    let target = format!("localhost:{}", server.port());
+    let evs = rec.events();
+    let open = open_of(&evs, "socks5 connect", &target);
+    assert_eq!(open.ret(), 0, "{open}");
+    assert_eq!(open["resolved"], Value::Null, "tinyproxy resolved the name");
+    assert_eq!(recorded(&evs, open.fd(), "send"), request);
+    assert_eq!(recorded(&evs, open.fd(), "recv"), response);
+    // A wrong password: tinyproxy refuses it (with a 401), the client gets a SOCKS failure and the log
+    // says why.
+    let bad = socks(
+        &Rec::new(&dir, "bad"),
+        &["--upstream-proxy", &format!("http://u:wrong@{tiny_addr}")],
+    );
+    let out = curl_status(&[
+        "--socks5-hostname",
+        &bad.addr().to_string(),
+        &format!("http://localhost:{}/", server.port()),
+    ]);
+    assert!(!out.status.success(), "{out:?}");
+    let log = bad.stop();
+    assert!(
+        log.contains("rejected the username/password (401 Unauthorized)"),
+        "{log}"
+    );
+    drop(tiny);
+}
+
 fn reversed(b: &[u8]) -> Vec<u8> {
     b.iter().rev().copied().collect()
 }

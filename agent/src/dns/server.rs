@@ -153,7 +153,7 @@ async fn forward(query: &[u8], tcp: bool, ctx: &Ctx, s: &Server) -> Vec<u8> {
         return answer::servfail(query, &s.opts.policy).unwrap_or_default();
     };
     let r = tokio::time::timeout(s.opts.upstream_timeout, async {
-        // Through an --upstream-proxy (SOCKS5 CONNECT), DNS goes over TCP.
+        // Through an --upstream-proxy (a CONNECT: TCP only), DNS goes over TCP.
         if tcp || ctx.dialer.upstream.is_some() {
             ask_tcp(query, up, ctx).await
         } else {

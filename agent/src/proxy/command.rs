@@ -81,8 +81,9 @@ pub struct RecordArgs {
 pub struct ProxyCommon {
     #[command(flatten)]
     pub record: RecordArgs,
-    /// Reach every target through this SOCKS5 proxy (`socks5://HOST:PORT`; names are
-    /// resolved by that proxy).
+    /// Reach every target through this proxy: SOCKS5 (`socks5://[USER:PASS@]HOST:PORT`) or
+    /// an HTTP proxy's CONNECT (`http://[USER:PASS@]HOST:PORT`); names are resolved by that
+    /// proxy.
     #[arg(long, value_name = "URL")]
     pub upstream_proxy: Option<String>,
     /// Most client connections relayed at once; more are closed at once.

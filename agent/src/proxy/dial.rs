@@ -1,8 +1,9 @@
 //! Reaching targets: the [`Dialer`] every proxy uses to connect to a [`Target`], directly
 //! (resolving names with the system resolver and trying each address) or through an upstream
-//! SOCKS5 proxy (`--upstream-proxy socks5://[USER:PASS@]HOST:PORT`), which then resolves
-//! names itself. The target and the ways reaching it fails are in [`super::target`], which
-//! the SOCKS codec uses too.
+//! proxy, which then resolves names itself: SOCKS5 (`--upstream-proxy
+//! socks5://[USER:PASS@]HOST:PORT`) or an HTTP proxy's CONNECT (`--upstream-proxy
+//! http://[USER:PASS@]HOST:PORT`). The target and the ways reaching it fails are in
+//! [`super::target`], which the SOCKS codec uses too.
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,6 +13,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
+use super::http::head;
 use super::socks::{Parse, v5};
 use super::target::{DialError, FailKind, Target, resolve};
 
@@ -23,15 +25,27 @@ pub struct Dialed {
     pub resolved: Option<SocketAddr>,
 }
 
-/// An upstream SOCKS5 proxy.
+/// An upstream proxy.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Upstream {
+    pub kind: UpstreamKind,
     pub host: Target,
     pub auth: Option<(String, String)>,
 }
 
+/// The protocol spoken to an [`Upstream`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamKind {
+    /// SOCKS5 CONNECT (`socks5://`, `socks5h://`).
+    Socks5,
+    /// HTTP CONNECT (`http://`).
+    HttpConnect,
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("bad --upstream-proxy {0:?}: expected socks5://[USER:PASS@]HOST:PORT")]
+#[error(
+    "bad --upstream-proxy {0:?}: expected socks5://[USER:PASS@]HOST:PORT or http://[USER:PASS@]HOST:PORT"
+)]
 pub struct BadUpstream(pub String);
 
 impl FromStr for Upstream {
@@ -39,10 +53,15 @@ impl FromStr for Upstream {
 
     fn from_str(s: &str) -> Result<Upstream, BadUpstream> {
         let bad = || BadUpstream(s.to_string());
-        let rest = s
-            .strip_prefix("socks5://")
-            .or_else(|| s.strip_prefix("socks5h://"))
-            .ok_or_else(bad)?;
+        let (kind, rest) = if let Some(r) = s.strip_prefix("socks5://") {
+            (UpstreamKind::Socks5, r)
+        } else if let Some(r) = s.strip_prefix("socks5h://") {
+            (UpstreamKind::Socks5, r)
+        } else if let Some(r) = s.strip_prefix("http://") {
+            (UpstreamKind::HttpConnect, r)
+        } else {
+            return Err(bad());
+        };
         let rest = rest.strip_suffix('/').unwrap_or(rest);
         let (auth, hostport) = match rest.rsplit_once('@') {
             Some((a, h)) => {
@@ -55,7 +74,7 @@ impl FromStr for Upstream {
             None => (None, rest),
         };
         let host = hostport.parse().map_err(|_| bad())?;
-        Ok(Upstream { host, auth })
+        Ok(Upstream { kind, host, auth })
     }
 }
 
@@ -109,7 +128,7 @@ async fn connect_direct(target: &Target) -> Result<Dialed, DialError> {
     Err(last.expect("at least one address"))
 }
 
-/// Connects through the SOCKS5 proxy `up` (CONNECT; the name goes to the proxy as is).
+/// Connects through the upstream proxy `up` (the name goes to the proxy as is).
 async fn connect_via(up: &Upstream, target: &Target) -> Result<Dialed, DialError> {
     let proxy = up.host.to_string();
     let fail = |what: String, kind| DialError::Upstream {
@@ -117,7 +136,6 @@ async fn connect_via(up: &Upstream, target: &Target) -> Result<Dialed, DialError
         what,
         kind,
     };
-    let io_fail = |e: io::Error| fail(format!("{e}"), FailKind::Upstream);
     let Dialed { mut stream, .. } = connect_direct(&up.host).await.map_err(|e| {
         fail(
             format!("cannot reach it: {e}"),
@@ -127,6 +145,31 @@ async fn connect_via(up: &Upstream, target: &Target) -> Result<Dialed, DialError
             },
         )
     })?;
+    let r = match up.kind {
+        UpstreamKind::Socks5 => socks5_connect(&mut stream, up, target).await,
+        UpstreamKind::HttpConnect => http_connect(&mut stream, up, target).await,
+    };
+    r.map_err(|(what, kind)| fail(what, kind))?;
+    let _ = stream.set_nodelay(true);
+    Ok(Dialed {
+        stream,
+        resolved: target.addr(),
+    })
+}
+
+/// Why an upstream refused or failed a connection: what it did, and the kind of failure.
+type Refusal = (String, FailKind);
+
+fn io_refusal(e: io::Error) -> Refusal {
+    (format!("{e}"), FailKind::Upstream)
+}
+
+/// The SOCKS5 greeting, authentication and CONNECT on `stream`, connected to `up`.
+async fn socks5_connect(
+    stream: &mut TcpStream,
+    up: &Upstream,
+    target: &Target,
+) -> Result<(), Refusal> {
     let method = if up.auth.is_some() {
         v5::METHOD_USERPASS
     } else {
@@ -135,11 +178,11 @@ async fn connect_via(up: &Upstream, target: &Target) -> Result<Dialed, DialError
     stream
         .write_all(&[v5::VERSION, 1, method])
         .await
-        .map_err(io_fail)?;
+        .map_err(io_refusal)?;
     let mut choice = [0u8; 2];
-    stream.read_exact(&mut choice).await.map_err(io_fail)?;
+    stream.read_exact(&mut choice).await.map_err(io_refusal)?;
     if choice[0] != v5::VERSION || choice[1] != method {
-        return Err(fail(
+        return Err((
             format!("refused our authentication method (reply {choice:02x?})"),
             FailKind::Upstream,
         ));
@@ -149,29 +192,26 @@ async fn connect_via(up: &Upstream, target: &Target) -> Result<Dialed, DialError
         msg.extend_from_slice(user.as_bytes());
         msg.push(pass.len() as u8);
         msg.extend_from_slice(pass.as_bytes());
-        stream.write_all(&msg).await.map_err(io_fail)?;
+        stream.write_all(&msg).await.map_err(io_refusal)?;
         let mut status = [0u8; 2];
-        stream.read_exact(&mut status).await.map_err(io_fail)?;
+        stream.read_exact(&mut status).await.map_err(io_refusal)?;
         if status != [v5::AUTH_VERSION, 0] {
-            return Err(fail(
-                "rejected the username/password".into(),
-                FailKind::Upstream,
-            ));
+            return Err(("rejected the username/password".into(), FailKind::Upstream));
         }
     }
     let req = v5::encode_request(v5::Command::Connect, target);
-    stream.write_all(&req).await.map_err(io_fail)?;
+    stream.write_all(&req).await.map_err(io_refusal)?;
     let mut buf = Vec::with_capacity(32);
     let reply = loop {
         match v5::parse_reply(&buf) {
             Ok(Parse::Done(r, _)) => break r,
             Ok(Parse::Incomplete) => {}
-            Err(e) => return Err(fail(format!("bad reply: {e}"), FailKind::Upstream)),
+            Err(e) => return Err((format!("bad reply: {e}"), FailKind::Upstream)),
         }
         let mut chunk = [0u8; 64];
-        let n = stream.read(&mut chunk).await.map_err(io_fail)?;
+        let n = stream.read(&mut chunk).await.map_err(io_refusal)?;
         if n == 0 {
-            return Err(fail(
+            return Err((
                 "closed the connection before replying".into(),
                 FailKind::Upstream,
             ));
@@ -179,7 +219,7 @@ async fn connect_via(up: &Upstream, target: &Target) -> Result<Dialed, DialError
         // Read no further than the reply: what follows belongs to the target.
         buf.extend_from_slice(&chunk[..n]);
         if buf.len() > v5::REPLY_MAX {
-            return Err(fail("reply too long".into(), FailKind::Upstream));
+            return Err(("reply too long".into(), FailKind::Upstream));
         }
     };
     if reply.code != v5::REP_SUCCEEDED {
@@ -190,16 +230,90 @@ async fn connect_via(up: &Upstream, target: &Target) -> Result<Dialed, DialError
             v5::REP_TTL_EXPIRED => FailKind::TimedOut,
             _ => FailKind::Upstream,
         };
-        return Err(fail(
-            format!("{target}: {}", v5::reply_name(reply.code)),
-            kind,
-        ));
+        return Err((format!("{target}: {}", v5::reply_name(reply.code)), kind));
     }
-    let _ = stream.set_nodelay(true);
-    Ok(Dialed {
-        stream,
-        resolved: target.addr(),
-    })
+    Ok(())
+}
+
+/// The request an HTTP proxy gets to open a tunnel to `target`.
+fn connect_request(up: &Upstream, target: &Target) -> Vec<u8> {
+    let mut req = format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n");
+    if let Some((user, pass)) = &up.auth {
+        use base64::Engine as _;
+        let cred = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+        req.push_str(&format!("Proxy-Authorization: Basic {cred}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.into_bytes()
+}
+
+/// An HTTP proxy's CONNECT on `stream`, connected to `up`: success is a 2xx answer. Its
+/// head is read and nothing after it: a server that speaks first may have sent its greeting
+/// right behind the proxy's answer, and that belongs to the client.
+async fn http_connect(
+    stream: &mut TcpStream,
+    up: &Upstream,
+    target: &Target,
+) -> Result<(), Refusal> {
+    stream
+        .write_all(&connect_request(up, target))
+        .await
+        .map_err(io_refusal)?;
+    let mut consumed = Vec::with_capacity(128);
+    let mut peeked = vec![0u8; 1024];
+    let head = loop {
+        let n = stream.peek(&mut peeked).await.map_err(io_refusal)?;
+        if n == 0 {
+            return Err((
+                "closed the connection before replying".into(),
+                FailKind::Upstream,
+            ));
+        }
+        let mut seen = consumed.clone();
+        seen.extend_from_slice(&peeked[..n]);
+        match head::parse_response(&seen) {
+            Ok(Some((head, len))) => {
+                // Take the head's bytes only.
+                let mut rest = vec![0u8; len - consumed.len()];
+                stream.read_exact(&mut rest).await.map_err(io_refusal)?;
+                break head;
+            }
+            // No end of head in what arrived: all of it is head, take it and wait for more.
+            Ok(None) => {
+                stream
+                    .read_exact(&mut peeked[..n])
+                    .await
+                    .map_err(io_refusal)?;
+                consumed.extend_from_slice(&peeked[..n]);
+            }
+            Err(e) => return Err((format!("bad reply: {e}"), FailKind::Upstream)),
+        }
+    };
+    match head.status {
+        200..=299 => Ok(()),
+        // 401: what some proxies (tinyproxy) answer to wrong credentials.
+        401 | 407 => Err((
+            if up.auth.is_some() {
+                format!(
+                    "rejected the username/password ({} {})",
+                    head.status, head.reason
+                )
+            } else {
+                format!(
+                    "wants a username and password ({} {})",
+                    head.status, head.reason
+                )
+            },
+            FailKind::Upstream,
+        )),
+        status => {
+            let kind = match status {
+                504 => FailKind::TimedOut,
+                _ => FailKind::Upstream,
+            };
+            Err((format!("{target}: {status} {}", head.reason), kind))
+        }
+    }
 }
 
 #[cfg(test)]
@@ -209,12 +323,145 @@ mod tests {
     #[test]
     fn upstreams() {
         let u: Upstream = "socks5://127.0.0.1:1080".parse().unwrap();
+        assert_eq!(u.kind, UpstreamKind::Socks5);
         assert_eq!(u.host, Target::ip("127.0.0.1:1080".parse().unwrap()));
         assert_eq!(u.auth, None);
         let u: Upstream = "socks5://me:p@ss:w@proxy.lan:9050".parse().unwrap();
         assert_eq!(u.host, Target::name("proxy.lan", 9050));
         assert_eq!(u.auth, Some(("me".to_string(), "p@ss:w".to_string())));
-        assert!("http://127.0.0.1:8080".parse::<Upstream>().is_err());
+        let u: Upstream = "http://me:pw@[::1]:3128/".parse().unwrap();
+        assert_eq!(u.kind, UpstreamKind::HttpConnect);
+        assert_eq!(u.host, Target::ip("[::1]:3128".parse().unwrap()));
+        assert_eq!(u.auth, Some(("me".to_string(), "pw".to_string())));
+        assert!("https://127.0.0.1:8080".parse::<Upstream>().is_err());
         assert!("socks5://127.0.0.1".parse::<Upstream>().is_err());
+        assert!("http://127.0.0.1".parse::<Upstream>().is_err());
+        assert_eq!(
+            "ftp://x:1".parse::<Upstream>().unwrap_err().to_string(),
+            "bad --upstream-proxy \"ftp://x:1\": expected socks5://[USER:PASS@]HOST:PORT or \
+             http://[USER:PASS@]HOST:PORT"
+        );
+    }
+
+    /// An HTTP proxy scripted to answer `answer` in pieces (one write each) to the CONNECT it
+    /// reads; returns the dial's outcome, the request the proxy read and what the client reads
+    /// after the dial (until the proxy closes).
+    async fn through_http_proxy(
+        upstream: &str,
+        target: &str,
+        answer: &[&'static [u8]],
+    ) -> (Result<(), DialError>, Vec<u8>, Vec<u8>) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let up: Upstream = upstream
+            .replace("PORT", &l.local_addr().unwrap().port().to_string())
+            .parse()
+            .unwrap();
+        let answer = answer.to_vec();
+        let proxy = tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut req = Vec::new();
+            while !req.ends_with(b"\r\n\r\n") {
+                let mut b = [0u8; 1];
+                s.read_exact(&mut b).await.unwrap();
+                req.push(b[0]);
+            }
+            for piece in answer {
+                s.write_all(piece).await.unwrap();
+                s.flush().await.unwrap();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            req
+        });
+        let dialer = Dialer {
+            upstream: Some(up),
+            timeout: Duration::from_secs(10),
+        };
+        let r = dialer.connect(&target.parse().unwrap()).await;
+        let req = proxy.await.unwrap();
+        match r {
+            Ok(mut d) => {
+                let mut after = Vec::new();
+                d.stream.read_to_end(&mut after).await.unwrap();
+                (Ok(()), req, after)
+            }
+            Err(e) => (Err(e), req, Vec::new()),
+        }
+    }
+
+    #[tokio::test]
+    async fn http_connect_reads_the_head_and_nothing_after() {
+        // The answer and the server's greeting in one write: the greeting stays for the client.
+        let (r, req, after) = through_http_proxy(
+            "http://127.0.0.1:PORT",
+            "example.org:25",
+            &[b"HTTP/1.1 200 Connection established\r\n\r\n220 mail ready\r\n"],
+        )
+        .await;
+        r.unwrap();
+        assert_eq!(
+            req,
+            b"CONNECT example.org:25 HTTP/1.1\r\nHost: example.org:25\r\n\r\n"
+        );
+        assert_eq!(after, b"220 mail ready\r\n");
+        // The head in pieces, its end split, credentials sent, an IPv6 target bracketed.
+        let (r, req, after) = through_http_proxy(
+            "http://me:secret@127.0.0.1:PORT",
+            "[2001:db8::1]:443",
+            &[b"HTTP/1.0 200 OK\r", b"\nProxy-Agent: x\r\n\r", b"\nhello"],
+        )
+        .await;
+        r.unwrap();
+        assert_eq!(
+            String::from_utf8(req).unwrap(),
+            "CONNECT [2001:db8::1]:443 HTTP/1.1\r\nHost: [2001:db8::1]:443\r\n\
+             Proxy-Authorization: Basic bWU6c2VjcmV0\r\n\r\n"
+        );
+        assert_eq!(after, b"hello");
+    }
+
+    #[tokio::test]
+    async fn http_connect_refusals() {
+        let refusal = |r: Result<(), DialError>| {
+            let e = r.unwrap_err();
+            (e.to_string(), e.kind())
+        };
+        let (r, _, _) = through_http_proxy(
+            "http://127.0.0.1:PORT",
+            "example.org:443",
+            &[b"HTTP/1.1 407 Proxy Authentication Required\r\nContent-Length: 0\r\n\r\n"],
+        )
+        .await;
+        let (msg, kind) = refusal(r);
+        assert!(
+            msg.contains("wants a username and password (407 Proxy Authentication Required)"),
+            "{msg}"
+        );
+        assert_eq!(kind, FailKind::Upstream);
+        let (r, _, _) = through_http_proxy(
+            "http://127.0.0.1:PORT",
+            "example.org:443",
+            &[b"HTTP/1.1 504 Gateway Timeout\r\n\r\n"],
+        )
+        .await;
+        let (msg, kind) = refusal(r);
+        assert!(
+            msg.contains("example.org:443: 504 Gateway Timeout"),
+            "{msg}"
+        );
+        assert_eq!(kind, FailKind::TimedOut);
+        let (r, _, _) = through_http_proxy(
+            "http://127.0.0.1:PORT",
+            "example.org:443",
+            &[b"SSH-2.0-x\r\n\r\n"],
+        )
+        .await;
+        let (msg, _) = refusal(r);
+        assert!(msg.contains("bad reply"), "{msg}");
+        let (r, _, _) = through_http_proxy("http://127.0.0.1:PORT", "example.org:443", &[]).await;
+        let (msg, _) = refusal(r);
+        assert!(
+            msg.contains("closed the connection before replying"),
+            "{msg}"
+        );
     }
 }

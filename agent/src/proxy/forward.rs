@@ -77,7 +77,7 @@ pub fn mappings(
 pub async fn run(maps: Vec<Mapping>, udp: bool, ctx: Ctx) -> anyhow::Result<()> {
     if udp && ctx.dialer.upstream.is_some() {
         return Err(ProxyError::Usage(
-            "--udp cannot go through --upstream-proxy (SOCKS5 CONNECT carries TCP only)".into(),
+            "--udp cannot go through --upstream-proxy (its CONNECT carries TCP only)".into(),
         )
         .into());
     }

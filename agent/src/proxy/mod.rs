@@ -2,7 +2,7 @@
 //! it relays as the same records `capagent trace` makes ([`record`]).
 //!
 //! What every proxy shares lives here:
-//! - [`Options`]: records ([`record::RecordOptions`]), the upstream SOCKS5 proxy to chain
+//! - [`Options`]: records ([`record::RecordOptions`]), the upstream proxy (SOCKS5 or HTTP) to chain
 //!   through ([`dial::Dialer`]), limits ([`Limits`]: concurrent connections, handshake and
 //!   idle timeouts);
 //! - [`target`]: what a client asks to reach ([`Target`]), resolving it, and why reaching
