@@ -42,6 +42,7 @@ pub mod netlink;
 pub mod output;
 pub mod process;
 pub mod proxy;
+pub mod rewrite;
 pub mod signals;
 pub mod tls_hello;
 pub mod trace;
