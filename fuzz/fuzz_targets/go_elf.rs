@@ -31,7 +31,10 @@ fuzz_target!(|data: &[u8]| {
         .map_or(0x401000, |b| u64::from_le_bytes(b.try_into().unwrap()));
     if let Ok(rets) = go::ret_offsets(data, address) {
         let len = data.len() as u64;
-        assert!(rets.windows(2).all(|w| w[0].wrapping_sub(address) < w[1].wrapping_sub(address)));
+        assert!(
+            rets.windows(2)
+                .all(|w| w[0].wrapping_sub(address) < w[1].wrapping_sub(address))
+        );
         assert!(rets.iter().all(|r| r.wrapping_sub(address) < len));
     }
 });

@@ -21,7 +21,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(Some((h, n))) = &whole {
         assert!(*n <= data.len());
         let hosts = head::values(&h.headers, "host").count();
-        assert!(hosts == 1 || (hosts == 0 && h.minor == 0), "{hosts} Host fields");
+        assert!(
+            hosts == 1 || (hosts == 0 && h.minor == 0),
+            "{hosts} Host fields"
+        );
         if split < *n {
             assert!(matches!(head::parse_request(&data[..split]), Ok(None)));
         }
@@ -37,7 +40,11 @@ fuzz_target!(|data: &[u8]| {
             );
             if let Some(protocols) = message::upgrade_of(h) {
                 // An upgrade goes on with its protocols.
-                assert!(up.headers.iter().any(|f| f.is("upgrade") && f.value == protocols));
+                assert!(
+                    up.headers
+                        .iter()
+                        .any(|f| f.is("upgrade") && f.value == protocols)
+                );
             }
             assert_eq!(head::values(&up.headers, "host").count(), 1);
             let bytes = head::write_request(&up);

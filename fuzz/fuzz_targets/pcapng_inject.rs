@@ -21,7 +21,12 @@ fuzz_target!(|data: &[u8]| {
     let dsb = decryption_secrets_block(e, KEY_LOG).unwrap();
     assert_eq!(out.len(), data.len() + dsb.len());
     let found = (0..=data.len()).any(|k| {
-        out[..k] == data[..k] && out[k..k + dsb.len()] == dsb[..] && out[k + dsb.len()..] == data[k..]
+        out[..k] == data[..k]
+            && out[k..k + dsb.len()] == dsb[..]
+            && out[k + dsb.len()..] == data[k..]
     });
-    assert!(found, "the input with one Decryption Secrets Block inserted");
+    assert!(
+        found,
+        "the input with one Decryption Secrets Block inserted"
+    );
 });

@@ -6,8 +6,8 @@
 //! more however it splits its writes; and replies capagent encodes parse back.
 #![no_main]
 
-use capagent::proxy::target::Target;
 use capagent::proxy::socks::{Parse, SocksError, v4, v5};
+use capagent::proxy::target::Target;
 use libfuzzer_sys::fuzz_target;
 
 fn check<T: PartialEq + std::fmt::Debug>(

@@ -14,7 +14,11 @@ fuzz_target!(|data: &[u8]| {
         assert!(m.path.is_absolute());
         assert_ne!(m.inode, 0);
     }
-    for name in ["/usr/lib/libssl.so.3", "/usr/lib/libgnutls.so.30", "/usr/bin/app"] {
+    for name in [
+        "/usr/lib/libssl.so.3",
+        "/usr/lib/libgnutls.so.30",
+        "/usr/bin/app",
+    ] {
         if let Verdict::Hook(lib) = libs::examine(Path::new(name), data) {
             assert!(!lib.hooks.is_empty());
             for h in &lib.hooks {
