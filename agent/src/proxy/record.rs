@@ -1211,6 +1211,101 @@ mod tests {
         );
     }
 
+    /// What reaches a sink, in order: secrets, or an event's socket, name and payload.
+    #[derive(Clone, Default)]
+    struct Seen(Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl EventWriter for Seen {
+        fn write_event(&mut self, ev: &Event) -> io::Result<()> {
+            let payload = match &ev.detail {
+                Detail::Data { payload, .. } => String::from_utf8_lossy(payload).into_owned(),
+                _ => String::new(),
+            };
+            let sk = ev.sock.as_ref().map_or(0, |m| m.sk);
+            let line = format!("{sk:#x} {} {payload}", ev.syscall_name());
+            self.0.lock().unwrap().push(line.trim_end().to_string());
+            Ok(())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+        fn write_tls_secrets(&mut self, key_log: &[u8]) -> io::Result<()> {
+            let line = format!("secrets {}", String::from_utf8_lossy(key_log));
+            self.0.lock().unwrap().push(line);
+            Ok(())
+        }
+    }
+
+    /// `--pcap-tls raw`: an intercepted connection's plaintext goes to the records only, its
+    /// two raw legs (in the order their bytes crossed the sockets, the handshakes before
+    /// the open included) to pcapng only, after the secrets that came before them; a
+    /// connection that was not tapped goes to both.
+    #[tokio::test]
+    async fn raw_tls_legs_go_to_pcapng_only() {
+        let (records, pcap) = (Seen::default(), Seen::default());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let raw_pcap: Box<dyn EventWriter + Send> = Box::new(SecretsFirst::new(pcap.clone(), rx));
+        let (rec, handle) =
+            Recorder::with_outputs(vec![Box::new(records.clone())], Some((raw_pcap, tx))).unwrap();
+        assert!(rec.tls_raw());
+        let secrets = rec.tls_secrets().unwrap();
+        let c = rec.conn("socks", Transport::Tcp, addr("127.0.0.1:40000"));
+        let raw = c
+            .tap_raw(
+                (addr("127.0.0.1:40000"), addr("127.0.0.1:1080")),
+                (addr("127.0.0.1:50000"), addr("192.0.2.7:443")),
+            )
+            .unwrap();
+        let data = |dir, s: &'static [u8]| Step::Data(dir, Bytes::from_static(s));
+        raw.push(Leg::Client, data(Direction::Send, b"client hello"));
+        raw.push(Leg::Server, data(Direction::Send, b"hello upstream"));
+        secrets.send("KEYS 1\n".to_string()).unwrap();
+        raw.push(Leg::Server, data(Direction::Recv, b"server flight"));
+        raw.push(Leg::Client, data(Direction::Recv, b"our flight"));
+        let tls = TlsIntercepted::default();
+        let to = Some(addr("192.0.2.7:443"));
+        c.open_tls("socks5 connect", None, "x:443", 443, to, Ok(()), Some(tls))
+            .await;
+        raw.push(Leg::Client, data(Direction::Send, b"enc GET"));
+        c.data(Direction::Send, Bytes::from_static(b"GET /")).await;
+        raw.push(Leg::Server, data(Direction::Send, b"enc GET again"));
+        raw.push(Leg::Server, Step::Eof(Direction::Recv));
+        c.close(Ok(())).await;
+        // Not intercepted: everywhere.
+        let d = rec.conn("socks", Transport::Tcp, addr("127.0.0.1:40001"));
+        d.open("socks5 connect", None, "y:80", 80, to, Ok(())).await;
+        d.data(Direction::Send, Bytes::from_static(b"plain")).await;
+        d.close(Ok(())).await;
+        drop((c, d, rec, secrets));
+        tokio::task::spawn_blocking(move || handle.finish())
+            .await
+            .unwrap()
+            .unwrap();
+        let plain = ["0x2 connect", "0x2 sendto plain", "0x2 close"];
+        let mut want = vec!["0x1 connect", "0x1 sendto GET /", "0x1 close"];
+        want.extend(plain);
+        assert_eq!(*records.0.lock().unwrap(), want);
+        let (cl, sv) = ("0x100000001", "0x200000001");
+        let mut want: Vec<String> = vec!["secrets KEYS 1\n".into()];
+        for l in [
+            format!("{cl} connect"),
+            format!("{sv} connect"),
+            format!("{cl} sendto client hello"),
+            format!("{sv} sendto hello upstream"),
+            format!("{sv} recvfrom server flight"),
+            format!("{cl} recvfrom our flight"),
+            format!("{cl} sendto enc GET"),
+            format!("{sv} sendto enc GET again"),
+            format!("{sv} recvfrom"),
+            format!("{cl} close"),
+            format!("{sv} close"),
+        ] {
+            want.push(l);
+        }
+        want.extend(plain.map(String::from));
+        assert_eq!(*pcap.0.lock().unwrap(), want);
+    }
+
     #[tokio::test]
     async fn disabled_records_nothing() {
         let rec = Recorder::disabled();
