@@ -15,7 +15,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 
-use capagent_testkit::proxy::{Agent, Rec, curl, open_of, recorded};
+use capagent_testkit::proxy::{
+    Agent, Rec, curl, curl_status, http_response, http_server, open_of, recorded,
+};
 use capagent_testkit::{
     Certs, Ev as _, Exchange, HTTPS_SERVER_PY, Proc, TIMEOUT, TempDir, follow_raw, python,
     tshark_r, unhex,
@@ -234,6 +236,9 @@ fn check_raw(
             "plaintext in the raw bytes: {s:?}"
         );
     }
+    // Consistent sequence numbers: no lost segment, retransmission or the like.
+    let flagged = tshark_r(&rec.pcap, &["-Y", "tcp.analysis.flags"]);
+    assert_eq!(flagged, "", "TCP analysis flags");
     // tshark decrypts both legs from the file's secrets, to the exact bytes.
     let get = format!("GET {path}");
     let mut want = vec![
@@ -372,4 +377,87 @@ fn http_connect_raw_tls_with_keylog() {
         .collect();
     assert_eq!(file, lines, "--keylog holds the pcapng's secrets");
     assert_eq!(sessions(&lines).len(), 2);
+}
+
+/// An untrusted upstream under `--pcap-tls raw` (no `--upstream-ca`): the failed
+/// interception is in pcapng as its two legs, the client's ending with capagent's
+/// handshake_failure alert, exactly; the record says why.
+#[test]
+fn failed_interception_shows_both_legs() {
+    let dir = TempDir::new("mitm-raw-fail");
+    let certs = Certs::localhost();
+    let server = Https::start(&dir, &certs);
+    let rec = Rec::new(&dir, "fail");
+    let mut a = args(&["proxy", "socks", "--listen", "127.0.0.1:0"]);
+    a.extend(args(&[
+        "--tls",
+        "--pcap-tls",
+        "raw",
+        "--ca-dir",
+        &ca_dir(&dir).display().to_string(),
+    ]));
+    a.extend(rec.args());
+    let agent = Agent::start(&a, 1);
+    let proxy = agent.addr();
+    let out = curl_status(&[
+        "--cacert",
+        &ca_cert(&dir),
+        "--socks5-hostname",
+        &proxy.to_string(),
+        &format!("https://localhost:{}/nope", server.port),
+    ]);
+    assert!(!out.status.success());
+    agent.stop();
+    let evs = rec.events();
+    let open = open_of(
+        &evs,
+        "socks5 connect",
+        &format!("localhost:{}", server.port),
+    );
+    let error = open["tls"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("UnknownIssuer"), "{open}");
+    let st = streams(&rec.pcap);
+    assert_eq!(st.len(), 2, "{st:?}");
+    let client_leg = st.iter().find(|s| s.2 == proxy).expect("client leg");
+    let (up, down) = follow_tcp(&rec.pcap, client_leg.0);
+    assert_eq!(&up[..3], [0x16, 0x03, 0x01], "the ClientHello");
+    assert_eq!(
+        down,
+        [21, 3, 3, 0, 2, 2, 40],
+        "a handshake_failure alert, only"
+    );
+    let server_leg = st.iter().find(|s| s.2.port() == server.port).unwrap();
+    let (up, down) = follow_tcp(&rec.pcap, server_leg.0);
+    assert_eq!(&up[..3], [0x16, 0x03, 0x01], "capagent's ClientHello");
+    assert_eq!(down[0], 0x16, "the server's handshake");
+}
+
+/// Plain HTTP through a `--tls --pcap-tls raw` proxy: recorded as without `--tls`, one
+/// stream from the client to the target with the exact bytes.
+#[test]
+fn plain_traffic_is_recorded_as_before() {
+    let dir = TempDir::new("mitm-raw-plain");
+    let certs = Certs::localhost();
+    let response = http_response(b"plain body");
+    let (target, requests) = http_server(response.clone(), 1);
+    let rec = Rec::new(&dir, "plain");
+    let mut a = args(&["proxy", "socks", "--listen", "127.0.0.1:0"]);
+    a.extend(raw_tls_args(&dir, &certs));
+    a.extend(rec.args());
+    let agent = Agent::start(&a, 1);
+    let body = curl(&[
+        "--socks5",
+        &agent.addr().to_string(),
+        &format!("http://{target}/plain"),
+    ]);
+    assert_eq!(body, b"plain body");
+    let request = requests.recv_timeout(TIMEOUT).unwrap();
+    agent.stop();
+    let st = rec.streams();
+    assert_eq!(st.len(), 1, "{st:?}");
+    assert_eq!(st[0].2, target);
+    assert_eq!(rec.follow(st[0].0), (request, response));
+    let evs = rec.events();
+    let open = open_of(&evs, "socks5 connect", &target.to_string());
+    assert!(open.get("tls").is_none_or(Value::is_null), "{open}");
 }
