@@ -136,8 +136,6 @@ impl<T: AsyncRead + Unpin> AsyncRead for Tap<T> {
     }
 }
 
-/// Writes go through `poll_write` only (the default `poll_write_vectored` calls it): every
-/// byte written is noted.
 impl<T: AsyncWrite + Unpin> AsyncWrite for Tap<T> {
     fn poll_write(
         self: Pin<&mut Self>,
@@ -153,6 +151,35 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tap<T> {
             raw.push(this.leg, Step::Data(dir, Bytes::copy_from_slice(&buf[..n])));
         }
         Poll::Ready(Ok(n))
+    }
+
+    /// rustls writes its records vectored when the socket can: the `n` bytes written are
+    /// the first `n` of `bufs`.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let n = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
+        if let Some(raw) = &this.raw
+            && n > 0
+        {
+            let mut written = Vec::with_capacity(n);
+            for b in bufs {
+                let take = (n - written.len()).min(b.len());
+                written.extend_from_slice(&b[..take]);
+                if written.len() == n {
+                    break;
+                }
+            }
+            raw.push(this.leg, Step::Data(this.leg.dir(false), written.into()));
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -227,6 +254,32 @@ mod tests {
                     Step::Data(Direction::Recv, Bytes::from_static(b"200"))
                 ),
             ]
+        );
+        // Vectored writes (a socket takes them whole): the bytes written, across the
+        // buffers.
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (a, b) = tokio::join!(
+            tokio::net::TcpStream::connect(l.local_addr().unwrap()),
+            l.accept()
+        );
+        let (mut server, mut b) = (
+            Tap::new(a.unwrap(), Leg::Server, Some(raw.clone())),
+            b.unwrap().0,
+        );
+        assert!(server.is_write_vectored());
+        use std::io::IoSlice;
+        let bufs = [IoSlice::new(b"ab"), IoSlice::new(b""), IoSlice::new(b"cde")];
+        let n = server.write_vectored(&bufs).await.unwrap();
+        assert_eq!(n, 5);
+        let mut got = vec![0u8; n];
+        b.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, b"abcde");
+        assert_eq!(
+            steps(&raw),
+            [(
+                Leg::Server,
+                Step::Data(Direction::Send, Bytes::copy_from_slice(&got))
+            )]
         );
         // Without a queue: the socket as it is.
         let (a, mut b) = tokio::io::duplex(64);

@@ -79,14 +79,18 @@ pub async fn open_and_relay(
         return relay::relay(client, server, conn, ctx.limits.idle).await;
     }
     // `--pcap-tls raw`: the bytes of both sockets, for pcapng.
-    let raw = match (
-        client.peer_addr(),
-        client.local_addr(),
-        server.local_addr(),
-        server.peer_addr(),
-    ) {
-        (Ok(c), Ok(l), Ok(p), Ok(t)) => conn.tap_raw((c, l), (p, t)),
-        _ => None,
+    let raw = if conn.recording() && ctx.recorder.tls_raw() {
+        match (
+            client.peer_addr(),
+            client.local_addr(),
+            server.local_addr(),
+            server.peer_addr(),
+        ) {
+            (Ok(c), Ok(l), Ok(p), Ok(t)) => conn.tap_raw((c, l), (p, t)),
+            _ => None,
+        }
+    } else {
+        None
     };
     let client = &mut Tap::new(&mut *client, Leg::Client, raw.clone());
     let server = &mut Tap::new(&mut *server, Leg::Server, raw);
