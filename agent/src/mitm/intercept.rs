@@ -13,7 +13,7 @@
 use std::io;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, mpsc};
 
 use rustls::server::{Acceptor, ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
@@ -83,8 +83,8 @@ pub struct Interceptor {
     ca: Arc<Ca>,
     upstream: Upstream,
     provider: Arc<rustls::crypto::CryptoProvider>,
-    /// `--keylog`: the secrets of both legs (the client's session with capagent and
-    /// capagent's with the server) go into one file.
+    /// `--keylog` and `--pcap-tls raw`: the secrets of both legs (the client's session with
+    /// capagent and capagent's with the server) go into one file and/or to the recorder.
     key_log: Option<Arc<KeyLogFile>>,
 }
 
@@ -92,6 +92,16 @@ impl Interceptor {
     /// Loads the CA from `--ca-dir` (or its default directory), creating it when missing
     /// (and saying so on stderr), and the roots for the real servers.
     pub fn new(opts: &TlsOptions) -> Result<Interceptor, MitmError> {
+        Interceptor::with_secrets(opts, None)
+    }
+
+    /// [`Interceptor::new`], the secrets of both legs also sent, one key log line at a
+    /// time, to `secrets` (`--pcap-tls raw`: the recorder puts them into the pcapng before
+    /// the packets they decrypt), with or without `--keylog`.
+    pub fn with_secrets(
+        opts: &TlsOptions,
+        secrets: Option<mpsc::Sender<String>>,
+    ) -> Result<Interceptor, MitmError> {
         let dir: PathBuf = opts.ca_dir.clone().unwrap_or_else(Ca::default_dir);
         let (ca, created) = Ca::load_or_init(&dir)?;
         if created {
@@ -102,16 +112,22 @@ impl Interceptor {
             );
         }
         let mut upstream = Upstream::new(opts.upstream_ca.as_deref(), opts.insecure)?;
-        let key_log = match &opts.keylog {
-            Some(path) => {
-                let log = KeyLogFile::create(path).map_err(|error| MitmError::KeyLog {
-                    path: path.clone(),
-                    error,
-                })?;
+        let key_log = match (&opts.keylog, secrets) {
+            (None, None) => None,
+            (path, secrets) => {
+                let log = match path {
+                    Some(path) => KeyLogFile::create(path).map_err(|error| MitmError::KeyLog {
+                        path: path.clone(),
+                        error,
+                    })?,
+                    None => KeyLogFile::in_memory(),
+                };
+                if let Some(tx) = secrets {
+                    log.add_tap(tx);
+                }
                 upstream = upstream.with_key_log(log.clone());
                 Some(log)
             }
-            None => None,
         };
         Ok(Interceptor {
             ca: Arc::new(ca),

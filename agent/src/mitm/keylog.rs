@@ -82,8 +82,14 @@ impl KeyLogFile {
     /// file's order). A tap whose receiver is dropped is forgotten at the next line.
     pub fn tap(&self) -> mpsc::Receiver<String> {
         let (tx, rx) = mpsc::channel();
-        self.outputs().taps.push(tx);
+        self.add_tap(tx);
         rx
+    }
+
+    /// As [`KeyLogFile::tap`], into a channel made before this key log (a writer already
+    /// running with its receiver, e.g. the proxies' recorder for `--pcap-tls raw`).
+    pub fn add_tap(&self, tx: mpsc::Sender<String>) {
+        self.outputs().taps.push(tx);
     }
 
     /// Logs one line: into the file (one `write`), then to every tap.

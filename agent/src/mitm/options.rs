@@ -64,7 +64,7 @@ pub struct TlsOptions {
     pub upstream_ca: Option<PathBuf>,
     /// `--keylog`.
     pub keylog: Option<PathBuf>,
-    /// `--pcap-tls` (only `plain` so far).
+    /// `--pcap-tls`.
     pub pcap_tls: PcapTls,
 }
 
@@ -82,9 +82,6 @@ impl TlsArgs {
         }
         if !self.tls_passthrough.is_empty() {
             return Err(OptionsError::NotImplemented("--tls-passthrough"));
-        }
-        if self.pcap_tls == Some(PcapTls::Raw) {
-            return Err(OptionsError::NotImplemented("--pcap-tls raw"));
         }
         Ok(Some(TlsOptions {
             ca_dir: self.ca_dir.clone(),
@@ -164,10 +161,6 @@ mod tests {
                 "10.0.0.0/8"
             ]),
             "--tls-passthrough: not implemented yet"
-        );
-        assert_eq!(
-            err(&["--tls", "--pcap-tls", "raw"]),
-            "--pcap-tls raw: not implemented yet"
         );
         let a = parse(&["--tls"]).unwrap();
         assert_eq!(

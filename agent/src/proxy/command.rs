@@ -198,6 +198,8 @@ impl RecordArgs {
             output: self.output.clone(),
             write: self.write.clone(),
             preview: self.preview,
+            // Set from the TLS flags (`proxy::run`).
+            tls_raw: false,
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod command;
 pub mod dial;
 pub mod forward;
 pub mod http;
+pub mod raw_tls;
 pub mod record;
 pub mod relay;
 pub mod socks;
@@ -294,7 +295,12 @@ where
     if let Some(u) = &opts.upstream_proxy {
         u.parse::<dial::Upstream>().map_err(ProxyError::from)?;
     }
-    let (recorder, handle) = Recorder::start(&opts.record).map_err(ProxyError::from)?;
+    let mut record = opts.record.clone();
+    record.tls_raw |= opts
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.pcap_tls == crate::mitm::options::PcapTls::Raw);
+    let (recorder, handle) = Recorder::start(&record).map_err(ProxyError::from)?;
     let ctl = Control::on_signals();
     ctl.arm().context("installing signal handlers")?;
     run_until(opts, recorder, handle, &ctl, service)
@@ -319,7 +325,9 @@ where
     };
     // The CA is loaded (or made) before anything is served.
     let tls = match &opts.tls {
-        Some(t) => Some(Arc::new(Interceptor::new(t).context("--tls")?)),
+        Some(t) => Some(Arc::new(
+            Interceptor::with_secrets(t, recorder.tls_secrets()).context("--tls")?,
+        )),
         None => None,
     };
     raise_nofile();

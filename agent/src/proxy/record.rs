@@ -17,6 +17,14 @@
 //! requested port on `0.0.0.0` when the address is unknown), so the pcapng writer draws the
 //! conversation as a TCP stream between the client and the real target.
 //!
+//! `--pcap-tls raw` ([`RecordOptions::tls_raw`] with a pcapng file): an intercepted
+//! connection's records (the plaintext) go to the text/JSON outputs only, and pcapng gets
+//! instead the real TLS bytes of its two legs ([`super::raw_tls`], [`Conn::tap_raw`]) as two
+//! TCP streams (the client to the proxy's listening address, the proxy's address to the
+//! target), each its own synthetic socket (`sk` = the connection's number + leg << 32),
+//! with the secrets of both TLS sessions in Decryption Secrets Blocks before their packets
+//! ([`Recorder::tls_secrets`] feeds a [`SecretsFirst`] around the pcapng writer).
+//!
 //! The channel is bounded: when the outputs cannot keep up, relays wait (nothing is dropped).
 //! The writer thread flushes when the channel runs empty, at most every 100 ms (a ticker
 //! wakes it), so files stay current without a write per record. While small records come
@@ -27,18 +35,20 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
+use super::raw_tls::{Leg, RawTls, Step};
 use crate::model::{Call, RelayStep, TlsIntercepted};
 use crate::model::{Detail, Direction, Endpoint, Event, SocketMeta, Task, Transport};
 use crate::output::{
-    EventWriter, FanOut, FlushEvery, Format, Writer, pcapng::PcapngWriter, text::TextConfig,
+    EventWriter, FanOut, FlushEvery, Format, SecretsFirst, Writer, pcapng::PcapngWriter,
+    text::TextConfig,
 };
 
 /// Messages in flight between the relays and the writer thread (each holds at most one
@@ -57,6 +67,9 @@ pub struct RecordOptions {
     pub write: Option<PathBuf>,
     /// Payload bytes per text line (0 = all).
     pub preview: usize,
+    /// `--pcap-tls raw`: pcapng holds the real TLS bytes of intercepted connections, with
+    /// their secrets (see the module documentation), not their plaintext.
+    pub tls_raw: bool,
 }
 
 impl RecordOptions {
@@ -83,7 +96,7 @@ pub enum RecordError {
 #[derive(Debug)]
 enum Msg {
     Open {
-        id: u32,
+        id: u64,
         ts_ns: u64,
         comm: &'static str,
         meta: SocketMeta,
@@ -93,26 +106,43 @@ enum Msg {
         resolved: Option<SocketAddr>,
         ret: i64,
         tls: Option<Box<TlsIntercepted>>,
+        view: View,
     },
     Data {
-        id: u32,
+        id: u64,
         ts_ns: u64,
         dir: Direction,
         payload: Bytes,
         addr: Option<SocketAddr>,
     },
     Eof {
-        id: u32,
+        id: u64,
         ts_ns: u64,
         dir: Direction,
     },
     Close {
-        id: u32,
+        id: u64,
         ts_ns: u64,
         ret: i64,
     },
     /// Wakes the writer so that it flushes what it holds (sent every [`FLUSH_EVERY`]).
     Tick,
+}
+
+/// Which outputs a connection's records go to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum View {
+    /// Every output.
+    All,
+    /// All but pcapng (the plaintext of an intercepted connection under `--pcap-tls raw`).
+    Records,
+    /// pcapng only (a leg of an intercepted connection under `--pcap-tls raw`).
+    Pcap,
+}
+
+/// The key of a connection's records (its number), or of one of its raw TLS legs.
+fn key(id: u32, leg: Option<Leg>) -> u64 {
+    u64::from(id) | leg.map_or(0, |l| (l as u64) << 32)
 }
 
 /// Longest time records stay in the writer's buffers while the proxies are quiet.
@@ -129,6 +159,9 @@ const SMALL_RECORD: usize = 4096;
 struct Shared {
     tx: mpsc::Sender<Msg>,
     next_id: AtomicU32,
+    /// `--pcap-tls raw`: the key log lines for the pcapng file (None: pcapng, if any, holds
+    /// the plaintext).
+    secrets: Option<std::sync::mpsc::Sender<String>>,
 }
 
 /// Handle on the recorder; clones share it. A disabled recorder does nothing (and relays
@@ -216,12 +249,19 @@ impl Recorder {
             })?;
             writers.push(Box::new(w));
         }
+        let mut raw_pcap = None;
         if let Some(p) = &opts.write {
             let w = PcapngWriter::open(p).map_err(|source| RecordError::Open {
                 path: p.display().to_string(),
                 source,
             })?;
-            writers.push(Box::new(w));
+            if opts.tls_raw {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let w: Box<dyn EventWriter + Send> = Box::new(SecretsFirst::new(w, rx));
+                raw_pcap = Some((w, tx));
+            } else {
+                writers.push(Box::new(w));
+            }
         }
         // Records to files: a status line on a terminal.
         let status = crate::output::status::StatusLine::start(
@@ -231,7 +271,7 @@ impl Recorder {
         if let Some(s) = &status {
             writers.push(Box::new(s.counter()));
         }
-        let (recorder, mut handle) = Recorder::with_writers(writers)?;
+        let (recorder, mut handle) = Recorder::with_outputs(writers, raw_pcap)?;
         handle.status = status;
         Ok((recorder, handle))
     }
@@ -240,10 +280,21 @@ impl Recorder {
     pub fn with_writers(
         writers: Vec<Box<dyn EventWriter + Send>>,
     ) -> Result<(Recorder, RecorderHandle), RecordError> {
+        Recorder::with_outputs(writers, None)
+    }
+
+    /// [`Recorder::with_writers`], and `raw_pcap`: a pcapng writer for `--pcap-tls raw`
+    /// (it gets the raw TLS legs of intercepted connections instead of their plaintext)
+    /// and the sender of the key log lines it puts before their packets.
+    fn with_outputs(
+        writers: Vec<Box<dyn EventWriter + Send>>,
+        raw_pcap: Option<(Box<dyn EventWriter + Send>, std::sync::mpsc::Sender<String>)>,
+    ) -> Result<(Recorder, RecorderHandle), RecordError> {
+        let (pcap, secrets) = raw_pcap.unzip();
         let (tx, rx) = mpsc::channel(CHANNEL);
         let thread = std::thread::Builder::new()
             .name("capagent-record".into())
-            .spawn(move || write_loop(rx, writers))
+            .spawn(move || write_loop(rx, writers, pcap))
             .map_err(RecordError::Thread)?;
         // The ticker holds a weak sender: the channel still closes when every recorder
         // clone is gone, and the ticker then ends.
@@ -261,6 +312,7 @@ impl Recorder {
         let shared = Arc::new(Shared {
             tx,
             next_id: AtomicU32::new(1),
+            secrets,
         });
         Ok((
             Recorder {
@@ -277,6 +329,17 @@ impl Recorder {
         self.shared.is_some()
     }
 
+    /// `--pcap-tls raw` with a pcapng file: where the TLS secrets of intercepted connections
+    /// go (one key log line at a time), to be written before their packets.
+    pub fn tls_secrets(&self) -> Option<std::sync::mpsc::Sender<String>> {
+        self.shared.as_ref()?.secrets.clone()
+    }
+
+    /// Whether pcapng gets the raw TLS legs of intercepted connections ([`Conn::tap_raw`]).
+    pub fn tls_raw(&self) -> bool {
+        self.shared.as_ref().is_some_and(|s| s.secrets.is_some())
+    }
+
     /// A new connection (or UDP session) of `client`, recorded as process `comm` (the proxy:
     /// `forward`, `socks`, ...). Nothing is written before [`Conn::open`].
     pub fn conn(&self, comm: &'static str, transport: Transport, client: SocketAddr) -> Conn {
@@ -291,6 +354,7 @@ impl Recorder {
             transport,
             client,
             opened: AtomicBool::new(false),
+            raw: OnceLock::new(),
         }
     }
 
@@ -312,6 +376,20 @@ pub struct Conn {
     client: SocketAddr,
     /// Between open and close (records are only written then).
     opened: AtomicBool,
+    /// `--pcap-tls raw`: the raw TLS bytes of its two legs ([`Conn::tap_raw`]).
+    raw: OnceLock<RawLegs>,
+}
+
+/// The raw TLS legs of an intercepted connection.
+struct RawLegs {
+    tls: Arc<RawTls>,
+    /// Each leg's stream: (connecting side, accepting side).
+    client: (SocketAddr, SocketAddr),
+    server: (SocketAddr, SocketAddr),
+    /// When the taps were set (before the handshakes): the time of the legs' SYNs.
+    since_ns: u64,
+    /// Between the legs' open and close records.
+    opened: AtomicBool,
 }
 
 impl Conn {
@@ -331,6 +409,111 @@ impl Conn {
     /// True when records are written (else every method returns at once).
     pub fn recording(&self) -> bool {
         self.rec.enabled()
+    }
+
+    /// `--pcap-tls raw`: the queue the [`super::raw_tls::Tap`]s of the connection's two
+    /// sockets fill, before its TLS is intercepted (None: not recording raw TLS). `client`:
+    /// the client's socket's (peer, local) addresses; `server`: the proxy's socket to the
+    /// target's (local, peer). From [`Conn::open_tls`] on, the connection's own records go
+    /// to every output but pcapng, which gets the two legs instead.
+    pub fn tap_raw(
+        &self,
+        client: (SocketAddr, SocketAddr),
+        server: (SocketAddr, SocketAddr),
+    ) -> Option<Arc<RawTls>> {
+        if !self.rec.tls_raw() {
+            return None;
+        }
+        let tls = Arc::new(RawTls::default());
+        self.raw
+            .set(RawLegs {
+                tls: tls.clone(),
+                client,
+                server,
+                since_ns: crate::clock::wall_ns(),
+                opened: AtomicBool::new(false),
+            })
+            .ok()?;
+        Some(tls)
+    }
+
+    /// Sends the raw TLS chunks queued, in order.
+    async fn drain_raw(&self) {
+        let Some(legs) = self.raw.get() else { return };
+        if !legs.opened.load(Ordering::Relaxed) {
+            return;
+        }
+        let _one_at_a_time = legs.tls.sending.lock().await;
+        while let Some(c) = legs.tls.pop() {
+            let id = key(self.id, Some(c.leg));
+            let msg = match c.step {
+                Step::Data(dir, payload) => Msg::Data {
+                    id,
+                    ts_ns: c.ts_ns,
+                    dir,
+                    payload,
+                    addr: None,
+                },
+                Step::Eof(dir) => Msg::Eof {
+                    id,
+                    ts_ns: c.ts_ns,
+                    dir,
+                },
+            };
+            self.rec.send(msg).await;
+        }
+    }
+
+    /// Opens the raw legs' streams (after the connection's open record) and sends what
+    /// their sockets carried so far (the handshakes).
+    async fn open_raw(&self, proxy: &str, target: &str) {
+        let Some(legs) = self.raw.get() else { return };
+        let ts_ns = legs.since_ns;
+        for (leg, (local, remote)) in [(Leg::Client, legs.client), (Leg::Server, legs.server)] {
+            let id = key(self.id, Some(leg));
+            let meta = SocketMeta {
+                sk: id,
+                ino: 0,
+                transport: Transport::Tcp,
+                local: Some(Endpoint::Inet(local)),
+                remote: Some(Endpoint::Inet(remote)),
+            };
+            self.rec
+                .send(Msg::Open {
+                    id,
+                    ts_ns,
+                    comm: self.comm,
+                    meta,
+                    proxy: proxy.to_string(),
+                    listen: None,
+                    target: target.to_string(),
+                    resolved: Some(remote),
+                    ret: 0,
+                    tls: None,
+                    view: View::Pcap,
+                })
+                .await;
+        }
+        legs.opened.store(true, Ordering::Relaxed);
+        self.drain_raw().await;
+    }
+
+    /// Sends what is left of the raw legs and closes their streams.
+    async fn close_raw(&self) {
+        let Some(legs) = self.raw.get() else { return };
+        self.drain_raw().await;
+        if !legs.opened.swap(false, Ordering::Relaxed) {
+            return;
+        }
+        for leg in [Leg::Client, Leg::Server] {
+            self.rec
+                .send(Msg::Close {
+                    id: key(self.id, Some(leg)),
+                    ts_ns: crate::clock::wall_ns(),
+                    ret: 0,
+                })
+                .await;
+        }
     }
 
     /// The connection was opened: `target` as requested, `resolved` the address connected
@@ -388,18 +571,25 @@ impl Conn {
             Ok(()) => 0,
             Err(e) => neg_errno(e),
         };
+        let ts_ns = crate::clock::wall_ns();
+        let (proxy, target) = (proxy.into(), target.into());
+        let raw = self.raw.get().is_some();
+        if raw {
+            self.open_raw(&proxy, &target).await;
+        }
         self.rec
             .send(Msg::Open {
-                id: self.id,
-                ts_ns: crate::clock::wall_ns(),
+                id: key(self.id, None),
+                ts_ns,
                 comm: self.comm,
                 meta,
-                proxy: proxy.into(),
+                proxy,
                 listen,
-                target: target.into(),
+                target,
                 resolved,
                 ret,
                 tls: tls.map(Box::new),
+                view: if raw { View::Records } else { View::All },
             })
             .await;
     }
@@ -409,9 +599,10 @@ impl Conn {
         if !self.is_open() || payload.is_empty() {
             return;
         }
+        self.drain_raw().await;
         self.rec
             .send(Msg::Data {
-                id: self.id,
+                id: key(self.id, None),
                 ts_ns: crate::clock::wall_ns(),
                 dir,
                 payload,
@@ -434,7 +625,7 @@ impl Conn {
         }
         self.rec
             .send(Msg::Data {
-                id: self.id,
+                id: key(self.id, None),
                 ts_ns: crate::clock::wall_ns(),
                 dir,
                 payload,
@@ -448,9 +639,10 @@ impl Conn {
         if !self.is_open() {
             return;
         }
+        self.drain_raw().await;
         self.rec
             .send(Msg::Eof {
-                id: self.id,
+                id: key(self.id, None),
                 ts_ns: crate::clock::wall_ns(),
                 dir,
             })
@@ -459,12 +651,15 @@ impl Conn {
 
     /// The relay ended, normally or with `result`'s error (later records are ignored).
     pub async fn close(&self, result: Result<(), &io::Error>) {
+        if self.is_open() {
+            self.close_raw().await;
+        }
         if !self.opened.swap(false, Ordering::Relaxed) {
             return;
         }
         self.rec
             .send(Msg::Close {
-                id: self.id,
+                id: key(self.id, None),
                 ts_ns: crate::clock::wall_ns(),
                 ret: match result {
                     Ok(()) => 0,
@@ -482,11 +677,19 @@ impl Drop for Conn {
         if self.opened.swap(false, Ordering::Relaxed)
             && let Some(s) = &self.rec.shared
         {
-            let _ = s.tx.try_send(Msg::Close {
-                id: self.id,
-                ts_ns: crate::clock::wall_ns(),
-                ret: -i64::from(libc::ECONNABORTED),
-            });
+            let raw = self
+                .raw
+                .get()
+                .filter(|l| l.opened.swap(false, Ordering::Relaxed))
+                .map(|_| [Leg::Client, Leg::Server]);
+            let legs = raw.iter().flatten().map(|&l| Some(l));
+            for leg in legs.chain([None]) {
+                let _ = s.tx.try_send(Msg::Close {
+                    id: key(self.id, leg),
+                    ts_ns: crate::clock::wall_ns(),
+                    ret: -i64::from(libc::ECONNABORTED),
+                });
+            }
         }
     }
 }
@@ -497,16 +700,23 @@ struct Open {
     meta: SocketMeta,
     /// Its data records are TLS plaintext (an intercepted connection).
     plaintext: bool,
+    view: View,
 }
 
+/// `writers` get every record but the raw TLS legs; `pcap` (`--pcap-tls raw`), every record
+/// but the plaintext of intercepted connections.
 fn write_loop(
     mut rx: mpsc::Receiver<Msg>,
     writers: Vec<Box<dyn EventWriter + Send>>,
+    pcap: Option<Box<dyn EventWriter + Send>>,
 ) -> io::Result<()> {
     // Flushed when the channel runs empty, at most every FLUSH_EVERY.
-    let mut out = FlushEvery::new(FanOut(writers), FLUSH_EVERY);
+    let mut out = Views {
+        records: FlushEvery::new(FanOut(writers), FLUSH_EVERY),
+        pcap: pcap.map(|p| FlushEvery::new(p, FLUSH_EVERY)),
+    };
     let pid = std::process::id();
-    let mut conns: HashMap<u32, Open> = HashMap::new();
+    let mut conns: HashMap<u64, Open> = HashMap::new();
     let mut first_err: Option<io::Error> = None;
     // How the writer waits for records: while small records come in bursts (many short
     // connections, chatty ones), it polls the channel every POLL_EVERY instead of sleeping
@@ -550,8 +760,8 @@ fn write_loop(
         if let Msg::Data { payload, .. } = &msg {
             burst_bytes += payload.len();
         }
-        if let Some(ev) = event_of(msg, pid, &mut conns)
-            && let Err(e) = out.write_event(&ev)
+        if let Some((ev, view)) = event_of(msg, pid, &mut conns)
+            && let Err(e) = out.write(&ev, view)
             && first_err.is_none()
         {
             tracing::error!("cannot write records: {e}");
@@ -567,12 +777,49 @@ fn write_loop(
     }
 }
 
-fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u32, Open>) -> Option<Event> {
-    let ev = |task: &Task, meta: &SocketMeta, ts_ns, step, fd: u32, ret, detail| Event {
+/// The writer thread's outputs: the records' and, under `--pcap-tls raw`, pcapng's apart.
+struct Views {
+    records: FlushEvery<FanOut<Box<dyn EventWriter + Send>>>,
+    pcap: Option<FlushEvery<Box<dyn EventWriter + Send>>>,
+}
+
+impl Views {
+    /// Writes `ev` to the outputs of `view`.
+    fn write(&mut self, ev: &Event, view: View) -> io::Result<()> {
+        if view != View::Pcap {
+            self.records.write_event(ev)?;
+        }
+        if view != View::Records
+            && let Some(p) = &mut self.pcap
+        {
+            p.write_event(ev)?;
+        }
+        Ok(())
+    }
+
+    fn tick(&mut self) -> io::Result<()> {
+        let r = self.records.tick();
+        if let Some(p) = &mut self.pcap {
+            p.tick()?;
+        }
+        r
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let r = self.records.flush();
+        if let Some(p) = &mut self.pcap {
+            p.flush()?;
+        }
+        r
+    }
+}
+
+fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u64, Open>) -> Option<(Event, View)> {
+    let ev = |task: &Task, meta: &SocketMeta, ts_ns, step, id: u64, ret, detail| Event {
         ts_ns,
         task: task.clone(),
         call: Call::Relay(step),
-        fd: fd as i32,
+        fd: id as u32 as i32,
         ret,
         sock: Some(meta.clone()),
         detail,
@@ -594,6 +841,7 @@ fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u32, Open>) -> Option<Event>
             resolved,
             ret,
             tls,
+            view,
         } => {
             let plaintext = tls.as_ref().is_some_and(|t| t.error.is_none());
             let task = Task {
@@ -622,9 +870,10 @@ fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u32, Open>) -> Option<Event>
                     task,
                     meta,
                     plaintext,
+                    view,
                 },
             );
-            Some(e)
+            Some((e, view))
         }
         Msg::Data {
             id,
@@ -653,11 +902,11 @@ fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u32, Open>) -> Option<Event>
                 },
             );
             e.tls_plaintext = plaintext;
-            Some(e)
+            Some((e, c.view))
         }
         Msg::Eof { id, ts_ns, dir } => {
             let c = conns.get(&id)?;
-            Some(match dir {
+            let e = match dir {
                 // The client shut down its sending side.
                 Direction::Send => ev(
                     &c.task,
@@ -688,12 +937,13 @@ fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u32, Open>) -> Option<Event>
                         msg_index: 0,
                     },
                 ),
-            })
+            };
+            Some((e, c.view))
         }
         Msg::Tick => None,
         Msg::Close { id, ts_ns, ret } => {
             let c = conns.remove(&id)?;
-            Some(ev(
+            let e = ev(
                 &c.task,
                 &c.meta,
                 ts_ns,
@@ -704,7 +954,8 @@ fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u32, Open>) -> Option<Event>
                     args: [0; 4],
                     addr: None,
                 },
-            ))
+            );
+            Some((e, c.view))
         }
     }
 }
@@ -958,6 +1209,101 @@ mod tests {
             "{}",
             text(&evs[3])
         );
+    }
+
+    /// What reaches a sink, in order: secrets, or an event's socket, name and payload.
+    #[derive(Clone, Default)]
+    struct Seen(Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl EventWriter for Seen {
+        fn write_event(&mut self, ev: &Event) -> io::Result<()> {
+            let payload = match &ev.detail {
+                Detail::Data { payload, .. } => String::from_utf8_lossy(payload).into_owned(),
+                _ => String::new(),
+            };
+            let sk = ev.sock.as_ref().map_or(0, |m| m.sk);
+            let line = format!("{sk:#x} {} {payload}", ev.syscall_name());
+            self.0.lock().unwrap().push(line.trim_end().to_string());
+            Ok(())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+        fn write_tls_secrets(&mut self, key_log: &[u8]) -> io::Result<()> {
+            let line = format!("secrets {}", String::from_utf8_lossy(key_log));
+            self.0.lock().unwrap().push(line);
+            Ok(())
+        }
+    }
+
+    /// `--pcap-tls raw`: an intercepted connection's plaintext goes to the records only, its
+    /// two raw legs (in the order their bytes crossed the sockets, the handshakes before
+    /// the open included) to pcapng only, after the secrets that came before them; a
+    /// connection that was not tapped goes to both.
+    #[tokio::test]
+    async fn raw_tls_legs_go_to_pcapng_only() {
+        let (records, pcap) = (Seen::default(), Seen::default());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let raw_pcap: Box<dyn EventWriter + Send> = Box::new(SecretsFirst::new(pcap.clone(), rx));
+        let (rec, handle) =
+            Recorder::with_outputs(vec![Box::new(records.clone())], Some((raw_pcap, tx))).unwrap();
+        assert!(rec.tls_raw());
+        let secrets = rec.tls_secrets().unwrap();
+        let c = rec.conn("socks", Transport::Tcp, addr("127.0.0.1:40000"));
+        let raw = c
+            .tap_raw(
+                (addr("127.0.0.1:40000"), addr("127.0.0.1:1080")),
+                (addr("127.0.0.1:50000"), addr("192.0.2.7:443")),
+            )
+            .unwrap();
+        let data = |dir, s: &'static [u8]| Step::Data(dir, Bytes::from_static(s));
+        raw.push(Leg::Client, data(Direction::Send, b"client hello"));
+        raw.push(Leg::Server, data(Direction::Send, b"hello upstream"));
+        secrets.send("KEYS 1\n".to_string()).unwrap();
+        raw.push(Leg::Server, data(Direction::Recv, b"server flight"));
+        raw.push(Leg::Client, data(Direction::Recv, b"our flight"));
+        let tls = TlsIntercepted::default();
+        let to = Some(addr("192.0.2.7:443"));
+        c.open_tls("socks5 connect", None, "x:443", 443, to, Ok(()), Some(tls))
+            .await;
+        raw.push(Leg::Client, data(Direction::Send, b"enc GET"));
+        c.data(Direction::Send, Bytes::from_static(b"GET /")).await;
+        raw.push(Leg::Server, data(Direction::Send, b"enc GET again"));
+        raw.push(Leg::Server, Step::Eof(Direction::Recv));
+        c.close(Ok(())).await;
+        // Not intercepted: everywhere.
+        let d = rec.conn("socks", Transport::Tcp, addr("127.0.0.1:40001"));
+        d.open("socks5 connect", None, "y:80", 80, to, Ok(())).await;
+        d.data(Direction::Send, Bytes::from_static(b"plain")).await;
+        d.close(Ok(())).await;
+        drop((c, d, rec, secrets));
+        tokio::task::spawn_blocking(move || handle.finish())
+            .await
+            .unwrap()
+            .unwrap();
+        let plain = ["0x2 connect", "0x2 sendto plain", "0x2 close"];
+        let mut want = vec!["0x1 connect", "0x1 sendto GET /", "0x1 close"];
+        want.extend(plain);
+        assert_eq!(*records.0.lock().unwrap(), want);
+        let (cl, sv) = ("0x100000001", "0x200000001");
+        let mut want: Vec<String> = vec!["secrets KEYS 1\n".into()];
+        for l in [
+            format!("{cl} connect"),
+            format!("{sv} connect"),
+            format!("{cl} sendto client hello"),
+            format!("{sv} sendto hello upstream"),
+            format!("{sv} recvfrom server flight"),
+            format!("{cl} recvfrom our flight"),
+            format!("{cl} sendto enc GET"),
+            format!("{sv} sendto enc GET again"),
+            format!("{sv} recvfrom"),
+            format!("{cl} close"),
+            format!("{sv} close"),
+        ] {
+            want.push(l);
+        }
+        want.extend(plain.map(String::from));
+        assert_eq!(*pcap.0.lock().unwrap(), want);
     }
 
     #[tokio::test]

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tokio::net::TcpStream;
 
+use super::raw_tls::{Leg, Tap};
 use super::relay::{self, RelayError, Relayed};
 use super::{Conn, Ctx};
 use crate::tls_hello::{is_client_hello, may_start_client_hello};
@@ -77,6 +78,22 @@ pub async fn open_and_relay(
             .await;
         return relay::relay(client, server, conn, ctx.limits.idle).await;
     }
+    // `--pcap-tls raw`: the bytes of both sockets, for pcapng.
+    let raw = if conn.recording() && ctx.recorder.tls_raw() {
+        match (
+            client.peer_addr(),
+            client.local_addr(),
+            server.local_addr(),
+            server.peer_addr(),
+        ) {
+            (Ok(c), Ok(l), Ok(p), Ok(t)) => conn.tap_raw((c, l), (p, t)),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let client = &mut Tap::new(&mut *client, Leg::Client, raw.clone());
+    let server = &mut Tap::new(&mut *server, Leg::Server, raw);
     let intercepted = tokio::time::timeout(
         ctx.limits.handshake,
         mitm.intercept(&mut *client, &mut *server, host),

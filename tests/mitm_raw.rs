@@ -1,0 +1,463 @@
+//! Integration tests of `--pcap-tls raw` (no root): curl trusting capagent's CA through
+//! `proxy socks --tls --pcap-tls raw -w F` and `proxy http --tls --pcap-tls raw -w F`
+//! (CONNECT) to a Python HTTPS server whose certificate a test CA signed. The pcapng holds
+//! the real TLS bytes of both legs as two TCP streams (the client to the proxy, the proxy
+//! to the server) and the secrets of both sessions in Decryption Secrets Blocks: tshark,
+//! given no key file, decrypts the exact request and response on each leg; the same file
+//! with its secrets discarded (`editcap --discard-all-secrets`) decrypts nothing. The JSON
+//! records stay the plaintext, exactly as the server read and wrote it. With `--keylog K`
+//! too, K holds the same lines as the pcapng's secrets blocks.
+//!
+//! Certificates and the CA directory are made at test time in temporary directories.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+
+use capagent_testkit::proxy::{
+    Agent, Rec, curl, curl_status, http_response, http_server, open_of, recorded,
+};
+use capagent_testkit::{
+    Certs, Ev as _, Exchange, HTTPS_SERVER_PY, Proc, TIMEOUT, TempDir, follow_raw, python,
+    tshark_r, unhex,
+};
+use pcap_file::pcapng::{Block, PcapNgReader};
+use serde_json::Value;
+
+fn args(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// [`HTTPS_SERVER_PY`] on 127.0.0.1 (no namespace): serves `GET PATH` with `path PATH\n`
+/// and reports the exact bytes it read and wrote.
+struct Https {
+    proc: Proc,
+    port: u16,
+}
+
+impl Https {
+    fn start(dir: &TempDir, certs: &Certs) -> Https {
+        let script = dir.write("https_server.py", HTTPS_SERVER_PY);
+        let mut cmd = Command::new(python());
+        cmd.arg(&script)
+            .args([certs.cert_str(), certs.key_str(), "127.0.0.1"]);
+        let mut proc = Proc::spawn("https_server.py", cmd);
+        let port = proc.expect("READY", TIMEOUT).parse().unwrap();
+        Https { proc, port }
+    }
+
+    /// The next request served (waits for it).
+    fn exchange(&mut self) -> Exchange {
+        let request = unhex(&self.proc.expect("REQ", TIMEOUT));
+        let response = unhex(&self.proc.expect("RESP", TIMEOUT));
+        Exchange { request, response }
+    }
+}
+
+fn ca_dir(dir: &TempDir) -> PathBuf {
+    dir.join("ca")
+}
+
+/// `--tls --pcap-tls raw --ca-dir DIR/ca --upstream-ca CA`.
+fn raw_tls_args(dir: &TempDir, certs: &Certs) -> Vec<String> {
+    args(&[
+        "--tls",
+        "--pcap-tls",
+        "raw",
+        "--ca-dir",
+        &ca_dir(dir).display().to_string(),
+        "--upstream-ca",
+        certs.ca_str(),
+    ])
+}
+
+/// capagent's CA certificate, made by the proxy when it started.
+fn ca_cert(dir: &TempDir) -> String {
+    ca_dir(dir).join("ca.crt").display().to_string()
+}
+
+/// The TCP streams of `pcap` from their SYNs: (stream index, client, server).
+fn streams(pcap: &str) -> Vec<(u32, SocketAddr, SocketAddr)> {
+    Rec {
+        jsonl: String::new(),
+        pcap: pcap.to_string(),
+    }
+    .streams()
+}
+
+/// The HTTP tshark reads in `pcap`: (TCP stream, request method and URI, or response
+/// code), in the file's order.
+fn http(pcap: &str) -> Vec<(u32, String)> {
+    let out = tshark_r(
+        pcap,
+        &[
+            "-Y",
+            "http",
+            "-T",
+            "fields",
+            "-e",
+            "tcp.stream",
+            "-e",
+            "http.request.method",
+            "-e",
+            "http.request.uri",
+            "-e",
+            "http.response.code",
+        ],
+    );
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let f: Vec<&str> = l.split('\t').collect();
+            let what: Vec<&str> = f[1..].iter().copied().filter(|s| !s.is_empty()).collect();
+            (f[0].parse().unwrap(), what.join(" "))
+        })
+        .collect()
+}
+
+/// The decrypted bytes of TCP stream `stream` (`client` its connecting side) both ways
+/// (`follow,tls,raw`): (from its client, from its server). tshark 4.0 may name either end
+/// "Node 0" (the side of the lines without a tab): the one it names is looked at.
+fn follow_tls(pcap: &str, stream: u32, client: SocketAddr) -> (Vec<u8>, Vec<u8>) {
+    let out = tshark_r(pcap, &["-qz", &format!("follow,tls,raw,{stream}")]);
+    let (node0, node1) = follow_raw(&out);
+    let first = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Node 0: "))
+        .unwrap_or_default();
+    if first == client.to_string() {
+        (node0, node1)
+    } else {
+        (node1, node0)
+    }
+}
+
+/// The TCP bytes of stream `stream` both ways (`follow,tcp,raw`).
+fn follow_tcp(pcap: &str, stream: u32) -> (Vec<u8>, Vec<u8>) {
+    follow_raw(&tshark_r(
+        pcap,
+        &["-qz", &format!("follow,tcp,raw,{stream}")],
+    ))
+}
+
+/// The key log lines of the Decryption Secrets Blocks of `pcap`, the index of the first
+/// DSB among the file's blocks and that of the first packet with a TCP payload.
+fn secrets(pcap: &str) -> (BTreeSet<String>, usize, usize) {
+    let bytes = std::fs::read(pcap).unwrap();
+    let mut r = PcapNgReader::new(&bytes[..]).unwrap();
+    let (mut lines, mut first_dsb, mut first_data) = (BTreeSet::new(), None, None);
+    let mut i = 0;
+    while let Some(block) = r.next_block() {
+        match block.unwrap() {
+            Block::Unknown(u) if u.type_ == 0x0000_000A => {
+                first_dsb.get_or_insert(i);
+                // Secrets type "TLSK" (4), length (4), then the text (capagent writes
+                // big-endian pcapng).
+                let body = &u.value;
+                assert_eq!(&body[0..4], b"TLSK");
+                let len = u32::from_be_bytes(body[4..8].try_into().unwrap()) as usize;
+                let text = String::from_utf8(body[8..8 + len].to_vec()).unwrap();
+                lines.extend(text.lines().map(str::to_string));
+            }
+            Block::EnhancedPacket(p) => {
+                // IPv4 (20) + TCP (20, no options): anything more is data.
+                if p.data.len() > 40 {
+                    first_data.get_or_insert(i);
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    (
+        lines,
+        first_dsb.expect("no DSB"),
+        first_data.expect("no data"),
+    )
+}
+
+/// What every raw test checks of one intercepted exchange (`client_leg`: the client's
+/// address to the proxy's; `server_leg`'s server: the HTTPS server): the JSON records are
+/// the exact plaintext, the pcapng has the two legs as two TCP streams of real TLS whose
+/// decryption by tshark (from the file's secrets alone) is the exact request and response
+/// on each, and nothing decrypts without the secrets. Returns the secrets' lines.
+fn check_raw(
+    rec: &Rec,
+    dir: &TempDir,
+    open: &Value,
+    ex: &Exchange,
+    path: &str,
+    proxy: SocketAddr,
+    server_port: u16,
+) -> BTreeSet<String> {
+    let evs = rec.events();
+    let fd = open.fd();
+    assert_eq!(open["tls"]["error"], Value::Null, "{open}");
+    assert_eq!(
+        recorded(&evs, fd, "send"),
+        ex.request,
+        "request as recorded"
+    );
+    assert_eq!(
+        recorded(&evs, fd, "recv"),
+        ex.response,
+        "response as recorded"
+    );
+    for d in evs
+        .iter()
+        .filter(|e| e.ty() == "data" && e.fd() == fd && e["total"] != 0)
+    {
+        assert_eq!(d["tls"], serde_json::json!({"plaintext": true}), "{d}");
+    }
+    // Two streams: the client to the proxy, the proxy to the server.
+    let st = streams(&rec.pcap);
+    assert_eq!(st.len(), 2, "{st:?}");
+    let client_leg = st.iter().find(|s| s.2 == proxy).expect("client leg");
+    let server_leg = st
+        .iter()
+        .find(|s| s.2 == SocketAddr::from(([127, 0, 0, 1], server_port)))
+        .expect("server leg");
+    assert_eq!(client_leg.1.ip(), proxy.ip());
+    assert_eq!(server_leg.1.ip(), proxy.ip());
+    assert_ne!(server_leg.1.port(), proxy.port());
+    // The real TLS bytes: records from the ClientHello on, no plaintext in them.
+    for s in [client_leg, server_leg] {
+        let (up, down) = follow_tcp(&rec.pcap, s.0);
+        assert_eq!(&up[..3], [0x16, 0x03, 0x01], "a ClientHello first: {s:?}");
+        assert_eq!(down[0], 0x16, "a ServerHello first: {s:?}");
+        let has = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+        assert!(
+            !has(&up, path.as_bytes()),
+            "plaintext in the raw bytes: {s:?}"
+        );
+        assert!(
+            !has(&down, b"HTTP/1.1 200"),
+            "plaintext in the raw bytes: {s:?}"
+        );
+    }
+    // Consistent sequence numbers: no lost segment, retransmission or the like.
+    let flagged = tshark_r(&rec.pcap, &["-Y", "tcp.analysis.flags"]);
+    assert_eq!(flagged, "", "TCP analysis flags");
+    // tshark decrypts both legs from the file's secrets, to the exact bytes.
+    let get = format!("GET {path}");
+    let mut want = vec![
+        (client_leg.0, get.clone()),
+        (client_leg.0, "200".to_string()),
+        (server_leg.0, get),
+        (server_leg.0, "200".to_string()),
+    ];
+    want.sort();
+    let mut got = http(&rec.pcap);
+    got.sort();
+    assert_eq!(got, want);
+    for s in [client_leg, server_leg] {
+        assert_eq!(
+            follow_tls(&rec.pcap, s.0, s.1),
+            (ex.request.clone(), ex.response.clone()),
+            "decrypted {s:?}"
+        );
+    }
+    // The secrets come before the first data; without them nothing decrypts.
+    let (lines, first_dsb, first_data) = secrets(&rec.pcap);
+    assert!(first_dsb < first_data, "DSB {first_dsb}, data {first_data}");
+    let bare = dir.join("no-secrets.pcapng").display().to_string();
+    let st = Command::new("editcap")
+        .args(["--discard-all-secrets", &rec.pcap, &bare])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(http(&bare), [], "decrypted without the secrets");
+    assert_eq!(
+        follow_tls(&bare, client_leg.0, client_leg.1),
+        (vec![], vec![])
+    );
+    assert_eq!(streams(&bare).len(), 2);
+    lines
+}
+
+/// The client randoms of key log lines, each with its set of labels.
+fn sessions(lines: &BTreeSet<String>) -> std::collections::BTreeMap<String, BTreeSet<String>> {
+    let mut m: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
+    for l in lines {
+        let w: Vec<&str> = l.split(' ').collect();
+        assert_eq!(w.len(), 3, "{l:?}");
+        m.entry(w[1].to_string())
+            .or_default()
+            .insert(w[0].to_string());
+    }
+    m
+}
+
+/// curl through `proxy socks --tls --pcap-tls raw`: both legs decrypt from the pcapng's own
+/// secrets, two TLS 1.3 sessions' worth of them.
+#[test]
+fn socks_raw_tls() {
+    let dir = TempDir::new("mitm-raw-socks");
+    let certs = Certs::localhost();
+    let mut server = Https::start(&dir, &certs);
+    let rec = Rec::new(&dir, "socks");
+    let mut a = args(&["proxy", "socks", "--listen", "127.0.0.1:0"]);
+    a.extend(raw_tls_args(&dir, &certs));
+    a.extend(rec.args());
+    let agent = Agent::start(&a, 1);
+    let proxy = agent.addr();
+    let body = curl(&[
+        "--cacert",
+        &ca_cert(&dir),
+        "--socks5-hostname",
+        &proxy.to_string(),
+        &format!("https://localhost:{}/raw-socks", server.port),
+    ]);
+    assert_eq!(body, b"path /raw-socks\n");
+    let ex = server.exchange();
+    agent.stop();
+    let evs = rec.events();
+    let open = open_of(
+        &evs,
+        "socks5 connect",
+        &format!("localhost:{}", server.port),
+    );
+    let lines = check_raw(&rec, &dir, open, &ex, "/raw-socks", proxy, server.port);
+    let s = sessions(&lines);
+    assert_eq!(s.len(), 2, "two sessions: {s:?}");
+    for labels in s.values() {
+        assert_eq!(
+            labels.iter().map(String::as_str).collect::<Vec<_>>(),
+            [
+                "CLIENT_HANDSHAKE_TRAFFIC_SECRET",
+                "CLIENT_TRAFFIC_SECRET_0",
+                "EXPORTER_SECRET",
+                "SERVER_HANDSHAKE_TRAFFIC_SECRET",
+                "SERVER_TRAFFIC_SECRET_0",
+            ]
+        );
+    }
+}
+
+/// curl through `proxy http --tls --pcap-tls raw --keylog K` (CONNECT): both legs decrypt
+/// from the pcapng; K holds exactly the pcapng's secrets.
+#[test]
+fn http_connect_raw_tls_with_keylog() {
+    let dir = TempDir::new("mitm-raw-http");
+    let certs = Certs::localhost();
+    let mut server = Https::start(&dir, &certs);
+    let rec = Rec::new(&dir, "http");
+    let keys = dir.join("capagent.keys");
+    let mut a = args(&[
+        "proxy",
+        "http",
+        "--listen",
+        "127.0.0.1:0",
+        "--connect-ports",
+        &server.port.to_string(),
+    ]);
+    a.extend(raw_tls_args(&dir, &certs));
+    a.extend(args(&["--keylog", &keys.display().to_string()]));
+    a.extend(rec.args());
+    let agent = Agent::start(&a, 1);
+    let proxy = agent.addr();
+    let body = curl(&[
+        "--cacert",
+        &ca_cert(&dir),
+        "-x",
+        &format!("http://{proxy}"),
+        &format!("https://localhost:{}/raw-http", server.port),
+    ]);
+    assert_eq!(body, b"path /raw-http\n");
+    let ex = server.exchange();
+    agent.stop();
+    let evs = rec.events();
+    let open = open_of(&evs, "http connect", &format!("localhost:{}", server.port));
+    let lines = check_raw(&rec, &dir, open, &ex, "/raw-http", proxy, server.port);
+    let file: BTreeSet<String> = std::fs::read_to_string(&keys)
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect();
+    assert_eq!(file, lines, "--keylog holds the pcapng's secrets");
+    assert_eq!(sessions(&lines).len(), 2);
+}
+
+/// An untrusted upstream under `--pcap-tls raw` (no `--upstream-ca`): the failed
+/// interception is in pcapng as its two legs, the client's ending with capagent's
+/// handshake_failure alert, exactly; the record says why.
+#[test]
+fn failed_interception_shows_both_legs() {
+    let dir = TempDir::new("mitm-raw-fail");
+    let certs = Certs::localhost();
+    let server = Https::start(&dir, &certs);
+    let rec = Rec::new(&dir, "fail");
+    let mut a = args(&["proxy", "socks", "--listen", "127.0.0.1:0"]);
+    a.extend(args(&[
+        "--tls",
+        "--pcap-tls",
+        "raw",
+        "--ca-dir",
+        &ca_dir(&dir).display().to_string(),
+    ]));
+    a.extend(rec.args());
+    let agent = Agent::start(&a, 1);
+    let proxy = agent.addr();
+    let out = curl_status(&[
+        "--cacert",
+        &ca_cert(&dir),
+        "--socks5-hostname",
+        &proxy.to_string(),
+        &format!("https://localhost:{}/nope", server.port),
+    ]);
+    assert!(!out.status.success());
+    agent.stop();
+    let evs = rec.events();
+    let open = open_of(
+        &evs,
+        "socks5 connect",
+        &format!("localhost:{}", server.port),
+    );
+    let error = open["tls"]["error"].as_str().unwrap_or_default();
+    assert!(error.contains("UnknownIssuer"), "{open}");
+    let st = streams(&rec.pcap);
+    assert_eq!(st.len(), 2, "{st:?}");
+    let client_leg = st.iter().find(|s| s.2 == proxy).expect("client leg");
+    let (up, down) = follow_tcp(&rec.pcap, client_leg.0);
+    assert_eq!(&up[..3], [0x16, 0x03, 0x01], "the ClientHello");
+    assert_eq!(
+        down,
+        [21, 3, 3, 0, 2, 2, 40],
+        "a handshake_failure alert, only"
+    );
+    let server_leg = st.iter().find(|s| s.2.port() == server.port).unwrap();
+    let (up, down) = follow_tcp(&rec.pcap, server_leg.0);
+    assert_eq!(&up[..3], [0x16, 0x03, 0x01], "capagent's ClientHello");
+    assert_eq!(down[0], 0x16, "the server's handshake");
+}
+
+/// Plain HTTP through a `--tls --pcap-tls raw` proxy: recorded as without `--tls`, one
+/// stream from the client to the target with the exact bytes.
+#[test]
+fn plain_traffic_is_recorded_as_before() {
+    let dir = TempDir::new("mitm-raw-plain");
+    let certs = Certs::localhost();
+    let response = http_response(b"plain body");
+    let (target, requests) = http_server(response.clone(), 1);
+    let rec = Rec::new(&dir, "plain");
+    let mut a = args(&["proxy", "socks", "--listen", "127.0.0.1:0"]);
+    a.extend(raw_tls_args(&dir, &certs));
+    a.extend(rec.args());
+    let agent = Agent::start(&a, 1);
+    let body = curl(&[
+        "--socks5",
+        &agent.addr().to_string(),
+        &format!("http://{target}/plain"),
+    ]);
+    assert_eq!(body, b"plain body");
+    let request = requests.recv_timeout(TIMEOUT).unwrap();
+    agent.stop();
+    let st = rec.streams();
+    assert_eq!(st.len(), 1, "{st:?}");
+    assert_eq!(st[0].2, target);
+    assert_eq!(rec.follow(st[0].0), (request, response));
+    let evs = rec.events();
+    let open = open_of(&evs, "socks5 connect", &target.to_string());
+    assert!(open.get("tls").is_none_or(Value::is_null), "{open}");
+}
