@@ -84,7 +84,11 @@ impl InterceptArgs {
     /// What `capagent intercept ARGS` intercepts, and what it does with the connections (a
     /// daemon job of kind `intercept` uses them too).
     pub fn options(&self) -> anyhow::Result<(InterceptOptions, RelayOptions)> {
-        self.tls.refuse("intercept --tls")?;
+        let tls = self.tls.options()?;
+        if tls.is_some() && self.handler == InterceptAs::Http {
+            // The HTTP handler would need the reverse proxy's TLS termination.
+            self.tls.refuse("intercept --as http --tls")?;
+        }
         let duration = crate::control::duration_limit(self.duration)?;
         let record = self.record.options();
         let dsts = self
@@ -124,6 +128,7 @@ impl InterceptArgs {
                 InterceptAs::Http => Handler::Http,
                 InterceptAs::Socks => Handler::Socks,
             },
+            tls,
         };
         Ok((opts, relay))
     }

@@ -15,8 +15,9 @@ use super::{Conn, Ctx};
 use crate::tls_hello::{is_client_hello, may_start_client_hello};
 
 /// What the `open` record of a relayed connection says (see [`Conn::open`]).
-pub struct Opening {
-    pub proxy: &'static str,
+pub struct Opening<'a> {
+    /// The proxy (`forward`) or how the connection was intercepted (`process pid=...`).
+    pub proxy: &'a str,
     pub listen: Option<SocketAddr>,
     /// The target as requested.
     pub target: String,
@@ -62,7 +63,7 @@ pub async fn client_starts_tls(client: &TcpStream, server: &TcpStream, patience:
 pub async fn open_and_relay(
     ctx: &Ctx,
     conn: &Conn,
-    o: Opening,
+    o: Opening<'_>,
     host: &str,
     client: &mut TcpStream,
     server: &mut TcpStream,
