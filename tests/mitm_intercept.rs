@@ -5,9 +5,12 @@
 //! `--upstream-ca`): once by address (no SNI: the original destination is the name asked
 //! for, an IP address on the leaf) and once by name (SNI `localhost`). Each checks the exact
 //! plaintext both ways in the JSON records (the server reports what it read and wrote), what
-//! the records say of each TLS side, and that tshark reads the HTTP from the pcapng.
+//! the records say of each TLS side, and that tshark reads the HTTP from the pcapng. And
+//! STARTTLS: curl sending a mail to a scripted SMTP server that upgrades mid-stream
+//! (`testkit::starttls`), recorded in plaintext before and after the upgrade.
 
 use capagent_testkit::proxy::{Rec, recorded};
+use capagent_testkit::starttls::{SmtpServer, check_starttls_records, curl_mail_args};
 use capagent_testkit::*;
 use serde_json::Value;
 
@@ -126,5 +129,34 @@ fn intercept_tls_curl() {
             .iter()
             .all(|l| l[2].contains("decrypted by capagent (mitm)")),
         "tshark: {http}"
+    );
+}
+
+/// `intercept --tls -- curl smtp://...`: a mail sent over STARTTLS by an intercepted
+/// command, recorded in plaintext before and after the upgrade, and where TLS started.
+#[test]
+fn intercept_starttls_smtp_curl() {
+    let ns = Netns::new("ims");
+    let dir = TempDir::new("mitm-intercept-smtp");
+    let certs = Certs::localhost();
+    let mut server = SmtpServer::start(Some(&ns), &dir, &certs);
+    let rec = Rec::new(&dir, "smtp");
+    let ca_dir = dir.join("ca");
+    let curl = curl_mail_args(&dir, ca_dir.join("ca.crt").to_str().unwrap(), server.port);
+    let mut c = ns.cmd(capagent());
+    c.args(["intercept", "--tls", "--ca-dir", ca_dir.to_str().unwrap()])
+        .args(["--upstream-ca", certs.ca_str()])
+        .args(rec.args())
+        .arg("--")
+        .args(&curl);
+    run_output("capagent intercept --tls -- curl smtp://", c, TIMEOUT);
+    let up = server.upgraded();
+    let evs = rec.events();
+    let open = check_starttls_records(&evs, &format!("127.0.0.1:{}", server.port), &up);
+    assert!(
+        open["proxy"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("process pid=")),
+        "{open}"
     );
 }

@@ -1,8 +1,9 @@
 //! `--tls` on a relayed connection: when the client's first bytes are a TLS ClientHello
 //! (peeked, nothing consumed), the connection goes through the interceptor
 //! ([`crate::mitm::intercept`]) and its plaintext is relayed and recorded; anything else is
-//! relayed as without `--tls`. The connection's `open` record waits for the outcome, so
-//! that it says what each TLS side negotiated (or why interception failed).
+//! relayed as without `--tls`, but watched for a ClientHello mid-stream
+//! ([`super::starttls`]). The connection's `open` record waits for the outcome, so that it
+//! says what each TLS side negotiated (or why interception failed).
 
 use std::io;
 use std::net::SocketAddr;
@@ -57,9 +58,9 @@ pub async fn client_starts_tls(client: &TcpStream, server: &TcpStream, patience:
 
 /// Opens `conn` ([`Conn::open`], or [`Conn::open_tls`]) and relays `client` and `server`:
 /// intercepting TLS when the proxy has `--tls` and the client starts with a ClientHello
-/// (`host`: the name or address the client asked for, for when it sends no SNI). A failed
-/// interception is logged and recorded (its reason in the `open` record) and ends as an
-/// `EPROTO` error of the side that failed.
+/// (`host`: the name or address the client asked for, for when it sends no SNI), or later
+/// (STARTTLS, [`super::starttls::relay`]). A failed interception is logged and recorded (its
+/// reason in the `open` record) and ends as an `EPROTO` error of the side that failed.
 pub async fn open_and_relay(
     ctx: &Ctx,
     conn: &Conn,
@@ -74,9 +75,17 @@ pub async fn open_and_relay(
         return relay::relay(client, server, conn, ctx.limits.idle).await;
     };
     if !client_starts_tls(client, server, ctx.limits.handshake).await {
-        conn.open(o.proxy, o.listen, o.target, o.port, o.resolved, Ok(()))
-            .await;
-        return relay::relay(client, server, conn, ctx.limits.idle).await;
+        conn.open(
+            o.proxy,
+            o.listen,
+            o.target.clone(),
+            o.port,
+            o.resolved,
+            Ok(()),
+        )
+        .await;
+        // The client may still start TLS mid-stream (STARTTLS).
+        return super::starttls::relay(ctx, mitm, conn, &o, host, client, server).await;
     }
     let intercepted = tokio::time::timeout(
         ctx.limits.handshake,
