@@ -6,14 +6,17 @@
 //! exact plaintext before the upgrade (as without `--tls`), a second `open` record where TLS
 //! started (`forward starttls`, with what each TLS side negotiated), and the exact plaintext
 //! after it (`MAIL FROM`, `RCPT TO`, `DATA`, marked as TLS plaintext); the pcapng stream is
-//! both, in order. The server reports every byte it read and wrote, before and after the
-//! upgrade.
+//! both, in order, and tshark reads the SMTP commands before and inside TLS from it. The
+//! server reports every byte it read and wrote, before and after the upgrade.
+//!
+//! PostgreSQL's style of upgrade too (a binary `SSLRequest`, the server's `S`, then TLS),
+//! with a scripted client and server (Python's `ssl` module) speaking it.
 
 use std::process::Command;
 
 use capagent_testkit::proxy::{Agent, Rec};
-use capagent_testkit::starttls::{SmtpServer, check_starttls_records, curl_mail_args};
-use capagent_testkit::{Certs, TempDir};
+use capagent_testkit::starttls::{SmtpServer, Upgraded, check_starttls_records, curl_mail_args};
+use capagent_testkit::{Certs, Proc, TIMEOUT, TempDir, python, tshark_r, unhex};
 
 fn args(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
@@ -69,4 +72,125 @@ fn forward_starttls_smtp_curl() {
     let (sent, received) = rec.follow(streams[0].0);
     assert_eq!(sent, [up.plain_in, up.tls_in].concat());
     assert_eq!(received, [up.plain_out, up.tls_out].concat());
+    // tshark's SMTP dissector reads the commands before and inside TLS (it keeps their
+    // first four letters: `STAR` is STARTTLS).
+    let commands = tshark_r(
+        &rec.pcap,
+        &[
+            "-d",
+            &format!("tcp.port=={},smtp", server.port),
+            "-Y",
+            "smtp.req.command",
+            "-T",
+            "fields",
+            "-e",
+            "smtp.req.command",
+        ],
+    );
+    let commands: Vec<&str> = commands.lines().map(str::trim).collect();
+    // (Whether it sees the QUIT after the mail depends on how the body's segments fell.)
+    assert_eq!(
+        commands[..6],
+        ["EHLO", "STAR", "EHLO", "MAIL", "RCPT", "DATA"],
+        "tshark: {commands:?}"
+    );
+}
+
+/// PostgreSQL's upgrade: `pg_server.py CERT KEY` reads the 8-byte `SSLRequest`, answers
+/// `S`, wraps the socket, reads one line and answers it, then reports what it read and
+/// wrote before and inside TLS (`PLAIN_IN`, `PLAIN_OUT`, `TLS_IN`, `TLS_OUT`, hex).
+const PG_SERVER_PY: &str = r#"
+import socket, ssl, sys
+ls = socket.socket()
+ls.bind(("127.0.0.1", 0)); ls.listen(1)
+print("READY", ls.getsockname()[1], flush=True)
+c, _ = ls.accept()
+c.settimeout(20)
+req = b""
+while len(req) < 8:
+    req += c.recv(8 - len(req))
+assert req == bytes.fromhex("0000000804d2162f"), req
+c.sendall(b"S")
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(sys.argv[1], sys.argv[2])
+s = ctx.wrap_socket(c, server_side=True)
+got = b""
+while not got.endswith(b"\n"):
+    got += s.recv(4096)
+reply = b"one row: " + got
+s.sendall(reply)
+s.close()
+for k, v in (("PLAIN_IN", req), ("PLAIN_OUT", b"S"), ("TLS_IN", got), ("TLS_OUT", reply)):
+    print(k, v.hex(), flush=True)
+"#;
+
+/// The client of [`PG_SERVER_PY`]: `pg_client.py PORT CA` sends the `SSLRequest`, expects
+/// `S`, starts TLS (trusting CA, SNI `localhost`), sends a query line and prints the answer
+/// (`REPLY <hex>`).
+const PG_CLIENT_PY: &str = r#"
+import socket, ssl, sys
+c = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=20)
+c.sendall(bytes.fromhex("0000000804d2162f"))
+assert c.recv(1) == b"S"
+ctx = ssl.create_default_context(cafile=sys.argv[2])
+s = ctx.wrap_socket(c, server_hostname="localhost")
+s.sendall(b"Q select 1;\n")
+got = b""
+while True:
+    d = s.recv(4096)
+    if not d:
+        break
+    got += d
+print("REPLY", got.hex(), flush=True)
+"#;
+
+/// A PostgreSQL-style upgrade (`SSLRequest`, `S`, TLS) through `proxy forward --tls`: the
+/// binary request and the `S` recorded as they are, the query and its answer as TLS
+/// plaintext after the `forward starttls` record.
+#[test]
+fn forward_starttls_postgres_style() {
+    let dir = TempDir::new("mitm-starttls-pg");
+    let certs = Certs::localhost();
+    let script = dir.write("pg_server.py", PG_SERVER_PY);
+    let mut cmd = Command::new(python());
+    cmd.arg(&script).args([certs.cert_str(), certs.key_str()]);
+    let mut server = Proc::spawn("pg_server.py", cmd);
+    let sport: u16 = server.expect("READY", TIMEOUT).parse().unwrap();
+    let rec = Rec::new(&dir, "pg");
+    let ca_dir = dir.join("ca");
+    let mut a = args(&[
+        "proxy",
+        "forward",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &format!("127.0.0.1:{sport}"),
+        "--tls",
+        "--ca-dir",
+        ca_dir.to_str().unwrap(),
+        "--upstream-ca",
+        certs.ca_str(),
+    ]);
+    a.extend(rec.args());
+    let agent = Agent::start(&a, 1);
+    let client = dir.write("pg_client.py", PG_CLIENT_PY);
+    let mut cmd = Command::new(python());
+    cmd.arg(&client).args([
+        agent.addr().port().to_string(),
+        ca_dir.join("ca.crt").display().to_string(),
+    ]);
+    let mut client = Proc::spawn("pg_client.py", cmd);
+    let reply = unhex(&client.expect("REPLY", TIMEOUT));
+    assert_eq!(reply, b"one row: Q select 1;\n");
+    let mut next = |k: &str| unhex(&server.expect(k, TIMEOUT));
+    let up = Upgraded {
+        plain_in: next("PLAIN_IN"),
+        plain_out: next("PLAIN_OUT"),
+        tls_in: next("TLS_IN"),
+        tls_out: next("TLS_OUT"),
+    };
+    agent.stop();
+    let evs = rec.events();
+    let open = check_starttls_records(&evs, &format!("127.0.0.1:{sport}"), &up);
+    assert_eq!(open["proxy"], "forward", "{open}");
 }
