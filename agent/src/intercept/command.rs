@@ -140,3 +140,36 @@ pub fn run(args: &InterceptArgs) -> anyhow::Result<Option<ExitStatus>> {
     let outcome = super::run(&opts, &relay)?;
     Ok(outcome.exit_status)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        args: InterceptArgs,
+    }
+
+    fn options(args: &[&str]) -> anyhow::Result<(InterceptOptions, RelayOptions)> {
+        let a = Cmd::try_parse_from(std::iter::once("intercept").chain(args.iter().copied()))?;
+        a.args.options()
+    }
+
+    #[test]
+    fn tls_flags() {
+        let (_, relay) = options(&["--tls", "--ca-dir", "/tmp/ca", "--", "curl"]).unwrap();
+        let tls = relay.tls.expect("--tls");
+        assert_eq!(tls.ca_dir.as_deref(), Some(std::path::Path::new("/tmp/ca")));
+        let (_, relay) = options(&["--", "curl"]).unwrap();
+        assert!(relay.tls.is_none());
+        // --as socks intercepts as proxy socks --tls; --as http --tls is not built.
+        assert!(options(&["--tls", "--as", "socks", "--", "curl"]).is_ok());
+        let err = options(&["--tls", "--as", "http", "--", "curl"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "intercept --as http --tls: not implemented yet"
+        );
+    }
+}
