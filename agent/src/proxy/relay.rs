@@ -299,8 +299,11 @@ struct Stop {
     read: AtomicU64,
 }
 
-/// The error a stopped read returns (recognised by [`Stop::is_stopped`]).
-const STOPPED: &str = "stopped for TLS";
+/// The error a stopped read returns (inside an `Interrupted` I/O error; recognised by
+/// [`Stop::is_stopped`]).
+#[derive(Debug, thiserror::Error)]
+#[error("stopped for TLS")]
+struct Stopped;
 
 impl Stop {
     fn stop(&self) {
@@ -313,11 +316,11 @@ impl Stop {
     fn is_stopped(&self, e: &io::Error) -> bool {
         self.stopped.load(Ordering::Acquire)
             && e.kind() == io::ErrorKind::Interrupted
-            && e.to_string() == STOPPED
+            && e.get_ref().is_some_and(|inner| inner.is::<Stopped>())
     }
 }
 
-/// A reader that fails with [`STOPPED`] once its [`Stop`] is set (never in the middle of a
+/// A reader that fails with [`Stopped`] once its [`Stop`] is set (never in the middle of a
 /// read that returned bytes: those are relayed whole), counting the bytes it read.
 struct Stoppable<'a, R> {
     inner: R,
@@ -330,7 +333,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for Stoppable<'_, R> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let stopped = || Poll::Ready(Err(io::Error::new(io::ErrorKind::Interrupted, STOPPED)));
+        let stopped = || Poll::Ready(Err(io::Error::new(io::ErrorKind::Interrupted, Stopped)));
         if self.stop.stopped.load(Ordering::Acquire) {
             return stopped();
         }
