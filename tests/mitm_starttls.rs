@@ -12,14 +12,34 @@
 //! PostgreSQL's style of upgrade too (a binary `SSLRequest`, the server's `S`, then TLS),
 //! with a scripted client and server (Python's `ssl` module) speaking it.
 
+use std::path::PathBuf;
 use std::process::Command;
 
 use capagent_testkit::proxy::{Agent, Rec};
 use capagent_testkit::starttls::{SmtpServer, Upgraded, check_starttls_records, curl_mail_args};
 use capagent_testkit::{Certs, Proc, TIMEOUT, TempDir, python, tshark_r, unhex};
 
-fn args(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
+/// `proxy forward --tls` to 127.0.0.1:`port` (its CA in `dir`/ca, the server's CA trusted
+/// with `--upstream-ca`), recording into `rec`; the agent and the CA's directory.
+fn forward_tls(dir: &TempDir, certs: &Certs, port: u16, rec: &Rec) -> (Agent, PathBuf) {
+    let ca_dir = dir.join("ca");
+    let mut a: Vec<String> = [
+        "proxy",
+        "forward",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &format!("127.0.0.1:{port}"),
+        "--tls",
+        "--ca-dir",
+        ca_dir.to_str().unwrap(),
+        "--upstream-ca",
+        certs.ca_str(),
+    ]
+    .map(String::from)
+    .to_vec();
+    a.extend(rec.args());
+    (Agent::start(&a, 1), ca_dir)
 }
 
 /// curl sends a mail through `proxy forward --tls` to an SMTP server that upgrades with
@@ -31,22 +51,7 @@ fn forward_starttls_smtp_curl() {
     let certs = Certs::localhost();
     let mut server = SmtpServer::start(None, &dir, &certs);
     let rec = Rec::new(&dir, "starttls");
-    let ca_dir = dir.join("ca");
-    let mut a = args(&[
-        "proxy",
-        "forward",
-        "--listen",
-        "127.0.0.1:0",
-        "--to",
-        &format!("127.0.0.1:{}", server.port),
-        "--tls",
-        "--ca-dir",
-        ca_dir.to_str().unwrap(),
-        "--upstream-ca",
-        certs.ca_str(),
-    ]);
-    a.extend(rec.args());
-    let agent = Agent::start(&a, 1);
+    let (agent, ca_dir) = forward_tls(&dir, &certs, server.port, &rec);
     let curl = curl_mail_args(
         &dir,
         ca_dir.join("ca.crt").to_str().unwrap(),
@@ -157,22 +162,7 @@ fn forward_starttls_postgres_style() {
     let mut server = Proc::spawn("pg_server.py", cmd);
     let sport: u16 = server.expect("READY", TIMEOUT).parse().unwrap();
     let rec = Rec::new(&dir, "pg");
-    let ca_dir = dir.join("ca");
-    let mut a = args(&[
-        "proxy",
-        "forward",
-        "--listen",
-        "127.0.0.1:0",
-        "--to",
-        &format!("127.0.0.1:{sport}"),
-        "--tls",
-        "--ca-dir",
-        ca_dir.to_str().unwrap(),
-        "--upstream-ca",
-        certs.ca_str(),
-    ]);
-    a.extend(rec.args());
-    let agent = Agent::start(&a, 1);
+    let (agent, ca_dir) = forward_tls(&dir, &certs, sport, &rec);
     let client = dir.write("pg_client.py", PG_CLIENT_PY);
     let mut cmd = Command::new(python());
     cmd.arg(&client).args([
