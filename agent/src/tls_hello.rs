@@ -103,6 +103,26 @@ pub fn client_hello(bytes: &[u8]) -> Option<ClientHello> {
     Some(hello)
 }
 
+/// Whether `record`, one whole TLS record (its header and body, [`record_len`] bytes),
+/// parses as a handshake record holding a ClientHello: stricter than [`is_client_hello`]'s
+/// six bytes, for a relay that starts intercepting TLS mid-stream and must not take a binary
+/// protocol's bytes for one. (A ClientHello spread over several records does not pass.)
+pub fn is_whole_client_hello(record: &[u8]) -> bool {
+    if !is_client_hello(record) {
+        return false;
+    }
+    match parse_tls_plaintext(record) {
+        Ok((rest, r)) => {
+            rest.is_empty()
+                && matches!(
+                    r.msg.as_slice(),
+                    [TlsMessage::Handshake(TlsMessageHandshake::ClientHello(_))]
+                )
+        }
+        Err(_) => false,
+    }
+}
+
 /// Whether `bytes`, the first bytes of a TCP stream gathered so far, may still be the start
 /// of a ClientHello: [`is_client_hello`] once six bytes are in, else the bytes there are
 /// those a ClientHello has there (none: true).
@@ -239,5 +259,23 @@ pub(crate) mod tests {
         assert!(may_start_client_hello(&CURL_HELLO[..3]));
         assert!(!may_start_client_hello(b"GE"));
         assert!(!may_start_client_hello(&[22, 3, 3, 0, 0]));
+    }
+
+    #[test]
+    fn whole_client_hellos() {
+        assert!(is_whole_client_hello(CURL_HELLO));
+        assert!(is_whole_client_hello(PYTHON_HELLO));
+        assert!(is_whole_client_hello(&hello_with(&[])));
+        // Cut short, or with bytes past the record.
+        assert!(!is_whole_client_hello(&CURL_HELLO[..300]));
+        let mut longer = CURL_HELLO.to_vec();
+        longer.push(0);
+        assert!(!is_whole_client_hello(&longer));
+        // Six bytes that look like one, then a body that is no ClientHello (a binary
+        // protocol's message that happens to start so).
+        let mut fake = CURL_HELLO[..6].to_vec();
+        fake.resize(CURL_HELLO.len(), 0xab);
+        assert!(is_client_hello(&fake));
+        assert!(!is_whole_client_hello(&fake));
     }
 }

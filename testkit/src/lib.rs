@@ -29,6 +29,7 @@ pub mod peers;
 pub mod process;
 pub mod proxy;
 pub mod pty;
+pub mod starttls;
 pub mod tempdir;
 pub mod tls;
 pub mod tools;

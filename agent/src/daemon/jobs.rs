@@ -215,16 +215,17 @@ fn run_service(
     service: Service,
     preview: usize,
 ) -> anyhow::Result<()> {
-    // The jobs' rotating pcapng files have no raw TLS legs (yet): refused, not ignored.
-    if opts
-        .tls
-        .as_ref()
-        .is_some_and(|t| t.pcap_tls == crate::mitm::options::PcapTls::Raw)
-    {
-        anyhow::bail!("--pcap-tls raw in a daemon job: not implemented yet");
-    }
+    refuse_raw_tls(opts.tls.as_ref())?;
     let (recorder, handle) = Recorder::with_writers(writers(job, env, preview)?)?;
     proxy::run_until(opts, recorder, handle, ctl, |ctx| service.serve(ctx))
+}
+
+/// The jobs' rotating pcapng files have no raw TLS legs (yet): refused, not ignored.
+fn refuse_raw_tls(tls: Option<&crate::mitm::options::TlsOptions>) -> anyhow::Result<()> {
+    if tls.is_some_and(|t| t.pcap_tls == crate::mitm::options::PcapTls::Raw) {
+        anyhow::bail!("--pcap-tls raw in a daemon job: not implemented yet");
+    }
+    Ok(())
 }
 
 fn run_intercept(
@@ -234,6 +235,7 @@ fn run_intercept(
     opts: &InterceptOptions,
     relay: &RelayOptions,
 ) -> anyhow::Result<()> {
+    refuse_raw_tls(relay.tls.as_ref())?;
     let (recorder, handle) = Recorder::with_writers(writers(job, env, relay.record.preview)?)?;
     let outcome = crate::intercept::run_until(opts, relay, recorder, handle, ctl)?;
     if let Some(st) = outcome.exit_status {

@@ -84,7 +84,11 @@ impl InterceptArgs {
     /// What `capagent intercept ARGS` intercepts, and what it does with the connections (a
     /// daemon job of kind `intercept` uses them too).
     pub fn options(&self) -> anyhow::Result<(InterceptOptions, RelayOptions)> {
-        self.tls.refuse("intercept --tls")?;
+        let tls = self.tls.options()?;
+        if tls.is_some() && self.handler == InterceptAs::Http {
+            // The HTTP handler would need the reverse proxy's TLS termination.
+            self.tls.refuse("intercept --as http --tls")?;
+        }
         let duration = crate::control::duration_limit(self.duration)?;
         let record = self.record.options();
         let dsts = self
@@ -124,6 +128,7 @@ impl InterceptArgs {
                 InterceptAs::Http => Handler::Http,
                 InterceptAs::Socks => Handler::Socks,
             },
+            tls,
         };
         Ok((opts, relay))
     }
@@ -134,4 +139,37 @@ pub fn run(args: &InterceptArgs) -> anyhow::Result<Option<ExitStatus>> {
     let (opts, relay) = args.options()?;
     let outcome = super::run(&opts, &relay)?;
     Ok(outcome.exit_status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cmd {
+        #[command(flatten)]
+        args: InterceptArgs,
+    }
+
+    fn options(args: &[&str]) -> anyhow::Result<(InterceptOptions, RelayOptions)> {
+        let a = Cmd::try_parse_from(std::iter::once("intercept").chain(args.iter().copied()))?;
+        a.args.options()
+    }
+
+    #[test]
+    fn tls_flags() {
+        let (_, relay) = options(&["--tls", "--ca-dir", "/tmp/ca", "--", "curl"]).unwrap();
+        let tls = relay.tls.expect("--tls");
+        assert_eq!(tls.ca_dir.as_deref(), Some(std::path::Path::new("/tmp/ca")));
+        let (_, relay) = options(&["--", "curl"]).unwrap();
+        assert!(relay.tls.is_none());
+        // --as socks intercepts as proxy socks --tls; --as http --tls is not built.
+        assert!(options(&["--tls", "--as", "socks", "--", "curl"]).is_ok());
+        let err = options(&["--tls", "--as", "http", "--", "curl"]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "intercept --as http --tls: not implemented yet"
+        );
+    }
 }

@@ -172,6 +172,9 @@ pub struct RelayOptions {
     pub idle: Option<Duration>,
     /// What handles connections (`--as`).
     pub handler: Handler,
+    /// `--tls`: intercept the TLS of connections (at their start or mid-stream, as
+    /// `proxy forward --tls` does); None: relay it as opaque bytes.
+    pub tls: Option<crate::mitm::options::TlsOptions>,
 }
 
 /// Runs the interception until SIGINT/SIGTERM/SIGHUP, `--duration`, or the end of `-- CMD`,
@@ -180,7 +183,12 @@ pub struct RelayOptions {
 pub fn run(opts: &InterceptOptions, relay: &RelayOptions) -> anyhow::Result<Outcome> {
     check(opts, relay)?;
     crate::kernel::require_root("capagent intercept")?;
-    let (recorder, handle) = Recorder::start(&relay.record)?;
+    let mut record = relay.record.clone();
+    record.tls_raw |= relay
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.pcap_tls == crate::mitm::options::PcapTls::Raw);
+    let (recorder, handle) = Recorder::start(&record)?;
     // Signals are caught from the start, so one that arrives while the rules are being
     // installed still ends in a clean removal.
     let ctl = Control::on_signals();
@@ -210,9 +218,13 @@ pub fn run_until(
 ) -> anyhow::Result<Outcome> {
     check(opts, relay)?;
     crate::kernel::require_root("capagent intercept")?;
-    let raw = sink::Recording {
-        recorder: recorder.clone(),
-        idle: relay.idle,
+    // The CA is loaded (or made) before anything is intercepted.
+    let interceptor = match &relay.tls {
+        Some(t) => Some(Arc::new(
+            crate::mitm::intercept::Interceptor::with_secrets(t, recorder.tls_secrets())
+                .context("--tls")?,
+        )),
+        None => None,
     };
     let ctx = || {
         let limits = crate::proxy::Limits {
@@ -220,7 +232,14 @@ pub fn run_until(
             ..crate::proxy::Limits::default()
         };
         let dialer = crate::proxy::Dialer::direct(limits.handshake);
-        crate::proxy::Ctx::new(recorder.clone(), dialer, limits)
+        let mut ctx = crate::proxy::Ctx::new(recorder.clone(), dialer, limits);
+        ctx.tls = interceptor.clone();
+        ctx
+    };
+    let raw = sink::Recording {
+        recorder: recorder.clone(),
+        idle: relay.idle,
+        tls: interceptor.is_some().then(ctx),
     };
     let sink: Arc<dyn Sink> = match relay.handler {
         Handler::Raw => Arc::new(raw),

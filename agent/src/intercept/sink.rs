@@ -15,7 +15,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use super::origdst;
 use crate::model::{Direction, Transport};
 use crate::proxy::http::reverse::{self, ReverseOptions};
-use crate::proxy::{Conn, Ctx, Recorder, Target, relay, socks};
+use crate::proxy::{Conn, Ctx, Recorder, Target, relay, socks, tls};
 
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -85,10 +85,13 @@ pub async fn dial(to: SocketAddr, mark: u32) -> io::Result<TcpStream> {
 /// The raw relay of `capagent proxy forward` ([`relay::relay`]: large buffers, half-close
 /// relayed, splice when not recording) with its records ([`Recorder`]): an `open` record
 /// naming the client, the original destination and how it was intercepted, the bytes both
-/// ways, the close.
+/// ways, the close. With `--tls`, as `proxy forward --tls` ([`tls::open_and_relay`]): TLS
+/// is intercepted, the original destination the name asked for when there is no SNI.
 pub struct Recording {
     pub recorder: Recorder,
     pub idle: Option<Duration>,
+    /// `--tls`: the proxies' context holding the interceptor.
+    pub tls: Option<Ctx>,
 }
 
 /// Process name of interception records.
@@ -108,6 +111,7 @@ impl Sink for Recording {
     fn tcp(&self, mut a: Accepted) -> BoxFuture {
         let conn = self.recorder.conn(COMM, Transport::Tcp, a.peer);
         let idle = self.idle;
+        let tls = self.tls.clone();
         Box::pin(async move {
             let what = label(a.how, a.pid);
             let target = a.orig.to_string();
@@ -130,16 +134,32 @@ impl Sink for Recording {
                     return;
                 }
             };
-            conn.open(
-                what,
-                Some(a.listen),
-                target,
-                a.orig.port(),
-                Some(a.orig),
-                Ok(()),
-            )
-            .await;
-            match relay::relay(&mut a.client, &mut up, &conn, idle).await {
+            let relayed = match &tls {
+                Some(ctx) => {
+                    let opening = tls::Opening {
+                        proxy: &what,
+                        listen: Some(a.listen),
+                        target,
+                        port: a.orig.port(),
+                        resolved: Some(a.orig),
+                    };
+                    let host = a.orig.ip().to_string();
+                    tls::open_and_relay(ctx, &conn, opening, &host, &mut a.client, &mut up).await
+                }
+                None => {
+                    conn.open(
+                        what,
+                        Some(a.listen),
+                        target,
+                        a.orig.port(),
+                        Some(a.orig),
+                        Ok(()),
+                    )
+                    .await;
+                    relay::relay(&mut a.client, &mut up, &conn, idle).await
+                }
+            };
+            match relayed {
                 Ok(_) => conn.close(Ok(())).await,
                 Err(e) => {
                     tracing::info!("{}: {} -> {}: {e}", a.how, a.peer, a.orig);

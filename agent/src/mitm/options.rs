@@ -24,9 +24,9 @@ pub enum PcapTls {
 #[derive(Args, Debug, Clone, Default, PartialEq, Eq)]
 #[command(next_help_heading = "TLS interception")]
 pub struct TlsArgs {
-    /// Intercept TLS: a connection whose first client bytes are a ClientHello is answered
-    /// with a certificate signed by capagent's CA and re-encrypted to the real server; the
-    /// plaintext both ways is recorded.
+    /// Intercept TLS: a connection whose first client bytes are a ClientHello (or whose
+    /// client sends one later, STARTTLS) is answered with a certificate signed by capagent's
+    /// CA and re-encrypted to the real server; the plaintext both ways is recorded.
     #[arg(long)]
     pub tls: bool,
     /// The CA's directory (ca.crt, ca.key; created on first use when missing). Default:

@@ -15,7 +15,8 @@
 //! - [`run`]: the runtime, the recorder's lifetime, and stopping through a [`Control`] (SIGINT/SIGTERM/SIGHUP);
 //!   [`run_until`]: the same with a recorder and a stop of the caller's (the daemon's jobs).
 //!
-//! - [`tls`]: `--tls`, TLS interception of the connections that start with a ClientHello.
+//! - [`tls`]: `--tls`, TLS interception of the connections that start with a ClientHello;
+//!   [`starttls`]: of those that start TLS mid-stream.
 //!
 //! One module per proxy: [`forward`] (fixed targets, TCP and UDP), [`socks`] (SOCKS 4/4a/5).
 
@@ -27,6 +28,7 @@ pub mod raw_tls;
 pub mod record;
 pub mod relay;
 pub mod socks;
+pub mod starttls;
 pub mod target;
 pub mod tls;
 pub mod workers;

@@ -11,19 +11,26 @@
 //!
 //! [`relay`] is for two TCP sockets; [`relay_streams`] relays any two byte streams (the
 //! plaintext sides of an intercepted TLS connection) the same way, through user space.
+//! [`relay_inspecting`] (`--tls`) relays two TCP sockets through user space, recorded or
+//! not, until the client starts TLS mid-stream (STARTTLS): a read that begins with a whole
+//! ClientHello ends the relay and hands those bytes back ([`Inspected::ClientHello`]).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Interest};
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, Interest, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{ReadHalf, WriteHalf};
 
 use super::record::Conn;
 use crate::model::Direction;
+use crate::tls_hello;
 
 /// Bytes read at a time.
 pub const BUF: usize = 256 * 1024;
@@ -211,6 +218,223 @@ where
         let _ = tokio::time::timeout(Duration::from_secs(1), end).await;
     }
     outcome
+}
+
+/// How [`relay_inspecting`] ended.
+#[derive(Debug)]
+pub enum Inspected {
+    /// Both directions finished, as [`relay`] ends.
+    Ended(Relayed),
+    /// The client started TLS: `hello`, the bytes of the read that began with a whole
+    /// ClientHello (and any read after it to complete it), was neither relayed nor recorded;
+    /// `so_far` is what was relayed before it. Nothing of the target's was read after the
+    /// ClientHello came: its answer is still in the socket.
+    ClientHello { so_far: Relayed, hello: Bytes },
+}
+
+/// Relays `client` and `target` as [`relay`] does, always through user space (recorded
+/// through `conn` when it records), watching the start of each of the client's reads: one
+/// that begins with a TLS ClientHello (STARTTLS after SMTP's `220 Ready`, IMAP, POP3's
+/// `STLS`, PostgreSQL's `SSLRequest`...) ends the relay with [`Inspected::ClientHello`],
+/// once the whole first record is in (waiting at most `patience` for the rest) and parses
+/// as a ClientHello. Bytes that only look like the start of one are relayed as they are.
+pub async fn relay_inspecting(
+    client: &mut TcpStream,
+    target: &mut TcpStream,
+    conn: &Conn,
+    idle: Option<Duration>,
+    patience: Duration,
+) -> Result<Inspected, RelayError> {
+    let act = Activity::new();
+    let stop = Stop::default();
+    let outcome = {
+        let (cr, cw) = client.split();
+        let (tr, tw) = target.split();
+        let both = async {
+            let up = copy_until_hello(cr, tw, conn, &act, &stop, patience);
+            let down = async {
+                let from = Stoppable {
+                    inner: tr,
+                    stop: &stop,
+                };
+                match copy_recorded(from, cw, conn, Direction::Recv, &act).await {
+                    Err(RelayError::Io { source, .. }) if stop.is_stopped(&source) => {
+                        Ok(stop.read.load(Ordering::Relaxed))
+                    }
+                    r => r,
+                }
+            };
+            tokio::try_join!(up, down)
+        };
+        tokio::select! {
+            r = both => r,
+            d = act.idle(idle) => Err(RelayError::Idle(d)),
+        }
+    };
+    match outcome {
+        Ok(((up, None), down)) => Ok(Inspected::Ended(Relayed { up, down })),
+        Ok(((up, Some(hello)), down)) => Ok(Inspected::ClientHello {
+            so_far: Relayed { up, down },
+            hello,
+        }),
+        Err(e) => {
+            if let RelayError::Io { side, .. } = &e {
+                match *side {
+                    "client" => reset_on_close(target),
+                    _ => reset_on_close(client),
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Tells the target-to-client direction of [`relay_inspecting`] to stop before its next
+/// read (the ClientHello came: what the target says next belongs to the TLS handshake).
+#[derive(Default)]
+struct Stop {
+    stopped: AtomicBool,
+    waker: Mutex<Option<Waker>>,
+    /// Bytes the stopped direction read (all of them relayed: only reads are stopped).
+    read: AtomicU64,
+}
+
+/// The error a stopped read returns (inside an `Interrupted` I/O error; recognised by
+/// [`Stop::is_stopped`]).
+#[derive(Debug, thiserror::Error)]
+#[error("stopped for TLS")]
+struct Stopped;
+
+impl Stop {
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        if let Some(w) = self.waker.lock().expect("stop waker").take() {
+            w.wake();
+        }
+    }
+
+    fn is_stopped(&self, e: &io::Error) -> bool {
+        self.stopped.load(Ordering::Acquire)
+            && e.kind() == io::ErrorKind::Interrupted
+            && e.get_ref().is_some_and(|inner| inner.is::<Stopped>())
+    }
+}
+
+/// A reader that fails with [`Stopped`] once its [`Stop`] is set (never in the middle of a
+/// read that returned bytes: those are relayed whole), counting the bytes it read.
+struct Stoppable<'a, R> {
+    inner: R,
+    stop: &'a Stop,
+}
+
+impl<R: AsyncRead + Unpin> AsyncRead for Stoppable<'_, R> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let stopped = || Poll::Ready(Err(io::Error::new(io::ErrorKind::Interrupted, Stopped)));
+        if self.stop.stopped.load(Ordering::Acquire) {
+            return stopped();
+        }
+        *self.stop.waker.lock().expect("stop waker") = Some(cx.waker().clone());
+        // (Set between the check and the waker: seen here.)
+        if self.stop.stopped.load(Ordering::Acquire) {
+            return stopped();
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = buf.filled().len() - before;
+        self.stop.read.fetch_add(n as u64, Ordering::Relaxed);
+        r
+    }
+}
+
+/// The client-to-target direction of [`relay_inspecting`]: as [`copy_recorded`] (recorded
+/// when `conn` records), until a read begins with a whole ClientHello; returns the bytes
+/// relayed and that ClientHello, if one came.
+async fn copy_until_hello(
+    mut from: ReadHalf<'_>,
+    mut to: WriteHalf<'_>,
+    conn: &Conn,
+    act: &Activity,
+    stop: &Stop,
+    patience: Duration,
+) -> Result<(u64, Option<Bytes>), RelayError> {
+    let read_err = |source| RelayError::Io {
+        side: "client",
+        source,
+    };
+    let mut total = 0u64;
+    let mut buf = BytesMut::new();
+    let mut want = FIRST_READ;
+    loop {
+        buf.reserve(want);
+        let n = from.read_buf(&mut buf).await.map_err(read_err)?;
+        act.touch();
+        if n == 0 {
+            conn.eof(Direction::Send).await;
+            if act.first_to_end() {
+                let _ = to.shutdown().await;
+            }
+            return Ok((total, None));
+        }
+        if n >= want && want < BUF {
+            want = (want * 4).min(BUF);
+        }
+        if tls_hello::may_start_client_hello(&buf[..buf.len().min(6)])
+            && whole_client_hello(&mut from, &mut buf, patience)
+                .await
+                .map_err(read_err)?
+        {
+            stop.stop();
+            return Ok((total, Some(buf.split().freeze())));
+        }
+        total += buf.len() as u64;
+        let chunk = buf.split().freeze();
+        conn.data(Direction::Send, chunk.clone()).await;
+        to.write_all(&chunk)
+            .await
+            .map_err(|source| RelayError::Io {
+                side: "target",
+                source,
+            })?;
+        act.touch();
+    }
+}
+
+/// Whether `buf`, the start of a read of the client's, begins with a whole ClientHello
+/// record: reads on (into `buf`) until the record is whole, for at most `patience`.
+async fn whole_client_hello(
+    from: &mut ReadHalf<'_>,
+    buf: &mut BytesMut,
+    patience: Duration,
+) -> io::Result<bool> {
+    let more = async {
+        loop {
+            let have = buf.len();
+            if have >= 6 && !tls_hello::is_client_hello(buf) {
+                return Ok(false);
+            }
+            if !tls_hello::may_start_client_hello(&buf[..have.min(6)]) {
+                return Ok(false);
+            }
+            if let Some(len) = tls_hello::record_len(buf)
+                && have >= len
+            {
+                return Ok(tls_hello::is_whole_client_hello(&buf[..len]));
+            }
+            buf.reserve(FIRST_READ);
+            if from.read_buf(buf).await? == 0 {
+                return Ok(false);
+            }
+        }
+    };
+    // Cut short for longer than `patience`: not a ClientHello to intercept (the bytes read
+    // so far are relayed; a read of the client's is cancel-safe).
+    tokio::time::timeout(patience, more)
+        .await
+        .unwrap_or(Ok(false))
 }
 
 fn side_of(dir: Direction, reading: bool) -> &'static str {
@@ -807,6 +1031,86 @@ mod tests {
         let mut rest = Vec::new();
         let e = client_app.read_to_end(&mut rest).await.unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::ConnectionReset);
+    }
+
+    /// An SMTP-style upgrade through [`relay_inspecting`]: the plaintext before the
+    /// ClientHello relayed and recorded, the ClientHello handed back whole (not relayed),
+    /// the server's first TLS bytes left in its socket; bytes that only start like a
+    /// ClientHello are relayed as they are.
+    #[tokio::test]
+    async fn inspecting_relay_stops_at_a_client_hello() {
+        use crate::tls_hello::tests::CURL_HELLO;
+        let mut fake = CURL_HELLO[..6].to_vec();
+        fake.resize(CURL_HELLO.len(), 0xab);
+        let fake2 = fake.clone();
+        let evs = recorded(async move |rec: &Recorder| {
+            let (mut client_app, mut client) = pair().await;
+            let (mut target, mut server_app) = pair().await;
+            let conn = opened(rec, &client_app, &target).await;
+            let relay = async {
+                let r = relay_inspecting(
+                    &mut client,
+                    &mut target,
+                    &conn,
+                    None,
+                    Duration::from_secs(10),
+                )
+                .await
+                .unwrap();
+                (r, client, target)
+            };
+            let peers = async {
+                server_app.write_all(b"220 ready\r\n").await.unwrap();
+                let mut line = [0u8; 11];
+                client_app.read_exact(&mut line).await.unwrap();
+                assert_eq!(&line, b"220 ready\r\n");
+                client_app.write_all(b"STARTTLS\r\n").await.unwrap();
+                let mut got = [0u8; 10];
+                server_app.read_exact(&mut got).await.unwrap();
+                assert_eq!(&got, b"STARTTLS\r\n");
+                // Looks like a ClientHello for six bytes, is none: relayed.
+                client_app.write_all(&fake2).await.unwrap();
+                let mut got = vec![0u8; fake2.len()];
+                server_app.read_exact(&mut got).await.unwrap();
+                assert!(got == fake2);
+                server_app.write_all(b"220 go ahead\r\n").await.unwrap();
+                let mut line = [0u8; 14];
+                client_app.read_exact(&mut line).await.unwrap();
+                // The ClientHello, in two writes.
+                client_app.write_all(&CURL_HELLO[..3]).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                client_app.write_all(&CURL_HELLO[3..]).await.unwrap();
+                (client_app, server_app)
+            };
+            let ((r, _client, mut target), (_client_app, mut server_app)) =
+                tokio::join!(relay, peers);
+            // The sockets go on: the server's answer to the ClientHello is read from its
+            // socket, by whoever intercepts.
+            server_app.write_all(b"\x16\x03\x03\x00\x7a").await.unwrap();
+            let mut first = [0u8; 5];
+            target.read_exact(&mut first).await.unwrap();
+            assert_eq!(&first, b"\x16\x03\x03\x00\x7a");
+            conn.close(Ok(())).await;
+            let Inspected::ClientHello { so_far, hello } = r else {
+                panic!("{r:?}");
+            };
+            assert_eq!(&hello[..], CURL_HELLO);
+            assert_eq!(
+                so_far,
+                Relayed {
+                    up: 10 + fake2.len() as u64,
+                    down: 11 + 14
+                }
+            );
+        })
+        .await;
+        let mut up = b"STARTTLS\r\n".to_vec();
+        up.extend_from_slice(&fake);
+        assert!(payload(&evs, Direction::Send) == up);
+        assert_eq!(
+            payload(&evs, Direction::Recv),
+            b"220 ready\r\n220 go ahead\r\n"
+        );
     }
 
     #[tokio::test]

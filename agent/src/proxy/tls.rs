@@ -1,8 +1,9 @@
 //! `--tls` on a relayed connection: when the client's first bytes are a TLS ClientHello
 //! (peeked, nothing consumed), the connection goes through the interceptor
 //! ([`crate::mitm::intercept`]) and its plaintext is relayed and recorded; anything else is
-//! relayed as without `--tls`. The connection's `open` record waits for the outcome, so
-//! that it says what each TLS side negotiated (or why interception failed).
+//! relayed as without `--tls`, but watched for a ClientHello mid-stream
+//! ([`super::starttls`]). The connection's `open` record waits for the outcome, so that it
+//! says what each TLS side negotiated (or why interception failed).
 
 use std::io;
 use std::net::SocketAddr;
@@ -16,8 +17,9 @@ use super::{Conn, Ctx};
 use crate::tls_hello::{is_client_hello, may_start_client_hello};
 
 /// What the `open` record of a relayed connection says (see [`Conn::open`]).
-pub struct Opening {
-    pub proxy: &'static str,
+pub struct Opening<'a> {
+    /// The proxy (`forward`) or how the connection was intercepted (`process pid=...`).
+    pub proxy: &'a str,
     pub listen: Option<SocketAddr>,
     /// The target as requested.
     pub target: String,
@@ -55,15 +57,36 @@ pub async fn client_starts_tls(client: &TcpStream, server: &TcpStream, patience:
     }
 }
 
+/// `--pcap-tls raw`: where the bytes of both sockets go (for pcapng), when recording.
+pub fn raw_legs(
+    ctx: &Ctx,
+    conn: &Conn,
+    client: &TcpStream,
+    server: &TcpStream,
+) -> Option<std::sync::Arc<super::raw_tls::RawTls>> {
+    if !(conn.recording() && ctx.recorder.tls_raw()) {
+        return None;
+    }
+    match (
+        client.peer_addr(),
+        client.local_addr(),
+        server.local_addr(),
+        server.peer_addr(),
+    ) {
+        (Ok(c), Ok(l), Ok(p), Ok(t)) => conn.tap_raw((c, l), (p, t)),
+        _ => None,
+    }
+}
+
 /// Opens `conn` ([`Conn::open`], or [`Conn::open_tls`]) and relays `client` and `server`:
 /// intercepting TLS when the proxy has `--tls` and the client starts with a ClientHello
-/// (`host`: the name or address the client asked for, for when it sends no SNI). A failed
-/// interception is logged and recorded (its reason in the `open` record) and ends as an
-/// `EPROTO` error of the side that failed.
+/// (`host`: the name or address the client asked for, for when it sends no SNI), or later
+/// (STARTTLS, [`super::starttls::relay`]). A failed interception is logged and recorded (its
+/// reason in the `open` record) and ends as an `EPROTO` error of the side that failed.
 pub async fn open_and_relay(
     ctx: &Ctx,
     conn: &Conn,
-    o: Opening,
+    o: Opening<'_>,
     host: &str,
     client: &mut TcpStream,
     server: &mut TcpStream,
@@ -74,24 +97,19 @@ pub async fn open_and_relay(
         return relay::relay(client, server, conn, ctx.limits.idle).await;
     };
     if !client_starts_tls(client, server, ctx.limits.handshake).await {
-        conn.open(o.proxy, o.listen, o.target, o.port, o.resolved, Ok(()))
-            .await;
-        return relay::relay(client, server, conn, ctx.limits.idle).await;
+        conn.open(
+            o.proxy,
+            o.listen,
+            o.target.clone(),
+            o.port,
+            o.resolved,
+            Ok(()),
+        )
+        .await;
+        // The client may still start TLS mid-stream (STARTTLS).
+        return super::starttls::relay(ctx, mitm, conn, &o, host, client, server).await;
     }
-    // `--pcap-tls raw`: the bytes of both sockets, for pcapng.
-    let raw = if conn.recording() && ctx.recorder.tls_raw() {
-        match (
-            client.peer_addr(),
-            client.local_addr(),
-            server.local_addr(),
-            server.peer_addr(),
-        ) {
-            (Ok(c), Ok(l), Ok(p), Ok(t)) => conn.tap_raw((c, l), (p, t)),
-            _ => None,
-        }
-    } else {
-        None
-    };
+    let raw = raw_legs(ctx, conn, client, server);
     let client = &mut Tap::new(&mut *client, Leg::Client, raw.clone());
     let server = &mut Tap::new(&mut *server, Leg::Server, raw);
     let intercepted = tokio::time::timeout(

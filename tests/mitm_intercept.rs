@@ -1,0 +1,162 @@
+//! Root integration tests of `capagent intercept --tls`: a command's TLS connections are
+//! intercepted as `proxy forward --tls` intercepts them. curl, trusting capagent's CA
+//! (`--cacert`), runs as `capagent intercept --tls -- curl ...` in a network namespace of
+//! the test against a Python HTTPS server whose certificate a test CA signed (trusted with
+//! `--upstream-ca`): once by address (no SNI: the original destination is the name asked
+//! for, an IP address on the leaf) and once by name (SNI `localhost`). Each checks the exact
+//! plaintext both ways in the JSON records (the server reports what it read and wrote), what
+//! the records say of each TLS side, and that tshark reads the HTTP from the pcapng. And
+//! STARTTLS: curl sending a mail to a scripted SMTP server that upgrades mid-stream
+//! (`testkit::starttls`), recorded in plaintext before and after the upgrade.
+
+use capagent_testkit::proxy::{Rec, recorded};
+use capagent_testkit::starttls::{SmtpServer, check_starttls_records, curl_mail_args};
+use capagent_testkit::*;
+use serde_json::Value;
+
+/// The intercepted connection's checks: no error, TLS 1.3 both ways, the server's
+/// certificate subject, `sni` the SNI each side sent.
+fn check_tls(open: &Value, sni: Option<&str>) {
+    let tls = &open["tls"];
+    assert_eq!(tls["error"], Value::Null, "{open}");
+    for side in ["client", "server"] {
+        assert_eq!(
+            tls[side]["sni"],
+            sni.map_or(Value::Null, Value::from),
+            "{open}"
+        );
+        assert_eq!(tls[side]["version"], "TLSv1.3", "{open}");
+        assert!(
+            tls[side]["cipher"]
+                .as_str()
+                .is_some_and(|c| c.starts_with("TLS13_")),
+            "{open}"
+        );
+    }
+    assert_eq!(tls["server_cert"], "CN=localhost", "{open}");
+}
+
+/// `intercept --tls -- curl URL1 URL2`: both connections intercepted, the one without SNI
+/// with a leaf for the address curl connected to.
+#[test]
+fn intercept_tls_curl() {
+    let ns = Netns::new("imi");
+    let dir = TempDir::new("mitm-intercept");
+    let certs = Certs::localhost();
+    let mut server = HttpsServer::start(&ns, &dir, &certs);
+    let port = server.port();
+    let rec = Rec::new(&dir, "intercept");
+    let ca_dir = dir.join("ca");
+    let ca_cert = ca_dir.join("ca.crt").display().to_string();
+    let mut c = ns.cmd(capagent());
+    c.args(["intercept", "--tls", "--ca-dir", ca_dir.to_str().unwrap()])
+        .args(["--upstream-ca", certs.ca_str()])
+        .args(rec.args())
+        .args(["--", "curl", "-sS", "-m", "20", "--cacert", &ca_cert])
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .arg(format!("https://127.0.0.1:{port}/by-address"))
+        .arg(format!("https://localhost:{port}/by-name"));
+    let out = run_output("capagent intercept --tls -- curl", c, TIMEOUT);
+    assert_eq!(out, "path /by-address\npath /by-name\n");
+    let exchanges = [server.exchange(), server.exchange()];
+    let evs = rec.events();
+    let target = format!("127.0.0.1:{port}");
+    let opens: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e["type"] == "open" && e["target"] == target.as_str())
+        .collect();
+    assert_eq!(opens.len(), 2, "{}", dump(&evs));
+    for ((open, ex), sni) in opens.iter().zip(&exchanges).zip([None, Some("localhost")]) {
+        assert!(
+            open["proxy"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("process pid=")),
+            "{open}"
+        );
+        check_tls(open, sni);
+        let fd = open["fd"].as_i64().unwrap();
+        assert_eq!(
+            recorded(&evs, fd, "send"),
+            ex.request,
+            "request as recorded"
+        );
+        assert_eq!(
+            recorded(&evs, fd, "recv"),
+            ex.response,
+            "response as recorded"
+        );
+        for d in evs
+            .iter()
+            .filter(|e| e["type"] == "data" && e["fd"] == fd && e["total"] != 0)
+        {
+            assert_eq!(d["tls"], serde_json::json!({"plaintext": true}), "{d}");
+        }
+    }
+    let http = tshark_r(
+        &rec.pcap,
+        &[
+            "-Y",
+            "http",
+            "-T",
+            "fields",
+            "-e",
+            "http.request.uri",
+            "-e",
+            "http.response.code",
+            "-e",
+            "frame.comment",
+        ],
+    );
+    let lines: Vec<Vec<&str>> = http
+        .lines()
+        .map(|l| l.split('\t').map(str::trim).collect())
+        .collect();
+    assert_eq!(lines.len(), 4, "tshark: {http}");
+    let firsts: Vec<&str> = lines
+        .iter()
+        .map(|l| l[0])
+        .filter(|u| !u.is_empty())
+        .collect();
+    assert_eq!(firsts, ["/by-address", "/by-name"], "tshark: {http}");
+    let codes: Vec<&str> = lines
+        .iter()
+        .map(|l| l[1])
+        .filter(|c| !c.is_empty())
+        .collect();
+    assert_eq!(codes, ["200", "200"], "tshark: {http}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l[2].contains("decrypted by capagent (mitm)")),
+        "tshark: {http}"
+    );
+}
+
+/// `intercept --tls -- curl smtp://...`: a mail sent over STARTTLS by an intercepted
+/// command, recorded in plaintext before and after the upgrade, and where TLS started.
+#[test]
+fn intercept_starttls_smtp_curl() {
+    let ns = Netns::new("ims");
+    let dir = TempDir::new("mitm-intercept-smtp");
+    let certs = Certs::localhost();
+    let mut server = SmtpServer::start(Some(&ns), &dir, &certs);
+    let rec = Rec::new(&dir, "smtp");
+    let ca_dir = dir.join("ca");
+    let curl = curl_mail_args(&dir, ca_dir.join("ca.crt").to_str().unwrap(), server.port);
+    let mut c = ns.cmd(capagent());
+    c.args(["intercept", "--tls", "--ca-dir", ca_dir.to_str().unwrap()])
+        .args(["--upstream-ca", certs.ca_str()])
+        .args(rec.args())
+        .arg("--")
+        .args(&curl);
+    run_output("capagent intercept --tls -- curl smtp://", c, TIMEOUT);
+    let up = server.upgraded();
+    let evs = rec.events();
+    let open = check_starttls_records(&evs, &format!("127.0.0.1:{}", server.port), &up);
+    assert!(
+        open["proxy"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("process pid=")),
+        "{open}"
+    );
+}
