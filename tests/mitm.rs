@@ -11,162 +11,39 @@
 //! directory are made at test time in temporary directories.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::process::Command;
 
+use capagent_testkit::mitm::{
+    Https, Mitm, check_intercepted, check_plaintext, forward, http_connect, localhost_url,
+    openssl_server, s_client, socks,
+};
 use capagent_testkit::proxy::{
-    Agent, Rec, curl, curl_status, http_response, http_server, open_of, opens, recorded,
+    Rec, curl, curl_status, http_response, http_server, open_of, opens, recorded,
 };
-use capagent_testkit::{
-    Certs, Ev as _, Exchange, HTTPS_SERVER_PY, Proc, TIMEOUT, TempDir, python, tshark_r, unhex,
-};
+use capagent_testkit::{Certs, Ev as _, TIMEOUT};
 use serde_json::Value;
-
-fn args(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
-
-/// [`HTTPS_SERVER_PY`] on 127.0.0.1 (no namespace): serves `GET PATH` with `path PATH\n`
-/// and reports the exact bytes it read and wrote.
-struct Https {
-    proc: Proc,
-    port: u16,
-}
-
-impl Https {
-    fn start(dir: &TempDir, certs: &Certs) -> Https {
-        let script = dir.write("https_server.py", HTTPS_SERVER_PY);
-        let mut cmd = Command::new(python());
-        cmd.arg(&script)
-            .args([certs.cert_str(), certs.key_str(), "127.0.0.1"]);
-        let mut proc = Proc::spawn("https_server.py", cmd);
-        let port = proc.expect("READY", TIMEOUT).parse().unwrap();
-        Https { proc, port }
-    }
-
-    /// The next request served (waits for it).
-    fn exchange(&mut self) -> Exchange {
-        let request = unhex(&self.proc.expect("REQ", TIMEOUT));
-        let response = unhex(&self.proc.expect("RESP", TIMEOUT));
-        Exchange { request, response }
-    }
-}
-
-/// `--tls --ca-dir DIR/ca` and the upstream CA flags.
-fn tls_args(dir: &TempDir, extra: &[&str]) -> Vec<String> {
-    let mut a = args(&["--tls", "--ca-dir", &ca_dir(dir).display().to_string()]);
-    a.extend(args(extra));
-    a
-}
-
-fn ca_dir(dir: &TempDir) -> PathBuf {
-    dir.join("ca")
-}
-
-/// capagent's CA certificate, made by the proxy when it started.
-fn ca_cert(dir: &TempDir) -> String {
-    ca_dir(dir).join("ca.crt").display().to_string()
-}
-
-/// The `open` record of the one intercepted connection, checked: SNI `localhost` both ways,
-/// TLS 1.3 both ways, the server's certificate subject, no error; the ALPN each side
-/// negotiated is returned (client, server).
-fn check_intercepted(open: &Value) -> (Value, Value) {
-    let tls = &open["tls"];
-    assert_eq!(tls["error"], Value::Null, "{open}");
-    for side in ["client", "server"] {
-        assert_eq!(tls[side]["sni"], "localhost", "{open}");
-        assert_eq!(tls[side]["version"], "TLSv1.3", "{open}");
-        assert!(
-            tls[side]["cipher"]
-                .as_str()
-                .is_some_and(|c| c.starts_with("TLS13_")),
-            "{open}"
-        );
-    }
-    assert_eq!(tls["server_cert"], "CN=localhost", "{open}");
-    (tls["client"]["alpn"].clone(), tls["server"]["alpn"].clone())
-}
-
-/// The records of connection `fd` carry the exact plaintext both ways, marked, and tshark
-/// reads the request and the response from the pcapng.
-fn check_plaintext(rec: &Rec, evs: &[Value], fd: i64, ex: &Exchange, path: &str) {
-    assert_eq!(recorded(evs, fd, "send"), ex.request, "request as recorded");
-    assert_eq!(
-        recorded(evs, fd, "recv"),
-        ex.response,
-        "response as recorded"
-    );
-    let data: Vec<&Value> = evs
-        .iter()
-        .filter(|e| e.ty() == "data" && e.fd() == fd && e["total"] != 0)
-        .collect();
-    assert!(!data.is_empty());
-    for d in data {
-        assert_eq!(d["tls"], serde_json::json!({"plaintext": true}), "{d}");
-    }
-    let http = tshark_r(
-        &rec.pcap,
-        &[
-            "-Y",
-            "http",
-            "-T",
-            "fields",
-            "-e",
-            "http.request.uri",
-            "-e",
-            "http.response.code",
-        ],
-    );
-    let lines: Vec<&str> = http.lines().map(str::trim).collect();
-    assert_eq!(lines, [path, "200"], "tshark: {http}");
-    let comments = tshark_r(
-        &rec.pcap,
-        &["-Y", "http", "-T", "fields", "-e", "frame.comment"],
-    );
-    assert!(
-        comments.contains("decrypted by capagent (mitm)"),
-        "{comments}"
-    );
-}
 
 /// curl through `proxy forward --tls`: the name it asks for (SNI `localhost`) is on
 /// capagent's leaf, the real server is verified with `--upstream-ca`, the plaintext both
 /// ways is recorded exactly.
 #[test]
 fn forward_tls_curl() {
-    let dir = TempDir::new("mitm-fwd");
+    let t = Mitm::new("fwd");
     let certs = Certs::localhost();
-    let mut server = Https::start(&dir, &certs);
-    let rec = Rec::new(&dir, "fwd");
-    let mut a = args(&[
-        "proxy",
-        "forward",
-        "--listen",
-        "127.0.0.1:0",
-        "--to",
-        &format!("127.0.0.1:{}", server.port),
-    ]);
-    a.extend(tls_args(&dir, &["--upstream-ca", certs.ca_str()]));
-    a.extend(rec.args());
-    let agent = Agent::start(&a, 1);
-    let port = agent.addr().port();
-    let body = curl(&[
-        "--cacert",
-        &ca_cert(&dir),
-        "--resolve",
-        &format!("localhost:{port}:127.0.0.1"),
-        &format!("https://localhost:{port}/forwarded"),
-    ]);
+    let mut server = Https::start(&t.dir, &certs);
+    let target = format!("127.0.0.1:{}", server.port);
+    let agent = t.start(forward(&target), &["--upstream-ca", certs.ca_str()]);
+    let [resolve, to, url] = localhost_url(agent.addr().port(), "/forwarded");
+    let body = curl(&["--cacert", &t.ca_cert(), &resolve, &to, &url]);
     assert_eq!(body, b"path /forwarded\n");
     let ex = server.exchange();
     let stderr = agent.stop();
     assert!(stderr.contains("created a CA in"), "{stderr}");
-    let evs = rec.events();
-    let open = open_of(&evs, "forward", &format!("127.0.0.1:{}", server.port));
+    let evs = t.events();
+    let open = open_of(&evs, "forward", &target);
     // The Python server offers no ALPN: none either side.
     assert_eq!(check_intercepted(open), (Value::Null, Value::Null));
-    check_plaintext(&rec, &evs, open.fd(), &ex, "/forwarded");
+    check_plaintext(&t.rec, &evs, open.fd(), &ex, "/forwarded");
 }
 
 /// The TLS 1.3 secrets of one session, as curl (OpenSSL) and rustls both log them.
@@ -209,36 +86,24 @@ fn key_log(text: &str) -> BTreeMap<String, BTreeSet<(String, String)>> {
 /// every TLS 1.3 secret of each, of the length of its cipher's hash.
 #[test]
 fn forward_tls_keylog() {
-    let dir = TempDir::new("mitm-keylog");
+    let t = Mitm::new("keylog");
     let certs = Certs::localhost();
-    let mut server = Https::start(&dir, &certs);
-    let rec = Rec::new(&dir, "keylog");
-    let (curl_keys, agent_keys) = (dir.join("curl.keys"), dir.join("capagent.keys"));
-    let mut a = args(&[
-        "proxy",
-        "forward",
-        "--listen",
-        "127.0.0.1:0",
-        "--to",
-        &format!("127.0.0.1:{}", server.port),
-    ]);
-    a.extend(tls_args(
-        &dir,
+    let mut server = Https::start(&t.dir, &certs);
+    let (curl_keys, agent_keys) = (t.dir.join("curl.keys"), t.dir.join("capagent.keys"));
+    let target = format!("127.0.0.1:{}", server.port);
+    let agent = t.start(
+        forward(&target),
         &[
             "--upstream-ca",
             certs.ca_str(),
             "--keylog",
             &agent_keys.display().to_string(),
         ],
-    ));
-    a.extend(rec.args());
-    let agent = Agent::start(&a, 1);
-    let port = agent.addr().port();
+    );
     let out = Command::new("curl")
         .env("SSLKEYLOGFILE", &curl_keys)
-        .args(["-sS", "--max-time", "20", "--cacert", &ca_cert(&dir)])
-        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
-        .arg(format!("https://localhost:{port}/keys"))
+        .args(["-sS", "--max-time", "20", "--cacert", &t.ca_cert()])
+        .args(localhost_url(agent.addr().port(), "/keys"))
         .output()
         .expect("cannot run curl");
     assert!(
@@ -249,10 +114,10 @@ fn forward_tls_keylog() {
     assert_eq!(out.stdout, b"path /keys\n");
     let ex = server.exchange();
     agent.stop();
-    let evs = rec.events();
-    let open = open_of(&evs, "forward", &format!("127.0.0.1:{}", server.port));
+    let evs = t.events();
+    let open = open_of(&evs, "forward", &target);
     check_intercepted(open);
-    check_plaintext(&rec, &evs, open.fd(), &ex, "/keys");
+    check_plaintext(&t.rec, &evs, open.fd(), &ex, "/keys");
     // The secrets' length is the cipher suite's hash's.
     let secret_len = |side: &str| {
         let cipher = open["tls"][side]["cipher"].as_str().unwrap();
@@ -294,17 +159,13 @@ fn forward_tls_keylog() {
 /// handshake.
 #[test]
 fn socks_tls_curl() {
-    let dir = TempDir::new("mitm-socks");
+    let t = Mitm::new("socks");
     let certs = Certs::localhost();
-    let mut server = Https::start(&dir, &certs);
-    let rec = Rec::new(&dir, "socks");
-    let mut a = args(&["proxy", "socks", "--listen", "127.0.0.1:0"]);
-    a.extend(tls_args(&dir, &["--upstream-ca", certs.ca_str()]));
-    a.extend(rec.args());
-    let agent = Agent::start(&a, 1);
+    let mut server = Https::start(&t.dir, &certs);
+    let agent = t.start(socks(), &["--upstream-ca", certs.ca_str()]);
     let body = curl(&[
         "--cacert",
-        &ca_cert(&dir),
+        &t.ca_cert(),
         "--socks5-hostname",
         &agent.addr().to_string(),
         &format!("https://localhost:{}/socks", server.port),
@@ -312,37 +173,29 @@ fn socks_tls_curl() {
     assert_eq!(body, b"path /socks\n");
     let ex = server.exchange();
     agent.stop();
-    let evs = rec.events();
+    let evs = t.events();
     let open = open_of(
         &evs,
         "socks5 connect",
         &format!("localhost:{}", server.port),
     );
     check_intercepted(open);
-    check_plaintext(&rec, &evs, open.fd(), &ex, "/socks");
+    check_plaintext(&t.rec, &evs, open.fd(), &ex, "/socks");
 }
 
 /// curl through `proxy http --tls` (`-x`, a CONNECT tunnel): intercepted inside the tunnel.
 #[test]
 fn http_connect_tls_curl() {
-    let dir = TempDir::new("mitm-http");
+    let t = Mitm::new("http");
     let certs = Certs::localhost();
-    let mut server = Https::start(&dir, &certs);
-    let rec = Rec::new(&dir, "http");
-    let mut a = args(&[
-        "proxy",
-        "http",
-        "--listen",
-        "127.0.0.1:0",
-        "--connect-ports",
-        &server.port.to_string(),
-    ]);
-    a.extend(tls_args(&dir, &["--upstream-ca", certs.ca_str()]));
-    a.extend(rec.args());
-    let agent = Agent::start(&a, 1);
+    let mut server = Https::start(&t.dir, &certs);
+    let agent = t.start(
+        http_connect(server.port),
+        &["--upstream-ca", certs.ca_str()],
+    );
     let body = curl(&[
         "--cacert",
-        &ca_cert(&dir),
+        &t.ca_cert(),
         "-x",
         &format!("http://{}", agent.addr()),
         &format!("https://localhost:{}/tunnel", server.port),
@@ -350,72 +203,38 @@ fn http_connect_tls_curl() {
     assert_eq!(body, b"path /tunnel\n");
     let ex = server.exchange();
     agent.stop();
-    let evs = rec.events();
+    let evs = t.events();
     let open = open_of(&evs, "http connect", &format!("localhost:{}", server.port));
     check_intercepted(open);
-    check_plaintext(&rec, &evs, open.fd(), &ex, "/tunnel");
-}
-
-/// `openssl s_server` on 127.0.0.1 (no namespace) presenting `certs`, with `extra` flags;
-/// its port.
-fn openssl_server(certs: &Certs, extra: &[&str]) -> (Proc, u16) {
-    let mut cmd = Command::new("openssl");
-    cmd.args(["s_server", "-www", "-accept", "127.0.0.1:0", "-cert"])
-        .arg(&certs.cert)
-        .arg("-key")
-        .arg(&certs.key)
-        .args(extra);
-    let mut proc = Proc::spawn("openssl s_server", cmd);
-    let addr = proc.expect("ACCEPT", TIMEOUT);
-    let port = addr.rsplit(':').next().unwrap().parse().unwrap();
-    (proc, port)
+    check_plaintext(&t.rec, &evs, open.fd(), &ex, "/tunnel");
 }
 
 /// `openssl s_client -alpn h2,http/1.1` through `proxy forward --tls` to a server that
 /// chooses h2: h2 on both sides (capagent offered the client only what the server chose).
 #[test]
 fn alpn_is_mirrored() {
-    let dir = TempDir::new("mitm-alpn");
+    let t = Mitm::new("alpn");
     let certs = Certs::localhost();
     let (_server, port) = openssl_server(&certs, &["-alpn", "h2"]);
-    let rec = Rec::new(&dir, "alpn");
-    let mut a = args(&[
-        "proxy",
-        "forward",
-        "--listen",
-        "127.0.0.1:0",
-        "--to",
-        &format!("127.0.0.1:{port}"),
-    ]);
-    a.extend(tls_args(&dir, &["--upstream-ca", certs.ca_str()]));
-    a.extend(rec.args());
-    let agent = Agent::start(&a, 1);
-    let out = Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &agent.addr().to_string(),
-            "-servername",
-            "localhost",
-            "-alpn",
-            "h2,http/1.1",
-            "-CAfile",
-            &ca_cert(&dir),
-            "-verify_return_error",
-        ])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let agent = t.start(
+        forward(&format!("127.0.0.1:{port}")),
+        &["--upstream-ca", certs.ca_str()],
     );
+    let stdout = s_client(&[
+        "-connect",
+        &agent.addr().to_string(),
+        "-servername",
+        "localhost",
+        "-alpn",
+        "h2,http/1.1",
+        "-CAfile",
+        &t.ca_cert(),
+        "-verify_return_error",
+    ]);
     assert!(stdout.contains("ALPN protocol: h2\n"), "{stdout}");
     assert!(stdout.contains("Verify return code: 0 (ok)"), "{stdout}");
     agent.stop();
-    let evs = rec.events();
+    let evs = t.events();
     let open = open_of(&evs, "forward", &format!("127.0.0.1:{port}"));
     assert_eq!(
         check_intercepted(open),
@@ -428,31 +247,16 @@ fn alpn_is_mirrored() {
 /// `--insecure` the same connection passes and the server's certificate is recorded.
 #[test]
 fn untrusted_upstream_then_insecure() {
-    let dir = TempDir::new("mitm-untrusted");
+    let t = Mitm::new("untrusted");
     let certs = Certs::localhost();
-    let mut server = Https::start(&dir, &certs);
+    let mut server = Https::start(&t.dir, &certs);
     let target = format!("127.0.0.1:{}", server.port);
     for insecure in [false, true] {
-        let rec = Rec::new(&dir, if insecure { "insecure" } else { "untrusted" });
-        let mut a = args(&[
-            "proxy",
-            "forward",
-            "--listen",
-            "127.0.0.1:0",
-            "--to",
-            &target,
-        ]);
-        a.extend(tls_args(&dir, if insecure { &["--insecure"] } else { &[] }));
-        a.extend(rec.args());
-        let agent = Agent::start(&a, 1);
-        let port = agent.addr().port();
-        let out = curl_status(&[
-            "--cacert",
-            &ca_cert(&dir),
-            "--resolve",
-            &format!("localhost:{port}:127.0.0.1"),
-            &format!("https://localhost:{port}/x"),
-        ]);
+        let rec = Rec::new(&t.dir, if insecure { "insecure" } else { "untrusted" });
+        let flags: &[&str] = if insecure { &["--insecure"] } else { &[] };
+        let agent = t.start_rec(&rec, forward(&target), flags);
+        let [resolve, to, url] = localhost_url(agent.addr().port(), "/x");
+        let out = curl_status(&["--cacert", &t.ca_cert(), &resolve, &to, &url]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         let stop = agent.stop();
         let evs = rec.events();
@@ -490,26 +294,15 @@ fn untrusted_upstream_then_insecure() {
 /// without `--tls` (no `tls` in the records).
 #[test]
 fn plain_traffic_is_relayed_as_before() {
-    let dir = TempDir::new("mitm-plain");
-    let rec = Rec::new(&dir, "plain");
+    let t = Mitm::new("plain");
     let response = http_response(b"plain\n");
     let (web, requests) = http_server(response.clone(), 1);
-    let mut a = args(&[
-        "proxy",
-        "forward",
-        "--listen",
-        "127.0.0.1:0",
-        "--to",
-        &web.to_string(),
-    ]);
-    a.extend(tls_args(&dir, &[]));
-    a.extend(rec.args());
-    let agent = Agent::start(&a, 1);
+    let agent = t.start(forward(&web.to_string()), &[]);
     let body = curl(&[&format!("http://{}/p", agent.addr())]);
     assert_eq!(body, b"plain\n");
     let request = requests.recv_timeout(TIMEOUT).unwrap();
     agent.stop();
-    let evs = rec.events();
+    let evs = t.events();
     assert_eq!(opens(&evs).len(), 1);
     let open = open_of(&evs, "forward", &web.to_string());
     assert_eq!(recorded(&evs, open.fd(), "send"), request);
@@ -523,8 +316,7 @@ fn plain_traffic_is_relayed_as_before() {
 fn server_speaks_first() {
     use std::io::{BufRead as _, BufReader, Write as _};
     use std::net::{TcpListener, TcpStream};
-    let dir = TempDir::new("mitm-greet");
-    let rec = Rec::new(&dir, "greet");
+    let t = Mitm::new("greet");
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let server_addr = l.local_addr().unwrap();
     let server = std::thread::spawn(move || {
@@ -537,17 +329,7 @@ fn server_speaks_first() {
         s.write_all(b"221 bye\r\n").unwrap();
         line
     });
-    let mut a = args(&[
-        "proxy",
-        "forward",
-        "--listen",
-        "127.0.0.1:0",
-        "--to",
-        &server_addr.to_string(),
-    ]);
-    a.extend(tls_args(&dir, &[]));
-    a.extend(rec.args());
-    let agent = Agent::start(&a, 1);
+    let agent = t.start(forward(&server_addr.to_string()), &[]);
     let c = TcpStream::connect(agent.addr()).unwrap();
     c.set_read_timeout(Some(TIMEOUT)).unwrap();
     let mut r = BufReader::new(c.try_clone().unwrap());
@@ -561,7 +343,7 @@ fn server_speaks_first() {
     assert_eq!(server.join().unwrap(), "QUIT\r\n");
     drop((c, r));
     agent.stop();
-    let evs = rec.events();
+    let evs = t.events();
     let open = open_of(&evs, "forward", &server_addr.to_string());
     assert_eq!(recorded(&evs, open.fd(), "send"), b"QUIT\r\n");
     assert_eq!(
@@ -576,46 +358,24 @@ fn server_speaks_first() {
 /// verifies (`-verify_ip`); no SNI recorded either way.
 #[test]
 fn sni_less_client() {
-    let dir = TempDir::new("mitm-nosni");
+    let t = Mitm::new("nosni");
     let certs = Certs::localhost();
     let (_server, port) = openssl_server(&certs, &[]);
-    let rec = Rec::new(&dir, "nosni");
     let target = format!("127.0.0.1:{port}");
-    let mut a = args(&[
-        "proxy",
-        "forward",
-        "--listen",
-        "127.0.0.1:0",
-        "--to",
-        &target,
+    let agent = t.start(forward(&target), &["--upstream-ca", certs.ca_str()]);
+    let stdout = s_client(&[
+        "-connect",
+        &agent.addr().to_string(),
+        "-noservername",
+        "-verify_ip",
+        "127.0.0.1",
+        "-CAfile",
+        &t.ca_cert(),
+        "-verify_return_error",
     ]);
-    a.extend(tls_args(&dir, &["--upstream-ca", certs.ca_str()]));
-    a.extend(rec.args());
-    let agent = Agent::start(&a, 1);
-    let out = Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &agent.addr().to_string(),
-            "-noservername",
-            "-verify_ip",
-            "127.0.0.1",
-            "-CAfile",
-            &ca_cert(&dir),
-            "-verify_return_error",
-        ])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(stdout.contains("Verify return code: 0 (ok)"), "{stdout}");
     agent.stop();
-    let evs = rec.events();
+    let evs = t.events();
     let tls = &open_of(&evs, "forward", &target)["tls"];
     assert_eq!(tls["error"], Value::Null, "{tls}");
     assert_eq!(tls["client"]["sni"], Value::Null, "{tls}");
