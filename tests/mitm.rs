@@ -20,7 +20,7 @@ use capagent_testkit::mitm::{
 use capagent_testkit::proxy::{
     Rec, curl, curl_status, http_response, http_server, open_of, opens, recorded,
 };
-use capagent_testkit::{Certs, Ev as _, TIMEOUT};
+use capagent_testkit::{Certs, Ev as _, Exchange, TIMEOUT, tshark_r, wait_for};
 use serde_json::Value;
 
 /// curl through `proxy forward --tls`: the name it asks for (SNI `localhost`) is on
@@ -381,4 +381,195 @@ fn sni_less_client() {
     assert_eq!(tls["client"]["sni"], Value::Null, "{tls}");
     assert_eq!(tls["server"]["sni"], Value::Null, "{tls}");
     assert_eq!(tls["server_cert"], "CN=localhost", "{tls}");
+}
+
+/// The `tls` of a passed-through connection's `open` record, and its data records: the
+/// TLS bytes as they went (a handshake record first each way, not the plaintext), unmarked.
+fn check_passed_through(evs: &[Value], open: &Value, reason: &str, sni: &str, ex: &Exchange) {
+    assert_eq!(
+        open["tls"],
+        serde_json::json!({"passthrough": reason, "sni": sni}),
+        "{open}"
+    );
+    let (sent, received) = (
+        recorded(evs, open.fd(), "send"),
+        recorded(evs, open.fd(), "recv"),
+    );
+    // A ClientHello from the client, a ServerHello back (handshake records).
+    assert!(sent.starts_with(&[0x16, 0x03]), "{sent:02x?}");
+    assert!(received.starts_with(&[0x16, 0x03, 0x03]), "{received:02x?}");
+    let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    assert!(!contains(&sent, &ex.request[..16]), "plaintext recorded");
+    assert!(
+        !contains(&received, &ex.response[..16]),
+        "plaintext recorded"
+    );
+    for e in evs
+        .iter()
+        .filter(|e| e.fd() == open.fd() && e.ty() == "data")
+    {
+        assert!(e.get("tls").is_none(), "{e}");
+    }
+}
+
+/// `--tls-passthrough` with an SNI glob and a CIDR through `proxy socks --tls`: curl
+/// trusting only the real server's CA succeeds to `pass.example` (`*.pass.example` also
+/// matches the domain itself) and to a server on 127.0.0.2 (`127.0.0.2/32`), both relayed
+/// untouched; a connection matching neither is intercepted.
+#[test]
+fn passthrough_patterns() {
+    let t = Mitm::new("patterns");
+    let certs = Certs::new(&["localhost", "pass.example", "other.test", "127.0.0.1"]);
+    let mut a = Https::start(&t.dir, &certs);
+    let mut b = Https::start_on(&t.dir, &certs, "127.0.0.2");
+    let agent = t.start(
+        socks(),
+        &[
+            "--upstream-ca",
+            certs.ca_str(),
+            "--tls-passthrough",
+            "*.pass.example",
+            "--tls-passthrough",
+            "127.0.0.2/32",
+        ],
+    );
+    let proxy = agent.addr().to_string();
+    // curl resolves (--socks5): the proxy is asked for the address, the SNI is the name.
+    let real = |name: &str, addr: &str, port: u16, path: &str| {
+        curl(&[
+            "--cacert",
+            certs.ca_str(),
+            "--socks5",
+            &proxy,
+            "--resolve",
+            &format!("{name}:{port}:{addr}"),
+            &format!("https://{name}:{port}{path}"),
+        ])
+    };
+    assert_eq!(
+        real("pass.example", "127.0.0.1", a.port, "/sni"),
+        b"path /sni\n"
+    );
+    let by_sni = a.exchange();
+    assert_eq!(
+        real("other.test", "127.0.0.2", b.port, "/cidr"),
+        b"path /cidr\n"
+    );
+    let by_cidr = b.exchange();
+    let body = curl(&[
+        "--cacert",
+        &t.ca_cert(),
+        "--socks5-hostname",
+        &proxy,
+        &format!("https://localhost:{}/intercepted", a.port),
+    ]);
+    assert_eq!(body, b"path /intercepted\n");
+    let intercepted = a.exchange();
+    agent.stop();
+    let evs = t.events();
+    assert_eq!(opens(&evs).len(), 3, "{}", capagent_testkit::dump(&evs));
+    let open = open_of(&evs, "socks5 connect", &format!("127.0.0.1:{}", a.port));
+    check_passed_through(
+        &evs,
+        open,
+        "pattern *.pass.example",
+        "pass.example",
+        &by_sni,
+    );
+    let open = open_of(&evs, "socks5 connect", &format!("127.0.0.2:{}", b.port));
+    check_passed_through(&evs, open, "pattern 127.0.0.2/32", "other.test", &by_cidr);
+    let open = open_of(&evs, "socks5 connect", &format!("localhost:{}", a.port));
+    check_intercepted(open);
+    check_plaintext(&t.rec, &evs, open.fd(), &intercepted, "/intercepted");
+}
+
+/// A client that does not trust capagent's CA (curl with only the real server's CA, as a
+/// client pinning the real certificate would) through `proxy socks --tls`: its first
+/// request fails (curl 60, certificate not trusted) and the proxy says once that it passes
+/// that client's connections to that host through; the next two succeed through
+/// passthrough, recorded as such, and their records are the real session's ciphertext:
+/// tshark decrypts the HTTP from the pcapng with curl's own key log.
+#[test]
+fn pinning_client_passes_through_next_time() {
+    let t = Mitm::new("pinned");
+    let certs = Certs::localhost();
+    let mut server = Https::start(&t.dir, &certs);
+    let agent = t.start(socks(), &["--upstream-ca", certs.ca_str()]);
+    let proxy = agent.addr().to_string();
+    let keys = t.dir.join("curl.keys");
+    let url = format!("https://localhost:{}/pinned", server.port);
+    let run = || {
+        Command::new("curl")
+            .env("SSLKEYLOGFILE", &keys)
+            .args(["-sS", "--max-time", "20", "--cacert", certs.ca_str()])
+            .args(["--socks5-hostname", &proxy, &url])
+            .output()
+            .expect("cannot run curl")
+    };
+    let first = run();
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    // curl 60: the peer's certificate is not trusted (capagent's).
+    assert_eq!(first.status.code(), Some(60), "{stderr}");
+    let said = "127.0.0.1 rejected capagent's certificate for localhost: passing its connections to localhost through (untouched) for 10 min";
+    wait_for(TIMEOUT, || agent.proc.stderr().contains(said).then_some(()))
+        .unwrap_or_else(|| panic!("no log line: {}", agent.proc.stderr()));
+    let mut passed = Vec::new();
+    for _ in 0..2 {
+        let out = run();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, b"path /pinned\n");
+        passed.push(server.exchange());
+    }
+    let stderr = agent.stop();
+    assert_eq!(stderr.matches(said).count(), 1, "said once: {stderr}");
+    let evs = t.events();
+    let target = format!("localhost:{}", server.port);
+    let opens: Vec<&Value> = opens(&evs)
+        .into_iter()
+        .filter(|o| o["proxy"] == "socks5 connect" && o["target"] == target)
+        .collect();
+    assert_eq!(opens.len(), 3, "{}", capagent_testkit::dump(&evs));
+    let error = opens[0]["tls"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("the client rejected capagent's certificate"),
+        "{}",
+        opens[0]
+    );
+    for (open, ex) in opens[1..].iter().zip(&passed) {
+        check_passed_through(
+            &evs,
+            open,
+            "client rejected capagent's certificate",
+            "localhost",
+            ex,
+        );
+    }
+    // The recorded ciphertext is curl's session with the real server: its keys decrypt it.
+    let http = tshark_r(
+        &t.rec.pcap,
+        &[
+            "-o",
+            &format!("tls.keylog_file:{}", keys.display()),
+            "-d",
+            &format!("tcp.port=={},tls", server.port),
+            "-Y",
+            "http",
+            "-T",
+            "fields",
+            "-e",
+            "http.request.uri",
+            "-e",
+            "http.response.code",
+        ],
+    );
+    let lines: Vec<&str> = http.lines().map(str::trim).collect();
+    assert_eq!(
+        lines,
+        ["/pinned", "200", "/pinned", "200"],
+        "tshark: {http}"
+    );
 }

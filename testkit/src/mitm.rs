@@ -120,10 +120,15 @@ pub struct Https {
 
 impl Https {
     pub fn start(dir: &TempDir, certs: &Certs) -> Https {
+        Https::start_on(dir, certs, "127.0.0.1")
+    }
+
+    /// On `addr` (another loopback address, such as 127.0.0.2).
+    pub fn start_on(dir: &TempDir, certs: &Certs, addr: &str) -> Https {
         let script = dir.write("https_server.py", HTTPS_SERVER_PY);
         let mut cmd = Command::new(python());
         cmd.arg(&script)
-            .args([certs.cert_str(), certs.key_str(), "127.0.0.1"]);
+            .args([certs.cert_str(), certs.key_str(), addr]);
         let mut proc = Proc::spawn("https_server.py", cmd);
         let port = proc.expect("READY", TIMEOUT).parse().unwrap();
         Https { proc, port }

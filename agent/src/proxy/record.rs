@@ -595,7 +595,9 @@ fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u32, Open>) -> Option<Event>
             ret,
             tls,
         } => {
-            let plaintext = tls.as_ref().is_some_and(|t| t.error.is_none());
+            let plaintext = tls
+                .as_ref()
+                .is_some_and(|t| t.error.is_none() && t.passthrough.is_none());
             let task = Task {
                 pid,
                 tid: pid,
@@ -902,13 +904,19 @@ mod tests {
             server: leg("h2"),
             server_cert: Some("CN=example.com".into()),
             error: None,
+            passthrough: None,
         };
         let failed = TlsIntercepted {
             error: Some("invalid peer certificate: UnknownIssuer".into()),
             ..TlsIntercepted::default()
         };
+        let mut passed = TlsIntercepted {
+            passthrough: Some("pattern *.example.com".into()),
+            ..TlsIntercepted::default()
+        };
+        passed.client.sni = Some("example.com".into());
         let evs = recorded(async |rec: &Recorder| {
-            for t in [tls.clone(), failed.clone()] {
+            for t in [tls.clone(), failed.clone(), passed.clone()] {
                 let c = rec.conn("forward", Transport::Tcp, addr("127.0.0.1:40000"));
                 let to = addr("192.0.2.7:443");
                 c.open_tls(
@@ -957,6 +965,20 @@ mod tests {
             ),
             "{}",
             text(&evs[3])
+        );
+        // Passed through: the reason and the SNI; the data is not plaintext.
+        assert!(
+            json[6]
+                .ends_with(r#""tls":{"passthrough":"pattern *.example.com","sni":"example.com"}}"#),
+            "{}",
+            json[6]
+        );
+        assert!(!json[7].contains("tls"), "{}", json[7]);
+        assert!(
+            text(&evs[6])
+                .ends_with(" = 0 [tls passthrough: pattern *.example.com, sni example.com]\n"),
+            "{}",
+            text(&evs[6])
         );
     }
 
