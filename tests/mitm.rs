@@ -5,13 +5,20 @@
 //! offering h2 and http/1.1 to `openssl s_server` choosing h2 (the protocol is mirrored);
 //! an upstream the proxy does not trust (the client gets an alert, the record says why)
 //! and `--insecure`; plain traffic through a `--tls` proxy; `--keylog` next to curl's own
-//! SSLKEYLOGFILE (both legs' secrets, the client leg's the same as curl's). Each checks
-//! the exact plaintext both ways in the JSON records (the server reports what it read and
-//! wrote) and that tshark reads the HTTP from the pcapng. Certificates and the CA
-//! directory are made at test time in temporary directories.
+//! SSLKEYLOGFILE (both legs' secrets, the client leg's the same as curl's); Python's
+//! `urllib` (cafile) and `requests` (REQUESTS_CA_BUNDLE) and a Java client (a keystore
+//! made with `keytool -importcert`) through `proxy http --tls`. Each checks the exact
+//! plaintext both ways in the JSON records (the server reports what it read and wrote)
+//! and that tshark reads the HTTP from the pcapng. Passthrough: `--tls-passthrough` with
+//! an SNI glob and a CIDR (curl trusting only the real server's CA gets through, other
+//! hosts are intercepted), and a client that rejects capagent's certificate (curl 60 first,
+//! then passed through, its records the real session's ciphertext, which curl's key log
+//! decrypts). Certificates and the CA directory are made at test time in temporary
+//! directories; the fixture is capagent_testkit::mitm.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Command;
+use std::time::Duration;
 
 use capagent_testkit::mitm::{
     Https, Mitm, check_intercepted, check_plaintext, forward, http_connect, localhost_url,
@@ -20,7 +27,7 @@ use capagent_testkit::mitm::{
 use capagent_testkit::proxy::{
     Rec, curl, curl_status, http_response, http_server, open_of, opens, recorded,
 };
-use capagent_testkit::{Certs, Ev as _, Exchange, TIMEOUT, tshark_r, wait_for};
+use capagent_testkit::{Certs, Ev as _, Exchange, TIMEOUT, python, run_output, tshark_r, wait_for};
 use serde_json::Value;
 
 /// curl through `proxy forward --tls`: the name it asks for (SNI `localhost`) is on
@@ -572,4 +579,152 @@ fn pinning_client_passes_through_next_time() {
         ["/pinned", "200", "/pinned", "200"],
         "tshark: {http}"
     );
+}
+
+/// Python's `urllib` through a CONNECT proxy, trusting `cafile` only: prints the body.
+const URLLIB_CLIENT_PY: &str = r#"
+import ssl, sys, urllib.request
+proxy, cafile, url = sys.argv[1:4]
+ctx = ssl.create_default_context(cafile=cafile)
+opener = urllib.request.build_opener(
+    urllib.request.ProxyHandler({"https": proxy}),
+    urllib.request.HTTPSHandler(context=ctx),
+)
+sys.stdout.buffer.write(opener.open(url, timeout=20).read())
+"#;
+
+/// Python's `requests` (its proxy and CA bundle from the environment: HTTPS_PROXY,
+/// REQUESTS_CA_BUNDLE): prints the body.
+const REQUESTS_CLIENT_PY: &str = r#"
+import sys, requests
+r = requests.get(sys.argv[1], timeout=20)
+r.raise_for_status()
+sys.stdout.buffer.write(r.content)
+"#;
+
+/// Debian's Python, which has the `requests` package (`cargo xtask setup` installs
+/// python3-requests), whatever `python3` is first in PATH.
+const DEBIAN_PYTHON: &str = "/usr/bin/python3";
+
+/// A client through `proxy http --tls` (CONNECT) to the HTTPS server at
+/// `https://localhost:PORT/NAME`, trusting capagent's CA: `client(test, proxy URL, URL)`
+/// makes its command, whose stdout must be the body. Checks the body, the exact plaintext
+/// both ways in the records and tshark's reading of the pcapng; returns the `open` record.
+fn client_through_http_proxy(
+    name: &str,
+    client: impl FnOnce(&Mitm, &str, &str) -> Command,
+) -> Value {
+    let t = Mitm::new(name);
+    let certs = Certs::localhost();
+    let mut server = Https::start(&t.dir, &certs);
+    let agent = t.start(
+        http_connect(server.port),
+        &["--upstream-ca", certs.ca_str()],
+    );
+    let proxy = format!("http://{}", agent.addr());
+    let path = format!("/{name}");
+    let url = format!("https://localhost:{}{path}", server.port);
+    let mut cmd = client(&t, &proxy, &url);
+    cmd.env_remove("NO_PROXY").env_remove("no_proxy");
+    let body = run_output(name, cmd, Duration::from_secs(60));
+    assert_eq!(body, format!("path {path}\n"));
+    let ex = server.exchange();
+    agent.stop();
+    let evs = t.events();
+    let open = open_of(&evs, "http connect", &format!("localhost:{}", server.port));
+    check_plaintext(&t.rec, &evs, open.fd(), &ex, &path);
+    open.clone()
+}
+
+/// Python's `urllib` with `ssl.create_default_context(cafile=capagent's CA)` through
+/// `proxy http --tls`.
+#[test]
+fn python_urllib_cafile() {
+    let open = client_through_http_proxy("urllib", |t, proxy, url| {
+        let script = t.dir.write("urllib_client.py", URLLIB_CLIENT_PY);
+        let mut cmd = Command::new(python());
+        cmd.arg(script).args([proxy, &t.ca_cert(), url]);
+        cmd
+    });
+    check_intercepted(&open);
+}
+
+/// Python's `requests` (Debian's) with REQUESTS_CA_BUNDLE=capagent's CA and HTTPS_PROXY
+/// through `proxy http --tls`.
+#[test]
+fn python_requests_ca_bundle() {
+    let open = client_through_http_proxy("requests", |t, proxy, url| {
+        let script = t.dir.write("requests_client.py", REQUESTS_CLIENT_PY);
+        let mut cmd = Command::new(DEBIAN_PYTHON);
+        cmd.arg(script)
+            .arg(url)
+            .env("HTTPS_PROXY", proxy)
+            .env("REQUESTS_CA_BUNDLE", t.ca_cert());
+        cmd
+    });
+    check_intercepted(&open);
+}
+
+/// A Java client (`HttpsURLConnection`, single-file `java Client.java`): prints the body.
+const JAVA_CLIENT: &str = r#"
+import java.io.*;
+import java.net.*;
+
+public class HttpsClient {
+    public static void main(String[] args) throws Exception {
+        HttpURLConnection c = (HttpURLConnection) new URL(args[0]).openConnection();
+        c.setConnectTimeout(20000);
+        c.setReadTimeout(20000);
+        byte[] body = c.getInputStream().readAllBytes();
+        System.out.write(body);
+        System.out.flush();
+    }
+}
+"#;
+
+/// A Java client trusting capagent's CA through a keystore made with `keytool
+/// -importcert` (`-Djavax.net.ssl.trustStore`), through `proxy http --tls`
+/// (`-Dhttps.proxyHost`).
+#[test]
+fn java_keystore() {
+    let open = client_through_http_proxy("java", |t, proxy, url| {
+        let store = t.dir.join("capagent.p12").display().to_string();
+        let mut keytool = Command::new("keytool");
+        keytool
+            .args(["-importcert", "-noprompt", "-alias", "capagent", "-file"])
+            .arg(t.ca_cert())
+            .args([
+                "-keystore",
+                &store,
+                "-storetype",
+                "PKCS12",
+                "-storepass",
+                "changeit",
+            ]);
+        run_output("keytool", keytool, Duration::from_secs(60));
+        let src = t.dir.write("HttpsClient.java", JAVA_CLIENT);
+        let addr: std::net::SocketAddr = proxy.trim_start_matches("http://").parse().unwrap();
+        let mut cmd = Command::new("java");
+        cmd.arg(format!("-Djavax.net.ssl.trustStore={store}"))
+            .arg("-Djavax.net.ssl.trustStorePassword=changeit")
+            .arg("-Djavax.net.ssl.trustStoreType=PKCS12")
+            .arg(format!("-Dhttps.proxyHost={}", addr.ip()))
+            .arg(format!("-Dhttps.proxyPort={}", addr.port()))
+            // The JDK goes direct to localhost and 127.* (whatever else the list holds)
+            // unless the list is empty; this test wants it through the proxy.
+            .arg("-Dhttp.nonProxyHosts=")
+            .arg(src)
+            .arg(url);
+        cmd
+    });
+    // The JDK sends no SNI for a name without a dot: capagent asked the server for the
+    // CONNECT host.
+    let tls = &open["tls"];
+    assert_eq!(tls["error"], Value::Null, "{open}");
+    assert_eq!(tls["client"]["sni"], Value::Null, "{open}");
+    assert_eq!(tls["server"]["sni"], "localhost", "{open}");
+    assert_eq!(tls["server_cert"], "CN=localhost", "{open}");
+    for side in ["client", "server"] {
+        assert_eq!(tls[side]["version"], "TLSv1.3", "{open}");
+    }
 }
