@@ -18,8 +18,6 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use lru::LruCache;
 
-use super::intercept::MitmError;
-
 /// How long a client that rejected capagent's certificate for a host has its connections
 /// to that host passed through.
 pub const PINNED_FOR: Duration = Duration::from_secs(10 * 60);
@@ -130,15 +128,13 @@ fn glob_match(glob: &[u8], s: &[u8]) -> bool {
     glob[g..].iter().all(|&c| c == b'*')
 }
 
-/// Whether interception failed because the client rejected capagent's certificate: an
+/// Whether the client's handshake with capagent's certificate failed
+/// (`MitmError::ClientRejected(io)`) because the client rejected the certificate: an
 /// unknown_ca, bad_certificate or certificate_unknown alert, or the client closing (or
 /// resetting) the connection during the handshake. That is what a client that does not
 /// trust capagent's CA, or pins the real certificate, does.
-pub fn is_rejection(e: &MitmError) -> bool {
+pub fn is_rejection(io: &std::io::Error) -> bool {
     use rustls::AlertDescription as A;
-    let MitmError::ClientRejected(io) = e else {
-        return false;
-    };
     if let Some(rustls::Error::AlertReceived(alert)) =
         io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>())
     {
@@ -381,12 +377,7 @@ mod tests {
     #[test]
     fn what_counts_as_a_rejection() {
         use std::io;
-        let alert = |a| {
-            MitmError::ClientRejected(io::Error::new(
-                io::ErrorKind::InvalidData,
-                rustls::Error::AlertReceived(a),
-            ))
-        };
+        let alert = |a| io::Error::new(io::ErrorKind::InvalidData, rustls::Error::AlertReceived(a));
         assert!(is_rejection(&alert(rustls::AlertDescription::UnknownCA)));
         assert!(is_rejection(&alert(
             rustls::AlertDescription::BadCertificate
@@ -397,17 +388,8 @@ mod tests {
         assert!(!is_rejection(&alert(
             rustls::AlertDescription::ProtocolVersion
         )));
-        assert!(is_rejection(&MitmError::ClientRejected(
-            io::ErrorKind::UnexpectedEof.into()
-        )));
-        assert!(is_rejection(&MitmError::ClientRejected(
-            io::ErrorKind::ConnectionReset.into()
-        )));
-        assert!(!is_rejection(&MitmError::ClientRejected(
-            io::ErrorKind::TimedOut.into()
-        )));
-        assert!(!is_rejection(&MitmError::ClientIo(
-            io::ErrorKind::UnexpectedEof.into()
-        )));
+        assert!(is_rejection(&io::ErrorKind::UnexpectedEof.into()));
+        assert!(is_rejection(&io::ErrorKind::ConnectionReset.into()));
+        assert!(!is_rejection(&io::ErrorKind::TimedOut.into()));
     }
 }

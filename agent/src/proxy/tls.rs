@@ -117,7 +117,8 @@ pub async fn open_and_relay(
             return relay::relay_streams(&mut i.client, &mut i.server, conn, ctx.limits.idle).await;
         }
         Ok(Err(failed)) => {
-            if passthrough::is_rejection(&failed.error) {
+            use crate::mitm::intercept::MitmError::ClientRejected;
+            if matches!(&failed.error, ClientRejected(e) if passthrough::is_rejection(e)) {
                 remember_rejection(mitm, conn, host, &failed.info);
             }
             let side = match failed.error {
