@@ -21,13 +21,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use capagent_testkit::mitm::{
-    Https, Mitm, check_intercepted, check_plaintext, forward, http_connect, localhost_url,
-    openssl_server, s_client, socks,
+    Https, Mitm, check_intercepted, check_plaintext, forward, http_connect, http_fields,
+    localhost_url, openssl_server, s_client, socks,
 };
 use capagent_testkit::proxy::{
     Rec, curl, curl_status, http_response, http_server, open_of, opens, recorded,
 };
-use capagent_testkit::{Certs, Ev as _, Exchange, TIMEOUT, python, run_output, tshark_r, wait_for};
+use capagent_testkit::{Certs, Ev as _, Exchange, TIMEOUT, python, run_output, wait_for};
 use serde_json::Value;
 
 /// curl through `proxy forward --tls`: the name it asks for (SNI `localhost`) is on
@@ -556,29 +556,16 @@ fn pinning_client_passes_through_next_time() {
         );
     }
     // The recorded ciphertext is curl's session with the real server: its keys decrypt it.
-    let http = tshark_r(
+    let http = http_fields(
         &t.rec.pcap,
         &[
             "-o",
             &format!("tls.keylog_file:{}", keys.display()),
             "-d",
             &format!("tcp.port=={},tls", server.port),
-            "-Y",
-            "http",
-            "-T",
-            "fields",
-            "-e",
-            "http.request.uri",
-            "-e",
-            "http.response.code",
         ],
     );
-    let lines: Vec<&str> = http.lines().map(str::trim).collect();
-    assert_eq!(
-        lines,
-        ["/pinned", "200", "/pinned", "200"],
-        "tshark: {http}"
-    );
+    assert_eq!(http, ["/pinned", "200", "/pinned", "200"], "tshark");
 }
 
 /// Python's `urllib` through a CONNECT proxy, trusting `cafile` only: prints the body.

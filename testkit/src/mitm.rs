@@ -194,6 +194,24 @@ pub fn check_intercepted(open: &Value) -> (Value, Value) {
     (tls["client"]["alpn"].clone(), tls["server"]["alpn"].clone())
 }
 
+/// What tshark reads of the HTTP in `pcap` (with `options` such as `-o
+/// tls.keylog_file:FILE`): each request's URI and each response's code, in order.
+pub fn http_fields(pcap: &str, options: &[&str]) -> Vec<String> {
+    let mut a = options.to_vec();
+    a.extend([
+        "-Y",
+        "http",
+        "-T",
+        "fields",
+        "-e",
+        "http.request.uri",
+        "-e",
+        "http.response.code",
+    ]);
+    let out = tshark_r(pcap, &a);
+    out.lines().map(|l| l.trim().to_string()).collect()
+}
+
 /// The records of connection `fd` carry the exact plaintext both ways, marked, and tshark
 /// reads the request and the response from the pcapng.
 pub fn check_plaintext(rec: &Rec, evs: &[Value], fd: i64, ex: &Exchange, path: &str) {
@@ -211,21 +229,8 @@ pub fn check_plaintext(rec: &Rec, evs: &[Value], fd: i64, ex: &Exchange, path: &
     for d in data {
         assert_eq!(d["tls"], serde_json::json!({"plaintext": true}), "{d}");
     }
-    let http = tshark_r(
-        &rec.pcap,
-        &[
-            "-Y",
-            "http",
-            "-T",
-            "fields",
-            "-e",
-            "http.request.uri",
-            "-e",
-            "http.response.code",
-        ],
-    );
-    let lines: Vec<&str> = http.lines().map(str::trim).collect();
-    assert_eq!(lines, [path, "200"], "tshark: {http}");
+    let http = http_fields(&rec.pcap, &[]);
+    assert_eq!(http, [path, "200"], "tshark");
     let comments = tshark_r(
         &rec.pcap,
         &["-Y", "http", "-T", "fields", "-e", "frame.comment"],
