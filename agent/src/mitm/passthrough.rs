@@ -8,7 +8,7 @@
 //!   [`PINNED_FOR`], from a table of at most [`MAX_PINNED`] (client, host) pairs (the least
 //!   recently seen out).
 //!
-//! Pure: the caller gives the names, addresses and time.
+//! No I/O: the caller gives the names, addresses and time (so the unit tests cover it all).
 
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
