@@ -5,168 +5,52 @@
 //! offering h2 and http/1.1 to `openssl s_server` choosing h2 (the protocol is mirrored);
 //! an upstream the proxy does not trust (the client gets an alert, the record says why)
 //! and `--insecure`; plain traffic through a `--tls` proxy; `--keylog` next to curl's own
-//! SSLKEYLOGFILE (both legs' secrets, the client leg's the same as curl's). Each checks
-//! the exact plaintext both ways in the JSON records (the server reports what it read and
-//! wrote) and that tshark reads the HTTP from the pcapng. Certificates and the CA
-//! directory are made at test time in temporary directories.
+//! SSLKEYLOGFILE (both legs' secrets, the client leg's the same as curl's); Python's
+//! `urllib` (cafile) and `requests` (REQUESTS_CA_BUNDLE) and a Java client (a keystore
+//! made with `keytool -importcert`) through `proxy http --tls`. Each checks the exact
+//! plaintext both ways in the JSON records (the server reports what it read and wrote)
+//! and that tshark reads the HTTP from the pcapng. Passthrough: `--tls-passthrough` with
+//! an SNI glob and a CIDR (curl trusting only the real server's CA gets through, other
+//! hosts are intercepted), and a client that rejects capagent's certificate (curl 60 first,
+//! then passed through, its records the real session's ciphertext, which curl's key log
+//! decrypts). Certificates and the CA directory are made at test time in temporary
+//! directories; the fixture is capagent_testkit::mitm.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
+use capagent_testkit::mitm::{
+    Https, Mitm, check_intercepted, check_plaintext, forward, http_connect, http_fields,
+    localhost_url, openssl_server, s_client, socks,
+};
 use capagent_testkit::proxy::{
-    Agent, Rec, curl, curl_status, http_response, http_server, open_of, opens, recorded,
+    Rec, curl, curl_status, http_response, http_server, open_of, opens, recorded,
 };
-use capagent_testkit::{
-    Certs, Ev as _, Exchange, HTTPS_SERVER_PY, Proc, TIMEOUT, TempDir, python, tshark_r, unhex,
-};
+use capagent_testkit::{Certs, Ev as _, Exchange, TIMEOUT, python, run_output, wait_for};
 use serde_json::Value;
-
-fn args(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
-
-/// [`HTTPS_SERVER_PY`] on 127.0.0.1 (no namespace): serves `GET PATH` with `path PATH\n`
-/// and reports the exact bytes it read and wrote.
-struct Https {
-    proc: Proc,
-    port: u16,
-}
-
-impl Https {
-    fn start(dir: &TempDir, certs: &Certs) -> Https {
-        let script = dir.write("https_server.py", HTTPS_SERVER_PY);
-        let mut cmd = Command::new(python());
-        cmd.arg(&script)
-            .args([certs.cert_str(), certs.key_str(), "127.0.0.1"]);
-        let mut proc = Proc::spawn("https_server.py", cmd);
-        let port = proc.expect("READY", TIMEOUT).parse().unwrap();
-        Https { proc, port }
-    }
-
-    /// The next request served (waits for it).
-    fn exchange(&mut self) -> Exchange {
-        let request = unhex(&self.proc.expect("REQ", TIMEOUT));
-        let response = unhex(&self.proc.expect("RESP", TIMEOUT));
-        Exchange { request, response }
-    }
-}
-
-/// `--tls --ca-dir DIR/ca` and the upstream CA flags.
-fn tls_args(dir: &TempDir, extra: &[&str]) -> Vec<String> {
-    let mut a = args(&["--tls", "--ca-dir", &ca_dir(dir).display().to_string()]);
-    a.extend(args(extra));
-    a
-}
-
-fn ca_dir(dir: &TempDir) -> PathBuf {
-    dir.join("ca")
-}
-
-/// capagent's CA certificate, made by the proxy when it started.
-fn ca_cert(dir: &TempDir) -> String {
-    ca_dir(dir).join("ca.crt").display().to_string()
-}
-
-/// The `open` record of the one intercepted connection, checked: SNI `localhost` both ways,
-/// TLS 1.3 both ways, the server's certificate subject, no error; the ALPN each side
-/// negotiated is returned (client, server).
-fn check_intercepted(open: &Value) -> (Value, Value) {
-    let tls = &open["tls"];
-    assert_eq!(tls["error"], Value::Null, "{open}");
-    for side in ["client", "server"] {
-        assert_eq!(tls[side]["sni"], "localhost", "{open}");
-        assert_eq!(tls[side]["version"], "TLSv1.3", "{open}");
-        assert!(
-            tls[side]["cipher"]
-                .as_str()
-                .is_some_and(|c| c.starts_with("TLS13_")),
-            "{open}"
-        );
-    }
-    assert_eq!(tls["server_cert"], "CN=localhost", "{open}");
-    (tls["client"]["alpn"].clone(), tls["server"]["alpn"].clone())
-}
-
-/// The records of connection `fd` carry the exact plaintext both ways, marked, and tshark
-/// reads the request and the response from the pcapng.
-fn check_plaintext(rec: &Rec, evs: &[Value], fd: i64, ex: &Exchange, path: &str) {
-    assert_eq!(recorded(evs, fd, "send"), ex.request, "request as recorded");
-    assert_eq!(
-        recorded(evs, fd, "recv"),
-        ex.response,
-        "response as recorded"
-    );
-    let data: Vec<&Value> = evs
-        .iter()
-        .filter(|e| e.ty() == "data" && e.fd() == fd && e["total"] != 0)
-        .collect();
-    assert!(!data.is_empty());
-    for d in data {
-        assert_eq!(d["tls"], serde_json::json!({"plaintext": true}), "{d}");
-    }
-    let http = tshark_r(
-        &rec.pcap,
-        &[
-            "-Y",
-            "http",
-            "-T",
-            "fields",
-            "-e",
-            "http.request.uri",
-            "-e",
-            "http.response.code",
-        ],
-    );
-    let lines: Vec<&str> = http.lines().map(str::trim).collect();
-    assert_eq!(lines, [path, "200"], "tshark: {http}");
-    let comments = tshark_r(
-        &rec.pcap,
-        &["-Y", "http", "-T", "fields", "-e", "frame.comment"],
-    );
-    assert!(
-        comments.contains("decrypted by capagent (mitm)"),
-        "{comments}"
-    );
-}
 
 /// curl through `proxy forward --tls`: the name it asks for (SNI `localhost`) is on
 /// capagent's leaf, the real server is verified with `--upstream-ca`, the plaintext both
 /// ways is recorded exactly.
 #[test]
 fn forward_tls_curl() {
-    let dir = TempDir::new("mitm-fwd");
+    let t = Mitm::new("fwd");
     let certs = Certs::localhost();
-    let mut server = Https::start(&dir, &certs);
-    let rec = Rec::new(&dir, "fwd");
-    let mut a = args(&[
-        "proxy",
-        "forward",
-        "--listen",
-        "127.0.0.1:0",
-        "--to",
-        &format!("127.0.0.1:{}", server.port),
-    ]);
-    a.extend(tls_args(&dir, &["--upstream-ca", certs.ca_str()]));
-    a.extend(rec.args());
-    let agent = Agent::start(&a, 1);
-    let port = agent.addr().port();
-    let body = curl(&[
-        "--cacert",
-        &ca_cert(&dir),
-        "--resolve",
-        &format!("localhost:{port}:127.0.0.1"),
-        &format!("https://localhost:{port}/forwarded"),
-    ]);
+    let mut server = Https::start(&t.dir, &certs);
+    let target = format!("127.0.0.1:{}", server.port);
+    let agent = t.start(forward(&target), &["--upstream-ca", certs.ca_str()]);
+    let [resolve, to, url] = localhost_url(agent.addr().port(), "/forwarded");
+    let body = curl(&["--cacert", &t.ca_cert(), &resolve, &to, &url]);
     assert_eq!(body, b"path /forwarded\n");
     let ex = server.exchange();
     let stderr = agent.stop();
     assert!(stderr.contains("created a CA in"), "{stderr}");
-    let evs = rec.events();
-    let open = open_of(&evs, "forward", &format!("127.0.0.1:{}", server.port));
+    let evs = t.events();
+    let open = open_of(&evs, "forward", &target);
     // The Python server offers no ALPN: none either side.
     assert_eq!(check_intercepted(open), (Value::Null, Value::Null));
-    check_plaintext(&rec, &evs, open.fd(), &ex, "/forwarded");
+    check_plaintext(&t.rec, &evs, open.fd(), &ex, "/forwarded");
 }
 
 /// The TLS 1.3 secrets of one session, as curl (OpenSSL) and rustls both log them.
@@ -209,36 +93,24 @@ fn key_log(text: &str) -> BTreeMap<String, BTreeSet<(String, String)>> {
 /// every TLS 1.3 secret of each, of the length of its cipher's hash.
 #[test]
 fn forward_tls_keylog() {
-    let dir = TempDir::new("mitm-keylog");
+    let t = Mitm::new("keylog");
     let certs = Certs::localhost();
-    let mut server = Https::start(&dir, &certs);
-    let rec = Rec::new(&dir, "keylog");
-    let (curl_keys, agent_keys) = (dir.join("curl.keys"), dir.join("capagent.keys"));
-    let mut a = args(&[
-        "proxy",
-        "forward",
-        "--listen",
-        "127.0.0.1:0",
-        "--to",
-        &format!("127.0.0.1:{}", server.port),
-    ]);
-    a.extend(tls_args(
-        &dir,
+    let mut server = Https::start(&t.dir, &certs);
+    let (curl_keys, agent_keys) = (t.dir.join("curl.keys"), t.dir.join("capagent.keys"));
+    let target = format!("127.0.0.1:{}", server.port);
+    let agent = t.start(
+        forward(&target),
         &[
             "--upstream-ca",
             certs.ca_str(),
             "--keylog",
             &agent_keys.display().to_string(),
         ],
-    ));
-    a.extend(rec.args());
-    let agent = Agent::start(&a, 1);
-    let port = agent.addr().port();
+    );
     let out = Command::new("curl")
         .env("SSLKEYLOGFILE", &curl_keys)
-        .args(["-sS", "--max-time", "20", "--cacert", &ca_cert(&dir)])
-        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
-        .arg(format!("https://localhost:{port}/keys"))
+        .args(["-sS", "--max-time", "20", "--cacert", &t.ca_cert()])
+        .args(localhost_url(agent.addr().port(), "/keys"))
         .output()
         .expect("cannot run curl");
     assert!(
@@ -249,10 +121,10 @@ fn forward_tls_keylog() {
     assert_eq!(out.stdout, b"path /keys\n");
     let ex = server.exchange();
     agent.stop();
-    let evs = rec.events();
-    let open = open_of(&evs, "forward", &format!("127.0.0.1:{}", server.port));
+    let evs = t.events();
+    let open = open_of(&evs, "forward", &target);
     check_intercepted(open);
-    check_plaintext(&rec, &evs, open.fd(), &ex, "/keys");
+    check_plaintext(&t.rec, &evs, open.fd(), &ex, "/keys");
     // The secrets' length is the cipher suite's hash's.
     let secret_len = |side: &str| {
         let cipher = open["tls"][side]["cipher"].as_str().unwrap();
@@ -294,17 +166,13 @@ fn forward_tls_keylog() {
 /// handshake.
 #[test]
 fn socks_tls_curl() {
-    let dir = TempDir::new("mitm-socks");
+    let t = Mitm::new("socks");
     let certs = Certs::localhost();
-    let mut server = Https::start(&dir, &certs);
-    let rec = Rec::new(&dir, "socks");
-    let mut a = args(&["proxy", "socks", "--listen", "127.0.0.1:0"]);
-    a.extend(tls_args(&dir, &["--upstream-ca", certs.ca_str()]));
-    a.extend(rec.args());
-    let agent = Agent::start(&a, 1);
+    let mut server = Https::start(&t.dir, &certs);
+    let agent = t.start(socks(), &["--upstream-ca", certs.ca_str()]);
     let body = curl(&[
         "--cacert",
-        &ca_cert(&dir),
+        &t.ca_cert(),
         "--socks5-hostname",
         &agent.addr().to_string(),
         &format!("https://localhost:{}/socks", server.port),
@@ -312,37 +180,29 @@ fn socks_tls_curl() {
     assert_eq!(body, b"path /socks\n");
     let ex = server.exchange();
     agent.stop();
-    let evs = rec.events();
+    let evs = t.events();
     let open = open_of(
         &evs,
         "socks5 connect",
         &format!("localhost:{}", server.port),
     );
     check_intercepted(open);
-    check_plaintext(&rec, &evs, open.fd(), &ex, "/socks");
+    check_plaintext(&t.rec, &evs, open.fd(), &ex, "/socks");
 }
 
 /// curl through `proxy http --tls` (`-x`, a CONNECT tunnel): intercepted inside the tunnel.
 #[test]
 fn http_connect_tls_curl() {
-    let dir = TempDir::new("mitm-http");
+    let t = Mitm::new("http");
     let certs = Certs::localhost();
-    let mut server = Https::start(&dir, &certs);
-    let rec = Rec::new(&dir, "http");
-    let mut a = args(&[
-        "proxy",
-        "http",
-        "--listen",
-        "127.0.0.1:0",
-        "--connect-ports",
-        &server.port.to_string(),
-    ]);
-    a.extend(tls_args(&dir, &["--upstream-ca", certs.ca_str()]));
-    a.extend(rec.args());
-    let agent = Agent::start(&a, 1);
+    let mut server = Https::start(&t.dir, &certs);
+    let agent = t.start(
+        http_connect(server.port),
+        &["--upstream-ca", certs.ca_str()],
+    );
     let body = curl(&[
         "--cacert",
-        &ca_cert(&dir),
+        &t.ca_cert(),
         "-x",
         &format!("http://{}", agent.addr()),
         &format!("https://localhost:{}/tunnel", server.port),
@@ -350,72 +210,38 @@ fn http_connect_tls_curl() {
     assert_eq!(body, b"path /tunnel\n");
     let ex = server.exchange();
     agent.stop();
-    let evs = rec.events();
+    let evs = t.events();
     let open = open_of(&evs, "http connect", &format!("localhost:{}", server.port));
     check_intercepted(open);
-    check_plaintext(&rec, &evs, open.fd(), &ex, "/tunnel");
-}
-
-/// `openssl s_server` on 127.0.0.1 (no namespace) presenting `certs`, with `extra` flags;
-/// its port.
-fn openssl_server(certs: &Certs, extra: &[&str]) -> (Proc, u16) {
-    let mut cmd = Command::new("openssl");
-    cmd.args(["s_server", "-www", "-accept", "127.0.0.1:0", "-cert"])
-        .arg(&certs.cert)
-        .arg("-key")
-        .arg(&certs.key)
-        .args(extra);
-    let mut proc = Proc::spawn("openssl s_server", cmd);
-    let addr = proc.expect("ACCEPT", TIMEOUT);
-    let port = addr.rsplit(':').next().unwrap().parse().unwrap();
-    (proc, port)
+    check_plaintext(&t.rec, &evs, open.fd(), &ex, "/tunnel");
 }
 
 /// `openssl s_client -alpn h2,http/1.1` through `proxy forward --tls` to a server that
 /// chooses h2: h2 on both sides (capagent offered the client only what the server chose).
 #[test]
 fn alpn_is_mirrored() {
-    let dir = TempDir::new("mitm-alpn");
+    let t = Mitm::new("alpn");
     let certs = Certs::localhost();
     let (_server, port) = openssl_server(&certs, &["-alpn", "h2"]);
-    let rec = Rec::new(&dir, "alpn");
-    let mut a = args(&[
-        "proxy",
-        "forward",
-        "--listen",
-        "127.0.0.1:0",
-        "--to",
-        &format!("127.0.0.1:{port}"),
-    ]);
-    a.extend(tls_args(&dir, &["--upstream-ca", certs.ca_str()]));
-    a.extend(rec.args());
-    let agent = Agent::start(&a, 1);
-    let out = Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &agent.addr().to_string(),
-            "-servername",
-            "localhost",
-            "-alpn",
-            "h2,http/1.1",
-            "-CAfile",
-            &ca_cert(&dir),
-            "-verify_return_error",
-        ])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let agent = t.start(
+        forward(&format!("127.0.0.1:{port}")),
+        &["--upstream-ca", certs.ca_str()],
     );
+    let stdout = s_client(&[
+        "-connect",
+        &agent.addr().to_string(),
+        "-servername",
+        "localhost",
+        "-alpn",
+        "h2,http/1.1",
+        "-CAfile",
+        &t.ca_cert(),
+        "-verify_return_error",
+    ]);
     assert!(stdout.contains("ALPN protocol: h2\n"), "{stdout}");
     assert!(stdout.contains("Verify return code: 0 (ok)"), "{stdout}");
     agent.stop();
-    let evs = rec.events();
+    let evs = t.events();
     let open = open_of(&evs, "forward", &format!("127.0.0.1:{port}"));
     assert_eq!(
         check_intercepted(open),
@@ -428,31 +254,16 @@ fn alpn_is_mirrored() {
 /// `--insecure` the same connection passes and the server's certificate is recorded.
 #[test]
 fn untrusted_upstream_then_insecure() {
-    let dir = TempDir::new("mitm-untrusted");
+    let t = Mitm::new("untrusted");
     let certs = Certs::localhost();
-    let mut server = Https::start(&dir, &certs);
+    let mut server = Https::start(&t.dir, &certs);
     let target = format!("127.0.0.1:{}", server.port);
     for insecure in [false, true] {
-        let rec = Rec::new(&dir, if insecure { "insecure" } else { "untrusted" });
-        let mut a = args(&[
-            "proxy",
-            "forward",
-            "--listen",
-            "127.0.0.1:0",
-            "--to",
-            &target,
-        ]);
-        a.extend(tls_args(&dir, if insecure { &["--insecure"] } else { &[] }));
-        a.extend(rec.args());
-        let agent = Agent::start(&a, 1);
-        let port = agent.addr().port();
-        let out = curl_status(&[
-            "--cacert",
-            &ca_cert(&dir),
-            "--resolve",
-            &format!("localhost:{port}:127.0.0.1"),
-            &format!("https://localhost:{port}/x"),
-        ]);
+        let rec = Rec::new(&t.dir, if insecure { "insecure" } else { "untrusted" });
+        let flags: &[&str] = if insecure { &["--insecure"] } else { &[] };
+        let agent = t.start_rec(&rec, forward(&target), flags);
+        let [resolve, to, url] = localhost_url(agent.addr().port(), "/x");
+        let out = curl_status(&["--cacert", &t.ca_cert(), &resolve, &to, &url]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         let stop = agent.stop();
         let evs = rec.events();
@@ -490,26 +301,15 @@ fn untrusted_upstream_then_insecure() {
 /// without `--tls` (no `tls` in the records).
 #[test]
 fn plain_traffic_is_relayed_as_before() {
-    let dir = TempDir::new("mitm-plain");
-    let rec = Rec::new(&dir, "plain");
+    let t = Mitm::new("plain");
     let response = http_response(b"plain\n");
     let (web, requests) = http_server(response.clone(), 1);
-    let mut a = args(&[
-        "proxy",
-        "forward",
-        "--listen",
-        "127.0.0.1:0",
-        "--to",
-        &web.to_string(),
-    ]);
-    a.extend(tls_args(&dir, &[]));
-    a.extend(rec.args());
-    let agent = Agent::start(&a, 1);
+    let agent = t.start(forward(&web.to_string()), &[]);
     let body = curl(&[&format!("http://{}/p", agent.addr())]);
     assert_eq!(body, b"plain\n");
     let request = requests.recv_timeout(TIMEOUT).unwrap();
     agent.stop();
-    let evs = rec.events();
+    let evs = t.events();
     assert_eq!(opens(&evs).len(), 1);
     let open = open_of(&evs, "forward", &web.to_string());
     assert_eq!(recorded(&evs, open.fd(), "send"), request);
@@ -523,8 +323,7 @@ fn plain_traffic_is_relayed_as_before() {
 fn server_speaks_first() {
     use std::io::{BufRead as _, BufReader, Write as _};
     use std::net::{TcpListener, TcpStream};
-    let dir = TempDir::new("mitm-greet");
-    let rec = Rec::new(&dir, "greet");
+    let t = Mitm::new("greet");
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let server_addr = l.local_addr().unwrap();
     let server = std::thread::spawn(move || {
@@ -537,17 +336,7 @@ fn server_speaks_first() {
         s.write_all(b"221 bye\r\n").unwrap();
         line
     });
-    let mut a = args(&[
-        "proxy",
-        "forward",
-        "--listen",
-        "127.0.0.1:0",
-        "--to",
-        &server_addr.to_string(),
-    ]);
-    a.extend(tls_args(&dir, &[]));
-    a.extend(rec.args());
-    let agent = Agent::start(&a, 1);
+    let agent = t.start(forward(&server_addr.to_string()), &[]);
     let c = TcpStream::connect(agent.addr()).unwrap();
     c.set_read_timeout(Some(TIMEOUT)).unwrap();
     let mut r = BufReader::new(c.try_clone().unwrap());
@@ -561,7 +350,7 @@ fn server_speaks_first() {
     assert_eq!(server.join().unwrap(), "QUIT\r\n");
     drop((c, r));
     agent.stop();
-    let evs = rec.events();
+    let evs = t.events();
     let open = open_of(&evs, "forward", &server_addr.to_string());
     assert_eq!(recorded(&evs, open.fd(), "send"), b"QUIT\r\n");
     assert_eq!(
@@ -576,49 +365,353 @@ fn server_speaks_first() {
 /// verifies (`-verify_ip`); no SNI recorded either way.
 #[test]
 fn sni_less_client() {
-    let dir = TempDir::new("mitm-nosni");
+    let t = Mitm::new("nosni");
     let certs = Certs::localhost();
     let (_server, port) = openssl_server(&certs, &[]);
-    let rec = Rec::new(&dir, "nosni");
     let target = format!("127.0.0.1:{port}");
-    let mut a = args(&[
-        "proxy",
-        "forward",
-        "--listen",
-        "127.0.0.1:0",
-        "--to",
-        &target,
+    let agent = t.start(forward(&target), &["--upstream-ca", certs.ca_str()]);
+    let stdout = s_client(&[
+        "-connect",
+        &agent.addr().to_string(),
+        "-noservername",
+        "-verify_ip",
+        "127.0.0.1",
+        "-CAfile",
+        &t.ca_cert(),
+        "-verify_return_error",
     ]);
-    a.extend(tls_args(&dir, &["--upstream-ca", certs.ca_str()]));
-    a.extend(rec.args());
-    let agent = Agent::start(&a, 1);
-    let out = Command::new("openssl")
-        .args([
-            "s_client",
-            "-connect",
-            &agent.addr().to_string(),
-            "-noservername",
-            "-verify_ip",
-            "127.0.0.1",
-            "-CAfile",
-            &ca_cert(&dir),
-            "-verify_return_error",
-        ])
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     assert!(stdout.contains("Verify return code: 0 (ok)"), "{stdout}");
     agent.stop();
-    let evs = rec.events();
+    let evs = t.events();
     let tls = &open_of(&evs, "forward", &target)["tls"];
     assert_eq!(tls["error"], Value::Null, "{tls}");
     assert_eq!(tls["client"]["sni"], Value::Null, "{tls}");
     assert_eq!(tls["server"]["sni"], Value::Null, "{tls}");
     assert_eq!(tls["server_cert"], "CN=localhost", "{tls}");
+}
+
+/// The `tls` of a passed-through connection's `open` record, and its data records: the
+/// TLS bytes as they went (a handshake record first each way, not the plaintext), unmarked.
+fn check_passed_through(evs: &[Value], open: &Value, reason: &str, sni: &str, ex: &Exchange) {
+    assert_eq!(
+        open["tls"],
+        serde_json::json!({"passthrough": reason, "sni": sni}),
+        "{open}"
+    );
+    let (sent, received) = (
+        recorded(evs, open.fd(), "send"),
+        recorded(evs, open.fd(), "recv"),
+    );
+    // A ClientHello from the client, a ServerHello back (handshake records).
+    assert!(sent.starts_with(&[0x16, 0x03]), "{sent:02x?}");
+    assert!(received.starts_with(&[0x16, 0x03, 0x03]), "{received:02x?}");
+    let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    assert!(!contains(&sent, &ex.request[..16]), "plaintext recorded");
+    assert!(
+        !contains(&received, &ex.response[..16]),
+        "plaintext recorded"
+    );
+    for e in evs
+        .iter()
+        .filter(|e| e.fd() == open.fd() && e.ty() == "data")
+    {
+        assert!(e.get("tls").is_none(), "{e}");
+    }
+}
+
+/// `--tls-passthrough` with an SNI glob and a CIDR through `proxy socks --tls`: curl
+/// trusting only the real server's CA succeeds to `pass.example` (`*.pass.example` also
+/// matches the domain itself) and to a server on 127.0.0.2 (`127.0.0.2/32`), both relayed
+/// untouched; a connection matching neither is intercepted.
+#[test]
+fn passthrough_patterns() {
+    let t = Mitm::new("patterns");
+    let certs = Certs::new(&["localhost", "pass.example", "other.test", "127.0.0.1"]);
+    let mut a = Https::start(&t.dir, &certs);
+    let mut b = Https::start_on(&t.dir, &certs, "127.0.0.2");
+    let agent = t.start(
+        socks(),
+        &[
+            "--upstream-ca",
+            certs.ca_str(),
+            "--tls-passthrough",
+            "*.pass.example",
+            "--tls-passthrough",
+            "127.0.0.2/32",
+        ],
+    );
+    let proxy = agent.addr().to_string();
+    // curl resolves (--socks5): the proxy is asked for the address, the SNI is the name.
+    let real = |name: &str, addr: &str, port: u16, path: &str| {
+        curl(&[
+            "--cacert",
+            certs.ca_str(),
+            "--socks5",
+            &proxy,
+            "--resolve",
+            &format!("{name}:{port}:{addr}"),
+            &format!("https://{name}:{port}{path}"),
+        ])
+    };
+    assert_eq!(
+        real("pass.example", "127.0.0.1", a.port, "/sni"),
+        b"path /sni\n"
+    );
+    let by_sni = a.exchange();
+    assert_eq!(
+        real("other.test", "127.0.0.2", b.port, "/cidr"),
+        b"path /cidr\n"
+    );
+    let by_cidr = b.exchange();
+    let body = curl(&[
+        "--cacert",
+        &t.ca_cert(),
+        "--socks5-hostname",
+        &proxy,
+        &format!("https://localhost:{}/intercepted", a.port),
+    ]);
+    assert_eq!(body, b"path /intercepted\n");
+    let intercepted = a.exchange();
+    agent.stop();
+    let evs = t.events();
+    assert_eq!(opens(&evs).len(), 3, "{}", capagent_testkit::dump(&evs));
+    let open = open_of(&evs, "socks5 connect", &format!("127.0.0.1:{}", a.port));
+    check_passed_through(
+        &evs,
+        open,
+        "pattern *.pass.example",
+        "pass.example",
+        &by_sni,
+    );
+    let open = open_of(&evs, "socks5 connect", &format!("127.0.0.2:{}", b.port));
+    check_passed_through(&evs, open, "pattern 127.0.0.2/32", "other.test", &by_cidr);
+    let open = open_of(&evs, "socks5 connect", &format!("localhost:{}", a.port));
+    check_intercepted(open);
+    check_plaintext(&t.rec, &evs, open.fd(), &intercepted, "/intercepted");
+}
+
+/// A client that does not trust capagent's CA (curl with only the real server's CA, as a
+/// client pinning the real certificate would) through `proxy socks --tls`: its first
+/// request fails (curl 60, certificate not trusted) and the proxy says once that it passes
+/// that client's connections to that host through; the next two succeed through
+/// passthrough, recorded as such, and their records are the real session's ciphertext:
+/// tshark decrypts the HTTP from the pcapng with curl's own key log.
+#[test]
+fn pinning_client_passes_through_next_time() {
+    let t = Mitm::new("pinned");
+    let certs = Certs::localhost();
+    let mut server = Https::start(&t.dir, &certs);
+    let agent = t.start(socks(), &["--upstream-ca", certs.ca_str()]);
+    let proxy = agent.addr().to_string();
+    let keys = t.dir.join("curl.keys");
+    let url = format!("https://localhost:{}/pinned", server.port);
+    let run = || {
+        Command::new("curl")
+            .env("SSLKEYLOGFILE", &keys)
+            .args(["-sS", "--max-time", "20", "--cacert", certs.ca_str()])
+            .args(["--socks5-hostname", &proxy, &url])
+            .output()
+            .expect("cannot run curl")
+    };
+    let first = run();
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    // curl 60: the peer's certificate is not trusted (capagent's).
+    assert_eq!(first.status.code(), Some(60), "{stderr}");
+    let said = "127.0.0.1 rejected capagent's certificate for localhost: passing its connections to localhost through (untouched) for 10 min";
+    wait_for(TIMEOUT, || agent.proc.stderr().contains(said).then_some(()))
+        .unwrap_or_else(|| panic!("no log line: {}", agent.proc.stderr()));
+    let mut passed = Vec::new();
+    for _ in 0..2 {
+        let out = run();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, b"path /pinned\n");
+        passed.push(server.exchange());
+    }
+    let stderr = agent.stop();
+    assert_eq!(stderr.matches(said).count(), 1, "said once: {stderr}");
+    let evs = t.events();
+    let target = format!("localhost:{}", server.port);
+    let opens: Vec<&Value> = opens(&evs)
+        .into_iter()
+        .filter(|o| o["proxy"] == "socks5 connect" && o["target"] == target)
+        .collect();
+    assert_eq!(opens.len(), 3, "{}", capagent_testkit::dump(&evs));
+    let error = opens[0]["tls"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.starts_with("the client rejected capagent's certificate"),
+        "{}",
+        opens[0]
+    );
+    for (open, ex) in opens[1..].iter().zip(&passed) {
+        check_passed_through(
+            &evs,
+            open,
+            "client rejected capagent's certificate",
+            "localhost",
+            ex,
+        );
+    }
+    // The recorded ciphertext is curl's session with the real server: its keys decrypt it.
+    let http = http_fields(
+        &t.rec.pcap,
+        &[
+            "-o",
+            &format!("tls.keylog_file:{}", keys.display()),
+            "-d",
+            &format!("tcp.port=={},tls", server.port),
+        ],
+    );
+    assert_eq!(http, ["/pinned", "200", "/pinned", "200"], "tshark");
+}
+
+/// Python's `urllib` through a CONNECT proxy, trusting `cafile` only: prints the body.
+const URLLIB_CLIENT_PY: &str = r#"
+import ssl, sys, urllib.request
+proxy, cafile, url = sys.argv[1:4]
+ctx = ssl.create_default_context(cafile=cafile)
+opener = urllib.request.build_opener(
+    urllib.request.ProxyHandler({"https": proxy}),
+    urllib.request.HTTPSHandler(context=ctx),
+)
+sys.stdout.buffer.write(opener.open(url, timeout=20).read())
+"#;
+
+/// Python's `requests` (its proxy and CA bundle from the environment: HTTPS_PROXY,
+/// REQUESTS_CA_BUNDLE): prints the body.
+const REQUESTS_CLIENT_PY: &str = r#"
+import sys, requests
+r = requests.get(sys.argv[1], timeout=20)
+r.raise_for_status()
+sys.stdout.buffer.write(r.content)
+"#;
+
+/// Debian's Python, which has the `requests` package (`cargo xtask setup` installs
+/// python3-requests), whatever `python3` is first in PATH.
+const DEBIAN_PYTHON: &str = "/usr/bin/python3";
+
+/// A client through `proxy http --tls` (CONNECT) to the HTTPS server at
+/// `https://localhost:PORT/NAME`, trusting capagent's CA: `client(test, proxy URL, URL)`
+/// makes its command, whose stdout must be the body. Checks the body, the exact plaintext
+/// both ways in the records and tshark's reading of the pcapng; returns the `open` record.
+fn client_through_http_proxy(
+    name: &str,
+    client: impl FnOnce(&Mitm, &str, &str) -> Command,
+) -> Value {
+    let t = Mitm::new(name);
+    let certs = Certs::localhost();
+    let mut server = Https::start(&t.dir, &certs);
+    let agent = t.start(
+        http_connect(server.port),
+        &["--upstream-ca", certs.ca_str()],
+    );
+    let proxy = format!("http://{}", agent.addr());
+    let path = format!("/{name}");
+    let url = format!("https://localhost:{}{path}", server.port);
+    let mut cmd = client(&t, &proxy, &url);
+    cmd.env_remove("NO_PROXY").env_remove("no_proxy");
+    let body = run_output(name, cmd, Duration::from_secs(60));
+    assert_eq!(body, format!("path {path}\n"));
+    let ex = server.exchange();
+    agent.stop();
+    let evs = t.events();
+    let open = open_of(&evs, "http connect", &format!("localhost:{}", server.port));
+    check_plaintext(&t.rec, &evs, open.fd(), &ex, &path);
+    open.clone()
+}
+
+/// Python's `urllib` with `ssl.create_default_context(cafile=capagent's CA)` through
+/// `proxy http --tls`.
+#[test]
+fn python_urllib_cafile() {
+    let open = client_through_http_proxy("urllib", |t, proxy, url| {
+        let script = t.dir.write("urllib_client.py", URLLIB_CLIENT_PY);
+        let mut cmd = Command::new(python());
+        cmd.arg(script).args([proxy, &t.ca_cert(), url]);
+        cmd
+    });
+    check_intercepted(&open);
+}
+
+/// Python's `requests` (Debian's) with REQUESTS_CA_BUNDLE=capagent's CA and HTTPS_PROXY
+/// through `proxy http --tls`.
+#[test]
+fn python_requests_ca_bundle() {
+    let open = client_through_http_proxy("requests", |t, proxy, url| {
+        let script = t.dir.write("requests_client.py", REQUESTS_CLIENT_PY);
+        let mut cmd = Command::new(DEBIAN_PYTHON);
+        cmd.arg(script)
+            .arg(url)
+            .env("HTTPS_PROXY", proxy)
+            .env("REQUESTS_CA_BUNDLE", t.ca_cert());
+        cmd
+    });
+    check_intercepted(&open);
+}
+
+/// A Java client (`HttpsURLConnection`, single-file `java Client.java`): prints the body.
+const JAVA_CLIENT: &str = r#"
+import java.io.*;
+import java.net.*;
+
+public class HttpsClient {
+    public static void main(String[] args) throws Exception {
+        HttpURLConnection c = (HttpURLConnection) new URL(args[0]).openConnection();
+        c.setConnectTimeout(20000);
+        c.setReadTimeout(20000);
+        byte[] body = c.getInputStream().readAllBytes();
+        System.out.write(body);
+        System.out.flush();
+    }
+}
+"#;
+
+/// A Java client trusting capagent's CA through a keystore made with `keytool
+/// -importcert` (`-Djavax.net.ssl.trustStore`), through `proxy http --tls`
+/// (`-Dhttps.proxyHost`).
+#[test]
+fn java_keystore() {
+    let open = client_through_http_proxy("java", |t, proxy, url| {
+        let store = t.dir.join("capagent.p12").display().to_string();
+        let mut keytool = Command::new("keytool");
+        keytool
+            .args(["-importcert", "-noprompt", "-alias", "capagent", "-file"])
+            .arg(t.ca_cert())
+            .args([
+                "-keystore",
+                &store,
+                "-storetype",
+                "PKCS12",
+                "-storepass",
+                "changeit",
+            ]);
+        run_output("keytool", keytool, Duration::from_secs(60));
+        let src = t.dir.write("HttpsClient.java", JAVA_CLIENT);
+        let addr: std::net::SocketAddr = proxy.trim_start_matches("http://").parse().unwrap();
+        let mut cmd = Command::new("java");
+        cmd.arg(format!("-Djavax.net.ssl.trustStore={store}"))
+            .arg("-Djavax.net.ssl.trustStorePassword=changeit")
+            .arg("-Djavax.net.ssl.trustStoreType=PKCS12")
+            .arg(format!("-Dhttps.proxyHost={}", addr.ip()))
+            .arg(format!("-Dhttps.proxyPort={}", addr.port()))
+            // The JDK goes direct to localhost and 127.* (whatever else the list holds)
+            // unless the list is empty; this test wants it through the proxy.
+            .arg("-Dhttp.nonProxyHosts=")
+            .arg(src)
+            .arg(url);
+        cmd
+    });
+    // The JDK sends no SNI for a name without a dot: capagent asked the server for the
+    // CONNECT host.
+    let tls = &open["tls"];
+    assert_eq!(tls["error"], Value::Null, "{open}");
+    assert_eq!(tls["client"]["sni"], Value::Null, "{open}");
+    assert_eq!(tls["server"]["sni"], "localhost", "{open}");
+    assert_eq!(tls["server_cert"], "CN=localhost", "{open}");
+    for side in ["client", "server"] {
+        assert_eq!(tls[side]["version"], "TLSv1.3", "{open}");
+    }
 }

@@ -160,11 +160,9 @@ fn secrets(pcap: &str) -> (BTreeSet<String>, usize, usize) {
                 let text = String::from_utf8(body[8..8 + len].to_vec()).unwrap();
                 lines.extend(text.lines().map(str::to_string));
             }
-            Block::EnhancedPacket(p) => {
-                // IPv4 (20) + TCP (20, no options): anything more is data.
-                if p.data.len() > 40 {
-                    first_data.get_or_insert(i);
-                }
+            // IPv4 (20) + TCP (20, no options): anything more is data.
+            Block::EnhancedPacket(p) if p.data.len() > 40 => {
+                first_data.get_or_insert(i);
             }
             _ => {}
         }

@@ -150,6 +150,10 @@ pub struct TlsIntercepted {
     /// Why interception failed (the server's certificate did not verify, a handshake
     /// failed); None when both handshakes succeeded.
     pub error: Option<String>,
+    /// The connection was not intercepted but relayed untouched (its records are the
+    /// ciphertext), and why: `pattern P` (`--tls-passthrough`) or the client rejected
+    /// capagent's certificate before. Only `client.sni` is known then.
+    pub passthrough: Option<String>,
 }
 
 /// One TLS leg of an intercepted connection, as far as its handshake went.

@@ -23,6 +23,7 @@ pub mod bpf;
 pub mod bytes;
 pub mod events;
 pub mod go;
+pub mod mitm;
 pub mod netns;
 pub mod openssl_wheels;
 pub mod peers;

@@ -40,6 +40,8 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ("python3", "python3"),
     // The WebSocket server of the HTTP proxy tests (run by Debian's /usr/bin/python3).
     ("python3-websockets", ""),
+    // The `requests` client of the TLS interception tests (REQUESTS_CA_BUNDLE).
+    ("python3-requests", ""),
     ("default-jre-headless", "java"),
     // `java Client.java` (single-file programs in the proxy tests) needs the compiler.
     ("default-jdk-headless", "javac"),

@@ -24,6 +24,7 @@ use tokio_rustls::{StartHandshake, TlsConnector, client, server};
 use super::ca::{Ca, CaError, LeafSpec};
 use super::keylog::KeyLogFile;
 use super::options::TlsOptions;
+use super::passthrough::Passthrough;
 use super::upstream::{self, Upstream, UpstreamError};
 use crate::model::{TlsIntercepted, TlsLeg};
 
@@ -86,6 +87,9 @@ pub struct Interceptor {
     /// `--keylog` and `--pcap-tls raw`: the secrets of both legs (the client's session with
     /// capagent and capagent's with the server) go into one file and/or to the recorder.
     key_log: Option<Arc<KeyLogFile>>,
+    /// The connections relayed untouched (`--tls-passthrough`, clients that rejected
+    /// capagent's certificate).
+    passthrough: Passthrough,
 }
 
 impl Interceptor {
@@ -134,7 +138,13 @@ impl Interceptor {
             upstream,
             provider: upstream::provider(),
             key_log,
+            passthrough: Passthrough::new(opts.passthrough.clone()),
         })
+    }
+
+    /// Which connections are relayed untouched.
+    pub fn passthrough(&self) -> &Passthrough {
+        &self.passthrough
     }
 
     /// Intercepts the TLS connection `client` opens (its ClientHello not read yet) towards

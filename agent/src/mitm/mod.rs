@@ -4,7 +4,8 @@
 //! - [`ca`]: capagent's CA and the leaf certificates it issues;
 //! - [`command`]: `capagent ca init|show|install|uninstall`, with the trust stores they write
 //!   ([`store`]: the system store, NSS databases, the JDK's cacerts);
-//! - [`options`]: the flags every proxy shares; [`upstream`]: the connection to the real
+//! - [`options`]: the flags every proxy shares; [`passthrough`]: the connections relayed
+//!   untouched (patterns, clients that reject the CA); [`upstream`]: the connection to the real
 //!   server; [`intercept`]: the interceptor that terminates the client's TLS with a leaf of
 //!   the CA;
 //! - [`keylog`]: the NSS key log (SSLKEYLOGFILE format) of those sessions, into a file and to
@@ -15,5 +16,6 @@ pub mod command;
 pub mod intercept;
 pub mod keylog;
 pub mod options;
+pub mod passthrough;
 pub mod store;
 pub mod upstream;

@@ -3,12 +3,14 @@
 //! they make ([`TlsOptions`]).
 //!
 //! Flags whose behaviour is not built yet are refused with a one-line "not implemented yet"
-//! error rather than ignored: a user who asks for passthrough or raw TLS in pcapng must not
-//! get interception without it.
+//! error rather than ignored: a user who asks for raw TLS in pcapng must not get
+//! interception without it.
 
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
+
+use super::passthrough::{Pattern, PatternError};
 
 /// What pcapng holds of an intercepted connection.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
@@ -33,8 +35,9 @@ pub struct TlsArgs {
     /// /var/lib/capagent/ca for root, else $XDG_DATA_HOME/capagent/ca.
     #[arg(long, value_name = "DIR", requires = "tls")]
     pub ca_dir: Option<PathBuf>,
-    /// Relay connections to hosts matching PATTERN (SNI/host glob or CIDR) untouched;
-    /// repeatable.
+    /// Relay connections to hosts matching PATTERN untouched: a host glob (`*`, `?`;
+    /// `*.example.com` matches example.com too) against the SNI (else the CONNECT/SOCKS
+    /// host), or a CIDR / IP address against the target's address; repeatable.
     #[arg(long = "tls-passthrough", value_name = "PATTERN", requires = "tls")]
     pub tls_passthrough: Vec<String>,
     /// Do not verify the real servers' certificates (their subject is still recorded).
@@ -66,12 +69,16 @@ pub struct TlsOptions {
     pub keylog: Option<PathBuf>,
     /// `--pcap-tls`.
     pub pcap_tls: PcapTls,
+    /// `--tls-passthrough`, in the order given.
+    pub passthrough: Vec<Pattern>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum OptionsError {
     #[error("{0}: not implemented yet")]
     NotImplemented(&'static str),
+    #[error(transparent)]
+    Passthrough(#[from] PatternError),
 }
 
 impl TlsArgs {
@@ -80,15 +87,17 @@ impl TlsArgs {
         if !self.tls {
             return Ok(None);
         }
-        if !self.tls_passthrough.is_empty() {
-            return Err(OptionsError::NotImplemented("--tls-passthrough"));
-        }
         Ok(Some(TlsOptions {
             ca_dir: self.ca_dir.clone(),
             insecure: self.insecure,
             upstream_ca: self.upstream_ca.clone(),
             keylog: self.keylog.clone(),
             pcap_tls: self.pcap_tls.unwrap_or_default(),
+            passthrough: self
+                .tls_passthrough
+                .iter()
+                .map(|p| Pattern::parse(p))
+                .collect::<Result<_, _>>()?,
         }))
     }
 
@@ -131,6 +140,10 @@ mod tests {
             "/tmp/keys.log",
             "--pcap-tls",
             "plain",
+            "--tls-passthrough",
+            "*.example.com",
+            "--tls-passthrough",
+            "10.0.0.0/8",
         ])
         .unwrap();
         assert_eq!(
@@ -141,27 +154,30 @@ mod tests {
                 upstream_ca: Some("/tmp/up.pem".into()),
                 keylog: Some("/tmp/keys.log".into()),
                 pcap_tls: PcapTls::Plain,
+                passthrough: vec![
+                    Pattern::Host("*.example.com".into()),
+                    Pattern::Net("10.0.0.0/8".parse().unwrap()),
+                ],
             }))
+        );
+        // A bad pattern: one line saying which.
+        assert_eq!(
+            parse(&["--tls", "--tls-passthrough", "10.0.0.0/33"])
+                .unwrap()
+                .options()
+                .unwrap_err()
+                .to_string(),
+            "--tls-passthrough \"10.0.0.0/33\": not a host glob (letters, digits, '-', '.', '_', '*', '?'), a CIDR or an IP address"
         );
         // The other flags need --tls.
         assert!(parse(&["--insecure"]).is_err());
         assert!(parse(&["--ca-dir", "/tmp/ca"]).is_err());
         assert!(parse(&["--keylog", "/tmp/k"]).is_err());
+        assert!(parse(&["--tls-passthrough", "*"]).is_err());
     }
 
     #[test]
     fn not_implemented_flags_are_refused() {
-        let err = |args: &[&str]| parse(args).unwrap().options().unwrap_err().to_string();
-        assert_eq!(
-            err(&[
-                "--tls",
-                "--tls-passthrough",
-                "*.example.com",
-                "--tls-passthrough",
-                "10.0.0.0/8"
-            ]),
-            "--tls-passthrough: not implemented yet"
-        );
         let a = parse(&["--tls"]).unwrap();
         assert_eq!(
             a.refuse("proxy reverse --tls").unwrap_err().to_string(),

@@ -73,7 +73,10 @@
 //! and, only when the proxy intercepted the connection's TLS (`--tls`), `tls`:
 //! `{"client":LEG,"server":LEG,"server_cert":"CN=...","error":null}`, each LEG
 //! `{"sni","alpn","version","cipher"}` (strings or `null`: what that side negotiated),
-//! `server_cert` the real server's certificate subject, `error` why interception failed.
+//! `server_cert` the real server's certificate subject, `error` why interception failed;
+//! a TLS connection relayed untouched (passthrough) has `{"passthrough":REASON,"sni":SNI}`
+//! instead (REASON `pattern P` or `client rejected capagent's certificate`), and its data
+//! records are the ciphertext, unmarked.
 //!
 //! In proxy records `pid`/`tid` are capagent's, `comm` names the proxy (`"forward"`,
 //! `"socks"`, ...), `fd` is the connection number and `sk` the same number, `local` is the
@@ -450,6 +453,7 @@ fn push_tls(out: &mut Vec<u8>, ev: &Event) {
 
 /// `,"tls":{"client":{...},"server":{...},"server_cert":...,"error":...}` of an intercepted
 /// connection's `open` record.
+/// A connection passed through: `,"tls":{"passthrough":REASON,"sni":SNI}`.
 fn push_intercepted(out: &mut Vec<u8>, t: &TlsIntercepted) {
     let opt = |out: &mut Vec<u8>, key: &[u8], v: &Option<String>| {
         out.extend_from_slice(key);
@@ -458,6 +462,12 @@ fn push_intercepted(out: &mut Vec<u8>, t: &TlsIntercepted) {
             None => out.extend_from_slice(b"null"),
         }
     };
+    if t.passthrough.is_some() {
+        opt(out, b",\"tls\":{\"passthrough\":", &t.passthrough);
+        opt(out, b",\"sni\":", &t.client.sni);
+        out.push(b'}');
+        return;
+    }
     let leg = |out: &mut Vec<u8>, key: &[u8], l: &TlsLeg| {
         out.extend_from_slice(key);
         opt(out, b"{\"sni\":", &l.sni);

@@ -302,7 +302,18 @@ fn format_into(s: &mut String, ev: &Event, cfg: &TextConfig) {
 /// is not known.
 /// ` [tls client TLSv1.3 TLS13_AES_128_GCM_SHA256 h2, server ..., sni NAME, cert SUBJECT]`
 /// (what is known) of an intercepted connection's `open` record, and `, failed: REASON`.
+/// A connection passed through: ` [tls passthrough: REASON, sni NAME]`.
 fn push_intercepted(s: &mut String, t: &crate::model::TlsIntercepted) {
+    if let Some(reason) = &t.passthrough {
+        s.push_str(" [tls passthrough: ");
+        escape::escape_into(s, reason.as_bytes());
+        if let Some(sni) = &t.client.sni {
+            s.push_str(", sni ");
+            escape::escape_into(s, sni.as_bytes());
+        }
+        s.push(']');
+        return;
+    }
     let leg = |s: &mut String, name: &str, l: &crate::model::TlsLeg| {
         s.push_str(name);
         for v in [&l.version, &l.cipher, &l.alpn].into_iter().flatten() {

@@ -367,6 +367,17 @@ impl Recorder {
     }
 }
 
+/// What the `open` record of a relayed connection says (see [`Conn::open`]).
+pub struct Opening<'a> {
+    /// The proxy (`forward`) or how the connection was intercepted (`process pid=...`).
+    pub proxy: &'a str,
+    pub listen: Option<SocketAddr>,
+    /// The target as requested.
+    pub target: String,
+    pub port: u16,
+    pub resolved: Option<SocketAddr>,
+}
+
 /// The records of one relayed connection or UDP session.
 pub struct Conn {
     rec: Recorder,
@@ -435,6 +446,27 @@ impl Conn {
             })
             .ok()?;
         Some(tls)
+    }
+
+    /// [`Conn::tap_raw`] for a connection between `client` and the proxy, and the proxy and
+    /// `server`, when it records (`--pcap-tls raw`: where the bytes of both sockets go).
+    pub fn tap_raw_sockets(
+        &self,
+        client: &tokio::net::TcpStream,
+        server: &tokio::net::TcpStream,
+    ) -> Option<Arc<RawTls>> {
+        if !self.recording() {
+            return None;
+        }
+        match (
+            client.peer_addr(),
+            client.local_addr(),
+            server.local_addr(),
+            server.peer_addr(),
+        ) {
+            (Ok(c), Ok(l), Ok(p), Ok(t)) => self.tap_raw((c, l), (p, t)),
+            _ => None,
+        }
     }
 
     /// Sends the raw TLS chunks queued, in order.
@@ -843,7 +875,9 @@ fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u64, Open>) -> Option<(Event
             tls,
             view,
         } => {
-            let plaintext = tls.as_ref().is_some_and(|t| t.error.is_none());
+            let plaintext = tls
+                .as_ref()
+                .is_some_and(|t| t.error.is_none() && t.passthrough.is_none());
             let task = Task {
                 pid,
                 tid: pid,
@@ -1153,13 +1187,19 @@ mod tests {
             server: leg("h2"),
             server_cert: Some("CN=example.com".into()),
             error: None,
+            passthrough: None,
         };
         let failed = TlsIntercepted {
             error: Some("invalid peer certificate: UnknownIssuer".into()),
             ..TlsIntercepted::default()
         };
+        let mut passed = TlsIntercepted {
+            passthrough: Some("pattern *.example.com".into()),
+            ..TlsIntercepted::default()
+        };
+        passed.client.sni = Some("example.com".into());
         let evs = recorded(async |rec: &Recorder| {
-            for t in [tls.clone(), failed.clone()] {
+            for t in [tls.clone(), failed.clone(), passed.clone()] {
                 let c = rec.conn("forward", Transport::Tcp, addr("127.0.0.1:40000"));
                 let to = addr("192.0.2.7:443");
                 c.open_tls(
@@ -1208,6 +1248,20 @@ mod tests {
             ),
             "{}",
             text(&evs[3])
+        );
+        // Passed through: the reason and the SNI; the data is not plaintext.
+        assert!(
+            json[6]
+                .ends_with(r#""tls":{"passthrough":"pattern *.example.com","sni":"example.com"}}"#),
+            "{}",
+            json[6]
+        );
+        assert!(!json[7].contains("tls"), "{}", json[7]);
+        assert!(
+            text(&evs[6])
+                .ends_with(" = 0 [tls passthrough: pattern *.example.com, sni example.com]\n"),
+            "{}",
+            text(&evs[6])
         );
     }
 

@@ -20,8 +20,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::raw_tls::{Leg, Tap};
+use super::record::Opening;
 use super::relay::{self, Inspected, RelayError, Relayed};
-use super::tls::Opening;
 use super::{Conn, Ctx};
 use crate::mitm::intercept::{Interceptor, MitmError};
 use crate::model::TlsIntercepted;
@@ -50,7 +50,7 @@ pub async fn relay(
     let proxy = format!("{} starttls", o.proxy);
     // `--pcap-tls raw`: the legs start at the ClientHello (the plaintext before it is the
     // connection's own stream).
-    let raw = super::tls::raw_legs(ctx, conn, client, server);
+    let raw = conn.tap_raw_sockets(client, server);
     let prefixed = Tap::new(
         Prefixed {
             prefix: hello,

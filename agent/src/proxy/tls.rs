@@ -3,29 +3,25 @@
 //! ([`crate::mitm::intercept`]) and its plaintext is relayed and recorded; anything else is
 //! relayed as without `--tls`, but watched for a ClientHello mid-stream
 //! ([`super::starttls`]). The connection's `open` record waits for the outcome, so that it
-//! says what each TLS side negotiated (or why interception failed).
+//! says what each TLS side negotiated (or why interception failed). A ClientHello
+//! that [`crate::mitm::passthrough`] lets through (a `--tls-passthrough` pattern, a client
+//! that rejected capagent's certificate before) is relayed untouched, and its `open` record
+//! says why.
 
 use std::io;
-use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
 use super::raw_tls::{Leg, Tap};
 use super::relay::{self, RelayError, Relayed};
 use super::{Conn, Ctx};
-use crate::tls_hello::{is_client_hello, may_start_client_hello};
+use crate::mitm::intercept::Interceptor;
+use crate::mitm::passthrough;
+use crate::model::TlsIntercepted;
+use crate::tls_hello::{client_hello, is_client_hello, may_start_client_hello, record_len};
 
-/// What the `open` record of a relayed connection says (see [`Conn::open`]).
-pub struct Opening<'a> {
-    /// The proxy (`forward`) or how the connection was intercepted (`process pid=...`).
-    pub proxy: &'a str,
-    pub listen: Option<SocketAddr>,
-    /// The target as requested.
-    pub target: String,
-    pub port: u16,
-    pub resolved: Option<SocketAddr>,
-}
+pub use super::record::Opening;
 
 /// How long to wait for the rest of the first six bytes once some that may start a
 /// ClientHello are in (a client writes its ClientHello at once; this only bounds a stall).
@@ -54,27 +50,6 @@ pub async fn client_starts_tls(client: &TcpStream, server: &TcpStream, patience:
             },
             _ = server.readable() => return false,
         }
-    }
-}
-
-/// `--pcap-tls raw`: where the bytes of both sockets go (for pcapng), when recording.
-pub fn raw_legs(
-    ctx: &Ctx,
-    conn: &Conn,
-    client: &TcpStream,
-    server: &TcpStream,
-) -> Option<std::sync::Arc<super::raw_tls::RawTls>> {
-    if !(conn.recording() && ctx.recorder.tls_raw()) {
-        return None;
-    }
-    match (
-        client.peer_addr(),
-        client.local_addr(),
-        server.local_addr(),
-        server.peer_addr(),
-    ) {
-        (Ok(c), Ok(l), Ok(p), Ok(t)) => conn.tap_raw((c, l), (p, t)),
-        _ => None,
     }
 }
 
@@ -109,7 +84,21 @@ pub async fn open_and_relay(
         // The client may still start TLS mid-stream (STARTTLS).
         return super::starttls::relay(ctx, mitm, conn, &o, host, client, server).await;
     }
-    let raw = raw_legs(ctx, conn, client, server);
+    if let Some(info) = passes_through(mitm, conn, host, client, server, ctx.limits.handshake).await
+    {
+        conn.open_tls(
+            o.proxy,
+            o.listen,
+            o.target,
+            o.port,
+            o.resolved,
+            Ok(()),
+            Some(info),
+        )
+        .await;
+        return relay::relay(client, server, conn, ctx.limits.idle).await;
+    }
+    let raw = conn.tap_raw_sockets(client, server);
     let client = &mut Tap::new(&mut *client, Leg::Client, raw.clone());
     let server = &mut Tap::new(&mut *server, Leg::Server, raw);
     let intercepted = tokio::time::timeout(
@@ -132,6 +121,10 @@ pub async fn open_and_relay(
             return relay::relay_streams(&mut i.client, &mut i.server, conn, ctx.limits.idle).await;
         }
         Ok(Err(failed)) => {
+            use crate::mitm::intercept::MitmError::ClientRejected;
+            if matches!(&failed.error, ClientRejected(e) if passthrough::is_rejection(e)) {
+                remember_rejection(mitm, conn, host, &failed.info);
+            }
             let side = match failed.error {
                 crate::mitm::intercept::MitmError::ClientRejected(_)
                 | crate::mitm::intercept::MitmError::ClientIo(_)
@@ -167,6 +160,70 @@ pub async fn open_and_relay(
         side,
         source: io::Error::from_raw_os_error(libc::EPROTO),
     })
+}
+
+/// The `open` record's `tls` of a connection `mitm` passes through untouched, or None
+/// (intercept it). The SNI is read from the ClientHello (peeked, nothing consumed) only
+/// when a decision may need it.
+async fn passes_through(
+    mitm: &Interceptor,
+    conn: &Conn,
+    host: &str,
+    client: &TcpStream,
+    server: &TcpStream,
+    patience: Duration,
+) -> Option<TlsIntercepted> {
+    let p = mitm.passthrough();
+    let sni = match p.wants_sni() {
+        true => peek_sni(client, patience).await,
+        false => None,
+    };
+    let target = server.peer_addr().ok().map(|a| a.ip());
+    let name = sni.as_deref().unwrap_or(host);
+    let reason = p.reason(conn.client().ip(), Some(name), target, Instant::now())?;
+    tracing::debug!(
+        "tls: {} -> {host}: passed through ({reason})",
+        conn.client()
+    );
+    let mut info = TlsIntercepted {
+        passthrough: Some(reason),
+        ..Default::default()
+    };
+    info.client.sni = sni;
+    Some(info)
+}
+
+/// The client rejected capagent's certificate (it does not trust the CA, or pins the
+/// real certificate): its next connections to that host pass through; said once.
+fn remember_rejection(mitm: &Interceptor, conn: &Conn, host: &str, info: &TlsIntercepted) {
+    let name = info.client.sni.as_deref().unwrap_or(host);
+    let client = conn.client().ip();
+    let p = mitm.passthrough();
+    if p.remember(client, name, Instant::now()) {
+        tracing::warn!(
+            "tls: {client} rejected capagent's certificate for {name}: passing its connections to {name} through (untouched) for {} min",
+            p.pinned_for().as_secs() / 60
+        );
+    }
+}
+
+/// The SNI of the ClientHello `client` starts with, peeked (nothing consumed): its whole
+/// first record is waited for, up to `patience`; None without one.
+async fn peek_sni(client: &TcpStream, patience: Duration) -> Option<String> {
+    let mut buf = vec![0u8; 5 + (1 << 14) + 2048];
+    let mut stalled = Duration::ZERO;
+    loop {
+        let n = client.peek(&mut buf).await.ok()?;
+        let have = &buf[..n];
+        match record_len(have) {
+            Some(len) if n >= len => return client_hello(&have[..len])?.sni,
+            _ if n == 0 || stalled >= patience => return client_hello(have)?.sni,
+            _ => {
+                tokio::time::sleep(PEEK_AGAIN).await;
+                stalled += PEEK_AGAIN;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -213,5 +270,27 @@ mod tests {
         let (app, client) = pair().await;
         drop(app);
         assert!(!client_starts_tls(&client, &server, long).await);
+    }
+
+    #[tokio::test]
+    async fn the_sni_is_peeked() {
+        let long = Duration::from_secs(10);
+        let (mut app, mut client) = pair().await;
+        // In two writes (the rest of the record is waited for when the peek sees part).
+        app.write_all(&CURL_HELLO[..100]).await.unwrap();
+        let sni = tokio::spawn(async move {
+            let sni = peek_sni(&client, long).await;
+            let mut first = vec![0u8; CURL_HELLO.len()];
+            client.read_exact(&mut first).await.unwrap();
+            (sni, first)
+        });
+        app.write_all(&CURL_HELLO[100..]).await.unwrap();
+        let (sni, first) = sni.await.unwrap();
+        assert_eq!(sni.as_deref(), Some("localhost"));
+        assert_eq!(first, CURL_HELLO, "nothing consumed");
+        // Cut short and stalled: what the first bytes tell (no SNI).
+        let (mut app, client) = pair().await;
+        app.write_all(&CURL_HELLO[..100]).await.unwrap();
+        assert_eq!(peek_sni(&client, Duration::from_millis(20)).await, None);
     }
 }
