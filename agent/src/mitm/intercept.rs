@@ -27,6 +27,9 @@ use super::options::TlsOptions;
 use super::upstream::{self, Upstream, UpstreamError};
 use crate::model::{TlsIntercepted, TlsLeg};
 
+mod terminate;
+pub use terminate::{LegFailed, ServerTls};
+
 /// A fatal `handshake_failure` alert record (TLS 1.2 record version, as TLS 1.3 sends it
 /// too before the handshake): what the client gets when the real server cannot be reached
 /// over TLS. rustls sends alerts only from a connection, which there is none of then.

@@ -278,8 +278,8 @@ impl ProxyArgs {
                 )
             }
             ProxyCommand::Reverse(a) => {
-                a.tls.refuse("proxy reverse --tls")?;
-                let opts = a.common.options()?;
+                let mut opts = a.common.options()?;
+                opts.tls = a.tls.options()?;
                 let reverse = ReverseOptions {
                     listen: super::listen_addr(&a.listen)?,
                     to: a.to.as_deref().map(str::parse).transpose()?,
