@@ -329,3 +329,109 @@ fn reverse_tls_plain_client_stays_plain() {
     assert_eq!(recorded(&evs, open.fd(), "send"), request);
     assert_eq!(recorded(&evs, open.fd(), "recv"), response);
 }
+
+/// A server whose certificate the proxy does not trust (no `--upstream-ca`), through both
+/// HTTP modes: `proxy reverse --tls` and `proxy http --tls` (CONNECT) complete the client's
+/// TLS with capagent's leaf and answer `502 Bad Gateway` saying why (as mitmproxy does),
+/// the record says why too; with `--insecure` the page comes through, the server's
+/// certificate recorded.
+#[test]
+fn untrusted_upstream_is_a_502_then_insecure() {
+    let dir = TempDir::new("mitm-rev-502");
+    let certs = Certs::localhost();
+    let mut server = Server::start(&dir, &certs);
+    let target = server.target();
+    for (mode, insecure) in [
+        ("reverse", false),
+        ("reverse", true),
+        ("http", false),
+        ("http", true),
+    ] {
+        let rec = Rec::new(&dir, &format!("{mode}-{insecure}"));
+        let extra: &[&str] = if insecure { &["--insecure"] } else { &[] };
+        let (agent, url, proxy, recorded_target) = if mode == "reverse" {
+            let agent = reverse(&dir, &rec, &target, extra);
+            let port = agent.addr().port();
+            let url = format!("https://localhost:{port}/x");
+            (
+                agent,
+                url,
+                vec![
+                    "--resolve".to_string(),
+                    format!("localhost:{port}:127.0.0.1"),
+                ],
+                target.clone(),
+            )
+        } else {
+            let mut a = args(&[
+                "proxy",
+                "http",
+                "--listen",
+                "127.0.0.1:0",
+                "--connect-ports",
+                &server.port.to_string(),
+                "--tls",
+                "--ca-dir",
+                &ca_dir(&dir),
+            ]);
+            a.extend(args(extra));
+            a.extend(rec.args());
+            let agent = Agent::start(&a, 1);
+            let proxy = vec!["-x".to_string(), format!("http://{}", agent.addr())];
+            let url = format!("https://localhost:{}/x", server.port);
+            (agent, url, proxy, format!("localhost:{}", server.port))
+        };
+        let mut c = vec![
+            "--cacert".to_string(),
+            ca_cert(&dir),
+            "-w".into(),
+            "\n%{http_code}".into(),
+        ];
+        c.extend(proxy);
+        c.push(url);
+        let c: Vec<&str> = c.iter().map(String::as_str).collect();
+        let out = curl_status(&c);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{mode}: {stderr}");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let stop = agent.stop();
+        let evs = rec.events();
+        let proxy_name = if mode == "reverse" {
+            "reverse"
+        } else {
+            "http connect"
+        };
+        let open = open_of(&evs, proxy_name, &recorded_target);
+        if insecure {
+            assert_eq!(stdout, "path /x\n\n200", "{mode}");
+            let (req, resp) = (server.bytes("REQ"), server.bytes("RESP"));
+            assert_eq!(open["tls"]["error"], Value::Null, "{open}");
+            assert_eq!(open["tls"]["server_cert"], "CN=localhost", "{open}");
+            assert_eq!(recorded(&evs, open.fd(), "send"), req, "{mode}");
+            assert_eq!(recorded(&evs, open.fd(), "recv"), resp, "{mode}");
+        } else {
+            let reason =
+                format!("{recorded_target}: TLS: server: invalid peer certificate: UnknownIssuer");
+            assert_eq!(
+                stdout,
+                format!("capagent: 502 Bad Gateway: {reason}\n\n502"),
+                "{mode}"
+            );
+            let error = open["tls"]["error"].as_str().unwrap_or_default();
+            assert!(
+                error.contains("invalid peer certificate: UnknownIssuer"),
+                "{open}"
+            );
+            // The client's side of the answer is recorded: capagent's leaf, TLS 1.3.
+            assert_eq!(open["tls"]["client"]["sni"], "localhost", "{open}");
+            assert_eq!(open["tls"]["client"]["version"], "TLSv1.3", "{open}");
+            assert!(stop.contains("UnknownIssuer"), "{stop}");
+            assert!(recorded(&evs, open.fd(), "send").is_empty());
+            let close = evs
+                .iter()
+                .find(|e| e.fd() == open.fd() && e["syscall"] == "close")
+                .unwrap();
+            assert_eq!(close["errno"], "EPROTO", "{close}");
+        }
+    }
+}

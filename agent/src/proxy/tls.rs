@@ -77,9 +77,17 @@ pub async fn open_and_relay(
             .await;
         return relay::relay(client, server, conn, ctx.limits.idle).await;
     }
+    // An HTTP proxy's tunnel answers a server it cannot reach over TLS with a 502 saying
+    // why (inside the client's TLS); the other proxies with an alert.
+    let target = o.target.clone();
+    let bad_gateway = move |why: &str| {
+        super::http::message::error_response(502, &format!("{target}: TLS: {why}"), &[], true)
+    };
+    let answer: Option<&crate::mitm::intercept::Answer> =
+        (o.proxy == "http connect").then_some(&bad_gateway);
     let intercepted = tokio::time::timeout(
         ctx.limits.handshake,
-        mitm.intercept(&mut *client, &mut *server, host),
+        mitm.intercept_answering(&mut *client, &mut *server, host, answer),
     )
     .await;
     let (side, reason, info) = match intercepted {

@@ -6,7 +6,10 @@
 
 use std::net::IpAddr;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use std::io;
+
+use rustls::server::Accepted;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _};
 use tokio_rustls::{StartHandshake, TlsConnector, client, server};
 
 use super::{Interceptor, MitmError, leaf_spec, leg, read_hello};
@@ -124,5 +127,47 @@ impl Interceptor {
             leg: info,
             cert,
         })
+    }
+
+    /// Completes the handshake of a client whose real server could not be reached over TLS
+    /// (`accepted`: its ClientHello) with a leaf for the name it asked for (its SNI, else
+    /// `host`), offering http/1.1 only when it offered it, and sends it `response` (an HTTP
+    /// error saying why), then close_notify. Returns what the client's side negotiated.
+    pub(super) async fn answer_client<C>(
+        &self,
+        accepted: Accepted,
+        client: C,
+        sni: Option<&str>,
+        host: &str,
+        alpn: &[Vec<u8>],
+        response: &[u8],
+    ) -> io::Result<TlsLeg>
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+    {
+        let spec = leaf_spec(sni, host, None);
+        let cert = self.ca.leaf(&spec).map_err(io::Error::other)?;
+        let http11 = alpn.iter().any(|p| p == HTTP11);
+        let config = self
+            .server_config(cert, http11.then(|| HTTP11.to_vec()))
+            .map_err(io::Error::other)?;
+        let mut stream = StartHandshake::from_parts(accepted, client)
+            .into_stream(config)
+            .await?;
+        let mut info = TlsLeg {
+            sni: sni.map(str::to_string),
+            ..TlsLeg::default()
+        };
+        let c = stream.get_ref().1;
+        leg(
+            &mut info,
+            c.protocol_version(),
+            c.negotiated_cipher_suite(),
+            c.alpn_protocol(),
+        );
+        stream.write_all(response).await?;
+        stream.flush().await?;
+        stream.shutdown().await?;
+        Ok(info)
     }
 }
