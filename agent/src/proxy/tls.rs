@@ -77,14 +77,15 @@ pub async fn open_and_relay(
             .await;
         return relay::relay(client, server, conn, ctx.limits.idle).await;
     }
-    // An HTTP proxy's tunnel answers a server it cannot reach over TLS with a 502 saying
-    // why (inside the client's TLS); the other proxies with an alert.
-    let target = o.target.clone();
-    let bad_gateway = move |why: &str| {
-        super::http::message::error_response(502, &format!("{target}: TLS: {why}"), &[], true)
-    };
-    let answer: Option<&crate::mitm::intercept::Answer> =
-        (o.proxy == "http connect").then_some(&bad_gateway);
+    // An HTTP proxy's tunnel answers a server it cannot reach over TLS in HTTP (a 502
+    // saying why, inside the client's TLS); the other proxies with an alert.
+    let answer = ctx.tls_answer.map(|f| {
+        let target = o.target.clone();
+        move |why: &str| f(&target, why)
+    });
+    let answer = answer
+        .as_ref()
+        .map(|f| f as &crate::mitm::intercept::Answer);
     let intercepted = tokio::time::timeout(
         ctx.limits.handshake,
         mitm.intercept_answering(&mut *client, &mut *server, host, answer),

@@ -37,8 +37,9 @@ pub struct HttpOptions {
 }
 
 /// Binds and serves until the runtime stops.
-pub async fn run(opts: HttpOptions, ctx: Ctx) -> anyhow::Result<()> {
+pub async fn run(opts: HttpOptions, mut ctx: Ctx) -> anyhow::Result<()> {
     let listener = bind_tcp("http proxy", opts.listen).await?;
+    ctx.tls_answer = Some(bad_gateway);
     let opts = Arc::new(opts);
     serve("http proxy", listener, ctx, move |stream, peer, ctx| {
         let opts = opts.clone();
@@ -46,6 +47,12 @@ pub async fn run(opts: HttpOptions, ctx: Ctx) -> anyhow::Result<()> {
     })
     .await;
     Ok(())
+}
+
+/// What a CONNECT client gets (inside capagent's TLS) when `target` cannot be reached over
+/// TLS: `502 Bad Gateway` saying why (`--tls`, [`crate::proxy::tls`]).
+fn bad_gateway(target: &str, why: &str) -> Vec<u8> {
+    message::error_response(502, &format!("{target}: TLS: {why}"), &[], true)
 }
 
 /// A host from a request target as a dial target.
