@@ -139,6 +139,12 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Ctx, opts: &Revers
     if let Some(u) = up {
         u.finish(Ok(())).await;
     }
+    if client.stream.is_tls() {
+        // A close_notify, so that the client sees the TLS stream end cleanly (briefly: a
+        // client that reads nothing more must not hold the connection).
+        let shutdown = tokio::io::AsyncWriteExt::shutdown(&mut client.stream);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), shutdown).await;
+    }
 }
 
 async fn request(
