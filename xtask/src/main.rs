@@ -113,6 +113,11 @@ enum Bench {
     /// SSL_read buffers: round trips per second, events captured vs expected. Needs root for
     /// the traced rows. Prints a table; asserts nothing.
     Tls(bench::tls::TlsBenchArgs),
+    /// TLS interception next to mitmproxy: HTTPS requests per second (wrk) straight to
+    /// haproxy, through `capagent proxy reverse --tls` and through `mitmdump --mode reverse`
+    /// (recording off and on, keep-alive and a connection per request), and one TLS stream
+    /// through `capagent proxy forward --tls`. Prints a table; asserts nothing.
+    TlsMitm(bench::tls_mitm::TlsMitmBenchArgs),
 }
 
 fn main() -> ExitCode {
@@ -147,6 +152,7 @@ fn run(cli: Cli) -> Result<()> {
         Task::Install(args) => install::install(args),
         Task::Bench(Bench::Intercept(args)) => bench::intercept::intercept(args),
         Task::Bench(Bench::Tls(args)) => bench::tls::tls(args),
+        Task::Bench(Bench::TlsMitm(args)) => bench::tls_mitm::tls_mitm(args),
     }
 }
 

@@ -7,8 +7,9 @@
 //! certificate (plus the SNI) and offered only the protocol the server chose, so h2 stays
 //! h2 and http/1.1 stays http/1.1. When the server cannot be reached over TLS (its
 //! certificate does not verify, its handshake fails), the client gets a fatal
-//! `handshake_failure` alert instead of a certificate, and the reason is returned for the
-//! records.
+//! `handshake_failure` alert instead of a certificate (an HTTP proxy's tunnel: capagent's
+//! certificate and a `502 Bad Gateway` saying why, [`Interceptor::intercept_answering`]),
+//! and the reason is returned for the records.
 
 use std::io;
 use std::net::IpAddr;
@@ -27,6 +28,9 @@ use super::options::TlsOptions;
 use super::passthrough::Passthrough;
 use super::upstream::{self, Upstream, UpstreamError};
 use crate::model::{TlsIntercepted, TlsLeg};
+
+mod terminate;
+pub use terminate::{LegFailed, ServerTls};
 
 /// A fatal `handshake_failure` alert record (TLS 1.2 record version, as TLS 1.3 sends it
 /// too before the handshake): what the client gets when the real server cannot be reached
@@ -78,6 +82,10 @@ pub struct Failed {
     pub error: MitmError,
     pub info: TlsIntercepted,
 }
+
+/// What a client whose real server cannot be reached over TLS is sent inside its TLS (an
+/// HTTP proxy's `502 Bad Gateway`), made from the reason.
+pub type Answer = dyn Fn(&str) -> Vec<u8> + Sync;
 
 /// The interceptor every connection of a proxy shares.
 pub struct Interceptor {
@@ -152,9 +160,27 @@ impl Interceptor {
     /// the target address, asked for when the client sent no SNI.
     pub async fn intercept<C, S>(
         &self,
+        client: C,
+        server: S,
+        host: &str,
+    ) -> Result<Intercepted<C, S>, Box<Failed>>
+    where
+        C: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.intercept_answering(client, server, host, None).await
+    }
+
+    /// [`Interceptor::intercept`], but when the real server cannot be reached over TLS and
+    /// `answer` is given (an HTTP proxy's CONNECT tunnel), the client's handshake is
+    /// completed with a leaf for the name it asked for and it gets `answer(reason)` (a
+    /// `502 Bad Gateway` saying why) instead of an alert.
+    pub async fn intercept_answering<C, S>(
+        &self,
         mut client: C,
         server: S,
         host: &str,
+        answer: Option<&Answer>,
     ) -> Result<Intercepted<C, S>, Box<Failed>>
     where
         C: AsyncRead + AsyncWrite + Unpin,
@@ -194,9 +220,24 @@ impl Interceptor {
         let server = match TlsConnector::from(config).connect(name, server).await {
             Ok(s) => s,
             Err(e) => {
-                let _ = client.write_all(&HANDSHAKE_FAILURE_ALERT).await;
-                let _ = client.shutdown().await;
-                return Err(fail(MitmError::Server(e), info));
+                let error = MitmError::Server(e);
+                match answer {
+                    Some(answer) => {
+                        let response = answer(&error.to_string());
+                        let answered = self
+                            .answer_client(accepted, client, sni.as_deref(), host, &alpn, &response)
+                            .await;
+                        match answered {
+                            Ok(leg) => info.client = leg,
+                            Err(e) => tracing::debug!("tls: answering the client: {e}"),
+                        }
+                    }
+                    None => {
+                        let _ = client.write_all(&HANDSHAKE_FAILURE_ALERT).await;
+                        let _ = client.shutdown().await;
+                    }
+                }
+                return Err(fail(error, info));
             }
         };
         let up = server.get_ref().1;

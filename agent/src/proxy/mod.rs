@@ -119,6 +119,10 @@ pub struct Ctx {
     pub workers: Arc<[tokio::runtime::Handle]>,
     /// `--tls`: the interceptor ([`tls`]).
     pub tls: Option<Arc<Interceptor>>,
+    /// How a tunnel's client is told that its server could not be reached over TLS, inside
+    /// capagent's TLS, from the target and the reason (the HTTP proxy: a 502, see
+    /// [`tls::open_and_relay`]); None: with a TLS alert.
+    pub tls_answer: Option<fn(&str, &str) -> Vec<u8>>,
 }
 
 impl Ctx {
@@ -130,6 +134,7 @@ impl Ctx {
             limits,
             workers: Arc::new([]),
             tls: None,
+            tls_answer: None,
         }
     }
 }

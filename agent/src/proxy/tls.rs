@@ -101,9 +101,18 @@ pub async fn open_and_relay(
     let raw = conn.tap_raw_sockets(client, server);
     let client = &mut Tap::new(&mut *client, Leg::Client, raw.clone());
     let server = &mut Tap::new(&mut *server, Leg::Server, raw);
+    // An HTTP proxy's tunnel answers a server it cannot reach over TLS in HTTP (a 502
+    // saying why, inside the client's TLS); the other proxies with an alert.
+    let answer = ctx.tls_answer.map(|f| {
+        let target = o.target.clone();
+        move |why: &str| f(&target, why)
+    });
+    let answer = answer
+        .as_ref()
+        .map(|f| f as &crate::mitm::intercept::Answer);
     let intercepted = tokio::time::timeout(
         ctx.limits.handshake,
-        mitm.intercept(&mut *client, &mut *server, host),
+        mitm.intercept_answering(&mut *client, &mut *server, host, answer),
     )
     .await;
     let (side, reason, info) = match intercepted {

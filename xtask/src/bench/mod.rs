@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod intercept;
 pub mod proxy;
 pub mod tls;
+pub mod tls_mitm;
 pub mod trace;
 
 use std::{

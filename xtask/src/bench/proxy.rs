@@ -95,9 +95,10 @@ fn serve(mut c: TcpStream) {
     }
 }
 
-/// Runs wrk against `url` (through a proxy when `absolute` gives the URI to request);
+/// Runs wrk against `url` (through a proxy when `absolute` gives the URI to request;
+/// `https://` URLs too, as `bench tls-mitm` uses it);
 /// returns requests per second and a note (errors, non-2xx).
-fn wrk(
+pub fn wrk(
     args: &HttpBenchArgs,
     tmp: &Path,
     url: &str,

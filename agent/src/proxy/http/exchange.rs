@@ -13,13 +13,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::{Buf as _, BytesMut};
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 use super::body::{self, BodyError, Decoder, Framing};
 use super::head::{self, HeadError, RequestHead, ResponseHead};
 use super::message;
-use crate::model::{Direction, Transport};
+use super::stream::{ReadHalf, Stream};
+use crate::model::{Direction, TlsIntercepted, TlsLeg, Transport};
 use crate::proxy::Ctx;
 use crate::proxy::record::Conn;
 use crate::proxy::target::{DialError, FailKind, Target};
@@ -31,12 +31,15 @@ pub const READ_CHUNK: usize = 64 * 1024;
 pub struct Client {
     /// Which proxy serves it, for log lines (`http`, `reverse`).
     pub what: &'static str,
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub peer: SocketAddr,
     pub listen: SocketAddr,
     pub buf: BytesMut,
     /// Request heads read so far.
     pub requests: u32,
+    /// When the client spoke TLS (`proxy reverse --tls`): what its side negotiated; its
+    /// requests then go to the servers over TLS too.
+    pub tls: Option<TlsLeg>,
 }
 
 /// How reading a request head ended without a head.
@@ -52,8 +55,8 @@ pub enum HeadFail {
 }
 
 impl Client {
-    pub fn new(what: &'static str, stream: TcpStream, peer: SocketAddr) -> Client {
-        let listen = stream.local_addr().unwrap_or(peer);
+    pub fn new(what: &'static str, stream: Stream, peer: SocketAddr) -> Client {
+        let listen = stream.tcp().local_addr().unwrap_or(peer);
         Client {
             what,
             stream,
@@ -61,6 +64,7 @@ impl Client {
             listen,
             buf: BytesMut::with_capacity(8 * 1024),
             requests: 0,
+            tls: None,
         }
     }
 
@@ -141,7 +145,7 @@ impl Client {
 
     /// Sends a response the proxy made itself.
     pub async fn send(&mut self, bytes: &[u8]) -> io::Result<()> {
-        self.stream.write_all(bytes).await
+        write_all(&mut self.stream, bytes).await
     }
 
     /// Answers an error (and logs it): `status` with a one-line body saying `why`.
@@ -172,7 +176,14 @@ impl Client {
     }
 }
 
-async fn fill(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<usize> {
+/// Writes all of `bytes` and flushes them (a TLS stream holds written bytes until a flush
+/// or the next write; a TCP stream's flush does nothing).
+pub async fn write_all<W: AsyncWrite + Unpin>(w: &mut W, bytes: &[u8]) -> io::Result<()> {
+    w.write_all(bytes).await?;
+    w.flush().await
+}
+
+async fn fill(stream: &mut Stream, buf: &mut BytesMut) -> io::Result<usize> {
     if buf.capacity() - buf.len() < READ_CHUNK / 4 {
         buf.reserve(READ_CHUNK);
     }
@@ -195,7 +206,7 @@ async fn with_idle<T>(
 pub struct Upstream {
     /// Host (lowercase) and port it was dialled for.
     pub key: (String, u16),
-    pub stream: TcpStream,
+    pub stream: Stream,
     pub buf: BytesMut,
     pub rec: Conn,
     /// Exchanges completed on it.
@@ -210,31 +221,111 @@ pub fn dial_status(e: &DialError) -> u16 {
     }
 }
 
+/// Why no server connection was made.
+#[derive(Debug, thiserror::Error)]
+pub enum UpFail {
+    #[error(transparent)]
+    Dial(#[from] DialError),
+    /// TLS to the server failed (its certificate did not verify, its handshake failed).
+    #[error("{0}: TLS: {1}")]
+    Tls(String, String),
+}
+
+impl UpFail {
+    /// The status the client gets.
+    pub fn status(&self) -> u16 {
+        match self {
+            UpFail::Dial(e) => dial_status(e),
+            UpFail::Tls(..) => 502,
+        }
+    }
+}
+
 impl Upstream {
-    /// Connects to `target` for `client` and records the `open` (with the failure, if any).
+    /// Connects to `target` for `client` (over TLS when the client spoke TLS) and records
+    /// the `open` (with the failure, if any).
     pub async fn dial(
         ctx: &Ctx,
         comm: &'static str,
         proxy: &str,
         client: &Client,
         target: &Target,
-    ) -> Result<Upstream, DialError> {
+    ) -> Result<Upstream, UpFail> {
         let rec = ctx.recorder.conn(comm, Transport::Tcp, client.peer);
         let requested = target.to_string();
         match ctx.dialer.connect(target).await {
             Ok(d) => {
-                rec.open(
+                let (stream, tls) = match (&client.tls, &ctx.tls) {
+                    (Some(client_leg), Some(mitm)) => {
+                        // The server's name when it has one, else the name the client asked
+                        // capagent for (an address is verified as such without either).
+                        let sni = match &target.host {
+                            crate::proxy::target::Host::Name(n) => Some(n.as_str()),
+                            crate::proxy::target::Host::Ip(_) => client_leg.sni.as_deref(),
+                        };
+                        let host = target.host.name();
+                        let connected = tokio::time::timeout(
+                            ctx.limits.handshake,
+                            mitm.connect_http(d.stream, sni, &host),
+                        )
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(Box::new(crate::mitm::intercept::LegFailed {
+                                error: crate::mitm::intercept::MitmError::Server(io::Error::new(
+                                    io::ErrorKind::TimedOut,
+                                    format!(
+                                        "the TLS handshake took longer than {:?} (--handshake-timeout)",
+                                        ctx.limits.handshake
+                                    ),
+                                )),
+                                leg: TlsLeg::default(),
+                            }))
+                        });
+                        let mut info = TlsIntercepted {
+                            client: client_leg.clone(),
+                            ..TlsIntercepted::default()
+                        };
+                        match connected {
+                            Ok(s) => {
+                                info.server = s.leg;
+                                info.server_cert = s.cert;
+                                (Stream::TlsServer(Box::new(s.stream)), Some(info))
+                            }
+                            Err(f) => {
+                                let why = f.error.to_string();
+                                info.server = f.leg;
+                                info.error = Some(why.clone());
+                                rec.open_tls(
+                                    proxy,
+                                    Some(client.listen),
+                                    requested.clone(),
+                                    target.port,
+                                    d.resolved,
+                                    Ok(()),
+                                    Some(info),
+                                )
+                                .await;
+                                rec.close(Err(&io::Error::from_raw_os_error(libc::EPROTO)))
+                                    .await;
+                                return Err(UpFail::Tls(requested, why));
+                            }
+                        }
+                    }
+                    _ => (Stream::Tcp(d.stream), None),
+                };
+                rec.open_tls(
                     proxy,
                     Some(client.listen),
                     requested,
                     target.port,
                     d.resolved,
                     Ok(()),
+                    tls,
                 )
                 .await;
                 Ok(Upstream {
                     key: (host_key(target), target.port),
-                    stream: d.stream,
+                    stream,
                     buf: BytesMut::with_capacity(READ_CHUNK),
                     rec,
                     served: 0,
@@ -252,7 +343,7 @@ impl Upstream {
                 )
                 .await;
                 rec.close(Err(&io)).await;
-                Err(e)
+                Err(e.into())
             }
         }
     }
@@ -383,7 +474,9 @@ async fn send_and_receive(
             }
             if !head_bytes.is_empty() {
                 rec.data_slice(Direction::Send, &head_bytes).await;
-                uwr.write_all(&head_bytes).await.map_err(SendFail::Server)?;
+                write_all(&mut uwr, &head_bytes)
+                    .await
+                    .map_err(SendFail::Server)?;
                 head_bytes.clear();
             }
             if dec.is_done() {
@@ -408,7 +501,7 @@ async fn send_and_receive(
         let mut got_any = false;
         // Part of the final response reached the client.
         let mut wrote = false;
-        let read_up = async |ubuf: &mut BytesMut, urd: &mut tokio::net::tcp::ReadHalf<'_>| {
+        let read_up = async |ubuf: &mut BytesMut, urd: &mut ReadHalf<'_>| {
             if ubuf.capacity() - ubuf.len() < READ_CHUNK / 4 {
                 ubuf.reserve(READ_CHUNK);
             }
@@ -477,7 +570,7 @@ async fn send_and_receive(
                         reason: h.reason.clone(),
                         headers: message::end_to_end(&h.headers),
                     };
-                    cwr.write_all(&head::write_response(&interim))
+                    write_all(&mut cwr, &head::write_response(&interim))
                         .await
                         .map_err(Fail::Client)?;
                 }
@@ -524,7 +617,7 @@ async fn send_and_receive(
                 out.extend_from_slice(&body::last_chunk(dec.trailers()));
             }
             if !out.is_empty() {
-                cwr.write_all(&out).await.map_err(Fail::Client)?;
+                write_all(&mut cwr, &out).await.map_err(Fail::Client)?;
                 out.clear();
                 wrote = true;
             }
@@ -614,12 +707,14 @@ async fn switch_protocols(
     // What the server sent after its 101 (recorded when it was read).
     out.extend_from_slice(&up.buf);
     up.buf.clear();
-    client.stream.write_all(&out).await.map_err(Fail::Client)?;
+    write_all(&mut client.stream, &out)
+        .await
+        .map_err(Fail::Client)?;
     if !client.buf.is_empty() {
         // What the client sent after its request, before the answer.
         up.rec.data_slice(Direction::Send, &client.buf).await;
         let early = std::mem::take(&mut client.buf);
-        if let Err(e) = up.stream.write_all(&early).await {
+        if let Err(e) = write_all(&mut up.stream, &early).await {
             return Err(Fail::Server {
                 why: format!("writing to the server after the 101: {e}"),
                 timeout: false,
@@ -628,7 +723,11 @@ async fn switch_protocols(
             });
         }
     }
-    match crate::proxy::relay::relay(&mut client.stream, &mut up.stream, &up.rec, idle).await {
+    let relayed = match (&mut client.stream, &mut up.stream) {
+        (Stream::Tcp(c), Stream::Tcp(u)) => crate::proxy::relay::relay(c, u, &up.rec, idle).await,
+        (c, u) => crate::proxy::relay::relay_streams(c, u, &up.rec, idle).await,
+    };
+    match relayed {
         Ok(_) => Ok(Done {
             client_keep: false,
             server_keep: false,
@@ -677,7 +776,7 @@ pub async fn forward_request(
                 Ok(u) => up.insert(u),
                 Err(e) => {
                     let close = framing != Framing::Empty || !message::request_keep_alive(req);
-                    client.fail(dial_status(&e), &e.to_string(), close).await;
+                    client.fail(e.status(), &e.to_string(), close).await;
                     return !close;
                 }
             },

@@ -6,7 +6,8 @@
 //! - [`body`]: message framing and the incremental chunked decoder;
 //! - [`message`]: targets, hop-by-hop fields, Basic proxy authentication, generated responses;
 //! - [`exchange`]: reading heads from clients, one request/response exchange with a server
-//!   connection, and what gets recorded.
+//!   connection, and what gets recorded;
+//! - [`stream`]: the connections HTTP goes over (TCP, or TLS with `proxy reverse --tls`).
 //!
 //! The first three are pure functions over bytes (fuzzed in `fuzz/fuzz_targets/http_*`); only
 //! [`exchange`], [`server`] and [`reverse`] do I/O.
@@ -17,3 +18,4 @@ pub mod head;
 pub mod message;
 pub mod reverse;
 pub mod server;
+pub mod stream;

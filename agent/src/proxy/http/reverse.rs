@@ -13,8 +13,10 @@ use super::body::{self, Framing};
 use super::exchange::{Client, Upstream, forward_request};
 use super::head::{RequestHead, values};
 use super::message::{self, Target as ReqTarget};
+use super::stream::Stream;
 use crate::proxy::target::{Host, Target};
 use crate::proxy::{Ctx, bind_tcp, serve};
+use crate::tls_hello::{is_client_hello, may_start_client_hello};
 
 /// Process name of the records.
 pub const COMM: &str = "reverse";
@@ -102,9 +104,32 @@ pub async fn run(opts: ReverseOptions, ctx: Ctx) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Serves one client connection.
+/// Serves one client connection: with `--tls`, one that starts with a ClientHello is
+/// terminated with a leaf of capagent's CA (its requests then go to the servers over TLS).
 pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Ctx, opts: &ReverseOptions) {
-    let mut client = Client::new("reverse", stream, peer);
+    let mut client = match &ctx.tls {
+        Some(mitm) if starts_tls(&stream, ctx.limits.handshake).await => {
+            let local = stream.local_addr().map_or(peer.ip(), |a| a.ip());
+            let accepted =
+                tokio::time::timeout(ctx.limits.handshake, mitm.accept_http(stream, local)).await;
+            match accepted {
+                Ok(Ok((tls, leg))) => {
+                    let mut c = Client::new("reverse", Stream::TlsClient(Box::new(tls)), peer);
+                    c.tls = Some(leg);
+                    c
+                }
+                Ok(Err(f)) => {
+                    tracing::warn!("reverse: {peer}: tls: {}", f.error);
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!("reverse: {peer}: tls: handshake not done in time");
+                    return;
+                }
+            }
+        }
+        _ => Client::new("reverse", Stream::Tcp(stream), peer),
+    };
     let mut up: Option<Upstream> = None;
     while let Some(head) = client.next_request(&ctx.limits).await {
         if !request(&mut client, &mut up, &head, &ctx, opts).await {
@@ -113,6 +138,12 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Ctx, opts: &Revers
     }
     if let Some(u) = up {
         u.finish(Ok(())).await;
+    }
+    if client.stream.is_tls() {
+        // A close_notify, so that the client sees the TLS stream end cleanly (briefly: a
+        // client that reads nothing more must not hold the connection).
+        let shutdown = tokio::io::AsyncWriteExt::shutdown(&mut client.stream);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), shutdown).await;
     }
 }
 
@@ -175,6 +206,26 @@ async fn request(
         client, up, &target, head, &up_head, framing, ctx, COMM, "reverse",
     )
     .await
+}
+
+/// Whether the client's first bytes are a ClientHello (peeked, nothing consumed); false
+/// when they cannot start one, the client closes, or six bytes do not come within
+/// `patience` (then it is served as plain HTTP, which answers a stalled head itself).
+async fn starts_tls(client: &TcpStream, patience: std::time::Duration) -> bool {
+    let mut buf = [0u8; 6];
+    let peek = async {
+        loop {
+            match client.peek(&mut buf).await {
+                Ok(n) if n == buf.len() => return is_client_hello(&buf),
+                Ok(0) | Err(_) => return false,
+                Ok(n) if !may_start_client_hello(&buf[..n]) => return false,
+                // A ClientHello cut before its sixth byte: wait for more (peek returns at
+                // once while bytes are waiting, so wait for the socket to change).
+                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+            }
+        }
+    };
+    tokio::time::timeout(patience, peek).await.unwrap_or(false)
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ use super::body::{self, Framing};
 use super::exchange::{Client, Upstream, dial_status, forward_request};
 use super::head::RequestHead;
 use super::message::{self, Auth, Target as ReqTarget};
+use super::stream::Stream;
 use crate::model::{Direction, Transport};
 use crate::proxy::target::Target;
 use crate::proxy::{Ctx, bind_tcp, relay, serve, tls};
@@ -36,8 +37,9 @@ pub struct HttpOptions {
 }
 
 /// Binds and serves until the runtime stops.
-pub async fn run(opts: HttpOptions, ctx: Ctx) -> anyhow::Result<()> {
+pub async fn run(opts: HttpOptions, mut ctx: Ctx) -> anyhow::Result<()> {
     let listener = bind_tcp("http proxy", opts.listen).await?;
+    ctx.tls_answer = Some(bad_gateway);
     let opts = Arc::new(opts);
     serve("http proxy", listener, ctx, move |stream, peer, ctx| {
         let opts = opts.clone();
@@ -45,6 +47,12 @@ pub async fn run(opts: HttpOptions, ctx: Ctx) -> anyhow::Result<()> {
     })
     .await;
     Ok(())
+}
+
+/// What a CONNECT client gets (inside capagent's TLS) when `target` cannot be reached over
+/// TLS: `502 Bad Gateway` saying why (`--tls`, [`crate::proxy::tls`]).
+fn bad_gateway(target: &str, why: &str) -> Vec<u8> {
+    message::error_response(502, &format!("{target}: TLS: {why}"), &[], true)
 }
 
 /// A host from a request target as a dial target.
@@ -57,7 +65,7 @@ pub fn target_of(host: &str, port: u16) -> Target {
 
 /// Serves one client connection: its requests in order (pipelined ones included).
 pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Ctx, opts: &HttpOptions) {
-    let mut client = Client::new("http", stream, peer);
+    let mut client = Client::new("http", Stream::Tcp(stream), peer);
     let mut up: Option<Upstream> = None;
     while let Some(head) = client.next_request(&ctx.limits).await {
         if let Some(cred) = &opts.auth {
@@ -206,6 +214,10 @@ async fn connect(mut client: Client, head: &RequestHead, ctx: &Ctx, opts: &HttpO
         }
         client.buf.clear();
     }
+    // The forward proxy's clients speak plain HTTP to it (TLS only inside the tunnel).
+    let Stream::Tcp(client_tcp) = &mut client.stream else {
+        return;
+    };
     let relayed = if defer_open {
         let opening = tls::Opening {
             proxy: "http connect",
@@ -215,9 +227,9 @@ async fn connect(mut client: Client, head: &RequestHead, ctx: &Ctx, opts: &HttpO
             resolved: dialed.resolved,
         };
         let host = target.host.name();
-        tls::open_and_relay(ctx, &rec, opening, &host, &mut client.stream, &mut server).await
+        tls::open_and_relay(ctx, &rec, opening, &host, client_tcp, &mut server).await
     } else {
-        relay::relay(&mut client.stream, &mut server, &rec, ctx.limits.idle).await
+        relay::relay(client_tcp, &mut server, &rec, ctx.limits.idle).await
     };
     match relayed {
         Ok(_) => rec.close(Ok(())).await,
