@@ -251,3 +251,75 @@ fn every_send_of_a_busy_thread_has_its_stack() {
     assert_eq!(lost, 0, "{}", run.stderr);
     assert_eq!(stack_summary(&run), (N as u64, 0), "{}", run.stderr);
 }
+
+/// (module file name, function) of each frame of event `e`'s stack (`?` when unknown).
+fn frames_of(e: &Value) -> Vec<(String, String)> {
+    e["stack"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no stack: {e}"))
+        .iter()
+        .map(|f| {
+            let module = f["module"].as_str().unwrap_or("?");
+            let name = module.rsplit('/').next().unwrap_or(module);
+            let func = f["function"].as_str().unwrap_or("?");
+            (name.to_string(), func.to_string())
+        })
+        .collect()
+}
+
+/// The index of the first frame of `frames` whose function is one of `names`.
+fn position_of(frames: &[(String, String)], names: &[&str]) -> Option<usize> {
+    frames.iter().position(|(_, f)| names.contains(&f.as_str()))
+}
+
+/// `--tls --stack`: each TLS call's record carries the stack at the call's entry. curl
+/// (Debian's: OpenSSL, no frame pointers anywhere) against `openssl s_server`: its
+/// `SSL_write` was called from libcurl, under `curl_easy_perform`/`curl_multi_perform`.
+#[test]
+fn tls_call_records_carry_the_stack_at_the_call() {
+    let ns = Netns::new("stktls");
+    let dir = TempDir::new("stktls");
+    let certs = Certs::localhost();
+    let srv = OpensslServer::start(&ns, &certs);
+    let curl = Curl::new(&dir, &certs, &srv.url(), &[]);
+    let args = [
+        "--tls", "--stack", "--format", "json", "--events", "connect",
+    ];
+    let run = trace(&dir, &with_cmd(&args, &curl.argv(&ns)), None);
+    assert!(run.status.success(), "{}", run.describe());
+    let tls: Vec<&Value> = run
+        .events
+        .iter()
+        .filter(|e| e.ty() == "data" && e["tls"]["lib"] == "openssl")
+        .collect();
+    let writes: Vec<&&Value> = tls.iter().filter(|e| e["dir"] == "send").collect();
+    assert!(!writes.is_empty(), "{}", run.describe());
+    assert!(writes[0].payload().starts_with(b"GET / HTTP/1.1\r\n"));
+    for e in &tls {
+        let frames = frames_of(e);
+        let call = e.syscall();
+        // The hooked function (or the libssl function it wraps) is innermost; the call's
+        // own name is among the first frames, in libssl.
+        assert!(frames[0].0.starts_with("libssl"), "{call}: {frames:?}");
+        let at = position_of(
+            &frames,
+            &[call, "SSL_write", "SSL_write_ex", "SSL_read", "SSL_read_ex"],
+        )
+        .unwrap_or_else(|| panic!("{call} not in {frames:?}"));
+        assert!(at <= 1, "{call}: {frames:?}");
+        assert!(frames[at].0.starts_with("libssl"), "{frames:?}");
+        let perform = position_of(&frames, &["curl_easy_perform", "curl_multi_perform"])
+            .unwrap_or_else(|| panic!("no curl_*_perform in {frames:?}"));
+        // Called from libcurl: every frame between is libcurl's.
+        assert!(at + 1 < perform, "{frames:?}");
+        for (module, _) in &frames[at + 1..perform] {
+            assert!(module.starts_with("libcurl"), "{frames:?}");
+        }
+        // And below: curl's main.
+        assert!(
+            frames[perform..].iter().any(|(m, _)| m == "curl"),
+            "{frames:?}"
+        );
+    }
+    assert_eq!(stack_summary(&run).1, 0, "{}", run.stderr);
+}

@@ -45,6 +45,10 @@ pub struct Sample<'a> {
     pub bp: u64,
     /// The bytes at `sp..sp + stack.len()` in the thread's address space.
     pub stack: &'a [u8],
+    /// Taken at a function's first instruction or at a RET (a uprobe): the return address
+    /// is the word at `sp` and `bp` is the caller's, whatever unwind information covers
+    /// `ip` (or none: frame pointers alone would skip the caller).
+    pub ret_at_sp: bool,
 }
 
 /// One executable mapping of a process, with its file (opened when the process was noted).
@@ -264,22 +268,52 @@ fn walk(process: &Process, cache: &mut CacheX86_64, s: &Sample) -> Vec<FrameAddr
         let word = s.stack.get(at..at.checked_add(8).ok_or(())?).ok_or(())?;
         Ok(u64::from_le_bytes(word.try_into().map_err(|_| ())?))
     };
-    let regs = UnwindRegsX86_64::new(s.ip, s.sp, s.bp);
-    let mut frames = process
-        .unwinder
-        .iter_frames(s.ip, regs, cache, &mut read_stack);
-    let mut out = Vec::new();
+    let mut out = vec![FrameAddress::InstructionPointer(s.ip)];
+    // The frame after the first, and the registers there.
+    let (mut at, mut regs) = if s.ret_at_sp {
+        // The first instruction of a function or a RET: return to the word at sp.
+        let Some(ra) = read_stack(s.sp)
+            .ok()
+            .and_then(FrameAddress::from_return_address)
+        else {
+            return out;
+        };
+        (ra, UnwindRegsX86_64::new(ra.address(), s.sp + 8, s.bp))
+    } else {
+        let mut regs = UnwindRegsX86_64::new(s.ip, s.sp, s.bp);
+        let first = FrameAddress::InstructionPointer(s.ip);
+        match step(process, cache, first, &mut regs, &mut read_stack, s) {
+            Some(ra) => (ra, regs),
+            None => return out,
+        }
+    };
     while out.len() < MAX_FRAMES {
-        match frames.next() {
-            Ok(Some(f)) => out.push(f),
-            Ok(None) => break,
-            Err(e) => {
-                tracing::trace!(pid = s.pid, tid = s.tid, "stack: unwinding ends: {e}");
-                break;
-            }
+        out.push(at);
+        match step(process, cache, at, &mut regs, &mut read_stack, s) {
+            Some(ra) => at = ra,
+            None => break,
         }
     }
     out
+}
+
+/// One unwinding step from frame `at` (framehop): the caller's return address, `regs`
+/// moved to the caller; None at the end of the stack.
+fn step(
+    process: &Process,
+    cache: &mut CacheX86_64,
+    at: FrameAddress,
+    regs: &mut UnwindRegsX86_64,
+    read_stack: &mut impl FnMut(u64) -> Result<u64, ()>,
+    s: &Sample,
+) -> Option<FrameAddress> {
+    match process.unwinder.unwind_frame(at, regs, cache, read_stack) {
+        Ok(ra) => ra.and_then(FrameAddress::from_return_address),
+        Err(e) => {
+            tracing::trace!(pid = s.pid, tid = s.tid, "stack: unwinding ends: {e}");
+            None
+        }
+    }
 }
 
 /// The mapping of `maps` (sorted by start) that holds `addr`.
