@@ -275,6 +275,8 @@ fn position_of(frames: &[(String, String)], names: &[&str]) -> Option<usize> {
 /// `--tls --stack`: each TLS call's record carries the stack at the call's entry. curl
 /// (Debian's: OpenSSL, no frame pointers anywhere) against `openssl s_server`: its
 /// `SSL_write` was called from libcurl, under `curl_easy_perform`/`curl_multi_perform`.
+/// The stacks of the `sendto`s made inside `SSL_write` go through it to curl too (the
+/// return address the uretprobe replaced is read from the call's entry stack).
 #[test]
 fn tls_call_records_carry_the_stack_at_the_call() {
     let ns = Netns::new("stktls");
@@ -282,9 +284,7 @@ fn tls_call_records_carry_the_stack_at_the_call() {
     let certs = Certs::localhost();
     let srv = OpensslServer::start(&ns, &certs);
     let curl = Curl::new(&dir, &certs, &srv.url(), &[]);
-    let args = [
-        "--tls", "--stack", "--format", "json", "--events", "connect",
-    ];
+    let args = ["--tls", "--stack", "--format", "json", "--events", "sendto"];
     let run = trace(&dir, &with_cmd(&args, &curl.argv(&ns)), None);
     assert!(run.status.success(), "{}", run.describe());
     let tls: Vec<&Value> = run
@@ -321,5 +321,20 @@ fn tls_call_records_carry_the_stack_at_the_call() {
             "{frames:?}"
         );
     }
+    let sends = sends(&run);
+    assert!(sends.len() >= 2, "{}\n{}", run.describe(), run.stdout);
+    let mut in_ssl_write = 0;
+    for e in &sends {
+        let frames = frames_of(e);
+        let perform = position_of(&frames, &["curl_easy_perform", "curl_multi_perform"])
+            .unwrap_or_else(|| panic!("no curl_*_perform in {frames:?}"));
+        assert!(
+            frames[..perform].iter().all(|(m, _)| m != "?"),
+            "{frames:?}"
+        );
+        in_ssl_write += usize::from(position_of(&frames, &["SSL_write"]).is_some());
+    }
+    // The request's record went out inside SSL_write (the others in the handshake).
+    assert!(in_ssl_write >= 1, "{}", run.describe());
     assert_eq!(stack_summary(&run).1, 0, "{}", run.stderr);
 }

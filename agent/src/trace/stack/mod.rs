@@ -91,6 +91,9 @@ pub struct Stacks {
     /// Symbols by (module file identity, file offset of the looked-up address).
     symbols: HashMap<((u64, u64), u64), Resolved>,
     unresolved: u64,
+    /// Per thread: return addresses seen at function entries (`Sample::ret_at_sp`), by the
+    /// stack address that holds them (see [`Stacks::note_return`]).
+    returns: HashMap<u32, Vec<(u64, u64)>>,
 }
 
 impl Default for Stacks {
@@ -115,6 +118,7 @@ impl Stacks {
                 .build(),
             symbols: HashMap::new(),
             unresolved: 0,
+            returns: HashMap::new(),
         }
     }
 
@@ -203,8 +207,10 @@ impl Stacks {
             unwinder: UnwinderX86_64::new(),
             perf_map: None,
         };
+        self.note_return(s);
+        let returns = self.returns.get(&s.tid).map_or(&[][..], Vec::as_slice);
         let process = self.processes.get(&s.pid).unwrap_or(&empty);
-        let addresses = walk(process, &mut self.cache, s);
+        let addresses = walk(process, &mut self.cache, s, returns);
         let mut frames = Vec::with_capacity(addresses.len());
         for a in addresses {
             let (address, lookup) = match a {
@@ -254,6 +260,35 @@ impl Stacks {
         frames
     }
 
+    /// Notes the return address of `s` when it was taken at a function's entry: per
+    /// thread, (stack address, return address) pairs, which [`walk`] reads instead of a
+    /// uretprobe's trampoline.
+    ///
+    /// `trace --tls` puts a uretprobe on the TLS functions: while one runs, the kernel has
+    /// replaced its return address on the stack with the address of its trampoline (the
+    /// `[uprobes]` page), where unwinding would end. The stack taken at that function's
+    /// entry (`--tls --stack`) has the original at its sp; the stacks of the syscalls made
+    /// inside the call (taken later) read it back from there.
+    fn note_return(&mut self, s: &Sample) {
+        /// Entries kept per thread, and threads kept.
+        const PER_THREAD: usize = 16;
+        const THREADS: usize = 4096;
+        if s.ret_at_sp
+            && let Some(word) = s.stack.get(..8)
+        {
+            let ra = u64::from_le_bytes(word.try_into().unwrap_or_default());
+            if self.returns.len() >= THREADS && !self.returns.contains_key(&s.tid) {
+                self.returns.clear();
+            }
+            let v = self.returns.entry(s.tid).or_default();
+            v.retain(|&(at, _)| at != s.sp);
+            if v.len() >= PER_THREAD {
+                v.remove(0);
+            }
+            v.push((s.sp, ra));
+        }
+    }
+
     /// Frames without a function so far.
     pub fn unresolved(&self) -> u64 {
         self.unresolved
@@ -261,12 +296,26 @@ impl Stacks {
 }
 
 /// The frame addresses of sample `s` (innermost first, at most [`MAX_FRAMES`]): framehop,
-/// reading 8-byte words of the stack only from the sample's bytes.
-fn walk(process: &Process, cache: &mut CacheX86_64, s: &Sample) -> Vec<FrameAddress> {
+/// reading 8-byte words of the stack only from the sample's bytes; a word at a stack address
+/// of `returns` that is in no mapped file (a uretprobe's trampoline) reads as the original
+/// return address noted there (see [`Stacks::note_return`]).
+fn walk(
+    process: &Process,
+    cache: &mut CacheX86_64,
+    s: &Sample,
+    returns: &[(u64, u64)],
+) -> Vec<FrameAddress> {
     let mut read_stack = |addr: u64| -> Result<u64, ()> {
         let at = usize::try_from(addr.checked_sub(s.sp).ok_or(())?).map_err(|_| ())?;
         let word = s.stack.get(at..at.checked_add(8).ok_or(())?).ok_or(())?;
-        Ok(u64::from_le_bytes(word.try_into().map_err(|_| ())?))
+        let word = u64::from_le_bytes(word.try_into().map_err(|_| ())?);
+        if let Some(&(_, orig)) = returns.iter().find(|&&(slot, _)| slot == addr)
+            && orig != word
+            && mapping_of(&process.maps, word).is_none()
+        {
+            return Ok(orig);
+        }
+        Ok(word)
     };
     let mut out = vec![FrameAddress::InstructionPointer(s.ip)];
     // The frame after the first, and the registers there.
