@@ -338,3 +338,153 @@ fn tls_call_records_carry_the_stack_at_the_call() {
     assert!(in_ssl_write >= 1, "{}", run.describe());
     assert_eq!(stack_summary(&run).1, 0, "{}", run.stderr);
 }
+
+/// A frame as both unwinders name it: the module's file name and the address's offset in
+/// its page (ASLR moves mappings by whole pages: two runs of a program agree on it), of
+/// the instruction pointer for the innermost frame and of the call (return address - 1)
+/// for the others.
+type Site = (String, u64);
+
+/// capagent's frames of event `e` as [`Site`]s.
+fn sites_of(e: &Value) -> Vec<Site> {
+    e["stack"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no stack: {e}"))
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let module = f["module"].as_str().unwrap_or("?");
+            let addr = f["addr"].as_str().unwrap();
+            let addr = u64::from_str_radix(addr.trim_start_matches("0x"), 16).unwrap();
+            let name = module.rsplit('/').next().unwrap_or(module).to_string();
+            (name, (addr - u64::from(i > 0)) & 0xfff)
+        })
+        .collect()
+}
+
+/// The samples of `perf script -F comm,event,trace,ip,sym,symoff,dso --no-inline` of
+/// program `comm`: (event name, its arguments, [(site, symbol)]).
+fn perf_samples(script: &str, comm: &str) -> Vec<(String, String, Vec<(Site, String)>)> {
+    let mut out = Vec::new();
+    for block in script.split("\n\n") {
+        let mut lines = block.lines().filter(|l| !l.trim().is_empty());
+        let Some(head) = lines.next() else { continue };
+        let mut words = head.split_whitespace();
+        if words.next() != Some(comm) {
+            continue;
+        }
+        let event = words.next().unwrap_or_default().trim_end_matches(':');
+        let args = words.collect::<Vec<_>>().join(" ");
+        let frames = lines
+            .map(|l| {
+                // `ADDR SYM+OFF (DSO)`, ADDR relative to the DSO.
+                let l = l.trim();
+                let (addr, rest) = l.split_once(' ').unwrap();
+                let (sym, dso) = rest.rsplit_once(" (").unwrap();
+                let dso = dso.trim_end_matches(')');
+                let dso = dso.rsplit('/').next().unwrap_or(dso).to_string();
+                let addr = u64::from_str_radix(addr, 16).unwrap();
+                let sym = sym.rsplit_once('+').map_or(sym, |(s, _)| s).to_string();
+                ((dso, addr & 0xfff), sym)
+            })
+            .collect();
+        out.push((event.to_string(), args, frames));
+    }
+    out
+}
+
+/// curl's `connect` and `sendto` stacks (Debian's curl and libcurl: no frame pointers)
+/// name `curl_easy_perform` and `curl_multi_perform` over libcurl's connect and send paths,
+/// frame for frame as `perf record --call-graph dwarf` unwinds the same calls of the same
+/// program (perf's frames: the same modules at the same offsets within their pages).
+#[test]
+fn curl_connect_and_send_stacks_match_perf() {
+    let ns = Netns::new("stkperf");
+    let dir = TempDir::new("stkperf");
+    let _srv = python_http_server(&ns, &dir.join("."), "127.0.0.1", 8080);
+    let url = "http://127.0.0.1:8080/";
+    let curl = ["curl", "-sS", "-o", "/dev/null", url];
+    let args = ["--format", "json", "--stack", "--events", "connect,sendto"];
+    let run = trace(&dir, &with_cmd(&args, &ns.argv(&curl)), None);
+    assert!(run.status.success(), "{}", run.describe());
+    let connect = run
+        .events
+        .iter()
+        .find(|e| e.syscall() == "connect" && e["remote"] == "127.0.0.1:8080")
+        .unwrap_or_else(|| panic!("no connect\n{}", run.stdout));
+    let send = run
+        .events
+        .iter()
+        .find(|e| e.syscall() == "sendto" && e["remote"] == "127.0.0.1:8080")
+        .unwrap_or_else(|| panic!("no sendto\n{}", run.stdout));
+    assert!(send.payload().starts_with(b"GET / HTTP/1.1\r\n"));
+
+    // perf, on the same command.
+    let data = dir.join("perf.data").to_string_lossy().into_owned();
+    let mut perf = vec![
+        "perf",
+        "record",
+        "-q",
+        "-o",
+        &data,
+        "-e",
+        "syscalls:sys_enter_connect",
+        "-e",
+        "syscalls:sys_enter_sendto",
+        "--call-graph",
+        "dwarf",
+        "--",
+    ];
+    perf.extend(curl);
+    let st = ns.cmd(perf[0]).args(&perf[1..]).status().expect("perf");
+    assert!(st.success(), "perf record failed");
+    let out = Command::new("perf")
+        .args(["script", "-i", &data, "--no-inline"])
+        .args(["-F", "comm,event,trace,ip,sym,symoff,dso"])
+        .output()
+        .expect("perf script");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let script = String::from_utf8_lossy(&out.stdout);
+    let samples = perf_samples(&script, "curl");
+    // The connect to the server (an IPv4 address: 16 bytes), and the request's send.
+    let perf_connect = samples
+        .iter()
+        .find(|(ev, args, _)| {
+            ev.ends_with("sys_enter_connect") && args.contains("addrlen: 0x00000010")
+        })
+        .unwrap_or_else(|| panic!("no connect in perf's\n{script}"));
+    let perf_send = samples
+        .iter()
+        .find(|(ev, _, _)| ev.ends_with("sys_enter_sendto"))
+        .unwrap_or_else(|| panic!("no sendto in perf's\n{script}"));
+
+    for (ours, (_, _, theirs)) in [(connect, perf_connect), (send, perf_send)] {
+        let funcs = frames_of(ours);
+        let perform = position_of(&funcs, &["curl_multi_perform"])
+            .unwrap_or_else(|| panic!("no curl_multi_perform in {funcs:?}"));
+        assert_eq!(funcs[perform + 1].1, "curl_easy_perform", "{funcs:?}");
+        // libcurl's own path to it, from the libc wrapper.
+        assert!(funcs[0].0.starts_with("libc.so"), "{funcs:?}");
+        assert!(perform >= 3, "{funcs:?}");
+        assert!(
+            funcs[1..perform]
+                .iter()
+                .all(|(m, _)| m.starts_with("libcurl")),
+            "{funcs:?}"
+        );
+        // Frame for frame what perf found.
+        let sites = sites_of(ours);
+        let perf_sites: Vec<Site> = theirs.iter().map(|(s, _)| s.clone()).collect();
+        assert_eq!(sites, perf_sites, "capagent {funcs:?}\nperf {theirs:?}");
+        // And perf names curl's entry points where capagent does.
+        for (i, (_, f)) in funcs.iter().enumerate() {
+            if f.starts_with("curl_") {
+                assert_eq!(&theirs[i].1, f, "{theirs:?}");
+            }
+        }
+    }
+}
