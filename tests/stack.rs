@@ -488,3 +488,98 @@ fn curl_connect_and_send_stacks_match_perf() {
         }
     }
 }
+
+/// Python: `send_hello` sends on a Unix socket pair with `socket.send`.
+const PY_SEND: &str = r#"
+import socket
+
+def send_hello(s):
+    return s.send(b"hello")
+
+a, b = socket.socketpair()
+assert send_hello(a) == 5
+assert b.recv(5) == b"hello"
+"#;
+
+/// The stack of the one `send` of `python ARGS... PY_SEND` (its frames' module file names
+/// and functions).
+fn python_send_stack(tag: &str, python: &str, args: &[&str]) -> Vec<(String, String)> {
+    let ns = Netns::new(tag);
+    let dir = TempDir::new(tag);
+    let script = dir.write("send.py", PY_SEND);
+    let mut cmd = vec![python];
+    cmd.extend(args);
+    cmd.push(&script);
+    let trace_args = ["--format", "json", "--stack", "--events", "send"];
+    let run = trace(&dir, &with_cmd(&trace_args, &ns.argv(&cmd)), None);
+    assert!(run.status.success(), "{}", run.describe());
+    let s = sends(&run);
+    assert_eq!(s.len(), 1, "{}", run.describe());
+    assert_eq!(s[0].payload(), b"hello");
+    frames_of(s[0])
+}
+
+/// Debian's python3 (stripped; `_socket` built into the executable): the exported
+/// functions of the interpreter on the way from `main` to libc's `send`.
+#[test]
+fn debian_python_send_stack() {
+    let frames = python_send_stack("stkpy", "/usr/bin/python3", &[]);
+    assert!(frames[0].0.starts_with("libc.so"), "{frames:?}");
+    let main = position_of(&frames, &["Py_BytesMain"])
+        .unwrap_or_else(|| panic!("no Py_BytesMain in {frames:?}"));
+    // Every frame in between is the interpreter's (the executable, or a libpython).
+    for (m, _) in &frames[1..=main] {
+        assert!(
+            m.starts_with("python3") || m.starts_with("libpython3"),
+            "{frames:?}"
+        );
+    }
+    let at = |f: &str| position_of(&frames, &[f]).unwrap_or_else(|| panic!("no {f} in {frames:?}"));
+    let eval = at("_PyEval_EvalFrameDefault");
+    assert!(at("PyObject_Vectorcall") < eval, "{frames:?}");
+    assert!(eval < at("PyEval_EvalCode"), "{frames:?}");
+    assert!(at("PyEval_EvalCode") < at("Py_RunMain"), "{frames:?}");
+}
+
+/// A Python 3.12+ of pyenv's, if there is one.
+fn python312() -> Option<String> {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let mut found: Vec<(u32, String)> = std::fs::read_dir(format!("{home}/.pyenv/versions"))
+        .ok()?
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            let minor: u32 = name.strip_prefix("3.")?.split('.').next()?.parse().ok()?;
+            let bin = format!("{home}/.pyenv/versions/{name}/bin/python3");
+            (minor >= 12 && std::path::Path::new(&bin).exists()).then_some((minor, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, bin)| bin)
+}
+
+/// Python 3.12+ with `-X perf`: `_socket`'s `sock_send`, libpython's evaluation loop, and
+/// the script's own function named from the interpreter's perf map (`py::send_hello`,
+/// written at the function's first call: the map is read again for it).
+#[test]
+fn python_x_perf_names_the_script_function() {
+    let Some(python) = python312() else {
+        eprintln!("skipped: no Python 3.12+ under ~/.pyenv/versions");
+        return;
+    };
+    let frames = python_send_stack("stkpyx", &python, &["-X", "perf"]);
+    assert!(frames[0].0.starts_with("libc.so"), "{frames:?}");
+    let sock_send = position_of(&frames, &["sock_send"])
+        .unwrap_or_else(|| panic!("no sock_send in {frames:?}"));
+    assert!(frames[sock_send].0.starts_with("_socket."), "{frames:?}");
+    let eval = position_of(&frames, &["_PyEval_EvalFrameDefault"])
+        .unwrap_or_else(|| panic!("no _PyEval_EvalFrameDefault in {frames:?}"));
+    assert!(
+        sock_send < eval && frames[eval].0.starts_with("libpython3"),
+        "{frames:?}"
+    );
+    let py = frames
+        .iter()
+        .position(|(m, f)| m == "?" && f.starts_with("py::send_hello:") && f.contains("send.py"))
+        .unwrap_or_else(|| panic!("no py::send_hello in {frames:?}"));
+    assert!(eval < py, "{frames:?}");
+}

@@ -68,6 +68,31 @@ struct Process {
     maps: Vec<Mapped>,
     unwinder: UnwinderX86_64<Slice>,
     perf_map: Option<PerfMap>,
+    /// The size of the perf map file when it was read (0: none).
+    perf_map_len: u64,
+}
+
+impl Process {
+    /// The perf map's name for `addr` (in no mapped file).
+    fn jit_symbol(&self, addr: u64) -> Option<(Arc<str>, u64)> {
+        self.perf_map.as_ref().and_then(|p| p.lookup(addr))
+    }
+
+    /// Reads the perf map of `pid` again when its file has grown since (a JIT appends
+    /// each function it compiles; Python's `-X perf` writes a function's entry at its first
+    /// call, after the process was noted). The file stays after the process exits.
+    fn reload_perf_map(&mut self, pid: u32) {
+        // (A map removed since keeps what was read.)
+        let Ok(meta) = std::fs::metadata(perfmap::path(pid)) else {
+            return;
+        };
+        if meta.len() != self.perf_map_len
+            && let Some(map) = PerfMap::load(pid)
+        {
+            self.perf_map = Some(map);
+            self.perf_map_len = meta.len();
+        }
+    }
 }
 
 /// A symbol found for an address: function (demangled), the address minus its start, and
@@ -155,15 +180,14 @@ impl Stacks {
                 unwinder.add_module(fm);
             }
         }
-        let perf_map = PerfMap::load(pid);
-        self.processes.insert(
-            pid,
-            Process {
-                maps,
-                unwinder,
-                perf_map,
-            },
-        );
+        let mut process = Process {
+            maps,
+            unwinder,
+            perf_map: None,
+            perf_map_len: 0,
+        };
+        process.reload_perf_map(pid);
+        self.processes.insert(pid, process);
     }
 
     /// The parsed module of mapping `m` of `pid`, opening it (as the process sees it) the
@@ -206,11 +230,22 @@ impl Stacks {
             maps: Vec::new(),
             unwinder: UnwinderX86_64::new(),
             perf_map: None,
+            perf_map_len: 0,
         };
         self.note_return(s);
         let returns = self.returns.get(&s.tid).map_or(&[][..], Vec::as_slice);
         let process = self.processes.get(&s.pid).unwrap_or(&empty);
         let addresses = walk(process, &mut self.cache, s, returns);
+        let unnamed_jit = |p: &Process, a: &FrameAddress| {
+            let lookup = a.address_for_lookup();
+            mapping_of(&p.maps, lookup).is_none() && p.jit_symbol(lookup).is_none()
+        };
+        if addresses.iter().any(|a| unnamed_jit(process, a))
+            && let Some(p) = self.processes.get_mut(&s.pid)
+        {
+            p.reload_perf_map(s.pid);
+        }
+        let process = self.processes.get(&s.pid).unwrap_or(&empty);
         let mut frames = Vec::with_capacity(addresses.len());
         for a in addresses {
             let (address, lookup) = match a {
@@ -237,9 +272,7 @@ impl Stacks {
                     )
                 }
                 None => process
-                    .perf_map
-                    .as_ref()
-                    .and_then(|p| p.lookup(lookup))
+                    .jit_symbol(lookup)
                     .map(|(name, start)| Resolved {
                         function: Some(name),
                         offset: lookup - start,
