@@ -91,11 +91,7 @@ fn no_fp_build_send_stack_names_its_callers() {
 
 /// The 1-based line of [`HELLO_C`] containing `what`.
 fn line_of(what: &str) -> u64 {
-    HELLO_C
-        .lines()
-        .position(|l| l.contains(what))
-        .expect("in HELLO_C") as u64
-        + 1
+    line_of_in(HELLO_C, what)
 }
 
 fn send_stack_names_its_callers(name: &str, flags: &[&str]) {
@@ -582,4 +578,79 @@ fn python_x_perf_names_the_script_function() {
         .position(|(m, f)| m == "?" && f.starts_with("py::send_hello:") && f.contains("send.py"))
         .unwrap_or_else(|| panic!("no py::send_hello in {frames:?}"));
     assert!(eval < py, "{frames:?}");
+}
+
+/// main → send_ping() → sendto() of a UDP datagram "ping N" to 127.0.0.1:9, twice.
+const UDP_C: &str = r#"
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+
+__attribute__((noinline)) int send_ping(int fd, struct sockaddr_in *to, int n) {
+    char m[16];
+    int len = snprintf(m, sizeof m, "ping %d", n);
+    int r = sendto(fd, m, len, 0, (struct sockaddr *)to, sizeof *to);
+    __asm__ volatile("" ::: "memory");
+    return r;
+}
+
+int main(void) {
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(9)};
+    inet_pton(AF_INET, "127.0.0.1", &to.sin_addr);
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    for (int n = 1; n <= 2; n++)
+        if (send_ping(fd, &to, n) != 6) return 1;
+    return 0;
+}
+"#;
+
+/// pcapng: a UDP datagram's packet comment carries the frames of its call (each sendto a
+/// call of its own), as TCP's first segment of a call does.
+#[test]
+fn udp_datagram_comment_carries_the_stack() {
+    let ns = Netns::new("stkudp");
+    let dir = TempDir::new("stkudp");
+    let src = dir.write("udp.c", UDP_C);
+    let prog = dir.join("udp").to_string_lossy().into_owned();
+    let st = Command::new("cc")
+        .args(["-g", "-O1", "-fomit-frame-pointer", "-o", &prog, &src])
+        .status()
+        .expect("cc");
+    assert!(st.success());
+    let pcap = dir.join("udp.pcapng").to_string_lossy().into_owned();
+    let args = ["--stack", "--events", "sendto", "-w", &pcap];
+    let run = trace(&dir, &with_cmd(&args, &ns.argv(&[&prog])), None);
+    assert!(run.status.success(), "{}", run.describe());
+    let out = tshark_r(
+        &pcap,
+        &["-T", "fields", "-e", "udp.payload", "-e", "frame.comment"],
+    );
+    let rows: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    let line = line_of_in(UDP_C, "int r = sendto(");
+    for (n, row) in rows.iter().enumerate() {
+        let (payload, comment) = row.split_once('\t').unwrap_or_else(|| panic!("{row}"));
+        assert_eq!(payload, hex(format!("ping {}", n + 1).as_bytes()), "{row}");
+        // tshark shows the comment's line breaks as `\n`.
+        let frames: Vec<&str> = comment.split("\\n").skip(1).map(str::trim).collect();
+        assert!(frames[0].starts_with("#0  libc.so.6!"), "{comment}");
+        let ping = frames
+            .iter()
+            .position(|f| f.contains("udp!send_ping+"))
+            .unwrap_or_else(|| panic!("no send_ping in {comment}"));
+        assert!(
+            frames[ping].ends_with(&format!("udp.c:{line}")),
+            "{comment}"
+        );
+        assert!(frames[ping + 1].contains("udp!main+"), "{comment}");
+    }
+}
+
+/// The 1-based line of `src` containing `what`.
+fn line_of_in(src: &str, what: &str) -> u64 {
+    src.lines()
+        .position(|l| l.contains(what))
+        .expect("in the source") as u64
+        + 1
 }
