@@ -56,8 +56,15 @@ fn build(dir: &TempDir, name: &str, flags: &[&str]) -> String {
     out
 }
 
-/// The `stack: N captured, M dropped ...` summary line's numbers.
+/// The `stack: N captured, M dropped ...` summary line's first two numbers.
 fn stack_summary(run: &TraceRun) -> (u64, u64) {
+    let (captured, dropped, _, _) = stack_counts(run);
+    (captured, dropped)
+}
+
+/// The summary line `capagent: stacks: N captured, M dropped (stack ring full), U unpaired,
+/// F frames unresolved`: (N, M, U, F).
+fn stack_counts(run: &TraceRun) -> (u64, u64, u64, u64) {
     let line = run
         .stderr
         .lines()
@@ -67,7 +74,8 @@ fn stack_summary(run: &TraceRun) -> (u64, u64) {
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|w| w.parse().ok())
         .collect();
-    (nums[0], nums[1])
+    assert_eq!(nums.len(), 4, "{line}");
+    (nums[0], nums[1], nums[2], nums[3])
 }
 
 /// The send events of the program (sendto on the socket pair).
@@ -457,6 +465,26 @@ fn curl_connect_and_send_stacks_match_perf() {
         .iter()
         .find(|(ev, _, _)| ev.ends_with("sys_enter_sendto"))
         .unwrap_or_else(|| panic!("no sendto in perf's\n{script}"));
+
+    // The summary counts the stacks and the frames without a name (curl and libcurl are
+    // stripped: most of theirs).
+    let stacks: Vec<&Value> = run
+        .events
+        .iter()
+        .filter(|e| e.get("stack").is_some())
+        .collect();
+    let unnamed = stacks
+        .iter()
+        .flat_map(|e| e["stack"].as_array().unwrap())
+        .filter(|f| f["function"].is_null())
+        .count() as u64;
+    assert!(unnamed > 0);
+    assert_eq!(
+        stack_counts(&run),
+        (stacks.len() as u64, 0, 0, unnamed),
+        "{}",
+        run.stderr
+    );
 
     for (ours, (_, _, theirs)) in [(connect, perf_connect), (send, perf_send)] {
         let funcs = frames_of(ours);
