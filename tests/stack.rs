@@ -682,3 +682,57 @@ fn line_of_in(src: &str, what: &str) -> u64 {
         .expect("in the source") as u64
         + 1
 }
+
+/// `--tls --stack` on a Go client (crypto/tls; no `.eh_frame`: frame pointers): a
+/// `(*Conn).Write` record's stack is taken at the function's RET (on the thread that
+/// reports it) and returns through the word at sp to its caller, net/http's write loop; a
+/// `(*Conn).Read`'s to the read loop.
+#[test]
+fn go_tls_call_records_carry_the_callers_stack() {
+    let ns = Netns::new("stkgo");
+    let dir = TempDir::new("stkgo");
+    let certs = Certs::localhost();
+    let bin = go_tls_client(&dir, GoBuild::Normal);
+    let srv = HttpsServer::start(&ns, &dir, &certs);
+    let cmd = ns.argv(&[
+        &bin,
+        "-ca",
+        certs.ca_str(),
+        "-data",
+        "hello go",
+        &srv.url("/go"),
+    ]);
+    let args = [
+        "--tls", "--stack", "--format", "json", "--events", "connect",
+    ];
+    let run = trace(&dir, &with_cmd(&args, &cmd), None);
+    assert!(run.status.success(), "{}", run.describe());
+    let tls: Vec<&Value> = run
+        .events
+        .iter()
+        .filter(|e| e.ty() == "data" && e["tls"]["lib"] == "go")
+        .collect();
+    assert!(tls.iter().any(|e| e["dir"] == "send"), "{}", run.describe());
+    assert!(tls.iter().any(|e| e["dir"] == "recv"), "{}", run.describe());
+    for e in &tls {
+        let frames = frames_of(e);
+        let (func, caller) = if e["dir"] == "send" {
+            (
+                "crypto/tls.(*Conn).Write",
+                "net/http.(*persistConn).writeLoop",
+            )
+        } else {
+            (
+                "crypto/tls.(*Conn).Read",
+                "net/http.(*persistConn).readLoop",
+            )
+        };
+        assert_eq!(frames[0].1, func, "{frames:?}");
+        let at =
+            position_of(&frames, &[caller]).unwrap_or_else(|| panic!("no {caller} in {frames:?}"));
+        // Every frame up to there is the program's own, with a name.
+        for (m, f) in &frames[..=at] {
+            assert!(m == "tlsclient" && f != "?", "{frames:?}");
+        }
+    }
+}
