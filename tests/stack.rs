@@ -56,8 +56,15 @@ fn build(dir: &TempDir, name: &str, flags: &[&str]) -> String {
     out
 }
 
-/// The `stack: N captured, M dropped ...` summary line's numbers.
+/// The `stack: N captured, M dropped ...` summary line's first two numbers.
 fn stack_summary(run: &TraceRun) -> (u64, u64) {
+    let (captured, dropped, _, _) = stack_counts(run);
+    (captured, dropped)
+}
+
+/// The summary line `capagent: stacks: N captured, M dropped (stack ring full), U unpaired,
+/// F frames unresolved`: (N, M, U, F).
+fn stack_counts(run: &TraceRun) -> (u64, u64, u64, u64) {
     let line = run
         .stderr
         .lines()
@@ -67,7 +74,8 @@ fn stack_summary(run: &TraceRun) -> (u64, u64) {
         .split(|c: char| !c.is_ascii_digit())
         .filter_map(|w| w.parse().ok())
         .collect();
-    (nums[0], nums[1])
+    assert_eq!(nums.len(), 4, "{line}");
+    (nums[0], nums[1], nums[2], nums[3])
 }
 
 /// The send events of the program (sendto on the socket pair).
@@ -91,11 +99,7 @@ fn no_fp_build_send_stack_names_its_callers() {
 
 /// The 1-based line of [`HELLO_C`] containing `what`.
 fn line_of(what: &str) -> u64 {
-    HELLO_C
-        .lines()
-        .position(|l| l.contains(what))
-        .expect("in HELLO_C") as u64
-        + 1
+    line_of_in(HELLO_C, what)
 }
 
 fn send_stack_names_its_callers(name: &str, flags: &[&str]) {
@@ -250,4 +254,485 @@ fn every_send_of_a_busy_thread_has_its_stack() {
     let (_, lost, _) = run.summary();
     assert_eq!(lost, 0, "{}", run.stderr);
     assert_eq!(stack_summary(&run), (N as u64, 0), "{}", run.stderr);
+}
+
+/// (module file name, function) of each frame of event `e`'s stack (`?` when unknown).
+fn frames_of(e: &Value) -> Vec<(String, String)> {
+    e["stack"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no stack: {e}"))
+        .iter()
+        .map(|f| {
+            let module = f["module"].as_str().unwrap_or("?");
+            let name = module.rsplit('/').next().unwrap_or(module);
+            let func = f["function"].as_str().unwrap_or("?");
+            (name.to_string(), func.to_string())
+        })
+        .collect()
+}
+
+/// The index of the first frame of `frames` whose function is one of `names`.
+fn position_of(frames: &[(String, String)], names: &[&str]) -> Option<usize> {
+    frames.iter().position(|(_, f)| names.contains(&f.as_str()))
+}
+
+/// `--tls --stack`: each TLS call's record carries the stack at the call's entry. curl
+/// (Debian's: OpenSSL, no frame pointers anywhere) against `openssl s_server`: its
+/// `SSL_write` was called from libcurl, under `curl_easy_perform`/`curl_multi_perform`.
+/// The stacks of the `sendto`s made inside `SSL_write` go through it to curl too (the
+/// return address the uretprobe replaced is read from the call's entry stack).
+#[test]
+fn tls_call_records_carry_the_stack_at_the_call() {
+    let ns = Netns::new("stktls");
+    let dir = TempDir::new("stktls");
+    let certs = Certs::localhost();
+    let srv = OpensslServer::start(&ns, &certs);
+    let curl = Curl::new(&dir, &certs, &srv.url(), &[]);
+    let args = ["--tls", "--stack", "--format", "json", "--events", "sendto"];
+    let run = trace(&dir, &with_cmd(&args, &curl.argv(&ns)), None);
+    assert!(run.status.success(), "{}", run.describe());
+    let tls: Vec<&Value> = run
+        .events
+        .iter()
+        .filter(|e| e.ty() == "data" && e["tls"]["lib"] == "openssl")
+        .collect();
+    let writes: Vec<&&Value> = tls.iter().filter(|e| e["dir"] == "send").collect();
+    assert!(!writes.is_empty(), "{}", run.describe());
+    assert!(writes[0].payload().starts_with(b"GET / HTTP/1.1\r\n"));
+    for e in &tls {
+        let frames = frames_of(e);
+        let call = e.syscall();
+        // The hooked function (or the libssl function it wraps) is innermost; the call's
+        // own name is among the first frames, in libssl.
+        assert!(frames[0].0.starts_with("libssl"), "{call}: {frames:?}");
+        let at = position_of(
+            &frames,
+            &[call, "SSL_write", "SSL_write_ex", "SSL_read", "SSL_read_ex"],
+        )
+        .unwrap_or_else(|| panic!("{call} not in {frames:?}"));
+        assert!(at <= 1, "{call}: {frames:?}");
+        assert!(frames[at].0.starts_with("libssl"), "{frames:?}");
+        let perform = position_of(&frames, &["curl_easy_perform", "curl_multi_perform"])
+            .unwrap_or_else(|| panic!("no curl_*_perform in {frames:?}"));
+        // Called from libcurl: every frame between is libcurl's.
+        assert!(at + 1 < perform, "{frames:?}");
+        for (module, _) in &frames[at + 1..perform] {
+            assert!(module.starts_with("libcurl"), "{frames:?}");
+        }
+        // And below: curl's main.
+        assert!(
+            frames[perform..].iter().any(|(m, _)| m == "curl"),
+            "{frames:?}"
+        );
+    }
+    let sends = sends(&run);
+    assert!(sends.len() >= 2, "{}\n{}", run.describe(), run.stdout);
+    let mut in_ssl_write = 0;
+    for e in &sends {
+        let frames = frames_of(e);
+        let perform = position_of(&frames, &["curl_easy_perform", "curl_multi_perform"])
+            .unwrap_or_else(|| panic!("no curl_*_perform in {frames:?}"));
+        assert!(
+            frames[..perform].iter().all(|(m, _)| m != "?"),
+            "{frames:?}"
+        );
+        in_ssl_write += usize::from(position_of(&frames, &["SSL_write"]).is_some());
+    }
+    // The request's record went out inside SSL_write (the others in the handshake).
+    assert!(in_ssl_write >= 1, "{}", run.describe());
+    assert_eq!(stack_summary(&run).1, 0, "{}", run.stderr);
+}
+
+/// A frame as both unwinders name it: the module's file name and the address's offset in
+/// its page (ASLR moves mappings by whole pages: two runs of a program agree on it), of
+/// the instruction pointer for the innermost frame and of the call (return address - 1)
+/// for the others.
+type Site = (String, u64);
+
+/// capagent's frames of event `e` as [`Site`]s.
+fn sites_of(e: &Value) -> Vec<Site> {
+    e["stack"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no stack: {e}"))
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let module = f["module"].as_str().unwrap_or("?");
+            let addr = f["addr"].as_str().unwrap();
+            let addr = u64::from_str_radix(addr.trim_start_matches("0x"), 16).unwrap();
+            let name = module.rsplit('/').next().unwrap_or(module).to_string();
+            (name, (addr - u64::from(i > 0)) & 0xfff)
+        })
+        .collect()
+}
+
+/// The samples of `perf script -F comm,event,trace,ip,sym,symoff,dso --no-inline` of
+/// program `comm`: (event name, its arguments, [(site, symbol)]).
+fn perf_samples(script: &str, comm: &str) -> Vec<(String, String, Vec<(Site, String)>)> {
+    let mut out = Vec::new();
+    for block in script.split("\n\n") {
+        let mut lines = block.lines().filter(|l| !l.trim().is_empty());
+        let Some(head) = lines.next() else { continue };
+        let mut words = head.split_whitespace();
+        if words.next() != Some(comm) {
+            continue;
+        }
+        let event = words.next().unwrap_or_default().trim_end_matches(':');
+        let args = words.collect::<Vec<_>>().join(" ");
+        let frames = lines
+            .map(|l| {
+                // `ADDR SYM+OFF (DSO)`, ADDR relative to the DSO.
+                let l = l.trim();
+                let (addr, rest) = l.split_once(' ').unwrap();
+                let (sym, dso) = rest.rsplit_once(" (").unwrap();
+                let dso = dso.trim_end_matches(')');
+                let dso = dso.rsplit('/').next().unwrap_or(dso).to_string();
+                let addr = u64::from_str_radix(addr, 16).unwrap();
+                let sym = sym.rsplit_once('+').map_or(sym, |(s, _)| s).to_string();
+                ((dso, addr & 0xfff), sym)
+            })
+            .collect();
+        out.push((event.to_string(), args, frames));
+    }
+    out
+}
+
+/// curl's `connect` and `sendto` stacks (Debian's curl and libcurl: no frame pointers)
+/// name `curl_easy_perform` and `curl_multi_perform` over libcurl's connect and send paths,
+/// frame for frame as `perf record --call-graph dwarf` unwinds the same calls of the same
+/// program (perf's frames: the same modules at the same offsets within their pages).
+#[test]
+fn curl_connect_and_send_stacks_match_perf() {
+    let ns = Netns::new("stkperf");
+    let dir = TempDir::new("stkperf");
+    let _srv = python_http_server(&ns, &dir.join("."), "127.0.0.1", 8080);
+    let url = "http://127.0.0.1:8080/";
+    let curl = ["curl", "-sS", "-o", "/dev/null", url];
+    let args = ["--format", "json", "--stack", "--events", "connect,sendto"];
+    let run = trace(&dir, &with_cmd(&args, &ns.argv(&curl)), None);
+    assert!(run.status.success(), "{}", run.describe());
+    let connect = run
+        .events
+        .iter()
+        .find(|e| e.syscall() == "connect" && e["remote"] == "127.0.0.1:8080")
+        .unwrap_or_else(|| panic!("no connect\n{}", run.stdout));
+    let send = run
+        .events
+        .iter()
+        .find(|e| e.syscall() == "sendto" && e["remote"] == "127.0.0.1:8080")
+        .unwrap_or_else(|| panic!("no sendto\n{}", run.stdout));
+    assert!(send.payload().starts_with(b"GET / HTTP/1.1\r\n"));
+
+    // perf, on the same command.
+    let data = dir.join("perf.data").to_string_lossy().into_owned();
+    let mut perf = vec![
+        "perf",
+        "record",
+        "-q",
+        "-o",
+        &data,
+        "-e",
+        "syscalls:sys_enter_connect",
+        "-e",
+        "syscalls:sys_enter_sendto",
+        "--call-graph",
+        "dwarf",
+        "--",
+    ];
+    perf.extend(curl);
+    let st = ns.cmd(perf[0]).args(&perf[1..]).status().expect("perf");
+    assert!(st.success(), "perf record failed");
+    let out = Command::new("perf")
+        .args(["script", "-i", &data, "--no-inline"])
+        .args(["-F", "comm,event,trace,ip,sym,symoff,dso"])
+        .output()
+        .expect("perf script");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let script = String::from_utf8_lossy(&out.stdout);
+    let samples = perf_samples(&script, "curl");
+    // The connect to the server (an IPv4 address: 16 bytes), and the request's send.
+    let perf_connect = samples
+        .iter()
+        .find(|(ev, args, _)| {
+            ev.ends_with("sys_enter_connect") && args.contains("addrlen: 0x00000010")
+        })
+        .unwrap_or_else(|| panic!("no connect in perf's\n{script}"));
+    let perf_send = samples
+        .iter()
+        .find(|(ev, _, _)| ev.ends_with("sys_enter_sendto"))
+        .unwrap_or_else(|| panic!("no sendto in perf's\n{script}"));
+
+    // The summary counts the stacks and the frames without a name (curl and libcurl are
+    // stripped: most of theirs).
+    let stacks: Vec<&Value> = run
+        .events
+        .iter()
+        .filter(|e| e.get("stack").is_some())
+        .collect();
+    let unnamed = stacks
+        .iter()
+        .flat_map(|e| e["stack"].as_array().unwrap())
+        .filter(|f| f["function"].is_null())
+        .count() as u64;
+    assert!(unnamed > 0);
+    assert_eq!(
+        stack_counts(&run),
+        (stacks.len() as u64, 0, 0, unnamed),
+        "{}",
+        run.stderr
+    );
+
+    for (ours, (_, _, theirs)) in [(connect, perf_connect), (send, perf_send)] {
+        let funcs = frames_of(ours);
+        let perform = position_of(&funcs, &["curl_multi_perform"])
+            .unwrap_or_else(|| panic!("no curl_multi_perform in {funcs:?}"));
+        assert_eq!(funcs[perform + 1].1, "curl_easy_perform", "{funcs:?}");
+        // libcurl's own path to it, from the libc wrapper.
+        assert!(funcs[0].0.starts_with("libc.so"), "{funcs:?}");
+        assert!(perform >= 3, "{funcs:?}");
+        assert!(
+            funcs[1..perform]
+                .iter()
+                .all(|(m, _)| m.starts_with("libcurl")),
+            "{funcs:?}"
+        );
+        // Frame for frame what perf found.
+        let sites = sites_of(ours);
+        let perf_sites: Vec<Site> = theirs.iter().map(|(s, _)| s.clone()).collect();
+        assert_eq!(sites, perf_sites, "capagent {funcs:?}\nperf {theirs:?}");
+        // And perf names curl's entry points where capagent does.
+        for (i, (_, f)) in funcs.iter().enumerate() {
+            if f.starts_with("curl_") {
+                assert_eq!(&theirs[i].1, f, "{theirs:?}");
+            }
+        }
+    }
+}
+
+/// Python: `send_hello` sends on a Unix socket pair with `socket.send`.
+const PY_SEND: &str = r#"
+import socket
+
+def send_hello(s):
+    return s.send(b"hello")
+
+a, b = socket.socketpair()
+assert send_hello(a) == 5
+assert b.recv(5) == b"hello"
+"#;
+
+/// The stack of the one `send` of `python ARGS... PY_SEND` (its frames' module file names
+/// and functions).
+fn python_send_stack(tag: &str, python: &str, args: &[&str]) -> Vec<(String, String)> {
+    let ns = Netns::new(tag);
+    let dir = TempDir::new(tag);
+    let script = dir.write("send.py", PY_SEND);
+    let mut cmd = vec![python];
+    cmd.extend(args);
+    cmd.push(&script);
+    let trace_args = ["--format", "json", "--stack", "--events", "send"];
+    let run = trace(&dir, &with_cmd(&trace_args, &ns.argv(&cmd)), None);
+    assert!(run.status.success(), "{}", run.describe());
+    let s = sends(&run);
+    assert_eq!(s.len(), 1, "{}", run.describe());
+    assert_eq!(s[0].payload(), b"hello");
+    frames_of(s[0])
+}
+
+/// Debian's python3 (stripped; `_socket` built into the executable): the exported
+/// functions of the interpreter on the way from `main` to libc's `send`.
+#[test]
+fn debian_python_send_stack() {
+    let frames = python_send_stack("stkpy", "/usr/bin/python3", &[]);
+    assert!(frames[0].0.starts_with("libc.so"), "{frames:?}");
+    let main = position_of(&frames, &["Py_BytesMain"])
+        .unwrap_or_else(|| panic!("no Py_BytesMain in {frames:?}"));
+    // Every frame in between is the interpreter's (the executable, or a libpython).
+    for (m, _) in &frames[1..=main] {
+        assert!(
+            m.starts_with("python3") || m.starts_with("libpython3"),
+            "{frames:?}"
+        );
+    }
+    let at = |f: &str| position_of(&frames, &[f]).unwrap_or_else(|| panic!("no {f} in {frames:?}"));
+    let eval = at("_PyEval_EvalFrameDefault");
+    assert!(at("PyObject_Vectorcall") < eval, "{frames:?}");
+    assert!(eval < at("PyEval_EvalCode"), "{frames:?}");
+    assert!(at("PyEval_EvalCode") < at("Py_RunMain"), "{frames:?}");
+}
+
+/// A Python 3.12+ of pyenv's, if there is one.
+fn python312() -> Option<String> {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let mut found: Vec<(u32, String)> = std::fs::read_dir(format!("{home}/.pyenv/versions"))
+        .ok()?
+        .filter_map(|e| {
+            let name = e.ok()?.file_name().into_string().ok()?;
+            let minor: u32 = name.strip_prefix("3.")?.split('.').next()?.parse().ok()?;
+            let bin = format!("{home}/.pyenv/versions/{name}/bin/python3");
+            (minor >= 12 && std::path::Path::new(&bin).exists()).then_some((minor, bin))
+        })
+        .collect();
+    found.sort();
+    found.pop().map(|(_, bin)| bin)
+}
+
+/// Python 3.12+ with `-X perf`: `_socket`'s `sock_send`, libpython's evaluation loop, and
+/// the script's own function named from the interpreter's perf map (`py::send_hello`,
+/// written at the function's first call: the map is read again for it).
+#[test]
+fn python_x_perf_names_the_script_function() {
+    let Some(python) = python312() else {
+        eprintln!("skipped: no Python 3.12+ under ~/.pyenv/versions");
+        return;
+    };
+    let frames = python_send_stack("stkpyx", &python, &["-X", "perf"]);
+    assert!(frames[0].0.starts_with("libc.so"), "{frames:?}");
+    let sock_send = position_of(&frames, &["sock_send"])
+        .unwrap_or_else(|| panic!("no sock_send in {frames:?}"));
+    assert!(frames[sock_send].0.starts_with("_socket."), "{frames:?}");
+    let eval = position_of(&frames, &["_PyEval_EvalFrameDefault"])
+        .unwrap_or_else(|| panic!("no _PyEval_EvalFrameDefault in {frames:?}"));
+    assert!(
+        sock_send < eval && frames[eval].0.starts_with("libpython3"),
+        "{frames:?}"
+    );
+    let py = frames
+        .iter()
+        .position(|(m, f)| m == "?" && f.starts_with("py::send_hello:") && f.contains("send.py"))
+        .unwrap_or_else(|| panic!("no py::send_hello in {frames:?}"));
+    assert!(eval < py, "{frames:?}");
+}
+
+/// main → send_ping() → sendto() of a UDP datagram "ping N" to 127.0.0.1:9, twice.
+const UDP_C: &str = r#"
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+
+__attribute__((noinline)) int send_ping(int fd, struct sockaddr_in *to, int n) {
+    char m[16];
+    int len = snprintf(m, sizeof m, "ping %d", n);
+    int r = sendto(fd, m, len, 0, (struct sockaddr *)to, sizeof *to);
+    __asm__ volatile("" ::: "memory");
+    return r;
+}
+
+int main(void) {
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons(9)};
+    inet_pton(AF_INET, "127.0.0.1", &to.sin_addr);
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    for (int n = 1; n <= 2; n++)
+        if (send_ping(fd, &to, n) != 6) return 1;
+    return 0;
+}
+"#;
+
+/// pcapng: a UDP datagram's packet comment carries the frames of its call (each sendto a
+/// call of its own), as TCP's first segment of a call does.
+#[test]
+fn udp_datagram_comment_carries_the_stack() {
+    let ns = Netns::new("stkudp");
+    let dir = TempDir::new("stkudp");
+    let src = dir.write("udp.c", UDP_C);
+    let prog = dir.join("udp").to_string_lossy().into_owned();
+    let st = Command::new("cc")
+        .args(["-g", "-O1", "-fomit-frame-pointer", "-o", &prog, &src])
+        .status()
+        .expect("cc");
+    assert!(st.success());
+    let pcap = dir.join("udp.pcapng").to_string_lossy().into_owned();
+    let args = ["--stack", "--events", "sendto", "-w", &pcap];
+    let run = trace(&dir, &with_cmd(&args, &ns.argv(&[&prog])), None);
+    assert!(run.status.success(), "{}", run.describe());
+    let out = tshark_r(
+        &pcap,
+        &["-T", "fields", "-e", "udp.payload", "-e", "frame.comment"],
+    );
+    let rows: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    let line = line_of_in(UDP_C, "int r = sendto(");
+    for (n, row) in rows.iter().enumerate() {
+        let (payload, comment) = row.split_once('\t').unwrap_or_else(|| panic!("{row}"));
+        assert_eq!(payload, hex(format!("ping {}", n + 1).as_bytes()), "{row}");
+        // tshark shows the comment's line breaks as `\n`.
+        let frames: Vec<&str> = comment.split("\\n").skip(1).map(str::trim).collect();
+        assert!(frames[0].starts_with("#0  libc.so.6!"), "{comment}");
+        let ping = frames
+            .iter()
+            .position(|f| f.contains("udp!send_ping+"))
+            .unwrap_or_else(|| panic!("no send_ping in {comment}"));
+        assert!(
+            frames[ping].ends_with(&format!("udp.c:{line}")),
+            "{comment}"
+        );
+        assert!(frames[ping + 1].contains("udp!main+"), "{comment}");
+    }
+}
+
+/// The 1-based line of `src` containing `what`.
+fn line_of_in(src: &str, what: &str) -> u64 {
+    src.lines()
+        .position(|l| l.contains(what))
+        .expect("in the source") as u64
+        + 1
+}
+
+/// `--tls --stack` on a Go client (crypto/tls; no `.eh_frame`: frame pointers): a
+/// `(*Conn).Write` record's stack is taken at the function's RET (on the thread that
+/// reports it) and returns through the word at sp to its caller, net/http's write loop; a
+/// `(*Conn).Read`'s to the read loop.
+#[test]
+fn go_tls_call_records_carry_the_callers_stack() {
+    let ns = Netns::new("stkgo");
+    let dir = TempDir::new("stkgo");
+    let certs = Certs::localhost();
+    let bin = go_tls_client(&dir, GoBuild::Normal);
+    let srv = HttpsServer::start(&ns, &dir, &certs);
+    let cmd = ns.argv(&[
+        &bin,
+        "-ca",
+        certs.ca_str(),
+        "-data",
+        "hello go",
+        &srv.url("/go"),
+    ]);
+    let args = [
+        "--tls", "--stack", "--format", "json", "--events", "connect",
+    ];
+    let run = trace(&dir, &with_cmd(&args, &cmd), None);
+    assert!(run.status.success(), "{}", run.describe());
+    let tls: Vec<&Value> = run
+        .events
+        .iter()
+        .filter(|e| e.ty() == "data" && e["tls"]["lib"] == "go")
+        .collect();
+    assert!(tls.iter().any(|e| e["dir"] == "send"), "{}", run.describe());
+    assert!(tls.iter().any(|e| e["dir"] == "recv"), "{}", run.describe());
+    for e in &tls {
+        let frames = frames_of(e);
+        let (func, caller) = if e["dir"] == "send" {
+            (
+                "crypto/tls.(*Conn).Write",
+                "net/http.(*persistConn).writeLoop",
+            )
+        } else {
+            (
+                "crypto/tls.(*Conn).Read",
+                "net/http.(*persistConn).readLoop",
+            )
+        };
+        assert_eq!(frames[0].1, func, "{frames:?}");
+        let at =
+            position_of(&frames, &[caller]).unwrap_or_else(|| panic!("no {caller} in {frames:?}"));
+        // Every frame up to there is the program's own, with a name.
+        for (m, f) in &frames[..=at] {
+            assert!(m == "tlsclient" && f != "?", "{frames:?}");
+        }
+    }
 }

@@ -430,6 +430,11 @@ pub mod stack_flags {
     pub const TRUNCATED: u32 = 1;
     /// Nothing could be read at `sp`.
     pub const READ_FAILED: u32 = 2;
+    /// Taken at a function's first instruction or at a RET (`trace --tls --stack`: the
+    /// uprobes of the TLS functions): the return address is the word at `sp`, whatever
+    /// unwind information says of `ip` (a module without CFI, such as a Go executable, would
+    /// otherwise be walked by frame pointer from the caller's `bp`, skipping the caller).
+    pub const RET_AT_SP: u32 = 4;
 }
 
 /// Most stack bytes a [`StackEvent`] carries (`Config::stack_size` is capped to it).

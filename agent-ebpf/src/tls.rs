@@ -32,7 +32,7 @@ use aya_ebpf::{
 
 use crate::{
     helpers::{get_or_insert, uread},
-    trace::{bump, emit_tls, is_traced, resolve_fd},
+    trace::{bump, emit_tls, is_traced, pause_if_stacks_filling, resolve_fd, tls_stack},
 };
 
 /// The TLS call each thread of a traced process is in (key: pid_tgid; freed at thread
@@ -69,6 +69,9 @@ struct TlsCall {
     func: u32,
     /// Calls in progress (the outermost and those nested in it); 0: none.
     depth: u32,
+    /// `--stack`: the stack taken at the outermost call's entry (0: none).
+    stack_id: u32,
+    _pad: u32,
     /// Room for the socket's endpoints at exit (kept off the stack).
     sock: SockInfo,
 }
@@ -129,7 +132,9 @@ pub fn tls_enter(ctx: ProbeContext) -> u32 {
     // SAFETY: the helper only reads the attachment's cookie from the context.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
     // SAFETY: the context of a uprobe is the task's `struct pt_regs`.
-    let (mut sp, ip) = unsafe { ((*ctx.regs).rsp, (*ctx.regs).rip) };
+    let (mut sp, ip, bp) = unsafe { ((*ctx.regs).rsp, (*ctx.regs).rip, (*ctx.regs).rbp) };
+    // The registers as they are at this function's first instruction (for its stack).
+    let entry_sp = sp;
     // (`as u16`: the `tls_fn` id, without the flags.)
     let mut func = cookie as u16;
     if cookie & tls_cookie::WRAPPED != 0 {
@@ -155,6 +160,8 @@ pub fn tls_enter(ctx: ProbeContext) -> u32 {
         sk: 0,
         func: 0,
         depth: 0,
+        stack_id: 0,
+        _pad: 0,
         sock: SockInfo::default(),
     };
     let Some(slot) = get_or_insert!(TLS_CALLS, &id, empty) else {
@@ -178,6 +185,8 @@ pub fn tls_enter(ctx: ProbeContext) -> u32 {
     c.sk = 0;
     c.func = func as u32;
     c.depth = 1;
+    // `--stack`: the stack at the call's entry (the return address at sp).
+    c.stack_id = tls_stack(ip, entry_sp, bp);
     0
 }
 
@@ -246,8 +255,12 @@ pub fn tls_exit(ctx: RetProbeContext) -> u32 {
         fd: c.fd,
         sk: c.sk,
         flags: if eof { flags::TLS_EOF } else { 0 },
+        stack_id: c.stack_id,
     };
     finish(id, &call, &mut c.sock);
+    if call.stack_id != 0 {
+        pause_if_stacks_filling();
+    }
     0
 }
 
@@ -281,6 +294,8 @@ pub(crate) struct Finished {
     pub sk: u64,
     /// Added to the records' flags (`flags::TLS_EOF`).
     pub flags: u16,
+    /// `--stack`: the call's stack (0: none).
+    pub stack_id: u32,
 }
 
 /// Emits the records of a finished call of the current process (`id`: pid_tgid): its
@@ -307,7 +322,17 @@ pub(crate) fn finish(id: u64, call: &Finished, sock: &mut SockInfo) {
         *sock = SockInfo::default();
     }
     emit_tls(
-        call.func, call.conn, call.ret, fd, sock, valid, call.buf, total, 0, call.flags,
+        call.func,
+        call.conn,
+        call.ret,
+        fd,
+        sock,
+        valid,
+        call.buf,
+        total,
+        0,
+        call.flags,
+        call.stack_id,
     );
 }
 

@@ -11,7 +11,8 @@
 //! - `go_tls_enter` (entry; bpf cookie = `tls_fn::GO_WRITE`/`GO_READ`): the receiver
 //!   (`*tls.Conn`, RAX) and the buffer (`b.ptr` RBX, `b.len` RCX) of the goroutine's call.
 //! - `go_tls_ret` (each RET; same cookie): the result `n` (RAX); `n` bytes of the buffer as
-//!   `TlsEvent` chunks, exactly like the C libraries' (`emit_tls`).
+//!   `TlsEvent` chunks, exactly like the C libraries' (`emit_tls`); with `--stack`, the
+//!   stack at that RET (the caller's: see there).
 //!
 //! The socket: the read/write syscalls the goroutine makes inside the call (`sys_enter`
 //! reads R14 of the syscall's registers: [`note_fd`]; the socket as that syscall saw it,
@@ -33,7 +34,7 @@ use aya_ebpf::{
 use crate::{
     helpers::kread,
     tls::{known_fd, remember},
-    trace::{emit_tls, is_traced, resolve_fd},
+    trace::{emit_tls, is_traced, pause_if_stacks_filling, resolve_fd, tls_stack},
 };
 
 /// The `(*Conn).Read`/`Write` call each goroutine of a traced process is in. LRU: a call
@@ -121,12 +122,15 @@ pub fn go_tls_enter(ctx: ProbeContext) -> u32 {
 pub fn go_tls_ret(ctx: ProbeContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
     // SAFETY: as in `go_tls_enter`.
-    let (g, n, func) = unsafe {
+    let (g, n, func, ip, sp, bp) = unsafe {
         let r = &*ctx.regs;
         (
             r.r14,
             r.rax as i64,
             bpf_get_attach_cookie(ctx.as_ptr()) as u32,
+            r.rip,
+            r.rsp,
+            r.rbp,
         )
     };
     let k = key(id, g);
@@ -162,6 +166,12 @@ pub fn go_tls_ret(ctx: ProbeContext) -> u32 {
         fd = -1;
         c.sock = SockInfo::default();
     }
+    // `--stack`: the stack at this RET, not at the entry. The goroutine may have moved to
+    // another thread since its entry (the record is paired with its stack by thread), and
+    // Go may have moved its stack (it then fixes the frame pointers): at a RET the frame is
+    // gone, the return address is at sp and bp is the caller's, so the stack is the
+    // caller's as it was at the call.
+    let stack_id = tls_stack(ip, sp, bp);
     // The time of the syscall inside the call, else of the call's entry.
     emit_tls(
         func as u16,
@@ -174,7 +184,11 @@ pub fn go_tls_ret(ctx: ProbeContext) -> u32 {
         total,
         c.ts_ns,
         0,
+        stack_id,
     );
+    if stack_id != 0 {
+        pause_if_stacks_filling();
+    }
     if func == tls_fn::GO_WRITE as u32 {
         pending_done(k);
     }
@@ -318,6 +332,7 @@ pub(crate) fn flush_pending(id: u64) {
                 c.len,
                 c.ts_ns,
                 flags::UNFINISHED,
+                0,
             );
         }
         let _ = GO_CALLS.remove(&k);

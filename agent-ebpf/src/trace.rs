@@ -428,6 +428,31 @@ fn moves_data(s: u16) -> bool {
     )
 }
 
+/// A thread's slot in `ARGS` before its first call.
+#[inline(always)]
+fn empty_args() -> Args {
+    Args {
+        sys: 0,
+        live: 0,
+        fd: 0,
+        a: [0; 5],
+        sock_valid: 0,
+        sock: SockInfo::default(),
+        stack_seq: 0,
+        stack_id: 0,
+    }
+}
+
+/// The thread's next stack id (never 0): `counter` is its `Args::stack_seq`.
+#[inline(always)]
+fn next_stack_id(counter: &mut u32) -> u32 {
+    *counter = counter.wrapping_add(1);
+    if *counter == 0 {
+        *counter = 1;
+    }
+    *counter
+}
+
 #[inline(always)]
 fn enter(regs: u64, s: u16, tls_only: bool) -> i32 {
     let id = bpf_get_current_pid_tgid();
@@ -439,17 +464,7 @@ fn enter(regs: u64, s: u16, tls_only: bool) -> i32 {
     let args = syscall_args(regs);
     // Each thread keeps its slot (freed at thread exit) and the arguments are written into
     // it in place.
-    let empty = Args {
-        sys: 0,
-        live: 0,
-        fd: 0,
-        a: [0; 5],
-        sock_valid: 0,
-        sock: SockInfo::default(),
-        stack_seq: 0,
-        stack_id: 0,
-    };
-    let Some(slot) = get_or_insert!(ARGS, &id, empty) else {
+    let Some(slot) = get_or_insert!(ARGS, &id, empty_args()) else {
         return 0;
     };
     let a = unsafe { &mut *slot };
@@ -478,12 +493,9 @@ fn enter(regs: u64, s: u16, tls_only: bool) -> i32 {
     }
     // (Checked in this order so that the verifier drops the path without --stack.)
     if cfg!(stack) != 0 && !tls_only && s != sys::MMAP_EXEC {
-        a.stack_seq = a.stack_seq.wrapping_add(1);
-        if a.stack_seq == 0 {
-            a.stack_seq = 1;
-        }
-        if emit_stack(regs, id, a.stack_seq) {
-            a.stack_id = a.stack_seq;
+        let sid = next_stack_id(&mut a.stack_seq);
+        if emit_stack(regs, sid) {
+            a.stack_id = sid;
         }
     }
     a.live = !tls_only as u32;
@@ -491,21 +503,55 @@ fn enter(regs: u64, s: u16, tls_only: bool) -> i32 {
 }
 
 /// `--stack`: the user registers (`regs`: the syscall's `struct pt_regs`) and the top of
-/// the user stack into `STACKS` as stack `stack_id` of thread `id`. False when it was
-/// dropped (the ring full: counted) or not made.
-#[inline(never)]
-fn emit_stack(regs: u64, id: u64, stack_id: u32) -> bool {
-    let cpu = unsafe { bpf_get_smp_processor_id() };
-    let Some(b) = STACK_BUF.get_ptr_mut(cpu) else {
-        return false;
-    };
+/// the user stack into `STACKS` as stack `stack_id` of the current thread. False when it
+/// was dropped (the ring full: counted) or not made.
+#[inline(always)]
+fn emit_stack(regs: u64, stack_id: u32) -> bool {
     let r = cfg!(stack_regs);
+    // SAFETY: `regs` is the kernel's `struct pt_regs` of the syscall; the helper checks
+    // the addresses.
     let (ip, sp, bp): (u64, u64, u64) = unsafe {
         (
             kread(regs + r[0] as u64),
             kread(regs + r[1] as u64),
             kread(regs + r[2] as u64),
         )
+    };
+    emit_stack_at(ip, sp, bp, stack_id, 0)
+}
+
+/// `--stack --tls`: the stack of the current thread at a TLS function's first instruction
+/// or at one of its RET instructions (a uprobe's registers `ip`, `sp`, `bp`), as stack
+/// `StackEvent` flagged `stack_flags::RET_AT_SP`. Returns its stack id (from the thread's
+/// counter shared with its syscalls' stacks), 0 when no stack was taken (no `--stack`, or
+/// the ring full: counted).
+#[inline(always)]
+pub(crate) fn tls_stack(ip: u64, sp: u64, bp: u64) -> u32 {
+    if cfg!(stack) == 0 {
+        return 0;
+    }
+    let id = bpf_get_current_pid_tgid();
+    let Some(slot) = get_or_insert!(ARGS, &id, empty_args()) else {
+        return 0;
+    };
+    // SAFETY: this thread's slot (only this thread writes it); it is not in a syscall.
+    let a = unsafe { &mut *slot };
+    let sid = next_stack_id(&mut a.stack_seq);
+    if emit_stack_at(ip, sp, bp, sid, stack_flags::RET_AT_SP) {
+        sid
+    } else {
+        0
+    }
+}
+
+/// [`emit_stack`] from the registers, of the current thread: `extra_flags` added to the
+/// record's flags. (A function of its own, called with at most 5 arguments.)
+#[inline(never)]
+fn emit_stack_at(ip: u64, sp: u64, bp: u64, stack_id: u32, extra_flags: u32) -> bool {
+    let id = bpf_get_current_pid_tgid();
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(b) = STACK_BUF.get_ptr_mut(cpu) else {
+        return false;
     };
     let want = cfg!(stack_size) as u64;
     let mut len: u64 = 0;
@@ -553,7 +599,7 @@ fn emit_stack(regs: u64, id: u64, stack_id: u32) -> bool {
             pid: (id >> 32) as u32,
             tid: id as u32,
             stack_id,
-            flags: fl,
+            flags: fl | extra_flags,
             ts_ns: bpf_ktime_get_boot_ns(),
             ip,
             sp,
@@ -586,7 +632,7 @@ fn emit_stack(regs: u64, id: u64, stack_id: u32) -> bool {
 /// a small call, so this ring fills first). Called at the exit of a call with a stack: a
 /// stop sent at its enter would interrupt a blocking call.
 #[inline(always)]
-fn pause_if_stacks_filling() {
+pub(crate) fn pause_if_stacks_filling() {
     if cfg!(pause) == 0 {
         return;
     }
@@ -924,7 +970,8 @@ fn emit_payload(
 /// Emits the plaintext of one TLS library call as TLS records: `total` bytes at `buf` in
 /// the process, moved by TLS function `func` (a `tls_fn` id) on connection object `conn`;
 /// `ret` is what the header reports, `fd`/`sock` the socket (`valid` false: unknown);
-/// `ts_ns` the record's time when not now (0: now); `extra_flags` added to every record's
+/// `ts_ns` the record's time when not now (0: now); `stack_id` the call's stack (`--stack`,
+/// 0: none); `extra_flags` added to every record's
 /// flags (`flags::TLS_EOF`, `flags::UNFINISHED`).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -939,6 +986,7 @@ pub(crate) fn emit_tls(
     total: u64,
     ts_ns: u64,
     extra_flags: u16,
+    stack_id: u32,
 ) {
     let Some(s) = SCRATCH.get_ptr_mut(0) else {
         return;
@@ -946,6 +994,7 @@ pub(crate) fn emit_tls(
     unsafe {
         let ev = &mut (*s).head.tls.ev;
         fill_header(&mut ev.hdr, kind::TLS, func, fd, ret, sock, valid);
+        ev.hdr.stack_id = stack_id;
         if ts_ns != 0 {
             ev.hdr.ts_ns = ts_ns;
         }

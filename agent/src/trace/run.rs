@@ -534,6 +534,7 @@ impl Tracer<'_> {
         let hdr = match rec {
             decode::Record::Sock(ev) => &ev.hdr,
             decode::Record::Data { ev, .. } => &ev.hdr,
+            decode::Record::Tls { ev, .. } => &ev.hdr,
             decode::Record::Proc(p) if p.hdr.syscall == sys::EXEC => {
                 pairing.unwinder.note_process(p.hdr.pid);
                 return;

@@ -98,6 +98,7 @@ impl Pairing {
             sp: raw.sp,
             bp: raw.bp,
             stack,
+            ret_at_sp: raw.flags & stack_flags::RET_AT_SP != 0,
         });
         self.counts.unresolved += frames.iter().filter(|f| f.function.is_none()).count() as u64;
         let unwound = Unwound {

@@ -922,6 +922,11 @@ fn datagram(
             total
         );
     }
+    // `trace --stack`: the call's frames in its first datagram's comment (a sendmmsg's or
+    // recvmmsg's first message).
+    if matches!(ev.detail, Detail::Data { msg_index: 0, .. }) {
+        comment = with_stack(&comment, ev);
+    }
     let mut packet = udp_packet(src, dst, data);
     let orig_len = cut(&mut packet, real - data.len());
     out.push(Packet {

@@ -895,3 +895,48 @@ fn tls_secrets_before_the_packets() {
     }
     assert_eq!(kinds[..3], ["idb", "dsb", "epb"], "{kinds:?}");
 }
+
+/// `trace --stack`: the frames of a call go in the comment of its first packet only (TCP:
+/// its first segment; UDP: its datagram, a sendmmsg's first message).
+#[test]
+fn stack_in_the_first_packet_comment_of_a_call() {
+    let frame = |addr: u64, function: &str| crate::model::Frame {
+        addr,
+        module: Some("/usr/lib/libc.so.6".into()),
+        function: Some(function.into()),
+        offset: 0x19,
+        file: None,
+        line: None,
+    };
+    let stack = Some(vec![
+        frame(0x7f00_0000_1000, "send"),
+        frame(0x5555_0000_2000, "main"),
+    ]);
+    let lines = "\n    #0  libc.so.6!send+0x19 (/usr/lib/libc.so.6) 0x7f0000001000\
+                 \n    #1  libc.so.6!main+0x19 (/usr/lib/libc.so.6) 0x555500002000";
+
+    // TCP: a call larger than one segment.
+    let mut s = Synth::new();
+    s.packets(&connect(Transport::Tcp));
+    let big = vec![b'x'; SEGMENT_MAX + 10];
+    let mut e = data(Transport::Tcp, Direction::Send, &big, big.len() as u64);
+    e.stack = stack.clone();
+    let out = s.packets(&e);
+    let with: Vec<&Packet> = out.iter().filter(|p| p.comment.contains("#0 ")).collect();
+    assert_eq!(with.len(), 1, "{out:?}");
+    assert!(with[0].comment.ends_with(lines), "{}", with[0].comment);
+    assert_eq!(parse_tcp(&with[0].data).payload.len(), SEGMENT_MAX);
+
+    // UDP: each datagram is a call of its own, or a message of one.
+    let mut s = Synth::new();
+    let mut e = data(Transport::Udp, Direction::Send, b"query", 5);
+    e.stack = stack.clone();
+    let out = s.packets(&e);
+    assert_eq!(out.len(), 1);
+    assert!(out[0].comment.ends_with(lines), "{}", out[0].comment);
+    if let Detail::Data { msg_index, .. } = &mut e.detail {
+        *msg_index = 1;
+    }
+    let out = s.packets(&e);
+    assert!(!out[0].comment.contains("#0 "), "{}", out[0].comment);
+}

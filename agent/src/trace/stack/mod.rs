@@ -45,6 +45,10 @@ pub struct Sample<'a> {
     pub bp: u64,
     /// The bytes at `sp..sp + stack.len()` in the thread's address space.
     pub stack: &'a [u8],
+    /// Taken at a function's first instruction or at a RET (a uprobe): the return address
+    /// is the word at `sp` and `bp` is the caller's, whatever unwind information covers
+    /// `ip` (or none: frame pointers alone would skip the caller).
+    pub ret_at_sp: bool,
 }
 
 /// One executable mapping of a process, with its file (opened when the process was noted).
@@ -64,6 +68,31 @@ struct Process {
     maps: Vec<Mapped>,
     unwinder: UnwinderX86_64<Slice>,
     perf_map: Option<PerfMap>,
+    /// The size of the perf map file when it was read (0: none).
+    perf_map_len: u64,
+}
+
+impl Process {
+    /// The perf map's name for `addr` (in no mapped file).
+    fn jit_symbol(&self, addr: u64) -> Option<(Arc<str>, u64)> {
+        self.perf_map.as_ref().and_then(|p| p.lookup(addr))
+    }
+
+    /// Reads the perf map of `pid` again when its file has grown since (a JIT appends
+    /// each function it compiles; Python's `-X perf` writes a function's entry at its first
+    /// call, after the process was noted). The file stays after the process exits.
+    fn reload_perf_map(&mut self, pid: u32) {
+        // (A map removed since keeps what was read.)
+        let Ok(meta) = std::fs::metadata(perfmap::path(pid)) else {
+            return;
+        };
+        if meta.len() != self.perf_map_len
+            && let Some(map) = PerfMap::load(pid)
+        {
+            self.perf_map = Some(map);
+            self.perf_map_len = meta.len();
+        }
+    }
 }
 
 /// A symbol found for an address: function (demangled), the address minus its start, and
@@ -87,6 +116,9 @@ pub struct Stacks {
     /// Symbols by (module file identity, file offset of the looked-up address).
     symbols: HashMap<((u64, u64), u64), Resolved>,
     unresolved: u64,
+    /// Per thread: return addresses seen at function entries (`Sample::ret_at_sp`), by the
+    /// stack address that holds them (see [`Stacks::note_return`]).
+    returns: HashMap<u32, Vec<(u64, u64)>>,
 }
 
 impl Default for Stacks {
@@ -111,6 +143,7 @@ impl Stacks {
                 .build(),
             symbols: HashMap::new(),
             unresolved: 0,
+            returns: HashMap::new(),
         }
     }
 
@@ -147,15 +180,14 @@ impl Stacks {
                 unwinder.add_module(fm);
             }
         }
-        let perf_map = PerfMap::load(pid);
-        self.processes.insert(
-            pid,
-            Process {
-                maps,
-                unwinder,
-                perf_map,
-            },
-        );
+        let mut process = Process {
+            maps,
+            unwinder,
+            perf_map: None,
+            perf_map_len: 0,
+        };
+        process.reload_perf_map(pid);
+        self.processes.insert(pid, process);
     }
 
     /// The parsed module of mapping `m` of `pid`, opening it (as the process sees it) the
@@ -198,9 +230,22 @@ impl Stacks {
             maps: Vec::new(),
             unwinder: UnwinderX86_64::new(),
             perf_map: None,
+            perf_map_len: 0,
         };
+        self.note_return(s);
+        let returns = self.returns.get(&s.tid).map_or(&[][..], Vec::as_slice);
         let process = self.processes.get(&s.pid).unwrap_or(&empty);
-        let addresses = walk(process, &mut self.cache, s);
+        let addresses = walk(process, &mut self.cache, s, returns);
+        let unnamed_jit = |p: &Process, a: &FrameAddress| {
+            let lookup = a.address_for_lookup();
+            mapping_of(&p.maps, lookup).is_none() && p.jit_symbol(lookup).is_none()
+        };
+        if addresses.iter().any(|a| unnamed_jit(process, a))
+            && let Some(p) = self.processes.get_mut(&s.pid)
+        {
+            p.reload_perf_map(s.pid);
+        }
+        let process = self.processes.get(&s.pid).unwrap_or(&empty);
         let mut frames = Vec::with_capacity(addresses.len());
         for a in addresses {
             let (address, lookup) = match a {
@@ -227,9 +272,7 @@ impl Stacks {
                     )
                 }
                 None => process
-                    .perf_map
-                    .as_ref()
-                    .and_then(|p| p.lookup(lookup))
+                    .jit_symbol(lookup)
                     .map(|(name, start)| Resolved {
                         function: Some(name),
                         offset: lookup - start,
@@ -250,6 +293,35 @@ impl Stacks {
         frames
     }
 
+    /// Notes the return address of `s` when it was taken at a function's entry: per
+    /// thread, (stack address, return address) pairs, which [`walk`] reads instead of a
+    /// uretprobe's trampoline.
+    ///
+    /// `trace --tls` puts a uretprobe on the TLS functions: while one runs, the kernel has
+    /// replaced its return address on the stack with the address of its trampoline (the
+    /// `[uprobes]` page), where unwinding would end. The stack taken at that function's
+    /// entry (`--tls --stack`) has the original at its sp; the stacks of the syscalls made
+    /// inside the call (taken later) read it back from there.
+    fn note_return(&mut self, s: &Sample) {
+        /// Entries kept per thread, and threads kept.
+        const PER_THREAD: usize = 16;
+        const THREADS: usize = 4096;
+        if s.ret_at_sp
+            && let Some(word) = s.stack.get(..8)
+        {
+            let ra = u64::from_le_bytes(word.try_into().unwrap_or_default());
+            if self.returns.len() >= THREADS && !self.returns.contains_key(&s.tid) {
+                self.returns.clear();
+            }
+            let v = self.returns.entry(s.tid).or_default();
+            v.retain(|&(at, _)| at != s.sp);
+            if v.len() >= PER_THREAD {
+                v.remove(0);
+            }
+            v.push((s.sp, ra));
+        }
+    }
+
     /// Frames without a function so far.
     pub fn unresolved(&self) -> u64 {
         self.unresolved
@@ -257,29 +329,73 @@ impl Stacks {
 }
 
 /// The frame addresses of sample `s` (innermost first, at most [`MAX_FRAMES`]): framehop,
-/// reading 8-byte words of the stack only from the sample's bytes.
-fn walk(process: &Process, cache: &mut CacheX86_64, s: &Sample) -> Vec<FrameAddress> {
+/// reading 8-byte words of the stack only from the sample's bytes; a word at a stack address
+/// of `returns` that is in no mapped file (a uretprobe's trampoline) reads as the original
+/// return address noted there (see [`Stacks::note_return`]).
+fn walk(
+    process: &Process,
+    cache: &mut CacheX86_64,
+    s: &Sample,
+    returns: &[(u64, u64)],
+) -> Vec<FrameAddress> {
     let mut read_stack = |addr: u64| -> Result<u64, ()> {
         let at = usize::try_from(addr.checked_sub(s.sp).ok_or(())?).map_err(|_| ())?;
         let word = s.stack.get(at..at.checked_add(8).ok_or(())?).ok_or(())?;
-        Ok(u64::from_le_bytes(word.try_into().map_err(|_| ())?))
+        let word = u64::from_le_bytes(word.try_into().map_err(|_| ())?);
+        if let Some(&(_, orig)) = returns.iter().find(|&&(slot, _)| slot == addr)
+            && orig != word
+            && mapping_of(&process.maps, word).is_none()
+        {
+            return Ok(orig);
+        }
+        Ok(word)
     };
-    let regs = UnwindRegsX86_64::new(s.ip, s.sp, s.bp);
-    let mut frames = process
-        .unwinder
-        .iter_frames(s.ip, regs, cache, &mut read_stack);
-    let mut out = Vec::new();
+    let mut out = vec![FrameAddress::InstructionPointer(s.ip)];
+    // The frame after the first, and the registers there.
+    let (mut at, mut regs) = if s.ret_at_sp {
+        // The first instruction of a function or a RET: return to the word at sp.
+        let Some(ra) = read_stack(s.sp)
+            .ok()
+            .and_then(FrameAddress::from_return_address)
+        else {
+            return out;
+        };
+        (ra, UnwindRegsX86_64::new(ra.address(), s.sp + 8, s.bp))
+    } else {
+        let mut regs = UnwindRegsX86_64::new(s.ip, s.sp, s.bp);
+        let first = FrameAddress::InstructionPointer(s.ip);
+        match step(process, cache, first, &mut regs, &mut read_stack, s) {
+            Some(ra) => (ra, regs),
+            None => return out,
+        }
+    };
     while out.len() < MAX_FRAMES {
-        match frames.next() {
-            Ok(Some(f)) => out.push(f),
-            Ok(None) => break,
-            Err(e) => {
-                tracing::trace!(pid = s.pid, tid = s.tid, "stack: unwinding ends: {e}");
-                break;
-            }
+        out.push(at);
+        match step(process, cache, at, &mut regs, &mut read_stack, s) {
+            Some(ra) => at = ra,
+            None => break,
         }
     }
     out
+}
+
+/// One unwinding step from frame `at` (framehop): the caller's return address, `regs`
+/// moved to the caller; None at the end of the stack.
+fn step(
+    process: &Process,
+    cache: &mut CacheX86_64,
+    at: FrameAddress,
+    regs: &mut UnwindRegsX86_64,
+    read_stack: &mut impl FnMut(u64) -> Result<u64, ()>,
+    s: &Sample,
+) -> Option<FrameAddress> {
+    match process.unwinder.unwind_frame(at, regs, cache, read_stack) {
+        Ok(ra) => ra.and_then(FrameAddress::from_return_address),
+        Err(e) => {
+            tracing::trace!(pid = s.pid, tid = s.tid, "stack: unwinding ends: {e}");
+            None
+        }
+    }
 }
 
 /// The mapping of `maps` (sorted by start) that holds `addr`.

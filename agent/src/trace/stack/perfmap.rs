@@ -9,10 +9,15 @@ pub struct PerfMap {
     symbols: Vec<(u64, u64, Arc<str>)>,
 }
 
+/// `/tmp/perf-PID.map`.
+pub fn path(pid: u32) -> String {
+    format!("/tmp/perf-{pid}.map")
+}
+
 impl PerfMap {
     /// Reads `/tmp/perf-PID.map` when it exists.
     pub fn load(pid: u32) -> Option<PerfMap> {
-        let text = std::fs::read(format!("/tmp/perf-{pid}.map")).ok()?;
+        let text = std::fs::read(path(pid)).ok()?;
         Some(PerfMap::parse(&text))
     }
 

@@ -34,6 +34,7 @@ impl Captured {
             sp: self.sp,
             bp: self.bp,
             stack: &self.stack,
+            ret_at_sp: false,
         }
     }
 }
@@ -422,6 +423,7 @@ fn jit_frames_by_frame_pointer_and_perf_map() {
         sp,
         bp,
         stack: &stack,
+        ret_at_sp: false,
     };
     let frames = stacks.unwind(&s);
     let got: Vec<(u64, Option<&str>, u64)> = frames
@@ -444,6 +446,53 @@ fn jit_frames_by_frame_pointer_and_perf_map() {
     assert_eq!(stacks.unresolved(), 1);
 }
 
+/// A stack taken at a function's first instruction (a uprobe): the return address is at
+/// sp, the frame pointer still the caller's. Code without unwind information is then walked
+/// from the word at sp, not from bp (which would skip the caller).
+#[test]
+fn at_a_function_entry_the_return_address_is_at_sp() {
+    let pid = std::process::id();
+    let perf_map = PathBuf::from(format!("/tmp/perf-{pid}.map"));
+    std::fs::write(
+        &perf_map,
+        "1000 100 jit::f\n2000 100 jit::g\n3000 100 jit::h\n",
+    )
+    .unwrap();
+    let mut stacks = Stacks::new();
+    stacks.note_process(pid);
+    std::fs::remove_file(&perf_map).unwrap();
+    let sp = 0x7000_0000_0000;
+    // [sp]: the return address into g; g's frame (bp) returns into h.
+    let (bp, mut stack) = fp_stack(sp, &[0x3010]);
+    stack[0..8].copy_from_slice(&0x2010u64.to_le_bytes());
+    let sample = |ret_at_sp| Sample {
+        pid,
+        tid: pid,
+        ip: 0x1000,
+        sp,
+        bp,
+        stack: &stack,
+        ret_at_sp,
+    };
+    let names = |stacks: &mut Stacks, s: &Sample| -> Vec<Option<String>> {
+        stacks
+            .unwind(s)
+            .iter()
+            .map(|f| f.function.as_deref().map(str::to_string))
+            .collect()
+    };
+    let f = |n: &str| Some(n.to_string());
+    assert_eq!(
+        names(&mut stacks, &sample(true)),
+        [f("jit::f"), f("jit::g"), f("jit::h")]
+    );
+    // Read as if in the middle of f, the frame pointer skips g.
+    assert_eq!(
+        names(&mut stacks, &sample(false)),
+        [f("jit::f"), f("jit::h")]
+    );
+}
+
 /// At most MAX_FRAMES frames, and garbage (a frame-pointer loop, random bytes) ends the
 /// stack without error.
 #[test]
@@ -461,6 +510,7 @@ fn bounded_and_stops_on_garbage() {
         sp,
         bp,
         stack: &stack,
+        ret_at_sp: false,
     };
     let frames = stacks.unwind(&s);
     assert_eq!(frames.len(), MAX_FRAMES);
@@ -495,6 +545,7 @@ fn bounded_and_stops_on_garbage() {
             sp,
             bp: sp + (next() % 4096),
             stack: &stack,
+            ret_at_sp: false,
         };
         assert!(stacks.unwind(&s).len() <= MAX_FRAMES);
     }
@@ -506,6 +557,7 @@ fn bounded_and_stops_on_garbage() {
         sp,
         bp: sp,
         stack: &[],
+        ret_at_sp: false,
     };
     assert_eq!(stacks.unwind(&s).len(), 1);
 }
