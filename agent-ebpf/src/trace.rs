@@ -438,18 +438,22 @@ fn enter(regs: u64, s: u16, tls_only: bool) -> i32 {
     let (nargs, sock_now) = if tls_only { (0, true) } else { shape(s) };
     let args = syscall_args(regs);
     // Each thread keeps its slot (freed at thread exit) and the arguments are written into
-    // it in place.
-    let empty = Args {
-        sys: 0,
-        live: 0,
-        fd: 0,
-        a: [0; 5],
-        sock_valid: 0,
-        sock: SockInfo::default(),
-        stack_seq: 0,
-        stack_id: 0,
-    };
-    let Some(slot) = get_or_insert!(ARGS, &id, empty) else {
+    // it in place. (The empty slot is built only when inserted: the struct is zeroed by a
+    // byte-wise `memset` call in BPF, a few hundred instructions per call otherwise.)
+    let Some(slot) = get_or_insert!(
+        ARGS,
+        &id,
+        Args {
+            sys: 0,
+            live: 0,
+            fd: 0,
+            a: [0; 5],
+            sock_valid: 0,
+            sock: SockInfo::default(),
+            stack_seq: 0,
+            stack_id: 0,
+        }
+    ) else {
         return 0;
     };
     let a = unsafe { &mut *slot };
@@ -472,7 +476,7 @@ fn enter(regs: u64, s: u16, tls_only: bool) -> i32 {
         }
         a.sock_valid = 1;
         if cfg!(tls) != 0 && moves_data(s) {
-            tls::note_fd(id, a.fd, a.sock.sk);
+            tls::note_fd(id, a.fd, &a.sock);
             tls_go::note_fd(id, regs, a.fd, &a.sock);
         }
     }
