@@ -12,10 +12,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
         bpf_ktime_get_boot_ns,
-        generated::{
-            bpf_get_smp_processor_id, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user,
-            bpf_send_signal,
-        },
+        generated::{bpf_get_smp_processor_id, bpf_loop, bpf_probe_read_user, bpf_send_signal},
     },
     macros::{map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -234,15 +231,11 @@ impl<const W: usize> Window<W> {
                 base = o;
             }
         }
-        let mut bytes = [0u8; W];
-        unsafe {
-            bpf_probe_read_kernel(
-                bytes.as_mut_ptr().cast(),
-                W as u32,
-                (addr + base as u64) as *const _,
-            )
-        };
-        Window { base, bytes }
+        Window {
+            base,
+            // (One read; not zeroed first, see `kread`.)
+            bytes: unsafe { kread::<[u8; W]>(addr + base as u64) },
+        }
     }
 
     /// The field at struct offset `off` (zero when outside the window).
