@@ -16,40 +16,54 @@ pub const CLONE_THREAD: u64 = 0x0001_0000;
 
 /// A `T` read from kernel address `addr` (zeroes if the read fails).
 ///
+/// The destination is not zeroed first: the helper fills all of it either way (the bytes
+/// read, or zeroes on failure), and the verifier accepts uninitialised stack for it. A
+/// zeroing would cost a byte-wise `memset` call for anything larger than a few words (BPF
+/// code does not inline it), on every read.
+///
 /// # Safety
 /// `addr` is a kernel address computed from offsets userspace resolved from BTF;
-/// `bpf_probe_read_kernel` checks it and fails instead of faulting.
+/// `bpf_probe_read_kernel` checks it and fails instead of faulting. `T` must be valid for
+/// any bytes (plain integers and arrays of them).
 #[inline(always)]
-pub unsafe fn kread<T: Copy + Default>(addr: u64) -> T {
-    let mut v = T::default();
-    // SAFETY: the helper writes at most `size_of::<T>()` bytes into `v`.
+pub unsafe fn kread<T: Copy>(addr: u64) -> T {
+    let mut v = core::mem::MaybeUninit::<T>::uninit();
+    // SAFETY: the helper writes exactly `size_of::<T>()` bytes into `v`, read or zero, so
+    // `v` is initialised after it.
     unsafe {
         bpf_probe_read_kernel(
-            (&mut v as *mut T).cast(),
+            v.as_mut_ptr().cast(),
             core::mem::size_of::<T>() as u32,
             addr as *const _,
-        )
-    };
-    v
+        );
+        v.assume_init()
+    }
 }
 
 /// A `T` read from the current process's memory at `addr`, or `None` if the read fails
-/// (page not resident, bad address).
+/// (page not resident, bad address). (Not zeroed first, as in [`kread`].)
 ///
 /// # Safety
-/// `bpf_probe_read_user` checks `addr` and fails instead of faulting.
+/// `bpf_probe_read_user` checks `addr` and fails instead of faulting. `T` must be valid for
+/// any bytes (plain integers and arrays of them).
 #[inline(always)]
-pub unsafe fn uread<T: Copy + Default>(addr: u64) -> Option<T> {
-    let mut v = T::default();
-    // SAFETY: the helper writes at most `size_of::<T>()` bytes into `v`.
+pub unsafe fn uread<T: Copy>(addr: u64) -> Option<T> {
+    let mut v = core::mem::MaybeUninit::<T>::uninit();
+    // SAFETY: the helper writes exactly `size_of::<T>()` bytes into `v` (read, or zeroes
+    // on failure).
     let r = unsafe {
         bpf_probe_read_user(
-            (&mut v as *mut T).cast(),
+            v.as_mut_ptr().cast(),
             core::mem::size_of::<T>() as u32,
             addr as *const _,
         )
     };
-    if r == 0 { Some(v) } else { None }
+    // SAFETY: see above.
+    if r == 0 {
+        Some(unsafe { v.assume_init() })
+    } else {
+        None
+    }
 }
 
 /// A load-time configuration global, read through an opaque pointer so the compiler cannot

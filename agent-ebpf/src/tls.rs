@@ -150,21 +150,25 @@ pub fn tls_enter(ctx: ProbeContext) -> u32 {
         // `call` (see `tls_cookie::WRAPPED`) is 8 bytes up (the return address).
         sp = sp.wrapping_add(8);
     }
-    let empty = TlsCall {
-        conn: 0,
-        buf: 0,
-        len: 0,
-        out: 0,
-        sp: 0,
-        fd: -1,
-        sk: 0,
-        func: 0,
-        depth: 0,
-        stack_id: 0,
-        _pad: 0,
-        sock: SockInfo::default(),
-    };
-    let Some(slot) = get_or_insert!(TLS_CALLS, &id, empty) else {
+    // (The empty slot is built only when inserted, see `trace::enter`.)
+    let Some(slot) = get_or_insert!(
+        TLS_CALLS,
+        &id,
+        TlsCall {
+            conn: 0,
+            buf: 0,
+            len: 0,
+            out: 0,
+            sp: 0,
+            fd: -1,
+            sk: 0,
+            func: 0,
+            depth: 0,
+            stack_id: 0,
+            _pad: 0,
+            sock: SockInfo::default(),
+        }
+    ) else {
         return 0;
     };
     // SAFETY: a map value of this thread's (only this thread writes it).
@@ -310,13 +314,18 @@ pub(crate) fn finish(id: u64, call: &Finished, sock: &mut SockInfo) {
         total = call.len;
     }
     let (mut fd, mut sk) = (call.fd, call.sk);
-    if fd < 0
-        && let Some(known) = unsafe { TLS_CONNS.get(&conn_key(id, call.conn)) }
-    {
-        fd = known.fd;
-        sk = known.sk;
+    // A socket a syscall inside the call used: `sock` holds its endpoints as that syscall
+    // resolved them (`note_fd`), the socket the call moved its bytes through.
+    let mut valid = fd >= 0 && sock.sk == sk;
+    if !valid {
+        if fd < 0
+            && let Some(known) = unsafe { TLS_CONNS.get(&conn_key(id, call.conn)) }
+        {
+            fd = known.fd;
+            sk = known.sk;
+        }
+        valid = fd >= 0 && resolve_fd(fd, sock, true) && sock.sk == sk;
     }
-    let valid = fd >= 0 && resolve_fd(fd, sock, true) && sock.sk == sk;
     if !valid {
         fd = -1;
         *sock = SockInfo::default();
@@ -337,9 +346,10 @@ pub(crate) fn finish(id: u64, call: &Finished, sock: &mut SockInfo) {
 }
 
 /// From `sys_enter`: the current thread makes a send/recv-type syscall on socket `fd`
-/// (`struct sock` `sk`); inside a TLS call, that is the call's socket.
+/// (resolved into `sock`); inside a TLS call, that is the call's socket, and its endpoints
+/// are kept for the call's records (`tls_exit` does not resolve the fd again).
 #[inline(always)]
-pub(crate) fn note_fd(id: u64, fd: i64, sk: u64) {
+pub(crate) fn note_fd(id: u64, fd: i64, sock: &SockInfo) {
     let Some(slot) = TLS_CALLS.get_ptr_mut(&id) else {
         return;
     };
@@ -349,8 +359,9 @@ pub(crate) fn note_fd(id: u64, fd: i64, sk: u64) {
         return;
     }
     c.fd = fd;
-    c.sk = sk;
-    remember(id, c.conn, fd, sk);
+    c.sk = sock.sk;
+    c.sock = *sock;
+    remember(id, c.conn, fd, sock.sk);
 }
 
 /// Notes that connection object `conn` of the current process uses socket `fd`.

@@ -12,10 +12,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_task,
         bpf_ktime_get_boot_ns,
-        generated::{
-            bpf_get_smp_processor_id, bpf_loop, bpf_probe_read_kernel, bpf_probe_read_user,
-            bpf_send_signal,
-        },
+        generated::{bpf_get_smp_processor_id, bpf_loop, bpf_probe_read_user, bpf_send_signal},
     },
     macros::{map, raw_tracepoint, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
@@ -234,15 +231,11 @@ impl<const W: usize> Window<W> {
                 base = o;
             }
         }
-        let mut bytes = [0u8; W];
-        unsafe {
-            bpf_probe_read_kernel(
-                bytes.as_mut_ptr().cast(),
-                W as u32,
-                (addr + base as u64) as *const _,
-            )
-        };
-        Window { base, bytes }
+        Window {
+            base,
+            // (One read; not zeroed first, see `kread`.)
+            bytes: unsafe { kread::<[u8; W]>(addr + base as u64) },
+        }
     }
 
     /// The field at struct offset `off` (zero when outside the window).
@@ -463,7 +456,8 @@ fn enter(regs: u64, s: u16, tls_only: bool) -> i32 {
     let (nargs, sock_now) = if tls_only { (0, true) } else { shape(s) };
     let args = syscall_args(regs);
     // Each thread keeps its slot (freed at thread exit) and the arguments are written into
-    // it in place.
+    // it in place. (The empty slot is built only when inserted: the struct is zeroed by a
+    // byte-wise `memset` call in BPF, a few hundred instructions per call otherwise.)
     let Some(slot) = get_or_insert!(ARGS, &id, empty_args()) else {
         return 0;
     };
@@ -487,7 +481,7 @@ fn enter(regs: u64, s: u16, tls_only: bool) -> i32 {
         }
         a.sock_valid = 1;
         if cfg!(tls) != 0 && moves_data(s) {
-            tls::note_fd(id, a.fd, a.sock.sk);
+            tls::note_fd(id, a.fd, &a.sock);
             tls_go::note_fd(id, regs, a.fd, &a.sock);
         }
     }
