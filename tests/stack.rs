@@ -97,6 +97,85 @@ fn no_fp_build_send_stack_names_its_callers() {
     send_stack_names_its_callers("hello_nofp", &["-g", "-O1", "-fomit-frame-pointer"]);
 }
 
+/// A separate debug file as Debian's `-dbg`/`-dbgsym` packages install one: the program is
+/// stripped of its debug sections, which go to `/usr/lib/debug/.build-id/XX/REST.debug`
+/// (its build-id), named by the program's `.gnu_debuglink`. file:line come from that file.
+#[test]
+fn separate_debug_file_under_usr_lib_debug_build_id() {
+    /// Removes the debug file (and its directory when empty) however the test ends.
+    struct Installed(std::path::PathBuf);
+    impl Drop for Installed {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+            if let Some(d) = self.0.parent() {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+    }
+    let ns = Netns::new("stkdbg");
+    let dir = TempDir::new("stkdbg");
+    let prog = build(&dir, "hello_dbg", &["-g", "-O1", "-fomit-frame-pointer"]);
+    let output = |cmd: &mut Command| {
+        let out = cmd.output().expect("binutils");
+        assert!(out.status.success(), "{cmd:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let notes = output(Command::new("readelf").args(["-n", &prog]));
+    let build_id = notes
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Build ID: "))
+        .expect("a build-id")
+        .to_string();
+    let debug_dir = std::path::Path::new("/usr/lib/debug/.build-id").join(&build_id[..2]);
+    std::fs::create_dir_all(&debug_dir).unwrap();
+    let name = format!("{}.debug", &build_id[2..]);
+    let installed = Installed(debug_dir.join(&name));
+    let run_tool = |cmd: &mut Command| {
+        let st = cmd.status().expect("binutils");
+        assert!(st.success(), "{cmd:?}");
+    };
+    run_tool(
+        Command::new("objcopy")
+            .args(["--only-keep-debug", &prog])
+            .arg(&installed.0),
+    );
+    run_tool(Command::new("strip").args(["--strip-debug", &prog]));
+    // (objcopy computes the link's CRC from the file, found relative to where it runs.)
+    run_tool(
+        Command::new("objcopy")
+            .current_dir(&debug_dir)
+            .arg(format!("--add-gnu-debuglink={name}"))
+            .arg(&prog),
+    );
+    let sections = output(Command::new("readelf").args(["-S", &prog]));
+    assert!(!sections.contains(".debug_info"), "{sections}");
+    let args = ["--format", "json", "--stack", "--events", "send"];
+    let run = trace(&dir, &with_cmd(&args, &ns.argv(&[&prog])), None);
+    assert!(run.status.success(), "{}", run.describe());
+    let s = sends(&run);
+    assert_eq!(s.len(), 1, "{}", run.describe());
+    let stack = s[0]["stack"].as_array().expect("a stack array");
+    let frame = |name: &str| {
+        stack
+            .iter()
+            .find(|f| f["function"] == name)
+            .unwrap_or_else(|| panic!("no {name} in {stack:?}"))
+    };
+    for (func, line) in [
+        ("send_hello", line_of("int r = send(")),
+        ("main", line_of("if (send_hello(")),
+    ] {
+        let f = frame(func);
+        assert_eq!(f["module"], prog.as_str(), "{f}");
+        assert!(
+            f["file"].as_str().unwrap_or_default().ends_with("hello.c"),
+            "{f}"
+        );
+        assert_eq!(f["line"], line, "{f}");
+    }
+    drop(installed);
+}
+
 /// The 1-based line of [`HELLO_C`] containing `what`.
 fn line_of(what: &str) -> u64 {
     line_of_in(HELLO_C, what)

@@ -9,8 +9,8 @@
 //!   pointer (rbp). At most [`MAX_FRAMES`] frames; a read outside the copied bytes or a
 //!   rule that makes no progress ends the stack.
 //! - symbolization: blazesym over the module's file (`.symtab`, `.dynsym`, DWARF file:line,
-//!   separate debug files found through `.gnu_debuglink` / the build-id under
-//!   `/usr/lib/debug`, Rust and C++ demangling); `/tmp/perf-PID.map` for frames in no file
+//!   separate debug files named by `.gnu_debuglink`, beside the file or under `/usr/lib/debug`
+//!   and its `.build-id/xx/` (Debian's layout), Rust and C++ demangling); `/tmp/perf-PID.map` for frames in no file
 //!   (`perfmap.rs`).
 //! - mappings: [`Stacks::note_process`] reads `/proc/PID/maps` (the parser of `trace::tls`,
 //!   fuzzed by `fuzz/fuzz_targets/tls_libs.rs`) and opens each executable file then, so a
