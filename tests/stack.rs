@@ -445,9 +445,12 @@ fn sites_of(e: &Value) -> Vec<Site> {
         .collect()
 }
 
+/// One sample of `perf script`: (event name, its arguments, [(site, symbol)]).
+type PerfSample = (String, String, Vec<(Site, String)>);
+
 /// The samples of `perf script -F comm,event,trace,ip,sym,symoff,dso --no-inline` of
-/// program `comm`: (event name, its arguments, [(site, symbol)]).
-fn perf_samples(script: &str, comm: &str) -> Vec<(String, String, Vec<(Site, String)>)> {
+/// program `comm`.
+fn perf_samples(script: &str, comm: &str) -> Vec<PerfSample> {
     let mut out = Vec::new();
     for block in script.split("\n\n") {
         let mut lines = block.lines().filter(|l| !l.trim().is_empty());
