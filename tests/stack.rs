@@ -176,6 +176,114 @@ fn separate_debug_file_under_usr_lib_debug_build_id() {
     drop(installed);
 }
 
+/// A program that sends `ping` on a socket pair for each line of its stdin, and `last` then
+/// exits for a line starting with `q`.
+const EXIT_C: &str = r#"
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+
+__attribute__((noinline)) int send_msg(int fd, const char *m) {
+    int r = send(fd, m, strlen(m), 0);
+    __asm__ volatile("" ::: "memory");
+    return r;
+}
+
+int main(void) {
+    int sv[2];
+    char line[16], buf[8];
+    if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv)) return 1;
+    while (fgets(line, sizeof line, stdin)) {
+        const char *m = line[0] == 'q' ? "last" : "ping";
+        if (send_msg(sv[0], m) != 4) return 2;
+        if (recv(sv[1], buf, 4, MSG_WAITALL) != 4) return 3;
+        if (line[0] == 'q') return 0;
+    }
+    return 4;
+}
+"#;
+
+/// A process that has exited before capagent reads its records is still symbolized: capagent
+/// (tracing it by `--pid`) is stopped while the program makes its last send and exits, and
+/// only then continued.
+#[test]
+fn a_process_gone_before_its_records_are_read_is_symbolized() {
+    use std::io::Write as _;
+    let dir = TempDir::new("stkexit");
+    let src = dir.write("exit.c", EXIT_C);
+    let prog = dir.join("stk_exit").to_string_lossy().into_owned();
+    let st = Command::new("cc")
+        .args(["-g", "-O1", "-fomit-frame-pointer", "-o", &prog, &src])
+        .status()
+        .expect("cc");
+    assert!(st.success());
+    let mut child = Command::new(&prog)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut stdin = child.stdin.take().unwrap();
+    let mut live = LiveTrace::spawn(
+        &dir,
+        &strings(&[
+            "--format",
+            "json",
+            "--stack",
+            "--events",
+            "send",
+            "--pid",
+            &pid.to_string(),
+        ]),
+    );
+    // Pings until capagent reports one: it has attached.
+    live.poke_until(
+        TIMEOUT,
+        || stdin.write_all(b"p\n").unwrap(),
+        |e| e.pid() == pid && e.syscall() == "sendto",
+    );
+    let signal = |sig: &str| {
+        let st = Command::new("kill")
+            .args([sig, &live.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "kill {sig}");
+    };
+    signal("-STOP");
+    stdin.write_all(b"q\n").unwrap();
+    drop(stdin);
+    let st = child.wait().unwrap();
+    signal("-CONT");
+    assert!(st.success(), "{st}");
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+        "the program is gone"
+    );
+    let run = live.stop();
+    let last = run
+        .events
+        .iter()
+        .find(|e| e.syscall() == "sendto" && e.payload() == b"last")
+        .unwrap_or_else(|| panic!("no send of `last`\n{}", run.describe()));
+    let stack = last["stack"].as_array().expect("a stack array");
+    let funcs: Vec<&str> = stack
+        .iter()
+        .map(|f| f["function"].as_str().unwrap_or("?"))
+        .collect();
+    let at = |name: &str| {
+        funcs
+            .iter()
+            .position(|f| *f == name)
+            .unwrap_or_else(|| panic!("no {name} in {funcs:?}"))
+    };
+    let (send_msg, main) = (at("send_msg"), at("main"));
+    assert!(send_msg < main, "{funcs:?}");
+    for i in [send_msg, main] {
+        assert_eq!(stack[i]["module"], prog.as_str(), "{}", stack[i]);
+        let file = stack[i]["file"].as_str().unwrap_or_default();
+        assert!(file.ends_with("exit.c"), "{}", stack[i]);
+    }
+}
+
 /// The 1-based line of [`HELLO_C`] containing `what`.
 fn line_of(what: &str) -> u64 {
     line_of_in(HELLO_C, what)
