@@ -287,3 +287,84 @@ fn udp_through_upstream_refused() {
         "{err}"
     );
 }
+
+/// `--mode redirect --local` on a gateway whose own curl is intercepted, every port: capagent's
+/// connection to the upstream (microsocks, beyond the same interface) carries its mark and
+/// is not caught again; the HTTP server sees the request come from microsocks' host, not
+/// from the gateway.
+#[test]
+fn gateway_local_through_microsocks() {
+    let gw = Netns::new("sxg");
+    let server = Netns::new("sxs");
+    let dir = TempDir::new("socksify-gateway");
+    let ok = |c: &mut Command| {
+        let out = c.output().unwrap();
+        assert!(out.status.success(), "{c:?}: {out:?}");
+    };
+    ok(Command::new("ip").args([
+        "link",
+        "add",
+        "g1",
+        "netns",
+        &gw.name,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "s0",
+        "netns",
+        &server.name,
+    ]));
+    for (ns, dev, addr) in [(&gw, "g1", "10.77.0.1/24"), (&server, "s0", "10.77.0.2/24")] {
+        ns.ip(&["addr", "add", addr, "dev", dev]).unwrap();
+        ns.ip(&["link", "set", dev, "up"]).unwrap();
+    }
+    std::fs::write(dir.join("index.html"), "through the gateway's upstream\n").unwrap();
+    let http = python_http_server(&server, &dir.join(""), "10.77.0.2", 8080);
+    let mut cmd = server.cmd("microsocks");
+    cmd.args(["-i", "10.77.0.2", "-p", "1080"]);
+    let micro = Proc::spawn("microsocks", cmd);
+    wait_listen(micro.pid(), 1080);
+    let jsonl = dir.join("gw.jsonl");
+    let mut c = gw.cmd(capagent());
+    c.args([
+        "intercept",
+        "--mode",
+        "redirect",
+        "--iface",
+        "g1",
+        "--local",
+    ])
+    .args(["--upstream-proxy", "socks5://10.77.0.2:1080"])
+    .args(["--format", "json", "-o"])
+    .arg(&jsonl);
+    let mut agent = Proc::spawn("capagent intercept", c);
+    agent.wait_stderr("capagent: intercepting", 1, TIMEOUT);
+    let mut c = gw.cmd("curl");
+    c.args(["-sS", "-m", "20", "http://10.77.0.2:8080/"]);
+    assert_eq!(
+        run_output("curl", c, TIMEOUT),
+        "through the gateway's upstream\n"
+    );
+    // microsocks connects from the server's own address; without it, the gateway's.
+    http.wait_stderr("10.77.0.2 - - ", 1, TIMEOUT);
+    agent.terminate(TIMEOUT);
+    let evs = records(&jsonl);
+    assert_eq!(of_type(&evs, "open").len(), 1, "{}", dump(&evs));
+    let open = one(&evs, "open of 10.77.0.2:8080", |e| {
+        e.ty() == "open" && e["target"] == "10.77.0.2:8080"
+    });
+    assert_eq!(
+        open["proxy"], "redirect via socks5://10.77.0.2:1080",
+        "{open}"
+    );
+    assert_eq!(open.ret(), 0, "{open}");
+    let sent = recorded(&evs, open.fd(), "send");
+    assert!(sent.starts_with(b"GET / HTTP/1.1\r\n"), "{sent:?}");
+    let got = recorded(&evs, open.fd(), "recv");
+    assert!(
+        got.ends_with(b"\r\n\r\nthrough the gateway's upstream\n"),
+        "{got:?}"
+    );
+    drop(micro);
+}
