@@ -368,3 +368,34 @@ fn gateway_local_through_microsocks() {
     );
     drop(micro);
 }
+
+/// `--as socks --upstream-proxy`: curl talks SOCKS5 to a proxy address nothing listens on;
+/// capagent's SOCKS server answers it and reaches the target through tinyproxy, which the
+/// HTTP server sees the request come from.
+#[test]
+fn as_socks_through_tinyproxy() {
+    let ns = Netns::new("sxa");
+    let dir = TempDir::new("socksify-as-socks");
+    std::fs::write(dir.join("index.html"), "socks answered here\n").unwrap();
+    let http = python_http_server(&ns, &dir.join(""), "127.0.0.1", 8094);
+    let (tiny, port) = tinyproxy(&ns, &dir, "u", "p4ss");
+    let jsonl = dir.join("as-socks.jsonl");
+    let mut c = ns.cmd(capagent());
+    c.args(["intercept", "--as", "socks", "--format", "json", "-o"])
+        .arg(&jsonl)
+        .args([
+            "--upstream-proxy",
+            &format!("http://u:p4ss@127.0.0.1:{port}"),
+        ])
+        .args(["--", "curl", "-sS", "-m", "20", "--socks5", "127.0.0.1:1"])
+        .arg("http://127.0.0.1:8094/");
+    let out = run_output("capagent intercept --as socks", c, TIMEOUT * 2);
+    assert_eq!(out, "socks answered here\n");
+    http.wait_stderr("127.0.0.10 - - ", 1, TIMEOUT);
+    let evs = records(&jsonl);
+    let open = open_of(&evs, "socks5 connect", "127.0.0.1:8094");
+    assert_eq!(open.ret(), 0, "{open}");
+    let got = recorded(&evs, open.fd(), "recv");
+    assert!(got.ends_with(b"\r\n\r\nsocks answered here\n"), "{got:?}");
+    drop(tiny);
+}
