@@ -26,6 +26,16 @@ impl Agent {
     pub fn start(args: &[String], listeners: usize) -> Agent {
         let mut cmd = Command::new(capagent());
         cmd.args(args);
+        Agent::spawn(cmd, listeners)
+    }
+
+    /// Starts `cmd` (a `capagent proxy ...`, maybe in a namespace) and waits until it
+    /// printed `listening on` `listeners` times.
+    pub fn spawn(cmd: Command, listeners: usize) -> Agent {
+        let args: Vec<_> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
         let proc = Proc::spawn("capagent", cmd);
         let addrs = wait_for(TIMEOUT, || {
             let addrs: Vec<SocketAddr> = proc

@@ -6,7 +6,10 @@ use std::{process::ExitStatus, time::Duration};
 use clap::{Args, ValueEnum};
 
 use super::{Handler, InterceptOptions, Mode, RelayOptions};
-use crate::{process::ChildStdout, proxy::command::RecordArgs};
+use crate::{
+    process::ChildStdout,
+    proxy::{command::RecordArgs, dial::Upstream},
+};
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InterceptMode {
@@ -63,6 +66,11 @@ pub struct InterceptArgs {
     /// What handles a connection: the raw relay, the HTTP-aware or the SOCKS-aware proxy.
     #[arg(long = "as", value_enum, default_value_t = InterceptAs::Raw, value_name = "KIND")]
     pub handler: InterceptAs,
+    /// Reach the original destinations through this proxy instead of directly (socksify):
+    /// SOCKS5 (`socks5://[USER:PASS@]HOST:PORT`) or an HTTP proxy's CONNECT
+    /// (`http://[USER:PASS@]HOST:PORT`). TCP only.
+    #[arg(long, value_name = "URL")]
+    pub upstream_proxy: Option<String>,
     #[command(flatten)]
     pub record: RecordArgs,
     #[command(flatten)]
@@ -85,6 +93,10 @@ impl InterceptArgs {
     /// daemon job of kind `intercept` uses them too).
     pub fn options(&self) -> anyhow::Result<(InterceptOptions, RelayOptions)> {
         let tls = self.tls.options()?;
+        let upstream = match &self.upstream_proxy {
+            Some(u) => Some(u.parse::<Upstream>()?),
+            None => None,
+        };
         if tls.is_some() && self.handler == InterceptAs::Http {
             // The HTTP handler would need the reverse proxy's TLS termination.
             self.tls.refuse("intercept --as http --tls")?;
@@ -129,7 +141,9 @@ impl InterceptArgs {
                 InterceptAs::Socks => Handler::Socks,
             },
             tls,
+            upstream,
         };
+        super::check(&opts, &relay)?;
         Ok((opts, relay))
     }
 }
@@ -170,6 +184,45 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "intercept --as http --tls: not implemented yet"
+        );
+    }
+
+    #[test]
+    fn upstream_proxy_flag() {
+        let (_, relay) = options(&[
+            "--upstream-proxy",
+            "socks5://u:p@127.0.0.1:1080",
+            "--",
+            "java",
+        ])
+        .unwrap();
+        let up = relay.upstream.expect("--upstream-proxy");
+        assert_eq!(up.url(), "socks5://127.0.0.1:1080");
+        assert_eq!(up.auth, Some(("u".into(), "p".into())));
+        let (_, relay) = options(&["--upstream-proxy", "http://[::1]:3128", "--pid", "7"]).unwrap();
+        assert_eq!(relay.upstream.unwrap().url(), "http://[::1]:3128");
+        let (_, relay) = options(&["--", "curl"]).unwrap();
+        assert!(relay.upstream.is_none());
+        let err = options(&["--upstream-proxy", "ftp://x:1", "--", "curl"]).unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("bad --upstream-proxy \"ftp://x:1\""),
+            "{err}"
+        );
+        // UDP datagrams would need UDP ASSOCIATE.
+        let err = options(&[
+            "--mode",
+            "tproxy",
+            "--iface",
+            "eth0",
+            "--udp",
+            "--upstream-proxy",
+            "socks5://127.0.0.1:1080",
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--udp through --upstream-proxy: not implemented yet"
         );
     }
 }

@@ -175,6 +175,9 @@ pub struct RelayOptions {
     /// `--tls`: intercept the TLS of connections (at their start or mid-stream, as
     /// `proxy forward --tls` does); None: relay it as opaque bytes.
     pub tls: Option<crate::mitm::options::TlsOptions>,
+    /// `--upstream-proxy`: reach the original destinations through this proxy (SOCKS5 or
+    /// HTTP CONNECT) instead of directly.
+    pub upstream: Option<crate::proxy::dial::Upstream>,
 }
 
 /// Runs the interception until SIGINT/SIGTERM/SIGHUP, `--duration`, or the end of `-- CMD`,
@@ -204,6 +207,9 @@ pub fn check(opts: &InterceptOptions, relay: &RelayOptions) -> anyhow::Result<()
         // output chain to skip: they would be intercepted again.
         anyhow::bail!("--as http and --as socks cannot be used with --local");
     }
+    if opts.udp && relay.upstream.is_some() {
+        anyhow::bail!("--udp through --upstream-proxy: not implemented yet");
+    }
     Ok(())
 }
 
@@ -231,7 +237,8 @@ pub fn run_until(
             idle: relay.idle,
             ..crate::proxy::Limits::default()
         };
-        let dialer = crate::proxy::Dialer::direct(limits.handshake);
+        let mut dialer = crate::proxy::Dialer::direct(limits.handshake);
+        dialer.upstream = relay.upstream.clone();
         let mut ctx = crate::proxy::Ctx::new(recorder.clone(), dialer, limits);
         ctx.tls = interceptor.clone();
         ctx
@@ -240,6 +247,10 @@ pub fn run_until(
         recorder: recorder.clone(),
         idle: relay.idle,
         tls: interceptor.is_some().then(ctx),
+        via: relay.upstream.clone().map(|up| crate::proxy::Dialer {
+            upstream: Some(up),
+            timeout: crate::proxy::Limits::default().handshake,
+        }),
     };
     let sink: Arc<dyn Sink> = match relay.handler {
         Handler::Raw => Arc::new(raw),

@@ -15,7 +15,8 @@ use tokio::net::{TcpSocket, TcpStream};
 use super::origdst;
 use crate::model::{Direction, Transport};
 use crate::proxy::http::reverse::{self, ReverseOptions};
-use crate::proxy::{Conn, Ctx, Recorder, Target, relay, socks, tls};
+use crate::proxy::target::FailKind;
+use crate::proxy::{Conn, Ctx, Dialer, Recorder, Target, relay, socks, tls};
 
 pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -87,11 +88,51 @@ pub async fn dial(to: SocketAddr, mark: u32) -> io::Result<TcpStream> {
 /// naming the client, the original destination and how it was intercepted, the bytes both
 /// ways, the close. With `--tls`, as `proxy forward --tls` ([`tls::open_and_relay`]): TLS
 /// is intercepted, the original destination the name asked for when there is no SNI.
+/// With `--upstream-proxy` (`via`), the original destination is reached through that
+/// proxy (SOCKS5 or HTTP CONNECT), which the `open` record names.
 pub struct Recording {
     pub recorder: Recorder,
     pub idle: Option<Duration>,
     /// `--tls`: the proxies' context holding the interceptor.
     pub tls: Option<Ctx>,
+    /// `--upstream-proxy`: the dialer reaching original destinations through it.
+    pub via: Option<Dialer>,
+}
+
+/// Why [`connect_orig`] failed.
+struct DialFailure {
+    /// As the log says it.
+    msg: String,
+    /// As the record's errno.
+    io: io::Error,
+    /// The upstream proxy failed or refused (unreachable, credentials, its rules): worth a
+    /// warning, unlike a destination refusing, which is the application's business.
+    upstream: bool,
+}
+
+/// Connects to `orig` from a socket carrying `mark`, directly or through the upstream proxy
+/// of `via` (the connection to the proxy carries the mark).
+async fn connect_orig(
+    via: Option<&Dialer>,
+    orig: SocketAddr,
+    mark: u32,
+) -> Result<TcpStream, DialFailure> {
+    match via {
+        None => dial(orig, mark).await.map_err(|e| DialFailure {
+            msg: e.to_string(),
+            io: e,
+            upstream: false,
+        }),
+        Some(d) => d
+            .connect_marked(&Target::ip(orig), mark)
+            .await
+            .map(|d| d.stream)
+            .map_err(|e| DialFailure {
+                msg: e.to_string(),
+                io: e.io(),
+                upstream: e.kind() == FailKind::Upstream,
+            }),
+    }
 }
 
 /// Process name of interception records.
@@ -112,13 +153,22 @@ impl Sink for Recording {
         let conn = self.recorder.conn(COMM, Transport::Tcp, a.peer);
         let idle = self.idle;
         let tls = self.tls.clone();
+        let via = self.via.clone();
         Box::pin(async move {
-            let what = label(a.how, a.pid);
+            let mut what = label(a.how, a.pid);
+            if let Some(up) = via.as_ref().and_then(|d| d.upstream.as_ref()) {
+                what.push_str(&format!(" via {}", up.url()));
+            }
             let target = a.orig.to_string();
-            let mut up = match dial(a.orig, a.mark).await {
+            let mut up = match connect_orig(via.as_ref(), a.orig, a.mark).await {
                 Ok(s) => s,
-                Err(e) => {
-                    tracing::info!("{what}: {} -> {}: {e}", a.peer, a.orig);
+                Err(f) => {
+                    if f.upstream {
+                        tracing::warn!("{what}: {} -> {}: {}", a.peer, a.orig, f.msg);
+                    } else {
+                        tracing::info!("{what}: {} -> {}: {}", a.peer, a.orig, f.msg);
+                    }
+                    let e = f.io;
                     conn.open(
                         what,
                         Some(a.listen),

@@ -11,7 +11,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use super::http::head;
 use super::socks::{Parse, v5};
@@ -78,7 +78,19 @@ impl FromStr for Upstream {
     }
 }
 
-/// Connects to targets, directly or through an upstream SOCKS5 proxy.
+impl Upstream {
+    /// The proxy as `socks5://HOST:PORT` or `http://HOST:PORT`, without credentials (for
+    /// records and logs).
+    pub fn url(&self) -> String {
+        let scheme = match self.kind {
+            UpstreamKind::Socks5 => "socks5",
+            UpstreamKind::HttpConnect => "http",
+        };
+        format!("{scheme}://{}", self.host)
+    }
+}
+
+/// Connects to targets, directly or through an upstream proxy (SOCKS5 or HTTP CONNECT).
 #[derive(Clone, Debug)]
 pub struct Dialer {
     pub upstream: Option<Upstream>,
@@ -96,11 +108,18 @@ impl Dialer {
 
     /// Connects to `target`.
     pub async fn connect(&self, target: &Target) -> Result<Dialed, DialError> {
+        self.connect_marked(target, 0).await
+    }
+
+    /// Connects to `target` from a socket carrying `mark` (`SO_MARK`; 0: none), so that
+    /// capagent's own interception rules, which skip that mark, never catch the connection
+    /// (to the target, or to the upstream proxy).
+    pub async fn connect_marked(&self, target: &Target, mark: u32) -> Result<Dialed, DialError> {
         let what = target.to_string();
         let fut = async {
             match &self.upstream {
-                None => connect_direct(target).await,
-                Some(up) => connect_via(up, target).await,
+                None => connect_direct(target, mark).await,
+                Some(up) => connect_via(up, target, mark).await,
             }
         };
         match tokio::time::timeout(self.timeout, fut).await {
@@ -110,11 +129,11 @@ impl Dialer {
     }
 }
 
-async fn connect_direct(target: &Target) -> Result<Dialed, DialError> {
+async fn connect_direct(target: &Target, mark: u32) -> Result<Dialed, DialError> {
     let addrs = resolve(target).await?;
     let mut last = None;
     for addr in addrs {
-        match TcpStream::connect(addr).await {
+        match connect_addr(addr, mark).await {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
                 return Ok(Dialed {
@@ -128,15 +147,30 @@ async fn connect_direct(target: &Target) -> Result<Dialed, DialError> {
     Err(last.expect("at least one address"))
 }
 
-/// Connects through the upstream proxy `up` (the name goes to the proxy as is).
-async fn connect_via(up: &Upstream, target: &Target) -> Result<Dialed, DialError> {
+/// Connects to `addr`, from a socket carrying `mark` when it is not 0.
+async fn connect_addr(addr: SocketAddr, mark: u32) -> io::Result<TcpStream> {
+    if mark == 0 {
+        return TcpStream::connect(addr).await;
+    }
+    let s = if addr.is_ipv6() {
+        TcpSocket::new_v6()?
+    } else {
+        TcpSocket::new_v4()?
+    };
+    socket2::SockRef::from(&s).set_mark(mark)?;
+    s.connect(addr).await
+}
+
+/// Connects through the upstream proxy `up` (the name goes to the proxy as is); the
+/// connection to the proxy carries `mark`.
+async fn connect_via(up: &Upstream, target: &Target, mark: u32) -> Result<Dialed, DialError> {
     let proxy = up.host.to_string();
     let fail = |what: String, kind| DialError::Upstream {
         proxy: proxy.clone(),
         what,
         kind,
     };
-    let Dialed { mut stream, .. } = connect_direct(&up.host).await.map_err(|e| {
+    let Dialed { mut stream, .. } = connect_direct(&up.host, mark).await.map_err(|e| {
         fail(
             format!("cannot reach it: {e}"),
             match e.kind() {
