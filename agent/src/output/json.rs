@@ -228,6 +228,7 @@ impl Encoder {
             Detail::Exec => b"exec",
             Detail::Exit => b"exit",
             Detail::Open { .. } => b"open",
+            Detail::Edit { .. } => b"edit",
             Detail::Lost { .. } => unreachable!("handled above"),
         };
         out.extend_from_slice(b"{\"type\":\"");
@@ -338,6 +339,34 @@ impl Encoder {
                 out.push(b'}');
             }
             Detail::Exec => out.push(b'}'),
+            Detail::Edit {
+                dir,
+                rule,
+                offset,
+                before,
+                after,
+            } => {
+                out.extend_from_slice(match dir {
+                    Direction::Send => b",\"dir\":\"send\",\"rule\":",
+                    Direction::Recv => b",\"dir\":\"recv\",\"rule\":",
+                });
+                push_json_str(out, rule);
+                out.extend_from_slice(b",\"offset\":");
+                push_u64(out, *offset);
+                // As payloads are written: escaped text and base64.
+                for (name, bytes) in [("before", before), ("after", after)] {
+                    out.extend_from_slice(b",\"");
+                    out.extend_from_slice(name.as_bytes());
+                    out.extend_from_slice(b"\":\"");
+                    escape_json_into(out, bytes);
+                    out.extend_from_slice(b"\",\"");
+                    out.extend_from_slice(name.as_bytes());
+                    out.extend_from_slice(b"_b64\":\"");
+                    push_base64(out, bytes);
+                    out.push(b'"');
+                }
+                out.push(b'}');
+            }
             Detail::Open {
                 proxy,
                 listen,
@@ -1054,7 +1083,9 @@ pub(crate) mod tests {
                     }
                 }
                 Detail::Lost { .. } => unreachable!(),
-                Detail::Open { .. } => unreachable!("the reference predates proxy records"),
+                Detail::Open { .. } | Detail::Edit { .. } => {
+                    unreachable!("the reference predates proxy records")
+                }
             }
             serde_json::to_string(&line).unwrap()
         }

@@ -153,7 +153,8 @@ pub async fn relay(
         let (cr, cw) = client.split();
         let (tr, tw) = target.split();
         let both = async {
-            if conn.recording() {
+            if conn.recording() || conn.rewrites() {
+                // (`--replace`: through user space, recorded or not.)
                 let up = copy_recorded(cr, tw, conn, Direction::Send, &act);
                 let down = copy_recorded(tr, cw, conn, Direction::Recv, &act);
                 tokio::try_join!(up, down)
@@ -448,8 +449,106 @@ fn side_of(dir: Direction, reading: bool) -> &'static str {
 /// fill the buffer, so short exchanges stay small and bulk transfers get large reads.
 const FIRST_READ: usize = 16 * 1024;
 
-/// One direction, recorded: each chunk read is recorded, then written.
+/// How long bytes a `--replace` rule holds back (they may start a match the next read would
+/// complete) wait for that read: then they are passed on as they are, so that a prompt or a
+/// request that happens to end like the start of a match is not held forever.
+pub const STALL_FLUSH: Duration = Duration::from_millis(80);
+
+/// One direction, recorded: each chunk read is recorded, then written. With `--replace`
+/// rules for the direction, [`copy_rewriting`] instead.
 async fn copy_recorded(
+    from: impl AsyncRead + Unpin,
+    to: impl AsyncWrite + Unpin,
+    conn: &Conn,
+    dir: Direction,
+    act: &Activity,
+) -> Result<u64, RelayError> {
+    match conn.rewriter(dir) {
+        Some(rw) => copy_rewriting(from, to, conn, dir, act, rw).await,
+        None => copy_verbatim(from, to, conn, dir, act).await,
+    }
+}
+
+/// One direction through `--replace` rules: each chunk read goes through `rw`; what comes
+/// out is recorded (with an `edit` record per change, before it) and written. Bytes `rw`
+/// holds back are flushed after [`STALL_FLUSH`] without a read, and at the end, before the
+/// half-close. Returns the bytes written.
+async fn copy_rewriting(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    conn: &Conn,
+    dir: Direction,
+    act: &Activity,
+    mut rw: crate::rewrite::stream::Rewriter,
+) -> Result<u64, RelayError> {
+    let mut total = 0u64;
+    let mut buf = BytesMut::new();
+    let mut want = FIRST_READ;
+    let mut out = Vec::new();
+    let mut edits = Vec::new();
+    loop {
+        buf.reserve(want);
+        // A read of tokio's is cancel-safe: when the stall timer fires, nothing was read.
+        let read = if rw.pending() > 0 {
+            tokio::select! {
+                r = from.read_buf(&mut buf) => Some(r),
+                () = tokio::time::sleep(STALL_FLUSH) => None,
+            }
+        } else {
+            Some(from.read_buf(&mut buf).await)
+        };
+        let got = read.is_some();
+        let n = match read {
+            None => 0,
+            Some(Ok(n)) => n,
+            Some(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
+            Some(Err(source)) => {
+                return Err(RelayError::Io {
+                    side: side_of(dir, true),
+                    source,
+                });
+            }
+        };
+        let end = got && n == 0;
+        if got {
+            act.touch();
+        }
+        if n == 0 {
+            rw.flush(&mut out, &mut edits);
+        } else {
+            if n >= want && want < BUF {
+                want = (want * 4).min(BUF);
+            }
+            rw.push(&buf, &mut out, &mut edits);
+            buf.clear();
+        }
+        for e in edits.drain(..) {
+            conn.edit(dir, e).await;
+        }
+        if !out.is_empty() {
+            total += out.len() as u64;
+            let chunk = Bytes::from(std::mem::take(&mut out));
+            conn.data(dir, chunk.clone()).await;
+            to.write_all(&chunk)
+                .await
+                .map_err(|source| RelayError::Io {
+                    side: side_of(dir, false),
+                    source,
+                })?;
+            act.touch();
+        }
+        if end {
+            conn.eof(dir).await;
+            if act.first_to_end() {
+                let _ = to.shutdown().await;
+            }
+            return Ok(total);
+        }
+    }
+}
+
+/// One direction, recorded, the bytes as they are.
+async fn copy_verbatim(
     mut from: impl AsyncRead + Unpin,
     mut to: impl AsyncWrite + Unpin,
     conn: &Conn,
@@ -1110,6 +1209,87 @@ mod tests {
         assert_eq!(
             payload(&evs, Direction::Recv),
             b"220 ready\r\n220 go ahead\r\n"
+        );
+    }
+
+    /// `--replace` through [`relay`]: a match split over two of the server's writes is
+    /// replaced, a held byte is passed on after the stall flush (the client gets it without
+    /// sending more), a c2s rule applies up; records show the bytes as sent and an `edit`
+    /// record before them.
+    async fn rewrites(rec: &Recorder) {
+        use crate::rewrite::rule::parse;
+        let rules: Vec<_> = ["s2c:/Boo!/Yay!/", "c2s:/ping/PONG/"]
+            .iter()
+            .map(|r| std::sync::Arc::new(parse(r).unwrap()))
+            .collect();
+        let rec = rec.clone().with_rules(&rules);
+        let (mut client_app, mut client) = pair().await;
+        let (mut target, mut server_app) = pair().await;
+        let conn = opened(&rec, &client_app, &target).await;
+        let relay = tokio::spawn(async move {
+            let r = relay(&mut client, &mut target, &conn, None).await;
+            conn.close(Ok(())).await;
+            r.unwrap()
+        });
+        server_app.write_all(b"Bo").await.unwrap();
+        client_app.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        server_app.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"PONG");
+        server_app.write_all(b"o! B").await.unwrap();
+        // "B" may start "Boo!": held, then flushed after the stall time.
+        let mut got = [0u8; 6];
+        client_app.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"Yay! B");
+        drop(server_app);
+        client_app.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        client_app.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"");
+        assert_eq!(relay.await.unwrap(), Relayed { up: 4, down: 6 });
+    }
+
+    #[tokio::test]
+    async fn rewrites_not_recorded() {
+        rewrites(&Recorder::disabled()).await;
+    }
+
+    #[tokio::test]
+    async fn rewrites_recorded() {
+        let evs = recorded(rewrites).await;
+        assert_eq!(payload(&evs, Direction::Recv), b"Yay! B");
+        assert_eq!(payload(&evs, Direction::Send), b"PONG");
+        let edits: Vec<_> = evs
+            .iter()
+            .filter_map(|e| match &e.detail {
+                Detail::Edit {
+                    dir,
+                    rule,
+                    offset,
+                    before,
+                    after,
+                } => Some((*dir, rule.as_str(), *offset, &before[..], &after[..])),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            edits,
+            [
+                (
+                    Direction::Send,
+                    "c2s:/ping/PONG/",
+                    0,
+                    &b"ping"[..],
+                    &b"PONG"[..]
+                ),
+                (
+                    Direction::Recv,
+                    "s2c:/Boo!/Yay!/",
+                    0,
+                    &b"Boo!"[..],
+                    &b"Yay!"[..]
+                ),
+            ]
         );
     }
 
