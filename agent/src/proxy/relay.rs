@@ -369,10 +369,34 @@ async fn copy_until_hello(
     let mut total = 0u64;
     let mut buf = BytesMut::new();
     let mut want = FIRST_READ;
+    // `--replace` c2s rules: the plaintext before a ClientHello goes through them (what
+    // they hold back is passed on before the ClientHello is handed back).
+    let mut rw = conn.rewriter(Direction::Send);
+    let (mut out, mut edits) = (Vec::new(), Vec::new());
     loop {
         buf.reserve(want);
-        let n = from.read_buf(&mut buf).await.map_err(read_err)?;
+        let Some(read) = read_or_stall(&mut from, &mut buf, rw.as_ref()).await else {
+            if let Some(rw) = &mut rw {
+                rw.flush(&mut out, &mut edits);
+                total += pass_on(conn, Direction::Send, &mut to, &mut out, &mut edits).await?;
+            }
+            continue;
+        };
+        let n = read.map_err(read_err)?;
         act.touch();
+        if n > 0 && rw.is_some() && !tls_hello::may_start_client_hello(&buf[..buf.len().min(6)]) {
+            let rw = rw.as_mut().expect("checked");
+            rw.push(&buf, &mut out, &mut edits);
+            buf.clear();
+            total += pass_on(conn, Direction::Send, &mut to, &mut out, &mut edits).await?;
+            act.touch();
+            continue;
+        }
+        if let Some(rw) = &mut rw {
+            // The end, or maybe a ClientHello: nothing is held back past it.
+            rw.flush(&mut out, &mut edits);
+            total += pass_on(conn, Direction::Send, &mut to, &mut out, &mut edits).await?;
+        }
         if n == 0 {
             conn.eof(Direction::Send).await;
             if act.first_to_end() {
@@ -390,6 +414,14 @@ async fn copy_until_hello(
         {
             stop.stop();
             return Ok((total, Some(buf.split().freeze())));
+        }
+        if let Some(rw) = &mut rw {
+            // Only looked like the start of a ClientHello: through the rules after all.
+            rw.push(&buf, &mut out, &mut edits);
+            buf.clear();
+            total += pass_on(conn, Direction::Send, &mut to, &mut out, &mut edits).await?;
+            act.touch();
+            continue;
         }
         total += buf.len() as u64;
         let chunk = buf.split().freeze();
@@ -488,21 +520,17 @@ async fn copy_rewriting(
     let mut edits = Vec::new();
     loop {
         buf.reserve(want);
-        // A read of tokio's is cancel-safe: when the stall timer fires, nothing was read.
-        let read = if rw.pending() > 0 {
-            tokio::select! {
-                r = from.read_buf(&mut buf) => Some(r),
-                () = tokio::time::sleep(STALL_FLUSH) => None,
-            }
-        } else {
-            Some(from.read_buf(&mut buf).await)
-        };
+        let read = read_or_stall(&mut from, &mut buf, Some(&rw)).await;
         let got = read.is_some();
         let n = match read {
             None => 0,
             Some(Ok(n)) => n,
             Some(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
             Some(Err(source)) => {
+                // What is held back still goes on first (as it would have without the
+                // rules; and a read stopped for STARTTLS must not lose it).
+                rw.flush(&mut out, &mut edits);
+                let _ = pass_on(conn, dir, &mut to, &mut out, &mut edits).await;
                 return Err(RelayError::Io {
                     side: side_of(dir, true),
                     source,
@@ -522,19 +550,9 @@ async fn copy_rewriting(
             rw.push(&buf, &mut out, &mut edits);
             buf.clear();
         }
-        for e in edits.drain(..) {
-            conn.edit(dir, e).await;
-        }
-        if !out.is_empty() {
-            total += out.len() as u64;
-            let chunk = Bytes::from(std::mem::take(&mut out));
-            conn.data(dir, chunk.clone()).await;
-            to.write_all(&chunk)
-                .await
-                .map_err(|source| RelayError::Io {
-                    side: side_of(dir, false),
-                    source,
-                })?;
+        let sent = pass_on(conn, dir, &mut to, &mut out, &mut edits).await?;
+        if sent > 0 {
+            total += sent;
             act.touch();
         }
         if end {
@@ -544,6 +562,49 @@ async fn copy_rewriting(
             }
             return Ok(total);
         }
+    }
+}
+
+/// Passes on what a rewriter put out: an `edit` record per change in `edits`, then `out`
+/// recorded and written to `to` (both emptied). Returns the bytes written.
+async fn pass_on(
+    conn: &Conn,
+    dir: Direction,
+    to: &mut (impl AsyncWrite + Unpin),
+    out: &mut Vec<u8>,
+    edits: &mut Vec<crate::rewrite::stream::Edit>,
+) -> Result<u64, RelayError> {
+    for e in edits.drain(..) {
+        conn.edit(dir, e).await;
+    }
+    if out.is_empty() {
+        return Ok(0);
+    }
+    let chunk = Bytes::from(std::mem::take(out));
+    conn.data(dir, chunk.clone()).await;
+    to.write_all(&chunk)
+        .await
+        .map_err(|source| RelayError::Io {
+            side: side_of(dir, false),
+            source,
+        })?;
+    Ok(chunk.len() as u64)
+}
+
+/// A read of `from` into `buf`, or None when `rw` holds bytes back and [`STALL_FLUSH`]
+/// passed first (a read of tokio's is cancel-safe: nothing was read then).
+async fn read_or_stall(
+    from: &mut (impl AsyncRead + Unpin),
+    buf: &mut BytesMut,
+    rw: Option<&crate::rewrite::stream::Rewriter>,
+) -> Option<io::Result<usize>> {
+    if rw.is_some_and(|rw| rw.pending() > 0) {
+        tokio::select! {
+            r = from.read_buf(buf) => Some(r),
+            () = tokio::time::sleep(STALL_FLUSH) => None,
+        }
+    } else {
+        Some(from.read_buf(buf).await)
     }
 }
 
@@ -1290,6 +1351,47 @@ mod tests {
                     &b"Yay!"[..]
                 ),
             ]
+        );
+    }
+
+    /// `--replace` in [`relay_inspecting`] (`--tls` on a connection that has not started
+    /// TLS): both directions rewritten, a held byte flushed after the stall time.
+    #[tokio::test]
+    async fn inspecting_relay_rewrites() {
+        use crate::rewrite::rule::parse;
+        let rules: Vec<_> = ["both:/Boo!/Yay!/"]
+            .iter()
+            .map(|r| std::sync::Arc::new(parse(r).unwrap()))
+            .collect();
+        let rec = Recorder::disabled().with_rules(&rules);
+        let (mut client_app, mut client) = pair().await;
+        let (mut target, mut server_app) = pair().await;
+        let conn = opened(&rec, &client_app, &target).await;
+        let relay = tokio::spawn(async move {
+            relay_inspecting(
+                &mut client,
+                &mut target,
+                &conn,
+                None,
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap()
+        });
+        client_app.write_all(b"Bo").await.unwrap();
+        client_app.write_all(b"o! B").await.unwrap();
+        let mut got = [0u8; 6];
+        server_app.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"Yay! B");
+        server_app.write_all(b"x Boo!").await.unwrap();
+        let mut got = [0u8; 6];
+        client_app.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"x Yay!");
+        drop((client_app, server_app));
+        let r = relay.await.unwrap();
+        assert!(
+            matches!(r, Inspected::Ended(Relayed { up: 6, down: 6 })),
+            "{r:?}"
         );
     }
 
