@@ -384,8 +384,10 @@ async fn copy_until_hello(
         };
         let n = read.map_err(read_err)?;
         act.touch();
-        if n > 0 && rw.is_some() && !tls_hello::may_start_client_hello(&buf[..buf.len().min(6)]) {
-            let rw = rw.as_mut().expect("checked");
+        if n > 0
+            && let Some(rw) = rw.as_mut()
+            && !tls_hello::may_start_client_hello(&buf[..buf.len().min(6)])
+        {
             rw.push(&buf, &mut out, &mut edits);
             buf.clear();
             total += pass_on(conn, Direction::Send, &mut to, &mut out, &mut edits).await?;
