@@ -49,8 +49,11 @@ fn forward(rec: &Rec, target: SocketAddr, rules: &[&str]) -> Agent {
     Agent::start(&a, 1)
 }
 
-/// The `edit` records: (dir, rule, offset, before, after).
-fn edits(evs: &[Value]) -> Vec<(String, String, u64, Vec<u8>, Vec<u8>)> {
+/// An `edit` record: (dir, rule, offset, before, after).
+type EditRec = (String, String, u64, Vec<u8>, Vec<u8>);
+
+/// The `edit` records.
+fn edits(evs: &[Value]) -> Vec<EditRec> {
     use base64::Engine as _;
     let b64 = |v: &Value| {
         base64::engine::general_purpose::STANDARD
@@ -71,13 +74,7 @@ fn edits(evs: &[Value]) -> Vec<(String, String, u64, Vec<u8>, Vec<u8>)> {
         .collect()
 }
 
-fn edit(
-    dir: &str,
-    rule: &str,
-    offset: u64,
-    before: &[u8],
-    after: &[u8],
-) -> (String, String, u64, Vec<u8>, Vec<u8>) {
+fn edit(dir: &str, rule: &str, offset: u64, before: &[u8], after: &[u8]) -> EditRec {
     (
         dir.into(),
         rule.into(),
