@@ -84,6 +84,9 @@
 //! client to target) and `"recvfrom"` (`dir` `"recv"`: target to client); a side that
 //! finished sending shows as a `shutdown` (client) or a `recv` of 0 bytes (target), and the
 //! end of the relay as a `close` whose `ret` is 0 or the negative errno of what ended it.
+//! Type `edit` (a `--replace` rule changed relayed bytes; before the data record carrying
+//! them) adds `dir`, `rule` (as written), `offset` (in the direction as sent), `before`,
+//! `before_b64`, `after`, `after_b64` (escaped as `payload`, and base64).
 //!
 //! Type `fork` adds `child_pid`. Type `exit` adds `exit_code` (integer, `null` when killed by
 //! a signal) and `signal` (`"SIGKILL"`, ..., `null` when it exited).
