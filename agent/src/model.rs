@@ -136,6 +136,20 @@ pub enum Detail {
         /// or why interception failed. None: not intercepted.
         tls: Option<Box<TlsIntercepted>>,
     },
+    /// A proxy's `--replace` rule changed bytes of a relayed connection (the data record
+    /// that follows in that direction carries the bytes as sent).
+    Edit {
+        dir: Direction,
+        /// The rule as written.
+        rule: String,
+        /// Where the replacement starts in the direction's stream as the rule passed it on
+        /// (as sent, for the last rule), counted from the connection's first byte.
+        offset: u64,
+        /// The bytes matched.
+        before: Bytes,
+        /// What replaced them.
+        after: Bytes,
+    },
 }
 
 /// What a proxy's TLS interception (`--tls`) learnt of a connection: the client's side
@@ -195,6 +209,8 @@ pub enum RelayStep {
     Eof(Direction),
     /// The proxy closed the connection.
     Close,
+    /// A `--replace` rule changed bytes relayed in this direction ([`Detail::Edit`]).
+    Edit(Direction),
 }
 
 impl RelayStep {
@@ -204,8 +220,10 @@ impl RelayStep {
         use agent_common::sys;
         match self {
             RelayStep::Open => sys::CONNECT,
-            RelayStep::Data(Direction::Send) => sys::SENDTO,
-            RelayStep::Data(Direction::Recv) | RelayStep::Eof(Direction::Recv) => sys::RECVFROM,
+            RelayStep::Data(Direction::Send) | RelayStep::Edit(Direction::Send) => sys::SENDTO,
+            RelayStep::Data(Direction::Recv)
+            | RelayStep::Eof(Direction::Recv)
+            | RelayStep::Edit(Direction::Recv) => sys::RECVFROM,
             RelayStep::Eof(Direction::Send) => sys::SHUTDOWN,
             RelayStep::Close => sys::CLOSE,
         }

@@ -79,6 +79,10 @@ pub struct InterceptArgs {
     /// closed (0 = never).
     #[arg(long, default_value_t = 300.0, value_name = "SECS")]
     pub idle_timeout: f64,
+    /// Change the bytes relayed: DIR:/REGEX/REPLACEMENT/[FLAGS] (DIR c2s, s2c or both;
+    /// flags i, s, m and a count limit); repeatable, applied in order (docs/rewrite.md).
+    #[arg(long = "replace", value_name = "RULE")]
+    pub replace: Vec<String>,
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
@@ -102,7 +106,8 @@ impl InterceptArgs {
             self.tls.refuse("intercept --as http --tls")?;
         }
         let duration = crate::control::duration_limit(self.duration)?;
-        let record = self.record.options();
+        let mut record = self.record.options();
+        record.replace = crate::proxy::command::replace_rules(&self.replace)?;
         let dsts = self
             .dsts
             .iter()

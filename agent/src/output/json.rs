@@ -84,6 +84,9 @@
 //! client to target) and `"recvfrom"` (`dir` `"recv"`: target to client); a side that
 //! finished sending shows as a `shutdown` (client) or a `recv` of 0 bytes (target), and the
 //! end of the relay as a `close` whose `ret` is 0 or the negative errno of what ended it.
+//! Type `edit` (a `--replace` rule changed relayed bytes; before the data record carrying
+//! them) adds `dir`, `rule` (as written), `offset` (in the direction as sent), `before`,
+//! `before_b64`, `after`, `after_b64` (escaped as `payload`, and base64).
 //!
 //! Type `fork` adds `child_pid`. Type `exit` adds `exit_code` (integer, `null` when killed by
 //! a signal) and `signal` (`"SIGKILL"`, ..., `null` when it exited).
@@ -228,6 +231,7 @@ impl Encoder {
             Detail::Exec => b"exec",
             Detail::Exit => b"exit",
             Detail::Open { .. } => b"open",
+            Detail::Edit { .. } => b"edit",
             Detail::Lost { .. } => unreachable!("handled above"),
         };
         out.extend_from_slice(b"{\"type\":\"");
@@ -338,6 +342,34 @@ impl Encoder {
                 out.push(b'}');
             }
             Detail::Exec => out.push(b'}'),
+            Detail::Edit {
+                dir,
+                rule,
+                offset,
+                before,
+                after,
+            } => {
+                out.extend_from_slice(match dir {
+                    Direction::Send => b",\"dir\":\"send\",\"rule\":",
+                    Direction::Recv => b",\"dir\":\"recv\",\"rule\":",
+                });
+                push_json_str(out, rule);
+                out.extend_from_slice(b",\"offset\":");
+                push_u64(out, *offset);
+                // As payloads are written: escaped text and base64.
+                for (name, bytes) in [("before", before), ("after", after)] {
+                    out.extend_from_slice(b",\"");
+                    out.extend_from_slice(name.as_bytes());
+                    out.extend_from_slice(b"\":\"");
+                    escape_json_into(out, bytes);
+                    out.extend_from_slice(b"\",\"");
+                    out.extend_from_slice(name.as_bytes());
+                    out.extend_from_slice(b"_b64\":\"");
+                    push_base64(out, bytes);
+                    out.push(b'"');
+                }
+                out.push(b'}');
+            }
             Detail::Open {
                 proxy,
                 listen,
@@ -1054,7 +1086,9 @@ pub(crate) mod tests {
                     }
                 }
                 Detail::Lost { .. } => unreachable!(),
-                Detail::Open { .. } => unreachable!("the reference predates proxy records"),
+                Detail::Open { .. } | Detail::Edit { .. } => {
+                    unreachable!("the reference predates proxy records")
+                }
             }
             serde_json::to_string(&line).unwrap()
         }

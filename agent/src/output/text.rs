@@ -248,6 +248,37 @@ fn format_into(s: &mut String, ev: &Event, cfg: &TextConfig) {
             let _ = write!(s, "+++ forked child {child_pid} +++");
         }
         Detail::Exec => s.push_str("+++ exec +++"),
+        Detail::Edit {
+            dir,
+            rule,
+            offset,
+            before,
+            after,
+        } => {
+            // edit(7, 127.0.0.1:40112 <- 10.0.0.5:80) s2c:/Boo!/Yay!/ at 4: "Boo!" -> "Yay!"
+            s.push_str("edit(");
+            push_i64(s, i64::from(ev.fd));
+            let local = ev.sock.as_ref().and_then(|m| m.local.as_ref());
+            let remote = ev.sock.as_ref().and_then(|m| m.remote.as_ref());
+            if local.is_some() || remote.is_some() {
+                s.push_str(", ");
+                push_endpoint(s, local);
+                s.push_str(match dir {
+                    Direction::Send => " -> ",
+                    Direction::Recv => " <- ",
+                });
+                push_endpoint(s, remote);
+            }
+            s.push_str(") ");
+            escape::escape_into(s, rule.as_bytes());
+            s.push_str(" at ");
+            s.push_str(Dec::u64(*offset).as_str());
+            s.push_str(": \"");
+            escape::escape_into(s, before);
+            s.push_str("\" -> \"");
+            escape::escape_into(s, after);
+            s.push('"');
+        }
         Detail::Open {
             proxy,
             listen,

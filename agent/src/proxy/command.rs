@@ -96,6 +96,24 @@ pub struct ProxyCommon {
     /// (0 = never).
     #[arg(long, default_value_t = 300.0, value_name = "SECS")]
     pub idle_timeout: f64,
+    /// Change the bytes relayed: DIR:/REGEX/REPLACEMENT/[FLAGS] (DIR c2s, s2c or both;
+    /// flags i, s, m and a count limit); repeatable, applied in order (docs/rewrite.md).
+    #[arg(long = "replace", value_name = "RULE")]
+    pub replace: Vec<String>,
+}
+
+/// The `--replace` rules, compiled (a bad one is the error, naming it).
+pub fn replace_rules(
+    rules: &[String],
+) -> anyhow::Result<Vec<std::sync::Arc<crate::rewrite::rule::Rule>>> {
+    rules
+        .iter()
+        .map(|r| {
+            crate::rewrite::rule::parse(r)
+                .map(std::sync::Arc::new)
+                .map_err(|e| anyhow::anyhow!("--replace {e}"))
+        })
+        .collect()
 }
 
 #[derive(Args, Debug, Clone)]
@@ -200,6 +218,8 @@ impl RecordArgs {
             preview: self.preview,
             // Set from the TLS flags (`proxy::run`).
             tls_raw: false,
+            // Set from --replace (`ProxyCommon::options`, `InterceptArgs::options`).
+            replace: Vec::new(),
         }
     }
 }
@@ -218,9 +238,11 @@ impl ProxyCommon {
         if self.max_conns == 0 {
             anyhow::bail!("--max-conns must be at least 1");
         }
+        let mut record = self.record.options();
+        record.replace = replace_rules(&self.replace)?;
         Ok(Options {
             tls: None,
-            record: self.record.options(),
+            record,
             upstream_proxy: self.upstream_proxy.clone(),
             limits: Limits {
                 max_conns: self.max_conns,

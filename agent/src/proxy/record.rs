@@ -50,6 +50,8 @@ use crate::output::{
     EventWriter, FanOut, FlushEvery, Format, SecretsFirst, Writer, pcapng::PcapngWriter,
     text::TextConfig,
 };
+use crate::rewrite::rule::Rule;
+use crate::rewrite::stream::{DEFAULT_WINDOW, Edit, Rewriter};
 
 /// Messages in flight between the relays and the writer thread (each holds at most one
 /// relayed chunk, 64 KiB or so).
@@ -70,6 +72,8 @@ pub struct RecordOptions {
     /// `--pcap-tls raw`: pcapng holds the real TLS bytes of intercepted connections, with
     /// their secrets (see the module documentation), not their plaintext.
     pub tls_raw: bool,
+    /// `--replace`: the rules relays apply to the bytes they pass on (recording or not).
+    pub replace: Vec<Arc<Rule>>,
 }
 
 impl RecordOptions {
@@ -120,6 +124,15 @@ enum Msg {
         ts_ns: u64,
         dir: Direction,
     },
+    Edit {
+        id: u64,
+        ts_ns: u64,
+        dir: Direction,
+        rule: String,
+        offset: u64,
+        before: Bytes,
+        after: Bytes,
+    },
     Close {
         id: u64,
         ts_ns: u64,
@@ -169,6 +182,8 @@ struct Shared {
 #[derive(Clone)]
 pub struct Recorder {
     shared: Option<Arc<Shared>>,
+    /// `--replace`: the rules every connection's relay applies (recording or not).
+    rules: Arc<[Arc<Rule>]>,
 }
 
 /// Owns the writer thread: [`RecorderHandle::finish`] waits until every record sent by any
@@ -213,14 +228,23 @@ pub fn neg_errno(e: &io::Error) -> i64 {
 impl Recorder {
     /// A recorder that records nothing.
     pub fn disabled() -> Recorder {
-        Recorder { shared: None }
+        Recorder {
+            shared: None,
+            rules: Arc::new([]),
+        }
+    }
+
+    /// This recorder, its connections' relays applying `rules` (`--replace`).
+    pub fn with_rules(mut self, rules: &[Arc<Rule>]) -> Recorder {
+        self.rules = rules.into();
+        self
     }
 
     /// Opens the outputs `opts` asks for and starts the writer thread.
     pub fn start(opts: &RecordOptions) -> Result<(Recorder, RecorderHandle), RecordError> {
         if opts.disabled {
             return Ok((
-                Recorder::disabled(),
+                Recorder::disabled().with_rules(&opts.replace),
                 RecorderHandle {
                     thread: None,
                     status: None,
@@ -273,7 +297,7 @@ impl Recorder {
         }
         let (recorder, mut handle) = Recorder::with_outputs(writers, raw_pcap)?;
         handle.status = status;
-        Ok((recorder, handle))
+        Ok((recorder.with_rules(&opts.replace), handle))
     }
 
     /// A recorder writing into `writers` (tests give in-memory ones).
@@ -317,6 +341,7 @@ impl Recorder {
         Ok((
             Recorder {
                 shared: Some(shared),
+                rules: Arc::new([]),
             },
             RecorderHandle {
                 thread: Some(thread),
@@ -420,6 +445,47 @@ impl Conn {
     /// True when records are written (else every method returns at once).
     pub fn recording(&self) -> bool {
         self.rec.enabled()
+    }
+
+    /// True when `--replace` rules apply to the connection (its relay then goes through
+    /// user space, recorded or not).
+    pub fn rewrites(&self) -> bool {
+        !self.rec.rules.is_empty()
+    }
+
+    /// The `--replace` rules of direction `dir` (Send: client to target), or None when no
+    /// rule applies to it.
+    pub fn rewriter(&self, dir: Direction) -> Option<Rewriter> {
+        let to_server = dir == Direction::Send;
+        let rules: Vec<_> = (self.rec.rules.iter().enumerate())
+            .filter(|(_, r)| r.dir.applies(to_server))
+            .map(|(i, r)| (i, r.clone()))
+            .collect();
+        (!rules.is_empty()).then(|| Rewriter::new(&rules, DEFAULT_WINDOW))
+    }
+
+    /// A `--replace` rule changed bytes relayed in direction `dir` (recorded before the data
+    /// record that carries them).
+    pub async fn edit(&self, dir: Direction, edit: Edit) {
+        if !self.is_open() {
+            return;
+        }
+        let rule = self
+            .rec
+            .rules
+            .get(edit.rule)
+            .map_or_else(String::new, |r| r.text.clone());
+        self.rec
+            .send(Msg::Edit {
+                id: key(self.id, None),
+                ts_ns: crate::clock::wall_ns(),
+                dir,
+                rule,
+                offset: edit.offset,
+                before: edit.before.into(),
+                after: edit.after.into(),
+            })
+            .await;
     }
 
     /// `--pcap-tls raw`: the queue the [`super::raw_tls::Tap`]s of the connection's two
@@ -972,6 +1038,34 @@ fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u64, Open>) -> Option<(Event
                     },
                 ),
             };
+            Some((e, c.view))
+        }
+        Msg::Edit {
+            id,
+            ts_ns,
+            dir,
+            rule,
+            offset,
+            before,
+            after,
+        } => {
+            let c = conns.get(&id)?;
+            let mut e = ev(
+                &c.task,
+                &c.meta,
+                ts_ns,
+                RelayStep::Edit(dir),
+                id,
+                0,
+                Detail::Edit {
+                    dir,
+                    rule,
+                    offset,
+                    before,
+                    after,
+                },
+            );
+            e.tls_plaintext = c.plaintext;
             Some((e, c.view))
         }
         Msg::Tick => None,

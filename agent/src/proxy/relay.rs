@@ -153,7 +153,8 @@ pub async fn relay(
         let (cr, cw) = client.split();
         let (tr, tw) = target.split();
         let both = async {
-            if conn.recording() {
+            if conn.recording() || conn.rewrites() {
+                // (`--replace`: through user space, recorded or not.)
                 let up = copy_recorded(cr, tw, conn, Direction::Send, &act);
                 let down = copy_recorded(tr, cw, conn, Direction::Recv, &act);
                 tokio::try_join!(up, down)
@@ -368,10 +369,36 @@ async fn copy_until_hello(
     let mut total = 0u64;
     let mut buf = BytesMut::new();
     let mut want = FIRST_READ;
+    // `--replace` c2s rules: the plaintext before a ClientHello goes through them (what
+    // they hold back is passed on before the ClientHello is handed back).
+    let mut rw = conn.rewriter(Direction::Send);
+    let (mut out, mut edits) = (Vec::new(), Vec::new());
     loop {
         buf.reserve(want);
-        let n = from.read_buf(&mut buf).await.map_err(read_err)?;
+        let Some(read) = read_or_stall(&mut from, &mut buf, rw.as_ref()).await else {
+            if let Some(rw) = &mut rw {
+                rw.flush(&mut out, &mut edits);
+                total += pass_on(conn, Direction::Send, &mut to, &mut out, &mut edits).await?;
+            }
+            continue;
+        };
+        let n = read.map_err(read_err)?;
         act.touch();
+        if n > 0
+            && let Some(rw) = rw.as_mut()
+            && !tls_hello::may_start_client_hello(&buf[..buf.len().min(6)])
+        {
+            rw.push(&buf, &mut out, &mut edits);
+            buf.clear();
+            total += pass_on(conn, Direction::Send, &mut to, &mut out, &mut edits).await?;
+            act.touch();
+            continue;
+        }
+        if let Some(rw) = &mut rw {
+            // The end, or maybe a ClientHello: nothing is held back past it.
+            rw.flush(&mut out, &mut edits);
+            total += pass_on(conn, Direction::Send, &mut to, &mut out, &mut edits).await?;
+        }
         if n == 0 {
             conn.eof(Direction::Send).await;
             if act.first_to_end() {
@@ -389,6 +416,14 @@ async fn copy_until_hello(
         {
             stop.stop();
             return Ok((total, Some(buf.split().freeze())));
+        }
+        if let Some(rw) = &mut rw {
+            // Only looked like the start of a ClientHello: through the rules after all.
+            rw.push(&buf, &mut out, &mut edits);
+            buf.clear();
+            total += pass_on(conn, Direction::Send, &mut to, &mut out, &mut edits).await?;
+            act.touch();
+            continue;
         }
         total += buf.len() as u64;
         let chunk = buf.split().freeze();
@@ -448,8 +483,135 @@ fn side_of(dir: Direction, reading: bool) -> &'static str {
 /// fill the buffer, so short exchanges stay small and bulk transfers get large reads.
 const FIRST_READ: usize = 16 * 1024;
 
-/// One direction, recorded: each chunk read is recorded, then written.
+/// How long bytes a `--replace` rule holds back (they may start a match the next read would
+/// complete) wait for that read: then they are passed on as they are, so that a prompt or a
+/// request that happens to end like the start of a match is not held forever.
+pub const STALL_FLUSH: Duration = Duration::from_millis(80);
+
+/// One direction, recorded: each chunk read is recorded, then written. With `--replace`
+/// rules for the direction, [`copy_rewriting`] instead.
 async fn copy_recorded(
+    from: impl AsyncRead + Unpin,
+    to: impl AsyncWrite + Unpin,
+    conn: &Conn,
+    dir: Direction,
+    act: &Activity,
+) -> Result<u64, RelayError> {
+    match conn.rewriter(dir) {
+        Some(rw) => copy_rewriting(from, to, conn, dir, act, rw).await,
+        None => copy_verbatim(from, to, conn, dir, act).await,
+    }
+}
+
+/// One direction through `--replace` rules: each chunk read goes through `rw`; what comes
+/// out is recorded (with an `edit` record per change, before it) and written. Bytes `rw`
+/// holds back are flushed after [`STALL_FLUSH`] without a read, and at the end, before the
+/// half-close. Returns the bytes written.
+async fn copy_rewriting(
+    mut from: impl AsyncRead + Unpin,
+    mut to: impl AsyncWrite + Unpin,
+    conn: &Conn,
+    dir: Direction,
+    act: &Activity,
+    mut rw: crate::rewrite::stream::Rewriter,
+) -> Result<u64, RelayError> {
+    let mut total = 0u64;
+    let mut buf = BytesMut::new();
+    let mut want = FIRST_READ;
+    let mut out = Vec::new();
+    let mut edits = Vec::new();
+    loop {
+        buf.reserve(want);
+        let read = read_or_stall(&mut from, &mut buf, Some(&rw)).await;
+        let got = read.is_some();
+        let n = match read {
+            None => 0,
+            Some(Ok(n)) => n,
+            Some(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => 0,
+            Some(Err(source)) => {
+                // What is held back still goes on first (as it would have without the
+                // rules; and a read stopped for STARTTLS must not lose it).
+                rw.flush(&mut out, &mut edits);
+                let _ = pass_on(conn, dir, &mut to, &mut out, &mut edits).await;
+                return Err(RelayError::Io {
+                    side: side_of(dir, true),
+                    source,
+                });
+            }
+        };
+        let end = got && n == 0;
+        if got {
+            act.touch();
+        }
+        if n == 0 {
+            rw.flush(&mut out, &mut edits);
+        } else {
+            if n >= want && want < BUF {
+                want = (want * 4).min(BUF);
+            }
+            rw.push(&buf, &mut out, &mut edits);
+            buf.clear();
+        }
+        let sent = pass_on(conn, dir, &mut to, &mut out, &mut edits).await?;
+        if sent > 0 {
+            total += sent;
+            act.touch();
+        }
+        if end {
+            conn.eof(dir).await;
+            if act.first_to_end() {
+                let _ = to.shutdown().await;
+            }
+            return Ok(total);
+        }
+    }
+}
+
+/// Passes on what a rewriter put out: an `edit` record per change in `edits`, then `out`
+/// recorded and written to `to` (both emptied). Returns the bytes written.
+async fn pass_on(
+    conn: &Conn,
+    dir: Direction,
+    to: &mut (impl AsyncWrite + Unpin),
+    out: &mut Vec<u8>,
+    edits: &mut Vec<crate::rewrite::stream::Edit>,
+) -> Result<u64, RelayError> {
+    for e in edits.drain(..) {
+        conn.edit(dir, e).await;
+    }
+    if out.is_empty() {
+        return Ok(0);
+    }
+    let chunk = Bytes::from(std::mem::take(out));
+    conn.data(dir, chunk.clone()).await;
+    to.write_all(&chunk)
+        .await
+        .map_err(|source| RelayError::Io {
+            side: side_of(dir, false),
+            source,
+        })?;
+    Ok(chunk.len() as u64)
+}
+
+/// A read of `from` into `buf`, or None when `rw` holds bytes back and [`STALL_FLUSH`]
+/// passed first (a read of tokio's is cancel-safe: nothing was read then).
+async fn read_or_stall(
+    from: &mut (impl AsyncRead + Unpin),
+    buf: &mut BytesMut,
+    rw: Option<&crate::rewrite::stream::Rewriter>,
+) -> Option<io::Result<usize>> {
+    if rw.is_some_and(|rw| rw.pending() > 0) {
+        tokio::select! {
+            r = from.read_buf(buf) => Some(r),
+            () = tokio::time::sleep(STALL_FLUSH) => None,
+        }
+    } else {
+        Some(from.read_buf(buf).await)
+    }
+}
+
+/// One direction, recorded, the bytes as they are.
+async fn copy_verbatim(
     mut from: impl AsyncRead + Unpin,
     mut to: impl AsyncWrite + Unpin,
     conn: &Conn,
@@ -1110,6 +1272,128 @@ mod tests {
         assert_eq!(
             payload(&evs, Direction::Recv),
             b"220 ready\r\n220 go ahead\r\n"
+        );
+    }
+
+    /// `--replace` through [`relay`]: a match split over two of the server's writes is
+    /// replaced, a held byte is passed on after the stall flush (the client gets it without
+    /// sending more), a c2s rule applies up; records show the bytes as sent and an `edit`
+    /// record before them.
+    async fn rewrites(rec: &Recorder) {
+        use crate::rewrite::rule::parse;
+        let rules: Vec<_> = ["s2c:/Boo!/Yay!/", "c2s:/ping/PONG/"]
+            .iter()
+            .map(|r| std::sync::Arc::new(parse(r).unwrap()))
+            .collect();
+        let rec = rec.clone().with_rules(&rules);
+        let (mut client_app, mut client) = pair().await;
+        let (mut target, mut server_app) = pair().await;
+        let conn = opened(&rec, &client_app, &target).await;
+        let relay = tokio::spawn(async move {
+            let r = relay(&mut client, &mut target, &conn, None).await;
+            conn.close(Ok(())).await;
+            r.unwrap()
+        });
+        server_app.write_all(b"Bo").await.unwrap();
+        client_app.write_all(b"ping").await.unwrap();
+        let mut got = [0u8; 4];
+        server_app.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"PONG");
+        server_app.write_all(b"o! B").await.unwrap();
+        // "B" may start "Boo!": held, then flushed after the stall time.
+        let mut got = [0u8; 6];
+        client_app.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"Yay! B");
+        drop(server_app);
+        client_app.shutdown().await.unwrap();
+        let mut rest = Vec::new();
+        client_app.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"");
+        assert_eq!(relay.await.unwrap(), Relayed { up: 4, down: 6 });
+    }
+
+    #[tokio::test]
+    async fn rewrites_not_recorded() {
+        rewrites(&Recorder::disabled()).await;
+    }
+
+    #[tokio::test]
+    async fn rewrites_recorded() {
+        let evs = recorded(rewrites).await;
+        assert_eq!(payload(&evs, Direction::Recv), b"Yay! B");
+        assert_eq!(payload(&evs, Direction::Send), b"PONG");
+        let edits: Vec<_> = evs
+            .iter()
+            .filter_map(|e| match &e.detail {
+                Detail::Edit {
+                    dir,
+                    rule,
+                    offset,
+                    before,
+                    after,
+                } => Some((*dir, rule.as_str(), *offset, &before[..], &after[..])),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            edits,
+            [
+                (
+                    Direction::Send,
+                    "c2s:/ping/PONG/",
+                    0,
+                    &b"ping"[..],
+                    &b"PONG"[..]
+                ),
+                (
+                    Direction::Recv,
+                    "s2c:/Boo!/Yay!/",
+                    0,
+                    &b"Boo!"[..],
+                    &b"Yay!"[..]
+                ),
+            ]
+        );
+    }
+
+    /// `--replace` in [`relay_inspecting`] (`--tls` on a connection that has not started
+    /// TLS): both directions rewritten, a held byte flushed after the stall time.
+    #[tokio::test]
+    async fn inspecting_relay_rewrites() {
+        use crate::rewrite::rule::parse;
+        let rules: Vec<_> = ["both:/Boo!/Yay!/"]
+            .iter()
+            .map(|r| std::sync::Arc::new(parse(r).unwrap()))
+            .collect();
+        let rec = Recorder::disabled().with_rules(&rules);
+        let (mut client_app, mut client) = pair().await;
+        let (mut target, mut server_app) = pair().await;
+        let conn = opened(&rec, &client_app, &target).await;
+        let relay = tokio::spawn(async move {
+            relay_inspecting(
+                &mut client,
+                &mut target,
+                &conn,
+                None,
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap()
+        });
+        client_app.write_all(b"Bo").await.unwrap();
+        client_app.write_all(b"o! B").await.unwrap();
+        let mut got = [0u8; 6];
+        server_app.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"Yay! B");
+        server_app.write_all(b"x Boo!").await.unwrap();
+        let mut got = [0u8; 6];
+        client_app.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"x Yay!");
+        drop((client_app, server_app));
+        let r = relay.await.unwrap();
+        assert!(
+            matches!(r, Inspected::Ended(Relayed { up: 6, down: 6 })),
+            "{r:?}"
         );
     }
 

@@ -82,6 +82,13 @@ impl std::str::FromStr for Rule {
     }
 }
 
+/// A regex error on one line: its last line (`error: unclosed group`) without the pattern
+/// drawn above it (the rule, quoted before it, shows the pattern).
+fn one_line(e: &str) -> &str {
+    let last = e.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or(e);
+    last.trim().strip_prefix("error: ").unwrap_or(last.trim())
+}
+
 /// Parses and compiles a `--replace` rule.
 pub fn parse(text: &str) -> Result<Rule, RuleError> {
     let syntax_err = || RuleError::Syntax(text.to_string());
@@ -135,7 +142,7 @@ pub fn parse(text: &str) -> Result<Rule, RuleError> {
         .multi_line(m)
         .size_limit(SIZE_LIMIT)
         .build()
-        .map_err(|e| bad(format!("bad regex: {e}")))?;
+        .map_err(|e| bad(format!("bad regex: {}", one_line(&e.to_string()))))?;
     if regex.is_match(b"") {
         return Err(bad("the regex matches the empty string".into()));
     }
@@ -150,7 +157,7 @@ pub fn parse(text: &str) -> Result<Rule, RuleError> {
         )
         .configure(DFA::config().cache_capacity(SIZE_LIMIT))
         .build(pattern)
-        .map_err(|e| bad(format!("bad regex: {e}")))?;
+        .map_err(|e| bad(format!("bad regex: {}", one_line(&e.to_string()))))?;
     Ok(Rule {
         text: text.to_string(),
         dir,
@@ -275,7 +282,7 @@ mod tests {
         assert!(err("s2c://b/").ends_with("empty regex"));
         assert!(err("s2c:/a/b/q").contains("unknown flag 'q'"));
         assert!(err("s2c:/a/b/0").contains("a count of 0"));
-        assert!(err("s2c:/a(/b/").contains("bad regex"));
+        assert!(err("s2c:/a(/b/").ends_with("bad regex: unclosed group"));
         assert!(err("s2c:/a*/b/").contains("matches the empty string"));
         assert!(err(r"s2c:/a/b\q/").contains("unknown escape \\q"));
         assert!(err(r"s2c:/a/b\x4/").contains("two hex digits"));

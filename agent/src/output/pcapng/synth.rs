@@ -118,6 +118,9 @@ pub struct Synth {
     go: HashSet<Key>,
     /// The close records held back of Go plaintext streams (see the module documentation).
     closing: HashMap<Key, Event>,
+    /// `--replace` edits of a proxy's stream not yet written: the comment of the stream's
+    /// next data packet (the one carrying the changed bytes) says them.
+    edits: HashMap<Key, String>,
 }
 
 /// The ciphertext records held back of one TLS connection.
@@ -394,6 +397,23 @@ impl Synth {
                     let key = stream_key(ev.task.pid, meta);
                     self.connected.insert(key, ev.ts_ns);
                     self.open(key, ev, meta, None, &mut out);
+                }
+            }
+            Detail::Edit {
+                rule,
+                offset,
+                before,
+                after,
+                ..
+            } => {
+                if let Some(meta) = &ev.sock {
+                    let c = self.edits.entry(stream_key(ev.task.pid, meta)).or_default();
+                    let _ = write!(
+                        c,
+                        "; edited by capagent: {rule} at {offset}: {} -> {}",
+                        crate::output::escape::escape(before),
+                        crate::output::escape::escape(after)
+                    );
                 }
             }
             Detail::Data { .. } => {
@@ -770,6 +790,9 @@ impl Synth {
         }
         let mut comment = task_comment(ev);
         comment.push_str(&st.note);
+        if let Some(edits) = self.edits.remove(&key) {
+            comment.push_str(&edits);
+        }
         if let Call::Tls { func, .. } = ev.call {
             let lib = agent_common::tls_fn::lib(func).unwrap_or("a TLS library");
             let _ = write!(comment, " decrypted by {lib} ({})", ev.syscall_name());
@@ -832,6 +855,7 @@ impl Synth {
 
     /// Ends the stream: FIN (or RST) from the local side if it has not sent one.
     fn close_stream(&mut self, key: Key, ev: &Event, rst: bool, out: &mut Vec<Packet>) {
+        self.edits.remove(&key);
         if let Some(mut st) = self.streams.remove(&key)
             && (!st.local_fin || rst)
         {
