@@ -1,6 +1,6 @@
 //! Integration tests of `--pcap-tls raw` (no root): curl trusting capagent's CA through
 //! `proxy socks --tls --pcap-tls raw -w F` and `proxy http --tls --pcap-tls raw -w F`
-//! (CONNECT) to a Python HTTPS server whose certificate a test CA signed. The pcapng holds
+//! (CONNECT) and `proxy reverse --tls --pcap-tls raw -w F` to a Python HTTPS server whose certificate a test CA signed. The pcapng holds
 //! the real TLS bytes of both legs as two TCP streams (the client to the proxy, the proxy
 //! to the server) and the secrets of both sessions in Decryption Secrets Blocks: tshark,
 //! given no key file, decrypts the exact request and response on each leg; the same file
@@ -189,6 +189,22 @@ fn check_raw(
     proxy: SocketAddr,
     server_port: u16,
 ) -> BTreeSet<String> {
+    check_raw_legs(rec, dir, open, ex, ex, path, proxy, server_port)
+}
+
+/// [`check_raw`] of a proxy that speaks HTTP itself (`proxy reverse`): the client leg
+/// decrypts to `client_ex`, the exchange as the client sent and got it.
+#[allow(clippy::too_many_arguments)]
+fn check_raw_legs(
+    rec: &Rec,
+    dir: &TempDir,
+    open: &Value,
+    ex: &Exchange,
+    client_ex: &Exchange,
+    path: &str,
+    proxy: SocketAddr,
+    server_port: u16,
+) -> BTreeSet<String> {
     let evs = rec.events();
     let fd = open.fd();
     assert_eq!(open["tls"]["error"], Value::Null, "{open}");
@@ -249,7 +265,7 @@ fn check_raw(
     let mut got = http(&rec.pcap);
     got.sort();
     assert_eq!(got, want);
-    for s in [client_leg, server_leg] {
+    for (s, ex) in [(client_leg, client_ex), (server_leg, ex)] {
         assert_eq!(
             follow_tls(&rec.pcap, s.0, s.1),
             (ex.request.clone(), ex.response.clone()),
@@ -458,4 +474,62 @@ fn plain_traffic_is_recorded_as_before() {
     let evs = rec.events();
     let open = open_of(&evs, "socks5 connect", &target.to_string());
     assert!(open.get("tls").is_none_or(Value::is_null), "{open}");
+}
+
+/// curl through `proxy reverse --tls --pcap-tls raw`: the reverse proxy terminates the
+/// client's TLS itself, yet pcapng has both legs' real TLS, each decrypting from the file's
+/// own secrets to the exact request and response.
+#[test]
+fn reverse_raw_tls() {
+    let dir = TempDir::new("mitm-raw-reverse");
+    let certs = Certs::localhost();
+    let mut server = Https::start(&dir, &certs);
+    let rec = Rec::new(&dir, "reverse");
+    let target = format!("127.0.0.1:{}", server.port);
+    let mut a = args(&[
+        "proxy",
+        "reverse",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &target,
+    ]);
+    a.extend(raw_tls_args(&dir, &certs));
+    a.extend(rec.args());
+    let agent = Agent::start(&a, 1);
+    let proxy = agent.addr();
+    let port = proxy.port();
+    let body = curl(&[
+        "--cacert",
+        &ca_cert(&dir),
+        "--resolve",
+        &format!("localhost:{port}:127.0.0.1"),
+        &format!("https://localhost:{port}/raw-reverse"),
+    ]);
+    assert_eq!(body, b"path /raw-reverse\n");
+    let ex = server.exchange();
+    agent.stop();
+    let evs = rec.events();
+    let open = open_of(&evs, "reverse", &target);
+    // The client gets the response without the server's hop-by-hop `Connection: close`.
+    let to_client =
+        String::from_utf8(ex.response.clone())
+            .unwrap()
+            .replacen("Connection: close\r\n", "", 1);
+    assert_ne!(to_client.as_bytes(), ex.response);
+    let client_ex = Exchange {
+        request: ex.request.clone(),
+        response: to_client.into_bytes(),
+    };
+    let lines = check_raw_legs(
+        &rec,
+        &dir,
+        open,
+        &ex,
+        &client_ex,
+        "/raw-reverse",
+        proxy,
+        server.port,
+    );
+    assert_eq!(sessions(&lines).len(), 2, "two sessions");
 }

@@ -14,6 +14,8 @@ use super::exchange::{Client, Upstream, forward_request};
 use super::head::{RequestHead, values};
 use super::message::{self, Target as ReqTarget};
 use super::stream::Stream;
+use crate::model::Transport;
+use crate::proxy::raw_tls::{Leg, Tap};
 use crate::proxy::target::{Host, Target};
 use crate::proxy::{Ctx, bind_tcp, serve};
 use crate::tls_hello::{is_client_hello, may_start_client_hello};
@@ -109,13 +111,24 @@ pub async fn run(opts: ReverseOptions, ctx: Ctx) -> anyhow::Result<()> {
 pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Ctx, opts: &ReverseOptions) {
     let mut client = match &ctx.tls {
         Some(mitm) if starts_tls(&stream, ctx.limits.handshake).await => {
-            let local = stream.local_addr().map_or(peer.ip(), |a| a.ip());
+            let local_addr = stream.local_addr();
+            let local = local_addr.as_ref().map_or(peer.ip(), |a| a.ip());
+            // `--pcap-tls raw`: the client leg is recorded as one stream of its own, for the
+            // connection's whole life; each server connection records its server leg.
+            let leg = ctx.recorder.conn(COMM, Transport::Tcp, peer);
+            let raw = leg.tap_raw_client(&stream);
+            let stream = Tap::new(stream, Leg::Client, raw.clone());
             let accepted =
                 tokio::time::timeout(ctx.limits.handshake, mitm.accept_http(stream, local)).await;
             match accepted {
-                Ok(Ok((tls, leg))) => {
+                Ok(Ok((tls, tls_leg))) => {
                     let mut c = Client::new("reverse", Stream::TlsClient(Box::new(tls)), peer);
-                    c.tls = Some(leg);
+                    c.tls = Some(tls_leg);
+                    if raw.is_some() {
+                        let listen = local_addr.map_or_else(|_| String::new(), |a| a.to_string());
+                        leg.open_raw_leg("reverse", &listen).await;
+                        c.raw = Some(leg);
+                    }
                     c
                 }
                 Ok(Err(f)) => {
@@ -144,6 +157,9 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Ctx, opts: &Revers
         // client that reads nothing more must not hold the connection).
         let shutdown = tokio::io::AsyncWriteExt::shutdown(&mut client.stream);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), shutdown).await;
+    }
+    if let Some(leg) = &client.raw {
+        leg.close_raw_leg().await;
     }
 }
 
