@@ -5,12 +5,14 @@
 //! as `--upstream-ca`), the second answered chunked; a WebSocket-style upgrade inside TLS;
 //! plain HTTP through the same proxy; and an upstream whose certificate is not trusted:
 //! `proxy reverse --tls` and `proxy http --tls` (CONNECT) answer `502 Bad Gateway` with the
-//! reason inside the client's TLS, and pass with `--insecure`. Each checks the exact
+//! reason inside the client's TLS, and pass with `--insecure`; `--tls-passthrough` relaying a
+//! matching ClientHello untouched to the server routed for its SNI. Each checks the exact
 //! plaintext the server read and wrote in the JSON records and that tshark reads the HTTP
 //! from the pcapng. Certificates and the CA directory are made at test time.
 
 use std::process::{Command, Stdio};
 
+use capagent_testkit::mitm::{Https, check_passed_through};
 use capagent_testkit::proxy::{Agent, Rec, curl, curl_status, open_of, recorded};
 use capagent_testkit::{Certs, Ev as _, Proc, TIMEOUT, TempDir, python, tshark_r, unhex};
 use serde_json::Value;
@@ -434,4 +436,76 @@ fn untrusted_upstream_is_a_502_then_insecure() {
             assert_eq!(close["errno"], "EPROTO", "{close}");
         }
     }
+}
+
+/// `proxy reverse --tls --tls-passthrough '*.pass.example'`: curl trusting only the real
+/// server's CA asks for `pass.example`, whose ClientHello is relayed untouched to the
+/// server `--route pass.example=...` names (on 127.0.0.2), recorded as passed through
+/// (ciphertext); curl trusting capagent's CA asks for `localhost`, intercepted and sent to
+/// `--to` (on 127.0.0.1).
+#[test]
+fn reverse_tls_passthrough_pattern() {
+    let dir = TempDir::new("mitm-rev-pass");
+    let certs = Certs::new(&["localhost", "pass.example", "127.0.0.1"]);
+    let mut to = Https::start(&dir, &certs);
+    let mut routed = Https::start_on(&dir, &certs, "127.0.0.2");
+    let rec = Rec::new(&dir, "rev-pass");
+    let routed_target = format!("127.0.0.2:{}", routed.port);
+    let to_target = format!("127.0.0.1:{}", to.port);
+    let mut a = args(&[
+        "proxy",
+        "reverse",
+        "--listen",
+        "127.0.0.1:0",
+        "--route",
+        &format!("pass.example={routed_target}"),
+        "--to",
+        &to_target,
+        "--tls",
+        "--ca-dir",
+        &ca_dir(&dir),
+        "--upstream-ca",
+        certs.ca_str(),
+        "--tls-passthrough",
+        "*.pass.example",
+    ]);
+    a.extend(rec.args());
+    let agent = Agent::start(&a, 1);
+    let port = agent.addr().port();
+    let get = |ca: &str, name: &str, path: &str| {
+        curl(&[
+            "--cacert",
+            ca,
+            "--resolve",
+            &format!("{name}:{port}:127.0.0.1"),
+            &format!("https://{name}:{port}{path}"),
+        ])
+    };
+    assert_eq!(
+        get(certs.ca_str(), "pass.example", "/passed"),
+        b"path /passed\n"
+    );
+    let passed = routed.exchange();
+    assert_eq!(
+        get(&ca_cert(&dir), "localhost", "/intercepted"),
+        b"path /intercepted\n"
+    );
+    let intercepted = to.exchange();
+    agent.stop();
+    let evs = rec.events();
+    let open = open_of(&evs, "reverse", &routed_target);
+    check_passed_through(
+        &evs,
+        open,
+        "pattern *.pass.example",
+        "pass.example",
+        &passed,
+    );
+    let open = open_of(&evs, "reverse", &to_target);
+    assert_eq!(open["tls"]["error"], Value::Null, "{open}");
+    assert_eq!(open["tls"]["client"]["sni"], "localhost", "{open}");
+    let fd = open.fd();
+    assert_eq!(recorded(&evs, fd, "send"), intercepted.request);
+    assert_eq!(recorded(&evs, fd, "recv"), intercepted.response);
+    check_marked(&evs, fd);
 }

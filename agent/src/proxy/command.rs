@@ -283,10 +283,6 @@ impl ProxyArgs {
             ProxyCommand::Reverse(a) => {
                 let mut opts = a.common.options()?;
                 opts.tls = a.tls.options()?;
-                // Its server is chosen by the Host inside TLS: no untouched relay to choose.
-                if !a.tls.tls_passthrough.is_empty() {
-                    anyhow::bail!("proxy reverse --tls-passthrough: not implemented yet");
-                }
                 let reverse = ReverseOptions {
                     listen: super::listen_addr(&a.listen)?,
                     to: a.to.as_deref().map(str::parse).transpose()?,

@@ -218,7 +218,7 @@ fn remember_rejection(mitm: &Interceptor, conn: &Conn, host: &str, info: &TlsInt
 
 /// The SNI of the ClientHello `client` starts with, peeked (nothing consumed): its whole
 /// first record is waited for, up to `patience`; None without one.
-async fn peek_sni(client: &TcpStream, patience: Duration) -> Option<String> {
+pub async fn peek_sni(client: &TcpStream, patience: Duration) -> Option<String> {
     let mut buf = vec![0u8; 5 + (1 << 14) + 2048];
     let mut stalled = Duration::ZERO;
     loop {
