@@ -15,9 +15,10 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use capagent_testkit::proxy::{Agent, Rec};
+use capagent_testkit::proxy::{Agent, Rec, recorded};
 use capagent_testkit::starttls::{SmtpServer, Upgraded, check_starttls_records, curl_mail_args};
-use capagent_testkit::{Certs, Proc, TIMEOUT, TempDir, python, tshark_r, unhex};
+use capagent_testkit::{Certs, Ev as _, Proc, TIMEOUT, TempDir, python, tshark_r, unhex};
+use serde_json::Value;
 
 /// `proxy forward --tls` to 127.0.0.1:`port` (its CA in `dir`/ca, the server's CA trusted
 /// with `--upstream-ca`), recording into `rec`; the agent and the CA's directory.
@@ -274,4 +275,58 @@ fn forward_starttls_postgres_style() {
     let evs = rec.events();
     let open = check_starttls_records(&evs, &format!("127.0.0.1:{sport}"), &up);
     assert_eq!(open["proxy"], "forward", "{open}");
+}
+
+/// `--tls-passthrough localhost` honoured at a STARTTLS upgrade: curl trusting only the
+/// SMTP server's own CA sends its mail through `proxy forward --tls`; the mid-stream
+/// ClientHello (SNI `localhost`) is relayed untouched, the second `open` record says so, and
+/// what follows is recorded as the TLS bytes that went (no plaintext, no `tls` mark).
+#[test]
+fn forward_starttls_passthrough_pattern() {
+    let dir = TempDir::new("mitm-starttls-pass");
+    let certs = Certs::localhost();
+    let mut server = SmtpServer::start(None, &dir, &certs);
+    let rec = Rec::new(&dir, "starttls-pass");
+    let (agent, _) = forward_tls_with(
+        &dir,
+        &certs,
+        server.port,
+        &rec,
+        &["--tls-passthrough", "localhost"],
+    );
+    let curl = curl_mail_args(&dir, certs.ca_str(), agent.addr().port());
+    let out = Command::new(&curl[0])
+        .args(&curl[1..])
+        .output()
+        .expect("cannot run curl");
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let up = server.upgraded();
+    agent.stop();
+    let evs = rec.events();
+    let opens: Vec<&Value> = evs.iter().filter(|e| e.ty() == "open").collect();
+    assert_eq!(opens.len(), 2, "{}", capagent_testkit::dump(&evs));
+    assert_eq!(opens[0]["proxy"], "forward", "{}", opens[0]);
+    let open = opens[1];
+    assert_eq!(open["proxy"], "forward starttls", "{open}");
+    assert_eq!(
+        open["tls"],
+        serde_json::json!({"passthrough": "pattern localhost", "sni": "localhost"}),
+        "{open}"
+    );
+    let fd = open.fd();
+    let (sent, received) = (recorded(&evs, fd, "send"), recorded(&evs, fd, "recv"));
+    // The plaintext before the upgrade, then TLS records (a ClientHello, a ServerHello).
+    assert_eq!(sent[..up.plain_in.len()], up.plain_in[..]);
+    assert_eq!(received[..up.plain_out.len()], up.plain_out[..]);
+    assert_eq!(sent[up.plain_in.len()..][..2], [0x16, 0x03]);
+    assert_eq!(received[up.plain_out.len()..][..3], [0x16, 0x03, 0x03]);
+    let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    assert!(!contains(&sent, b"MAIL FROM"), "plaintext recorded");
+    for e in evs.iter().filter(|e| e.fd() == fd && e.ty() == "data") {
+        assert!(e.get("tls").is_none(), "{e}");
+    }
 }

@@ -6,7 +6,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use tokio::net::TcpStream;
 
@@ -18,7 +17,7 @@ use super::stream::Stream;
 use crate::mitm::intercept::Interceptor;
 use crate::mitm::intercept::MitmError::ClientRejected;
 use crate::mitm::passthrough;
-use crate::model::{TlsIntercepted, Transport};
+use crate::model::Transport;
 use crate::proxy::raw_tls::{Leg, Tap};
 use crate::proxy::relay;
 use crate::proxy::target::{Host, Target};
@@ -144,7 +143,7 @@ pub async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: Ctx, opts: &Re
                     tracing::warn!("reverse: {peer}: tls: {}", f.error);
                     if matches!(&f.error, ClientRejected(e) if passthrough::is_rejection(e)) {
                         let name = f.leg.sni.unwrap_or_else(|| local.to_string());
-                        remember_rejection(mitm, peer, &name);
+                        mitm.remember_rejection(peer.ip(), &name, "reverse");
                     }
                     return;
                 }
@@ -266,15 +265,9 @@ async fn pass_through(
         Host::Ip(ip) => Some(*ip),
         Host::Name(_) => None,
     };
-    let Some(reason) = p.reason(peer.ip(), Some(&name), target_ip, Instant::now()) else {
+    let Some(info) = mitm.passthrough_info(peer.ip(), sni, &name, target_ip, "reverse") else {
         return false;
     };
-    tracing::debug!("reverse: {peer} -> {name}: passed through ({reason})");
-    let mut info = TlsIntercepted {
-        passthrough: Some(reason),
-        ..Default::default()
-    };
-    info.client.sni = sni;
     let conn = ctx.recorder.conn(COMM, Transport::Tcp, peer);
     let requested = target.to_string();
     let mut up = match ctx.dialer.connect(&target).await {
@@ -315,19 +308,6 @@ async fn pass_through(
         }
     }
     true
-}
-
-/// The client rejected capagent's certificate for `name`: its next connections asking for
-/// it pass through; said once.
-fn remember_rejection(mitm: &Interceptor, peer: SocketAddr, name: &str) {
-    let p = mitm.passthrough();
-    if p.remember(peer.ip(), name, Instant::now()) {
-        tracing::warn!(
-            "reverse: {} rejected capagent's certificate for {name}: passing its connections to {name} through (untouched) for {} min",
-            peer.ip(),
-            p.pinned_for().as_secs() / 60
-        );
-    }
 }
 
 /// Whether the client's first bytes are a ClientHello (peeked, nothing consumed); false
