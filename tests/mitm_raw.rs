@@ -15,44 +15,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 
+use capagent_testkit::mitm::Https;
 use capagent_testkit::proxy::{
     Agent, Rec, curl, curl_status, http_response, http_server, open_of, recorded,
 };
-use capagent_testkit::{
-    Certs, Ev as _, Exchange, HTTPS_SERVER_PY, Proc, TIMEOUT, TempDir, follow_raw, python,
-    tshark_r, unhex,
-};
+use capagent_testkit::{Certs, Ev as _, Exchange, TIMEOUT, TempDir, follow_raw, tshark_r};
 use pcap_file::pcapng::{Block, PcapNgReader};
 use serde_json::Value;
 
 fn args(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
-}
-
-/// [`HTTPS_SERVER_PY`] on 127.0.0.1 (no namespace): serves `GET PATH` with `path PATH\n`
-/// and reports the exact bytes it read and wrote.
-struct Https {
-    proc: Proc,
-    port: u16,
-}
-
-impl Https {
-    fn start(dir: &TempDir, certs: &Certs) -> Https {
-        let script = dir.write("https_server.py", HTTPS_SERVER_PY);
-        let mut cmd = Command::new(python());
-        cmd.arg(&script)
-            .args([certs.cert_str(), certs.key_str(), "127.0.0.1"]);
-        let mut proc = Proc::spawn("https_server.py", cmd);
-        let port = proc.expect("READY", TIMEOUT).parse().unwrap();
-        Https { proc, port }
-    }
-
-    /// The next request served (waits for it).
-    fn exchange(&mut self) -> Exchange {
-        let request = unhex(&self.proc.expect("REQ", TIMEOUT));
-        let response = unhex(&self.proc.expect("RESP", TIMEOUT));
-        Exchange { request, response }
-    }
 }
 
 fn ca_dir(dir: &TempDir) -> PathBuf {

@@ -12,9 +12,9 @@
 
 use std::process::{Command, Stdio};
 
-use capagent_testkit::mitm::{Https, check_passed_through};
+use capagent_testkit::mitm::{Https, check_passed_through, http_fields};
 use capagent_testkit::proxy::{Agent, Rec, curl, curl_status, open_of, recorded};
-use capagent_testkit::{Certs, Ev as _, Proc, TIMEOUT, TempDir, python, tshark_r, unhex};
+use capagent_testkit::{Certs, Ev as _, Proc, TIMEOUT, TempDir, python, unhex};
 use serde_json::Value;
 
 fn args(v: &[&str]) -> Vec<String> {
@@ -169,24 +169,6 @@ fn check_marked(evs: &[Value], fd: i64) {
     }
 }
 
-/// `tshark -Y http` of the pcapng: request URIs and response codes, one per line.
-fn tshark_http(rec: &Rec) -> Vec<String> {
-    let http = tshark_r(
-        &rec.pcap,
-        &[
-            "-Y",
-            "http",
-            "-T",
-            "fields",
-            "-e",
-            "http.request.uri",
-            "-e",
-            "http.response.code",
-        ],
-    );
-    http.lines().map(|l| l.trim().to_string()).collect()
-}
-
 /// curl sends two requests on one TLS connection to `proxy reverse --tls` (the second
 /// answered chunked): both reach the server over one TLS connection (keep-alive on both
 /// sides), the client sees the un-altered bodies, the records hold exactly the plaintext the
@@ -241,7 +223,10 @@ fn reverse_tls_keepalive_and_chunked() {
     assert_eq!(recorded(&evs, fd, "send"), [req1, req2].concat());
     assert_eq!(recorded(&evs, fd, "recv"), [resp1, resp2].concat());
     check_marked(&evs, fd);
-    assert_eq!(tshark_http(&rec), ["/one", "200", "/chunked", "200"]);
+    assert_eq!(
+        http_fields(&rec.pcap, &[]),
+        ["/one", "200", "/chunked", "200"]
+    );
 }
 
 /// A WebSocket-style upgrade inside TLS: the 101 is relayed, then bytes both ways, all
