@@ -55,6 +55,19 @@ fn forward_tls_with(
     (Agent::start(&a, 1), ca_dir)
 }
 
+/// Runs curl with `curl` (its command line, [`curl_mail_args`]) and checks it succeeds.
+fn send_mail(curl: &[String]) {
+    let out = Command::new(&curl[0])
+        .args(&curl[1..])
+        .output()
+        .expect("cannot run curl");
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// curl sends a mail through `proxy forward --tls` to an SMTP server that upgrades with
 /// STARTTLS: the exact plaintext before and after the upgrade is recorded, and where TLS
 /// started.
@@ -70,15 +83,7 @@ fn forward_starttls_smtp_curl() {
         ca_dir.join("ca.crt").to_str().unwrap(),
         agent.addr().port(),
     );
-    let out = Command::new(&curl[0])
-        .args(&curl[1..])
-        .output()
-        .expect("cannot run curl");
-    assert!(
-        out.status.success(),
-        "curl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    send_mail(&curl);
     let up = server.upgraded();
     agent.stop();
     let evs = rec.events();
@@ -129,15 +134,7 @@ fn forward_starttls_pcap_tls_raw() {
         ca_dir.join("ca.crt").to_str().unwrap(),
         agent.addr().port(),
     );
-    let out = Command::new(&curl[0])
-        .args(&curl[1..])
-        .output()
-        .expect("cannot run curl");
-    assert!(
-        out.status.success(),
-        "curl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    send_mail(&curl);
     let up = server.upgraded();
     let listen_port = agent.addr().port();
     agent.stop();
@@ -295,15 +292,7 @@ fn forward_starttls_passthrough_pattern() {
         &["--tls-passthrough", "localhost"],
     );
     let curl = curl_mail_args(&dir, certs.ca_str(), agent.addr().port());
-    let out = Command::new(&curl[0])
-        .args(&curl[1..])
-        .output()
-        .expect("cannot run curl");
-    assert!(
-        out.status.success(),
-        "curl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    send_mail(&curl);
     let up = server.upgraded();
     agent.stop();
     let evs = rec.events();
