@@ -319,3 +319,61 @@ fn forward_starttls_passthrough_pattern() {
         assert!(e.get("tls").is_none(), "{e}");
     }
 }
+
+/// Pinning at a STARTTLS upgrade: curl trusting only the SMTP server's own CA rejects
+/// capagent's certificate at its first upgrade (it fails), and its next upgrade to the same
+/// host (through the same proxy, another mapping: the scripted server serves one connection)
+/// is passed through, recorded as such.
+#[test]
+fn forward_starttls_pinning_passes_through_next_time() {
+    let dir = TempDir::new("mitm-starttls-pin");
+    let certs = Certs::localhost();
+    let first = SmtpServer::start(None, &dir, &certs);
+    let second = SmtpServer::start(None, &dir, &certs);
+    let rec = Rec::new(&dir, "starttls-pin");
+    let ca_dir = dir.join("ca");
+    let mut a: Vec<String> = ["proxy", "forward"].map(String::from).to_vec();
+    for s in [&first, &second] {
+        a.extend([
+            "--map".to_string(),
+            format!("127.0.0.1:0=127.0.0.1:{}", s.port),
+        ]);
+    }
+    a.extend(
+        [
+            "--tls",
+            "--ca-dir",
+            ca_dir.to_str().unwrap(),
+            "--upstream-ca",
+            certs.ca_str(),
+        ]
+        .map(String::from),
+    );
+    a.extend(rec.args());
+    let agent = Agent::start(&a, 2);
+    let curl = curl_mail_args(&dir, certs.ca_str(), agent.addrs[0].port());
+    let out = Command::new(&curl[0])
+        .args(&curl[1..])
+        .output()
+        .expect("cannot run curl");
+    assert!(!out.status.success(), "the first upgrade is intercepted");
+    send_mail(&curl_mail_args(&dir, certs.ca_str(), agent.addrs[1].port()));
+    let stop = agent.stop();
+    assert!(
+        stop.contains("rejected capagent's certificate for localhost"),
+        "{stop}"
+    );
+    let evs = rec.events();
+    let starttls: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e.ty() == "open" && e["proxy"] == "forward starttls")
+        .collect();
+    assert_eq!(starttls.len(), 2, "{}", capagent_testkit::dump(&evs));
+    assert!(starttls[0]["tls"]["error"].is_string(), "{}", starttls[0]);
+    assert_eq!(
+        starttls[1]["tls"],
+        serde_json::json!({"passthrough": "client rejected capagent's certificate", "sni": "localhost"}),
+        "{}",
+        starttls[1]
+    );
+}
