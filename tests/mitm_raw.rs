@@ -505,3 +505,91 @@ fn reverse_raw_tls() {
     );
     assert_eq!(sessions(&lines).len(), 2, "two sessions");
 }
+
+/// `proxy reverse --tls --pcap-tls raw` with one client connection served by two server
+/// connections (the server closes after each response, the client keeps its connection):
+/// the client leg is one stream from its ClientHello to its end, holding both exchanges;
+/// each server connection is a stream of its own; all decrypt from the file's secrets.
+#[test]
+fn reverse_raw_tls_client_leg_spans_server_connections() {
+    let dir = TempDir::new("mitm-raw-reverse2");
+    let certs = Certs::localhost();
+    let mut server = Https::start(&dir, &certs);
+    let rec = Rec::new(&dir, "reverse2");
+    let target = format!("127.0.0.1:{}", server.port);
+    let mut a = args(&[
+        "proxy",
+        "reverse",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &target,
+    ]);
+    a.extend(raw_tls_args(&dir, &certs));
+    a.extend(rec.args());
+    let agent = Agent::start(&a, 1);
+    let proxy = agent.addr();
+    let port = proxy.port();
+    let out = curl_status(&[
+        "-v",
+        "--cacert",
+        &ca_cert(&dir),
+        "--resolve",
+        &format!("localhost:{port}:127.0.0.1"),
+        &format!("https://localhost:{port}/a"),
+        &format!("https://localhost:{port}/b"),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(out.stdout, b"path /a\npath /b\n");
+    assert!(
+        stderr.contains("Re-using existing connection") || stderr.contains("Reusing existing"),
+        "{stderr}"
+    );
+    let (ex_a, ex_b) = (server.exchange(), server.exchange());
+    agent.stop();
+    let st = streams(&rec.pcap);
+    assert_eq!(st.len(), 3, "{st:?}");
+    let client_leg = st.iter().find(|s| s.2 == proxy).expect("client leg");
+    let server_addr = SocketAddr::from(([127, 0, 0, 1], server.port));
+    let mut server_legs: Vec<_> = st.iter().filter(|s| s.2 == server_addr).collect();
+    server_legs.sort();
+    assert_eq!(server_legs.len(), 2, "{st:?}");
+    let to_client = |ex: &Exchange| {
+        String::from_utf8(ex.response.clone())
+            .unwrap()
+            .replacen("Connection: close\r\n", "", 1)
+            .into_bytes()
+    };
+    assert_eq!(
+        follow_tls(&rec.pcap, client_leg.0, client_leg.1),
+        (
+            [ex_a.request.clone(), ex_b.request.clone()].concat(),
+            [to_client(&ex_a), to_client(&ex_b)].concat()
+        ),
+        "client leg decrypted"
+    );
+    for (s, ex) in server_legs.iter().zip([&ex_a, &ex_b]) {
+        assert_eq!(
+            follow_tls(&rec.pcap, s.0, s.1),
+            (ex.request.clone(), ex.response.clone()),
+            "decrypted {s:?}"
+        );
+    }
+    let mut want = vec![
+        (client_leg.0, "GET /a".to_string()),
+        (client_leg.0, "GET /b".to_string()),
+        (client_leg.0, "200".to_string()),
+        (client_leg.0, "200".to_string()),
+        (server_legs[0].0, "GET /a".to_string()),
+        (server_legs[0].0, "200".to_string()),
+        (server_legs[1].0, "GET /b".to_string()),
+        (server_legs[1].0, "200".to_string()),
+    ];
+    want.sort();
+    let mut got = http(&rec.pcap);
+    got.sort();
+    assert_eq!(got, want);
+    let flagged = tshark_r(&rec.pcap, &["-Y", "tcp.analysis.flags"]);
+    assert_eq!(flagged, "", "TCP analysis flags");
+}
