@@ -21,13 +21,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use capagent_testkit::mitm::{
-    Https, Mitm, check_intercepted, check_plaintext, forward, http_connect, http_fields,
-    localhost_url, openssl_server, s_client, socks,
+    Https, Mitm, check_intercepted, check_passed_through, check_plaintext, forward, http_connect,
+    http_fields, localhost_url, openssl_server, s_client, socks,
 };
 use capagent_testkit::proxy::{
     Rec, curl, curl_status, http_response, http_server, open_of, opens, recorded,
 };
-use capagent_testkit::{Certs, Ev as _, Exchange, TIMEOUT, python, run_output, wait_for};
+use capagent_testkit::{Certs, Ev as _, TIMEOUT, python, run_output, wait_for};
 use serde_json::Value;
 
 /// curl through `proxy forward --tls`: the name it asks for (SNI `localhost`) is on
@@ -388,35 +388,6 @@ fn sni_less_client() {
     assert_eq!(tls["client"]["sni"], Value::Null, "{tls}");
     assert_eq!(tls["server"]["sni"], Value::Null, "{tls}");
     assert_eq!(tls["server_cert"], "CN=localhost", "{tls}");
-}
-
-/// The `tls` of a passed-through connection's `open` record, and its data records: the
-/// TLS bytes as they went (a handshake record first each way, not the plaintext), unmarked.
-fn check_passed_through(evs: &[Value], open: &Value, reason: &str, sni: &str, ex: &Exchange) {
-    assert_eq!(
-        open["tls"],
-        serde_json::json!({"passthrough": reason, "sni": sni}),
-        "{open}"
-    );
-    let (sent, received) = (
-        recorded(evs, open.fd(), "send"),
-        recorded(evs, open.fd(), "recv"),
-    );
-    // A ClientHello from the client, a ServerHello back (handshake records).
-    assert!(sent.starts_with(&[0x16, 0x03]), "{sent:02x?}");
-    assert!(received.starts_with(&[0x16, 0x03, 0x03]), "{received:02x?}");
-    let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
-    assert!(!contains(&sent, &ex.request[..16]), "plaintext recorded");
-    assert!(
-        !contains(&received, &ex.response[..16]),
-        "plaintext recorded"
-    );
-    for e in evs
-        .iter()
-        .filter(|e| e.fd() == open.fd() && e.ty() == "data")
-    {
-        assert!(e.get("tls").is_none(), "{e}");
-    }
 }
 
 /// `--tls-passthrough` with an SNI glob and a CIDR through `proxy socks --tls`: curl

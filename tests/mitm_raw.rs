@@ -1,6 +1,6 @@
 //! Integration tests of `--pcap-tls raw` (no root): curl trusting capagent's CA through
 //! `proxy socks --tls --pcap-tls raw -w F` and `proxy http --tls --pcap-tls raw -w F`
-//! (CONNECT) to a Python HTTPS server whose certificate a test CA signed. The pcapng holds
+//! (CONNECT) and `proxy reverse --tls --pcap-tls raw -w F` to a Python HTTPS server whose certificate a test CA signed. The pcapng holds
 //! the real TLS bytes of both legs as two TCP streams (the client to the proxy, the proxy
 //! to the server) and the secrets of both sessions in Decryption Secrets Blocks: tshark,
 //! given no key file, decrypts the exact request and response on each leg; the same file
@@ -15,44 +15,16 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 
+use capagent_testkit::mitm::Https;
 use capagent_testkit::proxy::{
     Agent, Rec, curl, curl_status, http_response, http_server, open_of, recorded,
 };
-use capagent_testkit::{
-    Certs, Ev as _, Exchange, HTTPS_SERVER_PY, Proc, TIMEOUT, TempDir, follow_raw, python,
-    tshark_r, unhex,
-};
+use capagent_testkit::{Certs, Ev as _, Exchange, TIMEOUT, TempDir, follow_raw, tshark_r};
 use pcap_file::pcapng::{Block, PcapNgReader};
 use serde_json::Value;
 
 fn args(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
-}
-
-/// [`HTTPS_SERVER_PY`] on 127.0.0.1 (no namespace): serves `GET PATH` with `path PATH\n`
-/// and reports the exact bytes it read and wrote.
-struct Https {
-    proc: Proc,
-    port: u16,
-}
-
-impl Https {
-    fn start(dir: &TempDir, certs: &Certs) -> Https {
-        let script = dir.write("https_server.py", HTTPS_SERVER_PY);
-        let mut cmd = Command::new(python());
-        cmd.arg(&script)
-            .args([certs.cert_str(), certs.key_str(), "127.0.0.1"]);
-        let mut proc = Proc::spawn("https_server.py", cmd);
-        let port = proc.expect("READY", TIMEOUT).parse().unwrap();
-        Https { proc, port }
-    }
-
-    /// The next request served (waits for it).
-    fn exchange(&mut self) -> Exchange {
-        let request = unhex(&self.proc.expect("REQ", TIMEOUT));
-        let response = unhex(&self.proc.expect("RESP", TIMEOUT));
-        Exchange { request, response }
-    }
 }
 
 fn ca_dir(dir: &TempDir) -> PathBuf {
@@ -189,6 +161,22 @@ fn check_raw(
     proxy: SocketAddr,
     server_port: u16,
 ) -> BTreeSet<String> {
+    check_raw_legs(rec, dir, open, ex, ex, path, proxy, server_port)
+}
+
+/// [`check_raw`] of a proxy that speaks HTTP itself (`proxy reverse`): the client leg
+/// decrypts to `client_ex`, the exchange as the client sent and got it.
+#[allow(clippy::too_many_arguments)]
+fn check_raw_legs(
+    rec: &Rec,
+    dir: &TempDir,
+    open: &Value,
+    ex: &Exchange,
+    client_ex: &Exchange,
+    path: &str,
+    proxy: SocketAddr,
+    server_port: u16,
+) -> BTreeSet<String> {
     let evs = rec.events();
     let fd = open.fd();
     assert_eq!(open["tls"]["error"], Value::Null, "{open}");
@@ -249,7 +237,7 @@ fn check_raw(
     let mut got = http(&rec.pcap);
     got.sort();
     assert_eq!(got, want);
-    for s in [client_leg, server_leg] {
+    for (s, ex) in [(client_leg, client_ex), (server_leg, ex)] {
         assert_eq!(
             follow_tls(&rec.pcap, s.0, s.1),
             (ex.request.clone(), ex.response.clone()),
@@ -458,4 +446,150 @@ fn plain_traffic_is_recorded_as_before() {
     let evs = rec.events();
     let open = open_of(&evs, "socks5 connect", &target.to_string());
     assert!(open.get("tls").is_none_or(Value::is_null), "{open}");
+}
+
+/// curl through `proxy reverse --tls --pcap-tls raw`: the reverse proxy terminates the
+/// client's TLS itself, yet pcapng has both legs' real TLS, each decrypting from the file's
+/// own secrets to the exact request and response.
+#[test]
+fn reverse_raw_tls() {
+    let dir = TempDir::new("mitm-raw-reverse");
+    let certs = Certs::localhost();
+    let mut server = Https::start(&dir, &certs);
+    let rec = Rec::new(&dir, "reverse");
+    let target = format!("127.0.0.1:{}", server.port);
+    let mut a = args(&[
+        "proxy",
+        "reverse",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &target,
+    ]);
+    a.extend(raw_tls_args(&dir, &certs));
+    a.extend(rec.args());
+    let agent = Agent::start(&a, 1);
+    let proxy = agent.addr();
+    let port = proxy.port();
+    let body = curl(&[
+        "--cacert",
+        &ca_cert(&dir),
+        "--resolve",
+        &format!("localhost:{port}:127.0.0.1"),
+        &format!("https://localhost:{port}/raw-reverse"),
+    ]);
+    assert_eq!(body, b"path /raw-reverse\n");
+    let ex = server.exchange();
+    agent.stop();
+    let evs = rec.events();
+    let open = open_of(&evs, "reverse", &target);
+    // The client gets the response without the server's hop-by-hop `Connection: close`.
+    let to_client =
+        String::from_utf8(ex.response.clone())
+            .unwrap()
+            .replacen("Connection: close\r\n", "", 1);
+    assert_ne!(to_client.as_bytes(), ex.response);
+    let client_ex = Exchange {
+        request: ex.request.clone(),
+        response: to_client.into_bytes(),
+    };
+    let lines = check_raw_legs(
+        &rec,
+        &dir,
+        open,
+        &ex,
+        &client_ex,
+        "/raw-reverse",
+        proxy,
+        server.port,
+    );
+    assert_eq!(sessions(&lines).len(), 2, "two sessions");
+}
+
+/// `proxy reverse --tls --pcap-tls raw` with one client connection served by two server
+/// connections (the server closes after each response, the client keeps its connection):
+/// the client leg is one stream from its ClientHello to its end, holding both exchanges;
+/// each server connection is a stream of its own; all decrypt from the file's secrets.
+#[test]
+fn reverse_raw_tls_client_leg_spans_server_connections() {
+    let dir = TempDir::new("mitm-raw-reverse2");
+    let certs = Certs::localhost();
+    let mut server = Https::start(&dir, &certs);
+    let rec = Rec::new(&dir, "reverse2");
+    let target = format!("127.0.0.1:{}", server.port);
+    let mut a = args(&[
+        "proxy",
+        "reverse",
+        "--listen",
+        "127.0.0.1:0",
+        "--to",
+        &target,
+    ]);
+    a.extend(raw_tls_args(&dir, &certs));
+    a.extend(rec.args());
+    let agent = Agent::start(&a, 1);
+    let proxy = agent.addr();
+    let port = proxy.port();
+    let out = curl_status(&[
+        "-v",
+        "--cacert",
+        &ca_cert(&dir),
+        "--resolve",
+        &format!("localhost:{port}:127.0.0.1"),
+        &format!("https://localhost:{port}/a"),
+        &format!("https://localhost:{port}/b"),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(out.stdout, b"path /a\npath /b\n");
+    assert!(
+        stderr.contains("Re-using existing connection") || stderr.contains("Reusing existing"),
+        "{stderr}"
+    );
+    let (ex_a, ex_b) = (server.exchange(), server.exchange());
+    agent.stop();
+    let st = streams(&rec.pcap);
+    assert_eq!(st.len(), 3, "{st:?}");
+    let client_leg = st.iter().find(|s| s.2 == proxy).expect("client leg");
+    let server_addr = SocketAddr::from(([127, 0, 0, 1], server.port));
+    let mut server_legs: Vec<_> = st.iter().filter(|s| s.2 == server_addr).collect();
+    server_legs.sort();
+    assert_eq!(server_legs.len(), 2, "{st:?}");
+    let to_client = |ex: &Exchange| {
+        String::from_utf8(ex.response.clone())
+            .unwrap()
+            .replacen("Connection: close\r\n", "", 1)
+            .into_bytes()
+    };
+    assert_eq!(
+        follow_tls(&rec.pcap, client_leg.0, client_leg.1),
+        (
+            [ex_a.request.clone(), ex_b.request.clone()].concat(),
+            [to_client(&ex_a), to_client(&ex_b)].concat()
+        ),
+        "client leg decrypted"
+    );
+    for (s, ex) in server_legs.iter().zip([&ex_a, &ex_b]) {
+        assert_eq!(
+            follow_tls(&rec.pcap, s.0, s.1),
+            (ex.request.clone(), ex.response.clone()),
+            "decrypted {s:?}"
+        );
+    }
+    let mut want = vec![
+        (client_leg.0, "GET /a".to_string()),
+        (client_leg.0, "GET /b".to_string()),
+        (client_leg.0, "200".to_string()),
+        (client_leg.0, "200".to_string()),
+        (server_legs[0].0, "GET /a".to_string()),
+        (server_legs[0].0, "200".to_string()),
+        (server_legs[1].0, "GET /b".to_string()),
+        (server_legs[1].0, "200".to_string()),
+    ];
+    want.sort();
+    let mut got = http(&rec.pcap);
+    got.sort();
+    assert_eq!(got, want);
+    let flagged = tshark_r(&rec.pcap, &["-Y", "tcp.analysis.flags"]);
+    assert_eq!(flagged, "", "TCP analysis flags");
 }

@@ -5,14 +5,16 @@
 //! as `--upstream-ca`), the second answered chunked; a WebSocket-style upgrade inside TLS;
 //! plain HTTP through the same proxy; and an upstream whose certificate is not trusted:
 //! `proxy reverse --tls` and `proxy http --tls` (CONNECT) answer `502 Bad Gateway` with the
-//! reason inside the client's TLS, and pass with `--insecure`. Each checks the exact
+//! reason inside the client's TLS, and pass with `--insecure`; `--tls-passthrough` relaying a
+//! matching ClientHello untouched to the server routed for its SNI. Each checks the exact
 //! plaintext the server read and wrote in the JSON records and that tshark reads the HTTP
 //! from the pcapng. Certificates and the CA directory are made at test time.
 
 use std::process::{Command, Stdio};
 
+use capagent_testkit::mitm::{Https, check_passed_through, http_fields};
 use capagent_testkit::proxy::{Agent, Rec, curl, curl_status, open_of, recorded};
-use capagent_testkit::{Certs, Ev as _, Proc, TIMEOUT, TempDir, python, tshark_r, unhex};
+use capagent_testkit::{Certs, Ev as _, Proc, TIMEOUT, TempDir, python, unhex};
 use serde_json::Value;
 
 fn args(v: &[&str]) -> Vec<String> {
@@ -167,24 +169,6 @@ fn check_marked(evs: &[Value], fd: i64) {
     }
 }
 
-/// `tshark -Y http` of the pcapng: request URIs and response codes, one per line.
-fn tshark_http(rec: &Rec) -> Vec<String> {
-    let http = tshark_r(
-        &rec.pcap,
-        &[
-            "-Y",
-            "http",
-            "-T",
-            "fields",
-            "-e",
-            "http.request.uri",
-            "-e",
-            "http.response.code",
-        ],
-    );
-    http.lines().map(|l| l.trim().to_string()).collect()
-}
-
 /// curl sends two requests on one TLS connection to `proxy reverse --tls` (the second
 /// answered chunked): both reach the server over one TLS connection (keep-alive on both
 /// sides), the client sees the un-altered bodies, the records hold exactly the plaintext the
@@ -239,7 +223,10 @@ fn reverse_tls_keepalive_and_chunked() {
     assert_eq!(recorded(&evs, fd, "send"), [req1, req2].concat());
     assert_eq!(recorded(&evs, fd, "recv"), [resp1, resp2].concat());
     check_marked(&evs, fd);
-    assert_eq!(tshark_http(&rec), ["/one", "200", "/chunked", "200"]);
+    assert_eq!(
+        http_fields(&rec.pcap, &[]),
+        ["/one", "200", "/chunked", "200"]
+    );
 }
 
 /// A WebSocket-style upgrade inside TLS: the 101 is relayed, then bytes both ways, all
@@ -434,4 +421,76 @@ fn untrusted_upstream_is_a_502_then_insecure() {
             assert_eq!(close["errno"], "EPROTO", "{close}");
         }
     }
+}
+
+/// `proxy reverse --tls --tls-passthrough '*.pass.example'`: curl trusting only the real
+/// server's CA asks for `pass.example`, whose ClientHello is relayed untouched to the
+/// server `--route pass.example=...` names (on 127.0.0.2), recorded as passed through
+/// (ciphertext); curl trusting capagent's CA asks for `localhost`, intercepted and sent to
+/// `--to` (on 127.0.0.1).
+#[test]
+fn reverse_tls_passthrough_pattern() {
+    let dir = TempDir::new("mitm-rev-pass");
+    let certs = Certs::new(&["localhost", "pass.example", "127.0.0.1"]);
+    let mut to = Https::start(&dir, &certs);
+    let mut routed = Https::start_on(&dir, &certs, "127.0.0.2");
+    let rec = Rec::new(&dir, "rev-pass");
+    let routed_target = format!("127.0.0.2:{}", routed.port);
+    let to_target = format!("127.0.0.1:{}", to.port);
+    let mut a = args(&[
+        "proxy",
+        "reverse",
+        "--listen",
+        "127.0.0.1:0",
+        "--route",
+        &format!("pass.example={routed_target}"),
+        "--to",
+        &to_target,
+        "--tls",
+        "--ca-dir",
+        &ca_dir(&dir),
+        "--upstream-ca",
+        certs.ca_str(),
+        "--tls-passthrough",
+        "*.pass.example",
+    ]);
+    a.extend(rec.args());
+    let agent = Agent::start(&a, 1);
+    let port = agent.addr().port();
+    let get = |ca: &str, name: &str, path: &str| {
+        curl(&[
+            "--cacert",
+            ca,
+            "--resolve",
+            &format!("{name}:{port}:127.0.0.1"),
+            &format!("https://{name}:{port}{path}"),
+        ])
+    };
+    assert_eq!(
+        get(certs.ca_str(), "pass.example", "/passed"),
+        b"path /passed\n"
+    );
+    let passed = routed.exchange();
+    assert_eq!(
+        get(&ca_cert(&dir), "localhost", "/intercepted"),
+        b"path /intercepted\n"
+    );
+    let intercepted = to.exchange();
+    agent.stop();
+    let evs = rec.events();
+    let open = open_of(&evs, "reverse", &routed_target);
+    check_passed_through(
+        &evs,
+        open,
+        "pattern *.pass.example",
+        "pass.example",
+        &passed,
+    );
+    let open = open_of(&evs, "reverse", &to_target);
+    assert_eq!(open["tls"]["error"], Value::Null, "{open}");
+    assert_eq!(open["tls"]["client"]["sni"], "localhost", "{open}");
+    let fd = open.fd();
+    assert_eq!(recorded(&evs, fd, "send"), intercepted.request);
+    assert_eq!(recorded(&evs, fd, "recv"), intercepted.response);
+    check_marked(&evs, fd);
 }

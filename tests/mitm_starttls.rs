@@ -15,9 +15,10 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use capagent_testkit::proxy::{Agent, Rec};
+use capagent_testkit::proxy::{Agent, Rec, recorded};
 use capagent_testkit::starttls::{SmtpServer, Upgraded, check_starttls_records, curl_mail_args};
-use capagent_testkit::{Certs, Proc, TIMEOUT, TempDir, python, tshark_r, unhex};
+use capagent_testkit::{Certs, Ev as _, Proc, TIMEOUT, TempDir, python, tshark_r, unhex};
+use serde_json::Value;
 
 /// `proxy forward --tls` to 127.0.0.1:`port` (its CA in `dir`/ca, the server's CA trusted
 /// with `--upstream-ca`), recording into `rec`; the agent and the CA's directory.
@@ -54,6 +55,19 @@ fn forward_tls_with(
     (Agent::start(&a, 1), ca_dir)
 }
 
+/// Runs curl with `curl` (its command line, [`curl_mail_args`]) and checks it succeeds.
+fn send_mail(curl: &[String]) {
+    let out = Command::new(&curl[0])
+        .args(&curl[1..])
+        .output()
+        .expect("cannot run curl");
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 /// curl sends a mail through `proxy forward --tls` to an SMTP server that upgrades with
 /// STARTTLS: the exact plaintext before and after the upgrade is recorded, and where TLS
 /// started.
@@ -69,15 +83,7 @@ fn forward_starttls_smtp_curl() {
         ca_dir.join("ca.crt").to_str().unwrap(),
         agent.addr().port(),
     );
-    let out = Command::new(&curl[0])
-        .args(&curl[1..])
-        .output()
-        .expect("cannot run curl");
-    assert!(
-        out.status.success(),
-        "curl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    send_mail(&curl);
     let up = server.upgraded();
     agent.stop();
     let evs = rec.events();
@@ -128,15 +134,7 @@ fn forward_starttls_pcap_tls_raw() {
         ca_dir.join("ca.crt").to_str().unwrap(),
         agent.addr().port(),
     );
-    let out = Command::new(&curl[0])
-        .args(&curl[1..])
-        .output()
-        .expect("cannot run curl");
-    assert!(
-        out.status.success(),
-        "curl: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    send_mail(&curl);
     let up = server.upgraded();
     let listen_port = agent.addr().port();
     agent.stop();
@@ -274,4 +272,108 @@ fn forward_starttls_postgres_style() {
     let evs = rec.events();
     let open = check_starttls_records(&evs, &format!("127.0.0.1:{sport}"), &up);
     assert_eq!(open["proxy"], "forward", "{open}");
+}
+
+/// `--tls-passthrough localhost` honoured at a STARTTLS upgrade: curl trusting only the
+/// SMTP server's own CA sends its mail through `proxy forward --tls`; the mid-stream
+/// ClientHello (SNI `localhost`) is relayed untouched, the second `open` record says so, and
+/// what follows is recorded as the TLS bytes that went (no plaintext, no `tls` mark).
+#[test]
+fn forward_starttls_passthrough_pattern() {
+    let dir = TempDir::new("mitm-starttls-pass");
+    let certs = Certs::localhost();
+    let mut server = SmtpServer::start(None, &dir, &certs);
+    let rec = Rec::new(&dir, "starttls-pass");
+    let (agent, _) = forward_tls_with(
+        &dir,
+        &certs,
+        server.port,
+        &rec,
+        &["--tls-passthrough", "localhost"],
+    );
+    let curl = curl_mail_args(&dir, certs.ca_str(), agent.addr().port());
+    send_mail(&curl);
+    let up = server.upgraded();
+    agent.stop();
+    let evs = rec.events();
+    let opens: Vec<&Value> = evs.iter().filter(|e| e.ty() == "open").collect();
+    assert_eq!(opens.len(), 2, "{}", capagent_testkit::dump(&evs));
+    assert_eq!(opens[0]["proxy"], "forward", "{}", opens[0]);
+    let open = opens[1];
+    assert_eq!(open["proxy"], "forward starttls", "{open}");
+    assert_eq!(
+        open["tls"],
+        serde_json::json!({"passthrough": "pattern localhost", "sni": "localhost"}),
+        "{open}"
+    );
+    let fd = open.fd();
+    let (sent, received) = (recorded(&evs, fd, "send"), recorded(&evs, fd, "recv"));
+    // The plaintext before the upgrade, then TLS records (a ClientHello, a ServerHello).
+    assert_eq!(sent[..up.plain_in.len()], up.plain_in[..]);
+    assert_eq!(received[..up.plain_out.len()], up.plain_out[..]);
+    assert_eq!(sent[up.plain_in.len()..][..2], [0x16, 0x03]);
+    assert_eq!(received[up.plain_out.len()..][..3], [0x16, 0x03, 0x03]);
+    let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    assert!(!contains(&sent, b"MAIL FROM"), "plaintext recorded");
+    for e in evs.iter().filter(|e| e.fd() == fd && e.ty() == "data") {
+        assert!(e.get("tls").is_none(), "{e}");
+    }
+}
+
+/// Pinning at a STARTTLS upgrade: curl trusting only the SMTP server's own CA rejects
+/// capagent's certificate at its first upgrade (it fails), and its next upgrade to the same
+/// host (through the same proxy, another mapping: the scripted server serves one connection)
+/// is passed through, recorded as such.
+#[test]
+fn forward_starttls_pinning_passes_through_next_time() {
+    let dir = TempDir::new("mitm-starttls-pin");
+    let certs = Certs::localhost();
+    let first = SmtpServer::start(None, &dir, &certs);
+    let second = SmtpServer::start(None, &dir, &certs);
+    let rec = Rec::new(&dir, "starttls-pin");
+    let ca_dir = dir.join("ca");
+    let mut a: Vec<String> = ["proxy", "forward"].map(String::from).to_vec();
+    for s in [&first, &second] {
+        a.extend([
+            "--map".to_string(),
+            format!("127.0.0.1:0=127.0.0.1:{}", s.port),
+        ]);
+    }
+    a.extend(
+        [
+            "--tls",
+            "--ca-dir",
+            ca_dir.to_str().unwrap(),
+            "--upstream-ca",
+            certs.ca_str(),
+        ]
+        .map(String::from),
+    );
+    a.extend(rec.args());
+    let agent = Agent::start(&a, 2);
+    let curl = curl_mail_args(&dir, certs.ca_str(), agent.addrs[0].port());
+    let out = Command::new(&curl[0])
+        .args(&curl[1..])
+        .output()
+        .expect("cannot run curl");
+    assert!(!out.status.success(), "the first upgrade is intercepted");
+    send_mail(&curl_mail_args(&dir, certs.ca_str(), agent.addrs[1].port()));
+    let stop = agent.stop();
+    assert!(
+        stop.contains("rejected capagent's certificate for localhost"),
+        "{stop}"
+    );
+    let evs = rec.events();
+    let starttls: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e.ty() == "open" && e["proxy"] == "forward starttls")
+        .collect();
+    assert_eq!(starttls.len(), 2, "{}", capagent_testkit::dump(&evs));
+    assert!(starttls[0]["tls"]["error"].is_string(), "{}", starttls[0]);
+    assert_eq!(
+        starttls[1]["tls"],
+        serde_json::json!({"passthrough": "client rejected capagent's certificate", "sni": "localhost"}),
+        "{}",
+        starttls[1]
+    );
 }

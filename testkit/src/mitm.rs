@@ -3,7 +3,7 @@
 //! ([`forward`], [`socks`], [`http_connect`]), real HTTPS servers whose certificates a test
 //! CA signed ([`Https`], [`openssl_server`]), `openssl s_client` ([`s_client`]), and the
 //! checks of an intercepted connection's records ([`check_intercepted`],
-//! [`check_plaintext`]).
+//! [`check_plaintext`]) and of one passed through ([`check_passed_through`]).
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -239,4 +239,33 @@ pub fn check_plaintext(rec: &Rec, evs: &[Value], fd: i64, ex: &Exchange, path: &
         comments.contains("decrypted by capagent (mitm)"),
         "{comments}"
     );
+}
+
+/// The `tls` of a passed-through connection's `open` record, and its data records: the
+/// TLS bytes as they went (a handshake record first each way, not the plaintext), unmarked.
+pub fn check_passed_through(evs: &[Value], open: &Value, reason: &str, sni: &str, ex: &Exchange) {
+    assert_eq!(
+        open["tls"],
+        serde_json::json!({"passthrough": reason, "sni": sni}),
+        "{open}"
+    );
+    let (sent, received) = (
+        recorded(evs, open.fd(), "send"),
+        recorded(evs, open.fd(), "recv"),
+    );
+    // A ClientHello from the client, a ServerHello back (handshake records).
+    assert!(sent.starts_with(&[0x16, 0x03]), "{sent:02x?}");
+    assert!(received.starts_with(&[0x16, 0x03, 0x03]), "{received:02x?}");
+    let contains = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    assert!(!contains(&sent, &ex.request[..16]), "plaintext recorded");
+    assert!(
+        !contains(&received, &ex.response[..16]),
+        "plaintext recorded"
+    );
+    for e in evs
+        .iter()
+        .filter(|e| e.fd() == open.fd() && e.ty() == "data")
+    {
+        assert!(e.get("tls").is_none(), "{e}");
+    }
 }

@@ -155,6 +155,43 @@ impl Interceptor {
         &self.passthrough
     }
 
+    /// The `tls` of the `open` record of a ClientHello from `client` that is relayed
+    /// untouched (a `--tls-passthrough` pattern matches its SNI, else `host`, or `target`;
+    /// or the client rejected capagent's certificate for that name before), or None
+    /// (intercept it). Shared by every proxy that meets a ClientHello (at the start of a
+    /// connection, mid-stream, or in `proxy reverse`).
+    pub fn passthrough_info(
+        &self,
+        client: IpAddr,
+        sni: Option<String>,
+        host: &str,
+        target: Option<IpAddr>,
+        what: &str,
+    ) -> Option<TlsIntercepted> {
+        let name = sni.as_deref().unwrap_or(host);
+        let now = std::time::Instant::now();
+        let reason = self.passthrough.reason(client, Some(name), target, now)?;
+        tracing::debug!("{what}: {client} -> {name}: passed through ({reason})");
+        let mut info = TlsIntercepted {
+            passthrough: Some(reason),
+            ..Default::default()
+        };
+        info.client.sni = sni;
+        Some(info)
+    }
+
+    /// `client` rejected capagent's certificate for `name` (its SNI, else the host it
+    /// asked for): its next connections to that name pass through; said once.
+    pub fn remember_rejection(&self, client: IpAddr, name: &str, what: &str) {
+        let p = &self.passthrough;
+        if p.remember(client, name, std::time::Instant::now()) {
+            tracing::warn!(
+                "{what}: {client} rejected capagent's certificate for {name}: passing its connections to {name} through (untouched) for {} min",
+                p.pinned_for().as_secs() / 60
+            );
+        }
+    }
+
     /// Intercepts the TLS connection `client` opens (its ClientHello not read yet) towards
     /// `server`, a connected stream to the real server; `host` is the CONNECT/SOCKS host or
     /// the target address, asked for when the client sent no SNI.

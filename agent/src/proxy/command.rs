@@ -305,15 +305,6 @@ impl ProxyArgs {
             ProxyCommand::Reverse(a) => {
                 let mut opts = a.common.options()?;
                 opts.tls = a.tls.options()?;
-                // The reverse proxy's TLS ends are its own (mitm::intercept::terminate),
-                // without the raw legs' taps.
-                if a.tls.pcap_tls == Some(crate::mitm::options::PcapTls::Raw) {
-                    anyhow::bail!("proxy reverse --tls --pcap-tls raw: not implemented yet");
-                }
-                // Its server is chosen by the Host inside TLS: no untouched relay to choose.
-                if !a.tls.tls_passthrough.is_empty() {
-                    anyhow::bail!("proxy reverse --tls-passthrough: not implemented yet");
-                }
                 let reverse = ReverseOptions {
                     listen: super::listen_addr(&a.listen)?,
                     to: a.to.as_deref().map(str::parse).transpose()?,

@@ -112,6 +112,11 @@ impl<T> Tap<T> {
             shut: false,
         }
     }
+
+    /// The socket underneath.
+    pub fn get_ref(&self) -> &T {
+        &self.inner
+    }
 }
 
 impl<T: AsyncRead + Unpin> AsyncRead for Tap<T> {

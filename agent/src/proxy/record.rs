@@ -419,9 +419,12 @@ pub struct Conn {
 /// The raw TLS legs of an intercepted connection.
 struct RawLegs {
     tls: Arc<RawTls>,
-    /// Each leg's stream: (connecting side, accepting side).
-    client: (SocketAddr, SocketAddr),
-    server: (SocketAddr, SocketAddr),
+    /// The legs whose streams this connection opens and closes: each with its stream's
+    /// (connecting side, accepting side).
+    own: Vec<(Leg, (SocketAddr, SocketAddr))>,
+    /// The key of the client leg's stream when another [`Conn`] owns it (`proxy reverse
+    /// --tls`: one client connection, several server connections; [`Conn::share_raw`]).
+    client_key: Option<u64>,
     /// When the taps were set (before the handshakes): the time of the legs' SYNs.
     since_ns: u64,
     /// Between the legs' open and close records.
@@ -501,17 +504,77 @@ impl Conn {
         if !self.rec.tls_raw() {
             return None;
         }
-        let tls = Arc::new(RawTls::default());
+        self.set_raw(
+            Arc::new(RawTls::default()),
+            vec![(Leg::Client, client), (Leg::Server, server)],
+            None,
+        )
+    }
+
+    fn set_raw(
+        &self,
+        tls: Arc<RawTls>,
+        own: Vec<(Leg, (SocketAddr, SocketAddr))>,
+        client_key: Option<u64>,
+    ) -> Option<Arc<RawTls>> {
         self.raw
             .set(RawLegs {
                 tls: tls.clone(),
-                client,
-                server,
+                own,
+                client_key,
                 since_ns: crate::clock::wall_ns(),
                 opened: AtomicBool::new(false),
             })
             .ok()?;
         Some(tls)
+    }
+
+    /// `--pcap-tls raw` for a proxy that terminates the client's TLS itself before it
+    /// chooses servers (`proxy reverse --tls`): this connection records only the client
+    /// leg (the client's socket, `client`), as its own stream in pcapng, opened by
+    /// [`Conn::open_raw_leg`] and closed by [`Conn::close_raw_leg`]; each server
+    /// connection made for the client shares its queue ([`Conn::share_raw`]).
+    pub fn tap_raw_client(&self, client: &tokio::net::TcpStream) -> Option<Arc<RawTls>> {
+        if !self.rec.tls_raw() {
+            return None;
+        }
+        let (peer, local) = (client.peer_addr().ok()?, client.local_addr().ok()?);
+        self.set_raw(
+            Arc::new(RawTls::default()),
+            vec![(Leg::Client, (peer, local))],
+            None,
+        )
+    }
+
+    /// A server connection (`server`: the proxy's socket to it) made for the client whose
+    /// leg `client_leg` records ([`Conn::tap_raw_client`]): its server leg is this
+    /// connection's, in the same queue, so that whichever connection's records drain the
+    /// queue writes the client leg's bytes too, in the order they crossed the sockets.
+    pub fn share_raw(
+        &self,
+        client_leg: &Conn,
+        server: &tokio::net::TcpStream,
+    ) -> Option<Arc<RawTls>> {
+        let legs = client_leg.raw.get()?;
+        let (local, peer) = (server.local_addr().ok()?, server.peer_addr().ok()?);
+        self.set_raw(
+            legs.tls.clone(),
+            vec![(Leg::Server, (local, peer))],
+            Some(key(client_leg.id, Some(Leg::Client))),
+        )
+    }
+
+    /// Opens the streams of the legs [`Conn::tap_raw_client`] set, without a record of
+    /// the connection itself (pcapng only), and writes what crossed them so far.
+    pub async fn open_raw_leg(&self, proxy: &str, target: &str) {
+        if self.rec.enabled() {
+            self.open_raw(proxy, target).await;
+        }
+    }
+
+    /// Writes what is left of [`Conn::open_raw_leg`]'s legs, and closes them.
+    pub async fn close_raw_leg(&self) {
+        self.close_raw().await;
     }
 
     /// [`Conn::tap_raw`] for a connection between `client` and the proxy, and the proxy and
@@ -543,7 +606,10 @@ impl Conn {
         }
         let _one_at_a_time = legs.tls.sending.lock().await;
         while let Some(c) = legs.tls.pop() {
-            let id = key(self.id, Some(c.leg));
+            let id = match (c.leg, legs.client_key) {
+                (Leg::Client, Some(k)) => k,
+                (leg, _) => key(self.id, Some(leg)),
+            };
             let msg = match c.step {
                 Step::Data(dir, payload) => Msg::Data {
                     id,
@@ -567,7 +633,7 @@ impl Conn {
     async fn open_raw(&self, proxy: &str, target: &str) {
         let Some(legs) = self.raw.get() else { return };
         let ts_ns = legs.since_ns;
-        for (leg, (local, remote)) in [(Leg::Client, legs.client), (Leg::Server, legs.server)] {
+        for &(leg, (local, remote)) in &legs.own {
             let id = key(self.id, Some(leg));
             let meta = SocketMeta {
                 sk: id,
@@ -603,7 +669,7 @@ impl Conn {
         if !legs.opened.swap(false, Ordering::Relaxed) {
             return;
         }
-        for leg in [Leg::Client, Leg::Server] {
+        for &(leg, _) in &legs.own {
             self.rec
                 .send(Msg::Close {
                     id: key(self.id, Some(leg)),
@@ -770,24 +836,24 @@ impl Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        // Dropped without close (task cancelled at shutdown, or a panic): close it if the
-        // channel has room, so the pcapng stream ends.
-        if self.opened.swap(false, Ordering::Relaxed)
-            && let Some(s) = &self.rec.shared
-        {
-            let raw = self
-                .raw
-                .get()
-                .filter(|l| l.opened.swap(false, Ordering::Relaxed))
-                .map(|_| [Leg::Client, Leg::Server]);
-            let legs = raw.iter().flatten().map(|&l| Some(l));
-            for leg in legs.chain([None]) {
-                let _ = s.tx.try_send(Msg::Close {
-                    id: key(self.id, leg),
-                    ts_ns: crate::clock::wall_ns(),
-                    ret: -i64::from(libc::ECONNABORTED),
-                });
-            }
+        // Dropped without close (task cancelled at shutdown, or a panic): close it (and its
+        // raw legs, which a client leg's records open alone) if the channel has room, so
+        // the pcapng streams end.
+        let Some(s) = &self.rec.shared else { return };
+        let raw = self
+            .raw
+            .get()
+            .filter(|l| l.opened.swap(false, Ordering::Relaxed));
+        let legs = raw
+            .iter()
+            .flat_map(|l| l.own.iter().map(|&(leg, _)| Some(leg)));
+        let own = self.opened.swap(false, Ordering::Relaxed).then_some(None);
+        for leg in legs.chain(own) {
+            let _ = s.tx.try_send(Msg::Close {
+                id: key(self.id, leg),
+                ts_ns: crate::clock::wall_ns(),
+                ret: -i64::from(libc::ECONNABORTED),
+            });
         }
     }
 }

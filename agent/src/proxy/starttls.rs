@@ -16,7 +16,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::raw_tls::{Leg, Tap};
@@ -24,7 +24,8 @@ use super::record::Opening;
 use super::relay::{self, Inspected, RelayError, Relayed};
 use super::{Conn, Ctx};
 use crate::mitm::intercept::{Interceptor, MitmError};
-use crate::model::TlsIntercepted;
+use crate::mitm::passthrough;
+use crate::model::{Direction, TlsIntercepted};
 
 /// Relays `client` and `server` (the connection's `open` record written, as `o` says) until
 /// they end, intercepting TLS when the client starts it mid-stream (`host`: the name or
@@ -48,6 +49,37 @@ pub async fn relay(
         Inspected::ClientHello { so_far, hello } => (so_far, hello),
     };
     let proxy = format!("{} starttls", o.proxy);
+    // Passthrough as for a connection that starts with TLS: the SNI of this ClientHello
+    // (else the host asked for) or the target's address matching a `--tls-passthrough`
+    // pattern, or a client that rejected capagent's certificate for that name before.
+    let sni = crate::tls_hello::client_hello(&hello).and_then(|h| h.sni);
+    let target = server.peer_addr().ok().map(|a| a.ip());
+    if let Some(info) = mitm.passthrough_info(conn.client().ip(), sni, host, target, "starttls") {
+        conn.open_tls(
+            proxy,
+            o.listen,
+            o.target.clone(),
+            o.port,
+            o.resolved,
+            Ok(()),
+            Some(info),
+        )
+        .await;
+        let sent = hello.len() as u64;
+        server
+            .write_all(&hello)
+            .await
+            .map_err(|source| RelayError::Io {
+                side: "target",
+                source,
+            })?;
+        conn.data(Direction::Send, hello).await;
+        let after = relay::relay(client, server, conn, ctx.limits.idle).await?;
+        return Ok(Relayed {
+            up: before.up + sent + after.up,
+            down: before.down + after.down,
+        });
+    }
     // `--pcap-tls raw`: the legs start at the ClientHello (the plaintext before it is the
     // connection's own stream).
     let raw = conn.tap_raw_sockets(client, server);
@@ -84,7 +116,14 @@ pub async fn relay(
                 down: before.down + after.down,
             });
         }
-        Ok(Err(failed)) => (failed_side(&failed.error), failed.info),
+        Ok(Err(failed)) => {
+            if matches!(&failed.error, MitmError::ClientRejected(e) if passthrough::is_rejection(e))
+            {
+                let name = failed.info.client.sni.as_deref().unwrap_or(host);
+                mitm.remember_rejection(conn.client().ip(), name, "starttls");
+            }
+            (failed_side(&failed.error), failed.info)
+        }
         Err(_) => {
             let info = TlsIntercepted {
                 error: Some(format!(
@@ -179,7 +218,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::AsyncReadExt as _;
 
     #[tokio::test]
     async fn prefixed_reads_the_prefix_first() {

@@ -9,7 +9,7 @@
 //! says why.
 
 use std::io;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::net::TcpStream;
 
@@ -182,43 +182,24 @@ async fn passes_through(
     server: &TcpStream,
     patience: Duration,
 ) -> Option<TlsIntercepted> {
-    let p = mitm.passthrough();
-    let sni = match p.wants_sni() {
+    let sni = match mitm.passthrough().wants_sni() {
         true => peek_sni(client, patience).await,
         false => None,
     };
     let target = server.peer_addr().ok().map(|a| a.ip());
-    let name = sni.as_deref().unwrap_or(host);
-    let reason = p.reason(conn.client().ip(), Some(name), target, Instant::now())?;
-    tracing::debug!(
-        "tls: {} -> {host}: passed through ({reason})",
-        conn.client()
-    );
-    let mut info = TlsIntercepted {
-        passthrough: Some(reason),
-        ..Default::default()
-    };
-    info.client.sni = sni;
-    Some(info)
+    mitm.passthrough_info(conn.client().ip(), sni, host, target, "tls")
 }
 
 /// The client rejected capagent's certificate (it does not trust the CA, or pins the
 /// real certificate): its next connections to that host pass through; said once.
-fn remember_rejection(mitm: &Interceptor, conn: &Conn, host: &str, info: &TlsIntercepted) {
+pub fn remember_rejection(mitm: &Interceptor, conn: &Conn, host: &str, info: &TlsIntercepted) {
     let name = info.client.sni.as_deref().unwrap_or(host);
-    let client = conn.client().ip();
-    let p = mitm.passthrough();
-    if p.remember(client, name, Instant::now()) {
-        tracing::warn!(
-            "tls: {client} rejected capagent's certificate for {name}: passing its connections to {name} through (untouched) for {} min",
-            p.pinned_for().as_secs() / 60
-        );
-    }
+    mitm.remember_rejection(conn.client().ip(), name, "tls");
 }
 
 /// The SNI of the ClientHello `client` starts with, peeked (nothing consumed): its whole
 /// first record is waited for, up to `patience`; None without one.
-async fn peek_sni(client: &TcpStream, patience: Duration) -> Option<String> {
+pub async fn peek_sni(client: &TcpStream, patience: Duration) -> Option<String> {
     let mut buf = vec![0u8; 5 + (1 << 14) + 2048];
     let mut stalled = Duration::ZERO;
     loop {

@@ -21,6 +21,7 @@ use super::message;
 use super::stream::{ReadHalf, Stream};
 use crate::model::{Direction, TlsIntercepted, TlsLeg, Transport};
 use crate::proxy::Ctx;
+use crate::proxy::raw_tls::{Leg, Tap};
 use crate::proxy::record::Conn;
 use crate::proxy::target::{DialError, FailKind, Target};
 
@@ -40,6 +41,9 @@ pub struct Client {
     /// When the client spoke TLS (`proxy reverse --tls`): what its side negotiated; its
     /// requests then go to the servers over TLS too.
     pub tls: Option<TlsLeg>,
+    /// `--pcap-tls raw` with a TLS client: the records of its leg, which every server
+    /// connection made for it shares ([`Conn::share_raw`]).
+    pub raw: Option<Conn>,
 }
 
 /// How reading a request head ended without a head.
@@ -65,6 +69,7 @@ impl Client {
             buf: BytesMut::with_capacity(8 * 1024),
             requests: 0,
             tls: None,
+            raw: None,
         }
     }
 
@@ -264,9 +269,14 @@ impl Upstream {
                             crate::proxy::target::Host::Ip(_) => client_leg.sni.as_deref(),
                         };
                         let host = target.host.name();
+                        let raw = client
+                            .raw
+                            .as_ref()
+                            .and_then(|leg| rec.share_raw(leg, &d.stream));
+                        let server = Tap::new(d.stream, Leg::Server, raw);
                         let connected = tokio::time::timeout(
                             ctx.limits.handshake,
-                            mitm.connect_http(d.stream, sni, &host),
+                            mitm.connect_http(server, sni, &host),
                         )
                         .await
                         .unwrap_or_else(|_| {

@@ -14,7 +14,14 @@ use super::exchange::{Client, Upstream, forward_request};
 use super::head::{RequestHead, values};
 use super::message::{self, Target as ReqTarget};
 use super::stream::Stream;
+use crate::mitm::intercept::Interceptor;
+use crate::mitm::intercept::MitmError::ClientRejected;
+use crate::mitm::passthrough;
+use crate::model::Transport;
+use crate::proxy::raw_tls::{Leg, Tap};
+use crate::proxy::relay;
 use crate::proxy::target::{Host, Target};
+use crate::proxy::tls::peek_sni;
 use crate::proxy::{Ctx, bind_tcp, serve};
 use crate::tls_hello::{is_client_hello, may_start_client_hello};
 
@@ -106,20 +113,38 @@ pub async fn run(opts: ReverseOptions, ctx: Ctx) -> anyhow::Result<()> {
 
 /// Serves one client connection: with `--tls`, one that starts with a ClientHello is
 /// terminated with a leaf of capagent's CA (its requests then go to the servers over TLS).
-pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Ctx, opts: &ReverseOptions) {
+pub async fn handle(mut stream: TcpStream, peer: SocketAddr, ctx: Ctx, opts: &ReverseOptions) {
     let mut client = match &ctx.tls {
         Some(mitm) if starts_tls(&stream, ctx.limits.handshake).await => {
-            let local = stream.local_addr().map_or(peer.ip(), |a| a.ip());
+            if pass_through(&mut stream, peer, &ctx, mitm, opts).await {
+                return;
+            }
+            let local_addr = stream.local_addr();
+            let local = local_addr.as_ref().map_or(peer.ip(), |a| a.ip());
+            // `--pcap-tls raw`: the client leg is recorded as one stream of its own, for the
+            // connection's whole life; each server connection records its server leg.
+            let leg = ctx.recorder.conn(COMM, Transport::Tcp, peer);
+            let raw = leg.tap_raw_client(&stream);
+            let stream = Tap::new(stream, Leg::Client, raw.clone());
             let accepted =
                 tokio::time::timeout(ctx.limits.handshake, mitm.accept_http(stream, local)).await;
             match accepted {
-                Ok(Ok((tls, leg))) => {
+                Ok(Ok((tls, tls_leg))) => {
                     let mut c = Client::new("reverse", Stream::TlsClient(Box::new(tls)), peer);
-                    c.tls = Some(leg);
+                    c.tls = Some(tls_leg);
+                    if raw.is_some() {
+                        let listen = local_addr.map_or_else(|_| String::new(), |a| a.to_string());
+                        leg.open_raw_leg("reverse", &listen).await;
+                        c.raw = Some(leg);
+                    }
                     c
                 }
                 Ok(Err(f)) => {
                     tracing::warn!("reverse: {peer}: tls: {}", f.error);
+                    if matches!(&f.error, ClientRejected(e) if passthrough::is_rejection(e)) {
+                        let name = f.leg.sni.unwrap_or_else(|| local.to_string());
+                        mitm.remember_rejection(peer.ip(), &name, "reverse");
+                    }
                     return;
                 }
                 Err(_) => {
@@ -144,6 +169,9 @@ pub async fn handle(stream: TcpStream, peer: SocketAddr, ctx: Ctx, opts: &Revers
         // client that reads nothing more must not hold the connection).
         let shutdown = tokio::io::AsyncWriteExt::shutdown(&mut client.stream);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), shutdown).await;
+    }
+    if let Some(leg) = &client.raw {
+        leg.close_raw_leg().await;
     }
 }
 
@@ -206,6 +234,80 @@ async fn request(
         client, up, &target, head, &up_head, framing, ctx, COMM, "reverse",
     )
     .await
+}
+
+/// `--tls-passthrough` and pinning: a client whose ClientHello asks for a name (its SNI,
+/// else the address it reached) passed through ([`crate::mitm::passthrough`]) is relayed
+/// untouched to the server the reverse proxy picks for that name (the `--route` whose NAME
+/// is it, else `--to`), recorded as the other proxies record a connection passed through.
+/// A CIDR pattern matches the server's address when its `--route`/`--to` gives one (the
+/// decision comes before any connection, as a name is not resolved for it). False: not
+/// passed through (nothing consumed).
+async fn pass_through(
+    client: &mut TcpStream,
+    peer: SocketAddr,
+    ctx: &Ctx,
+    mitm: &Interceptor,
+    opts: &ReverseOptions,
+) -> bool {
+    let p = mitm.passthrough();
+    let sni = match p.wants_sni() {
+        true => peek_sni(client, ctx.limits.handshake).await,
+        false => None,
+    };
+    let listen = client.local_addr().ok();
+    let local = listen.map_or(peer.ip(), |a| a.ip()).to_string();
+    let name = sni.clone().unwrap_or(local);
+    let Some(target) = route(opts, Some(&name)).cloned() else {
+        return false;
+    };
+    let target_ip = match &target.host {
+        Host::Ip(ip) => Some(*ip),
+        Host::Name(_) => None,
+    };
+    let Some(info) = mitm.passthrough_info(peer.ip(), sni, &name, target_ip, "reverse") else {
+        return false;
+    };
+    let conn = ctx.recorder.conn(COMM, Transport::Tcp, peer);
+    let requested = target.to_string();
+    let mut up = match ctx.dialer.connect(&target).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!("reverse: {peer}: {e}");
+            let io = e.io();
+            conn.open_tls(
+                "reverse",
+                listen,
+                &requested,
+                target.port,
+                None,
+                Err(&io),
+                Some(info),
+            )
+            .await;
+            conn.close(Err(&io)).await;
+            relay::reset_on_close(client);
+            return true;
+        }
+    };
+    conn.open_tls(
+        "reverse",
+        listen,
+        requested,
+        target.port,
+        up.resolved,
+        Ok(()),
+        Some(info),
+    )
+    .await;
+    match relay::relay(client, &mut up.stream, &conn, ctx.limits.idle).await {
+        Ok(_) => conn.close(Ok(())).await,
+        Err(e) => {
+            tracing::info!("reverse: {peer}: {e}");
+            conn.close(Err(&e.io())).await;
+        }
+    }
+    true
 }
 
 /// Whether the client's first bytes are a ClientHello (peeked, nothing consumed); false

@@ -12,27 +12,33 @@ use tokio::net::TcpStream;
 use tokio::net::tcp;
 use tokio_rustls::{client, server};
 
+use crate::proxy::raw_tls::Tap;
+
+/// The TCP connection beneath a TLS stream, its raw bytes noted for `--pcap-tls raw`
+/// (else passed as they are).
+pub type Tapped = Tap<TcpStream>;
+
 /// A client's or a server's connection.
 pub enum Stream {
     Tcp(TcpStream),
     /// A client's TLS, terminated with a leaf of capagent's CA.
-    TlsClient(Box<server::TlsStream<TcpStream>>),
+    TlsClient(Box<server::TlsStream<Tapped>>),
     /// TLS to a server.
-    TlsServer(Box<client::TlsStream<TcpStream>>),
+    TlsServer(Box<client::TlsStream<Tapped>>),
 }
 
 /// The reading half of a split [`Stream`].
 pub enum ReadHalf<'a> {
     Tcp(tcp::ReadHalf<'a>),
-    TlsClient(tokio::io::ReadHalf<&'a mut server::TlsStream<TcpStream>>),
-    TlsServer(tokio::io::ReadHalf<&'a mut client::TlsStream<TcpStream>>),
+    TlsClient(tokio::io::ReadHalf<&'a mut server::TlsStream<Tapped>>),
+    TlsServer(tokio::io::ReadHalf<&'a mut client::TlsStream<Tapped>>),
 }
 
 /// The writing half of a split [`Stream`].
 pub enum WriteHalf<'a> {
     Tcp(tcp::WriteHalf<'a>),
-    TlsClient(tokio::io::WriteHalf<&'a mut server::TlsStream<TcpStream>>),
-    TlsServer(tokio::io::WriteHalf<&'a mut client::TlsStream<TcpStream>>),
+    TlsClient(tokio::io::WriteHalf<&'a mut server::TlsStream<Tapped>>),
+    TlsServer(tokio::io::WriteHalf<&'a mut client::TlsStream<Tapped>>),
 }
 
 impl Stream {
@@ -40,8 +46,8 @@ impl Stream {
     pub fn tcp(&self) -> &TcpStream {
         match self {
             Stream::Tcp(s) => s,
-            Stream::TlsClient(s) => s.get_ref().0,
-            Stream::TlsServer(s) => s.get_ref().0,
+            Stream::TlsClient(s) => s.get_ref().0.get_ref(),
+            Stream::TlsServer(s) => s.get_ref().0.get_ref(),
         }
     }
 
