@@ -22,6 +22,7 @@ pub mod cgroup;
 pub mod cleanup;
 pub mod command;
 pub mod listener;
+pub mod names;
 pub mod nft;
 pub mod origdst;
 pub mod route;
