@@ -47,14 +47,15 @@ pub struct Learned {
 }
 
 /// The name of `n` as a proxy is given it (`www.example.com`), or None when it is not a
-/// plain host name (root, escapes, over 253 bytes).
+/// plain host name (root, escapes, over 253 bytes, an address).
 fn host_name(n: &Name) -> Option<String> {
     let s = n.to_lowercase().to_ascii();
     let s = s.strip_suffix('.').unwrap_or(&s).to_string();
     let plain = !s.is_empty()
         && s.len() <= 253
         && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && s.parse::<IpAddr>().is_err();
     plain.then_some(s)
 }
 
@@ -395,6 +396,9 @@ mod tests {
         assert!(answers(b"\x00\x07\x81\x80garbage").is_empty());
         // The root is no host name.
         assert!(answers(&response(".", vec![a(".", 60, "192.0.2.1")])).is_empty());
+        // Nor is an address.
+        let msg = response("192.0.2.1.", vec![a("192.0.2.1.", 60, "192.0.2.1")]);
+        assert!(answers(&msg).is_empty());
     }
 
     #[test]
