@@ -167,10 +167,7 @@ impl Names {
         if !map.contains_key(&addr) && map.len() >= self.capacity {
             map.retain(|_, e| e.expires > now);
             if map.len() >= self.capacity
-                && let Some(first) = map
-                    .iter()
-                    .min_by_key(|(_, e)| e.expires)
-                    .map(|(a, _)| *a)
+                && let Some(first) = map.iter().min_by_key(|(_, e)| e.expires).map(|(a, _)| *a)
             {
                 map.remove(&first);
             }
@@ -426,7 +423,11 @@ mod tests {
         assert_eq!(names.name_at(ip, at(11)).as_deref(), Some("two.example"));
         // A short TTL lives MIN_LIFE; a huge one MAX_LIFE.
         names.insert_at(ip, "short.example", 1, t0);
-        assert!(names.name_at(ip, t0 + MIN_LIFE - Duration::from_secs(1)).is_some());
+        assert!(
+            names
+                .name_at(ip, t0 + MIN_LIFE - Duration::from_secs(1))
+                .is_some()
+        );
         assert!(names.name_at(ip, t0 + MIN_LIFE).is_none());
         names.insert_at(ip, "long.example", u32::MAX, t0);
         assert!(names.name_at(ip, t0 + MAX_LIFE).is_none());
