@@ -479,7 +479,21 @@ impl Drop for NetnsEtc {
 /// connection come from the upstream's host. With `--no-upstream-names`, the address goes.
 #[test]
 fn gateway_names_through_capagent_socks() {
-    let g = Gateway::new("sxn");
+    gateway_names(false);
+}
+
+/// [`gateway_names_through_capagent_socks`] with the client resolving over UDP, intercepted
+/// with `--udp`: needs `--udp` through `--upstream-proxy` (SOCKS5 UDP ASSOCIATE), which this
+/// branch refuses; passes with the check lifted (UDP relayed directly).
+#[test]
+#[ignore = "needs --udp through --upstream-proxy (UDP ASSOCIATE)"]
+fn gateway_names_over_udp_through_capagent_socks() {
+    gateway_names(true);
+}
+
+/// The gateway tests above: the client resolves over UDP (`--udp`) or TCP.
+fn gateway_names(udp: bool) {
+    let g = Gateway::new(if udp { "sxu" } else { "sxn" });
     let dir = TempDir::new("socksify-names");
     let mut cmd = g.server.cmd(capagent());
     cmd.args(["dns", "--listen", "10.78.2.2:53", "--answer", "10.78.2.2"])
@@ -488,7 +502,14 @@ fn gateway_names_through_capagent_socks() {
     let _server_etc = NetnsEtc::new(&g.server, &[("resolv.conf", "nameserver 10.78.2.2\n")]);
     let _client_etc = NetnsEtc::new(
         &g.client,
-        &[("resolv.conf", "nameserver 10.78.2.2\noptions use-vc\n")],
+        &[(
+            "resolv.conf",
+            if udp {
+                "nameserver 10.78.2.2\n"
+            } else {
+                "nameserver 10.78.2.2\noptions use-vc\n"
+            },
+        )],
     );
     let up_jsonl = dir.join("upstream.jsonl");
     let mut cmd = g.server.cmd(capagent());
@@ -511,6 +532,7 @@ fn gateway_names_through_capagent_socks() {
         let mut c = g.gw.cmd(capagent());
         c.args(["intercept", "--mode", "tproxy", "--iface", "g0"])
             .args(["--upstream-proxy", &via])
+            .args(if udp { &["--udp"][..] } else { &[] })
             .args(extra)
             .args(["--format", "json", "-o"])
             .arg(&jsonl);
@@ -529,16 +551,17 @@ fn gateway_names_through_capagent_socks() {
         assert_eq!(server.proc.expect("GOT", TIMEOUT), hex(line.as_bytes()));
         agent.terminate(TIMEOUT);
         let evs = records(&jsonl);
-        // The DNS over TCP went through the intercept (and the upstream), by address.
-        let dns_open = one(&evs, "open of the DNS server", |e| {
-            e.ty() == "open" && e["target"] == "10.78.2.2:53"
-        });
-        assert_eq!(dns_open.ret(), 0, "{dns_open}");
-        assert!(
-            !recorded(&evs, dns_open.fd(), "recv").is_empty(),
-            "{}",
-            dump(&evs)
-        );
+        // The DNS went through the intercept (over TCP through the upstream), by address.
+        let how = if udp { "tproxy udp" } else { "tproxy" };
+        let dns_opens: Vec<&Value> = evs
+            .iter()
+            .filter(|e| e.ty() == "open" && e["target"] == "10.78.2.2:53")
+            .collect();
+        assert!(!dns_opens.is_empty(), "{}", dump(&evs));
+        for o in dns_opens {
+            assert!(o["proxy"].as_str().unwrap().starts_with(how), "{o}");
+            assert_eq!(o.ret(), 0, "{o}");
+        }
         (evs, port, line)
     };
 
@@ -563,6 +586,12 @@ fn gateway_names_through_capagent_socks() {
         e.ty() == "open" && e["target"] == addr_target
     });
     assert_eq!(open.ret(), 0, "{open}");
+    assert!(
+        !evs.iter()
+            .any(|e| e.ty() == "open" && e["target"] == target),
+        "{}",
+        dump(&evs)
+    );
 
     upstream.stop();
     dns.stop();
