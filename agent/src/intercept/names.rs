@@ -253,8 +253,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for DnsTap<S> {
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = &r {
-            let new = buf.filled()[before..].to_vec();
-            this.saw(&new);
+            this.saw(&buf.filled()[before..]);
         }
         r
     }
