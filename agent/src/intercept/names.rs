@@ -378,6 +378,15 @@ mod tests {
     }
 
     #[test]
+    fn the_fuzz_seed_is_a_cname_answer() {
+        let seed = include_bytes!("../../../fuzz/seeds/dns_message/response_cname");
+        assert_eq!(
+            answers(seed),
+            vec![learned("198.51.100.7", "app.example.com", 30)]
+        );
+    }
+
+    #[test]
     fn nothing_from_queries_errors_or_garbage() {
         let mut q = Message::new(7, MessageType::Query, OpCode::Query);
         q.add_query(Query::query(name("a.example."), RecordType::A));
