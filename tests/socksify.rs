@@ -479,7 +479,14 @@ impl Drop for NetnsEtc {
 /// connection come from the upstream's host. With `--no-upstream-names`, the address goes.
 #[test]
 fn gateway_names_through_capagent_socks() {
-    gateway_names(false);
+    gateway_names(false, Up::Socks);
+}
+
+/// [`gateway_names_through_capagent_socks`] through `capagent proxy http`'s CONNECT: the
+/// upstream is asked `CONNECT app.example:PORT`.
+#[test]
+fn gateway_names_through_capagent_http_connect() {
+    gateway_names(false, Up::HttpConnect);
 }
 
 /// [`gateway_names_through_capagent_socks`] with the client resolving over UDP, intercepted
@@ -488,12 +495,24 @@ fn gateway_names_through_capagent_socks() {
 #[test]
 #[ignore = "needs --udp through --upstream-proxy (UDP ASSOCIATE)"]
 fn gateway_names_over_udp_through_capagent_socks() {
-    gateway_names(true);
+    gateway_names(true, Up::Socks);
 }
 
-/// The gateway tests above: the client resolves over UDP (`--udp`) or TCP.
-fn gateway_names(udp: bool) {
-    let g = Gateway::new(if udp { "sxu" } else { "sxn" });
+/// The upstream capagent of [`gateway_names`].
+#[derive(Clone, Copy, PartialEq)]
+enum Up {
+    Socks,
+    HttpConnect,
+}
+
+/// The gateway tests above: the client resolves over UDP (`--udp`) or TCP; the upstream is
+/// `capagent proxy socks` or `capagent proxy http`.
+fn gateway_names(udp: bool, up: Up) {
+    let g = Gateway::new(match (udp, up) {
+        (true, _) => "sxu",
+        (false, Up::Socks) => "sxn",
+        (false, Up::HttpConnect) => "sxh",
+    });
     let dir = TempDir::new("socksify-names");
     let mut cmd = g.server.cmd(capagent());
     cmd.args(["dns", "--listen", "10.78.2.2:53", "--answer", "10.78.2.2"])
@@ -511,23 +530,35 @@ fn gateway_names(udp: bool) {
             },
         )],
     );
-    let up_jsonl = dir.join("upstream.jsonl");
-    let mut cmd = g.server.cmd(capagent());
-    cmd.args(["proxy", "socks", "--listen", "10.78.2.2:0"])
-        .args(["--format", "json", "-o"])
-        .arg(&up_jsonl);
-    let upstream = Agent::spawn(cmd, 1);
-    let via = format!("socks5://{}", upstream.addr());
-    let client = dir.write("SocketClient.java", SOCKET_CLIENT);
-
-    let through = |name: &str, extra: &[&str]| {
-        let mut server = Server::script(
+    // One line server for the run with names, one for the run without.
+    let line_server = || {
+        Server::script(
             &g.server,
             &dir,
             "line_server.py",
             LINE_SERVER,
             &["1".into(), "10.78.2.2".into()],
-        );
+        )
+    };
+    let servers = [line_server(), line_server()];
+    let up_jsonl = dir.join("upstream.jsonl");
+    let mut cmd = g.server.cmd(capagent());
+    let (kind, scheme, up_proxy) = match up {
+        Up::Socks => ("socks", "socks5", "socks5 connect"),
+        Up::HttpConnect => ("http", "http", "http connect"),
+    };
+    cmd.args(["proxy", kind, "--listen", "10.78.2.2:0"])
+        .args(["--format", "json", "-o"])
+        .arg(&up_jsonl);
+    if up == Up::HttpConnect {
+        let ports = format!("53,{},{}", servers[0].port, servers[1].port);
+        cmd.args(["--connect-ports", &ports]);
+    }
+    let upstream = Agent::spawn(cmd, 1);
+    let via = format!("{scheme}://{}", upstream.addr());
+    let client = dir.write("SocketClient.java", SOCKET_CLIENT);
+
+    let through = |mut server: Server, name: &str, extra: &[&str]| {
         let jsonl = dir.join(&format!("{name}.jsonl"));
         let mut c = g.gw.cmd(capagent());
         c.args(["intercept", "--mode", "tproxy", "--iface", "g0"])
@@ -565,7 +596,8 @@ fn gateway_names(udp: bool) {
         (evs, port, line)
     };
 
-    let (evs, port, line) = through("names", &[]);
+    let [names_server, addr_server] = servers;
+    let (evs, port, line) = through(names_server, "names", &[]);
     let target = format!("app.example:{port}");
     let open = one(&evs, &format!("open of {target}"), |e| {
         e.ty() == "open" && e["target"] == target
@@ -580,7 +612,7 @@ fn gateway_names(udp: bool) {
     );
 
     // --no-upstream-names: the address goes, as the program connected.
-    let (evs, addr_port, _) = through("addresses", &["--no-upstream-names"]);
+    let (evs, addr_port, _) = through(addr_server, "addresses", &["--no-upstream-names"]);
     let addr_target = format!("10.78.2.2:{addr_port}");
     let open = one(&evs, &format!("open of {addr_target}"), |e| {
         e.ty() == "open" && e["target"] == addr_target
@@ -596,13 +628,13 @@ fn gateway_names(udp: bool) {
     upstream.stop();
     dns.stop();
     let evs = records(&up_jsonl);
-    let open = open_of(&evs, "socks5 connect", &target);
+    let open = open_of(&evs, up_proxy, &target);
     assert_eq!(open.ret(), 0, "{open}");
     assert_eq!(recorded(&evs, open.fd(), "send"), line.as_bytes());
     assert_eq!(
         recorded(&evs, open.fd(), "recv"),
         format!("echo:{line}").as_bytes()
     );
-    let open = open_of(&evs, "socks5 connect", &addr_target);
+    let open = open_of(&evs, up_proxy, &addr_target);
     assert_eq!(open.ret(), 0, "{open}");
 }
