@@ -9,6 +9,9 @@
 //! `SocketClient` (connecting by address, no proxy settings) or curl. Each test checks the
 //! answer the client printed, the bytes and peer the server saw (the upstream's address:
 //! the connection went through it), and the records of both capagents.
+//!
+//! The gateway tests build their own namespaces (gateway and server; client, gateway and
+//! server for the names a client resolved through the gateway).
 
 use std::process::Command;
 
