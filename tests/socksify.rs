@@ -9,6 +9,9 @@
 //! `SocketClient` (connecting by address, no proxy settings) or curl. Each test checks the
 //! answer the client printed, the bytes and peer the server saw (the upstream's address:
 //! the connection went through it), and the records of both capagents.
+//!
+//! The gateway tests build their own namespaces (gateway and server; client, gateway and
+//! server for the names a client resolved through the gateway).
 
 use std::process::Command;
 
@@ -38,13 +41,13 @@ public class SocketClient {
 }
 "#;
 
-/// A line server on 127.0.0.1: for each of argv[1] connections, prints `PEER ADDRESS`, reads
-/// one line, prints `GOT HEX` and answers `echo:` + the line.
+/// A line server on 127.0.0.1 (or argv[2]): for each of argv[1] connections, prints `PEER
+/// ADDRESS`, reads one line, prints `GOT HEX` and answers `echo:` + the line.
 const LINE_SERVER: &str = r#"
 import socket, sys
 s = socket.socket()
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("127.0.0.1", 0)); s.listen(8)
+s.bind((sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1", 0)); s.listen(8)
 print("READY", s.getsockname()[1], flush=True)
 for _ in range(int(sys.argv[1])):
     c, peer = s.accept()
@@ -398,4 +401,243 @@ fn as_socks_through_tinyproxy() {
     let got = recorded(&evs, open.fd(), "recv");
     assert!(got.ends_with(b"\r\n\r\nsocks answered here\n"), "{got:?}");
     drop(tiny);
+}
+
+/// A gateway: client (10.78.1.2) → gateway (forwarding; capagent runs here) → server
+/// (10.78.2.2), joined by veth pairs.
+struct Gateway {
+    client: Netns,
+    gw: Netns,
+    server: Netns,
+}
+
+impl Gateway {
+    fn new(tag: &str) -> Gateway {
+        let g = Gateway {
+            client: Netns::new(&format!("{tag}c")),
+            gw: Netns::new(&format!("{tag}g")),
+            server: Netns::new(&format!("{tag}s")),
+        };
+        let ok = |c: &mut Command| {
+            let out = c.output().unwrap();
+            assert!(out.status.success(), "{c:?}: {out:?}");
+        };
+        ok(g.gw.cmd("sysctl").args(["-qw", "net.ipv4.ip_forward=1"]));
+        for (a, a_dev, b, b_dev) in [
+            (&g.client, "c0", &g.gw, "g0"),
+            (&g.server, "s0", &g.gw, "g1"),
+        ] {
+            ok(Command::new("ip").args([
+                "link", "add", a_dev, "netns", &a.name, "type", "veth", "peer", "name", b_dev,
+                "netns", &b.name,
+            ]));
+        }
+        for (ns, dev, addr) in [
+            (&g.client, "c0", "10.78.1.2/24"),
+            (&g.gw, "g0", "10.78.1.1/24"),
+            (&g.gw, "g1", "10.78.2.1/24"),
+            (&g.server, "s0", "10.78.2.2/24"),
+        ] {
+            ns.ip(&["addr", "add", addr, "dev", dev]).unwrap();
+            ns.ip(&["link", "set", dev, "up"]).unwrap();
+        }
+        g.client
+            .ip(&["route", "add", "default", "via", "10.78.1.1"])
+            .unwrap();
+        g.server
+            .ip(&["route", "add", "default", "via", "10.78.2.1"])
+            .unwrap();
+        g
+    }
+}
+
+/// Files `ip netns exec NS` mounts over /etc's (`/etc/netns/NS/FILE`), removed on drop.
+struct NetnsEtc(std::path::PathBuf);
+
+impl NetnsEtc {
+    fn new(ns: &Netns, files: &[(&str, &str)]) -> NetnsEtc {
+        let dir = std::path::Path::new("/etc/netns").join(&ns.name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let etc = NetnsEtc(dir);
+        for (file, text) in files {
+            std::fs::write(etc.0.join(file), text).unwrap();
+        }
+        etc
+    }
+}
+
+impl Drop for NetnsEtc {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Socksify by name on a gateway (`--mode tproxy`, every TCP port): the client, the book's
+/// Java `SocketClient` given the name `app.example`, resolves it with the C library over TCP
+/// (`options use-vc`) from `capagent dns` beyond the gateway, so the answer crosses the
+/// intercept (relayed through the upstream like any connection), which learns the name of
+/// the address; the connection to that address then goes to the upstream `capagent proxy
+/// socks` as the name, which the upstream resolves itself (from the same `capagent dns`)
+/// and records as the target. Both capagents record the bytes; the server sees the
+/// connection come from the upstream's host. With `--no-upstream-names`, the address goes.
+#[test]
+fn gateway_names_through_capagent_socks() {
+    gateway_names(false, Up::Socks);
+}
+
+/// [`gateway_names_through_capagent_socks`] through `capagent proxy http`'s CONNECT: the
+/// upstream is asked `CONNECT app.example:PORT`.
+#[test]
+fn gateway_names_through_capagent_http_connect() {
+    gateway_names(false, Up::HttpConnect);
+}
+
+/// [`gateway_names_through_capagent_socks`] with the client resolving over UDP, intercepted
+/// with `--udp`: needs `--udp` through `--upstream-proxy` (SOCKS5 UDP ASSOCIATE), which this
+/// branch refuses; passes with the check lifted (UDP relayed directly).
+#[test]
+#[ignore = "needs --udp through --upstream-proxy (UDP ASSOCIATE)"]
+fn gateway_names_over_udp_through_capagent_socks() {
+    gateway_names(true, Up::Socks);
+}
+
+/// The upstream capagent of [`gateway_names`].
+#[derive(Clone, Copy, PartialEq)]
+enum Up {
+    Socks,
+    HttpConnect,
+}
+
+/// The gateway tests above: the client resolves over UDP (`--udp`) or TCP; the upstream is
+/// `capagent proxy socks` or `capagent proxy http`.
+fn gateway_names(udp: bool, up: Up) {
+    let g = Gateway::new(match (udp, up) {
+        (true, _) => "sxu",
+        (false, Up::Socks) => "sxn",
+        (false, Up::HttpConnect) => "sxh",
+    });
+    let dir = TempDir::new("socksify-names");
+    let mut cmd = g.server.cmd(capagent());
+    cmd.args(["dns", "--listen", "10.78.2.2:53", "--answer", "10.78.2.2"])
+        .args(["--name", "app.example", "--ttl", "300"]);
+    let dns = Agent::spawn(cmd, 1);
+    let _server_etc = NetnsEtc::new(&g.server, &[("resolv.conf", "nameserver 10.78.2.2\n")]);
+    let _client_etc = NetnsEtc::new(
+        &g.client,
+        &[(
+            "resolv.conf",
+            if udp {
+                "nameserver 10.78.2.2\n"
+            } else {
+                "nameserver 10.78.2.2\noptions use-vc\n"
+            },
+        )],
+    );
+    // One line server for the run with names, one for the run without.
+    let line_server = || {
+        Server::script(
+            &g.server,
+            &dir,
+            "line_server.py",
+            LINE_SERVER,
+            &["1".into(), "10.78.2.2".into()],
+        )
+    };
+    let servers = [line_server(), line_server()];
+    let up_jsonl = dir.join("upstream.jsonl");
+    let mut cmd = g.server.cmd(capagent());
+    let (kind, scheme, up_proxy) = match up {
+        Up::Socks => ("socks", "socks5", "socks5 connect"),
+        Up::HttpConnect => ("http", "http", "http connect"),
+    };
+    cmd.args(["proxy", kind, "--listen", "10.78.2.2:0"])
+        .args(["--format", "json", "-o"])
+        .arg(&up_jsonl);
+    if up == Up::HttpConnect {
+        let ports = format!("53,{},{}", servers[0].port, servers[1].port);
+        cmd.args(["--connect-ports", &ports]);
+    }
+    let upstream = Agent::spawn(cmd, 1);
+    let via = format!("{scheme}://{}", upstream.addr());
+    let client = dir.write("SocketClient.java", SOCKET_CLIENT);
+
+    let through = |mut server: Server, name: &str, extra: &[&str]| {
+        let jsonl = dir.join(&format!("{name}.jsonl"));
+        let mut c = g.gw.cmd(capagent());
+        c.args(["intercept", "--mode", "tproxy", "--iface", "g0"])
+            .args(["--upstream-proxy", &via])
+            .args(if udp { &["--udp"][..] } else { &[] })
+            .args(extra)
+            .args(["--format", "json", "-o"])
+            .arg(&jsonl);
+        let mut agent = Proc::spawn("capagent intercept", c);
+        agent.wait_stderr("capagent: intercepting", 1, TIMEOUT);
+        let port = server.port.to_string();
+        let msg = format!("hello {name}");
+        let mut c = g.client.cmd("java");
+        c.arg(&client).args(["app.example", &port, &msg]);
+        assert_eq!(
+            run_output("java SocketClient", c, TIMEOUT * 2),
+            format!("ANSWER echo:{msg}\n")
+        );
+        assert_eq!(server.proc.expect("PEER", TIMEOUT), "10.78.2.2");
+        let line = format!("{msg}\n");
+        assert_eq!(server.proc.expect("GOT", TIMEOUT), hex(line.as_bytes()));
+        agent.terminate(TIMEOUT);
+        let evs = records(&jsonl);
+        // The DNS went through the intercept (over TCP through the upstream), by address.
+        let how = if udp { "tproxy udp" } else { "tproxy" };
+        let dns_opens: Vec<&Value> = evs
+            .iter()
+            .filter(|e| e.ty() == "open" && e["target"] == "10.78.2.2:53")
+            .collect();
+        assert!(!dns_opens.is_empty(), "{}", dump(&evs));
+        for o in dns_opens {
+            assert!(o["proxy"].as_str().unwrap().starts_with(how), "{o}");
+            assert_eq!(o.ret(), 0, "{o}");
+        }
+        (evs, port, line)
+    };
+
+    let [names_server, addr_server] = servers;
+    let (evs, port, line) = through(names_server, "names", &[]);
+    let target = format!("app.example:{port}");
+    let open = one(&evs, &format!("open of {target}"), |e| {
+        e.ty() == "open" && e["target"] == target
+    });
+    assert_eq!(open["proxy"], format!("tproxy via {via}"), "{open}");
+    assert_eq!(open["resolved"], format!("10.78.2.2:{port}"), "{open}");
+    assert_eq!(open.ret(), 0, "{open}");
+    assert_eq!(recorded(&evs, open.fd(), "send"), line.as_bytes());
+    assert_eq!(
+        recorded(&evs, open.fd(), "recv"),
+        format!("echo:{line}").as_bytes()
+    );
+
+    // --no-upstream-names: the address goes, as the program connected.
+    let (evs, addr_port, _) = through(addr_server, "addresses", &["--no-upstream-names"]);
+    let addr_target = format!("10.78.2.2:{addr_port}");
+    let open = one(&evs, &format!("open of {addr_target}"), |e| {
+        e.ty() == "open" && e["target"] == addr_target
+    });
+    assert_eq!(open.ret(), 0, "{open}");
+    assert!(
+        !evs.iter()
+            .any(|e| e.ty() == "open" && e["target"] == target),
+        "{}",
+        dump(&evs)
+    );
+
+    upstream.stop();
+    dns.stop();
+    let evs = records(&up_jsonl);
+    let open = open_of(&evs, up_proxy, &target);
+    assert_eq!(open.ret(), 0, "{open}");
+    assert_eq!(recorded(&evs, open.fd(), "send"), line.as_bytes());
+    assert_eq!(
+        recorded(&evs, open.fd(), "recv"),
+        format!("echo:{line}").as_bytes()
+    );
+    let open = open_of(&evs, up_proxy, &addr_target);
+    assert_eq!(open.ret(), 0, "{open}");
 }

@@ -71,6 +71,10 @@ pub struct InterceptArgs {
     /// (`http://[USER:PASS@]HOST:PORT`). TCP only.
     #[arg(long, value_name = "URL")]
     pub upstream_proxy: Option<String>,
+    /// With --upstream-proxy: give the proxy the original destination's address only, never
+    /// the name a DNS answer relayed through capagent gave it.
+    #[arg(long, requires = "upstream_proxy")]
+    pub no_upstream_names: bool,
     #[command(flatten)]
     pub record: RecordArgs,
     #[command(flatten)]
@@ -147,6 +151,7 @@ impl InterceptArgs {
             },
             tls,
             upstream,
+            no_upstream_names: self.no_upstream_names,
         };
         super::check(&opts, &relay)?;
         Ok((opts, relay))
@@ -206,8 +211,20 @@ mod tests {
         assert_eq!(up.auth, Some(("u".into(), "p".into())));
         let (_, relay) = options(&["--upstream-proxy", "http://[::1]:3128", "--pid", "7"]).unwrap();
         assert_eq!(relay.upstream.unwrap().url(), "http://[::1]:3128");
+        assert!(!relay.no_upstream_names);
         let (_, relay) = options(&["--", "curl"]).unwrap();
         assert!(relay.upstream.is_none());
+        let (_, relay) = options(&[
+            "--upstream-proxy",
+            "socks5://127.0.0.1:1080",
+            "--no-upstream-names",
+            "--",
+            "curl",
+        ])
+        .unwrap();
+        assert!(relay.no_upstream_names);
+        // Names go to an upstream proxy only.
+        assert!(options(&["--no-upstream-names", "--", "curl"]).is_err());
         let err = options(&["--upstream-proxy", "ftp://x:1", "--", "curl"]).unwrap_err();
         assert!(
             err.to_string()

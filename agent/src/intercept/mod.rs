@@ -22,6 +22,7 @@ pub mod cgroup;
 pub mod cleanup;
 pub mod command;
 pub mod listener;
+pub mod names;
 pub mod nft;
 pub mod origdst;
 pub mod route;
@@ -178,6 +179,9 @@ pub struct RelayOptions {
     /// `--upstream-proxy`: reach the original destinations through this proxy (SOCKS5 or
     /// HTTP CONNECT) instead of directly.
     pub upstream: Option<crate::proxy::dial::Upstream>,
+    /// `--no-upstream-names`: give the upstream proxy addresses only, never the names
+    /// learned from the DNS answers relayed.
+    pub no_upstream_names: bool,
 }
 
 /// Runs the interception until SIGINT/SIGTERM/SIGHUP, `--duration`, or the end of `-- CMD`,
@@ -251,6 +255,8 @@ pub fn run_until(
             upstream: Some(up),
             timeout: crate::proxy::Limits::default().handshake,
         }),
+        names: (relay.upstream.is_some() && !relay.no_upstream_names)
+            .then(|| Arc::new(names::Names::default())),
     };
     let sink: Arc<dyn Sink> = match relay.handler {
         Handler::Raw => Arc::new(raw),

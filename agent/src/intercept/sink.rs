@@ -7,11 +7,12 @@ use std::io;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd as _;
 use std::pin::Pin;
-
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::net::{TcpSocket, TcpStream};
 
+use super::names::{self, DnsTap, Names};
 use super::origdst;
 use crate::model::{Direction, Transport};
 use crate::proxy::http::reverse::{self, ReverseOptions};
@@ -89,7 +90,8 @@ pub async fn dial(to: SocketAddr, mark: u32) -> io::Result<TcpStream> {
 /// ways, the close. With `--tls`, as `proxy forward --tls` ([`tls::open_and_relay`]): TLS
 /// is intercepted, the original destination the name asked for when there is no SNI.
 /// With `--upstream-proxy` (`via`), the original destination is reached through that
-/// proxy (SOCKS5 or HTTP CONNECT), which the `open` record names.
+/// proxy (SOCKS5 or HTTP CONNECT), which the `open` record names; given as the name the
+/// program resolved when `names` knows it (the record's target is then that name).
 pub struct Recording {
     pub recorder: Recorder,
     pub idle: Option<Duration>,
@@ -97,6 +99,19 @@ pub struct Recording {
     pub tls: Option<Ctx>,
     /// `--upstream-proxy`: the dialer reaching original destinations through it.
     pub via: Option<Dialer>,
+    /// The names learned from the DNS answers relayed (UDP from port 53, TCP port 53), sent
+    /// to the upstream proxy instead of the address (None: addresses only).
+    pub names: Option<Arc<Names>>,
+}
+
+impl Recording {
+    /// Where to reach `orig`: its name when an answer gave one, else the address.
+    fn destination(&self, orig: SocketAddr) -> Target {
+        match self.names.as_ref().and_then(|n| n.name_of(orig.ip())) {
+            Some(name) => Target::name(name, orig.port()),
+            None => Target::ip(orig),
+        }
+    }
 }
 
 /// Why [`connect_orig`] failed.
@@ -111,9 +126,11 @@ struct DialFailure {
 }
 
 /// Connects to `orig` from a socket carrying `mark`, directly or through the upstream proxy
-/// of `via` (the connection to the proxy carries the mark).
+/// of `via` (the connection to the proxy carries the mark), which is asked for `dest` (`orig`
+/// or its name).
 async fn connect_orig(
     via: Option<&Dialer>,
+    dest: &Target,
     orig: SocketAddr,
     mark: u32,
 ) -> Result<TcpStream, DialFailure> {
@@ -124,7 +141,7 @@ async fn connect_orig(
             upstream: false,
         }),
         Some(d) => d
-            .connect_marked(&Target::ip(orig), mark)
+            .connect_marked(dest, mark)
             .await
             .map(|d| d.stream)
             .map_err(|e| DialFailure {
@@ -154,13 +171,15 @@ impl Sink for Recording {
         let idle = self.idle;
         let tls = self.tls.clone();
         let via = self.via.clone();
+        let dest = self.destination(a.orig);
+        let names = self.names.clone();
         Box::pin(async move {
             let mut what = label(a.how, a.pid);
             if let Some(up) = via.as_ref().and_then(|d| d.upstream.as_ref()) {
                 what.push_str(&format!(" via {}", up.url()));
             }
-            let target = a.orig.to_string();
-            let mut up = match connect_orig(via.as_ref(), a.orig, a.mark).await {
+            let target = dest.to_string();
+            let mut up = match connect_orig(via.as_ref(), &dest, a.orig, a.mark).await {
                 Ok(s) => s,
                 Err(f) => {
                     if f.upstream {
@@ -193,7 +212,7 @@ impl Sink for Recording {
                         port: a.orig.port(),
                         resolved: Some(a.orig),
                     };
-                    let host = a.orig.ip().to_string();
+                    let host = dest.host.name();
                     tls::open_and_relay(ctx, &conn, opening, &host, &mut a.client, &mut up).await
                 }
                 None => {
@@ -206,7 +225,14 @@ impl Sink for Recording {
                         Ok(()),
                     )
                     .await;
-                    relay::relay(&mut a.client, &mut up, &conn, idle).await
+                    match names {
+                        // DNS over TCP: its answers teach names too.
+                        Some(n) if a.orig.port() == names::DNS_PORT => {
+                            let mut up = DnsTap::new(up, n);
+                            relay::relay_streams(&mut a.client, &mut up, &conn, idle).await
+                        }
+                        _ => relay::relay(&mut a.client, &mut up, &conn, idle).await,
+                    }
                 }
             };
             match relayed {
@@ -227,6 +253,11 @@ impl Sink for Recording {
         how: &'static str,
     ) -> Pin<Box<dyn Future<Output = Box<dyn UdpFlow>> + Send>> {
         let conn = self.recorder.conn(COMM, Transport::Udp, client);
+        // DNS answers relayed teach names.
+        let names = self
+            .names
+            .clone()
+            .filter(|_| orig.port() == names::DNS_PORT);
         Box::pin(async move {
             conn.open(
                 format!("{how} udp"),
@@ -240,6 +271,7 @@ impl Sink for Recording {
             Box::new(RecordedFlow {
                 conn: std::sync::Arc::new(conn),
                 orig,
+                names,
             }) as Box<dyn UdpFlow>
         })
     }
@@ -248,6 +280,8 @@ impl Sink for Recording {
 struct RecordedFlow {
     conn: std::sync::Arc<Conn>,
     orig: SocketAddr,
+    /// A DNS flow's names (its answers are learned).
+    names: Option<Arc<Names>>,
 }
 
 impl UdpFlow for RecordedFlow {
@@ -256,6 +290,9 @@ impl UdpFlow for RecordedFlow {
             UdpDir::Request => Direction::Send,
             UdpDir::Reply => Direction::Recv,
         };
+        if let (UdpDir::Reply, Some(n)) = (dir, &self.names) {
+            n.learn(&payload);
+        }
         let conn = self.conn.clone();
         let orig = self.orig;
         Box::pin(async move { conn.datagram(d, orig, payload).await })
@@ -308,10 +345,11 @@ pub struct HttpAware {
 impl Sink for HttpAware {
     fn tcp(&self, a: Accepted) -> BoxFuture {
         let ctx = self.ctx.clone();
+        let to = self.raw.destination(a.orig);
         Box::pin(async move {
             let opts = ReverseOptions {
                 listen: a.listen,
-                to: Some(Target::ip(a.orig)),
+                to: Some(to),
                 routes: Vec::new(),
                 rewrite_host: false,
             };
@@ -328,5 +366,72 @@ impl Sink for HttpAware {
         how: &'static str,
     ) -> Pin<Box<dyn Future<Output = Box<dyn UdpFlow>> + Send>> {
         self.raw.udp_flow(client, orig, listen, how)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A DNS response giving `ip` for `name` (hand-encoded: header, question, one A record
+    /// pointing back at the question's name).
+    fn a_answer(name: &str, ip: [u8; 4]) -> bytes::Bytes {
+        let mut m = vec![0x12, 0x34, 0x81, 0x80, 0, 1, 0, 1, 0, 0, 0, 0];
+        for label in name.split('.') {
+            m.push(label.len() as u8);
+            m.extend_from_slice(label.as_bytes());
+        }
+        m.extend_from_slice(&[0, 0, 1, 0, 1]);
+        m.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1, 0, 0, 1, 0x2c, 0, 4]);
+        m.extend_from_slice(&ip);
+        m.into()
+    }
+
+    fn recording(names: Option<Arc<Names>>) -> Recording {
+        Recording {
+            recorder: Recorder::disabled(),
+            idle: None,
+            tls: None,
+            via: None,
+            names,
+        }
+    }
+
+    #[tokio::test]
+    async fn udp_dns_answers_name_destinations() {
+        let names = Arc::new(Names::default());
+        let r = recording(Some(names.clone()));
+        let client: SocketAddr = "10.0.0.2:40000".parse().unwrap();
+        let listen: SocketAddr = "0.0.0.0:1".parse().unwrap();
+        let orig: SocketAddr = "192.0.2.80:8080".parse().unwrap();
+        assert_eq!(r.destination(orig), Target::ip(orig));
+        // A reply of a flow to another port teaches nothing, nor does a request.
+        let other = r
+            .udp_flow(client, "192.0.2.53:5353".parse().unwrap(), listen, "tproxy")
+            .await;
+        other
+            .datagram(UdpDir::Reply, a_answer("www.example.org", [192, 0, 2, 80]))
+            .await;
+        let dns = r
+            .udp_flow(client, "192.0.2.53:53".parse().unwrap(), listen, "tproxy")
+            .await;
+        dns.datagram(
+            UdpDir::Request,
+            a_answer("www.example.org", [192, 0, 2, 80]),
+        )
+        .await;
+        assert_eq!(r.destination(orig), Target::ip(orig));
+        dns.datagram(UdpDir::Reply, a_answer("www.example.org", [192, 0, 2, 80]))
+            .await;
+        assert_eq!(r.destination(orig), Target::name("www.example.org", 8080));
+        assert_eq!(r.destination(orig).to_string(), "www.example.org:8080");
+        // Without names (--no-upstream-names, no upstream): addresses only.
+        let r = recording(None);
+        let dns = r
+            .udp_flow(client, "192.0.2.53:53".parse().unwrap(), listen, "tproxy")
+            .await;
+        dns.datagram(UdpDir::Reply, a_answer("www.example.org", [192, 0, 2, 80]))
+            .await;
+        assert_eq!(r.destination(orig), Target::ip(orig));
     }
 }
