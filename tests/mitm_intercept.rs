@@ -9,32 +9,11 @@
 //! STARTTLS: curl sending a mail to a scripted SMTP server that upgrades mid-stream
 //! (`testkit::starttls`), recorded in plaintext before and after the upgrade.
 
-use capagent_testkit::proxy::{Rec, recorded};
+use capagent_testkit::mitm::{check_recorded, check_tls};
+use capagent_testkit::proxy::Rec;
 use capagent_testkit::starttls::{SmtpServer, check_starttls_records, curl_mail_args};
 use capagent_testkit::*;
 use serde_json::Value;
-
-/// The intercepted connection's checks: no error, TLS 1.3 both ways, the server's
-/// certificate subject, `sni` the SNI each side sent.
-fn check_tls(open: &Value, sni: Option<&str>) {
-    let tls = &open["tls"];
-    assert_eq!(tls["error"], Value::Null, "{open}");
-    for side in ["client", "server"] {
-        assert_eq!(
-            tls[side]["sni"],
-            sni.map_or(Value::Null, Value::from),
-            "{open}"
-        );
-        assert_eq!(tls[side]["version"], "TLSv1.3", "{open}");
-        assert!(
-            tls[side]["cipher"]
-                .as_str()
-                .is_some_and(|c| c.starts_with("TLS13_")),
-            "{open}"
-        );
-    }
-    assert_eq!(tls["server_cert"], "CN=localhost", "{open}");
-}
 
 /// `intercept --tls -- curl URL1 URL2`: both connections intercepted, the one without SNI
 /// with a leaf for the address curl connected to.
@@ -74,23 +53,7 @@ fn intercept_tls_curl() {
             "{open}"
         );
         check_tls(open, sni);
-        let fd = open["fd"].as_i64().unwrap();
-        assert_eq!(
-            recorded(&evs, fd, "send"),
-            ex.request,
-            "request as recorded"
-        );
-        assert_eq!(
-            recorded(&evs, fd, "recv"),
-            ex.response,
-            "response as recorded"
-        );
-        for d in evs
-            .iter()
-            .filter(|e| e["type"] == "data" && e["fd"] == fd && e["total"] != 0)
-        {
-            assert_eq!(d["tls"], serde_json::json!({"plaintext": true}), "{d}");
-        }
+        check_recorded(&evs, open["fd"].as_i64().unwrap(), ex);
     }
     let http = tshark_r(
         &rec.pcap,
