@@ -7,8 +7,10 @@
 //! plaintext both ways in the JSON records (the server reports what it read and wrote), what
 //! the records say of each TLS side, and that tshark reads the HTTP from the pcapng. And
 //! STARTTLS: curl sending a mail to a scripted SMTP server that upgrades mid-stream
-//! (`testkit::starttls`), recorded in plaintext before and after the upgrade.
+//! (`testkit::starttls`), recorded in plaintext before and after the upgrade. And
+//! `--pcap-tls raw`: both legs' real TLS in the pcapng, decrypting from its own secrets.
 
+use capagent_testkit::mitm::raw::{check_raw, sessions};
 use capagent_testkit::mitm::{check_recorded, check_tls};
 use capagent_testkit::proxy::Rec;
 use capagent_testkit::starttls::{SmtpServer, check_starttls_records, curl_mail_args};
@@ -93,6 +95,45 @@ fn intercept_tls_curl() {
             .all(|l| l[2].contains("decrypted by capagent (mitm)")),
         "tshark: {http}"
     );
+}
+
+/// `intercept --tls --pcap-tls raw -o F -w F -- curl ...` (per-process mode): the pcapng
+/// holds both legs of the intercepted connection (curl to capagent, capagent to the
+/// server) as real TLS, each decrypting with tshark from the file's own secrets to the
+/// exact request and response (as `--pcap-tls raw` in the proxies: `testkit::mitm::raw`).
+#[test]
+fn intercept_tls_pcap_raw_curl() {
+    let ns = Netns::new("imiraw");
+    let dir = TempDir::new("mitm-intercept-raw");
+    let certs = Certs::localhost();
+    let mut server = HttpsServer::start(&ns, &dir, &certs);
+    let port = server.port();
+    let rec = Rec::new(&dir, "intercept-raw");
+    let ca_dir = dir.join("ca");
+    let ca_cert = ca_dir.join("ca.crt").display().to_string();
+    let mut c = ns.cmd(capagent());
+    c.args(["intercept", "--tls", "--pcap-tls", "raw"])
+        .args(["--ca-dir", ca_dir.to_str().unwrap()])
+        .args(["--upstream-ca", certs.ca_str()])
+        .args(rec.args())
+        .args(["--", "curl", "-sS", "-m", "20", "--cacert", &ca_cert])
+        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .arg(format!("https://localhost:{port}/raw-intercept"));
+    let out = run_output(
+        "capagent intercept --tls --pcap-tls raw -- curl",
+        c,
+        TIMEOUT,
+    );
+    assert_eq!(out, "path /raw-intercept\n");
+    let ex = server.exchange();
+    let evs = rec.events();
+    let target = format!("127.0.0.1:{port}");
+    let open = one(&evs, "open", |e| e.ty() == "open" && e["target"] == target);
+    check_tls(open, Some("localhost"));
+    // The client leg ends at the address capagent accepted curl's connection on.
+    let listen = open["listen"].as_str().unwrap().parse().unwrap();
+    let lines = check_raw(&rec, &dir, open, &ex, "/raw-intercept", listen, port);
+    assert_eq!(sessions(&lines).len(), 2, "two sessions: {lines:?}");
 }
 
 /// `intercept --tls -- curl smtp://...`: a mail sent over STARTTLS by an intercepted
