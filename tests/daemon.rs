@@ -22,6 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use capagent_testkit::proxy::{open_of, recorded};
 use capagent_testkit::*;
 use serde_json::Value;
 
@@ -1033,6 +1034,63 @@ answer = "127.0.0.2"
     assert!(daemon.wait(TIMEOUT).success());
 }
 
+/// A proxy job with `replace = [...]` (as `--replace` on the command line): a Python
+/// client's request and a Python server's answer through the job are each changed on the
+/// way, and the job's JSON lines hold the bytes as sent with an `edit` record per change.
+#[test]
+fn proxy_job_replaces_bytes() {
+    let ns = Netns::new("drepl");
+    let dir = TempDir::new("drepl");
+    let out = dir.join("out");
+    let (request, reply) = (b"hello ping\n", b"server says Boo!\n");
+    let read = format!("r:{}", request.len());
+    let mut server = Server::reply(&ns, &dir, 1, &read, reply);
+    let (c2s, s2c) = ("c2s:/ping/pong/", "s2c:/Boo!/Yay!/");
+    let cfg = dir.write(
+        "capagent.toml",
+        format!(
+            r#"[daemon]
+output_dir = "{}"
+
+[[job]]
+name = "rw"
+kind = "proxy forward"
+listen = "127.0.0.1:{FORWARD}"
+to = "127.0.0.1:{}"
+replace = ["{c2s}", "{s2c}"]
+record = ["json"]
+"#,
+            out.display(),
+            server.port
+        ),
+    );
+    let notify = NotifySocket::bind(dir.join("notify.sock"));
+    let mut daemon = start_daemon(&ns, &cfg, &notify);
+    notify.wait("READY=1", 0);
+    wait_listen(daemon.pid(), FORWARD);
+    let client = dir.write("client.py", CLIENT_PY);
+    let mut c = ns.cmd(python());
+    c.args([&client, "inet", "127.0.0.1", &FORWARD.to_string()])
+        .args([format!("w:{}", hex(request)), "r:eof".into()]);
+    let got = run_output("client.py through the job", c, TIMEOUT);
+    assert_eq!(server.recv(0), b"hello pong\n");
+    assert_eq!(unhex(&kv(&got, "GOT")), b"server says Yay!\n");
+    server.done();
+    signal(&daemon, libc::SIGTERM);
+    assert!(daemon.wait(TIMEOUT).success(), "{}", daemon.stderr());
+    let evs = json_records(&out, "rw");
+    assert_eq!(
+        edits(&evs),
+        [
+            edit("send", c2s, 6, b"ping", b"pong"),
+            edit("recv", s2c, 12, b"Boo!", b"Yay!")
+        ]
+    );
+    let open = open_of(&evs, "forward", &format!("127.0.0.1:{}", server.port));
+    assert_eq!(recorded(&evs, open.fd(), "send"), b"hello pong\n");
+    assert_eq!(recorded(&evs, open.fd(), "recv"), b"server says Yay!\n");
+}
+
 #[test]
 fn check_reports_errors_with_line_and_column() {
     let dir = TempDir::new("dcheck");
@@ -1078,6 +1136,11 @@ fn check_reports_errors_with_line_and_column() {
             "[[job]]\nname = \"t\"\nkind = \"trace\"\n",
             "1:1",
             "job \"t\": nothing to trace",
+        ),
+        (
+            "[[job]]\nname = \"f\"\nkind = \"proxy forward\"\nlisten = \"127.0.0.1:1\"\nto = \"127.0.0.1:2\"\nreplace = [\"s2c:/(/x/\"]\n",
+            "1:1",
+            "job \"f\": --replace \"s2c:/(/x/\": bad regex",
         ),
         (
             "[daemon]\nrotate_size = \"lots\"\n",
