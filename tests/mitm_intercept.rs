@@ -11,36 +11,42 @@
 //! `--pcap-tls raw`: both legs' real TLS in the pcapng, decrypting from its own secrets.
 
 use capagent_testkit::mitm::raw::{check_raw, sessions};
-use capagent_testkit::mitm::{check_recorded, check_tls};
+use std::process::Command;
+
+use capagent_testkit::mitm::{Mitm, check_recorded, check_tls};
 use capagent_testkit::proxy::Rec;
 use capagent_testkit::starttls::{SmtpServer, check_starttls_records, curl_mail_args};
 use capagent_testkit::*;
 use serde_json::Value;
+
+/// `capagent intercept --tls --ca-dir DIR/ca EXTRA -o ... -w ... -- curl -sS -m 20 --cacert
+/// CA` in `ns` (the URLs and the rest of curl's arguments to add).
+fn intercept_curl(ns: &Netns, t: &Mitm, extra: &[&str]) -> Command {
+    let mut c = ns.cmd(capagent());
+    c.arg("intercept")
+        .args(t.tls_args(extra))
+        .args(t.rec.args())
+        .args(["--", "curl", "-sS", "-m", "20", "--cacert", &t.ca_cert()]);
+    c
+}
 
 /// `intercept --tls -- curl URL1 URL2`: both connections intercepted, the one without SNI
 /// with a leaf for the address curl connected to.
 #[test]
 fn intercept_tls_curl() {
     let ns = Netns::new("imi");
-    let dir = TempDir::new("mitm-intercept");
+    let t = Mitm::new("intercept");
     let certs = Certs::localhost();
-    let mut server = HttpsServer::start(&ns, &dir, &certs);
+    let mut server = HttpsServer::start(&ns, &t.dir, &certs);
     let port = server.port();
-    let rec = Rec::new(&dir, "intercept");
-    let ca_dir = dir.join("ca");
-    let ca_cert = ca_dir.join("ca.crt").display().to_string();
-    let mut c = ns.cmd(capagent());
-    c.args(["intercept", "--tls", "--ca-dir", ca_dir.to_str().unwrap()])
-        .args(["--upstream-ca", certs.ca_str()])
-        .args(rec.args())
-        .args(["--", "curl", "-sS", "-m", "20", "--cacert", &ca_cert])
-        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+    let mut c = intercept_curl(&ns, &t, &["--upstream-ca", certs.ca_str()]);
+    c.args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
         .arg(format!("https://127.0.0.1:{port}/by-address"))
         .arg(format!("https://localhost:{port}/by-name"));
     let out = run_output("capagent intercept --tls -- curl", c, TIMEOUT);
     assert_eq!(out, "path /by-address\npath /by-name\n");
     let exchanges = [server.exchange(), server.exchange()];
-    let evs = rec.events();
+    let evs = t.events();
     let target = format!("127.0.0.1:{port}");
     let opens: Vec<&Value> = evs
         .iter()
@@ -58,7 +64,7 @@ fn intercept_tls_curl() {
         check_recorded(&evs, open["fd"].as_i64().unwrap(), ex);
     }
     let http = tshark_r(
-        &rec.pcap,
+        &t.rec.pcap,
         &[
             "-Y",
             "http",
@@ -104,20 +110,13 @@ fn intercept_tls_curl() {
 #[test]
 fn intercept_tls_pcap_raw_curl() {
     let ns = Netns::new("imiraw");
-    let dir = TempDir::new("mitm-intercept-raw");
+    let t = Mitm::new("intercept-raw");
     let certs = Certs::localhost();
-    let mut server = HttpsServer::start(&ns, &dir, &certs);
+    let mut server = HttpsServer::start(&ns, &t.dir, &certs);
     let port = server.port();
-    let rec = Rec::new(&dir, "intercept-raw");
-    let ca_dir = dir.join("ca");
-    let ca_cert = ca_dir.join("ca.crt").display().to_string();
-    let mut c = ns.cmd(capagent());
-    c.args(["intercept", "--tls", "--pcap-tls", "raw"])
-        .args(["--ca-dir", ca_dir.to_str().unwrap()])
-        .args(["--upstream-ca", certs.ca_str()])
-        .args(rec.args())
-        .args(["--", "curl", "-sS", "-m", "20", "--cacert", &ca_cert])
-        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+    let extra = ["--pcap-tls", "raw", "--upstream-ca", certs.ca_str()];
+    let mut c = intercept_curl(&ns, &t, &extra);
+    c.args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
         .arg(format!("https://localhost:{port}/raw-intercept"));
     let out = run_output(
         "capagent intercept --tls --pcap-tls raw -- curl",
@@ -126,13 +125,13 @@ fn intercept_tls_pcap_raw_curl() {
     );
     assert_eq!(out, "path /raw-intercept\n");
     let ex = server.exchange();
-    let evs = rec.events();
+    let evs = t.events();
     let target = format!("127.0.0.1:{port}");
     let open = one(&evs, "open", |e| e.ty() == "open" && e["target"] == target);
     check_tls(open, Some("localhost"));
     // The client leg ends at the address capagent accepted curl's connection on.
     let listen = open["listen"].as_str().unwrap().parse().unwrap();
-    let lines = check_raw(&rec, &dir, open, &ex, "/raw-intercept", listen, port);
+    let lines = check_raw(&t.rec, &t.dir, open, &ex, "/raw-intercept", listen, port);
     assert_eq!(sessions(&lines).len(), 2, "two sessions: {lines:?}");
 }
 

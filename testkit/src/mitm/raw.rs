@@ -54,16 +54,28 @@ pub fn http_by_stream(pcap: &str) -> Vec<(u32, String)> {
 }
 
 /// The decrypted bytes of TCP stream `stream` (`client` its connecting side) both ways
-/// (`follow,tls,raw`): (from its client, from its server). tshark 4.0 may name either end
-/// "Node 0" (the side of the lines without a tab): the one it names is looked at.
+/// (`follow,tls,raw`): (from its client, from its server).
 pub fn follow_tls(pcap: &str, stream: u32, client: SocketAddr) -> (Vec<u8>, Vec<u8>) {
-    let out = tshark_r(pcap, &["-qz", &format!("follow,tls,raw,{stream}")]);
+    follow_tls_with(pcap, &[], stream, |node0| node0 == Some(client))
+}
+
+/// [`follow_tls`] with tshark `options` (such as `-o tls.keylog_file:FILE`), the client
+/// told by `is_client` from the address tshark names "Node 0" (None: unreadable). tshark
+/// 4.0 may name either end "Node 0" (the side of the lines without a tab).
+pub fn follow_tls_with(
+    pcap: &str,
+    options: &[&str],
+    stream: u32,
+    is_client: impl FnOnce(Option<SocketAddr>) -> bool,
+) -> (Vec<u8>, Vec<u8>) {
+    let follow = format!("follow,tls,raw,{stream}");
+    let out = tshark_r(pcap, &[options, &["-qz", &follow]].concat());
     let (node0, node1) = follow_raw(&out);
     let first = out
         .lines()
         .find_map(|l| l.strip_prefix("Node 0: "))
-        .unwrap_or_default();
-    if first == client.to_string() {
+        .and_then(|a| a.parse().ok());
+    if is_client(first) {
         (node0, node1)
     } else {
         (node1, node0)
