@@ -12,11 +12,11 @@ use std::process::{Command, Stdio};
 use serde_json::Value;
 
 use crate::proxy::{Agent, Rec, recorded};
-pub mod raw;
-
 use crate::{
     Certs, Ev as _, Exchange, HTTPS_SERVER_PY, Proc, TIMEOUT, TempDir, python, tshark_r, unhex,
 };
+
+pub mod raw;
 
 /// `&str`s as owned arguments.
 pub fn args(v: &[&str]) -> Vec<String> {
