@@ -22,6 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use capagent_testkit::proxy::recorded;
 use capagent_testkit::*;
 use serde_json::Value;
 
@@ -140,12 +141,17 @@ impl NotifySocket {
 /// `notify` and asked for watchdog pings every 0.5 s.
 fn start_daemon(ns: &Netns, cfg: &str, notify: &NotifySocket) -> Proc {
     let (caps, _) = unit_caps();
-    // On a host, tracefs is mounted (systemd does it); `ip netns exec` gives the namespace a
-    // /sys of its own without it, and the unit's capabilities cannot mount it (that needs
-    // CAP_SYS_ADMIN): mount it first, with root's full powers, as the host would have.
+    // On a host, tracefs and the cgroup v2 hierarchy are mounted (systemd does it); `ip netns
+    // exec` gives the namespace a /sys of its own without them, and the unit's capabilities
+    // cannot mount them (that needs CAP_SYS_ADMIN): mount them first, with root's full
+    // powers, as the host would have.
     let mut cmd = ns.cmd("sh");
     cmd.arg("-c")
-        .arg("mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing; exec \"$@\"")
+        .arg(concat!(
+            "mountpoint -q /sys/kernel/tracing || mount -t tracefs nodev /sys/kernel/tracing; ",
+            "mountpoint -q /sys/fs/cgroup || mount -t cgroup2 cgroup2 /sys/fs/cgroup; ",
+            "exec \"$@\""
+        ))
         .arg("sh")
         .arg("setpriv")
         .arg("--inh-caps=-all")
@@ -1033,6 +1039,89 @@ answer = "127.0.0.2"
     assert!(daemon.wait(TIMEOUT).success());
 }
 
+/// Jobs with `replace = [...]` (as `--replace` on the command line): a proxy job, and an
+/// intercept job running a command. A Python client's request and a Python server's answer
+/// through each are changed on the way, and the job's JSON lines hold the bytes as sent
+/// with an `edit` record per change.
+#[test]
+fn jobs_replace_bytes() {
+    let ns = Netns::new("drepl");
+    let dir = TempDir::new("drepl");
+    let out = dir.join("out");
+    let (request, reply) = (b"hello ping\n", b"server says Boo!\n");
+    let read = format!("r:{}", request.len());
+    let mut fwd_server = Server::reply(&ns, &dir, 1, &read, reply);
+    let mut icpt_server = Server::reply(&ns, &dir, 1, &read, reply);
+    let (c2s, s2c) = ("c2s:/ping/pong/", "s2c:/Boo!/Yay!/");
+    let client = dir.write("client.py", CLIENT_PY);
+    let steps = [format!("w:{}", hex(request)), "r:eof".into()];
+    let cfg = dir.write(
+        "capagent.toml",
+        format!(
+            r#"[daemon]
+output_dir = "{}"
+
+[[job]]
+name = "rw"
+kind = "proxy forward"
+listen = "127.0.0.1:{FORWARD}"
+to = "127.0.0.1:{}"
+replace = ["{c2s}", "{s2c}"]
+record = ["json"]
+
+[[job]]
+name = "icpt"
+kind = "intercept"
+replace = ["{c2s}", "{s2c}"]
+record = ["json"]
+command = ["{}", "{client}", "inet", "127.0.0.1", "{}", "{}", "{}"]
+"#,
+            out.display(),
+            fwd_server.port,
+            python(),
+            icpt_server.port,
+            steps[0],
+            steps[1],
+        ),
+    );
+    let notify = NotifySocket::bind(dir.join("notify.sock"));
+    let mut daemon = start_daemon(&ns, &cfg, &notify);
+    notify.wait("READY=1", 0);
+    wait_listen(daemon.pid(), FORWARD);
+    let mut c = ns.cmd(python());
+    c.args([&client, "inet", "127.0.0.1", &FORWARD.to_string()])
+        .args(&steps);
+    let got = run_output("client.py through the proxy job", c, TIMEOUT);
+    assert_eq!(unhex(&kv(&got, "GOT")), b"server says Yay!\n");
+    // The intercept job's command: the job ends with it.
+    daemon.wait_stderr("job icpt: ended", 1, TIMEOUT);
+    for server in [&mut fwd_server, &mut icpt_server] {
+        assert_eq!(server.recv(0), b"hello pong\n");
+        server.done();
+    }
+    signal(&daemon, libc::SIGTERM);
+    assert!(daemon.wait(TIMEOUT).success(), "{}", daemon.stderr());
+    for (job, server) in [("rw", &fwd_server), ("icpt", &icpt_server)] {
+        let evs = json_records(&out, job);
+        assert_eq!(
+            edits(&evs),
+            [
+                edit("send", c2s, 6, b"ping", b"pong"),
+                edit("recv", s2c, 12, b"Boo!", b"Yay!")
+            ],
+            "{job}"
+        );
+        let target = format!("127.0.0.1:{}", server.port);
+        let open = one(&evs, "open", |e| e.ty() == "open" && e["target"] == target);
+        assert_eq!(recorded(&evs, open.fd(), "send"), b"hello pong\n", "{job}");
+        assert_eq!(
+            recorded(&evs, open.fd(), "recv"),
+            b"server says Yay!\n",
+            "{job}"
+        );
+    }
+}
+
 #[test]
 fn check_reports_errors_with_line_and_column() {
     let dir = TempDir::new("dcheck");
@@ -1078,6 +1167,11 @@ fn check_reports_errors_with_line_and_column() {
             "[[job]]\nname = \"t\"\nkind = \"trace\"\n",
             "1:1",
             "job \"t\": nothing to trace",
+        ),
+        (
+            "[[job]]\nname = \"f\"\nkind = \"proxy forward\"\nlisten = \"127.0.0.1:1\"\nto = \"127.0.0.1:2\"\nreplace = [\"s2c:/(/x/\"]\n",
+            "1:1",
+            "job \"f\": --replace \"s2c:/(/x/\": bad regex",
         ),
         (
             "[daemon]\nrotate_size = \"lots\"\n",

@@ -761,6 +761,68 @@ fn per_process_command_and_sigkill() {
     );
 }
 
+/// `intercept --replace c2s:... --replace s2c:... -- CLIENT`: a Python client's request and
+/// a Python server's answer are each changed on the way (the server reads the changed
+/// request, the client the changed answer); the JSON records hold the bytes as sent, with
+/// an `edit` record per change at its offset in the stream, and the pcapng stream carries
+/// them with each edit in a packet comment.
+#[test]
+fn per_process_replace() {
+    let ns = Netns::new("irepl");
+    let dir = TempDir::new("intercept-replace");
+    let (request, reply) = (b"hello ping\n", b"server says Boo!\n");
+    let read = format!("r:{}", request.len());
+    let mut server = Server::reply(&ns, &dir, 1, &read, reply);
+    let rec = capagent_testkit::proxy::Rec::new(&dir, "replace");
+    let (c2s, s2c) = ("c2s:/ping/pong/", "s2c:/Boo!/Yay!/");
+    let client = dir.write("client.py", CLIENT_PY);
+    let port = server.port.to_string();
+    let mut c = ns.cmd(capagent());
+    c.args(["intercept", "--replace", c2s, "--replace", s2c])
+        .args(rec.args())
+        .args(["--", python(), &client, "inet", "127.0.0.1", &port])
+        .args([format!("w:{}", hex(request)), "r:eof".into()]);
+    let out = run_output("capagent intercept --replace -- client.py", c, TIMEOUT);
+    assert_eq!(server.recv(0), b"hello pong\n");
+    assert_eq!(unhex(&kv(&out, "GOT")), b"server says Yay!\n");
+    server.done();
+    let evs = rec.events();
+    let target = format!("127.0.0.1:{port}");
+    let (up, down) = recorded(&evs, "127.0.0.1", &target);
+    assert_eq!(
+        (up.as_slice(), down.as_slice()),
+        (&b"hello pong\n"[..], &b"server says Yay!\n"[..])
+    );
+    assert_eq!(
+        edits(&evs),
+        [
+            edit("send", c2s, 6, b"ping", b"pong"),
+            edit("recv", s2c, 12, b"Boo!", b"Yay!")
+        ]
+    );
+    let open = one(&evs, "open", |e| e.ty() == "open" && e["target"] == target);
+    for e in of_type(&evs, "edit") {
+        assert_eq!(e["sk"], open["sk"], "{e}");
+    }
+    // pcapng: the stream carries the bytes as sent, each edit in a packet's comment.
+    let streams = rec.streams();
+    assert_eq!(streams.len(), 1, "{streams:?}");
+    assert_eq!(
+        rec.follow(streams[0].0),
+        (b"hello pong\n".to_vec(), b"server says Yay!\n".to_vec())
+    );
+    let comments = tshark_r(
+        &rec.pcap,
+        &["-Y", "tcp.len > 0", "-T", "fields", "-e", "frame.comment"],
+    );
+    for edited in [
+        "edited by capagent: c2s:/ping/pong/ at 6: ping -> pong",
+        "edited by capagent: s2c:/Boo!/Yay!/ at 12: Boo! -> Yay!",
+    ] {
+        assert!(comments.contains(edited), "{comments}");
+    }
+}
+
 /// Sends a request with two Host fields, then one in absolute form without Host, each on a
 /// connection of its own to 10.66.2.2:8080; prints the status line of each answer.
 const BAD_HOST_PY: &str = r#"

@@ -7,33 +7,27 @@
 //! plaintext both ways in the JSON records (the server reports what it read and wrote), what
 //! the records say of each TLS side, and that tshark reads the HTTP from the pcapng. And
 //! STARTTLS: curl sending a mail to a scripted SMTP server that upgrades mid-stream
-//! (`testkit::starttls`), recorded in plaintext before and after the upgrade.
+//! (`testkit::starttls`), recorded in plaintext before and after the upgrade. And
+//! `--pcap-tls raw`: both legs' real TLS in the pcapng, decrypting from its own secrets.
 
-use capagent_testkit::proxy::{Rec, recorded};
+use capagent_testkit::mitm::raw::{check_raw, sessions};
+use std::process::Command;
+
+use capagent_testkit::mitm::{Mitm, check_recorded, check_tls};
+use capagent_testkit::proxy::Rec;
 use capagent_testkit::starttls::{SmtpServer, check_starttls_records, curl_mail_args};
 use capagent_testkit::*;
 use serde_json::Value;
 
-/// The intercepted connection's checks: no error, TLS 1.3 both ways, the server's
-/// certificate subject, `sni` the SNI each side sent.
-fn check_tls(open: &Value, sni: Option<&str>) {
-    let tls = &open["tls"];
-    assert_eq!(tls["error"], Value::Null, "{open}");
-    for side in ["client", "server"] {
-        assert_eq!(
-            tls[side]["sni"],
-            sni.map_or(Value::Null, Value::from),
-            "{open}"
-        );
-        assert_eq!(tls[side]["version"], "TLSv1.3", "{open}");
-        assert!(
-            tls[side]["cipher"]
-                .as_str()
-                .is_some_and(|c| c.starts_with("TLS13_")),
-            "{open}"
-        );
-    }
-    assert_eq!(tls["server_cert"], "CN=localhost", "{open}");
+/// `capagent intercept --tls --ca-dir DIR/ca EXTRA -o ... -w ... -- curl -sS -m 20 --cacert
+/// CA` in `ns` (the URLs and the rest of curl's arguments to add).
+fn intercept_curl(ns: &Netns, t: &Mitm, extra: &[&str]) -> Command {
+    let mut c = ns.cmd(capagent());
+    c.arg("intercept")
+        .args(t.tls_args(extra))
+        .args(t.rec.args())
+        .args(["--", "curl", "-sS", "-m", "20", "--cacert", &t.ca_cert()]);
+    c
 }
 
 /// `intercept --tls -- curl URL1 URL2`: both connections intercepted, the one without SNI
@@ -41,25 +35,18 @@ fn check_tls(open: &Value, sni: Option<&str>) {
 #[test]
 fn intercept_tls_curl() {
     let ns = Netns::new("imi");
-    let dir = TempDir::new("mitm-intercept");
+    let t = Mitm::new("intercept");
     let certs = Certs::localhost();
-    let mut server = HttpsServer::start(&ns, &dir, &certs);
+    let mut server = HttpsServer::start(&ns, &t.dir, &certs);
     let port = server.port();
-    let rec = Rec::new(&dir, "intercept");
-    let ca_dir = dir.join("ca");
-    let ca_cert = ca_dir.join("ca.crt").display().to_string();
-    let mut c = ns.cmd(capagent());
-    c.args(["intercept", "--tls", "--ca-dir", ca_dir.to_str().unwrap()])
-        .args(["--upstream-ca", certs.ca_str()])
-        .args(rec.args())
-        .args(["--", "curl", "-sS", "-m", "20", "--cacert", &ca_cert])
-        .args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+    let mut c = intercept_curl(&ns, &t, &["--upstream-ca", certs.ca_str()]);
+    c.args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
         .arg(format!("https://127.0.0.1:{port}/by-address"))
         .arg(format!("https://localhost:{port}/by-name"));
     let out = run_output("capagent intercept --tls -- curl", c, TIMEOUT);
     assert_eq!(out, "path /by-address\npath /by-name\n");
     let exchanges = [server.exchange(), server.exchange()];
-    let evs = rec.events();
+    let evs = t.events();
     let target = format!("127.0.0.1:{port}");
     let opens: Vec<&Value> = evs
         .iter()
@@ -74,26 +61,10 @@ fn intercept_tls_curl() {
             "{open}"
         );
         check_tls(open, sni);
-        let fd = open["fd"].as_i64().unwrap();
-        assert_eq!(
-            recorded(&evs, fd, "send"),
-            ex.request,
-            "request as recorded"
-        );
-        assert_eq!(
-            recorded(&evs, fd, "recv"),
-            ex.response,
-            "response as recorded"
-        );
-        for d in evs
-            .iter()
-            .filter(|e| e["type"] == "data" && e["fd"] == fd && e["total"] != 0)
-        {
-            assert_eq!(d["tls"], serde_json::json!({"plaintext": true}), "{d}");
-        }
+        check_recorded(&evs, open["fd"].as_i64().unwrap(), ex);
     }
     let http = tshark_r(
-        &rec.pcap,
+        &t.rec.pcap,
         &[
             "-Y",
             "http",
@@ -130,6 +101,38 @@ fn intercept_tls_curl() {
             .all(|l| l[2].contains("decrypted by capagent (mitm)")),
         "tshark: {http}"
     );
+}
+
+/// `intercept --tls --pcap-tls raw -o F -w F -- curl ...` (per-process mode): the pcapng
+/// holds both legs of the intercepted connection (curl to capagent, capagent to the
+/// server) as real TLS, each decrypting with tshark from the file's own secrets to the
+/// exact request and response (as `--pcap-tls raw` in the proxies: `testkit::mitm::raw`).
+#[test]
+fn intercept_tls_pcap_raw_curl() {
+    let ns = Netns::new("imiraw");
+    let t = Mitm::new("intercept-raw");
+    let certs = Certs::localhost();
+    let mut server = HttpsServer::start(&ns, &t.dir, &certs);
+    let port = server.port();
+    let extra = ["--pcap-tls", "raw", "--upstream-ca", certs.ca_str()];
+    let mut c = intercept_curl(&ns, &t, &extra);
+    c.args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .arg(format!("https://localhost:{port}/raw-intercept"));
+    let out = run_output(
+        "capagent intercept --tls --pcap-tls raw -- curl",
+        c,
+        TIMEOUT,
+    );
+    assert_eq!(out, "path /raw-intercept\n");
+    let ex = server.exchange();
+    let evs = t.events();
+    let target = format!("127.0.0.1:{port}");
+    let open = one(&evs, "open", |e| e.ty() == "open" && e["target"] == target);
+    check_tls(open, Some("localhost"));
+    // The client leg ends at the address capagent accepted curl's connection on.
+    let listen = open["listen"].as_str().unwrap().parse().unwrap();
+    let lines = check_raw(&t.rec, &t.dir, open, &ex, "/raw-intercept", listen, port);
+    assert_eq!(sessions(&lines).len(), 2, "two sessions: {lines:?}");
 }
 
 /// `intercept --tls -- curl smtp://...`: a mail sent over STARTTLS by an intercepted

@@ -11,6 +11,7 @@
 
 use std::net::SocketAddr;
 
+use capagent_testkit::mitm::raw::follow_tls_with;
 use capagent_testkit::*;
 
 /// The HTTP tshark reads in `pcap` (`opts` before the filter): (TCP server port, request
@@ -68,27 +69,11 @@ fn stream_to(pcap: &str, port: u16) -> u32 {
 }
 
 /// `follow,tls,raw` of `stream` with the key log: (from the client, from the server).
-/// tshark 4.0 may name either end "Node 0": the one named is looked at.
 fn follow_tls(pcap: &str, keys: &str, stream: u32, server_port: u16) -> (Vec<u8>, Vec<u8>) {
-    let out = tshark_r(
-        pcap,
-        &[
-            "-o",
-            &format!("tls.keylog_file:{keys}"),
-            "-qz",
-            &format!("follow,tls,raw,{stream}"),
-        ],
-    );
-    let (node0, node1) = follow_raw(&out);
-    let first = out
-        .lines()
-        .find_map(|l| l.strip_prefix("Node 0: "))
-        .and_then(|a| a.parse::<SocketAddr>().ok());
-    if first.is_some_and(|a| a.port() == server_port) {
-        (node1, node0)
-    } else {
-        (node0, node1)
-    }
+    let keylog = format!("tls.keylog_file:{keys}");
+    follow_tls_with(pcap, &["-o", &keylog], stream, |node0| {
+        node0.is_none_or(|a| a.port() != server_port)
+    })
 }
 
 #[test]

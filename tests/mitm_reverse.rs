@@ -12,14 +12,13 @@
 
 use std::process::{Command, Stdio};
 
-use capagent_testkit::mitm::{Https, check_passed_through, http_fields};
+use capagent_testkit::mitm::{
+    Https, Mitm, args, check_marked, check_passed_through, check_recorded, check_tls,
+    check_untrusted_upstream, http_connect, http_fields, localhost_url,
+};
 use capagent_testkit::proxy::{Agent, Rec, curl, curl_status, open_of, recorded};
 use capagent_testkit::{Certs, Ev as _, Proc, TIMEOUT, TempDir, python, unhex};
 use serde_json::Value;
-
-fn args(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
 
 /// An HTTPS/1.1 server with keep-alive (ALPN http/1.1): `GET /chunked` is answered
 /// chunked, `GET /ws` with `101 Switching Protocols` and then an echo of what follows,
@@ -111,62 +110,25 @@ impl Server {
     }
 }
 
-fn ca_dir(dir: &TempDir) -> String {
-    dir.join("ca").display().to_string()
-}
-
-/// capagent's CA certificate, made by the proxy when it started.
-fn ca_cert(dir: &TempDir) -> String {
-    dir.join("ca").join("ca.crt").display().to_string()
-}
-
-/// `capagent proxy reverse --listen 127.0.0.1:0 --route localhost=TARGET --tls ... EXTRA`.
-fn reverse(dir: &TempDir, rec: &Rec, target: &str, extra: &[&str]) -> Agent {
-    let mut a = args(&[
+/// `capagent proxy reverse --listen 127.0.0.1:0 --route localhost=TARGET --tls ... EXTRA`,
+/// recording into `rec`.
+fn reverse(t: &Mitm, rec: &Rec, target: &str, extra: &[&str]) -> Agent {
+    let proxy = args(&[
         "proxy",
         "reverse",
         "--listen",
         "127.0.0.1:0",
         "--route",
         &format!("localhost={target}"),
-        "--tls",
-        "--ca-dir",
-        &ca_dir(dir),
     ]);
-    a.extend(args(extra));
-    a.extend(rec.args());
-    Agent::start(&a, 1)
+    t.start_rec(rec, proxy, extra)
 }
 
 /// The `tls` of an open record whose two sides both negotiated TLS 1.3 and http/1.1, with
 /// SNI `localhost` and the server's certificate `CN=localhost`.
-fn check_tls(open: &Value) {
-    let tls = &open["tls"];
-    assert_eq!(tls["error"], Value::Null, "{open}");
-    for side in ["client", "server"] {
-        assert_eq!(tls[side]["sni"], "localhost", "{open}");
-        assert_eq!(tls[side]["version"], "TLSv1.3", "{open}");
-        assert_eq!(tls[side]["alpn"], "http/1.1", "{open}");
-        assert!(
-            tls[side]["cipher"]
-                .as_str()
-                .is_some_and(|c| c.starts_with("TLS13_")),
-            "{open}"
-        );
-    }
-    assert_eq!(tls["server_cert"], "CN=localhost", "{open}");
-}
-
-/// Every data record of connection `fd` is marked plaintext.
-fn check_marked(evs: &[Value], fd: i64) {
-    let data: Vec<&Value> = evs
-        .iter()
-        .filter(|e| e.ty() == "data" && e.fd() == fd && e["total"] != 0)
-        .collect();
-    assert!(!data.is_empty());
-    for d in data {
-        assert_eq!(d["tls"], serde_json::json!({"plaintext": true}), "{d}");
-    }
+fn check_http11(open: &Value) {
+    let alpn = check_tls(open, Some("localhost"));
+    assert_eq!(alpn, ("http/1.1".into(), "http/1.1".into()), "{open}");
 }
 
 /// curl sends two requests on one TLS connection to `proxy reverse --tls` (the second
@@ -176,25 +138,21 @@ fn check_marked(evs: &[Value], fd: i64) {
 /// client, which offers h2 too), and tshark reads both exchanges.
 #[test]
 fn reverse_tls_keepalive_and_chunked() {
-    let dir = TempDir::new("mitm-rev");
+    let t = Mitm::new("rev");
     let certs = Certs::localhost();
-    let mut server = Server::start(&dir, &certs);
-    let rec = Rec::new(&dir, "rev");
-    let agent = reverse(
-        &dir,
-        &rec,
-        &server.target(),
-        &["--upstream-ca", certs.ca_str()],
-    );
-    let port = agent.addr().port();
+    let mut server = Server::start(&t.dir, &certs);
+    let upstream_ca = ["--upstream-ca", certs.ca_str()];
+    let agent = reverse(&t, &t.rec, &server.target(), &upstream_ca);
+    let [resolve, to, one] = localhost_url(agent.addr().port(), "/one");
+    let [_, _, chunked] = localhost_url(agent.addr().port(), "/chunked");
     let out = curl_status(&[
         "-v",
         "--cacert",
-        &ca_cert(&dir),
-        "--resolve",
-        &format!("localhost:{port}:127.0.0.1"),
-        &format!("https://localhost:{port}/one"),
-        &format!("https://localhost:{port}/chunked"),
+        &t.ca_cert(),
+        &resolve,
+        &to,
+        &one,
+        &chunked,
     ]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -215,16 +173,16 @@ fn reverse_tls_keepalive_and_chunked() {
     assert!(req2.starts_with(b"GET /chunked HTTP/1.1\r\nHost: localhost:"));
     let stop = agent.stop();
     assert!(stop.contains("created a CA in"), "{stop}");
-    let evs = rec.events();
+    let evs = t.events();
     // One server connection (one open record) carried both.
     let open = open_of(&evs, "reverse", &server.target());
-    check_tls(open);
+    check_http11(open);
     let fd = open.fd();
     assert_eq!(recorded(&evs, fd, "send"), [req1, req2].concat());
     assert_eq!(recorded(&evs, fd, "recv"), [resp1, resp2].concat());
     check_marked(&evs, fd);
     assert_eq!(
-        http_fields(&rec.pcap, &[]),
+        http_fields(&t.rec.pcap, &[]),
         ["/one", "200", "/chunked", "200"]
     );
 }
@@ -233,16 +191,11 @@ fn reverse_tls_keepalive_and_chunked() {
 /// recorded as plaintext.
 #[test]
 fn reverse_tls_upgrade() {
-    let dir = TempDir::new("mitm-rev-ws");
+    let t = Mitm::new("rev-ws");
     let certs = Certs::localhost();
-    let mut server = Server::start(&dir, &certs);
-    let rec = Rec::new(&dir, "ws");
-    let agent = reverse(
-        &dir,
-        &rec,
-        &server.target(),
-        &["--upstream-ca", certs.ca_str()],
-    );
+    let mut server = Server::start(&t.dir, &certs);
+    let upstream_ca = ["--upstream-ca", certs.ca_str()];
+    let agent = reverse(&t, &t.rec, &server.target(), &upstream_ca);
     let port = agent.addr().port();
     // A Python client: TLS trusting capagent's CA, the upgrade, one echo.
     let client = r#"
@@ -262,10 +215,10 @@ while len(rest) < 13:
 print(rest.decode(), flush=True)
 s.close()
 "#;
-    let script = dir.write("ws_client.py", client);
+    let script = t.dir.write("ws_client.py", client);
     let out = Command::new(python())
         .arg(&script)
-        .args([&ca_cert(&dir), &port.to_string()])
+        .args([&t.ca_cert(), &port.to_string()])
         .stderr(Stdio::piped())
         .output()
         .unwrap();
@@ -281,9 +234,9 @@ s.close()
     let (req, resp) = (server.bytes("REQ"), server.bytes("RESP"));
     assert_eq!(server.bytes("ECHO"), b"ping over tls");
     agent.stop();
-    let evs = rec.events();
+    let evs = t.events();
     let open = open_of(&evs, "reverse", &server.target());
-    check_tls(open);
+    check_http11(open);
     let fd = open.fd();
     assert_eq!(
         recorded(&evs, fd, "send"),
@@ -300,17 +253,16 @@ s.close()
 /// without TLS), recorded without `tls`.
 #[test]
 fn reverse_tls_plain_client_stays_plain() {
-    let dir = TempDir::new("mitm-rev-plain");
-    let rec = Rec::new(&dir, "plain");
+    let t = Mitm::new("rev-plain");
     let response = capagent_testkit::proxy::http_response(b"plain\n");
     let (web, requests) = capagent_testkit::proxy::http_server(response.clone(), 1);
-    let agent = reverse(&dir, &rec, &web.to_string(), &[]);
+    let agent = reverse(&t, &t.rec, &web.to_string(), &[]);
     let port = agent.addr().port();
     let body = curl(&[&format!("http://localhost:{port}/p")]);
     assert_eq!(body, b"plain\n");
     let request = requests.recv_timeout(TIMEOUT).unwrap();
     agent.stop();
-    let evs = rec.events();
+    let evs = t.events();
     let open = open_of(&evs, "reverse", &web.to_string());
     assert_eq!(open.get("tls"), None, "{open}");
     assert_eq!(recorded(&evs, open.fd(), "send"), request);
@@ -324,9 +276,9 @@ fn reverse_tls_plain_client_stays_plain() {
 /// certificate recorded.
 #[test]
 fn untrusted_upstream_is_a_502_then_insecure() {
-    let dir = TempDir::new("mitm-rev-502");
+    let t = Mitm::new("rev-502");
     let certs = Certs::localhost();
-    let mut server = Server::start(&dir, &certs);
+    let mut server = Server::start(&t.dir, &certs);
     let target = server.target();
     for (mode, insecure) in [
         ("reverse", false),
@@ -334,10 +286,10 @@ fn untrusted_upstream_is_a_502_then_insecure() {
         ("http", false),
         ("http", true),
     ] {
-        let rec = Rec::new(&dir, &format!("{mode}-{insecure}"));
+        let rec = Rec::new(&t.dir, &format!("{mode}-{insecure}"));
         let extra: &[&str] = if insecure { &["--insecure"] } else { &[] };
         let (agent, url, proxy, recorded_target) = if mode == "reverse" {
-            let agent = reverse(&dir, &rec, &target, extra);
+            let agent = reverse(&t, &rec, &target, extra);
             let port = agent.addr().port();
             let url = format!("https://localhost:{port}/x");
             (
@@ -350,27 +302,14 @@ fn untrusted_upstream_is_a_502_then_insecure() {
                 target.clone(),
             )
         } else {
-            let mut a = args(&[
-                "proxy",
-                "http",
-                "--listen",
-                "127.0.0.1:0",
-                "--connect-ports",
-                &server.port.to_string(),
-                "--tls",
-                "--ca-dir",
-                &ca_dir(&dir),
-            ]);
-            a.extend(args(extra));
-            a.extend(rec.args());
-            let agent = Agent::start(&a, 1);
+            let agent = t.start_rec(&rec, http_connect(server.port), extra);
             let proxy = vec!["-x".to_string(), format!("http://{}", agent.addr())];
             let url = format!("https://localhost:{}/x", server.port);
             (agent, url, proxy, format!("localhost:{}", server.port))
         };
         let mut c = vec![
             "--cacert".to_string(),
-            ca_cert(&dir),
+            t.ca_cert(),
             "-w".into(),
             "\n%{http_code}".into(),
         ];
@@ -404,21 +343,9 @@ fn untrusted_upstream_is_a_502_then_insecure() {
                 format!("capagent: 502 Bad Gateway: {reason}\n\n502"),
                 "{mode}"
             );
-            let error = open["tls"]["error"].as_str().unwrap_or_default();
-            assert!(
-                error.contains("invalid peer certificate: UnknownIssuer"),
-                "{open}"
-            );
+            check_untrusted_upstream(&evs, open, &stop);
             // The client's side of the answer is recorded: capagent's leaf, TLS 1.3.
-            assert_eq!(open["tls"]["client"]["sni"], "localhost", "{open}");
             assert_eq!(open["tls"]["client"]["version"], "TLSv1.3", "{open}");
-            assert!(stop.contains("UnknownIssuer"), "{stop}");
-            assert!(recorded(&evs, open.fd(), "send").is_empty());
-            let close = evs
-                .iter()
-                .find(|e| e.fd() == open.fd() && e["syscall"] == "close")
-                .unwrap();
-            assert_eq!(close["errno"], "EPROTO", "{close}");
         }
     }
 }
@@ -430,14 +357,13 @@ fn untrusted_upstream_is_a_502_then_insecure() {
 /// `--to` (on 127.0.0.1).
 #[test]
 fn reverse_tls_passthrough_pattern() {
-    let dir = TempDir::new("mitm-rev-pass");
+    let t = Mitm::new("rev-pass");
     let certs = Certs::new(&["localhost", "pass.example", "127.0.0.1"]);
-    let mut to = Https::start(&dir, &certs);
-    let mut routed = Https::start_on(&dir, &certs, "127.0.0.2");
-    let rec = Rec::new(&dir, "rev-pass");
+    let mut to = Https::start(&t.dir, &certs);
+    let mut routed = Https::start_on(&t.dir, &certs, "127.0.0.2");
     let routed_target = format!("127.0.0.2:{}", routed.port);
     let to_target = format!("127.0.0.1:{}", to.port);
-    let mut a = args(&[
+    let proxy = args(&[
         "proxy",
         "reverse",
         "--listen",
@@ -446,16 +372,14 @@ fn reverse_tls_passthrough_pattern() {
         &format!("pass.example={routed_target}"),
         "--to",
         &to_target,
-        "--tls",
-        "--ca-dir",
-        &ca_dir(&dir),
+    ]);
+    let extra = [
         "--upstream-ca",
         certs.ca_str(),
         "--tls-passthrough",
         "*.pass.example",
-    ]);
-    a.extend(rec.args());
-    let agent = Agent::start(&a, 1);
+    ];
+    let agent = t.start(proxy, &extra);
     let port = agent.addr().port();
     let get = |ca: &str, name: &str, path: &str| {
         curl(&[
@@ -472,12 +396,12 @@ fn reverse_tls_passthrough_pattern() {
     );
     let passed = routed.exchange();
     assert_eq!(
-        get(&ca_cert(&dir), "localhost", "/intercepted"),
+        get(&t.ca_cert(), "localhost", "/intercepted"),
         b"path /intercepted\n"
     );
     let intercepted = to.exchange();
     agent.stop();
-    let evs = rec.events();
+    let evs = t.events();
     let open = open_of(&evs, "reverse", &routed_target);
     check_passed_through(
         &evs,
@@ -489,8 +413,5 @@ fn reverse_tls_passthrough_pattern() {
     let open = open_of(&evs, "reverse", &to_target);
     assert_eq!(open["tls"]["error"], Value::Null, "{open}");
     assert_eq!(open["tls"]["client"]["sni"], "localhost", "{open}");
-    let fd = open.fd();
-    assert_eq!(recorded(&evs, fd, "send"), intercepted.request);
-    assert_eq!(recorded(&evs, fd, "recv"), intercepted.response);
-    check_marked(&evs, fd);
+    check_recorded(&evs, open.fd(), &intercepted);
 }

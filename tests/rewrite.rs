@@ -11,8 +11,7 @@ use capagent_testkit::proxy::{
     Agent, Rec, curl, half_close_server, http_response, http_server, open_of, read_all, recorded,
 };
 use capagent_testkit::tshark::tshark_r;
-use capagent_testkit::{Ev as _, TIMEOUT, TempDir};
-use serde_json::Value;
+use capagent_testkit::{Ev as _, TIMEOUT, TempDir, edit, edits};
 
 fn args(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
@@ -47,41 +46,6 @@ fn forward(rec: &Rec, target: SocketAddr, rules: &[&str]) -> Agent {
     }
     a.extend(rec.args());
     Agent::start(&a, 1)
-}
-
-/// An `edit` record: (dir, rule, offset, before, after).
-type EditRec = (String, String, u64, Vec<u8>, Vec<u8>);
-
-/// The `edit` records.
-fn edits(evs: &[Value]) -> Vec<EditRec> {
-    use base64::Engine as _;
-    let b64 = |v: &Value| {
-        base64::engine::general_purpose::STANDARD
-            .decode(v.as_str().unwrap())
-            .unwrap()
-    };
-    evs.iter()
-        .filter(|e| e.ty() == "edit")
-        .map(|e| {
-            (
-                e["dir"].as_str().unwrap().to_string(),
-                e["rule"].as_str().unwrap().to_string(),
-                e["offset"].as_u64().unwrap(),
-                b64(&e["before_b64"]),
-                b64(&e["after_b64"]),
-            )
-        })
-        .collect()
-}
-
-fn edit(dir: &str, rule: &str, offset: u64, before: &[u8], after: &[u8]) -> EditRec {
-    (
-        dir.into(),
-        rule.into(),
-        offset,
-        before.to_vec(),
-        after.to_vec(),
-    )
 }
 
 #[test]

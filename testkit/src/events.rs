@@ -139,3 +139,38 @@ pub fn exec_pid(evs: &[Value], comm: &str) -> u32 {
     assert!(!execs.is_empty(), "no exec of {comm}:\n{}", dump(evs));
     execs[0].pid()
 }
+
+/// An `edit` record (`--replace`): (dir, rule, offset, before, after).
+pub type EditRec = (String, String, u64, Vec<u8>, Vec<u8>);
+
+/// The `edit` records, in order.
+pub fn edits(evs: &[Value]) -> Vec<EditRec> {
+    let b64 = |v: &Value| {
+        base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap())
+            .unwrap()
+    };
+    evs.iter()
+        .filter(|e| e.ty() == "edit")
+        .map(|e| {
+            (
+                e["dir"].as_str().unwrap().to_string(),
+                e["rule"].as_str().unwrap().to_string(),
+                e["offset"].as_u64().unwrap(),
+                b64(&e["before_b64"]),
+                b64(&e["after_b64"]),
+            )
+        })
+        .collect()
+}
+
+/// The [`EditRec`] of `rule` changing `before` into `after` at `offset` in direction `dir`.
+pub fn edit(dir: &str, rule: &str, offset: u64, before: &[u8], after: &[u8]) -> EditRec {
+    (
+        dir.into(),
+        rule.into(),
+        offset,
+        before.to_vec(),
+        after.to_vec(),
+    )
+}

@@ -3,7 +3,8 @@
 //! ([`forward`], [`socks`], [`http_connect`]), real HTTPS servers whose certificates a test
 //! CA signed ([`Https`], [`openssl_server`]), `openssl s_client` ([`s_client`]), and the
 //! checks of an intercepted connection's records ([`check_intercepted`],
-//! [`check_plaintext`]) and of one passed through ([`check_passed_through`]).
+//! [`check_plaintext`]) and of one passed through ([`check_passed_through`]); `--pcap-tls
+//! raw`'s in [`raw`].
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -14,6 +15,8 @@ use crate::proxy::{Agent, Rec, recorded};
 use crate::{
     Certs, Ev as _, Exchange, HTTPS_SERVER_PY, Proc, TIMEOUT, TempDir, python, tshark_r, unhex,
 };
+
+pub mod raw;
 
 /// `&str`s as owned arguments.
 pub fn args(v: &[&str]) -> Vec<String> {
@@ -178,10 +181,19 @@ pub fn s_client(args: &[&str]) -> String {
 /// TLS 1.3 both ways, the server's certificate subject, no error; the ALPN each side
 /// negotiated is returned (client, server).
 pub fn check_intercepted(open: &Value) -> (Value, Value) {
+    check_tls(open, Some("localhost"))
+}
+
+/// [`check_intercepted`] with `sni` the SNI each side sent (None: none).
+pub fn check_tls(open: &Value, sni: Option<&str>) -> (Value, Value) {
     let tls = &open["tls"];
     assert_eq!(tls["error"], Value::Null, "{open}");
     for side in ["client", "server"] {
-        assert_eq!(tls[side]["sni"], "localhost", "{open}");
+        assert_eq!(
+            tls[side]["sni"],
+            sni.map_or(Value::Null, Value::from),
+            "{open}"
+        );
         assert_eq!(tls[side]["version"], "TLSv1.3", "{open}");
         assert!(
             tls[side]["cipher"]
@@ -215,20 +227,7 @@ pub fn http_fields(pcap: &str, options: &[&str]) -> Vec<String> {
 /// The records of connection `fd` carry the exact plaintext both ways, marked, and tshark
 /// reads the request and the response from the pcapng.
 pub fn check_plaintext(rec: &Rec, evs: &[Value], fd: i64, ex: &Exchange, path: &str) {
-    assert_eq!(recorded(evs, fd, "send"), ex.request, "request as recorded");
-    assert_eq!(
-        recorded(evs, fd, "recv"),
-        ex.response,
-        "response as recorded"
-    );
-    let data: Vec<&Value> = evs
-        .iter()
-        .filter(|e| e.ty() == "data" && e.fd() == fd && e["total"] != 0)
-        .collect();
-    assert!(!data.is_empty());
-    for d in data {
-        assert_eq!(d["tls"], serde_json::json!({"plaintext": true}), "{d}");
-    }
+    check_recorded(evs, fd, ex);
     let http = http_fields(&rec.pcap, &[]);
     assert_eq!(http, [path, "200"], "tshark");
     let comments = tshark_r(
@@ -239,6 +238,50 @@ pub fn check_plaintext(rec: &Rec, evs: &[Value], fd: i64, ex: &Exchange, path: &
         comments.contains("decrypted by capagent (mitm)"),
         "{comments}"
     );
+}
+
+/// The records of connection `fd` carry `ex` exactly both ways, every data record marked
+/// plaintext ([`check_marked`]).
+pub fn check_recorded(evs: &[Value], fd: i64, ex: &Exchange) {
+    assert_eq!(recorded(evs, fd, "send"), ex.request, "request as recorded");
+    assert_eq!(
+        recorded(evs, fd, "recv"),
+        ex.response,
+        "response as recorded"
+    );
+    check_marked(evs, fd);
+}
+
+/// Connection `fd` has data records, each marked plaintext (`"tls": {"plaintext": true}`).
+pub fn check_marked(evs: &[Value], fd: i64) {
+    let data: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e.ty() == "data" && e.fd() == fd && e["total"] != 0)
+        .collect();
+    assert!(!data.is_empty());
+    for d in data {
+        assert_eq!(d["tls"], serde_json::json!({"plaintext": true}), "{d}");
+    }
+}
+
+/// The records of a connection whose server's certificate capagent did not trust (no
+/// `--upstream-ca`, no `--insecure`): the `open` record says why, as does the proxy's
+/// output when it stopped (`stop`); the client's SNI is recorded; nothing was relayed and
+/// the close says why (EPROTO).
+pub fn check_untrusted_upstream(evs: &[Value], open: &Value, stop: &str) {
+    let error = open["tls"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("invalid peer certificate: UnknownIssuer"),
+        "{open}"
+    );
+    assert!(stop.contains("UnknownIssuer"), "{stop}");
+    assert_eq!(open["tls"]["client"]["sni"], "localhost", "{open}");
+    assert!(recorded(evs, open.fd(), "send").is_empty());
+    let close = evs
+        .iter()
+        .find(|e| e.fd() == open.fd() && e["syscall"] == "close")
+        .unwrap();
+    assert_eq!(close["errno"], "EPROTO", "{close}");
 }
 
 /// The `tls` of a passed-through connection's `open` record, and its data records: the

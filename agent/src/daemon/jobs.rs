@@ -217,10 +217,15 @@ fn run_service(
 ) -> anyhow::Result<()> {
     refuse_raw_tls(opts.tls.as_ref())?;
     let (recorder, handle) = Recorder::with_writers(writers(job, env, preview)?)?;
+    // `replace = [...]`: the job's relays apply the rules, as `--replace` does.
+    let recorder = recorder.with_rules(&opts.record.replace);
     proxy::run_until(opts, recorder, handle, ctl, |ctx| service.serve(ctx))
 }
 
-/// The jobs' rotating pcapng files have no raw TLS legs (yet): refused, not ignored.
+/// The jobs' rotating pcapng files have no raw TLS legs (yet): refused, not ignored. (Their
+/// pcapng writer is one of [`writers`], not the recorder's separate raw-legs writer fed the
+/// TLS secrets, and a file started by rotation would need again the secrets of the sessions
+/// that go on in it, to decrypt alone.)
 fn refuse_raw_tls(tls: Option<&crate::mitm::options::TlsOptions>) -> anyhow::Result<()> {
     if tls.is_some_and(|t| t.pcap_tls == crate::mitm::options::PcapTls::Raw) {
         anyhow::bail!("--pcap-tls raw in a daemon job: not implemented yet");
@@ -237,6 +242,7 @@ fn run_intercept(
 ) -> anyhow::Result<()> {
     refuse_raw_tls(relay.tls.as_ref())?;
     let (recorder, handle) = Recorder::with_writers(writers(job, env, relay.record.preview)?)?;
+    let recorder = recorder.with_rules(&relay.record.replace);
     let outcome = crate::intercept::run_until(opts, relay, recorder, handle, ctl)?;
     if let Some(st) = outcome.exit_status {
         tracing::info!("intercepted command ended: {st}");

@@ -403,6 +403,29 @@ pub struct Opening<'a> {
     pub resolved: Option<SocketAddr>,
 }
 
+impl Opening<'_> {
+    /// [`Conn::open`] of `conn` as this says, its target reached.
+    pub async fn open(&self, conn: &Conn) {
+        self.open_tls(conn, None).await;
+    }
+
+    /// [`Conn::open_tls`] of `conn` as this says, its target reached (`tls`: what each TLS
+    /// side negotiated, or why interception failed).
+    pub async fn open_tls(&self, conn: &Conn, tls: Option<TlsIntercepted>) {
+        let target = self.target.as_str();
+        conn.open_tls(
+            self.proxy,
+            self.listen,
+            target,
+            self.port,
+            self.resolved,
+            Ok(()),
+            tls,
+        )
+        .await;
+    }
+}
+
 /// The records of one relayed connection or UDP session.
 pub struct Conn {
     rec: Recorder,

@@ -48,23 +48,20 @@ pub async fn relay(
         Inspected::Ended(r) => return Ok(r),
         Inspected::ClientHello { so_far, hello } => (so_far, hello),
     };
+    // The second `open` record, where TLS started.
     let proxy = format!("{} starttls", o.proxy);
+    let started = Opening {
+        proxy: &proxy,
+        target: o.target.clone(),
+        ..*o
+    };
     // Passthrough as for a connection that starts with TLS: the SNI of this ClientHello
     // (else the host asked for) or the target's address matching a `--tls-passthrough`
     // pattern, or a client that rejected capagent's certificate for that name before.
     let sni = crate::tls_hello::client_hello(&hello).and_then(|h| h.sni);
     let target = server.peer_addr().ok().map(|a| a.ip());
     if let Some(info) = mitm.passthrough_info(conn.client().ip(), sni, host, target, "starttls") {
-        conn.open_tls(
-            proxy,
-            o.listen,
-            o.target.clone(),
-            o.port,
-            o.resolved,
-            Ok(()),
-            Some(info),
-        )
-        .await;
+        started.open_tls(conn, Some(info)).await;
         let sent = hello.len() as u64;
         server
             .write_all(&hello)
@@ -99,16 +96,7 @@ pub async fn relay(
     .await;
     let (side, info) = match intercepted {
         Ok(Ok(mut i)) => {
-            conn.open_tls(
-                proxy,
-                o.listen,
-                o.target.clone(),
-                o.port,
-                o.resolved,
-                Ok(()),
-                Some(i.info),
-            )
-            .await;
+            started.open_tls(conn, Some(i.info)).await;
             let after =
                 relay::relay_streams(&mut i.client, &mut i.server, conn, ctx.limits.idle).await?;
             return Ok(Relayed {
@@ -137,16 +125,7 @@ pub async fn relay(
     };
     let reason = info.error.clone().unwrap_or_default();
     tracing::warn!("starttls: {} -> {}: {reason}", conn.client(), o.target);
-    conn.open_tls(
-        proxy,
-        o.listen,
-        o.target.clone(),
-        o.port,
-        o.resolved,
-        Ok(()),
-        Some(info),
-    )
-    .await;
+    started.open_tls(conn, Some(info)).await;
     Err(RelayError::Io {
         side,
         source: io::Error::from_raw_os_error(libc::EPROTO),

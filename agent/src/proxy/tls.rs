@@ -67,35 +67,17 @@ pub async fn open_and_relay(
     server: &mut TcpStream,
 ) -> Result<Relayed, RelayError> {
     let Some(mitm) = &ctx.tls else {
-        conn.open(o.proxy, o.listen, o.target, o.port, o.resolved, Ok(()))
-            .await;
+        o.open(conn).await;
         return relay::relay(client, server, conn, ctx.limits.idle).await;
     };
     if !client_starts_tls(client, server, ctx.limits.handshake).await {
-        conn.open(
-            o.proxy,
-            o.listen,
-            o.target.clone(),
-            o.port,
-            o.resolved,
-            Ok(()),
-        )
-        .await;
+        o.open(conn).await;
         // The client may still start TLS mid-stream (STARTTLS).
         return super::starttls::relay(ctx, mitm, conn, &o, host, client, server).await;
     }
     if let Some(info) = passes_through(mitm, conn, host, client, server, ctx.limits.handshake).await
     {
-        conn.open_tls(
-            o.proxy,
-            o.listen,
-            o.target,
-            o.port,
-            o.resolved,
-            Ok(()),
-            Some(info),
-        )
-        .await;
+        o.open_tls(conn, Some(info)).await;
         return relay::relay(client, server, conn, ctx.limits.idle).await;
     }
     let raw = conn.tap_raw_sockets(client, server);
@@ -117,16 +99,7 @@ pub async fn open_and_relay(
     .await;
     let (side, reason, info) = match intercepted {
         Ok(Ok(mut i)) => {
-            conn.open_tls(
-                o.proxy,
-                o.listen,
-                o.target,
-                o.port,
-                o.resolved,
-                Ok(()),
-                Some(i.info),
-            )
-            .await;
+            o.open_tls(conn, Some(i.info)).await;
             return relay::relay_streams(&mut i.client, &mut i.server, conn, ctx.limits.idle).await;
         }
         Ok(Err(failed)) => {
@@ -155,16 +128,7 @@ pub async fn open_and_relay(
         }
     };
     tracing::warn!("tls: {} -> {}: {reason}", conn.client(), o.target);
-    conn.open_tls(
-        o.proxy,
-        o.listen,
-        o.target,
-        o.port,
-        o.resolved,
-        Ok(()),
-        Some(info),
-    )
-    .await;
+    o.open_tls(conn, Some(info)).await;
     Err(RelayError::Io {
         side,
         source: io::Error::from_raw_os_error(libc::EPROTO),
