@@ -1,0 +1,674 @@
+//! Applying the HTTP rules ([`super::http_rule`]) to one direction of an HTTP/1.x stream, as
+//! its bytes arrive: the same push/finish shape as [`super::stream::Rewriter`], bytes and
+//! [`Edit`]s out.
+//!
+//! - Heads are parsed whole (`crate::http1::head`); the line and header rules,
+//!   `--drop-header`, `--set-header` and `--anticomp` apply to them, in that order. A head
+//!   nothing changed passes byte for byte; a changed one is written anew.
+//! - Bodies pass as they arrive, unless a body rule applies to the direction: then the whole
+//!   body is held (at most `body_max` bytes as received; a larger one passes unchanged),
+//!   its chunked and content codings undone, the body rules applied (a count limit counts per
+//!   message), and, when they changed something, the content codings applied again and the
+//!   body sent with its framing fixed: one chunk (and the trailers) when it was chunked, a
+//!   new `Content-Length` when it had one, as it is when it ends with the connection. A body
+//!   with an unknown content coding, or that does not decode, passes unchanged. A request
+//!   with `Expect: 100-continue` is not held (its client waits for the 100).
+//! - Responses are framed by their request's method (HEAD, CONNECT; 1xx, 204, 304): the
+//!   client direction queues the methods it saw for the server direction ([`Methods`]).
+//!   After a `101` or a successful `CONNECT`, and from the first bytes that are not HTTP,
+//!   the direction passes everything unchanged: a stream that is not HTTP is never touched.
+//! - Every change is an [`Edit`]: `rule` is `base` plus the index in
+//!   [`HttpOptions::text`]'s numbering; `offset` is where the message starts in the stream
+//!   as sent (for a body rule: where the body data start, plus the offset in the decoded
+//!   body). `--decode-bodies` makes an edit whose `before` and `after` are both the decoded
+//!   body (capped): no change, the text shown.
+//!
+//! Pure: bytes in, bytes out, no I/O (a body over the limit is logged).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+
+use super::codec;
+use super::http_rule::{Change, HttpOptions, Scope};
+use super::rule::Rule;
+use super::stream::{Edit, Rewriter};
+use crate::http1::body::{self, Decoder, Framing};
+use crate::http1::head::{self, Header, RequestHead, ResponseHead};
+
+/// The methods of the requests one connection's client direction saw, oldest first, for the
+/// server direction's responses (shared by the two [`HttpRewriter`]s of a connection).
+pub type Methods = Arc<Mutex<VecDeque<String>>>;
+
+#[derive(Clone, Debug)]
+enum Head {
+    Req(RequestHead),
+    Resp(ResponseHead),
+}
+
+impl Head {
+    fn headers(&mut self) -> &mut Vec<Header> {
+        match self {
+            Head::Req(h) => &mut h.headers,
+            Head::Resp(h) => &mut h.headers,
+        }
+    }
+
+    fn write(&self) -> Vec<u8> {
+        match self {
+            Head::Req(h) => head::write_request(h),
+            Head::Resp(h) => head::write_response(h),
+        }
+    }
+}
+
+/// A message whose head was read (and maybe changed).
+struct Message {
+    head: Head,
+    /// The head as received.
+    original: Vec<u8>,
+    /// Whether the rules changed the head (else `original` is sent).
+    changed: bool,
+    /// The head's edits; offsets relative to the message's start.
+    edits: Vec<Edit>,
+    framing: Framing,
+}
+
+impl Message {
+    fn head_bytes(&self) -> Vec<u8> {
+        if self.changed {
+            self.head.write()
+        } else {
+            self.original.clone()
+        }
+    }
+}
+
+enum State {
+    /// Waiting for a head.
+    Head,
+    /// Passing a body on as it arrives (`copy`: the data kept for `--decode-bodies`).
+    Stream {
+        dec: Decoder,
+        copy: Option<(Vec<codec::Coding>, Vec<u8>)>,
+        start: u64,
+    },
+    /// Holding a whole body for the body rules: the bytes as received, the data.
+    Hold {
+        msg: Box<Message>,
+        dec: Decoder,
+        raw: Vec<u8>,
+        data: Vec<u8>,
+    },
+    /// Not HTTP, or no longer (an upgrade, a tunnel): everything passes.
+    Raw,
+}
+
+/// The HTTP rules of one direction of one connection.
+pub struct HttpRewriter {
+    opts: Arc<HttpOptions>,
+    to_server: bool,
+    base: usize,
+    methods: Methods,
+    state: State,
+    /// Bytes received and not yet handled (a partial head, or body bytes being decoded).
+    input: Vec<u8>,
+    /// Bytes passed on so far.
+    emitted: u64,
+}
+
+impl HttpRewriter {
+    /// `to_server`: the client's direction; `base`: added to the edits' rule indices (the
+    /// raw rules' count); `methods`: shared with the other direction's rewriter.
+    pub fn new(opts: Arc<HttpOptions>, to_server: bool, base: usize, methods: Methods) -> Self {
+        HttpRewriter {
+            opts,
+            to_server,
+            base,
+            methods,
+            state: State::Head,
+            input: Vec::new(),
+            emitted: 0,
+        }
+    }
+
+    /// Rewrites `chunk`: appends to `out` what can be passed on now, to `edits` the changes.
+    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<u8>, edits: &mut Vec<Edit>) {
+        self.input.extend_from_slice(chunk);
+        self.run(out, edits);
+    }
+
+    /// The end of the direction: a body that ends with the connection is complete; anything
+    /// else held (a partial head or body) passes on as it is.
+    pub fn finish(&mut self, out: &mut Vec<u8>, edits: &mut Vec<Edit>) {
+        self.run(out, edits);
+        match std::mem::replace(&mut self.state, State::Head) {
+            State::Hold {
+                msg,
+                mut dec,
+                raw,
+                data,
+            } => {
+                if dec.eof() {
+                    self.finish_body(*msg, &dec, raw, data, out, edits);
+                } else {
+                    self.emit_message_raw(&msg, &raw, out, edits);
+                }
+            }
+            State::Stream {
+                mut dec,
+                copy,
+                start,
+            } => {
+                if dec.eof() {
+                    self.note_decoded(copy, start, edits);
+                }
+            }
+            State::Raw => self.state = State::Raw,
+            State::Head => {}
+        }
+        let rest = std::mem::take(&mut self.input);
+        self.emit(&rest, out);
+    }
+
+    fn emit(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        out.extend_from_slice(bytes);
+        self.emitted += bytes.len() as u64;
+    }
+
+    fn edit(&self, rule: usize, offset: u64, before: &[u8], after: &[u8]) -> Edit {
+        Edit {
+            rule: self.base + rule,
+            offset,
+            before: before.to_vec(),
+            after: after.to_vec(),
+        }
+    }
+
+    /// Whether a body rule applies to this direction.
+    fn body_rules(&self) -> Vec<(usize, Arc<Rule>)> {
+        (self.opts.rules.iter().enumerate())
+            .filter(|(_, r)| r.dir.applies(self.to_server))
+            .filter_map(|(i, r)| match &r.change {
+                Change::Replace {
+                    scope: Scope::Body,
+                    rule,
+                } => Some((self.base + i, rule.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn run(&mut self, out: &mut Vec<u8>, edits: &mut Vec<Edit>) {
+        loop {
+            match &mut self.state {
+                State::Raw => {
+                    let rest = std::mem::take(&mut self.input);
+                    self.emit(&rest, out);
+                    return;
+                }
+                State::Head => {
+                    if self.input.is_empty() || !self.next_head(out, edits) {
+                        return;
+                    }
+                }
+                State::Stream { dec, copy, .. } => {
+                    let (consumed, done) = match dec.decode(&self.input) {
+                        Ok(step) => {
+                            if let Some((_, data)) = copy {
+                                data.extend_from_slice(step.data);
+                            }
+                            (step.consumed, dec.is_done())
+                        }
+                        Err(_) => {
+                            self.state = State::Raw;
+                            continue;
+                        }
+                    };
+                    let bytes: Vec<u8> = self.input.drain(..consumed).collect();
+                    self.emit(&bytes, out);
+                    if done {
+                        if let State::Stream { copy, start, .. } =
+                            std::mem::replace(&mut self.state, State::Head)
+                        {
+                            self.note_decoded(copy, start, edits);
+                        }
+                    } else if consumed == 0 || self.input.is_empty() {
+                        return;
+                    }
+                }
+                State::Hold { dec, raw, data, .. } => {
+                    let consumed = match dec.decode(&self.input) {
+                        Ok(step) => {
+                            data.extend_from_slice(step.data);
+                            step.consumed
+                        }
+                        Err(_) => {
+                            // Not a body after all: what was held passes, then the rest.
+                            if let State::Hold { msg, raw, .. } =
+                                std::mem::replace(&mut self.state, State::Raw)
+                            {
+                                self.emit_message_raw(&msg, &raw, out, edits);
+                            }
+                            continue;
+                        }
+                    };
+                    raw.extend(self.input.drain(..consumed));
+                    let done = dec.is_done();
+                    if !done && raw.len() > self.opts.body_max {
+                        tracing::warn!(
+                            "HTTP body over {} bytes (--body-max): passed unchanged",
+                            self.opts.body_max
+                        );
+                        if let State::Hold { msg, raw, dec, .. } =
+                            std::mem::replace(&mut self.state, State::Head)
+                        {
+                            self.emit_message_raw(&msg, &raw, out, edits);
+                            let start = self.emitted;
+                            self.state = State::Stream {
+                                dec,
+                                copy: None,
+                                start,
+                            };
+                        }
+                        continue;
+                    }
+                    if done {
+                        if let State::Hold { msg, dec, raw, data } =
+                            std::mem::replace(&mut self.state, State::Head)
+                        {
+                            self.finish_body(*msg, &dec, raw, data, out, edits);
+                        }
+                    } else if consumed == 0 || self.input.is_empty() {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends a held message's head (with its head edits) and its body as received.
+    fn emit_message_raw(
+        &mut self,
+        msg: &Message,
+        raw: &[u8],
+        out: &mut Vec<u8>,
+        edits: &mut Vec<Edit>,
+    ) {
+        let start = self.emitted;
+        edits.extend(msg.edits.iter().cloned().map(|mut e| {
+            e.offset += start;
+            e
+        }));
+        self.emit(&msg.head_bytes(), out);
+        self.emit(raw, out);
+    }
+
+    /// Parses the head at the start of the input; false when it is not complete yet.
+    fn next_head(&mut self, out: &mut Vec<u8>, edits: &mut Vec<Edit>) -> bool {
+        let parsed = if self.to_server {
+            head::parse_request(&self.input).map(|o| o.map(|(h, n)| (Head::Req(h), n)))
+        } else {
+            head::parse_response(&self.input).map(|o| o.map(|(h, n)| (Head::Resp(h), n)))
+        };
+        let (head, n) = match parsed {
+            Ok(Some(x)) => x,
+            Ok(None) => return false,
+            Err(_) => {
+                self.state = State::Raw;
+                return true;
+            }
+        };
+        let mut after = State::Head;
+        let framing = match &head {
+            Head::Req(h) => {
+                let f = body::request_framing(h);
+                if f.is_ok() {
+                    self.methods
+                        .lock()
+                        .expect("methods")
+                        .push_back(h.method.to_ascii_uppercase());
+                }
+                if h.method.eq_ignore_ascii_case("CONNECT") {
+                    after = State::Raw;
+                }
+                f
+            }
+            Head::Resp(h) if h.status == 101 => {
+                after = State::Raw;
+                Ok(Framing::Empty)
+            }
+            Head::Resp(h) if (100..200).contains(&h.status) => Ok(Framing::Empty),
+            Head::Resp(h) => {
+                let method = (self.methods.lock().expect("methods").pop_front())
+                    .unwrap_or_else(|| "GET".into());
+                if method == "CONNECT" && (200..300).contains(&h.status) {
+                    after = State::Raw;
+                }
+                body::response_framing(&method, h)
+            }
+        };
+        let Ok(framing) = framing else {
+            // Framing this cannot follow: from here on, the bytes pass as they are.
+            self.state = State::Raw;
+            return true;
+        };
+        let original: Vec<u8> = self.input.drain(..n).collect();
+        let mut msg = Message {
+            head,
+            original,
+            changed: false,
+            edits: Vec::new(),
+            framing,
+        };
+        self.change_head(&mut msg);
+        let expect_continue = matches!(&msg.head, Head::Req(h) if head::tokens(&h.headers, "expect").iter().any(|t| t == "100-continue"));
+        let hold = framing != Framing::Empty
+            && !matches!(after, State::Raw)
+            && !expect_continue
+            && !self.body_rules().is_empty();
+        if hold {
+            self.state = State::Hold {
+                msg: Box::new(msg),
+                dec: Decoder::new(framing),
+                raw: Vec::new(),
+                data: Vec::new(),
+            };
+            return true;
+        }
+        self.emit_message_raw(&msg, &[], out, edits);
+        let copy = match (self.opts.decode_bodies, framing) {
+            (Some(_), Framing::Length(_) | Framing::Chunked | Framing::Close) => {
+                let mut h = msg.head.clone();
+                let values: Vec<&[u8]> = head::values(h.headers(), "content-encoding")
+                    .map(|f| f.value.as_slice())
+                    .collect();
+                match codec::codings(values) {
+                    Ok(c) if !c.is_empty() => Some((c, Vec::new())),
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        self.state = match after {
+            State::Raw => State::Raw,
+            _ if framing == Framing::Empty => State::Head,
+            _ => State::Stream {
+                dec: Decoder::new(framing),
+                copy,
+                start: self.emitted,
+            },
+        };
+        true
+    }
+
+    /// The head rules, `--drop-header`, `--set-header`, `--anticomp`, in that order.
+    fn change_head(&self, msg: &mut Message) {
+        let mut edits = Vec::new();
+        let to_server = self.to_server;
+        let rules = (self.opts.rules.iter().enumerate()).filter(|(_, r)| r.dir.applies(to_server));
+        for (i, r) in rules.clone() {
+            let Change::Replace { scope, rule } = &r.change else {
+                continue;
+            };
+            match scope {
+                Scope::Body => {}
+                Scope::Line => {
+                    let line = start_line(&msg.head);
+                    let (new, n) = replace_all(rule, &line);
+                    if n > 0 && let Some(h) = set_start_line(&msg.head, &new) {
+                        edits.push(self.edit(i, 0, &line, &new));
+                        msg.head = h;
+                    }
+                }
+                Scope::Header(name) => {
+                    for h in msg.head.headers().iter_mut().filter(|h| h.is(name)) {
+                        let (new, n) = replace_all(rule, &h.value);
+                        if n > 0 && !new.contains(&b'\r') && !new.contains(&b'\n') {
+                            edits.push(self.edit(i, 0, &field(h), &field_of(&h.name, &new)));
+                            h.value = new;
+                        }
+                    }
+                }
+            }
+        }
+        for (i, r) in rules.clone() {
+            if let Change::Drop { name } = &r.change {
+                self.drop_fields(msg.head.headers(), name, i, &mut edits);
+            }
+        }
+        for (i, r) in rules {
+            if let Change::Set { name, value } = &r.change {
+                let hs = msg.head.headers();
+                let before: Vec<u8> = (hs.iter().filter(|h| h.is(name)))
+                    .flat_map(field)
+                    .collect();
+                let new = Header::new(name, value.clone());
+                let after = field(&new);
+                if before == after {
+                    continue;
+                }
+                match hs.iter().position(|h| h.is(name)) {
+                    Some(p) => {
+                        hs[p] = new;
+                        let mut k = p + 1;
+                        while k < hs.len() {
+                            if hs[k].is(name) {
+                                hs.remove(k);
+                            } else {
+                                k += 1;
+                            }
+                        }
+                    }
+                    None => hs.push(new),
+                }
+                edits.push(self.edit(i, 0, &before, &after));
+            }
+        }
+        if self.opts.anticomp && self.to_server {
+            let i = self.opts.anticomp_index();
+            let hs = msg.head.headers();
+            self.drop_fields(hs, "accept-encoding", i, &mut edits);
+            for h in hs.iter_mut().filter(|h| h.is("sec-websocket-extensions")) {
+                let kept: Vec<&str> = std::str::from_utf8(&h.value)
+                    .unwrap_or("")
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|e| {
+                        let name = e.split(';').next().unwrap_or("").trim();
+                        !name.eq_ignore_ascii_case("permessage-deflate")
+                    })
+                    .collect();
+                let new = kept.join(", ").into_bytes();
+                if new != h.value {
+                    edits.push(self.edit(i, 0, &field(h), &field_of(&h.name, &new)));
+                    h.value = new;
+                }
+            }
+            hs.retain(|h| !(h.is("sec-websocket-extensions") && h.value.is_empty()));
+        }
+        if !edits.is_empty() {
+            msg.changed = true;
+            msg.edits.extend(edits);
+        }
+    }
+
+    fn drop_fields(&self, hs: &mut Vec<Header>, name: &str, rule: usize, edits: &mut Vec<Edit>) {
+        let before: Vec<u8> = (hs.iter().filter(|h| h.is(name)))
+            .flat_map(field)
+            .collect();
+        if !before.is_empty() {
+            hs.retain(|h| !h.is(name));
+            edits.push(self.edit(rule, 0, &before, b""));
+        }
+    }
+
+    /// A held body is complete: the body rules, then the message goes.
+    fn finish_body(
+        &mut self,
+        mut msg: Message,
+        dec: &Decoder,
+        raw: Vec<u8>,
+        data: Vec<u8>,
+        out: &mut Vec<u8>,
+        edits: &mut Vec<Edit>,
+    ) {
+        let values: Vec<Vec<u8>> = head::values(msg.head.headers(), "content-encoding")
+            .map(|f| f.value.clone())
+            .collect();
+        let codings = match codec::codings(values.iter().map(Vec::as_slice)) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!("HTTP body left unchanged: {e}");
+                return self.emit_message_raw(&msg, &raw, out, edits);
+            }
+        };
+        let text = match codec::decode(&codings, &data, self.opts.body_max) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::debug!("HTTP body left unchanged: {e}");
+                return self.emit_message_raw(&msg, &raw, out, edits);
+            }
+        };
+        let decoded_note = self.decoded_edit(&codings, &text);
+        let mut rw = Rewriter::new(&self.body_rules(), text.len() + 1);
+        let (mut new, mut body_edits) = (Vec::new(), Vec::new());
+        rw.push(&text, &mut new, &mut body_edits);
+        rw.flush(&mut new, &mut body_edits);
+        if body_edits.is_empty() {
+            if let Some(mut e) = decoded_note {
+                e.offset = self.emitted + msg.head_bytes().len() as u64;
+                edits.push(e);
+            }
+            return self.emit_message_raw(&msg, &raw, out, edits);
+        }
+        let encoded = match codec::encode(&codings, &new) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!("HTTP body left unchanged: encoding it again: {e}");
+                return self.emit_message_raw(&msg, &raw, out, edits);
+            }
+        };
+        let (prefix, body_bytes) = match msg.framing {
+            Framing::Chunked => {
+                let mut b = body::chunk(&encoded);
+                let prefix = b.len() - encoded.len() - 2;
+                b.extend_from_slice(&body::last_chunk(dec.trailers()));
+                (prefix, b)
+            }
+            Framing::Length(_) => {
+                let hs = msg.head.headers();
+                let before: Vec<u8> = (hs.iter().filter(|h| h.is("content-length")))
+                    .flat_map(field)
+                    .collect();
+                let at = hs.iter().position(|h| h.is("content-length"));
+                hs.retain(|h| !h.is("content-length"));
+                let new_cl = Header::new("Content-Length", encoded.len().to_string());
+                let after = field(&new_cl);
+                hs.insert(at.unwrap_or(hs.len()).min(hs.len()), new_cl);
+                if before != after {
+                    msg.changed = true;
+                    msg.edits
+                        .push(self.edit(body_edits[0].rule - self.base, 0, &before, &after));
+                }
+                (0, encoded)
+            }
+            Framing::Close | Framing::Empty => (0, encoded),
+        };
+        let start = self.emitted;
+        let head_bytes = msg.head_bytes();
+        let data_start = start + (head_bytes.len() + prefix) as u64;
+        self.emit_message_raw(&msg, &[], out, edits);
+        if let Some(mut e) = decoded_note {
+            e.offset = data_start;
+            edits.push(e);
+        }
+        edits.extend(body_edits.into_iter().map(|mut e| {
+            e.offset += data_start;
+            e
+        }));
+        self.emit(&body_bytes, out);
+    }
+
+    /// `--decode-bodies`: the edit showing a compressed body decoded (offset to be set).
+    fn decoded_edit(&self, codings: &[codec::Coding], text: &[u8]) -> Option<Edit> {
+        let max = self.opts.decode_bodies?;
+        if codings.is_empty() {
+            return None;
+        }
+        let shown = &text[..text.len().min(max)];
+        Some(self.edit(self.opts.decoded_index(), 0, shown, shown))
+    }
+
+    /// `--decode-bodies` for a body that was passed on as it came.
+    fn note_decoded(
+        &self,
+        copy: Option<(Vec<codec::Coding>, Vec<u8>)>,
+        start: u64,
+        edits: &mut Vec<Edit>,
+    ) {
+        let (Some((codings, data)), Some(max)) = (copy, self.opts.decode_bodies) else {
+            return;
+        };
+        // Decoding stops at the cap (a truncated decode is still shown).
+        let text = match codec::decode(&codings, &data, max) {
+            Ok(t) => t,
+            Err(codec::CodecError::TooLarge(_)) => {
+                codec::decode_prefix(&codings, &data, max).unwrap_or_default()
+            }
+            Err(e) => {
+                tracing::debug!("--decode-bodies: {e}");
+                return;
+            }
+        };
+        if let Some(mut e) = self.decoded_edit(&codings, &text) {
+            e.offset = start;
+            edits.push(e);
+        }
+    }
+}
+
+/// `Name: value` as a field line (without its line end).
+fn field(h: &Header) -> Vec<u8> {
+    field_of(&h.name, &h.value)
+}
+
+fn field_of(name: &str, value: &[u8]) -> Vec<u8> {
+    let mut v = name.as_bytes().to_vec();
+    v.extend_from_slice(b": ");
+    v.extend_from_slice(value);
+    v
+}
+
+fn start_line(h: &Head) -> Vec<u8> {
+    let bytes = h.write();
+    let end = bytes.iter().position(|&b| b == b'\r').unwrap_or(bytes.len());
+    bytes[..end].to_vec()
+}
+
+/// The head with `line` as its start line, when it parses as one.
+fn set_start_line(h: &Head, line: &[u8]) -> Option<Head> {
+    let mut bytes = line.to_vec();
+    bytes.extend_from_slice(b"\r\nHost: x\r\n\r\n");
+    match h {
+        Head::Req(r) => {
+            let (mut new, _) = head::parse_request(&bytes).ok()??;
+            new.headers = r.headers.clone();
+            Some(Head::Req(new))
+        }
+        Head::Resp(r) => {
+            let (mut new, _) = head::parse_response(&bytes).ok()??;
+            new.headers = r.headers.clone();
+            Some(Head::Resp(new))
+        }
+    }
+}
+
+/// `rule` applied to all of `text` (its count limit included); the result and the number of
+/// replacements.
+fn replace_all(rule: &Arc<Rule>, text: &[u8]) -> (Vec<u8>, usize) {
+    let mut rw = Rewriter::new(&[(0, rule.clone())], text.len() + 1);
+    let (mut out, mut edits) = (Vec::new(), Vec::new());
+    rw.push(text, &mut out, &mut edits);
+    rw.flush(&mut out, &mut edits);
+    (out, edits.len())
+}
