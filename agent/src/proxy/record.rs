@@ -50,10 +50,10 @@ use crate::output::{
     EventWriter, FanOut, FlushEvery, Format, SecretsFirst, Writer, pcapng::PcapngWriter,
     text::TextConfig,
 };
-use crate::rewrite::rule::Rule;
 use crate::rewrite::chain::Chain;
 use crate::rewrite::http::{HttpRewriter, Methods};
 use crate::rewrite::http_rule::HttpOptions;
+use crate::rewrite::rule::Rule;
 use crate::rewrite::stream::{DEFAULT_WINDOW, Edit, Rewriter};
 
 /// Messages in flight between the relays and the writer thread (each holds at most one

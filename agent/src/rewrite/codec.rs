@@ -108,9 +108,12 @@ fn decode_with(
             Coding::Gzip => read_max(flate2::read::MultiGzDecoder::new(input), max, "gzip", cut)?,
             Coding::Deflate => {
                 match read_max(flate2::read::ZlibDecoder::new(input), max, "deflate", cut) {
-                    Err(CodecError::Bad(..)) => {
-                        read_max(flate2::read::DeflateDecoder::new(input), max, "deflate", cut)?
-                    }
+                    Err(CodecError::Bad(..)) => read_max(
+                        flate2::read::DeflateDecoder::new(input),
+                        max,
+                        "deflate",
+                        cut,
+                    )?,
                     other => other?,
                 }
             }
@@ -132,7 +135,8 @@ pub fn encode(codings: &[Coding], data: &[u8]) -> Result<Vec<u8>, CodecError> {
         let bad = |e| CodecError::Bad(c.name(), e);
         cur = match c {
             Coding::Gzip => {
-                let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                let mut e =
+                    flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
                 e.write_all(&cur).map_err(bad)?;
                 e.finish().map_err(bad)?
             }
@@ -174,7 +178,10 @@ mod tests {
             ));
         }
         let both = encode(&[Coding::Gzip, Coding::Br], &text).unwrap();
-        assert_eq!(decode(&[Coding::Gzip, Coding::Br], &both, 1 << 20).unwrap(), text);
+        assert_eq!(
+            decode(&[Coding::Gzip, Coding::Br], &both, 1 << 20).unwrap(),
+            text
+        );
         // Raw deflate, as some servers send it.
         let mut e = flate2::write::DeflateEncoder::new(Vec::new(), flate2::Compression::fast());
         e.write_all(&text).unwrap();
@@ -182,7 +189,10 @@ mod tests {
         assert_eq!(decode(&[Coding::Deflate], &raw, 1 << 20).unwrap(), text);
         assert!(decode(&[Coding::Gzip], b"not gzip", 100).is_err());
         let enc = encode(&[Coding::Gzip], &text).unwrap();
-        assert_eq!(decode_prefix(&[Coding::Gzip], &enc, 10).unwrap(), &text[..10]);
+        assert_eq!(
+            decode_prefix(&[Coding::Gzip], &enc, 10).unwrap(),
+            &text[..10]
+        );
     }
 
     #[test]

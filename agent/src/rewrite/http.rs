@@ -273,8 +273,12 @@ impl HttpRewriter {
                         continue;
                     }
                     if done {
-                        if let State::Hold { msg, dec, raw, data } =
-                            std::mem::replace(&mut self.state, State::Head)
+                        if let State::Hold {
+                            msg,
+                            dec,
+                            raw,
+                            data,
+                        } = std::mem::replace(&mut self.state, State::Head)
                         {
                             self.finish_body(*msg, &dec, raw, data, out, edits);
                         }
@@ -415,7 +419,9 @@ impl HttpRewriter {
                 Scope::Line => {
                     let line = start_line(&msg.head);
                     let (new, n) = replace_all(rule, &line);
-                    if n > 0 && let Some(h) = set_start_line(&msg.head, &new) {
+                    if n > 0
+                        && let Some(h) = set_start_line(&msg.head, &new)
+                    {
                         edits.push(self.edit(i, 0, &line, &new));
                         msg.head = h;
                     }
@@ -439,9 +445,7 @@ impl HttpRewriter {
         for (i, r) in rules {
             if let Change::Set { name, value } = &r.change {
                 let hs = msg.head.headers();
-                let before: Vec<u8> = (hs.iter().filter(|h| h.is(name)))
-                    .flat_map(field)
-                    .collect();
+                let before: Vec<u8> = (hs.iter().filter(|h| h.is(name))).flat_map(field).collect();
                 let new = Header::new(name, value.clone());
                 let after = field(&new);
                 if before == after {
@@ -493,9 +497,7 @@ impl HttpRewriter {
     }
 
     fn drop_fields(&self, hs: &mut Vec<Header>, name: &str, rule: usize, edits: &mut Vec<Edit>) {
-        let before: Vec<u8> = (hs.iter().filter(|h| h.is(name)))
-            .flat_map(field)
-            .collect();
+        let before: Vec<u8> = (hs.iter().filter(|h| h.is(name))).flat_map(field).collect();
         if !before.is_empty() {
             hs.retain(|h| !h.is(name));
             edits.push(self.edit(rule, 0, &before, b""));
@@ -641,7 +643,10 @@ fn field_of(name: &str, value: &[u8]) -> Vec<u8> {
 
 fn start_line(h: &Head) -> Vec<u8> {
     let bytes = h.write();
-    let end = bytes.iter().position(|&b| b == b'\r').unwrap_or(bytes.len());
+    let end = bytes
+        .iter()
+        .position(|&b| b == b'\r')
+        .unwrap_or(bytes.len());
     bytes[..end].to_vec()
 }
 
@@ -671,4 +676,247 @@ fn replace_all(rule: &Arc<Rule>, text: &[u8]) -> (Vec<u8>, usize) {
     rw.push(text, &mut out, &mut edits);
     rw.flush(&mut out, &mut edits);
     (out, edits.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rewrite::http_rule::{DEFAULT_BODY_MAX, parse_drop, parse_replace, parse_set};
+
+    fn opts(rules: &[&str]) -> Arc<HttpOptions> {
+        let rules = rules
+            .iter()
+            .map(|r| {
+                let (flag, v) = r.split_once(' ').unwrap();
+                match flag {
+                    "replace" => parse_replace(v).unwrap(),
+                    "set" => parse_set(v).unwrap(),
+                    "drop" => parse_drop(v).unwrap(),
+                    _ => panic!("{flag}"),
+                }
+            })
+            .collect();
+        Arc::new(HttpOptions {
+            rules,
+            anticomp: false,
+            decode_bodies: None,
+            body_max: DEFAULT_BODY_MAX,
+        })
+    }
+
+    /// Both directions of a connection: `req` through the client side, `resp` through the
+    /// server side, each cut at `cut` (and finished); outputs and edits.
+    fn run(
+        o: &Arc<HttpOptions>,
+        req: &[u8],
+        resp: &[u8],
+        cut: usize,
+    ) -> ((Vec<u8>, Vec<Edit>), (Vec<u8>, Vec<Edit>)) {
+        let methods = Methods::default();
+        let mut side = |to_server, input: &[u8]| {
+            let mut rw = HttpRewriter::new(o.clone(), to_server, 0, methods.clone());
+            let (mut out, mut edits) = (Vec::new(), Vec::new());
+            let (a, b) = input.split_at(cut.min(input.len()));
+            rw.push(a, &mut out, &mut edits);
+            rw.push(b, &mut out, &mut edits);
+            rw.finish(&mut out, &mut edits);
+            (out, edits)
+        };
+        let c2s = side(true, req);
+        let s2c = side(false, resp);
+        (c2s, s2c)
+    }
+
+    /// The same result however the input is cut.
+    fn same_at_every_cut(
+        o: &Arc<HttpOptions>,
+        req: &[u8],
+        resp: &[u8],
+    ) -> ((Vec<u8>, Vec<Edit>), (Vec<u8>, Vec<Edit>)) {
+        let whole = run(o, req, resp, usize::MAX);
+        for cut in 0..=req.len().max(resp.len()) {
+            assert_eq!(run(o, req, resp, cut), whole, "cut at {cut}");
+        }
+        whole
+    }
+
+    #[test]
+    fn headers_set_dropped_and_replaced() {
+        let o = opts(&[
+            "replace c2s:header:user-agent:/curl\\/[0-9.]+/agent\\/1/",
+            "replace c2s:line:/^GET \\/old/GET \\/new/",
+            "drop c2s:Accept",
+            "set c2s:X-Test: one",
+            "set s2c:Server: capagent",
+        ]);
+        let req = b"GET /old HTTP/1.1\r\nHost: h\r\nUser-Agent: curl/8.5.0\r\nAccept: */*\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\nX-Test: one\r\n\r\n";
+        let resp = b"HTTP/1.1 200 OK\r\nServer: x\r\nContent-Length: 2\r\n\r\nhiHTTP/1.1 204 No Content\r\nServer: capagent\r\n\r\n";
+        let ((c2s, cedits), (s2c, sedits)) = same_at_every_cut(&o, req, resp);
+        assert_eq!(
+            String::from_utf8(c2s).unwrap(),
+            "GET /new HTTP/1.1\r\nHost: h\r\nUser-Agent: agent/1\r\nX-Test: one\r\n\r\n\
+             GET /b HTTP/1.1\r\nHost: h\r\nX-Test: one\r\n\r\n",
+            "the second request, unchanged, passes byte for byte"
+        );
+        let e: Vec<_> = cedits
+            .iter()
+            .map(|e| {
+                (
+                    e.rule,
+                    e.offset,
+                    String::from_utf8_lossy(&e.before).into_owned(),
+                    String::from_utf8_lossy(&e.after).into_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            e,
+            [
+                (
+                    0,
+                    0,
+                    "User-Agent: curl/8.5.0".into(),
+                    "User-Agent: agent/1".into()
+                ),
+                (1, 0, "GET /old HTTP/1.1".into(), "GET /new HTTP/1.1".into()),
+                (2, 0, "Accept: */*".into(), String::new()),
+                (3, 0, String::new(), "X-Test: one".into()),
+            ]
+        );
+        assert_eq!(
+            String::from_utf8(s2c).unwrap(),
+            "HTTP/1.1 200 OK\r\nServer: capagent\r\nContent-Length: 2\r\n\r\nhi\
+             HTTP/1.1 204 No Content\r\nServer: capagent\r\n\r\n"
+        );
+        assert_eq!(sedits.len(), 1);
+    }
+
+    #[test]
+    fn chunked_body_replaced_in_one_chunk() {
+        let o = opts(&["replace s2c:body:/Boo!/Yay!!!/"]);
+        let req = b"GET / HTTP/1.1\r\nHost: h\r\n\r\n";
+        let resp = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nBo!\r\n5\r\no! Bo\r\n3\r\no!.\r\n0\r\nX-T: 1\r\n\r\n";
+        let (_, (s2c, edits)) = same_at_every_cut(&o, req, resp);
+        assert_eq!(
+            String::from_utf8(s2c).unwrap(),
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
+             d\r\nBo!o! Yay!!!.\r\n0\r\nX-T: 1\r\n\r\n"
+        );
+        let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nd\r\n".len() as u64;
+        assert_eq!(
+            edits.iter().map(|e| e.offset).collect::<Vec<_>>(),
+            [head + 6],
+            "where the replacement is on the wire"
+        );
+    }
+
+    #[test]
+    fn gzip_body_decoded_replaced_encoded_and_length_fixed() {
+        let o = opts(&["replace s2c:body:/world/there, everyone/"]);
+        let body = codec::encode(&[codec::Coding::Gzip], b"hello world").unwrap();
+        let mut resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\nX: y\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        resp.extend_from_slice(&body);
+        let (_, (s2c, edits)) = run(&o, b"", &resp, usize::MAX);
+        let (h, n) = head::parse_response(&s2c).unwrap().unwrap();
+        let cl: usize = head::values(&h.headers, "content-length")
+            .next()
+            .unwrap()
+            .text()
+            .parse()
+            .unwrap();
+        assert_eq!(cl, s2c.len() - n);
+        assert_eq!(h.headers[1].name, "Content-Length", "in its place");
+        assert_eq!(
+            codec::decode(&[codec::Coding::Gzip], &s2c[n..], 1000).unwrap(),
+            b"hello there, everyone"
+        );
+        assert_eq!(edits.len(), 2, "Content-Length and the body: {edits:?}");
+        assert_eq!(
+            (edits[1].before.as_slice(), edits[1].offset),
+            (&b"world"[..], n as u64 + 6)
+        );
+    }
+
+    #[test]
+    fn head_responses_upgrades_and_not_http() {
+        let o = opts(&["replace s2c:body:/a/b/", "set s2c:X: 1"]);
+        // The response to HEAD has a length but no body: the next response follows at once.
+        let req = b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n";
+        let resp = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\n\r\na";
+        let methods = Methods::default();
+        let mut c = HttpRewriter::new(o.clone(), true, 0, methods.clone());
+        let mut s = HttpRewriter::new(o.clone(), false, 0, methods.clone());
+        let (mut out, mut edits) = (Vec::new(), Vec::new());
+        c.push(req, &mut out, &mut edits);
+        assert_eq!(out, req);
+        out.clear();
+        s.push(resp, &mut out, &mut edits);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX: 1\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 1\r\nX: 1\r\n\r\nb"
+        );
+        // After a 101, the bytes are not HTTP: untouched.
+        let resp = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n\x81\x01a";
+        let ((_, _), (out, _)) = run(
+            &o,
+            b"GET / HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\n\r\n",
+            resp,
+            usize::MAX,
+        );
+        assert!(out.ends_with(b"\r\nX: 1\r\n\r\n\x81\x01a"));
+        // Not HTTP at all: untouched, however it arrives.
+        let ((c2s, e1), (s2c, e2)) =
+            same_at_every_cut(&o, b"\x16\x03\x01\x00\x05hello", b"220 smtp ready\r\na");
+        assert_eq!(
+            (c2s.as_slice(), s2c.as_slice()),
+            (
+                &b"\x16\x03\x01\x00\x05hello"[..],
+                &b"220 smtp ready\r\na"[..]
+            )
+        );
+        assert!(e1.is_empty() && e2.is_empty());
+    }
+
+    #[test]
+    fn close_delimited_body_anticomp_and_decoded_record() {
+        let mut o = (*opts(&["replace s2c:body:/x/yy/"])).clone();
+        o.anticomp = true;
+        o.decode_bodies = Some(4);
+        let o = Arc::new(o);
+        let req = b"GET / HTTP/1.1\r\nHost: h\r\nAccept-Encoding: gzip, br\r\nSec-WebSocket-Extensions: permessage-deflate; client_max_window_bits, x-other\r\n\r\n";
+        let resp = b"HTTP/1.1 200 OK\r\n\r\naxbx";
+        let ((c2s, cedits), (s2c, _)) = same_at_every_cut(&o, req, resp);
+        assert_eq!(
+            String::from_utf8(c2s).unwrap(),
+            "GET / HTTP/1.1\r\nHost: h\r\nSec-WebSocket-Extensions: x-other\r\n\r\n"
+        );
+        assert_eq!(cedits.len(), 2);
+        assert!(cedits.iter().all(|e| e.rule == o.anticomp_index()));
+        assert_eq!(s2c, b"HTTP/1.1 200 OK\r\n\r\nayybyy");
+        // --decode-bodies on a body passed on as it came: the decoded text, capped.
+        let gz = codec::encode(&[codec::Coding::Gzip], b"decoded!").unwrap();
+        let mut resp = format!(
+            "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n",
+            gz.len()
+        )
+        .into_bytes();
+        resp.extend_from_slice(&gz);
+        let mut o2 = (*o).clone();
+        o2.rules.clear();
+        let (_, (s2c, edits)) = run(&Arc::new(o2.clone()), b"", &resp, usize::MAX);
+        assert_eq!(s2c, resp);
+        assert_eq!(edits.len(), 1);
+        assert_eq!(
+            (
+                edits[0].rule,
+                edits[0].before.as_slice(),
+                edits[0].after.as_slice()
+            ),
+            (o2.decoded_index(), &b"deco"[..], &b"deco"[..])
+        );
+    }
 }

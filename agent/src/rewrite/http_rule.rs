@@ -22,8 +22,7 @@ pub enum HttpRuleError {
     Rule(#[from] RuleError),
 }
 
-const REPLACE: &str =
-    "DIR:SCOPE:/REGEX/REPLACEMENT/[FLAGS] with DIR c2s, s2c or both, SCOPE line, header:NAME or body";
+const REPLACE: &str = "DIR:SCOPE:/REGEX/REPLACEMENT/[FLAGS] with DIR c2s, s2c or both, SCOPE line, header:NAME or body";
 
 /// Where a `--replace-http` rule applies in a message.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,11 +38,19 @@ pub enum Scope {
 /// What an HTTP rule does.
 #[derive(Clone, Debug)]
 pub enum Change {
-    Replace { scope: Scope, rule: Arc<Rule> },
+    Replace {
+        scope: Scope,
+        rule: Arc<Rule>,
+    },
     /// Fields of this name replaced by one with this value (added when absent).
-    Set { name: String, value: Vec<u8> },
+    Set {
+        name: String,
+        value: Vec<u8>,
+    },
     /// Fields of this name removed.
-    Drop { name: String },
+    Drop {
+        name: String,
+    },
 }
 
 /// One HTTP rule.
@@ -264,20 +271,40 @@ mod tests {
             panic!()
         };
         assert_eq!(*scope, Scope::Body);
-        assert_eq!((rule.limit, rule.replacement.as_slice()), (Some(2), &b"Yay!"[..]));
+        assert_eq!(
+            (rule.limit, rule.replacement.as_slice()),
+            (Some(2), &b"Yay!"[..])
+        );
         let r = parse_replace("c2s:header:User-Agent:#curl/[0-9.]+#x#").unwrap();
-        assert!(matches!(&r.change, Change::Replace { scope: Scope::Header(n), .. } if n == "User-Agent"));
+        assert!(
+            matches!(&r.change, Change::Replace { scope: Scope::Header(n), .. } if n == "User-Agent")
+        );
         let r = parse_replace("both:line:/HTTP\\/1.1/HTTP\\/1.0/").unwrap();
-        assert!(matches!(&r.change, Change::Replace { scope: Scope::Line, .. }));
+        assert!(matches!(
+            &r.change,
+            Change::Replace {
+                scope: Scope::Line,
+                ..
+            }
+        ));
         let r = parse_set("c2s:X-Test:  a: b ").unwrap();
-        assert!(matches!(&r.change, Change::Set { name, value } if name == "X-Test" && value == b"a: b"));
+        assert!(
+            matches!(&r.change, Change::Set { name, value } if name == "X-Test" && value == b"a: b")
+        );
         let r = parse_drop("s2c:Server").unwrap();
         assert!(matches!(&r.change, Change::Drop { name } if name == "Server"));
     }
 
     #[test]
     fn bad_rules() {
-        for s in ["", "s2c:/a/b/", "up:body:/a/b/", "s2c:head:/a/b/", "s2c:header::/a/b/", "s2c:body:/a/b"] {
+        for s in [
+            "",
+            "s2c:/a/b/",
+            "up:body:/a/b/",
+            "s2c:head:/a/b/",
+            "s2c:header::/a/b/",
+            "s2c:body:/a/b",
+        ] {
             let e = parse_replace(s).unwrap_err().to_string();
             assert!(e.contains("expected DIR:SCOPE:"), "{s}: {e}");
         }

@@ -17,5 +17,6 @@ pub use crate::http1::{body, head};
 pub mod exchange;
 pub mod message;
 pub mod reverse;
+pub mod rules;
 pub mod server;
 pub mod stream;
