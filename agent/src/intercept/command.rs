@@ -84,7 +84,7 @@ pub struct InterceptArgs {
     #[arg(long = "replace", value_name = "RULE")]
     pub replace: Vec<String>,
     #[command(flatten)]
-    pub http: crate::rewrite::http_rule::HttpArgs,
+    pub http: crate::rewrite::http_rule::HttpRuleArgs,
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,

@@ -101,7 +101,7 @@ pub struct ProxyCommon {
     #[arg(long = "replace", value_name = "RULE")]
     pub replace: Vec<String>,
     #[command(flatten)]
-    pub http: crate::rewrite::http_rule::HttpArgs,
+    pub http: crate::rewrite::http_rule::HttpRuleArgs,
 }
 
 /// The `--replace` rules, compiled (a bad one is the error, naming it).

@@ -109,7 +109,7 @@ impl HttpOptions {
 
 /// The command-line flags of the HTTP rules (every proxy and `intercept`).
 #[derive(Args, Debug, Clone, Default)]
-pub struct HttpArgs {
+pub struct HttpRuleArgs {
     /// Change HTTP messages: DIR:SCOPE:/REGEX/REPLACEMENT/[FLAGS] with SCOPE line,
     /// header:NAME or body (decoded; lengths fixed); repeatable (docs/rewrite.md).
     #[arg(long = "replace-http", value_name = "RULE")]
@@ -136,7 +136,7 @@ pub struct HttpArgs {
     pub body_max: usize,
 }
 
-impl HttpArgs {
+impl HttpRuleArgs {
     /// The rules (None when no HTTP flag is given); a bad rule is the error, naming its flag.
     pub fn options(&self) -> anyhow::Result<Option<Arc<HttpOptions>>> {
         let mut rules = Vec::new();
