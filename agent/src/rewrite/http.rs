@@ -254,7 +254,9 @@ impl HttpRewriter {
                     };
                     raw.extend(self.input.drain(..consumed));
                     let done = dec.is_done();
-                    if !done && raw.len() > self.opts.body_max {
+                    // (Over the limit whether or not it is complete: the same however the
+                    // body arrived.)
+                    if raw.len() > self.opts.body_max {
                         tracing::warn!(
                             "HTTP body over {} bytes (--body-max): passed unchanged",
                             self.opts.body_max
