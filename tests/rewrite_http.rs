@@ -364,3 +364,55 @@ fn bad_rule_is_a_cli_error() {
         assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     }
 }
+
+/// `proxy http --tls`: inside a decrypted CONNECT tunnel, a request field set (the HTTPS
+/// server gets it) and the response body changed (curl gets it).
+#[test]
+fn decrypted_tunnel() {
+    use capagent_testkit::Certs;
+    use capagent_testkit::mitm::{Https, Mitm, http_connect};
+    let t = Mitm::new("rwh-tls");
+    let certs = Certs::localhost();
+    let mut server = Https::start(&t.dir, &certs);
+    let rule = "s2c:body:/path/the path is/";
+    let agent = t.start(
+        http_connect(server.port),
+        &[
+            "--upstream-ca",
+            certs.ca_str(),
+            "--set-header",
+            "c2s:X-Test: tls",
+            "--replace-http",
+            rule,
+        ],
+    );
+    let body = curl(&[
+        "--http1.1",
+        "--cacert",
+        &t.ca_cert(),
+        "-x",
+        &format!("http://{}", agent.addr()),
+        &format!("https://localhost:{}/tunnel", server.port),
+    ]);
+    assert_eq!(body, b"the path is /tunnel\n");
+    let ex = server.exchange();
+    let req = String::from_utf8(ex.request).unwrap();
+    assert!(req.starts_with("GET /tunnel HTTP/1.1\r\n"), "{req}");
+    assert!(req.ends_with("Accept: */*\r\nX-Test: tls\r\n\r\n"), "{req}");
+    agent.stop();
+    let evs = t.events();
+    let all = edits(&evs);
+    assert_eq!(all.len(), 3, "{all:?}");
+    assert_eq!(
+        all[0],
+        e("send", "--set-header c2s:X-Test: tls", "", "X-Test: tls")
+    );
+    // The body's new length, then the replacement.
+    let rule = format!("--replace-http {rule}");
+    assert_eq!(
+        (all[1].0.as_str(), all[1].1.as_str()),
+        ("recv", rule.as_str())
+    );
+    assert!(all[1].2.starts_with("Content-Length: "), "{all:?}");
+    assert_eq!(all[2], e("recv", &rule, "path", "the path is"));
+}
