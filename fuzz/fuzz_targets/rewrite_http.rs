@@ -18,7 +18,7 @@ type Out = (Vec<u8>, Vec<Edit>);
 /// requests it got).
 fn run(opts: &Arc<HttpOptions>, req: &[u8], resp: &[u8], cut: usize) -> (Out, Out) {
     let methods = Methods::default();
-    let mut side = |to_server, input: &[u8]| {
+    let side = |to_server, input: &[u8]| {
         let mut rw = HttpRewriter::new(opts.clone(), to_server, 0, methods.clone());
         let (mut out, mut edits) = (Vec::new(), Vec::new());
         let (a, b) = input.split_at(cut.min(input.len()));

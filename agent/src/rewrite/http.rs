@@ -216,6 +216,10 @@ impl HttpRewriter {
                         Ok(step) => {
                             if let Some((_, data)) = copy {
                                 data.extend_from_slice(step.data);
+                                if data.len() > self.opts.body_max {
+                                    // Too large to keep for --decode-bodies.
+                                    *copy = None;
+                                }
                             }
                             (step.consumed, dec.is_done())
                         }
@@ -685,6 +689,9 @@ mod tests {
     use super::*;
     use crate::rewrite::http_rule::{DEFAULT_BODY_MAX, parse_drop, parse_replace, parse_set};
 
+    /// A direction's output and edits.
+    type Out = (Vec<u8>, Vec<Edit>);
+
     fn opts(rules: &[&str]) -> Arc<HttpOptions> {
         let rules = rules
             .iter()
@@ -708,14 +715,9 @@ mod tests {
 
     /// Both directions of a connection: `req` through the client side, `resp` through the
     /// server side, each cut at `cut` (and finished); outputs and edits.
-    fn run(
-        o: &Arc<HttpOptions>,
-        req: &[u8],
-        resp: &[u8],
-        cut: usize,
-    ) -> ((Vec<u8>, Vec<Edit>), (Vec<u8>, Vec<Edit>)) {
+    fn run(o: &Arc<HttpOptions>, req: &[u8], resp: &[u8], cut: usize) -> (Out, Out) {
         let methods = Methods::default();
-        let mut side = |to_server, input: &[u8]| {
+        let side = |to_server, input: &[u8]| {
             let mut rw = HttpRewriter::new(o.clone(), to_server, 0, methods.clone());
             let (mut out, mut edits) = (Vec::new(), Vec::new());
             let (a, b) = input.split_at(cut.min(input.len()));
@@ -730,11 +732,7 @@ mod tests {
     }
 
     /// The same result however the input is cut.
-    fn same_at_every_cut(
-        o: &Arc<HttpOptions>,
-        req: &[u8],
-        resp: &[u8],
-    ) -> ((Vec<u8>, Vec<Edit>), (Vec<u8>, Vec<Edit>)) {
+    fn same_at_every_cut(o: &Arc<HttpOptions>, req: &[u8], resp: &[u8]) -> (Out, Out) {
         let whole = run(o, req, resp, usize::MAX);
         for cut in 0..=req.len().max(resp.len()) {
             assert_eq!(run(o, req, resp, cut), whole, "cut at {cut}");
