@@ -262,7 +262,7 @@ impl HttpRewriter {
                     // body arrived.)
                     if raw.len() > self.opts.body_max {
                         tracing::warn!(
-                            "HTTP body over {} bytes (--body-max): passed unchanged",
+                            "HTTP body over {} bytes (--http-body-max): passed unchanged",
                             self.opts.body_max
                         );
                         if let State::Hold { msg, raw, dec, .. } =

@@ -132,7 +132,7 @@ pub struct HttpRuleArgs {
     #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_DECODED_MAX)]
     pub decode_bodies_max: usize,
     /// Largest body (as received) the body rules hold and change; larger ones pass unchanged.
-    #[arg(long, value_name = "BYTES", default_value_t = DEFAULT_BODY_MAX)]
+    #[arg(long = "http-body-max", value_name = "BYTES", default_value_t = DEFAULT_BODY_MAX)]
     pub body_max: usize,
 }
 
