@@ -253,6 +253,23 @@ fn gzip_body_replaced() {
         assert!(conn[0].2.starts_with("Content-Length: "), "{conn:?}");
         assert_eq!(conn[1..], one);
     }
+    // pcapng: the response as sent, the decoded body in the packet's comment.
+    let streams = rec.streams();
+    assert_eq!(streams.len(), 2, "{streams:?}");
+    let (_, down) = rec.follow(streams[0].0);
+    let (_, body) = split_response(&down);
+    assert_eq!(
+        decode(&[Coding::Gzip], &body, 1000).unwrap(),
+        b"<p>Yay!!! twice: Yay!!!</p>\n"
+    );
+    let comments = capagent_testkit::tshark::tshark_r(
+        &rec.pcap,
+        &["-Y", "tcp.len > 0", "-T", "fields", "-e", "frame.comment"],
+    );
+    assert!(
+        comments.contains("edited by capagent: --decode-bodies at "),
+        "{comments}"
+    );
 }
 
 /// `proxy reverse --anticomp`: curl --compressed asks for gzip, br...; the server gets no
