@@ -523,26 +523,23 @@ async fn send_and_receive(
         let mut got_any = false;
         // Part of the final response reached the client.
         let mut wrote = false;
-        let read_up =
-            async |ubuf: &mut BytesMut,
-                   urd: &mut ReadHalf<'_>,
-                   s2c: &mut Option<&mut crate::proxy::http::rules::Side>| {
-                if ubuf.capacity() - ubuf.len() < READ_CHUNK / 4 {
-                    ubuf.reserve(READ_CHUNK);
-                }
-                let before = ubuf.len();
-                let n = with_idle(idle, urd.read_buf(ubuf)).await?;
-                if let Some(rw) = s2c.as_deref_mut() {
-                    // The HTTP rules: the response is read as they pass it on (and recorded so).
-                    let got = ubuf.split_off(before);
-                    let out = rw.pass(rec, &got, n == 0).await;
-                    ubuf.extend_from_slice(&out);
-                    rec.data_slice(Direction::Recv, &out).await;
-                    return Ok::<usize, io::Error>(if n == 0 { out.len() } else { n });
-                }
-                rec.data_slice(Direction::Recv, &ubuf[before..]).await;
-                Ok::<usize, io::Error>(n)
-            };
+        let mut read_up = async |ubuf: &mut BytesMut, urd: &mut ReadHalf<'_>| {
+            if ubuf.capacity() - ubuf.len() < READ_CHUNK / 4 {
+                ubuf.reserve(READ_CHUNK);
+            }
+            let before = ubuf.len();
+            let n = with_idle(idle, urd.read_buf(ubuf)).await?;
+            if let Some(rw) = s2c.as_deref_mut() {
+                // The HTTP rules: the response is read as they pass it on (and recorded so).
+                let got = ubuf.split_off(before);
+                let out = rw.pass(rec, &got, n == 0).await;
+                ubuf.extend_from_slice(&out);
+                rec.data_slice(Direction::Recv, &out).await;
+                return Ok(if n == 0 { out.len() } else { n });
+            }
+            rec.data_slice(Direction::Recv, &ubuf[before..]).await;
+            Ok::<usize, io::Error>(n)
+        };
         let server_fail =
             |why: String, timeout: bool, responded: bool, got_any: bool| Fail::Server {
                 why,
@@ -565,7 +562,7 @@ async fn send_and_receive(
                         ));
                     }
                 }
-                match read_up(ubuf, &mut urd, &mut s2c).await {
+                match read_up(ubuf, &mut urd).await {
                     Ok(0) => {
                         let why = "server closed the connection without a response".to_string();
                         return Err(server_fail(why, false, false, got_any));
@@ -657,7 +654,7 @@ async fn send_and_receive(
             if dec.is_done() {
                 break;
             }
-            match read_up(ubuf, &mut urd, &mut s2c).await {
+            match read_up(ubuf, &mut urd).await {
                 Ok(0) => {
                     if dec.eof() {
                         break;
