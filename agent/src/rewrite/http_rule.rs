@@ -68,7 +68,7 @@ pub const DEFAULT_BODY_MAX: usize = 16 << 20;
 pub const DEFAULT_DECODED_MAX: usize = 64 << 10;
 
 /// Every HTTP rule of a session.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct HttpOptions {
     pub rules: Vec<HttpRule>,
     /// `--anticomp`: requests lose `Accept-Encoding` and WebSocket `permessage-deflate`.
@@ -78,6 +78,18 @@ pub struct HttpOptions {
     pub decode_bodies: Option<usize>,
     /// Most body bytes held for the body rules.
     pub body_max: usize,
+}
+
+impl Default for HttpOptions {
+    /// No rules, the default limits.
+    fn default() -> HttpOptions {
+        HttpOptions {
+            rules: Vec::new(),
+            anticomp: false,
+            decode_bodies: None,
+            body_max: DEFAULT_BODY_MAX,
+        }
+    }
 }
 
 impl HttpOptions {
