@@ -12,6 +12,7 @@
 //! - `counters`: a session's counters and state (the status line, the daemon's metrics).
 //! - `daemon`: the systemd service running configured jobs.
 //! - `dns`: the spoofing DNS server (answers chosen names with chosen addresses).
+//! - `http1`: HTTP/1.x heads and body framing, pure (the HTTP proxies and HTTP rules share them).
 //! - `intercept`: transparent interception (nftables redirect/tproxy, per-process cgroup
 //!   hooks) into a recording relay.
 //! - `kernel`: loading the eBPF object, BTF offsets, capability checks, the session runtime
@@ -34,6 +35,7 @@ pub mod control;
 pub mod counters;
 pub mod daemon;
 pub mod dns;
+pub mod http1;
 pub mod intercept;
 pub mod kernel;
 pub mod mitm;

@@ -48,6 +48,7 @@ pub const LAYERS: &[(&str, &[&str])] = &[
         "TLS interception: CA, certificates, the interceptor",
         &["mitm"],
     ),
+    ("HTTP/1.x heads and body framing", &["http1"]),
     ("changing traffic in flight: rules", &["rewrite"]),
     ("capabilities others build on", &["proxy", "trace"]),
     ("capabilities", &["capture", "dns", "intercept"]),

@@ -100,6 +100,8 @@ pub struct ProxyCommon {
     /// flags i, s, m and a count limit); repeatable, applied in order (docs/rewrite.md).
     #[arg(long = "replace", value_name = "RULE")]
     pub replace: Vec<String>,
+    #[command(flatten)]
+    pub http: crate::rewrite::http_rule::HttpRuleArgs,
 }
 
 /// The `--replace` rules, compiled (a bad one is the error, naming it).
@@ -220,6 +222,8 @@ impl RecordArgs {
             tls_raw: false,
             // Set from --replace (`ProxyCommon::options`, `InterceptArgs::options`).
             replace: Vec::new(),
+            // Set from the HTTP rules' flags (the same places).
+            http: None,
         }
     }
 }
@@ -240,6 +244,7 @@ impl ProxyCommon {
         }
         let mut record = self.record.options();
         record.replace = replace_rules(&self.replace)?;
+        record.http = self.http.options()?;
         Ok(Options {
             tls: None,
             record,

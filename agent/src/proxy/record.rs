@@ -50,6 +50,9 @@ use crate::output::{
     EventWriter, FanOut, FlushEvery, Format, SecretsFirst, Writer, pcapng::PcapngWriter,
     text::TextConfig,
 };
+use crate::rewrite::chain::Chain;
+use crate::rewrite::http::{HttpRewriter, Methods};
+use crate::rewrite::http_rule::HttpOptions;
 use crate::rewrite::rule::Rule;
 use crate::rewrite::stream::{DEFAULT_WINDOW, Edit, Rewriter};
 
@@ -74,6 +77,8 @@ pub struct RecordOptions {
     pub tls_raw: bool,
     /// `--replace`: the rules relays apply to the bytes they pass on (recording or not).
     pub replace: Vec<Arc<Rule>>,
+    /// The HTTP rules (`--replace-http`, `--set-header`...): None without any.
+    pub http: Option<Arc<HttpOptions>>,
 }
 
 impl RecordOptions {
@@ -184,6 +189,8 @@ pub struct Recorder {
     shared: Option<Arc<Shared>>,
     /// `--replace`: the rules every connection's relay applies (recording or not).
     rules: Arc<[Arc<Rule>]>,
+    /// The HTTP rules every connection's relay applies.
+    http: Option<Arc<HttpOptions>>,
 }
 
 /// Owns the writer thread: [`RecorderHandle::finish`] waits until every record sent by any
@@ -231,6 +238,7 @@ impl Recorder {
         Recorder {
             shared: None,
             rules: Arc::new([]),
+            http: None,
         }
     }
 
@@ -240,11 +248,19 @@ impl Recorder {
         self
     }
 
+    /// This recorder, its connections' relays applying the HTTP rules `http`.
+    pub fn with_http(mut self, http: Option<Arc<HttpOptions>>) -> Recorder {
+        self.http = http.filter(|h| !h.is_empty());
+        self
+    }
+
     /// Opens the outputs `opts` asks for and starts the writer thread.
     pub fn start(opts: &RecordOptions) -> Result<(Recorder, RecorderHandle), RecordError> {
         if opts.disabled {
             return Ok((
-                Recorder::disabled().with_rules(&opts.replace),
+                Recorder::disabled()
+                    .with_rules(&opts.replace)
+                    .with_http(opts.http.clone()),
                 RecorderHandle {
                     thread: None,
                     status: None,
@@ -297,7 +313,12 @@ impl Recorder {
         }
         let (recorder, mut handle) = Recorder::with_outputs(writers, raw_pcap)?;
         handle.status = status;
-        Ok((recorder.with_rules(&opts.replace), handle))
+        Ok((
+            recorder
+                .with_rules(&opts.replace)
+                .with_http(opts.http.clone()),
+            handle,
+        ))
     }
 
     /// A recorder writing into `writers` (tests give in-memory ones).
@@ -342,6 +363,7 @@ impl Recorder {
             Recorder {
                 shared: Some(shared),
                 rules: Arc::new([]),
+                http: None,
             },
             RecorderHandle {
                 thread: Some(thread),
@@ -380,6 +402,7 @@ impl Recorder {
             client,
             opened: AtomicBool::new(false),
             raw: OnceLock::new(),
+            methods: Methods::default(),
         }
     }
 
@@ -437,6 +460,8 @@ pub struct Conn {
     opened: AtomicBool,
     /// `--pcap-tls raw`: the raw TLS bytes of its two legs ([`Conn::tap_raw`]).
     raw: OnceLock<RawLegs>,
+    /// The HTTP rules: the request methods its client direction saw, for the responses.
+    methods: Methods,
 }
 
 /// The raw TLS legs of an intercepted connection.
@@ -476,18 +501,32 @@ impl Conn {
     /// True when `--replace` rules apply to the connection (its relay then goes through
     /// user space, recorded or not).
     pub fn rewrites(&self) -> bool {
-        !self.rec.rules.is_empty()
+        !self.rec.rules.is_empty() || self.rec.http.is_some()
     }
 
     /// The `--replace` rules of direction `dir` (Send: client to target), or None when no
     /// rule applies to it.
-    pub fn rewriter(&self, dir: Direction) -> Option<Rewriter> {
+    pub fn rewriter(&self, dir: Direction) -> Option<Chain> {
         let to_server = dir == Direction::Send;
         let rules: Vec<_> = (self.rec.rules.iter().enumerate())
             .filter(|(_, r)| r.dir.applies(to_server))
             .map(|(i, r)| (i, r.clone()))
             .collect();
-        (!rules.is_empty()).then(|| Rewriter::new(&rules, DEFAULT_WINDOW))
+        let http = self.http_rewriter(dir);
+        (!rules.is_empty() || http.is_some())
+            .then(|| Chain::new(Rewriter::new(&rules, DEFAULT_WINDOW), http))
+    }
+
+    /// The HTTP rules of direction `dir` (None without any): the HTTP proxies run the
+    /// messages they send through these (the relays, through [`Conn::rewriter`]).
+    pub fn http_rewriter(&self, dir: Direction) -> Option<HttpRewriter> {
+        let http = self.rec.http.as_ref()?;
+        Some(HttpRewriter::new(
+            http.clone(),
+            dir == Direction::Send,
+            self.rec.rules.len(),
+            self.methods.clone(),
+        ))
     }
 
     /// A `--replace` rule changed bytes relayed in direction `dir` (recorded before the data
@@ -496,11 +535,11 @@ impl Conn {
         if !self.is_open() {
             return;
         }
-        let rule = self
-            .rec
-            .rules
-            .get(edit.rule)
-            .map_or_else(String::new, |r| r.text.clone());
+        let rule = match (self.rec.rules.get(edit.rule), &self.rec.http) {
+            (Some(r), _) => r.text.clone(),
+            (None, Some(h)) => h.text(edit.rule - self.rec.rules.len()),
+            (None, None) => String::new(),
+        };
         self.rec
             .send(Msg::Edit {
                 id: key(self.id, None),

@@ -396,7 +396,7 @@ async fn copy_until_hello(
         }
         if let Some(rw) = &mut rw {
             // The end, or maybe a ClientHello: nothing is held back past it.
-            rw.flush(&mut out, &mut edits);
+            rw.finish(&mut out, &mut edits);
             total += pass_on(conn, Direction::Send, &mut to, &mut out, &mut edits).await?;
         }
         if n == 0 {
@@ -513,7 +513,7 @@ async fn copy_rewriting(
     conn: &Conn,
     dir: Direction,
     act: &Activity,
-    mut rw: crate::rewrite::stream::Rewriter,
+    mut rw: crate::rewrite::chain::Chain,
 ) -> Result<u64, RelayError> {
     let mut total = 0u64;
     let mut buf = BytesMut::new();
@@ -531,7 +531,7 @@ async fn copy_rewriting(
             Some(Err(source)) => {
                 // What is held back still goes on first (as it would have without the
                 // rules; and a read stopped for STARTTLS must not lose it).
-                rw.flush(&mut out, &mut edits);
+                rw.finish(&mut out, &mut edits);
                 let _ = pass_on(conn, dir, &mut to, &mut out, &mut edits).await;
                 return Err(RelayError::Io {
                     side: side_of(dir, true),
@@ -543,7 +543,9 @@ async fn copy_rewriting(
         if got {
             act.touch();
         }
-        if n == 0 {
+        if end {
+            rw.finish(&mut out, &mut edits);
+        } else if n == 0 {
             rw.flush(&mut out, &mut edits);
         } else {
             if n >= want && want < BUF {
@@ -598,7 +600,7 @@ async fn pass_on(
 async fn read_or_stall(
     from: &mut (impl AsyncRead + Unpin),
     buf: &mut BytesMut,
-    rw: Option<&crate::rewrite::stream::Rewriter>,
+    rw: Option<&crate::rewrite::chain::Chain>,
 ) -> Option<io::Result<usize>> {
     if rw.is_some_and(|rw| rw.pending() > 0) {
         tokio::select! {

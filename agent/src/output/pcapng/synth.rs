@@ -132,6 +132,19 @@ struct Held {
 }
 
 /// `comment`, then the frames of the event's call stack (`trace --stack`), one a line.
+/// Most bytes of `edit` text one packet comment gathers (a pcapng option is at most 64 KiB).
+const MAX_EDIT_COMMENTS: usize = 32 * 1024;
+
+/// One side of an edit in a packet comment: its first 1 KiB, escaped.
+fn edit_side(b: &[u8]) -> String {
+    const MAX: usize = 1024;
+    let mut t = crate::output::escape::escape(&b[..b.len().min(MAX)]);
+    if b.len() > MAX {
+        let _ = write!(t, "... ({} bytes)", b.len());
+    }
+    t
+}
+
 fn with_stack(comment: &str, ev: &Event) -> String {
     let mut c = comment.to_string();
     for (i, f) in ev.stack.iter().flatten().enumerate() {
@@ -408,12 +421,16 @@ impl Synth {
             } => {
                 if let Some(meta) = &ev.sock {
                     let c = self.edits.entry(stream_key(ev.task.pid, meta)).or_default();
-                    let _ = write!(
-                        c,
-                        "; edited by capagent: {rule} at {offset}: {} -> {}",
-                        crate::output::escape::escape(before),
-                        crate::output::escape::escape(after)
-                    );
+                    // (Each side shortened: a comment is at most 64 KiB, and the other
+                    // outputs hold the whole edit.)
+                    if c.len() < MAX_EDIT_COMMENTS {
+                        let _ = write!(
+                            c,
+                            "; edited by capagent: {rule} at {offset}: {} -> {}",
+                            edit_side(before),
+                            edit_side(after)
+                        );
+                    }
                 }
             }
             Detail::Data { .. } => {
@@ -960,4 +977,15 @@ fn datagram(
         dir,
         comment,
     });
+}
+
+#[cfg(test)]
+mod edit_tests {
+    #[test]
+    fn long_edit_sides_are_shortened() {
+        assert_eq!(super::edit_side(b"a\nb"), "a\\nb");
+        let long = vec![b'x'; 5000];
+        let t = super::edit_side(&long);
+        assert_eq!(t, format!("{}... (5000 bytes)", "x".repeat(1024)));
+    }
 }

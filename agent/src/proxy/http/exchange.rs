@@ -216,6 +216,9 @@ pub struct Upstream {
     pub rec: Conn,
     /// Exchanges completed on it.
     pub served: u32,
+    /// The HTTP rules (`--set-header`...) of its two directions: the requests sent and the
+    /// responses read go through them (None without HTTP rules).
+    pub http: Option<crate::proxy::http::rules::Rules>,
 }
 
 /// Why a server could not be reached, as the status the client gets.
@@ -337,6 +340,7 @@ impl Upstream {
                     key: (host_key(target), target.port),
                     stream,
                     buf: BytesMut::with_capacity(READ_CHUNK),
+                    http: crate::proxy::http::rules::Rules::of(&rec),
                     rec,
                     served: 0,
                 })
@@ -459,6 +463,10 @@ async fn send_and_receive(
     let cbuf = &mut client.buf;
     let ubuf = &mut up.buf;
     let rec = &up.rec;
+    let (mut c2s, mut s2c) = match &mut up.http {
+        Some(r) => (Some(&mut r.c2s), Some(&mut r.s2c)),
+        None => (None, None),
+    };
 
     let send = async {
         let mut head_bytes = head::write_request(up_head);
@@ -481,6 +489,10 @@ async fn send_and_receive(
             }
             if dec.is_done() && rechunk {
                 head_bytes.extend_from_slice(&body::last_chunk(dec.trailers()));
+            }
+            if let Some(rw) = c2s.as_deref_mut() {
+                // The HTTP rules: what they pass on is sent (and recorded) instead.
+                head_bytes = rw.pass(rec, &head_bytes, false).await;
             }
             if !head_bytes.is_empty() {
                 rec.data_slice(Direction::Send, &head_bytes).await;
@@ -511,12 +523,20 @@ async fn send_and_receive(
         let mut got_any = false;
         // Part of the final response reached the client.
         let mut wrote = false;
-        let read_up = async |ubuf: &mut BytesMut, urd: &mut ReadHalf<'_>| {
+        let mut read_up = async |ubuf: &mut BytesMut, urd: &mut ReadHalf<'_>| {
             if ubuf.capacity() - ubuf.len() < READ_CHUNK / 4 {
                 ubuf.reserve(READ_CHUNK);
             }
             let before = ubuf.len();
             let n = with_idle(idle, urd.read_buf(ubuf)).await?;
+            if let Some(rw) = s2c.as_deref_mut() {
+                // The HTTP rules: the response is read as they pass it on (and recorded so).
+                let got = ubuf.split_off(before);
+                let out = rw.pass(rec, &got, n == 0).await;
+                ubuf.extend_from_slice(&out);
+                rec.data_slice(Direction::Recv, &out).await;
+                return Ok(if n == 0 { out.len() } else { n });
+            }
             rec.data_slice(Direction::Recv, &ubuf[before..]).await;
             Ok::<usize, io::Error>(n)
         };

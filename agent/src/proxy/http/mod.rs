@@ -2,8 +2,9 @@
 //! tunnels) in [`server`], and the reverse proxy (`capagent proxy reverse`: origin-form
 //! requests sent to a fixed server or routed by Host) in [`reverse`].
 //!
-//! - [`head`]: request and response heads (httparse) with the size limits;
-//! - [`body`]: message framing and the incremental chunked decoder;
+//! - [`head`]: request and response heads (httparse) with the size limits, and [`body`]:
+//!   message framing and the incremental chunked decoder (both in `crate::http1`, which
+//!   `rewrite::http` shares);
 //! - [`message`]: targets, hop-by-hop fields, Basic proxy authentication, generated responses;
 //! - [`exchange`]: reading heads from clients, one request/response exchange with a server
 //!   connection, and what gets recorded;
@@ -12,10 +13,10 @@
 //! The first three are pure functions over bytes (fuzzed in `fuzz/fuzz_targets/http_*`); only
 //! [`exchange`], [`server`] and [`reverse`] do I/O.
 
-pub mod body;
+pub use crate::http1::{body, head};
 pub mod exchange;
-pub mod head;
 pub mod message;
 pub mod reverse;
+pub mod rules;
 pub mod server;
 pub mod stream;

@@ -379,7 +379,7 @@ pub fn last_chunk(trailers: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::http::head::parse_request;
+    use crate::http1::head::parse_request;
 
     /// Feeds `input` in pieces of `piece` bytes; returns the data and whether it finished.
     fn run(
