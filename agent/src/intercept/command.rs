@@ -83,6 +83,8 @@ pub struct InterceptArgs {
     /// flags i, s, m and a count limit); repeatable, applied in order (docs/rewrite.md).
     #[arg(long = "replace", value_name = "RULE")]
     pub replace: Vec<String>,
+    #[command(flatten)]
+    pub hook: crate::proxy::command::HookArgs,
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
@@ -108,6 +110,7 @@ impl InterceptArgs {
         let duration = crate::control::duration_limit(self.duration)?;
         let mut record = self.record.options();
         record.replace = crate::proxy::command::replace_rules(&self.replace)?;
+        record.hook = self.hook.spec()?;
         let dsts = self
             .dsts
             .iter()

@@ -50,6 +50,7 @@ use crate::output::{
     EventWriter, FanOut, FlushEvery, Format, SecretsFirst, Writer, pcapng::PcapngWriter,
     text::TextConfig,
 };
+use crate::rewrite::hook::{Hook, HookSpec, Session};
 use crate::rewrite::rule::Rule;
 use crate::rewrite::stream::{DEFAULT_WINDOW, Edit, Rewriter};
 
@@ -74,6 +75,8 @@ pub struct RecordOptions {
     pub tls_raw: bool,
     /// `--replace`: the rules relays apply to the bytes they pass on (recording or not).
     pub replace: Vec<Arc<Rule>>,
+    /// `--hook`: the program relays ask about each message (recording or not).
+    pub hook: Option<HookSpec>,
 }
 
 impl RecordOptions {
@@ -184,6 +187,8 @@ pub struct Recorder {
     shared: Option<Arc<Shared>>,
     /// `--replace`: the rules every connection's relay applies (recording or not).
     rules: Arc<[Arc<Rule>]>,
+    /// `--hook`: the program every connection's relay asks about each message.
+    hook: Option<Arc<Hook>>,
 }
 
 /// Owns the writer thread: [`RecorderHandle::finish`] waits until every record sent by any
@@ -231,6 +236,7 @@ impl Recorder {
         Recorder {
             shared: None,
             rules: Arc::new([]),
+            hook: None,
         }
     }
 
@@ -240,11 +246,19 @@ impl Recorder {
         self
     }
 
+    /// This recorder, its connections' relays asking the `--hook` program `spec` starts.
+    pub fn with_hook(mut self, spec: Option<&HookSpec>) -> Recorder {
+        self.hook = spec.cloned().map(Hook::new);
+        self
+    }
+
     /// Opens the outputs `opts` asks for and starts the writer thread.
     pub fn start(opts: &RecordOptions) -> Result<(Recorder, RecorderHandle), RecordError> {
         if opts.disabled {
             return Ok((
-                Recorder::disabled().with_rules(&opts.replace),
+                Recorder::disabled()
+                    .with_rules(&opts.replace)
+                    .with_hook(opts.hook.as_ref()),
                 RecorderHandle {
                     thread: None,
                     status: None,
@@ -297,7 +311,12 @@ impl Recorder {
         }
         let (recorder, mut handle) = Recorder::with_outputs(writers, raw_pcap)?;
         handle.status = status;
-        Ok((recorder.with_rules(&opts.replace), handle))
+        Ok((
+            recorder
+                .with_rules(&opts.replace)
+                .with_hook(opts.hook.as_ref()),
+            handle,
+        ))
     }
 
     /// A recorder writing into `writers` (tests give in-memory ones).
@@ -342,6 +361,7 @@ impl Recorder {
             Recorder {
                 shared: Some(shared),
                 rules: Arc::new([]),
+                hook: None,
             },
             RecorderHandle {
                 thread: Some(thread),
@@ -372,6 +392,9 @@ impl Recorder {
             .shared
             .as_ref()
             .map_or(0, |s| s.next_id.fetch_add(1, Ordering::Relaxed));
+        // (The hook's messages name the connection: its record number, else one of the hook's.)
+        let hook = (self.hook.as_ref())
+            .map(|h| Session::new(h.clone(), if id == 0 { h.next_conn() } else { id }, client));
         Conn {
             rec: self.clone(),
             id,
@@ -380,6 +403,7 @@ impl Recorder {
             client,
             opened: AtomicBool::new(false),
             raw: OnceLock::new(),
+            hook,
         }
     }
 
@@ -414,6 +438,8 @@ pub struct Conn {
     opened: AtomicBool,
     /// `--pcap-tls raw`: the raw TLS bytes of its two legs ([`Conn::tap_raw`]).
     raw: OnceLock<RawLegs>,
+    /// `--hook`: the connection's messages to the hook.
+    hook: Option<Session>,
 }
 
 /// The raw TLS legs of an intercepted connection.
@@ -453,18 +479,24 @@ impl Conn {
     /// True when `--replace` rules apply to the connection (its relay then goes through
     /// user space, recorded or not).
     pub fn rewrites(&self) -> bool {
-        !self.rec.rules.is_empty()
+        !self.rec.rules.is_empty() || self.hook.is_some()
+    }
+
+    /// `--hook`: the hook as this connection asks it (relays send it what they pass on).
+    pub fn hook(&self) -> Option<&Session> {
+        self.hook.as_ref()
     }
 
     /// The `--replace` rules of direction `dir` (Send: client to target), or None when no
-    /// rule applies to it.
+    /// rule applies to it (and there is no `--hook`: then an empty one, so that the relay
+    /// takes the rewriting path).
     pub fn rewriter(&self, dir: Direction) -> Option<Rewriter> {
         let to_server = dir == Direction::Send;
         let rules: Vec<_> = (self.rec.rules.iter().enumerate())
             .filter(|(_, r)| r.dir.applies(to_server))
             .map(|(i, r)| (i, r.clone()))
             .collect();
-        (!rules.is_empty()).then(|| Rewriter::new(&rules, DEFAULT_WINDOW))
+        (!rules.is_empty() || self.hook.is_some()).then(|| Rewriter::new(&rules, DEFAULT_WINDOW))
     }
 
     /// A `--replace` rule changed bytes relayed in direction `dir` (recorded before the data
@@ -473,11 +505,10 @@ impl Conn {
         if !self.is_open() {
             return;
         }
-        let rule = self
-            .rec
-            .rules
-            .get(edit.rule)
-            .map_or_else(String::new, |r| r.text.clone());
+        let rule = match crate::rewrite::hook::origin(edit.rule) {
+            Some(hook) => hook.to_string(),
+            None => (self.rec.rules.get(edit.rule)).map_or_else(String::new, |r| r.text.clone()),
+        };
         self.rec
             .send(Msg::Edit {
                 id: key(self.id, None),
@@ -710,6 +741,10 @@ impl Conn {
         result: Result<(), &io::Error>,
         tls: Option<TlsIntercepted>,
     ) {
+        let target = target.into();
+        if let Some(h) = &self.hook {
+            h.set_target(&target);
+        }
         if !self.rec.enabled() {
             return;
         }
@@ -736,7 +771,7 @@ impl Conn {
             Err(e) => neg_errno(e),
         };
         let ts_ns = crate::clock::wall_ns();
-        let (proxy, target) = (proxy.into(), target.into());
+        let proxy = proxy.into();
         let raw = self.raw.get().is_some();
         if raw {
             self.open_raw(&proxy, &target).await;
