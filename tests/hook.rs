@@ -362,3 +362,28 @@ for line in sys.stdin:
         ("recv", &b""[..], &b"X-Hook: s2c\r\n"[..])
     );
 }
+
+/// `--replace` rules run first, the hook gets their output: both edits recorded, the rule's
+/// first.
+#[test]
+fn rules_run_before_the_hook() {
+    let dir = TempDir::new("hook-rules");
+    let rec = Rec::new(&dir, "rules");
+    let (target, received) = half_close_server(1, |_| b"ok".to_vec());
+    let rule = "c2s:/hello/howdy/";
+    let agent = forward(&rec, target, &upper_hook(), &["--replace", rule]);
+    let mut c = TcpStream::connect(agent.addr()).unwrap();
+    c.write_all(b"hello").unwrap();
+    c.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(read_all(&mut c), b"OK");
+    assert_eq!(received.recv_timeout(TIMEOUT).unwrap(), b"HOWDY");
+    agent.stop();
+    assert_eq!(
+        edits(&rec.events()),
+        [
+            edit("send", rule, 0, b"hello", b"howdy"),
+            edit("send", "hook", 0, b"howdy", b"HOWDY"),
+            edit("recv", "hook", 0, b"ok", b"OK"),
+        ]
+    );
+}

@@ -277,7 +277,7 @@ impl Hook {
     fn log_once(&self, f: Failure, msg: impl FnOnce() -> String) {
         if self.logged.fetch_or(f as u32, Ordering::Relaxed) & f as u32 == 0 {
             tracing::warn!(
-                "--hook {:?}: {}; the message passes unchanged (this kind of failure is logged once)",
+                "--hook {:?}: {} (traffic passes unchanged; this kind of failure is logged once)",
                 self.spec.command,
                 msg()
             );
@@ -467,7 +467,7 @@ impl Hook {
         };
         drop(state);
         self.log_once(Failure::Died, || {
-            format!("{why}; it is started again at the first message after {pause:?} (and after longer pauses while it keeps failing)")
+            format!("{why}; started again at the first message after {pause:?} (longer pauses while it keeps failing)")
         });
         // Dropping their senders lets the messages waiting for it pass now.
         self.pending
