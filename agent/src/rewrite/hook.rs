@@ -721,6 +721,20 @@ mod tests {
         assert_eq!(edits.last().unwrap().rule, HOOK_CLOSE);
     }
 
+    /// Answers are matched by id: two messages in flight, answered in the reverse order.
+    #[tokio::test]
+    async fn answers_in_any_order() {
+        let h = hook(
+            r#"read -r a; read -r b; a=${a#*\"id\":}; b=${b#*\"id\":}
+               echo "{\"id\":${b%%,*},\"action\":\"drop\"}"; echo "{\"id\":${a%%,*},\"action\":\"close\"}"
+               cat >/dev/null"#,
+            10_000,
+        );
+        let (a, b) = (msg(b"a"), msg(b"b"));
+        let (first, second) = tokio::join!(h.ask(&a), h.ask(&b));
+        assert_eq!((first, second), (Verdict::Close, Verdict::Drop));
+    }
+
     /// A hook that exits, one that never answers, and one that cannot start: messages pass
     /// (the first at once, the second after the timeout).
     #[tokio::test]
