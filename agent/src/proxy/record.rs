@@ -476,8 +476,8 @@ impl Conn {
         self.rec.enabled()
     }
 
-    /// True when `--replace` rules apply to the connection (its relay then goes through
-    /// user space, recorded or not).
+    /// True when `--replace` rules or a `--hook` apply to the connection (its relay then
+    /// goes through user space, recorded or not).
     pub fn rewrites(&self) -> bool {
         !self.rec.rules.is_empty() || self.hook.is_some()
     }
