@@ -372,6 +372,10 @@ impl Hook {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
+            // Its own process group: a Ctrl-C for capagent does not kill it while capagent
+            // still relays and writes out its records; capagent ends it (its stdin closes,
+            // then it is killed with capagent's runtime).
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()?;
         let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
