@@ -89,6 +89,8 @@ pub struct InterceptArgs {
     pub replace: Vec<String>,
     #[command(flatten)]
     pub http: crate::rewrite::http_rule::HttpRuleArgs,
+    #[command(flatten)]
+    pub hook: crate::proxy::command::HookArgs,
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECS")]
     pub duration: Option<f64>,
@@ -115,6 +117,7 @@ impl InterceptArgs {
         let mut record = self.record.options();
         record.replace = crate::proxy::command::replace_rules(&self.replace)?;
         record.http = self.http.options()?;
+        record.hook = self.hook.spec()?;
         let dsts = self
             .dsts
             .iter()

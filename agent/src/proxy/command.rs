@@ -102,6 +102,37 @@ pub struct ProxyCommon {
     pub replace: Vec<String>,
     #[command(flatten)]
     pub http: crate::rewrite::http_rule::HttpRuleArgs,
+    #[command(flatten)]
+    pub hook: HookArgs,
+}
+
+/// `--hook CMD` and its timeout (every proxy and `intercept`).
+#[derive(Args, Debug, Clone)]
+pub struct HookArgs {
+    /// An external program that may change each message relayed: started once (`sh -c
+    /// CMD`), it gets a JSON line per message and answers pass, replace, drop or close
+    /// (docs/rewrite.md); one that fails or is slow lets traffic pass unchanged.
+    #[arg(long, value_name = "CMD")]
+    pub hook: Option<String>,
+    /// Milliseconds a message waits for the hook's answer; then it passes unchanged.
+    #[arg(long, default_value_t = 1000, value_name = "MS", requires = "hook")]
+    pub hook_timeout: u64,
+}
+
+impl HookArgs {
+    /// The `--hook` to run, if any.
+    pub fn spec(&self) -> anyhow::Result<Option<crate::rewrite::hook::HookSpec>> {
+        if self.hook_timeout == 0 {
+            anyhow::bail!("--hook-timeout must be at least 1 ms");
+        }
+        Ok(self
+            .hook
+            .as_ref()
+            .map(|command| crate::rewrite::hook::HookSpec {
+                command: command.clone(),
+                timeout: Duration::from_millis(self.hook_timeout),
+            }))
+    }
 }
 
 /// The `--replace` rules, compiled (a bad one is the error, naming it).
@@ -224,6 +255,8 @@ impl RecordArgs {
             replace: Vec::new(),
             // Set from the HTTP rules' flags (the same places).
             http: None,
+            // Set from --hook (the same).
+            hook: None,
         }
     }
 }
@@ -245,6 +278,7 @@ impl ProxyCommon {
         let mut record = self.record.options();
         record.replace = replace_rules(&self.replace)?;
         record.http = self.http.options()?;
+        record.hook = self.hook.spec()?;
         Ok(Options {
             tls: None,
             record,

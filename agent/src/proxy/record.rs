@@ -51,6 +51,7 @@ use crate::output::{
     text::TextConfig,
 };
 use crate::rewrite::chain::Chain;
+use crate::rewrite::hook::{Hook, HookSpec, Session};
 use crate::rewrite::http::{HttpRewriter, Methods};
 use crate::rewrite::http_rule::HttpOptions;
 use crate::rewrite::rule::Rule;
@@ -79,6 +80,8 @@ pub struct RecordOptions {
     pub replace: Vec<Arc<Rule>>,
     /// The HTTP rules (`--replace-http`, `--set-header`...): None without any.
     pub http: Option<Arc<HttpOptions>>,
+    /// `--hook`: the program relays ask about each message (recording or not).
+    pub hook: Option<HookSpec>,
 }
 
 impl RecordOptions {
@@ -191,6 +194,8 @@ pub struct Recorder {
     rules: Arc<[Arc<Rule>]>,
     /// The HTTP rules every connection's relay applies.
     http: Option<Arc<HttpOptions>>,
+    /// `--hook`: the program every connection's relay asks about each message.
+    hook: Option<Arc<Hook>>,
 }
 
 /// Owns the writer thread: [`RecorderHandle::finish`] waits until every record sent by any
@@ -239,6 +244,7 @@ impl Recorder {
             shared: None,
             rules: Arc::new([]),
             http: None,
+            hook: None,
         }
     }
 
@@ -254,13 +260,20 @@ impl Recorder {
         self
     }
 
+    /// This recorder, its connections' relays asking the `--hook` program `spec` starts.
+    pub fn with_hook(mut self, spec: Option<&HookSpec>) -> Recorder {
+        self.hook = spec.cloned().map(Hook::new);
+        self
+    }
+
     /// Opens the outputs `opts` asks for and starts the writer thread.
     pub fn start(opts: &RecordOptions) -> Result<(Recorder, RecorderHandle), RecordError> {
         if opts.disabled {
             return Ok((
                 Recorder::disabled()
                     .with_rules(&opts.replace)
-                    .with_http(opts.http.clone()),
+                    .with_http(opts.http.clone())
+                    .with_hook(opts.hook.as_ref()),
                 RecorderHandle {
                     thread: None,
                     status: None,
@@ -316,7 +329,8 @@ impl Recorder {
         Ok((
             recorder
                 .with_rules(&opts.replace)
-                .with_http(opts.http.clone()),
+                .with_http(opts.http.clone())
+                .with_hook(opts.hook.as_ref()),
             handle,
         ))
     }
@@ -364,6 +378,7 @@ impl Recorder {
                 shared: Some(shared),
                 rules: Arc::new([]),
                 http: None,
+                hook: None,
             },
             RecorderHandle {
                 thread: Some(thread),
@@ -394,6 +409,9 @@ impl Recorder {
             .shared
             .as_ref()
             .map_or(0, |s| s.next_id.fetch_add(1, Ordering::Relaxed));
+        // (The hook's messages name the connection: its record number, else one of the hook's.)
+        let hook = (self.hook.as_ref())
+            .map(|h| Session::new(h.clone(), if id == 0 { h.next_conn() } else { id }, client));
         Conn {
             rec: self.clone(),
             id,
@@ -403,6 +421,7 @@ impl Recorder {
             opened: AtomicBool::new(false),
             raw: OnceLock::new(),
             methods: Methods::default(),
+            hook,
         }
     }
 
@@ -462,6 +481,8 @@ pub struct Conn {
     raw: OnceLock<RawLegs>,
     /// The HTTP rules: the request methods its client direction saw, for the responses.
     methods: Methods,
+    /// `--hook`: the connection's messages to the hook.
+    hook: Option<Session>,
 }
 
 /// The raw TLS legs of an intercepted connection.
@@ -498,14 +519,20 @@ impl Conn {
         self.rec.enabled()
     }
 
-    /// True when `--replace` rules apply to the connection (its relay then goes through
-    /// user space, recorded or not).
+    /// True when `--replace` rules or a `--hook` apply to the connection (its relay then
+    /// goes through user space, recorded or not).
     pub fn rewrites(&self) -> bool {
-        !self.rec.rules.is_empty() || self.rec.http.is_some()
+        !self.rec.rules.is_empty() || self.rec.http.is_some() || self.hook.is_some()
     }
 
-    /// The `--replace` rules of direction `dir` (Send: client to target), or None when no
-    /// rule applies to it.
+    /// `--hook`: the hook as this connection asks it (relays send it what they pass on).
+    pub fn hook(&self) -> Option<&Session> {
+        self.hook.as_ref()
+    }
+
+    /// The `--replace` and HTTP rules of direction `dir` (Send: client to target), or None
+    /// when no rule applies to it (and there is no `--hook`: then an empty chain, so that
+    /// the relay takes the rewriting path).
     pub fn rewriter(&self, dir: Direction) -> Option<Chain> {
         let to_server = dir == Direction::Send;
         let rules: Vec<_> = (self.rec.rules.iter().enumerate())
@@ -513,7 +540,7 @@ impl Conn {
             .map(|(i, r)| (i, r.clone()))
             .collect();
         let http = self.http_rewriter(dir);
-        (!rules.is_empty() || http.is_some())
+        (!rules.is_empty() || http.is_some() || self.hook.is_some())
             .then(|| Chain::new(Rewriter::new(&rules, DEFAULT_WINDOW), http))
     }
 
@@ -535,10 +562,15 @@ impl Conn {
         if !self.is_open() {
             return;
         }
-        let rule = match (self.rec.rules.get(edit.rule), &self.rec.http) {
-            (Some(r), _) => r.text.clone(),
-            (None, Some(h)) => h.text(edit.rule - self.rec.rules.len()),
-            (None, None) => String::new(),
+        let rule = match (
+            crate::rewrite::hook::origin(edit.rule),
+            self.rec.rules.get(edit.rule),
+            &self.rec.http,
+        ) {
+            (Some(hook), _, _) => hook.to_string(),
+            (None, Some(r), _) => r.text.clone(),
+            (None, None, Some(h)) => h.text(edit.rule - self.rec.rules.len()),
+            (None, None, None) => String::new(),
         };
         self.rec
             .send(Msg::Edit {
@@ -772,6 +804,10 @@ impl Conn {
         result: Result<(), &io::Error>,
         tls: Option<TlsIntercepted>,
     ) {
+        let target = target.into();
+        if let Some(h) = &self.hook {
+            h.set_target(&target);
+        }
         if !self.rec.enabled() {
             return;
         }
@@ -798,7 +834,7 @@ impl Conn {
             Err(e) => neg_errno(e),
         };
         let ts_ns = crate::clock::wall_ns();
-        let (proxy, target) = (proxy.into(), target.into());
+        let proxy = proxy.into();
         let raw = self.raw.get().is_some();
         if raw {
             self.open_raw(&proxy, &target).await;

@@ -54,6 +54,9 @@ pub enum RelayError {
     },
     #[error("idle for {0:?}")]
     Idle(Duration),
+    /// The `--hook` answered `close`.
+    #[error("closed by the hook")]
+    Hook,
 }
 
 impl RelayError {
@@ -65,6 +68,7 @@ impl RelayError {
                 None => io::Error::new(source.kind(), self.to_string()),
             },
             RelayError::Idle(_) => io::Error::from_raw_os_error(libc::ETIMEDOUT),
+            RelayError::Hook => io::Error::from_raw_os_error(libc::ECONNABORTED),
         }
     }
 
@@ -72,6 +76,7 @@ impl RelayError {
         match self {
             RelayError::Io { source, .. } => source.raw_os_error().unwrap_or(libc::EIO),
             RelayError::Idle(_) => libc::ETIMEDOUT,
+            RelayError::Hook => libc::ECONNABORTED,
         }
     }
 }
@@ -569,8 +574,9 @@ async fn copy_rewriting(
     }
 }
 
-/// Passes on what a rewriter put out: an `edit` record per change in `edits`, then `out`
-/// recorded and written to `to` (both emptied). Returns the bytes written.
+/// Passes on what a rewriter put out: through the `--hook` if there is one, then an `edit`
+/// record per change in `edits`, then `out` recorded and written to `to` (both emptied).
+/// Returns the bytes written.
 async fn pass_on(
     conn: &Conn,
     dir: Direction,
@@ -578,8 +584,18 @@ async fn pass_on(
     out: &mut Vec<u8>,
     edits: &mut Vec<crate::rewrite::stream::Edit>,
 ) -> Result<u64, RelayError> {
+    let flow = match conn.hook() {
+        Some(h) => {
+            h.apply(dir, crate::rewrite::hook::Kind::Raw, out, edits)
+                .await
+        }
+        None => crate::rewrite::hook::Flow::Go,
+    };
     for e in edits.drain(..) {
         conn.edit(dir, e).await;
+    }
+    if flow == crate::rewrite::hook::Flow::Close {
+        return Err(RelayError::Hook);
     }
     if out.is_empty() {
         return Ok(0);

@@ -24,6 +24,7 @@ use crate::proxy::Ctx;
 use crate::proxy::raw_tls::{Leg, Tap};
 use crate::proxy::record::Conn;
 use crate::proxy::target::{DialError, FailKind, Target};
+use crate::rewrite::hook::Kind as HookKind;
 
 /// Bytes read at a time, and the client output buffered before a write.
 pub const READ_CHUNK: usize = 64 * 1024;
@@ -470,18 +471,33 @@ async fn send_and_receive(
 
     let send = async {
         let mut head_bytes = head::write_request(up_head);
+        hooked(rec, Direction::Send, HookKind::Head, &mut head_bytes)
+            .await
+            .map_err(SendFail::Client)?;
         // The head and whatever body is already here go in one write.
         let mut dec = Decoder::new(framing);
         let rechunk = dec.is_chunked();
         loop {
             while !dec.is_done() && !cbuf.is_empty() {
                 let step = dec.decode(cbuf).map_err(SendFail::Body)?;
-                if rechunk {
-                    head_bytes.extend_from_slice(&body::chunk(step.data));
-                } else {
-                    head_bytes.extend_from_slice(step.data);
-                }
                 let n = step.consumed;
+                if rec.hook().is_none() {
+                    if rechunk {
+                        head_bytes.extend_from_slice(&body::chunk(step.data));
+                    } else {
+                        head_bytes.extend_from_slice(step.data);
+                    }
+                } else {
+                    let mut piece = step.data.to_vec();
+                    hooked(rec, Direction::Send, HookKind::Body, &mut piece)
+                        .await
+                        .map_err(SendFail::Client)?;
+                    if rechunk {
+                        head_bytes.extend_from_slice(&body::chunk(&piece));
+                    } else {
+                        head_bytes.extend_from_slice(&piece);
+                    }
+                }
                 cbuf.advance(n);
                 if n == 0 {
                     break;
@@ -625,19 +641,35 @@ async fn send_and_receive(
                 .headers
                 .push(head::Header::new("Connection", "keep-alive"));
         }
-        out.extend_from_slice(&head::write_response(&to_client));
+        let mut head_out = head::write_response(&to_client);
+        hooked(rec, Direction::Recv, HookKind::Head, &mut head_out)
+            .await
+            .map_err(Fail::Client)?;
+        out.extend_from_slice(&head_out);
         let mut dec = Decoder::new(framing);
         loop {
             while !dec.is_done() && !ubuf.is_empty() {
                 let step = dec.decode(ubuf).map_err(|e| {
                     server_fail(format!("bad response body: {e}"), false, wrote, true)
                 })?;
-                if rechunk {
-                    out.extend_from_slice(&body::chunk(step.data));
-                } else {
-                    out.extend_from_slice(step.data);
-                }
                 let n = step.consumed;
+                if rec.hook().is_none() {
+                    if rechunk {
+                        out.extend_from_slice(&body::chunk(step.data));
+                    } else {
+                        out.extend_from_slice(step.data);
+                    }
+                } else {
+                    let mut piece = step.data.to_vec();
+                    hooked(rec, Direction::Recv, HookKind::Body, &mut piece)
+                        .await
+                        .map_err(Fail::Client)?;
+                    if rechunk {
+                        out.extend_from_slice(&body::chunk(&piece));
+                    } else {
+                        out.extend_from_slice(&piece);
+                    }
+                }
                 ubuf.advance(n);
                 if n == 0 {
                     break;
@@ -710,6 +742,23 @@ async fn send_and_receive(
         }
     };
     (received, sent)
+}
+
+/// `--hook`: `bytes` (a head or a piece of a body about to be sent in `dir`) through the
+/// hook, its changes recorded as `edit` records; the error when it closes the connection.
+async fn hooked(rec: &Conn, dir: Direction, kind: HookKind, bytes: &mut Vec<u8>) -> io::Result<()> {
+    let Some(hook) = rec.hook() else {
+        return Ok(());
+    };
+    let mut edits = Vec::new();
+    let flow = hook.apply(dir, kind, bytes, &mut edits).await;
+    for e in edits {
+        rec.edit(dir, e).await;
+    }
+    match flow {
+        crate::rewrite::hook::Flow::Go => Ok(()),
+        crate::rewrite::hook::Flow::Close => Err(io::Error::from_raw_os_error(libc::ECONNABORTED)),
+    }
 }
 
 /// How the response side of an exchange ended.
