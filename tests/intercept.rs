@@ -761,6 +761,201 @@ fn per_process_command_and_sigkill() {
     );
 }
 
+/// A UDP responder on 127.0.0.1 at the port of argv[1]: DNS questions (port 53) get an A
+/// answer 192.0.2.7, anything else `echo:` + the datagram; prints what it read and wrote.
+const UDP_RESPONDER: &str = r#"
+import socket, struct, sys
+port = int(sys.argv[1])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", port))
+print("READY", port, flush=True)
+while True:
+    q, peer = s.recvfrom(4096)
+    if port == 53:
+        i = 12
+        while q[i] != 0:
+            i += 1 + q[i]
+        question = q[12:i + 5]
+        rdata = socket.inet_pton(socket.AF_INET, "192.0.2.7")
+        ans = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, len(rdata)) + rdata
+        a = q[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00" + question + ans
+    else:
+        a = b"echo:" + q
+    s.sendto(a, peer)
+    print("GOT", q.hex(), a.hex(), flush=True)
+"#;
+
+/// One unconnected socket sends to two destinations (argv: port1 port2), alternating, then
+/// prints each answer with the source the kernel reported.
+const TWO_DESTINATIONS: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(20)
+for i, port in enumerate([int(sys.argv[1]), int(sys.argv[2])] * 2):
+    s.sendto(b"to %d #%d" % (port, i), ("127.0.0.1", port))
+    d, src = s.recvfrom(4096)
+    print("ANSWER", "%s:%d" % src, d.decode(), flush=True)
+"#;
+
+/// The UDP flow of the JSON records to `target`: its `open` and payloads sent and received
+/// (one per datagram).
+fn udp_flow(evs: &[Value], target: &str) -> (Value, Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let open = one(evs, &format!("udp open {target}"), |e| {
+        e["type"] == "open" && e["target"] == target
+    })
+    .clone();
+    let payloads = |dir: &str| -> Vec<Vec<u8>> {
+        evs.iter()
+            .filter(|e| e["type"] == "data" && e["sk"] == open["sk"] && e["dir"] == dir)
+            .map(|e| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(e["payload_b64"].as_str().unwrap())
+                    .unwrap()
+            })
+            .collect()
+    };
+    let (send, recv) = (payloads("send"), payloads("recv"));
+    (open, send, recv)
+}
+
+fn udp_responder(ns: &Netns, dir: &TempDir, port: u16) -> Proc {
+    let script = dir.write(&format!("udp{port}.py"), UDP_RESPONDER);
+    let mut p = Proc::spawn(&format!("udp responder {port}"), {
+        let mut c = ns.cmd(python());
+        c.arg(&script).arg(port.to_string());
+        c
+    });
+    p.expect("READY", TIMEOUT);
+    p
+}
+
+/// `intercept --udp -- dig @127.0.0.1 NAME` (optionally through a SOCKS5 upstream): dig gets
+/// the answer; the records hold the query and the answer exactly as the server read and
+/// wrote them.
+fn per_process_dig(extra: &[&str], ns: &Netns, dir: &TempDir) -> (Vec<Value>, String) {
+    let mut dns = udp_responder(ns, dir, 53);
+    let jsonl = dir.join("dig.jsonl");
+    let mut c = ns.cmd(capagent());
+    c.args(["intercept", "--udp", "--format", "json", "-o"])
+        .arg(&jsonl)
+        .args(extra)
+        .args(["--", "dig", "@127.0.0.1", "+short", "+tries=1", "+time=10"])
+        .args(["app.example", "A"]);
+    let out = run_output("capagent --udp -- dig", c, TIMEOUT);
+    assert_eq!(out.trim(), "192.0.2.7");
+    let got = dns.expect("GOT", TIMEOUT);
+    let (q, a) = got.split_once(' ').unwrap();
+    let evs = records(&jsonl);
+    let (open, send, recv) = udp_flow(&evs, "127.0.0.1:53");
+    assert_eq!(send, vec![unhex(q)], "{}", dump(&evs));
+    assert_eq!(recv, vec![unhex(a)], "{}", dump(&evs));
+    let how = open["proxy"].as_str().unwrap_or_default().to_string();
+    (evs, how)
+}
+
+/// Per process, `--udp`: dig's DNS query (a connected UDP socket) and its answer.
+#[test]
+fn per_process_udp_dig() {
+    let ns = Netns::new("iud");
+    let dir = TempDir::new("intercept-udp-dig");
+    let cg_before = cgroup_state();
+    per_process_dig(&[], &ns, &dir);
+    assert!(
+        wait_until(TIMEOUT, || cgroup_state() == cg_before),
+        "programs left attached"
+    );
+}
+
+/// Per process, `--udp`: one unconnected socket sending to two destinations in turn; each
+/// datagram reaches its own destination, each answer comes back with its destination as
+/// source, and the records keep the two flows apart.
+#[test]
+fn per_process_udp_one_socket_two_destinations() {
+    let ns = Netns::new("iu2");
+    let dir = TempDir::new("intercept-udp-two");
+    let mut a = udp_responder(&ns, &dir, 7001);
+    let mut b = udp_responder(&ns, &dir, 7002);
+    let script = dir.write("two.py", TWO_DESTINATIONS);
+    let jsonl = dir.join("two.jsonl");
+    let mut c = ns.cmd(capagent());
+    c.args(["intercept", "--udp", "--format", "json", "-o"])
+        .arg(&jsonl)
+        .arg("--")
+        .arg(python())
+        .args([script.as_str(), "7001", "7002"]);
+    let out = run_output("capagent --udp -- two.py", c, TIMEOUT);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "ANSWER 127.0.0.1:7001 echo:to 7001 #0",
+            "ANSWER 127.0.0.1:7002 echo:to 7002 #1",
+            "ANSWER 127.0.0.1:7001 echo:to 7001 #2",
+            "ANSWER 127.0.0.1:7002 echo:to 7002 #3",
+        ],
+        "{out}"
+    );
+    for (p, port) in [(&mut a, 7001), (&mut b, 7002)] {
+        for i in [0, 2] {
+            let got = p.expect("GOT", TIMEOUT);
+            let want = format!("to {port} #{}", i + port as usize - 7001);
+            assert_eq!(got.split_once(' ').unwrap().0, hex(want.as_bytes()));
+        }
+    }
+    let evs = records(&jsonl);
+    for port in [7001, 7002] {
+        let (_, send, recv) = udp_flow(&evs, &format!("127.0.0.1:{port}"));
+        let i = |n: usize| n + port - 7001;
+        let want: Vec<Vec<u8>> = [i(0), i(2)]
+            .iter()
+            .map(|n| format!("to {port} #{n}").into_bytes())
+            .collect();
+        let echo: Vec<Vec<u8>> = want.iter().map(|w| [b"echo:", &w[..]].concat()).collect();
+        assert_eq!(send, want, "{}", dump(&evs));
+        assert_eq!(recv, echo, "{}", dump(&evs));
+    }
+}
+
+/// Per process, `--udp --upstream-proxy socks5://`: dig's query goes through `capagent
+/// proxy socks` by UDP ASSOCIATE; both capagents record query and answer.
+#[test]
+fn per_process_udp_through_socks5() {
+    let ns = Netns::new("ius");
+    let dir = TempDir::new("intercept-udp-socks");
+    let socks_jsonl = dir.join("socks.jsonl");
+    let mut c = ns.cmd(capagent());
+    c.args([
+        "proxy",
+        "socks",
+        "--listen",
+        "127.0.0.1:1080",
+        "--format",
+        "json",
+        "-o",
+    ])
+    .arg(&socks_jsonl);
+    let mut socks = Proc::spawn("capagent proxy socks", c);
+    socks.wait_stderr("listening", 1, TIMEOUT);
+    let (evs, _) = per_process_dig(&["--upstream-proxy", "socks5://127.0.0.1:1080"], &ns, &dir);
+    socks.terminate(TIMEOUT);
+    let sevs = records(&socks_jsonl);
+    let open = one(&sevs, "udp-associate open", |e| {
+        e["type"] == "open" && e["proxy"] == "socks5 udp-associate"
+    });
+    let sent: Vec<&Value> = sevs
+        .iter()
+        .filter(|e| e["type"] == "data" && e["sk"] == open["sk"])
+        .collect();
+    let (_, send, recv) = udp_flow(&evs, "127.0.0.1:53");
+    let payload = |e: &Value| {
+        base64::engine::general_purpose::STANDARD
+            .decode(e["payload_b64"].as_str().unwrap())
+            .unwrap()
+    };
+    assert_eq!(sent.len(), 2, "{}", dump(&sevs));
+    assert_eq!(payload(sent[0]), send[0], "{}", dump(&sevs));
+    assert_eq!(payload(sent[1]), recv[0], "{}", dump(&sevs));
+}
+
 /// Sends a request with two Host fields, then one in absolute form without Host, each on a
 /// connection of its own to 10.66.2.2:8080; prints the status line of each answer.
 const BAD_HOST_PY: &str = r#"

@@ -214,20 +214,22 @@ mod tests {
                 .starts_with("bad --upstream-proxy \"ftp://x:1\""),
             "{err}"
         );
-        // UDP datagrams would need UDP ASSOCIATE.
-        let err = options(&[
-            "--mode",
-            "tproxy",
-            "--iface",
-            "eth0",
-            "--udp",
-            "--upstream-proxy",
-            "socks5://127.0.0.1:1080",
-        ])
-        .unwrap_err();
+        // Datagrams go through SOCKS5 UDP ASSOCIATE; HTTP CONNECT carries none.
+        let udp = |up: &str| {
+            options(&[
+                "--mode",
+                "tproxy",
+                "--iface",
+                "eth0",
+                "--udp",
+                "--upstream-proxy",
+                up,
+            ])
+        };
+        assert!(udp("socks5://127.0.0.1:1080").is_ok());
         assert_eq!(
-            err.to_string(),
-            "--udp through --upstream-proxy: not implemented yet"
+            udp("http://127.0.0.1:3128").unwrap_err().to_string(),
+            "--udp through an http:// --upstream-proxy: HTTP CONNECT carries no datagrams (use socks5://)"
         );
     }
 }

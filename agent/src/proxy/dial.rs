@@ -307,7 +307,10 @@ pub fn socks5_udp_encode(target: &Target, payload: &[u8]) -> Vec<u8> {
 pub fn socks5_udp_decode(datagram: &[u8]) -> Result<(Target, std::ops::Range<usize>), String> {
     let h = v5::parse_udp(datagram).map_err(|e| format!("bad SOCKS5 UDP header: {e}"))?;
     if h.frag != 0 {
-        return Err(format!("fragmented SOCKS5 datagram (FRAG {}) dropped", h.frag));
+        return Err(format!(
+            "fragmented SOCKS5 datagram (FRAG {}) dropped",
+            h.frag
+        ));
     }
     Ok((h.target, h.len..datagram.len()))
 }
