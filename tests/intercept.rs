@@ -956,6 +956,71 @@ fn per_process_udp_through_socks5() {
     assert_eq!(payload(sent[1]), recv[0], "{}", dump(&sevs));
 }
 
+/// The ids of the BPF maps process `pid` holds (its fds' fdinfo).
+fn map_ids(pid: u32) -> Vec<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| {
+            let info = std::fs::read_to_string(fd.path()).ok()?;
+            info.lines()
+                .find_map(|l| l.strip_prefix("map_id:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect()
+}
+
+fn map_exists(id: u64) -> bool {
+    Command::new("bpftool")
+        .args(["map", "show", "id", &id.to_string()])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// Per process with `--udp`: the sendmsg4/recvmsg4 programs are attached and the UDP maps
+/// exist while the agent runs; after a SIGKILL the programs and the maps are gone, and the
+/// next start (and its clean exit) leaves the cgroup as it was.
+#[test]
+fn per_process_udp_hooks_and_maps_go_after_sigkill() {
+    let ns = Netns::new("iuk");
+    let cg_before = cgroup_state();
+    let mut a = Agent::start(&ns, &["--udp", "--no-record", "--", "sleep", "30"]);
+    let tree = cgroup_state();
+    for p in ["capagent_sendm", "capagent_recvm", "capagent_conn4"] {
+        assert!(tree.contains(p), "{p} not attached: {tree}");
+    }
+    let names: Vec<String> = bpf_maps_of(a.proc.pid()).into_iter().map(|m| m.0).collect();
+    for m in [
+        "ICPT_UDP_SRC",
+        "ICPT_UDP_SLOT",
+        "ICPT_UDP_CONN",
+        "ICPT_UDP_REPLY",
+    ] {
+        assert!(names.iter().any(|n| n == m), "no map {m}: {names:?}");
+    }
+    let ids = map_ids(a.proc.pid());
+    assert!(!ids.is_empty());
+    a.signal(libc::SIGKILL);
+    assert!(
+        wait_until(TIMEOUT, || cgroup_state() == cg_before),
+        "programs left attached"
+    );
+    assert!(
+        wait_until(TIMEOUT, || !ids.iter().any(|&id| map_exists(id))),
+        "maps left: {:?}",
+        ids.iter().filter(|&&id| map_exists(id)).collect::<Vec<_>>()
+    );
+    let mut c = ns.cmd(capagent());
+    c.args(["intercept", "--udp", "--no-record", "--", "true"]);
+    run_output("capagent --udp -- true", c, TIMEOUT);
+    assert!(
+        wait_until(TIMEOUT, || cgroup_state() == cg_before),
+        "programs left attached by the next start"
+    );
+}
+
 /// Sends a request with two Host fields, then one in absolute form without Host, each on a
 /// connection of its own to 10.66.2.2:8080; prints the status line of each answer.
 const BAD_HOST_PY: &str = r#"
