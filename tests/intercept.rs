@@ -786,7 +786,8 @@ while True:
 "#;
 
 /// One unconnected socket sends to two destinations (argv: port1 port2), alternating, then
-/// prints each answer with the source the kernel reported.
+/// prints each answer with the source the kernel reported; then a connected socket (not
+/// bound before `connect`) to port3.
 const TWO_DESTINATIONS: &str = r#"
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -795,6 +796,12 @@ for i, port in enumerate([int(sys.argv[1]), int(sys.argv[2])] * 2):
     s.sendto(b"to %d #%d" % (port, i), ("127.0.0.1", port))
     d, src = s.recvfrom(4096)
     print("ANSWER", "%s:%d" % src, d.decode(), flush=True)
+c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+c.settimeout(20)
+c.connect(("127.0.0.1", int(sys.argv[3])))
+c.send(b"connected")
+d, src = c.recvfrom(4096)
+print("CONNECTED", "%s:%d" % src, d.decode(), flush=True)
 "#;
 
 /// The UDP flow of the JSON records to `target`: its `open` and payloads sent and received
@@ -868,13 +875,14 @@ fn per_process_udp_dig() {
 
 /// Per process, `--udp`: one unconnected socket sending to two destinations in turn; each
 /// datagram reaches its own destination, each answer comes back with its destination as
-/// source, and the records keep the two flows apart.
+/// source, and the records keep the two flows apart. A connected socket too.
 #[test]
 fn per_process_udp_one_socket_two_destinations() {
     let ns = Netns::new("iu2");
     let dir = TempDir::new("intercept-udp-two");
     let mut a = udp_responder(&ns, &dir, 7001);
     let mut b = udp_responder(&ns, &dir, 7002);
+    let mut conn = udp_responder(&ns, &dir, 7003);
     let script = dir.write("two.py", TWO_DESTINATIONS);
     let jsonl = dir.join("two.jsonl");
     let mut c = ns.cmd(capagent());
@@ -882,7 +890,7 @@ fn per_process_udp_one_socket_two_destinations() {
         .arg(&jsonl)
         .arg("--")
         .arg(python())
-        .args([script.as_str(), "7001", "7002"]);
+        .args([script.as_str(), "7001", "7002", "7003"]);
     let out = run_output("capagent --udp -- two.py", c, TIMEOUT);
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
@@ -891,6 +899,7 @@ fn per_process_udp_one_socket_two_destinations() {
             "ANSWER 127.0.0.1:7002 echo:to 7002 #1",
             "ANSWER 127.0.0.1:7001 echo:to 7001 #2",
             "ANSWER 127.0.0.1:7002 echo:to 7002 #3",
+            "CONNECTED 127.0.0.1:7003 echo:connected",
         ],
         "{out}"
     );
@@ -901,7 +910,17 @@ fn per_process_udp_one_socket_two_destinations() {
             assert_eq!(got.split_once(' ').unwrap().0, hex(want.as_bytes()));
         }
     }
+    let got = conn.expect("GOT", TIMEOUT);
+    assert_eq!(got.split_once(' ').unwrap().0, hex(b"connected"));
     let evs = records(&jsonl);
+    let (_, send, recv) = udp_flow(&evs, "127.0.0.1:7003");
+    assert_eq!(
+        (send, recv),
+        (
+            vec![b"connected".to_vec()],
+            vec![b"echo:connected".to_vec()]
+        )
+    );
     for port in [7001, 7002] {
         let (_, send, recv) = udp_flow(&evs, &format!("127.0.0.1:{port}"));
         let i = |n: usize| n + port - 7001;
