@@ -761,13 +761,13 @@ fn per_process_command_and_sigkill() {
     );
 }
 
-/// A UDP responder on 127.0.0.1 at the port of argv[1]: DNS questions (port 53) get an A
-/// answer 192.0.2.7, anything else `echo:` + the datagram; prints what it read and wrote.
+/// A UDP responder on argv[1] (an address) at port argv[2]: DNS questions (port 53) get an
+/// A answer 192.0.2.7, anything else `echo:` + the datagram; prints what it read and wrote.
 const UDP_RESPONDER: &str = r#"
 import socket, struct, sys
-port = int(sys.argv[1])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("127.0.0.1", port))
+host, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((host, port))
 print("READY", port, flush=True)
 while True:
     q, peer = s.recvfrom(4096)
@@ -785,23 +785,25 @@ while True:
     print("GOT", q.hex(), a.hex(), flush=True)
 "#;
 
-/// One unconnected socket sends to two destinations (argv: port1 port2), alternating, then
-/// prints each answer with the source the kernel reported; then a connected socket (not
-/// bound before `connect`) to port3.
+/// One unconnected socket sends to two destinations (argv: host port1 port2), alternating,
+/// then prints each answer with the source the kernel reported; then a connected socket
+/// (not bound before `connect`) to port3.
 const TWO_DESTINATIONS: &str = r#"
 import socket, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+host = sys.argv[1]
+fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_DGRAM)
 s.settimeout(20)
-for i, port in enumerate([int(sys.argv[1]), int(sys.argv[2])] * 2):
-    s.sendto(b"to %d #%d" % (port, i), ("127.0.0.1", port))
+for i, port in enumerate([int(sys.argv[2]), int(sys.argv[3])] * 2):
+    s.sendto(b"to %d #%d" % (port, i), (host, port))
     d, src = s.recvfrom(4096)
-    print("ANSWER", "%s:%d" % src, d.decode(), flush=True)
-c = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    print("ANSWER", "%s:%d" % src[:2], d.decode(), flush=True)
+c = socket.socket(fam, socket.SOCK_DGRAM)
 c.settimeout(20)
-c.connect(("127.0.0.1", int(sys.argv[3])))
+c.connect((host, int(sys.argv[4])))
 c.send(b"connected")
 d, src = c.recvfrom(4096)
-print("CONNECTED", "%s:%d" % src, d.decode(), flush=True)
+print("CONNECTED", "%s:%d" % src[:2], d.decode(), flush=True)
 "#;
 
 /// The UDP flow of the JSON records to `target`: its `open` and payloads sent and received
@@ -825,48 +827,59 @@ fn udp_flow(evs: &[Value], target: &str) -> (Value, Vec<Vec<u8>>, Vec<Vec<u8>>) 
     (open, send, recv)
 }
 
-fn udp_responder(ns: &Netns, dir: &TempDir, port: u16) -> Proc {
-    let script = dir.write(&format!("udp{port}.py"), UDP_RESPONDER);
-    let mut p = Proc::spawn(&format!("udp responder {port}"), {
+fn udp_responder(ns: &Netns, dir: &TempDir, host: &str, port: u16) -> Proc {
+    let script = dir.write("udp_responder.py", UDP_RESPONDER);
+    let mut p = Proc::spawn(&format!("udp responder {host} {port}"), {
         let mut c = ns.cmd(python());
-        c.arg(&script).arg(port.to_string());
+        c.arg(&script).arg(host).arg(port.to_string());
         c
     });
     p.expect("READY", TIMEOUT);
     p
 }
 
-/// `intercept --udp -- dig @127.0.0.1 NAME` (optionally through a SOCKS5 upstream): dig gets
-/// the answer; the records hold the query and the answer exactly as the server read and
-/// wrote them.
-fn per_process_dig(extra: &[&str], ns: &Netns, dir: &TempDir) -> (Vec<Value>, String) {
-    let mut dns = udp_responder(ns, dir, 53);
-    let jsonl = dir.join("dig.jsonl");
+/// `host:port` as records write it.
+fn sockaddr(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// `intercept --udp -- dig @SERVER NAME` (optionally through a SOCKS5 upstream), SERVER
+/// answering on `server`:53: dig gets the answer; the records hold the query and the answer
+/// exactly as the server read and wrote them (returned, with the records).
+fn per_process_dig(extra: &[&str], ns: &Netns, dir: &TempDir, server: &str) -> Vec<Value> {
+    let mut dns = udp_responder(ns, dir, server, 53);
+    let jsonl = dir.join(&format!("dig-{server}.jsonl"));
     let mut c = ns.cmd(capagent());
     c.args(["intercept", "--udp", "--format", "json", "-o"])
         .arg(&jsonl)
         .args(extra)
-        .args(["--", "dig", "@127.0.0.1", "+short", "+tries=1", "+time=10"])
-        .args(["app.example", "A"]);
+        .args(["--", "dig", &format!("@{server}"), "+short", "+tries=1"])
+        .args(["+time=10", "app.example", "A"]);
     let out = run_output("capagent --udp -- dig", c, TIMEOUT);
     assert_eq!(out.trim(), "192.0.2.7");
     let got = dns.expect("GOT", TIMEOUT);
     let (q, a) = got.split_once(' ').unwrap();
     let evs = records(&jsonl);
-    let (open, send, recv) = udp_flow(&evs, "127.0.0.1:53");
+    let (open, send, recv) = udp_flow(&evs, &sockaddr(server, 53));
+    assert_eq!(open["proxy"], "process udp", "{}", dump(&evs));
     assert_eq!(send, vec![unhex(q)], "{}", dump(&evs));
     assert_eq!(recv, vec![unhex(a)], "{}", dump(&evs));
-    let how = open["proxy"].as_str().unwrap_or_default().to_string();
-    (evs, how)
+    evs
 }
 
-/// Per process, `--udp`: dig's DNS query (a connected UDP socket) and its answer.
+/// Per process, `--udp`: dig's DNS query (a connected UDP socket) and its answer, over IPv4
+/// and IPv6.
 #[test]
 fn per_process_udp_dig() {
     let ns = Netns::new("iud");
     let dir = TempDir::new("intercept-udp-dig");
     let cg_before = cgroup_state();
-    per_process_dig(&[], &ns, &dir);
+    per_process_dig(&[], &ns, &dir, "127.0.0.1");
+    per_process_dig(&[], &ns, &dir, "::1");
     assert!(
         wait_until(TIMEOUT, || cgroup_state() == cg_before),
         "programs left attached"
@@ -875,14 +888,21 @@ fn per_process_udp_dig() {
 
 /// Per process, `--udp`: one unconnected socket sending to two destinations in turn; each
 /// datagram reaches its own destination, each answer comes back with its destination as
-/// source, and the records keep the two flows apart. A connected socket too.
+/// source, and the records keep the two flows apart. A connected socket too. IPv4, IPv6,
+/// and IPv4 on dual-stack IPv6 sockets (IPv4-mapped addresses; recorded as IPv4).
 #[test]
 fn per_process_udp_one_socket_two_destinations() {
+    for host in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+        one_socket_two_destinations(host);
+    }
+}
+
+fn one_socket_two_destinations(host: &str) {
     let ns = Netns::new("iu2");
     let dir = TempDir::new("intercept-udp-two");
-    let mut a = udp_responder(&ns, &dir, 7001);
-    let mut b = udp_responder(&ns, &dir, 7002);
-    let mut conn = udp_responder(&ns, &dir, 7003);
+    let mut a = udp_responder(&ns, &dir, host, 7001);
+    let mut b = udp_responder(&ns, &dir, host, 7002);
+    let mut conn = udp_responder(&ns, &dir, host, 7003);
     let script = dir.write("two.py", TWO_DESTINATIONS);
     let jsonl = dir.join("two.jsonl");
     let mut c = ns.cmd(capagent());
@@ -890,16 +910,16 @@ fn per_process_udp_one_socket_two_destinations() {
         .arg(&jsonl)
         .arg("--")
         .arg(python())
-        .args([script.as_str(), "7001", "7002", "7003"]);
+        .args([script.as_str(), host, "7001", "7002", "7003"]);
     let out = run_output("capagent --udp -- two.py", c, TIMEOUT);
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
         [
-            "ANSWER 127.0.0.1:7001 echo:to 7001 #0",
-            "ANSWER 127.0.0.1:7002 echo:to 7002 #1",
-            "ANSWER 127.0.0.1:7001 echo:to 7001 #2",
-            "ANSWER 127.0.0.1:7002 echo:to 7002 #3",
-            "CONNECTED 127.0.0.1:7003 echo:connected",
+            format!("ANSWER {host}:7001 echo:to 7001 #0"),
+            format!("ANSWER {host}:7002 echo:to 7002 #1"),
+            format!("ANSWER {host}:7001 echo:to 7001 #2"),
+            format!("ANSWER {host}:7002 echo:to 7002 #3"),
+            format!("CONNECTED {host}:7003 echo:connected"),
         ],
         "{out}"
     );
@@ -913,7 +933,8 @@ fn per_process_udp_one_socket_two_destinations() {
     let got = conn.expect("GOT", TIMEOUT);
     assert_eq!(got.split_once(' ').unwrap().0, hex(b"connected"));
     let evs = records(&jsonl);
-    let (_, send, recv) = udp_flow(&evs, "127.0.0.1:7003");
+    let host = host.strip_prefix("::ffff:").unwrap_or(host);
+    let (_, send, recv) = udp_flow(&evs, &sockaddr(host, 7003));
     assert_eq!(
         (send, recv),
         (
@@ -922,8 +943,8 @@ fn per_process_udp_one_socket_two_destinations() {
         )
     );
     for port in [7001, 7002] {
-        let (_, send, recv) = udp_flow(&evs, &format!("127.0.0.1:{port}"));
-        let i = |n: usize| n + port - 7001;
+        let (_, send, recv) = udp_flow(&evs, &sockaddr(host, port));
+        let i = |n: usize| n + port as usize - 7001;
         let want: Vec<Vec<u8>> = [i(0), i(2)]
             .iter()
             .map(|n| format!("to {port} #{n}").into_bytes())
@@ -954,7 +975,12 @@ fn per_process_udp_through_socks5() {
     .arg(&socks_jsonl);
     let mut socks = Proc::spawn("capagent proxy socks", c);
     socks.wait_stderr("listening", 1, TIMEOUT);
-    let (evs, _) = per_process_dig(&["--upstream-proxy", "socks5://127.0.0.1:1080"], &ns, &dir);
+    let evs = per_process_dig(
+        &["--upstream-proxy", "socks5://127.0.0.1:1080"],
+        &ns,
+        &dir,
+        "127.0.0.1",
+    );
     socks.terminate(TIMEOUT);
     let sevs = records(&socks_jsonl);
     let open = one(&sevs, "udp-associate open", |e| {

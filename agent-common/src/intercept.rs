@@ -37,7 +37,9 @@ pub struct InterceptConfig {
     /// `--udp`: the UDP listener's port on `proxy_ip4`, host byte order (0: UDP is left
     /// alone).
     pub udp_port4: u16,
-    pub _pad1: [u8; 6],
+    /// `--udp`: the IPv6 UDP listener's port on `proxy_ip6`, host byte order (0: none).
+    pub udp_port6: u16,
+    pub _pad1: [u8; 4],
 }
 
 impl InterceptConfig {
@@ -55,7 +57,8 @@ impl InterceptConfig {
             netns_cookie: 0,
             ports: [0; INTERCEPT_PORTS_MAX],
             udp_port4: 0,
-            _pad1: [0; 6],
+            udp_port6: 0,
+            _pad1: [0; 4],
         }
     }
 }
@@ -146,7 +149,11 @@ pub mod progs {
     pub const EXIT: &str = "capagent_exit";
     pub const SENDMSG4: &str = "capagent_sendmsg4";
     pub const RECVMSG4: &str = "capagent_recvmsg4";
-    pub const ALL: &[&str] = &[CONNECT4, CONNECT6, SOCKOPS, FORK, EXIT, SENDMSG4, RECVMSG4];
+    pub const SENDMSG6: &str = "capagent_sendmsg6";
+    pub const RECVMSG6: &str = "capagent_recvmsg6";
+    pub const ALL: &[&str] = &[
+        CONNECT4, CONNECT6, SOCKOPS, FORK, EXIT, SENDMSG4, RECVMSG4, SENDMSG6, RECVMSG6,
+    ];
 }
 
 /// ...its maps...

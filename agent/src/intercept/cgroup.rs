@@ -15,7 +15,7 @@ use std::sync::Mutex;
 
 use agent_common::intercept::{
     maps,
-    progs::{CONNECT4, CONNECT6, EXIT, FORK, RECVMSG4, SENDMSG4, SOCKOPS},
+    progs::{CONNECT4, CONNECT6, EXIT, FORK, RECVMSG4, RECVMSG6, SENDMSG4, SENDMSG6, SOCKOPS},
 };
 use agent_common::{ClientKey, INTERCEPT_PORTS_MAX, InterceptConfig, OrigDst, UdpOrig};
 use aya::maps::{HashMap, MapData};
@@ -118,8 +118,9 @@ pub struct HookOptions {
     pub proxy6: Option<SocketAddr>,
     pub ports: Vec<u16>,
     pub follow_forks: bool,
-    /// `--udp`: the UDP listener (IPv4 on `proxy4`'s address).
+    /// `--udp`: the UDP listeners (on `proxy4`'s and `proxy6`'s addresses).
     pub udp4: Option<SocketAddr>,
+    pub udp6: Option<SocketAddr>,
 }
 
 /// The loaded and attached programs; dropping it detaches them.
@@ -194,6 +195,9 @@ pub fn config(
     if let Some(u) = opts.udp4 {
         c.udp_port4 = u.port();
     }
+    if let (Some(u), Some(_)) = (opts.udp6, opts.proxy6) {
+        c.udp_port6 = u.port();
+    }
     c.netns_cookie = netns;
     Ok(c)
 }
@@ -252,8 +256,10 @@ impl Hooks {
                     source: Box::new(source),
                 })?;
         }
-        if opts.udp4.is_some() {
-            for prog in [SENDMSG4, RECVMSG4] {
+        let udp4 = opts.udp4.map(|_| [SENDMSG4, RECVMSG4]);
+        let udp6 = opts.udp6.map(|_| [SENDMSG6, RECVMSG6]);
+        for progs in [udp4, udp6].into_iter().flatten() {
+            for prog in progs {
                 let p = kernel::loaded_sock_addr(&mut ebpf, prog)?;
                 p.attach(&dir, CgroupAttachMode::Single)
                     .map_err(|source| CgroupError::Attach {
@@ -386,13 +392,14 @@ mod tests {
             ports: vec![80, 443],
             follow_forks: true,
             udp4: Some("127.0.0.1:4002".parse().unwrap()),
+            udp6: Some("[::1]:4003".parse().unwrap()),
         };
         let c = config(&opts, 77, 9).unwrap();
         assert_eq!(c.proxy_ip4.to_ne_bytes(), [127, 0, 0, 1]);
         assert_eq!((c.proxy_port4, c.proxy_port6), (4000, 4001));
         assert_eq!(c.proxy_ip6[3].to_ne_bytes(), [0, 0, 0, 1]);
         assert_eq!((c.nports, c.ports[1], c.all, c.self_pid), (2, 443, 0, 77));
-        assert_eq!(c.udp_port4, 4002);
+        assert_eq!((c.udp_port4, c.udp_port6), (4002, 4003));
         let many = HookOptions {
             ports: (1..=17).collect(),
             ..opts

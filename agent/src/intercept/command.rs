@@ -49,7 +49,7 @@ pub struct InterceptArgs {
     /// Only connections to this destination network (ADDRESS[/PREFIX]); repeatable.
     #[arg(long = "dst", value_name = "CIDR")]
     pub dsts: Vec<String>,
-    /// Also UDP (--mode tproxy; per process: IPv4).
+    /// Also UDP (--mode tproxy, and per process).
     #[arg(long)]
     pub udp: bool,
     /// --mode redirect: also this host's own connections leaving through --iface.

@@ -510,9 +510,7 @@ pub async fn serve(
         udp4 = Some(
             udp_listener(a4, transparent).with_context(|| format!("cannot listen on udp {a4}"))?,
         );
-        // Per process, UDP is intercepted over IPv4 only (the hooks' loopback source
-        // addresses have no IPv6 counterpart).
-        if tcp6.is_some() && mode == Mode::Tproxy {
+        if tcp6.is_some() {
             udp6 = udp_listener(a6, transparent).ok();
         }
     }
@@ -565,6 +563,7 @@ pub async fn serve(
                 ports: opts.ports.clone(),
                 follow_forks: true,
                 udp4: u4,
+                udp6: u6,
             })?);
             for &p in &opts.pids {
                 crate::process::check_pid(p)?;
