@@ -877,13 +877,8 @@ fn per_process_dig(extra: &[&str], ns: &Netns, dir: &TempDir, server: &str) -> V
 fn per_process_udp_dig() {
     let ns = Netns::new("iud");
     let dir = TempDir::new("intercept-udp-dig");
-    let cg_before = cgroup_state();
     per_process_dig(&[], &ns, &dir, "127.0.0.1");
     per_process_dig(&[], &ns, &dir, "::1");
-    assert!(
-        wait_until(TIMEOUT, || cgroup_state() == cg_before),
-        "programs left attached"
-    );
 }
 
 /// Per process, `--udp`: one unconnected socket sending to two destinations in turn; each
@@ -1001,69 +996,78 @@ fn per_process_udp_through_socks5() {
     assert_eq!(payload(sent[1]), recv[0], "{}", dump(&sevs));
 }
 
-/// The ids of the BPF maps process `pid` holds (its fds' fdinfo).
-fn map_ids(pid: u32) -> Vec<u64> {
-    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+/// The ids of the BPF objects of kind `what` (`map` or `prog`) process `pid` holds (its
+/// fds' fdinfo: maps, programs, links).
+fn bpf_ids(pid: u32, what: &str) -> Vec<u64> {
+    let key = format!("{what}_id:");
+    let mut ids: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
         .unwrap()
         .flatten()
         .filter_map(|fd| {
             let info = std::fs::read_to_string(fd.path()).ok()?;
             info.lines()
-                .find_map(|l| l.strip_prefix("map_id:"))
+                .find_map(|l| l.strip_prefix(key.as_str()))
                 .and_then(|v| v.trim().parse().ok())
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Those of `ids` (of kind `what`) that still exist.
+fn bpf_left(what: &str, ids: &[u64]) -> Vec<u64> {
+    ids.iter()
+        .copied()
+        .filter(|id| {
+            Command::new("bpftool")
+                .args([what, "show", "id", &id.to_string()])
+                .output()
+                .unwrap()
+                .status
+                .success()
         })
         .collect()
 }
 
-fn map_exists(id: u64) -> bool {
-    Command::new("bpftool")
-        .args(["map", "show", "id", &id.to_string()])
-        .output()
-        .unwrap()
-        .status
-        .success()
-}
-
-/// Per process with `--udp`: the sendmsg4/recvmsg4 programs are attached and the UDP maps
-/// exist while the agent runs; after a SIGKILL the programs and the maps are gone, and the
-/// next start (and its clean exit) leaves the cgroup as it was.
+/// Per process with `--udp`: the sendmsg/recvmsg programs are attached and the UDP maps
+/// exist while the agent runs; after SIGTERM, and after a SIGKILL, the agent's programs and
+/// maps are gone (by id: other agents may run meanwhile), and the next start succeeds.
 #[test]
-fn per_process_udp_hooks_and_maps_go_after_sigkill() {
+fn per_process_udp_hooks_and_maps_go() {
     let ns = Netns::new("iuk");
-    let cg_before = cgroup_state();
-    let mut a = Agent::start(&ns, &["--udp", "--no-record", "--", "sleep", "30"]);
-    let tree = cgroup_state();
-    for p in ["capagent_sendm", "capagent_recvm", "capagent_conn4"] {
-        assert!(tree.contains(p), "{p} not attached: {tree}");
+    for sig in [libc::SIGTERM, libc::SIGKILL] {
+        let mut a = Agent::start(&ns, &["--udp", "--no-record", "--", "sleep", "30"]);
+        let pid = a.proc.pid();
+        let tree = cgroup_state();
+        let progs = bpf_ids(pid, "prog");
+        for p in ["capagent_sendm", "capagent_recvm", "capagent_conn4"] {
+            assert!(tree.contains(p), "{p} not attached: {tree}");
+        }
+        let names: Vec<String> = bpf_maps_of(pid).into_iter().map(|m| m.0).collect();
+        for m in [
+            "ICPT_UDP_SRC",
+            "ICPT_UDP_SLOT",
+            "ICPT_UDP_CONN",
+            "ICPT_UDP_REPLY",
+        ] {
+            assert!(names.iter().any(|n| n == m), "no map {m}: {names:?}");
+        }
+        let maps = bpf_ids(pid, "map");
+        // The programs and the four UDP maps among others.
+        assert!(progs.len() >= 4 && maps.len() >= 4, "{progs:?} {maps:?}");
+        a.signal(sig);
+        for (what, ids) in [("prog", &progs), ("map", &maps)] {
+            assert!(
+                wait_until(TIMEOUT, || bpf_left(what, ids).is_empty()),
+                "after signal {sig}: {what}s left: {:?}",
+                bpf_left(what, ids)
+            );
+        }
     }
-    let names: Vec<String> = bpf_maps_of(a.proc.pid()).into_iter().map(|m| m.0).collect();
-    for m in [
-        "ICPT_UDP_SRC",
-        "ICPT_UDP_SLOT",
-        "ICPT_UDP_CONN",
-        "ICPT_UDP_REPLY",
-    ] {
-        assert!(names.iter().any(|n| n == m), "no map {m}: {names:?}");
-    }
-    let ids = map_ids(a.proc.pid());
-    assert!(!ids.is_empty());
-    a.signal(libc::SIGKILL);
-    assert!(
-        wait_until(TIMEOUT, || cgroup_state() == cg_before),
-        "programs left attached"
-    );
-    assert!(
-        wait_until(TIMEOUT, || !ids.iter().any(|&id| map_exists(id))),
-        "maps left: {:?}",
-        ids.iter().filter(|&&id| map_exists(id)).collect::<Vec<_>>()
-    );
     let mut c = ns.cmd(capagent());
     c.args(["intercept", "--udp", "--no-record", "--", "true"]);
     run_output("capagent --udp -- true", c, TIMEOUT);
-    assert!(
-        wait_until(TIMEOUT, || cgroup_state() == cg_before),
-        "programs left attached by the next start"
-    );
 }
 
 /// Sends a request with two Host fields, then one in absolute form without Host, each on a

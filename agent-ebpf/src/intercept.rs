@@ -512,30 +512,37 @@ pub fn capagent_sendmsg4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn capagent_recvmsg4(ctx: SockAddrContext) -> i32 {
-    let c = conf();
     let sa = ctx.sock_addr;
     unsafe {
-        let ip = (*sa).user_ip4;
-        if c.udp_port4 == 0 || ip != c.proxy_ip4 {
-            return 1;
-        }
         let port = u16::from_be((*sa).user_port as u16);
-        let orig = if port == c.udp_port4 {
-            let cookie = bpf_get_socket_cookie(ctx.as_ptr());
-            ICPT_UDP_CONN.get(&cookie)
-        } else {
-            ICPT_UDP_REPLY.get(&src_key(ip, port))
-        };
-        let Some(o) = orig else {
-            return 1;
-        };
-        if o.family != AF_INET {
-            return 1;
+        if let Some((ip, port)) = answer_source4(&ctx, (*sa).user_ip4, port) {
+            (*sa).user_ip4 = ip;
+            (*sa).user_port = u32::from(port.to_be());
         }
-        (*sa).user_ip4 = u32::from_ne_bytes([o.addr[0], o.addr[1], o.addr[2], o.addr[3]]);
-        (*sa).user_port = u32::from(o.port.to_be());
     }
     1
+}
+
+/// The source a process should read for an IPv4 datagram from `ip` (as `user_ip4` holds
+/// it) and `port`: the original destination when it is the answer of an intercepted flow
+/// (from the listener to a connected socket, or from one of the agent's reply sockets).
+#[inline(always)]
+fn answer_source4(ctx: &SockAddrContext, ip: u32, port: u16) -> Option<(u32, u16)> {
+    let c = conf();
+    if c.udp_port4 == 0 || ip != c.proxy_ip4 {
+        return None;
+    }
+    let orig = if port == c.udp_port4 {
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+        unsafe { ICPT_UDP_CONN.get(&cookie) }
+    } else {
+        unsafe { ICPT_UDP_REPLY.get(&src_key(ip, port)) }
+    }?;
+    if orig.family != AF_INET {
+        return None;
+    }
+    let a = orig.addr;
+    Some((u32::from_ne_bytes([a[0], a[1], a[2], a[3]]), orig.port))
 }
 
 #[inline(always)]
@@ -750,23 +757,10 @@ pub fn capagent_recvmsg6(ctx: SockAddrContext) -> i32 {
         let port = u16::from_be((*sa).user_port as u16);
         if w[0] == 0 && w[1] == 0 && w[2] == V4_MAPPED {
             // An IPv4 answer to a dual-stack socket.
-            if c.udp_port4 == 0 || w[3] != c.proxy_ip4 {
-                return 1;
+            if let Some((ip, port)) = answer_source4(&ctx, w[3], port) {
+                (*sa).user_ip6[3] = ip;
+                (*sa).user_port = u32::from(port.to_be());
             }
-            let orig = if port == c.udp_port4 {
-                let cookie = bpf_get_socket_cookie(ctx.as_ptr());
-                ICPT_UDP_CONN.get(&cookie)
-            } else {
-                ICPT_UDP_REPLY.get(&src_key(w[3], port))
-            };
-            let Some(o) = orig else {
-                return 1;
-            };
-            if o.family != AF_INET {
-                return 1;
-            }
-            (*sa).user_ip6[3] = u32::from_ne_bytes([o.addr[0], o.addr[1], o.addr[2], o.addr[3]]);
-            (*sa).user_port = u32::from(o.port.to_be());
             return 1;
         }
         if c.udp_port6 == 0 || w != c.proxy_ip6 {

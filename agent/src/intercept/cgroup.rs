@@ -247,7 +247,15 @@ impl Hooks {
         })?;
         // Through BPF links (kernel 5.7+), which always share the cgroup with other
         // programs; link_create wants no attach flags.
-        for prog in [CONNECT4, CONNECT6] {
+        // With --udp, the sendmsg/recvmsg hooks of each family with a UDP listener.
+        let mut sock_addr = vec![CONNECT4, CONNECT6];
+        if opts.udp4.is_some() {
+            sock_addr.extend([SENDMSG4, RECVMSG4]);
+        }
+        if opts.udp6.is_some() {
+            sock_addr.extend([SENDMSG6, RECVMSG6]);
+        }
+        for prog in sock_addr {
             let p = kernel::loaded_sock_addr(&mut ebpf, prog)?;
             p.attach(&dir, CgroupAttachMode::Single)
                 .map_err(|source| CgroupError::Attach {
@@ -255,19 +263,6 @@ impl Hooks {
                     path: path.clone(),
                     source: Box::new(source),
                 })?;
-        }
-        let udp4 = opts.udp4.map(|_| [SENDMSG4, RECVMSG4]);
-        let udp6 = opts.udp6.map(|_| [SENDMSG6, RECVMSG6]);
-        for progs in [udp4, udp6].into_iter().flatten() {
-            for prog in progs {
-                let p = kernel::loaded_sock_addr(&mut ebpf, prog)?;
-                p.attach(&dir, CgroupAttachMode::Single)
-                    .map_err(|source| CgroupError::Attach {
-                        prog,
-                        path: path.clone(),
-                        source: Box::new(source),
-                    })?;
-            }
         }
         let p = kernel::loaded_sock_ops(&mut ebpf, SOCKOPS)?;
         p.attach(&dir, CgroupAttachMode::Single)
