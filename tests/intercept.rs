@@ -865,7 +865,22 @@ fn per_process_dig(extra: &[&str], ns: &Netns, dir: &TempDir, server: &str) -> V
     let (q, a) = got.split_once(' ').unwrap();
     let evs = records(&jsonl);
     let (open, send, recv) = udp_flow(&evs, &sockaddr(server, 53));
-    assert_eq!(open["proxy"], "process udp", "{}", dump(&evs));
+    let via = extra
+        .iter()
+        .skip_while(|a| **a != "--upstream-proxy")
+        .nth(1)
+        .map(|u| format!(" via {u}"))
+        .unwrap_or_default();
+    // `process udp pid=DIG'S PID comm=dig`, and the upstream.
+    let proxy = open["proxy"].as_str().unwrap();
+    let pid = proxy
+        .strip_prefix("process udp pid=")
+        .and_then(|r| r.strip_suffix(&format!(" comm=dig{via}")));
+    assert!(
+        pid.is_some_and(|p| p.parse::<u32>().is_ok()),
+        "{proxy}: {}",
+        dump(&evs)
+    );
     assert_eq!(send, vec![unhex(q)], "{}", dump(&evs));
     assert_eq!(recv, vec![unhex(a)], "{}", dump(&evs));
     evs

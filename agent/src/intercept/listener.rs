@@ -425,7 +425,9 @@ async fn open_flow(
         UdpIn::Tproxy => "tproxy",
         UdpIn::Process(_) => "process",
     };
-    let record: Arc<dyn UdpFlow> = Arc::from(ctx.sink.udp_flow(client, orig, listen, how).await);
+    let pid = origin.map(|o| o.pid);
+    let record: Arc<dyn UdpFlow> =
+        Arc::from(ctx.sink.udp_flow(client, orig, listen, how, pid).await);
     let flow = Arc::new(Flow {
         up: up.clone(),
         record: record.clone(),
