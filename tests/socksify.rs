@@ -264,7 +264,8 @@ fn curl_through_tinyproxy_connect() {
     drop(tiny);
 }
 
-/// `--udp` cannot go through an upstream proxy yet: refused at once, in one line.
+/// `--udp` cannot go through an HTTP upstream proxy (CONNECT carries no datagrams; SOCKS5
+/// carries them by UDP ASSOCIATE): refused at once, in one line.
 #[test]
 fn udp_through_upstream_refused() {
     let mut c = Command::new(capagent());
@@ -276,14 +277,14 @@ fn udp_through_upstream_refused() {
         "lo",
         "--udp",
         "--upstream-proxy",
-        "socks5://127.0.0.1:1080",
+        "http://127.0.0.1:3128",
     ]);
     let out = c.output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         err.trim_end(),
-        "capagent: --udp through --upstream-proxy: not implemented yet",
+        "capagent: --udp through an http:// --upstream-proxy: HTTP CONNECT carries no datagrams (use socks5://)",
         "{err}"
     );
 }
