@@ -869,7 +869,8 @@ fn per_process_dig(extra: &[&str], ns: &Netns, dir: &TempDir, server: &str) -> V
         .iter()
         .skip_while(|a| **a != "--upstream-proxy")
         .nth(1)
-        .map(|u| format!(" via {u}"))
+        // Records name the upstream without its credentials.
+        .map(|u| format!(" via {}", u.replace("u:p@", "")))
         .unwrap_or_default();
     // `process udp pid=DIG'S PID comm=dig`, and the upstream.
     let proxy = open["proxy"].as_str().unwrap();
@@ -965,8 +966,8 @@ fn one_socket_two_destinations(host: &str) {
     }
 }
 
-/// Per process, `--udp --upstream-proxy socks5://`: dig's query goes through `capagent
-/// proxy socks` by UDP ASSOCIATE; both capagents record query and answer.
+/// Per process, `--udp --upstream-proxy socks5://USER:PASS@`: dig's query goes through
+/// `capagent proxy socks --auth` by UDP ASSOCIATE; both capagents record query and answer.
 #[test]
 fn per_process_udp_through_socks5() {
     let ns = Netns::new("ius");
@@ -978,6 +979,8 @@ fn per_process_udp_through_socks5() {
         "socks",
         "--listen",
         "127.0.0.1:1080",
+        "--auth",
+        "u:p",
         "--format",
         "json",
         "-o",
@@ -986,7 +989,7 @@ fn per_process_udp_through_socks5() {
     let mut socks = Proc::spawn("capagent proxy socks", c);
     socks.wait_stderr("listening", 1, TIMEOUT);
     let evs = per_process_dig(
-        &["--upstream-proxy", "socks5://127.0.0.1:1080"],
+        &["--upstream-proxy", "socks5://u:p@127.0.0.1:1080"],
         &ns,
         &dir,
         "127.0.0.1",
