@@ -218,7 +218,6 @@ async fn accept_loop(l: TcpListener, ctx: Arc<AcceptCtx>) {
 }
 
 /// How a UDP listener learns where each datagram was going, and answers.
-#[derive(Clone)]
 enum UdpIn {
     /// A control message of each datagram; answers from a transparent socket bound to the
     /// original destination.
@@ -293,9 +292,11 @@ impl ReplyFrom {
         how: &UdpIn,
     ) -> io::Result<ReplyFrom> {
         match (how, origin) {
-            (UdpIn::Tproxy, _) | (UdpIn::Process(_), None) => {
-                Ok(ReplyFrom::Own(spoofing_socket(orig)?, None))
-            }
+            (UdpIn::Tproxy, _) => Ok(ReplyFrom::Own(spoofing_socket(orig)?, None)),
+            (UdpIn::Process(_), None) => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "not a redirected datagram (no original destination)",
+            )),
             (UdpIn::Process(_), Some(o)) if o.connected => {
                 Ok(ReplyFrom::Listener(listener.clone()))
             }

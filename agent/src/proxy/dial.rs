@@ -3,7 +3,8 @@
 //! proxy, which then resolves names itself: SOCKS5 (`--upstream-proxy
 //! socks5://[USER:PASS@]HOST:PORT`) or an HTTP proxy's CONNECT (`--upstream-proxy
 //! http://[USER:PASS@]HOST:PORT`). The target and the ways reaching it fails are in
-//! [`super::target`], which the SOCKS codec uses too.
+//! [`super::target`], which the SOCKS codec uses too. Datagrams go through a SOCKS5 upstream
+//! by `UDP ASSOCIATE` ([`UdpAssociation`]).
 
 use std::io;
 use std::net::SocketAddr;
