@@ -1062,14 +1062,17 @@ fn per_process_udp_hooks_and_maps_go() {
         for p in ["capagent_sendm", "capagent_recvm", "capagent_conn4"] {
             assert!(tree.contains(p), "{p} not attached: {tree}");
         }
-        let names: Vec<String> = bpf_maps_of(pid).into_iter().map(|m| m.0).collect();
+        let held = bpf_maps_of(pid);
         for m in [
             "ICPT_UDP_SRC",
             "ICPT_UDP_SLOT",
             "ICPT_UDP_CONN",
             "ICPT_UDP_REPLY",
         ] {
-            assert!(names.iter().any(|n| n == m), "no map {m}: {names:?}");
+            assert!(
+                held.iter().any(|(n, max, _)| n == m && *max == 16384),
+                "no map {m} of 16384 entries: {held:?}"
+            );
         }
         let maps = bpf_ids(pid, "map");
         // The programs and the four UDP maps among others.
@@ -1086,6 +1089,15 @@ fn per_process_udp_hooks_and_maps_go() {
     let mut c = ns.cmd(capagent());
     c.args(["intercept", "--udp", "--no-record", "--", "true"]);
     run_output("capagent --udp -- true", c, TIMEOUT);
+    // Without --udp, the UDP maps take one entry each.
+    let a = Agent::start(&ns, &["--no-record", "--", "sleep", "30"]);
+    let held = bpf_maps_of(a.proc.pid());
+    let udp: Vec<_> = held
+        .iter()
+        .filter(|m| m.0.starts_with("ICPT_UDP"))
+        .collect();
+    assert!(udp.len() == 4 && udp.iter().all(|m| m.1 == 1), "{held:?}");
+    a.stop();
 }
 
 /// Sends a request with two Host fields, then one in absolute form without Host, each on a

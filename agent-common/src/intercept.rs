@@ -165,6 +165,8 @@ pub mod maps {
     pub const ICPT_UDP_SLOT: &str = "ICPT_UDP_SLOT";
     pub const ICPT_UDP_CONN: &str = "ICPT_UDP_CONN";
     pub const ICPT_UDP_REPLY: &str = "ICPT_UDP_REPLY";
+    /// The maps only `--udp` uses.
+    pub const UDP: &[&str] = &[ICPT_UDP_SRC, ICPT_UDP_SLOT, ICPT_UDP_CONN, ICPT_UDP_REPLY];
     pub const ALL: &[&str] = &[
         ICPT_PIDS,
         ICPT_BY_COOKIE,
