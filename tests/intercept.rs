@@ -823,6 +823,345 @@ fn per_process_replace() {
     }
 }
 
+/// A UDP responder on argv[1] (an address) at port argv[2]: DNS questions (port 53) get an
+/// A answer 192.0.2.7, anything else `echo:` + the datagram; prints what it read and wrote.
+const UDP_RESPONDER: &str = r#"
+import socket, struct, sys
+host, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((host, port))
+print("READY", port, flush=True)
+while True:
+    q, peer = s.recvfrom(4096)
+    if port == 53:
+        i = 12
+        while q[i] != 0:
+            i += 1 + q[i]
+        question = q[12:i + 5]
+        rdata = socket.inet_pton(socket.AF_INET, "192.0.2.7")
+        ans = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, len(rdata)) + rdata
+        a = q[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00" + question + ans
+    else:
+        a = b"echo:" + q
+    s.sendto(a, peer)
+    print("GOT", q.hex(), a.hex(), flush=True)
+"#;
+
+/// One unconnected socket sends to two destinations (argv: host port1 port2), alternating,
+/// then prints each answer with the source the kernel reported; then a connected socket
+/// (not bound before `connect`) to port3.
+const TWO_DESTINATIONS: &str = r#"
+import socket, sys
+host = sys.argv[1]
+fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+s = socket.socket(fam, socket.SOCK_DGRAM)
+s.settimeout(20)
+for i, port in enumerate([int(sys.argv[2]), int(sys.argv[3])] * 2):
+    s.sendto(b"to %d #%d" % (port, i), (host, port))
+    d, src = s.recvfrom(4096)
+    print("ANSWER", "%s:%d" % src[:2], d.decode(), flush=True)
+c = socket.socket(fam, socket.SOCK_DGRAM)
+c.settimeout(20)
+c.connect((host, int(sys.argv[4])))
+c.send(b"connected")
+d, src = c.recvfrom(4096)
+print("CONNECTED", "%s:%d" % src[:2], d.decode(), flush=True)
+"#;
+
+/// The UDP flow of the JSON records to `target`: its `open` and payloads sent and received
+/// (one per datagram).
+fn udp_flow(evs: &[Value], target: &str) -> (Value, Vec<Vec<u8>>, Vec<Vec<u8>>) {
+    let open = one(evs, &format!("udp open {target}"), |e| {
+        e["type"] == "open" && e["target"] == target
+    })
+    .clone();
+    let payloads = |dir: &str| -> Vec<Vec<u8>> {
+        evs.iter()
+            .filter(|e| e["type"] == "data" && e["sk"] == open["sk"] && e["dir"] == dir)
+            .map(|e| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(e["payload_b64"].as_str().unwrap())
+                    .unwrap()
+            })
+            .collect()
+    };
+    let (send, recv) = (payloads("send"), payloads("recv"));
+    (open, send, recv)
+}
+
+fn udp_responder(ns: &Netns, dir: &TempDir, host: &str, port: u16) -> Proc {
+    let script = dir.write("udp_responder.py", UDP_RESPONDER);
+    let mut p = Proc::spawn(&format!("udp responder {host} {port}"), {
+        let mut c = ns.cmd(python());
+        c.arg(&script).arg(host).arg(port.to_string());
+        c
+    });
+    p.expect("READY", TIMEOUT);
+    p
+}
+
+/// `host:port` as records write it.
+fn sockaddr(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+/// `intercept --udp -- dig @SERVER NAME` (optionally through a SOCKS5 upstream), SERVER
+/// answering on `server`:53: dig gets the answer; the records hold the query and the answer
+/// exactly as the server read and wrote them (returned, with the records).
+fn per_process_dig(extra: &[&str], ns: &Netns, dir: &TempDir, server: &str) -> Vec<Value> {
+    let mut dns = udp_responder(ns, dir, server, 53);
+    let jsonl = dir.join(&format!("dig-{server}.jsonl"));
+    let mut c = ns.cmd(capagent());
+    c.args(["intercept", "--udp", "--format", "json", "-o"])
+        .arg(&jsonl)
+        .args(extra)
+        .args(["--", "dig", &format!("@{server}"), "+short", "+tries=1"])
+        .args(["+time=10", "app.example", "A"]);
+    let out = run_output("capagent --udp -- dig", c, TIMEOUT);
+    assert_eq!(out.trim(), "192.0.2.7");
+    let got = dns.expect("GOT", TIMEOUT);
+    let (q, a) = got.split_once(' ').unwrap();
+    let evs = records(&jsonl);
+    let (open, send, recv) = udp_flow(&evs, &sockaddr(server, 53));
+    let via = extra
+        .iter()
+        .skip_while(|a| **a != "--upstream-proxy")
+        .nth(1)
+        // Records name the upstream without its credentials.
+        .map(|u| format!(" via {}", u.replace("u:p@", "")))
+        .unwrap_or_default();
+    // `process udp pid=DIG'S PID comm=dig`, and the upstream.
+    let proxy = open["proxy"].as_str().unwrap();
+    let pid = proxy
+        .strip_prefix("process udp pid=")
+        .and_then(|r| r.strip_suffix(&format!(" comm=dig{via}")));
+    assert!(
+        pid.is_some_and(|p| p.parse::<u32>().is_ok()),
+        "{proxy}: {}",
+        dump(&evs)
+    );
+    assert_eq!(send, vec![unhex(q)], "{}", dump(&evs));
+    assert_eq!(recv, vec![unhex(a)], "{}", dump(&evs));
+    evs
+}
+
+/// Per process, `--udp`: dig's DNS query (a connected UDP socket) and its answer, over IPv4
+/// and IPv6.
+#[test]
+fn per_process_udp_dig() {
+    let ns = Netns::new("iud");
+    let dir = TempDir::new("intercept-udp-dig");
+    per_process_dig(&[], &ns, &dir, "127.0.0.1");
+    per_process_dig(&[], &ns, &dir, "::1");
+}
+
+/// Per process, `--udp`: one unconnected socket sending to two destinations in turn; each
+/// datagram reaches its own destination, each answer comes back with its destination as
+/// source, and the records keep the two flows apart. A connected socket too. IPv4, IPv6,
+/// and IPv4 on dual-stack IPv6 sockets (IPv4-mapped addresses; recorded as IPv4).
+#[test]
+fn per_process_udp_one_socket_two_destinations() {
+    for host in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+        one_socket_two_destinations(host);
+    }
+}
+
+fn one_socket_two_destinations(host: &str) {
+    let ns = Netns::new("iu2");
+    let dir = TempDir::new("intercept-udp-two");
+    let mut a = udp_responder(&ns, &dir, host, 7001);
+    let mut b = udp_responder(&ns, &dir, host, 7002);
+    let mut conn = udp_responder(&ns, &dir, host, 7003);
+    let script = dir.write("two.py", TWO_DESTINATIONS);
+    let jsonl = dir.join("two.jsonl");
+    let mut c = ns.cmd(capagent());
+    c.args(["intercept", "--udp", "--format", "json", "-o"])
+        .arg(&jsonl)
+        .arg("--")
+        .arg(python())
+        .args([script.as_str(), host, "7001", "7002", "7003"]);
+    let out = run_output("capagent --udp -- two.py", c, TIMEOUT);
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            format!("ANSWER {host}:7001 echo:to 7001 #0"),
+            format!("ANSWER {host}:7002 echo:to 7002 #1"),
+            format!("ANSWER {host}:7001 echo:to 7001 #2"),
+            format!("ANSWER {host}:7002 echo:to 7002 #3"),
+            format!("CONNECTED {host}:7003 echo:connected"),
+        ],
+        "{out}"
+    );
+    for (p, port) in [(&mut a, 7001), (&mut b, 7002)] {
+        for i in [0, 2] {
+            let got = p.expect("GOT", TIMEOUT);
+            let want = format!("to {port} #{}", i + port as usize - 7001);
+            assert_eq!(got.split_once(' ').unwrap().0, hex(want.as_bytes()));
+        }
+    }
+    let got = conn.expect("GOT", TIMEOUT);
+    assert_eq!(got.split_once(' ').unwrap().0, hex(b"connected"));
+    let evs = records(&jsonl);
+    let host = host.strip_prefix("::ffff:").unwrap_or(host);
+    let (_, send, recv) = udp_flow(&evs, &sockaddr(host, 7003));
+    assert_eq!(
+        (send, recv),
+        (
+            vec![b"connected".to_vec()],
+            vec![b"echo:connected".to_vec()]
+        )
+    );
+    for port in [7001, 7002] {
+        let (_, send, recv) = udp_flow(&evs, &sockaddr(host, port));
+        let i = |n: usize| n + port as usize - 7001;
+        let want: Vec<Vec<u8>> = [i(0), i(2)]
+            .iter()
+            .map(|n| format!("to {port} #{n}").into_bytes())
+            .collect();
+        let echo: Vec<Vec<u8>> = want.iter().map(|w| [b"echo:", &w[..]].concat()).collect();
+        assert_eq!(send, want, "{}", dump(&evs));
+        assert_eq!(recv, echo, "{}", dump(&evs));
+    }
+}
+
+/// Per process, `--udp --upstream-proxy socks5://USER:PASS@`: dig's query goes through
+/// `capagent proxy socks --auth` by UDP ASSOCIATE; both capagents record query and answer.
+#[test]
+fn per_process_udp_through_socks5() {
+    let ns = Netns::new("ius");
+    let dir = TempDir::new("intercept-udp-socks");
+    let socks_jsonl = dir.join("socks.jsonl");
+    let mut c = ns.cmd(capagent());
+    c.args([
+        "proxy",
+        "socks",
+        "--listen",
+        "127.0.0.1:1080",
+        "--auth",
+        "u:p",
+        "--format",
+        "json",
+        "-o",
+    ])
+    .arg(&socks_jsonl);
+    let mut socks = Proc::spawn("capagent proxy socks", c);
+    socks.wait_stderr("listening", 1, TIMEOUT);
+    let evs = per_process_dig(
+        &["--upstream-proxy", "socks5://u:p@127.0.0.1:1080"],
+        &ns,
+        &dir,
+        "127.0.0.1",
+    );
+    socks.terminate(TIMEOUT);
+    let sevs = records(&socks_jsonl);
+    let open = one(&sevs, "udp-associate open", |e| {
+        e["type"] == "open" && e["proxy"] == "socks5 udp-associate"
+    });
+    let sent: Vec<&Value> = sevs
+        .iter()
+        .filter(|e| e["type"] == "data" && e["sk"] == open["sk"])
+        .collect();
+    let (_, send, recv) = udp_flow(&evs, "127.0.0.1:53");
+    let payload = |e: &Value| {
+        base64::engine::general_purpose::STANDARD
+            .decode(e["payload_b64"].as_str().unwrap())
+            .unwrap()
+    };
+    assert_eq!(sent.len(), 2, "{}", dump(&sevs));
+    assert_eq!(payload(sent[0]), send[0], "{}", dump(&sevs));
+    assert_eq!(payload(sent[1]), recv[0], "{}", dump(&sevs));
+}
+
+/// The ids of the BPF objects of kind `what` (`map` or `prog`) process `pid` holds (its
+/// fds' fdinfo: maps, programs, links).
+fn bpf_ids(pid: u32, what: &str) -> Vec<u64> {
+    let key = format!("{what}_id:");
+    let mut ids: Vec<u64> = std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| {
+            let info = std::fs::read_to_string(fd.path()).ok()?;
+            info.lines()
+                .find_map(|l| l.strip_prefix(key.as_str()))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+/// Those of `ids` (of kind `what`) that still exist.
+fn bpf_left(what: &str, ids: &[u64]) -> Vec<u64> {
+    ids.iter()
+        .copied()
+        .filter(|id| {
+            Command::new("bpftool")
+                .args([what, "show", "id", &id.to_string()])
+                .output()
+                .unwrap()
+                .status
+                .success()
+        })
+        .collect()
+}
+
+/// Per process with `--udp`: the sendmsg/recvmsg programs are attached and the UDP maps
+/// exist while the agent runs; after SIGTERM, and after a SIGKILL, the agent's programs and
+/// maps are gone (by id: other agents may run meanwhile), and the next start succeeds.
+#[test]
+fn per_process_udp_hooks_and_maps_go() {
+    let ns = Netns::new("iuk");
+    for sig in [libc::SIGTERM, libc::SIGKILL] {
+        let mut a = Agent::start(&ns, &["--udp", "--no-record", "--", "sleep", "30"]);
+        let pid = a.proc.pid();
+        let tree = cgroup_state();
+        let progs = bpf_ids(pid, "prog");
+        for p in ["capagent_sendm", "capagent_recvm", "capagent_conn4"] {
+            assert!(tree.contains(p), "{p} not attached: {tree}");
+        }
+        let held = bpf_maps_of(pid);
+        for m in [
+            "ICPT_UDP_SRC",
+            "ICPT_UDP_SLOT",
+            "ICPT_UDP_CONN",
+            "ICPT_UDP_REPLY",
+        ] {
+            assert!(
+                held.iter().any(|(n, max, _)| n == m && *max == 16384),
+                "no map {m} of 16384 entries: {held:?}"
+            );
+        }
+        let maps = bpf_ids(pid, "map");
+        // The programs and the four UDP maps among others.
+        assert!(progs.len() >= 4 && maps.len() >= 4, "{progs:?} {maps:?}");
+        a.signal(sig);
+        for (what, ids) in [("prog", &progs), ("map", &maps)] {
+            assert!(
+                wait_until(TIMEOUT, || bpf_left(what, ids).is_empty()),
+                "after signal {sig}: {what}s left: {:?}",
+                bpf_left(what, ids)
+            );
+        }
+    }
+    let mut c = ns.cmd(capagent());
+    c.args(["intercept", "--udp", "--no-record", "--", "true"]);
+    run_output("capagent --udp -- true", c, TIMEOUT);
+    // Without --udp, the UDP maps take one entry each.
+    let a = Agent::start(&ns, &["--no-record", "--", "sleep", "30"]);
+    let held = bpf_maps_of(a.proc.pid());
+    let udp: Vec<_> = held
+        .iter()
+        .filter(|m| m.0.starts_with("ICPT_UDP"))
+        .collect();
+    assert!(udp.len() == 4 && udp.iter().all(|m| m.1 == 1), "{held:?}");
+    a.stop();
+}
+
 /// Sends a request with two Host fields, then one in absolute form without Host, each on a
 /// connection of its own to 10.66.2.2:8080; prints the status line of each answer.
 const BAD_HOST_PY: &str = r#"

@@ -267,7 +267,8 @@ fn curl_through_tinyproxy_connect() {
     drop(tiny);
 }
 
-/// `--udp` cannot go through an upstream proxy yet: refused at once, in one line.
+/// `--udp` cannot go through an HTTP upstream proxy (CONNECT carries no datagrams; SOCKS5
+/// carries them by UDP ASSOCIATE): refused at once, in one line.
 #[test]
 fn udp_through_upstream_refused() {
     let mut c = Command::new(capagent());
@@ -279,14 +280,14 @@ fn udp_through_upstream_refused() {
         "lo",
         "--udp",
         "--upstream-proxy",
-        "socks5://127.0.0.1:1080",
+        "http://127.0.0.1:3128",
     ]);
     let out = c.output().unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         err.trim_end(),
-        "capagent: --udp through --upstream-proxy: not implemented yet",
+        "capagent: --udp through an http:// --upstream-proxy: HTTP CONNECT carries no datagrams (use socks5://)",
         "{err}"
     );
 }
@@ -493,10 +494,8 @@ fn gateway_names_through_capagent_http_connect() {
 }
 
 /// [`gateway_names_through_capagent_socks`] with the client resolving over UDP, intercepted
-/// with `--udp`: needs `--udp` through `--upstream-proxy` (SOCKS5 UDP ASSOCIATE), which this
-/// branch refuses; passes with the check lifted (UDP relayed directly).
+/// with `--udp` (the DNS datagrams go through the upstream by UDP ASSOCIATE).
 #[test]
-#[ignore = "needs --udp through --upstream-proxy (UDP ASSOCIATE)"]
 fn gateway_names_over_udp_through_capagent_socks() {
     gateway_names(true, Up::Socks);
 }

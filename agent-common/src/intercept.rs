@@ -34,6 +34,12 @@ pub struct InterceptConfig {
     pub netns_cookie: u64,
     /// Destination ports to redirect (host byte order), when `nports` > 0.
     pub ports: [u16; INTERCEPT_PORTS_MAX],
+    /// `--udp`: the UDP listener's port on `proxy_ip4`, host byte order (0: UDP is left
+    /// alone).
+    pub udp_port4: u16,
+    /// `--udp`: the IPv6 UDP listener's port on `proxy_ip6`, host byte order (0: none).
+    pub udp_port6: u16,
+    pub _pad1: [u8; 4],
 }
 
 impl InterceptConfig {
@@ -50,6 +56,9 @@ impl InterceptConfig {
             proxy_ip6: [0; 4],
             netns_cookie: 0,
             ports: [0; INTERCEPT_PORTS_MAX],
+            udp_port4: 0,
+            udp_port6: 0,
+            _pad1: [0; 4],
         }
     }
 }
@@ -89,9 +98,37 @@ pub struct ClientKey {
     pub _pad: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<InterceptConfig>() == 8 + 4 + 4 + 16 + 8 + 32);
+/// Where the datagrams a UDP socket sends from one source go (value of `ICPT_UDP_SRC`,
+/// keyed by the source the agent's UDP listener sees, a [`ClientKey`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct UdpOrig {
+    pub dst: OrigDst,
+    /// 1: the socket is connected to `dst` (its answers must come from the listener
+    /// itself, the address it is connected to); 0: an unconnected `sendto`.
+    pub connected: u32,
+    pub _pad: u32,
+}
+
+/// One unconnected UDP socket's destination (key of `ICPT_UDP_SLOT`, whose value is the
+/// loopback source address its datagrams to that destination are sent from).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct UdpSlotKey {
+    pub cookie: u64,
+    /// IPv4 in the first 4 bytes, network byte order.
+    pub addr: [u8; 16],
+    pub family: u16,
+    /// Host byte order.
+    pub port: u16,
+    pub _pad: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<InterceptConfig>() == 8 + 4 + 4 + 16 + 8 + 32 + 8);
 const _: () = assert!(core::mem::size_of::<OrigDst>() == 24);
 const _: () = assert!(core::mem::size_of::<ClientKey>() == 24);
+const _: () = assert!(core::mem::size_of::<UdpOrig>() == 32);
+const _: () = assert!(core::mem::size_of::<UdpSlotKey>() == 32);
 
 #[cfg(feature = "user")]
 mod user_intercept {
@@ -99,6 +136,8 @@ mod user_intercept {
     unsafe impl aya::Pod for super::InterceptConfig {}
     unsafe impl aya::Pod for super::OrigDst {}
     unsafe impl aya::Pod for super::ClientKey {}
+    unsafe impl aya::Pod for super::UdpOrig {}
+    unsafe impl aya::Pod for super::UdpSlotKey {}
 }
 
 /// Names in the eBPF object (agent-ebpf/src/intercept.rs): its programs...
@@ -108,7 +147,13 @@ pub mod progs {
     pub const SOCKOPS: &str = "capagent_sockop";
     pub const FORK: &str = "capagent_fork";
     pub const EXIT: &str = "capagent_exit";
-    pub const ALL: &[&str] = &[CONNECT4, CONNECT6, SOCKOPS, FORK, EXIT];
+    pub const SENDMSG4: &str = "capagent_sendmsg4";
+    pub const RECVMSG4: &str = "capagent_recvmsg4";
+    pub const SENDMSG6: &str = "capagent_sendmsg6";
+    pub const RECVMSG6: &str = "capagent_recvmsg6";
+    pub const ALL: &[&str] = &[
+        CONNECT4, CONNECT6, SOCKOPS, FORK, EXIT, SENDMSG4, RECVMSG4, SENDMSG6, RECVMSG6,
+    ];
 }
 
 /// ...its maps...
@@ -116,7 +161,21 @@ pub mod maps {
     pub const ICPT_PIDS: &str = "ICPT_PIDS";
     pub const ICPT_BY_COOKIE: &str = "ICPT_BY_COOKIE";
     pub const ICPT_BY_CLIENT: &str = "ICPT_BY_CLIENT";
-    pub const ALL: &[&str] = &[ICPT_PIDS, ICPT_BY_COOKIE, ICPT_BY_CLIENT];
+    pub const ICPT_UDP_SRC: &str = "ICPT_UDP_SRC";
+    pub const ICPT_UDP_SLOT: &str = "ICPT_UDP_SLOT";
+    pub const ICPT_UDP_CONN: &str = "ICPT_UDP_CONN";
+    pub const ICPT_UDP_REPLY: &str = "ICPT_UDP_REPLY";
+    /// The maps only `--udp` uses.
+    pub const UDP: &[&str] = &[ICPT_UDP_SRC, ICPT_UDP_SLOT, ICPT_UDP_CONN, ICPT_UDP_REPLY];
+    pub const ALL: &[&str] = &[
+        ICPT_PIDS,
+        ICPT_BY_COOKIE,
+        ICPT_BY_CLIENT,
+        ICPT_UDP_SRC,
+        ICPT_UDP_SLOT,
+        ICPT_UDP_CONN,
+        ICPT_UDP_REPLY,
+    ];
 }
 
 /// ...and the global userspace writes the [`InterceptConfig`] into.

@@ -20,7 +20,9 @@ pub use capture::{
     CaptureConfig, FILTER_MAX_INSNS, FILTER_SLOTS, FilterInsn, FilterRef, IfCounters, PACKET_MAX,
     PacketEvent, SockOwner, owner_src, packet_dir, select,
 };
-pub use intercept::{ClientKey, INTERCEPT_PORTS_MAX, InterceptConfig, OrigDst};
+pub use intercept::{
+    ClientKey, INTERCEPT_PORTS_MAX, InterceptConfig, OrigDst, UdpOrig, UdpSlotKey,
+};
 pub use shared::{KernelOffsets, TASK_COMM_LEN};
 pub use trace::{
     CHUNK_MAX, Config, DataEvent, EventHeader, FileKey, MsgAddr, ProcEvent, SOCKADDR_MAX,

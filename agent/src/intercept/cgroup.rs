@@ -15,9 +15,9 @@ use std::sync::Mutex;
 
 use agent_common::intercept::{
     maps,
-    progs::{CONNECT4, CONNECT6, EXIT, FORK, SOCKOPS},
+    progs::{CONNECT4, CONNECT6, EXIT, FORK, RECVMSG4, RECVMSG6, SENDMSG4, SENDMSG6, SOCKOPS},
 };
-use agent_common::{ClientKey, INTERCEPT_PORTS_MAX, InterceptConfig, OrigDst};
+use agent_common::{ClientKey, INTERCEPT_PORTS_MAX, InterceptConfig, OrigDst, UdpOrig};
 use aya::maps::{HashMap, MapData};
 use aya::programs::CgroupAttachMode;
 
@@ -118,6 +118,9 @@ pub struct HookOptions {
     pub proxy6: Option<SocketAddr>,
     pub ports: Vec<u16>,
     pub follow_forks: bool,
+    /// `--udp`: the UDP listeners (on `proxy4`'s and `proxy6`'s addresses).
+    pub udp4: Option<SocketAddr>,
+    pub udp6: Option<SocketAddr>,
 }
 
 /// The loaded and attached programs; dropping it detaches them.
@@ -126,7 +129,18 @@ pub struct Hooks {
     _ebpf: aya::Ebpf,
     pids: Mutex<HashMap<MapData, u32, u8>>,
     by_client: Mutex<HashMap<MapData, ClientKey, OrigDst>>,
+    udp_src: Mutex<HashMap<MapData, ClientKey, UdpOrig>>,
+    udp_reply: Mutex<HashMap<MapData, ClientKey, OrigDst>>,
     pub cgroup: PathBuf,
+}
+
+/// Where an intercepted datagram was going, as the hooks filed it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UdpOrigin {
+    pub orig: SocketAddr,
+    pub pid: u32,
+    /// The socket is connected to `orig`: answers must come from the listener itself.
+    pub connected: bool,
 }
 
 fn netns_cookie() -> u64 {
@@ -178,6 +192,12 @@ pub fn config(
         }
         c.proxy_port6 = a.port();
     }
+    if let Some(u) = opts.udp4 {
+        c.udp_port4 = u.port();
+    }
+    if let (Some(u), Some(_)) = (opts.udp6, opts.proxy6) {
+        c.udp_port6 = u.port();
+    }
     c.netns_cookie = netns;
     Ok(c)
 }
@@ -227,7 +247,15 @@ impl Hooks {
         })?;
         // Through BPF links (kernel 5.7+), which always share the cgroup with other
         // programs; link_create wants no attach flags.
-        for prog in [CONNECT4, CONNECT6] {
+        // With --udp, the sendmsg/recvmsg hooks of each family with a UDP listener.
+        let mut sock_addr = vec![CONNECT4, CONNECT6];
+        if opts.udp4.is_some() {
+            sock_addr.extend([SENDMSG4, RECVMSG4]);
+        }
+        if opts.udp6.is_some() {
+            sock_addr.extend([SENDMSG6, RECVMSG6]);
+        }
+        for prog in sock_addr {
             let p = kernel::loaded_sock_addr(&mut ebpf, prog)?;
             p.attach(&dir, CgroupAttachMode::Single)
                 .map_err(|source| CgroupError::Attach {
@@ -252,11 +280,15 @@ impl Hooks {
         }
         let pids = kernel::take_map(&mut ebpf, maps::ICPT_PIDS)?;
         let by_client = kernel::take_map(&mut ebpf, maps::ICPT_BY_CLIENT)?;
+        let udp_src = kernel::take_map(&mut ebpf, maps::ICPT_UDP_SRC)?;
+        let udp_reply = kernel::take_map(&mut ebpf, maps::ICPT_UDP_REPLY)?;
         tracing::info!(cgroup = %path, "per-process hooks attached");
         Ok(Hooks {
             _ebpf: ebpf,
             pids: Mutex::new(pids),
             by_client: Mutex::new(by_client),
+            udp_src: Mutex::new(udp_src),
+            udp_reply: Mutex::new(udp_reply),
             cgroup,
         })
     }
@@ -290,6 +322,46 @@ impl Hooks {
         }
         None
     }
+
+    /// Where the datagram the UDP listener received from `from` was going (the entry stays:
+    /// the socket may send more). Filed under the exact source, or under its address alone
+    /// (a loopback address given to one socket and destination).
+    pub fn udp_origin(&self, from: SocketAddr) -> Option<UdpOrigin> {
+        let map = self.udp_src.lock().expect("map lock");
+        let exact = client_key(from);
+        let by_addr = client_key(SocketAddr::new(from.ip(), 0));
+        [exact, by_addr].iter().find_map(|k| {
+            let o = map.get(k, 0).ok()?;
+            Some(UdpOrigin {
+                orig: orig_addr(&o.dst)?,
+                pid: o.dst.pid,
+                connected: o.connected != 0,
+            })
+        })
+    }
+
+    /// Answers sent from `reply` (a socket of the agent's) are shown to the processes as
+    /// coming from `orig` (the recvmsg hook), until [`Hooks::forget_reply`].
+    pub fn add_reply(&self, reply: SocketAddr, orig: SocketAddr) -> Result<(), CgroupError> {
+        let mut o = OrigDst::default();
+        let k = client_key(orig);
+        o.addr = k.addr;
+        o.family = k.family;
+        o.port = orig.port();
+        self.udp_reply
+            .lock()
+            .expect("map lock")
+            .insert(client_key(reply), o, 0)
+            .map_err(|e| CgroupError::Map(Box::new(e)))
+    }
+
+    pub fn forget_reply(&self, reply: SocketAddr) {
+        let _ = self
+            .udp_reply
+            .lock()
+            .expect("map lock")
+            .remove(&client_key(reply));
+    }
 }
 
 #[cfg(test)]
@@ -314,12 +386,15 @@ mod tests {
             proxy6: Some("[::1]:4001".parse().unwrap()),
             ports: vec![80, 443],
             follow_forks: true,
+            udp4: Some("127.0.0.1:4002".parse().unwrap()),
+            udp6: Some("[::1]:4003".parse().unwrap()),
         };
         let c = config(&opts, 77, 9).unwrap();
         assert_eq!(c.proxy_ip4.to_ne_bytes(), [127, 0, 0, 1]);
         assert_eq!((c.proxy_port4, c.proxy_port6), (4000, 4001));
         assert_eq!(c.proxy_ip6[3].to_ne_bytes(), [0, 0, 0, 1]);
         assert_eq!((c.nports, c.ports[1], c.all, c.self_pid), (2, 443, 0, 77));
+        assert_eq!((c.udp_port4, c.udp_port6), (4002, 4003));
         let many = HookOptions {
             ports: (1..=17).collect(),
             ..opts

@@ -49,7 +49,7 @@ pub struct InterceptArgs {
     /// Only connections to this destination network (ADDRESS[/PREFIX]); repeatable.
     #[arg(long = "dst", value_name = "CIDR")]
     pub dsts: Vec<String>,
-    /// Also UDP (--mode tproxy).
+    /// Also UDP (--mode tproxy, and per process).
     #[arg(long)]
     pub udp: bool,
     /// --mode redirect: also this host's own connections leaving through --iface.
@@ -237,20 +237,22 @@ mod tests {
                 .starts_with("bad --upstream-proxy \"ftp://x:1\""),
             "{err}"
         );
-        // UDP datagrams would need UDP ASSOCIATE.
-        let err = options(&[
-            "--mode",
-            "tproxy",
-            "--iface",
-            "eth0",
-            "--udp",
-            "--upstream-proxy",
-            "socks5://127.0.0.1:1080",
-        ])
-        .unwrap_err();
+        // Datagrams go through SOCKS5 UDP ASSOCIATE; HTTP CONNECT carries none.
+        let udp = |up: &str| {
+            options(&[
+                "--mode",
+                "tproxy",
+                "--iface",
+                "eth0",
+                "--udp",
+                "--upstream-proxy",
+                up,
+            ])
+        };
+        assert!(udp("socks5://127.0.0.1:1080").is_ok());
         assert_eq!(
-            err.to_string(),
-            "--udp through --upstream-proxy: not implemented yet"
+            udp("http://127.0.0.1:3128").unwrap_err().to_string(),
+            "--udp through an http:// --upstream-proxy: HTTP CONNECT carries no datagrams (use socks5://)"
         );
     }
 }

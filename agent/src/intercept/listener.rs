@@ -14,13 +14,15 @@ use bytes::Bytes;
 use tokio::io::Interest;
 use tokio::net::{TcpListener, UdpSocket};
 
-use super::cgroup::{HookOptions, Hooks};
+use super::cgroup::{HookOptions, Hooks, UdpOrigin};
 use super::nft::{self, Nft, Plan};
 use super::origdst;
 use super::route::{self, Routing};
 use super::sink::{Accepted, Sink, UdpDir, UdpFlow};
 use super::{InterceptOptions, Mode, Outcome, listen_addr};
 use crate::process::HeldChild;
+use crate::proxy::Target;
+use crate::proxy::dial::{UdpAssociation, Upstream};
 
 /// A UDP flow with no datagram either way for this long ends.
 const UDP_IDLE: Duration = Duration::from_secs(30);
@@ -68,15 +70,18 @@ fn tcp_listener(addr: SocketAddr, transparent: bool) -> io::Result<TcpListener> 
     TcpListener::from_std(std::net::TcpListener::from(fd))
 }
 
-/// A UDP socket on `addr` (transparent, reporting each datagram's original destination).
-fn udp_listener(addr: SocketAddr) -> io::Result<UdpSocket> {
+/// A UDP socket on `addr` (for tproxy: transparent, reporting each datagram's original
+/// destination).
+fn udp_listener(addr: SocketAddr, transparent: bool) -> io::Result<UdpSocket> {
     let fd = new_socket(addr, libc::SOCK_DGRAM)?;
     origdst::set_reuseaddr(fd.as_raw_fd())?;
     if addr.is_ipv6() {
         origdst::set_v6only(fd.as_raw_fd())?;
     }
-    origdst::set_transparent(fd.as_raw_fd(), addr.is_ipv6())?;
-    origdst::set_recv_origdst(fd.as_raw_fd(), addr.is_ipv6())?;
+    if transparent {
+        origdst::set_transparent(fd.as_raw_fd(), addr.is_ipv6())?;
+        origdst::set_recv_origdst(fd.as_raw_fd(), addr.is_ipv6())?;
+    }
     bind(&fd, addr)?;
     UdpSocket::from_std(std::net::UdpSocket::from(fd))
 }
@@ -212,16 +217,125 @@ async fn accept_loop(l: TcpListener, ctx: Arc<AcceptCtx>) {
     }
 }
 
-/// One intercepted UDP flow: the socket towards the original destination and the socket
-/// answering the client from that destination's address.
+/// How a UDP listener learns where each datagram was going, and answers.
+enum UdpIn {
+    /// A control message of each datagram; answers from a transparent socket bound to the
+    /// original destination.
+    Tproxy,
+    /// The per-process hooks' maps; answers from the listener itself (to a connected
+    /// socket) or from a loopback socket of the flow's own whose answers the recvmsg hook
+    /// shows as coming from the original destination.
+    Process(Arc<Hooks>),
+}
+
+/// What every UDP flow of a listener shares.
+struct UdpCtx {
+    sink: Arc<dyn Sink>,
+    mark: u32,
+    how: UdpIn,
+    /// `--upstream-proxy` (SOCKS5): datagrams go through a UDP association with it.
+    upstream: Option<Upstream>,
+}
+
+/// Towards the original destination: a socket connected to it, or a SOCKS5 UDP
+/// association.
+enum UpUdp {
+    Direct(UdpSocket),
+    Socks(UdpAssociation, Target),
+}
+
+impl UpUdp {
+    async fn open(orig: SocketAddr, ctx: &UdpCtx) -> io::Result<UpUdp> {
+        match &ctx.upstream {
+            None => Ok(UpUdp::Direct(upstream_udp(orig, ctx.mark).await?)),
+            Some(up) => {
+                let timeout = crate::proxy::Limits::default().handshake;
+                let a = UdpAssociation::open(up, ctx.mark, timeout)
+                    .await
+                    .map_err(|e| io::Error::new(e.io().kind(), e.to_string()))?;
+                tracing::info!(relay = %a.relay, %orig, "udp associate");
+                Ok(UpUdp::Socks(a, Target::ip(orig)))
+            }
+        }
+    }
+
+    async fn send(&self, payload: &[u8]) -> io::Result<()> {
+        match self {
+            UpUdp::Direct(s) => s.send(payload).await.map(|_| ()),
+            UpUdp::Socks(a, to) => a.send_to(to, payload).await,
+        }
+    }
+
+    /// The next answer's payload, at the returned range of `buf`.
+    async fn recv(&self, buf: &mut [u8]) -> io::Result<std::ops::Range<usize>> {
+        match self {
+            UpUdp::Direct(s) => s.recv(buf).await.map(|n| 0..n),
+            UpUdp::Socks(a, _) => a.recv_from(buf).await.map(|(_, r)| r),
+        }
+    }
+}
+
+/// Where answers to the client are sent from.
+enum ReplyFrom {
+    /// A socket of the flow's own (tproxy: bound to the original destination; per process:
+    /// a loopback socket filed in the hooks' map until the flow ends).
+    Own(UdpSocket, Option<(Arc<Hooks>, SocketAddr)>),
+    /// The listener (per process, to a connected socket).
+    Listener(Arc<UdpSocket>),
+}
+
+impl ReplyFrom {
+    async fn open(
+        orig: SocketAddr,
+        origin: Option<UdpOrigin>,
+        listener: &Arc<UdpSocket>,
+        how: &UdpIn,
+    ) -> io::Result<ReplyFrom> {
+        match (how, origin) {
+            (UdpIn::Tproxy, _) => Ok(ReplyFrom::Own(spoofing_socket(orig)?, None)),
+            (UdpIn::Process(_), None) => Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "not a redirected datagram (no original destination)",
+            )),
+            (UdpIn::Process(_), Some(o)) if o.connected => {
+                Ok(ReplyFrom::Listener(listener.clone()))
+            }
+            (UdpIn::Process(h), Some(_)) => {
+                let s = UdpSocket::bind(SocketAddr::new(listener.local_addr()?.ip(), 0)).await?;
+                let at = s.local_addr()?;
+                h.add_reply(at, orig).map_err(io::Error::other)?;
+                Ok(ReplyFrom::Own(s, Some((h.clone(), at))))
+            }
+        }
+    }
+
+    async fn send_to(&self, payload: &[u8], client: SocketAddr) -> io::Result<usize> {
+        let s = match self {
+            ReplyFrom::Own(s, _) => s,
+            ReplyFrom::Listener(s) => s.as_ref(),
+        };
+        s.send_to(payload, client).await
+    }
+}
+
+impl Drop for ReplyFrom {
+    fn drop(&mut self) {
+        if let ReplyFrom::Own(_, Some((h, at))) = self {
+            h.forget_reply(*at);
+        }
+    }
+}
+
+/// One intercepted UDP flow: the way to the original destination and its records.
 struct Flow {
-    up: Arc<UdpSocket>,
+    up: Arc<UpUdp>,
     record: Arc<dyn UdpFlow>,
 }
 
 type Flows = Arc<Mutex<HashMap<(SocketAddr, SocketAddr), Arc<Flow>>>>;
 
-async fn udp_loop(sock: UdpSocket, sink: Arc<dyn Sink>, mark: u32) {
+async fn udp_loop(sock: UdpSocket, ctx: Arc<UdpCtx>) {
+    let sock = Arc::new(sock);
     let listen = sock
         .local_addr()
         .unwrap_or_else(|_| listen_addr(Mode::Tproxy, false));
@@ -241,29 +355,47 @@ async fn udp_loop(sock: UdpSocket, sink: Arc<dyn Sink>, mark: u32) {
                 continue;
             }
         };
-        let Some(orig) = d
-            .orig_dst
-            .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()))
-        else {
-            tracing::warn!(
-                "intercept udp: datagram from {} without its destination",
-                d.from
-            );
-            continue;
+        let (orig, origin) = match &ctx.how {
+            UdpIn::Tproxy => {
+                let Some(orig) = d
+                    .orig_dst
+                    .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()))
+                else {
+                    tracing::warn!(
+                        "intercept udp: datagram from {} without its destination",
+                        d.from
+                    );
+                    continue;
+                };
+                if origdst::is_local_address(orig.ip()) {
+                    tracing::warn!(
+                        "intercept udp: {} sent to this host ({orig}); dropped",
+                        d.from
+                    );
+                    continue;
+                }
+                (orig, None)
+            }
+            UdpIn::Process(h) => {
+                let Some(o) = h.udp_origin(d.from) else {
+                    tracing::warn!(
+                        "intercept udp: datagram from {} not redirected by the hooks; dropped",
+                        d.from
+                    );
+                    continue;
+                };
+                if o.orig == listen {
+                    continue;
+                }
+                (o.orig, Some(o))
+            }
         };
-        if origdst::is_local_address(orig.ip()) {
-            tracing::warn!(
-                "intercept udp: {} sent to this host ({orig}); dropped",
-                d.from
-            );
-            continue;
-        }
         let payload = Bytes::copy_from_slice(&buf[..d.len]);
         let key = (d.from, orig);
         let existing = flows.lock().expect("flows lock").get(&key).cloned();
         let flow = match existing {
             Some(f) => f,
-            None => match open_flow(d.from, orig, listen, &sink, mark, &flows).await {
+            None => match open_flow(d.from, orig, origin, listen, &ctx, &sock, &flows).await {
                 Ok(f) => f,
                 Err(e) => {
                     tracing::warn!("intercept udp: {} -> {orig}: {e}", d.from);
@@ -281,15 +413,22 @@ async fn udp_loop(sock: UdpSocket, sink: Arc<dyn Sink>, mark: u32) {
 async fn open_flow(
     client: SocketAddr,
     orig: SocketAddr,
+    origin: Option<UdpOrigin>,
     listen: SocketAddr,
-    sink: &Arc<dyn Sink>,
-    mark: u32,
+    ctx: &UdpCtx,
+    listener: &Arc<UdpSocket>,
     flows: &Flows,
 ) -> io::Result<Arc<Flow>> {
-    tracing::info!(%client, %orig, "intercepted udp flow");
-    let up = Arc::new(upstream_udp(orig, mark).await?);
-    let reply = spoofing_socket(orig)?;
-    let record: Arc<dyn UdpFlow> = Arc::from(sink.udp_flow(client, orig, listen, "tproxy").await);
+    tracing::info!(%client, %orig, pid = ?origin.map(|o| o.pid), "intercepted udp flow");
+    let up = Arc::new(UpUdp::open(orig, ctx).await?);
+    let reply = ReplyFrom::open(orig, origin, listener, &ctx.how).await?;
+    let how = match ctx.how {
+        UdpIn::Tproxy => "tproxy",
+        UdpIn::Process(_) => "process",
+    };
+    let pid = origin.map(|o| o.pid);
+    let record: Arc<dyn UdpFlow> =
+        Arc::from(ctx.sink.udp_flow(client, orig, listen, how, pid).await);
     let flow = Arc::new(Flow {
         up: up.clone(),
         record: record.clone(),
@@ -303,10 +442,10 @@ async fn open_flow(
         let mut buf = vec![0u8; UDP_MAX];
         loop {
             match tokio::time::timeout(UDP_IDLE, up.recv(&mut buf)).await {
-                Ok(Ok(n)) => {
-                    let payload = Bytes::copy_from_slice(&buf[..n]);
-                    record.datagram(UdpDir::Reply, payload).await;
-                    if let Err(e) = reply.send_to(&buf[..n], client).await {
+                Ok(Ok(r)) => {
+                    let payload = Bytes::copy_from_slice(&buf[r]);
+                    record.datagram(UdpDir::Reply, payload.clone()).await;
+                    if let Err(e) = reply.send_to(&payload, client).await {
                         tracing::info!("intercept udp: {orig} -> {client}: {e}");
                     }
                 }
@@ -316,6 +455,7 @@ async fn open_flow(
         }
         flows.lock().expect("flows lock").remove(&(client, orig));
         record.close().await;
+        drop(reply);
     });
     Ok(flow)
 }
@@ -347,10 +487,12 @@ async fn stopped(
 }
 
 /// Binds, installs, serves until `stop` resolves (a stopped [`crate::control::Control`]),
-/// `--duration` or the end of `-- CMD`, removes.
+/// `--duration` or the end of `-- CMD`, removes. With `--udp`, datagrams reach their
+/// destinations through `udp_via` (a SOCKS5 upstream proxy) when given.
 pub async fn serve(
     opts: &InterceptOptions,
     sink: Arc<dyn Sink>,
+    udp_via: Option<Upstream>,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<Outcome> {
     let pid = std::process::id();
@@ -368,9 +510,11 @@ pub async fn serve(
     };
     let (mut udp4, mut udp6) = (None, None);
     if opts.udp {
-        udp4 = Some(udp_listener(a4).with_context(|| format!("cannot listen on udp {a4}"))?);
+        udp4 = Some(
+            udp_listener(a4, transparent).with_context(|| format!("cannot listen on udp {a4}"))?,
+        );
         if tcp6.is_some() {
-            udp6 = udp_listener(a6).ok();
+            udp6 = udp_listener(a6, transparent).ok();
         }
     }
     let port = |l: &Option<TcpListener>| l.as_ref().and_then(|l| l.local_addr().ok());
@@ -421,6 +565,8 @@ pub async fn serve(
                 proxy6: l6,
                 ports: opts.ports.clone(),
                 follow_forks: true,
+                udp4: u4,
+                udp6: u6,
             })?);
             for &p in &opts.pids {
                 crate::process::check_pid(p)?;
@@ -475,14 +621,24 @@ pub async fn serve(
     if let Some(l) = tcp6 {
         tasks.spawn(accept_loop(l, ctx.clone()));
     }
+    let udp_ctx = Arc::new(UdpCtx {
+        sink: sink.clone(),
+        mark: route::own_mark(pid),
+        how: match &installed.hooks {
+            Some(h) => UdpIn::Process(h.clone()),
+            None => UdpIn::Tproxy,
+        },
+        upstream: udp_via,
+    });
     for u in [udp4, udp6].into_iter().flatten() {
-        tasks.spawn(udp_loop(u, sink.clone(), route::own_mark(pid)));
+        tasks.spawn(udp_loop(u, udp_ctx.clone()));
     }
     let status = stopped(stop, opts.duration, child).await;
     // The rules go first, so nothing new is caught while the rest goes.
     drop(installed.nft.take());
     tasks.shutdown().await;
     drop(ctx);
+    drop(udp_ctx);
     drop(installed);
     Ok(Outcome {
         exit_status: status?,

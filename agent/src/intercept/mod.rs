@@ -58,7 +58,7 @@ pub struct InterceptOptions {
     pub ports: Vec<u16>,
     /// Only these destination networks (all when empty).
     pub dsts: Vec<(IpAddr, u8)>,
-    /// tproxy: UDP too.
+    /// tproxy and per process: UDP too.
     pub udp: bool,
     /// redirect: also this host's own connections leaving through `iface`.
     pub local: bool,
@@ -132,9 +132,6 @@ impl InterceptOptions {
                     return usage(
                         "choose what to intercept: --mode redirect|tproxy --iface IFACE, or one of --pid PID, --cgroup PATH, -- CMD",
                     );
-                }
-                if self.udp {
-                    return usage("--udp needs --mode tproxy (per-process mode redirects TCP)");
                 }
                 if self.iface.is_some() || !self.dsts.is_empty() || self.local {
                     return usage("--iface, --dst and --local go with --mode redirect|tproxy");
@@ -211,8 +208,15 @@ pub fn check(opts: &InterceptOptions, relay: &RelayOptions) -> anyhow::Result<()
         // output chain to skip: they would be intercepted again.
         anyhow::bail!("--as http and --as socks cannot be used with --local");
     }
-    if opts.udp && relay.upstream.is_some() {
-        anyhow::bail!("--udp through --upstream-proxy: not implemented yet");
+    if opts.udp
+        && relay
+            .upstream
+            .as_ref()
+            .is_some_and(|u| u.kind != crate::proxy::dial::UpstreamKind::Socks5)
+    {
+        anyhow::bail!(
+            "--udp through an http:// --upstream-proxy: HTTP CONNECT carries no datagrams (use socks5://)"
+        );
     }
     Ok(())
 }
@@ -276,7 +280,8 @@ pub fn run_until(
         .thread_name("capagent-intercept")
         .build()
         .context("cannot start the async runtime")?;
-    let outcome = rt.block_on(listener::serve(opts, sink, ctl.stopped()));
+    let udp_via = relay.upstream.clone();
+    let outcome = rt.block_on(listener::serve(opts, sink, udp_via, ctl.stopped()));
     // Cancels the relays (their connections close; their records get a close).
     rt.shutdown_timeout(Duration::from_secs(1));
     let written = handle.finish().context("writing records");
@@ -365,6 +370,8 @@ mod tests {
         let mut p = opts(Mode::Process);
         assert!(p.validate().is_err());
         p.pids = vec![1];
+        assert!(p.validate().is_ok());
+        p.udp = true;
         assert!(p.validate().is_ok());
         p.command = vec!["curl".into()];
         assert!(p.validate().is_err());

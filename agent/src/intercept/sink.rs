@@ -51,13 +51,15 @@ pub enum UdpDir {
 pub trait Sink: Send + Sync + 'static {
     /// Relays one TCP connection to its original destination until it ends.
     fn tcp(&self, conn: Accepted) -> BoxFuture;
-    /// A UDP flow (client → orig) starts; its datagrams are reported to what this returns.
+    /// A UDP flow (client → orig; of process `pid` per process) starts; its datagrams are
+    /// reported to what this returns.
     fn udp_flow(
         &self,
         client: SocketAddr,
         orig: SocketAddr,
         listen: SocketAddr,
         how: &'static str,
+        pid: Option<u32>,
     ) -> Pin<Box<dyn Future<Output = Box<dyn UdpFlow>> + Send>>;
 }
 
@@ -251,6 +253,7 @@ impl Sink for Recording {
         orig: SocketAddr,
         listen: SocketAddr,
         how: &'static str,
+        pid: Option<u32>,
     ) -> Pin<Box<dyn Future<Output = Box<dyn UdpFlow>> + Send>> {
         let conn = self.recorder.conn(COMM, Transport::Udp, client);
         // DNS answers relayed teach names.
@@ -258,9 +261,13 @@ impl Sink for Recording {
             .names
             .clone()
             .filter(|_| orig.port() == names::DNS_PORT);
+        let mut what = label(&format!("{how} udp"), pid);
+        if let Some(up) = self.via.as_ref().and_then(|d| d.upstream.as_ref()) {
+            what.push_str(&format!(" via {}", up.url()));
+        }
         Box::pin(async move {
             conn.open(
-                format!("{how} udp"),
+                what,
                 Some(listen),
                 orig.to_string(),
                 orig.port(),
@@ -328,8 +335,9 @@ impl Sink for SocksAware {
         orig: SocketAddr,
         listen: SocketAddr,
         how: &'static str,
+        pid: Option<u32>,
     ) -> Pin<Box<dyn Future<Output = Box<dyn UdpFlow>> + Send>> {
-        self.raw.udp_flow(client, orig, listen, how)
+        self.raw.udp_flow(client, orig, listen, how, pid)
     }
 }
 
@@ -364,8 +372,9 @@ impl Sink for HttpAware {
         orig: SocketAddr,
         listen: SocketAddr,
         how: &'static str,
+        pid: Option<u32>,
     ) -> Pin<Box<dyn Future<Output = Box<dyn UdpFlow>> + Send>> {
-        self.raw.udp_flow(client, orig, listen, how)
+        self.raw.udp_flow(client, orig, listen, how, pid)
     }
 }
 

@@ -358,11 +358,21 @@ pub fn loaded_xdp<'a>(
 /// Loads the eBPF object for `capagent intercept --pid/--cgroup/-- CMD`: `config` written
 /// into `INTERCEPT_CONFIG`; the other modes' maps are made as small as they can be.
 pub fn load_intercept(config: &agent_common::InterceptConfig) -> Result<Ebpf, KernelError> {
+    // Without --udp, the UDP maps are as small as the others a mode does not use.
+    let udp = config.udp_port4 != 0 || config.udp_port6 != 0;
+    let unused: Vec<(&'static str, u32)> = if udp {
+        Vec::new()
+    } else {
+        agent_common::intercept::maps::UDP
+            .iter()
+            .map(|m| (*m, 1))
+            .collect()
+    };
     load_mode(
         agent_common::intercept::CONFIG_GLOBAL,
         config,
         INTERCEPT_MAPS,
-        &[],
+        &unused,
     )
 }
 

@@ -3,7 +3,8 @@
 //! proxy, which then resolves names itself: SOCKS5 (`--upstream-proxy
 //! socks5://[USER:PASS@]HOST:PORT`) or an HTTP proxy's CONNECT (`--upstream-proxy
 //! http://[USER:PASS@]HOST:PORT`). The target and the ways reaching it fails are in
-//! [`super::target`], which the SOCKS codec uses too.
+//! [`super::target`], which the SOCKS codec uses too. Datagrams go through a SOCKS5 upstream
+//! by `UDP ASSOCIATE` ([`UdpAssociation`]).
 
 use std::io;
 use std::net::SocketAddr;
@@ -204,6 +205,19 @@ async fn socks5_connect(
     up: &Upstream,
     target: &Target,
 ) -> Result<(), Refusal> {
+    socks5_request(stream, up, v5::Command::Connect, target)
+        .await
+        .map(|_| ())
+}
+
+/// The SOCKS5 greeting, authentication and a `command` request for `target` on `stream`,
+/// connected to `up`; the reply's bound address when it succeeded.
+async fn socks5_request(
+    stream: &mut TcpStream,
+    up: &Upstream,
+    command: v5::Command,
+    target: &Target,
+) -> Result<Target, Refusal> {
     let method = if up.auth.is_some() {
         v5::METHOD_USERPASS
     } else {
@@ -233,7 +247,7 @@ async fn socks5_connect(
             return Err(("rejected the username/password".into(), FailKind::Upstream));
         }
     }
-    let req = v5::encode_request(v5::Command::Connect, target);
+    let req = v5::encode_request(command, target);
     stream.write_all(&req).await.map_err(io_refusal)?;
     let mut buf = Vec::with_capacity(32);
     let reply = loop {
@@ -266,7 +280,127 @@ async fn socks5_connect(
         };
         return Err((format!("{target}: {}", v5::reply_name(reply.code)), kind));
     }
-    Ok(())
+    Ok(reply.bound)
+}
+
+/// A SOCKS5 UDP association (RFC 1928 §7): datagrams to any target go to the proxy's relay
+/// address with a header naming the target, answers come back from it with a header naming
+/// their source. It lasts as long as its TCP control connection.
+#[derive(Debug)]
+pub struct UdpAssociation {
+    /// Held open: the proxy ends the association when it closes.
+    _control: TcpStream,
+    /// Connected to the relay address.
+    sock: tokio::net::UdpSocket,
+    /// The proxy's relay address.
+    pub relay: SocketAddr,
+}
+
+/// The datagram carrying `payload` to `target` through a SOCKS5 relay.
+pub fn socks5_udp_encode(target: &Target, payload: &[u8]) -> Vec<u8> {
+    let mut out = v5::udp_header_for(target);
+    out.extend_from_slice(payload);
+    out
+}
+
+/// A datagram from a SOCKS5 relay: its source and where its payload is. Fragments (FRAG ≠
+/// 0) are refused: neither capagent nor the common proxies make them.
+pub fn socks5_udp_decode(datagram: &[u8]) -> Result<(Target, std::ops::Range<usize>), String> {
+    let h = v5::parse_udp(datagram).map_err(|e| format!("bad SOCKS5 UDP header: {e}"))?;
+    if h.frag != 0 {
+        return Err(format!(
+            "fragmented SOCKS5 datagram (FRAG {}) dropped",
+            h.frag
+        ));
+    }
+    Ok((h.target, h.len..datagram.len()))
+}
+
+/// Where to send datagrams for an association whose reply named `bound`: that address, or,
+/// when the proxy answered with an unspecified address (0.0.0.0 or ::), the proxy's own
+/// address with the bound port.
+pub fn socks5_relay_addr(bound: &Target, proxy: SocketAddr) -> Option<SocketAddr> {
+    let a = bound.addr()?;
+    Some(if a.ip().is_unspecified() {
+        SocketAddr::new(proxy.ip(), a.port())
+    } else {
+        a
+    })
+}
+
+impl UdpAssociation {
+    /// Opens an association through `up` (SOCKS5 only); its sockets carry `mark`.
+    pub async fn open(up: &Upstream, mark: u32, timeout: Duration) -> Result<Self, DialError> {
+        let proxy = up.host.to_string();
+        let fail = |what: String, kind| DialError::Upstream {
+            proxy: proxy.clone(),
+            what,
+            kind,
+        };
+        if up.kind != UpstreamKind::Socks5 {
+            return Err(fail(
+                "HTTP CONNECT carries no datagrams".into(),
+                FailKind::Upstream,
+            ));
+        }
+        let fut = async {
+            let Dialed { mut stream, .. } = connect_direct(&up.host, mark)
+                .await
+                .map_err(|e| fail(format!("cannot reach it: {e}"), FailKind::Upstream))?;
+            let io = |e: io::Error| fail(format!("{e}"), FailKind::Upstream);
+            let local = stream.local_addr().map_err(io)?;
+            let peer = stream.peer_addr().map_err(io)?;
+            let sock = std::net::UdpSocket::bind(SocketAddr::new(local.ip(), 0)).map_err(io)?;
+            if mark != 0 {
+                socket2::SockRef::from(&sock).set_mark(mark).map_err(io)?;
+            }
+            sock.set_nonblocking(true).map_err(io)?;
+            let sock = tokio::net::UdpSocket::from_std(sock).map_err(io)?;
+            // The address our datagrams come from, so the proxy accepts only them.
+            let from = Target::ip(sock.local_addr().map_err(io)?);
+            let bound = socks5_request(&mut stream, up, v5::Command::UdpAssociate, &from)
+                .await
+                .map_err(|(what, kind)| fail(what, kind))?;
+            let relay = socks5_relay_addr(&bound, peer).ok_or_else(|| {
+                fail(
+                    format!("named a relay address that is not an address: {bound}"),
+                    FailKind::Upstream,
+                )
+            })?;
+            sock.connect(relay).await.map_err(io)?;
+            Ok(UdpAssociation {
+                _control: stream,
+                sock,
+                relay,
+            })
+        };
+        match tokio::time::timeout(timeout, fut).await {
+            Ok(r) => r,
+            Err(_) => Err(DialError::Timeout {
+                target: format!("UDP ASSOCIATE at {proxy}"),
+            }),
+        }
+    }
+
+    /// Sends `payload` to `target` through the relay.
+    pub async fn send_to(&self, target: &Target, payload: &[u8]) -> io::Result<()> {
+        self.sock
+            .send(&socks5_udp_encode(target, payload))
+            .await
+            .map(|_| ())
+    }
+
+    /// The next datagram from the relay, into `buf`: its source and where its payload is in
+    /// `buf`. Datagrams the relay sends malformed are skipped (logged).
+    pub async fn recv_from(&self, buf: &mut [u8]) -> io::Result<(Target, std::ops::Range<usize>)> {
+        loop {
+            let n = self.sock.recv(buf).await?;
+            match socks5_udp_decode(&buf[..n]) {
+                Ok(r) => return Ok(r),
+                Err(e) => tracing::info!("UDP ASSOCIATE at {}: {e}", self.relay),
+            }
+        }
+    }
 }
 
 /// The request an HTTP proxy gets to open a tunnel to `target`.
@@ -375,6 +509,41 @@ mod tests {
             "bad --upstream-proxy \"ftp://x:1\": expected socks5://[USER:PASS@]HOST:PORT or \
              http://[USER:PASS@]HOST:PORT"
         );
+    }
+
+    #[test]
+    fn socks5_udp_encapsulation() {
+        let to = Target::ip("10.0.0.1:53".parse().unwrap());
+        let d = socks5_udp_encode(&to, b"query");
+        assert_eq!(d, b"\0\0\0\x01\x0a\0\0\x01\0\x35query");
+        let (from, payload) = socks5_udp_decode(&d).unwrap();
+        assert_eq!((from, &d[payload]), (to, &b"query"[..]));
+        let named = socks5_udp_encode(&Target::name("a.example", 5353), b"");
+        assert_eq!(named, b"\0\0\0\x03\x09a.example\x14\xe9");
+        let (from, payload) = socks5_udp_decode(&named).unwrap();
+        assert_eq!((from, payload), (Target::name("a.example", 5353), 16..16));
+        let v6 = socks5_udp_encode(&Target::ip("[::1]:7".parse().unwrap()), b"x");
+        assert_eq!(v6.len(), 3 + 1 + 16 + 2 + 1);
+        let mut frag = d.clone();
+        frag[2] = 1;
+        assert!(socks5_udp_decode(&frag).unwrap_err().contains("fragmented"));
+        assert!(socks5_udp_decode(b"\0\0\0\x01\x0a").is_err());
+    }
+
+    #[test]
+    fn socks5_relay_addresses() {
+        let proxy: SocketAddr = "192.0.2.1:1080".parse().unwrap();
+        let any = Target::ip("0.0.0.0:4000".parse().unwrap());
+        assert_eq!(
+            socks5_relay_addr(&any, proxy),
+            Some("192.0.2.1:4000".parse().unwrap())
+        );
+        let given = Target::ip("192.0.2.9:4001".parse().unwrap());
+        assert_eq!(
+            socks5_relay_addr(&given, proxy),
+            Some("192.0.2.9:4001".parse().unwrap())
+        );
+        assert_eq!(socks5_relay_addr(&Target::name("relay", 1), proxy), None);
     }
 
     /// An HTTP proxy scripted to answer `answer` in pieces (one write each) to the CONNECT it

@@ -291,8 +291,13 @@ pub fn parse_udp(datagram: &[u8]) -> Result<UdpHeader, SocksError> {
 
 /// The header of a UDP datagram relayed back to the client from `from`.
 pub fn udp_header(from: SocketAddr) -> Vec<u8> {
+    udp_header_for(&Target::ip(from))
+}
+
+/// The header of a UDP datagram to (or from) `target`, unfragmented.
+pub fn udp_header_for(target: &Target) -> Vec<u8> {
     let mut out = vec![0, 0, 0];
-    push_addr(&mut out, &Target::ip(from));
+    push_addr(&mut out, target);
     out
 }
 
