@@ -416,13 +416,25 @@ mod tests {
         assert_eq!(r.destination(orig), Target::ip(orig));
         // A reply of a flow to another port teaches nothing, nor does a request.
         let other = r
-            .udp_flow(client, "192.0.2.53:5353".parse().unwrap(), listen, "tproxy")
+            .udp_flow(
+                client,
+                "192.0.2.53:5353".parse().unwrap(),
+                listen,
+                "tproxy",
+                None,
+            )
             .await;
         other
             .datagram(UdpDir::Reply, a_answer("www.example.org", [192, 0, 2, 80]))
             .await;
         let dns = r
-            .udp_flow(client, "192.0.2.53:53".parse().unwrap(), listen, "tproxy")
+            .udp_flow(
+                client,
+                "192.0.2.53:53".parse().unwrap(),
+                listen,
+                "tproxy",
+                None,
+            )
             .await;
         dns.datagram(
             UdpDir::Request,
@@ -437,7 +449,13 @@ mod tests {
         // Without names (--no-upstream-names, no upstream): addresses only.
         let r = recording(None);
         let dns = r
-            .udp_flow(client, "192.0.2.53:53".parse().unwrap(), listen, "tproxy")
+            .udp_flow(
+                client,
+                "192.0.2.53:53".parse().unwrap(),
+                listen,
+                "tproxy",
+                None,
+            )
             .await;
         dns.datagram(UdpDir::Reply, a_answer("www.example.org", [192, 0, 2, 80]))
             .await;
