@@ -1602,3 +1602,47 @@ fn per_process_hook() {
         assert_eq!(e["sk"], open["sk"], "{e}");
     }
 }
+
+/// Per process, `--as http --hook` with the example hook: heads pass (the hook leaves them
+/// alone), the response body is upper-cased on its way to curl. As in the HTTP proxies
+/// (docs/rewrite.md), the data records keep the response as the server sent it and the
+/// change shows in one `edit` record, its offset counting the head sent to curl.
+#[test]
+fn per_process_as_http_hook() {
+    let ns = Netns::new("ihookh");
+    let dir = TempDir::new("intercept-hook-http");
+    std::fs::write(dir.join("index.html"), "per process\n").unwrap();
+    let _http = python_http_server(&ns, &dir.join(""), "127.0.0.1", 8093);
+    let jsonl = dir.join("hook-http.jsonl");
+    let head = dir.join("head");
+    let hook = format!(
+        "python3 {}/../examples/hook_upper.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut c = ns.cmd(capagent());
+    c.args(["intercept", "--as", "http", "--hook", &hook])
+        .args(["--format", "json", "-o"])
+        .arg(&jsonl)
+        .args(["--", "curl", "-sS", "-m", "20", "-D"])
+        .arg(&head)
+        .arg("http://127.0.0.1:8093/");
+    let out = run_output("capagent intercept --as http --hook -- curl", c, TIMEOUT);
+    assert_eq!(out, "PER PROCESS\n");
+    let head = std::fs::read(&head).unwrap();
+    assert!(head.starts_with(b"HTTP/1.1 200 OK\r\n"), "{head:?}");
+    let evs = records(&jsonl);
+    let (up, down) = recorded(&evs, "127.0.0.1", "127.0.0.1:8093");
+    assert!(up.starts_with(b"GET / HTTP/1.1\r\n"), "{}", dump(&evs));
+    assert!(down.starts_with(b"HTTP/1.0 200 OK\r\n"), "{}", dump(&evs));
+    assert!(down.ends_with(b"\r\n\r\nper process\n"), "{}", dump(&evs));
+    assert_eq!(
+        edits(&evs),
+        [edit(
+            "recv",
+            "hook",
+            head.len() as u64,
+            b"per process",
+            b"PER PROCESS"
+        )]
+    );
+}
