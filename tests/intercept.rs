@@ -1556,3 +1556,93 @@ fn status_line_on_a_terminal() {
     );
     assert!(term.ends_with("\r\x1b[K"), "{term:?}");
 }
+
+/// Per process, `--hook` with the example hook (examples/hook_upper.py): the server reads
+/// the request upper-cased, the client the reply upper-cased; the records show the bytes as
+/// sent and an `edit` record per change (the bytes that changed only), on the connection.
+#[test]
+fn per_process_hook() {
+    let ns = Netns::new("ihook");
+    let dir = TempDir::new("intercept-hook");
+    let (request, reply) = (b"hello, hook \x00\xff\n", b"server says hi\n");
+    let read = format!("r:{}", request.len());
+    let mut server = Server::reply(&ns, &dir, 1, &read, reply);
+    let rec = capagent_testkit::proxy::Rec::new(&dir, "hook");
+    let hook = format!(
+        "python3 {}/../examples/hook_upper.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let client = dir.write("client.py", CLIENT_PY);
+    let port = server.port.to_string();
+    let mut c = ns.cmd(capagent());
+    c.args(["intercept", "--hook", &hook])
+        .args(rec.args())
+        .args(["--", python(), &client, "inet", "127.0.0.1", &port])
+        .args([format!("w:{}", hex(request)), "r:eof".into()]);
+    let out = run_output("capagent intercept --hook -- client.py", c, TIMEOUT);
+    assert_eq!(server.recv(0), b"HELLO, HOOK \x00\xff\n");
+    assert_eq!(unhex(&kv(&out, "GOT")), b"SERVER SAYS HI\n");
+    server.done();
+    let evs = rec.events();
+    let target = format!("127.0.0.1:{port}");
+    let (up, down) = recorded(&evs, "127.0.0.1", &target);
+    assert_eq!(
+        (up.as_slice(), down.as_slice()),
+        (&b"HELLO, HOOK \x00\xff\n"[..], &b"SERVER SAYS HI\n"[..])
+    );
+    assert_eq!(
+        edits(&evs),
+        [
+            edit("send", "hook", 0, b"hello, hook", b"HELLO, HOOK"),
+            edit("recv", "hook", 0, b"server says hi", b"SERVER SAYS HI")
+        ]
+    );
+    let open = one(&evs, "open", |e| e.ty() == "open" && e["target"] == target);
+    for e in of_type(&evs, "edit") {
+        assert_eq!(e["sk"], open["sk"], "{e}");
+    }
+}
+
+/// Per process, `--as http --hook` with the example hook: heads pass (the hook leaves them
+/// alone), the response body is upper-cased on its way to curl. As in the HTTP proxies
+/// (docs/rewrite.md), the data records keep the response as the server sent it and the
+/// change shows in one `edit` record, its offset counting the head sent to curl.
+#[test]
+fn per_process_as_http_hook() {
+    let ns = Netns::new("ihookh");
+    let dir = TempDir::new("intercept-hook-http");
+    std::fs::write(dir.join("index.html"), "per process\n").unwrap();
+    let _http = python_http_server(&ns, &dir.join(""), "127.0.0.1", 8093);
+    let jsonl = dir.join("hook-http.jsonl");
+    let head = dir.join("head");
+    let hook = format!(
+        "python3 {}/../examples/hook_upper.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mut c = ns.cmd(capagent());
+    c.args(["intercept", "--as", "http", "--hook", &hook])
+        .args(["--format", "json", "-o"])
+        .arg(&jsonl)
+        .args(["--", "curl", "-sS", "-m", "20", "-D"])
+        .arg(&head)
+        .arg("http://127.0.0.1:8093/");
+    let out = run_output("capagent intercept --as http --hook -- curl", c, TIMEOUT);
+    assert_eq!(out, "PER PROCESS\n");
+    let head = std::fs::read(&head).unwrap();
+    assert!(head.starts_with(b"HTTP/1.1 200 OK\r\n"), "{head:?}");
+    let evs = records(&jsonl);
+    let (up, down) = recorded(&evs, "127.0.0.1", "127.0.0.1:8093");
+    assert!(up.starts_with(b"GET / HTTP/1.1\r\n"), "{}", dump(&evs));
+    assert!(down.starts_with(b"HTTP/1.0 200 OK\r\n"), "{}", dump(&evs));
+    assert!(down.ends_with(b"\r\n\r\nper process\n"), "{}", dump(&evs));
+    assert_eq!(
+        edits(&evs),
+        [edit(
+            "recv",
+            "hook",
+            head.len() as u64,
+            b"per process",
+            b"PER PROCESS"
+        )]
+    );
+}

@@ -640,3 +640,121 @@ fn gateway_names(udp: bool, up: Up) {
     let open = open_of(&evs, up_proxy, &addr_target);
     assert_eq!(open.ret(), 0, "{open}");
 }
+
+/// Socksify by name per process: `intercept --udp --upstream-proxy socks5://... -- java
+/// SocketClient app.example PORT` in a namespace whose resolv.conf names a `capagent dns` on
+/// loopback. The C library's DNS queries are the client's datagrams (`--udp`), carried to
+/// the DNS server by UDP ASSOCIATE through the upstream; the intercept learns `app.example`
+/// from the answer, so the connection to its address goes to the upstream `capagent proxy
+/// socks` as the name, which resolves it itself (the same DNS server) and records
+/// `app.example:PORT` as the target. Both capagents record the bytes; the intercept's
+/// records hold the DNS flow, the question naming `app.example` and the answer its address.
+///
+/// An `http://` upstream has no per-process counterpart: `--udp` with it is refused
+/// ([`udp_through_upstream_refused`]) and per process TCP to port 53 is not intercepted, so
+/// there is no answer to learn names from; relaying DNS datagrams directly instead would
+/// leak the program's lookups past the proxy it is forced through.
+#[test]
+fn per_process_names_over_udp_through_capagent_socks() {
+    let ns = Netns::new("sxp");
+    let dir = TempDir::new("socksify-process-names");
+    let _etc = NetnsEtc::new(&ns, &[("resolv.conf", "nameserver 127.0.0.1\n")]);
+    let mut cmd = ns.cmd(capagent());
+    cmd.args(["dns", "--listen", "127.0.0.1:53", "--answer", "127.0.0.2"])
+        .args(["--name", "app.example", "--ttl", "300"]);
+    let dns = Agent::spawn(cmd, 1);
+    let mut server = Server::script(
+        &ns,
+        &dir,
+        "line_server.py",
+        LINE_SERVER,
+        &["1".into(), "127.0.0.2".into()],
+    );
+    let up_jsonl = dir.join("upstream.jsonl");
+    let mut cmd = ns.cmd(capagent());
+    cmd.args(["proxy", "socks", "--listen", "127.0.0.1:0", "--auth", "u:p"])
+        .args(["--format", "json", "-o"])
+        .arg(&up_jsonl);
+    let upstream = Agent::spawn(cmd, 1);
+    let via = format!("socks5://{}", upstream.addr());
+
+    let client = dir.write("SocketClient.java", SOCKET_CLIENT);
+    let jsonl = dir.join("names.jsonl");
+    let port = server.port.to_string();
+    let msg = "hello by name";
+    let mut c = ns.cmd(capagent());
+    c.args(["intercept", "--udp", "--format", "json", "-o"])
+        .arg(&jsonl)
+        .args([
+            "--upstream-proxy",
+            &format!("socks5://u:p@{}", upstream.addr()),
+        ])
+        .args(["--", "java", &client, "app.example", &port, msg]);
+    assert_eq!(
+        run_output(
+            "capagent intercept --udp --upstream-proxy -- java",
+            c,
+            TIMEOUT * 2
+        ),
+        format!("ANSWER echo:{msg}\n")
+    );
+    let line = format!("{msg}\n");
+    assert_eq!(server.proc.expect("GOT", TIMEOUT), hex(line.as_bytes()));
+
+    let evs = records(&jsonl);
+    let target = format!("app.example:{port}");
+    let open = intercept_open(&evs, &target, "java", &via);
+    assert_eq!(open["resolved"], format!("127.0.0.2:{port}"), "{open}");
+    assert_eq!(recorded(&evs, open.fd(), "send"), line.as_bytes());
+    assert_eq!(
+        recorded(&evs, open.fd(), "recv"),
+        format!("echo:{line}").as_bytes()
+    );
+    // The DNS flows: the client's datagrams to 127.0.0.1:53, through the upstream; a
+    // question naming app.example and an answer carrying 127.0.0.2.
+    let dns_opens: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e.ty() == "open" && e["target"] == "127.0.0.1:53")
+        .collect();
+    assert!(!dns_opens.is_empty(), "{}", dump(&evs));
+    let (mut questions, mut answers) = (Vec::new(), Vec::new());
+    for o in dns_opens {
+        let proxy = o["proxy"].as_str().unwrap();
+        assert!(
+            proxy.starts_with("process udp pid=") && proxy.ends_with(&format!(" via {via}")),
+            "{o}"
+        );
+        assert_eq!(o.ret(), 0, "{o}");
+        questions.extend(recorded(&evs, o.fd(), "send"));
+        answers.extend(recorded(&evs, o.fd(), "recv"));
+    }
+    let name = b"\x03app\x07example\x00";
+    let has = |hay: &[u8], needle: &[u8]| hay.windows(needle.len()).any(|w| w == needle);
+    assert!(has(&questions, name), "{}", dump(&evs));
+    assert!(has(&answers, name), "{}", dump(&evs));
+    assert!(has(&answers, &[127, 0, 0, 2]), "{}", dump(&evs));
+    assert!(
+        !evs.iter()
+            .any(|e| e.ty() == "open" && e["target"] == format!("127.0.0.2:{port}")),
+        "the address went instead of the name: {}",
+        dump(&evs)
+    );
+
+    upstream.stop();
+    dns.stop();
+    let evs = records(&up_jsonl);
+    let open = open_of(&evs, "socks5 connect", &target);
+    assert_eq!(open.ret(), 0, "{open}");
+    assert_eq!(recorded(&evs, open.fd(), "send"), line.as_bytes());
+    assert_eq!(
+        recorded(&evs, open.fd(), "recv"),
+        format!("echo:{line}").as_bytes()
+    );
+    // The DNS datagrams went through the upstream too, by UDP ASSOCIATE.
+    assert!(
+        evs.iter()
+            .any(|e| e.ty() == "open" && e["proxy"] == "socks5 udp-associate"),
+        "{}",
+        dump(&evs)
+    );
+}
