@@ -1432,12 +1432,15 @@ fn cleanup_detaches_cgroup_links_left_pinned() {
         c
     }))
     .unwrap();
+    // This agent's (other agents may run meanwhile: their links are not this test's).
+    let held = bpf_ids(a.proc.pid(), "prog");
     let conn4: Vec<u64> = progs
         .as_array()
         .unwrap()
         .iter()
         .filter(|p| p["name"] == "capagent_conn4")
         .map(|p| p["id"].as_u64().unwrap())
+        .filter(|id| held.contains(id))
         .collect();
     let links: Value = serde_json::from_str(&output({
         let mut c = Command::new("bpftool");
