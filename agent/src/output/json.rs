@@ -232,6 +232,7 @@ impl Encoder {
             Detail::Exit => b"exit",
             Detail::Open { .. } => b"open",
             Detail::Edit { .. } => b"edit",
+            Detail::Decoded { .. } => b"decoded",
             Detail::Lost { .. } => unreachable!("handled above"),
         };
         out.extend_from_slice(b"{\"type\":\"");
@@ -368,6 +369,33 @@ impl Encoder {
                     push_base64(out, bytes);
                     out.push(b'"');
                 }
+                out.push(b'}');
+            }
+            Detail::Decoded {
+                dir,
+                offset,
+                encoding,
+                payload,
+                truncated,
+            } => {
+                out.extend_from_slice(match dir {
+                    Direction::Send => b",\"dir\":\"send\",\"offset\":",
+                    Direction::Recv => b",\"dir\":\"recv\",\"offset\":",
+                });
+                push_u64(out, *offset);
+                out.extend_from_slice(b",\"encoding\":");
+                push_json_str(out, encoding);
+                out.extend_from_slice(b",\"len\":");
+                push_u64(out, payload.len() as u64);
+                out.extend_from_slice(if *truncated {
+                    b",\"truncated\":true,\"payload\":\""
+                } else {
+                    b",\"truncated\":false,\"payload\":\""
+                });
+                escape_json_into(out, payload);
+                out.extend_from_slice(b"\",\"payload_b64\":\"");
+                push_base64(out, payload);
+                out.push(b'"');
                 out.push(b'}');
             }
             Detail::Open {
@@ -1086,7 +1114,7 @@ pub(crate) mod tests {
                     }
                 }
                 Detail::Lost { .. } => unreachable!(),
-                Detail::Open { .. } | Detail::Edit { .. } => {
+                Detail::Open { .. } | Detail::Edit { .. } | Detail::Decoded { .. } => {
                     unreachable!("the reference predates proxy records")
                 }
             }
