@@ -86,7 +86,11 @@
 //! end of the relay as a `close` whose `ret` is 0 or the negative errno of what ended it.
 //! Type `edit` (a `--replace` rule changed relayed bytes; before the data record carrying
 //! them) adds `dir`, `rule` (as written), `offset` (in the direction as sent), `before`,
-//! `before_b64`, `after`, `after_b64` (escaped as `payload`, and base64).
+//! `before_b64`, `after`, `after_b64` (escaped as `payload`, and base64). Type `decoded`
+//! (`--decode-bodies`: a compressed HTTP body, decoded; nothing changed) adds `dir`, `offset`
+//! (where the body's data start), `encoding` (the codings undone, `"gzip"`, `"br, gzip"`),
+//! `len` (the decoded bytes held), `truncated` (cut at `--decode-bodies-max`), `payload`,
+//! `payload_b64`.
 //!
 //! Type `fork` adds `child_pid`. Type `exit` adds `exit_code` (integer, `null` when killed by
 //! a signal) and `signal` (`"SIGKILL"`, ..., `null` when it exited).
