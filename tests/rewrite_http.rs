@@ -573,7 +573,13 @@ fn h2_not_offered_with_http_rules() {
         server.expect("ALPN protocols advertised by the client:", TIMEOUT),
         "http/1.1"
     );
-    agent.stop();
+    let log = agent.stop();
+    assert_eq!(
+        log.matches("servers are offered the clients' ALPN lists without h2")
+            .count(),
+        1,
+        "{log}"
+    );
     let evs = t.events();
     let open = open_of(&evs, "http connect", &format!("localhost:{port}"));
     assert_eq!(

@@ -171,7 +171,7 @@ impl Interceptor {
         if self.http1_only && alpn.iter().any(|p| p == b"h2") {
             alpn.retain(|p| p != b"h2");
             if !self.said.swap(true, std::sync::atomic::Ordering::Relaxed) {
-                tracing::info!(
+                tracing::warn!(
                     "--tls: HTTP rules are active (they apply to HTTP/1.x only): servers are offered the clients' ALPN lists without h2, so intercepted HTTP is HTTP/1.1"
                 );
             }
