@@ -44,6 +44,30 @@ fn edits(evs: &[Value]) -> Vec<(String, String, String, String)> {
         .collect()
 }
 
+/// The `decoded` records (`--decode-bodies`): (dir, encoding, len, truncated, decoded
+/// bytes, from `payload_b64`).
+fn decodeds(evs: &[Value]) -> Vec<(String, String, u64, bool, Vec<u8>)> {
+    use base64::Engine as _;
+    evs.iter()
+        .filter(|e| e.ty() == "decoded")
+        .map(|e| {
+            let b = base64::engine::general_purpose::STANDARD
+                .decode(e["payload_b64"].as_str().unwrap())
+                .unwrap();
+            // (`payload`: the escaped text, as data records have it.)
+            assert!(e["payload"].is_string(), "{e}");
+            assert!(e["offset"].as_u64().is_some(), "{e}");
+            (
+                e["dir"].as_str().unwrap().to_string(),
+                e["encoding"].as_str().unwrap().to_string(),
+                e["len"].as_u64().unwrap(),
+                e["truncated"].as_bool().unwrap(),
+                b,
+            )
+        })
+        .collect()
+}
+
 fn e(dir: &str, rule: &str, before: &str, after: &str) -> (String, String, String, String) {
     (dir.into(), rule.into(), before.into(), after.into())
 }
@@ -239,20 +263,28 @@ fn gzip_body_replaced() {
     proxy.stop();
     let evs = rec.events();
     let rule = format!("--replace-http {rule}");
-    let decoded = "<p>Boo! twice: Boo!</p>\n";
+    let decoded = b"<p>Boo! twice: Boo!</p>\n";
     let one = [
-        e("recv", "--decode-bodies", decoded, decoded),
         e("recv", &rule, "Boo!", "Yay!!!"),
         e("recv", &rule, "Boo!", "Yay!!!"),
     ];
     let all = edits(&evs);
-    // Each connection: the length, the decoded body, the two replacements.
-    assert_eq!(all.len(), 8, "{all:?}");
-    for conn in all.chunks(4) {
+    // Each connection: the length, the two replacements.
+    assert_eq!(all.len(), 6, "{all:?}");
+    for conn in all.chunks(3) {
         assert_eq!(conn[0].1, rule);
         assert!(conn[0].2.starts_with("Content-Length: "), "{conn:?}");
         assert_eq!(conn[1..], one);
     }
+    // And a `decoded` record each: the body as the server sent it, decoded.
+    let body = (
+        "recv".to_string(),
+        "gzip".to_string(),
+        24,
+        false,
+        decoded.to_vec(),
+    );
+    assert_eq!(decodeds(&evs), [body.clone(), body]);
     // pcapng: the response as sent, the decoded body in the packet's comment.
     let streams = rec.streams();
     assert_eq!(streams.len(), 2, "{streams:?}");
@@ -267,8 +299,72 @@ fn gzip_body_replaced() {
         &["-Y", "tcp.len > 0", "-T", "fields", "-e", "frame.comment"],
     );
     assert!(
-        comments.contains("edited by capagent: --decode-bodies at "),
+        comments.contains(", 24 bytes: <p>Boo! twice: Boo!</p>\\n")
+            && comments.contains("decoded by capagent (--decode-bodies): gzip body at "),
         "{comments}"
+    );
+}
+
+/// `proxy socks --decode-bodies --decode-bodies-max 40`: a br body and a zstd body, nothing
+/// changed (curl gets the bytes the servers sent); each a `decoded` record with the exact
+/// decoded bytes, the zstd one over the cap cut at 40 bytes and marked truncated.
+#[test]
+fn decoded_br_and_zstd_bodies() {
+    let dir = TempDir::new("rwh-decoded");
+    let rec = Rec::new(&dir, "decoded");
+    let response = |coding: Coding, name: &str, text: &[u8]| {
+        let body = encode(&[coding], text).unwrap();
+        let mut r = format!(
+            "HTTP/1.1 200 OK\r\nContent-Encoding: {name}\r\nContent-Length: {}\r\n\
+             Connection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(&body);
+        r
+    };
+    let br_text = b"a brotli body, 32 bytes of text.";
+    let zstd_text: Vec<u8> = (0..100u8).map(|i| b'a' + i % 26).collect();
+    let (br_resp, zstd_resp) = (
+        response(Coding::Br, "br", br_text),
+        response(Coding::Zstd, "zstd", &zstd_text),
+    );
+    let (br_web, br_reqs) = http_server(br_resp.clone(), 1);
+    let (zstd_web, zstd_reqs) = http_server(zstd_resp.clone(), 1);
+    let proxy = agent(
+        &rec,
+        &[
+            "proxy",
+            "socks",
+            "--listen",
+            "127.0.0.1:0",
+            "--decode-bodies",
+            "--decode-bodies-max",
+            "40",
+        ],
+    );
+    let socks = proxy.addr().to_string();
+    for (web, resp) in [(br_web, &br_resp), (zstd_web, &zstd_resp)] {
+        let out = curl(&["-i", "--socks5", &socks, &format!("http://{web}/")]);
+        assert_eq!(&out, resp);
+    }
+    br_reqs.recv_timeout(TIMEOUT).unwrap();
+    zstd_reqs.recv_timeout(TIMEOUT).unwrap();
+    proxy.stop();
+    let evs = rec.events();
+    assert!(edits(&evs).is_empty(), "nothing was changed");
+    assert_eq!(
+        decodeds(&evs),
+        [
+            ("recv".into(), "br".into(), 32, false, br_text.to_vec()),
+            (
+                "recv".into(),
+                "zstd".into(),
+                40,
+                true,
+                zstd_text[..40].to_vec()
+            ),
+        ]
     );
 }
 
@@ -432,4 +528,66 @@ fn decrypted_tunnel() {
     );
     assert!(all[1].2.starts_with("Content-Length: "), "{all:?}");
     assert_eq!(all[2], e("recv", &rule, "path", "the path is"));
+}
+
+/// `proxy http --tls --set-header` and curl, which offers h2 by default, to `openssl
+/// s_server` offering h2 and http/1.1: the server is offered http/1.1 only (the HTTP rules
+/// apply to HTTP/1.x), so both legs speak HTTP/1.1 and the header is set. (Without HTTP
+/// rules, h2 is chosen on both legs: tests/mitm.rs `alpn_is_mirrored`.)
+#[test]
+fn h2_not_offered_with_http_rules() {
+    use capagent_testkit::Certs;
+    use capagent_testkit::mitm::{Mitm, http_connect, openssl_server};
+    let t = Mitm::new("rwh-h2");
+    let certs = Certs::localhost();
+    let (mut server, port) = openssl_server(&certs, &["-alpn", "h2,http/1.1", "-msg"]);
+    let agent = t.start(
+        http_connect(port),
+        &[
+            "--upstream-ca",
+            certs.ca_str(),
+            "--set-header",
+            "s2c:X-Rule: on",
+        ],
+    );
+    let out = curl(&[
+        "-i",
+        "--cacert",
+        &t.ca_cert(),
+        "-x",
+        &format!("http://{}", agent.addr()),
+        "-w",
+        "\nversion %{http_version}",
+        &format!("https://localhost:{port}/"),
+    ]);
+    let out = String::from_utf8_lossy(&out).into_owned();
+    // (After the proxy's answer to CONNECT.)
+    assert!(
+        out.contains("\r\n\r\nHTTP/1.0 200 ok\r\nContent-type: text/html\r\nX-Rule: on\r\n\r\n"),
+        "{out}"
+    );
+    // (curl says 1 for the HTTP/1.0 answer; 2 had it spoken h2.)
+    assert!(out.ends_with("\nversion 1"), "{out}");
+    // What reached the server (s_server -msg prints the list the client offered).
+    assert_eq!(
+        server.expect("ALPN protocols advertised by the client:", TIMEOUT),
+        "http/1.1"
+    );
+    let log = agent.stop();
+    assert_eq!(
+        log.matches("servers are offered the clients' ALPN lists without h2")
+            .count(),
+        1,
+        "{log}"
+    );
+    let evs = t.events();
+    let open = open_of(&evs, "http connect", &format!("localhost:{port}"));
+    assert_eq!(
+        capagent_testkit::mitm::check_intercepted(open),
+        (Value::from("http/1.1"), Value::from("http/1.1"))
+    );
+    assert_eq!(
+        edits(&evs),
+        [e("recv", "--set-header s2c:X-Rule: on", "", "X-Rule: on")]
+    );
 }

@@ -150,6 +150,20 @@ pub enum Detail {
         /// What replaced them.
         after: Bytes,
     },
+    /// `--decode-bodies`: a compressed HTTP body of a relayed connection, decoded (nothing
+    /// was changed: the data records carry the body as relayed).
+    Decoded {
+        dir: Direction,
+        /// Where the body's data start in the direction's stream as sent, counted from the
+        /// connection's first byte.
+        offset: u64,
+        /// The content codings undone, as `Content-Encoding` lists them (`gzip`, `br, gzip`).
+        encoding: String,
+        /// The decoded body, at most `--decode-bodies-max` bytes.
+        payload: Bytes,
+        /// The decoded body is longer than `payload` (cut at `--decode-bodies-max`).
+        truncated: bool,
+    },
 }
 
 /// What a proxy's TLS interception (`--tls`) learnt of a connection: the client's side
@@ -211,6 +225,8 @@ pub enum RelayStep {
     Close,
     /// A `--replace` rule changed bytes relayed in this direction ([`Detail::Edit`]).
     Edit(Direction),
+    /// A compressed HTTP body relayed in this direction, decoded ([`Detail::Decoded`]).
+    Decoded(Direction),
 }
 
 impl RelayStep {
@@ -220,10 +236,13 @@ impl RelayStep {
         use agent_common::sys;
         match self {
             RelayStep::Open => sys::CONNECT,
-            RelayStep::Data(Direction::Send) | RelayStep::Edit(Direction::Send) => sys::SENDTO,
+            RelayStep::Data(Direction::Send)
+            | RelayStep::Edit(Direction::Send)
+            | RelayStep::Decoded(Direction::Send) => sys::SENDTO,
             RelayStep::Data(Direction::Recv)
             | RelayStep::Eof(Direction::Recv)
-            | RelayStep::Edit(Direction::Recv) => sys::RECVFROM,
+            | RelayStep::Edit(Direction::Recv)
+            | RelayStep::Decoded(Direction::Recv) => sys::RECVFROM,
             RelayStep::Eof(Direction::Send) => sys::SHUTDOWN,
             RelayStep::Close => sys::CLOSE,
         }

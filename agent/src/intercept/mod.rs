@@ -236,7 +236,8 @@ pub fn run_until(
     let interceptor = match &relay.tls {
         Some(t) => Some(Arc::new(
             crate::mitm::intercept::Interceptor::with_secrets(t, recorder.tls_secrets())
-                .context("--tls")?,
+                .context("--tls")?
+                .http1_only(recorder.has_http_rules()),
         )),
         None => None,
     };

@@ -5,7 +5,8 @@
 //! list), the real server is asked for the same name and protocols and verified (unless
 //! `--insecure`); then the client is answered with a leaf carrying the names of the server's
 //! certificate (plus the SNI) and offered only the protocol the server chose, so h2 stays
-//! h2 and http/1.1 stays http/1.1. When the server cannot be reached over TLS (its
+//! h2 and http/1.1 stays http/1.1 (but with HTTP rules, [`Interceptor::http1_only`], the
+//! server is not offered h2). When the server cannot be reached over TLS (its
 //! certificate does not verify, its handshake fails), the client gets a fatal
 //! `handshake_failure` alert instead of a certificate (an HTTP proxy's tunnel: capagent's
 //! certificate and a `502 Bad Gateway` saying why, [`Interceptor::intercept_answering`]),
@@ -98,6 +99,10 @@ pub struct Interceptor {
     /// The connections relayed untouched (`--tls-passthrough`, clients that rejected
     /// capagent's certificate).
     passthrough: Passthrough,
+    /// `h2` is left out of the ALPN lists offered to servers ([`Interceptor::http1_only`]);
+    /// `said`: whether the log said so yet.
+    http1_only: bool,
+    said: std::sync::atomic::AtomicBool,
 }
 
 impl Interceptor {
@@ -147,7 +152,31 @@ impl Interceptor {
             provider: upstream::provider(),
             key_log,
             passthrough: Passthrough::new(opts.passthrough.clone()),
+            http1_only: false,
+            said: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// With `yes` (HTTP rules are active: they apply to HTTP/1.x only), servers are offered
+    /// the client's ALPN list without `h2`, so that a server that would pick HTTP/2 picks
+    /// `http/1.1` and both legs speak HTTP/1.1 (the client is offered what the server chose).
+    /// Said once in the log, at the first list it changes.
+    pub fn http1_only(mut self, yes: bool) -> Interceptor {
+        self.http1_only = yes;
+        self
+    }
+
+    /// The ALPN list offered to the server for the client's `alpn`.
+    fn offered(&self, mut alpn: Vec<Vec<u8>>) -> Vec<Vec<u8>> {
+        if self.http1_only && alpn.iter().any(|p| p == b"h2") {
+            alpn.retain(|p| p != b"h2");
+            if !self.said.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                tracing::warn!(
+                    "--tls: HTTP rules are active (they apply to HTTP/1.x only): servers are offered the clients' ALPN lists without h2, so intercepted HTTP is HTTP/1.1"
+                );
+            }
+        }
+        alpn
     }
 
     /// Which connections are relayed untouched.
@@ -250,7 +279,7 @@ impl Interceptor {
             rustls::pki_types::ServerName::DnsName(d) => Some(d.as_ref().to_string()),
             _ => None,
         };
-        let config = match self.upstream.config(&alpn) {
+        let config = match self.upstream.config(&self.offered(alpn.clone())) {
             Ok(c) => c,
             Err(e) => return Err(fail(e.into(), info)),
         };

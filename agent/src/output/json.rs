@@ -86,7 +86,11 @@
 //! end of the relay as a `close` whose `ret` is 0 or the negative errno of what ended it.
 //! Type `edit` (a `--replace` rule changed relayed bytes; before the data record carrying
 //! them) adds `dir`, `rule` (as written), `offset` (in the direction as sent), `before`,
-//! `before_b64`, `after`, `after_b64` (escaped as `payload`, and base64).
+//! `before_b64`, `after`, `after_b64` (escaped as `payload`, and base64). Type `decoded`
+//! (`--decode-bodies`: a compressed HTTP body, decoded; nothing changed) adds `dir`, `offset`
+//! (where the body's data start), `encoding` (the codings undone, `"gzip"`, `"br, gzip"`),
+//! `len` (the decoded bytes held), `truncated` (cut at `--decode-bodies-max`), `payload`,
+//! `payload_b64`.
 //!
 //! Type `fork` adds `child_pid`. Type `exit` adds `exit_code` (integer, `null` when killed by
 //! a signal) and `signal` (`"SIGKILL"`, ..., `null` when it exited).
@@ -232,6 +236,7 @@ impl Encoder {
             Detail::Exit => b"exit",
             Detail::Open { .. } => b"open",
             Detail::Edit { .. } => b"edit",
+            Detail::Decoded { .. } => b"decoded",
             Detail::Lost { .. } => unreachable!("handled above"),
         };
         out.extend_from_slice(b"{\"type\":\"");
@@ -368,6 +373,33 @@ impl Encoder {
                     push_base64(out, bytes);
                     out.push(b'"');
                 }
+                out.push(b'}');
+            }
+            Detail::Decoded {
+                dir,
+                offset,
+                encoding,
+                payload,
+                truncated,
+            } => {
+                out.extend_from_slice(match dir {
+                    Direction::Send => b",\"dir\":\"send\",\"offset\":",
+                    Direction::Recv => b",\"dir\":\"recv\",\"offset\":",
+                });
+                push_u64(out, *offset);
+                out.extend_from_slice(b",\"encoding\":");
+                push_json_str(out, encoding);
+                out.extend_from_slice(b",\"len\":");
+                push_u64(out, payload.len() as u64);
+                out.extend_from_slice(if *truncated {
+                    b",\"truncated\":true,\"payload\":\""
+                } else {
+                    b",\"truncated\":false,\"payload\":\""
+                });
+                escape_json_into(out, payload);
+                out.extend_from_slice(b"\",\"payload_b64\":\"");
+                push_base64(out, payload);
+                out.push(b'"');
                 out.push(b'}');
             }
             Detail::Open {
@@ -1086,7 +1118,7 @@ pub(crate) mod tests {
                     }
                 }
                 Detail::Lost { .. } => unreachable!(),
-                Detail::Open { .. } | Detail::Edit { .. } => {
+                Detail::Open { .. } | Detail::Edit { .. } | Detail::Decoded { .. } => {
                     unreachable!("the reference predates proxy records")
                 }
             }

@@ -256,20 +256,7 @@ fn format_into(s: &mut String, ev: &Event, cfg: &TextConfig) {
             after,
         } => {
             // edit(7, 127.0.0.1:40112 <- 10.0.0.5:80) s2c:/Boo!/Yay!/ at 4: "Boo!" -> "Yay!"
-            s.push_str("edit(");
-            push_i64(s, i64::from(ev.fd));
-            let local = ev.sock.as_ref().and_then(|m| m.local.as_ref());
-            let remote = ev.sock.as_ref().and_then(|m| m.remote.as_ref());
-            if local.is_some() || remote.is_some() {
-                s.push_str(", ");
-                push_endpoint(s, local);
-                s.push_str(match dir {
-                    Direction::Send => " -> ",
-                    Direction::Recv => " <- ",
-                });
-                push_endpoint(s, remote);
-            }
-            s.push_str(") ");
+            push_relay_note(s, "edit", ev, *dir);
             escape::escape_into(s, rule.as_bytes());
             s.push_str(" at ");
             s.push_str(Dec::u64(*offset).as_str());
@@ -278,6 +265,27 @@ fn format_into(s: &mut String, ev: &Event, cfg: &TextConfig) {
             s.push_str("\" -> \"");
             escape::escape_into(s, after);
             s.push('"');
+        }
+        Detail::Decoded {
+            dir,
+            offset,
+            encoding,
+            payload,
+            truncated,
+        } => {
+            // decoded(7, 127.0.0.1:40112 <- 10.0.0.5:80) gzip at 120: 11 bytes "hello world"
+            push_relay_note(s, "decoded", ev, *dir);
+            escape::escape_into(s, encoding.as_bytes());
+            s.push_str(" at ");
+            s.push_str(Dec::u64(*offset).as_str());
+            s.push_str(": ");
+            s.push_str(Dec::u64(payload.len() as u64).as_str());
+            s.push_str(" bytes \"");
+            escape::escape_into(s, payload);
+            s.push('"');
+            if *truncated {
+                s.push_str(" (truncated at --decode-bodies-max)");
+            }
         }
         Detail::Open {
             proxy,
@@ -380,6 +388,25 @@ fn push_i64(s: &mut String, n: i64) {
         s.push('-');
     }
     s.push_str(Dec::u64(n.unsigned_abs()).as_str());
+}
+
+/// `NAME(FD, LOCAL -> REMOTE) ` (`<-` for data received) of an `edit` or `decoded` line.
+fn push_relay_note(s: &mut String, name: &str, ev: &Event, dir: Direction) {
+    s.push_str(name);
+    s.push('(');
+    push_i64(s, i64::from(ev.fd));
+    let local = ev.sock.as_ref().and_then(|m| m.local.as_ref());
+    let remote = ev.sock.as_ref().and_then(|m| m.remote.as_ref());
+    if local.is_some() || remote.is_some() {
+        s.push_str(", ");
+        push_endpoint(s, local);
+        s.push_str(match dir {
+            Direction::Send => " -> ",
+            Direction::Recv => " <- ",
+        });
+        push_endpoint(s, remote);
+    }
+    s.push_str(") ");
 }
 
 /// An endpoint as `Display` writes it, `?` when unknown.
@@ -890,6 +917,42 @@ pub(crate) mod tests {
             line(&e),
             "python3[4242] recvfrom(3, 127.0.0.1:40112 <- 192.168.10.1:5555) = 4 \"Boo!\""
         );
+    }
+
+    /// A proxy's `edit` and `decoded` records (the relay step shown as the send or receive).
+    #[test]
+    fn edit_and_decoded() {
+        let mut e = ev(
+            sys::RECVFROM,
+            3,
+            0,
+            Detail::Edit {
+                dir: Direction::Recv,
+                rule: "s2c:/Boo!/Yay!/".into(),
+                offset: 4,
+                before: Bytes::from_static(b"Boo!"),
+                after: Bytes::from_static(b"Yay!"),
+            },
+        );
+        assert_eq!(
+            line(&e),
+            "python3[4242] edit(3, 127.0.0.1:40112 <- 192.168.10.1:5555) s2c:/Boo!/Yay!/ at 4: \"Boo!\" -> \"Yay!\""
+        );
+        e.detail = Detail::Decoded {
+            dir: Direction::Recv,
+            offset: 120,
+            encoding: "br, gzip".into(),
+            payload: Bytes::from_static(b"hello\n"),
+            truncated: false,
+        };
+        assert_eq!(
+            line(&e),
+            "python3[4242] decoded(3, 127.0.0.1:40112 <- 192.168.10.1:5555) br, gzip at 120: 6 bytes \"hello\\n\""
+        );
+        if let Detail::Decoded { truncated, .. } = &mut e.detail {
+            *truncated = true;
+        }
+        assert!(line(&e).ends_with(" 6 bytes \"hello\\n\" (truncated at --decode-bodies-max)"));
     }
 
     #[test]

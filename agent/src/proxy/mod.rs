@@ -333,7 +333,9 @@ where
     // The CA is loaded (or made) before anything is served.
     let tls = match &opts.tls {
         Some(t) => Some(Arc::new(
-            Interceptor::with_secrets(t, recorder.tls_secrets()).context("--tls")?,
+            Interceptor::with_secrets(t, recorder.tls_secrets())
+                .context("--tls")?
+                .http1_only(recorder.has_http_rules()),
         )),
         None => None,
     };

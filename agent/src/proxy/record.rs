@@ -141,6 +141,15 @@ enum Msg {
         before: Bytes,
         after: Bytes,
     },
+    Decoded {
+        id: u64,
+        ts_ns: u64,
+        dir: Direction,
+        offset: u64,
+        encoding: String,
+        payload: Bytes,
+        truncated: bool,
+    },
     Close {
         id: u64,
         ts_ns: u64,
@@ -238,6 +247,12 @@ pub fn neg_errno(e: &io::Error) -> i64 {
 }
 
 impl Recorder {
+    /// Whether HTTP rules are active (`--replace-http`, `--set-header`, `--drop-header`,
+    /// `--anticomp`, `--decode-bodies`).
+    pub fn has_http_rules(&self) -> bool {
+        self.http.is_some()
+    }
+
     /// A recorder that records nothing.
     pub fn disabled() -> Recorder {
         Recorder {
@@ -557,10 +572,25 @@ impl Conn {
     }
 
     /// A `--replace` rule changed bytes relayed in direction `dir` (recorded before the data
-    /// record that carries them).
+    /// record that carries them); a `--decode-bodies` note (`edit.decoded`) is recorded as a
+    /// `decoded` record instead.
     pub async fn edit(&self, dir: Direction, edit: Edit) {
         if !self.is_open() {
             return;
+        }
+        if let Some(d) = edit.decoded {
+            return self
+                .rec
+                .send(Msg::Decoded {
+                    id: key(self.id, None),
+                    ts_ns: crate::clock::wall_ns(),
+                    dir,
+                    offset: edit.offset,
+                    encoding: d.encoding,
+                    payload: d.text.into(),
+                    truncated: d.truncated,
+                })
+                .await;
         }
         let rule = match (
             crate::rewrite::hook::origin(edit.rule),
@@ -1227,6 +1257,34 @@ fn event_of(msg: Msg, pid: u32, conns: &mut HashMap<u64, Open>) -> Option<(Event
                     offset,
                     before,
                     after,
+                },
+            );
+            e.tls_plaintext = c.plaintext;
+            Some((e, c.view))
+        }
+        Msg::Decoded {
+            id,
+            ts_ns,
+            dir,
+            offset,
+            encoding,
+            payload,
+            truncated,
+        } => {
+            let c = conns.get(&id)?;
+            let mut e = ev(
+                &c.task,
+                &c.meta,
+                ts_ns,
+                RelayStep::Decoded(dir),
+                id,
+                0,
+                Detail::Decoded {
+                    dir,
+                    offset,
+                    encoding,
+                    payload,
+                    truncated,
                 },
             );
             e.tls_plaintext = c.plaintext;

@@ -202,6 +202,7 @@ pub fn edit_between(offset: u64, before: &[u8], after: &[u8]) -> Edit {
         offset: offset + prefix as u64,
         before: before[prefix..before.len() - suffix].to_vec(),
         after: after[prefix..after.len() - suffix].to_vec(),
+        decoded: None,
     }
 }
 
@@ -555,6 +556,7 @@ impl Session {
                     offset,
                     before: std::mem::take(out),
                     after: Vec::new(),
+                    decoded: None,
                 });
                 Flow::Go
             }
@@ -564,6 +566,7 @@ impl Session {
                     offset,
                     before: std::mem::take(out),
                     after: Vec::new(),
+                    decoded: None,
                 });
                 Flow::Close
             }

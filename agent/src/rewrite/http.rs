@@ -20,8 +20,9 @@
 //! - Every change is an [`Edit`]: `rule` is `base` plus the index in
 //!   [`HttpOptions::text`]'s numbering; `offset` is where the message starts in the stream
 //!   as sent (for a body rule: where the body data start, plus the offset in the decoded
-//!   body). `--decode-bodies` makes an edit whose `before` and `after` are both the decoded
-//!   body (capped): no change, the text shown.
+//!   body). `--decode-bodies` adds a note (an [`Edit`] with `decoded` set, `before` and
+//!   `after` empty): a compressed body's decoded text (capped), recorded as a `decoded`
+//!   record; `offset` is where the body's data start.
 //!
 //! Pure: bytes in, bytes out, no I/O (a body over the limit is logged).
 
@@ -31,7 +32,7 @@ use std::sync::{Arc, Mutex};
 use super::codec;
 use super::http_rule::{Change, HttpOptions, Scope};
 use super::rule::Rule;
-use super::stream::{Edit, Rewriter};
+use super::stream::{Decoded, Edit, Rewriter};
 use crate::http1::body::{self, Decoder, Framing};
 use crate::http1::head::{self, Header, RequestHead, ResponseHead};
 
@@ -181,6 +182,7 @@ impl HttpRewriter {
             offset,
             before: before.to_vec(),
             after: after.to_vec(),
+            decoded: None,
         }
     }
 
@@ -537,7 +539,7 @@ impl HttpRewriter {
                 return self.emit_message_raw(&msg, &raw, out, edits);
             }
         };
-        let decoded_note = self.decoded_edit(&codings, &text);
+        let decoded_note = self.decoded_note(&codings, &text, false);
         let mut rw = Rewriter::new(&self.body_rules(), text.len() + 1);
         let (mut new, mut body_edits) = (Vec::new(), Vec::new());
         rw.push(&text, &mut new, &mut body_edits);
@@ -597,14 +599,21 @@ impl HttpRewriter {
         self.emit(&body_bytes, out);
     }
 
-    /// `--decode-bodies`: the edit showing a compressed body decoded (offset to be set).
-    fn decoded_edit(&self, codings: &[codec::Coding], text: &[u8]) -> Option<Edit> {
+    /// `--decode-bodies`: the note showing a compressed body decoded (offset to be set);
+    /// `cut`: `text` is already a prefix of a longer decoded body.
+    fn decoded_note(&self, codings: &[codec::Coding], text: &[u8], cut: bool) -> Option<Edit> {
         let max = self.opts.decode_bodies?;
         if codings.is_empty() {
             return None;
         }
-        let shown = &text[..text.len().min(max)];
-        Some(self.edit(self.opts.decoded_index(), 0, shown, shown))
+        let names: Vec<&str> = codings.iter().map(|c| c.name()).collect();
+        let mut e = self.edit(self.opts.decoded_index(), 0, b"", b"");
+        e.decoded = Some(Box::new(Decoded {
+            encoding: names.join(", "),
+            text: text[..text.len().min(max)].to_vec(),
+            truncated: cut || text.len() > max,
+        }));
+        Some(e)
     }
 
     /// `--decode-bodies` for a body that was passed on as it came.
@@ -618,17 +627,18 @@ impl HttpRewriter {
             return;
         };
         // Decoding stops at the cap (a truncated decode is still shown).
-        let text = match codec::decode(&codings, &data, max) {
-            Ok(t) => t,
-            Err(codec::CodecError::TooLarge(_)) => {
-                codec::decode_prefix(&codings, &data, max).unwrap_or_default()
-            }
+        let (text, cut) = match codec::decode(&codings, &data, max) {
+            Ok(t) => (t, false),
+            Err(codec::CodecError::TooLarge(_)) => (
+                codec::decode_prefix(&codings, &data, max).unwrap_or_default(),
+                true,
+            ),
             Err(e) => {
                 tracing::debug!("--decode-bodies: {e}");
                 return;
             }
         };
-        if let Some(mut e) = self.decoded_edit(&codings, &text) {
+        if let Some(mut e) = self.decoded_note(&codings, &text, cut) {
             e.offset = start;
             edits.push(e);
         }
@@ -909,14 +919,37 @@ mod tests {
         o2.rules.clear();
         let (_, (s2c, edits)) = run(&Arc::new(o2.clone()), b"", &resp, usize::MAX);
         assert_eq!(s2c, resp);
-        assert_eq!(edits.len(), 1);
+        let head_len = resp.len() - gz.len();
         assert_eq!(
-            (
-                edits[0].rule,
-                edits[0].before.as_slice(),
-                edits[0].after.as_slice()
-            ),
-            (o2.decoded_index(), &b"deco"[..], &b"deco"[..])
+            edits,
+            [Edit {
+                rule: o2.decoded_index(),
+                offset: head_len as u64,
+                before: Vec::new(),
+                after: Vec::new(),
+                decoded: Some(Box::new(Decoded {
+                    encoding: "gzip".into(),
+                    text: b"deco".to_vec(),
+                    truncated: true,
+                })),
+            }]
+        );
+        // Exactly at the cap: whole, not truncated; and a held body (a body rule applies,
+        // changing nothing here) gives the same note.
+        o2.decode_bodies = Some(8);
+        let (_, (_, edits)) = run(&Arc::new(o2.clone()), b"", &resp, usize::MAX);
+        let whole = Decoded {
+            encoding: "gzip".into(),
+            text: b"decoded!".to_vec(),
+            truncated: false,
+        };
+        assert_eq!(edits[0].decoded.as_deref(), Some(&whole));
+        o2.rules = opts(&["replace s2c:body:/nothing/x/"]).rules.clone();
+        let (_, (s2c, edits)) = run(&Arc::new(o2.clone()), b"", &resp, usize::MAX);
+        assert_eq!(s2c, resp);
+        assert_eq!(
+            (edits.len(), edits[0].offset, edits[0].decoded.as_deref()),
+            (1, head_len as u64, Some(&whole))
         );
     }
 

@@ -18,7 +18,7 @@ use super::rule::Rule;
 /// Default bound on the bytes held back for a match that may continue in the next read.
 pub const DEFAULT_WINDOW: usize = 4096;
 
-/// One change a rule made.
+/// One change a rule made (or, with `decoded`, a note that changed nothing).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Edit {
     /// The rule (its index among the rules given to [`Rewriter::new`]).
@@ -28,6 +28,21 @@ pub struct Edit {
     pub offset: u64,
     pub before: Vec<u8>,
     pub after: Vec<u8>,
+    /// Not a change: `--decode-bodies` showing a compressed HTTP body decoded (`before` and
+    /// `after` empty; `offset`: where the body's data start). Recorded as a `decoded` record,
+    /// not an `edit`.
+    pub decoded: Option<Box<Decoded>>,
+}
+
+/// A compressed HTTP body, decoded (`--decode-bodies`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Decoded {
+    /// The content codings undone, as `Content-Encoding` lists them (`gzip`, `br, gzip`).
+    pub encoding: String,
+    /// The decoded body, at most `--decode-bodies-max` bytes.
+    pub text: Vec<u8>,
+    /// Whether the decoded body is longer than `text` (cut at the cap).
+    pub truncated: bool,
 }
 
 struct Stage {
@@ -145,6 +160,7 @@ impl Stage {
                 offset: self.emitted,
                 before: buf[m.range()].to_vec(),
                 after: after.clone(),
+                decoded: None,
             });
             out.extend_from_slice(&after);
             self.emitted += after.len() as u64;
@@ -267,13 +283,15 @@ mod tests {
                     rule: 0,
                     offset: 4,
                     before: b"Boo!".to_vec(),
-                    after: b"Yay!".to_vec()
+                    after: b"Yay!".to_vec(),
+                    decoded: None
                 },
                 Edit {
                     rule: 0,
                     offset: 13,
                     before: b"Boo!".to_vec(),
-                    after: b"Yay!".to_vec()
+                    after: b"Yay!".to_vec(),
+                    decoded: None
                 }
             ]
         );

@@ -118,8 +118,9 @@ pub struct Synth {
     go: HashSet<Key>,
     /// The close records held back of Go plaintext streams (see the module documentation).
     closing: HashMap<Key, Event>,
-    /// `--replace` edits of a proxy's stream not yet written: the comment of the stream's
-    /// next data packet (the one carrying the changed bytes) says them.
+    /// `--replace` edits and `--decode-bodies` texts of a proxy's stream not yet written: the
+    /// comment of the stream's next data packet (the one carrying the changed bytes, or the
+    /// end of the decoded body) says them.
     edits: HashMap<Key, String>,
 }
 
@@ -430,6 +431,37 @@ impl Synth {
                             edit_side(before),
                             edit_side(after)
                         );
+                    }
+                }
+            }
+            Detail::Decoded {
+                offset,
+                encoding,
+                payload,
+                truncated,
+                ..
+            } => {
+                if let Some(meta) = &ev.sock {
+                    let c = self.edits.entry(stream_key(ev.task.pid, meta)).or_default();
+                    if c.len() < MAX_EDIT_COMMENTS {
+                        let _ = write!(
+                            c,
+                            "; decoded by capagent (--decode-bodies): {encoding} body at {offset}, {} bytes{}: ",
+                            payload.len(),
+                            if *truncated { " (truncated)" } else { "" },
+                        );
+                        // The decoded text, as much as the comment's bound leaves room for.
+                        let mut t = crate::output::escape::escape(payload);
+                        let room = MAX_EDIT_COMMENTS.saturating_sub(c.len());
+                        if t.len() > room {
+                            let mut cut = room.saturating_sub(3);
+                            while !t.is_char_boundary(cut) {
+                                cut -= 1;
+                            }
+                            t.truncate(cut);
+                            t.push_str("...");
+                        }
+                        c.push_str(&t);
                     }
                 }
             }
