@@ -811,10 +811,7 @@ fn per_process_replace() {
         rec.follow(streams[0].0),
         (b"hello pong\n".to_vec(), b"server says Yay!\n".to_vec())
     );
-    let comments = tshark_r(
-        &rec.pcap,
-        &["-Y", "tcp.len > 0", "-T", "fields", "-e", "frame.comment"],
-    );
+    let comments = rec.comments();
     for edited in [
         "edited by capagent: c2s:/ping/pong/ at 6: ping -> pong",
         "edited by capagent: s2c:/Boo!/Yay!/ at 12: Boo! -> Yay!",

@@ -55,6 +55,29 @@ impl Agent {
         Agent { proc, addrs }
     }
 
+    /// Starts `capagent ARGS` with one listener, recording into `rec`.
+    pub fn recording(rec: &Rec, args: &[&str]) -> Agent {
+        let mut a = self::args(args);
+        a.extend(rec.args());
+        Agent::start(&a, 1)
+    }
+
+    /// `capagent proxy forward --listen 127.0.0.1:0 --to TARGET MORE...`, recording into
+    /// `rec`.
+    pub fn forward(rec: &Rec, target: SocketAddr, more: &[&str]) -> Agent {
+        let target = target.to_string();
+        let mut a = vec![
+            "proxy",
+            "forward",
+            "--listen",
+            "127.0.0.1:0",
+            "--to",
+            &target,
+        ];
+        a.extend_from_slice(more);
+        Agent::recording(rec, &a)
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.addrs[0]
     }
@@ -63,6 +86,11 @@ impl Agent {
     pub fn stop(mut self) -> String {
         self.proc.terminate(TIMEOUT)
     }
+}
+
+/// `v` as owned strings (a command's arguments).
+pub fn args(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
 }
 
 /// Where a test's records go: `--format json -o DIR/NAME.jsonl -w DIR/NAME.pcapng`.
@@ -168,6 +196,15 @@ impl Rec {
             }
         }
         (up, down)
+    }
+
+    /// The comments of the pcapng's TCP packets with a payload (`edited by capagent: ...`),
+    /// one line a packet.
+    pub fn comments(&self) -> String {
+        tshark_r(
+            &self.pcap,
+            &["-Y", "tcp.len > 0", "-T", "fields", "-e", "frame.comment"],
+        )
     }
 
     /// UDP payloads in the pcapng: (source, destination, payload).
