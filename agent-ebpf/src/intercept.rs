@@ -145,6 +145,40 @@ fn same_netns(ctx: &SockAddrContext) -> bool {
     want == 0 || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == want
 }
 
+/// The original destination `addr` (`family`), `port` (host order) of the context's socket,
+/// if it is one to redirect: a chosen process's ([`chosen`]), in the agent's network
+/// namespace.
+#[inline(always)]
+fn orig_dst(
+    ctx: &SockAddrContext,
+    addr: [u8; 16],
+    family: u16,
+    port: u16,
+    udp: bool,
+) -> Option<OrigDst> {
+    let pid = chosen(port, udp)?;
+    if !same_netns(ctx) {
+        return None;
+    }
+    Some(OrigDst {
+        addr,
+        family,
+        port,
+        pid,
+    })
+}
+
+/// Files the original destination of the context's TCP socket under its cookie (for
+/// `capagent_sockop`), if it is one to redirect; whether it did.
+#[inline(always)]
+fn file_tcp(ctx: &SockAddrContext, addr: [u8; 16], family: u16, port: u16) -> bool {
+    let Some(orig) = orig_dst(ctx, addr, family, port, false) else {
+        return false;
+    };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    ICPT_BY_COOKIE.insert(&cookie, &orig, 0).is_ok()
+}
+
 /// An IPv4 address as `user_ip4` holds it, in the first four bytes of a record's address.
 #[inline(always)]
 fn ip4_addr(ip: u32) -> [u8; 16] {
@@ -291,20 +325,7 @@ pub fn capagent_conn4(ctx: SockAddrContext) -> i32 {
         if c.proxy_port4 == 0 || (ip == c.proxy_ip4 && port == c.proxy_port4) {
             return 1;
         }
-        let Some(tgid) = chosen(port, false) else {
-            return 1;
-        };
-        if !same_netns(&ctx) {
-            return 1;
-        }
-        let orig = OrigDst {
-            addr: ip4_addr(ip),
-            family: AF_INET,
-            port,
-            pid: tgid,
-        };
-        let cookie = bpf_get_socket_cookie(ctx.as_ptr());
-        if ICPT_BY_COOKIE.insert(&cookie, &orig, 0).is_err() {
+        if !file_tcp(&ctx, ip4_addr(ip), AF_INET, port) {
             return 1;
         }
         set_dst4(&ctx, c.proxy_ip4, c.proxy_port4);
@@ -339,20 +360,7 @@ pub fn capagent_conn6(ctx: SockAddrContext) -> i32 {
         } else if c.proxy_port6 == 0 || (w == c.proxy_ip6 && port == c.proxy_port6) {
             return 1;
         }
-        let Some(tgid) = chosen(port, false) else {
-            return 1;
-        };
-        if !same_netns(&ctx) {
-            return 1;
-        }
-        let orig = OrigDst {
-            addr: words_addr(w),
-            family: AF_INET6,
-            port,
-            pid: tgid,
-        };
-        let cookie = bpf_get_socket_cookie(ctx.as_ptr());
-        if ICPT_BY_COOKIE.insert(&cookie, &orig, 0).is_err() {
+        if !file_tcp(&ctx, words_addr(w), AF_INET6, port) {
             return 1;
         }
         if mapped {
@@ -384,16 +392,7 @@ unsafe fn udp_orig_v4(ctx: &SockAddrContext, ip: u32, port: u16) -> Option<OrigD
     {
         return None;
     }
-    let tgid = chosen(port, true)?;
-    if !same_netns(ctx) {
-        return None;
-    }
-    Some(OrigDst {
-        addr: ip4_addr(ip),
-        family: AF_INET,
-        port,
-        pid: tgid,
-    })
+    orig_dst(ctx, ip4_addr(ip), AF_INET, port, true)
 }
 
 /// A source key: an IPv4 address as `user_ip4` holds it, and a port (0: any).
@@ -620,16 +619,7 @@ unsafe fn udp_orig6(ctx: &SockAddrContext) -> Option<OrigDst> {
     {
         return None;
     }
-    let tgid = chosen(port, true)?;
-    if !same_netns(ctx) {
-        return None;
-    }
-    Some(OrigDst {
-        addr: words_addr(w),
-        family: AF_INET6,
-        port,
-        pid: tgid,
-    })
+    orig_dst(ctx, words_addr(w), AF_INET6, port, true)
 }
 
 #[inline(always)]
