@@ -220,10 +220,6 @@ impl Agent {
     }
 }
 
-fn records(path: &std::path::Path) -> Vec<Value> {
-    parse_json_lines(&std::fs::read_to_string(path).unwrap())
-}
-
 /// The `open` record of the connection to `target`, and the payload it relayed each way
 /// (from the JSON lines), checking client and original destination.
 fn recorded(evs: &[Value], client_ip: &str, target: &str) -> (Vec<u8>, Vec<u8>) {

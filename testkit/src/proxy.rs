@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::{
-    Ev as _, Proc, TIMEOUT, TempDir, capagent, parse_json_lines, tshark_r, unhex, wait_for,
+    Ev as _, Proc, TIMEOUT, TempDir, capagent, parse_json_lines, strings, tshark_r, unhex, wait_for,
 };
 
 /// A running `capagent proxy ...`.
@@ -57,7 +57,7 @@ impl Agent {
 
     /// Starts `capagent ARGS` with one listener, recording into `rec`.
     pub fn recording(rec: &Rec, args: &[&str]) -> Agent {
-        let mut a = self::args(args);
+        let mut a = strings(args);
         a.extend(rec.args());
         Agent::start(&a, 1)
     }
@@ -86,11 +86,6 @@ impl Agent {
     pub fn stop(mut self) -> String {
         self.proc.terminate(TIMEOUT)
     }
-}
-
-/// `v` as owned strings (a command's arguments).
-pub fn args(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
 }
 
 /// Where a test's records go: `--format json -o DIR/NAME.jsonl -w DIR/NAME.pcapng`.
