@@ -11,11 +11,7 @@ use std::time::Instant;
 use capagent_testkit::proxy::{Agent, Rec, curl, half_close_server, http_response, http_server};
 use capagent_testkit::proxy::{open_of, read_all, recorded};
 use capagent_testkit::{Ev as _, TIMEOUT, TempDir};
-use serde_json::Value;
-
-fn args(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
+use capagent_testkit::{edit, edits};
 
 /// `python3 examples/hook_upper.py`, with the example's absolute path.
 fn upper_hook() -> String {
@@ -34,19 +30,7 @@ fn python_hook(dir: &TempDir, name: &str, code: &str) -> String {
 
 /// `proxy forward` to `target` with `--hook hook` and `more` flags, recording into `rec`.
 fn forward(rec: &Rec, target: SocketAddr, hook: &str, more: &[&str]) -> Agent {
-    let mut a = args(&[
-        "proxy",
-        "forward",
-        "--listen",
-        "127.0.0.1:0",
-        "--to",
-        &target.to_string(),
-        "--hook",
-        hook,
-    ]);
-    a.extend(args(more));
-    a.extend(rec.args());
-    Agent::start(&a, 1)
+    Agent::forward(rec, target, &[&["--hook", hook], more].concat())
 }
 
 /// A server for `conns` connections, one after the other, that writes back each read
@@ -87,40 +71,6 @@ fn round_trip(c: &mut TcpStream, msg: &[u8], want: &[u8]) {
     let mut got = vec![0u8; want.len()];
     c.read_exact(&mut got).unwrap();
     assert_eq!(got, want);
-}
-
-/// An `edit` record: (dir, rule, offset, before, after).
-type EditRec = (String, String, u64, Vec<u8>, Vec<u8>);
-
-fn edits(evs: &[Value]) -> Vec<EditRec> {
-    use base64::Engine as _;
-    let b64 = |v: &Value| {
-        base64::engine::general_purpose::STANDARD
-            .decode(v.as_str().unwrap())
-            .unwrap()
-    };
-    evs.iter()
-        .filter(|e| e.ty() == "edit")
-        .map(|e| {
-            (
-                e["dir"].as_str().unwrap().to_string(),
-                e["rule"].as_str().unwrap().to_string(),
-                e["offset"].as_u64().unwrap(),
-                b64(&e["before_b64"]),
-                b64(&e["after_b64"]),
-            )
-        })
-        .collect()
-}
-
-fn edit(dir: &str, rule: &str, offset: u64, before: &[u8], after: &[u8]) -> EditRec {
-    (
-        dir.into(),
-        rule.into(),
-        offset,
-        before.to_vec(),
-        after.to_vec(),
-    )
 }
 
 /// The lines of capagent's log about the hook failing.
@@ -331,9 +281,10 @@ for line in sys.stdin:
 "#,
     );
     let (web, requests) = http_server(http_response(b"hello\n"), 1);
-    let mut a = args(&["proxy", "http", "--listen", "127.0.0.1:0", "--hook", &hook]);
-    a.extend(rec.args());
-    let agent = Agent::start(&a, 1);
+    let agent = Agent::recording(
+        &rec,
+        &["proxy", "http", "--listen", "127.0.0.1:0", "--hook", &hook],
+    );
     let got = curl(&[
         "-i",
         "-x",

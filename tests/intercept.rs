@@ -220,10 +220,6 @@ impl Agent {
     }
 }
 
-fn records(path: &std::path::Path) -> Vec<Value> {
-    parse_json_lines(&std::fs::read_to_string(path).unwrap())
-}
-
 /// The `open` record of the connection to `target`, and the payload it relayed each way
 /// (from the JSON lines), checking client and original destination.
 fn recorded(evs: &[Value], client_ip: &str, target: &str) -> (Vec<u8>, Vec<u8>) {
@@ -811,10 +807,7 @@ fn per_process_replace() {
         rec.follow(streams[0].0),
         (b"hello pong\n".to_vec(), b"server says Yay!\n".to_vec())
     );
-    let comments = tshark_r(
-        &rec.pcap,
-        &["-Y", "tcp.len > 0", "-T", "fields", "-e", "frame.comment"],
-    );
+    let comments = rec.comments();
     for edited in [
         "edited by capagent: c2s:/ping/pong/ at 6: ping -> pong",
         "edited by capagent: s2c:/Boo!/Yay!/ at 12: Boo! -> Yay!",

@@ -10,12 +10,7 @@ use std::thread;
 use capagent_testkit::proxy::{
     Agent, Rec, curl, half_close_server, http_response, http_server, open_of, read_all, recorded,
 };
-use capagent_testkit::tshark::tshark_r;
 use capagent_testkit::{Ev as _, TIMEOUT, TempDir, edit, edits};
-
-fn args(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
 
 /// A server thread for one connection (TCP_NODELAY: each write its own segment) running
 /// `script` on it, then closing it.
@@ -33,19 +28,8 @@ fn server(script: impl FnOnce(&mut TcpStream) + Send + 'static) -> SocketAddr {
 
 /// `proxy forward` to `target` with `rules`, recording into `rec`.
 fn forward(rec: &Rec, target: SocketAddr, rules: &[&str]) -> Agent {
-    let mut a = args(&[
-        "proxy",
-        "forward",
-        "--listen",
-        "127.0.0.1:0",
-        "--to",
-        &target.to_string(),
-    ]);
-    for r in rules {
-        a.extend(args(&["--replace", r]));
-    }
-    a.extend(rec.args());
-    Agent::start(&a, 1)
+    let flags: Vec<&str> = rules.iter().flat_map(|r| ["--replace", r]).collect();
+    Agent::forward(rec, target, &flags)
 }
 
 #[test]
@@ -73,10 +57,7 @@ fn server_bytes_replaced_and_recorded() {
     let streams = rec.streams();
     assert_eq!(streams.len(), 1, "{streams:?}");
     assert_eq!(rec.follow(streams[0].0).1, b"Yay!");
-    let comments = tshark_r(
-        &rec.pcap,
-        &["-Y", "tcp.len > 0", "-T", "fields", "-e", "frame.comment"],
-    );
+    let comments = rec.comments();
     assert!(
         comments.contains("edited by capagent: s2c:/Boo!/Yay!/ at 0: Boo! -> Yay!"),
         "{comments}"
@@ -191,16 +172,17 @@ fn socks_http_body_replaced() {
     let dir = TempDir::new("rw-socks");
     let rec = Rec::new(&dir, "socks");
     let (web, requests) = http_server(http_response(b"hello Boo! world\n"), 1);
-    let mut a = args(&[
-        "proxy",
-        "socks",
-        "--listen",
-        "127.0.0.1:0",
-        "--replace",
-        "s2c:/Boo!/Yay!/",
-    ]);
-    a.extend(rec.args());
-    let agent = Agent::start(&a, 1);
+    let agent = Agent::recording(
+        &rec,
+        &[
+            "proxy",
+            "socks",
+            "--listen",
+            "127.0.0.1:0",
+            "--replace",
+            "s2c:/Boo!/Yay!/",
+        ],
+    );
     let got = curl(&[
         "--socks5",
         &agent.addr().to_string(),

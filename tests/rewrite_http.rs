@@ -11,36 +11,17 @@ use capagent_testkit::proxy::{Agent, Rec, curl, http_server, open_of, recorded};
 use capagent_testkit::{Ev as _, TIMEOUT, TempDir};
 use serde_json::Value;
 
-fn args(v: &[&str]) -> Vec<String> {
-    v.iter().map(|s| s.to_string()).collect()
-}
-
 /// `capagent proxy KIND ...` recording into `rec`.
 fn agent(rec: &Rec, a: &[&str]) -> Agent {
-    let mut a = args(a);
-    a.extend(rec.args());
-    Agent::start(&a, 1)
+    Agent::recording(rec, a)
 }
 
 /// The `edit` records: (dir, rule, before, after), as text.
 fn edits(evs: &[Value]) -> Vec<(String, String, String, String)> {
-    use base64::Engine as _;
-    let text = |v: &Value| {
-        let b = base64::engine::general_purpose::STANDARD
-            .decode(v.as_str().unwrap())
-            .unwrap();
-        String::from_utf8_lossy(&b).into_owned()
-    };
-    evs.iter()
-        .filter(|e| e.ty() == "edit")
-        .map(|e| {
-            (
-                e["dir"].as_str().unwrap().to_string(),
-                e["rule"].as_str().unwrap().to_string(),
-                text(&e["before_b64"]),
-                text(&e["after_b64"]),
-            )
-        })
+    let text = |b: Vec<u8>| String::from_utf8_lossy(&b).into_owned();
+    capagent_testkit::edits(evs)
+        .into_iter()
+        .map(|(dir, rule, _, before, after)| (dir, rule, text(before), text(after)))
         .collect()
 }
 
@@ -294,10 +275,7 @@ fn gzip_body_replaced() {
         decode(&[Coding::Gzip], &body, 1000).unwrap(),
         b"<p>Yay!!! twice: Yay!!!</p>\n"
     );
-    let comments = capagent_testkit::tshark::tshark_r(
-        &rec.pcap,
-        &["-Y", "tcp.len > 0", "-T", "fields", "-e", "frame.comment"],
-    );
+    let comments = rec.comments();
     assert!(
         comments.contains(", 24 bytes: <p>Boo! twice: Boo!</p>\\n")
             && comments.contains("decoded by capagent (--decode-bodies): gzip body at "),
@@ -427,20 +405,7 @@ fn not_http_untouched() {
         s.write_all(b"220 ready\r\nHTTP/1.1 200 OK\r\n\r\n")
             .unwrap();
     });
-    let proxy = agent(
-        &rec,
-        &[
-            "proxy",
-            "forward",
-            "--listen",
-            "127.0.0.1:0",
-            "--to",
-            &target.to_string(),
-            "--set-header",
-            "both:X: 1",
-            "--anticomp",
-        ],
-    );
+    let proxy = Agent::forward(&rec, target, &["--set-header", "both:X: 1", "--anticomp"]);
     let mut c = std::net::TcpStream::connect(proxy.addr()).unwrap();
     c.set_read_timeout(Some(TIMEOUT)).unwrap();
     let mut got = Vec::new();

@@ -4,7 +4,6 @@
 //! the same with `--as http` (capagent's HTTP handler), a response field dropped too.
 
 use capagent_testkit::*;
-use serde_json::Value;
 
 #[test]
 fn intercept_command_headers_and_body() {
@@ -30,20 +29,11 @@ fn intercept_command_headers_and_body() {
     .args(["curl", "-sS", "-m", "20", "http://127.0.0.1:8091/"]);
     let out = run_output("capagent -- curl", c, TIMEOUT);
     assert_eq!(out, "changed in flight\n");
-    let evs: Vec<Value> = std::fs::read_to_string(&jsonl)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let evs = records(&jsonl);
     let data = |dir: &str| -> Vec<u8> {
-        use base64::Engine as _;
         evs.iter()
-            .filter(|e| e["type"] == "data" && e["dir"] == dir)
-            .flat_map(|e| {
-                base64::engine::general_purpose::STANDARD
-                    .decode(e["payload_b64"].as_str().unwrap())
-                    .unwrap()
-            })
+            .filter(|e| e.ty() == "data" && e["dir"] == dir)
+            .flat_map(|e| e.payload())
             .collect()
     };
     let up = String::from_utf8(data("send")).unwrap();

@@ -63,10 +63,6 @@ for _ in range(int(sys.argv[1])):
     c.close()
 "#;
 
-fn records(path: &std::path::Path) -> Vec<Value> {
-    parse_json_lines(&std::fs::read_to_string(path).unwrap())
-}
-
 /// The intercept's one `open` of `target`: relayed through `via`, by `comm`.
 fn intercept_open<'a>(evs: &'a [Value], target: &str, comm: &str, via: &str) -> &'a Value {
     let open = one(evs, &format!("open of {target}"), |e| {

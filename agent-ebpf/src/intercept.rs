@@ -145,48 +145,190 @@ fn same_netns(ctx: &SockAddrContext) -> bool {
     want == 0 || unsafe { bpf_get_netns_cookie(ctx.as_ptr()) } == want
 }
 
+/// The original destination `addr` (`family`), `port` (host order) of the context's socket,
+/// if it is one to redirect: a chosen process's ([`chosen`]), in the agent's network
+/// namespace.
+#[inline(always)]
+fn orig_dst(
+    ctx: &SockAddrContext,
+    addr: [u8; 16],
+    family: u16,
+    port: u16,
+    udp: bool,
+) -> Option<OrigDst> {
+    let pid = chosen(port, udp)?;
+    if !same_netns(ctx) {
+        return None;
+    }
+    Some(OrigDst {
+        addr,
+        family,
+        port,
+        pid,
+    })
+}
+
+/// Files the original destination of the context's TCP socket under its cookie (for
+/// `capagent_sockop`), if it is one to redirect; whether it did.
+#[inline(always)]
+fn file_tcp(ctx: &SockAddrContext, addr: [u8; 16], family: u16, port: u16) -> bool {
+    let Some(orig) = orig_dst(ctx, addr, family, port, false) else {
+        return false;
+    };
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    ICPT_BY_COOKIE.insert(&cookie, &orig, 0).is_ok()
+}
+
+/// An IPv4 address as `user_ip4` holds it, in the first four bytes of a record's address.
+#[inline(always)]
+fn ip4_addr(ip: u32) -> [u8; 16] {
+    let b = ip.to_ne_bytes();
+    let mut addr = [0u8; 16];
+    addr[0] = b[0];
+    addr[1] = b[1];
+    addr[2] = b[2];
+    addr[3] = b[3];
+    addr
+}
+
+/// An IPv6 address as `user_ip6` holds it (four words), as a record's address.
+#[inline(always)]
+fn words_addr(w: [u32; 4]) -> [u8; 16] {
+    let mut addr = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let b = w[i].to_ne_bytes();
+        addr[i * 4] = b[0];
+        addr[i * 4 + 1] = b[1];
+        addr[i * 4 + 2] = b[2];
+        addr[i * 4 + 3] = b[3];
+        i += 1;
+    }
+    addr
+}
+
+/// A record's address as the four words `user_ip6` holds.
+#[inline(always)]
+fn addr_words(a: [u8; 16]) -> [u32; 4] {
+    [
+        u32::from_ne_bytes([a[0], a[1], a[2], a[3]]),
+        u32::from_ne_bytes([a[4], a[5], a[6], a[7]]),
+        u32::from_ne_bytes([a[8], a[9], a[10], a[11]]),
+        u32::from_ne_bytes([a[12], a[13], a[14], a[15]]),
+    ]
+}
+
+/// `::ffff:a.b.c.d`, an IPv4 address on a dual-stack socket.
+#[inline(always)]
+fn v4_mapped(w: [u32; 4]) -> bool {
+    w[0] == 0 && w[1] == 0 && w[2] == V4_MAPPED
+}
+
+/// The destination port (host order) of the context.
+///
+/// # Safety
+/// `ctx.sock_addr` is the kernel's context pointer.
+#[inline(always)]
+unsafe fn user_port(ctx: &SockAddrContext) -> u16 {
+    u16::from_be(unsafe { (*ctx.sock_addr).user_port } as u16)
+}
+
+/// The context's IPv6 address (`user_ip6`).
+///
+/// # Safety
+/// As [`user_port`].
+#[inline(always)]
+unsafe fn user_ip6(ctx: &SockAddrContext) -> [u32; 4] {
+    let sa = ctx.sock_addr;
+    unsafe {
+        [
+            (*sa).user_ip6[0],
+            (*sa).user_ip6[1],
+            (*sa).user_ip6[2],
+            (*sa).user_ip6[3],
+        ]
+    }
+}
+
+/// Sets the context's IPv4 address and port (host order).
+///
+/// # Safety
+/// As [`user_port`].
+#[inline(always)]
+unsafe fn set_dst4(ctx: &SockAddrContext, ip: u32, port: u16) {
+    let sa = ctx.sock_addr;
+    unsafe {
+        (*sa).user_ip4 = ip;
+        (*sa).user_port = u32::from(port.to_be());
+    }
+}
+
+/// Sets the context's IPv4-mapped IPv6 address (its last word) and port (host order).
+///
+/// # Safety
+/// As [`user_port`].
+#[inline(always)]
+unsafe fn set_dst_mapped(ctx: &SockAddrContext, ip: u32, port: u16) {
+    let sa = ctx.sock_addr;
+    unsafe {
+        (*sa).user_ip6[3] = ip;
+        (*sa).user_port = u32::from(port.to_be());
+    }
+}
+
+/// Sets the context's IPv6 address and port (host order).
+///
+/// # Safety
+/// As [`user_port`].
+#[inline(always)]
+unsafe fn set_dst6(ctx: &SockAddrContext, w: [u32; 4], port: u16) {
+    let sa = ctx.sock_addr;
+    unsafe {
+        (*sa).user_ip6[0] = w[0];
+        (*sa).user_ip6[1] = w[1];
+        (*sa).user_ip6[2] = w[2];
+        (*sa).user_ip6[3] = w[3];
+        (*sa).user_port = u32::from(port.to_be());
+    }
+}
+
+/// `bpf_bind` of the context's socket to the `struct sockaddr_in`/`sockaddr_in6` `sin`.
+///
+/// # Safety
+/// `T` is a `#[repr(C)]` socket address of the family it says.
+#[inline(always)]
+unsafe fn bind_to<T>(ctx: &SockAddrContext, sin: &mut T) -> i64 {
+    // SAFETY: bpf_bind reads a socket address of the given length from our stack.
+    unsafe {
+        bpf_bind(
+            ctx.sock_addr,
+            (sin as *mut T).cast(),
+            core::mem::size_of::<T>() as i32,
+        )
+    }
+}
+
 #[cgroup_sock_addr(connect4)]
 pub fn capagent_conn4(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     unsafe {
+        let port = user_port(&ctx);
         if (*sa).protocol == IPPROTO_UDP {
-            let port = u16::from_be((*sa).user_port as u16);
             udp_connect_v4(&ctx, (*sa).user_ip4, port, false);
             return 1;
         }
         if (*sa).protocol != IPPROTO_TCP {
             return 1;
         }
-        let port = u16::from_be((*sa).user_port as u16);
         let ip = (*sa).user_ip4;
         let c = conf();
         if c.proxy_port4 == 0 || (ip == c.proxy_ip4 && port == c.proxy_port4) {
             return 1;
         }
-        let Some(tgid) = chosen(port, false) else {
-            return 1;
-        };
-        if !same_netns(&ctx) {
+        if !file_tcp(&ctx, ip4_addr(ip), AF_INET, port) {
             return 1;
         }
-        let mut addr = [0u8; 16];
-        let b = ip.to_ne_bytes();
-        addr[0] = b[0];
-        addr[1] = b[1];
-        addr[2] = b[2];
-        addr[3] = b[3];
-        let orig = OrigDst {
-            addr,
-            family: AF_INET,
-            port,
-            pid: tgid,
-        };
-        let cookie = bpf_get_socket_cookie(ctx.as_ptr());
-        if ICPT_BY_COOKIE.insert(&cookie, &orig, 0).is_err() {
-            return 1;
-        }
-        (*sa).user_ip4 = c.proxy_ip4;
-        (*sa).user_port = u32::from(c.proxy_port4.to_be());
+        set_dst4(&ctx, c.proxy_ip4, c.proxy_port4);
     }
     1
 }
@@ -195,15 +337,10 @@ pub fn capagent_conn4(ctx: SockAddrContext) -> i32 {
 pub fn capagent_conn6(ctx: SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     unsafe {
+        let port = user_port(&ctx);
+        let w = user_ip6(&ctx);
         if (*sa).protocol == IPPROTO_UDP {
-            let w = [
-                (*sa).user_ip6[0],
-                (*sa).user_ip6[1],
-                (*sa).user_ip6[2],
-                (*sa).user_ip6[3],
-            ];
-            if w[0] == 0 && w[1] == 0 && w[2] == V4_MAPPED {
-                let port = u16::from_be((*sa).user_port as u16);
+            if v4_mapped(w) {
                 udp_connect_v4(&ctx, w[3], port, true);
             } else {
                 udp_connect6(&ctx);
@@ -213,63 +350,23 @@ pub fn capagent_conn6(ctx: SockAddrContext) -> i32 {
         if (*sa).protocol != IPPROTO_TCP {
             return 1;
         }
-        let port = u16::from_be((*sa).user_port as u16);
-        let w0 = (*sa).user_ip6[0];
-        let w1 = (*sa).user_ip6[1];
-        let w2 = (*sa).user_ip6[2];
-        let w3 = (*sa).user_ip6[3];
         let c = conf();
         // ::ffff:a.b.c.d, an IPv4 destination on a dual-stack socket.
-        let mapped = w0 == 0 && w1 == 0 && w2 == u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+        let mapped = v4_mapped(w);
         if mapped {
-            if c.proxy_port4 == 0 || (w3 == c.proxy_ip4 && port == c.proxy_port4) {
+            if c.proxy_port4 == 0 || (w[3] == c.proxy_ip4 && port == c.proxy_port4) {
                 return 1;
             }
-        } else if c.proxy_port6 == 0
-            || (w0 == c.proxy_ip6[0]
-                && w1 == c.proxy_ip6[1]
-                && w2 == c.proxy_ip6[2]
-                && w3 == c.proxy_ip6[3]
-                && port == c.proxy_port6)
-        {
+        } else if c.proxy_port6 == 0 || (w == c.proxy_ip6 && port == c.proxy_port6) {
             return 1;
         }
-        let Some(tgid) = chosen(port, false) else {
-            return 1;
-        };
-        if !same_netns(&ctx) {
-            return 1;
-        }
-        let mut addr = [0u8; 16];
-        let words = [w0, w1, w2, w3];
-        let mut i = 0;
-        while i < 4 {
-            let b = words[i].to_ne_bytes();
-            addr[i * 4] = b[0];
-            addr[i * 4 + 1] = b[1];
-            addr[i * 4 + 2] = b[2];
-            addr[i * 4 + 3] = b[3];
-            i += 1;
-        }
-        let orig = OrigDst {
-            addr,
-            family: AF_INET6,
-            port,
-            pid: tgid,
-        };
-        let cookie = bpf_get_socket_cookie(ctx.as_ptr());
-        if ICPT_BY_COOKIE.insert(&cookie, &orig, 0).is_err() {
+        if !file_tcp(&ctx, words_addr(w), AF_INET6, port) {
             return 1;
         }
         if mapped {
-            (*sa).user_ip6[3] = c.proxy_ip4;
-            (*sa).user_port = u32::from(c.proxy_port4.to_be());
+            set_dst_mapped(&ctx, c.proxy_ip4, c.proxy_port4);
         } else {
-            (*sa).user_ip6[0] = c.proxy_ip6[0];
-            (*sa).user_ip6[1] = c.proxy_ip6[1];
-            (*sa).user_ip6[2] = c.proxy_ip6[2];
-            (*sa).user_ip6[3] = c.proxy_ip6[3];
-            (*sa).user_port = u32::from(c.proxy_port6.to_be());
+            set_dst6(&ctx, c.proxy_ip6, c.proxy_port6);
         }
     }
     1
@@ -279,10 +376,8 @@ pub fn capagent_conn6(ctx: SockAddrContext) -> i32 {
 /// it is one to redirect (IPv4, `--udp`, a chosen process, not to the listener).
 #[inline(always)]
 unsafe fn udp_orig4(ctx: &SockAddrContext) -> Option<OrigDst> {
-    let sa = ctx.sock_addr;
-    let port = u16::from_be(unsafe { (*sa).user_port } as u16);
-    let ip = unsafe { (*sa).user_ip4 };
-    unsafe { udp_orig_v4(ctx, ip, port) }
+    let ip = unsafe { (*ctx.sock_addr).user_ip4 };
+    unsafe { udp_orig_v4(ctx, ip, user_port(ctx)) }
 }
 
 /// [`udp_orig4`] of IPv4 address `ip` (as `user_ip4` holds it) and `port` (host order),
@@ -297,35 +392,14 @@ unsafe fn udp_orig_v4(ctx: &SockAddrContext, ip: u32, port: u16) -> Option<OrigD
     {
         return None;
     }
-    let tgid = chosen(port, true)?;
-    if !same_netns(ctx) {
-        return None;
-    }
-    let b = ip.to_ne_bytes();
-    let mut addr = [0u8; 16];
-    addr[0] = b[0];
-    addr[1] = b[1];
-    addr[2] = b[2];
-    addr[3] = b[3];
-    Some(OrigDst {
-        addr,
-        family: AF_INET,
-        port,
-        pid: tgid,
-    })
+    orig_dst(ctx, ip4_addr(ip), AF_INET, port, true)
 }
 
 /// A source key: an IPv4 address as `user_ip4` holds it, and a port (0: any).
 #[inline(always)]
 fn src_key(ip: u32, port: u16) -> ClientKey {
-    let b = ip.to_ne_bytes();
-    let mut addr = [0u8; 16];
-    addr[0] = b[0];
-    addr[1] = b[1];
-    addr[2] = b[2];
-    addr[3] = b[3];
     ClientKey {
-        addr,
+        addr: ip4_addr(ip),
         family: AF_INET,
         port,
         _pad: 0,
@@ -355,11 +429,7 @@ fn new_slot(orig: &UdpOrig) -> Option<u32> {
 #[inline(always)]
 unsafe fn to_udp_listener(ctx: &SockAddrContext) {
     let c = conf();
-    let sa = ctx.sock_addr;
-    unsafe {
-        (*sa).user_ip4 = c.proxy_ip4;
-        (*sa).user_port = u32::from(c.udp_port4.to_be());
-    }
+    unsafe { set_dst4(ctx, c.proxy_ip4, c.udp_port4) }
 }
 
 /// `struct sockaddr_in`.
@@ -412,14 +482,7 @@ unsafe fn udp_connect_v4(ctx: &SockAddrContext, ip: u32, port: u16, mapped: bool
                 addr: [0, 0, V4_MAPPED, slot],
                 scope_id: 0,
             };
-            // SAFETY: bpf_bind reads a sockaddr_in6 of the given length from our stack.
-            unsafe {
-                bpf_bind(
-                    ctx.sock_addr,
-                    (&raw mut sin6).cast(),
-                    core::mem::size_of::<SockaddrIn6>() as i32,
-                )
-            }
+            unsafe { bind_to(ctx, &mut sin6) }
         } else {
             let mut sin = SockaddrIn {
                 family: AF_INET,
@@ -427,14 +490,7 @@ unsafe fn udp_connect_v4(ctx: &SockAddrContext, ip: u32, port: u16, mapped: bool
                 addr: slot,
                 zero: [0; 8],
             };
-            // SAFETY: bpf_bind reads a sockaddr_in of the given length from our stack.
-            unsafe {
-                bpf_bind(
-                    ctx.sock_addr,
-                    (&raw mut sin).cast(),
-                    core::mem::size_of::<SockaddrIn>() as i32,
-                )
-            }
+            unsafe { bind_to(ctx, &mut sin) }
         };
         if r != 0 {
             let _ = ICPT_UDP_SRC.remove(&src_key(slot, 0));
@@ -447,11 +503,7 @@ unsafe fn udp_connect_v4(ctx: &SockAddrContext, ip: u32, port: u16, mapped: bool
     }
     if mapped {
         let c = conf();
-        let sa = ctx.sock_addr;
-        unsafe {
-            (*sa).user_ip6[3] = c.proxy_ip4;
-            (*sa).user_port = u32::from(c.udp_port4.to_be());
-        }
+        unsafe { set_dst_mapped(ctx, c.proxy_ip4, c.udp_port4) };
     } else {
         unsafe { to_udp_listener(ctx) };
     }
@@ -512,12 +564,10 @@ pub fn capagent_sendmsg4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn capagent_recvmsg4(ctx: SockAddrContext) -> i32 {
-    let sa = ctx.sock_addr;
     unsafe {
-        let port = u16::from_be((*sa).user_port as u16);
-        if let Some((ip, port)) = answer_source4(&ctx, (*sa).user_ip4, port) {
-            (*sa).user_ip4 = ip;
-            (*sa).user_port = u32::from(port.to_be());
+        let ip = (*ctx.sock_addr).user_ip4;
+        if let Some((ip, port)) = answer_source4(&ctx, ip, user_port(&ctx)) {
+            set_dst4(&ctx, ip, port);
         }
     }
     1
@@ -546,21 +596,6 @@ fn answer_source4(ctx: &SockAddrContext, ip: u32, port: u16) -> Option<(u32, u16
 }
 
 #[inline(always)]
-fn words_addr(w: [u32; 4]) -> [u8; 16] {
-    let mut addr = [0u8; 16];
-    let mut i = 0;
-    while i < 4 {
-        let b = w[i].to_ne_bytes();
-        addr[i * 4] = b[0];
-        addr[i * 4 + 1] = b[1];
-        addr[i * 4 + 2] = b[2];
-        addr[i * 4 + 3] = b[3];
-        i += 1;
-    }
-    addr
-}
-
-#[inline(always)]
 fn src_key6(w: [u32; 4], port: u16) -> ClientKey {
     ClientKey {
         addr: words_addr(w),
@@ -573,48 +608,24 @@ fn src_key6(w: [u32; 4], port: u16) -> ClientKey {
 /// [`udp_orig4`] for IPv6 (IPv4-mapped destinations are not redirected).
 #[inline(always)]
 unsafe fn udp_orig6(ctx: &SockAddrContext) -> Option<OrigDst> {
-    let sa = ctx.sock_addr;
     let c = conf();
-    let port = u16::from_be(unsafe { (*sa).user_port } as u16);
-    let w = unsafe {
-        [
-            (*sa).user_ip6[0],
-            (*sa).user_ip6[1],
-            (*sa).user_ip6[2],
-            (*sa).user_ip6[3],
-        ]
-    };
-    let mapped = w[0] == 0 && w[1] == 0 && w[2] == V4_MAPPED;
-    if unsafe { (*sa).protocol } != IPPROTO_UDP
+    let port = unsafe { user_port(ctx) };
+    let w = unsafe { user_ip6(ctx) };
+    let mapped = v4_mapped(w);
+    if unsafe { (*ctx.sock_addr).protocol } != IPPROTO_UDP
         || c.udp_port6 == 0
         || mapped
         || (w == c.proxy_ip6 && port == c.udp_port6)
     {
         return None;
     }
-    let tgid = chosen(port, true)?;
-    if !same_netns(ctx) {
-        return None;
-    }
-    Some(OrigDst {
-        addr: words_addr(w),
-        family: AF_INET6,
-        port,
-        pid: tgid,
-    })
+    orig_dst(ctx, words_addr(w), AF_INET6, port, true)
 }
 
 #[inline(always)]
 unsafe fn to_udp_listener6(ctx: &SockAddrContext) {
     let c = conf();
-    let sa = ctx.sock_addr;
-    unsafe {
-        (*sa).user_ip6[0] = c.proxy_ip6[0];
-        (*sa).user_ip6[1] = c.proxy_ip6[1];
-        (*sa).user_ip6[2] = c.proxy_ip6[2];
-        (*sa).user_ip6[3] = c.proxy_ip6[3];
-        (*sa).user_port = u32::from(c.udp_port6.to_be());
-    }
+    unsafe { set_dst6(ctx, c.proxy_ip6, c.udp_port6) }
 }
 
 /// The source key of a socket bound to `w` (all zero: the wildcard, which sends to the
@@ -682,14 +693,7 @@ unsafe fn udp_connect6(ctx: &SockAddrContext) {
                 addr: conf().proxy_ip6,
                 scope_id: 0,
             };
-            // SAFETY: bpf_bind reads a sockaddr_in6 of the given length from our stack.
-            let r = unsafe {
-                bpf_bind(
-                    ctx.sock_addr,
-                    (&raw mut sin6).cast(),
-                    core::mem::size_of::<SockaddrIn6>() as i32,
-                )
-            };
+            let r = unsafe { bind_to(ctx, &mut sin6) };
             if r == 0 {
                 bound = port;
                 break;
@@ -746,20 +750,13 @@ pub fn capagent_sendmsg6(ctx: SockAddrContext) -> i32 {
 #[cgroup_sock_addr(recvmsg6)]
 pub fn capagent_recvmsg6(ctx: SockAddrContext) -> i32 {
     let c = conf();
-    let sa = ctx.sock_addr;
     unsafe {
-        let w = [
-            (*sa).user_ip6[0],
-            (*sa).user_ip6[1],
-            (*sa).user_ip6[2],
-            (*sa).user_ip6[3],
-        ];
-        let port = u16::from_be((*sa).user_port as u16);
-        if w[0] == 0 && w[1] == 0 && w[2] == V4_MAPPED {
+        let w = user_ip6(&ctx);
+        let port = user_port(&ctx);
+        if v4_mapped(w) {
             // An IPv4 answer to a dual-stack socket.
             if let Some((ip, port)) = answer_source4(&ctx, w[3], port) {
-                (*sa).user_ip6[3] = ip;
-                (*sa).user_port = u32::from(port.to_be());
+                set_dst_mapped(&ctx, ip, port);
             }
             return 1;
         }
@@ -778,12 +775,7 @@ pub fn capagent_recvmsg6(ctx: SockAddrContext) -> i32 {
         if o.family != AF_INET6 {
             return 1;
         }
-        let a = o.addr;
-        (*sa).user_ip6[0] = u32::from_ne_bytes([a[0], a[1], a[2], a[3]]);
-        (*sa).user_ip6[1] = u32::from_ne_bytes([a[4], a[5], a[6], a[7]]);
-        (*sa).user_ip6[2] = u32::from_ne_bytes([a[8], a[9], a[10], a[11]]);
-        (*sa).user_ip6[3] = u32::from_ne_bytes([a[12], a[13], a[14], a[15]]);
-        (*sa).user_port = u32::from(o.port.to_be());
+        set_dst6(&ctx, addr_words(o.addr), o.port);
     }
     1
 }
@@ -807,23 +799,10 @@ pub fn capagent_sockop(ctx: SockOpsContext) -> u32 {
     let family = ctx.family();
     if family == u32::from(AF_INET) {
         key.family = AF_INET;
-        let b = ctx.local_ip4().to_ne_bytes();
-        key.addr[0] = b[0];
-        key.addr[1] = b[1];
-        key.addr[2] = b[2];
-        key.addr[3] = b[3];
+        key.addr = ip4_addr(ctx.local_ip4());
     } else if family == u32::from(AF_INET6) {
         key.family = AF_INET6;
-        let w = ctx.local_ip6();
-        let mut i = 0;
-        while i < 4 {
-            let b = w[i].to_ne_bytes();
-            key.addr[i * 4] = b[0];
-            key.addr[i * 4 + 1] = b[1];
-            key.addr[i * 4 + 2] = b[2];
-            key.addr[i * 4 + 3] = b[3];
-            i += 1;
-        }
+        key.addr = words_addr(ctx.local_ip6());
     } else {
         return 1;
     }

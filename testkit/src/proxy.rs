@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::{
-    Ev as _, Proc, TIMEOUT, TempDir, capagent, parse_json_lines, tshark_r, unhex, wait_for,
+    Ev as _, Proc, TIMEOUT, TempDir, capagent, parse_json_lines, strings, tshark_r, unhex, wait_for,
 };
 
 /// A running `capagent proxy ...`.
@@ -53,6 +53,29 @@ impl Agent {
             )
         });
         Agent { proc, addrs }
+    }
+
+    /// Starts `capagent ARGS` with one listener, recording into `rec`.
+    pub fn recording(rec: &Rec, args: &[&str]) -> Agent {
+        let mut a = strings(args);
+        a.extend(rec.args());
+        Agent::start(&a, 1)
+    }
+
+    /// `capagent proxy forward --listen 127.0.0.1:0 --to TARGET MORE...`, recording into
+    /// `rec`.
+    pub fn forward(rec: &Rec, target: SocketAddr, more: &[&str]) -> Agent {
+        let target = target.to_string();
+        let mut a = vec![
+            "proxy",
+            "forward",
+            "--listen",
+            "127.0.0.1:0",
+            "--to",
+            &target,
+        ];
+        a.extend_from_slice(more);
+        Agent::recording(rec, &a)
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -168,6 +191,15 @@ impl Rec {
             }
         }
         (up, down)
+    }
+
+    /// The comments of the pcapng's TCP packets with a payload (`edited by capagent: ...`),
+    /// one line a packet.
+    pub fn comments(&self) -> String {
+        tshark_r(
+            &self.pcap,
+            &["-Y", "tcp.len > 0", "-T", "fields", "-e", "frame.comment"],
+        )
     }
 
     /// UDP payloads in the pcapng: (source, destination, payload).

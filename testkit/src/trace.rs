@@ -266,6 +266,11 @@ pub fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
 
+/// The JSON lines records in file `path`.
+pub fn records(path: impl AsRef<std::path::Path>) -> Vec<Value> {
+    parse_json_lines(&fs::read_to_string(path).unwrap())
+}
+
 /// Parses JSON lines; every line must be one JSON object.
 pub fn parse_json_lines(text: &str) -> Vec<Value> {
     text.lines()

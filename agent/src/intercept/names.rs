@@ -13,16 +13,14 @@
 //! outside the intercepted path) teaches nothing, and the address is sent.
 
 use std::collections::HashMap;
-use std::io;
 use std::net::IpAddr;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::{DNSClass, Name, RData};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::proxy::tap::{Tapped, Watch};
 
 /// The port DNS answers come from.
 pub const DNS_PORT: u16 = 53;
@@ -206,24 +204,30 @@ impl Names {
 
 /// A stream whose reads are DNS over TCP answers (RFC 1035 4.2.2: each message after its
 /// two-byte length), learned into [`Names`] as they pass; writes and reads are untouched.
-pub struct DnsTap<S> {
-    inner: S,
+pub type DnsTap<S> = Tapped<S, DnsAnswers>;
+
+impl<S> DnsTap<S> {
+    pub fn new(inner: S, names: Arc<Names>) -> DnsTap<S> {
+        Tapped::with(
+            inner,
+            DnsAnswers {
+                names,
+                buf: Vec::new(),
+            },
+        )
+    }
+}
+
+/// What a [`DnsTap`] does with the answers read.
+pub struct DnsAnswers {
     names: Arc<Names>,
     /// Bytes of the message being read (its length prefix first).
     buf: Vec<u8>,
 }
 
-impl<S> DnsTap<S> {
-    pub fn new(inner: S, names: Arc<Names>) -> DnsTap<S> {
-        DnsTap {
-            inner,
-            names,
-            buf: Vec::new(),
-        }
-    }
-
+impl Watch for DnsAnswers {
     /// `data` read from the server: learns each message it completes.
-    fn saw(&mut self, mut data: &[u8]) {
+    fn read(&mut self, mut data: &[u8], _room: usize) {
         while !data.is_empty() {
             let want = match self.buf.len() {
                 0 | 1 => 2,
@@ -240,52 +244,6 @@ impl<S> DnsTap<S> {
                 self.buf.clear();
             }
         }
-    }
-}
-
-impl<S: AsyncRead + Unpin> AsyncRead for DnsTap<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = &r {
-            this.saw(&buf.filled()[before..]);
-        }
-        r
-    }
-}
-
-impl<S: AsyncWrite + Unpin> AsyncWrite for DnsTap<S> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
     }
 }
 

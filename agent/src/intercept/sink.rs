@@ -406,36 +406,26 @@ mod tests {
         }
     }
 
+    /// A `tproxy` UDP flow from 10.0.0.2:40000 to `orig`.
+    async fn flow(r: &Recording, orig: &str) -> Box<dyn UdpFlow> {
+        let client: SocketAddr = "10.0.0.2:40000".parse().unwrap();
+        let listen: SocketAddr = "0.0.0.0:1".parse().unwrap();
+        r.udp_flow(client, orig.parse().unwrap(), listen, "tproxy", None)
+            .await
+    }
+
     #[tokio::test]
     async fn udp_dns_answers_name_destinations() {
         let names = Arc::new(Names::default());
         let r = recording(Some(names.clone()));
-        let client: SocketAddr = "10.0.0.2:40000".parse().unwrap();
-        let listen: SocketAddr = "0.0.0.0:1".parse().unwrap();
         let orig: SocketAddr = "192.0.2.80:8080".parse().unwrap();
         assert_eq!(r.destination(orig), Target::ip(orig));
         // A reply of a flow to another port teaches nothing, nor does a request.
-        let other = r
-            .udp_flow(
-                client,
-                "192.0.2.53:5353".parse().unwrap(),
-                listen,
-                "tproxy",
-                None,
-            )
-            .await;
+        let other = flow(&r, "192.0.2.53:5353").await;
         other
             .datagram(UdpDir::Reply, a_answer("www.example.org", [192, 0, 2, 80]))
             .await;
-        let dns = r
-            .udp_flow(
-                client,
-                "192.0.2.53:53".parse().unwrap(),
-                listen,
-                "tproxy",
-                None,
-            )
-            .await;
+        let dns = flow(&r, "192.0.2.53:53").await;
         dns.datagram(
             UdpDir::Request,
             a_answer("www.example.org", [192, 0, 2, 80]),
@@ -448,15 +438,7 @@ mod tests {
         assert_eq!(r.destination(orig).to_string(), "www.example.org:8080");
         // Without names (--no-upstream-names, no upstream): addresses only.
         let r = recording(None);
-        let dns = r
-            .udp_flow(
-                client,
-                "192.0.2.53:53".parse().unwrap(),
-                listen,
-                "tproxy",
-                None,
-            )
-            .await;
+        let dns = flow(&r, "192.0.2.53:53").await;
         dns.datagram(UdpDir::Reply, a_answer("www.example.org", [192, 0, 2, 80]))
             .await;
         assert_eq!(r.destination(orig), Target::ip(orig));

@@ -29,6 +29,7 @@ pub mod record;
 pub mod relay;
 pub mod socks;
 pub mod starttls;
+pub mod tap;
 pub mod target;
 pub mod tls;
 pub mod workers;

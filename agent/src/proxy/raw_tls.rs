@@ -18,13 +18,11 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::tap::{Tapped, Watch};
 use crate::model::Direction;
 
 /// Which leg of an intercepted connection.
@@ -95,81 +93,45 @@ impl RawTls {
 
 /// A socket beneath rustls whose bytes go into a [`RawTls`] queue (none: the socket as it
 /// is).
-pub struct Tap<T> {
-    inner: T,
+pub type Tap<T> = Tapped<T, LegNotes>;
+
+impl<T> Tap<T> {
+    pub fn new(inner: T, leg: Leg, raw: Option<Arc<RawTls>>) -> Tap<T> {
+        Tapped::with(
+            inner,
+            LegNotes {
+                leg,
+                raw,
+                shut: false,
+            },
+        )
+    }
+}
+
+/// What a [`Tap`] notes into the queue: the bytes read and written, in the leg's
+/// directions, and the ends of stream.
+pub struct LegNotes {
     leg: Leg,
     raw: Option<Arc<RawTls>>,
     /// The proxy shut its sending side down (noted once).
     shut: bool,
 }
 
-impl<T> Tap<T> {
-    pub fn new(inner: T, leg: Leg, raw: Option<Arc<RawTls>>) -> Tap<T> {
-        Tap {
-            inner,
-            leg,
-            raw,
-            shut: false,
-        }
-    }
-
-    /// The socket underneath.
-    pub fn get_ref(&self) -> &T {
-        &self.inner
-    }
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Tap<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        let (before, room) = (buf.filled().len(), buf.remaining());
-        ready!(Pin::new(&mut this.inner).poll_read(cx, buf))?;
-        if let Some(raw) = &this.raw {
-            let dir = this.leg.dir(true);
-            let new = &buf.filled()[before..];
-            if !new.is_empty() {
-                raw.push(this.leg, Step::Data(dir, Bytes::copy_from_slice(new)));
+impl Watch for LegNotes {
+    fn read(&mut self, data: &[u8], room: usize) {
+        if let Some(raw) = &self.raw {
+            let dir = self.leg.dir(true);
+            if !data.is_empty() {
+                raw.push(self.leg, Step::Data(dir, Bytes::copy_from_slice(data)));
             } else if room > 0 {
-                raw.push(this.leg, Step::Eof(dir));
+                raw.push(self.leg, Step::Eof(dir));
             }
         }
-        Poll::Ready(Ok(()))
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Tap<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let n = ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
-        if let Some(raw) = &this.raw
-            && n > 0
-        {
-            let dir = this.leg.dir(false);
-            raw.push(this.leg, Step::Data(dir, Bytes::copy_from_slice(&buf[..n])));
-        }
-        Poll::Ready(Ok(n))
     }
 
-    /// rustls writes its records vectored when the socket can: the `n` bytes written are
-    /// the first `n` of `bufs`.
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.get_mut();
-        let n = ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
-        if let Some(raw) = &this.raw
-            && n > 0
-        {
+    /// The `n` bytes written are the first `n` of `bufs`.
+    fn wrote(&mut self, bufs: &[io::IoSlice<'_>], n: usize) {
+        if let Some(raw) = &self.raw {
             let mut written = Vec::with_capacity(n);
             for b in bufs {
                 let take = (n - written.len()).min(b.len());
@@ -178,36 +140,24 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Tap<T> {
                     break;
                 }
             }
-            raw.push(this.leg, Step::Data(this.leg.dir(false), written.into()));
+            raw.push(self.leg, Step::Data(self.leg.dir(false), written.into()));
         }
-        Poll::Ready(Ok(n))
     }
 
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        let this = self.get_mut();
-        ready!(Pin::new(&mut this.inner).poll_shutdown(cx))?;
-        if let Some(raw) = &this.raw
-            && !this.shut
+    fn shut(&mut self) {
+        if let Some(raw) = &self.raw
+            && !self.shut
         {
-            this.shut = true;
-            raw.push(this.leg, Step::Eof(this.leg.dir(false)));
+            self.shut = true;
+            raw.push(self.leg, Step::Eof(self.leg.dir(false)));
         }
-        Poll::Ready(Ok(()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::io::{AsyncReadExt as _, AsyncWrite as _, AsyncWriteExt as _};
 
     fn steps(raw: &RawTls) -> Vec<(Leg, Step)> {
         std::iter::from_fn(|| raw.pop())

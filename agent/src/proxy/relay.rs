@@ -376,33 +376,24 @@ async fn copy_until_hello(
     let mut want = FIRST_READ;
     // `--replace` c2s rules: the plaintext before a ClientHello goes through them (what
     // they hold back is passed on before the ClientHello is handed back).
-    let mut rw = conn.rewriter(Direction::Send);
-    let (mut out, mut edits) = (Vec::new(), Vec::new());
+    let mut rw = conn.rewriter(Direction::Send).map(Rewriting::new);
+    let dir = Direction::Send;
     loop {
         buf.reserve(want);
         let Some(read) = read_or_stall(&mut from, &mut buf, rw.as_ref()).await else {
             if let Some(rw) = &mut rw {
-                rw.flush(&mut out, &mut edits);
-                total += pass_on(conn, Direction::Send, &mut to, &mut out, &mut edits).await?;
+                total += rw.step(Step::Flush, conn, dir, &mut to).await?;
             }
             continue;
         };
         let n = read.map_err(read_err)?;
         act.touch();
-        if n > 0
-            && let Some(rw) = rw.as_mut()
-            && !tls_hello::may_start_client_hello(&buf[..buf.len().min(6)])
+        let hello_like = n > 0 && tls_hello::may_start_client_hello(&buf[..buf.len().min(6)]);
+        if (n == 0 || hello_like)
+            && let Some(rw) = &mut rw
         {
-            rw.push(&buf, &mut out, &mut edits);
-            buf.clear();
-            total += pass_on(conn, Direction::Send, &mut to, &mut out, &mut edits).await?;
-            act.touch();
-            continue;
-        }
-        if let Some(rw) = &mut rw {
             // The end, or maybe a ClientHello: nothing is held back past it.
-            rw.finish(&mut out, &mut edits);
-            total += pass_on(conn, Direction::Send, &mut to, &mut out, &mut edits).await?;
+            total += rw.step(Step::Finish, conn, dir, &mut to).await?;
         }
         if n == 0 {
             conn.eof(Direction::Send).await;
@@ -414,7 +405,7 @@ async fn copy_until_hello(
         if n >= want && want < BUF {
             want = (want * 4).min(BUF);
         }
-        if tls_hello::may_start_client_hello(&buf[..buf.len().min(6)])
+        if hello_like
             && whole_client_hello(&mut from, &mut buf, patience)
                 .await
                 .map_err(read_err)?
@@ -423,10 +414,9 @@ async fn copy_until_hello(
             return Ok((total, Some(buf.split().freeze())));
         }
         if let Some(rw) = &mut rw {
-            // Only looked like the start of a ClientHello: through the rules after all.
-            rw.push(&buf, &mut out, &mut edits);
+            // Not a ClientHello (or only looked like the start of one): through the rules.
+            total += rw.step(Step::Push(&buf), conn, dir, &mut to).await?;
             buf.clear();
-            total += pass_on(conn, Direction::Send, &mut to, &mut out, &mut edits).await?;
             act.touch();
             continue;
         }
@@ -503,7 +493,7 @@ async fn copy_recorded(
     act: &Activity,
 ) -> Result<u64, RelayError> {
     match conn.rewriter(dir) {
-        Some(rw) => copy_rewriting(from, to, conn, dir, act, rw).await,
+        Some(rw) => copy_rewriting(from, to, conn, dir, act, Rewriting::new(rw)).await,
         None => copy_verbatim(from, to, conn, dir, act).await,
     }
 }
@@ -518,13 +508,11 @@ async fn copy_rewriting(
     conn: &Conn,
     dir: Direction,
     act: &Activity,
-    mut rw: crate::rewrite::chain::Chain,
+    mut rw: Rewriting,
 ) -> Result<u64, RelayError> {
     let mut total = 0u64;
     let mut buf = BytesMut::new();
     let mut want = FIRST_READ;
-    let mut out = Vec::new();
-    let mut edits = Vec::new();
     loop {
         buf.reserve(want);
         let read = read_or_stall(&mut from, &mut buf, Some(&rw)).await;
@@ -536,8 +524,7 @@ async fn copy_rewriting(
             Some(Err(source)) => {
                 // What is held back still goes on first (as it would have without the
                 // rules; and a read stopped for STARTTLS must not lose it).
-                rw.finish(&mut out, &mut edits);
-                let _ = pass_on(conn, dir, &mut to, &mut out, &mut edits).await;
+                let _ = rw.step(Step::Finish, conn, dir, &mut to).await;
                 return Err(RelayError::Io {
                     side: side_of(dir, true),
                     source,
@@ -548,18 +535,18 @@ async fn copy_rewriting(
         if got {
             act.touch();
         }
-        if end {
-            rw.finish(&mut out, &mut edits);
+        let step = if end {
+            Step::Finish
         } else if n == 0 {
-            rw.flush(&mut out, &mut edits);
+            Step::Flush
         } else {
             if n >= want && want < BUF {
                 want = (want * 4).min(BUF);
             }
-            rw.push(&buf, &mut out, &mut edits);
-            buf.clear();
-        }
-        let sent = pass_on(conn, dir, &mut to, &mut out, &mut edits).await?;
+            Step::Push(&buf)
+        };
+        let sent = rw.step(step, conn, dir, &mut to).await?;
+        buf.clear();
         if sent > 0 {
             total += sent;
             act.touch();
@@ -571,6 +558,50 @@ async fn copy_rewriting(
             }
             return Ok(total);
         }
+    }
+}
+
+/// A direction's `--replace` rules, with what they put out that is not passed on yet.
+struct Rewriting {
+    rw: crate::rewrite::chain::Chain,
+    out: Vec<u8>,
+    edits: Vec<crate::rewrite::stream::Edit>,
+}
+
+/// What [`Rewriting::step`] has the rules do.
+enum Step<'a> {
+    /// Take in bytes read.
+    Push(&'a [u8]),
+    /// Put out what they held back (no read came in time).
+    Flush,
+    /// Put out everything: the end, or a ClientHello next.
+    Finish,
+}
+
+impl Rewriting {
+    fn new(rw: crate::rewrite::chain::Chain) -> Rewriting {
+        Rewriting {
+            rw,
+            out: Vec::new(),
+            edits: Vec::new(),
+        }
+    }
+
+    /// Runs `step` of the rules and passes on what comes out ([`pass_on`]). Returns the
+    /// bytes written.
+    async fn step(
+        &mut self,
+        step: Step<'_>,
+        conn: &Conn,
+        dir: Direction,
+        to: &mut (impl AsyncWrite + Unpin),
+    ) -> Result<u64, RelayError> {
+        match step {
+            Step::Push(chunk) => self.rw.push(chunk, &mut self.out, &mut self.edits),
+            Step::Flush => self.rw.flush(&mut self.out, &mut self.edits),
+            Step::Finish => self.rw.finish(&mut self.out, &mut self.edits),
+        }
+        pass_on(conn, dir, to, &mut self.out, &mut self.edits).await
     }
 }
 
@@ -616,9 +647,9 @@ async fn pass_on(
 async fn read_or_stall(
     from: &mut (impl AsyncRead + Unpin),
     buf: &mut BytesMut,
-    rw: Option<&crate::rewrite::chain::Chain>,
+    rw: Option<&Rewriting>,
 ) -> Option<io::Result<usize>> {
-    if rw.is_some_and(|rw| rw.pending() > 0) {
+    if rw.is_some_and(|rw| rw.rw.pending() > 0) {
         tokio::select! {
             r = from.read_buf(buf) => Some(r),
             () = tokio::time::sleep(STALL_FLUSH) => None,
