@@ -988,7 +988,7 @@ fn print_table(
         .map_or("its default, 2 MiB".into(), |k| format!("-B {k}"));
     let ring = args
         .ring_kib
-        .map_or("its default, 32 MiB".into(), |k| format!("--ring-kib {k}"));
+        .map_or("its default, 64 MiB".into(), |k| format!("--ring-kib {k}"));
     for note in [
         format!(
             "iperf3 -t {} over lo of a network namespace of the bench's own{pin}; capture \
