@@ -221,6 +221,12 @@ where
             }
         }
     }
+    if listeners.len() > 1 {
+        // Without it the kernel's hash still spreads the connections.
+        if let Err(e) = workers::steer_local_by_cpu(&listeners[0], listeners.len()) {
+            tracing::debug!("{what}: steering local connections by CPU: {e}");
+        }
+    }
     // Aborted when this future is dropped (the accepted connections go on until their
     // runtime stops).
     struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);

@@ -320,12 +320,16 @@ pub fn proxy(args: ProxyBenchArgs) -> Result<()> {
         super::capagent_bin(args.capagent.as_ref()).map_err(|e| format!("build failed: {e:#}"));
     let tmp = std::env::temp_dir().join(format!("capagent-bench-proxy-{}", std::process::id()));
     fs::create_dir_all(&tmp)?;
-    // The forwarder and SOCKS parts (bench_proxy), then HTTP.
+    // The forwarder, SOCKS and memory parts, then HTTP.
     relays::core(
         &args.core,
         capagent.as_deref().map_err(String::as_str),
         &tmp,
     )?;
+    if !args.core.parts.iter().any(|p| p == "http") {
+        let _ = fs::remove_dir_all(&tmp);
+        return Ok(());
+    }
     let rows = http(
         &args.http,
         capagent.as_deref().map_err(String::as_str),

@@ -58,8 +58,12 @@ pub struct CoreBenchArgs {
     /// Relayed connections held open for the memory measurement.
     #[arg(long, default_value_t = 1000)]
     pub rss_conns: usize,
-    /// Parts to run, of throughput, socks, memory (comma-separated; HTTP always runs).
-    #[arg(long, value_delimiter = ',', default_value = "throughput,socks,memory")]
+    /// Parts to run, of throughput, socks, memory, http (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "throughput,socks,memory,http"
+    )]
     pub parts: Vec<String>,
 }
 
@@ -330,9 +334,25 @@ impl Socks {
 
 struct RateRow {
     name: &'static str,
-    /// Connections per second (median), failed attempts, each round's rate, the proxy's
-    /// CPU time per connection (µs, median) and its CPU time over the turns' time (median).
-    rate: std::result::Result<(f64, u64, Vec<f64>, f64, f64), String>,
+    rate: std::result::Result<Rates, String>,
+}
+
+/// What a proxy's rounds measured.
+struct Rates {
+    /// Connections per second (median of the rounds).
+    median: f64,
+    /// Failed attempts, all rounds.
+    failed: u64,
+    /// Each round's connections per second.
+    rounds: Vec<f64>,
+    /// The proxy's CPU time per connection, µs (median).
+    cpu_us: f64,
+    /// The proxy's CPU time over the turns' time (median).
+    share: f64,
+    /// The bench's own CPU time (clients and answering server) per connection, µs (median).
+    bench_us: f64,
+    /// The machine's idle time over its CPU time during the turns (median).
+    idle: f64,
 }
 
 fn socks_rates(args: &CoreBenchArgs, env: &Env) -> Vec<RateRow> {
@@ -399,25 +419,32 @@ fn socks_rates(args: &CoreBenchArgs, env: &Env) -> Vec<RateRow> {
                 if v.is_empty() {
                     return Err("no run".into());
                 }
-                let failed = v.iter().map(|x| x.1).sum();
-                let rounds: Vec<f64> = v.iter().map(|x| x.0).collect();
-                let mut cpu: Vec<f64> = v.iter().map(|x| x.2).collect();
-                let mut share: Vec<f64> = v.iter().map(|x| x.3).collect();
-                Ok((
-                    median(&mut rounds.clone()),
-                    failed,
+                let rounds: Vec<f64> = v.iter().map(|x| x.rate).collect();
+                let med =
+                    |f: fn(&RateSample) -> f64| median(&mut v.iter().map(f).collect::<Vec<_>>());
+                Ok(Rates {
+                    median: median(&mut rounds.clone()),
+                    failed: v.iter().map(|x| x.failed).sum(),
                     rounds,
-                    median(&mut cpu),
-                    median(&mut share),
-                ))
+                    cpu_us: med(|x| x.cpu_us),
+                    share: med(|x| x.share),
+                    bench_us: med(|x| x.bench_us),
+                    idle: med(|x| x.idle),
+                })
             }),
         })
         .collect()
 }
 
-/// One SOCKS round of a proxy: connections per second, failed attempts, proxy CPU µs per
-/// connection, proxy CPU time over the turns' time.
-type RateSample = (f64, u64, f64, f64);
+/// One SOCKS round of a proxy (fields as in [`Rates`]).
+struct RateSample {
+    rate: f64,
+    failed: u64,
+    cpu_us: f64,
+    share: f64,
+    bench_us: f64,
+    idle: f64,
+}
 
 /// A SOCKS proxy of one round, with its target server, and what its turns measured.
 struct SocksRun {
@@ -429,6 +456,11 @@ struct SocksRun {
     failed: u64,
     secs: f64,
     cpu: f64,
+    /// The bench process's CPU time (clients, answering servers), s.
+    bench_cpu: f64,
+    /// The machine's idle and total CPU time, s.
+    idle: f64,
+    total: f64,
     /// The recording's file, deleted at the end.
     file: Option<std::path::PathBuf>,
 }
@@ -476,6 +508,9 @@ impl SocksRun {
             failed: 0,
             secs: 0.0,
             cpu: 0.0,
+            bench_cpu: 0.0,
+            idle: 0.0,
+            total: 0.0,
             file,
         })
     }
@@ -487,6 +522,8 @@ impl SocksRun {
         let done = Arc::new(AtomicU64::new(0));
         let failed = Arc::new(AtomicU64::new(0));
         let cpu0 = cpu_secs(self.guard.pid())?;
+        let bench0 = cpu_secs(std::process::id())?;
+        let (idle0, total0) = machine_cpu()?;
         let start = Instant::now();
         let threads: Vec<_> = (0..clients)
             .map(|_| {
@@ -508,6 +545,10 @@ impl SocksRun {
         }
         self.secs += start.elapsed().as_secs_f64();
         self.cpu += cpu_secs(self.guard.pid())? - cpu0;
+        self.bench_cpu += cpu_secs(std::process::id())? - bench0;
+        let (idle1, total1) = machine_cpu()?;
+        self.idle += idle1 - idle0;
+        self.total += total1 - total0;
         self.done += done.load(Ordering::Relaxed);
         self.failed += failed.load(Ordering::Relaxed);
         Ok(())
@@ -523,13 +564,35 @@ impl SocksRun {
         if let Some(f) = &self.file {
             let _ = fs::remove_file(f);
         }
-        Ok((
-            self.done as f64 / self.secs.max(1e-9),
-            self.failed,
-            self.cpu * 1e6 / self.done.max(1) as f64,
-            self.cpu / self.secs.max(1e-9),
-        ))
+        let per_conn = |secs: f64| secs * 1e6 / self.done.max(1) as f64;
+        Ok(RateSample {
+            rate: self.done as f64 / self.secs.max(1e-9),
+            failed: self.failed,
+            cpu_us: per_conn(self.cpu),
+            share: self.cpu / self.secs.max(1e-9),
+            bench_us: per_conn(self.bench_cpu),
+            idle: self.idle / self.total.max(1e-9),
+        })
     }
+}
+
+/// The machine's idle (idle + iowait) and total CPU time so far, in seconds (/proc/stat).
+fn machine_cpu() -> Result<(f64, f64)> {
+    let stat = fs::read_to_string("/proc/stat")?;
+    let cpu: Vec<f64> = stat
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .context("no cpu line in /proc/stat")?
+        .split_whitespace()
+        .map(|v| v.parse::<f64>())
+        .collect::<std::result::Result<_, _>>()?;
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let total: f64 = cpu.iter().take(8).sum();
+    let idle = cpu.get(3).copied().unwrap_or(0.0) + cpu.get(4).copied().unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok((idle / hz, total / hz))
 }
 
 /// Resident memory of `pid` and its descendants, in KiB.
@@ -661,8 +724,8 @@ pub fn core(
 ) -> Result<()> {
     let env = Env { capagent, tmp };
     for p in &args.parts {
-        if !["throughput", "socks", "memory"].contains(&p.as_str()) {
-            bail!("--parts: unknown part {p:?} (throughput, socks, memory)");
+        if !["throughput", "socks", "memory", "http"].contains(&p.as_str()) {
+            bail!("--parts: unknown part {p:?} (throughput, socks, memory, http)");
         }
     }
     let on = |p: &str| args.parts.iter().any(|x| x == p);
@@ -738,15 +801,26 @@ fn print_tables(args: &CoreBenchArgs, tput: &[ThroughputRow], rates: &[RateRow],
             "failed",
             "CPU us/conn",
             "CPU used",
+            "bench CPU us/conn",
+            "machine idle",
             "x microsocks by round: min-max (each round)"
         ]];
         for r in rates {
             match &r.rate {
-                Ok((rate, failed, rounds, cpu, share)) => {
+                Ok(Rates {
+                    median: rate,
+                    failed,
+                    rounds,
+                    cpu_us,
+                    share,
+                    bench_us,
+                    idle,
+                }) => {
                     // A round interleaves the proxies' turns, so its ratio compares them
                     // under the same load.
                     let by_round = micro.map(|m| {
-                        let x: Vec<f64> = rounds.iter().zip(&m.2).map(|(a, b)| a / b).collect();
+                        let x: Vec<f64> =
+                            rounds.iter().zip(&m.rounds).map(|(a, b)| a / b).collect();
                         let lo = x.iter().copied().fold(f64::INFINITY, f64::min);
                         let hi = x.iter().copied().fold(0.0, f64::max);
                         // Three decimals: a round at 0.996 must not read as 1.00.
@@ -756,14 +830,16 @@ fn print_tables(args: &CoreBenchArgs, tput: &[ThroughputRow], rates: &[RateRow],
                     table.push(row![
                         r.name,
                         format!("{rate:.0}"),
-                        micro.map_or("-".into(), |m| format!("{:.2}x", rate / m.0)),
+                        micro.map_or("-".into(), |m| format!("{:.2}x", rate / m.median)),
                         failed,
-                        format!("{cpu:.1}"),
+                        format!("{cpu_us:.1}"),
                         format!("{:.0}%", share * 100.0),
+                        format!("{bench_us:.1}"),
+                        format!("{:.1}%", idle * 100.0),
                         by_round.unwrap_or_default()
                     ]);
                 }
-                Err(e) => table.push(row![r.name, "-", "-", "-", "-", "-", e]),
+                Err(e) => table.push(row![r.name, "-", "-", "-", "-", "-", "-", "-", e]),
             }
         }
         print_table(
@@ -775,8 +851,8 @@ fn print_tables(args: &CoreBenchArgs, tput: &[ThroughputRow], rates: &[RateRow],
                 loadavg()
             ),
             &table,
-            &[1, 2, 3, 4, 5],
-            &["target: capagent socks >= 1.00x microsocks (CPU us/conn: the proxy's user + system time per connection, kernel TCP work included; CPU used: that time over the time it served, in % of one CPU: on a busy machine the scheduler shares CPUs by thread, and microsocks runs a thread per connection, capagent one per CPU)".to_string()],
+            &[1, 2, 3, 4, 5, 6, 7],
+            &["target: capagent socks >= 1.00x microsocks (CPU us/conn: the proxy's user + system time per connection, kernel TCP work included; CPU used: that time over the time it served, in % of one CPU: on a busy machine the scheduler shares CPUs by thread, and microsocks runs a thread per connection, capagent one per CPU; bench CPU us/conn: the clients' and the answering server's; machine idle: of both CPUs, during the proxy's turns)".to_string()],
         );
     }
     if !mem.is_empty() {
