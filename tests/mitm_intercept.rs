@@ -8,7 +8,9 @@
 //! the records say of each TLS side, and that tshark reads the HTTP from the pcapng. And
 //! STARTTLS: curl sending a mail to a scripted SMTP server that upgrades mid-stream
 //! (`testkit::starttls`), recorded in plaintext before and after the upgrade. And
-//! `--pcap-tls raw`: both legs' real TLS in the pcapng, decrypting from its own secrets.
+//! `--pcap-tls raw`: both legs' real TLS in the pcapng, decrypting from its own secrets. And
+//! `--as http --tls`: the HTTP handler terminates the TLS and `--set-header` changes the
+//! request inside it.
 
 use capagent_testkit::mitm::raw::{check_raw, sessions};
 use std::process::Command;
@@ -101,6 +103,52 @@ fn intercept_tls_curl() {
             .all(|l| l[2].contains("decrypted by capagent (mitm)")),
         "tshark: {http}"
     );
+}
+
+/// `intercept --as http --tls --set-header 'c2s:X-Capagent: on' -- curl https://...`: the
+/// HTTP handler terminates the intercepted TLS as `proxy reverse --tls` does, and the HTTP
+/// rules change the request inside it: the server reads the added header, and the records
+/// carry the plaintext and the TLS of both sides.
+#[test]
+fn intercept_as_http_tls_curl() {
+    let ns = Netns::new("imh");
+    let t = Mitm::new("intercept-http");
+    let certs = Certs::localhost();
+    let mut server = HttpsServer::start(&ns, &t.dir, &certs);
+    let port = server.port();
+    let mut c = intercept_curl(
+        &ns,
+        &t,
+        &[
+            "--upstream-ca",
+            certs.ca_str(),
+            "--as",
+            "http",
+            "--set-header",
+            "c2s:X-Capagent: on",
+        ],
+    );
+    c.args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
+        .arg(format!("https://localhost:{port}/as-http"));
+    let out = run_output("capagent intercept --as http --tls -- curl", c, TIMEOUT);
+    assert_eq!(out, "path /as-http\n");
+    let ex = server.exchange();
+    let req = String::from_utf8_lossy(&ex.request);
+    assert!(
+        req.starts_with("GET /as-http HTTP/1.1\r\n") && req.contains("\r\nX-Capagent: on\r\n"),
+        "{req}"
+    );
+    let evs = t.events();
+    let target = format!("127.0.0.1:{port}");
+    let opens: Vec<&Value> = evs
+        .iter()
+        .filter(|e| e["type"] == "open" && e["target"] == target.as_str())
+        .collect();
+    assert_eq!(opens.len(), 1, "{}", dump(&evs));
+    check_tls(opens[0], Some("localhost"));
+    // The request as the server read it (with the header), the response as it wrote it,
+    // in the clear.
+    check_recorded(&evs, opens[0]["fd"].as_i64().unwrap(), &ex);
 }
 
 /// `intercept --tls --pcap-tls raw -o F -w F -- curl ...` (per-process mode): the pcapng

@@ -109,10 +109,6 @@ impl InterceptArgs {
             Some(u) => Some(u.parse::<Upstream>()?),
             None => None,
         };
-        if tls.is_some() && self.handler == InterceptAs::Http {
-            // The HTTP handler would need the reverse proxy's TLS termination.
-            self.tls.refuse("intercept --as http --tls")?;
-        }
         let duration = crate::control::duration_limit(self.duration)?;
         let mut record = self.record.options();
         record.replace = crate::proxy::command::replace_rules(&self.replace)?;
@@ -194,13 +190,11 @@ mod tests {
         assert_eq!(tls.ca_dir.as_deref(), Some(std::path::Path::new("/tmp/ca")));
         let (_, relay) = options(&["--", "curl"]).unwrap();
         assert!(relay.tls.is_none());
-        // --as socks intercepts as proxy socks --tls; --as http --tls is not built.
-        assert!(options(&["--tls", "--as", "socks", "--", "curl"]).is_ok());
-        let err = options(&["--tls", "--as", "http", "--", "curl"]).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "intercept --as http --tls: not implemented yet"
-        );
+        // --as socks intercepts as proxy socks --tls, --as http as proxy reverse --tls.
+        for handler in ["socks", "http"] {
+            let (_, relay) = options(&["--tls", "--as", handler, "--", "curl"]).unwrap();
+            assert!(relay.tls.is_some(), "--as {handler}");
+        }
     }
 
     #[test]

@@ -75,14 +75,12 @@ pub struct TlsOptions {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum OptionsError {
-    #[error("{0}: not implemented yet")]
-    NotImplemented(&'static str),
     #[error(transparent)]
     Passthrough(#[from] PatternError),
 }
 
 impl TlsArgs {
-    /// The options, or None without `--tls`; an error for a flag not implemented yet.
+    /// The options, or None without `--tls`; an error for a bad `--tls-passthrough`.
     pub fn options(&self) -> Result<Option<TlsOptions>, OptionsError> {
         if !self.tls {
             return Ok(None);
@@ -99,15 +97,6 @@ impl TlsArgs {
                 .map(|p| Pattern::parse(p))
                 .collect::<Result<_, _>>()?,
         }))
-    }
-
-    /// For a command that has the flags but no interception yet (`proxy reverse`,
-    /// `intercept`): an error when `--tls` is given.
-    pub fn refuse(&self, what: &'static str) -> Result<(), OptionsError> {
-        if self.tls {
-            return Err(OptionsError::NotImplemented(what));
-        }
-        Ok(())
     }
 }
 
@@ -174,15 +163,5 @@ mod tests {
         assert!(parse(&["--ca-dir", "/tmp/ca"]).is_err());
         assert!(parse(&["--keylog", "/tmp/k"]).is_err());
         assert!(parse(&["--tls-passthrough", "*"]).is_err());
-    }
-
-    #[test]
-    fn not_implemented_flags_are_refused() {
-        let a = parse(&["--tls"]).unwrap();
-        assert_eq!(
-            a.refuse("proxy reverse --tls").unwrap_err().to_string(),
-            "proxy reverse --tls: not implemented yet"
-        );
-        assert_eq!(parse(&[]).unwrap().refuse("x"), Ok(()));
     }
 }
