@@ -32,14 +32,30 @@ fn intercept_curl(ns: &Netns, t: &Mitm, extra: &[&str]) -> Command {
     c
 }
 
+/// A namespace `tag`, a test directory `name` and, in the namespace, a Python HTTPS server
+/// with a test CA's certificate for localhost (dropped in reverse order: the server first,
+/// the namespace last).
+fn https_setup(tag: &str, name: &str) -> (Netns, Mitm, Certs, HttpsServer) {
+    let ns = Netns::new(tag);
+    let t = Mitm::new(name);
+    let certs = Certs::localhost();
+    let server = HttpsServer::start(&ns, &t.dir, &certs);
+    (ns, t, certs, server)
+}
+
+/// The `open` records of connections to 127.0.0.1:`port`.
+fn opens_to(evs: &[Value], port: u16) -> Vec<&Value> {
+    let target = format!("127.0.0.1:{port}");
+    evs.iter()
+        .filter(|e| e["type"] == "open" && e["target"] == target.as_str())
+        .collect()
+}
+
 /// `intercept --tls -- curl URL1 URL2`: both connections intercepted, the one without SNI
 /// with a leaf for the address curl connected to.
 #[test]
 fn intercept_tls_curl() {
-    let ns = Netns::new("imi");
-    let t = Mitm::new("intercept");
-    let certs = Certs::localhost();
-    let mut server = HttpsServer::start(&ns, &t.dir, &certs);
+    let (ns, t, certs, mut server) = https_setup("imi", "intercept");
     let port = server.port();
     let mut c = intercept_curl(&ns, &t, &["--upstream-ca", certs.ca_str()]);
     c.args(["--resolve", &format!("localhost:{port}:127.0.0.1")])
@@ -49,11 +65,7 @@ fn intercept_tls_curl() {
     assert_eq!(out, "path /by-address\npath /by-name\n");
     let exchanges = [server.exchange(), server.exchange()];
     let evs = t.events();
-    let target = format!("127.0.0.1:{port}");
-    let opens: Vec<&Value> = evs
-        .iter()
-        .filter(|e| e["type"] == "open" && e["target"] == target.as_str())
-        .collect();
+    let opens = opens_to(&evs, port);
     assert_eq!(opens.len(), 2, "{}", dump(&evs));
     for ((open, ex), sni) in opens.iter().zip(&exchanges).zip([None, Some("localhost")]) {
         assert!(
@@ -111,10 +123,7 @@ fn intercept_tls_curl() {
 /// carry the plaintext and the TLS of both sides.
 #[test]
 fn intercept_as_http_tls_curl() {
-    let ns = Netns::new("imh");
-    let t = Mitm::new("intercept-http");
-    let certs = Certs::localhost();
-    let mut server = HttpsServer::start(&ns, &t.dir, &certs);
+    let (ns, t, certs, mut server) = https_setup("imh", "intercept-http");
     let port = server.port();
     let mut c = intercept_curl(
         &ns,
@@ -139,11 +148,7 @@ fn intercept_as_http_tls_curl() {
         "{req}"
     );
     let evs = t.events();
-    let target = format!("127.0.0.1:{port}");
-    let opens: Vec<&Value> = evs
-        .iter()
-        .filter(|e| e["type"] == "open" && e["target"] == target.as_str())
-        .collect();
+    let opens = opens_to(&evs, port);
     assert_eq!(opens.len(), 1, "{}", dump(&evs));
     check_tls(opens[0], Some("localhost"));
     // The request as the server read it (with the header), the response as it wrote it,
@@ -157,10 +162,7 @@ fn intercept_as_http_tls_curl() {
 /// exact request and response (as `--pcap-tls raw` in the proxies: `testkit::mitm::raw`).
 #[test]
 fn intercept_tls_pcap_raw_curl() {
-    let ns = Netns::new("imiraw");
-    let t = Mitm::new("intercept-raw");
-    let certs = Certs::localhost();
-    let mut server = HttpsServer::start(&ns, &t.dir, &certs);
+    let (ns, t, certs, mut server) = https_setup("imiraw", "intercept-raw");
     let port = server.port();
     let extra = ["--pcap-tls", "raw", "--upstream-ca", certs.ca_str()];
     let mut c = intercept_curl(&ns, &t, &extra);
