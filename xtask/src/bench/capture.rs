@@ -206,12 +206,12 @@ pub fn capture(args: CaptureBenchArgs) -> Result<()> {
     } else {
         Some(super::capagent_bin(args.capagent.as_ref())?)
     };
-    let dir = match &args.dir {
-        Some(d) => d.clone(),
-        None if Path::new("/dev/shm").is_dir() => PathBuf::from("/dev/shm"),
-        None => std::env::temp_dir(),
-    }
-    .join(format!("capagent-bench-{}", std::process::id()));
+    let dir = args
+        .dir
+        .clone()
+        .or_else(super::tmpfs_dir)
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!("capagent-bench-{}", std::process::id()));
     fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let _dir_guard = RemoveDir(dir.clone());
     let fs_kind = fs_type(&dir);

@@ -292,9 +292,39 @@ pub fn cpu_secs(pid: u32) -> Result<f64> {
             .context("short /proc/PID/stat")?
             .parse::<f64>()?)
     };
+    Ok((ticks(11)? + ticks(12)?) / clock_ticks())
+}
+
+/// The machine's idle (idle + iowait) and total CPU time so far, in seconds, from
+/// `/proc/stat`.
+pub fn machine_cpu() -> Result<(f64, f64)> {
+    let stat = fs::read_to_string("/proc/stat")?;
+    let cpu: Vec<f64> = stat
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("cpu "))
+        .context("no cpu line in /proc/stat")?
+        .split_whitespace()
+        .map(|v| v.parse::<f64>())
+        .collect::<std::result::Result<_, _>>()?;
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let total: f64 = cpu.iter().take(8).sum();
+    let idle = cpu.get(3).copied().unwrap_or(0.0) + cpu.get(4).copied().unwrap_or(0.0);
+    let hz = clock_ticks();
+    Ok((idle / hz, total / hz))
+}
+
+/// Clock ticks per second of the CPU times in /proc.
+fn clock_ticks() -> f64 {
     // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok((ticks(11)? + ticks(12)?) / hz)
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64
+}
+
+/// /dev/shm when it exists: where benches write their big output files (tmpfs, so that the
+/// disk is not what is measured).
+pub fn tmpfs_dir() -> Option<PathBuf> {
+    let d = PathBuf::from("/dev/shm");
+    d.is_dir().then_some(d)
 }
 
 /// The 1-minute load average, as a hint of how noisy the numbers are.

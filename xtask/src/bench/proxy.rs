@@ -10,7 +10,7 @@ use std::{
     fs,
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     thread,
     time::Duration,
@@ -318,15 +318,11 @@ pub struct ProxyBenchArgs {
 pub fn proxy(args: ProxyBenchArgs) -> Result<()> {
     let capagent =
         super::capagent_bin(args.capagent.as_ref()).map_err(|e| format!("build failed: {e:#}"));
-    // The recordings go to /dev/shm (tmpfs) when it exists, as in the other benches: the
-    // disk is not what is measured (this VM's ext4 /tmp takes about 0.5 GB/s, 4 Gbit/s, less
-    // than the forwarder records).
-    let base = if Path::new("/dev/shm").is_dir() {
-        PathBuf::from("/dev/shm")
-    } else {
-        std::env::temp_dir()
-    };
-    let tmp = base.join(format!("capagent-bench-proxy-{}", std::process::id()));
+    // The recordings go to tmpfs: an ext4 /tmp can take less than the forwarder records
+    // (0.5 GB/s, 4 Gbit/s, on the build VM).
+    let tmp = super::tmpfs_dir()
+        .unwrap_or_else(std::env::temp_dir)
+        .join(format!("capagent-bench-proxy-{}", std::process::id()));
     fs::create_dir_all(&tmp)?;
     // The forwarder, SOCKS and memory parts, then HTTP.
     relays::core(
@@ -334,16 +330,16 @@ pub fn proxy(args: ProxyBenchArgs) -> Result<()> {
         capagent.as_deref().map_err(String::as_str),
         &tmp,
     )?;
-    if !args.core.parts.iter().any(|p| p == "http") {
-        let _ = fs::remove_dir_all(&tmp);
-        return Ok(());
-    }
-    let rows = http(
-        &args.http,
-        capagent.as_deref().map_err(String::as_str),
-        &tmp,
-    );
+    let rows = args.core.parts.iter().any(|p| p == "http").then(|| {
+        http(
+            &args.http,
+            capagent.as_deref().map_err(String::as_str),
+            &tmp,
+        )
+    });
     let _ = fs::remove_dir_all(&tmp);
-    print_http(&args.http, &rows?);
+    if let Some(rows) = rows {
+        print_http(&args.http, &rows?);
+    }
     Ok(())
 }

@@ -12,7 +12,7 @@ use std::{
     ffi::OsString,
     fs,
     io::{BufRead as _, BufReader},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -211,11 +211,7 @@ pub fn tls(args: TlsBenchArgs) -> Result<()> {
         args: args.clone(),
         capagent,
         certs: Certs::localhost(),
-        out_dir: if Path::new("/dev/shm").is_dir() {
-            PathBuf::from("/dev/shm")
-        } else {
-            tmp.clone()
-        },
+        out_dir: super::tmpfs_dir().unwrap_or_else(|| tmp.clone()),
         tmp: tmp.clone(),
     };
     fs::write(tmp.join("tls_server.py"), SERVER_PY)?;

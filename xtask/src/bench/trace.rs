@@ -148,11 +148,7 @@ pub fn trace(args: TraceBenchArgs) -> Result<()> {
         rr,
         capagent,
         tmp: tmp.clone(),
-        pcapng_dir: if Path::new("/dev/shm").is_dir() {
-            PathBuf::from("/dev/shm")
-        } else {
-            tmp.clone()
-        },
+        pcapng_dir: super::tmpfs_dir().unwrap_or_else(|| tmp.clone()),
     };
 
     let mut plan = Vec::new();

@@ -32,7 +32,7 @@ use clap::Args;
 
 use crate::util::which;
 use crate::{
-    bench::{Guard, cpu_secs, loadavg, median, print_table},
+    bench::{Guard, cpu_secs, loadavg, machine_cpu, median, print_table},
     row,
 };
 
@@ -574,25 +574,6 @@ impl SocksRun {
             idle: self.idle / self.total.max(1e-9),
         })
     }
-}
-
-/// The machine's idle (idle + iowait) and total CPU time so far, in seconds (/proc/stat).
-fn machine_cpu() -> Result<(f64, f64)> {
-    let stat = fs::read_to_string("/proc/stat")?;
-    let cpu: Vec<f64> = stat
-        .lines()
-        .next()
-        .and_then(|l| l.strip_prefix("cpu "))
-        .context("no cpu line in /proc/stat")?
-        .split_whitespace()
-        .map(|v| v.parse::<f64>())
-        .collect::<std::result::Result<_, _>>()?;
-    // user nice system idle iowait irq softirq steal (guest time is inside user).
-    let total: f64 = cpu.iter().take(8).sum();
-    let idle = cpu.get(3).copied().unwrap_or(0.0) + cpu.get(4).copied().unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
-    Ok((idle / hz, total / hz))
 }
 
 /// Resident memory of `pid` and its descendants, in KiB.
